@@ -1,0 +1,650 @@
+//! The local protocol between the daemon and its clients (the `claudemesh` CLI, the MCP
+//! shim, hooks): newline-delimited JSON-RPC 2.0 over a Unix socket (a named pipe on
+//! Windows), one JSON object per line, lines at most [`MAX_LINE`] bytes.
+//!
+//! A client sends [`Request`]s; the daemon answers each with a [`Response`] carrying the
+//! same `id`, and may push [`Notification`]s at any time. Method names and their parameter
+//! and result types are listed in [`methods`]. Results are the JSON the CLI prints with
+//! `--json` (plus `schema_version`), so they are a stable, versioned surface.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ids::{InviteId, MeshId, MessageId, SessionId};
+use crate::message::{PeerStatus, Priority};
+use crate::roster::Role;
+
+/// IPC protocol version, returned by `hello`.
+pub const IPC_PROTOCOL: u32 = 1;
+/// Version of every `--json` output and IPC result shape.
+pub const SCHEMA_VERSION: u32 = 1;
+/// Longest accepted line, in bytes.
+pub const MAX_LINE: usize = 1 << 20;
+
+/// A JSON-RPC request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    /// Always `"2.0"`.
+    pub jsonrpc: String,
+    /// Request id, echoed in the response.
+    pub id: u64,
+    /// Method name.
+    pub method: String,
+    /// Parameters (an object).
+    #[serde(default)]
+    pub params: Value,
+}
+
+impl Request {
+    /// A request with serialized `params`.
+    pub fn new(id: u64, method: &str, params: impl Serialize) -> Self {
+        Self {
+            jsonrpc: "2.0".into(),
+            id,
+            method: method.into(),
+            params: serde_json::to_value(params).unwrap_or(Value::Null),
+        }
+    }
+}
+
+/// A JSON-RPC error object.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RpcError {
+    /// Stable code (see [`codes`]).
+    pub code: i32,
+    /// Human-readable message, saying what failed and what to do.
+    pub message: String,
+}
+
+/// A JSON-RPC response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    /// Always `"2.0"`.
+    pub jsonrpc: String,
+    /// The request id.
+    pub id: u64,
+    /// The result, on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// The error, on failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RpcError>,
+}
+
+impl Response {
+    /// A success.
+    pub fn ok(id: u64, result: Value) -> Self {
+        Self {
+            jsonrpc: "2.0".into(),
+            id,
+            result: Some(result),
+            error: None,
+        }
+    }
+
+    /// A failure.
+    pub fn err(id: u64, code: i32, message: impl Into<String>) -> Self {
+        Self {
+            jsonrpc: "2.0".into(),
+            id,
+            result: None,
+            error: Some(RpcError {
+                code,
+                message: message.into(),
+            }),
+        }
+    }
+}
+
+/// A JSON-RPC notification pushed by the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Notification {
+    /// Always `"2.0"`.
+    pub jsonrpc: String,
+    /// Event name.
+    pub method: String,
+    /// Event payload.
+    #[serde(default)]
+    pub params: Value,
+}
+
+/// Any line a client may receive.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Incoming {
+    /// Answer to a request.
+    Response(Response),
+    /// Pushed event.
+    Notification(Notification),
+}
+
+/// Stable error codes. JSON-RPC's own codes are negative; ours are 1000+.
+pub mod codes {
+    /// The line is not JSON.
+    pub const PARSE: i32 = -32700;
+    /// Not a valid request object.
+    pub const INVALID_REQUEST: i32 = -32600;
+    /// Unknown method.
+    pub const METHOD_NOT_FOUND: i32 = -32601;
+    /// Parameters do not fit the method.
+    pub const INVALID_PARAMS: i32 = -32602;
+    /// Daemon-side failure.
+    pub const INTERNAL: i32 = -32603;
+    /// A mesh, peer, invite or message was not found.
+    pub const NOT_FOUND: i32 = 1001;
+    /// A name or prefix matched more than one thing.
+    pub const AMBIGUOUS: i32 = 1002;
+    /// An argument has the right type but a wrong value.
+    pub const INVALID_ARGUMENT: i32 = 1003;
+    /// The operation needs the relay and the relay cannot be reached.
+    pub const RELAY_UNAVAILABLE: i32 = 1004;
+    /// An invite was refused (expired, revoked, used up, denied, bad proof).
+    pub const INVITE_REFUSED: i32 = 1005;
+    /// Not allowed (e.g. not an admin).
+    pub const FORBIDDEN: i32 = 1006;
+    /// Timed out waiting (e.g. for an admin's approval).
+    pub const TIMEOUT: i32 = 1007;
+    /// Conflicts with existing state (e.g. already joined).
+    pub const CONFLICT: i32 = 1008;
+}
+
+/// Method names, parameters and results.
+pub mod methods {
+    use super::*;
+
+    /// `hello`: handshake, returns versions.
+    pub const HELLO: &str = "hello";
+    /// `status`: daemon and link status.
+    pub const STATUS: &str = "status";
+    /// `create`: create a mesh.
+    pub const CREATE: &str = "create";
+    /// `invite`: mint an invite.
+    pub const INVITE: &str = "invite";
+    /// `invite_list`: list invites minted here.
+    pub const INVITE_LIST: &str = "invite_list";
+    /// `invite_revoke`: revoke an invite.
+    pub const INVITE_REVOKE: &str = "invite_revoke";
+    /// `claims`: claims waiting for approval.
+    pub const CLAIMS: &str = "claims";
+    /// `claim_decide`: approve or deny a claim.
+    pub const CLAIM_DECIDE: &str = "claim_decide";
+    /// `join`: join through an invite.
+    pub const JOIN: &str = "join";
+    /// `list`: joined meshes.
+    pub const LIST: &str = "list";
+    /// `leave`: leave a mesh.
+    pub const LEAVE: &str = "leave";
+    /// `peers`: peers per mesh.
+    pub const PEERS: &str = "peers";
+    /// `send`: send a message.
+    pub const SEND: &str = "send";
+    /// `inbox`: read (and drain) messages.
+    pub const INBOX: &str = "inbox";
+    /// `whoami`: identities.
+    pub const WHOAMI: &str = "whoami";
+    /// `profile`: show or change the daemon session's profile.
+    pub const PROFILE: &str = "profile";
+    /// `shutdown`: stop the daemon.
+    pub const SHUTDOWN: &str = "shutdown";
+
+    /// `hello` parameters.
+    #[derive(Debug, Clone, Serialize, Deserialize, Default)]
+    pub struct HelloParams {
+        /// Client name and version.
+        pub client: String,
+        /// Client's IPC protocol version.
+        pub protocol: u32,
+    }
+
+    /// `hello` result.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct HelloResult {
+        /// Daemon's IPC protocol version.
+        pub protocol: u32,
+        /// Daemon software version.
+        pub version: String,
+        /// Daemon process id.
+        pub pid: u32,
+    }
+
+    /// State of a mesh's relay link.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum LinkState {
+        /// Authenticated and live.
+        Connected,
+        /// Trying to connect (or backing off between tries).
+        Connecting,
+        /// Not running (no daemon, or mesh left).
+        Offline,
+    }
+
+    /// One mesh in `status`.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct MeshStatus {
+        /// The mesh.
+        pub mesh: MeshId,
+        /// Its name.
+        pub name: String,
+        /// Relay address.
+        pub relay: String,
+        /// Link state.
+        pub link: LinkState,
+        /// `quic` or `websocket` when connected.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub transport: Option<String>,
+        /// Last link error, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub last_error: Option<String>,
+        /// Messages waiting in the outbox.
+        pub outbox: u64,
+        /// Unread messages in the inbox.
+        pub unread: u64,
+        /// Peers online (excluding this daemon's own sessions).
+        pub peers_online: u64,
+        /// Relay clock minus ours at the last welcome, ms.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub clock_skew_ms: Option<i64>,
+    }
+
+    /// `status` result.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct StatusResult {
+        /// Daemon software version.
+        pub version: String,
+        /// Daemon process id.
+        pub pid: u32,
+        /// Milliseconds since the daemon started.
+        pub uptime_ms: u64,
+        /// Config directory.
+        pub config_dir: String,
+        /// Local socket path.
+        pub socket: String,
+        /// Embedded relay address, when this daemon runs one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub embedded_relay: Option<String>,
+        /// Per-mesh status.
+        pub meshes: Vec<MeshStatus>,
+    }
+
+    /// `create` parameters.
+    #[derive(Debug, Clone, Serialize, Deserialize, Default)]
+    pub struct CreateParams {
+        /// Mesh name.
+        pub name: String,
+        /// Relay `host:port`; default: the embedded relay.
+        #[serde(default)]
+        pub relay: Option<String>,
+        /// Expected relay certificate fingerprint (base64url SHA-256); default: trust on
+        /// first use.
+        #[serde(default)]
+        pub fingerprint: Option<String>,
+        /// Display name in this mesh.
+        #[serde(default)]
+        pub display_name: Option<String>,
+    }
+
+    /// A joined mesh.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct MeshInfo {
+        /// The mesh.
+        pub mesh: MeshId,
+        /// Its name.
+        pub name: String,
+        /// Relay address.
+        pub relay: String,
+        /// Relay certificate fingerprint (base64url SHA-256).
+        pub relay_fingerprint: String,
+        /// Our role.
+        pub role: Role,
+        /// Our member key (base64url), also our member id.
+        pub member: String,
+        /// Our display name.
+        pub display_name: String,
+        /// Our daemon session.
+        pub session: SessionId,
+        /// When we joined, unix ms.
+        pub joined_at: i64,
+    }
+
+    /// `invite` parameters.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct InviteParams {
+        /// Mesh name or id prefix; default: the only mesh.
+        #[serde(default)]
+        pub mesh: Option<String>,
+        /// Number of claims allowed.
+        pub uses: u32,
+        /// Lifetime in seconds.
+        pub expires_secs: u64,
+        /// Role for claimants.
+        pub role: Role,
+        /// Whether an admin approves each claim.
+        pub approve: bool,
+    }
+
+    /// An invite minted by this daemon.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct InviteInfo {
+        /// The invite link (present only right after minting).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub invite: Option<String>,
+        /// The invite id.
+        pub id: InviteId,
+        /// The mesh.
+        pub mesh: MeshId,
+        /// Mesh name.
+        pub mesh_name: String,
+        /// Role for claimants.
+        pub role: Role,
+        /// Allowed uses.
+        pub max_uses: u32,
+        /// Uses so far (as last known).
+        pub uses: u32,
+        /// Expiry, unix ms.
+        pub expires_at: i64,
+        /// Approval mode.
+        pub approve: bool,
+        /// Revoked?
+        pub revoked: bool,
+    }
+
+    /// `invite_revoke` parameters.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct InviteRevokeParams {
+        /// Invite id or unambiguous prefix.
+        pub id: String,
+    }
+
+    /// A claim waiting for an admin.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct PendingClaim {
+        /// The claim id.
+        pub claim: String,
+        /// The mesh.
+        pub mesh: MeshId,
+        /// Mesh name.
+        pub mesh_name: String,
+        /// The invite.
+        pub invite: InviteId,
+        /// Claimant's member key fingerprint.
+        pub fingerprint: String,
+        /// Arrival, unix ms.
+        pub at: i64,
+    }
+
+    /// `claim_decide` parameters.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct ClaimDecideParams {
+        /// Claim id or unambiguous prefix.
+        pub claim: String,
+        /// Admit (true) or refuse (false).
+        pub accept: bool,
+    }
+
+    /// `join` parameters.
+    #[derive(Debug, Clone, Serialize, Deserialize, Default)]
+    pub struct JoinParams {
+        /// The invite link.
+        pub invite: String,
+        /// Display name in this mesh.
+        #[serde(default)]
+        pub display_name: Option<String>,
+        /// How long to wait for an admin, seconds.
+        #[serde(default)]
+        pub wait_secs: Option<u64>,
+    }
+
+    /// Parameters naming one mesh (optional when only one is joined).
+    #[derive(Debug, Clone, Serialize, Deserialize, Default)]
+    pub struct MeshParams {
+        /// Mesh name or id prefix.
+        #[serde(default)]
+        pub mesh: Option<String>,
+    }
+
+    /// One peer.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct PeerInfo {
+        /// Session id (the peer id).
+        pub id: SessionId,
+        /// Member key (base64url).
+        pub member: String,
+        /// Display name.
+        pub name: String,
+        /// Peer kind (`cli`, `claude`, …).
+        pub kind: String,
+        /// Status.
+        pub status: PeerStatus,
+        /// Summary.
+        pub summary: String,
+        /// Groups.
+        pub groups: Vec<String>,
+        /// Host name.
+        pub hostname: String,
+        /// Online now (as last known).
+        pub online: bool,
+        /// Last seen, unix ms.
+        pub last_seen: i64,
+        /// Is this one of our own sessions?
+        pub me: bool,
+    }
+
+    /// One mesh's peers.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct MeshPeers {
+        /// The mesh.
+        pub mesh: MeshId,
+        /// Its name.
+        pub name: String,
+        /// True when the list comes from the local cache because the relay link is down
+        /// (or the daemon is not running).
+        pub cached: bool,
+        /// Peers, online first.
+        pub peers: Vec<PeerInfo>,
+    }
+
+    /// `peers` result.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct PeersResult {
+        /// Per mesh.
+        pub meshes: Vec<MeshPeers>,
+    }
+
+    /// `send` parameters.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct SendParams {
+        /// Peer name, id or prefix; `@group`; or `*`.
+        pub to: String,
+        /// Message text.
+        pub body: String,
+        /// Priority.
+        #[serde(default)]
+        pub priority: Priority,
+        /// Mesh name or id prefix.
+        #[serde(default)]
+        pub mesh: Option<String>,
+        /// Sending session (default: the daemon's own).
+        #[serde(default)]
+        pub session: Option<SessionId>,
+        /// How long to wait for the relay's acknowledgement before answering `queued`, ms.
+        #[serde(default)]
+        pub wait_ms: Option<u64>,
+    }
+
+    /// How far a message got.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Stage {
+        /// In our outbox (durably); will be sent when the relay is reachable.
+        Queued,
+        /// Stored by the relay.
+        Relayed,
+        /// Acknowledged by the recipient's daemon.
+        Delivered,
+    }
+
+    /// `send` result.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct SendResult {
+        /// Message id.
+        pub id: MessageId,
+        /// Mesh.
+        pub mesh: MeshId,
+        /// Stage reached when answering.
+        pub stage: Stage,
+        /// Names of the recipients, as resolved.
+        pub recipients: Vec<String>,
+        /// Recipients on this machine that got it directly.
+        pub local: u32,
+    }
+
+    /// `inbox` parameters.
+    #[derive(Debug, Clone, Serialize, Deserialize, Default)]
+    pub struct InboxParams {
+        /// Mesh name or id prefix (default: all).
+        #[serde(default)]
+        pub mesh: Option<String>,
+        /// Wait up to this many ms for a message when none is unread.
+        #[serde(default)]
+        pub wait_ms: Option<u64>,
+        /// Leave messages unread.
+        #[serde(default)]
+        pub peek: bool,
+        /// Most messages to return.
+        #[serde(default)]
+        pub limit: Option<u32>,
+    }
+
+    /// One received message.
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    pub struct InboxMessage {
+        /// Message id.
+        pub id: MessageId,
+        /// Mesh.
+        pub mesh: MeshId,
+        /// Mesh name.
+        pub mesh_name: String,
+        /// Sending session.
+        pub from_id: SessionId,
+        /// Sending member (base64url).
+        pub from_member: String,
+        /// Sender display name.
+        pub from_name: String,
+        /// How it was addressed (`name`, `@group`, `*`).
+        pub to: String,
+        /// Priority.
+        pub priority: Priority,
+        /// Sender clock, unix ms.
+        pub sent_at: i64,
+        /// Arrival here, unix ms.
+        pub received_at: i64,
+        /// Text.
+        pub body: String,
+        /// Sender verified by its member key against the mesh roster.
+        pub verified: bool,
+    }
+
+    /// `inbox` result.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct InboxResult {
+        /// Messages, oldest first.
+        pub messages: Vec<InboxMessage>,
+    }
+
+    /// One identity in `whoami`.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Identity {
+        /// The mesh.
+        pub mesh: MeshId,
+        /// Mesh name.
+        pub mesh_name: String,
+        /// Display name.
+        pub display_name: String,
+        /// Member id (the member key, base64url).
+        pub member_id: String,
+        /// Key fingerprint.
+        pub fingerprint: String,
+        /// Role.
+        pub role: Role,
+        /// The daemon's own session.
+        pub session: SessionId,
+    }
+
+    /// `whoami` result.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct WhoamiResult {
+        /// Default display name for new meshes.
+        pub display_name: String,
+        /// Per mesh.
+        pub identities: Vec<Identity>,
+    }
+
+    /// `profile` parameters: fields left out are unchanged.
+    #[derive(Debug, Clone, Serialize, Deserialize, Default)]
+    pub struct ProfileParams {
+        /// Mesh name or id prefix (default: all meshes).
+        #[serde(default)]
+        pub mesh: Option<String>,
+        /// New display name.
+        #[serde(default)]
+        pub name: Option<String>,
+        /// New groups (replacing the old ones).
+        #[serde(default)]
+        pub groups: Option<Vec<String>>,
+        /// New summary.
+        #[serde(default)]
+        pub summary: Option<String>,
+        /// New status.
+        #[serde(default)]
+        pub status: Option<PeerStatus>,
+    }
+
+    /// `profile` result: the profile per mesh after the change.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct ProfileResult {
+        /// Per mesh.
+        pub profiles: Vec<MeshProfile>,
+    }
+
+    /// One mesh's own profile.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct MeshProfile {
+        /// The mesh.
+        pub mesh: MeshId,
+        /// Mesh name.
+        pub mesh_name: String,
+        /// Display name.
+        pub name: String,
+        /// Groups.
+        pub groups: Vec<String>,
+        /// Summary.
+        pub summary: String,
+        /// Status.
+        pub status: PeerStatus,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incoming_distinguishes_responses_and_notifications() {
+        let r: Incoming = serde_json::from_str(r#"{"jsonrpc":"2.0","id":3,"result":{}}"#).unwrap();
+        assert!(matches!(r, Incoming::Response(Response { id: 3, .. })));
+        let n: Incoming =
+            serde_json::from_str(r#"{"jsonrpc":"2.0","method":"message","params":{}}"#).unwrap();
+        assert!(matches!(n, Incoming::Notification(_)));
+    }
+
+    #[test]
+    fn request_shape() {
+        let r = Request::new(1, methods::PEERS, methods::MeshParams { mesh: None });
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            s,
+            r#"{"jsonrpc":"2.0","id":1,"method":"peers","params":{"mesh":null}}"#
+        );
+    }
+}

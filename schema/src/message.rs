@@ -1,0 +1,410 @@
+//! What travels sealed: message payloads and presence profiles, and the functions that
+//! seal and open them. The relay only ever sees the outputs of these functions.
+//!
+//! - Direct messages (to one session or one member) are `crypto_box`ed from the sender's
+//!   member key (converted to x25519) to the recipient session's key, so opening the box
+//!   also authenticates the sender member.
+//! - Group and broadcast messages are sealed with the mesh key and carry an ed25519
+//!   signature of the sender member inside the ciphertext, because every member holds the
+//!   mesh key and could otherwise impersonate any other.
+//! - Presence profiles are sealed with the mesh key; the [`SignedPresence`] around them is
+//!   signed by the member, binding the session's public key to the member.
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{
+    BoxPublic, BoxSecret, Canonical, CryptoError, MemberKey, MemberSecret, MeshKey, Signature,
+    box_open, box_seal,
+};
+use crate::encoding;
+use crate::ids::{MeshId, MessageId, SessionId};
+
+/// Delivery priority, decided by the sender and honoured by the recipient's daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// Deliver immediately, even to a busy session.
+    Now,
+    /// Deliver when the session is idle (the default).
+    #[default]
+    Next,
+    /// Deliver only when the session asks.
+    Low,
+}
+
+impl Priority {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Now => "now",
+            Self::Next => "next",
+            Self::Low => "low",
+        }
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "now" => Ok(Self::Now),
+            "next" => Ok(Self::Next),
+            "low" => Ok(Self::Low),
+            other => Err(format!(
+                "unknown priority {other:?} (expected now, next or low)"
+            )),
+        }
+    }
+}
+
+/// What a session is doing, as shown to peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerStatus {
+    /// Waiting for input; receives `now` and `next` messages.
+    #[default]
+    Idle,
+    /// Busy; receives only `now` messages.
+    Working,
+    /// Do not disturb; receives only `now` messages.
+    Dnd,
+}
+
+impl PeerStatus {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Working => "working",
+            Self::Dnd => "dnd",
+        }
+    }
+}
+
+impl std::str::FromStr for PeerStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "idle" => Ok(Self::Idle),
+            "working" => Ok(Self::Working),
+            "dnd" => Ok(Self::Dnd),
+            other => Err(format!(
+                "unknown status {other:?} (expected idle, working or dnd)"
+            )),
+        }
+    }
+}
+
+/// A peer's public profile, sealed with the mesh key inside its presence.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Profile {
+    /// Display name.
+    pub name: String,
+    /// What kind of peer: `cli` (a daemon's own session), `claude`, or another client name.
+    pub kind: String,
+    /// Current status.
+    pub status: PeerStatus,
+    /// What the peer is working on.
+    pub summary: String,
+    /// Groups, without the leading `@`.
+    pub groups: Vec<String>,
+    /// Host name of the peer's machine.
+    pub hostname: String,
+    /// Working directory, when the peer shares it.
+    pub cwd: String,
+    /// Hidden peers are left out of listings and broadcasts but still get direct messages.
+    pub visible: bool,
+}
+
+/// The plaintext of a message envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessagePayload {
+    /// Must equal the envelope id (binds the ciphertext to its id, so a relay cannot
+    /// replay it under a new one).
+    pub id: MessageId,
+    /// Sending session.
+    pub from_session: SessionId,
+    /// Sender's display name at send time.
+    pub from_name: String,
+    /// How the sender addressed it: a peer name, `@group` or `*`.
+    pub to: String,
+    /// Priority.
+    pub priority: Priority,
+    /// Sender's clock, unix ms.
+    pub sent_at: i64,
+    /// Kind of message: `text` for now.
+    pub kind: String,
+    /// The message text.
+    pub body: String,
+}
+
+/// Why a sealed payload could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// Decryption or signature failure.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// Decrypted but not a valid payload.
+    #[error("sealed payload is not valid json: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The payload names another message or sender than its envelope.
+    #[error("sealed payload does not match its envelope")]
+    Mismatch,
+}
+
+fn mesh_msg_ad(id: &MessageId, from: &MemberKey) -> Vec<u8> {
+    Canonical::new("claudemesh/msg-ad/v1")
+        .fixed(id.as_bytes())
+        .fixed(&from.0)
+        .into_bytes()
+}
+
+fn mesh_msg_sig_bytes(id: &MessageId, json: &[u8]) -> Vec<u8> {
+    Canonical::new("claudemesh/msg/v1")
+        .fixed(id.as_bytes())
+        .var(json)
+        .into_bytes()
+}
+
+/// Seal a group/broadcast payload with the mesh key, signed by the sender.
+pub fn seal_for_mesh(
+    key: &MeshKey,
+    sender: &MemberSecret,
+    p: &MessagePayload,
+) -> Result<Vec<u8>, CryptoError> {
+    let json = serde_json::to_vec(p).map_err(|_| CryptoError::Encrypt)?;
+    let sig = sender.sign(&mesh_msg_sig_bytes(&p.id, &json));
+    let mut inner = Vec::with_capacity(64 + json.len());
+    inner.extend_from_slice(&sig.0);
+    inner.extend_from_slice(&json);
+    key.seal(&mesh_msg_ad(&p.id, &sender.public()), &inner)
+}
+
+/// Open a [`seal_for_mesh`] ciphertext from `from`, checking its signature and id.
+pub fn open_from_mesh(
+    key: &MeshKey,
+    from: &MemberKey,
+    id: &MessageId,
+    ct: &[u8],
+) -> Result<MessagePayload, OpenError> {
+    let inner = key.open(&mesh_msg_ad(id, from), ct)?;
+    if inner.len() < 64 {
+        return Err(OpenError::Crypto(CryptoError::Decrypt));
+    }
+    let (sig, json) = inner.split_at(64);
+    let mut s = [0u8; 64];
+    s.copy_from_slice(sig);
+    from.verify(&mesh_msg_sig_bytes(id, json), &Signature(s))?;
+    let p: MessagePayload = serde_json::from_slice(json)?;
+    if p.id != *id {
+        return Err(OpenError::Mismatch);
+    }
+    Ok(p)
+}
+
+/// Seal a direct payload from `sender` (member key) to a recipient box key (a session's,
+/// or a member's own converted key).
+pub fn seal_direct(
+    sender: &MemberSecret,
+    recipient: &BoxPublic,
+    p: &MessagePayload,
+) -> Result<Vec<u8>, CryptoError> {
+    let json = serde_json::to_vec(p).map_err(|_| CryptoError::Encrypt)?;
+    box_seal(&sender.box_secret(), recipient, &json)
+}
+
+/// Open a [`seal_direct`] ciphertext, authenticating sender member `from`.
+pub fn open_direct(
+    recipient: &BoxSecret,
+    from: &MemberKey,
+    id: &MessageId,
+    ct: &[u8],
+) -> Result<MessagePayload, OpenError> {
+    let json = box_open(recipient, &from.box_public()?, ct)?;
+    let p: MessagePayload = serde_json::from_slice(&json)?;
+    if p.id != *id {
+        return Err(OpenError::Mismatch);
+    }
+    Ok(p)
+}
+
+/// A session's presence: its key and sealed profile, signed by its member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedPresence {
+    /// The mesh.
+    pub mesh: MeshId,
+    /// The session.
+    pub session: SessionId,
+    /// The member the session belongs to.
+    pub member: MemberKey,
+    /// The session's x25519 key: direct messages to it are boxed to this key.
+    pub session_key: BoxPublic,
+    /// Monotonic version (unix ms of the update); receivers keep the highest.
+    pub seq: i64,
+    /// [`Profile`] JSON sealed with the mesh key.
+    #[serde(with = "encoding::bytes")]
+    pub profile: Vec<u8>,
+    /// Member signature over all of the above.
+    pub sig: Signature,
+}
+
+impl SignedPresence {
+    fn canonical(
+        mesh: &MeshId,
+        session: &SessionId,
+        member: &MemberKey,
+        key: &BoxPublic,
+        seq: i64,
+        profile: &[u8],
+    ) -> Vec<u8> {
+        Canonical::new("claudemesh/presence/v1")
+            .fixed(mesh.as_bytes())
+            .fixed(session.as_bytes())
+            .fixed(&member.0)
+            .fixed(&key.0)
+            .i64(seq)
+            .var(profile)
+            .into_bytes()
+    }
+
+    fn profile_ad(session: &SessionId, member: &MemberKey) -> Vec<u8> {
+        Canonical::new("claudemesh/profile-ad/v1")
+            .fixed(session.as_bytes())
+            .fixed(&member.0)
+            .into_bytes()
+    }
+
+    /// Seal `profile` and sign the presence.
+    pub fn sign(
+        key: &MeshKey,
+        signer: &MemberSecret,
+        mesh: MeshId,
+        session: SessionId,
+        session_key: BoxPublic,
+        seq: i64,
+        profile: &Profile,
+    ) -> Result<Self, CryptoError> {
+        let member = signer.public();
+        let json = serde_json::to_vec(profile).map_err(|_| CryptoError::Encrypt)?;
+        let sealed = key.seal(&Self::profile_ad(&session, &member), &json)?;
+        let sig = signer.sign(&Self::canonical(
+            &mesh,
+            &session,
+            &member,
+            &session_key,
+            seq,
+            &sealed,
+        ));
+        Ok(Self {
+            mesh,
+            session,
+            member,
+            session_key,
+            seq,
+            profile: sealed,
+            sig,
+        })
+    }
+
+    /// Check the member signature.
+    pub fn verify(&self) -> Result<(), CryptoError> {
+        self.member.verify(
+            &Self::canonical(
+                &self.mesh,
+                &self.session,
+                &self.member,
+                &self.session_key,
+                self.seq,
+                &self.profile,
+            ),
+            &self.sig,
+        )
+    }
+
+    /// Verify and open the profile.
+    pub fn open(&self, key: &MeshKey) -> Result<Profile, OpenError> {
+        self.verify()?;
+        let json = key.open(
+            &Self::profile_ad(&self.session, &self.member),
+            &self.profile,
+        )?;
+        Ok(serde_json::from_slice(&json)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(id: MessageId) -> MessagePayload {
+        MessagePayload {
+            id,
+            from_session: SessionId::new(),
+            from_name: "alice".into(),
+            to: "*".into(),
+            priority: Priority::Now,
+            sent_at: 42,
+            kind: "text".into(),
+            body: "hello mesh".into(),
+        }
+    }
+
+    #[test]
+    fn mesh_message_round_trip_and_impersonation_fails() {
+        let key = MeshKey::generate();
+        let alice = MemberSecret::generate();
+        let bob = MemberSecret::generate();
+        let id = MessageId::new();
+        let ct = seal_for_mesh(&key, &alice, &payload(id)).unwrap();
+        assert_eq!(
+            open_from_mesh(&key, &alice.public(), &id, &ct)
+                .unwrap()
+                .body,
+            "hello mesh"
+        );
+        // A relay claiming bob sent it: associated data and signature no longer match.
+        assert!(open_from_mesh(&key, &bob.public(), &id, &ct).is_err());
+        // Replayed under another id.
+        assert!(open_from_mesh(&key, &alice.public(), &MessageId::new(), &ct).is_err());
+    }
+
+    #[test]
+    fn direct_message_round_trip() {
+        let alice = MemberSecret::generate();
+        let bob_session = BoxSecret::generate();
+        let id = MessageId::new();
+        let ct = seal_direct(&alice, &bob_session.public(), &payload(id)).unwrap();
+        let p = open_direct(&bob_session, &alice.public(), &id, &ct).unwrap();
+        assert_eq!(p.priority, Priority::Now);
+        assert!(open_direct(&bob_session, &alice.public(), &MessageId::new(), &ct).is_err());
+    }
+
+    #[test]
+    fn presence_signs_and_seals() {
+        let key = MeshKey::generate();
+        let m = MemberSecret::generate();
+        let s = BoxSecret::generate();
+        let prof = Profile {
+            name: "bob".into(),
+            groups: vec!["dev".into()],
+            ..Default::default()
+        };
+        let p = SignedPresence::sign(
+            &key,
+            &m,
+            MeshId::new(),
+            SessionId::new(),
+            s.public(),
+            7,
+            &prof,
+        )
+        .unwrap();
+        assert_eq!(p.open(&key).unwrap(), prof);
+        let mut forged = p.clone();
+        forged.session_key = BoxSecret::generate().public();
+        assert!(forged.open(&key).is_err());
+        assert!(p.open(&MeshKey::generate()).is_err());
+    }
+}

@@ -1,0 +1,10 @@
+//! SQL migrations of the two stores, applied in order and tracked by `PRAGMA user_version`
+//! (the runner lives with the stores; this crate only holds the text).
+//!
+//! Rules: a migration is never edited once released; a change is a new file.
+
+/// Daemon store migrations (`daemon.db`), index `i` brings the schema to version `i + 1`.
+pub const DAEMON: &[&str] = &[include_str!("../sql/daemon/0001_init.sql")];
+
+/// Relay store migrations (`relay.db`).
+pub const RELAY: &[&str] = &[include_str!("../sql/relay/0001_init.sql")];

@@ -1,0 +1,670 @@
+//! The relay protocol: what a daemon (or an invite claimant) and a relay say to each other.
+//!
+//! **Transport.** Over QUIC (ALPN `claudemesh/1`) the client opens one bidirectional stream
+//! and both sides write frames on it, each a 4-byte big-endian length followed by that many
+//! bytes. Over WebSocket (`GET /ws` on the relay's TLS port) each binary message is one
+//! frame, without the length prefix. Both transports use the relay's TLS certificate, which
+//! clients pin by the SHA-256 of its DER encoding.
+//!
+//! **Frames** are JSON objects tagged by `"t"` ([`ClientFrame`], [`RelayFrame`]), at most
+//! [`MAX_FRAME`] bytes. Byte fields are unpadded base64url, ids are UUID strings, times are
+//! unix milliseconds.
+//!
+//! **A connection** starts with exactly one of:
+//! - [`ClientFrame::Hello`]: a member's daemon joins its mesh link; the relay answers
+//!   [`RelayFrame::Welcome`] or an error and closes;
+//! - [`ClientFrame::CreateMesh`]: registers a new mesh (then the client may `Hello`);
+//! - [`ClientFrame::Claim`]: an invite claimant asks for admission and waits for
+//!   [`RelayFrame::ClaimResult`];
+//! - [`ClientFrame::Ping`]: liveness/round-trip probe, allowed before hello.
+//!
+//! **Versioning.** `Hello.versions` lists the protocol versions the client speaks; the relay
+//! picks the highest it also speaks and names it in `Welcome.version`, or refuses with
+//! [`ErrorCode::UnsupportedVersion`]. Unknown JSON fields are ignored by both sides, so
+//! additive changes do not need a new version.
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{BoxPublic, Canonical, CryptoError, MemberKey, MemberSecret, Signature};
+use crate::encoding;
+use crate::ids::{ClaimId, InviteId, MeshId, MessageId, SessionId};
+use crate::message::SignedPresence;
+use crate::roster::{InviteCap, InviteRevocation, MeshGenesis, RosterEntry};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Versions this build accepts, newest last.
+pub const SUPPORTED_VERSIONS: &[u32] = &[1];
+/// Largest frame either side accepts, in bytes (1 MiB).
+pub const MAX_FRAME: usize = 1 << 20;
+/// Largest envelope ciphertext a relay accepts (256 KiB).
+pub const MAX_CIPHERTEXT: usize = 256 * 1024;
+/// ALPN protocol id for QUIC.
+pub const ALPN: &[u8] = b"claudemesh/1";
+/// Allowed clock difference for a hello, in ms (±60 s).
+pub const HELLO_WINDOW_MS: i64 = 60_000;
+
+/// Where an envelope goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Route {
+    /// One session.
+    Session {
+        /// The recipient session.
+        session: SessionId,
+    },
+    /// One member (its daemon decides which of its sessions sees it).
+    Member {
+        /// The recipient member.
+        member: MemberKey,
+    },
+    /// A list of sessions (a group resolved by the sender).
+    Sessions {
+        /// The recipient sessions.
+        sessions: Vec<SessionId>,
+    },
+    /// Every member of the mesh except the sender.
+    All,
+}
+
+/// How an envelope's ciphertext is sealed, which tells the recipient how to open it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Seal {
+    /// `crypto_box` from the sender member's key to the recipient's box key.
+    Box,
+    /// Mesh key, with the sender's signature inside.
+    Mesh,
+}
+
+/// A sealed message in transit. The relay reads only `id`, `from*` and `to`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Message id; every hop dedupes by it.
+    pub id: MessageId,
+    /// Sending session.
+    pub from: SessionId,
+    /// Sending member; the relay refuses envelopes whose `from_member` is not the member
+    /// authenticated on the link.
+    pub from_member: MemberKey,
+    /// Recipients.
+    pub to: Route,
+    /// Sealing mode.
+    pub seal: Seal,
+    /// The ciphertext (see [`crate::message`]).
+    #[serde(with = "encoding::bytes")]
+    pub ct: Vec<u8>,
+}
+
+/// The signed opening of a member link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Protocol versions the client speaks.
+    pub versions: Vec<u32>,
+    /// The mesh.
+    pub mesh: MeshId,
+    /// The member key (must be in the mesh roster).
+    pub member: MemberKey,
+    /// The daemon's own session on this link.
+    pub session: SessionId,
+    /// That session's x25519 key.
+    pub session_key: BoxPublic,
+    /// Client clock, unix ms; refused outside ±[`HELLO_WINDOW_MS`].
+    pub ts: i64,
+    /// 16 random bytes; a relay refuses a nonce it has seen.
+    #[serde(with = "encoding::array")]
+    pub nonce: [u8; 16],
+    /// Member signature over `claudemesh/hello/v1 | mesh | member | session | session_key |
+    /// ts | nonce`.
+    pub sig: Signature,
+    /// Client software, e.g. `claudemesh/0.1.0`.
+    #[serde(default)]
+    pub client: String,
+}
+
+impl Hello {
+    fn canonical(
+        mesh: &MeshId,
+        member: &MemberKey,
+        session: &SessionId,
+        key: &BoxPublic,
+        ts: i64,
+        nonce: &[u8; 16],
+    ) -> Vec<u8> {
+        Canonical::new("claudemesh/hello/v1")
+            .fixed(mesh.as_bytes())
+            .fixed(&member.0)
+            .fixed(session.as_bytes())
+            .fixed(&key.0)
+            .i64(ts)
+            .fixed(nonce)
+            .into_bytes()
+    }
+
+    /// Build and sign a hello with a fresh nonce.
+    pub fn sign(
+        member: &MemberSecret,
+        mesh: MeshId,
+        session: SessionId,
+        session_key: BoxPublic,
+        ts: i64,
+        client: &str,
+    ) -> Self {
+        let nonce = crate::crypto::random_bytes::<16>();
+        let pk = member.public();
+        let sig = member.sign(&Self::canonical(
+            &mesh,
+            &pk,
+            &session,
+            &session_key,
+            ts,
+            &nonce,
+        ));
+        Self {
+            versions: SUPPORTED_VERSIONS.to_vec(),
+            mesh,
+            member: pk,
+            session,
+            session_key,
+            ts,
+            nonce,
+            sig,
+            client: client.to_string(),
+        }
+    }
+
+    /// Check the signature.
+    pub fn verify_sig(&self) -> Result<(), CryptoError> {
+        self.member.verify(
+            &Self::canonical(
+                &self.mesh,
+                &self.member,
+                &self.session,
+                &self.session_key,
+                self.ts,
+                &self.nonce,
+            ),
+            &self.sig,
+        )
+    }
+}
+
+/// A claimant's request to join through an invite.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimRequest {
+    /// The invite being claimed.
+    pub invite: InviteId,
+    /// The claimant's new member key.
+    pub member: MemberKey,
+    /// A fresh x25519 key the mesh key will be sealed to.
+    pub box_key: BoxPublic,
+    /// Keyed MAC proving knowledge of the invite secret (see [`crate::invite`]).
+    #[serde(with = "encoding::array")]
+    pub proof: [u8; 32],
+}
+
+/// An admin's answer to a claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)]
+pub enum ClaimDecision {
+    /// Admit the claimant.
+    Accept {
+        /// The claim.
+        claim: ClaimId,
+        /// Roster entry adding the claimant, signed by the admin, naming the invite.
+        entry: RosterEntry,
+        /// The join secret ([`crate::invite::JoinSecret`]) sealed to the claimant's box key.
+        #[serde(with = "encoding::bytes")]
+        sealed: Vec<u8>,
+        /// MAC with the invite secret over the claim id, `sealed` and the entry, so the
+        /// claimant knows the answer came from someone holding the mesh key.
+        #[serde(with = "encoding::array")]
+        mac: [u8; 32],
+    },
+    /// Refuse the claim.
+    Refuse {
+        /// The claim.
+        claim: ClaimId,
+        /// Short reason shown to the claimant.
+        reason: String,
+    },
+}
+
+/// Stable error codes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The frame is not valid JSON of a known frame type.
+    BadFrame,
+    /// The frame exceeds [`MAX_FRAME`] (or the ciphertext exceeds [`MAX_CIPHERTEXT`]).
+    FrameTooLarge,
+    /// No common protocol version.
+    UnsupportedVersion,
+    /// A signature did not verify.
+    BadSignature,
+    /// Hello timestamp outside the allowed window.
+    StaleHello,
+    /// Hello nonce already used.
+    ReplayedHello,
+    /// The key is not a member of the mesh.
+    NotAMember,
+    /// The mesh does not exist on this relay.
+    UnknownMesh,
+    /// The mesh already exists.
+    MeshExists,
+    /// A frame that needs a hello came before it (or a second hello).
+    Unexpected,
+    /// Too many handshakes or messages; retry after the hinted delay.
+    RateLimited,
+    /// The mesh's store-and-forward quota is full.
+    QuotaExceeded,
+    /// The recipient is not known to the relay.
+    UnknownRecipient,
+    /// The signer may not do this.
+    NotAuthorized,
+    /// Invite unknown.
+    InviteUnknown,
+    /// Invite expired.
+    InviteExpired,
+    /// Invite revoked.
+    InviteRevoked,
+    /// Invite has no uses left.
+    InviteUsedUp,
+    /// Claim refused by an admin (or the proof was wrong).
+    ClaimRefused,
+    /// No admin is online to answer a claim.
+    NoAdminOnline,
+    /// This link was replaced by a newer connection of the same member.
+    Replaced,
+    /// The relay is shutting down.
+    ShuttingDown,
+    /// Relay-side failure.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadFrame => "bad_frame",
+            Self::FrameTooLarge => "frame_too_large",
+            Self::UnsupportedVersion => "unsupported_version",
+            Self::BadSignature => "bad_signature",
+            Self::StaleHello => "stale_hello",
+            Self::ReplayedHello => "replayed_hello",
+            Self::NotAMember => "not_a_member",
+            Self::UnknownMesh => "unknown_mesh",
+            Self::MeshExists => "mesh_exists",
+            Self::Unexpected => "unexpected",
+            Self::RateLimited => "rate_limited",
+            Self::QuotaExceeded => "quota_exceeded",
+            Self::UnknownRecipient => "unknown_recipient",
+            Self::NotAuthorized => "not_authorized",
+            Self::InviteUnknown => "invite_unknown",
+            Self::InviteExpired => "invite_expired",
+            Self::InviteRevoked => "invite_revoked",
+            Self::InviteUsedUp => "invite_used_up",
+            Self::ClaimRefused => "claim_refused",
+            Self::NoAdminOnline => "no_admin_online",
+            Self::Replaced => "replaced",
+            Self::ShuttingDown => "shutting_down",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A presence as the relay reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceRecord {
+    /// The signed presence, as published by its member.
+    pub presence: SignedPresence,
+    /// Is the session's link connected now?
+    pub online: bool,
+    /// Last time the relay saw the session's link, unix ms.
+    pub last_seen: i64,
+}
+
+/// The relay's answer to a valid hello.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// Negotiated protocol version.
+    pub version: u32,
+    /// Relay clock, unix ms (lets clients report skew).
+    pub server_time: i64,
+    /// The mesh genesis.
+    pub genesis: MeshGenesis,
+    /// All roster entries, in relay order.
+    pub roster: Vec<RosterEntry>,
+    /// Known presences (online and recently offline).
+    pub presence: Vec<PresenceRecord>,
+    /// Envelopes waiting for this member, about to be delivered.
+    pub queued: u64,
+    /// Largest ciphertext the relay accepts.
+    pub max_ciphertext: u64,
+}
+
+/// The outcome of a claim, sent to the claimant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)]
+pub enum ClaimOutcome {
+    /// Admitted.
+    Accepted {
+        /// The claim.
+        claim: ClaimId,
+        /// The mesh genesis.
+        genesis: MeshGenesis,
+        /// The entry adding the claimant.
+        entry: RosterEntry,
+        /// Sealed [`crate::invite::JoinSecret`].
+        #[serde(with = "encoding::bytes")]
+        sealed: Vec<u8>,
+        /// Admin MAC (see [`ClaimDecision::Accept`]).
+        #[serde(with = "encoding::array")]
+        mac: [u8; 32],
+    },
+    /// Refused.
+    Refused {
+        /// Why.
+        code: ErrorCode,
+        /// Human-readable detail.
+        message: String,
+    },
+}
+
+/// Frames a client sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)]
+pub enum ClientFrame {
+    /// Open a member link.
+    Hello(Hello),
+    /// Register a new mesh.
+    CreateMesh {
+        /// Request id echoed in `ok`/`error`.
+        rid: u64,
+        /// The signed genesis.
+        genesis: MeshGenesis,
+    },
+    /// Claim an invite.
+    Claim(ClaimRequest),
+    /// Send an envelope. Answered by `relayed` (stored durably) or `refused`.
+    Send(Envelope),
+    /// Acknowledge delivered envelopes (the relay deletes its copies).
+    Ack {
+        /// Acknowledged ids.
+        ids: Vec<MessageId>,
+    },
+    /// Publish or update a session's presence.
+    Presence(SignedPresence),
+    /// A session ended.
+    Depart {
+        /// The session.
+        session: SessionId,
+    },
+    /// Add or remove a member.
+    Roster {
+        /// Request id.
+        rid: u64,
+        /// The signed entry.
+        entry: RosterEntry,
+    },
+    /// Publish an invite capability.
+    InvitePublish {
+        /// Request id.
+        rid: u64,
+        /// The capability.
+        cap: InviteCap,
+    },
+    /// Revoke an invite.
+    InviteRevoke {
+        /// Request id.
+        rid: u64,
+        /// The revocation.
+        revocation: InviteRevocation,
+    },
+    /// Answer a pending claim.
+    ClaimDecision {
+        /// Request id.
+        rid: u64,
+        /// The decision.
+        decision: ClaimDecision,
+    },
+    /// Liveness probe.
+    Ping {
+        /// Echoed in `pong`.
+        n: u64,
+    },
+}
+
+/// Frames a relay sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)]
+pub enum RelayFrame {
+    /// Hello accepted.
+    Welcome(Welcome),
+    /// A request (`rid`) succeeded.
+    Ok {
+        /// The request id.
+        rid: u64,
+    },
+    /// Something failed. `fatal` errors are followed by the relay closing the connection.
+    Error {
+        /// The request id, when the error answers one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+        /// Stable code.
+        code: ErrorCode,
+        /// Human-readable detail (never contains secrets).
+        message: String,
+        /// Whether the connection is closing.
+        fatal: bool,
+        /// For `rate_limited`: retry after this many ms.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_ms: Option<u64>,
+    },
+    /// The envelope is stored durably; the sender may forget it.
+    Relayed {
+        /// The envelope id.
+        id: MessageId,
+        /// Relay time, unix ms.
+        at: i64,
+    },
+    /// The envelope was not accepted; the sender keeps it and may retry later.
+    Refused {
+        /// The envelope id.
+        id: MessageId,
+        /// Why.
+        code: ErrorCode,
+        /// Detail.
+        message: String,
+        /// For rate limits and quotas: retry after this many ms.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_ms: Option<u64>,
+    },
+    /// An envelope for this member.
+    Deliver {
+        /// The envelope.
+        env: Envelope,
+        /// When the relay accepted it, unix ms.
+        at: i64,
+    },
+    /// A recipient member's daemon acknowledged an envelope this member sent.
+    Receipt {
+        /// The envelope id.
+        id: MessageId,
+        /// The recipient member.
+        member: MemberKey,
+        /// When, unix ms.
+        at: i64,
+    },
+    /// A presence appeared or changed.
+    Presence(PresenceRecord),
+    /// A session went offline.
+    Depart {
+        /// The session.
+        session: SessionId,
+        /// When, unix ms.
+        at: i64,
+    },
+    /// A roster change was accepted.
+    Roster {
+        /// The entry.
+        entry: RosterEntry,
+    },
+    /// A claim for an invite, sent to online admins.
+    ClaimPending {
+        /// The claim id (answer with `claim_decision`).
+        claim: ClaimId,
+        /// The request.
+        request: ClaimRequest,
+        /// The invite capability it claims.
+        cap: InviteCap,
+        /// When the claim arrived, unix ms.
+        at: i64,
+    },
+    /// The answer to a claim.
+    ClaimResult(ClaimOutcome),
+    /// Answer to a ping.
+    Pong {
+        /// The ping's `n`.
+        n: u64,
+        /// Relay clock, unix ms.
+        server_time: i64,
+    },
+}
+
+/// A frame could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// Bigger than [`MAX_FRAME`].
+    #[error("frame of {len} bytes exceeds the {max} byte limit")]
+    TooLarge {
+        /// Actual size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Not a valid frame.
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] serde_json::Error),
+}
+
+/// Encode a frame body (without length prefix).
+pub fn encode<T: Serialize>(frame: &T) -> Result<Vec<u8>, FrameError> {
+    let v = serde_json::to_vec(frame)?;
+    if v.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge {
+            len: v.len(),
+            max: MAX_FRAME,
+        });
+    }
+    Ok(v)
+}
+
+/// Decode a frame body.
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, FrameError> {
+    if bytes.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge {
+            len: bytes.len(),
+            max: MAX_FRAME,
+        });
+    }
+    Ok(serde_json::from_slice(bytes)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::BoxSecret;
+
+    #[test]
+    fn hello_signature_covers_every_field() {
+        let m = MemberSecret::generate();
+        let h = Hello::sign(
+            &m,
+            MeshId::new(),
+            SessionId::new(),
+            BoxSecret::generate().public(),
+            5,
+            "t",
+        );
+        h.verify_sig().unwrap();
+        let mut h2 = h.clone();
+        h2.ts += 1;
+        assert!(h2.verify_sig().is_err());
+        let mut h3 = h.clone();
+        h3.nonce[0] ^= 1;
+        assert!(h3.verify_sig().is_err());
+        let mut h4 = h.clone();
+        h4.mesh = MeshId::new();
+        assert!(h4.verify_sig().is_err());
+    }
+
+    #[test]
+    fn frames_round_trip_with_tags() {
+        let f = ClientFrame::Ping { n: 7 };
+        let bytes = encode(&f).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            r#"{"t":"ping","n":7}"#
+        );
+        assert_eq!(decode::<ClientFrame>(&bytes).unwrap(), f);
+        let e = RelayFrame::Error {
+            rid: None,
+            code: ErrorCode::StaleHello,
+            message: "x".into(),
+            fatal: true,
+            retry_ms: None,
+        };
+        let s = String::from_utf8(encode(&e).unwrap()).unwrap();
+        assert!(s.contains(r#""code":"stale_hello""#), "{s}");
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        assert!(matches!(
+            decode::<ClientFrame>(b"\x00\xffnot json"),
+            Err(FrameError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode::<ClientFrame>(br#"{"t":"nope"}"#),
+            Err(FrameError::Malformed(_))
+        ));
+        let big = vec![b' '; MAX_FRAME + 1];
+        assert!(matches!(
+            decode::<ClientFrame>(&big),
+            Err(FrameError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn envelope_json_shape() {
+        let env = Envelope {
+            id: MessageId::new(),
+            from: SessionId::new(),
+            from_member: MemberSecret::generate().public(),
+            to: Route::Sessions {
+                sessions: vec![SessionId::new()],
+            },
+            seal: Seal::Mesh,
+            ct: vec![1, 2, 3],
+        };
+        let v: serde_json::Value = serde_json::to_value(&env).unwrap();
+        assert_eq!(v["to"]["kind"], "sessions");
+        assert_eq!(v["seal"], "mesh");
+        assert_eq!(v["ct"], "AQID");
+        let back: Envelope = serde_json::from_value(v).unwrap();
+        assert_eq!(back, env);
+    }
+}
