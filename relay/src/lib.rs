@@ -1,1 +1,31 @@
-//! placeholder
+//! claudemesh-relay: the thin relay between claudemesh daemons.
+//!
+//! It authenticates members against signed rosters, fans out presence (opaque, sealed
+//! profiles), routes envelopes to sessions, members, lists or everyone, and stores them
+//! for offline members until their daemon acknowledges them. It never holds a mesh key and
+//! never sees plaintext: it reads only the routing header of an envelope.
+//!
+//! It is also a library: the daemon embeds it for the zero-configuration local default,
+//! and the daemon and tests use [`client`] to speak the protocol.
+//!
+//! Read [`server`] (listeners) then `conn` (the protocol state machine) first.
+//!
+//! What it is not: not a broker that owns mesh state, not a message database, not a place
+//! where keys live.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod client;
+pub mod config;
+mod conn;
+mod hub;
+mod limits;
+pub mod server;
+pub mod sqlite;
+pub mod store;
+pub mod tls;
+pub mod transport;
+
+pub use client::{ConnectError, ConnectOptions, Connection, connect};
+pub use config::RelayConfig;
+pub use server::{Relay, RelayError, RelayHandle};
+pub use transport::{FrameReader, FrameWriter, Transport};

@@ -332,7 +332,9 @@ pub struct PresenceRecord {
     pub last_seen: i64,
 }
 
-/// The relay's answer to a valid hello.
+/// The relay's answer to a valid hello. It is followed by the mesh's roster entries
+/// (`roster` frames, in order), the known presences (`presence` frames), then `ready`, then
+/// any stored envelopes (`deliver` frames).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Welcome {
     /// Negotiated protocol version.
@@ -341,12 +343,10 @@ pub struct Welcome {
     pub server_time: i64,
     /// The mesh genesis.
     pub genesis: MeshGenesis,
-    /// All roster entries, in relay order.
-    pub roster: Vec<RosterEntry>,
-    /// Known presences (online and recently offline).
-    pub presence: Vec<PresenceRecord>,
-    /// Envelopes waiting for this member, about to be delivered.
-    pub queued: u64,
+    /// Number of `roster` frames that follow.
+    pub roster_entries: u64,
+    /// Number of `presence` frames that follow.
+    pub presences: u64,
     /// Largest ciphertext the relay accepts.
     pub max_ciphertext: u64,
 }
@@ -516,10 +516,17 @@ pub enum RelayFrame {
         /// When, unix ms.
         at: i64,
     },
-    /// A roster change was accepted.
+    /// A roster entry: part of the snapshot after `welcome`, or a change just accepted.
     Roster {
+        /// Position in the mesh's roster log, from 0.
+        seq: u64,
         /// The entry.
         entry: RosterEntry,
+    },
+    /// The snapshot after `welcome` is complete.
+    Ready {
+        /// Envelopes waiting for this member, about to follow as `deliver` frames.
+        queued: u64,
     },
     /// A claim for an invite, sent to online admins.
     ClaimPending {
@@ -531,6 +538,15 @@ pub enum RelayFrame {
         cap: InviteCap,
         /// When the claim arrived, unix ms.
         at: i64,
+    },
+    /// The claim is registered and waits for an admin.
+    ClaimWaiting {
+        /// The claim id.
+        claim: ClaimId,
+        /// Admins online now (the claim is forwarded to admins as they connect).
+        admins_online: u32,
+        /// Whether the invite needs explicit approval.
+        approve: bool,
     },
     /// The answer to a claim.
     ClaimResult(ClaimOutcome),

@@ -42,6 +42,7 @@ CREATE TABLE presence (
 CREATE TABLE messages (
     id          BLOB PRIMARY KEY,
     mesh        BLOB NOT NULL,
+    sender      BLOB NOT NULL,
     envelope    BLOB,
     size        INTEGER NOT NULL,
     created_at  INTEGER NOT NULL,

@@ -1,0 +1,166 @@
+//! Relay configuration: a TOML file, every field optional with the documented default.
+//! `claudemesh-relay config default` prints the defaults; flags override the file.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::sqlite::Durability;
+
+/// The configuration was invalid.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read relay config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this config.
+    #[error("invalid relay config {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("invalid relay config: {0}")]
+    Invalid(String),
+}
+
+/// Relay settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// Address to listen on. QUIC uses this UDP port; TLS (WebSocket at `/ws`, `/health`)
+    /// uses the same TCP port. Default `0.0.0.0:7900`.
+    pub listen: SocketAddr,
+    /// Directory for `relay.db` and the generated certificate. Default `./relay-data`.
+    pub data_dir: PathBuf,
+    /// Serve QUIC. Default `true`.
+    pub quic: bool,
+    /// Serve WebSocket over TLS. Default `true`.
+    pub websocket: bool,
+    /// PEM certificate chain to serve instead of a generated self-signed one. Default none.
+    pub cert: Option<PathBuf>,
+    /// PEM private key for `cert`. Default none.
+    pub key: Option<PathBuf>,
+    /// `full` (survives power loss) or `normal` (survives a crash). Default `full`.
+    pub durability: Durability,
+    /// How long an undelivered envelope is kept, seconds. Default 7 days.
+    pub message_ttl_secs: u64,
+    /// How long a delivered envelope's id is remembered to drop resends, seconds.
+    /// Default 1 hour.
+    pub dedupe_window_secs: u64,
+    /// Most undelivered envelopes stored per mesh. Default 100 000.
+    pub mesh_quota_messages: u64,
+    /// Most undelivered bytes stored per mesh. Default 256 MiB.
+    pub mesh_quota_bytes: u64,
+    /// Handshakes (hellos, claims, mesh creations) per second per IP. Default 20.
+    pub handshake_rate: f64,
+    /// Burst of handshakes per IP. Default 60.
+    pub handshake_burst: f64,
+    /// Envelopes per second per member. Default 20 000.
+    pub member_rate: f64,
+    /// Burst of envelopes per member. Default 50 000.
+    pub member_burst: f64,
+    /// Close a link that sent nothing for this long, seconds (clients ping every 15 s).
+    /// Default 45.
+    pub idle_timeout_secs: u64,
+    /// Time allowed for the first frame of a connection, seconds. Default 10.
+    pub hello_timeout_secs: u64,
+    /// Outgoing frames buffered per connection before it counts as too slow and is
+    /// closed (it will reconnect and get the rest from its mailbox). Default 4096.
+    pub send_queue: usize,
+    /// Log as JSON lines. Default `false`.
+    pub log_json: bool,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7900)),
+            data_dir: PathBuf::from("relay-data"),
+            quic: true,
+            websocket: true,
+            cert: None,
+            key: None,
+            durability: Durability::Full,
+            message_ttl_secs: 7 * 24 * 3600,
+            dedupe_window_secs: 3600,
+            mesh_quota_messages: 100_000,
+            mesh_quota_bytes: 256 << 20,
+            handshake_rate: 20.0,
+            handshake_burst: 60.0,
+            member_rate: 20_000.0,
+            member_burst: 50_000.0,
+            idle_timeout_secs: 45,
+            hello_timeout_secs: 10,
+            send_queue: 4096,
+            log_json: false,
+        }
+    }
+}
+
+impl RelayConfig {
+    /// Read a TOML file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let cfg: Self = toml::from_str(&text)
+            .map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Check ranges and combinations.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.quic && !self.websocket {
+            return Err(ConfigError::Invalid("enable at least one of quic and websocket".into()));
+        }
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(ConfigError::Invalid("set both cert and key, or neither".into()));
+        }
+        if self.handshake_rate <= 0.0 || self.member_rate <= 0.0 {
+            return Err(ConfigError::Invalid("rates must be positive".into()));
+        }
+        if self.send_queue < 16 {
+            return Err(ConfigError::Invalid("send_queue must be at least 16".into()));
+        }
+        Ok(())
+    }
+
+    /// The defaults as commented TOML.
+    pub fn default_toml() -> String {
+        let body = toml::to_string_pretty(&Self::default()).unwrap_or_default();
+        format!(
+            "# claudemesh-relay configuration. Every key is optional; shown are the defaults.\n\
+             # cert/key: PEM files to use instead of a generated self-signed certificate.\n\
+             # See docs in relay/src/config.rs for each field.\n\n{body}"
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_through_toml() {
+        let text = RelayConfig::default_toml();
+        let back: RelayConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back.listen, RelayConfig::default().listen);
+        back.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_combinations_are_refused() {
+        assert!(toml::from_str::<RelayConfig>("lissten = \"0.0.0.0:1\"").is_err());
+        let c: RelayConfig = toml::from_str("quic = false\nwebsocket = false").unwrap();
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,326 @@
+//! The relay's live state: every mesh with its roster, invites, connected links, known
+//! sessions and pending claims. Durable parts are mirrored in the [`Store`]; the hub is
+//! rebuilt from it at startup.
+//!
+//! Locking: one `std::sync::Mutex` per mesh, held only for in-memory work (never across
+//! an `.await`); changes that must be durable before they take effect (roster entries,
+//! invites) are serialized per mesh by an async `admin` lock held across the store write.
+
+use bytes::Bytes;
+use claudemesh_schema::crypto::MemberKey;
+use claudemesh_schema::message::SignedPresence;
+use claudemesh_schema::roster::{InviteCap, MeshGenesis, Roster, RosterEntry};
+use claudemesh_schema::wire::{self, ClaimRequest, ErrorCode, PresenceRecord, RelayFrame};
+use claudemesh_schema::{ClaimId, InviteId, MeshId, MessageId, SessionId};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RelayConfig;
+use crate::limits::{KeyedLimiter, NonceCache};
+use crate::store::{Snapshot, Store};
+
+/// Lock a std mutex, recovering from poisoning (a panicked holder leaves plain data).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Encode a relay frame. Only absurd sizes fail; those are logged and dropped.
+pub(crate) fn frame(f: &RelayFrame) -> Option<Bytes> {
+    match wire::encode(f) {
+        Ok(v) => Some(Bytes::from(v)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode relay frame");
+            None
+        }
+    }
+}
+
+/// An error frame.
+pub(crate) fn error_frame(rid: Option<u64>, code: ErrorCode, message: &str, fatal: bool) -> Bytes {
+    frame(&RelayFrame::Error { rid, code, message: message.to_string(), fatal, retry_ms: None })
+        .unwrap_or_default()
+}
+
+/// A `deliver` frame around already-encoded envelope JSON, without re-encoding it.
+pub(crate) fn deliver_frame(envelope_json: &[u8], at: i64) -> Bytes {
+    let mut v = Vec::with_capacity(envelope_json.len() + 40);
+    v.extend_from_slice(br#"{"t":"deliver","at":"#);
+    v.extend_from_slice(at.to_string().as_bytes());
+    v.extend_from_slice(br#","env":"#);
+    v.extend_from_slice(envelope_json);
+    v.push(b'}');
+    Bytes::from(v)
+}
+
+/// The sending side of a connection, as the hub sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct LinkHandle {
+    pub(crate) id: u64,
+    pub(crate) tx: mpsc::Sender<Bytes>,
+    pub(crate) close: CancellationToken,
+}
+
+impl LinkHandle {
+    /// Queue a frame without waiting. A full queue means the peer does not keep up: the
+    /// connection is closed, and what it missed stays in its mailbox for the reconnect.
+    pub(crate) fn push(&self, frame: Bytes) -> bool {
+        match self.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(link = self.id, "link too slow, closing it");
+                self.close.cancel();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct SessionState {
+    pub(crate) presence: SignedPresence,
+    pub(crate) online: bool,
+    pub(crate) last_seen: i64,
+}
+
+impl SessionState {
+    pub(crate) fn record(&self) -> PresenceRecord {
+        PresenceRecord {
+            presence: self.presence.clone(),
+            online: self.online,
+            last_seen: self.last_seen,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct InviteState {
+    pub(crate) cap: InviteCap,
+    pub(crate) uses: u32,
+    pub(crate) revoked: bool,
+}
+
+impl InviteState {
+    /// Why this invite cannot be claimed now, if it cannot.
+    pub(crate) fn refusal(&self, now: i64) -> Option<(ErrorCode, &'static str)> {
+        if self.revoked {
+            Some((ErrorCode::InviteRevoked, "this invite was revoked; ask for a new one"))
+        } else if now > self.cap.expires_at {
+            Some((ErrorCode::InviteExpired, "this invite has expired; ask for a new one"))
+        } else if self.uses >= self.cap.max_uses {
+            Some((ErrorCode::InviteUsedUp, "this invite has no uses left; ask for a new one"))
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct PendingClaim {
+    pub(crate) request: ClaimRequest,
+    pub(crate) cap: InviteCap,
+    pub(crate) at: i64,
+    pub(crate) claimant: LinkHandle,
+}
+
+/// One mesh.
+#[derive(Debug)]
+pub(crate) struct MeshState {
+    pub(crate) genesis: MeshGenesis,
+    pub(crate) roster: Roster,
+    pub(crate) entries: Vec<RosterEntry>,
+    pub(crate) invites: HashMap<InviteId, InviteState>,
+    pub(crate) links: HashMap<MemberKey, LinkHandle>,
+    pub(crate) sessions: HashMap<SessionId, SessionState>,
+    pub(crate) claims: HashMap<ClaimId, PendingClaim>,
+    /// Undelivered envelopes stored, and their bytes (for the quota).
+    pub(crate) stored: (u64, u64),
+}
+
+impl MeshState {
+    pub(crate) fn new(genesis: MeshGenesis) -> Result<Self, claudemesh_schema::roster::RosterError> {
+        let roster = Roster::from_genesis(&genesis)?;
+        Ok(Self {
+            genesis,
+            roster,
+            entries: Vec::new(),
+            invites: HashMap::new(),
+            links: HashMap::new(),
+            sessions: HashMap::new(),
+            claims: HashMap::new(),
+            stored: (0, 0),
+        })
+    }
+
+    /// Send a frame to every link except `except`.
+    pub(crate) fn broadcast(&self, frame: &Bytes, except: Option<&MemberKey>) {
+        for (m, l) in &self.links {
+            if Some(m) != except {
+                l.push(frame.clone());
+            }
+        }
+    }
+
+    pub(crate) fn admin_links(&self) -> Vec<LinkHandle> {
+        self.links
+            .iter()
+            .filter(|(m, _)| self.roster.role(m).is_some_and(|r| r.is_admin()))
+            .map(|(_, l)| l.clone())
+            .collect()
+    }
+}
+
+/// A mesh plus the lock serializing its durable changes.
+#[derive(Debug)]
+pub(crate) struct MeshEntry {
+    pub(crate) state: Mutex<MeshState>,
+    pub(crate) admin: tokio::sync::Mutex<()>,
+}
+
+/// Ids seen recently, so resends are acknowledged without being forwarded twice.
+#[derive(Debug, Default)]
+pub(crate) struct RecentIds {
+    set: HashSet<MessageId>,
+    order: VecDeque<MessageId>,
+}
+
+const RECENT_CAP: usize = 200_000;
+
+impl RecentIds {
+    /// Record `id`; false if it was already recent.
+    pub(crate) fn insert(&mut self, id: MessageId) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > RECENT_CAP
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        true
+    }
+}
+
+/// Counters for `/health` (and, later, `/metrics`).
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub(crate) connections: AtomicU64,
+    pub(crate) links: AtomicU64,
+    pub(crate) envelopes: AtomicU64,
+    pub(crate) handshake_failures: AtomicU64,
+}
+
+/// The relay's shared state.
+#[derive(Debug)]
+pub(crate) struct Hub<S> {
+    pub(crate) store: S,
+    pub(crate) cfg: RelayConfig,
+    meshes: RwLock<HashMap<MeshId, Arc<MeshEntry>>>,
+    invite_index: Mutex<HashMap<InviteId, MeshId>>,
+    pub(crate) nonces: Mutex<NonceCache>,
+    pub(crate) handshakes: Mutex<KeyedLimiter<IpAddr>>,
+    pub(crate) recent: Mutex<RecentIds>,
+    next_id: AtomicU64,
+    pub(crate) stats: Stats,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl<S: Store> Hub<S> {
+    pub(crate) fn new(store: S, cfg: RelayConfig, snap: Snapshot) -> Self {
+        let mut meshes = HashMap::new();
+        let mut invite_index = HashMap::new();
+        for (g, entries) in snap.meshes {
+            let id = g.mesh;
+            let mut st = match MeshState::new(g) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(mesh = %id.short(), error = %e, "stored mesh genesis invalid; skipping mesh");
+                    continue;
+                }
+            };
+            for e in entries {
+                if let Err(err) = st.roster.apply(&e) {
+                    tracing::error!(mesh = %id.short(), error = %err, "stored roster entry invalid; skipping it");
+                    continue;
+                }
+                st.entries.push(e);
+            }
+            if let Some(u) = snap.usage.get(&id) {
+                st.stored = *u;
+            }
+            meshes.insert(id, st);
+        }
+        for (cap, uses, revoked) in snap.invites {
+            if let Some(m) = meshes.get_mut(&cap.mesh) {
+                invite_index.insert(cap.id, cap.mesh);
+                m.invites.insert(cap.id, InviteState { cap, uses, revoked });
+            }
+        }
+        for (p, last_seen) in snap.presence {
+            if let Some(m) = meshes.get_mut(&p.mesh) {
+                m.sessions.insert(p.session, SessionState { presence: p, online: false, last_seen });
+            }
+        }
+        let meshes = meshes
+            .into_iter()
+            .map(|(k, v)| {
+                (k, Arc::new(MeshEntry { state: Mutex::new(v), admin: tokio::sync::Mutex::new(()) }))
+            })
+            .collect();
+        let handshakes = KeyedLimiter::new(cfg.handshake_rate, cfg.handshake_burst);
+        Self {
+            store,
+            cfg,
+            meshes: RwLock::new(meshes),
+            invite_index: Mutex::new(invite_index),
+            nonces: Mutex::new(NonceCache::default()),
+            handshakes: Mutex::new(handshakes),
+            recent: Mutex::new(RecentIds::default()),
+            next_id: AtomicU64::new(1),
+            stats: Stats::default(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn mesh(&self, id: &MeshId) -> Option<Arc<MeshEntry>> {
+        self.meshes.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+
+    pub(crate) fn mesh_count(&self) -> usize {
+        self.meshes.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub(crate) fn insert_mesh(&self, st: MeshState) -> bool {
+        let mut w = self.meshes.write().unwrap_or_else(|p| p.into_inner());
+        if w.contains_key(&st.genesis.mesh) {
+            return false;
+        }
+        w.insert(
+            st.genesis.mesh,
+            Arc::new(MeshEntry { state: Mutex::new(st), admin: tokio::sync::Mutex::new(()) }),
+        );
+        true
+    }
+
+    pub(crate) fn index_invite(&self, id: InviteId, mesh: MeshId) {
+        lock(&self.invite_index).insert(id, mesh);
+    }
+
+    pub(crate) fn invite_mesh(&self, id: &InviteId) -> Option<MeshId> {
+        lock(&self.invite_index).get(id).copied()
+    }
+
+    pub(crate) fn handshake_allowed(&self, ip: IpAddr) -> Result<(), std::time::Duration> {
+        lock(&self.handshakes).take(&ip, Instant::now())
+    }
+}

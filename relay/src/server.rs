@@ -1,0 +1,439 @@
+//! The listeners: QUIC on the UDP port, TLS on the TCP port of the same number (serving
+//! `/ws` for WebSocket links and `/health`), the expiry sweeper, and graceful shutdown.
+
+use axum::Router;
+use axum::extract::{State, WebSocketUpgrade};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use claudemesh_schema::now_ms;
+use claudemesh_schema::wire::{ALPN, MAX_FRAME};
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::RelayConfig;
+use crate::conn::serve;
+use crate::hub::{Hub, lock};
+use crate::store::{SqliteStore, Store, StoreError};
+use crate::tls::{Identity, TlsError};
+use crate::transport::{FrameReader, FrameWriter, Transport, codec};
+
+/// Starting or running the relay failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// The data directory could not be created.
+    #[error("cannot create relay data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Binding a listener failed.
+    #[error("cannot listen on {addr} ({what}): {source}; is another relay running there?")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// `udp` or `tcp`.
+        what: &'static str,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// TLS setup failed.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// A bound relay, ready to run.
+#[derive(Debug)]
+pub struct Relay<S: Store = SqliteStore> {
+    hub: Arc<Hub<S>>,
+    identity: Identity,
+    tcp: Option<TcpListener>,
+    quic: Option<quinn::Endpoint>,
+    addr: SocketAddr,
+}
+
+impl Relay<SqliteStore> {
+    /// Create the data directory, load or generate the certificate, open the store and
+    /// bind the listeners (port 0 picks a free port, the same for UDP and TCP).
+    pub async fn bind(cfg: RelayConfig) -> Result<Self, RelayError> {
+        cfg.validate()?;
+        create_private_dir(&cfg.data_dir)?;
+        let store = SqliteStore::open(&cfg.data_dir.join("relay.db"), cfg.durability)?;
+        Self::bind_with_store(cfg, store).await
+    }
+}
+
+fn create_private_dir(path: &std::path::Path) -> Result<(), RelayError> {
+    let err = |source| RelayError::DataDir { path: path.to_path_buf(), source };
+    std::fs::create_dir_all(path).map_err(err)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    Ok(())
+}
+
+impl<S: Store> Relay<S> {
+    /// Like [`Relay::bind`] with another store.
+    pub async fn bind_with_store(cfg: RelayConfig, store: S) -> Result<Self, RelayError> {
+        let identity = Identity::load_or_generate(&cfg.data_dir, cfg.cert.as_deref(), cfg.key.as_deref())?;
+        let snap = store.load()?;
+        let (tcp, quic, addr) = bind_sockets(&cfg, &identity).await?;
+        let hub = Arc::new(Hub::new(store, cfg, snap));
+        Ok(Self { hub, identity, tcp, quic, addr })
+    }
+
+    /// The address clients connect to (`host:port`, both transports).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// SHA-256 fingerprint of the relay certificate (what invites pin).
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.identity.fingerprint
+    }
+
+    /// Run until `shutdown` is cancelled, then close links, drain and flush the store.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), RelayError> {
+        let tracker = TaskTracker::new();
+        let hub = self.hub.clone();
+        tracing::info!(
+            addr = %self.addr,
+            quic = self.quic.is_some(),
+            websocket = self.tcp.is_some(),
+            fingerprint = %claudemesh_schema::encoding::b64(&self.identity.fingerprint),
+            "relay listening"
+        );
+        if let Some(ep) = self.quic.clone() {
+            tracker.spawn(quic_loop(hub.clone(), ep, tracker.clone()));
+        }
+        if let Some(tcp) = self.tcp {
+            let tls = Arc::new(self.identity.server_config(&[b"http/1.1"])?);
+            tracker.spawn(tcp_loop(hub.clone(), tcp, tls, tracker.clone(), self.identity.fingerprint));
+        }
+        tracker.spawn(sweeper(hub.clone()));
+        shutdown.cancelled().await;
+        tracing::info!("relay shutting down");
+        hub.shutdown.cancel();
+        tracker.close();
+        if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
+            tracing::warn!("some connections did not close within 5 s");
+        }
+        if let Some(ep) = &self.quic {
+            ep.close(0u32.into(), b"relay shutting down");
+            let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;
+        }
+        // Everything acknowledged is committed already; this waits for queued
+        // bookkeeping (presence, acks) too.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if hub.store.barrier(Box::new(move |_| {
+            let _ = tx.send(());
+        }))
+        .await
+        .is_ok()
+        {
+            let _ = rx.await;
+        }
+        tracing::info!("relay stopped");
+        Ok(())
+    }
+
+    /// Run in the background on the current runtime.
+    pub fn spawn(self) -> RelayHandle {
+        let addr = self.addr;
+        let fingerprint = self.identity.fingerprint;
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(self.run(cancel.clone()));
+        RelayHandle { addr, fingerprint, cancel, task: Some(task) }
+    }
+}
+
+async fn bind_sockets(
+    cfg: &RelayConfig,
+    identity: &Identity,
+) -> Result<(Option<TcpListener>, Option<quinn::Endpoint>, SocketAddr), RelayError> {
+    let quic_config = || -> Result<quinn::ServerConfig, RelayError> {
+        let tls = identity.server_config(&[ALPN])?;
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let mut sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        sc.transport_config(Arc::new(crate::client::quic_transport()));
+        Ok(sc)
+    };
+    // With port 0 the TCP port is chosen first and UDP must get the same number; retry
+    // if that UDP port happens to be taken.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let tcp = if cfg.websocket {
+            Some(TcpListener::bind(cfg.listen).await.map_err(|source| RelayError::Bind {
+                addr: cfg.listen,
+                what: "tcp",
+                source,
+            })?)
+        } else {
+            None
+        };
+        let addr = match &tcp {
+            Some(t) => t.local_addr().map_err(|source| RelayError::Bind { addr: cfg.listen, what: "tcp", source })?,
+            None => cfg.listen,
+        };
+        if !cfg.quic {
+            return Ok((tcp, None, addr));
+        }
+        match std::net::UdpSocket::bind(addr) {
+            Ok(sock) => {
+                let addr = sock
+                    .local_addr()
+                    .map_err(|source| RelayError::Bind { addr, what: "udp", source })?;
+                let ep = quinn::Endpoint::new(
+                    quinn::EndpointConfig::default(),
+                    Some(quic_config()?),
+                    sock,
+                    Arc::new(quinn::TokioRuntime),
+                )
+                .map_err(|source| RelayError::Bind { addr, what: "udp", source })?;
+                return Ok((tcp, Some(ep), addr));
+            }
+            Err(e) if cfg.listen.port() == 0 && tcp.is_some() && attempts < 20 => {
+                tracing::debug!(error = %e, "udp port taken, picking another");
+                continue;
+            }
+            Err(source) => return Err(RelayError::Bind { addr, what: "udp", source }),
+        }
+    }
+}
+
+async fn quic_loop<S: Store>(hub: Arc<Hub<S>>, ep: quinn::Endpoint, tracker: TaskTracker) {
+    loop {
+        let incoming = tokio::select! {
+            biased;
+            _ = hub.shutdown.cancelled() => return,
+            i = ep.accept() => match i { Some(i) => i, None => return },
+        };
+        let hub = hub.clone();
+        tracker.spawn(async move {
+            let remote = incoming.remote_address();
+            let limit = Duration::from_secs(hub.cfg.hello_timeout_secs);
+            let conn = match tokio::time::timeout(limit, incoming).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    tracing::debug!(%remote, error = %e, "quic handshake failed");
+                    hub.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Err(_) => return,
+            };
+            let (send, recv) = match tokio::time::timeout(limit, conn.accept_bi()).await {
+                Ok(Ok(s)) => s,
+                _ => {
+                    conn.close(1u32.into(), b"no stream opened");
+                    return;
+                }
+            };
+            serve(
+                hub,
+                FrameReader::Quic(FramedRead::new(recv, codec())),
+                FrameWriter::Quic(FramedWrite::new(send, codec())),
+                remote,
+                Transport::Quic,
+            )
+            .await;
+            // The writer finished its stream and waited for the peer to have it.
+            conn.close(0u32.into(), b"bye");
+        });
+    }
+}
+
+struct HttpState<S> {
+    hub: Arc<Hub<S>>,
+    remote: SocketAddr,
+    fingerprint: [u8; 32],
+}
+
+impl<S> Clone for HttpState<S> {
+    fn clone(&self) -> Self {
+        Self { hub: self.hub.clone(), remote: self.remote, fingerprint: self.fingerprint }
+    }
+}
+
+async fn tcp_loop<S: Store>(
+    hub: Arc<Hub<S>>,
+    tcp: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    tracker: TaskTracker,
+    fingerprint: [u8; 32],
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (stream, remote) = tokio::select! {
+            biased;
+            _ = hub.shutdown.cancelled() => return,
+            r = tcp.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "tcp accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let hub = hub.clone();
+        let t2 = tracker.clone();
+        tracker.spawn(async move {
+            let limit = Duration::from_secs(hub.cfg.hello_timeout_secs);
+            let tls = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%remote, error = %e, "tls handshake failed");
+                    hub.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Err(_) => return,
+            };
+            let state = HttpState { hub: hub.clone(), remote, fingerprint };
+            let app = Router::new()
+                .route("/ws", get(ws_handler::<S>))
+                .route("/health", get(health::<S>))
+                .with_state((state, t2));
+            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let mut app = app.clone();
+                async move {
+                    use tower_service::Service as _;
+                    app.call(req.map(axum::body::Body::new)).await
+                }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), svc)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%remote, error = %e, "http connection error");
+                    }
+                }
+                _ = hub.shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+                }
+            }
+        });
+    }
+}
+
+async fn ws_handler<S: Store>(
+    State((st, tracker)): State<(HttpState<S>, TaskTracker)>,
+    ws: WebSocketUpgrade,
+) -> impl IntoResponse {
+    // Accept somewhat more than MAX_FRAME so an oversized frame gets a clear error frame
+    // from the protocol layer instead of a bare close.
+    ws.max_message_size(MAX_FRAME * 2).max_frame_size(MAX_FRAME * 2).on_upgrade(move |socket| {
+        let (w, r) = futures_util::StreamExt::split(socket);
+        let fut = serve(st.hub, FrameReader::WsServer(r), FrameWriter::WsServer(w), st.remote, Transport::Websocket);
+        async move {
+            // Track the link so shutdown waits for it.
+            let _ = tracker.spawn(fut).await;
+        }
+    })
+}
+
+async fn health<S: Store>(State((st, _)): State<(HttpState<S>, TaskTracker)>) -> impl IntoResponse {
+    let body = serde_json::json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "protocol": claudemesh_schema::wire::PROTOCOL_VERSION,
+        "fingerprint": claudemesh_schema::encoding::b64(&st.fingerprint),
+        "meshes": st.hub.mesh_count(),
+        "links": st.hub.stats.links.load(Ordering::Relaxed),
+        "connections": st.hub.stats.connections.load(Ordering::Relaxed),
+        "envelopes_routed": st.hub.stats.envelopes.load(Ordering::Relaxed),
+        "handshake_failures": st.hub.stats.handshake_failures.load(Ordering::Relaxed),
+    });
+    axum::Json(body)
+}
+
+async fn sweeper<S: Store>(hub: Arc<Hub<S>>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            biased;
+            _ = hub.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match hub.store.prune(now_ms()).await {
+            Ok(pruned) => {
+                for (mesh, (n, bytes)) in pruned {
+                    tracing::info!(mesh = %mesh.short(), envelopes = n, "expired undelivered envelopes dropped");
+                    if let Some(e) = hub.mesh(&mesh) {
+                        let mut st = lock(&e.state);
+                        st.stored.0 = st.stored.0.saturating_sub(n);
+                        st.stored.1 = st.stored.1.saturating_sub(bytes);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
+        }
+    }
+}
+
+/// A relay running in the background.
+#[derive(Debug)]
+pub struct RelayHandle {
+    addr: SocketAddr,
+    fingerprint: [u8; 32],
+    cancel: CancellationToken,
+    task: Option<tokio::task::JoinHandle<Result<(), RelayError>>>,
+}
+
+impl RelayHandle {
+    /// The relay's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The certificate fingerprint.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.fingerprint
+    }
+
+    /// Stop gracefully and wait.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+
+    /// Stop without waiting for connections to close (as close to a crash as an
+    /// in-process relay gets: nothing more is written after this returns).
+    pub fn abort(mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for RelayHandle {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}

@@ -1,0 +1,262 @@
+//! SQLite plumbing shared by the relay and the daemon stores: opening with the right
+//! pragmas, migrations tracked by `PRAGMA user_version`, and the single writer thread with
+//! group commit.
+//!
+//! rusqlite is synchronous, so every write goes through one dedicated thread that owns the
+//! only writable connection ([`Writer`]). It takes every job waiting in its queue, runs each
+//! in its own savepoint inside one transaction, commits once, and only then reports each
+//! job's result: a caller that sees `Ok` knows its write is committed (durable on power
+//! loss with [`Durability::Full`], on process crash with [`Durability::Normal`]). Because
+//! the queue is FIFO, a job's completion also implies every earlier job is committed.
+
+use rusqlite::{Connection, OpenFlags, Transaction};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// How hard a commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// `synchronous=FULL`: a committed write survives power loss.
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: a committed write survives a process crash.
+    Normal,
+}
+
+/// A store could not be opened or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SqliteError {
+    /// Opening or configuring the database file failed.
+    #[error("failed to open database {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: rusqlite::Error,
+    },
+    /// A migration failed.
+    #[error("failed to migrate database {path} to version {version}: {source}")]
+    Migrate {
+        /// The file.
+        path: PathBuf,
+        /// The version being applied.
+        version: usize,
+        /// The cause.
+        source: rusqlite::Error,
+    },
+    /// The database is newer than this build.
+    #[error(
+        "database {path} has schema version {found}, newer than this build ({known}); \
+         upgrade claudemesh"
+    )]
+    TooNew {
+        /// The file.
+        path: PathBuf,
+        /// Its version.
+        found: usize,
+        /// Ours.
+        known: usize,
+    },
+    /// A query failed.
+    #[error("database error: {0}")]
+    Query(#[from] rusqlite::Error),
+    /// The commit of a batch failed (disk full, I/O error); nothing in it was written.
+    #[error("database commit failed: {0}")]
+    Commit(String),
+    /// The writer thread is gone (store closed).
+    #[error("the database writer has stopped")]
+    Closed,
+}
+
+fn configure(conn: &Connection, durability: Durability) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        match durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        },
+    )?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(())
+}
+
+/// Open (creating if needed) a writable database, configure it and apply `migrations`.
+pub fn open(
+    path: &Path,
+    migrations: &[&str],
+    durability: Durability,
+) -> Result<Connection, SqliteError> {
+    let err = |source| SqliteError::Open { path: path.to_path_buf(), source };
+    let mut conn = Connection::open(path).map_err(err)?;
+    configure(&conn, durability).map_err(err)?;
+    migrate(&mut conn, path, migrations)?;
+    Ok(conn)
+}
+
+/// Open an extra read-only connection (WAL lets it read while the writer writes).
+pub fn open_reader(path: &Path) -> Result<Connection, SqliteError> {
+    let err = |source| SqliteError::Open { path: path.to_path_buf(), source };
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(err)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result<(), SqliteError> {
+    let current: usize = conn
+        .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
+        .map_err(|source| SqliteError::Open { path: path.to_path_buf(), source })?
+        as usize;
+    if current > migrations.len() {
+        return Err(SqliteError::TooNew {
+            path: path.to_path_buf(),
+            found: current,
+            known: migrations.len(),
+        });
+    }
+    for (i, sql) in migrations.iter().enumerate().skip(current) {
+        let version = i + 1;
+        let err = |source| SqliteError::Migrate { path: path.to_path_buf(), version, source };
+        let tx = conn.transaction().map_err(err)?;
+        tx.execute_batch(sql).map_err(err)?;
+        tx.pragma_update(None, "user_version", version as i64).map_err(err)?;
+        tx.commit().map_err(err)?;
+    }
+    Ok(())
+}
+
+type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
+type Job = Box<dyn FnOnce(&Transaction<'_>) -> (bool, Completion) + Send>;
+
+/// Most jobs folded into one transaction.
+const MAX_BATCH: usize = 4096;
+
+/// Handle to the writer thread. Cloneable; the thread stops when every handle is dropped.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Writer")
+    }
+}
+
+impl Writer {
+    /// Start the writer thread owning `conn`.
+    pub fn spawn(mut conn: Connection, name: &str) -> std::io::Result<(Self, std::thread::JoinHandle<()>)> {
+        let (tx, mut rx) = mpsc::channel::<Job>(MAX_BATCH * 4);
+        let handle = std::thread::Builder::new().name(name.to_string()).spawn(move || {
+            while let Some(first) = rx.blocking_recv() {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(j) => batch.push(j),
+                        Err(_) => break,
+                    }
+                }
+                run_batch(&mut conn, batch);
+            }
+        })?;
+        Ok((Self { tx }, handle))
+    }
+
+    /// Run `f` in the writer's next transaction and return its result once committed.
+    pub async fn call<R, F>(&self, f: F) -> Result<R, SqliteError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> rusqlite::Result<R> + Send + 'static,
+    {
+        let (done_tx, done_rx) = oneshot::channel::<Result<R, SqliteError>>();
+        self.call_then(f, move |r| {
+            let _ = done_tx.send(r);
+        })
+        .await?;
+        done_rx.await.map_err(|_| SqliteError::Closed)?
+    }
+
+    /// Queue `f`; once its transaction commits (or fails), `done` runs on the writer thread
+    /// with the result. `done` must be quick and must not block.
+    pub async fn call_then<R, F, D>(&self, f: F, done: D) -> Result<(), SqliteError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> rusqlite::Result<R> + Send + 'static,
+        D: FnOnce(Result<R, SqliteError>) + Send + 'static,
+    {
+        let job: Job = Box::new(move |tx| {
+            let res = f(tx);
+            let ok = res.is_ok();
+            let c: Completion = Box::new(move |commit: Result<(), String>| {
+                done(match (res, commit) {
+                    (Ok(r), Ok(())) => Ok(r),
+                    (Err(e), _) => Err(SqliteError::Query(e)),
+                    (Ok(_), Err(e)) => Err(SqliteError::Commit(e)),
+                });
+            });
+            (ok, c)
+        });
+        self.tx.send(job).await.map_err(|_| SqliteError::Closed)
+    }
+
+    /// Queue `f` without waiting for it; failures are logged.
+    pub async fn submit<F>(&self, what: &'static str, f: F) -> Result<(), SqliteError>
+    where
+        F: FnOnce(&Transaction<'_>) -> rusqlite::Result<()> + Send + 'static,
+    {
+        let job: Job = Box::new(move |tx| {
+            let res = f(tx);
+            let ok = res.is_ok();
+            let c: Completion = Box::new(move |commit: Result<(), String>| {
+                if let Err(e) = res {
+                    tracing::warn!(what, error = %e, "store write failed");
+                } else if let Err(e) = commit {
+                    tracing::warn!(what, error = %e, "store commit failed");
+                }
+            });
+            (ok, c)
+        });
+        self.tx.send(job).await.map_err(|_| SqliteError::Closed)
+    }
+}
+
+fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
+    let mut completions = Vec::with_capacity(batch.len());
+    let tx = match conn.transaction() {
+        Ok(tx) => tx,
+        Err(e) => {
+            // Dropping the jobs drops their result channels: every caller sees an error
+            // and nothing is reported as written.
+            tracing::error!(error = %e, "cannot begin a store transaction");
+            return;
+        }
+    };
+    for job in batch {
+        // Each job in its own savepoint, so one failing job does not undo the others.
+        let sp_ok = tx.execute_batch("SAVEPOINT job").is_ok();
+        let (ok, completion) = job(&tx);
+        if sp_ok {
+            let end = if ok { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
+            if let Err(e) = tx.execute_batch(end) {
+                tracing::error!(error = %e, "savepoint failed");
+            }
+        }
+        completions.push(completion);
+    }
+    let commit = tx.commit().map_err(|e| e.to_string());
+    if let Err(e) = &commit {
+        tracing::error!(error = %e, "store commit failed; writes in this batch are not durable");
+    }
+    for c in completions {
+        c(commit.clone());
+    }
+}

@@ -1,0 +1,534 @@
+//! The relay's durable state, behind the [`Store`] trait so another backend (for example
+//! NATS JetStream for mailboxes plus PostgreSQL for rosters, brief §7) is a new
+//! implementation, not a rewrite. [`SqliteStore`] is the default.
+//!
+//! What is stored: mesh genesis and roster entries (signed, public keys only), invite
+//! capabilities and use counts, last signed presence per session (profile sealed), and
+//! envelopes (ciphertext) until every recipient member has acknowledged them. Never a mesh
+//! key, never plaintext.
+
+use claudemesh_schema::crypto::MemberKey;
+use claudemesh_schema::message::SignedPresence;
+use claudemesh_schema::migrations;
+use claudemesh_schema::roster::{InviteCap, MeshGenesis, RosterEntry};
+use claudemesh_schema::{InviteId, MeshId, MessageId, SessionId};
+use rusqlite::{OptionalExtension, params};
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use crate::sqlite::{self, Durability, SqliteError, Writer};
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The SQLite layer failed.
+    #[error(transparent)]
+    Sqlite(#[from] SqliteError),
+    /// A stored row does not parse (the file was edited or is corrupt).
+    #[error("stored {what} is corrupt: {detail}")]
+    Corrupt {
+        /// Which kind of row.
+        what: &'static str,
+        /// Detail.
+        detail: String,
+    },
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sqlite(SqliteError::Query(e))
+    }
+}
+
+/// Called on the store's writer thread once an operation is committed (or failed).
+pub type Done<T> = Box<dyn FnOnce(Result<T, StoreError>) + Send>;
+
+/// Everything the relay keeps in memory, read once at startup.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Meshes with their roster entries in order.
+    pub meshes: Vec<(MeshGenesis, Vec<RosterEntry>)>,
+    /// Invites: capability, uses, revoked.
+    pub invites: Vec<(InviteCap, u32, bool)>,
+    /// Presences with last-seen time.
+    pub presence: Vec<(SignedPresence, i64)>,
+    /// Per mesh: envelopes still stored, and their bytes.
+    pub usage: HashMap<MeshId, (u64, u64)>,
+}
+
+/// An envelope to store.
+#[derive(Debug, Clone)]
+pub struct NewEnvelope {
+    /// Its id.
+    pub id: MessageId,
+    /// Its mesh.
+    pub mesh: MeshId,
+    /// The sending member.
+    pub sender: MemberKey,
+    /// The envelope JSON.
+    pub envelope: bytes::Bytes,
+    /// Members that must acknowledge it.
+    pub recipients: Vec<MemberKey>,
+    /// Accepted at, unix ms.
+    pub at: i64,
+    /// Dropped if still undelivered at, unix ms.
+    pub expires_at: i64,
+}
+
+/// A stored envelope waiting for a member.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// Its id.
+    pub id: MessageId,
+    /// The envelope JSON.
+    pub envelope: Vec<u8>,
+    /// Accepted at, unix ms.
+    pub at: i64,
+}
+
+/// Result of one acknowledgement.
+#[derive(Debug, Clone)]
+pub struct Acked {
+    /// The envelope.
+    pub id: MessageId,
+    /// Who sent it (to receive a receipt).
+    pub sender: MemberKey,
+    /// Bytes freed when this was the last recipient.
+    pub freed: Option<u64>,
+}
+
+/// Envelopes dropped by expiry, per mesh: count and bytes.
+pub type Pruned = HashMap<MeshId, (u64, u64)>;
+
+/// The relay's durable state.
+pub trait Store: Send + Sync + 'static {
+    /// Read everything kept in memory.
+    fn load(&self) -> Result<Snapshot, StoreError>;
+    /// Register a mesh.
+    fn create_mesh(&self, g: MeshGenesis) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Append a roster entry (and count a use of `entry.invite`, if any).
+    fn append_roster(
+        &self,
+        seq: u64,
+        entry: RosterEntry,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Store an invite capability.
+    fn put_invite(&self, cap: InviteCap) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Mark an invite revoked.
+    fn revoke_invite(
+        &self,
+        id: InviteId,
+        at: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Remember a presence (queued; not awaited).
+    fn put_presence(
+        &self,
+        p: SignedPresence,
+        last_seen: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Update last-seen of sessions (queued; not awaited).
+    fn touch_presence(
+        &self,
+        mesh: MeshId,
+        sessions: Vec<SessionId>,
+        last_seen: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Store an envelope; `done(true)` if new, `done(false)` if its id was already known.
+    fn put_envelope(
+        &self,
+        e: NewEnvelope,
+        done: Done<bool>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// `done` runs once everything queued before it is committed.
+    fn barrier(&self, done: Done<()>) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// A member acknowledged envelopes.
+    fn ack(
+        &self,
+        mesh: MeshId,
+        member: MemberKey,
+        ids: Vec<MessageId>,
+        dedupe_until: i64,
+        done: Done<Vec<Acked>>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Envelopes waiting for `member`, oldest first, after `after`.
+    fn mailbox(
+        &self,
+        mesh: MeshId,
+        member: MemberKey,
+        after: Option<MessageId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Stored>, StoreError>> + Send;
+    /// Forget a removed member's mailbox.
+    fn drop_mailbox(
+        &self,
+        mesh: MeshId,
+        member: MemberKey,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Drop envelopes and dedupe ids past their expiry.
+    fn prune(&self, now: i64) -> impl Future<Output = Result<Pruned, StoreError>> + Send;
+}
+
+/// The default store: one SQLite file in WAL mode.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: Writer,
+    reader: Arc<Mutex<rusqlite::Connection>>,
+}
+
+fn corrupt(what: &'static str) -> impl Fn(serde_json::Error) -> StoreError {
+    move |e| StoreError::Corrupt { what, detail: e.to_string() }
+}
+
+fn key_from(v: Vec<u8>) -> Result<MemberKey, StoreError> {
+    let arr: [u8; 32] = v
+        .try_into()
+        .map_err(|_| StoreError::Corrupt { what: "member key", detail: "not 32 bytes".into() })?;
+    Ok(MemberKey(arr))
+}
+
+fn id_from(v: &[u8]) -> Result<MessageId, StoreError> {
+    MessageId::from_slice(v)
+        .ok_or_else(|| StoreError::Corrupt { what: "message id", detail: "not 16 bytes".into() })
+}
+
+impl SqliteStore {
+    /// Open (creating and migrating) `path`.
+    pub fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
+        let conn = sqlite::open(path, migrations::RELAY, durability)?;
+        let reader = sqlite::open_reader(path)?;
+        let (writer, _thread) = Writer::spawn(conn, "relay-store")
+            .map_err(|e| SqliteError::Commit(format!("cannot start store thread: {e}")))?;
+        Ok(Self { writer, reader: Arc::new(Mutex::new(reader)) })
+    }
+
+    async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Sqlite(SqliteError::Commit(format!("reader task failed: {e}"))))?
+    }
+}
+
+impl Store for SqliteStore {
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let mut snap = Snapshot::default();
+        let mut by_mesh: HashMap<MeshId, usize> = HashMap::new();
+        let mut stmt = conn.prepare("SELECT genesis FROM meshes ORDER BY created_at")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        for row in rows {
+            let g: MeshGenesis = serde_json::from_str(&row?).map_err(corrupt("mesh genesis"))?;
+            by_mesh.insert(g.mesh, snap.meshes.len());
+            snap.meshes.push((g, Vec::new()));
+        }
+        let mut stmt = conn.prepare("SELECT entry FROM roster ORDER BY mesh, seq")?;
+        for row in stmt.query_map([], |r| r.get::<_, String>(0))? {
+            let e: RosterEntry = serde_json::from_str(&row?).map_err(corrupt("roster entry"))?;
+            if let Some(&i) = by_mesh.get(&e.mesh) {
+                snap.meshes[i].1.push(e);
+            }
+        }
+        let mut stmt = conn.prepare("SELECT cap, uses, revoked_at IS NOT NULL FROM invites")?;
+        for row in stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, bool>(2)?))
+        })? {
+            let (cap, uses, revoked) = row?;
+            let cap: InviteCap = serde_json::from_str(&cap).map_err(corrupt("invite"))?;
+            snap.invites.push((cap, uses as u32, revoked));
+        }
+        let mut stmt = conn.prepare("SELECT record, last_seen FROM presence")?;
+        for row in
+            stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+        {
+            let (rec, seen) = row?;
+            let p: SignedPresence = serde_json::from_str(&rec).map_err(corrupt("presence"))?;
+            snap.presence.push((p, seen));
+        }
+        let mut stmt = conn.prepare(
+            "SELECT mesh, count(*), coalesce(sum(size), 0) FROM messages
+             WHERE envelope IS NOT NULL GROUP BY mesh",
+        )?;
+        for row in stmt.query_map([], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        })? {
+            let (mesh, n, bytes) = row?;
+            if let Some(m) = MeshId::from_slice(&mesh) {
+                snap.usage.insert(m, (n as u64, bytes as u64));
+            }
+        }
+        Ok(snap)
+    }
+
+    async fn create_mesh(&self, g: MeshGenesis) -> Result<(), StoreError> {
+        let json = serde_json::to_string(&g).map_err(corrupt("mesh genesis"))?;
+        self.writer
+            .call(move |tx| {
+                tx.execute(
+                    "INSERT INTO meshes (id, genesis, created_at) VALUES (?1, ?2, ?3)",
+                    params![g.mesh.as_bytes(), json, g.created_at],
+                )
+                .map(|_| ())
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn append_roster(&self, seq: u64, entry: RosterEntry) -> Result<(), StoreError> {
+        let json = serde_json::to_string(&entry).map_err(corrupt("roster entry"))?;
+        self.writer
+            .call(move |tx| {
+                tx.execute(
+                    "INSERT INTO roster (mesh, seq, entry) VALUES (?1, ?2, ?3)",
+                    params![entry.mesh.as_bytes(), seq as i64, json],
+                )?;
+                if let Some(inv) = entry.invite {
+                    tx.execute(
+                        "UPDATE invites SET uses = uses + 1 WHERE id = ?1",
+                        params![inv.as_bytes()],
+                    )?;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn put_invite(&self, cap: InviteCap) -> Result<(), StoreError> {
+        let json = serde_json::to_string(&cap).map_err(corrupt("invite"))?;
+        self.writer
+            .call(move |tx| {
+                tx.execute(
+                    "INSERT INTO invites (id, mesh, cap, max_uses, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (id) DO NOTHING",
+                    params![cap.id.as_bytes(), cap.mesh.as_bytes(), json, cap.max_uses, cap.expires_at],
+                )
+                .map(|_| ())
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn revoke_invite(&self, id: InviteId, at: i64) -> Result<(), StoreError> {
+        self.writer
+            .call(move |tx| {
+                tx.execute(
+                    "UPDATE invites SET revoked_at = coalesce(revoked_at, ?2) WHERE id = ?1",
+                    params![id.as_bytes(), at],
+                )
+                .map(|_| ())
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn put_presence(&self, p: SignedPresence, last_seen: i64) -> Result<(), StoreError> {
+        let json = serde_json::to_string(&p).map_err(corrupt("presence"))?;
+        self.writer
+            .submit("presence", move |tx| {
+                tx.execute(
+                    "INSERT INTO presence (mesh, session, member, record, last_seen)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (mesh, session) DO UPDATE SET
+                        member = excluded.member, record = excluded.record,
+                        last_seen = excluded.last_seen",
+                    params![p.mesh.as_bytes(), p.session.as_bytes(), p.member.0, json, last_seen],
+                )
+                .map(|_| ())
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn touch_presence(
+        &self,
+        mesh: MeshId,
+        sessions: Vec<SessionId>,
+        last_seen: i64,
+    ) -> Result<(), StoreError> {
+        self.writer
+            .submit("presence last-seen", move |tx| {
+                let mut stmt = tx.prepare_cached(
+                    "UPDATE presence SET last_seen = ?3 WHERE mesh = ?1 AND session = ?2",
+                )?;
+                for s in sessions {
+                    stmt.execute(params![mesh.as_bytes(), s.as_bytes(), last_seen])?;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn put_envelope(&self, e: NewEnvelope, done: Done<bool>) -> Result<(), StoreError> {
+        self.writer
+            .call_then(
+                move |tx| {
+                    let inserted = tx.prepare_cached(
+                        "INSERT INTO messages (id, mesh, sender, envelope, size, created_at, expires_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
+                    )?
+                    .execute(params![
+                        e.id.as_bytes(),
+                        e.mesh.as_bytes(),
+                        e.sender.0,
+                        &e.envelope[..],
+                        e.envelope.len() as i64,
+                        e.at,
+                        e.expires_at
+                    ])?;
+                    if inserted == 0 {
+                        return Ok(false);
+                    }
+                    let mut stmt = tx.prepare_cached(
+                        "INSERT OR IGNORE INTO mailbox (mesh, member, id) VALUES (?1, ?2, ?3)",
+                    )?;
+                    for r in &e.recipients {
+                        stmt.execute(params![e.mesh.as_bytes(), r.0, e.id.as_bytes()])?;
+                    }
+                    Ok(true)
+                },
+                move |r| done(r.map_err(StoreError::from)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn barrier(&self, done: Done<()>) -> Result<(), StoreError> {
+        self.writer.call_then(|_| Ok(()), move |r| done(r.map_err(StoreError::from))).await?;
+        Ok(())
+    }
+
+    async fn ack(
+        &self,
+        mesh: MeshId,
+        member: MemberKey,
+        ids: Vec<MessageId>,
+        dedupe_until: i64,
+        done: Done<Vec<Acked>>,
+    ) -> Result<(), StoreError> {
+        self.writer
+            .call_then(
+                move |tx| {
+                    let mut out = Vec::new();
+                    let mut del = tx.prepare_cached(
+                        "DELETE FROM mailbox WHERE mesh = ?1 AND member = ?2 AND id = ?3",
+                    )?;
+                    let mut left =
+                        tx.prepare_cached("SELECT 1 FROM mailbox WHERE id = ?1 LIMIT 1")?;
+                    let mut info =
+                        tx.prepare_cached("SELECT sender, size FROM messages WHERE id = ?1")?;
+                    let mut clear = tx.prepare_cached(
+                        "UPDATE messages SET envelope = NULL, expires_at = min(expires_at, ?2)
+                         WHERE id = ?1",
+                    )?;
+                    for id in ids {
+                        if del.execute(params![mesh.as_bytes(), member.0, id.as_bytes()])? == 0 {
+                            continue;
+                        }
+                        let Some((sender, size)) = info
+                            .query_row(params![id.as_bytes()], |r| {
+                                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))
+                            })
+                            .optional()?
+                        else {
+                            continue;
+                        };
+                        let Ok(sender) = key_from(sender) else { continue };
+                        let remaining = left.exists(params![id.as_bytes()])?;
+                        let freed = if remaining {
+                            None
+                        } else {
+                            clear.execute(params![id.as_bytes(), dedupe_until])?;
+                            Some(size as u64)
+                        };
+                        out.push(Acked { id, sender, freed });
+                    }
+                    Ok(out)
+                },
+                move |r| done(r.map_err(StoreError::from)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn mailbox(
+        &self,
+        mesh: MeshId,
+        member: MemberKey,
+        after: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<Stored>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT m.id, m.envelope, m.created_at FROM mailbox b
+                 JOIN messages m ON m.id = b.id
+                 WHERE b.mesh = ?1 AND b.member = ?2 AND b.id > ?3 AND m.envelope IS NOT NULL
+                 ORDER BY b.id LIMIT ?4",
+            )?;
+            let after = after.map(|a| a.as_bytes().to_vec()).unwrap_or_default();
+            let rows = stmt.query_map(
+                params![mesh.as_bytes(), member.0, after, limit as i64],
+                |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(2)?)),
+            )?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, envelope, at) = row?;
+                out.push(Stored { id: id_from(&id)?, envelope, at });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn drop_mailbox(&self, mesh: MeshId, member: MemberKey) -> Result<(), StoreError> {
+        self.writer
+            .call(move |tx| {
+                tx.execute(
+                    "DELETE FROM mailbox WHERE mesh = ?1 AND member = ?2",
+                    params![mesh.as_bytes(), member.0],
+                )
+                .map(|_| ())
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn prune(&self, now: i64) -> Result<Pruned, StoreError> {
+        let r = self
+            .writer
+            .call(move |tx| {
+                let mut out: HashMap<Vec<u8>, (u64, u64)> = HashMap::new();
+                {
+                    let mut stmt = tx.prepare(
+                        "SELECT mesh, count(*), coalesce(sum(size), 0) FROM messages
+                         WHERE expires_at < ?1 AND envelope IS NOT NULL GROUP BY mesh",
+                    )?;
+                    let rows = stmt.query_map(params![now], |r| {
+                        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                    })?;
+                    for row in rows {
+                        let (m, n, b) = row?;
+                        out.insert(m, (n as u64, b as u64));
+                    }
+                }
+                tx.execute(
+                    "DELETE FROM mailbox WHERE id IN (SELECT id FROM messages WHERE expires_at < ?1)",
+                    params![now],
+                )?;
+                tx.execute("DELETE FROM messages WHERE expires_at < ?1", params![now])?;
+                Ok(out)
+            })
+            .await?;
+        Ok(r.into_iter().filter_map(|(m, v)| MeshId::from_slice(&m).map(|m| (m, v))).collect())
+    }
+}
