@@ -1,1 +1,33 @@
-//! placeholder
+//! claudemesh-daemon: the per-machine daemon, the source of truth for every mesh this
+//! machine has joined.
+//!
+//! It keeps a SQLite copy of each mesh (roster, presence cache, inbox, outbox), holds one
+//! relay link per mesh (QUIC first, WebSocket fallback, reconnecting with backoff), seals
+//! and opens messages, and serves the CLI, the MCP shim and hooks over a local socket.
+//!
+//! Read [`daemon`] (start-up and shutdown) first, then `link` (the relay link actor) and
+//! `delivery` (addressing, sealing, opening).
+//!
+//! What it is not: not a relay (it embeds one only for the zero-configuration default),
+//! not a UI. Only the daemon writes `daemon.db`; the CLI may read it when the daemon is
+//! down.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+#![deny(clippy::print_stdout)]
+
+pub mod client;
+pub mod config;
+pub mod daemon;
+mod delivery;
+pub mod keys;
+mod link;
+mod membership;
+mod mesh;
+pub mod paths;
+mod rpc;
+pub mod store;
+
+pub use client::{Client, ClientError, connect_or_start};
+pub use config::DaemonConfig;
+pub use daemon::{DaemonError, DaemonHandle, run, start};
+pub use delivery::MAX_BODY;
+pub use paths::Paths;

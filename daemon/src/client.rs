@@ -1,0 +1,162 @@
+//! The client side of the local protocol, used by the CLI, the MCP shim, hooks and tests:
+//! connect to a daemon's socket (starting the daemon if needed) and call methods.
+
+use claudemesh_schema::ipc::{Incoming, MAX_LINE, Notification, Request};
+use futures_util::{SinkExt as _, StreamExt as _};
+use interprocess::local_socket::tokio::Stream;
+use interprocess::local_socket::traits::tokio::Stream as _;
+use interprocess::local_socket::{GenericFilePath, ToFsName as _};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec};
+
+use crate::paths::Paths;
+
+/// Talking to the daemon failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// No daemon listens on the socket.
+    #[error("the claudemesh daemon is not running (no answer on {socket})")]
+    NotRunning {
+        /// The socket path.
+        socket: PathBuf,
+    },
+    /// The daemon could not be started.
+    #[error("could not start the claudemesh daemon: {0}")]
+    Start(String),
+    /// The connection failed mid-call.
+    #[error("lost the connection to the daemon: {0}")]
+    Io(String),
+    /// The daemon answered something unexpected.
+    #[error("unexpected answer from the daemon: {0}")]
+    Protocol(String),
+    /// The daemon answered with an error.
+    #[error("{message}")]
+    Rpc {
+        /// Stable code (`claudemesh_schema::ipc::codes`).
+        code: i32,
+        /// What happened and what to do.
+        message: String,
+    },
+}
+
+/// A connection to a daemon.
+#[derive(Debug)]
+pub struct Client {
+    reader: FramedRead<ReadHalf<Stream>, LinesCodec>,
+    writer: FramedWrite<WriteHalf<Stream>, LinesCodec>,
+    next_id: u64,
+    notes: VecDeque<Notification>,
+}
+
+impl Client {
+    /// Connect to the daemon listening on `socket`.
+    pub async fn connect(socket: &Path) -> Result<Self, ClientError> {
+        let not_running = || ClientError::NotRunning { socket: socket.to_path_buf() };
+        let name = socket.to_fs_name::<GenericFilePath>().map_err(|_| not_running())?;
+        let stream = Stream::connect(name).await.map_err(|_| not_running())?;
+        let (r, w) = tokio::io::split(stream);
+        Ok(Self {
+            reader: FramedRead::new(r, LinesCodec::new_with_max_length(MAX_LINE)),
+            writer: FramedWrite::new(w, LinesCodec::new()),
+            next_id: 1,
+            notes: VecDeque::new(),
+        })
+    }
+
+    /// Call `method` and decode its result.
+    pub async fn call<T: DeserializeOwned>(&mut self, method: &str, params: impl Serialize) -> Result<T, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let line = serde_json::to_string(&Request::new(id, method, params)).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.writer.send(line).await.map_err(|e| ClientError::Io(e.to_string()))?;
+        loop {
+            let line = match self.reader.next().await {
+                None => return Err(ClientError::Io("the daemon closed the connection".into())),
+                Some(Err(e)) => return Err(ClientError::Io(e.to_string())),
+                Some(Ok(l)) => l,
+            };
+            match serde_json::from_str::<Incoming>(&line) {
+                Ok(Incoming::Response(r)) if r.id == id => {
+                    if let Some(e) = r.error {
+                        return Err(ClientError::Rpc { code: e.code, message: e.message });
+                    }
+                    let v = r.result.unwrap_or(serde_json::Value::Null);
+                    return serde_json::from_value(v).map_err(|e| ClientError::Protocol(e.to_string()));
+                }
+                Ok(Incoming::Response(_)) => continue,
+                Ok(Incoming::Notification(n)) => self.notes.push_back(n),
+                Err(e) => return Err(ClientError::Protocol(e.to_string())),
+            }
+        }
+    }
+
+    /// Wait for the next pushed notification.
+    pub async fn notification(&mut self) -> Result<Notification, ClientError> {
+        if let Some(n) = self.notes.pop_front() {
+            return Ok(n);
+        }
+        loop {
+            let line = match self.reader.next().await {
+                None => return Err(ClientError::Io("the daemon closed the connection".into())),
+                Some(Err(e)) => return Err(ClientError::Io(e.to_string())),
+                Some(Ok(l)) => l,
+            };
+            if let Ok(Incoming::Notification(n)) = serde_json::from_str::<Incoming>(&line) {
+                return Ok(n);
+            }
+        }
+    }
+}
+
+/// Connect to the daemon of `paths`, starting `exe daemon run` in the background if none
+/// answers. Waits for the new daemon to say it is ready (not a fixed sleep).
+pub async fn connect_or_start(paths: &Paths, exe: &Path) -> Result<Client, ClientError> {
+    match Client::connect(&paths.socket).await {
+        Ok(c) => Ok(c),
+        Err(ClientError::NotRunning { .. }) => {
+            start_daemon(paths, exe).await?;
+            Client::connect(&paths.socket).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Start `exe daemon run` detached (own process group, no terminal) and wait until it
+/// reports `ready` on its stdout, or its error.
+pub async fn start_daemon(paths: &Paths, exe: &Path) -> Result<(), ClientError> {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.args(["daemon", "run", "--notify-ready"])
+        .env(crate::paths::ENV_CONFIG_DIR, &paths.dir)
+        .env(crate::paths::ENV_SOCKET, &paths.socket)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(false);
+    #[cfg(unix)]
+    cmd.process_group(0);
+    let mut child = cmd.spawn().map_err(|e| ClientError::Start(format!("cannot run {}: {e}", exe.display())))?;
+    let Some(out) = child.stdout.take() else {
+        return Err(ClientError::Start("no stdout from the daemon".into()));
+    };
+    let mut lines = tokio::io::BufReader::new(out).lines();
+    let line = tokio::time::timeout(Duration::from_secs(15), lines.next_line())
+        .await
+        .map_err(|_| ClientError::Start("the daemon did not become ready within 15 s; see the logs in the config directory".into()))?
+        .map_err(|e| ClientError::Start(e.to_string()))?;
+    match line {
+        Some(l) if l.starts_with("ready") => Ok(()),
+        Some(l) if l.contains("already running") => Ok(()),
+        Some(l) => Err(ClientError::Start(l.trim_start_matches("error: ").to_string())),
+        None => Err(ClientError::Start(format!(
+            "the daemon exited during startup; run `claudemesh daemon run` to see why (logs: {})",
+            paths.logs().display()
+        ))),
+    }
+}

@@ -1,0 +1,267 @@
+//! Messages in and out: resolving an address (`name`, id prefix, `@group`, `*`) against the
+//! presence cache, sealing and queueing outgoing messages durably, and opening incoming
+//! envelopes into inbox rows.
+
+use bytes::Bytes;
+use claudemesh_schema::crypto::BoxPublic;
+use claudemesh_schema::ipc::methods::{InboxMessage, SendParams, SendResult, Stage};
+use claudemesh_schema::message::{self, MessagePayload};
+use claudemesh_schema::wire::{self, ClientFrame, Envelope, Route, Seal};
+use claudemesh_schema::{MessageId, now_ms};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::daemon::Daemon;
+use crate::mesh::{LinkCmd, MeshCtx, lock};
+use crate::rpc::RpcErr;
+use crate::store::{self, InboxRow, PresenceRow};
+
+/// Longest message body accepted, in bytes.
+pub const MAX_BODY: usize = 128 * 1024;
+/// Default time `send` waits for the relay's acknowledgement.
+const DEFAULT_WAIT: Duration = Duration::from_secs(3);
+
+/// Open an envelope delivered to this daemon. `None` when it is not for us, its sender is
+/// not a member, or it does not open (all logged, never with content).
+pub(crate) fn open(d: &Daemon, m: &MeshCtx, env: &Envelope, at: i64) -> Option<InboxRow> {
+    let _ = d;
+    if !m.is_member(&env.from_member) {
+        tracing::warn!(id = %env.id, from = %env.from_member.short(), "message from a non-member dropped");
+        return None;
+    }
+    let to_session = match &env.to {
+        Route::Session { session } if *session == m.keys.session => Some(*session),
+        Route::Session { .. } => None,
+        Route::Member { member } if *member == m.member() => Some(m.keys.session),
+        Route::Member { .. } => None,
+        Route::Sessions { sessions } if sessions.contains(&m.keys.session) => Some(m.keys.session),
+        Route::Sessions { .. } => None,
+        Route::All => Some(m.keys.session),
+    };
+    let Some(to_session) = to_session else {
+        tracing::debug!(id = %env.id, "envelope for no session of ours");
+        return None;
+    };
+    let opened = match env.seal {
+        Seal::Mesh => message::open_from_mesh(&m.keys.mesh_key, &env.from_member, &env.id, &env.ct),
+        Seal::Box => match &env.to {
+            Route::Member { .. } => {
+                message::open_direct(&m.keys.member.box_secret(), &env.from_member, &env.id, &env.ct)
+            }
+            _ => message::open_direct(&m.keys.session_secret, &env.from_member, &env.id, &env.ct),
+        },
+    };
+    let p = match opened {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(id = %env.id, error = %e, "message does not open; dropped");
+            return None;
+        }
+    };
+    if p.from_session != env.from {
+        tracing::warn!(id = %env.id, "message names another sender session than its envelope; dropped");
+        return None;
+    }
+    let direct = matches!(env.to, Route::Session { .. } | Route::Member { .. });
+    Some(InboxRow {
+        msg: InboxMessage {
+            id: env.id,
+            mesh: m.id,
+            mesh_name: m.name(),
+            from_id: p.from_session,
+            from_member: env.from_member.to_b64(),
+            from_name: p.from_name,
+            to: p.to,
+            priority: p.priority,
+            sent_at: p.sent_at,
+            received_at: at.max(now_ms()),
+            body: p.body,
+            verified: true,
+        },
+        to_session: if direct { Some(to_session) } else { None },
+    })
+}
+
+/// A resolved address.
+struct Target {
+    route: Route,
+    /// Box key for direct messages; `None` seals with the mesh key.
+    key: Option<BoxPublic>,
+    names: Vec<String>,
+    label: String,
+}
+
+fn describe(p: &PresenceRow) -> String {
+    format!(
+        "{} ({}, {}{})",
+        p.profile.name,
+        p.session.short(),
+        if p.profile.hostname.is_empty() { "?" } else { &p.profile.hostname },
+        if p.online { ", online" } else { ", offline" }
+    )
+}
+
+/// Resolve `to` among the peers of one mesh.
+fn resolve(m: &MeshCtx, peers: &[PresenceRow], to: &str) -> Result<Option<Target>, RpcErr> {
+    let others: Vec<&PresenceRow> = peers
+        .iter()
+        .filter(|p| p.session != m.keys.session && m.is_member(&p.member))
+        .collect();
+    if to == "*" {
+        let names = others.iter().filter(|p| p.profile.visible).map(|p| p.profile.name.clone()).collect();
+        return Ok(Some(Target { route: Route::All, key: None, names, label: "*".into() }));
+    }
+    if let Some(group) = to.strip_prefix('@') {
+        let g = group.to_lowercase();
+        let members: Vec<&&PresenceRow> = others
+            .iter()
+            .filter(|p| p.profile.visible && p.profile.groups.iter().any(|x| x.to_lowercase() == g))
+            .collect();
+        if members.is_empty() {
+            return Ok(None);
+        }
+        return Ok(Some(Target {
+            route: Route::Sessions { sessions: members.iter().map(|p| p.session).collect() },
+            key: None,
+            names: members.iter().map(|p| p.profile.name.clone()).collect(),
+            label: format!("@{group}"),
+        }));
+    }
+    let lower = to.to_lowercase();
+    let hex = lower.replace('-', "");
+    let pick = |c: Vec<&PresenceRow>| -> Vec<PresenceRow> {
+        // Several sessions of one name: prefer the online ones.
+        let online: Vec<&PresenceRow> = c.iter().copied().filter(|p| p.online).collect();
+        let chosen = if online.is_empty() { c } else { online };
+        chosen.into_iter().cloned().collect()
+    };
+    let mut cands: Vec<PresenceRow> = Vec::new();
+    if hex.len() >= 4 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        cands = others.iter().filter(|p| p.session.0.simple().to_string().starts_with(&hex)).map(|p| (*p).clone()).collect();
+    }
+    if cands.is_empty() {
+        cands = pick(others.iter().copied().filter(|p| p.profile.name.to_lowercase() == lower).collect());
+    }
+    if cands.is_empty() && to.len() >= 4 {
+        cands = pick(others.iter().copied().filter(|p| p.member.to_b64().starts_with(to)).collect());
+    }
+    if cands.is_empty() {
+        cands = pick(others.iter().copied().filter(|p| p.profile.name.to_lowercase().starts_with(&lower)).collect());
+    }
+    match cands.len() {
+        0 => Ok(None),
+        1 => {
+            let p = &cands[0];
+            Ok(Some(Target {
+                route: Route::Session { session: p.session },
+                key: Some(p.session_key),
+                names: vec![p.profile.name.clone()],
+                label: p.profile.name.clone(),
+            }))
+        }
+        _ => Err(RpcErr::ambiguous(format!(
+            "{to:?} matches several peers: {}; use the id shown by `claudemesh peers`",
+            cands.iter().map(describe).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+/// Send a message: resolve, seal, commit to the outbox, hand to the link, and wait
+/// briefly for the relay's acknowledgement.
+pub(crate) async fn send(d: &Arc<Daemon>, p: SendParams) -> Result<SendResult, RpcErr> {
+    let to = p.to.trim().to_string();
+    if to.is_empty() {
+        return Err(RpcErr::invalid("no recipient given; use a peer name or id, @group, or *"));
+    }
+    if p.body.is_empty() {
+        return Err(RpcErr::invalid("the message is empty"));
+    }
+    if p.body.len() > MAX_BODY {
+        return Err(RpcErr::invalid(format!(
+            "the message is {} bytes; the limit is {MAX_BODY} (share large content as a file)",
+            p.body.len()
+        )));
+    }
+    let broad = to == "*" || to.starts_with('@');
+    let meshes = match &p.mesh {
+        Some(sel) => vec![d.select(Some(sel))?],
+        None if broad => vec![d.select(None)?],
+        None => {
+            let all = d.meshes();
+            if all.is_empty() {
+                return Err(d.select(None).err().unwrap_or_else(|| RpcErr::not_found("no mesh")));
+            }
+            all
+        }
+    };
+    let mut found: Vec<(Arc<MeshCtx>, Target)> = Vec::new();
+    for m in meshes {
+        let id = m.id;
+        let peers = d.store.read(move |c| store::q_presence(c, id)).await.map_err(RpcErr::internal)?;
+        if let Some(t) = resolve(&m, &peers, &to)? {
+            found.push((m, t));
+        }
+    }
+    let (m, target) = match found.len() {
+        0 => {
+            return Err(RpcErr::not_found(if let Some(g) = to.strip_prefix('@') {
+                format!("nobody is in @{g}; `claudemesh peers` shows peers and their groups")
+            } else {
+                format!("no peer matches {to:?}; `claudemesh peers` lists who you can message")
+            }));
+        }
+        1 => found.remove(0),
+        _ => {
+            return Err(RpcErr::ambiguous(format!(
+                "{to:?} matches peers in several meshes ({}); pass --mesh",
+                found.iter().map(|(m, _)| m.name()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+    };
+    let session = p.session.unwrap_or(m.keys.session);
+    let id = MessageId::new();
+    let now = now_ms();
+    let payload = MessagePayload {
+        id,
+        from_session: session,
+        from_name: lock(&m.row).display_name.clone(),
+        to: target.label.clone(),
+        priority: p.priority,
+        sent_at: now,
+        kind: "text".into(),
+        body: p.body,
+    };
+    let (seal, ct) = match &target.key {
+        Some(k) => (Seal::Box, message::seal_direct(&m.keys.member, k, &payload)),
+        None => (Seal::Mesh, message::seal_for_mesh(&m.keys.mesh_key, &m.keys.member, &payload)),
+    };
+    let ct = ct.map_err(|e| RpcErr::internal(format!("cannot seal message: {e}")))?;
+    let env = Envelope { id, from: session, from_member: m.member(), to: target.route, seal, ct };
+    let frame = wire::encode(&ClientFrame::Send(env)).map_err(|e| RpcErr::invalid(e.to_string()))?;
+    d.store
+        .enqueue(m.id, id, frame.clone(), target.label.clone(), p.priority, now)
+        .await
+        .map_err(|e| RpcErr::internal(format!("cannot queue the message: {e}")))?;
+    // From here the message is durable: whatever happens next, it will be sent.
+    let connected = m.link.connected();
+    let wait = p.wait_ms.map(Duration::from_millis).unwrap_or(DEFAULT_WAIT);
+    let waiter = if connected && !wait.is_zero() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        lock(&m.waiters).insert(id, tx);
+        Some(rx)
+    } else {
+        None
+    };
+    let _ = m.link.tx.try_send(LinkCmd::Send(id, Bytes::from(frame)));
+    let mut stage = Stage::Queued;
+    if let Some(rx) = waiter {
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(Ok(()))) => stage = Stage::Relayed,
+            Ok(Ok(Err(refused))) => return Err(RpcErr::invalid(refused)),
+            _ => {
+                lock(&m.waiters).remove(&id);
+            }
+        }
+    }
+    Ok(SendResult { id, mesh: m.id, stage, recipients: target.names, local: 0 })
+}

@@ -1,0 +1,625 @@
+//! Joining and shaping meshes: create, invite (mint, list, revoke), answer claims as an
+//! admin (automatically, or after `invite approve`), join as a claimant, leave, and change
+//! our profile.
+
+use bytes::Bytes;
+use claudemesh_relay::{ConnectOptions, Connection};
+use claudemesh_schema::crypto::{self, BoxSecret, MemberSecret, MeshKey};
+use claudemesh_schema::invite::{self, InviteLink, JoinSecret};
+use claudemesh_schema::ipc::methods::{
+    ClaimDecideParams, CreateParams, Identity, InviteInfo, InviteParams, InviteRevokeParams,
+    JoinParams, MeshInfo, MeshParams, MeshProfile, PendingClaim, ProfileParams, ProfileResult,
+    WhoamiResult,
+};
+use claudemesh_schema::message::PeerStatus;
+use claudemesh_schema::roster::{
+    InviteCap, InviteRevocation, MeshGenesis, Role, RosterEntry, RosterOp,
+};
+use claudemesh_schema::wire::{
+    self, ClaimDecision, ClaimOutcome, ClaimRequest, ClientFrame, ErrorCode, RelayFrame,
+};
+use claudemesh_schema::{ClaimId, InviteId, MeshId, encoding, now_ms};
+use std::sync::Arc;
+use std::time::Duration;
+use zeroize::Zeroize as _;
+
+use crate::config::default_display_name;
+use crate::daemon::Daemon;
+use crate::keys::MeshKeys;
+use crate::mesh::{LinkCmd, MeshCtx, RelayRefusal, lock};
+use crate::rpc::RpcErr;
+use crate::store::{self, MeshRow};
+
+/// Check a mesh or display name: 1–64 characters, no control characters, not address
+/// syntax (`*`, `@…`).
+pub(crate) fn valid_name(what: &str, s: &str) -> Result<String, RpcErr> {
+    let t = s.trim();
+    if t.is_empty() || t.chars().count() > 64 {
+        return Err(RpcErr::invalid(format!("{what} must be 1 to 64 characters")));
+    }
+    if t.chars().any(char::is_control) || t == "*" || t.starts_with('@') {
+        return Err(RpcErr::invalid(format!(
+            "{what} {t:?} is not allowed (no control characters, not `*`, not starting with `@`)"
+        )));
+    }
+    Ok(t.to_string())
+}
+
+fn connect_opts(d: &Daemon) -> ConnectOptions {
+    ConnectOptions {
+        quic: d.cfg.link.quic,
+        websocket: d.cfg.link.websocket,
+        quic_timeout: Duration::from_millis(d.cfg.link.quic_timeout_ms),
+        ws_timeout: Duration::from_millis(d.cfg.link.ws_timeout_ms),
+    }
+}
+
+fn display_name(d: &Daemon, given: Option<&str>) -> Result<String, RpcErr> {
+    match given {
+        Some(n) => valid_name("display name", n),
+        None => valid_name("display name", &default_display_name(&d.cfg))
+            .or_else(|_| Ok("me".to_string())),
+    }
+}
+
+pub(crate) fn mesh_info(row: &MeshRow) -> MeshInfo {
+    MeshInfo {
+        mesh: row.id,
+        name: row.name.clone(),
+        relay: row.relay.clone(),
+        relay_fingerprint: encoding::b64(&row.relay_fp),
+        role: row.role,
+        member: row.member.to_b64(),
+        display_name: row.display_name.clone(),
+        session: row.session,
+        joined_at: row.joined_at,
+    }
+}
+
+async fn send_raw(c: &mut Connection, f: &ClientFrame) -> Result<(), RpcErr> {
+    let b = wire::encode(f).map_err(|e| RpcErr::internal(e.to_string()))?;
+    c.writer
+        .send(Bytes::from(b))
+        .await
+        .map_err(|e| RpcErr::relay(format!("lost the relay connection: {e}")))
+}
+
+async fn recv_raw(c: &mut Connection, limit: Duration) -> Result<Option<RelayFrame>, RpcErr> {
+    match tokio::time::timeout(limit, c.reader.next()).await {
+        Err(_) => Ok(None),
+        Ok(None) => Err(RpcErr::relay("the relay closed the connection")),
+        Ok(Some(Err(e))) => Err(RpcErr::relay(format!("relay connection failed: {e}"))),
+        Ok(Some(Ok(b))) => wire::decode::<RelayFrame>(&b)
+            .map(Some)
+            .map_err(|e| RpcErr::relay(format!("bad frame from relay: {e}"))),
+    }
+}
+
+fn refusal(r: RelayRefusal) -> RpcErr {
+    match r.code {
+        None => RpcErr::relay(r.message),
+        Some(ErrorCode::NotAuthorized) => RpcErr::forbidden(r.message),
+        Some(code) => RpcErr::relay(format!("relay refused ({code}): {}", r.message)),
+    }
+}
+
+/// `create`: a new mesh with us as owner, registered at the relay.
+pub(crate) async fn create(d: &Arc<Daemon>, p: CreateParams) -> Result<MeshInfo, RpcErr> {
+    let _g = d.membership.lock().await;
+    let name = valid_name("mesh name", &p.name)?;
+    if d.meshes().iter().any(|m| m.name() == name) {
+        return Err(RpcErr::conflict(format!("you already have a mesh called {name:?}; pick another name")));
+    }
+    let display = display_name(d, p.display_name.as_deref())?;
+    let (addr, pin) = match (&p.relay, &d.relay) {
+        (Some(a), _) => {
+            let pin = match &p.fingerprint {
+                Some(f) => Some(encoding::unb64_array::<32>(f.trim()).ok_or_else(|| {
+                    RpcErr::invalid("the fingerprint must be 43 characters of base64url (as printed by `claudemesh-relay fingerprint`)")
+                })?),
+                None => None,
+            };
+            (a.clone(), pin)
+        }
+        (None, Some((a, fp))) => (a.clone(), Some(*fp)),
+        (None, None) => {
+            return Err(RpcErr::not_found(
+                "no relay configured: run `claudemesh up` to start a local one, or pass --relay <host:port>",
+            ));
+        }
+    };
+    let mut conn = claudemesh_relay::connect(&addr, pin, &connect_opts(d))
+        .await
+        .map_err(|e| RpcErr::relay(format!("cannot reach the relay at {addr}: {e}")))?;
+    let fp = conn.fingerprint;
+    let keys = MeshKeys::generate(MemberSecret::generate(), MeshKey::generate());
+    let mesh = MeshId::new();
+    let now = now_ms();
+    let genesis = MeshGenesis::sign(&keys.member, mesh, now);
+    send_raw(&mut conn, &ClientFrame::CreateMesh { rid: 1, genesis: genesis.clone() }).await?;
+    loop {
+        match recv_raw(&mut conn, Duration::from_secs(10)).await? {
+            Some(RelayFrame::Ok { rid: 1 }) => break,
+            Some(RelayFrame::Error { code, message, .. }) => {
+                return Err(RpcErr::relay(format!("the relay refused to create the mesh ({code}): {message}")));
+            }
+            Some(_) => continue,
+            None => return Err(RpcErr::relay("the relay did not answer the mesh creation")),
+        }
+    }
+    conn.close().await;
+    keys.save(&d.paths.keys(), &mesh).map_err(|e| RpcErr::internal(e.to_string()))?;
+    let row = MeshRow {
+        id: mesh,
+        name,
+        relay: addr,
+        relay_fp: fp,
+        member: keys.member.public(),
+        session: keys.session,
+        role: Role::Owner,
+        display_name: display,
+        groups: Vec::new(),
+        summary: String::new(),
+        status: PeerStatus::Idle,
+        genesis,
+        joined_at: now,
+    };
+    if let Err(e) = d.store.insert_mesh(row.clone()).await {
+        let _ = MeshKeys::remove(&d.paths.keys(), &mesh);
+        return Err(RpcErr::internal(format!("cannot record the mesh: {e}")));
+    }
+    let info = mesh_info(&row);
+    d.add_mesh(row, keys, Vec::new());
+    tracing::info!(mesh = %mesh.short(), "mesh created");
+    Ok(info)
+}
+
+fn invite_info(m: &MeshCtx, cap: &InviteCap, uses: u32, revoked: bool, with_link: bool) -> InviteInfo {
+    let link = with_link.then(|| {
+        let row = lock(&m.row);
+        InviteLink {
+            relay: row.relay.clone(),
+            fingerprint: row.relay_fp,
+            invite: cap.id,
+            secret: invite::invite_secret(&m.keys.mesh_key, &cap.id),
+        }
+        .to_link()
+    });
+    InviteInfo {
+        invite: link,
+        id: cap.id,
+        mesh: cap.mesh,
+        mesh_name: m.name(),
+        role: cap.role,
+        max_uses: cap.max_uses,
+        uses,
+        expires_at: cap.expires_at,
+        approve: cap.approve,
+        revoked,
+    }
+}
+
+/// `invite`: mint an invite, register its capability at the relay, return the link.
+pub(crate) async fn invite(d: &Arc<Daemon>, p: InviteParams) -> Result<InviteInfo, RpcErr> {
+    let m = d.select(p.mesh.as_deref())?;
+    if !m.role().is_admin() {
+        return Err(RpcErr::forbidden(format!("only admins can invite to {}; ask an admin", m.name())));
+    }
+    if p.uses == 0 {
+        return Err(RpcErr::invalid("--uses must be at least 1"));
+    }
+    if !(60..=365 * 24 * 3600).contains(&p.expires_secs) {
+        return Err(RpcErr::invalid("--expires must be between 1 minute and 365 days"));
+    }
+    if p.role == Role::Owner {
+        return Err(RpcErr::invalid("an invite can grant member or admin, not owner"));
+    }
+    let now = now_ms();
+    let cap = InviteCap::sign(
+        &m.keys.member,
+        InviteId::new(),
+        m.id,
+        p.role,
+        p.uses,
+        now + p.expires_secs as i64 * 1000,
+        p.approve,
+        now,
+    );
+    let c2 = cap.clone();
+    m.link
+        .request(Box::new(move |rid| ClientFrame::InvitePublish { rid, cap: c2 }))
+        .await
+        .map_err(refusal)?;
+    d.store.insert_invite(&cap, now).await.map_err(RpcErr::internal)?;
+    tracing::info!(mesh = %m.id.short(), invite = %cap.id.short(), "invite minted");
+    Ok(invite_info(&m, &cap, 0, false, true))
+}
+
+/// `invite_list`: invites minted on this machine.
+pub(crate) async fn invite_list(d: &Arc<Daemon>, p: MeshParams) -> Result<Vec<InviteInfo>, RpcErr> {
+    let only = match &p.mesh {
+        Some(s) => Some(d.select(Some(s))?.id),
+        None => None,
+    };
+    let rows = d.store.read(|c| store::q_invites(c)).await.map_err(RpcErr::internal)?;
+    Ok(rows
+        .into_iter()
+        .filter(|(cap, _, _)| only.is_none_or(|o| o == cap.mesh))
+        .filter_map(|(cap, uses, revoked)| {
+            d.mesh(&cap.mesh).map(|m| invite_info(&m, &cap, uses, revoked, !revoked))
+        })
+        .collect())
+}
+
+/// `invite_revoke`.
+pub(crate) async fn invite_revoke(d: &Arc<Daemon>, p: InviteRevokeParams) -> Result<InviteInfo, RpcErr> {
+    let want = p.id.trim().to_lowercase().replace('-', "");
+    if want.len() < 4 {
+        return Err(RpcErr::invalid("give at least 4 characters of the invite id"));
+    }
+    let rows = d.store.read(|c| store::q_invites(c)).await.map_err(RpcErr::internal)?;
+    let hits: Vec<_> =
+        rows.into_iter().filter(|(c, _, _)| c.id.0.simple().to_string().starts_with(&want)).collect();
+    let (cap, uses, _) = match hits.len() {
+        0 => return Err(RpcErr::not_found(format!("no invite {:?}; `claudemesh invite list` shows them", p.id))),
+        1 => hits.into_iter().next().ok_or_else(|| RpcErr::internal("invite vanished"))?,
+        _ => return Err(RpcErr::ambiguous("several invites match; give more of the id")),
+    };
+    let m = d.mesh(&cap.mesh).ok_or_else(|| RpcErr::not_found("the invite's mesh is no longer joined"))?;
+    let rev = InviteRevocation::sign(&m.keys.member, cap.id, m.id, now_ms());
+    m.link
+        .request(Box::new(move |rid| ClientFrame::InviteRevoke { rid, revocation: rev }))
+        .await
+        .map_err(refusal)?;
+    d.store.invite_revoked(cap.id).await.map_err(RpcErr::internal)?;
+    Ok(invite_info(&m, &cap, uses, true, false))
+}
+
+/// A claim arrived at this admin's link: check the proof, then admit, refuse, or park it
+/// for approval.
+pub(crate) async fn on_claim(
+    d: &Arc<Daemon>,
+    m: &Arc<MeshCtx>,
+    claim: ClaimId,
+    request: ClaimRequest,
+    cap: InviteCap,
+    at: i64,
+) {
+    if cap.mesh != m.id || !m.role().is_admin() {
+        return;
+    }
+    let secret = invite::invite_secret(&m.keys.mesh_key, &request.invite);
+    let expected = invite::claim_proof(&secret, &request.invite, &request.member, &request.box_key);
+    if !crypto::ct_eq(&expected, &request.proof) {
+        tracing::warn!(claim = %claim.short(), "claim with a wrong invite code refused");
+        let _ = m
+            .link
+            .request(Box::new(move |rid| ClientFrame::ClaimDecision {
+                rid,
+                decision: ClaimDecision::Refuse { claim, reason: "the invite code is wrong".into() },
+            }))
+            .await;
+        return;
+    }
+    if cap.approve {
+        let req = serde_json::to_string(&request).unwrap_or_default();
+        let capj = serde_json::to_string(&cap).unwrap_or_default();
+        if let Err(e) = d.store.insert_claim(claim, m.id, req, capj, at).await {
+            tracing::error!(error = %e, "cannot record claim");
+        }
+        tracing::info!(claim = %claim.short(), fingerprint = %request.member.fingerprint(),
+            "claim waits for approval: `claudemesh invite approve {}`", claim.short());
+        return;
+    }
+    if let Err(e) = accept(d, m, claim, &request, &cap).await {
+        tracing::debug!(claim = %claim.short(), error = %e.message, "claim not accepted here");
+    }
+}
+
+async fn accept(
+    d: &Arc<Daemon>,
+    m: &Arc<MeshCtx>,
+    claim: ClaimId,
+    request: &ClaimRequest,
+    cap: &InviteCap,
+) -> Result<(), RpcErr> {
+    let secret = invite::invite_secret(&m.keys.mesh_key, &request.invite);
+    let entry = RosterEntry::sign(
+        &m.keys.member,
+        m.id,
+        request.member,
+        cap.role,
+        RosterOp::Add,
+        now_ms(),
+        Some(cap.id),
+    );
+    let js = JoinSecret {
+        mesh: m.id,
+        mesh_key: *m.keys.mesh_key.as_bytes(),
+        name: m.name(),
+        admitted_by: lock(&m.row).display_name.clone(),
+    };
+    let mut json = serde_json::to_vec(&js).map_err(|e| RpcErr::internal(e.to_string()))?;
+    let sealed = crypto::anon_seal(&request.box_key, &json);
+    json.zeroize();
+    let sealed = sealed.map_err(|e| RpcErr::internal(e.to_string()))?;
+    let mac = invite::accept_mac(&secret, &claim, &sealed, &entry.sig.0);
+    m.link
+        .request(Box::new(move |rid| ClientFrame::ClaimDecision {
+            rid,
+            decision: ClaimDecision::Accept { claim, entry, sealed, mac },
+        }))
+        .await
+        .map_err(refusal)?;
+    let _ = d.store.invite_used(cap.id).await;
+    tracing::info!(claim = %claim.short(), member = %request.member.short(), "claimant admitted");
+    Ok(())
+}
+
+/// `claims`: claims waiting for approval here.
+pub(crate) async fn claims(d: &Arc<Daemon>) -> Result<Vec<PendingClaim>, RpcErr> {
+    let rows = d.store.read(|c| store::q_claims(c)).await.map_err(RpcErr::internal)?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, mesh, req, _cap, at)| {
+            let req: ClaimRequest = serde_json::from_str(&req).ok()?;
+            Some(PendingClaim {
+                claim: id.to_string(),
+                mesh,
+                mesh_name: d.mesh(&mesh).map(|m| m.name()).unwrap_or_default(),
+                invite: req.invite,
+                fingerprint: req.member.fingerprint(),
+                at,
+            })
+        })
+        .collect())
+}
+
+/// `claim_decide`: approve or deny a parked claim.
+pub(crate) async fn claim_decide(d: &Arc<Daemon>, p: ClaimDecideParams) -> Result<PendingClaim, RpcErr> {
+    let want = p.claim.trim().to_lowercase().replace('-', "");
+    let rows = d.store.read(|c| store::q_claims(c)).await.map_err(RpcErr::internal)?;
+    let hits: Vec<_> = rows
+        .into_iter()
+        .filter(|(id, ..)| want.len() >= 4 && id.0.simple().to_string().starts_with(&want))
+        .collect();
+    let (id, mesh, req, cap, at) = match hits.len() {
+        0 => return Err(RpcErr::not_found(format!("no pending claim {:?}; `claudemesh invite pending` lists them", p.claim))),
+        1 => hits.into_iter().next().ok_or_else(|| RpcErr::internal("claim vanished"))?,
+        _ => return Err(RpcErr::ambiguous("several claims match; give more of the id")),
+    };
+    let request: ClaimRequest = serde_json::from_str(&req).map_err(|_| RpcErr::internal("stored claim is corrupt"))?;
+    let cap: InviteCap = serde_json::from_str(&cap).map_err(|_| RpcErr::internal("stored claim is corrupt"))?;
+    let m = d.mesh(&mesh).ok_or_else(|| RpcErr::not_found("the claim's mesh is no longer joined"))?;
+    let result = if p.accept {
+        accept(d, &m, id, &request, &cap).await
+    } else {
+        m.link
+            .request(Box::new(move |rid| ClientFrame::ClaimDecision {
+                rid,
+                decision: ClaimDecision::Refuse { claim: id, reason: "an admin denied the request".into() },
+            }))
+            .await
+            .map_err(refusal)
+    };
+    let _ = d.store.delete_claim(id).await;
+    result.map_err(|e| {
+        if e.message.contains("already decided") {
+            RpcErr::not_found("the claimant is no longer waiting; ask them to run `claudemesh join` again")
+        } else {
+            e
+        }
+    })?;
+    Ok(PendingClaim {
+        claim: id.to_string(),
+        mesh,
+        mesh_name: m.name(),
+        invite: request.invite,
+        fingerprint: request.member.fingerprint(),
+        at,
+    })
+}
+
+/// `join`: claim an invite and, once an admin admits us, start using the mesh.
+pub(crate) async fn join(d: &Arc<Daemon>, p: JoinParams) -> Result<MeshInfo, RpcErr> {
+    let link = InviteLink::parse(&p.invite).map_err(|e| RpcErr::invalid(e.to_string()))?;
+    let display = display_name(d, p.display_name.as_deref())?;
+    let member = MemberSecret::generate();
+    let bx = BoxSecret::generate();
+    let proof = invite::claim_proof(&link.secret, &link.invite, &member.public(), &bx.public());
+    let mut conn = claudemesh_relay::connect(&link.relay, Some(link.fingerprint), &connect_opts(d))
+        .await
+        .map_err(|e| RpcErr::relay(format!("cannot reach the relay named in the invite ({}): {e}", link.relay)))?;
+    let req = ClaimRequest { invite: link.invite, member: member.public(), box_key: bx.public(), proof };
+    send_raw(&mut conn, &ClientFrame::Claim(req)).await?;
+    let wait = Duration::from_secs(p.wait_secs.unwrap_or(300).clamp(1, 3600));
+    let deadline = tokio::time::Instant::now() + wait;
+    let (claim, genesis, entry, sealed, mac) = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match recv_raw(&mut conn, left).await? {
+            None => {
+                return Err(RpcErr::timeout(format!(
+                    "no admin answered within {} s; the inviter's daemon must be running (or, for an \
+                     --approve invite, an admin must run `claudemesh invite approve`)",
+                    wait.as_secs()
+                )));
+            }
+            Some(RelayFrame::ClaimWaiting { admins_online, approve, .. }) => {
+                tracing::info!(admins_online, approve, "claim registered, waiting for an admin");
+            }
+            Some(RelayFrame::ClaimResult(ClaimOutcome::Accepted { claim, genesis, entry, sealed, mac })) => {
+                break (claim, genesis, entry, sealed, mac);
+            }
+            Some(RelayFrame::ClaimResult(ClaimOutcome::Refused { code, message })) => {
+                return Err(RpcErr::invite(format!("the invite was refused ({code}): {message}")));
+            }
+            Some(RelayFrame::Error { code, message, .. }) => {
+                return Err(match code {
+                    ErrorCode::InviteExpired
+                    | ErrorCode::InviteRevoked
+                    | ErrorCode::InviteUsedUp
+                    | ErrorCode::InviteUnknown
+                    | ErrorCode::ClaimRefused => RpcErr::invite(format!("the invite was refused ({code}): {message}")),
+                    _ => RpcErr::relay(format!("the relay refused the claim ({code}): {message}")),
+                });
+            }
+            Some(_) => {}
+        }
+    };
+    conn.close().await;
+    let expected = invite::accept_mac(&link.secret, &claim, &sealed, &entry.sig.0);
+    if !crypto::ct_eq(&expected, &mac) {
+        return Err(RpcErr::invite(
+            "the answer to the claim is not authenticated by the invite; refusing it (the relay may be tampering)",
+        ));
+    }
+    if entry.member != member.public() || entry.op != RosterOp::Add || entry.mesh != genesis.mesh || genesis.verify().is_err() {
+        return Err(RpcErr::invite("the admission does not match this claim; refusing it"));
+    }
+    let opened = crypto::anon_open(&bx, &sealed).map_err(|_| RpcErr::invite("cannot open the mesh key sealed to us"))?;
+    let js: JoinSecret = serde_json::from_slice(&opened).map_err(|_| RpcErr::invite("the sealed join data is malformed"))?;
+    if js.mesh != genesis.mesh {
+        return Err(RpcErr::invite("the sealed mesh id does not match the admission"));
+    }
+    let _g = d.membership.lock().await;
+    if d.mesh(&genesis.mesh).is_some() {
+        return Err(RpcErr::conflict(format!("you are already in {}", js.name)));
+    }
+    let mut name = valid_name("mesh name", &js.name).unwrap_or_else(|_| "mesh".into());
+    let existing: Vec<String> = d.meshes().iter().map(|m| m.name()).collect();
+    if existing.contains(&name) {
+        let base = name.clone();
+        let mut i = 2;
+        while existing.contains(&name) {
+            name = format!("{base}-{i}");
+            i += 1;
+        }
+    }
+    let keys = MeshKeys::generate(member, MeshKey::from_bytes(js.mesh_key));
+    keys.save(&d.paths.keys(), &genesis.mesh).map_err(|e| RpcErr::internal(e.to_string()))?;
+    let row = MeshRow {
+        id: genesis.mesh,
+        name,
+        relay: link.relay.clone(),
+        relay_fp: link.fingerprint,
+        member: keys.member.public(),
+        session: keys.session,
+        role: entry.role,
+        display_name: display,
+        groups: Vec::new(),
+        summary: String::new(),
+        status: PeerStatus::Idle,
+        genesis,
+        joined_at: now_ms(),
+    };
+    if let Err(e) = d.store.insert_mesh(row.clone()).await {
+        let _ = MeshKeys::remove(&d.paths.keys(), &row.id);
+        return Err(RpcErr::internal(format!("cannot record the mesh: {e}")));
+    }
+    let info = mesh_info(&row);
+    d.add_mesh(row, keys, Vec::new());
+    tracing::info!(mesh = %info.mesh.short(), admitted_by = %js.admitted_by, "joined mesh");
+    Ok(info)
+}
+
+/// `leave`: tell the relay (unless we own the mesh), then forget the mesh and its keys.
+pub(crate) async fn leave(d: &Arc<Daemon>, p: MeshParams) -> Result<MeshInfo, RpcErr> {
+    let m = d.select(p.mesh.as_deref())?;
+    let info = mesh_info(&lock(&m.row));
+    let role = m.role();
+    if role != Role::Owner {
+        let e = RosterEntry::sign(&m.keys.member, m.id, m.member(), role, RosterOp::Remove, now_ms(), None);
+        if let Err(r) = m.link.request(Box::new(move |rid| ClientFrame::Roster { rid, entry: e })).await {
+            tracing::warn!(error = %r.message, "leaving without telling the relay");
+        }
+    }
+    d.remove_mesh(&m.id);
+    d.store.delete_mesh(m.id).await.map_err(RpcErr::internal)?;
+    MeshKeys::remove(&d.paths.keys(), &m.id).map_err(|e| RpcErr::internal(e.to_string()))?;
+    Ok(info)
+}
+
+/// `whoami`.
+pub(crate) fn whoami(d: &Daemon) -> WhoamiResult {
+    WhoamiResult {
+        display_name: default_display_name(&d.cfg),
+        identities: d
+            .meshes()
+            .iter()
+            .map(|m| {
+                let row = lock(&m.row);
+                Identity {
+                    mesh: m.id,
+                    mesh_name: row.name.clone(),
+                    display_name: row.display_name.clone(),
+                    member_id: row.member.to_b64(),
+                    fingerprint: row.member.fingerprint(),
+                    role: m.role(),
+                    session: row.session,
+                }
+            })
+            .collect(),
+    }
+}
+
+/// `profile`: change (and republish) our profile in one or all meshes.
+pub(crate) async fn profile(d: &Arc<Daemon>, p: ProfileParams) -> Result<ProfileResult, RpcErr> {
+    let targets = match &p.mesh {
+        Some(s) => vec![d.select(Some(s))?],
+        None => d.meshes(),
+    };
+    let name = match &p.name {
+        Some(n) => Some(valid_name("display name", n)?),
+        None => None,
+    };
+    let groups = match &p.groups {
+        Some(g) => {
+            let mut out = Vec::new();
+            for x in g {
+                let x = x.trim().trim_start_matches('@');
+                if x.is_empty() {
+                    continue;
+                }
+                out.push(valid_name("group name", x)?);
+            }
+            Some(out)
+        }
+        None => None,
+    };
+    let changed = name.is_some() || groups.is_some() || p.summary.is_some() || p.status.is_some();
+    let mut out = Vec::new();
+    for m in targets {
+        if changed {
+            d.store
+                .update_profile(m.id, name.clone(), groups.clone(), p.summary.clone(), p.status)
+                .await
+                .map_err(RpcErr::internal)?;
+            {
+                let mut row = lock(&m.row);
+                if let Some(n) = &name {
+                    row.display_name = n.clone();
+                }
+                if let Some(g) = &groups {
+                    row.groups = g.clone();
+                }
+                if let Some(s) = &p.summary {
+                    row.summary = s.clone();
+                }
+                if let Some(s) = p.status {
+                    row.status = s;
+                }
+            }
+            let _ = m.link.tx.try_send(LinkCmd::Publish);
+        }
+        let row = lock(&m.row);
+        out.push(MeshProfile {
+            mesh: m.id,
+            mesh_name: row.name.clone(),
+            name: row.display_name.clone(),
+            groups: row.groups.clone(),
+            summary: row.summary.clone(),
+            status: row.status,
+        });
+    }
+    Ok(ProfileResult { profiles: out })
+}

@@ -1,0 +1,165 @@
+//! One joined mesh as the running daemon holds it: its keys, our identity row, the folded
+//! roster, and the handle of its relay link.
+
+use bytes::Bytes;
+use claudemesh_relay::Transport;
+use claudemesh_schema::crypto::MemberKey;
+use claudemesh_schema::ipc::methods::LinkState;
+use claudemesh_schema::message::Profile;
+use claudemesh_schema::roster::{Role, Roster, RosterEntry};
+use claudemesh_schema::wire::{ClientFrame, ErrorCode};
+use claudemesh_schema::{MeshId, MessageId};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::keys::MeshKeys;
+use crate::store::MeshRow;
+
+/// Lock a std mutex, recovering from poisoning.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the link reports about itself.
+#[derive(Debug, Clone)]
+pub(crate) struct LinkStatus {
+    pub(crate) state: LinkState,
+    pub(crate) transport: Option<Transport>,
+    pub(crate) last_error: Option<String>,
+    pub(crate) skew_ms: Option<i64>,
+}
+
+impl Default for LinkStatus {
+    fn default() -> Self {
+        Self { state: LinkState::Connecting, transport: None, last_error: None, skew_ms: None }
+    }
+}
+
+/// A relay's refusal of a request.
+#[derive(Debug, Clone)]
+pub(crate) struct RelayRefusal {
+    pub(crate) code: Option<ErrorCode>,
+    pub(crate) message: String,
+}
+
+/// Builds a request frame once the link has picked its request id.
+pub(crate) type RequestBuilder = Box<dyn FnOnce(u64) -> ClientFrame + Send>;
+
+/// Commands for a link actor.
+pub(crate) enum LinkCmd {
+    /// Send an outbox entry (already durable) now, if connected.
+    Send(MessageId, Bytes),
+    /// Send a request and report the relay's answer.
+    Request(RequestBuilder, oneshot::Sender<Result<(), RelayRefusal>>),
+    /// Re-publish our presence (profile changed).
+    Publish,
+}
+
+/// The sending side of a mesh's link.
+#[derive(Debug)]
+pub(crate) struct LinkHandle {
+    pub(crate) tx: mpsc::Sender<LinkCmd>,
+    pub(crate) status: watch::Receiver<LinkStatus>,
+}
+
+impl std::fmt::Debug for LinkCmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Send(id, _) => write!(f, "Send({id:?})"),
+            Self::Request(..) => f.write_str("Request"),
+            Self::Publish => f.write_str("Publish"),
+        }
+    }
+}
+
+impl LinkHandle {
+    pub(crate) fn connected(&self) -> bool {
+        self.status.borrow().state == LinkState::Connected
+    }
+
+    /// Send a request through the relay and wait for its answer.
+    pub(crate) async fn request(&self, build: RequestBuilder) -> Result<(), RelayRefusal> {
+        let unavailable = || RelayRefusal {
+            code: None,
+            message: "the relay is not reachable right now; check `claudemesh status` and try again"
+                .into(),
+        };
+        if !self.connected() {
+            return Err(unavailable());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(LinkCmd::Request(build, tx)).await.map_err(|_| unavailable())?;
+        match tokio::time::timeout(std::time::Duration::from_secs(15), rx).await {
+            Ok(Ok(r)) => r,
+            _ => Err(unavailable()),
+        }
+    }
+}
+
+/// One joined mesh.
+#[derive(Debug)]
+pub(crate) struct MeshCtx {
+    pub(crate) id: MeshId,
+    pub(crate) keys: MeshKeys,
+    pub(crate) row: Mutex<MeshRow>,
+    pub(crate) roster: Mutex<RosterState>,
+    pub(crate) link: LinkHandle,
+    /// `send` calls waiting for the relay's `relayed`.
+    pub(crate) waiters: Mutex<HashMap<MessageId, oneshot::Sender<Result<(), String>>>>,
+    pub(crate) stop: CancellationToken,
+}
+
+/// The folded roster and how many entries it holds.
+#[derive(Debug)]
+pub(crate) struct RosterState {
+    pub(crate) roster: Roster,
+    pub(crate) len: u64,
+}
+
+impl RosterState {
+    /// Apply the entry at `seq` if it is the next one; entries already folded are skipped.
+    pub(crate) fn apply(&mut self, seq: u64, e: &RosterEntry) -> Result<bool, String> {
+        if seq < self.len {
+            return Ok(false);
+        }
+        self.roster.apply(e).map_err(|err| err.to_string())?;
+        self.len = seq + 1;
+        Ok(true)
+    }
+}
+
+impl MeshCtx {
+    pub(crate) fn member(&self) -> MemberKey {
+        self.keys.member.public()
+    }
+
+    pub(crate) fn name(&self) -> String {
+        lock(&self.row).name.clone()
+    }
+
+    pub(crate) fn role(&self) -> Role {
+        let r = lock(&self.roster);
+        r.roster.role(&self.member()).unwrap_or(lock(&self.row).role)
+    }
+
+    pub(crate) fn is_member(&self, m: &MemberKey) -> bool {
+        lock(&self.roster).roster.is_member(m)
+    }
+
+    /// Our daemon session's profile as published.
+    pub(crate) fn profile(&self, hostname: &str) -> Profile {
+        let row = lock(&self.row);
+        Profile {
+            name: row.display_name.clone(),
+            kind: "cli".into(),
+            status: row.status,
+            summary: row.summary.clone(),
+            groups: row.groups.clone(),
+            hostname: hostname.to_string(),
+            cwd: String::new(),
+            visible: true,
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Where a daemon keeps its files. One config directory = one daemon, so several daemons
+//! (several identities) can run on one machine side by side.
+//!
+//! Layout of the config directory (0700):
+//! - `config.toml`: settings (display name, embedded relay, link options)
+//! - `daemon.db`: the SQLite store (meshes, roster, presence cache, inbox, outbox)
+//! - `keys/<mesh id>.key` (0600, in a 0700 directory): member key, mesh key, session keys
+//! - `daemon.sock`: the local socket (0600), unless the path would be too long
+//! - `daemon.lock`: single-instance lock, holds the daemon's pid
+//! - `logs/`: daemon logs
+//! - `relay/`: the embedded relay's data, when enabled
+
+use std::path::{Path, PathBuf};
+
+/// Environment variable naming the config directory.
+pub const ENV_CONFIG_DIR: &str = "CLAUDEMESH_CONFIG_DIR";
+/// Environment variable overriding the socket path.
+pub const ENV_SOCKET: &str = "CLAUDEMESH_SOCKET";
+
+/// Longest socket path we bind (sun_path is 108 bytes on Linux, 104 on macOS).
+const MAX_SOCKET_PATH: usize = 100;
+
+/// The config directory could not be determined.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot find a home directory for the claudemesh config; set {ENV_CONFIG_DIR} to a directory"
+)]
+pub struct NoHome;
+
+/// Paths of one daemon instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    /// The config directory.
+    pub dir: PathBuf,
+    /// The local socket.
+    pub socket: PathBuf,
+}
+
+impl Paths {
+    /// From the environment: `CLAUDEMESH_CONFIG_DIR`, else `~/.claudemesh`.
+    pub fn from_env() -> Result<Self, NoHome> {
+        let dir = match std::env::var_os(ENV_CONFIG_DIR) {
+            Some(d) if !d.is_empty() => PathBuf::from(d),
+            _ => {
+                let home = std::env::var_os("HOME")
+                    .or_else(|| std::env::var_os("USERPROFILE"))
+                    .filter(|h| !h.is_empty())
+                    .ok_or(NoHome)?;
+                PathBuf::from(home).join(".claudemesh")
+            }
+        };
+        let socket = std::env::var_os(ENV_SOCKET).filter(|s| !s.is_empty()).map(PathBuf::from);
+        Ok(Self::with_socket(dir, socket))
+    }
+
+    /// For an explicit config directory (tests, embedding).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self::with_socket(dir.into(), None)
+    }
+
+    fn with_socket(dir: PathBuf, socket: Option<PathBuf>) -> Self {
+        let socket = socket.unwrap_or_else(|| default_socket(&dir));
+        Self { dir, socket }
+    }
+
+    /// `config.toml`.
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+    /// `daemon.db`.
+    pub fn db(&self) -> PathBuf {
+        self.dir.join("daemon.db")
+    }
+    /// `keys/`.
+    pub fn keys(&self) -> PathBuf {
+        self.dir.join("keys")
+    }
+    /// `daemon.lock`.
+    pub fn lock(&self) -> PathBuf {
+        self.dir.join("daemon.lock")
+    }
+    /// `logs/`.
+    pub fn logs(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+    /// `relay/` (embedded relay data).
+    pub fn relay_data(&self) -> PathBuf {
+        self.dir.join("relay")
+    }
+}
+
+fn default_socket(dir: &Path) -> PathBuf {
+    let p = dir.join("daemon.sock");
+    if p.as_os_str().len() <= MAX_SOCKET_PATH {
+        return p;
+    }
+    // Deep config directory: put the socket in a short per-user directory, named after a
+    // hash of the config directory so each daemon still has its own.
+    let h = blake3::hash(dir.as_os_str().as_encoded_bytes());
+    let name = format!("claudemesh-{}.sock", &h.to_hex()[..16]);
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    base.join(name)
+}
+
+/// Create `path` (and parents) with mode 0700, tightening it if it exists.
+pub fn ensure_private_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+        if mode != 0o700 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_dirs_get_short_sockets() {
+        let short = Paths::new("/tmp/x");
+        assert_eq!(short.socket, PathBuf::from("/tmp/x/daemon.sock"));
+        let long = Paths::new(format!("/tmp/{}", "d".repeat(120)));
+        assert!(long.socket.as_os_str().len() <= MAX_SOCKET_PATH + 40);
+        assert_ne!(long.socket, Paths::new(format!("/tmp/{}", "e".repeat(120))).socket);
+    }
+}

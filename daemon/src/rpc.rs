@@ -1,0 +1,309 @@
+//! The local socket server: newline-delimited JSON-RPC 2.0 (see `claudemesh_schema::ipc`),
+//! one task per connection, one task per request (so a long `inbox --wait` does not block
+//! other calls on the same connection).
+//!
+//! Only processes of the same user may connect: the socket is 0600 inside a 0700
+//! directory, and each connection's peer uid is checked again.
+
+use claudemesh_schema::ipc::methods::{self as m, InboxParams, InboxResult, MeshParams, MeshPeers, MeshStatus, PeersResult, StatusResult};
+use claudemesh_schema::ipc::{IPC_PROTOCOL, MAX_LINE, Request, Response, codes};
+use claudemesh_schema::now_ms;
+use futures_util::{SinkExt as _, StreamExt as _};
+use interprocess::local_socket::tokio::{Listener, Stream};
+use interprocess::local_socket::traits::tokio::Listener as _;
+use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName as _};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec, LinesCodecError};
+
+use crate::daemon::Daemon;
+use crate::mesh::lock;
+use crate::store;
+
+/// An error answered to a client: a stable code and a message saying what to do.
+#[derive(Debug, Clone)]
+pub(crate) struct RpcErr {
+    pub(crate) code: i32,
+    pub(crate) message: String,
+}
+
+impl RpcErr {
+    fn new(code: i32, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+    pub(crate) fn not_found(m: impl Into<String>) -> Self {
+        Self::new(codes::NOT_FOUND, m)
+    }
+    pub(crate) fn ambiguous(m: impl Into<String>) -> Self {
+        Self::new(codes::AMBIGUOUS, m)
+    }
+    pub(crate) fn invalid(m: impl Into<String>) -> Self {
+        Self::new(codes::INVALID_ARGUMENT, m)
+    }
+    pub(crate) fn relay(m: impl Into<String>) -> Self {
+        Self::new(codes::RELAY_UNAVAILABLE, m)
+    }
+    pub(crate) fn invite(m: impl Into<String>) -> Self {
+        Self::new(codes::INVITE_REFUSED, m)
+    }
+    pub(crate) fn forbidden(m: impl Into<String>) -> Self {
+        Self::new(codes::FORBIDDEN, m)
+    }
+    pub(crate) fn timeout(m: impl Into<String>) -> Self {
+        Self::new(codes::TIMEOUT, m)
+    }
+    pub(crate) fn conflict(m: impl Into<String>) -> Self {
+        Self::new(codes::CONFLICT, m)
+    }
+    pub(crate) fn internal(e: impl std::fmt::Display) -> Self {
+        Self::new(codes::INTERNAL, format!("daemon error: {e}"))
+    }
+}
+
+/// Bind the socket (0600). The caller holds the instance lock, so a leftover socket file
+/// is stale and is replaced.
+pub(crate) fn bind(socket: &Path, dir: &Path) -> std::io::Result<Listener> {
+    if let Some(parent) = socket.parent()
+        && parent != dir
+    {
+        crate::paths::ensure_private_dir(parent)?;
+    }
+    let name = socket.to_fs_name::<GenericFilePath>()?;
+    let opts = ListenerOptions::new().name(name).try_overwrite(true);
+    #[cfg(unix)]
+    let opts = {
+        use interprocess::os::unix::local_socket::ListenerOptionsExt as _;
+        opts.mode(0o600)
+    };
+    opts.create_tokio()
+}
+
+#[cfg(unix)]
+fn same_user(d: &Daemon, s: &Stream) -> bool {
+    use interprocess::local_socket::traits::StreamCommon as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(meta) = std::fs::metadata(&d.paths.dir) else { return false };
+    match s.peer_creds() {
+        Ok(c) => c.euid() == Some(meta.uid()),
+        Err(_) => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn same_user(_d: &Daemon, _s: &Stream) -> bool {
+    true
+}
+
+pub(crate) async fn serve(d: Arc<Daemon>, listener: Listener) {
+    loop {
+        let stream = tokio::select! {
+            biased;
+            _ = d.shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "local socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        if !same_user(&d, &stream) {
+            tracing::warn!("refused a local connection from another user");
+            continue;
+        }
+        d.tasks.spawn(connection(d.clone(), stream));
+    }
+}
+
+async fn connection(d: Arc<Daemon>, stream: Stream) {
+    let (r, w) = tokio::io::split(stream);
+    let mut lines = FramedRead::new(r, LinesCodec::new_with_max_length(MAX_LINE));
+    let (tx, mut rx) = mpsc::channel::<String>(64);
+    let writer = tokio::spawn(async move {
+        let mut out = FramedWrite::new(w, LinesCodec::new());
+        while let Some(line) = rx.recv().await {
+            if out.send(line).await.is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        let line = tokio::select! {
+            biased;
+            _ = d.shutdown.cancelled() => break,
+            l = lines.next() => l,
+        };
+        let line = match line {
+            None => break,
+            Some(Ok(l)) => l,
+            Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
+                let resp = Response::err(0, codes::INVALID_REQUEST, format!("request line exceeds {MAX_LINE} bytes"));
+                let _ = tx.send(serde_json::to_string(&resp).unwrap_or_default()).await;
+                break;
+            }
+            Some(Err(_)) => break,
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let req: Request = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                let resp = Response::err(0, codes::PARSE, format!("not a JSON-RPC request: {e}"));
+                let _ = tx.send(serde_json::to_string(&resp).unwrap_or_default()).await;
+                continue;
+            }
+        };
+        let (d2, tx2) = (d.clone(), tx.clone());
+        d.tasks.spawn(async move {
+            let id = req.id;
+            let resp = match dispatch(&d2, req).await {
+                Ok(v) => Response::ok(id, v),
+                Err(e) => Response::err(id, e.code, e.message),
+            };
+            let _ = tx2.send(serde_json::to_string(&resp).unwrap_or_default()).await;
+        });
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+fn params<T: DeserializeOwned>(v: Value) -> Result<T, RpcErr> {
+    let v = if v.is_null() { Value::Object(Default::default()) } else { v };
+    serde_json::from_value(v).map_err(|e| RpcErr::new(codes::INVALID_PARAMS, format!("invalid parameters: {e}")))
+}
+
+fn json<T: Serialize>(t: T) -> Result<Value, RpcErr> {
+    serde_json::to_value(t).map_err(RpcErr::internal)
+}
+
+async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, RpcErr> {
+    use crate::{delivery, membership};
+    let p = req.params;
+    match req.method.as_str() {
+        m::HELLO => json(m::HelloResult {
+            protocol: IPC_PROTOCOL,
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+        }),
+        m::STATUS => json(status(d).await?),
+        m::CREATE => json(membership::create(d, params(p)?).await?),
+        m::INVITE => json(membership::invite(d, params(p)?).await?),
+        m::INVITE_LIST => json(membership::invite_list(d, params(p)?).await?),
+        m::INVITE_REVOKE => json(membership::invite_revoke(d, params(p)?).await?),
+        m::CLAIMS => json(membership::claims(d).await?),
+        m::CLAIM_DECIDE => json(membership::claim_decide(d, params(p)?).await?),
+        m::JOIN => json(membership::join(d, params(p)?).await?),
+        m::LIST => json(d.meshes().iter().map(|x| membership::mesh_info(&lock(&x.row))).collect::<Vec<_>>()),
+        m::LEAVE => json(membership::leave(d, params(p)?).await?),
+        m::PEERS => json(peers(d, params(p)?).await?),
+        m::SEND => json(delivery::send(d, params(p)?).await?),
+        m::INBOX => json(inbox(d, params(p)?).await?),
+        m::WHOAMI => json(membership::whoami(d)),
+        m::PROFILE => json(membership::profile(d, params(p)?).await?),
+        m::SHUTDOWN => {
+            let token = d.shutdown.clone();
+            tokio::spawn(async move {
+                // Let the answer reach the client before the server stops.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                token.cancel();
+            });
+            Ok(Value::Object(Default::default()))
+        }
+        other => Err(RpcErr::new(codes::METHOD_NOT_FOUND, format!("unknown method {other:?}"))),
+    }
+}
+
+async fn status(d: &Arc<Daemon>) -> Result<StatusResult, RpcErr> {
+    let mut meshes = Vec::new();
+    for x in d.meshes() {
+        let (id, own_member, own_session) = {
+            let r = lock(&x.row);
+            (x.id, r.member, r.session)
+        };
+        let (outbox, unread, online) = d
+            .store
+            .read(move |c| {
+                let (o, u) = store::q_counts(c, id)?;
+                let online = store::q_presence(c, id)?
+                    .iter()
+                    .filter(|p| p.online && p.member != own_member && p.session != own_session)
+                    .count() as u64;
+                Ok((o, u, online))
+            })
+            .await
+            .map_err(RpcErr::internal)?;
+        let st = x.link.status.borrow().clone();
+        let row = lock(&x.row);
+        meshes.push(MeshStatus {
+            mesh: id,
+            name: row.name.clone(),
+            relay: row.relay.clone(),
+            link: st.state,
+            transport: st.transport.map(|t| t.as_str().to_string()),
+            last_error: st.last_error,
+            outbox,
+            unread,
+            peers_online: online,
+            clock_skew_ms: st.skew_ms,
+        });
+    }
+    Ok(StatusResult {
+        version: env!("CARGO_PKG_VERSION").into(),
+        pid: std::process::id(),
+        uptime_ms: d.started.elapsed().as_millis() as u64,
+        config_dir: d.paths.dir.display().to_string(),
+        socket: d.paths.socket.display().to_string(),
+        embedded_relay: d.relay.as_ref().map(|(a, _)| a.clone()),
+        meshes,
+    })
+}
+
+async fn peers(d: &Arc<Daemon>, p: MeshParams) -> Result<PeersResult, RpcErr> {
+    let targets = match &p.mesh {
+        Some(s) => vec![d.select(Some(s))?],
+        None => d.meshes(),
+    };
+    let mut out = Vec::new();
+    for x in targets {
+        let row = lock(&x.row).clone();
+        let cached = !x.link.connected();
+        let (id, name) = (row.id, row.name.clone());
+        let peers = d.store.read(move |c| store::q_peers(c, &row)).await.map_err(RpcErr::internal)?;
+        out.push(MeshPeers { mesh: id, name, cached, peers });
+    }
+    Ok(PeersResult { meshes: out })
+}
+
+async fn inbox(d: &Arc<Daemon>, p: InboxParams) -> Result<InboxResult, RpcErr> {
+    let mesh = match &p.mesh {
+        Some(s) => Some(d.select(Some(s))?.id),
+        None => None,
+    };
+    let limit = p.limit.unwrap_or(100).clamp(1, 1000);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(p.wait_ms.unwrap_or(0).min(3_600_000));
+    let mut gen_rx = d.inbox_gen.subscribe();
+    let messages = loop {
+        gen_rx.borrow_and_update();
+        let msgs = d.store.read(move |c| store::q_unread(c, mesh, limit)).await.map_err(RpcErr::internal)?;
+        if !msgs.is_empty() || tokio::time::Instant::now() >= deadline {
+            break msgs;
+        }
+        tokio::select! {
+            _ = gen_rx.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = d.shutdown.cancelled() => break msgs,
+        }
+    };
+    if !p.peek && !messages.is_empty() {
+        let ids = messages.iter().map(|m| m.id).collect();
+        d.store.mark_read(ids, now_ms()).await.map_err(RpcErr::internal)?;
+    }
+    Ok(InboxResult { messages })
+}
