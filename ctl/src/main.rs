@@ -1,1 +1,145 @@
-fn main() {}
+//! `claudemesh`: parse the command line, then either run the daemon in the foreground
+//! (`claudemesh daemon run`) or act as a client of it. Behaviour lives in `commands`.
+
+mod cli;
+mod commands;
+mod output;
+
+use clap::Parser as _;
+use std::io::Write as _;
+use std::process::ExitCode;
+
+fn init_daemon_logging(
+    paths: &claudemesh_daemon::Paths,
+    to_stderr: bool,
+) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+    use tracing_subscriber::prelude::*;
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("CLAUDEMESH_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    let _ = claudemesh_daemon::paths::ensure_private_dir(&paths.logs());
+    let appender = tracing_appender::rolling::Builder::new()
+        .rotation(tracing_appender::rolling::Rotation::DAILY)
+        .filename_prefix("daemon")
+        .filename_suffix("log")
+        .max_log_files(7)
+        .build(paths.logs())
+        .ok();
+    let (file_layer, guard) = match appender {
+        Some(a) => {
+            let (nb, guard) = tracing_appender::non_blocking(a);
+            (
+                Some(
+                    tracing_subscriber::fmt::layer()
+                        .with_ansi(false)
+                        .with_writer(nb)
+                        .with_filter(filter()),
+                ),
+                Some(guard),
+            )
+        }
+        None => (None, None),
+    };
+    let stderr_layer = to_stderr.then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(filter())
+    });
+    let _ = tracing_subscriber::registry()
+        .with(file_layer)
+        .with(stderr_layer)
+        .try_init();
+    guard
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn daemon_run(notify_ready: bool) -> ExitCode {
+    let paths = match claudemesh_daemon::Paths::from_env() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    let _guard = init_daemon_logging(&paths, !notify_ready);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        let h = match claudemesh_daemon::start(paths).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(error = %e, "daemon failed to start");
+                if notify_ready {
+                    println!("error: {e}");
+                } else {
+                    eprintln!("error: {e}");
+                }
+                return ExitCode::from(3);
+            }
+        };
+        if notify_ready {
+            println!("ready {}", std::process::id());
+            let _ = std::io::stdout().flush();
+        }
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = h.stopped() => {}
+        }
+        h.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = cli::Cli::parse();
+    if let cli::Command::Daemon {
+        action: cli::DaemonAction::Run { notify_ready },
+    } = cli.command
+    {
+        return daemon_run(notify_ready);
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(commands::run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            if !f.message.is_empty() {
+                eprintln!("error: {}", f.message);
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}

@@ -57,8 +57,12 @@ pub struct Client {
 impl Client {
     /// Connect to the daemon listening on `socket`.
     pub async fn connect(socket: &Path) -> Result<Self, ClientError> {
-        let not_running = || ClientError::NotRunning { socket: socket.to_path_buf() };
-        let name = socket.to_fs_name::<GenericFilePath>().map_err(|_| not_running())?;
+        let not_running = || ClientError::NotRunning {
+            socket: socket.to_path_buf(),
+        };
+        let name = socket
+            .to_fs_name::<GenericFilePath>()
+            .map_err(|_| not_running())?;
         let stream = Stream::connect(name).await.map_err(|_| not_running())?;
         let (r, w) = tokio::io::split(stream);
         Ok(Self {
@@ -70,11 +74,19 @@ impl Client {
     }
 
     /// Call `method` and decode its result.
-    pub async fn call<T: DeserializeOwned>(&mut self, method: &str, params: impl Serialize) -> Result<T, ClientError> {
+    pub async fn call<T: DeserializeOwned>(
+        &mut self,
+        method: &str,
+        params: impl Serialize,
+    ) -> Result<T, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
-        let line = serde_json::to_string(&Request::new(id, method, params)).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        self.writer.send(line).await.map_err(|e| ClientError::Io(e.to_string()))?;
+        let line = serde_json::to_string(&Request::new(id, method, params))
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.writer
+            .send(line)
+            .await
+            .map_err(|e| ClientError::Io(e.to_string()))?;
         loop {
             let line = match self.reader.next().await {
                 None => return Err(ClientError::Io("the daemon closed the connection".into())),
@@ -84,10 +96,14 @@ impl Client {
             match serde_json::from_str::<Incoming>(&line) {
                 Ok(Incoming::Response(r)) if r.id == id => {
                     if let Some(e) = r.error {
-                        return Err(ClientError::Rpc { code: e.code, message: e.message });
+                        return Err(ClientError::Rpc {
+                            code: e.code,
+                            message: e.message,
+                        });
                     }
                     let v = r.result.unwrap_or(serde_json::Value::Null);
-                    return serde_json::from_value(v).map_err(|e| ClientError::Protocol(e.to_string()));
+                    return serde_json::from_value(v)
+                        .map_err(|e| ClientError::Protocol(e.to_string()));
                 }
                 Ok(Incoming::Response(_)) => continue,
                 Ok(Incoming::Notification(n)) => self.notes.push_back(n),
@@ -141,19 +157,28 @@ pub async fn start_daemon(paths: &Paths, exe: &Path) -> Result<(), ClientError> 
         .kill_on_drop(false);
     #[cfg(unix)]
     cmd.process_group(0);
-    let mut child = cmd.spawn().map_err(|e| ClientError::Start(format!("cannot run {}: {e}", exe.display())))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| ClientError::Start(format!("cannot run {}: {e}", exe.display())))?;
     let Some(out) = child.stdout.take() else {
         return Err(ClientError::Start("no stdout from the daemon".into()));
     };
     let mut lines = tokio::io::BufReader::new(out).lines();
     let line = tokio::time::timeout(Duration::from_secs(15), lines.next_line())
         .await
-        .map_err(|_| ClientError::Start("the daemon did not become ready within 15 s; see the logs in the config directory".into()))?
+        .map_err(|_| {
+            ClientError::Start(
+                "the daemon did not become ready within 15 s; see the logs in the config directory"
+                    .into(),
+            )
+        })?
         .map_err(|e| ClientError::Start(e.to_string()))?;
     match line {
         Some(l) if l.starts_with("ready") => Ok(()),
         Some(l) if l.contains("already running") => Ok(()),
-        Some(l) => Err(ClientError::Start(l.trim_start_matches("error: ").to_string())),
+        Some(l) => Err(ClientError::Start(
+            l.trim_start_matches("error: ").to_string(),
+        )),
         None => Err(ClientError::Start(format!(
             "the daemon exited during startup; run `claudemesh daemon run` to see why (logs: {})",
             paths.logs().display()

@@ -56,7 +56,11 @@ pub struct EmbeddedRelay {
 
 impl Default for EmbeddedRelay {
     fn default() -> Self {
-        Self { enabled: false, listen: SocketAddr::from(([127, 0, 0, 1], 7900)), public_addr: None }
+        Self {
+            enabled: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], 7900)),
+            public_addr: None,
+        }
     }
 }
 
@@ -78,7 +82,13 @@ pub struct LinkConfig {
 
 impl Default for LinkConfig {
     fn default() -> Self {
-        Self { quic: true, websocket: true, quic_timeout_ms: 3000, ws_timeout_ms: 5000, max_backoff_ms: 30_000 }
+        Self {
+            quic: true,
+            websocket: true,
+            quic_timeout_ms: 3000,
+            ws_timeout_ms: 5000,
+            max_backoff_ms: 30_000,
+        }
     }
 }
 
@@ -88,18 +98,29 @@ impl DaemonConfig {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(source) => return Err(ConfigError::Io { path: path.to_path_buf(), source }),
+            Err(source) => {
+                return Err(ConfigError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
         };
-        toml::from_str(&text)
-            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), detail: e.to_string() })
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })
     }
 
     /// Write `path` atomically (temp file + rename), mode 0600.
     pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
-        let text = toml::to_string_pretty(self)
-            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), detail: e.to_string() })?;
-        crate::keys::write_atomic(path, text.as_bytes())
-            .map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })
+        let text = toml::to_string_pretty(self).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        crate::keys::write_atomic(path, text.as_bytes()).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     /// The embedded relay's public address.

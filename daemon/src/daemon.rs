@@ -2,8 +2,8 @@
 //! local socket server, and orderly shutdown.
 
 use claudemesh_relay::{Relay, RelayConfig, RelayHandle};
-use claudemesh_schema::roster::Roster;
 use claudemesh_schema::MeshId;
+use claudemesh_schema::roster::Roster;
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -25,7 +25,9 @@ use crate::store::{self, MeshRow, Store};
 #[non_exhaustive]
 pub enum DaemonError {
     /// Another daemon holds the lock for this config directory.
-    #[error("a claudemesh daemon is already running for {dir} (pid {pid}); use it, or stop it with `claudemesh daemon stop`")]
+    #[error(
+        "a claudemesh daemon is already running for {dir} (pid {pid}); use it, or stop it with `claudemesh daemon stop`"
+    )]
     AlreadyRunning {
         /// The config directory.
         dir: PathBuf,
@@ -90,14 +92,23 @@ fn hostname() -> String {
 
 impl Daemon {
     pub(crate) fn meshes(&self) -> Vec<Arc<MeshCtx>> {
-        let mut v: Vec<_> =
-            self.meshes.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let mut v: Vec<_> = self
+            .meshes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
         v.sort_by_key(|m| crate::mesh::lock(&m.row).joined_at);
         v
     }
 
     pub(crate) fn mesh(&self, id: &MeshId) -> Option<Arc<MeshCtx>> {
-        self.meshes.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+        self.meshes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
     }
 
     /// Find a mesh by name, id or id prefix; with `None`, the only mesh.
@@ -129,7 +140,9 @@ impl Daemon {
             0 => Err(RpcErr::not_found(format!(
                 "no joined mesh is called {sel:?}; `claudemesh list` shows your meshes"
             ))),
-            _ => Err(RpcErr::ambiguous(format!("{sel:?} matches several meshes; use more of the id"))),
+            _ => Err(RpcErr::ambiguous(format!(
+                "{sel:?} matches several meshes; use more of the id"
+            ))),
         }
     }
 
@@ -159,18 +172,29 @@ impl Daemon {
             keys,
             row: Mutex::new(row),
             roster: Mutex::new(roster),
-            link: LinkHandle { tx, status: status_rx },
+            link: LinkHandle {
+                tx,
+                status: status_rx,
+            },
             waiters: Mutex::new(HashMap::new()),
             stop: self.shutdown.child_token(),
         });
-        self.meshes.write().unwrap_or_else(|p| p.into_inner()).insert(ctx.id, ctx.clone());
-        self.tasks.spawn(crate::link::run(self.clone(), ctx.clone(), rx, status_tx));
+        self.meshes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ctx.id, ctx.clone());
+        self.tasks
+            .spawn(crate::link::run(self.clone(), ctx.clone(), rx, status_tx));
         Some(ctx)
     }
 
     /// Stop a mesh's link and forget it in memory.
     pub(crate) fn remove_mesh(&self, id: &MeshId) -> Option<Arc<MeshCtx>> {
-        let m = self.meshes.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+        let m = self
+            .meshes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         if let Some(m) = &m {
             m.stop.cancel();
         }
@@ -211,7 +235,8 @@ impl DaemonHandle {
         self.daemon.shutdown.cancel();
         let _ = self.server.await;
         self.daemon.tasks.close();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.daemon.tasks.wait()).await;
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(5), self.daemon.tasks.wait()).await;
         let _ = self.daemon.store.flush().await;
         if let Some(r) = self.relay {
             r.shutdown().await;
@@ -223,13 +248,28 @@ impl DaemonHandle {
 
 fn take_lock(paths: &Paths) -> Result<std::fs::File, DaemonError> {
     let path = paths.lock();
-    let io = |source| DaemonError::Io { path: path.clone(), source };
-    let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+    let io = |source| DaemonError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io)?;
     match f.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
-            let pid = std::fs::read_to_string(&path).unwrap_or_default().trim().to_string();
-            return Err(DaemonError::AlreadyRunning { dir: paths.dir.clone(), pid });
+            let pid = std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            return Err(DaemonError::AlreadyRunning {
+                dir: paths.dir.clone(),
+                pid,
+            });
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
     }
@@ -243,9 +283,12 @@ fn take_lock(paths: &Paths) -> Result<std::fs::File, DaemonError> {
 /// configured) and every mesh link, and listen on the local socket. Returns once the
 /// socket accepts connections.
 pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
-    ensure_private_dir(&paths.dir).map_err(|source| DaemonError::Io { path: paths.dir.clone(), source })?;
+    ensure_private_dir(&paths.dir).map_err(|source| DaemonError::Io {
+        path: paths.dir.clone(),
+        source,
+    })?;
     let lock = take_lock(&paths)?;
-    let cfg = DaemonConfig::load(&paths.config())?;
+    let mut cfg = DaemonConfig::load(&paths.config())?;
     let store = Store::open(&paths.db())?;
     let (relay_handle, relay) = if cfg.relay.enabled {
         let rc = RelayConfig {
@@ -255,10 +298,12 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
         };
         let r = Relay::bind(rc).await?;
         let fp = r.fingerprint();
-        let mut public = cfg.relay_public_addr();
         if cfg.relay.listen.port() == 0 {
-            public = format!("127.0.0.1:{}", r.local_addr().port());
+            // Keep the port the system picked: meshes and invites name it.
+            cfg.relay.listen.set_port(r.local_addr().port());
+            cfg.save(&paths.config())?;
         }
+        let public = cfg.relay_public_addr();
         (Some(r.spawn()), Some((public, fp)))
     } else {
         (None, None)
@@ -291,11 +336,18 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
         let entries = store.read(move |c| store::q_roster(c, id)).await?;
         daemon.add_mesh(row, keys, entries);
     }
-    let listener = crate::rpc::bind(&paths.socket, &paths.dir)
-        .map_err(|source| DaemonError::Socket { path: paths.socket.clone(), source })?;
+    let listener =
+        crate::rpc::bind(&paths.socket, &paths.dir).map_err(|source| DaemonError::Socket {
+            path: paths.socket.clone(),
+            source,
+        })?;
     let server = tokio::spawn(crate::rpc::serve(daemon.clone(), listener));
     tracing::info!(dir = %paths.dir.display(), socket = %paths.socket.display(), "daemon ready");
-    Ok(DaemonHandle { daemon, relay: relay_handle, server })
+    Ok(DaemonHandle {
+        daemon,
+        relay: relay_handle,
+        server,
+    })
 }
 
 /// Run a daemon until `shutdown` resolves or a client asks it to stop.

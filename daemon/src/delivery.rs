@@ -45,9 +45,12 @@ pub(crate) fn open(d: &Daemon, m: &MeshCtx, env: &Envelope, at: i64) -> Option<I
     let opened = match env.seal {
         Seal::Mesh => message::open_from_mesh(&m.keys.mesh_key, &env.from_member, &env.id, &env.ct),
         Seal::Box => match &env.to {
-            Route::Member { .. } => {
-                message::open_direct(&m.keys.member.box_secret(), &env.from_member, &env.id, &env.ct)
-            }
+            Route::Member { .. } => message::open_direct(
+                &m.keys.member.box_secret(),
+                &env.from_member,
+                &env.id,
+                &env.ct,
+            ),
             _ => message::open_direct(&m.keys.session_secret, &env.from_member, &env.id, &env.ct),
         },
     };
@@ -96,7 +99,11 @@ fn describe(p: &PresenceRow) -> String {
         "{} ({}, {}{})",
         p.profile.name,
         p.session.short(),
-        if p.profile.hostname.is_empty() { "?" } else { &p.profile.hostname },
+        if p.profile.hostname.is_empty() {
+            "?"
+        } else {
+            &p.profile.hostname
+        },
         if p.online { ", online" } else { ", offline" }
     )
 }
@@ -108,8 +115,17 @@ fn resolve(m: &MeshCtx, peers: &[PresenceRow], to: &str) -> Result<Option<Target
         .filter(|p| p.session != m.keys.session && m.is_member(&p.member))
         .collect();
     if to == "*" {
-        let names = others.iter().filter(|p| p.profile.visible).map(|p| p.profile.name.clone()).collect();
-        return Ok(Some(Target { route: Route::All, key: None, names, label: "*".into() }));
+        let names = others
+            .iter()
+            .filter(|p| p.profile.visible)
+            .map(|p| p.profile.name.clone())
+            .collect();
+        return Ok(Some(Target {
+            route: Route::All,
+            key: None,
+            names,
+            label: "*".into(),
+        }));
     }
     if let Some(group) = to.strip_prefix('@') {
         let g = group.to_lowercase();
@@ -121,7 +137,9 @@ fn resolve(m: &MeshCtx, peers: &[PresenceRow], to: &str) -> Result<Option<Target
             return Ok(None);
         }
         return Ok(Some(Target {
-            route: Route::Sessions { sessions: members.iter().map(|p| p.session).collect() },
+            route: Route::Sessions {
+                sessions: members.iter().map(|p| p.session).collect(),
+            },
             key: None,
             names: members.iter().map(|p| p.profile.name.clone()).collect(),
             label: format!("@{group}"),
@@ -137,16 +155,38 @@ fn resolve(m: &MeshCtx, peers: &[PresenceRow], to: &str) -> Result<Option<Target
     };
     let mut cands: Vec<PresenceRow> = Vec::new();
     if hex.len() >= 4 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        cands = others.iter().filter(|p| p.session.0.simple().to_string().starts_with(&hex)).map(|p| (*p).clone()).collect();
+        cands = others
+            .iter()
+            .filter(|p| p.session.0.simple().to_string().starts_with(&hex))
+            .map(|p| (*p).clone())
+            .collect();
     }
     if cands.is_empty() {
-        cands = pick(others.iter().copied().filter(|p| p.profile.name.to_lowercase() == lower).collect());
+        cands = pick(
+            others
+                .iter()
+                .copied()
+                .filter(|p| p.profile.name.to_lowercase() == lower)
+                .collect(),
+        );
     }
     if cands.is_empty() && to.len() >= 4 {
-        cands = pick(others.iter().copied().filter(|p| p.member.to_b64().starts_with(to)).collect());
+        cands = pick(
+            others
+                .iter()
+                .copied()
+                .filter(|p| p.member.to_b64().starts_with(to))
+                .collect(),
+        );
     }
     if cands.is_empty() {
-        cands = pick(others.iter().copied().filter(|p| p.profile.name.to_lowercase().starts_with(&lower)).collect());
+        cands = pick(
+            others
+                .iter()
+                .copied()
+                .filter(|p| p.profile.name.to_lowercase().starts_with(&lower))
+                .collect(),
+        );
     }
     match cands.len() {
         0 => Ok(None),
@@ -171,7 +211,9 @@ fn resolve(m: &MeshCtx, peers: &[PresenceRow], to: &str) -> Result<Option<Target
 pub(crate) async fn send(d: &Arc<Daemon>, p: SendParams) -> Result<SendResult, RpcErr> {
     let to = p.to.trim().to_string();
     if to.is_empty() {
-        return Err(RpcErr::invalid("no recipient given; use a peer name or id, @group, or *"));
+        return Err(RpcErr::invalid(
+            "no recipient given; use a peer name or id, @group, or *",
+        ));
     }
     if p.body.is_empty() {
         return Err(RpcErr::invalid("the message is empty"));
@@ -189,7 +231,10 @@ pub(crate) async fn send(d: &Arc<Daemon>, p: SendParams) -> Result<SendResult, R
         None => {
             let all = d.meshes();
             if all.is_empty() {
-                return Err(d.select(None).err().unwrap_or_else(|| RpcErr::not_found("no mesh")));
+                return Err(d
+                    .select(None)
+                    .err()
+                    .unwrap_or_else(|| RpcErr::not_found("no mesh")));
             }
             all
         }
@@ -197,7 +242,11 @@ pub(crate) async fn send(d: &Arc<Daemon>, p: SendParams) -> Result<SendResult, R
     let mut found: Vec<(Arc<MeshCtx>, Target)> = Vec::new();
     for m in meshes {
         let id = m.id;
-        let peers = d.store.read(move |c| store::q_presence(c, id)).await.map_err(RpcErr::internal)?;
+        let peers = d
+            .store
+            .read(move |c| store::q_presence(c, id))
+            .await
+            .map_err(RpcErr::internal)?;
         if let Some(t) = resolve(&m, &peers, &to)? {
             found.push((m, t));
         }
@@ -214,7 +263,11 @@ pub(crate) async fn send(d: &Arc<Daemon>, p: SendParams) -> Result<SendResult, R
         _ => {
             return Err(RpcErr::ambiguous(format!(
                 "{to:?} matches peers in several meshes ({}); pass --mesh",
-                found.iter().map(|(m, _)| m.name()).collect::<Vec<_>>().join(", ")
+                found
+                    .iter()
+                    .map(|(m, _)| m.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
     };
@@ -233,13 +286,31 @@ pub(crate) async fn send(d: &Arc<Daemon>, p: SendParams) -> Result<SendResult, R
     };
     let (seal, ct) = match &target.key {
         Some(k) => (Seal::Box, message::seal_direct(&m.keys.member, k, &payload)),
-        None => (Seal::Mesh, message::seal_for_mesh(&m.keys.mesh_key, &m.keys.member, &payload)),
+        None => (
+            Seal::Mesh,
+            message::seal_for_mesh(&m.keys.mesh_key, &m.keys.member, &payload),
+        ),
     };
     let ct = ct.map_err(|e| RpcErr::internal(format!("cannot seal message: {e}")))?;
-    let env = Envelope { id, from: session, from_member: m.member(), to: target.route, seal, ct };
-    let frame = wire::encode(&ClientFrame::Send(env)).map_err(|e| RpcErr::invalid(e.to_string()))?;
+    let env = Envelope {
+        id,
+        from: session,
+        from_member: m.member(),
+        to: target.route,
+        seal,
+        ct,
+    };
+    let frame =
+        wire::encode(&ClientFrame::Send(env)).map_err(|e| RpcErr::invalid(e.to_string()))?;
     d.store
-        .enqueue(m.id, id, frame.clone(), target.label.clone(), p.priority, now)
+        .enqueue(
+            m.id,
+            id,
+            frame.clone(),
+            target.label.clone(),
+            p.priority,
+            now,
+        )
         .await
         .map_err(|e| RpcErr::internal(format!("cannot queue the message: {e}")))?;
     // From here the message is durable: whatever happens next, it will be sent.
@@ -263,5 +334,11 @@ pub(crate) async fn send(d: &Arc<Daemon>, p: SendParams) -> Result<SendResult, R
             }
         }
     }
-    Ok(SendResult { id, mesh: m.id, stage, recipients: target.names, local: 0 })
+    Ok(SendResult {
+        id,
+        mesh: m.id,
+        stage,
+        recipients: target.names,
+        local: 0,
+    })
 }

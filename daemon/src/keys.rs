@@ -26,7 +26,9 @@ pub enum KeyError {
         source: std::io::Error,
     },
     /// The file is damaged.
-    #[error("key file {path} is damaged ({detail}); restore it from a backup or leave and re-join the mesh")]
+    #[error(
+        "key file {path} is damaged ({detail}); restore it from a backup or leave and re-join the mesh"
+    )]
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -114,13 +116,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 impl MeshKeys {
     /// Fresh keys for a new membership (the mesh key comes from the creator or the admin).
     pub fn generate(member: MemberSecret, mesh_key: MeshKey) -> Self {
-        Self { member, mesh_key, session: SessionId::new(), session_secret: BoxSecret::generate() }
+        Self {
+            member,
+            mesh_key,
+            session: SessionId::new(),
+            session_secret: BoxSecret::generate(),
+        }
     }
 
     /// Write the key file for `mesh`.
     pub fn save(&self, keys_dir: &Path, mesh: &MeshId) -> Result<(), KeyError> {
         let path = key_path(keys_dir, mesh);
-        let io = |source| KeyError::Io { path: path.clone(), source };
+        let io = |source| KeyError::Io {
+            path: path.clone(),
+            source,
+        };
         crate::paths::ensure_private_dir(keys_dir).map_err(io)?;
         let kf = KeyFile {
             version: 1,
@@ -142,7 +152,10 @@ impl MeshKeys {
     /// Read the key file of `mesh`, refusing one that others can read.
     pub fn load(keys_dir: &Path, mesh: &MeshId) -> Result<Self, KeyError> {
         let path = key_path(keys_dir, mesh);
-        let io = |source| KeyError::Io { path: path.clone(), source };
+        let io = |source| KeyError::Io {
+            path: path.clone(),
+            source,
+        };
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -154,7 +167,10 @@ impl MeshKeys {
         let mut text = std::fs::read(&path).map_err(io)?;
         let parsed: Result<KeyFile, _> = serde_json::from_slice(&text);
         text.zeroize();
-        let corrupt = |detail: &str| KeyError::Corrupt { path: path.clone(), detail: detail.into() };
+        let corrupt = |detail: &str| KeyError::Corrupt {
+            path: path.clone(),
+            detail: detail.into(),
+        };
         let kf = parsed.map_err(|_| corrupt("not valid JSON"))?;
         if kf.mesh != *mesh {
             return Err(corrupt("it belongs to another mesh"));
@@ -203,10 +219,19 @@ mod tests {
         {
             use std::os::unix::fs::PermissionsExt;
             let p = key_path(&keys, &mesh);
-            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
-            assert_eq!(std::fs::metadata(&keys).unwrap().permissions().mode() & 0o777, 0o700);
+            assert_eq!(
+                std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+            assert_eq!(
+                std::fs::metadata(&keys).unwrap().permissions().mode() & 0o777,
+                0o700
+            );
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-            assert!(matches!(MeshKeys::load(&keys, &mesh), Err(KeyError::Permissions { .. })));
+            assert!(matches!(
+                MeshKeys::load(&keys, &mesh),
+                Err(KeyError::Permissions { .. })
+            ));
         }
         assert!(MeshKeys::load(&keys, &MeshId::new()).is_err());
     }

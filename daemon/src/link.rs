@@ -9,12 +9,12 @@
 
 use bytes::Bytes;
 use claudemesh_relay::{ConnectOptions, Connection};
+use claudemesh_schema::MessageId;
+use claudemesh_schema::ipc::methods::LinkState;
 use claudemesh_schema::message::SignedPresence;
 use claudemesh_schema::now_ms;
 use claudemesh_schema::roster::{RosterEntry, RosterOp};
 use claudemesh_schema::wire::{self, ClientFrame, ErrorCode, Hello, PresenceRecord, RelayFrame};
-use claudemesh_schema::MessageId;
-use claudemesh_schema::ipc::methods::LinkState;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -145,7 +145,10 @@ fn fail_waiters(m: &MeshCtx) {
 
 async fn write(c: &mut Connection, f: &ClientFrame) -> Result<(), String> {
     let b = wire::encode(f).map_err(|e| e.to_string())?;
-    c.writer.send(Bytes::from(b)).await.map_err(|e| e.to_string())
+    c.writer
+        .send(Bytes::from(b))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn presence_frame(d: &Daemon, m: &MeshCtx) -> Option<ClientFrame> {
@@ -172,16 +175,19 @@ async fn read_frame(c: &mut Connection, limit: Duration) -> Result<RelayFrame, S
         Err(_) => Err("relay went silent".into()),
         Ok(None) => Err("relay closed the connection".into()),
         Ok(Some(Err(e))) => Err(e.to_string()),
-        Ok(Some(Ok(b))) => wire::decode::<RelayFrame>(&b).map_err(|e| format!("bad frame from relay: {e}")),
+        Ok(Some(Ok(b))) => {
+            wire::decode::<RelayFrame>(&b).map_err(|e| format!("bad frame from relay: {e}"))
+        }
     }
 }
 
 fn refusal_outcome(code: ErrorCode, message: &str) -> Outcome {
     let text = format!("relay refused the link ({code}): {message}");
     match code {
-        ErrorCode::NotAMember | ErrorCode::UnknownMesh | ErrorCode::UnsupportedVersion | ErrorCode::BadSignature => {
-            Outcome::Refused(text)
-        }
+        ErrorCode::NotAMember
+        | ErrorCode::UnknownMesh
+        | ErrorCode::UnsupportedVersion
+        | ErrorCode::BadSignature => Outcome::Refused(text),
         _ => Outcome::Retry(text),
     }
 }
@@ -193,7 +199,14 @@ async fn session(
     rx: &mut mpsc::Receiver<LinkCmd>,
     status: &watch::Sender<LinkStatus>,
 ) -> Outcome {
-    let hello = Hello::sign(&m.keys.member, m.id, m.keys.session, m.keys.session_secret.public(), now_ms(), CLIENT);
+    let hello = Hello::sign(
+        &m.keys.member,
+        m.id,
+        m.keys.session,
+        m.keys.session_secret.public(),
+        now_ms(),
+        CLIENT,
+    );
     if let Err(e) = write(&mut c, &ClientFrame::Hello(hello)).await {
         return Outcome::Retry(e);
     }
@@ -219,8 +232,15 @@ async fn session(
             }
             Ok(RelayFrame::Presence(rec)) => presences.push(rec),
             Ok(RelayFrame::Ready { .. }) => break,
-            Ok(RelayFrame::Error { code, message, fatal: true, .. }) => return refusal_outcome(code, &message),
-            Ok(other) => tracing::debug!(frame = ?std::mem::discriminant(&other), "ignored frame before ready"),
+            Ok(RelayFrame::Error {
+                code,
+                message,
+                fatal: true,
+                ..
+            }) => return refusal_outcome(code, &message),
+            Ok(other) => {
+                tracing::debug!(frame = ?std::mem::discriminant(&other), "ignored frame before ready")
+            }
             Err(e) => return Outcome::Retry(e),
         }
     }
@@ -242,7 +262,11 @@ async fn session(
     // Drain the outbox in order.
     let mut in_flight: HashMap<MessageId, Bytes> = HashMap::new();
     let id = m.id;
-    let queued = match d.store.read(move |conn| crate::store::q_outbox(conn, id)).await {
+    let queued = match d
+        .store
+        .read(move |conn| crate::store::q_outbox(conn, id))
+        .await
+    {
         Ok(q) => q,
         Err(e) => return Outcome::Retry(format!("cannot read outbox: {e}")),
     };
@@ -324,7 +348,10 @@ async fn session(
         }
     };
     for (_, p) in pending.drain() {
-        let _ = p.send(Err(RelayRefusal { code: None, message: "the relay link dropped".into() }));
+        let _ = p.send(Err(RelayRefusal {
+            code: None,
+            message: "the relay link dropped".into(),
+        }));
     }
     if matches!(outcome, Outcome::Stopped) {
         c.close().await;
@@ -353,10 +380,18 @@ async fn on_frame(
                 }
             });
         }
-        RelayFrame::Refused { id, code, message, retry_ms } => {
+        RelayFrame::Refused {
+            id,
+            code,
+            message,
+            retry_ms,
+        } => {
             let frame = in_flight.remove(&id);
             match (code, frame) {
-                (ErrorCode::RateLimited | ErrorCode::QuotaExceeded | ErrorCode::Internal, Some(frame)) => {
+                (
+                    ErrorCode::RateLimited | ErrorCode::QuotaExceeded | ErrorCode::Internal,
+                    Some(frame),
+                ) => {
                     let delay = Duration::from_millis(retry_ms.unwrap_or(1000).clamp(10, 60_000));
                     tracing::debug!(%id, %code, "relay asked to retry later");
                     let tx = m.link.tx.clone();
@@ -368,7 +403,9 @@ async fn on_frame(
                 _ => {
                     tracing::warn!(%id, %code, %message, "relay refused a message for good");
                     if let Some(w) = lock(&m.waiters).remove(&id) {
-                        let _ = w.send(Err(format!("the relay refused the message ({code}): {message}")));
+                        let _ = w.send(Err(format!(
+                            "the relay refused the message ({code}): {message}"
+                        )));
                     }
                     let store = d.store.clone();
                     tokio::spawn(async move {
@@ -418,18 +455,34 @@ async fn on_frame(
                 return Some(o);
             }
         }
-        RelayFrame::ClaimPending { claim, request, cap, at } => {
+        RelayFrame::ClaimPending {
+            claim,
+            request,
+            cap,
+            at,
+        } => {
             let (d, m) = (d.clone(), m.clone());
-            tokio::spawn(async move { crate::membership::on_claim(&d, &m, claim, request, cap, at).await });
+            tokio::spawn(async move {
+                crate::membership::on_claim(&d, &m, claim, request, cap, at).await
+            });
         }
         RelayFrame::Ok { rid } => {
             if let Some(p) = pending.remove(&rid) {
                 let _ = p.send(Ok(()));
             }
         }
-        RelayFrame::Error { rid, code, message, fatal, .. } => {
+        RelayFrame::Error {
+            rid,
+            code,
+            message,
+            fatal,
+            ..
+        } => {
             if let Some(p) = rid.and_then(|r| pending.remove(&r)) {
-                let _ = p.send(Err(RelayRefusal { code: Some(code), message: message.clone() }));
+                let _ = p.send(Err(RelayRefusal {
+                    code: Some(code),
+                    message: message.clone(),
+                }));
             } else {
                 tracing::warn!(%code, %message, "relay error");
             }
@@ -438,7 +491,10 @@ async fn on_frame(
             }
         }
         RelayFrame::Pong { .. } => {}
-        RelayFrame::Welcome(_) | RelayFrame::Ready { .. } | RelayFrame::ClaimWaiting { .. } | RelayFrame::ClaimResult(_) => {
+        RelayFrame::Welcome(_)
+        | RelayFrame::Ready { .. }
+        | RelayFrame::ClaimWaiting { .. }
+        | RelayFrame::ClaimResult(_) => {
             tracing::debug!("unexpected frame on a member link");
         }
     }
@@ -453,14 +509,18 @@ async fn on_roster(d: &Daemon, m: &MeshCtx, seq: u64, entry: RosterEntry) -> Res
                 tracing::error!(error = %e, "cannot store roster entry");
             }
             if entry.op == RosterOp::Remove && entry.member == m.member() {
-                return Err(Outcome::Refused("this member was removed from the mesh".into()));
+                return Err(Outcome::Refused(
+                    "this member was removed from the mesh".into(),
+                ));
             }
         }
         Ok(false) => {}
         Err(e) => {
             // A relay that sends entries that do not verify is broken or hostile.
             tracing::error!(seq, error = %e, "relay sent an invalid roster entry");
-            return Err(Outcome::Retry(format!("relay sent an invalid roster entry: {e}")));
+            return Err(Outcome::Retry(format!(
+                "relay sent an invalid roster entry: {e}"
+            )));
         }
     }
     Ok(())

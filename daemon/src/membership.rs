@@ -35,7 +35,9 @@ use crate::store::{self, MeshRow};
 pub(crate) fn valid_name(what: &str, s: &str) -> Result<String, RpcErr> {
     let t = s.trim();
     if t.is_empty() || t.chars().count() > 64 {
-        return Err(RpcErr::invalid(format!("{what} must be 1 to 64 characters")));
+        return Err(RpcErr::invalid(format!(
+            "{what} must be 1 to 64 characters"
+        )));
     }
     if t.chars().any(char::is_control) || t == "*" || t.starts_with('@') {
         return Err(RpcErr::invalid(format!(
@@ -108,7 +110,9 @@ pub(crate) async fn create(d: &Arc<Daemon>, p: CreateParams) -> Result<MeshInfo,
     let _g = d.membership.lock().await;
     let name = valid_name("mesh name", &p.name)?;
     if d.meshes().iter().any(|m| m.name() == name) {
-        return Err(RpcErr::conflict(format!("you already have a mesh called {name:?}; pick another name")));
+        return Err(RpcErr::conflict(format!(
+            "you already have a mesh called {name:?}; pick another name"
+        )));
     }
     let display = display_name(d, p.display_name.as_deref())?;
     let (addr, pin) = match (&p.relay, &d.relay) {
@@ -136,19 +140,29 @@ pub(crate) async fn create(d: &Arc<Daemon>, p: CreateParams) -> Result<MeshInfo,
     let mesh = MeshId::new();
     let now = now_ms();
     let genesis = MeshGenesis::sign(&keys.member, mesh, now);
-    send_raw(&mut conn, &ClientFrame::CreateMesh { rid: 1, genesis: genesis.clone() }).await?;
+    send_raw(
+        &mut conn,
+        &ClientFrame::CreateMesh {
+            rid: 1,
+            genesis: genesis.clone(),
+        },
+    )
+    .await?;
     loop {
         match recv_raw(&mut conn, Duration::from_secs(10)).await? {
             Some(RelayFrame::Ok { rid: 1 }) => break,
             Some(RelayFrame::Error { code, message, .. }) => {
-                return Err(RpcErr::relay(format!("the relay refused to create the mesh ({code}): {message}")));
+                return Err(RpcErr::relay(format!(
+                    "the relay refused to create the mesh ({code}): {message}"
+                )));
             }
             Some(_) => continue,
             None => return Err(RpcErr::relay("the relay did not answer the mesh creation")),
         }
     }
     conn.close().await;
-    keys.save(&d.paths.keys(), &mesh).map_err(|e| RpcErr::internal(e.to_string()))?;
+    keys.save(&d.paths.keys(), &mesh)
+        .map_err(|e| RpcErr::internal(e.to_string()))?;
     let row = MeshRow {
         id: mesh,
         name,
@@ -174,7 +188,13 @@ pub(crate) async fn create(d: &Arc<Daemon>, p: CreateParams) -> Result<MeshInfo,
     Ok(info)
 }
 
-fn invite_info(m: &MeshCtx, cap: &InviteCap, uses: u32, revoked: bool, with_link: bool) -> InviteInfo {
+fn invite_info(
+    m: &MeshCtx,
+    cap: &InviteCap,
+    uses: u32,
+    revoked: bool,
+    with_link: bool,
+) -> InviteInfo {
     let link = with_link.then(|| {
         let row = lock(&m.row);
         InviteLink {
@@ -203,16 +223,23 @@ fn invite_info(m: &MeshCtx, cap: &InviteCap, uses: u32, revoked: bool, with_link
 pub(crate) async fn invite(d: &Arc<Daemon>, p: InviteParams) -> Result<InviteInfo, RpcErr> {
     let m = d.select(p.mesh.as_deref())?;
     if !m.role().is_admin() {
-        return Err(RpcErr::forbidden(format!("only admins can invite to {}; ask an admin", m.name())));
+        return Err(RpcErr::forbidden(format!(
+            "only admins can invite to {}; ask an admin",
+            m.name()
+        )));
     }
     if p.uses == 0 {
         return Err(RpcErr::invalid("--uses must be at least 1"));
     }
     if !(60..=365 * 24 * 3600).contains(&p.expires_secs) {
-        return Err(RpcErr::invalid("--expires must be between 1 minute and 365 days"));
+        return Err(RpcErr::invalid(
+            "--expires must be between 1 minute and 365 days",
+        ));
     }
     if p.role == Role::Owner {
-        return Err(RpcErr::invalid("an invite can grant member or admin, not owner"));
+        return Err(RpcErr::invalid(
+            "an invite can grant member or admin, not owner",
+        ));
     }
     let now = now_ms();
     let cap = InviteCap::sign(
@@ -227,10 +254,16 @@ pub(crate) async fn invite(d: &Arc<Daemon>, p: InviteParams) -> Result<InviteInf
     );
     let c2 = cap.clone();
     m.link
-        .request(Box::new(move |rid| ClientFrame::InvitePublish { rid, cap: c2 }))
+        .request(Box::new(move |rid| ClientFrame::InvitePublish {
+            rid,
+            cap: c2,
+        }))
         .await
         .map_err(refusal)?;
-    d.store.insert_invite(&cap, now).await.map_err(RpcErr::internal)?;
+    d.store
+        .insert_invite(&cap, now)
+        .await
+        .map_err(RpcErr::internal)?;
     tracing::info!(mesh = %m.id.short(), invite = %cap.id.short(), "invite minted");
     Ok(invite_info(&m, &cap, 0, false, true))
 }
@@ -241,37 +274,73 @@ pub(crate) async fn invite_list(d: &Arc<Daemon>, p: MeshParams) -> Result<Vec<In
         Some(s) => Some(d.select(Some(s))?.id),
         None => None,
     };
-    let rows = d.store.read(|c| store::q_invites(c)).await.map_err(RpcErr::internal)?;
+    let rows = d
+        .store
+        .read(|c| store::q_invites(c))
+        .await
+        .map_err(RpcErr::internal)?;
     Ok(rows
         .into_iter()
         .filter(|(cap, _, _)| only.is_none_or(|o| o == cap.mesh))
         .filter_map(|(cap, uses, revoked)| {
-            d.mesh(&cap.mesh).map(|m| invite_info(&m, &cap, uses, revoked, !revoked))
+            d.mesh(&cap.mesh)
+                .map(|m| invite_info(&m, &cap, uses, revoked, !revoked))
         })
         .collect())
 }
 
 /// `invite_revoke`.
-pub(crate) async fn invite_revoke(d: &Arc<Daemon>, p: InviteRevokeParams) -> Result<InviteInfo, RpcErr> {
+pub(crate) async fn invite_revoke(
+    d: &Arc<Daemon>,
+    p: InviteRevokeParams,
+) -> Result<InviteInfo, RpcErr> {
     let want = p.id.trim().to_lowercase().replace('-', "");
     if want.len() < 4 {
-        return Err(RpcErr::invalid("give at least 4 characters of the invite id"));
+        return Err(RpcErr::invalid(
+            "give at least 4 characters of the invite id",
+        ));
     }
-    let rows = d.store.read(|c| store::q_invites(c)).await.map_err(RpcErr::internal)?;
-    let hits: Vec<_> =
-        rows.into_iter().filter(|(c, _, _)| c.id.0.simple().to_string().starts_with(&want)).collect();
+    let rows = d
+        .store
+        .read(|c| store::q_invites(c))
+        .await
+        .map_err(RpcErr::internal)?;
+    let hits: Vec<_> = rows
+        .into_iter()
+        .filter(|(c, _, _)| c.id.0.simple().to_string().starts_with(&want))
+        .collect();
     let (cap, uses, _) = match hits.len() {
-        0 => return Err(RpcErr::not_found(format!("no invite {:?}; `claudemesh invite list` shows them", p.id))),
-        1 => hits.into_iter().next().ok_or_else(|| RpcErr::internal("invite vanished"))?,
-        _ => return Err(RpcErr::ambiguous("several invites match; give more of the id")),
+        0 => {
+            return Err(RpcErr::not_found(format!(
+                "no invite {:?}; `claudemesh invite list` shows them",
+                p.id
+            )));
+        }
+        1 => hits
+            .into_iter()
+            .next()
+            .ok_or_else(|| RpcErr::internal("invite vanished"))?,
+        _ => {
+            return Err(RpcErr::ambiguous(
+                "several invites match; give more of the id",
+            ));
+        }
     };
-    let m = d.mesh(&cap.mesh).ok_or_else(|| RpcErr::not_found("the invite's mesh is no longer joined"))?;
+    let m = d
+        .mesh(&cap.mesh)
+        .ok_or_else(|| RpcErr::not_found("the invite's mesh is no longer joined"))?;
     let rev = InviteRevocation::sign(&m.keys.member, cap.id, m.id, now_ms());
     m.link
-        .request(Box::new(move |rid| ClientFrame::InviteRevoke { rid, revocation: rev }))
+        .request(Box::new(move |rid| ClientFrame::InviteRevoke {
+            rid,
+            revocation: rev,
+        }))
         .await
         .map_err(refusal)?;
-    d.store.invite_revoked(cap.id).await.map_err(RpcErr::internal)?;
+    d.store
+        .invite_revoked(cap.id)
+        .await
+        .map_err(RpcErr::internal)?;
     Ok(invite_info(&m, &cap, uses, true, false))
 }
 
@@ -296,7 +365,10 @@ pub(crate) async fn on_claim(
             .link
             .request(Box::new(move |rid| ClientFrame::ClaimDecision {
                 rid,
-                decision: ClaimDecision::Refuse { claim, reason: "the invite code is wrong".into() },
+                decision: ClaimDecision::Refuse {
+                    claim,
+                    reason: "the invite code is wrong".into(),
+                },
             }))
             .await;
         return;
@@ -347,7 +419,12 @@ async fn accept(
     m.link
         .request(Box::new(move |rid| ClientFrame::ClaimDecision {
             rid,
-            decision: ClaimDecision::Accept { claim, entry, sealed, mac },
+            decision: ClaimDecision::Accept {
+                claim,
+                entry,
+                sealed,
+                mac,
+            },
         }))
         .await
         .map_err(refusal)?;
@@ -358,7 +435,11 @@ async fn accept(
 
 /// `claims`: claims waiting for approval here.
 pub(crate) async fn claims(d: &Arc<Daemon>) -> Result<Vec<PendingClaim>, RpcErr> {
-    let rows = d.store.read(|c| store::q_claims(c)).await.map_err(RpcErr::internal)?;
+    let rows = d
+        .store
+        .read(|c| store::q_claims(c))
+        .await
+        .map_err(RpcErr::internal)?;
     Ok(rows
         .into_iter()
         .filter_map(|(id, mesh, req, _cap, at)| {
@@ -376,28 +457,54 @@ pub(crate) async fn claims(d: &Arc<Daemon>) -> Result<Vec<PendingClaim>, RpcErr>
 }
 
 /// `claim_decide`: approve or deny a parked claim.
-pub(crate) async fn claim_decide(d: &Arc<Daemon>, p: ClaimDecideParams) -> Result<PendingClaim, RpcErr> {
+pub(crate) async fn claim_decide(
+    d: &Arc<Daemon>,
+    p: ClaimDecideParams,
+) -> Result<PendingClaim, RpcErr> {
     let want = p.claim.trim().to_lowercase().replace('-', "");
-    let rows = d.store.read(|c| store::q_claims(c)).await.map_err(RpcErr::internal)?;
+    let rows = d
+        .store
+        .read(|c| store::q_claims(c))
+        .await
+        .map_err(RpcErr::internal)?;
     let hits: Vec<_> = rows
         .into_iter()
         .filter(|(id, ..)| want.len() >= 4 && id.0.simple().to_string().starts_with(&want))
         .collect();
     let (id, mesh, req, cap, at) = match hits.len() {
-        0 => return Err(RpcErr::not_found(format!("no pending claim {:?}; `claudemesh invite pending` lists them", p.claim))),
-        1 => hits.into_iter().next().ok_or_else(|| RpcErr::internal("claim vanished"))?,
-        _ => return Err(RpcErr::ambiguous("several claims match; give more of the id")),
+        0 => {
+            return Err(RpcErr::not_found(format!(
+                "no pending claim {:?}; `claudemesh invite pending` lists them",
+                p.claim
+            )));
+        }
+        1 => hits
+            .into_iter()
+            .next()
+            .ok_or_else(|| RpcErr::internal("claim vanished"))?,
+        _ => {
+            return Err(RpcErr::ambiguous(
+                "several claims match; give more of the id",
+            ));
+        }
     };
-    let request: ClaimRequest = serde_json::from_str(&req).map_err(|_| RpcErr::internal("stored claim is corrupt"))?;
-    let cap: InviteCap = serde_json::from_str(&cap).map_err(|_| RpcErr::internal("stored claim is corrupt"))?;
-    let m = d.mesh(&mesh).ok_or_else(|| RpcErr::not_found("the claim's mesh is no longer joined"))?;
+    let request: ClaimRequest =
+        serde_json::from_str(&req).map_err(|_| RpcErr::internal("stored claim is corrupt"))?;
+    let cap: InviteCap =
+        serde_json::from_str(&cap).map_err(|_| RpcErr::internal("stored claim is corrupt"))?;
+    let m = d
+        .mesh(&mesh)
+        .ok_or_else(|| RpcErr::not_found("the claim's mesh is no longer joined"))?;
     let result = if p.accept {
         accept(d, &m, id, &request, &cap).await
     } else {
         m.link
             .request(Box::new(move |rid| ClientFrame::ClaimDecision {
                 rid,
-                decision: ClaimDecision::Refuse { claim: id, reason: "an admin denied the request".into() },
+                decision: ClaimDecision::Refuse {
+                    claim: id,
+                    reason: "an admin denied the request".into(),
+                },
             }))
             .await
             .map_err(refusal)
@@ -405,7 +512,9 @@ pub(crate) async fn claim_decide(d: &Arc<Daemon>, p: ClaimDecideParams) -> Resul
     let _ = d.store.delete_claim(id).await;
     result.map_err(|e| {
         if e.message.contains("already decided") {
-            RpcErr::not_found("the claimant is no longer waiting; ask them to run `claudemesh join` again")
+            RpcErr::not_found(
+                "the claimant is no longer waiting; ask them to run `claudemesh join` again",
+            )
         } else {
             e
         }
@@ -429,8 +538,18 @@ pub(crate) async fn join(d: &Arc<Daemon>, p: JoinParams) -> Result<MeshInfo, Rpc
     let proof = invite::claim_proof(&link.secret, &link.invite, &member.public(), &bx.public());
     let mut conn = claudemesh_relay::connect(&link.relay, Some(link.fingerprint), &connect_opts(d))
         .await
-        .map_err(|e| RpcErr::relay(format!("cannot reach the relay named in the invite ({}): {e}", link.relay)))?;
-    let req = ClaimRequest { invite: link.invite, member: member.public(), box_key: bx.public(), proof };
+        .map_err(|e| {
+            RpcErr::relay(format!(
+                "cannot reach the relay named in the invite ({}): {e}",
+                link.relay
+            ))
+        })?;
+    let req = ClaimRequest {
+        invite: link.invite,
+        member: member.public(),
+        box_key: bx.public(),
+        proof,
+    };
     send_raw(&mut conn, &ClientFrame::Claim(req)).await?;
     let wait = Duration::from_secs(p.wait_secs.unwrap_or(300).clamp(1, 3600));
     let deadline = tokio::time::Instant::now() + wait;
@@ -444,14 +563,30 @@ pub(crate) async fn join(d: &Arc<Daemon>, p: JoinParams) -> Result<MeshInfo, Rpc
                     wait.as_secs()
                 )));
             }
-            Some(RelayFrame::ClaimWaiting { admins_online, approve, .. }) => {
-                tracing::info!(admins_online, approve, "claim registered, waiting for an admin");
+            Some(RelayFrame::ClaimWaiting {
+                admins_online,
+                approve,
+                ..
+            }) => {
+                tracing::info!(
+                    admins_online,
+                    approve,
+                    "claim registered, waiting for an admin"
+                );
             }
-            Some(RelayFrame::ClaimResult(ClaimOutcome::Accepted { claim, genesis, entry, sealed, mac })) => {
+            Some(RelayFrame::ClaimResult(ClaimOutcome::Accepted {
+                claim,
+                genesis,
+                entry,
+                sealed,
+                mac,
+            })) => {
                 break (claim, genesis, entry, sealed, mac);
             }
             Some(RelayFrame::ClaimResult(ClaimOutcome::Refused { code, message })) => {
-                return Err(RpcErr::invite(format!("the invite was refused ({code}): {message}")));
+                return Err(RpcErr::invite(format!(
+                    "the invite was refused ({code}): {message}"
+                )));
             }
             Some(RelayFrame::Error { code, message, .. }) => {
                 return Err(match code {
@@ -459,7 +594,9 @@ pub(crate) async fn join(d: &Arc<Daemon>, p: JoinParams) -> Result<MeshInfo, Rpc
                     | ErrorCode::InviteRevoked
                     | ErrorCode::InviteUsedUp
                     | ErrorCode::InviteUnknown
-                    | ErrorCode::ClaimRefused => RpcErr::invite(format!("the invite was refused ({code}): {message}")),
+                    | ErrorCode::ClaimRefused => {
+                        RpcErr::invite(format!("the invite was refused ({code}): {message}"))
+                    }
                     _ => RpcErr::relay(format!("the relay refused the claim ({code}): {message}")),
                 });
             }
@@ -473,13 +610,23 @@ pub(crate) async fn join(d: &Arc<Daemon>, p: JoinParams) -> Result<MeshInfo, Rpc
             "the answer to the claim is not authenticated by the invite; refusing it (the relay may be tampering)",
         ));
     }
-    if entry.member != member.public() || entry.op != RosterOp::Add || entry.mesh != genesis.mesh || genesis.verify().is_err() {
-        return Err(RpcErr::invite("the admission does not match this claim; refusing it"));
+    if entry.member != member.public()
+        || entry.op != RosterOp::Add
+        || entry.mesh != genesis.mesh
+        || genesis.verify().is_err()
+    {
+        return Err(RpcErr::invite(
+            "the admission does not match this claim; refusing it",
+        ));
     }
-    let opened = crypto::anon_open(&bx, &sealed).map_err(|_| RpcErr::invite("cannot open the mesh key sealed to us"))?;
-    let js: JoinSecret = serde_json::from_slice(&opened).map_err(|_| RpcErr::invite("the sealed join data is malformed"))?;
+    let opened = crypto::anon_open(&bx, &sealed)
+        .map_err(|_| RpcErr::invite("cannot open the mesh key sealed to us"))?;
+    let js: JoinSecret = serde_json::from_slice(&opened)
+        .map_err(|_| RpcErr::invite("the sealed join data is malformed"))?;
     if js.mesh != genesis.mesh {
-        return Err(RpcErr::invite("the sealed mesh id does not match the admission"));
+        return Err(RpcErr::invite(
+            "the sealed mesh id does not match the admission",
+        ));
     }
     let _g = d.membership.lock().await;
     if d.mesh(&genesis.mesh).is_some() {
@@ -496,7 +643,8 @@ pub(crate) async fn join(d: &Arc<Daemon>, p: JoinParams) -> Result<MeshInfo, Rpc
         }
     }
     let keys = MeshKeys::generate(member, MeshKey::from_bytes(js.mesh_key));
-    keys.save(&d.paths.keys(), &genesis.mesh).map_err(|e| RpcErr::internal(e.to_string()))?;
+    keys.save(&d.paths.keys(), &genesis.mesh)
+        .map_err(|e| RpcErr::internal(e.to_string()))?;
     let row = MeshRow {
         id: genesis.mesh,
         name,
@@ -528,8 +676,20 @@ pub(crate) async fn leave(d: &Arc<Daemon>, p: MeshParams) -> Result<MeshInfo, Rp
     let info = mesh_info(&lock(&m.row));
     let role = m.role();
     if role != Role::Owner {
-        let e = RosterEntry::sign(&m.keys.member, m.id, m.member(), role, RosterOp::Remove, now_ms(), None);
-        if let Err(r) = m.link.request(Box::new(move |rid| ClientFrame::Roster { rid, entry: e })).await {
+        let e = RosterEntry::sign(
+            &m.keys.member,
+            m.id,
+            m.member(),
+            role,
+            RosterOp::Remove,
+            now_ms(),
+            None,
+        );
+        if let Err(r) = m
+            .link
+            .request(Box::new(move |rid| ClientFrame::Roster { rid, entry: e }))
+            .await
+        {
             tracing::warn!(error = %r.message, "leaving without telling the relay");
         }
     }
@@ -547,6 +707,7 @@ pub(crate) fn whoami(d: &Daemon) -> WhoamiResult {
             .meshes()
             .iter()
             .map(|m| {
+                let role = m.role();
                 let row = lock(&m.row);
                 Identity {
                     mesh: m.id,
@@ -554,7 +715,7 @@ pub(crate) fn whoami(d: &Daemon) -> WhoamiResult {
                     display_name: row.display_name.clone(),
                     member_id: row.member.to_b64(),
                     fingerprint: row.member.fingerprint(),
-                    role: m.role(),
+                    role,
                     session: row.session,
                 }
             })
@@ -591,7 +752,13 @@ pub(crate) async fn profile(d: &Arc<Daemon>, p: ProfileParams) -> Result<Profile
     for m in targets {
         if changed {
             d.store
-                .update_profile(m.id, name.clone(), groups.clone(), p.summary.clone(), p.status)
+                .update_profile(
+                    m.id,
+                    name.clone(),
+                    groups.clone(),
+                    p.summary.clone(),
+                    p.status,
+                )
                 .await
                 .map_err(RpcErr::internal)?;
             {

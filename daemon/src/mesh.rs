@@ -33,7 +33,12 @@ pub(crate) struct LinkStatus {
 
 impl Default for LinkStatus {
     fn default() -> Self {
-        Self { state: LinkState::Connecting, transport: None, last_error: None, skew_ms: None }
+        Self {
+            state: LinkState::Connecting,
+            transport: None,
+            last_error: None,
+            skew_ms: None,
+        }
     }
 }
 
@@ -83,14 +88,18 @@ impl LinkHandle {
     pub(crate) async fn request(&self, build: RequestBuilder) -> Result<(), RelayRefusal> {
         let unavailable = || RelayRefusal {
             code: None,
-            message: "the relay is not reachable right now; check `claudemesh status` and try again"
-                .into(),
+            message:
+                "the relay is not reachable right now; check `claudemesh status` and try again"
+                    .into(),
         };
         if !self.connected() {
             return Err(unavailable());
         }
         let (tx, rx) = oneshot::channel();
-        self.tx.send(LinkCmd::Request(build, tx)).await.map_err(|_| unavailable())?;
+        self.tx
+            .send(LinkCmd::Request(build, tx))
+            .await
+            .map_err(|_| unavailable())?;
         match tokio::time::timeout(std::time::Duration::from_secs(15), rx).await {
             Ok(Ok(r)) => r,
             _ => Err(unavailable()),
@@ -140,8 +149,8 @@ impl MeshCtx {
     }
 
     pub(crate) fn role(&self) -> Role {
-        let r = lock(&self.roster);
-        r.roster.role(&self.member()).unwrap_or(lock(&self.row).role)
+        let from_roster = lock(&self.roster).roster.role(&self.member());
+        from_roster.unwrap_or_else(|| lock(&self.row).role)
     }
 
     pub(crate) fn is_member(&self, m: &MemberKey) -> bool {

@@ -49,7 +49,9 @@ impl Paths {
                 PathBuf::from(home).join(".claudemesh")
             }
         };
-        let socket = std::env::var_os(ENV_SOCKET).filter(|s| !s.is_empty()).map(PathBuf::from);
+        let socket = std::env::var_os(ENV_SOCKET)
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from);
         Ok(Self::with_socket(dir, socket))
     }
 
@@ -129,6 +131,9 @@ mod tests {
         assert_eq!(short.socket, PathBuf::from("/tmp/x/daemon.sock"));
         let long = Paths::new(format!("/tmp/{}", "d".repeat(120)));
         assert!(long.socket.as_os_str().len() <= MAX_SOCKET_PATH + 40);
-        assert_ne!(long.socket, Paths::new(format!("/tmp/{}", "e".repeat(120))).socket);
+        assert_ne!(
+            long.socket,
+            Paths::new(format!("/tmp/{}", "e".repeat(120))).socket
+        );
     }
 }

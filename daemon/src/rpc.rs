@@ -5,7 +5,10 @@
 //! Only processes of the same user may connect: the socket is 0600 inside a 0700
 //! directory, and each connection's peer uid is checked again.
 
-use claudemesh_schema::ipc::methods::{self as m, InboxParams, InboxResult, MeshParams, MeshPeers, MeshStatus, PeersResult, StatusResult};
+use claudemesh_schema::ipc::methods::{
+    self as m, InboxParams, InboxResult, MeshParams, MeshPeers, MeshStatus, PeersResult,
+    StatusResult,
+};
 use claudemesh_schema::ipc::{IPC_PROTOCOL, MAX_LINE, Request, Response, codes};
 use claudemesh_schema::now_ms;
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -34,7 +37,10 @@ pub(crate) struct RpcErr {
 
 impl RpcErr {
     fn new(code: i32, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
     pub(crate) fn not_found(m: impl Into<String>) -> Self {
         Self::new(codes::NOT_FOUND, m)
@@ -87,7 +93,9 @@ pub(crate) fn bind(socket: &Path, dir: &Path) -> std::io::Result<Listener> {
 fn same_user(d: &Daemon, s: &Stream) -> bool {
     use interprocess::local_socket::traits::StreamCommon as _;
     use std::os::unix::fs::MetadataExt as _;
-    let Ok(meta) = std::fs::metadata(&d.paths.dir) else { return false };
+    let Ok(meta) = std::fs::metadata(&d.paths.dir) else {
+        return false;
+    };
     match s.peer_creds() {
         Ok(c) => c.euid() == Some(meta.uid()),
         Err(_) => false,
@@ -143,8 +151,14 @@ async fn connection(d: Arc<Daemon>, stream: Stream) {
             None => break,
             Some(Ok(l)) => l,
             Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
-                let resp = Response::err(0, codes::INVALID_REQUEST, format!("request line exceeds {MAX_LINE} bytes"));
-                let _ = tx.send(serde_json::to_string(&resp).unwrap_or_default()).await;
+                let resp = Response::err(
+                    0,
+                    codes::INVALID_REQUEST,
+                    format!("request line exceeds {MAX_LINE} bytes"),
+                );
+                let _ = tx
+                    .send(serde_json::to_string(&resp).unwrap_or_default())
+                    .await;
                 break;
             }
             Some(Err(_)) => break,
@@ -156,7 +170,9 @@ async fn connection(d: Arc<Daemon>, stream: Stream) {
             Ok(r) => r,
             Err(e) => {
                 let resp = Response::err(0, codes::PARSE, format!("not a JSON-RPC request: {e}"));
-                let _ = tx.send(serde_json::to_string(&resp).unwrap_or_default()).await;
+                let _ = tx
+                    .send(serde_json::to_string(&resp).unwrap_or_default())
+                    .await;
                 continue;
             }
         };
@@ -167,7 +183,9 @@ async fn connection(d: Arc<Daemon>, stream: Stream) {
                 Ok(v) => Response::ok(id, v),
                 Err(e) => Response::err(id, e.code, e.message),
             };
-            let _ = tx2.send(serde_json::to_string(&resp).unwrap_or_default()).await;
+            let _ = tx2
+                .send(serde_json::to_string(&resp).unwrap_or_default())
+                .await;
         });
     }
     drop(tx);
@@ -175,8 +193,13 @@ async fn connection(d: Arc<Daemon>, stream: Stream) {
 }
 
 fn params<T: DeserializeOwned>(v: Value) -> Result<T, RpcErr> {
-    let v = if v.is_null() { Value::Object(Default::default()) } else { v };
-    serde_json::from_value(v).map_err(|e| RpcErr::new(codes::INVALID_PARAMS, format!("invalid parameters: {e}")))
+    let v = if v.is_null() {
+        Value::Object(Default::default())
+    } else {
+        v
+    };
+    serde_json::from_value(v)
+        .map_err(|e| RpcErr::new(codes::INVALID_PARAMS, format!("invalid parameters: {e}")))
 }
 
 fn json<T: Serialize>(t: T) -> Result<Value, RpcErr> {
@@ -200,7 +223,12 @@ async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, RpcErr> {
         m::CLAIMS => json(membership::claims(d).await?),
         m::CLAIM_DECIDE => json(membership::claim_decide(d, params(p)?).await?),
         m::JOIN => json(membership::join(d, params(p)?).await?),
-        m::LIST => json(d.meshes().iter().map(|x| membership::mesh_info(&lock(&x.row))).collect::<Vec<_>>()),
+        m::LIST => json(
+            d.meshes()
+                .iter()
+                .map(|x| membership::mesh_info(&lock(&x.row)))
+                .collect::<Vec<_>>(),
+        ),
         m::LEAVE => json(membership::leave(d, params(p)?).await?),
         m::PEERS => json(peers(d, params(p)?).await?),
         m::SEND => json(delivery::send(d, params(p)?).await?),
@@ -216,7 +244,10 @@ async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, RpcErr> {
             });
             Ok(Value::Object(Default::default()))
         }
-        other => Err(RpcErr::new(codes::METHOD_NOT_FOUND, format!("unknown method {other:?}"))),
+        other => Err(RpcErr::new(
+            codes::METHOD_NOT_FOUND,
+            format!("unknown method {other:?}"),
+        )),
     }
 }
 
@@ -275,8 +306,17 @@ async fn peers(d: &Arc<Daemon>, p: MeshParams) -> Result<PeersResult, RpcErr> {
         let row = lock(&x.row).clone();
         let cached = !x.link.connected();
         let (id, name) = (row.id, row.name.clone());
-        let peers = d.store.read(move |c| store::q_peers(c, &row)).await.map_err(RpcErr::internal)?;
-        out.push(MeshPeers { mesh: id, name, cached, peers });
+        let peers = d
+            .store
+            .read(move |c| store::q_peers(c, &row))
+            .await
+            .map_err(RpcErr::internal)?;
+        out.push(MeshPeers {
+            mesh: id,
+            name,
+            cached,
+            peers,
+        });
     }
     Ok(PeersResult { meshes: out })
 }
@@ -287,11 +327,16 @@ async fn inbox(d: &Arc<Daemon>, p: InboxParams) -> Result<InboxResult, RpcErr> {
         None => None,
     };
     let limit = p.limit.unwrap_or(100).clamp(1, 1000);
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(p.wait_ms.unwrap_or(0).min(3_600_000));
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(p.wait_ms.unwrap_or(0).min(3_600_000));
     let mut gen_rx = d.inbox_gen.subscribe();
     let messages = loop {
         gen_rx.borrow_and_update();
-        let msgs = d.store.read(move |c| store::q_unread(c, mesh, limit)).await.map_err(RpcErr::internal)?;
+        let msgs = d
+            .store
+            .read(move |c| store::q_unread(c, mesh, limit))
+            .await
+            .map_err(RpcErr::internal)?;
         if !msgs.is_empty() || tokio::time::Instant::now() >= deadline {
             break msgs;
         }
@@ -303,7 +348,10 @@ async fn inbox(d: &Arc<Daemon>, p: InboxParams) -> Result<InboxResult, RpcErr> {
     };
     if !p.peek && !messages.is_empty() {
         let ids = messages.iter().map(|m| m.id).collect();
-        d.store.mark_read(ids, now_ms()).await.map_err(RpcErr::internal)?;
+        d.store
+            .mark_read(ids, now_ms())
+            .await
+            .map_err(RpcErr::internal)?;
     }
     Ok(InboxResult { messages })
 }

@@ -123,7 +123,10 @@ impl Store {
         let reader = sqlite::open_reader(path)?;
         let (writer, _t) = Writer::spawn(conn, "daemon-store")
             .map_err(|e| SqliteError::Commit(format!("cannot start store thread: {e}")))?;
-        Ok(Self { writer, reader: Arc::new(Mutex::new(reader)) })
+        Ok(Self {
+            writer,
+            reader: Arc::new(Mutex::new(reader)),
+        })
     }
 
     /// Run a read on the reader connection off the async threads.
@@ -157,7 +160,8 @@ impl Store {
 
     /// Add a joined mesh.
     pub async fn insert_mesh(&self, m: MeshRow) -> Result<()> {
-        let genesis = serde_json::to_string(&m.genesis).map_err(|_| StoreError::Corrupt("genesis"))?;
+        let genesis =
+            serde_json::to_string(&m.genesis).map_err(|_| StoreError::Corrupt("genesis"))?;
         let groups = serde_json::to_string(&m.groups).map_err(|_| StoreError::Corrupt("groups"))?;
         self.write(move |tx| {
             tx.execute(
@@ -188,9 +192,14 @@ impl Store {
     /// Forget a mesh and everything stored for it.
     pub async fn delete_mesh(&self, mesh: MeshId) -> Result<()> {
         self.write(move |tx| {
-            for t in ["meshes", "roster", "presence", "inbox", "outbox", "sent", "invites", "claims"] {
+            for t in [
+                "meshes", "roster", "presence", "inbox", "outbox", "sent", "invites", "claims",
+            ] {
                 let col = if t == "meshes" { "id" } else { "mesh" };
-                tx.execute(&format!("DELETE FROM {t} WHERE {col} = ?1"), params![mesh.as_bytes()])?;
+                tx.execute(
+                    &format!("DELETE FROM {t} WHERE {col} = ?1"),
+                    params![mesh.as_bytes()],
+                )?;
             }
             Ok(())
         })
@@ -215,7 +224,13 @@ impl Store {
                 "UPDATE meshes SET display_name = coalesce(?2, display_name),
                     groups = coalesce(?3, groups), summary = coalesce(?4, summary),
                     status = coalesce(?5, status) WHERE id = ?1",
-                params![mesh.as_bytes(), name, groups, summary, status.map(|s| s.as_str())],
+                params![
+                    mesh.as_bytes(),
+                    name,
+                    groups,
+                    summary,
+                    status.map(|s| s.as_str())
+                ],
             )
             .map(|_| ())
         })
@@ -290,8 +305,11 @@ impl Store {
     /// Mark every cached session of a mesh offline (link lost, or a fresh snapshot comes).
     pub async fn all_offline(&self, mesh: MeshId) -> Result<()> {
         self.write(move |tx| {
-            tx.execute("UPDATE presence SET online = 0 WHERE mesh = ?1", params![mesh.as_bytes()])
-                .map(|_| ())
+            tx.execute(
+                "UPDATE presence SET online = 0 WHERE mesh = ?1",
+                params![mesh.as_bytes()],
+            )
+            .map(|_| ())
         })
         .await
     }
@@ -309,7 +327,10 @@ impl Store {
         done: impl FnOnce(Result<usize>) + Send + 'static,
     ) -> Result<()> {
         self.writer
-            .call_then(move |tx| insert_inbox_rows(tx, rows), move |r| done(r.map_err(StoreError::from)))
+            .call_then(
+                move |tx| insert_inbox_rows(tx, rows),
+                move |r| done(r.map_err(StoreError::from)),
+            )
             .await?;
         Ok(())
     }
@@ -317,8 +338,9 @@ impl Store {
     /// Mark messages read.
     pub async fn mark_read(&self, ids: Vec<MessageId>, at: i64) -> Result<()> {
         self.write(move |tx| {
-            let mut stmt =
-                tx.prepare_cached("UPDATE inbox SET read_at = ?2 WHERE id = ?1 AND read_at IS NULL")?;
+            let mut stmt = tx.prepare_cached(
+                "UPDATE inbox SET read_at = ?2 WHERE id = ?1 AND read_at IS NULL",
+            )?;
             for id in ids {
                 stmt.execute(params![id.as_bytes(), at])?;
             }
@@ -345,7 +367,13 @@ impl Store {
             tx.execute(
                 "INSERT OR IGNORE INTO sent (id, mesh, to_label, priority, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![id.as_bytes(), mesh.as_bytes(), to_label, priority.as_str(), at],
+                params![
+                    id.as_bytes(),
+                    mesh.as_bytes(),
+                    to_label,
+                    priority.as_str(),
+                    at
+                ],
             )?;
             Ok(())
         })
@@ -408,8 +436,11 @@ impl Store {
     /// Count a use of an invite (as seen here) or mark it revoked.
     pub async fn invite_used(&self, id: InviteId) -> Result<()> {
         self.write(move |tx| {
-            tx.execute("UPDATE invites SET uses = uses + 1 WHERE id = ?1", params![id.as_bytes()])
-                .map(|_| ())
+            tx.execute(
+                "UPDATE invites SET uses = uses + 1 WHERE id = ?1",
+                params![id.as_bytes()],
+            )
+            .map(|_| ())
         })
         .await
     }
@@ -417,8 +448,11 @@ impl Store {
     /// Mark an invite revoked.
     pub async fn invite_revoked(&self, id: InviteId) -> Result<()> {
         self.write(move |tx| {
-            tx.execute("UPDATE invites SET revoked = 1 WHERE id = ?1", params![id.as_bytes()])
-                .map(|_| ())
+            tx.execute(
+                "UPDATE invites SET revoked = 1 WHERE id = ?1",
+                params![id.as_bytes()],
+            )
+            .map(|_| ())
         })
         .await
     }
@@ -445,13 +479,17 @@ impl Store {
     /// Forget a claim.
     pub async fn delete_claim(&self, id: claudemesh_schema::ClaimId) -> Result<()> {
         self.write(move |tx| {
-            tx.execute("DELETE FROM claims WHERE id = ?1", params![id.as_bytes()]).map(|_| ())
+            tx.execute("DELETE FROM claims WHERE id = ?1", params![id.as_bytes()])
+                .map(|_| ())
         })
         .await
     }
 }
 
-fn insert_inbox_rows(tx: &rusqlite::Transaction<'_>, rows: Vec<InboxRow>) -> rusqlite::Result<usize> {
+fn insert_inbox_rows(
+    tx: &rusqlite::Transaction<'_>,
+    rows: Vec<InboxRow>,
+) -> rusqlite::Result<usize> {
     let mut stmt = tx.prepare_cached(
         "INSERT OR IGNORE INTO inbox (id, mesh, to_session, from_session, from_member,
             from_name, to_label, priority, kind, body, sent_at, received_at, verified)
@@ -480,7 +518,23 @@ fn insert_inbox_rows(tx: &rusqlite::Transaction<'_>, rows: Vec<InboxRow>) -> rus
 }
 
 #[allow(clippy::type_complexity)]
-fn mesh_row(r: &Row<'_>) -> rusqlite::Result<(Vec<u8>, String, String, Vec<u8>, Vec<u8>, Vec<u8>, String, String, String, String, String, String, i64)> {
+fn mesh_row(
+    r: &Row<'_>,
+) -> rusqlite::Result<(
+    Vec<u8>,
+    String,
+    String,
+    Vec<u8>,
+    Vec<u8>,
+    Vec<u8>,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+)> {
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -507,7 +561,21 @@ pub fn q_meshes(conn: &Connection) -> Result<Vec<MeshRow>> {
     let rows = stmt.query_map([], mesh_row)?;
     let mut out = Vec::new();
     for r in rows {
-        let (id, name, relay, fp, member, session, role, display_name, groups, summary, status, genesis, joined_at) = r?;
+        let (
+            id,
+            name,
+            relay,
+            fp,
+            member,
+            session,
+            role,
+            display_name,
+            groups,
+            summary,
+            status,
+            genesis,
+            joined_at,
+        ) = r?;
         out.push(MeshRow {
             id: id16(id, MeshId::from_slice, "mesh id")?,
             name,
@@ -529,12 +597,18 @@ pub fn q_meshes(conn: &Connection) -> Result<Vec<MeshRow>> {
 
 /// Roster entries of a mesh, in order.
 pub fn q_roster(conn: &Connection, mesh: MeshId) -> Result<Vec<(u64, RosterEntry)>> {
-    let mut stmt = conn.prepare_cached("SELECT seq, entry FROM roster WHERE mesh = ?1 ORDER BY seq")?;
-    let rows = stmt.query_map(params![mesh.as_bytes()], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+    let mut stmt =
+        conn.prepare_cached("SELECT seq, entry FROM roster WHERE mesh = ?1 ORDER BY seq")?;
+    let rows = stmt.query_map(params![mesh.as_bytes()], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+    })?;
     let mut out = Vec::new();
     for r in rows {
         let (seq, e) = r?;
-        out.push((seq as u64, serde_json::from_str(&e).map_err(|_| StoreError::Corrupt("roster"))?));
+        out.push((
+            seq as u64,
+            serde_json::from_str(&e).map_err(|_| StoreError::Corrupt("roster"))?,
+        ));
     }
     Ok(out)
 }
@@ -565,7 +639,22 @@ pub fn q_presence(conn: &Connection, mesh: MeshId) -> Result<Vec<PresenceRow>> {
     })?;
     let mut out = Vec::new();
     for r in rows {
-        let (session, member, key, seq, name, kind, status, summary, groups, hostname, cwd, visible, online, last_seen) = r?;
+        let (
+            session,
+            member,
+            key,
+            seq,
+            name,
+            kind,
+            status,
+            summary,
+            groups,
+            hostname,
+            cwd,
+            visible,
+            online,
+            last_seen,
+        ) = r?;
         out.push(PresenceRow {
             mesh,
             session: id16(session, SessionId::from_slice, "session id")?,
@@ -641,7 +730,20 @@ pub fn q_unread(conn: &Connection, mesh: Option<MeshId>, limit: u32) -> Result<V
     })?;
     let mut out = Vec::new();
     for r in rows {
-        let (id, mesh, mesh_name, from, from_member, from_name, to, priority, sent_at, received_at, body, verified) = r?;
+        let (
+            id,
+            mesh,
+            mesh_name,
+            from,
+            from_member,
+            from_name,
+            to,
+            priority,
+            sent_at,
+            received_at,
+            body,
+            verified,
+        ) = r?;
         out.push(InboxMessage {
             id: id16(id, MessageId::from_slice, "message id")?,
             mesh: id16(mesh, MeshId::from_slice, "mesh id")?,
@@ -665,7 +767,9 @@ pub fn q_outbox(conn: &Connection, mesh: MeshId) -> Result<Vec<(MessageId, Vec<u
     let mut stmt = conn.prepare_cached(
         "SELECT id, envelope FROM outbox WHERE mesh = ?1 ORDER BY created_at, id",
     )?;
-    let rows = stmt.query_map(params![mesh.as_bytes()], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+    let rows = stmt.query_map(params![mesh.as_bytes()], |r| {
+        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+    })?;
     let mut out = Vec::new();
     for r in rows {
         let (id, env) = r?;
@@ -691,21 +795,41 @@ pub fn q_counts(conn: &Connection, mesh: MeshId) -> Result<(u64, u64)> {
 
 /// Invites minted here: capability, uses seen, revoked.
 pub fn q_invites(conn: &Connection) -> Result<Vec<(InviteCap, u32, bool)>> {
-    let mut stmt = conn.prepare_cached("SELECT cap, uses, revoked FROM invites ORDER BY created_at")?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, bool>(2)?)))?;
+    let mut stmt =
+        conn.prepare_cached("SELECT cap, uses, revoked FROM invites ORDER BY created_at")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, bool>(2)?,
+        ))
+    })?;
     let mut out = Vec::new();
     for r in rows {
         let (cap, uses, revoked) = r?;
-        out.push((serde_json::from_str(&cap).map_err(|_| StoreError::Corrupt("invite"))?, uses as u32, revoked));
+        out.push((
+            serde_json::from_str(&cap).map_err(|_| StoreError::Corrupt("invite"))?,
+            uses as u32,
+            revoked,
+        ));
     }
     Ok(out)
 }
 
 /// Claims waiting for approval: id, mesh, request JSON, cap JSON, time.
-pub fn q_claims(conn: &Connection) -> Result<Vec<(claudemesh_schema::ClaimId, MeshId, String, String, i64)>> {
-    let mut stmt = conn.prepare_cached("SELECT id, mesh, request, cap, at FROM claims ORDER BY at")?;
+pub fn q_claims(
+    conn: &Connection,
+) -> Result<Vec<(claudemesh_schema::ClaimId, MeshId, String, String, i64)>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT id, mesh, request, cap, at FROM claims ORDER BY at")?;
     let rows = stmt.query_map([], |r| {
-        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, i64>(4)?))
+        Ok((
+            r.get::<_, Vec<u8>>(0)?,
+            r.get::<_, Vec<u8>>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, i64>(4)?,
+        ))
     })?;
     let mut out = Vec::new();
     for r in rows {

@@ -113,10 +113,12 @@ impl Drop for Connection {
 }
 
 async fn resolve(addr: &str) -> Result<SocketAddr, ConnectError> {
-    let mut it = tokio::net::lookup_host(addr).await.map_err(|e| ConnectError::Resolve {
-        addr: addr.to_string(),
-        detail: e.to_string(),
-    })?;
+    let mut it = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| ConnectError::Resolve {
+            addr: addr.to_string(),
+            detail: e.to_string(),
+        })?;
     it.next().ok_or_else(|| ConnectError::Resolve {
         addr: addr.to_string(),
         detail: "no addresses".into(),
@@ -144,7 +146,11 @@ fn failure(
             got: fp_text(&got),
         };
     }
-    ConnectError::Failed { transport, addr: addr.to_string(), detail }
+    ConnectError::Failed {
+        transport,
+        addr: addr.to_string(),
+        detail,
+    }
 }
 
 /// Connect to `addr`, trying QUIC then WebSocket as `opts` allow. `pin` is the expected
@@ -184,7 +190,8 @@ pub async fn connect_quic(
 ) -> Result<Connection, ConnectError> {
     let seen: SeenFingerprint = Arc::new(Mutex::new(None));
     let fail = |d: String| failure("quic", addr, pin, &seen, d);
-    let rustls_cfg = tls::client_config(pin, seen.clone(), &[ALPN]).map_err(|e| fail(e.to_string()))?;
+    let rustls_cfg =
+        tls::client_config(pin, seen.clone(), &[ALPN]).map_err(|e| fail(e.to_string()))?;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_cfg)
         .map_err(|e| fail(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
@@ -195,8 +202,9 @@ pub async fn connect_quic(
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     };
     let endpoint = quinn::Endpoint::client(bind).map_err(|e| fail(e.to_string()))?;
-    let connecting =
-        endpoint.connect_with(cfg, addr, SERVER_NAME).map_err(|e| fail(e.to_string()))?;
+    let connecting = endpoint
+        .connect_with(cfg, addr, SERVER_NAME)
+        .map_err(|e| fail(e.to_string()))?;
     let conn = match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return Err(fail(e.to_string())),
@@ -234,7 +242,9 @@ pub async fn connect_ws(
     let seen: SeenFingerprint = Arc::new(Mutex::new(None));
     let fail = |d: String| failure("websocket", addr, pin, &seen, d);
     let fut = async {
-        let tcp = TcpStream::connect(addr).await.map_err(|e| fail(e.to_string()))?;
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
         let cfg = tls::client_config(pin, seen.clone(), &[b"http/1.1"])
             .map_err(|e| fail(e.to_string()))?;

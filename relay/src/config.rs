@@ -109,10 +109,14 @@ impl Default for RelayConfig {
 impl RelayConfig {
     /// Read a TOML file.
     pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        let cfg: Self = toml::from_str(&text)
-            .map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -120,16 +124,22 @@ impl RelayConfig {
     /// Check ranges and combinations.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.quic && !self.websocket {
-            return Err(ConfigError::Invalid("enable at least one of quic and websocket".into()));
+            return Err(ConfigError::Invalid(
+                "enable at least one of quic and websocket".into(),
+            ));
         }
         if self.cert.is_some() != self.key.is_some() {
-            return Err(ConfigError::Invalid("set both cert and key, or neither".into()));
+            return Err(ConfigError::Invalid(
+                "set both cert and key, or neither".into(),
+            ));
         }
         if self.handshake_rate <= 0.0 || self.member_rate <= 0.0 {
             return Err(ConfigError::Invalid("rates must be positive".into()));
         }
         if self.send_queue < 16 {
-            return Err(ConfigError::Invalid("send_queue must be at least 16".into()));
+            return Err(ConfigError::Invalid(
+                "send_queue must be at least 16".into(),
+            ));
         }
         Ok(())
     }

@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::hub::{
-    Hub, InviteState, LinkHandle, MeshEntry, MeshState, PendingClaim, SessionState,
-    deliver_frame, error_frame, frame, lock,
+    Hub, InviteState, LinkHandle, MeshEntry, MeshState, PendingClaim, SessionState, deliver_frame,
+    error_frame, frame, lock,
 };
 use crate::limits::TokenBucket;
 use crate::store::{NewEnvelope, Store};
@@ -48,7 +48,11 @@ pub(crate) async fn serve<S: Store>(
     let close = CancellationToken::new();
     let (tx, rx) = mpsc::channel::<Bytes>(hub.cfg.send_queue);
     let writer_task = tokio::spawn(write_loop(writer, rx, close.clone()));
-    let link = LinkHandle { id: hub.next_id(), tx, close: close.clone() };
+    let link = LinkHandle {
+        id: hub.next_id(),
+        tx,
+        close: close.clone(),
+    };
     let span = tracing::debug_span!("conn", id = link.id, %remote, transport = transport.as_str());
     let mut conn = Conn {
         hub: hub.clone(),
@@ -74,7 +78,11 @@ pub(crate) async fn serve<S: Store>(
     hub.stats.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
-async fn write_loop(mut writer: FrameWriter, mut rx: mpsc::Receiver<Bytes>, close: CancellationToken) {
+async fn write_loop(
+    mut writer: FrameWriter,
+    mut rx: mpsc::Receiver<Bytes>,
+    close: CancellationToken,
+) {
     loop {
         tokio::select! {
             biased;
@@ -116,8 +124,15 @@ async fn write_loop(mut writer: FrameWriter, mut rx: mpsc::Receiver<Bytes>, clos
 
 enum State {
     New,
-    Claiming { mesh: MeshId, claim: ClaimId },
-    Linked { mesh: MeshId, entry: Arc<MeshEntry>, member: MemberKey },
+    Claiming {
+        mesh: MeshId,
+        claim: ClaimId,
+    },
+    Linked {
+        mesh: MeshId,
+        entry: Arc<MeshEntry>,
+        member: MemberKey,
+    },
 }
 
 struct Conn<S> {
@@ -146,7 +161,10 @@ impl<S: Store> Conn<S> {
     /// Send a fatal error and end the connection.
     fn fatal(&self, code: ErrorCode, msg: &str) -> End {
         if !matches!(self.state, State::Linked { .. }) {
-            self.hub.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            self.hub
+                .stats
+                .handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
         }
         tracing::debug!(code = %code, msg, "refusing connection");
         self.link.push(error_frame(None, code, msg, true));
@@ -157,7 +175,11 @@ impl<S: Store> Conn<S> {
         let first_deadline = Duration::from_secs(self.hub.cfg.hello_timeout_secs);
         let idle = Duration::from_secs(self.hub.cfg.idle_timeout_secs);
         loop {
-            let limit = if matches!(self.state, State::New) { first_deadline } else { idle };
+            let limit = if matches!(self.state, State::New) {
+                first_deadline
+            } else {
+                idle
+            };
             let next = tokio::select! {
                 biased;
                 _ = self.link.close.cancelled() => return "closed by relay".into(),
@@ -167,7 +189,9 @@ impl<S: Store> Conn<S> {
                 r = tokio::time::timeout(limit, reader.next()) => r,
             };
             let bytes = match next {
-                Err(_) => return self.fatal(ErrorCode::Unexpected, "no frame within the time limit"),
+                Err(_) => {
+                    return self.fatal(ErrorCode::Unexpected, "no frame within the time limit");
+                }
                 Ok(None) => return "peer closed".into(),
                 Ok(Some(Err(ReadError::TooLarge))) => {
                     return self.fatal(
@@ -195,7 +219,10 @@ impl<S: Store> Conn<S> {
 
     async fn dispatch(&mut self, f: ClientFrame) -> Result<(), End> {
         if let ClientFrame::Ping { n } = f {
-            self.push(&RelayFrame::Pong { n, server_time: now_ms() });
+            self.push(&RelayFrame::Pong {
+                n,
+                server_time: now_ms(),
+            });
             return Ok(());
         }
         match &self.state {
@@ -205,10 +232,15 @@ impl<S: Store> Conn<S> {
                 ClientFrame::Claim(req) => self.claim(req),
                 _ => Err(self.fatal(ErrorCode::Unexpected, "send hello first")),
             },
-            State::Claiming { .. } => {
-                Err(self.fatal(ErrorCode::Unexpected, "only ping is allowed while a claim waits"))
-            }
-            State::Linked { mesh, entry, member } => {
+            State::Claiming { .. } => Err(self.fatal(
+                ErrorCode::Unexpected,
+                "only ping is allowed while a claim waits",
+            )),
+            State::Linked {
+                mesh,
+                entry,
+                member,
+            } => {
                 let (mesh, entry, member) = (*mesh, entry.clone(), *member);
                 match f {
                     ClientFrame::Send(env) => {
@@ -243,9 +275,10 @@ impl<S: Store> Conn<S> {
                     ClientFrame::Hello(_)
                     | ClientFrame::CreateMesh { .. }
                     | ClientFrame::Claim(_)
-                    | ClientFrame::Ping { .. } => {
-                        Err(self.fatal(ErrorCode::Unexpected, "this frame is only valid before hello"))
-                    }
+                    | ClientFrame::Ping { .. } => Err(self.fatal(
+                        ErrorCode::Unexpected,
+                        "this frame is only valid before hello",
+                    )),
                 }
             }
         }
@@ -253,7 +286,10 @@ impl<S: Store> Conn<S> {
 
     fn check_handshake_rate(&self) -> Result<(), End> {
         if let Err(wait) = self.hub.handshake_allowed(self.remote.ip()) {
-            self.hub.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            self.hub
+                .stats
+                .handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
             self.link.push(
                 frame(&RelayFrame::Error {
                     rid: None,
@@ -277,19 +313,36 @@ impl<S: Store> Conn<S> {
         self.check_handshake_rate()?;
         let st = match MeshState::new(genesis.clone()) {
             Ok(s) => s,
-            Err(_) => return Err(self.fatal(ErrorCode::BadSignature, "mesh genesis signature does not verify")),
+            Err(_) => {
+                return Err(self.fatal(
+                    ErrorCode::BadSignature,
+                    "mesh genesis signature does not verify",
+                ));
+            }
         };
         if self.hub.mesh(&genesis.mesh).is_some() {
-            self.error(Some(rid), ErrorCode::MeshExists, "a mesh with this id already exists");
+            self.error(
+                Some(rid),
+                ErrorCode::MeshExists,
+                "a mesh with this id already exists",
+            );
             return Ok(());
         }
         if let Err(e) = self.hub.store.create_mesh(genesis.clone()).await {
             tracing::error!(error = %e, "cannot store new mesh");
-            self.error(Some(rid), ErrorCode::Internal, "relay could not store the mesh; try again");
+            self.error(
+                Some(rid),
+                ErrorCode::Internal,
+                "relay could not store the mesh; try again",
+            );
             return Ok(());
         }
         if !self.hub.insert_mesh(st) {
-            self.error(Some(rid), ErrorCode::MeshExists, "a mesh with this id already exists");
+            self.error(
+                Some(rid),
+                ErrorCode::MeshExists,
+                "a mesh with this id already exists",
+            );
             return Ok(());
         }
         tracing::info!(mesh = %genesis.mesh.short(), "mesh created");
@@ -300,8 +353,12 @@ impl<S: Store> Conn<S> {
     async fn hello(&mut self, h: Hello) -> Result<(), End> {
         self.check_handshake_rate()?;
         let now = now_ms();
-        let Some(version) =
-            h.versions.iter().copied().filter(|v| SUPPORTED_VERSIONS.contains(v)).max()
+        let Some(version) = h
+            .versions
+            .iter()
+            .copied()
+            .filter(|v| SUPPORTED_VERSIONS.contains(v))
+            .max()
         else {
             return Err(self.fatal(
                 ErrorCode::UnsupportedVersion,
@@ -320,9 +377,13 @@ impl<S: Store> Conn<S> {
         if h.verify_sig().is_err() {
             return Err(self.fatal(ErrorCode::BadSignature, "hello signature does not verify"));
         }
-        let fresh = lock(&self.hub.nonces).insert(h.nonce, now, now + 2 * wire::HELLO_WINDOW_MS + 1);
+        let fresh =
+            lock(&self.hub.nonces).insert(h.nonce, now, now + 2 * wire::HELLO_WINDOW_MS + 1);
         if !fresh {
-            return Err(self.fatal(ErrorCode::ReplayedHello, "hello nonce was already used (replay refused)"));
+            return Err(self.fatal(
+                ErrorCode::ReplayedHello,
+                "hello nonce was already used (replay refused)",
+            ));
         }
         let Some(entry) = self.hub.mesh(&h.mesh) else {
             return Err(self.fatal(ErrorCode::UnknownMesh, "this relay does not know the mesh"));
@@ -331,7 +392,10 @@ impl<S: Store> Conn<S> {
             let mut st = lock(&entry.state);
             if !st.roster.is_member(&h.member) {
                 drop(st);
-                return Err(self.fatal(ErrorCode::NotAMember, "this key is not a member of the mesh"));
+                return Err(self.fatal(
+                    ErrorCode::NotAMember,
+                    "this key is not a member of the mesh",
+                ));
             }
             if let Some(old) = st.links.insert(h.member, self.link.clone()) {
                 old.push(error_frame(
@@ -354,10 +418,16 @@ impl<S: Store> Conn<S> {
                 .entries
                 .iter()
                 .enumerate()
-                .map(|(i, e)| RelayFrame::Roster { seq: i as u64, entry: e.clone() })
+                .map(|(i, e)| RelayFrame::Roster {
+                    seq: i as u64,
+                    entry: e.clone(),
+                })
                 .collect();
-            let presences: Vec<RelayFrame> =
-                st.sessions.values().map(|s| RelayFrame::Presence(s.record())).collect();
+            let presences: Vec<RelayFrame> = st
+                .sessions
+                .values()
+                .map(|s| RelayFrame::Presence(s.record()))
+                .collect();
             let is_admin = st.roster.role(&h.member).is_some_and(|r| r.is_admin());
             let claims: Vec<RelayFrame> = if is_admin {
                 st.claims
@@ -376,14 +446,22 @@ impl<S: Store> Conn<S> {
         };
         self.hub.stats.links.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(mesh = %h.mesh.short(), member = %h.member.short(), "link up");
-        self.state = State::Linked { mesh: h.mesh, entry: entry.clone(), member: h.member };
+        self.state = State::Linked {
+            mesh: h.mesh,
+            entry: entry.clone(),
+            member: h.member,
+        };
         self.push(&RelayFrame::Welcome(welcome));
         for f in roster.iter().chain(presences.iter()) {
             self.push(f);
         }
         // Count the mailbox for `ready`, then stream it from a task so acks are read
         // concurrently.
-        let first = self.hub.store.mailbox(h.mesh, h.member, None, MAILBOX_PAGE).await;
+        let first = self
+            .hub
+            .store
+            .mailbox(h.mesh, h.member, None, MAILBOX_PAGE)
+            .await;
         let first = match first {
             Ok(f) => f,
             Err(e) => {
@@ -391,7 +469,9 @@ impl<S: Store> Conn<S> {
                 Vec::new()
             }
         };
-        self.push(&RelayFrame::Ready { queued: first.len() as u64 });
+        self.push(&RelayFrame::Ready {
+            queued: first.len() as u64,
+        });
         for f in &claims {
             self.push(f);
         }
@@ -402,7 +482,9 @@ impl<S: Store> Conn<S> {
             self.drain = Some(tokio::spawn(async move {
                 let mut page = first;
                 loop {
-                    let Some(last) = page.last().map(|s| s.id) else { return };
+                    let Some(last) = page.last().map(|s| s.id) else {
+                        return;
+                    };
                     let full = page.len() == MAILBOX_PAGE;
                     for s in page {
                         if tx.send(deliver_frame(&s.envelope, s.at)).await.is_err() {
@@ -412,7 +494,11 @@ impl<S: Store> Conn<S> {
                     if !full {
                         return;
                     }
-                    page = match hub.store.mailbox(mesh, member, Some(last), MAILBOX_PAGE).await {
+                    page = match hub
+                        .store
+                        .mailbox(mesh, member, Some(last), MAILBOX_PAGE)
+                        .await
+                    {
                         Ok(p) => p,
                         Err(e) => {
                             tracing::error!(error = %e, "cannot read mailbox");
@@ -429,17 +515,26 @@ impl<S: Store> Conn<S> {
         self.check_handshake_rate()?;
         let now = now_ms();
         let Some(mesh) = self.hub.invite_mesh(&req.invite) else {
-            return Err(self.fatal(ErrorCode::InviteUnknown, "this relay does not know the invite; check the link"));
+            return Err(self.fatal(
+                ErrorCode::InviteUnknown,
+                "this relay does not know the invite; check the link",
+            ));
         };
         let Some(entry) = self.hub.mesh(&mesh) else {
-            return Err(self.fatal(ErrorCode::InviteUnknown, "this relay does not know the invite; check the link"));
+            return Err(self.fatal(
+                ErrorCode::InviteUnknown,
+                "this relay does not know the invite; check the link",
+            ));
         };
         let claim = ClaimId::new();
         let (admins, cap) = {
             let mut st = lock(&entry.state);
             let Some(inv) = st.invites.get(&req.invite).cloned() else {
                 drop(st);
-                return Err(self.fatal(ErrorCode::InviteUnknown, "this relay does not know the invite"));
+                return Err(self.fatal(
+                    ErrorCode::InviteUnknown,
+                    "this relay does not know the invite",
+                ));
             };
             if let Some((code, msg)) = inv.refusal(now) {
                 drop(st);
@@ -462,7 +557,12 @@ impl<S: Store> Conn<S> {
             (admins, inv.cap)
         };
         tracing::info!(mesh = %mesh.short(), claim = %claim.short(), admins = admins.len(), "invite claim waiting");
-        let pending = frame(&RelayFrame::ClaimPending { claim, request: req, cap: cap.clone(), at: now });
+        let pending = frame(&RelayFrame::ClaimPending {
+            claim,
+            request: req,
+            cap: cap.clone(),
+            at: now,
+        });
         if let Some(p) = pending {
             for a in &admins {
                 a.push(p.clone());
@@ -477,14 +577,36 @@ impl<S: Store> Conn<S> {
         Ok(())
     }
 
-    fn refuse(&self, id: claudemesh_schema::MessageId, code: ErrorCode, message: String, retry_ms: Option<u64>) {
-        self.push(&RelayFrame::Refused { id, code, message, retry_ms });
+    fn refuse(
+        &self,
+        id: claudemesh_schema::MessageId,
+        code: ErrorCode,
+        message: String,
+        retry_ms: Option<u64>,
+    ) {
+        self.push(&RelayFrame::Refused {
+            id,
+            code,
+            message,
+            retry_ms,
+        });
     }
 
-    async fn send(&mut self, mesh: MeshId, entry: &Arc<MeshEntry>, member: MemberKey, env: Envelope) {
+    async fn send(
+        &mut self,
+        mesh: MeshId,
+        entry: &Arc<MeshEntry>,
+        member: MemberKey,
+        env: Envelope,
+    ) {
         let id = env.id;
         if env.from_member != member {
-            return self.refuse(id, ErrorCode::NotAuthorized, "from_member is not the member of this link".into(), None);
+            return self.refuse(
+                id,
+                ErrorCode::NotAuthorized,
+                "from_member is not the member of this link".into(),
+                None,
+            );
         }
         if env.ct.len() > MAX_CIPHERTEXT {
             return self.refuse(
@@ -523,7 +645,14 @@ impl<S: Store> Conn<S> {
         }
         let env_json = match serde_json::to_vec(&env) {
             Ok(v) => Bytes::from(v),
-            Err(_) => return self.refuse(id, ErrorCode::BadFrame, "cannot encode envelope".into(), None),
+            Err(_) => {
+                return self.refuse(
+                    id,
+                    ErrorCode::BadFrame,
+                    "cannot encode envelope".into(),
+                    None,
+                );
+            }
         };
         let size = env_json.len() as u64;
         let (recipients, online) = {
@@ -554,8 +683,10 @@ impl<S: Store> Conn<S> {
             }
             st.stored.0 += 1;
             st.stored.1 += size;
-            let online: Vec<LinkHandle> =
-                recipients.iter().filter_map(|m| st.links.get(m).cloned()).collect();
+            let online: Vec<LinkHandle> = recipients
+                .iter()
+                .filter_map(|m| st.links.get(m).cloned())
+                .collect();
             (recipients, online)
         };
         // Forward at once; the relay's copy is committed in the background and the sender
@@ -617,7 +748,13 @@ impl<S: Store> Conn<S> {
         }
     }
 
-    async fn ack(&mut self, mesh: MeshId, entry: &Arc<MeshEntry>, member: MemberKey, ids: Vec<claudemesh_schema::MessageId>) {
+    async fn ack(
+        &mut self,
+        mesh: MeshId,
+        entry: &Arc<MeshEntry>,
+        member: MemberKey,
+        ids: Vec<claudemesh_schema::MessageId>,
+    ) {
         if ids.is_empty() {
             return;
         }
@@ -641,7 +778,11 @@ impl<S: Store> Conn<S> {
                             st.stored.1 = st.stored.1.saturating_sub(b);
                         }
                         if let Some(l) = st.links.get(&a.sender)
-                            && let Some(f) = frame(&RelayFrame::Receipt { id: a.id, member, at: now })
+                            && let Some(f) = frame(&RelayFrame::Receipt {
+                                id: a.id,
+                                member,
+                                at: now,
+                            })
                         {
                             l.push(f);
                         }
@@ -662,11 +803,19 @@ impl<S: Store> Conn<S> {
         p: claudemesh_schema::message::SignedPresence,
     ) -> Result<(), End> {
         if p.mesh != mesh || p.member != member {
-            self.error(None, ErrorCode::NotAuthorized, "presence must be for this mesh and member");
+            self.error(
+                None,
+                ErrorCode::NotAuthorized,
+                "presence must be for this mesh and member",
+            );
             return Ok(());
         }
         if p.verify().is_err() {
-            self.error(None, ErrorCode::BadSignature, "presence signature does not verify");
+            self.error(
+                None,
+                ErrorCode::BadSignature,
+                "presence signature does not verify",
+            );
             return Ok(());
         }
         let now = now_ms();
@@ -675,21 +824,37 @@ impl<S: Store> Conn<S> {
             if let Some(old) = st.sessions.get(&p.session) {
                 if old.presence.member != member {
                     drop(st);
-                    self.error(None, ErrorCode::NotAuthorized, "session belongs to another member");
+                    self.error(
+                        None,
+                        ErrorCode::NotAuthorized,
+                        "session belongs to another member",
+                    );
                     return Ok(());
                 }
                 if old.presence.seq > p.seq && old.online {
                     return Ok(());
                 }
             } else {
-                let n = st.sessions.values().filter(|s| s.presence.member == member).count();
+                let n = st
+                    .sessions
+                    .values()
+                    .filter(|s| s.presence.member == member)
+                    .count();
                 if n >= MAX_SESSIONS_PER_MEMBER {
                     drop(st);
-                    self.error(None, ErrorCode::QuotaExceeded, "too many sessions for this member");
+                    self.error(
+                        None,
+                        ErrorCode::QuotaExceeded,
+                        "too many sessions for this member",
+                    );
                     return Ok(());
                 }
             }
-            let s = SessionState { presence: p.clone(), online: true, last_seen: now };
+            let s = SessionState {
+                presence: p.clone(),
+                online: true,
+                last_seen: now,
+            };
             let rec = s.record();
             st.sessions.insert(p.session, s);
             if let Some(f) = frame(&RelayFrame::Presence(rec.clone())) {
@@ -701,11 +866,19 @@ impl<S: Store> Conn<S> {
         Ok(())
     }
 
-    async fn depart(&mut self, mesh: MeshId, entry: &Arc<MeshEntry>, member: MemberKey, session: SessionId) {
+    async fn depart(
+        &mut self,
+        mesh: MeshId,
+        entry: &Arc<MeshEntry>,
+        member: MemberKey,
+        session: SessionId,
+    ) {
         let now = now_ms();
         {
             let mut st = lock(&entry.state);
-            let Some(s) = st.sessions.get_mut(&session) else { return };
+            let Some(s) = st.sessions.get_mut(&session) else {
+                return;
+            };
             if s.presence.member != member {
                 return;
             }
@@ -715,15 +888,33 @@ impl<S: Store> Conn<S> {
                 st.broadcast(&f, Some(&member));
             }
         }
-        let _ = self.hub.store.touch_presence(mesh, vec![session], now).await;
+        let _ = self
+            .hub
+            .store
+            .touch_presence(mesh, vec![session], now)
+            .await;
     }
 
-    async fn roster(&mut self, rid: u64, entry: &Arc<MeshEntry>, member: MemberKey, e: RosterEntry) {
+    async fn roster(
+        &mut self,
+        rid: u64,
+        entry: &Arc<MeshEntry>,
+        member: MemberKey,
+        e: RosterEntry,
+    ) {
         if e.invite.is_some() {
-            return self.error(Some(rid), ErrorCode::NotAuthorized, "admissions through invites go through claims");
+            return self.error(
+                Some(rid),
+                ErrorCode::NotAuthorized,
+                "admissions through invites go through claims",
+            );
         }
         if e.by != member {
-            return self.error(Some(rid), ErrorCode::NotAuthorized, "entries must be signed by this link's member");
+            return self.error(
+                Some(rid),
+                ErrorCode::NotAuthorized,
+                "entries must be signed by this link's member",
+            );
         }
         let _guard = entry.admin.lock().await;
         let seq = {
@@ -736,21 +927,41 @@ impl<S: Store> Conn<S> {
         };
         if let Err(err) = self.hub.store.append_roster(seq, e.clone()).await {
             tracing::error!(error = %err, "cannot store roster entry");
-            return self.error(Some(rid), ErrorCode::Internal, "relay could not store the change; try again");
+            return self.error(
+                Some(rid),
+                ErrorCode::Internal,
+                "relay could not store the change; try again",
+            );
         }
         let removed_link = {
             let mut st = lock(&entry.state);
             if st.roster.apply(&e).is_err() {
-                return self.error(Some(rid), ErrorCode::Internal, "roster changed concurrently; try again");
+                return self.error(
+                    Some(rid),
+                    ErrorCode::Internal,
+                    "roster changed concurrently; try again",
+                );
             }
             st.entries.push(e.clone());
-            if let Some(f) = frame(&RelayFrame::Roster { seq, entry: e.clone() }) {
+            if let Some(f) = frame(&RelayFrame::Roster {
+                seq,
+                entry: e.clone(),
+            }) {
                 st.broadcast(&f, None);
             }
-            if e.op == RosterOp::Remove { st.links.remove(&e.member) } else { None }
+            if e.op == RosterOp::Remove {
+                st.links.remove(&e.member)
+            } else {
+                None
+            }
         };
         if let Some(l) = removed_link {
-            l.push(error_frame(None, ErrorCode::NotAMember, "this member was removed from the mesh", true));
+            l.push(error_frame(
+                None,
+                ErrorCode::NotAMember,
+                "this member was removed from the mesh",
+                true,
+            ));
             l.close.cancel();
         }
         if e.op == RosterOp::Remove {
@@ -767,7 +978,11 @@ impl<S: Store> Conn<S> {
         cap: claudemesh_schema::roster::InviteCap,
     ) {
         if cap.by != member {
-            return self.error(Some(rid), ErrorCode::NotAuthorized, "invites must be signed by this link's member");
+            return self.error(
+                Some(rid),
+                ErrorCode::NotAuthorized,
+                "invites must be signed by this link's member",
+            );
         }
         let _guard = entry.admin.lock().await;
         {
@@ -779,13 +994,21 @@ impl<S: Store> Conn<S> {
         }
         if let Err(err) = self.hub.store.put_invite(cap.clone()).await {
             tracing::error!(error = %err, "cannot store invite");
-            return self.error(Some(rid), ErrorCode::Internal, "relay could not store the invite; try again");
+            return self.error(
+                Some(rid),
+                ErrorCode::Internal,
+                "relay could not store the invite; try again",
+            );
         }
         self.hub.index_invite(cap.id, cap.mesh);
         lock(&entry.state)
             .invites
             .entry(cap.id)
-            .or_insert(InviteState { cap, uses: 0, revoked: false });
+            .or_insert(InviteState {
+                cap,
+                uses: 0,
+                revoked: false,
+            });
         self.push(&RelayFrame::Ok { rid });
     }
 
@@ -797,7 +1020,11 @@ impl<S: Store> Conn<S> {
         rev: claudemesh_schema::roster::InviteRevocation,
     ) {
         if rev.by != member {
-            return self.error(Some(rid), ErrorCode::NotAuthorized, "revocations must be signed by this link's member");
+            return self.error(
+                Some(rid),
+                ErrorCode::NotAuthorized,
+                "revocations must be signed by this link's member",
+            );
         }
         let _guard = entry.admin.lock().await;
         {
@@ -813,27 +1040,44 @@ impl<S: Store> Conn<S> {
         }
         if let Err(err) = self.hub.store.revoke_invite(rev.id, rev.at).await {
             tracing::error!(error = %err, "cannot store revocation");
-            return self.error(Some(rid), ErrorCode::Internal, "relay could not store the revocation; try again");
+            return self.error(
+                Some(rid),
+                ErrorCode::Internal,
+                "relay could not store the revocation; try again",
+            );
         }
         let refused: Vec<PendingClaim> = {
             let mut st = lock(&entry.state);
             if let Some(i) = st.invites.get_mut(&rev.id) {
                 i.revoked = true;
             }
-            let ids: Vec<ClaimId> =
-                st.claims.iter().filter(|(_, c)| c.cap.id == rev.id).map(|(k, _)| *k).collect();
+            let ids: Vec<ClaimId> = st
+                .claims
+                .iter()
+                .filter(|(_, c)| c.cap.id == rev.id)
+                .map(|(k, _)| *k)
+                .collect();
             ids.iter().filter_map(|k| st.claims.remove(k)).collect()
         };
         for c in refused {
-            finish_claim(&c.claimant, ClaimOutcome::Refused {
-                code: ErrorCode::InviteRevoked,
-                message: "the invite was revoked".into(),
-            });
+            finish_claim(
+                &c.claimant,
+                ClaimOutcome::Refused {
+                    code: ErrorCode::InviteRevoked,
+                    message: "the invite was revoked".into(),
+                },
+            );
         }
         self.push(&RelayFrame::Ok { rid });
     }
 
-    async fn claim_decision(&mut self, rid: u64, entry: &Arc<MeshEntry>, member: MemberKey, d: ClaimDecision) {
+    async fn claim_decision(
+        &mut self,
+        rid: u64,
+        entry: &Arc<MeshEntry>,
+        member: MemberKey,
+        d: ClaimDecision,
+    ) {
         let now = now_ms();
         let _guard = entry.admin.lock().await;
         match d {
@@ -842,26 +1086,53 @@ impl<S: Store> Conn<S> {
                     let mut st = lock(&entry.state);
                     if !st.roster.role(&member).is_some_and(|r| r.is_admin()) {
                         drop(st);
-                        return self.error(Some(rid), ErrorCode::NotAuthorized, "only admins decide claims");
+                        return self.error(
+                            Some(rid),
+                            ErrorCode::NotAuthorized,
+                            "only admins decide claims",
+                        );
                     }
                     st.claims.remove(&claim)
                 };
                 let Some(c) = c else {
-                    return self.error(Some(rid), ErrorCode::Unexpected, "claim already decided or withdrawn");
+                    return self.error(
+                        Some(rid),
+                        ErrorCode::Unexpected,
+                        "claim already decided or withdrawn",
+                    );
                 };
-                finish_claim(&c.claimant, ClaimOutcome::Refused { code: ErrorCode::ClaimRefused, message: reason });
+                finish_claim(
+                    &c.claimant,
+                    ClaimOutcome::Refused {
+                        code: ErrorCode::ClaimRefused,
+                        message: reason,
+                    },
+                );
                 self.push(&RelayFrame::Ok { rid });
             }
-            ClaimDecision::Accept { claim, entry: e, sealed, mac } => {
+            ClaimDecision::Accept {
+                claim,
+                entry: e,
+                sealed,
+                mac,
+            } => {
                 let (c, seq, genesis) = {
                     let mut st = lock(&entry.state);
                     if !st.roster.role(&member).is_some_and(|r| r.is_admin()) {
                         drop(st);
-                        return self.error(Some(rid), ErrorCode::NotAuthorized, "only admins decide claims");
+                        return self.error(
+                            Some(rid),
+                            ErrorCode::NotAuthorized,
+                            "only admins decide claims",
+                        );
                     }
                     let Some(c) = st.claims.get(&claim) else {
                         drop(st);
-                        return self.error(Some(rid), ErrorCode::Unexpected, "claim already decided or withdrawn");
+                        return self.error(
+                            Some(rid),
+                            ErrorCode::Unexpected,
+                            "claim already decided or withdrawn",
+                        );
                     };
                     let valid = e.op == RosterOp::Add
                         && e.member == c.request.member
@@ -870,7 +1141,11 @@ impl<S: Store> Conn<S> {
                         && e.by == member;
                     if !valid {
                         drop(st);
-                        return self.error(Some(rid), ErrorCode::NotAuthorized, "entry does not match the claim");
+                        return self.error(
+                            Some(rid),
+                            ErrorCode::NotAuthorized,
+                            "entry does not match the claim",
+                        );
                     }
                     if let Err(err) = st.roster.check(&e) {
                         drop(st);
@@ -881,13 +1156,23 @@ impl<S: Store> Conn<S> {
                     match refusal {
                         None => {
                             drop(st);
-                            return self.error(Some(rid), ErrorCode::InviteUnknown, "invite unknown");
+                            return self.error(
+                                Some(rid),
+                                ErrorCode::InviteUnknown,
+                                "invite unknown",
+                            );
                         }
                         Some(Some((code, msg))) => {
                             let c = st.claims.remove(&claim);
                             drop(st);
                             if let Some(c) = c {
-                                finish_claim(&c.claimant, ClaimOutcome::Refused { code, message: msg.into() });
+                                finish_claim(
+                                    &c.claimant,
+                                    ClaimOutcome::Refused {
+                                        code,
+                                        message: msg.into(),
+                                    },
+                                );
                             }
                             return self.error(Some(rid), code, msg);
                         }
@@ -909,7 +1194,11 @@ impl<S: Store> Conn<S> {
                     }
                     st.claims.insert(claim, c);
                     drop(st);
-                    return self.error(Some(rid), ErrorCode::Internal, "relay could not store the admission; try again");
+                    return self.error(
+                        Some(rid),
+                        ErrorCode::Internal,
+                        "relay could not store the admission; try again",
+                    );
                 }
                 {
                     let mut st = lock(&entry.state);
@@ -917,13 +1206,25 @@ impl<S: Store> Conn<S> {
                         tracing::error!(error = %err, "admission no longer valid after store");
                     } else {
                         st.entries.push(e.clone());
-                        if let Some(f) = frame(&RelayFrame::Roster { seq, entry: e.clone() }) {
+                        if let Some(f) = frame(&RelayFrame::Roster {
+                            seq,
+                            entry: e.clone(),
+                        }) {
                             st.broadcast(&f, None);
                         }
                     }
                 }
                 tracing::info!(mesh = %e.mesh.short(), member = %e.member.short(), "member admitted through invite");
-                finish_claim(&c.claimant, ClaimOutcome::Accepted { claim, genesis, entry: e, sealed, mac });
+                finish_claim(
+                    &c.claimant,
+                    ClaimOutcome::Accepted {
+                        claim,
+                        genesis,
+                        entry: e,
+                        sealed,
+                        mac,
+                    },
+                );
                 self.push(&RelayFrame::Ok { rid });
             }
         }
@@ -938,7 +1239,11 @@ impl<S: Store> Conn<S> {
                     lock(&e.state).claims.remove(&claim);
                 }
             }
-            State::Linked { mesh, entry, member } => {
+            State::Linked {
+                mesh,
+                entry,
+                member,
+            } => {
                 let now = now_ms();
                 let offline: Vec<SessionId> = {
                     let mut st = lock(&entry.state);
@@ -957,7 +1262,10 @@ impl<S: Store> Conn<S> {
                         }
                     }
                     for id in &gone {
-                        if let Some(f) = frame(&RelayFrame::Depart { session: *id, at: now }) {
+                        if let Some(f) = frame(&RelayFrame::Depart {
+                            session: *id,
+                            at: now,
+                        }) {
                             st.broadcast(&f, Some(&member));
                         }
                     }
@@ -986,7 +1294,10 @@ fn finish_claim(claimant: &LinkHandle, outcome: ClaimOutcome) {
 /// Which members an envelope goes to.
 fn resolve(st: &MeshState, sender: &MemberKey, route: &Route) -> Result<Vec<MemberKey>, String> {
     let member_of = |s: &SessionId| -> Option<MemberKey> {
-        st.sessions.get(s).map(|x| x.presence.member).filter(|m| st.roster.is_member(m))
+        st.sessions
+            .get(s)
+            .map(|x| x.presence.member)
+            .filter(|m| st.roster.is_member(m))
     };
     match route {
         Route::Session { session } => member_of(session)
@@ -1009,8 +1320,11 @@ fn resolve(st: &MeshState, sender: &MemberKey, route: &Route) -> Result<Vec<Memb
                 Ok(out)
             }
         }
-        Route::All => {
-            Ok(st.roster.members().map(|(m, _)| *m).filter(|m| m != sender).collect())
-        }
+        Route::All => Ok(st
+            .roster
+            .members()
+            .map(|(m, _)| *m)
+            .filter(|m| m != sender)
+            .collect()),
     }
 }

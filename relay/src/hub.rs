@@ -42,8 +42,14 @@ pub(crate) fn frame(f: &RelayFrame) -> Option<Bytes> {
 
 /// An error frame.
 pub(crate) fn error_frame(rid: Option<u64>, code: ErrorCode, message: &str, fatal: bool) -> Bytes {
-    frame(&RelayFrame::Error { rid, code, message: message.to_string(), fatal, retry_ms: None })
-        .unwrap_or_default()
+    frame(&RelayFrame::Error {
+        rid,
+        code,
+        message: message.to_string(),
+        fatal,
+        retry_ms: None,
+    })
+    .unwrap_or_default()
 }
 
 /// A `deliver` frame around already-encoded envelope JSON, without re-encoding it.
@@ -109,11 +115,20 @@ impl InviteState {
     /// Why this invite cannot be claimed now, if it cannot.
     pub(crate) fn refusal(&self, now: i64) -> Option<(ErrorCode, &'static str)> {
         if self.revoked {
-            Some((ErrorCode::InviteRevoked, "this invite was revoked; ask for a new one"))
+            Some((
+                ErrorCode::InviteRevoked,
+                "this invite was revoked; ask for a new one",
+            ))
         } else if now > self.cap.expires_at {
-            Some((ErrorCode::InviteExpired, "this invite has expired; ask for a new one"))
+            Some((
+                ErrorCode::InviteExpired,
+                "this invite has expired; ask for a new one",
+            ))
         } else if self.uses >= self.cap.max_uses {
-            Some((ErrorCode::InviteUsedUp, "this invite has no uses left; ask for a new one"))
+            Some((
+                ErrorCode::InviteUsedUp,
+                "this invite has no uses left; ask for a new one",
+            ))
         } else {
             None
         }
@@ -143,7 +158,9 @@ pub(crate) struct MeshState {
 }
 
 impl MeshState {
-    pub(crate) fn new(genesis: MeshGenesis) -> Result<Self, claudemesh_schema::roster::RosterError> {
+    pub(crate) fn new(
+        genesis: MeshGenesis,
+    ) -> Result<Self, claudemesh_schema::roster::RosterError> {
         let roster = Roster::from_genesis(&genesis)?;
         Ok(Self {
             genesis,
@@ -264,13 +281,26 @@ impl<S: Store> Hub<S> {
         }
         for (p, last_seen) in snap.presence {
             if let Some(m) = meshes.get_mut(&p.mesh) {
-                m.sessions.insert(p.session, SessionState { presence: p, online: false, last_seen });
+                m.sessions.insert(
+                    p.session,
+                    SessionState {
+                        presence: p,
+                        online: false,
+                        last_seen,
+                    },
+                );
             }
         }
         let meshes = meshes
             .into_iter()
             .map(|(k, v)| {
-                (k, Arc::new(MeshEntry { state: Mutex::new(v), admin: tokio::sync::Mutex::new(()) }))
+                (
+                    k,
+                    Arc::new(MeshEntry {
+                        state: Mutex::new(v),
+                        admin: tokio::sync::Mutex::new(()),
+                    }),
+                )
             })
             .collect();
         let handshakes = KeyedLimiter::new(cfg.handshake_rate, cfg.handshake_burst);
@@ -293,7 +323,11 @@ impl<S: Store> Hub<S> {
     }
 
     pub(crate) fn mesh(&self, id: &MeshId) -> Option<Arc<MeshEntry>> {
-        self.meshes.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+        self.meshes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
     }
 
     pub(crate) fn mesh_count(&self) -> usize {
@@ -307,7 +341,10 @@ impl<S: Store> Hub<S> {
         }
         w.insert(
             st.genesis.mesh,
-            Arc::new(MeshEntry { state: Mutex::new(st), admin: tokio::sync::Mutex::new(()) }),
+            Arc::new(MeshEntry {
+                state: Mutex::new(st),
+                admin: tokio::sync::Mutex::new(()),
+            }),
         );
         true
     }

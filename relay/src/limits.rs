@@ -15,7 +15,12 @@ pub(crate) struct TokenBucket {
 
 impl TokenBucket {
     pub(crate) fn new(rate: f64, burst: f64, now: Instant) -> Self {
-        Self { rate, burst, tokens: burst, last: now }
+        Self {
+            rate,
+            burst,
+            tokens: burst,
+            last: now,
+        }
     }
 
     /// Take one token, or say how long until one is available.
@@ -48,7 +53,12 @@ pub(crate) struct KeyedLimiter<K> {
 
 impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
     pub(crate) fn new(rate: f64, burst: f64) -> Self {
-        Self { rate, burst, buckets: HashMap::new(), last_sweep: Instant::now() }
+        Self {
+            rate,
+            burst,
+            buckets: HashMap::new(),
+            last_sweep: Instant::now(),
+        }
     }
 
     pub(crate) fn take(&mut self, key: &K, now: Instant) -> Result<(), Duration> {

@@ -80,7 +80,9 @@ fn load(cli: &Cli) -> anyhow::Result<RelayConfig> {
 fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CLAUDEMESH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         let _ = b.json().try_init();
     } else {
@@ -114,7 +116,9 @@ fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Config { what: ConfigCommand::Default }) => {
+        Some(Command::Config {
+            what: ConfigCommand::Default,
+        }) => {
             print!("{}", RelayConfig::default_toml());
             return Ok(());
         }
@@ -134,7 +138,9 @@ fn main() -> anyhow::Result<()> {
     }
     let cfg = load(&cli)?;
     init_tracing(cfg.log_json);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let relay = Relay::bind(cfg).await?;
         eprintln!(

@@ -79,7 +79,10 @@ impl Relay<SqliteStore> {
 }
 
 fn create_private_dir(path: &std::path::Path) -> Result<(), RelayError> {
-    let err = |source| RelayError::DataDir { path: path.to_path_buf(), source };
+    let err = |source| RelayError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    };
     std::fs::create_dir_all(path).map_err(err)?;
     #[cfg(unix)]
     {
@@ -92,11 +95,18 @@ fn create_private_dir(path: &std::path::Path) -> Result<(), RelayError> {
 impl<S: Store> Relay<S> {
     /// Like [`Relay::bind`] with another store.
     pub async fn bind_with_store(cfg: RelayConfig, store: S) -> Result<Self, RelayError> {
-        let identity = Identity::load_or_generate(&cfg.data_dir, cfg.cert.as_deref(), cfg.key.as_deref())?;
+        let identity =
+            Identity::load_or_generate(&cfg.data_dir, cfg.cert.as_deref(), cfg.key.as_deref())?;
         let snap = store.load()?;
         let (tcp, quic, addr) = bind_sockets(&cfg, &identity).await?;
         let hub = Arc::new(Hub::new(store, cfg, snap));
-        Ok(Self { hub, identity, tcp, quic, addr })
+        Ok(Self {
+            hub,
+            identity,
+            tcp,
+            quic,
+            addr,
+        })
     }
 
     /// The address clients connect to (`host:port`, both transports).
@@ -125,14 +135,23 @@ impl<S: Store> Relay<S> {
         }
         if let Some(tcp) = self.tcp {
             let tls = Arc::new(self.identity.server_config(&[b"http/1.1"])?);
-            tracker.spawn(tcp_loop(hub.clone(), tcp, tls, tracker.clone(), self.identity.fingerprint));
+            tracker.spawn(tcp_loop(
+                hub.clone(),
+                tcp,
+                tls,
+                tracker.clone(),
+                self.identity.fingerprint,
+            ));
         }
         tracker.spawn(sweeper(hub.clone()));
         shutdown.cancelled().await;
         tracing::info!("relay shutting down");
         hub.shutdown.cancel();
         tracker.close();
-        if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("some connections did not close within 5 s");
         }
         if let Some(ep) = &self.quic {
@@ -142,11 +161,13 @@ impl<S: Store> Relay<S> {
         // Everything acknowledged is committed already; this waits for queued
         // bookkeeping (presence, acks) too.
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if hub.store.barrier(Box::new(move |_| {
-            let _ = tx.send(());
-        }))
-        .await
-        .is_ok()
+        if hub
+            .store
+            .barrier(Box::new(move |_| {
+                let _ = tx.send(());
+            }))
+            .await
+            .is_ok()
         {
             let _ = rx.await;
         }
@@ -160,7 +181,12 @@ impl<S: Store> Relay<S> {
         let fingerprint = self.identity.fingerprint;
         let cancel = CancellationToken::new();
         let task = tokio::spawn(self.run(cancel.clone()));
-        RelayHandle { addr, fingerprint, cancel, task: Some(task) }
+        RelayHandle {
+            addr,
+            fingerprint,
+            cancel,
+            task: Some(task),
+        }
     }
 }
 
@@ -182,16 +208,24 @@ async fn bind_sockets(
     loop {
         attempts += 1;
         let tcp = if cfg.websocket {
-            Some(TcpListener::bind(cfg.listen).await.map_err(|source| RelayError::Bind {
-                addr: cfg.listen,
-                what: "tcp",
-                source,
-            })?)
+            Some(
+                TcpListener::bind(cfg.listen)
+                    .await
+                    .map_err(|source| RelayError::Bind {
+                        addr: cfg.listen,
+                        what: "tcp",
+                        source,
+                    })?,
+            )
         } else {
             None
         };
         let addr = match &tcp {
-            Some(t) => t.local_addr().map_err(|source| RelayError::Bind { addr: cfg.listen, what: "tcp", source })?,
+            Some(t) => t.local_addr().map_err(|source| RelayError::Bind {
+                addr: cfg.listen,
+                what: "tcp",
+                source,
+            })?,
             None => cfg.listen,
         };
         if !cfg.quic {
@@ -199,23 +233,35 @@ async fn bind_sockets(
         }
         match std::net::UdpSocket::bind(addr) {
             Ok(sock) => {
-                let addr = sock
-                    .local_addr()
-                    .map_err(|source| RelayError::Bind { addr, what: "udp", source })?;
+                let addr = sock.local_addr().map_err(|source| RelayError::Bind {
+                    addr,
+                    what: "udp",
+                    source,
+                })?;
                 let ep = quinn::Endpoint::new(
                     quinn::EndpointConfig::default(),
                     Some(quic_config()?),
                     sock,
                     Arc::new(quinn::TokioRuntime),
                 )
-                .map_err(|source| RelayError::Bind { addr, what: "udp", source })?;
+                .map_err(|source| RelayError::Bind {
+                    addr,
+                    what: "udp",
+                    source,
+                })?;
                 return Ok((tcp, Some(ep), addr));
             }
             Err(e) if cfg.listen.port() == 0 && tcp.is_some() && attempts < 20 => {
                 tracing::debug!(error = %e, "udp port taken, picking another");
                 continue;
             }
-            Err(source) => return Err(RelayError::Bind { addr, what: "udp", source }),
+            Err(source) => {
+                return Err(RelayError::Bind {
+                    addr,
+                    what: "udp",
+                    source,
+                });
+            }
         }
     }
 }
@@ -269,7 +315,11 @@ struct HttpState<S> {
 
 impl<S> Clone for HttpState<S> {
     fn clone(&self) -> Self {
-        Self { hub: self.hub.clone(), remote: self.remote, fingerprint: self.fingerprint }
+        Self {
+            hub: self.hub.clone(),
+            remote: self.remote,
+            fingerprint: self.fingerprint,
+        }
     }
 }
 
@@ -309,18 +359,23 @@ async fn tcp_loop<S: Store>(
                 }
                 Err(_) => return,
             };
-            let state = HttpState { hub: hub.clone(), remote, fingerprint };
+            let state = HttpState {
+                hub: hub.clone(),
+                remote,
+                fingerprint,
+            };
             let app = Router::new()
                 .route("/ws", get(ws_handler::<S>))
                 .route("/health", get(health::<S>))
                 .with_state((state, t2));
-            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let mut app = app.clone();
-                async move {
-                    use tower_service::Service as _;
-                    app.call(req.map(axum::body::Body::new)).await
-                }
-            });
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let mut app = app.clone();
+                    async move {
+                        use tower_service::Service as _;
+                        app.call(req.map(axum::body::Body::new)).await
+                    }
+                });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tls), svc)
                 .with_upgrades();
@@ -346,14 +401,22 @@ async fn ws_handler<S: Store>(
 ) -> impl IntoResponse {
     // Accept somewhat more than MAX_FRAME so an oversized frame gets a clear error frame
     // from the protocol layer instead of a bare close.
-    ws.max_message_size(MAX_FRAME * 2).max_frame_size(MAX_FRAME * 2).on_upgrade(move |socket| {
-        let (w, r) = futures_util::StreamExt::split(socket);
-        let fut = serve(st.hub, FrameReader::WsServer(r), FrameWriter::WsServer(w), st.remote, Transport::Websocket);
-        async move {
-            // Track the link so shutdown waits for it.
-            let _ = tracker.spawn(fut).await;
-        }
-    })
+    ws.max_message_size(MAX_FRAME * 2)
+        .max_frame_size(MAX_FRAME * 2)
+        .on_upgrade(move |socket| {
+            let (w, r) = futures_util::StreamExt::split(socket);
+            let fut = serve(
+                st.hub,
+                FrameReader::WsServer(r),
+                FrameWriter::WsServer(w),
+                st.remote,
+                Transport::Websocket,
+            );
+            async move {
+                // Track the link so shutdown waits for it.
+                let _ = tracker.spawn(fut).await;
+            }
+        })
 }
 
 async fn health<S: Store>(State((st, _)): State<(HttpState<S>, TaskTracker)>) -> impl IntoResponse {

@@ -92,7 +92,10 @@ pub fn open(
     migrations: &[&str],
     durability: Durability,
 ) -> Result<Connection, SqliteError> {
-    let err = |source| SqliteError::Open { path: path.to_path_buf(), source };
+    let err = |source| SqliteError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut conn = Connection::open(path).map_err(err)?;
     configure(&conn, durability).map_err(err)?;
     migrate(&mut conn, path, migrations)?;
@@ -101,7 +104,10 @@ pub fn open(
 
 /// Open an extra read-only connection (WAL lets it read while the writer writes).
 pub fn open_reader(path: &Path) -> Result<Connection, SqliteError> {
-    let err = |source| SqliteError::Open { path: path.to_path_buf(), source };
+    let err = |source| SqliteError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -114,8 +120,10 @@ pub fn open_reader(path: &Path) -> Result<Connection, SqliteError> {
 fn migrate(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result<(), SqliteError> {
     let current: usize = conn
         .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
-        .map_err(|source| SqliteError::Open { path: path.to_path_buf(), source })?
-        as usize;
+        .map_err(|source| SqliteError::Open {
+            path: path.to_path_buf(),
+            source,
+        })? as usize;
     if current > migrations.len() {
         return Err(SqliteError::TooNew {
             path: path.to_path_buf(),
@@ -125,10 +133,15 @@ fn migrate(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result<()
     }
     for (i, sql) in migrations.iter().enumerate().skip(current) {
         let version = i + 1;
-        let err = |source| SqliteError::Migrate { path: path.to_path_buf(), version, source };
+        let err = |source| SqliteError::Migrate {
+            path: path.to_path_buf(),
+            version,
+            source,
+        };
         let tx = conn.transaction().map_err(err)?;
         tx.execute_batch(sql).map_err(err)?;
-        tx.pragma_update(None, "user_version", version as i64).map_err(err)?;
+        tx.pragma_update(None, "user_version", version as i64)
+            .map_err(err)?;
         tx.commit().map_err(err)?;
     }
     Ok(())
@@ -154,20 +167,25 @@ impl std::fmt::Debug for Writer {
 
 impl Writer {
     /// Start the writer thread owning `conn`.
-    pub fn spawn(mut conn: Connection, name: &str) -> std::io::Result<(Self, std::thread::JoinHandle<()>)> {
+    pub fn spawn(
+        mut conn: Connection,
+        name: &str,
+    ) -> std::io::Result<(Self, std::thread::JoinHandle<()>)> {
         let (tx, mut rx) = mpsc::channel::<Job>(MAX_BATCH * 4);
-        let handle = std::thread::Builder::new().name(name.to_string()).spawn(move || {
-            while let Some(first) = rx.blocking_recv() {
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(j) => batch.push(j),
-                        Err(_) => break,
+        let handle = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                while let Some(first) = rx.blocking_recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(j) => batch.push(j),
+                            Err(_) => break,
+                        }
                     }
+                    run_batch(&mut conn, batch);
                 }
-                run_batch(&mut conn, batch);
-            }
-        })?;
+            })?;
         Ok((Self { tx }, handle))
     }
 
@@ -245,7 +263,11 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
         let sp_ok = tx.execute_batch("SAVEPOINT job").is_ok();
         let (ok, completion) = job(&tx);
         if sp_ok {
-            let end = if ok { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
+            let end = if ok {
+                "RELEASE job"
+            } else {
+                "ROLLBACK TO job; RELEASE job"
+            };
             if let Err(e) = tx.execute_batch(end) {
                 tracing::error!(error = %e, "savepoint failed");
             }

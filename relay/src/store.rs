@@ -179,19 +179,25 @@ pub struct SqliteStore {
 }
 
 fn corrupt(what: &'static str) -> impl Fn(serde_json::Error) -> StoreError {
-    move |e| StoreError::Corrupt { what, detail: e.to_string() }
+    move |e| StoreError::Corrupt {
+        what,
+        detail: e.to_string(),
+    }
 }
 
 fn key_from(v: Vec<u8>) -> Result<MemberKey, StoreError> {
-    let arr: [u8; 32] = v
-        .try_into()
-        .map_err(|_| StoreError::Corrupt { what: "member key", detail: "not 32 bytes".into() })?;
+    let arr: [u8; 32] = v.try_into().map_err(|_| StoreError::Corrupt {
+        what: "member key",
+        detail: "not 32 bytes".into(),
+    })?;
     Ok(MemberKey(arr))
 }
 
 fn id_from(v: &[u8]) -> Result<MessageId, StoreError> {
-    MessageId::from_slice(v)
-        .ok_or_else(|| StoreError::Corrupt { what: "message id", detail: "not 16 bytes".into() })
+    MessageId::from_slice(v).ok_or_else(|| StoreError::Corrupt {
+        what: "message id",
+        detail: "not 16 bytes".into(),
+    })
 }
 
 impl SqliteStore {
@@ -201,7 +207,10 @@ impl SqliteStore {
         let reader = sqlite::open_reader(path)?;
         let (writer, _thread) = Writer::spawn(conn, "relay-store")
             .map_err(|e| SqliteError::Commit(format!("cannot start store thread: {e}")))?;
-        Ok(Self { writer, reader: Arc::new(Mutex::new(reader)) })
+        Ok(Self {
+            writer,
+            reader: Arc::new(Mutex::new(reader)),
+        })
     }
 
     async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
@@ -240,16 +249,18 @@ impl Store for SqliteStore {
         }
         let mut stmt = conn.prepare("SELECT cap, uses, revoked_at IS NOT NULL FROM invites")?;
         for row in stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, bool>(2)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, bool>(2)?,
+            ))
         })? {
             let (cap, uses, revoked) = row?;
             let cap: InviteCap = serde_json::from_str(&cap).map_err(corrupt("invite"))?;
             snap.invites.push((cap, uses as u32, revoked));
         }
         let mut stmt = conn.prepare("SELECT record, last_seen FROM presence")?;
-        for row in
-            stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
-        {
+        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
             let (rec, seen) = row?;
             let p: SignedPresence = serde_json::from_str(&rec).map_err(corrupt("presence"))?;
             snap.presence.push((p, seen));
@@ -259,7 +270,11 @@ impl Store for SqliteStore {
              WHERE envelope IS NOT NULL GROUP BY mesh",
         )?;
         for row in stmt.query_map([], |r| {
-            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
         })? {
             let (mesh, n, bytes) = row?;
             if let Some(m) = MeshId::from_slice(&mesh) {
@@ -341,7 +356,13 @@ impl Store for SqliteStore {
                      ON CONFLICT (mesh, session) DO UPDATE SET
                         member = excluded.member, record = excluded.record,
                         last_seen = excluded.last_seen",
-                    params![p.mesh.as_bytes(), p.session.as_bytes(), p.member.0, json, last_seen],
+                    params![
+                        p.mesh.as_bytes(),
+                        p.session.as_bytes(),
+                        p.member.0,
+                        json,
+                        last_seen
+                    ],
                 )
                 .map(|_| ())
             })
@@ -404,7 +425,9 @@ impl Store for SqliteStore {
     }
 
     async fn barrier(&self, done: Done<()>) -> Result<(), StoreError> {
-        self.writer.call_then(|_| Ok(()), move |r| done(r.map_err(StoreError::from))).await?;
+        self.writer
+            .call_then(|_| Ok(()), move |r| done(r.map_err(StoreError::from)))
+            .await?;
         Ok(())
     }
 
@@ -443,7 +466,9 @@ impl Store for SqliteStore {
                         else {
                             continue;
                         };
-                        let Ok(sender) = key_from(sender) else { continue };
+                        let Ok(sender) = key_from(sender) else {
+                            continue;
+                        };
                         let remaining = left.exists(params![id.as_bytes()])?;
                         let freed = if remaining {
                             None
@@ -478,12 +503,22 @@ impl Store for SqliteStore {
             let after = after.map(|a| a.as_bytes().to_vec()).unwrap_or_default();
             let rows = stmt.query_map(
                 params![mesh.as_bytes(), member.0, after, limit as i64],
-                |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(2)?)),
+                |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                },
             )?;
             let mut out = Vec::new();
             for row in rows {
                 let (id, envelope, at) = row?;
-                out.push(Stored { id: id_from(&id)?, envelope, at });
+                out.push(Stored {
+                    id: id_from(&id)?,
+                    envelope,
+                    at,
+                });
             }
             Ok(out)
         })
@@ -529,6 +564,8 @@ impl Store for SqliteStore {
                 Ok(out)
             })
             .await?;
-        Ok(r.into_iter().filter_map(|(m, v)| MeshId::from_slice(&m).map(|m| (m, v))).collect())
+        Ok(r.into_iter()
+            .filter_map(|(m, v)| MeshId::from_slice(&m).map(|m| (m, v)))
+            .collect())
     }
 }

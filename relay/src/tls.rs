@@ -69,7 +69,11 @@ pub struct Identity {
 
 impl Clone for Identity {
     fn clone(&self) -> Self {
-        Self { chain: self.chain.clone(), key: self.key.clone_key(), fingerprint: self.fingerprint }
+        Self {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            fingerprint: self.fingerprint,
+        }
     }
 }
 
@@ -95,8 +99,10 @@ impl Identity {
         ])
         .map_err(|e| TlsError::Generate(e.to_string()))?;
         write_private(&k, generated.signing_key.serialize_pem().as_bytes())?;
-        std::fs::write(&c, generated.cert.pem())
-            .map_err(|source| TlsError::Write { path: c.clone(), source })?;
+        std::fs::write(&c, generated.cert.pem()).map_err(|source| TlsError::Write {
+            path: c.clone(),
+            source,
+        })?;
         Self::load(&c, &k)
     }
 
@@ -121,7 +127,11 @@ impl Identity {
             path: key.to_path_buf(),
             detail: e.to_string(),
         })?;
-        Ok(Self { chain, key, fingerprint })
+        Ok(Self {
+            chain,
+            key,
+            fingerprint,
+        })
     }
 
     /// rustls server config for the TLS (WebSocket) listener.
@@ -146,8 +156,14 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(path).map_err(|source| TlsError::Write { path: path.into(), source })?;
-    f.write_all(bytes).map_err(|source| TlsError::Write { path: path.into(), source })
+    let mut f = opts.open(path).map_err(|source| TlsError::Write {
+        path: path.into(),
+        source,
+    })?;
+    f.write_all(bytes).map_err(|source| TlsError::Write {
+        path: path.into(),
+        source,
+    })
 }
 
 /// The fingerprint a client saw in its last handshake (for trust-on-first-use and for
@@ -211,7 +227,9 @@ impl ServerCertVerifier for PinVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -228,7 +246,11 @@ pub fn client_config(
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinVerifier { pin, seen, provider }))
+        .with_custom_certificate_verifier(Arc::new(PinVerifier {
+            pin,
+            seen,
+            provider,
+        }))
         .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     Ok(cfg)
@@ -247,8 +269,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode =
-                std::fs::metadata(dir.path().join("relay-key.pem")).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join("relay-key.pem"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

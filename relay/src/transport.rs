@@ -3,9 +3,9 @@
 //! binary messages. Both sides (relay and clients) use these.
 
 use bytes::Bytes;
+use claudemesh_schema::wire::MAX_FRAME;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt as _};
-use claudemesh_schema::wire::MAX_FRAME;
 use tokio::net::TcpStream;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
@@ -49,7 +49,10 @@ pub enum ReadError {
 }
 
 pub(crate) fn codec() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder().length_field_length(4).max_frame_length(MAX_FRAME).new_codec()
+    LengthDelimitedCodec::builder()
+        .length_field_length(4)
+        .max_frame_length(MAX_FRAME)
+        .new_codec()
 }
 
 /// Receives whole frames.
@@ -116,7 +119,11 @@ impl FrameReader {
 }
 
 fn check_len(b: Bytes) -> Result<Bytes, ReadError> {
-    if b.len() > MAX_FRAME { Err(ReadError::TooLarge) } else { Ok(b) }
+    if b.len() > MAX_FRAME {
+        Err(ReadError::TooLarge)
+    } else {
+        Ok(b)
+    }
 }
 
 /// Sends whole frames.
@@ -139,9 +146,10 @@ impl FrameWriter {
                 .feed(tokio_tungstenite::tungstenite::Message::Binary(frame))
                 .await
                 .map_err(|e| e.to_string()),
-            Self::WsServer(w) => {
-                w.feed(axum::extract::ws::Message::Binary(frame)).await.map_err(|e| e.to_string())
-            }
+            Self::WsServer(w) => w
+                .feed(axum::extract::ws::Message::Binary(frame))
+                .await
+                .map_err(|e| e.to_string()),
         };
         r.map_err(ReadError::Io)
     }
@@ -149,7 +157,9 @@ impl FrameWriter {
     /// Flush queued frames.
     pub async fn flush(&mut self) -> Result<(), ReadError> {
         let r = match self {
-            Self::Quic(w) => SinkExt::<Bytes>::flush(w).await.map_err(|e: std::io::Error| e.to_string()),
+            Self::Quic(w) => SinkExt::<Bytes>::flush(w)
+                .await
+                .map_err(|e: std::io::Error| e.to_string()),
             Self::WsClient(w) => w.flush().await.map_err(|e| e.to_string()),
             Self::WsServer(w) => w.flush().await.map_err(|e| e.to_string()),
         };
@@ -171,8 +181,8 @@ impl FrameWriter {
                 if s.finish().is_ok() {
                     // Wait until the peer has everything (or gave up), so closing the
                     // connection afterwards cannot cut off the last frames.
-                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), s.stopped())
-                        .await;
+                    let _ =
+                        tokio::time::timeout(std::time::Duration::from_secs(1), s.stopped()).await;
                 }
             }
             Self::WsClient(w) => {

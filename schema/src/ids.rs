@@ -38,10 +38,15 @@ macro_rules! uuid_id {
                 Uuid::from_slice(b).ok().map(Self)
             }
 
-            /// The first 8 hex digits, for display.
+            /// 8 hex digits for display: the first 8, or for time-ordered (v7) ids the
+            /// last 8, which are random.
             pub fn short(&self) -> String {
                 let s = self.0.simple().to_string();
-                s[..8].to_string()
+                if self.0.get_version_num() == 7 {
+                    s[24..].to_string()
+                } else {
+                    s[..8].to_string()
+                }
             }
         }
 
@@ -99,6 +104,8 @@ mod tests {
         assert_eq!(id, back);
         assert_eq!(id.short().len(), 8);
         assert!(id.to_string().starts_with(&id.short()));
+        let m = MessageId::new();
+        assert!(m.to_string().ends_with(&m.short()));
         let json = serde_json::to_string(&id).unwrap();
         assert_eq!(json, format!("\"{id}\""));
     }

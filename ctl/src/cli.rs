@@ -1,0 +1,253 @@
+//! Command-line syntax (clap). Behaviour lives in `commands`.
+
+use clap::{Args, Parser, Subcommand};
+
+/// claudemesh: connect coding-agent sessions on one or many machines into a mesh.
+///
+/// Run `claudemesh up` to start a local relay and daemon and create your first mesh.
+#[derive(Debug, Parser)]
+#[command(name = "claudemesh", version, about, long_about = None, after_help = EXIT_CODES)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+pub(crate) const EXIT_CODES: &str = "Exit codes: 0 ok, 1 error, 2 bad usage or argument, 3 daemon unavailable, \
+4 not found, 5 ambiguous name, 6 relay unreachable, 7 invite refused, 8 not allowed, 9 timed out, 10 conflict.";
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Start the local relay and the daemon, and create a personal mesh if you have none.
+    Up(UpArgs),
+    /// Manage the background daemon.
+    Daemon {
+        #[command(subcommand)]
+        action: DaemonAction,
+    },
+    /// Create a mesh (you become its owner).
+    Create(CreateArgs),
+    /// Invite someone to a mesh; `invite list|revoke|pending|approve|deny` manage invites.
+    Invite(InviteArgs),
+    /// Join a mesh with an invite link.
+    Join(JoinArgs),
+    /// List the meshes you have joined.
+    List(JsonArg),
+    /// Leave a mesh and delete its keys from this machine.
+    Leave(LeaveArgs),
+    /// List peers (answers from the local cache when the relay or daemon is down).
+    Peers(PeersArgs),
+    /// Send a message to a peer (name or id), a group (@name) or everyone (*).
+    Send(SendArgs),
+    /// Read new messages.
+    Inbox(InboxArgs),
+    /// Show the daemon and each mesh's relay link.
+    Status(JsonArg),
+    /// Show your identity in each mesh.
+    Whoami(JsonArg),
+    /// Show or change your display name, groups, summary or status.
+    Profile(ProfileArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct JsonArg {
+    /// Print JSON (with `schema_version`).
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UpArgs {
+    /// Your display name in the new mesh.
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// Name of the personal mesh to create if you have none.
+    #[arg(long, default_value = "personal")]
+    pub(crate) mesh: String,
+    /// Where the local relay listens (use 0.0.0.0:7900 so other machines can join).
+    #[arg(long)]
+    pub(crate) listen: Option<std::net::SocketAddr>,
+    /// Address other machines use to reach the relay (written into invites).
+    #[arg(long)]
+    pub(crate) public_addr: Option<String>,
+    #[command(flatten)]
+    pub(crate) json: JsonArg,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DaemonAction {
+    /// Start the daemon in the background.
+    Start,
+    /// Stop the daemon.
+    Stop,
+    /// Is the daemon running?
+    Status(JsonArg),
+    /// Run the daemon in the foreground (for service managers).
+    Run {
+        /// Print `ready` on stdout once listening (used by `daemon start`).
+        #[arg(long, hide = true)]
+        notify_ready: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CreateArgs {
+    /// Mesh name.
+    pub(crate) name: String,
+    /// Relay address host:port (default: the local relay started by `claudemesh up`).
+    #[arg(long)]
+    pub(crate) relay: Option<String>,
+    /// Expected relay certificate fingerprint (default: trust on first use).
+    #[arg(long)]
+    pub(crate) fingerprint: Option<String>,
+    /// Your display name in this mesh.
+    #[arg(long = "name", id = "display_name")]
+    pub(crate) display_name: Option<String>,
+    #[command(flatten)]
+    pub(crate) json: JsonArg,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct InviteArgs {
+    #[command(subcommand)]
+    pub(crate) action: Option<InviteAction>,
+    /// Mesh name (needed when you are in several).
+    #[arg(long)]
+    pub(crate) mesh: Option<String>,
+    /// How many people may use the invite.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) uses: u32,
+    /// How long the invite is valid: 30m, 12h, 7d…
+    #[arg(long, default_value = "7d")]
+    pub(crate) expires: String,
+    /// Role for people joining with it.
+    #[arg(long, default_value = "member", value_parser = ["member", "admin"])]
+    pub(crate) role: String,
+    /// Require an admin to approve each join (`claudemesh invite approve`).
+    #[arg(long)]
+    pub(crate) approve: bool,
+    #[command(flatten)]
+    pub(crate) json: JsonArg,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum InviteAction {
+    /// Invites minted on this machine.
+    List {
+        /// Only this mesh.
+        #[arg(long)]
+        mesh: Option<String>,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Revoke an invite.
+    Revoke {
+        /// Invite id (or a unique prefix).
+        id: String,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Join requests waiting for approval.
+    Pending(JsonArg),
+    /// Approve a waiting join request.
+    Approve {
+        /// Claim id (or a unique prefix).
+        claim: String,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Deny a waiting join request.
+    Deny {
+        /// Claim id (or a unique prefix).
+        claim: String,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct JoinArgs {
+    /// The invite link (claudemesh://join/…).
+    pub(crate) invite: String,
+    /// Your display name in this mesh.
+    #[arg(long = "name", id = "display_name")]
+    pub(crate) display_name: Option<String>,
+    /// Seconds to wait for an admin to admit you.
+    #[arg(long, default_value_t = 300)]
+    pub(crate) wait: u64,
+    #[command(flatten)]
+    pub(crate) json: JsonArg,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LeaveArgs {
+    /// Mesh name or id.
+    pub(crate) mesh: String,
+    #[command(flatten)]
+    pub(crate) json: JsonArg,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PeersArgs {
+    /// Only this mesh.
+    #[arg(long)]
+    pub(crate) mesh: Option<String>,
+    #[command(flatten)]
+    pub(crate) json: JsonArg,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SendArgs {
+    /// Peer name or id, @group, or * for everyone.
+    pub(crate) to: String,
+    /// The message (several words are joined with spaces).
+    #[arg(required = true, num_args = 1..)]
+    pub(crate) message: Vec<String>,
+    /// now: deliver at once; next: when the peer is idle; low: when it asks.
+    #[arg(long, default_value = "next", value_parser = ["now", "next", "low"])]
+    pub(crate) priority: String,
+    /// Mesh name (needed for @group and * when you are in several).
+    #[arg(long)]
+    pub(crate) mesh: Option<String>,
+    #[command(flatten)]
+    pub(crate) json: JsonArg,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InboxArgs {
+    /// Only this mesh.
+    #[arg(long)]
+    pub(crate) mesh: Option<String>,
+    /// Wait up to this many seconds for a message when there is none.
+    #[arg(long)]
+    pub(crate) wait: Option<u64>,
+    /// Show without marking read.
+    #[arg(long)]
+    pub(crate) peek: bool,
+    /// Most messages to show.
+    #[arg(long)]
+    pub(crate) limit: Option<u32>,
+    #[command(flatten)]
+    pub(crate) json: JsonArg,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProfileArgs {
+    /// Only this mesh (default: all).
+    #[arg(long)]
+    pub(crate) mesh: Option<String>,
+    /// New display name.
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// New groups, comma-separated (replaces the current ones; "" clears).
+    #[arg(long)]
+    pub(crate) groups: Option<String>,
+    /// What you are working on.
+    #[arg(long)]
+    pub(crate) summary: Option<String>,
+    /// idle, working or dnd.
+    #[arg(long, value_parser = ["idle", "working", "dnd"])]
+    pub(crate) status: Option<String>,
+    #[command(flatten)]
+    pub(crate) json: JsonArg,
+}

@@ -1,0 +1,713 @@
+//! What each command does: talk to the daemon (starting it when a command needs it), or
+//! read the daemon's store directly when it is down and the command only reads.
+
+use claudemesh_daemon::client::{Client, ClientError, connect_or_start, start_daemon};
+use claudemesh_daemon::{DaemonConfig, Paths, store};
+use claudemesh_schema::ipc::codes;
+use claudemesh_schema::ipc::methods::{
+    self as m, ClaimDecideParams, CreateParams, HelloResult, InboxParams, InboxResult, InviteInfo,
+    InviteParams, InviteRevokeParams, JoinParams, MeshInfo, MeshParams, MeshPeers, PeersResult,
+    PendingClaim, ProfileParams, ProfileResult, SendParams, SendResult, Stage, StatusResult,
+    WhoamiResult,
+};
+use claudemesh_schema::message::{PeerStatus, Priority};
+use claudemesh_schema::roster::Role;
+use std::time::Duration;
+
+use crate::cli::*;
+use crate::output;
+
+/// A failed command: what to print and the exit code.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) code: u8,
+    pub(crate) message: String,
+}
+
+impl Failure {
+    pub(crate) fn new(code: u8, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let code = match &e {
+            ClientError::NotRunning { .. } | ClientError::Start(_) => 3,
+            ClientError::Io(_) | ClientError::Protocol(_) => 1,
+            ClientError::Rpc { code, .. } => match *code {
+                codes::NOT_FOUND => 4,
+                codes::AMBIGUOUS => 5,
+                codes::RELAY_UNAVAILABLE => 6,
+                codes::INVITE_REFUSED => 7,
+                codes::FORBIDDEN => 8,
+                codes::TIMEOUT => 9,
+                codes::CONFLICT => 10,
+                codes::INVALID_ARGUMENT | codes::INVALID_PARAMS => 2,
+                _ => 1,
+            },
+            _ => 1,
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Self::new(1, format!("{e:#}"))
+    }
+}
+
+type Res = Result<(), Failure>;
+
+fn paths() -> Result<Paths, Failure> {
+    Paths::from_env().map_err(|e| Failure::new(1, e.to_string()))
+}
+
+async fn client(p: &Paths) -> Result<Client, Failure> {
+    let exe = std::env::current_exe()
+        .map_err(|e| Failure::new(3, format!("cannot find the claudemesh executable: {e}")))?;
+    Ok(connect_or_start(p, &exe).await?)
+}
+
+/// Display name from the environment, passed explicitly so the daemon's own environment
+/// does not matter.
+fn env_name(flag: Option<String>) -> Option<String> {
+    flag.or_else(|| {
+        std::env::var("CLAUDEMESH_DISPLAY_NAME")
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+    })
+}
+
+/// Parse "30s", "15m", "12h", "7d", "2w" (a bare number is seconds).
+pub(crate) fn parse_duration(s: &str) -> Result<u64, Failure> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| Failure::new(2, format!("invalid duration {s:?} (use e.g. 30m, 12h, 7d)")))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => {
+            return Err(Failure::new(
+                2,
+                format!("invalid duration unit in {s:?} (use s, m, h, d or w)"),
+            ));
+        }
+    };
+    Ok(n.saturating_mul(mult))
+}
+
+pub(crate) async fn run(cmd: Command) -> Res {
+    match cmd {
+        Command::Up(a) => up(a).await,
+        Command::Daemon { action } => daemon(action).await,
+        Command::Create(a) => {
+            let p = paths()?;
+            let mut c = client(&p).await?;
+            let info: MeshInfo = c
+                .call(
+                    m::CREATE,
+                    CreateParams {
+                        name: a.name,
+                        relay: a.relay,
+                        fingerprint: a.fingerprint,
+                        display_name: env_name(a.display_name),
+                    },
+                )
+                .await?;
+            if a.json.json {
+                output::json("mesh", &info);
+            } else {
+                println!(
+                    "Created mesh {} ({}) on relay {}.",
+                    info.name,
+                    info.mesh.short(),
+                    info.relay
+                );
+                println!(
+                    "Invite someone with `claudemesh invite --mesh {}`.",
+                    info.name
+                );
+            }
+            Ok(())
+        }
+        Command::Invite(a) => invite(a).await,
+        Command::Join(a) => {
+            let p = paths()?;
+            let mut c = client(&p).await?;
+            if !a.json.json {
+                eprintln!("Asking to join; an admin's daemon must admit you…");
+            }
+            let info: MeshInfo = c
+                .call(
+                    m::JOIN,
+                    JoinParams {
+                        invite: a.invite,
+                        display_name: env_name(a.display_name),
+                        wait_secs: Some(a.wait),
+                    },
+                )
+                .await?;
+            if a.json.json {
+                output::json("mesh", &info);
+            } else {
+                println!(
+                    "Joined {} as {} ({}).",
+                    info.name,
+                    info.display_name,
+                    info.role.as_str()
+                );
+                println!("See who is there with `claudemesh peers`.");
+            }
+            Ok(())
+        }
+        Command::List(a) => {
+            let p = paths()?;
+            let list: Vec<MeshInfo> = match Client::connect(&p.socket).await {
+                Ok(mut c) => c.call(m::LIST, ()).await?,
+                Err(ClientError::NotRunning { .. }) => offline_meshes(&p)?
+                    .iter()
+                    .map(|r| MeshInfo {
+                        mesh: r.id,
+                        name: r.name.clone(),
+                        relay: r.relay.clone(),
+                        relay_fingerprint: claudemesh_schema::encoding::b64(&r.relay_fp),
+                        role: r.role,
+                        member: r.member.to_b64(),
+                        display_name: r.display_name.clone(),
+                        session: r.session,
+                        joined_at: r.joined_at,
+                    })
+                    .collect(),
+                Err(e) => return Err(e.into()),
+            };
+            if a.json {
+                output::json("meshes", &list)
+            } else {
+                output::mesh_list(&list)
+            }
+            Ok(())
+        }
+        Command::Leave(a) => {
+            let p = paths()?;
+            let mut c = client(&p).await?;
+            let info: MeshInfo = c.call(m::LEAVE, MeshParams { mesh: Some(a.mesh) }).await?;
+            if a.json.json {
+                output::json("mesh", &info);
+            } else {
+                println!("Left {} and deleted its keys from this machine.", info.name);
+            }
+            Ok(())
+        }
+        Command::Peers(a) => peers(a).await,
+        Command::Send(a) => send(a).await,
+        Command::Inbox(a) => {
+            let p = paths()?;
+            let mut c = client(&p).await?;
+            let r: InboxResult = c
+                .call(
+                    m::INBOX,
+                    InboxParams {
+                        mesh: a.mesh,
+                        wait_ms: a.wait.map(|s| s.saturating_mul(1000)),
+                        peek: a.peek,
+                        limit: a.limit,
+                    },
+                )
+                .await?;
+            if a.json.json {
+                output::json("messages", &r)
+            } else {
+                output::inbox(&r.messages)
+            }
+            Ok(())
+        }
+        Command::Status(a) => status(a.json).await,
+        Command::Whoami(a) => {
+            let p = paths()?;
+            let r: WhoamiResult = match Client::connect(&p.socket).await {
+                Ok(mut c) => c.call(m::WHOAMI, ()).await?,
+                Err(ClientError::NotRunning { .. }) => {
+                    let cfg = DaemonConfig::load(&p.config()).unwrap_or_default();
+                    WhoamiResult {
+                        display_name: claudemesh_daemon::config::default_display_name(&cfg),
+                        identities: offline_meshes(&p)?
+                            .iter()
+                            .map(|r| m::Identity {
+                                mesh: r.id,
+                                mesh_name: r.name.clone(),
+                                display_name: r.display_name.clone(),
+                                member_id: r.member.to_b64(),
+                                fingerprint: r.member.fingerprint(),
+                                role: r.role,
+                                session: r.session,
+                            })
+                            .collect(),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if a.json {
+                output::json("identities", &r);
+            } else if r.identities.is_empty() {
+                println!(
+                    "You are {} (no meshes yet; run `claudemesh up`).",
+                    r.display_name
+                );
+            } else {
+                for i in &r.identities {
+                    println!(
+                        "{} in {} ({})",
+                        i.display_name,
+                        i.mesh_name,
+                        i.role.as_str()
+                    );
+                    println!("  member id:   {}", i.member_id);
+                    println!("  fingerprint: {}", i.fingerprint);
+                }
+            }
+            Ok(())
+        }
+        Command::Profile(a) => {
+            let p = paths()?;
+            let mut c = client(&p).await?;
+            let groups = a.groups.map(|g| {
+                g.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>()
+            });
+            let status = match a.status.as_deref() {
+                Some(s) => Some(s.parse::<PeerStatus>().map_err(|e| Failure::new(2, e))?),
+                None => None,
+            };
+            let r: ProfileResult = c
+                .call(
+                    m::PROFILE,
+                    ProfileParams {
+                        mesh: a.mesh,
+                        name: a.name,
+                        groups,
+                        summary: a.summary,
+                        status,
+                    },
+                )
+                .await?;
+            if a.json.json {
+                output::json("profiles", &r);
+            } else {
+                for p in &r.profiles {
+                    let groups = p
+                        .groups
+                        .iter()
+                        .map(|g| format!("@{g}"))
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    println!(
+                        "{}: {} ({}){}{}",
+                        p.mesh_name,
+                        p.name,
+                        p.status.as_str(),
+                        if groups.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" {groups}")
+                        },
+                        if p.summary.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" — {}", p.summary)
+                        }
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn offline_meshes(p: &Paths) -> Result<Vec<store::MeshRow>, Failure> {
+    if !p.db().exists() {
+        return Ok(Vec::new());
+    }
+    let conn = store::open_readonly(&p.db())
+        .map_err(|e| Failure::new(1, format!("cannot read the local store: {e}")))?;
+    store::q_meshes(&conn).map_err(|e| Failure::new(1, format!("cannot read the local store: {e}")))
+}
+
+fn select_offline(
+    rows: Vec<store::MeshRow>,
+    sel: Option<&str>,
+) -> Result<Vec<store::MeshRow>, Failure> {
+    let Some(sel) = sel else { return Ok(rows) };
+    let lower = sel.to_lowercase().replace('-', "");
+    let hits: Vec<_> = rows
+        .into_iter()
+        .filter(|r| {
+            r.name == sel || (lower.len() >= 4 && r.id.0.simple().to_string().starts_with(&lower))
+        })
+        .collect();
+    if hits.is_empty() {
+        return Err(Failure::new(
+            4,
+            format!("no joined mesh is called {sel:?}; `claudemesh list` shows your meshes"),
+        ));
+    }
+    Ok(hits)
+}
+
+async fn peers(a: PeersArgs) -> Res {
+    let p = paths()?;
+    let (meshes, down) = match Client::connect(&p.socket).await {
+        Ok(mut c) => {
+            let r: PeersResult = c.call(m::PEERS, MeshParams { mesh: a.mesh }).await?;
+            (r.meshes, false)
+        }
+        Err(ClientError::NotRunning { .. }) => {
+            let rows = select_offline(offline_meshes(&p)?, a.mesh.as_deref())?;
+            let mut out = Vec::new();
+            if !rows.is_empty() {
+                let conn =
+                    store::open_readonly(&p.db()).map_err(|e| Failure::new(1, e.to_string()))?;
+                for r in rows {
+                    let peers =
+                        store::q_peers(&conn, &r).map_err(|e| Failure::new(1, e.to_string()))?;
+                    out.push(MeshPeers {
+                        mesh: r.id,
+                        name: r.name,
+                        cached: true,
+                        peers,
+                    });
+                }
+            }
+            (out, true)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if a.json.json {
+        output::json("meshes", PeersResult { meshes })
+    } else {
+        output::peers(&meshes, down)
+    }
+    Ok(())
+}
+
+async fn send(a: SendArgs) -> Res {
+    let p = paths()?;
+    let mut c = client(&p).await?;
+    let priority: Priority = a.priority.parse().map_err(|e: String| Failure::new(2, e))?;
+    let r: SendResult = c
+        .call(
+            m::SEND,
+            SendParams {
+                to: a.to.clone(),
+                body: a.message.join(" "),
+                priority,
+                mesh: a.mesh,
+                session: None,
+                wait_ms: None,
+            },
+        )
+        .await?;
+    if a.json.json {
+        output::json("result", &r);
+    } else {
+        let who = if r.recipients.is_empty() {
+            a.to.clone()
+        } else {
+            r.recipients.join(", ")
+        };
+        match r.stage {
+            Stage::Queued => println!(
+                "queued for {who}: the relay is not reachable right now; it will be sent when the link returns (id {})",
+                r.id.short()
+            ),
+            Stage::Relayed => println!("sent to {who} (relayed, id {})", r.id.short()),
+            Stage::Delivered => println!("delivered to {who} (id {})", r.id.short()),
+        }
+    }
+    Ok(())
+}
+
+async fn status(json: bool) -> Res {
+    let p = paths()?;
+    match Client::connect(&p.socket).await {
+        Ok(mut c) => {
+            let s: StatusResult = c.call(m::STATUS, ()).await?;
+            if json {
+                output::json("status", &s)
+            } else {
+                output::status(&s)
+            }
+            Ok(())
+        }
+        Err(ClientError::NotRunning { .. }) => {
+            let rows = offline_meshes(&p)?;
+            if json {
+                output::json(
+                    "status",
+                    serde_json::json!({
+                        "running": false,
+                        "config_dir": p.dir.display().to_string(),
+                        "meshes": rows.iter().map(|r| serde_json::json!({
+                            "mesh": r.id, "name": r.name, "relay": r.relay, "link": "offline"
+                        })).collect::<Vec<_>>(),
+                    }),
+                );
+            } else {
+                println!(
+                    "daemon not running (config: {}); start it with `claudemesh daemon start`",
+                    p.dir.display()
+                );
+                for r in rows {
+                    println!("{} via {}: offline", r.name, r.relay);
+                }
+            }
+            Err(Failure::new(3, String::new()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn invite(a: InviteArgs) -> Res {
+    let p = paths()?;
+    let mut c = client(&p).await?;
+    match a.action {
+        None => {
+            let expires_secs = parse_duration(&a.expires)?;
+            let role: Role = a.role.parse().map_err(|e: String| Failure::new(2, e))?;
+            let i: InviteInfo = c
+                .call(
+                    m::INVITE,
+                    InviteParams {
+                        mesh: a.mesh,
+                        uses: a.uses,
+                        expires_secs,
+                        role,
+                        approve: a.approve,
+                    },
+                )
+                .await?;
+            if a.json.json {
+                output::json("invite", &i)
+            } else {
+                output::invite(&i)
+            }
+        }
+        Some(InviteAction::List { mesh, json }) => {
+            let l: Vec<InviteInfo> = c.call(m::INVITE_LIST, MeshParams { mesh }).await?;
+            if json.json {
+                output::json("invites", &l)
+            } else {
+                output::invite_list(&l)
+            }
+        }
+        Some(InviteAction::Revoke { id, json }) => {
+            let i: InviteInfo = c.call(m::INVITE_REVOKE, InviteRevokeParams { id }).await?;
+            if json.json {
+                output::json("invite", &i)
+            } else {
+                println!("Revoked invite {} to {}.", i.id.short(), i.mesh_name)
+            }
+        }
+        Some(InviteAction::Pending(json)) => {
+            let l: Vec<PendingClaim> = c.call(m::CLAIMS, ()).await?;
+            if json.json {
+                output::json("claims", &l)
+            } else {
+                output::claims(&l)
+            }
+        }
+        Some(InviteAction::Approve { claim, json }) => {
+            decide(&mut c, claim, true, json.json).await?
+        }
+        Some(InviteAction::Deny { claim, json }) => decide(&mut c, claim, false, json.json).await?,
+    }
+    Ok(())
+}
+
+async fn decide(c: &mut Client, claim: String, accept: bool, json: bool) -> Res {
+    let r: PendingClaim = c
+        .call(m::CLAIM_DECIDE, ClaimDecideParams { claim, accept })
+        .await?;
+    if json {
+        output::json("claim", &r);
+    } else if accept {
+        println!("Admitted {} to {}.", r.fingerprint, r.mesh_name);
+    } else {
+        println!(
+            "Denied the request from {} to join {}.",
+            r.fingerprint, r.mesh_name
+        );
+    }
+    Ok(())
+}
+
+async fn daemon(action: DaemonAction) -> Res {
+    let p = paths()?;
+    match action {
+        DaemonAction::Run { .. } => Err(Failure::new(
+            1,
+            "internal: daemon run is dispatched in main",
+        )),
+        DaemonAction::Start => {
+            if let Ok(mut c) = Client::connect(&p.socket).await {
+                let h: HelloResult = c.call(m::HELLO, ()).await?;
+                println!("daemon already running (pid {})", h.pid);
+                return Ok(());
+            }
+            let exe = std::env::current_exe().map_err(|e| Failure::new(3, e.to_string()))?;
+            start_daemon(&p, &exe).await?;
+            let mut c = Client::connect(&p.socket).await?;
+            let h: HelloResult = c.call(m::HELLO, ()).await?;
+            println!("daemon started (pid {})", h.pid);
+            Ok(())
+        }
+        DaemonAction::Stop => {
+            match Client::connect(&p.socket).await {
+                Ok(mut c) => {
+                    let _: serde_json::Value = c.call(m::SHUTDOWN, ()).await?;
+                    wait_stopped(&p).await?;
+                    println!("daemon stopped");
+                }
+                Err(ClientError::NotRunning { .. }) => println!("daemon not running"),
+                Err(e) => return Err(e.into()),
+            }
+            Ok(())
+        }
+        DaemonAction::Status(a) => match Client::connect(&p.socket).await {
+            Ok(mut c) => {
+                let s: StatusResult = c.call(m::STATUS, ()).await?;
+                if a.json {
+                    output::json(
+                        "status",
+                        serde_json::json!({"running": true, "pid": s.pid, "version": s.version, "uptime_ms": s.uptime_ms, "socket": s.socket, "config_dir": s.config_dir}),
+                    );
+                } else {
+                    println!(
+                        "daemon running (pid {}, up {}, socket {})",
+                        s.pid,
+                        output::span(s.uptime_ms),
+                        s.socket
+                    );
+                }
+                Ok(())
+            }
+            Err(ClientError::NotRunning { .. }) => {
+                if a.json {
+                    output::json(
+                        "status",
+                        serde_json::json!({"running": false, "config_dir": p.dir.display().to_string()}),
+                    );
+                } else {
+                    println!("daemon not running");
+                }
+                Err(Failure::new(3, String::new()))
+            }
+            Err(e) => Err(e.into()),
+        },
+    }
+}
+
+/// Wait until the daemon of `p` has released its instance lock (it has fully exited its
+/// run loop), polling the lock file.
+async fn wait_stopped(p: &Paths) -> Res {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(f) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(p.lock())
+            && f.try_lock().is_ok()
+        {
+            return Ok(());
+        }
+        if !p.lock().exists() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(Failure::new(1, "the daemon did not stop within 15 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn up(a: UpArgs) -> Res {
+    let p = paths()?;
+    claudemesh_daemon::paths::ensure_private_dir(&p.dir)
+        .map_err(|e| Failure::new(1, format!("cannot create {}: {e}", p.dir.display())))?;
+    let mut cfg = DaemonConfig::load(&p.config()).map_err(|e| Failure::new(1, e.to_string()))?;
+    let before = cfg.clone();
+    cfg.relay.enabled = true;
+    if let Some(l) = a.listen {
+        cfg.relay.listen = l;
+    }
+    if let Some(pa) = a.public_addr {
+        cfg.relay.public_addr = Some(pa);
+    }
+    if cfg != before {
+        cfg.save(&p.config())
+            .map_err(|e| Failure::new(1, e.to_string()))?;
+        // A running daemon must restart to pick up the relay settings.
+        if let Ok(mut c) = Client::connect(&p.socket).await {
+            let _: serde_json::Value = c.call(m::SHUTDOWN, ()).await?;
+            wait_stopped(&p).await?;
+        }
+    }
+    let mut c = client(&p).await?;
+    let mut meshes: Vec<MeshInfo> = c.call(m::LIST, ()).await?;
+    let mut created = false;
+    if meshes.is_empty() {
+        let info: MeshInfo = c
+            .call(
+                m::CREATE,
+                CreateParams {
+                    name: a.mesh.clone(),
+                    relay: None,
+                    fingerprint: None,
+                    display_name: env_name(a.name),
+                },
+            )
+            .await?;
+        meshes.push(info);
+        created = true;
+    }
+    let s: StatusResult = c.call(m::STATUS, ()).await?;
+    if a.json.json {
+        output::json(
+            "up",
+            serde_json::json!({"created": created, "meshes": meshes, "status": s}),
+        );
+        return Ok(());
+    }
+    println!("claudemesh is up.");
+    if let Some(r) = &s.embedded_relay {
+        println!("  local relay: {r}");
+    }
+    for mi in &meshes {
+        println!(
+            "  mesh {} ({}) — you are {} ({})",
+            mi.name,
+            mi.mesh.short(),
+            mi.display_name,
+            mi.role.as_str()
+        );
+    }
+    if created {
+        println!("Created your personal mesh {:?}.", a.mesh);
+    }
+    println!(
+        "Next: `claudemesh invite` to bring in another machine, `claudemesh peers` to see who is here,"
+    );
+    println!("      `claudemesh send <peer> <message>` and `claudemesh inbox` to talk.");
+    Ok(())
+}

@@ -1,0 +1,295 @@
+//! Presentation: human-readable tables and lines, and `--json` with `schema_version`.
+
+use claudemesh_schema::ipc::SCHEMA_VERSION;
+use claudemesh_schema::ipc::methods::{
+    InboxMessage, InviteInfo, MeshInfo, MeshPeers, MeshStatus, PendingClaim, StatusResult,
+};
+use claudemesh_schema::now_ms;
+use serde::Serialize;
+use serde_json::Value;
+
+/// Print `v` as JSON with `schema_version`; lists are wrapped as `{key: [...]}`.
+pub(crate) fn json(key: &str, v: impl Serialize) {
+    let mut out = serde_json::Map::new();
+    out.insert("schema_version".into(), Value::from(SCHEMA_VERSION));
+    match serde_json::to_value(v).unwrap_or(Value::Null) {
+        Value::Object(m) => out.extend(m),
+        other => {
+            out.insert(key.into(), other);
+        }
+    }
+    println!("{}", Value::Object(out));
+}
+
+/// "5s ago", "3m ago", "2h ago", "4d ago".
+pub(crate) fn ago(ms: i64) -> String {
+    if ms <= 0 {
+        return "never".into();
+    }
+    let s = ((now_ms() - ms) / 1000).max(0);
+    match s {
+        0..=59 => format!("{s}s ago"),
+        60..=3599 => format!("{}m ago", s / 60),
+        3600..=86_399 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86_400),
+    }
+}
+
+/// A duration like "2h 5m" from ms.
+pub(crate) fn span(ms: u64) -> String {
+    let s = ms / 1000;
+    if s < 60 {
+        format!("{s}s")
+    } else if s < 3600 {
+        format!("{}m {}s", s / 60, s % 60)
+    } else if s < 86_400 {
+        format!("{}h {}m", s / 3600, (s % 3600) / 60)
+    } else {
+        format!("{}d {}h", s / 86_400, (s % 86_400) / 3600)
+    }
+}
+
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        println!("  {}", s.trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+pub(crate) fn peers(meshes: &[MeshPeers], daemon_down: bool) {
+    if meshes.is_empty() {
+        println!(
+            "You have not joined any mesh yet. Run `claudemesh up` or `claudemesh join <invite>`."
+        );
+        return;
+    }
+    for m in meshes {
+        let how = if daemon_down {
+            " (cached: the daemon is not running; start it with `claudemesh daemon start`)"
+        } else if m.cached {
+            " (cached: the relay is unreachable; showing last known state)"
+        } else {
+            ""
+        };
+        println!("{}{how}", m.name);
+        if m.peers.is_empty() {
+            println!("  no other peers yet; `claudemesh invite` makes an invite link");
+            continue;
+        }
+        let rows = m
+            .peers
+            .iter()
+            .map(|p| {
+                vec![
+                    format!("{}{}", p.name, if p.me { " (you)" } else { "" }),
+                    p.id.short(),
+                    if p.online {
+                        p.status.as_str().to_string()
+                    } else {
+                        "offline".into()
+                    },
+                    if p.online && !m.cached {
+                        "now".into()
+                    } else {
+                        ago(p.last_seen)
+                    },
+                    p.hostname.clone(),
+                    p.groups
+                        .iter()
+                        .map(|g| format!("@{g}"))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    p.summary.clone(),
+                ]
+            })
+            .collect();
+        table(
+            &["NAME", "ID", "STATUS", "SEEN", "HOST", "GROUPS", "SUMMARY"],
+            rows,
+        );
+    }
+}
+
+pub(crate) fn inbox(msgs: &[InboxMessage]) {
+    if msgs.is_empty() {
+        println!("No new messages.");
+        return;
+    }
+    for m in msgs {
+        let marker = match m.priority.as_str() {
+            "now" => " [URGENT]",
+            "low" => " [low]",
+            _ => "",
+        };
+        let to = if m.to.starts_with('@') || m.to == "*" {
+            format!(" → {}", m.to)
+        } else {
+            String::new()
+        };
+        println!(
+            "{} ({}{to}, {}){marker}: {}",
+            m.from_name,
+            m.mesh_name,
+            ago(m.sent_at),
+            m.body
+        );
+    }
+}
+
+pub(crate) fn mesh_list(meshes: &[MeshInfo]) {
+    if meshes.is_empty() {
+        println!(
+            "You have not joined any mesh yet. Run `claudemesh up` or `claudemesh join <invite>`."
+        );
+        return;
+    }
+    let rows = meshes
+        .iter()
+        .map(|m| {
+            vec![
+                m.name.clone(),
+                m.mesh.short(),
+                m.role.as_str().to_string(),
+                m.display_name.clone(),
+                m.relay.clone(),
+            ]
+        })
+        .collect();
+    table(&["MESH", "ID", "ROLE", "YOU", "RELAY"], rows);
+}
+
+fn link_text(m: &MeshStatus) -> String {
+    use claudemesh_schema::ipc::methods::LinkState;
+    match m.link {
+        LinkState::Connected => format!("connected ({})", m.transport.as_deref().unwrap_or("?")),
+        LinkState::Connecting => match &m.last_error {
+            Some(e) => format!("reconnecting — last error: {e}"),
+            None => "connecting".into(),
+        },
+        LinkState::Offline => "offline".into(),
+    }
+}
+
+pub(crate) fn status(s: &StatusResult) {
+    println!(
+        "daemon running (pid {}, version {}, up {})",
+        s.pid,
+        s.version,
+        span(s.uptime_ms)
+    );
+    println!("  config: {}", s.config_dir);
+    if let Some(r) = &s.embedded_relay {
+        println!("  local relay: {r}");
+    }
+    if s.meshes.is_empty() {
+        println!("No meshes yet. Run `claudemesh up` or `claudemesh join <invite>`.");
+    }
+    for m in &s.meshes {
+        println!("{} via {}: {}", m.name, m.relay, link_text(m));
+        println!(
+            "  peers online: {}   unread: {}   waiting to send: {}{}",
+            m.peers_online,
+            m.unread,
+            m.outbox,
+            m.clock_skew_ms
+                .filter(|s| s.abs() > 2000)
+                .map(|s| format!("   clock skew: {} s", s / 1000))
+                .unwrap_or_default()
+        );
+    }
+}
+
+pub(crate) fn invite(i: &InviteInfo) {
+    if let Some(link) = &i.invite {
+        println!("{link}");
+    }
+    eprintln!(
+        "Invite {} to {} as {}: {} use(s), expires in {}{}.",
+        i.id.short(),
+        i.mesh_name,
+        i.role.as_str(),
+        i.max_uses,
+        span((i.expires_at - now_ms()).max(0) as u64),
+        if i.approve {
+            ", each join needs your approval (`claudemesh invite pending`)"
+        } else {
+            ""
+        }
+    );
+    eprintln!("The link holds no key: joining needs your daemon online to admit the newcomer.");
+}
+
+pub(crate) fn invite_list(list: &[InviteInfo]) {
+    if list.is_empty() {
+        println!("No invites minted on this machine.");
+        return;
+    }
+    let rows = list
+        .iter()
+        .map(|i| {
+            let state = if i.revoked {
+                "revoked".to_string()
+            } else if i.expires_at < now_ms() {
+                "expired".into()
+            } else if i.uses >= i.max_uses {
+                "used up".into()
+            } else {
+                format!("expires in {}", span((i.expires_at - now_ms()) as u64))
+            };
+            vec![
+                i.id.short(),
+                i.mesh_name.clone(),
+                i.role.as_str().into(),
+                format!("{}/{}", i.uses, i.max_uses),
+                state,
+                if i.approve {
+                    "approve".into()
+                } else {
+                    String::new()
+                },
+            ]
+        })
+        .collect();
+    table(&["ID", "MESH", "ROLE", "USES", "STATE", "MODE"], rows);
+}
+
+pub(crate) fn claims(list: &[PendingClaim]) {
+    if list.is_empty() {
+        println!("No join requests are waiting.");
+        return;
+    }
+    let rows = list
+        .iter()
+        .map(|c| {
+            vec![
+                c.claim[..8.min(c.claim.len())].to_string(),
+                c.mesh_name.clone(),
+                c.fingerprint.clone(),
+                ago(c.at),
+            ]
+        })
+        .collect();
+    table(&["CLAIM", "MESH", "KEY FINGERPRINT", "ASKED"], rows);
+    println!(
+        "Approve with `claudemesh invite approve <claim>`, or deny with `claudemesh invite deny <claim>`."
+    );
+}
