@@ -46,6 +46,50 @@ pub(crate) enum Command {
     Whoami(JsonArg),
     /// Show or change your display name, groups, summary or status.
     Profile(ProfileArgs),
+    /// Wait until a relay link or a peer reaches a state (for scripts).
+    Wait(WaitArgs),
+    /// Run a relay in the foreground (to self-host one for other machines).
+    Relay(RelayArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WaitArgs {
+    /// link-up, link-down, peer-online or peer-offline.
+    #[arg(value_parser = ["link-up", "link-down", "peer-online", "peer-offline"])]
+    pub(crate) condition: String,
+    /// The peer (name or id), for peer conditions.
+    pub(crate) peer: Option<String>,
+    /// Only this mesh (default: every mesh).
+    #[arg(long)]
+    pub(crate) mesh: Option<String>,
+    /// Give up after this many seconds (exit code 9).
+    #[arg(long, default_value_t = 30)]
+    pub(crate) timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RelayArgs {
+    /// TOML config file (see `claudemesh-relay config default`).
+    #[arg(long)]
+    pub(crate) config: Option<std::path::PathBuf>,
+    /// Listen address (UDP for QUIC, TCP for TLS/WebSocket, same port). Default 0.0.0.0:7900.
+    #[arg(long)]
+    pub(crate) listen: Option<std::net::SocketAddr>,
+    /// Data directory. Default ./relay-data.
+    #[arg(long)]
+    pub(crate) data_dir: Option<std::path::PathBuf>,
+    /// Disable QUIC.
+    #[arg(long)]
+    pub(crate) no_quic: bool,
+    /// Disable WebSocket.
+    #[arg(long)]
+    pub(crate) no_websocket: bool,
+    /// Append every received frame to this file (debugging).
+    #[arg(long, hide = true)]
+    pub(crate) frame_log: Option<std::path::PathBuf>,
+    /// Print `ready <addr> <fingerprint>` on stdout once listening.
+    #[arg(long, hide = true)]
+    pub(crate) notify_ready: bool,
 }
 
 #[derive(Debug, Args)]

@@ -141,6 +141,36 @@ pub(crate) async fn run(cmd: Command) -> Res {
             Ok(())
         }
         Command::Invite(a) => invite(a).await,
+        Command::Wait(a) => {
+            let p = paths()?;
+            let mut c = client(&p).await?;
+            let condition = match a.condition.as_str() {
+                "link-up" => m::WaitCondition::LinkUp,
+                "link-down" => m::WaitCondition::LinkDown,
+                "peer-online" => m::WaitCondition::PeerOnline,
+                _ => m::WaitCondition::PeerOffline,
+            };
+            let r: m::WaitResult = c
+                .call(
+                    m::WAIT_FOR,
+                    m::WaitParams {
+                        condition,
+                        mesh: a.mesh,
+                        peer: a.peer,
+                        timeout_ms: a.timeout.saturating_mul(1000),
+                    },
+                )
+                .await?;
+            if r.met {
+                Ok(())
+            } else {
+                Err(Failure::new(
+                    9,
+                    format!("{} did not happen within {} s", a.condition, a.timeout),
+                ))
+            }
+        }
+        Command::Relay(_) => Err(Failure::new(1, "internal: relay is dispatched in main")),
         Command::Join(a) => {
             let p = paths()?;
             let mut c = client(&p).await?;

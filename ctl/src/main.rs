@@ -114,6 +114,78 @@ fn daemon_run(notify_ready: bool) -> ExitCode {
     })
 }
 
+fn relay_run(a: cli::RelayArgs) -> ExitCode {
+    let mut cfg = match &a.config {
+        Some(p) => match claudemesh_relay::RelayConfig::from_file(p) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => claudemesh_relay::RelayConfig::default(),
+    };
+    if let Some(l) = a.listen {
+        cfg.listen = l;
+    }
+    if let Some(d) = a.data_dir {
+        cfg.data_dir = d;
+    }
+    cfg.quic &= !a.no_quic;
+    cfg.websocket &= !a.no_websocket;
+    if a.frame_log.is_some() {
+        cfg.frame_log = a.frame_log;
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CLAUDEMESH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        let relay = match claudemesh_relay::Relay::bind(cfg).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let fp = claudemesh_schema::encoding::b64(&relay.fingerprint());
+        if a.notify_ready {
+            println!("ready {} {fp}", relay.local_addr());
+            let _ = std::io::stdout().flush();
+        } else {
+            eprintln!(
+                "relay listening on {} (fingerprint {fp})",
+                relay.local_addr()
+            );
+        }
+        let token = tokio_util::sync::CancellationToken::new();
+        let t2 = token.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            t2.cancel();
+        });
+        match relay.run(token).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = cli::Cli::parse();
@@ -123,6 +195,10 @@ fn main() -> ExitCode {
     {
         return daemon_run(notify_ready);
     }
+    let command = match cli.command {
+        cli::Command::Relay(args) => return relay_run(args),
+        other => other,
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -133,7 +209,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(commands::run(cli.command)) {
+    match rt.block_on(commands::run(command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             if !f.message.is_empty() {

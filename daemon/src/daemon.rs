@@ -73,6 +73,8 @@ pub(crate) struct Daemon {
     pub(crate) relay: Option<(String, [u8; 32])>,
     /// Bumped whenever messages are added to the inbox (wakes `inbox --wait`).
     pub(crate) inbox_gen: watch::Sender<u64>,
+    /// Bumped on any link-state or presence change (wakes `wait_for`).
+    pub(crate) changes: watch::Sender<u64>,
     pub(crate) tasks: TaskTracker,
     pub(crate) hostname: String,
     /// Serializes mesh creation and joins (name checks).
@@ -204,6 +206,10 @@ impl Daemon {
     pub(crate) fn bump_inbox(&self) {
         self.inbox_gen.send_modify(|g| *g += 1);
     }
+
+    pub(crate) fn bump_changes(&self) {
+        self.changes.send_modify(|g| *g += 1);
+    }
 }
 
 /// A daemon running in this process.
@@ -309,6 +315,7 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
         (None, None)
     };
     let (inbox_gen, _) = watch::channel(0u64);
+    let (changes, _) = watch::channel(0u64);
     let daemon = Arc::new(Daemon {
         paths: paths.clone(),
         cfg,
@@ -318,12 +325,13 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
         shutdown: CancellationToken::new(),
         relay,
         inbox_gen,
+        changes,
         tasks: TaskTracker::new(),
         hostname: hostname(),
         membership: tokio::sync::Mutex::new(()),
         _lock: Mutex::new(lock),
     });
-    let rows = store.read(|c| store::q_meshes(c)).await?;
+    let rows = store.read(store::q_meshes).await?;
     for row in rows {
         let keys = match MeshKeys::load(&paths.keys(), &row.id) {
             Ok(k) => k,

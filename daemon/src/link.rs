@@ -69,6 +69,7 @@ pub(crate) async fn run(
             s.state = LinkState::Connecting;
             s.transport = None;
         });
+        d.bump_changes();
         let (relay, fp) = {
             let r = lock(&m.row);
             (r.relay.clone(), r.relay_fp)
@@ -107,6 +108,7 @@ pub(crate) async fn run(
             s.transport = None;
             s.last_error = Some(err);
         });
+        d.bump_changes();
         fail_waiters(&m);
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
@@ -115,6 +117,7 @@ pub(crate) async fn run(
                 biased;
                 _ = m.stop.cancelled() => {
                     status.send_modify(|s| s.state = LinkState::Offline);
+                    d.bump_changes();
                     return;
                 }
                 _ = &mut sleep => break,
@@ -136,6 +139,7 @@ pub(crate) async fn run(
         s.state = LinkState::Offline;
         s.transport = None;
     });
+    d.bump_changes();
 }
 
 /// `send` calls waiting for `relayed` learn the link dropped: their message stays queued.
@@ -221,6 +225,7 @@ async fn session(
     }
     let skew = welcome.server_time - now_ms();
     let _ = d.store.all_offline(m.id).await;
+    d.bump_changes();
     // Snapshot: roster entries, presences, then `ready`.
     let mut presences = Vec::new();
     loop {
@@ -253,6 +258,7 @@ async fn session(
         s.last_error = None;
         s.skew_ms = Some(skew);
     });
+    d.bump_changes();
     tracing::info!(mesh = %m.id.short(), transport = c.transport.as_str(), "relay link up");
     if let Some(p) = presence_frame(d, m)
         && let Err(e) = write(&mut c, &p).await
@@ -308,11 +314,12 @@ async fn session(
                 let Some(cmd) = cmd else { break Outcome::Stopped };
                 let r = match cmd {
                     LinkCmd::Send(id, frame) => {
-                        if in_flight.contains_key(&id) {
-                            Ok(())
-                        } else {
-                            in_flight.insert(id, frame.clone());
-                            c.writer.send(frame).await.map_err(|e| e.to_string())
+                        match in_flight.entry(id) {
+                            std::collections::hash_map::Entry::Occupied(_) => Ok(()),
+                            std::collections::hash_map::Entry::Vacant(v) => {
+                                v.insert(frame.clone());
+                                c.writer.send(frame).await.map_err(|e| e.to_string())
+                            }
                         }
                     }
                     LinkCmd::Request(build, reply) => {
@@ -449,6 +456,7 @@ async fn on_frame(
         RelayFrame::Presence(rec) => on_presence(d, m, rec).await,
         RelayFrame::Depart { session, at } => {
             let _ = d.store.presence_offline(m.id, session, at).await;
+            d.bump_changes();
         }
         RelayFrame::Roster { seq, entry } => {
             if let Err(o) = on_roster(d, m, seq, entry).await {
@@ -551,4 +559,5 @@ async fn on_presence(d: &Daemon, m: &MeshCtx, rec: PresenceRecord) {
     if let Err(e) = d.store.upsert_presence(row).await {
         tracing::warn!(error = %e, "cannot cache presence");
     }
+    d.bump_changes();
 }

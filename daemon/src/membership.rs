@@ -276,7 +276,7 @@ pub(crate) async fn invite_list(d: &Arc<Daemon>, p: MeshParams) -> Result<Vec<In
     };
     let rows = d
         .store
-        .read(|c| store::q_invites(c))
+        .read(store::q_invites)
         .await
         .map_err(RpcErr::internal)?;
     Ok(rows
@@ -302,7 +302,7 @@ pub(crate) async fn invite_revoke(
     }
     let rows = d
         .store
-        .read(|c| store::q_invites(c))
+        .read(store::q_invites)
         .await
         .map_err(RpcErr::internal)?;
     let hits: Vec<_> = rows
@@ -437,7 +437,7 @@ async fn accept(
 pub(crate) async fn claims(d: &Arc<Daemon>) -> Result<Vec<PendingClaim>, RpcErr> {
     let rows = d
         .store
-        .read(|c| store::q_claims(c))
+        .read(store::q_claims)
         .await
         .map_err(RpcErr::internal)?;
     Ok(rows
@@ -464,7 +464,7 @@ pub(crate) async fn claim_decide(
     let want = p.claim.trim().to_lowercase().replace('-', "");
     let rows = d
         .store
-        .read(|c| store::q_claims(c))
+        .read(store::q_claims)
         .await
         .map_err(RpcErr::internal)?;
     let hits: Vec<_> = rows

@@ -235,6 +235,7 @@ async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, RpcErr> {
         m::INBOX => json(inbox(d, params(p)?).await?),
         m::WHOAMI => json(membership::whoami(d)),
         m::PROFILE => json(membership::profile(d, params(p)?).await?),
+        m::WAIT_FOR => json(wait_for(d, params(p)?).await?),
         m::SHUTDOWN => {
             let token = d.shutdown.clone();
             tokio::spawn(async move {
@@ -354,4 +355,74 @@ async fn inbox(d: &Arc<Daemon>, p: InboxParams) -> Result<InboxResult, RpcErr> {
             .map_err(RpcErr::internal)?;
     }
     Ok(InboxResult { messages })
+}
+
+async fn wait_for(d: &Arc<Daemon>, p: m::WaitParams) -> Result<m::WaitResult, RpcErr> {
+    use m::{LinkState, WaitCondition as W};
+    let targets = match &p.mesh {
+        Some(s) => vec![d.select(Some(s))?],
+        None => d.meshes(),
+    };
+    if targets.is_empty() {
+        return Err(RpcErr::not_found("you have not joined any mesh yet"));
+    }
+    let peer = match p.condition {
+        W::PeerOnline | W::PeerOffline => Some(
+            p.peer
+                .as_deref()
+                .map(|s| s.trim().to_lowercase())
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| RpcErr::invalid("name the peer to wait for"))?,
+        ),
+        _ => None,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(p.timeout_ms.min(3_600_000));
+    let mut changes = d.changes.subscribe();
+    loop {
+        changes.borrow_and_update();
+        let met = match p.condition {
+            W::LinkUp => targets
+                .iter()
+                .all(|x| x.link.status.borrow().state == LinkState::Connected),
+            W::LinkDown => targets
+                .iter()
+                .all(|x| x.link.status.borrow().state != LinkState::Connected),
+            W::PeerOnline | W::PeerOffline => {
+                let want_online = p.condition == W::PeerOnline;
+                let q = peer.clone().unwrap_or_default();
+                let rows: Vec<_> = targets.iter().map(|x| lock(&x.row).clone()).collect();
+                let found = d
+                    .store
+                    .read(move |c| {
+                        let mut states = Vec::new();
+                        for r in &rows {
+                            for p in store::q_peers(c, r)? {
+                                let id = p.id.0.simple().to_string();
+                                if p.name.to_lowercase() == q
+                                    || (q.len() >= 4 && id.starts_with(&q.replace('-', "")))
+                                {
+                                    states.push(p.online);
+                                }
+                            }
+                        }
+                        Ok(states)
+                    })
+                    .await
+                    .map_err(RpcErr::internal)?;
+                if want_online {
+                    found.iter().any(|o| *o)
+                } else {
+                    !found.is_empty() && found.iter().all(|o| !*o)
+                }
+            }
+        };
+        if met {
+            return Ok(m::WaitResult { met: true });
+        }
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => return Ok(m::WaitResult { met: false }),
+            _ = d.shutdown.cancelled() => return Ok(m::WaitResult { met: false }),
+        }
+    }
 }

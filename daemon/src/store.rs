@@ -109,6 +109,12 @@ fn parse<T: std::str::FromStr>(s: &str, what: &'static str) -> Result<T> {
     s.parse().map_err(|_| StoreError::Corrupt(what))
 }
 
+/// A claim parked for approval: id, mesh, request JSON, capability JSON, arrival time.
+pub type StoredClaim = (claudemesh_schema::ClaimId, MeshId, String, String, i64);
+
+/// When a sent message was created, relayed and delivered (unix ms).
+pub type SentStages = (i64, Option<i64>, Option<i64>);
+
 /// The store.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -817,9 +823,7 @@ pub fn q_invites(conn: &Connection) -> Result<Vec<(InviteCap, u32, bool)>> {
 }
 
 /// Claims waiting for approval: id, mesh, request JSON, cap JSON, time.
-pub fn q_claims(
-    conn: &Connection,
-) -> Result<Vec<(claudemesh_schema::ClaimId, MeshId, String, String, i64)>> {
+pub fn q_claims(conn: &Connection) -> Result<Vec<StoredClaim>> {
     let mut stmt =
         conn.prepare_cached("SELECT id, mesh, request, cap, at FROM claims ORDER BY at")?;
     let rows = stmt.query_map([], |r| {
@@ -846,7 +850,7 @@ pub fn q_claims(
 }
 
 /// How far a sent message got: created, relayed, delivered (unix ms).
-pub fn q_sent(conn: &Connection, id: MessageId) -> Result<Option<(i64, Option<i64>, Option<i64>)>> {
+pub fn q_sent(conn: &Connection, id: MessageId) -> Result<Option<SentStages>> {
     Ok(conn
         .query_row(
             "SELECT created_at, relayed_at, delivered_at FROM sent WHERE id = ?1",

@@ -78,6 +78,10 @@ pub struct RelayConfig {
     pub send_queue: usize,
     /// Log as JSON lines. Default `false`.
     pub log_json: bool,
+    /// Debugging aid: append every frame received from clients to this file (4-byte
+    /// big-endian length, then the frame). It holds only what the relay sees anyway:
+    /// routing headers and ciphertext. Default none.
+    pub frame_log: Option<PathBuf>,
 }
 
 impl Default for RelayConfig {
@@ -102,6 +106,7 @@ impl Default for RelayConfig {
             hello_timeout_secs: 10,
             send_queue: 4096,
             log_json: false,
+            frame_log: None,
         }
     }
 }

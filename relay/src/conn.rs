@@ -205,6 +205,7 @@ impl<S: Store> Conn<S> {
                 Ok(Some(Err(e))) => return format!("read error: {e}"),
                 Ok(Some(Ok(b))) => b,
             };
+            self.hub.log_frame(&bytes);
             let f: ClientFrame = match wire::decode(&bytes) {
                 Ok(f) => f,
                 Err(e) => {
@@ -311,14 +312,11 @@ impl<S: Store> Conn<S> {
         genesis: claudemesh_schema::roster::MeshGenesis,
     ) -> Result<(), End> {
         self.check_handshake_rate()?;
-        let st = match MeshState::new(genesis.clone()) {
-            Ok(s) => s,
-            Err(_) => {
-                return Err(self.fatal(
-                    ErrorCode::BadSignature,
-                    "mesh genesis signature does not verify",
-                ));
-            }
+        let Ok(st) = MeshState::new(genesis.clone()) else {
+            return Err(self.fatal(
+                ErrorCode::BadSignature,
+                "mesh genesis signature does not verify",
+            ));
         };
         if self.hub.mesh(&genesis.mesh).is_some() {
             self.error(

@@ -246,6 +246,7 @@ pub(crate) struct Hub<S> {
     next_id: AtomicU64,
     pub(crate) stats: Stats,
     pub(crate) shutdown: CancellationToken,
+    frame_log: Option<Mutex<std::fs::File>>,
 }
 
 impl<S: Store> Hub<S> {
@@ -304,6 +305,19 @@ impl<S: Store> Hub<S> {
             })
             .collect();
         let handshakes = KeyedLimiter::new(cfg.handshake_rate, cfg.handshake_burst);
+        let frame_log = cfg.frame_log.as_ref().and_then(|p| {
+            match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+            {
+                Ok(f) => Some(Mutex::new(f)),
+                Err(e) => {
+                    tracing::error!(path = %p.display(), error = %e, "cannot open frame log");
+                    None
+                }
+            }
+        });
         Self {
             store,
             cfg,
@@ -315,6 +329,17 @@ impl<S: Store> Hub<S> {
             next_id: AtomicU64::new(1),
             stats: Stats::default(),
             shutdown: CancellationToken::new(),
+            frame_log,
+        }
+    }
+
+    /// Append a received frame to the debugging frame log, if one is configured.
+    pub(crate) fn log_frame(&self, frame: &[u8]) {
+        if let Some(f) = &self.frame_log {
+            use std::io::Write as _;
+            let mut f = lock(f);
+            let _ = f.write_all(&(frame.len() as u32).to_be_bytes());
+            let _ = f.write_all(frame);
         }
     }
 

@@ -239,7 +239,7 @@ async fn bind_sockets(
                     source,
                 })?;
                 let ep = quinn::Endpoint::new(
-                    quinn::EndpointConfig::default(),
+                    quinn::EndpointConfig::new(reset_key(&cfg.data_dir)?),
                     Some(quic_config()?),
                     sock,
                     Arc::new(quinn::TokioRuntime),
@@ -266,6 +266,25 @@ async fn bind_sockets(
     }
 }
 
+/// The QUIC stateless-reset key, kept in the data directory so that after a restart (or a
+/// crash) the relay can tell clients of the previous process that their connection is
+/// gone, instead of leaving them to wait for an idle timeout.
+fn reset_key(data_dir: &std::path::Path) -> Result<Arc<dyn quinn::crypto::HmacKey>, RelayError> {
+    let path = data_dir.join("quic-reset.key");
+    let bytes = match std::fs::read(&path) {
+        Ok(b) if b.len() == 64 => b,
+        _ => {
+            let b = claudemesh_schema::crypto::random_bytes::<64>().to_vec();
+            crate::tls::write_private(&path, &b)?;
+            b
+        }
+    };
+    Ok(Arc::new(ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &bytes,
+    )))
+}
+
 async fn quic_loop<S: Store>(hub: Arc<Hub<S>>, ep: quinn::Endpoint, tracker: TaskTracker) {
     loop {
         let incoming = tokio::select! {
@@ -286,12 +305,9 @@ async fn quic_loop<S: Store>(hub: Arc<Hub<S>>, ep: quinn::Endpoint, tracker: Tas
                 }
                 Err(_) => return,
             };
-            let (send, recv) = match tokio::time::timeout(limit, conn.accept_bi()).await {
-                Ok(Ok(s)) => s,
-                _ => {
-                    conn.close(1u32.into(), b"no stream opened");
-                    return;
-                }
+            let Ok(Ok((send, recv))) = tokio::time::timeout(limit, conn.accept_bi()).await else {
+                conn.close(1u32.into(), b"no stream opened");
+                return;
             };
             serve(
                 hub,

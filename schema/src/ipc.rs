@@ -186,6 +186,44 @@ pub mod methods {
     pub const PROFILE: &str = "profile";
     /// `shutdown`: stop the daemon.
     pub const SHUTDOWN: &str = "shutdown";
+    /// `wait_for`: wait until a link or a peer reaches a state.
+    pub const WAIT_FOR: &str = "wait_for";
+
+    /// What `wait_for` waits for.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum WaitCondition {
+        /// The relay link of the mesh (or of every mesh) is connected.
+        LinkUp,
+        /// The relay link of the mesh (or of every mesh) is not connected.
+        LinkDown,
+        /// A peer (name or id prefix) is online.
+        PeerOnline,
+        /// A peer (name or id prefix) is offline.
+        PeerOffline,
+    }
+
+    /// `wait_for` parameters.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct WaitParams {
+        /// The condition.
+        pub condition: WaitCondition,
+        /// Mesh name or id prefix (default: every mesh).
+        #[serde(default)]
+        pub mesh: Option<String>,
+        /// The peer, for peer conditions.
+        #[serde(default)]
+        pub peer: Option<String>,
+        /// Give up after this many ms.
+        pub timeout_ms: u64,
+    }
+
+    /// `wait_for` result.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct WaitResult {
+        /// Whether the condition held before the timeout.
+        pub met: bool,
+    }
 
     /// `hello` parameters.
     #[derive(Debug, Clone, Serialize, Deserialize, Default)]
