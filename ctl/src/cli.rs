@@ -57,7 +57,7 @@ pub(crate) struct WaitArgs {
     /// link-up, link-down, peer-online or peer-offline.
     #[arg(value_parser = ["link-up", "link-down", "peer-online", "peer-offline"])]
     pub(crate) condition: String,
-    /// The peer (name or id), for peer conditions.
+    /// The peer (name, id, or @group for any member of it), for peer conditions.
     pub(crate) peer: Option<String>,
     /// Only this mesh (default: every mesh).
     #[arg(long)]

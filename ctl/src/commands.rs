@@ -68,6 +68,9 @@ fn paths() -> Result<Paths, Failure> {
 }
 
 async fn client(p: &Paths) -> Result<Client, Failure> {
+    if std::env::var_os("CLAUDEMESH_NO_AUTOSTART").is_some_and(|v| !v.is_empty() && v != "0") {
+        return Ok(Client::connect(&p.socket).await?);
+    }
     let exe = std::env::current_exe()
         .map_err(|e| Failure::new(3, format!("cannot find the claudemesh executable: {e}")))?;
     Ok(connect_or_start(p, &exe).await?)

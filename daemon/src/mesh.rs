@@ -93,7 +93,16 @@ impl LinkHandle {
                     .into(),
         };
         if !self.connected() {
-            return Err(unavailable());
+            // A link that is (re)connecting right now gets a moment to come up.
+            let mut st = self.status.clone();
+            let up = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                st.wait_for(|s| s.state == LinkState::Connected),
+            )
+            .await;
+            if !matches!(up, Ok(Ok(_))) {
+                return Err(unavailable());
+            }
         }
         let (tx, rx) = oneshot::channel();
         self.tx

@@ -398,9 +398,14 @@ async fn wait_for(d: &Arc<Daemon>, p: m::WaitParams) -> Result<m::WaitResult, Rp
                         for r in &rows {
                             for p in store::q_peers(c, r)? {
                                 let id = p.id.0.simple().to_string();
-                                if p.name.to_lowercase() == q
-                                    || (q.len() >= 4 && id.starts_with(&q.replace('-', "")))
-                                {
+                                let hit = match q.strip_prefix('@') {
+                                    Some(g) => p.groups.iter().any(|x| x.to_lowercase() == g),
+                                    None => {
+                                        p.name.to_lowercase() == q
+                                            || (q.len() >= 4 && id.starts_with(&q.replace('-', "")))
+                                    }
+                                };
+                                if hit {
                                     states.push(p.online);
                                 }
                             }

@@ -1,1 +1,339 @@
-//! placeholder
+//! Test kit for claudemesh end-to-end tests: real relays and real daemons, as processes of
+//! the real `claudemesh` binary, in temporary directories on loopback.
+//!
+//! Every process is started with a readiness handshake (it prints `ready …` on stdout
+//! once it listens), so tests never sleep to synchronise; waiting for network events uses
+//! the daemon's own `claudemesh wait …` and `inbox --wait`. Processes are killed when
+//! their guard drops.
+//!
+//! The binary path comes from the caller (`env!("CARGO_BIN_EXE_claudemesh")` in the `ctl`
+//! package's integration tests), so tests always run the binary of the current build.
+
+use serde_json::Value;
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+/// Send a signal to a process (SIGKILL via `Child::kill`, others via `kill(1)`).
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+}
+
+/// Spawn `cmd` with stdout piped and wait for its `ready …` line.
+fn spawn_ready(mut cmd: Command, what: &str) -> (Child, String) {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let out = child.stdout.take().expect("stdout is piped");
+    let mut line = String::new();
+    BufReader::new(out)
+        .read_line(&mut line)
+        .expect("read readiness line");
+    assert!(line.starts_with("ready"), "{what} did not start: {line:?}");
+    (child, line.trim().to_string())
+}
+
+/// A `claudemesh relay` process.
+#[derive(Debug)]
+pub struct RelayProc {
+    bin: PathBuf,
+    child: Option<Child>,
+    /// Where it listens (same port for UDP and TCP).
+    pub addr: SocketAddr,
+    /// Its certificate fingerprint (base64url).
+    pub fingerprint: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    extra: Vec<String>,
+}
+
+impl RelayProc {
+    /// Start a relay on a free loopback port with its data in `data_dir`.
+    pub fn start(bin: &Path, data_dir: &Path, extra: &[&str]) -> Self {
+        let mut r = Self {
+            bin: bin.to_path_buf(),
+            child: None,
+            addr: "127.0.0.1:0".parse().expect("addr"),
+            fingerprint: String::new(),
+            data_dir: data_dir.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        r.restart();
+        r
+    }
+
+    /// Start it again (same address and data) after a stop or kill.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "relay is still running");
+        let mut cmd = Command::new(&self.bin);
+        cmd.args([
+            "relay",
+            "--notify-ready",
+            "--listen",
+            &self.addr.to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(&self.data_dir)
+        .args(&self.extra)
+        .env("CLAUDEMESH_LOG", "warn");
+        let (child, line) = spawn_ready(cmd, "relay");
+        let mut parts = line.split_whitespace().skip(1);
+        self.addr = parts.next().expect("addr").parse().expect("relay addr");
+        self.fingerprint = parts.next().expect("fingerprint").to_string();
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a graceful exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(c.id(), "-TERM");
+            let _ = c.wait();
+        }
+    }
+
+    /// The relay's database file.
+    pub fn db(&self) -> PathBuf {
+        self.data_dir.join("relay.db")
+    }
+}
+
+impl Drop for RelayProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One daemon with its own config directory, driven through the real CLI.
+#[derive(Debug)]
+pub struct Node {
+    bin: PathBuf,
+    /// Display name (also `CLAUDEMESH_DISPLAY_NAME`).
+    pub name: String,
+    /// Config directory.
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// A node in `root/<name>` with fast reconnects; not started yet.
+    pub fn new(bin: &Path, root: &Path, name: &str) -> Self {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).expect("node dir");
+        std::fs::write(
+            dir.join("config.toml"),
+            "[link]\nquic_timeout_ms = 1500\nws_timeout_ms = 3000\nmax_backoff_ms = 400\n",
+        )
+        .expect("node config");
+        Self {
+            bin: bin.to_path_buf(),
+            name: name.to_string(),
+            dir,
+            child: None,
+        }
+    }
+
+    /// Start the daemon (`claudemesh daemon run`) and wait until it listens.
+    pub fn start(&mut self) -> &mut Self {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["daemon", "run", "--notify-ready"]);
+        self.env(&mut cmd);
+        let (child, _) = spawn_ready(cmd, &format!("daemon {}", self.name));
+        self.child = Some(child);
+        self
+    }
+
+    /// SIGKILL the daemon.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stop the daemon gracefully (`claudemesh daemon stop`).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let out = self.run(&["daemon", "stop"]);
+            assert!(
+                out.status.success(),
+                "daemon stop failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let _ = c.wait();
+        }
+    }
+
+    fn env(&self, cmd: &mut Command) {
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &self.dir)
+            .env("CLAUDEMESH_CONFIG_DIR", &self.dir)
+            .env("CLAUDEMESH_DISPLAY_NAME", &self.name)
+            .env("CLAUDEMESH_NO_AUTOSTART", "1")
+            .env("CLAUDEMESH_LOG", "warn");
+    }
+
+    /// Run the CLI with this node's environment.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args).stdin(Stdio::null());
+        self.env(&mut cmd);
+        cmd.output().expect("run claudemesh")
+    }
+
+    /// Run the CLI and return stdout; panics (with stderr) if it fails.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "`claudemesh {}` on {} failed ({:?}): {}{}",
+            args.join(" "),
+            self.name,
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Run the CLI with `--json` and parse the output.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let s = self.ok(&a);
+        let v: Value = serde_json::from_str(&s).unwrap_or_else(|e| panic!("bad json {s:?}: {e}"));
+        assert_eq!(
+            v["schema_version"], 1,
+            "every --json output carries schema_version"
+        );
+        v
+    }
+
+    /// Run the CLI expecting failure; returns the exit code and stderr.
+    pub fn fails(&self, args: &[&str]) -> (i32, String) {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "`claudemesh {}` unexpectedly succeeded",
+            args.join(" ")
+        );
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    }
+
+    /// Wait (through the daemon, event-driven) for a condition; panics on timeout.
+    pub fn wait(&self, condition: &str, peer: Option<&str>) {
+        let mut args = vec!["wait", condition];
+        if let Some(p) = peer {
+            args.push(p);
+        }
+        args.extend(["--timeout", "20"]);
+        self.ok(&args);
+    }
+
+    /// Block until a message arrives and return all unread messages.
+    pub fn inbox_wait(&self) -> Vec<Value> {
+        let v = self.json(&["inbox", "--wait", "20"]);
+        v["messages"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Unread messages right now, without marking them read.
+    pub fn inbox_peek(&self) -> Vec<Value> {
+        let v = self.json(&["inbox", "--peek"]);
+        v["messages"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Names of peers as `peers --json` lists them, with their online flag.
+    pub fn peers(&self) -> (bool, Vec<(String, bool)>) {
+        let v = self.json(&["peers"]);
+        let m = &v["meshes"][0];
+        let peers = m["peers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap_or("").to_string(),
+                    p["online"].as_bool().unwrap_or(false),
+                )
+            })
+            .collect();
+        (m["cached"].as_bool().unwrap_or(false), peers)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A relay plus nodes that all joined one mesh (the first created it and invited the
+/// others), each seeing every other online.
+pub fn mesh(
+    bin: &Path,
+    root: &Path,
+    names: &[&str],
+    relay_args: &[&str],
+) -> (RelayProc, Vec<Node>) {
+    let relay = RelayProc::start(bin, &root.join("relay"), relay_args);
+    let mut nodes: Vec<Node> = names.iter().map(|n| Node::new(bin, root, n)).collect();
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    let addr = relay.addr.to_string();
+    nodes[0].ok(&[
+        "create",
+        "test",
+        "--relay",
+        &addr,
+        "--fingerprint",
+        &relay.fingerprint,
+    ]);
+    for i in 1..nodes.len() {
+        let link = nodes[0].ok(&["invite"]);
+        nodes[i].ok(&["join", &link, "--wait", "20"]);
+    }
+    for a in &nodes {
+        for b in &nodes {
+            if a.name != b.name {
+                a.wait("peer-online", Some(&b.name));
+            }
+        }
+    }
+    (relay, nodes)
+}
+
+/// Does `haystack` contain `needle` anywhere?
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// All bytes of a SQLite database, including its WAL and shared-memory files.
+pub fn db_bytes(db: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        if let Ok(b) = std::fs::read(PathBuf::from(p)) {
+            out.extend(b);
+        }
+    }
+    out
+}

@@ -1,0 +1,283 @@
+//! End-to-end scenarios: the real `claudemesh` binary as relay, daemons and CLI, each
+//! daemon with its own config directory, all on loopback.
+
+use claudemesh_tests::{Node, RelayProc, contains, db_bytes, mesh};
+use serde_json::Value;
+use std::path::Path;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_claudemesh"))
+}
+
+fn bodies(msgs: &[Value]) -> Vec<String> {
+    msgs.iter()
+        .map(|m| m["body"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn two_daemons_exchange_messages_exactly_once_both_ways() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["alice", "bob"], &[]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+
+    let (_, peers_a) = a.peers();
+    assert_eq!(peers_a, vec![("bob".to_string(), true)]);
+    let (_, peers_b) = b.peers();
+    assert_eq!(peers_b, vec![("alice".to_string(), true)]);
+
+    let sent = a.json(&["send", "bob", "hello", "bob", "--priority", "now"]);
+    assert_eq!(sent["stage"], "relayed");
+    let got = b.inbox_wait();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let m = &got[0];
+    assert_eq!(m["body"], "hello bob");
+    assert_eq!(m["from_name"], "alice");
+    assert_eq!(m["priority"], "now");
+    assert_eq!(m["verified"], true);
+    assert_eq!(m["id"], sent["id"]);
+    assert!(m["sent_at"].as_i64().unwrap() > 1_700_000_000_000);
+
+    b.ok(&["send", "alice", "hi", "alice", "--priority", "low"]);
+    let back = a.inbox_wait();
+    assert_eq!(bodies(&back), vec!["hi alice"]);
+    assert_eq!(back[0]["priority"], "low");
+    assert_eq!(back[0]["from_name"], "bob");
+
+    // Exactly once: nothing further is pending on either side.
+    assert!(a.inbox_peek().is_empty());
+    assert!(b.inbox_peek().is_empty());
+}
+
+#[test]
+fn group_and_broadcast_reach_the_right_members_only() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["ann", "ben", "cat"], &[]);
+    let (ann, ben, cat) = (&nodes[0], &nodes[1], &nodes[2]);
+    ben.ok(&["profile", "--groups", "dev,ops"]);
+    // Ann learns Ben's new groups through his presence update.
+    ann.wait("peer-online", Some("@dev"));
+
+    let r = ann.json(&["send", "@dev", "standup", "in", "5"]);
+    assert_eq!(r["recipients"], serde_json::json!(["ben"]));
+    assert_eq!(bodies(&ben.inbox_wait()), vec!["standup in 5"]);
+
+    ann.ok(&["send", "*", "lunch?"]);
+    assert_eq!(bodies(&ben.inbox_wait()), vec!["lunch?"]);
+    let cat_got = cat.inbox_wait();
+    assert_eq!(
+        bodies(&cat_got),
+        vec!["lunch?"],
+        "cat is not in @dev and gets only the broadcast"
+    );
+    assert_eq!(cat_got[0]["to"], "*");
+    assert!(
+        ann.inbox_peek().is_empty(),
+        "the sender does not get its own broadcast"
+    );
+
+    let (code, err) = ann.fails(&["send", "@nobody", "x"]);
+    assert_eq!(code, 4, "{err}");
+}
+
+/// The mesh key of `node`'s only mesh, read from its key file.
+fn mesh_key(node: &Node) -> Vec<u8> {
+    let keys = node.dir.join("keys");
+    let file = std::fs::read_dir(&keys)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let v: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    claudemesh_schema::encoding::unb64(v["mesh_key"].as_str().unwrap()).unwrap()
+}
+
+#[test]
+fn relay_database_and_frames_hold_neither_plaintext_nor_mesh_key() {
+    let root = tempfile::tempdir().unwrap();
+    let frames = root.path().join("frames.log");
+    let frames_arg = frames.to_str().unwrap().to_string();
+    let (relay, mut nodes) = mesh(
+        bin(),
+        root.path(),
+        &["alice", "bob", "carol"],
+        &["--frame-log", &frames_arg],
+    );
+    let secret_direct = "the launch code is tangerine-42";
+    let secret_broadcast = "everyone: the password is osprey-77";
+    nodes[1].ok(&["profile", "--summary", "working on the secret summary"]);
+    nodes[0].ok(&["send", "bob", secret_direct]);
+    assert_eq!(bodies(&nodes[1].inbox_wait()), vec![secret_direct]);
+    // Carol is offline: the broadcast is stored at the relay for her.
+    nodes[2].stop();
+    nodes[0].ok(&["send", "*", secret_broadcast]);
+    assert_eq!(bodies(&nodes[1].inbox_wait()), vec![secret_broadcast]);
+
+    let key = mesh_key(&nodes[0]);
+    assert_eq!(key.len(), 32);
+    let key_b64 = claudemesh_schema::encoding::b64(&key);
+    let db = db_bytes(&relay.db());
+    let log = std::fs::read(&frames).unwrap();
+    assert!(
+        contains(&log, b"\"t\":\"send\""),
+        "the frame log captured the traffic"
+    );
+    for (what, bytes) in [("relay database", &db), ("captured frames", &log)] {
+        for needle in [
+            secret_direct.as_bytes(),
+            secret_broadcast.as_bytes(),
+            b"secret summary",
+            b"alice",
+            &key[..],
+            key_b64.as_bytes(),
+        ] {
+            assert!(
+                !contains(bytes, needle),
+                "{what} contains {:?}",
+                String::from_utf8_lossy(needle)
+            );
+        }
+    }
+    // Carol still gets it later.
+    nodes[2].start();
+    assert_eq!(bodies(&nodes[2].inbox_wait()), vec![secret_broadcast]);
+}
+
+#[test]
+fn with_the_relay_down_peers_answer_from_cache_and_sends_queue() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut relay, nodes) = mesh(bin(), root.path(), &["alice", "bob"], &[]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    relay.stop();
+    a.wait("link-down", None);
+    b.wait("link-down", None);
+
+    let (cached, peers) = a.peers();
+    assert!(
+        cached,
+        "peers must say the list is cached while the relay is down"
+    );
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0].0, "bob");
+    let v = a.json(&["peers"]);
+    assert!(v["meshes"][0]["peers"][0]["last_seen"].as_i64().unwrap() > 0);
+
+    let r = a.json(&["send", "bob", "sent while the relay was down"]);
+    assert_eq!(r["stage"], "queued");
+    let status = a.json(&["status"]);
+    assert_eq!(status["meshes"][0]["outbox"], 1);
+
+    relay.restart();
+    a.wait("link-up", None);
+    assert_eq!(
+        bodies(&b.inbox_wait()),
+        vec!["sent while the relay was down"]
+    );
+    // Delivered once: the outbox is empty and nothing else is pending.
+    a.wait("link-up", None);
+    assert!(b.inbox_peek().is_empty());
+}
+
+#[test]
+fn a_stopped_daemon_still_lists_peers_from_its_store() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, mut nodes) = mesh(bin(), root.path(), &["alice", "bob"], &[]);
+    nodes[0].stop();
+    let out = nodes[0].ok(&["peers"]);
+    assert!(out.contains("bob"), "{out}");
+    assert!(out.contains("daemon is not running"), "{out}");
+    let (cached, peers) = nodes[0].peers();
+    assert!(cached);
+    assert_eq!(peers[0].0, "bob");
+}
+
+#[test]
+fn messages_for_a_stopped_daemon_wait_at_the_relay() {
+    let root = tempfile::tempdir().unwrap();
+    let (relay, mut nodes) = mesh(bin(), root.path(), &["alice", "bob"], &[]);
+    nodes[1].stop();
+    nodes[0].wait("peer-offline", Some("bob"));
+    let r = nodes[0].json(&["send", "bob", "while you were out"]);
+    assert_eq!(
+        r["stage"], "relayed",
+        "an offline peer's message is held by the relay"
+    );
+    // Held at the relay as ciphertext, for bob.
+    assert!(!contains(&db_bytes(&relay.db()), b"while you were out"));
+    nodes[1].start();
+    assert_eq!(bodies(&nodes[1].inbox_wait()), vec!["while you were out"]);
+}
+
+#[test]
+fn a_send_survives_the_sender_daemon_being_killed() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut relay, mut nodes) = mesh(bin(), root.path(), &["alice", "bob"], &[]);
+    relay.stop();
+    nodes[0].wait("link-down", None);
+    let r = nodes[0].json(&["send", "bob", "written before the crash"]);
+    assert_eq!(r["stage"], "queued");
+    nodes[0].kill();
+    relay.restart();
+    nodes[0].start();
+    assert_eq!(
+        bodies(&nodes[1].inbox_wait()),
+        vec!["written before the crash"]
+    );
+    assert!(nodes[1].inbox_peek().is_empty());
+}
+
+#[test]
+fn nothing_acknowledged_is_lost_when_the_relay_is_killed() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut relay, mut nodes) = mesh(bin(), root.path(), &["alice", "bob"], &[]);
+    nodes[1].stop();
+    nodes[0].wait("peer-offline", Some("bob"));
+    for i in 0..20 {
+        let r = nodes[0].json(&["send", "bob", &format!("message {i}")]);
+        assert_eq!(r["stage"], "relayed");
+    }
+    relay.kill();
+    relay.restart();
+    nodes[1].start();
+    let mut got = Vec::new();
+    while got.len() < 20 {
+        got.extend(bodies(&nodes[1].inbox_wait()));
+    }
+    let want: Vec<String> = (0..20).map(|i| format!("message {i}")).collect();
+    got.sort();
+    let mut want_sorted = want.clone();
+    want_sorted.sort();
+    assert_eq!(got, want_sorted);
+}
+
+#[test]
+fn with_quic_blocked_the_daemon_falls_back_to_websocket() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(bin(), &root.path().join("relay"), &["--no-quic"]);
+    // Something else holds the UDP port and swallows every datagram: QUIC cannot connect.
+    let blackhole = std::net::UdpSocket::bind(relay.addr).unwrap();
+    let mut a = Node::new(bin(), root.path(), "alice");
+    let mut b = Node::new(bin(), root.path(), "bob");
+    a.start();
+    b.start();
+    let addr = relay.addr.to_string();
+    a.ok(&[
+        "create",
+        "ws",
+        "--relay",
+        &addr,
+        "--fingerprint",
+        &relay.fingerprint,
+    ]);
+    let link = a.ok(&["invite"]);
+    b.ok(&["join", &link, "--wait", "20"]);
+    a.wait("peer-online", Some("bob"));
+    for n in [&a, &b] {
+        let s = n.json(&["status"]);
+        assert_eq!(s["meshes"][0]["transport"], "websocket");
+    }
+    a.ok(&["send", "bob", "over websocket"]);
+    assert_eq!(bodies(&b.inbox_wait()), vec!["over websocket"]);
+    drop(blackhole);
+}
