@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! End-to-end scenarios: the real `claudemesh` binary as relay, daemons and CLI, each
 //! daemon with its own config directory, all on loopback.
 
