@@ -54,8 +54,8 @@ pub(crate) enum Command {
 
 #[derive(Debug, Args)]
 pub(crate) struct WaitArgs {
-    /// link-up, link-down, peer-online or peer-offline.
-    #[arg(value_parser = ["link-up", "link-down", "peer-online", "peer-offline"])]
+    /// link-up, link-down, peer-online, peer-offline or claim-pending.
+    #[arg(value_parser = ["link-up", "link-down", "peer-online", "peer-offline", "claim-pending"])]
     pub(crate) condition: String,
     /// The peer (name, id, or @group for any member of it), for peer conditions.
     pub(crate) peer: Option<String>,

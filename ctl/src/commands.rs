@@ -151,6 +151,7 @@ pub(crate) async fn run(cmd: Command) -> Res {
                 "link-up" => m::WaitCondition::LinkUp,
                 "link-down" => m::WaitCondition::LinkDown,
                 "peer-online" => m::WaitCondition::PeerOnline,
+                "claim-pending" => m::WaitCondition::ClaimPending,
                 _ => m::WaitCondition::PeerOffline,
             };
             let r: m::WaitResult = c

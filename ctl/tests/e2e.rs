@@ -282,3 +282,68 @@ fn with_quic_blocked_the_daemon_falls_back_to_websocket() {
     assert_eq!(bodies(&b.inbox_wait()), vec!["over websocket"]);
     drop(blackhole);
 }
+
+#[test]
+fn used_up_and_revoked_invites_are_refused_and_approval_admits_or_denies() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["alice"], &[]);
+    let alice = &nodes[0];
+    let mut bob = Node::new(bin(), root.path(), "bob");
+    let mut carol = Node::new(bin(), root.path(), "carol");
+    let mut dave = Node::new(bin(), root.path(), "dave");
+    for n in [&mut bob, &mut carol, &mut dave] {
+        n.start();
+    }
+
+    // The link carries no key material.
+    let link = alice.ok(&["invite", "--uses", "1"]);
+    let key = mesh_key(alice);
+    assert!(!link.contains(&claudemesh_schema::encoding::b64(&key)));
+    assert!(!contains(link.as_bytes(), &key));
+
+    bob.ok(&["join", &link, "--wait", "20"]);
+    let (code, err) = carol.fails(&["join", &link, "--wait", "20"]);
+    assert_eq!(code, 7, "{err}");
+    assert!(err.contains("invite_used_up"), "{err}");
+
+    let v = alice.json(&["invite"]);
+    let revoked_link = v["invite"].as_str().unwrap().to_string();
+    alice.ok(&["invite", "revoke", v["id"].as_str().unwrap()]);
+    let (code, err) = carol.fails(&["join", &revoked_link, "--wait", "20"]);
+    assert_eq!(code, 7, "{err}");
+    assert!(err.contains("invite_revoked"), "{err}");
+
+    // Approval mode: the claim waits until an admin decides.
+    let approve_link = alice.ok(&["invite", "--approve", "--uses", "2"]);
+    let carol_join = carol.spawn(&["join", &approve_link, "--wait", "30"]);
+    alice.wait("claim-pending", None);
+    let pending = alice.json(&["invite", "pending"]);
+    let claim = pending["claims"][0]["claim"].as_str().unwrap().to_string();
+    alice.ok(&["invite", "approve", &claim]);
+    let out = carol_join.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    carol.wait("peer-online", Some("alice"));
+
+    let dave_join = dave.spawn(&["join", &approve_link, "--wait", "30"]);
+    alice.wait("claim-pending", None);
+    let pending = alice.json(&["invite", "pending"]);
+    let claim = pending["claims"][0]["claim"].as_str().unwrap().to_string();
+    alice.ok(&["invite", "deny", &claim]);
+    let out = dave_join.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        dave.json(&["list"])["meshes"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}

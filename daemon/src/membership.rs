@@ -379,6 +379,7 @@ pub(crate) async fn on_claim(
         if let Err(e) = d.store.insert_claim(claim, m.id, req, capj, at).await {
             tracing::error!(error = %e, "cannot record claim");
         }
+        d.bump_changes();
         tracing::info!(claim = %claim.short(), fingerprint = %request.member.fingerprint(),
             "claim waits for approval: `claudemesh invite approve {}`", claim.short());
         return;

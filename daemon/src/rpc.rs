@@ -387,6 +387,12 @@ async fn wait_for(d: &Arc<Daemon>, p: m::WaitParams) -> Result<m::WaitResult, Rp
             W::LinkDown => targets
                 .iter()
                 .all(|x| x.link.status.borrow().state != LinkState::Connected),
+            W::ClaimPending => !d
+                .store
+                .read(store::q_claims)
+                .await
+                .map_err(RpcErr::internal)?
+                .is_empty(),
             W::PeerOnline | W::PeerOffline => {
                 let want_online = p.condition == W::PeerOnline;
                 let q = peer.clone().unwrap_or_default();

@@ -201,6 +201,8 @@ pub mod methods {
         PeerOnline,
         /// A peer (name or id prefix) is offline.
         PeerOffline,
+        /// A join request waits for an admin's approval here.
+        ClaimPending,
     }
 
     /// `wait_for` parameters.

@@ -194,6 +194,17 @@ impl Node {
         cmd.output().expect("run claudemesh")
     }
 
+    /// Start the CLI in the background (for commands that block, like `join`).
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        self.env(&mut cmd);
+        cmd.spawn().expect("spawn claudemesh")
+    }
+
     /// Run the CLI and return stdout; panics (with stderr) if it fails.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);

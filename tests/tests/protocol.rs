@@ -1,0 +1,465 @@
+//! The relay protocol spoken raw against an in-process relay: refusals of bad handshakes,
+//! malformed and oversized frames, and invite checks, while legitimate links keep working.
+#![allow(clippy::unwrap_used)]
+
+use bytes::Bytes;
+use claudemesh_relay::client::{connect_quic, connect_ws};
+use claudemesh_relay::{Connection, FrameWriter, Relay, RelayConfig, RelayHandle};
+use claudemesh_schema::crypto::{BoxSecret, MemberKey, MemberSecret, MeshKey};
+use claudemesh_schema::invite;
+use claudemesh_schema::roster::{
+    InviteCap, InviteRevocation, MeshGenesis, Role, RosterEntry, RosterOp,
+};
+use claudemesh_schema::wire::{
+    self, ClaimDecision, ClaimOutcome, ClaimRequest, ClientFrame, Envelope, ErrorCode, Hello,
+    RelayFrame, Route, Seal,
+};
+use claudemesh_schema::{ClaimId, InviteId, MeshId, MessageId, SessionId, now_ms};
+use std::time::Duration;
+
+struct Fixture {
+    relay: RelayHandle,
+    _dir: tempfile::TempDir,
+}
+
+async fn relay(tweak: impl FnOnce(&mut RelayConfig)) -> Fixture {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = RelayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().join("relay"),
+        ..RelayConfig::default()
+    };
+    tweak(&mut cfg);
+    let r = Relay::bind(cfg).await.unwrap();
+    Fixture {
+        relay: r.spawn(),
+        _dir: dir,
+    }
+}
+
+async fn quic(f: &Fixture) -> Connection {
+    connect_quic(
+        f.relay.addr(),
+        Some(f.relay.fingerprint()),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap()
+}
+
+async fn send(c: &mut Connection, f: &ClientFrame) {
+    c.writer
+        .send(Bytes::from(wire::encode(f).unwrap()))
+        .await
+        .unwrap();
+}
+
+async fn recv(c: &mut Connection) -> RelayFrame {
+    let b = tokio::time::timeout(Duration::from_secs(10), c.reader.next())
+        .await
+        .expect("relay answered in time")
+        .expect("connection open")
+        .expect("frame readable");
+    wire::decode(&b).unwrap()
+}
+
+/// Read frames until one matches.
+async fn until<T>(c: &mut Connection, mut pick: impl FnMut(RelayFrame) -> Option<T>) -> T {
+    loop {
+        if let Some(t) = pick(recv(c).await) {
+            return t;
+        }
+    }
+}
+
+async fn expect_error(c: &mut Connection, code: ErrorCode) {
+    match recv(c).await {
+        RelayFrame::Error {
+            code: got,
+            fatal,
+            message,
+            ..
+        } => {
+            assert_eq!(got, code, "{message}");
+            assert!(fatal, "{code} closes the connection");
+            assert!(!message.is_empty());
+        }
+        other => panic!("expected error {code}, got {other:?}"),
+    }
+}
+
+struct Member {
+    key: MemberSecret,
+    session: SessionId,
+    session_key: BoxSecret,
+}
+
+impl Member {
+    fn new() -> Self {
+        Self {
+            key: MemberSecret::generate(),
+            session: SessionId::new(),
+            session_key: BoxSecret::generate(),
+        }
+    }
+    fn pk(&self) -> MemberKey {
+        self.key.public()
+    }
+    fn hello(&self, mesh: MeshId, ts: i64) -> Hello {
+        Hello::sign(
+            &self.key,
+            mesh,
+            self.session,
+            self.session_key.public(),
+            ts,
+            "test",
+        )
+    }
+}
+
+/// A mesh with an owner link and a member link, both past `ready`.
+async fn mesh(f: &Fixture) -> (MeshId, Member, Connection, Member, Connection) {
+    let owner = Member::new();
+    let mesh = MeshId::new();
+    let mut a = quic(f).await;
+    send(
+        &mut a,
+        &ClientFrame::CreateMesh {
+            rid: 1,
+            genesis: MeshGenesis::sign(&owner.key, mesh, now_ms()),
+        },
+    )
+    .await;
+    assert_eq!(recv(&mut a).await, RelayFrame::Ok { rid: 1 });
+    send(&mut a, &ClientFrame::Hello(owner.hello(mesh, now_ms()))).await;
+    until(&mut a, |f| {
+        matches!(f, RelayFrame::Ready { .. }).then_some(())
+    })
+    .await;
+    let member = Member::new();
+    let entry = RosterEntry::sign(
+        &owner.key,
+        mesh,
+        member.pk(),
+        Role::Member,
+        RosterOp::Add,
+        now_ms(),
+        None,
+    );
+    send(&mut a, &ClientFrame::Roster { rid: 2, entry }).await;
+    until(&mut a, |f| {
+        matches!(f, RelayFrame::Ok { rid: 2 }).then_some(())
+    })
+    .await;
+    let mut b = quic(f).await;
+    send(&mut b, &ClientFrame::Hello(member.hello(mesh, now_ms()))).await;
+    until(&mut b, |f| {
+        matches!(f, RelayFrame::Ready { .. }).then_some(())
+    })
+    .await;
+    (mesh, owner, a, member, b)
+}
+
+/// The owner sends the member an (opaque) envelope; the member receives it.
+async fn still_routes(owner: &Member, a: &mut Connection, member: &Member, b: &mut Connection) {
+    let id = MessageId::new();
+    let env = Envelope {
+        id,
+        from: owner.session,
+        from_member: owner.pk(),
+        to: Route::Member {
+            member: member.pk(),
+        },
+        seal: Seal::Box,
+        ct: vec![7; 40],
+    };
+    send(a, &ClientFrame::Send(env)).await;
+    until(a, |f| {
+        matches!(f, RelayFrame::Relayed { id: x, .. } if x == id).then_some(())
+    })
+    .await;
+    until(b, |f| {
+        matches!(f, RelayFrame::Deliver { env, .. } if env.id == id).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_handshakes_and_frames_are_refused_while_others_keep_working() {
+    let f = relay(|_| {}).await;
+    let (mesh, owner, mut a, member, mut b) = mesh(&f).await;
+
+    // Replayed hello: the member's hello accepted once, refused on a second connection.
+    let other = Member::new();
+    let entry = RosterEntry::sign(
+        &owner.key,
+        mesh,
+        other.pk(),
+        Role::Member,
+        RosterOp::Add,
+        now_ms(),
+        None,
+    );
+    send(&mut a, &ClientFrame::Roster { rid: 9, entry }).await;
+    until(&mut a, |f| {
+        matches!(f, RelayFrame::Ok { rid: 9 }).then_some(())
+    })
+    .await;
+    let hello = other.hello(mesh, now_ms());
+    let mut c1 = quic(&f).await;
+    send(&mut c1, &ClientFrame::Hello(hello.clone())).await;
+    assert!(matches!(recv(&mut c1).await, RelayFrame::Welcome(_)));
+    let mut c2 = quic(&f).await;
+    send(&mut c2, &ClientFrame::Hello(hello)).await;
+    expect_error(&mut c2, ErrorCode::ReplayedHello).await;
+
+    // Stale timestamp, two minutes old (and one from the future).
+    for skew in [-120_000, 120_000] {
+        let mut c = quic(&f).await;
+        send(
+            &mut c,
+            &ClientFrame::Hello(member.hello(mesh, now_ms() + skew)),
+        )
+        .await;
+        expect_error(&mut c, ErrorCode::StaleHello).await;
+    }
+
+    // Bad signature.
+    let mut h = member.hello(mesh, now_ms());
+    h.sig.0[3] ^= 0x40;
+    let mut c = quic(&f).await;
+    send(&mut c, &ClientFrame::Hello(h)).await;
+    expect_error(&mut c, ErrorCode::BadSignature).await;
+
+    // A valid signature by a key that is not a member.
+    let stranger = Member::new();
+    let mut c = quic(&f).await;
+    send(&mut c, &ClientFrame::Hello(stranger.hello(mesh, now_ms()))).await;
+    expect_error(&mut c, ErrorCode::NotAMember).await;
+
+    // Garbage bytes in a well-formed length prefix.
+    let mut c = quic(&f).await;
+    c.writer
+        .send(Bytes::from_static(b"\x00\xffnot json at all"))
+        .await
+        .unwrap();
+    expect_error(&mut c, ErrorCode::BadFrame).await;
+
+    // An oversized frame over QUIC: a length prefix beyond the limit.
+    let mut c = quic(&f).await;
+    let FrameWriter::Quic(w) = &mut c.writer else {
+        panic!("quic writer")
+    };
+    let raw = w.get_mut();
+    raw.write_all(&(wire::MAX_FRAME as u32 + 1).to_be_bytes())
+        .await
+        .unwrap();
+    raw.write_all(&[b'x'; 1024]).await.unwrap();
+    expect_error(&mut c, ErrorCode::FrameTooLarge).await;
+
+    // An oversized frame over WebSocket.
+    let mut c = connect_ws(
+        f.relay.addr(),
+        Some(f.relay.fingerprint()),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    c.writer
+        .send(Bytes::from(vec![b'{'; wire::MAX_FRAME + 10]))
+        .await
+        .unwrap();
+    expect_error(&mut c, ErrorCode::FrameTooLarge).await;
+
+    // A frame that needs a hello, before the hello.
+    let mut c = quic(&f).await;
+    send(&mut c, &ClientFrame::Ack { ids: vec![] }).await;
+    expect_error(&mut c, ErrorCode::Unexpected).await;
+
+    // An envelope claiming another member as sender is refused, not routed.
+    let forged = Envelope {
+        id: MessageId::new(),
+        from: member.session,
+        from_member: member.pk(),
+        to: Route::All,
+        seal: Seal::Mesh,
+        ct: vec![1; 10],
+    };
+    send(&mut a, &ClientFrame::Send(forged.clone())).await;
+    let code = until(&mut a, |f| match f {
+        RelayFrame::Refused { id, code, .. } if id == forged.id => Some(code),
+        _ => None,
+    })
+    .await;
+    assert_eq!(code, ErrorCode::NotAuthorized);
+
+    // Through all of that, the legitimate links kept working.
+    still_routes(&owner, &mut a, &member, &mut b).await;
+    f.relay.shutdown().await;
+}
+
+async fn claim(f: &Fixture, invite: InviteId) -> Connection {
+    let mut c = quic(f).await;
+    let m = MemberSecret::generate();
+    let b = BoxSecret::generate();
+    let req = ClaimRequest {
+        invite,
+        member: m.public(),
+        box_key: b.public(),
+        proof: [0; 32],
+    };
+    send(&mut c, &ClientFrame::Claim(req)).await;
+    c
+}
+
+#[tokio::test]
+async fn expired_revoked_used_up_and_unknown_invites_are_refused() {
+    let f = relay(|_| {}).await;
+    let (mesh, owner, mut a, _member, _b) = mesh(&f).await;
+    let now = now_ms();
+    let publish = |cap: InviteCap, rid: u64| ClientFrame::InvitePublish { rid, cap };
+
+    let expired = InviteCap::sign(
+        &owner.key,
+        InviteId::new(),
+        mesh,
+        Role::Member,
+        5,
+        now - 1_000,
+        false,
+        now,
+    );
+    let revoked = InviteCap::sign(
+        &owner.key,
+        InviteId::new(),
+        mesh,
+        Role::Member,
+        5,
+        now + 600_000,
+        false,
+        now,
+    );
+    let single = InviteCap::sign(
+        &owner.key,
+        InviteId::new(),
+        mesh,
+        Role::Member,
+        1,
+        now + 600_000,
+        false,
+        now,
+    );
+    for (i, cap) in [&expired, &revoked, &single].into_iter().enumerate() {
+        send(&mut a, &publish(cap.clone(), 10 + i as u64)).await;
+        let rid = 10 + i as u64;
+        until(&mut a, |f| {
+            matches!(f, RelayFrame::Ok { rid: r } if r == rid).then_some(())
+        })
+        .await;
+    }
+    send(
+        &mut a,
+        &ClientFrame::InviteRevoke {
+            rid: 20,
+            revocation: InviteRevocation::sign(&owner.key, revoked.id, mesh, now),
+        },
+    )
+    .await;
+    until(&mut a, |f| {
+        matches!(f, RelayFrame::Ok { rid: 20 }).then_some(())
+    })
+    .await;
+
+    expect_error(&mut claim(&f, expired.id).await, ErrorCode::InviteExpired).await;
+    expect_error(&mut claim(&f, revoked.id).await, ErrorCode::InviteRevoked).await;
+    expect_error(
+        &mut claim(&f, InviteId::new()).await,
+        ErrorCode::InviteUnknown,
+    )
+    .await;
+
+    // The single-use invite: first claim admitted by the owner, second refused.
+    let mut c = quic(&f).await;
+    let newcomer = MemberSecret::generate();
+    let bx = BoxSecret::generate();
+    send(
+        &mut c,
+        &ClientFrame::Claim(ClaimRequest {
+            invite: single.id,
+            member: newcomer.public(),
+            box_key: bx.public(),
+            proof: [0; 32],
+        }),
+    )
+    .await;
+    assert!(matches!(
+        recv(&mut c).await,
+        RelayFrame::ClaimWaiting {
+            admins_online: 1,
+            ..
+        }
+    ));
+    let claim_id: ClaimId = until(&mut a, |f| match f {
+        RelayFrame::ClaimPending { claim, .. } => Some(claim),
+        _ => None,
+    })
+    .await;
+    let entry = RosterEntry::sign(
+        &owner.key,
+        mesh,
+        newcomer.public(),
+        Role::Member,
+        RosterOp::Add,
+        now_ms(),
+        Some(single.id),
+    );
+    let sealed = claudemesh_schema::crypto::anon_seal(&bx.public(), b"join secret").unwrap();
+    let secret = invite::invite_secret(&MeshKey::generate(), &single.id);
+    let mac = invite::accept_mac(&secret, &claim_id, &sealed, &entry.sig.0);
+    send(
+        &mut a,
+        &ClientFrame::ClaimDecision {
+            rid: 30,
+            decision: ClaimDecision::Accept {
+                claim: claim_id,
+                entry,
+                sealed,
+                mac,
+            },
+        },
+    )
+    .await;
+    until(&mut a, |f| {
+        matches!(f, RelayFrame::Ok { rid: 30 }).then_some(())
+    })
+    .await;
+    assert!(matches!(
+        recv(&mut c).await,
+        RelayFrame::ClaimResult(ClaimOutcome::Accepted { .. })
+    ));
+    expect_error(&mut claim(&f, single.id).await, ErrorCode::InviteUsedUp).await;
+    f.relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn handshake_floods_are_rate_limited() {
+    let f = relay(|c| {
+        c.handshake_rate = 1.0;
+        c.handshake_burst = 3.0;
+    })
+    .await;
+    let stranger = Member::new();
+    let mesh = MeshId::new();
+    let mut codes = Vec::new();
+    for _ in 0..5 {
+        let mut c = quic(&f).await;
+        send(&mut c, &ClientFrame::Hello(stranger.hello(mesh, now_ms()))).await;
+        if let RelayFrame::Error { code, .. } = recv(&mut c).await {
+            codes.push(code);
+        }
+    }
+    assert_eq!(&codes[..3], &[ErrorCode::UnknownMesh; 3]);
+    assert_eq!(&codes[3..], &[ErrorCode::RateLimited; 2]);
+    f.relay.shutdown().await;
+}
