@@ -84,6 +84,9 @@ pub(crate) struct RelayArgs {
     /// Disable WebSocket.
     #[arg(long)]
     pub(crate) no_websocket: bool,
+    /// full (acknowledged envelopes survive power loss) or normal (survive a crash).
+    #[arg(long, value_parser = ["full", "normal"])]
+    pub(crate) durability: Option<String>,
     /// Append every received frame to this file (debugging).
     #[arg(long, hide = true)]
     pub(crate) frame_log: Option<std::path::PathBuf>,

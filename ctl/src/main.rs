@@ -133,6 +133,11 @@ fn relay_run(a: cli::RelayArgs) -> ExitCode {
     }
     cfg.quic &= !a.no_quic;
     cfg.websocket &= !a.no_websocket;
+    match a.durability.as_deref() {
+        Some("normal") => cfg.durability = claudemesh_relay::sqlite::Durability::Normal,
+        Some(_) => cfg.durability = claudemesh_relay::sqlite::Durability::Full,
+        None => {}
+    }
     if a.frame_log.is_some() {
         cfg.frame_log = a.frame_log;
     }

@@ -104,11 +104,15 @@ impl Connection {
     }
 }
 
-impl Drop for Connection {
-    fn drop(&mut self) {
-        if let Some((_, conn)) = &self.quic {
-            conn.close(0u32.into(), b"dropped");
-        }
+/// Keeps a QUIC connection (and its endpoint) open after [`Connection::into_parts`];
+/// dropping it closes the connection.
+#[derive(Debug)]
+pub struct ConnectionGuard(#[allow(dead_code)] Option<(quinn::Endpoint, quinn::Connection)>);
+
+impl Connection {
+    /// Split into reader and writer (to drive them from separate tasks).
+    pub fn into_parts(self) -> (FrameReader, FrameWriter, ConnectionGuard) {
+        (self.reader, self.writer, ConnectionGuard(self.quic))
     }
 }
 

@@ -103,6 +103,11 @@ impl RelayProc {
         }
     }
 
+    /// The relay's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
     /// The relay's database file.
     pub fn db(&self) -> PathBuf {
         self.data_dir.join("relay.db")

@@ -1,0 +1,511 @@
+//! Benchmarks for the messaging core, run on demand and printing numbers:
+//!
+//! ```sh
+//! cargo build --release --workspace
+//! target/release/bench all          # or: ipc | peers | dm | throughput | idle | load
+//! ```
+//!
+//! Daemons and relays are real processes of `target/release/claudemesh` (found next to this
+//! binary); relay-level benchmarks drive the relay with raw protocol clients in this process,
+//! which behave like daemons on the wire (acknowledge what they receive) but keep nothing on
+//! disk, so the numbers are the relay's.
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use bytes::Bytes;
+use claudemesh_daemon::Client;
+use claudemesh_relay::Connection;
+use claudemesh_relay::client::connect_quic;
+use claudemesh_schema::crypto::{BoxSecret, MemberSecret};
+use claudemesh_schema::ipc::methods as m;
+use claudemesh_schema::roster::{MeshGenesis, Role, RosterEntry, RosterOp};
+use claudemesh_schema::wire::{self, ClientFrame, Envelope, Hello, RelayFrame, Route, Seal};
+use claudemesh_schema::{MeshId, MessageId, SessionId, now_ms};
+use claudemesh_tests::{Node, RelayProc, mesh};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+fn claudemesh_bin() -> PathBuf {
+    let me = std::env::current_exe().unwrap();
+    let p = me.parent().unwrap().join("claudemesh");
+    assert!(
+        p.exists(),
+        "build the workspace first: {} is missing",
+        p.display()
+    );
+    p
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn report(name: &str, unit: &str, mut v: Vec<f64>) {
+    let n = v.len();
+    let (p50, p99, max) = (pct(&mut v, 0.5), pct(&mut v, 0.99), pct(&mut v, 1.0));
+    println!("{name:<44} n={n:<6} p50={p50:>9.1}{unit} p99={p99:>9.1}{unit} max={max:>9.1}{unit}");
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn ipc(bin: &Path) {
+    let root = tempfile::tempdir().unwrap();
+    let mut n = Node::new(bin, root.path(), "bench");
+    n.start();
+    let mut c = Client::connect(&n.dir.join("daemon.sock")).await.unwrap();
+    for _ in 0..500 {
+        let _: m::HelloResult = c.call(m::HELLO, ()).await.unwrap();
+    }
+    let mut v = Vec::new();
+    for _ in 0..20_000 {
+        let t = Instant::now();
+        let _: m::HelloResult = c.call(m::HELLO, ()).await.unwrap();
+        v.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    report("CLI->daemon RPC round trip (hello)", "us", v);
+}
+
+async fn peers(bin: &Path) {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, mut nodes) = mesh(bin, root.path(), &["alice", "bob"], &[]);
+    let run = |nodes: &Vec<Node>| {
+        let mut v = Vec::new();
+        for _ in 0..300 {
+            let t = Instant::now();
+            let out = nodes[0].run(&["peers"]);
+            v.push(t.elapsed().as_secs_f64() * 1e3);
+            assert!(out.status.success());
+        }
+        v
+    };
+    report("`claudemesh peers` process, daemon up", "ms", run(&nodes));
+    nodes[0].stop();
+    report(
+        "`claudemesh peers` process, daemon down (sqlite)",
+        "ms",
+        run(&nodes),
+    );
+}
+
+async fn dm(bin: &Path) {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin, root.path(), &["alice", "bob"], &[]);
+    let mut a = Client::connect(&nodes[0].dir.join("daemon.sock"))
+        .await
+        .unwrap();
+    let bob_sock = nodes[1].dir.join("daemon.sock");
+    let (req_tx, mut req_rx) =
+        tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<Instant>>(1);
+    tokio::spawn(async move {
+        let mut b = Client::connect(&bob_sock).await.unwrap();
+        while let Some(done) = req_rx.recv().await {
+            loop {
+                let r: m::InboxResult = b
+                    .call(
+                        m::INBOX,
+                        m::InboxParams {
+                            wait_ms: Some(5000),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .unwrap();
+                if !r.messages.is_empty() {
+                    break;
+                }
+            }
+            let _ = done.send(Instant::now());
+        }
+    });
+    let mut e2e = Vec::new();
+    let mut acked = Vec::new();
+    for i in 0..2000 {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        req_tx.send(tx).await.unwrap();
+        let t = Instant::now();
+        let r: m::SendResult = a
+            .call(
+                m::SEND,
+                m::SendParams {
+                    to: "bob".into(),
+                    body: format!("ping {i}"),
+                    priority: Default::default(),
+                    mesh: None,
+                    session: None,
+                    wait_ms: Some(2000),
+                },
+            )
+            .await
+            .unwrap();
+        let ack = t.elapsed();
+        assert_eq!(r.stage, m::Stage::Relayed);
+        let got = rx.await.unwrap();
+        if i >= 100 {
+            acked.push(ack.as_secs_f64() * 1e3);
+            e2e.push((got - t).as_secs_f64() * 1e3);
+        }
+    }
+    report("send -> relayed (durable at sender+relay)", "ms", acked);
+    report("send -> in recipient inbox (A->relay->B)", "ms", e2e);
+}
+
+/// A raw member link for relay benchmarks.
+struct Raw {
+    conn: Connection,
+    key: MemberSecret,
+}
+
+async fn raw_mesh(relay: &RelayProc, members: usize) -> (MeshId, Vec<Raw>) {
+    let owner = MemberSecret::generate();
+    let mesh = MeshId::new();
+    let mut oc = connect_quic(relay.addr, None, Duration::from_secs(5))
+        .await
+        .unwrap();
+    send(
+        &mut oc,
+        &ClientFrame::CreateMesh {
+            rid: 1,
+            genesis: MeshGenesis::sign(&owner, mesh, now_ms()),
+        },
+    )
+    .await;
+    recv(&mut oc).await;
+    let hello = |k: &MemberSecret| {
+        Hello::sign(
+            k,
+            mesh,
+            SessionId::new(),
+            BoxSecret::generate().public(),
+            now_ms(),
+            "bench",
+        )
+    };
+    send(&mut oc, &ClientFrame::Hello(hello(&owner))).await;
+    while !matches!(recv(&mut oc).await, RelayFrame::Ready { .. }) {}
+    let keys: Vec<MemberSecret> = (0..members).map(|_| MemberSecret::generate()).collect();
+    for (i, k) in keys.iter().enumerate() {
+        let e = RosterEntry::sign(
+            &owner,
+            mesh,
+            k.public(),
+            Role::Member,
+            RosterOp::Add,
+            now_ms(),
+            None,
+        );
+        send(
+            &mut oc,
+            &ClientFrame::Roster {
+                rid: 10 + i as u64,
+                entry: e,
+            },
+        )
+        .await;
+    }
+    let mut oks = 0;
+    while oks < members {
+        if let RelayFrame::Ok { .. } = recv(&mut oc).await {
+            oks += 1;
+        }
+    }
+    let mut out = Vec::new();
+    for k in keys {
+        let mut c = connect_quic(relay.addr, None, Duration::from_secs(5))
+            .await
+            .unwrap();
+        send(&mut c, &ClientFrame::Hello(hello(&k))).await;
+        while !matches!(recv(&mut c).await, RelayFrame::Ready { .. }) {}
+        out.push(Raw { conn: c, key: k });
+    }
+    std::mem::forget(oc);
+    (mesh, out)
+}
+
+async fn send(c: &mut Connection, f: &ClientFrame) {
+    c.writer
+        .send(Bytes::from(wire::encode(f).unwrap()))
+        .await
+        .unwrap();
+}
+
+async fn recv(c: &mut Connection) -> RelayFrame {
+    let b = tokio::time::timeout(Duration::from_secs(30), c.reader.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    wire::decode(&b).unwrap()
+}
+
+/// Counters shared by the relay benchmarks.
+#[derive(Default)]
+struct Tally {
+    delivered: AtomicU64,
+    relayed: AtomicU64,
+    refused: AtomicU64,
+    latencies: std::sync::Mutex<Vec<f64>>,
+    all_delivered: tokio::sync::Notify,
+}
+
+/// Drive one raw member: a writer task (sends and acks), a reader task (records delivery
+/// latency, acks in batches). Returns the channel to queue outgoing frames on.
+fn drive(
+    raw: Raw,
+    t0: Instant,
+    tally: Arc<Tally>,
+    expect: u64,
+) -> tokio::sync::mpsc::Sender<Bytes> {
+    let (mut reader, mut writer, guard) = raw.conn.into_parts();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4096);
+    tokio::spawn(async move {
+        let _guard = guard;
+        while let Some(first) = rx.recv().await {
+            if writer.feed(first).await.is_err() {
+                return;
+            }
+            while let Ok(b) = rx.try_recv() {
+                if writer.feed(b).await.is_err() {
+                    return;
+                }
+            }
+            if writer.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    let out = tx.clone();
+    let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<MessageId>();
+    // Acks go out in batches of whatever arrived meanwhile, as a daemon sends them.
+    tokio::spawn(async move {
+        while let Some(first) = ack_rx.recv().await {
+            let mut ids = vec![first];
+            while let Ok(id) = ack_rx.try_recv() {
+                ids.push(id);
+                if ids.len() >= 1024 {
+                    break;
+                }
+            }
+            let f = Bytes::from(wire::encode(&ClientFrame::Ack { ids }).unwrap());
+            if out.send(f).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(Ok(b)) = reader.next().await {
+            match wire::decode::<RelayFrame>(&b) {
+                Ok(RelayFrame::Deliver { env, .. }) => {
+                    let sent = u64::from_be_bytes(env.ct[..8].try_into().unwrap());
+                    let now = t0.elapsed().as_nanos() as u64;
+                    tally
+                        .latencies
+                        .lock()
+                        .unwrap()
+                        .push(now.saturating_sub(sent) as f64 / 1e6);
+                    let _ = ack_tx.send(env.id);
+                    if tally.delivered.fetch_add(1, Ordering::Relaxed) + 1 == expect {
+                        tally.all_delivered.notify_one();
+                    }
+                }
+                Ok(RelayFrame::Relayed { .. }) => {
+                    tally.relayed.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(RelayFrame::Refused { .. }) => {
+                    tally.refused.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        }
+    });
+    tx
+}
+
+async fn throughput(bin: &Path) {
+    let root = tempfile::tempdir().unwrap();
+    for (label, extra) in [
+        ("durability=full", vec![]),
+        ("durability=normal", vec!["--durability", "normal"]),
+    ] {
+        let relay = RelayProc::start(
+            bin,
+            &root.path().join(format!("relay-{}", extra.len())),
+            &extra,
+        );
+        let senders = 50usize;
+        let per = 4000u64;
+        let (_mesh, mut raws) = raw_mesh(&relay, senders + 1).await;
+        let t0 = Instant::now();
+        let tally = Arc::new(Tally::default());
+        let expect = senders as u64 * per;
+        let receiver = raws.pop().unwrap();
+        let target = receiver.key.public();
+        let _rx = drive(receiver, t0, tally.clone(), expect);
+        let mut txs = Vec::new();
+        for r in raws {
+            let key = MemberSecret::from_bytes(&r.key.to_bytes());
+            let tx = drive(r, t0, tally.clone(), u64::MAX);
+            txs.push((key, tx));
+        }
+        let start = Instant::now();
+        let waiter = tally.clone();
+        let wait = tokio::spawn(async move { waiter.all_delivered.notified().await });
+        for (key, tx) in txs {
+            tokio::spawn(async move {
+                for _ in 0..per {
+                    let f = envelope_to(&key, &target, t0);
+                    if tx.send(f).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        let ok = tokio::time::timeout(Duration::from_secs(120), wait)
+            .await
+            .is_ok();
+        let secs = start.elapsed().as_secs_f64();
+        let delivered = tally.delivered.load(Ordering::Relaxed);
+        println!(
+            "relay throughput ({label}, {senders} senders -> 1): {:.0} envelopes/s ({delivered}/{expect} delivered in {secs:.2}s, refused {}, relay RSS {} MB){}",
+            delivered as f64 / secs,
+            tally.refused.load(Ordering::Relaxed),
+            rss_kb(relay.pid()) / 1024,
+            if ok { "" } else { " TIMED OUT" }
+        );
+    }
+}
+
+fn envelope_to(
+    from: &MemberSecret,
+    to: &claudemesh_schema::crypto::MemberKey,
+    t0: Instant,
+) -> Bytes {
+    let mut ct = vec![0u8; 64];
+    ct[..8].copy_from_slice(&(t0.elapsed().as_nanos() as u64).to_be_bytes());
+    let f = ClientFrame::Send(Envelope {
+        id: MessageId::new(),
+        from: SessionId::new(),
+        from_member: from.public(),
+        to: Route::Member { member: *to },
+        seal: Seal::Box,
+        ct,
+    });
+    Bytes::from(wire::encode(&f).unwrap())
+}
+
+async fn idle(bin: &Path) {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(bin, &root.path().join("relay"), &[]);
+    let n = 1000;
+    let (_mesh, raws) = raw_mesh(&relay, 10).await;
+    let before = rss_kb(relay.pid());
+    drop(raws);
+    let (_mesh2, raws) = raw_mesh(&relay, n).await;
+    let after = rss_kb(relay.pid());
+    println!(
+        "relay memory per idle QUIC link: {:.1} KiB ({n} links: RSS {} MB -> {} MB)",
+        after.saturating_sub(before) as f64 / n as f64,
+        before / 1024,
+        after / 1024
+    );
+    drop(raws);
+}
+
+async fn load(bin: &Path) {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(bin, &root.path().join("relay"), &[]);
+    let sessions = 100usize;
+    let per = 1000u64;
+    let rate_per_session = 100.0; // messages per second each
+    let (_mesh, raws) = raw_mesh(&relay, sessions).await;
+    let keys: Vec<_> = raws.iter().map(|r| r.key.public()).collect();
+    let t0 = Instant::now();
+    let tally = Arc::new(Tally::default());
+    let expect = sessions as u64 * per;
+    let mut txs = Vec::new();
+    for r in raws {
+        let key = MemberSecret::from_bytes(&r.key.to_bytes());
+        txs.push((key, drive(r, t0, tally.clone(), expect)));
+    }
+    let peak = Arc::new(AtomicU64::new(0));
+    let (pk, pid) = (peak.clone(), relay.pid());
+    let sampler = tokio::spawn(async move {
+        loop {
+            pk.fetch_max(rss_kb(pid), Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let start = Instant::now();
+    let waiter = tally.clone();
+    let wait = tokio::spawn(async move { waiter.all_delivered.notified().await });
+    for (i, (key, tx)) in txs.into_iter().enumerate() {
+        let keys = keys.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate_per_session));
+            for k in 0..per {
+                tick.tick().await;
+                let to = &keys[(i + 1 + (k as usize % (keys.len() - 1))) % keys.len()];
+                if tx.send(envelope_to(&key, to, t0)).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let ok = tokio::time::timeout(Duration::from_secs(300), wait)
+        .await
+        .is_ok();
+    sampler.abort();
+    let secs = start.elapsed().as_secs_f64();
+    let delivered = tally.delivered.load(Ordering::Relaxed);
+    println!(
+        "load {sessions} sessions x {per} msgs ({rate_per_session}/s each): delivered {delivered}/{expect} ({:.1}%) in {secs:.1}s, refused {}, relay peak RSS {} MB{}",
+        delivered as f64 * 100.0 / expect as f64,
+        tally.refused.load(Ordering::Relaxed),
+        peak.load(Ordering::Relaxed) / 1024,
+        if ok { "" } else { " TIMED OUT" }
+    );
+    let lat = std::mem::take(&mut *tally.latencies.lock().unwrap());
+    report("  delivery latency under load", "ms", lat);
+}
+
+fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    let bin = claudemesh_bin();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let all = what == "all";
+        if all || what == "ipc" {
+            ipc(&bin).await;
+        }
+        if all || what == "peers" {
+            peers(&bin).await;
+        }
+        if all || what == "dm" {
+            dm(&bin).await;
+        }
+        if all || what == "throughput" {
+            throughput(&bin).await;
+        }
+        if all || what == "idle" {
+            idle(&bin).await;
+        }
+        if all || what == "load" {
+            load(&bin).await;
+        }
+    });
+}
