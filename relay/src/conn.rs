@@ -624,7 +624,7 @@ impl<S: Store> Conn<S> {
         }
         let now = now_ms();
         let tx = self.link.clone();
-        if !lock(&self.hub.recent).insert(id) {
+        if lock(&self.hub.recent).contains(&id) {
             // A resend of something recently accepted: acknowledge once everything queued
             // before it is committed, forward nothing.
             let relayed = frame(&RelayFrame::Relayed { id, at: now });
@@ -687,6 +687,9 @@ impl<S: Store> Conn<S> {
                 .collect();
             (recipients, online)
         };
+        // Accepted: from now on a resend of this id is a duplicate (until a store failure
+        // below takes that back).
+        lock(&self.hub.recent).insert(id);
         // Forward at once; the relay's copy is committed in the background and the sender
         // hears `relayed` only after that commit.
         let deliver = deliver_frame(&env_json, now);
@@ -702,6 +705,7 @@ impl<S: Store> Conn<S> {
             retry_ms: Some(1_000),
         });
         let entry2 = entry.clone();
+        let hub = self.hub.clone();
         let rec = NewEnvelope {
             id,
             mesh,
@@ -732,6 +736,7 @@ impl<S: Store> Conn<S> {
                         }
                         Err(e) => {
                             tracing::error!(error = %e, "cannot store envelope");
+                            lock(&hub.recent).remove(&id);
                             release(&mut lock(&entry2.state));
                             if let Some(f) = internal {
                                 tx.push(f);

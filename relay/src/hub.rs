@@ -209,6 +209,16 @@ pub(crate) struct RecentIds {
 const RECENT_CAP: usize = 200_000;
 
 impl RecentIds {
+    /// Was `id` accepted recently?
+    pub(crate) fn contains(&self, id: &MessageId) -> bool {
+        self.set.contains(id)
+    }
+
+    /// Forget `id` (its store write failed; a resend must be stored).
+    pub(crate) fn remove(&mut self, id: &MessageId) {
+        self.set.remove(id);
+    }
+
     /// Record `id`; false if it was already recent.
     pub(crate) fn insert(&mut self, id: MessageId) -> bool {
         if !self.set.insert(id) {

@@ -463,3 +463,67 @@ async fn handshake_floods_are_rate_limited() {
     assert_eq!(&codes[3..], &[ErrorCode::RateLimited; 2]);
     f.relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_message_refused_for_quota_is_stored_when_resent_later() {
+    let f = relay(|c| c.mesh_quota_messages = 2).await;
+    let (_mesh, owner, mut a, member, mut b) = mesh(&f).await;
+    let env = |ct: u8| Envelope {
+        id: MessageId::new(),
+        from: owner.session,
+        from_member: owner.pk(),
+        to: Route::Member {
+            member: member.pk(),
+        },
+        seal: Seal::Box,
+        ct: vec![ct; 32],
+    };
+    let (e1, e2, e3) = (env(1), env(2), env(3));
+    for e in [&e1, &e2] {
+        send(&mut a, &ClientFrame::Send(e.clone())).await;
+        until(&mut a, |f| {
+            matches!(f, RelayFrame::Relayed { id, .. } if id == e.id).then_some(())
+        })
+        .await;
+    }
+    // Two undelivered envelopes fill the quota: the third is refused, with a retry hint.
+    send(&mut a, &ClientFrame::Send(e3.clone())).await;
+    let (code, retry) = until(&mut a, |f| match f {
+        RelayFrame::Refused {
+            id, code, retry_ms, ..
+        } if id == e3.id => Some((code, retry_ms)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(code, ErrorCode::QuotaExceeded);
+    assert!(retry.is_some());
+    // The recipient acknowledges what it got, which frees the quota.
+    for e in [&e1, &e2] {
+        until(&mut b, |f| {
+            matches!(f, RelayFrame::Deliver { env, .. } if env.id == e.id).then_some(())
+        })
+        .await;
+    }
+    send(
+        &mut b,
+        &ClientFrame::Ack {
+            ids: vec![e1.id, e2.id],
+        },
+    )
+    .await;
+    until(&mut a, |f| {
+        matches!(f, RelayFrame::Receipt { id, .. } if id == e2.id).then_some(())
+    })
+    .await;
+    // The resend of the refused id is stored and delivered, not mistaken for a duplicate.
+    send(&mut a, &ClientFrame::Send(e3.clone())).await;
+    until(&mut a, |f| {
+        matches!(f, RelayFrame::Relayed { id, .. } if id == e3.id).then_some(())
+    })
+    .await;
+    until(&mut b, |f| {
+        matches!(f, RelayFrame::Deliver { env, .. } if env.id == e3.id).then_some(())
+    })
+    .await;
+    f.relay.shutdown().await;
+}
