@@ -73,8 +73,9 @@ pub struct RelayConfig {
     pub idle_timeout_secs: u64,
     /// Time allowed for the first frame of a connection, seconds. Default 10.
     pub hello_timeout_secs: u64,
-    /// Outgoing frames buffered per connection before it counts as too slow and is
-    /// closed (it will reconnect and get the rest from its mailbox). Default 4096.
+    /// Envelope deliveries buffered per connection. When a connection reads slower than
+    /// others send to it, live copies beyond this are skipped and its mailbox is replayed
+    /// once it catches up. Default 4096.
     pub send_queue: usize,
     /// Log as JSON lines. Default `false`.
     pub log_json: bool,

@@ -46,12 +46,23 @@ pub(crate) async fn serve<S: Store>(
 ) {
     hub.stats.connections.fetch_add(1, Ordering::Relaxed);
     let close = CancellationToken::new();
-    let (tx, rx) = mpsc::channel::<Bytes>(hub.cfg.send_queue);
-    let writer_task = tokio::spawn(write_loop(writer, rx, close.clone()));
+    let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+    let (data, data_rx) = mpsc::channel::<Bytes>(hub.cfg.send_queue);
+    let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writer_task = tokio::spawn(write_loop(
+        writer,
+        rx,
+        data_rx,
+        close.clone(),
+        queued.clone(),
+    ));
     let link = LinkHandle {
         id: hub.next_id(),
         tx,
+        queued,
+        data,
         close: close.clone(),
+        lagged: Arc::new(tokio::sync::Notify::new()),
     };
     let span = tracing::debug_span!("conn", id = link.id, %remote, transport = transport.as_str());
     let mut conn = Conn {
@@ -61,6 +72,7 @@ pub(crate) async fn serve<S: Store>(
         state: State::New,
         rate: TokenBucket::new(hub.cfg.member_rate, hub.cfg.member_burst, Instant::now()),
         drain: None,
+        resync_pending: false,
     };
     async {
         let end = conn.run(&mut reader).await;
@@ -80,16 +92,22 @@ pub(crate) async fn serve<S: Store>(
 
 async fn write_loop(
     mut writer: FrameWriter,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut ctl: mpsc::UnboundedReceiver<Bytes>,
+    mut data: mpsc::Receiver<Bytes>,
     close: CancellationToken,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
 ) {
+    let took = |b: Bytes| {
+        queued.fetch_sub(1, Ordering::Relaxed);
+        b
+    };
     loop {
-        tokio::select! {
+        let first = tokio::select! {
             biased;
-            // Closing: send what is already queued (an error frame, usually), then stop.
+            // Closing: send the control frames already queued (an error frame, usually).
             _ = close.cancelled() => {
                 let flush_queued = async {
-                    while let Ok(b) = rx.try_recv() {
+                    while let Ok(b) = ctl.try_recv() {
                         if writer.feed(b).await.is_err() {
                             return;
                         }
@@ -99,27 +117,90 @@ async fn write_loop(
                 let _ = tokio::time::timeout(Duration::from_secs(1), flush_queued).await;
                 break;
             }
-            // Next frame: write it and everything else already queued, then flush once.
-            f = rx.recv() => {
-                let Some(b) = f else { break };
-                if writer.feed(b).await.is_err() {
-                    close.cancel();
-                    break;
-                }
-                while let Ok(b) = rx.try_recv() {
-                    if writer.feed(b).await.is_err() {
-                        close.cancel();
-                        break;
-                    }
-                }
-                if writer.flush().await.is_err() {
-                    close.cancel();
-                    break;
-                }
-            }
+            f = ctl.recv() => match f { Some(b) => took(b), None => break },
+            f = data.recv() => match f { Some(b) => b, None => break },
+        };
+        // Write it and everything else already queued (control first), then flush once.
+        let mut ok = writer.feed(first).await.is_ok();
+        let mut n = 0;
+        while ok && n < 1024 {
+            let next = match ctl.try_recv() {
+                Ok(b) => took(b),
+                Err(_) => match data.try_recv() {
+                    Ok(b) => b,
+                    Err(_) => break,
+                },
+            };
+            ok = writer.feed(next).await.is_ok();
+            n += 1;
+        }
+        if !ok || writer.flush().await.is_err() {
+            close.cancel();
+            break;
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), writer.close()).await;
+}
+
+/// Send a member its stored envelopes, oldest first. With `first` the first page is
+/// already read; without, everything queued to the store is committed first, so envelopes
+/// whose live copy was skipped are all in the mailbox.
+async fn replay_mailbox<S: Store>(
+    hub: Arc<Hub<S>>,
+    data: mpsc::Sender<Bytes>,
+    mesh: MeshId,
+    member: MemberKey,
+    first: Option<Vec<crate::store::Stored>>,
+) {
+    let mut page = match first {
+        Some(p) => p,
+        None => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if hub
+                .store
+                .barrier(Box::new(move |_| {
+                    let _ = tx.send(());
+                }))
+                .await
+                .is_err()
+                || rx.await.is_err()
+            {
+                return;
+            }
+            match hub.store.mailbox(mesh, member, None, MAILBOX_PAGE).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read mailbox");
+                    return;
+                }
+            }
+        }
+    };
+    loop {
+        let Some(last) = page.last().map(|s| s.id) else {
+            return;
+        };
+        let full = page.len() == MAILBOX_PAGE;
+        for s in page {
+            if data.send(deliver_frame(&s.envelope, s.at)).await.is_err() {
+                return;
+            }
+        }
+        if !full {
+            return;
+        }
+        page = match hub
+            .store
+            .mailbox(mesh, member, Some(last), MAILBOX_PAGE)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read mailbox");
+                return;
+            }
+        };
+    }
 }
 
 enum State {
@@ -142,6 +223,7 @@ struct Conn<S> {
     state: State,
     rate: TokenBucket,
     drain: Option<tokio::task::JoinHandle<()>>,
+    resync_pending: bool,
 }
 
 /// Why a connection ended (for the debug log).
@@ -180,11 +262,35 @@ impl<S: Store> Conn<S> {
             } else {
                 idle
             };
+            let lagged = self.link.lagged.clone();
             let next = tokio::select! {
                 biased;
                 _ = self.link.close.cancelled() => return "closed by relay".into(),
                 _ = self.hub.shutdown.cancelled() => {
                     return self.fatal(ErrorCode::ShuttingDown, "relay is shutting down; reconnect shortly");
+                }
+                // Live deliveries were skipped because the peer reads slower than others
+                // send: replay its mailbox (from the start; the peer dedupes by id).
+                _ = lagged.notified() => {
+                    if self.drain.as_ref().is_some_and(|d| !d.is_finished()) {
+                        self.resync_pending = true;
+                    } else {
+                        self.resync();
+                    }
+                    continue;
+                }
+                // A replay finished: run another if the link lagged meanwhile.
+                _ = async {
+                    match self.drain.as_mut() {
+                        Some(d) => { let _ = d.await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {
+                    self.drain = None;
+                    if std::mem::take(&mut self.resync_pending) {
+                        self.resync();
+                    }
+                    continue;
                 }
                 r = tokio::time::timeout(limit, reader.next()) => r,
             };
@@ -474,37 +580,13 @@ impl<S: Store> Conn<S> {
             self.push(f);
         }
         if !first.is_empty() {
-            let hub = self.hub.clone();
-            let tx = self.link.tx.clone();
-            let (mesh, member) = (h.mesh, h.member);
-            self.drain = Some(tokio::spawn(async move {
-                let mut page = first;
-                loop {
-                    let Some(last) = page.last().map(|s| s.id) else {
-                        return;
-                    };
-                    let full = page.len() == MAILBOX_PAGE;
-                    for s in page {
-                        if tx.send(deliver_frame(&s.envelope, s.at)).await.is_err() {
-                            return;
-                        }
-                    }
-                    if !full {
-                        return;
-                    }
-                    page = match hub
-                        .store
-                        .mailbox(mesh, member, Some(last), MAILBOX_PAGE)
-                        .await
-                    {
-                        Ok(p) => p,
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot read mailbox");
-                            return;
-                        }
-                    };
-                }
-            }));
+            self.drain = Some(tokio::spawn(replay_mailbox(
+                self.hub.clone(),
+                self.link.data.clone(),
+                h.mesh,
+                h.member,
+                Some(first),
+            )));
         }
         Ok(())
     }
@@ -694,7 +776,7 @@ impl<S: Store> Conn<S> {
         // hears `relayed` only after that commit.
         let deliver = deliver_frame(&env_json, now);
         for l in &online {
-            l.push(deliver.clone());
+            l.push_data(deliver.clone());
         }
         self.hub.stats.envelopes.fetch_add(1, Ordering::Relaxed);
         let relayed = frame(&RelayFrame::Relayed { id, at: now });
@@ -1231,6 +1313,20 @@ impl<S: Store> Conn<S> {
                 self.push(&RelayFrame::Ok { rid });
             }
         }
+    }
+
+    fn resync(&mut self) {
+        let State::Linked { mesh, member, .. } = &self.state else {
+            return;
+        };
+        tracing::debug!(link = self.link.id, "link lagging; replaying its mailbox");
+        self.drain = Some(tokio::spawn(replay_mailbox(
+            self.hub.clone(),
+            self.link.data.clone(),
+            *mesh,
+            *member,
+            None,
+        )));
     }
 
     /// Undo this connection's registrations.

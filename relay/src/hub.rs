@@ -63,26 +63,52 @@ pub(crate) fn deliver_frame(envelope_json: &[u8], at: i64) -> Bytes {
     Bytes::from(v)
 }
 
+/// Most control frames a connection may leave unread before it is closed.
+pub(crate) const CONTROL_LIMIT: usize = 65_536;
+
 /// The sending side of a connection, as the hub sees it.
+///
+/// Two queues: control frames (acks, receipts, presence, roster, claims), which cannot be
+/// recovered if lost, and envelope deliveries, which can, because every envelope is in the
+/// recipient's mailbox until acknowledged. A full control queue means the peer is stuck:
+/// the connection is closed. A full delivery queue only marks the link as lagging: the live
+/// copy is skipped and the connection replays its mailbox once it has caught up.
 #[derive(Debug, Clone)]
 pub(crate) struct LinkHandle {
     pub(crate) id: u64,
-    pub(crate) tx: mpsc::Sender<Bytes>,
+    pub(crate) tx: mpsc::UnboundedSender<Bytes>,
+    /// Control frames queued and not yet written.
+    pub(crate) queued: Arc<std::sync::atomic::AtomicUsize>,
+    pub(crate) data: mpsc::Sender<Bytes>,
     pub(crate) close: CancellationToken,
+    pub(crate) lagged: Arc<tokio::sync::Notify>,
 }
 
 impl LinkHandle {
-    /// Queue a frame without waiting. A full queue means the peer does not keep up: the
-    /// connection is closed, and what it missed stays in its mailbox for the reconnect.
+    /// Queue a control frame without waiting. Control frames come in bursts (a commit
+    /// acknowledges a whole batch of sends at once), so the queue is not bounded by a
+    /// channel; a peer that leaves more than [`CONTROL_LIMIT`] unread is closed.
     pub(crate) fn push(&self, frame: Bytes) -> bool {
-        match self.tx.try_send(frame) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(link = self.id, "link too slow, closing it");
-                self.close.cancel();
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= CONTROL_LIMIT {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!(
+                link = self.id,
+                "link does not read its control frames, closing it"
+            );
+            self.close.cancel();
+            return false;
+        }
+        if self.tx.send(frame).is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Queue an envelope delivery without waiting; a full queue marks the link lagging.
+    pub(crate) fn push_data(&self, frame: Bytes) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.data.try_send(frame) {
+            self.lagged.notify_one();
         }
     }
 }

@@ -160,6 +160,11 @@ impl Node {
         self
     }
 
+    /// The daemon's process id (0 when not running).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
     /// SIGKILL the daemon.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

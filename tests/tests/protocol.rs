@@ -527,3 +527,58 @@ async fn a_message_refused_for_quota_is_stored_when_resent_later() {
     .await;
     f.relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_slow_reader_is_not_disconnected_and_gets_every_message() {
+    let f = relay(|c| c.send_queue = 16).await;
+    let (_mesh, owner, a, member, mut b) = mesh(&f).await;
+    let n = 600;
+    // The sender reads its acknowledgements as it goes, as a daemon does.
+    let (mut a_reader, mut a_writer, _guard) = a.into_parts();
+    let acks = tokio::spawn(async move {
+        let mut relayed = 0;
+        while relayed < n {
+            let b = a_reader.next().await.unwrap().unwrap();
+            if let RelayFrame::Relayed { .. } = wire::decode(&b).unwrap() {
+                relayed += 1;
+            }
+        }
+    });
+    let mut ids = std::collections::HashSet::new();
+    // The member does not read while the owner sends far more than its queue holds.
+    for i in 0..n {
+        let id = MessageId::new();
+        ids.insert(id);
+        let env = Envelope {
+            id,
+            from: owner.session,
+            from_member: owner.pk(),
+            to: Route::Member {
+                member: member.pk(),
+            },
+            seal: Seal::Box,
+            ct: vec![(i % 251) as u8; 200],
+        };
+        a_writer
+            .send(Bytes::from(wire::encode(&ClientFrame::Send(env)).unwrap()))
+            .await
+            .unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(30), acks)
+        .await
+        .unwrap()
+        .unwrap();
+    // Now it reads: live copies it missed come from its mailbox, each id at least once.
+    let mut got = std::collections::HashSet::new();
+    while got.len() < n {
+        match recv(&mut b).await {
+            RelayFrame::Deliver { env, .. } => {
+                assert!(ids.contains(&env.id));
+                got.insert(env.id);
+            }
+            RelayFrame::Error { code, .. } => panic!("link closed: {code}"),
+            _ => {}
+        }
+    }
+    f.relay.shutdown().await;
+}
