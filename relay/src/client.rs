@@ -234,6 +234,11 @@ pub(crate) fn quic_transport() -> quinn::TransportConfig {
     if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(30)) {
         t.max_idle_timeout(Some(idle));
     }
+    // One bidirectional stream per link, no unidirectional streams or datagrams: less
+    // per-connection state on a relay holding thousands of idle links.
+    t.max_concurrent_bidi_streams(1u32.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    t.datagram_receive_buffer_size(None);
     t
 }
 

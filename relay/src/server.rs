@@ -311,8 +311,9 @@ async fn quic_loop<S: Store>(hub: Arc<Hub<S>>, ep: quinn::Endpoint, tracker: Tas
             };
             serve(
                 hub,
-                FrameReader::Quic(FramedRead::new(recv, codec())),
-                FrameWriter::Quic(FramedWrite::new(send, codec())),
+                // Small initial buffers: most links are idle; buffers grow with traffic.
+                FrameReader::Quic(FramedRead::with_capacity(recv, codec(), 512)),
+                FrameWriter::Quic(FramedWrite::with_capacity(send, codec(), 512)),
                 remote,
                 Transport::Quic,
             )
