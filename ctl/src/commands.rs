@@ -67,8 +67,25 @@ fn paths() -> Result<Paths, Failure> {
     Paths::from_env().map_err(|e| Failure::new(1, e.to_string()))
 }
 
+fn autostart_disabled() -> bool {
+    std::env::var_os("CLAUDEMESH_NO_AUTOSTART").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// After answering from the local store with the daemon down: start it in the background
+/// (without waiting) so the next command finds it running.
+fn start_in_background(p: &Paths) {
+    if autostart_disabled() || !p.db().exists() {
+        return;
+    }
+    if let Ok(exe) = std::env::current_exe()
+        && claudemesh_daemon::client::spawn_detached(p, &exe).is_ok()
+    {
+        eprintln!("(the daemon was not running; starting it in the background)");
+    }
+}
+
 async fn client(p: &Paths) -> Result<Client, Failure> {
-    if std::env::var_os("CLAUDEMESH_NO_AUTOSTART").is_some_and(|v| !v.is_empty() && v != "0") {
+    if autostart_disabled() {
         return Ok(Client::connect(&p.socket).await?);
     }
     let exe = std::env::current_exe()
@@ -208,20 +225,23 @@ pub(crate) async fn run(cmd: Command) -> Res {
             let p = paths()?;
             let list: Vec<MeshInfo> = match Client::connect(&p.socket).await {
                 Ok(mut c) => c.call(m::LIST, ()).await?,
-                Err(ClientError::NotRunning { .. }) => offline_meshes(&p)?
-                    .iter()
-                    .map(|r| MeshInfo {
-                        mesh: r.id,
-                        name: r.name.clone(),
-                        relay: r.relay.clone(),
-                        relay_fingerprint: claudemesh_schema::encoding::b64(&r.relay_fp),
-                        role: r.role,
-                        member: r.member.to_b64(),
-                        display_name: r.display_name.clone(),
-                        session: r.session,
-                        joined_at: r.joined_at,
-                    })
-                    .collect(),
+                Err(ClientError::NotRunning { .. }) => {
+                    start_in_background(&p);
+                    offline_meshes(&p)?
+                }
+                .iter()
+                .map(|r| MeshInfo {
+                    mesh: r.id,
+                    name: r.name.clone(),
+                    relay: r.relay.clone(),
+                    relay_fingerprint: claudemesh_schema::encoding::b64(&r.relay_fp),
+                    role: r.role,
+                    member: r.member.to_b64(),
+                    display_name: r.display_name.clone(),
+                    session: r.session,
+                    joined_at: r.joined_at,
+                })
+                .collect(),
                 Err(e) => return Err(e.into()),
             };
             if a.json {
@@ -271,6 +291,7 @@ pub(crate) async fn run(cmd: Command) -> Res {
             let r: WhoamiResult = match Client::connect(&p.socket).await {
                 Ok(mut c) => c.call(m::WHOAMI, ()).await?,
                 Err(ClientError::NotRunning { .. }) => {
+                    start_in_background(&p);
                     let cfg = DaemonConfig::load(&p.config()).unwrap_or_default();
                     WhoamiResult {
                         display_name: claudemesh_daemon::config::default_display_name(&cfg),
@@ -431,6 +452,9 @@ async fn peers(a: PeersArgs) -> Res {
         output::json("meshes", PeersResult { meshes })
     } else {
         output::peers(&meshes, down)
+    }
+    if down {
+        start_in_background(&p);
     }
     Ok(())
 }

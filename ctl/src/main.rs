@@ -77,16 +77,8 @@ fn daemon_run(notify_ready: bool) -> ExitCode {
         }
     };
     let _guard = init_daemon_logging(&paths, !notify_ready);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
+    let Some(rt) = runtime(true) else {
+        return ExitCode::from(1);
     };
     rt.block_on(async move {
         let h = match claudemesh_daemon::start(paths).await {
@@ -112,6 +104,24 @@ fn daemon_run(notify_ready: bool) -> ExitCode {
         h.shutdown().await;
         ExitCode::SUCCESS
     })
+}
+
+/// A tokio runtime: multi-threaded (2 workers) for servers, current-thread for commands.
+fn runtime(multi: bool) -> Option<tokio::runtime::Runtime> {
+    let mut b = if multi {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    match b.enable_all().build() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            None
+        }
+    }
 }
 
 fn relay_run(a: cli::RelayArgs) -> ExitCode {
@@ -147,15 +157,8 @@ fn relay_run(a: cli::RelayArgs) -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
+    let Some(rt) = runtime(true) else {
+        return ExitCode::from(1);
     };
     rt.block_on(async move {
         let relay = match claudemesh_relay::Relay::bind(cfg).await {
@@ -204,15 +207,8 @@ fn main() -> ExitCode {
         cli::Command::Relay(args) => return relay_run(args),
         other => other,
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
+    let Some(rt) = runtime(false) else {
+        return ExitCode::from(1);
     };
     match rt.block_on(commands::run(command)) {
         Ok(()) => ExitCode::SUCCESS,

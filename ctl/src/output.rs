@@ -84,7 +84,7 @@ pub(crate) fn peers(meshes: &[MeshPeers], daemon_down: bool) {
     }
     for m in meshes {
         let how = if daemon_down {
-            " (cached: the daemon is not running; start it with `claudemesh daemon start`)"
+            " (cached: the daemon is not running)"
         } else if m.cached {
             " (cached: the relay is unreachable; showing last known state)"
         } else {

@@ -187,7 +187,7 @@ fn a_stopped_daemon_still_lists_peers_from_its_store() {
     nodes[0].stop();
     let out = nodes[0].ok(&["peers"]);
     assert!(out.contains("bob"), "{out}");
-    assert!(out.contains("daemon is not running"), "{out}");
+    assert!(out.contains("the daemon is not running"), "{out}");
     let (cached, peers) = nodes[0].peers();
     assert!(cached);
     assert_eq!(peers[0].0, "bob");

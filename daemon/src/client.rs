@@ -185,3 +185,21 @@ pub async fn start_daemon(paths: &Paths, exe: &Path) -> Result<(), ClientError> 
         ))),
     }
 }
+
+/// Start `exe daemon run` detached without waiting for it (used after answering a read
+/// from the local store, so the answer stays fast and the next command finds a daemon).
+pub fn spawn_detached(paths: &Paths, exe: &Path) -> std::io::Result<()> {
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["daemon", "run", "--notify-ready"])
+        .env(crate::paths::ENV_CONFIG_DIR, &paths.dir)
+        .env(crate::paths::ENV_SOCKET, &paths.socket)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt as _;
+        cmd.process_group(0);
+    }
+    cmd.spawn().map(|_| ())
+}

@@ -155,16 +155,7 @@ async fn replay_mailbox<S: Store>(
     let mut page = match first {
         Some(p) => p,
         None => {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            if hub
-                .store
-                .barrier(Box::new(move |_| {
-                    let _ = tx.send(());
-                }))
-                .await
-                .is_err()
-                || rx.await.is_err()
-            {
+            if crate::store::flushed(&hub.store).await.is_err() {
                 return;
             }
             match hub.store.mailbox(mesh, member, None, MAILBOX_PAGE).await {

@@ -160,16 +160,8 @@ impl<S: Store> Relay<S> {
         }
         // Everything acknowledged is committed already; this waits for queued
         // bookkeeping (presence, acks) too.
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if hub
-            .store
-            .barrier(Box::new(move |_| {
-                let _ = tx.send(());
-            }))
-            .await
-            .is_ok()
-        {
-            let _ = rx.await;
+        if let Err(e) = crate::store::flushed(&hub.store).await {
+            tracing::error!(error = %e, "final store flush failed");
         }
         tracing::info!("relay stopped");
         Ok(())

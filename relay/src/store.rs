@@ -171,6 +171,18 @@ pub trait Store: Send + Sync + 'static {
     fn prune(&self, now: i64) -> impl Future<Output = Result<Pruned, StoreError>> + Send;
 }
 
+/// Wait until everything queued to `store` before this call is committed.
+pub async fn flushed<S: Store>(store: &S) -> Result<(), StoreError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    store
+        .barrier(Box::new(move |r| {
+            let _ = tx.send(r);
+        }))
+        .await?;
+    rx.await
+        .map_err(|_| StoreError::Sqlite(SqliteError::Closed))?
+}
+
 /// The default store: one SQLite file in WAL mode.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
