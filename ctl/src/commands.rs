@@ -271,6 +271,7 @@ pub(crate) async fn run(cmd: Command) -> Res {
                 .call(
                     m::INBOX,
                     InboxParams {
+                        session: None,
                         mesh: a.mesh,
                         wait_ms: a.wait.map(|s| s.saturating_mul(1000)),
                         peek: a.peek,

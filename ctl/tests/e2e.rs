@@ -347,3 +347,132 @@ fn used_up_and_revoked_invites_are_refused_and_approval_admits_or_denies() {
             .is_empty()
     );
 }
+
+#[test]
+fn a_daemon_hosts_several_sessions_each_a_peer() {
+    use claudemesh_daemon::Client;
+    use claudemesh_schema::ipc::methods as m;
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, mut nodes) = mesh(bin(), root.path(), &["alice", "bob"], &[]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let bob_sock = nodes[1].dir.join("daemon.sock");
+    let open = |key: &str, name: &str, groups: Vec<String>| {
+        rt.block_on(async {
+            let mut c = Client::connect(&bob_sock).await.unwrap();
+            let r: m::SessionOpenResult = c
+                .call(
+                    m::SESSION_OPEN,
+                    m::SessionOpenParams {
+                        client_key: key.into(),
+                        name: Some(name.into()),
+                        kind: Some("claude".into()),
+                        groups,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            r.sessions[0].session
+        })
+    };
+    let inbox = |session: Option<claudemesh_schema::SessionId>| -> Vec<String> {
+        rt.block_on(async {
+            let mut c = Client::connect(&bob_sock).await.unwrap();
+            let r: m::InboxResult = c
+                .call(
+                    m::INBOX,
+                    m::InboxParams {
+                        session,
+                        wait_ms: Some(20_000),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            r.messages.into_iter().map(|x| x.body).collect()
+        })
+    };
+    let peek = |session: Option<claudemesh_schema::SessionId>| -> usize {
+        rt.block_on(async {
+            let mut c = Client::connect(&bob_sock).await.unwrap();
+            let r: m::InboxResult = c
+                .call(
+                    m::INBOX,
+                    m::InboxParams {
+                        session,
+                        peek: true,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            r.messages.len()
+        })
+    };
+    let s1 = open("claude-session-1", "bob-api", vec!["dev".into()]);
+    let s2 = open("claude-session-2", "bob-web", vec![]);
+    assert_eq!(
+        open("claude-session-1", "bob-api", vec!["dev".into()]),
+        s1,
+        "same client key, same peer"
+    );
+    nodes[0].wait("peer-online", Some("bob-api"));
+    nodes[0].wait("peer-online", Some("bob-web"));
+
+    nodes[0].ok(&["send", "bob-api", "to the api session"]);
+    assert_eq!(inbox(Some(s1)), vec!["to the api session"]);
+    nodes[0].ok(&["send", "@dev", "dev only"]);
+    assert_eq!(inbox(Some(s1)), vec!["dev only"]);
+    assert_eq!(peek(Some(s2)), 0);
+    assert_eq!(peek(None), 0, "the daemon's own session got none of these");
+
+    nodes[0].ok(&["send", "*", "everyone"]);
+    for s in [Some(s1), Some(s2), None] {
+        assert_eq!(inbox(s), vec!["everyone"], "{s:?}");
+    }
+
+    // A hosted session's broadcast reaches the other local sessions and remote peers,
+    // not itself.
+    rt.block_on(async {
+        let mut c = Client::connect(&bob_sock).await.unwrap();
+        let _: m::SendResult = c
+            .call(
+                m::SEND,
+                m::SendParams {
+                    to: "*".into(),
+                    body: "from bob-api".into(),
+                    priority: Default::default(),
+                    mesh: None,
+                    session: Some(s1),
+                    wait_ms: None,
+                },
+            )
+            .await
+            .unwrap();
+    });
+    let got = nodes[0].inbox_wait();
+    assert_eq!(bodies(&got), vec!["from bob-api"]);
+    assert_eq!(got[0]["from_name"], "bob-api");
+    assert_eq!(inbox(Some(s2)), vec!["from bob-api"]);
+    assert_eq!(inbox(None), vec!["from bob-api"]);
+    assert_eq!(peek(Some(s1)), 0);
+
+    // Closing a session takes it offline for others; a daemon restart keeps the open one.
+    rt.block_on(async {
+        let mut c = Client::connect(&bob_sock).await.unwrap();
+        let _: m::SessionInfo = c
+            .call(m::SESSION_CLOSE, m::SessionCloseParams { session: s2 })
+            .await
+            .unwrap();
+    });
+    nodes[0].wait("peer-offline", Some("bob-web"));
+    nodes[1].stop();
+    nodes[0].wait("peer-offline", Some("bob-api"));
+    nodes[1].start();
+    nodes[0].wait("peer-online", Some("bob-api"));
+    let (_, peers) = nodes[0].peers();
+    assert!(peers.contains(&("bob-web".to_string(), false)), "{peers:?}");
+}

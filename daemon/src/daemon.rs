@@ -154,6 +154,7 @@ impl Daemon {
         row: MeshRow,
         keys: MeshKeys,
         entries: Vec<(u64, claudemesh_schema::roster::RosterEntry)>,
+        sessions: Vec<store::SessionRow>,
     ) -> Option<Arc<MeshCtx>> {
         let mut roster = match Roster::from_genesis(&row.genesis) {
             Ok(r) => RosterState { roster: r, len: 0 },
@@ -167,6 +168,20 @@ impl Daemon {
                 tracing::warn!(mesh = %row.id.short(), seq, error = %err, "stored roster entry invalid");
             }
         }
+        let hosted = sessions
+            .into_iter()
+            .filter(|r| r.mesh == row.id)
+            .map(|r| {
+                let (sid, secret) = crate::mesh::derive_session(&keys, &row.id, &r.client_key);
+                (
+                    sid,
+                    crate::mesh::LocalSession {
+                        secret,
+                        profile: r.profile,
+                    },
+                )
+            })
+            .collect();
         let (tx, rx) = mpsc::channel(1024);
         let (status_tx, status_rx) = watch::channel(LinkStatus::default());
         let ctx = Arc::new(MeshCtx {
@@ -180,6 +195,7 @@ impl Daemon {
             },
             waiters: Mutex::new(HashMap::new()),
             stop: self.shutdown.child_token(),
+            sessions: Mutex::new(hosted),
         });
         self.meshes
             .write()
@@ -332,6 +348,7 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
         _lock: Mutex::new(lock),
     });
     let rows = store.read(store::q_meshes).await?;
+    let hosted = store.read(store::q_sessions).await?;
     for row in rows {
         let keys = match MeshKeys::load(&paths.keys(), &row.id) {
             Ok(k) => k,
@@ -342,7 +359,7 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
         };
         let id = row.id;
         let entries = store.read(move |c| store::q_roster(c, id)).await?;
-        daemon.add_mesh(row, keys, entries);
+        daemon.add_mesh(row, keys, entries, hosted.clone());
     }
     let listener =
         crate::rpc::bind(&paths.socket, &paths.dir).map_err(|source| DaemonError::Socket {

@@ -7,7 +7,7 @@ use claudemesh_schema::crypto::BoxPublic;
 use claudemesh_schema::ipc::methods::{InboxMessage, SendParams, SendResult, Stage};
 use claudemesh_schema::message::{self, MessagePayload};
 use claudemesh_schema::wire::{self, ClientFrame, Envelope, Route, Seal};
-use claudemesh_schema::{MessageId, now_ms};
+use claudemesh_schema::{MessageId, SessionId, now_ms};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,68 +21,104 @@ pub const MAX_BODY: usize = 128 * 1024;
 /// Default time `send` waits for the relay's acknowledgement.
 const DEFAULT_WAIT: Duration = Duration::from_secs(3);
 
-/// Open an envelope delivered to this daemon. `None` when it is not for us, its sender is
-/// not a member, or it does not open (all logged, never with content).
-pub(crate) fn open(d: &Daemon, m: &MeshCtx, env: &Envelope, at: i64) -> Option<InboxRow> {
+/// Open an envelope delivered to this daemon: one inbox row per local session it is for.
+/// Empty when it is for none of ours, its sender is not a member, or it does not open (all
+/// logged, never with content).
+pub(crate) fn open(d: &Daemon, m: &MeshCtx, env: &Envelope, at: i64) -> Vec<InboxRow> {
     let _ = d;
     if !m.is_member(&env.from_member) {
         tracing::warn!(id = %env.id, from = %env.from_member.short(), "message from a non-member dropped");
-        return None;
+        return Vec::new();
     }
-    let to_session = match &env.to {
-        Route::Session { session } if *session == m.keys.session => Some(*session),
-        Route::Session { .. } => None,
-        Route::Member { member } if *member == m.member() => Some(m.keys.session),
-        Route::Member { .. } => None,
-        Route::Sessions { sessions } if sessions.contains(&m.keys.session) => Some(m.keys.session),
-        Route::Sessions { .. } => None,
-        Route::All => Some(m.keys.session),
+    let own = m.keys.session;
+    let targets: Vec<SessionId> = match &env.to {
+        Route::Session { session } if m.is_local(session) => vec![*session],
+        Route::Member { member } if *member == m.member() => vec![own],
+        Route::Sessions { sessions } => sessions
+            .iter()
+            .copied()
+            .filter(|s| m.is_local(s) && *s != env.from)
+            .collect(),
+        Route::All => {
+            let mut v = vec![own];
+            v.extend(
+                lock(&m.sessions)
+                    .iter()
+                    .filter(|(_, l)| l.profile.visible)
+                    .map(|(s, _)| *s),
+            );
+            v
+        }
+        _ => Vec::new(),
     };
-    let Some(to_session) = to_session else {
+    if targets.is_empty() {
         tracing::debug!(id = %env.id, "envelope for no session of ours");
-        return None;
-    };
-    let opened = match env.seal {
-        Seal::Mesh => message::open_from_mesh(&m.keys.mesh_key, &env.from_member, &env.id, &env.ct),
-        Seal::Box => match &env.to {
-            Route::Member { .. } => message::open_direct(
-                &m.keys.member.box_secret(),
-                &env.from_member,
-                &env.id,
-                &env.ct,
-            ),
-            _ => message::open_direct(&m.keys.session_secret, &env.from_member, &env.id, &env.ct),
+        return Vec::new();
+    }
+    let opened = match (env.seal, &env.to) {
+        (Seal::Mesh, _) => {
+            message::open_from_mesh(&m.keys.mesh_key, &env.from_member, &env.id, &env.ct)
+        }
+        (Seal::Box, Route::Member { .. }) => message::open_direct(
+            &m.keys.member.box_secret(),
+            &env.from_member,
+            &env.id,
+            &env.ct,
+        ),
+        (Seal::Box, Route::Session { session }) if *session == own => {
+            message::open_direct(&m.keys.session_secret, &env.from_member, &env.id, &env.ct)
+        }
+        (Seal::Box, Route::Session { session }) => match lock(&m.sessions).get(session) {
+            Some(l) => message::open_direct(&l.secret, &env.from_member, &env.id, &env.ct),
+            None => return Vec::new(),
         },
+        (Seal::Box, _) => {
+            tracing::warn!(id = %env.id, "boxed envelope to several sessions dropped");
+            return Vec::new();
+        }
     };
     let p = match opened {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(id = %env.id, error = %e, "message does not open; dropped");
-            return None;
+            return Vec::new();
         }
     };
     if p.from_session != env.from {
         tracing::warn!(id = %env.id, "message names another sender session than its envelope; dropped");
-        return None;
+        return Vec::new();
     }
-    let direct = matches!(env.to, Route::Session { .. } | Route::Member { .. });
-    Some(InboxRow {
-        msg: InboxMessage {
-            id: env.id,
-            mesh: m.id,
-            mesh_name: m.name(),
-            from_id: p.from_session,
-            from_member: env.from_member.to_b64(),
-            from_name: p.from_name,
-            to: p.to,
-            priority: p.priority,
-            sent_at: p.sent_at,
-            received_at: at.max(now_ms()),
-            body: p.body,
-            verified: true,
-        },
-        to_session: if direct { Some(to_session) } else { None },
-    })
+    rows_for(m, &p, &env.from_member, targets, at)
+}
+
+fn rows_for(
+    m: &MeshCtx,
+    p: &MessagePayload,
+    from_member: &claudemesh_schema::crypto::MemberKey,
+    targets: Vec<SessionId>,
+    at: i64,
+) -> Vec<InboxRow> {
+    let mesh_name = m.name();
+    targets
+        .into_iter()
+        .map(|session| InboxRow {
+            msg: InboxMessage {
+                id: p.id,
+                session,
+                mesh: m.id,
+                mesh_name: mesh_name.clone(),
+                from_id: p.from_session,
+                from_member: from_member.to_b64(),
+                from_name: p.from_name.clone(),
+                to: p.to.clone(),
+                priority: p.priority,
+                sent_at: p.sent_at,
+                received_at: at.max(now_ms()),
+                body: p.body.clone(),
+                verified: true,
+            },
+        })
+        .collect()
 }
 
 /// A resolved address.
@@ -109,10 +145,15 @@ fn describe(p: &PresenceRow) -> String {
 }
 
 /// Resolve `to` among the peers of one mesh.
-fn resolve(m: &MeshCtx, peers: &[PresenceRow], to: &str) -> Result<Option<Target>, RpcErr> {
+fn resolve(
+    m: &MeshCtx,
+    peers: &[PresenceRow],
+    to: &str,
+    from: SessionId,
+) -> Result<Option<Target>, RpcErr> {
     let others: Vec<&PresenceRow> = peers
         .iter()
-        .filter(|p| p.session != m.keys.session && m.is_member(&p.member))
+        .filter(|p| p.session != from && m.is_member(&p.member))
         .collect();
     if to == "*" {
         let names = others
@@ -247,7 +288,13 @@ pub(crate) async fn send(d: &Arc<Daemon>, p: SendParams) -> Result<SendResult, R
             .read(move |c| store::q_presence(c, id))
             .await
             .map_err(RpcErr::internal)?;
-        if let Some(t) = resolve(&m, &peers, &to)? {
+        let from = p.session.unwrap_or(m.keys.session);
+        if let Some(s) = p.session
+            && !m.is_local(&s)
+        {
+            continue;
+        }
+        if let Some(t) = resolve(&m, &peers, &to, from)? {
             found.push((m, t));
         }
     }
@@ -274,10 +321,11 @@ pub(crate) async fn send(d: &Arc<Daemon>, p: SendParams) -> Result<SendResult, R
     let session = p.session.unwrap_or(m.keys.session);
     let id = MessageId::new();
     let now = now_ms();
+    let from_name = m.session_name(&session).unwrap_or_default();
     let payload = MessagePayload {
         id,
         from_session: session,
-        from_name: lock(&m.row).display_name.clone(),
+        from_name,
         to: target.label.clone(),
         priority: p.priority,
         sent_at: now,
@@ -292,6 +340,21 @@ pub(crate) async fn send(d: &Arc<Daemon>, p: SendParams) -> Result<SendResult, R
         ),
     };
     let ct = ct.map_err(|e| RpcErr::internal(format!("cannot seal message: {e}")))?;
+    // A broadcast reaches our other local sessions here: the relay sends `*` to every
+    // member but the sender's.
+    let local: Vec<InboxRow> = if target.route == Route::All {
+        let mut others = vec![m.keys.session];
+        others.extend(
+            lock(&m.sessions)
+                .iter()
+                .filter(|(_, l)| l.profile.visible)
+                .map(|(s, _)| *s),
+        );
+        others.retain(|s| *s != session);
+        rows_for(&m, &payload, &m.member(), others, now)
+    } else {
+        Vec::new()
+    };
     let env = Envelope {
         id,
         from: session,
@@ -314,6 +377,14 @@ pub(crate) async fn send(d: &Arc<Daemon>, p: SendParams) -> Result<SendResult, R
         .await
         .map_err(|e| RpcErr::internal(format!("cannot queue the message: {e}")))?;
     // From here the message is durable: whatever happens next, it will be sent.
+    let local_count = local.len() as u32;
+    if !local.is_empty() {
+        d.store
+            .insert_inbox(local)
+            .await
+            .map_err(RpcErr::internal)?;
+        d.bump_inbox();
+    }
     let connected = m.link.connected();
     let wait = p.wait_ms.map(Duration::from_millis).unwrap_or(DEFAULT_WAIT);
     let waiter = if connected && !wait.is_zero() {
@@ -339,6 +410,6 @@ pub(crate) async fn send(d: &Arc<Daemon>, p: SendParams) -> Result<SendResult, R
         mesh: m.id,
         stage,
         recipients: target.names,
-        local: 0,
+        local: local_count,
     })
 }

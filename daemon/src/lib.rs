@@ -24,6 +24,7 @@ mod membership;
 mod mesh;
 pub mod paths;
 mod rpc;
+mod sessions;
 pub mod store;
 
 pub use client::{Client, ClientError, connect_or_start};

@@ -155,23 +155,60 @@ async fn write(c: &mut Connection, f: &ClientFrame) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-fn presence_frame(d: &Daemon, m: &MeshCtx) -> Option<ClientFrame> {
-    let profile = m.profile(&d.hostname);
-    match SignedPresence::sign(
-        &m.keys.mesh_key,
-        &m.keys.member,
-        m.id,
+/// Signed presences of every session this daemon holds in the mesh (its own and hosted
+/// ones), with the cache rows that record them locally.
+fn presence_frames(d: &Daemon, m: &MeshCtx) -> Vec<(ClientFrame, PresenceRow)> {
+    let now = now_ms();
+    let mut all = vec![(
         m.keys.session,
         m.keys.session_secret.public(),
-        now_ms(),
-        &profile,
-    ) {
-        Ok(p) => Some(ClientFrame::Presence(p)),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot seal presence");
-            None
+        m.profile(&d.hostname),
+    )];
+    for (sid, l) in lock(&m.sessions).iter() {
+        let mut profile = l.profile.clone();
+        profile.hostname = d.hostname.clone();
+        all.push((*sid, l.secret.public(), profile));
+    }
+    let mut out = Vec::new();
+    for (sid, key, profile) in all {
+        match SignedPresence::sign(
+            &m.keys.mesh_key,
+            &m.keys.member,
+            m.id,
+            sid,
+            key,
+            now,
+            &profile,
+        ) {
+            Ok(p) => {
+                let row = PresenceRow {
+                    mesh: m.id,
+                    session: sid,
+                    member: m.member(),
+                    session_key: key,
+                    seq: now,
+                    profile,
+                    online: true,
+                    last_seen: now,
+                };
+                out.push((ClientFrame::Presence(p), row));
+            }
+            Err(e) => tracing::error!(error = %e, "cannot seal presence"),
         }
     }
+    out
+}
+
+/// Send our presences and record them in the local cache.
+async fn publish(d: &Daemon, m: &MeshCtx, c: &mut Connection) -> Result<(), String> {
+    for (f, row) in presence_frames(d, m) {
+        write(c, &f).await?;
+        if row.session != m.keys.session {
+            let _ = d.store.upsert_presence(row).await;
+        }
+    }
+    d.bump_changes();
+    Ok(())
 }
 
 async fn read_frame(c: &mut Connection, limit: Duration) -> Result<RelayFrame, String> {
@@ -260,9 +297,7 @@ async fn session(
     });
     d.bump_changes();
     tracing::info!(mesh = %m.id.short(), transport = c.transport.as_str(), "relay link up");
-    if let Some(p) = presence_frame(d, m)
-        && let Err(e) = write(&mut c, &p).await
-    {
+    if let Err(e) = publish(d, m, &mut c).await {
         return Outcome::Retry(e);
     }
     // Drain the outbox in order.
@@ -328,10 +363,8 @@ async fn session(
                         pending.insert(rid, reply);
                         write(&mut c, &build(rid)).await
                     }
-                    LinkCmd::Publish => match presence_frame(d, m) {
-                        Some(p) => write(&mut c, &p).await,
-                        None => Ok(()),
-                    },
+                    LinkCmd::Publish => publish(d, m, &mut c).await,
+                    LinkCmd::Depart(session) => write(&mut c, &ClientFrame::Depart { session }).await,
                 };
                 if let Err(e) = r {
                     break Outcome::Retry(e);
@@ -423,13 +456,14 @@ async fn on_frame(
         }
         RelayFrame::Deliver { env, at } => {
             let id = env.id;
-            match crate::delivery::open(d, m, &env, at) {
-                Some(row) => {
+            let rows = crate::delivery::open(d, m, &env, at);
+            match rows.is_empty() {
+                false => {
                     let ack = ack_tx.clone();
                     let d2 = d.clone();
                     let r = d
                         .store
-                        .insert_inbox_then(vec![row], move |r| match r {
+                        .insert_inbox_then(rows, move |r| match r {
                             Ok(_) => {
                                 d2.bump_inbox();
                                 let _ = ack.send(id);
@@ -442,7 +476,7 @@ async fn on_frame(
                     }
                 }
                 // Not for us or not openable: acknowledge so the relay stops resending it.
-                None => {
+                true => {
                     let _ = ack_tx.send(id);
                 }
             }

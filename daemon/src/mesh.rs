@@ -3,12 +3,13 @@
 
 use bytes::Bytes;
 use claudemesh_relay::Transport;
+use claudemesh_schema::crypto::BoxSecret;
 use claudemesh_schema::crypto::MemberKey;
 use claudemesh_schema::ipc::methods::LinkState;
 use claudemesh_schema::message::Profile;
 use claudemesh_schema::roster::{Role, Roster, RosterEntry};
 use claudemesh_schema::wire::{ClientFrame, ErrorCode};
-use claudemesh_schema::{MeshId, MessageId};
+use claudemesh_schema::{MeshId, MessageId, SessionId};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -58,8 +59,10 @@ pub(crate) enum LinkCmd {
     Send(MessageId, Bytes),
     /// Send a request and report the relay's answer.
     Request(RequestBuilder, oneshot::Sender<Result<(), RelayRefusal>>),
-    /// Re-publish our presence (profile changed).
+    /// Re-publish our presences (a profile changed or a session opened).
     Publish,
+    /// A hosted session ended.
+    Depart(SessionId),
 }
 
 /// The sending side of a mesh's link.
@@ -75,6 +78,7 @@ impl std::fmt::Debug for LinkCmd {
             Self::Send(id, _) => write!(f, "Send({id:?})"),
             Self::Request(..) => f.write_str("Request"),
             Self::Publish => f.write_str("Publish"),
+            Self::Depart(s) => write!(f, "Depart({s:?})"),
         }
     }
 }
@@ -127,6 +131,36 @@ pub(crate) struct MeshCtx {
     /// `send` calls waiting for the relay's `relayed`.
     pub(crate) waiters: Mutex<HashMap<MessageId, oneshot::Sender<Result<(), String>>>>,
     pub(crate) stop: CancellationToken,
+    /// Sessions hosted here besides the daemon's own.
+    pub(crate) sessions: Mutex<HashMap<SessionId, LocalSession>>,
+}
+
+/// A session hosted by this daemon (a Claude Code session, say).
+#[derive(Debug)]
+pub(crate) struct LocalSession {
+    pub(crate) secret: BoxSecret,
+    pub(crate) profile: Profile,
+}
+
+/// The id and key of the hosted session `client_key` of `member` in `mesh`. Derived, not
+/// stored: the same client key always gives the same peer (a resumed session is not a new
+/// peer), and no session secret ever needs to be written down.
+pub(crate) fn derive_session(
+    keys: &MeshKeys,
+    mesh: &MeshId,
+    client_key: &str,
+) -> (SessionId, BoxSecret) {
+    use zeroize::Zeroize as _;
+    let mut material = keys.member.to_bytes().to_vec();
+    material.extend_from_slice(mesh.as_bytes());
+    material.extend_from_slice(client_key.as_bytes());
+    let k = blake3::derive_key("claudemesh 2026 hosted session v1", &material);
+    material.zeroize();
+    let id = blake3::derive_key("claudemesh 2026 hosted session id v1", &k);
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&id[..16]);
+    let sid = SessionId(uuid::Builder::from_random_bytes(b).into_uuid());
+    (sid, BoxSecret::from_bytes(k))
 }
 
 /// The folded roster and how many entries it holds.
@@ -164,6 +198,19 @@ impl MeshCtx {
 
     pub(crate) fn is_member(&self, m: &MemberKey) -> bool {
         lock(&self.roster).roster.is_member(m)
+    }
+
+    /// Is `s` one of the sessions this daemon holds in this mesh (its own or hosted)?
+    pub(crate) fn is_local(&self, s: &SessionId) -> bool {
+        *s == self.keys.session || lock(&self.sessions).contains_key(s)
+    }
+
+    /// Display name of a local session.
+    pub(crate) fn session_name(&self, s: &SessionId) -> Option<String> {
+        if *s == self.keys.session {
+            return Some(lock(&self.row).display_name.clone());
+        }
+        lock(&self.sessions).get(s).map(|l| l.profile.name.clone())
     }
 
     /// Our daemon session's profile as published.

@@ -236,6 +236,8 @@ async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, RpcErr> {
         m::WHOAMI => json(membership::whoami(d)),
         m::PROFILE => json(membership::profile(d, params(p)?).await?),
         m::WAIT_FOR => json(wait_for(d, params(p)?).await?),
+        m::SESSION_OPEN => json(crate::sessions::open(d, params(p)?).await?),
+        m::SESSION_CLOSE => json(crate::sessions::close(d, params(p)?).await?),
         m::SHUTDOWN => {
             let token = d.shutdown.clone();
             tokio::spawn(async move {
@@ -327,15 +329,25 @@ async fn inbox(d: &Arc<Daemon>, p: InboxParams) -> Result<InboxResult, RpcErr> {
         Some(s) => Some(d.select(Some(s))?.id),
         None => None,
     };
+    let sessions: Vec<_> = match p.session {
+        Some(s) => {
+            if !d.meshes().iter().any(|m| m.is_local(&s)) {
+                return Err(RpcErr::not_found(format!("no session {s} on this daemon")));
+            }
+            vec![s]
+        }
+        None => d.meshes().iter().map(|m| m.keys.session).collect(),
+    };
     let limit = p.limit.unwrap_or(100).clamp(1, 1000);
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(p.wait_ms.unwrap_or(0).min(3_600_000));
     let mut gen_rx = d.inbox_gen.subscribe();
     let messages = loop {
         gen_rx.borrow_and_update();
+        let s2 = sessions.clone();
         let msgs = d
             .store
-            .read(move |c| store::q_unread(c, mesh, limit))
+            .read(move |c| store::q_unread(c, mesh, &s2, limit))
             .await
             .map_err(RpcErr::internal)?;
         if !msgs.is_empty() || tokio::time::Instant::now() >= deadline {
@@ -348,7 +360,7 @@ async fn inbox(d: &Arc<Daemon>, p: InboxParams) -> Result<InboxResult, RpcErr> {
         }
     };
     if !p.peek && !messages.is_empty() {
-        let ids = messages.iter().map(|m| m.id).collect();
+        let ids = messages.iter().map(|m| (m.id, m.session)).collect();
         d.store
             .mark_read(ids, now_ms())
             .await
@@ -356,7 +368,6 @@ async fn inbox(d: &Arc<Daemon>, p: InboxParams) -> Result<InboxResult, RpcErr> {
     }
     Ok(InboxResult { messages })
 }
-
 async fn wait_for(d: &Arc<Daemon>, p: m::WaitParams) -> Result<m::WaitResult, RpcErr> {
     use m::{LinkState, WaitCondition as W};
     let targets = match &p.mesh {

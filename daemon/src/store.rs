@@ -88,13 +88,24 @@ pub struct PresenceRow {
     pub last_seen: i64,
 }
 
-/// A received message to store.
+/// A received message to store, for the local session named in `msg.session`.
 #[derive(Debug, Clone)]
 pub struct InboxRow {
     /// The message as shown.
     pub msg: InboxMessage,
-    /// Which local session it is for (`None`: every local session).
-    pub to_session: Option<SessionId>,
+}
+
+/// A session hosted by this daemon (besides its own).
+#[derive(Debug, Clone)]
+pub struct SessionRow {
+    /// The mesh.
+    pub mesh: MeshId,
+    /// The session.
+    pub session: SessionId,
+    /// The client's stable key (keys derive from it).
+    pub client_key: String,
+    /// Its profile.
+    pub profile: Profile,
 }
 
 fn blob32(v: Vec<u8>, what: &'static str) -> Result<[u8; 32]> {
@@ -200,6 +211,7 @@ impl Store {
         self.write(move |tx| {
             for t in [
                 "meshes", "roster", "presence", "inbox", "outbox", "sent", "invites", "claims",
+                "sessions",
             ] {
                 let col = if t == "meshes" { "id" } else { "mesh" };
                 tx.execute(
@@ -341,16 +353,51 @@ impl Store {
         Ok(())
     }
 
-    /// Mark messages read.
-    pub async fn mark_read(&self, ids: Vec<MessageId>, at: i64) -> Result<()> {
+    /// Mark messages read (each for the session it was delivered to).
+    pub async fn mark_read(&self, ids: Vec<(MessageId, SessionId)>, at: i64) -> Result<()> {
         self.write(move |tx| {
             let mut stmt = tx.prepare_cached(
-                "UPDATE inbox SET read_at = ?2 WHERE id = ?1 AND read_at IS NULL",
+                "UPDATE inbox SET read_at = ?3 WHERE id = ?1 AND session = ?2 AND read_at IS NULL",
             )?;
-            for id in ids {
-                stmt.execute(params![id.as_bytes(), at])?;
+            for (id, session) in ids {
+                stmt.execute(params![id.as_bytes(), session.as_bytes(), at])?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    /// Record a hosted session as open (reopening clears its close time).
+    pub async fn open_session(&self, r: SessionRow, at: i64) -> Result<()> {
+        let profile =
+            serde_json::to_string(&r.profile).map_err(|_| StoreError::Corrupt("profile"))?;
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO sessions (mesh, session, client_key, profile, opened_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (mesh, session) DO UPDATE SET
+                    profile = excluded.profile, opened_at = excluded.opened_at, closed_at = NULL",
+                params![
+                    r.mesh.as_bytes(),
+                    r.session.as_bytes(),
+                    r.client_key,
+                    profile,
+                    at
+                ],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// Record a hosted session as closed.
+    pub async fn close_session(&self, mesh: MeshId, session: SessionId, at: i64) -> Result<()> {
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE sessions SET closed_at = ?3 WHERE mesh = ?1 AND session = ?2",
+                params![mesh.as_bytes(), session.as_bytes(), at],
+            )
+            .map(|_| ())
         })
         .await
     }
@@ -497,7 +544,7 @@ fn insert_inbox_rows(
     rows: Vec<InboxRow>,
 ) -> rusqlite::Result<usize> {
     let mut stmt = tx.prepare_cached(
-        "INSERT OR IGNORE INTO inbox (id, mesh, to_session, from_session, from_member,
+        "INSERT OR IGNORE INTO inbox (id, session, mesh, from_session, from_member,
             from_name, to_label, priority, kind, body, sent_at, received_at, verified)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'text', ?9, ?10, ?11, ?12)",
     )?;
@@ -507,8 +554,8 @@ fn insert_inbox_rows(
         let from_member = claudemesh_schema::encoding::unb64(&m.from_member).unwrap_or_default();
         n += stmt.execute(params![
             m.id.as_bytes(),
+            m.session.as_bytes(),
             m.mesh.as_bytes(),
-            r.to_session.map(|s| s.as_bytes().to_vec()),
             m.from_id.as_bytes(),
             from_member,
             m.from_name,
@@ -708,61 +755,99 @@ pub fn q_peers(conn: &Connection, mesh: &MeshRow) -> Result<Vec<PeerInfo>> {
     Ok(peers)
 }
 
-/// Unread messages (optionally of one mesh), oldest first.
-pub fn q_unread(conn: &Connection, mesh: Option<MeshId>, limit: u32) -> Result<Vec<InboxMessage>> {
+/// Unread messages of the given local sessions (optionally of one mesh), oldest first.
+pub fn q_unread(
+    conn: &Connection,
+    mesh: Option<MeshId>,
+    sessions: &[SessionId],
+    limit: u32,
+) -> Result<Vec<InboxMessage>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT i.id, i.mesh, m.name, i.from_session, i.from_member, i.from_name, i.to_label,
-            i.priority, i.sent_at, i.received_at, i.body, i.verified
+        "SELECT i.id, i.session, i.mesh, m.name, i.from_session, i.from_member, i.from_name,
+            i.to_label, i.priority, i.sent_at, i.received_at, i.body, i.verified
          FROM inbox i LEFT JOIN meshes m ON m.id = i.mesh
-         WHERE i.read_at IS NULL AND (?1 IS NULL OR i.mesh = ?1)
-         ORDER BY i.received_at, i.id LIMIT ?2",
+         WHERE i.session = ?1 AND i.read_at IS NULL AND (?2 IS NULL OR i.mesh = ?2)
+         ORDER BY i.received_at, i.id LIMIT ?3",
     )?;
     let mesh = mesh.map(|m| m.as_bytes().to_vec());
-    let rows = stmt.query_map(params![mesh, limit as i64], |r| {
+    let mut out = Vec::new();
+    for session in sessions {
+        let rows = stmt.query_map(params![session.as_bytes(), mesh, limit as i64], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Vec<u8>>(4)?,
+                r.get::<_, Vec<u8>>(5)?,
+                r.get::<_, String>(6)?,
+                r.get::<_, String>(7)?,
+                r.get::<_, String>(8)?,
+                r.get::<_, i64>(9)?,
+                r.get::<_, i64>(10)?,
+                r.get::<_, String>(11)?,
+                r.get::<_, bool>(12)?,
+            ))
+        })?;
+        for r in rows {
+            let (
+                id,
+                sess,
+                mesh,
+                mesh_name,
+                from,
+                from_member,
+                from_name,
+                to,
+                priority,
+                sent_at,
+                received_at,
+                body,
+                verified,
+            ) = r?;
+            out.push(InboxMessage {
+                id: id16(id, MessageId::from_slice, "message id")?,
+                session: id16(sess, SessionId::from_slice, "session id")?,
+                mesh: id16(mesh, MeshId::from_slice, "mesh id")?,
+                mesh_name: mesh_name.unwrap_or_default(),
+                from_id: id16(from, SessionId::from_slice, "session id")?,
+                from_member: claudemesh_schema::encoding::b64(&from_member),
+                from_name,
+                to,
+                priority: parse::<Priority>(&priority, "priority")?,
+                sent_at,
+                received_at,
+                body,
+                verified,
+            });
+        }
+    }
+    out.sort_by_key(|m| (m.received_at, m.id));
+    out.truncate(limit as usize);
+    Ok(out)
+}
+
+/// Hosted sessions that are open.
+pub fn q_sessions(conn: &Connection) -> Result<Vec<SessionRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT mesh, session, client_key, profile FROM sessions WHERE closed_at IS NULL",
+    )?;
+    let rows = stmt.query_map([], |r| {
         Ok((
             r.get::<_, Vec<u8>>(0)?,
             r.get::<_, Vec<u8>>(1)?,
-            r.get::<_, Option<String>>(2)?,
-            r.get::<_, Vec<u8>>(3)?,
-            r.get::<_, Vec<u8>>(4)?,
-            r.get::<_, String>(5)?,
-            r.get::<_, String>(6)?,
-            r.get::<_, String>(7)?,
-            r.get::<_, i64>(8)?,
-            r.get::<_, i64>(9)?,
-            r.get::<_, String>(10)?,
-            r.get::<_, bool>(11)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
         ))
     })?;
     let mut out = Vec::new();
     for r in rows {
-        let (
-            id,
-            mesh,
-            mesh_name,
-            from,
-            from_member,
-            from_name,
-            to,
-            priority,
-            sent_at,
-            received_at,
-            body,
-            verified,
-        ) = r?;
-        out.push(InboxMessage {
-            id: id16(id, MessageId::from_slice, "message id")?,
+        let (mesh, session, client_key, profile) = r?;
+        out.push(SessionRow {
             mesh: id16(mesh, MeshId::from_slice, "mesh id")?,
-            mesh_name: mesh_name.unwrap_or_default(),
-            from_id: id16(from, SessionId::from_slice, "session id")?,
-            from_member: claudemesh_schema::encoding::b64(&from_member),
-            from_name,
-            to,
-            priority: parse::<Priority>(&priority, "priority")?,
-            sent_at,
-            received_at,
-            body,
-            verified,
+            session: id16(session, SessionId::from_slice, "session id")?,
+            client_key,
+            profile: serde_json::from_str(&profile).map_err(|_| StoreError::Corrupt("profile"))?,
         });
     }
     Ok(out)

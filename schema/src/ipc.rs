@@ -188,6 +188,63 @@ pub mod methods {
     pub const SHUTDOWN: &str = "shutdown";
     /// `wait_for`: wait until a link or a peer reaches a state.
     pub const WAIT_FOR: &str = "wait_for";
+    /// `session_open`: host a new session (a peer) on this daemon.
+    pub const SESSION_OPEN: &str = "session_open";
+    /// `session_close`: end a hosted session (its peers see it go offline).
+    pub const SESSION_CLOSE: &str = "session_close";
+
+    /// `session_open` parameters.
+    #[derive(Debug, Clone, Serialize, Deserialize, Default)]
+    pub struct SessionOpenParams {
+        /// Stable key of the client session (e.g. the Claude Code session id): opening
+        /// again with the same key gives the same peer id and keys.
+        pub client_key: String,
+        /// Mesh name or id prefix (default: every joined mesh).
+        #[serde(default)]
+        pub mesh: Option<String>,
+        /// Display name (default: the member's display name).
+        #[serde(default)]
+        pub name: Option<String>,
+        /// Peer kind, e.g. `claude`.
+        #[serde(default)]
+        pub kind: Option<String>,
+        /// Groups.
+        #[serde(default)]
+        pub groups: Vec<String>,
+        /// Summary.
+        #[serde(default)]
+        pub summary: Option<String>,
+        /// Working directory to share.
+        #[serde(default)]
+        pub cwd: Option<String>,
+    }
+
+    /// One hosted session.
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    pub struct SessionInfo {
+        /// The mesh.
+        pub mesh: MeshId,
+        /// Mesh name.
+        pub mesh_name: String,
+        /// The session (peer id).
+        pub session: SessionId,
+        /// Its display name.
+        pub name: String,
+    }
+
+    /// `session_open` result.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct SessionOpenResult {
+        /// One session per mesh.
+        pub sessions: Vec<SessionInfo>,
+    }
+
+    /// `session_close` parameters.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct SessionCloseParams {
+        /// The session.
+        pub session: SessionId,
+    }
 
     /// What `wait_for` waits for.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -542,6 +599,9 @@ pub mod methods {
     /// `inbox` parameters.
     #[derive(Debug, Clone, Serialize, Deserialize, Default)]
     pub struct InboxParams {
+        /// Whose inbox: a hosted session (default: the daemon's own session in each mesh).
+        #[serde(default)]
+        pub session: Option<SessionId>,
         /// Mesh name or id prefix (default: all).
         #[serde(default)]
         pub mesh: Option<String>,
@@ -561,6 +621,8 @@ pub mod methods {
     pub struct InboxMessage {
         /// Message id.
         pub id: MessageId,
+        /// The local session it was delivered to.
+        pub session: SessionId,
         /// Mesh.
         pub mesh: MeshId,
         /// Mesh name.

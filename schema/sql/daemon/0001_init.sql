@@ -47,11 +47,12 @@ CREATE TABLE presence (
     PRIMARY KEY (mesh, session)
 );
 
--- Received messages, decrypted. Unique by id: every redelivery is ignored.
+-- Received messages, decrypted: one row per message and local session it is for (a
+-- broadcast reaches every local session). Unique by (id, session): redeliveries are ignored.
 CREATE TABLE inbox (
-    id            BLOB PRIMARY KEY,
+    id            BLOB NOT NULL,
+    session       BLOB NOT NULL,
     mesh          BLOB NOT NULL,
-    to_session    BLOB,
     from_session  BLOB NOT NULL,
     from_member   BLOB NOT NULL,
     from_name     TEXT NOT NULL,
@@ -62,9 +63,23 @@ CREATE TABLE inbox (
     sent_at       INTEGER NOT NULL,
     received_at   INTEGER NOT NULL,
     read_at       INTEGER,
-    verified      INTEGER NOT NULL
+    verified      INTEGER NOT NULL,
+    PRIMARY KEY (id, session)
 );
-CREATE INDEX inbox_unread ON inbox (mesh, read_at, received_at);
+CREATE INDEX inbox_unread ON inbox (session, read_at, received_at);
+
+-- Sessions this daemon hosts besides its own (e.g. Claude Code sessions through the MCP
+-- shim). Their keys are derived from the member key and `client_key`, so nothing secret is
+-- stored and a session reopened with the same client key is the same peer.
+CREATE TABLE sessions (
+    mesh        BLOB NOT NULL,
+    session     BLOB NOT NULL,
+    client_key  TEXT NOT NULL,
+    profile     TEXT NOT NULL,
+    opened_at   INTEGER NOT NULL,
+    closed_at   INTEGER,
+    PRIMARY KEY (mesh, session)
+);
 
 -- Sealed envelopes not yet acknowledged by the relay. A row is deleted only after the
 -- relay answers `relayed`, so a crash at any point resends (the relay dedupes by id).

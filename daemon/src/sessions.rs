@@ -1,0 +1,113 @@
+//! Sessions hosted by the daemon besides its own: each is a peer with its own id, key and
+//! profile (the MCP shim opens one per Claude Code session). Ids and keys derive from the
+//! member key and the client's stable key, so reopening is the same peer.
+
+use claudemesh_schema::ipc::methods::{
+    SessionCloseParams, SessionInfo, SessionOpenParams, SessionOpenResult,
+};
+use claudemesh_schema::message::Profile;
+use claudemesh_schema::now_ms;
+use std::sync::Arc;
+
+use crate::daemon::Daemon;
+use crate::membership::valid_name;
+use crate::mesh::{LinkCmd, LocalSession, derive_session, lock};
+use crate::rpc::RpcErr;
+use crate::store::SessionRow;
+
+/// `session_open`.
+pub(crate) async fn open(
+    d: &Arc<Daemon>,
+    p: SessionOpenParams,
+) -> Result<SessionOpenResult, RpcErr> {
+    let key = p.client_key.trim().to_string();
+    if key.is_empty() || key.len() > 256 {
+        return Err(RpcErr::invalid("client_key must be 1 to 256 characters"));
+    }
+    let targets = match &p.mesh {
+        Some(s) => vec![d.select(Some(s))?],
+        None => {
+            let all = d.meshes();
+            if all.is_empty() {
+                return Err(d
+                    .select(None)
+                    .err()
+                    .unwrap_or_else(|| RpcErr::not_found("no mesh")));
+            }
+            all
+        }
+    };
+    let name = match &p.name {
+        Some(n) => Some(valid_name("display name", n)?),
+        None => None,
+    };
+    let mut groups = Vec::new();
+    for g in &p.groups {
+        let g = g.trim().trim_start_matches('@');
+        if !g.is_empty() {
+            groups.push(valid_name("group name", g)?);
+        }
+    }
+    let mut out = Vec::new();
+    for m in targets {
+        let (sid, secret) = derive_session(&m.keys, &m.id, &key);
+        let profile = Profile {
+            name: name
+                .clone()
+                .unwrap_or_else(|| lock(&m.row).display_name.clone()),
+            kind: p.kind.clone().unwrap_or_else(|| "session".into()),
+            status: Default::default(),
+            summary: p.summary.clone().unwrap_or_default(),
+            groups: groups.clone(),
+            hostname: d.hostname.clone(),
+            cwd: p.cwd.clone().unwrap_or_default(),
+            visible: true,
+        };
+        d.store
+            .open_session(
+                SessionRow {
+                    mesh: m.id,
+                    session: sid,
+                    client_key: key.clone(),
+                    profile: profile.clone(),
+                },
+                now_ms(),
+            )
+            .await
+            .map_err(RpcErr::internal)?;
+        let info = SessionInfo {
+            mesh: m.id,
+            mesh_name: m.name(),
+            session: sid,
+            name: profile.name.clone(),
+        };
+        lock(&m.sessions).insert(sid, LocalSession { secret, profile });
+        let _ = m.link.tx.try_send(LinkCmd::Publish);
+        out.push(info);
+    }
+    Ok(SessionOpenResult { sessions: out })
+}
+
+/// `session_close`.
+pub(crate) async fn close(d: &Arc<Daemon>, p: SessionCloseParams) -> Result<SessionInfo, RpcErr> {
+    for m in d.meshes() {
+        let removed = lock(&m.sessions).remove(&p.session);
+        if let Some(l) = removed {
+            let now = now_ms();
+            d.store
+                .close_session(m.id, p.session, now)
+                .await
+                .map_err(RpcErr::internal)?;
+            let _ = d.store.presence_offline(m.id, p.session, now).await;
+            let _ = m.link.tx.try_send(LinkCmd::Depart(p.session));
+            d.bump_changes();
+            return Ok(SessionInfo {
+                mesh: m.id,
+                mesh_name: m.name(),
+                session: p.session,
+                name: l.profile.name,
+            });
+        }
+    }
+    Err(RpcErr::not_found(format!("no open session {}", p.session)))
+}
