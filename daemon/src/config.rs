@@ -157,7 +157,31 @@ pub fn default_display_name(cfg: &DaemonConfig) -> String {
             return n.trim().to_string();
         }
     }
-    "me".to_string()
+    login_from_passwd().unwrap_or_else(|| "me".to_string())
+}
+
+/// The login name of the current user from `/etc/passwd`, for environments without
+/// `USER` (services, containers). The uid is read from a file we just created, so no
+/// unsafe call is needed.
+#[cfg(unix)]
+fn login_from_passwd() -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let probe = std::env::temp_dir().join(format!("claudemesh-uid-{}", std::process::id()));
+    std::fs::write(&probe, b"").ok()?;
+    let uid = std::fs::metadata(&probe).ok()?.uid();
+    let _ = std::fs::remove_file(&probe);
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        let _ = f.next();
+        (f.next()?.parse::<u32>().ok()? == uid && !name.is_empty()).then(|| name.to_string())
+    })
+}
+
+#[cfg(not(unix))]
+fn login_from_passwd() -> Option<String> {
+    None
 }
 
 #[cfg(test)]
