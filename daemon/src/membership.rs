@@ -357,17 +357,15 @@ pub(crate) async fn on_claim(
     if cap.mesh != m.id || !m.role().is_admin() {
         return;
     }
-    let secret = invite::invite_secret(&m.keys.mesh_key, &request.invite);
-    let expected = invite::claim_proof(&secret, &request.invite, &request.member, &request.box_key);
-    if !crypto::ct_eq(&expected, &request.proof) {
-        tracing::warn!(claim = %claim.short(), "claim with a wrong invite code refused");
+    if let Err(reason) = check_claim(d, m, &request, &cap).await {
+        tracing::warn!(claim = %claim.short(), reason, "claim refused");
         let _ = m
             .link
             .request(Box::new(move |rid| ClientFrame::ClaimDecision {
                 rid,
                 decision: ClaimDecision::Refuse {
                     claim,
-                    reason: "the invite code is wrong".into(),
+                    reason: reason.into(),
                 },
             }))
             .await;
@@ -387,6 +385,52 @@ pub(crate) async fn on_claim(
     if let Err(e) = accept(d, m, claim, &request, &cap).await {
         tracing::debug!(claim = %claim.short(), error = %e.message, "claim not accepted here");
     }
+}
+
+/// Check a claim without trusting the relay: the proof (made with the invite secret, which
+/// the relay does not know), its freshness, and the capability's signature, expiry and
+/// (as far as this daemon knows) revocation. The relay supplies the capability, so its
+/// signature by an admin is what makes its role and approval mode trustworthy.
+async fn check_claim(
+    d: &Arc<Daemon>,
+    m: &Arc<MeshCtx>,
+    request: &ClaimRequest,
+    cap: &InviteCap,
+) -> Result<(), &'static str> {
+    let secret = invite::invite_secret(&m.keys.mesh_key, &request.invite);
+    let expected = invite::claim_proof(
+        &secret,
+        &request.invite,
+        &request.member,
+        &request.box_key,
+        request.at,
+    );
+    if !crypto::ct_eq(&expected, &request.proof) {
+        return Err("the invite code is wrong");
+    }
+    if now_ms().abs_diff(request.at) > invite::CLAIM_WINDOW_MS as u64 {
+        return Err("the claim is too old; run `claudemesh join` again");
+    }
+    if cap.id != request.invite {
+        return Err("the claim does not match the invite");
+    }
+    {
+        let roster = lock(&m.roster);
+        if cap.verify(&roster.roster).is_err() {
+            return Err("the invite is not signed by an admin of this mesh");
+        }
+    }
+    if now_ms() > cap.expires_at {
+        return Err("the invite has expired");
+    }
+    let local = d.store.read(store::q_invites).await.unwrap_or_default();
+    if local
+        .iter()
+        .any(|(c, _, revoked)| c.id == cap.id && *revoked)
+    {
+        return Err("the invite was revoked");
+    }
+    Ok(())
 }
 
 async fn accept(
@@ -416,7 +460,8 @@ async fn accept(
     let sealed = crypto::anon_seal(&request.box_key, &json);
     json.zeroize();
     let sealed = sealed.map_err(|e| RpcErr::internal(e.to_string()))?;
-    let mac = invite::accept_mac(&secret, &claim, &sealed, &entry.sig.0);
+    let genesis = lock(&m.row).genesis.commitment();
+    let mac = invite::accept_mac(&secret, &claim, &sealed, &entry.commitment(), &genesis);
     m.link
         .request(Box::new(move |rid| ClientFrame::ClaimDecision {
             rid,
@@ -497,7 +542,10 @@ pub(crate) async fn claim_decide(
         .mesh(&mesh)
         .ok_or_else(|| RpcErr::not_found("the claim's mesh is no longer joined"))?;
     let result = if p.accept {
-        accept(d, &m, id, &request, &cap).await
+        match check_claim(d, &m, &request, &cap).await {
+            Ok(()) => accept(d, &m, id, &request, &cap).await,
+            Err(reason) => Err(RpcErr::invite(reason)),
+        }
     } else {
         m.link
             .request(Box::new(move |rid| ClientFrame::ClaimDecision {
@@ -536,7 +584,14 @@ pub(crate) async fn join(d: &Arc<Daemon>, p: JoinParams) -> Result<MeshInfo, Rpc
     let display = display_name(d, p.display_name.as_deref())?;
     let member = MemberSecret::generate();
     let bx = BoxSecret::generate();
-    let proof = invite::claim_proof(&link.secret, &link.invite, &member.public(), &bx.public());
+    let at = now_ms();
+    let proof = invite::claim_proof(
+        &link.secret,
+        &link.invite,
+        &member.public(),
+        &bx.public(),
+        at,
+    );
     let mut conn = claudemesh_relay::connect(&link.relay, Some(link.fingerprint), &connect_opts(d))
         .await
         .map_err(|e| {
@@ -549,6 +604,7 @@ pub(crate) async fn join(d: &Arc<Daemon>, p: JoinParams) -> Result<MeshInfo, Rpc
         invite: link.invite,
         member: member.public(),
         box_key: bx.public(),
+        at,
         proof,
     };
     send_raw(&mut conn, &ClientFrame::Claim(req)).await?;
@@ -605,13 +661,20 @@ pub(crate) async fn join(d: &Arc<Daemon>, p: JoinParams) -> Result<MeshInfo, Rpc
         }
     };
     conn.close().await;
-    let expected = invite::accept_mac(&link.secret, &claim, &sealed, &entry.sig.0);
+    let expected = invite::accept_mac(
+        &link.secret,
+        &claim,
+        &sealed,
+        &entry.commitment(),
+        &genesis.commitment(),
+    );
     if !crypto::ct_eq(&expected, &mac) {
         return Err(RpcErr::invite(
             "the answer to the claim is not authenticated by the invite; refusing it (the relay may be tampering)",
         ));
     }
     if entry.member != member.public()
+        || entry.invite != Some(link.invite)
         || entry.op != RosterOp::Add
         || entry.mesh != genesis.mesh
         || genesis.verify().is_err()

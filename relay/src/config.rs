@@ -56,6 +56,10 @@ pub struct RelayConfig {
     /// How long a delivered envelope's id is remembered to drop resends, seconds.
     /// Default 1 hour.
     pub dedupe_window_secs: u64,
+    /// Most meshes this relay hosts. Default 100 000.
+    pub max_meshes: u64,
+    /// Most members per mesh. Default 10 000.
+    pub max_members: u64,
     /// Most undelivered envelopes stored per mesh. Default 100 000.
     pub mesh_quota_messages: u64,
     /// Most undelivered bytes stored per mesh. Default 256 MiB.
@@ -97,6 +101,8 @@ impl Default for RelayConfig {
             durability: Durability::Full,
             message_ttl_secs: 7 * 24 * 3600,
             dedupe_window_secs: 3600,
+            max_meshes: 100_000,
+            max_members: 10_000,
             mesh_quota_messages: 100_000,
             mesh_quota_bytes: 256 << 20,
             handshake_rate: 20.0,

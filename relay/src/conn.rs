@@ -32,7 +32,9 @@ use crate::store::{NewEnvelope, Store};
 use crate::transport::{FrameReader, FrameWriter, ReadError, Transport};
 
 /// Most sessions one member may announce in a mesh.
-const MAX_SESSIONS_PER_MEMBER: usize = 1024;
+const MAX_SESSIONS_PER_MEMBER: usize = 256;
+/// Largest sealed profile a presence may carry.
+const MAX_PROFILE: usize = 16 * 1024;
 /// Stored envelopes sent per mailbox page on reconnect.
 const MAILBOX_PAGE: usize = 512;
 
@@ -98,7 +100,7 @@ async fn write_loop(
     queued: Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let took = |b: Bytes| {
-        queued.fetch_sub(1, Ordering::Relaxed);
+        queued.fetch_sub(b.len(), Ordering::Relaxed);
         b
     };
     loop {
@@ -423,6 +425,14 @@ impl<S: Store> Conn<S> {
             );
             return Ok(());
         }
+        if self.hub.mesh_count() as u64 >= self.hub.cfg.max_meshes {
+            self.error(
+                Some(rid),
+                ErrorCode::QuotaExceeded,
+                "this relay hosts as many meshes as it allows",
+            );
+            return Ok(());
+        }
         if let Err(e) = self.hub.store.create_mesh(genesis.clone()).await {
             tracing::error!(error = %e, "cannot store new mesh");
             self.error(
@@ -460,12 +470,12 @@ impl<S: Store> Conn<S> {
                 &format!("no common protocol version (relay speaks {SUPPORTED_VERSIONS:?}); upgrade claudemesh"),
             ));
         };
-        if (now - h.ts).abs() > wire::HELLO_WINDOW_MS {
+        if now.abs_diff(h.ts) > wire::HELLO_WINDOW_MS as u64 {
             return Err(self.fatal(
                 ErrorCode::StaleHello,
                 &format!(
                     "hello timestamp is {} s away from the relay clock (limit 60 s); check this machine's clock",
-                    (now - h.ts) / 1000
+                    now.saturating_sub(h.ts) / 1000
                 ),
             ));
         }
@@ -549,6 +559,11 @@ impl<S: Store> Conn<S> {
         self.push(&RelayFrame::Welcome(welcome));
         for f in roster.iter().chain(presences.iter()) {
             self.push(f);
+        }
+        // Sends that resolved this member as offline just before the link was registered
+        // may still be in the store queue: wait for them, so the mailbox read sees them.
+        if let Err(e) = crate::store::flushed(&self.hub.store).await {
+            tracing::error!(error = %e, "store flush failed");
         }
         // Count the mailbox for `ready`, then stream it from a task so acks are read
         // concurrently.
@@ -697,23 +712,10 @@ impl<S: Store> Conn<S> {
         }
         let now = now_ms();
         let tx = self.link.clone();
-        if lock(&self.hub.recent).contains(&id) {
-            // A resend of something recently accepted: acknowledge once everything queued
-            // before it is committed, forward nothing.
-            let relayed = frame(&RelayFrame::Relayed { id, at: now });
-            let _ = self
-                .hub
-                .store
-                .barrier(Box::new(move |r| {
-                    if r.is_ok()
-                        && let Some(f) = relayed
-                    {
-                        tx.push(f);
-                    }
-                }))
-                .await;
-            return;
-        }
+        // A resend of something recently accepted is not forwarded live again, but it goes
+        // through the store like any send: the insert is a no-op if the first copy was
+        // committed, and stores it if that write failed.
+        let resend = lock(&self.hub.recent).contains(&id);
         let env_json = match serde_json::to_vec(&env) {
             Ok(v) => Bytes::from(v),
             Err(_) => {
@@ -765,9 +767,11 @@ impl<S: Store> Conn<S> {
         lock(&self.hub.recent).insert(id);
         // Forward at once; the relay's copy is committed in the background and the sender
         // hears `relayed` only after that commit.
-        let deliver = deliver_frame(&env_json, now);
-        for l in &online {
-            l.push_data(deliver.clone());
+        if !resend {
+            let deliver = deliver_frame(&env_json, now);
+            for l in &online {
+                l.push_data(deliver.clone());
+            }
         }
         self.hub.stats.envelopes.fetch_add(1, Ordering::Relaxed);
         let relayed = frame(&RelayFrame::Relayed { id, at: now });
@@ -886,6 +890,19 @@ impl<S: Store> Conn<S> {
             );
             return Ok(());
         }
+        if p.profile.len() > MAX_PROFILE {
+            self.error(
+                None,
+                ErrorCode::FrameTooLarge,
+                "presence profile exceeds 16 KiB",
+            );
+            return Ok(());
+        }
+        // Presence updates share the member's message budget.
+        if self.rate.take(Instant::now()).is_err() {
+            self.error(None, ErrorCode::RateLimited, "too many updates; slow down");
+            return Ok(());
+        }
         if p.verify().is_err() {
             self.error(
                 None,
@@ -999,6 +1016,16 @@ impl<S: Store> Conn<S> {
                 drop(st);
                 return self.error(Some(rid), ErrorCode::NotAuthorized, &err.to_string());
             }
+            if e.op == RosterOp::Add
+                && st.roster.members().count() as u64 >= self.hub.cfg.max_members
+            {
+                drop(st);
+                return self.error(
+                    Some(rid),
+                    ErrorCode::QuotaExceeded,
+                    "the mesh has as many members as this relay allows",
+                );
+            }
             st.entries.len() as u64
         };
         if let Err(err) = self.hub.store.append_roster(seq, e.clone()).await {
@@ -1041,7 +1068,14 @@ impl<S: Store> Conn<S> {
             l.close.cancel();
         }
         if e.op == RosterOp::Remove {
-            let _ = self.hub.store.drop_mailbox(e.mesh, e.member).await;
+            match self.hub.store.drop_mailbox(e.mesh, e.member).await {
+                Ok((n, bytes)) => {
+                    let mut st = lock(&entry.state);
+                    st.stored.0 = st.stored.0.saturating_sub(n);
+                    st.stored.1 = st.stored.1.saturating_sub(bytes);
+                }
+                Err(err) => tracing::warn!(error = %err, "cannot drop a removed member's mailbox"),
+            }
         }
         self.push(&RelayFrame::Ok { rid });
     }
@@ -1067,6 +1101,13 @@ impl<S: Store> Conn<S> {
                 drop(st);
                 return self.error(Some(rid), ErrorCode::NotAuthorized, &err.to_string());
             }
+        }
+        if self.hub.invite_mesh(&cap.id).is_some() {
+            return self.error(
+                Some(rid),
+                ErrorCode::NotAuthorized,
+                "an invite with this id already exists",
+            );
         }
         if let Err(err) = self.hub.store.put_invite(cap.clone()).await {
             tracing::error!(error = %err, "cannot store invite");
@@ -1227,6 +1268,14 @@ impl<S: Store> Conn<S> {
                         drop(st);
                         return self.error(Some(rid), ErrorCode::NotAuthorized, &err.to_string());
                     }
+                    if st.roster.members().count() as u64 >= self.hub.cfg.max_members {
+                        drop(st);
+                        return self.error(
+                            Some(rid),
+                            ErrorCode::QuotaExceeded,
+                            "the mesh has as many members as this relay allows",
+                        );
+                    }
                     let cap_id = c.cap.id;
                     let refusal = st.invites.get(&cap_id).map(|i| i.refusal(now));
                     match refusal {
@@ -1337,11 +1386,18 @@ impl<S: Store> Conn<S> {
                 let now = now_ms();
                 let offline: Vec<SessionId> = {
                     let mut st = lock(&entry.state);
-                    if st.links.get(&member).is_some_and(|l| l.id == self.link.id) {
-                        st.links.remove(&member);
-                    } else {
-                        // Replaced by a newer connection: its sessions stay online.
-                        return;
+                    match st.links.get(&member) {
+                        Some(l) if l.id == self.link.id => {
+                            st.links.remove(&member);
+                        }
+                        Some(_) => {
+                            // Replaced by a newer connection: its sessions stay online.
+                            drop(st);
+                            self.hub.stats.links.fetch_sub(1, Ordering::Relaxed);
+                            return;
+                        }
+                        // Removed from the mesh: the roster change took the link out.
+                        None => {}
                     }
                     let mut gone = Vec::new();
                     for (id, s) in st.sessions.iter_mut() {

@@ -63,8 +63,8 @@ pub(crate) fn deliver_frame(envelope_json: &[u8], at: i64) -> Bytes {
     Bytes::from(v)
 }
 
-/// Most control frames a connection may leave unread before it is closed.
-pub(crate) const CONTROL_LIMIT: usize = 65_536;
+/// Most bytes of control frames a connection may leave unread before it is closed.
+pub(crate) const CONTROL_LIMIT: usize = 64 << 20;
 
 /// The sending side of a connection, as the hub sees it.
 ///
@@ -77,7 +77,7 @@ pub(crate) const CONTROL_LIMIT: usize = 65_536;
 pub(crate) struct LinkHandle {
     pub(crate) id: u64,
     pub(crate) tx: mpsc::UnboundedSender<Bytes>,
-    /// Control frames queued and not yet written.
+    /// Bytes of control frames queued and not yet written.
     pub(crate) queued: Arc<std::sync::atomic::AtomicUsize>,
     pub(crate) data: mpsc::Sender<Bytes>,
     pub(crate) close: CancellationToken,
@@ -87,10 +87,11 @@ pub(crate) struct LinkHandle {
 impl LinkHandle {
     /// Queue a control frame without waiting. Control frames come in bursts (a commit
     /// acknowledges a whole batch of sends at once), so the queue is not bounded by a
-    /// channel; a peer that leaves more than [`CONTROL_LIMIT`] unread is closed.
+    /// channel; a peer that leaves more than [`CONTROL_LIMIT`] bytes unread is closed.
     pub(crate) fn push(&self, frame: Bytes) -> bool {
-        if self.queued.fetch_add(1, Ordering::Relaxed) >= CONTROL_LIMIT {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
+        let n = frame.len();
+        if self.queued.fetch_add(n, Ordering::Relaxed) + n > CONTROL_LIMIT {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
             tracing::warn!(
                 link = self.id,
                 "link does not read its control frames, closing it"
@@ -99,7 +100,7 @@ impl LinkHandle {
             return false;
         }
         if self.tx.send(frame).is_err() {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.queued.fetch_sub(n, Ordering::Relaxed);
             return false;
         }
         true
@@ -411,7 +412,7 @@ impl<S: Store> Hub<S> {
     }
 
     pub(crate) fn index_invite(&self, id: InviteId, mesh: MeshId) {
-        lock(&self.invite_index).insert(id, mesh);
+        lock(&self.invite_index).entry(id).or_insert(mesh);
     }
 
     pub(crate) fn invite_mesh(&self, id: &InviteId) -> Option<MeshId> {

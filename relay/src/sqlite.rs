@@ -148,7 +148,9 @@ fn migrate(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result<()
 }
 
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
-type Job = Box<dyn FnOnce(&Transaction<'_>) -> (bool, Completion) + Send>;
+/// A queued write: run with the batch's transaction, or told why it could not run (then it
+/// reports failure to its caller; no job is ever dropped silently).
+type Job = Box<dyn FnOnce(Result<&Transaction<'_>, String>) -> (bool, Completion) + Send>;
 
 /// Most jobs folded into one transaction.
 const MAX_BATCH: usize = 4096;
@@ -212,6 +214,13 @@ impl Writer {
         D: FnOnce(Result<R, SqliteError>) + Send + 'static,
     {
         let job: Job = Box::new(move |tx| {
+            let tx = match tx {
+                Ok(tx) => tx,
+                Err(e) => {
+                    let c: Completion = Box::new(move |_| done(Err(SqliteError::Commit(e))));
+                    return (false, c);
+                }
+            };
             let res = f(tx);
             let ok = res.is_ok();
             let c: Completion = Box::new(move |commit: Result<(), String>| {
@@ -232,6 +241,14 @@ impl Writer {
         F: FnOnce(&Transaction<'_>) -> rusqlite::Result<()> + Send + 'static,
     {
         let job: Job = Box::new(move |tx| {
+            let tx = match tx {
+                Ok(tx) => tx,
+                Err(e) => {
+                    tracing::warn!(what, error = %e, "store write not run");
+                    let c: Completion = Box::new(|_| {});
+                    return (false, c);
+                }
+            };
             let res = f(tx);
             let ok = res.is_ok();
             let c: Completion = Box::new(move |commit: Result<(), String>| {
@@ -252,25 +269,31 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
     let tx = match conn.transaction() {
         Ok(tx) => tx,
         Err(e) => {
-            // Dropping the jobs drops their result channels: every caller sees an error
-            // and nothing is reported as written.
             tracing::error!(error = %e, "cannot begin a store transaction");
+            let msg = format!("cannot begin a transaction: {e}");
+            for job in batch {
+                let (_, c) = job(Err(msg.clone()));
+                c(Err(msg.clone()));
+            }
             return;
         }
     };
     for job in batch {
         // Each job in its own savepoint, so one failing job does not undo the others.
-        let sp_ok = tx.execute_batch("SAVEPOINT job").is_ok();
-        let (ok, completion) = job(&tx);
-        if sp_ok {
-            let end = if ok {
-                "RELEASE job"
-            } else {
-                "ROLLBACK TO job; RELEASE job"
-            };
-            if let Err(e) = tx.execute_batch(end) {
-                tracing::error!(error = %e, "savepoint failed");
-            }
+        if let Err(e) = tx.execute_batch("SAVEPOINT job") {
+            let msg = format!("cannot open a savepoint: {e}");
+            let (_, c) = job(Err(msg.clone()));
+            completions.push(c);
+            continue;
+        }
+        let (ok, completion) = job(Ok(&tx));
+        let end = if ok {
+            "RELEASE job"
+        } else {
+            "ROLLBACK TO job; RELEASE job"
+        };
+        if let Err(e) = tx.execute_batch(end) {
+            tracing::error!(error = %e, "savepoint failed");
         }
         completions.push(completion);
     }

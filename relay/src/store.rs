@@ -161,12 +161,12 @@ pub trait Store: Send + Sync + 'static {
         after: Option<MessageId>,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Stored>, StoreError>> + Send;
-    /// Forget a removed member's mailbox.
+    /// Forget a removed member's mailbox; returns envelopes (and bytes) no one else needed.
     fn drop_mailbox(
         &self,
         mesh: MeshId,
         member: MemberKey,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<(u64, u64), StoreError>> + Send;
     /// Drop envelopes and dedupe ids past their expiry.
     fn prune(&self, now: i64) -> impl Future<Output = Result<Pruned, StoreError>> + Send;
 }
@@ -537,17 +537,54 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn drop_mailbox(&self, mesh: MeshId, member: MemberKey) -> Result<(), StoreError> {
-        self.writer
+    async fn drop_mailbox(
+        &self,
+        mesh: MeshId,
+        member: MemberKey,
+    ) -> Result<(u64, u64), StoreError> {
+        let freed = self
+            .writer
             .call(move |tx| {
+                let ids: Vec<Vec<u8>> = {
+                    let mut stmt =
+                        tx.prepare("SELECT id FROM mailbox WHERE mesh = ?1 AND member = ?2")?;
+                    let rows = stmt.query_map(params![mesh.as_bytes(), member.0], |r| r.get(0))?;
+                    rows.collect::<rusqlite::Result<_>>()?
+                };
                 tx.execute(
                     "DELETE FROM mailbox WHERE mesh = ?1 AND member = ?2",
                     params![mesh.as_bytes(), member.0],
-                )
-                .map(|_| ())
+                )?;
+                let (mut n, mut bytes) = (0u64, 0u64);
+                for id in ids {
+                    let left: bool = tx.query_row(
+                        "SELECT EXISTS (SELECT 1 FROM mailbox WHERE id = ?1)",
+                        params![id],
+                        |r| r.get(0),
+                    )?;
+                    if left {
+                        continue;
+                    }
+                    let size: Option<i64> = tx
+                        .query_row(
+                            "SELECT size FROM messages WHERE id = ?1 AND envelope IS NOT NULL",
+                            params![id],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    if let Some(size) = size {
+                        tx.execute(
+                            "UPDATE messages SET envelope = NULL WHERE id = ?1",
+                            params![id],
+                        )?;
+                        n += 1;
+                        bytes += size as u64;
+                    }
+                }
+                Ok((n, bytes))
             })
             .await?;
-        Ok(())
+        Ok(freed)
     }
 
     async fn prune(&self, now: i64) -> Result<Pruned, StoreError> {

@@ -17,7 +17,7 @@
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use crypto_box::aead::OsRng;
-use ed25519_dalek::{Signer as _, Verifier as _};
+use ed25519_dalek::Signer as _;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use zeroize::{Zeroize, Zeroizing};
@@ -55,7 +55,8 @@ impl MemberKey {
     pub fn verify(&self, msg: &[u8], sig: &Signature) -> Result<(), CryptoError> {
         let vk =
             ed25519_dalek::VerifyingKey::from_bytes(&self.0).map_err(|_| CryptoError::BadKey)?;
-        vk.verify(msg, &ed25519_dalek::Signature::from_bytes(&sig.0))
+        // Strict verification: refuses weak (small-order) keys and malleable signatures.
+        vk.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&sig.0))
             .map_err(|_| CryptoError::BadSignature)
     }
 

@@ -122,28 +122,40 @@ fn proof_key(secret: &[u8; 16]) -> [u8; 32] {
     blake3::derive_key("claudemesh 2026 invite proof v1", secret)
 }
 
-/// The claimant's proof: MAC over the invite and the claimant's two new public keys.
+/// The claimant's proof: MAC over the invite, the claimant's two new public keys and the
+/// claim time (admins refuse stale claims, so a recorded claim cannot be replayed later).
 pub fn claim_proof(
     secret: &[u8; 16],
     invite: &InviteId,
     member: &MemberKey,
     box_key: &BoxPublic,
+    at: i64,
 ) -> [u8; 32] {
     mac(
         &proof_key(secret),
         "claim",
-        &[invite.as_bytes(), &member.0, &box_key.0],
+        &[invite.as_bytes(), &member.0, &box_key.0, &at.to_be_bytes()],
     )
 }
 
-/// The admin's MAC over its acceptance.
-pub fn accept_mac(secret: &[u8; 16], claim: &ClaimId, sealed: &[u8], entry_sig: &[u8]) -> [u8; 32] {
+/// The admin's MAC over its acceptance: the claim, the sealed join secret, and commitments
+/// to the exact roster entry and mesh genesis, so a relay can change none of them.
+pub fn accept_mac(
+    secret: &[u8; 16],
+    claim: &ClaimId,
+    sealed: &[u8],
+    entry: &[u8],
+    genesis: &[u8],
+) -> [u8; 32] {
     mac(
         &proof_key(secret),
         "accept",
-        &[claim.as_bytes(), sealed, entry_sig],
+        &[claim.as_bytes(), sealed, entry, genesis],
     )
 }
+
+/// How old (or how far in the future) a claim may be when an admin answers it, ms.
+pub const CLAIM_WINDOW_MS: i64 = 65 * 60 * 1000;
 
 /// What an admin seals to an admitted claimant.
 #[derive(Clone, Serialize, Deserialize)]
@@ -213,11 +225,16 @@ mod tests {
         let s = invite_secret(&key, &inv);
         let m = MemberSecret::generate().public();
         let b = BoxSecret::generate().public();
-        let p = claim_proof(&s, &inv, &m, &b);
-        assert_eq!(p, claim_proof(&invite_secret(&key, &inv), &inv, &m, &b));
+        let p = claim_proof(&s, &inv, &m, &b, 5);
+        assert_eq!(p, claim_proof(&invite_secret(&key, &inv), &inv, &m, &b, 5));
         assert_ne!(
             p,
-            claim_proof(&s, &inv, &m, &BoxSecret::generate().public())
+            claim_proof(&s, &inv, &m, &BoxSecret::generate().public(), 5)
+        );
+        assert_ne!(
+            p,
+            claim_proof(&s, &inv, &m, &b, 6),
+            "the claim time is covered"
         );
         assert_ne!(s, invite_secret(&key, &InviteId::new()));
     }

@@ -127,6 +127,13 @@ impl MeshGenesis {
         }
     }
 
+    /// The signed bytes followed by the signature: a commitment to this exact genesis.
+    pub fn commitment(&self) -> Vec<u8> {
+        let mut v = Self::canonical(&self.mesh, &self.owner, self.created_at);
+        v.extend_from_slice(&self.sig.0);
+        v
+    }
+
     /// Check the owner's signature.
     pub fn verify(&self) -> Result<(), RosterError> {
         self.owner.verify(
@@ -225,6 +232,21 @@ impl RosterEntry {
             invite,
             sig,
         }
+    }
+
+    /// The signed bytes followed by the signature: a commitment to this exact entry.
+    pub fn commitment(&self) -> Vec<u8> {
+        let mut v = Self::canonical(
+            &self.mesh,
+            &self.member,
+            self.role,
+            self.op,
+            &self.by,
+            self.at,
+            self.invite.as_ref(),
+        );
+        v.extend_from_slice(&self.sig.0);
+        v
     }
 
     /// Check the signature (not the authority: see [`Roster::apply`]).

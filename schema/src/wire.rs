@@ -198,6 +198,8 @@ pub struct ClaimRequest {
     pub member: MemberKey,
     /// A fresh x25519 key the mesh key will be sealed to.
     pub box_key: BoxPublic,
+    /// Claim time, unix ms (covered by the proof).
+    pub at: i64,
     /// Keyed MAC proving knowledge of the invite secret (see [`crate::invite`]).
     #[serde(with = "encoding::array")]
     pub proof: [u8; 32],
@@ -217,8 +219,9 @@ pub enum ClaimDecision {
         /// The join secret ([`crate::invite::JoinSecret`]) sealed to the claimant's box key.
         #[serde(with = "encoding::bytes")]
         sealed: Vec<u8>,
-        /// MAC with the invite secret over the claim id, `sealed` and the entry, so the
-        /// claimant knows the answer came from someone holding the mesh key.
+        /// MAC with the invite secret over the claim id, `sealed`, the entry and the mesh
+        /// genesis, so the claimant knows the answer came from someone holding the mesh key
+        /// and that the relay changed nothing.
         #[serde(with = "encoding::array")]
         mac: [u8; 32],
     },

@@ -307,6 +307,7 @@ async fn claim(f: &Fixture, invite: InviteId) -> Connection {
         invite,
         member: m.public(),
         box_key: b.public(),
+        at: now_ms(),
         proof: [0; 32],
     };
     send(&mut c, &ClientFrame::Claim(req)).await;
@@ -389,6 +390,7 @@ async fn expired_revoked_used_up_and_unknown_invites_are_refused() {
             invite: single.id,
             member: newcomer.public(),
             box_key: bx.public(),
+            at: now_ms(),
             proof: [0; 32],
         }),
     )
@@ -416,7 +418,7 @@ async fn expired_revoked_used_up_and_unknown_invites_are_refused() {
     );
     let sealed = claudemesh_schema::crypto::anon_seal(&bx.public(), b"join secret").unwrap();
     let secret = invite::invite_secret(&MeshKey::generate(), &single.id);
-    let mac = invite::accept_mac(&secret, &claim_id, &sealed, &entry.sig.0);
+    let mac = invite::accept_mac(&secret, &claim_id, &sealed, &entry.commitment(), b"genesis");
     send(
         &mut a,
         &ClientFrame::ClaimDecision {
