@@ -469,6 +469,18 @@ fn a_daemon_hosts_several_sessions_each_a_peer() {
             .unwrap();
     });
     nodes[0].wait("peer-offline", Some("bob-web"));
+    // A direct message to the closed session waits in its inbox until it reopens.
+    nodes[0].ok(&["send", "bob-web", "while you were closed"]);
+    assert_eq!(open("claude-session-2", "bob-web", vec![]), s2);
+    assert_eq!(inbox(Some(s2)), vec!["while you were closed"]);
+    rt.block_on(async {
+        let mut c = Client::connect(&bob_sock).await.unwrap();
+        let _: m::SessionInfo = c
+            .call(m::SESSION_CLOSE, m::SessionCloseParams { session: s2 })
+            .await
+            .unwrap();
+    });
+    nodes[0].wait("peer-offline", Some("bob-web"));
     nodes[1].stop();
     nodes[0].wait("peer-offline", Some("bob-api"));
     nodes[1].start();

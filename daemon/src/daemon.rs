@@ -178,6 +178,7 @@ impl Daemon {
                     crate::mesh::LocalSession {
                         secret,
                         profile: r.profile,
+                        open: r.open,
                     },
                 )
             })

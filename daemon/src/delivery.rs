@@ -24,8 +24,12 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(3);
 /// Open an envelope delivered to this daemon: one inbox row per local session it is for.
 /// Empty when it is for none of ours, its sender is not a member, or it does not open (all
 /// logged, never with content).
-pub(crate) fn open(d: &Daemon, m: &MeshCtx, env: &Envelope, at: i64) -> Vec<InboxRow> {
-    let _ = d;
+pub(crate) fn open(
+    m: &MeshCtx,
+    env: &Envelope,
+    at: i64,
+    sender: Option<&PresenceRow>,
+) -> Vec<InboxRow> {
     if !m.is_member(&env.from_member) {
         tracing::warn!(id = %env.id, from = %env.from_member.short(), "message from a non-member dropped");
         return Vec::new();
@@ -41,12 +45,7 @@ pub(crate) fn open(d: &Daemon, m: &MeshCtx, env: &Envelope, at: i64) -> Vec<Inbo
             .collect(),
         Route::All => {
             let mut v = vec![own];
-            v.extend(
-                lock(&m.sessions)
-                    .iter()
-                    .filter(|(_, l)| l.profile.visible)
-                    .map(|(s, _)| *s),
-            );
+            v.extend(m.open_visible_sessions());
             v
         }
         _ => Vec::new(),
@@ -87,6 +86,16 @@ pub(crate) fn open(d: &Daemon, m: &MeshCtx, env: &Envelope, at: i64) -> Vec<Inbo
     if p.from_session != env.from {
         tracing::warn!(id = %env.id, "message names another sender session than its envelope; dropped");
         return Vec::new();
+    }
+    // The sending session must belong to the sending member (as its signed presence says),
+    // and the name shown is the one from that presence, not the one the sender typed.
+    let mut p = p;
+    if let Some(s) = sender {
+        if s.member != env.from_member {
+            tracing::warn!(id = %env.id, "message from a session of another member; dropped");
+            return Vec::new();
+        }
+        p.from_name = s.profile.name.clone();
     }
     rows_for(m, &p, &env.from_member, targets, at)
 }
@@ -344,12 +353,7 @@ pub(crate) async fn send(d: &Arc<Daemon>, p: SendParams) -> Result<SendResult, R
     // member but the sender's.
     let local: Vec<InboxRow> = if target.route == Route::All {
         let mut others = vec![m.keys.session];
-        others.extend(
-            lock(&m.sessions)
-                .iter()
-                .filter(|(_, l)| l.profile.visible)
-                .map(|(s, _)| *s),
-        );
+        others.extend(m.open_visible_sessions());
         others.retain(|s| *s != session);
         rows_for(&m, &payload, &m.member(), others, now)
     } else {
@@ -394,7 +398,7 @@ pub(crate) async fn send(d: &Arc<Daemon>, p: SendParams) -> Result<SendResult, R
     } else {
         None
     };
-    let _ = m.link.tx.try_send(LinkCmd::Send(id, Bytes::from(frame)));
+    let _ = m.link.tx.send(LinkCmd::Send(id, Bytes::from(frame))).await;
     let mut stage = Stage::Queued;
     if let Some(rx) = waiter {
         match tokio::time::timeout(wait, rx).await {

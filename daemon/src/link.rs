@@ -164,7 +164,7 @@ fn presence_frames(d: &Daemon, m: &MeshCtx) -> Vec<(ClientFrame, PresenceRow)> {
         m.keys.session_secret.public(),
         m.profile(&d.hostname),
     )];
-    for (sid, l) in lock(&m.sessions).iter() {
+    for (sid, l) in lock(&m.sessions).iter().filter(|(_, l)| l.open) {
         let mut profile = l.profile.clone();
         profile.hostname = d.hostname.clone();
         all.push((*sid, l.secret.public(), profile));
@@ -456,7 +456,14 @@ async fn on_frame(
         }
         RelayFrame::Deliver { env, at } => {
             let id = env.id;
-            let rows = crate::delivery::open(d, m, &env, at);
+            let (mesh, from) = (m.id, env.from);
+            let sender = d
+                .store
+                .read(move |c| crate::store::q_presence_of(c, mesh, from))
+                .await
+                .ok()
+                .flatten();
+            let rows = crate::delivery::open(m, &env, at, sender.as_ref());
             match rows.is_empty() {
                 false => {
                     let ack = ack_tx.clone();

@@ -140,6 +140,9 @@ pub(crate) struct MeshCtx {
 pub(crate) struct LocalSession {
     pub(crate) secret: BoxSecret,
     pub(crate) profile: Profile,
+    /// Closed sessions keep their key and inbox: direct messages sent while they were
+    /// closed wait there for the session to reopen (with the same client key).
+    pub(crate) open: bool,
 }
 
 /// The id and key of the hosted session `client_key` of `member` in `mesh`. Derived, not
@@ -198,6 +201,15 @@ impl MeshCtx {
 
     pub(crate) fn is_member(&self, m: &MemberKey) -> bool {
         lock(&self.roster).roster.is_member(m)
+    }
+
+    /// Open hosted sessions that receive broadcasts.
+    pub(crate) fn open_visible_sessions(&self) -> Vec<SessionId> {
+        lock(&self.sessions)
+            .iter()
+            .filter(|(_, l)| l.open && l.profile.visible)
+            .map(|(s, _)| *s)
+            .collect()
     }
 
     /// Is `s` one of the sessions this daemon holds in this mesh (its own or hosted)?

@@ -133,6 +133,7 @@ async fn connection(d: Arc<Daemon>, stream: Stream) {
     let (r, w) = tokio::io::split(stream);
     let mut lines = FramedRead::new(r, LinesCodec::new_with_max_length(MAX_LINE));
     let (tx, mut rx) = mpsc::channel::<String>(64);
+    let mut requests = tokio::task::JoinSet::new();
     let writer = tokio::spawn(async move {
         let mut out = FramedWrite::new(w, LinesCodec::new());
         while let Some(line) = rx.recv().await {
@@ -177,7 +178,10 @@ async fn connection(d: Arc<Daemon>, stream: Stream) {
             }
         };
         let (d2, tx2) = (d.clone(), tx.clone());
-        d.tasks.spawn(async move {
+        // Requests die with their connection: an abandoned `inbox --wait` must not mark
+        // messages read that nobody will see.
+        while requests.try_join_next().is_some() {}
+        requests.spawn(async move {
             let id = req.id;
             let resp = match dispatch(&d2, req).await {
                 Ok(v) => Response::ok(id, v),
@@ -188,6 +192,7 @@ async fn connection(d: Arc<Daemon>, stream: Stream) {
                 .await;
         });
     }
+    requests.abort_all();
     drop(tx);
     let _ = writer.await;
 }

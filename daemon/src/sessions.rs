@@ -70,6 +70,7 @@ pub(crate) async fn open(
                     session: sid,
                     client_key: key.clone(),
                     profile: profile.clone(),
+                    open: true,
                 },
                 now_ms(),
             )
@@ -81,7 +82,14 @@ pub(crate) async fn open(
             session: sid,
             name: profile.name.clone(),
         };
-        lock(&m.sessions).insert(sid, LocalSession { secret, profile });
+        lock(&m.sessions).insert(
+            sid,
+            LocalSession {
+                secret,
+                profile,
+                open: true,
+            },
+        );
         let _ = m.link.tx.try_send(LinkCmd::Publish);
         out.push(info);
     }
@@ -91,8 +99,17 @@ pub(crate) async fn open(
 /// `session_close`.
 pub(crate) async fn close(d: &Arc<Daemon>, p: SessionCloseParams) -> Result<SessionInfo, RpcErr> {
     for m in d.meshes() {
-        let removed = lock(&m.sessions).remove(&p.session);
-        if let Some(l) = removed {
+        let removed = {
+            let mut sessions = lock(&m.sessions);
+            match sessions.get_mut(&p.session) {
+                Some(l) if l.open => {
+                    l.open = false;
+                    Some(l.profile.clone())
+                }
+                _ => None,
+            }
+        };
+        if let Some(profile) = removed {
             let now = now_ms();
             d.store
                 .close_session(m.id, p.session, now)
@@ -105,7 +122,7 @@ pub(crate) async fn close(d: &Arc<Daemon>, p: SessionCloseParams) -> Result<Sess
                 mesh: m.id,
                 mesh_name: m.name(),
                 session: p.session,
-                name: l.profile.name,
+                name: profile.name,
             });
         }
     }

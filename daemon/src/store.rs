@@ -106,6 +106,8 @@ pub struct SessionRow {
     pub client_key: String,
     /// Its profile.
     pub profile: Profile,
+    /// Open (not closed).
+    pub open: bool,
 }
 
 fn blob32(v: Vec<u8>, what: &'static str) -> Result<[u8; 32]> {
@@ -666,13 +668,32 @@ pub fn q_roster(conn: &Connection, mesh: MeshId) -> Result<Vec<(u64, RosterEntry
     Ok(out)
 }
 
+/// The cached presence of one session.
+pub fn q_presence_of(
+    conn: &Connection,
+    mesh: MeshId,
+    session: SessionId,
+) -> Result<Option<PresenceRow>> {
+    Ok(presence_rows(conn, mesh, Some(session))?.into_iter().next())
+}
+
 /// Cached presences of a mesh.
 pub fn q_presence(conn: &Connection, mesh: MeshId) -> Result<Vec<PresenceRow>> {
+    presence_rows(conn, mesh, None)
+}
+
+fn presence_rows(
+    conn: &Connection,
+    mesh: MeshId,
+    only: Option<SessionId>,
+) -> Result<Vec<PresenceRow>> {
     let mut stmt = conn.prepare_cached(
         "SELECT session, member, session_key, seq, name, kind, status, summary, groups, hostname,
-            cwd, visible, online, last_seen FROM presence WHERE mesh = ?1",
+            cwd, visible, online, last_seen FROM presence
+         WHERE mesh = ?1 AND (?2 IS NULL OR session = ?2)",
     )?;
-    let rows = stmt.query_map(params![mesh.as_bytes()], |r| {
+    let only = only.map(|s| s.as_bytes().to_vec());
+    let rows = stmt.query_map(params![mesh.as_bytes(), only], |r| {
         Ok((
             r.get::<_, Vec<u8>>(0)?,
             r.get::<_, Vec<u8>>(1)?,
@@ -827,10 +848,10 @@ pub fn q_unread(
     Ok(out)
 }
 
-/// Hosted sessions that are open.
+/// Hosted sessions, open and closed.
 pub fn q_sessions(conn: &Connection) -> Result<Vec<SessionRow>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT mesh, session, client_key, profile FROM sessions WHERE closed_at IS NULL",
+        "SELECT mesh, session, client_key, profile, closed_at IS NULL FROM sessions",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok((
@@ -838,16 +859,18 @@ pub fn q_sessions(conn: &Connection) -> Result<Vec<SessionRow>> {
             r.get::<_, Vec<u8>>(1)?,
             r.get::<_, String>(2)?,
             r.get::<_, String>(3)?,
+            r.get::<_, bool>(4)?,
         ))
     })?;
     let mut out = Vec::new();
     for r in rows {
-        let (mesh, session, client_key, profile) = r?;
+        let (mesh, session, client_key, profile, open) = r?;
         out.push(SessionRow {
             mesh: id16(mesh, MeshId::from_slice, "mesh id")?,
             session: id16(session, SessionId::from_slice, "session id")?,
             client_key,
             profile: serde_json::from_str(&profile).map_err(|_| StoreError::Corrupt("profile"))?,
+            open,
         });
     }
     Ok(out)
