@@ -50,6 +50,8 @@ pub(crate) enum Command {
     Wait(WaitArgs),
     /// Run a relay in the foreground (to self-host one for other machines).
     Relay(RelayArgs),
+    /// MCP server on stdio (Claude Code runs this; see `claudemesh install`).
+    Mcp,
 }
 
 #[derive(Debug, Args)]
@@ -144,7 +146,7 @@ pub(crate) struct CreateArgs {
     #[arg(long)]
     pub(crate) relay: Option<String>,
     /// Expected relay certificate fingerprint (default: trust on first use).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub(crate) fingerprint: Option<String>,
     /// Your display name in this mesh.
     #[arg(long = "name", id = "display_name")]

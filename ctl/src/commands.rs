@@ -191,7 +191,7 @@ pub(crate) async fn run(cmd: Command) -> Res {
                 ))
             }
         }
-        Command::Relay(_) => Err(Failure::new(1, "internal: relay is dispatched in main")),
+        Command::Relay(_) | Command::Mcp => Err(Failure::new(1, "internal: dispatched in main")),
         Command::Join(a) => {
             let p = paths()?;
             let mut c = client(&p).await?;

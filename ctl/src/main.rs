@@ -124,6 +124,41 @@ fn runtime(multi: bool) -> Option<tokio::runtime::Runtime> {
     }
 }
 
+/// `claudemesh mcp`: stdout carries only MCP frames; logs go to stderr, quiet by default.
+fn mcp_run() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CLAUDEMESH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+    let paths = match claudemesh_daemon::Paths::from_env() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: cannot find the claudemesh executable: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    let Some(rt) = runtime(false) else {
+        return ExitCode::from(1);
+    };
+    match rt.block_on(claudemesh_mcp_shim::run(paths, exe)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn relay_run(a: cli::RelayArgs) -> ExitCode {
     let mut cfg = match &a.config {
         Some(p) => match claudemesh_relay::RelayConfig::from_file(p) {
@@ -205,6 +240,7 @@ fn main() -> ExitCode {
     }
     let command = match cli.command {
         cli::Command::Relay(args) => return relay_run(args),
+        cli::Command::Mcp => return mcp_run(),
         other => other,
     };
     let Some(rt) = runtime(false) else {

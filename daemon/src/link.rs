@@ -380,8 +380,10 @@ async fn session(
                 }
             }
             _ = ping.tick() => {
+                // Keepalive pings use ids far above request ids, so their pongs never
+                // answer a request.
                 ping_n += 1;
-                if let Err(e) = write(&mut c, &ClientFrame::Ping { n: ping_n }).await {
+                if let Err(e) = write(&mut c, &ClientFrame::Ping { n: ping_n | (1 << 62) }).await {
                     break Outcome::Retry(e);
                 }
             }
@@ -539,7 +541,12 @@ async fn on_frame(
                 return Some(refusal_outcome(code, &message));
             }
         }
-        RelayFrame::Pong { .. } => {}
+        // Pings sent as requests carry their request id as `n`.
+        RelayFrame::Pong { n, .. } => {
+            if let Some(p) = pending.remove(&n) {
+                let _ = p.send(Ok(()));
+            }
+        }
         RelayFrame::Welcome(_)
         | RelayFrame::Ready { .. }
         | RelayFrame::ClaimWaiting { .. }

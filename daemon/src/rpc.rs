@@ -177,6 +177,20 @@ async fn connection(d: Arc<Daemon>, stream: Stream) {
                 continue;
             }
         };
+        if req.method == m::SUBSCRIBE {
+            let resp = match params::<m::SubscribeParams>(req.params.clone()) {
+                Ok(sp) if d.meshes().iter().any(|x| x.is_local(&sp.session)) => {
+                    requests.spawn(subscription(d.clone(), sp.session, tx.clone()));
+                    Response::ok(req.id, Value::Object(Default::default()))
+                }
+                Ok(_) => Response::err(req.id, codes::NOT_FOUND, "no such session on this daemon"),
+                Err(e) => Response::err(req.id, e.code, e.message),
+            };
+            let _ = tx
+                .send(serde_json::to_string(&resp).unwrap_or_default())
+                .await;
+            continue;
+        }
         let (d2, tx2) = (d.clone(), tx.clone());
         // Requests die with their connection: an abandoned `inbox --wait` must not mark
         // messages read that nobody will see.
@@ -243,6 +257,9 @@ async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, RpcErr> {
         m::WAIT_FOR => json(wait_for(d, params(p)?).await?),
         m::SESSION_OPEN => json(crate::sessions::open(d, params(p)?).await?),
         m::SESSION_CLOSE => json(crate::sessions::close(d, params(p)?).await?),
+        m::SESSION_UPDATE => json(crate::sessions::update(d, params(p)?).await?),
+        m::MESSAGE_STATUS => json(message_status(d, params(p)?).await?),
+        m::PING => json(ping(d, params(p)?).await?),
         m::SHUTDOWN => {
             let token = d.shutdown.clone();
             tokio::spawn(async move {
@@ -452,4 +469,110 @@ async fn wait_for(d: &Arc<Daemon>, p: m::WaitParams) -> Result<m::WaitResult, Rp
             _ = d.shutdown.cancelled() => return Ok(m::WaitResult { met: false }),
         }
     }
+}
+
+/// Push each new unread message of `session` once, as a `message` notification, for as
+/// long as the connection lives. Messages stay unread: reading is the client's call.
+async fn subscription(
+    d: Arc<Daemon>,
+    session: claudemesh_schema::SessionId,
+    tx: mpsc::Sender<String>,
+) {
+    let mut gen_rx = d.inbox_gen.subscribe();
+    let mut pushed = std::collections::HashSet::new();
+    loop {
+        gen_rx.borrow_and_update();
+        let Ok(msgs) = d
+            .store
+            .read(move |c| store::q_unread(c, None, &[session], 1000))
+            .await
+        else {
+            return;
+        };
+        let unread: std::collections::HashSet<_> = msgs.iter().map(|x| x.id).collect();
+        pushed.retain(|id| unread.contains(id));
+        for msg in msgs {
+            if !pushed.insert(msg.id) {
+                continue;
+            }
+            let n = claudemesh_schema::ipc::Notification {
+                jsonrpc: "2.0".into(),
+                method: m::NOTIFY_MESSAGE.into(),
+                params: serde_json::to_value(&msg).unwrap_or(Value::Null),
+            };
+            if tx
+                .send(serde_json::to_string(&n).unwrap_or_default())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        tokio::select! {
+            r = gen_rx.changed() => if r.is_err() { return },
+            _ = d.shutdown.cancelled() => return,
+        }
+    }
+}
+
+async fn message_status(
+    d: &Arc<Daemon>,
+    p: m::MessageStatusParams,
+) -> Result<m::MessageStatusResult, RpcErr> {
+    let q = p.id.clone();
+    let hits = d
+        .store
+        .read(move |c| store::q_sent_find(c, &q))
+        .await
+        .map_err(RpcErr::internal)?;
+    match hits.len() {
+        0 => Err(RpcErr::not_found(format!("no sent message {:?}", p.id))),
+        1 => {
+            let (id, to, (queued_at, relayed_at, delivered_at)) = hits
+                .into_iter()
+                .next()
+                .ok_or_else(|| RpcErr::internal("vanished"))?;
+            let stage = if delivered_at.is_some() {
+                m::Stage::Delivered
+            } else if relayed_at.is_some() {
+                m::Stage::Relayed
+            } else {
+                m::Stage::Queued
+            };
+            Ok(m::MessageStatusResult {
+                id,
+                stage,
+                queued_at,
+                relayed_at,
+                delivered_at,
+                to,
+            })
+        }
+        _ => Err(RpcErr::ambiguous(
+            "several messages match; give more of the id",
+        )),
+    }
+}
+
+async fn ping(d: &Arc<Daemon>, p: MeshParams) -> Result<m::PingResult, RpcErr> {
+    let x = d.select(p.mesh.as_deref())?;
+    let t = std::time::Instant::now();
+    x.link
+        .request(Box::new(|rid| claudemesh_schema::wire::ClientFrame::Ping {
+            n: rid,
+        }))
+        .await
+        .map_err(|e| RpcErr::relay(e.message))?;
+    let transport = x
+        .link
+        .status
+        .borrow()
+        .transport
+        .map(|t| t.as_str().to_string())
+        .unwrap_or_default();
+    Ok(m::PingResult {
+        mesh: x.id,
+        relay_rtt_us: t.elapsed().as_micros() as u64,
+        transport,
+    })
 }

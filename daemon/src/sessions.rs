@@ -3,7 +3,8 @@
 //! member key and the client's stable key, so reopening is the same peer.
 
 use claudemesh_schema::ipc::methods::{
-    SessionCloseParams, SessionInfo, SessionOpenParams, SessionOpenResult,
+    SessionCloseParams, SessionInfo, SessionOpenParams, SessionOpenResult, SessionProfile,
+    SessionUpdateParams,
 };
 use claudemesh_schema::message::Profile;
 use claudemesh_schema::now_ms;
@@ -125,6 +126,86 @@ pub(crate) async fn close(d: &Arc<Daemon>, p: SessionCloseParams) -> Result<Sess
                 name: profile.name,
             });
         }
+    }
+    Err(RpcErr::not_found(format!("no open session {}", p.session)))
+}
+
+/// `session_update`: change a hosted session's profile and republish it.
+pub(crate) async fn update(
+    d: &Arc<Daemon>,
+    p: SessionUpdateParams,
+) -> Result<SessionProfile, RpcErr> {
+    let name = match &p.name {
+        Some(n) => Some(valid_name("display name", n)?),
+        None => None,
+    };
+    let mut join = Vec::new();
+    for g in &p.join_groups {
+        let g = g.trim().trim_start_matches('@');
+        if !g.is_empty() {
+            join.push(valid_name("group name", g)?);
+        }
+    }
+    for m in d.meshes() {
+        let updated = {
+            let mut sessions = lock(&m.sessions);
+            let Some(l) = sessions.get_mut(&p.session) else {
+                continue;
+            };
+            if let Some(n) = &name {
+                l.profile.name = n.clone();
+            }
+            if let Some(s) = &p.summary {
+                l.profile.summary = s.chars().take(500).collect();
+            }
+            if let Some(s) = p.status {
+                l.profile.status = s;
+            }
+            if let Some(v) = p.visible {
+                l.profile.visible = v;
+            }
+            for g in &join {
+                if !l.profile.groups.iter().any(|x| x.eq_ignore_ascii_case(g)) {
+                    l.profile.groups.push(g.clone());
+                }
+            }
+            for g in &p.leave_groups {
+                let g = g.trim().trim_start_matches('@');
+                l.profile.groups.retain(|x| !x.eq_ignore_ascii_case(g));
+            }
+            l.profile.clone()
+        };
+        let client_key = d
+            .store
+            .read(crate::store::q_sessions)
+            .await
+            .map_err(RpcErr::internal)?
+            .into_iter()
+            .find(|r| r.mesh == m.id && r.session == p.session)
+            .map(|r| r.client_key)
+            .unwrap_or_default();
+        d.store
+            .open_session(
+                SessionRow {
+                    mesh: m.id,
+                    session: p.session,
+                    client_key,
+                    profile: updated.clone(),
+                    open: true,
+                },
+                now_ms(),
+            )
+            .await
+            .map_err(RpcErr::internal)?;
+        let _ = m.link.tx.send(LinkCmd::Publish).await;
+        return Ok(SessionProfile {
+            session: p.session,
+            name: updated.name,
+            status: updated.status,
+            summary: updated.summary,
+            groups: updated.groups,
+            visible: updated.visible,
+        });
     }
     Err(RpcErr::not_found(format!("no open session {}", p.session)))
 }

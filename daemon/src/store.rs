@@ -968,6 +968,37 @@ pub fn q_sent(conn: &Connection, id: MessageId) -> Result<Option<SentStages>> {
         .optional()?)
 }
 
+/// A sent message by full id or by the hex of its id's end (as `short()` shows it).
+pub fn q_sent_find(conn: &Connection, id: &str) -> Result<Vec<(MessageId, String, SentStages)>> {
+    let hex = id.trim().to_uppercase().replace('-', "");
+    if hex.is_empty() || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, to_label, created_at, relayed_at, delivered_at FROM sent
+         WHERE hex(id) = ?1 OR hex(id) LIKE '%' || ?1 LIMIT 5",
+    )?;
+    let rows = stmt.query_map(params![hex], |r| {
+        Ok((
+            r.get::<_, Vec<u8>>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, Option<i64>>(3)?,
+            r.get::<_, Option<i64>>(4)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for r in rows {
+        let (id, to, c, rel, del) = r?;
+        out.push((
+            id16(id, MessageId::from_slice, "message id")?,
+            to,
+            (c, rel, del),
+        ));
+    }
+    Ok(out)
+}
+
 /// Open the store file read-only (for the CLI when the daemon is down).
 pub fn open_readonly(path: &Path) -> Result<Connection> {
     Ok(sqlite::open_reader(path)?)

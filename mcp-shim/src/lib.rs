@@ -1,5 +1,13 @@
 //! claudemesh-mcp-shim: the MCP stdio server Claude Code spawns as `claudemesh mcp`.
 //!
-//! Not built yet: the messaging core (relay, daemon, CLI) comes first. The shim will speak
-//! MCP on stdio and forward tool calls to the local daemon over its socket, so it holds no
-//! state of its own. What it is not: it never talks to a relay directly.
+//! It holds no state of its own: it opens a session (a peer) on the local daemon, answers
+//! MCP tool calls by calling the daemon over its local socket, and forwards the session's
+//! new messages to Claude Code as `notifications/claude/channel` when the client can take
+//! them. What it is not: it never talks to a relay, and stdout carries only MCP frames
+//! (logs go to stderr).
+#![deny(clippy::print_stdout)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod server;
+
+pub use server::{ShimError, run};

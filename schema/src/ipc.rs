@@ -192,6 +192,103 @@ pub mod methods {
     pub const SESSION_OPEN: &str = "session_open";
     /// `session_close`: end a hosted session (its peers see it go offline).
     pub const SESSION_CLOSE: &str = "session_close";
+    /// `session_update`: change a hosted session's profile (and republish it).
+    pub const SESSION_UPDATE: &str = "session_update";
+    /// `subscribe`: push `message` notifications for a session's new messages on this
+    /// connection (messages stay unread).
+    pub const SUBSCRIBE: &str = "subscribe";
+    /// `message_status`: how far a sent message got.
+    pub const MESSAGE_STATUS: &str = "message_status";
+    /// `ping`: round trip to the relay of a mesh.
+    pub const PING: &str = "ping";
+    /// Notification pushed to subscribers: one new [`InboxMessage`].
+    pub const NOTIFY_MESSAGE: &str = "message";
+
+    /// `session_update` parameters: fields left out are unchanged.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct SessionUpdateParams {
+        /// The session.
+        pub session: SessionId,
+        /// New display name.
+        #[serde(default)]
+        pub name: Option<String>,
+        /// New summary.
+        #[serde(default)]
+        pub summary: Option<String>,
+        /// New status.
+        #[serde(default)]
+        pub status: Option<PeerStatus>,
+        /// Show in listings and broadcasts.
+        #[serde(default)]
+        pub visible: Option<bool>,
+        /// Groups to add.
+        #[serde(default)]
+        pub join_groups: Vec<String>,
+        /// Groups to leave.
+        #[serde(default)]
+        pub leave_groups: Vec<String>,
+    }
+
+    /// A hosted session's profile after an update.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct SessionProfile {
+        /// The session.
+        pub session: SessionId,
+        /// Display name.
+        pub name: String,
+        /// Status.
+        pub status: PeerStatus,
+        /// Summary.
+        pub summary: String,
+        /// Groups.
+        pub groups: Vec<String>,
+        /// Visible.
+        pub visible: bool,
+    }
+
+    /// `subscribe` parameters.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct SubscribeParams {
+        /// The session whose messages to push.
+        pub session: SessionId,
+    }
+
+    /// `message_status` parameters.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct MessageStatusParams {
+        /// The message id (or a unique prefix of its last 8 hex digits).
+        pub id: String,
+    }
+
+    /// `message_status` result.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct MessageStatusResult {
+        /// The message.
+        pub id: MessageId,
+        /// Stage reached.
+        pub stage: Stage,
+        /// Queued at, unix ms.
+        pub queued_at: i64,
+        /// Stored by the relay at, unix ms.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub relayed_at: Option<i64>,
+        /// Acknowledged by a recipient daemon at, unix ms.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub delivered_at: Option<i64>,
+        /// How it was addressed.
+        pub to: String,
+    }
+
+    /// `ping` result.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct PingResult {
+        /// The mesh.
+        pub mesh: MeshId,
+        /// Round trip to the relay, microseconds.
+        pub relay_rtt_us: u64,
+        /// Transport used.
+        pub transport: String,
+    }
 
     /// `session_open` parameters.
     #[derive(Debug, Clone, Serialize, Deserialize, Default)]

@@ -1,0 +1,615 @@
+//! The MCP server: tools, the session it opens on the daemon, and channel push.
+
+use claudemesh_daemon::Paths;
+use claudemesh_daemon::client::{Client, ClientError, connect_or_start};
+use claudemesh_schema::SessionId;
+use claudemesh_schema::ipc::Notification;
+use claudemesh_schema::ipc::methods::{self as m, InboxMessage};
+use claudemesh_schema::message::{PeerStatus, Priority};
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{
+    CallToolResult, ContentBlock, CustomNotification, Implementation, ServerCapabilities,
+    ServerConfig, ServerNotification,
+};
+use rmcp::{ServerHandler, ServiceExt as _, tool, tool_handler, tool_router};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::OnceCell;
+
+/// The shim could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShimError {
+    /// The MCP transport failed.
+    #[error("MCP transport failed: {0}")]
+    Transport(String),
+}
+
+/// This session as opened on the daemon.
+#[derive(Debug, Clone)]
+struct Session {
+    id: SessionId,
+}
+
+#[derive(Debug)]
+struct Inner {
+    paths: Paths,
+    exe: PathBuf,
+    session: OnceCell<Result<Session, String>>,
+    key: String,
+}
+
+/// The MCP server state (cheap to clone).
+#[derive(Debug, Clone)]
+pub(crate) struct Shim {
+    inner: Arc<Inner>,
+    tool_router: ToolRouter<Self>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+struct SendMessageArgs {
+    /// Recipient: a peer's display name or id (or unique prefix), `@group`, or `*` for
+    /// everyone in the mesh.
+    to: String,
+    /// The message text.
+    message: String,
+    /// `now` (interrupts a busy peer), `next` (default: when the peer is idle) or `low`
+    /// (only when the peer checks).
+    #[serde(default)]
+    priority: Option<String>,
+    /// Mesh name, when you are in several.
+    #[serde(default)]
+    mesh: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+struct CheckMessagesArgs {
+    /// Only look: leave the messages unread.
+    #[serde(default)]
+    peek: bool,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+struct WaitArgs {
+    /// Give up after this many seconds (default 60, at most 600).
+    #[serde(default)]
+    timeout_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+struct MessageStatusArgs {
+    /// The id `send_message` returned (or its last 8 characters).
+    message_id: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+struct SummaryArgs {
+    /// One line on what you are working on.
+    summary: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+struct StatusArgs {
+    /// `idle`, `working` or `dnd`.
+    status: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+struct VisibleArgs {
+    /// Show this session in peer lists and broadcasts.
+    visible: bool,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+struct ProfileArgs {
+    /// New display name.
+    #[serde(default)]
+    name: Option<String>,
+    /// New summary.
+    #[serde(default)]
+    summary: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+struct GroupArgs {
+    /// Group name (with or without the leading `@`).
+    group: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+struct MeshArgs {
+    /// Mesh name, when you are in several.
+    #[serde(default)]
+    mesh: Option<String>,
+}
+
+fn ok_json(v: impl Serialize) -> Result<CallToolResult, rmcp::ErrorData> {
+    let text = serde_json::to_string_pretty(&v).unwrap_or_else(|_| "{}".into());
+    Ok(CallToolResult::success(vec![ContentBlock::text(text)]))
+}
+
+fn tool_error(msg: impl Into<String>) -> Result<CallToolResult, rmcp::ErrorData> {
+    Ok(CallToolResult::error(vec![ContentBlock::text(msg.into())]))
+}
+
+fn client_error(e: ClientError) -> Result<CallToolResult, rmcp::ErrorData> {
+    tool_error(e.to_string())
+}
+
+/// The channel notification for one message: `content` reads like a chat line; `meta`
+/// has identifier keys and string values only (Claude Code drops anything else).
+pub(crate) fn channel_notification(msg: &InboxMessage) -> CustomNotification {
+    let marker = match msg.priority {
+        Priority::Now => "[URGENT] ",
+        Priority::Low => "[low] ",
+        Priority::Next => "",
+    };
+    let content = format!("{marker}{}: {}", msg.from_name, msg.body);
+    let meta = serde_json::json!({
+        "from_id": msg.from_id.to_string(),
+        "from_name": msg.from_name,
+        "mesh": msg.mesh_name,
+        "priority": msg.priority.as_str(),
+        "message_id": msg.id.to_string(),
+        "sent_at": msg.sent_at.to_string(),
+        "kind": "message",
+        "verified": msg.verified.to_string(),
+    });
+    CustomNotification::new(
+        "notifications/claude/channel",
+        Some(serde_json::json!({ "content": content, "meta": meta })),
+    )
+}
+
+impl Shim {
+    fn new(paths: Paths, exe: PathBuf, key: String) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                paths,
+                exe,
+                session: OnceCell::new(),
+                key,
+            }),
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    async fn client(&self) -> Result<Client, ClientError> {
+        connect_or_start(&self.inner.paths, &self.inner.exe).await
+    }
+
+    /// Open (once) this session on the daemon.
+    async fn session(&self) -> Result<Session, String> {
+        self.inner
+            .session
+            .get_or_init(|| async {
+                let mut c = self.client().await.map_err(|e| e.to_string())?;
+                let groups = std::env::var("CLAUDEMESH_GROUPS")
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(|g| g.trim().to_string())
+                    .filter(|g| !g.is_empty())
+                    .collect();
+                let r: m::SessionOpenResult = c
+                    .call(
+                        m::SESSION_OPEN,
+                        m::SessionOpenParams {
+                            client_key: self.inner.key.clone(),
+                            mesh: std::env::var("CLAUDEMESH_MESH")
+                                .ok()
+                                .filter(|s| !s.is_empty()),
+                            name: std::env::var("CLAUDEMESH_DISPLAY_NAME")
+                                .ok()
+                                .filter(|s| !s.is_empty()),
+                            kind: Some("claude".into()),
+                            groups,
+                            summary: None,
+                            cwd: std::env::current_dir()
+                                .ok()
+                                .map(|d| d.display().to_string()),
+                        },
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let first = r
+                    .sessions
+                    .first()
+                    .ok_or("no mesh joined; run `claudemesh up`")?;
+                Ok(Session { id: first.session })
+            })
+            .await
+            .clone()
+    }
+
+    async fn update(
+        &self,
+        f: impl FnOnce(&mut m::SessionUpdateParams),
+    ) -> Result<CallToolResult, rmcp::ErrorData> {
+        let s = match self.session().await {
+            Ok(s) => s,
+            Err(e) => return tool_error(e),
+        };
+        let mut p = m::SessionUpdateParams {
+            session: s.id,
+            name: None,
+            summary: None,
+            status: None,
+            visible: None,
+            join_groups: Vec::new(),
+            leave_groups: Vec::new(),
+        };
+        f(&mut p);
+        match self.client().await {
+            Ok(mut c) => match c.call::<m::SessionProfile>(m::SESSION_UPDATE, p).await {
+                Ok(r) => ok_json(r),
+                Err(e) => client_error(e),
+            },
+            Err(e) => client_error(e),
+        }
+    }
+
+    async fn inbox(
+        &self,
+        wait_ms: Option<u64>,
+        peek: bool,
+    ) -> Result<CallToolResult, rmcp::ErrorData> {
+        let s = match self.session().await {
+            Ok(s) => s,
+            Err(e) => return tool_error(e),
+        };
+        let mut c = match self.client().await {
+            Ok(c) => c,
+            Err(e) => return client_error(e),
+        };
+        match c
+            .call::<m::InboxResult>(
+                m::INBOX,
+                m::InboxParams {
+                    session: Some(s.id),
+                    wait_ms,
+                    peek,
+                    ..Default::default()
+                },
+            )
+            .await
+        {
+            Ok(r) => ok_json(r),
+            Err(e) => client_error(e),
+        }
+    }
+}
+
+#[tool_router(router = tool_router)]
+impl Shim {
+    #[tool(
+        description = "Send a message to another session in your claudemesh mesh: a peer (display name or id from list_peers), a group (@name) or everyone (*). Priority `now` interrupts a busy peer, `next` (default) arrives when it is idle, `low` waits until it checks. Returns the message id and how far it got (queued, relayed)."
+    )]
+    async fn send_message(
+        &self,
+        Parameters(a): Parameters<SendMessageArgs>,
+    ) -> Result<CallToolResult, rmcp::ErrorData> {
+        let priority = match a.priority.as_deref().map(str::parse::<Priority>) {
+            None => Priority::Next,
+            Some(Ok(p)) => p,
+            Some(Err(e)) => return tool_error(e),
+        };
+        let s = match self.session().await {
+            Ok(s) => s,
+            Err(e) => return tool_error(e),
+        };
+        let mut c = match self.client().await {
+            Ok(c) => c,
+            Err(e) => return client_error(e),
+        };
+        let p = m::SendParams {
+            to: a.to,
+            body: a.message,
+            priority,
+            mesh: a.mesh,
+            session: Some(s.id),
+            wait_ms: None,
+        };
+        match c.call::<m::SendResult>(m::SEND, p).await {
+            Ok(r) => ok_json(r),
+            Err(e) => client_error(e),
+        }
+    }
+
+    #[tool(
+        description = "List the sessions in your mesh(es): name, id, status (idle/working/dnd/offline), what they work on, host, groups. Works offline from the local cache."
+    )]
+    async fn list_peers(
+        &self,
+        Parameters(a): Parameters<MeshArgs>,
+    ) -> Result<CallToolResult, rmcp::ErrorData> {
+        let own = self.session().await.ok().map(|s| s.id);
+        let mut c = match self.client().await {
+            Ok(c) => c,
+            Err(e) => return client_error(e),
+        };
+        match c
+            .call::<m::PeersResult>(m::PEERS, m::MeshParams { mesh: a.mesh })
+            .await
+        {
+            Ok(mut r) => {
+                for mesh in &mut r.meshes {
+                    mesh.peers.retain(|p| Some(p.id) != own);
+                }
+                ok_json(r)
+            }
+            Err(e) => client_error(e),
+        }
+    }
+
+    #[tool(
+        description = "Read messages sent to this session that you have not read yet (oldest first). They are marked read unless `peek` is true."
+    )]
+    async fn check_messages(
+        &self,
+        Parameters(a): Parameters<CheckMessagesArgs>,
+    ) -> Result<CallToolResult, rmcp::ErrorData> {
+        self.inbox(None, a.peek).await
+    }
+
+    #[tool(
+        description = "Wait until a message arrives for this session (or the timeout passes), then return unread messages and mark them read. For clients that cannot receive pushed messages."
+    )]
+    async fn wait_for_message(
+        &self,
+        Parameters(a): Parameters<WaitArgs>,
+    ) -> Result<CallToolResult, rmcp::ErrorData> {
+        let secs = a.timeout_seconds.unwrap_or(60).min(600);
+        self.inbox(Some(secs * 1000), false).await
+    }
+
+    #[tool(
+        description = "How far a message you sent got: queued (on this machine), relayed (stored at the relay) or delivered (received by the recipient's machine), with times."
+    )]
+    async fn message_status(
+        &self,
+        Parameters(a): Parameters<MessageStatusArgs>,
+    ) -> Result<CallToolResult, rmcp::ErrorData> {
+        match self.client().await {
+            Ok(mut c) => match c
+                .call::<m::MessageStatusResult>(
+                    m::MESSAGE_STATUS,
+                    m::MessageStatusParams { id: a.message_id },
+                )
+                .await
+            {
+                Ok(r) => ok_json(r),
+                Err(e) => client_error(e),
+            },
+            Err(e) => client_error(e),
+        }
+    }
+
+    #[tool(description = "Tell your peers what you are working on (one line).")]
+    async fn set_summary(
+        &self,
+        Parameters(a): Parameters<SummaryArgs>,
+    ) -> Result<CallToolResult, rmcp::ErrorData> {
+        self.update(|p| p.summary = Some(a.summary)).await
+    }
+
+    #[tool(
+        description = "Set your status: idle, working or dnd (do not disturb: only `now` messages reach you)."
+    )]
+    async fn set_status(
+        &self,
+        Parameters(a): Parameters<StatusArgs>,
+    ) -> Result<CallToolResult, rmcp::ErrorData> {
+        match a.status.parse::<PeerStatus>() {
+            Ok(st) => self.update(|p| p.status = Some(st)).await,
+            Err(e) => tool_error(e),
+        }
+    }
+
+    #[tool(
+        description = "Show or hide this session in peer lists and broadcasts (direct messages still arrive)."
+    )]
+    async fn set_visible(
+        &self,
+        Parameters(a): Parameters<VisibleArgs>,
+    ) -> Result<CallToolResult, rmcp::ErrorData> {
+        self.update(|p| p.visible = Some(a.visible)).await
+    }
+
+    #[tool(description = "Change this session's display name and/or summary.")]
+    async fn set_profile(
+        &self,
+        Parameters(a): Parameters<ProfileArgs>,
+    ) -> Result<CallToolResult, rmcp::ErrorData> {
+        self.update(|p| {
+            p.name = a.name;
+            p.summary = a.summary;
+        })
+        .await
+    }
+
+    #[tool(description = "Join a group, so messages to @group reach you.")]
+    async fn join_group(
+        &self,
+        Parameters(a): Parameters<GroupArgs>,
+    ) -> Result<CallToolResult, rmcp::ErrorData> {
+        self.update(|p| p.join_groups = vec![a.group]).await
+    }
+
+    #[tool(description = "Leave a group.")]
+    async fn leave_group(
+        &self,
+        Parameters(a): Parameters<GroupArgs>,
+    ) -> Result<CallToolResult, rmcp::ErrorData> {
+        self.update(|p| p.leave_groups = vec![a.group]).await
+    }
+
+    #[tool(
+        description = "Overview of your meshes: relay link state, peers online, unread and queued messages."
+    )]
+    async fn mesh_info(&self) -> Result<CallToolResult, rmcp::ErrorData> {
+        match self.client().await {
+            Ok(mut c) => match c.call::<m::StatusResult>(m::STATUS, ()).await {
+                Ok(r) => ok_json(r),
+                Err(e) => client_error(e),
+            },
+            Err(e) => client_error(e),
+        }
+    }
+
+    #[tool(description = "Measure the round trip to the mesh's relay (checks the link works).")]
+    async fn ping_mesh(
+        &self,
+        Parameters(a): Parameters<MeshArgs>,
+    ) -> Result<CallToolResult, rmcp::ErrorData> {
+        match self.client().await {
+            Ok(mut c) => match c
+                .call::<m::PingResult>(m::PING, m::MeshParams { mesh: a.mesh })
+                .await
+            {
+                Ok(r) => ok_json(r),
+                Err(e) => client_error(e),
+            },
+            Err(e) => client_error(e),
+        }
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for Shim {
+    fn get_info(&self) -> ServerConfig {
+        let mut caps = ServerCapabilities::builder().enable_tools().build();
+        let mut exp = std::collections::BTreeMap::new();
+        exp.insert("claude/channel".to_string(), serde_json::Map::new());
+        caps.experimental = Some(exp);
+        ServerConfig::new(caps)
+            .with_server_info(Implementation::new("claudemesh", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "claudemesh connects you with other coding sessions. Use list_peers to see who is there, \
+                 send_message to talk to them, and check_messages (or wait_for_message) to read what they sent.",
+            )
+    }
+}
+
+/// The session key: a stable id of the client session when the environment names one
+/// (`CLAUDEMESH_SESSION_KEY`), else this process's parent (the Claude Code process).
+fn session_key() -> String {
+    if let Ok(k) = std::env::var("CLAUDEMESH_SESSION_KEY")
+        && !k.trim().is_empty()
+    {
+        return k.trim().to_string();
+    }
+    let ppid = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().nth(1))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| std::process::id().to_string());
+    format!("ppid-{ppid}")
+}
+
+/// Serve MCP on stdin/stdout until the client goes away.
+pub async fn run(paths: Paths, exe: PathBuf) -> Result<(), ShimError> {
+    let shim = Shim::new(paths, exe, session_key());
+    let running = shim
+        .clone()
+        .serve(rmcp::transport::stdio())
+        .await
+        .map_err(|e| ShimError::Transport(e.to_string()))?;
+    let peer = running.peer().clone();
+    let channels = std::env::var("CLAUDEMESH_CHANNELS").is_ok_and(|v| v == "1")
+        || peer
+            .peer_info()
+            .and_then(|i| {
+                i.capabilities
+                    .experimental
+                    .as_ref()
+                    .map(|e| e.contains_key("claude/channel"))
+            })
+            .unwrap_or(false);
+    // Push this session's messages as channel notifications when the client takes them.
+    let pusher = {
+        let shim = shim.clone();
+        tokio::spawn(async move {
+            let Ok(s) = shim.session().await else { return };
+            if !channels {
+                return;
+            }
+            let Ok(mut c) = shim.client().await else {
+                return;
+            };
+            if c.call::<serde_json::Value>(m::SUBSCRIBE, m::SubscribeParams { session: s.id })
+                .await
+                .is_err()
+            {
+                return;
+            }
+            while let Ok(n) = c.notification().await {
+                let Notification { method, params, .. } = n;
+                if method != m::NOTIFY_MESSAGE {
+                    continue;
+                }
+                let Ok(msg) = serde_json::from_value::<InboxMessage>(params) else {
+                    continue;
+                };
+                let note = ServerNotification::CustomNotification(channel_notification(&msg));
+                if peer.send_notification(note).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let _ = running.waiting().await;
+    pusher.abort();
+    if let Some(Ok(s)) = shim.inner.session.get()
+        && let Ok(mut c) = shim.client().await
+    {
+        let _ = c
+            .call::<serde_json::Value>(m::SESSION_CLOSE, m::SessionCloseParams { session: s.id })
+            .await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use claudemesh_schema::{MeshId, MessageId};
+
+    #[test]
+    fn channel_meta_has_identifier_keys_and_string_values() {
+        let msg = InboxMessage {
+            id: MessageId::new(),
+            session: SessionId::new(),
+            mesh: MeshId::new(),
+            mesh_name: "team".into(),
+            from_id: SessionId::new(),
+            from_member: "k".into(),
+            from_name: "alice".into(),
+            to: "bob".into(),
+            priority: Priority::Now,
+            sent_at: 5,
+            received_at: 6,
+            body: "deploy is green".into(),
+            verified: true,
+        };
+        let n = channel_notification(&msg);
+        assert_eq!(n.method, "notifications/claude/channel");
+        let p = n.params.unwrap();
+        assert_eq!(p["content"], "[URGENT] alice: deploy is green");
+        for (k, v) in p["meta"].as_object().unwrap() {
+            assert!(k.chars().next().unwrap().is_ascii_alphabetic() || k.starts_with('_'));
+            assert!(
+                k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                "{k}"
+            );
+            assert!(v.is_string(), "{k} is not a string");
+        }
+    }
+}

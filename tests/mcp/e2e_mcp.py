@@ -1,0 +1,163 @@
+"""Drive `claudemesh mcp` with the official Python MCP client (the `mcp` package).
+
+Run by ctl/tests/mcp.rs, which starts a relay and two daemons (alice, bob) in one mesh and
+passes their config directories. Two shims, one per daemon:
+  - A (alice's session) calls every tool;
+  - B (bob's session) either takes channel notifications (CLAUDEMESH_CHANNELS=1) or not.
+Prints one JSON line with what happened; exits non-zero on any failed check.
+"""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jsonschema
+from pydantic import BaseModel
+
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.extension import NotificationBinding
+from mcp.client.stdio import stdio_client
+
+BIN = os.environ["CM_BIN"]
+DIR_A = os.environ["CM_DIR_A"]
+DIR_B = os.environ["CM_DIR_B"]
+CHANNELS = os.environ.get("CM_CHANNELS") == "1"
+
+EXPECTED_TOOLS = {
+    "send_message", "list_peers", "check_messages", "message_status", "set_summary",
+    "set_status", "set_visible", "set_profile", "join_group", "leave_group", "mesh_info",
+    "ping_mesh", "wait_for_message",
+}
+
+
+class ChannelParams(BaseModel):
+    content: str
+    meta: dict
+
+
+def env_for(config_dir, key, name, channels):
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": config_dir,
+        "CLAUDEMESH_CONFIG_DIR": config_dir,
+        "CLAUDEMESH_SESSION_KEY": key,
+        "CLAUDEMESH_DISPLAY_NAME": name,
+        "CLAUDEMESH_NO_AUTOSTART": "1",
+        "CLAUDEMESH_LOG": "warn",
+    }
+    if channels:
+        env["CLAUDEMESH_CHANNELS"] = "1"
+    return env
+
+
+def check(cond, what):
+    if not cond:
+        print(json.dumps({"ok": False, "failed": what}))
+        sys.exit(1)
+
+
+def text(result):
+    check(not result.is_error, f"tool error: {result.content}")
+    return json.loads(result.content[0].text)
+
+
+def cli(config_dir, *args):
+    env = env_for(config_dir, "cli", "cli", False)
+    r = subprocess.run([BIN, *args], env=env, capture_output=True, text=True, timeout=60)
+    check(r.returncode == 0, f"claudemesh {' '.join(args)}: {r.stderr}")
+    return r.stdout
+
+
+async def main():
+    got = asyncio.Queue()
+
+    async def on_channel(params: ChannelParams):
+        await got.put((time.monotonic(), params))
+
+    out = {"ok": True}
+    params_a = StdioServerParameters(command=BIN, args=["mcp"], env=env_for(DIR_A, "session-a", "alice-claude", False))
+    params_b = StdioServerParameters(command=BIN, args=["mcp"], env=env_for(DIR_B, "session-b", "bob-claude", CHANNELS))
+    async with stdio_client(params_a) as (ra, wa), stdio_client(params_b) as (rb, wb):
+        binding = NotificationBinding(method="notifications/claude/channel", params_type=ChannelParams, handler=on_channel)
+        async with ClientSession(ra, wa) as a, ClientSession(rb, wb, notification_bindings=[binding]) as b:
+            t0 = time.monotonic()
+            init = await a.initialize()
+            out["initialize_ms"] = round((time.monotonic() - t0) * 1000, 1)
+            await b.initialize()
+            check(init.server_info.name == "claudemesh", "server name is claudemesh")
+            exp = (init.capabilities.model_dump().get("experimental") or {})
+            check("claude/channel" in exp, f"declares experimental claude/channel: {exp}")
+
+            tools = (await a.list_tools()).tools
+            names = {t.name for t in tools}
+            check(EXPECTED_TOOLS <= names, f"missing tools: {EXPECTED_TOOLS - names}")
+            for t in tools:
+                jsonschema.Draft202012Validator.check_schema(t.input_schema)
+                check(t.input_schema.get("type") == "object", f"{t.name} schema is an object")
+                check(bool(t.description), f"{t.name} has a description")
+            out["tools"] = sorted(names)
+
+            # Both sessions become peers: B opens its session when its shim starts.
+            await b.call_tool("set_summary", {"summary": "reviewing the parser"})
+            cli(DIR_A, "wait", "peer-online", "bob-claude", "--timeout", "20")
+
+            peers = text(await a.call_tool("list_peers", {}))
+            names = [p["name"] for m in peers["meshes"] for p in m["peers"]]
+            check("bob-claude" in names, f"alice sees bob-claude: {names}")
+            check("alice-claude" not in names, "a session does not list itself")
+
+            text(await a.call_tool("set_summary", {"summary": "writing tests"}))
+            text(await a.call_tool("set_status", {"status": "working"}))
+            text(await a.call_tool("set_status", {"status": "idle"}))
+            text(await a.call_tool("set_visible", {"visible": True}))
+            prof = text(await a.call_tool("set_profile", {"name": "alice-claude"}))
+            check(prof["name"] == "alice-claude", "set_profile keeps the name")
+            g = text(await a.call_tool("join_group", {"group": "dev"}))
+            check("dev" in g["groups"], "join_group adds the group")
+            g = text(await a.call_tool("leave_group", {"group": "dev"}))
+            check("dev" not in g["groups"], "leave_group removes it")
+            info = text(await a.call_tool("mesh_info", {}))
+            check(info["meshes"][0]["link"] == "connected", "mesh_info shows the link")
+            ping = text(await a.call_tool("ping_mesh", {}))
+            check(ping["relay_rtt_us"] > 0, "ping_mesh measures a round trip")
+            empty = text(await a.call_tool("wait_for_message", {"timeout_seconds": 1}))
+            check(empty["messages"] == [], "nothing for alice yet")
+
+            # Bad arguments come back as tool errors, not crashes.
+            bad = await a.call_tool("set_status", {"status": "sleeping"})
+            check(bad.is_error, "a bad status is a tool error")
+            bad = await a.call_tool("send_message", {"to": "nobody-here", "message": "x"})
+            check(bad.is_error, "an unknown peer is a tool error")
+
+            t_send = time.monotonic()
+            sent = text(await a.call_tool("send_message", {"to": "bob-claude", "message": "hello bob", "priority": "now"}))
+            check(sent["stage"] in ("queued", "relayed"), f"send_message reports a stage: {sent}")
+            if CHANNELS:
+                t_got, note = await asyncio.wait_for(got.get(), 20)
+                out["channel_latency_ms"] = round((t_got - t_send) * 1000, 1)
+                check(note.content == "[URGENT] alice-claude: hello bob", f"channel content: {note.content}")
+                for k, v in note.meta.items():
+                    check(k.replace("_", "a").isalnum() and not k[0].isdigit() and "-" not in k, f"meta key {k}")
+                    check(isinstance(v, str), f"meta {k} is a string")
+                check(note.meta["from_name"] == "alice-claude", "meta names the sender")
+                check(note.meta["verified"] == "true", "sender verified")
+                check(note.meta["message_id"] == sent["id"], "meta carries the message id")
+            else:
+                # No channel support: nothing is pushed; the message waits to be pulled.
+                check(got.empty(), "no channel notification without channel support")
+            msgs = text(await b.call_tool("wait_for_message", {"timeout_seconds": 20}))["messages"]
+            check([m["body"] for m in msgs] == ["hello bob"], f"bob pulls the message: {msgs}")
+            again = text(await b.call_tool("check_messages", {}))
+            check(again["messages"] == [], "read once")
+            status = text(await a.call_tool("message_status", {"message_id": sent["id"]}))
+            check(status["stage"] in ("relayed", "delivered"), f"message_status: {status}")
+            out["message_stage"] = status["stage"]
+            if not CHANNELS:
+                check(got.empty(), "still nothing pushed")
+    print(json.dumps(out))
+
+
+asyncio.run(main())
