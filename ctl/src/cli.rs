@@ -52,12 +52,54 @@ pub(crate) enum Command {
     Relay(RelayArgs),
     /// MCP server on stdio (Claude Code runs this; see `claudemesh install`).
     Mcp,
+    /// Register claudemesh with Claude Code: MCP server, hooks, skill (and a status line).
+    Install(InstallArgs),
+    /// Remove what `install` added to Claude Code's configuration.
+    Uninstall,
+    /// Handle a Claude Code hook event (reads the hook JSON on stdin; always exits 0).
+    #[command(hide = true)]
+    Hook {
+        /// The event: user-prompt-submit, post-tool-use, stop, session-start.
+        event: String,
+    },
+    /// Print one status line (mesh, peers online, unread) from the local cache.
+    StatusLine,
+    /// Start Claude Code with claudemesh push messages enabled; arguments after `--` go to
+    /// `claude` (`claudemesh --resume X` works too).
+    Launch(LaunchArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InstallArgs {
+    /// Do not register the hooks.
+    #[arg(long)]
+    pub(crate) no_hooks: bool,
+    /// Also set Claude Code's status line (never replaces one you have).
+    #[arg(long)]
+    pub(crate) status_line: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LaunchArgs {
+    /// Display name of this session.
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// Groups to join, comma-separated.
+    #[arg(long)]
+    pub(crate) groups: Option<String>,
+    /// Mesh to join the session to (default: all).
+    #[arg(long)]
+    pub(crate) mesh: Option<String>,
+    /// Arguments for `claude`.
+    #[arg(last = true, allow_hyphen_values = true)]
+    pub(crate) args: Vec<String>,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct WaitArgs {
-    /// link-up, link-down, peer-online, peer-offline or claim-pending.
-    #[arg(value_parser = ["link-up", "link-down", "peer-online", "peer-offline", "claim-pending"])]
+    /// link-up, link-down, peer-online, peer-offline, peer-working, peer-idle or
+    /// claim-pending.
+    #[arg(value_parser = ["link-up", "link-down", "peer-online", "peer-offline", "peer-working", "peer-idle", "claim-pending"])]
     pub(crate) condition: String,
     /// The peer (name, id, or @group for any member of it), for peer conditions.
     pub(crate) peer: Option<String>,
@@ -273,6 +315,12 @@ pub(crate) struct InboxArgs {
     /// Show without marking read.
     #[arg(long)]
     pub(crate) peek: bool,
+    /// Read a hosted session's inbox (an id from `peers`) instead of the daemon's own.
+    #[arg(long)]
+    pub(crate) session: Option<String>,
+    /// Only messages after this message id (with --wait: wait for a newer one).
+    #[arg(long)]
+    pub(crate) after: Option<String>,
     /// Most messages to show.
     #[arg(long)]
     pub(crate) limit: Option<u32>,

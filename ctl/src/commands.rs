@@ -169,6 +169,8 @@ pub(crate) async fn run(cmd: Command) -> Res {
                 "link-down" => m::WaitCondition::LinkDown,
                 "peer-online" => m::WaitCondition::PeerOnline,
                 "claim-pending" => m::WaitCondition::ClaimPending,
+                "peer-working" => m::WaitCondition::PeerWorking,
+                "peer-idle" => m::WaitCondition::PeerIdle,
                 _ => m::WaitCondition::PeerOffline,
             };
             let r: m::WaitResult = c
@@ -192,6 +194,47 @@ pub(crate) async fn run(cmd: Command) -> Res {
             }
         }
         Command::Relay(_) | Command::Mcp => Err(Failure::new(1, "internal: dispatched in main")),
+        Command::Hook { event } => {
+            crate::claude::hook(&event).await;
+            Ok(())
+        }
+        Command::StatusLine => {
+            println!("{}", crate::claude::status_line());
+            Ok(())
+        }
+        Command::Launch(a) => {
+            crate::claude::launch(a.name, a.groups, a.mesh, a.args).map_err(|e| Failure::new(1, e))
+        }
+        Command::Install(a) => {
+            let f = crate::install::ClaudeFiles::from_env().map_err(|e| Failure::new(1, e))?;
+            let ch = crate::install::install(&f, !a.no_hooks, a.status_line)
+                .map_err(|e| Failure::new(1, e))?;
+            if ch.files.is_empty() {
+                println!("claudemesh is already installed for Claude Code; nothing changed.");
+            } else {
+                for p in &ch.files {
+                    println!("updated {}", p.display());
+                }
+                println!(
+                    "Restart Claude Code (or start it with `claudemesh launch`) to load claudemesh."
+                );
+            }
+            for n in &ch.notes {
+                println!("note: {n}");
+            }
+            Ok(())
+        }
+        Command::Uninstall => {
+            let f = crate::install::ClaudeFiles::from_env().map_err(|e| Failure::new(1, e))?;
+            let ch = crate::install::uninstall(&f).map_err(|e| Failure::new(1, e))?;
+            if ch.files.is_empty() {
+                println!("claudemesh was not installed for Claude Code; nothing changed.");
+            }
+            for p in &ch.files {
+                println!("updated {}", p.display());
+            }
+            Ok(())
+        }
         Command::Join(a) => {
             let p = paths()?;
             let mut c = client(&p).await?;
@@ -271,7 +314,24 @@ pub(crate) async fn run(cmd: Command) -> Res {
                 .call(
                     m::INBOX,
                     InboxParams {
-                        session: None,
+                        session: match a.session.as_deref() {
+                            Some(s) => Some(s.parse().map_err(|_| {
+                                Failure::new(
+                                    2,
+                                    format!("--session needs a full session id, got {s:?}"),
+                                )
+                            })?),
+                            None => None,
+                        },
+                        after: match a.after.as_deref() {
+                            Some(s) => Some(s.parse().map_err(|_| {
+                                Failure::new(
+                                    2,
+                                    format!("--after needs a full message id, got {s:?}"),
+                                )
+                            })?),
+                            None => None,
+                        },
                         mesh: a.mesh,
                         wait_ms: a.wait.map(|s| s.saturating_mul(1000)),
                         peek: a.peek,

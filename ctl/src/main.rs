@@ -1,8 +1,10 @@
 //! `claudemesh`: parse the command line, then either run the daemon in the foreground
 //! (`claudemesh daemon run`) or act as a client of it. Behaviour lives in `commands`.
 
+mod claude;
 mod cli;
 mod commands;
+mod install;
 mod output;
 
 use clap::Parser as _;
@@ -231,7 +233,35 @@ fn relay_run(a: cli::RelayArgs) -> ExitCode {
 
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = cli::Cli::parse();
+    // Flag-first invocations (`claudemesh --resume X`) mean `claudemesh launch …`.
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(first) = argv.get(1).and_then(|a| a.to_str())
+        && first.starts_with('-')
+        && !matches!(first, "-h" | "--help" | "-V" | "--version")
+    {
+        let rest: Vec<_> = argv.drain(1..).collect();
+        argv.push("launch".into());
+        // Our own launch flags stay ours; everything else goes to `claude`.
+        let mut passthrough = Vec::new();
+        let mut it = rest.into_iter();
+        while let Some(a) = it.next() {
+            let s = a.to_string_lossy().to_string();
+            let ours = ["--name", "--groups", "--mesh"];
+            if ours.contains(&s.as_str()) {
+                argv.push(a);
+                if let Some(v) = it.next() {
+                    argv.push(v);
+                }
+            } else if ours.iter().any(|o| s.starts_with(&format!("{o}="))) {
+                argv.push(a);
+            } else {
+                passthrough.push(a);
+            }
+        }
+        argv.push("--".into());
+        argv.extend(passthrough);
+    }
+    let cli = cli::Cli::parse_from(argv);
     if let cli::Command::Daemon {
         action: cli::DaemonAction::Run { notify_ready },
     } = cli.command

@@ -488,3 +488,109 @@ fn a_daemon_hosts_several_sessions_each_a_peer() {
     let (_, peers) = nodes[0].peers();
     assert!(peers.contains(&("bob-web".to_string(), false)), "{peers:?}");
 }
+
+#[test]
+fn hooks_report_status_and_surface_messages_by_priority() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["alice", "bob"], &[]);
+    let (alice, bob) = (&nodes[0], &nodes[1]);
+    let hook = |event: &str| -> String {
+        let out = bob.run_env(
+            &["hook", event],
+            &[
+                ("CLAUDEMESH_SESSION_KEY", "claude-test-1"),
+                ("CLAUDEMESH_DISPLAY_NAME", "bob-claude"),
+            ],
+        );
+        assert!(out.status.success(), "hooks always exit 0");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(hook("session-start"), "", "nothing to surface yet");
+    alice.wait("peer-idle", Some("bob-claude"));
+    assert_eq!(hook("user-prompt-submit"), "");
+    alice.wait("peer-working", Some("bob-claude"));
+    let v = alice.json(&["peers"]);
+    let id = v["meshes"][0]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "bob-claude")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Sent in this order over one link, they arrive in this order: once `now` is in the
+    // session's inbox, so are the others.
+    for (prio, text) in [
+        ("low", "fyi"),
+        ("next", "when you are free"),
+        ("now", "prod is down"),
+    ] {
+        alice.ok(&["send", &id, text, "--priority", prio]);
+    }
+    let mut after: Option<String> = None;
+    loop {
+        let mut args = vec!["inbox", "--session", &id, "--peek", "--wait", "20"];
+        if let Some(a) = &after {
+            args.extend(["--after", a.as_str()]);
+        }
+        let msgs = bob.json(&args)["messages"].as_array().cloned().unwrap();
+        assert!(!msgs.is_empty(), "messages reach bob's session");
+        after = Some(msgs.last().unwrap()["id"].as_str().unwrap().to_string());
+        if msgs.iter().any(|m| m["body"] == "prod is down") {
+            break;
+        }
+    }
+    // Mid-turn only `now` surfaces; at the next prompt `next` does; `low` waits for a pull.
+    let v: Value = serde_json::from_str(&hook("post-tool-use")).unwrap();
+    let ctx = v["hookSpecificOutput"]["additionalContext"]
+        .as_str()
+        .unwrap();
+    assert!(ctx.contains("[URGENT] alice: prod is down"), "{ctx}");
+    assert!(
+        !ctx.contains("when you are free") && !ctx.contains("fyi"),
+        "{ctx}"
+    );
+    assert_eq!(
+        hook("stop"),
+        "",
+        "no urgent message left to hold the turn for"
+    );
+    alice.wait("peer-idle", Some("bob-claude"));
+    let v: Value = serde_json::from_str(&hook("user-prompt-submit")).unwrap();
+    let ctx = v["hookSpecificOutput"]["additionalContext"]
+        .as_str()
+        .unwrap();
+    assert!(ctx.contains("alice: when you are free"), "{ctx}");
+    assert!(
+        !ctx.contains("fyi") && !ctx.contains("prod is down"),
+        "{ctx}"
+    );
+    // The low one is still there for a pull.
+    let left = bob.json(&["inbox", "--session", &id]);
+    assert_eq!(left["messages"][0]["body"], "fyi");
+}
+
+#[test]
+fn install_is_idempotent_and_uninstall_removes_it() {
+    let root = tempfile::tempdir().unwrap();
+    let n = Node::new(bin(), root.path(), "solo");
+    n.ok(&["install", "--status-line"]);
+    let cj: Value =
+        serde_json::from_str(&std::fs::read_to_string(n.dir.join(".claude.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        cj["mcpServers"]["claudemesh"],
+        serde_json::json!({"command": "claudemesh", "args": ["mcp"]})
+    );
+    assert!(
+        n.ok(&["install", "--status-line"])
+            .contains("nothing changed")
+    );
+    n.ok(&["uninstall"]);
+    let cj: Value =
+        serde_json::from_str(&std::fs::read_to_string(n.dir.join(".claude.json")).unwrap())
+            .unwrap();
+    assert_eq!(cj, serde_json::json!({}));
+    assert!(n.ok(&["status-line"]).starts_with("claudemesh:"));
+}

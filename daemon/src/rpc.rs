@@ -260,6 +260,15 @@ async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, RpcErr> {
         m::SESSION_UPDATE => json(crate::sessions::update(d, params(p)?).await?),
         m::MESSAGE_STATUS => json(message_status(d, params(p)?).await?),
         m::PING => json(ping(d, params(p)?).await?),
+        m::MARK_READ => {
+            let p: m::MarkReadParams = params(p)?;
+            let ids = p.ids.into_iter().map(|id| (id, p.session)).collect();
+            d.store
+                .mark_read(ids, now_ms())
+                .await
+                .map_err(RpcErr::internal)?;
+            Ok(Value::Object(Default::default()))
+        }
         m::SHUTDOWN => {
             let token = d.shutdown.clone();
             tokio::spawn(async move {
@@ -367,11 +376,17 @@ async fn inbox(d: &Arc<Daemon>, p: InboxParams) -> Result<InboxResult, RpcErr> {
     let messages = loop {
         gen_rx.borrow_and_update();
         let s2 = sessions.clone();
-        let msgs = d
+        let mut msgs = d
             .store
-            .read(move |c| store::q_unread(c, mesh, &s2, limit))
+            .read(move |c| store::q_unread(c, mesh, &s2, 1000))
             .await
             .map_err(RpcErr::internal)?;
+        if let Some(cursor) = p.after
+            && let Some(pos) = msgs.iter().position(|x| x.id == cursor)
+        {
+            msgs.drain(..=pos);
+        }
+        msgs.truncate(limit as usize);
         if !msgs.is_empty() || tokio::time::Instant::now() >= deadline {
             break msgs;
         }
@@ -400,7 +415,7 @@ async fn wait_for(d: &Arc<Daemon>, p: m::WaitParams) -> Result<m::WaitResult, Rp
         return Err(RpcErr::not_found("you have not joined any mesh yet"));
     }
     let peer = match p.condition {
-        W::PeerOnline | W::PeerOffline => Some(
+        W::PeerOnline | W::PeerOffline | W::PeerWorking | W::PeerIdle => Some(
             p.peer
                 .as_deref()
                 .map(|s| s.trim().to_lowercase())
@@ -426,8 +441,8 @@ async fn wait_for(d: &Arc<Daemon>, p: m::WaitParams) -> Result<m::WaitResult, Rp
                 .await
                 .map_err(RpcErr::internal)?
                 .is_empty(),
-            W::PeerOnline | W::PeerOffline => {
-                let want_online = p.condition == W::PeerOnline;
+            W::PeerOnline | W::PeerOffline | W::PeerWorking | W::PeerIdle => {
+                let cond = p.condition;
                 let q = peer.clone().unwrap_or_default();
                 let rows: Vec<_> = targets.iter().map(|x| lock(&x.row).clone()).collect();
                 let found = d
@@ -445,7 +460,7 @@ async fn wait_for(d: &Arc<Daemon>, p: m::WaitParams) -> Result<m::WaitResult, Rp
                                     }
                                 };
                                 if hit {
-                                    states.push(p.online);
+                                    states.push((p.online, p.status));
                                 }
                             }
                         }
@@ -453,10 +468,12 @@ async fn wait_for(d: &Arc<Daemon>, p: m::WaitParams) -> Result<m::WaitResult, Rp
                     })
                     .await
                     .map_err(RpcErr::internal)?;
-                if want_online {
-                    found.iter().any(|o| *o)
-                } else {
-                    !found.is_empty() && found.iter().all(|o| !*o)
+                use claudemesh_schema::message::PeerStatus;
+                match cond {
+                    W::PeerOnline => found.iter().any(|(o, _)| *o),
+                    W::PeerWorking => found.iter().any(|(o, s)| *o && *s == PeerStatus::Working),
+                    W::PeerIdle => found.iter().any(|(o, s)| *o && *s == PeerStatus::Idle),
+                    _ => !found.is_empty() && found.iter().all(|(o, _)| !*o),
                 }
             }
         };

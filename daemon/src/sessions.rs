@@ -52,6 +52,21 @@ pub(crate) async fn open(
     let mut out = Vec::new();
     for m in targets {
         let (sid, secret) = derive_session(&m.keys, &m.id, &key);
+        // Already open (the MCP shim and the hooks of one Claude session both open it):
+        // keep its profile.
+        let existing = lock(&m.sessions)
+            .get(&sid)
+            .filter(|l| l.open)
+            .map(|l| l.profile.name.clone());
+        if let Some(name) = existing {
+            out.push(SessionInfo {
+                mesh: m.id,
+                mesh_name: m.name(),
+                session: sid,
+                name,
+            });
+            continue;
+        }
         let profile = Profile {
             name: name
                 .clone()

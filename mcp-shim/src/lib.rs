@@ -10,4 +10,4 @@
 
 mod server;
 
-pub use server::{ShimError, run};
+pub use server::{ShimError, run, session_key};

@@ -494,29 +494,53 @@ impl ServerHandler for Shim {
     }
 }
 
-/// The session key: a stable id of the client session when the environment names one
-/// (`CLAUDEMESH_SESSION_KEY`), else this process's parent (the Claude Code process).
-fn session_key() -> String {
+/// The key of the Claude Code session this process runs under: `CLAUDEMESH_SESSION_KEY`
+/// when set, else the nearest ancestor process that is Claude Code (its pid and start
+/// time, so a reused pid is a different session). The MCP shim and the hooks of one Claude
+/// session find the same ancestor, so they address the same peer.
+pub fn session_key() -> Option<String> {
     if let Ok(k) = std::env::var("CLAUDEMESH_SESSION_KEY")
         && !k.trim().is_empty()
     {
-        return k.trim().to_string();
+        return Some(k.trim().to_string());
     }
-    let ppid = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            s.rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().nth(1))
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| std::process::id().to_string());
-    format!("ppid-{ppid}")
+    let mut pid = parent_of(std::process::id())?;
+    for _ in 0..8 {
+        let (comm, ppid, start) = proc_stat(pid)?;
+        if comm.to_lowercase().contains("claude") {
+            return Some(format!("claude-{pid}-{start}"));
+        }
+        if ppid <= 1 {
+            return None;
+        }
+        pid = ppid;
+    }
+    None
+}
+
+/// `(comm, ppid, start time)` of a process, from `/proc` (Linux).
+fn proc_stat(pid: u32) -> Option<(String, u32, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = s.find('(')?;
+    let close = s.rfind(')')?;
+    let comm = s.get(open + 1..close)?.to_string();
+    let rest: Vec<&str> = s.get(close + 1..)?.split_whitespace().collect();
+    let ppid = rest.get(1)?.parse().ok()?;
+    let start = rest.get(19)?.parse().ok()?;
+    Some((comm, ppid, start))
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    proc_stat(pid).map(|(_, ppid, _)| ppid)
+}
+
+fn shim_key() -> String {
+    session_key().unwrap_or_else(|| format!("ppid-{}", parent_of(std::process::id()).unwrap_or(0)))
 }
 
 /// Serve MCP on stdin/stdout until the client goes away.
 pub async fn run(paths: Paths, exe: PathBuf) -> Result<(), ShimError> {
-    let shim = Shim::new(paths, exe, session_key());
+    let shim = Shim::new(paths, exe, shim_key());
     let running = shim
         .clone()
         .serve(rmcp::transport::stdio())

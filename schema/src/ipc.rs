@@ -201,6 +201,17 @@ pub mod methods {
     pub const MESSAGE_STATUS: &str = "message_status";
     /// `ping`: round trip to the relay of a mesh.
     pub const PING: &str = "ping";
+    /// `mark_read`: mark some of a session's messages read.
+    pub const MARK_READ: &str = "mark_read";
+
+    /// `mark_read` parameters.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct MarkReadParams {
+        /// The session.
+        pub session: SessionId,
+        /// The messages.
+        pub ids: Vec<MessageId>,
+    }
     /// Notification pushed to subscribers: one new [`InboxMessage`].
     pub const NOTIFY_MESSAGE: &str = "message";
 
@@ -357,6 +368,10 @@ pub mod methods {
         PeerOffline,
         /// A join request waits for an admin's approval here.
         ClaimPending,
+        /// A peer (name or id prefix) is online and working.
+        PeerWorking,
+        /// A peer (name or id prefix) is online and idle.
+        PeerIdle,
     }
 
     /// `wait_for` parameters.
@@ -699,6 +714,10 @@ pub mod methods {
         /// Whose inbox: a hosted session (default: the daemon's own session in each mesh).
         #[serde(default)]
         pub session: Option<SessionId>,
+        /// Cursor: only messages after this one (in arrival order); with `wait_ms`, waits
+        /// for a newer one. Lets a reader that peeks wait for what is new.
+        #[serde(default)]
+        pub after: Option<MessageId>,
         /// Mesh name or id prefix (default: all).
         #[serde(default)]
         pub mesh: Option<String>,

@@ -198,9 +198,17 @@ impl Node {
 
     /// Run the CLI with this node's environment.
     pub fn run(&self, args: &[&str]) -> Output {
+        self.run_env(args, &[])
+    }
+
+    /// Run the CLI with this node's environment plus `extra` variables.
+    pub fn run_env(&self, args: &[&str], extra: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new(&self.bin);
         cmd.args(args).stdin(Stdio::null());
         self.env(&mut cmd);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
         cmd.output().expect("run claudemesh")
     }
 

@@ -1,0 +1,340 @@
+//! `claudemesh install` / `uninstall`: register the MCP server in `~/.claude.json`, the hooks
+//! (and, on request, a status line) in `~/.claude/settings.json`, and a short skill that
+//! teaches Claude the CLI.
+//!
+//! Every edit is read-merge-write: other keys are kept as they are, the file is replaced
+//! atomically, a timestamped backup is written first, and nothing is written when nothing
+//! changes (so `install` twice is a no-op). `uninstall` removes exactly the entries `install`
+//! adds (recognised by their `claudemesh` commands) and the containers they leave empty.
+
+use serde_json::{Map, Value, json};
+use std::path::{Path, PathBuf};
+
+/// Hook events we register, with the `claudemesh hook` argument for each.
+pub(crate) const HOOKS: &[(&str, &str)] = &[
+    ("UserPromptSubmit", "user-prompt-submit"),
+    ("PostToolUse", "post-tool-use"),
+    ("Stop", "stop"),
+    ("SessionStart", "session-start"),
+];
+
+const SKILL: &str = include_str!("../assets/SKILL.md");
+const STATUS_LINE: &str = "claudemesh status-line";
+
+/// Where Claude Code keeps its configuration, under `home`.
+#[derive(Debug, Clone)]
+pub(crate) struct ClaudeFiles {
+    pub(crate) claude_json: PathBuf,
+    pub(crate) settings: PathBuf,
+    pub(crate) skill: PathBuf,
+}
+
+impl ClaudeFiles {
+    pub(crate) fn under(home: &Path) -> Self {
+        Self {
+            claude_json: home.join(".claude.json"),
+            settings: home.join(".claude").join("settings.json"),
+            skill: home
+                .join(".claude")
+                .join("skills")
+                .join("claudemesh")
+                .join("SKILL.md"),
+        }
+    }
+
+    pub(crate) fn from_env() -> Result<Self, String> {
+        let home = std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .ok_or("HOME is not set; cannot find Claude Code's configuration")?;
+        Ok(Self::under(Path::new(&home)))
+    }
+}
+
+fn read_object(path: &Path) -> Result<Map<String, Value>, String> {
+    match std::fs::read_to_string(path) {
+        Ok(t) if t.trim().is_empty() => Ok(Map::new()),
+        Ok(t) => match serde_json::from_str::<Value>(&t) {
+            Ok(Value::Object(m)) => Ok(m),
+            Ok(_) => Err(format!(
+                "{} is not a JSON object; fix it by hand, then run this again",
+                path.display()
+            )),
+            Err(e) => Err(format!(
+                "{} is not valid JSON ({e}); fix it by hand, then run this again",
+                path.display()
+            )),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Map::new()),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Write `obj` to `path` if it differs from what is there: backup first, then atomic
+/// replace. Returns whether the file changed.
+fn write_if_changed(
+    path: &Path,
+    before: &Map<String, Value>,
+    obj: &Map<String, Value>,
+) -> Result<bool, String> {
+    if before == obj {
+        return Ok(false);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    if path.exists() {
+        let stamp = claudemesh_schema::now_ms();
+        let backup = PathBuf::from(format!("{}.bak-{stamp}", path.display()));
+        std::fs::copy(path, &backup)
+            .map_err(|e| format!("cannot back up {}: {e}", path.display()))?;
+    }
+    let text = serde_json::to_string_pretty(&Value::Object(obj.clone()))
+        .map_err(|e| e.to_string())?
+        + "\n";
+    claudemesh_daemon::keys::write_atomic(path, text.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(true)
+}
+
+fn is_ours(group: &Value) -> bool {
+    group["hooks"].as_array().is_some_and(|hs| {
+        hs.iter().any(|h| {
+            h["command"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("claudemesh hook "))
+        })
+    })
+}
+
+/// What an install or uninstall changed, for the summary.
+#[derive(Debug, Default)]
+pub(crate) struct Changes {
+    pub(crate) files: Vec<PathBuf>,
+    pub(crate) notes: Vec<String>,
+}
+
+pub(crate) fn install(f: &ClaudeFiles, hooks: bool, status_line: bool) -> Result<Changes, String> {
+    let mut ch = Changes::default();
+    // MCP server.
+    let before = read_object(&f.claude_json)?;
+    let mut cj = before.clone();
+    let servers = cj
+        .entry("mcpServers")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Some(servers) = servers.as_object_mut() else {
+        return Err(format!(
+            "`mcpServers` in {} is not an object; fix it by hand",
+            f.claude_json.display()
+        ));
+    };
+    servers.insert(
+        "claudemesh".into(),
+        json!({"command": "claudemesh", "args": ["mcp"]}),
+    );
+    if write_if_changed(&f.claude_json, &before, &cj)? {
+        ch.files.push(f.claude_json.clone());
+    }
+    // Hooks and status line.
+    let before = read_object(&f.settings)?;
+    let mut st = before.clone();
+    if hooks {
+        let h = st
+            .entry("hooks")
+            .or_insert_with(|| Value::Object(Map::new()));
+        let Some(h) = h.as_object_mut() else {
+            return Err(format!(
+                "`hooks` in {} is not an object; fix it by hand",
+                f.settings.display()
+            ));
+        };
+        for (event, arg) in HOOKS {
+            let list = h.entry(*event).or_insert_with(|| Value::Array(Vec::new()));
+            let Some(list) = list.as_array_mut() else {
+                return Err(format!(
+                    "`hooks.{event}` in {} is not a list; fix it by hand",
+                    f.settings.display()
+                ));
+            };
+            if !list.iter().any(is_ours) {
+                list.push(json!({"hooks": [{"type": "command", "command": format!("claudemesh hook {arg}"), "timeout": 10}]}));
+            }
+        }
+    }
+    if status_line {
+        match st.get("statusLine") {
+            None => {
+                st.insert("statusLine".into(), json!({"type": "command", "command": STATUS_LINE}));
+            }
+            Some(v) if v["command"] == STATUS_LINE => {}
+            Some(_) => ch.notes.push(
+                "you already have a status line; left it alone (add `claudemesh status-line` to it yourself)".into(),
+            ),
+        }
+    }
+    if write_if_changed(&f.settings, &before, &st)? {
+        ch.files.push(f.settings.clone());
+    }
+    // Skill.
+    let current = std::fs::read_to_string(&f.skill).ok();
+    if current.as_deref() != Some(SKILL) {
+        if let Some(dir) = f.skill.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        claudemesh_daemon::keys::write_atomic(&f.skill, SKILL.as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", f.skill.display()))?;
+        ch.files.push(f.skill.clone());
+    }
+    Ok(ch)
+}
+
+pub(crate) fn uninstall(f: &ClaudeFiles) -> Result<Changes, String> {
+    let mut ch = Changes::default();
+    let before = read_object(&f.claude_json)?;
+    let mut cj = before.clone();
+    if let Some(Value::Object(servers)) = cj.get_mut("mcpServers") {
+        servers.remove("claudemesh");
+        if servers.is_empty() {
+            cj.remove("mcpServers");
+        }
+    }
+    if write_if_changed(&f.claude_json, &before, &cj)? {
+        ch.files.push(f.claude_json.clone());
+    }
+    let before = read_object(&f.settings)?;
+    let mut st = before.clone();
+    if let Some(Value::Object(h)) = st.get_mut("hooks") {
+        for (event, _) in HOOKS {
+            if let Some(Value::Array(list)) = h.get_mut(*event) {
+                list.retain(|g| !is_ours(g));
+                if list.is_empty() {
+                    h.remove(*event);
+                }
+            }
+        }
+        if h.is_empty() {
+            st.remove("hooks");
+        }
+    }
+    if st
+        .get("statusLine")
+        .is_some_and(|v| v["command"] == STATUS_LINE)
+    {
+        st.remove("statusLine");
+    }
+    if write_if_changed(&f.settings, &before, &st)? {
+        ch.files.push(f.settings.clone());
+    }
+    if f.skill.exists() {
+        std::fs::remove_file(&f.skill)
+            .map_err(|e| format!("cannot remove {}: {e}", f.skill.display()))?;
+        if let Some(dir) = f.skill.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+        ch.files.push(f.skill.clone());
+    }
+    Ok(ch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backups(dir: &Path) -> usize {
+        let mut n = 0;
+        for d in [dir.to_path_buf(), dir.join(".claude")] {
+            if let Ok(rd) = std::fs::read_dir(d) {
+                n += rd
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().contains(".bak-"))
+                    .count();
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn install_merges_is_idempotent_and_uninstall_restores() {
+        let home = tempfile::tempdir().unwrap();
+        let f = ClaudeFiles::under(home.path());
+        std::fs::create_dir_all(home.path().join(".claude")).unwrap();
+        let claude_json = json!({"theme": "dark", "mcpServers": {"other": {"command": "x"}}});
+        let settings = json!({
+            "model": "opus",
+            "hooks": {"Stop": [{"hooks": [{"type": "command", "command": "notify-send done"}]}]},
+            "statusLine": {"type": "command", "command": "my-line"}
+        });
+        std::fs::write(&f.claude_json, claude_json.to_string()).unwrap();
+        std::fs::write(&f.settings, settings.to_string()).unwrap();
+
+        let ch = install(&f, true, true).unwrap();
+        assert_eq!(ch.files.len(), 3);
+        assert_eq!(
+            ch.notes.len(),
+            1,
+            "an existing status line is not clobbered"
+        );
+        let cj: Value =
+            serde_json::from_str(&std::fs::read_to_string(&f.claude_json).unwrap()).unwrap();
+        assert_eq!(cj["theme"], "dark");
+        assert_eq!(cj["mcpServers"]["other"]["command"], "x");
+        assert_eq!(
+            cj["mcpServers"]["claudemesh"],
+            json!({"command": "claudemesh", "args": ["mcp"]})
+        );
+        let st: Value =
+            serde_json::from_str(&std::fs::read_to_string(&f.settings).unwrap()).unwrap();
+        assert_eq!(st["model"], "opus");
+        assert_eq!(st["statusLine"]["command"], "my-line");
+        assert_eq!(st["hooks"]["Stop"].as_array().unwrap().len(), 2);
+        assert!(
+            st["hooks"]["UserPromptSubmit"][0]["hooks"][0]["command"]
+                .as_str()
+                .unwrap()
+                .starts_with("claudemesh hook")
+        );
+        assert_eq!(backups(home.path()), 2);
+
+        let again = install(&f, true, true).unwrap();
+        assert!(again.files.is_empty(), "a second install changes nothing");
+        assert_eq!(backups(home.path()), 2);
+
+        uninstall(&f).unwrap();
+        let cj2: Value =
+            serde_json::from_str(&std::fs::read_to_string(&f.claude_json).unwrap()).unwrap();
+        let st2: Value =
+            serde_json::from_str(&std::fs::read_to_string(&f.settings).unwrap()).unwrap();
+        assert_eq!(cj2, claude_json);
+        assert_eq!(st2, settings);
+        assert!(!f.skill.exists());
+    }
+
+    #[test]
+    fn status_line_is_added_when_absent_and_removed_by_uninstall() {
+        let home = tempfile::tempdir().unwrap();
+        let f = ClaudeFiles::under(home.path());
+        install(&f, false, true).unwrap();
+        let st: Value =
+            serde_json::from_str(&std::fs::read_to_string(&f.settings).unwrap()).unwrap();
+        assert_eq!(st["statusLine"]["command"], STATUS_LINE);
+        assert!(st.get("hooks").is_none(), "--no-hooks adds none");
+        uninstall(&f).unwrap();
+        let st: Value =
+            serde_json::from_str(&std::fs::read_to_string(&f.settings).unwrap()).unwrap();
+        assert_eq!(st, json!({}));
+    }
+
+    #[test]
+    fn broken_files_are_refused_untouched() {
+        let home = tempfile::tempdir().unwrap();
+        let f = ClaudeFiles::under(home.path());
+        std::fs::write(&f.claude_json, "{not json").unwrap();
+        let e = install(&f, true, false).unwrap_err();
+        assert!(e.contains("not valid JSON"), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(&f.claude_json).unwrap(),
+            "{not json"
+        );
+    }
+}
