@@ -488,17 +488,37 @@ async fn wait_for(d: &Arc<Daemon>, p: m::WaitParams) -> Result<m::WaitResult, Rp
     }
 }
 
+/// The session's status, as far as this daemon knows (hosted sessions; the daemon's own
+/// session is always idle).
+fn local_status(
+    d: &Daemon,
+    session: claudemesh_schema::SessionId,
+) -> claudemesh_schema::message::PeerStatus {
+    for x in d.meshes() {
+        if let Some(l) = lock(&x.sessions).get(&session) {
+            return l.profile.status;
+        }
+    }
+    claudemesh_schema::message::PeerStatus::Idle
+}
+
 /// Push each new unread message of `session` once, as a `message` notification, for as
-/// long as the connection lives. Messages stay unread: reading is the client's call.
+/// long as the connection lives, gated by priority on the session's status: an idle
+/// session gets `now` and `next`, a working or dnd one only `now`, and `low` is never
+/// pushed (it waits to be pulled). Held messages are pushed when the session turns idle.
+/// Messages stay unread: reading is the client's call.
 async fn subscription(
     d: Arc<Daemon>,
     session: claudemesh_schema::SessionId,
     tx: mpsc::Sender<String>,
 ) {
+    use claudemesh_schema::message::{PeerStatus, Priority};
     let mut gen_rx = d.inbox_gen.subscribe();
+    let mut changes = d.changes.subscribe();
     let mut pushed = std::collections::HashSet::new();
     loop {
         gen_rx.borrow_and_update();
+        changes.borrow_and_update();
         let Ok(msgs) = d
             .store
             .read(move |c| store::q_unread(c, None, &[session], 1000))
@@ -508,8 +528,15 @@ async fn subscription(
         };
         let unread: std::collections::HashSet<_> = msgs.iter().map(|x| x.id).collect();
         pushed.retain(|id| unread.contains(id));
+        let status = local_status(&d, session);
         for msg in msgs {
-            if !pushed.insert(msg.id) {
+            let allowed = match (msg.priority, status) {
+                (Priority::Low, _) => false,
+                (Priority::Now, _) => true,
+                (Priority::Next, PeerStatus::Idle) => true,
+                (Priority::Next, _) => false,
+            };
+            if !allowed || !pushed.insert(msg.id) {
                 continue;
             }
             let n = claudemesh_schema::ipc::Notification {
@@ -527,6 +554,7 @@ async fn subscription(
         }
         tokio::select! {
             r = gen_rx.changed() => if r.is_err() { return },
+            r = changes.changed() => if r.is_err() { return },
             _ = d.shutdown.cancelled() => return,
         }
     }

@@ -213,6 +213,7 @@ pub(crate) async fn update(
             .await
             .map_err(RpcErr::internal)?;
         let _ = m.link.tx.send(LinkCmd::Publish).await;
+        d.bump_changes();
         return Ok(SessionProfile {
             session: p.session,
             name: updated.name,

@@ -150,6 +150,23 @@ async def main():
                 check(got.empty(), "no channel notification without channel support")
             msgs = text(await b.call_tool("wait_for_message", {"timeout_seconds": 20}))["messages"]
             check([m["body"] for m in msgs] == ["hello bob"], f"bob pulls the message: {msgs}")
+            if CHANNELS:
+                # Priority gating: `low` is never pushed, `next` is held while bob works,
+                # `now` always goes through. Sent in order over one link, they arrive in
+                # order, so the next push after them must be the `now` one.
+                text(await b.call_tool("set_status", {"status": "working"}))
+                cli(DIR_A, "wait", "peer-working", "bob-claude", "--timeout", "20")
+                text(await a.call_tool("send_message", {"to": "bob-claude", "message": "fyi", "priority": "low"}))
+                text(await a.call_tool("send_message", {"to": "bob-claude", "message": "after this", "priority": "next"}))
+                text(await a.call_tool("send_message", {"to": "bob-claude", "message": "urgent", "priority": "now"}))
+                _, note = await asyncio.wait_for(got.get(), 20)
+                check(note.content == "[URGENT] alice-claude: urgent", f"only now while working: {note.content}")
+                # Turning idle releases the held `next` message; `low` still waits.
+                text(await b.call_tool("set_status", {"status": "idle"}))
+                _, note = await asyncio.wait_for(got.get(), 20)
+                check(note.content == "alice-claude: after this", f"next after idle: {note.content}")
+                pulled = text(await b.call_tool("check_messages", {}))["messages"]
+                check(sorted(m["body"] for m in pulled) == ["after this", "fyi", "urgent"], f"all pullable: {pulled}")
             again = text(await b.call_tool("check_messages", {}))
             check(again["messages"] == [], "read once")
             status = text(await a.call_tool("message_status", {"message_id": sent["id"]}))
