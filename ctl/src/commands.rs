@@ -551,7 +551,9 @@ async fn send(a: SendArgs) -> Res {
                 r.id.short()
             ),
             Stage::Relayed => println!("sent to {who} (relayed, id {})", r.id.short()),
-            Stage::Delivered => println!("delivered to {who} (id {})", r.id.short()),
+            Stage::Delivered | Stage::Surfaced | Stage::Read => {
+                println!("delivered to {who} (id {})", r.id.short())
+            }
         }
     }
     Ok(())

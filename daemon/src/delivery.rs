@@ -21,18 +21,36 @@ pub const MAX_BODY: usize = 128 * 1024;
 /// Default time `send` waits for the relay's acknowledgement.
 const DEFAULT_WAIT: Duration = Duration::from_secs(3);
 
-/// Open an envelope delivered to this daemon: one inbox row per local session it is for.
-/// Empty when it is for none of ours, its sender is not a member, or it does not open (all
-/// logged, never with content).
-pub(crate) fn open(
+/// What an incoming envelope turned out to be.
+#[derive(Debug)]
+pub(crate) enum Opened {
+    /// A message: one inbox row per local session it is for.
+    Rows(Vec<InboxRow>),
+    /// A receipt about a message we sent.
+    Receipt(message::ReceiptBody),
+    /// Nothing for us (not addressed to us, not from a member, does not open).
+    Nothing,
+}
+
+/// Open an envelope delivered to this daemon. Refusals are logged, never with content.
+pub(crate) fn open(m: &MeshCtx, env: &Envelope, at: i64, sender: Option<&PresenceRow>) -> Opened {
+    let rows = open_rows(m, env, at, sender);
+    match rows {
+        Ok(r) if r.is_empty() => Opened::Nothing,
+        Ok(r) => Opened::Rows(r),
+        Err(receipt) => Opened::Receipt(receipt),
+    }
+}
+
+fn open_rows(
     m: &MeshCtx,
     env: &Envelope,
     at: i64,
     sender: Option<&PresenceRow>,
-) -> Vec<InboxRow> {
+) -> Result<Vec<InboxRow>, message::ReceiptBody> {
     if !m.is_member(&env.from_member) {
         tracing::warn!(id = %env.id, from = %env.from_member.short(), "message from a non-member dropped");
-        return Vec::new();
+        return Ok(Vec::new());
     }
     let own = m.keys.session;
     let targets: Vec<SessionId> = match &env.to {
@@ -52,7 +70,7 @@ pub(crate) fn open(
     };
     if targets.is_empty() {
         tracing::debug!(id = %env.id, "envelope for no session of ours");
-        return Vec::new();
+        return Ok(Vec::new());
     }
     let opened = match (env.seal, &env.to) {
         (Seal::Mesh, _) => {
@@ -69,23 +87,23 @@ pub(crate) fn open(
         }
         (Seal::Box, Route::Session { session }) => match lock(&m.sessions).get(session) {
             Some(l) => message::open_direct(&l.secret, &env.from_member, &env.id, &env.ct),
-            None => return Vec::new(),
+            None => return Ok(Vec::new()),
         },
         (Seal::Box, _) => {
             tracing::warn!(id = %env.id, "boxed envelope to several sessions dropped");
-            return Vec::new();
+            return Ok(Vec::new());
         }
     };
     let p = match opened {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(id = %env.id, error = %e, "message does not open; dropped");
-            return Vec::new();
+            return Ok(Vec::new());
         }
     };
     if p.from_session != env.from {
         tracing::warn!(id = %env.id, "message names another sender session than its envelope; dropped");
-        return Vec::new();
+        return Ok(Vec::new());
     }
     // The sending session must belong to the sending member (as its signed presence says),
     // and the name shown is the one from that presence, not the one the sender typed.
@@ -93,11 +111,21 @@ pub(crate) fn open(
     if let Some(s) = sender {
         if s.member != env.from_member {
             tracing::warn!(id = %env.id, "message from a session of another member; dropped");
-            return Vec::new();
+            return Ok(Vec::new());
         }
         p.from_name = s.profile.name.clone();
     }
-    rows_for(m, &p, &env.from_member, targets, at)
+    if p.kind == message::KIND_RECEIPT {
+        // Receipts come boxed to our member from a member; the body names our message.
+        if matches!(env.to, Route::Member { .. })
+            && env.seal == Seal::Box
+            && let Ok(r) = serde_json::from_str::<message::ReceiptBody>(&p.body)
+        {
+            return Err(r);
+        }
+        return Ok(Vec::new());
+    }
+    Ok(rows_for(m, &p, &env.from_member, targets, at))
 }
 
 fn rows_for(
@@ -377,6 +405,7 @@ pub(crate) async fn send(d: &Arc<Daemon>, p: SendParams) -> Result<SendResult, R
             target.label.clone(),
             p.priority,
             now,
+            true,
         )
         .await
         .map_err(|e| RpcErr::internal(format!("cannot queue the message: {e}")))?;
@@ -416,4 +445,72 @@ pub(crate) async fn send(d: &Arc<Daemon>, p: SendParams) -> Result<SendResult, R
         recipients: target.names,
         local: local_count,
     })
+}
+
+/// Tell the senders of `msgs` (all delivered to local sessions) that they were surfaced or
+/// read. Receipts are boxed to the sender member and go through the outbox like messages;
+/// for our own member's messages (local fan-out) the sent row is updated directly.
+pub(crate) async fn send_receipts(d: &Arc<Daemon>, msgs: &[InboxMessage], read: bool) {
+    let now = now_ms();
+    let stage = if read { "read" } else { "surfaced" };
+    for msg in msgs {
+        let Some(m) = d.mesh(&msg.mesh) else { continue };
+        let Some(from) = claudemesh_schema::crypto::MemberKey::from_b64(&msg.from_member) else {
+            continue;
+        };
+        if from == m.member() {
+            let _ = d.store.sent_stage(msg.id, read, now).await;
+            d.bump_changes();
+            continue;
+        }
+        let Ok(to_key) = from.box_public() else {
+            continue;
+        };
+        let id = MessageId::new();
+        let body = serde_json::to_string(&message::ReceiptBody {
+            of: msg.id,
+            stage: stage.into(),
+            at: now,
+        })
+        .unwrap_or_default();
+        let payload = MessagePayload {
+            id,
+            from_session: msg.session,
+            from_name: String::new(),
+            to: "receipt".into(),
+            priority: message::Priority::Low,
+            sent_at: now,
+            kind: message::KIND_RECEIPT.into(),
+            body,
+        };
+        let Ok(ct) = message::seal_direct(&m.keys.member, &to_key, &payload) else {
+            continue;
+        };
+        let env = Envelope {
+            id,
+            from: msg.session,
+            from_member: m.member(),
+            to: Route::Member { member: from },
+            seal: Seal::Box,
+            ct,
+        };
+        let Ok(frame) = wire::encode(&ClientFrame::Send(env)) else {
+            continue;
+        };
+        if d.store
+            .enqueue(
+                m.id,
+                id,
+                frame.clone(),
+                "receipt".into(),
+                payload.priority,
+                now,
+                false,
+            )
+            .await
+            .is_ok()
+        {
+            let _ = m.link.tx.send(LinkCmd::Send(id, Bytes::from(frame))).await;
+        }
+    }
 }

@@ -415,11 +415,12 @@ async fn on_frame(
             if let Some(w) = lock(&m.waiters).remove(&id) {
                 let _ = w.send(Ok(()));
             }
-            let store = d.store.clone();
+            let d2 = d.clone();
             tokio::spawn(async move {
-                if let Err(e) = store.relayed(id, at).await {
+                if let Err(e) = d2.store.relayed(id, at).await {
                     tracing::warn!(error = %e, "cannot record relayed message");
                 }
+                d2.bump_changes();
             });
         }
         RelayFrame::Refused {
@@ -465,9 +466,8 @@ async fn on_frame(
                 .await
                 .ok()
                 .flatten();
-            let rows = crate::delivery::open(m, &env, at, sender.as_ref());
-            match rows.is_empty() {
-                false => {
+            match crate::delivery::open(m, &env, at, sender.as_ref()) {
+                crate::delivery::Opened::Rows(rows) => {
                     let ack = ack_tx.clone();
                     let d2 = d.clone();
                     let r = d
@@ -484,16 +484,31 @@ async fn on_frame(
                         tracing::error!(error = %e, "store unavailable");
                     }
                 }
+                crate::delivery::Opened::Receipt(r) => {
+                    let (d2, ack) = (d.clone(), ack_tx.clone());
+                    tokio::spawn(async move {
+                        if d2
+                            .store
+                            .sent_stage(r.of, r.stage == "read", r.at)
+                            .await
+                            .is_ok()
+                        {
+                            d2.bump_changes();
+                            let _ = ack.send(id);
+                        }
+                    });
+                }
                 // Not for us or not openable: acknowledge so the relay stops resending it.
-                true => {
+                crate::delivery::Opened::Nothing => {
                     let _ = ack_tx.send(id);
                 }
             }
         }
         RelayFrame::Receipt { id, at, .. } => {
-            let store = d.store.clone();
+            let d2 = d.clone();
             tokio::spawn(async move {
-                let _ = store.delivered(id, at).await;
+                let _ = d2.store.delivered(id, at).await;
+                d2.bump_changes();
             });
         }
         RelayFrame::Presence(rec) => on_presence(d, m, rec).await,

@@ -262,11 +262,22 @@ async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, RpcErr> {
         m::PING => json(ping(d, params(p)?).await?),
         m::MARK_READ => {
             let p: m::MarkReadParams = params(p)?;
-            let ids = p.ids.into_iter().map(|id| (id, p.session)).collect();
+            let session = p.session;
+            let unread = d
+                .store
+                .read(move |c| store::q_unread(c, None, &[session], 1000))
+                .await
+                .map_err(RpcErr::internal)?;
+            let read: Vec<_> = unread
+                .into_iter()
+                .filter(|x| p.ids.contains(&x.id))
+                .collect();
+            let ids = read.iter().map(|x| (x.id, session)).collect();
             d.store
                 .mark_read(ids, now_ms())
                 .await
                 .map_err(RpcErr::internal)?;
+            delivery::send_receipts(d, &read, true).await;
             Ok(Value::Object(Default::default()))
         }
         m::SHUTDOWN => {
@@ -402,6 +413,7 @@ async fn inbox(d: &Arc<Daemon>, p: InboxParams) -> Result<InboxResult, RpcErr> {
             .mark_read(ids, now_ms())
             .await
             .map_err(RpcErr::internal)?;
+        crate::delivery::send_receipts(d, &messages, true).await;
     }
     Ok(InboxResult { messages })
 }
@@ -551,6 +563,7 @@ async fn subscription(
             {
                 return;
             }
+            crate::delivery::send_receipts(&d, std::slice::from_ref(&msg), false).await;
         }
         tokio::select! {
             r = gen_rx.changed() => if r.is_err() { return },
@@ -564,38 +577,58 @@ async fn message_status(
     d: &Arc<Daemon>,
     p: m::MessageStatusParams,
 ) -> Result<m::MessageStatusResult, RpcErr> {
-    let q = p.id.clone();
-    let hits = d
-        .store
-        .read(move |c| store::q_sent_find(c, &q))
-        .await
-        .map_err(RpcErr::internal)?;
-    match hits.len() {
-        0 => Err(RpcErr::not_found(format!("no sent message {:?}", p.id))),
-        1 => {
-            let (id, to, (queued_at, relayed_at, delivered_at)) = hits
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(p.wait_ms.unwrap_or(0).min(600_000));
+    let mut changes = d.changes.subscribe();
+    loop {
+        changes.borrow_and_update();
+        let q = p.id.clone();
+        let hits = d
+            .store
+            .read(move |c| store::q_sent_find(c, &q))
+            .await
+            .map_err(RpcErr::internal)?;
+        let (id, to, st) = match hits.len() {
+            0 => return Err(RpcErr::not_found(format!("no sent message {:?}", p.id))),
+            1 => hits
                 .into_iter()
                 .next()
-                .ok_or_else(|| RpcErr::internal("vanished"))?;
-            let stage = if delivered_at.is_some() {
-                m::Stage::Delivered
-            } else if relayed_at.is_some() {
-                m::Stage::Relayed
-            } else {
-                m::Stage::Queued
-            };
-            Ok(m::MessageStatusResult {
+                .ok_or_else(|| RpcErr::internal("vanished"))?,
+            _ => {
+                return Err(RpcErr::ambiguous(
+                    "several messages match; give more of the id",
+                ));
+            }
+        };
+        let stage = if st.read.is_some() {
+            m::Stage::Read
+        } else if st.surfaced.is_some() {
+            m::Stage::Surfaced
+        } else if st.delivered.is_some() {
+            m::Stage::Delivered
+        } else if st.relayed.is_some() {
+            m::Stage::Relayed
+        } else {
+            m::Stage::Queued
+        };
+        let done = p.wait_for.is_none_or(|w| stage >= w) || tokio::time::Instant::now() >= deadline;
+        if done {
+            return Ok(m::MessageStatusResult {
                 id,
                 stage,
-                queued_at,
-                relayed_at,
-                delivered_at,
+                queued_at: st.created,
+                relayed_at: st.relayed,
+                delivered_at: st.delivered,
+                surfaced_at: st.surfaced,
+                read_at: st.read,
                 to,
-            })
+            });
         }
-        _ => Err(RpcErr::ambiguous(
-            "several messages match; give more of the id",
-        )),
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = d.shutdown.cancelled() => {}
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use claudemesh_schema::ipc::methods::{InboxMessage, PeerInfo};
 use claudemesh_schema::message::{PeerStatus, Priority, Profile};
 use claudemesh_schema::roster::{InviteCap, MeshGenesis, Role, RosterEntry};
 use claudemesh_schema::{InviteId, MeshId, MessageId, SessionId, migrations};
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, Row, params};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -125,8 +125,20 @@ fn parse<T: std::str::FromStr>(s: &str, what: &'static str) -> Result<T> {
 /// A claim parked for approval: id, mesh, request JSON, capability JSON, arrival time.
 pub type StoredClaim = (claudemesh_schema::ClaimId, MeshId, String, String, i64);
 
-/// When a sent message was created, relayed and delivered (unix ms).
-pub type SentStages = (i64, Option<i64>, Option<i64>);
+/// A sent message's progress: created, then relayed, delivered, surfaced, read (unix ms).
+#[derive(Debug, Clone, Copy)]
+pub struct SentStages {
+    /// Queued.
+    pub created: i64,
+    /// Stored by the relay.
+    pub relayed: Option<i64>,
+    /// Acknowledged by a recipient daemon.
+    pub delivered: Option<i64>,
+    /// Handed to a recipient session.
+    pub surfaced: Option<i64>,
+    /// Read by a recipient session.
+    pub read: Option<i64>,
+}
 
 /// The store.
 #[derive(Debug, Clone)]
@@ -404,7 +416,9 @@ impl Store {
         .await
     }
 
-    /// Durably queue an envelope for the relay and record it as sent.
+    /// Durably queue an envelope for the relay and (for messages, not receipts) record it
+    /// as sent.
+    #[allow(clippy::too_many_arguments)]
     pub async fn enqueue(
         &self,
         mesh: MeshId,
@@ -413,12 +427,16 @@ impl Store {
         to_label: String,
         priority: Priority,
         at: i64,
+        record: bool,
     ) -> Result<()> {
         self.write(move |tx| {
             tx.execute(
                 "INSERT INTO outbox (id, mesh, envelope, created_at) VALUES (?1, ?2, ?3, ?4)",
                 params![id.as_bytes(), mesh.as_bytes(), envelope, at],
             )?;
+            if !record {
+                return Ok(());
+            }
             tx.execute(
                 "INSERT OR IGNORE INTO sent (id, mesh, to_label, priority, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -470,6 +488,23 @@ impl Store {
                 params![id.as_bytes(), at],
             )
             .map(|_| ())
+        })
+        .await
+    }
+
+    /// A recipient reported that a message we sent was surfaced or read.
+    pub async fn sent_stage(&self, id: MessageId, read: bool, at: i64) -> Result<()> {
+        self.write(move |tx| {
+            let sql = if read {
+                "UPDATE sent SET read_at = coalesce(read_at, ?2), surfaced_at = coalesce(surfaced_at, ?2),
+                    delivered_at = coalesce(delivered_at, ?2), relayed_at = coalesce(relayed_at, ?2)
+                 WHERE id = ?1"
+            } else {
+                "UPDATE sent SET surfaced_at = coalesce(surfaced_at, ?2),
+                    delivered_at = coalesce(delivered_at, ?2), relayed_at = coalesce(relayed_at, ?2)
+                 WHERE id = ?1"
+            };
+            tx.execute(sql, params![id.as_bytes(), at]).map(|_| ())
         })
         .await
     }
@@ -957,17 +992,6 @@ pub fn q_claims(conn: &Connection) -> Result<Vec<StoredClaim>> {
     Ok(out)
 }
 
-/// How far a sent message got: created, relayed, delivered (unix ms).
-pub fn q_sent(conn: &Connection, id: MessageId) -> Result<Option<SentStages>> {
-    Ok(conn
-        .query_row(
-            "SELECT created_at, relayed_at, delivered_at FROM sent WHERE id = ?1",
-            params![id.as_bytes()],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .optional()?)
-}
-
 /// A sent message by full id or by the hex of its id's end (as `short()` shows it).
 pub fn q_sent_find(conn: &Connection, id: &str) -> Result<Vec<(MessageId, String, SentStages)>> {
     let hex = id.trim().to_uppercase().replace('-', "");
@@ -975,26 +999,26 @@ pub fn q_sent_find(conn: &Connection, id: &str) -> Result<Vec<(MessageId, String
         return Ok(Vec::new());
     }
     let mut stmt = conn.prepare_cached(
-        "SELECT id, to_label, created_at, relayed_at, delivered_at FROM sent
+        "SELECT id, to_label, created_at, relayed_at, delivered_at, surfaced_at, read_at FROM sent
          WHERE hex(id) = ?1 OR hex(id) LIKE '%' || ?1 LIMIT 5",
     )?;
     let rows = stmt.query_map(params![hex], |r| {
         Ok((
             r.get::<_, Vec<u8>>(0)?,
             r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, Option<i64>>(3)?,
-            r.get::<_, Option<i64>>(4)?,
+            SentStages {
+                created: r.get(2)?,
+                relayed: r.get(3)?,
+                delivered: r.get(4)?,
+                surfaced: r.get(5)?,
+                read: r.get(6)?,
+            },
         ))
     })?;
     let mut out = Vec::new();
     for r in rows {
-        let (id, to, c, rel, del) = r?;
-        out.push((
-            id16(id, MessageId::from_slice, "message id")?,
-            to,
-            (c, rel, del),
-        ));
+        let (id, to, st) = r?;
+        out.push((id16(id, MessageId::from_slice, "message id")?, to, st));
     }
     Ok(out)
 }

@@ -84,6 +84,12 @@ struct WaitArgs {
 struct MessageStatusArgs {
     /// The id `send_message` returned (or its last 8 characters).
     message_id: String,
+    /// Wait until the message got at least this far: relayed, delivered, surfaced or read.
+    #[serde(default)]
+    wait_for: Option<String>,
+    /// How long to wait, seconds (default 30, at most 600).
+    #[serde(default)]
+    timeout_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -367,20 +373,33 @@ impl Shim {
     }
 
     #[tool(
-        description = "How far a message you sent got: queued (on this machine), relayed (stored at the relay) or delivered (received by the recipient's machine), with times."
+        description = "How far a message you sent got, with times: queued (on this machine), relayed (stored at the relay), delivered (on the recipient's machine), surfaced (shown to the recipient session) or read (the recipient session read it). Can wait for a stage."
     )]
     async fn message_status(
         &self,
         Parameters(a): Parameters<MessageStatusArgs>,
     ) -> Result<CallToolResult, rmcp::ErrorData> {
+        let wait_for = match a.wait_for.as_deref() {
+            None => None,
+            Some(s) => {
+                match serde_json::from_value::<m::Stage>(serde_json::Value::String(s.to_string())) {
+                    Ok(st) => Some(st),
+                    Err(_) => {
+                        return tool_error(format!(
+                            "unknown stage {s:?} (use relayed, delivered, surfaced or read)"
+                        ));
+                    }
+                }
+            }
+        };
+        let wait_ms = wait_for.map(|_| a.timeout_seconds.unwrap_or(30).min(600) * 1000);
+        let p = m::MessageStatusParams {
+            id: a.message_id,
+            wait_for,
+            wait_ms,
+        };
         match self.client().await {
-            Ok(mut c) => match c
-                .call::<m::MessageStatusResult>(
-                    m::MESSAGE_STATUS,
-                    m::MessageStatusParams { id: a.message_id },
-                )
-                .await
-            {
+            Ok(mut c) => match c.call::<m::MessageStatusResult>(m::MESSAGE_STATUS, p).await {
                 Ok(r) => ok_json(r),
                 Err(e) => client_error(e),
             },

@@ -269,6 +269,12 @@ pub mod methods {
     pub struct MessageStatusParams {
         /// The message id (or a unique prefix of its last 8 hex digits).
         pub id: String,
+        /// Wait until the message reaches at least this stage…
+        #[serde(default)]
+        pub wait_for: Option<Stage>,
+        /// …for at most this many ms.
+        #[serde(default)]
+        pub wait_ms: Option<u64>,
     }
 
     /// `message_status` result.
@@ -286,6 +292,12 @@ pub mod methods {
         /// Acknowledged by a recipient daemon at, unix ms.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub delivered_at: Option<i64>,
+        /// Surfaced to a recipient session at, unix ms.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub surfaced_at: Option<i64>,
+        /// Read by a recipient session at, unix ms.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub read_at: Option<i64>,
         /// How it was addressed.
         pub to: String,
     }
@@ -691,6 +703,10 @@ pub mod methods {
         Relayed,
         /// Acknowledged by the recipient's daemon.
         Delivered,
+        /// Handed to the recipient session (pushed into its context).
+        Surfaced,
+        /// Read by the recipient session (pulled, or put in its context by a hook).
+        Read,
     }
 
     /// `send` result.

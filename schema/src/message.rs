@@ -139,6 +139,21 @@ pub struct MessagePayload {
     pub body: String,
 }
 
+/// Body of a `receipt` payload: the recipient's daemon telling the sender how far a
+/// message got on its side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptBody {
+    /// The message the receipt is about.
+    pub of: MessageId,
+    /// `surfaced` or `read`.
+    pub stage: String,
+    /// When, unix ms.
+    pub at: i64,
+}
+
+/// Payload `kind` of receipts (ordinary messages are `text`).
+pub const KIND_RECEIPT: &str = "receipt";
+
 /// Why a sealed payload could not be opened.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

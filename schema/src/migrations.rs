@@ -4,7 +4,10 @@
 //! Rules: a migration is never edited once released; a change is a new file.
 
 /// Daemon store migrations (`daemon.db`), index `i` brings the schema to version `i + 1`.
-pub const DAEMON: &[&str] = &[include_str!("../sql/daemon/0001_init.sql")];
+pub const DAEMON: &[&str] = &[
+    include_str!("../sql/daemon/0001_init.sql"),
+    include_str!("../sql/daemon/0002_receipts.sql"),
+];
 
 /// Relay store migrations (`relay.db`).
 pub const RELAY: &[&str] = &[include_str!("../sql/relay/0001_init.sql")];

@@ -146,8 +146,11 @@ async def main():
                 check(note.meta["verified"] == "true", "sender verified")
                 check(note.meta["message_id"] == sent["id"], "meta carries the message id")
             else:
-                # No channel support: nothing is pushed; the message waits to be pulled.
+                # No channel support: nothing is pushed; the message waits to be pulled, and
+                # its status never claims more than delivered until then.
                 check(got.empty(), "no channel notification without channel support")
+                st = text(await a.call_tool("message_status", {"message_id": sent["id"], "wait_for": "delivered", "timeout_seconds": 20}))
+                check(st["stage"] == "delivered", f"delivered, not surfaced: {st}")
             msgs = text(await b.call_tool("wait_for_message", {"timeout_seconds": 20}))["messages"]
             check([m["body"] for m in msgs] == ["hello bob"], f"bob pulls the message: {msgs}")
             if CHANNELS:
@@ -169,8 +172,15 @@ async def main():
                 check(sorted(m["body"] for m in pulled) == ["after this", "fyi", "urgent"], f"all pullable: {pulled}")
             again = text(await b.call_tool("check_messages", {}))
             check(again["messages"] == [], "read once")
-            status = text(await a.call_tool("message_status", {"message_id": sent["id"]}))
-            check(status["stage"] in ("relayed", "delivered"), f"message_status: {status}")
+            # Truthful receipts: bob read it, and alice's side learns so.
+            status = text(await a.call_tool("message_status", {"message_id": sent["id"], "wait_for": "read", "timeout_seconds": 20}))
+            check(status["stage"] == "read", f"message_status reaches read: {status}")
+            check(status["relayed_at"] <= status["delivered_at"] <= status["read_at"], f"stage times ordered: {status}")
+            if CHANNELS:
+                check("surfaced_at" in status, f"a pushed message was surfaced: {status}")
+            else:
+                # Without push, the pull is what surfaced it.
+                check(status.get("surfaced_at") == status["read_at"], f"surfaced by the pull: {status}")
             out["message_stage"] = status["stage"]
             if not CHANNELS:
                 check(got.empty(), "still nothing pushed")

@@ -1,0 +1,4 @@
+-- How far each sent message got beyond the recipient's daemon: shown to the session
+-- (surfaced) and read by it, as reported back by the recipient's daemon.
+ALTER TABLE sent ADD COLUMN surfaced_at INTEGER;
+ALTER TABLE sent ADD COLUMN read_at INTEGER;
