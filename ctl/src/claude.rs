@@ -67,6 +67,7 @@ pub(crate) async fn hook(event: &str) {
             name: None,
             summary: None,
             status: Some(status),
+            source: m::StatusSource::Hook,
             visible: None,
             join_groups: Vec::new(),
             leave_groups: Vec::new(),

@@ -594,3 +594,36 @@ fn install_is_idempotent_and_uninstall_removes_it() {
     assert_eq!(cj, serde_json::json!({}));
     assert!(n.ok(&["status-line"]).starts_with("claudemesh:"));
 }
+
+#[test]
+fn a_session_goes_offline_when_its_claude_process_exits() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["alice", "bob"], &[]);
+    // Stand-in for the Claude Code process: the session key names its pid and start time.
+    let mut claude = std::process::Command::new("sleep")
+        .arg("300")
+        .spawn()
+        .unwrap();
+    let pid = claude.id();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let start = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .to_string();
+    let key = format!("claude-{pid}-{start}");
+    let out = nodes[1].run_env(
+        &["hook", "session-start"],
+        &[
+            ("CLAUDEMESH_SESSION_KEY", key.as_str()),
+            ("CLAUDEMESH_DISPLAY_NAME", "bob-claude"),
+        ],
+    );
+    assert!(out.status.success());
+    nodes[0].wait("peer-online", Some("bob-claude"));
+    claude.kill().unwrap();
+    claude.wait().unwrap();
+    nodes[0].wait("peer-offline", Some("bob-claude"));
+    // The daemon's own peer is unaffected.
+    nodes[0].wait("peer-online", Some("bob"));
+}

@@ -176,9 +176,12 @@ impl Daemon {
                 (
                     sid,
                     crate::mesh::LocalSession {
+                        client_key: r.client_key,
                         secret,
                         profile: r.profile,
                         open: r.open,
+                        status_source: Default::default(),
+                        status_at: claudemesh_schema::now_ms(),
                     },
                 )
             })
@@ -368,6 +371,7 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
             source,
         })?;
     let server = tokio::spawn(crate::rpc::serve(daemon.clone(), listener));
+    daemon.tasks.spawn(crate::sessions::sweeper(daemon.clone()));
     tracing::info!(dir = %paths.dir.display(), socket = %paths.socket.display(), "daemon ready");
     Ok(DaemonHandle {
         daemon,

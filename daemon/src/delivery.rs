@@ -153,6 +153,7 @@ fn rows_for(
                 received_at: at.max(now_ms()),
                 body: p.body.clone(),
                 verified: true,
+                surfaced_at: None,
             },
         })
         .collect()

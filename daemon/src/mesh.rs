@@ -138,11 +138,15 @@ pub(crate) struct MeshCtx {
 /// A session hosted by this daemon (a Claude Code session, say).
 #[derive(Debug)]
 pub(crate) struct LocalSession {
+    pub(crate) client_key: String,
     pub(crate) secret: BoxSecret,
     pub(crate) profile: Profile,
     /// Closed sessions keep their key and inbox: direct messages sent while they were
     /// closed wait there for the session to reopen (with the same client key).
     pub(crate) open: bool,
+    /// Who set the current status, and when (unix ms): the status engine's memory.
+    pub(crate) status_source: claudemesh_schema::ipc::methods::StatusSource,
+    pub(crate) status_at: i64,
 }
 
 /// The id and key of the hosted session `client_key` of `member` in `mesh`. Derived, not

@@ -527,7 +527,6 @@ async fn subscription(
     use claudemesh_schema::message::{PeerStatus, Priority};
     let mut gen_rx = d.inbox_gen.subscribe();
     let mut changes = d.changes.subscribe();
-    let mut pushed = std::collections::HashSet::new();
     loop {
         gen_rx.borrow_and_update();
         changes.borrow_and_update();
@@ -538,8 +537,6 @@ async fn subscription(
         else {
             return;
         };
-        let unread: std::collections::HashSet<_> = msgs.iter().map(|x| x.id).collect();
-        pushed.retain(|id| unread.contains(id));
         let status = local_status(&d, session);
         for msg in msgs {
             let allowed = match (msg.priority, status) {
@@ -548,7 +545,9 @@ async fn subscription(
                 (Priority::Next, PeerStatus::Idle) => true,
                 (Priority::Next, _) => false,
             };
-            if !allowed || !pushed.insert(msg.id) {
+            // Pushed once, ever: `surfaced_at` is durable, so a reconnecting client (or a
+            // restarted daemon) does not get the same message into its context twice.
+            if !allowed || msg.surfaced_at.is_some() {
                 continue;
             }
             let n = claudemesh_schema::ipc::Notification {
@@ -563,6 +562,7 @@ async fn subscription(
             {
                 return;
             }
+            let _ = d.store.mark_surfaced(msg.id, msg.session, now_ms()).await;
             crate::delivery::send_receipts(&d, std::slice::from_ref(&msg), false).await;
         }
         tokio::select! {

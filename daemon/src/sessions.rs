@@ -15,6 +15,8 @@ use crate::membership::valid_name;
 use crate::mesh::{LinkCmd, LocalSession, derive_session, lock};
 use crate::rpc::RpcErr;
 use crate::store::SessionRow;
+use claudemesh_schema::ipc::methods::StatusSource;
+use claudemesh_schema::message::PeerStatus;
 
 /// `session_open`.
 pub(crate) async fn open(
@@ -101,9 +103,12 @@ pub(crate) async fn open(
         lock(&m.sessions).insert(
             sid,
             LocalSession {
+                client_key: key.clone(),
                 secret,
                 profile,
                 open: true,
+                status_source: StatusSource::Manual,
+                status_at: now_ms(),
             },
         );
         let _ = m.link.tx.try_send(LinkCmd::Publish);
@@ -173,8 +178,19 @@ pub(crate) async fn update(
             if let Some(s) = &p.summary {
                 l.profile.summary = s.chars().take(500).collect();
             }
-            if let Some(s) = p.status {
+            if let Some(s) = p.status
+                && accept_status(
+                    l.profile.status,
+                    l.status_source,
+                    l.status_at,
+                    s,
+                    p.source,
+                    now_ms(),
+                )
+            {
                 l.profile.status = s;
+                l.status_source = p.source;
+                l.status_at = now_ms();
             }
             if let Some(v) = p.visible {
                 l.profile.visible = v;
@@ -224,4 +240,152 @@ pub(crate) async fn update(
         });
     }
     Err(RpcErr::not_found(format!("no open session {}", p.session)))
+}
+
+/// How long a status report counts as fresh: within it, a lower-ranked source cannot
+/// override a higher-ranked one.
+const FRESH_MS: i64 = 60_000;
+/// `working` without a fresh report decays to `idle` after this long (a crashed or
+/// hook-less session must not look busy forever).
+const WORKING_TTL_MS: i64 = 10 * 60_000;
+/// How often the sweeper looks at hosted sessions.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The status engine: may `new` from `source` replace `current` (set by `cur_source` at
+/// `cur_at`)? Higher-ranked sources win; a lower one wins only once the current report is
+/// stale; `dnd` is cleared only manually.
+pub(crate) fn accept_status(
+    current: PeerStatus,
+    cur_source: StatusSource,
+    cur_at: i64,
+    new: PeerStatus,
+    source: StatusSource,
+    now: i64,
+) -> bool {
+    if current == PeerStatus::Dnd && new != PeerStatus::Dnd && source != StatusSource::Manual {
+        return false;
+    }
+    if source == StatusSource::Manual && new == PeerStatus::Dnd {
+        return true;
+    }
+    source >= cur_source || now - cur_at > FRESH_MS
+}
+
+/// The Claude Code process behind a session key `claude-<pid>-<start>`: is it still the
+/// same process? `None` for keys that do not name a process.
+fn process_alive(client_key: &str) -> Option<bool> {
+    let rest = client_key.strip_prefix("claude-")?;
+    let (pid, start) = rest.split_once('-')?;
+    let (pid, start): (u32, u64) = (pid.parse().ok()?, start.parse().ok()?);
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Some(false);
+    };
+    let close = stat.rfind(')')?;
+    let now_start: u64 = stat
+        .get(close + 1..)?
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    Some(now_start == start)
+}
+
+/// Keeps hosted sessions honest: closes those whose Claude Code process has exited (its
+/// peers see it go offline within one sweep), and lets a stale `working` decay to `idle`.
+pub(crate) async fn sweeper(d: Arc<Daemon>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tokio::select! {
+            biased;
+            _ = d.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = now_ms();
+        for m in d.meshes() {
+            let (dead, decayed) = {
+                let mut sessions = lock(&m.sessions);
+                let mut dead = Vec::new();
+                let mut decayed = false;
+                for (sid, l) in sessions.iter_mut().filter(|(_, l)| l.open) {
+                    if process_alive(&l.client_key) == Some(false) {
+                        dead.push(*sid);
+                    } else if l.profile.status == PeerStatus::Working
+                        && now - l.status_at > WORKING_TTL_MS
+                    {
+                        l.profile.status = PeerStatus::Idle;
+                        l.status_source = StatusSource::Jsonl;
+                        l.status_at = now;
+                        decayed = true;
+                    }
+                }
+                (dead, decayed)
+            };
+            for session in dead {
+                tracing::info!(session = %session.short(), "claude process gone; session offline");
+                let _ = close(&d, SessionCloseParams { session }).await;
+            }
+            if decayed {
+                let _ = m.link.tx.send(LinkCmd::Publish).await;
+                d.bump_changes();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use PeerStatus::*;
+    use StatusSource::*;
+
+    #[test]
+    fn status_engine_ranks_sources_and_protects_dnd() {
+        let t = 1_000_000;
+        // A fresh hook status is not overridden by a manual or jsonl report…
+        assert!(!accept_status(Working, Hook, t, Idle, Manual, t + 1000));
+        assert!(!accept_status(Working, Hook, t, Idle, Jsonl, t + 1000));
+        // …but a stale one is.
+        assert!(accept_status(
+            Working,
+            Hook,
+            t,
+            Idle,
+            Jsonl,
+            t + FRESH_MS + 1
+        ));
+        // Higher or equal sources always win.
+        assert!(accept_status(Idle, Manual, t, Working, Hook, t + 1));
+        assert!(accept_status(Idle, Hook, t, Working, Hook, t + 1));
+        // DND is cleared only manually, and a manual DND always applies.
+        assert!(!accept_status(
+            Dnd,
+            Manual,
+            t,
+            Idle,
+            Hook,
+            t + FRESH_MS * 10
+        ));
+        assert!(accept_status(Dnd, Manual, t, Idle, Manual, t + 1));
+        assert!(accept_status(Working, Hook, t, Dnd, Manual, t + 1));
+    }
+
+    #[test]
+    fn process_keys_track_the_process() {
+        assert_eq!(process_alive("ppid-12"), None);
+        assert_eq!(process_alive("claude-999999999-1"), Some(false));
+        let me = std::process::id();
+        let stat = std::fs::read_to_string(format!("/proc/{me}/stat")).unwrap();
+        let close = stat.rfind(')').unwrap();
+        let start: u64 = stat[close + 1..]
+            .split_whitespace()
+            .nth(19)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(process_alive(&format!("claude-{me}-{start}")), Some(true));
+        assert_eq!(
+            process_alive(&format!("claude-{me}-{}", start + 1)),
+            Some(false)
+        );
+    }
 }

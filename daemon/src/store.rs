@@ -381,6 +381,18 @@ impl Store {
         .await
     }
 
+    /// Record that a message was pushed to its session.
+    pub async fn mark_surfaced(&self, id: MessageId, session: SessionId, at: i64) -> Result<()> {
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE inbox SET surfaced_at = coalesce(surfaced_at, ?3) WHERE id = ?1 AND session = ?2",
+                params![id.as_bytes(), session.as_bytes(), at],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
     /// Record a hosted session as open (reopening clears its close time).
     pub async fn open_session(&self, r: SessionRow, at: i64) -> Result<()> {
         let profile =
@@ -820,7 +832,7 @@ pub fn q_unread(
 ) -> Result<Vec<InboxMessage>> {
     let mut stmt = conn.prepare_cached(
         "SELECT i.id, i.session, i.mesh, m.name, i.from_session, i.from_member, i.from_name,
-            i.to_label, i.priority, i.sent_at, i.received_at, i.body, i.verified
+            i.to_label, i.priority, i.sent_at, i.received_at, i.body, i.verified, i.surfaced_at
          FROM inbox i LEFT JOIN meshes m ON m.id = i.mesh
          WHERE i.session = ?1 AND i.read_at IS NULL AND (?2 IS NULL OR i.mesh = ?2)
          ORDER BY i.received_at, i.id LIMIT ?3",
@@ -843,6 +855,7 @@ pub fn q_unread(
                 r.get::<_, i64>(10)?,
                 r.get::<_, String>(11)?,
                 r.get::<_, bool>(12)?,
+                r.get::<_, Option<i64>>(13)?,
             ))
         })?;
         for r in rows {
@@ -860,6 +873,7 @@ pub fn q_unread(
                 received_at,
                 body,
                 verified,
+                surfaced_at,
             ) = r?;
             out.push(InboxMessage {
                 id: id16(id, MessageId::from_slice, "message id")?,
@@ -875,6 +889,7 @@ pub fn q_unread(
                 received_at,
                 body,
                 verified,
+                surfaced_at,
             });
         }
     }

@@ -18,7 +18,6 @@ use serde::Deserialize;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::sync::OnceCell;
 
 /// The shim could not run.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +38,8 @@ struct Session {
 struct Inner {
     paths: Paths,
     exe: PathBuf,
-    session: OnceCell<Result<Session, String>>,
+    /// The session, once opened (a failed open is retried on the next call).
+    session: tokio::sync::Mutex<Option<Session>>,
     key: String,
 }
 
@@ -177,7 +177,7 @@ impl Shim {
             inner: Arc::new(Inner {
                 paths,
                 exe,
-                session: OnceCell::new(),
+                session: tokio::sync::Mutex::new(None),
                 key,
             }),
             tool_router: Self::tool_router(),
@@ -188,47 +188,47 @@ impl Shim {
         connect_or_start(&self.inner.paths, &self.inner.exe).await
     }
 
-    /// Open (once) this session on the daemon.
+    /// Open (once) this session on the daemon; retried after a failure.
     async fn session(&self) -> Result<Session, String> {
-        self.inner
-            .session
-            .get_or_init(|| async {
-                let mut c = self.client().await.map_err(|e| e.to_string())?;
-                let groups = std::env::var("CLAUDEMESH_GROUPS")
-                    .unwrap_or_default()
-                    .split(',')
-                    .map(|g| g.trim().to_string())
-                    .filter(|g| !g.is_empty())
-                    .collect();
-                let r: m::SessionOpenResult = c
-                    .call(
-                        m::SESSION_OPEN,
-                        m::SessionOpenParams {
-                            client_key: self.inner.key.clone(),
-                            mesh: std::env::var("CLAUDEMESH_MESH")
-                                .ok()
-                                .filter(|s| !s.is_empty()),
-                            name: std::env::var("CLAUDEMESH_DISPLAY_NAME")
-                                .ok()
-                                .filter(|s| !s.is_empty()),
-                            kind: Some("claude".into()),
-                            groups,
-                            summary: None,
-                            cwd: std::env::current_dir()
-                                .ok()
-                                .map(|d| d.display().to_string()),
-                        },
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let first = r
-                    .sessions
-                    .first()
-                    .ok_or("no mesh joined; run `claudemesh up`")?;
-                Ok(Session { id: first.session })
-            })
+        let mut slot = self.inner.session.lock().await;
+        if let Some(s) = slot.as_ref() {
+            return Ok(s.clone());
+        }
+        let mut c = self.client().await.map_err(|e| e.to_string())?;
+        let groups = std::env::var("CLAUDEMESH_GROUPS")
+            .unwrap_or_default()
+            .split(',')
+            .map(|g| g.trim().to_string())
+            .filter(|g| !g.is_empty())
+            .collect();
+        let r: m::SessionOpenResult = c
+            .call(
+                m::SESSION_OPEN,
+                m::SessionOpenParams {
+                    client_key: self.inner.key.clone(),
+                    mesh: std::env::var("CLAUDEMESH_MESH")
+                        .ok()
+                        .filter(|s| !s.is_empty()),
+                    name: std::env::var("CLAUDEMESH_DISPLAY_NAME")
+                        .ok()
+                        .filter(|s| !s.is_empty()),
+                    kind: Some("claude".into()),
+                    groups,
+                    summary: None,
+                    cwd: std::env::current_dir()
+                        .ok()
+                        .map(|d| d.display().to_string()),
+                },
+            )
             .await
-            .clone()
+            .map_err(|e| e.to_string())?;
+        let first = r
+            .sessions
+            .first()
+            .ok_or("no mesh joined; run `claudemesh up`")?;
+        let s = Session { id: first.session };
+        *slot = Some(s.clone());
+        Ok(s)
     }
 
     async fn update(
@@ -244,6 +244,7 @@ impl Shim {
             name: None,
             summary: None,
             status: None,
+            source: m::StatusSource::Manual,
             visible: None,
             join_groups: Vec::new(),
             leave_groups: Vec::new(),
@@ -577,40 +578,51 @@ pub async fn run(paths: Paths, exe: PathBuf) -> Result<(), ShimError> {
             })
             .unwrap_or(false);
     // Push this session's messages as channel notifications when the client takes them.
+    // Push this session's messages as channel notifications when the client takes them;
+    // keep the subscription alive across daemon restarts.
     let pusher = {
         let shim = shim.clone();
         tokio::spawn(async move {
-            let Ok(s) = shim.session().await else { return };
             if !channels {
+                let _ = shim.session().await;
                 return;
             }
-            let Ok(mut c) = shim.client().await else {
-                return;
-            };
-            if c.call::<serde_json::Value>(m::SUBSCRIBE, m::SubscribeParams { session: s.id })
-                .await
-                .is_err()
-            {
-                return;
-            }
-            while let Ok(n) = c.notification().await {
-                let Notification { method, params, .. } = n;
-                if method != m::NOTIFY_MESSAGE {
-                    continue;
+            let mut delay = std::time::Duration::from_millis(100);
+            loop {
+                if let Ok(s) = shim.session().await
+                    && let Ok(mut c) = shim.client().await
+                    && c.call::<serde_json::Value>(
+                        m::SUBSCRIBE,
+                        m::SubscribeParams { session: s.id },
+                    )
+                    .await
+                    .is_ok()
+                {
+                    delay = std::time::Duration::from_millis(100);
+                    while let Ok(n) = c.notification().await {
+                        let Notification { method, params, .. } = n;
+                        if method != m::NOTIFY_MESSAGE {
+                            continue;
+                        }
+                        let Ok(msg) = serde_json::from_value::<InboxMessage>(params) else {
+                            continue;
+                        };
+                        let note =
+                            ServerNotification::CustomNotification(channel_notification(&msg));
+                        if peer.send_notification(note).await.is_err() {
+                            return;
+                        }
+                    }
                 }
-                let Ok(msg) = serde_json::from_value::<InboxMessage>(params) else {
-                    continue;
-                };
-                let note = ServerNotification::CustomNotification(channel_notification(&msg));
-                if peer.send_notification(note).await.is_err() {
-                    return;
-                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
             }
         })
     };
     let _ = running.waiting().await;
     pusher.abort();
-    if let Some(Ok(s)) = shim.inner.session.get()
+    let opened = shim.inner.session.lock().await.clone();
+    if let Some(s) = opened
         && let Ok(mut c) = shim.client().await
     {
         let _ = c
@@ -641,6 +653,7 @@ mod tests {
             received_at: 6,
             body: "deploy is green".into(),
             verified: true,
+            surfaced_at: None,
         };
         let n = channel_notification(&msg);
         assert_eq!(n.method, "notifications/claude/channel");

@@ -215,6 +215,22 @@ pub mod methods {
     /// Notification pushed to subscribers: one new [`InboxMessage`].
     pub const NOTIFY_MESSAGE: &str = "message";
 
+    /// Who reports a status. A fresher report of a lower-ranked source does not override a
+    /// higher-ranked one: hook > manual > jsonl.
+    #[derive(
+        Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default,
+    )]
+    #[serde(rename_all = "snake_case")]
+    pub enum StatusSource {
+        /// Inferred from a transcript.
+        Jsonl,
+        /// Set by the session (a tool call) or the user.
+        #[default]
+        Manual,
+        /// Reported by a Claude Code hook.
+        Hook,
+    }
+
     /// `session_update` parameters: fields left out are unchanged.
     #[derive(Debug, Clone, Serialize, Deserialize)]
     pub struct SessionUpdateParams {
@@ -229,6 +245,9 @@ pub mod methods {
         /// New status.
         #[serde(default)]
         pub status: Option<PeerStatus>,
+        /// Who reports the status (default: manual).
+        #[serde(default)]
+        pub source: StatusSource,
         /// Show in listings and broadcasts.
         #[serde(default)]
         pub visible: Option<bool>,
@@ -777,6 +796,9 @@ pub mod methods {
         pub body: String,
         /// Sender verified by its member key against the mesh roster.
         pub verified: bool,
+        /// When it was pushed to the session (channel), if it was.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub surfaced_at: Option<i64>,
     }
 
     /// `inbox` result.

@@ -2,3 +2,6 @@
 -- (surfaced) and read by it, as reported back by the recipient's daemon.
 ALTER TABLE sent ADD COLUMN surfaced_at INTEGER;
 ALTER TABLE sent ADD COLUMN read_at INTEGER;
+
+-- When a received message was handed to its session by a push (channel notification).
+ALTER TABLE inbox ADD COLUMN surfaced_at INTEGER;
