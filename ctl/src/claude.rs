@@ -68,6 +68,7 @@ pub(crate) async fn hook(event: &str) {
             summary: None,
             status: Some(status),
             source: m::StatusSource::Hook,
+            delivery: vec!["hooks".into()],
             visible: None,
             join_groups: Vec::new(),
             leave_groups: Vec::new(),

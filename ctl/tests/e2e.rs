@@ -510,15 +510,19 @@ fn hooks_report_status_and_surface_messages_by_priority() {
     assert_eq!(hook("user-prompt-submit"), "");
     alice.wait("peer-working", Some("bob-claude"));
     let v = alice.json(&["peers"]);
-    let id = v["meshes"][0]["peers"]
+    let peer = v["meshes"][0]["peers"]
         .as_array()
         .unwrap()
         .iter()
         .find(|p| p["name"] == "bob-claude")
-        .unwrap()["id"]
-        .as_str()
         .unwrap()
-        .to_string();
+        .clone();
+    assert_eq!(
+        peer["delivery"],
+        serde_json::json!(["hooks"]),
+        "peers show the hooks path"
+    );
+    let id = peer["id"].as_str().unwrap().to_string();
     // Sent in this order over one link, they arrive in this order: once `now` is in the
     // session's inbox, so are the others.
     for (prio, text) in [

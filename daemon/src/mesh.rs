@@ -241,6 +241,8 @@ impl MeshCtx {
             hostname: hostname.to_string(),
             cwd: String::new(),
             visible: true,
+            // The daemon's own session is read with `claudemesh inbox`.
+            delivery: vec!["pull".into()],
         }
     }
 }

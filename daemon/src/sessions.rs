@@ -56,11 +56,27 @@ pub(crate) async fn open(
         let (sid, secret) = derive_session(&m.keys, &m.id, &key);
         // Already open (the MCP shim and the hooks of one Claude session both open it):
         // keep its profile.
-        let existing = lock(&m.sessions)
-            .get(&sid)
-            .filter(|l| l.open)
-            .map(|l| l.profile.name.clone());
-        if let Some(name) = existing {
+        let existing = {
+            let mut sessions = lock(&m.sessions);
+            sessions.get_mut(&sid).filter(|l| l.open).map(|l| {
+                // Another client of the same session (hooks, MCP) adds how it is reached.
+                let mut changed = false;
+                for path in &p.delivery {
+                    if matches!(path.as_str(), "channel" | "hooks" | "pull")
+                        && !l.profile.delivery.contains(path)
+                    {
+                        l.profile.delivery.push(path.clone());
+                        l.profile.delivery.sort();
+                        changed = true;
+                    }
+                }
+                (l.profile.name.clone(), changed)
+            })
+        };
+        if let Some((name, changed)) = existing {
+            if changed {
+                let _ = m.link.tx.send(LinkCmd::Publish).await;
+            }
             out.push(SessionInfo {
                 mesh: m.id,
                 mesh_name: m.name(),
@@ -80,6 +96,17 @@ pub(crate) async fn open(
             hostname: d.hostname.clone(),
             cwd: p.cwd.clone().unwrap_or_default(),
             visible: true,
+            delivery: {
+                let mut d: Vec<String> = p
+                    .delivery
+                    .iter()
+                    .filter(|x| matches!(x.as_str(), "channel" | "hooks" | "pull"))
+                    .cloned()
+                    .collect();
+                d.sort();
+                d.dedup();
+                d
+            },
         };
         d.store
             .open_session(
@@ -194,6 +221,14 @@ pub(crate) async fn update(
             }
             if let Some(v) = p.visible {
                 l.profile.visible = v;
+            }
+            for path in &p.delivery {
+                if matches!(path.as_str(), "channel" | "hooks" | "pull")
+                    && !l.profile.delivery.contains(path)
+                {
+                    l.profile.delivery.push(path.clone());
+                    l.profile.delivery.sort();
+                }
             }
             for g in &join {
                 if !l.profile.groups.iter().any(|x| x.eq_ignore_ascii_case(g)) {

@@ -286,17 +286,20 @@ impl Store {
     pub async fn upsert_presence(&self, p: PresenceRow) -> Result<()> {
         let groups =
             serde_json::to_string(&p.profile.groups).map_err(|_| StoreError::Corrupt("groups"))?;
+        let delivery = serde_json::to_string(&p.profile.delivery)
+            .map_err(|_| StoreError::Corrupt("delivery"))?;
         self.write(move |tx| {
             tx.execute(
                 "INSERT INTO presence (mesh, session, member, session_key, seq, name, kind, status,
-                    summary, groups, hostname, cwd, visible, online, last_seen)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                    summary, groups, hostname, cwd, visible, online, last_seen, delivery)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
                  ON CONFLICT (mesh, session) DO UPDATE SET
                     member = excluded.member, session_key = excluded.session_key,
                     seq = excluded.seq, name = excluded.name, kind = excluded.kind,
                     status = excluded.status, summary = excluded.summary, groups = excluded.groups,
                     hostname = excluded.hostname, cwd = excluded.cwd, visible = excluded.visible,
-                    online = excluded.online, last_seen = max(presence.last_seen, excluded.last_seen)
+                    online = excluded.online, last_seen = max(presence.last_seen, excluded.last_seen),
+                    delivery = excluded.delivery
                  WHERE excluded.seq >= presence.seq",
                 params![
                     p.mesh.as_bytes(),
@@ -313,7 +316,8 @@ impl Store {
                     p.profile.cwd,
                     p.profile.visible,
                     p.online,
-                    p.last_seen
+                    p.last_seen,
+                    delivery
                 ],
             )
             .map(|_| ())
@@ -736,7 +740,7 @@ fn presence_rows(
 ) -> Result<Vec<PresenceRow>> {
     let mut stmt = conn.prepare_cached(
         "SELECT session, member, session_key, seq, name, kind, status, summary, groups, hostname,
-            cwd, visible, online, last_seen FROM presence
+            cwd, visible, online, last_seen, delivery FROM presence
          WHERE mesh = ?1 AND (?2 IS NULL OR session = ?2)",
     )?;
     let only = only.map(|s| s.as_bytes().to_vec());
@@ -756,6 +760,7 @@ fn presence_rows(
             r.get::<_, bool>(11)?,
             r.get::<_, bool>(12)?,
             r.get::<_, i64>(13)?,
+            r.get::<_, String>(14)?,
         ))
     })?;
     let mut out = Vec::new();
@@ -775,6 +780,7 @@ fn presence_rows(
             visible,
             online,
             last_seen,
+            delivery,
         ) = r?;
         out.push(PresenceRow {
             mesh,
@@ -791,6 +797,7 @@ fn presence_rows(
                 hostname,
                 cwd,
                 visible,
+                delivery: serde_json::from_str(&delivery).unwrap_or_default(),
             },
             online,
             last_seen,
@@ -817,6 +824,7 @@ pub fn q_peers(conn: &Connection, mesh: &MeshRow) -> Result<Vec<PeerInfo>> {
             online: p.online,
             last_seen: p.last_seen,
             me: p.member == mesh.member,
+            delivery: p.profile.delivery,
         })
         .collect();
     peers.sort_by(|a, b| b.online.cmp(&a.online).then_with(|| a.name.cmp(&b.name)));

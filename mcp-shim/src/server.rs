@@ -40,6 +40,8 @@ struct Inner {
     exe: PathBuf,
     /// The session, once opened (a failed open is retried on the next call).
     session: tokio::sync::Mutex<Option<Session>>,
+    /// Whether the client takes channel pushes, known once `initialize` is done.
+    channels: tokio::sync::watch::Sender<Option<bool>>,
     key: String,
 }
 
@@ -178,6 +180,7 @@ impl Shim {
                 paths,
                 exe,
                 session: tokio::sync::Mutex::new(None),
+                channels: tokio::sync::watch::channel(None).0,
                 key,
             }),
             tool_router: Self::tool_router(),
@@ -194,6 +197,18 @@ impl Shim {
         if let Some(s) = slot.as_ref() {
             return Ok(s.clone());
         }
+        let channels = *self
+            .inner
+            .channels
+            .subscribe()
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| "shutting down".to_string())?;
+        let delivery: Vec<String> = if channels == Some(true) {
+            vec!["channel".into(), "pull".into()]
+        } else {
+            vec!["pull".into()]
+        };
         let mut c = self.client().await.map_err(|e| e.to_string())?;
         let groups = std::env::var("CLAUDEMESH_GROUPS")
             .unwrap_or_default()
@@ -218,6 +233,7 @@ impl Shim {
                     cwd: std::env::current_dir()
                         .ok()
                         .map(|d| d.display().to_string()),
+                    delivery,
                 },
             )
             .await
@@ -245,6 +261,7 @@ impl Shim {
             summary: None,
             status: None,
             source: m::StatusSource::Manual,
+            delivery: Vec::new(),
             visible: None,
             join_groups: Vec::new(),
             leave_groups: Vec::new(),
@@ -578,6 +595,7 @@ pub async fn run(paths: Paths, exe: PathBuf) -> Result<(), ShimError> {
             })
             .unwrap_or(false);
     // Push this session's messages as channel notifications when the client takes them.
+    shim.inner.channels.send_replace(Some(channels));
     // Push this session's messages as channel notifications when the client takes them;
     // keep the subscription alive across daemon restarts.
     let pusher = {

@@ -248,6 +248,9 @@ pub mod methods {
         /// Who reports the status (default: manual).
         #[serde(default)]
         pub source: StatusSource,
+        /// Delivery paths seen working for this session (added to those known).
+        #[serde(default)]
+        pub delivery: Vec<String>,
         /// Show in listings and broadcasts.
         #[serde(default)]
         pub visible: Option<bool>,
@@ -356,6 +359,9 @@ pub mod methods {
         /// Working directory to share.
         #[serde(default)]
         pub cwd: Option<String>,
+        /// Delivery paths the client knows work (`channel`, `hooks`, `pull`).
+        #[serde(default)]
+        pub delivery: Vec<String>,
     }
 
     /// One hosted session.
@@ -668,6 +674,9 @@ pub mod methods {
         pub last_seen: i64,
         /// Is this one of our own sessions?
         pub me: bool,
+        /// Delivery paths seen working for this peer (`channel`, `hooks`, `pull`).
+        #[serde(default)]
+        pub delivery: Vec<String>,
     }
 
     /// One mesh's peers.

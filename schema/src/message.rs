@@ -115,6 +115,9 @@ pub struct Profile {
     pub cwd: String,
     /// Hidden peers are left out of listings and broadcasts but still get direct messages.
     pub visible: bool,
+    /// How messages reach this peer, as its daemon has seen: `channel` (pushed into the
+    /// session), `hooks` (put into context by Claude Code hooks), `pull` (the session asks).
+    pub delivery: Vec<String>,
 }
 
 /// The plaintext of a message envelope.

@@ -108,6 +108,10 @@ async def main():
             names = [p["name"] for m in peers["meshes"] for p in m["peers"]]
             check("bob-claude" in names, f"alice sees bob-claude: {names}")
             check("alice-claude" not in names, "a session does not list itself")
+            cli(DIR_A, "wait", "peer-idle", "bob-claude", "--timeout", "20")
+            bob_peer = [p for m in text(await a.call_tool("list_peers", {}))["meshes"] for p in m["peers"] if p["name"] == "bob-claude"][0]
+            want = ["channel", "pull"] if CHANNELS else ["pull"]
+            check(bob_peer["delivery"] == want, f"peers show how bob is reached: {bob_peer['delivery']} != {want}")
 
             text(await a.call_tool("set_summary", {"summary": "writing tests"}))
             text(await a.call_tool("set_status", {"status": "working"}))

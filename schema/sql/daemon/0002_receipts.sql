@@ -5,3 +5,6 @@ ALTER TABLE sent ADD COLUMN read_at INTEGER;
 
 -- When a received message was handed to its session by a push (channel notification).
 ALTER TABLE inbox ADD COLUMN surfaced_at INTEGER;
+
+-- How messages reach each peer (JSON list: channel, hooks, pull), from its presence.
+ALTER TABLE presence ADD COLUMN delivery TEXT NOT NULL DEFAULT '[]';
