@@ -513,6 +513,90 @@ async fn load(bin: &Path) {
     report("  delivery latency under load", "ms", lat);
 }
 
+/// `claudemesh mcp` over stdio with a minimal line-based JSON-RPC driver (a benchmark, not
+/// a conformance test: the MCP conformance test uses the official Python client).
+async fn mcp(bin: &Path) {
+    use std::io::{BufRead as _, Write as _};
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin, root.path(), &["alice", "bob"], &[]);
+    let spawn = || {
+        std::process::Command::new(bin)
+            .arg("mcp")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &nodes[0].dir)
+            .env("CLAUDEMESH_CONFIG_DIR", &nodes[0].dir)
+            .env("CLAUDEMESH_SESSION_KEY", "bench")
+            .env("CLAUDEMESH_NO_AUTOSTART", "1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"0"}}}"#;
+    let mut starts = Vec::new();
+    for _ in 0..30 {
+        let t = Instant::now();
+        let mut child = spawn();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        writeln!(stdin, "{init}").unwrap();
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        starts.push(t.elapsed().as_secs_f64() * 1e3);
+        drop(stdin);
+        let _ = child.wait();
+    }
+    report("`claudemesh mcp` process start -> initialize", "ms", starts);
+    let mut child = spawn();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    writeln!(stdin, "{init}").unwrap();
+    out.read_line(&mut line).unwrap();
+    writeln!(
+        stdin,
+        r#"{{"jsonrpc":"2.0","method":"notifications/initialized"}}"#
+    )
+    .unwrap();
+    let mut via_mcp = Vec::new();
+    for i in 0..2000u32 {
+        line.clear();
+        let t = Instant::now();
+        writeln!(stdin, r#"{{"jsonrpc":"2.0","id":{},"method":"tools/call","params":{{"name":"mesh_info","arguments":{{}}}}}}"#, i + 10).unwrap();
+        loop {
+            line.clear();
+            out.read_line(&mut line).unwrap();
+            if line.contains(&format!("\"id\":{}", i + 10)) {
+                break;
+            }
+        }
+        if i >= 100 {
+            via_mcp.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    let mut c = Client::connect(&nodes[0].dir.join("daemon.sock"))
+        .await
+        .unwrap();
+    let mut direct = Vec::new();
+    for i in 0..2000 {
+        let t = Instant::now();
+        let _: m::StatusResult = c.call(m::STATUS, ()).await.unwrap();
+        if i >= 100 {
+            direct.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    report(
+        "tool call mesh_info through `claudemesh mcp`",
+        "us",
+        via_mcp,
+    );
+    report("same call (status) straight to the daemon", "us", direct);
+    drop(stdin);
+    let _ = child.wait();
+}
+
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
@@ -540,6 +624,9 @@ fn main() {
         }
         if all || what == "load" {
             load(&bin).await;
+        }
+        if all || what == "mcp" {
+            mcp(&bin).await;
         }
     });
 }
