@@ -9,6 +9,10 @@ use serde_json::{Value, json};
 use std::io::Read as _;
 use std::time::Duration;
 
+/// How long a channel push may go unconfirmed (no pull or read) before hooks surface the
+/// message again.
+const PUSH_CONFIRM_MS: i64 = 30_000;
+
 /// Render messages for Claude's context.
 fn render(msgs: &[InboxMessage]) -> String {
     let mut s = String::from("Messages from your claudemesh peers (verified senders):\n");
@@ -87,9 +91,13 @@ pub(crate) async fn hook(event: &str) {
             .ok()?;
         // Priority gate: at the start of a turn the session was idle, so `now` and `next`
         // messages surface; mid-turn only `now`; `low` waits until the session asks.
+        // Messages a channel push surfaced moments ago are not repeated; if a push was not
+        // followed by a read within the deadline, the hook is the fallback path.
+        let now = claudemesh_schema::now_ms();
         let take: Vec<InboxMessage> = unread
             .messages
             .into_iter()
+            .filter(|x| x.surfaced_at.is_none_or(|t| now - t > PUSH_CONFIRM_MS))
             .filter(|x| match event {
                 "user-prompt-submit" | "session-start" => x.priority != Priority::Low,
                 _ => x.priority == Priority::Now,

@@ -487,6 +487,11 @@ fn a_daemon_hosts_several_sessions_each_a_peer() {
     nodes[0].wait("peer-online", Some("bob-api"));
     let (_, peers) = nodes[0].peers();
     assert!(peers.contains(&("bob-web".to_string(), false)), "{peers:?}");
+    assert_eq!(
+        peers.iter().filter(|(n, _)| n == "bob-api").count(),
+        1,
+        "listed once after a restart: {peers:?}"
+    );
 }
 
 #[test]
@@ -630,4 +635,48 @@ fn a_session_goes_offline_when_its_claude_process_exits() {
     nodes[0].wait("peer-offline", Some("bob-claude"));
     // The daemon's own peer is unaffected.
     nodes[0].wait("peer-online", Some("bob"));
+}
+
+#[test]
+fn hooks_exit_zero_quietly_on_bad_input_or_no_daemon() {
+    use std::io::Write as _;
+    let root = tempfile::tempdir().unwrap();
+    let mut n = Node::new(bin(), root.path(), "solo");
+    let run = |n: &Node, stdin: &[u8]| {
+        let mut child = std::process::Command::new(bin())
+            .args(["hook", "user-prompt-submit"])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &n.dir)
+            .env("CLAUDEMESH_CONFIG_DIR", &n.dir)
+            .env("CLAUDEMESH_SESSION_KEY", "claude-hook-test")
+            .env("CLAUDEMESH_NO_AUTOSTART", "1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    // No daemon at all.
+    let out = run(&n, b"{\"session_id\": \"x\"}");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stdout.is_empty() && out.stderr.is_empty());
+    // A daemon, and garbage on stdin.
+    n.start();
+    for input in [
+        &b"\x00\xff not json"[..],
+        b"",
+        b"[1,2,3]",
+        &[b'{'; 4096][..],
+    ] {
+        let out = run(&n, input);
+        assert_eq!(out.status.code(), Some(0));
+        assert!(
+            out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

@@ -64,6 +64,13 @@ def text(result):
     return json.loads(result.content[0].text)
 
 
+def hook(config_dir, key, event, stdin="{}"):
+    env = env_for(config_dir, key, "bob-claude", False)
+    r = subprocess.run([BIN, "hook", event], env=env, input=stdin, capture_output=True, text=True, timeout=60)
+    check(r.returncode == 0, f"hook {event} exits 0: {r.stderr}")
+    return r.stdout.strip()
+
+
 def cli(config_dir, *args):
     env = env_for(config_dir, "cli", "cli", False)
     r = subprocess.run([BIN, *args], env=env, capture_output=True, text=True, timeout=60)
@@ -149,6 +156,8 @@ async def main():
                 check(note.meta["from_name"] == "alice-claude", "meta names the sender")
                 check(note.meta["verified"] == "true", "sender verified")
                 check(note.meta["message_id"] == sent["id"], "meta carries the message id")
+                st = text(await a.call_tool("message_status", {"message_id": sent["id"], "wait_for": "surfaced", "timeout_seconds": 20}))
+                check(st["stage"] == "surfaced", f"alice sees it surfaced: {st}")
             else:
                 # No channel support: nothing is pushed; the message waits to be pulled, and
                 # its status never claims more than delivered until then.
@@ -158,18 +167,21 @@ async def main():
             msgs = text(await b.call_tool("wait_for_message", {"timeout_seconds": 20}))["messages"]
             check([m["body"] for m in msgs] == ["hello bob"], f"bob pulls the message: {msgs}")
             if CHANNELS:
-                # Priority gating: `low` is never pushed, `next` is held while bob works,
-                # `now` always goes through. Sent in order over one link, they arrive in
-                # order, so the next push after them must be the `now` one.
-                text(await b.call_tool("set_status", {"status": "working"}))
+                # Priority gating driven by Claude Code hooks: with bob reported working by
+                # a hook, `low` is never pushed, `next` is held, `now` goes through. Sent in
+                # order over one link, they arrive in order, so the next push after them
+                # must be the `now` one.
+                hook(DIR_B, "session-b", "user-prompt-submit")
                 cli(DIR_A, "wait", "peer-working", "bob-claude", "--timeout", "20")
                 text(await a.call_tool("send_message", {"to": "bob-claude", "message": "fyi", "priority": "low"}))
                 text(await a.call_tool("send_message", {"to": "bob-claude", "message": "after this", "priority": "next"}))
                 text(await a.call_tool("send_message", {"to": "bob-claude", "message": "urgent", "priority": "now"}))
                 _, note = await asyncio.wait_for(got.get(), 20)
                 check(note.content == "[URGENT] alice-claude: urgent", f"only now while working: {note.content}")
-                # Turning idle releases the held `next` message; `low` still waits.
-                text(await b.call_tool("set_status", {"status": "idle"}))
+                # The Stop hook reports idle: the held `next` message surfaces; `low` waits.
+                # (The urgent one was just pushed, so the hook does not repeat it.)
+                out_stop = hook(DIR_B, "session-b", "stop")
+                check(out_stop == "", f"stop does not repeat a pushed message: {out_stop}")
                 _, note = await asyncio.wait_for(got.get(), 20)
                 check(note.content == "alice-claude: after this", f"next after idle: {note.content}")
                 pulled = text(await b.call_tool("check_messages", {}))["messages"]

@@ -595,6 +595,73 @@ async fn mcp(bin: &Path) {
     report("same call (status) straight to the daemon", "us", direct);
     drop(stdin);
     let _ = child.wait();
+
+    // Channel push latency: alice's daemon sends, bob's shim emits the notification.
+    let mut b = std::process::Command::new(bin)
+        .arg("mcp")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", &nodes[1].dir)
+        .env("CLAUDEMESH_CONFIG_DIR", &nodes[1].dir)
+        .env("CLAUDEMESH_SESSION_KEY", "bench-b")
+        .env("CLAUDEMESH_DISPLAY_NAME", "bobc")
+        .env("CLAUDEMESH_CHANNELS", "1")
+        .env("CLAUDEMESH_NO_AUTOSTART", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut b_in = b.stdin.take().unwrap();
+    let mut b_out = std::io::BufReader::new(b.stdout.take().unwrap());
+    writeln!(b_in, "{init}").unwrap();
+    line.clear();
+    b_out.read_line(&mut line).unwrap();
+    writeln!(
+        b_in,
+        r#"{{"jsonrpc":"2.0","method":"notifications/initialized"}}"#
+    )
+    .unwrap();
+    nodes[0].wait("peer-online", Some("bobc"));
+    let mut push = Vec::new();
+    for i in 0..300 {
+        let t = Instant::now();
+        let p = m::SendParams {
+            to: "bobc".into(),
+            body: format!("push {i}"),
+            priority: claudemesh_schema::message::Priority::Now,
+            mesh: None,
+            session: None,
+            wait_ms: Some(0),
+        };
+        let _: m::SendResult = c.call(m::SEND, p).await.unwrap();
+        loop {
+            line.clear();
+            b_out.read_line(&mut line).unwrap();
+            if line.contains("notifications/claude/channel") && line.contains(&format!("push {i}"))
+            {
+                break;
+            }
+        }
+        if i >= 20 {
+            push.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    report("send -> channel notification on the other shim", "ms", push);
+    drop(b_in);
+    let _ = b.wait();
+
+    let mut hook = Vec::new();
+    for _ in 0..100 {
+        let t = Instant::now();
+        let out = nodes[1].run_env(
+            &["hook", "post-tool-use"],
+            &[("CLAUDEMESH_SESSION_KEY", "bench-b")],
+        );
+        assert!(out.status.success());
+        hook.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    report("`claudemesh hook post-tool-use` (daemon up)", "ms", hook);
 }
 
 fn main() {
