@@ -148,6 +148,24 @@ impl Daemon {
         }
     }
 
+    /// The mesh `sel` names, or every joined mesh when `None` (an error when none is).
+    pub(crate) fn select_many(&self, sel: Option<&str>) -> Result<Vec<Arc<MeshCtx>>, RpcErr> {
+        match sel {
+            Some(s) => Ok(vec![self.select(Some(s))?]),
+            None => {
+                let all = self.meshes();
+                if all.is_empty() {
+                    // Same message as selecting with nothing joined.
+                    return Err(self
+                        .select(None)
+                        .err()
+                        .unwrap_or_else(|| RpcErr::not_found("no mesh")));
+                }
+                Ok(all)
+            }
+        }
+    }
+
     /// Register a mesh and start its link. `None` if its stored genesis does not verify.
     pub(crate) fn add_mesh(
         self: &Arc<Self>,

@@ -304,19 +304,10 @@ pub(crate) async fn send(d: &Arc<Daemon>, p: SendParams) -> Result<SendResult, R
         )));
     }
     let broad = to == "*" || to.starts_with('@');
-    let meshes = match &p.mesh {
-        Some(sel) => vec![d.select(Some(sel))?],
-        None if broad => vec![d.select(None)?],
-        None => {
-            let all = d.meshes();
-            if all.is_empty() {
-                return Err(d
-                    .select(None)
-                    .err()
-                    .unwrap_or_else(|| RpcErr::not_found("no mesh")));
-            }
-            all
-        }
+    let meshes = if broad && p.mesh.is_none() {
+        vec![d.select(None)?]
+    } else {
+        d.select_many(p.mesh.as_deref())?
     };
     let mut found: Vec<(Arc<MeshCtx>, Target)> = Vec::new();
     for m in meshes {

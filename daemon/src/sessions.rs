@@ -27,19 +27,7 @@ pub(crate) async fn open(
     if key.is_empty() || key.len() > 256 {
         return Err(RpcErr::invalid("client_key must be 1 to 256 characters"));
     }
-    let targets = match &p.mesh {
-        Some(s) => vec![d.select(Some(s))?],
-        None => {
-            let all = d.meshes();
-            if all.is_empty() {
-                return Err(d
-                    .select(None)
-                    .err()
-                    .unwrap_or_else(|| RpcErr::not_found("no mesh")));
-            }
-            all
-        }
-    };
+    let targets = d.select_many(p.mesh.as_deref())?;
     let name = match &p.name {
         Some(n) => Some(valid_name("display name", n)?),
         None => None,

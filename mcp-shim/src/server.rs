@@ -247,6 +247,22 @@ impl Shim {
         Ok(s)
     }
 
+    /// Call the daemon and render its answer (or its error) as a tool result.
+    async fn call<R: serde::de::DeserializeOwned + Serialize>(
+        &self,
+        method: &str,
+        params: impl Serialize,
+    ) -> Result<CallToolResult, rmcp::ErrorData> {
+        let mut c = match self.client().await {
+            Ok(c) => c,
+            Err(e) => return client_error(e),
+        };
+        match c.call::<R>(method, params).await {
+            Ok(r) => ok_json(r),
+            Err(e) => client_error(e),
+        }
+    }
+
     async fn update(
         &self,
         f: impl FnOnce(&mut m::SessionUpdateParams),
@@ -267,13 +283,7 @@ impl Shim {
             leave_groups: Vec::new(),
         };
         f(&mut p);
-        match self.client().await {
-            Ok(mut c) => match c.call::<m::SessionProfile>(m::SESSION_UPDATE, p).await {
-                Ok(r) => ok_json(r),
-                Err(e) => client_error(e),
-            },
-            Err(e) => client_error(e),
-        }
+        self.call::<m::SessionProfile>(m::SESSION_UPDATE, p).await
     }
 
     async fn inbox(
@@ -285,25 +295,16 @@ impl Shim {
             Ok(s) => s,
             Err(e) => return tool_error(e),
         };
-        let mut c = match self.client().await {
-            Ok(c) => c,
-            Err(e) => return client_error(e),
-        };
-        match c
-            .call::<m::InboxResult>(
-                m::INBOX,
-                m::InboxParams {
-                    session: Some(s.id),
-                    wait_ms,
-                    peek,
-                    ..Default::default()
-                },
-            )
-            .await
-        {
-            Ok(r) => ok_json(r),
-            Err(e) => client_error(e),
-        }
+        self.call::<m::InboxResult>(
+            m::INBOX,
+            m::InboxParams {
+                session: Some(s.id),
+                wait_ms,
+                peek,
+                ..Default::default()
+            },
+        )
+        .await
     }
 }
 
@@ -325,10 +326,6 @@ impl Shim {
             Ok(s) => s,
             Err(e) => return tool_error(e),
         };
-        let mut c = match self.client().await {
-            Ok(c) => c,
-            Err(e) => return client_error(e),
-        };
         let p = m::SendParams {
             to: a.to,
             body: a.message,
@@ -337,10 +334,7 @@ impl Shim {
             session: Some(s.id),
             wait_ms: None,
         };
-        match c.call::<m::SendResult>(m::SEND, p).await {
-            Ok(r) => ok_json(r),
-            Err(e) => client_error(e),
-        }
+        self.call::<m::SendResult>(m::SEND, p).await
     }
 
     #[tool(
@@ -416,13 +410,8 @@ impl Shim {
             wait_for,
             wait_ms,
         };
-        match self.client().await {
-            Ok(mut c) => match c.call::<m::MessageStatusResult>(m::MESSAGE_STATUS, p).await {
-                Ok(r) => ok_json(r),
-                Err(e) => client_error(e),
-            },
-            Err(e) => client_error(e),
-        }
+        self.call::<m::MessageStatusResult>(m::MESSAGE_STATUS, p)
+            .await
     }
 
     #[tool(description = "Tell your peers what you are working on (one line).")]
@@ -488,13 +477,7 @@ impl Shim {
         description = "Overview of your meshes: relay link state, peers online, unread and queued messages."
     )]
     async fn mesh_info(&self) -> Result<CallToolResult, rmcp::ErrorData> {
-        match self.client().await {
-            Ok(mut c) => match c.call::<m::StatusResult>(m::STATUS, ()).await {
-                Ok(r) => ok_json(r),
-                Err(e) => client_error(e),
-            },
-            Err(e) => client_error(e),
-        }
+        self.call::<m::StatusResult>(m::STATUS, ()).await
     }
 
     #[tool(description = "Measure the round trip to the mesh's relay (checks the link works).")]
@@ -502,16 +485,8 @@ impl Shim {
         &self,
         Parameters(a): Parameters<MeshArgs>,
     ) -> Result<CallToolResult, rmcp::ErrorData> {
-        match self.client().await {
-            Ok(mut c) => match c
-                .call::<m::PingResult>(m::PING, m::MeshParams { mesh: a.mesh })
-                .await
-            {
-                Ok(r) => ok_json(r),
-                Err(e) => client_error(e),
-            },
-            Err(e) => client_error(e),
-        }
+        self.call::<m::PingResult>(m::PING, m::MeshParams { mesh: a.mesh })
+            .await
     }
 }
 
