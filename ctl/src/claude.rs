@@ -180,6 +180,7 @@ pub(crate) fn launch(
     name: Option<String>,
     groups: Option<String>,
     mesh: Option<String>,
+    role: Option<String>,
     args: Vec<String>,
 ) -> Result<(), String> {
     let claude = which("claude").ok_or(
@@ -198,6 +199,9 @@ pub(crate) fn launch(
     }
     if let Some(mm) = mesh {
         cmd.env("CLAUDEMESH_MESH", mm);
+    }
+    if let Some(r) = role {
+        cmd.env("CLAUDEMESH_ROLE", r);
     }
     #[cfg(unix)]
     {

@@ -90,6 +90,12 @@ pub(crate) struct LaunchArgs {
     /// Mesh to join the session to (default: all).
     #[arg(long)]
     pub(crate) mesh: Option<String>,
+    /// Role tag shown to peers (e.g. reviewer, lead).
+    #[arg(long)]
+    pub(crate) role: Option<String>,
+    /// Accepted for compatibility: launch never asks anything.
+    #[arg(short = 'y', long = "yes")]
+    pub(crate) yes: bool,
     /// Arguments for `claude`.
     #[arg(last = true, allow_hyphen_values = true)]
     pub(crate) args: Vec<String>,

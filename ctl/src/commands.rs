@@ -203,7 +203,10 @@ pub(crate) async fn run(cmd: Command) -> Res {
             Ok(())
         }
         Command::Launch(a) => {
-            crate::claude::launch(a.name, a.groups, a.mesh, a.args).map_err(|e| Failure::new(1, e))
+            // `-y` is accepted for compatibility: launch never asks anything.
+            let _ = a.yes;
+            crate::claude::launch(a.name, a.groups, a.mesh, a.role, a.args)
+                .map_err(|e| Failure::new(1, e))
         }
         Command::Install(a) => {
             let f = crate::install::ClaudeFiles::from_env().map_err(|e| Failure::new(1, e))?;

@@ -246,8 +246,10 @@ fn main() -> ExitCode {
         let mut it = rest.into_iter();
         while let Some(a) = it.next() {
             let s = a.to_string_lossy().to_string();
-            let ours = ["--name", "--groups", "--mesh"];
-            if ours.contains(&s.as_str()) {
+            let ours = ["--name", "--groups", "--mesh", "--role"];
+            if s == "-y" || s == "--yes" {
+                argv.push(a);
+            } else if ours.contains(&s.as_str()) {
                 argv.push(a);
                 if let Some(v) = it.next() {
                     argv.push(v);

@@ -680,3 +680,42 @@ fn hooks_exit_zero_quietly_on_bad_input_or_no_daemon() {
         );
     }
 }
+
+#[test]
+fn launch_runs_claude_with_the_channel_and_passes_flags_through() {
+    let root = tempfile::tempdir().unwrap();
+    let n = Node::new(bin(), root.path(), "solo");
+    let fake = root.path().join("fakebin");
+    std::fs::create_dir_all(&fake).unwrap();
+    let script = fake.join("claude");
+    std::fs::write(&script, "#!/bin/sh\necho \"args: $*\"\necho \"name=$CLAUDEMESH_DISPLAY_NAME role=$CLAUDEMESH_ROLE channels=$CLAUDEMESH_CHANNELS\"\n").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        fake.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // Flag-first: `claudemesh --resume X …` means `claudemesh launch …`.
+    let out = n.run_env(
+        &[
+            "--resume", "abc", "--name", "ada", "--role", "reviewer", "-y", "--model", "opus",
+        ],
+        &[("PATH", path.as_str())],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("args: --dangerously-load-development-channels server:claudemesh --resume abc --model opus"), "{text}");
+    assert!(text.contains("name=ada role=reviewer channels=1"), "{text}");
+    // Without claude on PATH: a clear error.
+    let out = n.run_env(&["launch"], &[("PATH", "/nonexistent")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not on your PATH"));
+}

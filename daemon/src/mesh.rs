@@ -243,6 +243,8 @@ impl MeshCtx {
             visible: true,
             // The daemon's own session is read with `claudemesh inbox`.
             delivery: vec!["pull".into()],
+            role: String::new(),
+            client: "claudemesh-cli".into(),
         }
     }
 }

@@ -95,6 +95,16 @@ pub(crate) async fn open(
                 d.dedup();
                 d
             },
+            role: p
+                .role
+                .clone()
+                .map(|r| r.chars().take(64).collect())
+                .unwrap_or_default(),
+            client: p
+                .client
+                .clone()
+                .map(|c| c.chars().take(64).collect())
+                .unwrap_or_default(),
         };
         d.store
             .open_session(

@@ -291,15 +291,15 @@ impl Store {
         self.write(move |tx| {
             tx.execute(
                 "INSERT INTO presence (mesh, session, member, session_key, seq, name, kind, status,
-                    summary, groups, hostname, cwd, visible, online, last_seen, delivery)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                    summary, groups, hostname, cwd, visible, online, last_seen, delivery, role, client)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
                  ON CONFLICT (mesh, session) DO UPDATE SET
                     member = excluded.member, session_key = excluded.session_key,
                     seq = excluded.seq, name = excluded.name, kind = excluded.kind,
                     status = excluded.status, summary = excluded.summary, groups = excluded.groups,
                     hostname = excluded.hostname, cwd = excluded.cwd, visible = excluded.visible,
                     online = excluded.online, last_seen = max(presence.last_seen, excluded.last_seen),
-                    delivery = excluded.delivery
+                    delivery = excluded.delivery, role = excluded.role, client = excluded.client
                  WHERE excluded.seq >= presence.seq",
                 params![
                     p.mesh.as_bytes(),
@@ -317,7 +317,9 @@ impl Store {
                     p.profile.visible,
                     p.online,
                     p.last_seen,
-                    delivery
+                    delivery,
+                    p.profile.role,
+                    p.profile.client
                 ],
             )
             .map(|_| ())
@@ -740,7 +742,7 @@ fn presence_rows(
 ) -> Result<Vec<PresenceRow>> {
     let mut stmt = conn.prepare_cached(
         "SELECT session, member, session_key, seq, name, kind, status, summary, groups, hostname,
-            cwd, visible, online, last_seen, delivery FROM presence
+            cwd, visible, online, last_seen, delivery, role, client FROM presence
          WHERE mesh = ?1 AND (?2 IS NULL OR session = ?2)",
     )?;
     let only = only.map(|s| s.as_bytes().to_vec());
@@ -761,6 +763,8 @@ fn presence_rows(
             r.get::<_, bool>(12)?,
             r.get::<_, i64>(13)?,
             r.get::<_, String>(14)?,
+            r.get::<_, String>(15)?,
+            r.get::<_, String>(16)?,
         ))
     })?;
     let mut out = Vec::new();
@@ -781,6 +785,8 @@ fn presence_rows(
             online,
             last_seen,
             delivery,
+            role,
+            client,
         ) = r?;
         out.push(PresenceRow {
             mesh,
@@ -798,6 +804,8 @@ fn presence_rows(
                 cwd,
                 visible,
                 delivery: serde_json::from_str(&delivery).unwrap_or_default(),
+                role,
+                client,
             },
             online,
             last_seen,
@@ -825,6 +833,8 @@ pub fn q_peers(conn: &Connection, mesh: &MeshRow) -> Result<Vec<PeerInfo>> {
             last_seen: p.last_seen,
             me: p.member == mesh.member,
             delivery: p.profile.delivery,
+            role: p.profile.role,
+            client: p.profile.client,
         })
         .collect();
     peers.sort_by(|a, b| b.online.cmp(&a.online).then_with(|| a.name.cmp(&b.name)));

@@ -40,8 +40,9 @@ struct Inner {
     exe: PathBuf,
     /// The session, once opened (a failed open is retried on the next call).
     session: tokio::sync::Mutex<Option<Session>>,
-    /// Whether the client takes channel pushes, known once `initialize` is done.
-    channels: tokio::sync::watch::Sender<Option<bool>>,
+    /// Whether the client takes channel pushes, and its name; known once `initialize` is
+    /// done.
+    client_info: tokio::sync::watch::Sender<Option<(bool, String)>>,
     key: String,
 }
 
@@ -180,7 +181,7 @@ impl Shim {
                 paths,
                 exe,
                 session: tokio::sync::Mutex::new(None),
-                channels: tokio::sync::watch::channel(None).0,
+                client_info: tokio::sync::watch::channel(None).0,
                 key,
             }),
             tool_router: Self::tool_router(),
@@ -197,14 +198,16 @@ impl Shim {
         if let Some(s) = slot.as_ref() {
             return Ok(s.clone());
         }
-        let channels = *self
+        let (channels, client_name) = self
             .inner
-            .channels
+            .client_info
             .subscribe()
             .wait_for(Option::is_some)
             .await
-            .map_err(|_| "shutting down".to_string())?;
-        let delivery: Vec<String> = if channels == Some(true) {
+            .map_err(|_| "shutting down".to_string())?
+            .clone()
+            .unwrap_or_default();
+        let delivery: Vec<String> = if channels {
             vec!["channel".into(), "pull".into()]
         } else {
             vec!["pull".into()]
@@ -234,6 +237,10 @@ impl Shim {
                         .ok()
                         .map(|d| d.display().to_string()),
                     delivery,
+                    role: std::env::var("CLAUDEMESH_ROLE")
+                        .ok()
+                        .filter(|s| !s.is_empty()),
+                    client: Some(client_name).filter(|s| !s.is_empty()),
                 },
             )
             .await
@@ -570,7 +577,13 @@ pub async fn run(paths: Paths, exe: PathBuf) -> Result<(), ShimError> {
             })
             .unwrap_or(false);
     // Push this session's messages as channel notifications when the client takes them.
-    shim.inner.channels.send_replace(Some(channels));
+    let client_name = peer
+        .peer_info()
+        .map(|i| i.client_info.name.clone())
+        .unwrap_or_default();
+    shim.inner
+        .client_info
+        .send_replace(Some((channels, client_name)));
     // Push this session's messages as channel notifications when the client takes them;
     // keep the subscription alive across daemon restarts.
     let pusher = {

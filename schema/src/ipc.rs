@@ -362,6 +362,12 @@ pub mod methods {
         /// Delivery paths the client knows work (`channel`, `hooks`, `pull`).
         #[serde(default)]
         pub delivery: Vec<String>,
+        /// Role tag.
+        #[serde(default)]
+        pub role: Option<String>,
+        /// Client software name.
+        #[serde(default)]
+        pub client: Option<String>,
     }
 
     /// One hosted session.
@@ -677,6 +683,12 @@ pub mod methods {
         /// Delivery paths seen working for this peer (`channel`, `hooks`, `pull`).
         #[serde(default)]
         pub delivery: Vec<String>,
+        /// Role tag.
+        #[serde(default)]
+        pub role: String,
+        /// Client software.
+        #[serde(default)]
+        pub client: String,
     }
 
     /// One mesh's peers.

@@ -118,6 +118,10 @@ pub struct Profile {
     /// How messages reach this peer, as its daemon has seen: `channel` (pushed into the
     /// session), `hooks` (put into context by Claude Code hooks), `pull` (the session asks).
     pub delivery: Vec<String>,
+    /// Free-form role tag (e.g. `reviewer`), set with `claudemesh launch --role`.
+    pub role: String,
+    /// The client software (e.g. `claude-code`).
+    pub client: String,
 }
 
 /// The plaintext of a message envelope.

@@ -8,3 +8,5 @@ ALTER TABLE inbox ADD COLUMN surfaced_at INTEGER;
 
 -- How messages reach each peer (JSON list: channel, hooks, pull), from its presence.
 ALTER TABLE presence ADD COLUMN delivery TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE presence ADD COLUMN role TEXT NOT NULL DEFAULT '';
+ALTER TABLE presence ADD COLUMN client TEXT NOT NULL DEFAULT '';
