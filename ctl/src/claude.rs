@@ -56,6 +56,12 @@ pub(crate) async fn hook(event: &str) {
                     mesh: std::env::var("CLAUDEMESH_MESH")
                         .ok()
                         .filter(|s| !s.is_empty()),
+                    delivery: vec!["hooks".into()],
+                    role: std::env::var("CLAUDEMESH_ROLE")
+                        .ok()
+                        .filter(|s| !s.is_empty()),
+                    client: Some("claude-code".into()),
+                    claude_session: hook_json["session_id"].as_str().map(str::to_string),
                     ..Default::default()
                 },
             )

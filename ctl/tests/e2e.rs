@@ -505,6 +505,7 @@ fn hooks_report_status_and_surface_messages_by_priority() {
             &[
                 ("CLAUDEMESH_SESSION_KEY", "claude-test-1"),
                 ("CLAUDEMESH_DISPLAY_NAME", "bob-claude"),
+                ("CLAUDEMESH_ROLE", "reviewer"),
             ],
         );
         assert!(out.status.success(), "hooks always exit 0");
@@ -527,6 +528,8 @@ fn hooks_report_status_and_surface_messages_by_priority() {
         serde_json::json!(["hooks"]),
         "peers show the hooks path"
     );
+    assert_eq!(peer["role"], "reviewer");
+    assert_eq!(peer["client"], "claude-code");
     let id = peer["id"].as_str().unwrap().to_string();
     // Sent in this order over one link, they arrive in this order: once `now` is in the
     // session's inbox, so are the others.
@@ -718,4 +721,88 @@ fn launch_runs_claude_with_the_channel_and_passes_flags_through() {
     let out = n.run_env(&["launch"], &[("PATH", "/nonexistent")]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not on your PATH"));
+}
+
+#[test]
+fn a_resumed_claude_session_is_the_same_peer_not_a_twin() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["alice", "bob"], &[]);
+    let (alice, bob) = (&nodes[0], &nodes[1]);
+    let start_claude = || {
+        let c = std::process::Command::new("sleep")
+            .arg("300")
+            .spawn()
+            .unwrap();
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", c.id())).unwrap();
+        let start = stat[stat.rfind(')').unwrap() + 1..]
+            .split_whitespace()
+            .nth(19)
+            .unwrap()
+            .to_string();
+        let key = format!("claude-{}-{start}", c.id());
+        (c, key)
+    };
+    let hook = |key: &str, event: &str, stdin: &str| -> String {
+        let out = bob.run_stdin(
+            &["hook", event],
+            &[
+                ("CLAUDEMESH_SESSION_KEY", key),
+                ("CLAUDEMESH_DISPLAY_NAME", "bob-claude"),
+            ],
+            stdin.as_bytes(),
+        );
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let online_bobs = || -> Vec<String> {
+        alice.json(&["peers"])["meshes"][0]["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["name"] == "bob-claude" && p["online"] == true)
+            .map(|p| p["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    let (mut claude1, key1) = start_claude();
+    hook(
+        &key1,
+        "session-start",
+        r#"{"session_id": "claude-session-S"}"#,
+    );
+    alice.wait("peer-online", Some("bob-claude"));
+    let id1 = online_bobs().pop().unwrap();
+    alice.ok(&["send", &id1, "before you left"]);
+    // Wait until it is stored in bob's session inbox (it is what the resumed session must see).
+    let got = bob.json(&["inbox", "--session", &id1, "--peek", "--wait", "20"]);
+    assert_eq!(got["messages"][0]["body"], "before you left");
+
+    // Claude exits; later `claude --resume` runs in a new process.
+    claude1.kill().unwrap();
+    claude1.wait().unwrap();
+    alice.wait("peer-offline", Some("bob-claude"));
+    let (mut claude2, key2) = start_claude();
+    // The MCP shim starts before any hook and does not know the Claude session: a twin.
+    hook(&key2, "session-start", "{}");
+    alice.wait("peer-online", Some("bob-claude"));
+    // The first hook that carries the Claude session id folds the twin into the original.
+    let ctx = hook(
+        &key2,
+        "user-prompt-submit",
+        r#"{"session_id": "claude-session-S"}"#,
+    );
+    assert!(
+        ctx.contains("before you left"),
+        "the resumed session sees its messages: {ctx}"
+    );
+    alice.wait("peer-online", Some(&id1[..8]));
+    assert_eq!(
+        online_bobs(),
+        vec![id1.clone()],
+        "one bob-claude, with its old id"
+    );
+    // The lease now follows the new process.
+    claude2.kill().unwrap();
+    claude2.wait().unwrap();
+    alice.wait("peer-offline", Some("bob-claude"));
 }

@@ -173,6 +173,7 @@ impl Daemon {
         keys: MeshKeys,
         entries: Vec<(u64, claudemesh_schema::roster::RosterEntry)>,
         sessions: Vec<store::SessionRow>,
+        aliases: Vec<(MeshId, String, claudemesh_schema::SessionId)>,
     ) -> Option<Arc<MeshCtx>> {
         let mut roster = match Roster::from_genesis(&row.genesis) {
             Ok(r) => RosterState { roster: r, len: 0 },
@@ -194,15 +195,22 @@ impl Daemon {
                 (
                     sid,
                     crate::mesh::LocalSession {
+                        lease_key: r.client_key.clone(),
                         client_key: r.client_key,
                         secret,
                         profile: r.profile,
                         open: r.open,
+                        claude_session: r.claude_session,
                         status_source: Default::default(),
                         status_at: claudemesh_schema::now_ms(),
                     },
                 )
             })
+            .collect();
+        let alias_map: HashMap<String, claudemesh_schema::SessionId> = aliases
+            .into_iter()
+            .filter(|(mesh, ..)| *mesh == row.id)
+            .map(|(_, k, s)| (k, s))
             .collect();
         let (tx, rx) = mpsc::channel(1024);
         let (status_tx, status_rx) = watch::channel(LinkStatus::default());
@@ -218,6 +226,7 @@ impl Daemon {
             waiters: Mutex::new(HashMap::new()),
             stop: self.shutdown.child_token(),
             sessions: Mutex::new(hosted),
+            aliases: Mutex::new(alias_map),
         });
         self.meshes
             .write()
@@ -371,6 +380,7 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
     });
     let rows = store.read(store::q_meshes).await?;
     let hosted = store.read(store::q_sessions).await?;
+    let aliases = store.read(store::q_aliases).await?;
     for row in rows {
         let keys = match MeshKeys::load(&paths.keys(), &row.id) {
             Ok(k) => k,
@@ -381,7 +391,7 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
         };
         let id = row.id;
         let entries = store.read(move |c| store::q_roster(c, id)).await?;
-        daemon.add_mesh(row, keys, entries, hosted.clone());
+        daemon.add_mesh(row, keys, entries, hosted.clone(), aliases.clone());
     }
     let listener =
         crate::rpc::bind(&paths.socket, &paths.dir).map_err(|source| DaemonError::Socket {

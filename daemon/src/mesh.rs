@@ -133,17 +133,24 @@ pub(crate) struct MeshCtx {
     pub(crate) stop: CancellationToken,
     /// Sessions hosted here besides the daemon's own.
     pub(crate) sessions: Mutex<HashMap<SessionId, LocalSession>>,
+    /// Client keys that speak for another key's session (a resumed Claude session).
+    pub(crate) aliases: Mutex<HashMap<String, SessionId>>,
 }
 
 /// A session hosted by this daemon (a Claude Code session, say).
 #[derive(Debug)]
 pub(crate) struct LocalSession {
     pub(crate) client_key: String,
+    /// The client key of the process that holds the session now (differs from
+    /// `client_key` after a resume); its process ending takes the session offline.
+    pub(crate) lease_key: String,
     pub(crate) secret: BoxSecret,
     pub(crate) profile: Profile,
     /// Closed sessions keep their key and inbox: direct messages sent while they were
     /// closed wait there for the session to reopen (with the same client key).
     pub(crate) open: bool,
+    /// The Claude Code session id, when hooks have reported it.
+    pub(crate) claude_session: Option<String>,
     /// Who set the current status, and when (unix ms): the status engine's memory.
     pub(crate) status_source: claudemesh_schema::ipc::methods::StatusSource,
     pub(crate) status_at: i64,

@@ -537,6 +537,19 @@ async fn subscription(
         else {
             return;
         };
+        // The session was closed or replaced: tell the client so it can reopen.
+        let open = d.meshes().iter().any(|x| {
+            x.keys.session == session || lock(&x.sessions).get(&session).is_some_and(|l| l.open)
+        });
+        if !open {
+            let n = claudemesh_schema::ipc::Notification {
+                jsonrpc: "2.0".into(),
+                method: m::NOTIFY_SESSION_CLOSED.into(),
+                params: Value::Null,
+            };
+            let _ = tx.send(serde_json::to_string(&n).unwrap_or_default()).await;
+            return;
+        }
         let status = local_status(&d, session);
         for msg in msgs {
             let allowed = match (msg.priority, status) {

@@ -39,16 +39,47 @@ pub(crate) async fn open(
             groups.push(valid_name("group name", g)?);
         }
     }
+    let claude = p
+        .claude_session
+        .clone()
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.is_empty() && c.len() <= 128);
     let mut out = Vec::new();
     for m in targets {
-        let (sid, secret) = derive_session(&m.keys, &m.id, &key);
-        // Already open (the MCP shim and the hooks of one Claude session both open it):
-        // keep its profile.
+        let (derived, secret) = derive_session(&m.keys, &m.id, &key);
+        // Which session does this key speak for? Its own, unless it was aliased to the
+        // session a resumed Claude session had before.
+        let mut sid = lock(&m.aliases).get(&key).copied().unwrap_or(derived);
+        if let Some(cs) = &claude {
+            let original = lock(&m.sessions)
+                .iter()
+                .find(|(id, l)| l.claude_session.as_deref() == Some(cs.as_str()) && **id != derived)
+                .map(|(id, _)| *id);
+            if let Some(orig) = original
+                && orig != sid
+            {
+                lock(&m.aliases).insert(key.clone(), orig);
+                d.store
+                    .set_alias(m.id, key.clone(), orig)
+                    .await
+                    .map_err(RpcErr::internal)?;
+                // A twin opened under this key before we knew: retire it.
+                let twin_open = lock(&m.sessions).get(&derived).is_some_and(|l| l.open);
+                if twin_open {
+                    close_in(d, &m, derived).await?;
+                }
+                tracing::info!(session = %orig.short(), "resumed claude session keeps its peer");
+                sid = orig;
+            }
+        }
+        // Existing (open, or closed and now reopened): keep its profile, add how it is
+        // reached, remember its Claude session id.
         let existing = {
             let mut sessions = lock(&m.sessions);
-            sessions.get_mut(&sid).filter(|l| l.open).map(|l| {
-                // Another client of the same session (hooks, MCP) adds how it is reached.
-                let mut changed = false;
+            sessions.get_mut(&sid).map(|l| {
+                let mut changed = !l.open;
+                l.open = true;
+                l.lease_key = key.clone();
                 for path in &p.delivery {
                     if matches!(path.as_str(), "channel" | "hooks" | "pull")
                         && !l.profile.delivery.contains(path)
@@ -58,12 +89,35 @@ pub(crate) async fn open(
                         changed = true;
                     }
                 }
-                (l.profile.name.clone(), changed)
+                let new_claude = claude.is_some() && l.claude_session.is_none();
+                if new_claude {
+                    l.claude_session = claude.clone();
+                }
+                let row = SessionRow {
+                    mesh: m.id,
+                    session: sid,
+                    client_key: l.client_key.clone(),
+                    profile: l.profile.clone(),
+                    open: true,
+                    claude_session: l.claude_session.clone(),
+                };
+                (l.profile.name.clone(), changed, new_claude, row)
             })
         };
-        if let Some((name, changed)) = existing {
+        if let Some((name, changed, new_claude, row)) = existing {
             if changed {
+                d.store
+                    .open_session(row, now_ms())
+                    .await
+                    .map_err(RpcErr::internal)?;
                 let _ = m.link.tx.send(LinkCmd::Publish).await;
+                d.bump_changes();
+            }
+            if new_claude && let Some(cs) = &claude {
+                d.store
+                    .set_claude_session(m.id, sid, cs.clone())
+                    .await
+                    .map_err(RpcErr::internal)?;
             }
             out.push(SessionInfo {
                 mesh: m.id,
@@ -73,6 +127,7 @@ pub(crate) async fn open(
             });
             continue;
         }
+        let sid = derived;
         let profile = Profile {
             name: name
                 .clone()
@@ -114,11 +169,18 @@ pub(crate) async fn open(
                     client_key: key.clone(),
                     profile: profile.clone(),
                     open: true,
+                    claude_session: claude.clone(),
                 },
                 now_ms(),
             )
             .await
             .map_err(RpcErr::internal)?;
+        if let Some(cs) = &claude {
+            d.store
+                .set_claude_session(m.id, sid, cs.clone())
+                .await
+                .map_err(RpcErr::internal)?;
+        }
         let info = SessionInfo {
             mesh: m.id,
             mesh_name: m.name(),
@@ -129,14 +191,17 @@ pub(crate) async fn open(
             sid,
             LocalSession {
                 client_key: key.clone(),
+                lease_key: key.clone(),
                 secret,
                 profile,
                 open: true,
+                claude_session: claude.clone(),
                 status_source: StatusSource::Manual,
                 status_at: now_ms(),
             },
         );
-        let _ = m.link.tx.try_send(LinkCmd::Publish);
+        let _ = m.link.tx.send(LinkCmd::Publish).await;
+        d.bump_changes();
         out.push(info);
     }
     Ok(SessionOpenResult { sessions: out })
@@ -145,34 +210,47 @@ pub(crate) async fn open(
 /// `session_close`.
 pub(crate) async fn close(d: &Arc<Daemon>, p: SessionCloseParams) -> Result<SessionInfo, RpcErr> {
     for m in d.meshes() {
-        let removed = {
-            let mut sessions = lock(&m.sessions);
-            match sessions.get_mut(&p.session) {
-                Some(l) if l.open => {
-                    l.open = false;
-                    Some(l.profile.clone())
-                }
-                _ => None,
-            }
-        };
-        if let Some(profile) = removed {
-            let now = now_ms();
-            d.store
-                .close_session(m.id, p.session, now)
-                .await
-                .map_err(RpcErr::internal)?;
-            let _ = d.store.presence_offline(m.id, p.session, now).await;
-            let _ = m.link.tx.try_send(LinkCmd::Depart(p.session));
-            d.bump_changes();
-            return Ok(SessionInfo {
-                mesh: m.id,
-                mesh_name: m.name(),
-                session: p.session,
-                name: profile.name,
-            });
+        if let Some(info) = close_in(d, &m, p.session).await? {
+            return Ok(info);
         }
     }
     Err(RpcErr::not_found(format!("no open session {}", p.session)))
+}
+
+/// Close `session` in mesh `m` if it is open there: it goes offline for peers, keeps its
+/// inbox and key.
+async fn close_in(
+    d: &Arc<Daemon>,
+    m: &Arc<crate::mesh::MeshCtx>,
+    session: claudemesh_schema::SessionId,
+) -> Result<Option<SessionInfo>, RpcErr> {
+    let removed = {
+        let mut sessions = lock(&m.sessions);
+        match sessions.get_mut(&session) {
+            Some(l) if l.open => {
+                l.open = false;
+                Some(l.profile.clone())
+            }
+            _ => None,
+        }
+    };
+    let Some(profile) = removed else {
+        return Ok(None);
+    };
+    let now = now_ms();
+    d.store
+        .close_session(m.id, session, now)
+        .await
+        .map_err(RpcErr::internal)?;
+    let _ = d.store.presence_offline(m.id, session, now).await;
+    let _ = m.link.tx.send(LinkCmd::Depart(session)).await;
+    d.bump_changes();
+    Ok(Some(SessionInfo {
+        mesh: m.id,
+        mesh_name: m.name(),
+        session,
+        name: profile.name,
+    }))
 }
 
 /// `session_update`: change a hosted session's profile and republish it.
@@ -256,6 +334,7 @@ pub(crate) async fn update(
                     client_key,
                     profile: updated.clone(),
                     open: true,
+                    claude_session: None,
                 },
                 now_ms(),
             )
@@ -340,7 +419,7 @@ pub(crate) async fn sweeper(d: Arc<Daemon>) {
                 let mut dead = Vec::new();
                 let mut decayed = false;
                 for (sid, l) in sessions.iter_mut().filter(|(_, l)| l.open) {
-                    if process_alive(&l.client_key) == Some(false) {
+                    if process_alive(&l.lease_key) == Some(false) {
                         dead.push(*sid);
                     } else if l.profile.status == PeerStatus::Working
                         && now - l.status_at > WORKING_TTL_MS

@@ -108,6 +108,8 @@ pub struct SessionRow {
     pub profile: Profile,
     /// Open (not closed).
     pub open: bool,
+    /// The Claude Code session id, when known.
+    pub claude_session: Option<String>,
 }
 
 fn blob32(v: Vec<u8>, what: &'static str) -> Result<[u8; 32]> {
@@ -416,6 +418,40 @@ impl Store {
                     profile,
                     at
                 ],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// Remember the Claude Code session id of a hosted session.
+    pub async fn set_claude_session(
+        &self,
+        mesh: MeshId,
+        session: SessionId,
+        claude: String,
+    ) -> Result<()> {
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE sessions SET claude_session = ?3 WHERE mesh = ?1 AND session = ?2",
+                params![mesh.as_bytes(), session.as_bytes(), claude],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// Route a client key to an existing session (a resumed Claude session).
+    pub async fn set_alias(
+        &self,
+        mesh: MeshId,
+        client_key: String,
+        session: SessionId,
+    ) -> Result<()> {
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT OR REPLACE INTO session_aliases (mesh, client_key, session) VALUES (?1, ?2, ?3)",
+                params![mesh.as_bytes(), client_key, session.as_bytes()],
             )
             .map(|_| ())
         })
@@ -919,7 +955,7 @@ pub fn q_unread(
 /// Hosted sessions, open and closed.
 pub fn q_sessions(conn: &Connection) -> Result<Vec<SessionRow>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT mesh, session, client_key, profile, closed_at IS NULL FROM sessions",
+        "SELECT mesh, session, client_key, profile, closed_at IS NULL, claude_session FROM sessions",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok((
@@ -928,17 +964,19 @@ pub fn q_sessions(conn: &Connection) -> Result<Vec<SessionRow>> {
             r.get::<_, String>(2)?,
             r.get::<_, String>(3)?,
             r.get::<_, bool>(4)?,
+            r.get::<_, Option<String>>(5)?,
         ))
     })?;
     let mut out = Vec::new();
     for r in rows {
-        let (mesh, session, client_key, profile, open) = r?;
+        let (mesh, session, client_key, profile, open, claude_session) = r?;
         out.push(SessionRow {
             mesh: id16(mesh, MeshId::from_slice, "mesh id")?,
             session: id16(session, SessionId::from_slice, "session id")?,
             client_key,
             profile: serde_json::from_str(&profile).map_err(|_| StoreError::Corrupt("profile"))?,
             open,
+            claude_session,
         });
     }
     Ok(out)
@@ -1020,6 +1058,28 @@ pub fn q_claims(conn: &Connection) -> Result<Vec<StoredClaim>> {
             req,
             cap,
             at,
+        ));
+    }
+    Ok(out)
+}
+
+/// Client-key aliases of hosted sessions: (mesh, client key, session).
+pub fn q_aliases(conn: &Connection) -> Result<Vec<(MeshId, String, SessionId)>> {
+    let mut stmt = conn.prepare_cached("SELECT mesh, client_key, session FROM session_aliases")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, Vec<u8>>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, Vec<u8>>(2)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for r in rows {
+        let (mesh, key, session) = r?;
+        out.push((
+            id16(mesh, MeshId::from_slice, "mesh id")?,
+            key,
+            id16(session, SessionId::from_slice, "session id")?,
         ));
     }
     Ok(out)

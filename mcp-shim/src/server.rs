@@ -241,6 +241,7 @@ impl Shim {
                         .ok()
                         .filter(|s| !s.is_empty()),
                     client: Some(client_name).filter(|s| !s.is_empty()),
+                    claude_session: None,
                 },
             )
             .await
@@ -607,6 +608,12 @@ pub async fn run(paths: Paths, exe: PathBuf) -> Result<(), ShimError> {
                     delay = std::time::Duration::from_millis(100);
                     while let Ok(n) = c.notification().await {
                         let Notification { method, params, .. } = n;
+                        if method == m::NOTIFY_SESSION_CLOSED {
+                            // Replaced (a resumed session's original peer took over):
+                            // reopen, which resolves to the right session, and resubscribe.
+                            *shim.inner.session.lock().await = None;
+                            break;
+                        }
                         if method != m::NOTIFY_MESSAGE {
                             continue;
                         }

@@ -214,6 +214,9 @@ pub mod methods {
     }
     /// Notification pushed to subscribers: one new [`InboxMessage`].
     pub const NOTIFY_MESSAGE: &str = "message";
+    /// Notification pushed to subscribers when their session was closed or replaced (e.g.
+    /// by a resumed session's original peer): reopen and subscribe again.
+    pub const NOTIFY_SESSION_CLOSED: &str = "session_closed";
 
     /// Who reports a status. A fresher report of a lower-ranked source does not override a
     /// higher-ranked one: hook > manual > jsonl.
@@ -368,6 +371,10 @@ pub mod methods {
         /// Client software name.
         #[serde(default)]
         pub client: Option<String>,
+        /// The Claude Code session id, when known (hooks know it): a resumed session keeps
+        /// its peer id across processes.
+        #[serde(default)]
+        pub claude_session: Option<String>,
     }
 
     /// One hosted session.

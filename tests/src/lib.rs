@@ -201,6 +201,25 @@ impl Node {
         self.run_env(args, &[])
     }
 
+    /// Run the CLI with `stdin` as its input, this node's environment plus `extra`.
+    pub fn run_stdin(&self, args: &[&str], extra: &[(&str, &str)], stdin: &[u8]) -> Output {
+        use std::io::Write as _;
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        self.env(&mut cmd);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("run claudemesh");
+        if let Some(mut i) = child.stdin.take() {
+            let _ = i.write_all(stdin);
+        }
+        child.wait_with_output().expect("run claudemesh")
+    }
+
     /// Run the CLI with this node's environment plus `extra` variables.
     pub fn run_env(&self, args: &[&str], extra: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new(&self.bin);
