@@ -1,7 +1,9 @@
 //! What each command does: talk to the daemon (starting it when a command needs it), or
 //! read the daemon's store directly when it is down and the command only reads.
 
-use claudemesh_daemon::client::{Client, ClientError, connect_or_start, start_daemon};
+use claudemesh_daemon::client::{
+    Client, ClientError, autostart_disabled, connect_or_start, start_daemon,
+};
 use claudemesh_daemon::{DaemonConfig, Paths, store};
 use claudemesh_schema::ipc::codes;
 use claudemesh_schema::ipc::methods::{
@@ -67,10 +69,6 @@ fn paths() -> Result<Paths, Failure> {
     Paths::from_env().map_err(|e| Failure::new(1, e.to_string()))
 }
 
-fn autostart_disabled() -> bool {
-    std::env::var_os("CLAUDEMESH_NO_AUTOSTART").is_some_and(|v| !v.is_empty() && v != "0")
-}
-
 /// After answering from the local store with the daemon down: start it in the background
 /// (without waiting) so the next command finds it running.
 fn start_in_background(p: &Paths) {
@@ -85,9 +83,6 @@ fn start_in_background(p: &Paths) {
 }
 
 async fn client(p: &Paths) -> Result<Client, Failure> {
-    if autostart_disabled() {
-        return Ok(Client::connect(&p.socket).await?);
-    }
     let exe = std::env::current_exe()
         .map_err(|e| Failure::new(3, format!("cannot find the claudemesh executable: {e}")))?;
     Ok(connect_or_start(p, &exe).await?)

@@ -54,3 +54,122 @@ fn without_channel_support_messages_wait_to_be_pulled() {
     let v = run(false);
     assert!(v.get("channel_latency_ms").is_none());
 }
+
+/// A minimal line driver for `claudemesh mcp`, for scenarios around it (process restarts);
+/// protocol conformance is the Python client's job above.
+struct Shim {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    out: std::io::BufReader<std::process::ChildStdout>,
+    next: u64,
+}
+
+impl Shim {
+    fn start(bin: &Path, dir: &Path, key: &str, name: &str) -> Self {
+        let mut child = Command::new(bin)
+            .arg("mcp")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", dir)
+            .env("CLAUDEMESH_CONFIG_DIR", dir)
+            .env("CLAUDEMESH_SESSION_KEY", key)
+            .env("CLAUDEMESH_DISPLAY_NAME", name)
+            .env("CLAUDEMESH_NO_AUTOSTART", "1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut s = Self {
+            child,
+            stdin,
+            out,
+            next: 1,
+        };
+        s.request("initialize", serde_json::json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}));
+        s.send(serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+        s
+    }
+
+    fn send(&mut self, v: serde_json::Value) {
+        use std::io::Write as _;
+        writeln!(self.stdin, "{v}").unwrap();
+    }
+
+    fn request(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        use std::io::BufRead as _;
+        let id = self.next;
+        self.next += 1;
+        self.send(
+            serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}),
+        );
+        loop {
+            let mut line = String::new();
+            assert!(self.out.read_line(&mut line).unwrap() > 0, "shim exited");
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v["id"] == id {
+                return v;
+            }
+        }
+    }
+
+    /// Call a tool; returns (is_error, parsed text).
+    fn tool(&mut self, name: &str, args: serde_json::Value) -> (bool, serde_json::Value) {
+        let r = self.request(
+            "tools/call",
+            serde_json::json!({"name": name, "arguments": args}),
+        );
+        let res = &r["result"];
+        let text = res["content"][0]["text"].as_str().unwrap_or("").to_string();
+        let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        (res["isError"].as_bool().unwrap_or(false), v)
+    }
+}
+
+impl Drop for Shim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_shim_keeps_its_session_across_a_daemon_restart() {
+    let bin = Path::new(env!("CARGO_BIN_EXE_claudemesh"));
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, mut nodes) = mesh(bin, root.path(), &["alice", "bob"], &[]);
+    let mut shim = Shim::start(bin, &nodes[1].dir, "restart-test", "bob-claude");
+    let (err, _) = shim.tool("set_summary", serde_json::json!({"summary": "before"}));
+    assert!(!err);
+    nodes[0].wait("peer-online", Some("bob-claude"));
+    let id = nodes[0].json(&["peers"])["meshes"][0]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "bob-claude")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The daemon goes away; messages sent meanwhile wait at the relay.
+    nodes[1].stop();
+    nodes[0].wait("peer-offline", Some("bob-claude"));
+    nodes[0].ok(&["send", &id, "while your daemon restarted"]);
+    let (err, v) = shim.tool("mesh_info", serde_json::json!({}));
+    assert!(
+        err,
+        "a clear tool error while the daemon is down, not a crash: {v}"
+    );
+    nodes[1].start();
+    // The same session (same id) comes back with the daemon, and nothing was lost.
+    nodes[0].wait("peer-online", Some(&id[..8]));
+    let (err, v) = shim.tool(
+        "wait_for_message",
+        serde_json::json!({"timeout_seconds": 20}),
+    );
+    assert!(!err, "{v}");
+    assert_eq!(v["messages"][0]["body"], "while your daemon restarted");
+    assert_eq!(v["messages"][0]["session"].as_str(), Some(id.as_str()));
+}

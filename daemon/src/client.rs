@@ -130,12 +130,19 @@ impl Client {
     }
 }
 
+/// `CLAUDEMESH_NO_AUTOSTART=1`: front ends never start a daemon themselves (tests, and
+/// users who run it strictly as a service).
+pub fn autostart_disabled() -> bool {
+    std::env::var_os("CLAUDEMESH_NO_AUTOSTART").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
 /// Connect to the daemon of `paths`, starting `exe daemon run` in the background if none
-/// answers. Waits for the new daemon to say it is ready (not a fixed sleep).
+/// answers (unless autostart is disabled). Waits for the new daemon to say it is ready
+/// (not a fixed sleep).
 pub async fn connect_or_start(paths: &Paths, exe: &Path) -> Result<Client, ClientError> {
     match Client::connect(&paths.socket).await {
         Ok(c) => Ok(c),
-        Err(ClientError::NotRunning { .. }) => {
+        Err(ClientError::NotRunning { .. }) if !autostart_disabled() => {
             start_daemon(paths, exe).await?;
             Client::connect(&paths.socket).await
         }
