@@ -67,6 +67,206 @@ pub(crate) enum Command {
     /// Start Claude Code with claudemesh push messages enabled; arguments after `--` go to
     /// `claude` (`claudemesh --resume X` works too).
     Launch(LaunchArgs),
+    /// Shared key-value state of a mesh: get, set, list.
+    State {
+        #[command(subcommand)]
+        action: StateAction,
+    },
+    /// Store a memory every peer can recall.
+    Remember(RememberArgs),
+    /// Search the mesh's memories (full text, ranked; works offline).
+    Recall(RecallArgs),
+    /// Delete a memory by id.
+    Forget(ItemArgs),
+    /// Shared tasks: create, claim, complete, list.
+    Task {
+        #[command(subcommand)]
+        action: TaskAction,
+    },
+    /// Reserve files (globs) so sessions elsewhere know not to edit them (advisory;
+    /// overlapping exclusive reservations are refused by log order, the same everywhere).
+    Reserve(ReserveArgs),
+    /// Release a file reservation.
+    Release(ItemArgs),
+    /// List live file reservations.
+    Reservations {
+        /// Also released, expired and refused ones.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        opts: MeshJson,
+    },
+    /// Check the mesh's shared-state log for tampering.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
+    /// Diagnostics: state digest, holding a relay link down.
+    Debug {
+        #[command(subcommand)]
+        action: DebugAction,
+    },
+}
+
+/// Mesh selection and output format, shared by the shared-state commands.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct MeshJson {
+    /// Mesh name or id prefix (needed when you are in several).
+    #[arg(long)]
+    pub(crate) mesh: Option<String>,
+    /// Print JSON (with `schema_version`).
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum StateAction {
+    /// Print a key's value.
+    Get {
+        /// The key.
+        key: String,
+        #[command(flatten)]
+        opts: MeshJson,
+    },
+    /// Set a key (the value is parsed as JSON when it is valid JSON, else kept as text;
+    /// `null` deletes the key).
+    Set {
+        /// The key.
+        key: String,
+        /// The value.
+        #[arg(required = true, num_args = 1..)]
+        value: Vec<String>,
+        #[command(flatten)]
+        opts: MeshJson,
+    },
+    /// List keys (optionally only those starting with a prefix).
+    List {
+        /// Key prefix.
+        prefix: Option<String>,
+        #[command(flatten)]
+        opts: MeshJson,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RememberArgs {
+    /// The text.
+    #[arg(required = true, num_args = 1..)]
+    pub(crate) text: Vec<String>,
+    /// Tags, comma-separated.
+    #[arg(long)]
+    pub(crate) tags: Option<String>,
+    #[command(flatten)]
+    pub(crate) opts: MeshJson,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RecallArgs {
+    /// Words to search for (none: the newest memories).
+    pub(crate) query: Vec<String>,
+    /// Only memories with this tag (repeatable).
+    #[arg(long = "tag")]
+    pub(crate) tags: Vec<String>,
+    /// Most results.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) limit: u32,
+    #[command(flatten)]
+    pub(crate) opts: MeshJson,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ItemArgs {
+    /// Id or unique id prefix.
+    pub(crate) id: String,
+    #[command(flatten)]
+    pub(crate) opts: MeshJson,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TaskAction {
+    /// Create a task.
+    Create {
+        /// Title.
+        #[arg(required = true, num_args = 1..)]
+        title: Vec<String>,
+        /// Details.
+        #[arg(long, default_value = "")]
+        body: String,
+        /// low, normal, high or urgent.
+        #[arg(long, default_value = "normal")]
+        priority: String,
+        /// Tags, comma-separated.
+        #[arg(long)]
+        tags: Option<String>,
+        /// Suggested assignee (a peer name).
+        #[arg(long)]
+        assignee: Option<String>,
+        #[command(flatten)]
+        opts: MeshJson,
+    },
+    /// Claim an open task (the first claim in the mesh's log wins; exit code 10 if you lost).
+    Claim(ItemArgs),
+    /// Mark a task done.
+    Complete {
+        /// Id or unique id prefix.
+        id: String,
+        /// Result summary.
+        #[arg(long, default_value = "")]
+        result: String,
+        #[command(flatten)]
+        opts: MeshJson,
+    },
+    /// List tasks.
+    List {
+        /// open, claimed or done.
+        #[arg(long)]
+        status: Option<String>,
+        /// Assignee name.
+        #[arg(long)]
+        assignee: Option<String>,
+        #[command(flatten)]
+        opts: MeshJson,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReserveArgs {
+    /// Glob patterns (`*`, `?`, `**`), relative to the repository root.
+    #[arg(required = true, num_args = 1..)]
+    pub(crate) patterns: Vec<String>,
+    /// Shared instead of exclusive (others may hold shared reservations too).
+    #[arg(long)]
+    pub(crate) shared: bool,
+    /// How long it lasts: 90s, 30m, 2h (default 1h).
+    #[arg(long, default_value = "1h")]
+    pub(crate) ttl: String,
+    /// Why (shown to others).
+    #[arg(long, default_value = "")]
+    pub(crate) reason: String,
+    #[command(flatten)]
+    pub(crate) opts: MeshJson,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditAction {
+    /// Re-derive the log's hash chain and compare it with the relay's copy; names the first
+    /// sequence number that does not match (exit code 1 if one does not).
+    Verify(MeshJson),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DebugAction {
+    /// Print a hash of the mesh's folded shared state (equal on every member in sync).
+    Digest(MeshJson),
+    /// Hold a mesh's relay link down (`down`, writes queue locally) or let it reconnect (`up`).
+    Link {
+        /// down or up.
+        #[arg(value_parser = ["down", "up"])]
+        state: String,
+        /// Mesh name or id prefix.
+        #[arg(long)]
+        mesh: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -103,9 +303,9 @@ pub(crate) struct LaunchArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct WaitArgs {
-    /// link-up, link-down, peer-online, peer-offline, peer-working, peer-idle or
-    /// claim-pending.
-    #[arg(value_parser = ["link-up", "link-down", "peer-online", "peer-offline", "peer-working", "peer-idle", "claim-pending"])]
+    /// link-up, link-down, peer-online, peer-offline, peer-working, peer-idle,
+    /// claim-pending, or synced (shared state caught up with the relay, nothing pending).
+    #[arg(value_parser = ["link-up", "link-down", "peer-online", "peer-offline", "peer-working", "peer-idle", "claim-pending", "synced"])]
     pub(crate) condition: String,
     /// The peer (name, id, or @group for any member of it), for peer conditions.
     pub(crate) peer: Option<String>,
@@ -115,6 +315,9 @@ pub(crate) struct WaitArgs {
     /// Give up after this many seconds (exit code 9).
     #[arg(long, default_value_t = 30)]
     pub(crate) timeout: u64,
+    /// For `synced`: also wait until this sequence of the shared-state log is applied.
+    #[arg(long)]
+    pub(crate) seq: Option<u64>,
 }
 
 #[derive(Debug, Args)]

@@ -63,9 +63,9 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-type Res = Result<(), Failure>;
+pub(crate) type Res = Result<(), Failure>;
 
-fn paths() -> Result<Paths, Failure> {
+pub(crate) fn paths() -> Result<Paths, Failure> {
     Paths::from_env().map_err(|e| Failure::new(1, e.to_string()))
 }
 
@@ -82,7 +82,7 @@ fn start_in_background(p: &Paths) {
     }
 }
 
-async fn client(p: &Paths) -> Result<Client, Failure> {
+pub(crate) async fn client(p: &Paths) -> Result<Client, Failure> {
     let exe = std::env::current_exe()
         .map_err(|e| Failure::new(3, format!("cannot find the claudemesh executable: {e}")))?;
     Ok(connect_or_start(p, &exe).await?)
@@ -156,6 +156,16 @@ pub(crate) async fn run(cmd: Command) -> Res {
             Ok(())
         }
         Command::Invite(a) => invite(a).await,
+        Command::State { action } => crate::shared::state(action).await,
+        Command::Remember(a) => crate::shared::remember(a.text, a.tags, a.opts).await,
+        Command::Recall(a) => crate::shared::recall(a.query, a.tags, a.limit, a.opts).await,
+        Command::Forget(a) => crate::shared::forget(a.id, a.opts).await,
+        Command::Task { action } => crate::shared::task(action).await,
+        Command::Audit { action } => crate::shared::audit(action).await,
+        Command::Reserve(a) => crate::shared::reserve(a).await,
+        Command::Release(a) => crate::shared::release(a.id, a.opts).await,
+        Command::Reservations { all, opts } => crate::shared::reservations(all, opts).await,
+        Command::Debug { action } => crate::shared::debug(action).await,
         Command::Wait(a) => {
             let p = paths()?;
             let mut c = client(&p).await?;
@@ -166,6 +176,7 @@ pub(crate) async fn run(cmd: Command) -> Res {
                 "claim-pending" => m::WaitCondition::ClaimPending,
                 "peer-working" => m::WaitCondition::PeerWorking,
                 "peer-idle" => m::WaitCondition::PeerIdle,
+                "synced" => m::WaitCondition::Synced,
                 _ => m::WaitCondition::PeerOffline,
             };
             let r: m::WaitResult = c
@@ -175,6 +186,7 @@ pub(crate) async fn run(cmd: Command) -> Res {
                         condition,
                         mesh: a.mesh,
                         peer: a.peer,
+                        seq: a.seq,
                         timeout_ms: a.timeout.saturating_mul(1000),
                     },
                 )

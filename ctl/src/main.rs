@@ -6,6 +6,7 @@ mod cli;
 mod commands;
 mod install;
 mod output;
+mod shared;
 
 use clap::Parser as _;
 use std::io::Write as _;

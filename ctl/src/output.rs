@@ -4,6 +4,7 @@ use claudemesh_schema::ipc::SCHEMA_VERSION;
 use claudemesh_schema::ipc::methods::{
     InboxMessage, InviteInfo, MeshInfo, MeshPeers, MeshStatus, PendingClaim, StatusResult,
 };
+use claudemesh_schema::ipc::shared::{Memory, Reservation, StateEntry, Task};
 use claudemesh_schema::now_ms;
 use serde::Serialize;
 use serde_json::Value;
@@ -292,4 +293,106 @@ pub(crate) fn claims(list: &[PendingClaim]) {
     println!(
         "Approve with `claudemesh invite approve <claim>`, or deny with `claudemesh invite deny <claim>`."
     );
+}
+
+pub(crate) fn state(entries: &[StateEntry]) {
+    if entries.is_empty() {
+        println!("No shared state yet. Set a key with `claudemesh state set <key> <value>`.");
+        return;
+    }
+    let rows = entries
+        .iter()
+        .map(|e| {
+            let v = match &e.value {
+                Value::String(s) => s.clone(),
+                v => v.to_string(),
+            };
+            vec![
+                e.key.clone(),
+                v,
+                e.updated_by.clone(),
+                if e.pending {
+                    "pending".into()
+                } else {
+                    ago(e.updated_at)
+                },
+            ]
+        })
+        .collect();
+    table(&["KEY", "VALUE", "BY", "WHEN"], rows);
+}
+
+pub(crate) fn memories(list: &[Memory]) {
+    if list.is_empty() {
+        println!("No memories match.");
+        return;
+    }
+    for m in list {
+        let tags = if m.tags.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", m.tags.join(", "))
+        };
+        let pending = if m.pending { " (pending)" } else { "" };
+        println!(
+            "{}  {}{tags}  — {}, {}{pending}",
+            m.id.short(),
+            m.text,
+            m.author,
+            ago(m.created_at)
+        );
+    }
+}
+
+pub(crate) fn tasks(list: &[Task]) {
+    if list.is_empty() {
+        println!("No tasks. Create one with `claudemesh task create <title>`.");
+        return;
+    }
+    let rows = list
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.short(),
+                if t.pending {
+                    format!("{} (pending)", t.status)
+                } else {
+                    t.status.clone()
+                },
+                t.priority.clone(),
+                t.assignee
+                    .clone()
+                    .or_else(|| t.suggested.clone().map(|s| format!("({s})")))
+                    .unwrap_or_default(),
+                t.title.clone(),
+            ]
+        })
+        .collect();
+    table(&["ID", "STATUS", "PRIORITY", "ASSIGNEE", "TITLE"], rows);
+}
+
+pub(crate) fn reservations(list: &[Reservation]) {
+    if list.is_empty() {
+        println!("No file reservations.");
+        return;
+    }
+    let rows = list
+        .iter()
+        .map(|r| {
+            let until = (r.expires_at - now_ms()).max(0) as u64;
+            vec![
+                r.id.short(),
+                r.holder.clone(),
+                r.patterns.join(" "),
+                if r.exclusive { "exclusive" } else { "shared" }.into(),
+                if r.status == "active" {
+                    format!("{} left", span(until))
+                } else {
+                    r.status.clone()
+                },
+                r.reason.clone(),
+            ]
+        })
+        .collect();
+    table(&["ID", "HOLDER", "FILES", "KIND", "STATUS", "REASON"], rows);
 }

@@ -227,6 +227,9 @@ impl Daemon {
             stop: self.shutdown.child_token(),
             sessions: Mutex::new(hosted),
             aliases: Mutex::new(alias_map),
+            op_waiters: Mutex::new(HashMap::new()),
+            paused: watch::channel(false).0,
+            op_caught_up: Default::default(),
         });
         self.meshes
             .write()

@@ -154,6 +154,7 @@ fn rows_for(
                 body: p.body.clone(),
                 verified: true,
                 surfaced_at: None,
+                kind: "text".into(),
             },
         })
         .collect()

@@ -22,9 +22,11 @@ pub mod keys;
 mod link;
 mod membership;
 mod mesh;
+mod oplog;
 pub mod paths;
 mod rpc;
 mod sessions;
+mod shared;
 pub mod store;
 
 pub use client::{Client, ClientError, connect_or_start};

@@ -70,6 +70,22 @@ pub(crate) async fn run(
             s.transport = None;
         });
         d.bump_changes();
+        let held = *m.paused.borrow();
+        if held {
+            status.send_modify(|s| {
+                s.state = LinkState::Offline;
+                s.last_error = Some("link held down (`claudemesh debug link up` resumes)".into());
+            });
+            d.bump_changes();
+            let mut p = m.paused.subscribe();
+            tokio::select! {
+                biased;
+                _ = m.stop.cancelled() => break,
+                _ = async { let _ = p.wait_for(|x| !*x).await; } => {}
+                _ = drain_while_down(&mut rx) => return,
+            }
+            continue;
+        }
         let (relay, fp) = {
             let r = lock(&m.row);
             (r.relay.clone(), r.relay_fp)
@@ -123,14 +139,7 @@ pub(crate) async fn run(
                 _ = &mut sleep => break,
                 cmd = rx.recv() => match cmd {
                     None => return,
-                    Some(LinkCmd::Request(_, reply)) => {
-                        let _ = reply.send(Err(RelayRefusal {
-                            code: None,
-                            message: "the relay is not reachable right now".into(),
-                        }));
-                    }
-                    // Outbox entries are already durable; they go out on reconnect.
-                    Some(_) => {}
+                    Some(c) => refuse_while_down(c),
                 },
             }
         }
@@ -143,6 +152,31 @@ pub(crate) async fn run(
 }
 
 /// `send` calls waiting for `relayed` learn the link dropped: their message stays queued.
+/// Answer a command that needs the relay while the link is down.
+fn refuse_while_down(cmd: LinkCmd) {
+    let down = || RelayRefusal {
+        code: None,
+        message: "the relay is not reachable right now".into(),
+    };
+    match cmd {
+        LinkCmd::Request(_, reply) => {
+            let _ = reply.send(Err(down()));
+        }
+        LinkCmd::ReadOps(_, _, reply) => {
+            let _ = reply.send(Err(down()));
+        }
+        // Outbox entries and ops are already durable; they go out on reconnect.
+        _ => {}
+    }
+}
+
+/// Answer commands until the channel closes (used while the link is held down).
+async fn drain_while_down(rx: &mut mpsc::Receiver<LinkCmd>) {
+    while let Some(c) = rx.recv().await {
+        refuse_while_down(c);
+    }
+}
+
 fn fail_waiters(m: &MeshCtx) {
     lock(&m.waiters).clear();
 }
@@ -321,6 +355,11 @@ async fn session(
     if c.writer.flush().await.is_err() {
         return Outcome::Retry("write failed".into());
     }
+    let mut lo = match crate::oplog::start(d, m, &mut c).await {
+        Ok(lo) => lo,
+        Err(e) => return Outcome::Retry(e),
+    };
+    let mut paused = m.paused.subscribe();
 
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<MessageId>();
     let mut pending: HashMap<u64, oneshot::Sender<Result<(), RelayRefusal>>> = HashMap::new();
@@ -333,6 +372,7 @@ async fn session(
         tokio::select! {
             biased;
             _ = m.stop.cancelled() => break Outcome::Stopped,
+            _ = async { let _ = paused.wait_for(|p| *p).await; } => break Outcome::Retry("link held down".into()),
             Some(first) = ack_rx.recv() => {
                 let mut ids = vec![first];
                 while let Ok(id) = ack_rx.try_recv() {
@@ -365,6 +405,28 @@ async fn session(
                     }
                     LinkCmd::Publish => publish(d, m, &mut c).await,
                     LinkCmd::Depart(session) => write(&mut c, &ClientFrame::Depart { session }).await,
+                    LinkCmd::Op(id, frame) => match lo.send(id, frame) {
+                        Some(f) => c.writer.send(f).await.map_err(|e| e.to_string()),
+                        None => Ok(()),
+                    },
+                    LinkCmd::ReadOps(from, limit, reply) => {
+                        let rid = next_rid;
+                        next_rid += 1;
+                        lo.reads.insert(rid, reply);
+                        write(&mut c, &ClientFrame::OpRead { rid, from, limit }).await
+                    }
+                    LinkCmd::Resync => {
+                        let mesh = m.id;
+                        let _ = d.store.flush().await;
+                        match d.store.read(move |c| crate::shared::query::q_head(c, mesh)).await {
+                            Ok(h) => {
+                                let next = h.map(|x| x.0).unwrap_or(0) + 1;
+                                lo.reset(next);
+                                write(&mut c, &ClientFrame::OpSync { from: next }).await
+                            }
+                            Err(e) => Err(format!("cannot read the op log: {e}")),
+                        }
+                    }
                 };
                 if let Err(e) = r {
                     break Outcome::Retry(e);
@@ -374,6 +436,16 @@ async fn session(
                 let f = match f {
                     Ok(f) => f,
                     Err(e) => break Outcome::Retry(e),
+                };
+                let f = match on_op_frame(d, m, &mut lo, f).await {
+                    OpFrame::Handled => continue,
+                    OpFrame::Send(reply) => {
+                        if let Err(e) = write(&mut c, &reply).await {
+                            break Outcome::Retry(e);
+                        }
+                        continue;
+                    }
+                    OpFrame::Other(f) => f,
                 };
                 if let Some(o) = on_frame(d, m, f, &mut in_flight, &mut pending, &ack_tx).await {
                     break o;
@@ -389,6 +461,7 @@ async fn session(
             }
         }
     };
+    lo.fail_reads();
     for (_, p) in pending.drain() {
         let _ = p.send(Err(RelayRefusal {
             code: None,
@@ -399,6 +472,67 @@ async fn session(
         c.close().await;
     }
     outcome
+}
+
+enum OpFrame {
+    Handled,
+    Send(ClientFrame),
+    Other(RelayFrame),
+}
+
+/// Frames of the shared-state op log.
+async fn on_op_frame(
+    d: &Arc<Daemon>,
+    m: &Arc<MeshCtx>,
+    lo: &mut crate::oplog::LinkOps,
+    f: RelayFrame,
+) -> OpFrame {
+    match f {
+        RelayFrame::Ops { ops, head } => match lo.received(d, m, ops, head).await {
+            Some(f) => OpFrame::Send(f),
+            None => OpFrame::Handled,
+        },
+        RelayFrame::OpAck { id, .. } => {
+            lo.acked(id);
+            OpFrame::Handled
+        }
+        RelayFrame::OpRefused {
+            id,
+            code,
+            message,
+            retry_ms,
+        } => {
+            lo.refused(d, m, id, code, &message, retry_ms);
+            OpFrame::Handled
+        }
+        RelayFrame::OpPage {
+            rid,
+            ops,
+            head,
+            first,
+        } => {
+            if let Some(r) = lo.reads.remove(&rid) {
+                let _ = r.send(Ok(crate::oplog::OpPage { ops, head, first }));
+            }
+            OpFrame::Handled
+        }
+        RelayFrame::Error {
+            rid: Some(rid),
+            code,
+            message,
+            fatal: false,
+            ..
+        } if lo.reads.contains_key(&rid) => {
+            if let Some(r) = lo.reads.remove(&rid) {
+                let _ = r.send(Err(RelayRefusal {
+                    code: Some(code),
+                    message,
+                }));
+            }
+            OpFrame::Handled
+        }
+        other => OpFrame::Other(other),
+    }
 }
 
 async fn on_frame(
@@ -563,6 +697,10 @@ async fn on_frame(
             }
         }
         RelayFrame::Welcome(_)
+        | RelayFrame::Ops { .. }
+        | RelayFrame::OpAck { .. }
+        | RelayFrame::OpRefused { .. }
+        | RelayFrame::OpPage { .. }
         | RelayFrame::Ready { .. }
         | RelayFrame::ClaimWaiting { .. }
         | RelayFrame::ClaimResult(_) => {

@@ -9,7 +9,7 @@ use claudemesh_schema::ipc::methods::LinkState;
 use claudemesh_schema::message::Profile;
 use claudemesh_schema::roster::{Role, Roster, RosterEntry};
 use claudemesh_schema::wire::{ClientFrame, ErrorCode};
-use claudemesh_schema::{MeshId, MessageId, SessionId};
+use claudemesh_schema::{MeshId, MessageId, OpId, SessionId};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -63,6 +63,16 @@ pub(crate) enum LinkCmd {
     Publish,
     /// A hosted session ended.
     Depart(SessionId),
+    /// Send a shared-state op (already durable in the op outbox) now, if connected.
+    Op(OpId, Bytes),
+    /// Read a page of the relay's op log (`from`, `limit`) for an audit.
+    ReadOps(
+        u64,
+        u32,
+        oneshot::Sender<Result<crate::oplog::OpPage, RelayRefusal>>,
+    ),
+    /// Applying ops failed: restart the op sync from the stored head.
+    Resync,
 }
 
 /// The sending side of a mesh's link.
@@ -79,6 +89,9 @@ impl std::fmt::Debug for LinkCmd {
             Self::Request(..) => f.write_str("Request"),
             Self::Publish => f.write_str("Publish"),
             Self::Depart(s) => write!(f, "Depart({s:?})"),
+            Self::Op(id, _) => write!(f, "Op({id:?})"),
+            Self::ReadOps(from, limit, _) => write!(f, "ReadOps({from}, {limit})"),
+            Self::Resync => f.write_str("Resync"),
         }
     }
 }
@@ -135,6 +148,12 @@ pub(crate) struct MeshCtx {
     pub(crate) sessions: Mutex<HashMap<SessionId, LocalSession>>,
     /// Client keys that speak for another key's session (a resumed Claude session).
     pub(crate) aliases: Mutex<HashMap<String, SessionId>>,
+    /// Shared-state writes waiting to hear their sequence number.
+    pub(crate) op_waiters: Mutex<HashMap<OpId, Vec<oneshot::Sender<u64>>>>,
+    /// The link has applied the relay's log up to the head it reported at sync.
+    pub(crate) op_caught_up: std::sync::atomic::AtomicBool,
+    /// True while the link is held down on purpose (`claudemesh debug link down`).
+    pub(crate) paused: watch::Sender<bool>,
 }
 
 /// A session hosted by this daemon (a Claude Code session, say).

@@ -226,7 +226,8 @@ fn json<T: Serialize>(t: T) -> Result<Value, RpcErr> {
 }
 
 async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, RpcErr> {
-    use crate::{delivery, membership};
+    use crate::{delivery, membership, shared};
+    use claudemesh_schema::ipc::shared as sh;
     let p = req.params;
     match req.method.as_str() {
         m::HELLO => json(m::HelloResult {
@@ -260,6 +261,27 @@ async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, RpcErr> {
         m::SESSION_UPDATE => json(crate::sessions::update(d, params(p)?).await?),
         m::MESSAGE_STATUS => json(message_status(d, params(p)?).await?),
         m::PING => json(ping(d, params(p)?).await?),
+        sh::STATE_SET => json(shared::state_set(d, params(p)?).await?),
+        sh::STATE_GET => json(shared::state_get(d, params(p)?, false).await?),
+        sh::STATE_LIST => json(shared::state_get(d, params(p)?, true).await?),
+        sh::REMEMBER => json(shared::remember(d, params(p)?).await?),
+        sh::RECALL => json(shared::recall(d, params(p)?).await?),
+        sh::FORGET => json(shared::forget(d, params(p)?).await?),
+        sh::TASK_CREATE => json(shared::task_create(d, params(p)?).await?),
+        sh::TASK_CLAIM => json(shared::task_claim(d, params(p)?).await?),
+        sh::TASK_COMPLETE => json(shared::task_complete(d, params(p)?).await?),
+        sh::TASK_LIST => json(shared::task_list(d, params(p)?).await?),
+        sh::DIGEST => json(shared::digest(d, params(p)?).await?),
+        sh::AUDIT_VERIFY => json(shared::audit_verify(d, params(p)?).await?),
+        sh::LINK_PAUSE => json(shared::link_pause(d, params(p)?).await?),
+        sh::RESERVE => json(shared::reserve(d, params(p)?).await?),
+        sh::RELEASE => json(shared::release(d, params(p)?).await?),
+        sh::RESERVATIONS => json(shared::reservations(d, params(p)?).await?),
+        sh::CONTEXT_SHARE => json(shared::share_context(d, params(p)?).await?),
+        sh::CONTEXTS => json(shared::contexts(d, params(p)?).await?),
+        sh::SKILL_SHARE => json(shared::share_skill(d, params(p)?).await?),
+        sh::SKILL_REMOVE => json(shared::remove_skill(d, params(p)?).await?),
+        sh::SKILLS => json(shared::skills(d, params(p)?).await?),
         m::MARK_READ => {
             let p: m::MarkReadParams = params(p)?;
             let session = p.session;
@@ -447,6 +469,33 @@ async fn wait_for(d: &Arc<Daemon>, p: m::WaitParams) -> Result<m::WaitResult, Rp
             W::LinkDown => targets
                 .iter()
                 .all(|x| x.link.status.borrow().state != LinkState::Connected),
+            W::Synced => {
+                let min = p.seq.unwrap_or(0);
+                let mut all = true;
+                for x in &targets {
+                    let up = x.link.status.borrow().state == LinkState::Connected
+                        && x.op_caught_up.load(std::sync::atomic::Ordering::Acquire);
+                    if !up {
+                        all = false;
+                        break;
+                    }
+                    let mesh = x.id;
+                    let (head, pending) = d
+                        .store
+                        .read(move |c| {
+                            let head = crate::shared::query::q_head(c, mesh)?.map(|h| h.0);
+                            let pending = crate::shared::query::q_pending(c, mesh)?.len();
+                            Ok((head.unwrap_or(0), pending))
+                        })
+                        .await
+                        .map_err(RpcErr::internal)?;
+                    if head < min || pending > 0 {
+                        all = false;
+                        break;
+                    }
+                }
+                all
+            }
             W::ClaimPending => !d
                 .store
                 .read(store::q_claims)

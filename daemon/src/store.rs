@@ -186,6 +186,20 @@ impl Store {
         Ok(self.writer.call(f).await?)
     }
 
+    /// Queue a write without waiting; `done` runs on the writer thread after the commit,
+    /// in submission order. It must be quick and must not block.
+    pub async fn write_then<R, F, D>(&self, f: F, done: D) -> Result<()>
+    where
+        R: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<R> + Send + 'static,
+        D: FnOnce(Result<R>) + Send + 'static,
+    {
+        self.writer
+            .call_then(f, move |r| done(r.map_err(StoreError::from)))
+            .await?;
+        Ok(())
+    }
+
     /// Wait until everything queued so far is committed.
     pub async fn flush(&self) -> Result<()> {
         self.write(|_| Ok(())).await
@@ -630,14 +644,14 @@ impl Store {
     }
 }
 
-fn insert_inbox_rows(
+pub(crate) fn insert_inbox_rows(
     tx: &rusqlite::Transaction<'_>,
     rows: Vec<InboxRow>,
 ) -> rusqlite::Result<usize> {
     let mut stmt = tx.prepare_cached(
         "INSERT OR IGNORE INTO inbox (id, session, mesh, from_session, from_member,
             from_name, to_label, priority, kind, body, sent_at, received_at, verified)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'text', ?9, ?10, ?11, ?12)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?13, ?9, ?10, ?11, ?12)",
     )?;
     let mut n = 0;
     for r in rows {
@@ -655,7 +669,8 @@ fn insert_inbox_rows(
             m.body,
             m.sent_at,
             m.received_at,
-            m.verified
+            m.verified,
+            m.kind
         ])?;
     }
     Ok(n)
@@ -886,7 +901,8 @@ pub fn q_unread(
 ) -> Result<Vec<InboxMessage>> {
     let mut stmt = conn.prepare_cached(
         "SELECT i.id, i.session, i.mesh, m.name, i.from_session, i.from_member, i.from_name,
-            i.to_label, i.priority, i.sent_at, i.received_at, i.body, i.verified, i.surfaced_at
+            i.to_label, i.priority, i.sent_at, i.received_at, i.body, i.verified, i.surfaced_at,
+            i.kind
          FROM inbox i LEFT JOIN meshes m ON m.id = i.mesh
          WHERE i.session = ?1 AND i.read_at IS NULL AND (?2 IS NULL OR i.mesh = ?2)
          ORDER BY i.received_at, i.id LIMIT ?3",
@@ -910,6 +926,7 @@ pub fn q_unread(
                 r.get::<_, String>(11)?,
                 r.get::<_, bool>(12)?,
                 r.get::<_, Option<i64>>(13)?,
+                r.get::<_, String>(14)?,
             ))
         })?;
         for r in rows {
@@ -928,6 +945,7 @@ pub fn q_unread(
                 body,
                 verified,
                 surfaced_at,
+                kind,
             ) = r?;
             out.push(InboxMessage {
                 id: id16(id, MessageId::from_slice, "message id")?,
@@ -944,6 +962,7 @@ pub fn q_unread(
                 body,
                 verified,
                 surfaced_at,
+                kind,
             });
         }
     }

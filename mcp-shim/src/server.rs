@@ -165,7 +165,7 @@ pub(crate) fn channel_notification(msg: &InboxMessage) -> CustomNotification {
         "priority": msg.priority.as_str(),
         "message_id": msg.id.to_string(),
         "sent_at": msg.sent_at.to_string(),
-        "kind": "message",
+        "kind": if msg.kind == "text" { "message" } else { msg.kind.as_str() },
         "verified": msg.verified.to_string(),
     });
     CustomNotification::new(
@@ -667,6 +667,7 @@ mod tests {
             body: "deploy is green".into(),
             verified: true,
             surfaced_at: None,
+            kind: "text".into(),
         };
         let n = channel_notification(&msg);
         assert_eq!(n.method, "notifications/claude/channel");

@@ -75,6 +75,7 @@ pub(crate) async fn serve<S: Store>(
         rate: TokenBucket::new(hub.cfg.member_rate, hub.cfg.member_burst, Instant::now()),
         drain: None,
         resync_pending: false,
+        op_sync: None,
     };
     async {
         let end = conn.run(&mut reader).await;
@@ -84,6 +85,9 @@ pub(crate) async fn serve<S: Store>(
     .instrument(span)
     .await;
     if let Some(d) = conn.drain.take() {
+        d.abort();
+    }
+    if let Some(d) = conn.op_sync.take() {
         d.abort();
     }
     drop(conn);
@@ -217,6 +221,7 @@ struct Conn<S> {
     rate: TokenBucket,
     drain: Option<tokio::task::JoinHandle<()>>,
     resync_pending: bool,
+    op_sync: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Why a connection ended (for the debug log).
@@ -370,6 +375,38 @@ impl<S: Store> Conn<S> {
                     }
                     ClientFrame::ClaimDecision { rid, decision } => {
                         self.claim_decision(rid, &entry, member, decision).await;
+                        Ok(())
+                    }
+                    ClientFrame::Op(env) => {
+                        if let Err(wait) = self.rate.take(Instant::now()) {
+                            if let Some(f) = frame(&RelayFrame::OpRefused {
+                                id: env.id,
+                                code: ErrorCode::RateLimited,
+                                message: "member write rate exceeded".into(),
+                                retry_ms: Some(wait.as_millis() as u64 + 1),
+                            }) {
+                                self.link.push(f);
+                            }
+                            return Ok(());
+                        }
+                        crate::oplog::append(&self.hub, &self.link, mesh, &entry, member, env)
+                            .await;
+                        Ok(())
+                    }
+                    ClientFrame::OpSync { from } => {
+                        if let Some(old) = self.op_sync.take() {
+                            old.abort();
+                        }
+                        self.op_sync = Some(tokio::spawn(crate::oplog::sync(
+                            self.hub.clone(),
+                            self.link.data.clone(),
+                            mesh,
+                            from,
+                        )));
+                        Ok(())
+                    }
+                    ClientFrame::OpRead { rid, from, limit } => {
+                        crate::oplog::read(&self.hub, &self.link, mesh, rid, from, limit).await;
                         Ok(())
                     }
                     ClientFrame::Hello(_)

@@ -267,6 +267,7 @@ pub(crate) struct Stats {
     pub(crate) connections: AtomicU64,
     pub(crate) links: AtomicU64,
     pub(crate) envelopes: AtomicU64,
+    pub(crate) ops: AtomicU64,
     pub(crate) handshake_failures: AtomicU64,
 }
 

@@ -2,7 +2,8 @@
 //!
 //! It authenticates members against signed rosters, fans out presence (opaque, sealed
 //! profiles), routes envelopes to sessions, members, lists or everyone, and stores them
-//! for offline members until their daemon acknowledges them. It never holds a mesh key and
+//! for offline members until their daemon acknowledges them. It sequences the sealed ops of each mesh's
+//! shared-state log and serves catch-up from them. It never holds a mesh key and
 //! never sees plaintext: it reads only the routing header of an envelope.
 //!
 //! It is also a library: the daemon embeds it for the zero-configuration local default,
@@ -19,6 +20,7 @@ pub mod config;
 mod conn;
 mod hub;
 mod limits;
+mod oplog;
 pub mod server;
 pub mod sqlite;
 pub mod store;

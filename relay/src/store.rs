@@ -11,7 +11,7 @@ use claudemesh_schema::crypto::MemberKey;
 use claudemesh_schema::message::SignedPresence;
 use claudemesh_schema::migrations;
 use claudemesh_schema::roster::{InviteCap, MeshGenesis, RosterEntry};
-use claudemesh_schema::{InviteId, MeshId, MessageId, SessionId};
+use claudemesh_schema::{InviteId, MeshId, MessageId, OpId, SessionId};
 use rusqlite::{OptionalExtension, params};
 use std::collections::HashMap;
 use std::future::Future;
@@ -169,6 +169,58 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(u64, u64), StoreError>> + Send;
     /// Drop envelopes and dedupe ids past their expiry.
     fn prune(&self, now: i64) -> impl Future<Output = Result<Pruned, StoreError>> + Send;
+    /// Append an op to its mesh's log with the next sequence number, or find the sequence
+    /// it already has (a resend). `done` runs on commit, in sequence order across calls.
+    fn append_op(
+        &self,
+        op: NewOp,
+        done: Done<Appended>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Up to `limit` ops (and at most about `max_bytes`) from sequence `from` on.
+    fn ops(
+        &self,
+        mesh: MeshId,
+        from: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> impl Future<Output = Result<OpsPage, StoreError>> + Send;
+}
+
+/// An op to append.
+#[derive(Debug, Clone)]
+pub struct NewOp {
+    /// Its mesh.
+    pub mesh: MeshId,
+    /// Its id.
+    pub id: OpId,
+    /// Its author.
+    pub author: MemberKey,
+    /// The op envelope JSON.
+    pub op: bytes::Bytes,
+    /// Sequenced at, unix ms.
+    pub at: i64,
+}
+
+/// Where an appended op landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its sequencing time (the first one, for a resend).
+    pub at: i64,
+    /// False when the id was already in the log.
+    pub new: bool,
+}
+
+/// A page of a mesh's op log.
+#[derive(Debug, Clone, Default)]
+pub struct OpsPage {
+    /// `(seq, at, envelope JSON)`, in order.
+    pub ops: Vec<(u64, i64, Vec<u8>)>,
+    /// The newest sequence.
+    pub head: u64,
+    /// The oldest sequence still stored.
+    pub first: u64,
 }
 
 /// Wait until everything queued to `store` before this call is committed.
@@ -585,6 +637,105 @@ impl Store for SqliteStore {
             })
             .await?;
         Ok(freed)
+    }
+
+    async fn append_op(&self, op: NewOp, done: Done<Appended>) -> Result<(), StoreError> {
+        self.writer
+            .call_then(
+                move |tx| {
+                    let known = tx
+                        .prepare_cached("SELECT seq, at FROM ops WHERE mesh = ?1 AND id = ?2")?
+                        .query_row(params![op.mesh.as_bytes(), op.id.as_bytes()], |r| {
+                            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                        })
+                        .optional()?;
+                    if let Some((seq, at)) = known {
+                        return Ok(Appended {
+                            seq: seq as u64,
+                            at,
+                            new: false,
+                        });
+                    }
+                    let seq: i64 = tx
+                        .prepare_cached(
+                            "INSERT INTO op_heads (mesh, head) VALUES (?1, 1)
+                             ON CONFLICT (mesh) DO UPDATE SET head = head + 1
+                             RETURNING head",
+                        )?
+                        .query_row(params![op.mesh.as_bytes()], |r| r.get(0))?;
+                    tx.prepare_cached(
+                        "INSERT INTO ops (mesh, seq, id, author, op, at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )?
+                    .execute(params![
+                        op.mesh.as_bytes(),
+                        seq,
+                        op.id.as_bytes(),
+                        op.author.0,
+                        &op.op[..],
+                        op.at
+                    ])?;
+                    Ok(Appended {
+                        seq: seq as u64,
+                        at: op.at,
+                        new: true,
+                    })
+                },
+                move |r| done(r.map_err(StoreError::from)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn ops(
+        &self,
+        mesh: MeshId,
+        from: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<OpsPage, StoreError> {
+        self.read(move |conn| {
+            let (head, first) = conn
+                .prepare_cached("SELECT head, first FROM op_heads WHERE mesh = ?1")?
+                .query_row(params![mesh.as_bytes()], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+                })
+                .optional()?
+                .unwrap_or((0, 1));
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, at, op FROM ops WHERE mesh = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(
+                params![
+                    mesh.as_bytes(),
+                    from.min(i64::MAX as u64) as i64,
+                    limit as i64
+                ],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)? as u64,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                    ))
+                },
+            )?;
+            let mut page = OpsPage {
+                ops: Vec::new(),
+                head,
+                first,
+            };
+            let mut bytes = 0;
+            for row in rows {
+                let row = row?;
+                bytes += row.2.len() + 48;
+                if bytes > max_bytes && !page.ops.is_empty() {
+                    break;
+                }
+                page.ops.push(row);
+            }
+            Ok(page)
+        })
+        .await
     }
 
     async fn prune(&self, now: i64) -> Result<Pruned, StoreError> {

@@ -88,6 +88,16 @@ uuid_id!(
 );
 uuid_id!(InviteId, "One invite capability.", Uuid::new_v4());
 uuid_id!(
+    OpId,
+    "One op of a mesh's shared-state log; the relay dedupes appends by it.",
+    Uuid::now_v7()
+);
+uuid_id!(
+    ItemId,
+    "One shared item: a memory, task, file reservation, context or reminder.",
+    Uuid::new_v4()
+);
+uuid_id!(
     ClaimId,
     "One claim of an invite, pending an admin's answer.",
     Uuid::new_v4()

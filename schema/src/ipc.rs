@@ -14,6 +14,8 @@ use crate::ids::{InviteId, MeshId, MessageId, SessionId};
 use crate::message::{PeerStatus, Priority};
 use crate::roster::Role;
 
+pub mod shared;
+
 /// IPC protocol version, returned by `hello`.
 pub const IPC_PROTOCOL: u32 = 1;
 /// Version of every `--json` output and IPC result shape.
@@ -422,6 +424,9 @@ pub mod methods {
         PeerWorking,
         /// A peer (name or id prefix) is online and idle.
         PeerIdle,
+        /// The shared-state log is in sync: link up, caught up with the relay, no own
+        /// write pending, and (with `seq`) at least that sequence applied.
+        Synced,
     }
 
     /// `wait_for` parameters.
@@ -435,6 +440,9 @@ pub mod methods {
         /// The peer, for peer conditions.
         #[serde(default)]
         pub peer: Option<String>,
+        /// For `synced`: the least sequence that must be applied.
+        #[serde(default)]
+        pub seq: Option<u64>,
         /// Give up after this many ms.
         pub timeout_ms: u64,
     }
@@ -827,6 +835,14 @@ pub mod methods {
         /// When it was pushed to the session (channel), if it was.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub surfaced_at: Option<i64>,
+        /// `text` for messages from peers; `task` or `reservation` for notices from this
+        /// daemon about a race an own write lost in the shared-state log.
+        #[serde(default = "text_kind")]
+        pub kind: String,
+    }
+
+    fn text_kind() -> String {
+        "text".into()
     }
 
     /// `inbox` result.

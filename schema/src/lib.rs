@@ -11,6 +11,7 @@
 //!   fold that decides who is a member and who is an admin.
 //! - [`message`]: what is inside a sealed envelope or a sealed presence profile.
 //! - [`invite`]: the invite link format and the claim proofs.
+//! - [`op`]: shared mesh state as a relay-ordered log of sealed ops, and its hash chain.
 //! - [`migrations`]: the SQL schema of the daemon and relay stores.
 //!
 //! Read `wire` first; `PROTOCOL.md` at the repository root is the prose version of it.
@@ -27,10 +28,11 @@ pub mod invite;
 pub mod ipc;
 pub mod message;
 pub mod migrations;
+pub mod op;
 pub mod roster;
 pub mod wire;
 
-pub use ids::{ClaimId, InviteId, MeshId, MessageId, SessionId};
+pub use ids::{ClaimId, InviteId, ItemId, MeshId, MessageId, OpId, SessionId};
 
 /// Current unix time in milliseconds. The one clock read of this crate, kept here so the
 /// rest of the code takes timestamps as arguments and stays testable.

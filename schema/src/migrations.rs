@@ -7,7 +7,11 @@
 pub const DAEMON: &[&str] = &[
     include_str!("../sql/daemon/0001_init.sql"),
     include_str!("../sql/daemon/0002_receipts.sql"),
+    include_str!("../sql/daemon/0003_shared_state.sql"),
 ];
 
 /// Relay store migrations (`relay.db`).
-pub const RELAY: &[&str] = &[include_str!("../sql/relay/0001_init.sql")];
+pub const RELAY: &[&str] = &[
+    include_str!("../sql/relay/0001_init.sql"),
+    include_str!("../sql/relay/0002_ops.sql"),
+];

@@ -27,8 +27,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::{BoxPublic, Canonical, CryptoError, MemberKey, MemberSecret, Signature};
 use crate::encoding;
-use crate::ids::{ClaimId, InviteId, MeshId, MessageId, SessionId};
+use crate::ids::{ClaimId, InviteId, MeshId, MessageId, OpId, SessionId};
 use crate::message::SignedPresence;
+use crate::op::{OpEnvelope, SequencedOp};
 use crate::roster::{InviteCap, InviteRevocation, MeshGenesis, RosterEntry};
 
 /// The protocol version this build speaks.
@@ -441,6 +442,25 @@ pub enum ClientFrame {
         /// The decision.
         decision: ClaimDecision,
     },
+    /// Append a sealed op to the mesh's log. Answered by `op_ack` (sequenced and stored)
+    /// or `op_refused`; a resend of a known id is answered with its existing sequence.
+    Op(OpEnvelope),
+    /// Send the log from sequence `from` on (as `ops` frames, the last with `head`), then
+    /// keep this link subscribed to new ops (it already is, from the hello on).
+    OpSync {
+        /// First sequence wanted.
+        from: u64,
+    },
+    /// Read part of the log without applying it (for `audit verify`); answered by
+    /// `op_page`.
+    OpRead {
+        /// Request id.
+        rid: u64,
+        /// First sequence wanted.
+        from: u64,
+        /// Most ops wanted.
+        limit: u32,
+    },
     /// Liveness probe.
     Ping {
         /// Echoed in `pong`.
@@ -553,6 +573,45 @@ pub enum RelayFrame {
     },
     /// The answer to a claim.
     ClaimResult(ClaimOutcome),
+    /// An op was sequenced and stored.
+    OpAck {
+        /// The op.
+        id: OpId,
+        /// Its sequence number.
+        seq: u64,
+    },
+    /// An op was not accepted; the author keeps it and may retry.
+    OpRefused {
+        /// The op.
+        id: OpId,
+        /// Why.
+        code: ErrorCode,
+        /// Detail.
+        message: String,
+        /// For rate limits: retry after this many ms.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_ms: Option<u64>,
+    },
+    /// Ops of the mesh's log in sequence order: new ones as they are stored, or a page of
+    /// an `op_sync` (whose last page names the `head`, the newest sequence at the time).
+    Ops {
+        /// The ops.
+        ops: Vec<SequencedOp>,
+        /// Set on the last page of a sync.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        head: Option<u64>,
+    },
+    /// Answer to `op_read`.
+    OpPage {
+        /// The request id.
+        rid: u64,
+        /// The ops (fewer than asked for at the end of the log).
+        ops: Vec<SequencedOp>,
+        /// The newest sequence in the log.
+        head: u64,
+        /// The oldest sequence still stored (older ones were dropped after a snapshot).
+        first: u64,
+    },
     /// Answer to a ping.
     Pong {
         /// The ping's `n`.

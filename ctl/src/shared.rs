@@ -1,0 +1,385 @@
+//! The shared-state commands: `state`, `remember`, `recall`, `forget`, `task`, `audit`,
+//! `debug`. All go through the daemon (which answers reads from its local copy without the
+//! network).
+
+use claudemesh_schema::ipc::methods::MeshParams;
+use claudemesh_schema::ipc::shared::{
+    self as sh, Actor, AuditResult, ClaimResult, DigestResult, ItemParams, LinkPauseParams,
+    RecallParams, RecallResult, RememberParams, ReservationQuery, ReservationsResult,
+    ReserveParams, StateQuery, StateResult, StateSetParams, TaskCreateParams, TaskListParams,
+    TaskListResult, WriteResult,
+};
+use serde_json::Value;
+
+use crate::cli::{AuditAction, DebugAction, MeshJson, ReserveArgs, StateAction, TaskAction};
+use crate::commands::{Failure, Res, client, paths};
+use crate::output;
+
+fn actor(mesh: Option<String>) -> Actor {
+    Actor {
+        mesh,
+        session: None,
+        wait_ms: None,
+    }
+}
+
+fn tags(s: Option<String>) -> Vec<String> {
+    s.unwrap_or_default()
+        .split(',')
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+fn written(what: &str, w: &WriteResult, json: bool) {
+    if json {
+        output::json("result", w);
+        return;
+    }
+    let id =
+        w.id.as_deref()
+            .map(|i| format!(" {}", &i[..8.min(i.len())]))
+            .unwrap_or_default();
+    match w.seq {
+        Some(seq) => println!("{what}{id} (seq {seq})"),
+        None => println!("{what}{id} (pending: saved here, published when the relay link is up)"),
+    }
+}
+
+async fn call<R: serde::de::DeserializeOwned>(
+    method: &str,
+    params: impl serde::Serialize,
+) -> Result<R, Failure> {
+    let p = paths()?;
+    let mut c = client(&p).await?;
+    Ok(c.call(method, params).await?)
+}
+
+pub(crate) async fn state(action: StateAction) -> Res {
+    match action {
+        StateAction::Get { key, opts } => {
+            let r: StateResult = call(
+                sh::STATE_GET,
+                StateQuery {
+                    mesh: opts.mesh,
+                    key: Some(key.clone()),
+                },
+            )
+            .await?;
+            let Some(e) = r.entries.first() else {
+                return Err(Failure::new(4, format!("no key {key:?} in this mesh")));
+            };
+            if opts.json {
+                output::json("entry", e);
+            } else {
+                match &e.value {
+                    Value::String(s) => println!("{s}"),
+                    v => println!("{v}"),
+                }
+            }
+            Ok(())
+        }
+        StateAction::Set { key, value, opts } => {
+            let text = value.join(" ");
+            let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            let w: WriteResult = call(
+                sh::STATE_SET,
+                StateSetParams {
+                    actor: actor(opts.mesh),
+                    key: key.clone(),
+                    value,
+                },
+            )
+            .await?;
+            written(&format!("set {key}"), &w, opts.json);
+            Ok(())
+        }
+        StateAction::List { prefix, opts } => {
+            let r: StateResult = call(
+                sh::STATE_LIST,
+                StateQuery {
+                    mesh: opts.mesh,
+                    key: prefix,
+                },
+            )
+            .await?;
+            if opts.json {
+                output::json("entries", &r);
+            } else {
+                output::state(&r.entries);
+            }
+            Ok(())
+        }
+    }
+}
+
+pub(crate) async fn remember(text: Vec<String>, t: Option<String>, opts: MeshJson) -> Res {
+    let w: WriteResult = call(
+        sh::REMEMBER,
+        RememberParams {
+            actor: actor(opts.mesh),
+            text: text.join(" "),
+            tags: tags(t),
+        },
+    )
+    .await?;
+    written("remembered", &w, opts.json);
+    Ok(())
+}
+
+pub(crate) async fn recall(
+    query: Vec<String>,
+    tags: Vec<String>,
+    limit: u32,
+    opts: MeshJson,
+) -> Res {
+    let r: RecallResult = call(
+        sh::RECALL,
+        RecallParams {
+            mesh: opts.mesh,
+            query: query.join(" "),
+            tags,
+            limit: Some(limit),
+        },
+    )
+    .await?;
+    if opts.json {
+        output::json("memories", &r);
+    } else {
+        output::memories(&r.memories);
+    }
+    Ok(())
+}
+
+fn item(id: String, opts: &MeshJson, result: String) -> ItemParams {
+    ItemParams {
+        actor: actor(opts.mesh.clone()),
+        id,
+        result,
+    }
+}
+
+pub(crate) async fn forget(id: String, opts: MeshJson) -> Res {
+    let w: WriteResult = call(sh::FORGET, item(id, &opts, String::new())).await?;
+    written("forgot", &w, opts.json);
+    Ok(())
+}
+
+pub(crate) async fn task(action: TaskAction) -> Res {
+    match action {
+        TaskAction::Create {
+            title,
+            body,
+            priority,
+            tags: t,
+            assignee,
+            opts,
+        } => {
+            let w: WriteResult = call(
+                sh::TASK_CREATE,
+                TaskCreateParams {
+                    actor: actor(opts.mesh),
+                    title: title.join(" "),
+                    body,
+                    priority: Some(priority),
+                    tags: tags(t),
+                    assignee,
+                },
+            )
+            .await?;
+            written("created task", &w, opts.json);
+            Ok(())
+        }
+        TaskAction::Claim(a) => {
+            let r: ClaimResult = call(sh::TASK_CLAIM, item(a.id, &a.opts, String::new())).await?;
+            if a.opts.json {
+                output::json("result", &r);
+            } else {
+                let t = &r.task;
+                match r.won {
+                    Some(true) => println!("claimed task {} \"{}\"", t.id.short(), t.title),
+                    Some(false) => {}
+                    None => println!(
+                        "claim on task {} \"{}\" is pending: it is decided by log order when the relay link is up; you will be told if it loses",
+                        t.id.short(),
+                        t.title
+                    ),
+                }
+            }
+            if r.won == Some(false) {
+                return Err(Failure::new(
+                    10,
+                    format!(
+                        "task {} \"{}\" was claimed first by {}",
+                        r.task.id.short(),
+                        r.task.title,
+                        r.task.assignee.clone().unwrap_or_default()
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        TaskAction::Complete { id, result, opts } => {
+            let w: WriteResult = call(sh::TASK_COMPLETE, item(id, &opts, result)).await?;
+            written("completed task", &w, opts.json);
+            Ok(())
+        }
+        TaskAction::List {
+            status,
+            assignee,
+            opts,
+        } => {
+            let r: TaskListResult = call(
+                sh::TASK_LIST,
+                TaskListParams {
+                    mesh: opts.mesh,
+                    status,
+                    assignee,
+                },
+            )
+            .await?;
+            if opts.json {
+                output::json("tasks", &r);
+            } else {
+                output::tasks(&r.tasks);
+            }
+            Ok(())
+        }
+    }
+}
+
+pub(crate) async fn audit(action: AuditAction) -> Res {
+    let AuditAction::Verify(opts) = action;
+    let r: AuditResult = call(sh::AUDIT_VERIFY, MeshParams { mesh: opts.mesh }).await?;
+    if opts.json {
+        output::json("audit", &r);
+    } else if let Some(seq) = r.first_broken {
+        println!(
+            "BROKEN at seq {seq}: {}",
+            r.problem.clone().unwrap_or_default()
+        );
+    } else {
+        let relay = r
+            .relay_head
+            .map(|h| format!("relay head {h}"))
+            .unwrap_or_else(|| "relay not checked".into());
+        println!(
+            "ok: {} ops chain correctly (local head {}, {relay}){}",
+            r.checked,
+            r.local_head,
+            r.problem
+                .as_deref()
+                .map(|p| format!("; {p}"))
+                .unwrap_or_default()
+        );
+    }
+    match r.first_broken {
+        Some(seq) => Err(Failure::new(
+            1,
+            if opts.json {
+                String::new()
+            } else {
+                format!("the op log is broken at seq {seq}")
+            },
+        )),
+        None => Ok(()),
+    }
+}
+
+pub(crate) async fn debug(action: DebugAction) -> Res {
+    match action {
+        DebugAction::Digest(opts) => {
+            let r: DigestResult = call(sh::DIGEST, MeshParams { mesh: opts.mesh }).await?;
+            if opts.json {
+                output::json("digest", &r);
+            } else {
+                println!("{} seq {} pending {}", r.digest, r.seq, r.pending);
+            }
+            Ok(())
+        }
+        DebugAction::Link { state, mesh } => {
+            let _: Value = call(
+                sh::LINK_PAUSE,
+                LinkPauseParams {
+                    mesh,
+                    paused: state == "down",
+                },
+            )
+            .await?;
+            Ok(())
+        }
+    }
+}
+
+pub(crate) async fn reserve(a: ReserveArgs) -> Res {
+    let ttl = crate::commands::parse_duration(&a.ttl)?;
+    let w: WriteResult = call(
+        sh::RESERVE,
+        ReserveParams {
+            actor: actor(a.opts.mesh.clone()),
+            patterns: a.patterns.clone(),
+            exclusive: !a.shared,
+            ttl_secs: Some(ttl.max(1)),
+            reason: a.reason,
+        },
+    )
+    .await?;
+    if a.opts.json {
+        output::json("result", &w);
+        return Ok(());
+    }
+    let what = format!("reserved {}", a.patterns.join(", "));
+    if w.seq.is_none() {
+        written(&what, &w, false);
+        return Ok(());
+    }
+    // Sequenced: say whether it held against the others.
+    let r: ReservationsResult = call(
+        sh::RESERVATIONS,
+        ReservationQuery {
+            mesh: a.opts.mesh,
+            all: true,
+        },
+    )
+    .await?;
+    let mine = r
+        .reservations
+        .iter()
+        .find(|x| w.id.as_deref() == Some(x.id.to_string().as_str()));
+    match mine {
+        Some(x) if x.status == "refused" => Err(Failure::new(
+            10,
+            format!(
+                "reservation refused: {}",
+                x.conflict.clone().unwrap_or_default()
+            ),
+        )),
+        _ => {
+            written(&what, &w, false);
+            Ok(())
+        }
+    }
+}
+
+pub(crate) async fn release(id: String, opts: MeshJson) -> Res {
+    let w: WriteResult = call(sh::RELEASE, item(id, &opts, String::new())).await?;
+    written("released", &w, opts.json);
+    Ok(())
+}
+
+pub(crate) async fn reservations(all: bool, opts: MeshJson) -> Res {
+    let r: ReservationsResult = call(
+        sh::RESERVATIONS,
+        ReservationQuery {
+            mesh: opts.mesh,
+            all,
+        },
+    )
+    .await?;
+    if opts.json {
+        output::json("reservations", &r);
+    } else {
+        output::reservations(&r.reservations);
+    }
+    Ok(())
+}

@@ -1,0 +1,254 @@
+#![allow(clippy::unwrap_used)]
+//! Shared mesh state end to end: real relay and daemon processes, the real CLI.
+
+use claudemesh_tests::{Node, contains, db_bytes, mesh};
+use serde_json::Value;
+use std::path::Path;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_claudemesh"))
+}
+
+fn digest(n: &Node) -> Value {
+    n.json(&["debug", "digest"])
+}
+
+/// Wait until `n` is in sync and has applied at least `seq`.
+fn synced(n: &Node, seq: u64) {
+    n.ok(&[
+        "wait",
+        "synced",
+        "--seq",
+        &seq.to_string(),
+        "--timeout",
+        "30",
+    ]);
+}
+
+fn state_value(n: &Node, key: &str) -> Value {
+    n.json(&["state", "get", key])["value"].clone()
+}
+
+#[test]
+fn three_daemons_converge_after_one_was_cut_off() {
+    let root = tempfile::tempdir().unwrap();
+    let (relay, nodes) = mesh(bin(), root.path(), &["ann", "ben", "cat"], &[]);
+    let (ann, ben, cat) = (&nodes[0], &nodes[1], &nodes[2]);
+
+    let task = ann.json(&["task", "create", "fix", "the", "flaky", "build"]);
+    let task_id = task["id"].as_str().unwrap().to_string();
+    let seq = task["seq"]
+        .as_u64()
+        .expect("online write is sequenced at once");
+    for n in &nodes {
+        synced(n, seq);
+    }
+
+    // Cat goes offline; everyone keeps writing, to the same keys, the same task, and
+    // overlapping files.
+    cat.ok(&["debug", "link", "down"]);
+    cat.wait("link-down", None);
+    let cat_claim = cat.json(&["task", "claim", &task_id[..8]]);
+    assert!(
+        cat_claim["won"].is_null(),
+        "offline claim is pending: {cat_claim}"
+    );
+    let w = cat.json(&["state", "set", "color", "green"]);
+    assert!(w["seq"].is_null(), "offline write is pending: {w}");
+    cat.ok(&["state", "set", "only-cat", "{\"n\": 1}"]);
+    cat.ok(&[
+        "remember", "cat", "thinks", "the", "cache", "is", "stale", "--tags", "cache",
+    ]);
+    cat.ok(&["reserve", "src/cache/**", "--reason", "refactor"]);
+    // Offline reads answer at once, with own writes on top.
+    assert_eq!(state_value(cat, "color"), "green");
+
+    ann.ok(&["state", "set", "color", "red"]);
+    ben.ok(&["state", "set", "color", "blue"]);
+    let ben_claim = ben.json(&["task", "claim", &task_id]);
+    assert_eq!(ben_claim["won"], true, "{ben_claim}");
+    ann.ok(&["remember", "deploys", "go", "through", "staging", "first"]);
+    ben.ok(&["reserve", "src/cache/mod.rs", "--reason", "bugfix"]);
+    let ann_res = ann.json(&["reserve", "src/**/*.rs", "--shared"]);
+    assert!(ann_res["seq"].is_u64());
+
+    // Cat comes back: its writes are published in order and lose the races they lost.
+    cat.ok(&["debug", "link", "up"]);
+    cat.wait("link-up", None);
+    synced(cat, 0);
+    let head = digest(cat)["seq"].as_u64().unwrap();
+    synced(ann, head);
+    synced(ben, head);
+
+    let digests: Vec<Value> = nodes.iter().map(digest).collect();
+    for d in &digests {
+        assert_eq!(d["digest"], digests[0]["digest"], "{digests:?}");
+        assert_eq!(d["seq"], head);
+        assert_eq!(d["pending"], 0);
+    }
+    assert_eq!(digests[0]["counts"]["memories"], 2);
+    // Cat's write was sequenced last, so it wins on every machine.
+    for n in &nodes {
+        assert_eq!(state_value(n, "color"), "green");
+        let tasks = n.json(&["task", "list"]);
+        let t = &tasks["tasks"][0];
+        assert_eq!(t["status"], "claimed");
+        assert_eq!(t["assignee"], "ben", "the same single winner everywhere");
+        let res = n.json(&["reservations", "--all"]);
+        let by: Vec<(String, String)> = res["reservations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["holder"].as_str().unwrap().to_string(),
+                    r["status"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert!(by.contains(&("ben".into(), "active".into())), "{by:?}");
+        assert!(by.contains(&("cat".into(), "refused".into())), "{by:?}");
+    }
+    // The loser is told, in its inbox, by its own daemon.
+    let told = cat.inbox_wait();
+    let kinds: Vec<&str> = told.iter().map(|m| m["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"task"), "{told:?}");
+    assert!(kinds.contains(&"reservation"), "{told:?}");
+    assert!(
+        told.iter()
+            .any(|m| m["body"].as_str().unwrap().contains("claimed by ben")),
+        "{told:?}"
+    );
+
+    // The relay stored only ciphertext.
+    let bytes = db_bytes(&relay.db());
+    for secret in [
+        &b"flaky build"[..],
+        b"color",
+        b"green",
+        b"staging",
+        b"stale",
+        b"src/cache",
+        b"refactor",
+    ] {
+        assert!(
+            !contains(&bytes, secret),
+            "relay db contains {:?}",
+            String::from_utf8_lossy(secret)
+        );
+    }
+}
+
+#[test]
+fn audit_verify_names_the_op_altered_at_the_relay() {
+    let root = tempfile::tempdir().unwrap();
+    let (relay, nodes) = mesh(bin(), root.path(), &["ann", "ben"], &[]);
+    let (ann, ben) = (&nodes[0], &nodes[1]);
+    for i in 0..5 {
+        ann.ok(&["state", "set", &format!("k{i}"), &i.to_string()]);
+    }
+    let head = digest(ann)["seq"].as_u64().unwrap();
+    synced(ben, head);
+    let ok = ben.json(&["audit", "verify"]);
+    assert!(ok["first_broken"].is_null(), "{ok}");
+    assert_eq!(ok["checked"], 5);
+    assert_eq!(ok["relay_head"], 5);
+
+    // Flip one byte of the third op's ciphertext in the relay's database.
+    let db = rusqlite::Connection::open(relay.db()).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    let op: Vec<u8> = db
+        .query_row("SELECT op FROM ops WHERE seq = 3", [], |r| r.get(0))
+        .unwrap();
+    let mut v: Value = serde_json::from_slice(&op).unwrap();
+    let ct = v["ct"].as_str().unwrap().to_string();
+    let mut chars: Vec<char> = ct.chars().collect();
+    chars[40] = if chars[40] == 'A' { 'B' } else { 'A' };
+    v["ct"] = Value::String(chars.into_iter().collect());
+    db.execute(
+        "UPDATE ops SET op = ?1 WHERE seq = 3",
+        [serde_json::to_vec(&v).unwrap()],
+    )
+    .unwrap();
+    drop(db);
+
+    let out = ben.run(&["audit", "verify", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["first_broken"], 3, "{r}");
+    assert!(r["problem"].as_str().unwrap().contains("seq 3"), "{r}");
+    let (_, err) = ben.fails(&["audit", "verify"]);
+    assert!(err.contains("seq 3"), "{err}");
+}
+
+#[test]
+fn recall_ranks_memories_with_the_relay_stopped() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut relay, nodes) = mesh(bin(), root.path(), &["ann", "ben"], &[]);
+    let (ann, ben) = (&nodes[0], &nodes[1]);
+    ann.ok(&[
+        "remember",
+        "the",
+        "deploy",
+        "script",
+        "lives",
+        "in",
+        "ops/deploy.sh",
+        "--tags",
+        "ops",
+    ]);
+    ann.ok(&[
+        "remember", "staging", "deploy", "needs", "a", "VPN", "before", "deploy", "--tags",
+        "ops,vpn",
+    ]);
+    ann.ok(&["remember", "lunch", "is", "at", "noon"]);
+    let head = digest(ann)["seq"].as_u64().unwrap();
+    synced(ben, head);
+    relay.stop();
+    ben.wait("link-down", None);
+
+    let r = ben.json(&["recall", "deploy", "vpn"]);
+    let texts: Vec<&str> = r["memories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts.len(), 2, "{r}");
+    assert!(texts[0].contains("VPN"), "best match first: {texts:?}");
+    let scores: Vec<f64> = r["memories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["score"].as_f64().unwrap())
+        .collect();
+    assert!(scores[0] >= scores[1]);
+    let tagged = ben.json(&["recall", "deploy", "--tag", "vpn"]);
+    assert_eq!(tagged["memories"].as_array().unwrap().len(), 1);
+    let none = ben.json(&["recall", "kubernetes"]);
+    assert!(none["memories"].as_array().unwrap().is_empty());
+
+    // Forget works offline too, and is published when the relay returns.
+    let id = r["memories"][1]["id"].as_str().unwrap().to_string();
+    ben.ok(&["forget", &id[..8]]);
+    assert_eq!(
+        ben.json(&["recall", "deploy"])["memories"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    relay.restart();
+    ben.wait("link-up", None);
+    synced(ben, 0);
+    let head = digest(ben)["seq"].as_u64().unwrap();
+    synced(ann, head);
+    assert_eq!(digest(ann)["digest"], digest(ben)["digest"]);
+    assert_eq!(
+        ann.json(&["recall", "deploy"])["memories"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}

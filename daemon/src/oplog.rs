@@ -1,0 +1,695 @@
+//! The daemon's side of the shared-state op log (brief §4): write, publish, apply, audit.
+//!
+//! - **Write:** an op is sealed, committed to `op_outbox` together with its optimistic
+//!   local effect (the durable point: it survives a crash and goes out on reconnect), then
+//!   handed to the link. Reads never wait for the network.
+//! - **Publish:** on every link-up the link asks for the log from the last applied
+//!   sequence (`op_sync`) and resends the outbox in write order; the relay dedupes by id.
+//! - **Apply:** sequenced ops are applied strictly in order (ops that arrive early wait in
+//!   memory), each run in one transaction that also extends the hash chain, stores the op,
+//!   folds it ([`crate::shared::fold`]), drops it from the outbox and records notices for
+//!   local authors who lost a race.
+//! - **Audit:** re-derive the chain from the stored ops and compare every op the relay
+//!   still holds with the one applied here.
+
+use bytes::Bytes;
+use claudemesh_relay::Connection;
+use claudemesh_schema::ipc::methods::InboxMessage;
+use claudemesh_schema::ipc::shared::{AuditResult, WriteResult};
+use claudemesh_schema::message::Priority;
+use claudemesh_schema::op::{self, Op, OpBody, SequencedOp};
+use claudemesh_schema::wire::{self, ClientFrame, ErrorCode, MAX_CIPHERTEXT};
+use claudemesh_schema::{MeshId, MessageId, OpId, SessionId, now_ms};
+use rusqlite::{Transaction, params};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+use crate::daemon::Daemon;
+use crate::mesh::{LinkCmd, MeshCtx, RelayRefusal, lock};
+use crate::rpc::RpcErr;
+use crate::shared::fold::{self, Applying, Notice};
+use crate::shared::query;
+
+/// Ops buffered ahead of a gap before the link gives up and asks for a fresh sync.
+const MAX_AHEAD: usize = 200_000;
+/// Ops opened per blocking task while catching up.
+const OPEN_CHUNK: usize = 512;
+
+/// One page of the relay's log, as read for an audit.
+#[derive(Debug)]
+pub(crate) struct OpPage {
+    pub(crate) ops: Vec<SequencedOp>,
+    pub(crate) head: u64,
+    pub(crate) first: u64,
+}
+
+/// The op log's state on one live link.
+#[derive(Debug, Default)]
+pub(crate) struct LinkOps {
+    /// Next sequence to apply.
+    next: u64,
+    ahead: BTreeMap<u64, SequencedOp>,
+    /// Sent, not yet acknowledged by the relay.
+    in_flight: HashMap<OpId, Bytes>,
+    /// Audit reads waiting for their page.
+    pub(crate) reads: HashMap<u64, oneshot::Sender<Result<OpPage, RelayRefusal>>>,
+}
+
+/// Append `op` by `session` (a local session of `m`) to the mesh's log. Durable when this
+/// returns; waits up to `wait_ms` (default: 2 s with a live link, 0 without) for it to be
+/// sequenced and applied.
+pub(crate) async fn write(
+    d: &Arc<Daemon>,
+    m: &Arc<MeshCtx>,
+    session: Option<SessionId>,
+    op: Op,
+    wait_ms: Option<u64>,
+) -> Result<WriteResult, RpcErr> {
+    let session = session.unwrap_or(m.keys.session);
+    let name = m
+        .session_name(&session)
+        .ok_or_else(|| RpcErr::not_found(format!("session {session} is not hosted here")))?;
+    let body = OpBody {
+        id: OpId::new(),
+        session,
+        name,
+        at: now_ms(),
+        op,
+    };
+    let id = body.id;
+    let env =
+        op::seal_op(&m.keys.mesh_key, &m.id, &m.keys.member, &body).map_err(RpcErr::internal)?;
+    if env.ct.len() > MAX_CIPHERTEXT {
+        return Err(RpcErr::invalid(format!(
+            "this write is {} bytes sealed; the limit is {MAX_CIPHERTEXT}: store less per key",
+            env.ct.len()
+        )));
+    }
+    let frame = wire::encode(&ClientFrame::Op(env)).map_err(RpcErr::internal)?;
+    let body_json = serde_json::to_string(&body).map_err(RpcErr::internal)?;
+    let (tx, rx) = oneshot::channel();
+    lock(&m.op_waiters).entry(id).or_default().push(tx);
+    let (mesh, author, frame2) = (m.id, m.member(), frame.clone());
+    let stored = d
+        .store
+        .write(move |tx| {
+            tx.execute(
+                "INSERT INTO op_outbox (id, mesh, frame, body, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id.as_bytes(), mesh.as_bytes(), frame2, body_json, body.at],
+            )?;
+            fold::apply_pending(tx, &mesh, &author, &body)
+        })
+        .await;
+    if let Err(e) = stored {
+        lock(&m.op_waiters).remove(&id);
+        return Err(RpcErr::internal(e));
+    }
+    d.bump_changes();
+    let _ = m.link.tx.send(LinkCmd::Op(id, Bytes::from(frame))).await;
+    let wait = wait_ms.unwrap_or(if m.link.connected() { 2_000 } else { 0 });
+    let seq = if wait == 0 {
+        None
+    } else {
+        tokio::time::timeout(Duration::from_millis(wait.min(600_000)), rx)
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+    };
+    if seq.is_none() {
+        lock(&m.op_waiters).remove(&id);
+    }
+    Ok(WriteResult {
+        mesh: m.id,
+        op: id,
+        id: None,
+        seq,
+    })
+}
+
+/// On link-up, after `ready`: ask for the log from the last applied op on, and resend
+/// the outbox in write order.
+pub(crate) async fn start(
+    d: &Arc<Daemon>,
+    m: &Arc<MeshCtx>,
+    c: &mut Connection,
+) -> Result<LinkOps, String> {
+    // Applies queued by the previous connection must be visible before reading the head.
+    d.store.flush().await.map_err(|e| e.to_string())?;
+    let mesh = m.id;
+    let (head, outbox) = d
+        .store
+        .read(move |c| {
+            let head = query::q_head(c, mesh)?.map(|h| h.0).unwrap_or(0);
+            let mut stmt =
+                c.prepare_cached("SELECT id, frame FROM op_outbox WHERE mesh = ?1 ORDER BY n")?;
+            let rows = stmt.query_map(params![mesh.as_bytes()], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, f) = row?;
+                if let Some(id) = OpId::from_slice(&id) {
+                    out.push((id, f));
+                }
+            }
+            Ok((head, out))
+        })
+        .await
+        .map_err(|e| format!("cannot read the op log: {e}"))?;
+    m.op_caught_up.store(false, Ordering::Release);
+    let mut lo = LinkOps {
+        next: head + 1,
+        ..Default::default()
+    };
+    let sync = wire::encode(&ClientFrame::OpSync { from: lo.next }).map_err(|e| e.to_string())?;
+    c.writer
+        .feed(Bytes::from(sync))
+        .await
+        .map_err(|e| e.to_string())?;
+    for (id, f) in outbox {
+        let b = Bytes::from(f);
+        c.writer.feed(b.clone()).await.map_err(|e| e.to_string())?;
+        lo.in_flight.insert(id, b);
+    }
+    c.writer.flush().await.map_err(|e| e.to_string())?;
+    Ok(lo)
+}
+
+impl LinkOps {
+    /// An op to send now; `None` if it is already in flight.
+    pub(crate) fn send(&mut self, id: OpId, frame: Bytes) -> Option<Bytes> {
+        match self.in_flight.entry(id) {
+            std::collections::hash_map::Entry::Occupied(_) => None,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(frame.clone());
+                Some(frame)
+            }
+        }
+    }
+
+    /// The relay sequenced an own op (it is applied when it comes back in `ops`).
+    pub(crate) fn acked(&mut self, id: OpId) {
+        self.in_flight.remove(&id);
+    }
+
+    /// The relay refused an own op: retry later, or drop it for good.
+    pub(crate) fn refused(
+        &mut self,
+        d: &Arc<Daemon>,
+        m: &Arc<MeshCtx>,
+        id: OpId,
+        code: ErrorCode,
+        message: &str,
+        retry_ms: Option<u64>,
+    ) {
+        let Some(frame) = self.in_flight.remove(&id) else {
+            return;
+        };
+        if matches!(code, ErrorCode::RateLimited | ErrorCode::Internal) {
+            let delay = Duration::from_millis(retry_ms.unwrap_or(1000).clamp(10, 60_000));
+            let tx = m.link.tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = tx.send(LinkCmd::Op(id, frame)).await;
+            });
+            return;
+        }
+        tracing::warn!(op = %id.short(), %code, message, "relay refused a shared-state write for good; dropping it");
+        lock(&m.op_waiters).remove(&id);
+        let (d2, mesh) = (d.clone(), m.id);
+        tokio::spawn(async move {
+            let r = d2
+                .store
+                .write(move |tx| {
+                    let body: Option<String> = tx
+                        .query_row(
+                            "DELETE FROM op_outbox WHERE id = ?1 RETURNING body",
+                            params![id.as_bytes()],
+                            |r| r.get(0),
+                        )
+                        .ok();
+                    if let Some(b) = body.and_then(|b| serde_json::from_str::<OpBody>(&b).ok()) {
+                        fold::undo_pending(tx, &mesh, &b)?;
+                    }
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "cannot drop a refused op");
+            }
+            d2.bump_changes();
+        });
+    }
+
+    /// Sequenced ops arrived (live, or a sync page). Applies every op that is next in
+    /// line; returns a frame to send when the log has a gap only a fresh sync can fill.
+    pub(crate) async fn received(
+        &mut self,
+        d: &Arc<Daemon>,
+        m: &Arc<MeshCtx>,
+        ops: Vec<SequencedOp>,
+        head: Option<u64>,
+    ) -> Option<ClientFrame> {
+        for o in ops {
+            if o.seq >= self.next {
+                self.ahead.insert(o.seq, o);
+            }
+        }
+        let mut run = Vec::new();
+        while let Some(o) = self.ahead.remove(&self.next) {
+            run.push(o);
+            self.next += 1;
+        }
+        if !run.is_empty() {
+            submit(d, m, run).await;
+        }
+        let gap = head.is_some_and(|h| self.next <= h) || self.ahead.len() > MAX_AHEAD;
+        if head.is_some() && !gap {
+            // Caught up once everything queued so far commits (applies commit in order).
+            let (d2, m2) = (d.clone(), m.clone());
+            let _ = d
+                .store
+                .write_then(
+                    |_| Ok(()),
+                    move |r| {
+                        if r.is_ok() {
+                            m2.op_caught_up.store(true, Ordering::Release);
+                            d2.bump_changes();
+                        }
+                    },
+                )
+                .await;
+        }
+        if gap {
+            tracing::warn!(mesh = %m.id.short(), next = self.next, "op log has a gap; syncing again");
+            self.ahead.clear();
+            return Some(ClientFrame::OpSync { from: self.next });
+        }
+        None
+    }
+
+    /// Forget what the relay was sent or asked; the next link starts from the store.
+    pub(crate) fn fail_reads(&mut self) {
+        for (_, r) in self.reads.drain() {
+            let _ = r.send(Err(RelayRefusal {
+                code: None,
+                message: "the relay link dropped".into(),
+            }));
+        }
+    }
+
+    /// The applied head moved backwards (a failed apply): restart from the store.
+    pub(crate) fn reset(&mut self, next: u64) {
+        self.next = next;
+        self.ahead.clear();
+    }
+}
+
+type Opened = (SequencedOp, Result<OpBody, String>);
+
+/// Decrypt and verify a run of ops off the async threads (in parallel chunks: signature
+/// checks dominate a catch-up), then queue their application in order.
+async fn submit(d: &Arc<Daemon>, m: &Arc<MeshCtx>, run: Vec<SequencedOp>) {
+    let key = Arc::new(m.keys.mesh_key.clone());
+    let mesh = m.id;
+    let open_one = move |key: &claudemesh_schema::crypto::MeshKey, o: SequencedOp| -> Opened {
+        let b = op::open_op(key, &mesh, &o.op).map_err(|e| e.to_string());
+        (o, b)
+    };
+    let opened: Vec<Opened> = if run.len() <= 8 {
+        run.into_iter().map(|o| open_one(&key, o)).collect()
+    } else {
+        let mut tasks = Vec::new();
+        let mut it = run.into_iter().peekable();
+        while it.peek().is_some() {
+            let chunk: Vec<SequencedOp> = it.by_ref().take(OPEN_CHUNK).collect();
+            let key = key.clone();
+            tasks.push(tokio::task::spawn_blocking(move || {
+                chunk
+                    .into_iter()
+                    .map(|o| open_one(&key, o))
+                    .collect::<Vec<_>>()
+            }));
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            match t.await {
+                Ok(v) => out.extend(v),
+                Err(e) => {
+                    tracing::error!(error = %e, "op opening task failed");
+                    return;
+                }
+            }
+        }
+        out
+    };
+    let local: HashMap<SessionId, String> = {
+        let mut l: HashMap<SessionId, String> = lock(&m.sessions)
+            .iter()
+            .map(|(s, x)| (*s, x.profile.name.clone()))
+            .collect();
+        l.insert(m.keys.session, lock(&m.row).display_name.clone());
+        l
+    };
+    let (d2, m2) = (d.clone(), m.clone());
+    let mesh_name = m.name();
+    let daemon_session = m.keys.session;
+    let member = m.member();
+    let r = d
+        .store
+        .write_then(
+            move |tx| {
+                apply_run(tx, mesh, opened, |tx, notices| {
+                    record_notices(
+                        tx,
+                        mesh,
+                        &mesh_name,
+                        daemon_session,
+                        &member,
+                        &local,
+                        notices,
+                    )
+                })
+            },
+            move |r| after_apply(&d2, &m2, r),
+        )
+        .await;
+    if let Err(e) = r {
+        tracing::error!(error = %e, "store unavailable; ops will be applied after the next sync");
+        let _ = m.link.tx.try_send(LinkCmd::Resync);
+    }
+}
+
+/// What a run of applied ops changed.
+#[derive(Debug, Default)]
+pub(crate) struct Applied {
+    pub(crate) ops: Vec<(OpId, u64)>,
+    pub(crate) kinds: HashSet<&'static str>,
+}
+
+/// Apply a run of consecutive sequenced ops on top of the stored head.
+pub(crate) fn apply_run(
+    tx: &Transaction<'_>,
+    mesh: MeshId,
+    ops: Vec<Opened>,
+    mut notices_to: impl FnMut(&Transaction<'_>, Vec<Notice>) -> rusqlite::Result<()>,
+) -> rusqlite::Result<Applied> {
+    let (mut seq, mut hash) = tx
+        .query_row(
+            "SELECT seq, hash FROM op_heads WHERE mesh = ?1",
+            params![mesh.as_bytes()],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?)),
+        )
+        .map(|(s, h)| (s, h.try_into().unwrap_or([0u8; 32])))
+        .unwrap_or((0, op::chain_origin(&mesh)));
+    let mut applied = Applied::default();
+    for (o, body) in ops {
+        if o.seq <= seq {
+            continue;
+        }
+        if o.seq != seq + 1 {
+            break;
+        }
+        hash = op::chain_next(&hash, &o);
+        let (kind, body_json, error) = match &body {
+            Ok(b) => (b.op.kind(), serde_json::to_string(b).ok(), None),
+            Err(e) => ("invalid", None, Some(e.clone())),
+        };
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO op_log (mesh, seq, id, author, at, ct, hash, kind, body, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?
+        .execute(params![
+            mesh.as_bytes(),
+            o.seq as i64,
+            o.op.id.as_bytes(),
+            o.op.author.0,
+            o.at,
+            o.op.ct,
+            hash,
+            kind,
+            body_json,
+            error
+        ])?;
+        match &body {
+            Ok(b) => {
+                let notices = fold::apply(
+                    tx,
+                    &Applying {
+                        mesh,
+                        seq: o.seq,
+                        at: o.at,
+                        author: &o.op.author,
+                        body: b,
+                    },
+                )?;
+                if !notices.is_empty() {
+                    notices_to(tx, notices)?;
+                }
+                applied.kinds.insert(b.op.kind());
+            }
+            Err(e) => {
+                tracing::warn!(mesh = %mesh.short(), seq = o.seq, error = %e, "op does not open; skipped (run `claudemesh audit verify`)");
+            }
+        }
+        tx.prepare_cached("DELETE FROM op_outbox WHERE id = ?1")?
+            .execute(params![o.op.id.as_bytes()])?;
+        seq = o.seq;
+        applied.ops.push((o.op.id, o.seq));
+    }
+    tx.prepare_cached(
+        "INSERT INTO op_heads (mesh, seq, hash) VALUES (?1, ?2, ?3)
+         ON CONFLICT (mesh) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+    )?
+    .execute(params![mesh.as_bytes(), seq as i64, hash])?;
+    Ok(applied)
+}
+
+/// Put notices for local sessions into their inboxes, from this daemon.
+fn record_notices(
+    tx: &Transaction<'_>,
+    mesh: MeshId,
+    mesh_name: &str,
+    daemon_session: SessionId,
+    member: &claudemesh_schema::crypto::MemberKey,
+    local: &HashMap<SessionId, String>,
+    notices: Vec<Notice>,
+) -> rusqlite::Result<()> {
+    let now = now_ms();
+    for n in notices {
+        let Some(name) = local.get(&n.session) else {
+            continue;
+        };
+        let msg = InboxMessage {
+            id: MessageId::new(),
+            session: n.session,
+            mesh,
+            mesh_name: mesh_name.to_string(),
+            from_id: daemon_session,
+            from_member: member.to_b64(),
+            from_name: "claudemesh".into(),
+            to: name.clone(),
+            priority: Priority::Next,
+            sent_at: now,
+            received_at: now,
+            body: n.text,
+            verified: true,
+            surfaced_at: None,
+            kind: n.kind.into(),
+        };
+        crate::store::insert_inbox_rows(tx, vec![crate::store::InboxRow { msg }])?;
+    }
+    Ok(())
+}
+
+fn after_apply(d: &Arc<Daemon>, m: &Arc<MeshCtx>, r: crate::store::Result<Applied>) {
+    match r {
+        Ok(a) => {
+            {
+                let mut w = lock(&m.op_waiters);
+                for (id, seq) in &a.ops {
+                    if let Some(ws) = w.remove(id) {
+                        for tx in ws {
+                            let _ = tx.send(*seq);
+                        }
+                    }
+                }
+            }
+            if !a.ops.is_empty() {
+                d.bump_inbox();
+                d.bump_changes();
+            }
+        }
+        Err(e) => {
+            tracing::error!(mesh = %m.id.short(), error = %e, "cannot apply ops; syncing again");
+            let _ = m.link.tx.try_send(LinkCmd::Resync);
+        }
+    }
+}
+
+/// Check the op log: re-derive the hash chain over the ops stored here, then compare every
+/// op the relay holds with the one applied here (and check that ops not applied yet open).
+pub(crate) async fn audit(d: &Arc<Daemon>, m: &Arc<MeshCtx>) -> Result<AuditResult, RpcErr> {
+    d.store.flush().await.map_err(RpcErr::internal)?;
+    let mesh = m.id;
+    /// An applied op: as sequenced, its stored chain hash, and why it did not open.
+    type LocalOp = (SequencedOp, Vec<u8>, Option<String>);
+    let local: Vec<LocalOp> = d
+        .store
+        .read(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT seq, at, id, author, ct, hash, error FROM op_log WHERE mesh = ?1 ORDER BY seq",
+            )?;
+            let rows = stmt.query_map(params![mesh.as_bytes()], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, Vec<u8>>(4)?,
+                    r.get::<_, Vec<u8>>(5)?,
+                    r.get::<_, Option<String>>(6)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, at, id, author, ct, hash, error) = row?;
+                let (Some(id), Ok(author)) = (
+                    OpId::from_slice(&id),
+                    <[u8; 32]>::try_from(author.as_slice()),
+                ) else {
+                    return Err(crate::store::StoreError::Corrupt("op log row"));
+                };
+                let o = SequencedOp {
+                    seq,
+                    at,
+                    op: op::OpEnvelope {
+                        id,
+                        author: claudemesh_schema::crypto::MemberKey(author),
+                        ct,
+                    },
+                };
+                out.push((o, hash, error));
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(RpcErr::internal)?;
+    let mut result = AuditResult {
+        mesh,
+        checked: 0,
+        local_head: local.last().map(|x| x.0.seq).unwrap_or(0),
+        relay_head: None,
+        first_broken: None,
+        problem: None,
+    };
+    let broken = |r: &mut AuditResult, seq: u64, why: String| {
+        if r.first_broken.is_none_or(|s| seq < s) {
+            r.first_broken = Some(seq);
+            r.problem = Some(why);
+        }
+    };
+    // 1. The chain as stored here.
+    let mut hash = op::chain_origin(&mesh);
+    let mut by_seq: HashMap<u64, [u8; 32]> = HashMap::with_capacity(local.len());
+    for (expect, (o, stored, error)) in (1u64..).zip(local.iter()) {
+        let seq = &o.seq;
+        if *seq != expect {
+            broken(
+                &mut result,
+                expect,
+                format!("op {expect} is missing from the local log"),
+            );
+            break;
+        }
+        hash = op::chain_next(&hash, o);
+        if hash[..] != stored[..] {
+            broken(
+                &mut result,
+                *seq,
+                format!("local op log was altered at seq {seq}"),
+            );
+            break;
+        }
+        if let Some(e) = error {
+            broken(
+                &mut result,
+                *seq,
+                format!("op at seq {seq} does not open ({e}): altered at the relay, or forged"),
+            );
+            break;
+        }
+        by_seq.insert(*seq, op::chain_next(&[0u8; 32], o));
+        result.checked += 1;
+    }
+    // 2. The relay's copy.
+    let mut from = 1u64;
+    loop {
+        let (tx, rx) = oneshot::channel();
+        if m.link
+            .tx
+            .send(LinkCmd::ReadOps(from, 2048, tx))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        let Ok(Ok(Ok(page))) = tokio::time::timeout(Duration::from_secs(30), rx).await else {
+            if result.problem.is_none() {
+                result.problem =
+                    Some("the relay could not be asked; only the local log was checked".into());
+            }
+            return Ok(result);
+        };
+        result.relay_head = Some(page.head);
+        if page.first > from {
+            // Older ops were dropped after a snapshot: check what is still there.
+            from = page.first;
+            continue;
+        }
+        let Some(last) = page.ops.last().map(|o| o.seq) else {
+            break;
+        };
+        for o in &page.ops {
+            let same = match by_seq.get(&o.seq) {
+                Some(h) => *h == op::chain_next(&[0u8; 32], o),
+                None if o.seq <= result.local_head => true,
+                None => op::open_op(&m.keys.mesh_key, &mesh, &o.op).is_ok(),
+            };
+            if !same {
+                let why = if o.seq <= result.local_head {
+                    format!(
+                        "the relay's op at seq {} differs from the one applied here: altered at the relay",
+                        o.seq
+                    )
+                } else {
+                    format!(
+                        "the relay's op at seq {} does not open: altered or forged",
+                        o.seq
+                    )
+                };
+                broken(&mut result, o.seq, why);
+                return Ok(result);
+            }
+        }
+        if last >= page.head {
+            break;
+        }
+        from = last + 1;
+    }
+    let local_head = result.local_head;
+    if let Some(h) = result.relay_head
+        && h < local_head
+    {
+        broken(
+            &mut result,
+            h + 1,
+            format!("the relay's log ends at seq {h} but ops up to {local_head} were applied here"),
+        );
+    }
+    Ok(result)
+}

@@ -1,0 +1,526 @@
+//! The fold: how one sequenced op changes the shared-state tables.
+//!
+//! Deterministic by construction: it reads only the tables and the op (with the relay's
+//! sequencing time `at`, never this machine's clock or who is local), so every daemon that
+//! applies the same log ends with the same rows. Semantic refusals (a claim on a taken
+//! task, an overlapping exclusive reservation) are not errors: they are folded the same
+//! way everywhere and reported as [`Notice`]s to the author, when it is local.
+//!
+//! Own writes are also applied ahead of the log ([`apply_pending`]) where that cannot
+//! conflict: items with fresh ids (memories, tasks, contexts) get a row with `seq NULL`,
+//! confirmed in place when the op comes back sequenced.
+
+use claudemesh_schema::crypto::MemberKey;
+use claudemesh_schema::op::{Op, OpBody};
+use claudemesh_schema::{ItemId, MeshId, SessionId};
+use rusqlite::{OptionalExtension, Transaction, params};
+
+/// Something the author of an op should be told (a lost race).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Notice {
+    pub(crate) session: SessionId,
+    pub(crate) kind: &'static str,
+    pub(crate) text: String,
+}
+
+/// The applied op's context.
+pub(crate) struct Applying<'a> {
+    pub(crate) mesh: MeshId,
+    pub(crate) seq: u64,
+    pub(crate) at: i64,
+    pub(crate) author: &'a MemberKey,
+    pub(crate) body: &'a OpBody,
+}
+
+fn tags_json(tags: &[String]) -> String {
+    serde_json::to_string(tags).unwrap_or_else(|_| "[]".into())
+}
+
+/// Fold one sequenced op. Returns notices for the op's author.
+pub(crate) fn apply(tx: &Transaction<'_>, a: &Applying<'_>) -> rusqlite::Result<Vec<Notice>> {
+    let mesh = a.mesh.as_bytes();
+    let seq = a.seq as i64;
+    let name = a.body.name.as_str();
+    let notice = |kind: &'static str, text: String| {
+        vec![Notice {
+            session: a.body.session,
+            kind,
+            text,
+        }]
+    };
+    match &a.body.op {
+        Op::SetState { key, value } => {
+            if value.is_null() {
+                tx.execute(
+                    "DELETE FROM state_kv WHERE mesh = ?1 AND key = ?2",
+                    params![mesh, key],
+                )?;
+            } else {
+                tx.execute(
+                    "INSERT INTO state_kv (mesh, key, value, author, author_name, updated_at, seq)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (mesh, key) DO UPDATE SET value = excluded.value,
+                       author = excluded.author, author_name = excluded.author_name,
+                       updated_at = excluded.updated_at, seq = excluded.seq",
+                    params![mesh, key, value.to_string(), a.author.0, name, a.at, seq],
+                )?;
+            }
+        }
+        Op::Remember { memory, text, tags } => {
+            tx.execute(
+                "INSERT INTO memories (mesh, id, text, tags, author, author_name, created_at, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (mesh, id) DO UPDATE SET created_at = excluded.created_at,
+                   seq = excluded.seq
+                 WHERE memories.seq IS NULL AND memories.author = excluded.author",
+                params![
+                    mesh,
+                    memory.as_bytes(),
+                    text,
+                    tags_json(tags),
+                    a.author.0,
+                    name,
+                    a.at,
+                    seq
+                ],
+            )?;
+        }
+        Op::Forget { memory } => {
+            tx.execute(
+                "DELETE FROM memories WHERE mesh = ?1 AND id = ?2",
+                params![mesh, memory.as_bytes()],
+            )?;
+        }
+        Op::CreateTask {
+            task,
+            title,
+            body,
+            priority,
+            tags,
+            assignee,
+        } => {
+            tx.execute(
+                "INSERT INTO tasks (mesh, id, title, body, priority, tags, suggested, status,
+                   author, author_name, created_at, updated_at, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', ?8, ?9, ?10, ?10, ?11)
+                 ON CONFLICT (mesh, id) DO UPDATE SET created_at = excluded.created_at,
+                   updated_at = excluded.updated_at, seq = excluded.seq
+                 WHERE tasks.seq IS NULL AND tasks.author = excluded.author",
+                params![
+                    mesh,
+                    task.as_bytes(),
+                    title,
+                    body,
+                    priority_or_default(priority),
+                    tags_json(tags),
+                    assignee,
+                    a.author.0,
+                    name,
+                    a.at,
+                    seq
+                ],
+            )?;
+        }
+        Op::ClaimTask { task } => {
+            let row = task_state(tx, &a.mesh, task)?;
+            match row {
+                None => {
+                    return Ok(notice(
+                        "task",
+                        format!("task {} does not exist", task.short()),
+                    ));
+                }
+                Some((status, title, holder)) if status != "open" => {
+                    let who = holder.unwrap_or_default();
+                    return Ok(notice(
+                        "task",
+                        format!(
+                            "your claim on task {} \"{title}\" lost: it is {status} by {who}",
+                            task.short()
+                        ),
+                    ));
+                }
+                Some(_) => {
+                    tx.execute(
+                        "UPDATE tasks SET status = 'claimed', assignee = ?3, assignee_member = ?4,
+                           assignee_name = ?5, updated_at = ?6
+                         WHERE mesh = ?1 AND id = ?2",
+                        params![
+                            mesh,
+                            task.as_bytes(),
+                            a.body.session.as_bytes(),
+                            a.author.0,
+                            name,
+                            a.at
+                        ],
+                    )?;
+                }
+            }
+        }
+        Op::CompleteTask { task, result } => {
+            let Some((status, title, _)) = task_state(tx, &a.mesh, task)? else {
+                return Ok(notice(
+                    "task",
+                    format!("task {} does not exist", task.short()),
+                ));
+            };
+            let assignee: Option<Vec<u8>> = tx.query_row(
+                "SELECT assignee_member FROM tasks WHERE mesh = ?1 AND id = ?2",
+                params![mesh, task.as_bytes()],
+                |r| r.get(0),
+            )?;
+            let may = status == "open"
+                || (status == "claimed" && assignee.as_deref() == Some(&a.author.0[..]));
+            if !may {
+                return Ok(notice(
+                    "task",
+                    format!(
+                        "cannot complete task {} \"{title}\": it is {status} by someone else",
+                        task.short()
+                    ),
+                ));
+            }
+            tx.execute(
+                "UPDATE tasks SET status = 'done', result = ?3, updated_at = ?4,
+                   assignee = COALESCE(assignee, ?5), assignee_member = COALESCE(assignee_member, ?6),
+                   assignee_name = COALESCE(assignee_name, ?7)
+                 WHERE mesh = ?1 AND id = ?2",
+                params![
+                    mesh,
+                    task.as_bytes(),
+                    result,
+                    a.at,
+                    a.body.session.as_bytes(),
+                    a.author.0,
+                    name
+                ],
+            )?;
+        }
+        Op::ReserveFiles {
+            reservation,
+            patterns,
+            exclusive,
+            ttl_secs,
+            reason,
+        } => {
+            let conflict = reservation_conflict(tx, a, patterns, *exclusive)?;
+            let expires =
+                a.at.saturating_add((*ttl_secs).min(30 * 86_400) as i64 * 1000);
+            tx.execute(
+                "INSERT OR IGNORE INTO reservations (mesh, id, session, author, author_name,
+                   patterns, exclusive, reason, created_at, expires_at, status, conflict, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                params![
+                    mesh,
+                    reservation.as_bytes(),
+                    a.body.session.as_bytes(),
+                    a.author.0,
+                    name,
+                    tags_json(patterns),
+                    *exclusive,
+                    reason,
+                    a.at,
+                    expires,
+                    if conflict.is_some() {
+                        "refused"
+                    } else {
+                        "active"
+                    },
+                    conflict,
+                    seq
+                ],
+            )?;
+            if let Some(c) = conflict {
+                return Ok(notice(
+                    "reservation",
+                    format!(
+                        "your reservation of {} was refused: {c}",
+                        patterns.join(", ")
+                    ),
+                ));
+            }
+        }
+        Op::ReleaseFiles { reservation } => {
+            tx.execute(
+                "UPDATE reservations SET status = 'released'
+                 WHERE mesh = ?1 AND id = ?2 AND author = ?3 AND status = 'active'",
+                params![mesh, reservation.as_bytes(), a.author.0],
+            )?;
+        }
+        Op::ShareContext {
+            context,
+            summary,
+            files_read,
+            key_findings,
+            tags,
+        } => {
+            tx.execute(
+                "INSERT INTO contexts (mesh, id, session, author, author_name, summary,
+                   files_read, key_findings, tags, created_at, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 ON CONFLICT (mesh, id) DO UPDATE SET created_at = excluded.created_at,
+                   seq = excluded.seq
+                 WHERE contexts.seq IS NULL AND contexts.author = excluded.author",
+                params![
+                    mesh,
+                    context.as_bytes(),
+                    a.body.session.as_bytes(),
+                    a.author.0,
+                    name,
+                    summary,
+                    tags_json(files_read),
+                    tags_json(key_findings),
+                    tags_json(tags),
+                    a.at,
+                    seq
+                ],
+            )?;
+        }
+        Op::ShareSkill {
+            name: skill,
+            description,
+            instructions,
+            tags,
+            when_to_use,
+        } => {
+            tx.execute(
+                "INSERT INTO skills (mesh, name, description, instructions, tags, when_to_use,
+                   author, author_name, updated_at, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 ON CONFLICT (mesh, name) DO UPDATE SET description = excluded.description,
+                   instructions = excluded.instructions, tags = excluded.tags,
+                   when_to_use = excluded.when_to_use, author = excluded.author,
+                   author_name = excluded.author_name, updated_at = excluded.updated_at,
+                   seq = excluded.seq",
+                params![
+                    mesh,
+                    skill,
+                    description,
+                    instructions,
+                    tags_json(tags),
+                    when_to_use,
+                    a.author.0,
+                    name,
+                    a.at,
+                    seq
+                ],
+            )?;
+        }
+        Op::RemoveSkill { name: skill } => {
+            tx.execute(
+                "DELETE FROM skills WHERE mesh = ?1 AND name = ?2",
+                params![mesh, skill],
+            )?;
+        }
+        Op::ScheduleReminder {
+            reminder,
+            to,
+            body,
+            deliver_at,
+            cron,
+        } => {
+            tx.execute(
+                "INSERT OR IGNORE INTO reminders (mesh, id, session, author, author_name,
+                   to_label, body, deliver_at, cron, status, created_at, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'scheduled', ?10, ?11)",
+                params![
+                    mesh,
+                    reminder.as_bytes(),
+                    a.body.session.as_bytes(),
+                    a.author.0,
+                    name,
+                    to,
+                    body,
+                    deliver_at,
+                    cron,
+                    a.at,
+                    seq
+                ],
+            )?;
+        }
+        Op::CancelReminder { reminder } => {
+            tx.execute(
+                "UPDATE reminders SET status = 'cancelled'
+                 WHERE mesh = ?1 AND id = ?2 AND author = ?3 AND status = 'scheduled'",
+                params![mesh, reminder.as_bytes(), a.author.0],
+            )?;
+        }
+        Op::ReminderFired { reminder, due } => {
+            tx.execute(
+                "UPDATE reminders SET last_due = max(COALESCE(last_due, ?4), ?4),
+                   fired = fired + 1,
+                   status = CASE WHEN cron IS NULL THEN 'done' ELSE status END
+                 WHERE mesh = ?1 AND id = ?2 AND author = ?3
+                   AND (last_due IS NULL OR last_due < ?4) AND status = 'scheduled'",
+                params![mesh, reminder.as_bytes(), a.author.0, due],
+            )?;
+        }
+        Op::Unknown => {}
+    }
+    Ok(Vec::new())
+}
+
+/// Apply an own write ahead of the log, where it cannot conflict with anyone's.
+pub(crate) fn apply_pending(
+    tx: &Transaction<'_>,
+    mesh: &MeshId,
+    author: &MemberKey,
+    body: &OpBody,
+) -> rusqlite::Result<()> {
+    let m = mesh.as_bytes();
+    let name = body.name.as_str();
+    match &body.op {
+        Op::Remember { memory, text, tags } => {
+            tx.execute(
+                "INSERT OR IGNORE INTO memories (mesh, id, text, tags, author, author_name,
+                   created_at, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL)",
+                params![
+                    m,
+                    memory.as_bytes(),
+                    text,
+                    tags_json(tags),
+                    author.0,
+                    name,
+                    body.at
+                ],
+            )?;
+        }
+        Op::Forget { memory } => {
+            tx.execute(
+                "DELETE FROM memories WHERE mesh = ?1 AND id = ?2",
+                params![m, memory.as_bytes()],
+            )?;
+        }
+        Op::CreateTask {
+            task,
+            title,
+            body: details,
+            priority,
+            tags,
+            assignee,
+        } => {
+            tx.execute(
+                "INSERT OR IGNORE INTO tasks (mesh, id, title, body, priority, tags, suggested,
+                   status, author, author_name, created_at, updated_at, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', ?8, ?9, ?10, ?10, NULL)",
+                params![
+                    m,
+                    task.as_bytes(),
+                    title,
+                    details,
+                    priority_or_default(priority),
+                    tags_json(tags),
+                    assignee,
+                    author.0,
+                    name,
+                    body.at
+                ],
+            )?;
+        }
+        Op::ShareContext {
+            context,
+            summary,
+            files_read,
+            key_findings,
+            tags,
+        } => {
+            tx.execute(
+                "INSERT OR IGNORE INTO contexts (mesh, id, session, author, author_name, summary,
+                   files_read, key_findings, tags, created_at, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL)",
+                params![
+                    m,
+                    context.as_bytes(),
+                    body.session.as_bytes(),
+                    author.0,
+                    name,
+                    summary,
+                    tags_json(files_read),
+                    tags_json(key_findings),
+                    tags_json(tags),
+                    body.at
+                ],
+            )?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Take back an own write that the relay refused for good.
+pub(crate) fn undo_pending(
+    tx: &Transaction<'_>,
+    mesh: &MeshId,
+    body: &OpBody,
+) -> rusqlite::Result<()> {
+    let m = mesh.as_bytes();
+    let (table, id) = match &body.op {
+        Op::Remember { memory, .. } => ("memories", memory),
+        Op::CreateTask { task, .. } => ("tasks", task),
+        Op::ShareContext { context, .. } => ("contexts", context),
+        _ => return Ok(()),
+    };
+    tx.execute(
+        &format!("DELETE FROM {table} WHERE mesh = ?1 AND id = ?2 AND seq IS NULL"),
+        params![m, id.as_bytes()],
+    )?;
+    Ok(())
+}
+
+fn priority_or_default(p: &str) -> &str {
+    if p.is_empty() { "normal" } else { p }
+}
+
+/// Status, title and holder name of a sequenced task.
+fn task_state(
+    tx: &Transaction<'_>,
+    mesh: &MeshId,
+    task: &ItemId,
+) -> rusqlite::Result<Option<(String, String, Option<String>)>> {
+    tx.query_row(
+        "SELECT status, title, assignee_name FROM tasks
+         WHERE mesh = ?1 AND id = ?2 AND seq IS NOT NULL",
+        params![mesh.as_bytes(), task.as_bytes()],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .optional()
+}
+
+/// Why a new reservation conflicts with a live one of another session, if it does.
+fn reservation_conflict(
+    tx: &Transaction<'_>,
+    a: &Applying<'_>,
+    patterns: &[String],
+    exclusive: bool,
+) -> rusqlite::Result<Option<String>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT author_name, patterns, exclusive FROM reservations
+         WHERE mesh = ?1 AND status = 'active' AND expires_at > ?2 AND session != ?3
+         ORDER BY seq",
+    )?;
+    let rows = stmt.query_map(
+        params![a.mesh.as_bytes(), a.at, a.body.session.as_bytes()],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, bool>(2)?,
+            ))
+        },
+    )?;
+    for row in rows {
+        let (holder, theirs, their_excl) = row?;
+        if !(exclusive || their_excl) {
+            continue;
+        }
+        let theirs: Vec<String> = serde_json::from_str(&theirs).unwrap_or_default();
+        for p in patterns {
+            for q in &theirs {
+                if crate::shared::glob::overlap(p, q) {
+                    return Ok(Some(format!("{q} is reserved by {holder}")));
+                }
+            }
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,436 @@
+//! Shared mesh state: the RPC surface of key-value state, memories, tasks, file
+//! reservations, contexts and skills. Writes become ops ([`crate::oplog`]); reads answer
+//! from the folded tables ([`query`]) without touching the network.
+
+pub(crate) mod fold;
+pub(crate) mod glob;
+pub(crate) mod query;
+
+use claudemesh_schema::ipc::shared::{
+    Actor, AuditResult, ClaimResult, ContextQuery, ContextsResult, DigestResult, ItemParams,
+    LinkPauseParams, RecallParams, RecallResult, RememberParams, ReservationQuery,
+    ReservationsResult, ReserveParams, ShareContextParams, ShareSkillParams, SkillQuery,
+    SkillsResult, StateQuery, StateResult, StateSetParams, TaskCreateParams, TaskListParams,
+    TaskListResult, WriteResult,
+};
+use claudemesh_schema::op::{MAX_KEY, MAX_TEXT, Op};
+use claudemesh_schema::{ItemId, SessionId};
+use std::sync::Arc;
+
+use crate::daemon::Daemon;
+use crate::mesh::MeshCtx;
+use crate::oplog;
+use crate::rpc::RpcErr;
+
+/// The mesh and session a write acts in: the named mesh, else the mesh hosting the named
+/// session, else the only mesh.
+fn actor(d: &Daemon, a: &Actor) -> Result<(Arc<MeshCtx>, SessionId), RpcErr> {
+    let m = match (&a.mesh, a.session) {
+        (None, Some(s)) => match d.meshes().into_iter().find(|m| m.is_local(&s)) {
+            Some(m) => m,
+            None => d.select(None)?,
+        },
+        (sel, _) => d.select(sel.as_deref())?,
+    };
+    let s = a.session.unwrap_or(m.keys.session);
+    if !m.is_local(&s) {
+        return Err(RpcErr::not_found(format!(
+            "session {s} is not one of this daemon's sessions in mesh {}",
+            m.name()
+        )));
+    }
+    Ok((m, s))
+}
+
+fn check_text(what: &str, s: &str, max: usize) -> Result<(), RpcErr> {
+    if s.len() > max {
+        return Err(RpcErr::invalid(format!(
+            "{what} is {} bytes; the limit is {max}",
+            s.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_tags(tags: &[String]) -> Result<(), RpcErr> {
+    if tags.len() > 32 || tags.iter().any(|t| t.is_empty() || t.len() > 64) {
+        return Err(RpcErr::invalid(
+            "tags: at most 32, each 1 to 64 bytes".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+async fn write(
+    d: &Arc<Daemon>,
+    a: &Actor,
+    op: Op,
+    id: Option<ItemId>,
+) -> Result<(Arc<MeshCtx>, WriteResult), RpcErr> {
+    let (m, s) = actor(d, a)?;
+    let mut w = oplog::write(d, &m, Some(s), op, a.wait_ms).await?;
+    w.id = id.map(|i| i.to_string());
+    Ok((m, w))
+}
+
+/// Resolve an item id or unique prefix in `table`.
+async fn find(
+    d: &Arc<Daemon>,
+    m: &MeshCtx,
+    table: &'static str,
+    what: &str,
+    id: &str,
+) -> Result<ItemId, RpcErr> {
+    if let Ok(full) = id.parse::<ItemId>() {
+        return Ok(full);
+    }
+    let (mesh, p) = (m.id, id.to_string());
+    let hits = d
+        .store
+        .read(move |c| query::q_ids_like(c, table, mesh, &p))
+        .await
+        .map_err(RpcErr::internal)?;
+    match hits.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(RpcErr::not_found(format!("no {what} with id {id:?}"))),
+        _ => Err(RpcErr::ambiguous(format!(
+            "{id:?} matches several {what}s; use more of the id"
+        ))),
+    }
+}
+
+pub(crate) async fn state_set(d: &Arc<Daemon>, p: StateSetParams) -> Result<WriteResult, RpcErr> {
+    if p.key.is_empty() || p.key.len() > MAX_KEY {
+        return Err(RpcErr::invalid(format!(
+            "a state key is 1 to {MAX_KEY} bytes"
+        )));
+    }
+    check_text("the value", &p.value.to_string(), MAX_TEXT)?;
+    let op = Op::SetState {
+        key: p.key,
+        value: p.value,
+    };
+    Ok(write(d, &p.actor, op, None).await?.1)
+}
+
+pub(crate) async fn state_get(
+    d: &Arc<Daemon>,
+    p: StateQuery,
+    prefix: bool,
+) -> Result<StateResult, RpcErr> {
+    let m = d.select(p.mesh.as_deref())?;
+    let mesh = m.id;
+    let entries = d
+        .store
+        .read(move |c| {
+            if prefix {
+                query::q_state(c, mesh, None, p.key.as_deref())
+            } else {
+                query::q_state(c, mesh, Some(p.key.as_deref().unwrap_or_default()), None)
+            }
+        })
+        .await
+        .map_err(RpcErr::internal)?;
+    Ok(StateResult { mesh, entries })
+}
+
+pub(crate) async fn remember(d: &Arc<Daemon>, p: RememberParams) -> Result<WriteResult, RpcErr> {
+    if p.text.trim().is_empty() {
+        return Err(RpcErr::invalid("nothing to remember: the text is empty"));
+    }
+    check_text("the memory", &p.text, MAX_TEXT)?;
+    check_tags(&p.tags)?;
+    let id = ItemId::new();
+    let op = Op::Remember {
+        memory: id,
+        text: p.text,
+        tags: p.tags,
+    };
+    Ok(write(d, &p.actor, op, Some(id)).await?.1)
+}
+
+pub(crate) async fn recall(d: &Arc<Daemon>, p: RecallParams) -> Result<RecallResult, RpcErr> {
+    let m = d.select(p.mesh.as_deref())?;
+    let mesh = m.id;
+    let limit = p.limit.unwrap_or(20).clamp(1, 1000);
+    let memories = d
+        .store
+        .read(move |c| query::q_recall(c, mesh, &p.query, &p.tags, limit))
+        .await
+        .map_err(RpcErr::internal)?;
+    Ok(RecallResult { mesh, memories })
+}
+
+pub(crate) async fn forget(d: &Arc<Daemon>, p: ItemParams) -> Result<WriteResult, RpcErr> {
+    let (m, _) = actor(d, &p.actor)?;
+    let id = find(d, &m, "memories", "memory", &p.id).await?;
+    Ok(write(d, &p.actor, Op::Forget { memory: id }, Some(id))
+        .await?
+        .1)
+}
+
+pub(crate) async fn task_create(
+    d: &Arc<Daemon>,
+    p: TaskCreateParams,
+) -> Result<WriteResult, RpcErr> {
+    if p.title.trim().is_empty() {
+        return Err(RpcErr::invalid("a task needs a title"));
+    }
+    check_text("the title", &p.title, 1024)?;
+    check_text("the body", &p.body, MAX_TEXT)?;
+    check_tags(&p.tags)?;
+    let priority = p.priority.unwrap_or_else(|| "normal".into());
+    if !["low", "normal", "high", "urgent"].contains(&priority.as_str()) {
+        return Err(RpcErr::invalid(format!(
+            "priority {priority:?}: use low, normal, high or urgent"
+        )));
+    }
+    let id = ItemId::new();
+    let op = Op::CreateTask {
+        task: id,
+        title: p.title,
+        body: p.body,
+        priority,
+        tags: p.tags,
+        assignee: p.assignee.filter(|a| !a.is_empty()),
+    };
+    Ok(write(d, &p.actor, op, Some(id)).await?.1)
+}
+
+pub(crate) async fn task_claim(d: &Arc<Daemon>, p: ItemParams) -> Result<ClaimResult, RpcErr> {
+    let (m, session) = actor(d, &p.actor)?;
+    let id = find(d, &m, "tasks", "task", &p.id).await?;
+    let (m, write) = write(d, &p.actor, Op::ClaimTask { task: id }, Some(id)).await?;
+    let task = task_now(d, &m, id).await?;
+    let won = write
+        .seq
+        .map(|_| task.assignee_id == Some(session) && task.status != "open");
+    Ok(ClaimResult { write, won, task })
+}
+
+pub(crate) async fn task_complete(d: &Arc<Daemon>, p: ItemParams) -> Result<WriteResult, RpcErr> {
+    let (m, _) = actor(d, &p.actor)?;
+    let id = find(d, &m, "tasks", "task", &p.id).await?;
+    check_text("the result", &p.result, MAX_TEXT)?;
+    let op = Op::CompleteTask {
+        task: id,
+        result: p.result,
+    };
+    Ok(write(d, &p.actor, op, Some(id)).await?.1)
+}
+
+async fn task_now(
+    d: &Arc<Daemon>,
+    m: &MeshCtx,
+    id: ItemId,
+) -> Result<claudemesh_schema::ipc::shared::Task, RpcErr> {
+    let mesh = m.id;
+    d.store
+        .read(move |c| query::q_task(c, mesh, id))
+        .await
+        .map_err(RpcErr::internal)?
+        .ok_or_else(|| RpcErr::not_found(format!("task {id} is not known here yet")))
+}
+
+pub(crate) async fn task_list(
+    d: &Arc<Daemon>,
+    p: TaskListParams,
+) -> Result<TaskListResult, RpcErr> {
+    let m = d.select(p.mesh.as_deref())?;
+    if let Some(s) = &p.status
+        && !["open", "claimed", "done"].contains(&s.as_str())
+    {
+        return Err(RpcErr::invalid(format!(
+            "status {s:?}: use open, claimed or done"
+        )));
+    }
+    let mesh = m.id;
+    let tasks = d
+        .store
+        .read(move |c| query::q_tasks(c, mesh, p.status.as_deref(), p.assignee.as_deref()))
+        .await
+        .map_err(RpcErr::internal)?;
+    Ok(TaskListResult { mesh, tasks })
+}
+
+pub(crate) async fn digest(
+    d: &Arc<Daemon>,
+    p: claudemesh_schema::ipc::methods::MeshParams,
+) -> Result<DigestResult, RpcErr> {
+    let m = d.select(p.mesh.as_deref())?;
+    // Ops queued for application count: wait for them.
+    d.store.flush().await.map_err(RpcErr::internal)?;
+    let mesh = m.id;
+    d.store
+        .read(move |c| query::q_digest(c, mesh))
+        .await
+        .map_err(RpcErr::internal)
+}
+
+pub(crate) async fn audit_verify(
+    d: &Arc<Daemon>,
+    p: claudemesh_schema::ipc::methods::MeshParams,
+) -> Result<AuditResult, RpcErr> {
+    let m = d.select(p.mesh.as_deref())?;
+    oplog::audit(d, &m).await
+}
+
+pub(crate) async fn link_pause(
+    d: &Arc<Daemon>,
+    p: LinkPauseParams,
+) -> Result<serde_json::Value, RpcErr> {
+    let m = d.select(p.mesh.as_deref())?;
+    m.paused.send_replace(p.paused);
+    tracing::info!(mesh = %m.id.short(), paused = p.paused, "relay link held down by request");
+    Ok(serde_json::json!({ "mesh": m.id, "paused": p.paused }))
+}
+
+pub(crate) async fn reserve(d: &Arc<Daemon>, p: ReserveParams) -> Result<WriteResult, RpcErr> {
+    if p.patterns.is_empty() || p.patterns.len() > 64 {
+        return Err(RpcErr::invalid("reserve 1 to 64 file patterns"));
+    }
+    for pat in &p.patterns {
+        if pat.is_empty() || pat.len() > 512 || pat.starts_with('/') {
+            return Err(RpcErr::invalid(format!(
+                "pattern {pat:?}: use a relative path or glob (*, ?, **), at most 512 bytes"
+            )));
+        }
+    }
+    check_text("the reason", &p.reason, 1024)?;
+    let id = ItemId::new();
+    let op = Op::ReserveFiles {
+        reservation: id,
+        patterns: p.patterns,
+        exclusive: p.exclusive,
+        ttl_secs: p.ttl_secs.unwrap_or(3600).clamp(1, 30 * 86_400),
+        reason: p.reason,
+    };
+    Ok(write(d, &p.actor, op, Some(id)).await?.1)
+}
+
+pub(crate) async fn release(d: &Arc<Daemon>, p: ItemParams) -> Result<WriteResult, RpcErr> {
+    let (m, _) = actor(d, &p.actor)?;
+    let id = find(d, &m, "reservations", "reservation", &p.id).await?;
+    Ok(
+        write(d, &p.actor, Op::ReleaseFiles { reservation: id }, Some(id))
+            .await?
+            .1,
+    )
+}
+
+pub(crate) async fn reservations(
+    d: &Arc<Daemon>,
+    p: ReservationQuery,
+) -> Result<ReservationsResult, RpcErr> {
+    let m = d.select(p.mesh.as_deref())?;
+    let mesh = m.id;
+    let now = claudemesh_schema::now_ms();
+    let reservations = d
+        .store
+        .read(move |c| query::q_reservations(c, mesh, p.all, now))
+        .await
+        .map_err(RpcErr::internal)?;
+    Ok(ReservationsResult { mesh, reservations })
+}
+
+pub(crate) async fn share_context(
+    d: &Arc<Daemon>,
+    p: ShareContextParams,
+) -> Result<WriteResult, RpcErr> {
+    if p.summary.trim().is_empty() {
+        return Err(RpcErr::invalid("a context needs a summary"));
+    }
+    let size: usize = p.summary.len()
+        + p.files_read.iter().map(String::len).sum::<usize>()
+        + p.key_findings.iter().map(String::len).sum::<usize>();
+    if size > MAX_TEXT {
+        return Err(RpcErr::invalid(format!(
+            "this context is {size} bytes; the limit is {MAX_TEXT}"
+        )));
+    }
+    check_tags(&p.tags)?;
+    let id = ItemId::new();
+    let op = Op::ShareContext {
+        context: id,
+        summary: p.summary,
+        files_read: p.files_read,
+        key_findings: p.key_findings,
+        tags: p.tags,
+    };
+    Ok(write(d, &p.actor, op, Some(id)).await?.1)
+}
+
+pub(crate) async fn contexts(d: &Arc<Daemon>, p: ContextQuery) -> Result<ContextsResult, RpcErr> {
+    let m = d.select(p.mesh.as_deref())?;
+    let mesh = m.id;
+    let contexts = d
+        .store
+        .read(move |c| query::q_contexts(c, mesh, p.query.as_deref().filter(|q| !q.is_empty())))
+        .await
+        .map_err(RpcErr::internal)?;
+    Ok(ContextsResult { mesh, contexts })
+}
+
+pub(crate) async fn share_skill(
+    d: &Arc<Daemon>,
+    p: ShareSkillParams,
+) -> Result<WriteResult, RpcErr> {
+    let valid = !p.name.is_empty()
+        && p.name.len() <= 64
+        && p.name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !valid {
+        return Err(RpcErr::invalid(
+            "a skill name is 1 to 64 letters, digits, '-' or '_'",
+        ));
+    }
+    check_text("the instructions", &p.instructions, MAX_TEXT)?;
+    check_text("the description", &p.description, 1024)?;
+    check_tags(&p.tags)?;
+    let op = Op::ShareSkill {
+        name: p.name,
+        description: p.description,
+        instructions: p.instructions,
+        tags: p.tags,
+        when_to_use: p.when_to_use,
+    };
+    Ok(write(d, &p.actor, op, None).await?.1)
+}
+
+pub(crate) async fn remove_skill(d: &Arc<Daemon>, p: ItemParams) -> Result<WriteResult, RpcErr> {
+    let (m, _) = actor(d, &p.actor)?;
+    let known = skills(
+        d,
+        SkillQuery {
+            mesh: Some(m.id.to_string()),
+            name: Some(p.id.clone()),
+            query: None,
+        },
+    )
+    .await?;
+    if known.skills.is_empty() {
+        return Err(RpcErr::not_found(format!("no skill named {:?}", p.id)));
+    }
+    Ok(write(d, &p.actor, Op::RemoveSkill { name: p.id }, None)
+        .await?
+        .1)
+}
+
+pub(crate) async fn skills(d: &Arc<Daemon>, p: SkillQuery) -> Result<SkillsResult, RpcErr> {
+    let m = d.select(p.mesh.as_deref())?;
+    let mesh = m.id;
+    let skills = d
+        .store
+        .read(move |c| {
+            query::q_skills(
+                c,
+                mesh,
+                p.name.as_deref(),
+                p.query.as_deref().filter(|q| !q.is_empty()),
+            )
+        })
+        .await
+        .map_err(RpcErr::internal)?;
+    Ok(SkillsResult { mesh, skills })
+}

@@ -1,0 +1,198 @@
+//! The relay's side of the shared-state op log: sequence and store sealed ops, fan them out
+//! in sequence order, and serve catch-up and audit reads.
+//!
+//! Sequence numbers are assigned inside the store's write transaction (one writer thread,
+//! so they are dense and never reused even across a failed commit), and fan-out happens in
+//! the commit callbacks, which run in commit order: every link sees live ops in sequence
+//! order, and a link that syncs gets everything committed before its read from the store
+//! and everything after it live (it registered for fan-out at hello, before any sync).
+
+use bytes::Bytes;
+use claudemesh_schema::MeshId;
+use claudemesh_schema::crypto::MemberKey;
+use claudemesh_schema::now_ms;
+use claudemesh_schema::op::OpEnvelope;
+use claudemesh_schema::wire::{ErrorCode, MAX_CIPHERTEXT, RelayFrame};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::sync::mpsc;
+
+use crate::hub::{Hub, LinkHandle, MeshEntry, frame, lock};
+use crate::store::{NewOp, Store};
+
+/// Ops per catch-up read.
+const PAGE_OPS: usize = 2048;
+/// Bytes of op JSON per frame (well under the 1 MiB frame limit).
+const PAGE_BYTES: usize = 768 * 1024;
+
+/// An `ops` or `op_page` frame around already-encoded op envelopes, without re-encoding
+/// them.
+fn page_frame(prefix: &[u8], ops: &[(u64, i64, Vec<u8>)], suffix: &str) -> Bytes {
+    let mut v = Vec::with_capacity(ops.iter().map(|o| o.2.len() + 40).sum::<usize>() + 64);
+    v.extend_from_slice(prefix);
+    for (i, (seq, at, op)) in ops.iter().enumerate() {
+        if i > 0 {
+            v.push(b',');
+        }
+        v.extend_from_slice(format!(r#"{{"seq":{seq},"at":{at},"op":"#).as_bytes());
+        v.extend_from_slice(op);
+        v.push(b'}');
+    }
+    v.extend_from_slice(suffix.as_bytes());
+    Bytes::from(v)
+}
+
+fn ops_frame(ops: &[(u64, i64, Vec<u8>)], head: Option<u64>) -> Bytes {
+    let suffix = match head {
+        Some(h) => format!(r#"],"head":{h}}}"#),
+        None => "]}".to_string(),
+    };
+    page_frame(br#"{"t":"ops","ops":["#, ops, &suffix)
+}
+
+fn refuse(
+    link: &LinkHandle,
+    id: claudemesh_schema::OpId,
+    code: ErrorCode,
+    msg: &str,
+    retry: Option<u64>,
+) {
+    if let Some(f) = frame(&RelayFrame::OpRefused {
+        id,
+        code,
+        message: msg.to_string(),
+        retry_ms: retry,
+    }) {
+        link.push(f);
+    }
+}
+
+/// Sequence, store and fan out one op from `member`'s link. Rate limiting is the caller's.
+pub(crate) async fn append<S: Store>(
+    hub: &Arc<Hub<S>>,
+    link: &LinkHandle,
+    mesh: MeshId,
+    entry: &Arc<MeshEntry>,
+    member: MemberKey,
+    env: OpEnvelope,
+) {
+    let id = env.id;
+    if env.author != member {
+        return refuse(
+            link,
+            id,
+            ErrorCode::NotAuthorized,
+            "op author is not the member of this link",
+            None,
+        );
+    }
+    if env.ct.len() > MAX_CIPHERTEXT {
+        return refuse(
+            link,
+            id,
+            ErrorCode::FrameTooLarge,
+            &format!("op ciphertext exceeds the {MAX_CIPHERTEXT} byte limit"),
+            None,
+        );
+    }
+    let json = match serde_json::to_vec(&env) {
+        Ok(v) => Bytes::from(v),
+        Err(_) => return refuse(link, id, ErrorCode::BadFrame, "cannot encode op", None),
+    };
+    let (tx, entry, stats) = (link.clone(), entry.clone(), hub.clone());
+    let op = NewOp {
+        mesh,
+        id,
+        author: member,
+        op: json.clone(),
+        at: now_ms(),
+    };
+    let res = hub
+        .store
+        .append_op(
+            op,
+            Box::new(move |r| match r {
+                Ok(a) => {
+                    if let Some(f) = frame(&RelayFrame::OpAck { id, seq: a.seq }) {
+                        tx.push(f);
+                    }
+                    if a.new {
+                        stats.stats.ops.fetch_add(1, Ordering::Relaxed);
+                        let f = ops_frame(&[(a.seq, a.at, json.to_vec())], None);
+                        lock(&entry.state).broadcast(&f, None);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot store op");
+                    refuse(
+                        &tx,
+                        id,
+                        ErrorCode::Internal,
+                        "relay could not store the op; it will be retried",
+                        Some(1_000),
+                    );
+                }
+            }),
+        )
+        .await;
+    if let Err(e) = res {
+        tracing::error!(error = %e, "store unavailable");
+    }
+}
+
+/// Stream the log from `from` to a link (through its bounded delivery queue, so a large
+/// catch-up waits for the reader instead of piling up), the last page naming the head.
+pub(crate) async fn sync<S: Store>(
+    hub: Arc<Hub<S>>,
+    data: mpsc::Sender<Bytes>,
+    mesh: MeshId,
+    mut from: u64,
+) {
+    loop {
+        let page = match hub.store.ops(mesh, from.max(1), PAGE_OPS, PAGE_BYTES).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read op log");
+                return;
+            }
+        };
+        let Some(last) = page.ops.last().map(|o| o.0) else {
+            let _ = data.send(ops_frame(&[], Some(page.head))).await;
+            return;
+        };
+        let done = last >= page.head;
+        let f = ops_frame(&page.ops, done.then_some(page.head));
+        if data.send(f).await.is_err() || done {
+            return;
+        }
+        from = last + 1;
+    }
+}
+
+/// Answer an `op_read` with one page.
+pub(crate) async fn read<S: Store>(
+    hub: &Arc<Hub<S>>,
+    link: &LinkHandle,
+    mesh: MeshId,
+    rid: u64,
+    from: u64,
+    limit: u32,
+) {
+    let limit = (limit as usize).clamp(1, PAGE_OPS);
+    match hub.store.ops(mesh, from.max(1), limit, PAGE_BYTES).await {
+        Ok(p) => {
+            let suffix = format!(r#"],"head":{},"first":{}}}"#, p.head, p.first);
+            let prefix = format!(r#"{{"t":"op_page","rid":{rid},"ops":["#);
+            link.push(page_frame(prefix.as_bytes(), &p.ops, &suffix));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read op log");
+            link.push(crate::hub::error_frame(
+                Some(rid),
+                ErrorCode::Internal,
+                "relay could not read the op log",
+                false,
+            ));
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! Shared mesh state as an op log (brief §4).
+//!
+//! A write (set a key, store a memory, claim a task, …) is an [`Op`] inside an [`OpBody`],
+//! signed by the author's member key and sealed with the mesh key into an [`OpEnvelope`].
+//! The relay reads only the envelope's id and author: it gives each new envelope the next
+//! per-mesh sequence number, stores it and fans it out as a [`SequencedOp`]. Every daemon
+//! applies ops in sequence order, so races (two claims on one task, two writes to one key)
+//! resolve by log order, the same way on every machine.
+//!
+//! Each daemon chains what it applies: `hash(seq) = H(hash(seq - 1), seq, at, id, author,
+//! ct)`, starting from [`chain_origin`]. A relay that alters, drops or reorders a stored op
+//! changes the hash at that sequence number, which `claudemesh audit verify` reports.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::crypto::{Canonical, CryptoError, MemberKey, MemberSecret, MeshKey, Signature};
+use crate::encoding;
+use crate::ids::{ItemId, MeshId, OpId, SessionId};
+use crate::message::OpenError;
+
+/// Longest state key, in bytes.
+pub const MAX_KEY: usize = 256;
+/// Largest text field of an op (a value, a memory, a skill body), in bytes.
+pub const MAX_TEXT: usize = 64 * 1024;
+
+/// A sealed op as the relay sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpEnvelope {
+    /// Op id; the relay dedupes appends by it.
+    pub id: OpId,
+    /// Author member; the relay refuses envelopes whose author is not the link's member.
+    pub author: MemberKey,
+    /// The sealed [`OpBody`] (see [`seal_op`]).
+    #[serde(with = "encoding::bytes")]
+    pub ct: Vec<u8>,
+}
+
+/// An op with its place in the mesh's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SequencedOp {
+    /// Position in the log, from 1, without gaps.
+    pub seq: u64,
+    /// When the relay sequenced it, unix ms. Ops use this clock (not the author's) for
+    /// anything time-dependent, so every daemon folds them identically.
+    pub at: i64,
+    /// The op.
+    pub op: OpEnvelope,
+}
+
+/// What the author signed, inside the seal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpBody {
+    /// Same as the envelope's id.
+    pub id: OpId,
+    /// The authoring session.
+    pub session: SessionId,
+    /// The authoring session's display name when it wrote.
+    pub name: String,
+    /// Author clock, unix ms (informational).
+    pub at: i64,
+    /// The change.
+    pub op: Op,
+}
+
+/// One change to shared state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Op {
+    /// Set a key (`null` deletes it).
+    SetState {
+        /// The key.
+        key: String,
+        /// Any JSON value.
+        value: Value,
+    },
+    /// Store a memory.
+    Remember {
+        /// New memory id.
+        memory: ItemId,
+        /// The text.
+        text: String,
+        /// Tags.
+        #[serde(default)]
+        tags: Vec<String>,
+    },
+    /// Delete a memory.
+    Forget {
+        /// The memory.
+        memory: ItemId,
+    },
+    /// Create a task (open, unclaimed).
+    CreateTask {
+        /// New task id.
+        task: ItemId,
+        /// Title.
+        title: String,
+        /// Details.
+        #[serde(default)]
+        body: String,
+        /// `low`, `normal`, `high`, `urgent`.
+        #[serde(default)]
+        priority: String,
+        /// Tags.
+        #[serde(default)]
+        tags: Vec<String>,
+        /// Who the author suggests should take it (a peer name), if anyone.
+        #[serde(default)]
+        assignee: Option<String>,
+    },
+    /// Claim an open task; the first claim in log order wins.
+    ClaimTask {
+        /// The task.
+        task: ItemId,
+    },
+    /// Mark a task done (by its assignee, or anyone if it was never claimed).
+    CompleteTask {
+        /// The task.
+        task: ItemId,
+        /// Result summary.
+        #[serde(default)]
+        result: String,
+    },
+    /// Reserve files matching globs; an exclusive reservation that overlaps a live
+    /// reservation of another session (or any reservation overlapping a live exclusive
+    /// one) is refused, by log order.
+    ReserveFiles {
+        /// New reservation id.
+        reservation: ItemId,
+        /// Glob patterns (`*`, `?`, `**`).
+        patterns: Vec<String>,
+        /// Exclusive (the default) or shared.
+        exclusive: bool,
+        /// Lifetime from sequencing, seconds.
+        ttl_secs: u64,
+        /// Why.
+        #[serde(default)]
+        reason: String,
+    },
+    /// Release a reservation.
+    ReleaseFiles {
+        /// The reservation.
+        reservation: ItemId,
+    },
+    /// Share what a session learned about the codebase.
+    ShareContext {
+        /// New context id.
+        context: ItemId,
+        /// Summary.
+        summary: String,
+        /// Files read.
+        #[serde(default)]
+        files_read: Vec<String>,
+        /// Key findings.
+        #[serde(default)]
+        key_findings: Vec<String>,
+        /// Tags.
+        #[serde(default)]
+        tags: Vec<String>,
+    },
+    /// Publish (or replace) a skill by name.
+    ShareSkill {
+        /// Skill name.
+        name: String,
+        /// One-line description.
+        description: String,
+        /// Full instructions.
+        instructions: String,
+        /// Tags.
+        #[serde(default)]
+        tags: Vec<String>,
+        /// When to use it.
+        #[serde(default)]
+        when_to_use: String,
+    },
+    /// Remove a skill.
+    RemoveSkill {
+        /// Skill name.
+        name: String,
+    },
+    /// Schedule a reminder: once (`deliver_at`) or on a 5-field `cron`.
+    ScheduleReminder {
+        /// New reminder id.
+        reminder: ItemId,
+        /// Recipient: empty for the author session, else a peer name or `@group`.
+        #[serde(default)]
+        to: String,
+        /// Text delivered.
+        body: String,
+        /// One-shot due time, unix ms.
+        #[serde(default)]
+        deliver_at: Option<i64>,
+        /// Recurring schedule (UTC), `min hour dom month dow`.
+        #[serde(default)]
+        cron: Option<String>,
+    },
+    /// Cancel a reminder.
+    CancelReminder {
+        /// The reminder.
+        reminder: ItemId,
+    },
+    /// The firing daemon delivered a reminder for the due time `due`.
+    ReminderFired {
+        /// The reminder.
+        reminder: ItemId,
+        /// The due time fired, unix ms.
+        due: i64,
+    },
+    /// An op kind this build does not know (written by a newer version): chained, skipped.
+    #[serde(other)]
+    Unknown,
+}
+
+impl Op {
+    /// The op's kind name, as on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::SetState { .. } => "set_state",
+            Self::Remember { .. } => "remember",
+            Self::Forget { .. } => "forget",
+            Self::CreateTask { .. } => "create_task",
+            Self::ClaimTask { .. } => "claim_task",
+            Self::CompleteTask { .. } => "complete_task",
+            Self::ReserveFiles { .. } => "reserve_files",
+            Self::ReleaseFiles { .. } => "release_files",
+            Self::ShareContext { .. } => "share_context",
+            Self::ShareSkill { .. } => "share_skill",
+            Self::RemoveSkill { .. } => "remove_skill",
+            Self::ScheduleReminder { .. } => "schedule_reminder",
+            Self::CancelReminder { .. } => "cancel_reminder",
+            Self::ReminderFired { .. } => "reminder_fired",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+fn op_ad(mesh: &MeshId, id: &OpId, author: &MemberKey) -> Vec<u8> {
+    Canonical::new("claudemesh/op-ad/v1")
+        .fixed(mesh.as_bytes())
+        .fixed(id.as_bytes())
+        .fixed(&author.0)
+        .into_bytes()
+}
+
+fn op_sig_bytes(mesh: &MeshId, id: &OpId, json: &[u8]) -> Vec<u8> {
+    Canonical::new("claudemesh/op/v1")
+        .fixed(mesh.as_bytes())
+        .fixed(id.as_bytes())
+        .var(json)
+        .into_bytes()
+}
+
+/// Sign `body` with the author's member key and seal it with the mesh key.
+pub fn seal_op(
+    key: &MeshKey,
+    mesh: &MeshId,
+    author: &MemberSecret,
+    body: &OpBody,
+) -> Result<OpEnvelope, CryptoError> {
+    let json = serde_json::to_vec(body).map_err(|_| CryptoError::Encrypt)?;
+    let sig = author.sign(&op_sig_bytes(mesh, &body.id, &json));
+    let mut inner = Vec::with_capacity(64 + json.len());
+    inner.extend_from_slice(&sig.0);
+    inner.extend_from_slice(&json);
+    let pk = author.public();
+    let ct = key.seal(&op_ad(mesh, &body.id, &pk), &inner)?;
+    Ok(OpEnvelope {
+        id: body.id,
+        author: pk,
+        ct,
+    })
+}
+
+/// Open an [`OpEnvelope`]: decrypt, check the author's signature and that the body names
+/// the envelope's id.
+pub fn open_op(key: &MeshKey, mesh: &MeshId, env: &OpEnvelope) -> Result<OpBody, OpenError> {
+    let inner = key.open(&op_ad(mesh, &env.id, &env.author), &env.ct)?;
+    if inner.len() < 64 {
+        return Err(OpenError::Crypto(CryptoError::Decrypt));
+    }
+    let (sig, json) = inner.split_at(64);
+    let mut s = [0u8; 64];
+    s.copy_from_slice(sig);
+    env.author
+        .verify(&op_sig_bytes(mesh, &env.id, json), &Signature(s))?;
+    let body: OpBody = serde_json::from_slice(json)?;
+    if body.id != env.id {
+        return Err(OpenError::Mismatch);
+    }
+    Ok(body)
+}
+
+/// The chain hash before the first op of `mesh`.
+pub fn chain_origin(mesh: &MeshId) -> [u8; 32] {
+    blake3::derive_key("claudemesh 2026 op chain origin v1", mesh.as_bytes())
+}
+
+/// The chain hash after applying `op` on top of `prev`.
+pub fn chain_next(prev: &[u8; 32], op: &SequencedOp) -> [u8; 32] {
+    let bytes = Canonical::new("claudemesh/op-chain/v1")
+        .fixed(prev)
+        .i64(op.seq as i64)
+        .i64(op.at)
+        .fixed(op.op.id.as_bytes())
+        .fixed(&op.op.author.0)
+        .var(&op.op.ct)
+        .into_bytes();
+    *blake3::hash(&bytes).as_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(op: Op) -> OpBody {
+        OpBody {
+            id: OpId::new(),
+            session: SessionId::new(),
+            name: "alice".into(),
+            at: 1,
+            op,
+        }
+    }
+
+    #[test]
+    fn sealed_ops_open_only_with_the_right_key_mesh_and_bytes() {
+        let key = MeshKey::generate();
+        let mesh = MeshId::new();
+        let author = MemberSecret::generate();
+        let b = body(Op::SetState {
+            key: "k".into(),
+            value: serde_json::json!({"a": 1}),
+        });
+        let env = seal_op(&key, &mesh, &author, &b).unwrap();
+        assert_eq!(open_op(&key, &mesh, &env).unwrap(), b);
+        assert!(open_op(&MeshKey::generate(), &mesh, &env).is_err());
+        assert!(open_op(&key, &MeshId::new(), &env).is_err());
+        let mut bad = env.clone();
+        let n = bad.ct.len() - 1;
+        bad.ct[n] ^= 1;
+        assert!(open_op(&key, &mesh, &bad).is_err());
+        let mut other = env.clone();
+        other.author = MemberSecret::generate().public();
+        assert!(open_op(&key, &mesh, &other).is_err());
+        // The plaintext is not in the ciphertext.
+        let ct = String::from_utf8_lossy(&env.ct).to_string();
+        assert!(!ct.contains("set_state"));
+    }
+
+    #[test]
+    fn unknown_op_kinds_parse_as_unknown() {
+        let v = serde_json::json!({"id": OpId::new(), "session": SessionId::new(), "name": "x",
+            "at": 1, "op": {"kind": "from_the_future", "x": 1}});
+        let b: OpBody = serde_json::from_value(v).unwrap();
+        assert_eq!(b.op, Op::Unknown);
+    }
+
+    #[test]
+    fn the_chain_depends_on_every_field_and_the_order() {
+        let mesh = MeshId::new();
+        let op = |seq, ct: Vec<u8>| SequencedOp {
+            seq,
+            at: 10,
+            op: OpEnvelope {
+                id: OpId::from_bytes([seq as u8; 16]),
+                author: MemberSecret::generate().public(),
+                ct,
+            },
+        };
+        let a = op(1, vec![1, 2]);
+        let b = op(2, vec![3]);
+        let o = chain_origin(&mesh);
+        let ab = chain_next(&chain_next(&o, &a), &b);
+        let ba = chain_next(&chain_next(&o, &b), &a);
+        assert_ne!(ab, ba);
+        let mut a2 = a.clone();
+        a2.op.ct[0] ^= 1;
+        assert_ne!(chain_next(&o, &a), chain_next(&o, &a2));
+        let mut a3 = a.clone();
+        a3.at += 1;
+        assert_ne!(chain_next(&o, &a), chain_next(&o, &a3));
+    }
+}
