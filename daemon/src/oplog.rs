@@ -33,6 +33,9 @@ use crate::rpc::RpcErr;
 use crate::shared::fold::{self, Applying, Notice};
 use crate::shared::query;
 
+#[cfg(test)]
+mod convergence;
+
 /// Ops buffered ahead of a gap before the link gives up and asks for a fresh sync.
 const MAX_AHEAD: usize = 200_000;
 /// Ops opened per blocking task while catching up.
@@ -46,12 +49,42 @@ pub(crate) struct OpPage {
     pub(crate) first: u64,
 }
 
+/// Puts sequenced ops that arrive in any order, duplicated, back in sequence order.
+#[derive(Debug, Default)]
+pub(crate) struct Reorder {
+    /// Next sequence to apply.
+    pub(crate) next: u64,
+    ahead: BTreeMap<u64, SequencedOp>,
+}
+
+impl Reorder {
+    pub(crate) fn new(next: u64) -> Self {
+        Self {
+            next,
+            ahead: BTreeMap::new(),
+        }
+    }
+
+    /// Take `ops`; return those now next in line, in order (possibly none).
+    pub(crate) fn push(&mut self, ops: Vec<SequencedOp>) -> Vec<SequencedOp> {
+        for o in ops {
+            if o.seq >= self.next {
+                self.ahead.insert(o.seq, o);
+            }
+        }
+        let mut run = Vec::new();
+        while let Some(o) = self.ahead.remove(&self.next) {
+            run.push(o);
+            self.next += 1;
+        }
+        run
+    }
+}
+
 /// The op log's state on one live link.
 #[derive(Debug, Default)]
 pub(crate) struct LinkOps {
-    /// Next sequence to apply.
-    next: u64,
-    ahead: BTreeMap<u64, SequencedOp>,
+    order: Reorder,
     /// Sent, not yet acknowledged by the relay.
     in_flight: HashMap<OpId, Bytes>,
     /// Audit reads waiting for their page.
@@ -162,10 +195,13 @@ pub(crate) async fn start(
         .map_err(|e| format!("cannot read the op log: {e}"))?;
     m.op_caught_up.store(false, Ordering::Release);
     let mut lo = LinkOps {
-        next: head + 1,
+        order: Reorder::new(head + 1),
         ..Default::default()
     };
-    let sync = wire::encode(&ClientFrame::OpSync { from: lo.next }).map_err(|e| e.to_string())?;
+    let sync = wire::encode(&ClientFrame::OpSync {
+        from: lo.order.next,
+    })
+    .map_err(|e| e.to_string())?;
     c.writer
         .feed(Bytes::from(sync))
         .await
@@ -254,20 +290,12 @@ impl LinkOps {
         ops: Vec<SequencedOp>,
         head: Option<u64>,
     ) -> Option<ClientFrame> {
-        for o in ops {
-            if o.seq >= self.next {
-                self.ahead.insert(o.seq, o);
-            }
-        }
-        let mut run = Vec::new();
-        while let Some(o) = self.ahead.remove(&self.next) {
-            run.push(o);
-            self.next += 1;
-        }
+        let run = self.order.push(ops);
         if !run.is_empty() {
             submit(d, m, run).await;
         }
-        let gap = head.is_some_and(|h| self.next <= h) || self.ahead.len() > MAX_AHEAD;
+        let next = self.order.next;
+        let gap = head.is_some_and(|h| next <= h) || self.order.ahead.len() > MAX_AHEAD;
         if head.is_some() && !gap {
             // Caught up once everything queued so far commits (applies commit in order).
             let (d2, m2) = (d.clone(), m.clone());
@@ -285,9 +313,9 @@ impl LinkOps {
                 .await;
         }
         if gap {
-            tracing::warn!(mesh = %m.id.short(), next = self.next, "op log has a gap; syncing again");
-            self.ahead.clear();
-            return Some(ClientFrame::OpSync { from: self.next });
+            tracing::warn!(mesh = %m.id.short(), next, "op log has a gap; syncing again");
+            self.order = Reorder::new(next);
+            return Some(ClientFrame::OpSync { from: next });
         }
         None
     }
@@ -304,8 +332,7 @@ impl LinkOps {
 
     /// The applied head moved backwards (a failed apply): restart from the store.
     pub(crate) fn reset(&mut self, next: u64) {
-        self.next = next;
-        self.ahead.clear();
+        self.order = Reorder::new(next);
     }
 }
 
