@@ -14,7 +14,7 @@ use claudemesh_schema::{ItemId, MeshId, OpId, SessionId, migrations};
 use proptest::prelude::*;
 use rusqlite::{Connection, params};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::{Reorder, apply_run};
 use crate::shared::{fold, query};
@@ -50,7 +50,7 @@ struct Replica {
     unsent: Vec<OpEnvelope>,
 }
 
-fn open(path: &PathBuf) -> Connection {
+fn open(path: &Path) -> Connection {
     sqlite::open(path, migrations::DAEMON, Durability::Normal).unwrap()
 }
 
@@ -188,7 +188,7 @@ fn make_op(rep: &mut Replica, mesh: MeshId, kind: u8, a: u8, b: u8) -> Option<Op
     Some(match kind {
         0 | 1 => Op::SetState {
             key: format!("k{}", a % 3),
-            value: if b % 5 == 0 {
+            value: if b.is_multiple_of(5) {
                 serde_json::Value::Null
             } else {
                 serde_json::json!(b)
@@ -220,7 +220,7 @@ fn make_op(rep: &mut Replica, mesh: MeshId, kind: u8, a: u8, b: u8) -> Option<Op
         8 => Op::ReserveFiles {
             reservation: ItemId::new(),
             patterns: vec![globs[a as usize % globs.len()].to_string()],
-            exclusive: b % 2 == 0,
+            exclusive: b.is_multiple_of(2),
             ttl_secs: 60 * (1 + (b as u64 % 4)),
             reason: String::new(),
         },
