@@ -96,6 +96,8 @@ pub(crate) enum Command {
         #[command(flatten)]
         opts: MeshJson,
     },
+    /// Schedule a reminder to yourself, a peer or @group (`remind list`, `remind cancel <id>`).
+    Remind(RemindArgs),
     /// Check the mesh's shared-state log for tampering.
     Audit {
         #[command(subcommand)]
@@ -247,6 +249,30 @@ pub(crate) struct ReserveArgs {
     pub(crate) opts: MeshJson,
 }
 
+#[derive(Debug, Args)]
+pub(crate) struct RemindArgs {
+    /// The message (or `list`, or `cancel <id>`).
+    #[arg(required = true, num_args = 1..)]
+    pub(crate) message: Vec<String>,
+    /// Deliver after this long: 90s, 30m, 2h, 1d.
+    #[arg(long = "in", conflicts_with_all = ["at", "cron"])]
+    pub(crate) after: Option<String>,
+    /// Deliver at this time: RFC 3339 (2026-11-23T18:00:00Z) or unix seconds.
+    #[arg(long, conflicts_with = "cron")]
+    pub(crate) at: Option<String>,
+    /// Deliver on a 5-field cron schedule, in UTC ("0 9 * * 1-5").
+    #[arg(long)]
+    pub(crate) cron: Option<String>,
+    /// Recipient: a peer, @group or * (default: you).
+    #[arg(long)]
+    pub(crate) to: Option<String>,
+    /// With `list`: also done and cancelled reminders.
+    #[arg(long)]
+    pub(crate) all: bool,
+    #[command(flatten)]
+    pub(crate) opts: MeshJson,
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum AuditAction {
     /// Re-derive the log's hash chain and compare it with the relay's copy; names the first
@@ -258,6 +284,12 @@ pub(crate) enum AuditAction {
 pub(crate) enum DebugAction {
     /// Print a hash of the mesh's folded shared state (equal on every member in sync).
     Digest(MeshJson),
+    /// Move this daemon's reminder clock forward (to try schedules without waiting).
+    Clock {
+        /// How far: 90s, 30m, 2h, 1d.
+        #[arg(long)]
+        advance: String,
+    },
     /// Hold a mesh's relay link down (`down`, writes queue locally) or let it reconnect (`up`).
     Link {
         /// down or up.

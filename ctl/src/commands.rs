@@ -163,6 +163,7 @@ pub(crate) async fn run(cmd: Command) -> Res {
         Command::Task { action } => crate::shared::task(action).await,
         Command::Audit { action } => crate::shared::audit(action).await,
         Command::Reserve(a) => crate::shared::reserve(a).await,
+        Command::Remind(a) => crate::shared::remind(a).await,
         Command::Release(a) => crate::shared::release(a.id, a.opts).await,
         Command::Reservations { all, opts } => crate::shared::reservations(all, opts).await,
         Command::Debug { action } => crate::shared::debug(action).await,

@@ -4,7 +4,7 @@ use claudemesh_schema::ipc::SCHEMA_VERSION;
 use claudemesh_schema::ipc::methods::{
     InboxMessage, InviteInfo, MeshInfo, MeshPeers, MeshStatus, PendingClaim, StatusResult,
 };
-use claudemesh_schema::ipc::shared::{Memory, Reservation, StateEntry, Task};
+use claudemesh_schema::ipc::shared::{Memory, Reminder, Reservation, StateEntry, Task};
 use claudemesh_schema::now_ms;
 use serde::Serialize;
 use serde_json::Value;
@@ -395,4 +395,38 @@ pub(crate) fn reservations(list: &[Reservation]) {
         })
         .collect();
     table(&["ID", "HOLDER", "FILES", "KIND", "STATUS", "REASON"], rows);
+}
+
+pub(crate) fn reminders(list: &[Reminder]) {
+    if list.is_empty() {
+        println!(
+            "No reminders scheduled. Schedule one with `claudemesh remind <message> --in 30m`."
+        );
+        return;
+    }
+    let rows = list
+        .iter()
+        .map(|r| {
+            let when = match (&r.cron, r.next_due) {
+                (Some(c), Some(n)) => format!(
+                    "cron \"{c}\", next in {}",
+                    span((n - now_ms()).max(0) as u64)
+                ),
+                (None, Some(n)) => format!("in {}", span((n - now_ms()).max(0) as u64)),
+                _ => r.status.clone(),
+            };
+            vec![
+                r.id.short(),
+                if r.to.is_empty() {
+                    "me".into()
+                } else {
+                    r.to.clone()
+                },
+                when,
+                r.fired.to_string(),
+                r.message.clone(),
+            ]
+        })
+        .collect();
+    table(&["ID", "TO", "WHEN", "FIRED", "MESSAGE"], rows);
 }

@@ -11,7 +11,9 @@ use claudemesh_schema::ipc::shared::{
 };
 use serde_json::Value;
 
-use crate::cli::{AuditAction, DebugAction, MeshJson, ReserveArgs, StateAction, TaskAction};
+use crate::cli::{
+    AuditAction, DebugAction, MeshJson, RemindArgs, ReserveArgs, StateAction, TaskAction,
+};
 use crate::commands::{Failure, Res, client, paths};
 use crate::output;
 
@@ -297,6 +299,17 @@ pub(crate) async fn debug(action: DebugAction) -> Res {
             }
             Ok(())
         }
+        DebugAction::Clock { advance } => {
+            let secs = crate::commands::parse_duration(&advance)?;
+            let _: Value = call(
+                sh::DEBUG_CLOCK,
+                sh::ClockParams {
+                    advance_ms: (secs as i64).saturating_mul(1000),
+                },
+            )
+            .await?;
+            Ok(())
+        }
         DebugAction::Link { state, mesh } => {
             let _: Value = call(
                 sh::LINK_PAUSE,
@@ -381,5 +394,71 @@ pub(crate) async fn reservations(all: bool, opts: MeshJson) -> Res {
     } else {
         output::reservations(&r.reservations);
     }
+    Ok(())
+}
+
+pub(crate) async fn remind(a: RemindArgs) -> Res {
+    let words: Vec<&str> = a.message.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["list"] => {
+            let r: sh::ScheduledResult = call(
+                sh::SCHEDULED,
+                sh::ScheduledQuery {
+                    mesh: a.opts.mesh,
+                    all: a.all,
+                },
+            )
+            .await?;
+            if a.opts.json {
+                output::json("reminders", &r);
+            } else {
+                output::reminders(&r.reminders);
+            }
+            return Ok(());
+        }
+        ["cancel", id] => {
+            let w: WriteResult =
+                call(sh::CANCEL, item(id.to_string(), &a.opts, String::new())).await?;
+            written("cancelled", &w, a.opts.json);
+            return Ok(());
+        }
+        _ => {}
+    }
+    let in_seconds = a
+        .after
+        .as_deref()
+        .map(crate::commands::parse_duration)
+        .transpose()?;
+    let deliver_at = match a.at.as_deref() {
+        None => None,
+        Some(s) => Some(match s.parse::<i64>() {
+            Ok(secs) => secs.saturating_mul(1000),
+            Err(_) => claudemesh_daemon::parse_rfc3339(s).ok_or_else(|| {
+                Failure::new(
+                    2,
+                    format!("--at {s:?}: use RFC 3339 (2026-11-23T18:00:00Z) or unix seconds"),
+                )
+            })?,
+        }),
+    };
+    if in_seconds.is_none() && deliver_at.is_none() && a.cron.is_none() {
+        return Err(Failure::new(
+            2,
+            "say when: --in 30m, --at <time> or --cron \"0 9 * * 1-5\"",
+        ));
+    }
+    let w: WriteResult = call(
+        sh::SCHEDULE,
+        sh::ScheduleParams {
+            actor: actor(a.opts.mesh),
+            message: a.message.join(" "),
+            to: a.to,
+            in_seconds,
+            deliver_at,
+            cron: a.cron,
+        },
+    )
+    .await?;
+    written("scheduled reminder", &w, a.opts.json);
     Ok(())
 }

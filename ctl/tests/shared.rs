@@ -252,3 +252,105 @@ fn recall_ranks_memories_with_the_relay_stopped() {
         1
     );
 }
+
+fn reminder(n: &Node, id: &str) -> Value {
+    let all = n.json(&["remind", "list", "--all"]);
+    all["reminders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("{} does not know reminder {id}: {all}", n.name))
+}
+
+/// Every node in sync with `n`'s log head.
+fn all_synced(nodes: &[Node], n: &Node) {
+    synced(n, 0);
+    let head = digest(n)["seq"].as_u64().unwrap();
+    for x in nodes {
+        synced(x, head);
+    }
+}
+
+#[test]
+fn reminders_fire_once_per_due_time_also_across_a_restart_of_the_firing_daemon() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, mut nodes) = mesh(bin(), root.path(), &["ann", "ben", "cat"], &[]);
+    let cron = nodes[0].json(&["remind", "standup", "--cron", "*/10 * * * *", "--to", "ben"]);
+    let cron_id = cron["id"].as_str().unwrap().to_string();
+    let once = nodes[0].json(&["remind", "drink", "water", "--in", "1h"]);
+    let once_id = once["id"].as_str().unwrap().to_string();
+    all_synced(&nodes, &nodes[0]);
+    for n in &nodes {
+        let r = reminder(n, &cron_id);
+        assert_eq!(r["fired"], 0);
+        assert_eq!(r["status"], "scheduled");
+        assert!(r["next_due"].is_i64(), "{r}");
+    }
+
+    // The next period comes: ann's daemon (the scheduler's) delivers it, once.
+    nodes[0].ok(&["debug", "clock", "--advance", "10m"]);
+    let got = nodes[1].inbox_wait();
+    assert_eq!(bodies(&got), vec!["standup"], "{got:?}");
+    assert_eq!(got[0]["kind"], "reminder");
+    assert_eq!(got[0]["from_name"], "ann");
+    // The firing is folded everywhere.
+    nodes[0].ok(&["wait", "synced", "--seq", "3", "--timeout", "30"]);
+    all_synced(&nodes, &nodes[0]);
+    let first_due = reminder(&nodes[0], &cron_id)["last_due"].as_i64().unwrap();
+    for n in &nodes {
+        let r = reminder(n, &cron_id);
+        assert_eq!(r["fired"], 1, "{} {r}", n.name);
+        assert_eq!(r["last_due"], first_due);
+    }
+    assert!(
+        nodes[2].inbox_peek().is_empty(),
+        "only the addressed peer gets it"
+    );
+
+    // Kill the firing daemon and start it again: the period already delivered is not
+    // delivered again; the next one is, once.
+    nodes[0].kill();
+    nodes[0].start();
+    nodes[0].wait("link-up", None);
+    all_synced(&nodes, &nodes[0]);
+    assert_eq!(reminder(&nodes[0], &cron_id)["fired"], 1);
+    nodes[0].ok(&["debug", "clock", "--advance", "20m"]);
+    let got = nodes[1].inbox_wait();
+    assert_eq!(bodies(&got), vec!["standup"], "{got:?}");
+    nodes[0].ok(&["wait", "synced", "--seq", "4", "--timeout", "30"]);
+    all_synced(&nodes, &nodes[0]);
+    for n in &nodes {
+        let r = reminder(n, &cron_id);
+        assert_eq!(r["fired"], 2, "{} {r}", n.name);
+        assert!(r["last_due"].as_i64().unwrap() > first_due);
+    }
+
+    // Cancel the recurring one; the one-shot fires once, to ann herself, and is done.
+    nodes[0].ok(&["remind", "cancel", &cron_id[..8]]);
+    nodes[0].ok(&["debug", "clock", "--advance", "1h"]);
+    let mine = nodes[0].inbox_wait();
+    assert_eq!(bodies(&mine), vec!["drink water"], "{mine:?}");
+    assert_eq!(mine[0]["kind"], "reminder");
+    nodes[0].ok(&["wait", "synced", "--seq", "6", "--timeout", "30"]);
+    all_synced(&nodes, &nodes[0]);
+    for n in &nodes {
+        let r = reminder(n, &once_id);
+        assert_eq!(r["fired"], 1, "{} {r}", n.name);
+        assert_eq!(r["status"], "done");
+        assert_eq!(reminder(n, &cron_id)["status"], "cancelled");
+    }
+    assert!(nodes[1].inbox_peek().is_empty(), "no third standup");
+    let listed = nodes[1].json(&["remind", "list"]);
+    assert!(
+        listed["reminders"].as_array().unwrap().is_empty(),
+        "{listed}"
+    );
+}
+
+fn bodies(msgs: &[Value]) -> Vec<String> {
+    msgs.iter()
+        .map(|m| m["body"].as_str().unwrap_or("").to_string())
+        .collect()
+}

@@ -77,6 +77,8 @@ pub(crate) struct Daemon {
     pub(crate) changes: watch::Sender<u64>,
     pub(crate) tasks: TaskTracker,
     pub(crate) hostname: String,
+    /// Shift of the reminder scheduler's clock, ms (`claudemesh debug clock`).
+    pub(crate) clock_offset: std::sync::atomic::AtomicI64,
     /// Serializes mesh creation and joins (name checks).
     pub(crate) membership: tokio::sync::Mutex<()>,
     _lock: Mutex<std::fs::File>,
@@ -378,6 +380,7 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
         changes,
         tasks: TaskTracker::new(),
         hostname: hostname(),
+        clock_offset: Default::default(),
         membership: tokio::sync::Mutex::new(()),
         _lock: Mutex::new(lock),
     });
@@ -403,6 +406,7 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
         })?;
     let server = tokio::spawn(crate::rpc::serve(daemon.clone(), listener));
     daemon.tasks.spawn(crate::sessions::sweeper(daemon.clone()));
+    daemon.tasks.spawn(crate::reminders::run(daemon.clone()));
     tracing::info!(dir = %paths.dir.display(), socket = %paths.socket.display(), "daemon ready");
     Ok(DaemonHandle {
         daemon,

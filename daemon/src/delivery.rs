@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use claudemesh_schema::crypto::BoxPublic;
 use claudemesh_schema::ipc::methods::{InboxMessage, SendParams, SendResult, Stage};
-use claudemesh_schema::message::{self, MessagePayload};
+use claudemesh_schema::message::{self, KIND_REMINDER, MessagePayload};
 use claudemesh_schema::wire::{self, ClientFrame, Envelope, Route, Seal};
 use claudemesh_schema::{MessageId, SessionId, now_ms};
 use std::sync::Arc;
@@ -154,7 +154,11 @@ fn rows_for(
                 body: p.body.clone(),
                 verified: true,
                 surfaced_at: None,
-                kind: "text".into(),
+                kind: if p.kind == KIND_REMINDER {
+                    KIND_REMINDER.into()
+                } else {
+                    "text".into()
+                },
             },
         })
         .collect()
@@ -289,6 +293,16 @@ fn resolve(
 /// Send a message: resolve, seal, commit to the outbox, hand to the link, and wait
 /// briefly for the relay's acknowledgement.
 pub(crate) async fn send(d: &Arc<Daemon>, p: SendParams) -> Result<SendResult, RpcErr> {
+    send_as(d, p, MessageId::new(), "text").await
+}
+
+/// Send with a given message id (a resend after a crash dedupes on it) and payload kind.
+pub(crate) async fn send_as(
+    d: &Arc<Daemon>,
+    p: SendParams,
+    id: MessageId,
+    kind: &str,
+) -> Result<SendResult, RpcErr> {
     let to = p.to.trim().to_string();
     if to.is_empty() {
         return Err(RpcErr::invalid(
@@ -349,7 +363,6 @@ pub(crate) async fn send(d: &Arc<Daemon>, p: SendParams) -> Result<SendResult, R
         }
     };
     let session = p.session.unwrap_or(m.keys.session);
-    let id = MessageId::new();
     let now = now_ms();
     let from_name = m.session_name(&session).unwrap_or_default();
     let payload = MessagePayload {
@@ -359,7 +372,7 @@ pub(crate) async fn send(d: &Arc<Daemon>, p: SendParams) -> Result<SendResult, R
         to: target.label.clone(),
         priority: p.priority,
         sent_at: now,
-        kind: "text".into(),
+        kind: kind.into(),
         body: p.body,
     };
     let (seal, ct) = match &target.key {

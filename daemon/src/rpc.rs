@@ -282,6 +282,18 @@ async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, RpcErr> {
         sh::SKILL_SHARE => json(shared::share_skill(d, params(p)?).await?),
         sh::SKILL_REMOVE => json(shared::remove_skill(d, params(p)?).await?),
         sh::SKILLS => json(shared::skills(d, params(p)?).await?),
+        sh::SCHEDULE => json(shared::schedule(d, params(p)?).await?),
+        sh::SCHEDULED => json(crate::reminders::list(d, params(p)?).await?),
+        sh::CANCEL => json(shared::cancel(d, params(p)?).await?),
+        sh::DEBUG_CLOCK => {
+            let c: sh::ClockParams = params(p)?;
+            let now = d
+                .clock_offset
+                .fetch_add(c.advance_ms, std::sync::atomic::Ordering::Relaxed)
+                + c.advance_ms;
+            d.bump_changes();
+            Ok(serde_json::json!({ "offset_ms": now }))
+        }
         m::MARK_READ => {
             let p: m::MarkReadParams = params(p)?;
             let session = p.session;

@@ -161,6 +161,9 @@ pub struct ReceiptBody {
 /// Payload `kind` of receipts (ordinary messages are `text`).
 pub const KIND_RECEIPT: &str = "receipt";
 
+/// Payload `kind` of reminders delivered by the scheduling member's daemon.
+pub const KIND_REMINDER: &str = "reminder";
+
 /// Why a sealed payload could not be opened.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -2,6 +2,7 @@
 //! reservations, contexts and skills. Writes become ops ([`crate::oplog`]); reads answer
 //! from the folded tables ([`query`]) without touching the network.
 
+pub(crate) mod cron;
 pub(crate) mod fold;
 pub(crate) mod glob;
 pub(crate) mod query;
@@ -433,4 +434,36 @@ pub(crate) async fn skills(d: &Arc<Daemon>, p: SkillQuery) -> Result<SkillsResul
         .await
         .map_err(RpcErr::internal)?;
     Ok(SkillsResult { mesh, skills })
+}
+
+pub(crate) async fn schedule(
+    d: &Arc<Daemon>,
+    p: claudemesh_schema::ipc::shared::ScheduleParams,
+) -> Result<WriteResult, RpcErr> {
+    if p.message.trim().is_empty() {
+        return Err(RpcErr::invalid("a reminder needs a message"));
+    }
+    check_text("the message", &p.message, crate::delivery::MAX_BODY)?;
+    let now = claudemesh_schema::now_ms();
+    let (deliver_at, cron) =
+        crate::reminders::schedule_fields(p.in_seconds, p.deliver_at, p.cron, now)?;
+    let id = ItemId::new();
+    let op = Op::ScheduleReminder {
+        reminder: id,
+        to: p.to.unwrap_or_default().trim().to_string(),
+        body: p.message,
+        deliver_at,
+        cron,
+    };
+    Ok(write(d, &p.actor, op, Some(id)).await?.1)
+}
+
+pub(crate) async fn cancel(d: &Arc<Daemon>, p: ItemParams) -> Result<WriteResult, RpcErr> {
+    let (m, _) = actor(d, &p.actor)?;
+    let id = find(d, &m, "reminders", "reminder", &p.id).await?;
+    Ok(
+        write(d, &p.actor, Op::CancelReminder { reminder: id }, Some(id))
+            .await?
+            .1,
+    )
 }

@@ -531,3 +531,91 @@ pub struct SkillsResult {
     /// By name.
     pub skills: Vec<Skill>,
 }
+
+/// `schedule_reminder`.
+pub const SCHEDULE: &str = "schedule_reminder";
+/// `list_scheduled`.
+pub const SCHEDULED: &str = "list_scheduled";
+/// `cancel_scheduled`.
+pub const CANCEL: &str = "cancel_scheduled";
+/// `debug_clock`: shift the reminder scheduler's clock of this daemon (for tests and
+/// dry runs; nothing else uses it).
+pub const DEBUG_CLOCK: &str = "debug_clock";
+
+/// `schedule_reminder` parameters: exactly one of `in_seconds`, `deliver_at`, `cron`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScheduleParams {
+    /// Writer (its session gets reminders addressed to nobody).
+    #[serde(flatten)]
+    pub actor: Actor,
+    /// The text delivered.
+    pub message: String,
+    /// Recipient: a peer name, `@group` or `*`; empty or absent for yourself.
+    #[serde(default)]
+    pub to: Option<String>,
+    /// Deliver this many seconds from now.
+    #[serde(default)]
+    pub in_seconds: Option<u64>,
+    /// Deliver at this unix time, ms.
+    #[serde(default)]
+    pub deliver_at: Option<i64>,
+    /// Deliver on this 5-field cron schedule (UTC).
+    #[serde(default)]
+    pub cron: Option<String>,
+}
+
+/// One reminder.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Reminder {
+    /// Id.
+    pub id: ItemId,
+    /// Who scheduled it.
+    pub author: String,
+    /// Recipient label (empty: the author's session).
+    pub to: String,
+    /// Text.
+    pub message: String,
+    /// One-shot due time, unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deliver_at: Option<i64>,
+    /// Recurring schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    /// Next due time, unix ms (none once done or cancelled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_due: Option<i64>,
+    /// Last due time delivered, unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_due: Option<i64>,
+    /// Times delivered.
+    pub fired: u64,
+    /// `scheduled`, `done`, `cancelled`.
+    pub status: String,
+}
+
+/// `list_scheduled` parameters.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct ScheduledQuery {
+    /// Mesh name or id prefix.
+    #[serde(default)]
+    pub mesh: Option<String>,
+    /// Also done and cancelled ones.
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// `list_scheduled` result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScheduledResult {
+    /// The mesh.
+    pub mesh: MeshId,
+    /// Soonest first.
+    pub reminders: Vec<Reminder>,
+}
+
+/// `debug_clock` parameters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClockParams {
+    /// Milliseconds to move the scheduler clock forward by.
+    pub advance_ms: i64,
+}
