@@ -53,6 +53,8 @@ fn a_real_mcp_client_uses_every_tool_and_gets_channel_pushes() {
 fn without_channel_support_messages_wait_to_be_pulled() {
     let v = run(false);
     assert!(v.get("channel_latency_ms").is_none());
+    // Every shared-state tool ran (see `shared_state` in the script).
+    assert!(v["shared_ops"].as_u64().unwrap() >= 11, "{v}");
 }
 
 /// A minimal line driver for `claudemesh mcp`, for scenarios around it (process restarts);

@@ -9,5 +9,6 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod server;
+mod shared_tools;
 
 pub use server::{ShimError, run, session_key};

@@ -30,8 +30,9 @@ pub enum ShimError {
 
 /// This session as opened on the daemon.
 #[derive(Debug, Clone)]
-struct Session {
-    id: SessionId,
+pub(crate) struct Session {
+    pub(crate) id: SessionId,
+    pub(crate) mesh: claudemesh_schema::MeshId,
 }
 
 #[derive(Debug)]
@@ -141,7 +142,7 @@ fn ok_json(v: impl Serialize) -> Result<CallToolResult, rmcp::ErrorData> {
     Ok(CallToolResult::success(vec![ContentBlock::text(text)]))
 }
 
-fn tool_error(msg: impl Into<String>) -> Result<CallToolResult, rmcp::ErrorData> {
+pub(crate) fn tool_error(msg: impl Into<String>) -> Result<CallToolResult, rmcp::ErrorData> {
     Ok(CallToolResult::error(vec![ContentBlock::text(msg.into())]))
 }
 
@@ -184,16 +185,16 @@ impl Shim {
                 client_info: tokio::sync::watch::channel(None).0,
                 key,
             }),
-            tool_router: Self::tool_router(),
+            tool_router: Self::tool_router() + Self::shared_router(),
         }
     }
 
-    async fn client(&self) -> Result<Client, ClientError> {
+    pub(crate) async fn client(&self) -> Result<Client, ClientError> {
         connect_or_start(&self.inner.paths, &self.inner.exe).await
     }
 
     /// Open (once) this session on the daemon; retried after a failure.
-    async fn session(&self) -> Result<Session, String> {
+    pub(crate) async fn session(&self) -> Result<Session, String> {
         let mut slot = self.inner.session.lock().await;
         if let Some(s) = slot.as_ref() {
             return Ok(s.clone());
@@ -250,13 +251,16 @@ impl Shim {
             .sessions
             .first()
             .ok_or("no mesh joined; run `claudemesh up`")?;
-        let s = Session { id: first.session };
+        let s = Session {
+            id: first.session,
+            mesh: first.mesh,
+        };
         *slot = Some(s.clone());
         Ok(s)
     }
 
     /// Call the daemon and render its answer (or its error) as a tool result.
-    async fn call<R: serde::de::DeserializeOwned + Serialize>(
+    pub(crate) async fn call<R: serde::de::DeserializeOwned + Serialize>(
         &self,
         method: &str,
         params: impl Serialize,
@@ -501,7 +505,10 @@ impl Shim {
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for Shim {
     fn get_info(&self) -> ServerConfig {
-        let mut caps = ServerCapabilities::builder().enable_tools().build();
+        let mut caps = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_prompts()
+            .build();
         let mut exp = std::collections::BTreeMap::new();
         exp.insert("claude/channel".to_string(), serde_json::Map::new());
         caps.experimental = Some(exp);
@@ -509,8 +516,34 @@ impl ServerHandler for Shim {
             .with_server_info(Implementation::new("claudemesh", env!("CARGO_PKG_VERSION")))
             .with_instructions(
                 "claudemesh connects you with other coding sessions. Use list_peers to see who is there, \
-                 send_message to talk to them, and check_messages (or wait_for_message) to read what they sent.",
+                 send_message to talk to them, and check_messages (or wait_for_message) to read what they sent. \
+                 The mesh also shares state: set_state/get_state, remember/recall, tasks (create_task, claim_task), \
+                 file reservations (reserve_files before editing shared files), contexts, skills and reminders.",
             )
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<rmcp::model::PaginatedRequestParams>,
+        _context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::ListPromptsResult, rmcp::ErrorData> {
+        Ok(rmcp::model::ListPromptsResult::with_all_items(
+            self.skill_prompts().await,
+        ))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: rmcp::model::GetPromptRequestParams,
+        _context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::GetPromptResponse, rmcp::ErrorData> {
+        match self.skill_prompt(&request.name).await {
+            Some(p) => Ok(p.into()),
+            None => Err(rmcp::ErrorData::invalid_params(
+                format!("no skill named {:?} in this mesh", request.name),
+                None,
+            )),
+        }
     }
 }
 

@@ -30,6 +30,12 @@ EXPECTED_TOOLS = {
     "send_message", "list_peers", "check_messages", "message_status", "set_summary",
     "set_status", "set_visible", "set_profile", "join_group", "leave_group", "mesh_info",
     "ping_mesh", "wait_for_message",
+    # shared state
+    "set_state", "get_state", "list_state", "remember", "recall", "forget", "create_task",
+    "claim_task", "complete_task", "list_tasks", "reserve_files", "release_files",
+    "list_reservations", "share_context", "get_context", "list_contexts", "share_skill",
+    "get_skill", "list_skills", "remove_skill", "schedule_reminder", "list_scheduled",
+    "cancel_scheduled", "mesh_stats", "audit_log",
 }
 
 
@@ -200,7 +206,66 @@ async def main():
             out["message_stage"] = status["stage"]
             if not CHANNELS:
                 check(got.empty(), "still nothing pushed")
+            await shared_state(a, b, out)
     print(json.dumps(out))
+
+
+async def shared_state(a, b, out):
+    """Every shared-state tool, A writing and B reading what the mesh's log carried over."""
+    w = text(await a.call_tool("set_state", {"key": "build", "value": {"green": True}}))
+    check(w["seq"] is not None, f"an online write is sequenced: {w}")
+    mem = text(await a.call_tool("remember", {"content": "the parser lives in src/parse.rs", "tags": ["code"]}))
+    task = text(await a.call_tool("create_task", {"title": "fix the parser", "priority": "high"}))
+    res = text(await a.call_tool("reserve_files", {"patterns": ["src/parse.rs"], "reason": "fixing"}))
+    text(await a.call_tool("share_context", {"summary": "the parser is recursive descent", "files_read": ["src/parse.rs"]}))
+    text(await a.call_tool("share_skill", {"name": "release", "description": "how to cut a release", "instructions": "run make release"}))
+    rem = text(await a.call_tool("schedule_reminder", {"message": "check CI", "in_seconds": 3600}))
+    bad = await a.call_tool("schedule_reminder", {"message": "x", "cron": "61 * * * *"})
+    check(bad.is_error, "a bad cron is a tool error")
+    bad = await a.call_tool("claim_task", {"id": "ffffffff"})
+    check(bad.is_error, "an unknown task is a tool error")
+    cli(DIR_B, "wait", "synced", "--seq", str(rem["seq"]), "--timeout", "20")
+
+    v = text(await b.call_tool("get_state", {"key": "build"}))["entries"]
+    check(v[0]["value"] == {"green": True} and v[0]["updated_by"] == "alice-claude", f"bob reads alice's state: {v}")
+    check(len(text(await b.call_tool("list_state", {}))["entries"]) == 1, "list_state")
+    found = text(await b.call_tool("recall", {"query": "parser"}))["memories"]
+    check([m["id"] for m in found] == [mem["id"]], f"recall finds the memory: {found}")
+    claim = text(await b.call_tool("claim_task", {"id": task["id"]}))
+    check(claim["won"] is True, f"bob wins the claim: {claim}")
+    lost = text(await a.call_tool("claim_task", {"id": task["id"]}))
+    check(lost["won"] is False and lost["task"]["assignee"] == "bob-claude", f"alice came second: {lost}")
+    text(await b.call_tool("complete_task", {"id": task["id"], "result": "fixed"}))
+    done = text(await b.call_tool("list_tasks", {"status": "done"}))["tasks"]
+    check(len(done) == 1 and done[0]["result"] == "fixed", f"list_tasks: {done}")
+    held = text(await b.call_tool("list_reservations", {}))["reservations"]
+    check(held[0]["holder"] == "alice-claude" and held[0]["patterns"] == ["src/parse.rs"], f"reservations: {held}")
+    ctx = text(await b.call_tool("get_context", {"query": "parse.rs"}))["contexts"]
+    check(len(ctx) == 1 and ctx[0]["author"] == "alice-claude", f"get_context: {ctx}")
+    check(len(text(await b.call_tool("list_contexts", {}))["contexts"]) == 1, "list_contexts")
+    sk = text(await b.call_tool("get_skill", {"name": "release"}))["skills"]
+    check(sk[0]["instructions"] == "run make release", f"get_skill: {sk}")
+    check(len(text(await b.call_tool("list_skills", {"query": "release"}))["skills"]) == 1, "list_skills")
+    prompts = [p.name for p in (await b.list_prompts()).prompts]
+    check("release" in prompts, f"skills are prompts: {prompts}")
+    p = await b.get_prompt("release")
+    check("make release" in p.messages[0].content.text, f"prompt text: {p}")
+    sched = text(await b.call_tool("list_scheduled", {}))["reminders"]
+    check(len(sched) == 1 and sched[0]["message"] == "check CI", f"list_scheduled: {sched}")
+
+    text(await a.call_tool("release_files", {"id": res["id"]}))
+    text(await a.call_tool("cancel_scheduled", {"id": rem["id"]}))
+    text(await a.call_tool("remove_skill", {"name": "release"}))
+    last = text(await a.call_tool("forget", {"id": mem["id"]}))
+    cli(DIR_B, "wait", "synced", "--seq", str(last["seq"]), "--timeout", "20")
+    check(text(await b.call_tool("list_reservations", {}))["reservations"] == [], "released")
+    check(text(await b.call_tool("list_scheduled", {}))["reminders"] == [], "cancelled")
+    check(text(await b.call_tool("recall", {"query": "parser"}))["memories"] == [], "forgotten")
+    stats = text(await b.call_tool("mesh_stats", {}))
+    check(stats["seq"] == last["seq"] and stats["counts"]["tasks"] == 1, f"mesh_stats: {stats}")
+    audit = text(await b.call_tool("audit_log", {}))
+    check(audit["first_broken"] is None and audit["checked"] == last["seq"], f"audit_log: {audit}")
+    out["shared_ops"] = last["seq"]
 
 
 asyncio.run(main())
