@@ -148,6 +148,13 @@ pub(crate) enum StateAction {
         #[command(flatten)]
         opts: MeshJson,
     },
+    /// Print changes to shared keys as they happen (one line each; --json for JSON lines).
+    Watch {
+        /// Key prefix.
+        prefix: Option<String>,
+        #[command(flatten)]
+        opts: MeshJson,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -119,7 +119,13 @@ pub(crate) fn peers(meshes: &[MeshPeers], daemon_down: bool) {
                         .map(|g| format!("@{g}"))
                         .collect::<Vec<_>>()
                         .join(","),
-                    p.summary.clone(),
+                    if p.reservations.is_empty() {
+                        p.summary.clone()
+                    } else {
+                        format!("{} [editing {}]", p.summary, p.reservations.join(" "))
+                            .trim()
+                            .to_string()
+                    },
                 ]
             })
             .collect();
@@ -215,6 +221,26 @@ pub(crate) fn status(s: &StatusResult) {
                 .filter(|s| s.abs() > 2000)
                 .map(|s| format!("   clock skew: {} s", s / 1000))
                 .unwrap_or_default()
+        );
+        let items: Vec<String> = m
+            .shared
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        println!(
+            "  shared log: seq {}{}{}",
+            m.log_seq,
+            if m.log_pending > 0 {
+                format!(", {} own writes pending", m.log_pending)
+            } else {
+                String::new()
+            },
+            if items.is_empty() {
+                String::new()
+            } else {
+                format!("   ({})", items.join(", "))
+            }
         );
     }
 }

@@ -96,6 +96,40 @@ pub(crate) async fn state(action: StateAction) -> Res {
             written(&format!("set {key}"), &w, opts.json);
             Ok(())
         }
+        StateAction::Watch { prefix, opts } => {
+            let p = paths()?;
+            let mut c = client(&p).await?;
+            let _: Value = c
+                .call(
+                    sh::STATE_WATCH,
+                    sh::WatchParams {
+                        mesh: opts.mesh,
+                        prefix,
+                    },
+                )
+                .await?;
+            use std::io::Write as _;
+            eprintln!("watching shared state (Ctrl-C stops)");
+            while let Ok(n) = c.notification().await {
+                if n.method != sh::NOTIFY_STATE_CHANGE {
+                    continue;
+                }
+                if opts.json {
+                    println!("{}", n.params);
+                } else if let Some(missed) = n.params.get("lagged") {
+                    println!("(missed {missed} changes: this watcher fell behind)");
+                } else if let Ok(ch) = serde_json::from_value::<sh::StateChange>(n.params) {
+                    let v = match ch.value {
+                        Value::Null => "(deleted)".to_string(),
+                        Value::String(s) => s,
+                        v => v.to_string(),
+                    };
+                    println!("{} = {v}  (by {}, seq {})", ch.key, ch.by, ch.seq);
+                }
+                let _ = std::io::stdout().flush();
+            }
+            Err(Failure::new(3, "the daemon closed the connection"))
+        }
         StateAction::List { prefix, opts } => {
             let r: StateResult = call(
                 sh::STATE_LIST,

@@ -109,6 +109,23 @@ fn three_daemons_converge_after_one_was_cut_off() {
         assert!(by.contains(&("ben".into(), "active".into())), "{by:?}");
         assert!(by.contains(&("cat".into(), "refused".into())), "{by:?}");
     }
+    // Reservations show in `peers`, counts in `status`.
+    let peers = ann.json(&["peers"]);
+    let ben_peer = peers["meshes"][0]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "ben")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        ben_peer["reservations"],
+        serde_json::json!(["src/cache/mod.rs"])
+    );
+    let st = cat.json(&["status"]);
+    assert_eq!(st["meshes"][0]["shared"]["memories"], 2, "{st}");
+    assert_eq!(st["meshes"][0]["log_seq"], head);
+    assert_eq!(st["meshes"][0]["log_pending"], 0);
     // The loser is told, in its inbox, by its own daemon.
     let told = cat.inbox_wait();
     let kinds: Vec<&str> = told.iter().map(|m| m["kind"].as_str().unwrap()).collect();
@@ -353,4 +370,42 @@ fn bodies(msgs: &[Value]) -> Vec<String> {
     msgs.iter()
         .map(|m| m["body"].as_str().unwrap_or("").to_string())
         .collect()
+}
+
+#[test]
+fn state_watch_prints_changes_made_anywhere_in_the_mesh() {
+    use std::io::BufRead as _;
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["ann", "ben"], &[]);
+    let mut watch = nodes[1].spawn(&["state", "watch", "deploy/", "--json"]);
+    let mut err = std::io::BufReader::new(watch.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("watching"), "{line}");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(out).lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    nodes[0].ok(&["state", "set", "other", "1"]);
+    nodes[0].ok(&["state", "set", "deploy/status", "green"]);
+    nodes[0].ok(&["state", "set", "deploy/status", "null"]);
+    let first: Value =
+        serde_json::from_str(&rx.recv_timeout(std::time::Duration::from_secs(30)).unwrap())
+            .unwrap();
+    assert_eq!(first["key"], "deploy/status", "the prefix filters: {first}");
+    assert_eq!(first["value"], "green");
+    assert_eq!(first["by"], "ann");
+    let second: Value =
+        serde_json::from_str(&rx.recv_timeout(std::time::Duration::from_secs(30)).unwrap())
+            .unwrap();
+    assert!(second["value"].is_null(), "deletion: {second}");
+    assert!(second["seq"].as_u64() > first["seq"].as_u64());
+    let _ = watch.kill();
+    let _ = watch.wait();
 }

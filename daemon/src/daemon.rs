@@ -73,6 +73,9 @@ pub(crate) struct Daemon {
     pub(crate) relay: Option<(String, [u8; 32])>,
     /// Bumped whenever messages are added to the inbox (wakes `inbox --wait`).
     pub(crate) inbox_gen: watch::Sender<u64>,
+    /// Shared keys changed by applied ops (`state_change` notifications).
+    pub(crate) state_events:
+        tokio::sync::broadcast::Sender<claudemesh_schema::ipc::shared::StateChange>,
     /// Bumped on any link-state or presence change (wakes `wait_for`).
     pub(crate) changes: watch::Sender<u64>,
     pub(crate) tasks: TaskTracker,
@@ -377,6 +380,7 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
         shutdown: CancellationToken::new(),
         relay,
         inbox_gen,
+        state_events: tokio::sync::broadcast::channel(1024).0,
         changes,
         tasks: TaskTracker::new(),
         hostname: hostname(),

@@ -416,6 +416,8 @@ async fn submit(d: &Arc<Daemon>, m: &Arc<MeshCtx>, run: Vec<SequencedOp>) {
 pub(crate) struct Applied {
     pub(crate) ops: Vec<(OpId, u64)>,
     pub(crate) kinds: HashSet<&'static str>,
+    /// Shared keys set or deleted, in order.
+    pub(crate) state: Vec<(String, serde_json::Value, String, SessionId, u64, i64)>,
 }
 
 /// Apply a run of consecutive sequenced ops on top of the stored head.
@@ -476,6 +478,16 @@ pub(crate) fn apply_run(
                 )?;
                 if !notices.is_empty() {
                     notices_to(tx, notices)?;
+                }
+                if let Op::SetState { key, value } = &b.op {
+                    applied.state.push((
+                        key.clone(),
+                        value.clone(),
+                        b.name.clone(),
+                        b.session,
+                        o.seq,
+                        o.at,
+                    ));
                 }
                 applied.kinds.insert(b.op.kind());
             }
@@ -549,6 +561,23 @@ fn after_apply(d: &Arc<Daemon>, m: &Arc<MeshCtx>, r: crate::store::Result<Applie
             if !a.ops.is_empty() {
                 d.bump_inbox();
                 d.bump_changes();
+            }
+            if !a.state.is_empty() && d.state_events.receiver_count() > 0 {
+                let mesh_name = m.name();
+                for (key, value, by, by_id, seq, at) in a.state {
+                    let _ = d
+                        .state_events
+                        .send(claudemesh_schema::ipc::shared::StateChange {
+                            mesh: m.id,
+                            mesh_name: mesh_name.clone(),
+                            key,
+                            value,
+                            by,
+                            by_id,
+                            seq,
+                            at,
+                        });
+                }
             }
         }
         Err(e) => {

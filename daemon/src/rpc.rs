@@ -177,6 +177,28 @@ async fn connection(d: Arc<Daemon>, stream: Stream) {
                 continue;
             }
         };
+        if req.method == claudemesh_schema::ipc::shared::STATE_WATCH {
+            let resp =
+                match params::<claudemesh_schema::ipc::shared::WatchParams>(req.params.clone()) {
+                    Ok(wp) => match wp.mesh.as_deref().map(|s| d.select(Some(s))).transpose() {
+                        Ok(only) => {
+                            requests.spawn(state_watch(
+                                d.clone(),
+                                only.map(|m| m.id),
+                                wp.prefix,
+                                tx.clone(),
+                            ));
+                            Response::ok(req.id, Value::Object(Default::default()))
+                        }
+                        Err(e) => Response::err(req.id, e.code, e.message),
+                    },
+                    Err(e) => Response::err(req.id, e.code, e.message),
+                };
+            let _ = tx
+                .send(serde_json::to_string(&resp).unwrap_or_default())
+                .await;
+            continue;
+        }
         if req.method == m::SUBSCRIBE {
             let resp = match params::<m::SubscribeParams>(req.params.clone()) {
                 Ok(sp) if d.meshes().iter().any(|x| x.is_local(&sp.session)) => {
@@ -337,7 +359,7 @@ async fn status(d: &Arc<Daemon>) -> Result<StatusResult, RpcErr> {
             let r = lock(&x.row);
             (x.id, r.member, r.session)
         };
-        let (outbox, unread, online) = d
+        let (outbox, unread, online, (shared, log_seq, log_pending)) = d
             .store
             .read(move |c| {
                 let (o, u) = store::q_counts(c, id)?;
@@ -345,7 +367,7 @@ async fn status(d: &Arc<Daemon>) -> Result<StatusResult, RpcErr> {
                     .iter()
                     .filter(|p| p.online && p.member != own_member && p.session != own_session)
                     .count() as u64;
-                Ok((o, u, online))
+                Ok((o, u, online, crate::shared::query::q_counts(c, id)?))
             })
             .await
             .map_err(RpcErr::internal)?;
@@ -362,6 +384,9 @@ async fn status(d: &Arc<Daemon>) -> Result<StatusResult, RpcErr> {
             unread,
             peers_online: online,
             clock_skew_ms: st.skew_ms,
+            shared,
+            log_seq,
+            log_pending,
         });
     }
     Ok(StatusResult {
@@ -643,6 +668,48 @@ async fn subscription(
             r = gen_rx.changed() => if r.is_err() { return },
             r = changes.changed() => if r.is_err() { return },
             _ = d.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Push `state_change` notifications for as long as the connection lives. A watcher too
+/// slow to keep up is told how many changes it missed (`lagged`), never blocked on.
+async fn state_watch(
+    d: Arc<Daemon>,
+    only: Option<claudemesh_schema::MeshId>,
+    prefix: Option<String>,
+    tx: mpsc::Sender<String>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut rx = d.state_events.subscribe();
+    loop {
+        let ev = tokio::select! {
+            r = rx.recv() => r,
+            _ = d.shutdown.cancelled() => return,
+        };
+        let params = match ev {
+            Ok(c) => {
+                if only.is_some_and(|m| m != c.mesh)
+                    || prefix.as_deref().is_some_and(|p| !c.key.starts_with(p))
+                {
+                    continue;
+                }
+                serde_json::to_value(&c).unwrap_or(Value::Null)
+            }
+            Err(RecvError::Lagged(n)) => serde_json::json!({ "lagged": n }),
+            Err(RecvError::Closed) => return,
+        };
+        let n = claudemesh_schema::ipc::Notification {
+            jsonrpc: "2.0".into(),
+            method: claudemesh_schema::ipc::shared::NOTIFY_STATE_CHANGE.into(),
+            params,
+        };
+        if tx
+            .send(serde_json::to_string(&n).unwrap_or_default())
+            .await
+            .is_err()
+        {
+            return;
         }
     }
 }

@@ -868,6 +868,13 @@ fn presence_rows(
 /// Peers of a mesh as shown by `peers`: online first, then by name. Our own daemon
 /// session is left out; our other sessions are marked `me`.
 pub fn q_peers(conn: &Connection, mesh: &MeshRow) -> Result<Vec<PeerInfo>> {
+    // Live file reservations, by holder (a store from before shared state has none).
+    let mut held: std::collections::HashMap<SessionId, Vec<String>> = Default::default();
+    for r in crate::shared::query::q_reservations(conn, mesh.id, false, claudemesh_schema::now_ms())
+        .unwrap_or_default()
+    {
+        held.entry(r.holder_id).or_default().extend(r.patterns);
+    }
     let mut peers: Vec<PeerInfo> = q_presence(conn, mesh.id)?
         .into_iter()
         .filter(|p| p.session != mesh.session)
@@ -886,6 +893,7 @@ pub fn q_peers(conn: &Connection, mesh: &MeshRow) -> Result<Vec<PeerInfo>> {
             delivery: p.profile.delivery,
             role: p.profile.role,
             client: p.profile.client,
+            reservations: held.remove(&p.session).unwrap_or_default(),
         })
         .collect();
     peers.sort_by(|a, b| b.online.cmp(&a.online).then_with(|| a.name.cmp(&b.name)));

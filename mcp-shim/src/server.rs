@@ -175,6 +175,33 @@ pub(crate) fn channel_notification(msg: &InboxMessage) -> CustomNotification {
     )
 }
 
+/// The channel notification for a shared-state change (`kind: state_change`).
+pub(crate) fn state_change_notification(
+    ch: &claudemesh_schema::ipc::shared::StateChange,
+) -> CustomNotification {
+    let value = match &ch.value {
+        serde_json::Value::Null => "(deleted)".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        v => v.to_string(),
+    };
+    let content = format!("[state] {} = {value} (set by {})", ch.key, ch.by);
+    let meta = serde_json::json!({
+        "from_id": ch.by_id.to_string(),
+        "from_name": ch.by,
+        "mesh": ch.mesh_name,
+        "priority": "low",
+        "kind": "state_change",
+        "key": ch.key,
+        "seq": ch.seq.to_string(),
+        "sent_at": ch.at.to_string(),
+        "verified": "true",
+    });
+    CustomNotification::new(
+        "notifications/claude/channel",
+        Some(serde_json::json!({ "content": content, "meta": meta })),
+    )
+}
+
 impl Shim {
     fn new(paths: Paths, exe: PathBuf, key: String) -> Self {
         Self {
@@ -637,6 +664,15 @@ pub async fn run(paths: Paths, exe: PathBuf) -> Result<(), ShimError> {
                     )
                     .await
                     .is_ok()
+                    && c.call::<serde_json::Value>(
+                        claudemesh_schema::ipc::shared::STATE_WATCH,
+                        claudemesh_schema::ipc::shared::WatchParams {
+                            mesh: Some(s.mesh.to_string()),
+                            prefix: None,
+                        },
+                    )
+                    .await
+                    .is_ok()
                 {
                     delay = std::time::Duration::from_millis(100);
                     while let Ok(n) = c.notification().await {
@@ -646,6 +682,24 @@ pub async fn run(paths: Paths, exe: PathBuf) -> Result<(), ShimError> {
                             // reopen, which resolves to the right session, and resubscribe.
                             *shim.inner.session.lock().await = None;
                             break;
+                        }
+                        if method == claudemesh_schema::ipc::shared::NOTIFY_STATE_CHANGE {
+                            let Ok(ch) = serde_json::from_value::<
+                                claudemesh_schema::ipc::shared::StateChange,
+                            >(params) else {
+                                continue;
+                            };
+                            // Own writes are not news to this session.
+                            if ch.by_id == s.id {
+                                continue;
+                            }
+                            let note = ServerNotification::CustomNotification(
+                                state_change_notification(&ch),
+                            );
+                            if peer.send_notification(note).await.is_err() {
+                                return;
+                            }
+                            continue;
                         }
                         if method != m::NOTIFY_MESSAGE {
                             continue;

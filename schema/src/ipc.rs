@@ -512,6 +512,15 @@ pub mod methods {
         /// Relay clock minus ours at the last welcome, ms.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub clock_skew_ms: Option<i64>,
+        /// Shared state: items per kind (`state`, `memories`, `tasks`, …).
+        #[serde(default)]
+        pub shared: std::collections::BTreeMap<String, u64>,
+        /// Last applied sequence of the shared-state log.
+        #[serde(default)]
+        pub log_seq: u64,
+        /// Own shared-state writes not yet sequenced.
+        #[serde(default)]
+        pub log_pending: u64,
     }
 
     /// `status` result.
@@ -704,6 +713,9 @@ pub mod methods {
         /// Client software.
         #[serde(default)]
         pub client: String,
+        /// File patterns this peer holds live reservations on.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub reservations: Vec<String>,
     }
 
     /// One mesh's peers.

@@ -206,14 +206,23 @@ async def main():
             out["message_stage"] = status["stage"]
             if not CHANNELS:
                 check(got.empty(), "still nothing pushed")
-            await shared_state(a, b, out)
+            await shared_state(a, b, out, got)
     print(json.dumps(out))
 
 
-async def shared_state(a, b, out):
+async def shared_state(a, b, out, got):
     """Every shared-state tool, A writing and B reading what the mesh's log carried over."""
     w = text(await a.call_tool("set_state", {"key": "build", "value": {"green": True}}))
     check(w["seq"] is not None, f"an online write is sequenced: {w}")
+    if CHANNELS:
+        # Peers taking channels hear about shared-state changes (kind state_change).
+        while True:
+            _, note = await asyncio.wait_for(got.get(), 20)
+            if note.meta.get("kind") == "state_change":
+                break
+        check(note.meta["key"] == "build" and note.meta["from_name"] == "alice-claude", f"state_change meta: {note.meta}")
+        check(note.content == '[state] build = {"green":true} (set by alice-claude)', f"state_change content: {note.content}")
+        check(all(isinstance(v, str) for v in note.meta.values()), "state_change meta values are strings")
     mem = text(await a.call_tool("remember", {"content": "the parser lives in src/parse.rs", "tags": ["code"]}))
     task = text(await a.call_tool("create_task", {"title": "fix the parser", "priority": "high"}))
     res = text(await a.call_tool("reserve_files", {"patterns": ["src/parse.rs"], "reason": "fixing"}))

@@ -457,3 +457,34 @@ pub(crate) fn q_skills(
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
+
+/// Items per folded table (pending own items included), the applied head, and own writes
+/// not yet sequenced: cheap counts for `status` and `mesh_info`.
+pub(crate) fn q_counts(
+    conn: &Connection,
+    mesh: MeshId,
+) -> Result<(BTreeMap<String, u64>, u64, u64)> {
+    let mut counts = BTreeMap::new();
+    for (table, _) in TABLES {
+        let live = match *table {
+            "reservations" => " AND status = 'active'",
+            "reminders" => " AND status = 'scheduled'",
+            "tasks" => " AND status != 'done'",
+            _ => "",
+        };
+        let n: i64 = conn.query_row(
+            &format!("SELECT count(*) FROM {table} WHERE mesh = ?1{live}"),
+            params![mesh.as_bytes()],
+            |r| r.get(0),
+        )?;
+        let name = if *table == "state_kv" { "state" } else { table };
+        counts.insert(name.to_string(), n as u64);
+    }
+    let pending: i64 = conn.query_row(
+        "SELECT count(*) FROM op_outbox WHERE mesh = ?1",
+        params![mesh.as_bytes()],
+        |r| r.get(0),
+    )?;
+    let head = q_head(conn, mesh)?.map(|h| h.0).unwrap_or(0);
+    Ok((counts, head, pending as u64))
+}

@@ -619,3 +619,39 @@ pub struct ClockParams {
     /// Milliseconds to move the scheduler clock forward by.
     pub advance_ms: i64,
 }
+
+/// `state_watch`: stream `state_change` notifications (the request is answered once, then
+/// notifications follow on the connection).
+pub const STATE_WATCH: &str = "state_watch";
+
+/// `state_watch` parameters.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct WatchParams {
+    /// Only this mesh (name or id prefix; default: every mesh).
+    #[serde(default)]
+    pub mesh: Option<String>,
+    /// Only keys starting with this.
+    #[serde(default)]
+    pub prefix: Option<String>,
+}
+
+/// A shared key changed (pushed as `state_change`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StateChange {
+    /// The mesh.
+    pub mesh: MeshId,
+    /// Its name.
+    pub mesh_name: String,
+    /// The key.
+    pub key: String,
+    /// The new value (`null`: deleted).
+    pub value: Value,
+    /// Who changed it.
+    pub by: String,
+    /// Their session.
+    pub by_id: SessionId,
+    /// Its place in the log.
+    pub seq: u64,
+    /// When the relay sequenced it, unix ms.
+    pub at: i64,
+}

@@ -2,7 +2,7 @@
 //!
 //! ```sh
 //! cargo build --release --workspace
-//! target/release/bench all          # or: ipc | peers | dm | throughput | idle | load
+//! target/release/bench all          # or: ipc | peers | dm | throughput | idle | load | mcp | state
 //! ```
 //!
 //! Daemons and relays are real processes of `target/release/claudemesh` (found next to this
@@ -17,6 +17,7 @@ use claudemesh_relay::Connection;
 use claudemesh_relay::client::connect_quic;
 use claudemesh_schema::crypto::{BoxSecret, MemberSecret};
 use claudemesh_schema::ipc::methods as m;
+use claudemesh_schema::ipc::shared as sh;
 use claudemesh_schema::roster::{MeshGenesis, Role, RosterEntry, RosterOp};
 use claudemesh_schema::wire::{self, ClientFrame, Envelope, Hello, RelayFrame, Route, Seal};
 use claudemesh_schema::{MeshId, MessageId, SessionId, now_ms};
@@ -664,6 +665,192 @@ async fn mcp(bin: &Path) {
     report("`claudemesh hook post-tool-use` (daemon up)", "ms", hook);
 }
 
+/// Write `n` ops through `clients` concurrent local-socket clients; `make(i)` builds the
+/// request of op `i`. Returns when every write is durable at the daemon.
+async fn write_ops<P, F>(sock: &Path, n: usize, clients: usize, method: &'static str, make: F)
+where
+    P: serde::Serialize + Send + 'static,
+    F: Fn(usize) -> P + Send + Sync + 'static,
+{
+    let make = Arc::new(make);
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (make, next, sock) = (make.clone(), next.clone(), sock.to_path_buf());
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(&sock).await.unwrap();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= n {
+                    break;
+                }
+                let _: sh::WriteResult = c.call(method, make(i)).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+async fn wait_synced(sock: &Path, seq: u64) {
+    let mut c = Client::connect(sock).await.unwrap();
+    let r: m::WaitResult = c
+        .call(
+            m::WAIT_FOR,
+            m::WaitParams {
+                condition: m::WaitCondition::Synced,
+                mesh: None,
+                peer: None,
+                seq: Some(seq),
+                timeout_ms: 600_000,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(r.met, "not in sync within 10 minutes");
+}
+
+/// Shared state: op write and publish throughput, catch-up of a member that was offline,
+/// `state get` latency, and `recall` over many memories.
+async fn state(bin: &Path) {
+    let n: usize = std::env::var("CM_BENCH_OPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin, root.path(), &["alice", "bob"], &[]);
+    let (a_sock, b_sock) = (
+        nodes[0].dir.join("daemon.sock"),
+        nodes[1].dir.join("daemon.sock"),
+    );
+    nodes[1].ok(&["debug", "link", "down"]);
+    nodes[1].wait("link-down", None);
+
+    let actor = || sh::Actor {
+        mesh: None,
+        session: None,
+        wait_ms: Some(0),
+    };
+    let t = Instant::now();
+    write_ops(&a_sock, n, 64, sh::STATE_SET, move |i| sh::StateSetParams {
+        actor: actor(),
+        key: format!("key-{}", i % 5000),
+        value: serde_json::json!({ "n": i, "note": "a shared value of modest size" }),
+    })
+    .await;
+    let written = t.elapsed();
+    wait_synced(&a_sock, n as u64).await;
+    let published = t.elapsed();
+    println!(
+        "op writes, 64 clients (durable locally)      n={n:<6} {:>9.0} ops/s",
+        n as f64 / written.as_secs_f64()
+    );
+    println!(
+        "op publish (sequenced by relay, applied)     n={n:<6} {:>9.0} ops/s",
+        n as f64 / published.as_secs_f64()
+    );
+
+    let t = Instant::now();
+    nodes[1].ok(&["debug", "link", "up"]);
+    wait_synced(&b_sock, n as u64).await;
+    println!(
+        "catch-up of {n} ops by a member that was offline: {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    let da: sh::DigestResult = Client::connect(&a_sock)
+        .await
+        .unwrap()
+        .call(sh::DIGEST, m::MeshParams { mesh: None })
+        .await
+        .unwrap();
+    let db: sh::DigestResult = Client::connect(&b_sock)
+        .await
+        .unwrap()
+        .call(sh::DIGEST, m::MeshParams { mesh: None })
+        .await
+        .unwrap();
+    assert_eq!(da.digest, db.digest, "both members fold to the same state");
+
+    let mut c = Client::connect(&b_sock).await.unwrap();
+    let mut v = Vec::new();
+    for i in 0..5000 {
+        let t = Instant::now();
+        let r: sh::StateResult = c
+            .call(
+                sh::STATE_GET,
+                sh::StateQuery {
+                    mesh: None,
+                    key: Some(format!("key-{}", i % 5000)),
+                },
+            )
+            .await
+            .unwrap();
+        v.push(t.elapsed().as_secs_f64() * 1e6);
+        assert_eq!(r.entries.len(), 1);
+    }
+    report("state get, RPC round trip", "us", v);
+    let mut v = Vec::new();
+    for i in 0..200 {
+        let t = Instant::now();
+        let out = nodes[1].run(&["state", "get", &format!("key-{i}")]);
+        v.push(t.elapsed().as_secs_f64() * 1e3);
+        assert!(out.status.success());
+    }
+    report("`claudemesh state get` process", "ms", v);
+
+    // Memories: n of them, then ranked recall.
+    let words: Vec<String> = (0..4000).map(|i| format!("w{i:x}")).collect();
+    let words = Arc::new(words);
+    let w2 = words.clone();
+    let t = Instant::now();
+    write_ops(&a_sock, n, 64, sh::REMEMBER, move |i| {
+        let mut x = i as u64 * 2654435761 + 7;
+        let text: Vec<&str> = (0..14)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                // Zipf-ish: small indices far more often.
+                let r = (x % 4000) as usize;
+                w2[(r * r) / 4000].as_str()
+            })
+            .collect();
+        sh::RememberParams {
+            actor: actor(),
+            text: text.join(" "),
+            tags: vec![format!("t{}", i % 16)],
+        }
+    })
+    .await;
+    wait_synced(&a_sock, 2 * n as u64).await;
+    wait_synced(&b_sock, 2 * n as u64).await;
+    println!(
+        "{n} memories written and synced to both members in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let mut v = Vec::new();
+    for i in 0..2000usize {
+        let q = format!("{} {}", words[(i * 7) % 600], words[(i * 13) % 2000]);
+        let t = Instant::now();
+        let r: sh::RecallResult = c
+            .call(
+                sh::RECALL,
+                sh::RecallParams {
+                    mesh: None,
+                    query: q,
+                    tags: vec![],
+                    limit: Some(10),
+                },
+            )
+            .await
+            .unwrap();
+        v.push(t.elapsed().as_secs_f64() * 1e3);
+        assert!(!r.memories.is_empty());
+    }
+    report(&format!("recall (top 10) over {n} memories"), "ms", v);
+}
+
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
@@ -694,6 +881,9 @@ fn main() {
         }
         if all || what == "mcp" {
             mcp(&bin).await;
+        }
+        if all || what == "state" {
+            state(&bin).await;
         }
     });
 }
