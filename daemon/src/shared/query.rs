@@ -53,10 +53,21 @@ pub(crate) fn q_state(
 ) -> Result<Vec<StateEntry>> {
     let wanted = |k: &str| key.is_none_or(|x| x == k) && prefix.is_none_or(|p| k.starts_with(p));
     let mut out: BTreeMap<String, StateEntry> = BTreeMap::new();
-    let mut stmt = conn.prepare_cached(
-        "SELECT key, value, author_name, updated_at FROM state_kv WHERE mesh = ?1 ORDER BY key",
-    )?;
-    let rows = stmt.query_map(params![mesh.as_bytes()], |r| {
+    // One key is a primary-key lookup (its own statement, so the planner uses the index);
+    // a prefix scans from the prefix on.
+    let mut stmt = match key {
+        Some(_) => conn.prepare_cached(
+            "SELECT key, value, author_name, updated_at FROM state_kv
+             WHERE mesh = ?1 AND key = ?2 AND ?3 IS NULL",
+        )?,
+        None => conn.prepare_cached(
+            "SELECT key, value, author_name, updated_at FROM state_kv
+             WHERE mesh = ?1 AND ?2 IS NULL AND key >= COALESCE(?3, '')
+               AND (?3 IS NULL OR substr(key, 1, length(?3)) = ?3)
+             ORDER BY key",
+        )?,
+    };
+    let rows = stmt.query_map(params![mesh.as_bytes(), key, prefix], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,
@@ -104,14 +115,15 @@ pub(crate) fn q_state(
     Ok(out.into_values().collect())
 }
 
-/// Turn words into an FTS5 query: each word a quoted prefix term, any of them matching
-/// (bm25 ranks memories matching more and rarer words first).
+/// Turn words into an FTS5 query: each word a quoted term (stemmed by the index's porter
+/// tokenizer, so `deploys` finds `deploy`), any of them matching; bm25 ranks memories
+/// matching more and rarer words first.
 fn fts_query(q: &str) -> Option<String> {
     let words: Vec<String> = q
         .split(|c: char| !c.is_alphanumeric() && c != '_')
         .filter(|w| !w.is_empty())
         .take(32)
-        .map(|w| format!("\"{w}\"*"))
+        .map(|w| format!("\"{w}\""))
         .collect();
     (!words.is_empty()).then(|| words.join(" OR "))
 }
