@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used)]
 //! Shared mesh state end to end: real relay and daemon processes, the real CLI.
 
-use claudemesh_tests::{Node, contains, db_bytes, mesh};
+use claudemesh_tests::{Node, contains, db_bytes, mesh, mesh_with};
 use serde_json::Value;
 use std::path::Path;
 
@@ -408,4 +408,69 @@ fn state_watch_prints_changes_made_anywhere_in_the_mesh() {
     assert!(second["seq"].as_u64() > first["seq"].as_u64());
     let _ = watch.kill();
     let _ = watch.wait();
+}
+
+#[test]
+fn a_new_member_starts_from_a_snapshot_and_the_relay_drops_the_ops_it_covers() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = "[state]\nsnapshot_every = 5\n";
+    let (relay, nodes) = mesh_with(bin(), root.path(), &["ann", "ben"], &[], cfg);
+    let (ann, ben) = (&nodes[0], &nodes[1]);
+    for i in 0..6 {
+        ann.ok(&["state", "set", &format!("k{i}"), &i.to_string()]);
+    }
+    ann.ok(&[
+        "remember",
+        "snapshots",
+        "carry",
+        "memories",
+        "too",
+        "--tags",
+        "snap",
+    ]);
+    ann.ok(&["task", "create", "ship", "it"]);
+    ben.ok(&["state", "set", "k0", "from ben"]);
+    for i in 6..10 {
+        ann.ok(&["state", "set", &format!("k{i}"), &i.to_string()]);
+    }
+    // 13 ops: ann wrote the 5th and the 10th (ben the 9th), so ann snapshots at 5 and at 10,
+    // and the relay keeps only the newest and the ops after it.
+    all_synced(&nodes, ann);
+    let head = digest(ann)["seq"].as_u64().unwrap();
+    assert_eq!(head, 13);
+    let audit = ann.json(&["audit", "verify"]);
+    assert_eq!(audit["relay_first"], 11, "{audit}");
+    assert!(audit["first_broken"].is_null(), "{audit}");
+    let relay_ops: i64 = rusqlite::Connection::open(relay.db())
+        .unwrap()
+        .query_row("SELECT count(*) FROM ops", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(relay_ops, 3, "ops 11..=13 remain");
+
+    // Cat joins now: it gets the snapshot at 10 plus three ops, and folds to the same state.
+    let mut cat = Node::with_config(bin(), root.path(), "cat", cfg);
+    cat.start();
+    let link = ann.ok(&["invite"]);
+    cat.ok(&["join", &link, "--wait", "20"]);
+    synced(&cat, head);
+    let want = digest(ann);
+    let got = digest(&cat);
+    assert_eq!(got["digest"], want["digest"], "{got} vs {want}");
+    assert_eq!(got["counts"]["memories"], 1);
+    assert_eq!(state_value(&cat, "k0"), "from ben");
+    assert_eq!(state_value(&cat, "k9"), 9);
+    let r = cat.json(&["recall", "memories"]);
+    assert_eq!(
+        r["memories"].as_array().unwrap().len(),
+        1,
+        "the FTS index is rebuilt: {r}"
+    );
+    // Its chain starts at the snapshot and checks out against the relay.
+    let audit = cat.json(&["audit", "verify"]);
+    assert!(audit["first_broken"].is_null(), "{audit}");
+    assert_eq!(audit["checked"], 3);
+    // And it keeps going from there.
+    cat.ok(&["state", "set", "k10", "10"]);
+    all_synced(&nodes, &cat);
+    assert_eq!(digest(ann)["digest"], digest(&cat)["digest"]);
 }

@@ -38,6 +38,26 @@ pub struct DaemonConfig {
     pub relay: EmbeddedRelay,
     /// How links reach relays.
     pub link: LinkConfig,
+    /// Shared state.
+    pub state: StateConfig,
+}
+
+/// Shared-state settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Capture a snapshot after every this many ops of the log (the daemon whose member
+    /// wrote the op at that sequence does it), so new members need not replay everything
+    /// and the relay can drop old ops. 0 never snapshots. Default 10000.
+    pub snapshot_every: u64,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            snapshot_every: 10_000,
+        }
+    }
 }
 
 /// The relay the daemon runs in-process when no other relay is configured.

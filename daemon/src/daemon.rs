@@ -235,6 +235,7 @@ impl Daemon {
             op_waiters: Mutex::new(HashMap::new()),
             paused: watch::channel(false).0,
             op_caught_up: Default::default(),
+            snapshots_pending: Default::default(),
         });
         self.meshes
             .write()

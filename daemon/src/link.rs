@@ -415,6 +415,19 @@ async fn session(
                         lo.reads.insert(rid, reply);
                         write(&mut c, &ClientFrame::OpRead { rid, from, limit }).await
                     }
+                    LinkCmd::Snapshot(frames) => {
+                        let mut r = Ok(());
+                        for f in frames {
+                            if let Err(e) = c.writer.feed(f).await {
+                                r = Err(e.to_string());
+                                break;
+                            }
+                        }
+                        match r {
+                            Ok(()) => c.writer.flush().await.map_err(|e| e.to_string()),
+                            Err(e) => Err(e),
+                        }
+                    }
                     LinkCmd::Resync => {
                         let mesh = m.id;
                         let _ = d.store.flush().await;
@@ -494,6 +507,27 @@ async fn on_op_frame(
         },
         RelayFrame::OpAck { id, .. } => {
             lo.acked(id);
+            OpFrame::Handled
+        }
+        RelayFrame::SnapshotPart {
+            seq,
+            author,
+            part,
+            parts,
+            data,
+        } => {
+            lo.snapshot_part(d, m, (seq, author, part, parts, data))
+                .await;
+            OpFrame::Handled
+        }
+        RelayFrame::SnapshotStored { seq, kept } => {
+            tracing::debug!(mesh = %m.id.short(), seq, kept, "relay stored our snapshot");
+            let _ = m.snapshots_pending.fetch_update(
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+                |n| Some(n.saturating_sub(1)),
+            );
+            d.bump_changes();
             OpFrame::Handled
         }
         RelayFrame::OpRefused {
@@ -701,6 +735,8 @@ async fn on_frame(
         | RelayFrame::OpAck { .. }
         | RelayFrame::OpRefused { .. }
         | RelayFrame::OpPage { .. }
+        | RelayFrame::SnapshotPart { .. }
+        | RelayFrame::SnapshotStored { .. }
         | RelayFrame::Ready { .. }
         | RelayFrame::ClaimWaiting { .. }
         | RelayFrame::ClaimResult(_) => {

@@ -73,6 +73,8 @@ pub(crate) enum LinkCmd {
     ),
     /// Applying ops failed: restart the op sync from the stored head.
     Resync,
+    /// Upload a sealed snapshot (its parts, in order).
+    Snapshot(Vec<Bytes>),
 }
 
 /// The sending side of a mesh's link.
@@ -92,6 +94,7 @@ impl std::fmt::Debug for LinkCmd {
             Self::Op(id, _) => write!(f, "Op({id:?})"),
             Self::ReadOps(from, limit, _) => write!(f, "ReadOps({from}, {limit})"),
             Self::Resync => f.write_str("Resync"),
+            Self::Snapshot(parts) => write!(f, "Snapshot({} parts)", parts.len()),
         }
     }
 }
@@ -150,6 +153,8 @@ pub(crate) struct MeshCtx {
     pub(crate) aliases: Mutex<HashMap<String, SessionId>>,
     /// Shared-state writes waiting to hear their sequence number.
     pub(crate) op_waiters: Mutex<HashMap<OpId, Vec<oneshot::Sender<u64>>>>,
+    /// Snapshots captured here and not yet stored by the relay.
+    pub(crate) snapshots_pending: std::sync::atomic::AtomicU64,
     /// The link has applied the relay's log up to the head it reported at sync.
     pub(crate) op_caught_up: std::sync::atomic::AtomicBool,
     /// True while the link is held down on purpose (`claudemesh debug link down`).

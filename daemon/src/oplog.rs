@@ -31,7 +31,8 @@ use crate::daemon::Daemon;
 use crate::mesh::{LinkCmd, MeshCtx, RelayRefusal, lock};
 use crate::rpc::RpcErr;
 use crate::shared::fold::{self, Applying, Notice};
-use crate::shared::query;
+use crate::shared::{query, snapshot};
+use claudemesh_schema::crypto::MemberKey;
 
 #[cfg(test)]
 mod convergence;
@@ -65,6 +66,12 @@ impl Reorder {
         }
     }
 
+    /// Continue from `next` (a snapshot covered everything before it).
+    pub(crate) fn skip_to(&mut self, next: u64) {
+        self.ahead = self.ahead.split_off(&next);
+        self.next = next;
+    }
+
     /// Take `ops`; return those now next in line, in order (possibly none).
     pub(crate) fn push(&mut self, ops: Vec<SequencedOp>) -> Vec<SequencedOp> {
         for o in ops {
@@ -87,6 +94,8 @@ pub(crate) struct LinkOps {
     order: Reorder,
     /// Sent, not yet acknowledged by the relay.
     in_flight: HashMap<OpId, Bytes>,
+    /// A snapshot being received: seq, author, parts, bytes so far.
+    download: Option<(u64, MemberKey, u32, Vec<u8>, u32)>,
     /// Audit reads waiting for their page.
     pub(crate) reads: HashMap<u64, oneshot::Sender<Result<OpPage, RelayRefusal>>>,
 }
@@ -194,6 +203,8 @@ pub(crate) async fn start(
         .await
         .map_err(|e| format!("cannot read the op log: {e}"))?;
     m.op_caught_up.store(false, Ordering::Release);
+    // Uploads of a previous connection are lost with it.
+    m.snapshots_pending.store(0, Ordering::Release);
     let mut lo = LinkOps {
         order: Reorder::new(head + 1),
         ..Default::default()
@@ -320,6 +331,83 @@ impl LinkOps {
         None
     }
 
+    /// A part of the relay's newest snapshot (sent when this daemon is behind the oldest op
+    /// the relay still has). After the last part: check it, load it in place of the ops it
+    /// covers, and go on from there.
+    pub(crate) async fn snapshot_part(
+        &mut self,
+        d: &Arc<Daemon>,
+        m: &Arc<MeshCtx>,
+        (seq, author, part, parts, data): (u64, MemberKey, u32, u32, Vec<u8>),
+    ) {
+        if part == 0 {
+            self.download = Some((seq, author, parts, Vec::new(), 0));
+        }
+        let Some((s, a, n, buf, next)) = self.download.as_mut() else {
+            return;
+        };
+        if *s != seq
+            || *a != author
+            || *n != parts
+            || *next != part
+            || buf.len() + data.len() > op::MAX_SNAPSHOT
+        {
+            tracing::warn!(mesh = %m.id.short(), seq, "snapshot parts out of order; ignored");
+            self.download = None;
+            return;
+        }
+        buf.extend_from_slice(&data);
+        *next += 1;
+        if *next < parts {
+            return;
+        }
+        let Some((seq, author, _, ct, _)) = self.download.take() else {
+            return;
+        };
+        if seq < self.order.next {
+            return; // Already past it.
+        }
+        if !m.is_member(&author) {
+            tracing::warn!(mesh = %m.id.short(), seq, "snapshot from a non-member; ignored");
+            return;
+        }
+        let (key, mesh) = (m.keys.mesh_key.clone(), m.id);
+        let opened =
+            tokio::task::spawn_blocking(move || op::open_snapshot(&key, &mesh, seq, &author, &ct))
+                .await;
+        let body = match opened {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                tracing::warn!(mesh = %m.id.short(), seq, error = %e, "snapshot does not open; ignored");
+                return;
+            }
+            Err(_) => return,
+        };
+        let loaded = d
+            .store
+            .write(move |tx| {
+                snapshot::load(tx, mesh, &body).map_err(|e| match e {
+                    snapshot::LoadError::Sql(e) => e,
+                    other => rusqlite::Error::ToSqlConversionFailure(Box::new(other)),
+                })
+            })
+            .await;
+        match loaded {
+            Ok(()) => {
+                tracing::info!(mesh = %m.id.short(), seq, "started from a snapshot");
+                self.order.skip_to(seq + 1);
+                let run = self.order.push(Vec::new());
+                if !run.is_empty() {
+                    submit(d, m, run).await;
+                }
+                d.bump_changes();
+            }
+            Err(e) => {
+                tracing::warn!(mesh = %m.id.short(), seq, error = %e, "cannot load snapshot");
+            }
+        }
+    }
+
     /// Forget what the relay was sent or asked; the next link starts from the store.
     pub(crate) fn fail_reads(&mut self) {
         for (_, r) in self.reads.drain() {
@@ -386,11 +474,13 @@ async fn submit(d: &Arc<Daemon>, m: &Arc<MeshCtx>, run: Vec<SequencedOp>) {
     let mesh_name = m.name();
     let daemon_session = m.keys.session;
     let member = m.member();
+    let capture = Some((d.cfg.state.snapshot_every, member));
+    let rt = tokio::runtime::Handle::current();
     let r = d
         .store
         .write_then(
             move |tx| {
-                apply_run(tx, mesh, opened, |tx, notices| {
+                apply_run(tx, mesh, opened, capture, |tx, notices| {
                     record_notices(
                         tx,
                         mesh,
@@ -402,7 +492,7 @@ async fn submit(d: &Arc<Daemon>, m: &Arc<MeshCtx>, run: Vec<SequencedOp>) {
                     )
                 })
             },
-            move |r| after_apply(&d2, &m2, r),
+            move |r| after_apply(&d2, &m2, &rt, r),
         )
         .await;
     if let Err(e) = r {
@@ -418,6 +508,8 @@ pub(crate) struct Applied {
     pub(crate) kinds: HashSet<&'static str>,
     /// Shared keys set or deleted, in order.
     pub(crate) state: Vec<(String, serde_json::Value, String, SessionId, u64, i64)>,
+    /// A snapshot this daemon is to upload.
+    pub(crate) snapshot: Option<op::SnapshotBody>,
 }
 
 /// Apply a run of consecutive sequenced ops on top of the stored head.
@@ -425,6 +517,7 @@ pub(crate) fn apply_run(
     tx: &Transaction<'_>,
     mesh: MeshId,
     ops: Vec<Opened>,
+    capture: Option<(u64, MemberKey)>,
     mut notices_to: impl FnMut(&Transaction<'_>, Vec<Notice>) -> rusqlite::Result<()>,
 ) -> rusqlite::Result<Applied> {
     let (mut seq, mut hash) = tx
@@ -499,6 +592,14 @@ pub(crate) fn apply_run(
             .execute(params![o.op.id.as_bytes()])?;
         seq = o.seq;
         applied.ops.push((o.op.id, o.seq));
+        // The author of every `every`-th op captures a snapshot right after it.
+        if let Some((every, me)) = &capture
+            && *every > 0
+            && seq % every == 0
+            && o.op.author == *me
+        {
+            applied.snapshot = Some(snapshot::capture(tx, mesh, seq, hash)?);
+        }
     }
     tx.prepare_cached(
         "INSERT INTO op_heads (mesh, seq, hash) VALUES (?1, ?2, ?3)
@@ -514,7 +615,7 @@ fn record_notices(
     mesh: MeshId,
     mesh_name: &str,
     daemon_session: SessionId,
-    member: &claudemesh_schema::crypto::MemberKey,
+    member: &MemberKey,
     local: &HashMap<SessionId, String>,
     notices: Vec<Notice>,
 ) -> rusqlite::Result<()> {
@@ -545,9 +646,18 @@ fn record_notices(
     Ok(())
 }
 
-fn after_apply(d: &Arc<Daemon>, m: &Arc<MeshCtx>, r: crate::store::Result<Applied>) {
+fn after_apply(
+    d: &Arc<Daemon>,
+    m: &Arc<MeshCtx>,
+    rt: &tokio::runtime::Handle,
+    r: crate::store::Result<Applied>,
+) {
     match r {
-        Ok(a) => {
+        Ok(mut a) => {
+            if let Some(body) = a.snapshot.take() {
+                m.snapshots_pending.fetch_add(1, Ordering::AcqRel);
+                rt.spawn(upload_snapshot(m.clone(), body));
+            }
             {
                 let mut w = lock(&m.op_waiters);
                 for (id, seq) in &a.ops {
@@ -584,6 +694,51 @@ fn after_apply(d: &Arc<Daemon>, m: &Arc<MeshCtx>, r: crate::store::Result<Applie
             tracing::error!(mesh = %m.id.short(), error = %e, "cannot apply ops; syncing again");
             let _ = m.link.tx.try_send(LinkCmd::Resync);
         }
+    }
+}
+
+/// Seal a captured snapshot and hand its parts to the link.
+async fn upload_snapshot(m: Arc<MeshCtx>, body: op::SnapshotBody) {
+    let seq = body.seq;
+    let m2 = m.clone();
+    let sealed = tokio::task::spawn_blocking(move || {
+        op::seal_snapshot(&m2.keys.mesh_key, &m2.keys.member, &body)
+    })
+    .await;
+    let ct = match sealed {
+        Ok(Ok(ct)) if ct.len() <= op::MAX_SNAPSHOT => ct,
+        Ok(Ok(ct)) => {
+            tracing::warn!(mesh = %m.id.short(), seq, bytes = ct.len(), "snapshot too large to upload; the relay keeps the full log");
+            m.snapshots_pending.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        _ => {
+            tracing::error!(mesh = %m.id.short(), seq, "cannot seal snapshot");
+            m.snapshots_pending.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+    };
+    let chunks: Vec<&[u8]> = ct.chunks(op::SNAPSHOT_PART).collect();
+    let parts = chunks.len() as u32;
+    let mut frames = Vec::with_capacity(chunks.len());
+    for (i, c) in chunks.into_iter().enumerate() {
+        match wire::encode(&ClientFrame::SnapshotPart {
+            seq,
+            part: i as u32,
+            parts,
+            data: c.to_vec(),
+        }) {
+            Ok(f) => frames.push(Bytes::from(f)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode snapshot part");
+                m.snapshots_pending.fetch_sub(1, Ordering::AcqRel);
+                return;
+            }
+        }
+    }
+    tracing::debug!(mesh = %m.id.short(), seq, parts, "uploading snapshot");
+    if m.link.tx.send(LinkCmd::Snapshot(frames)).await.is_err() {
+        m.snapshots_pending.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -625,7 +780,7 @@ pub(crate) async fn audit(d: &Arc<Daemon>, m: &Arc<MeshCtx>) -> Result<AuditResu
                     at,
                     op: op::OpEnvelope {
                         id,
-                        author: claudemesh_schema::crypto::MemberKey(author),
+                        author: MemberKey(author),
                         ct,
                     },
                 };
@@ -640,6 +795,7 @@ pub(crate) async fn audit(d: &Arc<Daemon>, m: &Arc<MeshCtx>) -> Result<AuditResu
         checked: 0,
         local_head: local.last().map(|x| x.0.seq).unwrap_or(0),
         relay_head: None,
+        relay_first: None,
         first_broken: None,
         problem: None,
     };
@@ -650,9 +806,26 @@ pub(crate) async fn audit(d: &Arc<Daemon>, m: &Arc<MeshCtx>) -> Result<AuditResu
         }
     };
     // 1. The chain as stored here.
-    let mut hash = op::chain_origin(&mesh);
+    // From the start of the log, or from the snapshot this daemon started from.
+    let base = d
+        .store
+        .read(move |c| {
+            Ok(c.query_row(
+                "SELECT base_seq, base_hash FROM op_heads WHERE mesh = ?1",
+                params![mesh.as_bytes()],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Option<Vec<u8>>>(1)?)),
+            )
+            .ok())
+        })
+        .await
+        .map_err(RpcErr::internal)?;
+    let (base_seq, base_hash) = match base {
+        Some((s, Some(h))) if s > 0 => (s, <[u8; 32]>::try_from(h.as_slice()).ok()),
+        _ => (0, None),
+    };
+    let mut hash = base_hash.unwrap_or_else(|| op::chain_origin(&mesh));
     let mut by_seq: HashMap<u64, [u8; 32]> = HashMap::with_capacity(local.len());
-    for (expect, (o, stored, error)) in (1u64..).zip(local.iter()) {
+    for (expect, (o, stored, error)) in (base_seq + 1..).zip(local.iter()) {
         let seq = &o.seq;
         if *seq != expect {
             broken(
@@ -702,6 +875,7 @@ pub(crate) async fn audit(d: &Arc<Daemon>, m: &Arc<MeshCtx>) -> Result<AuditResu
             return Ok(result);
         };
         result.relay_head = Some(page.head);
+        result.relay_first = Some(page.first);
         if page.first > from {
             // Older ops were dropped after a snapshot: check what is still there.
             from = page.first;

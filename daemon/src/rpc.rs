@@ -511,7 +511,10 @@ async fn wait_for(d: &Arc<Daemon>, p: m::WaitParams) -> Result<m::WaitResult, Rp
                 let mut all = true;
                 for x in &targets {
                     let up = x.link.status.borrow().state == LinkState::Connected
-                        && x.op_caught_up.load(std::sync::atomic::Ordering::Acquire);
+                        && x.op_caught_up.load(std::sync::atomic::Ordering::Acquire)
+                        && x.snapshots_pending
+                            .load(std::sync::atomic::Ordering::Acquire)
+                            == 0;
                     if !up {
                         all = false;
                         break;

@@ -76,6 +76,7 @@ pub(crate) async fn serve<S: Store>(
         drain: None,
         resync_pending: false,
         op_sync: None,
+        upload: None,
     };
     async {
         let end = conn.run(&mut reader).await;
@@ -222,6 +223,7 @@ struct Conn<S> {
     drain: Option<tokio::task::JoinHandle<()>>,
     resync_pending: bool,
     op_sync: Option<tokio::task::JoinHandle<()>>,
+    upload: Option<crate::oplog::Upload>,
 }
 
 /// Why a connection ended (for the debug log).
@@ -403,6 +405,23 @@ impl<S: Store> Conn<S> {
                             mesh,
                             from,
                         )));
+                        Ok(())
+                    }
+                    ClientFrame::SnapshotPart {
+                        seq,
+                        part,
+                        parts,
+                        data,
+                    } => {
+                        crate::oplog::snapshot_part(
+                            &self.hub,
+                            &self.link,
+                            &mut self.upload,
+                            mesh,
+                            member,
+                            (seq, part, parts, data),
+                        )
+                        .await;
                         Ok(())
                     }
                     ClientFrame::OpRead { rid, from, limit } => {

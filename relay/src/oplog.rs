@@ -11,14 +11,14 @@ use bytes::Bytes;
 use claudemesh_schema::MeshId;
 use claudemesh_schema::crypto::MemberKey;
 use claudemesh_schema::now_ms;
-use claudemesh_schema::op::OpEnvelope;
+use claudemesh_schema::op::{MAX_SNAPSHOT, OpEnvelope, SNAPSHOT_PART};
 use claudemesh_schema::wire::{ErrorCode, MAX_CIPHERTEXT, RelayFrame};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
 
 use crate::hub::{Hub, LinkHandle, MeshEntry, frame, lock};
-use crate::store::{NewOp, Store};
+use crate::store::{NewOp, Store, StoredSnapshot};
 
 /// Ops per catch-up read.
 const PAGE_OPS: usize = 2048;
@@ -156,6 +156,20 @@ pub(crate) async fn sync<S: Store>(
                 return;
             }
         };
+        // The ops before `first` were dropped after a snapshot: send it, then go on.
+        if from < page.first {
+            match send_snapshot(&hub, &data, mesh).await {
+                Some(seq) if seq + 1 >= page.first => {
+                    from = seq + 1;
+                    continue;
+                }
+                _ => {
+                    tracing::error!(mesh = %mesh.short(), from, first = page.first, "ops were dropped but no snapshot covers them");
+                    from = page.first;
+                    continue;
+                }
+            }
+        }
         let Some(last) = page.ops.last().map(|o| o.0) else {
             let _ = data.send(ops_frame(&[], Some(page.head))).await;
             return;
@@ -195,4 +209,120 @@ pub(crate) async fn read<S: Store>(
             ));
         }
     }
+}
+
+/// A snapshot being uploaded on one link, part by part.
+#[derive(Debug, Default)]
+pub(crate) struct Upload {
+    seq: u64,
+    parts: u32,
+    next: u32,
+    data: Vec<u8>,
+}
+
+/// Take one uploaded snapshot part; after the last, store the snapshot (dropping the ops it
+/// covers) and tell the uploader. Out-of-order or oversized uploads are refused and reset.
+pub(crate) async fn snapshot_part<S: Store>(
+    hub: &Arc<Hub<S>>,
+    link: &LinkHandle,
+    upload: &mut Option<Upload>,
+    mesh: MeshId,
+    member: MemberKey,
+    (seq, part, parts, data): (u64, u32, u32, Vec<u8>),
+) {
+    let max_parts = (MAX_SNAPSHOT / SNAPSHOT_PART + 1) as u32;
+    let fresh = part == 0;
+    if fresh {
+        *upload = Some(Upload {
+            seq,
+            parts,
+            next: 0,
+            data: Vec::new(),
+        });
+    }
+    let ok = match upload.as_mut() {
+        Some(u) => {
+            u.seq == seq
+                && u.parts == parts
+                && u.next == part
+                && parts <= max_parts
+                && data.len() <= SNAPSHOT_PART
+                && u.data.len() + data.len() <= MAX_SNAPSHOT
+        }
+        None => false,
+    };
+    if !ok {
+        *upload = None;
+        link.push(crate::hub::error_frame(
+            None,
+            ErrorCode::BadFrame,
+            "snapshot parts out of order or too large; upload dropped",
+            false,
+        ));
+        return;
+    }
+    let Some(u) = upload.as_mut() else { return };
+    u.data.extend_from_slice(&data);
+    u.next += 1;
+    if u.next < u.parts {
+        return;
+    }
+    let Some(u) = upload.take() else { return };
+    let snap = StoredSnapshot {
+        mesh,
+        seq: u.seq,
+        author: member,
+        ct: u.data,
+        at: now_ms(),
+    };
+    match hub.store.put_snapshot(snap).await {
+        Ok(kept) => {
+            tracing::debug!(mesh = %mesh.short(), seq = u.seq, kept, "snapshot uploaded");
+            if let Some(f) = frame(&RelayFrame::SnapshotStored { seq: u.seq, kept }) {
+                link.push(f);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot store snapshot");
+            link.push(crate::hub::error_frame(
+                None,
+                ErrorCode::Internal,
+                "relay could not store the snapshot",
+                false,
+            ));
+        }
+    }
+}
+
+/// Send the stored snapshot in parts (ahead of the ops after it).
+async fn send_snapshot<S: Store>(
+    hub: &Arc<Hub<S>>,
+    data: &mpsc::Sender<Bytes>,
+    mesh: MeshId,
+) -> Option<u64> {
+    let snap = match hub.store.snapshot(mesh).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read snapshot");
+            return None;
+        }
+    };
+    let chunks: Vec<&[u8]> = if snap.ct.is_empty() {
+        vec![&[][..]]
+    } else {
+        snap.ct.chunks(SNAPSHOT_PART).collect()
+    };
+    let parts = chunks.len() as u32;
+    for (i, c) in chunks.into_iter().enumerate() {
+        let f = frame(&RelayFrame::SnapshotPart {
+            seq: snap.seq,
+            author: snap.author,
+            part: i as u32,
+            parts,
+            data: c.to_vec(),
+        })?;
+        data.send(f).await.ok()?;
+    }
+    Some(snap.seq)
 }

@@ -176,6 +176,17 @@ pub trait Store: Send + Sync + 'static {
         op: NewOp,
         done: Done<Appended>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Keep `snap` as the mesh's newest snapshot if it is newer than the one stored and not
+    /// past the log's head, and drop the ops it covers; `Ok(false)` if it was not kept.
+    fn put_snapshot(
+        &self,
+        snap: StoredSnapshot,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// The mesh's newest snapshot.
+    fn snapshot(
+        &self,
+        mesh: MeshId,
+    ) -> impl Future<Output = Result<Option<StoredSnapshot>, StoreError>> + Send;
     /// Up to `limit` ops (and at most about `max_bytes`) from sequence `from` on.
     fn ops(
         &self,
@@ -210,6 +221,21 @@ pub struct Appended {
     pub at: i64,
     /// False when the id was already in the log.
     pub new: bool,
+}
+
+/// A sealed snapshot of a mesh's shared state.
+#[derive(Debug, Clone)]
+pub struct StoredSnapshot {
+    /// Its mesh.
+    pub mesh: MeshId,
+    /// The last op folded in.
+    pub seq: u64,
+    /// The member that captured and signed it.
+    pub author: MemberKey,
+    /// The ciphertext.
+    pub ct: Vec<u8>,
+    /// Stored at, unix ms.
+    pub at: i64,
 }
 
 /// A page of a mesh's op log.
@@ -685,6 +711,80 @@ impl Store for SqliteStore {
             )
             .await?;
         Ok(())
+    }
+
+    async fn put_snapshot(&self, snap: StoredSnapshot) -> Result<bool, StoreError> {
+        Ok(self
+            .writer
+            .call(move |tx| {
+                let mesh = snap.mesh.as_bytes().to_vec();
+                let head: i64 = tx
+                    .query_row(
+                        "SELECT head FROM op_heads WHERE mesh = ?1",
+                        params![mesh],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .unwrap_or(0);
+                let have: i64 = tx
+                    .query_row(
+                        "SELECT seq FROM snapshots WHERE mesh = ?1",
+                        params![mesh],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .unwrap_or(0);
+                let seq = snap.seq as i64;
+                if seq <= have || seq > head {
+                    return Ok(false);
+                }
+                tx.execute(
+                    "INSERT INTO snapshots (mesh, seq, author, ct, at) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (mesh) DO UPDATE SET seq = excluded.seq, author = excluded.author,
+                       ct = excluded.ct, at = excluded.at",
+                    params![mesh, seq, snap.author.0, snap.ct, snap.at],
+                )?;
+                tx.execute(
+                    "DELETE FROM ops WHERE mesh = ?1 AND seq <= ?2",
+                    params![mesh, seq],
+                )?;
+                tx.execute(
+                    "UPDATE op_heads SET first = ?2 + 1 WHERE mesh = ?1",
+                    params![mesh, seq],
+                )?;
+                Ok(true)
+            })
+            .await?)
+    }
+
+    async fn snapshot(&self, mesh: MeshId) -> Result<Option<StoredSnapshot>, StoreError> {
+        self.read(move |conn| {
+            let row = conn
+                .query_row(
+                    "SELECT seq, author, ct, at FROM snapshots WHERE mesh = ?1",
+                    params![mesh.as_bytes()],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, Vec<u8>>(1)?,
+                            r.get::<_, Vec<u8>>(2)?,
+                            r.get::<_, i64>(3)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            match row {
+                None => Ok(None),
+                Some((seq, author, ct, at)) => Ok(Some(StoredSnapshot {
+                    mesh,
+                    seq: seq as u64,
+                    author: key_from(author)?,
+                    ct,
+                    at,
+                })),
+            }
+        })
+        .await
     }
 
     async fn ops(

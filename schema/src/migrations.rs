@@ -8,10 +8,12 @@ pub const DAEMON: &[&str] = &[
     include_str!("../sql/daemon/0001_init.sql"),
     include_str!("../sql/daemon/0002_receipts.sql"),
     include_str!("../sql/daemon/0003_shared_state.sql"),
+    include_str!("../sql/daemon/0004_snapshots.sql"),
 ];
 
 /// Relay store migrations (`relay.db`).
 pub const RELAY: &[&str] = &[
     include_str!("../sql/relay/0001_init.sql"),
     include_str!("../sql/relay/0002_ops.sql"),
+    include_str!("../sql/relay/0003_snapshots.sql"),
 ];

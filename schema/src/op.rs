@@ -24,6 +24,11 @@ pub const MAX_KEY: usize = 256;
 /// Largest text field of an op (a value, a memory, a skill body), in bytes.
 pub const MAX_TEXT: usize = 64 * 1024;
 
+/// Snapshot ciphertext travels in parts of at most this many bytes.
+pub const SNAPSHOT_PART: usize = 512 * 1024;
+/// Largest snapshot ciphertext a relay accepts (64 MiB).
+pub const MAX_SNAPSHOT: usize = 64 << 20;
+
 /// A sealed op as the relay sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpEnvelope {
@@ -308,6 +313,88 @@ pub fn chain_next(prev: &[u8; 32], op: &SequencedOp) -> [u8; 32] {
     *blake3::hash(&bytes).as_bytes()
 }
 
+/// The folded state of a mesh right after the op at `seq`, as one member captured it. A new
+/// member (or one too far behind) starts from the newest snapshot instead of replaying the
+/// whole log; the relay may then drop the ops it covers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotBody {
+    /// The mesh.
+    pub mesh: MeshId,
+    /// The last op folded in.
+    pub seq: u64,
+    /// The chain hash after that op (the chain continues from it).
+    #[serde(with = "encoding::array")]
+    pub hash: [u8; 32],
+    /// The folded tables, sequenced rows only.
+    pub tables: Vec<SnapshotTable>,
+}
+
+/// One folded table in a snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotTable {
+    /// Table name.
+    pub name: String,
+    /// Column names.
+    pub columns: Vec<String>,
+    /// Rows; each value is `null` or `{"i": int}`, `{"r": real}`, `{"t": text}`,
+    /// `{"b": base64url}`.
+    pub rows: Vec<Vec<Value>>,
+}
+
+fn snapshot_ad(mesh: &MeshId, seq: u64, author: &MemberKey) -> Vec<u8> {
+    Canonical::new("claudemesh/snapshot-ad/v1")
+        .fixed(mesh.as_bytes())
+        .i64(seq as i64)
+        .fixed(&author.0)
+        .into_bytes()
+}
+
+fn snapshot_sig_bytes(mesh: &MeshId, seq: u64, json: &[u8]) -> Vec<u8> {
+    Canonical::new("claudemesh/snapshot/v1")
+        .fixed(mesh.as_bytes())
+        .i64(seq as i64)
+        .var(json)
+        .into_bytes()
+}
+
+/// Sign a snapshot with the author's member key and seal it with the mesh key.
+pub fn seal_snapshot(
+    key: &MeshKey,
+    author: &MemberSecret,
+    body: &SnapshotBody,
+) -> Result<Vec<u8>, CryptoError> {
+    let json = serde_json::to_vec(body).map_err(|_| CryptoError::Encrypt)?;
+    let sig = author.sign(&snapshot_sig_bytes(&body.mesh, body.seq, &json));
+    let mut inner = Vec::with_capacity(64 + json.len());
+    inner.extend_from_slice(&sig.0);
+    inner.extend_from_slice(&json);
+    key.seal(&snapshot_ad(&body.mesh, body.seq, &author.public()), &inner)
+}
+
+/// Open a snapshot of `mesh` at `seq` by `author`; checks the signature and that the body
+/// is what the envelope says.
+pub fn open_snapshot(
+    key: &MeshKey,
+    mesh: &MeshId,
+    seq: u64,
+    author: &MemberKey,
+    ct: &[u8],
+) -> Result<SnapshotBody, OpenError> {
+    let inner = key.open(&snapshot_ad(mesh, seq, author), ct)?;
+    if inner.len() < 64 {
+        return Err(OpenError::Crypto(CryptoError::Decrypt));
+    }
+    let (sig, json) = inner.split_at(64);
+    let mut s = [0u8; 64];
+    s.copy_from_slice(sig);
+    author.verify(&snapshot_sig_bytes(mesh, seq, json), &Signature(s))?;
+    let body: SnapshotBody = serde_json::from_slice(json)?;
+    if body.mesh != *mesh || body.seq != seq {
+        return Err(OpenError::Mismatch);
+    }
+    Ok(body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,6 +432,31 @@ mod tests {
         // The plaintext is not in the ciphertext.
         let ct = String::from_utf8_lossy(&env.ct).to_string();
         assert!(!ct.contains("set_state"));
+    }
+
+    #[test]
+    fn snapshots_open_only_as_sealed() {
+        let key = MeshKey::generate();
+        let mesh = MeshId::new();
+        let author = MemberSecret::generate();
+        let body = SnapshotBody {
+            mesh,
+            seq: 10,
+            hash: [7; 32],
+            tables: vec![SnapshotTable {
+                name: "state_kv".into(),
+                columns: vec!["key".into()],
+                rows: vec![vec![serde_json::json!({"t": "k"})]],
+            }],
+        };
+        let ct = seal_snapshot(&key, &author, &body).unwrap();
+        let pk = author.public();
+        assert_eq!(open_snapshot(&key, &mesh, 10, &pk, &ct).unwrap(), body);
+        assert!(open_snapshot(&key, &mesh, 11, &pk, &ct).is_err());
+        assert!(open_snapshot(&key, &mesh, 10, &MemberSecret::generate().public(), &ct).is_err());
+        let mut bad = ct.clone();
+        bad[30] ^= 1;
+        assert!(open_snapshot(&key, &mesh, 10, &pk, &bad).is_err());
     }
 
     #[test]

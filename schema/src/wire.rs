@@ -451,6 +451,21 @@ pub enum ClientFrame {
         /// First sequence wanted.
         from: u64,
     },
+    /// One part of a sealed snapshot of the log's fold at `seq` (parts in order, each at
+    /// most [`crate::op::SNAPSHOT_PART`] bytes). After the last part the relay keeps it
+    /// (if newer than the one it has), drops the ops it covers and answers
+    /// `snapshot_stored`.
+    SnapshotPart {
+        /// The last op folded in.
+        seq: u64,
+        /// This part's index, from 0.
+        part: u32,
+        /// Number of parts.
+        parts: u32,
+        /// The bytes.
+        #[serde(with = "encoding::bytes")]
+        data: Vec<u8>,
+    },
     /// Read part of the log without applying it (for `audit verify`); answered by
     /// `op_page`.
     OpRead {
@@ -600,6 +615,28 @@ pub enum RelayFrame {
         /// Set on the last page of a sync.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         head: Option<u64>,
+    },
+    /// A part of the newest snapshot, sent during a sync that starts before the oldest op
+    /// still stored; the ops after it follow.
+    SnapshotPart {
+        /// The last op folded in.
+        seq: u64,
+        /// Its author (whose signature is inside).
+        author: MemberKey,
+        /// This part's index, from 0.
+        part: u32,
+        /// Number of parts.
+        parts: u32,
+        /// The bytes.
+        #[serde(with = "encoding::bytes")]
+        data: Vec<u8>,
+    },
+    /// The relay stored the snapshot this link uploaded.
+    SnapshotStored {
+        /// Its sequence.
+        seq: u64,
+        /// Whether it replaced the relay's newest (false: the relay has one at least as new).
+        kept: bool,
     },
     /// Answer to `op_read`.
     OpPage {

@@ -134,11 +134,18 @@ pub struct Node {
 impl Node {
     /// A node in `root/<name>` with fast reconnects; not started yet.
     pub fn new(bin: &Path, root: &Path, name: &str) -> Self {
+        Self::with_config(bin, root, name, "")
+    }
+
+    /// A node whose `config.toml` also holds `extra` (TOML sections after `[link]`).
+    pub fn with_config(bin: &Path, root: &Path, name: &str, extra: &str) -> Self {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).expect("node dir");
         std::fs::write(
             dir.join("config.toml"),
-            "[link]\nquic_timeout_ms = 1500\nws_timeout_ms = 3000\nmax_backoff_ms = 400\n",
+            format!(
+                "[link]\nquic_timeout_ms = 1500\nws_timeout_ms = 3000\nmax_backoff_ms = 400\n{extra}"
+            ),
         )
         .expect("node config");
         Self {
@@ -340,8 +347,22 @@ pub fn mesh(
     names: &[&str],
     relay_args: &[&str],
 ) -> (RelayProc, Vec<Node>) {
+    mesh_with(bin, root, names, relay_args, "")
+}
+
+/// [`mesh`], with `config` added to every node's `config.toml`.
+pub fn mesh_with(
+    bin: &Path,
+    root: &Path,
+    names: &[&str],
+    relay_args: &[&str],
+    config: &str,
+) -> (RelayProc, Vec<Node>) {
     let relay = RelayProc::start(bin, &root.join("relay"), relay_args);
-    let mut nodes: Vec<Node> = names.iter().map(|n| Node::new(bin, root, n)).collect();
+    let mut nodes: Vec<Node> = names
+        .iter()
+        .map(|n| Node::with_config(bin, root, n, config))
+        .collect();
     for n in nodes.iter_mut() {
         n.start();
     }

@@ -6,6 +6,7 @@ pub(crate) mod cron;
 pub(crate) mod fold;
 pub(crate) mod glob;
 pub(crate) mod query;
+pub(crate) mod snapshot;
 
 use claudemesh_schema::ipc::shared::{
     Actor, AuditResult, ClaimResult, ContextQuery, ContextsResult, DigestResult, ItemParams,

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use crate::store::{Result, StoreError};
 
 /// Tables folded from the log, with the columns that order them.
-const TABLES: &[(&str, &str)] = &[
+pub(crate) const TABLES: &[(&str, &str)] = &[
     ("state_kv", "key"),
     ("memories", "id"),
     ("tasks", "id"),

@@ -307,6 +307,9 @@ pub struct AuditResult {
     pub local_head: u64,
     /// The relay's newest sequence (`None` when it could not be asked).
     pub relay_head: Option<u64>,
+    /// The oldest sequence the relay still stores (older ones are covered by a snapshot).
+    #[serde(default)]
+    pub relay_first: Option<u64>,
     /// The first sequence whose op fails a check, if any.
     pub first_broken: Option<u64>,
     /// What is wrong with it.
