@@ -96,6 +96,21 @@ pub(crate) enum Command {
         #[command(flatten)]
         opts: MeshJson,
     },
+    /// Run the daemon as a user service (systemd on Linux, launchd on macOS).
+    Service {
+        #[command(subcommand)]
+        action: ServiceAction,
+    },
+    /// Shared skills: reusable instructions every peer can load (also MCP prompts).
+    Skill {
+        #[command(subcommand)]
+        action: SkillAction,
+    },
+    /// Shared contexts: what sessions learned about the codebase.
+    Context {
+        #[command(subcommand)]
+        action: ContextAction,
+    },
     /// Schedule a reminder to yourself, a peer or @group (`remind list`, `remind cancel <id>`).
     Remind(RemindArgs),
     /// Check the mesh's shared-state log for tampering.
@@ -278,6 +293,98 @@ pub(crate) struct RemindArgs {
     pub(crate) all: bool,
     #[command(flatten)]
     pub(crate) opts: MeshJson,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ServiceAction {
+    /// Install and start the service (idempotent; stops a daemon started by hand first).
+    Install(ServiceArgs),
+    /// Stop and remove the service.
+    Uninstall(ServiceArgs),
+    /// Is it installed, and running?
+    Status(ServiceArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServiceArgs {
+    /// systemd or launchd (default: this platform's).
+    #[arg(long)]
+    pub(crate) platform: Option<String>,
+    /// Print JSON (with `schema_version`).
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SkillAction {
+    /// Publish (or replace) a skill; the instructions are read from --file or stdin.
+    Share {
+        /// Name: letters, digits, '-' or '_'.
+        name: String,
+        /// One-line description.
+        #[arg(long)]
+        description: String,
+        /// File with the instructions (default: stdin).
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+        /// When to use it.
+        #[arg(long, default_value = "")]
+        when: String,
+        /// Tags, comma-separated.
+        #[arg(long)]
+        tags: Option<String>,
+        #[command(flatten)]
+        opts: MeshJson,
+    },
+    /// Print a skill's instructions.
+    Get {
+        /// The skill's name.
+        name: String,
+        #[command(flatten)]
+        opts: MeshJson,
+    },
+    /// List skills (optionally those mentioning a keyword).
+    List {
+        /// Keyword.
+        query: Option<String>,
+        #[command(flatten)]
+        opts: MeshJson,
+    },
+    /// Remove a skill.
+    Remove {
+        /// The skill's name.
+        name: String,
+        #[command(flatten)]
+        opts: MeshJson,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ContextAction {
+    /// Share what you learned: a summary, files read, findings.
+    Share {
+        /// Summary.
+        #[arg(required = true, num_args = 1..)]
+        summary: Vec<String>,
+        /// Files read, comma-separated.
+        #[arg(long)]
+        files: Option<String>,
+        /// A key finding (repeatable).
+        #[arg(long = "finding")]
+        findings: Vec<String>,
+        /// Tags, comma-separated.
+        #[arg(long)]
+        tags: Option<String>,
+        #[command(flatten)]
+        opts: MeshJson,
+    },
+    /// Contexts mentioning a file path, topic or keyword (none: all, newest first).
+    List {
+        /// Keyword.
+        query: Option<String>,
+        #[command(flatten)]
+        opts: MeshJson,
+    },
 }
 
 #[derive(Debug, Subcommand)]

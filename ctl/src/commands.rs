@@ -164,6 +164,13 @@ pub(crate) async fn run(cmd: Command) -> Res {
         Command::Audit { action } => crate::shared::audit(action).await,
         Command::Reserve(a) => crate::shared::reserve(a).await,
         Command::Remind(a) => crate::shared::remind(a).await,
+        Command::Skill { action } => crate::shared::skill(action).await,
+        Command::Service { action } => match action {
+            ServiceAction::Install(a) => crate::service::install(a.platform, a.json).await,
+            ServiceAction::Uninstall(a) => crate::service::uninstall(a.platform).await,
+            ServiceAction::Status(a) => crate::service::status(a.platform, a.json).await,
+        },
+        Command::Context { action } => crate::shared::context(action).await,
         Command::Release(a) => crate::shared::release(a.id, a.opts).await,
         Command::Reservations { all, opts } => crate::shared::reservations(all, opts).await,
         Command::Debug { action } => crate::shared::debug(action).await,
@@ -752,7 +759,7 @@ async fn daemon(action: DaemonAction) -> Res {
 
 /// Wait until the daemon of `p` has released its instance lock (it has fully exited its
 /// run loop), polling the lock file.
-async fn wait_stopped(p: &Paths) -> Res {
+pub(crate) async fn wait_stopped(p: &Paths) -> Res {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         if let Ok(f) = std::fs::OpenOptions::new()

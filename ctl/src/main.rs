@@ -6,6 +6,7 @@ mod cli;
 mod commands;
 mod install;
 mod output;
+mod service;
 mod shared;
 
 use clap::Parser as _;

@@ -12,7 +12,8 @@ use claudemesh_schema::ipc::shared::{
 use serde_json::Value;
 
 use crate::cli::{
-    AuditAction, DebugAction, MeshJson, RemindArgs, ReserveArgs, StateAction, TaskAction,
+    AuditAction, ContextAction, DebugAction, MeshJson, RemindArgs, ReserveArgs, SkillAction,
+    StateAction, TaskAction,
 };
 use crate::commands::{Failure, Res, client, paths};
 use crate::output;
@@ -495,4 +496,154 @@ pub(crate) async fn remind(a: RemindArgs) -> Res {
     .await?;
     written("scheduled reminder", &w, a.opts.json);
     Ok(())
+}
+
+pub(crate) async fn skill(action: SkillAction) -> Res {
+    match action {
+        SkillAction::Share {
+            name,
+            description,
+            file,
+            when,
+            tags: t,
+            opts,
+        } => {
+            let instructions = match file {
+                Some(f) => std::fs::read_to_string(&f)
+                    .map_err(|e| Failure::new(2, format!("cannot read {}: {e}", f.display())))?,
+                None => {
+                    let mut s = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                        .map_err(|e| Failure::new(2, format!("cannot read stdin: {e}")))?;
+                    s
+                }
+            };
+            if instructions.trim().is_empty() {
+                return Err(Failure::new(
+                    2,
+                    "no instructions: pass --file or pipe them in",
+                ));
+            }
+            let w: WriteResult = call(
+                sh::SKILL_SHARE,
+                sh::ShareSkillParams {
+                    actor: actor(opts.mesh),
+                    name: name.clone(),
+                    description,
+                    instructions,
+                    tags: tags(t),
+                    when_to_use: when,
+                },
+            )
+            .await?;
+            written(&format!("shared skill {name}"), &w, opts.json);
+            Ok(())
+        }
+        SkillAction::Get { name, opts } => {
+            let r: sh::SkillsResult = call(
+                sh::SKILLS,
+                sh::SkillQuery {
+                    mesh: opts.mesh,
+                    name: Some(name.clone()),
+                    query: None,
+                },
+            )
+            .await?;
+            let Some(s) = r.skills.first() else {
+                return Err(Failure::new(4, format!("no skill named {name:?}")));
+            };
+            if opts.json {
+                output::json("skill", s);
+            } else {
+                println!("{}", s.instructions);
+            }
+            Ok(())
+        }
+        SkillAction::List { query, opts } => {
+            let r: sh::SkillsResult = call(
+                sh::SKILLS,
+                sh::SkillQuery {
+                    mesh: opts.mesh,
+                    name: None,
+                    query,
+                },
+            )
+            .await?;
+            if opts.json {
+                output::json("skills", &r);
+            } else if r.skills.is_empty() {
+                println!(
+                    "No skills. Share one with `claudemesh skill share <name> --description D --file F`."
+                );
+            } else {
+                for s in &r.skills {
+                    println!("{}  — {} (by {})", s.name, s.description, s.author);
+                }
+            }
+            Ok(())
+        }
+        SkillAction::Remove { name, opts } => {
+            let w: WriteResult =
+                call(sh::SKILL_REMOVE, item(name.clone(), &opts, String::new())).await?;
+            written(&format!("removed skill {name}"), &w, opts.json);
+            Ok(())
+        }
+    }
+}
+
+pub(crate) async fn context(action: ContextAction) -> Res {
+    match action {
+        ContextAction::Share {
+            summary,
+            files,
+            findings,
+            tags: t,
+            opts,
+        } => {
+            let w: WriteResult = call(
+                sh::CONTEXT_SHARE,
+                sh::ShareContextParams {
+                    actor: actor(opts.mesh),
+                    summary: summary.join(" "),
+                    files_read: tags(files),
+                    key_findings: findings,
+                    tags: tags(t),
+                },
+            )
+            .await?;
+            written("shared context", &w, opts.json);
+            Ok(())
+        }
+        ContextAction::List { query, opts } => {
+            let r: sh::ContextsResult = call(
+                sh::CONTEXTS,
+                sh::ContextQuery {
+                    mesh: opts.mesh,
+                    query,
+                },
+            )
+            .await?;
+            if opts.json {
+                output::json("contexts", &r);
+            } else if r.contexts.is_empty() {
+                println!("No contexts shared yet.");
+            } else {
+                for c in &r.contexts {
+                    println!(
+                        "{} ({}, {})",
+                        c.summary,
+                        c.author,
+                        output::ago(c.created_at)
+                    );
+                    if !c.files_read.is_empty() {
+                        println!("  files: {}", c.files_read.join(", "));
+                    }
+                    for f in &c.key_findings {
+                        println!("  - {f}");
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
 }

@@ -68,6 +68,31 @@ fn three_daemons_converge_after_one_was_cut_off() {
     let ben_claim = ben.json(&["task", "claim", &task_id]);
     assert_eq!(ben_claim["won"], true, "{ben_claim}");
     ann.ok(&["remember", "deploys", "go", "through", "staging", "first"]);
+    ann.ok(&[
+        "context",
+        "share",
+        "the",
+        "cache",
+        "layer",
+        "is",
+        "write-through",
+        "--files",
+        "src/cache/mod.rs",
+        "--finding",
+        "eviction is LRU",
+    ]);
+    let skill = ann.run_stdin(
+        &[
+            "skill",
+            "share",
+            "release",
+            "--description",
+            "cut a release",
+        ],
+        &[],
+        b"run the secret-release-procedure script",
+    );
+    assert!(skill.status.success(), "{skill:?}");
     ben.ok(&["reserve", "src/cache/mod.rs", "--reason", "bugfix"]);
     let ann_res = ann.json(&["reserve", "src/**/*.rs", "--shared"]);
     assert!(ann_res["seq"].is_u64());
@@ -87,6 +112,14 @@ fn three_daemons_converge_after_one_was_cut_off() {
         assert_eq!(d["pending"], 0);
     }
     assert_eq!(digests[0]["counts"]["memories"], 2);
+    assert_eq!(digests[0]["counts"]["skills"], 1);
+    assert_eq!(digests[0]["counts"]["contexts"], 1);
+    assert_eq!(
+        cat.ok(&["skill", "get", "release"]),
+        "run the secret-release-procedure script"
+    );
+    let ctx = cat.json(&["context", "list", "cache"]);
+    assert_eq!(ctx["contexts"][0]["key_findings"][0], "eviction is LRU");
     // Cat's write was sequenced last, so it wins on every machine.
     for n in &nodes {
         assert_eq!(state_value(n, "color"), "green");
@@ -147,6 +180,9 @@ fn three_daemons_converge_after_one_was_cut_off() {
         b"stale",
         b"src/cache",
         b"refactor",
+        b"secret-release-procedure",
+        b"write-through",
+        b"eviction",
     ] {
         assert!(
             !contains(&bytes, secret),

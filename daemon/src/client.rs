@@ -143,11 +143,65 @@ pub async fn connect_or_start(paths: &Paths, exe: &Path) -> Result<Client, Clien
     match Client::connect(&paths.socket).await {
         Ok(c) => Ok(c),
         Err(ClientError::NotRunning { .. }) if !autostart_disabled() => {
-            start_daemon(paths, exe).await?;
+            if !start_service(paths).await {
+                start_daemon(paths, exe).await?;
+            }
             Client::connect(&paths.socket).await
         }
         Err(e) => Err(e),
     }
+}
+
+/// When `claudemesh service install` set up a user service for this config directory, ask
+/// the service manager to start it and wait for its socket; false when there is no such
+/// service (or the manager cannot start it), so the caller starts a daemon itself.
+async fn start_service(paths: &Paths) -> bool {
+    use crate::paths::{LAUNCHD_LABEL, SYSTEMD_UNIT, ServiceKind, service_file};
+    if std::env::var("CLAUDEMESH_SERVICE_MANAGER").is_ok_and(|v| v == "none") {
+        return false;
+    }
+    let kind = ServiceKind::native();
+    let Some(file) = service_file(kind) else {
+        return false;
+    };
+    // Only a service for this very config directory.
+    let ours = std::fs::read_to_string(&file).is_ok_and(|s| {
+        s.contains(&format!("CLAUDEMESH_CONFIG_DIR={}", paths.dir.display()))
+            || s.contains(&format!("<string>{}</string>", paths.dir.display()))
+    });
+    if !ours {
+        return false;
+    }
+    let uid = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let status = match kind {
+        ServiceKind::Systemd => {
+            tokio::process::Command::new("systemctl")
+                .args(["--user", "start", SYSTEMD_UNIT])
+                .status()
+                .await
+        }
+        ServiceKind::Launchd => {
+            tokio::process::Command::new("launchctl")
+                .args(["kickstart", &format!("gui/{uid}/{LAUNCHD_LABEL}")])
+                .status()
+                .await
+        }
+    };
+    if !status.is_ok_and(|s| s.success()) {
+        return false;
+    }
+    // The service manager does not say when the daemon listens: wait for the socket.
+    for _ in 0..150 {
+        if Client::connect(&paths.socket).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }
 
 /// Start `exe daemon run` detached (own process group, no terminal) and wait until it

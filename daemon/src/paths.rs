@@ -137,3 +137,51 @@ mod tests {
         );
     }
 }
+
+/// The systemd user unit's name.
+pub const SYSTEMD_UNIT: &str = "claudemesh.service";
+/// The launchd agent's label.
+pub const LAUNCHD_LABEL: &str = "dev.claudemesh.daemon";
+
+/// Which service manager runs the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceKind {
+    /// systemd user unit (Linux).
+    Systemd,
+    /// launchd agent (macOS).
+    Launchd,
+}
+
+impl ServiceKind {
+    /// This platform's manager.
+    pub fn native() -> Self {
+        if cfg!(target_os = "macos") {
+            Self::Launchd
+        } else {
+            Self::Systemd
+        }
+    }
+}
+
+/// Where `claudemesh service install` puts the service file of `kind`:
+/// `$XDG_CONFIG_HOME/systemd/user/claudemesh.service` (default `~/.config/...`), or
+/// `~/Library/LaunchAgents/dev.claudemesh.daemon.plist`.
+pub fn service_file(kind: ServiceKind) -> Option<PathBuf> {
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from);
+    match kind {
+        ServiceKind::Systemd => {
+            let base = std::env::var_os("XDG_CONFIG_HOME")
+                .filter(|x| !x.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| home.map(|h| h.join(".config")))?;
+            Some(base.join("systemd/user").join(SYSTEMD_UNIT))
+        }
+        ServiceKind::Launchd => Some(
+            home?
+                .join("Library/LaunchAgents")
+                .join(format!("{LAUNCHD_LABEL}.plist")),
+        ),
+    }
+}

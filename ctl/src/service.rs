@@ -1,0 +1,313 @@
+//! `claudemesh service install|uninstall|status`: run the daemon as a user service — a
+//! systemd user unit on Linux, a launchd agent on macOS — that starts at login and
+//! restarts on failure. Install is idempotent (a file with the same content is left alone)
+//! and uninstall removes exactly the file install wrote.
+//!
+//! `CLAUDEMESH_SERVICE_MANAGER=none` writes and removes the files without calling
+//! `systemctl`/`launchctl` (for tests and for packaging into images).
+
+use claudemesh_daemon::paths::{ServiceKind, service_file};
+use std::path::Path;
+use std::process::Command;
+
+use crate::commands::{Failure, Res};
+
+/// The systemd user unit running `exe daemon run` for `config`.
+pub(crate) fn systemd_unit(exe: &Path, config: &Path) -> String {
+    format!(
+        "[Unit]
+Description=claudemesh daemon (mesh of coding-agent sessions)
+Documentation=https://github.com/claudemesh/claudemesh
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=simple
+ExecStart=\"{exe}\" daemon run
+Environment=\"CLAUDEMESH_CONFIG_DIR={config}\"
+Restart=on-failure
+RestartSec=2
+# The daemon logs to stderr (the journal) and to {config}/logs.
+StandardOutput=journal
+StandardError=journal
+NoNewPrivileges=yes
+
+[Install]
+WantedBy=default.target
+",
+        exe = exe.display(),
+        config = config.display(),
+    )
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The launchd agent running `exe daemon run` for `config`.
+pub(crate) fn launchd_plist(exe: &Path, config: &Path, logs: &Path) -> String {
+    let (exe, config) = (
+        xml(&exe.display().to_string()),
+        xml(&config.display().to_string()),
+    );
+    let log = xml(&logs.join("daemon.launchd.log").display().to_string());
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">
+<plist version="1.0">
+<dict>
+    <key>Label</key>
+    <string>{label}</string>
+    <key>ProgramArguments</key>
+    <array>
+        <string>{exe}</string>
+        <string>daemon</string>
+        <string>run</string>
+    </array>
+    <key>EnvironmentVariables</key>
+    <dict>
+        <key>CLAUDEMESH_CONFIG_DIR</key>
+        <string>{config}</string>
+    </dict>
+    <key>RunAtLoad</key>
+    <true/>
+    <key>KeepAlive</key>
+    <dict>
+        <key>SuccessfulExit</key>
+        <false/>
+    </dict>
+    <key>ThrottleInterval</key>
+    <integer>5</integer>
+    <key>ProcessType</key>
+    <string>Background</string>
+    <key>StandardOutPath</key>
+    <string>{log}</string>
+    <key>StandardErrorPath</key>
+    <string>{log}</string>
+</dict>
+</plist>
+"#,
+        label = claudemesh_daemon::paths::LAUNCHD_LABEL,
+    )
+}
+
+fn manager_enabled() -> bool {
+    std::env::var("CLAUDEMESH_SERVICE_MANAGER").map_or(true, |v| v != "none")
+}
+
+/// Run a service-manager command; a failure is reported, not fatal (the file is in place
+/// and the message says how to finish by hand).
+fn manage(program: &str, args: &[&str]) -> Result<String, String> {
+    match Command::new(program).args(args).output() {
+        Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).trim().to_string()),
+        Ok(o) => Err(format!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Err(format!("cannot run {program}: {e}")),
+    }
+}
+
+fn kind_for(platform: Option<&str>) -> Result<ServiceKind, Failure> {
+    match platform {
+        Some("systemd") | Some("linux") => Ok(ServiceKind::Systemd),
+        Some("launchd") | Some("macos") => Ok(ServiceKind::Launchd),
+        Some(other) => Err(Failure::new(
+            2,
+            format!("unknown platform {other:?}: use systemd or launchd"),
+        )),
+        None => Ok(ServiceKind::native()),
+    }
+}
+
+fn uid() -> String {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+pub(crate) async fn install(platform: Option<String>, json: bool) -> Res {
+    let kind = kind_for(platform.as_deref())?;
+    let paths = crate::commands::paths()?;
+    let exe = std::env::current_exe()
+        .and_then(|p| p.canonicalize())
+        .map_err(|e| Failure::new(1, format!("cannot find this program's path: {e}")))?;
+    let file = service_file(kind)
+        .ok_or_else(|| Failure::new(1, "cannot find your home directory (set HOME)"))?;
+    let content = match kind {
+        ServiceKind::Systemd => systemd_unit(&exe, &paths.dir),
+        ServiceKind::Launchd => launchd_plist(&exe, &paths.dir, &paths.logs()),
+    };
+    let unchanged = std::fs::read_to_string(&file).is_ok_and(|old| old == content);
+    if !unchanged {
+        write_atomic(&file, &content)?;
+    }
+    let mut notes = Vec::new();
+    if manager_enabled() {
+        // A daemon started by hand holds the instance lock: hand over to the service.
+        if let Ok(mut c) = claudemesh_daemon::Client::connect(&paths.socket).await {
+            let _: Result<serde_json::Value, _> =
+                c.call(claudemesh_schema::ipc::methods::SHUTDOWN, ()).await;
+            crate::commands::wait_stopped(&paths).await?;
+        }
+        let steps: Vec<(&str, Vec<String>)> = match kind {
+            ServiceKind::Systemd => vec![
+                ("systemctl", vec!["--user".into(), "daemon-reload".into()]),
+                (
+                    "systemctl",
+                    vec![
+                        "--user".into(),
+                        "enable".into(),
+                        "--now".into(),
+                        claudemesh_daemon::paths::SYSTEMD_UNIT.into(),
+                    ],
+                ),
+            ],
+            ServiceKind::Launchd => vec![(
+                "launchctl",
+                vec![
+                    "bootstrap".into(),
+                    format!("gui/{}", uid()),
+                    file.display().to_string(),
+                ],
+            )],
+        };
+        for (program, args) in steps {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            if let Err(e) = manage(program, &args) {
+                notes.push(e);
+            }
+        }
+    }
+    if json {
+        crate::output::json(
+            "service",
+            serde_json::json!({"file": file, "changed": !unchanged, "notes": notes}),
+        );
+    } else {
+        if unchanged {
+            println!(
+                "service already installed at {}; nothing changed",
+                file.display()
+            );
+        } else {
+            println!("installed {}", file.display());
+        }
+        for n in &notes {
+            println!("note: {n}");
+        }
+        if !notes.is_empty() {
+            println!(
+                "the file is in place; start it by hand once the service manager is available"
+            );
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn uninstall(platform: Option<String>) -> Res {
+    let kind = kind_for(platform.as_deref())?;
+    let file = service_file(kind)
+        .ok_or_else(|| Failure::new(1, "cannot find your home directory (set HOME)"))?;
+    if !file.exists() {
+        println!(
+            "no claudemesh service installed ({} does not exist)",
+            file.display()
+        );
+        return Ok(());
+    }
+    if manager_enabled() {
+        let r = match kind {
+            ServiceKind::Systemd => manage(
+                "systemctl",
+                &[
+                    "--user",
+                    "disable",
+                    "--now",
+                    claudemesh_daemon::paths::SYSTEMD_UNIT,
+                ],
+            ),
+            ServiceKind::Launchd => manage(
+                "launchctl",
+                &[
+                    "bootout",
+                    &format!("gui/{}/{}", uid(), claudemesh_daemon::paths::LAUNCHD_LABEL),
+                ],
+            ),
+        };
+        if let Err(e) = r {
+            println!("note: {e}");
+        }
+    }
+    std::fs::remove_file(&file)
+        .map_err(|e| Failure::new(1, format!("cannot remove {}: {e}", file.display())))?;
+    if manager_enabled() && kind == ServiceKind::Systemd {
+        let _ = manage("systemctl", &["--user", "daemon-reload"]);
+    }
+    println!("removed {}", file.display());
+    Ok(())
+}
+
+pub(crate) async fn status(platform: Option<String>, json: bool) -> Res {
+    let kind = kind_for(platform.as_deref())?;
+    let file = service_file(kind);
+    let installed = file.as_ref().is_some_and(|f| f.exists());
+    let active = if installed && manager_enabled() {
+        match kind {
+            ServiceKind::Systemd => manage(
+                "systemctl",
+                &[
+                    "--user",
+                    "is-active",
+                    claudemesh_daemon::paths::SYSTEMD_UNIT,
+                ],
+            )
+            .ok(),
+            ServiceKind::Launchd => manage(
+                "launchctl",
+                &[
+                    "print",
+                    &format!("gui/{}/{}", uid(), claudemesh_daemon::paths::LAUNCHD_LABEL),
+                ],
+            )
+            .ok()
+            .map(|_| "loaded".to_string()),
+        }
+    } else {
+        None
+    };
+    if json {
+        crate::output::json(
+            "service",
+            serde_json::json!({"installed": installed, "file": file, "state": active}),
+        );
+    } else if installed {
+        println!(
+            "installed: {} ({})",
+            file.map(|f| f.display().to_string()).unwrap_or_default(),
+            active.as_deref().unwrap_or("state unknown")
+        );
+    } else {
+        println!("not installed; `claudemesh service install` runs the daemon as a user service");
+    }
+    Ok(())
+}
+
+fn write_atomic(file: &Path, content: &str) -> Res {
+    let dir = file
+        .parent()
+        .ok_or_else(|| Failure::new(1, format!("{} has no parent directory", file.display())))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Failure::new(1, format!("cannot create {}: {e}", dir.display())))?;
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, content)
+        .and_then(|_| std::fs::rename(&tmp, file))
+        .map_err(|e| Failure::new(1, format!("cannot write {}: {e}", file.display())))
+}
