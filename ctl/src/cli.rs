@@ -96,6 +96,14 @@ pub(crate) enum Command {
         #[command(flatten)]
         opts: MeshJson,
     },
+    /// Safety numbers: compare them with a peer (in person or another trusted channel) to
+    /// know no one, relay included, swapped your keys.
+    Verify {
+        /// The peer (name, id or fingerprint prefix); default: every member.
+        peer: Option<String>,
+        #[command(flatten)]
+        opts: MeshJson,
+    },
     /// Run the daemon as a user service (systemd on Linux, launchd on macOS).
     Service {
         #[command(subcommand)]

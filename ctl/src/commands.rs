@@ -165,6 +165,40 @@ pub(crate) async fn run(cmd: Command) -> Res {
         Command::Reserve(a) => crate::shared::reserve(a).await,
         Command::Remind(a) => crate::shared::remind(a).await,
         Command::Skill { action } => crate::shared::skill(action).await,
+        Command::Verify { peer, opts } => {
+            use claudemesh_schema::ipc::trust::{VERIFY, VerifyParams, VerifyResult};
+            let p = paths()?;
+            let mut c = client(&p).await?;
+            let r: VerifyResult = c
+                .call(
+                    VERIFY,
+                    VerifyParams {
+                        mesh: opts.mesh,
+                        peer,
+                    },
+                )
+                .await?;
+            if opts.json {
+                output::json("verify", &r);
+            } else if r.members.is_empty() {
+                println!("No other members in this mesh yet.");
+            } else {
+                println!("Your fingerprint: {}", r.fingerprint);
+                for s in &r.members {
+                    let who = if s.names.is_empty() {
+                        s.fingerprint.clone()
+                    } else {
+                        s.names.join(", ")
+                    };
+                    println!("{who} ({})", s.fingerprint);
+                    println!("  safety number: {}", s.safety_number);
+                }
+                println!(
+                    "Compare with what they see in `claudemesh verify` (in person, or over a channel you trust)."
+                );
+            }
+            Ok(())
+        }
         Command::Service { action } => match action {
             ServiceAction::Install(a) => crate::service::install(a.platform, a.json).await,
             ServiceAction::Uninstall(a) => crate::service::uninstall(a.platform).await,

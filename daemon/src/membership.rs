@@ -854,3 +854,70 @@ pub(crate) async fn profile(d: &Arc<Daemon>, p: ProfileParams) -> Result<Profile
     }
     Ok(ProfileResult { profiles: out })
 }
+
+/// `verify`: the safety number with every other member (or the one named), with the names
+/// their sessions go by.
+pub(crate) async fn verify(
+    d: &Arc<Daemon>,
+    p: claudemesh_schema::ipc::trust::VerifyParams,
+) -> Result<claudemesh_schema::ipc::trust::VerifyResult, RpcErr> {
+    use claudemesh_schema::ipc::trust::{SafetyNumber, VerifyResult};
+    let m = d.select(p.mesh.as_deref())?;
+    let me = m.member();
+    let mesh = m.id;
+    let presences = d
+        .store
+        .read(move |c| store::q_presence(c, mesh))
+        .await
+        .map_err(RpcErr::internal)?;
+    let members: Vec<crypto::MemberKey> = lock(&m.roster)
+        .roster
+        .members()
+        .map(|(k, _)| *k)
+        .filter(|k| *k != me)
+        .collect();
+    let q = p.peer.as_deref().map(|s| s.trim().to_lowercase());
+    let mut out = Vec::new();
+    for k in members {
+        let mut names: Vec<String> = presences
+            .iter()
+            .filter(|x| x.member == k)
+            .map(|x| x.profile.name.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        let fp = k.fingerprint();
+        if let Some(q) = &q {
+            let hit = names.iter().any(|n| n.to_lowercase() == *q)
+                || (q.len() >= 4 && fp.replace('-', "").starts_with(&q.replace('-', "")))
+                || presences.iter().any(|x| {
+                    x.member == k
+                        && q.len() >= 4
+                        && x.session.0.simple().to_string().starts_with(q.as_str())
+                });
+            if !hit {
+                continue;
+            }
+        }
+        out.push(SafetyNumber {
+            member: k.to_b64(),
+            fingerprint: fp,
+            names,
+            safety_number: crypto::safety_number(&mesh, &me, &k),
+        });
+    }
+    if out.is_empty()
+        && let Some(q) = &p.peer
+    {
+        return Err(RpcErr::not_found(format!(
+            "no member of {} matches {q:?}; `claudemesh verify` lists them all",
+            m.name()
+        )));
+    }
+    out.sort_by(|a, b| a.names.cmp(&b.names).then_with(|| a.member.cmp(&b.member)));
+    Ok(VerifyResult {
+        mesh,
+        fingerprint: me.fingerprint(),
+        members: out,
+    })
+}

@@ -283,6 +283,7 @@ async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, RpcErr> {
         m::SESSION_UPDATE => json(crate::sessions::update(d, params(p)?).await?),
         m::MESSAGE_STATUS => json(message_status(d, params(p)?).await?),
         m::PING => json(ping(d, params(p)?).await?),
+        claudemesh_schema::ipc::trust::VERIFY => json(membership::verify(d, params(p)?).await?),
         sh::STATE_SET => json(shared::state_set(d, params(p)?).await?),
         sh::STATE_GET => json(shared::state_get(d, params(p)?, false).await?),
         sh::STATE_LIST => json(shared::state_get(d, params(p)?, true).await?),

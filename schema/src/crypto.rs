@@ -325,6 +325,24 @@ impl fmt::Debug for MeshKey {
     }
 }
 
+/// The safety number of two members of a mesh: 60 digits in 12 groups of 5, the same
+/// whichever of the two computes it. Reading it aloud (or comparing it over another trusted
+/// channel) proves that no one in between, relay included, swapped a key.
+pub fn safety_number(mesh: &crate::MeshId, a: &MemberKey, b: &MemberKey) -> String {
+    let (lo, hi) = if a.0 <= b.0 { (a, b) } else { (b, a) };
+    let mut h = blake3::Hasher::new_derive_key("claudemesh 2026 safety number v1");
+    h.update(mesh.as_bytes()).update(&lo.0).update(&hi.0);
+    let mut out = [0u8; 60];
+    h.finalize_xof().fill(&mut out);
+    out.chunks(5)
+        .map(|c| {
+            let n = c.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+            format!("{:05}", n % 100_000)
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Keyed BLAKE3 MAC over length-prefixed parts, domain-separated by `label`.
 pub fn mac(key: &[u8; 32], label: &str, parts: &[&[u8]]) -> [u8; 32] {
     let mut h = blake3::Hasher::new_keyed(key);
@@ -477,6 +495,25 @@ mod tests {
         let a = Canonical::new("x").var(b"ab").var(b"c").into_bytes();
         let b = Canonical::new("x").var(b"a").var(b"bc").into_bytes();
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn safety_numbers_are_symmetric_and_depend_on_both_keys_and_the_mesh() {
+        let mesh = crate::MeshId::new();
+        let (a, b) = (
+            MemberSecret::generate().public(),
+            MemberSecret::generate().public(),
+        );
+        let n = safety_number(&mesh, &a, &b);
+        assert_eq!(n, safety_number(&mesh, &b, &a));
+        assert_eq!(n.split(' ').count(), 12);
+        assert!(
+            n.split(' ')
+                .all(|g| g.len() == 5 && g.chars().all(|c| c.is_ascii_digit()))
+        );
+        let c = MemberSecret::generate().public();
+        assert_ne!(n, safety_number(&mesh, &a, &c));
+        assert_ne!(n, safety_number(&crate::MeshId::new(), &a, &b));
     }
 
     proptest! {

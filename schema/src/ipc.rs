@@ -15,6 +15,7 @@ use crate::message::{PeerStatus, Priority};
 use crate::roster::Role;
 
 pub mod shared;
+pub mod trust;
 
 /// IPC protocol version, returned by `hello`.
 pub const IPC_PROTOCOL: u32 = 1;
