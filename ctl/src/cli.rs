@@ -497,6 +497,12 @@ pub(crate) struct RelayArgs {
     /// Append every received frame to this file (debugging).
     #[arg(long, hide = true)]
     pub(crate) frame_log: Option<std::path::PathBuf>,
+    /// Also serve /metrics (Prometheus) over plain HTTP on this address.
+    #[arg(long)]
+    pub(crate) metrics_listen: Option<std::net::SocketAddr>,
+    /// Log as JSON lines.
+    #[arg(long)]
+    pub(crate) log_json: bool,
     /// Print `ready <addr> <fingerprint>` on stdout once listening.
     #[arg(long, hide = true)]
     pub(crate) notify_ready: bool,

@@ -190,12 +190,20 @@ fn relay_run(a: cli::RelayArgs) -> ExitCode {
     if a.frame_log.is_some() {
         cfg.frame_log = a.frame_log;
     }
+    if a.metrics_listen.is_some() {
+        cfg.metrics_listen = a.metrics_listen;
+    }
+    cfg.log_json |= a.log_json;
     let filter = tracing_subscriber::EnvFilter::try_from_env("CLAUDEMESH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if cfg.log_json {
+        b.json().try_init()
+    } else {
+        b.try_init()
+    };
     let Some(rt) = runtime(true) else {
         return ExitCode::from(1);
     };

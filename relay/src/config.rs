@@ -83,6 +83,9 @@ pub struct RelayConfig {
     pub send_queue: usize,
     /// Log as JSON lines. Default `false`.
     pub log_json: bool,
+    /// Also serve `/metrics` (and `/health`) over plain HTTP here, for a Prometheus inside
+    /// a trusted network; `/metrics` is always on the TLS port too. Default none.
+    pub metrics_listen: Option<SocketAddr>,
     /// Debugging aid: append every frame received from clients to this file (4-byte
     /// big-endian length, then the frame). It holds only what the relay sees anyway:
     /// routing headers and ciphertext. Default none.
@@ -113,6 +116,7 @@ impl Default for RelayConfig {
             hello_timeout_secs: 10,
             send_queue: 4096,
             log_json: false,
+            metrics_listen: None,
             frame_log: None,
         }
     }

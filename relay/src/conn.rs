@@ -821,6 +821,14 @@ impl<S: Store> Conn<S> {
         // Accepted: from now on a resend of this id is a duplicate (until a store failure
         // below takes that back).
         lock(&self.hub.recent).insert(id);
+        let kind = match &env.to {
+            Route::Session { .. } => 0,
+            Route::Member { .. } => 1,
+            Route::Sessions { .. } => 2,
+            Route::All => 3,
+        };
+        self.hub.stats.routed[kind].fetch_add(1, Ordering::Relaxed);
+        let accepted = Instant::now();
         // Forward at once; the relay's copy is committed in the background and the sender
         // hears `relayed` only after that commit.
         if !resend {
@@ -858,6 +866,7 @@ impl<S: Store> Conn<S> {
                         st.stored.0 = st.stored.0.saturating_sub(1);
                         st.stored.1 = st.stored.1.saturating_sub(size);
                     };
+                    hub.stats.envelope_commit.observe(accepted.elapsed());
                     match r {
                         Ok(new) => {
                             if !new {

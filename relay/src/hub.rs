@@ -269,6 +269,18 @@ pub(crate) struct Stats {
     pub(crate) envelopes: AtomicU64,
     pub(crate) ops: AtomicU64,
     pub(crate) handshake_failures: AtomicU64,
+    /// Envelopes by route kind ([`crate::metrics::ROUTE_KINDS`]).
+    pub(crate) routed: [AtomicU64; 4],
+    pub(crate) envelope_commit: crate::metrics::Histogram,
+    pub(crate) op_commit: crate::metrics::Histogram,
+}
+
+/// Point-in-time sums over all meshes.
+#[derive(Debug, Default)]
+pub(crate) struct Gauges {
+    pub(crate) stored: u64,
+    pub(crate) stored_bytes: u64,
+    pub(crate) queued_bytes: u64,
 }
 
 /// The relay's shared state.
@@ -391,6 +403,29 @@ impl<S: Store> Hub<S> {
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
             .cloned()
+    }
+
+    /// Stored envelopes and queued bytes, summed over meshes and links.
+    pub(crate) fn gauges(&self) -> Gauges {
+        let meshes: Vec<Arc<MeshEntry>> = self
+            .meshes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut g = Gauges::default();
+        for m in meshes {
+            let st = lock(&m.state);
+            g.stored += st.stored.0;
+            g.stored_bytes += st.stored.1;
+            g.queued_bytes += st
+                .links
+                .values()
+                .map(|l| l.queued.load(Ordering::Relaxed) as u64)
+                .sum::<u64>();
+        }
+        g
     }
 
     pub(crate) fn mesh_count(&self) -> usize {

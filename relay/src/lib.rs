@@ -20,6 +20,7 @@ pub mod config;
 mod conn;
 mod hub;
 mod limits;
+mod metrics;
 mod oplog;
 pub mod server;
 pub mod sqlite;

@@ -30,6 +30,9 @@ struct Cli {
     /// Log as JSON lines.
     #[arg(long, global = true)]
     log_json: bool,
+    /// Also serve /metrics (Prometheus) over plain HTTP on this address.
+    #[arg(long, global = true)]
+    metrics_listen: Option<SocketAddr>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -72,6 +75,9 @@ fn load(cli: &Cli) -> anyhow::Result<RelayConfig> {
     }
     if cli.log_json {
         cfg.log_json = true;
+    }
+    if cli.metrics_listen.is_some() {
+        cfg.metrics_listen = cli.metrics_listen;
     }
     cfg.validate()?;
     Ok(cfg)

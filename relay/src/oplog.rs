@@ -100,6 +100,7 @@ pub(crate) async fn append<S: Store>(
         Err(_) => return refuse(link, id, ErrorCode::BadFrame, "cannot encode op", None),
     };
     let (tx, entry, stats) = (link.clone(), entry.clone(), hub.clone());
+    let received = std::time::Instant::now();
     let op = NewOp {
         mesh,
         id,
@@ -113,6 +114,7 @@ pub(crate) async fn append<S: Store>(
             op,
             Box::new(move |r| match r {
                 Ok(a) => {
+                    stats.stats.op_commit.observe(received.elapsed());
                     if let Some(f) = frame(&RelayFrame::OpAck { id, seq: a.seq }) {
                         tx.push(f);
                     }

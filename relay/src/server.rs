@@ -144,6 +144,15 @@ impl<S: Store> Relay<S> {
             ));
         }
         tracker.spawn(sweeper(hub.clone()));
+        if let Some(addr) = hub.cfg.metrics_listen {
+            match TcpListener::bind(addr).await {
+                Ok(l) => {
+                    tracing::info!(%addr, "metrics listening (plain HTTP)");
+                    tracker.spawn(metrics_loop(hub.clone(), l));
+                }
+                Err(e) => tracing::error!(%addr, error = %e, "cannot listen for metrics"),
+            }
+        }
         shutdown.cancelled().await;
         tracing::info!("relay shutting down");
         hub.shutdown.cancel();
@@ -376,6 +385,7 @@ async fn tcp_loop<S: Store>(
             let app = Router::new()
                 .route("/ws", get(ws_handler::<S>))
                 .route("/health", get(health::<S>))
+                .route("/metrics", get(metrics::<S>))
                 .with_state((state, t2));
             let svc =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
@@ -441,6 +451,58 @@ async fn health<S: Store>(State((st, _)): State<(HttpState<S>, TaskTracker)>) ->
         "handshake_failures": st.hub.stats.handshake_failures.load(Ordering::Relaxed),
     });
     axum::Json(body)
+}
+
+async fn metrics<S: Store>(
+    State((st, _)): State<(HttpState<S>, TaskTracker)>,
+) -> impl IntoResponse {
+    metrics_response(&st.hub)
+}
+
+fn metrics_response<S: Store>(hub: &Hub<S>) -> impl IntoResponse + use<S> {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(hub),
+    )
+}
+
+/// Plain-HTTP `/metrics` and `/health` for scrapers (`metrics_listen`).
+async fn metrics_loop<S: Store>(hub: Arc<Hub<S>>, tcp: TcpListener) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = hub.shutdown.cancelled() => return,
+            r = tcp.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, "metrics accept failed");
+                    continue;
+                }
+            },
+        };
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let hub = hub.clone();
+                    async move {
+                        let resp = match req.uri().path() {
+                            "/metrics" => metrics_response(&hub).into_response(),
+                            "/health" => {
+                                axum::Json(serde_json::json!({"status": "ok"})).into_response()
+                            }
+                            _ => (axum::http::StatusCode::NOT_FOUND, "not found").into_response(),
+                        };
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
 }
 
 async fn sweeper<S: Store>(hub: Arc<Hub<S>>) {

@@ -1,0 +1,90 @@
+#![allow(clippy::unwrap_used)]
+//! Running claudemesh as a service operators can watch: the relay's `/metrics`.
+
+use claudemesh_tests::mesh;
+use std::collections::HashMap;
+use std::io::{Read as _, Write as _};
+use std::path::Path;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_claudemesh"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Scrape `/metrics` and parse `name{labels} value` lines.
+fn scrape(port: u16) -> HashMap<String, f64> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_lowercase().contains("text/plain; version=0.0.4"),
+        "{head}"
+    );
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (k, v) = l.rsplit_once(' ').unwrap();
+            (k.to_string(), v.parse::<f64>().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn relay_metrics_move_with_traffic() {
+    let root = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let (_relay, nodes) = mesh(
+        bin(),
+        root.path(),
+        &["ann", "ben"],
+        &["--metrics-listen", &listen],
+    );
+    let before = scrape(port);
+    assert_eq!(before["claudemesh_relay_meshes"], 1.0);
+    assert_eq!(before["claudemesh_relay_links"], 2.0);
+    for name in [
+        "claudemesh_relay_connections",
+        "claudemesh_relay_envelopes_stored",
+        "claudemesh_relay_handshake_failures_total",
+        "claudemesh_relay_queued_bytes",
+        "claudemesh_relay_envelope_commit_seconds_count",
+        "claudemesh_relay_op_commit_seconds_bucket{le=\"+Inf\"}",
+    ] {
+        assert!(before.contains_key(name), "missing {name}: {before:?}");
+    }
+
+    nodes[0].ok(&["send", "ben", "hello"]);
+    nodes[0].ok(&["send", "*", "all hands"]);
+    nodes[1].inbox_wait();
+    nodes[0].ok(&["state", "set", "k", "v"]);
+    let after = scrape(port);
+    let routed = |m: &HashMap<String, f64>, r: &str| {
+        m[&format!("claudemesh_relay_envelopes_routed_total{{route=\"{r}\"}}")]
+    };
+    assert!(
+        routed(&after, "session") > routed(&before, "session"),
+        "{after:?}"
+    );
+    assert!(routed(&after, "all") > routed(&before, "all"));
+    assert!(after["claudemesh_relay_ops_total"] >= before["claudemesh_relay_ops_total"] + 1.0);
+    assert!(
+        after["claudemesh_relay_envelope_commit_seconds_count"]
+            > before["claudemesh_relay_envelope_commit_seconds_count"]
+    );
+    assert!(
+        after["claudemesh_relay_op_commit_seconds_count"]
+            > before["claudemesh_relay_op_commit_seconds_count"]
+    );
+}
