@@ -40,6 +40,20 @@ pub(crate) enum Command {
     Send(SendArgs),
     /// Read new messages.
     Inbox(InboxArgs),
+    /// How far a message you sent got: queued, relayed, delivered, surfaced, read.
+    Sent {
+        /// The message id `send` printed (or its last 8 hex digits).
+        id: String,
+        /// Wait until it got at least this far.
+        #[arg(long, value_parser = ["relayed", "delivered", "surfaced", "read"])]
+        wait_for: Option<String>,
+        /// Give up waiting after this many seconds (exit code 9).
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+        /// Print JSON (with `schema_version`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the daemon and each mesh's relay link.
     Status(JsonArg),
     /// Show your identity in each mesh.
@@ -104,6 +118,22 @@ pub(crate) enum Command {
         #[command(flatten)]
         opts: MeshJson,
     },
+    /// Give a peer capabilities back: dm, broadcast, state-read, state-write, file-read, all.
+    Grant(GrantArgs),
+    /// Take capabilities from a peer (enforced on what arrives here: dm, broadcast).
+    Revoke(GrantArgs),
+    /// Drop everything a peer sends, silently (`--undo` lifts it).
+    Block {
+        /// The peer (name, id or fingerprint prefix).
+        peer: String,
+        /// Lift the block.
+        #[arg(long)]
+        undo: bool,
+        #[command(flatten)]
+        opts: MeshJson,
+    },
+    /// Peers whose capabilities differ from the default (everything).
+    Grants(MeshJson),
     /// Run the daemon as a user service (systemd on Linux, launchd on macOS).
     Service {
         #[command(subcommand)]
@@ -299,6 +329,17 @@ pub(crate) struct RemindArgs {
     /// With `list`: also done and cancelled reminders.
     #[arg(long)]
     pub(crate) all: bool,
+    #[command(flatten)]
+    pub(crate) opts: MeshJson,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GrantArgs {
+    /// The peer (name, id or fingerprint prefix).
+    pub(crate) peer: String,
+    /// Capabilities.
+    #[arg(required = true, num_args = 1.., value_parser = ["dm", "broadcast", "state-read", "state-write", "file-read", "all"])]
+    pub(crate) caps: Vec<String>,
     #[command(flatten)]
     pub(crate) opts: MeshJson,
 }

@@ -12,6 +12,7 @@ use claudemesh_schema::ipc::methods::{
     PendingClaim, ProfileParams, ProfileResult, SendParams, SendResult, Stage, StatusResult,
     WhoamiResult,
 };
+use claudemesh_schema::ipc::trust;
 use claudemesh_schema::message::{PeerStatus, Priority};
 use claudemesh_schema::roster::Role;
 use std::time::Duration;
@@ -165,6 +166,56 @@ pub(crate) async fn run(cmd: Command) -> Res {
         Command::Reserve(a) => crate::shared::reserve(a).await,
         Command::Remind(a) => crate::shared::remind(a).await,
         Command::Skill { action } => crate::shared::skill(action).await,
+        Command::Grant(a) => grants(trust::GRANT, a.peer, a.caps, false, a.opts).await,
+        Command::Revoke(a) => grants(trust::REVOKE, a.peer, a.caps, false, a.opts).await,
+        Command::Block { peer, undo, opts } => {
+            grants(trust::BLOCK, peer, Vec::new(), undo, opts).await
+        }
+        Command::Sent {
+            id,
+            wait_for,
+            timeout,
+            json,
+        } => {
+            let p = paths()?;
+            let mut c = client(&p).await?;
+            let want: Option<Stage> = wait_for
+                .as_deref()
+                .map(|w| serde_json::from_value(serde_json::Value::String(w.into())))
+                .transpose()
+                .map_err(|e| Failure::new(2, e.to_string()))?;
+            let r: m::MessageStatusResult = c
+                .call(
+                    m::MESSAGE_STATUS,
+                    m::MessageStatusParams {
+                        id,
+                        wait_for: want,
+                        wait_ms: want.map(|_| timeout.saturating_mul(1000)),
+                    },
+                )
+                .await?;
+            if json {
+                output::json("message", &r);
+            } else {
+                println!("{} to {}: {:?}", r.id.short(), r.to, r.stage);
+            }
+            match want {
+                Some(w) if r.stage < w => Err(Failure::new(
+                    9,
+                    format!("the message did not get to {w:?} within {timeout} s"),
+                )),
+                _ => Ok(()),
+            }
+        }
+        Command::Grants(opts) => {
+            let p = paths()?;
+            let mut c = client(&p).await?;
+            let r: trust::GrantsResult = c
+                .call(trust::GRANTS, MeshParams { mesh: opts.mesh })
+                .await?;
+            print_grants(&r, opts.json);
+            Ok(())
+        }
         Command::Verify { peer, opts } => {
             use claudemesh_schema::ipc::trust::{VERIFY, VerifyParams, VerifyResult};
             let p = paths()?;
@@ -883,4 +934,57 @@ async fn up(a: UpArgs) -> Res {
     );
     println!("      `claudemesh send <peer> <message>` and `claudemesh inbox` to talk.");
     Ok(())
+}
+
+async fn grants(method: &str, peer: String, caps: Vec<String>, undo: bool, opts: MeshJson) -> Res {
+    let p = paths()?;
+    let mut c = client(&p).await?;
+    let r: trust::GrantsResult = c
+        .call(
+            method,
+            trust::GrantParams {
+                mesh: opts.mesh,
+                peer,
+                caps,
+                undo,
+            },
+        )
+        .await?;
+    print_grants(&r, opts.json);
+    Ok(())
+}
+
+fn print_grants(r: &trust::GrantsResult, json: bool) {
+    if json {
+        output::json("grants", r);
+        return;
+    }
+    if r.peers.is_empty() {
+        println!("Every peer has every capability (none restricted or blocked).");
+        return;
+    }
+    for g in &r.peers {
+        let who = if g.names.is_empty() {
+            g.fingerprint.clone()
+        } else {
+            g.names.join(", ")
+        };
+        if g.blocked {
+            println!("{who} ({}): BLOCKED", g.fingerprint);
+        } else {
+            // Taking away a capability this version cannot enforce is only recorded.
+            let advisory: Vec<&str> = trust::CAPABILITIES
+                .iter()
+                .copied()
+                .filter(|c| !g.caps.iter().any(|x| x == c) && !trust::ENFORCED.contains(c))
+                .collect();
+            println!("{who} ({}): {}", g.fingerprint, g.caps.join(", "));
+            if !advisory.is_empty() {
+                println!(
+                    "  (revoking {} is recorded but not enforced yet: shared state is sealed to the whole mesh)",
+                    advisory.join(", ")
+                );
+            }
+        }
+    }
 }

@@ -40,3 +40,69 @@ fn two_daemons_compute_the_same_safety_number_for_each_other() {
         "{human}"
     );
 }
+
+#[test]
+fn a_blocked_peer_never_reaches_the_inbox_and_its_sender_sees_no_error() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["ann", "ben", "cat"], &[]);
+    let (ann, ben, cat) = (&nodes[0], &nodes[1], &nodes[2]);
+
+    // Revoking `dm` drops ann's direct messages but not her broadcasts.
+    let g = ben.json(&["revoke", "ann", "dm"]);
+    assert_eq!(g["peers"][0]["names"], serde_json::json!(["ann"]));
+    assert!(
+        !g["peers"][0]["caps"]
+            .as_array()
+            .unwrap()
+            .contains(&"dm".into())
+    );
+    ann.ok(&["send", "ben", "direct, dropped"]);
+    ann.ok(&["send", "*", "broadcast, kept"]);
+    // Both went over the same link in order: the broadcast arriving means the direct one
+    // was already handled.
+    let got = ben.inbox_wait();
+    let bodies: Vec<&str> = got.iter().map(|m| m["body"].as_str().unwrap()).collect();
+    assert_eq!(bodies, vec!["broadcast, kept"]);
+    let peers = ben.json(&["peers"]);
+    let ann_peer = peers["meshes"][0]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "ann")
+        .cloned()
+        .unwrap();
+    assert!(
+        ann_peer["grants"].is_array(),
+        "peers shows grants: {ann_peer}"
+    );
+
+    // Block: nothing from ann arrives, and ann sees a normal delivery.
+    ben.ok(&["grant", "ann", "all"]);
+    ben.ok(&["block", "ann"]);
+    let sent = ann.json(&["send", "ben", "blocked, dropped"]);
+    assert_eq!(sent["stage"], "relayed", "the sender sees no error: {sent}");
+    let id = sent["id"].as_str().unwrap();
+    let st = ann.json(&["sent", id, "--wait-for", "delivered"]);
+    assert_eq!(st["stage"], "delivered", "{st}");
+    ann.ok(&["send", "*", "broadcast, dropped too"]);
+    cat.inbox_wait();
+    assert!(ben.inbox_peek().is_empty(), "nothing from a blocked peer");
+    let blocked = ben.json(&["grants"]);
+    assert_eq!(blocked["peers"][0]["blocked"], true);
+
+    // Unblocked, ann gets through again; cat was never affected.
+    ben.ok(&["block", "ann", "--undo"]);
+    assert!(
+        ben.json(&["grants"])["peers"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    ann.ok(&["send", "ben", "welcome back"]);
+    let got = ben.inbox_wait();
+    assert_eq!(got[0]["body"], "welcome back");
+    cat.ok(&["send", "ben", "hi from cat"]);
+    assert_eq!(ben.inbox_wait()[0]["body"], "hi from cat");
+    let (code, _) = ben.fails(&["block", "nobody"]);
+    assert_eq!(code, 4);
+}

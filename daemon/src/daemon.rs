@@ -172,6 +172,7 @@ impl Daemon {
     }
 
     /// Register a mesh and start its link. `None` if its stored genesis does not verify.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn add_mesh(
         self: &Arc<Self>,
         row: MeshRow,
@@ -179,6 +180,7 @@ impl Daemon {
         entries: Vec<(u64, claudemesh_schema::roster::RosterEntry)>,
         sessions: Vec<store::SessionRow>,
         aliases: Vec<(MeshId, String, claudemesh_schema::SessionId)>,
+        grants: HashMap<claudemesh_schema::crypto::MemberKey, crate::grants::Grant>,
     ) -> Option<Arc<MeshCtx>> {
         let mut roster = match Roster::from_genesis(&row.genesis) {
             Ok(r) => RosterState { roster: r, len: 0 },
@@ -236,6 +238,7 @@ impl Daemon {
             paused: watch::channel(false).0,
             op_caught_up: Default::default(),
             snapshots_pending: Default::default(),
+            grants: Mutex::new(grants),
         });
         self.meshes
             .write()
@@ -402,7 +405,8 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
         };
         let id = row.id;
         let entries = store.read(move |c| store::q_roster(c, id)).await?;
-        daemon.add_mesh(row, keys, entries, hosted.clone(), aliases.clone());
+        let grants = store.read(move |c| crate::grants::q_grants(c, id)).await?;
+        daemon.add_mesh(row, keys, entries, hosted.clone(), aliases.clone(), grants);
     }
     let listener =
         crate::rpc::bind(&paths.socket, &paths.dir).map_err(|source| DaemonError::Socket {

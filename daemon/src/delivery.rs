@@ -125,6 +125,16 @@ fn open_rows(
         }
         return Ok(Vec::new());
     }
+    // Grants: a direct message needs `dm`, a group or broadcast one `broadcast`; a blocked
+    // member has neither. Dropped silently (the envelope is still acknowledged).
+    let cap = match env.to {
+        Route::All | Route::Sessions { .. } => "broadcast",
+        _ => "dm",
+    };
+    if !m.allows(&env.from_member, cap) {
+        tracing::debug!(id = %env.id, from = %env.from_member.short(), cap, "message dropped by grants");
+        return Ok(Vec::new());
+    }
     Ok(rows_for(m, &p, &env.from_member, targets, at))
 }
 

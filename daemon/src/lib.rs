@@ -18,6 +18,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 mod delivery;
+mod grants;
 pub mod keys;
 mod link;
 mod membership;

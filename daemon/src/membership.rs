@@ -183,7 +183,14 @@ pub(crate) async fn create(d: &Arc<Daemon>, p: CreateParams) -> Result<MeshInfo,
         return Err(RpcErr::internal(format!("cannot record the mesh: {e}")));
     }
     let info = mesh_info(&row);
-    d.add_mesh(row, keys, Vec::new(), Vec::new(), Vec::new());
+    d.add_mesh(
+        row,
+        keys,
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Default::default(),
+    );
     tracing::info!(mesh = %mesh.short(), "mesh created");
     Ok(info)
 }
@@ -729,7 +736,14 @@ pub(crate) async fn join(d: &Arc<Daemon>, p: JoinParams) -> Result<MeshInfo, Rpc
         return Err(RpcErr::internal(format!("cannot record the mesh: {e}")));
     }
     let info = mesh_info(&row);
-    d.add_mesh(row, keys, Vec::new(), Vec::new(), Vec::new());
+    d.add_mesh(
+        row,
+        keys,
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Default::default(),
+    );
     tracing::info!(mesh = %info.mesh.short(), admitted_by = %js.admitted_by, "joined mesh");
     Ok(info)
 }

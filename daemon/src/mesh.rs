@@ -153,6 +153,8 @@ pub(crate) struct MeshCtx {
     pub(crate) aliases: Mutex<HashMap<String, SessionId>>,
     /// Shared-state writes waiting to hear their sequence number.
     pub(crate) op_waiters: Mutex<HashMap<OpId, Vec<oneshot::Sender<u64>>>>,
+    /// This daemon's grants for other members (no entry: every capability).
+    pub(crate) grants: Mutex<HashMap<MemberKey, crate::grants::Grant>>,
     /// Snapshots captured here and not yet stored by the relay.
     pub(crate) snapshots_pending: std::sync::atomic::AtomicU64,
     /// The link has applied the relay's log up to the head it reported at sync.

@@ -284,6 +284,20 @@ async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, RpcErr> {
         m::MESSAGE_STATUS => json(message_status(d, params(p)?).await?),
         m::PING => json(ping(d, params(p)?).await?),
         claudemesh_schema::ipc::trust::VERIFY => json(membership::verify(d, params(p)?).await?),
+        claudemesh_schema::ipc::trust::GRANT => {
+            json(crate::grants::change(d, params(p)?, "grant").await?)
+        }
+        claudemesh_schema::ipc::trust::REVOKE => {
+            json(crate::grants::change(d, params(p)?, "revoke").await?)
+        }
+        claudemesh_schema::ipc::trust::BLOCK => {
+            json(crate::grants::change(d, params(p)?, "block").await?)
+        }
+        claudemesh_schema::ipc::trust::GRANTS => {
+            let p: MeshParams = params(p)?;
+            let m = d.select(p.mesh.as_deref())?;
+            json(crate::grants::list(d, &m).await?)
+        }
         sh::STATE_SET => json(shared::state_set(d, params(p)?).await?),
         sh::STATE_GET => json(shared::state_get(d, params(p)?, false).await?),
         sh::STATE_LIST => json(shared::state_get(d, params(p)?, true).await?),

@@ -875,6 +875,7 @@ pub fn q_peers(conn: &Connection, mesh: &MeshRow) -> Result<Vec<PeerInfo>> {
     {
         held.entry(r.holder_id).or_default().extend(r.patterns);
     }
+    let grants = crate::grants::q_grants(conn, mesh.id).unwrap_or_default();
     let mut peers: Vec<PeerInfo> = q_presence(conn, mesh.id)?
         .into_iter()
         .filter(|p| p.session != mesh.session)
@@ -894,6 +895,10 @@ pub fn q_peers(conn: &Connection, mesh: &MeshRow) -> Result<Vec<PeerInfo>> {
             role: p.profile.role,
             client: p.profile.client,
             reservations: held.remove(&p.session).unwrap_or_default(),
+            grants: grants
+                .get(&p.member)
+                .map(|g| g.caps.iter().cloned().collect()),
+            blocked: grants.get(&p.member).is_some_and(|g| g.blocked),
         })
         .collect();
     peers.sort_by(|a, b| b.online.cmp(&a.online).then_with(|| a.name.cmp(&b.name)));

@@ -717,6 +717,12 @@ pub mod methods {
         /// File patterns this peer holds live reservations on.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         pub reservations: Vec<String>,
+        /// Capabilities this daemon grants the peer's member, when not all of them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub grants: Option<Vec<String>>,
+        /// This daemon drops everything the peer's member sends.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        pub blocked: bool,
     }
 
     /// One mesh's peers.

@@ -9,6 +9,7 @@ pub const DAEMON: &[&str] = &[
     include_str!("../sql/daemon/0002_receipts.sql"),
     include_str!("../sql/daemon/0003_shared_state.sql"),
     include_str!("../sql/daemon/0004_snapshots.sql"),
+    include_str!("../sql/daemon/0005_grants.sql"),
 ];
 
 /// Relay store migrations (`relay.db`).

@@ -42,3 +42,59 @@ pub struct VerifyResult {
     /// Other members.
     pub members: Vec<SafetyNumber>,
 }
+
+/// `grant`: give a peer capabilities back.
+pub const GRANT: &str = "grant";
+/// `revoke`: take capabilities from a peer.
+pub const REVOKE: &str = "revoke";
+/// `block`: drop everything a peer sends, silently (or undo that).
+pub const BLOCK: &str = "block";
+/// `grants`: peers whose capabilities differ from the default.
+pub const GRANTS: &str = "grants";
+
+/// The capabilities, all granted by default.
+pub const CAPABILITIES: &[&str] = &["dm", "broadcast", "state-read", "state-write", "file-read"];
+/// Capabilities this version enforces (at this daemon, on what arrives). The others are
+/// recorded and shown but not enforceable while shared state is sealed with the mesh key
+/// every member holds.
+pub const ENFORCED: &[&str] = &["dm", "broadcast"];
+
+/// `grant` / `revoke` / `block` parameters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GrantParams {
+    /// Mesh name or id prefix.
+    #[serde(default)]
+    pub mesh: Option<String>,
+    /// The peer (name, id or fingerprint prefix).
+    pub peer: String,
+    /// Capabilities to grant or revoke (`all` for every one).
+    #[serde(default)]
+    pub caps: Vec<String>,
+    /// For `block`: lift the block instead.
+    #[serde(default)]
+    pub undo: bool,
+}
+
+/// One peer's grants.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerGrants {
+    /// The member key (base64url).
+    pub member: String,
+    /// Its fingerprint.
+    pub fingerprint: String,
+    /// Names its sessions go by.
+    pub names: Vec<String>,
+    /// Capabilities granted.
+    pub caps: Vec<String>,
+    /// Everything it sends is dropped.
+    pub blocked: bool,
+}
+
+/// `grants` result (and the answer to `grant`, `revoke`, `block`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GrantsResult {
+    /// The mesh.
+    pub mesh: MeshId,
+    /// Peers with non-default grants.
+    pub peers: Vec<PeerGrants>,
+}

@@ -1,0 +1,239 @@
+//! Per-peer grants: this daemon's local policy on what other members may send it. A member
+//! without a row has every capability; `block` drops everything it sends, silently (its
+//! daemon still hears that the envelope was delivered, so a blocked peer learns nothing).
+//! Enforced in [`crate::delivery`] on every incoming message.
+
+use claudemesh_schema::crypto::MemberKey;
+use claudemesh_schema::ipc::trust::{CAPABILITIES, GrantParams, GrantsResult, PeerGrants};
+use claudemesh_schema::{MeshId, now_ms};
+use rusqlite::{Connection, params};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use crate::daemon::Daemon;
+use crate::mesh::{MeshCtx, lock};
+use crate::rpc::RpcErr;
+use crate::store::{self, Result, StoreError};
+
+/// One peer's grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Grant {
+    pub(crate) caps: BTreeSet<String>,
+    pub(crate) blocked: bool,
+}
+
+impl Default for Grant {
+    fn default() -> Self {
+        Self {
+            caps: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+            blocked: false,
+        }
+    }
+}
+
+impl Grant {
+    pub(crate) fn allows(&self, cap: &str) -> bool {
+        !self.blocked && self.caps.contains(cap)
+    }
+}
+
+/// Stored grants of `mesh`.
+pub(crate) fn q_grants(conn: &Connection, mesh: MeshId) -> Result<HashMap<MemberKey, Grant>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT member, caps, blocked FROM grants WHERE mesh = ?1")?;
+    let rows = stmt.query_map(params![mesh.as_bytes()], |r| {
+        Ok((
+            r.get::<_, Vec<u8>>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, bool>(2)?,
+        ))
+    })?;
+    let mut out = HashMap::new();
+    for row in rows {
+        let (m, caps, blocked) = row?;
+        let m: [u8; 32] = m
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("grant member"))?;
+        let caps: BTreeSet<String> =
+            serde_json::from_str(&caps).map_err(|_| StoreError::Corrupt("grant caps"))?;
+        out.insert(MemberKey(m), Grant { caps, blocked });
+    }
+    Ok(out)
+}
+
+impl MeshCtx {
+    /// May `member` do `cap` here?
+    pub(crate) fn allows(&self, member: &MemberKey, cap: &str) -> bool {
+        lock(&self.grants).get(member).is_none_or(|g| g.allows(cap))
+    }
+}
+
+/// The member a peer selector names: a session name, a session id prefix, or a member
+/// fingerprint prefix (at least 4 characters for prefixes).
+pub(crate) async fn resolve_member(
+    d: &Arc<Daemon>,
+    m: &MeshCtx,
+    q: &str,
+) -> std::result::Result<(MemberKey, Vec<String>), RpcErr> {
+    let mesh = m.id;
+    let presences = d
+        .store
+        .read(move |c| store::q_presence(c, mesh))
+        .await
+        .map_err(RpcErr::internal)?;
+    let q = q.trim().to_lowercase();
+    let members: Vec<MemberKey> = lock(&m.roster)
+        .roster
+        .members()
+        .map(|(k, _)| *k)
+        .filter(|k| *k != m.member())
+        .collect();
+    let names_of = |k: &MemberKey| {
+        let mut n: Vec<String> = presences
+            .iter()
+            .filter(|p| p.member == *k)
+            .map(|p| p.profile.name.clone())
+            .collect();
+        n.sort();
+        n.dedup();
+        n
+    };
+    let hits: Vec<MemberKey> = members
+        .into_iter()
+        .filter(|k| {
+            let fp = k.fingerprint().replace('-', "");
+            names_of(k).iter().any(|n| n.to_lowercase() == q)
+                || (q.len() >= 4 && fp.starts_with(&q.replace('-', "")))
+                || presences.iter().any(|p| {
+                    p.member == *k
+                        && q.len() >= 4
+                        && p.session
+                            .0
+                            .simple()
+                            .to_string()
+                            .starts_with(&q.replace('-', ""))
+                })
+        })
+        .collect();
+    match hits.as_slice() {
+        [k] => Ok((*k, names_of(k))),
+        [] => Err(RpcErr::not_found(format!(
+            "no member of {} matches {q:?}; `claudemesh verify` lists them",
+            m.name()
+        ))),
+        _ => Err(RpcErr::ambiguous(format!(
+            "{q:?} matches several members; use a fingerprint prefix"
+        ))),
+    }
+}
+
+fn check_caps(caps: &[String]) -> std::result::Result<Vec<String>, RpcErr> {
+    if caps.iter().any(|c| c == "all") {
+        return Ok(CAPABILITIES.iter().map(|c| c.to_string()).collect());
+    }
+    if caps.is_empty() {
+        return Err(RpcErr::invalid(format!(
+            "name the capabilities: {} (or all)",
+            CAPABILITIES.join(", ")
+        )));
+    }
+    for c in caps {
+        if !CAPABILITIES.contains(&c.as_str()) {
+            return Err(RpcErr::invalid(format!(
+                "unknown capability {c:?}: use {} (or all)",
+                CAPABILITIES.join(", ")
+            )));
+        }
+    }
+    Ok(caps.to_vec())
+}
+
+/// `grant`, `revoke` or `block` (per `what`), then the mesh's grants.
+pub(crate) async fn change(
+    d: &Arc<Daemon>,
+    p: GrantParams,
+    what: &str,
+) -> std::result::Result<GrantsResult, RpcErr> {
+    let m = d.select(p.mesh.as_deref())?;
+    let (member, _) = resolve_member(d, &m, &p.peer).await?;
+    let mut g = lock(&m.grants).get(&member).cloned().unwrap_or_default();
+    match what {
+        "grant" => g.caps.extend(check_caps(&p.caps)?),
+        "revoke" => {
+            for c in check_caps(&p.caps)? {
+                g.caps.remove(&c);
+            }
+        }
+        _ => g.blocked = !p.undo,
+    }
+    let (mesh, caps, blocked) = (
+        m.id,
+        serde_json::to_string(&g.caps).map_err(RpcErr::internal)?,
+        g.blocked,
+    );
+    let default = g == Grant::default();
+    d.store
+        .write(move |tx| {
+            if default {
+                tx.execute(
+                    "DELETE FROM grants WHERE mesh = ?1 AND member = ?2",
+                    params![mesh.as_bytes(), member.0],
+                )?;
+            } else {
+                tx.execute(
+                    "INSERT INTO grants (mesh, member, caps, blocked, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (mesh, member) DO UPDATE SET caps = excluded.caps,
+                       blocked = excluded.blocked, updated_at = excluded.updated_at",
+                    params![mesh.as_bytes(), member.0, caps, blocked, now_ms()],
+                )?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(RpcErr::internal)?;
+    {
+        let mut all = lock(&m.grants);
+        if default {
+            all.remove(&member);
+        } else {
+            all.insert(member, g);
+        }
+    }
+    tracing::info!(mesh = %m.id.short(), member = %member.short(), what, "grants changed");
+    list(d, &m).await
+}
+
+/// Peers of `m` with non-default grants.
+pub(crate) async fn list(
+    d: &Arc<Daemon>,
+    m: &MeshCtx,
+) -> std::result::Result<GrantsResult, RpcErr> {
+    let mesh = m.id;
+    let presences = d
+        .store
+        .read(move |c| store::q_presence(c, mesh))
+        .await
+        .map_err(RpcErr::internal)?;
+    let mut peers: Vec<PeerGrants> = lock(&m.grants)
+        .iter()
+        .map(|(k, g)| {
+            let mut names: Vec<String> = presences
+                .iter()
+                .filter(|p| p.member == *k)
+                .map(|p| p.profile.name.clone())
+                .collect();
+            names.sort();
+            names.dedup();
+            PeerGrants {
+                member: k.to_b64(),
+                fingerprint: k.fingerprint(),
+                names,
+                caps: g.caps.iter().cloned().collect(),
+                blocked: g.blocked,
+            }
+        })
+        .collect();
+    peers.sort_by(|a, b| a.names.cmp(&b.names).then_with(|| a.member.cmp(&b.member)));
+    Ok(GrantsResult { mesh, peers })
+}
