@@ -134,6 +134,28 @@ pub(crate) enum Command {
     },
     /// Peers whose capabilities differ from the default (everything).
     Grants(MeshJson),
+    /// Back up identity, meshes and config to a passphrase-sealed file.
+    Backup {
+        /// The file to write.
+        file: std::path::PathBuf,
+        /// Read the passphrase from this file (else CLAUDEMESH_BACKUP_PASSPHRASE, else stdin).
+        #[arg(long)]
+        passphrase_file: Option<std::path::PathBuf>,
+        /// Print JSON (with `schema_version`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a backup into the config directory (stop the daemon first).
+    Restore {
+        /// The backup file.
+        file: std::path::PathBuf,
+        /// Read the passphrase from this file (else CLAUDEMESH_BACKUP_PASSPHRASE, else stdin).
+        #[arg(long)]
+        passphrase_file: Option<std::path::PathBuf>,
+        /// Replace an identity that is already there.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Run the daemon as a user service (systemd on Linux, launchd on macOS).
     Service {
         #[command(subcommand)]

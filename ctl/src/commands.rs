@@ -207,6 +207,16 @@ pub(crate) async fn run(cmd: Command) -> Res {
                 _ => Ok(()),
             }
         }
+        Command::Backup {
+            file,
+            passphrase_file,
+            json,
+        } => crate::backup::backup(&file, passphrase_file.as_deref(), json),
+        Command::Restore {
+            file,
+            passphrase_file,
+            yes,
+        } => crate::backup::restore(&file, passphrase_file.as_deref(), yes),
         Command::Grants(opts) => {
             let p = paths()?;
             let mut c = client(&p).await?;

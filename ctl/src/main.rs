@@ -1,6 +1,7 @@
 //! `claudemesh`: parse the command line, then either run the daemon in the foreground
 //! (`claudemesh daemon run`) or act as a client of it. Behaviour lives in `commands`.
 
+mod backup;
 mod claude;
 mod cli;
 mod commands;

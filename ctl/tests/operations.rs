@@ -88,3 +88,82 @@ fn relay_metrics_move_with_traffic() {
             > before["claudemesh_relay_op_commit_seconds_count"]
     );
 }
+
+#[test]
+fn backup_wipe_restore_keeps_identity_and_meshes_without_reinviting() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, mut nodes) = mesh(bin(), root.path(), &["ann", "ben"], &[]);
+    let pass = root.path().join("pass");
+    std::fs::write(&pass, "correct horse battery staple\n").unwrap();
+    let file = root.path().join("ann.cmbackup");
+    let who = nodes[0].json(&["whoami"]);
+    nodes[0].ok(&["state", "set", "before", "backup"]);
+    let b = nodes[0].json(&[
+        "backup",
+        file.to_str().unwrap(),
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ]);
+    assert!(b["files"].as_u64().unwrap() >= 3, "{b}");
+    // The file holds no key or name in clear.
+    let raw = std::fs::read(&file).unwrap();
+    assert!(raw.starts_with(b"claudemesh-backup v1\n"));
+    assert!(!claudemesh_tests::contains(&raw, b"ann"));
+    assert!(!claudemesh_tests::contains(&raw, b"SQLite format"));
+
+    // Wipe ann's config directory entirely.
+    nodes[0].stop();
+    let dir = nodes[0].dir.clone();
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // Wrong passphrase: refused, nothing written.
+    let bad = root.path().join("bad");
+    std::fs::write(&bad, "not the passphrase").unwrap();
+    let (code, err) = nodes[0].fails(&[
+        "restore",
+        file.to_str().unwrap(),
+        "--passphrase-file",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("wrong passphrase"), "{err}");
+    assert!(!dir.join("daemon.db").exists());
+
+    nodes[0].ok(&[
+        "restore",
+        file.to_str().unwrap(),
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ]);
+    // Restoring over an identity needs --yes.
+    let (code, err) = nodes[0].fails(&[
+        "restore",
+        file.to_str().unwrap(),
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 10, "{err}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        for k in std::fs::read_dir(dir.join("keys")).unwrap() {
+            let mode = k.unwrap().metadata().unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "key files stay private");
+        }
+    }
+
+    nodes[0].start();
+    nodes[0].wait("link-up", None);
+    assert_eq!(nodes[0].json(&["whoami"])["identities"], who["identities"]);
+    assert_eq!(
+        nodes[0].json(&["state", "get", "before"])["value"],
+        "backup"
+    );
+    nodes[0].ok(&["send", "ben", "back from a backup"]);
+    let got = nodes[1].inbox_wait();
+    assert_eq!(got[0]["body"], "back from a backup");
+    assert_eq!(got[0]["verified"], true);
+    nodes[1].ok(&["send", "ann", "welcome back"]);
+    assert_eq!(nodes[0].inbox_wait()[0]["body"], "welcome back");
+}
