@@ -134,6 +134,9 @@ pub(crate) enum Command {
     },
     /// Peers whose capabilities differ from the default (everything).
     Grants(MeshJson),
+    /// Check the setup: daemon, config and key files, relays (QUIC and WebSocket), Claude
+    /// Code registration, service, disk; each failure with its fix.
+    Doctor(JsonArg),
     /// Back up identity, meshes and config to a passphrase-sealed file.
     Backup {
         /// The file to write.

@@ -207,6 +207,7 @@ pub(crate) async fn run(cmd: Command) -> Res {
                 _ => Ok(()),
             }
         }
+        Command::Doctor(a) => crate::doctor::run(a.json).await,
         Command::Backup {
             file,
             passphrase_file,

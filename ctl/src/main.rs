@@ -5,6 +5,7 @@ mod backup;
 mod claude;
 mod cli;
 mod commands;
+mod doctor;
 mod install;
 mod output;
 mod service;

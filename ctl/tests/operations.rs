@@ -167,3 +167,139 @@ fn backup_wipe_restore_keeps_identity_and_meshes_without_reinviting() {
     nodes[1].ok(&["send", "ann", "welcome back"]);
     assert_eq!(nodes[0].inbox_wait()[0]["body"], "welcome back");
 }
+
+fn doctor(n: &claudemesh_tests::Node, extra: &[(&str, &str)]) -> (bool, serde_json::Value) {
+    let out = n.run_env(&["doctor", "--json"], extra);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("doctor --json: {e}: {out:?}"));
+    assert_eq!(v["schema_version"], 1);
+    assert_eq!(
+        out.status.success(),
+        v["ok"] == true,
+        "exit code follows ok: {v}"
+    );
+    (out.status.success(), v)
+}
+
+fn checks<'a>(v: &'a serde_json::Value, name: &str) -> Vec<&'a serde_json::Value> {
+    v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"] == name)
+        .collect()
+}
+
+#[test]
+fn doctor_reports_each_seeded_fault_with_its_fix_and_passes_a_healthy_setup() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut relay, mut nodes) = mesh(bin(), root.path(), &["ann", "ben"], &[]);
+    // A healthy setup: Claude Code registration, a user service, `claude` on PATH.
+    let bin_dir = root.path().join("bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let claude = bin_dir.join("claude");
+    std::fs::write(&claude, "#!/bin/sh\nexit 0\n").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&claude, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let env: &[(&str, &str)] = &[("PATH", &path), ("CLAUDEMESH_SERVICE_MANAGER", "none")];
+    let ann = &nodes[0];
+    ann.ok(&["install"]);
+    assert!(ann.run_env(&["service", "install"], env).status.success());
+    let (ok, v) = doctor(ann, env);
+    let not_ok: Vec<_> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] != "ok")
+        .collect();
+    assert!(ok && not_ok.is_empty(), "healthy setup: {not_ok:?}");
+    let relays = checks(&v, "relay");
+    assert_eq!(relays.len(), 2, "quic and websocket: {relays:?}");
+    assert!(relays[0]["detail"].as_str().unwrap().contains("round trip"));
+    for name in [
+        "daemon",
+        "version",
+        "config",
+        "permissions",
+        "keys",
+        "claude_code",
+        "mcp_server",
+        "hooks",
+        "service",
+        "disk",
+    ] {
+        assert_eq!(checks(&v, name).len(), 1, "{name}: {v}");
+    }
+
+    // MCP server not registered.
+    ann.ok(&["uninstall"]);
+    let (ok, v) = doctor(ann, env);
+    assert!(!ok);
+    let c = checks(&v, "mcp_server")[0];
+    assert_eq!(c["status"], "fail");
+    assert_eq!(c["fix"], "claudemesh install");
+    ann.ok(&["install"]);
+
+    // A key file readable by others.
+    let key = std::fs::read_dir(ann.dir.join("keys"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (ok, v) = doctor(ann, env);
+        assert!(!ok);
+        let c = checks(&v, "permissions")[0];
+        assert_eq!(c["status"], "fail");
+        assert!(
+            c["fix"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("chmod 600 {}", key.display())),
+            "{c}"
+        );
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    // The relay unreachable.
+    relay.kill();
+    let (ok, v) = doctor(ann, env);
+    assert!(!ok);
+    for c in checks(&v, "relay") {
+        assert_eq!(c["status"], "fail", "{c}");
+        assert!(c["detail"].as_str().unwrap().contains("unreachable"), "{c}");
+        assert!(c["fix"].as_str().unwrap().contains("relay"), "{c}");
+        assert_eq!(c["mesh"], "test");
+    }
+    relay.restart();
+
+    // The daemon down.
+    nodes[0].stop();
+    let (ok, v) = doctor(&nodes[0], env);
+    assert!(!ok);
+    let c = checks(&v, "daemon")[0];
+    assert_eq!(c["status"], "fail");
+    assert!(
+        c["fix"]
+            .as_str()
+            .unwrap()
+            .contains("claudemesh daemon start"),
+        "{c}"
+    );
+    nodes[0].start();
+    nodes[0].wait("link-up", None);
+    let (ok, v) = doctor(&nodes[0], env);
+    assert!(ok, "healthy again: {v}");
+}
