@@ -134,6 +134,11 @@ pub(crate) enum Command {
     },
     /// Peers whose capabilities differ from the default (everything).
     Grants(MeshJson),
+    /// Print a shell completion script: `claudemesh completions bash > ~/.local/share/bash-completion/completions/claudemesh`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Check the setup: daemon, config and key files, relays (QUIC and WebSocket), Claude
     /// Code registration, service, disk; each failure with its fix.
     Doctor(JsonArg),

@@ -208,6 +208,16 @@ pub(crate) async fn run(cmd: Command) -> Res {
             }
         }
         Command::Doctor(a) => crate::doctor::run(a.json).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "claudemesh",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         Command::Backup {
             file,
             passphrase_file,

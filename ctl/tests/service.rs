@@ -140,3 +140,73 @@ fn the_launchd_plist_parses_with_the_expected_keys() {
     assert!(out.status.success());
     assert!(!plist.exists());
 }
+
+#[test]
+fn install_sh_installs_binaries_and_completions_into_a_prefix() {
+    let root = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/install.sh");
+    let syntax = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(syntax.status.success(), "{syntax:?}");
+    // Prebuilt binaries (the relay binary is stood in for when this crate's tests run alone).
+    let bins = root.path().join("bins");
+    std::fs::create_dir_all(&bins).unwrap();
+    std::fs::copy(bin(), bins.join("claudemesh")).unwrap();
+    let relay = bin().with_file_name("claudemesh-relay");
+    std::fs::copy(
+        if relay.exists() {
+            relay.as_path()
+        } else {
+            bin()
+        },
+        bins.join("claudemesh-relay"),
+    )
+    .unwrap();
+    let prefix = root.path().join("prefix");
+    let out = Command::new("bash")
+        .arg(&script)
+        .args([
+            "--binaries",
+            bins.to_str().unwrap(),
+            "--prefix",
+            prefix.to_str().unwrap(),
+        ])
+        .env("HOME", root.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let installed = prefix.join("bin/claudemesh");
+    let v = Command::new(&installed).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&v.stdout).starts_with("claudemesh "));
+    for f in [
+        "share/bash-completion/completions/claudemesh",
+        "share/zsh/site-functions/_claudemesh",
+        "share/fish/vendor_completions.d/claudemesh.fish",
+    ] {
+        let text = std::fs::read_to_string(prefix.join(f)).unwrap();
+        assert!(text.contains("claudemesh"), "{f}");
+    }
+    let bash = std::fs::read_to_string(prefix.join("share/bash-completion/completions/claudemesh"))
+        .unwrap();
+    assert!(
+        bash.contains("remember") && bash.contains("doctor"),
+        "completions know the verbs"
+    );
+    // Running it again replaces the binaries in place.
+    let again = Command::new("bash")
+        .arg(&script)
+        .args([
+            "--binaries",
+            bins.to_str().unwrap(),
+            "--prefix",
+            prefix.to_str().unwrap(),
+            "--no-completions",
+        ])
+        .env("HOME", root.path())
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{again:?}");
+}
