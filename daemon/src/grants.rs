@@ -1,7 +1,11 @@
 //! Per-peer grants: this daemon's local policy on what other members may send it. A member
 //! without a row has every capability; `block` drops everything it sends, silently (its
 //! daemon still hears that the envelope was delivered, so a blocked peer learns nothing).
-//! Enforced in [`crate::delivery`] on every incoming message.
+//! `dm` and `broadcast` are enforced in [`crate::delivery`] on every incoming message;
+//! `state-write` on every read of shared state here (what that member writes stays in the
+//! log and in everyone's fold, but this daemon's sessions do not see it, nor its skills as
+//! prompts). `state-read` and `file-read` are recorded only: every member holds the mesh
+//! key that seals shared state.
 
 use claudemesh_schema::crypto::MemberKey;
 use claudemesh_schema::ipc::trust::{CAPABILITIES, GrantParams, GrantsResult, PeerGrants};
@@ -62,6 +66,16 @@ pub(crate) fn q_grants(conn: &Connection, mesh: MeshId) -> Result<HashMap<Member
 }
 
 impl MeshCtx {
+    /// Members whose shared-state writes this daemon's sessions do not see.
+    pub(crate) fn hidden_writers(&self) -> crate::shared::query::Hidden {
+        crate::shared::query::Hidden::new(
+            lock(&self.grants)
+                .iter()
+                .filter(|(_, g)| !g.allows("state-write"))
+                .map(|(k, _)| *k),
+        )
+    }
+
     /// May `member` do `cap` here?
     pub(crate) fn allows(&self, member: &MemberKey, cap: &str) -> bool {
         lock(&self.grants).get(member).is_none_or(|g| g.allows(cap))

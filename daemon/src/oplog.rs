@@ -506,8 +506,16 @@ async fn submit(d: &Arc<Daemon>, m: &Arc<MeshCtx>, run: Vec<SequencedOp>) {
 pub(crate) struct Applied {
     pub(crate) ops: Vec<(OpId, u64)>,
     pub(crate) kinds: HashSet<&'static str>,
-    /// Shared keys set or deleted, in order.
-    pub(crate) state: Vec<(String, serde_json::Value, String, SessionId, u64, i64)>,
+    /// Shared keys set or deleted, in order, with their author.
+    pub(crate) state: Vec<(
+        String,
+        serde_json::Value,
+        String,
+        SessionId,
+        u64,
+        i64,
+        MemberKey,
+    )>,
     /// A snapshot this daemon is to upload.
     pub(crate) snapshot: Option<op::SnapshotBody>,
 }
@@ -580,6 +588,7 @@ pub(crate) fn apply_run(
                         b.session,
                         o.seq,
                         o.at,
+                        o.op.author,
                     ));
                 }
                 applied.kinds.insert(b.op.kind());
@@ -674,7 +683,10 @@ fn after_apply(
             }
             if !a.state.is_empty() && d.state_events.receiver_count() > 0 {
                 let mesh_name = m.name();
-                for (key, value, by, by_id, seq, at) in a.state {
+                for (key, value, by, by_id, seq, at, author) in a.state {
+                    if !m.allows(&author, "state-write") {
+                        continue;
+                    }
                     let _ = d
                         .state_events
                         .send(claudemesh_schema::ipc::shared::StateChange {

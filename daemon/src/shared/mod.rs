@@ -121,14 +121,15 @@ pub(crate) async fn state_get(
     prefix: bool,
 ) -> Result<StateResult, RpcErr> {
     let m = d.select(p.mesh.as_deref())?;
-    let mesh = m.id;
+    let (mesh, hidden) = (m.id, m.hidden_writers());
     let entries = d
         .store
         .read(move |c| {
             if prefix {
-                query::q_state(c, mesh, None, p.key.as_deref())
+                query::q_state(c, mesh, None, p.key.as_deref(), &hidden)
             } else {
-                query::q_state(c, mesh, Some(p.key.as_deref().unwrap_or_default()), None)
+                let key = p.key.as_deref().unwrap_or_default();
+                query::q_state(c, mesh, Some(key), None, &hidden)
             }
         })
         .await
@@ -153,11 +154,11 @@ pub(crate) async fn remember(d: &Arc<Daemon>, p: RememberParams) -> Result<Write
 
 pub(crate) async fn recall(d: &Arc<Daemon>, p: RecallParams) -> Result<RecallResult, RpcErr> {
     let m = d.select(p.mesh.as_deref())?;
-    let mesh = m.id;
+    let (mesh, hidden) = (m.id, m.hidden_writers());
     let limit = p.limit.unwrap_or(20).clamp(1, 1000);
     let memories = d
         .store
-        .read(move |c| query::q_recall(c, mesh, &p.query, &p.tags, limit))
+        .read(move |c| query::q_recall(c, mesh, &p.query, &p.tags, limit, &hidden))
         .await
         .map_err(RpcErr::internal)?;
     Ok(RecallResult { mesh, memories })
@@ -246,10 +247,10 @@ pub(crate) async fn task_list(
             "status {s:?}: use open, claimed or done"
         )));
     }
-    let mesh = m.id;
+    let (mesh, hidden) = (m.id, m.hidden_writers());
     let tasks = d
         .store
-        .read(move |c| query::q_tasks(c, mesh, p.status.as_deref(), p.assignee.as_deref()))
+        .read(move |c| query::q_tasks(c, mesh, p.status.as_deref(), p.assignee.as_deref(), &hidden))
         .await
         .map_err(RpcErr::internal)?;
     Ok(TaskListResult { mesh, tasks })
@@ -364,10 +365,13 @@ pub(crate) async fn share_context(
 
 pub(crate) async fn contexts(d: &Arc<Daemon>, p: ContextQuery) -> Result<ContextsResult, RpcErr> {
     let m = d.select(p.mesh.as_deref())?;
-    let mesh = m.id;
+    let (mesh, hidden) = (m.id, m.hidden_writers());
     let contexts = d
         .store
-        .read(move |c| query::q_contexts(c, mesh, p.query.as_deref().filter(|q| !q.is_empty())))
+        .read(move |c| {
+            let q = p.query.as_deref().filter(|q| !q.is_empty());
+            query::q_contexts(c, mesh, q, &hidden)
+        })
         .await
         .map_err(RpcErr::internal)?;
     Ok(ContextsResult { mesh, contexts })
@@ -421,7 +425,7 @@ pub(crate) async fn remove_skill(d: &Arc<Daemon>, p: ItemParams) -> Result<Write
 
 pub(crate) async fn skills(d: &Arc<Daemon>, p: SkillQuery) -> Result<SkillsResult, RpcErr> {
     let m = d.select(p.mesh.as_deref())?;
-    let mesh = m.id;
+    let (mesh, hidden) = (m.id, m.hidden_writers());
     let skills = d
         .store
         .read(move |c| {
@@ -430,6 +434,7 @@ pub(crate) async fn skills(d: &Arc<Daemon>, p: SkillQuery) -> Result<SkillsResul
                 mesh,
                 p.name.as_deref(),
                 p.query.as_deref().filter(|q| !q.is_empty()),
+                &hidden,
             )
         })
         .await

@@ -23,6 +23,33 @@ pub(crate) const TABLES: &[(&str, &str)] = &[
     ("reminders", "id"),
 ];
 
+/// Members whose writes this daemon does not show its sessions (grants: `state-write`
+/// revoked, or blocked). The log and the fold are unchanged; only reads here filter.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Hidden(Vec<String>);
+
+impl Hidden {
+    pub(crate) fn new(
+        members: impl IntoIterator<Item = claudemesh_schema::crypto::MemberKey>,
+    ) -> Self {
+        Self(
+            members
+                .into_iter()
+                .map(|m| claudemesh_schema::crypto::hex(&m.0).to_uppercase())
+                .collect(),
+        )
+    }
+
+    /// ` AND hex(col) NOT IN (…)`, or nothing. Hex digits only: safe to splice into SQL.
+    fn sql(&self, col: &str) -> String {
+        if self.0.is_empty() {
+            return String::new();
+        }
+        let list: Vec<String> = self.0.iter().map(|h| format!("'{h}'")).collect();
+        format!(" AND hex({col}) NOT IN ({})", list.join(", "))
+    }
+}
+
 fn json_list(s: &str) -> Vec<String> {
     serde_json::from_str(s).unwrap_or_default()
 }
@@ -50,22 +77,24 @@ pub(crate) fn q_state(
     mesh: MeshId,
     key: Option<&str>,
     prefix: Option<&str>,
+    hidden: &Hidden,
 ) -> Result<Vec<StateEntry>> {
     let wanted = |k: &str| key.is_none_or(|x| x == k) && prefix.is_none_or(|p| k.starts_with(p));
     let mut out: BTreeMap<String, StateEntry> = BTreeMap::new();
     // One key is a primary-key lookup (its own statement, so the planner uses the index);
     // a prefix scans from the prefix on.
+    let h = hidden.sql("author");
     let mut stmt = match key {
-        Some(_) => conn.prepare_cached(
+        Some(_) => conn.prepare_cached(&format!(
             "SELECT key, value, author_name, updated_at FROM state_kv
-             WHERE mesh = ?1 AND key = ?2 AND ?3 IS NULL",
-        )?,
-        None => conn.prepare_cached(
+             WHERE mesh = ?1 AND key = ?2 AND ?3 IS NULL{h}"
+        ))?,
+        None => conn.prepare_cached(&format!(
             "SELECT key, value, author_name, updated_at FROM state_kv
              WHERE mesh = ?1 AND ?2 IS NULL AND key >= COALESCE(?3, '')
-               AND (?3 IS NULL OR substr(key, 1, length(?3)) = ?3)
-             ORDER BY key",
-        )?,
+               AND (?3 IS NULL OR substr(key, 1, length(?3)) = ?3){h}
+             ORDER BY key"
+        ))?,
     };
     let rows = stmt.query_map(params![mesh.as_bytes(), key, prefix], |r| {
         Ok((
@@ -136,7 +165,9 @@ pub(crate) fn q_recall(
     query: &str,
     tags: &[String],
     limit: u32,
+    hidden: &Hidden,
 ) -> Result<Vec<Memory>> {
+    let h = hidden.sql("m.author");
     let tags = serde_json::to_string(tags).unwrap_or_else(|_| "[]".into());
     let tag_filter = "NOT EXISTS (SELECT 1 FROM json_each(?3) t
                        WHERE t.value NOT IN (SELECT value FROM json_each(m.tags)))";
@@ -157,7 +188,7 @@ pub(crate) fn q_recall(
                 "SELECT m.id, m.text, m.tags, m.author_name, m.created_at, m.seq,
                         -bm25(memories_fts) AS score
                  FROM memories_fts JOIN memories m ON m.n = memories_fts.rowid
-                 WHERE memories_fts MATCH ?1 AND m.mesh = ?2 AND {tag_filter}
+                 WHERE memories_fts MATCH ?1 AND m.mesh = ?2 AND {tag_filter}{h}
                  ORDER BY bm25(memories_fts) LIMIT ?4"
             ))?;
             stmt.query_map(params![q, mesh.as_bytes(), tags, limit], row)?
@@ -166,7 +197,7 @@ pub(crate) fn q_recall(
         None => {
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT m.id, m.text, m.tags, m.author_name, m.created_at, m.seq, 0.0
-                 FROM memories m WHERE ?1 IS NULL AND m.mesh = ?2 AND {tag_filter}
+                 FROM memories m WHERE ?1 IS NULL AND m.mesh = ?2 AND {tag_filter}{h}
                  ORDER BY m.created_at DESC, m.n DESC LIMIT ?4"
             ))?;
             stmt.query_map(
@@ -223,11 +254,13 @@ pub(crate) fn q_tasks(
     mesh: MeshId,
     status: Option<&str>,
     assignee: Option<&str>,
+    hidden: &Hidden,
 ) -> Result<Vec<Task>> {
+    let h = hidden.sql("author");
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {TASK_COLS} FROM tasks WHERE mesh = ?1
            AND (?2 IS NULL OR status = ?2)
-           AND (?3 IS NULL OR assignee_name = ?3 OR (assignee_name IS NULL AND suggested = ?3))
+           AND (?3 IS NULL OR assignee_name = ?3 OR (assignee_name IS NULL AND suggested = ?3)){h}
          ORDER BY created_at DESC, id"
     ))?;
     let rows = stmt.query_map(params![mesh.as_bytes(), status, assignee], task_row)?;
@@ -405,14 +438,20 @@ pub(crate) fn q_reservations(
 }
 
 /// Contexts, newest first, optionally only those mentioning `q` (case-insensitive).
-pub(crate) fn q_contexts(conn: &Connection, mesh: MeshId, q: Option<&str>) -> Result<Vec<Context>> {
-    let mut stmt = conn.prepare_cached(
+pub(crate) fn q_contexts(
+    conn: &Connection,
+    mesh: MeshId,
+    q: Option<&str>,
+    hidden: &Hidden,
+) -> Result<Vec<Context>> {
+    let h = hidden.sql("author");
+    let mut stmt = conn.prepare_cached(&format!(
         "SELECT id, author_name, summary, files_read, key_findings, tags, created_at, seq
          FROM contexts WHERE mesh = ?1
            AND (?2 IS NULL OR instr(lower(summary || ' ' || files_read || ' ' || key_findings
-                || ' ' || tags), lower(?2)) > 0)
-         ORDER BY created_at DESC, id",
-    )?;
+                || ' ' || tags), lower(?2)) > 0){h}
+         ORDER BY created_at DESC, id"
+    ))?;
     let rows = stmt.query_map(params![mesh.as_bytes(), q], |r| {
         Ok((
             r.get::<_, Vec<u8>>(0)?,
@@ -448,14 +487,16 @@ pub(crate) fn q_skills(
     mesh: MeshId,
     name: Option<&str>,
     q: Option<&str>,
+    hidden: &Hidden,
 ) -> Result<Vec<Skill>> {
-    let mut stmt = conn.prepare_cached(
+    let h = hidden.sql("author");
+    let mut stmt = conn.prepare_cached(&format!(
         "SELECT name, description, instructions, tags, when_to_use, author_name, updated_at
          FROM skills WHERE mesh = ?1 AND (?2 IS NULL OR name = ?2)
            AND (?3 IS NULL OR instr(lower(name || ' ' || description || ' ' || tags || ' '
-                || when_to_use), lower(?3)) > 0)
-         ORDER BY name",
-    )?;
+                || when_to_use), lower(?3)) > 0){h}
+         ORDER BY name"
+    ))?;
     let rows = stmt.query_map(params![mesh.as_bytes(), name, q], |r| {
         Ok(Skill {
             name: r.get(0)?,

@@ -54,10 +54,11 @@ pub const GRANTS: &str = "grants";
 
 /// The capabilities, all granted by default.
 pub const CAPABILITIES: &[&str] = &["dm", "broadcast", "state-read", "state-write", "file-read"];
-/// Capabilities this version enforces (at this daemon, on what arrives). The others are
+/// Capabilities this version enforces at this daemon: `dm` and `broadcast` on arriving
+/// messages, `state-write` on what its sessions read of shared state. The others are
 /// recorded and shown but not enforceable while shared state is sealed with the mesh key
 /// every member holds.
-pub const ENFORCED: &[&str] = &["dm", "broadcast"];
+pub const ENFORCED: &[&str] = &["dm", "broadcast", "state-write"];
 
 /// `grant` / `revoke` / `block` parameters.
 #[derive(Debug, Clone, Serialize, Deserialize)]
