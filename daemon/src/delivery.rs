@@ -127,8 +127,11 @@ fn open_rows(
     }
     // Grants: a direct message needs `dm`, a group or broadcast one `broadcast`; a blocked
     // member has neither. Dropped silently (the envelope is still acknowledged).
-    let cap = match env.to {
-        Route::All | Route::Sessions { .. } => "broadcast",
+    let cap = match (&env.seal, &env.to) {
+        (Seal::Box, _) => "dm",
+        // A "group" of one is a direct message.
+        (_, Route::Sessions { sessions }) if sessions.len() <= 1 => "dm",
+        (_, Route::All | Route::Sessions { .. }) => "broadcast",
         _ => "dm",
     };
     if !m.allows(&env.from_member, cap) {

@@ -452,6 +452,7 @@ async fn session(
                 };
                 let f = match on_op_frame(d, m, &mut lo, f).await {
                     OpFrame::Handled => continue,
+                    OpFrame::Reconnect(why) => break Outcome::Retry(why),
                     OpFrame::Send(reply) => {
                         if let Err(e) = write(&mut c, &reply).await {
                             break Outcome::Retry(e);
@@ -489,6 +490,7 @@ async fn session(
 
 enum OpFrame {
     Handled,
+    Reconnect(String),
     Send(ClientFrame),
     Other(RelayFrame),
 }
@@ -505,8 +507,8 @@ async fn on_op_frame(
             Some(f) => OpFrame::Send(f),
             None => OpFrame::Handled,
         },
-        RelayFrame::OpAck { id, .. } => {
-            lo.acked(id);
+        RelayFrame::OpAck { id, seq } => {
+            lo.acked(d, id, seq);
             OpFrame::Handled
         }
         RelayFrame::SnapshotPart {
@@ -531,13 +533,13 @@ async fn on_op_frame(
             OpFrame::Handled
         }
         RelayFrame::OpRefused {
-            id,
-            code,
-            message,
-            retry_ms,
+            id, code, message, ..
         } => {
-            lo.refused(d, m, id, code, &message, retry_ms);
-            OpFrame::Handled
+            if lo.refused(d, m, id, code, &message) {
+                OpFrame::Reconnect(format!("relay asked to retry a write later ({code})"))
+            } else {
+                OpFrame::Handled
+            }
         }
         RelayFrame::OpPage {
             rid,

@@ -94,6 +94,9 @@ pub(crate) struct LinkOps {
     order: Reorder,
     /// Sent, not yet acknowledged by the relay.
     in_flight: HashMap<OpId, Bytes>,
+    /// A snapshot the relay offered could not be used: asking again would get the same
+    /// one, so the link stops asking (and says so) instead of looping.
+    stalled: bool,
     /// A snapshot being received: seq, author, parts, bytes so far.
     download: Option<(u64, MemberKey, u32, Vec<u8>, u32)>,
     /// Audit reads waiting for their page.
@@ -143,6 +146,12 @@ pub(crate) async fn write(
                  VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![id.as_bytes(), mesh.as_bytes(), frame2, body_json, body.at],
             )?;
+            if let Op::ScheduleReminder { reminder, .. } = &body.op {
+                tx.execute(
+                    "INSERT OR IGNORE INTO own_reminders (mesh, id) VALUES (?1, ?2)",
+                    params![mesh.as_bytes(), reminder.as_bytes()],
+                )?;
+            }
             fold::apply_pending(tx, &mesh, &author, &body)
         })
         .await;
@@ -239,11 +248,32 @@ impl LinkOps {
     }
 
     /// The relay sequenced an own op (it is applied when it comes back in `ops`).
-    pub(crate) fn acked(&mut self, id: OpId) {
+    pub(crate) fn acked(&mut self, d: &Arc<Daemon>, id: OpId, seq: u64) {
         self.in_flight.remove(&id);
+        // Sequenced before what this daemon has applied (a snapshot covered it while the
+        // ack was lost): its effect is in the fold already; drop it from the outbox.
+        if seq < self.order.next {
+            let store = d.store.clone();
+            let d2 = d.clone();
+            tokio::spawn(async move {
+                let r = store
+                    .write(move |tx| {
+                        tx.execute(
+                            "DELETE FROM op_outbox WHERE id = ?1",
+                            params![id.as_bytes()],
+                        )
+                    })
+                    .await;
+                if r.is_ok() {
+                    d2.bump_changes();
+                }
+            });
+        }
     }
 
-    /// The relay refused an own op: retry later, or drop it for good.
+    /// The relay refused an own op. Temporary refusals (rate limit, relay trouble) return
+    /// true: the link must reconnect and resend the whole outbox in order, since resending
+    /// this one op alone would let later writes overtake it in the log.
     pub(crate) fn refused(
         &mut self,
         d: &Arc<Daemon>,
@@ -251,19 +281,13 @@ impl LinkOps {
         id: OpId,
         code: ErrorCode,
         message: &str,
-        retry_ms: Option<u64>,
-    ) {
-        let Some(frame) = self.in_flight.remove(&id) else {
-            return;
-        };
+    ) -> bool {
+        if self.in_flight.remove(&id).is_none() {
+            return false;
+        }
         if matches!(code, ErrorCode::RateLimited | ErrorCode::Internal) {
-            let delay = Duration::from_millis(retry_ms.unwrap_or(1000).clamp(10, 60_000));
-            let tx = m.link.tx.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                let _ = tx.send(LinkCmd::Op(id, frame)).await;
-            });
-            return;
+            tracing::debug!(op = %id.short(), %code, "relay asked to retry; resending the outbox in order");
+            return true;
         }
         tracing::warn!(op = %id.short(), %code, message, "relay refused a shared-state write for good; dropping it");
         lock(&m.op_waiters).remove(&id);
@@ -290,6 +314,7 @@ impl LinkOps {
             }
             d2.bump_changes();
         });
+        false
     }
 
     /// Sequenced ops arrived (live, or a sync page). Applies every op that is next in
@@ -306,7 +331,13 @@ impl LinkOps {
             submit(d, m, run).await;
         }
         let next = self.order.next;
-        let gap = head.is_some_and(|h| next <= h) || self.order.ahead.len() > MAX_AHEAD;
+        if let Some(h) = head
+            && h + 1 < next
+        {
+            tracing::error!(mesh = %m.id.short(), relay_head = h, applied = next - 1, "the relay's log is behind this daemon's (restored from an old backup, or another relay?); new ops will not apply until that is fixed");
+        }
+        let gap = !self.stalled
+            && (head.is_some_and(|h| next <= h) || self.order.ahead.len() > MAX_AHEAD);
         if head.is_some() && !gap {
             // Caught up once everything queued so far commits (applies commit in order).
             let (d2, m2) = (d.clone(), m.clone());
@@ -368,7 +399,8 @@ impl LinkOps {
             return; // Already past it.
         }
         if !m.is_member(&author) {
-            tracing::warn!(mesh = %m.id.short(), seq, "snapshot from a non-member; ignored");
+            tracing::error!(mesh = %m.id.short(), seq, "the relay's snapshot is from a non-member; not syncing further until a member uploads a newer one");
+            self.stalled = true;
             return;
         }
         let (key, mesh) = (m.keys.mesh_key.clone(), m.id);
@@ -378,7 +410,8 @@ impl LinkOps {
         let body = match opened {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
-                tracing::warn!(mesh = %m.id.short(), seq, error = %e, "snapshot does not open; ignored");
+                tracing::error!(mesh = %m.id.short(), seq, error = %e, "the relay's snapshot does not open; not syncing further until a member uploads a newer one");
+                self.stalled = true;
                 return;
             }
             Err(_) => return,
@@ -403,7 +436,8 @@ impl LinkOps {
                 d.bump_changes();
             }
             Err(e) => {
-                tracing::warn!(mesh = %m.id.short(), seq, error = %e, "cannot load snapshot");
+                tracing::error!(mesh = %m.id.short(), seq, error = %e, "cannot load the relay's snapshot; not syncing further until a member uploads a newer one");
+                self.stalled = true;
             }
         }
     }
@@ -480,7 +514,12 @@ async fn submit(d: &Arc<Daemon>, m: &Arc<MeshCtx>, run: Vec<SequencedOp>) {
         .store
         .write_then(
             move |tx| {
-                apply_run(tx, mesh, opened, capture, |tx, notices| {
+                apply_run(tx, mesh, opened, capture, |tx, author, notices| {
+                    // Only for ops this daemon's member wrote: the session an op names is
+                    // the author's claim, and another member's op must not reach ours.
+                    if *author != member {
+                        return Ok(());
+                    }
                     record_notices(
                         tx,
                         mesh,
@@ -526,7 +565,7 @@ pub(crate) fn apply_run(
     mesh: MeshId,
     ops: Vec<Opened>,
     capture: Option<(u64, MemberKey)>,
-    mut notices_to: impl FnMut(&Transaction<'_>, Vec<Notice>) -> rusqlite::Result<()>,
+    mut notices_to: impl FnMut(&Transaction<'_>, &MemberKey, Vec<Notice>) -> rusqlite::Result<()>,
 ) -> rusqlite::Result<Applied> {
     let (mut seq, mut hash) = tx
         .query_row(
@@ -542,7 +581,10 @@ pub(crate) fn apply_run(
             continue;
         }
         if o.seq != seq + 1 {
-            break;
+            // Roll the run back; the link syncs again from the stored head.
+            return Err(rusqlite::Error::ToSqlConversionFailure(
+                format!("op log gap: expected seq {}, got {}", seq + 1, o.seq).into(),
+            ));
         }
         hash = op::chain_next(&hash, &o);
         let (kind, body_json, error) = match &body {
@@ -578,7 +620,7 @@ pub(crate) fn apply_run(
                     },
                 )?;
                 if !notices.is_empty() {
-                    notices_to(tx, notices)?;
+                    notices_to(tx, &o.op.author, notices)?;
                 }
                 if let Op::SetState { key, value } = &b.op {
                     applied.state.push((

@@ -1,7 +1,8 @@
 //! The reminder scheduler: delivers the reminders this daemon's member scheduled.
 //!
-//! **Who fires.** Exactly one daemon per reminder: the one holding the member key that
-//! scheduled it (the reminder's author). Others only fold the `reminder_fired` ops.
+//! **Who fires.** Exactly one daemon per reminder: the one that scheduled it (it records
+//! its own in `own_reminders`, so a row that arrived in a snapshot, whose author column a
+//! member could have forged, never fires here). Others only fold the `reminder_fired` ops.
 //!
 //! **Exactly once per due time.** A firing sends the message under an id derived from
 //! (reminder, due time), then appends `reminder_fired { due }` to the log. A crash between
@@ -115,6 +116,19 @@ fn q_rows(conn: &Connection, mesh: MeshId) -> Result<Vec<Row>> {
     Ok(out)
 }
 
+/// Reminders this daemon scheduled itself (the only ones it fires).
+fn own_ids(conn: &Connection, mesh: MeshId) -> Result<std::collections::HashSet<ItemId>> {
+    let mut stmt = conn.prepare_cached("SELECT id FROM own_reminders WHERE mesh = ?1")?;
+    let rows = stmt.query_map(params![mesh.as_bytes()], |r| r.get::<_, Vec<u8>>(0))?;
+    let mut out = std::collections::HashSet::new();
+    for row in rows {
+        if let Some(id) = ItemId::from_slice(&row?) {
+            out.insert(id);
+        }
+    }
+    Ok(out)
+}
+
 /// Reminders with the last due time delivered, counting fired ops still in the outbox.
 fn q_effective(conn: &Connection, mesh: MeshId) -> Result<Vec<(Row, Option<i64>)>> {
     let mut pending: HashMap<ItemId, i64> = HashMap::new();
@@ -149,7 +163,17 @@ pub(crate) async fn run(d: Arc<Daemon>) {
         let mut wake = now + 60_000;
         for m in d.meshes() {
             let (mesh, me) = (m.id, m.member().0.to_vec());
-            let rows = match d.store.read(move |c| q_effective(c, mesh)).await {
+            let rows = match d
+                .store
+                .read(move |c| {
+                    let own = own_ids(c, mesh)?;
+                    Ok(q_effective(c, mesh)?
+                        .into_iter()
+                        .filter(|(r, _)| own.contains(&r.id))
+                        .collect::<Vec<_>>())
+                })
+                .await
+            {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read reminders");

@@ -744,8 +744,10 @@ impl Store for SqliteStore {
                        ct = excluded.ct, at = excluded.at",
                     params![mesh, seq, snap.author.0, snap.ct, snap.at],
                 )?;
+                // Drop the bodies, keep id -> seq: a late resend of a covered op must get
+                // its old sequence number back, not a new one.
                 tx.execute(
-                    "DELETE FROM ops WHERE mesh = ?1 AND seq <= ?2",
+                    "UPDATE ops SET op = X'' WHERE mesh = ?1 AND seq <= ?2",
                     params![mesh, seq],
                 )?;
                 tx.execute(
@@ -795,6 +797,8 @@ impl Store for SqliteStore {
         max_bytes: usize,
     ) -> Result<OpsPage, StoreError> {
         self.read(move |conn| {
+            // One read transaction: head, first and the rows from the same moment.
+            let conn = conn.unchecked_transaction()?;
             let (head, first) = conn
                 .prepare_cached("SELECT head, first FROM op_heads WHERE mesh = ?1")?
                 .query_row(params![mesh.as_bytes()], |r| {
@@ -803,7 +807,8 @@ impl Store for SqliteStore {
                 .optional()?
                 .unwrap_or((0, 1));
             let mut stmt = conn.prepare_cached(
-                "SELECT seq, at, op FROM ops WHERE mesh = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3",
+                "SELECT seq, at, op FROM ops WHERE mesh = ?1 AND seq >= ?2 AND length(op) > 0
+                 ORDER BY seq LIMIT ?3",
             )?;
             let rows = stmt.query_map(
                 params![
@@ -867,5 +872,78 @@ impl Store for SqliteStore {
         Ok(r.into_iter()
             .filter_map(|(m, v)| MeshId::from_slice(&m).map(|m| (m, v)))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(mesh: MeshId, id: OpId) -> NewOp {
+        NewOp {
+            mesh,
+            id,
+            author: MemberKey([1; 32]),
+            op: bytes::Bytes::from_static(br#"{"x":1}"#),
+            at: 5,
+        }
+    }
+
+    async fn append(s: &SqliteStore, o: NewOp) -> Appended {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        s.append_op(
+            o,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        )
+        .await
+        .unwrap();
+        rx.await.unwrap().unwrap()
+    }
+
+    #[tokio::test]
+    async fn sequences_are_dense_resends_keep_theirs_even_after_a_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("r.db"), Durability::Normal).unwrap();
+        let mesh = MeshId::new();
+        let (a, b, c) = (OpId::new(), OpId::new(), OpId::new());
+        assert_eq!(append(&s, op(mesh, a)).await.seq, 1);
+        assert_eq!(append(&s, op(mesh, b)).await.seq, 2);
+        let again = append(&s, op(mesh, a)).await;
+        assert_eq!((again.seq, again.new), (1, false));
+        // A snapshot at 2 drops the bodies of 1 and 2, not their ids.
+        let kept = s
+            .put_snapshot(StoredSnapshot {
+                mesh,
+                seq: 2,
+                author: MemberKey([1; 32]),
+                ct: vec![9; 10],
+                at: 6,
+            })
+            .await
+            .unwrap();
+        assert!(kept);
+        let late = append(&s, op(mesh, b)).await;
+        assert_eq!(
+            (late.seq, late.new),
+            (2, false),
+            "a late resend is not re-sequenced"
+        );
+        assert_eq!(append(&s, op(mesh, c)).await.seq, 3);
+        let page = s.ops(mesh, 1, 100, 1 << 20).await.unwrap();
+        assert_eq!((page.first, page.head), (3, 3));
+        assert_eq!(page.ops.iter().map(|o| o.0).collect::<Vec<_>>(), vec![3]);
+        // Older or future snapshots are not kept.
+        for seq in [1, 9] {
+            let snap = StoredSnapshot {
+                mesh,
+                seq,
+                author: MemberKey([1; 32]),
+                ct: vec![],
+                at: 7,
+            };
+            assert!(!s.put_snapshot(snap).await.unwrap());
+        }
     }
 }

@@ -10,6 +10,7 @@ pub const DAEMON: &[&str] = &[
     include_str!("../sql/daemon/0003_shared_state.sql"),
     include_str!("../sql/daemon/0004_snapshots.sql"),
     include_str!("../sql/daemon/0005_grants.sql"),
+    include_str!("../sql/daemon/0006_own_reminders.sql"),
 ];
 
 /// Relay store migrations (`relay.db`).

@@ -152,7 +152,7 @@ fn apply(conn: &mut Connection, mesh: MeshId, key: &MeshKey, run: Vec<SequencedO
         })
         .collect();
     let tx = conn.transaction().unwrap();
-    apply_run(&tx, mesh, opened, None, |_, _| Ok(())).unwrap();
+    apply_run(&tx, mesh, opened, None, |_, _, _| Ok(())).unwrap();
     tx.commit().unwrap();
 }
 

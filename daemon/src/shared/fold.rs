@@ -8,7 +8,8 @@
 //!
 //! Own writes are also applied ahead of the log ([`apply_pending`]) where that cannot
 //! conflict: items with fresh ids (memories, tasks, contexts) get a row with `seq NULL`,
-//! confirmed in place when the op comes back sequenced.
+//! confirmed in place when the op comes back sequenced. Everything else shows early as a
+//! read-time overlay of the op outbox (state keys, forgotten memories).
 
 use claudemesh_schema::crypto::MemberKey;
 use claudemesh_schema::op::{Op, OpBody};
@@ -385,12 +386,8 @@ pub(crate) fn apply_pending(
                 ],
             )?;
         }
-        Op::Forget { memory } => {
-            tx.execute(
-                "DELETE FROM memories WHERE mesh = ?1 AND id = ?2",
-                params![m, memory.as_bytes()],
-            )?;
-        }
+        // A pending forget only hides the memory (see `query::q_recall`): deleting it here
+        // could not be undone if the relay refused the forget.
         Op::CreateTask {
             task,
             title,

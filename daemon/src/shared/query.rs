@@ -169,6 +169,19 @@ pub(crate) fn q_recall(
 ) -> Result<Vec<Memory>> {
     let h = hidden.sql("m.author");
     let tags = serde_json::to_string(tags).unwrap_or_else(|_| "[]".into());
+    // Memories this daemon has forgotten, not yet sequenced: already gone for its sessions.
+    let forgotten = Hidden(
+        q_pending(conn, mesh)?
+            .into_iter()
+            .filter_map(|b| match b.op {
+                Op::Forget { memory } => {
+                    Some(claudemesh_schema::crypto::hex(memory.as_bytes()).to_uppercase())
+                }
+                _ => None,
+            })
+            .collect(),
+    );
+    let h = format!("{h}{}", forgotten.sql("m.id"));
     let tag_filter = "NOT EXISTS (SELECT 1 FROM json_each(?3) t
                        WHERE t.value NOT IN (SELECT value FROM json_each(m.tags)))";
     let row = |r: &rusqlite::Row<'_>| {
