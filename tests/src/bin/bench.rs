@@ -21,7 +21,7 @@ use claudemesh_schema::ipc::shared as sh;
 use claudemesh_schema::roster::{MeshGenesis, Role, RosterEntry, RosterOp};
 use claudemesh_schema::wire::{self, ClientFrame, Envelope, Hello, RelayFrame, Route, Seal};
 use claudemesh_schema::{MeshId, MessageId, SessionId, now_ms};
-use claudemesh_tests::{Node, RelayProc, mesh};
+use claudemesh_tests::{Node, RelayProc, mesh, mesh_with};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -718,8 +718,13 @@ async fn state(bin: &Path) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
+    // CM_BENCH_SNAPSHOT_EVERY=0 measures pure log replay; by default (10,000) the member
+    // that was offline starts from the newest snapshot.
+    let every = std::env::var("CM_BENCH_SNAPSHOT_EVERY").unwrap_or_else(|_| "10000".into());
+    let cfg = format!("[state]\nsnapshot_every = {every}\n");
+    println!("(snapshot_every = {every})");
     let root = tempfile::tempdir().unwrap();
-    let (_relay, nodes) = mesh(bin, root.path(), &["alice", "bob"], &[]);
+    let (_relay, nodes) = mesh_with(bin, root.path(), &["alice", "bob"], &[], &cfg);
     let (a_sock, b_sock) = (
         nodes[0].dir.join("daemon.sock"),
         nodes[1].dir.join("daemon.sock"),
