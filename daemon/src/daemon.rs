@@ -238,6 +238,7 @@ impl Daemon {
             paused: watch::channel(false).0,
             op_caught_up: Default::default(),
             snapshots_pending: Default::default(),
+            resync: tokio::sync::Notify::new(),
             grants: Mutex::new(grants),
         });
         self.meshes

@@ -373,6 +373,22 @@ async fn session(
             biased;
             _ = m.stop.cancelled() => break Outcome::Stopped,
             _ = async { let _ = paused.wait_for(|p| *p).await; } => break Outcome::Retry("link held down".into()),
+            // Applying ops failed: sync again from the stored head.
+            _ = m.resync.notified() => {
+                let mesh = m.id;
+                let _ = d.store.flush().await;
+                let r = match d.store.read(move |c| crate::shared::query::q_head(c, mesh)).await {
+                    Ok(h) => {
+                        let next = h.map(|x| x.0).unwrap_or(0) + 1;
+                        lo.reset(next);
+                        write(&mut c, &ClientFrame::OpSync { from: next }).await
+                    }
+                    Err(e) => Err(format!("cannot read the op log: {e}")),
+                };
+                if let Err(e) = r {
+                    break Outcome::Retry(e);
+                }
+            }
             Some(first) = ack_rx.recv() => {
                 let mut ids = vec![first];
                 while let Ok(id) = ack_rx.try_recv() {
@@ -426,18 +442,6 @@ async fn session(
                         match r {
                             Ok(()) => c.writer.flush().await.map_err(|e| e.to_string()),
                             Err(e) => Err(e),
-                        }
-                    }
-                    LinkCmd::Resync => {
-                        let mesh = m.id;
-                        let _ = d.store.flush().await;
-                        match d.store.read(move |c| crate::shared::query::q_head(c, mesh)).await {
-                            Ok(h) => {
-                                let next = h.map(|x| x.0).unwrap_or(0) + 1;
-                                lo.reset(next);
-                                write(&mut c, &ClientFrame::OpSync { from: next }).await
-                            }
-                            Err(e) => Err(format!("cannot read the op log: {e}")),
                         }
                     }
                 };

@@ -71,8 +71,6 @@ pub(crate) enum LinkCmd {
         u32,
         oneshot::Sender<Result<crate::oplog::OpPage, RelayRefusal>>,
     ),
-    /// Applying ops failed: restart the op sync from the stored head.
-    Resync,
     /// Upload a sealed snapshot (its parts, in order).
     Snapshot(Vec<Bytes>),
 }
@@ -93,7 +91,6 @@ impl std::fmt::Debug for LinkCmd {
             Self::Depart(s) => write!(f, "Depart({s:?})"),
             Self::Op(id, _) => write!(f, "Op({id:?})"),
             Self::ReadOps(from, limit, _) => write!(f, "ReadOps({from}, {limit})"),
-            Self::Resync => f.write_str("Resync"),
             Self::Snapshot(parts) => write!(f, "Snapshot({} parts)", parts.len()),
         }
     }
@@ -155,6 +152,9 @@ pub(crate) struct MeshCtx {
     pub(crate) op_waiters: Mutex<HashMap<OpId, Vec<oneshot::Sender<u64>>>>,
     /// This daemon's grants for other members (no entry: every capability).
     pub(crate) grants: Mutex<HashMap<MemberKey, crate::grants::Grant>>,
+    /// Applying ops failed: the link syncs again from the stored head (a stored permit,
+    /// so a request made while the link is busy or down is not lost).
+    pub(crate) resync: tokio::sync::Notify,
     /// Snapshots captured here and not yet stored by the relay.
     pub(crate) snapshots_pending: std::sync::atomic::AtomicU64,
     /// The link has applied the relay's log up to the head it reported at sync.

@@ -536,7 +536,7 @@ async fn submit(d: &Arc<Daemon>, m: &Arc<MeshCtx>, run: Vec<SequencedOp>) {
         .await;
     if let Err(e) = r {
         tracing::error!(error = %e, "store unavailable; ops will be applied after the next sync");
-        let _ = m.link.tx.try_send(LinkCmd::Resync);
+        m.resync.notify_one();
     }
 }
 
@@ -746,7 +746,7 @@ fn after_apply(
         }
         Err(e) => {
             tracing::error!(mesh = %m.id.short(), error = %e, "cannot apply ops; syncing again");
-            let _ = m.link.tx.try_send(LinkCmd::Resync);
+            m.resync.notify_one();
         }
     }
 }
