@@ -295,6 +295,8 @@ pub(crate) struct Hub<S> {
     pub(crate) recent: Mutex<RecentIds>,
     next_id: AtomicU64,
     pub(crate) stats: Stats,
+    /// Bytes of snapshot uploads held in memory across links.
+    pub(crate) upload_bytes: Arc<std::sync::atomic::AtomicUsize>,
     pub(crate) shutdown: CancellationToken,
     frame_log: Option<Mutex<std::fs::File>>,
 }
@@ -378,6 +380,7 @@ impl<S: Store> Hub<S> {
             recent: Mutex::new(RecentIds::default()),
             next_id: AtomicU64::new(1),
             stats: Stats::default(),
+            upload_bytes: Default::default(),
             shutdown: CancellationToken::new(),
             frame_log,
         }

@@ -213,13 +213,24 @@ pub(crate) async fn read<S: Store>(
     }
 }
 
-/// A snapshot being uploaded on one link, part by part.
-#[derive(Debug, Default)]
+/// Bytes of snapshot uploads all links together may hold in memory at once.
+const UPLOADS_IN_MEMORY: usize = 256 << 20;
+
+/// A snapshot being uploaded on one link, part by part. Its bytes count against the
+/// relay-wide [`UPLOADS_IN_MEMORY`] until it is stored or dropped.
+#[derive(Debug)]
 pub(crate) struct Upload {
     seq: u64,
     parts: u32,
     next: u32,
     data: Vec<u8>,
+    budget: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        self.budget.fetch_sub(self.data.len(), Ordering::Relaxed);
+    }
 }
 
 /// Take one uploaded snapshot part; after the last, store the snapshot (dropping the ops it
@@ -240,6 +251,7 @@ pub(crate) async fn snapshot_part<S: Store>(
             parts,
             next: 0,
             data: Vec::new(),
+            budget: hub.upload_bytes.clone(),
         });
     }
     let ok = match upload.as_mut() {
@@ -263,18 +275,32 @@ pub(crate) async fn snapshot_part<S: Store>(
         ));
         return;
     }
+    let held = hub.upload_bytes.fetch_add(data.len(), Ordering::Relaxed) + data.len();
+    if held > UPLOADS_IN_MEMORY {
+        hub.upload_bytes.fetch_sub(data.len(), Ordering::Relaxed);
+        *upload = None;
+        link.push(crate::hub::error_frame(
+            None,
+            ErrorCode::RateLimited,
+            "too many snapshot uploads in progress at this relay; upload dropped",
+            false,
+        ));
+        return;
+    }
     let Some(u) = upload.as_mut() else { return };
     u.data.extend_from_slice(&data);
     u.next += 1;
     if u.next < u.parts {
         return;
     }
-    let Some(u) = upload.take() else { return };
+    let Some(mut u) = upload.take() else { return };
+    let ct = std::mem::take(&mut u.data);
+    u.budget.fetch_sub(ct.len(), Ordering::Relaxed);
     let snap = StoredSnapshot {
         mesh,
         seq: u.seq,
         author: member,
-        ct: u.data,
+        ct,
         at: now_ms(),
     };
     match hub.store.put_snapshot(snap).await {
