@@ -42,7 +42,7 @@ struct Entry {
 }
 
 fn key(pass: &str, salt: &[u8], h: &Header) -> Result<[u8; 32], Failure> {
-    if h.kdf != "argon2id" || h.m_kib > 1 << 21 || h.t > 16 || h.p > 16 {
+    if h.kdf != "argon2id" || h.m_kib > 1 << 20 || h.t > 16 || h.p > 16 {
         return Err(Failure::new(
             1,
             "unsupported backup key derivation parameters",
@@ -58,7 +58,8 @@ fn key(pass: &str, salt: &[u8], h: &Header) -> Result<[u8; 32], Failure> {
 }
 
 /// The passphrase: from `--passphrase-file`, else `CLAUDEMESH_BACKUP_PASSPHRASE`, else the
-/// first line of stdin. Never echoed, never logged.
+/// first line of stdin (a terminal shows what is typed: prefer the file or variable).
+/// Never logged.
 pub(crate) fn passphrase(file: Option<&Path>) -> Result<String, Failure> {
     let p = if let Some(f) = file {
         std::fs::read_to_string(f)
@@ -102,7 +103,10 @@ fn collect(dir: &Path, rel: &Path, tmp: &Path, out: &mut Vec<Entry>) -> Res {
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
         let rel_path = rel.join(&name);
-        let Ok(meta) = e.metadata() else { continue };
+        // Follow symlinks (a linked config.toml is common): back up what they point to.
+        let Ok(meta) = std::fs::metadata(e.path()) else {
+            continue;
+        };
         if meta.is_dir() {
             if rel_path == Path::new("logs") || name.ends_with(".tmp") {
                 continue;
@@ -230,12 +234,14 @@ pub(crate) fn restore(file: &Path, pass_file: Option<&Path>, yes: bool) -> Res {
     if nonce.len() != 24 {
         return Err(Failure::new(2, "backup header is damaged"));
     }
-    if is_running(&paths) {
+    // Hold the daemon's instance lock for the whole restore: no daemon can start (a hook
+    // or the MCP shim would otherwise autostart one) while files are being replaced.
+    let Some(_lock) = hold_lock(&paths) else {
         return Err(Failure::new(
             1,
             "the daemon is running: stop it first (`claudemesh daemon stop`), then restore",
         ));
-    }
+    };
     let existing = paths.db().exists() || paths.keys().exists();
     if existing && !yes {
         return Err(Failure::new(
@@ -259,8 +265,8 @@ pub(crate) fn restore(file: &Path, pass_file: Option<&Path>, yes: bool) -> Res {
         .map_err(|_| Failure::new(1, "wrong passphrase, or the backup file is damaged"))?;
     let files: Vec<Entry> = serde_json::from_slice(&plain)
         .map_err(|e| Failure::new(1, format!("backup content is damaged: {e}")))?;
-    claudemesh_daemon::paths::ensure_private_dir(&paths.dir)
-        .map_err(|e| Failure::new(1, format!("cannot create {}: {e}", paths.dir.display())))?;
+    // Check and decode everything before touching the directory.
+    let mut decoded = Vec::with_capacity(files.len());
     for f in &files {
         let rel = Path::new(&f.path);
         if rel.is_absolute()
@@ -273,6 +279,15 @@ pub(crate) fn restore(file: &Path, pass_file: Option<&Path>, yes: bool) -> Res {
                 format!("backup names an unsafe path {:?}", f.path),
             ));
         }
+        let data = unb64(&f.data).map_err(|_| Failure::new(1, "backup content is damaged"))?;
+        // Owner bits only: nothing restored is readable by others.
+        decoded.push((rel.to_path_buf(), data, (f.mode & 0o700) | 0o600));
+    }
+    // The backup replaces the identity: keys of meshes joined after it must not stay.
+    let _ = std::fs::remove_dir_all(paths.keys());
+    claudemesh_daemon::paths::ensure_private_dir(&paths.dir)
+        .map_err(|e| Failure::new(1, format!("cannot create {}: {e}", paths.dir.display())))?;
+    for (rel, data, mode) in &decoded {
         let target = paths.dir.join(rel);
         if let Some(parent) = target.parent() {
             claudemesh_daemon::paths::ensure_private_dir(parent)
@@ -284,8 +299,7 @@ pub(crate) fn restore(file: &Path, pass_file: Option<&Path>, yes: bool) -> Res {
             p.push(side);
             let _ = std::fs::remove_file(PathBuf::from(p));
         }
-        let data = unb64(&f.data).map_err(|_| Failure::new(1, "backup content is damaged"))?;
-        write_mode(&target, &data, f.mode)?;
+        write_mode(&target, data, *mode)?;
     }
     println!(
         "restored {} files into {}; start the daemon (`claudemesh daemon start`) and your meshes reconnect",
@@ -295,14 +309,30 @@ pub(crate) fn restore(file: &Path, pass_file: Option<&Path>, yes: bool) -> Res {
     Ok(())
 }
 
-fn is_running(paths: &Paths) -> bool {
-    match std::fs::OpenOptions::new().write(true).open(paths.lock()) {
-        Ok(f) => f.try_lock().is_err(),
-        Err(_) => false,
-    }
+/// The instance lock, held (`None` when a daemon holds it).
+fn hold_lock(paths: &Paths) -> Option<std::fs::File> {
+    let _ = claudemesh_daemon::paths::ensure_private_dir(&paths.dir);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(paths.lock())
+        .ok()?;
+    f.try_lock().ok()?;
+    Some(f)
 }
 
 fn tempdir_in(dir: &Path) -> Result<PathBuf, Failure> {
+    // Copies an interrupted backup left behind hold plaintext databases: remove them.
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().to_string();
+            if n.starts_with(".backup-") && n.ends_with(".tmp") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
     let t = dir.join(format!(".backup-{}.tmp", std::process::id()));
     std::fs::create_dir_all(&t)
         .map_err(|e| Failure::new(1, format!("cannot create {}: {e}", t.display())))?;

@@ -323,11 +323,25 @@ pub(crate) async fn run(json: bool) -> Res {
         )
     });
 
-    // Each mesh's relay, over both transports.
+    // Each mesh's relay, over the transports the daemon may use. One failing while the
+    // other works is a warning (the link falls back); both failing is a failure.
+    let link = DaemonConfig::load(&paths.config())
+        .map(|c| c.link)
+        .unwrap_or_default();
     for r in &meshes {
-        for quic in [true, false] {
+        let transports: Vec<bool> = [(true, link.quic), (false, link.websocket)]
+            .into_iter()
+            .filter(|(_, on)| *on)
+            .map(|(q, _)| q)
+            .collect();
+        let mut results = Vec::new();
+        for quic in transports {
+            results.push((quic, ping_relay(&r.relay, r.relay_fp, quic).await));
+        }
+        let any_ok = results.iter().any(|(_, r)| r.is_ok());
+        for (quic, res) in results {
             let t = if quic { "quic" } else { "websocket" };
-            checks.push(match ping_relay(&r.relay, r.relay_fp, quic).await {
+            checks.push(match res {
                 Ok((rtt, skew)) if skew.abs() > 30_000 => Check::warn(
                     "relay",
                     format!("{t} to {}: {} µs, clock {} s off", r.relay, rtt.as_micros(), skew / 1000),
@@ -337,6 +351,12 @@ pub(crate) async fn run(json: bool) -> Res {
                 Ok((rtt, skew)) => Check::ok(
                     "relay",
                     format!("{t} to {}: round trip {} µs, clock skew {skew} ms", r.relay, rtt.as_micros()),
+                )
+                .in_mesh(&r.name),
+                Err(e) if any_ok => Check::warn(
+                    "relay",
+                    format!("{t} to {} unreachable (the other transport works): {e}", r.relay),
+                    format!("allow {} to {} through the firewall for the faster path", if quic { "UDP" } else { "TCP" }, r.relay),
                 )
                 .in_mesh(&r.name),
                 Err(e) => Check::fail(

@@ -22,7 +22,7 @@ After=network-online.target
 Wants=network-online.target
 
 [Service]
-Type=simple
+Type=exec
 ExecStart=\"{exe}\" daemon run
 Environment=\"CLAUDEMESH_CONFIG_DIR={config}\"
 Restart=on-failure
@@ -136,21 +136,36 @@ fn uid() -> String {
 pub(crate) async fn install(platform: Option<String>, json: bool) -> Res {
     let kind = kind_for(platform.as_deref())?;
     let paths = crate::commands::paths()?;
+    // As invoked (not canonicalized): a package manager's stable symlink survives upgrades.
     let exe = std::env::current_exe()
-        .and_then(|p| p.canonicalize())
         .map_err(|e| Failure::new(1, format!("cannot find this program's path: {e}")))?;
+    let config = std::path::absolute(&paths.dir)
+        .map_err(|e| Failure::new(1, format!("cannot resolve {}: {e}", paths.dir.display())))?;
     let file = service_file(kind)
         .ok_or_else(|| Failure::new(1, "cannot find your home directory (set HOME)"))?;
     let content = match kind {
-        ServiceKind::Systemd => systemd_unit(&exe, &paths.dir),
-        ServiceKind::Launchd => launchd_plist(&exe, &paths.dir, &paths.logs()),
+        ServiceKind::Systemd => systemd_unit(&exe, &config),
+        ServiceKind::Launchd => launchd_plist(&exe, &config, &config.join("logs")),
     };
+    if let Ok(old) = std::fs::read_to_string(&file)
+        && old != content
+        && !old.contains(&claudemesh_daemon::paths::service_marker(kind, &config))
+    {
+        return Err(Failure::new(
+            10,
+            format!(
+                "{} runs the daemon of another config directory; uninstall it from there first",
+                file.display()
+            ),
+        ));
+    }
     let unchanged = std::fs::read_to_string(&file).is_ok_and(|old| old == content);
     if !unchanged {
         write_atomic(&file, &content)?;
     }
     let mut notes = Vec::new();
-    if manager_enabled() {
+    // Unchanged: nothing to hand over or reload (a running service keeps running).
+    if manager_enabled() && !unchanged {
         // A daemon started by hand holds the instance lock: hand over to the service.
         if let Ok(mut c) = claudemesh_daemon::Client::connect(&paths.socket).await {
             let _: Result<serde_json::Value, _> =
@@ -170,14 +185,24 @@ pub(crate) async fn install(platform: Option<String>, json: bool) -> Res {
                     ],
                 ),
             ],
-            ServiceKind::Launchd => vec![(
-                "launchctl",
-                vec![
-                    "bootstrap".into(),
-                    format!("gui/{}", uid()),
-                    file.display().to_string(),
-                ],
-            )],
+            ServiceKind::Launchd => {
+                // An older version of the agent may be loaded: unload it first.
+                let _ = manage(
+                    "launchctl",
+                    &[
+                        "bootout",
+                        &format!("gui/{}/{}", uid(), claudemesh_daemon::paths::LAUNCHD_LABEL),
+                    ],
+                );
+                vec![(
+                    "launchctl",
+                    vec![
+                        "bootstrap".into(),
+                        format!("gui/{}", uid()),
+                        file.display().to_string(),
+                    ],
+                )]
+            }
         };
         for (program, args) in steps {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -222,6 +247,19 @@ pub(crate) async fn uninstall(platform: Option<String>) -> Res {
             file.display()
         );
         return Ok(());
+    }
+    let paths = crate::commands::paths()?;
+    let config = std::path::absolute(&paths.dir).unwrap_or(paths.dir.clone());
+    let ours = std::fs::read_to_string(&file)
+        .is_ok_and(|s| s.contains(&claudemesh_daemon::paths::service_marker(kind, &config)));
+    if !ours {
+        return Err(Failure::new(
+            10,
+            format!(
+                "{} runs the daemon of another config directory; uninstall it from there",
+                file.display()
+            ),
+        ));
     }
     if manager_enabled() {
         let r = match kind {

@@ -111,6 +111,17 @@ fn backup_wipe_restore_keeps_identity_and_meshes_without_reinviting() {
     assert!(!claudemesh_tests::contains(&raw, b"ann"));
     assert!(!claudemesh_tests::contains(&raw, b"SQLite format"));
 
+    // Not while the daemon runs.
+    let (code, err) = nodes[0].fails(&[
+        "restore",
+        file.to_str().unwrap(),
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+        "--yes",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("daemon is running"), "{err}");
+
     // Wipe ann's config directory entirely.
     nodes[0].stop();
     let dir = nodes[0].dir.clone();

@@ -165,10 +165,9 @@ async fn start_service(paths: &Paths) -> bool {
         return false;
     };
     // Only a service for this very config directory.
-    let ours = std::fs::read_to_string(&file).is_ok_and(|s| {
-        s.contains(&format!("CLAUDEMESH_CONFIG_DIR={}", paths.dir.display()))
-            || s.contains(&format!("<string>{}</string>", paths.dir.display()))
-    });
+    let dir = std::path::absolute(&paths.dir).unwrap_or_else(|_| paths.dir.clone());
+    let ours = std::fs::read_to_string(&file)
+        .is_ok_and(|s| s.contains(&crate::paths::service_marker(kind, &dir)));
     if !ours {
         return false;
     }
@@ -194,10 +193,21 @@ async fn start_service(paths: &Paths) -> bool {
     if !status.is_ok_and(|s| s.success()) {
         return false;
     }
-    // The service manager does not say when the daemon listens: wait for the socket.
-    for _ in 0..150 {
+    // The service manager does not say when the daemon listens: wait for the socket, and
+    // give up early when systemd reports the unit failed (a bad binary or config).
+    for i in 0..150 {
         if Client::connect(&paths.socket).await.is_ok() {
             return true;
+        }
+        if kind == ServiceKind::Systemd && i % 5 == 4 {
+            let failed = tokio::process::Command::new("systemctl")
+                .args(["--user", "is-failed", "--quiet", SYSTEMD_UNIT])
+                .status()
+                .await
+                .is_ok_and(|s| s.success());
+            if failed {
+                return false;
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

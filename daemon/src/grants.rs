@@ -2,10 +2,11 @@
 //! without a row has every capability; `block` drops everything it sends, silently (its
 //! daemon still hears that the envelope was delivered, so a blocked peer learns nothing).
 //! `dm` and `broadcast` are enforced in [`crate::delivery`] on every incoming message;
-//! `state-write` on every read of shared state here (what that member writes stays in the
-//! log and in everyone's fold, but this daemon's sessions do not see it, nor its skills as
-//! prompts). `state-read` and `file-read` are recorded only: every member holds the mesh
-//! key that seals shared state.
+//! `state-write` on every read of shared state here: items that member wrote (keys,
+//! memories, tasks, contexts, skills, also as prompts) are hidden from this daemon's
+//! sessions. It is a view, not a veto: the member's ops stay in the shared log and in
+//! everyone's fold, so it can still overwrite or delete shared items. `state-read` and
+//! `file-read` are recorded only: every member holds the mesh key that seals shared state.
 
 use claudemesh_schema::crypto::MemberKey;
 use claudemesh_schema::ipc::trust::{CAPABILITIES, GrantParams, GrantsResult, PeerGrants};

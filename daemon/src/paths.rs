@@ -163,6 +163,26 @@ impl ServiceKind {
     }
 }
 
+/// The exact text a service file of `kind` holds for config directory `dir` (to tell
+/// whose daemon a unit runs).
+pub fn service_marker(kind: ServiceKind, dir: &Path) -> String {
+    match kind {
+        ServiceKind::Systemd => {
+            format!("Environment=\"CLAUDEMESH_CONFIG_DIR={}\"\n", dir.display())
+        }
+        ServiceKind::Launchd => {
+            let d = dir
+                .display()
+                .to_string()
+                .replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+                .replace('"', "&quot;");
+            format!("<key>CLAUDEMESH_CONFIG_DIR</key>\n        <string>{d}</string>\n")
+        }
+    }
+}
+
 /// Where `claudemesh service install` puts the service file of `kind`:
 /// `$XDG_CONFIG_HOME/systemd/user/claudemesh.service` (default `~/.config/...`), or
 /// `~/Library/LaunchAgents/dev.claudemesh.daemon.plist`.

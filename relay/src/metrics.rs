@@ -25,13 +25,14 @@ pub(crate) struct Histogram {
 
 impl Histogram {
     pub(crate) fn observe(&self, d: Duration) {
+        // Count first: a concurrent scrape never sees a bucket above `+Inf`.
+        self.count.fetch_add(1, Ordering::Relaxed);
         let s = d.as_secs_f64();
         for (i, b) in BOUNDS.iter().enumerate() {
             if s <= *b {
                 self.buckets[i].fetch_add(1, Ordering::Relaxed);
             }
         }
-        self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_us
             .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
