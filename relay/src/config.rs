@@ -83,9 +83,12 @@ pub struct RelayConfig {
     pub send_queue: usize,
     /// Log as JSON lines. Default `false`.
     pub log_json: bool,
-    /// Also serve `/metrics` (and `/health`) over plain HTTP here, for a Prometheus inside
-    /// a trusted network; `/metrics` is always on the TLS port too. Default none.
+    /// Serve `/metrics` (and `/health`) over plain HTTP here, for a Prometheus inside a
+    /// trusted network. Default none.
     pub metrics_listen: Option<SocketAddr>,
+    /// Also serve `/metrics` on the public TLS port (unauthenticated: it shows activity
+    /// levels to anyone who can reach the relay). Default `false`.
+    pub metrics_on_tls_port: bool,
     /// Debugging aid: append every frame received from clients to this file (4-byte
     /// big-endian length, then the frame). It holds only what the relay sees anyway:
     /// routing headers and ciphertext. Default none.
@@ -117,6 +120,7 @@ impl Default for RelayConfig {
             send_queue: 4096,
             log_json: false,
             metrics_listen: None,
+            metrics_on_tls_port: false,
             frame_log: None,
         }
     }

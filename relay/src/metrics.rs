@@ -1,7 +1,7 @@
 //! `/metrics` in the Prometheus text format: connections, links, meshes, envelopes routed
 //! (by route kind) and stored, shared-state ops, handshake failures, queued bytes, and
-//! commit-latency histograms. Served on the TLS port and, when `metrics_listen` is set, on
-//! a plain-HTTP address for scrapers inside a trusted network.
+//! commit-latency histograms. Served on `metrics_listen` (plain HTTP, for scrapers inside a
+//! trusted network) and, only with `metrics_on_tls_port`, on the public TLS port.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};

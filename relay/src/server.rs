@@ -382,11 +382,13 @@ async fn tcp_loop<S: Store>(
                 remote,
                 fingerprint,
             };
-            let app = Router::new()
+            let mut app = Router::new()
                 .route("/ws", get(ws_handler::<S>))
-                .route("/health", get(health::<S>))
-                .route("/metrics", get(metrics::<S>))
-                .with_state((state, t2));
+                .route("/health", get(health::<S>));
+            if hub.cfg.metrics_on_tls_port {
+                app = app.route("/metrics", get(metrics::<S>));
+            }
+            let app = app.with_state((state, t2));
             let svc =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let mut app = app.clone();
@@ -471,7 +473,12 @@ fn metrics_response<S: Store>(hub: &Hub<S>) -> impl IntoResponse + use<S> {
 
 /// Plain-HTTP `/metrics` and `/health` for scrapers (`metrics_listen`).
 async fn metrics_loop<S: Store>(hub: Arc<Hub<S>>, tcp: TcpListener) {
+    // Scrapers are few: bound the connections, and each one's life.
+    let slots = Arc::new(tokio::sync::Semaphore::new(32));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (stream, _) = tokio::select! {
             _ = hub.shutdown.cancelled() => return,
             r = tcp.accept() => match r {
@@ -484,6 +491,8 @@ async fn metrics_loop<S: Store>(hub: Arc<Hub<S>>, tcp: TcpListener) {
         };
         let hub = hub.clone();
         tokio::spawn(async move {
+            let _slot = slot;
+            let shutdown = hub.shutdown.clone();
             let svc =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let hub = hub.clone();
@@ -498,9 +507,13 @@ async fn metrics_loop<S: Store>(hub: Arc<Hub<S>>, tcp: TcpListener) {
                         Ok::<_, std::convert::Infallible>(resp)
                     }
                 });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::select! {
+                _ = tokio::time::timeout(Duration::from_secs(10), conn) => {}
+                _ = shutdown.cancelled() => {}
+            }
         });
     }
 }
