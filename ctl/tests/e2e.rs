@@ -412,6 +412,15 @@ fn a_daemon_hosts_several_sessions_each_a_peer() {
             r.messages.len()
         })
     };
+    let close = |session: claudemesh_schema::SessionId| {
+        rt.block_on(async {
+            let mut c = Client::connect(&bob_sock).await.unwrap();
+            let _: m::SessionInfo = c
+                .call(m::SESSION_CLOSE, m::SessionCloseParams { session })
+                .await
+                .unwrap();
+        })
+    };
     let s1 = open("claude-session-1", "bob-api", vec!["dev".into()]);
     let s2 = open("claude-session-2", "bob-web", vec![]);
     assert_eq!(
@@ -461,25 +470,13 @@ fn a_daemon_hosts_several_sessions_each_a_peer() {
     assert_eq!(peek(Some(s1)), 0);
 
     // Closing a session takes it offline for others; a daemon restart keeps the open one.
-    rt.block_on(async {
-        let mut c = Client::connect(&bob_sock).await.unwrap();
-        let _: m::SessionInfo = c
-            .call(m::SESSION_CLOSE, m::SessionCloseParams { session: s2 })
-            .await
-            .unwrap();
-    });
+    close(s2);
     nodes[0].wait("peer-offline", Some("bob-web"));
     // A direct message to the closed session waits in its inbox until it reopens.
     nodes[0].ok(&["send", "bob-web", "while you were closed"]);
     assert_eq!(open("claude-session-2", "bob-web", vec![]), s2);
     assert_eq!(inbox(Some(s2)), vec!["while you were closed"]);
-    rt.block_on(async {
-        let mut c = Client::connect(&bob_sock).await.unwrap();
-        let _: m::SessionInfo = c
-            .call(m::SESSION_CLOSE, m::SessionCloseParams { session: s2 })
-            .await
-            .unwrap();
-    });
+    close(s2);
     nodes[0].wait("peer-offline", Some("bob-web"));
     nodes[1].stop();
     nodes[0].wait("peer-offline", Some("bob-api"));

@@ -86,6 +86,14 @@ fn a_blocked_peer_never_reaches_the_inbox_and_its_sender_sees_no_error() {
     assert_eq!(st["stage"], "delivered", "{st}");
     ann.ok(&["send", "*", "broadcast, dropped too"]);
     cat.inbox_wait();
+    // One more direct message over the same link: once ben's daemon has acknowledged it,
+    // the broadcast before it was handled too.
+    let last = ann.json(&["send", "ben", "blocked, dropped as well"]);
+    let id = last["id"].as_str().unwrap();
+    assert_eq!(
+        ann.json(&["sent", id, "--wait-for", "delivered"])["stage"],
+        "delivered"
+    );
     assert!(ben.inbox_peek().is_empty(), "nothing from a blocked peer");
     let blocked = ben.json(&["grants"]);
     assert_eq!(blocked["peers"][0]["blocked"], true);

@@ -83,56 +83,73 @@ impl MeshCtx {
     }
 }
 
-/// The member a peer selector names: a session name, a session id prefix, or a member
-/// fingerprint prefix (at least 4 characters for prefixes).
-pub(crate) async fn resolve_member(
-    d: &Arc<Daemon>,
-    m: &MeshCtx,
-    q: &str,
-) -> std::result::Result<(MemberKey, Vec<String>), RpcErr> {
+/// Another member of a mesh, with the names and sessions its presences show.
+#[derive(Debug, Clone)]
+pub(crate) struct Peer {
+    pub(crate) key: MemberKey,
+    pub(crate) names: Vec<String>,
+    sessions: Vec<String>,
+}
+
+impl Peer {
+    /// Does selector `q` name this member: one of its session names, or (4+ characters) a
+    /// prefix of its fingerprint or of one of its session ids?
+    pub(crate) fn selected_by(&self, q: &str) -> bool {
+        let q = q.trim().to_lowercase();
+        let hex = q.replace('-', "");
+        self.names.iter().any(|n| n.to_lowercase() == q)
+            || (hex.len() >= 4
+                && (self.key.fingerprint().replace('-', "").starts_with(&hex)
+                    || self.sessions.iter().any(|s| s.starts_with(&hex))))
+    }
+}
+
+/// The other members of `m` (from its roster), named from the presence cache.
+pub(crate) async fn peers(d: &Arc<Daemon>, m: &MeshCtx) -> std::result::Result<Vec<Peer>, RpcErr> {
     let mesh = m.id;
     let presences = d
         .store
         .read(move |c| store::q_presence(c, mesh))
         .await
         .map_err(RpcErr::internal)?;
-    let q = q.trim().to_lowercase();
-    let members: Vec<MemberKey> = lock(&m.roster)
+    let me = m.member();
+    let keys: Vec<MemberKey> = lock(&m.roster)
         .roster
         .members()
         .map(|(k, _)| *k)
-        .filter(|k| *k != m.member())
+        .filter(|k| *k != me)
         .collect();
-    let names_of = |k: &MemberKey| {
-        let mut n: Vec<String> = presences
-            .iter()
-            .filter(|p| p.member == *k)
-            .map(|p| p.profile.name.clone())
-            .collect();
-        n.sort();
-        n.dedup();
-        n
-    };
-    let hits: Vec<MemberKey> = members
+    Ok(keys
         .into_iter()
-        .filter(|k| {
-            let fp = k.fingerprint().replace('-', "");
-            names_of(k).iter().any(|n| n.to_lowercase() == q)
-                || (q.len() >= 4 && fp.starts_with(&q.replace('-', "")))
-                || presences.iter().any(|p| {
-                    p.member == *k
-                        && q.len() >= 4
-                        && p.session
-                            .0
-                            .simple()
-                            .to_string()
-                            .starts_with(&q.replace('-', ""))
-                })
+        .map(|key| {
+            let mine = presences.iter().filter(|p| p.member == key);
+            let mut names: Vec<String> = mine.clone().map(|p| p.profile.name.clone()).collect();
+            names.sort();
+            names.dedup();
+            let sessions = mine.map(|p| p.session.0.simple().to_string()).collect();
+            Peer {
+                key,
+                names,
+                sessions,
+            }
         })
+        .collect())
+}
+
+/// The one member a peer selector names (see [`Peer::selected_by`]).
+pub(crate) async fn resolve_member(
+    d: &Arc<Daemon>,
+    m: &MeshCtx,
+    q: &str,
+) -> std::result::Result<Peer, RpcErr> {
+    let mut hits: Vec<Peer> = peers(d, m)
+        .await?
+        .into_iter()
+        .filter(|p| p.selected_by(q))
         .collect();
-    match hits.as_slice() {
-        [k] => Ok((*k, names_of(k))),
-        [] => Err(RpcErr::not_found(format!(
+    match hits.len() {
+        1 => Ok(hits.remove(0)),
+        0 => Err(RpcErr::not_found(format!(
             "no member of {} matches {q:?}; `claudemesh verify` lists them",
             m.name()
         ))),
@@ -170,7 +187,7 @@ pub(crate) async fn change(
     what: &str,
 ) -> std::result::Result<GrantsResult, RpcErr> {
     let m = d.select(p.mesh.as_deref())?;
-    let (member, _) = resolve_member(d, &m, &p.peer).await?;
+    let member = resolve_member(d, &m, &p.peer).await?.key;
     let mut g = lock(&m.grants).get(&member).cloned().unwrap_or_default();
     match what {
         "grant" => g.caps.extend(check_caps(&p.caps)?),
@@ -224,31 +241,24 @@ pub(crate) async fn list(
     d: &Arc<Daemon>,
     m: &MeshCtx,
 ) -> std::result::Result<GrantsResult, RpcErr> {
-    let mesh = m.id;
-    let presences = d
-        .store
-        .read(move |c| store::q_presence(c, mesh))
-        .await
-        .map_err(RpcErr::internal)?;
-    let mut peers: Vec<PeerGrants> = lock(&m.grants)
+    let named = peers(d, m).await?;
+    let mut out: Vec<PeerGrants> = lock(&m.grants)
         .iter()
-        .map(|(k, g)| {
-            let mut names: Vec<String> = presences
+        .map(|(k, g)| PeerGrants {
+            member: k.to_b64(),
+            fingerprint: k.fingerprint(),
+            names: named
                 .iter()
-                .filter(|p| p.member == *k)
-                .map(|p| p.profile.name.clone())
-                .collect();
-            names.sort();
-            names.dedup();
-            PeerGrants {
-                member: k.to_b64(),
-                fingerprint: k.fingerprint(),
-                names,
-                caps: g.caps.iter().cloned().collect(),
-                blocked: g.blocked,
-            }
+                .find(|p| p.key == *k)
+                .map(|p| p.names.clone())
+                .unwrap_or_default(),
+            caps: g.caps.iter().cloned().collect(),
+            blocked: g.blocked,
         })
         .collect();
-    peers.sort_by(|a, b| a.names.cmp(&b.names).then_with(|| a.member.cmp(&b.member)));
-    Ok(GrantsResult { mesh, peers })
+    out.sort_by(|a, b| a.names.cmp(&b.names).then_with(|| a.member.cmp(&b.member)));
+    Ok(GrantsResult {
+        mesh: m.id,
+        peers: out,
+    })
 }

@@ -877,49 +877,18 @@ pub(crate) async fn verify(
 ) -> Result<claudemesh_schema::ipc::trust::VerifyResult, RpcErr> {
     use claudemesh_schema::ipc::trust::{SafetyNumber, VerifyResult};
     let m = d.select(p.mesh.as_deref())?;
-    let me = m.member();
-    let mesh = m.id;
-    let presences = d
-        .store
-        .read(move |c| store::q_presence(c, mesh))
-        .await
-        .map_err(RpcErr::internal)?;
-    let members: Vec<crypto::MemberKey> = lock(&m.roster)
-        .roster
-        .members()
-        .map(|(k, _)| *k)
-        .filter(|k| *k != me)
+    let (me, mesh) = (m.member(), m.id);
+    let mut out: Vec<SafetyNumber> = crate::grants::peers(d, &m)
+        .await?
+        .into_iter()
+        .filter(|x| p.peer.as_deref().is_none_or(|q| x.selected_by(q)))
+        .map(|x| SafetyNumber {
+            member: x.key.to_b64(),
+            fingerprint: x.key.fingerprint(),
+            safety_number: crypto::safety_number(&mesh, &me, &x.key),
+            names: x.names,
+        })
         .collect();
-    let q = p.peer.as_deref().map(|s| s.trim().to_lowercase());
-    let mut out = Vec::new();
-    for k in members {
-        let mut names: Vec<String> = presences
-            .iter()
-            .filter(|x| x.member == k)
-            .map(|x| x.profile.name.clone())
-            .collect();
-        names.sort();
-        names.dedup();
-        let fp = k.fingerprint();
-        if let Some(q) = &q {
-            let hit = names.iter().any(|n| n.to_lowercase() == *q)
-                || (q.len() >= 4 && fp.replace('-', "").starts_with(&q.replace('-', "")))
-                || presences.iter().any(|x| {
-                    x.member == k
-                        && q.len() >= 4
-                        && x.session.0.simple().to_string().starts_with(q.as_str())
-                });
-            if !hit {
-                continue;
-            }
-        }
-        out.push(SafetyNumber {
-            member: k.to_b64(),
-            fingerprint: fp,
-            names,
-            safety_number: crypto::safety_number(&mesh, &me, &k),
-        });
-    }
     if out.is_empty()
         && let Some(q) = &p.peer
     {

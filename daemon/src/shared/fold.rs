@@ -67,59 +67,13 @@ pub(crate) fn apply(tx: &Transaction<'_>, a: &Applying<'_>) -> rusqlite::Result<
                 )?;
             }
         }
-        Op::Remember { memory, text, tags } => {
-            tx.execute(
-                "INSERT INTO memories (mesh, id, text, tags, author, author_name, created_at, seq)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT (mesh, id) DO UPDATE SET created_at = excluded.created_at,
-                   seq = excluded.seq
-                 WHERE memories.seq IS NULL AND memories.author = excluded.author",
-                params![
-                    mesh,
-                    memory.as_bytes(),
-                    text,
-                    tags_json(tags),
-                    a.author.0,
-                    name,
-                    a.at,
-                    seq
-                ],
-            )?;
+        Op::Remember { .. } | Op::CreateTask { .. } | Op::ShareContext { .. } => {
+            insert_item(tx, &a.mesh, a.author, a.body, a.at, Some(seq))?;
         }
         Op::Forget { memory } => {
             tx.execute(
                 "DELETE FROM memories WHERE mesh = ?1 AND id = ?2",
                 params![mesh, memory.as_bytes()],
-            )?;
-        }
-        Op::CreateTask {
-            task,
-            title,
-            body,
-            priority,
-            tags,
-            assignee,
-        } => {
-            tx.execute(
-                "INSERT INTO tasks (mesh, id, title, body, priority, tags, suggested, status,
-                   author, author_name, created_at, updated_at, seq)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', ?8, ?9, ?10, ?10, ?11)
-                 ON CONFLICT (mesh, id) DO UPDATE SET created_at = excluded.created_at,
-                   updated_at = excluded.updated_at, seq = excluded.seq
-                 WHERE tasks.seq IS NULL AND tasks.author = excluded.author",
-                params![
-                    mesh,
-                    task.as_bytes(),
-                    title,
-                    body,
-                    priority_or_default(priority),
-                    tags_json(tags),
-                    assignee,
-                    a.author.0,
-                    name,
-                    a.at,
-                    seq
-                ],
             )?;
         }
         Op::ClaimTask { task } => {
@@ -248,35 +202,6 @@ pub(crate) fn apply(tx: &Transaction<'_>, a: &Applying<'_>) -> rusqlite::Result<
                 params![mesh, reservation.as_bytes(), a.author.0],
             )?;
         }
-        Op::ShareContext {
-            context,
-            summary,
-            files_read,
-            key_findings,
-            tags,
-        } => {
-            tx.execute(
-                "INSERT INTO contexts (mesh, id, session, author, author_name, summary,
-                   files_read, key_findings, tags, created_at, seq)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-                 ON CONFLICT (mesh, id) DO UPDATE SET created_at = excluded.created_at,
-                   seq = excluded.seq
-                 WHERE contexts.seq IS NULL AND contexts.author = excluded.author",
-                params![
-                    mesh,
-                    context.as_bytes(),
-                    a.body.session.as_bytes(),
-                    a.author.0,
-                    name,
-                    summary,
-                    tags_json(files_read),
-                    tags_json(key_findings),
-                    tags_json(tags),
-                    a.at,
-                    seq
-                ],
-            )?;
-        }
         Op::ShareSkill {
             name: skill,
             description,
@@ -368,26 +293,42 @@ pub(crate) fn apply_pending(
     author: &MemberKey,
     body: &OpBody,
 ) -> rusqlite::Result<()> {
-    let m = mesh.as_bytes();
-    let name = body.name.as_str();
+    // A pending forget only hides the memory (see `query::q_recall`): deleting it here
+    // could not be undone if the relay refused the forget.
+    insert_item(tx, mesh, author, body, body.at, None)
+}
+
+/// Insert the fresh-id item (memory, task, context) `body` creates: sequenced (`seq`), or
+/// ahead of the log (`None`: a pending row). A sequenced insert confirms its author's
+/// pending row in place, with the relay's time; nothing else is ever overwritten.
+fn insert_item(
+    tx: &Transaction<'_>,
+    mesh: &MeshId,
+    author: &MemberKey,
+    body: &OpBody,
+    at: i64,
+    seq: Option<i64>,
+) -> rusqlite::Result<()> {
+    let (m, name) = (mesh.as_bytes(), body.name.as_str());
+    let confirm = |table: &str, also: &str| {
+        format!(
+            "ON CONFLICT (mesh, id) DO UPDATE SET created_at = excluded.created_at, {also}
+               seq = excluded.seq
+             WHERE {table}.seq IS NULL AND excluded.seq IS NOT NULL
+               AND {table}.author = excluded.author"
+        )
+    };
     match &body.op {
         Op::Remember { memory, text, tags } => {
             tx.execute(
-                "INSERT OR IGNORE INTO memories (mesh, id, text, tags, author, author_name,
-                   created_at, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL)",
-                params![
-                    m,
-                    memory.as_bytes(),
-                    text,
-                    tags_json(tags),
-                    author.0,
-                    name,
-                    body.at
-                ],
+                &format!(
+                    "INSERT INTO memories (mesh, id, text, tags, author, author_name, created_at, seq)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) {}",
+                    confirm("memories", "")
+                ),
+                params![m, memory.as_bytes(), text, tags_json(tags), author.0, name, at, seq],
             )?;
         }
-        // A pending forget only hides the memory (see `query::q_recall`): deleting it here
-        // could not be undone if the relay refused the forget.
         Op::CreateTask {
             task,
             title,
@@ -397,9 +338,12 @@ pub(crate) fn apply_pending(
             assignee,
         } => {
             tx.execute(
-                "INSERT OR IGNORE INTO tasks (mesh, id, title, body, priority, tags, suggested,
-                   status, author, author_name, created_at, updated_at, seq)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', ?8, ?9, ?10, ?10, NULL)",
+                &format!(
+                    "INSERT INTO tasks (mesh, id, title, body, priority, tags, suggested, status,
+                       author, author_name, created_at, updated_at, seq)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', ?8, ?9, ?10, ?10, ?11) {}",
+                    confirm("tasks", "updated_at = excluded.updated_at,")
+                ),
                 params![
                     m,
                     task.as_bytes(),
@@ -410,7 +354,8 @@ pub(crate) fn apply_pending(
                     assignee,
                     author.0,
                     name,
-                    body.at
+                    at,
+                    seq
                 ],
             )?;
         }
@@ -422,9 +367,12 @@ pub(crate) fn apply_pending(
             tags,
         } => {
             tx.execute(
-                "INSERT OR IGNORE INTO contexts (mesh, id, session, author, author_name, summary,
-                   files_read, key_findings, tags, created_at, seq)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL)",
+                &format!(
+                    "INSERT INTO contexts (mesh, id, session, author, author_name, summary,
+                       files_read, key_findings, tags, created_at, seq)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) {}",
+                    confirm("contexts", "")
+                ),
                 params![
                     m,
                     context.as_bytes(),
@@ -435,7 +383,8 @@ pub(crate) fn apply_pending(
                     tags_json(files_read),
                     tags_json(key_findings),
                     tags_json(tags),
-                    body.at
+                    at,
+                    seq
                 ],
             )?;
         }
