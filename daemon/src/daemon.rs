@@ -14,10 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::DaemonConfig;
+use crate::error::Error;
 use crate::keys::MeshKeys;
 use crate::mesh::{LinkHandle, LinkStatus, MeshCtx, RosterState};
 use crate::paths::{Paths, ensure_private_dir};
-use crate::rpc::RpcErr;
 use crate::store::{self, MeshRow, Store};
 
 /// Starting or running the daemon failed.
@@ -119,15 +119,15 @@ impl Daemon {
     }
 
     /// Find a mesh by name, id or id prefix; with `None`, the only mesh.
-    pub(crate) fn select(&self, sel: Option<&str>) -> Result<Arc<MeshCtx>, RpcErr> {
+    pub(crate) fn select(&self, sel: Option<&str>) -> Result<Arc<MeshCtx>, Error> {
         let all = self.meshes();
         let Some(sel) = sel.map(str::trim).filter(|s| !s.is_empty()) else {
             return match all.len() {
-                0 => Err(RpcErr::not_found(
+                0 => Err(Error::not_found(
                     "you have not joined any mesh yet; run `claudemesh up`, `claudemesh create <name>` or `claudemesh join <invite>`",
                 )),
                 1 => Ok(all[0].clone()),
-                _ => Err(RpcErr::ambiguous(format!(
+                _ => Err(Error::ambiguous(format!(
                     "you are in several meshes ({}); pass --mesh <name>",
                     all.iter().map(|m| m.name()).collect::<Vec<_>>().join(", ")
                 ))),
@@ -144,17 +144,17 @@ impl Daemon {
             .collect();
         match by_id.len() {
             1 => Ok(by_id[0].clone()),
-            0 => Err(RpcErr::not_found(format!(
+            0 => Err(Error::not_found(format!(
                 "no joined mesh is called {sel:?}; `claudemesh list` shows your meshes"
             ))),
-            _ => Err(RpcErr::ambiguous(format!(
+            _ => Err(Error::ambiguous(format!(
                 "{sel:?} matches several meshes; use more of the id"
             ))),
         }
     }
 
     /// The mesh `sel` names, or every joined mesh when `None` (an error when none is).
-    pub(crate) fn select_many(&self, sel: Option<&str>) -> Result<Vec<Arc<MeshCtx>>, RpcErr> {
+    pub(crate) fn select_many(&self, sel: Option<&str>) -> Result<Vec<Arc<MeshCtx>>, Error> {
         match sel {
             Some(s) => Ok(vec![self.select(Some(s))?]),
             None => {
@@ -164,7 +164,7 @@ impl Daemon {
                     return Err(self
                         .select(None)
                         .err()
-                        .unwrap_or_else(|| RpcErr::not_found("no mesh")));
+                        .unwrap_or_else(|| Error::not_found("no mesh")));
                 }
                 Ok(all)
             }

@@ -16,8 +16,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::daemon::Daemon;
+use crate::error::Error;
 use crate::mesh::{MeshCtx, lock};
-use crate::rpc::RpcErr;
 use crate::store::{self, Result, StoreError};
 
 /// One peer's grants.
@@ -105,13 +105,9 @@ impl Peer {
 }
 
 /// The other members of `m` (from its roster), named from the presence cache.
-pub(crate) async fn peers(d: &Arc<Daemon>, m: &MeshCtx) -> std::result::Result<Vec<Peer>, RpcErr> {
+pub(crate) async fn peers(d: &Arc<Daemon>, m: &MeshCtx) -> std::result::Result<Vec<Peer>, Error> {
     let mesh = m.id;
-    let presences = d
-        .store
-        .read(move |c| store::q_presence(c, mesh))
-        .await
-        .map_err(RpcErr::internal)?;
+    let presences = d.store.read(move |c| store::q_presence(c, mesh)).await?;
     let me = m.member();
     let keys: Vec<MemberKey> = lock(&m.roster)
         .roster
@@ -141,7 +137,7 @@ pub(crate) async fn resolve_member(
     d: &Arc<Daemon>,
     m: &MeshCtx,
     q: &str,
-) -> std::result::Result<Peer, RpcErr> {
+) -> std::result::Result<Peer, Error> {
     let mut hits: Vec<Peer> = peers(d, m)
         .await?
         .into_iter()
@@ -149,29 +145,29 @@ pub(crate) async fn resolve_member(
         .collect();
     match hits.len() {
         1 => Ok(hits.remove(0)),
-        0 => Err(RpcErr::not_found(format!(
+        0 => Err(Error::not_found(format!(
             "no member of {} matches {q:?}; `claudemesh verify` lists them",
             m.name()
         ))),
-        _ => Err(RpcErr::ambiguous(format!(
+        _ => Err(Error::ambiguous(format!(
             "{q:?} matches several members; use a fingerprint prefix"
         ))),
     }
 }
 
-fn check_caps(caps: &[String]) -> std::result::Result<Vec<String>, RpcErr> {
+fn check_caps(caps: &[String]) -> std::result::Result<Vec<String>, Error> {
     if caps.iter().any(|c| c == "all") {
         return Ok(CAPABILITIES.iter().map(|c| c.to_string()).collect());
     }
     if caps.is_empty() {
-        return Err(RpcErr::invalid(format!(
+        return Err(Error::invalid(format!(
             "name the capabilities: {} (or all)",
             CAPABILITIES.join(", ")
         )));
     }
     for c in caps {
         if !CAPABILITIES.contains(&c.as_str()) {
-            return Err(RpcErr::invalid(format!(
+            return Err(Error::invalid(format!(
                 "unknown capability {c:?}: use {} (or all)",
                 CAPABILITIES.join(", ")
             )));
@@ -185,7 +181,7 @@ pub(crate) async fn change(
     d: &Arc<Daemon>,
     p: GrantParams,
     what: &str,
-) -> std::result::Result<GrantsResult, RpcErr> {
+) -> std::result::Result<GrantsResult, Error> {
     let m = d.select(p.mesh.as_deref())?;
     let member = resolve_member(d, &m, &p.peer).await?.key;
     let mut g = lock(&m.grants).get(&member).cloned().unwrap_or_default();
@@ -200,7 +196,7 @@ pub(crate) async fn change(
     }
     let (mesh, caps, blocked) = (
         m.id,
-        serde_json::to_string(&g.caps).map_err(RpcErr::internal)?,
+        serde_json::to_string(&g.caps).map_err(Error::internal)?,
         g.blocked,
     );
     let default = g == Grant::default();
@@ -222,8 +218,7 @@ pub(crate) async fn change(
             }
             Ok(())
         })
-        .await
-        .map_err(RpcErr::internal)?;
+        .await?;
     {
         let mut all = lock(&m.grants);
         if default {
@@ -237,10 +232,7 @@ pub(crate) async fn change(
 }
 
 /// Peers of `m` with non-default grants.
-pub(crate) async fn list(
-    d: &Arc<Daemon>,
-    m: &MeshCtx,
-) -> std::result::Result<GrantsResult, RpcErr> {
+pub(crate) async fn list(d: &Arc<Daemon>, m: &MeshCtx) -> std::result::Result<GrantsResult, Error> {
     let named = peers(d, m).await?;
     let mut out: Vec<PeerGrants> = lock(&m.grants)
         .iter()

@@ -640,8 +640,8 @@ async fn on_frame(
                 .await
                 .ok()
                 .flatten();
-            match crate::delivery::open(m, &env, at, sender.as_ref()) {
-                crate::delivery::Opened::Rows(rows) => {
+            match crate::delivery::receive::open(m, &env, at, sender.as_ref()) {
+                crate::delivery::receive::Opened::Rows(rows) => {
                     let ack = ack_tx.clone();
                     let d2 = d.clone();
                     let r = d
@@ -658,7 +658,7 @@ async fn on_frame(
                         tracing::error!(error = %e, "store unavailable");
                     }
                 }
-                crate::delivery::Opened::Receipt(r) => {
+                crate::delivery::receive::Opened::Receipt(r) => {
                     let (d2, ack) = (d.clone(), ack_tx.clone());
                     tokio::spawn(async move {
                         if d2
@@ -673,7 +673,7 @@ async fn on_frame(
                     });
                 }
                 // Not for us or not openable: acknowledge so the relay stops resending it.
-                crate::delivery::Opened::Nothing => {
+                crate::delivery::receive::Opened::Nothing => {
                     let _ = ack_tx.send(id);
                 }
             }

@@ -25,22 +25,20 @@ use zeroize::Zeroize as _;
 
 use crate::config::default_display_name;
 use crate::daemon::Daemon;
+use crate::error::Error;
 use crate::keys::MeshKeys;
 use crate::mesh::{LinkCmd, MeshCtx, RelayRefusal, lock};
-use crate::rpc::RpcErr;
 use crate::store::{self, MeshRow};
 
 /// Check a mesh or display name: 1–64 characters, no control characters, not address
 /// syntax (`*`, `@…`).
-pub(crate) fn valid_name(what: &str, s: &str) -> Result<String, RpcErr> {
+pub(crate) fn valid_name(what: &str, s: &str) -> Result<String, Error> {
     let t = s.trim();
     if t.is_empty() || t.chars().count() > 64 {
-        return Err(RpcErr::invalid(format!(
-            "{what} must be 1 to 64 characters"
-        )));
+        return Err(Error::invalid(format!("{what} must be 1 to 64 characters")));
     }
     if t.chars().any(char::is_control) || t == "*" || t.starts_with('@') {
-        return Err(RpcErr::invalid(format!(
+        return Err(Error::invalid(format!(
             "{what} {t:?} is not allowed (no control characters, not `*`, not starting with `@`)"
         )));
     }
@@ -56,7 +54,7 @@ fn connect_opts(d: &Daemon) -> ConnectOptions {
     }
 }
 
-fn display_name(d: &Daemon, given: Option<&str>) -> Result<String, RpcErr> {
+fn display_name(d: &Daemon, given: Option<&str>) -> Result<String, Error> {
     match given {
         Some(n) => valid_name("display name", n),
         None => valid_name("display name", &default_display_name(&d.cfg))
@@ -78,39 +76,39 @@ pub(crate) fn mesh_info(row: &MeshRow) -> MeshInfo {
     }
 }
 
-async fn send_raw(c: &mut Connection, f: &ClientFrame) -> Result<(), RpcErr> {
-    let b = wire::encode(f).map_err(|e| RpcErr::internal(e.to_string()))?;
+async fn send_raw(c: &mut Connection, f: &ClientFrame) -> Result<(), Error> {
+    let b = wire::encode(f).map_err(|e| Error::internal(e.to_string()))?;
     c.writer
         .send(Bytes::from(b))
         .await
-        .map_err(|e| RpcErr::relay(format!("lost the relay connection: {e}")))
+        .map_err(|e| Error::relay(format!("lost the relay connection: {e}")))
 }
 
-async fn recv_raw(c: &mut Connection, limit: Duration) -> Result<Option<RelayFrame>, RpcErr> {
+async fn recv_raw(c: &mut Connection, limit: Duration) -> Result<Option<RelayFrame>, Error> {
     match tokio::time::timeout(limit, c.reader.next()).await {
         Err(_) => Ok(None),
-        Ok(None) => Err(RpcErr::relay("the relay closed the connection")),
-        Ok(Some(Err(e))) => Err(RpcErr::relay(format!("relay connection failed: {e}"))),
+        Ok(None) => Err(Error::relay("the relay closed the connection")),
+        Ok(Some(Err(e))) => Err(Error::relay(format!("relay connection failed: {e}"))),
         Ok(Some(Ok(b))) => wire::decode::<RelayFrame>(&b)
             .map(Some)
-            .map_err(|e| RpcErr::relay(format!("bad frame from relay: {e}"))),
+            .map_err(|e| Error::relay(format!("bad frame from relay: {e}"))),
     }
 }
 
-fn refusal(r: RelayRefusal) -> RpcErr {
+fn refusal(r: RelayRefusal) -> Error {
     match r.code {
-        None => RpcErr::relay(r.message),
-        Some(ErrorCode::NotAuthorized) => RpcErr::forbidden(r.message),
-        Some(code) => RpcErr::relay(format!("relay refused ({code}): {}", r.message)),
+        None => Error::relay(r.message),
+        Some(ErrorCode::NotAuthorized) => Error::forbidden(r.message),
+        Some(code) => Error::relay(format!("relay refused ({code}): {}", r.message)),
     }
 }
 
 /// `create`: a new mesh with us as owner, registered at the relay.
-pub(crate) async fn create(d: &Arc<Daemon>, p: CreateParams) -> Result<MeshInfo, RpcErr> {
+pub(crate) async fn create(d: &Arc<Daemon>, p: CreateParams) -> Result<MeshInfo, Error> {
     let _g = d.membership.lock().await;
     let name = valid_name("mesh name", &p.name)?;
     if d.meshes().iter().any(|m| m.name() == name) {
-        return Err(RpcErr::conflict(format!(
+        return Err(Error::conflict(format!(
             "you already have a mesh called {name:?}; pick another name"
         )));
     }
@@ -119,7 +117,7 @@ pub(crate) async fn create(d: &Arc<Daemon>, p: CreateParams) -> Result<MeshInfo,
         (Some(a), _) => {
             let pin = match &p.fingerprint {
                 Some(f) => Some(encoding::unb64_array::<32>(f.trim()).ok_or_else(|| {
-                    RpcErr::invalid("the fingerprint must be 43 characters of base64url (as printed by `claudemesh-relay fingerprint`)")
+                    Error::invalid("the fingerprint must be 43 characters of base64url (as printed by `claudemesh-relay fingerprint`)")
                 })?),
                 None => None,
             };
@@ -127,14 +125,14 @@ pub(crate) async fn create(d: &Arc<Daemon>, p: CreateParams) -> Result<MeshInfo,
         }
         (None, Some((a, fp))) => (a.clone(), Some(*fp)),
         (None, None) => {
-            return Err(RpcErr::not_found(
+            return Err(Error::not_found(
                 "no relay configured: run `claudemesh up` to start a local one, or pass --relay <host:port>",
             ));
         }
     };
     let mut conn = claudemesh_relay::connect(&addr, pin, &connect_opts(d))
         .await
-        .map_err(|e| RpcErr::relay(format!("cannot reach the relay at {addr}: {e}")))?;
+        .map_err(|e| Error::relay(format!("cannot reach the relay at {addr}: {e}")))?;
     let fp = conn.fingerprint;
     let keys = MeshKeys::generate(MemberSecret::generate(), MeshKey::generate());
     let mesh = MeshId::new();
@@ -152,17 +150,17 @@ pub(crate) async fn create(d: &Arc<Daemon>, p: CreateParams) -> Result<MeshInfo,
         match recv_raw(&mut conn, Duration::from_secs(10)).await? {
             Some(RelayFrame::Ok { rid: 1 }) => break,
             Some(RelayFrame::Error { code, message, .. }) => {
-                return Err(RpcErr::relay(format!(
+                return Err(Error::relay(format!(
                     "the relay refused to create the mesh ({code}): {message}"
                 )));
             }
             Some(_) => continue,
-            None => return Err(RpcErr::relay("the relay did not answer the mesh creation")),
+            None => return Err(Error::relay("the relay did not answer the mesh creation")),
         }
     }
     conn.close().await;
     keys.save(&d.paths.keys(), &mesh)
-        .map_err(|e| RpcErr::internal(e.to_string()))?;
+        .map_err(|e| Error::internal(e.to_string()))?;
     let row = MeshRow {
         id: mesh,
         name,
@@ -180,7 +178,7 @@ pub(crate) async fn create(d: &Arc<Daemon>, p: CreateParams) -> Result<MeshInfo,
     };
     if let Err(e) = d.store.insert_mesh(row.clone()).await {
         let _ = MeshKeys::remove(&d.paths.keys(), &mesh);
-        return Err(RpcErr::internal(format!("cannot record the mesh: {e}")));
+        return Err(Error::internal(format!("cannot record the mesh: {e}")));
     }
     let info = mesh_info(&row);
     d.add_mesh(
@@ -227,24 +225,24 @@ fn invite_info(
 }
 
 /// `invite`: mint an invite, register its capability at the relay, return the link.
-pub(crate) async fn invite(d: &Arc<Daemon>, p: InviteParams) -> Result<InviteInfo, RpcErr> {
+pub(crate) async fn invite(d: &Arc<Daemon>, p: InviteParams) -> Result<InviteInfo, Error> {
     let m = d.select(p.mesh.as_deref())?;
     if !m.role().is_admin() {
-        return Err(RpcErr::forbidden(format!(
+        return Err(Error::forbidden(format!(
             "only admins can invite to {}; ask an admin",
             m.name()
         )));
     }
     if p.uses == 0 {
-        return Err(RpcErr::invalid("--uses must be at least 1"));
+        return Err(Error::invalid("--uses must be at least 1"));
     }
     if !(60..=365 * 24 * 3600).contains(&p.expires_secs) {
-        return Err(RpcErr::invalid(
+        return Err(Error::invalid(
             "--expires must be between 1 minute and 365 days",
         ));
     }
     if p.role == Role::Owner {
-        return Err(RpcErr::invalid(
+        return Err(Error::invalid(
             "an invite can grant member or admin, not owner",
         ));
     }
@@ -267,25 +265,18 @@ pub(crate) async fn invite(d: &Arc<Daemon>, p: InviteParams) -> Result<InviteInf
         }))
         .await
         .map_err(refusal)?;
-    d.store
-        .insert_invite(&cap, now)
-        .await
-        .map_err(RpcErr::internal)?;
+    d.store.insert_invite(&cap, now).await?;
     tracing::info!(mesh = %m.id.short(), invite = %cap.id.short(), "invite minted");
     Ok(invite_info(&m, &cap, 0, false, true))
 }
 
 /// `invite_list`: invites minted on this machine.
-pub(crate) async fn invite_list(d: &Arc<Daemon>, p: MeshParams) -> Result<Vec<InviteInfo>, RpcErr> {
+pub(crate) async fn invite_list(d: &Arc<Daemon>, p: MeshParams) -> Result<Vec<InviteInfo>, Error> {
     let only = match &p.mesh {
         Some(s) => Some(d.select(Some(s))?.id),
         None => None,
     };
-    let rows = d
-        .store
-        .read(store::q_invites)
-        .await
-        .map_err(RpcErr::internal)?;
+    let rows = d.store.read(store::q_invites).await?;
     Ok(rows
         .into_iter()
         .filter(|(cap, _, _)| only.is_none_or(|o| o == cap.mesh))
@@ -300,25 +291,21 @@ pub(crate) async fn invite_list(d: &Arc<Daemon>, p: MeshParams) -> Result<Vec<In
 pub(crate) async fn invite_revoke(
     d: &Arc<Daemon>,
     p: InviteRevokeParams,
-) -> Result<InviteInfo, RpcErr> {
+) -> Result<InviteInfo, Error> {
     let want = p.id.trim().to_lowercase().replace('-', "");
     if want.len() < 4 {
-        return Err(RpcErr::invalid(
+        return Err(Error::invalid(
             "give at least 4 characters of the invite id",
         ));
     }
-    let rows = d
-        .store
-        .read(store::q_invites)
-        .await
-        .map_err(RpcErr::internal)?;
+    let rows = d.store.read(store::q_invites).await?;
     let hits: Vec<_> = rows
         .into_iter()
         .filter(|(c, _, _)| c.id.0.simple().to_string().starts_with(&want))
         .collect();
     let (cap, uses, _) = match hits.len() {
         0 => {
-            return Err(RpcErr::not_found(format!(
+            return Err(Error::not_found(format!(
                 "no invite {:?}; `claudemesh invite list` shows them",
                 p.id
             )));
@@ -326,16 +313,16 @@ pub(crate) async fn invite_revoke(
         1 => hits
             .into_iter()
             .next()
-            .ok_or_else(|| RpcErr::internal("invite vanished"))?,
+            .ok_or_else(|| Error::internal("invite vanished"))?,
         _ => {
-            return Err(RpcErr::ambiguous(
+            return Err(Error::ambiguous(
                 "several invites match; give more of the id",
             ));
         }
     };
     let m = d
         .mesh(&cap.mesh)
-        .ok_or_else(|| RpcErr::not_found("the invite's mesh is no longer joined"))?;
+        .ok_or_else(|| Error::not_found("the invite's mesh is no longer joined"))?;
     let rev = InviteRevocation::sign(&m.keys.member, cap.id, m.id, now_ms());
     m.link
         .request(Box::new(move |rid| ClientFrame::InviteRevoke {
@@ -344,10 +331,7 @@ pub(crate) async fn invite_revoke(
         }))
         .await
         .map_err(refusal)?;
-    d.store
-        .invite_revoked(cap.id)
-        .await
-        .map_err(RpcErr::internal)?;
+    d.store.invite_revoked(cap.id).await?;
     Ok(invite_info(&m, &cap, uses, true, false))
 }
 
@@ -390,7 +374,7 @@ pub(crate) async fn on_claim(
         return;
     }
     if let Err(e) = accept(d, m, claim, &request, &cap).await {
-        tracing::debug!(claim = %claim.short(), error = %e.message, "claim not accepted here");
+        tracing::debug!(claim = %claim.short(), error = %e, "claim not accepted here");
     }
 }
 
@@ -446,7 +430,7 @@ async fn accept(
     claim: ClaimId,
     request: &ClaimRequest,
     cap: &InviteCap,
-) -> Result<(), RpcErr> {
+) -> Result<(), Error> {
     let secret = invite::invite_secret(&m.keys.mesh_key, &request.invite);
     let entry = RosterEntry::sign(
         &m.keys.member,
@@ -463,10 +447,10 @@ async fn accept(
         name: m.name(),
         admitted_by: lock(&m.row).display_name.clone(),
     };
-    let mut json = serde_json::to_vec(&js).map_err(|e| RpcErr::internal(e.to_string()))?;
+    let mut json = serde_json::to_vec(&js).map_err(|e| Error::internal(e.to_string()))?;
     let sealed = crypto::anon_seal(&request.box_key, &json);
     json.zeroize();
-    let sealed = sealed.map_err(|e| RpcErr::internal(e.to_string()))?;
+    let sealed = sealed.map_err(|e| Error::internal(e.to_string()))?;
     let genesis = lock(&m.row).genesis.commitment();
     let mac = invite::accept_mac(&secret, &claim, &sealed, &entry.commitment(), &genesis);
     m.link
@@ -487,12 +471,8 @@ async fn accept(
 }
 
 /// `claims`: claims waiting for approval here.
-pub(crate) async fn claims(d: &Arc<Daemon>) -> Result<Vec<PendingClaim>, RpcErr> {
-    let rows = d
-        .store
-        .read(store::q_claims)
-        .await
-        .map_err(RpcErr::internal)?;
+pub(crate) async fn claims(d: &Arc<Daemon>) -> Result<Vec<PendingClaim>, Error> {
+    let rows = d.store.read(store::q_claims).await?;
     Ok(rows
         .into_iter()
         .filter_map(|(id, mesh, req, _cap, at)| {
@@ -513,20 +493,16 @@ pub(crate) async fn claims(d: &Arc<Daemon>) -> Result<Vec<PendingClaim>, RpcErr>
 pub(crate) async fn claim_decide(
     d: &Arc<Daemon>,
     p: ClaimDecideParams,
-) -> Result<PendingClaim, RpcErr> {
+) -> Result<PendingClaim, Error> {
     let want = p.claim.trim().to_lowercase().replace('-', "");
-    let rows = d
-        .store
-        .read(store::q_claims)
-        .await
-        .map_err(RpcErr::internal)?;
+    let rows = d.store.read(store::q_claims).await?;
     let hits: Vec<_> = rows
         .into_iter()
         .filter(|(id, ..)| want.len() >= 4 && id.0.simple().to_string().starts_with(&want))
         .collect();
     let (id, mesh, req, cap, at) = match hits.len() {
         0 => {
-            return Err(RpcErr::not_found(format!(
+            return Err(Error::not_found(format!(
                 "no pending claim {:?}; `claudemesh invite pending` lists them",
                 p.claim
             )));
@@ -534,24 +510,24 @@ pub(crate) async fn claim_decide(
         1 => hits
             .into_iter()
             .next()
-            .ok_or_else(|| RpcErr::internal("claim vanished"))?,
+            .ok_or_else(|| Error::internal("claim vanished"))?,
         _ => {
-            return Err(RpcErr::ambiguous(
+            return Err(Error::ambiguous(
                 "several claims match; give more of the id",
             ));
         }
     };
     let request: ClaimRequest =
-        serde_json::from_str(&req).map_err(|_| RpcErr::internal("stored claim is corrupt"))?;
+        serde_json::from_str(&req).map_err(|_| Error::internal("stored claim is corrupt"))?;
     let cap: InviteCap =
-        serde_json::from_str(&cap).map_err(|_| RpcErr::internal("stored claim is corrupt"))?;
+        serde_json::from_str(&cap).map_err(|_| Error::internal("stored claim is corrupt"))?;
     let m = d
         .mesh(&mesh)
-        .ok_or_else(|| RpcErr::not_found("the claim's mesh is no longer joined"))?;
+        .ok_or_else(|| Error::not_found("the claim's mesh is no longer joined"))?;
     let result = if p.accept {
         match check_claim(d, &m, &request, &cap).await {
             Ok(()) => accept(d, &m, id, &request, &cap).await,
-            Err(reason) => Err(RpcErr::invite(reason)),
+            Err(reason) => Err(Error::invite(reason)),
         }
     } else {
         m.link
@@ -567,8 +543,8 @@ pub(crate) async fn claim_decide(
     };
     let _ = d.store.delete_claim(id).await;
     result.map_err(|e| {
-        if e.message.contains("already decided") {
-            RpcErr::not_found(
+        if e.to_string().contains("already decided") {
+            Error::not_found(
                 "the claimant is no longer waiting; ask them to run `claudemesh join` again",
             )
         } else {
@@ -586,8 +562,8 @@ pub(crate) async fn claim_decide(
 }
 
 /// `join`: claim an invite and, once an admin admits us, start using the mesh.
-pub(crate) async fn join(d: &Arc<Daemon>, p: JoinParams) -> Result<MeshInfo, RpcErr> {
-    let link = InviteLink::parse(&p.invite).map_err(|e| RpcErr::invalid(e.to_string()))?;
+pub(crate) async fn join(d: &Arc<Daemon>, p: JoinParams) -> Result<MeshInfo, Error> {
+    let link = InviteLink::parse(&p.invite).map_err(|e| Error::invalid(e.to_string()))?;
     let display = display_name(d, p.display_name.as_deref())?;
     let member = MemberSecret::generate();
     let bx = BoxSecret::generate();
@@ -602,7 +578,7 @@ pub(crate) async fn join(d: &Arc<Daemon>, p: JoinParams) -> Result<MeshInfo, Rpc
     let mut conn = claudemesh_relay::connect(&link.relay, Some(link.fingerprint), &connect_opts(d))
         .await
         .map_err(|e| {
-            RpcErr::relay(format!(
+            Error::relay(format!(
                 "cannot reach the relay named in the invite ({}): {e}",
                 link.relay
             ))
@@ -621,7 +597,7 @@ pub(crate) async fn join(d: &Arc<Daemon>, p: JoinParams) -> Result<MeshInfo, Rpc
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match recv_raw(&mut conn, left).await? {
             None => {
-                return Err(RpcErr::timeout(format!(
+                return Err(Error::timeout(format!(
                     "no admin answered within {} s; the inviter's daemon must be running (or, for an \
                      --approve invite, an admin must run `claudemesh invite approve`)",
                     wait.as_secs()
@@ -648,7 +624,7 @@ pub(crate) async fn join(d: &Arc<Daemon>, p: JoinParams) -> Result<MeshInfo, Rpc
                 break (claim, genesis, entry, sealed, mac);
             }
             Some(RelayFrame::ClaimResult(ClaimOutcome::Refused { code, message })) => {
-                return Err(RpcErr::invite(format!(
+                return Err(Error::invite(format!(
                     "the invite was refused ({code}): {message}"
                 )));
             }
@@ -659,9 +635,9 @@ pub(crate) async fn join(d: &Arc<Daemon>, p: JoinParams) -> Result<MeshInfo, Rpc
                     | ErrorCode::InviteUsedUp
                     | ErrorCode::InviteUnknown
                     | ErrorCode::ClaimRefused => {
-                        RpcErr::invite(format!("the invite was refused ({code}): {message}"))
+                        Error::invite(format!("the invite was refused ({code}): {message}"))
                     }
-                    _ => RpcErr::relay(format!("the relay refused the claim ({code}): {message}")),
+                    _ => Error::relay(format!("the relay refused the claim ({code}): {message}")),
                 });
             }
             Some(_) => {}
@@ -676,7 +652,7 @@ pub(crate) async fn join(d: &Arc<Daemon>, p: JoinParams) -> Result<MeshInfo, Rpc
         &genesis.commitment(),
     );
     if !crypto::ct_eq(&expected, &mac) {
-        return Err(RpcErr::invite(
+        return Err(Error::invite(
             "the answer to the claim is not authenticated by the invite; refusing it (the relay may be tampering)",
         ));
     }
@@ -686,22 +662,22 @@ pub(crate) async fn join(d: &Arc<Daemon>, p: JoinParams) -> Result<MeshInfo, Rpc
         || entry.mesh != genesis.mesh
         || genesis.verify().is_err()
     {
-        return Err(RpcErr::invite(
+        return Err(Error::invite(
             "the admission does not match this claim; refusing it",
         ));
     }
     let opened = crypto::anon_open(&bx, &sealed)
-        .map_err(|_| RpcErr::invite("cannot open the mesh key sealed to us"))?;
+        .map_err(|_| Error::invite("cannot open the mesh key sealed to us"))?;
     let js: JoinSecret = serde_json::from_slice(&opened)
-        .map_err(|_| RpcErr::invite("the sealed join data is malformed"))?;
+        .map_err(|_| Error::invite("the sealed join data is malformed"))?;
     if js.mesh != genesis.mesh {
-        return Err(RpcErr::invite(
+        return Err(Error::invite(
             "the sealed mesh id does not match the admission",
         ));
     }
     let _g = d.membership.lock().await;
     if d.mesh(&genesis.mesh).is_some() {
-        return Err(RpcErr::conflict(format!("you are already in {}", js.name)));
+        return Err(Error::conflict(format!("you are already in {}", js.name)));
     }
     let mut name = valid_name("mesh name", &js.name).unwrap_or_else(|_| "mesh".into());
     let existing: Vec<String> = d.meshes().iter().map(|m| m.name()).collect();
@@ -715,7 +691,7 @@ pub(crate) async fn join(d: &Arc<Daemon>, p: JoinParams) -> Result<MeshInfo, Rpc
     }
     let keys = MeshKeys::generate(member, MeshKey::from_bytes(js.mesh_key));
     keys.save(&d.paths.keys(), &genesis.mesh)
-        .map_err(|e| RpcErr::internal(e.to_string()))?;
+        .map_err(|e| Error::internal(e.to_string()))?;
     let row = MeshRow {
         id: genesis.mesh,
         name,
@@ -733,7 +709,7 @@ pub(crate) async fn join(d: &Arc<Daemon>, p: JoinParams) -> Result<MeshInfo, Rpc
     };
     if let Err(e) = d.store.insert_mesh(row.clone()).await {
         let _ = MeshKeys::remove(&d.paths.keys(), &row.id);
-        return Err(RpcErr::internal(format!("cannot record the mesh: {e}")));
+        return Err(Error::internal(format!("cannot record the mesh: {e}")));
     }
     let info = mesh_info(&row);
     d.add_mesh(
@@ -749,7 +725,7 @@ pub(crate) async fn join(d: &Arc<Daemon>, p: JoinParams) -> Result<MeshInfo, Rpc
 }
 
 /// `leave`: tell the relay (unless we own the mesh), then forget the mesh and its keys.
-pub(crate) async fn leave(d: &Arc<Daemon>, p: MeshParams) -> Result<MeshInfo, RpcErr> {
+pub(crate) async fn leave(d: &Arc<Daemon>, p: MeshParams) -> Result<MeshInfo, Error> {
     let m = d.select(p.mesh.as_deref())?;
     let info = mesh_info(&lock(&m.row));
     let role = m.role();
@@ -772,8 +748,8 @@ pub(crate) async fn leave(d: &Arc<Daemon>, p: MeshParams) -> Result<MeshInfo, Rp
         }
     }
     d.remove_mesh(&m.id);
-    d.store.delete_mesh(m.id).await.map_err(RpcErr::internal)?;
-    MeshKeys::remove(&d.paths.keys(), &m.id).map_err(|e| RpcErr::internal(e.to_string()))?;
+    d.store.delete_mesh(m.id).await?;
+    MeshKeys::remove(&d.paths.keys(), &m.id).map_err(|e| Error::internal(e.to_string()))?;
     Ok(info)
 }
 
@@ -802,7 +778,7 @@ pub(crate) fn whoami(d: &Daemon) -> WhoamiResult {
 }
 
 /// `profile`: change (and republish) our profile in one or all meshes.
-pub(crate) async fn profile(d: &Arc<Daemon>, p: ProfileParams) -> Result<ProfileResult, RpcErr> {
+pub(crate) async fn profile(d: &Arc<Daemon>, p: ProfileParams) -> Result<ProfileResult, Error> {
     let targets = match &p.mesh {
         Some(s) => vec![d.select(Some(s))?],
         None => d.meshes(),
@@ -837,8 +813,7 @@ pub(crate) async fn profile(d: &Arc<Daemon>, p: ProfileParams) -> Result<Profile
                     p.summary.clone(),
                     p.status,
                 )
-                .await
-                .map_err(RpcErr::internal)?;
+                .await?;
             {
                 let mut row = lock(&m.row);
                 if let Some(n) = &name {
@@ -874,7 +849,7 @@ pub(crate) async fn profile(d: &Arc<Daemon>, p: ProfileParams) -> Result<Profile
 pub(crate) async fn verify(
     d: &Arc<Daemon>,
     p: claudemesh_schema::ipc::trust::VerifyParams,
-) -> Result<claudemesh_schema::ipc::trust::VerifyResult, RpcErr> {
+) -> Result<claudemesh_schema::ipc::trust::VerifyResult, Error> {
     use claudemesh_schema::ipc::trust::{SafetyNumber, VerifyResult};
     let m = d.select(p.mesh.as_deref())?;
     let (me, mesh) = (m.member(), m.id);
@@ -892,7 +867,7 @@ pub(crate) async fn verify(
     if out.is_empty()
         && let Some(q) = &p.peer
     {
-        return Err(RpcErr::not_found(format!(
+        return Err(Error::not_found(format!(
             "no member of {} matches {q:?}; `claudemesh verify` lists them all",
             m.name()
         )));

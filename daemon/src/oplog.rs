@@ -28,8 +28,8 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use crate::daemon::Daemon;
+use crate::error::Error;
 use crate::mesh::{LinkCmd, MeshCtx, RelayRefusal, lock};
-use crate::rpc::RpcErr;
 use crate::shared::fold::{self, Applying, Notice};
 use crate::shared::{query, snapshot};
 use claudemesh_schema::crypto::MemberKey;
@@ -112,11 +112,11 @@ pub(crate) async fn write(
     session: Option<SessionId>,
     op: Op,
     wait_ms: Option<u64>,
-) -> Result<WriteResult, RpcErr> {
+) -> Result<WriteResult, Error> {
     let session = session.unwrap_or(m.keys.session);
     let name = m
         .session_name(&session)
-        .ok_or_else(|| RpcErr::not_found(format!("session {session} is not hosted here")))?;
+        .ok_or_else(|| Error::not_found(format!("session {session} is not hosted here")))?;
     let body = OpBody {
         id: OpId::new(),
         session,
@@ -126,15 +126,15 @@ pub(crate) async fn write(
     };
     let id = body.id;
     let env =
-        op::seal_op(&m.keys.mesh_key, &m.id, &m.keys.member, &body).map_err(RpcErr::internal)?;
+        op::seal_op(&m.keys.mesh_key, &m.id, &m.keys.member, &body).map_err(Error::internal)?;
     if env.ct.len() > MAX_CIPHERTEXT {
-        return Err(RpcErr::invalid(format!(
+        return Err(Error::invalid(format!(
             "this write is {} bytes sealed; the limit is {MAX_CIPHERTEXT}: store less per key",
             env.ct.len()
         )));
     }
-    let frame = wire::encode(&ClientFrame::Op(env)).map_err(RpcErr::internal)?;
-    let body_json = serde_json::to_string(&body).map_err(RpcErr::internal)?;
+    let frame = wire::encode(&ClientFrame::Op(env)).map_err(Error::internal)?;
+    let body_json = serde_json::to_string(&body).map_err(Error::internal)?;
     let (tx, rx) = oneshot::channel();
     lock(&m.op_waiters).entry(id).or_default().push(tx);
     let (mesh, author, frame2) = (m.id, m.member(), frame.clone());
@@ -157,7 +157,7 @@ pub(crate) async fn write(
         .await;
     if let Err(e) = stored {
         lock(&m.op_waiters).remove(&id);
-        return Err(RpcErr::internal(e));
+        return Err(Error::internal(e));
     }
     d.bump_changes();
     let _ = m.link.tx.send(LinkCmd::Op(id, Bytes::from(frame))).await;
@@ -798,8 +798,8 @@ async fn upload_snapshot(m: Arc<MeshCtx>, body: op::SnapshotBody) {
 
 /// Check the op log: re-derive the hash chain over the ops stored here, then compare every
 /// op the relay holds with the one applied here (and check that ops not applied yet open).
-pub(crate) async fn audit(d: &Arc<Daemon>, m: &Arc<MeshCtx>) -> Result<AuditResult, RpcErr> {
-    d.store.flush().await.map_err(RpcErr::internal)?;
+pub(crate) async fn audit(d: &Arc<Daemon>, m: &Arc<MeshCtx>) -> Result<AuditResult, Error> {
+    d.store.flush().await?;
     let mesh = m.id;
     /// An applied op: as sequenced, its stored chain hash, and why it did not open.
     type LocalOp = (SequencedOp, Vec<u8>, Option<String>);
@@ -843,7 +843,7 @@ pub(crate) async fn audit(d: &Arc<Daemon>, m: &Arc<MeshCtx>) -> Result<AuditResu
             Ok(out)
         })
         .await
-        .map_err(RpcErr::internal)?;
+        ?;
     let mut result = AuditResult {
         mesh,
         checked: 0,
@@ -871,8 +871,7 @@ pub(crate) async fn audit(d: &Arc<Daemon>, m: &Arc<MeshCtx>) -> Result<AuditResu
             )
             .ok())
         })
-        .await
-        .map_err(RpcErr::internal)?;
+        .await?;
     let (base_seq, base_hash) = match base {
         Some((s, Some(h))) if s > 0 => (s, <[u8; 32]>::try_from(h.as_slice()).ok()),
         _ => (0, None),

@@ -25,8 +25,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::daemon::Daemon;
+use crate::error::Error;
 use crate::mesh::MeshCtx;
-use crate::rpc::RpcErr;
 use crate::shared::cron::Cron;
 use crate::shared::query;
 use crate::store::{InboxRow, Result, StoreError};
@@ -195,7 +195,7 @@ pub(crate) async fn run(d: Arc<Daemon>) {
                     }
                 }
                 if let Err(e) = fire(&d, &m, &r, due).await {
-                    tracing::warn!(reminder = %r.id.short(), error = %e.message, "reminder not delivered; will retry");
+                    tracing::warn!(reminder = %r.id.short(), error = %e, "reminder not delivered; will retry");
                     wake = wake.min(now + 5_000);
                 }
             }
@@ -225,7 +225,7 @@ async fn fire(
     m: &Arc<MeshCtx>,
     r: &Row,
     due: i64,
-) -> std::result::Result<(), RpcErr> {
+) -> std::result::Result<(), Error> {
     let id = firing_id(&r.id, due);
     let session = if m.is_local(&r.session) {
         r.session
@@ -250,10 +250,7 @@ async fn fire(
             surfaced_at: None,
             kind: KIND_REMINDER.into(),
         };
-        d.store
-            .insert_inbox(vec![InboxRow { msg }])
-            .await
-            .map_err(RpcErr::internal)?;
+        d.store.insert_inbox(vec![InboxRow { msg }]).await?;
         d.bump_inbox();
     } else {
         let known = d
@@ -265,8 +262,7 @@ async fn fire(
                     |x| x.get::<_, i64>(0),
                 )? > 0)
             })
-            .await
-            .map_err(RpcErr::internal)?;
+            .await?;
         if !known {
             let p = SendParams {
                 to: r.to.clone(),
@@ -276,11 +272,11 @@ async fn fire(
                 session: Some(session),
                 wait_ms: Some(0),
             };
-            match crate::delivery::send_as(d, p, id, KIND_REMINDER).await {
+            match crate::delivery::send::send_as(d, p, id, KIND_REMINDER).await {
                 Ok(_) => {}
                 // Nobody to deliver to (the peer left): count it as fired, say so.
-                Err(e) if e.code == claudemesh_schema::ipc::codes::NOT_FOUND => {
-                    tracing::warn!(reminder = %r.id.short(), error = %e.message, "reminder recipient not found");
+                Err(e @ Error::NotFound(_)) => {
+                    tracing::warn!(reminder = %r.id.short(), error = %e, "reminder recipient not found");
                 }
                 Err(e) => return Err(e),
             }
@@ -305,14 +301,10 @@ async fn fire(
 pub(crate) async fn list(
     d: &Arc<Daemon>,
     p: claudemesh_schema::ipc::shared::ScheduledQuery,
-) -> std::result::Result<ScheduledResult, RpcErr> {
+) -> std::result::Result<ScheduledResult, Error> {
     let m = d.select(p.mesh.as_deref())?;
     let mesh = m.id;
-    let rows = d
-        .store
-        .read(move |c| q_effective(c, mesh))
-        .await
-        .map_err(RpcErr::internal)?;
+    let rows = d.store.read(move |c| q_effective(c, mesh)).await?;
     let mut reminders: Vec<Reminder> = rows
         .iter()
         .map(|(r, last)| r.public(*last))
@@ -328,7 +320,7 @@ pub(crate) fn schedule_fields(
     deliver_at: Option<i64>,
     cron: Option<String>,
     now: i64,
-) -> std::result::Result<(Option<i64>, Option<String>), RpcErr> {
+) -> std::result::Result<(Option<i64>, Option<String>), Error> {
     match (
         in_seconds,
         deliver_at,
@@ -337,13 +329,13 @@ pub(crate) fn schedule_fields(
         (Some(s), None, None) => Ok((Some(now + (s.min(10 * 365 * 86_400) as i64) * 1000), None)),
         (None, Some(at), None) => Ok((Some(at), None)),
         (None, None, Some(c)) => {
-            let parsed: Cron = c.parse().map_err(RpcErr::invalid)?;
+            let parsed: Cron = c.parse().map_err(Error::invalid)?;
             if parsed.next_after(now).is_none() {
-                return Err(RpcErr::invalid(format!("cron {c:?} never fires")));
+                return Err(Error::invalid(format!("cron {c:?} never fires")));
             }
             Ok((None, Some(c.trim().to_string())))
         }
-        _ => Err(RpcErr::invalid(
+        _ => Err(Error::invalid(
             "give exactly one of in_seconds, deliver_at or cron",
         )),
     }

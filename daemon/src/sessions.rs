@@ -11,9 +11,9 @@ use claudemesh_schema::now_ms;
 use std::sync::Arc;
 
 use crate::daemon::Daemon;
+use crate::error::Error;
 use crate::membership::valid_name;
 use crate::mesh::{LinkCmd, LocalSession, derive_session, lock};
-use crate::rpc::RpcErr;
 use crate::store::SessionRow;
 use claudemesh_schema::ipc::methods::StatusSource;
 use claudemesh_schema::message::PeerStatus;
@@ -22,10 +22,10 @@ use claudemesh_schema::message::PeerStatus;
 pub(crate) async fn open(
     d: &Arc<Daemon>,
     p: SessionOpenParams,
-) -> Result<SessionOpenResult, RpcErr> {
+) -> Result<SessionOpenResult, Error> {
     let key = p.client_key.trim().to_string();
     if key.is_empty() || key.len() > 256 {
-        return Err(RpcErr::invalid("client_key must be 1 to 256 characters"));
+        return Err(Error::invalid("client_key must be 1 to 256 characters"));
     }
     let targets = d.select_many(p.mesh.as_deref())?;
     let name = match &p.name {
@@ -59,10 +59,7 @@ pub(crate) async fn open(
                 && orig != sid
             {
                 lock(&m.aliases).insert(key.clone(), orig);
-                d.store
-                    .set_alias(m.id, key.clone(), orig)
-                    .await
-                    .map_err(RpcErr::internal)?;
+                d.store.set_alias(m.id, key.clone(), orig).await?;
                 // A twin opened under this key before we knew: retire it.
                 let twin_open = lock(&m.sessions).get(&derived).is_some_and(|l| l.open);
                 if twin_open {
@@ -106,18 +103,12 @@ pub(crate) async fn open(
         };
         if let Some((name, changed, new_claude, row)) = existing {
             if changed {
-                d.store
-                    .open_session(row, now_ms())
-                    .await
-                    .map_err(RpcErr::internal)?;
+                d.store.open_session(row, now_ms()).await?;
                 let _ = m.link.tx.send(LinkCmd::Publish).await;
                 d.bump_changes();
             }
             if new_claude && let Some(cs) = &claude {
-                d.store
-                    .set_claude_session(m.id, sid, cs.clone())
-                    .await
-                    .map_err(RpcErr::internal)?;
+                d.store.set_claude_session(m.id, sid, cs.clone()).await?;
             }
             out.push(SessionInfo {
                 mesh: m.id,
@@ -173,13 +164,9 @@ pub(crate) async fn open(
                 },
                 now_ms(),
             )
-            .await
-            .map_err(RpcErr::internal)?;
+            .await?;
         if let Some(cs) = &claude {
-            d.store
-                .set_claude_session(m.id, sid, cs.clone())
-                .await
-                .map_err(RpcErr::internal)?;
+            d.store.set_claude_session(m.id, sid, cs.clone()).await?;
         }
         let info = SessionInfo {
             mesh: m.id,
@@ -208,13 +195,13 @@ pub(crate) async fn open(
 }
 
 /// `session_close`.
-pub(crate) async fn close(d: &Arc<Daemon>, p: SessionCloseParams) -> Result<SessionInfo, RpcErr> {
+pub(crate) async fn close(d: &Arc<Daemon>, p: SessionCloseParams) -> Result<SessionInfo, Error> {
     for m in d.meshes() {
         if let Some(info) = close_in(d, &m, p.session).await? {
             return Ok(info);
         }
     }
-    Err(RpcErr::not_found(format!("no open session {}", p.session)))
+    Err(Error::not_found(format!("no open session {}", p.session)))
 }
 
 /// Close `session` in mesh `m` if it is open there: it goes offline for peers, keeps its
@@ -223,7 +210,7 @@ async fn close_in(
     d: &Arc<Daemon>,
     m: &Arc<crate::mesh::MeshCtx>,
     session: claudemesh_schema::SessionId,
-) -> Result<Option<SessionInfo>, RpcErr> {
+) -> Result<Option<SessionInfo>, Error> {
     let removed = {
         let mut sessions = lock(&m.sessions);
         match sessions.get_mut(&session) {
@@ -238,10 +225,7 @@ async fn close_in(
         return Ok(None);
     };
     let now = now_ms();
-    d.store
-        .close_session(m.id, session, now)
-        .await
-        .map_err(RpcErr::internal)?;
+    d.store.close_session(m.id, session, now).await?;
     let _ = d.store.presence_offline(m.id, session, now).await;
     let _ = m.link.tx.send(LinkCmd::Depart(session)).await;
     d.bump_changes();
@@ -257,7 +241,7 @@ async fn close_in(
 pub(crate) async fn update(
     d: &Arc<Daemon>,
     p: SessionUpdateParams,
-) -> Result<SessionProfile, RpcErr> {
+) -> Result<SessionProfile, Error> {
     let name = match &p.name {
         Some(n) => Some(valid_name("display name", n)?),
         None => None,
@@ -320,8 +304,7 @@ pub(crate) async fn update(
         let client_key = d
             .store
             .read(crate::store::q_sessions)
-            .await
-            .map_err(RpcErr::internal)?
+            .await?
             .into_iter()
             .find(|r| r.mesh == m.id && r.session == p.session)
             .map(|r| r.client_key)
@@ -338,8 +321,7 @@ pub(crate) async fn update(
                 },
                 now_ms(),
             )
-            .await
-            .map_err(RpcErr::internal)?;
+            .await?;
         let _ = m.link.tx.send(LinkCmd::Publish).await;
         d.bump_changes();
         return Ok(SessionProfile {
@@ -351,7 +333,7 @@ pub(crate) async fn update(
             visible: updated.visible,
         });
     }
-    Err(RpcErr::not_found(format!("no open session {}", p.session)))
+    Err(Error::not_found(format!("no open session {}", p.session)))
 }
 
 /// How long a status report counts as fresh: within it, a lower-ranked source cannot

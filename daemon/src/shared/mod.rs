@@ -20,13 +20,13 @@ use claudemesh_schema::{ItemId, SessionId};
 use std::sync::Arc;
 
 use crate::daemon::Daemon;
+use crate::error::Error;
 use crate::mesh::MeshCtx;
 use crate::oplog;
-use crate::rpc::RpcErr;
 
 /// The mesh and session a write acts in: the named mesh, else the mesh hosting the named
 /// session, else the only mesh.
-fn actor(d: &Daemon, a: &Actor) -> Result<(Arc<MeshCtx>, SessionId), RpcErr> {
+fn actor(d: &Daemon, a: &Actor) -> Result<(Arc<MeshCtx>, SessionId), Error> {
     let m = match (&a.mesh, a.session) {
         (None, Some(s)) => match d.meshes().into_iter().find(|m| m.is_local(&s)) {
             Some(m) => m,
@@ -36,7 +36,7 @@ fn actor(d: &Daemon, a: &Actor) -> Result<(Arc<MeshCtx>, SessionId), RpcErr> {
     };
     let s = a.session.unwrap_or(m.keys.session);
     if !m.is_local(&s) {
-        return Err(RpcErr::not_found(format!(
+        return Err(Error::not_found(format!(
             "session {s} is not one of this daemon's sessions in mesh {}",
             m.name()
         )));
@@ -44,9 +44,9 @@ fn actor(d: &Daemon, a: &Actor) -> Result<(Arc<MeshCtx>, SessionId), RpcErr> {
     Ok((m, s))
 }
 
-fn check_text(what: &str, s: &str, max: usize) -> Result<(), RpcErr> {
+fn check_text(what: &str, s: &str, max: usize) -> Result<(), Error> {
     if s.len() > max {
-        return Err(RpcErr::invalid(format!(
+        return Err(Error::invalid(format!(
             "{what} is {} bytes; the limit is {max}",
             s.len()
         )));
@@ -54,9 +54,9 @@ fn check_text(what: &str, s: &str, max: usize) -> Result<(), RpcErr> {
     Ok(())
 }
 
-fn check_tags(tags: &[String]) -> Result<(), RpcErr> {
+fn check_tags(tags: &[String]) -> Result<(), Error> {
     if tags.len() > 32 || tags.iter().any(|t| t.is_empty() || t.len() > 64) {
-        return Err(RpcErr::invalid(
+        return Err(Error::invalid(
             "tags: at most 32, each 1 to 64 bytes".to_string(),
         ));
     }
@@ -68,7 +68,7 @@ async fn write(
     a: &Actor,
     op: Op,
     id: Option<ItemId>,
-) -> Result<(Arc<MeshCtx>, WriteResult), RpcErr> {
+) -> Result<(Arc<MeshCtx>, WriteResult), Error> {
     let (m, s) = actor(d, a)?;
     let mut w = oplog::write(d, &m, Some(s), op, a.wait_ms).await?;
     w.id = id.map(|i| i.to_string());
@@ -82,7 +82,7 @@ async fn find(
     table: &'static str,
     what: &str,
     id: &str,
-) -> Result<ItemId, RpcErr> {
+) -> Result<ItemId, Error> {
     if let Ok(full) = id.parse::<ItemId>() {
         return Ok(full);
     }
@@ -90,20 +90,19 @@ async fn find(
     let hits = d
         .store
         .read(move |c| query::q_ids_like(c, table, mesh, &p))
-        .await
-        .map_err(RpcErr::internal)?;
+        .await?;
     match hits.as_slice() {
         [one] => Ok(*one),
-        [] => Err(RpcErr::not_found(format!("no {what} with id {id:?}"))),
-        _ => Err(RpcErr::ambiguous(format!(
+        [] => Err(Error::not_found(format!("no {what} with id {id:?}"))),
+        _ => Err(Error::ambiguous(format!(
             "{id:?} matches several {what}s; use more of the id"
         ))),
     }
 }
 
-pub(crate) async fn state_set(d: &Arc<Daemon>, p: StateSetParams) -> Result<WriteResult, RpcErr> {
+pub(crate) async fn state_set(d: &Arc<Daemon>, p: StateSetParams) -> Result<WriteResult, Error> {
     if p.key.is_empty() || p.key.len() > MAX_KEY {
-        return Err(RpcErr::invalid(format!(
+        return Err(Error::invalid(format!(
             "a state key is 1 to {MAX_KEY} bytes"
         )));
     }
@@ -119,7 +118,7 @@ pub(crate) async fn state_get(
     d: &Arc<Daemon>,
     p: StateQuery,
     prefix: bool,
-) -> Result<StateResult, RpcErr> {
+) -> Result<StateResult, Error> {
     let m = d.select(p.mesh.as_deref())?;
     let (mesh, hidden) = (m.id, m.hidden_writers());
     let entries = d
@@ -132,14 +131,13 @@ pub(crate) async fn state_get(
                 query::q_state(c, mesh, Some(key), None, &hidden)
             }
         })
-        .await
-        .map_err(RpcErr::internal)?;
+        .await?;
     Ok(StateResult { mesh, entries })
 }
 
-pub(crate) async fn remember(d: &Arc<Daemon>, p: RememberParams) -> Result<WriteResult, RpcErr> {
+pub(crate) async fn remember(d: &Arc<Daemon>, p: RememberParams) -> Result<WriteResult, Error> {
     if p.text.trim().is_empty() {
-        return Err(RpcErr::invalid("nothing to remember: the text is empty"));
+        return Err(Error::invalid("nothing to remember: the text is empty"));
     }
     check_text("the memory", &p.text, MAX_TEXT)?;
     check_tags(&p.tags)?;
@@ -152,19 +150,18 @@ pub(crate) async fn remember(d: &Arc<Daemon>, p: RememberParams) -> Result<Write
     Ok(write(d, &p.actor, op, Some(id)).await?.1)
 }
 
-pub(crate) async fn recall(d: &Arc<Daemon>, p: RecallParams) -> Result<RecallResult, RpcErr> {
+pub(crate) async fn recall(d: &Arc<Daemon>, p: RecallParams) -> Result<RecallResult, Error> {
     let m = d.select(p.mesh.as_deref())?;
     let (mesh, hidden) = (m.id, m.hidden_writers());
     let limit = p.limit.unwrap_or(20).clamp(1, 1000);
     let memories = d
         .store
         .read(move |c| query::q_recall(c, mesh, &p.query, &p.tags, limit, &hidden))
-        .await
-        .map_err(RpcErr::internal)?;
+        .await?;
     Ok(RecallResult { mesh, memories })
 }
 
-pub(crate) async fn forget(d: &Arc<Daemon>, p: ItemParams) -> Result<WriteResult, RpcErr> {
+pub(crate) async fn forget(d: &Arc<Daemon>, p: ItemParams) -> Result<WriteResult, Error> {
     let (m, _) = actor(d, &p.actor)?;
     let id = find(d, &m, "memories", "memory", &p.id).await?;
     Ok(write(d, &p.actor, Op::Forget { memory: id }, Some(id))
@@ -175,16 +172,16 @@ pub(crate) async fn forget(d: &Arc<Daemon>, p: ItemParams) -> Result<WriteResult
 pub(crate) async fn task_create(
     d: &Arc<Daemon>,
     p: TaskCreateParams,
-) -> Result<WriteResult, RpcErr> {
+) -> Result<WriteResult, Error> {
     if p.title.trim().is_empty() {
-        return Err(RpcErr::invalid("a task needs a title"));
+        return Err(Error::invalid("a task needs a title"));
     }
     check_text("the title", &p.title, 1024)?;
     check_text("the body", &p.body, MAX_TEXT)?;
     check_tags(&p.tags)?;
     let priority = p.priority.unwrap_or_else(|| "normal".into());
     if !["low", "normal", "high", "urgent"].contains(&priority.as_str()) {
-        return Err(RpcErr::invalid(format!(
+        return Err(Error::invalid(format!(
             "priority {priority:?}: use low, normal, high or urgent"
         )));
     }
@@ -200,7 +197,7 @@ pub(crate) async fn task_create(
     Ok(write(d, &p.actor, op, Some(id)).await?.1)
 }
 
-pub(crate) async fn task_claim(d: &Arc<Daemon>, p: ItemParams) -> Result<ClaimResult, RpcErr> {
+pub(crate) async fn task_claim(d: &Arc<Daemon>, p: ItemParams) -> Result<ClaimResult, Error> {
     let (m, session) = actor(d, &p.actor)?;
     let id = find(d, &m, "tasks", "task", &p.id).await?;
     let (m, write) = write(d, &p.actor, Op::ClaimTask { task: id }, Some(id)).await?;
@@ -211,7 +208,7 @@ pub(crate) async fn task_claim(d: &Arc<Daemon>, p: ItemParams) -> Result<ClaimRe
     Ok(ClaimResult { write, won, task })
 }
 
-pub(crate) async fn task_complete(d: &Arc<Daemon>, p: ItemParams) -> Result<WriteResult, RpcErr> {
+pub(crate) async fn task_complete(d: &Arc<Daemon>, p: ItemParams) -> Result<WriteResult, Error> {
     let (m, _) = actor(d, &p.actor)?;
     let id = find(d, &m, "tasks", "task", &p.id).await?;
     check_text("the result", &p.result, MAX_TEXT)?;
@@ -226,24 +223,20 @@ async fn task_now(
     d: &Arc<Daemon>,
     m: &MeshCtx,
     id: ItemId,
-) -> Result<claudemesh_schema::ipc::shared::Task, RpcErr> {
+) -> Result<claudemesh_schema::ipc::shared::Task, Error> {
     let mesh = m.id;
     d.store
         .read(move |c| query::q_task(c, mesh, id))
-        .await
-        .map_err(RpcErr::internal)?
-        .ok_or_else(|| RpcErr::not_found(format!("task {id} is not known here yet")))
+        .await?
+        .ok_or_else(|| Error::not_found(format!("task {id} is not known here yet")))
 }
 
-pub(crate) async fn task_list(
-    d: &Arc<Daemon>,
-    p: TaskListParams,
-) -> Result<TaskListResult, RpcErr> {
+pub(crate) async fn task_list(d: &Arc<Daemon>, p: TaskListParams) -> Result<TaskListResult, Error> {
     let m = d.select(p.mesh.as_deref())?;
     if let Some(s) = &p.status
         && !["open", "claimed", "done"].contains(&s.as_str())
     {
-        return Err(RpcErr::invalid(format!(
+        return Err(Error::invalid(format!(
             "status {s:?}: use open, claimed or done"
         )));
     }
@@ -251,29 +244,25 @@ pub(crate) async fn task_list(
     let tasks = d
         .store
         .read(move |c| query::q_tasks(c, mesh, p.status.as_deref(), p.assignee.as_deref(), &hidden))
-        .await
-        .map_err(RpcErr::internal)?;
+        .await?;
     Ok(TaskListResult { mesh, tasks })
 }
 
 pub(crate) async fn digest(
     d: &Arc<Daemon>,
     p: claudemesh_schema::ipc::methods::MeshParams,
-) -> Result<DigestResult, RpcErr> {
+) -> Result<DigestResult, Error> {
     let m = d.select(p.mesh.as_deref())?;
     // Ops queued for application count: wait for them.
-    d.store.flush().await.map_err(RpcErr::internal)?;
+    d.store.flush().await?;
     let mesh = m.id;
-    d.store
-        .read(move |c| query::q_digest(c, mesh))
-        .await
-        .map_err(RpcErr::internal)
+    Ok(d.store.read(move |c| query::q_digest(c, mesh)).await?)
 }
 
 pub(crate) async fn audit_verify(
     d: &Arc<Daemon>,
     p: claudemesh_schema::ipc::methods::MeshParams,
-) -> Result<AuditResult, RpcErr> {
+) -> Result<AuditResult, Error> {
     let m = d.select(p.mesh.as_deref())?;
     oplog::audit(d, &m).await
 }
@@ -281,20 +270,20 @@ pub(crate) async fn audit_verify(
 pub(crate) async fn link_pause(
     d: &Arc<Daemon>,
     p: LinkPauseParams,
-) -> Result<serde_json::Value, RpcErr> {
+) -> Result<serde_json::Value, Error> {
     let m = d.select(p.mesh.as_deref())?;
     m.paused.send_replace(p.paused);
     tracing::info!(mesh = %m.id.short(), paused = p.paused, "relay link held down by request");
     Ok(serde_json::json!({ "mesh": m.id, "paused": p.paused }))
 }
 
-pub(crate) async fn reserve(d: &Arc<Daemon>, p: ReserveParams) -> Result<WriteResult, RpcErr> {
+pub(crate) async fn reserve(d: &Arc<Daemon>, p: ReserveParams) -> Result<WriteResult, Error> {
     if p.patterns.is_empty() || p.patterns.len() > 64 {
-        return Err(RpcErr::invalid("reserve 1 to 64 file patterns"));
+        return Err(Error::invalid("reserve 1 to 64 file patterns"));
     }
     for pat in &p.patterns {
         if pat.is_empty() || pat.len() > 512 || pat.starts_with('/') {
-            return Err(RpcErr::invalid(format!(
+            return Err(Error::invalid(format!(
                 "pattern {pat:?}: use a relative path or glob (*, ?, **), at most 512 bytes"
             )));
         }
@@ -311,7 +300,7 @@ pub(crate) async fn reserve(d: &Arc<Daemon>, p: ReserveParams) -> Result<WriteRe
     Ok(write(d, &p.actor, op, Some(id)).await?.1)
 }
 
-pub(crate) async fn release(d: &Arc<Daemon>, p: ItemParams) -> Result<WriteResult, RpcErr> {
+pub(crate) async fn release(d: &Arc<Daemon>, p: ItemParams) -> Result<WriteResult, Error> {
     let (m, _) = actor(d, &p.actor)?;
     let id = find(d, &m, "reservations", "reservation", &p.id).await?;
     Ok(
@@ -324,30 +313,29 @@ pub(crate) async fn release(d: &Arc<Daemon>, p: ItemParams) -> Result<WriteResul
 pub(crate) async fn reservations(
     d: &Arc<Daemon>,
     p: ReservationQuery,
-) -> Result<ReservationsResult, RpcErr> {
+) -> Result<ReservationsResult, Error> {
     let m = d.select(p.mesh.as_deref())?;
     let mesh = m.id;
     let now = claudemesh_schema::now_ms();
     let reservations = d
         .store
         .read(move |c| query::q_reservations(c, mesh, p.all, now))
-        .await
-        .map_err(RpcErr::internal)?;
+        .await?;
     Ok(ReservationsResult { mesh, reservations })
 }
 
 pub(crate) async fn share_context(
     d: &Arc<Daemon>,
     p: ShareContextParams,
-) -> Result<WriteResult, RpcErr> {
+) -> Result<WriteResult, Error> {
     if p.summary.trim().is_empty() {
-        return Err(RpcErr::invalid("a context needs a summary"));
+        return Err(Error::invalid("a context needs a summary"));
     }
     let size: usize = p.summary.len()
         + p.files_read.iter().map(String::len).sum::<usize>()
         + p.key_findings.iter().map(String::len).sum::<usize>();
     if size > MAX_TEXT {
-        return Err(RpcErr::invalid(format!(
+        return Err(Error::invalid(format!(
             "this context is {size} bytes; the limit is {MAX_TEXT}"
         )));
     }
@@ -363,7 +351,7 @@ pub(crate) async fn share_context(
     Ok(write(d, &p.actor, op, Some(id)).await?.1)
 }
 
-pub(crate) async fn contexts(d: &Arc<Daemon>, p: ContextQuery) -> Result<ContextsResult, RpcErr> {
+pub(crate) async fn contexts(d: &Arc<Daemon>, p: ContextQuery) -> Result<ContextsResult, Error> {
     let m = d.select(p.mesh.as_deref())?;
     let (mesh, hidden) = (m.id, m.hidden_writers());
     let contexts = d
@@ -372,22 +360,21 @@ pub(crate) async fn contexts(d: &Arc<Daemon>, p: ContextQuery) -> Result<Context
             let q = p.query.as_deref().filter(|q| !q.is_empty());
             query::q_contexts(c, mesh, q, &hidden)
         })
-        .await
-        .map_err(RpcErr::internal)?;
+        .await?;
     Ok(ContextsResult { mesh, contexts })
 }
 
 pub(crate) async fn share_skill(
     d: &Arc<Daemon>,
     p: ShareSkillParams,
-) -> Result<WriteResult, RpcErr> {
+) -> Result<WriteResult, Error> {
     let valid = !p.name.is_empty()
         && p.name.len() <= 64
         && p.name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if !valid {
-        return Err(RpcErr::invalid(
+        return Err(Error::invalid(
             "a skill name is 1 to 64 letters, digits, '-' or '_'",
         ));
     }
@@ -404,7 +391,7 @@ pub(crate) async fn share_skill(
     Ok(write(d, &p.actor, op, None).await?.1)
 }
 
-pub(crate) async fn remove_skill(d: &Arc<Daemon>, p: ItemParams) -> Result<WriteResult, RpcErr> {
+pub(crate) async fn remove_skill(d: &Arc<Daemon>, p: ItemParams) -> Result<WriteResult, Error> {
     let (m, _) = actor(d, &p.actor)?;
     let known = skills(
         d,
@@ -416,14 +403,14 @@ pub(crate) async fn remove_skill(d: &Arc<Daemon>, p: ItemParams) -> Result<Write
     )
     .await?;
     if known.skills.is_empty() {
-        return Err(RpcErr::not_found(format!("no skill named {:?}", p.id)));
+        return Err(Error::not_found(format!("no skill named {:?}", p.id)));
     }
     Ok(write(d, &p.actor, Op::RemoveSkill { name: p.id }, None)
         .await?
         .1)
 }
 
-pub(crate) async fn skills(d: &Arc<Daemon>, p: SkillQuery) -> Result<SkillsResult, RpcErr> {
+pub(crate) async fn skills(d: &Arc<Daemon>, p: SkillQuery) -> Result<SkillsResult, Error> {
     let m = d.select(p.mesh.as_deref())?;
     let (mesh, hidden) = (m.id, m.hidden_writers());
     let skills = d
@@ -437,17 +424,16 @@ pub(crate) async fn skills(d: &Arc<Daemon>, p: SkillQuery) -> Result<SkillsResul
                 &hidden,
             )
         })
-        .await
-        .map_err(RpcErr::internal)?;
+        .await?;
     Ok(SkillsResult { mesh, skills })
 }
 
 pub(crate) async fn schedule(
     d: &Arc<Daemon>,
     p: claudemesh_schema::ipc::shared::ScheduleParams,
-) -> Result<WriteResult, RpcErr> {
+) -> Result<WriteResult, Error> {
     if p.message.trim().is_empty() {
-        return Err(RpcErr::invalid("a reminder needs a message"));
+        return Err(Error::invalid("a reminder needs a message"));
     }
     check_text("the message", &p.message, crate::delivery::MAX_BODY)?;
     let now = claudemesh_schema::now_ms();
@@ -464,7 +450,7 @@ pub(crate) async fn schedule(
     Ok(write(d, &p.actor, op, Some(id)).await?.1)
 }
 
-pub(crate) async fn cancel(d: &Arc<Daemon>, p: ItemParams) -> Result<WriteResult, RpcErr> {
+pub(crate) async fn cancel(d: &Arc<Daemon>, p: ItemParams) -> Result<WriteResult, Error> {
     let (m, _) = actor(d, &p.actor)?;
     let id = find(d, &m, "reminders", "reminder", &p.id).await?;
     Ok(
@@ -472,4 +458,42 @@ pub(crate) async fn cancel(d: &Arc<Daemon>, p: ItemParams) -> Result<WriteResult
             .await?
             .1,
     )
+}
+
+/// Push `state_change` notifications for as long as the connection lives. A watcher too
+/// slow to keep up is told how many changes it missed (`lagged`), never blocked on.
+pub(crate) async fn state_watch(
+    d: Arc<Daemon>,
+    only: Option<claudemesh_schema::MeshId>,
+    prefix: Option<String>,
+    tx: tokio::sync::mpsc::Sender<claudemesh_schema::ipc::Notification>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut rx = d.state_events.subscribe();
+    loop {
+        let ev = tokio::select! {
+            r = rx.recv() => r,
+            _ = d.shutdown.cancelled() => return,
+        };
+        let params = match ev {
+            Ok(c) => {
+                if only.is_some_and(|m| m != c.mesh)
+                    || prefix.as_deref().is_some_and(|p| !c.key.starts_with(p))
+                {
+                    continue;
+                }
+                serde_json::to_value(&c).unwrap_or(serde_json::Value::Null)
+            }
+            Err(RecvError::Lagged(n)) => serde_json::json!({ "lagged": n }),
+            Err(RecvError::Closed) => return,
+        };
+        let n = claudemesh_schema::ipc::Notification {
+            jsonrpc: "2.0".into(),
+            method: claudemesh_schema::ipc::shared::NOTIFY_STATE_CHANGE.into(),
+            params,
+        };
+        if tx.send(n).await.is_err() {
+            return;
+        }
+    }
 }

@@ -1,181 +1,24 @@
-//! Messages in and out: resolving an address (`name`, id prefix, `@group`, `*`) against the
-//! presence cache, sealing and queueing outgoing messages durably, and opening incoming
-//! envelopes into inbox rows.
+//! Outgoing messages: resolve an address (`name`, id prefix, `@group`, `*`) against the
+//! presence cache, seal, commit to the outbox (the durable point), hand to the link and
+//! wait briefly for the relay; and receipts back to the senders of what we received.
 
 use bytes::Bytes;
 use claudemesh_schema::crypto::BoxPublic;
 use claudemesh_schema::ipc::methods::{InboxMessage, SendParams, SendResult, Stage};
-use claudemesh_schema::message::{self, KIND_REMINDER, MessagePayload};
+use claudemesh_schema::message::{self, MessagePayload};
 use claudemesh_schema::wire::{self, ClientFrame, Envelope, Route, Seal};
 use claudemesh_schema::{MessageId, SessionId, now_ms};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::{MAX_BODY, receive::rows_for};
 use crate::daemon::Daemon;
+use crate::error::Error;
 use crate::mesh::{LinkCmd, MeshCtx, lock};
-use crate::rpc::RpcErr;
 use crate::store::{self, InboxRow, PresenceRow};
 
-/// Longest message body accepted, in bytes.
-pub const MAX_BODY: usize = 128 * 1024;
 /// Default time `send` waits for the relay's acknowledgement.
 const DEFAULT_WAIT: Duration = Duration::from_secs(3);
-
-/// What an incoming envelope turned out to be.
-#[derive(Debug)]
-pub(crate) enum Opened {
-    /// A message: one inbox row per local session it is for.
-    Rows(Vec<InboxRow>),
-    /// A receipt about a message we sent.
-    Receipt(message::ReceiptBody),
-    /// Nothing for us (not addressed to us, not from a member, does not open).
-    Nothing,
-}
-
-/// Open an envelope delivered to this daemon. Refusals are logged, never with content.
-pub(crate) fn open(m: &MeshCtx, env: &Envelope, at: i64, sender: Option<&PresenceRow>) -> Opened {
-    let rows = open_rows(m, env, at, sender);
-    match rows {
-        Ok(r) if r.is_empty() => Opened::Nothing,
-        Ok(r) => Opened::Rows(r),
-        Err(receipt) => Opened::Receipt(receipt),
-    }
-}
-
-fn open_rows(
-    m: &MeshCtx,
-    env: &Envelope,
-    at: i64,
-    sender: Option<&PresenceRow>,
-) -> Result<Vec<InboxRow>, message::ReceiptBody> {
-    if !m.is_member(&env.from_member) {
-        tracing::warn!(id = %env.id, from = %env.from_member.short(), "message from a non-member dropped");
-        return Ok(Vec::new());
-    }
-    let own = m.keys.session;
-    let targets: Vec<SessionId> = match &env.to {
-        Route::Session { session } if m.is_local(session) => vec![*session],
-        Route::Member { member } if *member == m.member() => vec![own],
-        Route::Sessions { sessions } => sessions
-            .iter()
-            .copied()
-            .filter(|s| m.is_local(s) && *s != env.from)
-            .collect(),
-        Route::All => {
-            let mut v = vec![own];
-            v.extend(m.open_visible_sessions());
-            v
-        }
-        _ => Vec::new(),
-    };
-    if targets.is_empty() {
-        tracing::debug!(id = %env.id, "envelope for no session of ours");
-        return Ok(Vec::new());
-    }
-    let opened = match (env.seal, &env.to) {
-        (Seal::Mesh, _) => {
-            message::open_from_mesh(&m.keys.mesh_key, &env.from_member, &env.id, &env.ct)
-        }
-        (Seal::Box, Route::Member { .. }) => message::open_direct(
-            &m.keys.member.box_secret(),
-            &env.from_member,
-            &env.id,
-            &env.ct,
-        ),
-        (Seal::Box, Route::Session { session }) if *session == own => {
-            message::open_direct(&m.keys.session_secret, &env.from_member, &env.id, &env.ct)
-        }
-        (Seal::Box, Route::Session { session }) => match lock(&m.sessions).get(session) {
-            Some(l) => message::open_direct(&l.secret, &env.from_member, &env.id, &env.ct),
-            None => return Ok(Vec::new()),
-        },
-        (Seal::Box, _) => {
-            tracing::warn!(id = %env.id, "boxed envelope to several sessions dropped");
-            return Ok(Vec::new());
-        }
-    };
-    let p = match opened {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!(id = %env.id, error = %e, "message does not open; dropped");
-            return Ok(Vec::new());
-        }
-    };
-    if p.from_session != env.from {
-        tracing::warn!(id = %env.id, "message names another sender session than its envelope; dropped");
-        return Ok(Vec::new());
-    }
-    // The sending session must belong to the sending member (as its signed presence says),
-    // and the name shown is the one from that presence, not the one the sender typed.
-    let mut p = p;
-    if let Some(s) = sender {
-        if s.member != env.from_member {
-            tracing::warn!(id = %env.id, "message from a session of another member; dropped");
-            return Ok(Vec::new());
-        }
-        p.from_name = s.profile.name.clone();
-    }
-    if p.kind == message::KIND_RECEIPT {
-        // Receipts come boxed to our member from a member; the body names our message.
-        if matches!(env.to, Route::Member { .. })
-            && env.seal == Seal::Box
-            && let Ok(r) = serde_json::from_str::<message::ReceiptBody>(&p.body)
-        {
-            return Err(r);
-        }
-        return Ok(Vec::new());
-    }
-    // Grants: a direct message needs `dm`, a group or broadcast one `broadcast`; a blocked
-    // member has neither. Dropped silently (the envelope is still acknowledged).
-    let cap = match (&env.seal, &env.to) {
-        (Seal::Box, _) => "dm",
-        // A "group" of one is a direct message.
-        (_, Route::Sessions { sessions }) if sessions.len() <= 1 => "dm",
-        (_, Route::All | Route::Sessions { .. }) => "broadcast",
-        _ => "dm",
-    };
-    if !m.allows(&env.from_member, cap) {
-        tracing::debug!(id = %env.id, from = %env.from_member.short(), cap, "message dropped by grants");
-        return Ok(Vec::new());
-    }
-    Ok(rows_for(m, &p, &env.from_member, targets, at))
-}
-
-fn rows_for(
-    m: &MeshCtx,
-    p: &MessagePayload,
-    from_member: &claudemesh_schema::crypto::MemberKey,
-    targets: Vec<SessionId>,
-    at: i64,
-) -> Vec<InboxRow> {
-    let mesh_name = m.name();
-    targets
-        .into_iter()
-        .map(|session| InboxRow {
-            msg: InboxMessage {
-                id: p.id,
-                session,
-                mesh: m.id,
-                mesh_name: mesh_name.clone(),
-                from_id: p.from_session,
-                from_member: from_member.to_b64(),
-                from_name: p.from_name.clone(),
-                to: p.to.clone(),
-                priority: p.priority,
-                sent_at: p.sent_at,
-                received_at: at.max(now_ms()),
-                body: p.body.clone(),
-                verified: true,
-                surfaced_at: None,
-                kind: if p.kind == KIND_REMINDER {
-                    KIND_REMINDER.into()
-                } else {
-                    "text".into()
-                },
-            },
-        })
-        .collect()
-}
 
 /// A resolved address.
 struct Target {
@@ -206,7 +49,7 @@ fn resolve(
     peers: &[PresenceRow],
     to: &str,
     from: SessionId,
-) -> Result<Option<Target>, RpcErr> {
+) -> Result<Option<Target>, Error> {
     let others: Vec<&PresenceRow> = peers
         .iter()
         .filter(|p| p.session != from && m.is_member(&p.member))
@@ -296,7 +139,7 @@ fn resolve(
                 label: p.profile.name.clone(),
             }))
         }
-        _ => Err(RpcErr::ambiguous(format!(
+        _ => Err(Error::ambiguous(format!(
             "{to:?} matches several peers: {}; use the id shown by `claudemesh peers`",
             cands.iter().map(describe).collect::<Vec<_>>().join(", ")
         ))),
@@ -305,7 +148,7 @@ fn resolve(
 
 /// Send a message: resolve, seal, commit to the outbox, hand to the link, and wait
 /// briefly for the relay's acknowledgement.
-pub(crate) async fn send(d: &Arc<Daemon>, p: SendParams) -> Result<SendResult, RpcErr> {
+pub(crate) async fn send(d: &Arc<Daemon>, p: SendParams) -> Result<SendResult, Error> {
     send_as(d, p, MessageId::new(), "text").await
 }
 
@@ -315,18 +158,18 @@ pub(crate) async fn send_as(
     p: SendParams,
     id: MessageId,
     kind: &str,
-) -> Result<SendResult, RpcErr> {
+) -> Result<SendResult, Error> {
     let to = p.to.trim().to_string();
     if to.is_empty() {
-        return Err(RpcErr::invalid(
+        return Err(Error::invalid(
             "no recipient given; use a peer name or id, @group, or *",
         ));
     }
     if p.body.is_empty() {
-        return Err(RpcErr::invalid("the message is empty"));
+        return Err(Error::invalid("the message is empty"));
     }
     if p.body.len() > MAX_BODY {
-        return Err(RpcErr::invalid(format!(
+        return Err(Error::invalid(format!(
             "the message is {} bytes; the limit is {MAX_BODY} (share large content as a file)",
             p.body.len()
         )));
@@ -340,11 +183,7 @@ pub(crate) async fn send_as(
     let mut found: Vec<(Arc<MeshCtx>, Target)> = Vec::new();
     for m in meshes {
         let id = m.id;
-        let peers = d
-            .store
-            .read(move |c| store::q_presence(c, id))
-            .await
-            .map_err(RpcErr::internal)?;
+        let peers = d.store.read(move |c| store::q_presence(c, id)).await?;
         let from = p.session.unwrap_or(m.keys.session);
         if let Some(s) = p.session
             && !m.is_local(&s)
@@ -357,7 +196,7 @@ pub(crate) async fn send_as(
     }
     let (m, target) = match found.len() {
         0 => {
-            return Err(RpcErr::not_found(if let Some(g) = to.strip_prefix('@') {
+            return Err(Error::not_found(if let Some(g) = to.strip_prefix('@') {
                 format!("nobody is in @{g}; `claudemesh peers` shows peers and their groups")
             } else {
                 format!("no peer matches {to:?}; `claudemesh peers` lists who you can message")
@@ -365,7 +204,7 @@ pub(crate) async fn send_as(
         }
         1 => found.remove(0),
         _ => {
-            return Err(RpcErr::ambiguous(format!(
+            return Err(Error::ambiguous(format!(
                 "{to:?} matches peers in several meshes ({}); pass --mesh",
                 found
                     .iter()
@@ -395,7 +234,7 @@ pub(crate) async fn send_as(
             message::seal_for_mesh(&m.keys.mesh_key, &m.keys.member, &payload),
         ),
     };
-    let ct = ct.map_err(|e| RpcErr::internal(format!("cannot seal message: {e}")))?;
+    let ct = ct.map_err(|e| Error::internal(format!("cannot seal message: {e}")))?;
     // A broadcast reaches our other local sessions here: the relay sends `*` to every
     // member but the sender's.
     let local: Vec<InboxRow> = if target.route == Route::All {
@@ -414,8 +253,7 @@ pub(crate) async fn send_as(
         seal,
         ct,
     };
-    let frame =
-        wire::encode(&ClientFrame::Send(env)).map_err(|e| RpcErr::invalid(e.to_string()))?;
+    let frame = wire::encode(&ClientFrame::Send(env)).map_err(|e| Error::invalid(e.to_string()))?;
     d.store
         .enqueue(
             m.id,
@@ -427,14 +265,11 @@ pub(crate) async fn send_as(
             true,
         )
         .await
-        .map_err(|e| RpcErr::internal(format!("cannot queue the message: {e}")))?;
+        .map_err(|e| Error::internal(format!("cannot queue the message: {e}")))?;
     // From here the message is durable: whatever happens next, it will be sent.
     let local_count = local.len() as u32;
     if !local.is_empty() {
-        d.store
-            .insert_inbox(local)
-            .await
-            .map_err(RpcErr::internal)?;
+        d.store.insert_inbox(local).await?;
         d.bump_inbox();
     }
     let connected = m.link.connected();
@@ -451,7 +286,7 @@ pub(crate) async fn send_as(
     if let Some(rx) = waiter {
         match tokio::time::timeout(wait, rx).await {
             Ok(Ok(Ok(()))) => stage = Stage::Relayed,
-            Ok(Ok(Err(refused))) => return Err(RpcErr::invalid(refused)),
+            Ok(Ok(Err(refused))) => return Err(Error::invalid(refused)),
             _ => {
                 lock(&m.waiters).remove(&id);
             }

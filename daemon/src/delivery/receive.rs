@@ -1,0 +1,166 @@
+//! Incoming envelopes: open and verify them into inbox rows (one per local session they
+//! are for), or into receipts about messages we sent.
+
+use claudemesh_schema::ipc::methods::InboxMessage;
+use claudemesh_schema::message::{self, KIND_REMINDER, MessagePayload};
+use claudemesh_schema::wire::{Envelope, Route, Seal};
+use claudemesh_schema::{SessionId, now_ms};
+
+use crate::mesh::{MeshCtx, lock};
+use crate::store::{InboxRow, PresenceRow};
+
+/// What an incoming envelope turned out to be.
+#[derive(Debug)]
+pub(crate) enum Opened {
+    /// A message: one inbox row per local session it is for.
+    Rows(Vec<InboxRow>),
+    /// A receipt about a message we sent.
+    Receipt(message::ReceiptBody),
+    /// Nothing for us (not addressed to us, not from a member, does not open).
+    Nothing,
+}
+
+/// Open an envelope delivered to this daemon. Refusals are logged, never with content.
+pub(crate) fn open(m: &MeshCtx, env: &Envelope, at: i64, sender: Option<&PresenceRow>) -> Opened {
+    let rows = open_rows(m, env, at, sender);
+    match rows {
+        Ok(r) if r.is_empty() => Opened::Nothing,
+        Ok(r) => Opened::Rows(r),
+        Err(receipt) => Opened::Receipt(receipt),
+    }
+}
+
+fn open_rows(
+    m: &MeshCtx,
+    env: &Envelope,
+    at: i64,
+    sender: Option<&PresenceRow>,
+) -> Result<Vec<InboxRow>, message::ReceiptBody> {
+    if !m.is_member(&env.from_member) {
+        tracing::warn!(id = %env.id, from = %env.from_member.short(), "message from a non-member dropped");
+        return Ok(Vec::new());
+    }
+    let own = m.keys.session;
+    let targets: Vec<SessionId> = match &env.to {
+        Route::Session { session } if m.is_local(session) => vec![*session],
+        Route::Member { member } if *member == m.member() => vec![own],
+        Route::Sessions { sessions } => sessions
+            .iter()
+            .copied()
+            .filter(|s| m.is_local(s) && *s != env.from)
+            .collect(),
+        Route::All => {
+            let mut v = vec![own];
+            v.extend(m.open_visible_sessions());
+            v
+        }
+        _ => Vec::new(),
+    };
+    if targets.is_empty() {
+        tracing::debug!(id = %env.id, "envelope for no session of ours");
+        return Ok(Vec::new());
+    }
+    let opened = match (env.seal, &env.to) {
+        (Seal::Mesh, _) => {
+            message::open_from_mesh(&m.keys.mesh_key, &env.from_member, &env.id, &env.ct)
+        }
+        (Seal::Box, Route::Member { .. }) => message::open_direct(
+            &m.keys.member.box_secret(),
+            &env.from_member,
+            &env.id,
+            &env.ct,
+        ),
+        (Seal::Box, Route::Session { session }) if *session == own => {
+            message::open_direct(&m.keys.session_secret, &env.from_member, &env.id, &env.ct)
+        }
+        (Seal::Box, Route::Session { session }) => match lock(&m.sessions).get(session) {
+            Some(l) => message::open_direct(&l.secret, &env.from_member, &env.id, &env.ct),
+            None => return Ok(Vec::new()),
+        },
+        (Seal::Box, _) => {
+            tracing::warn!(id = %env.id, "boxed envelope to several sessions dropped");
+            return Ok(Vec::new());
+        }
+    };
+    let p = match opened {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(id = %env.id, error = %e, "message does not open; dropped");
+            return Ok(Vec::new());
+        }
+    };
+    if p.from_session != env.from {
+        tracing::warn!(id = %env.id, "message names another sender session than its envelope; dropped");
+        return Ok(Vec::new());
+    }
+    // The sending session must belong to the sending member (as its signed presence says),
+    // and the name shown is the one from that presence, not the one the sender typed.
+    let mut p = p;
+    if let Some(s) = sender {
+        if s.member != env.from_member {
+            tracing::warn!(id = %env.id, "message from a session of another member; dropped");
+            return Ok(Vec::new());
+        }
+        p.from_name = s.profile.name.clone();
+    }
+    if p.kind == message::KIND_RECEIPT {
+        // Receipts come boxed to our member from a member; the body names our message.
+        if matches!(env.to, Route::Member { .. })
+            && env.seal == Seal::Box
+            && let Ok(r) = serde_json::from_str::<message::ReceiptBody>(&p.body)
+        {
+            return Err(r);
+        }
+        return Ok(Vec::new());
+    }
+    // Grants: a direct message needs `dm`, a group or broadcast one `broadcast`; a blocked
+    // member has neither. Dropped silently (the envelope is still acknowledged).
+    let cap = match (&env.seal, &env.to) {
+        (Seal::Box, _) => "dm",
+        // A "group" of one is a direct message.
+        (_, Route::Sessions { sessions }) if sessions.len() <= 1 => "dm",
+        (_, Route::All | Route::Sessions { .. }) => "broadcast",
+        _ => "dm",
+    };
+    if !m.allows(&env.from_member, cap) {
+        tracing::debug!(id = %env.id, from = %env.from_member.short(), cap, "message dropped by grants");
+        return Ok(Vec::new());
+    }
+    Ok(rows_for(m, &p, &env.from_member, targets, at))
+}
+
+pub(super) fn rows_for(
+    m: &MeshCtx,
+    p: &MessagePayload,
+    from_member: &claudemesh_schema::crypto::MemberKey,
+    targets: Vec<SessionId>,
+    at: i64,
+) -> Vec<InboxRow> {
+    let mesh_name = m.name();
+    targets
+        .into_iter()
+        .map(|session| InboxRow {
+            msg: InboxMessage {
+                id: p.id,
+                session,
+                mesh: m.id,
+                mesh_name: mesh_name.clone(),
+                from_id: p.from_session,
+                from_member: from_member.to_b64(),
+                from_name: p.from_name.clone(),
+                to: p.to.clone(),
+                priority: p.priority,
+                sent_at: p.sent_at,
+                received_at: at.max(now_ms()),
+                body: p.body.clone(),
+                verified: true,
+                surfaced_at: None,
+                kind: if p.kind == KIND_REMINDER {
+                    KIND_REMINDER.into()
+                } else {
+                    "text".into()
+                },
+            },
+        })
+        .collect()
+}

@@ -1,0 +1,187 @@
+//! Daemon and link status, waiting for conditions (`claudemesh wait …`), and the relay
+//! round trip (`ping`).
+
+use claudemesh_schema::ipc::methods::{self as m, MeshParams, MeshStatus, StatusResult};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::daemon::Daemon;
+use crate::error::Error;
+use crate::mesh::lock;
+use crate::store;
+
+pub(crate) async fn status(d: &Arc<Daemon>) -> Result<StatusResult, Error> {
+    let mut meshes = Vec::new();
+    for x in d.meshes() {
+        let (id, own_member, own_session) = {
+            let r = lock(&x.row);
+            (x.id, r.member, r.session)
+        };
+        let (outbox, unread, online, (shared, log_seq, log_pending)) = d
+            .store
+            .read(move |c| {
+                let (o, u) = store::q_counts(c, id)?;
+                let online = store::q_presence(c, id)?
+                    .iter()
+                    .filter(|p| p.online && p.member != own_member && p.session != own_session)
+                    .count() as u64;
+                Ok((o, u, online, crate::shared::query::q_counts(c, id)?))
+            })
+            .await?;
+        let st = x.link.status.borrow().clone();
+        let row = lock(&x.row);
+        meshes.push(MeshStatus {
+            mesh: id,
+            name: row.name.clone(),
+            relay: row.relay.clone(),
+            link: st.state,
+            transport: st.transport.map(|t| t.as_str().to_string()),
+            last_error: st.last_error,
+            outbox,
+            unread,
+            peers_online: online,
+            clock_skew_ms: st.skew_ms,
+            shared,
+            log_seq,
+            log_pending,
+        });
+    }
+    Ok(StatusResult {
+        version: env!("CARGO_PKG_VERSION").into(),
+        pid: std::process::id(),
+        uptime_ms: d.started.elapsed().as_millis() as u64,
+        config_dir: d.paths.dir.display().to_string(),
+        socket: d.paths.socket.display().to_string(),
+        embedded_relay: d.relay.as_ref().map(|(a, _)| a.clone()),
+        meshes,
+    })
+}
+
+pub(crate) async fn wait_for(d: &Arc<Daemon>, p: m::WaitParams) -> Result<m::WaitResult, Error> {
+    use m::{LinkState, WaitCondition as W};
+    let targets = match &p.mesh {
+        Some(s) => vec![d.select(Some(s))?],
+        None => d.meshes(),
+    };
+    if targets.is_empty() {
+        return Err(Error::not_found("you have not joined any mesh yet"));
+    }
+    let peer = match p.condition {
+        W::PeerOnline | W::PeerOffline | W::PeerWorking | W::PeerIdle => Some(
+            p.peer
+                .as_deref()
+                .map(|s| s.trim().to_lowercase())
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| Error::invalid("name the peer to wait for"))?,
+        ),
+        _ => None,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(p.timeout_ms.min(3_600_000));
+    let mut changes = d.changes.subscribe();
+    loop {
+        changes.borrow_and_update();
+        let met = match p.condition {
+            W::LinkUp => targets
+                .iter()
+                .all(|x| x.link.status.borrow().state == LinkState::Connected),
+            W::LinkDown => targets
+                .iter()
+                .all(|x| x.link.status.borrow().state != LinkState::Connected),
+            W::Synced => {
+                let min = p.seq.unwrap_or(0);
+                let mut all = true;
+                for x in &targets {
+                    let up = x.link.status.borrow().state == LinkState::Connected
+                        && x.op_caught_up.load(std::sync::atomic::Ordering::Acquire)
+                        && x.snapshots_pending
+                            .load(std::sync::atomic::Ordering::Acquire)
+                            == 0;
+                    if !up {
+                        all = false;
+                        break;
+                    }
+                    let mesh = x.id;
+                    let (head, pending) = d
+                        .store
+                        .read(move |c| {
+                            let head = crate::shared::query::q_head(c, mesh)?.map(|h| h.0);
+                            let pending = crate::shared::query::q_pending(c, mesh)?.len();
+                            Ok((head.unwrap_or(0), pending))
+                        })
+                        .await?;
+                    if head < min || pending > 0 {
+                        all = false;
+                        break;
+                    }
+                }
+                all
+            }
+            W::ClaimPending => !d.store.read(store::q_claims).await?.is_empty(),
+            W::PeerOnline | W::PeerOffline | W::PeerWorking | W::PeerIdle => {
+                let cond = p.condition;
+                let q = peer.clone().unwrap_or_default();
+                let rows: Vec<_> = targets.iter().map(|x| lock(&x.row).clone()).collect();
+                let found = d
+                    .store
+                    .read(move |c| {
+                        let mut states = Vec::new();
+                        for r in &rows {
+                            for p in store::q_peers(c, r)? {
+                                let id = p.id.0.simple().to_string();
+                                let hit = match q.strip_prefix('@') {
+                                    Some(g) => p.groups.iter().any(|x| x.to_lowercase() == g),
+                                    None => {
+                                        p.name.to_lowercase() == q
+                                            || (q.len() >= 4 && id.starts_with(&q.replace('-', "")))
+                                    }
+                                };
+                                if hit {
+                                    states.push((p.online, p.status));
+                                }
+                            }
+                        }
+                        Ok(states)
+                    })
+                    .await?;
+                use claudemesh_schema::message::PeerStatus;
+                match cond {
+                    W::PeerOnline => found.iter().any(|(o, _)| *o),
+                    W::PeerWorking => found.iter().any(|(o, s)| *o && *s == PeerStatus::Working),
+                    W::PeerIdle => found.iter().any(|(o, s)| *o && *s == PeerStatus::Idle),
+                    _ => !found.is_empty() && found.iter().all(|(o, _)| !*o),
+                }
+            }
+        };
+        if met {
+            return Ok(m::WaitResult { met: true });
+        }
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => return Ok(m::WaitResult { met: false }),
+            _ = d.shutdown.cancelled() => return Ok(m::WaitResult { met: false }),
+        }
+    }
+}
+
+pub(crate) async fn ping(d: &Arc<Daemon>, p: MeshParams) -> Result<m::PingResult, Error> {
+    let x = d.select(p.mesh.as_deref())?;
+    let t = std::time::Instant::now();
+    x.link
+        .request(Box::new(|rid| claudemesh_schema::wire::ClientFrame::Ping {
+            n: rid,
+        }))
+        .await
+        .map_err(|e| Error::relay(e.message))?;
+    let transport = x
+        .link
+        .status
+        .borrow()
+        .transport
+        .map(|t| t.as_str().to_string())
+        .unwrap_or_default();
+    Ok(m::PingResult {
+        mesh: x.id,
+        relay_rtt_us: t.elapsed().as_micros() as u64,
+        transport,
+    })
+}
