@@ -2,7 +2,7 @@
 //! and `claudemesh launch`.
 
 use claudemesh_daemon::client::Client;
-use claudemesh_daemon::{Paths, store};
+use claudemesh_daemon::{Paths, offline};
 use claudemesh_schema::ipc::methods::{self as m, InboxMessage};
 use claudemesh_schema::message::{PeerStatus, Priority};
 use serde_json::{Value, json};
@@ -145,19 +145,19 @@ pub(crate) fn status_line() -> String {
     if !paths.db().exists() {
         return "claudemesh: no mesh (run `claudemesh up`)".into();
     }
-    let Ok(conn) = store::open_readonly(&paths.db()) else {
+    let Ok(conn) = offline::open_readonly(&paths.db()) else {
         return "claudemesh: unavailable".into();
     };
-    let Ok(meshes) = store::q_meshes(&conn) else {
+    let Ok(meshes) = offline::q_meshes(&conn) else {
         return "claudemesh: unavailable".into();
     };
     let parts: Vec<String> = meshes
         .iter()
         .map(|mr| {
-            let peers = store::q_peers(&conn, mr).unwrap_or_default();
+            let peers = offline::q_peers(&conn, mr).unwrap_or_default();
             let online = peers.iter().filter(|p| p.online && !p.me).count();
             let total = peers.iter().filter(|p| !p.me).count();
-            let unread = store::q_counts(&conn, mr.id).map(|c| c.1).unwrap_or(0);
+            let unread = offline::q_counts(&conn, mr.id).map(|c| c.1).unwrap_or(0);
             if unread > 0 {
                 format!("{} {online}/{total} online · {unread} unread", mr.name)
             } else {

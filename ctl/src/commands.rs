@@ -4,7 +4,7 @@
 use claudemesh_daemon::client::{
     Client, ClientError, autostart_disabled, connect_or_start, start_daemon,
 };
-use claudemesh_daemon::{DaemonConfig, Paths, store};
+use claudemesh_daemon::{DaemonConfig, Paths, offline};
 use claudemesh_schema::ipc::codes;
 use claudemesh_schema::ipc::methods::{
     self as m, ClaimDecideParams, CreateParams, HelloResult, InboxParams, InboxResult, InviteInfo,
@@ -575,19 +575,20 @@ pub(crate) async fn run(cmd: Command) -> Res {
     }
 }
 
-fn offline_meshes(p: &Paths) -> Result<Vec<store::MeshRow>, Failure> {
+fn offline_meshes(p: &Paths) -> Result<Vec<offline::MeshRow>, Failure> {
     if !p.db().exists() {
         return Ok(Vec::new());
     }
-    let conn = store::open_readonly(&p.db())
+    let conn = offline::open_readonly(&p.db())
         .map_err(|e| Failure::new(1, format!("cannot read the local store: {e}")))?;
-    store::q_meshes(&conn).map_err(|e| Failure::new(1, format!("cannot read the local store: {e}")))
+    offline::q_meshes(&conn)
+        .map_err(|e| Failure::new(1, format!("cannot read the local store: {e}")))
 }
 
 fn select_offline(
-    rows: Vec<store::MeshRow>,
+    rows: Vec<offline::MeshRow>,
     sel: Option<&str>,
-) -> Result<Vec<store::MeshRow>, Failure> {
+) -> Result<Vec<offline::MeshRow>, Failure> {
     let Some(sel) = sel else { return Ok(rows) };
     let lower = sel.to_lowercase().replace('-', "");
     let hits: Vec<_> = rows
@@ -617,10 +618,10 @@ async fn peers(a: PeersArgs) -> Res {
             let mut out = Vec::new();
             if !rows.is_empty() {
                 let conn =
-                    store::open_readonly(&p.db()).map_err(|e| Failure::new(1, e.to_string()))?;
+                    offline::open_readonly(&p.db()).map_err(|e| Failure::new(1, e.to_string()))?;
                 for r in rows {
                     let peers =
-                        store::q_peers(&conn, &r).map_err(|e| Failure::new(1, e.to_string()))?;
+                        offline::q_peers(&conn, &r).map_err(|e| Failure::new(1, e.to_string()))?;
                     out.push(MeshPeers {
                         mesh: r.id,
                         name: r.name,

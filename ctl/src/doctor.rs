@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use claudemesh_daemon::client::Client;
 use claudemesh_daemon::paths::{ServiceKind, service_file};
-use claudemesh_daemon::{DaemonConfig, Paths, store};
+use claudemesh_daemon::{DaemonConfig, Paths, offline};
 use claudemesh_schema::ipc::methods::{self as m, HelloResult};
 use claudemesh_schema::wire::{self, ClientFrame, RelayFrame};
 use serde::Serialize;
@@ -300,9 +300,9 @@ pub(crate) async fn run(json: bool) -> Res {
     }
     checks.push(permissions(&paths));
     let meshes = if paths.db().exists() {
-        store::open_readonly(&paths.db())
+        offline::open_readonly(&paths.db())
             .ok()
-            .and_then(|c| store::q_meshes(&c).ok())
+            .and_then(|c| offline::q_meshes(&c).ok())
             .unwrap_or_default()
     } else {
         Vec::new()

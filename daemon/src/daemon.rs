@@ -18,7 +18,7 @@ use crate::error::Error;
 use crate::keys::MeshKeys;
 use crate::mesh::{LinkHandle, LinkStatus, MeshCtx, RosterState};
 use crate::paths::{Paths, ensure_private_dir};
-use crate::store::{self, MeshRow, Store};
+use crate::store::{self, Grant, MeshRow, Store};
 
 /// Starting or running the daemon failed.
 #[derive(Debug, thiserror::Error)]
@@ -180,7 +180,7 @@ impl Daemon {
         entries: Vec<(u64, claudemesh_schema::roster::RosterEntry)>,
         sessions: Vec<store::SessionRow>,
         aliases: Vec<(MeshId, String, claudemesh_schema::SessionId)>,
-        grants: HashMap<claudemesh_schema::crypto::MemberKey, crate::grants::Grant>,
+        grants: HashMap<claudemesh_schema::crypto::MemberKey, Grant>,
     ) -> Option<Arc<MeshCtx>> {
         let mut roster = match Roster::from_genesis(&row.genesis) {
             Ok(r) => RosterState { roster: r, len: 0 },
@@ -406,7 +406,7 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
         };
         let id = row.id;
         let entries = store.read(move |c| store::q_roster(c, id)).await?;
-        let grants = store.read(move |c| crate::grants::q_grants(c, id)).await?;
+        let grants = store.read(move |c| store::q_grants(c, id)).await?;
         daemon.add_mesh(row, keys, entries, hosted.clone(), aliases.clone(), grants);
     }
     let listener =

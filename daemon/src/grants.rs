@@ -10,61 +10,12 @@
 
 use claudemesh_schema::crypto::MemberKey;
 use claudemesh_schema::ipc::trust::{CAPABILITIES, GrantParams, GrantsResult, PeerGrants};
-use claudemesh_schema::{MeshId, now_ms};
-use rusqlite::{Connection, params};
-use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::daemon::Daemon;
 use crate::error::Error;
 use crate::mesh::{MeshCtx, lock};
-use crate::store::{self, Result, StoreError};
-
-/// One peer's grants.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Grant {
-    pub(crate) caps: BTreeSet<String>,
-    pub(crate) blocked: bool,
-}
-
-impl Default for Grant {
-    fn default() -> Self {
-        Self {
-            caps: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
-            blocked: false,
-        }
-    }
-}
-
-impl Grant {
-    pub(crate) fn allows(&self, cap: &str) -> bool {
-        !self.blocked && self.caps.contains(cap)
-    }
-}
-
-/// Stored grants of `mesh`.
-pub(crate) fn q_grants(conn: &Connection, mesh: MeshId) -> Result<HashMap<MemberKey, Grant>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT member, caps, blocked FROM grants WHERE mesh = ?1")?;
-    let rows = stmt.query_map(params![mesh.as_bytes()], |r| {
-        Ok((
-            r.get::<_, Vec<u8>>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, bool>(2)?,
-        ))
-    })?;
-    let mut out = HashMap::new();
-    for row in rows {
-        let (m, caps, blocked) = row?;
-        let m: [u8; 32] = m
-            .try_into()
-            .map_err(|_| StoreError::Corrupt("grant member"))?;
-        let caps: BTreeSet<String> =
-            serde_json::from_str(&caps).map_err(|_| StoreError::Corrupt("grant caps"))?;
-        out.insert(MemberKey(m), Grant { caps, blocked });
-    }
-    Ok(out)
-}
+use crate::store::{self, Grant};
 
 impl MeshCtx {
     /// Members whose shared-state writes this daemon's sessions do not see.
@@ -105,7 +56,7 @@ impl Peer {
 }
 
 /// The other members of `m` (from its roster), named from the presence cache.
-pub(crate) async fn peers(d: &Arc<Daemon>, m: &MeshCtx) -> std::result::Result<Vec<Peer>, Error> {
+pub(crate) async fn peers(d: &Arc<Daemon>, m: &MeshCtx) -> Result<Vec<Peer>, Error> {
     let mesh = m.id;
     let presences = d.store.read(move |c| store::q_presence(c, mesh)).await?;
     let me = m.member();
@@ -133,11 +84,7 @@ pub(crate) async fn peers(d: &Arc<Daemon>, m: &MeshCtx) -> std::result::Result<V
 }
 
 /// The one member a peer selector names (see [`Peer::selected_by`]).
-pub(crate) async fn resolve_member(
-    d: &Arc<Daemon>,
-    m: &MeshCtx,
-    q: &str,
-) -> std::result::Result<Peer, Error> {
+pub(crate) async fn resolve_member(d: &Arc<Daemon>, m: &MeshCtx, q: &str) -> Result<Peer, Error> {
     let mut hits: Vec<Peer> = peers(d, m)
         .await?
         .into_iter()
@@ -155,7 +102,7 @@ pub(crate) async fn resolve_member(
     }
 }
 
-fn check_caps(caps: &[String]) -> std::result::Result<Vec<String>, Error> {
+fn check_caps(caps: &[String]) -> Result<Vec<String>, Error> {
     if caps.iter().any(|c| c == "all") {
         return Ok(CAPABILITIES.iter().map(|c| c.to_string()).collect());
     }
@@ -181,7 +128,7 @@ pub(crate) async fn change(
     d: &Arc<Daemon>,
     p: GrantParams,
     what: &str,
-) -> std::result::Result<GrantsResult, Error> {
+) -> Result<GrantsResult, Error> {
     let m = d.select(p.mesh.as_deref())?;
     let member = resolve_member(d, &m, &p.peer).await?.key;
     let mut g = lock(&m.grants).get(&member).cloned().unwrap_or_default();
@@ -194,30 +141,10 @@ pub(crate) async fn change(
         }
         _ => g.blocked = !p.undo,
     }
-    let (mesh, caps, blocked) = (
-        m.id,
-        serde_json::to_string(&g.caps).map_err(Error::internal)?,
-        g.blocked,
-    );
+    let (mesh, caps, blocked) = (m.id, g.caps.clone(), g.blocked);
     let default = g == Grant::default();
     d.store
-        .write(move |tx| {
-            if default {
-                tx.execute(
-                    "DELETE FROM grants WHERE mesh = ?1 AND member = ?2",
-                    params![mesh.as_bytes(), member.0],
-                )?;
-            } else {
-                tx.execute(
-                    "INSERT INTO grants (mesh, member, caps, blocked, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (mesh, member) DO UPDATE SET caps = excluded.caps,
-                       blocked = excluded.blocked, updated_at = excluded.updated_at",
-                    params![mesh.as_bytes(), member.0, caps, blocked, now_ms()],
-                )?;
-            }
-            Ok(())
-        })
+        .put_grant(mesh, member, (!default).then_some(caps), blocked)
         .await?;
     {
         let mut all = lock(&m.grants);
@@ -232,7 +159,7 @@ pub(crate) async fn change(
 }
 
 /// Peers of `m` with non-default grants.
-pub(crate) async fn list(d: &Arc<Daemon>, m: &MeshCtx) -> std::result::Result<GrantsResult, Error> {
+pub(crate) async fn list(d: &Arc<Daemon>, m: &MeshCtx) -> Result<GrantsResult, Error> {
     let named = peers(d, m).await?;
     let mut out: Vec<PeerGrants> = lock(&m.grants)
         .iter()

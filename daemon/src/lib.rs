@@ -32,7 +32,7 @@ mod rpc;
 mod sessions;
 mod shared;
 mod status;
-pub mod store;
+mod store;
 
 pub use client::{Client, ClientError, connect_or_start};
 pub use config::DaemonConfig;
@@ -40,3 +40,10 @@ pub use daemon::{DaemonError, DaemonHandle, run, start};
 pub use delivery::MAX_BODY;
 pub use paths::Paths;
 pub use shared::cron::parse_rfc3339;
+
+/// The CLI's read-only window on `daemon.db`, for answering with the daemon down. Only the
+/// daemon writes the store; this module is all of it the rest of the workspace sees.
+pub mod offline {
+    pub use crate::peers::q_peers;
+    pub use crate::store::{MeshRow, StoreError, open_readonly, q_counts, q_meshes};
+}

@@ -151,7 +151,7 @@ pub(crate) struct MeshCtx {
     /// Shared-state writes waiting to hear their sequence number.
     pub(crate) op_waiters: Mutex<HashMap<OpId, Vec<oneshot::Sender<u64>>>>,
     /// This daemon's grants for other members (no entry: every capability).
-    pub(crate) grants: Mutex<HashMap<MemberKey, crate::grants::Grant>>,
+    pub(crate) grants: Mutex<HashMap<MemberKey, crate::store::Grant>>,
     /// Applying ops failed: the link syncs again from the stored head (a stored permit,
     /// so a request made while the link is busy or down is not lost).
     pub(crate) resync: tokio::sync::Notify,

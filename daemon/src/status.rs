@@ -126,7 +126,7 @@ pub(crate) async fn wait_for(d: &Arc<Daemon>, p: m::WaitParams) -> Result<m::Wai
                     .read(move |c| {
                         let mut states = Vec::new();
                         for r in &rows {
-                            for p in store::q_peers(c, r)? {
+                            for p in crate::peers::q_peers(c, r)? {
                                 let id = p.id.0.simple().to_string();
                                 let hit = match q.strip_prefix('@') {
                                     Some(g) => p.groups.iter().any(|x| x.to_lowercase() == g),

@@ -1,0 +1,199 @@
+//! The presence cache: every session of every mesh as last announced (signed, opened).
+
+use claudemesh_schema::crypto::{BoxPublic, MemberKey};
+use claudemesh_schema::message::Profile;
+use claudemesh_schema::{MeshId, SessionId};
+use rusqlite::{Connection, params};
+
+use super::{Result, Store, StoreError, blob32, id16, parse};
+
+/// A cached presence.
+#[derive(Debug, Clone)]
+pub(crate) struct PresenceRow {
+    /// The mesh.
+    pub mesh: MeshId,
+    /// The session.
+    pub session: SessionId,
+    /// Its member.
+    pub member: MemberKey,
+    /// Its box key.
+    pub session_key: BoxPublic,
+    /// Presence version.
+    pub seq: i64,
+    /// Opened profile.
+    pub profile: Profile,
+    /// Online as last known.
+    pub online: bool,
+    /// Last seen, unix ms.
+    pub last_seen: i64,
+}
+
+impl Store {
+    /// Cache a presence (kept only if not older than what is cached).
+    pub(crate) async fn upsert_presence(&self, p: PresenceRow) -> Result<()> {
+        let groups =
+            serde_json::to_string(&p.profile.groups).map_err(|_| StoreError::Corrupt("groups"))?;
+        let delivery = serde_json::to_string(&p.profile.delivery)
+            .map_err(|_| StoreError::Corrupt("delivery"))?;
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO presence (mesh, session, member, session_key, seq, name, kind, status,
+                    summary, groups, hostname, cwd, visible, online, last_seen, delivery, role, client)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
+                 ON CONFLICT (mesh, session) DO UPDATE SET
+                    member = excluded.member, session_key = excluded.session_key,
+                    seq = excluded.seq, name = excluded.name, kind = excluded.kind,
+                    status = excluded.status, summary = excluded.summary, groups = excluded.groups,
+                    hostname = excluded.hostname, cwd = excluded.cwd, visible = excluded.visible,
+                    online = excluded.online, last_seen = max(presence.last_seen, excluded.last_seen),
+                    delivery = excluded.delivery, role = excluded.role, client = excluded.client
+                 WHERE excluded.seq >= presence.seq",
+                params![
+                    p.mesh.as_bytes(),
+                    p.session.as_bytes(),
+                    p.member.0,
+                    p.session_key.0,
+                    p.seq,
+                    p.profile.name,
+                    p.profile.kind,
+                    p.profile.status.as_str(),
+                    p.profile.summary,
+                    groups,
+                    p.profile.hostname,
+                    p.profile.cwd,
+                    p.profile.visible,
+                    p.online,
+                    p.last_seen,
+                    delivery,
+                    p.profile.role,
+                    p.profile.client
+                ],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// Mark a session offline.
+    pub(crate) async fn presence_offline(
+        &self,
+        mesh: MeshId,
+        session: SessionId,
+        at: i64,
+    ) -> Result<()> {
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE presence SET online = 0, last_seen = max(last_seen, ?3)
+                 WHERE mesh = ?1 AND session = ?2",
+                params![mesh.as_bytes(), session.as_bytes(), at],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// Mark every cached session of a mesh offline (link lost, or a fresh snapshot comes).
+    pub(crate) async fn all_offline(&self, mesh: MeshId) -> Result<()> {
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE presence SET online = 0 WHERE mesh = ?1",
+                params![mesh.as_bytes()],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+}
+
+/// The cached presence of one session.
+pub(crate) fn q_presence_of(
+    conn: &Connection,
+    mesh: MeshId,
+    session: SessionId,
+) -> Result<Option<PresenceRow>> {
+    Ok(presence_rows(conn, mesh, Some(session))?.into_iter().next())
+}
+
+/// Cached presences of a mesh.
+pub(crate) fn q_presence(conn: &Connection, mesh: MeshId) -> Result<Vec<PresenceRow>> {
+    presence_rows(conn, mesh, None)
+}
+
+fn presence_rows(
+    conn: &Connection,
+    mesh: MeshId,
+    only: Option<SessionId>,
+) -> Result<Vec<PresenceRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT session, member, session_key, seq, name, kind, status, summary, groups, hostname,
+            cwd, visible, online, last_seen, delivery, role, client FROM presence
+         WHERE mesh = ?1 AND (?2 IS NULL OR session = ?2)",
+    )?;
+    let only = only.map(|s| s.as_bytes().to_vec());
+    let rows = stmt.query_map(params![mesh.as_bytes(), only], |r| {
+        Ok((
+            r.get::<_, Vec<u8>>(0)?,
+            r.get::<_, Vec<u8>>(1)?,
+            r.get::<_, Vec<u8>>(2)?,
+            r.get::<_, i64>(3)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, String>(5)?,
+            r.get::<_, String>(6)?,
+            r.get::<_, String>(7)?,
+            r.get::<_, String>(8)?,
+            r.get::<_, String>(9)?,
+            r.get::<_, String>(10)?,
+            r.get::<_, bool>(11)?,
+            r.get::<_, bool>(12)?,
+            r.get::<_, i64>(13)?,
+            r.get::<_, String>(14)?,
+            r.get::<_, String>(15)?,
+            r.get::<_, String>(16)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for r in rows {
+        let (
+            session,
+            member,
+            key,
+            seq,
+            name,
+            kind,
+            status,
+            summary,
+            groups,
+            hostname,
+            cwd,
+            visible,
+            online,
+            last_seen,
+            delivery,
+            role,
+            client,
+        ) = r?;
+        out.push(PresenceRow {
+            mesh,
+            session: id16(session, SessionId::from_slice, "session id")?,
+            member: MemberKey(blob32(member, "member key")?),
+            session_key: BoxPublic(blob32(key, "session key")?),
+            seq,
+            profile: Profile {
+                name,
+                kind,
+                status: parse(&status, "status")?,
+                summary,
+                groups: serde_json::from_str(&groups).map_err(|_| StoreError::Corrupt("groups"))?,
+                hostname,
+                cwd,
+                visible,
+                delivery: serde_json::from_str(&delivery).unwrap_or_default(),
+                role,
+                client,
+            },
+            online,
+            last_seen,
+        });
+    }
+    Ok(out)
+}
