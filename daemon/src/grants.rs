@@ -12,7 +12,7 @@ use claudemesh_schema::crypto::MemberKey;
 use claudemesh_schema::ipc::trust::{CAPABILITIES, GrantParams, GrantsResult, PeerGrants};
 use std::sync::Arc;
 
-use crate::daemon::Daemon;
+use crate::context::Daemon;
 use crate::error::Error;
 use crate::mesh::{MeshCtx, lock};
 use crate::store::{self, Grant};

@@ -16,6 +16,7 @@
 
 pub mod client;
 pub mod config;
+mod context;
 pub mod daemon;
 mod delivery;
 mod error;

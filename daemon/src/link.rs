@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::daemon::Daemon;
+use crate::context::Daemon;
 use crate::mesh::{LinkCmd, LinkStatus, MeshCtx, RelayRefusal, lock};
 use crate::store::PresenceRow;
 
@@ -51,9 +51,6 @@ pub(crate) async fn run(
     mut rx: mpsc::Receiver<LinkCmd>,
     status: watch::Sender<LinkStatus>,
 ) {
-    let span = tracing::info_span!("link", mesh = %m.id.short());
-    let _e = span.enter();
-    drop(_e);
     let mut backoff = INITIAL_BACKOFF_MS;
     let opts = ConnectOptions {
         quic: d.cfg.link.quic,

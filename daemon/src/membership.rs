@@ -24,7 +24,7 @@ use std::time::Duration;
 use zeroize::Zeroize as _;
 
 use crate::config::default_display_name;
-use crate::daemon::Daemon;
+use crate::context::Daemon;
 use crate::error::Error;
 use crate::keys::MeshKeys;
 use crate::mesh::{LinkCmd, MeshCtx, RelayRefusal, lock};

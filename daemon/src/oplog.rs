@@ -27,7 +27,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-use crate::daemon::Daemon;
+use crate::context::Daemon;
 use crate::error::Error;
 use crate::mesh::{LinkCmd, MeshCtx, RelayRefusal, lock};
 use crate::shared::fold::{self, Applying, Notice};

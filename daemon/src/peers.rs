@@ -5,7 +5,7 @@ use claudemesh_schema::ipc::methods::{MeshParams, MeshPeers, PeerInfo, PeersResu
 use rusqlite::Connection;
 use std::sync::Arc;
 
-use crate::daemon::Daemon;
+use crate::context::Daemon;
 use crate::error::Error;
 use crate::mesh::lock;
 use crate::store::{self, MeshRow};

@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec, LinesCodecError};
 
-use crate::daemon::Daemon;
+use crate::context::Daemon;
 use crate::error::Error;
 use crate::mesh::lock;
 

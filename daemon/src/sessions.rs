@@ -10,7 +10,7 @@ use claudemesh_schema::message::Profile;
 use claudemesh_schema::now_ms;
 use std::sync::Arc;
 
-use crate::daemon::Daemon;
+use crate::context::Daemon;
 use crate::error::Error;
 use crate::membership::valid_name;
 use crate::mesh::{LinkCmd, LocalSession, derive_session, lock};

@@ -5,7 +5,7 @@ use claudemesh_schema::ipc::methods::{self as m, MeshParams, MeshStatus, StatusR
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::daemon::Daemon;
+use crate::context::Daemon;
 use crate::error::Error;
 use crate::mesh::lock;
 use crate::store;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::send::send_receipts;
-use crate::daemon::Daemon;
+use crate::context::Daemon;
 use crate::error::Error;
 use crate::mesh::lock;
 use crate::store;

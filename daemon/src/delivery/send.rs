@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{MAX_BODY, receive::rows_for};
-use crate::daemon::Daemon;
+use crate::context::Daemon;
 use crate::error::Error;
 use crate::mesh::{LinkCmd, MeshCtx, lock};
 use crate::store::{self, InboxRow, PresenceRow};

@@ -19,7 +19,7 @@ use claudemesh_schema::op::{MAX_KEY, MAX_TEXT, Op};
 use claudemesh_schema::{ItemId, SessionId};
 use std::sync::Arc;
 
-use crate::daemon::Daemon;
+use crate::context::Daemon;
 use crate::error::Error;
 use crate::mesh::MeshCtx;
 use crate::oplog;

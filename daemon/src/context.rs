@@ -1,0 +1,240 @@
+//! The daemon's shared state, below every domain module: paths, config, the store, the
+//! joined meshes and the event channels. Domain code reaches the rest of the daemon only
+//! through this struct; it never starts tasks of the layers above (new links go to the
+//! supervisor in `daemon` over [`Daemon::links`]).
+
+use claudemesh_schema::MeshId;
+use claudemesh_schema::roster::Roster;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::DaemonConfig;
+use crate::error::Error;
+use crate::keys::MeshKeys;
+use crate::mesh::{LinkCmd, LinkHandle, LinkStatus, MeshCtx, RosterState};
+use crate::paths::Paths;
+use crate::store::{self, Grant, MeshRow, Store};
+
+/// A mesh link for the supervisor to run: the mesh, its command queue, its status.
+pub(crate) type LinkStart = (
+    Arc<MeshCtx>,
+    mpsc::Receiver<LinkCmd>,
+    watch::Sender<LinkStatus>,
+);
+
+/// The running daemon's shared state.
+#[derive(Debug)]
+pub(crate) struct Daemon {
+    pub(crate) paths: Paths,
+    pub(crate) cfg: DaemonConfig,
+    pub(crate) store: Store,
+    pub(crate) meshes: RwLock<HashMap<MeshId, Arc<MeshCtx>>>,
+    pub(crate) started: Instant,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) relay: Option<(String, [u8; 32])>,
+    /// Bumped whenever messages are added to the inbox (wakes `inbox --wait`).
+    pub(crate) inbox_gen: watch::Sender<u64>,
+    /// Shared keys changed by applied ops (`state_change` notifications).
+    pub(crate) state_events:
+        tokio::sync::broadcast::Sender<claudemesh_schema::ipc::shared::StateChange>,
+    /// Bumped on any link-state or presence change (wakes `wait_for`).
+    pub(crate) changes: watch::Sender<u64>,
+    pub(crate) tasks: TaskTracker,
+    pub(crate) hostname: String,
+    /// Shift of the reminder scheduler's clock, ms (`claudemesh debug clock`).
+    pub(crate) clock_offset: std::sync::atomic::AtomicI64,
+    /// Serializes mesh creation and joins (name checks).
+    pub(crate) membership: tokio::sync::Mutex<()>,
+    /// New mesh links, for the supervisor to spawn.
+    pub(crate) links: mpsc::UnboundedSender<LinkStart>,
+    pub(crate) _lock: Mutex<std::fs::File>,
+}
+
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+impl Daemon {
+    pub(crate) fn meshes(&self) -> Vec<Arc<MeshCtx>> {
+        let mut v: Vec<_> = self
+            .meshes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by_key(|m| crate::mesh::lock(&m.row).joined_at);
+        v
+    }
+
+    pub(crate) fn mesh(&self, id: &MeshId) -> Option<Arc<MeshCtx>> {
+        self.meshes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Find a mesh by name, id or id prefix; with `None`, the only mesh.
+    pub(crate) fn select(&self, sel: Option<&str>) -> Result<Arc<MeshCtx>, Error> {
+        let all = self.meshes();
+        let Some(sel) = sel.map(str::trim).filter(|s| !s.is_empty()) else {
+            return match all.len() {
+                0 => Err(Error::not_found(
+                    "you have not joined any mesh yet; run `claudemesh up`, `claudemesh create <name>` or `claudemesh join <invite>`",
+                )),
+                1 => Ok(all[0].clone()),
+                _ => Err(Error::ambiguous(format!(
+                    "you are in several meshes ({}); pass --mesh <name>",
+                    all.iter().map(|m| m.name()).collect::<Vec<_>>().join(", ")
+                ))),
+            };
+        };
+        if let Some(m) = all.iter().find(|m| m.name() == sel) {
+            return Ok(m.clone());
+        }
+        let lower = sel.to_lowercase().replace('-', "");
+        let by_id: Vec<_> = all
+            .iter()
+            .filter(|m| lower.len() >= 4 && m.id.0.simple().to_string().starts_with(&lower))
+            .cloned()
+            .collect();
+        match by_id.len() {
+            1 => Ok(by_id[0].clone()),
+            0 => Err(Error::not_found(format!(
+                "no joined mesh is called {sel:?}; `claudemesh list` shows your meshes"
+            ))),
+            _ => Err(Error::ambiguous(format!(
+                "{sel:?} matches several meshes; use more of the id"
+            ))),
+        }
+    }
+
+    /// The mesh `sel` names, or every joined mesh when `None` (an error when none is).
+    pub(crate) fn select_many(&self, sel: Option<&str>) -> Result<Vec<Arc<MeshCtx>>, Error> {
+        match sel {
+            Some(s) => Ok(vec![self.select(Some(s))?]),
+            None => {
+                let all = self.meshes();
+                if all.is_empty() {
+                    // Same message as selecting with nothing joined.
+                    return Err(self
+                        .select(None)
+                        .err()
+                        .unwrap_or_else(|| Error::not_found("no mesh")));
+                }
+                Ok(all)
+            }
+        }
+    }
+
+    /// Register a mesh and start its link. `None` if its stored genesis does not verify.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn add_mesh(
+        self: &Arc<Self>,
+        row: MeshRow,
+        keys: MeshKeys,
+        entries: Vec<(u64, claudemesh_schema::roster::RosterEntry)>,
+        sessions: Vec<store::SessionRow>,
+        aliases: Vec<(MeshId, String, claudemesh_schema::SessionId)>,
+        grants: HashMap<claudemesh_schema::crypto::MemberKey, Grant>,
+    ) -> Option<Arc<MeshCtx>> {
+        let mut roster = match Roster::from_genesis(&row.genesis) {
+            Ok(r) => RosterState { roster: r, len: 0 },
+            Err(e) => {
+                tracing::error!(mesh = %row.id.short(), error = %e, "stored mesh genesis does not verify; mesh disabled");
+                return None;
+            }
+        };
+        for (seq, e) in &entries {
+            if let Err(err) = roster.apply(*seq, e) {
+                tracing::warn!(mesh = %row.id.short(), seq, error = %err, "stored roster entry invalid");
+            }
+        }
+        let hosted = sessions
+            .into_iter()
+            .filter(|r| r.mesh == row.id)
+            .map(|r| {
+                let (sid, secret) = crate::mesh::derive_session(&keys, &row.id, &r.client_key);
+                (
+                    sid,
+                    crate::mesh::LocalSession {
+                        lease_key: r.client_key.clone(),
+                        client_key: r.client_key,
+                        secret,
+                        profile: r.profile,
+                        open: r.open,
+                        claude_session: r.claude_session,
+                        status_source: Default::default(),
+                        status_at: claudemesh_schema::now_ms(),
+                    },
+                )
+            })
+            .collect();
+        let alias_map: HashMap<String, claudemesh_schema::SessionId> = aliases
+            .into_iter()
+            .filter(|(mesh, ..)| *mesh == row.id)
+            .map(|(_, k, s)| (k, s))
+            .collect();
+        let (tx, rx) = mpsc::channel(1024);
+        let (status_tx, status_rx) = watch::channel(LinkStatus::default());
+        let ctx = Arc::new(MeshCtx {
+            id: row.id,
+            keys,
+            row: Mutex::new(row),
+            roster: Mutex::new(roster),
+            link: LinkHandle {
+                tx,
+                status: status_rx,
+            },
+            waiters: Mutex::new(HashMap::new()),
+            stop: self.shutdown.child_token(),
+            sessions: Mutex::new(hosted),
+            aliases: Mutex::new(alias_map),
+            op_waiters: Mutex::new(HashMap::new()),
+            paused: watch::channel(false).0,
+            op_caught_up: Default::default(),
+            snapshots_pending: Default::default(),
+            resync: tokio::sync::Notify::new(),
+            grants: Mutex::new(grants),
+        });
+        self.meshes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ctx.id, ctx.clone());
+        // The supervisor is gone only when the daemon stops; the link then never runs.
+        let _ = self.links.send((ctx.clone(), rx, status_tx));
+        Some(ctx)
+    }
+
+    /// Stop a mesh's link and forget it in memory.
+    pub(crate) fn remove_mesh(&self, id: &MeshId) -> Option<Arc<MeshCtx>> {
+        let m = self
+            .meshes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        if let Some(m) = &m {
+            m.stop.cancel();
+        }
+        m
+    }
+
+    pub(crate) fn bump_inbox(&self) {
+        self.inbox_gen.send_modify(|g| *g += 1);
+    }
+
+    pub(crate) fn bump_changes(&self) {
+        self.changes.send_modify(|g| *g += 1);
+    }
+}
