@@ -92,7 +92,7 @@ fn write_if_changed(
     let text = serde_json::to_string_pretty(&Value::Object(obj.clone()))
         .map_err(|e| e.to_string())?
         + "\n";
-    claudemesh_daemon::keys::write_atomic(path, text.as_bytes())
+    claudemesh_daemon::paths::write_atomic(path, text.as_bytes())
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(true)
 }
@@ -182,7 +182,7 @@ pub(crate) fn install(f: &ClaudeFiles, hooks: bool, status_line: bool) -> Result
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
-        claudemesh_daemon::keys::write_atomic(&f.skill, SKILL.as_bytes())
+        claudemesh_daemon::paths::write_atomic(&f.skill, SKILL.as_bytes())
             .map_err(|e| format!("cannot write {}: {e}", f.skill.display()))?;
         ch.files.push(f.skill.clone());
     }

@@ -137,7 +137,7 @@ impl DaemonConfig {
             path: path.to_path_buf(),
             detail: e.to_string(),
         })?;
-        crate::keys::write_atomic(path, text.as_bytes()).map_err(|source| ConfigError::Io {
+        crate::paths::write_atomic(path, text.as_bytes()).map_err(|source| ConfigError::Io {
             path: path.to_path_buf(),
             source,
         })

@@ -43,6 +43,12 @@ pub(crate) enum Error {
     Internal(String),
 }
 
+impl From<claudemesh_schema::names::NameError> for Error {
+    fn from(e: claudemesh_schema::names::NameError) -> Self {
+        Self::Invalid(e.0)
+    }
+}
+
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         Self::Internal(e.to_string())

@@ -9,7 +9,7 @@ use claudemesh_schema::SessionId;
 use claudemesh_schema::crypto::{BoxSecret, MemberSecret, MeshKey};
 use claudemesh_schema::encoding;
 use serde::{Deserialize, Serialize};
-use std::io::Write as _;
+
 use std::path::{Path, PathBuf};
 use zeroize::Zeroize as _;
 
@@ -89,30 +89,6 @@ pub fn key_path(keys_dir: &Path, mesh: &MeshId) -> PathBuf {
     keys_dir.join(format!("{mesh}.key"))
 }
 
-/// Write `bytes` to `path` atomically with mode 0600.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts.open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(parent) = path.parent()
-        && let Ok(d) = std::fs::File::open(parent)
-    {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
 impl MeshKeys {
     /// Fresh keys for a new membership (the mesh key comes from the creator or the admin).
     pub fn generate(member: MemberSecret, mesh_key: MeshKey) -> Self {
@@ -144,7 +120,7 @@ impl MeshKeys {
             path: path.clone(),
             detail: e.to_string(),
         })?;
-        let r = write_atomic(&path, &json).map_err(io);
+        let r = crate::paths::write_atomic(&path, &json).map_err(io);
         json.zeroize();
         r
     }

@@ -25,7 +25,6 @@ pub mod keys;
 mod link;
 mod membership;
 mod mesh;
-mod oplog;
 pub mod paths;
 mod peers;
 mod reminders;

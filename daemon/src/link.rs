@@ -352,7 +352,7 @@ async fn session(
     if c.writer.flush().await.is_err() {
         return Outcome::Retry("write failed".into());
     }
-    let mut lo = match crate::oplog::start(d, m, &mut c).await {
+    let mut lo = match crate::shared::oplog::start(d, m, &mut c).await {
         Ok(lo) => lo,
         Err(e) => return Outcome::Retry(e),
     };
@@ -500,7 +500,7 @@ enum OpFrame {
 async fn on_op_frame(
     d: &Arc<Daemon>,
     m: &Arc<MeshCtx>,
-    lo: &mut crate::oplog::LinkOps,
+    lo: &mut crate::shared::oplog::LinkOps,
     f: RelayFrame,
 ) -> OpFrame {
     match f {
@@ -549,7 +549,7 @@ async fn on_op_frame(
             first,
         } => {
             if let Some(r) = lo.reads.remove(&rid) {
-                let _ = r.send(Ok(crate::oplog::OpPage { ops, head, first }));
+                let _ = r.send(Ok(crate::mesh::OpPage { ops, head, first }));
             }
             OpFrame::Handled
         }

@@ -29,21 +29,7 @@ use crate::error::Error;
 use crate::keys::MeshKeys;
 use crate::mesh::{LinkCmd, MeshCtx, RelayRefusal, lock};
 use crate::store::{self, MeshRow};
-
-/// Check a mesh or display name: 1–64 characters, no control characters, not address
-/// syntax (`*`, `@…`).
-pub(crate) fn valid_name(what: &str, s: &str) -> Result<String, Error> {
-    let t = s.trim();
-    if t.is_empty() || t.chars().count() > 64 {
-        return Err(Error::invalid(format!("{what} must be 1 to 64 characters")));
-    }
-    if t.chars().any(char::is_control) || t == "*" || t.starts_with('@') {
-        return Err(Error::invalid(format!(
-            "{what} {t:?} is not allowed (no control characters, not `*`, not starting with `@`)"
-        )));
-    }
-    Ok(t.to_string())
-}
+use claudemesh_schema::names;
 
 fn connect_opts(d: &Daemon) -> ConnectOptions {
     ConnectOptions {
@@ -56,9 +42,9 @@ fn connect_opts(d: &Daemon) -> ConnectOptions {
 
 fn display_name(d: &Daemon, given: Option<&str>) -> Result<String, Error> {
     match given {
-        Some(n) => valid_name("display name", n),
-        None => valid_name("display name", &default_display_name(&d.cfg))
-            .or_else(|_| Ok("me".to_string())),
+        Some(n) => Ok(names::check("display name", n)?),
+        None => Ok(names::check("display name", &default_display_name(&d.cfg))
+            .unwrap_or_else(|_| "me".to_string())),
     }
 }
 
@@ -106,7 +92,7 @@ fn refusal(r: RelayRefusal) -> Error {
 /// `create`: a new mesh with us as owner, registered at the relay.
 pub(crate) async fn create(d: &Arc<Daemon>, p: CreateParams) -> Result<MeshInfo, Error> {
     let _g = d.membership.lock().await;
-    let name = valid_name("mesh name", &p.name)?;
+    let name = names::check("mesh name", &p.name)?;
     if d.meshes().iter().any(|m| m.name() == name) {
         return Err(Error::conflict(format!(
             "you already have a mesh called {name:?}; pick another name"
@@ -679,7 +665,7 @@ pub(crate) async fn join(d: &Arc<Daemon>, p: JoinParams) -> Result<MeshInfo, Err
     if d.mesh(&genesis.mesh).is_some() {
         return Err(Error::conflict(format!("you are already in {}", js.name)));
     }
-    let mut name = valid_name("mesh name", &js.name).unwrap_or_else(|_| "mesh".into());
+    let mut name = names::check("mesh name", &js.name).unwrap_or_else(|_| "mesh".into());
     let existing: Vec<String> = d.meshes().iter().map(|m| m.name()).collect();
     if existing.contains(&name) {
         let base = name.clone();
@@ -784,7 +770,7 @@ pub(crate) async fn profile(d: &Arc<Daemon>, p: ProfileParams) -> Result<Profile
         None => d.meshes(),
     };
     let name = match &p.name {
-        Some(n) => Some(valid_name("display name", n)?),
+        Some(n) => Some(names::check("display name", n)?),
         None => None,
     };
     let groups = match &p.groups {
@@ -795,7 +781,7 @@ pub(crate) async fn profile(d: &Arc<Daemon>, p: ProfileParams) -> Result<Profile
                 if x.is_empty() {
                     continue;
                 }
-                out.push(valid_name("group name", x)?);
+                out.push(names::check("group name", x)?);
             }
             Some(out)
         }

@@ -7,6 +7,7 @@ use claudemesh_schema::crypto::BoxSecret;
 use claudemesh_schema::crypto::MemberKey;
 use claudemesh_schema::ipc::methods::LinkState;
 use claudemesh_schema::message::Profile;
+use claudemesh_schema::op::SequencedOp;
 use claudemesh_schema::roster::{Role, Roster, RosterEntry};
 use claudemesh_schema::wire::{ClientFrame, ErrorCode};
 use claudemesh_schema::{MeshId, MessageId, OpId, SessionId};
@@ -66,13 +67,17 @@ pub(crate) enum LinkCmd {
     /// Send a shared-state op (already durable in the op outbox) now, if connected.
     Op(OpId, Bytes),
     /// Read a page of the relay's op log (`from`, `limit`) for an audit.
-    ReadOps(
-        u64,
-        u32,
-        oneshot::Sender<Result<crate::oplog::OpPage, RelayRefusal>>,
-    ),
+    ReadOps(u64, u32, oneshot::Sender<Result<OpPage, RelayRefusal>>),
     /// Upload a sealed snapshot (its parts, in order).
     Snapshot(Vec<Bytes>),
+}
+
+/// One page of the relay's log, as read for an audit.
+#[derive(Debug)]
+pub(crate) struct OpPage {
+    pub(crate) ops: Vec<SequencedOp>,
+    pub(crate) head: u64,
+    pub(crate) first: u64,
 }
 
 /// The sending side of a mesh's link.

@@ -10,6 +10,7 @@
 //! - `logs/`: daemon logs
 //! - `relay/`: the embedded relay's data, when enabled
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 /// Environment variable naming the config directory.
@@ -204,4 +205,28 @@ pub fn service_file(kind: ServiceKind) -> Option<PathBuf> {
                 .join(format!("{LAUNCHD_LABEL}.plist")),
         ),
     }
+}
+
+/// Write `bytes` to `path` atomically with mode 0600.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(parent) = path.parent()
+        && let Ok(d) = std::fs::File::open(parent)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }

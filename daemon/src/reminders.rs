@@ -283,7 +283,7 @@ async fn fire(
         }
     }
     tracing::info!(mesh = %m.id.short(), reminder = %r.id.short(), due, "reminder fired");
-    crate::oplog::write(
+    crate::shared::oplog::write(
         d,
         m,
         Some(session),
@@ -312,33 +312,6 @@ pub(crate) async fn list(
         .collect();
     reminders.sort_by_key(|r| (r.next_due.unwrap_or(i64::MAX), r.id));
     Ok(ScheduledResult { mesh, reminders })
-}
-
-/// Check a schedule and turn it into the op's fields.
-pub(crate) fn schedule_fields(
-    in_seconds: Option<u64>,
-    deliver_at: Option<i64>,
-    cron: Option<String>,
-    now: i64,
-) -> std::result::Result<(Option<i64>, Option<String>), Error> {
-    match (
-        in_seconds,
-        deliver_at,
-        cron.filter(|c| !c.trim().is_empty()),
-    ) {
-        (Some(s), None, None) => Ok((Some(now + (s.min(10 * 365 * 86_400) as i64) * 1000), None)),
-        (None, Some(at), None) => Ok((Some(at), None)),
-        (None, None, Some(c)) => {
-            let parsed: Cron = c.parse().map_err(Error::invalid)?;
-            if parsed.next_after(now).is_none() {
-                return Err(Error::invalid(format!("cron {c:?} never fires")));
-            }
-            Ok((None, Some(c.trim().to_string())))
-        }
-        _ => Err(Error::invalid(
-            "give exactly one of in_seconds, deliver_at or cron",
-        )),
-    }
 }
 
 #[cfg(test)]

@@ -12,11 +12,11 @@ use std::sync::Arc;
 
 use crate::context::Daemon;
 use crate::error::Error;
-use crate::membership::valid_name;
 use crate::mesh::{LinkCmd, LocalSession, derive_session, lock};
 use crate::store::SessionRow;
 use claudemesh_schema::ipc::methods::StatusSource;
 use claudemesh_schema::message::PeerStatus;
+use claudemesh_schema::names;
 
 /// `session_open`.
 pub(crate) async fn open(
@@ -29,14 +29,14 @@ pub(crate) async fn open(
     }
     let targets = d.select_many(p.mesh.as_deref())?;
     let name = match &p.name {
-        Some(n) => Some(valid_name("display name", n)?),
+        Some(n) => Some(names::check("display name", n)?),
         None => None,
     };
     let mut groups = Vec::new();
     for g in &p.groups {
         let g = g.trim().trim_start_matches('@');
         if !g.is_empty() {
-            groups.push(valid_name("group name", g)?);
+            groups.push(names::check("group name", g)?);
         }
     }
     let claude = p
@@ -243,14 +243,14 @@ pub(crate) async fn update(
     p: SessionUpdateParams,
 ) -> Result<SessionProfile, Error> {
     let name = match &p.name {
-        Some(n) => Some(valid_name("display name", n)?),
+        Some(n) => Some(names::check("display name", n)?),
         None => None,
     };
     let mut join = Vec::new();
     for g in &p.join_groups {
         let g = g.trim().trim_start_matches('@');
         if !g.is_empty() {
-            join.push(valid_name("group name", g)?);
+            join.push(names::check("group name", g)?);
         }
     }
     for m in d.meshes() {

@@ -13,6 +13,7 @@
 //! - [`invite`]: the invite link format and the claim proofs.
 //! - [`op`]: shared mesh state as a relay-ordered log of sealed ops, and its hash chain.
 //! - [`migrations`]: the SQL schema of the daemon and relay stores.
+//! - [`names`]: what a mesh, display or group name may be.
 //!
 //! Read `wire` first; `PROTOCOL.md` at the repository root is the prose version of it.
 //!
@@ -28,6 +29,7 @@ pub mod invite;
 pub mod ipc;
 pub mod message;
 pub mod migrations;
+pub mod names;
 pub mod op;
 pub mod roster;
 pub mod wire;

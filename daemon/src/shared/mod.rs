@@ -1,10 +1,11 @@
 //! Shared mesh state: the RPC surface of key-value state, memories, tasks, file
-//! reservations, contexts and skills. Writes become ops ([`crate::oplog`]); reads answer
+//! reservations, contexts and skills. Writes become ops ([`crate::shared::oplog`]); reads answer
 //! from the folded tables ([`query`]) without touching the network.
 
 pub(crate) mod cron;
 pub(crate) mod fold;
 pub(crate) mod glob;
+pub(crate) mod oplog;
 pub(crate) mod query;
 pub(crate) mod snapshot;
 
@@ -22,7 +23,6 @@ use std::sync::Arc;
 use crate::context::Daemon;
 use crate::error::Error;
 use crate::mesh::MeshCtx;
-use crate::oplog;
 
 /// The mesh and session a write acts in: the named mesh, else the mesh hosting the named
 /// session, else the only mesh.
@@ -437,8 +437,7 @@ pub(crate) async fn schedule(
     }
     check_text("the message", &p.message, crate::delivery::MAX_BODY)?;
     let now = claudemesh_schema::now_ms();
-    let (deliver_at, cron) =
-        crate::reminders::schedule_fields(p.in_seconds, p.deliver_at, p.cron, now)?;
+    let (deliver_at, cron) = schedule_fields(p.in_seconds, p.deliver_at, p.cron, now)?;
     let id = ItemId::new();
     let op = Op::ScheduleReminder {
         reminder: id,
@@ -495,5 +494,32 @@ pub(crate) async fn state_watch(
         if tx.send(n).await.is_err() {
             return;
         }
+    }
+}
+
+/// Check a schedule and turn it into the op's fields.
+pub(crate) fn schedule_fields(
+    in_seconds: Option<u64>,
+    deliver_at: Option<i64>,
+    cron: Option<String>,
+    now: i64,
+) -> Result<(Option<i64>, Option<String>), Error> {
+    match (
+        in_seconds,
+        deliver_at,
+        cron.filter(|c| !c.trim().is_empty()),
+    ) {
+        (Some(s), None, None) => Ok((Some(now + (s.min(10 * 365 * 86_400) as i64) * 1000), None)),
+        (None, Some(at), None) => Ok((Some(at), None)),
+        (None, None, Some(c)) => {
+            let parsed: cron::Cron = c.parse().map_err(Error::invalid)?;
+            if parsed.next_after(now).is_none() {
+                return Err(Error::invalid(format!("cron {c:?} never fires")));
+            }
+            Ok((None, Some(c.trim().to_string())))
+        }
+        _ => Err(Error::invalid(
+            "give exactly one of in_seconds, deliver_at or cron",
+        )),
     }
 }

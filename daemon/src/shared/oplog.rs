@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 
 use crate::context::Daemon;
 use crate::error::Error;
-use crate::mesh::{LinkCmd, MeshCtx, RelayRefusal, lock};
+use crate::mesh::{LinkCmd, MeshCtx, OpPage, RelayRefusal, lock};
 use crate::shared::fold::{self, Applying, Notice};
 use crate::shared::{query, snapshot};
 use claudemesh_schema::crypto::MemberKey;
@@ -41,14 +41,6 @@ mod convergence;
 const MAX_AHEAD: usize = 200_000;
 /// Ops opened per blocking task while catching up.
 const OPEN_CHUNK: usize = 512;
-
-/// One page of the relay's log, as read for an audit.
-#[derive(Debug)]
-pub(crate) struct OpPage {
-    pub(crate) ops: Vec<SequencedOp>,
-    pub(crate) head: u64,
-    pub(crate) first: u64,
-}
 
 /// Puts sequenced ops that arrive in any order, duplicated, back in sequence order.
 #[derive(Debug, Default)]
