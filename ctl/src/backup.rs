@@ -199,7 +199,7 @@ pub(crate) fn backup(file: &Path, pass_file: Option<&Path>, json: bool) -> Res {
             serde_json::json!({"file": file, "files": files.len(), "bytes": out.len()}),
         );
     } else {
-        println!(
+        out!(
             "backed up {} files ({} bytes) to {}; keep the passphrase: without it the backup cannot be opened",
             files.len(),
             out.len(),
@@ -301,7 +301,7 @@ pub(crate) fn restore(file: &Path, pass_file: Option<&Path>, yes: bool) -> Res {
         }
         write_mode(&target, data, *mode)?;
     }
-    println!(
+    out!(
         "restored {} files into {}; start the daemon (`claudemesh daemon start`) and your meshes reconnect",
         files.len(),
         paths.dir.display()

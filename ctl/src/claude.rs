@@ -3,141 +3,71 @@
 
 use claudemesh_daemon::client::Client;
 use claudemesh_daemon::{Paths, offline};
-use claudemesh_schema::ipc::methods::{self as m, InboxMessage};
-use claudemesh_schema::message::{PeerStatus, Priority};
+use claudemesh_schema::ipc::claude::{HOOK, HookEvent, HookParams, HookResult};
 use serde_json::{Value, json};
 use std::io::Read as _;
 use std::time::Duration;
 
-/// How long a channel push may go unconfirmed (no pull or read) before hooks surface the
-/// message again.
-const PUSH_CONFIRM_MS: i64 = 30_000;
-
-/// Render messages for Claude's context.
-fn render(msgs: &[InboxMessage]) -> String {
-    let mut s = String::from("Messages from your claudemesh peers (verified senders):\n");
-    for msg in msgs {
-        let marker = match msg.priority {
-            Priority::Now => "[URGENT] ",
-            Priority::Low => "[low] ",
-            Priority::Next => "",
-        };
-        s.push_str(&format!(
-            "- {marker}{}: {} [peer id {}]\n",
-            msg.from_name,
-            msg.body,
-            msg.from_id.short()
-        ));
-    }
-    s.push_str("Reply with the send_message tool (or `claudemesh send <name> <text>`) when an answer is expected.");
-    s
-}
-
-/// Handle one hook event. Never fails loudly: a hook must not disturb Claude Code, so
-/// every problem ends in a silent exit 0 (with a note on stderr under `CLAUDEMESH_LOG`).
+/// Handle one hook event: one `hook` call to the daemon, which decides what the model
+/// sees (see the daemon's `hooks`). Never fails loudly: a hook must not disturb Claude
+/// Code, so every problem ends in a silent exit 0.
 pub(crate) async fn hook(event: &str) {
     let mut input = String::new();
     let _ = std::io::stdin().take(1 << 20).read_to_string(&mut input);
     let hook_json: Value = serde_json::from_str(&input).unwrap_or(Value::Null);
+    let Some(ev) = HookEvent::from_arg(event) else {
+        return;
+    };
     let run = async {
-        let key = claudemesh_mcp_shim::session_key()?;
         let paths = Paths::from_env().ok()?;
+        // Hooks never start a daemon: Claude Code must not wait on one coming up.
         let mut c = Client::connect(&paths.socket).await.ok()?;
-        let open: m::SessionOpenResult = c
+        let env = |k: &str| std::env::var(k).ok().filter(|s| !s.trim().is_empty());
+        let text = |k: &str| hook_json[k].as_str().map(str::to_string);
+        let r: HookResult = c
             .call(
-                m::SESSION_OPEN,
-                m::SessionOpenParams {
-                    client_key: key,
-                    kind: Some("claude".into()),
-                    cwd: hook_json["cwd"].as_str().map(str::to_string),
-                    name: std::env::var("CLAUDEMESH_DISPLAY_NAME")
-                        .ok()
-                        .filter(|s| !s.is_empty()),
-                    mesh: std::env::var("CLAUDEMESH_MESH")
-                        .ok()
-                        .filter(|s| !s.is_empty()),
-                    delivery: vec!["hooks".into()],
-                    role: std::env::var("CLAUDEMESH_ROLE")
-                        .ok()
-                        .filter(|s| !s.is_empty()),
-                    client: Some("claude-code".into()),
-                    claude_session: hook_json["session_id"].as_str().map(str::to_string),
-                    ..Default::default()
+                HOOK,
+                HookParams {
+                    event: ev,
+                    claude_session: text("session_id")
+                        .or_else(claudemesh_mcp_shim::claude::session_id),
+                    transcript: text("transcript_path"),
+                    cwd: text("cwd"),
+                    prompt: text("prompt"),
+                    process: claudemesh_mcp_shim::claude::process_key(),
+                    name: env("CLAUDEMESH_DISPLAY_NAME"),
+                    mesh: env("CLAUDEMESH_MESH"),
+                    role: env("CLAUDEMESH_ROLE"),
+                    groups: env("CLAUDEMESH_GROUPS")
+                        .unwrap_or_default()
+                        .split(',')
+                        .map(|g| g.trim().to_string())
+                        .filter(|g| !g.is_empty())
+                        .collect(),
                 },
             )
             .await
             .ok()?;
-        let session = open.sessions.first()?.session;
-        let status = match event {
-            "user-prompt-submit" | "post-tool-use" => PeerStatus::Working,
-            _ => PeerStatus::Idle,
-        };
-        let upd = m::SessionUpdateParams {
-            session,
-            name: None,
-            summary: None,
-            status: Some(status),
-            source: m::StatusSource::Hook,
-            delivery: vec!["hooks".into()],
-            visible: None,
-            join_groups: Vec::new(),
-            leave_groups: Vec::new(),
-        };
-        let _: Option<m::SessionProfile> = c.call(m::SESSION_UPDATE, upd).await.ok();
-        let unread: m::InboxResult = c
-            .call(
-                m::INBOX,
-                m::InboxParams {
-                    session: Some(session),
-                    peek: true,
-                    ..Default::default()
-                },
-            )
-            .await
-            .ok()?;
-        // Priority gate: at the start of a turn the session was idle, so `now` and `next`
-        // messages surface; mid-turn only `now`; `low` waits until the session asks.
-        // Messages a channel push surfaced moments ago are not repeated; if a push was not
-        // followed by a read within the deadline, the hook is the fallback path.
-        let now = claudemesh_schema::now_ms();
-        let take: Vec<InboxMessage> = unread
-            .messages
-            .into_iter()
-            .filter(|x| x.surfaced_at.is_none_or(|t| now - t > PUSH_CONFIRM_MS))
-            .filter(|x| match event {
-                "user-prompt-submit" | "session-start" => x.priority != Priority::Low,
-                _ => x.priority == Priority::Now,
-            })
-            .collect();
-        if take.is_empty() {
-            return None;
-        }
-        let out = match event {
-            "stop" => json!({"decision": "block", "reason": render(&take)}),
-            "user-prompt-submit" | "post-tool-use" | "session-start" => {
-                let name = match event {
-                    "user-prompt-submit" => "UserPromptSubmit",
-                    "post-tool-use" => "PostToolUse",
-                    _ => "SessionStart",
-                };
-                json!({"hookSpecificOutput": {"hookEventName": name, "additionalContext": render(&take)}})
+        match (ev, r.block, r.context) {
+            (HookEvent::Stop, Some(reason), _) => {
+                Some(json!({"decision": "block", "reason": reason}))
             }
-            _ => return None,
-        };
-        let ids = take.iter().map(|x| x.id).collect();
-        let _: Option<Value> = c
-            .call(m::MARK_READ, m::MarkReadParams { session, ids })
-            .await
-            .ok();
-        Some(out)
+            (HookEvent::Stop, None, _) => None,
+            (_, _, Some(ctx)) => Some(json!({"hookSpecificOutput": {
+                "hookEventName": ev.claude_name(),
+                "additionalContext": ctx,
+            }})),
+            _ => None,
+        }
     };
     if let Ok(Some(out)) = tokio::time::timeout(Duration::from_secs(5), run).await {
-        println!("{out}");
+        crate::output::line(&out.to_string());
     }
 }
 
-/// One line for Claude Code's status bar, from the local store only (no daemon call, no
-/// network): mesh, peers online / known, unread.
+/// One line for Claude Code's status bar, from the local store (no daemon call, no
+/// network): mesh, peers online / known, unread. With the daemon down nobody is shown
+/// online: the cache cannot vouch for it.
 pub(crate) fn status_line() -> String {
     let Ok(paths) = Paths::from_env() else {
         return "claudemesh: not set up".into();
@@ -151,18 +81,27 @@ pub(crate) fn status_line() -> String {
     let Ok(meshes) = offline::q_meshes(&conn) else {
         return "claudemesh: unavailable".into();
     };
+    #[cfg(unix)]
+    let up = std::os::unix::net::UnixStream::connect(&paths.socket).is_ok();
+    #[cfg(not(unix))]
+    let up = true;
+    let grace = Some(crate::commands::offline_grace(&paths));
     let parts: Vec<String> = meshes
         .iter()
         .map(|mr| {
-            let peers = offline::q_peers(&conn, mr).unwrap_or_default();
+            let unread = offline::q_counts(&conn, mr.id).map(|c| c.1).unwrap_or(0);
+            let unread = if unread > 0 {
+                format!(" · {unread} unread")
+            } else {
+                String::new()
+            };
+            if !up {
+                return format!("{} daemon down{unread}", mr.name);
+            }
+            let peers = offline::q_peers(&conn, mr, grace).unwrap_or_default();
             let online = peers.iter().filter(|p| p.online && !p.me).count();
             let total = peers.iter().filter(|p| !p.me).count();
-            let unread = offline::q_counts(&conn, mr.id).map(|c| c.1).unwrap_or(0);
-            if unread > 0 {
-                format!("{} {online}/{total} online · {unread} unread", mr.name)
-            } else {
-                format!("{} {online}/{total} online", mr.name)
-            }
+            format!("{} {online}/{total} online{unread}", mr.name)
         })
         .collect();
     if parts.is_empty() {
@@ -187,8 +126,22 @@ pub(crate) fn launch(
     groups: Option<String>,
     mesh: Option<String>,
     role: Option<String>,
+    yes: bool,
     args: Vec<String>,
 ) -> Result<(), String> {
+    let print_mode = args.iter().any(|a| a == "-p" || a == "--print");
+    if !print_mode {
+        // Claude Code confirms development channels at every start and offers no setting
+        // to pre-accept them; say so rather than pretend `-y` covers it.
+        note!(
+            "claudemesh: Claude Code will ask to confirm loading the claudemesh channel (\"Loading development channels\"); choose 1 to get messages pushed into the session.{}",
+            if yes {
+                " -y cannot answer this one for you: Claude Code has no way to pre-accept it."
+            } else {
+                ""
+            }
+        );
+    }
     let claude = which("claude").ok_or(
         "Claude Code (`claude`) is not on your PATH; install it from https://docs.anthropic.com/claude-code, then run this again",
     )?;

@@ -518,7 +518,8 @@ pub(crate) struct LaunchArgs {
     /// Role tag shown to peers (e.g. reviewer, lead).
     #[arg(long)]
     pub(crate) role: Option<String>,
-    /// Accepted for compatibility: launch never asks anything.
+    /// Ask nothing; Claude Code's own development-channel prompt still appears (it has no
+    /// way to pre-accept it), and launch says so.
     #[arg(short = 'y', long = "yes")]
     pub(crate) yes: bool,
     /// Arguments for `claude`.
@@ -723,13 +724,17 @@ pub(crate) struct PeersArgs {
     /// Only this mesh.
     #[arg(long)]
     pub(crate) mesh: Option<String>,
+    /// Also sessions that ended (beyond the grace of `[peers] offline_grace_secs`).
+    #[arg(long)]
+    pub(crate) all: bool,
     #[command(flatten)]
     pub(crate) json: JsonArg,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct SendArgs {
-    /// Peer name or id, @group, or * for everyone.
+    /// A person's name (reaches their active session), `name/session`, a session id prefix,
+    /// @group, or * for everyone.
     pub(crate) to: String,
     /// The message (several words are joined with spaces).
     #[arg(required = true, num_args = 1..)]

@@ -79,7 +79,7 @@ fn start_in_background(p: &Paths) {
     if let Ok(exe) = std::env::current_exe()
         && claudemesh_daemon::client::spawn_detached(p, &exe).is_ok()
     {
-        eprintln!("(the daemon was not running; starting it in the background)");
+        note!("(the daemon was not running; starting it in the background)");
     }
 }
 
@@ -143,13 +143,13 @@ pub(crate) async fn run(cmd: Command) -> Res {
             if a.json.json {
                 output::json("mesh", &info);
             } else {
-                println!(
+                out!(
                     "Created mesh {} ({}) on relay {}.",
                     info.name,
                     info.mesh.short(),
                     info.relay
                 );
-                println!(
+                out!(
                     "Invite someone with `claudemesh invite --mesh {}`.",
                     info.name
                 );
@@ -197,7 +197,7 @@ pub(crate) async fn run(cmd: Command) -> Res {
             if json {
                 output::json("message", &r);
             } else {
-                println!("{} to {}: {:?}", r.id.short(), r.to, r.stage);
+                out!("{} to {}: {:?}", r.id.short(), r.to, r.stage);
             }
             match want {
                 Some(w) if r.stage < w => Err(Failure::new(
@@ -253,19 +253,19 @@ pub(crate) async fn run(cmd: Command) -> Res {
             if opts.json {
                 output::json("verify", &r);
             } else if r.members.is_empty() {
-                println!("No other members in this mesh yet.");
+                out!("No other members in this mesh yet.");
             } else {
-                println!("Your fingerprint: {}", r.fingerprint);
+                out!("Your fingerprint: {}", r.fingerprint);
                 for s in &r.members {
                     let who = if s.names.is_empty() {
                         s.fingerprint.clone()
                     } else {
                         s.names.join(", ")
                     };
-                    println!("{who} ({})", s.fingerprint);
-                    println!("  safety number: {}", s.safety_number);
+                    out!("{who} ({})", s.fingerprint);
+                    out!("  safety number: {}", s.safety_number);
                 }
-                println!(
+                out!(
                     "Compare with what they see in `claudemesh verify` (in person, or over a channel you trust)."
                 );
             }
@@ -320,31 +320,30 @@ pub(crate) async fn run(cmd: Command) -> Res {
             Ok(())
         }
         Command::StatusLine => {
-            println!("{}", crate::claude::status_line());
+            out!("{}", crate::claude::status_line());
             Ok(())
         }
         Command::Launch(a) => {
-            // `-y` is accepted for compatibility: launch never asks anything.
-            let _ = a.yes;
-            crate::claude::launch(a.name, a.groups, a.mesh, a.role, a.args)
+            crate::claude::launch(a.name, a.groups, a.mesh, a.role, a.yes, a.args)
                 .map_err(|e| Failure::new(1, e))
         }
         Command::Install(a) => {
             let f = crate::install::ClaudeFiles::from_env().map_err(|e| Failure::new(1, e))?;
-            let ch = crate::install::install(&f, !a.no_hooks, a.status_line)
+            let bin = crate::install::binary().map_err(|e| Failure::new(1, e))?;
+            let ch = crate::install::install(&f, &bin, !a.no_hooks, a.status_line)
                 .map_err(|e| Failure::new(1, e))?;
             if ch.files.is_empty() {
-                println!("claudemesh is already installed for Claude Code; nothing changed.");
+                out!("claudemesh is already installed for Claude Code; nothing changed.");
             } else {
                 for p in &ch.files {
-                    println!("updated {}", p.display());
+                    out!("updated {}", p.display());
                 }
-                println!(
+                out!(
                     "Restart Claude Code (or start it with `claudemesh launch`) to load claudemesh."
                 );
             }
             for n in &ch.notes {
-                println!("note: {n}");
+                out!("note: {n}");
             }
             Ok(())
         }
@@ -352,10 +351,10 @@ pub(crate) async fn run(cmd: Command) -> Res {
             let f = crate::install::ClaudeFiles::from_env().map_err(|e| Failure::new(1, e))?;
             let ch = crate::install::uninstall(&f).map_err(|e| Failure::new(1, e))?;
             if ch.files.is_empty() {
-                println!("claudemesh was not installed for Claude Code; nothing changed.");
+                out!("claudemesh was not installed for Claude Code; nothing changed.");
             }
             for p in &ch.files {
-                println!("updated {}", p.display());
+                out!("updated {}", p.display());
             }
             Ok(())
         }
@@ -363,7 +362,7 @@ pub(crate) async fn run(cmd: Command) -> Res {
             let p = paths()?;
             let mut c = client(&p).await?;
             if !a.json.json {
-                eprintln!("Asking to join; an admin's daemon must admit you…");
+                note!("Asking to join; an admin's daemon must admit you…");
             }
             let info: MeshInfo = c
                 .call(
@@ -378,13 +377,13 @@ pub(crate) async fn run(cmd: Command) -> Res {
             if a.json.json {
                 output::json("mesh", &info);
             } else {
-                println!(
+                out!(
                     "Joined {} as {} ({}).",
                     info.name,
                     info.display_name,
                     info.role.as_str()
                 );
-                println!("See who is there with `claudemesh peers`.");
+                out!("See who is there with `claudemesh peers`.");
             }
             Ok(())
         }
@@ -425,7 +424,7 @@ pub(crate) async fn run(cmd: Command) -> Res {
             if a.json.json {
                 output::json("mesh", &info);
             } else {
-                println!("Left {} and deleted its keys from this machine.", info.name);
+                out!("Left {} and deleted its keys from this machine.", info.name);
             }
             Ok(())
         }
@@ -499,20 +498,20 @@ pub(crate) async fn run(cmd: Command) -> Res {
             if a.json {
                 output::json("identities", &r);
             } else if r.identities.is_empty() {
-                println!(
+                out!(
                     "You are {} (no meshes yet; run `claudemesh up`).",
                     r.display_name
                 );
             } else {
                 for i in &r.identities {
-                    println!(
+                    out!(
                         "{} in {} ({})",
                         i.display_name,
                         i.mesh_name,
                         i.role.as_str()
                     );
-                    println!("  member id:   {}", i.member_id);
-                    println!("  fingerprint: {}", i.fingerprint);
+                    out!("  member id:   {}", i.member_id);
+                    out!("  fingerprint: {}", i.fingerprint);
                 }
             }
             Ok(())
@@ -552,7 +551,7 @@ pub(crate) async fn run(cmd: Command) -> Res {
                         .map(|g| format!("@{g}"))
                         .collect::<Vec<_>>()
                         .join(" ");
-                    println!(
+                    out!(
                         "{}: {} ({}){}{}",
                         p.mesh_name,
                         p.name,
@@ -573,6 +572,15 @@ pub(crate) async fn run(cmd: Command) -> Res {
             Ok(())
         }
     }
+}
+
+/// How long ended sessions stay listed, from the config (ms).
+pub(crate) fn offline_grace(p: &Paths) -> i64 {
+    DaemonConfig::load(&p.config())
+        .unwrap_or_default()
+        .peers
+        .offline_grace_secs as i64
+        * 1000
 }
 
 fn offline_meshes(p: &Paths) -> Result<Vec<offline::MeshRow>, Failure> {
@@ -610,7 +618,15 @@ async fn peers(a: PeersArgs) -> Res {
     let p = paths()?;
     let (meshes, down) = match Client::connect(&p.socket).await {
         Ok(mut c) => {
-            let r: PeersResult = c.call(m::PEERS, MeshParams { mesh: a.mesh }).await?;
+            let r: PeersResult = c
+                .call(
+                    m::PEERS,
+                    m::PeersParams {
+                        mesh: a.mesh,
+                        all: a.all,
+                    },
+                )
+                .await?;
             (r.meshes, false)
         }
         Err(ClientError::NotRunning { .. }) => {
@@ -619,9 +635,10 @@ async fn peers(a: PeersArgs) -> Res {
             if !rows.is_empty() {
                 let conn =
                     offline::open_readonly(&p.db()).map_err(|e| Failure::new(1, e.to_string()))?;
+                let grace = (!a.all).then(|| offline_grace(&p));
                 for r in rows {
-                    let peers =
-                        offline::q_peers(&conn, &r).map_err(|e| Failure::new(1, e.to_string()))?;
+                    let peers = offline::q_peers(&conn, &r, grace)
+                        .map_err(|e| Failure::new(1, e.to_string()))?;
                     out.push(MeshPeers {
                         mesh: r.id,
                         name: r.name,
@@ -671,13 +688,13 @@ async fn send(a: SendArgs) -> Res {
             r.recipients.join(", ")
         };
         match r.stage {
-            Stage::Queued => println!(
+            Stage::Queued => out!(
                 "queued for {who}: the relay is not reachable right now; it will be sent when the link returns (id {})",
                 r.id.short()
             ),
-            Stage::Relayed => println!("sent to {who} (relayed, id {})", r.id.short()),
+            Stage::Relayed => out!("sent to {who} (relayed, id {})", r.id.short()),
             Stage::Delivered | Stage::Surfaced | Stage::Read => {
-                println!("delivered to {who} (id {})", r.id.short())
+                out!("delivered to {who} (id {})", r.id.short())
             }
         }
     }
@@ -710,12 +727,12 @@ async fn status(json: bool) -> Res {
                     }),
                 );
             } else {
-                println!(
+                out!(
                     "daemon not running (config: {}); start it with `claudemesh daemon start`",
                     p.dir.display()
                 );
                 for r in rows {
-                    println!("{} via {}: offline", r.name, r.relay);
+                    out!("{} via {}: offline", r.name, r.relay);
                 }
             }
             Err(Failure::new(3, String::new()))
@@ -762,7 +779,7 @@ async fn invite(a: InviteArgs) -> Res {
             if json.json {
                 output::json("invite", &i)
             } else {
-                println!("Revoked invite {} to {}.", i.id.short(), i.mesh_name)
+                out!("Revoked invite {} to {}.", i.id.short(), i.mesh_name)
             }
         }
         Some(InviteAction::Pending(json)) => {
@@ -788,11 +805,12 @@ async fn decide(c: &mut Client, claim: String, accept: bool, json: bool) -> Res 
     if json {
         output::json("claim", &r);
     } else if accept {
-        println!("Admitted {} to {}.", r.fingerprint, r.mesh_name);
+        out!("Admitted {} to {}.", r.fingerprint, r.mesh_name);
     } else {
-        println!(
+        out!(
             "Denied the request from {} to join {}.",
-            r.fingerprint, r.mesh_name
+            r.fingerprint,
+            r.mesh_name
         );
     }
     Ok(())
@@ -808,14 +826,14 @@ async fn daemon(action: DaemonAction) -> Res {
         DaemonAction::Start => {
             if let Ok(mut c) = Client::connect(&p.socket).await {
                 let h: HelloResult = c.call(m::HELLO, ()).await?;
-                println!("daemon already running (pid {})", h.pid);
+                out!("daemon already running (pid {})", h.pid);
                 return Ok(());
             }
             let exe = std::env::current_exe().map_err(|e| Failure::new(3, e.to_string()))?;
             start_daemon(&p, &exe).await?;
             let mut c = Client::connect(&p.socket).await?;
             let h: HelloResult = c.call(m::HELLO, ()).await?;
-            println!("daemon started (pid {})", h.pid);
+            out!("daemon started (pid {})", h.pid);
             Ok(())
         }
         DaemonAction::Stop => {
@@ -823,9 +841,9 @@ async fn daemon(action: DaemonAction) -> Res {
                 Ok(mut c) => {
                     let _: serde_json::Value = c.call(m::SHUTDOWN, ()).await?;
                     wait_stopped(&p).await?;
-                    println!("daemon stopped");
+                    out!("daemon stopped");
                 }
-                Err(ClientError::NotRunning { .. }) => println!("daemon not running"),
+                Err(ClientError::NotRunning { .. }) => out!("daemon not running"),
                 Err(e) => return Err(e.into()),
             }
             Ok(())
@@ -839,7 +857,7 @@ async fn daemon(action: DaemonAction) -> Res {
                         serde_json::json!({"running": true, "pid": s.pid, "version": s.version, "uptime_ms": s.uptime_ms, "socket": s.socket, "config_dir": s.config_dir}),
                     );
                 } else {
-                    println!(
+                    out!(
                         "daemon running (pid {}, up {}, socket {})",
                         s.pid,
                         output::span(s.uptime_ms),
@@ -855,7 +873,7 @@ async fn daemon(action: DaemonAction) -> Res {
                         serde_json::json!({"running": false, "config_dir": p.dir.display().to_string()}),
                     );
                 } else {
-                    println!("daemon not running");
+                    out!("daemon not running");
                 }
                 Err(Failure::new(3, String::new()))
             }
@@ -935,12 +953,12 @@ async fn up(a: UpArgs) -> Res {
         );
         return Ok(());
     }
-    println!("claudemesh is up.");
+    out!("claudemesh is up.");
     if let Some(r) = &s.embedded_relay {
-        println!("  local relay: {r}");
+        out!("  local relay: {r}");
     }
     for mi in &meshes {
-        println!(
+        out!(
             "  mesh {} ({}) — you are {} ({})",
             mi.name,
             mi.mesh.short(),
@@ -949,12 +967,12 @@ async fn up(a: UpArgs) -> Res {
         );
     }
     if created {
-        println!("Created your personal mesh {:?}.", a.mesh);
+        out!("Created your personal mesh {:?}.", a.mesh);
     }
-    println!(
+    out!(
         "Next: `claudemesh invite` to bring in another machine, `claudemesh peers` to see who is here,"
     );
-    println!("      `claudemesh send <peer> <message>` and `claudemesh inbox` to talk.");
+    out!("      `claudemesh send <peer> <message>` and `claudemesh inbox` to talk.");
     Ok(())
 }
 
@@ -982,7 +1000,7 @@ fn print_grants(r: &trust::GrantsResult, json: bool) {
         return;
     }
     if r.peers.is_empty() {
-        println!("Every peer has every capability (none restricted or blocked).");
+        out!("Every peer has every capability (none restricted or blocked).");
         return;
     }
     for g in &r.peers {
@@ -992,7 +1010,7 @@ fn print_grants(r: &trust::GrantsResult, json: bool) {
             g.names.join(", ")
         };
         if g.blocked {
-            println!("{who} ({}): BLOCKED", g.fingerprint);
+            out!("{who} ({}): BLOCKED", g.fingerprint);
         } else {
             // Taking away a capability this version cannot enforce is only recorded.
             let advisory: Vec<&str> = trust::CAPABILITIES
@@ -1000,9 +1018,9 @@ fn print_grants(r: &trust::GrantsResult, json: bool) {
                 .copied()
                 .filter(|c| !g.caps.iter().any(|x| x == c) && !trust::ENFORCED.contains(c))
                 .collect();
-            println!("{who} ({}): {}", g.fingerprint, g.caps.join(", "));
+            out!("{who} ({}): {}", g.fingerprint, g.caps.join(", "));
             if !advisory.is_empty() {
-                println!(
+                out!(
                     "  (revoking {} is recorded but not enforced yet: shared state is sealed to the whole mesh)",
                     advisory.join(", ")
                 );

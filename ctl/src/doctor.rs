@@ -176,14 +176,34 @@ fn claude_checks(out: &mut Vec<Check>) {
         serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
     };
     let cj = read(&files.claude_json);
-    let registered = cj
+    let server = cj.as_ref().map(|v| v["mcpServers"]["claudemesh"].clone());
+    let registered = server
         .as_ref()
-        .and_then(|v| v["mcpServers"]["claudemesh"]["args"].as_array().cloned())
+        .and_then(|s| s["args"].as_array().cloned())
         .is_some_and(|a| a.first().and_then(|x| x.as_str()) == Some("mcp"));
-    out.push(if registered {
+    let command = server
+        .as_ref()
+        .and_then(|s| s["command"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    // Claude Code runs the command with its own PATH: it must name a file that is there.
+    let resolves = if command.contains('/') {
+        Path::new(&command).is_file()
+    } else {
+        which(&command).is_some()
+    };
+    out.push(if registered && resolves {
         Check::ok(
             "mcp_server",
-            format!("registered in {}", files.claude_json.display()),
+            format!("registered in {} ({command})", files.claude_json.display()),
+        )
+    } else if registered {
+        Check::fail(
+            "mcp_server",
+            format!(
+                "the registered command {command:?} in {} does not exist",
+                files.claude_json.display()
+            ),
+            "claudemesh install (registers this binary by its full path)",
         )
     } else {
         Check::fail(
@@ -195,12 +215,25 @@ fn claude_checks(out: &mut Vec<Check>) {
             "claudemesh install",
         )
     });
-    let hooks = read(&files.settings).is_some_and(|v| {
-        v["hooks"].as_object().is_some_and(|h| {
-            h.values()
-                .any(|g| g.to_string().contains("claudemesh hook "))
+    let hook_commands: Vec<String> = read(&files.settings)
+        .and_then(|v| v["hooks"].as_object().cloned())
+        .map(|h| {
+            let mut cmds = Vec::new();
+            for groups in h.values() {
+                for g in groups.as_array().into_iter().flatten() {
+                    for hk in g["hooks"].as_array().into_iter().flatten() {
+                        if let Some(c) = hk["command"].as_str()
+                            && crate::install::runs_claudemesh(c, "hook")
+                        {
+                            cmds.push(c.to_string());
+                        }
+                    }
+                }
+            }
+            cmds
         })
-    });
+        .unwrap_or_default();
+    let hooks = !hook_commands.is_empty();
     out.push(if hooks {
         Check::ok("hooks", format!("registered in {}", files.settings.display()))
     } else {
@@ -399,11 +432,11 @@ pub(crate) async fn run(json: bool) -> Res {
                 .as_deref()
                 .map(|m| format!(" [{m}]"))
                 .unwrap_or_default();
-            println!("{mark}  {}{mesh}: {}", c.name, c.detail);
+            out!("{mark}  {}{mesh}: {}", c.name, c.detail);
             if let Some(f) = &c.fix
                 && c.status != "ok"
             {
-                println!("      fix: {f}");
+                out!("      fix: {f}");
             }
         }
     }

@@ -19,7 +19,12 @@ pub(crate) const HOOKS: &[(&str, &str)] = &[
 ];
 
 const SKILL: &str = include_str!("../assets/SKILL.md");
-const STATUS_LINE: &str = "claudemesh status-line";
+/// Does a status line command run ours?
+fn is_our_status_line(v: &Value) -> bool {
+    v["command"]
+        .as_str()
+        .is_some_and(|c| runs_claudemesh(c, "status-line"))
+}
 
 /// Where Claude Code keeps its configuration, under `home`.
 #[derive(Debug, Clone)]
@@ -97,14 +102,64 @@ fn write_if_changed(
     Ok(true)
 }
 
+/// The program a command line runs (its first word, unquoted).
+fn program(command: &str) -> &str {
+    let c = command.trim_start();
+    if let Some(rest) = c.strip_prefix('\'') {
+        return rest.split('\'').next().unwrap_or("");
+    }
+    c.split_whitespace().next().unwrap_or("")
+}
+
+/// Does `command` run claudemesh (bare or by path) with `sub` as its first argument?
+pub(crate) fn runs_claudemesh(command: &str, sub: &str) -> bool {
+    let prog = program(command);
+    let name = Path::new(prog).file_name().and_then(|n| n.to_str());
+    let rest = command.trim_start();
+    let rest = if rest.starts_with('\'') {
+        rest.get(prog.len() + 2..).unwrap_or("")
+    } else {
+        rest.get(prog.len()..).unwrap_or("")
+    };
+    name == Some("claudemesh") && rest.split_whitespace().next() == Some(sub)
+}
+
 fn is_ours(group: &Value) -> bool {
     group["hooks"].as_array().is_some_and(|hs| {
         hs.iter().any(|h| {
             h["command"]
                 .as_str()
-                .is_some_and(|c| c.starts_with("claudemesh hook "))
+                .is_some_and(|c| runs_claudemesh(c, "hook"))
         })
     })
+}
+
+/// The claudemesh binary to register: the running one, by the path on `PATH` when that is
+/// the same file (a package manager's stable link survives upgrades), else its own path.
+/// Claude Code runs MCP servers and hooks with its own `PATH`, so a bare `claudemesh`
+/// would work only by luck.
+pub(crate) fn binary() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("cannot tell where this claudemesh binary is: {e}"))?;
+    let real = std::fs::canonicalize(&exe).unwrap_or_else(|_| exe.clone());
+    let on_path = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("claudemesh"))
+            .find(|c| std::fs::canonicalize(c).is_ok_and(|r| r == real))
+    });
+    Ok(on_path.unwrap_or(real))
+}
+
+/// `path` as one word of a shell command line (hooks run under `sh -c`).
+fn shell_word(path: &Path) -> String {
+    let s = path.display().to_string();
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c))
+    {
+        s
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
 }
 
 /// What an install or uninstall changed, for the summary.
@@ -114,8 +169,14 @@ pub(crate) struct Changes {
     pub(crate) notes: Vec<String>,
 }
 
-pub(crate) fn install(f: &ClaudeFiles, hooks: bool, status_line: bool) -> Result<Changes, String> {
+pub(crate) fn install(
+    f: &ClaudeFiles,
+    bin: &Path,
+    hooks: bool,
+    status_line: bool,
+) -> Result<Changes, String> {
     let mut ch = Changes::default();
+    let word = shell_word(bin);
     // MCP server.
     let before = read_object(&f.claude_json)?;
     let mut cj = before.clone();
@@ -130,7 +191,7 @@ pub(crate) fn install(f: &ClaudeFiles, hooks: bool, status_line: bool) -> Result
     };
     servers.insert(
         "claudemesh".into(),
-        json!({"command": "claudemesh", "args": ["mcp"]}),
+        json!({"command": bin.display().to_string(), "args": ["mcp"]}),
     );
     if write_if_changed(&f.claude_json, &before, &cj)? {
         ch.files.push(f.claude_json.clone());
@@ -156,17 +217,32 @@ pub(crate) fn install(f: &ClaudeFiles, hooks: bool, status_line: bool) -> Result
                     f.settings.display()
                 ));
             };
-            if !list.iter().any(is_ours) {
-                list.push(json!({"hooks": [{"type": "command", "command": format!("claudemesh hook {arg}"), "timeout": 10}]}));
+            // One entry of ours per event, pointing at this binary (a reinstall after a
+            // move or an upgrade updates it in place).
+            let entry = json!({"hooks": [{"type": "command", "command": format!("{word} hook {arg}"), "timeout": 10}]});
+            match list.iter().position(is_ours) {
+                Some(i) => {
+                    list[i] = entry;
+                    let mut n = 0;
+                    list.retain(|g| {
+                        let ours = is_ours(g);
+                        n += usize::from(ours);
+                        !ours || n == 1
+                    });
+                }
+                None => list.push(entry),
             }
         }
     }
     if status_line {
+        let ours = json!({"type": "command", "command": format!("{word} status-line")});
         match st.get("statusLine") {
             None => {
-                st.insert("statusLine".into(), json!({"type": "command", "command": STATUS_LINE}));
+                st.insert("statusLine".into(), ours);
             }
-            Some(v) if v["command"] == STATUS_LINE => {}
+            Some(v) if is_our_status_line(v) => {
+                st.insert("statusLine".into(), ours);
+            }
             Some(_) => ch.notes.push(
                 "you already have a status line; left it alone (add `claudemesh status-line` to it yourself)".into(),
             ),
@@ -217,10 +293,7 @@ pub(crate) fn uninstall(f: &ClaudeFiles) -> Result<Changes, String> {
             st.remove("hooks");
         }
     }
-    if st
-        .get("statusLine")
-        .is_some_and(|v| v["command"] == STATUS_LINE)
-    {
+    if st.get("statusLine").is_some_and(is_our_status_line) {
         st.remove("statusLine");
     }
     if write_if_changed(&f.settings, &before, &st)? {
@@ -268,7 +341,8 @@ mod tests {
         std::fs::write(&f.claude_json, claude_json.to_string()).unwrap();
         std::fs::write(&f.settings, settings.to_string()).unwrap();
 
-        let ch = install(&f, true, true).unwrap();
+        let bin = Path::new("/opt/claude mesh/bin/claudemesh");
+        let ch = install(&f, bin, true, true).unwrap();
         assert_eq!(ch.files.len(), 3);
         assert_eq!(
             ch.notes.len(),
@@ -281,24 +355,33 @@ mod tests {
         assert_eq!(cj["mcpServers"]["other"]["command"], "x");
         assert_eq!(
             cj["mcpServers"]["claudemesh"],
-            json!({"command": "claudemesh", "args": ["mcp"]})
+            json!({"command": "/opt/claude mesh/bin/claudemesh", "args": ["mcp"]})
         );
         let st: Value =
             serde_json::from_str(&std::fs::read_to_string(&f.settings).unwrap()).unwrap();
         assert_eq!(st["model"], "opus");
         assert_eq!(st["statusLine"]["command"], "my-line");
         assert_eq!(st["hooks"]["Stop"].as_array().unwrap().len(), 2);
-        assert!(
-            st["hooks"]["UserPromptSubmit"][0]["hooks"][0]["command"]
-                .as_str()
-                .unwrap()
-                .starts_with("claudemesh hook")
+        assert_eq!(
+            st["hooks"]["UserPromptSubmit"][0]["hooks"][0]["command"],
+            "'/opt/claude mesh/bin/claudemesh' hook user-prompt-submit"
         );
         assert_eq!(backups(home.path()), 2);
 
-        let again = install(&f, true, true).unwrap();
+        let again = install(&f, bin, true, true).unwrap();
         assert!(again.files.is_empty(), "a second install changes nothing");
         assert_eq!(backups(home.path()), 2);
+
+        // Installed again from elsewhere (an upgrade moved it): entries follow, no twins.
+        let moved = Path::new("/usr/local/bin/claudemesh");
+        install(&f, moved, true, true).unwrap();
+        let st: Value =
+            serde_json::from_str(&std::fs::read_to_string(&f.settings).unwrap()).unwrap();
+        assert_eq!(st["hooks"]["Stop"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            st["hooks"]["Stop"][1]["hooks"][0]["command"],
+            "/usr/local/bin/claudemesh hook stop"
+        );
 
         uninstall(&f).unwrap();
         let cj2: Value =
@@ -314,10 +397,10 @@ mod tests {
     fn status_line_is_added_when_absent_and_removed_by_uninstall() {
         let home = tempfile::tempdir().unwrap();
         let f = ClaudeFiles::under(home.path());
-        install(&f, false, true).unwrap();
+        install(&f, Path::new("/bin/claudemesh"), false, true).unwrap();
         let st: Value =
             serde_json::from_str(&std::fs::read_to_string(&f.settings).unwrap()).unwrap();
-        assert_eq!(st["statusLine"]["command"], STATUS_LINE);
+        assert_eq!(st["statusLine"]["command"], "/bin/claudemesh status-line");
         assert!(st.get("hooks").is_none(), "--no-hooks adds none");
         uninstall(&f).unwrap();
         let st: Value =
@@ -326,11 +409,21 @@ mod tests {
     }
 
     #[test]
+    fn our_commands_are_recognised_bare_or_by_path() {
+        assert!(runs_claudemesh("claudemesh hook stop", "hook"));
+        assert!(runs_claudemesh("/x/y/claudemesh hook stop", "hook"));
+        assert!(runs_claudemesh("'/a b/claudemesh' hook stop", "hook"));
+        assert!(!runs_claudemesh("notclaudemesh hook stop", "hook"));
+        assert!(!runs_claudemesh("claudemesh status-line", "hook"));
+        assert!(!runs_claudemesh("notify-send done", "hook"));
+    }
+
+    #[test]
     fn broken_files_are_refused_untouched() {
         let home = tempfile::tempdir().unwrap();
         let f = ClaudeFiles::under(home.path());
         std::fs::write(&f.claude_json, "{not json").unwrap();
-        let e = install(&f, true, false).unwrap_err();
+        let e = install(&f, Path::new("/bin/claudemesh"), true, false).unwrap_err();
         assert!(e.contains("not valid JSON"), "{e}");
         assert_eq!(
             std::fs::read_to_string(&f.claude_json).unwrap(),

@@ -1,6 +1,24 @@
 //! `claudemesh`: parse the command line, then either run the daemon in the foreground
 //! (`claudemesh daemon run`) or act as a client of it. Behaviour lives in `commands`.
 
+/// Print a line to stdout; a closed pipe (`claudemesh … | head -1`) ends the process
+/// quietly instead of panicking.
+macro_rules! out {
+    () => {
+        $crate::output::line("")
+    };
+    ($($t:tt)*) => {
+        $crate::output::line(&format!($($t)*))
+    };
+}
+
+/// Print a line to stderr, ignoring a closed pipe.
+macro_rules! note {
+    ($($t:tt)*) => {
+        $crate::output::note(&format!($($t)*))
+    };
+}
+
 mod backup;
 mod claude;
 mod cli;
@@ -78,7 +96,7 @@ fn daemon_run(notify_ready: bool) -> ExitCode {
     let paths = match claudemesh_daemon::Paths::from_env() {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: {e}");
+            note!("error: {e}");
             return ExitCode::from(3);
         }
     };
@@ -92,15 +110,15 @@ fn daemon_run(notify_ready: bool) -> ExitCode {
             Err(e) => {
                 tracing::error!(error = %e, "daemon failed to start");
                 if notify_ready {
-                    println!("error: {e}");
+                    out!("error: {e}");
                 } else {
-                    eprintln!("error: {e}");
+                    note!("error: {e}");
                 }
                 return ExitCode::from(3);
             }
         };
         if notify_ready {
-            println!("ready {}", std::process::id());
+            out!("ready {}", std::process::id());
             let _ = std::io::stdout().flush();
         }
         tokio::select! {
@@ -124,7 +142,7 @@ fn runtime(multi: bool) -> Option<tokio::runtime::Runtime> {
     match b.enable_all().build() {
         Ok(rt) => Some(rt),
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            note!("error: cannot start the async runtime: {e}");
             None
         }
     }
@@ -142,14 +160,14 @@ fn mcp_run() -> ExitCode {
     let paths = match claudemesh_daemon::Paths::from_env() {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: {e}");
+            note!("error: {e}");
             return ExitCode::from(3);
         }
     };
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("error: cannot find the claudemesh executable: {e}");
+            note!("error: cannot find the claudemesh executable: {e}");
             return ExitCode::from(3);
         }
     };
@@ -159,7 +177,7 @@ fn mcp_run() -> ExitCode {
     match rt.block_on(claudemesh_mcp_shim::run(paths, exe)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            note!("error: {e}");
             ExitCode::from(1)
         }
     }
@@ -170,7 +188,7 @@ fn relay_run(a: cli::RelayArgs) -> ExitCode {
         Some(p) => match claudemesh_relay::RelayConfig::from_file(p) {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("error: {e}");
+                note!("error: {e}");
                 return ExitCode::from(2);
             }
         },
@@ -213,16 +231,16 @@ fn relay_run(a: cli::RelayArgs) -> ExitCode {
         let relay = match claudemesh_relay::Relay::bind(cfg).await {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("error: {e}");
+                note!("error: {e}");
                 return ExitCode::from(1);
             }
         };
         let fp = claudemesh_schema::encoding::b64(&relay.fingerprint());
         if a.notify_ready {
-            println!("ready {} {fp}", relay.local_addr());
+            out!("ready {} {fp}", relay.local_addr());
             let _ = std::io::stdout().flush();
         } else {
-            eprintln!(
+            note!(
                 "relay listening on {} (fingerprint {fp})",
                 relay.local_addr()
             );
@@ -236,7 +254,7 @@ fn relay_run(a: cli::RelayArgs) -> ExitCode {
         match relay.run(token).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: {e}");
+                note!("error: {e}");
                 ExitCode::from(1)
             }
         }
@@ -294,7 +312,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             if !f.message.is_empty() {
-                eprintln!("error: {}", f.message);
+                note!("error: {}", f.message);
             }
             ExitCode::from(f.code)
         }

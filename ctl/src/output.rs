@@ -9,6 +9,22 @@ use claudemesh_schema::now_ms;
 use serde::Serialize;
 use serde_json::Value;
 
+/// Write one line to stdout. A reader that went away (`| head -1`) ends this process with
+/// exit 0: the output it wanted is out, and a CLI must not panic on a closed pipe.
+pub(crate) fn line(s: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{s}").and_then(|_| out.flush()).is_err() {
+        std::process::exit(0);
+    }
+}
+
+/// Write one line to stderr, ignoring errors (nobody to tell).
+pub(crate) fn note(s: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{s}");
+}
+
 /// Print `v` as JSON with `schema_version`; lists are wrapped as `{key: [...]}`.
 pub(crate) fn json(key: &str, v: impl Serialize) {
     let mut out = serde_json::Map::new();
@@ -19,7 +35,7 @@ pub(crate) fn json(key: &str, v: impl Serialize) {
             out.insert(key.into(), other);
         }
     }
-    println!("{}", Value::Object(out));
+    out!("{}", Value::Object(out));
 }
 
 /// "5s ago", "3m ago", "2h ago", "4d ago".
@@ -68,7 +84,7 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
                 s.push_str(&format!("{c:<w$}  ", w = widths[i]));
             }
         }
-        println!("  {}", s.trim_end());
+        out!("  {}", s.trim_end());
     };
     line(header.iter().map(|h| h.to_string()).collect());
     for r in rows {
@@ -78,7 +94,7 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
 
 pub(crate) fn peers(meshes: &[MeshPeers], daemon_down: bool) {
     if meshes.is_empty() {
-        println!(
+        out!(
             "You have not joined any mesh yet. Run `claudemesh up` or `claudemesh join <invite>`."
         );
         return;
@@ -91,9 +107,9 @@ pub(crate) fn peers(meshes: &[MeshPeers], daemon_down: bool) {
         } else {
             ""
         };
-        println!("{}{how}", m.name);
+        out!("{}{how}", m.name);
         if m.peers.is_empty() {
-            println!("  no other peers yet; `claudemesh invite` makes an invite link");
+            out!("  no other peers yet; `claudemesh invite` makes an invite link");
             continue;
         }
         let rows = m
@@ -138,7 +154,7 @@ pub(crate) fn peers(meshes: &[MeshPeers], daemon_down: bool) {
 
 pub(crate) fn inbox(msgs: &[InboxMessage]) {
     if msgs.is_empty() {
-        println!("No new messages.");
+        out!("No new messages.");
         return;
     }
     for m in msgs {
@@ -152,7 +168,7 @@ pub(crate) fn inbox(msgs: &[InboxMessage]) {
         } else {
             String::new()
         };
-        println!(
+        out!(
             "{} ({}{to}, {}){marker}: {}",
             m.from_name,
             m.mesh_name,
@@ -164,7 +180,7 @@ pub(crate) fn inbox(msgs: &[InboxMessage]) {
 
 pub(crate) fn mesh_list(meshes: &[MeshInfo]) {
     if meshes.is_empty() {
-        println!(
+        out!(
             "You have not joined any mesh yet. Run `claudemesh up` or `claudemesh join <invite>`."
         );
         return;
@@ -197,22 +213,22 @@ fn link_text(m: &MeshStatus) -> String {
 }
 
 pub(crate) fn status(s: &StatusResult) {
-    println!(
+    out!(
         "daemon running (pid {}, version {}, up {})",
         s.pid,
         s.version,
         span(s.uptime_ms)
     );
-    println!("  config: {}", s.config_dir);
+    out!("  config: {}", s.config_dir);
     if let Some(r) = &s.embedded_relay {
-        println!("  local relay: {r}");
+        out!("  local relay: {r}");
     }
     if s.meshes.is_empty() {
-        println!("No meshes yet. Run `claudemesh up` or `claudemesh join <invite>`.");
+        out!("No meshes yet. Run `claudemesh up` or `claudemesh join <invite>`.");
     }
     for m in &s.meshes {
-        println!("{} via {}: {}", m.name, m.relay, link_text(m));
-        println!(
+        out!("{} via {}: {}", m.name, m.relay, link_text(m));
+        out!(
             "  peers online: {}   unread: {}   waiting to send: {}{}",
             m.peers_online,
             m.unread,
@@ -228,7 +244,7 @@ pub(crate) fn status(s: &StatusResult) {
             .filter(|(_, n)| **n > 0)
             .map(|(k, n)| format!("{k} {n}"))
             .collect();
-        println!(
+        out!(
             "  shared log: seq {}{}{}",
             m.log_seq,
             if m.log_pending > 0 {
@@ -247,9 +263,9 @@ pub(crate) fn status(s: &StatusResult) {
 
 pub(crate) fn invite(i: &InviteInfo) {
     if let Some(link) = &i.invite {
-        println!("{link}");
+        out!("{link}");
     }
-    eprintln!(
+    note!(
         "Invite {} to {} as {}: {} use(s), expires in {}{}.",
         i.id.short(),
         i.mesh_name,
@@ -262,12 +278,12 @@ pub(crate) fn invite(i: &InviteInfo) {
             ""
         }
     );
-    eprintln!("The link holds no key: joining needs your daemon online to admit the newcomer.");
+    note!("The link holds no key: joining needs your daemon online to admit the newcomer.");
 }
 
 pub(crate) fn invite_list(list: &[InviteInfo]) {
     if list.is_empty() {
-        println!("No invites minted on this machine.");
+        out!("No invites minted on this machine.");
         return;
     }
     let rows = list
@@ -301,7 +317,7 @@ pub(crate) fn invite_list(list: &[InviteInfo]) {
 
 pub(crate) fn claims(list: &[PendingClaim]) {
     if list.is_empty() {
-        println!("No join requests are waiting.");
+        out!("No join requests are waiting.");
         return;
     }
     let rows = list
@@ -316,14 +332,14 @@ pub(crate) fn claims(list: &[PendingClaim]) {
         })
         .collect();
     table(&["CLAIM", "MESH", "KEY FINGERPRINT", "ASKED"], rows);
-    println!(
+    out!(
         "Approve with `claudemesh invite approve <claim>`, or deny with `claudemesh invite deny <claim>`."
     );
 }
 
 pub(crate) fn state(entries: &[StateEntry]) {
     if entries.is_empty() {
-        println!("No shared state yet. Set a key with `claudemesh state set <key> <value>`.");
+        out!("No shared state yet. Set a key with `claudemesh state set <key> <value>`.");
         return;
     }
     let rows = entries
@@ -350,7 +366,7 @@ pub(crate) fn state(entries: &[StateEntry]) {
 
 pub(crate) fn memories(list: &[Memory]) {
     if list.is_empty() {
-        println!("No memories match.");
+        out!("No memories match.");
         return;
     }
     for m in list {
@@ -360,7 +376,7 @@ pub(crate) fn memories(list: &[Memory]) {
             format!(" [{}]", m.tags.join(", "))
         };
         let pending = if m.pending { " (pending)" } else { "" };
-        println!(
+        out!(
             "{}  {}{tags}  — {}, {}{pending}",
             m.id.short(),
             m.text,
@@ -372,7 +388,7 @@ pub(crate) fn memories(list: &[Memory]) {
 
 pub(crate) fn tasks(list: &[Task]) {
     if list.is_empty() {
-        println!("No tasks. Create one with `claudemesh task create <title>`.");
+        out!("No tasks. Create one with `claudemesh task create <title>`.");
         return;
     }
     let rows = list
@@ -399,7 +415,7 @@ pub(crate) fn tasks(list: &[Task]) {
 
 pub(crate) fn reservations(list: &[Reservation]) {
     if list.is_empty() {
-        println!("No file reservations.");
+        out!("No file reservations.");
         return;
     }
     let rows = list
@@ -425,9 +441,7 @@ pub(crate) fn reservations(list: &[Reservation]) {
 
 pub(crate) fn reminders(list: &[Reminder]) {
     if list.is_empty() {
-        println!(
-            "No reminders scheduled. Schedule one with `claudemesh remind <message> --in 30m`."
-        );
+        out!("No reminders scheduled. Schedule one with `claudemesh remind <message> --in 30m`.");
         return;
     }
     let rows = list

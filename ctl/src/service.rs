@@ -218,20 +218,18 @@ pub(crate) async fn install(platform: Option<String>, json: bool) -> Res {
         );
     } else {
         if unchanged {
-            println!(
+            out!(
                 "service already installed at {}; nothing changed",
                 file.display()
             );
         } else {
-            println!("installed {}", file.display());
+            out!("installed {}", file.display());
         }
         for n in &notes {
-            println!("note: {n}");
+            out!("note: {n}");
         }
         if !notes.is_empty() {
-            println!(
-                "the file is in place; start it by hand once the service manager is available"
-            );
+            out!("the file is in place; start it by hand once the service manager is available");
         }
     }
     Ok(())
@@ -242,7 +240,7 @@ pub(crate) async fn uninstall(platform: Option<String>) -> Res {
     let file = service_file(kind)
         .ok_or_else(|| Failure::new(1, "cannot find your home directory (set HOME)"))?;
     if !file.exists() {
-        println!(
+        out!(
             "no claudemesh service installed ({} does not exist)",
             file.display()
         );
@@ -281,7 +279,7 @@ pub(crate) async fn uninstall(platform: Option<String>) -> Res {
             ),
         };
         if let Err(e) = r {
-            println!("note: {e}");
+            out!("note: {e}");
         }
     }
     std::fs::remove_file(&file)
@@ -289,7 +287,7 @@ pub(crate) async fn uninstall(platform: Option<String>) -> Res {
     if manager_enabled() && kind == ServiceKind::Systemd {
         let _ = manage("systemctl", &["--user", "daemon-reload"]);
     }
-    println!("removed {}", file.display());
+    out!("removed {}", file.display());
     Ok(())
 }
 
@@ -327,13 +325,13 @@ pub(crate) async fn status(platform: Option<String>, json: bool) -> Res {
             serde_json::json!({"installed": installed, "file": file, "state": active}),
         );
     } else if installed {
-        println!(
+        out!(
             "installed: {} ({})",
             file.map(|f| f.display().to_string()).unwrap_or_default(),
             active.as_deref().unwrap_or("state unknown")
         );
     } else {
-        println!("not installed; `claudemesh service install` runs the daemon as a user service");
+        out!("not installed; `claudemesh service install` runs the daemon as a user service");
     }
     Ok(())
 }

@@ -44,8 +44,8 @@ fn written(what: &str, w: &WriteResult, json: bool) {
             .map(|i| format!(" {}", &i[..8.min(i.len())]))
             .unwrap_or_default();
     match w.seq {
-        Some(seq) => println!("{what}{id} (seq {seq})"),
-        None => println!("{what}{id} (pending: saved here, published when the relay link is up)"),
+        Some(seq) => out!("{what}{id} (seq {seq})"),
+        None => out!("{what}{id} (pending: saved here, published when the relay link is up)"),
     }
 }
 
@@ -76,8 +76,8 @@ pub(crate) async fn state(action: StateAction) -> Res {
                 output::json("entry", e);
             } else {
                 match &e.value {
-                    Value::String(s) => println!("{s}"),
-                    v => println!("{v}"),
+                    Value::String(s) => out!("{s}"),
+                    v => out!("{v}"),
                 }
             }
             Ok(())
@@ -110,22 +110,22 @@ pub(crate) async fn state(action: StateAction) -> Res {
                 )
                 .await?;
             use std::io::Write as _;
-            eprintln!("watching shared state (Ctrl-C stops)");
+            note!("watching shared state (Ctrl-C stops)");
             while let Ok(n) = c.notification().await {
                 if n.method != sh::NOTIFY_STATE_CHANGE {
                     continue;
                 }
                 if opts.json {
-                    println!("{}", n.params);
+                    out!("{}", n.params);
                 } else if let Some(missed) = n.params.get("lagged") {
-                    println!("(missed {missed} changes: this watcher fell behind)");
+                    out!("(missed {missed} changes: this watcher fell behind)");
                 } else if let Ok(ch) = serde_json::from_value::<sh::StateChange>(n.params) {
                     let v = match ch.value {
                         Value::Null => "(deleted)".to_string(),
                         Value::String(s) => s,
                         v => v.to_string(),
                     };
-                    println!("{} = {v}  (by {}, seq {})", ch.key, ch.by, ch.seq);
+                    out!("{} = {v}  (by {}, seq {})", ch.key, ch.by, ch.seq);
                 }
                 let _ = std::io::stdout().flush();
             }
@@ -234,9 +234,9 @@ pub(crate) async fn task(action: TaskAction) -> Res {
             } else {
                 let t = &r.task;
                 match r.won {
-                    Some(true) => println!("claimed task {} \"{}\"", t.id.short(), t.title),
+                    Some(true) => out!("claimed task {} \"{}\"", t.id.short(), t.title),
                     Some(false) => {}
-                    None => println!(
+                    None => out!(
                         "claim on task {} \"{}\" is pending: it is decided by log order when the relay link is up; you will be told if it loses",
                         t.id.short(),
                         t.title
@@ -291,7 +291,7 @@ pub(crate) async fn audit(action: AuditAction) -> Res {
     if opts.json {
         output::json("audit", &r);
     } else if let Some(seq) = r.first_broken {
-        println!(
+        out!(
             "BROKEN at seq {seq}: {}",
             r.problem.clone().unwrap_or_default()
         );
@@ -300,7 +300,7 @@ pub(crate) async fn audit(action: AuditAction) -> Res {
             .relay_head
             .map(|h| format!("relay head {h}"))
             .unwrap_or_else(|| "relay not checked".into());
-        println!(
+        out!(
             "ok: {} ops chain correctly (local head {}, {relay}){}",
             r.checked,
             r.local_head,
@@ -330,7 +330,7 @@ pub(crate) async fn debug(action: DebugAction) -> Res {
             if opts.json {
                 output::json("digest", &r);
             } else {
-                println!("{} seq {} pending {}", r.digest, r.seq, r.pending);
+                out!("{} seq {} pending {}", r.digest, r.seq, r.pending);
             }
             Ok(())
         }
@@ -555,7 +555,7 @@ pub(crate) async fn skill(action: SkillAction) -> Res {
             if opts.json {
                 output::json("skill", s);
             } else {
-                println!("{}", s.instructions);
+                out!("{}", s.instructions);
             }
             Ok(())
         }
@@ -572,12 +572,12 @@ pub(crate) async fn skill(action: SkillAction) -> Res {
             if opts.json {
                 output::json("skills", &r);
             } else if r.skills.is_empty() {
-                println!(
+                out!(
                     "No skills. Share one with `claudemesh skill share <name> --description D --file F`."
                 );
             } else {
                 for s in &r.skills {
-                    println!("{}  — {} (by {})", s.name, s.description, s.author);
+                    out!("{}  — {} (by {})", s.name, s.description, s.author);
                 }
             }
             Ok(())
@@ -626,20 +626,20 @@ pub(crate) async fn context(action: ContextAction) -> Res {
             if opts.json {
                 output::json("contexts", &r);
             } else if r.contexts.is_empty() {
-                println!("No contexts shared yet.");
+                out!("No contexts shared yet.");
             } else {
                 for c in &r.contexts {
-                    println!(
+                    out!(
                         "{} ({}, {})",
                         c.summary,
                         c.author,
                         output::ago(c.created_at)
                     );
                     if !c.files_read.is_empty() {
-                        println!("  files: {}", c.files_read.join(", "));
+                        out!("  files: {}", c.files_read.join(", "));
                     }
                     for f in &c.key_findings {
-                        println!("  - {f}");
+                        out!("  - {f}");
                     }
                 }
             }

@@ -464,7 +464,9 @@ fn a_daemon_hosts_several_sessions_each_a_peer() {
     });
     let got = nodes[0].inbox_wait();
     assert_eq!(bodies(&got), vec!["from bob-api"]);
-    assert_eq!(got[0]["from_name"], "bob-api");
+    // The person, and the session that wrote.
+    assert_eq!(got[0]["from_name"], "bob");
+    assert_eq!(got[0]["from_label"], "bob-api");
     assert_eq!(inbox(Some(s2)), vec!["from bob-api"]);
     assert_eq!(inbox(None), vec!["from bob-api"]);
     assert_eq!(peek(Some(s1)), 0);
@@ -560,21 +562,18 @@ fn hooks_report_status_and_surface_messages_by_priority() {
         !ctx.contains("when you are free") && !ctx.contains("fyi"),
         "{ctx}"
     );
-    assert_eq!(
-        hook("stop"),
-        "",
-        "no urgent message left to hold the turn for"
-    );
-    alice.wait("peer-idle", Some("bob-claude"));
-    let v: Value = serde_json::from_str(&hook("user-prompt-submit")).unwrap();
-    let ctx = v["hookSpecificOutput"]["additionalContext"]
-        .as_str()
-        .unwrap();
-    assert!(ctx.contains("alice: when you are free"), "{ctx}");
+    // The turn would end: the session is about to be idle, so `next` keeps it going.
+    let v: Value = serde_json::from_str(&hook("stop")).unwrap();
+    assert_eq!(v["decision"], "block");
+    let reason = v["reason"].as_str().unwrap();
+    assert!(reason.contains("alice: when you are free"), "{reason}");
     assert!(
-        !ctx.contains("fyi") && !ctx.contains("prod is down"),
-        "{ctx}"
+        !reason.contains("fyi") && !reason.contains("prod is down"),
+        "shown once, `low` never: {reason}"
     );
+    assert_eq!(hook("stop"), "", "nothing left to hold the turn for");
+    alice.wait("peer-idle", Some("bob-claude"));
+    assert_eq!(hook("user-prompt-submit"), "", "each message shown once");
     // The low one is still there for a pull.
     let left = bob.json(&["inbox", "--session", &id]);
     assert_eq!(left["messages"][0]["body"], "fyi");
@@ -588,9 +587,11 @@ fn install_is_idempotent_and_uninstall_removes_it() {
     let cj: Value =
         serde_json::from_str(&std::fs::read_to_string(n.dir.join(".claude.json")).unwrap())
             .unwrap();
+    // Claude Code runs it with its own PATH: the binary is registered by its full path.
+    let exe = std::fs::canonicalize(bin()).unwrap();
     assert_eq!(
         cj["mcpServers"]["claudemesh"],
-        serde_json::json!({"command": "claudemesh", "args": ["mcp"]})
+        serde_json::json!({"command": exe.display().to_string(), "args": ["mcp"]})
     );
     assert!(
         n.ok(&["install", "--status-line"])
@@ -608,25 +609,19 @@ fn install_is_idempotent_and_uninstall_removes_it() {
 fn a_session_goes_offline_when_its_claude_process_exits() {
     let root = tempfile::tempdir().unwrap();
     let (_relay, nodes) = mesh(bin(), root.path(), &["alice", "bob"], &[]);
-    // Stand-in for the Claude Code process: the session key names its pid and start time.
+    // Stand-in for the Claude Code process the session lives in.
     let mut claude = std::process::Command::new("sleep")
         .arg("300")
         .spawn()
         .unwrap();
-    let pid = claude.id();
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let start = stat[stat.rfind(')').unwrap() + 1..]
-        .split_whitespace()
-        .nth(19)
-        .unwrap()
-        .to_string();
-    let key = format!("claude-{pid}-{start}");
-    let out = nodes[1].run_env(
+    let pid = claude.id().to_string();
+    let out = nodes[1].run_stdin(
         &["hook", "session-start"],
         &[
-            ("CLAUDEMESH_SESSION_KEY", key.as_str()),
+            ("CLAUDEMESH_LEASE_PID", pid.as_str()),
             ("CLAUDEMESH_DISPLAY_NAME", "bob-claude"),
         ],
+        br#"{"session_id": "cc-1", "source": "startup"}"#,
     );
     assert!(out.status.success());
     nodes[0].wait("peer-online", Some("bob-claude"));
@@ -726,24 +721,17 @@ fn a_resumed_claude_session_is_the_same_peer_not_a_twin() {
     let (_relay, nodes) = mesh(bin(), root.path(), &["alice", "bob"], &[]);
     let (alice, bob) = (&nodes[0], &nodes[1]);
     let start_claude = || {
-        let c = std::process::Command::new("sleep")
+        std::process::Command::new("sleep")
             .arg("300")
             .spawn()
-            .unwrap();
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", c.id())).unwrap();
-        let start = stat[stat.rfind(')').unwrap() + 1..]
-            .split_whitespace()
-            .nth(19)
             .unwrap()
-            .to_string();
-        let key = format!("claude-{}-{start}", c.id());
-        (c, key)
     };
-    let hook = |key: &str, event: &str, stdin: &str| -> String {
+    let hook = |claude: &std::process::Child, event: &str, stdin: &str| -> String {
+        let pid = claude.id().to_string();
         let out = bob.run_stdin(
             &["hook", event],
             &[
-                ("CLAUDEMESH_SESSION_KEY", key),
+                ("CLAUDEMESH_LEASE_PID", pid.as_str()),
                 ("CLAUDEMESH_DISPLAY_NAME", "bob-claude"),
             ],
             stdin.as_bytes(),
@@ -751,42 +739,34 @@ fn a_resumed_claude_session_is_the_same_peer_not_a_twin() {
         assert!(out.status.success());
         String::from_utf8_lossy(&out.stdout).to_string()
     };
-    let online_bobs = || -> Vec<String> {
-        alice.json(&["peers"])["meshes"][0]["peers"]
+    let bobs = |online: bool| -> Vec<String> {
+        alice.json(&["peers", "--all"])["meshes"][0]["peers"]
             .as_array()
             .unwrap()
             .iter()
-            .filter(|p| p["name"] == "bob-claude" && p["online"] == true)
+            .filter(|p| p["name"] == "bob-claude" && (!online || p["online"] == true))
             .map(|p| p["id"].as_str().unwrap().to_string())
             .collect()
     };
 
-    let (mut claude1, key1) = start_claude();
-    hook(
-        &key1,
-        "session-start",
-        r#"{"session_id": "claude-session-S"}"#,
-    );
+    let mut claude1 = start_claude();
+    hook(&claude1, "session-start", r#"{"session_id": "S"}"#);
     alice.wait("peer-online", Some("bob-claude"));
-    let id1 = online_bobs().pop().unwrap();
+    let id1 = bobs(true).pop().unwrap();
     alice.ok(&["send", &id1, "before you left"]);
     // Wait until it is stored in bob's session inbox (it is what the resumed session must see).
     let got = bob.json(&["inbox", "--session", &id1, "--peek", "--wait", "20"]);
     assert_eq!(got["messages"][0]["body"], "before you left");
 
-    // Claude exits; later `claude --resume` runs in a new process.
+    // Claude exits; later `claude --resume S` runs in a new process, with the same id.
     claude1.kill().unwrap();
     claude1.wait().unwrap();
     alice.wait("peer-offline", Some("bob-claude"));
-    let (mut claude2, key2) = start_claude();
-    // The MCP shim starts before any hook and does not know the Claude session: a twin.
-    hook(&key2, "session-start", "{}");
-    alice.wait("peer-online", Some("bob-claude"));
-    // The first hook that carries the Claude session id folds the twin into the original.
+    let mut claude2 = start_claude();
     let ctx = hook(
-        &key2,
-        "user-prompt-submit",
-        r#"{"session_id": "claude-session-S"}"#,
+        &claude2,
+        "session-start",
+        r#"{"session_id": "S", "source": "resume"}"#,
     );
     assert!(
         ctx.contains("before you left"),
@@ -794,12 +774,26 @@ fn a_resumed_claude_session_is_the_same_peer_not_a_twin() {
     );
     alice.wait("peer-online", Some(&id1[..8]));
     assert_eq!(
-        online_bobs(),
+        bobs(false),
         vec![id1.clone()],
         "one bob-claude, with its old id"
     );
-    // The lease now follows the new process.
+    // `/clear` gives the same process a new Claude session id: still the same peer.
+    hook(&claude2, "user-prompt-submit", r#"{"session_id": "S2"}"#);
+    assert_eq!(bobs(false), vec![id1.clone()], "still one bob-claude");
+    // The lease follows the new process.
     claude2.kill().unwrap();
     claude2.wait().unwrap();
     alice.wait("peer-offline", Some("bob-claude"));
+    // And resuming the cleared session (its new id) is the same peer again.
+    let mut claude3 = start_claude();
+    hook(
+        &claude3,
+        "session-start",
+        r#"{"session_id": "S2", "source": "resume"}"#,
+    );
+    alice.wait("peer-online", Some(&id1[..8]));
+    assert_eq!(bobs(false), vec![id1]);
+    claude3.kill().unwrap();
+    claude3.wait().unwrap();
 }

@@ -40,6 +40,26 @@ pub struct DaemonConfig {
     pub link: LinkConfig,
     /// Shared state.
     pub state: StateConfig,
+    /// What `peers` lists.
+    pub peers: PeersConfig,
+}
+
+/// Peer-listing settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeersConfig {
+    /// A session that ended (not a member's daemon) stays listed, offline, this long, then
+    /// drops out of `peers` and `list_peers` (its history stays; `peers --all` shows it).
+    /// Default 60.
+    pub offline_grace_secs: u64,
+}
+
+impl Default for PeersConfig {
+    fn default() -> Self {
+        Self {
+            offline_grace_secs: 60,
+        }
+    }
 }
 
 /// Shared-state settings.

@@ -19,6 +19,22 @@ use crate::mesh::{LinkCmd, LinkHandle, LinkStatus, MeshCtx, RosterState};
 use crate::paths::Paths;
 use crate::store::{self, Grant, MeshRow, Store};
 
+/// What the transcript watcher is asked to do.
+#[derive(Debug)]
+pub(crate) enum TranscriptCmd {
+    /// Follow `path` as the transcript of `session` (replacing an earlier one).
+    Follow {
+        mesh: MeshId,
+        session: claudemesh_schema::SessionId,
+        path: std::path::PathBuf,
+    },
+    /// Stop following the session's transcript.
+    Forget {
+        mesh: MeshId,
+        session: claudemesh_schema::SessionId,
+    },
+}
+
 /// A mesh link for the supervisor to run: the mesh, its command queue, its status.
 pub(crate) type LinkStart = (
     Arc<MeshCtx>,
@@ -51,6 +67,10 @@ pub(crate) struct Daemon {
     pub(crate) membership: tokio::sync::Mutex<()>,
     /// New mesh links, for the supervisor to spawn.
     pub(crate) links: mpsc::UnboundedSender<LinkStart>,
+    /// The transcript watcher's commands.
+    pub(crate) transcripts: mpsc::UnboundedSender<TranscriptCmd>,
+    /// Wakes the session sweeper (a lease may have ended).
+    pub(crate) sweep: tokio::sync::Notify,
     pub(crate) _lock: Mutex<std::fs::File>,
 }
 
@@ -166,17 +186,26 @@ impl Daemon {
             .filter(|r| r.mesh == row.id)
             .map(|r| {
                 let (sid, secret) = crate::mesh::derive_session(&keys, &row.id, &r.client_key);
+                let now = claudemesh_schema::now_ms();
                 (
                     sid,
                     crate::mesh::LocalSession {
-                        lease_key: r.client_key.clone(),
                         client_key: r.client_key,
                         secret,
                         profile: r.profile,
                         open: r.open,
                         claude_session: r.claude_session,
+                        process: r.process,
+                        holds: 0,
+                        held: r.held,
+                        transcript: r.transcript.map(std::path::PathBuf::from),
                         status_source: Default::default(),
-                        status_at: claudemesh_schema::now_ms(),
+                        status_at: now,
+                        active_at: now,
+                        // Stored sessions were announced before (or are closed).
+                        announced: true,
+                        pushes: false,
+                        channel: Default::default(),
                     },
                 )
             })

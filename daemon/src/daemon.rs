@@ -162,6 +162,7 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
         (None, None)
     };
     let (links, link_rx) = mpsc::unbounded_channel();
+    let (transcripts, transcript_rx) = mpsc::unbounded_channel();
     let (inbox_gen, _) = watch::channel(0u64);
     let (changes, _) = watch::channel(0u64);
     let daemon = Arc::new(Daemon {
@@ -180,8 +181,13 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
         clock_offset: Default::default(),
         membership: tokio::sync::Mutex::new(()),
         links,
+        transcripts,
+        sweep: tokio::sync::Notify::new(),
         _lock: Mutex::new(lock),
     });
+    daemon
+        .tasks
+        .spawn(crate::transcript::run(daemon.clone(), transcript_rx));
     daemon.tasks.spawn(supervise_links(daemon.clone(), link_rx));
     let rows = store.read(store::q_meshes).await?;
     let hosted = store.read(store::q_sessions).await?;
@@ -199,6 +205,7 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
         let grants = store.read(move |c| store::q_grants(c, id)).await?;
         daemon.add_mesh(row, keys, entries, hosted.clone(), aliases.clone(), grants);
     }
+    crate::sessions::follow_transcripts(&daemon);
     let listener =
         crate::rpc::bind(&paths.socket, &paths.dir).map_err(|source| DaemonError::Socket {
             path: paths.socket.clone(),

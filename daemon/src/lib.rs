@@ -21,6 +21,7 @@ pub mod daemon;
 mod delivery;
 mod error;
 mod grants;
+mod hooks;
 pub mod keys;
 mod link;
 mod membership;
@@ -33,6 +34,7 @@ mod sessions;
 mod shared;
 mod status;
 mod store;
+mod transcript;
 
 pub use client::{Client, ClientError, connect_or_start};
 pub use config::DaemonConfig;

@@ -9,12 +9,12 @@
 
 use bytes::Bytes;
 use claudemesh_relay::{ConnectOptions, Connection};
-use claudemesh_schema::MessageId;
 use claudemesh_schema::ipc::methods::LinkState;
 use claudemesh_schema::message::SignedPresence;
 use claudemesh_schema::now_ms;
 use claudemesh_schema::roster::{RosterEntry, RosterOp};
 use claudemesh_schema::wire::{self, ClientFrame, ErrorCode, Hello, PresenceRecord, RelayFrame};
+use claudemesh_schema::{MessageId, SessionId};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -186,16 +186,26 @@ async fn write(c: &mut Connection, f: &ClientFrame) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// Signed presences of every session this daemon holds in the mesh (its own and hosted
-/// ones), with the cache rows that record them locally.
-fn presence_frames(d: &Daemon, m: &MeshCtx) -> Vec<(ClientFrame, PresenceRow)> {
+/// Signed presences of the sessions this daemon holds in the mesh: `only` one, or all
+/// (its own and every announced hosted one), with the cache rows that record them locally.
+fn presence_frames(
+    d: &Daemon,
+    m: &MeshCtx,
+    only: Option<SessionId>,
+) -> Vec<(ClientFrame, PresenceRow)> {
     let now = now_ms();
-    let mut all = vec![(
-        m.keys.session,
-        m.keys.session_secret.public(),
-        m.profile(&d.hostname),
-    )];
-    for (sid, l) in lock(&m.sessions).iter().filter(|(_, l)| l.open) {
+    let mut all = Vec::new();
+    if only.is_none_or(|s| s == m.keys.session) {
+        all.push((
+            m.keys.session,
+            m.keys.session_secret.public(),
+            m.profile(&d.hostname),
+        ));
+    }
+    for (sid, l) in lock(&m.sessions)
+        .iter()
+        .filter(|(s, l)| l.open && l.announced && only.is_none_or(|o| o == **s))
+    {
         let mut profile = l.profile.clone();
         profile.hostname = d.hostname.clone();
         all.push((*sid, l.secret.public(), profile));
@@ -230,9 +240,14 @@ fn presence_frames(d: &Daemon, m: &MeshCtx) -> Vec<(ClientFrame, PresenceRow)> {
     out
 }
 
-/// Send our presences and record them in the local cache.
-async fn publish(d: &Daemon, m: &MeshCtx, c: &mut Connection) -> Result<(), String> {
-    for (f, row) in presence_frames(d, m) {
+/// Send our presences (`only` one, or all) and record them in the local cache.
+async fn publish(
+    d: &Daemon,
+    m: &MeshCtx,
+    c: &mut Connection,
+    only: Option<SessionId>,
+) -> Result<(), String> {
+    for (f, row) in presence_frames(d, m, only) {
         write(c, &f).await?;
         if row.session != m.keys.session {
             let _ = d.store.upsert_presence(row).await;
@@ -328,7 +343,7 @@ async fn session(
     });
     d.bump_changes();
     tracing::info!(mesh = %m.id.short(), transport = c.transport.as_str(), "relay link up");
-    if let Err(e) = publish(d, m, &mut c).await {
+    if let Err(e) = publish(d, m, &mut c, None).await {
         return Outcome::Retry(e);
     }
     // Drain the outbox in order.
@@ -416,7 +431,7 @@ async fn session(
                         pending.insert(rid, reply);
                         write(&mut c, &build(rid)).await
                     }
-                    LinkCmd::Publish => publish(d, m, &mut c).await,
+                    LinkCmd::Publish(only) => publish(d, m, &mut c, only).await,
                     LinkCmd::Depart(session) => write(&mut c, &ClientFrame::Depart { session }).await,
                     LinkCmd::Op(id, frame) => match lo.send(id, frame) {
                         Some(f) => c.writer.send(f).await.map_err(|e| e.to_string()),

@@ -815,7 +815,7 @@ pub(crate) async fn profile(d: &Arc<Daemon>, p: ProfileParams) -> Result<Profile
                     row.status = s;
                 }
             }
-            let _ = m.link.tx.try_send(LinkCmd::Publish);
+            let _ = m.link.tx.try_send(LinkCmd::Publish(None));
         }
         let row = lock(&m.row);
         out.push(MeshProfile {

@@ -60,8 +60,9 @@ pub(crate) enum LinkCmd {
     Send(MessageId, Bytes),
     /// Send a request and report the relay's answer.
     Request(RequestBuilder, oneshot::Sender<Result<(), RelayRefusal>>),
-    /// Re-publish our presences (a profile changed or a session opened).
-    Publish,
+    /// Publish a presence: one session's (its profile changed, it opened), or with `None`
+    /// every announced one (the daemon's own profile changed).
+    Publish(Option<SessionId>),
     /// A hosted session ended.
     Depart(SessionId),
     /// Send a shared-state op (already durable in the op outbox) now, if connected.
@@ -92,7 +93,7 @@ impl std::fmt::Debug for LinkCmd {
         match self {
             Self::Send(id, _) => write!(f, "Send({id:?})"),
             Self::Request(..) => f.write_str("Request"),
-            Self::Publish => f.write_str("Publish"),
+            Self::Publish(s) => write!(f, "Publish({s:?})"),
             Self::Depart(s) => write!(f, "Depart({s:?})"),
             Self::Op(id, _) => write!(f, "Op({id:?})"),
             Self::ReadOps(from, limit, _) => write!(f, "ReadOps({from}, {limit})"),
@@ -151,7 +152,8 @@ pub(crate) struct MeshCtx {
     pub(crate) stop: CancellationToken,
     /// Sessions hosted here besides the daemon's own.
     pub(crate) sessions: Mutex<HashMap<SessionId, LocalSession>>,
-    /// Client keys that speak for another key's session (a resumed Claude session).
+    /// Client keys that speak for another key's session (the Claude session id after a
+    /// `/clear`, say).
     pub(crate) aliases: Mutex<HashMap<String, SessionId>>,
     /// Shared-state writes waiting to hear their sequence number.
     pub(crate) op_waiters: Mutex<HashMap<OpId, Vec<oneshot::Sender<u64>>>>,
@@ -168,23 +170,51 @@ pub(crate) struct MeshCtx {
     pub(crate) paused: watch::Sender<bool>,
 }
 
+/// What the channel path of a session has shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Channel {
+    /// No push tried yet (or the session's client cannot take pushes).
+    #[default]
+    Untried,
+    /// Claude Code took a push into its queue: pushes reach this session.
+    Works,
+    /// A push was not taken within the deadline: Claude Code dropped it (channels off,
+    /// print mode, not listed in `--channels`); hooks and pulls carry messages instead.
+    Dropped,
+}
+
 /// A session hosted by this daemon (a Claude Code session, say).
 #[derive(Debug)]
 pub(crate) struct LocalSession {
+    /// The key its id and box key derive from (`claude:<session id>` for Claude Code).
     pub(crate) client_key: String,
-    /// The client key of the process that holds the session now (differs from
-    /// `client_key` after a resume); its process ending takes the session offline.
-    pub(crate) lease_key: String,
     pub(crate) secret: BoxSecret,
     pub(crate) profile: Profile,
     /// Closed sessions keep their key and inbox: direct messages sent while they were
     /// closed wait there for the session to reopen (with the same client key).
     pub(crate) open: bool,
-    /// The Claude Code session id, when hooks have reported it.
+    /// The Claude Code session id it speaks for now (changes with `/clear`).
     pub(crate) claude_session: Option<String>,
+    /// The process it lives in (`<pid>-<start>`): its end ends the session.
+    pub(crate) process: Option<String>,
+    /// Live subscriptions holding it (the MCP shim keeps one for its lifetime).
+    pub(crate) holds: u32,
+    /// A subscription has held it: with none left and no live process, it is over.
+    pub(crate) held: bool,
+    /// Its Claude Code transcript, where pushes and hook context are confirmed.
+    pub(crate) transcript: Option<std::path::PathBuf>,
     /// Who set the current status, and when (unix ms): the status engine's memory.
     pub(crate) status_source: claudemesh_schema::ipc::methods::StatusSource,
     pub(crate) status_at: i64,
+    /// Last sign of use (a hook, a tool call, transcript growth), unix ms: messages to
+    /// the person go to the most recently active session.
+    pub(crate) active_at: i64,
+    /// Presence sent to the relay: until then (a health check closes within a second) the
+    /// session is private to this daemon and a close forgets it.
+    pub(crate) announced: bool,
+    /// A subscription asked for channel pushes.
+    pub(crate) pushes: bool,
+    pub(crate) channel: Channel,
 }
 
 /// The id and key of the hosted session `client_key` of `member` in `mesh`. Derived, not
@@ -245,6 +275,16 @@ impl MeshCtx {
         lock(&self.roster).roster.is_member(m)
     }
 
+    /// The session that takes messages to the person now: the most recently active open
+    /// hosted session, if any.
+    pub(crate) fn designated(&self) -> Option<SessionId> {
+        lock(&self.sessions)
+            .iter()
+            .filter(|(_, l)| l.open)
+            .max_by_key(|(id, l)| (l.active_at, **id))
+            .map(|(id, _)| *id)
+    }
+
     /// Open hosted sessions that receive broadcasts.
     pub(crate) fn open_visible_sessions(&self) -> Vec<SessionId> {
         lock(&self.sessions)
@@ -272,6 +312,7 @@ impl MeshCtx {
         let row = lock(&self.row);
         Profile {
             name: row.display_name.clone(),
+            member_name: row.display_name.clone(),
             kind: "cli".into(),
             status: row.status,
             summary: row.summary.clone(),

@@ -248,6 +248,8 @@ async fn fire(
             body: r.body.clone(),
             verified: true,
             surfaced_at: None,
+            for_member: false,
+            from_label: String::new(),
             kind: KIND_REMINDER.into(),
         };
         d.store.insert_inbox(vec![InboxRow { msg }]).await?;

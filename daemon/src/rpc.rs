@@ -178,6 +178,7 @@ async fn connection(d: Arc<Daemon>, stream: Stream) {
                     requests.spawn(crate::delivery::inbox::subscription(
                         d.clone(),
                         sp.session,
+                        sp.push,
                         ntx.clone(),
                     ));
                     Response::ok(req.id, Value::Object(Default::default()))
@@ -258,6 +259,7 @@ async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, Error> {
         m::SESSION_OPEN => json(crate::sessions::open(d, params(p)?).await?),
         m::SESSION_CLOSE => json(crate::sessions::close(d, params(p)?).await?),
         m::SESSION_UPDATE => json(crate::sessions::update(d, params(p)?).await?),
+        claudemesh_schema::ipc::claude::HOOK => json(crate::hooks::hook(d, params(p)?).await?),
         m::MESSAGE_STATUS => json(delivery::inbox::message_status(d, params(p)?).await?),
         m::PING => json(crate::status::ping(d, params(p)?).await?),
         claudemesh_schema::ipc::trust::VERIFY => json(membership::verify(d, params(p)?).await?),

@@ -1,24 +1,65 @@
 //! Sessions hosted by the daemon besides its own: each is a peer with its own id, key and
-//! profile (the MCP shim opens one per Claude Code session). Ids and keys derive from the
-//! member key and the client's stable key, so reopening is the same peer.
+//! profile (the MCP shim and the hooks of one Claude Code session open the same one).
+//!
+//! **Identity.** Ids and keys derive from the member key and a client key: for Claude
+//! Code `claude:<session id>` (the shim reads `CLAUDE_CODE_SESSION_ID`, hooks get
+//! `session_id`), so resuming (`--resume`, `-c`) reopens the same peer, whichever of shim
+//! and hooks comes first. One Claude Code process is one peer: a hook that reports a new
+//! Claude session id (after `/clear`) from the process of an open session speaks for that
+//! session, and the new id becomes an alias of it.
+//!
+//! **Lease.** A session is online while its process lives or a subscription holds it
+//! (the shim keeps one for its lifetime). When neither does, it goes offline; one that
+//! was never announced (a `claude mcp list` health check lives well under a second) is
+//! forgotten instead. A session with neither a process nor a subscription (an API client
+//! opening one by hand) lives until it is closed.
+//!
+//! **Status engine.** hook > manual > jsonl (the transcript); a fresher report of a lower
+//! source does not override a higher one; `dnd` is cleared only manually; `working`
+//! decays to `idle`.
 
 use claudemesh_schema::ipc::methods::{
     SessionCloseParams, SessionInfo, SessionOpenParams, SessionOpenResult, SessionProfile,
-    SessionUpdateParams,
+    SessionUpdateParams, StatusSource,
 };
-use claudemesh_schema::message::Profile;
-use claudemesh_schema::now_ms;
+use claudemesh_schema::message::{PeerStatus, Profile};
+use claudemesh_schema::{MeshId, SessionId, names, now_ms};
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::context::Daemon;
+use crate::context::{Daemon, TranscriptCmd};
 use crate::error::Error;
-use crate::mesh::{LinkCmd, LocalSession, derive_session, lock};
+use crate::mesh::{Channel, LinkCmd, LocalSession, MeshCtx, derive_session, lock};
 use crate::store::SessionRow;
-use claudemesh_schema::ipc::methods::StatusSource;
-use claudemesh_schema::message::PeerStatus;
-use claudemesh_schema::names;
 
-/// `session_open`.
+/// How long a new session stays private before it is announced, unless it shows use
+/// sooner: long enough for a health check (`initialize`, `tools/list`, exit) to come and go
+/// unseen, short enough that a real session appears at once to the eye.
+const SETTLE: Duration = Duration::from_secs(1);
+/// How long a status report counts as fresh: within it, a lower-ranked source cannot
+/// override a higher-ranked one.
+const FRESH_MS: i64 = 60_000;
+/// `working` without a fresh report decays to `idle` after this long (a crashed or
+/// hook-less session must not look busy forever).
+const WORKING_TTL_MS: i64 = 10 * 60_000;
+/// How often the sweeper looks at hosted sessions (it also wakes when a lease may end).
+const SWEEP_EVERY: Duration = Duration::from_secs(2);
+
+fn clean(s: &Option<String>, max: usize) -> Option<String> {
+    s.as_ref()
+        .map(|x| x.trim().to_string())
+        .filter(|x| !x.is_empty() && x.len() <= max)
+}
+
+/// The label of a session opened without a name: its working directory's last part.
+fn default_label(cwd: Option<&str>) -> String {
+    cwd.and_then(|c| std::path::Path::new(c).file_name())
+        .and_then(|n| n.to_str())
+        .and_then(|n| names::check("session label", n).ok())
+        .unwrap_or_else(|| "session".into())
+}
+
+/// `session_open`: open (or reopen) the session `p` speaks for, in each selected mesh.
 pub(crate) async fn open(
     d: &Arc<Daemon>,
     p: SessionOpenParams,
@@ -39,159 +80,275 @@ pub(crate) async fn open(
             groups.push(names::check("group name", g)?);
         }
     }
-    let claude = p
-        .claude_session
-        .clone()
-        .map(|c| c.trim().to_string())
-        .filter(|c| !c.is_empty() && c.len() <= 128);
+    let claude = clean(&p.claude_session, 128);
+    let process = clean(&p.process, 64);
+    let transcript = clean(&p.transcript, 4096).map(std::path::PathBuf::from);
     let mut out = Vec::new();
     for m in targets {
-        let (derived, secret) = derive_session(&m.keys, &m.id, &key);
-        // Which session does this key speak for? Its own, unless it was aliased to the
-        // session a resumed Claude session had before.
-        let mut sid = lock(&m.aliases).get(&key).copied().unwrap_or(derived);
-        if let Some(cs) = &claude {
-            let original = lock(&m.sessions)
-                .iter()
-                .find(|(id, l)| l.claude_session.as_deref() == Some(cs.as_str()) && **id != derived)
-                .map(|(id, _)| *id);
-            if let Some(orig) = original
-                && orig != sid
-            {
-                lock(&m.aliases).insert(key.clone(), orig);
-                d.store.set_alias(m.id, key.clone(), orig).await?;
-                // A twin opened under this key before we knew: retire it.
-                let twin_open = lock(&m.sessions).get(&derived).is_some_and(|l| l.open);
-                if twin_open {
-                    close_in(d, &m, derived).await?;
-                }
-                tracing::info!(session = %orig.short(), "resumed claude session keeps its peer");
-                sid = orig;
-            }
-        }
-        // Existing (open, or closed and now reopened): keep its profile, add how it is
-        // reached, remember its Claude session id.
-        let existing = {
+        let (sid, fresh) = resolve(d, &m, &key, process.as_deref()).await?;
+        let now = now_ms();
+        // Known (open, or closed and now reopened): keep its profile, take what is new.
+        let known = {
             let mut sessions = lock(&m.sessions);
             sessions.get_mut(&sid).map(|l| {
-                let mut changed = !l.open;
+                let reopened = !l.open;
+                let new_process = process.is_some() && l.process != process;
                 l.open = true;
-                l.lease_key = key.clone();
-                for path in &p.delivery {
-                    if matches!(path.as_str(), "channel" | "hooks" | "pull")
-                        && !l.profile.delivery.contains(path)
-                    {
-                        l.profile.delivery.push(path.clone());
-                        l.profile.delivery.sort();
-                        changed = true;
-                    }
+                l.active_at = now;
+                if process.is_some() {
+                    l.process = process.clone();
                 }
-                let new_claude = claude.is_some() && l.claude_session.is_none();
-                if new_claude {
+                if claude.is_some() {
                     l.claude_session = claude.clone();
                 }
-                let row = SessionRow {
-                    mesh: m.id,
-                    session: sid,
-                    client_key: l.client_key.clone(),
-                    profile: l.profile.clone(),
-                    open: true,
-                    claude_session: l.claude_session.clone(),
-                };
-                (l.profile.name.clone(), changed, new_claude, row)
+                let new_transcript = transcript.is_some() && l.transcript != transcript;
+                if new_transcript {
+                    l.transcript = transcript.clone();
+                }
+                if let Some(n) = &name {
+                    l.profile.name = n.clone();
+                }
+                (
+                    reopened,
+                    new_process,
+                    new_transcript,
+                    l.announced,
+                    row_of(m.id, sid, l),
+                )
             })
         };
-        if let Some((name, changed, new_claude, row)) = existing {
-            if changed {
-                d.store.open_session(row, now_ms()).await?;
-                let _ = m.link.tx.send(LinkCmd::Publish).await;
-                d.bump_changes();
-            }
-            if new_claude && let Some(cs) = &claude {
-                d.store.set_claude_session(m.id, sid, cs.clone()).await?;
-            }
-            out.push(SessionInfo {
-                mesh: m.id,
-                mesh_name: m.name(),
-                session: sid,
-                name,
-            });
-            continue;
-        }
-        let sid = derived;
-        let profile = Profile {
-            name: name
-                .clone()
-                .unwrap_or_else(|| lock(&m.row).display_name.clone()),
-            kind: p.kind.clone().unwrap_or_else(|| "session".into()),
-            status: Default::default(),
-            summary: p.summary.clone().unwrap_or_default(),
-            groups: groups.clone(),
-            hostname: d.hostname.clone(),
-            cwd: p.cwd.clone().unwrap_or_default(),
-            visible: true,
-            delivery: {
-                let mut d: Vec<String> = p
-                    .delivery
-                    .iter()
-                    .filter(|x| matches!(x.as_str(), "channel" | "hooks" | "pull"))
-                    .cloned()
-                    .collect();
-                d.sort();
-                d.dedup();
-                d
-            },
-            role: p
-                .role
-                .clone()
-                .map(|r| r.chars().take(64).collect())
-                .unwrap_or_default(),
-            client: p
-                .client
-                .clone()
-                .map(|c| c.chars().take(64).collect())
-                .unwrap_or_default(),
-        };
-        d.store
-            .open_session(
-                SessionRow {
-                    mesh: m.id,
-                    session: sid,
-                    client_key: key.clone(),
-                    profile: profile.clone(),
+        let (reopened, new_process, new_transcript, announced, row) = match known {
+            Some(k) => k,
+            None => {
+                let profile = Profile {
+                    name: name
+                        .clone()
+                        .unwrap_or_else(|| default_label(p.cwd.as_deref())),
+                    member_name: lock(&m.row).display_name.clone(),
+                    kind: p.kind.clone().unwrap_or_else(|| "session".into()),
+                    status: Default::default(),
+                    summary: p.summary.clone().unwrap_or_default(),
+                    groups: groups.clone(),
+                    hostname: d.hostname.clone(),
+                    cwd: p.cwd.clone().unwrap_or_default(),
+                    visible: true,
+                    // Paths are listed once seen to work.
+                    delivery: Vec::new(),
+                    role: p
+                        .role
+                        .clone()
+                        .map(|r| r.chars().take(64).collect())
+                        .unwrap_or_default(),
+                    client: p
+                        .client
+                        .clone()
+                        .map(|c| c.chars().take(64).collect())
+                        .unwrap_or_default(),
+                };
+                let (_, secret) = derive_session(&m.keys, &m.id, &fresh);
+                let l = LocalSession {
+                    client_key: fresh.clone(),
+                    secret,
+                    profile,
                     open: true,
                     claude_session: claude.clone(),
-                },
-                now_ms(),
-            )
-            .await?;
-        if let Some(cs) = &claude {
-            d.store.set_claude_session(m.id, sid, cs.clone()).await?;
+                    process: process.clone(),
+                    holds: 0,
+                    held: false,
+                    transcript: transcript.clone(),
+                    status_source: StatusSource::Manual,
+                    status_at: now,
+                    active_at: now,
+                    announced: false,
+                    pushes: false,
+                    channel: Channel::Untried,
+                };
+                let row = row_of(m.id, sid, &l);
+                lock(&m.sessions).insert(sid, l);
+                (true, false, transcript.is_some(), false, row)
+            }
+        };
+        d.store.open_session(row, now).await?;
+        if new_process {
+            // Whatever the old process was shown and never confirmed left with it.
+            d.store.forget_shown(sid).await?;
+            if let Some(l) = lock(&m.sessions).get_mut(&sid) {
+                l.channel = Channel::Untried;
+            }
         }
-        let info = SessionInfo {
+        if new_transcript && let Some(t) = &transcript {
+            let _ = d.transcripts.send(TranscriptCmd::Follow {
+                mesh: m.id,
+                session: sid,
+                path: t.clone(),
+            });
+        }
+        if !announced {
+            settle_then_announce(d, &m, sid);
+        } else if reopened {
+            let _ = m.link.tx.send(LinkCmd::Publish(Some(sid))).await;
+        }
+        if reopened || new_process {
+            d.bump_changes();
+        }
+        out.push(SessionInfo {
             mesh: m.id,
             mesh_name: m.name(),
             session: sid,
-            name: profile.name.clone(),
-        };
-        lock(&m.sessions).insert(
-            sid,
-            LocalSession {
-                client_key: key.clone(),
-                lease_key: key.clone(),
-                secret,
-                profile,
-                open: true,
-                claude_session: claude.clone(),
-                status_source: StatusSource::Manual,
-                status_at: now_ms(),
-            },
-        );
-        let _ = m.link.tx.send(LinkCmd::Publish).await;
-        d.bump_changes();
-        out.push(info);
+            name: lock(&m.sessions)
+                .get(&sid)
+                .map(|l| l.profile.name.clone())
+                .unwrap_or_default(),
+        });
     }
     Ok(SessionOpenResult { sessions: out })
+}
+
+fn row_of(mesh: MeshId, session: SessionId, l: &LocalSession) -> SessionRow {
+    SessionRow {
+        mesh,
+        session,
+        client_key: l.client_key.clone(),
+        profile: l.profile.clone(),
+        open: l.open,
+        claude_session: l.claude_session.clone(),
+        process: l.process.clone(),
+        held: l.held,
+        transcript: l.transcript.as_ref().map(|t| t.display().to_string()),
+    }
+}
+
+/// Which session `key` (from `process`) speaks for, and the client key a new one derives
+/// from. The process of an open session wins (one Claude Code process is one peer), then an
+/// alias, then the key itself. A key seen for the first time with an open session's process
+/// becomes an alias of that session.
+async fn resolve(
+    d: &Arc<Daemon>,
+    m: &Arc<MeshCtx>,
+    key: &str,
+    process: Option<&str>,
+) -> Result<(SessionId, String), Error> {
+    let (derived, _) = derive_session(&m.keys, &m.id, key);
+    let by_process = process.and_then(|p| {
+        lock(&m.sessions)
+            .iter()
+            .find(|(_, l)| l.open && l.process.as_deref() == Some(p))
+            .map(|(id, _)| *id)
+    });
+    let alias = lock(&m.aliases).get(key).copied();
+    let bound = alias.is_some() || lock(&m.sessions).contains_key(&derived);
+    match (by_process, alias) {
+        (Some(s), _) => {
+            if !bound && s != derived {
+                lock(&m.aliases).insert(key.to_string(), s);
+                d.store.set_alias(m.id, key.to_string(), s).await?;
+                tracing::info!(session = %s.short(), "a new claude session id in the same process keeps its peer");
+            }
+            Ok((s, key.to_string()))
+        }
+        (None, Some(s)) if lock(&m.sessions).contains_key(&s) => Ok((s, key.to_string())),
+        (None, _) => Ok((derived, key.to_string())),
+    }
+}
+
+/// Announce `sid` after [`SETTLE`] if it is still open and not announced by then.
+fn settle_then_announce(d: &Arc<Daemon>, m: &Arc<MeshCtx>, sid: SessionId) {
+    let (d2, m2) = (d.clone(), m.clone());
+    d.tasks.spawn(async move {
+        tokio::select! {
+            _ = d2.shutdown.cancelled() => {}
+            _ = tokio::time::sleep(SETTLE) => announce(&d2, &m2, sid).await,
+        }
+    });
+}
+
+/// Send the session's presence for the first time (no-op once announced or closed).
+pub(crate) async fn announce(d: &Daemon, m: &MeshCtx, sid: SessionId) {
+    let go = match lock(&m.sessions).get_mut(&sid) {
+        Some(l) if l.open && !l.announced => {
+            l.announced = true;
+            true
+        }
+        _ => false,
+    };
+    if go {
+        let _ = m.link.tx.send(LinkCmd::Publish(Some(sid))).await;
+        d.bump_changes();
+    }
+}
+
+/// The session shows use (a hook, a tool call, its transcript grew): it becomes the most
+/// recently active one, and is announced now if it was not yet.
+pub(crate) async fn touch(d: &Daemon, m: &MeshCtx, sid: SessionId) {
+    if let Some(l) = lock(&m.sessions).get_mut(&sid) {
+        l.active_at = now_ms();
+    }
+    announce(d, m, sid).await;
+}
+
+/// The mesh and context of a hosted session.
+pub(crate) fn find(d: &Daemon, sid: &SessionId) -> Option<Arc<MeshCtx>> {
+    d.meshes()
+        .into_iter()
+        .find(|m| lock(&m.sessions).contains_key(sid))
+}
+
+/// A path was seen to work for the session: list it in its presence.
+pub(crate) async fn path_seen(d: &Daemon, m: &MeshCtx, sid: SessionId, path: &str) {
+    let changed = match lock(&m.sessions).get_mut(&sid) {
+        Some(l) if !l.profile.delivery.iter().any(|x| x == path) => {
+            l.profile.delivery.push(path.to_string());
+            l.profile.delivery.sort();
+            if path == "channel" {
+                l.channel = Channel::Works;
+            }
+            l.announced.then(|| row_of(m.id, sid, l))
+        }
+        _ => None,
+    };
+    if let Some(row) = changed {
+        let _ = d.store.open_session(row, now_ms()).await;
+        let _ = m.link.tx.send(LinkCmd::Publish(Some(sid))).await;
+        d.bump_changes();
+    }
+}
+
+/// A subscription holds the session (see the module doc); dropping the guard lets go.
+#[derive(Debug)]
+pub(crate) struct Hold {
+    d: Arc<Daemon>,
+    m: Arc<MeshCtx>,
+    sid: SessionId,
+}
+
+/// Hold `sid` for as long as the returned guard lives; `pushes` records that the holder
+/// takes channel pushes.
+pub(crate) fn hold(d: &Arc<Daemon>, sid: SessionId, pushes: bool) -> Option<Hold> {
+    let m = find(d, &sid)?;
+    {
+        let mut sessions = lock(&m.sessions);
+        let l = sessions.get_mut(&sid)?;
+        l.holds += 1;
+        l.held = true;
+        l.pushes |= pushes;
+    }
+    Some(Hold {
+        d: d.clone(),
+        m,
+        sid,
+    })
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if let Some(l) = lock(&self.m.sessions).get_mut(&self.sid) {
+            l.holds = l.holds.saturating_sub(1);
+            if l.holds == 0 {
+                l.pushes = false;
+            }
+        }
+        self.d.sweep.notify_one();
+    }
 }
 
 /// `session_close`.
@@ -204,36 +361,50 @@ pub(crate) async fn close(d: &Arc<Daemon>, p: SessionCloseParams) -> Result<Sess
     Err(Error::not_found(format!("no open session {}", p.session)))
 }
 
-/// Close `session` in mesh `m` if it is open there: it goes offline for peers, keeps its
-/// inbox and key.
+/// Close `session` in mesh `m` if it is open there: it goes offline for peers and keeps
+/// its inbox and key; one never announced is forgotten.
 async fn close_in(
     d: &Arc<Daemon>,
-    m: &Arc<crate::mesh::MeshCtx>,
-    session: claudemesh_schema::SessionId,
+    m: &Arc<MeshCtx>,
+    session: SessionId,
 ) -> Result<Option<SessionInfo>, Error> {
-    let removed = {
+    let closed = {
         let mut sessions = lock(&m.sessions);
         match sessions.get_mut(&session) {
             Some(l) if l.open => {
                 l.open = false;
-                Some(l.profile.clone())
+                let r = (l.profile.name.clone(), l.announced);
+                if !l.announced {
+                    sessions.remove(&session);
+                }
+                Some(r)
             }
             _ => None,
         }
     };
-    let Some(profile) = removed else {
+    let Some((name, announced)) = closed else {
         return Ok(None);
     };
+    let _ = d.transcripts.send(TranscriptCmd::Forget {
+        mesh: m.id,
+        session,
+    });
     let now = now_ms();
-    d.store.close_session(m.id, session, now).await?;
-    let _ = d.store.presence_offline(m.id, session, now).await;
-    let _ = m.link.tx.send(LinkCmd::Depart(session)).await;
+    if announced {
+        d.store.close_session(m.id, session, now).await?;
+        let _ = d.store.presence_offline(m.id, session, now).await;
+        let _ = m.link.tx.send(LinkCmd::Depart(session)).await;
+    } else {
+        lock(&m.aliases).retain(|_, s| *s != session);
+        d.store.forget_session_rows(m.id, session).await?;
+        tracing::debug!(session = %session.short(), "session ended before it was announced; forgotten");
+    }
     d.bump_changes();
     Ok(Some(SessionInfo {
         mesh: m.id,
         mesh_name: m.name(),
         session,
-        name: profile.name,
+        name,
     }))
 }
 
@@ -253,97 +424,100 @@ pub(crate) async fn update(
             join.push(names::check("group name", g)?);
         }
     }
-    for m in d.meshes() {
-        let updated = {
-            let mut sessions = lock(&m.sessions);
-            let Some(l) = sessions.get_mut(&p.session) else {
-                continue;
-            };
-            if let Some(n) = &name {
-                l.profile.name = n.clone();
+    let Some(m) = find(d, &p.session) else {
+        return Err(Error::not_found(format!("no open session {}", p.session)));
+    };
+    let now = now_ms();
+    let (row, profile) = {
+        let mut sessions = lock(&m.sessions);
+        let Some(l) = sessions.get_mut(&p.session) else {
+            return Err(Error::not_found(format!("no open session {}", p.session)));
+        };
+        if let Some(n) = &name {
+            l.profile.name = n.clone();
+        }
+        if let Some(s) = &p.summary {
+            l.profile.summary = s.chars().take(500).collect();
+        }
+        if let Some(s) = p.status
+            && accept_status(
+                l.profile.status,
+                l.status_source,
+                l.status_at,
+                s,
+                p.source,
+                now,
+            )
+        {
+            l.profile.status = s;
+            l.status_source = p.source;
+            l.status_at = now;
+        }
+        if let Some(v) = p.visible {
+            l.profile.visible = v;
+        }
+        for g in &join {
+            if !l.profile.groups.iter().any(|x| x.eq_ignore_ascii_case(g)) {
+                l.profile.groups.push(g.clone());
             }
-            if let Some(s) = &p.summary {
-                l.profile.summary = s.chars().take(500).collect();
-            }
-            if let Some(s) = p.status
+        }
+        for g in &p.leave_groups {
+            let g = g.trim().trim_start_matches('@');
+            l.profile.groups.retain(|x| !x.eq_ignore_ascii_case(g));
+        }
+        (row_of(m.id, p.session, l), l.profile.clone())
+    };
+    d.store.open_session(row, now).await?;
+    touch(d, &m, p.session).await;
+    let _ = m.link.tx.send(LinkCmd::Publish(Some(p.session))).await;
+    d.bump_changes();
+    Ok(SessionProfile {
+        session: p.session,
+        name: profile.name,
+        status: profile.status,
+        summary: profile.summary,
+        groups: profile.groups,
+        visible: profile.visible,
+    })
+}
+
+/// What the transcript says of the session's status (the lowest-ranked source).
+pub(crate) async fn transcript_status(
+    d: &Arc<Daemon>,
+    mesh: MeshId,
+    sid: SessionId,
+    s: PeerStatus,
+) {
+    let Some(m) = d.mesh(&mesh) else { return };
+    let now = now_ms();
+    let changed = match lock(&m.sessions).get_mut(&sid) {
+        Some(l) if l.open => {
+            l.active_at = now;
+            if l.profile.status != s
                 && accept_status(
                     l.profile.status,
                     l.status_source,
                     l.status_at,
                     s,
-                    p.source,
-                    now_ms(),
+                    StatusSource::Jsonl,
+                    now,
                 )
             {
                 l.profile.status = s;
-                l.status_source = p.source;
-                l.status_at = now_ms();
+                l.status_source = StatusSource::Jsonl;
+                l.status_at = now;
+                l.announced
+            } else {
+                false
             }
-            if let Some(v) = p.visible {
-                l.profile.visible = v;
-            }
-            for path in &p.delivery {
-                if matches!(path.as_str(), "channel" | "hooks" | "pull")
-                    && !l.profile.delivery.contains(path)
-                {
-                    l.profile.delivery.push(path.clone());
-                    l.profile.delivery.sort();
-                }
-            }
-            for g in &join {
-                if !l.profile.groups.iter().any(|x| x.eq_ignore_ascii_case(g)) {
-                    l.profile.groups.push(g.clone());
-                }
-            }
-            for g in &p.leave_groups {
-                let g = g.trim().trim_start_matches('@');
-                l.profile.groups.retain(|x| !x.eq_ignore_ascii_case(g));
-            }
-            l.profile.clone()
-        };
-        let client_key = d
-            .store
-            .read(crate::store::q_sessions)
-            .await?
-            .into_iter()
-            .find(|r| r.mesh == m.id && r.session == p.session)
-            .map(|r| r.client_key)
-            .unwrap_or_default();
-        d.store
-            .open_session(
-                SessionRow {
-                    mesh: m.id,
-                    session: p.session,
-                    client_key,
-                    profile: updated.clone(),
-                    open: true,
-                    claude_session: None,
-                },
-                now_ms(),
-            )
-            .await?;
-        let _ = m.link.tx.send(LinkCmd::Publish).await;
+        }
+        _ => false,
+    };
+    if changed {
+        let _ = m.link.tx.send(LinkCmd::Publish(Some(sid))).await;
         d.bump_changes();
-        return Ok(SessionProfile {
-            session: p.session,
-            name: updated.name,
-            status: updated.status,
-            summary: updated.summary,
-            groups: updated.groups,
-            visible: updated.visible,
-        });
     }
-    Err(Error::not_found(format!("no open session {}", p.session)))
 }
-
-/// How long a status report counts as fresh: within it, a lower-ranked source cannot
-/// override a higher-ranked one.
-const FRESH_MS: i64 = 60_000;
-/// `working` without a fresh report decays to `idle` after this long (a crashed or
-/// hook-less session must not look busy forever).
-const WORKING_TTL_MS: i64 = 10 * 60_000;
-/// How often the sweeper looks at hosted sessions.
-const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The status engine: may `new` from `source` replace `current` (set by `cur_source` at
 /// `cur_at`)? Higher-ranked sources win; a lower one wins only once the current report is
@@ -365,12 +539,14 @@ pub(crate) fn accept_status(
     source >= cur_source || now - cur_at > FRESH_MS
 }
 
-/// The Claude Code process behind a session key `claude-<pid>-<start>`: is it still the
-/// same process? `None` for keys that do not name a process.
-fn process_alive(client_key: &str) -> Option<bool> {
-    let rest = client_key.strip_prefix("claude-")?;
-    let (pid, start) = rest.split_once('-')?;
+/// The process of a session, `<pid>-<start time>`: is it still that process? `None` when
+/// it cannot be told (no `/proc`, or a key that names no process).
+pub(crate) fn process_alive(key: &str) -> Option<bool> {
+    let (pid, start) = key.split_once('-')?;
     let (pid, start): (u32, u64) = (pid.parse().ok()?, start.parse().ok()?);
+    if !std::path::Path::new("/proc/self/stat").exists() {
+        return None;
+    }
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return Some(false);
     };
@@ -384,24 +560,56 @@ fn process_alive(client_key: &str) -> Option<bool> {
     Some(now_start == start)
 }
 
-/// Keeps hosted sessions honest: closes those whose Claude Code process has exited (its
-/// peers see it go offline within one sweep), and lets a stale `working` decay to `idle`.
+/// Is the lease of `l` over? (See the module doc.)
+fn lease_over(l: &LocalSession) -> bool {
+    if l.holds > 0 {
+        return false;
+    }
+    match l.process.as_deref().map(process_alive) {
+        Some(Some(alive)) => !alive,
+        // A process we cannot check, or none: held sessions end with their last hold.
+        _ => l.held,
+    }
+}
+
+/// Follow the transcripts of the open sessions loaded at start-up.
+pub(crate) fn follow_transcripts(d: &Daemon) {
+    for m in d.meshes() {
+        for (sid, l) in lock(&m.sessions).iter().filter(|(_, l)| l.open) {
+            if let Some(t) = &l.transcript {
+                let _ = d.transcripts.send(TranscriptCmd::Follow {
+                    mesh: m.id,
+                    session: *sid,
+                    path: t.clone(),
+                });
+            }
+        }
+    }
+}
+
+/// Keeps hosted sessions honest: closes those whose lease ended (their peers see them go
+/// offline within one sweep, or at once when a hold ends), and lets a stale `working`
+/// decay to `idle`.
 pub(crate) async fn sweeper(d: Arc<Daemon>) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
+    // Sessions loaded from the store get one sweep period to be held again (a shim
+    // reconnecting after a daemon restart).
+    tick.tick().await;
     loop {
         tokio::select! {
             biased;
             _ = d.shutdown.cancelled() => return,
             _ = tick.tick() => {}
+            _ = d.sweep.notified() => {}
         }
         let now = now_ms();
         for m in d.meshes() {
             let (dead, decayed) = {
                 let mut sessions = lock(&m.sessions);
                 let mut dead = Vec::new();
-                let mut decayed = false;
+                let mut decayed = Vec::new();
                 for (sid, l) in sessions.iter_mut().filter(|(_, l)| l.open) {
-                    if process_alive(&l.lease_key) == Some(false) {
+                    if lease_over(l) {
                         dead.push(*sid);
                     } else if l.profile.status == PeerStatus::Working
                         && now - l.status_at > WORKING_TTL_MS
@@ -409,17 +617,17 @@ pub(crate) async fn sweeper(d: Arc<Daemon>) {
                         l.profile.status = PeerStatus::Idle;
                         l.status_source = StatusSource::Jsonl;
                         l.status_at = now;
-                        decayed = true;
+                        decayed.push(*sid);
                     }
                 }
                 (dead, decayed)
             };
             for session in dead {
-                tracing::info!(session = %session.short(), "claude process gone; session offline");
-                let _ = close(&d, SessionCloseParams { session }).await;
+                tracing::info!(session = %session.short(), "session's process and holders are gone; offline");
+                let _ = close_in(&d, &m, session).await;
             }
-            if decayed {
-                let _ = m.link.tx.send(LinkCmd::Publish).await;
+            for sid in decayed {
+                let _ = m.link.tx.send(LinkCmd::Publish(Some(sid))).await;
                 d.bump_changes();
             }
         }
@@ -465,8 +673,8 @@ mod tests {
 
     #[test]
     fn process_keys_track_the_process() {
-        assert_eq!(process_alive("ppid-12"), None);
-        assert_eq!(process_alive("claude-999999999-1"), Some(false));
+        assert_eq!(process_alive("not-a-process"), None);
+        assert_eq!(process_alive("999999999-1"), Some(false));
         let me = std::process::id();
         let stat = std::fs::read_to_string(format!("/proc/{me}/stat")).unwrap();
         let close = stat.rfind(')').unwrap();
@@ -476,10 +684,14 @@ mod tests {
             .unwrap()
             .parse()
             .unwrap();
-        assert_eq!(process_alive(&format!("claude-{me}-{start}")), Some(true));
-        assert_eq!(
-            process_alive(&format!("claude-{me}-{}", start + 1)),
-            Some(false)
-        );
+        assert_eq!(process_alive(&format!("{me}-{start}")), Some(true));
+        assert_eq!(process_alive(&format!("{me}-{}", start + 1)), Some(false));
+    }
+
+    #[test]
+    fn labels_default_to_the_working_directory() {
+        assert_eq!(default_label(Some("/home/bob/src/api")), "api");
+        assert_eq!(default_label(Some("/")), "session");
+        assert_eq!(default_label(None), "session");
     }
 }

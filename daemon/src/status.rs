@@ -70,7 +70,7 @@ pub(crate) async fn wait_for(d: &Arc<Daemon>, p: m::WaitParams) -> Result<m::Wai
         W::PeerOnline | W::PeerOffline | W::PeerWorking | W::PeerIdle => Some(
             p.peer
                 .as_deref()
-                .map(|s| s.trim().to_lowercase())
+                .map(|s| s.trim().to_string())
                 .filter(|s| !s.is_empty())
                 .ok_or_else(|| Error::invalid("name the peer to wait for"))?,
         ),
@@ -121,28 +121,20 @@ pub(crate) async fn wait_for(d: &Arc<Daemon>, p: m::WaitParams) -> Result<m::Wai
                 let cond = p.condition;
                 let q = peer.clone().unwrap_or_default();
                 let rows: Vec<_> = targets.iter().map(|x| lock(&x.row).clone()).collect();
-                let found = d
+                let all = d
                     .store
                     .read(move |c| {
-                        let mut states = Vec::new();
+                        let mut all = Vec::new();
                         for r in &rows {
-                            for p in crate::peers::q_peers(c, r)? {
-                                let id = p.id.0.simple().to_string();
-                                let hit = match q.strip_prefix('@') {
-                                    Some(g) => p.groups.iter().any(|x| x.to_lowercase() == g),
-                                    None => {
-                                        p.name.to_lowercase() == q
-                                            || (q.len() >= 4 && id.starts_with(&q.replace('-', "")))
-                                    }
-                                };
-                                if hit {
-                                    states.push((p.online, p.status));
-                                }
-                            }
+                            all.extend(crate::peers::q_peers(c, r, None)?);
                         }
-                        Ok(states)
+                        Ok(all)
                     })
                     .await?;
+                let found: Vec<_> = crate::peers::matching(&all, &q)?
+                    .into_iter()
+                    .map(|p| (p.online, p.status))
+                    .collect();
                 use claudemesh_schema::message::PeerStatus;
                 match cond {
                     W::PeerOnline => found.iter().any(|(o, _)| *o),

@@ -8,7 +8,8 @@
 #![deny(clippy::print_stdout)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod claude;
 mod server;
 mod shared_tools;
 
-pub use server::{ShimError, run, session_key};
+pub use server::{ShimError, run};

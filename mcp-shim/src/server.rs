@@ -6,6 +6,9 @@ use claudemesh_schema::SessionId;
 use claudemesh_schema::ipc::Notification;
 use claudemesh_schema::ipc::methods::{self as m, InboxMessage};
 use claudemesh_schema::message::{PeerStatus, Priority};
+use claudemesh_schema::render;
+
+use crate::claude;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
@@ -150,28 +153,17 @@ fn client_error(e: ClientError) -> Result<CallToolResult, rmcp::ErrorData> {
     tool_error(e.to_string())
 }
 
-/// The channel notification for one message: `content` reads like a chat line; `meta`
-/// has identifier keys and string values only (Claude Code drops anything else).
+/// The channel notification for one message (see [`claudemesh_schema::render`]): `meta`
+/// has identifier keys and string values only (Claude Code drops anything else), and its
+/// `message_id` is how the daemon finds the push again in the transcript.
 pub(crate) fn channel_notification(msg: &InboxMessage) -> CustomNotification {
-    let marker = match msg.priority {
-        Priority::Now => "[URGENT] ",
-        Priority::Low => "[low] ",
-        Priority::Next => "",
-    };
-    let content = format!("{marker}{}: {}", msg.from_name, msg.body);
-    let meta = serde_json::json!({
-        "from_id": msg.from_id.to_string(),
-        "from_name": msg.from_name,
-        "mesh": msg.mesh_name,
-        "priority": msg.priority.as_str(),
-        "message_id": msg.id.to_string(),
-        "sent_at": msg.sent_at.to_string(),
-        "kind": if msg.kind == "text" { "message" } else { msg.kind.as_str() },
-        "verified": msg.verified.to_string(),
-    });
+    let meta: serde_json::Map<String, serde_json::Value> = render::channel_meta(msg)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v)))
+        .collect();
     CustomNotification::new(
         "notifications/claude/channel",
-        Some(serde_json::json!({ "content": content, "meta": meta })),
+        Some(serde_json::json!({ "content": render::channel_content(msg), "meta": meta })),
     )
 }
 
@@ -226,7 +218,7 @@ impl Shim {
         if let Some(s) = slot.as_ref() {
             return Ok(s.clone());
         }
-        let (channels, client_name) = self
+        let (_, client_name) = self
             .inner
             .client_info
             .subscribe()
@@ -235,41 +227,43 @@ impl Shim {
             .map_err(|_| "shutting down".to_string())?
             .clone()
             .unwrap_or_default();
-        let delivery: Vec<String> = if channels {
-            vec!["channel".into(), "pull".into()]
-        } else {
-            vec!["pull".into()]
-        };
         let mut c = self.client().await.map_err(|e| e.to_string())?;
-        let groups = std::env::var("CLAUDEMESH_GROUPS")
+        let env = |k: &str| std::env::var(k).ok().filter(|s| !s.trim().is_empty());
+        let groups = env("CLAUDEMESH_GROUPS")
             .unwrap_or_default()
             .split(',')
             .map(|g| g.trim().to_string())
             .filter(|g| !g.is_empty())
             .collect();
+        let cwd = env("CLAUDE_PROJECT_DIR").or_else(|| {
+            std::env::current_dir()
+                .ok()
+                .map(|d| d.display().to_string())
+        });
         let r: m::SessionOpenResult = c
             .call(
                 m::SESSION_OPEN,
                 m::SessionOpenParams {
                     client_key: self.inner.key.clone(),
-                    mesh: std::env::var("CLAUDEMESH_MESH")
-                        .ok()
-                        .filter(|s| !s.is_empty()),
-                    name: std::env::var("CLAUDEMESH_DISPLAY_NAME")
-                        .ok()
-                        .filter(|s| !s.is_empty()),
-                    kind: Some("claude".into()),
+                    mesh: env("CLAUDEMESH_MESH"),
+                    name: env("CLAUDEMESH_DISPLAY_NAME"),
+                    kind: Some(
+                        if client_name == "claude-code" {
+                            "claude"
+                        } else {
+                            "mcp"
+                        }
+                        .into(),
+                    ),
                     groups,
                     summary: None,
-                    cwd: std::env::current_dir()
-                        .ok()
-                        .map(|d| d.display().to_string()),
-                    delivery,
-                    role: std::env::var("CLAUDEMESH_ROLE")
-                        .ok()
-                        .filter(|s| !s.is_empty()),
+                    cwd,
+                    delivery: Vec::new(),
+                    role: env("CLAUDEMESH_ROLE"),
                     client: Some(client_name).filter(|s| !s.is_empty()),
-                    claude_session: None,
+                    claude_session: claude::session_id(),
+                    process: claude::process_key(),
+                    transcript: claude::transcript().map(|t| t.display().to_string()),
                 },
             )
             .await
@@ -574,85 +568,50 @@ impl ServerHandler for Shim {
     }
 }
 
-/// The key of the Claude Code session this process runs under: `CLAUDEMESH_SESSION_KEY`
-/// when set, else the nearest ancestor process that is Claude Code (its pid and start
-/// time, so a reused pid is a different session). The MCP shim and the hooks of one Claude
-/// session find the same ancestor, so they address the same peer.
-pub fn session_key() -> Option<String> {
-    if let Ok(k) = std::env::var("CLAUDEMESH_SESSION_KEY")
-        && !k.trim().is_empty()
-    {
-        return Some(k.trim().to_string());
-    }
-    let mut pid = parent_of(std::process::id())?;
-    for _ in 0..8 {
-        let (comm, ppid, start) = proc_stat(pid)?;
-        if comm.to_lowercase().contains("claude") {
-            return Some(format!("claude-{pid}-{start}"));
-        }
-        if ppid <= 1 {
-            return None;
-        }
-        pid = ppid;
-    }
-    None
-}
+/// How long after `initialize` the first push waits: Claude Code registers its channel
+/// handler only after `tools/list`, and drops a notification that comes sooner.
+const FIRST_PUSH_AFTER: std::time::Duration = std::time::Duration::from_millis(1000);
 
-/// `(comm, ppid, start time)` of a process, from `/proc` (Linux).
-fn proc_stat(pid: u32) -> Option<(String, u32, u64)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let open = s.find('(')?;
-    let close = s.rfind(')')?;
-    let comm = s.get(open + 1..close)?.to_string();
-    let rest: Vec<&str> = s.get(close + 1..)?.split_whitespace().collect();
-    let ppid = rest.get(1)?.parse().ok()?;
-    let start = rest.get(19)?.parse().ok()?;
-    Some((comm, ppid, start))
-}
-
-fn parent_of(pid: u32) -> Option<u32> {
-    proc_stat(pid).map(|(_, ppid, _)| ppid)
-}
-
-fn shim_key() -> String {
-    session_key().unwrap_or_else(|| format!("ppid-{}", parent_of(std::process::id()).unwrap_or(0)))
-}
-
-/// Serve MCP on stdin/stdout until the client goes away.
+/// Serve MCP on stdin/stdout until the client goes away (its stdin closes, or it sends
+/// SIGINT/SIGTERM as Claude Code does at exit); then close the session, so it goes
+/// offline at once.
 pub async fn run(paths: Paths, exe: PathBuf) -> Result<(), ShimError> {
-    let shim = Shim::new(paths, exe, shim_key());
+    let shim = Shim::new(paths, exe, claude::client_key());
     let running = shim
         .clone()
         .serve(rmcp::transport::stdio())
         .await
         .map_err(|e| ShimError::Transport(e.to_string()))?;
     let peer = running.peer().clone();
-    let channels = std::env::var("CLAUDEMESH_CHANNELS").is_ok_and(|v| v == "1")
-        || peer
-            .peer_info()
-            .and_then(|i| {
-                i.capabilities
-                    .experimental
-                    .as_ref()
-                    .map(|e| e.contains_key("claude/channel"))
-            })
-            .unwrap_or(false);
-    // Push this session's messages as channel notifications when the client takes them.
+    let declares = peer
+        .peer_info()
+        .and_then(|i| {
+            i.capabilities
+                .experimental
+                .as_ref()
+                .map(|e| e.contains_key("claude/channel"))
+        })
+        .unwrap_or(false);
     let client_name = peer
         .peer_info()
         .map(|i| i.client_info.name.clone())
         .unwrap_or_default();
+    let channels = claude::channels_possible(&client_name, declares);
     shim.inner
         .client_info
         .send_replace(Some((channels, client_name)));
-    // Push this session's messages as channel notifications when the client takes them;
-    // keep the subscription alive across daemon restarts.
+    // A health check (`claude mcp list`) lists the tools and exits: it is not a session.
+    let health_check = claude::is_health_check();
+    // Hold the session for as long as this process lives, pushing its messages as channel
+    // notifications when the client may take them; keep going across daemon restarts.
     let pusher = {
         let shim = shim.clone();
         tokio::spawn(async move {
-            if !channels {
-                let _ = shim.session().await;
+            if health_check {
                 return;
+            }
+            if channels {
+                tokio::time::sleep(FIRST_PUSH_AFTER).await;
             }
             let mut delay = std::time::Duration::from_millis(100);
             loop {
@@ -660,26 +619,30 @@ pub async fn run(paths: Paths, exe: PathBuf) -> Result<(), ShimError> {
                     && let Ok(mut c) = shim.client().await
                     && c.call::<serde_json::Value>(
                         m::SUBSCRIBE,
-                        m::SubscribeParams { session: s.id },
-                    )
-                    .await
-                    .is_ok()
-                    && c.call::<serde_json::Value>(
-                        claudemesh_schema::ipc::shared::STATE_WATCH,
-                        claudemesh_schema::ipc::shared::WatchParams {
-                            mesh: Some(s.mesh.to_string()),
-                            prefix: None,
+                        m::SubscribeParams {
+                            session: s.id,
+                            push: channels,
                         },
                     )
                     .await
                     .is_ok()
+                    && (!channels
+                        || c.call::<serde_json::Value>(
+                            claudemesh_schema::ipc::shared::STATE_WATCH,
+                            claudemesh_schema::ipc::shared::WatchParams {
+                                mesh: Some(s.mesh.to_string()),
+                                prefix: None,
+                            },
+                        )
+                        .await
+                        .is_ok())
                 {
                     delay = std::time::Duration::from_millis(100);
                     while let Ok(n) = c.notification().await {
                         let Notification { method, params, .. } = n;
                         if method == m::NOTIFY_SESSION_CLOSED {
-                            // Replaced (a resumed session's original peer took over):
-                            // reopen, which resolves to the right session, and resubscribe.
+                            // Closed under us (a daemon restart, a lease sweep): reopen,
+                            // which resolves to the same session, and subscribe again.
                             *shim.inner.session.lock().await = None;
                             break;
                         }
@@ -719,7 +682,10 @@ pub async fn run(paths: Paths, exe: PathBuf) -> Result<(), ShimError> {
             }
         })
     };
-    let _ = running.waiting().await;
+    tokio::select! {
+        _ = running.waiting() => {}
+        _ = stop_signal() => {}
+    }
     pusher.abort();
     let opened = shim.inner.session.lock().await.clone();
     if let Some(s) = opened
@@ -730,6 +696,25 @@ pub async fn run(paths: Paths, exe: PathBuf) -> Result<(), ShimError> {
             .await;
     }
     Ok(())
+}
+
+/// SIGINT or SIGTERM (Claude Code stops its MCP servers with SIGINT).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    std::future::pending::<()>().await;
 }
 
 #[cfg(test)]
@@ -755,6 +740,8 @@ mod tests {
             verified: true,
             surfaced_at: None,
             kind: "text".into(),
+            from_label: String::new(),
+            for_member: false,
         };
         let n = channel_notification(&msg);
         assert_eq!(n.method, "notifications/claude/channel");

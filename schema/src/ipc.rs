@@ -14,6 +14,7 @@ use crate::ids::{InviteId, MeshId, MessageId, SessionId};
 use crate::message::{PeerStatus, Priority};
 use crate::roster::Role;
 
+pub mod claude;
 pub mod shared;
 pub mod trust;
 
@@ -285,11 +286,20 @@ pub mod methods {
         pub visible: bool,
     }
 
-    /// `subscribe` parameters.
+    /// `subscribe` parameters. A subscription also holds the session's lease: the session
+    /// stays online while one lives (or while its process does), and goes offline when
+    /// the last one ends with its process gone.
     #[derive(Debug, Clone, Serialize, Deserialize)]
     pub struct SubscribeParams {
         /// The session whose messages to push.
         pub session: SessionId,
+        /// Push `message` notifications (false: only hold the lease).
+        #[serde(default = "yes")]
+        pub push: bool,
+    }
+
+    fn yes() -> bool {
+        true
     }
 
     /// `message_status` parameters.
@@ -374,10 +384,18 @@ pub mod methods {
         /// Client software name.
         #[serde(default)]
         pub client: Option<String>,
-        /// The Claude Code session id, when known (hooks know it): a resumed session keeps
-        /// its peer id across processes.
+        /// The Claude Code session id, when known: a resumed session keeps its peer id
+        /// across processes.
         #[serde(default)]
         pub claude_session: Option<String>,
+        /// The process the session lives in, `<pid>-<start time>` (Linux): when it ends,
+        /// the session goes offline, whatever keyed it.
+        #[serde(default)]
+        pub process: Option<String>,
+        /// The Claude Code transcript of the session (`…/projects/<slug>/<id>.jsonl`):
+        /// where the daemon confirms that pushed messages reached the model.
+        #[serde(default)]
+        pub transcript: Option<String>,
     }
 
     /// One hosted session.
@@ -672,6 +690,17 @@ pub mod methods {
         pub wait_secs: Option<u64>,
     }
 
+    /// `peers` parameters.
+    #[derive(Debug, Clone, Serialize, Deserialize, Default)]
+    pub struct PeersParams {
+        /// Mesh name or id prefix (default: all).
+        #[serde(default)]
+        pub mesh: Option<String>,
+        /// Also sessions that ended longer ago than the grace (history).
+        #[serde(default)]
+        pub all: bool,
+    }
+
     /// Parameters naming one mesh (optional when only one is joined).
     #[derive(Debug, Clone, Serialize, Deserialize, Default)]
     pub struct MeshParams {
@@ -687,8 +716,12 @@ pub mod methods {
         pub id: SessionId,
         /// Member key (base64url).
         pub member: String,
-        /// Display name.
+        /// Display name: the session's label (for a member's daemon session, the member's
+        /// name).
         pub name: String,
+        /// The person: the member's display name.
+        #[serde(default)]
+        pub member_name: String,
         /// Peer kind (`cli`, `claude`, …).
         pub kind: String,
         /// Status.
@@ -837,8 +870,11 @@ pub mod methods {
         pub from_id: SessionId,
         /// Sending member (base64url).
         pub from_member: String,
-        /// Sender display name.
+        /// Sender: the person (the member's display name, as its signed presence says).
         pub from_name: String,
+        /// The sending session's label, when it has one of its own.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        pub from_label: String,
         /// How it was addressed (`name`, `@group`, `*`).
         pub to: String,
         /// Priority.
@@ -851,9 +887,14 @@ pub mod methods {
         pub body: String,
         /// Sender verified by its member key against the mesh roster.
         pub verified: bool,
-        /// When it was pushed to the session (channel), if it was.
+        /// When it was seen in the session's context (confirmed, by the path in the
+        /// recipient's `peers` delivery list), if it was.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub surfaced_at: Option<i64>,
+        /// Addressed to the person, not to one session: any of the person's sessions on
+        /// this machine may show it, the most recently active first.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        pub for_member: bool,
         /// `text` for messages from peers; `task` or `reservation` for notices from this
         /// daemon about a race an own write lost in the shared-state log.
         #[serde(default = "text_kind")]

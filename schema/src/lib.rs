@@ -14,6 +14,8 @@
 //! - [`op`]: shared mesh state as a relay-ordered log of sealed ops, and its hash chain.
 //! - [`migrations`]: the SQL schema of the daemon and relay stores.
 //! - [`names`]: what a mesh, display or group name may be.
+//! - [`render`]: how messages read in a model's context, and how to find them again.
+//! - [`select`]: addresses (`bob`, `bob/api`, `@dev`, `*`, id prefixes) and what they match.
 //!
 //! Read `wire` first; `PROTOCOL.md` at the repository root is the prose version of it.
 //!
@@ -31,7 +33,9 @@ pub mod message;
 pub mod migrations;
 pub mod names;
 pub mod op;
+pub mod render;
 pub mod roster;
+pub mod select;
 pub mod wire;
 
 pub use ids::{ClaimId, InviteId, ItemId, MeshId, MessageId, OpId, SessionId};

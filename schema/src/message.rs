@@ -99,8 +99,11 @@ impl std::str::FromStr for PeerStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Profile {
-    /// Display name.
+    /// Display name: the session's label (a member's daemon session carries the member's
+    /// name).
     pub name: String,
+    /// The person: the member's display name (empty from daemons before 0.2).
+    pub member_name: String,
     /// What kind of peer: `cli` (a daemon's own session), `claude`, or another client name.
     pub kind: String,
     /// Current status.
@@ -132,8 +135,11 @@ pub struct MessagePayload {
     pub id: MessageId,
     /// Sending session.
     pub from_session: SessionId,
-    /// Sender's display name at send time.
+    /// Sender's display name at send time (the person).
     pub from_name: String,
+    /// The sending session's label, when it is not the person's daemon session.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub from_label: String,
     /// How the sender addressed it: a peer name, `@group` or `*`.
     pub to: String,
     /// Priority.
@@ -368,6 +374,7 @@ mod tests {
             id,
             from_session: SessionId::new(),
             from_name: "alice".into(),
+            from_label: String::new(),
             to: "*".into(),
             priority: Priority::Now,
             sent_at: 42,

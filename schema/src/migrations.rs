@@ -11,6 +11,7 @@ pub const DAEMON: &[&str] = &[
     include_str!("../sql/daemon/0004_snapshots.sql"),
     include_str!("../sql/daemon/0005_grants.sql"),
     include_str!("../sql/daemon/0006_own_reminders.sql"),
+    include_str!("../sql/daemon/0007_confirmed_delivery.sql"),
 ];
 
 /// Relay store migrations (`relay.db`).

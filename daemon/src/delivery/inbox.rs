@@ -1,10 +1,18 @@
 //! Reading what arrived: `inbox` (with `--wait`), `mark_read`, the push subscription of a
-//! hosted session with its priority gate, receipts to senders, and the status of messages
-//! we sent.
+//! hosted session with its priority gate, the evidence that moves a message to `read`
+//! (Claude Code took a push; a model answered a context holding it), receipts to senders,
+//! and the status of messages we sent.
+//!
+//! A message moves forward only on evidence: pushing a notification or printing a hook's
+//! context makes it *shown*; the session's transcript (or the prompt of a channel-started
+//! turn) makes it *accepted* (in Claude Code's queue or conversation) and then *surfaced*
+//! and *read* once a model answered. Shown-but-unaccepted messages fall back to the next
+//! path after a short deadline; accepted ones are never shown again.
 
 use claudemesh_schema::ipc::Notification;
-use claudemesh_schema::ipc::methods::{self as m, InboxParams, InboxResult};
-use claudemesh_schema::now_ms;
+use claudemesh_schema::ipc::methods::{self as m, InboxMessage, InboxParams, InboxResult};
+use claudemesh_schema::message::{PeerStatus, Priority};
+use claudemesh_schema::{MeshId, MessageId, SessionId, now_ms};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,39 +21,153 @@ use tokio::sync::mpsc;
 use super::send::send_receipts;
 use crate::context::Daemon;
 use crate::error::Error;
-use crate::mesh::lock;
-use crate::store;
+use crate::mesh::{Channel, MeshCtx, lock};
+use crate::store::{self, Reader, Unread};
+use crate::transcript::Via;
 
+/// How long a push may wait for Claude Code to take it before other paths may show the
+/// message (and, for a session whose channel never worked, before pushing stops).
+pub(crate) const PUSH_DEADLINE: Duration = Duration::from_secs(3);
+/// The same, once the session's channel has been seen to work (a slow disk or a busy
+/// machine must not make a working channel look dropped).
+const PUSH_DEADLINE_WORKING: Duration = Duration::from_secs(10);
+/// Rows scanned per query when paging through a backlog.
+const PAGE: u32 = 256;
+
+/// May a message of `priority` be pushed to (or shown by a hook in) a session that is
+/// `status`? Idle sessions take `now` and `next`; busy ones only `now`; `low` waits to be
+/// pulled.
+pub(crate) fn push_allowed(priority: Priority, status: PeerStatus) -> bool {
+    match (priority, status) {
+        (Priority::Low, _) => false,
+        (Priority::Now, _) => true,
+        (Priority::Next, PeerStatus::Idle) => true,
+        (Priority::Next, _) => false,
+    }
+}
+
+/// Is `u` free to be shown now (not waiting in Claude Code, not just handed to a path)?
+pub(crate) fn ready(u: &Unread, now: i64, deadline: Duration) -> bool {
+    u.accepted_at.is_none()
+        && u.shown_at
+            .is_none_or(|t| now - t > deadline.as_millis() as i64)
+}
+
+/// The reader of `session`'s messages. A hosted session reads the person's messages too
+/// when `person` holds: always when it asks (a pull), and for pushes and hooks only while
+/// it is the person's most recently active session.
+pub(crate) fn reader(
+    d: &Daemon,
+    session: SessionId,
+    person: bool,
+) -> Option<(Arc<MeshCtx>, Reader)> {
+    for m in d.meshes() {
+        if m.keys.session == session {
+            return Some((m.clone(), Reader::session(session)));
+        }
+        if lock(&m.sessions).contains_key(&session) {
+            let member_rows = person.then_some(m.keys.session);
+            return Some((
+                m.clone(),
+                Reader {
+                    sessions: vec![session],
+                    member_rows,
+                    mesh: Some(m.id),
+                },
+            ));
+        }
+    }
+    None
+}
+
+/// The person's rows count for automatic delivery to `session` only while it is the most
+/// recently active session.
+fn designated(m: &MeshCtx, session: SessionId) -> bool {
+    m.designated() == Some(session)
+}
+
+/// The unread messages of `who` that pass `keep`, oldest first, at most `max`, paging
+/// through any backlog.
+pub(crate) async fn unread_where(
+    d: &Daemon,
+    who: &Reader,
+    max: usize,
+    keep: impl Fn(&Unread) -> bool,
+) -> Result<Vec<Unread>, Error> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let w = who.clone();
+        let page = d
+            .store
+            .read(move |c| store::q_unread(c, &w, after, PAGE))
+            .await?;
+        let full = page.len() as u32 == PAGE;
+        if let Some(last) = page.last() {
+            after = Some((last.msg.received_at, last.msg.id));
+        }
+        out.extend(page.into_iter().filter(|u| keep(u)));
+        if out.len() >= max || !full {
+            out.truncate(max);
+            return Ok(out);
+        }
+    }
+}
+
+/// `inbox`: unread messages of a session (default: the daemon's own in each mesh), read
+/// unless `peek`; with `wait_ms`, waits for one.
 pub(crate) async fn read(d: &Arc<Daemon>, p: InboxParams) -> Result<InboxResult, Error> {
     let mesh = match &p.mesh {
         Some(s) => Some(d.select(Some(s))?.id),
         None => None,
     };
-    let sessions: Vec<_> = match p.session {
+    let mut readers: Vec<(Option<Arc<MeshCtx>>, SessionId, Reader)> = match p.session {
         Some(s) => {
-            if !d.meshes().iter().any(|m| m.is_local(&s)) {
+            let Some((m, r)) = reader(d, s, true) else {
                 return Err(Error::not_found(format!("no session {s} on this daemon")));
-            }
-            vec![s]
+            };
+            let hosted = m.keys.session != s;
+            vec![(hosted.then_some(m), s, r)]
         }
-        None => d.meshes().iter().map(|m| m.keys.session).collect(),
+        None => d
+            .meshes()
+            .iter()
+            .map(|m| (None, m.keys.session, Reader::session(m.keys.session)))
+            .collect(),
     };
+    for (_, _, r) in &mut readers {
+        if mesh.is_some() {
+            r.mesh = mesh;
+        }
+    }
+    if let Some((Some(m), s, _)) = readers.first() {
+        crate::sessions::touch(d, m, *s).await;
+        crate::sessions::path_seen(d, m, *s, "pull").await;
+    }
     let limit = p.limit.unwrap_or(100).clamp(1, 1000);
+    let after = match p.after {
+        Some(id) => d
+            .store
+            .read(move |c| store::q_received_at(c, id))
+            .await?
+            .map(|at| (at, id)),
+        None => None,
+    };
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(p.wait_ms.unwrap_or(0).min(3_600_000));
     let mut gen_rx = d.inbox_gen.subscribe();
     let messages = loop {
         gen_rx.borrow_and_update();
-        let s2 = sessions.clone();
-        let mut msgs = d
-            .store
-            .read(move |c| store::q_unread(c, mesh, &s2, 1000))
-            .await?;
-        if let Some(cursor) = p.after
-            && let Some(pos) = msgs.iter().position(|x| x.id == cursor)
-        {
-            msgs.drain(..=pos);
+        let mut msgs = Vec::new();
+        for (_, _, r) in &readers {
+            let r = r.clone();
+            msgs.extend(
+                d.store
+                    .read(move |c| store::q_unread(c, &r, after, limit))
+                    .await?,
+            );
         }
+        msgs.sort_by_key(|u| (u.msg.received_at, u.msg.id));
         msgs.truncate(limit as usize);
         if !msgs.is_empty() || tokio::time::Instant::now() >= deadline {
             break msgs;
@@ -56,95 +178,266 @@ pub(crate) async fn read(d: &Arc<Daemon>, p: InboxParams) -> Result<InboxResult,
             _ = d.shutdown.cancelled() => break msgs,
         }
     };
+    let mut messages: Vec<InboxMessage> = messages.into_iter().map(|u| u.msg).collect();
     if !p.peek && !messages.is_empty() {
-        let ids = messages.iter().map(|m| (m.id, m.session)).collect();
-        d.store.mark_read(ids, now_ms()).await?;
-        send_receipts(d, &messages, true).await;
+        let now = now_ms();
+        let mut read = Vec::new();
+        for (_, s, r) in &readers {
+            let ids: Vec<MessageId> = messages
+                .iter()
+                .filter(|x| x.session == *s || (r.member_rows == Some(x.session) && x.for_member))
+                .map(|x| x.id)
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            // Returned to the asker, so in its context: read and surfaced.
+            read.extend(
+                d.store
+                    .mark_read(*s, r.member_rows, ids, now, "pull", true)
+                    .await?,
+            );
+        }
+        send_receipts(d, &read, true).await;
+        for msg in &mut messages {
+            if msg.surfaced_at.is_none() {
+                msg.surfaced_at = Some(now);
+            }
+        }
+        d.bump_inbox();
     }
     Ok(InboxResult { messages })
 }
-/// The session's status, as far as this daemon knows (hosted sessions; the daemon's own
-/// session is always idle).
-fn local_status(
-    d: &Daemon,
-    session: claudemesh_schema::SessionId,
-) -> claudemesh_schema::message::PeerStatus {
-    for x in d.meshes() {
-        if let Some(l) = lock(&x.sessions).get(&session) {
-            return l.profile.status;
-        }
-    }
-    claudemesh_schema::message::PeerStatus::Idle
+
+/// `mark_read`: mark some of a session's unread messages read, and tell their senders.
+pub(crate) async fn mark_read(d: &Arc<Daemon>, p: m::MarkReadParams) -> Result<(), Error> {
+    let Some((_, r)) = reader(d, p.session, true) else {
+        return Err(Error::not_found(format!(
+            "no session {} on this daemon",
+            p.session
+        )));
+    };
+    let read = d
+        .store
+        .mark_read(p.session, r.member_rows, p.ids, now_ms(), "pull", false)
+        .await?;
+    send_receipts(d, &read, true).await;
+    d.bump_inbox();
+    Ok(())
 }
 
-/// Push each new unread message of `session` once, as a `message` notification, for as
-/// long as the connection lives, gated by priority on the session's status: an idle
-/// session gets `now` and `next`, a working or dnd one only `now`, and `low` is never
-/// pushed (it waits to be pulled). Held messages are pushed when the session turns idle.
-/// Messages stay unread: reading is the client's call.
+/// Claude Code took these messages of `session` (into its queue or its conversation):
+/// no other path shows them again. A queued push proves the session's channel works.
+pub(crate) async fn accepted(
+    d: &Arc<Daemon>,
+    mesh: MeshId,
+    session: SessionId,
+    ids: Vec<MessageId>,
+    via: Via,
+) {
+    let Some(m) = d.mesh(&mesh) else { return };
+    if let Err(e) = d
+        .store
+        .mark_accepted(session, Some(m.keys.session), ids, now_ms())
+        .await
+    {
+        tracing::warn!(session = %session.short(), error = %e, "cannot record an accepted message");
+        return;
+    }
+    crate::sessions::path_seen(d, &m, session, via.as_str()).await;
+    d.bump_inbox();
+}
+
+/// A model answered a context that held these messages of `session`: they are surfaced
+/// and read, and their senders hear so.
+pub(crate) async fn confirmed(
+    d: &Arc<Daemon>,
+    mesh: MeshId,
+    session: SessionId,
+    ids: Vec<MessageId>,
+    via: Via,
+) {
+    let Some(m) = d.mesh(&mesh) else { return };
+    let read = match d
+        .store
+        .mark_read(
+            session,
+            Some(m.keys.session),
+            ids,
+            now_ms(),
+            via.as_str(),
+            true,
+        )
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(session = %session.short(), error = %e, "cannot record a surfaced message");
+            return;
+        }
+    };
+    if !read.is_empty() {
+        tracing::debug!(session = %session.short(), n = read.len(), via = via.as_str(), "messages reached the model");
+        send_receipts(d, &read, true).await;
+        crate::sessions::path_seen(d, &m, session, via.as_str()).await;
+        d.bump_inbox();
+    }
+}
+
+/// The session's status and channel, as this daemon knows them.
+fn session_state(m: &MeshCtx, session: SessionId) -> Option<(bool, PeerStatus, Channel, bool)> {
+    if session == m.keys.session {
+        return Some((true, PeerStatus::Idle, Channel::Untried, false));
+    }
+    lock(&m.sessions)
+        .get(&session)
+        .map(|l| (l.open, l.profile.status, l.channel, l.transcript.is_some()))
+}
+
+fn closed_note() -> Notification {
+    Notification {
+        jsonrpc: "2.0".into(),
+        method: m::NOTIFY_SESSION_CLOSED.into(),
+        params: Value::Null,
+    }
+}
+
+/// A subscription to `session`'s messages, for as long as the connection lives: it holds
+/// the session's lease, and with `push` sends each message the session may take now as a
+/// `message` notification, once, gated by priority on the session's status. A push counts
+/// only when Claude Code is seen taking it (the transcript's queue entry); one not taken
+/// within [`PUSH_DEADLINE`] is left to hooks and pulls, and a session whose channel never
+/// took one is not pushed to again.
 pub(crate) async fn subscription(
     d: Arc<Daemon>,
-    session: claudemesh_schema::SessionId,
+    session: SessionId,
+    push: bool,
     tx: mpsc::Sender<Notification>,
 ) {
-    use claudemesh_schema::message::{PeerStatus, Priority};
+    let Some(m) = d.meshes().into_iter().find(|x| x.is_local(&session)) else {
+        let _ = tx.send(closed_note()).await;
+        return;
+    };
+    let hosted = session != m.keys.session;
+    let _hold = if hosted {
+        match crate::sessions::hold(&d, session, push) {
+            Some(h) => Some(h),
+            None => {
+                let _ = tx.send(closed_note()).await;
+                return;
+            }
+        }
+    } else {
+        None
+    };
     let mut gen_rx = d.inbox_gen.subscribe();
     let mut changes = d.changes.subscribe();
+    // Pushes not yet seen taken, with when they went out.
+    let mut waiting: Vec<(MessageId, tokio::time::Instant)> = Vec::new();
     loop {
         gen_rx.borrow_and_update();
         changes.borrow_and_update();
-        let Ok(msgs) = d
-            .store
-            .read(move |c| store::q_unread(c, None, &[session], 1000))
-            .await
-        else {
+        let Some((open, status, channel, transcript)) = session_state(&m, session) else {
+            let _ = tx.send(closed_note()).await;
             return;
         };
-        // The session was closed or replaced: tell the client so it can reopen.
-        let open = d.meshes().iter().any(|x| {
-            x.keys.session == session || lock(&x.sessions).get(&session).is_some_and(|l| l.open)
-        });
         if !open {
-            let n = Notification {
-                jsonrpc: "2.0".into(),
-                method: m::NOTIFY_SESSION_CLOSED.into(),
-                params: Value::Null,
-            };
-            let _ = tx.send(n).await;
+            // Closed or replaced: the client may reopen and subscribe again.
+            let _ = tx.send(closed_note()).await;
             return;
         }
-        let status = local_status(&d, session);
-        for msg in msgs {
-            let allowed = match (msg.priority, status) {
-                (Priority::Low, _) => false,
-                (Priority::Now, _) => true,
-                (Priority::Next, PeerStatus::Idle) => true,
-                (Priority::Next, _) => false,
+        // Claude Code's pushes are confirmed in its transcript. A client without one
+        // (another MCP client that declared channel support) is pushed to as well, but
+        // nothing can confirm what its model saw: those messages stay `delivered` until
+        // it reads them.
+        let can_push = push && channel != Channel::Dropped;
+        let member_rows = (hosted && designated(&m, session)).then_some(m.keys.session);
+        if can_push {
+            let who = Reader {
+                sessions: vec![session],
+                member_rows,
+                mesh: Some(m.id),
             };
-            // Pushed once, ever: `surfaced_at` is durable, so a reconnecting client (or a
-            // restarted daemon) does not get the same message into its context twice.
-            if !allowed || msg.surfaced_at.is_some() {
-                continue;
-            }
-            let n = Notification {
-                jsonrpc: "2.0".into(),
-                method: m::NOTIFY_MESSAGE.into(),
-                params: serde_json::to_value(&msg).unwrap_or(Value::Null),
-            };
-            if tx.send(n).await.is_err() {
+            let Ok(batch) = unread_where(&d, &who, PAGE as usize, |u| {
+                u.shown_at.is_none()
+                    && u.accepted_at.is_none()
+                    && push_allowed(u.msg.priority, status)
+            })
+            .await
+            else {
                 return;
+            };
+            for u in batch {
+                let n = Notification {
+                    jsonrpc: "2.0".into(),
+                    method: m::NOTIFY_MESSAGE.into(),
+                    params: serde_json::to_value(&u.msg).unwrap_or(Value::Null),
+                };
+                if tx.send(n).await.is_err() {
+                    return;
+                }
+                let _ = d
+                    .store
+                    .mark_shown(session, member_rows, vec![u.msg.id], now_ms(), "channel")
+                    .await;
+                if transcript {
+                    waiting.push((u.msg.id, tokio::time::Instant::now()));
+                }
             }
-            let _ = d.store.mark_surfaced(msg.id, msg.session, now_ms()).await;
-            send_receipts(&d, std::slice::from_ref(&msg), false).await;
         }
+        // Pushes past their deadline: taken, or dropped by Claude Code.
+        let limit = if channel == Channel::Works {
+            PUSH_DEADLINE_WORKING
+        } else {
+            PUSH_DEADLINE
+        };
+        let due: Vec<MessageId> = waiting
+            .iter()
+            .filter(|(_, t)| t.elapsed() >= limit)
+            .map(|(id, _)| *id)
+            .collect();
+        if !due.is_empty() {
+            waiting.retain(|(id, _)| !due.contains(id));
+            let own = Some(m.keys.session);
+            let taken = d
+                .store
+                .read(move |c| store::q_taken(c, session, own, &due))
+                .await
+                .unwrap_or_default();
+            if taken.iter().any(|(_, t)| !*t) {
+                let dropped = match lock(&m.sessions).get_mut(&session) {
+                    Some(l) if l.channel == Channel::Untried => {
+                        l.channel = Channel::Dropped;
+                        true
+                    }
+                    _ => false,
+                };
+                if dropped {
+                    tracing::info!(
+                        session = %session.short(),
+                        "Claude Code did not take a channel push (channels are off for this session); hooks and check_messages carry its messages"
+                    );
+                }
+                // The dropped messages are free for hooks and pulls now.
+                d.bump_inbox();
+            }
+        }
+        let next_due = waiting.iter().map(|(_, t)| *t + limit).min();
         tokio::select! {
             r = gen_rx.changed() => if r.is_err() { return },
             r = changes.changed() => if r.is_err() { return },
+            _ = async {
+                match next_due {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
             _ = d.shutdown.cancelled() => return,
         }
     }
 }
 
+/// `message_status`: how far a message we sent got (optionally waiting for a stage).
 pub(crate) async fn message_status(
     d: &Arc<Daemon>,
     p: m::MessageStatusParams,
@@ -200,19 +493,25 @@ pub(crate) async fn message_status(
     }
 }
 
-/// `mark_read`: mark some of a session's unread messages read, and tell their senders.
-pub(crate) async fn mark_read(d: &Arc<Daemon>, p: m::MarkReadParams) -> Result<(), Error> {
-    let session = p.session;
-    let unread = d
-        .store
-        .read(move |c| store::q_unread(c, None, &[session], 1000))
-        .await?;
-    let read: Vec<_> = unread
-        .into_iter()
-        .filter(|x| p.ids.contains(&x.id))
-        .collect();
-    let ids = read.iter().map(|x| (x.id, session)).collect();
-    d.store.mark_read(ids, now_ms()).await?;
-    send_receipts(d, &read, true).await;
-    Ok(())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_push_gate_follows_priority_and_status() {
+        use PeerStatus::*;
+        use Priority::*;
+        for (p, s, want) in [
+            (Now, Idle, true),
+            (Now, Working, true),
+            (Now, Dnd, true),
+            (Next, Idle, true),
+            (Next, Working, false),
+            (Next, Dnd, false),
+            (Low, Idle, false),
+            (Low, Working, false),
+        ] {
+            assert_eq!(push_allowed(p, s), want, "{p:?} to a {s:?} session");
+        }
+    }
 }

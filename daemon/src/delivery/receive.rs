@@ -41,6 +41,9 @@ fn open_rows(
         return Ok(Vec::new());
     }
     let own = m.keys.session;
+    // A message to our member is the person's: stored once, on our own session, for any
+    // of the person's sessions here to show.
+    let for_member = matches!(&env.to, Route::Member { .. });
     let targets: Vec<SessionId> = match &env.to {
         Route::Session { session } if m.is_local(session) => vec![*session],
         Route::Member { member } if *member == m.member() => vec![own],
@@ -94,14 +97,16 @@ fn open_rows(
         return Ok(Vec::new());
     }
     // The sending session must belong to the sending member (as its signed presence says),
-    // and the name shown is the one from that presence, not the one the sender typed.
+    // and the names shown are the ones from that presence, not the ones the sender typed.
     let mut p = p;
     if let Some(s) = sender {
         if s.member != env.from_member {
             tracing::warn!(id = %env.id, "message from a session of another member; dropped");
             return Ok(Vec::new());
         }
-        p.from_name = s.profile.name.clone();
+        let (person, label) = s.names();
+        p.from_name = person;
+        p.from_label = label;
     }
     if p.kind == message::KIND_RECEIPT {
         // Receipts come boxed to our member from a member; the body names our message.
@@ -126,7 +131,7 @@ fn open_rows(
         tracing::debug!(id = %env.id, from = %env.from_member.short(), cap, "message dropped by grants");
         return Ok(Vec::new());
     }
-    Ok(rows_for(m, &p, &env.from_member, targets, at))
+    Ok(rows_for(m, &p, &env.from_member, targets, at, for_member))
 }
 
 pub(super) fn rows_for(
@@ -135,6 +140,7 @@ pub(super) fn rows_for(
     from_member: &claudemesh_schema::crypto::MemberKey,
     targets: Vec<SessionId>,
     at: i64,
+    for_member: bool,
 ) -> Vec<InboxRow> {
     let mesh_name = m.name();
     targets
@@ -148,6 +154,7 @@ pub(super) fn rows_for(
                 from_id: p.from_session,
                 from_member: from_member.to_b64(),
                 from_name: p.from_name.clone(),
+                from_label: p.from_label.clone(),
                 to: p.to.clone(),
                 priority: p.priority,
                 sent_at: p.sent_at,
@@ -160,6 +167,7 @@ pub(super) fn rows_for(
                 } else {
                     "text".into()
                 },
+                for_member,
             },
         })
         .collect()

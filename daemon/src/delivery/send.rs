@@ -6,6 +6,7 @@ use bytes::Bytes;
 use claudemesh_schema::crypto::BoxPublic;
 use claudemesh_schema::ipc::methods::{InboxMessage, SendParams, SendResult, Stage};
 use claudemesh_schema::message::{self, MessagePayload};
+use claudemesh_schema::select::{Candidate, Pick, Selector, pick};
 use claudemesh_schema::wire::{self, ClientFrame, Envelope, Route, Seal};
 use claudemesh_schema::{MessageId, SessionId, now_ms};
 use std::sync::Arc;
@@ -27,12 +28,20 @@ struct Target {
     key: Option<BoxPublic>,
     names: Vec<String>,
     label: String,
+    /// Our own member: delivered here, to the person's inbox, without the relay.
+    local_member: bool,
 }
 
 fn describe(p: &PresenceRow) -> String {
+    let (person, label) = p.names();
     format!(
-        "{} ({}, {}{})",
-        p.profile.name,
+        "{}{} (id {}, {}{})",
+        person,
+        if label.is_empty() {
+            String::new()
+        } else {
+            format!("/{label}")
+        },
         p.session.short(),
         if p.profile.hostname.is_empty() {
             "?"
@@ -43,107 +52,148 @@ fn describe(p: &PresenceRow) -> String {
     )
 }
 
-/// Resolve `to` among the peers of one mesh.
+/// Is `p` a session that ended longer than the grace ago (no longer listed in `peers`)?
+pub(crate) fn stale(p: &PresenceRow, grace_ms: i64, now: i64) -> bool {
+    p.profile.kind != "cli" && !p.online && now - p.last_seen > grace_ms
+}
+
+/// Resolve `to` among the peers of one mesh (see [`claudemesh_schema::select`]).
 fn resolve(
+    d: &Daemon,
     m: &MeshCtx,
     peers: &[PresenceRow],
     to: &str,
     from: SessionId,
 ) -> Result<Option<Target>, Error> {
+    let grace = d.cfg.peers.offline_grace_secs as i64 * 1000;
+    let now = now_ms();
     let others: Vec<&PresenceRow> = peers
         .iter()
         .filter(|p| p.session != from && m.is_member(&p.member))
         .collect();
-    if to == "*" {
-        let names = others
-            .iter()
-            .filter(|p| p.profile.visible)
-            .map(|p| p.profile.name.clone())
-            .collect();
-        return Ok(Some(Target {
+    let names: Vec<(String, String)> = others
+        .iter()
+        .map(|p| {
+            let (person, _) = p.names();
+            (person, p.profile.name.clone())
+        })
+        .collect();
+    let candidates = |live: bool| -> (Vec<Candidate<'_>>, Vec<usize>) {
+        let mut c = Vec::new();
+        let mut idx = Vec::new();
+        for (i, p) in others.iter().enumerate() {
+            if live && stale(p, grace, now) {
+                continue;
+            }
+            c.push(Candidate {
+                session: p.session,
+                member: p.member,
+                member_name: &names[i].0,
+                label: &names[i].1,
+                groups: &p.profile.groups,
+                online: p.online,
+                visible: p.profile.visible,
+            });
+            idx.push(i);
+        }
+        (c, idx)
+    };
+    let sel = Selector::parse(to);
+    let (live, live_idx) = candidates(true);
+    let mut picked = pick(&sel, &live);
+    let mut map = live_idx;
+    if picked == Pick::None && matches!(sel, Selector::Word(_)) {
+        // An ended session is still reached by its id (its inbox waits for a resume).
+        let (all, all_idx) = candidates(false);
+        let again = pick(&sel, &all);
+        if matches!(again, Pick::Session(_)) {
+            picked = again;
+            map = all_idx;
+        }
+    }
+    let row = |i: usize| others[map[i]];
+    Ok(match picked {
+        Pick::None => {
+            // Our own person (a session writing to its own name) is not in the cache.
+            let own = lock(&m.row).display_name.clone();
+            match sel {
+                Selector::Word(w) if w.eq_ignore_ascii_case(&own) => Some(Target {
+                    route: Route::Member { member: m.member() },
+                    key: None,
+                    names: vec![own.clone()],
+                    label: own,
+                    local_member: true,
+                }),
+                _ => None,
+            }
+        }
+        Pick::All => Some(Target {
             route: Route::All,
             key: None,
-            names,
+            names: others
+                .iter()
+                .filter(|p| p.profile.visible && !stale(p, grace, now))
+                .map(|p| p.names().0)
+                .collect(),
             label: "*".into(),
-        }));
-    }
-    if let Some(group) = to.strip_prefix('@') {
-        let g = group.to_lowercase();
-        let members: Vec<&&PresenceRow> = others
-            .iter()
-            .filter(|p| p.profile.visible && p.profile.groups.iter().any(|x| x.to_lowercase() == g))
-            .collect();
-        if members.is_empty() {
-            return Ok(None);
-        }
-        return Ok(Some(Target {
+            local_member: false,
+        }),
+        Pick::Group(v) => Some(Target {
             route: Route::Sessions {
-                sessions: members.iter().map(|p| p.session).collect(),
+                sessions: v.iter().map(|&i| row(i).session).collect(),
             },
             key: None,
-            names: members.iter().map(|p| p.profile.name.clone()).collect(),
-            label: format!("@{group}"),
-        }));
-    }
-    let lower = to.to_lowercase();
-    let hex = lower.replace('-', "");
-    let pick = |c: Vec<&PresenceRow>| -> Vec<PresenceRow> {
-        // Several sessions of one name: prefer the online ones.
-        let online: Vec<&PresenceRow> = c.iter().copied().filter(|p| p.online).collect();
-        let chosen = if online.is_empty() { c } else { online };
-        chosen.into_iter().cloned().collect()
-    };
-    let mut cands: Vec<PresenceRow> = Vec::new();
-    if hex.len() >= 4 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        cands = others
-            .iter()
-            .filter(|p| p.session.0.simple().to_string().starts_with(&hex))
-            .map(|p| (*p).clone())
-            .collect();
-    }
-    if cands.is_empty() {
-        cands = pick(
-            others
-                .iter()
-                .copied()
-                .filter(|p| p.profile.name.to_lowercase() == lower)
-                .collect(),
-        );
-    }
-    if cands.is_empty() && to.len() >= 4 {
-        cands = pick(
-            others
-                .iter()
-                .copied()
-                .filter(|p| p.member.to_b64().starts_with(to))
-                .collect(),
-        );
-    }
-    if cands.is_empty() {
-        cands = pick(
-            others
-                .iter()
-                .copied()
-                .filter(|p| p.profile.name.to_lowercase().starts_with(&lower))
-                .collect(),
-        );
-    }
-    match cands.len() {
-        0 => Ok(None),
-        1 => {
-            let p = &cands[0];
-            Ok(Some(Target {
+            names: v.iter().map(|&i| row(i).names().0).collect(),
+            label: to.to_string(),
+            local_member: false,
+        }),
+        Pick::Session(i) => {
+            let p = row(i);
+            Some(Target {
                 route: Route::Session { session: p.session },
                 key: Some(p.session_key),
-                names: vec![p.profile.name.clone()],
-                label: p.profile.name.clone(),
-            }))
+                names: vec![p.names().0],
+                label: to.to_string(),
+                local_member: false,
+            })
         }
-        _ => Err(Error::ambiguous(format!(
-            "{to:?} matches several peers: {}; use the id shown by `claudemesh peers`",
-            cands.iter().map(describe).collect::<Vec<_>>().join(", ")
-        ))),
-    }
+        Pick::Member(k) => {
+            let person = others
+                .iter()
+                .find(|p| p.member == k)
+                .map(|p| p.names().0)
+                .unwrap_or_default();
+            if k == m.member() {
+                Some(Target {
+                    route: Route::Member { member: k },
+                    key: None,
+                    names: vec![person.clone()],
+                    label: person,
+                    local_member: true,
+                })
+            } else {
+                let key = k
+                    .box_public()
+                    .map_err(|e| Error::internal(format!("member key does not convert: {e}")))?;
+                Some(Target {
+                    route: Route::Member { member: k },
+                    key: Some(key),
+                    names: vec![person.clone()],
+                    label: person,
+                    local_member: false,
+                })
+            }
+        }
+        Pick::Ambiguous(v) => {
+            return Err(Error::ambiguous(format!(
+                "{to:?} matches several peers: {}; use `name/session` or the id shown by `claudemesh peers`",
+                v.iter()
+                    .map(|&i| describe(row(i)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    })
 }
 
 /// Send a message: resolve, seal, commit to the outbox, hand to the link, and wait
@@ -190,7 +240,7 @@ pub(crate) async fn send_as(
         {
             continue;
         }
-        if let Some(t) = resolve(&m, &peers, &to, from)? {
+        if let Some(t) = resolve(d, &m, &peers, &to, from)? {
             found.push((m, t));
         }
     }
@@ -216,11 +266,24 @@ pub(crate) async fn send_as(
     };
     let session = p.session.unwrap_or(m.keys.session);
     let now = now_ms();
-    let from_name = m.session_name(&session).unwrap_or_default();
+    let from_name = lock(&m.row).display_name.clone();
+    let from_label = if session == m.keys.session {
+        String::new()
+    } else {
+        m.session_name(&session).unwrap_or_default()
+    };
+    if session != m.keys.session {
+        crate::sessions::touch(d, &m, session).await;
+    }
+    if target.local_member {
+        return send_to_own_person(d, &m, id, session, from_name, from_label, &target, &p, kind)
+            .await;
+    }
     let payload = MessagePayload {
         id,
         from_session: session,
         from_name,
+        from_label,
         to: target.label.clone(),
         priority: p.priority,
         sent_at: now,
@@ -241,7 +304,7 @@ pub(crate) async fn send_as(
         let mut others = vec![m.keys.session];
         others.extend(m.open_visible_sessions());
         others.retain(|s| *s != session);
-        rows_for(&m, &payload, &m.member(), others, now)
+        rows_for(&m, &payload, &m.member(), others, now, false)
     } else {
         Vec::new()
     };
@@ -301,6 +364,48 @@ pub(crate) async fn send_as(
     })
 }
 
+/// A message from one of our sessions to our own person: it goes to the person's inbox
+/// here (the relay never routes to the sender's own member).
+#[allow(clippy::too_many_arguments)]
+async fn send_to_own_person(
+    d: &Arc<Daemon>,
+    m: &Arc<MeshCtx>,
+    id: MessageId,
+    session: SessionId,
+    from_name: String,
+    from_label: String,
+    target: &Target,
+    p: &SendParams,
+    kind: &str,
+) -> Result<SendResult, Error> {
+    let now = now_ms();
+    let payload = MessagePayload {
+        id,
+        from_session: session,
+        from_name,
+        from_label,
+        to: target.label.clone(),
+        priority: p.priority,
+        sent_at: now,
+        kind: kind.into(),
+        body: p.body.clone(),
+    };
+    let rows = rows_for(m, &payload, &m.member(), vec![m.keys.session], now, true);
+    d.store
+        .record_local_sent(m.id, id, target.label.clone(), p.priority, now)
+        .await?;
+    d.store.insert_inbox(rows).await?;
+    d.bump_inbox();
+    d.bump_changes();
+    Ok(SendResult {
+        id,
+        mesh: m.id,
+        stage: Stage::Delivered,
+        recipients: target.names.clone(),
+        local: 1,
+    })
+}
+
 /// Tell the senders of `msgs` (all delivered to local sessions) that they were surfaced or
 /// read. Receipts are boxed to the sender member and go through the outbox like messages;
 /// for our own member's messages (local fan-out) the sent row is updated directly.
@@ -331,6 +436,7 @@ pub(crate) async fn send_receipts(d: &Arc<Daemon>, msgs: &[InboxMessage], read: 
             id,
             from_session: msg.session,
             from_name: String::new(),
+            from_label: String::new(),
             to: "receipt".into(),
             priority: message::Priority::Low,
             sent_at: now,

@@ -682,6 +682,8 @@ fn record_notices(
             body: n.text,
             verified: true,
             surfaced_at: None,
+            for_member: false,
+            from_label: String::new(),
             kind: n.kind.into(),
         };
         crate::store::insert_inbox_rows(tx, vec![crate::store::InboxRow { msg }])?;

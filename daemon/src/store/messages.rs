@@ -1,19 +1,11 @@
-//! Messages: the inbox (what arrived, per local session), the outbox (what waits for the
-//! relay) and the record of what we sent with how far it got.
+//! Messages out: the outbox (what waits for the relay) and the record of what we sent
+//! with how far it got; and the counts `status` shows.
 
-use claudemesh_schema::ipc::methods::InboxMessage;
 use claudemesh_schema::message::Priority;
-use claudemesh_schema::{MeshId, MessageId, SessionId};
+use claudemesh_schema::{MeshId, MessageId};
 use rusqlite::{Connection, params};
 
-use super::{Result, Store, StoreError, id16, parse};
-
-/// A received message to store, for the local session named in `msg.session`.
-#[derive(Debug, Clone)]
-pub(crate) struct InboxRow {
-    /// The message as shown.
-    pub msg: InboxMessage,
-}
+use super::{Result, Store, id16};
 
 /// A sent message's progress: created, then relayed, delivered, surfaced, read (unix ms).
 #[derive(Debug, Clone, Copy)]
@@ -31,58 +23,6 @@ pub(crate) struct SentStages {
 }
 
 impl Store {
-    /// Store received messages, ignoring ids already stored; returns how many were new.
-    pub(crate) async fn insert_inbox(&self, rows: Vec<InboxRow>) -> Result<usize> {
-        self.write(move |tx| insert_inbox_rows(tx, rows)).await
-    }
-
-    /// Queue received messages for storage; `done` runs on the writer thread after the
-    /// commit (this is where the caller acknowledges them to the relay).
-    pub(crate) async fn insert_inbox_then(
-        &self,
-        rows: Vec<InboxRow>,
-        done: impl FnOnce(Result<usize>) + Send + 'static,
-    ) -> Result<()> {
-        self.writer
-            .call_then(
-                move |tx| insert_inbox_rows(tx, rows),
-                move |r| done(r.map_err(StoreError::from)),
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// Mark messages read (each for the session it was delivered to).
-    pub(crate) async fn mark_read(&self, ids: Vec<(MessageId, SessionId)>, at: i64) -> Result<()> {
-        self.write(move |tx| {
-            let mut stmt = tx.prepare_cached(
-                "UPDATE inbox SET read_at = ?3 WHERE id = ?1 AND session = ?2 AND read_at IS NULL",
-            )?;
-            for (id, session) in ids {
-                stmt.execute(params![id.as_bytes(), session.as_bytes(), at])?;
-            }
-            Ok(())
-        })
-        .await
-    }
-
-    /// Record that a message was pushed to its session.
-    pub(crate) async fn mark_surfaced(
-        &self,
-        id: MessageId,
-        session: SessionId,
-        at: i64,
-    ) -> Result<()> {
-        self.write(move |tx| {
-            tx.execute(
-                "UPDATE inbox SET surfaced_at = coalesce(surfaced_at, ?3) WHERE id = ?1 AND session = ?2",
-                params![id.as_bytes(), session.as_bytes(), at],
-            )
-            .map(|_| ())
-        })
-        .await
-    }
-
     /// Durably queue an envelope for the relay and (for messages, not receipts) record it
     /// as sent.
     #[allow(clippy::too_many_arguments)]
@@ -116,6 +56,33 @@ impl Store {
                 ],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    /// Record a message delivered here without the relay (to our own person).
+    pub(crate) async fn record_local_sent(
+        &self,
+        mesh: MeshId,
+        id: MessageId,
+        to_label: String,
+        priority: Priority,
+        at: i64,
+    ) -> Result<()> {
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT OR IGNORE INTO sent (id, mesh, to_label, priority, created_at, relayed_at,
+                    delivered_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?5)",
+                params![
+                    id.as_bytes(),
+                    mesh.as_bytes(),
+                    to_label,
+                    priority.as_str(),
+                    at
+                ],
+            )
+            .map(|_| ())
         })
         .await
     }
@@ -175,117 +142,6 @@ impl Store {
         })
         .await
     }
-}
-
-pub(crate) fn insert_inbox_rows(
-    tx: &rusqlite::Transaction<'_>,
-    rows: Vec<InboxRow>,
-) -> rusqlite::Result<usize> {
-    let mut stmt = tx.prepare_cached(
-        "INSERT OR IGNORE INTO inbox (id, session, mesh, from_session, from_member,
-            from_name, to_label, priority, kind, body, sent_at, received_at, verified)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?13, ?9, ?10, ?11, ?12)",
-    )?;
-    let mut n = 0;
-    for r in rows {
-        let m = r.msg;
-        let from_member = claudemesh_schema::encoding::unb64(&m.from_member).unwrap_or_default();
-        n += stmt.execute(params![
-            m.id.as_bytes(),
-            m.session.as_bytes(),
-            m.mesh.as_bytes(),
-            m.from_id.as_bytes(),
-            from_member,
-            m.from_name,
-            m.to,
-            m.priority.as_str(),
-            m.body,
-            m.sent_at,
-            m.received_at,
-            m.verified,
-            m.kind
-        ])?;
-    }
-    Ok(n)
-}
-
-/// Unread messages of the given local sessions (optionally of one mesh), oldest first.
-pub(crate) fn q_unread(
-    conn: &Connection,
-    mesh: Option<MeshId>,
-    sessions: &[SessionId],
-    limit: u32,
-) -> Result<Vec<InboxMessage>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT i.id, i.session, i.mesh, m.name, i.from_session, i.from_member, i.from_name,
-            i.to_label, i.priority, i.sent_at, i.received_at, i.body, i.verified, i.surfaced_at,
-            i.kind
-         FROM inbox i LEFT JOIN meshes m ON m.id = i.mesh
-         WHERE i.session = ?1 AND i.read_at IS NULL AND (?2 IS NULL OR i.mesh = ?2)
-         ORDER BY i.received_at, i.id LIMIT ?3",
-    )?;
-    let mesh = mesh.map(|m| m.as_bytes().to_vec());
-    let mut out = Vec::new();
-    for session in sessions {
-        let rows = stmt.query_map(params![session.as_bytes(), mesh, limit as i64], |r| {
-            Ok((
-                r.get::<_, Vec<u8>>(0)?,
-                r.get::<_, Vec<u8>>(1)?,
-                r.get::<_, Vec<u8>>(2)?,
-                r.get::<_, Option<String>>(3)?,
-                r.get::<_, Vec<u8>>(4)?,
-                r.get::<_, Vec<u8>>(5)?,
-                r.get::<_, String>(6)?,
-                r.get::<_, String>(7)?,
-                r.get::<_, String>(8)?,
-                r.get::<_, i64>(9)?,
-                r.get::<_, i64>(10)?,
-                r.get::<_, String>(11)?,
-                r.get::<_, bool>(12)?,
-                r.get::<_, Option<i64>>(13)?,
-                r.get::<_, String>(14)?,
-            ))
-        })?;
-        for r in rows {
-            let (
-                id,
-                sess,
-                mesh,
-                mesh_name,
-                from,
-                from_member,
-                from_name,
-                to,
-                priority,
-                sent_at,
-                received_at,
-                body,
-                verified,
-                surfaced_at,
-                kind,
-            ) = r?;
-            out.push(InboxMessage {
-                id: id16(id, MessageId::from_slice, "message id")?,
-                session: id16(sess, SessionId::from_slice, "session id")?,
-                mesh: id16(mesh, MeshId::from_slice, "mesh id")?,
-                mesh_name: mesh_name.unwrap_or_default(),
-                from_id: id16(from, SessionId::from_slice, "session id")?,
-                from_member: claudemesh_schema::encoding::b64(&from_member),
-                from_name,
-                to,
-                priority: parse::<Priority>(&priority, "priority")?,
-                sent_at,
-                received_at,
-                body,
-                verified,
-                surfaced_at,
-                kind,
-            });
-        }
-    }
-    out.sort_by_key(|m| (m.received_at, m.id));
-    out.truncate(limit as usize);
-    Ok(out)
 }
 
 /// Envelopes waiting in the outbox of a mesh, oldest first.

@@ -6,8 +6,8 @@
 //! connection so the CLI can answer from the file with the daemon down.
 
 //!
-//! One module per table group: `meshes` (and roster), `presence`, `messages` (inbox,
-//! outbox, sent), `sessions`, `invites` (and claims), `grants`. The store imports nothing
+//! One module per table group: `meshes` (and roster), `presence`, `inbox`, `messages`
+//! (outbox, sent), `sessions`, `invites` (and claims), `grants`. The store imports nothing
 //! from the rest of the daemon.
 
 use claudemesh_relay::sqlite::{self, Durability, SqliteError, Writer};
@@ -17,6 +17,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 mod grants;
+mod inbox;
 mod invites;
 mod meshes;
 mod messages;
@@ -24,12 +25,14 @@ mod presence;
 mod sessions;
 
 pub(crate) use grants::{Grant, q_grants};
+pub(crate) use inbox::{
+    InboxRow, Reader, Unread, insert_inbox_rows, q_received_at, q_taken, q_unread,
+};
 pub(crate) use invites::{q_claims, q_invites};
 pub(crate) use meshes::q_roster;
 pub use meshes::{MeshRow, q_meshes};
-pub(crate) use messages::insert_inbox_rows;
 pub use messages::q_counts;
-pub(crate) use messages::{InboxRow, q_outbox, q_sent_find, q_unread};
+pub(crate) use messages::{q_outbox, q_sent_find};
 pub(crate) use presence::{PresenceRow, q_presence, q_presence_of};
 pub(crate) use sessions::{SessionRow, q_aliases, q_sessions};
 
@@ -53,6 +56,25 @@ impl From<rusqlite::Error> for StoreError {
 
 /// Result alias.
 pub(crate) type Result<T> = std::result::Result<T, StoreError>;
+
+/// A row mapper's way to say a column does not parse (see [`unwrap_corrupt`]).
+pub(crate) fn corrupt(what: &'static str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        0,
+        rusqlite::types::Type::Blob,
+        Box::new(StoreError::Corrupt(what)),
+    )
+}
+
+/// Turn a row-mapper error made by [`corrupt`] back into [`StoreError::Corrupt`].
+pub(crate) fn unwrap_corrupt(e: rusqlite::Error) -> StoreError {
+    if let rusqlite::Error::FromSqlConversionFailure(_, _, inner) = &e
+        && let Some(StoreError::Corrupt(what)) = inner.downcast_ref::<StoreError>()
+    {
+        return StoreError::Corrupt(what);
+    }
+    StoreError::from(e)
+}
 
 pub(crate) fn blob32(v: Vec<u8>, what: &'static str) -> Result<[u8; 32]> {
     v.try_into().map_err(|_| StoreError::Corrupt(what))

@@ -5,7 +5,7 @@ use claudemesh_schema::message::Profile;
 use claudemesh_schema::{MeshId, SessionId};
 use rusqlite::{Connection, params};
 
-use super::{Result, Store, StoreError, blob32, id16, parse};
+use super::{Result, Store, StoreError, corrupt, unwrap_corrupt};
 
 /// A cached presence.
 #[derive(Debug, Clone)]
@@ -28,6 +28,26 @@ pub(crate) struct PresenceRow {
     pub last_seen: i64,
 }
 
+impl PresenceRow {
+    /// The person and the session label this presence shows: a member's daemon session
+    /// is the person itself (no label); presences from daemons before 0.2 name only the
+    /// session.
+    pub(crate) fn names(&self) -> (String, String) {
+        let p = &self.profile;
+        let person = if p.member_name.is_empty() {
+            p.name.clone()
+        } else {
+            p.member_name.clone()
+        };
+        let label = if p.kind == "cli" || p.name == person {
+            String::new()
+        } else {
+            p.name.clone()
+        };
+        (person, label)
+    }
+}
+
 impl Store {
     /// Cache a presence (kept only if not older than what is cached).
     pub(crate) async fn upsert_presence(&self, p: PresenceRow) -> Result<()> {
@@ -38,15 +58,18 @@ impl Store {
         self.write(move |tx| {
             tx.execute(
                 "INSERT INTO presence (mesh, session, member, session_key, seq, name, kind, status,
-                    summary, groups, hostname, cwd, visible, online, last_seen, delivery, role, client)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
+                    summary, groups, hostname, cwd, visible, online, last_seen, delivery, role, client,
+                    member_name)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+                    ?19)
                  ON CONFLICT (mesh, session) DO UPDATE SET
                     member = excluded.member, session_key = excluded.session_key,
                     seq = excluded.seq, name = excluded.name, kind = excluded.kind,
                     status = excluded.status, summary = excluded.summary, groups = excluded.groups,
                     hostname = excluded.hostname, cwd = excluded.cwd, visible = excluded.visible,
                     online = excluded.online, last_seen = max(presence.last_seen, excluded.last_seen),
-                    delivery = excluded.delivery, role = excluded.role, client = excluded.client
+                    delivery = excluded.delivery, role = excluded.role, client = excluded.client,
+                    member_name = excluded.member_name
                  WHERE excluded.seq >= presence.seq",
                 params![
                     p.mesh.as_bytes(),
@@ -66,7 +89,8 @@ impl Store {
                     p.last_seen,
                     delivery,
                     p.profile.role,
-                    p.profile.client
+                    p.profile.client,
+                    p.profile.member_name
                 ],
             )
             .map(|_| ())
@@ -119,6 +143,44 @@ pub(crate) fn q_presence(conn: &Connection, mesh: MeshId) -> Result<Vec<Presence
     presence_rows(conn, mesh, None)
 }
 
+fn presence_row(mesh: MeshId, r: &rusqlite::Row<'_>) -> rusqlite::Result<PresenceRow> {
+    let b32 = |i: usize, what| -> rusqlite::Result<[u8; 32]> {
+        r.get::<_, Vec<u8>>(i)?
+            .try_into()
+            .map_err(|_| corrupt(what))
+    };
+    let session: [u8; 16] = r
+        .get::<_, Vec<u8>>(0)?
+        .try_into()
+        .map_err(|_| corrupt("session id"))?;
+    let status: String = r.get(6)?;
+    let groups: String = r.get(8)?;
+    let delivery: String = r.get(14)?;
+    Ok(PresenceRow {
+        mesh,
+        session: SessionId::from_bytes(session),
+        member: MemberKey(b32(1, "member key")?),
+        session_key: BoxPublic(b32(2, "session key")?),
+        seq: r.get(3)?,
+        profile: Profile {
+            name: r.get(4)?,
+            member_name: r.get(17)?,
+            kind: r.get(5)?,
+            status: status.parse().map_err(|_| corrupt("status"))?,
+            summary: r.get(7)?,
+            groups: serde_json::from_str(&groups).map_err(|_| corrupt("groups"))?,
+            hostname: r.get(9)?,
+            cwd: r.get(10)?,
+            visible: r.get(11)?,
+            delivery: serde_json::from_str(&delivery).unwrap_or_default(),
+            role: r.get(15)?,
+            client: r.get(16)?,
+        },
+        online: r.get(12)?,
+        last_seen: r.get(13)?,
+    })
+}
+
 fn presence_rows(
     conn: &Connection,
     mesh: MeshId,
@@ -126,74 +188,14 @@ fn presence_rows(
 ) -> Result<Vec<PresenceRow>> {
     let mut stmt = conn.prepare_cached(
         "SELECT session, member, session_key, seq, name, kind, status, summary, groups, hostname,
-            cwd, visible, online, last_seen, delivery, role, client FROM presence
+            cwd, visible, online, last_seen, delivery, role, client, member_name FROM presence
          WHERE mesh = ?1 AND (?2 IS NULL OR session = ?2)",
     )?;
     let only = only.map(|s| s.as_bytes().to_vec());
-    let rows = stmt.query_map(params![mesh.as_bytes(), only], |r| {
-        Ok((
-            r.get::<_, Vec<u8>>(0)?,
-            r.get::<_, Vec<u8>>(1)?,
-            r.get::<_, Vec<u8>>(2)?,
-            r.get::<_, i64>(3)?,
-            r.get::<_, String>(4)?,
-            r.get::<_, String>(5)?,
-            r.get::<_, String>(6)?,
-            r.get::<_, String>(7)?,
-            r.get::<_, String>(8)?,
-            r.get::<_, String>(9)?,
-            r.get::<_, String>(10)?,
-            r.get::<_, bool>(11)?,
-            r.get::<_, bool>(12)?,
-            r.get::<_, i64>(13)?,
-            r.get::<_, String>(14)?,
-            r.get::<_, String>(15)?,
-            r.get::<_, String>(16)?,
-        ))
-    })?;
+    let rows = stmt.query_map(params![mesh.as_bytes(), only], |r| presence_row(mesh, r))?;
     let mut out = Vec::new();
     for r in rows {
-        let (
-            session,
-            member,
-            key,
-            seq,
-            name,
-            kind,
-            status,
-            summary,
-            groups,
-            hostname,
-            cwd,
-            visible,
-            online,
-            last_seen,
-            delivery,
-            role,
-            client,
-        ) = r?;
-        out.push(PresenceRow {
-            mesh,
-            session: id16(session, SessionId::from_slice, "session id")?,
-            member: MemberKey(blob32(member, "member key")?),
-            session_key: BoxPublic(blob32(key, "session key")?),
-            seq,
-            profile: Profile {
-                name,
-                kind,
-                status: parse(&status, "status")?,
-                summary,
-                groups: serde_json::from_str(&groups).map_err(|_| StoreError::Corrupt("groups"))?,
-                hostname,
-                cwd,
-                visible,
-                delivery: serde_json::from_str(&delivery).unwrap_or_default(),
-                role,
-                client,
-            },
-            online,
-            last_seen,
-        });
+        out.push(r.map_err(unwrap_corrupt)?);
     }
     Ok(out)
 }

@@ -21,6 +21,12 @@ pub(crate) struct SessionRow {
     pub open: bool,
     /// The Claude Code session id, when known.
     pub claude_session: Option<String>,
+    /// The process it lives in (`<pid>-<start>`), when known.
+    pub process: Option<String>,
+    /// A subscription has held it (so it ends when none does and its process is gone).
+    pub held: bool,
+    /// Its Claude Code transcript, when known.
+    pub transcript: Option<String>,
 }
 
 impl Store {
@@ -30,34 +36,25 @@ impl Store {
             serde_json::to_string(&r.profile).map_err(|_| StoreError::Corrupt("profile"))?;
         self.write(move |tx| {
             tx.execute(
-                "INSERT INTO sessions (mesh, session, client_key, profile, opened_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
+                "INSERT INTO sessions (mesh, session, client_key, profile, opened_at, claude_session,
+                    process, held, transcript)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT (mesh, session) DO UPDATE SET
-                    profile = excluded.profile, opened_at = excluded.opened_at, closed_at = NULL",
+                    profile = excluded.profile, opened_at = excluded.opened_at, closed_at = NULL,
+                    claude_session = coalesce(excluded.claude_session, claude_session),
+                    process = excluded.process, held = excluded.held,
+                    transcript = coalesce(excluded.transcript, transcript)",
                 params![
                     r.mesh.as_bytes(),
                     r.session.as_bytes(),
                     r.client_key,
                     profile,
-                    at
+                    at,
+                    r.claude_session,
+                    r.process,
+                    r.held,
+                    r.transcript
                 ],
-            )
-            .map(|_| ())
-        })
-        .await
-    }
-
-    /// Remember the Claude Code session id of a hosted session.
-    pub(crate) async fn set_claude_session(
-        &self,
-        mesh: MeshId,
-        session: SessionId,
-        claude: String,
-    ) -> Result<()> {
-        self.write(move |tx| {
-            tx.execute(
-                "UPDATE sessions SET claude_session = ?3 WHERE mesh = ?1 AND session = ?2",
-                params![mesh.as_bytes(), session.as_bytes(), claude],
             )
             .map(|_| ())
         })
@@ -102,28 +99,39 @@ impl Store {
 /// Hosted sessions, open and closed.
 pub(crate) fn q_sessions(conn: &Connection) -> Result<Vec<SessionRow>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT mesh, session, client_key, profile, closed_at IS NULL, claude_session FROM sessions",
+        "SELECT mesh, session, client_key, profile, closed_at IS NULL, claude_session, process,
+            held, transcript FROM sessions",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok((
-            r.get::<_, Vec<u8>>(0)?,
-            r.get::<_, Vec<u8>>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, bool>(4)?,
-            r.get::<_, Option<String>>(5)?,
+            (
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ),
+            SessionRow {
+                mesh: MeshId::from_bytes([0; 16]),
+                session: SessionId::from_bytes([0; 16]),
+                client_key: String::new(),
+                profile: Profile::default(),
+                open: r.get(4)?,
+                claude_session: r.get(5)?,
+                process: r.get(6)?,
+                held: r.get(7)?,
+                transcript: r.get(8)?,
+            },
         ))
     })?;
     let mut out = Vec::new();
     for r in rows {
-        let (mesh, session, client_key, profile, open, claude_session) = r?;
+        let ((mesh, session, client_key, profile), row) = r?;
         out.push(SessionRow {
             mesh: id16(mesh, MeshId::from_slice, "mesh id")?,
             session: id16(session, SessionId::from_slice, "session id")?,
             client_key,
             profile: serde_json::from_str(&profile).map_err(|_| StoreError::Corrupt("profile"))?,
-            open,
-            claude_session,
+            ..row
         });
     }
     Ok(out)

@@ -1,0 +1,157 @@
+//! Claude Code hooks: every hook (`claudemesh hook <event>`) makes one `hook` call, and
+//! this module answers it. It opens (or finds) the session the hook speaks for, records
+//! its status and transcript, takes note of a channel message that starts a turn, and
+//! picks what the model should see now:
+//!
+//! | event | shows |
+//! |---|---|
+//! | `SessionStart`, `UserPromptSubmit` | `now` and `next` (a turn starts: the session takes them) |
+//! | `PostToolUse` | `now` only (mid-turn) |
+//! | `Stop` | `now` and `next`, as the reason to keep going (the session would turn idle) |
+//!
+//! Messages already in Claude Code's hands (a push it queued, context a hook gave) are
+//! never shown again; a push it did not take within the deadline falls back to here. What
+//! a hook shows is *shown*, not read: the transcript confirms it once a model answered.
+
+use claudemesh_schema::ipc::claude::{HookEvent, HookParams, HookResult};
+use claudemesh_schema::ipc::methods::{SessionOpenParams, SessionUpdateParams, StatusSource};
+use claudemesh_schema::message::{PeerStatus, Priority};
+use claudemesh_schema::{MessageId, now_ms, render};
+use std::sync::Arc;
+
+use crate::context::Daemon;
+use crate::delivery::inbox::{PUSH_DEADLINE, ready, unread_where};
+use crate::delivery::send::send_receipts;
+use crate::error::Error;
+use crate::mesh::lock;
+use crate::store::Reader;
+use crate::transcript::Via;
+
+/// Most messages one hook shows.
+const MAX_SHOWN: usize = 50;
+
+/// `hook`.
+pub(crate) async fn hook(d: &Arc<Daemon>, p: HookParams) -> Result<HookResult, Error> {
+    let claude = p
+        .claude_session
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
+    let key = match (claude, p.process.as_deref()) {
+        (Some(c), _) => format!("claude:{c}"),
+        (None, Some(pr)) => format!("process:{pr}"),
+        (None, None) => return Ok(HookResult::default()),
+    };
+    let opened = crate::sessions::open(
+        d,
+        SessionOpenParams {
+            client_key: key,
+            mesh: p.mesh.clone().filter(|s| !s.is_empty()),
+            name: p.name.clone().filter(|s| !s.is_empty()),
+            kind: Some("claude".into()),
+            groups: p.groups.clone(),
+            summary: None,
+            cwd: p.cwd.clone(),
+            delivery: Vec::new(),
+            role: p.role.clone().filter(|s| !s.is_empty()),
+            client: Some("claude-code".into()),
+            claude_session: claude.map(str::to_string),
+            process: p.process.clone(),
+            transcript: p.transcript.clone(),
+        },
+    )
+    .await?;
+    let status = match p.event {
+        HookEvent::UserPromptSubmit | HookEvent::PostToolUse => PeerStatus::Working,
+        HookEvent::SessionStart | HookEvent::Stop => PeerStatus::Idle,
+    };
+    let mut shown = Vec::new();
+    let mut first = None;
+    for s in &opened.sessions {
+        first.get_or_insert(s.session);
+        let Some(m) = d.mesh(&s.mesh) else { continue };
+        crate::sessions::path_seen(d, &m, s.session, "hooks").await;
+        crate::sessions::update(
+            d,
+            SessionUpdateParams {
+                session: s.session,
+                name: None,
+                summary: None,
+                status: Some(status),
+                source: StatusSource::Hook,
+                delivery: Vec::new(),
+                visible: None,
+                join_groups: Vec::new(),
+                leave_groups: Vec::new(),
+            },
+        )
+        .await?;
+        let transcript = lock(&m.sessions)
+            .get(&s.session)
+            .is_some_and(|l| l.transcript.is_some());
+        let designated = m.designated() == Some(s.session);
+        let member_rows = designated.then_some(m.keys.session);
+        // A channel message starting this turn is in the prompt: Claude Code has it.
+        if p.event == HookEvent::UserPromptSubmit
+            && let Some(id) = p.prompt.as_deref().and_then(render::channel_tag_id)
+        {
+            crate::delivery::inbox::accepted(d, m.id, s.session, vec![id], Via::Channel).await;
+            if !transcript {
+                crate::delivery::inbox::confirmed(d, m.id, s.session, vec![id], Via::Channel).await;
+            }
+        }
+        let who = Reader {
+            sessions: vec![s.session],
+            member_rows,
+            mesh: Some(m.id),
+        };
+        let now = now_ms();
+        let event = p.event;
+        let take = unread_where(d, &who, MAX_SHOWN, |u| {
+            ready(u, now, PUSH_DEADLINE)
+                && match event {
+                    HookEvent::PostToolUse => u.msg.priority == Priority::Now,
+                    _ => u.msg.priority != Priority::Low,
+                }
+        })
+        .await?;
+        if take.is_empty() {
+            continue;
+        }
+        let ids: Vec<MessageId> = take.iter().map(|u| u.msg.id).collect();
+        if transcript {
+            // Shown now; the transcript confirms it once a model answered.
+            d.store
+                .mark_shown(s.session, member_rows, ids, now, "hooks")
+                .await?;
+        } else {
+            // No transcript to confirm it by: the hook's answer is the best evidence.
+            let read = d
+                .store
+                .mark_read(s.session, member_rows, ids, now, "hooks", true)
+                .await?;
+            send_receipts(d, &read, true).await;
+        }
+        d.bump_inbox();
+        shown.extend(take.into_iter().map(|u| u.msg));
+    }
+    if shown.is_empty() {
+        return Ok(HookResult {
+            session: first,
+            ..HookResult::default()
+        });
+    }
+    let text = render::hook_block(&shown);
+    Ok(match p.event {
+        HookEvent::Stop => HookResult {
+            session: first,
+            context: None,
+            block: Some(text),
+        },
+        _ => HookResult {
+            session: first,
+            context: Some(text),
+            block: None,
+        },
+    })
+}

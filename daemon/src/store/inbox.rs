@@ -1,0 +1,472 @@
+//! The inbox: what arrived for this daemon's sessions, and how far each message got
+//! towards a reader: shown (handed to a channel push or a hook), accepted (Claude Code
+//! queued the push), surfaced (seen in a context a model answered), read.
+//!
+//! A message to a person (`for_member`) is stored once, on the daemon's own session; any
+//! of the person's sessions here reads it through a [`Reader`] that includes member rows.
+
+use claudemesh_schema::ipc::methods::InboxMessage;
+use claudemesh_schema::message::Priority;
+use claudemesh_schema::{MeshId, MessageId, SessionId};
+use rusqlite::{Connection, Row, params};
+
+use super::{Result, Store, StoreError, corrupt, unwrap_corrupt};
+
+/// A received message to store, for the local session named in `msg.session`.
+#[derive(Debug, Clone)]
+pub(crate) struct InboxRow {
+    /// The message as shown.
+    pub msg: InboxMessage,
+}
+
+/// An unread message with its delivery progress.
+#[derive(Debug, Clone)]
+pub(crate) struct Unread {
+    /// The message.
+    pub msg: InboxMessage,
+    /// Handed to a path (a push or a hook) at, unix ms.
+    pub shown_at: Option<i64>,
+    /// Claude Code took the push into its queue at, unix ms.
+    pub accepted_at: Option<i64>,
+}
+
+/// Whose unread messages a query reads: some sessions, and (for a session of the person)
+/// the person's messages kept on the daemon's own session.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Reader {
+    /// Sessions whose own rows count.
+    pub sessions: Vec<SessionId>,
+    /// The daemon session whose `for_member` rows count too.
+    pub member_rows: Option<SessionId>,
+    /// Only this mesh.
+    pub mesh: Option<MeshId>,
+}
+
+impl Reader {
+    /// One session's own rows.
+    pub(crate) fn session(s: SessionId) -> Self {
+        Self {
+            sessions: vec![s],
+            ..Self::default()
+        }
+    }
+}
+
+const COLUMNS: &str = "i.id, i.session, i.mesh, m.name, i.from_session, i.from_member, i.from_name,
+    i.from_label, i.to_label, i.priority, i.sent_at, i.received_at, i.body, i.verified,
+    i.surfaced_at, i.kind, i.for_member, i.shown_at, i.accepted_at";
+
+fn unread_row(r: &Row<'_>) -> rusqlite::Result<Unread> {
+    let id = |i: usize, what| -> rusqlite::Result<[u8; 16]> {
+        r.get::<_, Vec<u8>>(i)?
+            .try_into()
+            .map_err(|_| corrupt(what))
+    };
+    let priority: String = r.get(9)?;
+    Ok(Unread {
+        msg: InboxMessage {
+            id: MessageId::from_bytes(id(0, "message id")?),
+            session: SessionId::from_bytes(id(1, "session id")?),
+            mesh: MeshId::from_bytes(id(2, "mesh id")?),
+            mesh_name: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+            from_id: SessionId::from_bytes(id(4, "session id")?),
+            from_member: claudemesh_schema::encoding::b64(&r.get::<_, Vec<u8>>(5)?),
+            from_name: r.get(6)?,
+            from_label: r.get(7)?,
+            to: r.get(8)?,
+            priority: priority
+                .parse::<Priority>()
+                .map_err(|_| corrupt("priority"))?,
+            sent_at: r.get(10)?,
+            received_at: r.get(11)?,
+            body: r.get(12)?,
+            verified: r.get(13)?,
+            surfaced_at: r.get(14)?,
+            kind: r.get(15)?,
+            for_member: r.get(16)?,
+        },
+        shown_at: r.get(17)?,
+        accepted_at: r.get(18)?,
+    })
+}
+
+/// Unread messages for `who`, oldest first, after `after` (arrival time and id of the
+/// last one seen), at most `limit`. Pages through any backlog.
+pub(crate) fn q_unread(
+    conn: &Connection,
+    who: &Reader,
+    after: Option<(i64, MessageId)>,
+    limit: u32,
+) -> Result<Vec<Unread>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM inbox i LEFT JOIN meshes m ON m.id = i.mesh
+         WHERE i.session = ?1 AND i.read_at IS NULL AND (?2 IS NULL OR i.mesh = ?2)
+           AND (?3 = 0 OR i.for_member = 1)
+           AND (i.received_at > ?4 OR (i.received_at = ?4 AND i.id > ?5))
+         ORDER BY i.received_at, i.id LIMIT ?6"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mesh = who.mesh.map(|m| m.as_bytes().to_vec());
+    let (after_at, after_id) = match after {
+        Some((at, id)) => (at, id.as_bytes().to_vec()),
+        None => (i64::MIN, Vec::new()),
+    };
+    let mut out = Vec::new();
+    let mut scan = |session: &SessionId, only_member: bool| -> Result<()> {
+        let rows = stmt.query_map(
+            params![
+                session.as_bytes(),
+                mesh,
+                only_member,
+                after_at,
+                after_id,
+                limit as i64
+            ],
+            unread_row,
+        )?;
+        for r in rows {
+            out.push(r.map_err(unwrap_corrupt)?);
+        }
+        Ok(())
+    };
+    for s in &who.sessions {
+        scan(s, false)?;
+    }
+    if let Some(own) = who.member_rows
+        && !who.sessions.contains(&own)
+    {
+        scan(&own, true)?;
+    }
+    out.sort_by_key(|u| (u.msg.received_at, u.msg.id));
+    out.dedup_by_key(|u| (u.msg.id, u.msg.session));
+    out.truncate(limit as usize);
+    Ok(out)
+}
+
+/// Whether each of `ids` (rows of `reader`, or the person's on `member_rows`) was taken by
+/// Claude Code (accepted) or read: `(id, accepted or read)`.
+pub(crate) fn q_taken(
+    conn: &Connection,
+    reader: SessionId,
+    member_rows: Option<SessionId>,
+    ids: &[MessageId],
+) -> Result<Vec<(MessageId, bool)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT accepted_at IS NOT NULL OR read_at IS NOT NULL FROM inbox
+         WHERE id = ?3 AND (session = ?1 OR (?2 IS NOT NULL AND session = ?2 AND for_member = 1))",
+    )?;
+    let own = member_rows.map(|s| s.as_bytes().to_vec());
+    let mut out = Vec::new();
+    for id in ids {
+        let taken: Option<bool> = stmt
+            .query_row(params![reader.as_bytes(), own, id.as_bytes()], |r| r.get(0))
+            .ok();
+        out.push((*id, taken.unwrap_or(true)));
+    }
+    Ok(out)
+}
+
+/// The arrival time of a message of `session`, to page after it.
+pub(crate) fn q_received_at(conn: &Connection, id: MessageId) -> Result<Option<i64>> {
+    let mut stmt = conn.prepare_cached("SELECT min(received_at) FROM inbox WHERE id = ?1")?;
+    Ok(stmt.query_row(params![id.as_bytes()], |r| r.get(0))?)
+}
+
+/// Which rows of `who` a change by message id touches (SQL condition on `inbox` with
+/// parameters ?1 = reader session, ?2 = member-rows session or NULL).
+const OWNED: &str = "(session = ?1 OR (?2 IS NOT NULL AND session = ?2 AND for_member = 1))";
+
+impl Store {
+    /// Store received messages, ignoring ids already stored; returns how many were new.
+    pub(crate) async fn insert_inbox(&self, rows: Vec<InboxRow>) -> Result<usize> {
+        self.write(move |tx| insert_inbox_rows(tx, rows)).await
+    }
+
+    /// Queue received messages for storage; `done` runs on the writer thread after the
+    /// commit (this is where the caller acknowledges them to the relay).
+    pub(crate) async fn insert_inbox_then(
+        &self,
+        rows: Vec<InboxRow>,
+        done: impl FnOnce(Result<usize>) + Send + 'static,
+    ) -> Result<()> {
+        self.writer
+            .call_then(
+                move |tx| insert_inbox_rows(tx, rows),
+                move |r| done(r.map_err(StoreError::from)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Mark messages of `reader` (and of the person, with `member_rows`) read through
+    /// `via`; `surfaced` also records that they are in a model's context. Returns the rows
+    /// that changed (already read ones are left alone), for receipts.
+    pub(crate) async fn mark_read(
+        &self,
+        reader: SessionId,
+        member_rows: Option<SessionId>,
+        ids: Vec<MessageId>,
+        at: i64,
+        via: &'static str,
+        surfaced: bool,
+    ) -> Result<Vec<InboxMessage>> {
+        let rows = self
+            .write(move |tx| {
+                let sql = format!(
+                    "UPDATE inbox SET read_at = ?4, read_via = ?5,
+                        surfaced_at = CASE WHEN ?6 THEN coalesce(surfaced_at, ?4) ELSE surfaced_at END
+                     WHERE id = ?3 AND read_at IS NULL AND {OWNED}
+                     RETURNING id, session"
+                );
+                let mut stmt = tx.prepare_cached(&sql)?;
+                let own = member_rows.map(|s| s.as_bytes().to_vec());
+                let mut changed = Vec::new();
+                for id in ids {
+                    let hit = stmt.query_map(
+                        params![reader.as_bytes(), own, id.as_bytes(), at, via, surfaced],
+                        |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)),
+                    )?;
+                    for h in hit {
+                        changed.push(h?);
+                    }
+                }
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM inbox i LEFT JOIN meshes m ON m.id = i.mesh
+                     WHERE i.id = ?1 AND i.session = ?2"
+                );
+                let mut get = tx.prepare_cached(&sql)?;
+                let mut out = Vec::new();
+                for (id, session) in changed {
+                    out.push(get.query_row(params![id, session], unread_row)?);
+                }
+                Ok(out)
+            })
+            .await;
+        match rows {
+            Ok(r) => Ok(r.into_iter().map(|u| u.msg).collect()),
+            Err(StoreError::Sqlite(claudemesh_relay::sqlite::SqliteError::Query(e))) => {
+                Err(unwrap_corrupt(e))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Record that messages were handed to `reader` through `via` (`channel`, `hooks`).
+    pub(crate) async fn mark_shown(
+        &self,
+        reader: SessionId,
+        member_rows: Option<SessionId>,
+        ids: Vec<MessageId>,
+        at: i64,
+        via: &'static str,
+    ) -> Result<()> {
+        self.write(move |tx| {
+            let sql = format!(
+                "UPDATE inbox SET shown_at = ?4, shown_via = ?5
+                 WHERE id = ?3 AND read_at IS NULL AND {OWNED}"
+            );
+            let mut stmt = tx.prepare_cached(&sql)?;
+            let own = member_rows.map(|s| s.as_bytes().to_vec());
+            for id in ids {
+                stmt.execute(params![reader.as_bytes(), own, id.as_bytes(), at, via])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Record that Claude Code took pushed messages into its queue (they will reach the
+    /// model on its own schedule; no other path should show them meanwhile).
+    pub(crate) async fn mark_accepted(
+        &self,
+        reader: SessionId,
+        member_rows: Option<SessionId>,
+        ids: Vec<MessageId>,
+        at: i64,
+    ) -> Result<()> {
+        self.write(move |tx| {
+            let sql = format!(
+                "UPDATE inbox SET accepted_at = coalesce(accepted_at, ?4),
+                    shown_at = coalesce(shown_at, ?4), shown_via = coalesce(shown_via, 'channel')
+                 WHERE id = ?3 AND read_at IS NULL AND {OWNED}"
+            );
+            let mut stmt = tx.prepare_cached(&sql)?;
+            let own = member_rows.map(|s| s.as_bytes().to_vec());
+            for id in ids {
+                stmt.execute(params![reader.as_bytes(), own, id.as_bytes(), at])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// A session's process changed (a resume): what it was shown but never confirmed is
+    /// gone with the old process, so it may be shown again.
+    pub(crate) async fn forget_shown(&self, session: SessionId) -> Result<()> {
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE inbox SET shown_at = NULL, shown_via = NULL, accepted_at = NULL
+                 WHERE session = ?1 AND read_at IS NULL",
+                params![session.as_bytes()],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// Forget everything stored for a session that was never announced.
+    pub(crate) async fn forget_session_rows(&self, mesh: MeshId, session: SessionId) -> Result<()> {
+        self.write(move |tx| {
+            for sql in [
+                "DELETE FROM inbox WHERE mesh = ?1 AND session = ?2",
+                "DELETE FROM sessions WHERE mesh = ?1 AND session = ?2",
+                "DELETE FROM session_aliases WHERE mesh = ?1 AND session = ?2",
+                "DELETE FROM presence WHERE mesh = ?1 AND session = ?2",
+            ] {
+                tx.execute(sql, params![mesh.as_bytes(), session.as_bytes()])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+pub(crate) fn insert_inbox_rows(
+    tx: &rusqlite::Transaction<'_>,
+    rows: Vec<InboxRow>,
+) -> rusqlite::Result<usize> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT OR IGNORE INTO inbox (id, session, mesh, from_session, from_member,
+            from_name, from_label, to_label, priority, kind, body, sent_at, received_at,
+            verified, for_member)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+    )?;
+    let mut n = 0;
+    for r in rows {
+        let m = r.msg;
+        let from_member = claudemesh_schema::encoding::unb64(&m.from_member).unwrap_or_default();
+        n += stmt.execute(params![
+            m.id.as_bytes(),
+            m.session.as_bytes(),
+            m.mesh.as_bytes(),
+            m.from_id.as_bytes(),
+            from_member,
+            m.from_name,
+            m.from_label,
+            m.to,
+            m.priority.as_str(),
+            m.kind,
+            m.body,
+            m.sent_at,
+            m.received_at,
+            m.verified,
+            m.for_member
+        ])?;
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("daemon.db")).unwrap();
+        (dir, s)
+    }
+
+    fn row(session: SessionId, mesh: MeshId, n: i64, for_member: bool) -> InboxRow {
+        InboxRow {
+            msg: InboxMessage {
+                id: MessageId::new(),
+                session,
+                mesh,
+                mesh_name: String::new(),
+                from_id: SessionId::new(),
+                from_member: claudemesh_schema::encoding::b64(&[7u8; 32]),
+                from_name: "alice".into(),
+                from_label: String::new(),
+                to: "bob".into(),
+                priority: Priority::Next,
+                sent_at: n,
+                received_at: n,
+                body: format!("m{n}"),
+                verified: true,
+                surfaced_at: None,
+                kind: "text".into(),
+                for_member,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn any_backlog_pages_through_and_can_all_be_marked_read() {
+        let (_d, s) = store();
+        let (me, mesh) = (SessionId::new(), MeshId::new());
+        let rows: Vec<InboxRow> = (0..1100).map(|n| row(me, mesh, n, false)).collect();
+        assert_eq!(s.insert_inbox(rows).await.unwrap(), 1100);
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = s
+                .read({
+                    let who = Reader::session(me);
+                    move |c| q_unread(c, &who, after, 256)
+                })
+                .await
+                .unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some((last.msg.received_at, last.msg.id));
+            seen.extend(page.into_iter().map(|u| u.msg.id));
+        }
+        assert_eq!(seen.len(), 1100);
+        let read = s.mark_read(me, None, seen, 1, "pull", false).await.unwrap();
+        assert_eq!(read.len(), 1100);
+        let left = s
+            .read(move |c| q_unread(c, &Reader::session(me), None, 10))
+            .await
+            .unwrap();
+        assert!(left.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_persons_messages_are_read_once_by_any_of_their_sessions() {
+        let (_d, s) = store();
+        let (own, hosted, mesh) = (SessionId::new(), SessionId::new(), MeshId::new());
+        let to_person = row(own, mesh, 1, true);
+        let to_cli = row(own, mesh, 2, false);
+        let id = to_person.msg.id;
+        s.insert_inbox(vec![to_person, to_cli]).await.unwrap();
+        let who = Reader {
+            sessions: vec![hosted],
+            member_rows: Some(own),
+            mesh: None,
+        };
+        let got = s
+            .read({
+                let who = who.clone();
+                move |c| q_unread(c, &who, None, 10)
+            })
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1, "only the person's row, not the CLI's own");
+        assert!(got[0].msg.for_member);
+        let read = s
+            .mark_read(hosted, Some(own), vec![id], 5, "hooks", true)
+            .await
+            .unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].surfaced_at, Some(5));
+        let again = s
+            .mark_read(hosted, Some(own), vec![id], 6, "hooks", true)
+            .await
+            .unwrap();
+        assert!(again.is_empty(), "read once");
+        let cli = s
+            .read(move |c| q_unread(c, &Reader::session(own), None, 10))
+            .await
+            .unwrap();
+        assert_eq!(cli.len(), 1, "the CLI still has its own message");
+    }
+}

@@ -1,0 +1,267 @@
+//! Reading a Claude Code transcript (`~/.claude/projects/<slug>/<session id>.jsonl`, one
+//! JSON object per line, appended as the session goes): what it proves about our
+//! messages, and what it says about the session's status. Pure: lines in, events out.
+//!
+//! What the lines prove (Claude Code 2.1, recorded in `fixtures/`):
+//! - `queue-operation` / `enqueue` whose `content` is our `<channel … message_id=…>` tag:
+//!   Claude Code took the push into its queue. It is not in the model's context yet.
+//! - a `user` entry with that tag (a channel message starting a turn), an `attachment` of
+//!   type `queued_command` with it (a push injected mid-turn), or any entry carrying a hook
+//!   block header ([`render::hook_block_ids`]): the text is in the conversation.
+//! - the next `assistant` entry (not a sidechain's): a model answered a request that held
+//!   everything before it. Only this confirms a message as surfaced.
+
+use claudemesh_schema::MessageId;
+use claudemesh_schema::message::PeerStatus;
+use claudemesh_schema::render;
+use serde_json::Value;
+
+/// The path that put a message into the conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// A channel push.
+    Channel,
+    /// A hook's context (or a Stop hook's reason).
+    Hooks,
+}
+
+impl Via {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Channel => "channel",
+            Self::Hooks => "hooks",
+        }
+    }
+}
+
+/// What a run of transcript lines established.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Event {
+    /// Claude Code queued these pushed messages.
+    Accepted(Vec<MessageId>),
+    /// These messages entered the conversation (a request with them is on its way).
+    InConversation(Vec<MessageId>, Via),
+    /// These messages were in a context a model answered.
+    Confirmed(Vec<MessageId>, Via),
+    /// The session is working (a prompt, a tool call) or idle (its turn ended).
+    Status(PeerStatus),
+}
+
+/// Follows one transcript: messages seen in the conversation wait for the next answer.
+#[derive(Debug, Default)]
+pub(crate) struct Tracker {
+    pending: Vec<(MessageId, Via)>,
+}
+
+fn strings<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+    match v {
+        Value::String(s) => out.push(s),
+        Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+        Value::Object(o) => o.values().for_each(|x| strings(x, out)),
+        _ => {}
+    }
+}
+
+impl Tracker {
+    /// Take one line; returns what it established (usually nothing).
+    pub(crate) fn feed(&mut self, line: &str) -> Vec<Event> {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        match v["type"].as_str() {
+            Some("queue-operation") => {
+                if v["operation"] == "enqueue"
+                    && let Some(id) = v["content"].as_str().and_then(render::channel_tag_id)
+                {
+                    out.push(Event::Accepted(vec![id]));
+                }
+            }
+            Some("assistant") => {
+                if v["isSidechain"] == true {
+                    return out;
+                }
+                let mut ch = Vec::new();
+                let mut hk = Vec::new();
+                for (id, via) in self.pending.drain(..) {
+                    match via {
+                        Via::Channel => ch.push(id),
+                        Via::Hooks => hk.push(id),
+                    }
+                }
+                if !ch.is_empty() {
+                    out.push(Event::Confirmed(ch, Via::Channel));
+                }
+                if !hk.is_empty() {
+                    out.push(Event::Confirmed(hk, Via::Hooks));
+                }
+                let msg = &v["message"];
+                let tool = msg["content"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|b| b["type"] == "tool_use"));
+                if tool {
+                    out.push(Event::Status(PeerStatus::Working));
+                } else if msg["stop_reason"] == "end_turn" {
+                    out.push(Event::Status(PeerStatus::Idle));
+                }
+            }
+            Some("system") if v["subtype"] == "turn_duration" => {
+                out.push(Event::Status(PeerStatus::Idle));
+            }
+            Some("user") | Some("attachment") => {
+                if v["isSidechain"] == true {
+                    return out;
+                }
+                let mut texts = Vec::new();
+                if v["type"] == "user" {
+                    strings(&v["message"]["content"], &mut texts);
+                } else {
+                    strings(&v["attachment"], &mut texts);
+                }
+                let mut ch = Vec::new();
+                let mut hk = Vec::new();
+                for t in texts {
+                    if let Some(id) = render::channel_tag_id(t)
+                        && self.push(id, Via::Channel)
+                    {
+                        ch.push(id);
+                    }
+                    for id in render::hook_block_ids(t) {
+                        if self.push(id, Via::Hooks) {
+                            hk.push(id);
+                        }
+                    }
+                }
+                let found = !ch.is_empty() || !hk.is_empty();
+                if !ch.is_empty() {
+                    out.push(Event::InConversation(ch, Via::Channel));
+                }
+                if !hk.is_empty() {
+                    out.push(Event::InConversation(hk, Via::Hooks));
+                }
+                let tool_result = v["message"]["content"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|b| b["type"] == "tool_result"));
+                if v["type"] == "user" && (found || tool_result || v["isMeta"] != true) {
+                    out.push(Event::Status(PeerStatus::Working));
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+
+    /// Wait for an answer to confirm `id`; false if it already waits.
+    fn push(&mut self, id: MessageId, via: Via) -> bool {
+        if self.pending.iter().any(|(x, _)| *x == id) {
+            return false;
+        }
+        self.pending.push((id, via));
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u128) -> MessageId {
+        MessageId(uuid::Uuid::from_u128(n))
+    }
+
+    fn run(text: &str) -> Vec<Event> {
+        let mut t = Tracker::default();
+        text.lines().flat_map(|l| t.feed(l)).collect()
+    }
+
+    fn proofs(events: &[Event]) -> Vec<Event> {
+        events
+            .iter()
+            .filter(|e| !matches!(e, Event::Status(_) | Event::InConversation(..)))
+            .cloned()
+            .collect()
+    }
+
+    /// A real interactive session (Claude Code 2.1.197): a push while idle, one during a
+    /// tool call, one while the model streamed its answer, and two during another tool
+    /// call. Each is accepted when it arrives and confirmed only by the answer after it
+    /// entered the conversation.
+    #[test]
+    fn channel_pushes_are_accepted_on_arrival_and_confirmed_by_the_next_answer() {
+        let ev = run(include_str!("fixtures/interactive-channel.jsonl"));
+        assert_eq!(
+            proofs(&ev),
+            vec![
+                Event::Accepted(vec![id(1)]),
+                Event::Confirmed(vec![id(1)], Via::Channel),
+                Event::Accepted(vec![id(2)]),
+                Event::Confirmed(vec![id(2)], Via::Channel),
+                // Arrived while the answer streamed: queued until the turn ended, then a
+                // turn of its own.
+                Event::Accepted(vec![id(3)]),
+                Event::Confirmed(vec![id(3)], Via::Channel),
+                Event::Accepted(vec![id(4)]),
+                Event::Accepted(vec![id(5)]),
+                Event::Confirmed(vec![id(4), id(5)], Via::Channel),
+            ]
+        );
+        // Each confirmation follows the message's entry into the conversation.
+        let entered: Vec<&Event> = ev
+            .iter()
+            .filter(|e| matches!(e, Event::InConversation(..)))
+            .collect();
+        assert_eq!(entered.len(), 5, "one per message: {entered:?}");
+        // Status: working on prompts and tool calls, idle when a turn ends.
+        let st: Vec<PeerStatus> = ev
+            .iter()
+            .filter_map(|e| match e {
+                Event::Status(s) => Some(*s),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(st.first(), Some(&PeerStatus::Working));
+        assert_eq!(st.last(), Some(&PeerStatus::Idle));
+        assert!(st.contains(&PeerStatus::Idle));
+    }
+
+    /// A print-mode session with hooks: no channel, no turn markers; tool use is working,
+    /// the final answer idle.
+    #[test]
+    fn print_mode_turns_show_working_then_idle() {
+        let ev = run(include_str!("fixtures/print-tooluse.jsonl"));
+        assert!(proofs(&ev).is_empty(), "{ev:?}");
+        assert!(ev.contains(&Event::Status(PeerStatus::Working)));
+        assert_eq!(ev.last(), Some(&Event::Status(PeerStatus::Idle)));
+    }
+
+    #[test]
+    fn hook_blocks_are_confirmed_by_the_answer_after_them() {
+        let a = id(7);
+        let ctx = format!(
+            "Messages from your claudemesh peers {} {a}]\n- alice: hi [peer id 1234abcd]",
+            render::MARKER
+        );
+        let attachment = serde_json::json!({
+            "type": "attachment", "isSidechain": false,
+            "attachment": {"type": "hook_additional_context", "content": [ctx],
+                "hookName": "UserPromptSubmit", "hookEvent": "UserPromptSubmit"}
+        });
+        let answer = r#"{"type":"assistant","isSidechain":false,"message":{"content":[{"type":"text","text":"ok"}],"stop_reason":"end_turn"}}"#;
+        let side = r#"{"type":"assistant","isSidechain":true,"message":{"content":[],"stop_reason":"end_turn"}}"#;
+        let mut t = Tracker::default();
+        assert_eq!(
+            t.feed(&attachment.to_string()),
+            vec![Event::InConversation(vec![a], Via::Hooks)]
+        );
+        assert!(
+            t.feed(side).is_empty(),
+            "a subagent's answer proves nothing"
+        );
+        assert_eq!(
+            proofs(&t.feed(answer)),
+            vec![Event::Confirmed(vec![a], Via::Hooks)]
+        );
+        assert!(proofs(&t.feed(answer)).is_empty(), "confirmed once");
+        assert!(t.feed("not json").is_empty());
+    }
+}
