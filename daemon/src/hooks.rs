@@ -7,7 +7,12 @@
 //! |---|---|
 //! | `SessionStart`, `UserPromptSubmit` | `now` and `next` (a turn starts: the session takes them) |
 //! | `PostToolUse` | `now` only (mid-turn) |
-//! | `Stop` | `now` and `next`, as the reason to keep going (the session would turn idle) |
+//! | `Stop` | `now` only, as the reason to keep going; not for a session whose channel delivers |
+//!
+//! `next` waits for the next turn: the channel starts one when the session turns idle, or
+//! the next prompt's hook shows it. (Holding the turn for `next` too would show it sooner
+//! without channels, but Claude Code replays a Stop hook's reason twice when a session is
+//! resumed, so it is kept for what is urgent.)
 //!
 //! Messages already in Claude Code's hands (a push it queued, context a hook gave) are
 //! never shown again; a push it did not take within the deadline falls back to here. What
@@ -23,7 +28,7 @@ use crate::context::Daemon;
 use crate::delivery::inbox::{PUSH_DEADLINE, ready, unread_where};
 use crate::delivery::send::send_receipts;
 use crate::error::Error;
-use crate::mesh::lock;
+use crate::mesh::{Channel, lock};
 use crate::store::Reader;
 use crate::transcript::Via;
 
@@ -86,9 +91,21 @@ pub(crate) async fn hook(d: &Arc<Daemon>, p: HookParams) -> Result<HookResult, E
             },
         )
         .await?;
-        let transcript = lock(&m.sessions)
+        let (transcript, pushing) = lock(&m.sessions)
             .get(&s.session)
-            .is_some_and(|l| l.transcript.is_some());
+            .map(|l| {
+                (
+                    l.transcript.is_some(),
+                    l.pushes && l.channel != Channel::Dropped,
+                )
+            })
+            .unwrap_or_default();
+        // A session whose channel delivers pushes gets its messages that way once the turn
+        // ends (a push then starts the next turn); the Stop hook holds the turn only for
+        // sessions without one.
+        if p.event == HookEvent::Stop && pushing {
+            continue;
+        }
         let designated = m.designated() == Some(s.session);
         let member_rows = designated.then_some(m.keys.session);
         // A channel message starting this turn is in the prompt: Claude Code has it.
@@ -110,21 +127,31 @@ pub(crate) async fn hook(d: &Arc<Daemon>, p: HookParams) -> Result<HookResult, E
         let take = unread_where(d, &who, MAX_SHOWN, |u| {
             ready(u, now, PUSH_DEADLINE)
                 && match event {
-                    HookEvent::PostToolUse => u.msg.priority == Priority::Now,
-                    _ => u.msg.priority != Priority::Low,
+                    HookEvent::PostToolUse | HookEvent::Stop => u.msg.priority == Priority::Now,
+                    HookEvent::SessionStart | HookEvent::UserPromptSubmit => {
+                        u.msg.priority != Priority::Low
+                    }
                 }
         })
         .await?;
         if take.is_empty() {
             continue;
         }
+        // Claim them: a push racing this hook for one message leaves it to one of them.
         let ids: Vec<MessageId> = take.iter().map(|u| u.msg.id).collect();
-        if transcript {
-            // Shown now; the transcript confirms it once a model answered.
-            d.store
-                .mark_shown(s.session, member_rows, ids, now, "hooks")
-                .await?;
-        } else {
+        let stale = now - PUSH_DEADLINE.as_millis() as i64;
+        let ids = d
+            .store
+            .claim_shown(s.session, member_rows, ids, now, "hooks", stale)
+            .await?;
+        let take: Vec<_> = take
+            .into_iter()
+            .filter(|u| ids.contains(&u.msg.id))
+            .collect();
+        if take.is_empty() {
+            continue;
+        }
+        if !transcript {
             // No transcript to confirm it by: the hook's answer is the best evidence.
             let read = d
                 .store

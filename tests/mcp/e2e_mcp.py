@@ -186,13 +186,14 @@ async def main():
                 text(await a.call_tool("send_message", {"to": "bob-claude", "message": "urgent", "priority": "now"}))
                 _, note = await asyncio.wait_for(got.get(), 20)
                 check(note.content == "[URGENT] alice (alice-claude): urgent", f"only now while working: {note.content}")
-                # The Stop hook: the turn would end, so the held `next` message keeps it
-                # going; `low` waits; the urgent one was just pushed and is not repeated.
-                out_stop = json.loads(hook(DIR_B, "session-b", "stop"))
-                check(out_stop["decision"] == "block", f"stop holds the turn: {out_stop}")
-                check("after this" in out_stop["reason"] and "urgent" not in out_stop["reason"] and "fyi" not in out_stop["reason"], f"stop shows next only: {out_stop}")
+                # The Stop hook reports idle: the held `next` message is pushed; `low`
+                # waits. (The urgent one was just pushed, so the hook does not repeat it.)
+                out_stop = hook(DIR_B, "session-b", "stop")
+                check(out_stop == "", f"stop does not repeat a pushed message: {out_stop}")
+                _, note = await asyncio.wait_for(got.get(), 20)
+                check(note.content == "alice (alice-claude): after this", f"next after idle: {note.content}")
                 pulled = text(await b.call_tool("check_messages", {}))["messages"]
-                check(sorted(m["body"] for m in pulled) == ["fyi", "urgent"], f"the rest is pullable: {pulled}")
+                check(sorted(m["body"] for m in pulled) == ["after this", "fyi", "urgent"], f"all pullable: {pulled}")
             again = text(await b.call_tool("check_messages", {}))
             check(again["messages"] == [], "read once")
             # Truthful receipts: bob read it, and alice's side learns so.

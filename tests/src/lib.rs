@@ -9,6 +9,9 @@
 //! The binary path comes from the caller (`env!("CARGO_BIN_EXE_claudemesh")` in the `ctl`
 //! package's integration tests), so tests always run the binary of the current build.
 
+pub mod claude;
+pub mod model;
+
 use serde_json::Value;
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;

@@ -367,7 +367,15 @@ pub(crate) async fn subscription(
             else {
                 return;
             };
-            for u in batch {
+            let ids: Vec<MessageId> = batch.iter().map(|u| u.msg.id).collect();
+            let Ok(claimed) = d
+                .store
+                .claim_shown(session, member_rows, ids, now_ms(), "channel", i64::MIN)
+                .await
+            else {
+                return;
+            };
+            for u in batch.into_iter().filter(|u| claimed.contains(&u.msg.id)) {
                 let n = Notification {
                     jsonrpc: "2.0".into(),
                     method: m::NOTIFY_MESSAGE.into(),
@@ -376,10 +384,6 @@ pub(crate) async fn subscription(
                 if tx.send(n).await.is_err() {
                     return;
                 }
-                let _ = d
-                    .store
-                    .mark_shown(session, member_rows, vec![u.msg.id], now_ms(), "channel")
-                    .await;
                 if transcript {
                     waiting.push((u.msg.id, tokio::time::Instant::now()));
                 }
@@ -413,7 +417,7 @@ pub(crate) async fn subscription(
                     _ => false,
                 };
                 if dropped {
-                    tracing::info!(
+                    tracing::warn!(
                         session = %session.short(),
                         "Claude Code did not take a channel push (channels are off for this session); hooks and check_messages carry its messages"
                     );

@@ -251,26 +251,42 @@ impl Store {
         }
     }
 
-    /// Record that messages were handed to `reader` through `via` (`channel`, `hooks`).
-    pub(crate) async fn mark_shown(
+    /// Claim messages of `reader` for showing through `via` (`channel`, `hooks`): a
+    /// message is claimed only if it is unread, not in Claude Code's hands, and not shown
+    /// since `stale_before` (unix ms). Returns the claimed ids: two paths racing for one
+    /// message cannot both show it.
+    pub(crate) async fn claim_shown(
         &self,
         reader: SessionId,
         member_rows: Option<SessionId>,
         ids: Vec<MessageId>,
         at: i64,
         via: &'static str,
-    ) -> Result<()> {
+        stale_before: i64,
+    ) -> Result<Vec<MessageId>> {
         self.write(move |tx| {
             let sql = format!(
                 "UPDATE inbox SET shown_at = ?4, shown_via = ?5
-                 WHERE id = ?3 AND read_at IS NULL AND {OWNED}"
+                 WHERE id = ?3 AND read_at IS NULL AND accepted_at IS NULL
+                   AND (shown_at IS NULL OR shown_at < ?6) AND {OWNED}"
             );
             let mut stmt = tx.prepare_cached(&sql)?;
             let own = member_rows.map(|s| s.as_bytes().to_vec());
+            let mut claimed = Vec::new();
             for id in ids {
-                stmt.execute(params![reader.as_bytes(), own, id.as_bytes(), at, via])?;
+                if stmt.execute(params![
+                    reader.as_bytes(),
+                    own,
+                    id.as_bytes(),
+                    at,
+                    via,
+                    stale_before
+                ])? > 0
+                {
+                    claimed.push(id);
+                }
             }
-            Ok(())
+            Ok(claimed)
         })
         .await
     }

@@ -26,6 +26,8 @@ use crate::context::{Daemon, TranscriptCmd};
 const CHUNK: usize = 4 << 20;
 /// Longest line kept while waiting for its end.
 const MAX_LINE: usize = 16 << 20;
+/// How long a transcript is still read after its session ended.
+const LINGER: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 struct Followed {
@@ -37,13 +39,22 @@ struct Followed {
     /// The file has been read to its end once: from here on, lines are news (statuses
     /// and queue entries count only then).
     caught_up: bool,
+    /// The session ended: stop following at this time.
+    until: Option<tokio::time::Instant>,
 }
 
 /// Run until the daemon stops.
 pub(crate) async fn run(d: Arc<Daemon>, mut rx: mpsc::UnboundedReceiver<TranscriptCmd>) {
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<PathBuf>();
     let watcher = notify::recommended_watcher(move |r: notify::Result<notify::Event>| {
-        if let Ok(ev) = r {
+        // Only writes and new files: our own reads raise access events, and following
+        // those would read forever.
+        if let Ok(ev) = r
+            && matches!(
+                ev.kind,
+                notify::EventKind::Create(_) | notify::EventKind::Modify(_)
+            )
+        {
             for p in ev.paths {
                 let _ = ev_tx.send(p);
             }
@@ -68,7 +79,9 @@ pub(crate) async fn run(d: Arc<Daemon>, mut rx: mpsc::UnboundedReceiver<Transcri
                 None => return,
                 Some(TranscriptCmd::Follow { mesh, session, path }) => {
                     files.retain(|p, f| !(f.mesh == mesh && f.session == session) || *p == path);
-                    if !files.contains_key(&path) {
+                    if let Some(f) = files.get_mut(&path) {
+                        f.until = None;
+                    } else {
                         files.insert(path.clone(), Followed {
                             mesh,
                             session,
@@ -76,6 +89,7 @@ pub(crate) async fn run(d: Arc<Daemon>, mut rx: mpsc::UnboundedReceiver<Transcri
                             partial: Vec::new(),
                             tracker: Tracker::default(),
                             caught_up: false,
+                            until: None,
                         });
                         if let Some(dir) = path.parent() {
                             dirs.entry(dir.to_path_buf()).or_insert(false);
@@ -85,7 +99,12 @@ pub(crate) async fn run(d: Arc<Daemon>, mut rx: mpsc::UnboundedReceiver<Transcri
                     read_and_apply(&d, &mut files, &path).await;
                 }
                 Some(TranscriptCmd::Forget { mesh, session }) => {
-                    files.retain(|_, f| !(f.mesh == mesh && f.session == session));
+                    // A session ends as its process exits, around when Claude Code writes
+                    // the last answer: keep reading a little longer before letting go.
+                    let until = tokio::time::Instant::now() + LINGER;
+                    for f in files.values_mut().filter(|f| f.mesh == mesh && f.session == session) {
+                        f.until = Some(until);
+                    }
                 }
             },
             p = ev_rx.recv() => {
@@ -100,6 +119,8 @@ pub(crate) async fn run(d: Arc<Daemon>, mut rx: mpsc::UnboundedReceiver<Transcri
                 for p in paths {
                     read_and_apply(&d, &mut files, &p).await;
                 }
+                let now = tokio::time::Instant::now();
+                files.retain(|_, f| f.until.is_none_or(|u| u > now));
             }
         }
     }

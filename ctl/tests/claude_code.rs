@@ -1,0 +1,387 @@
+//! claudemesh under the real Claude Code CLI (npm `@anthropic-ai/claude-code`, pinned in
+//! `scripts/test`), pointed at a scripted stand-in for the Messages API on loopback that
+//! records every request: what the model saw is what these tests check.
+//!
+//! Two daemons (alice, bob) share a mesh; bob runs Claude Code with claudemesh installed
+//! into its home (`claudemesh install`: MCP server and hooks). Claude Code needs its
+//! channels feature flag for pushes; the interactive channel test sets what the CLI reads
+//! for it from its own config (`cachedGrowthBookFeatures.tengu_harbor` in `~/.claude.json`),
+//! and the skipped-push test leaves it off.
+#![allow(clippy::unwrap_used)]
+
+use claudemesh_tests::claude::{self, Tmux, eventually};
+use claudemesh_tests::model::{ModelStub, Recorded, occurrences};
+use claudemesh_tests::{Node, RelayProc, mesh_with};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_claudemesh"))
+}
+
+/// Ended sessions drop out of `peers` at once here (the default grace is a minute).
+const CONFIG: &str = "[peers]\noffline_grace_secs = 0\n";
+
+struct World {
+    _root: tempfile::TempDir,
+    _relay: RelayProc,
+    alice: Node,
+    bob: Node,
+    model: ModelStub,
+    /// bob's Claude Code works here (its label in peers is `proj`).
+    work: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+fn world(channels: bool) -> World {
+    let root = tempfile::tempdir().unwrap();
+    let (relay, mut nodes) = mesh_with(bin(), root.path(), &["alice", "bob"], &[], CONFIG);
+    let bob = nodes.pop().unwrap();
+    let alice = nodes.pop().unwrap();
+    // bob's home is his config directory (the kit sets HOME there).
+    let out = bob.run(&["install"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let work = root.path().join("proj");
+    std::fs::create_dir_all(&work).unwrap();
+    claude::prepare_home(&bob.dir, &work, channels);
+    let model = ModelStub::start();
+    let env = claude::env(&bob.dir, &bob.dir, &model.url());
+    World {
+        _root: root,
+        _relay: relay,
+        alice,
+        bob,
+        model,
+        work,
+        env,
+    }
+}
+
+/// alice sends `text` to `to`; returns the message id.
+fn send(w: &World, to: &str, text: &str, priority: &str) -> String {
+    let v = w.alice.json(&["send", to, text, "--priority", priority]);
+    v["id"].as_str().unwrap().to_string()
+}
+
+fn stage(w: &World, id: &str) -> Value {
+    w.alice.json(&["sent", id])
+}
+
+fn wait_stage(w: &World, id: &str, stage: &str) -> Value {
+    w.alice
+        .json(&["sent", id, "--wait-for", stage, "--timeout", "30"])
+}
+
+/// Every model turn holds `text` at most once, and the last turn exactly once: the model
+/// saw it, once.
+fn seen_once(turns: &[Recorded], text: &str) {
+    for (i, r) in turns.iter().enumerate() {
+        if occurrences(r, text) > 1 {
+            let input = serde_json::json!([r.body["system"], r.body["messages"]]).to_string();
+            let places: Vec<&str> = input
+                .match_indices(text)
+                .map(|(at, _)| &input[at.saturating_sub(300)..(at + 100).min(input.len())])
+                .collect();
+            panic!(
+                "turn {i} shows {text:?} {} times:\n{}",
+                places.len(),
+                places.join("\n---\n")
+            );
+        }
+    }
+    let last = turns.last().expect("a model turn");
+    assert_eq!(
+        occurrences(last, text),
+        1,
+        "the last turn holds {text:?} once"
+    );
+}
+
+/// `read` came after a request that held the message.
+fn read_after_seen(w: &World, id: &str, text: &str) {
+    let st = wait_stage(w, id, "read");
+    assert_eq!(st["stage"], "read", "{st}");
+    let first = w
+        .model
+        .turns()
+        .into_iter()
+        .find(|r| occurrences(r, text) > 0)
+        .unwrap_or_else(|| panic!("no model turn held {text:?}"));
+    let read_at = st["read_at"].as_i64().unwrap();
+    assert!(
+        read_at >= first.at,
+        "read at {read_at}, before the model saw it at {}",
+        first.at
+    );
+}
+
+/// bob's Claude Code sessions as alice lists them (`--all`: also ended ones).
+fn bob_sessions(w: &World, all: bool) -> Vec<Value> {
+    let mut args = vec!["peers"];
+    if all {
+        args.push("--all");
+    }
+    w.alice.json(&args)["meshes"][0]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["member_name"] == "bob" && p["kind"] == "claude")
+        .cloned()
+        .collect()
+}
+
+/// Print mode (`claude -p`, no channels): messages from before, during and after a turn
+/// reach the model once each through the hooks, `read` only after the model saw them;
+/// `--resume` stays one peer; a health check and a finished run leave no row.
+#[test]
+fn print_mode_hooks_show_each_message_once_and_resume_is_one_peer() {
+    let w = world(false);
+    let started = w.work.join("started");
+    let go = w.work.join("go");
+    let before = send(&w, "bob", "before-the-turn", "next");
+    wait_stage(&w, &before, "delivered");
+
+    let tool = format!(
+        "RUN:touch {}; while [ ! -e {} ]; do sleep 0.1; done; echo released",
+        started.display(),
+        go.display()
+    );
+    let run = claude::spawn_print(
+        &w.work,
+        &w.env,
+        &["--output-format", "json", &format!("please {tool}")],
+    );
+    eventually("the tool call runs", 60, || started.exists());
+    // bob is busy in a tool call: a `now` message shows right after it; a `next` one
+    // waits for bob's next prompt (no channel in print mode: nothing can start a turn).
+    let urgent = send(&w, "bob", "urgent-during-the-turn", "now");
+    let later = send(&w, "bob", "later-during-the-turn", "next");
+    wait_stage(&w, &urgent, "delivered");
+    wait_stage(&w, &later, "delivered");
+    assert_eq!(
+        stage(&w, &later)["stage"],
+        "delivered",
+        "not read before it is shown"
+    );
+    std::fs::write(&go, b"").unwrap();
+    let out = run.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "claude -p failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let claude_session = result["session_id"].as_str().unwrap().to_string();
+
+    for (id, text) in [
+        (&before, "before-the-turn"),
+        (&urgent, "urgent-during-the-turn"),
+    ] {
+        read_after_seen(&w, id, text);
+    }
+    let turns = w.model.turns();
+    for text in ["before-the-turn", "urgent-during-the-turn"] {
+        seen_once(&turns, text);
+    }
+    assert_eq!(
+        stage(&w, &later)["stage"],
+        "delivered",
+        "`next` waits for a prompt"
+    );
+    let sessions = bob_sessions(&w, true);
+    assert_eq!(sessions.len(), 1, "one peer for the run: {sessions:?}");
+    let peer_id = sessions[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(sessions[0]["name"], "proj", "labelled by its directory");
+    // The run is over: nothing lingers in `peers`.
+    w.alice.wait("peer-offline", Some(&peer_id[..8]));
+    assert!(
+        bob_sessions(&w, false).is_empty(),
+        "{:?}",
+        bob_sessions(&w, false)
+    );
+
+    // After the turn: the next run, resumed, sees the new message, and is the same peer.
+    let after = send(&w, "bob", "after-the-turn", "next");
+    wait_stage(&w, &after, "delivered");
+    let out = claude::print(
+        &w.work,
+        &w.env,
+        &["--resume", &claude_session, "hello again"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    read_after_seen(&w, &after, "after-the-turn");
+    read_after_seen(&w, &later, "later-during-the-turn");
+    let turns = w.model.turns();
+    for text in [
+        "before-the-turn",
+        "urgent-during-the-turn",
+        "later-during-the-turn",
+        "after-the-turn",
+    ] {
+        seen_once(&turns, text);
+    }
+    let sessions = bob_sessions(&w, true);
+    assert_eq!(
+        sessions
+            .iter()
+            .map(|p| p["id"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        vec![peer_id.as_str()],
+        "--resume keeps one peer id"
+    );
+
+    // A health check lists the server and leaves no peer behind, here or at alice's.
+    let out = std::process::Command::new(claude::binary())
+        .current_dir(&w.work)
+        .env_clear()
+        .envs(w.env.iter().map(|(k, v)| (k, v)))
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .args(["mcp", "list"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("claudemesh") && text.contains("Connected"),
+        "{text}"
+    );
+    assert_eq!(
+        bob_sessions(&w, true).len(),
+        1,
+        "{:?}",
+        bob_sessions(&w, true)
+    );
+    let own = w.bob.json(&["peers", "--all"])["meshes"][0]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["me"] == true)
+        .count();
+    assert_eq!(own, 1, "bob's daemon knows one session of its own");
+}
+
+/// Start `claudemesh launch` (Claude Code with the claudemesh channel) in tmux; with the
+/// channels flag on, accept Claude Code's development-channel prompt.
+fn launch(w: &World, channels: bool) -> Tmux {
+    let t = Tmux::start(&w.work, &w.env, bin(), &["launch"]);
+    if channels {
+        t.wait_for("Loading development channels", 60);
+        // The prompt takes keys a moment after it is drawn: press Enter until it is gone.
+        eventually(
+            "Claude Code takes the development-channel answer",
+            60,
+            || {
+                let screen = t.screen();
+                if screen.contains("Enter to confirm") {
+                    t.key("Enter");
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
+                screen.contains("for shortcuts")
+            },
+        );
+    }
+    t.wait_for("for shortcuts", 60);
+    w.alice.wait("peer-online", Some("bob/proj"));
+    t
+}
+
+/// Interactive, channels on: a push while idle starts a turn, a push during a tool call
+/// is injected after it, a `next` one waits for the turn to end; each reaches the model
+/// once and is `read` only then; `send bob` reaches bob's open session.
+#[test]
+fn interactive_channel_pushes_reach_the_model_once() {
+    let w = world(true);
+    let t = launch(&w, true);
+    // The person, by name, while their Claude Code is open.
+    let idle = send(&w, "bob", "pushed-while-idle", "next");
+    read_after_seen(&w, &idle, "pushed-while-idle");
+    seen_once(&w.model.turns(), "pushed-while-idle");
+    let me = &bob_sessions(&w, false)[0];
+    assert!(
+        me["delivery"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("channel")),
+        "the channel is listed once seen to work: {me}"
+    );
+
+    let started = w.work.join("started");
+    let go = w.work.join("go");
+    t.type_line(&format!(
+        "please RUN:touch {}; while [ ! -e {} ]; do sleep 0.1; done; echo released",
+        started.display(),
+        go.display()
+    ));
+    eventually("the tool call runs", 60, || started.exists());
+    let urgent = send(&w, "bob", "pushed-during-a-tool-call", "now");
+    let later = send(&w, "bob", "held-until-the-turn-ends", "next");
+    wait_stage(&w, &urgent, "delivered");
+    wait_stage(&w, &later, "delivered");
+    std::fs::write(&go, b"").unwrap();
+    read_after_seen(&w, &urgent, "pushed-during-a-tool-call");
+    read_after_seen(&w, &later, "held-until-the-turn-ends");
+    let turns = w.model.turns();
+    for text in [
+        "pushed-while-idle",
+        "pushed-during-a-tool-call",
+        "held-until-the-turn-ends",
+    ] {
+        seen_once(&turns, text);
+    }
+
+    // Exit: the session goes offline and drops out of `peers`.
+    t.wait_for("for shortcuts", 30);
+    t.type_line("/exit");
+    t.wait_for("claudemesh-test-exited", 30);
+    w.alice.wait("peer-offline", Some("bob/proj"));
+    assert!(bob_sessions(&w, false).is_empty());
+}
+
+/// Interactive, channels off (no feature flag): the shim pushes, Claude Code drops it;
+/// the sender sees no more than `delivered`, and the next prompt's hook shows it.
+#[test]
+fn a_push_claude_code_skips_stays_delivered_and_reaches_the_model_by_a_hook() {
+    let w = world(false);
+    let t = launch(&w, false);
+    let id = send(&w, "bob", "skipped-by-claude-code", "next");
+    wait_stage(&w, &id, "delivered");
+    let log_dir = w.bob.dir.join("logs");
+    eventually("bob's daemon sees the push was not taken", 30, || {
+        std::fs::read_dir(&log_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                std::fs::read_to_string(e.path())
+                    .is_ok_and(|t| t.contains("did not take a channel push"))
+            })
+    });
+    assert_eq!(stage(&w, &id)["stage"], "delivered");
+    assert!(
+        w.model
+            .turns()
+            .iter()
+            .all(|r| occurrences(r, "skipped-by-claude-code") == 0),
+        "not in front of the model yet"
+    );
+    let me = &bob_sessions(&w, false)[0];
+    assert!(
+        !me["delivery"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("channel")),
+        "a channel never seen to work is not listed: {me}"
+    );
+    t.type_line("hello");
+    read_after_seen(&w, &id, "skipped-by-claude-code");
+    seen_once(&w.model.turns(), "skipped-by-claude-code");
+    t.type_line("/exit");
+    t.wait_for("claudemesh-test-exited", 30);
+}
