@@ -210,12 +210,9 @@ pub(crate) async fn run(cmd: Command) -> Res {
         Command::Doctor(a) => crate::doctor::run(a.json).await,
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "claudemesh",
-                &mut std::io::stdout(),
-            );
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "claudemesh", &mut script);
+            output::raw(&script);
             Ok(())
         }
         Command::Backup {

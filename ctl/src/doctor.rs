@@ -234,8 +234,25 @@ fn claude_checks(out: &mut Vec<Check>) {
         })
         .unwrap_or_default();
     let hooks = !hook_commands.is_empty();
-    out.push(if hooks {
+    let missing: Vec<&String> = hook_commands
+        .iter()
+        .filter(|c| {
+            let prog = crate::install::program(c);
+            if prog.contains('/') {
+                !Path::new(prog).is_file()
+            } else {
+                which(prog).is_none()
+            }
+        })
+        .collect();
+    out.push(if hooks && missing.is_empty() {
         Check::ok("hooks", format!("registered in {}", files.settings.display()))
+    } else if hooks {
+        Check::fail(
+            "hooks",
+            format!("a registered hook runs a program that does not exist: {}", missing[0]),
+            "claudemesh install (registers this binary by its full path)",
+        )
     } else {
         Check::warn(
             "hooks",

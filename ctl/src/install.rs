@@ -103,7 +103,7 @@ fn write_if_changed(
 }
 
 /// The program a command line runs (its first word, unquoted).
-fn program(command: &str) -> &str {
+pub(crate) fn program(command: &str) -> &str {
     let c = command.trim_start();
     if let Some(rest) = c.strip_prefix('\'') {
         return rest.split('\'').next().unwrap_or("");

@@ -19,6 +19,15 @@ pub(crate) fn line(s: &str) {
     }
 }
 
+/// Write bytes to stdout as they are, ending quietly on a closed pipe (see [`line`]).
+pub(crate) fn raw(b: &[u8]) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if out.write_all(b).and_then(|_| out.flush()).is_err() {
+        std::process::exit(0);
+    }
+}
+
 /// Write one line to stderr, ignoring errors (nobody to tell).
 pub(crate) fn note(s: &str) {
     use std::io::Write as _;
@@ -116,8 +125,15 @@ pub(crate) fn peers(meshes: &[MeshPeers], daemon_down: bool) {
             .peers
             .iter()
             .map(|p| {
+                // A person is their name; a session of theirs is `person/label`, which is
+                // also how to address it.
+                let name = if p.kind == "cli" || p.member_name.is_empty() {
+                    p.name.clone()
+                } else {
+                    format!("{}/{}", p.member_name, p.name)
+                };
                 vec![
-                    format!("{}{}", p.name, if p.me { " (you)" } else { "" }),
+                    format!("{name}{}", if p.me { " (you)" } else { "" }),
                     p.id.short(),
                     if p.online {
                         p.status.as_str().to_string()

@@ -385,3 +385,95 @@ fn a_push_claude_code_skips_stays_delivered_and_reaches_the_model_by_a_hook() {
     t.type_line("/exit");
     t.wait_for("claudemesh-test-exited", 30);
 }
+
+/// Without hooks, the transcript alone tells bob's status: working while the turn runs,
+/// idle when it ends.
+#[test]
+fn without_hooks_the_transcript_tells_the_status() {
+    let w = world(true);
+    let out = w.bob.run(&["uninstall"]);
+    assert!(out.status.success());
+    let out = w.bob.run(&["install", "--no-hooks"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = launch(&w, true);
+    w.alice.wait("peer-idle", Some("bob/proj"));
+    let started = w.work.join("started");
+    let go = w.work.join("go");
+    t.type_line(&format!(
+        "please RUN:touch {}; while [ ! -e {} ]; do sleep 0.1; done; echo released",
+        started.display(),
+        go.display()
+    ));
+    eventually("the tool call runs", 60, || started.exists());
+    w.alice.wait("peer-working", Some("bob/proj"));
+    std::fs::write(&go, b"").unwrap();
+    w.alice.wait("peer-idle", Some("bob/proj"));
+    let me = &bob_sessions(&w, false)[0];
+    assert!(
+        !me["delivery"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("hooks")),
+        "no hooks ran: {me}"
+    );
+    t.type_line("/exit");
+    t.wait_for("claudemesh-test-exited", 30);
+}
+
+/// `claude mcp list` with the daemon down: the server answers, and nothing starts — no
+/// daemon, and no embedded relay bound on its port.
+#[test]
+fn a_health_check_with_the_daemon_down_starts_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bob = Node::with_config(
+        bin(),
+        root.path(),
+        "bob",
+        &format!("[relay]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    let out = bob.run(&["install"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let work = root.path().join("proj");
+    std::fs::create_dir_all(&work).unwrap();
+    claude::prepare_home(&bob.dir, &work, false);
+    let model = ModelStub::start();
+    let env: Vec<(String, String)> = claude::env(&bob.dir, &bob.dir, &model.url())
+        .into_iter()
+        .filter(|(k, _)| k != "CLAUDEMESH_NO_AUTOSTART")
+        .collect();
+    let out = std::process::Command::new(claude::binary())
+        .current_dir(&work)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .args(["mcp", "list"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("claudemesh") && text.contains("Connected"),
+        "{text}"
+    );
+    assert!(
+        !bob.dir.join("daemon.sock").exists(),
+        "no daemon was started"
+    );
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok(),
+        "no relay bound on {port}"
+    );
+}

@@ -712,6 +712,12 @@ fn launch_runs_claude_with_the_channel_and_passes_flags_through() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("args: --dangerously-load-development-channels server:claudemesh --resume abc --model opus"), "{text}");
+    // `-y` cannot answer Claude Code's own prompt for development channels: it says so.
+    let note = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        note.contains("Loading development channels") && note.contains("-y cannot answer"),
+        "{note}"
+    );
     assert!(text.contains("name=ada role=reviewer channels=1"), "{text}");
     // Without claude on PATH: a clear error.
     let out = n.run_env(&["launch"], &[("PATH", "/nonexistent")]);
@@ -800,4 +806,41 @@ fn a_resumed_claude_session_is_the_same_peer_not_a_twin() {
     assert_eq!(bobs(false), vec![id1]);
     claude3.kill().unwrap();
     claude3.wait().unwrap();
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["solo", "other"], &[]);
+    let n = &nodes[0];
+    // `head -1` reads one line and closes the pipe; the rest must not panic.
+    for args in ["completions bash", "peers", "status", "--help", "list"] {
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "set -o pipefail; \"$0\" {args} | head -1 >/dev/null"
+            ))
+            .arg(bin())
+            .env("CLAUDEMESH_CONFIG_DIR", &n.dir)
+            .env("HOME", &n.dir)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "claudemesh {args}: {err}");
+        assert_eq!(out.status.code(), Some(0), "claudemesh {args}: {err}");
+    }
+}
+
+#[test]
+fn the_status_line_claims_nobody_online_with_the_daemon_down() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, mut nodes) = mesh(bin(), root.path(), &["alice", "bob"], &[]);
+    let line = nodes[0].ok(&["status-line"]);
+    assert!(line.contains("1/1 online"), "{line}");
+    nodes[0].stop();
+    let line = nodes[0].ok(&["status-line"]);
+    assert!(
+        line.contains("daemon down") && !line.contains("online"),
+        "{line}"
+    );
 }

@@ -68,8 +68,20 @@ struct Shim {
 
 impl Shim {
     fn start(bin: &Path, dir: &Path, key: &str, name: &str) -> Self {
-        let mut child = Command::new(bin)
-            .arg("mcp")
+        let mut cmd = Command::new(bin);
+        cmd.arg("mcp");
+        Self::spawn(cmd, dir, key, name)
+    }
+
+    /// The shim as the child of a `sh` that stands in for its MCP client.
+    fn start_under_sh(bin: &Path, dir: &Path, key: &str, name: &str) -> Self {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg("\"$0\" mcp; exit $?").arg(bin);
+        Self::spawn(cmd, dir, key, name)
+    }
+
+    fn spawn(mut cmd: Command, dir: &Path, key: &str, name: &str) -> Self {
+        let mut child = cmd
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", dir)
@@ -174,4 +186,26 @@ fn the_shim_keeps_its_session_across_a_daemon_restart() {
     assert!(!err, "{v}");
     assert_eq!(v["messages"][0]["body"], "while your daemon restarted");
     assert_eq!(v["messages"][0]["session"].as_str(), Some(id.as_str()));
+}
+
+/// A session keyed by `CLAUDEMESH_SESSION_KEY` ends with its process like any other: when
+/// the client and the shim are killed (no goodbye), it goes offline.
+#[test]
+fn a_session_keyed_by_hand_goes_offline_when_its_process_dies() {
+    let bin = Path::new(env!("CARGO_BIN_EXE_claudemesh"));
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin, root.path(), &["alice", "bob"], &[]);
+    let mut shim = Shim::start_under_sh(bin, &nodes[1].dir, "fixed-key", "bob-client");
+    let (err, _) = shim.tool("set_summary", serde_json::json!({"summary": "here"}));
+    assert!(!err);
+    nodes[0].wait("peer-online", Some("bob-client"));
+    // SIGKILL the client (the sh) and the shim under it.
+    let sh = shim.child.id();
+    let children = std::fs::read_to_string(format!("/proc/{sh}/task/{sh}/children")).unwrap();
+    let _ = shim.child.kill();
+    for pid in children.split_whitespace() {
+        let _ = Command::new("kill").args(["-9", pid]).status();
+    }
+    let _ = shim.child.wait();
+    nodes[0].wait("peer-offline", Some("bob-client"));
 }

@@ -260,6 +260,22 @@ fn doctor_reports_each_seeded_fault_with_its_fix_and_passes_a_healthy_setup() {
     assert_eq!(c["fix"], "claudemesh install");
     ann.ok(&["install"]);
 
+    // Registered, but by a path that is gone (the binary moved): reinstall fixes it.
+    let cj_path = ann.dir.join(".claude.json");
+    let mut cj: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cj_path).unwrap()).unwrap();
+    cj["mcpServers"]["claudemesh"]["command"] = "/nonexistent/claudemesh".into();
+    std::fs::write(&cj_path, cj.to_string()).unwrap();
+    let (ok, v) = doctor(ann, env);
+    assert!(!ok);
+    let c = checks(&v, "mcp_server")[0];
+    assert_eq!(c["status"], "fail", "{c}");
+    assert!(
+        c["detail"].as_str().unwrap().contains("does not exist"),
+        "{c}"
+    );
+    ann.ok(&["install"]);
+
     // A key file readable by others.
     let key = std::fs::read_dir(ann.dir.join("keys"))
         .unwrap()

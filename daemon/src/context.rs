@@ -199,7 +199,7 @@ impl Daemon {
                         holds: 0,
                         held: r.held,
                         transcript: r.transcript.map(std::path::PathBuf::from),
-                        status_source: Default::default(),
+                        status_source: claudemesh_schema::ipc::methods::StatusSource::Jsonl,
                         status_at: now,
                         active_at: now,
                         // Stored sessions were announced before (or are closed).

@@ -156,7 +156,8 @@ pub(crate) async fn open(
                     holds: 0,
                     held: false,
                     transcript: transcript.clone(),
-                    status_source: StatusSource::Manual,
+                    // No report yet: any source may set the first one.
+                    status_source: StatusSource::Jsonl,
                     status_at: now,
                     active_at: now,
                     announced: false,

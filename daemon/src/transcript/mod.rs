@@ -144,7 +144,10 @@ async fn read_and_apply(d: &Arc<Daemon>, files: &mut HashMap<PathBuf, Followed>,
         let (lines, more) = match read_lines(path, f) {
             Ok(x) => x,
             Err(e) => {
-                if e.kind() != std::io::ErrorKind::NotFound {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    // Not written yet: everything it will hold is news.
+                    f.caught_up = true;
+                } else {
                     tracing::debug!(path = %path.display(), error = %e, "cannot read transcript");
                 }
                 return;
