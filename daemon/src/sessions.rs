@@ -82,7 +82,10 @@ pub(crate) async fn open(
     }
     let claude = clean(&p.claude_session, 128);
     let process = clean(&p.process, 64);
-    let transcript = clean(&p.transcript, 4096).map(std::path::PathBuf::from);
+    // A transcript is a `.jsonl` file named by an absolute path.
+    let transcript = clean(&p.transcript, 4096)
+        .map(std::path::PathBuf::from)
+        .filter(|t| t.is_absolute() && t.extension().is_some_and(|e| e == "jsonl"));
     let mut out = Vec::new();
     for m in targets {
         let (sid, fresh) = resolve(d, &m, &key, process.as_deref()).await?;

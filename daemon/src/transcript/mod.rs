@@ -172,6 +172,10 @@ async fn read_and_apply(d: &Arc<Daemon>, files: &mut HashMap<PathBuf, Followed>,
 
 /// Complete lines appended since the last read, and whether more is waiting.
 fn read_lines(path: &Path, f: &mut Followed) -> std::io::Result<(Vec<String>, bool)> {
+    // Only a regular file: a FIFO or a device named by a client would block or never end.
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
     let mut file = std::fs::File::open(path)?;
     let len = file.metadata()?.len();
     if len < f.offset {

@@ -2,7 +2,7 @@
 //!
 //! ```sh
 //! cargo build --release --workspace
-//! target/release/bench all          # or: ipc | peers | dm | throughput | idle | load | mcp | state
+//! target/release/bench all          # or: ipc | peers | dm | throughput | idle | load | mcp | state | claude
 //! ```
 //!
 //! Daemons and relays are real processes of `target/release/claudemesh` (found next to this
@@ -890,5 +890,157 @@ fn main() {
         if all || what == "state" {
             state(&bin).await;
         }
+        if all || what == "claude" {
+            claude_code(&bin).await;
+        }
     });
+}
+
+/// The real Claude Code CLI (the test suite's pinned install) with a stand-in model on
+/// loopback: a push to an idle interactive session until its sender hears `read` (the
+/// daemon saw it in the transcript after the model answered), the cost of one hook call as
+/// Claude Code makes it, and how soon a session that ended is offline for its peers.
+async fn claude_code(bin: &Path) {
+    use claudemesh_tests::claude::{self, Tmux};
+    use claudemesh_tests::model::ModelStub;
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh_with(
+        bin,
+        root.path(),
+        &["alice", "bob"],
+        &[],
+        "[peers]\noffline_grace_secs = 0\n",
+    );
+    let (alice, bob) = (&nodes[0], &nodes[1]);
+    assert!(bob.run(&["install"]).status.success());
+    let work = root.path().join("proj");
+    std::fs::create_dir_all(&work).unwrap();
+    claude::prepare_home(&bob.dir, &work, true);
+    let model = ModelStub::start();
+    let env = claude::env(&bob.dir, &bob.dir, &model.url());
+
+    // Push -> read, interactive with channels.
+    let t = Tmux::start(&work, &env, bin, &["launch"]);
+    t.wait_for("Loading development channels", 60);
+    claude::eventually("dev channel prompt answered", 60, || {
+        let s = t.screen();
+        if s.contains("Enter to confirm") {
+            t.key("Enter");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        s.contains("for shortcuts")
+    });
+    alice.wait("peer-online", Some("bob/proj"));
+    let sock = alice.dir.join("daemon.sock");
+    let mut c = Client::connect(&sock).await.unwrap();
+    let mut v = Vec::new();
+    let (mut to_model, mut after_model) = (Vec::new(), Vec::new());
+    let mut first = 0.0;
+    for i in 0..31 {
+        let t0 = Instant::now();
+        let sent_at = now_ms();
+        let r: m::SendResult = c
+            .call(
+                m::SEND,
+                m::SendParams {
+                    to: "bob".into(),
+                    body: format!("bench push {i}"),
+                    priority: Default::default(),
+                    mesh: None,
+                    session: None,
+                    wait_ms: Some(0),
+                },
+            )
+            .await
+            .unwrap();
+        let st: m::MessageStatusResult = c
+            .call(
+                m::MESSAGE_STATUS,
+                m::MessageStatusParams {
+                    id: r.id.to_string(),
+                    wait_for: Some(m::Stage::Read),
+                    wait_ms: Some(30_000),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(st.stage, m::Stage::Read, "push {i} not confirmed");
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        // The session's first turn also pays for Claude Code's own start of a session.
+        if i == 0 {
+            first = ms;
+        } else {
+            v.push(ms);
+            let body = format!("bench push {i}");
+            if let Some(r) = model
+                .turns()
+                .into_iter()
+                .find(|r| r.body.to_string().contains(&body))
+            {
+                to_model.push((r.at - sent_at) as f64);
+                after_model.push(ms - (r.at - sent_at) as f64);
+            }
+        }
+    }
+    println!("push -> read, first push of the session: {first:.1}ms");
+    report("push -> read confirmed (idle Claude Code)", "ms", v);
+    report("  of which: send -> model request", "ms", to_model);
+    report(
+        "  of which: model request -> sender hears read",
+        "ms",
+        after_model,
+    );
+    t.type_line("/exit");
+    t.wait_for("claudemesh-test-exited", 30);
+    drop(t);
+
+    // A print-mode run ends: how soon its peers see it offline (it then leaves `peers`
+    // after the grace, 60 s by default, 0 here).
+    let mut v = Vec::new();
+    for i in 0..5 {
+        let out = claude::print(
+            &work,
+            &env,
+            &["--output-format", "json", &format!("run {i}")],
+        );
+        let t0 = Instant::now();
+        assert!(out.status.success());
+        // Poll alice's list (a bench may poll): gone when no session of bob's is listed.
+        loop {
+            let r: m::PeersResult = c.call(m::PEERS, m::PeersParams::default()).await.unwrap();
+            let listed = r.meshes[0]
+                .peers
+                .iter()
+                .any(|p| p.member_name == "bob" && p.kind == "claude");
+            if !listed {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "run {i} lingers in peers"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        v.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    report("session ended -> gone from its peers' list", "ms", v);
+    // One hook, as Claude Code runs it (process start to exit), nothing to show.
+    let session = format!("{}", uuid_like());
+    let input = format!(
+        r#"{{"session_id":"{session}","transcript_path":"{}/t.jsonl","cwd":"{}","hook_event_name":"UserPromptSubmit","prompt":"hi"}}"#,
+        work.display(),
+        work.display()
+    );
+    let mut v = Vec::new();
+    for _ in 0..50 {
+        let t0 = Instant::now();
+        let out = bob.run_stdin(&["hook", "user-prompt-submit"], &[], input.as_bytes());
+        assert!(out.status.success());
+        v.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    report("`claudemesh hook user-prompt-submit` (process)", "ms", v);
+}
+
+fn uuid_like() -> String {
+    SessionId::new().to_string()
 }
