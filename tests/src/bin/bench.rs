@@ -1025,7 +1025,7 @@ async fn claude_code(bin: &Path) {
     }
     report("session ended -> gone from its peers' list", "ms", v);
     // One hook, as Claude Code runs it (process start to exit), nothing to show.
-    let session = format!("{}", uuid_like());
+    let session = SessionId::new().to_string();
     let input = format!(
         r#"{{"session_id":"{session}","transcript_path":"{}/t.jsonl","cwd":"{}","hook_event_name":"UserPromptSubmit","prompt":"hi"}}"#,
         work.display(),
@@ -1039,8 +1039,4 @@ async fn claude_code(bin: &Path) {
         v.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     report("`claudemesh hook user-prompt-submit` (process)", "ms", v);
-}
-
-fn uuid_like() -> String {
-    SessionId::new().to_string()
 }
