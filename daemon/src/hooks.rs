@@ -30,7 +30,7 @@ use crate::delivery::send::send_receipts;
 use crate::error::Error;
 use crate::mesh::{Channel, lock};
 use crate::store::Reader;
-use crate::transcript::Via;
+use claudemesh_schema::message::DeliveryPath;
 
 /// Most messages one hook shows.
 const MAX_SHOWN: usize = 50;
@@ -75,7 +75,7 @@ pub(crate) async fn hook(d: &Arc<Daemon>, p: HookParams) -> Result<HookResult, E
     for s in &opened.sessions {
         first.get_or_insert(s.session);
         let Some(m) = d.mesh(&s.mesh) else { continue };
-        crate::sessions::path_seen(d, &m, s.session, "hooks").await;
+        crate::sessions::path_seen(d, &m, s.session, DeliveryPath::Hooks).await;
         crate::sessions::update(
             d,
             SessionUpdateParams {
@@ -112,9 +112,17 @@ pub(crate) async fn hook(d: &Arc<Daemon>, p: HookParams) -> Result<HookResult, E
         if p.event == HookEvent::UserPromptSubmit
             && let Some(id) = p.prompt.as_deref().and_then(render::channel_tag_id)
         {
-            crate::delivery::inbox::accepted(d, m.id, s.session, vec![id], Via::Channel).await;
+            crate::delivery::inbox::accepted(d, m.id, s.session, vec![id], DeliveryPath::Channel)
+                .await;
             if !transcript {
-                crate::delivery::inbox::confirmed(d, m.id, s.session, vec![id], Via::Channel).await;
+                crate::delivery::inbox::confirmed(
+                    d,
+                    m.id,
+                    s.session,
+                    vec![id],
+                    DeliveryPath::Channel,
+                )
+                .await;
             }
         }
         let who = Reader {

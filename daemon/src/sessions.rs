@@ -22,7 +22,7 @@ use claudemesh_schema::ipc::methods::{
     SessionCloseParams, SessionInfo, SessionOpenParams, SessionOpenResult, SessionProfile,
     SessionUpdateParams, StatusSource,
 };
-use claudemesh_schema::message::{PeerStatus, Profile};
+use claudemesh_schema::message::{DeliveryPath, PeerStatus, Profile};
 use claudemesh_schema::{MeshId, SessionId, names, now_ms};
 use std::sync::Arc;
 use std::time::Duration;
@@ -298,12 +298,13 @@ pub(crate) fn find(d: &Daemon, sid: &SessionId) -> Option<Arc<MeshCtx>> {
 }
 
 /// A path was seen to work for the session: list it in its presence.
-pub(crate) async fn path_seen(d: &Daemon, m: &MeshCtx, sid: SessionId, path: &str) {
+pub(crate) async fn path_seen(d: &Daemon, m: &MeshCtx, sid: SessionId, path: DeliveryPath) {
+    let name = path.as_str();
     let changed = match lock(&m.sessions).get_mut(&sid) {
-        Some(l) if !l.profile.delivery.iter().any(|x| x == path) => {
-            l.profile.delivery.push(path.to_string());
+        Some(l) if !l.profile.delivery.iter().any(|x| x == name) => {
+            l.profile.delivery.push(name.to_string());
             l.profile.delivery.sort();
-            if path == "channel" {
+            if path == DeliveryPath::Channel {
                 l.channel = Channel::Works;
             }
             l.announced.then(|| row_of(m.id, sid, l))

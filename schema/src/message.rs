@@ -95,6 +95,29 @@ impl std::str::FromStr for PeerStatus {
     }
 }
 
+/// A way messages reach a session's reader, as listed in its profile's `delivery`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryPath {
+    /// Pushed into the session (Claude Code's channel notifications).
+    Channel,
+    /// Put into the model's context by Claude Code hooks.
+    Hooks,
+    /// Pulled by the session (`check_messages`, `claudemesh inbox`).
+    Pull,
+}
+
+impl DeliveryPath {
+    /// The name used in profiles and stores.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Channel => "channel",
+            Self::Hooks => "hooks",
+            Self::Pull => "pull",
+        }
+    }
+}
+
 /// A peer's public profile, sealed with the mesh key inside its presence.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default)]

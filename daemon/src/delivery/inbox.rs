@@ -23,7 +23,7 @@ use crate::context::Daemon;
 use crate::error::Error;
 use crate::mesh::{Channel, MeshCtx, lock};
 use crate::store::{self, Reader, Unread};
-use crate::transcript::Via;
+use claudemesh_schema::message::DeliveryPath;
 
 /// How long a push may wait for Claude Code to take it before other paths may show the
 /// message (and, for a session whose channel never worked, before pushing stops).
@@ -142,7 +142,7 @@ pub(crate) async fn read(d: &Arc<Daemon>, p: InboxParams) -> Result<InboxResult,
     }
     if let Some((Some(m), s, _)) = readers.first() {
         crate::sessions::touch(d, m, *s).await;
-        crate::sessions::path_seen(d, m, *s, "pull").await;
+        crate::sessions::path_seen(d, m, *s, DeliveryPath::Pull).await;
     }
     let limit = p.limit.unwrap_or(100).clamp(1, 1000);
     let after = match p.after {
@@ -233,7 +233,7 @@ pub(crate) async fn accepted(
     mesh: MeshId,
     session: SessionId,
     ids: Vec<MessageId>,
-    via: Via,
+    via: DeliveryPath,
 ) {
     let Some(m) = d.mesh(&mesh) else { return };
     if let Err(e) = d
@@ -244,7 +244,7 @@ pub(crate) async fn accepted(
         tracing::warn!(session = %session.short(), error = %e, "cannot record an accepted message");
         return;
     }
-    crate::sessions::path_seen(d, &m, session, via.as_str()).await;
+    crate::sessions::path_seen(d, &m, session, via).await;
     d.bump_inbox();
 }
 
@@ -255,7 +255,7 @@ pub(crate) async fn confirmed(
     mesh: MeshId,
     session: SessionId,
     ids: Vec<MessageId>,
-    via: Via,
+    via: DeliveryPath,
 ) {
     let Some(m) = d.mesh(&mesh) else { return };
     let read = match d
@@ -279,7 +279,7 @@ pub(crate) async fn confirmed(
     if !read.is_empty() {
         tracing::debug!(session = %session.short(), n = read.len(), via = via.as_str(), "messages reached the model");
         send_receipts(d, &read, true).await;
-        crate::sessions::path_seen(d, &m, session, via.as_str()).await;
+        crate::sessions::path_seen(d, &m, session, via).await;
         d.bump_inbox();
     }
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-pub(crate) use parse::Via;
+use claudemesh_schema::message::DeliveryPath;
 use parse::{Event, Tracker};
 
 use crate::context::{Daemon, TranscriptCmd};
@@ -213,7 +213,7 @@ async fn apply(d: &Arc<Daemon>, mesh: MeshId, session: SessionId, ev: Event, new
         // A queue entry from before we followed the file belongs to a process that may be
         // gone with its queue; only news counts.
         Event::Accepted(ids) if news => {
-            crate::delivery::inbox::accepted(d, mesh, session, ids, Via::Channel).await;
+            crate::delivery::inbox::accepted(d, mesh, session, ids, DeliveryPath::Channel).await;
         }
         Event::Accepted(_) => {}
         Event::InConversation(ids, via) => {

@@ -12,27 +12,12 @@
 //!   everything before it. Only this confirms a message as surfaced.
 
 use claudemesh_schema::MessageId;
-use claudemesh_schema::message::PeerStatus;
+use claudemesh_schema::message::{DeliveryPath, PeerStatus};
 use claudemesh_schema::render;
 use serde_json::Value;
 
 /// The path that put a message into the conversation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Via {
-    /// A channel push.
-    Channel,
-    /// A hook's context (or a Stop hook's reason).
-    Hooks,
-}
-
-impl Via {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Self::Channel => "channel",
-            Self::Hooks => "hooks",
-        }
-    }
-}
+pub(crate) type Via = DeliveryPath;
 
 /// What a run of transcript lines established.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,15 +70,16 @@ impl Tracker {
                 let mut hk = Vec::new();
                 for (id, via) in self.pending.drain(..) {
                     match via {
-                        Via::Channel => ch.push(id),
-                        Via::Hooks => hk.push(id),
+                        DeliveryPath::Channel => ch.push(id),
+                        // Only channel pushes and hook context are looked for here.
+                        DeliveryPath::Hooks | DeliveryPath::Pull => hk.push(id),
                     }
                 }
                 if !ch.is_empty() {
-                    out.push(Event::Confirmed(ch, Via::Channel));
+                    out.push(Event::Confirmed(ch, DeliveryPath::Channel));
                 }
                 if !hk.is_empty() {
-                    out.push(Event::Confirmed(hk, Via::Hooks));
+                    out.push(Event::Confirmed(hk, DeliveryPath::Hooks));
                 }
                 let msg = &v["message"];
                 let tool = msg["content"]
@@ -122,22 +108,22 @@ impl Tracker {
                 let mut hk = Vec::new();
                 for t in texts {
                     if let Some(id) = render::channel_tag_id(t)
-                        && self.push(id, Via::Channel)
+                        && self.push(id, DeliveryPath::Channel)
                     {
                         ch.push(id);
                     }
                     for id in render::hook_block_ids(t) {
-                        if self.push(id, Via::Hooks) {
+                        if self.push(id, DeliveryPath::Hooks) {
                             hk.push(id);
                         }
                     }
                 }
                 let found = !ch.is_empty() || !hk.is_empty();
                 if !ch.is_empty() {
-                    out.push(Event::InConversation(ch, Via::Channel));
+                    out.push(Event::InConversation(ch, DeliveryPath::Channel));
                 }
                 if !hk.is_empty() {
-                    out.push(Event::InConversation(hk, Via::Hooks));
+                    out.push(Event::InConversation(hk, DeliveryPath::Hooks));
                 }
                 let tool_result = v["message"]["content"]
                     .as_array()
@@ -193,16 +179,16 @@ mod tests {
             proofs(&ev),
             vec![
                 Event::Accepted(vec![id(1)]),
-                Event::Confirmed(vec![id(1)], Via::Channel),
+                Event::Confirmed(vec![id(1)], DeliveryPath::Channel),
                 Event::Accepted(vec![id(2)]),
-                Event::Confirmed(vec![id(2)], Via::Channel),
+                Event::Confirmed(vec![id(2)], DeliveryPath::Channel),
                 // Arrived while the answer streamed: queued until the turn ended, then a
                 // turn of its own.
                 Event::Accepted(vec![id(3)]),
-                Event::Confirmed(vec![id(3)], Via::Channel),
+                Event::Confirmed(vec![id(3)], DeliveryPath::Channel),
                 Event::Accepted(vec![id(4)]),
                 Event::Accepted(vec![id(5)]),
-                Event::Confirmed(vec![id(4), id(5)], Via::Channel),
+                Event::Confirmed(vec![id(4), id(5)], DeliveryPath::Channel),
             ]
         );
         // Each confirmation follows the message's entry into the conversation.
@@ -251,7 +237,7 @@ mod tests {
         let mut t = Tracker::default();
         assert_eq!(
             t.feed(&attachment.to_string()),
-            vec![Event::InConversation(vec![a], Via::Hooks)]
+            vec![Event::InConversation(vec![a], DeliveryPath::Hooks)]
         );
         assert!(
             t.feed(side).is_empty(),
@@ -259,7 +245,7 @@ mod tests {
         );
         assert_eq!(
             proofs(&t.feed(answer)),
-            vec![Event::Confirmed(vec![a], Via::Hooks)]
+            vec![Event::Confirmed(vec![a], DeliveryPath::Hooks)]
         );
         assert!(proofs(&t.feed(answer)).is_empty(), "confirmed once");
         assert!(t.feed("not json").is_empty());
