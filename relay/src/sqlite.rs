@@ -264,6 +264,66 @@ impl Writer {
     }
 }
 
+/// A read to run on one of the reader threads.
+type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
+
+/// A fixed pool of reader threads, each with its own read-only connection: reads never
+/// block the async runtime's workers, never spawn a thread each, and at most `n` run at
+/// once (the rest wait in a bounded queue).
+#[derive(Clone)]
+pub struct Readers {
+    tx: mpsc::Sender<ReadJob>,
+}
+
+impl std::fmt::Debug for Readers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Readers")
+    }
+}
+
+impl Readers {
+    /// Start `n` reader threads on the database at `path`.
+    pub fn spawn(path: &Path, n: usize, name: &str) -> Result<Self, SqliteError> {
+        let (tx, rx) = mpsc::channel::<ReadJob>(1024);
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..n.max(1) {
+            let conn = open_reader(path)?;
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("{name}-{i}"))
+                .spawn(move || {
+                    loop {
+                        // One thread waits for the next job at a time; the others run theirs.
+                        let job = {
+                            let mut g = rx.lock().unwrap_or_else(|p| p.into_inner());
+                            g.blocking_recv()
+                        };
+                        match job {
+                            Some(j) => j(&conn),
+                            None => return,
+                        }
+                    }
+                })
+                .map_err(|e| SqliteError::Commit(format!("cannot start a reader thread: {e}")))?;
+        }
+        Ok(Self { tx })
+    }
+
+    /// Run `f` on a reader connection and return its result.
+    pub async fn read<R, F>(&self, f: F) -> Result<R, SqliteError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> R + Send + 'static,
+    {
+        let (done_tx, done_rx) = oneshot::channel::<R>();
+        let job: ReadJob = Box::new(move |c| {
+            let _ = done_tx.send(f(c));
+        });
+        self.tx.send(job).await.map_err(|_| SqliteError::Closed)?;
+        done_rx.await.map_err(|_| SqliteError::Closed)
+    }
+}
+
 fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
     let mut completions = Vec::with_capacity(batch.len());
     let tx = match conn.transaction() {

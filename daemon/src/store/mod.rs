@@ -1,20 +1,23 @@
 //! The daemon's SQLite store: the machine's copy of every joined mesh.
 //!
 //! Writes go through the single writer thread (group commit, `synchronous=FULL`, so an
-//! acknowledged `send` survives power loss); reads use a separate read-only connection,
-//! so `peers` and `inbox` never wait behind writes. The `q_*` read functions take a plain
-//! connection so the CLI can answer from the file with the daemon down.
+//! acknowledged `send` survives power loss); reads run on a small pool of reader threads with
+//! read-only connections, so `peers` and `inbox` never wait behind writes nor block the async
+//! runtime. The `q_*` read functions take a plain connection so the CLI can answer from the
+//! file with the daemon down.
 
 //!
 //! One module per table group: `meshes` (and roster), `presence`, `inbox`, `messages`
 //! (outbox, sent), `sessions`, `invites` (and claims), `grants`. The store imports nothing
 //! from the rest of the daemon.
 
-use claudemesh_relay::sqlite::{self, Durability, SqliteError, Writer};
+use claudemesh_relay::sqlite::{self, Durability, Readers, SqliteError, Writer};
 use claudemesh_schema::migrations;
 use rusqlite::Connection;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+
+/// Reader threads (the machine has few cores; reads are short).
+const READERS: usize = 2;
 
 mod grants;
 mod inbox;
@@ -92,35 +95,26 @@ pub(crate) fn parse<T: std::str::FromStr>(s: &str, what: &'static str) -> Result
 #[derive(Debug, Clone)]
 pub(crate) struct Store {
     writer: Writer,
-    reader: Arc<Mutex<Connection>>,
+    readers: Readers,
 }
 
 impl Store {
     /// Open (creating and migrating) the store at `path`.
     pub(crate) fn open(path: &Path) -> Result<Self> {
         let conn = sqlite::open(path, migrations::DAEMON, Durability::Full)?;
-        let reader = sqlite::open_reader(path)?;
+        let readers = Readers::spawn(path, READERS, "daemon-read")?;
         let (writer, _t) = Writer::spawn(conn, "daemon-store")
             .map_err(|e| SqliteError::Commit(format!("cannot start store thread: {e}")))?;
-        Ok(Self {
-            writer,
-            reader: Arc::new(Mutex::new(reader)),
-        })
+        Ok(Self { writer, readers })
     }
 
-    /// Run a read on the reader connection off the async threads.
+    /// Run a read on a reader thread (never on the async threads).
     pub(crate) async fn read<R, F>(&self, f: F) -> Result<R>
     where
         R: Send + 'static,
         F: FnOnce(&Connection) -> Result<R> + Send + 'static,
     {
-        let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
-            f(&conn)
-        })
-        .await
-        .map_err(|e| StoreError::Sqlite(SqliteError::Commit(format!("read task failed: {e}"))))?
+        self.readers.read(f).await?
     }
 
     /// Run a write and wait for its commit.
