@@ -844,3 +844,96 @@ fn the_status_line_claims_nobody_online_with_the_daemon_down() {
         "{line}"
     );
 }
+
+/// No window caps the backlog: 1,100 messages to a session that never reads are all
+/// pushed, and all can then be marked read.
+#[test]
+fn a_backlog_of_1100_is_all_pushed_and_all_marked_read() {
+    use claudemesh_daemon::Client;
+    use claudemesh_schema::ipc::methods as m;
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["alice", "bob"], &[]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let bob_sock = nodes[1].dir.join("daemon.sock");
+        let mut c = Client::connect(&bob_sock).await.unwrap();
+        let open: m::SessionOpenResult = c
+            .call(
+                m::SESSION_OPEN,
+                m::SessionOpenParams {
+                    client_key: "backlog".into(),
+                    name: Some("reader".into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let session = open.sessions[0].session;
+        let mut sub = Client::connect(&bob_sock).await.unwrap();
+        let _: serde_json::Value = sub
+            .call(
+                m::SUBSCRIBE,
+                m::SubscribeParams {
+                    session,
+                    push: true,
+                },
+            )
+            .await
+            .unwrap();
+        nodes[0].wait("peer-online", Some("bob/reader"));
+        let mut a = Client::connect(&nodes[0].dir.join("daemon.sock")).await.unwrap();
+        let to = session.to_string();
+        for i in 0..1100 {
+            let _: m::SendResult = a
+                .call(
+                    m::SEND,
+                    m::SendParams {
+                        to: to.clone(),
+                        body: format!("backlog {i}"),
+                        priority: claudemesh_schema::message::Priority::Now,
+                        mesh: None,
+                        session: None,
+                        wait_ms: Some(0),
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        while ids.len() < 1100 {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(60), sub.notification())
+                .await
+                .expect("all 1,100 pushed within a minute")
+                .unwrap();
+            if n.method == m::NOTIFY_MESSAGE {
+                let msg: m::InboxMessage = serde_json::from_value(n.params).unwrap();
+                assert!(ids.insert(msg.id), "pushed twice: {}", msg.body);
+            }
+        }
+        let _: serde_json::Value = c
+            .call(
+                m::MARK_READ,
+                m::MarkReadParams {
+                    session,
+                    ids: ids.into_iter().collect(),
+                },
+            )
+            .await
+            .unwrap();
+        let left: m::InboxResult = c
+            .call(
+                m::INBOX,
+                m::InboxParams {
+                    session: Some(session),
+                    peek: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(left.messages.is_empty(), "{} left unread", left.messages.len());
+    });
+}

@@ -52,8 +52,9 @@ pub(crate) struct Daemon {
     pub(crate) started: Instant,
     pub(crate) shutdown: CancellationToken,
     pub(crate) relay: Option<(String, [u8; 32])>,
-    /// Bumped whenever messages are added to the inbox (wakes `inbox --wait`).
-    pub(crate) inbox_gen: watch::Sender<u64>,
+    /// One wake-up per session: rings when something that session may take arrived or
+    /// its status changed (wakes its push subscription and its `inbox --wait`).
+    pub(crate) wakers: Mutex<HashMap<claudemesh_schema::SessionId, Arc<tokio::sync::Notify>>>,
     /// Shared keys changed by applied ops (`state_change` notifications).
     pub(crate) state_events:
         tokio::sync::broadcast::Sender<claudemesh_schema::ipc::shared::StateChange>,
@@ -259,8 +260,39 @@ impl Daemon {
         m
     }
 
-    pub(crate) fn bump_inbox(&self) {
-        self.inbox_gen.send_modify(|g| *g += 1);
+    /// The wake-up of `session` (see [`Daemon::wakers`]). Arm it (`enable`) before
+    /// looking, so a ring between the look and the wait is not lost.
+    pub(crate) fn waker(&self, session: claudemesh_schema::SessionId) -> Arc<tokio::sync::Notify> {
+        crate::mesh::lock(&self.wakers)
+            .entry(session)
+            .or_default()
+            .clone()
+    }
+
+    /// Ring the wake-up of each of `sessions`.
+    pub(crate) fn wake(&self, sessions: impl IntoIterator<Item = claudemesh_schema::SessionId>) {
+        let w = crate::mesh::lock(&self.wakers);
+        for s in sessions {
+            if let Some(n) = w.get(&s) {
+                n.notify_waiters();
+            }
+        }
+    }
+
+    /// Messages arrived for `sessions` of mesh `m`; a message to the person (`person`) may
+    /// be shown by any of the person's sessions here.
+    pub(crate) fn arrived(
+        &self,
+        m: &MeshCtx,
+        sessions: &[claudemesh_schema::SessionId],
+        person: bool,
+    ) {
+        if person {
+            let mut all = vec![m.keys.session];
+            all.extend(crate::mesh::lock(&m.sessions).keys().copied());
+            self.wake(all);
+        }
+        self.wake(sessions.iter().copied());
     }
 
     pub(crate) fn bump_changes(&self) {

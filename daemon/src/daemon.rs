@@ -163,7 +163,6 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
     };
     let (links, link_rx) = mpsc::unbounded_channel();
     let (transcripts, transcript_rx) = mpsc::unbounded_channel();
-    let (inbox_gen, _) = watch::channel(0u64);
     let (changes, _) = watch::channel(0u64);
     let daemon = Arc::new(Daemon {
         paths: paths.clone(),
@@ -173,7 +172,7 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
         started: Instant::now(),
         shutdown: CancellationToken::new(),
         relay,
-        inbox_gen,
+        wakers: Mutex::new(HashMap::new()),
         state_events: tokio::sync::broadcast::channel(1024).0,
         changes,
         tasks: TaskTracker::new(),

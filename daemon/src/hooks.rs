@@ -167,7 +167,6 @@ pub(crate) async fn hook(d: &Arc<Daemon>, p: HookParams) -> Result<HookResult, E
                 .await?;
             send_receipts(d, &read, true).await;
         }
-        d.bump_inbox();
         shown.extend(take.into_iter().map(|u| u.msg));
     }
     if shown.is_empty() {

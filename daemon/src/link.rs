@@ -655,12 +655,14 @@ async fn on_frame(
             match crate::delivery::receive::open(m, &env, at, sender.as_ref()) {
                 crate::delivery::receive::Opened::Rows(rows) => {
                     let ack = ack_tx.clone();
-                    let d2 = d.clone();
+                    let (d2, m2) = (d.clone(), m.clone());
+                    let targets: Vec<_> = rows.iter().map(|r| r.msg.session).collect();
+                    let person = rows.iter().any(|r| r.msg.for_member);
                     let r = d
                         .store
                         .insert_inbox_then(rows, move |r| match r {
                             Ok(_) => {
-                                d2.bump_inbox();
+                                d2.arrived(&m2, &targets, person);
                                 let _ = ack.send(id);
                             }
                             Err(e) => tracing::error!(error = %e, "cannot store received message; it stays at the relay"),

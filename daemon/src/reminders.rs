@@ -253,7 +253,7 @@ async fn fire(
             kind: KIND_REMINDER.into(),
         };
         d.store.insert_inbox(vec![InboxRow { msg }]).await?;
-        d.bump_inbox();
+        d.arrived(m, &[session], false);
     } else {
         let known = d
             .store

@@ -284,8 +284,13 @@ pub(crate) async fn announce(d: &Daemon, m: &MeshCtx, sid: SessionId) {
 /// The session shows use (a hook, a tool call, its transcript grew): it becomes the most
 /// recently active one, and is announced now if it was not yet.
 pub(crate) async fn touch(d: &Daemon, m: &MeshCtx, sid: SessionId) {
+    let before = m.designated();
     if let Some(l) = lock(&m.sessions).get_mut(&sid) {
         l.active_at = now_ms();
+    }
+    if m.designated() != before {
+        // Messages to the person now belong to another session.
+        d.arrived(m, &[], true);
     }
     announce(d, m, sid).await;
 }
@@ -394,6 +399,9 @@ async fn close_in(
         mesh: m.id,
         session,
     });
+    // Its subscriptions see it closed; the person's messages go to another session.
+    d.wake([session]);
+    d.arrived(m, &[], true);
     let now = now_ms();
     if announced {
         d.store.close_session(m.id, session, now).await?;
@@ -474,6 +482,8 @@ pub(crate) async fn update(
     };
     d.store.open_session(row, now).await?;
     touch(d, &m, p.session).await;
+    // A status change may release held messages.
+    d.wake([p.session]);
     let _ = m.link.tx.send(LinkCmd::Publish(Some(p.session))).await;
     d.bump_changes();
     Ok(SessionProfile {
@@ -519,6 +529,7 @@ pub(crate) async fn transcript_status(
         _ => false,
     };
     if changed {
+        d.wake([sid]);
         let _ = m.link.tx.send(LinkCmd::Publish(Some(sid))).await;
         d.bump_changes();
     }
@@ -632,6 +643,7 @@ pub(crate) async fn sweeper(d: Arc<Daemon>) {
                 let _ = close_in(&d, &m, session).await;
             }
             for sid in decayed {
+                d.wake([sid]);
                 let _ = m.link.tx.send(LinkCmd::Publish(Some(sid))).await;
                 d.bump_changes();
             }

@@ -155,9 +155,13 @@ pub(crate) async fn read(d: &Arc<Daemon>, p: InboxParams) -> Result<InboxResult,
     };
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(p.wait_ms.unwrap_or(0).min(3_600_000));
-    let mut gen_rx = d.inbox_gen.subscribe();
+    let wakers: Vec<_> = readers.iter().map(|(_, s, _)| d.waker(*s)).collect();
     let messages = loop {
-        gen_rx.borrow_and_update();
+        // Armed before looking: an arrival between the look and the wait still wakes us.
+        let mut rings: Vec<_> = wakers.iter().map(|w| Box::pin(w.notified())).collect();
+        for r in &mut rings {
+            r.as_mut().enable();
+        }
         let mut msgs = Vec::new();
         for (_, _, r) in &readers {
             let r = r.clone();
@@ -173,7 +177,7 @@ pub(crate) async fn read(d: &Arc<Daemon>, p: InboxParams) -> Result<InboxResult,
             break msgs;
         }
         tokio::select! {
-            _ = gen_rx.changed() => {}
+            _ = futures_util::future::select_all(rings) => {}
             _ = tokio::time::sleep_until(deadline) => {}
             _ = d.shutdown.cancelled() => break msgs,
         }
@@ -204,7 +208,6 @@ pub(crate) async fn read(d: &Arc<Daemon>, p: InboxParams) -> Result<InboxResult,
                 msg.surfaced_at = Some(now);
             }
         }
-        d.bump_inbox();
     }
     Ok(InboxResult { messages })
 }
@@ -222,7 +225,6 @@ pub(crate) async fn mark_read(d: &Arc<Daemon>, p: m::MarkReadParams) -> Result<(
         .mark_read(p.session, r.member_rows, p.ids, now_ms(), "pull", false)
         .await?;
     send_receipts(d, &read, true).await;
-    d.bump_inbox();
     Ok(())
 }
 
@@ -245,7 +247,6 @@ pub(crate) async fn accepted(
         return;
     }
     crate::sessions::path_seen(d, &m, session, via).await;
-    d.bump_inbox();
 }
 
 /// A model answered a context that held these messages of `session`: they are surfaced
@@ -280,7 +281,6 @@ pub(crate) async fn confirmed(
         tracing::debug!(session = %session.short(), n = read.len(), via = via.as_str(), "messages reached the model");
         send_receipts(d, &read, true).await;
         crate::sessions::path_seen(d, &m, session, via).await;
-        d.bump_inbox();
     }
 }
 
@@ -330,13 +330,17 @@ pub(crate) async fn subscription(
     } else {
         None
     };
-    let mut gen_rx = d.inbox_gen.subscribe();
-    let mut changes = d.changes.subscribe();
+    let waker = d.waker(session);
     // Pushes not yet seen taken, with when they went out.
     let mut waiting: Vec<(MessageId, tokio::time::Instant)> = Vec::new();
+    // A full batch means more may wait: look again at once.
+    let mut more;
     loop {
-        gen_rx.borrow_and_update();
-        changes.borrow_and_update();
+        more = false;
+        // Armed before looking: what arrives while we look still wakes us.
+        let rung = waker.notified();
+        tokio::pin!(rung);
+        rung.as_mut().enable();
         let Some((open, status, channel, transcript)) = session_state(&m, session) else {
             let _ = tx.send(closed_note()).await;
             return;
@@ -367,6 +371,7 @@ pub(crate) async fn subscription(
             else {
                 return;
             };
+            more = batch.len() == PAGE as usize;
             let ids: Vec<MessageId> = batch.iter().map(|u| u.msg.id).collect();
             let Ok(claimed) = d
                 .store
@@ -422,14 +427,14 @@ pub(crate) async fn subscription(
                         "Claude Code did not take a channel push (channels are off for this session); hooks and check_messages carry its messages"
                     );
                 }
-                // The dropped messages are free for hooks and pulls now.
-                d.bump_inbox();
             }
+        }
+        if more {
+            continue;
         }
         let next_due = waiting.iter().map(|(_, t)| *t + limit).min();
         tokio::select! {
-            r = gen_rx.changed() => if r.is_err() { return },
-            r = changes.changed() => if r.is_err() { return },
+            _ = &mut rung => {}
             _ = async {
                 match next_due {
                     Some(t) => tokio::time::sleep_until(t).await,

@@ -332,8 +332,9 @@ pub(crate) async fn send_as(
     // From here the message is durable: whatever happens next, it will be sent.
     let local_count = local.len() as u32;
     if !local.is_empty() {
+        let targets: Vec<SessionId> = local.iter().map(|r| r.msg.session).collect();
         d.store.insert_inbox(local).await?;
-        d.bump_inbox();
+        d.arrived(&m, &targets, false);
     }
     let connected = m.link.connected();
     let wait = p.wait_ms.map(Duration::from_millis).unwrap_or(DEFAULT_WAIT);
@@ -395,7 +396,7 @@ async fn send_to_own_person(
         .record_local_sent(m.id, id, target.label.clone(), p.priority, now)
         .await?;
     d.store.insert_inbox(rows).await?;
-    d.bump_inbox();
+    d.arrived(m, &[m.keys.session], true);
     d.bump_changes();
     Ok(SendResult {
         id,

@@ -714,7 +714,8 @@ fn after_apply(
                 }
             }
             if !a.ops.is_empty() {
-                d.bump_inbox();
+                // Notices of lost races may have arrived for our sessions.
+                d.arrived(m, &[], true);
                 d.bump_changes();
             }
             if !a.state.is_empty() && d.state_events.receiver_count() > 0 {
