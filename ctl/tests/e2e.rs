@@ -873,7 +873,7 @@ fn a_backlog_of_1100_is_all_pushed_and_all_marked_read() {
             .unwrap();
         let session = open.sessions[0].session;
         let mut sub = Client::connect(&bob_sock).await.unwrap();
-        let _: serde_json::Value = sub
+        let _: Value = sub
             .call(
                 m::SUBSCRIBE,
                 m::SubscribeParams {
@@ -913,7 +913,7 @@ fn a_backlog_of_1100_is_all_pushed_and_all_marked_read() {
                 assert!(ids.insert(msg.id), "pushed twice: {}", msg.body);
             }
         }
-        let _: serde_json::Value = c
+        let _: Value = c
             .call(
                 m::MARK_READ,
                 m::MarkReadParams {
