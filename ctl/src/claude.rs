@@ -34,6 +34,7 @@ pub(crate) async fn hook(event: &str) {
                     transcript: text("transcript_path"),
                     cwd: text("cwd"),
                     prompt: text("prompt"),
+                    reason: text("reason"),
                     process: claudemesh_mcp_shim::claude::process_key(),
                     name: env("CLAUDEMESH_DISPLAY_NAME"),
                     mesh: env("CLAUDEMESH_MESH"),

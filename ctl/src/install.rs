@@ -16,6 +16,7 @@ pub(crate) const HOOKS: &[(&str, &str)] = &[
     ("PostToolUse", "post-tool-use"),
     ("Stop", "stop"),
     ("SessionStart", "session-start"),
+    ("SessionEnd", "session-end"),
 ];
 
 const SKILL: &str = include_str!("../assets/SKILL.md");

@@ -884,7 +884,9 @@ fn a_backlog_of_1100_is_all_pushed_and_all_marked_read() {
             .await
             .unwrap();
         nodes[0].wait("peer-online", Some("bob/reader"));
-        let mut a = Client::connect(&nodes[0].dir.join("daemon.sock")).await.unwrap();
+        let mut a = Client::connect(&nodes[0].dir.join("daemon.sock"))
+            .await
+            .unwrap();
         let to = session.to_string();
         for i in 0..1100 {
             let _: m::SendResult = a
@@ -934,6 +936,10 @@ fn a_backlog_of_1100_is_all_pushed_and_all_marked_read() {
             )
             .await
             .unwrap();
-        assert!(left.messages.is_empty(), "{} left unread", left.messages.len());
+        assert!(
+            left.messages.is_empty(),
+            "{} left unread",
+            left.messages.len()
+        );
     });
 }

@@ -202,10 +202,11 @@ impl Daemon {
                         transcript: r.transcript.map(std::path::PathBuf::from),
                         status_source: claudemesh_schema::ipc::methods::StatusSource::Jsonl,
                         status_at: now,
-                        active_at: now,
-                        // Stored sessions were announced before (or are closed).
-                        announced: true,
+                        // Not known to be active until it shows use again.
+                        active_at: 0,
+                        announced: r.announced,
                         pushes: false,
+                        pulling: 0,
                         channel: Default::default(),
                     },
                 )

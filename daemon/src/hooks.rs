@@ -8,6 +8,7 @@
 //! | `SessionStart`, `UserPromptSubmit` | `now` and `next` (a turn starts: the session takes them) |
 //! | `PostToolUse` | `now` only (mid-turn) |
 //! | `Stop` | `now` only, as the reason to keep going; not for a session whose channel delivers |
+//! | `SessionEnd` | nothing; the session goes offline (not for `/clear`) |
 //!
 //! `next` waits for the next turn: the channel starts one when the session turns idle, or
 //! the next prompt's hook shows it. (Holding the turn for `next` too would show it sooner
@@ -25,7 +26,7 @@ use claudemesh_schema::{MessageId, now_ms, render};
 use std::sync::Arc;
 
 use crate::context::Daemon;
-use crate::delivery::inbox::{PUSH_DEADLINE, ready, unread_where};
+use crate::delivery::inbox::{deadline_for, ready, unread_where};
 use crate::delivery::send::send_receipts;
 use crate::error::Error;
 use crate::mesh::{Channel, lock};
@@ -47,6 +48,13 @@ pub(crate) async fn hook(d: &Arc<Daemon>, p: HookParams) -> Result<HookResult, E
         (None, Some(pr)) => format!("process:{pr}"),
         (None, None) => return Ok(HookResult::default()),
     };
+    if p.event == HookEvent::SessionEnd {
+        // `/clear` ends a conversation, not the session: the process (the peer) goes on.
+        if p.reason.as_deref() != Some("clear") {
+            crate::sessions::end(d, &key, p.process.as_deref()).await?;
+        }
+        return Ok(HookResult::default());
+    }
     let opened = crate::sessions::open(
         d,
         SessionOpenParams {
@@ -68,7 +76,7 @@ pub(crate) async fn hook(d: &Arc<Daemon>, p: HookParams) -> Result<HookResult, E
     .await?;
     let status = match p.event {
         HookEvent::UserPromptSubmit | HookEvent::PostToolUse => PeerStatus::Working,
-        HookEvent::SessionStart | HookEvent::Stop => PeerStatus::Idle,
+        HookEvent::SessionStart | HookEvent::Stop | HookEvent::SessionEnd => PeerStatus::Idle,
     };
     let mut shown = Vec::new();
     let mut first = None;
@@ -132,13 +140,15 @@ pub(crate) async fn hook(d: &Arc<Daemon>, p: HookParams) -> Result<HookResult, E
         };
         let now = now_ms();
         let event = p.event;
+        let deadline = deadline_for(&m, s.session);
         let take = unread_where(d, &who, MAX_SHOWN, |u| {
-            ready(u, now, PUSH_DEADLINE)
+            ready(u, now, deadline)
                 && match event {
                     HookEvent::PostToolUse | HookEvent::Stop => u.msg.priority == Priority::Now,
                     HookEvent::SessionStart | HookEvent::UserPromptSubmit => {
                         u.msg.priority != Priority::Low
                     }
+                    HookEvent::SessionEnd => false,
                 }
         })
         .await?;
@@ -147,7 +157,7 @@ pub(crate) async fn hook(d: &Arc<Daemon>, p: HookParams) -> Result<HookResult, E
         }
         // Claim them: a push racing this hook for one message leaves it to one of them.
         let ids: Vec<MessageId> = take.iter().map(|u| u.msg.id).collect();
-        let stale = now - PUSH_DEADLINE.as_millis() as i64;
+        let stale = now - deadline.as_millis() as i64;
         let ids = d
             .store
             .claim_shown(s.session, member_rows, ids, now, "hooks", stale)
@@ -163,7 +173,7 @@ pub(crate) async fn hook(d: &Arc<Daemon>, p: HookParams) -> Result<HookResult, E
             // No transcript to confirm it by: the hook's answer is the best evidence.
             let read = d
                 .store
-                .mark_read(s.session, member_rows, ids, now, "hooks", true)
+                .mark_read(s.session, member_rows, ids, now, "hooks", true, false)
                 .await?;
             send_receipts(d, &read, true).await;
         }

@@ -214,6 +214,8 @@ pub(crate) struct LocalSession {
     pub(crate) announced: bool,
     /// A subscription asked for channel pushes.
     pub(crate) pushes: bool,
+    /// Pulls (`check_messages`, `wait_for_message`) waiting now: no push competes with them.
+    pub(crate) pulling: u32,
     pub(crate) channel: Channel,
 }
 

@@ -165,6 +165,7 @@ pub(crate) async fn open(
                     active_at: now,
                     announced: false,
                     pushes: false,
+                    pulling: 0,
                     channel: Channel::Untried,
                 };
                 let row = row_of(m.id, sid, &l);
@@ -179,12 +180,22 @@ pub(crate) async fn open(
             if let Some(l) = lock(&m.sessions).get_mut(&sid) {
                 l.channel = Channel::Untried;
             }
+            d.wake([sid]);
         }
-        if new_transcript && let Some(t) = &transcript {
+        // Follow its transcript: a new one, or again after a reopen (a closed session's
+        // transcript is let go of a little after it ends).
+        let follow = if new_transcript || reopened || new_process {
+            lock(&m.sessions)
+                .get(&sid)
+                .and_then(|l| l.transcript.clone())
+        } else {
+            None
+        };
+        if let Some(t) = follow {
             let _ = d.transcripts.send(TranscriptCmd::Follow {
                 mesh: m.id,
                 session: sid,
-                path: t.clone(),
+                path: t,
             });
         }
         if !announced {
@@ -219,6 +230,7 @@ fn row_of(mesh: MeshId, session: SessionId, l: &LocalSession) -> SessionRow {
         process: l.process.clone(),
         held: l.held,
         transcript: l.transcript.as_ref().map(|t| t.display().to_string()),
+        announced: l.announced,
     }
 }
 
@@ -268,14 +280,15 @@ fn settle_then_announce(d: &Arc<Daemon>, m: &Arc<MeshCtx>, sid: SessionId) {
 
 /// Send the session's presence for the first time (no-op once announced or closed).
 pub(crate) async fn announce(d: &Daemon, m: &MeshCtx, sid: SessionId) {
-    let go = match lock(&m.sessions).get_mut(&sid) {
+    let row = match lock(&m.sessions).get_mut(&sid) {
         Some(l) if l.open && !l.announced => {
             l.announced = true;
-            true
+            Some(row_of(m.id, sid, l))
         }
-        _ => false,
+        _ => None,
     };
-    if go {
+    if let Some(row) = row {
+        let _ = d.store.open_session(row, now_ms()).await;
         let _ = m.link.tx.send(LinkCmd::Publish(Some(sid))).await;
         d.bump_changes();
     }
@@ -323,6 +336,33 @@ pub(crate) async fn path_seen(d: &Daemon, m: &MeshCtx, sid: SessionId, path: Del
     }
 }
 
+/// A pull waits on `sid` (see [`pulling`]); dropping it lets pushes go on.
+#[derive(Debug)]
+pub(crate) struct Pulling {
+    d: Arc<Daemon>,
+    m: Arc<MeshCtx>,
+    sid: SessionId,
+}
+
+/// Mark a pull as waiting on `sid` for as long as the guard lives.
+pub(crate) fn pulling(d: &Arc<Daemon>, m: &Arc<MeshCtx>, sid: SessionId) -> Option<Pulling> {
+    lock(&m.sessions).get_mut(&sid)?.pulling += 1;
+    Some(Pulling {
+        d: d.clone(),
+        m: m.clone(),
+        sid,
+    })
+}
+
+impl Drop for Pulling {
+    fn drop(&mut self) {
+        if let Some(l) = lock(&self.m.sessions).get_mut(&self.sid) {
+            l.pulling = l.pulling.saturating_sub(1);
+        }
+        self.d.wake([self.sid]);
+    }
+}
+
 /// A subscription holds the session (see the module doc); dropping the guard lets go.
 #[derive(Debug)]
 pub(crate) struct Hold {
@@ -361,6 +401,32 @@ impl Drop for Hold {
     }
 }
 
+/// A `SessionEnd` hook: close the session `key` (or the open one of `process`) speaks
+/// for, in every mesh, unless a subscription still holds it (the MCP shim closes it
+/// itself as it exits). Nothing is opened for it.
+pub(crate) async fn end(d: &Arc<Daemon>, key: &str, process: Option<&str>) -> Result<(), Error> {
+    for m in d.meshes() {
+        let (derived, _) = derive_session(&m.keys, &m.id, key);
+        let sid = {
+            let sessions = lock(&m.sessions);
+            process
+                .and_then(|p| {
+                    sessions
+                        .iter()
+                        .find(|(_, l)| l.open && l.process.as_deref() == Some(p))
+                        .map(|(id, _)| *id)
+                })
+                .or_else(|| lock(&m.aliases).get(key).copied())
+                .unwrap_or(derived)
+        };
+        let held = lock(&m.sessions).get(&sid).is_some_and(|l| l.holds > 0);
+        if !held {
+            close_in(d, &m, sid).await?;
+        }
+    }
+    Ok(())
+}
+
 /// `session_close`.
 pub(crate) async fn close(d: &Arc<Daemon>, p: SessionCloseParams) -> Result<SessionInfo, Error> {
     for m in d.meshes() {
@@ -383,7 +449,7 @@ async fn close_in(
         match sessions.get_mut(&session) {
             Some(l) if l.open => {
                 l.open = false;
-                let r = (l.profile.name.clone(), l.announced);
+                let r = (l.profile.name.clone(), l.announced, l.transcript.is_some());
                 if !l.announced {
                     sessions.remove(&session);
                 }
@@ -392,14 +458,19 @@ async fn close_in(
             _ => None,
         }
     };
-    let Some((name, announced)) = closed else {
+    let Some((name, announced, transcript)) = closed else {
         return Ok(None);
     };
     let _ = d.transcripts.send(TranscriptCmd::Forget {
         mesh: m.id,
         session,
     });
-    // Its subscriptions see it closed; the person's messages go to another session.
+    // What it was handed and never confirmed may be shown elsewhere (a message to the
+    // person) or when it comes back. With a transcript, that waits until the watcher has
+    // read its last lines (which may still confirm them); see `released`.
+    if !transcript {
+        let _ = d.store.forget_shown(session).await;
+    }
     d.wake([session]);
     d.arrived(m, &[], true);
     let now = now_ms();
@@ -505,6 +576,7 @@ pub(crate) async fn transcript_status(
 ) {
     let Some(m) = d.mesh(&mesh) else { return };
     let now = now_ms();
+    let before = m.designated();
     let changed = match lock(&m.sessions).get_mut(&sid) {
         Some(l) if l.open => {
             l.active_at = now;
@@ -528,10 +600,24 @@ pub(crate) async fn transcript_status(
         }
         _ => false,
     };
+    if m.designated() != before {
+        d.arrived(&m, &[], true);
+    }
     if changed {
         d.wake([sid]);
         let _ = m.link.tx.send(LinkCmd::Publish(Some(sid))).await;
         d.bump_changes();
+    }
+}
+
+/// The transcript watcher let go of a closed session's transcript: what the session was
+/// handed and its transcript never confirmed is free for other paths and sessions.
+pub(crate) async fn released(d: &Arc<Daemon>, mesh: MeshId, sid: SessionId) {
+    let Some(m) = d.mesh(&mesh) else { return };
+    let closed = lock(&m.sessions).get(&sid).is_none_or(|l| !l.open);
+    if closed {
+        let _ = d.store.forget_shown(sid).await;
+        d.arrived(&m, &[], true);
     }
 }
 

@@ -28,10 +28,31 @@ fn cmdline(pid: u32) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The nearest ancestor that is Claude Code (hooks run under `sh`), else the parent:
-/// `(pid, start time)`.
+/// Does process `pid`'s environment (as it started) hold `key=value`? `None` if unreadable.
+fn environ_has(pid: u32, key: &str, value: &str) -> Option<bool> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let want = format!("{key}={value}");
+    Some(env.split(|b| *b == 0).any(|kv| kv == want.as_bytes()))
+}
+
+/// The Claude Code process this one runs under: `(pid, start time)`. Claude Code hands its
+/// session id to what it spawns, not to itself, so walking up past every ancestor that
+/// carries our `CLAUDE_CODE_SESSION_ID` (the shell a hook runs in, say) ends at Claude
+/// Code, whatever its process is called. Without the id: the nearest ancestor named like
+/// Claude Code, else the parent.
 fn claude_or_parent() -> Option<(u32, u64)> {
     let (_, parent, _) = proc_stat(std::process::id())?;
+    if let Some(id) = session_id() {
+        let mut pid = parent;
+        for _ in 0..16 {
+            let (_, ppid, start) = proc_stat(pid)?;
+            match environ_has(pid, "CLAUDE_CODE_SESSION_ID", &id) {
+                Some(true) if ppid > 1 => pid = ppid,
+                Some(false) => return Some((pid, start)),
+                _ => break,
+            }
+        }
+    }
     let mut pid = parent;
     for _ in 0..8 {
         let (comm, ppid, start) = proc_stat(pid)?;

@@ -83,6 +83,7 @@ fn configure(conn: &Connection, durability: Durability) -> rusqlite::Result<()> 
     )?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(Duration::from_secs(5))?;
+    conn.set_prepared_statement_cache_capacity(128);
     Ok(())
 }
 
@@ -114,6 +115,8 @@ pub fn open_reader(path: &Path) -> Result<Connection, SqliteError> {
     )
     .map_err(err)?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+    // Every query of a hot path stays prepared (the default keeps 16).
+    conn.set_prepared_statement_cache_capacity(128);
     Ok(conn)
 }
 

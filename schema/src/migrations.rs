@@ -12,6 +12,7 @@ pub const DAEMON: &[&str] = &[
     include_str!("../sql/daemon/0005_grants.sql"),
     include_str!("../sql/daemon/0006_own_reminders.sql"),
     include_str!("../sql/daemon/0007_confirmed_delivery.sql"),
+    include_str!("../sql/daemon/0008_pending_index.sql"),
 ];
 
 /// Relay store migrations (`relay.db`).

@@ -46,6 +46,15 @@ pub(crate) fn push_allowed(priority: Priority, status: PeerStatus) -> bool {
     }
 }
 
+/// How long a message handed to `session` may wait for evidence before another path
+/// may show it.
+pub(crate) fn deadline_for(m: &MeshCtx, session: SessionId) -> Duration {
+    match lock(&m.sessions).get(&session).map(|l| l.channel) {
+        Some(Channel::Works) => PUSH_DEADLINE_WORKING,
+        _ => PUSH_DEADLINE,
+    }
+}
+
 /// Is `u` free to be shown now (not waiting in Claude Code, not just handed to a path)?
 pub(crate) fn ready(u: &Unread, now: i64, deadline: Duration) -> bool {
     u.accepted_at.is_none()
@@ -140,10 +149,19 @@ pub(crate) async fn read(d: &Arc<Daemon>, p: InboxParams) -> Result<InboxResult,
             r.mesh = mesh;
         }
     }
-    if let Some((Some(m), s, _)) = readers.first() {
-        crate::sessions::touch(d, m, *s).await;
-        crate::sessions::path_seen(d, m, *s, DeliveryPath::Pull).await;
-    }
+    // A hosted session pulling: what Claude Code already holds (a push it queued) or was
+    // handed a moment ago is not returned again, and no push competes while it waits.
+    let hosted = readers
+        .first()
+        .and_then(|(m, s, _)| m.clone().map(|m| (m, *s)));
+    let _pulling = match &hosted {
+        Some((m, s)) => {
+            crate::sessions::touch(d, m, *s).await;
+            crate::sessions::path_seen(d, m, *s, DeliveryPath::Pull).await;
+            crate::sessions::pulling(d, m, *s)
+        }
+        None => None,
+    };
     let limit = p.limit.unwrap_or(100).clamp(1, 1000);
     let after = match p.after {
         Some(id) => d
@@ -163,22 +181,42 @@ pub(crate) async fn read(d: &Arc<Daemon>, p: InboxParams) -> Result<InboxResult,
             r.as_mut().enable();
         }
         let mut msgs = Vec::new();
+        let now = now_ms();
+        // The soonest a message handed to another path becomes free for this pull.
+        let mut free_at: Option<i64> = None;
         for (_, _, r) in &readers {
             let r = r.clone();
-            msgs.extend(
-                d.store
-                    .read(move |c| store::q_unread(c, &r, after, limit))
-                    .await?,
-            );
+            let mut page = d
+                .store
+                .read(move |c| store::q_unread(c, &r, after, limit))
+                .await?;
+            if hosted.is_some() {
+                for u in &page {
+                    if u.accepted_at.is_none()
+                        && let Some(t) = u.shown_at
+                    {
+                        let at = t + PUSH_DEADLINE.as_millis() as i64 + 1;
+                        free_at = Some(free_at.map_or(at, |f| f.min(at)));
+                    }
+                }
+                page.retain(|u| ready(u, now, PUSH_DEADLINE));
+            }
+            msgs.extend(page);
         }
         msgs.sort_by_key(|u| (u.msg.received_at, u.msg.id));
         msgs.truncate(limit as usize);
         if !msgs.is_empty() || tokio::time::Instant::now() >= deadline {
             break msgs;
         }
+        let wake_at = match free_at {
+            Some(at) if at > now => {
+                deadline.min(tokio::time::Instant::now() + Duration::from_millis((at - now) as u64))
+            }
+            _ => deadline,
+        };
         tokio::select! {
             _ = futures_util::future::select_all(rings) => {}
-            _ = tokio::time::sleep_until(deadline) => {}
+            _ = tokio::time::sleep_until(wake_at) => {}
             _ = d.shutdown.cancelled() => break msgs,
         }
     };
@@ -195,14 +233,25 @@ pub(crate) async fn read(d: &Arc<Daemon>, p: InboxParams) -> Result<InboxResult,
             if ids.is_empty() {
                 continue;
             }
+            // A hosted session claims them first: a push racing this pull shows each once.
+            let ids = if hosted.is_some() {
+                let stale = now - PUSH_DEADLINE.as_millis() as i64;
+                d.store
+                    .claim_shown(*s, r.member_rows, ids, now, "pull", stale)
+                    .await?
+            } else {
+                ids
+            };
             // Returned to the asker, so in its context: read and surfaced.
             read.extend(
                 d.store
-                    .mark_read(*s, r.member_rows, ids, now, "pull", true)
+                    .mark_read(*s, r.member_rows, ids, now, "pull", true, false)
                     .await?,
             );
         }
         send_receipts(d, &read, true).await;
+        let got: std::collections::HashSet<MessageId> = read.iter().map(|x| x.id).collect();
+        messages.retain(|x| got.contains(&x.id));
         for msg in &mut messages {
             if msg.surfaced_at.is_none() {
                 msg.surfaced_at = Some(now);
@@ -222,7 +271,15 @@ pub(crate) async fn mark_read(d: &Arc<Daemon>, p: m::MarkReadParams) -> Result<(
     };
     let read = d
         .store
-        .mark_read(p.session, r.member_rows, p.ids, now_ms(), "pull", false)
+        .mark_read(
+            p.session,
+            r.member_rows,
+            p.ids,
+            now_ms(),
+            "pull",
+            false,
+            false,
+        )
         .await?;
     send_receipts(d, &read, true).await;
     Ok(())
@@ -240,7 +297,7 @@ pub(crate) async fn accepted(
     let Some(m) = d.mesh(&mesh) else { return };
     if let Err(e) = d
         .store
-        .mark_accepted(session, Some(m.keys.session), ids, now_ms())
+        .mark_accepted(session, Some(m.keys.session), ids, now_ms(), via.as_str())
         .await
     {
         tracing::warn!(session = %session.short(), error = %e, "cannot record an accepted message");
@@ -268,6 +325,7 @@ pub(crate) async fn confirmed(
             now_ms(),
             via.as_str(),
             true,
+            true,
         )
         .await
     {
@@ -285,13 +343,23 @@ pub(crate) async fn confirmed(
 }
 
 /// The session's status and channel, as this daemon knows them.
-fn session_state(m: &MeshCtx, session: SessionId) -> Option<(bool, PeerStatus, Channel, bool)> {
+/// `(open, status, channel, has a transcript, a pull is waiting)`.
+fn session_state(
+    m: &MeshCtx,
+    session: SessionId,
+) -> Option<(bool, PeerStatus, Channel, bool, bool)> {
     if session == m.keys.session {
-        return Some((true, PeerStatus::Idle, Channel::Untried, false));
+        return Some((true, PeerStatus::Idle, Channel::Untried, false, false));
     }
-    lock(&m.sessions)
-        .get(&session)
-        .map(|l| (l.open, l.profile.status, l.channel, l.transcript.is_some()))
+    lock(&m.sessions).get(&session).map(|l| {
+        (
+            l.open,
+            l.profile.status,
+            l.channel,
+            l.transcript.is_some(),
+            l.pulling > 0,
+        )
+    })
 }
 
 fn closed_note() -> Notification {
@@ -341,7 +409,7 @@ pub(crate) async fn subscription(
         let rung = waker.notified();
         tokio::pin!(rung);
         rung.as_mut().enable();
-        let Some((open, status, channel, transcript)) = session_state(&m, session) else {
+        let Some((open, status, channel, transcript, pulling)) = session_state(&m, session) else {
             let _ = tx.send(closed_note()).await;
             return;
         };
@@ -354,7 +422,7 @@ pub(crate) async fn subscription(
         // (another MCP client that declared channel support) is pushed to as well, but
         // nothing can confirm what its model saw: those messages stay `delivered` until
         // it reads them.
-        let can_push = push && channel != Channel::Dropped;
+        let can_push = push && channel != Channel::Dropped && !pulling;
         let member_rows = (hosted && designated(&m, session)).then_some(m.keys.session);
         if can_push {
             let who = Reader {
@@ -362,12 +430,11 @@ pub(crate) async fn subscription(
                 member_rows,
                 mesh: Some(m.id),
             };
-            let Ok(batch) = unread_where(&d, &who, PAGE as usize, |u| {
-                u.shown_at.is_none()
-                    && u.accepted_at.is_none()
-                    && push_allowed(u.msg.priority, status)
-            })
-            .await
+            let next_too = push_allowed(Priority::Next, status);
+            let Ok(batch) = d
+                .store
+                .read(move |c| store::q_pushable(c, &who, next_too, PAGE))
+                .await
             else {
                 return;
             };

@@ -231,15 +231,38 @@ pub(crate) async fn send_as(
         d.select_many(p.mesh.as_deref())?
     };
     let mut found: Vec<(Arc<MeshCtx>, Target)> = Vec::new();
+    // A full session id needs no list: one row (or a session here) says who it is.
+    let exact: Option<SessionId> = to.parse().ok();
     for m in meshes {
         let id = m.id;
-        let peers = d.store.read(move |c| store::q_presence(c, id)).await?;
         let from = p.session.unwrap_or(m.keys.session);
         if let Some(s) = p.session
             && !m.is_local(&s)
         {
             continue;
         }
+        let peers = match exact {
+            Some(sid) if sid != from && lock(&m.sessions).get(&sid).is_some_and(|l| l.open) => {
+                found.push((
+                    m.clone(),
+                    Target {
+                        route: Route::Session { session: sid },
+                        key: None,
+                        names: vec![lock(&m.row).display_name.clone()],
+                        label: to.clone(),
+                        local_member: false,
+                    },
+                ));
+                continue;
+            }
+            Some(sid) => d
+                .store
+                .read(move |c| store::q_presence_of(c, id, sid))
+                .await?
+                .into_iter()
+                .collect(),
+            None => d.store.read(move |c| store::q_presence(c, id)).await?,
+        };
         if let Some(t) = resolve(d, &m, &peers, &to, from)? {
             found.push((m, t));
         }
@@ -278,6 +301,22 @@ pub(crate) async fn send_as(
     if target.local_member {
         return send_to_own_person(d, &m, id, session, from_name, from_label, &target, &p, kind)
             .await;
+    }
+    if let Route::Session { session: to } = target.route
+        && m.is_local(&to)
+    {
+        return send_to_local_session(
+            d,
+            &m,
+            id,
+            session,
+            (from_name, from_label),
+            to,
+            &target,
+            &p,
+            kind,
+        )
+        .await;
     }
     let payload = MessagePayload {
         id,
@@ -365,6 +404,48 @@ pub(crate) async fn send_as(
     })
 }
 
+/// A message to another session on this daemon: stored straight into its inbox (with the
+/// sender's record of it) in one transaction; nothing goes through the relay, and nothing
+/// needs sealing, since it never leaves this machine.
+#[allow(clippy::too_many_arguments)]
+async fn send_to_local_session(
+    d: &Arc<Daemon>,
+    m: &Arc<MeshCtx>,
+    id: MessageId,
+    session: SessionId,
+    (from_name, from_label): (String, String),
+    to: SessionId,
+    target: &Target,
+    p: &SendParams,
+    kind: &str,
+) -> Result<SendResult, Error> {
+    let now = now_ms();
+    let payload = MessagePayload {
+        id,
+        from_session: session,
+        from_name,
+        from_label,
+        to: target.label.clone(),
+        priority: p.priority,
+        sent_at: now,
+        kind: kind.into(),
+        body: p.body.clone(),
+    };
+    let rows = rows_for(m, &payload, &m.member(), vec![to], now, false);
+    d.store
+        .deliver_local(m.id, id, target.label.clone(), p.priority, now, rows)
+        .await?;
+    d.arrived(m, &[to], false);
+    d.bump_changes();
+    Ok(SendResult {
+        id,
+        mesh: m.id,
+        stage: Stage::Delivered,
+        recipients: target.names.clone(),
+        local: 1,
+    })
+}
+
 /// A message from one of our sessions to our own person: it goes to the person's inbox
 /// here (the relay never routes to the sender's own member).
 #[allow(clippy::too_many_arguments)]
@@ -393,9 +474,8 @@ async fn send_to_own_person(
     };
     let rows = rows_for(m, &payload, &m.member(), vec![m.keys.session], now, true);
     d.store
-        .record_local_sent(m.id, id, target.label.clone(), p.priority, now)
+        .deliver_local(m.id, id, target.label.clone(), p.priority, now, rows)
         .await?;
-    d.store.insert_inbox(rows).await?;
     d.arrived(m, &[m.keys.session], true);
     d.bump_changes();
     Ok(SendResult {

@@ -143,6 +143,56 @@ pub(crate) fn q_unread(
     Ok(out)
 }
 
+/// Messages of `who` waiting to be shown at all (not shown, not taken, unread), oldest
+/// first, of priority `now`, or `now` and `next` with `next_too`; at most `limit`.
+pub(crate) fn q_pushable(
+    conn: &Connection,
+    who: &Reader,
+    next_too: bool,
+    limit: u32,
+) -> Result<Vec<Unread>> {
+    // The conditions are spelled out rather than bound: SQLite re-plans a statement whose
+    // WHERE clause a bound value could simplify, and this one runs for every arrival.
+    let sql = |only_member: bool| {
+        format!(
+            "SELECT {COLUMNS} FROM inbox i LEFT JOIN meshes m ON m.id = i.mesh
+             WHERE i.session = ?1 AND i.read_at IS NULL AND i.shown_at IS NULL
+               AND i.accepted_at IS NULL{}{}
+             ORDER BY i.received_at, i.id LIMIT ?2",
+            if only_member {
+                " AND i.for_member = 1"
+            } else {
+                ""
+            },
+            if next_too {
+                " AND i.priority IN ('now', 'next')"
+            } else {
+                " AND i.priority = 'now'"
+            },
+        )
+    };
+    let mut out = Vec::new();
+    let mut scan = |session: &SessionId, only_member: bool| -> Result<()> {
+        let mut stmt = conn.prepare_cached(&sql(only_member))?;
+        let rows = stmt.query_map(params![session.as_bytes(), limit as i64], unread_row)?;
+        for r in rows {
+            out.push(r.map_err(unwrap_corrupt)?);
+        }
+        Ok(())
+    };
+    for s in &who.sessions {
+        scan(s, false)?;
+    }
+    if let Some(own) = who.member_rows
+        && !who.sessions.contains(&own)
+    {
+        scan(&own, true)?;
+    }
+    out.sort_by_key(|u| (u.msg.received_at, u.msg.id));
+    out.truncate(limit as usize);
+    Ok(out)
+}
+
 /// Whether each of `ids` (rows of `reader`, or the person's on `member_rows`) was taken by
 /// Claude Code (accepted) or read: `(id, accepted or read)`.
 pub(crate) fn q_taken(
@@ -199,8 +249,10 @@ impl Store {
     }
 
     /// Mark messages of `reader` (and of the person, with `member_rows`) read through
-    /// `via`; `surfaced` also records that they are in a model's context. Returns the rows
-    /// that changed (already read ones are left alone), for receipts.
+    /// `via`; `surfaced` also records that they are in a model's context; `confirm` counts
+    /// only messages handed to `reader` through `via` (evidence from a transcript). Returns
+    /// the rows that changed (already read ones are left alone), for receipts.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn mark_read(
         &self,
         reader: SessionId,
@@ -209,6 +261,7 @@ impl Store {
         at: i64,
         via: &'static str,
         surfaced: bool,
+        confirm: bool,
     ) -> Result<Vec<InboxMessage>> {
         let rows = self
             .write(move |tx| {
@@ -216,6 +269,7 @@ impl Store {
                     "UPDATE inbox SET read_at = ?4, read_via = ?5,
                         surfaced_at = CASE WHEN ?6 THEN coalesce(surfaced_at, ?4) ELSE surfaced_at END
                      WHERE id = ?3 AND read_at IS NULL AND {OWNED}
+                       AND (NOT ?7 OR (shown_to = ?1 AND shown_via = ?5))
                      RETURNING id, session"
                 );
                 let mut stmt = tx.prepare_cached(&sql)?;
@@ -223,7 +277,7 @@ impl Store {
                 let mut changed = Vec::new();
                 for id in ids {
                     let hit = stmt.query_map(
-                        params![reader.as_bytes(), own, id.as_bytes(), at, via, surfaced],
+                        params![reader.as_bytes(), own, id.as_bytes(), at, via, surfaced, confirm],
                         |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)),
                     )?;
                     for h in hit {
@@ -266,7 +320,7 @@ impl Store {
     ) -> Result<Vec<MessageId>> {
         self.write(move |tx| {
             let sql = format!(
-                "UPDATE inbox SET shown_at = ?4, shown_via = ?5
+                "UPDATE inbox SET shown_at = ?4, shown_via = ?5, shown_to = ?1
                  WHERE id = ?3 AND read_at IS NULL AND accepted_at IS NULL
                    AND (shown_at IS NULL OR shown_at < ?6) AND {OWNED}"
             );
@@ -291,38 +345,43 @@ impl Store {
         .await
     }
 
-    /// Record that Claude Code took pushed messages into its queue (they will reach the
-    /// model on its own schedule; no other path should show them meanwhile).
+    /// Record that Claude Code took messages it was handed through `via` into its queue or
+    /// its conversation (they reach the model on its schedule; no other path shows them
+    /// again). Only messages handed to `reader` by `via` count: text that merely looks like
+    /// ours (a peer's body, a file the model read) cannot claim another message.
     pub(crate) async fn mark_accepted(
         &self,
         reader: SessionId,
         member_rows: Option<SessionId>,
         ids: Vec<MessageId>,
         at: i64,
+        via: &'static str,
     ) -> Result<()> {
         self.write(move |tx| {
             let sql = format!(
-                "UPDATE inbox SET accepted_at = coalesce(accepted_at, ?4),
-                    shown_at = coalesce(shown_at, ?4), shown_via = coalesce(shown_via, 'channel')
-                 WHERE id = ?3 AND read_at IS NULL AND {OWNED}"
+                "UPDATE inbox SET accepted_at = coalesce(accepted_at, ?4)
+                 WHERE id = ?3 AND read_at IS NULL AND shown_to = ?1 AND shown_via = ?5
+                   AND {OWNED}"
             );
             let mut stmt = tx.prepare_cached(&sql)?;
             let own = member_rows.map(|s| s.as_bytes().to_vec());
             for id in ids {
-                stmt.execute(params![reader.as_bytes(), own, id.as_bytes(), at])?;
+                stmt.execute(params![reader.as_bytes(), own, id.as_bytes(), at, via])?;
             }
             Ok(())
         })
         .await
     }
 
-    /// A session's process changed (a resume): what it was shown but never confirmed is
-    /// gone with the old process, so it may be shown again.
+    /// What was handed to `session` and never confirmed is gone with its process (it
+    /// ended, or resumed in a new one): it may be shown again, there or (a message to the
+    /// person) in another of the person's sessions.
     pub(crate) async fn forget_shown(&self, session: SessionId) -> Result<()> {
         self.write(move |tx| {
             tx.execute(
-                "UPDATE inbox SET shown_at = NULL, shown_via = NULL, accepted_at = NULL
-                 WHERE session = ?1 AND read_at IS NULL",
+                "UPDATE inbox SET shown_at = NULL, shown_via = NULL, shown_to = NULL,
+                    accepted_at = NULL
+                 WHERE shown_to = ?1 AND read_at IS NULL",
                 params![session.as_bytes()],
             )
             .map(|_| ())
@@ -437,7 +496,10 @@ mod tests {
             seen.extend(page.into_iter().map(|u| u.msg.id));
         }
         assert_eq!(seen.len(), 1100);
-        let read = s.mark_read(me, None, seen, 1, "pull", false).await.unwrap();
+        let read = s
+            .mark_read(me, None, seen, 1, "pull", false, false)
+            .await
+            .unwrap();
         assert_eq!(read.len(), 1100);
         let left = s
             .read(move |c| q_unread(c, &Reader::session(me), None, 10))
@@ -469,13 +531,13 @@ mod tests {
         assert_eq!(got.len(), 1, "only the person's row, not the CLI's own");
         assert!(got[0].msg.for_member);
         let read = s
-            .mark_read(hosted, Some(own), vec![id], 5, "hooks", true)
+            .mark_read(hosted, Some(own), vec![id], 5, "hooks", true, false)
             .await
             .unwrap();
         assert_eq!(read.len(), 1);
         assert_eq!(read[0].surfaced_at, Some(5));
         let again = s
-            .mark_read(hosted, Some(own), vec![id], 6, "hooks", true)
+            .mark_read(hosted, Some(own), vec![id], 6, "hooks", true, false)
             .await
             .unwrap();
         assert!(again.is_empty(), "read once");

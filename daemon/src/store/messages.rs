@@ -60,29 +60,32 @@ impl Store {
         .await
     }
 
-    /// Record a message delivered here without the relay (to our own person).
-    pub(crate) async fn record_local_sent(
+    /// Deliver a message to sessions on this daemon without the relay: its `sent` row
+    /// (already delivered) and its inbox rows in one transaction.
+    pub(crate) async fn deliver_local(
         &self,
         mesh: MeshId,
         id: MessageId,
         to_label: String,
         priority: Priority,
         at: i64,
+        rows: Vec<super::InboxRow>,
     ) -> Result<()> {
         self.write(move |tx| {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT OR IGNORE INTO sent (id, mesh, to_label, priority, created_at, relayed_at,
                     delivered_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?5)",
-                params![
-                    id.as_bytes(),
-                    mesh.as_bytes(),
-                    to_label,
-                    priority.as_str(),
-                    at
-                ],
-            )
-            .map(|_| ())
+            )?
+            .execute(params![
+                id.as_bytes(),
+                mesh.as_bytes(),
+                to_label,
+                priority.as_str(),
+                at
+            ])?;
+            super::insert_inbox_rows(tx, rows)?;
+            Ok(())
         })
         .await
     }

@@ -27,6 +27,8 @@ pub(crate) struct SessionRow {
     pub held: bool,
     /// Its Claude Code transcript, when known.
     pub transcript: Option<String>,
+    /// Its presence was sent.
+    pub announced: bool,
 }
 
 impl Store {
@@ -37,13 +39,14 @@ impl Store {
         self.write(move |tx| {
             tx.execute(
                 "INSERT INTO sessions (mesh, session, client_key, profile, opened_at, claude_session,
-                    process, held, transcript)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                    process, held, transcript, announced)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                  ON CONFLICT (mesh, session) DO UPDATE SET
                     profile = excluded.profile, opened_at = excluded.opened_at, closed_at = NULL,
                     claude_session = coalesce(excluded.claude_session, claude_session),
                     process = excluded.process, held = excluded.held,
-                    transcript = coalesce(excluded.transcript, transcript)",
+                    transcript = coalesce(excluded.transcript, transcript),
+                    announced = excluded.announced",
                 params![
                     r.mesh.as_bytes(),
                     r.session.as_bytes(),
@@ -53,7 +56,8 @@ impl Store {
                     r.claude_session,
                     r.process,
                     r.held,
-                    r.transcript
+                    r.transcript,
+                    r.announced
                 ],
             )
             .map(|_| ())
@@ -100,7 +104,7 @@ impl Store {
 pub(crate) fn q_sessions(conn: &Connection) -> Result<Vec<SessionRow>> {
     let mut stmt = conn.prepare_cached(
         "SELECT mesh, session, client_key, profile, closed_at IS NULL, claude_session, process,
-            held, transcript FROM sessions",
+            held, transcript, announced FROM sessions",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok((
@@ -120,6 +124,7 @@ pub(crate) fn q_sessions(conn: &Connection) -> Result<Vec<SessionRow>> {
                 process: r.get(6)?,
                 held: r.get(7)?,
                 transcript: r.get(8)?,
+                announced: r.get(9)?,
             },
         ))
     })?;

@@ -27,7 +27,7 @@ const CHUNK: usize = 4 << 20;
 /// Longest line kept while waiting for its end.
 const MAX_LINE: usize = 16 << 20;
 /// How long a transcript is still read after its session ended.
-const LINGER: Duration = Duration::from_secs(5);
+const LINGER: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 struct Followed {
@@ -120,7 +120,15 @@ pub(crate) async fn run(d: Arc<Daemon>, mut rx: mpsc::UnboundedReceiver<Transcri
                     read_and_apply(&d, &mut files, &p).await;
                 }
                 let now = tokio::time::Instant::now();
+                let gone: Vec<(MeshId, SessionId)> = files
+                    .values()
+                    .filter(|f| f.until.is_some_and(|u| u <= now))
+                    .map(|f| (f.mesh, f.session))
+                    .collect();
                 files.retain(|_, f| f.until.is_none_or(|u| u > now));
+                for (mesh, session) in gone {
+                    crate::sessions::released(&d, mesh, session).await;
+                }
             }
         }
     }
@@ -170,19 +178,35 @@ async fn read_and_apply(d: &Arc<Daemon>, files: &mut HashMap<PathBuf, Followed>,
     }
 }
 
+#[cfg(unix)]
+fn open_nonblocking(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+}
+
+#[cfg(not(unix))]
+fn open_nonblocking(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::File::open(path)
+}
+
 /// Complete lines appended since the last read, and whether more is waiting.
 fn read_lines(path: &Path, f: &mut Followed) -> std::io::Result<(Vec<String>, bool)> {
     // Only a regular file: a FIFO or a device named by a client would block or never end.
-    if !std::fs::metadata(path)?.is_file() {
+    // Opened without blocking, then checked on the open file (no swap in between).
+    let mut file = open_nonblocking(path)?;
+    if !file.metadata()?.is_file() {
         return Err(std::io::Error::other("not a regular file"));
     }
-    let mut file = std::fs::File::open(path)?;
     let len = file.metadata()?.len();
     if len < f.offset {
-        // Rewritten from scratch: start over.
+        // Rewritten from scratch: start over, reading what is there as history.
         f.offset = 0;
         f.partial.clear();
         f.tracker = Tracker::default();
+        f.caught_up = false;
     }
     if len == f.offset {
         return Ok((Vec::new(), false));

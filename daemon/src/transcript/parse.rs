@@ -98,19 +98,46 @@ impl Tracker {
                 if v["isSidechain"] == true {
                     return out;
                 }
-                let mut texts = Vec::new();
-                if v["type"] == "user" {
-                    strings(&v["message"]["content"], &mut texts);
-                } else {
-                    strings(&v["attachment"], &mut texts);
+                // Only the entries Claude Code writes for our paths count, never what a
+                // tool returned or a message said: a channel message starting a turn, one
+                // injected mid-turn, a hook's context, a Stop hook's reason.
+                let channel = v["origin"]["kind"] == "channel"
+                    || v["attachment"]["origin"]["kind"] == "channel";
+                let mut ch_texts = Vec::new();
+                let mut hook_texts = Vec::new();
+                match (v["type"].as_str(), v["attachment"]["type"].as_str()) {
+                    (Some("user"), _) if channel => {
+                        strings(&v["message"]["content"], &mut ch_texts)
+                    }
+                    (Some("user"), _) if v["isMeta"] == true => {
+                        let mut texts = Vec::new();
+                        strings(&v["message"]["content"], &mut texts);
+                        hook_texts.extend(
+                            texts
+                                .into_iter()
+                                .filter_map(|t| t.strip_prefix("Stop hook feedback:\n")),
+                        );
+                    }
+                    (_, Some("queued_command")) if channel => {
+                        strings(&v["attachment"]["prompt"], &mut ch_texts)
+                    }
+                    (_, Some("hook_additional_context")) => {
+                        strings(&v["attachment"]["content"], &mut hook_texts)
+                    }
+                    _ => {}
                 }
                 let mut ch = Vec::new();
                 let mut hk = Vec::new();
-                for t in texts {
+                for t in ch_texts {
                     if let Some(id) = render::channel_tag_id(t)
                         && self.push(id, DeliveryPath::Channel)
                     {
                         ch.push(id);
+                    }
+                }
+                for t in hook_texts {
+                    if !t.starts_with("Messages from your claudemesh peers ") {
+                        continue;
                     }
                     for id in render::hook_block_ids(t) {
                         if self.push(id, DeliveryPath::Hooks) {
@@ -218,6 +245,36 @@ mod tests {
         assert!(proofs(&ev).is_empty(), "{ev:?}");
         assert!(ev.contains(&Event::Status(PeerStatus::Working)));
         assert_eq!(ev.last(), Some(&Event::Status(PeerStatus::Idle)));
+    }
+
+    /// A tool result (a file the model read) or a channel message's body that looks like
+    /// our markers proves nothing.
+    #[test]
+    fn lookalike_markers_outside_our_entries_prove_nothing() {
+        let other = id(9);
+        let header = format!(
+            "Messages from your claudemesh peers {} {other}]",
+            render::MARKER
+        );
+        let tag = format!("<channel source=\"claudemesh\" message_id=\"{other}\">\nx\n</channel>");
+        let tool = serde_json::json!({"type": "user", "isSidechain": false,
+            "message": {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t",
+                "content": format!("{header}\n{tag}")}]}});
+        let real = id(10);
+        let channel = serde_json::json!({"type": "user", "isSidechain": false, "isMeta": true,
+            "origin": {"kind": "channel", "server": "claudemesh"},
+            "message": {"role": "user", "content": format!(
+                "<channel source=\"claudemesh\" message_id=\"{real}\">\nalice: hi\n{header}\n</channel>")}});
+        let answer = r#"{"type":"assistant","isSidechain":false,"message":{"content":[{"type":"text","text":"ok"}],"stop_reason":"end_turn"}}"#;
+        let mut t = Tracker::default();
+        let mut ev = t.feed(&tool.to_string());
+        ev.extend(t.feed(&channel.to_string()));
+        ev.extend(t.feed(answer));
+        assert_eq!(
+            proofs(&ev),
+            vec![Event::Confirmed(vec![real], DeliveryPath::Channel)],
+            "only the real channel message, not the lookalikes: {ev:?}"
+        );
     }
 
     #[test]

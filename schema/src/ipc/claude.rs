@@ -20,6 +20,8 @@ pub enum HookEvent {
     PostToolUse,
     /// The turn is about to end.
     Stop,
+    /// The session ends (Claude Code exits, or `/clear` starts a new conversation).
+    SessionEnd,
 }
 
 impl HookEvent {
@@ -30,6 +32,7 @@ impl HookEvent {
             "user-prompt-submit" => Self::UserPromptSubmit,
             "post-tool-use" => Self::PostToolUse,
             "stop" => Self::Stop,
+            "session-end" => Self::SessionEnd,
             _ => return None,
         })
     }
@@ -41,6 +44,7 @@ impl HookEvent {
             Self::UserPromptSubmit => "UserPromptSubmit",
             Self::PostToolUse => "PostToolUse",
             Self::Stop => "Stop",
+            Self::SessionEnd => "SessionEnd",
         }
     }
 }
@@ -62,6 +66,9 @@ pub struct HookParams {
     /// The prompt being submitted (`UserPromptSubmit`).
     #[serde(default)]
     pub prompt: Option<String>,
+    /// Why the session ends (`SessionEnd`: `clear`, `logout`, `prompt_input_exit`, …).
+    #[serde(default)]
+    pub reason: Option<String>,
     /// The Claude Code process, `<pid>-<start time>`.
     #[serde(default)]
     pub process: Option<String>,

@@ -2,7 +2,7 @@
 //!
 //! ```sh
 //! cargo build --release --workspace
-//! target/release/bench all          # or: ipc | peers | dm | throughput | idle | load | mcp | state | claude
+//! target/release/bench all          # or: ipc | peers | dm | throughput | idle | load | mcp | state | claude | sessions
 //! ```
 //!
 //! Daemons and relays are real processes of `target/release/claudemesh` (found next to this
@@ -893,6 +893,9 @@ fn main() {
         if all || what == "claude" {
             claude_code(&bin).await;
         }
+        if all || what == "sessions" {
+            sessions(&bin).await;
+        }
     });
 }
 
@@ -1039,4 +1042,328 @@ async fn claude_code(bin: &Path) {
         v.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     report("`claudemesh hook user-prompt-submit` (process)", "ms", v);
+}
+
+/// A hosted session as the MCP shim holds it: opened with `session_open`, then a
+/// `subscribe` connection whose pushes a task forwards as `(session, body, when)`.
+struct Hosted {
+    id: SessionId,
+    task: tokio::task::JoinHandle<()>,
+}
+
+type Pushes = tokio::sync::mpsc::UnboundedSender<(SessionId, String, Instant)>;
+
+async fn open_hosted(sock: &Path, key: &str, name: &str, pushes: Pushes) -> Hosted {
+    let mut c = Client::connect(sock).await.unwrap();
+    let open: m::SessionOpenResult = c
+        .call(
+            m::SESSION_OPEN,
+            m::SessionOpenParams {
+                client_key: key.into(),
+                name: Some(name.into()),
+                kind: Some("claude".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let id = open.sessions[0].session;
+    let mut sub = Client::connect(sock).await.unwrap();
+    let _: serde_json::Value = sub
+        .call(
+            m::SUBSCRIBE,
+            m::SubscribeParams {
+                session: id,
+                push: true,
+            },
+        )
+        .await
+        .unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok(n) = sub.notification().await {
+            if n.method == m::NOTIFY_MESSAGE
+                && let Ok(msg) = serde_json::from_value::<m::InboxMessage>(n.params)
+            {
+                let _ = pushes.send((id, msg.body, Instant::now()));
+            }
+        }
+    });
+    Hosted { id, task }
+}
+
+fn threads(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("Threads:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn send_from(c: &mut Client, from: SessionId, to: &str, body: String) -> m::SendResult {
+    c.call(
+        m::SEND,
+        m::SendParams {
+            to: to.into(),
+            body,
+            priority: claudemesh_schema::message::Priority::Now,
+            mesh: None,
+            session: Some(from),
+            wait_ms: Some(0),
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Sessions the way users run them: many hosted sessions on one daemon (opened as the
+/// shim opens them), messages between them, and across two daemons.
+async fn sessions(bin: &Path) {
+    let root = tempfile::tempdir().unwrap();
+    let (relay, mut nodes) = mesh(bin, root.path(), &["alice", "bob"], &[]);
+    let bob_sock = nodes[1].dir.join("daemon.sock");
+    let alice_sock = nodes[0].dir.join("daemon.sock");
+    let (push_tx, mut push_rx) = tokio::sync::mpsc::unbounded_channel();
+
+    // Connect 100 sessions.
+    let mut hosted = Vec::new();
+    let mut per = Vec::new();
+    let t_all = Instant::now();
+    for i in 0..100 {
+        let t = Instant::now();
+        hosted.push(
+            open_hosted(
+                &bob_sock,
+                &format!("bench-{i}"),
+                &format!("s{i}"),
+                push_tx.clone(),
+            )
+            .await,
+        );
+        per.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let total = t_all.elapsed();
+    report("open + subscribe one session (of 100)", "ms", per);
+    println!("connect 100 sessions: {:.0} ms", total.as_secs_f64() * 1e3);
+    // They become visible to other daemons once announced (a second after they open).
+    let mut a = Client::connect(&alice_sock).await.unwrap();
+    loop {
+        let r: m::PeersResult = a.call(m::PEERS, m::PeersParams::default()).await.unwrap();
+        let seen = r.meshes[0]
+            .peers
+            .iter()
+            .filter(|p| p.member_name == "bob" && p.kind == "claude" && p.online)
+            .count();
+        if seen == 100 {
+            break;
+        }
+        assert!(
+            t_all.elapsed() < Duration::from_secs(60),
+            "only {seen} of 100 visible"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    println!(
+        "100 sessions visible at the other daemon: {:.0} ms after the first opened",
+        t_all.elapsed().as_secs_f64() * 1e3
+    );
+
+    let mut b = Client::connect(&bob_sock).await.unwrap();
+    // 1:1 on one daemon.
+    let (s0, s1) = (hosted[0].id, hosted[1].id);
+    let to1 = s1.to_string();
+    let mut v = Vec::new();
+    for i in 0..1100 {
+        let t = Instant::now();
+        send_from(&mut b, s0, &to1, format!("one {i}")).await;
+        loop {
+            let (to, body, at) = push_rx.recv().await.unwrap();
+            if to == s1 && body == format!("one {i}") {
+                if i >= 100 {
+                    v.push((at - t).as_secs_f64() * 1e3);
+                }
+                break;
+            }
+        }
+    }
+    report("1:1 session -> session, one daemon", "ms", v);
+    // 1:1 across daemons (alice's CLI -> bob's session s1).
+    let mut v = Vec::new();
+    for i in 0..1100 {
+        let t = Instant::now();
+        let _: m::SendResult = a
+            .call(
+                m::SEND,
+                m::SendParams {
+                    to: to1.clone(),
+                    body: format!("two {i}"),
+                    priority: claudemesh_schema::message::Priority::Now,
+                    mesh: None,
+                    session: None,
+                    wait_ms: Some(0),
+                },
+            )
+            .await
+            .unwrap();
+        loop {
+            let (to, body, at) = push_rx.recv().await.unwrap();
+            if to == s1 && body == format!("two {i}") {
+                if i >= 100 {
+                    v.push((at - t).as_secs_f64() * 1e3);
+                }
+                break;
+            }
+        }
+    }
+    report("1:1 daemon A -> relay -> session on B", "ms", v);
+
+    // Throughput: 4 senders x 5,000, unpaced, to 4 receivers, one daemon. Each sender
+    // keeps 16 sends in flight (over 16 connections, as a shim opens one per call); each
+    // send is still acknowledged only once durable.
+    let n_each = 5000usize;
+    let lanes = 16usize;
+    let t = Instant::now();
+    let mut senders = Vec::new();
+    for k in 0..4 {
+        for lane in 0..lanes {
+            let (from, to) = (hosted[10 + k].id, hosted[20 + k].id.to_string());
+            let sock = bob_sock.clone();
+            senders.push(tokio::spawn(async move {
+                let mut c = Client::connect(&sock).await.unwrap();
+                for i in (lane..n_each).step_by(lanes) {
+                    send_from(&mut c, from, &to, format!("tp {k} {i}")).await;
+                }
+            }));
+        }
+    }
+    let mut got = std::collections::HashSet::new();
+    let mut dups = 0usize;
+    while got.len() < 4 * n_each {
+        match tokio::time::timeout(Duration::from_secs(60), push_rx.recv()).await {
+            Ok(Some((_, body, _))) => {
+                if body.starts_with("tp ") && !got.insert(body) {
+                    dups += 1;
+                }
+            }
+            _ => break,
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    for s in senders {
+        s.await.unwrap();
+    }
+    println!(
+        "throughput 4 senders x {n_each} unpaced ({lanes} in flight each), one daemon: {} of {} delivered, {:.0} msg/s, {dups} duplicates, daemon threads {}",
+        got.len(),
+        4 * n_each,
+        got.len() as f64 / secs,
+        threads(nodes[1].pid())
+    );
+
+    // 100 sessions x 1,000 messages, each session sending to the next at 100 msg/s.
+    let per_session = 1000usize;
+    let epoch = Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..100 {
+        let (from, to) = (hosted[k].id, hosted[(k + 1) % 100].id.to_string());
+        let sock = bob_sock.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(&sock).await.unwrap();
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            for i in 0..per_session {
+                tick.tick().await;
+                let ns = epoch.elapsed().as_nanos();
+                send_from(&mut c, from, &to, format!("load {k} {i} {ns}")).await;
+            }
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let (mut peak_d, mut peak_r, mut peak_t) = (0u64, 0u64, 0u64);
+    let mut last_sample = Instant::now();
+    while seen.len() < 100 * per_session {
+        match tokio::time::timeout(Duration::from_secs(60), push_rx.recv()).await {
+            Ok(Some((_, body, at))) => {
+                if let Some(rest) = body.strip_prefix("load ") {
+                    let ns: u128 = rest.rsplit(' ').next().unwrap().parse().unwrap();
+                    if seen.insert(rest.to_string()) {
+                        lat.push(((at - epoch).as_nanos() - ns) as f64 / 1e6);
+                    }
+                }
+            }
+            _ => break,
+        }
+        if last_sample.elapsed() > Duration::from_millis(200) {
+            last_sample = Instant::now();
+            peak_d = peak_d.max(rss_kb(nodes[1].pid()));
+            peak_r = peak_r.max(rss_kb(relay.pid()));
+            peak_t = peak_t.max(threads(nodes[1].pid()));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    println!(
+        "100 x {per_session} (100 msg/s each): {} of {} delivered; daemon peak RSS {} MB, relay {} MB, daemon threads {}",
+        seen.len(),
+        100 * per_session,
+        peak_d / 1024,
+        peak_r / 1024,
+        peak_t
+    );
+    report("  latency send -> pushed", "ms", lat);
+
+    // Durability across a daemon restart: what `send` acknowledged arrives once.
+    let to = hosted[1].id.to_string();
+    let mut ids = Vec::new();
+    for i in 0..500 {
+        let r: m::SendResult = a
+            .call(
+                m::SEND,
+                m::SendParams {
+                    to: to.clone(),
+                    body: format!("durable {i}"),
+                    priority: Default::default(),
+                    mesh: None,
+                    session: None,
+                    wait_ms: Some(0),
+                },
+            )
+            .await
+            .unwrap();
+        ids.push(r.id);
+        if i == 250 {
+            nodes[1].kill();
+            nodes[1].start();
+        }
+    }
+    for h in &hosted {
+        h.task.abort();
+    }
+    let mut b = Client::connect(&bob_sock).await.unwrap();
+    let mut bodies = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while bodies.len() < 500 && Instant::now() < deadline {
+        let r: m::InboxResult = b
+            .call(
+                m::INBOX,
+                m::InboxParams {
+                    session: Some(hosted[1].id),
+                    wait_ms: Some(2000),
+                    limit: Some(1000),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        for msg in r.messages {
+            if msg.body.starts_with("durable ") {
+                assert!(bodies.insert(msg.body.clone()), "duplicate {}", msg.body);
+            }
+        }
+    }
+    println!(
+        "durability: {} of 500 acknowledged sends arrived once across a kill -9 of the receiving daemon",
+        bodies.len()
+    );
 }
