@@ -61,7 +61,7 @@ fn without_channel_support_messages_wait_to_be_pulled() {
 /// protocol conformance is the Python client's job above.
 struct Shim {
     child: std::process::Child,
-    stdin: std::process::ChildStdin,
+    stdin: Option<std::process::ChildStdin>,
     out: std::io::BufReader<std::process::ChildStdout>,
     next: u64,
 }
@@ -94,7 +94,7 @@ impl Shim {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let stdin = child.stdin.take().unwrap();
+        let stdin = child.stdin.take();
         let out = std::io::BufReader::new(child.stdout.take().unwrap());
         let mut s = Self {
             child,
@@ -109,7 +109,7 @@ impl Shim {
 
     fn send(&mut self, v: serde_json::Value) {
         use std::io::Write as _;
-        writeln!(self.stdin, "{v}").unwrap();
+        writeln!(self.stdin.as_mut().unwrap(), "{v}").unwrap();
     }
 
     fn request(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
@@ -139,6 +139,14 @@ impl Shim {
         let text = res["content"][0]["text"].as_str().unwrap_or("").to_string();
         let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
         (res["isError"].as_bool().unwrap_or(false), v)
+    }
+}
+
+impl Shim {
+    /// Close the client's end, as a client that is done does, and wait for the shim to exit.
+    fn finish(&mut self) -> std::process::ExitStatus {
+        self.stdin = None;
+        self.child.wait().unwrap()
     }
 }
 
@@ -208,4 +216,37 @@ fn a_session_keyed_by_hand_goes_offline_when_its_process_dies() {
     }
     let _ = shim.child.wait();
     nodes[0].wait("peer-offline", Some("bob-client"));
+}
+
+/// A client that only looks (`initialize`, `tools/list`, exit: what `claude mcp list` and
+/// other health checks do) is not a peer: no member ever sees it, and its own daemon
+/// forgets it.
+#[test]
+fn a_client_that_lists_the_tools_and_exits_leaves_no_peer() {
+    let bin = Path::new(env!("CARGO_BIN_EXE_claudemesh"));
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin, root.path(), &["alice", "bob"], &[]);
+    let mut probe = Shim::start_under_sh(bin, &nodes[1].dir, "probe-key", "bob-probe");
+    let tools = probe.request("tools/list", serde_json::json!({}));
+    assert!(tools["result"]["tools"].as_array().unwrap().len() > 10);
+    assert!(probe.finish().success());
+    // A real session after it: once alice sees it, she has seen all bob announced before.
+    let mut real = Shim::start_under_sh(bin, &nodes[1].dir, "real-key", "bob-real");
+    let (err, _) = real.tool("set_summary", serde_json::json!({"summary": "here"}));
+    assert!(!err);
+    nodes[0].wait("peer-online", Some("bob-real"));
+    for (who, node) in [("alice", &nodes[0]), ("bob", &nodes[1])] {
+        let v = node.json(&["peers", "--all"]);
+        let names: Vec<_> = v["meshes"][0]["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap_or("").to_string())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n == "bob-probe"),
+            "{who} lists the probe: {names:?}"
+        );
+        assert!(names.iter().any(|n| n == "bob-real"), "{who}: {names:?}");
+    }
 }
