@@ -943,3 +943,121 @@ fn a_backlog_of_1100_is_all_pushed_and_all_marked_read() {
         );
     });
 }
+
+/// A message to the person, shown by a hook to one of their Claude sessions that then ends
+/// before its model answered (its transcript never confirmed it), is not lost with that
+/// session: the person's next session is shown it.
+#[test]
+fn a_person_message_shown_to_a_session_that_ends_unconfirmed_goes_to_the_next() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["alice", "bob"], &[]);
+    let (alice, bob) = (&nodes[0], &nodes[1]);
+    let transcripts = root.path().join("transcripts");
+    std::fs::create_dir_all(&transcripts).unwrap();
+    let mut claude_a = Stand::new();
+    let claude_b = Stand::new();
+    let hook = |claude: &Stand, sid: &str, event: &str, extra: &str| -> String {
+        let pid = claude.0.id().to_string();
+        let path = transcripts.join(format!("{sid}.jsonl"));
+        if !path.exists() {
+            std::fs::write(&path, "").unwrap();
+        }
+        let stdin = format!(
+            r#"{{"session_id": "{sid}", "transcript_path": {}{extra}}}"#,
+            Value::from(path.display().to_string())
+        );
+        let out = bob.run_stdin(
+            &["hook", event],
+            &[
+                ("CLAUDEMESH_LEASE_PID", pid.as_str()),
+                ("CLAUDEMESH_DISPLAY_NAME", &format!("bob-{sid}")),
+            ],
+            stdin.as_bytes(),
+        );
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    hook(&claude_b, "B", "session-start", "");
+    hook(&claude_a, "A", "session-start", "");
+    hook(
+        &claude_a,
+        "A",
+        "user-prompt-submit",
+        r#", "prompt": "work""#,
+    );
+    alice.wait("peer-working", Some("bob-A"));
+
+    // To the person; session A (the most recently active) is shown it mid-turn.
+    alice.ok(&[
+        "send",
+        "bob",
+        "for bob, whichever session",
+        "--priority",
+        "now",
+    ]);
+    let got = bob.json(&["inbox", "--peek", "--wait", "20"]);
+    assert_eq!(got["messages"][0]["body"], "for bob, whichever session");
+    let out: Value = serde_json::from_str(&hook(&claude_a, "A", "post-tool-use", "")).unwrap();
+    let ctx = out["hookSpecificOutput"]["additionalContext"]
+        .as_str()
+        .unwrap();
+    assert!(ctx.contains("for bob, whichever session"), "A: {ctx}");
+    // Claude Code records the hook's context in A's transcript (so no deadline re-shows
+    // it); its model never answers.
+    let entry = serde_json::json!({"type": "attachment", "isSidechain": false,
+        "attachment": {"type": "hook_additional_context", "content": [ctx],
+            "hookName": "PostToolUse", "hookEvent": "PostToolUse"}});
+    std::fs::write(transcripts.join("A.jsonl"), format!("{entry}\n")).unwrap();
+    // While A holds it, B is not shown it too.
+    let ctx = hook(&claude_b, "B", "user-prompt-submit", r#", "prompt": "hi""#);
+    assert!(!ctx.contains("for bob"), "B while A holds it: {ctx}");
+
+    // A ends before its model answered.
+    hook(
+        &claude_a,
+        "A",
+        "session-end",
+        r#", "reason": "prompt_input_exit""#,
+    );
+    claude_a.end();
+    alice.wait("peer-offline", Some("bob-A"));
+    // Once the daemon has read A's transcript to its end (nothing confirmed it there), the
+    // message is free: B's next hook shows it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let ctx = hook(&claude_b, "B", "post-tool-use", "");
+        if ctx.contains("for bob, whichever session") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B never shown the message A lost"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// A stand-in for a Claude Code process (what a session's lease follows); killed on drop.
+struct Stand(std::process::Child);
+
+impl Stand {
+    fn new() -> Self {
+        Self(
+            std::process::Command::new("sleep")
+                .arg("300")
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    fn end(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Stand {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
