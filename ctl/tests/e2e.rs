@@ -1061,3 +1061,55 @@ impl Drop for Stand {
         self.end();
     }
 }
+
+/// Opening a session costs one presence, however many are open: the 100th open sends
+/// what the 1st did (its own presence), never the others' again.
+#[test]
+fn opening_a_session_sends_one_presence_however_many_are_open() {
+    use claudemesh_daemon::Client;
+    use claudemesh_schema::ipc::methods as m;
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["alice", "bob"], &[]);
+    let (alice, bob) = (&nodes[0], &nodes[1]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sent = || {
+        bob.json(&["status"])["meshes"][0]["presences_sent"]
+            .as_u64()
+            .unwrap()
+    };
+    let sock = bob.dir.join("daemon.sock");
+    let open = |i: usize| {
+        rt.block_on(async {
+            let mut c = Client::connect(&sock).await.unwrap();
+            let _: m::SessionOpenResult = c
+                .call(
+                    m::SESSION_OPEN,
+                    m::SessionOpenParams {
+                        client_key: format!("bench-session-{i}"),
+                        name: Some(format!("bob-{i}")),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+        })
+    };
+    let before = sent();
+    open(0);
+    alice.wait("peer-online", Some("bob-0"));
+    assert_eq!(sent() - before, 1, "the first open sends its own presence");
+    for i in 1..100 {
+        open(i);
+    }
+    for i in 1..100 {
+        alice.wait("peer-online", Some(&format!("bob-{i}")));
+    }
+    assert_eq!(
+        sent() - before,
+        100,
+        "each open sent one presence, the 100th as the 1st"
+    );
+}

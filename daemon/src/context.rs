@@ -228,7 +228,6 @@ impl Daemon {
                 tx,
                 status: status_rx,
             },
-            waiters: Mutex::new(HashMap::new()),
             stop: self.shutdown.child_token(),
             sessions: Mutex::new(hosted),
             aliases: Mutex::new(alias_map),
@@ -236,6 +235,7 @@ impl Daemon {
             paused: watch::channel(false).0,
             op_caught_up: Default::default(),
             snapshots_pending: Default::default(),
+            presences_sent: Default::default(),
             resync: tokio::sync::Notify::new(),
             grants: Mutex::new(grants),
         });
@@ -294,6 +294,16 @@ impl Daemon {
             self.wake(all);
         }
         self.wake(sessions.iter().copied());
+    }
+
+    /// Run `task` in the daemon's tracker (shutdown waits for it) under the current span
+    /// (so its log lines name the mesh, session or message it works for).
+    pub(crate) fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        use tracing::Instrument as _;
+        self.tasks.spawn(task.in_current_span());
     }
 
     pub(crate) fn bump_changes(&self) {

@@ -51,13 +51,17 @@ pub(crate) struct RelayRefusal {
     pub(crate) message: String,
 }
 
+/// Told when the relay committed an envelope (`Ok`), or why it refused it for good.
+pub(crate) type RelayedWaiter = oneshot::Sender<Result<(), String>>;
+
 /// Builds a request frame once the link has picked its request id.
 pub(crate) type RequestBuilder = Box<dyn FnOnce(u64) -> ClientFrame + Send>;
 
 /// Commands for a link actor.
 pub(crate) enum LinkCmd {
-    /// Send an outbox entry (already durable) now, if connected.
-    Send(MessageId, Bytes),
+    /// Send an outbox entry (already durable) now, if connected; the waiter (a `send`
+    /// call) hears when the relay committed it, or is dropped if the link drops first.
+    Send(MessageId, Bytes, Option<RelayedWaiter>),
     /// Send a request and report the relay's answer.
     Request(RequestBuilder, oneshot::Sender<Result<(), RelayRefusal>>),
     /// Publish a presence: one session's (its profile changed, it opened), or with `None`
@@ -91,7 +95,7 @@ pub(crate) struct LinkHandle {
 impl std::fmt::Debug for LinkCmd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Send(id, _) => write!(f, "Send({id:?})"),
+            Self::Send(id, ..) => write!(f, "Send({id:?})"),
             Self::Request(..) => f.write_str("Request"),
             Self::Publish(s) => write!(f, "Publish({s:?})"),
             Self::Depart(s) => write!(f, "Depart({s:?})"),
@@ -147,8 +151,6 @@ pub(crate) struct MeshCtx {
     pub(crate) row: Mutex<MeshRow>,
     pub(crate) roster: Mutex<RosterState>,
     pub(crate) link: LinkHandle,
-    /// `send` calls waiting for the relay's `relayed`.
-    pub(crate) waiters: Mutex<HashMap<MessageId, oneshot::Sender<Result<(), String>>>>,
     pub(crate) stop: CancellationToken,
     /// Sessions hosted here besides the daemon's own.
     pub(crate) sessions: Mutex<HashMap<SessionId, LocalSession>>,
@@ -166,6 +168,8 @@ pub(crate) struct MeshCtx {
     pub(crate) snapshots_pending: std::sync::atomic::AtomicU64,
     /// The link has applied the relay's log up to the head it reported at sync.
     pub(crate) op_caught_up: std::sync::atomic::AtomicBool,
+    /// Presences this daemon has sent for the mesh (each session open costs one).
+    pub(crate) presences_sent: std::sync::atomic::AtomicU64,
     /// True while the link is held down on purpose (`claudemesh debug link down`).
     pub(crate) paused: watch::Sender<bool>,
 }

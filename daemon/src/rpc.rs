@@ -93,7 +93,7 @@ async fn connection(d: Arc<Daemon>, stream: Stream) {
     let (tx, mut rx) = mpsc::channel::<String>(64);
     let (ntx, mut nrx) = mpsc::channel::<Notification>(64);
     let mut requests = tokio::task::JoinSet::new();
-    let writer = tokio::spawn(async move {
+    let writer = async move {
         let mut out = FramedWrite::new(w, LinesCodec::new());
         let mut notes_open = true;
         loop {
@@ -114,102 +114,109 @@ async fn connection(d: Arc<Daemon>, stream: Stream) {
                 break;
             }
         }
-    });
-    loop {
-        let line = tokio::select! {
-            biased;
-            _ = d.shutdown.cancelled() => break,
-            l = lines.next() => l,
-        };
-        let line = match line {
-            None => break,
-            Some(Ok(l)) => l,
-            Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
-                let resp = Response::err(
-                    0,
-                    codes::INVALID_REQUEST,
-                    format!("request line exceeds {MAX_LINE} bytes"),
-                );
-                let _ = tx
-                    .send(serde_json::to_string(&resp).unwrap_or_default())
-                    .await;
-                break;
+    };
+    let reader = async move {
+        loop {
+            let line = tokio::select! {
+                biased;
+                _ = d.shutdown.cancelled() => break,
+                l = lines.next() => l,
+            };
+            let line = match line {
+                None => break,
+                Some(Ok(l)) => l,
+                Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
+                    let resp = Response::err(
+                        0,
+                        codes::INVALID_REQUEST,
+                        format!("request line exceeds {MAX_LINE} bytes"),
+                    );
+                    let _ = tx
+                        .send(serde_json::to_string(&resp).unwrap_or_default())
+                        .await;
+                    break;
+                }
+                Some(Err(_)) => break,
+            };
+            if line.trim().is_empty() {
+                continue;
             }
-            Some(Err(_)) => break,
-        };
-        if line.trim().is_empty() {
-            continue;
-        }
-        let req: Request = match serde_json::from_str(&line) {
-            Ok(r) => r,
-            Err(e) => {
-                let resp = Response::err(0, codes::PARSE, format!("not a JSON-RPC request: {e}"));
+            let req: Request = match serde_json::from_str(&line) {
+                Ok(r) => r,
+                Err(e) => {
+                    let resp =
+                        Response::err(0, codes::PARSE, format!("not a JSON-RPC request: {e}"));
+                    let _ = tx
+                        .send(serde_json::to_string(&resp).unwrap_or_default())
+                        .await;
+                    continue;
+                }
+            };
+            if req.method == claudemesh_schema::ipc::shared::STATE_WATCH {
+                let resp =
+                    match params::<claudemesh_schema::ipc::shared::WatchParams>(req.params.clone())
+                    {
+                        Ok(wp) => match wp.mesh.as_deref().map(|s| d.select(Some(s))).transpose() {
+                            Ok(only) => {
+                                requests.spawn(crate::shared::state_watch(
+                                    d.clone(),
+                                    only.map(|m| m.id),
+                                    wp.prefix,
+                                    ntx.clone(),
+                                ));
+                                Response::ok(req.id, Value::Object(Default::default()))
+                            }
+                            Err(e) => err_response(req.id, &e),
+                        },
+                        Err(e) => err_response(req.id, &e),
+                    };
                 let _ = tx
                     .send(serde_json::to_string(&resp).unwrap_or_default())
                     .await;
                 continue;
             }
-        };
-        if req.method == claudemesh_schema::ipc::shared::STATE_WATCH {
-            let resp =
-                match params::<claudemesh_schema::ipc::shared::WatchParams>(req.params.clone()) {
-                    Ok(wp) => match wp.mesh.as_deref().map(|s| d.select(Some(s))).transpose() {
-                        Ok(only) => {
-                            requests.spawn(crate::shared::state_watch(
-                                d.clone(),
-                                only.map(|m| m.id),
-                                wp.prefix,
-                                ntx.clone(),
-                            ));
-                            Response::ok(req.id, Value::Object(Default::default()))
-                        }
-                        Err(e) => err_response(req.id, &e),
-                    },
+            if req.method == m::SUBSCRIBE {
+                let resp = match params::<m::SubscribeParams>(req.params.clone()) {
+                    Ok(sp) if d.meshes().iter().any(|x| x.is_local(&sp.session)) => {
+                        requests.spawn(crate::delivery::inbox::subscription(
+                            d.clone(),
+                            sp.session,
+                            sp.push,
+                            ntx.clone(),
+                        ));
+                        Response::ok(req.id, Value::Object(Default::default()))
+                    }
+                    Ok(_) => {
+                        err_response(req.id, &Error::not_found("no such session on this daemon"))
+                    }
                     Err(e) => err_response(req.id, &e),
                 };
-            let _ = tx
-                .send(serde_json::to_string(&resp).unwrap_or_default())
-                .await;
-            continue;
+                let _ = tx
+                    .send(serde_json::to_string(&resp).unwrap_or_default())
+                    .await;
+                continue;
+            }
+            let (d2, tx2) = (d.clone(), tx.clone());
+            // Requests die with their connection: an abandoned `inbox --wait` must not mark
+            // messages read that nobody will see.
+            while requests.try_join_next().is_some() {}
+            requests.spawn(async move {
+                let id = req.id;
+                let resp = match dispatch(&d2, req).await {
+                    Ok(v) => Response::ok(id, v),
+                    Err(e) => err_response(id, &e),
+                };
+                let _ = tx2
+                    .send(serde_json::to_string(&resp).unwrap_or_default())
+                    .await;
+            });
         }
-        if req.method == m::SUBSCRIBE {
-            let resp = match params::<m::SubscribeParams>(req.params.clone()) {
-                Ok(sp) if d.meshes().iter().any(|x| x.is_local(&sp.session)) => {
-                    requests.spawn(crate::delivery::inbox::subscription(
-                        d.clone(),
-                        sp.session,
-                        sp.push,
-                        ntx.clone(),
-                    ));
-                    Response::ok(req.id, Value::Object(Default::default()))
-                }
-                Ok(_) => err_response(req.id, &Error::not_found("no such session on this daemon")),
-                Err(e) => err_response(req.id, &e),
-            };
-            let _ = tx
-                .send(serde_json::to_string(&resp).unwrap_or_default())
-                .await;
-            continue;
-        }
-        let (d2, tx2) = (d.clone(), tx.clone());
-        // Requests die with their connection: an abandoned `inbox --wait` must not mark
-        // messages read that nobody will see.
-        while requests.try_join_next().is_some() {}
-        requests.spawn(async move {
-            let id = req.id;
-            let resp = match dispatch(&d2, req).await {
-                Ok(v) => Response::ok(id, v),
-                Err(e) => err_response(id, &e),
-            };
-            let _ = tx2
-                .send(serde_json::to_string(&resp).unwrap_or_default())
-                .await;
-        });
-    }
-    requests.abort_all();
-    drop(tx);
-    drop(ntx);
-    let _ = writer.await;
+        requests.abort_all();
+        drop(tx);
+        drop(ntx);
+    };
+    // The writer ends once every sender of answers and notifications is gone.
+    tokio::join!(reader, writer);
 }
 
 fn params<T: DeserializeOwned>(v: Value) -> Result<T, Error> {
@@ -313,7 +320,7 @@ async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, Error> {
         m::MARK_READ => json(delivery::inbox::mark_read(d, params(p)?).await?),
         m::SHUTDOWN => {
             let token = d.shutdown.clone();
-            tokio::spawn(async move {
+            d.spawn(async move {
                 // Let the answer reach the client before the server stops.
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 token.cancel();

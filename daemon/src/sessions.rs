@@ -270,7 +270,7 @@ async fn resolve(
 /// Announce `sid` after [`SETTLE`] if it is still open and not announced by then.
 fn settle_then_announce(d: &Arc<Daemon>, m: &Arc<MeshCtx>, sid: SessionId) {
     let (d2, m2) = (d.clone(), m.clone());
-    d.tasks.spawn(async move {
+    d.spawn(async move {
         tokio::select! {
             _ = d2.shutdown.cancelled() => {}
             _ = tokio::time::sleep(SETTLE) => announce(&d2, &m2, sid).await,

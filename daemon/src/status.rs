@@ -44,6 +44,7 @@ pub(crate) async fn status(d: &Arc<Daemon>) -> Result<StatusResult, Error> {
             shared,
             log_seq,
             log_pending,
+            presences_sent: x.presences_sent.load(std::sync::atomic::Ordering::Relaxed),
         });
     }
     Ok(StatusResult {

@@ -214,3 +214,32 @@ fn only_rpc_knows_json_rpc_codes() {
         "JSON-RPC codes outside rpc/error: {hits:?}"
     );
 }
+
+/// Every task the daemon starts is tracked (shutdown waits for it) and carries the span
+/// of the code that started it: `Daemon::spawn` or the tracker, never a bare
+/// `tokio::spawn` (the daemon's one, for the socket server, keeps its handle).
+#[test]
+fn every_task_is_tracked() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut hits = Vec::new();
+    let mut dirs = vec![src.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+                continue;
+            }
+            let rel = p.strip_prefix(&src).unwrap().display().to_string();
+            let text = code(&std::fs::read_to_string(&p).unwrap());
+            let n = text.matches("tokio::spawn(").count()
+                + text.matches("task::spawn(").count()
+                + text.matches("rt.spawn(").count();
+            let allowed = usize::from(rel == "daemon.rs");
+            if n > allowed {
+                hits.push(rel);
+            }
+        }
+    }
+    assert!(hits.is_empty(), "untracked spawns in {hits:?}");
+}

@@ -540,6 +540,10 @@ pub mod methods {
         /// Own shared-state writes not yet sequenced.
         #[serde(default)]
         pub log_pending: u64,
+        /// Presences this daemon sent to the relay since it started (one per session
+        /// opened or changed, and one per session at each link-up).
+        #[serde(default)]
+        pub presences_sent: u64,
     }
 
     /// `status` result.

@@ -377,22 +377,24 @@ pub(crate) async fn send_as(
     }
     let connected = m.link.connected();
     let wait = p.wait_ms.map(Duration::from_millis).unwrap_or(DEFAULT_WAIT);
-    let waiter = if connected && !wait.is_zero() {
+    let (waiter, relayed) = if connected && !wait.is_zero() {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        lock(&m.waiters).insert(id, tx);
-        Some(rx)
+        (Some(tx), Some(rx))
     } else {
-        None
+        (None, None)
     };
-    let _ = m.link.tx.send(LinkCmd::Send(id, Bytes::from(frame))).await;
+    let _ = m
+        .link
+        .tx
+        .send(LinkCmd::Send(id, Bytes::from(frame), waiter))
+        .await;
     let mut stage = Stage::Queued;
-    if let Some(rx) = waiter {
+    if let Some(rx) = relayed {
         match tokio::time::timeout(wait, rx).await {
             Ok(Ok(Ok(()))) => stage = Stage::Relayed,
             Ok(Ok(Err(refused))) => return Err(Error::invalid(refused)),
-            _ => {
-                lock(&m.waiters).remove(&id);
-            }
+            // Not yet (or the link dropped): it stays queued and goes out on reconnect.
+            _ => {}
         }
     }
     Ok(SendResult {
@@ -551,7 +553,11 @@ pub(crate) async fn send_receipts(d: &Arc<Daemon>, msgs: &[InboxMessage], read: 
             .await
             .is_ok()
         {
-            let _ = m.link.tx.send(LinkCmd::Send(id, Bytes::from(frame))).await;
+            let _ = m
+                .link
+                .tx
+                .send(LinkCmd::Send(id, Bytes::from(frame), None))
+                .await;
         }
     }
 }

@@ -247,7 +247,7 @@ impl LinkOps {
         if seq < self.order.next {
             let store = d.store.clone();
             let d2 = d.clone();
-            tokio::spawn(async move {
+            d.spawn(async move {
                 let r = store
                     .write(move |tx| {
                         tx.execute(
@@ -284,7 +284,7 @@ impl LinkOps {
         tracing::warn!(op = %id.short(), %code, message, "relay refused a shared-state write for good; dropping it");
         lock(&m.op_waiters).remove(&id);
         let (d2, mesh) = (d.clone(), m.id);
-        tokio::spawn(async move {
+        d.spawn(async move {
             let r = d2
                 .store
                 .write(move |tx| {
@@ -701,7 +701,7 @@ fn after_apply(
         Ok(mut a) => {
             if let Some(body) = a.snapshot.take() {
                 m.snapshots_pending.fetch_add(1, Ordering::AcqRel);
-                rt.spawn(upload_snapshot(m.clone(), body));
+                d.tasks.spawn_on(upload_snapshot(m.clone(), body), rt);
             }
             {
                 let mut w = lock(&m.op_waiters);

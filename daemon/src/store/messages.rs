@@ -90,61 +90,107 @@ impl Store {
         .await
     }
 
-    /// The relay stored an envelope: drop it from the outbox.
-    pub(crate) async fn relayed(&self, id: MessageId, at: i64) -> Result<()> {
-        self.write(move |tx| {
-            tx.execute("DELETE FROM outbox WHERE id = ?1", params![id.as_bytes()])?;
-            tx.execute(
-                "UPDATE sent SET relayed_at = coalesce(relayed_at, ?2) WHERE id = ?1",
-                params![id.as_bytes(), at],
-            )?;
-            Ok(())
-        })
+    /// The relay committed an envelope we sent: it leaves the outbox. `done` runs after
+    /// the commit (on the writer thread: quick, never blocking).
+    pub(crate) async fn relayed_then(
+        &self,
+        id: MessageId,
+        at: i64,
+        done: impl FnOnce(Result<()>) + Send + 'static,
+    ) -> Result<()> {
+        self.write_then(
+            move |tx| {
+                tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
+                    .execute(params![id.as_bytes()])?;
+                tx.prepare_cached(
+                    "UPDATE sent SET relayed_at = coalesce(relayed_at, ?2) WHERE id = ?1",
+                )?
+                .execute(params![id.as_bytes(), at])?;
+                Ok(())
+            },
+            done,
+        )
         .await
     }
 
     /// The relay refused an envelope for good: drop it from the outbox, keep the reason.
-    pub(crate) async fn undeliverable(&self, id: MessageId, reason: String) -> Result<()> {
-        self.write(move |tx| {
-            tx.execute("DELETE FROM outbox WHERE id = ?1", params![id.as_bytes()])?;
-            tx.execute(
-                "UPDATE sent SET to_label = to_label || ' (undeliverable: ' || ?2 || ')' WHERE id = ?1",
-                params![id.as_bytes(), reason],
-            )?;
-            Ok(())
-        })
+    pub(crate) async fn undeliverable_then(
+        &self,
+        id: MessageId,
+        reason: String,
+        done: impl FnOnce(Result<()>) + Send + 'static,
+    ) -> Result<()> {
+        self.write_then(
+            move |tx| {
+                tx.execute("DELETE FROM outbox WHERE id = ?1", params![id.as_bytes()])?;
+                tx.execute(
+                    "UPDATE sent SET to_label = to_label || ' (undeliverable: ' || ?2 || ')' WHERE id = ?1",
+                    params![id.as_bytes(), reason],
+                )?;
+                Ok(())
+            },
+            done,
+        )
         .await
     }
 
     /// A recipient daemon acknowledged an envelope we sent.
-    pub(crate) async fn delivered(&self, id: MessageId, at: i64) -> Result<()> {
-        self.write(move |tx| {
-            tx.execute(
-                "UPDATE sent SET delivered_at = coalesce(delivered_at, ?2),
-                    relayed_at = coalesce(relayed_at, ?2) WHERE id = ?1",
-                params![id.as_bytes(), at],
-            )
-            .map(|_| ())
-        })
+    pub(crate) async fn delivered_then(
+        &self,
+        id: MessageId,
+        at: i64,
+        done: impl FnOnce(Result<()>) + Send + 'static,
+    ) -> Result<()> {
+        self.write_then(
+            move |tx| {
+                tx.prepare_cached(
+                    "UPDATE sent SET delivered_at = coalesce(delivered_at, ?2),
+                        relayed_at = coalesce(relayed_at, ?2) WHERE id = ?1",
+                )?
+                .execute(params![id.as_bytes(), at])
+                .map(|_| ())
+            },
+            done,
+        )
         .await
     }
 
     /// A recipient reported that a message we sent was surfaced or read.
     pub(crate) async fn sent_stage(&self, id: MessageId, read: bool, at: i64) -> Result<()> {
-        self.write(move |tx| {
-            let sql = if read {
-                "UPDATE sent SET read_at = coalesce(read_at, ?2), surfaced_at = coalesce(surfaced_at, ?2),
-                    delivered_at = coalesce(delivered_at, ?2), relayed_at = coalesce(relayed_at, ?2)
-                 WHERE id = ?1"
-            } else {
-                "UPDATE sent SET surfaced_at = coalesce(surfaced_at, ?2),
-                    delivered_at = coalesce(delivered_at, ?2), relayed_at = coalesce(relayed_at, ?2)
-                 WHERE id = ?1"
-            };
-            tx.execute(sql, params![id.as_bytes(), at]).map(|_| ())
-        })
-        .await
+        self.write(move |tx| sent_stage(tx, id, read, at)).await
     }
+
+    /// [`Store::sent_stage`], without waiting: `done` runs after the commit.
+    pub(crate) async fn sent_stage_then(
+        &self,
+        id: MessageId,
+        read: bool,
+        at: i64,
+        done: impl FnOnce(Result<()>) + Send + 'static,
+    ) -> Result<()> {
+        self.write_then(move |tx| sent_stage(tx, id, read, at), done)
+            .await
+    }
+}
+
+fn sent_stage(
+    tx: &rusqlite::Transaction<'_>,
+    id: MessageId,
+    read: bool,
+    at: i64,
+) -> rusqlite::Result<()> {
+    let sql = if read {
+        "UPDATE sent SET read_at = coalesce(read_at, ?2), surfaced_at = coalesce(surfaced_at, ?2),
+            delivered_at = coalesce(delivered_at, ?2), relayed_at = coalesce(relayed_at, ?2)
+         WHERE id = ?1"
+    } else {
+        "UPDATE sent SET surfaced_at = coalesce(surfaced_at, ?2),
+            delivered_at = coalesce(delivered_at, ?2), relayed_at = coalesce(relayed_at, ?2)
+         WHERE id = ?1"
+    };
+    tx.prepare_cached(sql)?
+        .execute(params![id.as_bytes(), at])
+        .map(|_| ())
 }
 
 /// Envelopes waiting in the outbox of a mesh, oldest first.

@@ -1,0 +1,222 @@
+//! The membership half of a link: the hello and the relay's snapshot (roster entries,
+//! presences, `ready`), the roster as it grows, presences both ways, departures, and
+//! admission claims for owners to decide.
+
+use claudemesh_relay::Connection;
+use claudemesh_schema::SessionId;
+use claudemesh_schema::message::SignedPresence;
+use claudemesh_schema::now_ms;
+use claudemesh_schema::roster::{RosterEntry, RosterOp};
+use claudemesh_schema::wire::{ClientFrame, Hello, PresenceRecord, RelayFrame, Welcome};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{CLIENT, End, read_frame, write};
+use crate::context::Daemon;
+use crate::mesh::{MeshCtx, lock};
+use crate::store::PresenceRow;
+
+/// Say hello and take the relay's snapshot; returns its welcome once `ready` came.
+pub(super) async fn join(d: &Daemon, m: &MeshCtx, c: &mut Connection) -> Result<Welcome, End> {
+    let hello = Hello::sign(
+        &m.keys.member,
+        m.id,
+        m.keys.session,
+        m.keys.session_secret.public(),
+        now_ms(),
+        CLIENT,
+    );
+    write(c, &ClientFrame::Hello(hello)).await?;
+    let welcome = match read_frame(c, Duration::from_secs(10)).await? {
+        RelayFrame::Welcome(w) => w,
+        RelayFrame::Error { code, message, .. } => return Err(End::Refused { code, message }),
+        _ => return Err(End::UnexpectedHello),
+    };
+    if welcome.genesis.mesh != m.id || welcome.genesis != lock(&m.row).genesis {
+        return Err(End::WrongGenesis);
+    }
+    let _ = d.store.all_offline(m.id).await;
+    d.bump_changes();
+    let mut presences = Vec::new();
+    loop {
+        match read_frame(c, Duration::from_secs(30)).await? {
+            RelayFrame::Roster { seq, entry } => roster(d, m, seq, entry).await?,
+            RelayFrame::Presence(rec) => presences.push(rec),
+            RelayFrame::Ready { .. } => break,
+            RelayFrame::Error {
+                code,
+                message,
+                fatal: true,
+                ..
+            } => return Err(End::Refused { code, message }),
+            other => {
+                tracing::debug!(frame = ?std::mem::discriminant(&other), "ignored frame before ready")
+            }
+        }
+    }
+    for rec in presences {
+        presence(d, m, rec).await;
+    }
+    Ok(welcome)
+}
+
+/// Signed presences of the sessions this daemon holds in the mesh: `only` one, or all
+/// (its own and every announced hosted one), with the cache rows that record them locally.
+fn presence_frames(
+    d: &Daemon,
+    m: &MeshCtx,
+    only: Option<SessionId>,
+) -> Vec<(ClientFrame, PresenceRow)> {
+    let now = now_ms();
+    let mut all = Vec::new();
+    if only.is_none_or(|s| s == m.keys.session) {
+        all.push((
+            m.keys.session,
+            m.keys.session_secret.public(),
+            m.profile(&d.hostname),
+        ));
+    }
+    for (sid, l) in lock(&m.sessions)
+        .iter()
+        .filter(|(s, l)| l.open && l.announced && only.is_none_or(|o| o == **s))
+    {
+        let mut profile = l.profile.clone();
+        profile.hostname = d.hostname.clone();
+        all.push((*sid, l.secret.public(), profile));
+    }
+    let mut out = Vec::new();
+    for (sid, key, profile) in all {
+        match SignedPresence::sign(
+            &m.keys.mesh_key,
+            &m.keys.member,
+            m.id,
+            sid,
+            key,
+            now,
+            &profile,
+        ) {
+            Ok(p) => {
+                let row = PresenceRow {
+                    mesh: m.id,
+                    session: sid,
+                    member: m.member(),
+                    session_key: key,
+                    seq: now,
+                    profile,
+                    online: true,
+                    last_seen: now,
+                };
+                out.push((ClientFrame::Presence(p), row));
+            }
+            Err(e) => tracing::error!(session = %sid.short(), error = %e, "cannot seal presence"),
+        }
+    }
+    out
+}
+
+/// Send our presences (`only` one session's, or all) and record them in the local cache.
+/// Returns how many were sent.
+pub(super) async fn publish(
+    d: &Daemon,
+    m: &MeshCtx,
+    c: &mut Connection,
+    only: Option<SessionId>,
+) -> Result<usize, End> {
+    let frames = presence_frames(d, m, only);
+    let n = frames.len();
+    for (f, row) in frames {
+        write(c, &f).await?;
+        if row.session != m.keys.session {
+            let _ = d.store.upsert_presence(row).await;
+        }
+    }
+    m.presences_sent
+        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    d.bump_changes();
+    Ok(n)
+}
+
+/// Fold the roster entry at `seq`; our own removal ends the link.
+pub(super) async fn roster(
+    d: &Daemon,
+    m: &MeshCtx,
+    seq: u64,
+    entry: RosterEntry,
+) -> Result<(), End> {
+    let applied = lock(&m.roster).apply(seq, &entry);
+    match applied {
+        Ok(true) => {
+            if let Err(e) = d.store.put_roster(m.id, seq, &entry).await {
+                tracing::error!(seq, error = %e, "cannot store roster entry");
+            }
+            if entry.op == RosterOp::Remove && entry.member == m.member() {
+                return Err(End::Removed);
+            }
+            Ok(())
+        }
+        Ok(false) => Ok(()),
+        // A relay that sends entries that do not verify is broken or hostile.
+        Err(e) => {
+            tracing::error!(seq, error = %e, "relay sent an invalid roster entry");
+            Err(End::InvalidRoster(e))
+        }
+    }
+}
+
+/// A peer's presence: cached if it verifies and comes from a member.
+pub(super) async fn presence(d: &Daemon, m: &MeshCtx, rec: PresenceRecord) {
+    let p = rec.presence;
+    if p.mesh != m.id || !m.is_member(&p.member) {
+        return;
+    }
+    let profile = match p.open(&m.keys.mesh_key) {
+        Ok(pr) => pr,
+        Err(e) => {
+            tracing::warn!(session = %p.session.short(), error = %e, "presence does not verify; ignored");
+            return;
+        }
+    };
+    let row = PresenceRow {
+        mesh: m.id,
+        session: p.session,
+        member: p.member,
+        session_key: p.session_key,
+        seq: p.seq,
+        profile,
+        online: rec.online,
+        last_seen: rec.last_seen,
+    };
+    if let Err(e) = d.store.upsert_presence(row).await {
+        tracing::warn!(error = %e, "cannot cache presence");
+    }
+    d.bump_changes();
+}
+
+/// The membership frames of a running link; `Ok(Some(frame))` hands back one that is not.
+pub(super) async fn on_frame(
+    d: &Arc<Daemon>,
+    m: &Arc<MeshCtx>,
+    f: RelayFrame,
+) -> Result<Option<RelayFrame>, End> {
+    match f {
+        RelayFrame::Presence(rec) => presence(d, m, rec).await,
+        RelayFrame::Depart { session, at } => {
+            let _ = d.store.presence_offline(m.id, session, at).await;
+            d.bump_changes();
+        }
+        RelayFrame::Roster { seq, entry } => roster(d, m, seq, entry).await?,
+        RelayFrame::ClaimPending {
+            claim,
+            request,
+            cap,
+            at,
+        } => {
+            let (d2, m2) = (d.clone(), m.clone());
+            d.spawn(
+                async move { crate::membership::on_claim(&d2, &m2, claim, request, cap, at).await },
+            );
+        }
+        other => return Ok(Some(other)),
+    }
+    Ok(None)
+}

@@ -1,0 +1,262 @@
+//! The messages half of a link: envelopes out of the outbox until the relay says
+//! `relayed` (each send's waiter travels with it), refusals retried or recorded, envelopes
+//! in to the inbox (acknowledged only after the commit), receipts.
+
+use bytes::Bytes;
+use claudemesh_relay::Connection;
+use claudemesh_schema::MessageId;
+use claudemesh_schema::wire::{Envelope, ErrorCode};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::End;
+use crate::context::Daemon;
+use crate::delivery::receive::{self, Opened};
+use crate::mesh::{MeshCtx, RelayedWaiter};
+
+/// Most message ids in one `ack` frame.
+pub(super) const ACK_BATCH: usize = 1024;
+
+/// An envelope the relay has not confirmed yet.
+struct InFlight {
+    frame: Bytes,
+    /// The `send` call waiting to hear `relayed`, if it still waits.
+    waiter: Option<RelayedWaiter>,
+}
+
+/// Outgoing envelopes of one connection. Dropped with it: a waiter still waiting learns
+/// the link dropped (its message stays queued in the outbox and goes out on reconnect).
+pub(super) struct Outbound {
+    in_flight: HashMap<MessageId, InFlight>,
+    /// Envelopes the relay asked us to send again later, by when.
+    later: BTreeMap<(Instant, MessageId), ()>,
+    /// Received envelopes committed to the inbox, to acknowledge.
+    pub(super) acks: mpsc::UnboundedReceiver<MessageId>,
+    ack_tx: mpsc::UnboundedSender<MessageId>,
+}
+
+impl Outbound {
+    /// Send everything queued in the outbox, oldest first.
+    pub(super) async fn start(d: &Daemon, m: &MeshCtx, c: &mut Connection) -> Result<Self, End> {
+        let mesh = m.id;
+        let queued = d
+            .store
+            .read(move |conn| crate::store::q_outbox(conn, mesh))
+            .await?;
+        let (ack_tx, acks) = mpsc::unbounded_channel();
+        let mut out = Self {
+            in_flight: HashMap::with_capacity(queued.len()),
+            later: BTreeMap::new(),
+            acks,
+            ack_tx,
+        };
+        for (id, frame) in queued {
+            let frame = Bytes::from(frame);
+            c.writer.feed(frame.clone()).await?;
+            out.in_flight.insert(
+                id,
+                InFlight {
+                    frame,
+                    waiter: None,
+                },
+            );
+        }
+        c.writer.flush().await?;
+        Ok(out)
+    }
+
+    /// Send an outbox entry (already durable) unless it is in flight already.
+    pub(super) async fn send(
+        &mut self,
+        c: &mut Connection,
+        id: MessageId,
+        frame: Bytes,
+        waiter: Option<RelayedWaiter>,
+    ) -> Result<(), End> {
+        match self.in_flight.entry(id) {
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                if waiter.is_some() {
+                    o.get_mut().waiter = waiter;
+                }
+                Ok(())
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(InFlight {
+                    frame: frame.clone(),
+                    waiter,
+                });
+                Ok(c.writer.send(frame).await?)
+            }
+        }
+    }
+
+    /// When the next envelope the relay refused for now is due again.
+    pub(super) fn next_retry(&self) -> Option<Instant> {
+        self.later.keys().next().map(|(at, _)| *at)
+    }
+
+    /// Send again what the relay asked to retry by now.
+    pub(super) async fn retry_due(&mut self, c: &mut Connection) -> Result<(), End> {
+        let now = Instant::now();
+        while let Some(((at, id), ())) = self.later.first_key_value() {
+            if *at > now {
+                break;
+            }
+            let id = *id;
+            self.later.pop_first();
+            if let Some(f) = self.in_flight.get(&id) {
+                c.writer.feed(f.frame.clone()).await?;
+            }
+        }
+        Ok(c.writer.flush().await?)
+    }
+
+    /// The relay committed envelope `id`.
+    pub(super) async fn relayed(&mut self, d: &Arc<Daemon>, id: MessageId, at: i64) {
+        if let Some(f) = self.in_flight.remove(&id)
+            && let Some(w) = f.waiter
+        {
+            let _ = w.send(Ok(()));
+        }
+        let d2 = d.clone();
+        let r = d
+            .store
+            .relayed_then(id, at, move |r| match r {
+                Ok(()) => d2.bump_changes(),
+                Err(e) => tracing::warn!(%id, error = %e, "cannot record relayed message"),
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(%id, error = %e, "cannot record relayed message");
+        }
+    }
+
+    /// The relay refused envelope `id`: for now (it goes out again after `retry_ms`) or
+    /// for good (the sender is told, the outbox forgets it).
+    pub(super) async fn refused(
+        &mut self,
+        d: &Daemon,
+        id: MessageId,
+        code: ErrorCode,
+        message: String,
+        retry_ms: Option<u64>,
+    ) {
+        let temporary = matches!(
+            code,
+            ErrorCode::RateLimited | ErrorCode::QuotaExceeded | ErrorCode::Internal
+        );
+        if temporary && self.in_flight.contains_key(&id) {
+            let delay = Duration::from_millis(retry_ms.unwrap_or(1000).clamp(10, 60_000));
+            tracing::debug!(%id, %code, "relay asked to retry later");
+            self.later.insert((Instant::now() + delay, id), ());
+            return;
+        }
+        let Some(f) = self.in_flight.remove(&id) else {
+            return;
+        };
+        tracing::warn!(%id, %code, %message, "relay refused a message for good");
+        if let Some(w) = f.waiter {
+            let _ = w.send(Err(format!(
+                "the relay refused the message ({code}): {message}"
+            )));
+        }
+        let r = d
+            .store
+            .undeliverable_then(id, format!("{code}: {message}"), move |r| {
+                if let Err(e) = r {
+                    tracing::warn!(%id, error = %e, "cannot record an undeliverable message");
+                }
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(%id, error = %e, "cannot record an undeliverable message");
+        }
+    }
+
+    /// A recipient daemon acknowledged envelope `id` we sent.
+    pub(super) async fn delivered(&self, d: &Arc<Daemon>, id: MessageId, at: i64) {
+        let d2 = d.clone();
+        let r = d
+            .store
+            .delivered_then(id, at, move |r| {
+                if r.is_ok() {
+                    d2.bump_changes();
+                }
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(%id, error = %e, "cannot record a delivery");
+        }
+    }
+
+    /// An envelope for us: open it, store its rows and acknowledge it after the commit (a
+    /// crash before then makes the relay send it again; the inbox dedupes by id).
+    pub(super) async fn deliver(&self, d: &Arc<Daemon>, m: &Arc<MeshCtx>, env: Envelope, at: i64) {
+        let id = env.id;
+        let (mesh, from) = (m.id, env.from);
+        let sender = d
+            .store
+            .read(move |c| crate::store::q_presence_of(c, mesh, from))
+            .await
+            .ok()
+            .flatten();
+        let ack = self.ack_tx.clone();
+        match receive::open(m, &env, at, sender.as_ref()) {
+            Opened::Rows(rows) => {
+                let (d2, m2) = (d.clone(), m.clone());
+                let targets: Vec<_> = rows.iter().map(|r| r.msg.session).collect();
+                let person = rows.iter().any(|r| r.msg.for_member);
+                let r = d
+                    .store
+                    .insert_inbox_then(rows, move |r| match r {
+                        Ok(_) => {
+                            d2.arrived(&m2, &targets, person);
+                            let _ = ack.send(id);
+                        }
+                        Err(e) => tracing::error!(%id, error = %e, "cannot store a received message; it stays at the relay"),
+                    })
+                    .await;
+                if let Err(e) = r {
+                    tracing::error!(%id, error = %e, "store unavailable; the message stays at the relay");
+                }
+            }
+            Opened::Receipt(r) => {
+                let d2 = d.clone();
+                let res = d
+                    .store
+                    .sent_stage_then(r.of, r.stage == "read", r.at, move |res| {
+                        if res.is_ok() {
+                            d2.bump_changes();
+                            let _ = ack.send(id);
+                        }
+                    })
+                    .await;
+                if let Err(e) = res {
+                    tracing::warn!(%id, error = %e, "cannot record a receipt; it stays at the relay");
+                }
+            }
+            // Not for us or not openable: acknowledge so the relay stops resending it.
+            Opened::Nothing => {
+                let _ = ack.send(id);
+            }
+        }
+    }
+}
+
+/// Take up to [`ACK_BATCH`] ids that are ready now, after `first`.
+pub(super) fn ack_batch(
+    first: MessageId,
+    rx: &mut mpsc::UnboundedReceiver<MessageId>,
+) -> Vec<MessageId> {
+    let mut ids = vec![first];
+    while ids.len() < ACK_BATCH {
+        match rx.try_recv() {
+            Ok(id) => ids.push(id),
+            Err(_) => break,
+        }
+    }
+    ids
+}

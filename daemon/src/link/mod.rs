@@ -1,0 +1,491 @@
+//! One relay link per joined mesh: an actor that owns the connection. It connects (QUIC,
+//! then WebSocket), joins (hello, the relay's roster and presence snapshot), sends the
+//! outbox and the op outbox, then relays frames both ways until the connection ends, and
+//! reconnects with exponential backoff and jitter. Frames are handled by protocol:
+//! [`messages`] (envelopes, receipts), [`membership`] (roster, presence, claims) and the
+//! shared-state log ([`crate::shared::oplog`]).
+//!
+//! Delivery invariant: an incoming envelope is acknowledged to the relay only after its
+//! inbox row is committed, and an outgoing one leaves the outbox only after the relay said
+//! `relayed` (which it says only after its own commit). Everything in between is resent
+//! and deduped by message id.
+
+mod end;
+mod membership;
+mod messages;
+
+use bytes::Bytes;
+use claudemesh_relay::{ConnectOptions, Connection};
+use claudemesh_schema::ipc::methods::LinkState;
+use claudemesh_schema::now_ms;
+use claudemesh_schema::wire::{self, ClientFrame, RelayFrame};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub(crate) use end::End;
+use end::Next;
+
+use crate::context::Daemon;
+use crate::mesh::{LinkCmd, LinkStatus, MeshCtx, RelayRefusal, lock};
+use crate::shared::oplog::LinkOps;
+
+/// Client name sent in hellos.
+pub(crate) const CLIENT: &str = concat!("claudemesh/", env!("CARGO_PKG_VERSION"));
+const INITIAL_BACKOFF_MS: u64 = 250;
+/// After a refusal that will not fix itself soon.
+const LATER_MS: u64 = 300_000;
+const PING_EVERY: Duration = Duration::from_secs(15);
+const IDLE_LIMIT: Duration = Duration::from_secs(45);
+/// Keepalive pings use ids far above request ids, so their pongs never answer a request.
+const KEEPALIVE: u64 = 1 << 62;
+
+fn jitter(ms: u64) -> Duration {
+    let r = u32::from_le_bytes(claudemesh_schema::crypto::random_bytes::<4>());
+    let factor = 0.5 + (r as f64 / u32::MAX as f64);
+    Duration::from_millis((ms as f64 * factor) as u64).max(Duration::from_millis(1))
+}
+
+/// Run the link of mesh `m` until the mesh is left or the daemon stops.
+pub(crate) async fn run(
+    d: Arc<Daemon>,
+    m: Arc<MeshCtx>,
+    mut rx: mpsc::Receiver<LinkCmd>,
+    status: watch::Sender<LinkStatus>,
+) {
+    let mut backoff = INITIAL_BACKOFF_MS;
+    let opts = ConnectOptions {
+        quic: d.cfg.link.quic,
+        websocket: d.cfg.link.websocket,
+        quic_timeout: Duration::from_millis(d.cfg.link.quic_timeout_ms),
+        ws_timeout: Duration::from_millis(d.cfg.link.ws_timeout_ms),
+    };
+    let report = |f: &dyn Fn(&mut LinkStatus)| {
+        status.send_modify(|s| f(s));
+        d.bump_changes();
+    };
+    loop {
+        if m.stop.is_cancelled() {
+            break;
+        }
+        report(&|s| {
+            s.state = LinkState::Connecting;
+            s.transport = None;
+        });
+        if *m.paused.borrow() {
+            report(&|s| {
+                s.state = LinkState::Offline;
+                s.last_error = Some(End::HeldDown.to_string());
+            });
+            let mut p = m.paused.subscribe();
+            tokio::select! {
+                biased;
+                _ = m.stop.cancelled() => break,
+                _ = async { let _ = p.wait_for(|x| !*x).await; } => {}
+                _ = drain_while_down(&mut rx) => return,
+            }
+            continue;
+        }
+        let (relay, fp) = {
+            let r = lock(&m.row);
+            (r.relay.clone(), r.relay_fp)
+        };
+        let conn = tokio::select! {
+            biased;
+            _ = m.stop.cancelled() => break,
+            c = claudemesh_relay::connect(&relay, Some(fp), &opts) => c,
+        };
+        let started = Instant::now();
+        let end = match conn {
+            Ok(c) => {
+                tracing::debug!(transport = c.transport.as_str(), "connected to relay");
+                connection(&d, &m, c, &mut rx, &status).await
+            }
+            Err(e) => End::from(e),
+        };
+        let delay = match end.next() {
+            Next::Stop => break,
+            Next::Retry => {
+                if started.elapsed() > Duration::from_secs(30) {
+                    backoff = INITIAL_BACKOFF_MS;
+                }
+                let dl = jitter(backoff);
+                backoff = (backoff * 2).min(d.cfg.link.max_backoff_ms.max(INITIAL_BACKOFF_MS));
+                dl
+            }
+            Next::Later => jitter(LATER_MS),
+        };
+        tracing::info!(error = %end, retry_in_ms = delay.as_millis() as u64, "relay link down");
+        let err = end.to_string();
+        report(&|s| {
+            s.state = LinkState::Connecting;
+            s.transport = None;
+            s.last_error = Some(err.clone());
+        });
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                biased;
+                _ = m.stop.cancelled() => {
+                    report(&|s| s.state = LinkState::Offline);
+                    return;
+                }
+                _ = &mut sleep => break,
+                cmd = rx.recv() => match cmd {
+                    None => return,
+                    Some(c) => refuse_while_down(c),
+                },
+            }
+        }
+    }
+    report(&|s| {
+        s.state = LinkState::Offline;
+        s.transport = None;
+    });
+}
+
+/// Answer a command that needs the relay while the link is down. Outbox entries and ops
+/// are durable already and go out on reconnect; a `send` still waiting hears it stays
+/// queued (its waiter is dropped).
+fn refuse_while_down(cmd: LinkCmd) {
+    let down = || RelayRefusal {
+        code: None,
+        message: "the relay is not reachable right now".into(),
+    };
+    match cmd {
+        LinkCmd::Request(_, reply) => {
+            let _ = reply.send(Err(down()));
+        }
+        LinkCmd::ReadOps(_, _, reply) => {
+            let _ = reply.send(Err(down()));
+        }
+        _ => {}
+    }
+}
+
+/// Answer commands until the channel closes (while the link is held down).
+async fn drain_while_down(rx: &mut mpsc::Receiver<LinkCmd>) {
+    while let Some(c) = rx.recv().await {
+        refuse_while_down(c);
+    }
+}
+
+pub(super) async fn write(c: &mut Connection, f: &ClientFrame) -> Result<(), End> {
+    let b = wire::encode(f).map_err(|e| End::Encode(e.to_string()))?;
+    Ok(c.writer.send(Bytes::from(b)).await?)
+}
+
+pub(super) async fn read_frame(c: &mut Connection, limit: Duration) -> Result<RelayFrame, End> {
+    match tokio::time::timeout(limit, c.reader.next()).await {
+        Err(_) => Err(End::Silent),
+        Ok(None) => Err(End::Closed),
+        Ok(Some(Err(e))) => Err(End::Io(e)),
+        Ok(Some(Ok(b))) => wire::decode::<RelayFrame>(&b).map_err(|e| End::BadFrame(e.to_string())),
+    }
+}
+
+/// Requests waiting for the relay's `ok` / `error`, by request id.
+type Requests = HashMap<u64, oneshot::Sender<Result<(), RelayRefusal>>>;
+
+/// One connection, from hello to its end.
+async fn connection(
+    d: &Arc<Daemon>,
+    m: &Arc<MeshCtx>,
+    mut c: Connection,
+    rx: &mut mpsc::Receiver<LinkCmd>,
+    status: &watch::Sender<LinkStatus>,
+) -> End {
+    let mut requests = Requests::new();
+    let mut ops = None;
+    let end = run_connection(d, m, &mut c, rx, status, &mut requests, &mut ops).await;
+    if let Some(lo) = ops.as_mut() {
+        lo.fail_reads();
+    }
+    for (_, p) in requests.drain() {
+        let _ = p.send(Err(RelayRefusal {
+            code: None,
+            message: "the relay link dropped".into(),
+        }));
+    }
+    if matches!(end, End::Stopped) {
+        c.close().await;
+    }
+    end
+}
+
+async fn run_connection(
+    d: &Arc<Daemon>,
+    m: &Arc<MeshCtx>,
+    c: &mut Connection,
+    rx: &mut mpsc::Receiver<LinkCmd>,
+    status: &watch::Sender<LinkStatus>,
+    requests: &mut Requests,
+    ops: &mut Option<LinkOps>,
+) -> End {
+    let welcome = match membership::join(d, m, c).await {
+        Ok(w) => w,
+        Err(e) => return e,
+    };
+    status.send_modify(|s| {
+        s.state = LinkState::Connected;
+        s.transport = Some(c.transport);
+        s.last_error = None;
+        s.skew_ms = Some(welcome.server_time - now_ms());
+    });
+    d.bump_changes();
+    tracing::info!(transport = c.transport.as_str(), "relay link up");
+    if let Err(e) = membership::publish(d, m, c, None).await {
+        return e;
+    }
+    let mut out = match messages::Outbound::start(d, m, c).await {
+        Ok(o) => o,
+        Err(e) => return e,
+    };
+    let lo = match crate::shared::oplog::start(d, m, c).await {
+        Ok(lo) => ops.insert(lo),
+        Err(e) => return End::Ops(e),
+    };
+    let mut paused = m.paused.subscribe();
+    let mut next_rid: u64 = 1;
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    let mut ping_n = 0u64;
+    loop {
+        let retry_at = out.next_retry();
+        let r: Result<(), End> = tokio::select! {
+            biased;
+            _ = m.stop.cancelled() => Err(End::Stopped),
+            _ = async { let _ = paused.wait_for(|p| *p).await; } => Err(End::HeldDown),
+            // Applying ops failed: sync again from the stored head.
+            _ = m.resync.notified() => resync(d, m, c, lo).await,
+            Some(first) = out.acks.recv() => {
+                let ids = messages::ack_batch(first, &mut out.acks);
+                write(c, &ClientFrame::Ack { ids }).await
+            }
+            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
+                out.retry_due(c).await
+            }
+            cmd = rx.recv() => match cmd {
+                None => Err(End::Stopped),
+                Some(cmd) => command(d, m, c, cmd, &mut out, lo, requests, &mut next_rid).await,
+            },
+            f = read_frame(c, IDLE_LIMIT) => match f {
+                Ok(f) => frame(d, m, c, f, &mut out, lo, requests).await,
+                Err(e) => Err(e),
+            },
+            _ = ping.tick() => {
+                ping_n += 1;
+                write(c, &ClientFrame::Ping { n: ping_n | KEEPALIVE }).await
+            }
+        };
+        if let Err(end) = r {
+            return end;
+        }
+    }
+}
+
+async fn resync(d: &Daemon, m: &MeshCtx, c: &mut Connection, lo: &mut LinkOps) -> Result<(), End> {
+    let mesh = m.id;
+    let _ = d.store.flush().await;
+    let head = d
+        .store
+        .read(move |c| crate::shared::query::q_head(c, mesh))
+        .await
+        .map_err(|e| End::Ops(format!("cannot read the op log: {e}")))?;
+    let next = head.map(|x| x.0).unwrap_or(0) + 1;
+    lo.reset(next);
+    write(c, &ClientFrame::OpSync { from: next }).await
+}
+
+/// A command from the rest of the daemon.
+#[allow(clippy::too_many_arguments)]
+async fn command(
+    d: &Arc<Daemon>,
+    m: &Arc<MeshCtx>,
+    c: &mut Connection,
+    cmd: LinkCmd,
+    out: &mut messages::Outbound,
+    lo: &mut LinkOps,
+    requests: &mut Requests,
+    next_rid: &mut u64,
+) -> Result<(), End> {
+    let mut rid = || {
+        let r = *next_rid;
+        *next_rid += 1;
+        r
+    };
+    match cmd {
+        LinkCmd::Send(id, frame, waiter) => out.send(c, id, frame, waiter).await,
+        LinkCmd::Request(build, reply) => {
+            let rid = rid();
+            requests.insert(rid, reply);
+            write(c, &build(rid)).await
+        }
+        LinkCmd::Publish(only) => membership::publish(d, m, c, only).await.map(|_| ()),
+        LinkCmd::Depart(session) => write(c, &ClientFrame::Depart { session }).await,
+        LinkCmd::Op(id, frame) => match lo.send(id, frame) {
+            Some(f) => Ok(c.writer.send(f).await?),
+            None => Ok(()),
+        },
+        LinkCmd::ReadOps(from, limit, reply) => {
+            let rid = rid();
+            lo.reads.insert(rid, reply);
+            write(c, &ClientFrame::OpRead { rid, from, limit }).await
+        }
+        LinkCmd::Snapshot(frames) => {
+            for f in frames {
+                c.writer.feed(f).await?;
+            }
+            Ok(c.writer.flush().await?)
+        }
+    }
+}
+
+/// A frame from the relay, handed to the protocol it belongs to.
+async fn frame(
+    d: &Arc<Daemon>,
+    m: &Arc<MeshCtx>,
+    c: &mut Connection,
+    f: RelayFrame,
+    out: &mut messages::Outbound,
+    lo: &mut LinkOps,
+    requests: &mut Requests,
+) -> Result<(), End> {
+    let f = match on_op_frame(d, m, lo, f).await? {
+        OpFrame::Handled => return Ok(()),
+        OpFrame::Send(reply) => return write(c, &reply).await,
+        OpFrame::Other(f) => f,
+    };
+    let Some(f) = membership::on_frame(d, m, f).await? else {
+        return Ok(());
+    };
+    match f {
+        RelayFrame::Relayed { id, at } => out.relayed(d, id, at).await,
+        RelayFrame::Refused {
+            id,
+            code,
+            message,
+            retry_ms,
+        } => out.refused(d, id, code, message, retry_ms).await,
+        RelayFrame::Deliver { env, at } => out.deliver(d, m, env, at).await,
+        RelayFrame::Receipt { id, at, .. } => out.delivered(d, id, at).await,
+        RelayFrame::Ok { rid } => {
+            if let Some(p) = requests.remove(&rid) {
+                let _ = p.send(Ok(()));
+            }
+        }
+        RelayFrame::Error {
+            rid,
+            code,
+            message,
+            fatal,
+            ..
+        } => {
+            if let Some(p) = rid.and_then(|r| requests.remove(&r)) {
+                let _ = p.send(Err(RelayRefusal {
+                    code: Some(code),
+                    message: message.clone(),
+                }));
+            } else {
+                tracing::warn!(%code, %message, "relay error");
+            }
+            if fatal {
+                return Err(End::Refused { code, message });
+            }
+        }
+        // Pings sent as requests carry their request id as `n`.
+        RelayFrame::Pong { n, .. } => {
+            if let Some(p) = requests.remove(&n) {
+                let _ = p.send(Ok(()));
+            }
+        }
+        other => {
+            tracing::debug!(frame = ?std::mem::discriminant(&other), "unexpected frame on a member link");
+        }
+    }
+    Ok(())
+}
+
+enum OpFrame {
+    Handled,
+    Send(ClientFrame),
+    Other(RelayFrame),
+}
+
+/// Frames of the shared-state op log.
+async fn on_op_frame(
+    d: &Arc<Daemon>,
+    m: &Arc<MeshCtx>,
+    lo: &mut LinkOps,
+    f: RelayFrame,
+) -> Result<OpFrame, End> {
+    Ok(match f {
+        RelayFrame::Ops { ops, head } => match lo.received(d, m, ops, head).await {
+            Some(f) => OpFrame::Send(f),
+            None => OpFrame::Handled,
+        },
+        RelayFrame::OpAck { id, seq } => {
+            lo.acked(d, id, seq);
+            OpFrame::Handled
+        }
+        RelayFrame::SnapshotPart {
+            seq,
+            author,
+            part,
+            parts,
+            data,
+        } => {
+            lo.snapshot_part(d, m, (seq, author, part, parts, data))
+                .await;
+            OpFrame::Handled
+        }
+        RelayFrame::SnapshotStored { seq, kept } => {
+            tracing::debug!(seq, kept, "relay stored our snapshot");
+            let _ = m.snapshots_pending.fetch_update(
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+                |n| Some(n.saturating_sub(1)),
+            );
+            d.bump_changes();
+            OpFrame::Handled
+        }
+        RelayFrame::OpRefused {
+            id, code, message, ..
+        } => {
+            if lo.refused(d, m, id, code, &message) {
+                return Err(End::OpsRetry(code));
+            }
+            OpFrame::Handled
+        }
+        RelayFrame::OpPage {
+            rid,
+            ops,
+            head,
+            first,
+        } => {
+            if let Some(r) = lo.reads.remove(&rid) {
+                let _ = r.send(Ok(crate::mesh::OpPage { ops, head, first }));
+            }
+            OpFrame::Handled
+        }
+        RelayFrame::Error {
+            rid: Some(rid),
+            code,
+            message,
+            fatal: false,
+            ..
+        } if lo.reads.contains_key(&rid) => {
+            if let Some(r) = lo.reads.remove(&rid) {
+                let _ = r.send(Err(RelayRefusal {
+                    code: Some(code),
+                    message,
+                }));
+            }
+            OpFrame::Handled
+        }
+        other => OpFrame::Other(other),
+    })
+}
