@@ -136,8 +136,39 @@ fn stage(w: &World, id: &str) -> Value {
 }
 
 fn wait_stage(w: &World, id: &str, stage: &str) -> Value {
-    w.alice
-        .json(&["sent", id, "--wait-for", stage, "--timeout", "30"])
+    let out = w
+        .alice
+        .run(&["sent", id, "--wait-for", stage, "--timeout", "30", "--json"]);
+    if !out.status.success() {
+        panic!(
+            "message {id} did not reach {stage}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            explain(w)
+        );
+    }
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// What bob's side knows, for a failure message: its daemon's log, its inbox, and how
+/// many model turns there were.
+fn explain(w: &World) -> String {
+    let mut logs = String::new();
+    for e in std::fs::read_dir(w.bob.dir.join("logs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        logs.push_str(&lines[lines.len().saturating_sub(40)..].join("\n"));
+    }
+    let inbox = w.bob.run(&["inbox", "--peek", "--json"]);
+    format!(
+        "model turns: {}\nbob's inbox: {}\nbob's daemon log:\n{logs}\nhook outputs:\n{}",
+        w.model.turns().len(),
+        String::from_utf8_lossy(&inbox.stdout),
+        std::fs::read_to_string(w.bob.dir.join("hook-outputs.log")).unwrap_or_default()
+    )
 }
 
 /// Every model turn holds `text` at most once, and the last turn exactly once: the model

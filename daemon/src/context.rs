@@ -35,6 +35,70 @@ pub(crate) enum TranscriptCmd {
     },
 }
 
+/// A session's bell: wakes whoever waits for the session's messages, and hands messages
+/// to its push subscription without a store round trip.
+///
+/// Listeners arm [`Bell::notified`] (`enable`) before looking, so a ring between the look
+/// and the wait is not lost.
+#[derive(Debug, Default)]
+pub(crate) struct Bell {
+    notify: tokio::sync::Notify,
+    /// The store changed for the session since its subscription last looked.
+    dirty: std::sync::atomic::AtomicBool,
+    /// Push subscriptions caught up with the store (they take handed-over messages).
+    live: std::sync::atomic::AtomicU32,
+    /// Messages handed over (stored, or being stored, as shown through the channel),
+    /// not yet pushed.
+    fresh: Mutex<Vec<claudemesh_schema::ipc::methods::InboxMessage>>,
+}
+
+impl Bell {
+    pub(crate) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
+    }
+
+    /// Something for the session changed in the store: look again.
+    pub(crate) fn ring(&self) {
+        self.dirty.store(true, std::sync::atomic::Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    /// Hand `msg` to the session's push subscription.
+    pub(crate) fn hand(&self, msg: claudemesh_schema::ipc::methods::InboxMessage) {
+        crate::mesh::lock(&self.fresh).push(msg);
+        self.notify.notify_waiters();
+    }
+
+    /// What was handed over since the last take.
+    pub(crate) fn take_fresh(&self) -> Vec<claudemesh_schema::ipc::methods::InboxMessage> {
+        std::mem::take(&mut *crate::mesh::lock(&self.fresh))
+    }
+
+    /// Did the store change since the last call?
+    pub(crate) fn take_dirty(&self) -> bool {
+        self.dirty.swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// Is a push subscription caught up and taking handed-over messages?
+    pub(crate) fn live(&self) -> bool {
+        self.live.load(std::sync::atomic::Ordering::Acquire) > 0
+    }
+
+    /// A push subscription caught up (`true`) or fell behind / left (`false`).
+    pub(crate) fn set_live(&self, was: bool, now: bool) {
+        use std::sync::atomic::Ordering::AcqRel;
+        match (was, now) {
+            (false, true) => {
+                self.live.fetch_add(1, AcqRel);
+            }
+            (true, false) => {
+                self.live.fetch_sub(1, AcqRel);
+            }
+            _ => {}
+        }
+    }
+}
+
 /// A mesh link for the supervisor to run: the mesh, its command queue, its status.
 pub(crate) type LinkStart = (
     Arc<MeshCtx>,
@@ -52,9 +116,10 @@ pub(crate) struct Daemon {
     pub(crate) started: Instant,
     pub(crate) shutdown: CancellationToken,
     pub(crate) relay: Option<(String, [u8; 32])>,
-    /// One wake-up per session: rings when something that session may take arrived or
-    /// its status changed (wakes its push subscription and its `inbox --wait`).
-    pub(crate) wakers: Mutex<HashMap<claudemesh_schema::SessionId, Arc<tokio::sync::Notify>>>,
+    /// One bell per session: rings when something that session may take arrived or its
+    /// status changed (wakes its push subscription and its `inbox --wait`), and carries
+    /// messages handed straight to its push subscription.
+    pub(crate) bells: Mutex<HashMap<claudemesh_schema::SessionId, Arc<Bell>>>,
     /// Shared keys changed by applied ops (`state_change` notifications).
     pub(crate) state_events:
         tokio::sync::broadcast::Sender<claudemesh_schema::ipc::shared::StateChange>,
@@ -261,21 +326,25 @@ impl Daemon {
         m
     }
 
-    /// The wake-up of `session` (see [`Daemon::wakers`]). Arm it (`enable`) before
-    /// looking, so a ring between the look and the wait is not lost.
-    pub(crate) fn waker(&self, session: claudemesh_schema::SessionId) -> Arc<tokio::sync::Notify> {
-        crate::mesh::lock(&self.wakers)
+    /// The bell of `session` (see [`Daemon::bells`]).
+    pub(crate) fn bell(&self, session: claudemesh_schema::SessionId) -> Arc<Bell> {
+        crate::mesh::lock(&self.bells)
             .entry(session)
             .or_default()
             .clone()
     }
 
-    /// Ring the wake-up of each of `sessions`.
+    /// The bell of `session` if anyone listens to it.
+    pub(crate) fn bell_if_any(&self, session: claudemesh_schema::SessionId) -> Option<Arc<Bell>> {
+        crate::mesh::lock(&self.bells).get(&session).cloned()
+    }
+
+    /// Ring the bell of each of `sessions`.
     pub(crate) fn wake(&self, sessions: impl IntoIterator<Item = claudemesh_schema::SessionId>) {
-        let w = crate::mesh::lock(&self.wakers);
+        let w = crate::mesh::lock(&self.bells);
         for s in sessions {
-            if let Some(n) = w.get(&s) {
-                n.notify_waiters();
+            if let Some(b) = w.get(&s) {
+                b.ring();
             }
         }
     }

@@ -172,7 +172,7 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
         started: Instant::now(),
         shutdown: CancellationToken::new(),
         relay,
-        wakers: Mutex::new(HashMap::new()),
+        bells: Mutex::new(HashMap::new()),
         state_events: tokio::sync::broadcast::channel(1024).0,
         changes,
         tasks: TaskTracker::new(),

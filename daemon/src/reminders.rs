@@ -252,7 +252,7 @@ async fn fire(
             from_label: String::new(),
             kind: KIND_REMINDER.into(),
         };
-        d.store.insert_inbox(vec![InboxRow { msg }]).await?;
+        d.store.insert_inbox(vec![InboxRow::new(msg)]).await?;
         d.arrived(m, &[session], false);
     } else {
         let known = d

@@ -614,6 +614,9 @@ pub async fn run(paths: Paths, exe: PathBuf) -> Result<(), ShimError> {
                 tokio::time::sleep(FIRST_PUSH_AFTER).await;
             }
             let mut delay = std::time::Duration::from_millis(100);
+            // Ids pushed lately, across daemon restarts: a message the daemon pushed and
+            // then (killed before its commit) received again reaches the model once.
+            let mut pushed = claudemesh_schema::dedupe::Recent::default();
             loop {
                 if let Ok(s) = shim.session().await
                     && let Ok(mut c) = shim.client().await
@@ -670,6 +673,9 @@ pub async fn run(paths: Paths, exe: PathBuf) -> Result<(), ShimError> {
                         let Ok(msg) = serde_json::from_value::<InboxMessage>(params) else {
                             continue;
                         };
+                        if !pushed.insert(msg.id) {
+                            continue;
+                        }
                         let note =
                             ServerNotification::CustomNotification(channel_notification(&msg));
                         if peer.send_notification(note).await.is_err() {

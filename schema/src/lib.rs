@@ -25,6 +25,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod crypto;
+pub mod dedupe;
 pub mod encoding;
 pub mod ids;
 pub mod invite;

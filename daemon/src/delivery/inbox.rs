@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+use super::push::push_allowed;
 use super::send::send_receipts;
 use crate::context::Daemon;
 use crate::error::Error;
@@ -33,18 +34,6 @@ pub(crate) const PUSH_DEADLINE: Duration = Duration::from_secs(3);
 const PUSH_DEADLINE_WORKING: Duration = Duration::from_secs(10);
 /// Rows scanned per query when paging through a backlog.
 const PAGE: u32 = 256;
-
-/// May a message of `priority` be pushed to (or shown by a hook in) a session that is
-/// `status`? Idle sessions take `now` and `next`; busy ones only `now`; `low` waits to be
-/// pulled.
-pub(crate) fn push_allowed(priority: Priority, status: PeerStatus) -> bool {
-    match (priority, status) {
-        (Priority::Low, _) => false,
-        (Priority::Now, _) => true,
-        (Priority::Next, PeerStatus::Idle) => true,
-        (Priority::Next, _) => false,
-    }
-}
 
 /// How long a message handed to `session` may wait for evidence before another path
 /// may show it.
@@ -173,7 +162,7 @@ pub(crate) async fn read(d: &Arc<Daemon>, p: InboxParams) -> Result<InboxResult,
     };
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(p.wait_ms.unwrap_or(0).min(3_600_000));
-    let wakers: Vec<_> = readers.iter().map(|(_, s, _)| d.waker(*s)).collect();
+    let wakers: Vec<_> = readers.iter().map(|(_, s, _)| d.bell(*s)).collect();
     let messages = loop {
         // Armed before looking: an arrival between the look and the wait still wakes us.
         let mut rings: Vec<_> = wakers.iter().map(|w| Box::pin(w.notified())).collect();
@@ -398,15 +387,23 @@ pub(crate) async fn subscription(
     } else {
         None
     };
-    let waker = d.waker(session);
+    let bell = d.bell(session);
+    let mut live = Live {
+        bell: bell.clone(),
+        on: false,
+    };
     // Pushes not yet seen taken, with when they went out.
     let mut waiting: Vec<(MessageId, tokio::time::Instant)> = Vec::new();
+    // Ids pushed lately: a message handed over and then found in the store (or resent by
+    // the relay) is pushed once.
+    let mut recent = claudemesh_schema::dedupe::Recent::default();
     // A full batch means more may wait: look again at once.
     let mut more;
+    let mut look = true;
     loop {
         more = false;
         // Armed before looking: what arrives while we look still wakes us.
-        let rung = waker.notified();
+        let rung = bell.notified();
         tokio::pin!(rung);
         rung.as_mut().enable();
         let Some((open, status, channel, transcript, pulling)) = session_state(&m, session) else {
@@ -424,7 +421,37 @@ pub(crate) async fn subscription(
         // it reads them.
         let can_push = push && channel != Channel::Dropped && !pulling;
         let member_rows = (hosted && designated(&m, session)).then_some(m.keys.session);
-        if can_push {
+        // Handed over: claimed for this channel as they were stored.
+        let mut lapsed = Vec::new();
+        for msg in bell.take_fresh() {
+            if !can_push {
+                // Not pushable after all (the gate closed meanwhile): free for the others.
+                lapsed.push(msg.id);
+                continue;
+            }
+            if !recent.insert(msg.id) {
+                continue;
+            }
+            let id = msg.id;
+            let n = Notification {
+                jsonrpc: "2.0".into(),
+                method: m::NOTIFY_MESSAGE.into(),
+                params: serde_json::to_value(&msg).unwrap_or(Value::Null),
+            };
+            if tx.send(n).await.is_err() {
+                return;
+            }
+            if transcript {
+                waiting.push((id, tokio::time::Instant::now()));
+            }
+        }
+        if !lapsed.is_empty() {
+            let _ = d.store.unclaim_push(session, lapsed).await;
+            d.arrived(&m, &[session], member_rows.is_some());
+        }
+        look |= bell.take_dirty();
+        if can_push && look {
+            look = false;
             let who = Reader {
                 sessions: vec![session],
                 member_rows,
@@ -448,6 +475,9 @@ pub(crate) async fn subscription(
                 return;
             };
             for u in batch.into_iter().filter(|u| claimed.contains(&u.msg.id)) {
+                if !recent.insert(u.msg.id) {
+                    continue;
+                }
                 let n = Notification {
                     jsonrpc: "2.0".into(),
                     method: m::NOTIFY_MESSAGE.into(),
@@ -496,7 +526,10 @@ pub(crate) async fn subscription(
                 }
             }
         }
+        // Caught up with the store: what arrives next may be handed over directly.
+        live.set(can_push && !more);
         if more {
+            look = true;
             continue;
         }
         let next_due = waiting.iter().map(|(_, t)| *t + limit).min();
@@ -510,6 +543,26 @@ pub(crate) async fn subscription(
             } => {}
             _ = d.shutdown.cancelled() => return,
         }
+    }
+}
+
+/// Marks a push subscription caught up on its session's bell while it is; unmarks it when
+/// the subscription ends.
+struct Live {
+    bell: Arc<crate::context::Bell>,
+    on: bool,
+}
+
+impl Live {
+    fn set(&mut self, on: bool) {
+        self.bell.set_live(self.on, on);
+        self.on = on;
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.set(false);
     }
 }
 
@@ -565,29 +618,6 @@ pub(crate) async fn message_status(
             _ = changes.changed() => {}
             _ = tokio::time::sleep_until(deadline) => {}
             _ = d.shutdown.cancelled() => {}
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_push_gate_follows_priority_and_status() {
-        use PeerStatus::*;
-        use Priority::*;
-        for (p, s, want) in [
-            (Now, Idle, true),
-            (Now, Working, true),
-            (Now, Dnd, true),
-            (Next, Idle, true),
-            (Next, Working, false),
-            (Next, Dnd, false),
-            (Low, Idle, false),
-            (Low, Working, false),
-        ] {
-            assert_eq!(push_allowed(p, s), want, "{p:?} to a {s:?} session");
         }
     }
 }

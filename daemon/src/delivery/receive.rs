@@ -146,6 +146,7 @@ pub(super) fn rows_for(
     targets
         .into_iter()
         .map(|session| InboxRow {
+            pushed_to: None,
             msg: InboxMessage {
                 id: p.id,
                 session,

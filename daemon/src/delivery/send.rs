@@ -12,6 +12,7 @@ use claudemesh_schema::{MessageId, SessionId, now_ms};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::push::Handover;
 use super::{MAX_BODY, receive::rows_for};
 use crate::context::Daemon;
 use crate::error::Error;
@@ -371,9 +372,22 @@ pub(crate) async fn send_as(
     // From here the message is durable: whatever happens next, it will be sent.
     let local_count = local.len() as u32;
     if !local.is_empty() {
-        let targets: Vec<SessionId> = local.iter().map(|r| r.msg.session).collect();
-        d.store.insert_inbox(local).await?;
-        d.arrived(&m, &targets, false);
+        let mut local = local;
+        let mut plan = Handover::plan(d, &m, &mut local);
+        let (targets, person) = plan.take_wake();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        d.store
+            .insert_inbox_then(
+                local,
+                move |new| plan.push(new),
+                move |r| {
+                    let _ = tx.send(r);
+                },
+            )
+            .await?;
+        rx.await
+            .map_err(|_| Error::internal("the store stopped"))??;
+        d.arrived(&m, &targets, person);
     }
     let connected = m.link.connected();
     let wait = p.wait_ms.map(Duration::from_millis).unwrap_or(DEFAULT_WAIT);
@@ -433,12 +447,8 @@ async fn send_to_local_session(
         kind: kind.into(),
         body: p.body.clone(),
     };
-    let rows = rows_for(m, &payload, &m.member(), vec![to], now, false);
-    d.store
-        .deliver_local(m.id, id, target.label.clone(), p.priority, now, rows)
-        .await?;
-    d.arrived(m, &[to], false);
-    d.bump_changes();
+    let mut rows = rows_for(m, &payload, &m.member(), vec![to], now, false);
+    deliver_here(d, m, id, target, p, now, &mut rows).await?;
     Ok(SendResult {
         id,
         mesh: m.id,
@@ -446,6 +456,45 @@ async fn send_to_local_session(
         recipients: target.names.clone(),
         local: 1,
     })
+}
+
+/// Store a message delivered on this daemon (its `sent` row and the recipients' rows, in
+/// one transaction); sessions taking pushes get it as it commits, the rest are woken
+/// after.
+async fn deliver_here(
+    d: &Arc<Daemon>,
+    m: &Arc<MeshCtx>,
+    id: MessageId,
+    target: &Target,
+    p: &SendParams,
+    now: i64,
+    rows: &mut Vec<InboxRow>,
+) -> Result<(), Error> {
+    let mut plan = Handover::plan(d, m, rows);
+    let (wake, person) = plan.take_wake();
+    let (d2, m2) = (d.clone(), m.clone());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    d.store
+        .deliver_local_then(
+            m.id,
+            id,
+            target.label.clone(),
+            p.priority,
+            now,
+            std::mem::take(rows),
+            move |new| plan.push(new),
+            move |r| {
+                if r.is_ok() {
+                    d2.arrived(&m2, &wake, person);
+                    d2.bump_changes();
+                }
+                let _ = tx.send(r);
+            },
+        )
+        .await?;
+    rx.await
+        .map_err(|_| Error::internal("the store stopped"))??;
+    Ok(())
 }
 
 /// A message from one of our sessions to our own person: it goes to the person's inbox
@@ -474,12 +523,8 @@ async fn send_to_own_person(
         kind: kind.into(),
         body: p.body.clone(),
     };
-    let rows = rows_for(m, &payload, &m.member(), vec![m.keys.session], now, true);
-    d.store
-        .deliver_local(m.id, id, target.label.clone(), p.priority, now, rows)
-        .await?;
-    d.arrived(m, &[m.keys.session], true);
-    d.bump_changes();
+    let mut rows = rows_for(m, &payload, &m.member(), vec![m.keys.session], now, true);
+    deliver_here(d, m, id, target, p, now, &mut rows).await?;
     Ok(SendResult {
         id,
         mesh: m.id,

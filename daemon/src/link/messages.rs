@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::End;
 use crate::context::Daemon;
+use crate::delivery::push::Handover;
 use crate::delivery::receive::{self, Opened};
 use crate::mesh::{MeshCtx, RelayedWaiter};
 
@@ -205,13 +206,15 @@ impl Outbound {
             .flatten();
         let ack = self.ack_tx.clone();
         match receive::open(m, &env, at, sender.as_ref()) {
-            Opened::Rows(rows) => {
+            Opened::Rows(mut rows) => {
+                // Sessions taking pushes get the message as its rows commit (pushed from
+                // the storing transaction); the relay hears `ack` only after the commit.
+                let mut plan = Handover::plan(d, m, &mut rows);
+                let (targets, person) = plan.take_wake();
                 let (d2, m2) = (d.clone(), m.clone());
-                let targets: Vec<_> = rows.iter().map(|r| r.msg.session).collect();
-                let person = rows.iter().any(|r| r.msg.for_member);
                 let r = d
                     .store
-                    .insert_inbox_then(rows, move |r| match r {
+                    .insert_inbox_then(rows, move |new| plan.push(new), move |r| match r {
                         Ok(_) => {
                             d2.arrived(&m2, &targets, person);
                             let _ = ack.send(id);

@@ -686,7 +686,7 @@ fn record_notices(
             from_label: String::new(),
             kind: n.kind.into(),
         };
-        crate::store::insert_inbox_rows(tx, vec![crate::store::InboxRow { msg }])?;
+        crate::store::insert_inbox_rows(tx, vec![crate::store::InboxRow::new(msg)])?;
     }
     Ok(())
 }

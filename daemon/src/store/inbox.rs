@@ -17,6 +17,18 @@ use super::{Result, Store, StoreError, corrupt, unwrap_corrupt};
 pub(crate) struct InboxRow {
     /// The message as shown.
     pub msg: InboxMessage,
+    /// Stored as already handed to this session's channel (a push that goes out as the
+    /// row commits, so no other path claims it meanwhile).
+    pub pushed_to: Option<SessionId>,
+}
+
+impl InboxRow {
+    pub(crate) fn new(msg: InboxMessage) -> Self {
+        Self {
+            msg,
+            pushed_to: None,
+        }
+    }
 }
 
 /// An unread message with its delivery progress.
@@ -229,19 +241,27 @@ const OWNED: &str = "(session = ?1 OR (?2 IS NOT NULL AND session = ?2 AND for_m
 impl Store {
     /// Store received messages, ignoring ids already stored; returns how many were new.
     pub(crate) async fn insert_inbox(&self, rows: Vec<InboxRow>) -> Result<usize> {
-        self.write(move |tx| insert_inbox_rows(tx, rows)).await
+        self.write(move |tx| insert_inbox_rows(tx, rows).map(|n| n.len()))
+            .await
     }
 
-    /// Queue received messages for storage; `done` runs on the writer thread after the
-    /// commit (this is where the caller acknowledges them to the relay).
+    /// Queue received messages for storage. `inserted` runs inside the transaction, before
+    /// its commit, with the rows that were new (`(id, session)`: pushes go out from
+    /// there); `done` runs after the commit (this is where the caller acknowledges them to
+    /// the relay). Both run on the writer thread and must be quick.
     pub(crate) async fn insert_inbox_then(
         &self,
         rows: Vec<InboxRow>,
+        inserted: impl FnOnce(&[(MessageId, SessionId)]) + Send + 'static,
         done: impl FnOnce(Result<usize>) + Send + 'static,
     ) -> Result<()> {
         self.writer
             .call_then(
-                move |tx| insert_inbox_rows(tx, rows),
+                move |tx| {
+                    let new = insert_inbox_rows(tx, rows)?;
+                    inserted(&new);
+                    Ok(new.len())
+                },
                 move |r| done(r.map_err(StoreError::from)),
             )
             .await?;
@@ -373,6 +393,23 @@ impl Store {
         .await
     }
 
+    /// Pushes planned for `session` that its subscription did not make after all: free
+    /// for the other paths again.
+    pub(crate) async fn unclaim_push(&self, session: SessionId, ids: Vec<MessageId>) -> Result<()> {
+        self.write(move |tx| {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE inbox SET shown_at = NULL, shown_via = NULL, shown_to = NULL
+                 WHERE id = ?1 AND shown_to = ?2 AND shown_via = 'channel'
+                   AND accepted_at IS NULL AND read_at IS NULL",
+            )?;
+            for id in ids {
+                stmt.execute(params![id.as_bytes(), session.as_bytes()])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// What was handed to `session` and never confirmed is gone with its process (it
     /// ended, or resumed in a new one): it may be shown again, there or (a message to the
     /// person) in another of the person's sessions.
@@ -406,21 +443,26 @@ impl Store {
     }
 }
 
+/// Insert `rows`, ignoring those stored already; returns the new ones (`(id, session)`).
 pub(crate) fn insert_inbox_rows(
     tx: &rusqlite::Transaction<'_>,
     rows: Vec<InboxRow>,
-) -> rusqlite::Result<usize> {
+) -> rusqlite::Result<Vec<(MessageId, SessionId)>> {
     let mut stmt = tx.prepare_cached(
         "INSERT OR IGNORE INTO inbox (id, session, mesh, from_session, from_member,
             from_name, from_label, to_label, priority, kind, body, sent_at, received_at,
-            verified, for_member)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            verified, for_member, shown_at, shown_via, shown_to)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+            CASE WHEN ?16 IS NULL THEN NULL ELSE ?13 END,
+            CASE WHEN ?16 IS NULL THEN NULL ELSE 'channel' END, ?16)",
     )?;
-    let mut n = 0;
+    let mut new = Vec::new();
     for r in rows {
+        let pushed_to = r.pushed_to.map(|s| s.as_bytes().to_vec());
         let m = r.msg;
+        let key = (m.id, m.session);
         let from_member = claudemesh_schema::encoding::unb64(&m.from_member).unwrap_or_default();
-        n += stmt.execute(params![
+        let n = stmt.execute(params![
             m.id.as_bytes(),
             m.session.as_bytes(),
             m.mesh.as_bytes(),
@@ -435,10 +477,14 @@ pub(crate) fn insert_inbox_rows(
             m.sent_at,
             m.received_at,
             m.verified,
-            m.for_member
+            m.for_member,
+            pushed_to
         ])?;
+        if n > 0 {
+            new.push(key);
+        }
     }
-    Ok(n)
+    Ok(new)
 }
 
 #[cfg(test)]
@@ -453,6 +499,7 @@ mod tests {
 
     fn row(session: SessionId, mesh: MeshId, n: i64, for_member: bool) -> InboxRow {
         InboxRow {
+            pushed_to: None,
             msg: InboxMessage {
                 id: MessageId::new(),
                 session,

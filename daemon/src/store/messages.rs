@@ -61,8 +61,10 @@ impl Store {
     }
 
     /// Deliver a message to sessions on this daemon without the relay: its `sent` row
-    /// (already delivered) and its inbox rows in one transaction.
-    pub(crate) async fn deliver_local(
+    /// (already delivered) and its inbox rows in one transaction. `done` runs after the
+    /// commit (on the writer thread: quick, never blocking).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn deliver_local_then(
         &self,
         mesh: MeshId,
         id: MessageId,
@@ -70,23 +72,29 @@ impl Store {
         priority: Priority,
         at: i64,
         rows: Vec<super::InboxRow>,
+        inserted: impl FnOnce(&[(MessageId, claudemesh_schema::SessionId)]) + Send + 'static,
+        done: impl FnOnce(Result<()>) + Send + 'static,
     ) -> Result<()> {
-        self.write(move |tx| {
-            tx.prepare_cached(
-                "INSERT OR IGNORE INTO sent (id, mesh, to_label, priority, created_at, relayed_at,
-                    delivered_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?5)",
-            )?
-            .execute(params![
-                id.as_bytes(),
-                mesh.as_bytes(),
-                to_label,
-                priority.as_str(),
-                at
-            ])?;
-            super::insert_inbox_rows(tx, rows)?;
-            Ok(())
-        })
+        self.write_then(
+            move |tx| {
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO sent (id, mesh, to_label, priority, created_at, relayed_at,
+                        delivered_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?5)",
+                )?
+                .execute(params![
+                    id.as_bytes(),
+                    mesh.as_bytes(),
+                    to_label,
+                    priority.as_str(),
+                    at
+                ])?;
+                let new = super::insert_inbox_rows(tx, rows)?;
+                inserted(&new);
+                Ok(())
+            },
+            done,
+        )
         .await
     }
 
