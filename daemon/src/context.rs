@@ -301,6 +301,7 @@ impl Daemon {
             op_caught_up: Default::default(),
             snapshots_pending: Default::default(),
             presences_sent: Default::default(),
+            senders: Default::default(),
             resync: tokio::sync::Notify::new(),
             grants: Mutex::new(grants),
         });

@@ -168,10 +168,42 @@ pub(crate) struct MeshCtx {
     pub(crate) snapshots_pending: std::sync::atomic::AtomicU64,
     /// The link has applied the relay's log up to the head it reported at sync.
     pub(crate) op_caught_up: std::sync::atomic::AtomicBool,
+    /// Who sent lately, by sending session: the member its signed presence names and the
+    /// names it shows (what an arriving message is checked and labelled with), newest
+    /// presence kept.
+    pub(crate) senders: Mutex<HashMap<SessionId, Sender>>,
     /// Presences this daemon has sent for the mesh (each session open costs one).
     pub(crate) presences_sent: std::sync::atomic::AtomicU64,
     /// True while the link is held down on purpose (`claudemesh debug link down`).
     pub(crate) paused: watch::Sender<bool>,
+}
+
+/// A sending session as its latest signed presence describes it.
+#[derive(Debug, Clone)]
+pub(crate) struct Sender {
+    pub(crate) seq: i64,
+    pub(crate) member: MemberKey,
+    /// The person, and the session's label.
+    pub(crate) names: (String, String),
+}
+
+impl MeshCtx {
+    /// Remember `p` as the description of its session's messages (unless a newer one is
+    /// known).
+    pub(crate) fn learn_sender(&self, p: &crate::store::PresenceRow) {
+        let mut s = lock(&self.senders);
+        if s.get(&p.session).is_some_and(|x| x.seq > p.seq) {
+            return;
+        }
+        s.insert(
+            p.session,
+            Sender {
+                seq: p.seq,
+                member: p.member,
+                names: p.names(),
+            },
+        );
+    }
 }
 
 /// What the channel path of a session has shown.

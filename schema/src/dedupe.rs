@@ -25,6 +25,11 @@ impl<T: Copy + Eq + Hash> Recent<T> {
     /// Ids remembered.
     pub const KEEP: usize = 4096;
 
+    /// Is `id` in the window?
+    pub fn contains(&self, id: &T) -> bool {
+        self.set.contains(id)
+    }
+
     /// Record `id`; false if it is in the window already.
     pub fn insert(&mut self, id: T) -> bool {
         if !self.set.insert(id) {

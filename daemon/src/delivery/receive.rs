@@ -6,8 +6,8 @@ use claudemesh_schema::message::{self, KIND_REMINDER, MessagePayload};
 use claudemesh_schema::wire::{Envelope, Route, Seal};
 use claudemesh_schema::{SessionId, now_ms};
 
-use crate::mesh::{MeshCtx, lock};
-use crate::store::{InboxRow, PresenceRow};
+use crate::mesh::{MeshCtx, Sender, lock};
+use crate::store::InboxRow;
 
 /// What an incoming envelope turned out to be.
 #[derive(Debug)]
@@ -21,7 +21,7 @@ pub(crate) enum Opened {
 }
 
 /// Open an envelope delivered to this daemon. Refusals are logged, never with content.
-pub(crate) fn open(m: &MeshCtx, env: &Envelope, at: i64, sender: Option<&PresenceRow>) -> Opened {
+pub(crate) fn open(m: &MeshCtx, env: &Envelope, at: i64, sender: Option<&Sender>) -> Opened {
     let rows = open_rows(m, env, at, sender);
     match rows {
         Ok(r) if r.is_empty() => Opened::Nothing,
@@ -34,7 +34,7 @@ fn open_rows(
     m: &MeshCtx,
     env: &Envelope,
     at: i64,
-    sender: Option<&PresenceRow>,
+    sender: Option<&Sender>,
 ) -> Result<Vec<InboxRow>, message::ReceiptBody> {
     if !m.is_member(&env.from_member) {
         tracing::warn!(id = %env.id, from = %env.from_member.short(), "message from a non-member dropped");
@@ -104,7 +104,7 @@ fn open_rows(
             tracing::warn!(id = %env.id, "message from a session of another member; dropped");
             return Ok(Vec::new());
         }
-        let (person, label) = s.names();
+        let (person, label) = s.names.clone();
         p.from_name = person;
         p.from_label = label;
     }

@@ -356,20 +356,56 @@ pub(crate) async fn send_as(
         seal,
         ct,
     };
-    let frame = wire::encode(&ClientFrame::Send(env)).map_err(|e| Error::invalid(e.to_string()))?;
+    let frame = Bytes::from(
+        wire::encode(&ClientFrame::Send(env)).map_err(|e| Error::invalid(e.to_string()))?,
+    );
+    // The outbox commit (the durable point) and the trip to the relay overlap: the frame
+    // goes to the link as soon as the write is queued, and `send` answers only after the
+    // commit. Writes queued later (the relay's `relayed`) commit after it.
+    let (queued_tx, queued) = tokio::sync::oneshot::channel();
     d.store
-        .enqueue(
+        .enqueue_then(
             m.id,
             id,
-            frame.clone(),
+            frame.to_vec(),
             target.label.clone(),
             p.priority,
             now,
             true,
+            move |r| {
+                let _ = queued_tx.send(r);
+            },
         )
         .await
         .map_err(|e| Error::internal(format!("cannot queue the message: {e}")))?;
-    // From here the message is durable: whatever happens next, it will be sent.
+    let connected = m.link.connected();
+    let wait = p.wait_ms.map(Duration::from_millis).unwrap_or(DEFAULT_WAIT);
+    let (waiter, relayed) = if connected && !wait.is_zero() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
+    if connected {
+        let _ = m
+            .link
+            .tx
+            .send(LinkCmd::Send(id, frame.clone(), waiter))
+            .await;
+    }
+    match queued.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return Err(Error::internal(format!(
+                "cannot record the message ({e}); it may still reach its recipients"
+            )));
+        }
+        Err(_) => return Err(Error::internal("the store stopped")),
+    }
+    // From here the message is durable: whatever happens next, it will be sent. Hand it
+    // to the link again (a no-op if it is in flight): should the link have reconnected
+    // before the commit, its new connection did not find it in the outbox yet.
+    let _ = m.link.tx.send(LinkCmd::Send(id, frame, None)).await;
     let local_count = local.len() as u32;
     if !local.is_empty() {
         let mut local = local;
@@ -389,19 +425,6 @@ pub(crate) async fn send_as(
             .map_err(|_| Error::internal("the store stopped"))??;
         d.arrived(&m, &targets, person);
     }
-    let connected = m.link.connected();
-    let wait = p.wait_ms.map(Duration::from_millis).unwrap_or(DEFAULT_WAIT);
-    let (waiter, relayed) = if connected && !wait.is_zero() {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        (Some(tx), Some(rx))
-    } else {
-        (None, None)
-    };
-    let _ = m
-        .link
-        .tx
-        .send(LinkCmd::Send(id, Bytes::from(frame), waiter))
-        .await;
     let mut stage = Stage::Queued;
     if let Some(rx) = relayed {
         match tokio::time::timeout(wait, rx).await {

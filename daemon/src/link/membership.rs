@@ -186,6 +186,7 @@ pub(super) async fn presence(d: &Daemon, m: &MeshCtx, rec: PresenceRecord) {
         online: rec.online,
         last_seen: rec.last_seen,
     };
+    m.learn_sender(&row);
     if let Err(e) = d.store.upsert_presence(row).await {
         tracing::warn!(error = %e, "cannot cache presence");
     }

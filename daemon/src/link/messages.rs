@@ -16,7 +16,7 @@ use super::End;
 use crate::context::Daemon;
 use crate::delivery::push::Handover;
 use crate::delivery::receive::{self, Opened};
-use crate::mesh::{MeshCtx, RelayedWaiter};
+use crate::mesh::{MeshCtx, RelayedWaiter, lock};
 
 /// Most message ids in one `ack` frame.
 pub(super) const ACK_BATCH: usize = 1024;
@@ -32,6 +32,9 @@ struct InFlight {
 /// the link dropped (its message stays queued in the outbox and goes out on reconnect).
 pub(super) struct Outbound {
     in_flight: HashMap<MessageId, InFlight>,
+    /// Envelopes the relay confirmed lately (a `send` hands its envelope over twice:
+    /// before and after its outbox commit).
+    done: claudemesh_schema::dedupe::Recent<MessageId>,
     /// Envelopes the relay asked us to send again later, by when.
     later: BTreeMap<(Instant, MessageId), ()>,
     /// Received envelopes committed to the inbox, to acknowledge.
@@ -50,6 +53,7 @@ impl Outbound {
         let (ack_tx, acks) = mpsc::unbounded_channel();
         let mut out = Self {
             in_flight: HashMap::with_capacity(queued.len()),
+            done: Default::default(),
             later: BTreeMap::new(),
             acks,
             ack_tx,
@@ -77,6 +81,12 @@ impl Outbound {
         frame: Bytes,
         waiter: Option<RelayedWaiter>,
     ) -> Result<(), End> {
+        if self.done.contains(&id) {
+            if let Some(w) = waiter {
+                let _ = w.send(Ok(()));
+            }
+            return Ok(());
+        }
         match self.in_flight.entry(id) {
             std::collections::hash_map::Entry::Occupied(mut o) => {
                 if waiter.is_some() {
@@ -117,6 +127,7 @@ impl Outbound {
 
     /// The relay committed envelope `id`.
     pub(super) async fn relayed(&mut self, d: &Arc<Daemon>, id: MessageId, at: i64) {
+        self.done.insert(id);
         if let Some(f) = self.in_flight.remove(&id)
             && let Some(w) = f.waiter
         {
@@ -198,12 +209,26 @@ impl Outbound {
     pub(super) async fn deliver(&self, d: &Arc<Daemon>, m: &Arc<MeshCtx>, env: Envelope, at: i64) {
         let id = env.id;
         let (mesh, from) = (m.id, env.from);
-        let sender = d
-            .store
-            .read(move |c| crate::store::q_presence_of(c, mesh, from))
-            .await
-            .ok()
-            .flatten();
+        let known = lock(&m.senders).get(&from).cloned();
+        let sender = match known {
+            Some(s) => Some(s),
+            None => {
+                let row = d
+                    .store
+                    .read(move |c| crate::store::q_presence_of(c, mesh, from))
+                    .await
+                    .ok()
+                    .flatten();
+                row.map(|r| {
+                    m.learn_sender(&r);
+                    crate::mesh::Sender {
+                        seq: r.seq,
+                        member: r.member,
+                        names: r.names(),
+                    }
+                })
+            }
+        };
         let ack = self.ack_tx.clone();
         match receive::open(m, &env, at, sender.as_ref()) {
             Opened::Rows(mut rows) => {

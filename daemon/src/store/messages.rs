@@ -5,7 +5,8 @@ use claudemesh_schema::message::Priority;
 use claudemesh_schema::{MeshId, MessageId};
 use rusqlite::{Connection, params};
 
-use super::{Result, Store, id16};
+use super::{Result, Store, StoreError, id16};
+use claudemesh_relay::sqlite::SqliteError;
 
 /// A sent message's progress: created, then relayed, delivered, surfaced, read (unix ms).
 #[derive(Debug, Clone, Copy)]
@@ -23,8 +24,8 @@ pub(crate) struct SentStages {
 }
 
 impl Store {
-    /// Durably queue an envelope for the relay and (for messages, not receipts) record it
-    /// as sent.
+    /// Queue an envelope in the outbox (and, with `record`, its `sent` row) and wait
+    /// for the commit.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn enqueue(
         &self,
@@ -36,27 +37,62 @@ impl Store {
         at: i64,
         record: bool,
     ) -> Result<()> {
-        self.write(move |tx| {
-            tx.execute(
-                "INSERT INTO outbox (id, mesh, envelope, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![id.as_bytes(), mesh.as_bytes(), envelope, at],
-            )?;
-            if !record {
-                return Ok(());
-            }
-            tx.execute(
-                "INSERT OR IGNORE INTO sent (id, mesh, to_label, priority, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.enqueue_then(
+            mesh,
+            id,
+            envelope,
+            to_label,
+            priority,
+            at,
+            record,
+            move |r| {
+                let _ = tx.send(r);
+            },
+        )
+        .await?;
+        rx.await
+            .map_err(|_| StoreError::Sqlite(SqliteError::Closed))?
+    }
+
+    /// [`Store::enqueue`] without waiting: `done` runs after the commit (on the writer
+    /// thread: quick, never blocking). Writes queued after this one commit after it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn enqueue_then(
+        &self,
+        mesh: MeshId,
+        id: MessageId,
+        envelope: Vec<u8>,
+        to_label: String,
+        priority: Priority,
+        at: i64,
+        record: bool,
+        done: impl FnOnce(Result<()>) + Send + 'static,
+    ) -> Result<()> {
+        self.write_then(
+            move |tx| {
+                tx.prepare_cached(
+                    "INSERT INTO outbox (id, mesh, envelope, created_at) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![id.as_bytes(), mesh.as_bytes(), envelope, at])?;
+                if !record {
+                    return Ok(());
+                }
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO sent (id, mesh, to_label, priority, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![
                     id.as_bytes(),
                     mesh.as_bytes(),
                     to_label,
                     priority.as_str(),
                     at
-                ],
-            )?;
-            Ok(())
-        })
+                ])?;
+                Ok(())
+            },
+            done,
+        )
         .await
     }
 
