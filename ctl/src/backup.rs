@@ -16,7 +16,7 @@ use claudemesh_schema::encoding::{b64, unb64};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-use crate::commands::{Failure, Res};
+use crate::exit::{Exit, Failure, Res};
 
 const MAGIC: &str = "claudemesh-backup v1";
 const M_KIB: u32 = 64 * 1024;
@@ -44,16 +44,16 @@ struct Entry {
 fn key(pass: &str, salt: &[u8], h: &Header) -> Result<[u8; 32], Failure> {
     if h.kdf != "argon2id" || h.m_kib > 1 << 20 || h.t > 16 || h.p > 16 {
         return Err(Failure::new(
-            1,
+            Exit::Error,
             "unsupported backup key derivation parameters",
         ));
     }
     let params = Params::new(h.m_kib, h.t, h.p, Some(32))
-        .map_err(|e| Failure::new(1, format!("bad key derivation parameters: {e}")))?;
+        .map_err(|e| Failure::new(Exit::Error, format!("bad key derivation parameters: {e}")))?;
     let mut k = [0u8; 32];
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
         .hash_password_into(pass.as_bytes(), salt, &mut k)
-        .map_err(|e| Failure::new(1, format!("key derivation failed: {e}")))?;
+        .map_err(|e| Failure::new(Exit::Error, format!("key derivation failed: {e}")))?;
     Ok(k)
 }
 
@@ -63,7 +63,7 @@ fn key(pass: &str, salt: &[u8], h: &Header) -> Result<[u8; 32], Failure> {
 pub(crate) fn passphrase(file: Option<&Path>) -> Result<String, Failure> {
     let p = if let Some(f) = file {
         std::fs::read_to_string(f)
-            .map_err(|e| Failure::new(2, format!("cannot read {}: {e}", f.display())))?
+            .map_err(|e| Failure::new(Exit::Usage, format!("cannot read {}: {e}", f.display())))?
     } else if let Ok(p) = std::env::var("CLAUDEMESH_BACKUP_PASSPHRASE") {
         p
     } else {
@@ -71,13 +71,13 @@ pub(crate) fn passphrase(file: Option<&Path>) -> Result<String, Failure> {
         let mut line = String::new();
         std::io::stdin()
             .read_line(&mut line)
-            .map_err(|e| Failure::new(2, format!("cannot read the passphrase: {e}")))?;
+            .map_err(|e| Failure::new(Exit::Usage, format!("cannot read the passphrase: {e}")))?;
         line
     };
     let p = p.trim_end_matches(['\n', '\r']).to_string();
     if p.chars().count() < 8 {
         return Err(Failure::new(
-            2,
+            Exit::Usage,
             "the passphrase must have at least 8 characters",
         ));
     }
@@ -99,7 +99,7 @@ fn mode_of(_: &std::fs::Metadata) -> u32 {
 fn collect(dir: &Path, rel: &Path, tmp: &Path, out: &mut Vec<Entry>) -> Res {
     let here = dir.join(rel);
     let entries = std::fs::read_dir(&here)
-        .map_err(|e| Failure::new(1, format!("cannot read {}: {e}", here.display())))?;
+        .map_err(|e| Failure::new(Exit::Error, format!("cannot read {}: {e}", here.display())))?;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
         let rel_path = rel.join(&name);
@@ -127,17 +127,28 @@ fn collect(dir: &Path, rel: &Path, tmp: &Path, out: &mut Vec<Entry>) -> Res {
                 e.path(),
                 rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
             )
-            .map_err(|err| Failure::new(1, format!("cannot open {}: {err}", e.path().display())))?;
+            .map_err(|err| {
+                Failure::new(
+                    Exit::Error,
+                    format!("cannot open {}: {err}", e.path().display()),
+                )
+            })?;
             conn.busy_timeout(std::time::Duration::from_secs(10))
-                .map_err(|err| Failure::new(1, err.to_string()))?;
+                .map_err(|err| Failure::new(Exit::Error, err.to_string()))?;
             conn.execute("VACUUM INTO ?1", [copy.display().to_string()])
                 .map_err(|err| {
-                    Failure::new(1, format!("cannot copy {}: {err}", e.path().display()))
+                    Failure::new(
+                        Exit::Error,
+                        format!("cannot copy {}: {err}", e.path().display()),
+                    )
                 })?;
-            std::fs::read(&copy).map_err(|err| Failure::new(1, err.to_string()))?
+            std::fs::read(&copy).map_err(|err| Failure::new(Exit::Error, err.to_string()))?
         } else {
             std::fs::read(e.path()).map_err(|err| {
-                Failure::new(1, format!("cannot read {}: {err}", e.path().display()))
+                Failure::new(
+                    Exit::Error,
+                    format!("cannot read {}: {err}", e.path().display()),
+                )
             })?
         };
         out.push(Entry {
@@ -153,7 +164,7 @@ pub(crate) fn backup(file: &Path, pass_file: Option<&Path>, json: bool) -> Res {
     let paths = crate::commands::paths()?;
     if !paths.dir.exists() {
         return Err(Failure::new(
-            4,
+            Exit::NotFound,
             format!("{} does not exist: nothing to back up", paths.dir.display()),
         ));
     }
@@ -163,7 +174,7 @@ pub(crate) fn backup(file: &Path, pass_file: Option<&Path>, json: bool) -> Res {
     let r = collect(&paths.dir, Path::new(""), &tmp, &mut files);
     let _ = std::fs::remove_dir_all(&tmp);
     r?;
-    let plain = serde_json::to_vec(&files).map_err(|e| Failure::new(1, e.to_string()))?;
+    let plain = serde_json::to_vec(&files).map_err(|e| Failure::new(Exit::Error, e.to_string()))?;
     let salt = random_bytes::<16>();
     let nonce = random_bytes::<24>();
     let header = Header {
@@ -175,7 +186,8 @@ pub(crate) fn backup(file: &Path, pass_file: Option<&Path>, json: bool) -> Res {
         nonce: b64(&nonce),
         created_at: claudemesh_schema::now_ms(),
     };
-    let hline = serde_json::to_string(&header).map_err(|e| Failure::new(1, e.to_string()))?;
+    let hline =
+        serde_json::to_string(&header).map_err(|e| Failure::new(Exit::Error, e.to_string()))?;
     let k = key(&pass, &salt, &header)?;
     let ct = XChaCha20Poly1305::new((&k).into())
         .encrypt(
@@ -185,7 +197,7 @@ pub(crate) fn backup(file: &Path, pass_file: Option<&Path>, json: bool) -> Res {
                 aad: hline.as_bytes(),
             },
         )
-        .map_err(|_| Failure::new(1, "encryption failed"))?;
+        .map_err(|_| Failure::new(Exit::Error, "encryption failed"))?;
     let mut out = Vec::with_capacity(ct.len() + 256);
     out.extend_from_slice(MAGIC.as_bytes());
     out.push(b'\n');
@@ -212,40 +224,40 @@ pub(crate) fn backup(file: &Path, pass_file: Option<&Path>, json: bool) -> Res {
 pub(crate) fn restore(file: &Path, pass_file: Option<&Path>, yes: bool) -> Res {
     let paths = crate::commands::paths()?;
     let raw = std::fs::read(file)
-        .map_err(|e| Failure::new(2, format!("cannot read {}: {e}", file.display())))?;
+        .map_err(|e| Failure::new(Exit::Usage, format!("cannot read {}: {e}", file.display())))?;
     let mut parts = raw.splitn(3, |b| *b == b'\n');
     let (Some(magic), Some(hline), Some(ct)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(Failure::new(
-            2,
+            Exit::Usage,
             format!("{} is not a claudemesh backup", file.display()),
         ));
     };
     if magic != MAGIC.as_bytes() {
         return Err(Failure::new(
-            2,
+            Exit::Usage,
             format!("{} is not a claudemesh backup", file.display()),
         ));
     }
     let header: Header = serde_json::from_slice(hline)
-        .map_err(|e| Failure::new(2, format!("backup header is damaged: {e}")))?;
+        .map_err(|e| Failure::new(Exit::Usage, format!("backup header is damaged: {e}")))?;
     let (Ok(salt), Ok(nonce)) = (unb64(&header.salt), unb64(&header.nonce)) else {
-        return Err(Failure::new(2, "backup header is damaged"));
+        return Err(Failure::new(Exit::Usage, "backup header is damaged"));
     };
     if nonce.len() != 24 {
-        return Err(Failure::new(2, "backup header is damaged"));
+        return Err(Failure::new(Exit::Usage, "backup header is damaged"));
     }
     // Hold the daemon's instance lock for the whole restore: no daemon can start (a hook
     // or the MCP shim would otherwise autostart one) while files are being replaced.
     let Some(_lock) = hold_lock(&paths) else {
         return Err(Failure::new(
-            1,
+            Exit::Error,
             "the daemon is running: stop it first (`claudemesh daemon stop`), then restore",
         ));
     };
     let existing = paths.db().exists() || paths.keys().exists();
     if existing && !yes {
         return Err(Failure::new(
-            10,
+            Exit::Conflict,
             format!(
                 "{} already holds an identity; pass --yes to replace it with the backup",
                 paths.dir.display()
@@ -262,9 +274,14 @@ pub(crate) fn restore(file: &Path, pass_file: Option<&Path>, yes: bool) -> Res {
                 aad: hline,
             },
         )
-        .map_err(|_| Failure::new(1, "wrong passphrase, or the backup file is damaged"))?;
+        .map_err(|_| {
+            Failure::new(
+                Exit::Error,
+                "wrong passphrase, or the backup file is damaged",
+            )
+        })?;
     let files: Vec<Entry> = serde_json::from_slice(&plain)
-        .map_err(|e| Failure::new(1, format!("backup content is damaged: {e}")))?;
+        .map_err(|e| Failure::new(Exit::Error, format!("backup content is damaged: {e}")))?;
     // Check and decode everything before touching the directory.
     let mut decoded = Vec::with_capacity(files.len());
     for f in &files {
@@ -275,23 +292,32 @@ pub(crate) fn restore(file: &Path, pass_file: Option<&Path>, yes: bool) -> Res {
                 .any(|c| !matches!(c, std::path::Component::Normal(_)))
         {
             return Err(Failure::new(
-                1,
+                Exit::Error,
                 format!("backup names an unsafe path {:?}", f.path),
             ));
         }
-        let data = unb64(&f.data).map_err(|_| Failure::new(1, "backup content is damaged"))?;
+        let data =
+            unb64(&f.data).map_err(|_| Failure::new(Exit::Error, "backup content is damaged"))?;
         // Owner bits only: nothing restored is readable by others.
         decoded.push((rel.to_path_buf(), data, (f.mode & 0o700) | 0o600));
     }
     // The backup replaces the identity: keys of meshes joined after it must not stay.
     let _ = std::fs::remove_dir_all(paths.keys());
-    claudemesh_daemon::paths::ensure_private_dir(&paths.dir)
-        .map_err(|e| Failure::new(1, format!("cannot create {}: {e}", paths.dir.display())))?;
+    claudemesh_daemon::paths::ensure_private_dir(&paths.dir).map_err(|e| {
+        Failure::new(
+            Exit::Error,
+            format!("cannot create {}: {e}", paths.dir.display()),
+        )
+    })?;
     for (rel, data, mode) in &decoded {
         let target = paths.dir.join(rel);
         if let Some(parent) = target.parent() {
-            claudemesh_daemon::paths::ensure_private_dir(parent)
-                .map_err(|e| Failure::new(1, format!("cannot create {}: {e}", parent.display())))?;
+            claudemesh_daemon::paths::ensure_private_dir(parent).map_err(|e| {
+                Failure::new(
+                    Exit::Error,
+                    format!("cannot create {}: {e}", parent.display()),
+                )
+            })?;
         }
         // A restored database must not meet the old one's write-ahead log.
         for side in ["-wal", "-shm"] {
@@ -335,7 +361,7 @@ fn tempdir_in(dir: &Path) -> Result<PathBuf, Failure> {
     }
     let t = dir.join(format!(".backup-{}.tmp", std::process::id()));
     std::fs::create_dir_all(&t)
-        .map_err(|e| Failure::new(1, format!("cannot create {}: {e}", t.display())))?;
+        .map_err(|e| Failure::new(Exit::Error, format!("cannot create {}: {e}", t.display())))?;
     Ok(t)
 }
 
@@ -363,5 +389,5 @@ fn write_mode(path: &Path, data: &[u8], mode: u32) -> Res {
         }
         std::fs::rename(&tmp, path)
     })();
-    r.map_err(|e| Failure::new(1, format!("cannot write {}: {e}", path.display())))
+    r.map_err(|e| Failure::new(Exit::Error, format!("cannot write {}: {e}", path.display())))
 }

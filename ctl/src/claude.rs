@@ -174,6 +174,7 @@ pub(crate) fn launch(
         let st = cmd
             .status()
             .map_err(|e| format!("cannot start claude: {e}"))?;
-        std::process::exit(st.code().unwrap_or(1));
+        // Claude's own exit code; killed by a signal, it has none.
+        std::process::exit(st.code().unwrap_or(crate::exit::Exit::Error.code().into()));
     }
 }

@@ -6,14 +6,11 @@ use clap::{Args, Parser, Subcommand};
 ///
 /// Run `claudemesh up` to start a local relay and daemon and create your first mesh.
 #[derive(Debug, Parser)]
-#[command(name = "claudemesh", version, about, long_about = None, after_help = EXIT_CODES)]
+#[command(name = "claudemesh", version, about, long_about = None, after_help = crate::exit::help())]
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
 }
-
-pub(crate) const EXIT_CODES: &str = "Exit codes: 0 ok, 1 error, 2 bad usage or argument, 3 daemon unavailable, \
-4 not found, 5 ambiguous name, 6 relay unreachable, 7 invite refused, 8 not allowed, 9 timed out, 10 conflict.";
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {

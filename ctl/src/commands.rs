@@ -5,7 +5,6 @@ use claudemesh_daemon::client::{
     Client, ClientError, autostart_disabled, connect_or_start, start_daemon,
 };
 use claudemesh_daemon::{DaemonConfig, Paths, offline};
-use claudemesh_schema::ipc::codes;
 use claudemesh_schema::ipc::methods::{
     self as m, ClaimDecideParams, CreateParams, HelloResult, InboxParams, InboxResult, InviteInfo,
     InviteParams, InviteRevokeParams, JoinParams, MeshInfo, MeshParams, MeshPeers, PeersResult,
@@ -18,56 +17,11 @@ use claudemesh_schema::roster::Role;
 use std::time::Duration;
 
 use crate::cli::*;
+use crate::exit::{Exit, Failure, Res};
 use crate::output;
 
-/// A failed command: what to print and the exit code.
-#[derive(Debug)]
-pub(crate) struct Failure {
-    pub(crate) code: u8,
-    pub(crate) message: String,
-}
-
-impl Failure {
-    pub(crate) fn new(code: u8, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-impl From<ClientError> for Failure {
-    fn from(e: ClientError) -> Self {
-        let code = match &e {
-            ClientError::NotRunning { .. } | ClientError::Start(_) => 3,
-            ClientError::Io(_) | ClientError::Protocol(_) => 1,
-            ClientError::Rpc { code, .. } => match *code {
-                codes::NOT_FOUND => 4,
-                codes::AMBIGUOUS => 5,
-                codes::RELAY_UNAVAILABLE => 6,
-                codes::INVITE_REFUSED => 7,
-                codes::FORBIDDEN => 8,
-                codes::TIMEOUT => 9,
-                codes::CONFLICT => 10,
-                codes::INVALID_ARGUMENT | codes::INVALID_PARAMS => 2,
-                _ => 1,
-            },
-            _ => 1,
-        };
-        Self::new(code, e.to_string())
-    }
-}
-
-impl From<anyhow::Error> for Failure {
-    fn from(e: anyhow::Error) -> Self {
-        Self::new(1, format!("{e:#}"))
-    }
-}
-
-pub(crate) type Res = Result<(), Failure>;
-
 pub(crate) fn paths() -> Result<Paths, Failure> {
-    Paths::from_env().map_err(|e| Failure::new(1, e.to_string()))
+    Paths::from_env().map_err(|e| Failure::new(Exit::Error, e.to_string()))
 }
 
 /// After answering from the local store with the daemon down: start it in the background
@@ -84,8 +38,12 @@ fn start_in_background(p: &Paths) {
 }
 
 pub(crate) async fn client(p: &Paths) -> Result<Client, Failure> {
-    let exe = std::env::current_exe()
-        .map_err(|e| Failure::new(3, format!("cannot find the claudemesh executable: {e}")))?;
+    let exe = std::env::current_exe().map_err(|e| {
+        Failure::new(
+            Exit::DaemonUnavailable,
+            format!("cannot find the claudemesh executable: {e}"),
+        )
+    })?;
     Ok(connect_or_start(p, &exe).await?)
 }
 
@@ -103,9 +61,12 @@ fn env_name(flag: Option<String>) -> Option<String> {
 pub(crate) fn parse_duration(s: &str) -> Result<u64, Failure> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| Failure::new(2, format!("invalid duration {s:?} (use e.g. 30m, 12h, 7d)")))?;
+    let n: u64 = num.parse().map_err(|_| {
+        Failure::new(
+            Exit::Usage,
+            format!("invalid duration {s:?} (use e.g. 30m, 12h, 7d)"),
+        )
+    })?;
     let mult = match unit {
         "" | "s" => 1,
         "m" => 60,
@@ -114,7 +75,7 @@ pub(crate) fn parse_duration(s: &str) -> Result<u64, Failure> {
         "w" => 7 * 86_400,
         _ => {
             return Err(Failure::new(
-                2,
+                Exit::Usage,
                 format!("invalid duration unit in {s:?} (use s, m, h, d or w)"),
             ));
         }
@@ -183,7 +144,7 @@ pub(crate) async fn run(cmd: Command) -> Res {
                 .as_deref()
                 .map(|w| serde_json::from_value(serde_json::Value::String(w.into())))
                 .transpose()
-                .map_err(|e| Failure::new(2, e.to_string()))?;
+                .map_err(|e| Failure::new(Exit::Usage, e.to_string()))?;
             let r: m::MessageStatusResult = c
                 .call(
                     m::MESSAGE_STATUS,
@@ -201,7 +162,7 @@ pub(crate) async fn run(cmd: Command) -> Res {
             }
             match want {
                 Some(w) if r.stage < w => Err(Failure::new(
-                    9,
+                    Exit::TimedOut,
                     format!("the message did not get to {w:?} within {timeout} s"),
                 )),
                 _ => Ok(()),
@@ -306,12 +267,14 @@ pub(crate) async fn run(cmd: Command) -> Res {
                 Ok(())
             } else {
                 Err(Failure::new(
-                    9,
+                    Exit::TimedOut,
                     format!("{} did not happen within {} s", a.condition, a.timeout),
                 ))
             }
         }
-        Command::Relay(_) | Command::Mcp => Err(Failure::new(1, "internal: dispatched in main")),
+        Command::Relay(_) | Command::Mcp => {
+            Err(Failure::new(Exit::Error, "internal: dispatched in main"))
+        }
         Command::Hook { event } => {
             crate::claude::hook(&event).await;
             Ok(())
@@ -322,13 +285,14 @@ pub(crate) async fn run(cmd: Command) -> Res {
         }
         Command::Launch(a) => {
             crate::claude::launch(a.name, a.groups, a.mesh, a.role, a.yes, a.args)
-                .map_err(|e| Failure::new(1, e))
+                .map_err(|e| Failure::new(Exit::Error, e))
         }
         Command::Install(a) => {
-            let f = crate::install::ClaudeFiles::from_env().map_err(|e| Failure::new(1, e))?;
-            let bin = crate::install::binary().map_err(|e| Failure::new(1, e))?;
+            let f = crate::install::ClaudeFiles::from_env()
+                .map_err(|e| Failure::new(Exit::Error, e))?;
+            let bin = crate::install::binary().map_err(|e| Failure::new(Exit::Error, e))?;
             let ch = crate::install::install(&f, &bin, !a.no_hooks, a.status_line)
-                .map_err(|e| Failure::new(1, e))?;
+                .map_err(|e| Failure::new(Exit::Error, e))?;
             if ch.files.is_empty() {
                 out!("claudemesh is already installed for Claude Code; nothing changed.");
             } else {
@@ -345,8 +309,9 @@ pub(crate) async fn run(cmd: Command) -> Res {
             Ok(())
         }
         Command::Uninstall => {
-            let f = crate::install::ClaudeFiles::from_env().map_err(|e| Failure::new(1, e))?;
-            let ch = crate::install::uninstall(&f).map_err(|e| Failure::new(1, e))?;
+            let f = crate::install::ClaudeFiles::from_env()
+                .map_err(|e| Failure::new(Exit::Error, e))?;
+            let ch = crate::install::uninstall(&f).map_err(|e| Failure::new(Exit::Error, e))?;
             if ch.files.is_empty() {
                 out!("claudemesh was not installed for Claude Code; nothing changed.");
             }
@@ -437,7 +402,7 @@ pub(crate) async fn run(cmd: Command) -> Res {
                         session: match a.session.as_deref() {
                             Some(s) => Some(s.parse().map_err(|_| {
                                 Failure::new(
-                                    2,
+                                    Exit::Usage,
                                     format!("--session needs a full session id, got {s:?}"),
                                 )
                             })?),
@@ -446,7 +411,7 @@ pub(crate) async fn run(cmd: Command) -> Res {
                         after: match a.after.as_deref() {
                             Some(s) => Some(s.parse().map_err(|_| {
                                 Failure::new(
-                                    2,
+                                    Exit::Usage,
                                     format!("--after needs a full message id, got {s:?}"),
                                 )
                             })?),
@@ -523,7 +488,10 @@ pub(crate) async fn run(cmd: Command) -> Res {
                     .collect::<Vec<_>>()
             });
             let status = match a.status.as_deref() {
-                Some(s) => Some(s.parse::<PeerStatus>().map_err(|e| Failure::new(2, e))?),
+                Some(s) => Some(
+                    s.parse::<PeerStatus>()
+                        .map_err(|e| Failure::new(Exit::Usage, e))?,
+                ),
                 None => None,
             };
             let r: ProfileResult = c
@@ -585,9 +553,9 @@ fn offline_meshes(p: &Paths) -> Result<Vec<offline::MeshRow>, Failure> {
         return Ok(Vec::new());
     }
     let conn = offline::open_readonly(&p.db())
-        .map_err(|e| Failure::new(1, format!("cannot read the local store: {e}")))?;
+        .map_err(|e| Failure::new(Exit::Error, format!("cannot read the local store: {e}")))?;
     offline::q_meshes(&conn)
-        .map_err(|e| Failure::new(1, format!("cannot read the local store: {e}")))
+        .map_err(|e| Failure::new(Exit::Error, format!("cannot read the local store: {e}")))
 }
 
 fn select_offline(
@@ -604,7 +572,7 @@ fn select_offline(
         .collect();
     if hits.is_empty() {
         return Err(Failure::new(
-            4,
+            Exit::NotFound,
             format!("no joined mesh is called {sel:?}; `claudemesh list` shows your meshes"),
         ));
     }
@@ -630,12 +598,12 @@ async fn peers(a: PeersArgs) -> Res {
             let rows = select_offline(offline_meshes(&p)?, a.mesh.as_deref())?;
             let mut out = Vec::new();
             if !rows.is_empty() {
-                let conn =
-                    offline::open_readonly(&p.db()).map_err(|e| Failure::new(1, e.to_string()))?;
+                let conn = offline::open_readonly(&p.db())
+                    .map_err(|e| Failure::new(Exit::Error, e.to_string()))?;
                 let grace = (!a.all).then(|| offline_grace(&p));
                 for r in rows {
                     let peers = offline::q_peers(&conn, &r, grace)
-                        .map_err(|e| Failure::new(1, e.to_string()))?;
+                        .map_err(|e| Failure::new(Exit::Error, e.to_string()))?;
                     out.push(MeshPeers {
                         mesh: r.id,
                         name: r.name,
@@ -662,7 +630,10 @@ async fn peers(a: PeersArgs) -> Res {
 async fn send(a: SendArgs) -> Res {
     let p = paths()?;
     let mut c = client(&p).await?;
-    let priority: Priority = a.priority.parse().map_err(|e: String| Failure::new(2, e))?;
+    let priority: Priority = a
+        .priority
+        .parse()
+        .map_err(|e: String| Failure::new(Exit::Usage, e))?;
     let r: SendResult = c
         .call(
             m::SEND,
@@ -732,7 +703,7 @@ async fn status(json: bool) -> Res {
                     out!("{} via {}: offline", r.name, r.relay);
                 }
             }
-            Err(Failure::new(3, String::new()))
+            Err(Failure::new(Exit::DaemonUnavailable, String::new()))
         }
         Err(e) => Err(e.into()),
     }
@@ -744,7 +715,10 @@ async fn invite(a: InviteArgs) -> Res {
     match a.action {
         None => {
             let expires_secs = parse_duration(&a.expires)?;
-            let role: Role = a.role.parse().map_err(|e: String| Failure::new(2, e))?;
+            let role: Role = a
+                .role
+                .parse()
+                .map_err(|e: String| Failure::new(Exit::Usage, e))?;
             let i: InviteInfo = c
                 .call(
                     m::INVITE,
@@ -817,7 +791,7 @@ async fn daemon(action: DaemonAction) -> Res {
     let p = paths()?;
     match action {
         DaemonAction::Run { .. } => Err(Failure::new(
-            1,
+            Exit::Error,
             "internal: daemon run is dispatched in main",
         )),
         DaemonAction::Start => {
@@ -826,7 +800,8 @@ async fn daemon(action: DaemonAction) -> Res {
                 out!("daemon already running (pid {})", h.pid);
                 return Ok(());
             }
-            let exe = std::env::current_exe().map_err(|e| Failure::new(3, e.to_string()))?;
+            let exe = std::env::current_exe()
+                .map_err(|e| Failure::new(Exit::DaemonUnavailable, e.to_string()))?;
             start_daemon(&p, &exe).await?;
             let mut c = Client::connect(&p.socket).await?;
             let h: HelloResult = c.call(m::HELLO, ()).await?;
@@ -872,7 +847,7 @@ async fn daemon(action: DaemonAction) -> Res {
                 } else {
                     out!("daemon not running");
                 }
-                Err(Failure::new(3, String::new()))
+                Err(Failure::new(Exit::DaemonUnavailable, String::new()))
             }
             Err(e) => Err(e.into()),
         },
@@ -896,7 +871,10 @@ pub(crate) async fn wait_stopped(p: &Paths) -> Res {
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
-            return Err(Failure::new(1, "the daemon did not stop within 15 s"));
+            return Err(Failure::new(
+                Exit::Error,
+                "the daemon did not stop within 15 s",
+            ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -904,9 +882,14 @@ pub(crate) async fn wait_stopped(p: &Paths) -> Res {
 
 async fn up(a: UpArgs) -> Res {
     let p = paths()?;
-    claudemesh_daemon::paths::ensure_private_dir(&p.dir)
-        .map_err(|e| Failure::new(1, format!("cannot create {}: {e}", p.dir.display())))?;
-    let mut cfg = DaemonConfig::load(&p.config()).map_err(|e| Failure::new(1, e.to_string()))?;
+    claudemesh_daemon::paths::ensure_private_dir(&p.dir).map_err(|e| {
+        Failure::new(
+            Exit::Error,
+            format!("cannot create {}: {e}", p.dir.display()),
+        )
+    })?;
+    let mut cfg =
+        DaemonConfig::load(&p.config()).map_err(|e| Failure::new(Exit::Error, e.to_string()))?;
     let before = cfg.clone();
     cfg.relay.enabled = true;
     if let Some(l) = a.listen {
@@ -917,7 +900,7 @@ async fn up(a: UpArgs) -> Res {
     }
     if cfg != before {
         cfg.save(&p.config())
-            .map_err(|e| Failure::new(1, e.to_string()))?;
+            .map_err(|e| Failure::new(Exit::Error, e.to_string()))?;
         // A running daemon must restart to pick up the relay settings.
         if let Ok(mut c) = Client::connect(&p.socket).await {
             let _: serde_json::Value = c.call(m::SHUTDOWN, ()).await?;

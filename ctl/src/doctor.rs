@@ -15,7 +15,7 @@ use serde::Serialize;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::commands::{Failure, Res};
+use crate::exit::{Exit, Failure, Res};
 
 #[derive(Debug, Serialize)]
 struct Check {
@@ -459,7 +459,7 @@ pub(crate) async fn run(json: bool) -> Res {
     }
     if failed > 0 {
         return Err(Failure::new(
-            1,
+            Exit::Error,
             if json {
                 String::new()
             } else {

@@ -24,6 +24,7 @@ mod claude;
 mod cli;
 mod commands;
 mod doctor;
+mod exit;
 mod install;
 mod output;
 mod service;
@@ -32,6 +33,8 @@ mod shared;
 use clap::Parser as _;
 use std::io::Write as _;
 use std::process::ExitCode;
+
+use crate::exit::Exit;
 
 fn init_daemon_logging(
     paths: &claudemesh_daemon::Paths,
@@ -97,12 +100,12 @@ fn daemon_run(notify_ready: bool) -> ExitCode {
         Ok(p) => p,
         Err(e) => {
             note!("error: {e}");
-            return ExitCode::from(3);
+            return Exit::DaemonUnavailable.into();
         }
     };
     let _guard = init_daemon_logging(&paths, !notify_ready);
     let Some(rt) = runtime(true) else {
-        return ExitCode::from(1);
+        return Exit::Error.into();
     };
     rt.block_on(async move {
         let h = match claudemesh_daemon::start(paths).await {
@@ -114,7 +117,7 @@ fn daemon_run(notify_ready: bool) -> ExitCode {
                 } else {
                     note!("error: {e}");
                 }
-                return ExitCode::from(3);
+                return Exit::DaemonUnavailable.into();
             }
         };
         if notify_ready {
@@ -126,7 +129,7 @@ fn daemon_run(notify_ready: bool) -> ExitCode {
             _ = h.stopped() => {}
         }
         h.shutdown().await;
-        ExitCode::SUCCESS
+        Exit::Ok.into()
     })
 }
 
@@ -161,24 +164,24 @@ fn mcp_run() -> ExitCode {
         Ok(p) => p,
         Err(e) => {
             note!("error: {e}");
-            return ExitCode::from(3);
+            return Exit::DaemonUnavailable.into();
         }
     };
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => {
             note!("error: cannot find the claudemesh executable: {e}");
-            return ExitCode::from(3);
+            return Exit::DaemonUnavailable.into();
         }
     };
     let Some(rt) = runtime(false) else {
-        return ExitCode::from(1);
+        return Exit::Error.into();
     };
     match rt.block_on(claudemesh_mcp_shim::run(paths, exe)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => Exit::Ok.into(),
         Err(e) => {
             note!("error: {e}");
-            ExitCode::from(1)
+            Exit::Error.into()
         }
     }
 }
@@ -189,7 +192,7 @@ fn relay_run(a: cli::RelayArgs) -> ExitCode {
             Ok(c) => c,
             Err(e) => {
                 note!("error: {e}");
-                return ExitCode::from(2);
+                return Exit::Usage.into();
             }
         },
         None => claudemesh_relay::RelayConfig::default(),
@@ -225,14 +228,14 @@ fn relay_run(a: cli::RelayArgs) -> ExitCode {
         b.try_init()
     };
     let Some(rt) = runtime(true) else {
-        return ExitCode::from(1);
+        return Exit::Error.into();
     };
     rt.block_on(async move {
         let relay = match claudemesh_relay::Relay::bind(cfg).await {
             Ok(r) => r,
             Err(e) => {
                 note!("error: {e}");
-                return ExitCode::from(1);
+                return Exit::Error.into();
             }
         };
         let fp = claudemesh_schema::encoding::b64(&relay.fingerprint());
@@ -252,10 +255,10 @@ fn relay_run(a: cli::RelayArgs) -> ExitCode {
             t2.cancel();
         });
         match relay.run(token).await {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(()) => Exit::Ok.into(),
             Err(e) => {
                 note!("error: {e}");
-                ExitCode::from(1)
+                Exit::Error.into()
             }
         }
     })
@@ -306,15 +309,15 @@ fn main() -> ExitCode {
         other => other,
     };
     let Some(rt) = runtime(false) else {
-        return ExitCode::from(1);
+        return Exit::Error.into();
     };
     match rt.block_on(commands::run(command)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => Exit::Ok.into(),
         Err(f) => {
             if !f.message.is_empty() {
                 note!("error: {}", f.message);
             }
-            ExitCode::from(f.code)
+            f.code.into()
         }
     }
 }

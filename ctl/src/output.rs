@@ -9,13 +9,15 @@ use claudemesh_schema::now_ms;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::exit::Exit;
+
 /// Write one line to stdout. A reader that went away (`| head -1`) ends this process with
 /// exit 0: the output it wanted is out, and a CLI must not panic on a closed pipe.
 pub(crate) fn line(s: &str) {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
     if writeln!(out, "{s}").and_then(|_| out.flush()).is_err() {
-        std::process::exit(0);
+        std::process::exit(Exit::Ok.code().into());
     }
 }
 
@@ -24,7 +26,7 @@ pub(crate) fn raw(b: &[u8]) {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
     if out.write_all(b).and_then(|_| out.flush()).is_err() {
-        std::process::exit(0);
+        std::process::exit(Exit::Ok.code().into());
     }
 }
 

@@ -10,7 +10,7 @@ use claudemesh_daemon::paths::{ServiceKind, service_file};
 use std::path::Path;
 use std::process::Command;
 
-use crate::commands::{Failure, Res};
+use crate::exit::{Exit, Failure, Res};
 
 /// The systemd user unit running `exe daemon run` for `config`.
 pub(crate) fn systemd_unit(exe: &Path, config: &Path) -> String {
@@ -117,7 +117,7 @@ fn kind_for(platform: Option<&str>) -> Result<ServiceKind, Failure> {
         Some("systemd") | Some("linux") => Ok(ServiceKind::Systemd),
         Some("launchd") | Some("macos") => Ok(ServiceKind::Launchd),
         Some(other) => Err(Failure::new(
-            2,
+            Exit::Usage,
             format!("unknown platform {other:?}: use systemd or launchd"),
         )),
         None => Ok(ServiceKind::native()),
@@ -138,11 +138,15 @@ pub(crate) async fn install(platform: Option<String>, json: bool) -> Res {
     let paths = crate::commands::paths()?;
     // As invoked (not canonicalized): a package manager's stable symlink survives upgrades.
     let exe = std::env::current_exe()
-        .map_err(|e| Failure::new(1, format!("cannot find this program's path: {e}")))?;
-    let config = std::path::absolute(&paths.dir)
-        .map_err(|e| Failure::new(1, format!("cannot resolve {}: {e}", paths.dir.display())))?;
+        .map_err(|e| Failure::new(Exit::Error, format!("cannot find this program's path: {e}")))?;
+    let config = std::path::absolute(&paths.dir).map_err(|e| {
+        Failure::new(
+            Exit::Error,
+            format!("cannot resolve {}: {e}", paths.dir.display()),
+        )
+    })?;
     let file = service_file(kind)
-        .ok_or_else(|| Failure::new(1, "cannot find your home directory (set HOME)"))?;
+        .ok_or_else(|| Failure::new(Exit::Error, "cannot find your home directory (set HOME)"))?;
     let content = match kind {
         ServiceKind::Systemd => systemd_unit(&exe, &config),
         ServiceKind::Launchd => launchd_plist(&exe, &config, &config.join("logs")),
@@ -152,7 +156,7 @@ pub(crate) async fn install(platform: Option<String>, json: bool) -> Res {
         && !old.contains(&claudemesh_daemon::paths::service_marker(kind, &config))
     {
         return Err(Failure::new(
-            10,
+            Exit::Conflict,
             format!(
                 "{} runs the daemon of another config directory; uninstall it from there first",
                 file.display()
@@ -238,7 +242,7 @@ pub(crate) async fn install(platform: Option<String>, json: bool) -> Res {
 pub(crate) async fn uninstall(platform: Option<String>) -> Res {
     let kind = kind_for(platform.as_deref())?;
     let file = service_file(kind)
-        .ok_or_else(|| Failure::new(1, "cannot find your home directory (set HOME)"))?;
+        .ok_or_else(|| Failure::new(Exit::Error, "cannot find your home directory (set HOME)"))?;
     if !file.exists() {
         out!(
             "no claudemesh service installed ({} does not exist)",
@@ -252,7 +256,7 @@ pub(crate) async fn uninstall(platform: Option<String>) -> Res {
         .is_ok_and(|s| s.contains(&claudemesh_daemon::paths::service_marker(kind, &config)));
     if !ours {
         return Err(Failure::new(
-            10,
+            Exit::Conflict,
             format!(
                 "{} runs the daemon of another config directory; uninstall it from there",
                 file.display()
@@ -282,8 +286,12 @@ pub(crate) async fn uninstall(platform: Option<String>) -> Res {
             out!("note: {e}");
         }
     }
-    std::fs::remove_file(&file)
-        .map_err(|e| Failure::new(1, format!("cannot remove {}: {e}", file.display())))?;
+    std::fs::remove_file(&file).map_err(|e| {
+        Failure::new(
+            Exit::Error,
+            format!("cannot remove {}: {e}", file.display()),
+        )
+    })?;
     if manager_enabled() && kind == ServiceKind::Systemd {
         let _ = manage("systemctl", &["--user", "daemon-reload"]);
     }
@@ -337,13 +345,16 @@ pub(crate) async fn status(platform: Option<String>, json: bool) -> Res {
 }
 
 fn write_atomic(file: &Path, content: &str) -> Res {
-    let dir = file
-        .parent()
-        .ok_or_else(|| Failure::new(1, format!("{} has no parent directory", file.display())))?;
+    let dir = file.parent().ok_or_else(|| {
+        Failure::new(
+            Exit::Error,
+            format!("{} has no parent directory", file.display()),
+        )
+    })?;
     std::fs::create_dir_all(dir)
-        .map_err(|e| Failure::new(1, format!("cannot create {}: {e}", dir.display())))?;
+        .map_err(|e| Failure::new(Exit::Error, format!("cannot create {}: {e}", dir.display())))?;
     let tmp = file.with_extension("tmp");
     std::fs::write(&tmp, content)
         .and_then(|_| std::fs::rename(&tmp, file))
-        .map_err(|e| Failure::new(1, format!("cannot write {}: {e}", file.display())))
+        .map_err(|e| Failure::new(Exit::Error, format!("cannot write {}: {e}", file.display())))
 }

@@ -15,7 +15,8 @@ use crate::cli::{
     AuditAction, ContextAction, DebugAction, MeshJson, RemindArgs, ReserveArgs, SkillAction,
     StateAction, TaskAction,
 };
-use crate::commands::{Failure, Res, client, paths};
+use crate::commands::{client, paths};
+use crate::exit::{Exit, Failure, Res};
 use crate::output;
 
 fn actor(mesh: Option<String>) -> Actor {
@@ -70,7 +71,10 @@ pub(crate) async fn state(action: StateAction) -> Res {
             )
             .await?;
             let Some(e) = r.entries.first() else {
-                return Err(Failure::new(4, format!("no key {key:?} in this mesh")));
+                return Err(Failure::new(
+                    Exit::NotFound,
+                    format!("no key {key:?} in this mesh"),
+                ));
             };
             if opts.json {
                 output::json("entry", e);
@@ -129,7 +133,10 @@ pub(crate) async fn state(action: StateAction) -> Res {
                 }
                 let _ = std::io::stdout().flush();
             }
-            Err(Failure::new(3, "the daemon closed the connection"))
+            Err(Failure::new(
+                Exit::DaemonUnavailable,
+                "the daemon closed the connection",
+            ))
         }
         StateAction::List { prefix, opts } => {
             let r: StateResult = call(
@@ -245,7 +252,7 @@ pub(crate) async fn task(action: TaskAction) -> Res {
             }
             if r.won == Some(false) {
                 return Err(Failure::new(
-                    10,
+                    Exit::Conflict,
                     format!(
                         "task {} \"{}\" was claimed first by {}",
                         r.task.id.short(),
@@ -312,7 +319,7 @@ pub(crate) async fn audit(action: AuditAction) -> Res {
     }
     match r.first_broken {
         Some(seq) => Err(Failure::new(
-            1,
+            Exit::Error,
             if opts.json {
                 String::new()
             } else {
@@ -396,7 +403,7 @@ pub(crate) async fn reserve(a: ReserveArgs) -> Res {
         .find(|x| w.id.as_deref() == Some(x.id.to_string().as_str()));
     match mine {
         Some(x) if x.status == "refused" => Err(Failure::new(
-            10,
+            Exit::Conflict,
             format!(
                 "reservation refused: {}",
                 x.conflict.clone().unwrap_or_default()
@@ -470,7 +477,7 @@ pub(crate) async fn remind(a: RemindArgs) -> Res {
             Ok(secs) => secs.saturating_mul(1000),
             Err(_) => claudemesh_daemon::parse_rfc3339(s).ok_or_else(|| {
                 Failure::new(
-                    2,
+                    Exit::Usage,
                     format!("--at {s:?}: use RFC 3339 (2026-11-23T18:00:00Z) or unix seconds"),
                 )
             })?,
@@ -478,7 +485,7 @@ pub(crate) async fn remind(a: RemindArgs) -> Res {
     };
     if in_seconds.is_none() && deliver_at.is_none() && a.cron.is_none() {
         return Err(Failure::new(
-            2,
+            Exit::Usage,
             "say when: --in 30m, --at <time> or --cron \"0 9 * * 1-5\"",
         ));
     }
@@ -509,18 +516,20 @@ pub(crate) async fn skill(action: SkillAction) -> Res {
             opts,
         } => {
             let instructions = match file {
-                Some(f) => std::fs::read_to_string(&f)
-                    .map_err(|e| Failure::new(2, format!("cannot read {}: {e}", f.display())))?,
+                Some(f) => std::fs::read_to_string(&f).map_err(|e| {
+                    Failure::new(Exit::Usage, format!("cannot read {}: {e}", f.display()))
+                })?,
                 None => {
                     let mut s = String::new();
-                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
-                        .map_err(|e| Failure::new(2, format!("cannot read stdin: {e}")))?;
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(|e| {
+                        Failure::new(Exit::Usage, format!("cannot read stdin: {e}"))
+                    })?;
                     s
                 }
             };
             if instructions.trim().is_empty() {
                 return Err(Failure::new(
-                    2,
+                    Exit::Usage,
                     "no instructions: pass --file or pipe them in",
                 ));
             }
@@ -550,7 +559,10 @@ pub(crate) async fn skill(action: SkillAction) -> Res {
             )
             .await?;
             let Some(s) = r.skills.first() else {
-                return Err(Failure::new(4, format!("no skill named {name:?}")));
+                return Err(Failure::new(
+                    Exit::NotFound,
+                    format!("no skill named {name:?}"),
+                ));
             };
             if opts.json {
                 output::json("skill", s);
