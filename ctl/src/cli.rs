@@ -60,7 +60,7 @@ pub(crate) enum Command {
     /// Wait until a relay link or a peer reaches a state (for scripts).
     Wait(WaitArgs),
     /// Run a relay in the foreground (to self-host one for other machines).
-    Relay(RelayArgs),
+    Relay(claudemesh_relay::cli::RelayArgs),
     /// MCP server on stdio (Claude Code runs this; see `claudemesh install`).
     Mcp,
     /// Register claudemesh with Claude Code: MCP server, hooks, skill (and a status line).
@@ -544,40 +544,6 @@ pub(crate) struct WaitArgs {
 }
 
 #[derive(Debug, Args)]
-pub(crate) struct RelayArgs {
-    /// TOML config file (see `claudemesh-relay config default`).
-    #[arg(long)]
-    pub(crate) config: Option<std::path::PathBuf>,
-    /// Listen address (UDP for QUIC, TCP for TLS/WebSocket, same port). Default 0.0.0.0:7900.
-    #[arg(long)]
-    pub(crate) listen: Option<std::net::SocketAddr>,
-    /// Data directory. Default ./relay-data.
-    #[arg(long)]
-    pub(crate) data_dir: Option<std::path::PathBuf>,
-    /// Disable QUIC.
-    #[arg(long)]
-    pub(crate) no_quic: bool,
-    /// Disable WebSocket.
-    #[arg(long)]
-    pub(crate) no_websocket: bool,
-    /// full (acknowledged envelopes survive power loss) or normal (survive a crash).
-    #[arg(long, value_parser = ["full", "normal"])]
-    pub(crate) durability: Option<String>,
-    /// Append every received frame to this file (debugging).
-    #[arg(long, hide = true)]
-    pub(crate) frame_log: Option<std::path::PathBuf>,
-    /// Also serve /metrics (Prometheus) over plain HTTP on this address.
-    #[arg(long)]
-    pub(crate) metrics_listen: Option<std::net::SocketAddr>,
-    /// Log as JSON lines.
-    #[arg(long)]
-    pub(crate) log_json: bool,
-    /// Print `ready <addr> <fingerprint>` on stdout once listening.
-    #[arg(long, hide = true)]
-    pub(crate) notify_ready: bool,
-}
-
-#[derive(Debug, Args)]
 pub(crate) struct JsonArg {
     /// Print JSON (with `schema_version`).
     #[arg(long)]
@@ -789,4 +755,82 @@ pub(crate) struct ProfileArgs {
     pub(crate) status: Option<String>,
     #[command(flatten)]
     pub(crate) json: JsonArg,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+    use claudemesh_relay::cli::RelayCli;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every option of `c` and of its subcommands, by subcommand path: long name, short name,
+    /// whether it takes a value, whether it is hidden (clap's own help/version left out: only
+    /// the top level of a binary has --version).
+    fn options(c: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for a in c.get_arguments() {
+            let id = a.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            out.push(format!(
+                "{path}: --{} -{:?} value={} hidden={} env={:?}",
+                a.get_long().unwrap_or(id),
+                a.get_short(),
+                a.get_action().takes_values(),
+                a.is_hide_set(),
+                a.get_env(),
+            ));
+        }
+        for s in c.get_subcommands() {
+            options(s, &format!("{path} {}", s.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn claudemesh_relay_takes_the_same_flags_as_the_relay_binary() {
+        let mut ours = Cli::command();
+        ours.build();
+        let ours = ours.find_subcommand("relay").expect("relay subcommand");
+        let mut theirs = RelayCli::command();
+        theirs.build();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        options(ours, "", &mut a);
+        options(&theirs, "", &mut b);
+        assert!(a.iter().any(|o| o.contains("--durability")), "{a:#?}");
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn a_flag_set_means_the_same_to_both_relay_commands() {
+        let flags = [
+            "fingerprint",
+            "--config",
+            "/nonexistent/relay.toml",
+            "--listen",
+            "127.0.0.1:7901",
+            "--data-dir",
+            "/tmp/d",
+            "--no-quic",
+            "--durability",
+            "normal",
+            "--frame-log",
+            "/tmp/f",
+            "--metrics-listen",
+            "127.0.0.1:9100",
+            "--log-json",
+            "--notify-ready",
+        ];
+        let ours = Cli::try_parse_from(["claudemesh", "relay"].into_iter().chain(flags)).unwrap();
+        let Command::Relay(ours) = ours.command else {
+            panic!("not the relay command: {ours:?}");
+        };
+        let theirs =
+            RelayCli::try_parse_from(std::iter::once("claudemesh-relay").chain(flags)).unwrap();
+        assert_eq!(format!("{ours:?}"), format!("{:?}", theirs.args));
+    }
 }

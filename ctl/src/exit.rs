@@ -2,6 +2,7 @@
 //! message printed with it. The only place that maps daemon errors to exit codes.
 
 use claudemesh_daemon::client::ClientError;
+use claudemesh_relay::cli::CliError as RelayCliError;
 use claudemesh_schema::ipc::codes;
 
 /// An exit code of `claudemesh`. The numbers are a contract (README, `--help`): never
@@ -85,6 +86,15 @@ impl Exit {
             ClientError::NotRunning { .. } | ClientError::Start(_) => Exit::DaemonUnavailable,
             ClientError::Rpc { code, .. } => Exit::for_rpc(*code),
             // A broken connection or answer, and variants added to the daemon later.
+            _ => Exit::Error,
+        }
+    }
+
+    /// The exit code for a failed `claudemesh relay`: a bad config file or flag combination
+    /// is a usage error; anything else (a port in use, a broken certificate) an error.
+    pub(crate) fn for_relay_error(e: &RelayCliError) -> Exit {
+        match e {
+            RelayCliError::Config(_) => Exit::Usage,
             _ => Exit::Error,
         }
     }
@@ -223,6 +233,31 @@ mod tests {
         for (e, exit) in table {
             let what = format!("{e:?}");
             assert_eq!(Failure::from(e).code, exit, "{what}");
+        }
+    }
+
+    #[test]
+    fn relay_failures_map_to_exit_codes() {
+        use claudemesh_relay::config::ConfigError;
+        let table = [
+            (
+                RelayCliError::Config(ConfigError::Invalid("x".into())),
+                Exit::Usage,
+            ),
+            (
+                RelayCliError::Output(std::io::ErrorKind::BrokenPipe.into()),
+                Exit::Error,
+            ),
+            (
+                RelayCliError::DataDir {
+                    path: "/d".into(),
+                    source: std::io::ErrorKind::PermissionDenied.into(),
+                },
+                Exit::Error,
+            ),
+        ];
+        for (e, exit) in table {
+            assert_eq!(Exit::for_relay_error(&e), exit, "{e}");
         }
     }
 

@@ -186,82 +186,18 @@ fn mcp_run() -> ExitCode {
     }
 }
 
-fn relay_run(a: cli::RelayArgs) -> ExitCode {
-    let mut cfg = match &a.config {
-        Some(p) => match claudemesh_relay::RelayConfig::from_file(p) {
-            Ok(c) => c,
-            Err(e) => {
-                note!("error: {e}");
-                return Exit::Usage.into();
-            }
-        },
-        None => claudemesh_relay::RelayConfig::default(),
-    };
-    if let Some(l) = a.listen {
-        cfg.listen = l;
-    }
-    if let Some(d) = a.data_dir {
-        cfg.data_dir = d;
-    }
-    cfg.quic &= !a.no_quic;
-    cfg.websocket &= !a.no_websocket;
-    match a.durability.as_deref() {
-        Some("normal") => cfg.durability = claudemesh_relay::sqlite::Durability::Normal,
-        Some(_) => cfg.durability = claudemesh_relay::sqlite::Durability::Full,
-        None => {}
-    }
-    if a.frame_log.is_some() {
-        cfg.frame_log = a.frame_log;
-    }
-    if a.metrics_listen.is_some() {
-        cfg.metrics_listen = a.metrics_listen;
-    }
-    cfg.log_json |= a.log_json;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CLAUDEMESH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if cfg.log_json {
-        b.json().try_init()
-    } else {
-        b.try_init()
-    };
+/// `claudemesh relay`: the same command line and behaviour as `claudemesh-relay`.
+fn relay_run(a: claudemesh_relay::cli::RelayArgs) -> ExitCode {
     let Some(rt) = runtime(true) else {
         return Exit::Error.into();
     };
-    rt.block_on(async move {
-        let relay = match claudemesh_relay::Relay::bind(cfg).await {
-            Ok(r) => r,
-            Err(e) => {
-                note!("error: {e}");
-                return Exit::Error.into();
-            }
-        };
-        let fp = claudemesh_schema::encoding::b64(&relay.fingerprint());
-        if a.notify_ready {
-            out!("ready {} {fp}", relay.local_addr());
-            let _ = std::io::stdout().flush();
-        } else {
-            note!(
-                "relay listening on {} (fingerprint {fp})",
-                relay.local_addr()
-            );
+    match rt.block_on(claudemesh_relay::cli::run(a)) {
+        Ok(()) => Exit::Ok.into(),
+        Err(e) => {
+            note!("error: {e}");
+            Exit::for_relay_error(&e).into()
         }
-        let token = tokio_util::sync::CancellationToken::new();
-        let t2 = token.clone();
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            t2.cancel();
-        });
-        match relay.run(token).await {
-            Ok(()) => Exit::Ok.into(),
-            Err(e) => {
-                note!("error: {e}");
-                Exit::Error.into()
-            }
-        }
-    })
+    }
 }
 
 fn main() -> ExitCode {

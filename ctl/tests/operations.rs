@@ -1,5 +1,6 @@
 #![allow(clippy::unwrap_used)]
-//! Running claudemesh as a service operators can watch: the relay's `/metrics`.
+//! Running claudemesh as a service operators can watch: the relay's `/metrics` and command
+//! line, backups, `doctor`.
 
 use claudemesh_tests::mesh;
 use std::collections::HashMap;
@@ -87,6 +88,45 @@ fn relay_metrics_move_with_traffic() {
     assert!(
         after["claudemesh_relay_op_commit_seconds_count"]
             > before["claudemesh_relay_op_commit_seconds_count"]
+    );
+}
+
+#[test]
+fn claudemesh_relay_has_the_relay_binarys_subcommands_and_checks() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("relay");
+    let relay = claudemesh_tests::RelayProc::start(bin(), &data, &["--durability", "normal"]);
+    let relay_cmd = |args: &[&str]| {
+        std::process::Command::new(bin())
+            .arg("relay")
+            .args(args)
+            .env("CLAUDEMESH_LOG", "warn")
+            .env_remove("CLAUDEMESH_RELAY_CONFIG")
+            .output()
+            .unwrap()
+    };
+    // The flags may follow the subcommand, as with `claudemesh-relay`.
+    let fp = relay_cmd(&["fingerprint", "--data-dir", data.to_str().unwrap()]);
+    assert!(fp.status.success(), "{fp:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&fp.stdout).trim(),
+        relay.fingerprint
+    );
+
+    let defaults = relay_cmd(&["config", "default"]);
+    assert!(defaults.status.success(), "{defaults:?}");
+    let text = String::from_utf8_lossy(&defaults.stdout);
+    assert!(
+        text.contains("listen = ") && text.contains("durability = "),
+        "{text}"
+    );
+
+    // No listener at all is refused before anything starts, as a usage error.
+    let none = relay_cmd(&["--no-quic", "--no-websocket"]);
+    assert_eq!(none.status.code(), Some(2), "{none:?}");
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("enable at least one of quic and websocket"),
+        "{none:?}"
     );
 }
 

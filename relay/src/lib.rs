@@ -7,7 +7,8 @@
 //! never sees plaintext: it reads only the routing header of an envelope.
 //!
 //! It is also a library: the daemon embeds it for the zero-configuration local default,
-//! and the daemon and tests use [`client`] to speak the protocol.
+//! and the daemon and tests use [`client`] to speak the protocol. [`cli`] is the command line
+//! of both `claudemesh-relay` and `claudemesh relay`.
 //!
 //! Read [`server`] (listeners) then `conn` (the protocol state machine) first.
 //!
@@ -15,6 +16,7 @@
 //! where keys live.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod cli;
 pub mod client;
 pub mod config;
 mod conn;

@@ -1,0 +1,307 @@
+//! The relay's command line, one definition for both ways to start a relay: the
+//! `claudemesh-relay` binary and `claudemesh relay`. Both parse [`RelayArgs`] and call
+//! [`run`], so their flags, subcommands and behaviour cannot drift apart again.
+//!
+//! Flags override the config file; the result is validated before anything starts.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConfigError, RelayConfig};
+use crate::server::{Relay, RelayError};
+use crate::sqlite::Durability;
+use crate::tls::{Identity, TlsError};
+
+/// The claudemesh relay: routes and stores end-to-end encrypted envelopes between
+/// claudemesh daemons. It never sees plaintext or mesh keys.
+#[derive(Debug, Parser)]
+#[command(name = "claudemesh-relay", version, about, long_about = None)]
+pub struct RelayCli {
+    /// Flags and subcommand.
+    #[command(flatten)]
+    pub args: RelayArgs,
+}
+
+/// Flags and subcommand of a relay. The flags are global so they may follow the
+/// subcommand (`claudemesh-relay fingerprint --data-dir d`).
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// TOML config file (`claudemesh-relay config default` prints every setting).
+    #[arg(long, short, env = "CLAUDEMESH_RELAY_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Listen address (UDP for QUIC, TCP for TLS/WebSocket, same port). Default 0.0.0.0:7900.
+    #[arg(long, global = true)]
+    pub listen: Option<SocketAddr>,
+    /// Data directory (relay.db, certificate). Default ./relay-data.
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Disable the QUIC listener.
+    #[arg(long, global = true)]
+    pub no_quic: bool,
+    /// Disable the WebSocket listener.
+    #[arg(long, global = true)]
+    pub no_websocket: bool,
+    /// full (acknowledged envelopes survive power loss) or normal (they survive a crash).
+    #[arg(long, global = true)]
+    pub durability: Option<DurabilityArg>,
+    /// Append every received frame to this file (debugging).
+    #[arg(long, hide = true, global = true)]
+    pub frame_log: Option<PathBuf>,
+    /// Also serve /metrics (Prometheus) over plain HTTP on this address.
+    #[arg(long, global = true)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log as JSON lines.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    /// Print `ready <addr> <fingerprint>` on stdout once listening (for supervisors, tests).
+    #[arg(long, hide = true, global = true)]
+    pub notify_ready: bool,
+    /// What to do (default: run).
+    #[command(subcommand)]
+    pub command: Option<RelayCommand>,
+}
+
+/// `--durability`: how far an acknowledged envelope survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DurabilityArg {
+    // Plain comments: doc comments would turn `--help`'s value list into a table.
+    // `synchronous=FULL`.
+    Full,
+    // `synchronous=NORMAL`.
+    Normal,
+}
+
+impl From<DurabilityArg> for Durability {
+    fn from(d: DurabilityArg) -> Self {
+        match d {
+            DurabilityArg::Full => Durability::Full,
+            DurabilityArg::Normal => Durability::Normal,
+        }
+    }
+}
+
+/// A relay subcommand.
+#[derive(Debug, Subcommand)]
+pub enum RelayCommand {
+    /// Run the relay (the default).
+    Run,
+    /// Print the certificate fingerprint clients pin (generating the certificate if needed).
+    Fingerprint,
+    /// Configuration helpers.
+    Config {
+        /// Which helper.
+        #[command(subcommand)]
+        what: ConfigCommand,
+    },
+}
+
+/// A `config` helper.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the default configuration as TOML.
+    Default,
+}
+
+/// A relay command failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CliError {
+    /// The config file or the flags are invalid: a usage error, nothing was started.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data directory could not be created.
+    #[error("cannot create relay data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The certificate could not be loaded or generated.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The relay could not start, or failed while running.
+    #[error(transparent)]
+    Relay(#[from] RelayError),
+    /// Stdout could not be written (the fingerprint, the defaults, the ready line).
+    #[error("cannot write to stdout: {0}")]
+    Output(std::io::Error),
+}
+
+impl RelayArgs {
+    /// The config file (or the defaults) with the flags applied on top, validated.
+    pub fn config(&self) -> Result<RelayConfig, ConfigError> {
+        let mut cfg = match &self.config {
+            Some(p) => RelayConfig::from_file(p)?,
+            None => RelayConfig::default(),
+        };
+        if let Some(l) = self.listen {
+            cfg.listen = l;
+        }
+        if let Some(d) = &self.data_dir {
+            cfg.data_dir = d.clone();
+        }
+        // Flags only switch listeners off: the file's `false` is not undone by no flag.
+        cfg.quic &= !self.no_quic;
+        cfg.websocket &= !self.no_websocket;
+        if let Some(d) = self.durability {
+            cfg.durability = d.into();
+        }
+        if self.frame_log.is_some() {
+            cfg.frame_log = self.frame_log.clone();
+        }
+        if self.metrics_listen.is_some() {
+            cfg.metrics_listen = self.metrics_listen;
+        }
+        cfg.log_json |= self.log_json;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// Do what the command line asks: print the default config, print the fingerprint, or run
+/// the relay until SIGTERM or Ctrl-C. Runs on the caller's tokio runtime (multi-threaded:
+/// the relay spawns its listeners), so each binary sizes it.
+pub async fn run(args: RelayArgs) -> Result<(), CliError> {
+    match args.command {
+        Some(RelayCommand::Config {
+            what: ConfigCommand::Default,
+        }) => return print(&RelayConfig::default_toml()),
+        Some(RelayCommand::Fingerprint) => return fingerprint(&args.config()?),
+        Some(RelayCommand::Run) | None => {}
+    }
+    let cfg = args.config()?;
+    init_tracing(cfg.log_json);
+    let relay = Relay::bind(cfg).await?;
+    let fp = claudemesh_schema::encoding::b64(&relay.fingerprint());
+    if args.notify_ready {
+        print(&format!("ready {} {fp}\n", relay.local_addr()))?;
+    } else {
+        // Nobody to tell when stderr is gone; the relay serves regardless.
+        let _ = writeln!(
+            std::io::stderr(),
+            "claudemesh relay listening on {} (fingerprint {fp})",
+            relay.local_addr()
+        );
+    }
+    let token = CancellationToken::new();
+    let stop = token.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop.cancel();
+    });
+    relay.run(token).await?;
+    Ok(())
+}
+
+fn fingerprint(cfg: &RelayConfig) -> Result<(), CliError> {
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| CliError::DataDir {
+        path: cfg.data_dir.clone(),
+        source,
+    })?;
+    let id = Identity::load_or_generate(&cfg.data_dir, cfg.cert.as_deref(), cfg.key.as_deref())?;
+    print(&format!(
+        "{}\n",
+        claudemesh_schema::encoding::b64(&id.fingerprint)
+    ))
+}
+
+fn print(text: &str) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(CliError::Output)
+}
+
+/// Logs go to stderr, filtered by `CLAUDEMESH_LOG` (default `info`). A subscriber already
+/// set (by an embedding process) is kept.
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CLAUDEMESH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        b.json().try_init()
+    } else {
+        b.try_init()
+    };
+}
+
+/// SIGTERM (service managers) or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> RelayArgs {
+        RelayCli::try_parse_from(std::iter::once("claudemesh-relay").chain(args.iter().copied()))
+            .unwrap()
+            .args
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory as _;
+        RelayCli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_override_the_defaults() {
+        let cfg = parse(&[
+            "--listen",
+            "127.0.0.1:1",
+            "--data-dir",
+            "d",
+            "--no-quic",
+            "--durability",
+            "normal",
+            "--frame-log",
+            "f",
+            "--metrics-listen",
+            "127.0.0.1:2",
+            "--log-json",
+        ])
+        .config()
+        .unwrap();
+        assert_eq!(cfg.listen, "127.0.0.1:1".parse().unwrap());
+        assert_eq!(cfg.data_dir, PathBuf::from("d"));
+        assert!(!cfg.quic && cfg.websocket);
+        assert_eq!(cfg.durability, Durability::Normal);
+        assert_eq!(cfg.frame_log, Some(PathBuf::from("f")));
+        assert_eq!(cfg.metrics_listen, Some("127.0.0.1:2".parse().unwrap()));
+        assert!(cfg.log_json);
+    }
+
+    #[test]
+    fn flags_may_follow_the_subcommand() {
+        let a = parse(&["fingerprint", "--data-dir", "d"]);
+        assert!(matches!(a.command, Some(RelayCommand::Fingerprint)));
+        assert_eq!(a.data_dir, Some(PathBuf::from("d")));
+    }
+
+    #[test]
+    fn no_listener_at_all_is_a_config_error() {
+        let e = parse(&["--no-quic", "--no-websocket"])
+            .config()
+            .unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid(_)), "{e}");
+    }
+}
