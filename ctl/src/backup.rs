@@ -16,6 +16,7 @@ use claudemesh_schema::encoding::{b64, unb64};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+use crate::cli::{BackupArgs, RestoreArgs};
 use crate::exit::{Exit, Failure, Res};
 
 const MAGIC: &str = "claudemesh-backup v1";
@@ -160,8 +161,9 @@ fn collect(dir: &Path, rel: &Path, tmp: &Path, out: &mut Vec<Entry>) -> Res {
     Ok(())
 }
 
-pub(crate) fn backup(file: &Path, pass_file: Option<&Path>, json: bool) -> Res {
-    let paths = crate::commands::paths()?;
+pub(crate) fn backup(a: BackupArgs) -> Res {
+    let (file, pass_file, json) = (&a.file, a.passphrase_file.as_deref(), a.json);
+    let paths = crate::daemon::paths()?;
     if !paths.dir.exists() {
         return Err(Failure::new(
             Exit::NotFound,
@@ -221,8 +223,9 @@ pub(crate) fn backup(file: &Path, pass_file: Option<&Path>, json: bool) -> Res {
     Ok(())
 }
 
-pub(crate) fn restore(file: &Path, pass_file: Option<&Path>, yes: bool) -> Res {
-    let paths = crate::commands::paths()?;
+pub(crate) fn restore(a: RestoreArgs) -> Res {
+    let (file, pass_file, yes) = (&a.file, a.passphrase_file.as_deref(), a.yes);
+    let paths = crate::daemon::paths()?;
     let raw = std::fs::read(file)
         .map_err(|e| Failure::new(Exit::Usage, format!("cannot read {}: {e}", file.display())))?;
     let mut parts = raw.splitn(3, |b| *b == b'\n');

@@ -1,5 +1,6 @@
-//! Claude Code glue that is not MCP: hooks (`claudemesh hook <event>`), the status line,
-//! and `claudemesh launch`.
+//! Claude Code glue: `claudemesh mcp` (the server Claude Code runs; it lives in the
+//! mcp-shim crate), hooks (`claudemesh hook <event>`), the status line, and
+//! `claudemesh launch`.
 
 use claudemesh_daemon::client::Client;
 use claudemesh_daemon::{Paths, offline};
@@ -8,15 +9,44 @@ use serde_json::{Value, json};
 use std::io::Read as _;
 use std::time::Duration;
 
+use crate::cli::{HookArgs, LaunchArgs};
+use crate::commands::block_on;
+use crate::exit::{Exit, Failure, Res};
+
+/// `claudemesh mcp`: stdout carries only MCP frames; logs go to stderr, quiet by default.
+pub(crate) fn mcp() -> Res {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CLAUDEMESH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+    let paths =
+        Paths::from_env().map_err(|e| Failure::new(Exit::DaemonUnavailable, e.to_string()))?;
+    let exe = std::env::current_exe().map_err(|e| {
+        Failure::new(
+            Exit::DaemonUnavailable,
+            format!("cannot find the claudemesh executable: {e}"),
+        )
+    })?;
+    block_on(async move {
+        claudemesh_mcp_shim::run(paths, exe)
+            .await
+            .map_err(|e| Failure::new(Exit::Error, e.to_string()))
+    })
+}
+
 /// Handle one hook event: one `hook` call to the daemon, which decides what the model
 /// sees (see the daemon's `hooks`). Never fails loudly: a hook must not disturb Claude
 /// Code, so every problem ends in a silent exit 0.
-pub(crate) async fn hook(event: &str) {
+pub(crate) async fn hook(a: HookArgs) -> Res {
+    let event = a.event.as_str();
     let mut input = String::new();
     let _ = std::io::stdin().take(1 << 20).read_to_string(&mut input);
     let hook_json: Value = serde_json::from_str(&input).unwrap_or(Value::Null);
     let Some(ev) = HookEvent::from_arg(event) else {
-        return;
+        return Ok(());
     };
     let run = async {
         let paths = Paths::from_env().ok()?;
@@ -64,12 +94,18 @@ pub(crate) async fn hook(event: &str) {
     if let Ok(Some(out)) = tokio::time::timeout(Duration::from_secs(5), run).await {
         crate::output::line(&out.to_string());
     }
+    Ok(())
 }
 
 /// One line for Claude Code's status bar, from the local store (no daemon call, no
 /// network): mesh, peers online / known, unread. With the daemon down nobody is shown
 /// online: the cache cannot vouch for it.
-pub(crate) fn status_line() -> String {
+pub(crate) fn status_line() -> Res {
+    out!("{}", status_line_text());
+    Ok(())
+}
+
+fn status_line_text() -> String {
     let Ok(paths) = Paths::from_env() else {
         return "claudemesh: not set up".into();
     };
@@ -86,7 +122,7 @@ pub(crate) fn status_line() -> String {
     let up = std::os::unix::net::UnixStream::connect(&paths.socket).is_ok();
     #[cfg(not(unix))]
     let up = true;
-    let grace = Some(crate::commands::offline_grace(&paths));
+    let grace = Some(crate::cache::offline_grace(&paths));
     let parts: Vec<String> = meshes
         .iter()
         .map(|mr| {
@@ -122,14 +158,19 @@ fn which(name: &str) -> Option<std::path::PathBuf> {
 
 /// `claudemesh launch`: run Claude Code with claudemesh's channel loaded, passing the
 /// remaining arguments through. Replaces this process (on Unix).
-pub(crate) fn launch(
-    name: Option<String>,
-    groups: Option<String>,
-    mesh: Option<String>,
-    role: Option<String>,
-    yes: bool,
-    args: Vec<String>,
-) -> Result<(), String> {
+pub(crate) fn launch(a: LaunchArgs) -> Res {
+    exec_claude(a).map_err(|e| Failure::new(Exit::Error, e))
+}
+
+fn exec_claude(a: LaunchArgs) -> Result<(), String> {
+    let LaunchArgs {
+        name,
+        groups,
+        mesh,
+        role,
+        yes,
+        args,
+    } = a;
     let print_mode = args.iter().any(|a| a == "-p" || a == "--print");
     if !print_mode {
         // Claude Code confirms development channels at every start and offers no setting
@@ -175,6 +216,6 @@ pub(crate) fn launch(
             .status()
             .map_err(|e| format!("cannot start claude: {e}"))?;
         // Claude's own exit code; killed by a signal, it has none.
-        std::process::exit(st.code().unwrap_or(crate::exit::Exit::Error.code().into()));
+        std::process::exit(st.code().unwrap_or(Exit::Error.code().into()));
     }
 }

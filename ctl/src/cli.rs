@@ -1,6 +1,11 @@
-//! Command-line syntax (clap). Behaviour lives in `commands`.
+//! Command-line syntax (clap), and the argument forms parsed by hand (`claudemesh --resume X`
+//! for `launch`, durations). Behaviour lives in the modules `commands` dispatches to.
 
 use clap::{Args, Parser, Subcommand};
+use std::ffi::OsString;
+
+use crate::exit::{Exit, Failure, Res};
+use crate::output;
 
 /// claudemesh: connect coding-agent sessions on one or many machines into a mesh.
 ///
@@ -38,19 +43,7 @@ pub(crate) enum Command {
     /// Read new messages.
     Inbox(InboxArgs),
     /// How far a message you sent got: queued, relayed, delivered, surfaced, read.
-    Sent {
-        /// The message id `send` printed (or its last 8 hex digits).
-        id: String,
-        /// Wait until it got at least this far.
-        #[arg(long, value_parser = ["relayed", "delivered", "surfaced", "read"])]
-        wait_for: Option<String>,
-        /// Give up waiting after this many seconds (exit code 9).
-        #[arg(long, default_value_t = 30)]
-        timeout: u64,
-        /// Print JSON (with `schema_version`).
-        #[arg(long)]
-        json: bool,
-    },
+    Sent(SentArgs),
     /// Show the daemon and each mesh's relay link.
     Status(JsonArg),
     /// Show your identity in each mesh.
@@ -69,10 +62,7 @@ pub(crate) enum Command {
     Uninstall,
     /// Handle a Claude Code hook event (reads the hook JSON on stdin; always exits 0).
     #[command(hide = true)]
-    Hook {
-        /// The event: user-prompt-submit, post-tool-use, stop, session-start.
-        event: String,
-    },
+    Hook(HookArgs),
     /// Print one status line (mesh, peers online, unread) from the local cache.
     StatusLine,
     /// Start Claude Code with claudemesh push messages enabled; arguments after `--` go to
@@ -100,67 +90,27 @@ pub(crate) enum Command {
     /// Release a file reservation.
     Release(ItemArgs),
     /// List live file reservations.
-    Reservations {
-        /// Also released, expired and refused ones.
-        #[arg(long)]
-        all: bool,
-        #[command(flatten)]
-        opts: MeshJson,
-    },
+    Reservations(ReservationsArgs),
     /// Safety numbers: compare them with a peer (in person or another trusted channel) to
     /// know no one, relay included, swapped your keys.
-    Verify {
-        /// The peer (name, id or fingerprint prefix); default: every member.
-        peer: Option<String>,
-        #[command(flatten)]
-        opts: MeshJson,
-    },
+    Verify(VerifyArgs),
     /// Give a peer capabilities back: dm, broadcast, state-read, state-write, file-read, all.
     Grant(GrantArgs),
     /// Take capabilities from a peer (enforced on what arrives here: dm, broadcast).
     Revoke(GrantArgs),
     /// Drop everything a peer sends, silently (`--undo` lifts it).
-    Block {
-        /// The peer (name, id or fingerprint prefix).
-        peer: String,
-        /// Lift the block.
-        #[arg(long)]
-        undo: bool,
-        #[command(flatten)]
-        opts: MeshJson,
-    },
+    Block(BlockArgs),
     /// Peers whose capabilities differ from the default (everything).
     Grants(MeshJson),
     /// Print a shell completion script: `claudemesh completions bash > ~/.local/share/bash-completion/completions/claudemesh`.
-    Completions {
-        /// bash, zsh, fish, elvish or powershell.
-        shell: clap_complete::Shell,
-    },
+    Completions(CompletionsArgs),
     /// Check the setup: daemon, config and key files, relays (QUIC and WebSocket), Claude
     /// Code registration, service, disk; each failure with its fix.
     Doctor(JsonArg),
     /// Back up identity, meshes and config to a passphrase-sealed file.
-    Backup {
-        /// The file to write.
-        file: std::path::PathBuf,
-        /// Read the passphrase from this file (else CLAUDEMESH_BACKUP_PASSPHRASE, else stdin).
-        #[arg(long)]
-        passphrase_file: Option<std::path::PathBuf>,
-        /// Print JSON (with `schema_version`).
-        #[arg(long)]
-        json: bool,
-    },
+    Backup(BackupArgs),
     /// Restore a backup into the config directory (stop the daemon first).
-    Restore {
-        /// The backup file.
-        file: std::path::PathBuf,
-        /// Read the passphrase from this file (else CLAUDEMESH_BACKUP_PASSPHRASE, else stdin).
-        #[arg(long)]
-        passphrase_file: Option<std::path::PathBuf>,
-        /// Replace an identity that is already there.
-        #[arg(long)]
-        yes: bool,
-    },
+    Restore(RestoreArgs),
     /// Run the daemon as a user service (systemd on Linux, launchd on macOS).
     Service {
         #[command(subcommand)]
@@ -188,6 +138,85 @@ pub(crate) enum Command {
         #[command(subcommand)]
         action: DebugAction,
     },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SentArgs {
+    /// The message id `send` printed (or its last 8 hex digits).
+    pub(crate) id: String,
+    /// Wait until it got at least this far.
+    #[arg(long, value_parser = ["relayed", "delivered", "surfaced", "read"])]
+    pub(crate) wait_for: Option<String>,
+    /// Give up waiting after this many seconds (exit code 9).
+    #[arg(long, default_value_t = 30)]
+    pub(crate) timeout: u64,
+    /// Print JSON (with `schema_version`).
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct HookArgs {
+    /// The event: user-prompt-submit, post-tool-use, stop, session-start.
+    pub(crate) event: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReservationsArgs {
+    /// Also released, expired and refused ones.
+    #[arg(long)]
+    pub(crate) all: bool,
+    #[command(flatten)]
+    pub(crate) opts: MeshJson,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct VerifyArgs {
+    /// The peer (name, id or fingerprint prefix); default: every member.
+    pub(crate) peer: Option<String>,
+    #[command(flatten)]
+    pub(crate) opts: MeshJson,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BlockArgs {
+    /// The peer (name, id or fingerprint prefix).
+    pub(crate) peer: String,
+    /// Lift the block.
+    #[arg(long)]
+    pub(crate) undo: bool,
+    #[command(flatten)]
+    pub(crate) opts: MeshJson,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CompletionsArgs {
+    /// bash, zsh, fish, elvish or powershell.
+    pub(crate) shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BackupArgs {
+    /// The file to write.
+    pub(crate) file: std::path::PathBuf,
+    /// Read the passphrase from this file (else CLAUDEMESH_BACKUP_PASSPHRASE, else stdin).
+    #[arg(long)]
+    pub(crate) passphrase_file: Option<std::path::PathBuf>,
+    /// Print JSON (with `schema_version`).
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RestoreArgs {
+    /// The backup file.
+    pub(crate) file: std::path::PathBuf,
+    /// Read the passphrase from this file (else CLAUDEMESH_BACKUP_PASSPHRASE, else stdin).
+    #[arg(long)]
+    pub(crate) passphrase_file: Option<std::path::PathBuf>,
+    /// Replace an identity that is already there.
+    #[arg(long)]
+    pub(crate) yes: bool,
 }
 
 /// Mesh selection and output format, shared by the shared-state commands.
@@ -757,6 +786,79 @@ pub(crate) struct ProfileArgs {
     pub(crate) json: JsonArg,
 }
 
+/// The command line of this process. Flag-first invocations (`claudemesh --resume X`) mean
+/// `claudemesh launch …`: our own launch flags stay ours, everything else goes to `claude`.
+pub(crate) fn parse() -> Cli {
+    Cli::parse_from(launch_by_default(std::env::args_os().collect()))
+}
+
+fn launch_by_default(mut argv: Vec<OsString>) -> Vec<OsString> {
+    let Some(first) = argv.get(1).and_then(|a| a.to_str()) else {
+        return argv;
+    };
+    if !first.starts_with('-') || matches!(first, "-h" | "--help" | "-V" | "--version") {
+        return argv;
+    }
+    let rest: Vec<_> = argv.drain(1..).collect();
+    argv.push("launch".into());
+    let mut passthrough = Vec::new();
+    let mut it = rest.into_iter();
+    while let Some(a) = it.next() {
+        let s = a.to_string_lossy().to_string();
+        let ours = ["--name", "--groups", "--mesh", "--role"];
+        if s == "-y" || s == "--yes" {
+            argv.push(a);
+        } else if ours.contains(&s.as_str()) {
+            argv.push(a);
+            if let Some(v) = it.next() {
+                argv.push(v);
+            }
+        } else if ours.iter().any(|o| s.starts_with(&format!("{o}="))) {
+            argv.push(a);
+        } else {
+            passthrough.push(a);
+        }
+    }
+    argv.push("--".into());
+    argv.extend(passthrough);
+    argv
+}
+
+/// `claudemesh completions <shell>`: the script, generated from this command line.
+pub(crate) fn completions(a: CompletionsArgs) -> Res {
+    use clap::CommandFactory as _;
+    let mut script = Vec::new();
+    clap_complete::generate(a.shell, &mut Cli::command(), "claudemesh", &mut script);
+    output::raw(&script);
+    Ok(())
+}
+
+/// Parse "30s", "15m", "12h", "7d", "2w" (a bare number is seconds).
+pub(crate) fn parse_duration(s: &str) -> Result<u64, Failure> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| {
+        Failure::new(
+            Exit::Usage,
+            format!("invalid duration {s:?} (use e.g. 30m, 12h, 7d)"),
+        )
+    })?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => {
+            return Err(Failure::new(
+                Exit::Usage,
+                format!("invalid duration unit in {s:?} (use s, m, h, d or w)"),
+            ));
+        }
+    };
+    Ok(n.saturating_mul(mult))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -766,6 +868,41 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_take_a_unit_and_refuse_others_as_usage_errors() {
+        assert_eq!(parse_duration("90").unwrap(), 90);
+        assert_eq!(parse_duration("30m").unwrap(), 1800);
+        assert_eq!(parse_duration(" 2w ").unwrap(), 14 * 86_400);
+        for bad in ["", "m", "3y", "-1s"] {
+            assert_eq!(
+                parse_duration(bad).unwrap_err().code,
+                Exit::Usage,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn flags_first_mean_launch_with_ours_kept_and_the_rest_for_claude() {
+        let argv = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            launch_by_default(argv(&[
+                "cm", "--resume", "X", "--name", "ann", "-y", "--mesh=m"
+            ])),
+            argv(&[
+                "cm", "launch", "--name", "ann", "-y", "--mesh=m", "--", "--resume", "X"
+            ])
+        );
+        for kept in [
+            &["cm", "peers"][..],
+            &["cm", "--help"],
+            &["cm", "-V"],
+            &["cm"],
+        ] {
+            assert_eq!(launch_by_default(argv(kept)), argv(kept));
+        }
     }
 
     /// Every option of `c` and of its subcommands, by subcommand path: long name, short name,

@@ -295,7 +295,7 @@ fn disk(paths: &Paths) -> Check {
 }
 
 pub(crate) async fn run(json: bool) -> Res {
-    let paths = crate::commands::paths()?;
+    let paths = crate::daemon::paths()?;
     let mut checks = Vec::new();
     let mine = env!("CARGO_PKG_VERSION");
 

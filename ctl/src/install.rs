@@ -10,6 +10,9 @@
 use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};
 
+use crate::cli::InstallArgs;
+use crate::exit::{Exit, Failure, Res};
+
 /// Hook events we register, with the `claudemesh hook` argument for each.
 pub(crate) const HOOKS: &[(&str, &str)] = &[
     ("UserPromptSubmit", "user-prompt-submit"),
@@ -309,6 +312,39 @@ pub(crate) fn uninstall(f: &ClaudeFiles) -> Result<Changes, String> {
         ch.files.push(f.skill.clone());
     }
     Ok(ch)
+}
+
+/// `claudemesh install`: register with Claude Code for this user, saying what changed.
+pub(crate) fn register(a: InstallArgs) -> Res {
+    let f = ClaudeFiles::from_env().map_err(|e| Failure::new(Exit::Error, e))?;
+    let bin = binary().map_err(|e| Failure::new(Exit::Error, e))?;
+    let ch =
+        install(&f, &bin, !a.no_hooks, a.status_line).map_err(|e| Failure::new(Exit::Error, e))?;
+    if ch.files.is_empty() {
+        out!("claudemesh is already installed for Claude Code; nothing changed.");
+    } else {
+        for p in &ch.files {
+            out!("updated {}", p.display());
+        }
+        out!("Restart Claude Code (or start it with `claudemesh launch`) to load claudemesh.");
+    }
+    for n in &ch.notes {
+        out!("note: {n}");
+    }
+    Ok(())
+}
+
+/// `claudemesh uninstall`: remove what `register` added, saying what changed.
+pub(crate) fn unregister() -> Res {
+    let f = ClaudeFiles::from_env().map_err(|e| Failure::new(Exit::Error, e))?;
+    let ch = uninstall(&f).map_err(|e| Failure::new(Exit::Error, e))?;
+    if ch.files.is_empty() {
+        out!("claudemesh was not installed for Claude Code; nothing changed.");
+    }
+    for p in &ch.files {
+        out!("updated {}", p.display());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use claudemesh_daemon::paths::{ServiceKind, service_file};
 use std::path::Path;
 use std::process::Command;
 
+use crate::cli::ServiceAction;
 use crate::exit::{Exit, Failure, Res};
 
 /// The systemd user unit running `exe daemon run` for `config`.
@@ -133,9 +134,18 @@ fn uid() -> String {
         .unwrap_or_default()
 }
 
-pub(crate) async fn install(platform: Option<String>, json: bool) -> Res {
+/// `claudemesh service install|uninstall|status`.
+pub(crate) async fn run(action: ServiceAction) -> Res {
+    match action {
+        ServiceAction::Install(a) => install(a.platform, a.json).await,
+        ServiceAction::Uninstall(a) => uninstall(a.platform).await,
+        ServiceAction::Status(a) => status(a.platform, a.json).await,
+    }
+}
+
+async fn install(platform: Option<String>, json: bool) -> Res {
     let kind = kind_for(platform.as_deref())?;
-    let paths = crate::commands::paths()?;
+    let paths = crate::daemon::paths()?;
     // As invoked (not canonicalized): a package manager's stable symlink survives upgrades.
     let exe = std::env::current_exe()
         .map_err(|e| Failure::new(Exit::Error, format!("cannot find this program's path: {e}")))?;
@@ -174,7 +184,7 @@ pub(crate) async fn install(platform: Option<String>, json: bool) -> Res {
         if let Ok(mut c) = claudemesh_daemon::Client::connect(&paths.socket).await {
             let _: Result<serde_json::Value, _> =
                 c.call(claudemesh_schema::ipc::methods::SHUTDOWN, ()).await;
-            crate::commands::wait_stopped(&paths).await?;
+            crate::daemon::wait_stopped(&paths).await?;
         }
         let steps: Vec<(&str, Vec<String>)> = match kind {
             ServiceKind::Systemd => vec![
@@ -239,7 +249,7 @@ pub(crate) async fn install(platform: Option<String>, json: bool) -> Res {
     Ok(())
 }
 
-pub(crate) async fn uninstall(platform: Option<String>) -> Res {
+async fn uninstall(platform: Option<String>) -> Res {
     let kind = kind_for(platform.as_deref())?;
     let file = service_file(kind)
         .ok_or_else(|| Failure::new(Exit::Error, "cannot find your home directory (set HOME)"))?;
@@ -250,7 +260,7 @@ pub(crate) async fn uninstall(platform: Option<String>) -> Res {
         );
         return Ok(());
     }
-    let paths = crate::commands::paths()?;
+    let paths = crate::daemon::paths()?;
     let config = std::path::absolute(&paths.dir).unwrap_or(paths.dir.clone());
     let ours = std::fs::read_to_string(&file)
         .is_ok_and(|s| s.contains(&claudemesh_daemon::paths::service_marker(kind, &config)));
@@ -299,7 +309,7 @@ pub(crate) async fn uninstall(platform: Option<String>) -> Res {
     Ok(())
 }
 
-pub(crate) async fn status(platform: Option<String>, json: bool) -> Res {
+async fn status(platform: Option<String>, json: bool) -> Res {
     let kind = kind_for(platform.as_deref())?;
     let file = service_file(kind);
     let installed = file.as_ref().is_some_and(|f| f.exists());

@@ -12,10 +12,10 @@ use claudemesh_schema::ipc::shared::{
 use serde_json::Value;
 
 use crate::cli::{
-    AuditAction, ContextAction, DebugAction, MeshJson, RemindArgs, ReserveArgs, SkillAction,
-    StateAction, TaskAction,
+    AuditAction, ContextAction, DebugAction, ItemArgs, MeshJson, RecallArgs, RememberArgs,
+    RemindArgs, ReservationsArgs, ReserveArgs, SkillAction, StateAction, TaskAction,
 };
-use crate::commands::{client, paths};
+use crate::daemon::{client, paths};
 use crate::exit::{Exit, Failure, Res};
 use crate::output;
 
@@ -157,7 +157,12 @@ pub(crate) async fn state(action: StateAction) -> Res {
     }
 }
 
-pub(crate) async fn remember(text: Vec<String>, t: Option<String>, opts: MeshJson) -> Res {
+pub(crate) async fn remember(a: RememberArgs) -> Res {
+    let RememberArgs {
+        text,
+        tags: t,
+        opts,
+    } = a;
     let w: WriteResult = call(
         sh::REMEMBER,
         RememberParams {
@@ -171,12 +176,13 @@ pub(crate) async fn remember(text: Vec<String>, t: Option<String>, opts: MeshJso
     Ok(())
 }
 
-pub(crate) async fn recall(
-    query: Vec<String>,
-    tags: Vec<String>,
-    limit: u32,
-    opts: MeshJson,
-) -> Res {
+pub(crate) async fn recall(a: RecallArgs) -> Res {
+    let RecallArgs {
+        query,
+        tags,
+        limit,
+        opts,
+    } = a;
     let r: RecallResult = call(
         sh::RECALL,
         RecallParams {
@@ -203,7 +209,8 @@ fn item(id: String, opts: &MeshJson, result: String) -> ItemParams {
     }
 }
 
-pub(crate) async fn forget(id: String, opts: MeshJson) -> Res {
+pub(crate) async fn forget(a: ItemArgs) -> Res {
+    let ItemArgs { id, opts } = a;
     let w: WriteResult = call(sh::FORGET, item(id, &opts, String::new())).await?;
     written("forgot", &w, opts.json);
     Ok(())
@@ -342,7 +349,7 @@ pub(crate) async fn debug(action: DebugAction) -> Res {
             Ok(())
         }
         DebugAction::Clock { advance } => {
-            let secs = crate::commands::parse_duration(&advance)?;
+            let secs = crate::cli::parse_duration(&advance)?;
             let _: Value = call(
                 sh::DEBUG_CLOCK,
                 sh::ClockParams {
@@ -367,7 +374,7 @@ pub(crate) async fn debug(action: DebugAction) -> Res {
 }
 
 pub(crate) async fn reserve(a: ReserveArgs) -> Res {
-    let ttl = crate::commands::parse_duration(&a.ttl)?;
+    let ttl = crate::cli::parse_duration(&a.ttl)?;
     let w: WriteResult = call(
         sh::RESERVE,
         ReserveParams {
@@ -416,13 +423,15 @@ pub(crate) async fn reserve(a: ReserveArgs) -> Res {
     }
 }
 
-pub(crate) async fn release(id: String, opts: MeshJson) -> Res {
+pub(crate) async fn release(a: ItemArgs) -> Res {
+    let ItemArgs { id, opts } = a;
     let w: WriteResult = call(sh::RELEASE, item(id, &opts, String::new())).await?;
     written("released", &w, opts.json);
     Ok(())
 }
 
-pub(crate) async fn reservations(all: bool, opts: MeshJson) -> Res {
+pub(crate) async fn reservations(a: ReservationsArgs) -> Res {
+    let ReservationsArgs { all, opts } = a;
     let r: ReservationsResult = call(
         sh::RESERVATIONS,
         ReservationQuery {
@@ -469,7 +478,7 @@ pub(crate) async fn remind(a: RemindArgs) -> Res {
     let in_seconds = a
         .after
         .as_deref()
-        .map(crate::commands::parse_duration)
+        .map(crate::cli::parse_duration)
         .transpose()?;
     let deliver_at = match a.at.as_deref() {
         None => None,
