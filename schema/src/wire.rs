@@ -286,6 +286,15 @@ pub enum ErrorCode {
     ShuttingDown,
     /// Relay-side failure.
     Internal,
+    /// An envelope with this id was already accepted from another sender or mesh: the
+    /// send is refused, never acknowledged (pick a fresh id).
+    IdTaken,
+    /// The relay's admission policy does not let this key create a mesh (it needs a
+    /// creation token, or the owner key is not on the allowlist).
+    CreationRefused,
+    /// A code this build does not know (sent by a newer relay); read the message.
+    #[serde(other)]
+    Unknown,
 }
 
 impl ErrorCode {
@@ -315,6 +324,9 @@ impl ErrorCode {
             Self::Replaced => "replaced",
             Self::ShuttingDown => "shutting_down",
             Self::Internal => "internal",
+            Self::IdTaken => "id_taken",
+            Self::CreationRefused => "creation_refused",
+            Self::Unknown => "unknown",
         }
     }
 }
@@ -702,6 +714,22 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, FrameError> 
 mod tests {
     use super::*;
     use crate::crypto::BoxSecret;
+
+    #[test]
+    fn error_codes_keep_their_wire_names_and_unknown_ones_still_decode() {
+        for (code, name) in [
+            (ErrorCode::BadFrame, "bad_frame"),
+            (ErrorCode::QuotaExceeded, "quota_exceeded"),
+            (ErrorCode::IdTaken, "id_taken"),
+            (ErrorCode::CreationRefused, "creation_refused"),
+        ] {
+            assert_eq!(code.as_str(), name);
+            assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{name}\""));
+            assert_eq!(serde_json::from_str::<ErrorCode>(&format!("\"{name}\"")).unwrap(), code);
+        }
+        let later: ErrorCode = serde_json::from_str("\"some_code_from_a_newer_relay\"").unwrap();
+        assert_eq!(later, ErrorCode::Unknown);
+    }
 
     #[test]
     fn hello_signature_covers_every_field() {
