@@ -48,7 +48,8 @@ pub enum ReadError {
     Io(String),
 }
 
-pub(crate) fn codec() -> LengthDelimitedCodec {
+/// The QUIC framing: a 4-byte big-endian length, then that many bytes (at most [`MAX_FRAME`]).
+pub fn codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
         .length_field_length(4)
         .max_frame_length(MAX_FRAME)

@@ -1,0 +1,388 @@
+//! Changes admins make: roster entries, invites and their revocation, claim decisions.
+
+use claudemesh_schema::ClaimId;
+use claudemesh_schema::crypto::MemberKey;
+use claudemesh_schema::now_ms;
+use claudemesh_schema::roster::{RosterEntry, RosterOp};
+use claudemesh_schema::wire::{ClaimDecision, ClaimOutcome, ErrorCode, RelayFrame};
+use std::sync::Arc;
+
+use super::Conn;
+use crate::hub::{InviteState, LinkHandle, MeshEntry, PendingClaim, error_frame, frame, lock};
+use crate::store::Store;
+
+impl<S: Store> Conn<S> {
+    pub(super) async fn roster(
+        &mut self,
+        rid: u64,
+        entry: &Arc<MeshEntry>,
+        member: MemberKey,
+        e: RosterEntry,
+    ) {
+        if e.invite.is_some() {
+            return self.error(
+                Some(rid),
+                ErrorCode::NotAuthorized,
+                "admissions through invites go through claims",
+            );
+        }
+        if e.by != member {
+            return self.error(
+                Some(rid),
+                ErrorCode::NotAuthorized,
+                "entries must be signed by this link's member",
+            );
+        }
+        let _guard = entry.admin.lock().await;
+        let seq = {
+            let st = lock(&entry.state);
+            if let Err(err) = st.roster.check(&e) {
+                drop(st);
+                return self.error(Some(rid), ErrorCode::NotAuthorized, &err.to_string());
+            }
+            if e.op == RosterOp::Add
+                && st.roster.members().count() as u64 >= self.hub.cfg.max_members
+            {
+                drop(st);
+                return self.error(
+                    Some(rid),
+                    ErrorCode::QuotaExceeded,
+                    "the mesh has as many members as this relay allows",
+                );
+            }
+            st.entries.len() as u64
+        };
+        if let Err(err) = self.hub.store.append_roster(seq, e.clone()).await {
+            tracing::error!(error = %err, "cannot store roster entry");
+            return self.error(
+                Some(rid),
+                ErrorCode::Internal,
+                "relay could not store the change; try again",
+            );
+        }
+        let removed_link = {
+            let mut st = lock(&entry.state);
+            if st.roster.apply(&e).is_err() {
+                return self.error(
+                    Some(rid),
+                    ErrorCode::Internal,
+                    "roster changed concurrently; try again",
+                );
+            }
+            st.entries.push(e.clone());
+            if let Some(f) = frame(&RelayFrame::Roster {
+                seq,
+                entry: e.clone(),
+            }) {
+                st.broadcast(&f, None);
+            }
+            if e.op == RosterOp::Remove {
+                st.links.remove(&e.member)
+            } else {
+                None
+            }
+        };
+        if let Some(l) = removed_link {
+            l.push(error_frame(
+                None,
+                ErrorCode::NotAMember,
+                "this member was removed from the mesh",
+                true,
+            ));
+            l.close.cancel();
+        }
+        if e.op == RosterOp::Remove {
+            match self.hub.store.drop_mailbox(e.mesh, e.member).await {
+                Ok((n, bytes)) => {
+                    let mut st = lock(&entry.state);
+                    st.stored.0 = st.stored.0.saturating_sub(n);
+                    st.stored.1 = st.stored.1.saturating_sub(bytes);
+                }
+                Err(err) => tracing::warn!(error = %err, "cannot drop a removed member's mailbox"),
+            }
+        }
+        self.push(&RelayFrame::Ok { rid });
+    }
+
+    pub(super) async fn invite_publish(
+        &mut self,
+        rid: u64,
+        entry: &Arc<MeshEntry>,
+        member: MemberKey,
+        cap: claudemesh_schema::roster::InviteCap,
+    ) {
+        if cap.by != member {
+            return self.error(
+                Some(rid),
+                ErrorCode::NotAuthorized,
+                "invites must be signed by this link's member",
+            );
+        }
+        let _guard = entry.admin.lock().await;
+        {
+            let st = lock(&entry.state);
+            if let Err(err) = cap.verify(&st.roster) {
+                drop(st);
+                return self.error(Some(rid), ErrorCode::NotAuthorized, &err.to_string());
+            }
+        }
+        if self.hub.invite_mesh(&cap.id).is_some() {
+            return self.error(
+                Some(rid),
+                ErrorCode::NotAuthorized,
+                "an invite with this id already exists",
+            );
+        }
+        if let Err(err) = self.hub.store.put_invite(cap.clone()).await {
+            tracing::error!(error = %err, "cannot store invite");
+            return self.error(
+                Some(rid),
+                ErrorCode::Internal,
+                "relay could not store the invite; try again",
+            );
+        }
+        self.hub.index_invite(cap.id, cap.mesh);
+        lock(&entry.state)
+            .invites
+            .entry(cap.id)
+            .or_insert(InviteState {
+                cap,
+                uses: 0,
+                revoked: false,
+            });
+        self.push(&RelayFrame::Ok { rid });
+    }
+
+    pub(super) async fn invite_revoke(
+        &mut self,
+        rid: u64,
+        entry: &Arc<MeshEntry>,
+        member: MemberKey,
+        rev: claudemesh_schema::roster::InviteRevocation,
+    ) {
+        if rev.by != member {
+            return self.error(
+                Some(rid),
+                ErrorCode::NotAuthorized,
+                "revocations must be signed by this link's member",
+            );
+        }
+        let _guard = entry.admin.lock().await;
+        {
+            let st = lock(&entry.state);
+            if let Err(err) = rev.verify(&st.roster) {
+                drop(st);
+                return self.error(Some(rid), ErrorCode::NotAuthorized, &err.to_string());
+            }
+            if !st.invites.contains_key(&rev.id) {
+                drop(st);
+                return self.error(Some(rid), ErrorCode::InviteUnknown, "no such invite");
+            }
+        }
+        if let Err(err) = self.hub.store.revoke_invite(rev.id, rev.at).await {
+            tracing::error!(error = %err, "cannot store revocation");
+            return self.error(
+                Some(rid),
+                ErrorCode::Internal,
+                "relay could not store the revocation; try again",
+            );
+        }
+        let refused: Vec<PendingClaim> = {
+            let mut st = lock(&entry.state);
+            if let Some(i) = st.invites.get_mut(&rev.id) {
+                i.revoked = true;
+            }
+            let ids: Vec<ClaimId> = st
+                .claims
+                .iter()
+                .filter(|(_, c)| c.cap.id == rev.id)
+                .map(|(k, _)| *k)
+                .collect();
+            ids.iter().filter_map(|k| st.claims.remove(k)).collect()
+        };
+        for c in refused {
+            finish_claim(
+                &c.claimant,
+                ClaimOutcome::Refused {
+                    code: ErrorCode::InviteRevoked,
+                    message: "the invite was revoked".into(),
+                },
+            );
+        }
+        self.push(&RelayFrame::Ok { rid });
+    }
+
+    pub(super) async fn claim_decision(
+        &mut self,
+        rid: u64,
+        entry: &Arc<MeshEntry>,
+        member: MemberKey,
+        d: ClaimDecision,
+    ) {
+        let now = now_ms();
+        let _guard = entry.admin.lock().await;
+        match d {
+            ClaimDecision::Refuse { claim, reason } => {
+                let c = {
+                    let mut st = lock(&entry.state);
+                    if !st.roster.role(&member).is_some_and(|r| r.is_admin()) {
+                        drop(st);
+                        return self.error(
+                            Some(rid),
+                            ErrorCode::NotAuthorized,
+                            "only admins decide claims",
+                        );
+                    }
+                    st.claims.remove(&claim)
+                };
+                let Some(c) = c else {
+                    return self.error(
+                        Some(rid),
+                        ErrorCode::Unexpected,
+                        "claim already decided or withdrawn",
+                    );
+                };
+                finish_claim(
+                    &c.claimant,
+                    ClaimOutcome::Refused {
+                        code: ErrorCode::ClaimRefused,
+                        message: reason,
+                    },
+                );
+                self.push(&RelayFrame::Ok { rid });
+            }
+            ClaimDecision::Accept {
+                claim,
+                entry: e,
+                sealed,
+                mac,
+            } => {
+                let (c, seq, genesis) = {
+                    let mut st = lock(&entry.state);
+                    if !st.roster.role(&member).is_some_and(|r| r.is_admin()) {
+                        drop(st);
+                        return self.error(
+                            Some(rid),
+                            ErrorCode::NotAuthorized,
+                            "only admins decide claims",
+                        );
+                    }
+                    let Some(c) = st.claims.get(&claim) else {
+                        drop(st);
+                        return self.error(
+                            Some(rid),
+                            ErrorCode::Unexpected,
+                            "claim already decided or withdrawn",
+                        );
+                    };
+                    let valid = e.op == RosterOp::Add
+                        && e.member == c.request.member
+                        && e.role == c.cap.role
+                        && e.invite == Some(c.cap.id)
+                        && e.by == member;
+                    if !valid {
+                        drop(st);
+                        return self.error(
+                            Some(rid),
+                            ErrorCode::NotAuthorized,
+                            "entry does not match the claim",
+                        );
+                    }
+                    if let Err(err) = st.roster.check(&e) {
+                        drop(st);
+                        return self.error(Some(rid), ErrorCode::NotAuthorized, &err.to_string());
+                    }
+                    if st.roster.members().count() as u64 >= self.hub.cfg.max_members {
+                        drop(st);
+                        return self.error(
+                            Some(rid),
+                            ErrorCode::QuotaExceeded,
+                            "the mesh has as many members as this relay allows",
+                        );
+                    }
+                    let cap_id = c.cap.id;
+                    let refusal = st.invites.get(&cap_id).map(|i| i.refusal(now));
+                    match refusal {
+                        None => {
+                            drop(st);
+                            return self.error(
+                                Some(rid),
+                                ErrorCode::InviteUnknown,
+                                "invite unknown",
+                            );
+                        }
+                        Some(Some((code, msg))) => {
+                            let c = st.claims.remove(&claim);
+                            drop(st);
+                            if let Some(c) = c {
+                                finish_claim(
+                                    &c.claimant,
+                                    ClaimOutcome::Refused {
+                                        code,
+                                        message: msg.into(),
+                                    },
+                                );
+                            }
+                            return self.error(Some(rid), code, msg);
+                        }
+                        Some(None) => {}
+                    }
+                    let Some(c) = st.claims.remove(&claim) else {
+                        return;
+                    };
+                    if let Some(i) = st.invites.get_mut(&cap_id) {
+                        i.uses += 1;
+                    }
+                    (c, st.entries.len() as u64, st.genesis.clone())
+                };
+                if let Err(err) = self.hub.store.append_roster(seq, e.clone()).await {
+                    tracing::error!(error = %err, "cannot store admission");
+                    let mut st = lock(&entry.state);
+                    if let Some(i) = st.invites.get_mut(&c.cap.id) {
+                        i.uses = i.uses.saturating_sub(1);
+                    }
+                    st.claims.insert(claim, c);
+                    drop(st);
+                    return self.error(
+                        Some(rid),
+                        ErrorCode::Internal,
+                        "relay could not store the admission; try again",
+                    );
+                }
+                {
+                    let mut st = lock(&entry.state);
+                    if let Err(err) = st.roster.apply(&e) {
+                        tracing::error!(error = %err, "admission no longer valid after store");
+                    } else {
+                        st.entries.push(e.clone());
+                        if let Some(f) = frame(&RelayFrame::Roster {
+                            seq,
+                            entry: e.clone(),
+                        }) {
+                            st.broadcast(&f, None);
+                        }
+                    }
+                }
+                tracing::info!(mesh = %e.mesh.short(), member = %e.member.short(), "member admitted through invite");
+                finish_claim(
+                    &c.claimant,
+                    ClaimOutcome::Accepted {
+                        claim,
+                        genesis,
+                        entry: e,
+                        sealed,
+                        mac,
+                    },
+                );
+                self.push(&RelayFrame::Ok { rid });
+            }
+        }
+    }
+}
+
+pub(super) fn finish_claim(claimant: &LinkHandle, outcome: ClaimOutcome) {
+    if let Some(f) = frame(&RelayFrame::ClaimResult(outcome)) {
+        claimant.push(f);
+    }
+    claimant.close.cancel();
+}

@@ -1,0 +1,294 @@
+//! Before hello: mesh creation, the hello check, invite claims.
+
+use claudemesh_schema::ClaimId;
+use claudemesh_schema::now_ms;
+use claudemesh_schema::wire::{
+    self, ClaimRequest, ErrorCode, Hello, MAX_CIPHERTEXT, RelayFrame, SUPPORTED_VERSIONS, Welcome,
+};
+use std::sync::atomic::Ordering;
+
+use super::envelopes::{MAILBOX_PAGE, replay_mailbox};
+use super::{Conn, End, State};
+use crate::hub::{MeshState, PendingClaim, error_frame, frame, lock};
+use crate::store::Store;
+
+impl<S: Store> Conn<S> {
+    pub(super) fn check_handshake_rate(&self) -> Result<(), End> {
+        if let Err(wait) = self.hub.handshake_allowed(self.remote.ip()) {
+            self.hub
+                .stats
+                .handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            self.link.push(
+                frame(&RelayFrame::Error {
+                    rid: None,
+                    code: ErrorCode::RateLimited,
+                    message: "too many handshakes from this address; retry later".into(),
+                    fatal: true,
+                    retry_ms: Some(wait.as_millis() as u64 + 1),
+                })
+                .unwrap_or_default(),
+            );
+            return Err("handshake rate limited".into());
+        }
+        Ok(())
+    }
+
+    pub(super) async fn create_mesh(
+        &mut self,
+        rid: u64,
+        genesis: claudemesh_schema::roster::MeshGenesis,
+    ) -> Result<(), End> {
+        self.check_handshake_rate()?;
+        let Ok(st) = MeshState::new(genesis.clone()) else {
+            return Err(self.fatal(
+                ErrorCode::BadSignature,
+                "mesh genesis signature does not verify",
+            ));
+        };
+        if self.hub.mesh(&genesis.mesh).is_some() {
+            self.error(
+                Some(rid),
+                ErrorCode::MeshExists,
+                "a mesh with this id already exists",
+            );
+            return Ok(());
+        }
+        if self.hub.mesh_count() as u64 >= self.hub.cfg.max_meshes {
+            self.error(
+                Some(rid),
+                ErrorCode::QuotaExceeded,
+                "this relay hosts as many meshes as it allows",
+            );
+            return Ok(());
+        }
+        if let Err(e) = self.hub.store.create_mesh(genesis.clone()).await {
+            tracing::error!(error = %e, "cannot store new mesh");
+            self.error(
+                Some(rid),
+                ErrorCode::Internal,
+                "relay could not store the mesh; try again",
+            );
+            return Ok(());
+        }
+        if !self.hub.insert_mesh(st) {
+            self.error(
+                Some(rid),
+                ErrorCode::MeshExists,
+                "a mesh with this id already exists",
+            );
+            return Ok(());
+        }
+        tracing::info!(mesh = %genesis.mesh.short(), "mesh created");
+        self.push(&RelayFrame::Ok { rid });
+        Ok(())
+    }
+
+    pub(super) async fn hello(&mut self, h: Hello) -> Result<(), End> {
+        self.check_handshake_rate()?;
+        let now = now_ms();
+        let Some(version) = h
+            .versions
+            .iter()
+            .copied()
+            .filter(|v| SUPPORTED_VERSIONS.contains(v))
+            .max()
+        else {
+            return Err(self.fatal(
+                ErrorCode::UnsupportedVersion,
+                &format!("no common protocol version (relay speaks {SUPPORTED_VERSIONS:?}); upgrade claudemesh"),
+            ));
+        };
+        if now.abs_diff(h.ts) > wire::HELLO_WINDOW_MS as u64 {
+            return Err(self.fatal(
+                ErrorCode::StaleHello,
+                &format!(
+                    "hello timestamp is {} s away from the relay clock (limit 60 s); check this machine's clock",
+                    now.saturating_sub(h.ts) / 1000
+                ),
+            ));
+        }
+        if h.verify_sig().is_err() {
+            return Err(self.fatal(ErrorCode::BadSignature, "hello signature does not verify"));
+        }
+        let fresh =
+            lock(&self.hub.nonces).insert(h.nonce, now, now + 2 * wire::HELLO_WINDOW_MS + 1);
+        if !fresh {
+            return Err(self.fatal(
+                ErrorCode::ReplayedHello,
+                "hello nonce was already used (replay refused)",
+            ));
+        }
+        let Some(entry) = self.hub.mesh(&h.mesh) else {
+            return Err(self.fatal(ErrorCode::UnknownMesh, "this relay does not know the mesh"));
+        };
+        let (welcome, roster, presences, claims) = {
+            let mut st = lock(&entry.state);
+            if !st.roster.is_member(&h.member) {
+                drop(st);
+                return Err(self.fatal(
+                    ErrorCode::NotAMember,
+                    "this key is not a member of the mesh",
+                ));
+            }
+            if let Some(old) = st.links.insert(h.member, self.link.clone()) {
+                old.push(error_frame(
+                    None,
+                    ErrorCode::Replaced,
+                    "a newer connection of this member replaced this one",
+                    true,
+                ));
+                old.close.cancel();
+            }
+            let welcome = Welcome {
+                version,
+                server_time: now,
+                genesis: st.genesis.clone(),
+                roster_entries: st.entries.len() as u64,
+                presences: st.sessions.len() as u64,
+                max_ciphertext: MAX_CIPHERTEXT as u64,
+            };
+            let roster: Vec<RelayFrame> = st
+                .entries
+                .iter()
+                .enumerate()
+                .map(|(i, e)| RelayFrame::Roster {
+                    seq: i as u64,
+                    entry: e.clone(),
+                })
+                .collect();
+            let presences: Vec<RelayFrame> = st
+                .sessions
+                .values()
+                .map(|s| RelayFrame::Presence(s.record()))
+                .collect();
+            let is_admin = st.roster.role(&h.member).is_some_and(|r| r.is_admin());
+            let claims: Vec<RelayFrame> = if is_admin {
+                st.claims
+                    .iter()
+                    .map(|(id, c)| RelayFrame::ClaimPending {
+                        claim: *id,
+                        request: c.request.clone(),
+                        cap: c.cap.clone(),
+                        at: c.at,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (welcome, roster, presences, claims)
+        };
+        self.hub.stats.links.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(mesh = %h.mesh.short(), member = %h.member.short(), "link up");
+        self.state = State::Linked {
+            mesh: h.mesh,
+            entry: entry.clone(),
+            member: h.member,
+        };
+        self.push(&RelayFrame::Welcome(welcome));
+        for f in roster.iter().chain(presences.iter()) {
+            self.push(f);
+        }
+        // Sends that resolved this member as offline just before the link was registered
+        // may still be in the store queue: wait for them, so the mailbox read sees them.
+        if let Err(e) = crate::store::flushed(&self.hub.store).await {
+            tracing::error!(error = %e, "store flush failed");
+        }
+        // Count the mailbox for `ready`, then stream it from a task so acks are read
+        // concurrently.
+        let first = self
+            .hub
+            .store
+            .mailbox(h.mesh, h.member, None, MAILBOX_PAGE)
+            .await;
+        let first = match first {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read mailbox");
+                Vec::new()
+            }
+        };
+        self.push(&RelayFrame::Ready {
+            queued: first.len() as u64,
+        });
+        for f in &claims {
+            self.push(f);
+        }
+        if !first.is_empty() {
+            self.drain = Some(tokio::spawn(replay_mailbox(
+                self.hub.clone(),
+                self.link.data.clone(),
+                h.mesh,
+                h.member,
+                Some(first),
+            )));
+        }
+        Ok(())
+    }
+
+    pub(super) fn claim(&mut self, req: ClaimRequest) -> Result<(), End> {
+        self.check_handshake_rate()?;
+        let now = now_ms();
+        let Some(mesh) = self.hub.invite_mesh(&req.invite) else {
+            return Err(self.fatal(
+                ErrorCode::InviteUnknown,
+                "this relay does not know the invite; check the link",
+            ));
+        };
+        let Some(entry) = self.hub.mesh(&mesh) else {
+            return Err(self.fatal(
+                ErrorCode::InviteUnknown,
+                "this relay does not know the invite; check the link",
+            ));
+        };
+        let claim = ClaimId::new();
+        let (admins, cap) = {
+            let mut st = lock(&entry.state);
+            let Some(inv) = st.invites.get(&req.invite).cloned() else {
+                drop(st);
+                return Err(self.fatal(
+                    ErrorCode::InviteUnknown,
+                    "this relay does not know the invite",
+                ));
+            };
+            if let Some((code, msg)) = inv.refusal(now) {
+                drop(st);
+                return Err(self.fatal(code, msg));
+            }
+            if st.roster.is_member(&req.member) {
+                drop(st);
+                return Err(self.fatal(ErrorCode::ClaimRefused, "this key is already a member"));
+            }
+            let admins = st.admin_links();
+            st.claims.insert(
+                claim,
+                PendingClaim {
+                    request: req.clone(),
+                    cap: inv.cap.clone(),
+                    at: now,
+                    claimant: self.link.clone(),
+                },
+            );
+            (admins, inv.cap)
+        };
+        tracing::info!(mesh = %mesh.short(), claim = %claim.short(), admins = admins.len(), "invite claim waiting");
+        let pending = frame(&RelayFrame::ClaimPending {
+            claim,
+            request: req,
+            cap: cap.clone(),
+            at: now,
+        });
+        if let Some(p) = pending {
+            for a in &admins {
+                a.push(p.clone());
+            }
+        }
+        self.push(&RelayFrame::ClaimWaiting {
+            claim,
+            admins_online: admins.len() as u32,
+            approve: cap.approve,
+        });
+        self.state = State::Claiming { mesh, claim };
+        Ok(())
+    }
+}
