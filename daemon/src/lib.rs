@@ -49,3 +49,14 @@ pub mod offline {
     pub use crate::peers::q_peers;
     pub use crate::store::{MeshRow, StoreError, open_readonly, q_counts, q_meshes};
 }
+
+/// Fuzzing entry point (`fuzz/fuzz_targets/snapshot.rs`), not an API: load a decoded
+/// snapshot `body` into the folded tables of `mesh`, as the link does after opening one.
+#[doc(hidden)]
+pub fn fuzz_load_snapshot(
+    tx: &rusqlite::Transaction<'_>,
+    mesh: claudemesh_schema::MeshId,
+    body: &claudemesh_schema::op::SnapshotBody,
+) -> Result<(), String> {
+    shared::snapshot::load(tx, mesh, body).map_err(|e| e.to_string())
+}
