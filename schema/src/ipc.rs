@@ -67,8 +67,12 @@ pub struct Response {
     pub jsonrpc: String,
     /// The request id.
     pub id: u64,
-    /// The result, on success.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The result, on success (`null` is a result: `Some(Value::Null)`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub result: Option<Value>,
     /// The error, on failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -98,6 +102,12 @@ impl Response {
             }),
         }
     }
+}
+
+/// A field that is present is `Some`, even when it is `null` (serde's `Option` reads
+/// `null` as `None`, which would make a `null` result look like no result at all).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 /// A JSON-RPC notification pushed by the daemon.
@@ -1000,6 +1010,20 @@ mod tests {
         let n: Incoming =
             serde_json::from_str(r#"{"jsonrpc":"2.0","method":"message","params":{}}"#).unwrap();
         assert!(matches!(n, Incoming::Notification(_)));
+    }
+
+    #[test]
+    fn a_null_result_is_a_result() {
+        let line = serde_json::to_string(&Response::ok(4, Value::Null)).unwrap();
+        assert_eq!(line, r#"{"jsonrpc":"2.0","id":4,"result":null}"#);
+        let r: Response = serde_json::from_str(&line).unwrap();
+        assert_eq!(r.result, Some(Value::Null));
+        let none: Response = serde_json::from_str(r#"{"jsonrpc":"2.0","id":4}"#).unwrap();
+        assert_eq!(none.result, None);
+        let Incoming::Response(r) = serde_json::from_str(&line).unwrap() else {
+            panic!("a response read as a notification");
+        };
+        assert_eq!(r.result, Some(Value::Null));
     }
 
     #[test]
