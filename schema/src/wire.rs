@@ -725,7 +725,10 @@ mod tests {
         ] {
             assert_eq!(code.as_str(), name);
             assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{name}\""));
-            assert_eq!(serde_json::from_str::<ErrorCode>(&format!("\"{name}\"")).unwrap(), code);
+            assert_eq!(
+                serde_json::from_str::<ErrorCode>(&format!("\"{name}\"")).unwrap(),
+                code
+            );
         }
         let later: ErrorCode = serde_json::from_str("\"some_code_from_a_newer_relay\"").unwrap();
         assert_eq!(later, ErrorCode::Unknown);
