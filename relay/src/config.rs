@@ -56,6 +56,9 @@ pub struct RelayConfig {
     /// How long a delivered envelope's id is remembered to drop resends, seconds.
     /// Default 1 hour.
     pub dedupe_window_secs: u64,
+    /// How long the id of an op compacted into a snapshot is remembered, so that a late
+    /// resend gets its old sequence number back, seconds. Default 30 days.
+    pub op_dedupe_secs: u64,
     /// Most meshes this relay hosts. Default 100 000.
     pub max_meshes: u64,
     /// Most members per mesh. Default 10 000.
@@ -75,8 +78,43 @@ pub struct RelayConfig {
     /// Close a link that sent nothing for this long, seconds (clients ping every 15 s).
     /// Default 45.
     pub idle_timeout_secs: u64,
-    /// Time allowed for the first frame of a connection, seconds. Default 10.
+    /// Time from accepting a connection (TCP or QUIC) until its hello must have arrived,
+    /// seconds: it covers the TLS handshake, the HTTP upgrade and the hello itself, however
+    /// many frames come before. Default 10.
     pub hello_timeout_secs: u64,
+    /// Frames a connection may send before its hello (pings, a mesh creation, a claim);
+    /// one more closes it. Default 8.
+    pub preauth_frames: u32,
+    /// How long an invite claim may wait for an admin's decision, seconds. Default 900.
+    pub claim_wait_secs: u64,
+    /// Most open connections. Default 20 000.
+    pub max_connections: usize,
+    /// Most open connections from one IP address (IPv6: one /64). Default 1 000.
+    pub max_connections_per_ip: usize,
+    /// Most connections still before hello. Default 2 048.
+    pub max_preauth_connections: usize,
+    /// Most connections still before hello from one IP address (IPv6: one /64). Default 64.
+    pub max_preauth_per_ip: usize,
+    /// Presence updates per second per member (their burst is `presence_burst`).
+    /// Default 50.
+    pub presence_rate: f64,
+    /// Burst of presence updates per member. Default 512.
+    pub presence_burst: f64,
+    /// Most bytes of frames queued to one connection and not yet written; a link that
+    /// leaves more unread is closed. The relay stops reading a connection while 1 MiB of
+    /// answers to it wait. Default 64 MiB.
+    pub link_queue_bytes: usize,
+    /// Most bytes queued to all connections together. Beyond it, live deliveries wait in
+    /// the mailbox and the links holding the most unread bytes are closed. Default 1 GiB.
+    pub queued_bytes_budget: usize,
+    /// Most bytes the relay stores in envelopes, ops and snapshots together; beyond it,
+    /// sends and shared-state writes are refused with `quota_exceeded` (nothing already
+    /// accepted is dropped). Default 16 GiB.
+    pub disk_budget_bytes: u64,
+    /// Most bytes of one mesh's shared-state op log (snapshots let members compact it).
+    /// Writes beyond it are refused with `quota_exceeded`; the writer keeps them in its
+    /// outbox. Default 64 MiB.
+    pub mesh_quota_op_bytes: u64,
     /// Envelope deliveries buffered per connection. When a connection reads slower than
     /// others send to it, live copies beyond this are skipped and its mailbox is replayed
     /// once it catches up. Default 4096.
@@ -107,6 +145,7 @@ impl Default for RelayConfig {
             durability: Durability::Full,
             message_ttl_secs: 7 * 24 * 3600,
             dedupe_window_secs: 3600,
+            op_dedupe_secs: 30 * 24 * 3600,
             max_meshes: 100_000,
             max_members: 10_000,
             mesh_quota_messages: 100_000,
@@ -117,6 +156,18 @@ impl Default for RelayConfig {
             member_burst: 50_000.0,
             idle_timeout_secs: 45,
             hello_timeout_secs: 10,
+            preauth_frames: 8,
+            claim_wait_secs: 900,
+            max_connections: 20_000,
+            max_connections_per_ip: 1_000,
+            max_preauth_connections: 2_048,
+            max_preauth_per_ip: 64,
+            presence_rate: 50.0,
+            presence_burst: 512.0,
+            link_queue_bytes: 64 << 20,
+            queued_bytes_budget: 1 << 30,
+            disk_budget_bytes: 16 << 30,
+            mesh_quota_op_bytes: 64 << 20,
             send_queue: 4096,
             log_json: false,
             metrics_listen: None,
@@ -153,7 +204,26 @@ impl RelayConfig {
                 "set both cert and key, or neither".into(),
             ));
         }
-        if self.handshake_rate <= 0.0 || self.member_rate <= 0.0 {
+        if self.max_connections == 0
+            || self.max_connections_per_ip == 0
+            || self.max_preauth_connections == 0
+            || self.max_preauth_per_ip == 0
+        {
+            return Err(ConfigError::Invalid(
+                "connection caps must be at least 1".into(),
+            ));
+        }
+        if self.link_queue_bytes < (1 << 20) || self.queued_bytes_budget < self.link_queue_bytes {
+            return Err(ConfigError::Invalid(
+                "link_queue_bytes must be at least 1 MiB and queued_bytes_budget at least link_queue_bytes".into(),
+            ));
+        }
+        if self.hello_timeout_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "hello_timeout_secs must be at least 1".into(),
+            ));
+        }
+        if self.handshake_rate <= 0.0 || self.member_rate <= 0.0 || self.presence_rate <= 0.0 {
             return Err(ConfigError::Invalid("rates must be positive".into()));
         }
         if self.send_queue < 16 {
@@ -164,16 +234,154 @@ impl RelayConfig {
         Ok(())
     }
 
-    /// The defaults as commented TOML.
+    /// The defaults as commented TOML: the configuration reference, one line of
+    /// explanation above each key.
     pub fn default_toml() -> String {
         let body = toml::to_string_pretty(&Self::default()).unwrap_or_default();
-        format!(
-            "# claudemesh-relay configuration. Every key is optional; shown are the defaults.\n\
-             # cert/key: PEM files to use instead of a generated self-signed certificate.\n\
-             # See docs in relay/src/config.rs for each field.\n\n{body}"
-        )
+        let mut out = String::from(
+            "# claudemesh-relay configuration. Every key is optional; shown are the defaults.\n\n",
+        );
+        for line in body.lines() {
+            let key = line.split('=').next().unwrap_or("").trim();
+            if let Some((_, doc)) = KEY_DOCS.iter().find(|(k, _)| *k == key) {
+                out.push_str("# ");
+                out.push_str(doc);
+                out.push('\n');
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+        // Keys whose default is "none" are not in the TOML: name them commented out.
+        for (k, doc) in KEY_DOCS {
+            if !body
+                .lines()
+                .any(|l| l.split('=').next().unwrap_or("").trim() == *k)
+            {
+                out.push_str(&format!("# {doc}\n# {k} = ...\n"));
+            }
+        }
+        out
     }
 }
+
+/// One line per key for [`RelayConfig::default_toml`] (a test checks every key has one).
+const KEY_DOCS: &[(&str, &str)] = &[
+    (
+        "listen",
+        "QUIC on this UDP port, TLS (WebSocket at /ws, /health) on the same TCP port.",
+    ),
+    (
+        "data_dir",
+        "relay.db, the generated certificate and the QUIC reset key.",
+    ),
+    ("quic", "Serve QUIC."),
+    ("websocket", "Serve WebSocket over TLS."),
+    (
+        "cert",
+        "PEM certificate chain to serve instead of a generated self-signed one.",
+    ),
+    ("key", "PEM private key for cert."),
+    (
+        "durability",
+        "full (survives power loss) or normal (survives a crash).",
+    ),
+    (
+        "message_ttl_secs",
+        "How long an undelivered envelope is kept.",
+    ),
+    (
+        "dedupe_window_secs",
+        "How long a delivered envelope's id is remembered to drop resends.",
+    ),
+    (
+        "op_dedupe_secs",
+        "How long the id of a compacted op is remembered to drop late resends.",
+    ),
+    ("max_meshes", "Most meshes this relay hosts."),
+    ("max_members", "Most members per mesh."),
+    (
+        "mesh_quota_messages",
+        "Most undelivered envelopes stored per mesh.",
+    ),
+    (
+        "mesh_quota_bytes",
+        "Most undelivered bytes stored per mesh.",
+    ),
+    (
+        "handshake_rate",
+        "Handshakes (hellos, claims, mesh creations) per second per IP.",
+    ),
+    ("handshake_burst", "Burst of handshakes per IP."),
+    (
+        "member_rate",
+        "Writes (envelopes, ops, acks, pings) per second per member; kept across reconnects.",
+    ),
+    ("member_burst", "Burst of writes per member."),
+    ("presence_rate", "Presence updates per second per member."),
+    ("presence_burst", "Burst of presence updates per member."),
+    (
+        "idle_timeout_secs",
+        "Close a link that sent nothing for this long (clients ping every 15 s).",
+    ),
+    (
+        "hello_timeout_secs",
+        "From accept (TCP or QUIC) to the hello: TLS, HTTP upgrade and hello must fit.",
+    ),
+    (
+        "preauth_frames",
+        "Frames a connection may send before its hello; one more closes it.",
+    ),
+    (
+        "claim_wait_secs",
+        "How long an invite claim may wait for an admin's decision.",
+    ),
+    ("max_connections", "Most open connections."),
+    (
+        "max_connections_per_ip",
+        "Most open connections from one IP (IPv6: one /64).",
+    ),
+    (
+        "max_preauth_connections",
+        "Most connections still before hello.",
+    ),
+    (
+        "max_preauth_per_ip",
+        "Most connections still before hello from one IP (IPv6: one /64).",
+    ),
+    (
+        "link_queue_bytes",
+        "Most bytes queued to one connection; a link that leaves more unread is closed.",
+    ),
+    (
+        "queued_bytes_budget",
+        "Most bytes queued to all connections together; beyond it the fattest links close.",
+    ),
+    (
+        "disk_budget_bytes",
+        "Most bytes stored in envelopes and op logs together; beyond it writes get quota_exceeded.",
+    ),
+    (
+        "mesh_quota_op_bytes",
+        "Most bytes of one mesh's op log and snapshot; beyond it ops get quota_exceeded.",
+    ),
+    (
+        "send_queue",
+        "Envelope deliveries buffered per connection before its mailbox replays instead.",
+    ),
+    ("log_json", "Log as JSON lines."),
+    (
+        "metrics_listen",
+        "Serve /metrics and the detailed /health over plain HTTP here (a trusted network).",
+    ),
+    (
+        "metrics_on_tls_port",
+        "Also serve /metrics on the public TLS port (unauthenticated).",
+    ),
+    (
+        "frame_log",
+        "Debugging: append every received frame to this file (routing headers and ciphertext only).",
+    ),
+];
 
 #[cfg(test)]
 mod tests {
@@ -185,6 +393,23 @@ mod tests {
         let back: RelayConfig = toml::from_str(&text).unwrap();
         assert_eq!(back.listen, RelayConfig::default().listen);
         back.validate().unwrap();
+    }
+
+    #[test]
+    fn every_key_is_documented_in_the_reference() {
+        let text = RelayConfig::default_toml();
+        let json = serde_json::to_value(RelayConfig::default()).unwrap();
+        for key in json.as_object().unwrap().keys() {
+            assert!(
+                KEY_DOCS.iter().any(|(k, _)| k == key),
+                "{key} has no line in KEY_DOCS"
+            );
+            assert!(
+                text.contains(key.as_str()),
+                "{key} missing from config default"
+            );
+        }
+        assert_eq!(KEY_DOCS.len(), json.as_object().unwrap().len());
     }
 
     #[test]

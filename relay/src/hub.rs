@@ -14,14 +14,15 @@ use claudemesh_schema::wire::{self, ClaimRequest, ErrorCode, PresenceRecord, Rel
 use claudemesh_schema::{ClaimId, InviteId, MeshId, MessageId, SessionId};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::RelayConfig;
-use crate::limits::{KeyedLimiter, NonceCache};
+use crate::limits::{Gate, GateLimits, KeyedLimiter, NonceCache, TokenBucket};
 use crate::store::{Snapshot, Store};
 
 /// Lock a std mutex, recovering from poisoning (a panicked holder leaves plain data).
@@ -63,23 +64,140 @@ pub(crate) fn deliver_frame(envelope_json: &[u8], at: i64) -> Bytes {
     Bytes::from(v)
 }
 
-/// Most bytes of control frames a connection may leave unread before it is closed.
-pub(crate) const CONTROL_LIMIT: usize = 64 << 20;
+/// Most bytes of answers a connection may have queued before its hello.
+pub(crate) const PREAUTH_QUEUE: usize = 64 << 10;
+/// The relay stops reading a connection while this many bytes of answers to it wait.
+pub(crate) const READ_PAUSE: usize = 1 << 20;
+/// Once the relay-wide budget is spent, links holding more than this are closed first.
+const FAT_LINK: usize = 1 << 20;
+
+/// Bytes queued to all connections, against `queued_bytes_budget`.
+#[derive(Debug)]
+pub(crate) struct QueueBudget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl QueueBudget {
+    pub(crate) fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            used: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn spent(&self) -> bool {
+        self.used() > self.max
+    }
+}
+
+/// What a connection's reader, writer and the hub share about its queues.
+#[derive(Debug)]
+pub(crate) struct LinkQueues {
+    /// Bytes of control frames queued and not yet written.
+    control: AtomicUsize,
+    /// Bytes of envelope deliveries (and op pages) queued and not yet written.
+    data: AtomicUsize,
+    /// Control bytes beyond which the link is closed (small before hello).
+    limit: AtomicUsize,
+    /// Delivery bytes beyond which live copies are skipped (the mailbox has them).
+    data_limit: usize,
+    budget: Arc<QueueBudget>,
+    /// Woken by the writer after each flush.
+    drained: tokio::sync::Notify,
+    /// Envelope ids handed to this link and not yet acknowledged: only these can be
+    /// acknowledged, so an ack of anything else never reaches the store.
+    delivered: Mutex<HashSet<MessageId>>,
+}
+
+impl LinkQueues {
+    pub(crate) fn new(budget: Arc<QueueBudget>, limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            control: AtomicUsize::new(0),
+            data: AtomicUsize::new(0),
+            limit: AtomicUsize::new(PREAUTH_QUEUE),
+            data_limit: (limit / 4).max(READ_PAUSE),
+            budget,
+            drained: tokio::sync::Notify::new(),
+            delivered: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Bytes queued and not yet written.
+    pub(crate) fn queued(&self) -> usize {
+        self.control.load(Ordering::Relaxed) + self.data.load(Ordering::Relaxed)
+    }
+
+    /// Raise the control limit once the connection is authenticated.
+    pub(crate) fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// The writer took a control frame of `n` bytes off the queue.
+    pub(crate) fn took_control(&self, n: usize) {
+        self.control.fetch_sub(n, Ordering::Relaxed);
+        self.budget.used.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// The writer took a delivery of `n` bytes off the queue.
+    pub(crate) fn took_data(&self, n: usize) {
+        self.data.fetch_sub(n, Ordering::Relaxed);
+        self.budget.used.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// The writer flushed.
+    pub(crate) fn flushed(&self) {
+        self.drained.notify_waiters();
+    }
+
+    /// Wait until `ready` holds, re-checking after every flush.
+    pub(crate) async fn wait_until(&self, ready: impl Fn(&Self) -> bool) {
+        loop {
+            let flushed = self.drained.notified();
+            tokio::pin!(flushed);
+            flushed.as_mut().enable();
+            if ready(self) {
+                return;
+            }
+            flushed.await;
+        }
+    }
+
+    /// Is the reader to pause (answers to this peer are piling up)?
+    pub(crate) fn backed_up(&self) -> bool {
+        self.queued() > READ_PAUSE
+    }
+
+    /// Record that `id` was handed to this link.
+    fn delivering(&self, id: MessageId) {
+        lock(&self.delivered).insert(id);
+    }
+
+    /// Keep the ids this link was given (and forget them: each is acknowledged once).
+    pub(crate) fn acknowledgeable(&self, ids: &mut Vec<MessageId>) {
+        let mut d = lock(&self.delivered);
+        ids.retain(|id| d.remove(id));
+    }
+}
 
 /// The sending side of a connection, as the hub sees it.
 ///
 /// Two queues: control frames (acks, receipts, presence, roster, claims), which cannot be
 /// recovered if lost, and envelope deliveries, which can, because every envelope is in the
-/// recipient's mailbox until acknowledged. A full control queue means the peer is stuck:
-/// the connection is closed. A full delivery queue only marks the link as lagging: the live
-/// copy is skipped and the connection replays its mailbox once it has caught up.
+/// recipient's mailbox until acknowledged. A control queue over its limit means the peer is
+/// stuck: the connection is closed. A full delivery queue only marks the link as lagging:
+/// the live copy is skipped and the connection replays its mailbox once it has caught up.
+/// Both count against the relay-wide [`QueueBudget`].
 #[derive(Debug, Clone)]
 pub(crate) struct LinkHandle {
     pub(crate) id: u64,
     pub(crate) tx: mpsc::UnboundedSender<Bytes>,
-    /// Bytes of control frames queued and not yet written.
-    pub(crate) queued: Arc<std::sync::atomic::AtomicUsize>,
     pub(crate) data: mpsc::Sender<Bytes>,
+    pub(crate) queues: Arc<LinkQueues>,
     pub(crate) close: CancellationToken,
     pub(crate) lagged: Arc<tokio::sync::Notify>,
 }
@@ -87,30 +205,74 @@ pub(crate) struct LinkHandle {
 impl LinkHandle {
     /// Queue a control frame without waiting. Control frames come in bursts (a commit
     /// acknowledges a whole batch of sends at once), so the queue is not bounded by a
-    /// channel; a peer that leaves more than [`CONTROL_LIMIT`] bytes unread is closed.
+    /// channel; a peer that leaves more than its limit unread is closed, and so is a link
+    /// holding more than [`FAT_LINK`] once the relay-wide budget is spent.
     pub(crate) fn push(&self, frame: Bytes) -> bool {
         let n = frame.len();
-        if self.queued.fetch_add(n, Ordering::Relaxed) + n > CONTROL_LIMIT {
-            self.queued.fetch_sub(n, Ordering::Relaxed);
+        let q = &self.queues;
+        let own = q.control.fetch_add(n, Ordering::Relaxed) + n;
+        q.budget.used.fetch_add(n, Ordering::Relaxed);
+        let over = own > q.limit.load(Ordering::Relaxed)
+            || (q.budget.spent() && own + q.data.load(Ordering::Relaxed) > FAT_LINK);
+        if over {
+            q.took_control(n);
             tracing::warn!(
                 link = self.id,
-                "link does not read its control frames, closing it"
+                queued = own,
+                "link does not read what it is sent, closing it"
             );
             self.close.cancel();
             return false;
         }
         if self.tx.send(frame).is_err() {
-            self.queued.fetch_sub(n, Ordering::Relaxed);
+            q.took_control(n);
             return false;
         }
         true
     }
 
-    /// Queue an envelope delivery without waiting; a full queue marks the link lagging.
-    pub(crate) fn push_data(&self, frame: Bytes) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.data.try_send(frame) {
+    /// Queue envelope `id`'s delivery without waiting; a full queue (or a spent budget)
+    /// marks the link lagging, and the mailbox replay brings it later.
+    pub(crate) fn push_delivery(&self, id: MessageId, frame: Bytes) {
+        let q = &self.queues;
+        q.delivering(id);
+        let n = frame.len();
+        if q.data.load(Ordering::Relaxed) + n > q.data_limit || q.budget.spent() {
             self.lagged.notify_one();
+            return;
         }
+        q.data.fetch_add(n, Ordering::Relaxed);
+        q.budget.used.fetch_add(n, Ordering::Relaxed);
+        if let Err(e) = self.data.try_send(frame) {
+            q.took_data(n);
+            if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                self.lagged.notify_one();
+            }
+        }
+    }
+
+    /// Queue a delivery (`id`) or an op page (`None`), waiting while this link's delivery
+    /// queue is full: for replays, which must not be skipped. Err when the link closed.
+    pub(crate) async fn send_data(&self, id: Option<MessageId>, frame: Bytes) -> Result<(), ()> {
+        let q = &self.queues;
+        let n = frame.len();
+        tokio::select! {
+            _ = q.wait_until(|q| {
+                let d = q.data.load(Ordering::Relaxed);
+                d == 0 || d + n <= q.data_limit
+            }) => {}
+            _ = self.close.cancelled() => return Err(()),
+        }
+        if let Some(id) = id {
+            q.delivering(id);
+        }
+        q.data.fetch_add(n, Ordering::Relaxed);
+        q.budget.used.fetch_add(n, Ordering::Relaxed);
+        if self.data.send(frame).await.is_err() {
+            q.took_data(n);
+            return Err(());
+        }
+        Ok(())
     }
 }
 
@@ -182,6 +344,42 @@ pub(crate) struct MeshState {
     pub(crate) claims: HashMap<ClaimId, PendingClaim>,
     /// Undelivered envelopes stored, and their bytes (for the quota).
     pub(crate) stored: (u64, u64),
+    /// Rate limits per member, kept across its reconnects.
+    limits: HashMap<MemberKey, MemberLimits>,
+    /// Bytes of the op log and snapshot stored (for the op quota).
+    pub(crate) op_bytes: u64,
+}
+
+/// Bytes the relay stores, against `disk_budget_bytes`: undelivered envelopes and the
+/// op logs (with their snapshots), summed over meshes.
+#[derive(Debug)]
+pub(crate) struct DiskUsage {
+    pub(crate) envelopes: AtomicU64,
+    pub(crate) ops: AtomicU64,
+    max: u64,
+}
+
+impl DiskUsage {
+    pub(crate) fn new(max: u64) -> Self {
+        Self {
+            envelopes: AtomicU64::new(0),
+            ops: AtomicU64::new(0),
+            max,
+        }
+    }
+
+    /// Would storing `bytes` more stay within the budget?
+    pub(crate) fn room_for(&self, bytes: u64) -> bool {
+        self.envelopes.load(Ordering::Relaxed) + self.ops.load(Ordering::Relaxed) + bytes
+            <= self.max
+    }
+}
+
+/// A member's budgets: writes (envelopes, ops, acks, pings) and presence updates.
+#[derive(Debug)]
+pub(crate) struct MemberLimits {
+    pub(crate) writes: TokenBucket,
+    pub(crate) presence: TokenBucket,
 }
 
 impl MeshState {
@@ -198,6 +396,8 @@ impl MeshState {
             sessions: HashMap::new(),
             claims: HashMap::new(),
             stored: (0, 0),
+            limits: HashMap::new(),
+            op_bytes: 0,
         })
     }
 
@@ -208,6 +408,40 @@ impl MeshState {
                 l.push(frame.clone());
             }
         }
+    }
+
+    /// Count one more stored envelope of `bytes`.
+    pub(crate) fn charge(&mut self, disk: &DiskUsage, bytes: u64) {
+        self.stored.0 += 1;
+        self.stored.1 += bytes;
+        disk.envelopes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Count `n` stored envelopes of `bytes` in all as gone.
+    pub(crate) fn free(&mut self, disk: &DiskUsage, n: u64, bytes: u64) {
+        let bytes = bytes.min(self.stored.1);
+        self.stored.0 = self.stored.0.saturating_sub(n);
+        self.stored.1 -= bytes;
+        disk.envelopes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Set the op log's size after a change of unknown size (a snapshot compaction).
+    pub(crate) fn set_op_bytes(&mut self, disk: &DiskUsage, n: u64) {
+        disk.ops.fetch_sub(self.op_bytes, Ordering::Relaxed);
+        disk.ops.fetch_add(n, Ordering::Relaxed);
+        self.op_bytes = n;
+    }
+
+    /// `member`'s rate limits (created full on first use; kept while the relay runs, so
+    /// reconnecting does not refill them).
+    pub(crate) fn limits(&mut self, member: MemberKey, cfg: &RelayConfig) -> &mut MemberLimits {
+        self.limits.entry(member).or_insert_with(|| {
+            let now = Instant::now();
+            MemberLimits {
+                writes: TokenBucket::new(cfg.member_rate, cfg.member_burst, now),
+                presence: TokenBucket::new(cfg.presence_rate, cfg.presence_burst, now),
+            }
+        })
     }
 
     pub(crate) fn admin_links(&self) -> Vec<LinkHandle> {
@@ -226,38 +460,44 @@ pub(crate) struct MeshEntry {
     pub(crate) admin: tokio::sync::Mutex<()>,
 }
 
-/// Ids seen recently, so resends are acknowledged without being forwarded twice.
+/// Ids accepted recently and whose they are (mesh, sender), so resends are acknowledged
+/// without being forwarded twice and an id another sender already used is refused.
 #[derive(Debug, Default)]
 pub(crate) struct RecentIds {
-    set: HashSet<MessageId>,
+    owners: HashMap<MessageId, (MeshId, MemberKey)>,
     order: VecDeque<MessageId>,
 }
 
 const RECENT_CAP: usize = 200_000;
 
 impl RecentIds {
-    /// Was `id` accepted recently?
-    pub(crate) fn contains(&self, id: &MessageId) -> bool {
-        self.set.contains(id)
+    /// Who sent `id`, if it was accepted recently.
+    pub(crate) fn owner(&self, id: &MessageId) -> Option<(MeshId, MemberKey)> {
+        self.owners.get(id).copied()
     }
 
-    /// Forget `id` (its store write failed; a resend must be stored).
-    pub(crate) fn remove(&mut self, id: &MessageId) {
-        self.set.remove(id);
+    /// Forget `id` if `owner` holds it (its store write failed; a resend must be stored).
+    pub(crate) fn release(&mut self, id: &MessageId, owner: (MeshId, MemberKey)) {
+        if self.owners.get(id) == Some(&owner) {
+            self.owners.remove(id);
+        }
     }
 
-    /// Record `id`; false if it was already recent.
-    pub(crate) fn insert(&mut self, id: MessageId) -> bool {
-        if !self.set.insert(id) {
-            return false;
+    /// Record `id` as `owner`'s; false if another owner holds it.
+    pub(crate) fn claim(&mut self, id: MessageId, owner: (MeshId, MemberKey)) -> bool {
+        match self.owners.get(&id) {
+            Some(o) => *o == owner,
+            None => {
+                self.owners.insert(id, owner);
+                self.order.push_back(id);
+                if self.order.len() > RECENT_CAP
+                    && let Some(old) = self.order.pop_front()
+                {
+                    self.owners.remove(&old);
+                }
+                true
+            }
         }
-        self.order.push_back(id);
-        if self.order.len() > RECENT_CAP
-            && let Some(old) = self.order.pop_front()
-        {
-            self.set.remove(&old);
-        }
-        true
     }
 }
 
@@ -269,6 +509,12 @@ pub(crate) struct Stats {
     pub(crate) envelopes: AtomicU64,
     pub(crate) ops: AtomicU64,
     pub(crate) handshake_failures: AtomicU64,
+    /// Acknowledged ids dropped before the store: not given to that link, or over budget.
+    pub(crate) acks_dropped: AtomicU64,
+    /// Connections closed, by [`crate::conn::END_KINDS`].
+    pub(crate) closed: [AtomicU64; 7],
+    /// Connections refused at accept by the connection caps.
+    pub(crate) refused_at_accept: AtomicU64,
     /// Envelopes by route kind ([`crate::metrics::ROUTE_KINDS`]).
     pub(crate) routed: [AtomicU64; 4],
     pub(crate) envelope_commit: crate::metrics::Histogram,
@@ -296,13 +542,22 @@ pub(crate) struct Hub<S> {
     next_id: AtomicU64,
     pub(crate) stats: Stats,
     /// Bytes of snapshot uploads held in memory across links.
-    pub(crate) upload_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    pub(crate) upload_bytes: Arc<AtomicUsize>,
     pub(crate) shutdown: CancellationToken,
     frame_log: Option<Mutex<std::fs::File>>,
+    /// Caps on open connections.
+    pub(crate) gate: Arc<Gate>,
+    /// Bytes queued to all connections.
+    pub(crate) budget: Arc<QueueBudget>,
+    /// Bytes stored, against the disk budget.
+    pub(crate) disk: DiskUsage,
+    /// Every task the relay spawns, so shutdown waits for them.
+    pub(crate) tasks: TaskTracker,
 }
 
 impl<S: Store> Hub<S> {
     pub(crate) fn new(store: S, cfg: RelayConfig, snap: Snapshot) -> Self {
+        let disk = DiskUsage::new(cfg.disk_budget_bytes);
         let mut meshes = HashMap::new();
         let mut invite_index = HashMap::new();
         for (g, entries) in snap.meshes {
@@ -323,6 +578,11 @@ impl<S: Store> Hub<S> {
             }
             if let Some(u) = snap.usage.get(&id) {
                 st.stored = *u;
+                disk.envelopes.fetch_add(u.1, Ordering::Relaxed);
+            }
+            if let Some(&n) = snap.op_usage.get(&id) {
+                st.op_bytes = n;
+                disk.ops.fetch_add(n, Ordering::Relaxed);
             }
             meshes.insert(id, st);
         }
@@ -357,6 +617,11 @@ impl<S: Store> Hub<S> {
             })
             .collect();
         let handshakes = KeyedLimiter::new(cfg.handshake_rate, cfg.handshake_burst);
+        let mut nonces = NonceCache::default();
+        let now = claudemesh_schema::now_ms();
+        for (n, exp) in snap.nonces {
+            nonces.insert(n, now, exp);
+        }
         let frame_log = cfg.frame_log.as_ref().and_then(|p| {
             match std::fs::OpenOptions::new()
                 .create(true)
@@ -372,10 +637,9 @@ impl<S: Store> Hub<S> {
         });
         Self {
             store,
-            cfg,
             meshes: RwLock::new(meshes),
             invite_index: Mutex::new(invite_index),
-            nonces: Mutex::new(NonceCache::default()),
+            nonces: Mutex::new(nonces),
             handshakes: Mutex::new(handshakes),
             recent: Mutex::new(RecentIds::default()),
             next_id: AtomicU64::new(1),
@@ -383,6 +647,16 @@ impl<S: Store> Hub<S> {
             upload_bytes: Default::default(),
             shutdown: CancellationToken::new(),
             frame_log,
+            gate: Gate::new(GateLimits {
+                total: cfg.max_connections,
+                per_address: cfg.max_connections_per_ip,
+                preauth: cfg.max_preauth_connections,
+                preauth_per_address: cfg.max_preauth_per_ip,
+            }),
+            budget: QueueBudget::new(cfg.queued_bytes_budget),
+            disk,
+            tasks: TaskTracker::new(),
+            cfg,
         }
     }
 
@@ -394,6 +668,16 @@ impl<S: Store> Hub<S> {
             let _ = f.write_all(&(frame.len() as u32).to_be_bytes());
             let _ = f.write_all(frame);
         }
+    }
+
+    /// Spawn a tracked task in the current span (shutdown waits for it).
+    pub(crate) fn spawn<F>(&self, fut: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        use tracing::Instrument as _;
+        self.tasks.spawn(fut.in_current_span())
     }
 
     pub(crate) fn next_id(&self) -> u64 {
@@ -422,12 +706,8 @@ impl<S: Store> Hub<S> {
             let st = lock(&m.state);
             g.stored += st.stored.0;
             g.stored_bytes += st.stored.1;
-            g.queued_bytes += st
-                .links
-                .values()
-                .map(|l| l.queued.load(Ordering::Relaxed) as u64)
-                .sum::<u64>();
         }
+        g.queued_bytes = self.budget.used() as u64;
         g
     }
 

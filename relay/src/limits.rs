@@ -1,7 +1,13 @@
-//! Rate limits and replay protection: token buckets per key, and the hello nonce cache.
+//! Limits on what clients may take: token buckets per key, the connection gate (caps on
+//! connections overall, per address and before hello), and the hello nonce cache.
+//!
+//! These are pure bookkeeping, tested with tables; the connection code decides what to
+//! answer when a limit says no.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A token bucket: `rate` tokens per second, holding at most `burst`.
@@ -34,6 +40,11 @@ impl TokenBucket {
         } else {
             Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
         }
+    }
+
+    /// Like [`TokenBucket::take`], as a `retry_ms` hint for a refusal.
+    pub(crate) fn take_or_retry_ms(&mut self, now: Instant) -> Result<(), u64> {
+        self.take(now).map_err(|w| w.as_millis() as u64 + 1)
     }
 
     fn is_full(&self, now: Instant) -> bool {
@@ -71,6 +82,161 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
             .entry(key.clone())
             .or_insert_with(|| TokenBucket::new(rate, burst, now))
             .take(now)
+    }
+}
+
+/// The address a per-address limit counts: the IPv4 address, or the /64 of an IPv6 one
+/// (one host is usually given a whole /64, so counting single v6 addresses counts nothing).
+pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// Caps on open connections (all of them, and those still before hello), overall and per
+/// address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GateLimits {
+    pub(crate) total: usize,
+    pub(crate) per_address: usize,
+    pub(crate) preauth: usize,
+    pub(crate) preauth_per_address: usize,
+}
+
+/// Which cap refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Full {
+    Total,
+    PerAddress,
+    Preauth,
+    PreauthPerAddress,
+}
+
+impl std::fmt::Display for Full {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Total => "the relay has as many connections as it allows (max_connections)",
+            Self::PerAddress => {
+                "this address has as many connections as allowed (max_connections_per_ip)"
+            }
+            Self::Preauth => {
+                "too many connections are still before hello (max_preauth_connections)"
+            }
+            Self::PreauthPerAddress => {
+                "this address has too many connections before hello (max_preauth_per_ip)"
+            }
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct GateCounts {
+    total: usize,
+    preauth: usize,
+    by_address: HashMap<IpAddr, (usize, usize)>,
+}
+
+/// Counts open connections against [`GateLimits`]. A connection holds a [`Slot`] from
+/// accept to close; the slot stops counting as pre-auth once the connection said hello.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    limits: GateLimits,
+    counts: Mutex<GateCounts>,
+}
+
+impl Gate {
+    pub(crate) fn new(limits: GateLimits) -> Arc<Self> {
+        Arc::new(Self {
+            limits,
+            counts: Mutex::default(),
+        })
+    }
+
+    /// Admit a new connection from `ip`, or say which cap is full.
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Full> {
+        let key = address_key(ip);
+        let l = self.limits;
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let (here, here_pre) = c.by_address.get(&key).copied().unwrap_or((0, 0));
+        let full = if c.total >= l.total {
+            Some(Full::Total)
+        } else if here >= l.per_address {
+            Some(Full::PerAddress)
+        } else if c.preauth >= l.preauth {
+            Some(Full::Preauth)
+        } else if here_pre >= l.preauth_per_address {
+            Some(Full::PreauthPerAddress)
+        } else {
+            None
+        };
+        if let Some(f) = full {
+            return Err(f);
+        }
+        c.total += 1;
+        c.preauth += 1;
+        c.by_address.insert(key, (here + 1, here_pre + 1));
+        Ok(Slot {
+            gate: self.clone(),
+            key,
+            preauth: true,
+        })
+    }
+
+    /// Open connections and those before hello.
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        let c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        (c.total, c.preauth)
+    }
+
+    fn release(&self, key: IpAddr, total: bool, preauth: bool) {
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let e = c.by_address.entry(key).or_insert((0, 0));
+        if total {
+            e.0 = e.0.saturating_sub(1);
+        }
+        if preauth {
+            e.1 = e.1.saturating_sub(1);
+        }
+        if *e == (0, 0) {
+            c.by_address.remove(&key);
+        }
+        if total {
+            c.total = c.total.saturating_sub(1);
+        }
+        if preauth {
+            c.preauth = c.preauth.saturating_sub(1);
+        }
+    }
+}
+
+/// One admitted connection; dropping it frees its place.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    gate: Arc<Gate>,
+    key: IpAddr,
+    preauth: bool,
+}
+
+impl Slot {
+    /// The connection said hello (or holds a valid invite claim): it no longer counts
+    /// against the pre-auth caps.
+    pub(crate) fn authenticated(&mut self) {
+        if std::mem::take(&mut self.preauth) {
+            self.gate.release(self.key, false, true);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.gate.release(self.key, true, self.preauth);
     }
 }
 
@@ -116,6 +282,50 @@ mod tests {
         let wait = b.take(t0).unwrap_err();
         assert!(wait <= Duration::from_millis(100));
         assert!(b.take(t0 + Duration::from_millis(100)).is_ok());
+    }
+
+    #[test]
+    fn the_gate_counts_caps_in_order_and_frees_places() {
+        let gate = Gate::new(GateLimits {
+            total: 4,
+            per_address: 3,
+            preauth: 3,
+            preauth_per_address: 2,
+        });
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let c: IpAddr = "10.0.0.3".parse().unwrap();
+        let mut a1 = gate.admit(a).unwrap();
+        let _a2 = gate.admit(a).unwrap();
+        // (address, expected refusal) in order, with what is open at that point.
+        assert_eq!(gate.admit(a).unwrap_err(), Full::PreauthPerAddress);
+        a1.authenticated();
+        assert_eq!(gate.counts(), (2, 1));
+        let _a3 = gate.admit(a).unwrap();
+        assert_eq!(gate.admit(a).unwrap_err(), Full::PerAddress);
+        let _b1 = gate.admit(b).unwrap();
+        assert_eq!(gate.admit(c).unwrap_err(), Full::Total);
+        drop(a1);
+        assert_eq!(gate.counts(), (3, 3));
+        assert_eq!(gate.admit(c).unwrap_err(), Full::Preauth);
+        drop(_b1);
+        let _c1 = gate.admit(c).unwrap();
+        assert_eq!(gate.counts(), (3, 3));
+    }
+
+    #[test]
+    fn ipv6_addresses_count_per_64_and_mapped_v4_as_v4() {
+        let cases = [
+            ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::"),
+            ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::"),
+            ("::ffff:10.1.2.3", "10.1.2.3"),
+            ("192.0.2.7", "192.0.2.7"),
+        ];
+        for (ip, key) in cases {
+            let ip: IpAddr = ip.parse().unwrap();
+            let key: IpAddr = key.parse().unwrap();
+            assert_eq!(address_key(ip), key, "{ip}");
+        }
     }
 
     #[test]

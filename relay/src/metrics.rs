@@ -135,9 +135,46 @@ pub(crate) fn render<S: Store>(hub: &Hub<S>) -> String {
         &mut out,
         "claudemesh_relay_queued_bytes",
         "gauge",
-        "Control bytes queued to links and not yet written.",
+        "Bytes queued to connections and not yet written.",
         g.queued_bytes,
     );
+    let (_, preauth) = hub.gate.counts();
+    metric(
+        &mut out,
+        "claudemesh_relay_preauth_connections",
+        "gauge",
+        "Open connections that have not said hello yet.",
+        preauth as u64,
+    );
+    metric(
+        &mut out,
+        "claudemesh_relay_connections_refused_total",
+        "counter",
+        "Connections refused at accept by the connection caps.",
+        ld(&s.refused_at_accept),
+    );
+    metric(
+        &mut out,
+        "claudemesh_relay_acks_dropped_total",
+        "counter",
+        "Acknowledged ids dropped before the store (never given to that link, or over its budget).",
+        ld(&s.acks_dropped),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP claudemesh_relay_connections_closed_total Connections closed, by reason."
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE claudemesh_relay_connections_closed_total counter"
+    );
+    for (i, k) in crate::conn::END_KINDS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "claudemesh_relay_connections_closed_total{{reason=\"{k}\"}} {}",
+            ld(&s.closed[i])
+        );
+    }
     s.envelope_commit.render(
         "claudemesh_relay_envelope_commit_seconds",
         "Time from accepting an envelope to its durable commit.",

@@ -15,7 +15,6 @@ use claudemesh_schema::op::{MAX_SNAPSHOT, OpEnvelope, SNAPSHOT_PART};
 use claudemesh_schema::wire::{ErrorCode, MAX_CIPHERTEXT, RelayFrame};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use tokio::sync::mpsc;
 
 use crate::hub::{Hub, LinkHandle, MeshEntry, frame, lock};
 use crate::store::{NewOp, Store, StoredSnapshot};
@@ -99,6 +98,21 @@ pub(crate) async fn append<S: Store>(
         Ok(v) => Bytes::from(v),
         Err(_) => return refuse(link, id, ErrorCode::BadFrame, "cannot encode op", None),
     };
+    let size = json.len() as u64;
+    {
+        let st = lock(&entry.state);
+        if st.op_bytes + size > hub.cfg.mesh_quota_op_bytes || !hub.disk.room_for(size) {
+            drop(st);
+            return refuse(
+                link,
+                id,
+                ErrorCode::QuotaExceeded,
+                "the mesh's shared-state log at the relay is full; a snapshot compacts it. \
+                 Your change is kept and sent again later",
+                Some(30_000),
+            );
+        }
+    }
     let (tx, entry, stats) = (link.clone(), entry.clone(), hub.clone());
     let received = std::time::Instant::now();
     let op = NewOp {
@@ -113,6 +127,13 @@ pub(crate) async fn append<S: Store>(
         .append_op(
             op,
             Box::new(move |r| match r {
+                Ok(a) if a.taken => refuse(
+                    &tx,
+                    id,
+                    ErrorCode::IdTaken,
+                    "another member already used this op id; it was not stored",
+                    None,
+                ),
                 Ok(a) => {
                     stats.stats.op_commit.observe(received.elapsed());
                     if let Some(f) = frame(&RelayFrame::OpAck { id, seq: a.seq }) {
@@ -121,7 +142,10 @@ pub(crate) async fn append<S: Store>(
                     if a.new {
                         stats.stats.ops.fetch_add(1, Ordering::Relaxed);
                         let f = ops_frame(&[(a.seq, a.at, json.to_vec())], None);
-                        lock(&entry.state).broadcast(&f, None);
+                        let mut st = lock(&entry.state);
+                        st.op_bytes += size;
+                        stats.disk.ops.fetch_add(size, Ordering::Relaxed);
+                        st.broadcast(&f, None);
                     }
                 }
                 Err(e) => {
@@ -146,7 +170,7 @@ pub(crate) async fn append<S: Store>(
 /// catch-up waits for the reader instead of piling up), the last page naming the head.
 pub(crate) async fn sync<S: Store>(
     hub: Arc<Hub<S>>,
-    data: mpsc::Sender<Bytes>,
+    link: LinkHandle,
     mesh: MeshId,
     mut from: u64,
 ) {
@@ -160,7 +184,7 @@ pub(crate) async fn sync<S: Store>(
         };
         // The ops before `first` were dropped after a snapshot: send it, then go on.
         if from < page.first {
-            match send_snapshot(&hub, &data, mesh).await {
+            match send_snapshot(&hub, &link, mesh).await {
                 Some(seq) if seq + 1 >= page.first => {
                     from = seq + 1;
                     continue;
@@ -173,12 +197,12 @@ pub(crate) async fn sync<S: Store>(
             }
         }
         let Some(last) = page.ops.last().map(|o| o.0) else {
-            let _ = data.send(ops_frame(&[], Some(page.head))).await;
+            let _ = link.send_data(None, ops_frame(&[], Some(page.head))).await;
             return;
         };
         let done = last >= page.head;
         let f = ops_frame(&page.ops, done.then_some(page.head));
-        if data.send(f).await.is_err() || done {
+        if link.send_data(None, f).await.is_err() || done {
             return;
         }
         from = last + 1;
@@ -304,7 +328,11 @@ pub(crate) async fn snapshot_part<S: Store>(
         at: now_ms(),
     };
     match hub.store.put_snapshot(snap).await {
-        Ok(kept) => {
+        Ok(s) => {
+            let kept = s.kept;
+            if let Some(e) = hub.mesh(&mesh) {
+                lock(&e.state).set_op_bytes(&hub.disk, s.op_bytes);
+            }
             tracing::debug!(mesh = %mesh.short(), seq = u.seq, kept, "snapshot uploaded");
             if let Some(f) = frame(&RelayFrame::SnapshotStored { seq: u.seq, kept }) {
                 link.push(f);
@@ -325,7 +353,7 @@ pub(crate) async fn snapshot_part<S: Store>(
 /// Send the stored snapshot in parts (ahead of the ops after it).
 async fn send_snapshot<S: Store>(
     hub: &Arc<Hub<S>>,
-    data: &mpsc::Sender<Bytes>,
+    link: &LinkHandle,
     mesh: MeshId,
 ) -> Option<u64> {
     let snap = match hub.store.snapshot(mesh).await {
@@ -350,7 +378,7 @@ async fn send_snapshot<S: Store>(
             parts,
             data: c.to_vec(),
         })?;
-        data.send(f).await.ok()?;
+        link.send_data(None, f).await.ok()?;
     }
     Some(snap.seq)
 }

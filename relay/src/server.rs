@@ -10,16 +10,17 @@ use claudemesh_schema::wire::{ALPN, MAX_FRAME};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::RelayConfig;
 use crate::conn::serve;
 use crate::hub::{Hub, lock};
+use crate::limits::Slot;
 use crate::store::{SqliteStore, Store, StoreError};
 use crate::tls::{Identity, TlsError};
 use crate::transport::{FrameReader, FrameWriter, Transport, codec};
@@ -64,6 +65,7 @@ pub struct Relay<S: Store = SqliteStore> {
     identity: Identity,
     tcp: Option<TcpListener>,
     quic: Option<quinn::Endpoint>,
+    metrics: Option<TcpListener>,
     addr: SocketAddr,
 }
 
@@ -99,12 +101,27 @@ impl<S: Store> Relay<S> {
             Identity::load_or_generate(&cfg.data_dir, cfg.cert.as_deref(), cfg.key.as_deref())?;
         let snap = store.load()?;
         let (tcp, quic, addr) = bind_sockets(&cfg, &identity).await?;
+        let metrics = match cfg.metrics_listen {
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| RelayError::Bind {
+                            addr,
+                            what: "tcp (metrics)",
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
         let hub = Arc::new(Hub::new(store, cfg, snap));
         Ok(Self {
             hub,
             identity,
             tcp,
             quic,
+            metrics,
             addr,
         })
     }
@@ -119,10 +136,15 @@ impl<S: Store> Relay<S> {
         self.identity.fingerprint
     }
 
+    /// Where `/metrics` and the detailed `/health` are served (`metrics_listen`).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Run until `shutdown` is cancelled, then close links, drain and flush the store.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), RelayError> {
-        let tracker = TaskTracker::new();
         let hub = self.hub.clone();
+        let tracker = hub.tasks.clone();
         tracing::info!(
             addr = %self.addr,
             quic = self.quic.is_some(),
@@ -131,27 +153,18 @@ impl<S: Store> Relay<S> {
             "relay listening"
         );
         if let Some(ep) = self.quic.clone() {
-            tracker.spawn(quic_loop(hub.clone(), ep, tracker.clone()));
+            tracker.spawn(quic_loop(hub.clone(), ep));
         }
         if let Some(tcp) = self.tcp {
             let tls = Arc::new(self.identity.server_config(&[b"http/1.1"])?);
-            tracker.spawn(tcp_loop(
-                hub.clone(),
-                tcp,
-                tls,
-                tracker.clone(),
-                self.identity.fingerprint,
-            ));
+            tracker.spawn(tcp_loop(hub.clone(), tcp, tls, self.identity.fingerprint));
         }
         tracker.spawn(sweeper(hub.clone()));
-        if let Some(addr) = hub.cfg.metrics_listen {
-            match TcpListener::bind(addr).await {
-                Ok(l) => {
-                    tracing::info!(%addr, "metrics listening (plain HTTP)");
-                    tracker.spawn(metrics_loop(hub.clone(), l));
-                }
-                Err(e) => tracing::error!(%addr, error = %e, "cannot listen for metrics"),
+        if let Some(l) = self.metrics {
+            if let Ok(addr) = l.local_addr() {
+                tracing::info!(%addr, "metrics listening (plain HTTP)");
             }
+            tracker.spawn(metrics_loop(hub.clone(), l));
         }
         shutdown.cancelled().await;
         tracing::info!("relay shutting down");
@@ -180,11 +193,13 @@ impl<S: Store> Relay<S> {
     pub fn spawn(self) -> RelayHandle {
         let addr = self.addr;
         let fingerprint = self.identity.fingerprint;
+        let metrics = self.metrics_addr();
         let cancel = CancellationToken::new();
         let task = tokio::spawn(self.run(cancel.clone()));
         RelayHandle {
             addr,
             fingerprint,
+            metrics,
             cancel,
             task: Some(task),
         }
@@ -286,18 +301,30 @@ fn reset_key(data_dir: &std::path::Path) -> Result<Arc<dyn quinn::crypto::HmacKe
     )))
 }
 
-async fn quic_loop<S: Store>(hub: Arc<Hub<S>>, ep: quinn::Endpoint, tracker: TaskTracker) {
+async fn quic_loop<S: Store>(hub: Arc<Hub<S>>, ep: quinn::Endpoint) {
     loop {
         let incoming = tokio::select! {
             biased;
             _ = hub.shutdown.cancelled() => return,
             i = ep.accept() => match i { Some(i) => i, None => return },
         };
-        let hub = hub.clone();
-        tracker.spawn(async move {
-            let remote = incoming.remote_address();
-            let limit = Duration::from_secs(hub.cfg.hello_timeout_secs);
-            let conn = match tokio::time::timeout(limit, incoming).await {
+        let remote = incoming.remote_address();
+        // Counted before the handshake: a refused address costs one packet, no state.
+        let slot = match hub.gate.admit(remote.ip()) {
+            Ok(s) => s,
+            Err(full) => {
+                tracing::debug!(%remote, %full, "connection refused");
+                hub.stats.refused_at_accept.fetch_add(1, Ordering::Relaxed);
+                incoming.refuse();
+                continue;
+            }
+        };
+        let hello_by = Instant::now() + Duration::from_secs(hub.cfg.hello_timeout_secs);
+        let hub2 = hub.clone();
+        hub.tasks.spawn(async move {
+            let hub = hub2;
+            let deadline = tokio::time::Instant::from_std(hello_by);
+            let conn = match tokio::time::timeout_at(deadline, incoming).await {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => {
                     tracing::debug!(%remote, error = %e, "quic handshake failed");
@@ -306,7 +333,8 @@ async fn quic_loop<S: Store>(hub: Arc<Hub<S>>, ep: quinn::Endpoint, tracker: Tas
                 }
                 Err(_) => return,
             };
-            let Ok(Ok((send, recv))) = tokio::time::timeout(limit, conn.accept_bi()).await else {
+            let Ok(Ok((send, recv))) = tokio::time::timeout_at(deadline, conn.accept_bi()).await
+            else {
                 conn.close(1u32.into(), b"no stream opened");
                 return;
             };
@@ -317,6 +345,8 @@ async fn quic_loop<S: Store>(hub: Arc<Hub<S>>, ep: quinn::Endpoint, tracker: Tas
                 FrameWriter::Quic(FramedWrite::with_capacity(send, codec(), 512)),
                 remote,
                 Transport::Quic,
+                slot,
+                hello_by,
             )
             .await;
             // The writer finished its stream and waited for the peer to have it.
@@ -325,10 +355,14 @@ async fn quic_loop<S: Store>(hub: Arc<Hub<S>>, ep: quinn::Endpoint, tracker: Tas
     }
 }
 
+/// What one TLS connection's HTTP handlers need.
 struct HttpState<S> {
     hub: Arc<Hub<S>>,
     remote: SocketAddr,
     fingerprint: [u8; 32],
+    /// Taken by the WebSocket upgrade, which keeps it for the link's life.
+    slot: Arc<Mutex<Option<Slot>>>,
+    hello_by: Instant,
 }
 
 impl<S> Clone for HttpState<S> {
@@ -337,6 +371,8 @@ impl<S> Clone for HttpState<S> {
             hub: self.hub.clone(),
             remote: self.remote,
             fingerprint: self.fingerprint,
+            slot: self.slot.clone(),
+            hello_by: self.hello_by,
         }
     }
 }
@@ -345,7 +381,6 @@ async fn tcp_loop<S: Store>(
     hub: Arc<Hub<S>>,
     tcp: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    tracker: TaskTracker,
     fingerprint: [u8; 32],
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -362,13 +397,23 @@ async fn tcp_loop<S: Store>(
                 }
             },
         };
+        let slot = match hub.gate.admit(remote.ip()) {
+            Ok(s) => s,
+            Err(full) => {
+                tracing::debug!(%remote, %full, "connection refused");
+                hub.stats.refused_at_accept.fetch_add(1, Ordering::Relaxed);
+                drop(stream);
+                continue;
+            }
+        };
+        let hello_by = Instant::now() + Duration::from_secs(hub.cfg.hello_timeout_secs);
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let hub = hub.clone();
-        let t2 = tracker.clone();
-        tracker.spawn(async move {
-            let limit = Duration::from_secs(hub.cfg.hello_timeout_secs);
-            let tls = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+        let hub2 = hub.clone();
+        hub.tasks.spawn(async move {
+            let hub = hub2;
+            let deadline = tokio::time::Instant::from_std(hello_by);
+            let tls = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(%remote, error = %e, "tls handshake failed");
@@ -377,10 +422,13 @@ async fn tcp_loop<S: Store>(
                 }
                 Err(_) => return,
             };
+            let slot = Arc::new(Mutex::new(Some(slot)));
             let state = HttpState {
                 hub: hub.clone(),
                 remote,
                 fingerprint,
+                slot: slot.clone(),
+                hello_by,
             };
             let mut app = Router::new()
                 .route("/ws", get(ws_handler::<S>))
@@ -388,7 +436,7 @@ async fn tcp_loop<S: Store>(
             if hub.cfg.metrics_on_tls_port {
                 app = app.route("/metrics", get(metrics::<S>));
             }
-            let app = app.with_state((state, t2));
+            let app = app.with_state(state);
             let svc =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let mut app = app.clone();
@@ -397,6 +445,10 @@ async fn tcp_loop<S: Store>(
                         app.call(req.map(axum::body::Body::new)).await
                     }
                 });
+            // The HTTP phase (requests up to the WebSocket upgrade) must end before the
+            // hello deadline: a connection that sends nothing, dribbles its headers or
+            // only polls /health is closed then. (Keep-alive stays on: turning it off
+            // would answer the upgrade with `Connection: close`.)
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tls), svc)
                 .with_upgrades();
@@ -406,6 +458,9 @@ async fn tcp_loop<S: Store>(
                     if let Err(e) = r {
                         tracing::debug!(%remote, error = %e, "http connection error");
                     }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::debug!(%remote, "no request before the hello deadline; closing");
                 }
                 _ = hub.shutdown.cancelled() => {
                     conn.as_mut().graceful_shutdown();
@@ -417,11 +472,15 @@ async fn tcp_loop<S: Store>(
 }
 
 async fn ws_handler<S: Store>(
-    State((st, tracker)): State<(HttpState<S>, TaskTracker)>,
+    State(st): State<HttpState<S>>,
     ws: WebSocketUpgrade,
 ) -> impl IntoResponse {
+    let Some(slot) = lock(&st.slot).take() else {
+        return (axum::http::StatusCode::CONFLICT, "one link per connection").into_response();
+    };
     // Accept somewhat more than MAX_FRAME so an oversized frame gets a clear error frame
     // from the protocol layer instead of a bare close.
+    let hub = st.hub.clone();
     ws.max_message_size(MAX_FRAME * 2)
         .max_frame_size(MAX_FRAME * 2)
         .on_upgrade(move |socket| {
@@ -432,32 +491,48 @@ async fn ws_handler<S: Store>(
                 FrameWriter::WsServer(w),
                 st.remote,
                 Transport::Websocket,
+                slot,
+                st.hello_by,
             );
             async move {
                 // Track the link so shutdown waits for it.
-                let _ = tracker.spawn(fut).await;
+                let _ = hub.tasks.spawn(fut).await;
             }
         })
+        .into_response()
 }
 
-async fn health<S: Store>(State((st, _)): State<(HttpState<S>, TaskTracker)>) -> impl IntoResponse {
-    let body = serde_json::json!({
+/// `/health` on the public port: alive, and which relay (the fingerprint invites pin).
+/// Activity levels are for the metrics listener.
+async fn health<S: Store>(State(st): State<HttpState<S>>) -> impl IntoResponse {
+    axum::Json(serde_json::json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
         "protocol": claudemesh_schema::wire::PROTOCOL_VERSION,
         "fingerprint": claudemesh_schema::encoding::b64(&st.fingerprint),
-        "meshes": st.hub.mesh_count(),
-        "links": st.hub.stats.links.load(Ordering::Relaxed),
-        "connections": st.hub.stats.connections.load(Ordering::Relaxed),
-        "envelopes_routed": st.hub.stats.envelopes.load(Ordering::Relaxed),
-        "handshake_failures": st.hub.stats.handshake_failures.load(Ordering::Relaxed),
-    });
-    axum::Json(body)
+    }))
 }
 
-async fn metrics<S: Store>(
-    State((st, _)): State<(HttpState<S>, TaskTracker)>,
-) -> impl IntoResponse {
+/// `/health` on the metrics listener, with the counts.
+fn health_detail<S: Store>(hub: &Hub<S>) -> serde_json::Value {
+    let (connections, preauth) = hub.gate.counts();
+    serde_json::json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "protocol": claudemesh_schema::wire::PROTOCOL_VERSION,
+        "meshes": hub.mesh_count(),
+        "links": hub.stats.links.load(Ordering::Relaxed),
+        "connections": connections,
+        "preauth_connections": preauth,
+        "queued_bytes": hub.budget.used(),
+        "stored_bytes": hub.disk.envelopes.load(Ordering::Relaxed),
+        "op_bytes": hub.disk.ops.load(Ordering::Relaxed),
+        "envelopes_routed": hub.stats.envelopes.load(Ordering::Relaxed),
+        "handshake_failures": hub.stats.handshake_failures.load(Ordering::Relaxed),
+    })
+}
+
+async fn metrics<S: Store>(State(st): State<HttpState<S>>) -> impl IntoResponse {
     metrics_response(&st.hub)
 }
 
@@ -489,8 +564,9 @@ async fn metrics_loop<S: Store>(hub: Arc<Hub<S>>, tcp: TcpListener) {
                 }
             },
         };
-        let hub = hub.clone();
-        tokio::spawn(async move {
+        let hub2 = hub.clone();
+        hub.tasks.spawn(async move {
+            let hub = hub2;
             let _slot = slot;
             let shutdown = hub.shutdown.clone();
             let svc =
@@ -499,9 +575,7 @@ async fn metrics_loop<S: Store>(hub: Arc<Hub<S>>, tcp: TcpListener) {
                     async move {
                         let resp = match req.uri().path() {
                             "/metrics" => metrics_response(&hub).into_response(),
-                            "/health" => {
-                                axum::Json(serde_json::json!({"status": "ok"})).into_response()
-                            }
+                            "/health" => axum::Json(health_detail(&hub)).into_response(),
                             _ => (axum::http::StatusCode::NOT_FOUND, "not found").into_response(),
                         };
                         Ok::<_, std::convert::Infallible>(resp)
@@ -526,14 +600,15 @@ async fn sweeper<S: Store>(hub: Arc<Hub<S>>) {
             _ = hub.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match hub.store.prune(now_ms()).await {
+        let now = now_ms();
+        let op_ids_before = now - hub.cfg.op_dedupe_secs as i64 * 1000;
+        match hub.store.prune(now, op_ids_before).await {
             Ok(pruned) => {
                 for (mesh, (n, bytes)) in pruned {
                     tracing::info!(mesh = %mesh.short(), envelopes = n, "expired undelivered envelopes dropped");
                     if let Some(e) = hub.mesh(&mesh) {
                         let mut st = lock(&e.state);
-                        st.stored.0 = st.stored.0.saturating_sub(n);
-                        st.stored.1 = st.stored.1.saturating_sub(bytes);
+                        st.free(&hub.disk, n, bytes);
                     }
                 }
             }
@@ -547,6 +622,7 @@ async fn sweeper<S: Store>(hub: Arc<Hub<S>>) {
 pub struct RelayHandle {
     addr: SocketAddr,
     fingerprint: [u8; 32],
+    metrics: Option<SocketAddr>,
     cancel: CancellationToken,
     task: Option<tokio::task::JoinHandle<Result<(), RelayError>>>,
 }
@@ -560,6 +636,11 @@ impl RelayHandle {
     /// The certificate fingerprint.
     pub fn fingerprint(&self) -> [u8; 32] {
         self.fingerprint
+    }
+
+    /// The metrics listener's address, if one is configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
     }
 
     /// Stop gracefully and wait.

@@ -57,6 +57,10 @@ pub struct Snapshot {
     pub presence: Vec<(SignedPresence, i64)>,
     /// Per mesh: envelopes still stored, and their bytes.
     pub usage: HashMap<MeshId, (u64, u64)>,
+    /// Per mesh: bytes of its op log and snapshot.
+    pub op_usage: HashMap<MeshId, u64>,
+    /// Hello nonces still inside the replay window, with their expiry (unix ms).
+    pub nonces: Vec<([u8; 16], i64)>,
 }
 
 /// An envelope to store.
@@ -87,6 +91,17 @@ pub struct Stored {
     pub envelope: Vec<u8>,
     /// Accepted at, unix ms.
     pub at: i64,
+}
+
+/// What storing an envelope did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Put {
+    /// Stored for its recipients.
+    Stored,
+    /// Its sender already stored it in this mesh (a resend): nothing changed.
+    Duplicate,
+    /// Another sender or mesh already used its id: nothing stored.
+    Taken,
 }
 
 /// Result of one acknowledgement.
@@ -123,6 +138,13 @@ pub trait Store: Send + Sync + 'static {
         id: InviteId,
         at: i64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Remember a hello nonce until `expires_at` (awaited: the hello is answered only
+    /// once a restart would still refuse its replay).
+    fn put_nonce(
+        &self,
+        nonce: [u8; 16],
+        expires_at: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Remember a presence (queued; not awaited).
     fn put_presence(
         &self,
@@ -136,11 +158,11 @@ pub trait Store: Send + Sync + 'static {
         sessions: Vec<SessionId>,
         last_seen: i64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// Store an envelope; `done(true)` if new, `done(false)` if its id was already known.
+    /// Store an envelope; `done` says whether it was new, a resend, or another's id.
     fn put_envelope(
         &self,
         e: NewEnvelope,
-        done: Done<bool>,
+        done: Done<Put>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// `done` runs once everything queued before it is committed.
     fn barrier(&self, done: Done<()>) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -168,7 +190,15 @@ pub trait Store: Send + Sync + 'static {
         member: MemberKey,
     ) -> impl Future<Output = Result<(u64, u64), StoreError>> + Send;
     /// Drop envelopes and dedupe ids past their expiry.
-    fn prune(&self, now: i64) -> impl Future<Output = Result<Pruned, StoreError>> + Send;
+    ///
+    /// Also forgets expired hello nonces, and the ids of ops compacted into a snapshot
+    /// that were sequenced before `op_ids_before` (kept until then so a late resend gets its
+    /// old sequence number back).
+    fn prune(
+        &self,
+        now: i64,
+        op_ids_before: i64,
+    ) -> impl Future<Output = Result<Pruned, StoreError>> + Send;
     /// Append an op to its mesh's log with the next sequence number, or find the sequence
     /// it already has (a resend). `done` runs on commit, in sequence order across calls.
     fn append_op(
@@ -181,7 +211,7 @@ pub trait Store: Send + Sync + 'static {
     fn put_snapshot(
         &self,
         snap: StoredSnapshot,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Snapshotted, StoreError>> + Send;
     /// The mesh's newest snapshot.
     fn snapshot(
         &self,
@@ -221,6 +251,18 @@ pub struct Appended {
     pub at: i64,
     /// False when the id was already in the log.
     pub new: bool,
+    /// True when the id is another author's op in this mesh: nothing was stored, and
+    /// `seq`/`at` are not this op's.
+    pub taken: bool,
+}
+
+/// What storing a snapshot did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshotted {
+    /// False when it was not newer than the stored one (or past the log's head).
+    pub kept: bool,
+    /// Bytes of the mesh's log and snapshot afterwards.
+    pub op_bytes: u64,
 }
 
 /// A sealed snapshot of a mesh's shared state.
@@ -371,7 +413,43 @@ impl Store for SqliteStore {
                 snap.usage.insert(m, (n as u64, bytes as u64));
             }
         }
+        let mut stmt = conn.prepare(
+            "SELECT mesh, sum(n) FROM (
+                 SELECT mesh, coalesce(sum(length(op)), 0) AS n FROM ops GROUP BY mesh
+                 UNION ALL SELECT mesh, length(ct) FROM snapshots)
+             GROUP BY mesh",
+        )?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))? {
+            let (mesh, n) = row?;
+            if let Some(m) = MeshId::from_slice(&mesh) {
+                snap.op_usage.insert(m, n as u64);
+            }
+        }
+        let mut stmt =
+            conn.prepare("SELECT nonce, expires_at FROM hello_nonces WHERE expires_at > ?1")?;
+        for row in stmt.query_map(params![claudemesh_schema::now_ms()], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))
+        })? {
+            let (nonce, exp) = row?;
+            if let Ok(n) = <[u8; 16]>::try_from(nonce.as_slice()) {
+                snap.nonces.push((n, exp));
+            }
+        }
         Ok(snap)
+    }
+
+    async fn put_nonce(&self, nonce: [u8; 16], expires_at: i64) -> Result<(), StoreError> {
+        self.writer
+            .call(move |tx| {
+                tx.prepare_cached(
+                    "INSERT INTO hello_nonces (nonce, expires_at) VALUES (?1, ?2)
+                     ON CONFLICT (nonce) DO NOTHING",
+                )?
+                .execute(params![&nonce[..], expires_at])?;
+                Ok(())
+            })
+            .await?;
+        Ok(())
     }
 
     async fn create_mesh(&self, g: MeshGenesis) -> Result<(), StoreError> {
@@ -480,7 +558,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn put_envelope(&self, e: NewEnvelope, done: Done<bool>) -> Result<(), StoreError> {
+    async fn put_envelope(&self, e: NewEnvelope, done: Done<Put>) -> Result<(), StoreError> {
         self.writer
             .call_then(
                 move |tx| {
@@ -498,7 +576,13 @@ impl Store for SqliteStore {
                         e.expires_at
                     ])?;
                     if inserted == 0 {
-                        return Ok(false);
+                        let same = tx
+                            .prepare_cached("SELECT mesh = ?2 AND sender = ?3 FROM messages WHERE id = ?1")?
+                            .query_row(params![e.id.as_bytes(), e.mesh.as_bytes(), e.sender.0], |r| {
+                                r.get::<_, bool>(0)
+                            })
+                            .optional()?;
+                        return Ok(if same == Some(true) { Put::Duplicate } else { Put::Taken });
                     }
                     let mut stmt = tx.prepare_cached(
                         "INSERT OR IGNORE INTO mailbox (mesh, member, id) VALUES (?1, ?2, ?3)",
@@ -506,7 +590,7 @@ impl Store for SqliteStore {
                     for r in &e.recipients {
                         stmt.execute(params![e.mesh.as_bytes(), r.0, e.id.as_bytes()])?;
                     }
-                    Ok(true)
+                    Ok(Put::Stored)
                 },
                 move |r| done(r.map_err(StoreError::from)),
             )
@@ -670,16 +754,26 @@ impl Store for SqliteStore {
             .call_then(
                 move |tx| {
                     let known = tx
-                        .prepare_cached("SELECT seq, at FROM ops WHERE mesh = ?1 AND id = ?2")?
-                        .query_row(params![op.mesh.as_bytes(), op.id.as_bytes()], |r| {
-                            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-                        })
+                        .prepare_cached(
+                            "SELECT seq, at, author = ?3 FROM ops WHERE mesh = ?1 AND id = ?2",
+                        )?
+                        .query_row(
+                            params![op.mesh.as_bytes(), op.id.as_bytes(), op.author.0],
+                            |r| {
+                                Ok((
+                                    r.get::<_, i64>(0)?,
+                                    r.get::<_, i64>(1)?,
+                                    r.get::<_, bool>(2)?,
+                                ))
+                            },
+                        )
                         .optional()?;
-                    if let Some((seq, at)) = known {
+                    if let Some((seq, at, same)) = known {
                         return Ok(Appended {
                             seq: seq as u64,
                             at,
                             new: false,
+                            taken: !same,
                         });
                     }
                     let seq: i64 = tx
@@ -705,6 +799,7 @@ impl Store for SqliteStore {
                         seq: seq as u64,
                         at: op.at,
                         new: true,
+                        taken: false,
                     })
                 },
                 move |r| done(r.map_err(StoreError::from)),
@@ -713,7 +808,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn put_snapshot(&self, snap: StoredSnapshot) -> Result<bool, StoreError> {
+    async fn put_snapshot(&self, snap: StoredSnapshot) -> Result<Snapshotted, StoreError> {
         Ok(self
             .writer
             .call(move |tx| {
@@ -735,8 +830,20 @@ impl Store for SqliteStore {
                     .optional()?
                     .unwrap_or(0);
                 let seq = snap.seq as i64;
+                let op_bytes = |tx: &rusqlite::Transaction<'_>| -> rusqlite::Result<u64> {
+                    tx.query_row(
+                        "SELECT (SELECT coalesce(sum(length(op)), 0) FROM ops WHERE mesh = ?1)
+                              + (SELECT coalesce(sum(length(ct)), 0) FROM snapshots WHERE mesh = ?1)",
+                        params![mesh],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .map(|n| n as u64)
+                };
                 if seq <= have || seq > head {
-                    return Ok(false);
+                    return Ok(Snapshotted {
+                        kept: false,
+                        op_bytes: op_bytes(tx)?,
+                    });
                 }
                 tx.execute(
                     "INSERT INTO snapshots (mesh, seq, author, ct, at) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -754,7 +861,10 @@ impl Store for SqliteStore {
                     "UPDATE op_heads SET first = ?2 + 1 WHERE mesh = ?1",
                     params![mesh, seq],
                 )?;
-                Ok(true)
+                Ok(Snapshotted {
+                    kept: true,
+                    op_bytes: op_bytes(tx)?,
+                })
             })
             .await?)
     }
@@ -843,7 +953,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn prune(&self, now: i64) -> Result<Pruned, StoreError> {
+    async fn prune(&self, now: i64, op_ids_before: i64) -> Result<Pruned, StoreError> {
         let r = self
             .writer
             .call(move |tx| {
@@ -866,6 +976,11 @@ impl Store for SqliteStore {
                     params![now],
                 )?;
                 tx.execute("DELETE FROM messages WHERE expires_at < ?1", params![now])?;
+                tx.execute("DELETE FROM hello_nonces WHERE expires_at < ?1", params![now])?;
+                tx.execute(
+                    "DELETE FROM ops WHERE op = X'' AND at < ?1",
+                    params![op_ids_before],
+                )?;
                 Ok(out)
             })
             .await?;
@@ -923,7 +1038,14 @@ mod tests {
             })
             .await
             .unwrap();
-        assert!(kept);
+        // What is left: op c's body (none yet), no bodies of 1 and 2, the snapshot.
+        assert_eq!(
+            kept,
+            Snapshotted {
+                kept: true,
+                op_bytes: 10
+            }
+        );
         let late = append(&s, op(mesh, b)).await;
         assert_eq!(
             (late.seq, late.new),
@@ -943,7 +1065,14 @@ mod tests {
                 ct: vec![],
                 at: 7,
             };
-            assert!(!s.put_snapshot(snap).await.unwrap());
+            assert!(!s.put_snapshot(snap).await.unwrap().kept);
         }
+        // Another author resending a known id is told it is taken, not given its seq.
+        let squat = NewOp {
+            author: MemberKey([2; 32]),
+            ..op(mesh, c)
+        };
+        let r = append(&s, squat).await;
+        assert!(r.taken && !r.new);
     }
 }

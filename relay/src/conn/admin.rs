@@ -95,8 +95,7 @@ impl<S: Store> Conn<S> {
             match self.hub.store.drop_mailbox(e.mesh, e.member).await {
                 Ok((n, bytes)) => {
                     let mut st = lock(&entry.state);
-                    st.stored.0 = st.stored.0.saturating_sub(n);
-                    st.stored.1 = st.stored.1.saturating_sub(bytes);
+                    st.free(&self.hub.disk, n, bytes);
                 }
                 Err(err) => tracing::warn!(error = %err, "cannot drop a removed member's mailbox"),
             }

@@ -5,15 +5,27 @@ use bytes::Bytes;
 use claudemesh_schema::crypto::MemberKey;
 use claudemesh_schema::now_ms;
 use claudemesh_schema::wire::{Envelope, ErrorCode, MAX_CIPHERTEXT, RelayFrame, Route};
-use claudemesh_schema::{MeshId, SessionId};
+use claudemesh_schema::{MeshId, MessageId, SessionId};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
-use tokio::sync::mpsc;
 
 use super::{Conn, State};
 use crate::hub::{Hub, LinkHandle, MeshEntry, MeshState, deliver_frame, frame, lock};
-use crate::store::{NewEnvelope, Store};
+use crate::store::{NewEnvelope, Put, Store};
+
+/// Most ids one `ack` frame may name (a daemon sends at most 1,024).
+const MAX_ACK_IDS: usize = 4096;
+
+/// The refusal of an id another sender (or mesh) owns.
+fn taken(id: MessageId) -> RelayFrame {
+    RelayFrame::Refused {
+        id,
+        code: ErrorCode::IdTaken,
+        message: "another sender already used this message id; resend under a fresh id".into(),
+        retry_ms: None,
+    }
+}
 
 /// Stored envelopes sent per mailbox page on reconnect.
 pub(super) const MAILBOX_PAGE: usize = 512;
@@ -21,7 +33,7 @@ pub(super) const MAILBOX_PAGE: usize = 512;
 impl<S: Store> Conn<S> {
     pub(super) fn refuse(
         &self,
-        id: claudemesh_schema::MessageId,
+        id: MessageId,
         code: ErrorCode,
         message: String,
         retry_ms: Option<u64>,
@@ -58,20 +70,18 @@ impl<S: Store> Conn<S> {
                 None,
             );
         }
-        if let Err(wait) = self.rate.take(Instant::now()) {
-            return self.refuse(
-                id,
-                ErrorCode::RateLimited,
-                "member message rate exceeded".into(),
-                Some(wait.as_millis() as u64 + 1),
-            );
-        }
         let now = now_ms();
         let tx = self.link.clone();
-        // A resend of something recently accepted is not forwarded live again, but it goes
-        // through the store like any send: the insert is a no-op if the first copy was
-        // committed, and stores it if that write failed.
-        let resend = lock(&self.hub.recent).contains(&id);
+        // An id belongs to its sender within its mesh. A resend of something recently
+        // accepted is not forwarded live again, but it goes through the store like any
+        // send: the insert is a no-op if the first copy was committed, and stores it if
+        // that write failed.
+        let owner = (mesh, member);
+        let resend = match lock(&self.hub.recent).owner(&id) {
+            Some(o) if o != owner => return self.refuse_taken(id),
+            Some(_) => true,
+            None => false,
+        };
         let env_json = match serde_json::to_vec(&env) {
             Ok(v) => Bytes::from(v),
             Err(_) => {
@@ -86,6 +96,19 @@ impl<S: Store> Conn<S> {
         let size = env_json.len() as u64;
         let (recipients, online) = {
             let mut st = lock(&entry.state);
+            if let Err(retry) = st
+                .limits(member, &self.hub.cfg)
+                .writes
+                .take_or_retry_ms(Instant::now())
+            {
+                drop(st);
+                return self.refuse(
+                    id,
+                    ErrorCode::RateLimited,
+                    "member message rate exceeded".into(),
+                    Some(retry),
+                );
+            }
             let recipients = match resolve(&st, &member, &env.to) {
                 Ok(r) => r,
                 Err(msg) => {
@@ -110,8 +133,16 @@ impl<S: Store> Conn<S> {
                     Some(5_000),
                 );
             }
-            st.stored.0 += 1;
-            st.stored.1 += size;
+            if !self.hub.disk.room_for(size) {
+                drop(st);
+                return self.refuse(
+                    id,
+                    ErrorCode::QuotaExceeded,
+                    "the relay's storage budget is full; it frees as recipients read".into(),
+                    Some(5_000),
+                );
+            }
+            st.charge(&self.hub.disk, size);
             let online: Vec<LinkHandle> = recipients
                 .iter()
                 .filter_map(|m| st.links.get(m).cloned())
@@ -119,8 +150,11 @@ impl<S: Store> Conn<S> {
             (recipients, online)
         };
         // Accepted: from now on a resend of this id is a duplicate (until a store failure
-        // below takes that back).
-        lock(&self.hub.recent).insert(id);
+        // below takes that back). Another sender that took the id meanwhile wins it.
+        if !resend && !lock(&self.hub.recent).claim(id, owner) {
+            lock(&entry.state).free(&self.hub.disk, 1, size);
+            return self.refuse_taken(id);
+        }
         let kind = match &env.to {
             Route::Session { .. } => 0,
             Route::Member { .. } => 1,
@@ -134,17 +168,10 @@ impl<S: Store> Conn<S> {
         if !resend {
             let deliver = deliver_frame(&env_json, now);
             for l in &online {
-                l.push_data(deliver.clone());
+                l.push_delivery(id, deliver.clone());
             }
         }
         self.hub.stats.envelopes.fetch_add(1, Ordering::Relaxed);
-        let relayed = frame(&RelayFrame::Relayed { id, at: now });
-        let internal = frame(&RelayFrame::Refused {
-            id,
-            code: ErrorCode::Internal,
-            message: "relay could not store the message; it will be retried".into(),
-            retry_ms: Some(1_000),
-        });
         let entry2 = entry.clone();
         let hub = self.hub.clone();
         let rec = NewEnvelope {
@@ -162,28 +189,35 @@ impl<S: Store> Conn<S> {
             .put_envelope(
                 rec,
                 Box::new(move |r| {
-                    let release = |st: &mut MeshState| {
-                        st.stored.0 = st.stored.0.saturating_sub(1);
-                        st.stored.1 = st.stored.1.saturating_sub(size);
-                    };
                     hub.stats.envelope_commit.observe(accepted.elapsed());
-                    match r {
-                        Ok(new) => {
-                            if !new {
-                                release(&mut lock(&entry2.state));
-                            }
-                            if let Some(f) = relayed {
-                                tx.push(f);
-                            }
+                    let answer = match r {
+                        Ok(Put::Stored) => RelayFrame::Relayed { id, at: now },
+                        Ok(Put::Duplicate) => {
+                            lock(&entry2.state).free(&hub.disk, 1, size);
+                            RelayFrame::Relayed { id, at: now }
+                        }
+                        // Stored before this relay's memory of recent ids began (a restart)
+                        // by someone else: refused, never acknowledged.
+                        Ok(Put::Taken) => {
+                            lock(&entry2.state).free(&hub.disk, 1, size);
+                            lock(&hub.recent).release(&id, owner);
+                            taken(id)
                         }
                         Err(e) => {
                             tracing::error!(error = %e, "cannot store envelope");
-                            lock(&hub.recent).remove(&id);
-                            release(&mut lock(&entry2.state));
-                            if let Some(f) = internal {
-                                tx.push(f);
+                            lock(&hub.recent).release(&id, owner);
+                            lock(&entry2.state).free(&hub.disk, 1, size);
+                            RelayFrame::Refused {
+                                id,
+                                code: ErrorCode::Internal,
+                                message: "relay could not store the message; it will be retried"
+                                    .into(),
+                                retry_ms: Some(1_000),
                             }
                         }
+                    };
+                    if let Some(f) = frame(&answer) {
+                        tx.push(f);
                     }
                 }),
             )
@@ -193,18 +227,53 @@ impl<S: Store> Conn<S> {
         }
     }
 
+    fn refuse_taken(&self, id: MessageId) {
+        self.push(&taken(id));
+    }
+
+    /// Acknowledgements from the recipient: only ids this link was given reach the store
+    /// (an ack of anything else is dropped here), and each frame costs a write token.
     pub(super) async fn ack(
         &mut self,
         mesh: MeshId,
         entry: &Arc<MeshEntry>,
         member: MemberKey,
-        ids: Vec<claudemesh_schema::MessageId>,
+        mut ids: Vec<MessageId>,
     ) {
+        if ids.len() > MAX_ACK_IDS {
+            return self.error(
+                None,
+                ErrorCode::BadFrame,
+                &format!("an ack names at most {MAX_ACK_IDS} ids; this one was ignored"),
+            );
+        }
+        let allowed = lock(&entry.state)
+            .limits(member, &self.hub.cfg)
+            .writes
+            .take(Instant::now());
+        if allowed.is_err() {
+            // Not acknowledged now: the envelopes stay in the mailbox and come again.
+            self.hub
+                .stats
+                .acks_dropped
+                .fetch_add(ids.len() as u64, Ordering::Relaxed);
+            return;
+        }
+        let before = ids.len();
+        self.link.queues.acknowledgeable(&mut ids);
+        let dropped = (before - ids.len()) as u64;
+        if dropped > 0 {
+            self.hub
+                .stats
+                .acks_dropped
+                .fetch_add(dropped, Ordering::Relaxed);
+        }
         if ids.is_empty() {
             return;
         }
         let now = now_ms();
         let entry2 = entry.clone();
+        let hub = self.hub.clone();
         let dedupe_until = now + self.hub.cfg.dedupe_window_secs as i64 * 1000;
         let res = self
             .hub
@@ -219,8 +288,7 @@ impl<S: Store> Conn<S> {
                     let mut st = lock(&entry2.state);
                     for a in acked {
                         if let Some(b) = a.freed {
-                            st.stored.0 = st.stored.0.saturating_sub(1);
-                            st.stored.1 = st.stored.1.saturating_sub(b);
+                            st.free(&hub.disk, 1, b);
                         }
                         if let Some(l) = st.links.get(&a.sender)
                             && let Some(f) = frame(&RelayFrame::Receipt {
@@ -245,9 +313,9 @@ impl<S: Store> Conn<S> {
             return;
         };
         tracing::debug!(link = self.link.id, "link lagging; replaying its mailbox");
-        self.drain = Some(tokio::spawn(replay_mailbox(
+        self.drain = Some(self.hub.spawn(replay_mailbox(
             self.hub.clone(),
-            self.link.data.clone(),
+            self.link.clone(),
             *mesh,
             *member,
             None,
@@ -260,7 +328,7 @@ impl<S: Store> Conn<S> {
 /// whose live copy was skipped are all in the mailbox.
 pub(super) async fn replay_mailbox<S: Store>(
     hub: Arc<Hub<S>>,
-    data: mpsc::Sender<Bytes>,
+    link: LinkHandle,
     mesh: MeshId,
     member: MemberKey,
     first: Option<Vec<crate::store::Stored>>,
@@ -286,7 +354,11 @@ pub(super) async fn replay_mailbox<S: Store>(
         };
         let full = page.len() == MAILBOX_PAGE;
         for s in page {
-            if data.send(deliver_frame(&s.envelope, s.at)).await.is_err() {
+            if link
+                .send_data(Some(s.id), deliver_frame(&s.envelope, s.at))
+                .await
+                .is_err()
+            {
                 return;
             }
         }

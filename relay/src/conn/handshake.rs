@@ -29,7 +29,7 @@ impl<S: Store> Conn<S> {
                 })
                 .unwrap_or_default(),
             );
-            return Err("handshake rate limited".into());
+            return Err(End::Refused(ErrorCode::RateLimited));
         }
         Ok(())
     }
@@ -122,6 +122,22 @@ impl<S: Store> Conn<S> {
         let Some(entry) = self.hub.mesh(&h.mesh) else {
             return Err(self.fatal(ErrorCode::UnknownMesh, "this relay does not know the mesh"));
         };
+        if !lock(&entry.state).roster.is_member(&h.member) {
+            return Err(self.fatal(
+                ErrorCode::NotAMember,
+                "this key is not a member of the mesh",
+            ));
+        }
+        // A member's nonce is persisted before the answer, so a restart does not reopen
+        // the replay window.
+        let expires = now + 2 * wire::HELLO_WINDOW_MS + 1;
+        if let Err(e) = self.hub.store.put_nonce(h.nonce, expires).await {
+            tracing::error!(error = %e, "cannot record a hello nonce");
+            return Err(self.fatal(
+                ErrorCode::Internal,
+                "relay could not record the hello; try again",
+            ));
+        }
         let (welcome, roster, presences, claims) = {
             let mut st = lock(&entry.state);
             if !st.roster.is_member(&h.member) {
@@ -178,6 +194,7 @@ impl<S: Store> Conn<S> {
             };
             (welcome, roster, presences, claims)
         };
+        self.authenticated();
         self.hub.stats.links.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(mesh = %h.mesh.short(), member = %h.member.short(), "link up");
         self.state = State::Linked {
@@ -215,9 +232,9 @@ impl<S: Store> Conn<S> {
             self.push(f);
         }
         if !first.is_empty() {
-            self.drain = Some(tokio::spawn(replay_mailbox(
+            self.drain = Some(self.hub.spawn(replay_mailbox(
                 self.hub.clone(),
-                self.link.data.clone(),
+                self.link.clone(),
                 h.mesh,
                 h.member,
                 Some(first),
@@ -288,7 +305,13 @@ impl<S: Store> Conn<S> {
             admins_online: admins.len() as u32,
             approve: cap.approve,
         });
-        self.state = State::Claiming { mesh, claim };
+        self.state = State::Claiming {
+            mesh,
+            claim,
+            until: std::time::Instant::now()
+                + std::time::Duration::from_secs(self.hub.cfg.claim_wait_secs),
+        };
+        self.authenticated();
         Ok(())
     }
 }

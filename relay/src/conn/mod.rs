@@ -28,46 +28,47 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::hub::{Hub, LinkHandle, MeshEntry, error_frame, frame, lock};
-use crate::limits::TokenBucket;
+use crate::hub::{Hub, LinkHandle, LinkQueues, MeshEntry, error_frame, frame, lock};
+use crate::limits::Slot;
 use crate::store::Store;
 use crate::transport::{FrameReader, FrameWriter, ReadError, Transport};
 
-/// Serve one connection until it closes.
+/// Serve one connection until it closes. `slot` is its place under the connection caps;
+/// `hello_by` is the deadline for its hello, counted from accept.
 pub(crate) async fn serve<S: Store>(
     hub: Arc<Hub<S>>,
     mut reader: FrameReader,
     writer: FrameWriter,
     remote: SocketAddr,
     transport: Transport,
+    slot: Slot,
+    hello_by: Instant,
 ) {
     hub.stats.connections.fetch_add(1, Ordering::Relaxed);
     let close = CancellationToken::new();
     let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
     let (data, data_rx) = mpsc::channel::<Bytes>(hub.cfg.send_queue);
-    let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let writer_task = tokio::spawn(writer::write_loop(
-        writer,
-        rx,
-        data_rx,
-        close.clone(),
-        queued.clone(),
-    ));
+    let queues = LinkQueues::new(hub.budget.clone(), hub.cfg.link_queue_bytes);
     let link = LinkHandle {
         id: hub.next_id(),
         tx,
-        queued,
         data,
+        queues: queues.clone(),
         close: close.clone(),
         lagged: Arc::new(tokio::sync::Notify::new()),
     };
     let span = tracing::debug_span!("conn", id = link.id, %remote, transport = transport.as_str());
+    let writer_task = hub.tasks.spawn(
+        writer::write_loop(writer, rx, data_rx, close.clone(), queues).instrument(span.clone()),
+    );
     let mut conn = Conn {
         hub: hub.clone(),
         link,
         remote,
         state: State::New,
-        rate: TokenBucket::new(hub.cfg.member_rate, hub.cfg.member_burst, Instant::now()),
+        slot,
+        hello_by,
+        preauth_frames: 0,
         drain: None,
         resync_pending: false,
         op_sync: None,
@@ -75,6 +76,7 @@ pub(crate) async fn serve<S: Store>(
     };
     async {
         let end = conn.run(&mut reader).await;
+        hub.stats.closed[end.kind() as usize].fetch_add(1, Ordering::Relaxed);
         tracing::debug!(reason = %end, "connection closing");
         conn.cleanup();
     }
@@ -97,6 +99,8 @@ enum State {
     Claiming {
         mesh: MeshId,
         claim: ClaimId,
+        /// The claim is withdrawn if no admin decided by then.
+        until: Instant,
     },
     Linked {
         mesh: MeshId,
@@ -110,15 +114,77 @@ struct Conn<S> {
     link: LinkHandle,
     remote: SocketAddr,
     state: State,
-    rate: TokenBucket,
+    slot: Slot,
+    hello_by: Instant,
+    preauth_frames: u32,
     drain: Option<tokio::task::JoinHandle<()>>,
     resync_pending: bool,
     op_sync: Option<tokio::task::JoinHandle<()>>,
     upload: Option<crate::oplog::Upload>,
 }
 
-/// Why a connection ended (for the debug log).
-type End = String;
+/// Why a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum End {
+    /// The peer closed it.
+    PeerClosed,
+    /// Reading failed (a reset, a protocol error of the transport).
+    ReadFailed(String),
+    /// This side refused it with a fatal error frame.
+    Refused(ErrorCode),
+    /// No hello by the deadline, a claim undecided in time, or a link silent past the idle
+    /// limit.
+    TimedOut,
+    /// The peer stopped reading what it is sent.
+    NotReading,
+    /// Closed from elsewhere in the relay: replaced by a newer link, its member removed, a
+    /// claim decided, its queues over their limit.
+    Closed,
+    /// The relay is shutting down.
+    ShuttingDown,
+}
+
+/// Labels of [`End::kind`], for the `connections_closed_total` metric.
+pub(crate) const END_KINDS: [&str; 7] = [
+    "peer_closed",
+    "read_failed",
+    "refused",
+    "timed_out",
+    "not_reading",
+    "closed_by_relay",
+    "shutting_down",
+];
+
+impl End {
+    /// Index into [`END_KINDS`].
+    pub(crate) fn kind(&self) -> u8 {
+        match self {
+            Self::PeerClosed => 0,
+            Self::ReadFailed(_) => 1,
+            Self::Refused(_) => 2,
+            Self::TimedOut => 3,
+            Self::NotReading => 4,
+            Self::Closed => 5,
+            Self::ShuttingDown => 6,
+        }
+    }
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ReadFailed(e) => write!(f, "read failed: {e}"),
+            Self::Refused(code) => write!(f, "refused ({code})"),
+            other => f.write_str(END_KINDS[other.kind() as usize]),
+        }
+    }
+}
+
+/// What the run loop does next.
+enum Step {
+    Frame(Bytes),
+    Again,
+}
 
 impl<S: Store> Conn<S> {
     fn push(&self, f: &RelayFrame) {
@@ -141,82 +207,156 @@ impl<S: Store> Conn<S> {
         }
         tracing::debug!(code = %code, msg, "refusing connection");
         self.link.push(error_frame(None, code, msg, true));
-        format!("{code}: {msg}")
+        End::Refused(code)
+    }
+
+    /// The connection authenticated (hello, or a claim with a valid invite): it leaves the
+    /// pre-auth caps and may queue up to the full link limit.
+    fn authenticated(&mut self) {
+        self.slot.authenticated();
+        self.link.queues.set_limit(self.hub.cfg.link_queue_bytes);
+    }
+
+    /// The deadline of the next frame: before hello, the absolute hello deadline; while a
+    /// claim waits, the idle limit but never past the claim's; linked, the idle limit.
+    fn next_deadline(&self) -> Instant {
+        let idle = Instant::now() + Duration::from_secs(self.hub.cfg.idle_timeout_secs);
+        match &self.state {
+            State::New => self.hello_by,
+            State::Claiming { until, .. } => idle.min(*until),
+            State::Linked { .. } => idle,
+        }
     }
 
     async fn run(&mut self, reader: &mut FrameReader) -> End {
-        let first_deadline = Duration::from_secs(self.hub.cfg.hello_timeout_secs);
-        let idle = Duration::from_secs(self.hub.cfg.idle_timeout_secs);
         loop {
-            let limit = if matches!(self.state, State::New) {
-                first_deadline
-            } else {
-                idle
-            };
-            let lagged = self.link.lagged.clone();
-            let next = tokio::select! {
-                biased;
-                _ = self.link.close.cancelled() => return "closed by relay".into(),
-                _ = self.hub.shutdown.cancelled() => {
-                    return self.fatal(ErrorCode::ShuttingDown, "relay is shutting down; reconnect shortly");
-                }
-                // Live deliveries were skipped because the peer reads slower than others
-                // send: replay its mailbox (from the start; the peer dedupes by id).
-                _ = lagged.notified() => {
-                    if self.drain.as_ref().is_some_and(|d| !d.is_finished()) {
-                        self.resync_pending = true;
-                    } else {
-                        self.resync();
+            match self.next_step(reader).await {
+                Ok(Step::Again) => continue,
+                Ok(Step::Frame(bytes)) => {
+                    if let Err(end) = self.on_bytes(bytes).await {
+                        return end;
                     }
-                    continue;
                 }
-                // A replay finished: run another if the link lagged meanwhile.
-                _ = async {
-                    match self.drain.as_mut() {
-                        Some(d) => { let _ = d.await; }
-                        None => std::future::pending::<()>().await,
-                    }
-                } => {
-                    self.drain = None;
-                    if std::mem::take(&mut self.resync_pending) {
-                        self.resync();
-                    }
-                    continue;
-                }
-                r = tokio::time::timeout(limit, reader.next()) => r,
-            };
-            let bytes = match next {
-                Err(_) => {
-                    return self.fatal(ErrorCode::Unexpected, "no frame within the time limit");
-                }
-                Ok(None) => return "peer closed".into(),
-                Ok(Some(Err(ReadError::TooLarge))) => {
-                    return self.fatal(
-                        ErrorCode::FrameTooLarge,
-                        &format!("frame exceeds the {} byte limit", wire::MAX_FRAME),
-                    );
-                }
-                Ok(Some(Err(ReadError::NotBinary))) => {
-                    return self.fatal(ErrorCode::BadFrame, "frames must be binary messages");
-                }
-                Ok(Some(Err(e))) => return format!("read error: {e}"),
-                Ok(Some(Ok(b))) => b,
-            };
-            self.hub.log_frame(&bytes);
-            let f: ClientFrame = match wire::decode(&bytes) {
-                Ok(f) => f,
-                Err(e) => {
-                    return self.fatal(ErrorCode::BadFrame, &format!("malformed frame: {e}"));
-                }
-            };
-            if let Err(end) = self.dispatch(f).await {
-                return end;
+                Err(end) => return end,
             }
         }
     }
 
+    /// Wait for the next frame, or for something the loop must do first.
+    async fn next_step(&mut self, reader: &mut FrameReader) -> Result<Step, End> {
+        let deadline = tokio::time::Instant::from_std(self.next_deadline());
+        let lagged = self.link.lagged.clone();
+        let queues = self.link.queues.clone();
+        // While answers to this peer pile up, stop reading from it: what it sends next
+        // waits in the transport's buffers, not in the relay's memory.
+        let writable = queues.wait_until(|q| !q.backed_up());
+        tokio::select! {
+            biased;
+            _ = self.link.close.cancelled() => Err(End::Closed),
+            _ = self.hub.shutdown.cancelled() => {
+                self.fatal(ErrorCode::ShuttingDown, "relay is shutting down; reconnect shortly");
+                Err(End::ShuttingDown)
+            }
+            // Live deliveries were skipped because the peer reads slower than others
+            // send: replay its mailbox (from the start; the peer dedupes by id).
+            _ = lagged.notified() => {
+                if self.drain.as_ref().is_some_and(|d| !d.is_finished()) {
+                    self.resync_pending = true;
+                } else {
+                    self.resync();
+                }
+                Ok(Step::Again)
+            }
+            // A replay finished: run another if the link lagged meanwhile.
+            _ = async {
+                match self.drain.as_mut() {
+                    Some(d) => { let _ = d.await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {
+                self.drain = None;
+                if std::mem::take(&mut self.resync_pending) {
+                    self.resync();
+                }
+                Ok(Step::Again)
+            }
+            r = async {
+                writable.await;
+                tokio::time::timeout_at(deadline, reader.next()).await
+            } => self.read_result(r),
+            // Paused past the deadline: the peer does not read.
+            _ = tokio::time::sleep_until(deadline), if queues.backed_up() => Err(End::NotReading),
+        }
+    }
+
+    fn read_result(
+        &self,
+        r: Result<Option<Result<Bytes, ReadError>>, tokio::time::error::Elapsed>,
+    ) -> Result<Step, End> {
+        match r {
+            Err(_) => Err(match self.state {
+                State::New => {
+                    self.fatal(ErrorCode::Unexpected, "no hello within the time limit");
+                    End::TimedOut
+                }
+                State::Claiming { until, .. } if Instant::now() >= until => {
+                    self.fatal(
+                        ErrorCode::NoAdminOnline,
+                        "no admin decided the claim in time; try again later",
+                    );
+                    End::TimedOut
+                }
+                _ => {
+                    self.fatal(ErrorCode::Unexpected, "no frame within the idle limit");
+                    End::TimedOut
+                }
+            }),
+            Ok(None) => Err(End::PeerClosed),
+            Ok(Some(Err(ReadError::TooLarge))) => Err(self.fatal(
+                ErrorCode::FrameTooLarge,
+                &format!("frame exceeds the {} byte limit", wire::MAX_FRAME),
+            )),
+            Ok(Some(Err(ReadError::NotBinary))) => {
+                Err(self.fatal(ErrorCode::BadFrame, "frames must be binary messages"))
+            }
+            Ok(Some(Err(e))) => Err(End::ReadFailed(e.to_string())),
+            Ok(Some(Ok(b))) => Ok(Step::Frame(b)),
+        }
+    }
+
+    async fn on_bytes(&mut self, bytes: Bytes) -> Result<(), End> {
+        if matches!(self.state, State::New) {
+            self.preauth_frames += 1;
+            if self.preauth_frames > self.hub.cfg.preauth_frames {
+                return Err(self.fatal(
+                    ErrorCode::RateLimited,
+                    "too many frames before hello; send hello first",
+                ));
+            }
+        }
+        self.hub.log_frame(&bytes);
+        let f: ClientFrame = match wire::decode(&bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                return Err(self.fatal(ErrorCode::BadFrame, &format!("malformed frame: {e}")));
+            }
+        };
+        self.dispatch(f).await
+    }
+
     async fn dispatch(&mut self, f: ClientFrame) -> Result<(), End> {
         if let ClientFrame::Ping { n } = f {
+            // A member's pings share its write budget; an unanswered ping over budget is
+            // what a flood deserves (a daemon pings every 15 s).
+            if let State::Linked { entry, member, .. } = &self.state
+                && lock(&entry.state)
+                    .limits(*member, &self.hub.cfg)
+                    .writes
+                    .take(Instant::now())
+                    .is_err()
+            {
+                return Ok(());
+            }
             self.push(&RelayFrame::Pong {
                 n,
                 server_time: now_ms(),
@@ -271,12 +411,16 @@ impl<S: Store> Conn<S> {
                         Ok(())
                     }
                     ClientFrame::Op(env) => {
-                        if let Err(wait) = self.rate.take(Instant::now()) {
+                        let allowed = lock(&entry.state)
+                            .limits(member, &self.hub.cfg)
+                            .writes
+                            .take_or_retry_ms(Instant::now());
+                        if let Err(retry_ms) = allowed {
                             if let Some(f) = frame(&RelayFrame::OpRefused {
                                 id: env.id,
                                 code: ErrorCode::RateLimited,
                                 message: "member write rate exceeded".into(),
-                                retry_ms: Some(wait.as_millis() as u64 + 1),
+                                retry_ms: Some(retry_ms),
                             }) {
                                 self.link.push(f);
                             }
@@ -290,9 +434,9 @@ impl<S: Store> Conn<S> {
                         if let Some(old) = self.op_sync.take() {
                             old.abort();
                         }
-                        self.op_sync = Some(tokio::spawn(crate::oplog::sync(
+                        self.op_sync = Some(self.hub.spawn(crate::oplog::sync(
                             self.hub.clone(),
-                            self.link.data.clone(),
+                            self.link.clone(),
                             mesh,
                             from,
                         )));
@@ -335,7 +479,7 @@ impl<S: Store> Conn<S> {
     fn cleanup(&mut self) {
         match std::mem::replace(&mut self.state, State::New) {
             State::New => {}
-            State::Claiming { mesh, claim } => {
+            State::Claiming { mesh, claim, .. } => {
                 if let Some(e) = self.hub.mesh(&mesh) {
                     lock(&e.state).claims.remove(&claim);
                 }
@@ -383,7 +527,7 @@ impl<S: Store> Conn<S> {
                 tracing::debug!(mesh = %mesh.short(), member = %member.short(), "link down");
                 if !offline.is_empty() {
                     let hub = self.hub.clone();
-                    tokio::spawn(async move {
+                    self.hub.spawn(async move {
                         let _ = hub.store.touch_presence(mesh, offline, now).await;
                     });
                 }

@@ -40,8 +40,12 @@ impl<S: Store> Conn<S> {
             );
             return Ok(());
         }
-        // Presence updates share the member's message budget.
-        if self.rate.take(Instant::now()).is_err() {
+        // Presence fans out to every link of the mesh: it has its own, smaller budget.
+        let allowed = lock(&entry.state)
+            .limits(member, &self.hub.cfg)
+            .presence
+            .take(Instant::now());
+        if allowed.is_err() {
             self.error(None, ErrorCode::RateLimited, "too many updates; slow down");
             return Ok(());
         }
