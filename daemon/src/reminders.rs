@@ -5,7 +5,9 @@
 //! member could have forged, never fires here). Others only fold the `reminder_fired` ops.
 //!
 //! **Exactly once per due time.** A firing sends the message under an id derived from
-//! (reminder, due time), then appends `reminder_fired { due }` to the log. A crash between
+//! (reminder, due time) and keyed with the member's secret (every member folds the
+//! reminder, so an unkeyed id could be predicted and used first by another member, and
+//! the relay would refuse the real firing as `id_taken`), then appends `reminder_fired { due }` to the log. A crash between
 //! the two resends the same id after restart, which every hop dedupes; a fired due time
 //! (sequenced or still in the op outbox) is never fired again. A recurring reminder whose
 //! daemon was down over several due times fires once, for the latest, on its return.
@@ -13,6 +15,7 @@
 //! Only reminders the log has sequenced fire; one scheduled offline fires once the link
 //! has published it.
 
+use claudemesh_schema::crypto::MemberSecret;
 use claudemesh_schema::ipc::methods::{InboxMessage, SendParams};
 use claudemesh_schema::ipc::shared::{Reminder, ScheduledResult};
 use claudemesh_schema::message::{KIND_REMINDER, Priority};
@@ -209,11 +212,14 @@ pub(crate) async fn run(d: Arc<Daemon>) {
     }
 }
 
-/// The message id of a reminder's firing for `due`: the same on every attempt.
-fn firing_id(r: &ItemId, due: i64) -> MessageId {
+/// The message id of a reminder's firing for `due`: the same on every attempt of this
+/// member, unpredictable to anyone without its secret.
+fn firing_id(secret: &MemberSecret, r: &ItemId, due: i64) -> MessageId {
+    let key = blake3::derive_key("claudemesh 2026 reminder firing v2", &secret.to_bytes()[..]);
     let mut input = r.as_bytes().to_vec();
     input.extend_from_slice(&due.to_le_bytes());
-    let h = blake3::derive_key("claudemesh 2026 reminder firing v1", &input);
+    let h = blake3::keyed_hash(&key, &input);
+    let h = h.as_bytes();
     let mut rand = [0u8; 10];
     rand.copy_from_slice(&h[..10]);
     let ms = u64::try_from(due).unwrap_or(0);
@@ -226,7 +232,7 @@ async fn fire(
     r: &Row,
     due: i64,
 ) -> std::result::Result<(), Error> {
-    let id = firing_id(&r.id, due);
+    let id = firing_id(&m.keys.member, &r.id, due);
     let session = if m.is_local(&r.session) {
         r.session
     } else {
@@ -323,9 +329,16 @@ mod tests {
     #[test]
     fn firing_ids_are_stable_per_due_time_and_time_ordered() {
         let r = ItemId::new();
-        assert_eq!(firing_id(&r, 60_000), firing_id(&r, 60_000));
-        assert_ne!(firing_id(&r, 60_000), firing_id(&r, 120_000));
-        assert_ne!(firing_id(&r, 60_000), firing_id(&ItemId::new(), 60_000));
-        assert_eq!(firing_id(&r, 60_000).0.get_version_num(), 7);
+        let me = MemberSecret::generate();
+        assert_eq!(firing_id(&me, &r, 60_000), firing_id(&me, &r, 60_000));
+        assert_ne!(firing_id(&me, &r, 60_000), firing_id(&me, &r, 120_000));
+        assert_ne!(
+            firing_id(&me, &r, 60_000),
+            firing_id(&me, &ItemId::new(), 60_000)
+        );
+        assert_eq!(firing_id(&me, &r, 60_000).0.get_version_num(), 7);
+        // Another member, knowing the reminder and its due time, cannot predict the id.
+        let other = MemberSecret::generate();
+        assert_ne!(firing_id(&me, &r, 60_000), firing_id(&other, &r, 60_000));
     }
 }

@@ -93,6 +93,7 @@ mod tests {
             (refused(ErrorCode::RateLimited), Next::Retry),
             (refused(ErrorCode::Internal), Next::Retry),
             (End::OpsRetry(ErrorCode::RateLimited), Next::Retry),
+            (End::OpsRetry(ErrorCode::QuotaExceeded), Next::Retry),
         ];
         for (end, next) in cases {
             assert_eq!(end.next(), next, "{end}");

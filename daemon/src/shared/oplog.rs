@@ -277,7 +277,12 @@ impl LinkOps {
         if self.in_flight.remove(&id).is_none() {
             return false;
         }
-        if matches!(code, ErrorCode::RateLimited | ErrorCode::Internal) {
+        // A full op log at the relay (quota_exceeded) frees when a snapshot compacts it:
+        // the op stays in the outbox like one refused for rate.
+        if matches!(
+            code,
+            ErrorCode::RateLimited | ErrorCode::Internal | ErrorCode::QuotaExceeded
+        ) {
             tracing::debug!(op = %id.short(), %code, "relay asked to retry; resending the outbox in order");
             return true;
         }
