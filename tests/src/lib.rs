@@ -11,6 +11,7 @@
 
 pub mod claude;
 pub mod model;
+pub mod raw;
 
 use serde_json::Value;
 use std::io::{BufRead as _, BufReader};

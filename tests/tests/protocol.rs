@@ -3,187 +3,20 @@
 #![allow(clippy::unwrap_used)]
 
 use bytes::Bytes;
-use claudemesh_relay::client::{connect_quic, connect_ws};
-use claudemesh_relay::{Connection, FrameWriter, Relay, RelayConfig, RelayHandle};
-use claudemesh_schema::crypto::{BoxSecret, MemberKey, MemberSecret, MeshKey};
+use claudemesh_relay::client::connect_ws;
+use claudemesh_relay::{Connection, FrameWriter};
+use claudemesh_schema::crypto::{BoxSecret, MemberSecret, MeshKey};
 use claudemesh_schema::invite;
-use claudemesh_schema::roster::{
-    InviteCap, InviteRevocation, MeshGenesis, Role, RosterEntry, RosterOp,
-};
+use claudemesh_schema::roster::{InviteCap, InviteRevocation, Role, RosterEntry, RosterOp};
 use claudemesh_schema::wire::{
-    self, ClaimDecision, ClaimOutcome, ClaimRequest, ClientFrame, Envelope, ErrorCode, Hello,
-    RelayFrame, Route, Seal,
+    self, ClaimDecision, ClaimOutcome, ClaimRequest, ClientFrame, Envelope, ErrorCode, RelayFrame,
+    Route, Seal,
 };
-use claudemesh_schema::{ClaimId, InviteId, MeshId, MessageId, SessionId, now_ms};
+use claudemesh_schema::{ClaimId, InviteId, MeshId, MessageId, now_ms};
+use claudemesh_tests::raw::{
+    Fixture, Member, expect_error, mesh, quic, recv, relay, send, still_routes, until,
+};
 use std::time::Duration;
-
-struct Fixture {
-    relay: RelayHandle,
-    _dir: tempfile::TempDir,
-}
-
-async fn relay(tweak: impl FnOnce(&mut RelayConfig)) -> Fixture {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = RelayConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().join("relay"),
-        ..RelayConfig::default()
-    };
-    tweak(&mut cfg);
-    let r = Relay::bind(cfg).await.unwrap();
-    Fixture {
-        relay: r.spawn(),
-        _dir: dir,
-    }
-}
-
-async fn quic(f: &Fixture) -> Connection {
-    connect_quic(
-        f.relay.addr(),
-        Some(f.relay.fingerprint()),
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap()
-}
-
-async fn send(c: &mut Connection, f: &ClientFrame) {
-    c.writer
-        .send(Bytes::from(wire::encode(f).unwrap()))
-        .await
-        .unwrap();
-}
-
-async fn recv(c: &mut Connection) -> RelayFrame {
-    let b = tokio::time::timeout(Duration::from_secs(10), c.reader.next())
-        .await
-        .expect("relay answered in time")
-        .expect("connection open")
-        .expect("frame readable");
-    wire::decode(&b).unwrap()
-}
-
-/// Read frames until one matches.
-async fn until<T>(c: &mut Connection, mut pick: impl FnMut(RelayFrame) -> Option<T>) -> T {
-    loop {
-        if let Some(t) = pick(recv(c).await) {
-            return t;
-        }
-    }
-}
-
-async fn expect_error(c: &mut Connection, code: ErrorCode) {
-    match recv(c).await {
-        RelayFrame::Error {
-            code: got,
-            fatal,
-            message,
-            ..
-        } => {
-            assert_eq!(got, code, "{message}");
-            assert!(fatal, "{code} closes the connection");
-            assert!(!message.is_empty());
-        }
-        other => panic!("expected error {code}, got {other:?}"),
-    }
-}
-
-struct Member {
-    key: MemberSecret,
-    session: SessionId,
-    session_key: BoxSecret,
-}
-
-impl Member {
-    fn new() -> Self {
-        Self {
-            key: MemberSecret::generate(),
-            session: SessionId::new(),
-            session_key: BoxSecret::generate(),
-        }
-    }
-    fn pk(&self) -> MemberKey {
-        self.key.public()
-    }
-    fn hello(&self, mesh: MeshId, ts: i64) -> Hello {
-        Hello::sign(
-            &self.key,
-            mesh,
-            self.session,
-            self.session_key.public(),
-            ts,
-            "test",
-        )
-    }
-}
-
-/// A mesh with an owner link and a member link, both past `ready`.
-async fn mesh(f: &Fixture) -> (MeshId, Member, Connection, Member, Connection) {
-    let owner = Member::new();
-    let mesh = MeshId::new();
-    let mut a = quic(f).await;
-    send(
-        &mut a,
-        &ClientFrame::CreateMesh {
-            rid: 1,
-            genesis: MeshGenesis::sign(&owner.key, mesh, now_ms()),
-        },
-    )
-    .await;
-    assert_eq!(recv(&mut a).await, RelayFrame::Ok { rid: 1 });
-    send(&mut a, &ClientFrame::Hello(owner.hello(mesh, now_ms()))).await;
-    until(&mut a, |f| {
-        matches!(f, RelayFrame::Ready { .. }).then_some(())
-    })
-    .await;
-    let member = Member::new();
-    let entry = RosterEntry::sign(
-        &owner.key,
-        mesh,
-        member.pk(),
-        Role::Member,
-        RosterOp::Add,
-        now_ms(),
-        None,
-    );
-    send(&mut a, &ClientFrame::Roster { rid: 2, entry }).await;
-    until(&mut a, |f| {
-        matches!(f, RelayFrame::Ok { rid: 2 }).then_some(())
-    })
-    .await;
-    let mut b = quic(f).await;
-    send(&mut b, &ClientFrame::Hello(member.hello(mesh, now_ms()))).await;
-    until(&mut b, |f| {
-        matches!(f, RelayFrame::Ready { .. }).then_some(())
-    })
-    .await;
-    (mesh, owner, a, member, b)
-}
-
-/// The owner sends the member an (opaque) envelope; the member receives it.
-async fn still_routes(owner: &Member, a: &mut Connection, member: &Member, b: &mut Connection) {
-    let id = MessageId::new();
-    let env = Envelope {
-        id,
-        from: owner.session,
-        from_member: owner.pk(),
-        to: Route::Member {
-            member: member.pk(),
-        },
-        seal: Seal::Box,
-        ct: vec![7; 40],
-    };
-    send(a, &ClientFrame::Send(env)).await;
-    until(a, |f| {
-        matches!(f, RelayFrame::Relayed { id: x, .. } if x == id).then_some(())
-    })
-    .await;
-    until(b, |f| {
-        matches!(f, RelayFrame::Deliver { env, .. } if env.id == id).then_some(())
-    })
-    .await;
-}
 
 #[tokio::test]
 async fn bad_handshakes_and_frames_are_refused_while_others_keep_working() {
