@@ -2,7 +2,7 @@
 //!
 //! ```sh
 //! cargo build --release --workspace
-//! target/release/bench all          # or: ipc | peers | dm | throughput | idle | load | mcp | state | claude | sessions
+//! target/release/bench all          # or: ipc | peers | dm | throughput | idle | attacks | load | mcp | state | claude | sessions
 //! ```
 //!
 //! Daemons and relays are real processes of `target/release/claudemesh` (found next to this
@@ -361,10 +361,15 @@ fn drive(
 /// A relay for benchmarks: the defaults, but with handshake limits that let one machine
 /// open hundreds of links at once.
 fn bench_relay(bin: &Path, root: &Path, name: &str, extra: &[&str]) -> RelayProc {
+    bench_relay_with(bin, root, name, extra, "")
+}
+
+/// Like [`bench_relay`], with more TOML settings.
+fn bench_relay_with(bin: &Path, root: &Path, name: &str, extra: &[&str], toml: &str) -> RelayProc {
     let cfg = root.join(format!("{name}.toml"));
     std::fs::write(
         &cfg,
-        "handshake_rate = 100000.0\nhandshake_burst = 100000.0\n",
+        format!("handshake_rate = 100000.0\nhandshake_burst = 100000.0\n{toml}"),
     )
     .unwrap();
     let mut args = vec!["--config", cfg.to_str().unwrap()];
@@ -439,22 +444,211 @@ fn envelope_to(
     Bytes::from(wire::encode(&f).unwrap())
 }
 
+/// Memory of idle linked connections: `BENCH_IDLE_N` (default 10,000) member links in
+/// meshes of 10, all from this one address (so the per-IP cap is raised for it).
 async fn idle(bin: &Path) {
     let root = tempfile::tempdir().unwrap();
-    let relay = bench_relay(bin, root.path(), "relay", &[]);
-    let n = 1000;
-    let (_mesh, raws) = raw_mesh(&relay, 10).await;
+    let relay = bench_relay_with(
+        bin,
+        root.path(),
+        "relay",
+        &[],
+        "max_connections_per_ip = 100000\nmax_connections = 100000\n",
+    );
+    let n: usize = std::env::var("BENCH_IDLE_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let (_mesh, warm) = raw_mesh(&relay, 9).await;
     let before = rss_kb(relay.pid());
-    drop(raws);
-    let (_mesh2, raws) = raw_mesh(&relay, n).await;
+    let t = Instant::now();
+    // raw_mesh keeps the owner's link open too: 10 connections per mesh.
+    let mut links = Vec::new();
+    let mut conns = 0usize;
+    while conns < n {
+        let (_m, raws) = raw_mesh(&relay, 9).await;
+        links.extend(raws);
+        conns += 10;
+    }
     let after = rss_kb(relay.pid());
     println!(
-        "relay memory per idle QUIC link: {:.1} KiB ({n} links: RSS {} MB -> {} MB)",
-        after.saturating_sub(before) as f64 / n as f64,
+        "relay memory per idle linked connection: {:.1} KiB ({} links in meshes of 10, opened in {:.1}s: RSS {} MB -> {} MB, {} threads)",
+        after.saturating_sub(before) as f64 / conns as f64,
+        conns,
+        t.elapsed().as_secs_f64(),
         before / 1024,
-        after / 1024
+        after / 1024,
+        threads(relay.pid()),
     );
-    drop(raws);
+    drop((warm, links));
+}
+
+/// Tells attack tasks to stop.
+#[derive(Clone, Default)]
+struct Stop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Stop {
+    fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+    fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A legitimate pair's `send` -> `relayed` (p50/p99) and the relay's peak RSS while each
+/// attack of issue 11 runs against a relay with the default limits (all attackers on this
+/// one address, so the per-address caps apply to them as to one hostile host).
+async fn attacks(bin: &Path) {
+    let root = tempfile::tempdir().unwrap();
+    let relay = bench_relay(bin, root.path(), "relay-attacks", &[]);
+    let addr = relay.addr;
+    let pid = relay.pid();
+    let (_mesh, raws) = raw_mesh(&relay, 4).await;
+    let mut it = raws.into_iter();
+    let (a, b, acker, pinger) = (
+        it.next().unwrap(),
+        it.next().unwrap(),
+        it.next().unwrap(),
+        it.next().unwrap(),
+    );
+    let (a_key, b_key) = (a.key, b.key.public());
+    let mut a = a.conn;
+    // The recipient acknowledges what it gets, as a daemon does.
+    let (mut b_reader, mut b_writer, b_guard) = b.conn.into_parts();
+    tokio::spawn(async move {
+        let _g = b_guard;
+        while let Some(Ok(f)) = b_reader.next().await {
+            if let Ok(RelayFrame::Deliver { env, .. }) = wire::decode::<RelayFrame>(&f) {
+                let ack = wire::encode(&ClientFrame::Ack { ids: vec![env.id] }).unwrap();
+                if b_writer.send(Bytes::from(ack)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let ping = |n: u64| Bytes::from(wire::encode(&ClientFrame::Ping { n }).unwrap());
+    let (ack_reader, ack_writer, ack_guard) = acker.conn.into_parts();
+    let (ping_reader, ping_writer, ping_guard) = pinger.conn.into_parts();
+    let (mut ack_writer, mut ping_writer) = (Some(ack_writer), Some(ping_writer));
+    // The ack flooder drains what it is sent; the ping flooder never reads.
+    tokio::spawn(async move {
+        let (mut r, _g) = (ack_reader, ack_guard);
+        while let Some(Ok(_)) = r.next().await {}
+    });
+    let _never_read = (ping_reader, ping_guard);
+    let mut tcp_held = Vec::new();
+    let phases = [
+        "none",
+        "pre-hello ping floods (64 connections, reconnecting)",
+        "silent TCP connections (2,000 opened, held)",
+        "ack flood (frames of 4,096 unknown ids)",
+        "member ping flood, never reading",
+    ];
+    for phase in phases {
+        let stop = Stop::default();
+        match phase {
+            "pre-hello ping floods (64 connections, reconnecting)" => {
+                for _ in 0..64 {
+                    let stop = stop.clone();
+                    tokio::spawn(async move {
+                        while !stop.is_cancelled() {
+                            let Ok(c) = connect_quic(addr, None, Duration::from_secs(5)).await
+                            else {
+                                continue;
+                            };
+                            let (_r, mut w, _g) = c.into_parts();
+                            for n in 0..100_000u64 {
+                                if stop.is_cancelled() || w.feed(ping(n)).await.is_err() {
+                                    break;
+                                }
+                                if n.is_multiple_of(256) && w.flush().await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    });
+                }
+            }
+            "silent TCP connections (2,000 opened, held)" => {
+                for _ in 0..2000 {
+                    if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+                        tcp_held.push(s);
+                    }
+                }
+            }
+            "ack flood (frames of 4,096 unknown ids)" => {
+                let (stop, mut w) = (stop.clone(), ack_writer.take().unwrap());
+                let frame = Bytes::from(
+                    wire::encode(&ClientFrame::Ack {
+                        ids: (0..4096).map(|_| MessageId::new()).collect(),
+                    })
+                    .unwrap(),
+                );
+                tokio::spawn(async move {
+                    while !stop.is_cancelled() && w.send(frame.clone()).await.is_ok() {}
+                });
+            }
+            "member ping flood, never reading" => {
+                let (stop, mut w) = (stop.clone(), ping_writer.take().unwrap());
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while !stop.is_cancelled() && w.feed(ping(n)).await.is_ok() {
+                        n += 1;
+                        if n.is_multiple_of(256) && w.flush().await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            _ => {}
+        }
+        // Peak relay memory while the pair works.
+        let peak = Arc::new(AtomicU64::new(rss_kb(pid)));
+        let sampler = {
+            let (peak, stop) = (peak.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.is_cancelled() {
+                    peak.fetch_max(rss_kb(pid), Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        };
+        let mut waits = Vec::new();
+        let mut queued = 0;
+        for _ in 0..300 {
+            let f = envelope_to(&a_key, &b_key, Instant::now());
+            let id = match wire::decode::<ClientFrame>(&f).unwrap() {
+                ClientFrame::Send(e) => e.id,
+                _ => unreachable!(),
+            };
+            let t = Instant::now();
+            a.writer.send(f).await.unwrap();
+            loop {
+                match recv(&mut a).await {
+                    RelayFrame::Relayed { id: x, .. } if x == id => break,
+                    RelayFrame::Refused { id: x, .. } if x == id => {
+                        queued += 1;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            let w = t.elapsed().as_secs_f64() * 1e3;
+            if w > 3000.0 {
+                queued += 1;
+            }
+            waits.push(w);
+        }
+        stop.cancel();
+        let _ = sampler.await;
+        let (p50, p99) = (pct(&mut waits.clone(), 0.5), pct(&mut waits, 0.99));
+        println!(
+            "attack: {phase}: pair send->relayed p50 {p50:.2} ms p99 {p99:.2} ms ({queued}/300 over the daemon's 3 s wait or refused), relay peak RSS {} MB",
+            peak.load(Ordering::Relaxed) / 1024
+        );
+    }
+    drop(tcp_held);
 }
 
 async fn load(bin: &Path) {
@@ -877,6 +1071,9 @@ fn main() {
         }
         if all || what == "throughput" {
             throughput(&bin).await;
+        }
+        if all || what == "attacks" {
+            attacks(&bin).await;
         }
         if all || what == "idle" {
             idle(&bin).await;
