@@ -335,14 +335,14 @@ pub(crate) async fn on_claim(
         return;
     }
     if let Err(reason) = check_claim(d, m, &request, &cap).await {
-        tracing::warn!(claim = %claim.short(), reason, "claim refused");
+        tracing::warn!(claim = %claim.short(), %reason, "claim refused");
         let _ = m
             .link
             .request(Box::new(move |rid| ClientFrame::ClaimDecision {
                 rid,
                 decision: ClaimDecision::Refuse {
                     claim,
-                    reason: reason.into(),
+                    reason: reason.to_string(),
                 },
             }))
             .await;
@@ -373,41 +373,20 @@ async fn check_claim(
     m: &Arc<MeshCtx>,
     request: &ClaimRequest,
     cap: &InviteCap,
-) -> Result<(), &'static str> {
-    let secret = invite::invite_secret(&m.keys.mesh_key, &request.invite);
-    let expected = invite::claim_proof(
-        &secret,
-        &request.invite,
-        &request.member,
-        &request.box_key,
-        request.at,
-    );
-    if !crypto::ct_eq(&expected, &request.proof) {
-        return Err("the invite code is wrong");
-    }
-    if now_ms().abs_diff(request.at) > invite::CLAIM_WINDOW_MS as u64 {
-        return Err("the claim is too old; run `claudemesh join` again");
-    }
-    if cap.id != request.invite {
-        return Err("the claim does not match the invite");
-    }
-    {
-        let roster = lock(&m.roster);
-        if cap.verify(&roster.roster).is_err() {
-            return Err("the invite is not signed by an admin of this mesh");
-        }
-    }
-    if now_ms() > cap.expires_at {
-        return Err("the invite has expired");
-    }
+) -> Result<(), invite::ClaimRefusal> {
     let local = d.store.read(store::q_invites).await.unwrap_or_default();
-    if local
+    let revoked = local
         .iter()
-        .any(|(c, _, revoked)| c.id == cap.id && *revoked)
-    {
-        return Err("the invite was revoked");
-    }
-    Ok(())
+        .any(|(c, _, revoked)| c.id == cap.id && *revoked);
+    let roster = lock(&m.roster);
+    invite::check_claim(
+        &m.keys.mesh_key,
+        &roster.roster,
+        request,
+        cap,
+        revoked,
+        now_ms(),
+    )
 }
 
 async fn accept(
@@ -513,7 +492,7 @@ pub(crate) async fn claim_decide(
     let result = if p.accept {
         match check_claim(d, &m, &request, &cap).await {
             Ok(()) => accept(d, &m, id, &request, &cap).await,
-            Err(reason) => Err(Error::invite(reason)),
+            Err(reason) => Err(Error::invite(reason.to_string())),
         }
     } else {
         m.link

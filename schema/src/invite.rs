@@ -157,6 +157,78 @@ pub fn accept_mac(
 /// How old (or how far in the future) a claim may be when an admin answers it, ms.
 pub const CLAIM_WINDOW_MS: i64 = 65 * 60 * 1000;
 
+/// Why an admin's daemon refuses a claim (the text is shown to the claimant).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimRefusal {
+    /// The proof does not match the invite's secret: a wrong code, or a guess.
+    WrongCode,
+    /// The claim was made outside [`CLAIM_WINDOW_MS`] of now.
+    TooOld,
+    /// The capability the relay supplied is for another invite.
+    Mismatch,
+    /// The capability is not signed by an admin of the mesh.
+    NotByAnAdmin,
+    /// The capability expired.
+    Expired,
+    /// The capability was revoked.
+    Revoked,
+}
+
+impl fmt::Display for ClaimRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::WrongCode => "the invite code is wrong",
+            Self::TooOld => "the claim is too old; run `claudemesh join` again",
+            Self::Mismatch => "the claim does not match the invite",
+            Self::NotByAnAdmin => "the invite is not signed by an admin of this mesh",
+            Self::Expired => "the invite has expired",
+            Self::Revoked => "the invite was revoked",
+        })
+    }
+}
+
+/// An admin's check of a claim, in this order: the proof (which only a holder of the
+/// invite secret can make: the relay does not know it), its freshness, then the
+/// capability the relay supplied — that it is this invite's, signed by an admin of
+/// `roster` (which is what makes its role and approval mode trustworthy), unexpired and
+/// not `revoked` as far as this admin knows.
+pub fn check_claim(
+    mesh_key: &MeshKey,
+    roster: &crate::roster::Roster,
+    request: &crate::wire::ClaimRequest,
+    cap: &crate::roster::InviteCap,
+    revoked: bool,
+    now: i64,
+) -> Result<(), ClaimRefusal> {
+    let secret = invite_secret(mesh_key, &request.invite);
+    let expected = claim_proof(
+        &secret,
+        &request.invite,
+        &request.member,
+        &request.box_key,
+        request.at,
+    );
+    if !crate::crypto::ct_eq(&expected, &request.proof) {
+        return Err(ClaimRefusal::WrongCode);
+    }
+    if now.abs_diff(request.at) > CLAIM_WINDOW_MS as u64 {
+        return Err(ClaimRefusal::TooOld);
+    }
+    if cap.id != request.invite {
+        return Err(ClaimRefusal::Mismatch);
+    }
+    if cap.verify(roster).is_err() {
+        return Err(ClaimRefusal::NotByAnAdmin);
+    }
+    if now > cap.expires_at {
+        return Err(ClaimRefusal::Expired);
+    }
+    if revoked {
+        return Err(ClaimRefusal::Revoked);
+    }
+    Ok(())
+}
+
 /// What an admin seals to an admitted claimant.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct JoinSecret {
@@ -184,6 +256,100 @@ impl fmt::Debug for JoinSecret {
 mod tests {
     use super::*;
     use crate::crypto::{BoxSecret, MemberSecret};
+
+    #[test]
+    fn claims_are_checked_proof_first_then_freshness_then_the_capability() {
+        use crate::roster::{InviteCap, MeshGenesis, Role, Roster};
+        use crate::wire::ClaimRequest;
+        let owner = MemberSecret::generate();
+        let stranger = MemberSecret::generate();
+        let mesh = MeshId::new();
+        let key = MeshKey::generate();
+        let now = 10_000_000_000;
+        let roster = Roster::from_genesis(&MeshGenesis::sign(&owner, mesh, now - 1000)).unwrap();
+        let invite = InviteId::new();
+        let cap = |by: &MemberSecret, id: InviteId, expires: i64| {
+            InviteCap::sign(by, id, mesh, Role::Member, 1, expires, false, now - 10)
+        };
+        let claimant = MemberSecret::generate().public();
+        let box_key = BoxSecret::generate().public();
+        let request = |secret: [u8; 16], at: i64| ClaimRequest {
+            invite,
+            member: claimant,
+            box_key,
+            at,
+            proof: claim_proof(&secret, &invite, &claimant, &box_key, at),
+        };
+        let right = invite_secret(&key, &invite);
+        let good = cap(&owner, invite, now + 60_000);
+        let old = now - CLAIM_WINDOW_MS - 1;
+        type Case = (
+            &'static str,
+            ClaimRequest,
+            InviteCap,
+            bool,
+            Result<(), ClaimRefusal>,
+        );
+        let cases: Vec<Case> = vec![
+            ("valid", request(right, now), good.clone(), false, Ok(())),
+            (
+                "wrong code",
+                request([0; 16], now),
+                good.clone(),
+                false,
+                Err(ClaimRefusal::WrongCode),
+            ),
+            (
+                "wrong code beats age",
+                request([0; 16], old),
+                good.clone(),
+                false,
+                Err(ClaimRefusal::WrongCode),
+            ),
+            (
+                "too old",
+                request(right, old),
+                good.clone(),
+                false,
+                Err(ClaimRefusal::TooOld),
+            ),
+            (
+                "another invite's cap",
+                request(right, now),
+                cap(&owner, InviteId::new(), now + 60_000),
+                false,
+                Err(ClaimRefusal::Mismatch),
+            ),
+            (
+                "cap by a non-admin",
+                request(right, now),
+                cap(&stranger, invite, now + 60_000),
+                false,
+                Err(ClaimRefusal::NotByAnAdmin),
+            ),
+            (
+                "expired",
+                request(right, now),
+                cap(&owner, invite, now - 1),
+                false,
+                Err(ClaimRefusal::Expired),
+            ),
+            (
+                "revoked",
+                request(right, now),
+                good.clone(),
+                true,
+                Err(ClaimRefusal::Revoked),
+            ),
+        ];
+        for (what, req, c, revoked, want) in cases {
+            assert_eq!(
+                check_claim(&key, &roster, &req, &c, revoked, now),
+                want,
+                "{what}"
+            );
+        }
+    }
 
     #[test]
     fn link_round_trip_and_debug_hides_secret() {

@@ -177,6 +177,16 @@ pub struct RosterEntry {
 }
 
 impl RosterEntry {
+    /// Is this the entry that admits `claimant` through `cap`, signed by `admin`: an add
+    /// of exactly that key, with the invite's role, naming the invite?
+    pub fn admits(&self, claimant: &MemberKey, cap: &InviteCap, admin: &MemberKey) -> bool {
+        self.op == RosterOp::Add
+            && self.member == *claimant
+            && self.role == cap.role
+            && self.invite == Some(cap.id)
+            && self.by == *admin
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn canonical(
         mesh: &MeshId,
@@ -537,6 +547,74 @@ mod tests {
         let g = MeshGenesis::sign(&owner, MeshId::new(), 1);
         let r = Roster::from_genesis(&g).unwrap();
         (owner, g, r)
+    }
+
+    #[test]
+    fn an_admission_entry_must_match_the_claim_exactly() {
+        let (owner, g, _) = setup();
+        let claimant = MemberSecret::generate().public();
+        let other = MemberSecret::generate().public();
+        let cap = InviteCap::sign(
+            &owner,
+            InviteId::new(),
+            g.mesh,
+            Role::Member,
+            1,
+            99,
+            false,
+            1,
+        );
+        let entry = |member, role, op, invite| {
+            RosterEntry::sign(&owner, g.mesh, member, role, op, 2, invite)
+        };
+        let admin = owner.public();
+        let cases = [
+            (
+                "exact",
+                entry(claimant, Role::Member, RosterOp::Add, Some(cap.id)),
+                admin,
+                true,
+            ),
+            (
+                "another key",
+                entry(other, Role::Member, RosterOp::Add, Some(cap.id)),
+                admin,
+                false,
+            ),
+            (
+                "a higher role",
+                entry(claimant, Role::Admin, RosterOp::Add, Some(cap.id)),
+                admin,
+                false,
+            ),
+            (
+                "a removal",
+                entry(claimant, Role::Member, RosterOp::Remove, Some(cap.id)),
+                admin,
+                false,
+            ),
+            (
+                "no invite",
+                entry(claimant, Role::Member, RosterOp::Add, None),
+                admin,
+                false,
+            ),
+            (
+                "another invite",
+                entry(claimant, Role::Member, RosterOp::Add, Some(InviteId::new())),
+                admin,
+                false,
+            ),
+            (
+                "signed by someone else than the deciding admin",
+                entry(claimant, Role::Member, RosterOp::Add, Some(cap.id)),
+                other,
+                false,
+            ),
+        ];
+        for (what, e, by, want) in cases {
+            assert_eq!(e.admits(&claimant, &cap, &by), want, "{what}");
+        }
     }
 
     #[test]

@@ -188,6 +188,68 @@ impl Hello {
             &self.sig,
         )
     }
+
+    /// The checks a relay makes before it looks at the mesh: a common version (the
+    /// highest, returned), a timestamp within [`HELLO_WINDOW_MS`] of `now`, a valid
+    /// signature — in that order.
+    pub fn check(&self, now: i64) -> Result<u32, HelloRefusal> {
+        let version = self
+            .versions
+            .iter()
+            .copied()
+            .filter(|v| SUPPORTED_VERSIONS.contains(v))
+            .max()
+            .ok_or(HelloRefusal::NoCommonVersion)?;
+        if now.abs_diff(self.ts) > HELLO_WINDOW_MS as u64 {
+            return Err(HelloRefusal::Stale {
+                behind_secs: now.saturating_sub(self.ts) / 1000,
+            });
+        }
+        self.verify_sig().map_err(|_| HelloRefusal::BadSignature)?;
+        Ok(version)
+    }
+}
+
+/// Why [`Hello::check`] refused a hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelloRefusal {
+    /// None of its versions is one this build speaks.
+    NoCommonVersion,
+    /// Its timestamp is this many seconds behind the relay's clock (negative: ahead).
+    Stale {
+        /// Seconds behind.
+        behind_secs: i64,
+    },
+    /// The signature does not verify.
+    BadSignature,
+}
+
+impl HelloRefusal {
+    /// The wire code.
+    pub fn code(self) -> ErrorCode {
+        match self {
+            Self::NoCommonVersion => ErrorCode::UnsupportedVersion,
+            Self::Stale { .. } => ErrorCode::StaleHello,
+            Self::BadSignature => ErrorCode::BadSignature,
+        }
+    }
+}
+
+impl std::fmt::Display for HelloRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NoCommonVersion => write!(
+                f,
+                "no common protocol version (relay speaks {SUPPORTED_VERSIONS:?}); upgrade claudemesh"
+            ),
+            Self::Stale { behind_secs } => write!(
+                f,
+                "hello timestamp is {behind_secs} s away from the relay clock (limit {} s); check this machine's clock",
+                HELLO_WINDOW_MS / 1000
+            ),
+            Self::BadSignature => f.write_str("hello signature does not verify"),
+        }
+    }
 }
 
 /// A claimant's request to join through an invite.
@@ -714,6 +776,76 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, FrameError> 
 mod tests {
     use super::*;
     use crate::crypto::BoxSecret;
+
+    #[test]
+    fn hello_checks_version_then_clock_then_signature() {
+        let m = MemberSecret::generate();
+        let now = 1_000_000_000;
+        let hello = |versions: Vec<u32>, ts: i64| {
+            let mut h = Hello::sign(
+                &m,
+                MeshId::new(),
+                SessionId::new(),
+                BoxSecret::generate().public(),
+                ts,
+                "t",
+            );
+            h.versions = versions;
+            h
+        };
+        let forged = |mut h: Hello| {
+            h.ts += 1;
+            h
+        };
+        let cases: Vec<(&str, Hello, Result<u32, HelloRefusal>)> = vec![
+            ("current", hello(vec![1], now), Ok(1)),
+            ("newer client too", hello(vec![1, 7], now), Ok(1)),
+            (
+                "only newer",
+                hello(vec![7], now),
+                Err(HelloRefusal::NoCommonVersion),
+            ),
+            (
+                "none",
+                hello(vec![], now),
+                Err(HelloRefusal::NoCommonVersion),
+            ),
+            ("59 s behind", hello(vec![1], now - 59_000), Ok(1)),
+            ("60 s ahead", hello(vec![1], now + 60_000), Ok(1)),
+            (
+                "61 s behind",
+                hello(vec![1], now - 61_000),
+                Err(HelloRefusal::Stale { behind_secs: 61 }),
+            ),
+            (
+                "61 s ahead",
+                hello(vec![1], now + 61_000),
+                Err(HelloRefusal::Stale { behind_secs: -61 }),
+            ),
+            (
+                "tampered",
+                forged(hello(vec![1], now)),
+                Err(HelloRefusal::BadSignature),
+            ),
+            (
+                "stale and tampered: the clock is named first",
+                forged(hello(vec![1], now - 120_000)),
+                Err(HelloRefusal::Stale { behind_secs: 119 }),
+            ),
+        ];
+        for (what, h, want) in cases {
+            assert_eq!(h.check(now), want, "{what}");
+        }
+        assert_eq!(
+            HelloRefusal::NoCommonVersion.code(),
+            ErrorCode::UnsupportedVersion
+        );
+        assert!(
+            HelloRefusal::Stale { behind_secs: 61 }
+                .to_string()
+                .contains("61 s")
+        );
+    }
 
     #[test]
     fn error_codes_keep_their_wire_names_and_unknown_ones_still_decode() {

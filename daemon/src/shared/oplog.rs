@@ -17,11 +17,11 @@ use claudemesh_relay::Connection;
 use claudemesh_schema::ipc::methods::InboxMessage;
 use claudemesh_schema::ipc::shared::{AuditResult, WriteResult};
 use claudemesh_schema::message::Priority;
-use claudemesh_schema::op::{self, Op, OpBody, SequencedOp};
+use claudemesh_schema::op::{self, Op, OpBody, Reorder, SequencedOp};
 use claudemesh_schema::wire::{self, ClientFrame, ErrorCode, MAX_CIPHERTEXT};
 use claudemesh_schema::{MeshId, MessageId, OpId, SessionId, now_ms};
 use rusqlite::{Transaction, params};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -41,44 +41,6 @@ mod convergence;
 const MAX_AHEAD: usize = 200_000;
 /// Ops opened per blocking task while catching up.
 const OPEN_CHUNK: usize = 512;
-
-/// Puts sequenced ops that arrive in any order, duplicated, back in sequence order.
-#[derive(Debug, Default)]
-pub(crate) struct Reorder {
-    /// Next sequence to apply.
-    pub(crate) next: u64,
-    ahead: BTreeMap<u64, SequencedOp>,
-}
-
-impl Reorder {
-    pub(crate) fn new(next: u64) -> Self {
-        Self {
-            next,
-            ahead: BTreeMap::new(),
-        }
-    }
-
-    /// Continue from `next` (a snapshot covered everything before it).
-    pub(crate) fn skip_to(&mut self, next: u64) {
-        self.ahead = self.ahead.split_off(&next);
-        self.next = next;
-    }
-
-    /// Take `ops`; return those now next in line, in order (possibly none).
-    pub(crate) fn push(&mut self, ops: Vec<SequencedOp>) -> Vec<SequencedOp> {
-        for o in ops {
-            if o.seq >= self.next {
-                self.ahead.insert(o.seq, o);
-            }
-        }
-        let mut run = Vec::new();
-        while let Some(o) = self.ahead.remove(&self.next) {
-            run.push(o);
-            self.next += 1;
-        }
-        run
-    }
-}
 
 /// The op log's state on one live link.
 #[derive(Debug, Default)]
@@ -333,8 +295,8 @@ impl LinkOps {
         {
             tracing::error!(mesh = %m.id.short(), relay_head = h, applied = next - 1, "the relay's log is behind this daemon's (restored from an old backup, or another relay?); new ops will not apply until that is fixed");
         }
-        let gap = !self.stalled
-            && (head.is_some_and(|h| next <= h) || self.order.ahead.len() > MAX_AHEAD);
+        let gap =
+            !self.stalled && (head.is_some_and(|h| next <= h) || self.order.waiting() > MAX_AHEAD);
         if head.is_some() && !gap {
             // Caught up once everything queued so far commits (applies commit in order).
             let (d2, m2) = (d.clone(), m.clone());

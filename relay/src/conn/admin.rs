@@ -274,12 +274,7 @@ impl<S: Store> Conn<S> {
                             "claim already decided or withdrawn",
                         );
                     };
-                    let valid = e.op == RosterOp::Add
-                        && e.member == c.request.member
-                        && e.role == c.cap.role
-                        && e.invite == Some(c.cap.id)
-                        && e.by == member;
-                    if !valid {
+                    if !e.admits(&c.request.member, &c.cap, &member) {
                         drop(st);
                         return self.error(
                             Some(rid),

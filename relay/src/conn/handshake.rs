@@ -3,7 +3,7 @@
 use claudemesh_schema::ClaimId;
 use claudemesh_schema::now_ms;
 use claudemesh_schema::wire::{
-    self, ClaimRequest, ErrorCode, Hello, MAX_CIPHERTEXT, RelayFrame, SUPPORTED_VERSIONS, Welcome,
+    self, ClaimRequest, ErrorCode, Hello, MAX_CIPHERTEXT, RelayFrame, Welcome,
 };
 use std::sync::atomic::Ordering;
 
@@ -87,30 +87,10 @@ impl<S: Store> Conn<S> {
     pub(super) async fn hello(&mut self, h: Hello) -> Result<(), End> {
         self.check_handshake_rate()?;
         let now = now_ms();
-        let Some(version) = h
-            .versions
-            .iter()
-            .copied()
-            .filter(|v| SUPPORTED_VERSIONS.contains(v))
-            .max()
-        else {
-            return Err(self.fatal(
-                ErrorCode::UnsupportedVersion,
-                &format!("no common protocol version (relay speaks {SUPPORTED_VERSIONS:?}); upgrade claudemesh"),
-            ));
+        let version = match h.check(now) {
+            Ok(v) => v,
+            Err(refusal) => return Err(self.fatal(refusal.code(), &refusal.to_string())),
         };
-        if now.abs_diff(h.ts) > wire::HELLO_WINDOW_MS as u64 {
-            return Err(self.fatal(
-                ErrorCode::StaleHello,
-                &format!(
-                    "hello timestamp is {} s away from the relay clock (limit 60 s); check this machine's clock",
-                    now.saturating_sub(h.ts) / 1000
-                ),
-            ));
-        }
-        if h.verify_sig().is_err() {
-            return Err(self.fatal(ErrorCode::BadSignature, "hello signature does not verify"));
-        }
         let fresh =
             lock(&self.hub.nonces).insert(h.nonce, now, now + 2 * wire::HELLO_WINDOW_MS + 1);
         if !fresh {

@@ -16,8 +16,9 @@ use rusqlite::{Connection, params};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::{Reorder, apply_run};
+use super::apply_run;
 use crate::shared::{fold, query};
+use claudemesh_schema::op::Reorder;
 
 struct Relay {
     log: Vec<SequencedOp>,
