@@ -87,6 +87,11 @@ pub struct RelayConfig {
     pub preauth_frames: u32,
     /// How long an invite claim may wait for an admin's decision, seconds. Default 900.
     pub claim_wait_secs: u64,
+    /// New connections accepted per second per IP (IPv6: one /64), before any TLS or QUIC
+    /// handshake work; beyond it the connection is refused at once. Default 50.
+    pub accept_rate: f64,
+    /// Burst of new connections per IP. Default 200.
+    pub accept_burst: f64,
     /// Most open connections. Default 20 000.
     pub max_connections: usize,
     /// Most open connections from one IP address (IPv6: one /64). Default 1 000.
@@ -158,6 +163,8 @@ impl Default for RelayConfig {
             hello_timeout_secs: 10,
             preauth_frames: 8,
             claim_wait_secs: 900,
+            accept_rate: 50.0,
+            accept_burst: 200.0,
             max_connections: 20_000,
             max_connections_per_ip: 1_000,
             max_preauth_connections: 2_048,
@@ -223,7 +230,11 @@ impl RelayConfig {
                 "hello_timeout_secs must be at least 1".into(),
             ));
         }
-        if self.handshake_rate <= 0.0 || self.member_rate <= 0.0 || self.presence_rate <= 0.0 {
+        if self.handshake_rate <= 0.0
+            || self.member_rate <= 0.0
+            || self.presence_rate <= 0.0
+            || self.accept_rate <= 0.0
+        {
             return Err(ConfigError::Invalid("rates must be positive".into()));
         }
         if self.send_queue < 16 {
@@ -335,6 +346,11 @@ const KEY_DOCS: &[(&str, &str)] = &[
         "claim_wait_secs",
         "How long an invite claim may wait for an admin's decision.",
     ),
+    (
+        "accept_rate",
+        "New connections per second per IP, refused before any handshake work beyond it.",
+    ),
+    ("accept_burst", "Burst of new connections per IP."),
     ("max_connections", "Most open connections."),
     (
         "max_connections_per_ip",

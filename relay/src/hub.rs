@@ -547,6 +547,8 @@ pub(crate) struct Hub<S> {
     frame_log: Option<Mutex<std::fs::File>>,
     /// Caps on open connections.
     pub(crate) gate: Arc<Gate>,
+    /// New connections per address.
+    accepts: Mutex<KeyedLimiter<IpAddr>>,
     /// Bytes queued to all connections.
     pub(crate) budget: Arc<QueueBudget>,
     /// Bytes stored, against the disk budget.
@@ -654,6 +656,7 @@ impl<S: Store> Hub<S> {
                 preauth_per_address: cfg.max_preauth_per_ip,
             }),
             budget: QueueBudget::new(cfg.queued_bytes_budget),
+            accepts: Mutex::new(KeyedLimiter::new(cfg.accept_rate, cfg.accept_burst)),
             disk,
             tasks: TaskTracker::new(),
             cfg,
@@ -736,6 +739,20 @@ impl<S: Store> Hub<S> {
 
     pub(crate) fn invite_mesh(&self, id: &InviteId) -> Option<MeshId> {
         lock(&self.invite_index).get(id).copied()
+    }
+
+    /// Admit a new connection from `ip`: within its address's accept rate and under the
+    /// connection caps. Err says why not (for the debug log).
+    pub(crate) fn admit(&self, ip: IpAddr) -> Result<crate::limits::Slot, String> {
+        let key = crate::limits::address_key(ip);
+        if lock(&self.accepts).take(&key, Instant::now()).is_err() {
+            self.stats.refused_at_accept.fetch_add(1, Ordering::Relaxed);
+            return Err("too many new connections from this address (accept_rate)".into());
+        }
+        self.gate.admit(ip).map_err(|full| {
+            self.stats.refused_at_accept.fetch_add(1, Ordering::Relaxed);
+            full.to_string()
+        })
     }
 
     pub(crate) fn handshake_allowed(&self, ip: IpAddr) -> Result<(), std::time::Duration> {

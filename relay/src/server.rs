@@ -310,11 +310,10 @@ async fn quic_loop<S: Store>(hub: Arc<Hub<S>>, ep: quinn::Endpoint) {
         };
         let remote = incoming.remote_address();
         // Counted before the handshake: a refused address costs one packet, no state.
-        let slot = match hub.gate.admit(remote.ip()) {
+        let slot = match hub.admit(remote.ip()) {
             Ok(s) => s,
-            Err(full) => {
-                tracing::debug!(%remote, %full, "connection refused");
-                hub.stats.refused_at_accept.fetch_add(1, Ordering::Relaxed);
+            Err(why) => {
+                tracing::debug!(%remote, why, "connection refused");
                 incoming.refuse();
                 continue;
             }
@@ -397,11 +396,10 @@ async fn tcp_loop<S: Store>(
                 }
             },
         };
-        let slot = match hub.gate.admit(remote.ip()) {
+        let slot = match hub.admit(remote.ip()) {
             Ok(s) => s,
-            Err(full) => {
-                tracing::debug!(%remote, %full, "connection refused");
-                hub.stats.refused_at_accept.fetch_add(1, Ordering::Relaxed);
+            Err(why) => {
+                tracing::debug!(%remote, why, "connection refused");
                 drop(stream);
                 continue;
             }

@@ -509,3 +509,28 @@ async fn health_detail_lives_behind_the_metrics_listener() {
     assert_eq!(detail["status"], "ok");
     f.relay.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_storm_from_one_address_is_refused_before_any_handshake() {
+    let f = relay(|c| {
+        c.accept_rate = 0.5;
+        c.accept_burst = 5.0;
+    })
+    .await;
+    let (mesh_id, owner, mut a, member, mut b) = mesh(&f).await;
+    // Ten new connections in a row from another address: five fit the burst.
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+        held.push(s.connect(f.relay.addr()).await.unwrap());
+    }
+    let refused = counter_reaches(&f, "claudemesh_relay_connections_refused_total", 5).await;
+    assert_eq!(refused, 5);
+    // The pair's address has its own budget (its two links used two of five).
+    let late = Member::new();
+    add_member(&mut a, &owner, mesh_id, &late, 9).await;
+    let _late_link = link(&f, mesh_id, &late).await;
+    assert!(still_routes(&owner, &mut a, &member, &mut b).await < DAEMON_WAIT);
+    f.relay.shutdown().await;
+}

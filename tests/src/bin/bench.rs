@@ -369,7 +369,14 @@ fn bench_relay_with(bin: &Path, root: &Path, name: &str, extra: &[&str], toml: &
     let cfg = root.join(format!("{name}.toml"));
     std::fs::write(
         &cfg,
-        format!("handshake_rate = 100000.0\nhandshake_burst = 100000.0\n{toml}"),
+        if toml.contains("accept_rate") {
+            format!("handshake_rate = 100000.0\nhandshake_burst = 100000.0\n{toml}")
+        } else {
+            format!(
+                "handshake_rate = 100000.0\nhandshake_burst = 100000.0\n\
+                 accept_rate = 100000.0\naccept_burst = 100000.0\n{toml}"
+            )
+        },
     )
     .unwrap();
     let mut args = vec!["--config", cfg.to_str().unwrap()];
@@ -501,7 +508,15 @@ impl Stop {
 /// one address, so the per-address caps apply to them as to one hostile host).
 async fn attacks(bin: &Path) {
     let root = tempfile::tempdir().unwrap();
-    let relay = bench_relay(bin, root.path(), "relay-attacks", &[]);
+    // The default accept limits (50 new connections/s per address, burst 200): the
+    // attackers share this one address, as one hostile host would.
+    let relay = bench_relay_with(
+        bin,
+        root.path(),
+        "relay-attacks",
+        &[],
+        "accept_rate = 50.0\naccept_burst = 200.0\n",
+    );
     let addr = relay.addr;
     let pid = relay.pid();
     let (_mesh, raws) = raw_mesh(&relay, 4).await;
