@@ -407,6 +407,7 @@ async fn throughput(bin: &Path) {
             senders.push((key, target, drive(s, t0, tally.clone(), u64::MAX)));
         }
         let start = Instant::now();
+        let cpu0 = cpu_secs(relay.pid());
         let waiter = tally.clone();
         let wait = tokio::spawn(async move { waiter.all_delivered.notified().await });
         for (key, target, tx) in senders {
@@ -422,12 +423,14 @@ async fn throughput(bin: &Path) {
             .await
             .is_ok();
         let secs = start.elapsed().as_secs_f64();
+        let relay_cpu = (cpu_secs(relay.pid()) - cpu0) / secs;
         let delivered = tally.seen.lock().unwrap().len() as u64;
         println!(
-            "relay throughput ({label}, {pairs} sender->receiver pairs): {:.0} envelopes/s ({delivered}/{expect} delivered in {secs:.2}s, refused {}, relay RSS {} MB){}",
+            "relay throughput ({label}, {pairs} sender->receiver pairs): {:.0} envelopes/s ({delivered}/{expect} delivered in {secs:.2}s, refused {}, relay RSS {} MB, relay CPU {:.0} % of one core){}",
             delivered as f64 / secs,
             tally.refused.load(Ordering::Relaxed),
             rss_kb(relay.pid()) / 1024,
+            relay_cpu * 100.0,
             if ok { "" } else { " TIMED OUT" }
         );
     }
@@ -631,6 +634,7 @@ async fn attacks(bin: &Path) {
         };
         let mut waits = Vec::new();
         let mut queued = 0;
+        let (cpu0, t0) = (cpu_secs(pid), Instant::now());
         for _ in 0..300 {
             let f = envelope_to(&a_key, &b_key, Instant::now());
             let id = match wire::decode::<ClientFrame>(&f).unwrap() {
@@ -655,12 +659,14 @@ async fn attacks(bin: &Path) {
             }
             waits.push(w);
         }
+        let relay_cpu = (cpu_secs(pid) - cpu0) / t0.elapsed().as_secs_f64();
         stop.cancel();
         let _ = sampler.await;
         let (p50, p99) = (pct(&mut waits.clone(), 0.5), pct(&mut waits, 0.99));
         println!(
-            "attack: {phase}: pair send->relayed p50 {p50:.2} ms p99 {p99:.2} ms ({queued}/300 over the daemon's 3 s wait or refused), relay peak RSS {} MB",
-            peak.load(Ordering::Relaxed) / 1024
+            "attack: {phase}: pair send->relayed p50 {p50:.2} ms p99 {p99:.2} ms ({queued}/300 over the daemon's 3 s wait or refused), relay peak RSS {} MB, relay CPU {:.0} % of one core",
+            peak.load(Ordering::Relaxed) / 1024,
+            relay_cpu * 100.0
         );
     }
     drop(tcp_held);
@@ -1301,6 +1307,17 @@ async fn open_hosted(sock: &Path, key: &str, name: &str, pushes: Pushes) -> Host
         }
     });
     Hosted { id, task }
+}
+
+/// CPU seconds (user + system) a process has used.
+fn cpu_secs(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the command.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn threads(pid: u32) -> u64 {
