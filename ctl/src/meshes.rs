@@ -50,6 +50,8 @@ pub(crate) async fn up(a: UpArgs) -> Res {
                     relay: None,
                     fingerprint: None,
                     display_name: env_name(a.name),
+                    // The embedded relay admits anyone.
+                    token: None,
                 },
             )
             .await?;
@@ -98,6 +100,7 @@ pub(crate) async fn create(a: CreateArgs) -> Res {
                 relay: a.relay,
                 fingerprint: a.fingerprint,
                 display_name: env_name(a.display_name),
+                token: None,
             },
         )
         .await?;

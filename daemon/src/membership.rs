@@ -129,6 +129,7 @@ pub(crate) async fn create(d: &Arc<Daemon>, p: CreateParams) -> Result<MeshInfo,
         &ClientFrame::CreateMesh {
             rid: 1,
             genesis: genesis.clone(),
+            token: None,
         },
     )
     .await?;

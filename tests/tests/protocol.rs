@@ -128,6 +128,7 @@ async fn mesh(f: &Fixture) -> (MeshId, Member, Connection, Member, Connection) {
         &ClientFrame::CreateMesh {
             rid: 1,
             genesis: MeshGenesis::sign(&owner.key, mesh, now_ms()),
+            token: None,
         },
     )
     .await;
