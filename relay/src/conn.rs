@@ -335,7 +335,11 @@ impl<S: Store> Conn<S> {
         match &self.state {
             State::New => match f {
                 ClientFrame::Hello(h) => self.hello(h).await,
-                ClientFrame::CreateMesh { rid, genesis, .. } => self.create_mesh(rid, genesis).await,
+                ClientFrame::CreateMesh {
+                    rid,
+                    genesis,
+                    token,
+                } => self.create_mesh(rid, genesis, token).await,
                 ClientFrame::Claim(req) => self.claim(req),
                 _ => Err(self.fatal(ErrorCode::Unexpected, "send hello first")),
             },
@@ -465,6 +469,7 @@ impl<S: Store> Conn<S> {
         &mut self,
         rid: u64,
         genesis: claudemesh_schema::roster::MeshGenesis,
+        token: Option<wire::CreationToken>,
     ) -> Result<(), End> {
         self.check_handshake_rate()?;
         let Ok(st) = MeshState::new(genesis.clone()) else {
@@ -487,6 +492,17 @@ impl<S: Store> Conn<S> {
                 ErrorCode::QuotaExceeded,
                 "this relay hosts as many meshes as it allows",
             );
+            return Ok(());
+        }
+        // Admission last: a token's use is spent only for a creation that is stored next.
+        let ip = self.remote.ip();
+        if let Err(r) = self
+            .hub
+            .admission
+            .admit(ip, &genesis.owner, token.as_ref())
+            .await
+        {
+            self.push(&r.frame(rid));
             return Ok(());
         }
         if let Err(e) = self.hub.store.create_mesh(genesis.clone()).await {
