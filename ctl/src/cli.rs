@@ -626,6 +626,10 @@ pub(crate) struct CreateArgs {
     /// Your display name in this mesh.
     #[arg(long = "name", id = "display_name")]
     pub(crate) display_name: Option<String>,
+    /// File holding a creation token, for a relay whose admission asks for one (or set
+    /// CLAUDEMESH_CREATE_TOKEN; the token is never taken as an argument).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) token_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub(crate) json: JsonArg,
 }

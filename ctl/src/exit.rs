@@ -2,6 +2,7 @@
 //! message printed with it. The only place that maps daemon errors to exit codes.
 
 use claudemesh_daemon::client::ClientError;
+use claudemesh_relay::admission::TokenError;
 use claudemesh_relay::cli::CliError as RelayCliError;
 use claudemesh_schema::ipc::codes;
 
@@ -90,11 +91,13 @@ impl Exit {
         }
     }
 
-    /// The exit code for a failed `claudemesh relay`: a bad config file or flag combination
-    /// is a usage error; anything else (a port in use, a broken certificate) an error.
+    /// The exit code for a failed `claudemesh relay`: a bad config file, flag combination
+    /// or token argument is a usage error, an unknown token id not found; anything else (a
+    /// port in use, a broken certificate) an error.
     pub(crate) fn for_relay_error(e: &RelayCliError) -> Exit {
         match e {
-            RelayCliError::Config(_) => Exit::Usage,
+            RelayCliError::Config(_) | RelayCliError::Token(TokenError::Invalid(_)) => Exit::Usage,
+            RelayCliError::Token(TokenError::UnknownId(_)) => Exit::NotFound,
             _ => Exit::Error,
         }
     }
@@ -254,6 +257,14 @@ mod tests {
                     source: std::io::ErrorKind::PermissionDenied.into(),
                 },
                 Exit::Error,
+            ),
+            (
+                RelayCliError::Token(TokenError::Invalid("--uses must be at least 1".into())),
+                Exit::Usage,
+            ),
+            (
+                RelayCliError::Token(TokenError::UnknownId("AAAAAAAA".into())),
+                Exit::NotFound,
             ),
         ];
         for (e, exit) in table {

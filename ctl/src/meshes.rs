@@ -5,6 +5,7 @@ use claudemesh_daemon::client::{Client, ClientError};
 use claudemesh_schema::ipc::methods::{
     self as m, CreateParams, MeshInfo, MeshParams, StatusResult,
 };
+use claudemesh_schema::wire::CreationToken;
 
 use crate::cli::{CreateArgs, JsonArg, LeaveArgs, UpArgs};
 use crate::daemon::{client, paths, start_in_background, wait_stopped};
@@ -50,6 +51,8 @@ pub(crate) async fn up(a: UpArgs) -> Res {
                     relay: None,
                     fingerprint: None,
                     display_name: env_name(a.name),
+                    // The embedded relay admits anyone.
+                    token: None,
                 },
             )
             .await?;
@@ -87,7 +90,42 @@ pub(crate) async fn up(a: UpArgs) -> Res {
     Ok(())
 }
 
+/// The variable `create` reads a creation token from.
+const TOKEN_ENV: &str = "CLAUDEMESH_CREATE_TOKEN";
+
+/// The creation token for `create`: from `--token-file`, else `CLAUDEMESH_CREATE_TOKEN`
+/// (never an argument: argv is visible to every user of the machine). Errors never show it.
+fn creation_token(file: Option<&std::path::Path>) -> Result<Option<CreationToken>, Failure> {
+    let (token, from) = match file {
+        Some(f) => {
+            let text = std::fs::read_to_string(f).map_err(|e| {
+                Failure::new(
+                    Exit::Usage,
+                    format!("cannot read the token file {}: {e}", f.display()),
+                )
+            })?;
+            (CreationToken::new(&text), format!("{}", f.display()))
+        }
+        None => match std::env::var(TOKEN_ENV) {
+            Ok(v) if !v.trim().is_empty() => (CreationToken::new(&v), TOKEN_ENV.to_string()),
+            _ => return Ok(None),
+        },
+    };
+    let t = token.expose();
+    if !t.starts_with("cmrt_") || t.contains(char::is_whitespace) {
+        return Err(Failure::new(
+            Exit::Usage,
+            format!(
+                "{from} does not hold a creation token (one line starting with cmrt_, as \
+                 `claudemesh-relay token create` prints)"
+            ),
+        ));
+    }
+    Ok(Some(token))
+}
+
 pub(crate) async fn create(a: CreateArgs) -> Res {
+    let token = creation_token(a.token_file.as_deref())?;
     let p = paths()?;
     let mut c = client(&p).await?;
     let info: MeshInfo = c
@@ -98,6 +136,7 @@ pub(crate) async fn create(a: CreateArgs) -> Res {
                 relay: a.relay,
                 fingerprint: a.fingerprint,
                 display_name: env_name(a.display_name),
+                token,
             },
         )
         .await?;

@@ -1,6 +1,7 @@
 //! The daemon process: single-instance lock, store, embedded relay, one link per mesh, the
 //! local socket server, and orderly shutdown.
 
+use claudemesh_relay::config::AdmissionMode;
 use claudemesh_relay::{Relay, RelayConfig, RelayHandle};
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -147,6 +148,10 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
         let rc = RelayConfig {
             listen: cfg.relay.listen,
             data_dir: paths.relay_data(),
+            // The local relay is this user's own: anyone who reaches it may create meshes,
+            // as many as they like (a public relay runs standalone, with token admission).
+            admission: AdmissionMode::Open,
+            create_rate_per_hour: 0,
             ..RelayConfig::default()
         };
         let r = Relay::bind(rc).await?;

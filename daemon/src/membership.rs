@@ -129,6 +129,7 @@ pub(crate) async fn create(d: &Arc<Daemon>, p: CreateParams) -> Result<MeshInfo,
         &ClientFrame::CreateMesh {
             rid: 1,
             genesis: genesis.clone(),
+            token: p.token.clone(),
         },
     )
     .await?;
@@ -136,9 +137,14 @@ pub(crate) async fn create(d: &Arc<Daemon>, p: CreateParams) -> Result<MeshInfo,
         match recv_raw(&mut conn, Duration::from_secs(10)).await? {
             Some(RelayFrame::Ok { rid: 1 }) => break,
             Some(RelayFrame::Error { code, message, .. }) => {
-                return Err(Error::relay(format!(
-                    "the relay refused to create the mesh ({code}): {message}"
-                )));
+                let m =
+                    format!("the relay at {addr} refused to create the mesh ({code}): {message}");
+                // Its admission policy: not allowed, not worth retrying as is.
+                return Err(if code == ErrorCode::CreationRefused {
+                    Error::forbidden(m)
+                } else {
+                    Error::relay(m)
+                });
             }
             Some(_) => continue,
             None => return Err(Error::relay("the relay did not answer the mesh creation")),

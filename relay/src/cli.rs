@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConfigError, RelayConfig};
+use crate::admission::{self, NewToken, TokenError};
+use crate::config::{AdmissionMode, ConfigError, RelayConfig};
 use crate::server::{Relay, RelayError};
 use crate::sqlite::Durability;
 use crate::tls::{Identity, TlsError};
@@ -96,6 +97,79 @@ pub enum RelayCommand {
         #[command(subcommand)]
         what: ConfigCommand,
     },
+    /// Mesh-creation tokens, for `admission = "token"` (safe while the relay runs).
+    Token {
+        /// What to do with them.
+        #[command(subcommand)]
+        what: TokenCommand,
+    },
+}
+
+/// A `token` action.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Issue a token and print it on stdout, once (the relay keeps only its hash).
+    Create {
+        /// How many meshes it may create.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// How long it is valid: 30m, 12h, 7d, 2w… or never.
+        #[arg(long, default_value = "7d", value_parser = parse_expiry)]
+        expires: Expiry,
+        /// Who or what it is for (shown by `token list`).
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// List tokens: id, uses left, expiry, status and note (never the token).
+    List,
+    /// Revoke a token: no mesh is created with it from now on.
+    Revoke {
+        /// Its id, as `token list` shows it.
+        id: String,
+    },
+}
+
+/// `--expires`: seconds from now, or never.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiry(pub Option<u64>);
+
+/// Parse "30s", "15m", "12h", "7d", "2w" (a bare number is seconds) or "never".
+fn parse_expiry(s: &str) -> Result<Expiry, String> {
+    let s = s.trim();
+    if s == "never" {
+        return Ok(Expiry(None));
+    }
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (use e.g. 30m, 12h, 7d, or never)"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {s:?} (use s, m, h, d or w, or never)"
+            ));
+        }
+    };
+    match n.checked_mul(mult) {
+        Some(0) => Err("--expires must be more than 0 (or never)".into()),
+        Some(secs) if secs <= 10 * 365 * 86_400 => Ok(Expiry(Some(secs))),
+        _ => Err("--expires is at most 10 years (or never)".into()),
+    }
+}
+
+/// What a `token` command prints: `stdout` (for `create` the token alone on one line, so
+/// `TOKEN=$(claudemesh-relay token create)` works) and a note for stderr.
+#[derive(Debug)]
+pub struct TokenOutput {
+    /// For stdout.
+    pub stdout: String,
+    /// For stderr.
+    pub note: Option<String>,
 }
 
 /// A `config` helper.
@@ -129,6 +203,9 @@ pub enum CliError {
     /// Stdout could not be written (the fingerprint, the defaults, the ready line).
     #[error("cannot write to stdout: {0}")]
     Output(std::io::Error),
+    /// A `token` command failed.
+    #[error(transparent)]
+    Token(#[from] TokenError),
 }
 
 impl RelayArgs {
@@ -162,15 +239,22 @@ impl RelayArgs {
     }
 }
 
-/// Do what the command line asks: print the default config, print the fingerprint, or run
-/// the relay until SIGTERM or Ctrl-C. Runs on the caller's tokio runtime (multi-threaded:
+/// Do what the command line asks: print the default config, print the fingerprint, manage
+/// creation tokens, or run the relay until SIGTERM or Ctrl-C. Runs on the caller's tokio runtime (multi-threaded:
 /// the relay spawns its listeners), so each binary sizes it.
 pub async fn run(args: RelayArgs) -> Result<(), CliError> {
-    match args.command {
+    match &args.command {
         Some(RelayCommand::Config {
             what: ConfigCommand::Default,
         }) => return print(&RelayConfig::default_toml()),
         Some(RelayCommand::Fingerprint) => return fingerprint(&args.config()?),
+        Some(RelayCommand::Token { what }) => {
+            let out = token(&args.config()?, what)?;
+            if let Some(note) = out.note {
+                let _ = writeln!(std::io::stderr(), "{note}");
+            }
+            return print(&out.stdout);
+        }
         Some(RelayCommand::Run) | None => {}
     }
     let cfg = args.config()?;
@@ -207,6 +291,114 @@ fn fingerprint(cfg: &RelayConfig) -> Result<(), CliError> {
         "{}\n",
         claudemesh_schema::encoding::b64(&id.fingerprint)
     ))
+}
+
+/// Run a `token` command against the relay database of `cfg`.
+pub fn token(cfg: &RelayConfig, what: &TokenCommand) -> Result<TokenOutput, CliError> {
+    let db = cfg.data_dir.join("relay.db");
+    let now = claudemesh_schema::now_ms();
+    match what {
+        TokenCommand::Create {
+            uses,
+            expires,
+            note,
+        } => {
+            std::fs::create_dir_all(&cfg.data_dir).map_err(|source| CliError::DataDir {
+                path: cfg.data_dir.clone(),
+                source,
+            })?;
+            let new = NewToken {
+                uses: *uses,
+                expires_in_secs: expires.0,
+                note: note.clone(),
+            };
+            let issued = admission::issue(&db, cfg.durability, &new)?;
+            let i = &issued.info;
+            let mut note = format!(
+                "Creation token {} ({}, {}): shown only now, the relay keeps its hash. \
+                 Hand it over privately; `claudemesh create` reads it from \
+                 CLAUDEMESH_CREATE_TOKEN or --token-file.",
+                i.id,
+                plural(i.max_uses, "mesh", "meshes"),
+                expiry(i.expires_at, now)
+            );
+            if cfg.admission != AdmissionMode::Token {
+                note.push_str(&format!(
+                    "\nNote: this config's admission is \"{}\"; tokens are asked for only with \
+                     admission = \"token\".",
+                    cfg.admission.as_str()
+                ));
+            }
+            Ok(TokenOutput {
+                stdout: format!("{}\n", issued.token.expose()),
+                note: Some(note),
+            })
+        }
+        TokenCommand::List => {
+            let list = admission::list(&db)?;
+            if list.is_empty() {
+                return Ok(TokenOutput {
+                    stdout: String::new(),
+                    note: Some(
+                        "No creation tokens. Issue one with `claudemesh-relay token create`."
+                            .into(),
+                    ),
+                });
+            }
+            let mut out = format!(
+                "{:<10} {:<9} {:<16} {:<8} NOTE\n",
+                "ID", "LEFT", "EXPIRES", "STATUS"
+            );
+            for t in &list {
+                out.push_str(&format!(
+                    "{:<10} {:<9} {:<16} {:<8} {}\n",
+                    t.id,
+                    format!("{}/{}", t.left(), t.max_uses),
+                    expiry(t.expires_at, now),
+                    t.status(now),
+                    t.note
+                ));
+            }
+            Ok(TokenOutput {
+                stdout: out,
+                note: None,
+            })
+        }
+        TokenCommand::Revoke { id } => {
+            let t = admission::revoke(&db, id)?;
+            Ok(TokenOutput {
+                stdout: String::new(),
+                note: Some(format!(
+                    "Creation token {} revoked ({} of {} used); no mesh is created with it from now on.",
+                    t.id, t.uses, t.max_uses
+                )),
+            })
+        }
+    }
+}
+
+fn plural(n: u32, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// "expires in 6d 23h", "expired 2h ago", "never expires".
+fn expiry(at: Option<i64>, now: i64) -> String {
+    match at {
+        None => "never expires".into(),
+        Some(at) if at > now => format!("expires in {}", span((at - now) as u64)),
+        Some(at) => format!("expired {} ago", span((now - at) as u64)),
+    }
+}
+
+fn span(ms: u64) -> String {
+    let m = ms.div_ceil(60_000);
+    let (d, h, m) = (m / 1440, m / 60 % 24, m % 60);
+    match (d, h) {
+        (0, 0) => format!("{m}m"),
+        (0, h) => format!("{h}h {m}m"),
+        (d, 0) => format!("{d}d"),
+        (d, h) => format!("{d}d {h}h"),
+    }
 }
 
 fn print(text: &str) -> Result<(), CliError> {
@@ -295,6 +487,59 @@ mod tests {
         let a = parse(&["fingerprint", "--data-dir", "d"]);
         assert!(matches!(a.command, Some(RelayCommand::Fingerprint)));
         assert_eq!(a.data_dir, Some(PathBuf::from("d")));
+    }
+
+    #[test]
+    fn token_commands_issue_list_and_revoke_without_ever_listing_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("relay-data");
+        let d = d.to_str().unwrap();
+        let run = |args: &[&str]| {
+            let a = parse(&[args, &["--data-dir", d]].concat());
+            let Some(RelayCommand::Token { what }) = &a.command else {
+                panic!("not a token command: {args:?}")
+            };
+            token(&a.config().unwrap(), what)
+        };
+        let made = run(&["token", "create", "--uses", "3", "--note", "for ada"]).unwrap();
+        let tok = made.stdout.trim().to_string();
+        assert!(tok.starts_with("cmrt_") && !tok.contains(char::is_whitespace));
+        let note = made.note.unwrap();
+        assert!(
+            note.contains("3 meshes") && note.contains("expires in 7d"),
+            "{note}"
+        );
+        assert!(note.contains("admission is \"open\""), "{note}");
+        let id = &tok[5..13];
+        let list = run(&["token", "list"]).unwrap().stdout;
+        assert!(
+            list.contains(id) && list.contains("3/3") && list.contains("for ada"),
+            "{list}"
+        );
+        assert!(!list.contains(&tok[5..]), "list never shows the token");
+        run(&["token", "create", "--expires", "never"]).unwrap();
+        assert!(
+            run(&["token", "list"])
+                .unwrap()
+                .stdout
+                .contains("never expires")
+        );
+        run(&["token", "revoke", id]).unwrap();
+        assert!(run(&["token", "list"]).unwrap().stdout.contains("revoked"));
+        assert!(matches!(
+            run(&["token", "revoke", "AAAAAAAA"]),
+            Err(CliError::Token(TokenError::UnknownId(_)))
+        ));
+    }
+
+    #[test]
+    fn token_expiry_parses_durations_and_never() {
+        assert_eq!(parse_expiry("7d"), Ok(Expiry(Some(7 * 86_400))));
+        assert_eq!(parse_expiry("90"), Ok(Expiry(Some(90))));
+        assert_eq!(parse_expiry("never"), Ok(Expiry(None)));
+        for bad in ["", "0", "7y", "-1d", "99999w"] {
+            assert!(parse_expiry(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -6,6 +6,31 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::sqlite::Durability;
+use claudemesh_schema::crypto::MemberKey;
+
+/// Who may create a mesh on a relay (`admission`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AdmissionMode {
+    /// Anyone.
+    #[default]
+    Open,
+    /// Whoever presents a creation token the operator issued.
+    Token,
+    /// Only the owner keys in `allowed_owners`.
+    Allowlist,
+}
+
+impl AdmissionMode {
+    /// The config value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Token => "token",
+            Self::Allowlist => "allowlist",
+        }
+    }
+}
 
 /// The configuration was invalid.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +92,21 @@ pub struct RelayConfig {
     pub mesh_quota_messages: u64,
     /// Most undelivered bytes stored per mesh. Default 256 MiB.
     pub mesh_quota_bytes: u64,
+    /// Who may create a mesh here: `open` (anyone), `token` (whoever presents a creation
+    /// token from `claudemesh-relay token create`; each creation spends one of its uses) or
+    /// `allowlist` (only the owner keys in `allowed_owners`). Default `open` (also the
+    /// daemon's embedded local relay); a relay on a public address wants `token`.
+    pub admission: AdmissionMode,
+    /// Owner member keys (ed25519 public keys, base64url) that may create meshes under
+    /// `admission = "allowlist"`; set only with that policy. `claudemesh create` makes a
+    /// fresh owner key for each mesh, so this suits clients that bring their own key; for
+    /// people, use `token`. Default empty.
+    pub allowed_owners: Vec<String>,
+    /// Meshes one IP address (an IPv6 /64) may create per hour, whatever the admission
+    /// policy; 0 turns the limit off (the daemon's embedded local relay does). Default 10.
+    pub create_rate_per_hour: u32,
+    /// Meshes one address may create at once before the hourly rate applies. Default 5.
+    pub create_burst: u32,
     /// Handshakes (hellos, claims, mesh creations) per second per IP. Default 20.
     pub handshake_rate: f64,
     /// Burst of handshakes per IP. Default 60.
@@ -134,7 +174,7 @@ pub struct RelayConfig {
     pub metrics_on_tls_port: bool,
     /// Debugging aid: append every frame received from clients to this file (4-byte
     /// big-endian length, then the frame). It holds only what the relay sees anyway:
-    /// routing headers and ciphertext. Default none.
+    /// routing headers and ciphertext, and the creation tokens clients present. Default none.
     pub frame_log: Option<PathBuf>,
 }
 
@@ -153,6 +193,10 @@ impl Default for RelayConfig {
             op_dedupe_secs: 30 * 24 * 3600,
             max_meshes: 100_000,
             max_members: 10_000,
+            admission: AdmissionMode::Open,
+            allowed_owners: Vec::new(),
+            create_rate_per_hour: 10,
+            create_burst: 5,
             mesh_quota_messages: 100_000,
             mesh_quota_bytes: 256 << 20,
             handshake_rate: 20.0,
@@ -237,12 +281,56 @@ impl RelayConfig {
         {
             return Err(ConfigError::Invalid("rates must be positive".into()));
         }
+        self.check_admission()?;
         if self.send_queue < 16 {
             return Err(ConfigError::Invalid(
                 "send_queue must be at least 16".into(),
             ));
         }
         Ok(())
+    }
+
+    fn check_admission(&self) -> Result<(), ConfigError> {
+        match self.admission {
+            AdmissionMode::Allowlist if self.allowed_owners.is_empty() => {
+                return Err(ConfigError::Invalid(
+                    "admission = \"allowlist\" needs at least one owner key in allowed_owners"
+                        .into(),
+                ));
+            }
+            AdmissionMode::Open | AdmissionMode::Token if !self.allowed_owners.is_empty() => {
+                return Err(ConfigError::Invalid(format!(
+                    "allowed_owners is used only with admission = \"allowlist\" (admission is \"{}\"); \
+                     remove it or change admission",
+                    self.admission.as_str()
+                )));
+            }
+            _ => {}
+        }
+        self.owner_keys()?;
+        if self.create_rate_per_hour > 0 && self.create_burst == 0 {
+            return Err(ConfigError::Invalid(
+                "create_burst must be at least 1 (or set create_rate_per_hour = 0 for no limit)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The keys of `allowed_owners`, parsed.
+    pub fn owner_keys(&self) -> Result<Vec<MemberKey>, ConfigError> {
+        self.allowed_owners
+            .iter()
+            .map(|s| {
+                MemberKey::from_b64(s.trim())
+                    .filter(MemberKey::is_valid)
+                    .ok_or_else(|| {
+                        ConfigError::Invalid(format!(
+                            "allowed_owners: {s:?} is not a member key (an ed25519 public key: 43 characters of base64url)"
+                        ))
+                    })
+            })
+            .collect()
     }
 
     /// The defaults as commented TOML: the configuration reference, one line of
@@ -308,6 +396,19 @@ const KEY_DOCS: &[(&str, &str)] = &[
         "op_dedupe_secs",
         "How long the id of a compacted op is remembered to drop late resends.",
     ),
+    (
+        "admission",
+        "Who may create meshes: open, token (claudemesh-relay token create) or allowlist.",
+    ),
+    (
+        "allowed_owners",
+        "Owner keys (base64url) allowed to create meshes; only with admission = \"allowlist\".",
+    ),
+    (
+        "create_rate_per_hour",
+        "Meshes one IP (IPv6: one /64) may create per hour, whatever the policy; 0 for no limit.",
+    ),
+    ("create_burst", "Burst of mesh creations per IP."),
     ("max_meshes", "Most meshes this relay hosts."),
     ("max_members", "Most members per mesh."),
     (
@@ -433,5 +534,35 @@ mod tests {
         assert!(toml::from_str::<RelayConfig>("lissten = \"0.0.0.0:1\"").is_err());
         let c: RelayConfig = toml::from_str("quic = false\nwebsocket = false").unwrap();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn admission_combinations_are_checked() {
+        let key = claudemesh_schema::crypto::MemberSecret::generate()
+            .public()
+            .to_b64();
+        let check = |text: &str| toml::from_str::<RelayConfig>(text).unwrap().validate();
+        check("admission = \"token\"").unwrap();
+        check(&format!(
+            "admission = \"allowlist\"\nallowed_owners = [\"{key}\"]"
+        ))
+        .unwrap();
+        check("create_rate_per_hour = 0\ncreate_burst = 0").unwrap();
+        for (bad, says) in [
+            ("admission = \"allowlist\"".to_string(), "at least one"),
+            (
+                "admission = \"allowlist\"\nallowed_owners = [\"nope\"]".to_string(),
+                "\"nope\" is not a member key",
+            ),
+            (
+                format!("admission = \"token\"\nallowed_owners = [\"{key}\"]"),
+                "only with admission = \"allowlist\"",
+            ),
+            ("create_burst = 0".to_string(), "create_burst"),
+        ] {
+            let e = check(&bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        assert!(toml::from_str::<RelayConfig>("admission = \"closed\"").is_err());
     }
 }

@@ -534,6 +534,8 @@ pub(crate) struct Gauges {
 pub(crate) struct Hub<S> {
     pub(crate) store: S,
     pub(crate) cfg: RelayConfig,
+    /// Who may create meshes (policy, per-address limit, creation tokens).
+    pub(crate) admission: crate::admission::Admission,
     meshes: RwLock<HashMap<MeshId, Arc<MeshEntry>>>,
     invite_index: Mutex<HashMap<InviteId, MeshId>>,
     pub(crate) nonces: Mutex<NonceCache>,
@@ -639,6 +641,7 @@ impl<S: Store> Hub<S> {
         });
         Self {
             store,
+            admission: crate::admission::Admission::new(&cfg),
             meshes: RwLock::new(meshes),
             invite_index: Mutex::new(invite_index),
             nonces: Mutex::new(nonces),

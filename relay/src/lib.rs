@@ -8,7 +8,8 @@
 //!
 //! It is also a library: the daemon embeds it for the zero-configuration local default,
 //! and the daemon and tests use [`client`] to speak the protocol. [`cli`] is the command line
-//! of both `claudemesh-relay` and `claudemesh relay`.
+//! of both `claudemesh-relay` and `claudemesh relay`; [`admission`] decides who may create a
+//! mesh and keeps the operator's creation tokens.
 //!
 //! Read [`server`] (listeners) then `conn` (the protocol state machine) first.
 //!
@@ -16,6 +17,7 @@
 //! where keys live.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod admission;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -329,7 +329,11 @@ impl Readers {
 
 fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
     let mut completions = Vec::with_capacity(batch.len());
-    let tx = match conn.transaction() {
+    // IMMEDIATE: take the write lock up front (waiting for it under the busy timeout). A
+    // deferred batch that read first would fail at once with SQLITE_BUSY when another
+    // connection (`claudemesh-relay token create`, the relay's token check) committed in
+    // between.
+    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
             tracing::error!(error = %e, "cannot begin a store transaction");

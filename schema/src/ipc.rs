@@ -591,6 +591,10 @@ pub mod methods {
         /// Display name in this mesh.
         #[serde(default)]
         pub display_name: Option<String>,
+        /// Creation token for a relay whose admission policy asks for one (the CLI reads
+        /// it from `CLAUDEMESH_CREATE_TOKEN` or `--token-file`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub token: Option<crate::wire::CreationToken>,
     }
 
     /// A joined mesh.

@@ -20,5 +20,6 @@ pub const RELAY: &[&str] = &[
     include_str!("../sql/relay/0001_init.sql"),
     include_str!("../sql/relay/0002_ops.sql"),
     include_str!("../sql/relay/0003_snapshots.sql"),
+    include_str!("../sql/relay/0004_creation_tokens.sql"),
     include_str!("../sql/relay/0005_hello_nonces.sql"),
 ];

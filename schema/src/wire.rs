@@ -13,7 +13,8 @@
 //! **A connection** starts with exactly one of:
 //! - [`ClientFrame::Hello`]: a member's daemon joins its mesh link; the relay answers
 //!   [`RelayFrame::Welcome`] or an error and closes;
-//! - [`ClientFrame::CreateMesh`]: registers a new mesh (then the client may `Hello`);
+//! - [`ClientFrame::CreateMesh`]: registers a new mesh (then the client may `Hello`), with a
+//!   [`CreationToken`] when the relay's admission policy asks for one;
 //! - [`ClientFrame::Claim`]: an invite claimant asks for admission and waits for
 //!   [`RelayFrame::ClaimResult`];
 //! - [`ClientFrame::Ping`]: liveness/round-trip probe, allowed before hello.
@@ -429,6 +430,37 @@ pub struct Welcome {
     pub max_ciphertext: u64,
 }
 
+/// A mesh-creation token, issued by a relay's operator (`claudemesh-relay token create`)
+/// and presented in [`ClientFrame::CreateMesh`]. It is a secret: `Debug` does not show it,
+/// and it is wiped from memory when dropped.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CreationToken(String);
+
+impl CreationToken {
+    /// Wrap a token as given (surrounding whitespace removed, as from a file).
+    pub fn new(token: &str) -> Self {
+        Self(token.trim().to_string())
+    }
+
+    /// The token itself, to hash or to send; never to log.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for CreationToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CreationToken(..)")
+    }
+}
+
+impl Drop for CreationToken {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 /// The outcome of a claim, sent to the claimant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
@@ -471,6 +503,10 @@ pub enum ClientFrame {
         rid: u64,
         /// The signed genesis.
         genesis: MeshGenesis,
+        /// A creation token from the relay's operator, for a relay whose admission policy
+        /// is `token`; absent otherwise (and in frames of older clients).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<CreationToken>,
     },
     /// Claim an invite.
     Claim(ClaimRequest),
@@ -907,6 +943,31 @@ mod tests {
         };
         let s = String::from_utf8(encode(&e).unwrap()).unwrap();
         assert!(s.contains(r#""code":"stale_hello""#), "{s}");
+    }
+
+    #[test]
+    fn create_mesh_carries_a_token_only_when_given_and_old_frames_still_parse() {
+        let genesis = MeshGenesis::sign(&MemberSecret::generate(), MeshId::new(), 5);
+        let plain = ClientFrame::CreateMesh {
+            rid: 1,
+            genesis: genesis.clone(),
+            token: None,
+        };
+        let s = String::from_utf8(encode(&plain).unwrap()).unwrap();
+        assert!(!s.contains("token"), "{s}");
+        assert_eq!(decode::<ClientFrame>(s.as_bytes()).unwrap(), plain);
+        let with = ClientFrame::CreateMesh {
+            rid: 1,
+            genesis,
+            token: Some(CreationToken::new(" cmrt_abc\n")),
+        };
+        let s = String::from_utf8(encode(&with).unwrap()).unwrap();
+        assert!(s.contains(r#""token":"cmrt_abc""#), "{s}");
+        assert_eq!(decode::<ClientFrame>(s.as_bytes()).unwrap(), with);
+        assert!(
+            !format!("{with:?}").contains("cmrt_abc"),
+            "Debug hides the token"
+        );
     }
 
     #[test]

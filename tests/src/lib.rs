@@ -56,7 +56,8 @@ pub struct RelayProc {
 }
 
 impl RelayProc {
-    /// Start a relay on a free loopback port with its data in `data_dir`.
+    /// Start a relay on a free loopback port with its data in `data_dir`: `bin` is the
+    /// `claudemesh` binary (run as `claudemesh relay`) or the `claudemesh-relay` binary.
     pub fn start(bin: &Path, data_dir: &Path, extra: &[&str]) -> Self {
         let mut r = Self {
             bin: bin.to_path_buf(),
@@ -73,9 +74,13 @@ impl RelayProc {
     /// Start it again (same address and data) after a stop or kill.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "relay is still running");
+        let standalone = self
+            .bin
+            .file_stem()
+            .is_some_and(|n| n == "claudemesh-relay");
         let mut cmd = Command::new(&self.bin);
         cmd.args([
-            "relay",
+            if standalone { "run" } else { "relay" },
             "--notify-ready",
             "--listen",
             &self.addr.to_string(),

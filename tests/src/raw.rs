@@ -234,6 +234,7 @@ pub async fn mesh(f: &Fixture) -> (MeshId, Member, Connection, Member, Connectio
         &ClientFrame::CreateMesh {
             rid: 1,
             genesis: MeshGenesis::sign(&owner.key, mesh, now_ms()),
+            token: None,
         },
     )
     .await;

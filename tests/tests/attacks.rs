@@ -373,6 +373,7 @@ async fn a_squatted_message_id_is_refused_to_its_second_sender_even_after_a_rest
         &ClientFrame::CreateMesh {
             rid: 1,
             genesis: MeshGenesis::sign(&other.key, other_mesh, now_ms()),
+            token: None,
         },
     )
     .await;

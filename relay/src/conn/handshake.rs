@@ -38,6 +38,7 @@ impl<S: Store> Conn<S> {
         &mut self,
         rid: u64,
         genesis: claudemesh_schema::roster::MeshGenesis,
+        token: Option<wire::CreationToken>,
     ) -> Result<(), End> {
         self.check_handshake_rate()?;
         let Ok(st) = MeshState::new(genesis.clone()) else {
@@ -60,6 +61,17 @@ impl<S: Store> Conn<S> {
                 ErrorCode::QuotaExceeded,
                 "this relay hosts as many meshes as it allows",
             );
+            return Ok(());
+        }
+        // Admission last: a token's use is spent only for a creation that is stored next.
+        let ip = self.remote.ip();
+        if let Err(r) = self
+            .hub
+            .admission
+            .admit(ip, &genesis.owner, token.as_ref())
+            .await
+        {
+            self.push(&r.frame(rid));
             return Ok(());
         }
         if let Err(e) = self.hub.store.create_mesh(genesis.clone()).await {

@@ -366,7 +366,11 @@ impl<S: Store> Conn<S> {
         match &self.state {
             State::New => match f {
                 ClientFrame::Hello(h) => self.hello(h).await,
-                ClientFrame::CreateMesh { rid, genesis } => self.create_mesh(rid, genesis).await,
+                ClientFrame::CreateMesh {
+                    rid,
+                    genesis,
+                    token,
+                } => self.create_mesh(rid, genesis, token).await,
                 ClientFrame::Claim(req) => self.claim(req),
                 _ => Err(self.fatal(ErrorCode::Unexpected, "send hello first")),
             },

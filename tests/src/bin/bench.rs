@@ -199,6 +199,7 @@ async fn raw_mesh(relay: &RelayProc, members: usize) -> (MeshId, Vec<Raw>) {
         &ClientFrame::CreateMesh {
             rid: 1,
             genesis: MeshGenesis::sign(&owner, mesh, now_ms()),
+            token: None,
         },
     )
     .await;
