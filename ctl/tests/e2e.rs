@@ -283,22 +283,11 @@ fn with_quic_blocked_the_daemon_falls_back_to_websocket() {
     drop(blackhole);
 }
 
-/// The `claudemesh-relay` binary of this build (built with the workspace; when running
-/// this package's tests alone, `cargo build -p claudemesh-relay` first).
-fn relay_bin() -> std::path::PathBuf {
-    let p = bin().with_file_name("claudemesh-relay");
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build -p claudemesh-relay`",
-        p.display()
-    );
-    p
-}
-
-/// Run `claudemesh-relay token …` against a relay's data and config; returns stdout.
+/// Run `claudemesh relay token …` (the same command line as `claudemesh-relay token …`)
+/// against a relay's data and config; returns stdout.
 fn relay_token(relay: &RelayProc, config: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new(relay_bin())
-        .arg("token")
+    let out = std::process::Command::new(bin())
+        .args(["relay", "token"])
         .args(args)
         .arg("--config")
         .arg(config)
@@ -316,7 +305,7 @@ fn create_on_a_token_relay_needs_the_token_from_the_environment_and_spends_it() 
     let config = root.path().join("relay.toml");
     std::fs::write(&config, "admission = \"token\"\n").unwrap();
     let relay = RelayProc::start(
-        &relay_bin(),
+        bin(),
         &root.path().join("relay"),
         &["--config", config.to_str().unwrap()],
     );

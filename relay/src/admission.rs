@@ -27,7 +27,7 @@ use claudemesh_schema::wire::{CreationToken, ErrorCode, RelayFrame};
 use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 use sha2::{Digest as _, Sha256};
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -462,21 +462,6 @@ fn span(ms: u64) -> String {
     }
 }
 
-/// The address a creation counts against: IPv4 as is, IPv6 by its /64 (one host usually
-/// has a whole /64), IPv4-mapped IPv6 as IPv4.
-fn ip_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-    }
-}
-
 /// The relay's admission state: policy, per-address limiter, token table.
 #[derive(Debug)]
 pub(crate) struct Admission {
@@ -537,7 +522,7 @@ impl Admission {
         token: Option<&CreationToken>,
     ) -> Result<(), Why> {
         if let Some(l) = &self.limiter
-            && let Err(wait) = lock(l).take(&ip_key(ip), Instant::now())
+            && let Err(wait) = lock(l).take(&crate::limits::address_key(ip), Instant::now())
         {
             return Err(Why::Limited(wait.as_millis() as u64 + 1));
         }
@@ -684,16 +669,6 @@ mod tests {
             (ErrorCode::RateLimited, Some(360_000))
         );
         assert!(r.message.contains("retry in 6 min"), "{}", r.message);
-    }
-
-    #[test]
-    fn addresses_count_by_ipv4_or_ipv6_slash_64() {
-        let k = |s: &str| ip_key(s.parse().unwrap());
-        assert_eq!(k("192.0.2.7"), k("192.0.2.7"));
-        assert_ne!(k("192.0.2.7"), k("192.0.2.8"));
-        assert_eq!(k("2001:db8:1:2::1"), k("2001:db8:1:2:ffff::9"));
-        assert_ne!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
-        assert_eq!(k("::ffff:192.0.2.7"), k("192.0.2.7"));
     }
 
     #[test]

@@ -183,7 +183,7 @@ impl FrameWriter {
                     // Wait until the peer has everything (or gave up), so closing the
                     // connection afterwards cannot cut off the last frames.
                     let _ =
-                        tokio::time::timeout(std::time::Duration::from_secs(1), s.stopped()).await;
+                        tokio::time::timeout(std::time::Duration::from_secs(3), s.stopped()).await;
                 }
             }
             Self::WsClient(w) => {

@@ -4,118 +4,40 @@
 //! while an existing mesh's pair keeps routing.
 #![allow(clippy::unwrap_used)]
 
-use bytes::Bytes;
 use clap::Parser as _;
 use claudemesh_relay::admission::{self, NewToken};
 use claudemesh_relay::cli::{RelayCli, RelayCommand};
-use claudemesh_relay::client::connect_quic;
 use claudemesh_relay::config::AdmissionMode;
 use claudemesh_relay::sqlite::Durability;
-use claudemesh_relay::{Connection, Relay, RelayConfig, RelayHandle};
-use claudemesh_schema::crypto::{BoxSecret, MemberKey, MemberSecret};
-use claudemesh_schema::roster::{MeshGenesis, Role, RosterEntry, RosterOp};
-use claudemesh_schema::wire::{
-    self, ClientFrame, CreationToken, Envelope, ErrorCode, Hello, RelayFrame, Route, Seal,
-};
-use claudemesh_schema::{MeshId, MessageId, SessionId, now_ms};
-use std::time::Duration;
+use claudemesh_relay::{Connection, RelayConfig};
+use claudemesh_schema::crypto::MemberSecret;
+use claudemesh_schema::roster::MeshGenesis;
+use claudemesh_schema::wire::{ClientFrame, CreationToken, ErrorCode, RelayFrame};
+use claudemesh_schema::{MeshId, now_ms};
+use claudemesh_tests::raw::{Fixture, Member, add_member, quic, recv, relay, send, still_routes};
 
-struct Fixture {
-    relay: Option<RelayHandle>,
-    cfg: RelayConfig,
-    _dir: tempfile::TempDir,
-}
-
-impl Fixture {
-    fn handle(&self) -> &RelayHandle {
-        self.relay.as_ref().unwrap()
-    }
-
-    /// Stop the relay gracefully and start it again on the same data.
-    async fn restart(&mut self) {
-        self.relay.take().unwrap().shutdown().await;
-        self.relay = Some(Relay::bind(self.cfg.clone()).await.unwrap().spawn());
-    }
-
-    /// `claudemesh-relay token …` with this relay's data directory, as an operator runs it
-    /// (while the relay runs); returns what it prints on stdout.
-    fn token_cli(&self, args: &[&str]) -> String {
-        let data = self.cfg.data_dir.to_str().unwrap();
-        let cli = RelayCli::try_parse_from(
-            ["claudemesh-relay", "token"]
-                .into_iter()
-                .chain(args.iter().copied())
-                .chain(["--data-dir", data]),
-        )
-        .unwrap();
-        let Some(RelayCommand::Token { what }) = &cli.args.command else {
-            panic!("not a token command")
-        };
-        let cfg = cli.args.config().unwrap();
-        claudemesh_relay::cli::token(&cfg, what).unwrap().stdout
-    }
-
-    /// A token issued with `token create`.
-    fn issue(&self, args: &[&str]) -> CreationToken {
-        let out = self.token_cli(&[&["create"], args].concat());
-        CreationToken::new(out.trim())
-    }
-
-    async fn shutdown(mut self) {
-        self.relay.take().unwrap().shutdown().await;
-    }
-}
-
-async fn relay(tweak: impl FnOnce(&mut RelayConfig)) -> Fixture {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = RelayConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().join("relay"),
-        ..RelayConfig::default()
-    };
-    tweak(&mut cfg);
-    let r = Relay::bind(cfg.clone()).await.unwrap();
-    Fixture {
-        relay: Some(r.spawn()),
-        cfg,
-        _dir: dir,
-    }
-}
-
-async fn quic(f: &Fixture) -> Connection {
-    connect_quic(
-        f.handle().addr(),
-        Some(f.handle().fingerprint()),
-        Duration::from_secs(5),
+/// `claudemesh-relay token …` with this relay's data directory, as an operator runs it
+/// (while the relay runs); returns what it prints on stdout.
+fn token_cli(f: &Fixture, args: &[&str]) -> String {
+    let data = f.cfg.data_dir.to_str().unwrap();
+    let cli = RelayCli::try_parse_from(
+        ["claudemesh-relay", "token"]
+            .into_iter()
+            .chain(args.iter().copied())
+            .chain(["--data-dir", data]),
     )
-    .await
-    .unwrap()
+    .unwrap();
+    let Some(RelayCommand::Token { what }) = &cli.args.command else {
+        panic!("not a token command")
+    };
+    let cfg = cli.args.config().unwrap();
+    claudemesh_relay::cli::token(&cfg, what).unwrap().stdout
 }
 
-async fn send(c: &mut Connection, f: &ClientFrame) {
-    c.writer
-        .send(Bytes::from(wire::encode(f).unwrap()))
-        .await
-        .unwrap();
-}
-
-async fn recv(c: &mut Connection) -> RelayFrame {
-    let b = tokio::time::timeout(Duration::from_secs(10), c.reader.next())
-        .await
-        .expect("relay answered in time")
-        .expect("connection open")
-        .expect("frame readable");
-    wire::decode(&b).unwrap()
-}
-
-/// Read frames until one matches.
-async fn until<T>(c: &mut Connection, mut pick: impl FnMut(RelayFrame) -> Option<T>) -> T {
-    loop {
-        if let Some(t) = pick(recv(c).await) {
-            return t;
-        }
-    }
+/// A token issued with `token create`.
+fn issue(f: &Fixture, args: &[&str]) -> CreationToken {
+    let out = token_cli(f, &[&["create"], args].concat());
+    CreationToken::new(out.trim())
 }
 
 /// What the relay answered a mesh creation.
@@ -181,39 +103,10 @@ fn assert_refused(got: Created, says: &str) {
     }
 }
 
-struct Member {
-    key: MemberSecret,
-    session: SessionId,
-    session_key: BoxSecret,
-}
-
-impl Member {
-    fn new() -> Self {
-        Self {
-            key: MemberSecret::generate(),
-            session: SessionId::new(),
-            session_key: BoxSecret::generate(),
-        }
-    }
-    fn pk(&self) -> MemberKey {
-        self.key.public()
-    }
-    fn hello(&self, mesh: MeshId) -> Hello {
-        Hello::sign(
-            &self.key,
-            mesh,
-            self.session,
-            self.session_key.public(),
-            now_ms(),
-            "test",
-        )
-    }
-}
-
 /// Say hello as `m` to `mesh` on a fresh connection: `Ok` once ready, else the error code.
 async fn hello(f: &Fixture, m: &Member, mesh: MeshId) -> Result<Connection, ErrorCode> {
     let mut c = quic(f).await;
-    send(&mut c, &ClientFrame::Hello(m.hello(mesh))).await;
+    send(&mut c, &ClientFrame::Hello(m.hello(mesh, now_ms()))).await;
     loop {
         match recv(&mut c).await {
             RelayFrame::Ready { .. } => return Ok(c),
@@ -237,46 +130,9 @@ async fn pair(
     ));
     let mut a = hello(f, &owner, mesh).await.unwrap();
     let member = Member::new();
-    let entry = RosterEntry::sign(
-        &owner.key,
-        mesh,
-        member.pk(),
-        Role::Member,
-        RosterOp::Add,
-        now_ms(),
-        None,
-    );
-    send(&mut a, &ClientFrame::Roster { rid: 2, entry }).await;
-    until(&mut a, |f| {
-        matches!(f, RelayFrame::Ok { rid: 2 }).then_some(())
-    })
-    .await;
+    add_member(&mut a, &owner, mesh, &member, 2).await;
     let b = hello(f, &member, mesh).await.unwrap();
     (owner, a, member, b)
-}
-
-/// The owner sends the member an (opaque) envelope: `relayed` to one, delivered to the other.
-async fn still_routes(owner: &Member, a: &mut Connection, member: &Member, b: &mut Connection) {
-    let id = MessageId::new();
-    let env = Envelope {
-        id,
-        from: owner.session,
-        from_member: owner.pk(),
-        to: Route::Member {
-            member: member.pk(),
-        },
-        seal: Seal::Box,
-        ct: vec![7; 40],
-    };
-    send(a, &ClientFrame::Send(env)).await;
-    until(a, |f| {
-        matches!(f, RelayFrame::Relayed { id: x, .. } if x == id).then_some(())
-    })
-    .await;
-    until(b, |f| {
-        matches!(f, RelayFrame::Deliver { env, .. } if env.id == id).then_some(())
-    })
-    .await;
 }
 
 fn token_admission(c: &mut RelayConfig) {
@@ -313,12 +169,12 @@ async fn under_token_admission_an_anonymous_create_is_refused_and_nothing_is_sto
         hello(&f, &owner, mesh).await.err(),
         Some(ErrorCode::UnknownMesh)
     );
-    f.restart().await;
+    f = f.restart().await;
     assert_eq!(
         hello(&f, &owner, mesh).await.err(),
         Some(ErrorCode::UnknownMesh)
     );
-    f.shutdown().await;
+    f.relay.shutdown().await;
 }
 
 #[tokio::test]
@@ -329,7 +185,7 @@ async fn a_token_from_token_create_creates_exactly_its_number_of_uses() {
     })
     .await;
     // Issued while the relay runs: no restart needed.
-    let token = f.issue(&["--uses", "3", "--note", "for the test"]);
+    let token = issue(&f, &["--uses", "3", "--note", "for the test"]);
     // Eight creators race with the one token: exactly three get a mesh.
     let owners: Vec<Member> = (0..8).map(|_| Member::new()).collect();
     let meshes: Vec<MeshId> = (0..8).map(|_| MeshId::new()).collect();
@@ -362,19 +218,19 @@ async fn a_token_from_token_create_creates_exactly_its_number_of_uses() {
             assert_eq!(linked.err(), Some(ErrorCode::UnknownMesh), "mesh {i}");
         }
     }
-    let list = f.token_cli(&["list"]);
+    let list = token_cli(&f, &["list"]);
     assert!(list.contains("0/3") && list.contains("used up"), "{list}");
     assert!(
         !list.contains(&token.expose()[5..]),
         "list never shows the token"
     );
-    f.shutdown().await;
+    f.relay.shutdown().await;
 }
 
 #[tokio::test]
 async fn revoked_and_expired_tokens_are_refused() {
     let f = relay(token_admission).await;
-    let token = f.issue(&["--uses", "5"]);
+    let token = issue(&f, &["--uses", "5"]);
     let owner = MemberSecret::generate();
     let mut c = quic(&f).await;
     assert!(matches!(
@@ -383,7 +239,7 @@ async fn revoked_and_expired_tokens_are_refused() {
     ));
     // Revoked while the relay runs: the next creation is refused at once.
     let id = &token.expose()[5..13];
-    f.token_cli(&["revoke", id]);
+    token_cli(&f, &["revoke", id]);
     assert_refused(
         create(&mut c, 2, &owner, MeshId::new(), Some(&token)).await,
         "was revoked",
@@ -405,12 +261,12 @@ async fn revoked_and_expired_tokens_are_refused() {
         create(&mut c, 3, &owner, MeshId::new(), Some(&expired)).await,
         "has expired",
     );
-    let list = f.token_cli(&["list"]);
+    let list = token_cli(&f, &["list"]);
     assert!(
         list.contains("revoked") && list.contains("expired"),
         "{list}"
     );
-    f.shutdown().await;
+    f.relay.shutdown().await;
 }
 
 #[tokio::test]
@@ -430,7 +286,7 @@ async fn under_allowlist_admission_only_listed_owners_create() {
         "allowed_owners",
     );
     // A token does not get an unlisted key past the allowlist.
-    let token = f.issue(&[]);
+    let token = issue(&f, &[]);
     assert_refused(
         create(&mut c, 2, &stranger.key, mesh, Some(&token)).await,
         "allowed_owners",
@@ -445,7 +301,7 @@ async fn under_allowlist_admission_only_listed_owners_create() {
         Created::Ok
     ));
     assert!(hello(&f, &listed, mine).await.is_ok());
-    f.shutdown().await;
+    f.relay.shutdown().await;
 }
 
 #[tokio::test]
@@ -490,8 +346,7 @@ async fn a_burst_of_creates_from_one_address_is_rate_limited_while_a_pair_keeps_
     still_routes(&owner, &mut a, &member, &mut b).await;
     let probe = Member {
         key: MemberSecret::from_bytes(&attacker.to_bytes()),
-        session: SessionId::new(),
-        session_key: BoxSecret::generate(),
+        ..Member::new()
     };
     assert_eq!(
         hello(&f, &probe, limited[0]).await.err(),
@@ -499,5 +354,5 @@ async fn a_burst_of_creates_from_one_address_is_rate_limited_while_a_pair_keeps_
         "a refused creation stores nothing"
     );
     assert!(hello(&f, &probe, created[0]).await.is_ok());
-    f.shutdown().await;
+    f.relay.shutdown().await;
 }

@@ -49,6 +49,18 @@ async fn gauge_falls_to(f: &Fixture, name: &str, at_most: u64) {
     }
 }
 
+/// `n` TCP connections to the relay from another loopback address (Linux routes all of
+/// 127/8 to loopback), so per-address limits see a second host.
+async fn connect_from(f: &Fixture, from: &str, n: usize) -> Vec<tokio::net::TcpStream> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        out.push(s.connect(f.relay.addr()).await.unwrap());
+    }
+    out
+}
+
 fn ping(n: u64) -> Bytes {
     Bytes::from(wire::encode(&ClientFrame::Ping { n }).unwrap())
 }
@@ -252,12 +264,7 @@ async fn connection_caps_refuse_one_address_beyond_its_share_and_not_others() {
     .await;
     let (mesh_id, owner, mut a, member, mut b) = mesh(&f).await;
     // 40 connections from another loopback address hold their place before hello.
-    let mut held = Vec::new();
-    for _ in 0..40 {
-        let s = tokio::net::TcpSocket::new_v4().unwrap();
-        s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
-        held.push(s.connect(f.relay.addr()).await.unwrap());
-    }
+    let mut held = connect_from(&f, "127.0.0.2", 40).await;
     let refused = counter_reaches(&f, "claudemesh_relay_connections_refused_total", 32).await;
     assert_eq!(refused, 32, "8 are admitted before hello, the rest refused");
     // The refused ones were closed at once; their address cannot open more.
@@ -520,12 +527,7 @@ async fn a_reconnect_storm_from_one_address_is_refused_before_any_handshake() {
     .await;
     let (mesh_id, owner, mut a, member, mut b) = mesh(&f).await;
     // Ten new connections in a row from another address: five fit the burst.
-    let mut held = Vec::new();
-    for _ in 0..10 {
-        let s = tokio::net::TcpSocket::new_v4().unwrap();
-        s.bind("127.0.0.3:0".parse().unwrap()).unwrap();
-        held.push(s.connect(f.relay.addr()).await.unwrap());
-    }
+    let _held = connect_from(&f, "127.0.0.3", 10).await;
     let refused = counter_reaches(&f, "claudemesh_relay_connections_refused_total", 5).await;
     assert_eq!(refused, 5);
     // The pair's address has its own budget (its two links used two of five).

@@ -39,7 +39,8 @@ pub(super) async fn write_loop(
                     }
                     let _ = writer.flush().await;
                 };
-                let _ = tokio::time::timeout(Duration::from_secs(1), flush_queued).await;
+                // Generous: a loaded machine must not cut off a claim result or a refusal.
+                let _ = tokio::time::timeout(Duration::from_secs(5), flush_queued).await;
                 break;
             }
             f = ctl.recv() => match f { Some(b) => control(b), None => break },
@@ -75,5 +76,5 @@ pub(super) async fn write_loop(
         queues.took_data(b.len());
     }
     queues.flushed();
-    let _ = tokio::time::timeout(Duration::from_secs(1), writer.close()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer.close()).await;
 }
