@@ -125,7 +125,7 @@ pub struct RelayConfig {
     /// Frames a connection may send before its hello (pings, a mesh creation, a claim);
     /// one more closes it. Default 8.
     pub preauth_frames: u32,
-    /// How long an invite claim may wait for an admin's decision, seconds. Default 900.
+    /// How long an invite claim may wait for an admin's decision, seconds. Default 300.
     pub claim_wait_secs: u64,
     /// New connections accepted per second per IP (IPv6: one /64), before any TLS or QUIC
     /// handshake work; beyond it the connection is refused at once. Default 50.
@@ -206,7 +206,7 @@ impl Default for RelayConfig {
             idle_timeout_secs: 45,
             hello_timeout_secs: 10,
             preauth_frames: 8,
-            claim_wait_secs: 900,
+            claim_wait_secs: 300,
             accept_rate: 50.0,
             accept_burst: 200.0,
             max_connections: 20_000,

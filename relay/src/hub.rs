@@ -462,18 +462,43 @@ pub(crate) struct MeshEntry {
 
 /// Ids accepted recently and whose they are (mesh, sender), so resends are acknowledged
 /// without being forwarded twice and an id another sender already used is refused.
-#[derive(Debug, Default)]
+///
+/// It knows every id accepted since `complete_after` (unix ms: the relay's start, then the
+/// acceptance time of the newest id it had to forget). An id whose v7 timestamp is after
+/// that (with a clock margin) and which it does not know is fresh; any other unknown id
+/// must be looked up in the store before it is forwarded.
+#[derive(Debug)]
 pub(crate) struct RecentIds {
     owners: HashMap<MessageId, (MeshId, MemberKey)>,
-    order: VecDeque<MessageId>,
+    order: VecDeque<(MessageId, i64)>,
+    complete_after: i64,
 }
 
 const RECENT_CAP: usize = 200_000;
 
 impl RecentIds {
+    pub(crate) fn new(started_at: i64) -> Self {
+        Self {
+            owners: HashMap::new(),
+            order: VecDeque::new(),
+            complete_after: started_at,
+        }
+    }
+
     /// Who sent `id`, if it was accepted recently.
     pub(crate) fn owner(&self, id: &MessageId) -> Option<(MeshId, MemberKey)> {
         self.owners.get(id).copied()
+    }
+
+    /// Can an id this set does not know still have been accepted before (before a restart,
+    /// or forgotten since)? Then the store decides.
+    pub(crate) fn may_be_known_elsewhere(&self, id: &MessageId) -> bool {
+        let Some(ts) = id.0.get_timestamp() else {
+            return true;
+        };
+        let (secs, nanos) = ts.to_unix();
+        let ms = secs as i64 * 1000 + i64::from(nanos / 1_000_000);
+        ms <= self.complete_after + wire::HELLO_WINDOW_MS
     }
 
     /// Forget `id` if `owner` holds it (its store write failed; a resend must be stored).
@@ -483,17 +508,18 @@ impl RecentIds {
         }
     }
 
-    /// Record `id` as `owner`'s; false if another owner holds it.
-    pub(crate) fn claim(&mut self, id: MessageId, owner: (MeshId, MemberKey)) -> bool {
+    /// Record `id` as `owner`'s (accepted at `now`); false if another owner holds it.
+    pub(crate) fn claim(&mut self, id: MessageId, owner: (MeshId, MemberKey), now: i64) -> bool {
         match self.owners.get(&id) {
             Some(o) => *o == owner,
             None => {
                 self.owners.insert(id, owner);
-                self.order.push_back(id);
+                self.order.push_back((id, now));
                 if self.order.len() > RECENT_CAP
-                    && let Some(old) = self.order.pop_front()
+                    && let Some((old, at)) = self.order.pop_front()
                 {
                     self.owners.remove(&old);
+                    self.complete_after = self.complete_after.max(at);
                 }
                 true
             }
@@ -646,7 +672,7 @@ impl<S: Store> Hub<S> {
             invite_index: Mutex::new(invite_index),
             nonces: Mutex::new(nonces),
             handshakes: Mutex::new(handshakes),
-            recent: Mutex::new(RecentIds::default()),
+            recent: Mutex::new(RecentIds::new(claudemesh_schema::now_ms())),
             next_id: AtomicU64::new(1),
             stats: Stats::default(),
             upload_bytes: Default::default(),
@@ -759,6 +785,6 @@ impl<S: Store> Hub<S> {
     }
 
     pub(crate) fn handshake_allowed(&self, ip: IpAddr) -> Result<(), std::time::Duration> {
-        lock(&self.handshakes).take(&ip, Instant::now())
+        lock(&self.handshakes).take(&crate::limits::address_key(ip), Instant::now())
     }
 }

@@ -42,6 +42,21 @@ impl TokenBucket {
         }
     }
 
+    /// Take `n` tokens at once (a write that costs more, like a send to many members), or
+    /// say how long until they are available.
+    pub(crate) fn take_n(&mut self, n: f64, now: Instant) -> Result<(), Duration> {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        let n = n.min(self.burst);
+        if self.tokens >= n {
+            self.tokens -= n;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((n - self.tokens) / self.rate))
+        }
+    }
+
     /// Like [`TokenBucket::take`], as a `retry_ms` hint for a refusal.
     pub(crate) fn take_or_retry_ms(&mut self, now: Instant) -> Result<(), u64> {
         self.take(now).map_err(|w| w.as_millis() as u64 + 1)

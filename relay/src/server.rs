@@ -479,8 +479,12 @@ async fn ws_handler<S: Store>(
     // Accept somewhat more than MAX_FRAME so an oversized frame gets a clear error frame
     // from the protocol layer instead of a bare close.
     let hub = st.hub.clone();
+    // The write buffer is bounded too: the WebSocket layer answers pings itself, and a
+    // peer that pings without reading must not grow it (past the bound, writes fail and
+    // the link ends).
     ws.max_message_size(MAX_FRAME * 2)
         .max_frame_size(MAX_FRAME * 2)
+        .max_write_buffer_size(MAX_FRAME * 2 + (128 << 10))
         .on_upgrade(move |socket| {
             let (w, r) = futures_util::StreamExt::split(socket);
             let fut = serve(

@@ -164,6 +164,11 @@ pub trait Store: Send + Sync + 'static {
         e: NewEnvelope,
         done: Done<Put>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Who stored envelope `id` (mesh, sender), if it is still known.
+    fn owner(
+        &self,
+        id: MessageId,
+    ) -> impl Future<Output = Result<Option<(MeshId, MemberKey)>, StoreError>> + Send;
     /// `done` runs once everything queued before it is committed.
     fn barrier(&self, done: Done<()>) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// A member acknowledged envelopes.
@@ -598,6 +603,22 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn owner(&self, id: MessageId) -> Result<Option<(MeshId, MemberKey)>, StoreError> {
+        self.read(move |c| {
+            let row = c
+                .prepare_cached("SELECT mesh, sender FROM messages WHERE id = ?1")?
+                .query_row(params![id.as_bytes()], |r| {
+                    Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+                })
+                .optional()?;
+            Ok(match row {
+                Some((m, s)) => MeshId::from_slice(&m).zip(key_from(s).ok()),
+                None => None,
+            })
+        })
+        .await
+    }
+
     async fn barrier(&self, done: Done<()>) -> Result<(), StoreError> {
         self.writer
             .call_then(|_| Ok(()), move |r| done(r.map_err(StoreError::from)))
@@ -839,7 +860,16 @@ impl Store for SqliteStore {
                     )
                     .map(|n| n as u64)
                 };
-                if seq <= have || seq > head {
+                // Only the author of op `seq` captures the snapshot at `seq` (the rule every
+                // daemon follows): another member cannot replace the log with its bytes.
+                let author_of_seq: Option<Vec<u8>> = tx
+                    .query_row(
+                        "SELECT author FROM ops WHERE mesh = ?1 AND seq = ?2",
+                        params![mesh, seq],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if seq <= have || seq > head || author_of_seq.as_deref() != Some(&snap.author.0[..]) {
                     return Ok(Snapshotted {
                         kept: false,
                         op_bytes: op_bytes(tx)?,
@@ -1067,6 +1097,16 @@ mod tests {
             };
             assert!(!s.put_snapshot(snap).await.unwrap().kept);
         }
+        // A snapshot offered by someone who did not author op `seq` is not kept.
+        append(&s, op(mesh, OpId::new())).await;
+        let foreign = StoredSnapshot {
+            mesh,
+            seq: 4,
+            author: MemberKey([3; 32]),
+            ct: vec![1; 16],
+            at: 8,
+        };
+        assert!(!s.put_snapshot(foreign).await.unwrap().kept);
         // Another author resending a known id is told it is taken, not given its seq.
         let squat = NewOp {
             author: MemberKey([2; 32]),

@@ -70,6 +70,7 @@ pub enum FrameReader {
 impl FrameReader {
     /// The next frame; `None` when the peer closed cleanly.
     pub async fn next(&mut self) -> Option<Result<Bytes, ReadError>> {
+        let mut controls = 0u32;
         loop {
             match self {
                 Self::Quic(r) => {
@@ -104,7 +105,17 @@ impl FrameReader {
                         Ok(M::Binary(b)) => return Some(check_len(b)),
                         Ok(M::Text(_)) => return Some(Err(ReadError::NotBinary)),
                         Ok(M::Close(_)) => return None,
-                        Ok(_) => continue,
+                        // WebSocket pings and pongs are answered below the protocol, so
+                        // they bypass its frame budgets: a run of them ends the link.
+                        Ok(_) => {
+                            controls += 1;
+                            if controls > MAX_CONTROL_RUN {
+                                return Some(Err(ReadError::Io(
+                                    "too many WebSocket control frames in a row".into(),
+                                )));
+                            }
+                            continue;
+                        }
                         Err(e) => {
                             let s = e.to_string();
                             if s.contains("Space limit exceeded") || s.contains("too long") {
@@ -118,6 +129,9 @@ impl FrameReader {
         }
     }
 }
+
+/// WebSocket control frames (ping, pong) accepted between two protocol frames.
+const MAX_CONTROL_RUN: u32 = 16;
 
 fn check_len(b: Bytes) -> Result<Bytes, ReadError> {
     if b.len() > MAX_FRAME {

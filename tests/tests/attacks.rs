@@ -401,15 +401,19 @@ async fn a_squatted_message_id_is_refused_to_its_second_sender_even_after_a_rest
     // After a restart (no memory of recent ids) the store still knows whose it is.
     drop((a, b, c));
     let f = f.restart().await;
+    // The first sender's message was kept: the owner's mailbox still has it.
     let mut a = link(&f, mesh_id, &owner).await;
+    until(&mut a, |f| {
+        matches!(f, RelayFrame::Deliver { env, .. } if env.id == id && env.from_member == member.pk())
+            .then_some(())
+    })
+    .await;
     send(&mut a, &ClientFrame::Send(owner.envelope(id, &member))).await;
     assert_eq!(refusal_of(&mut a, id).await, Some(ErrorCode::IdTaken));
-    // The first sender's resend is still its own duplicate, and its message was kept.
+    // The first sender's resend is still its own duplicate.
     let mut b = link(&f, mesh_id, &member).await;
     send(&mut b, &ClientFrame::Send(member.envelope(id, &owner))).await;
     assert_eq!(refusal_of(&mut b, id).await, None);
-    until(&mut a, |f| matches!(f, RelayFrame::Deliver { env, .. } if env.id == id && env.from_member == member.pk()).then_some(()))
-        .await;
     f.relay.shutdown().await;
 }
 
@@ -535,5 +539,124 @@ async fn a_reconnect_storm_from_one_address_is_refused_before_any_handshake() {
     add_member(&mut a, &owner, mesh_id, &late, 9).await;
     let _late_link = link(&f, mesh_id, &late).await;
     assert!(still_routes(&owner, &mut a, &member, &mut b).await < DAEMON_WAIT);
+    f.relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_squatted_id_after_a_restart_is_never_forwarded() {
+    use claudemesh_schema::wire::{Envelope, Route};
+    let f = relay(|_| {}).await;
+    let (mesh_id, alice, mut a, bob, b) = mesh(&f).await;
+    let mallory = Member::new();
+    add_member(&mut a, &alice, mesh_id, &mallory, 3).await;
+    let mut m = link(&f, mesh_id, &mallory).await;
+    drop(b); // Bob is offline.
+    // Alice writes to everyone; Mallory, a recipient, learns the id.
+    let x = MessageId::new();
+    let env = Envelope {
+        to: Route::All,
+        ..alice.envelope(x, &bob)
+    };
+    send(&mut a, &ClientFrame::Send(env)).await;
+    assert_eq!(refusal_of(&mut a, x).await, None);
+    until(&mut m, |f| {
+        matches!(f, RelayFrame::Deliver { env, .. } if env.id == x).then_some(())
+    })
+    .await;
+    drop((a, m));
+    // The relay restarts: its memory of recent ids is gone.
+    let f = f.restart().await;
+    let mut b = link(&f, mesh_id, &bob).await;
+    let mut m = link(&f, mesh_id, &mallory).await;
+    send(&mut m, &ClientFrame::Send(mallory.envelope(x, &bob))).await;
+    assert_eq!(refusal_of(&mut m, x).await, Some(ErrorCode::IdTaken));
+    // Bob gets Alice's message from his mailbox, and never Mallory's under its id.
+    send(&mut b, &ClientFrame::Ping { n: 77 }).await;
+    let mut from = Vec::new();
+    until(&mut b, |f| match f {
+        RelayFrame::Deliver { env, .. } if env.id == x => {
+            from.push(env.from_member);
+            None
+        }
+        RelayFrame::Pong { n: 77, .. } if !from.is_empty() => Some(()),
+        _ => None,
+    })
+    .await;
+    assert!(
+        from.iter().all(|k| *k == alice.pk()),
+        "a squatter's copy was forwarded"
+    );
+    f.relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimant_stays_under_the_pre_hello_budget_and_caps() {
+    use claudemesh_schema::crypto::{BoxSecret, MemberSecret};
+    use claudemesh_schema::roster::{InviteCap, Role};
+    use claudemesh_schema::wire::ClaimRequest;
+    let f = relay(|_| {}).await;
+    let (mesh_id, owner, mut a, _member, _b) = mesh(&f).await;
+    let invite = claudemesh_schema::InviteId::new();
+    let cap = InviteCap::sign(
+        &owner.key,
+        invite,
+        mesh_id,
+        Role::Member,
+        1,
+        now_ms() + 3_600_000,
+        true,
+        now_ms(),
+    );
+    send(&mut a, &ClientFrame::InvitePublish { rid: 77, cap }).await;
+    until(&mut a, |f| {
+        matches!(f, RelayFrame::Ok { rid: 77 }).then_some(())
+    })
+    .await;
+    let claim = || {
+        ClientFrame::Claim(ClaimRequest {
+            invite,
+            member: MemberSecret::generate().public(),
+            box_key: BoxSecret::generate().public(),
+            at: now_ms(),
+            proof: [0; 32], // garbage: only an admin's daemon can check it
+        })
+    };
+    // A claimant (the relay cannot check its proof) is still counted before hello, and
+    // its pings still spend the pre-hello budget.
+    let mut c = quic(&f).await;
+    send(&mut c, &claim()).await;
+    until(&mut c, |f| {
+        matches!(f, RelayFrame::ClaimWaiting { .. }).then_some(())
+    })
+    .await;
+    assert_eq!(f.metric("claudemesh_relay_preauth_connections").await, 1);
+    for n in 0..50 {
+        if c.writer.send(ping(n)).await.is_err() {
+            break;
+        }
+    }
+    let seen = until_closed(&mut c).await;
+    let pongs = seen
+        .iter()
+        .filter(|f| matches!(f, RelayFrame::Pong { .. }))
+        .count();
+    assert!(
+        pongs < f.cfg.preauth_frames as usize,
+        "{pongs} pongs to a claimant"
+    );
+    // And one invite holds at most a few waiting claims.
+    let mut codes = Vec::new();
+    let mut held = Vec::new();
+    for _ in 0..12 {
+        let mut c = quic(&f).await;
+        send(&mut c, &claim()).await;
+        match recv(&mut c).await {
+            RelayFrame::ClaimWaiting { .. } => held.push(c),
+            RelayFrame::Error { code, .. } => codes.push(code),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(held.len(), 8);
+    assert_eq!(codes, vec![ErrorCode::RateLimited; 4]);
     f.relay.shutdown().await;
 }

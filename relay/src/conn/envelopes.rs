@@ -77,11 +77,33 @@ impl<S: Store> Conn<S> {
         // send: the insert is a no-op if the first copy was committed, and stores it if
         // that write failed.
         let owner = (mesh, member);
-        let resend = match lock(&self.hub.recent).owner(&id) {
+        let (known, unsure) = {
+            let r = lock(&self.hub.recent);
+            (r.owner(&id), r.may_be_known_elsewhere(&id))
+        };
+        let mut resend = match known {
             Some(o) if o != owner => return self.refuse_taken(id),
             Some(_) => true,
             None => false,
         };
+        // An id from before what memory covers (a restart, or forgotten since): ask the
+        // store before forwarding, so a squatter's copy never reaches anyone.
+        if !resend && unsure {
+            match self.hub.store.owner(id).await {
+                Ok(Some(o)) if o != owner => return self.refuse_taken(id),
+                Ok(Some(_)) => resend = true,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot look up an envelope id");
+                    return self.refuse(
+                        id,
+                        ErrorCode::Internal,
+                        "relay could not check the message id; it will be retried".into(),
+                        Some(1_000),
+                    );
+                }
+            }
+        }
         let env_json = match serde_json::to_vec(&env) {
             Ok(v) => Bytes::from(v),
             Err(_) => {
@@ -96,19 +118,6 @@ impl<S: Store> Conn<S> {
         let size = env_json.len() as u64;
         let (recipients, online) = {
             let mut st = lock(&entry.state);
-            if let Err(retry) = st
-                .limits(member, &self.hub.cfg)
-                .writes
-                .take_or_retry_ms(Instant::now())
-            {
-                drop(st);
-                return self.refuse(
-                    id,
-                    ErrorCode::RateLimited,
-                    "member message rate exceeded".into(),
-                    Some(retry),
-                );
-            }
             let recipients = match resolve(&st, &member, &env.to) {
                 Ok(r) => r,
                 Err(msg) => {
@@ -116,6 +125,22 @@ impl<S: Store> Conn<S> {
                     return self.refuse(id, ErrorCode::UnknownRecipient, msg, None);
                 }
             };
+            // Each recipient is a row the store writes: a send to everyone in a large
+            // roster costs what that many sends cost.
+            let cost = recipients.len().max(1) as f64;
+            if let Err(wait) = st
+                .limits(member, &self.hub.cfg)
+                .writes
+                .take_n(cost, Instant::now())
+            {
+                drop(st);
+                return self.refuse(
+                    id,
+                    ErrorCode::RateLimited,
+                    "member message rate exceeded (a send costs one per recipient)".into(),
+                    Some(wait.as_millis() as u64 + 1),
+                );
+            }
             if recipients.is_empty() {
                 // Nobody else in the mesh: nothing to store or forward.
                 drop(st);
@@ -151,7 +176,7 @@ impl<S: Store> Conn<S> {
         };
         // Accepted: from now on a resend of this id is a duplicate (until a store failure
         // below takes that back). Another sender that took the id meanwhile wins it.
-        if !resend && !lock(&self.hub.recent).claim(id, owner) {
+        if !resend && !lock(&self.hub.recent).claim(id, owner, now) {
             lock(&entry.state).free(&self.hub.disk, 1, size);
             return self.refuse_taken(id);
         }

@@ -8,6 +8,9 @@ use claudemesh_schema::wire::{
 use std::sync::atomic::Ordering;
 
 use super::envelopes::{MAILBOX_PAGE, replay_mailbox};
+
+/// Most claims that may wait on one invite at once.
+const MAX_CLAIMS_PER_INVITE: usize = 8;
 use super::{Conn, End, State};
 use crate::hub::{MeshState, PendingClaim, error_frame, frame, lock};
 use crate::store::Store;
@@ -103,14 +106,6 @@ impl<S: Store> Conn<S> {
             Ok(v) => v,
             Err(refusal) => return Err(self.fatal(refusal.code(), &refusal.to_string())),
         };
-        let fresh =
-            lock(&self.hub.nonces).insert(h.nonce, now, now + 2 * wire::HELLO_WINDOW_MS + 1);
-        if !fresh {
-            return Err(self.fatal(
-                ErrorCode::ReplayedHello,
-                "hello nonce was already used (replay refused)",
-            ));
-        }
         let Some(entry) = self.hub.mesh(&h.mesh) else {
             return Err(self.fatal(ErrorCode::UnknownMesh, "this relay does not know the mesh"));
         };
@@ -118,6 +113,15 @@ impl<S: Store> Conn<S> {
             return Err(self.fatal(
                 ErrorCode::NotAMember,
                 "this key is not a member of the mesh",
+            ));
+        }
+        // Only a member's nonce is remembered: strangers cannot fill the cache.
+        let fresh =
+            lock(&self.hub.nonces).insert(h.nonce, now, now + 2 * wire::HELLO_WINDOW_MS + 1);
+        if !fresh {
+            return Err(self.fatal(
+                ErrorCode::ReplayedHello,
+                "hello nonce was already used (replay refused)",
             ));
         }
         // A member's nonce is persisted before the answer, so a restart does not reopen
@@ -268,6 +272,18 @@ impl<S: Store> Conn<S> {
                 drop(st);
                 return Err(self.fatal(ErrorCode::ClaimRefused, "this key is already a member"));
             }
+            let waiting = st
+                .claims
+                .values()
+                .filter(|c| c.cap.id == req.invite)
+                .count();
+            if waiting >= MAX_CLAIMS_PER_INVITE {
+                drop(st);
+                return Err(self.fatal(
+                    ErrorCode::RateLimited,
+                    "too many claims already wait on this invite; try again later",
+                ));
+            }
             let admins = st.admin_links();
             st.claims.insert(
                 claim,
@@ -303,7 +319,8 @@ impl<S: Store> Conn<S> {
             until: std::time::Instant::now()
                 + std::time::Duration::from_secs(self.hub.cfg.claim_wait_secs),
         };
-        self.authenticated();
+        // A claimant stays under the pre-hello caps and frame budget: anyone who knows an
+        // invite id can claim (the relay cannot check the proof).
         Ok(())
     }
 }

@@ -68,6 +68,7 @@ pub(crate) async fn serve<S: Store>(
         state: State::New,
         slot,
         hello_by,
+        last_read: Instant::now(),
         preauth_frames: 0,
         drain: None,
         resync_pending: false,
@@ -88,9 +89,20 @@ pub(crate) async fn serve<S: Store>(
     if let Some(d) = conn.op_sync.take() {
         d.abort();
     }
-    drop(conn);
+    // The connection keeps its place under the caps until its writer is gone.
+    let Conn { slot, .. } = conn;
     close.cancel();
-    let _ = writer_task.await;
+    // The writer gets a grace period to flush its last frames; a peer that does not read
+    // cannot hold the connection open past it.
+    let mut writer_task = writer_task;
+    if tokio::time::timeout(Duration::from_secs(10), &mut writer_task)
+        .await
+        .is_err()
+    {
+        writer_task.abort();
+        let _ = writer_task.await;
+    }
+    drop(slot);
     hub.stats.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
@@ -116,6 +128,8 @@ struct Conn<S> {
     state: State,
     slot: Slot,
     hello_by: Instant,
+    /// When the last frame was read (the idle limit counts from it).
+    last_read: Instant,
     preauth_frames: u32,
     drain: Option<tokio::task::JoinHandle<()>>,
     resync_pending: bool,
@@ -210,21 +224,23 @@ impl<S: Store> Conn<S> {
         End::Refused(code)
     }
 
-    /// The connection authenticated (hello, or a claim with a valid invite): it leaves the
-    /// pre-auth caps and may queue up to the full link limit.
+    /// The connection said hello: it leaves the pre-auth caps and may queue up to the full
+    /// link limit.
     fn authenticated(&mut self) {
         self.slot.authenticated();
         self.link.queues.set_limit(self.hub.cfg.link_queue_bytes);
     }
 
     /// The deadline of the next frame: before hello, the absolute hello deadline; while a
-    /// claim waits, the idle limit but never past the claim's; linked, the idle limit.
+    /// claim waits, the claim's (a claimant just waits); linked, the idle limit counted from
+    /// the last frame read (waking up for other reasons does not extend it).
     fn next_deadline(&self) -> Instant {
-        let idle = Instant::now() + Duration::from_secs(self.hub.cfg.idle_timeout_secs);
         match &self.state {
             State::New => self.hello_by,
-            State::Claiming { until, .. } => idle.min(*until),
-            State::Linked { .. } => idle,
+            State::Claiming { until, .. } => *until,
+            State::Linked { .. } => {
+                self.last_read + Duration::from_secs(self.hub.cfg.idle_timeout_secs)
+            }
         }
     }
 
@@ -325,7 +341,8 @@ impl<S: Store> Conn<S> {
     }
 
     async fn on_bytes(&mut self, bytes: Bytes) -> Result<(), End> {
-        if matches!(self.state, State::New) {
+        self.last_read = Instant::now();
+        if matches!(self.state, State::New | State::Claiming { .. }) {
             self.preauth_frames += 1;
             if self.preauth_frames > self.hub.cfg.preauth_frames {
                 return Err(self.fatal(

@@ -74,19 +74,28 @@ impl<S: Store> Conn<S> {
                     return Ok(());
                 }
             } else {
-                let n = st
+                // The cap counts sessions online now; at the cap, the member's session
+                // offline longest makes room (sessions end all the time: each Claude Code
+                // session is a new one).
+                let mine: Vec<(SessionId, bool, i64)> = st
                     .sessions
-                    .values()
-                    .filter(|s| s.presence.member == member)
-                    .count();
-                if n >= MAX_SESSIONS_PER_MEMBER {
+                    .iter()
+                    .filter(|(_, s)| s.presence.member == member)
+                    .map(|(id, s)| (*id, s.online, s.last_seen))
+                    .collect();
+                if mine.iter().filter(|m| m.1).count() >= MAX_SESSIONS_PER_MEMBER {
                     drop(st);
                     self.error(
                         None,
                         ErrorCode::QuotaExceeded,
-                        "too many sessions for this member",
+                        "too many sessions online for this member",
                     );
                     return Ok(());
+                }
+                if mine.len() >= MAX_SESSIONS_PER_MEMBER
+                    && let Some(oldest) = mine.iter().filter(|m| !m.1).min_by_key(|m| m.2)
+                {
+                    st.sessions.remove(&oldest.0);
                 }
             }
             let s = SessionState {
