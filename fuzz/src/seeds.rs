@@ -103,6 +103,7 @@ fn main() {
             ClientFrame::CreateMesh {
                 rid: 1,
                 genesis: genesis.clone(),
+                token: Some(wire::CreationToken::new("cmt_0123456789")),
             },
         ),
         ("claim", ClientFrame::Claim(claim.clone())),
