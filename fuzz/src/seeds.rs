@@ -384,7 +384,11 @@ fn main() {
     dup.tables.truncate(1);
     dup.tables[0].columns.push("mesh".into());
     dup.tables[0].rows[0].push(json!({"b": "_____________________w"}));
-    write("snapshot", "twice", &serde_json::to_vec(&dup).expect("snapshot"));
+    write(
+        "snapshot",
+        "twice",
+        &serde_json::to_vec(&dup).expect("snapshot"),
+    );
     let empty = SnapshotBody {
         tables: vec![],
         ..snap
