@@ -660,3 +660,46 @@ async fn a_claimant_stays_under_the_pre_hello_budget_and_caps() {
     assert_eq!(codes, vec![ErrorCode::RateLimited; 4]);
     f.relay.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_naming_too_many_sessions_is_refused_before_it_can_poison_a_mailbox() {
+    use claudemesh_schema::SessionId;
+    use claudemesh_schema::wire::{Envelope, Route};
+    let f = relay(|_| {}).await;
+    let (_mesh, owner, mut a, member, mut b) = mesh(&f).await;
+    // A route padded with made-up sessions up to the frame limit would have made the
+    // deliver frame larger than any frame, failing the recipient's link at every replay.
+    let padded = |n: usize| {
+        let mut sessions = vec![member.session];
+        sessions.extend((1..n).map(|_| SessionId::new()));
+        sessions
+    };
+    let too_many = MessageId::new();
+    let env = Envelope {
+        to: Route::Sessions {
+            sessions: padded(1025),
+        },
+        ..owner.envelope(too_many, &member)
+    };
+    send(&mut a, &ClientFrame::Send(env)).await;
+    assert_eq!(
+        refusal_of(&mut a, too_many).await,
+        Some(ErrorCode::BadFrame)
+    );
+    // At the cap the route is taken (here refused only because the raw member announced no
+    // session), not refused for its length.
+    let at_cap = MessageId::new();
+    let env = Envelope {
+        to: Route::Sessions {
+            sessions: padded(1024),
+        },
+        ..owner.envelope(at_cap, &member)
+    };
+    send(&mut a, &ClientFrame::Send(env)).await;
+    assert_eq!(
+        refusal_of(&mut a, at_cap).await,
+        Some(ErrorCode::UnknownRecipient)
+    );
+    assert!(still_routes(&owner, &mut a, &member, &mut b).await < DAEMON_WAIT);
+    f.relay.shutdown().await;
+}

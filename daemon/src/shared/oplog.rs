@@ -387,7 +387,7 @@ impl LinkOps {
         match loaded {
             Ok(()) => {
                 tracing::info!(mesh = %m.id.short(), seq, "started from a snapshot");
-                self.order.skip_to(seq + 1);
+                self.order.skip_to(seq.saturating_add(1));
                 let run = self.order.push(Vec::new());
                 if !run.is_empty() {
                     submit(d, m, run).await;

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use claudemesh_schema::crypto::MemberKey;
 use claudemesh_schema::now_ms;
-use claudemesh_schema::wire::{Envelope, ErrorCode, MAX_CIPHERTEXT, RelayFrame, Route};
+use claudemesh_schema::wire::{self, Envelope, ErrorCode, MAX_CIPHERTEXT, RelayFrame, Route};
 use claudemesh_schema::{MeshId, MessageId, SessionId};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,6 +13,12 @@ use std::time::Instant;
 use super::{Conn, State};
 use crate::hub::{Hub, LinkHandle, MeshEntry, MeshState, deliver_frame, frame, lock};
 use crate::store::{NewEnvelope, Put, Store};
+
+/// Bytes a `deliver` frame adds around the envelope JSON (`{"t":"deliver","at":…,"env":…}`,
+/// with a 20-digit time).
+const DELIVER_OVERHEAD: usize = 64;
+/// Most sessions one send may name.
+const MAX_ROUTE_SESSIONS: usize = 1024;
 
 /// Most ids one `ack` frame may name (a daemon sends at most 1,024).
 const MAX_ACK_IDS: usize = 4096;
@@ -115,6 +121,29 @@ impl<S: Store> Conn<S> {
                 );
             }
         };
+        // The deliver frame around it must fit a frame too, or every recipient's link would
+        // fail on it at each replay.
+        if env_json.len() + DELIVER_OVERHEAD > wire::MAX_FRAME {
+            return self.refuse(
+                id,
+                ErrorCode::FrameTooLarge,
+                format!(
+                    "the envelope is too large to deliver (over {} bytes with its route)",
+                    wire::MAX_FRAME - DELIVER_OVERHEAD
+                ),
+                None,
+            );
+        }
+        if let Route::Sessions { sessions } = &env.to
+            && sessions.len() > MAX_ROUTE_SESSIONS
+        {
+            return self.refuse(
+                id,
+                ErrorCode::BadFrame,
+                format!("a send names at most {MAX_ROUTE_SESSIONS} sessions"),
+                None,
+            );
+        }
         let size = env_json.len() as u64;
         let (recipients, online) = {
             let mut st = lock(&entry.state);
@@ -379,6 +408,12 @@ pub(super) async fn replay_mailbox<S: Store>(
         };
         let full = page.len() == MAILBOX_PAGE;
         for s in page {
+            // Stored before the size rule: skip it (it expires with its TTL) rather than
+            // fail the link on it at every replay.
+            if s.envelope.len() + DELIVER_OVERHEAD > wire::MAX_FRAME {
+                tracing::warn!(id = %s.id, "a stored envelope is too large to deliver; skipping it");
+                continue;
+            }
             if link
                 .send_data(Some(s.id), deliver_frame(&s.envelope, s.at))
                 .await
