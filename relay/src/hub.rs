@@ -646,6 +646,12 @@ impl<S: Store> Hub<S> {
                 )
             })
             .collect();
+        // Memory of recent ids starts with those the store accepted just before this start,
+        // so only ids timestamped well before it need a store lookup.
+        let mut recent = RecentIds::new(claudemesh_schema::now_ms() - crate::store::RECENT_LOAD_MS);
+        for (id, mesh, sender, at) in snap.recent {
+            recent.claim(id, (mesh, sender), at);
+        }
         let handshakes = KeyedLimiter::new(cfg.handshake_rate, cfg.handshake_burst);
         let mut nonces = NonceCache::default();
         let now = claudemesh_schema::now_ms();
@@ -672,7 +678,7 @@ impl<S: Store> Hub<S> {
             invite_index: Mutex::new(invite_index),
             nonces: Mutex::new(nonces),
             handshakes: Mutex::new(handshakes),
-            recent: Mutex::new(RecentIds::new(claudemesh_schema::now_ms())),
+            recent: Mutex::new(recent),
             next_id: AtomicU64::new(1),
             stats: Stats::default(),
             upload_bytes: Default::default(),

@@ -61,7 +61,13 @@ pub struct Snapshot {
     pub op_usage: HashMap<MeshId, u64>,
     /// Hello nonces still inside the replay window, with their expiry (unix ms).
     pub nonces: Vec<([u8; 16], i64)>,
+    /// Envelopes accepted in the last [`RECENT_LOAD_MS`]: id, mesh, sender, accepted at.
+    pub recent: Vec<(MessageId, MeshId, MemberKey, i64)>,
 }
+
+/// How far back [`Snapshot::recent`] reaches: twice the hello window, so that after a
+/// restart only ids timestamped well before it need a store lookup.
+pub const RECENT_LOAD_MS: i64 = 2 * claudemesh_schema::wire::HELLO_WINDOW_MS;
 
 /// An envelope to store.
 #[derive(Debug, Clone)]
@@ -428,6 +434,25 @@ impl Store for SqliteStore {
             let (mesh, n) = row?;
             if let Some(m) = MeshId::from_slice(&mesh) {
                 snap.op_usage.insert(m, n as u64);
+            }
+        }
+        let mut stmt = conn.prepare(
+            "SELECT id, mesh, sender, created_at FROM messages WHERE created_at > ?1 LIMIT 200000",
+        )?;
+        let since = claudemesh_schema::now_ms() - RECENT_LOAD_MS;
+        for row in stmt.query_map(params![since], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })? {
+            let (id, mesh, sender, at) = row?;
+            if let (Ok(id), Some(mesh), Ok(sender)) =
+                (id_from(&id), MeshId::from_slice(&mesh), key_from(sender))
+            {
+                snap.recent.push((id, mesh, sender, at));
             }
         }
         let mut stmt =
