@@ -67,6 +67,17 @@ fn ping(n: u64) -> Bytes {
 
 const MIB: u64 = 1 << 20;
 
+/// This process (the relay's) grew by less than `bound` since `before` (where measurable).
+fn grew_less_than(before: Option<u64>, bound: u64) {
+    if let (Some(b0), Some(b1)) = (before, rss_bytes()) {
+        assert!(
+            b1.saturating_sub(b0) < bound,
+            "memory grew by {} MiB",
+            b1.saturating_sub(b0) / MIB
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ping_flood_before_hello_is_cut_off_after_a_few_frames() {
     let f = relay(|_| {}).await;
@@ -109,13 +120,7 @@ async fn a_ping_flood_before_hello_is_cut_off_after_a_few_frames() {
     for (flood, _guard) in floods {
         let _ = flood.await;
     }
-    if let (Some(b0), Some(b1)) = (before, rss_bytes()) {
-        assert!(
-            b1.saturating_sub(b0) < 64 * MIB,
-            "memory grew by {} MiB",
-            (b1 - b0) / MIB
-        );
-    }
+    grew_less_than(before, 64 * MIB);
     assert!(still_routes(&owner, &mut a, &member, &mut b).await < DAEMON_WAIT);
     f.relay.shutdown().await;
 }
@@ -156,13 +161,7 @@ async fn a_member_flooding_pings_without_reading_is_paused_then_closed() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     flood.abort();
-    if let (Some(b0), Some(b1)) = (before, rss_bytes()) {
-        assert!(
-            b1.saturating_sub(b0) < 64 * MIB,
-            "memory grew by {} MiB",
-            (b1 - b0) / MIB
-        );
-    }
+    grew_less_than(before, 64 * MIB);
     assert!(still_routes(&owner, &mut a, &member, &mut b).await < DAEMON_WAIT);
     f.relay.shutdown().await;
 }
