@@ -1596,4 +1596,31 @@ async fn sessions(bin: &Path) {
         "durability: {} of 500 acknowledged sends arrived once across a kill -9 of the receiving daemon",
         bodies.len()
     );
+    if bodies.len() < 500 {
+        // Say where the missing ones are: the daemon's whole inbox, not only the session's.
+        let missing: Vec<String> = (0..500)
+            .map(|i| format!("durable {i}"))
+            .filter(|b| !bodies.contains(b))
+            .collect();
+        let all: m::InboxResult = b
+            .call(
+                m::INBOX,
+                m::InboxParams {
+                    peek: true,
+                    limit: Some(100_000),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        for body in &missing {
+            let found: Vec<String> = all
+                .messages
+                .iter()
+                .filter(|m| &m.body == body)
+                .map(|m| format!("session {} (for member: {})", m.session, m.for_member))
+                .collect();
+            println!("  missing {body:?}: elsewhere in bob's inbox: {found:?}");
+        }
+    }
 }
