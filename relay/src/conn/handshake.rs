@@ -134,6 +134,7 @@ impl<S: Store> Conn<S> {
                 "relay could not record the hello; try again",
             ));
         }
+        let replaced;
         let (welcome, roster, presences, claims) = {
             let mut st = lock(&entry.state);
             if !st.roster.is_member(&h.member) {
@@ -143,7 +144,9 @@ impl<S: Store> Conn<S> {
                     "this key is not a member of the mesh",
                 ));
             }
-            if let Some(old) = st.links.insert(h.member, self.link.clone()) {
+            let old = st.links.insert(h.member, self.link.clone());
+            replaced = old.is_some();
+            if let Some(old) = old {
                 old.push(error_frame(
                     None,
                     ErrorCode::Replaced,
@@ -235,6 +238,15 @@ impl<S: Store> Conn<S> {
                 h.member,
                 Some(first),
             )));
+        }
+        // A send that chose the replaced link just before this one registered may have
+        // been stored after the mailbox read above, its live copy gone to the dead link:
+        // replay the mailbox once more when this replay is done (the daemon dedupes).
+        if replaced {
+            self.resync_pending = true;
+            if self.drain.is_none() {
+                self.resync();
+            }
         }
         Ok(())
     }

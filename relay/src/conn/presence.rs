@@ -11,8 +11,10 @@ use super::{Conn, End};
 use crate::hub::{MeshEntry, SessionState, frame, lock};
 use crate::store::Store;
 
-/// Most sessions one member may announce in a mesh.
+/// Most sessions one member may have online in a mesh.
 const MAX_SESSIONS_PER_MEMBER: usize = 256;
+/// Most sessions, online or not, the relay remembers per member in a mesh.
+const MAX_KNOWN_SESSIONS_PER_MEMBER: usize = 4096;
 /// Largest sealed profile a presence may carry.
 const MAX_PROFILE: usize = 16 * 1024;
 
@@ -74,9 +76,10 @@ impl<S: Store> Conn<S> {
                     return Ok(());
                 }
             } else {
-                // The cap counts sessions online now; at the cap, the member's session
-                // offline longest makes room (sessions end all the time: each Claude Code
-                // session is a new one).
+                // The cap counts sessions online now (sessions end all the time: each Claude
+                // Code session is a new one). Offline sessions stay routable (their messages
+                // wait for the member) up to a much larger bound; beyond it the member's
+                // session offline longest is forgotten.
                 let mine: Vec<(SessionId, bool, i64)> = st
                     .sessions
                     .iter()
@@ -92,7 +95,7 @@ impl<S: Store> Conn<S> {
                     );
                     return Ok(());
                 }
-                if mine.len() >= MAX_SESSIONS_PER_MEMBER
+                if mine.len() >= MAX_KNOWN_SESSIONS_PER_MEMBER
                     && let Some(oldest) = mine.iter().filter(|m| !m.1).min_by_key(|m| m.2)
                 {
                     st.sessions.remove(&oldest.0);

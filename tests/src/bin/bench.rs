@@ -1620,7 +1620,20 @@ async fn sessions(bin: &Path) {
                 .filter(|m| &m.body == body)
                 .map(|m| format!("session {} (for member: {})", m.session, m.for_member))
                 .collect();
-            println!("  missing {body:?}: elsewhere in bob's inbox: {found:?}");
+            let i: usize = body["durable ".len()..].parse().unwrap();
+            let st: Result<m::MessageStatusResult, _> = a
+                .call(
+                    m::MESSAGE_STATUS,
+                    m::MessageStatusParams {
+                        id: ids[i].to_string(),
+                        wait_for: None,
+                        wait_ms: None,
+                    },
+                )
+                .await;
+            println!(
+                "  missing {body:?}: elsewhere in bob's inbox: {found:?}; at the sender: {st:?}"
+            );
         }
     }
 }
