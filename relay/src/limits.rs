@@ -31,15 +31,7 @@ impl TokenBucket {
 
     /// Take one token, or say how long until one is available.
     pub(crate) fn take(&mut self, now: Instant) -> Result<(), Duration> {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
-        }
+        self.take_n(1.0, now)
     }
 
     /// Take `n` tokens at once (a write that costs more, like a send to many members), or

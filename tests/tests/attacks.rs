@@ -511,10 +511,53 @@ async fn the_op_log_quota_refuses_writes_honestly_and_keeps_the_mesh_working() {
     f.relay.shutdown().await;
 }
 
+/// `GET path` over TLS on the relay's public port (pinned to its certificate); the body.
+async fn public_get(f: &Fixture, path: &str) -> String {
+    use tokio::io::AsyncWriteExt as _;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let cfg =
+        claudemesh_relay::tls::client_config(Some(f.relay.fingerprint()), seen, &[b"http/1.1"])
+            .unwrap();
+    let tcp = tokio::net::TcpStream::connect(f.relay.addr())
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    let _ = tls.read_to_string(&mut out).await;
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_detail_lives_behind_the_metrics_listener() {
     let f = relay(|_| {}).await;
     let (_mesh, _owner, _a, _member, _b) = mesh(&f).await;
+    // The public port says the relay is up and which it is, nothing about its activity.
+    let public: serde_json::Value = serde_json::from_str(&public_get(&f, "/health").await).unwrap();
+    assert_eq!(public["status"], "ok");
+    assert!(public["fingerprint"].is_string());
+    for count in [
+        "meshes",
+        "links",
+        "connections",
+        "envelopes_routed",
+        "queued_bytes",
+    ] {
+        assert!(
+            public.get(count).is_none(),
+            "public /health shows {count}: {public}"
+        );
+    }
     let detail: serde_json::Value = serde_json::from_str(&f.get_metrics("/health").await).unwrap();
     assert_eq!(detail["meshes"], 1);
     assert_eq!(detail["status"], "ok");
