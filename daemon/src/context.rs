@@ -302,6 +302,8 @@ impl Daemon {
             snapshots_pending: Default::default(),
             presences_sent: Default::default(),
             senders: Default::default(),
+            boxes: Default::default(),
+            received: Default::default(),
             resync: tokio::sync::Notify::new(),
             grants: Mutex::new(grants),
         });

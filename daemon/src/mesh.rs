@@ -3,8 +3,7 @@
 
 use bytes::Bytes;
 use claudemesh_relay::Transport;
-use claudemesh_schema::crypto::BoxSecret;
-use claudemesh_schema::crypto::MemberKey;
+use claudemesh_schema::crypto::{BoxKey, BoxPublic, BoxSecret, CryptoError, MemberKey};
 use claudemesh_schema::ipc::methods::LinkState;
 use claudemesh_schema::message::Profile;
 use claudemesh_schema::op::SequencedOp;
@@ -12,7 +11,7 @@ use claudemesh_schema::roster::{Role, Roster, RosterEntry};
 use claudemesh_schema::wire::{ClientFrame, ErrorCode};
 use claudemesh_schema::{MeshId, MessageId, OpId, SessionId};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -172,6 +171,13 @@ pub(crate) struct MeshCtx {
     /// names it shows (what an arriving message is checked and labelled with), newest
     /// presence kept.
     pub(crate) senders: Mutex<HashMap<SessionId, Sender>>,
+    /// Messages that came in lately, by (sending session, id): a resend of one of them
+    /// is not pushed ahead of its store (the store finds it a duplicate). Seeded from the
+    /// inbox when the first link starts.
+    pub(crate) received: Mutex<claudemesh_schema::dedupe::Recent<(SessionId, MessageId)>>,
+    /// Boxes computed lately between our keys and peers' (the X25519 exchange is most of
+    /// what sealing or opening a direct message costs).
+    pub(crate) boxes: BoxKeys,
     /// Presences this daemon has sent for the mesh (each session open costs one).
     pub(crate) presences_sent: std::sync::atomic::AtomicU64,
     /// True while the link is held down on purpose (`claudemesh debug link down`).
@@ -183,6 +189,8 @@ pub(crate) struct MeshCtx {
 pub(crate) struct Sender {
     pub(crate) seq: i64,
     pub(crate) member: MemberKey,
+    /// The session's box key (direct messages to it are sealed to this key).
+    pub(crate) session_key: BoxPublic,
     /// The person, and the session's label.
     pub(crate) names: (String, String),
 }
@@ -200,9 +208,70 @@ impl MeshCtx {
             Sender {
                 seq: p.seq,
                 member: p.member,
+                session_key: p.session_key,
                 names: p.names(),
             },
         );
+    }
+}
+
+/// Most boxes a mesh keeps computed; past it the cache starts over (a hundred sessions
+/// talking to a hundred peers fit).
+const BOX_CACHE: usize = 16_384;
+
+/// Boxes between one of our secret keys (the member's, or a session's) and a peer's
+/// public key, computed once. Keyed by [`BoxSecret::key_id`] (never the secret itself)
+/// and the peer's key as given (a member key is converted once, in the computation).
+#[derive(Default)]
+pub(crate) struct BoxKeys(Mutex<HashMap<BoxId, Arc<BoxKey>>>);
+
+/// Which box: our secret's id, the peer key's bytes, and whether that is a member key.
+type BoxId = ([u8; 32], [u8; 32], bool);
+
+impl std::fmt::Debug for BoxKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BoxKeys({})", lock(&self.0).len())
+    }
+}
+
+impl BoxKeys {
+    fn get_or(
+        &self,
+        key: BoxId,
+        make: impl FnOnce() -> Result<BoxKey, CryptoError>,
+    ) -> Result<Arc<BoxKey>, CryptoError> {
+        if let Some(b) = lock(&self.0).get(&key) {
+            return Ok(b.clone());
+        }
+        // Computed outside the lock: two first uses at once compute it twice, harmlessly.
+        let b = Arc::new(make()?);
+        let mut map = lock(&self.0);
+        if map.len() >= BOX_CACHE {
+            map.clear();
+        }
+        map.insert(key, b.clone());
+        Ok(b)
+    }
+
+    /// The box from `ours` to a session's (or converted member's) box key.
+    pub(crate) fn to_key(&self, ours: &BoxSecret, theirs: &BoxPublic) -> Arc<BoxKey> {
+        let key = (ours.key_id(), theirs.0, false);
+        match self.get_or(key, || Ok(BoxKey::new(ours, theirs))) {
+            Ok(b) => b,
+            // Not reachable (nothing in it fails), but never worth a panic.
+            Err(_) => Arc::new(BoxKey::new(ours, theirs)),
+        }
+    }
+
+    /// The box from `ours` to member `theirs` (its signing key converted to a box key).
+    pub(crate) fn to_member(
+        &self,
+        ours: &BoxSecret,
+        theirs: &MemberKey,
+    ) -> Result<Arc<BoxKey>, CryptoError> {
+        self.get_or((ours.key_id(), theirs.0, true), || {
+            Ok(BoxKey::new(ours, &theirs.box_public()?))
+        })
     }
 }
 

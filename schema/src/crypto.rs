@@ -195,6 +195,12 @@ impl BoxSecret {
     pub fn public(&self) -> BoxPublic {
         BoxPublic(*self.0.public_key().as_bytes())
     }
+
+    /// A name for this key that reveals nothing of it (a keyed hash of its bytes), for
+    /// caches of boxes computed with it; far cheaper than [`BoxSecret::public`].
+    pub fn key_id(&self) -> [u8; 32] {
+        blake3::derive_key("claudemesh box secret id v1", &self.0.to_bytes())
+    }
 }
 
 impl fmt::Debug for BoxSecret {
@@ -210,15 +216,7 @@ pub fn box_seal(
     recipient: &BoxPublic,
     plaintext: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
-    let b = crypto_box::SalsaBox::new(&crypto_box::PublicKey::from(recipient.0), &sender.0);
-    let nonce = crypto_box::SalsaBox::generate_nonce(&mut OsRng);
-    let ct = b
-        .encrypt(&nonce, plaintext)
-        .map_err(|_| CryptoError::Encrypt)?;
-    let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(&ct);
-    Ok(out)
+    BoxKey::new(sender, recipient).seal(plaintext)
 }
 
 /// Open a [`box_seal`] blob as `recipient`, authenticating `sender`.
@@ -227,13 +225,53 @@ pub fn box_open(
     sender: &BoxPublic,
     sealed: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
-    if sealed.len() < NONCE_LEN {
-        return Err(CryptoError::Decrypt);
+    BoxKey::new(recipient, sender).open(sealed)
+}
+
+/// The box between one secret key and one public key, with the X25519 exchange done
+/// once: sealing and opening with it cost only the symmetric cipher (the exchange is
+/// most of a box's cost, ~40 µs on this project's machine). Seals and opens exactly as
+/// [`box_seal`] and [`box_open`] with the same two keys.
+pub struct BoxKey(crypto_box::SalsaBox);
+
+impl BoxKey {
+    /// The box between `ours` and `theirs`.
+    pub fn new(ours: &BoxSecret, theirs: &BoxPublic) -> Self {
+        Self(crypto_box::SalsaBox::new(
+            &crypto_box::PublicKey::from(theirs.0),
+            &ours.0,
+        ))
     }
-    let (nonce, ct) = sealed.split_at(NONCE_LEN);
-    let b = crypto_box::SalsaBox::new(&crypto_box::PublicKey::from(sender.0), &recipient.0);
-    b.decrypt(crypto_box::Nonce::from_slice(nonce), ct)
-        .map_err(|_| CryptoError::Decrypt)
+
+    /// Seal `plaintext` (a fresh random nonce, then the ciphertext).
+    pub fn seal(&self, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let nonce = crypto_box::SalsaBox::generate_nonce(&mut OsRng);
+        let ct = self
+            .0
+            .encrypt(&nonce, plaintext)
+            .map_err(|_| CryptoError::Encrypt)?;
+        let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        Ok(out)
+    }
+
+    /// Open a sealed blob, authenticating the other key.
+    pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        if sealed.len() < NONCE_LEN {
+            return Err(CryptoError::Decrypt);
+        }
+        let (nonce, ct) = sealed.split_at(NONCE_LEN);
+        self.0
+            .decrypt(crypto_box::Nonce::from_slice(nonce), ct)
+            .map_err(|_| CryptoError::Decrypt)
+    }
+}
+
+impl fmt::Debug for BoxKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BoxKey(..)")
+    }
 }
 
 /// Anonymous seal to `recipient` (libsodium `crypto_box_seal`).

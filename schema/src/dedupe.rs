@@ -25,6 +25,11 @@ impl<T: Copy + Eq + Hash> Recent<T> {
     /// Ids remembered.
     pub const KEEP: usize = 4096;
 
+    /// Nothing remembered yet?
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
     /// Is `id` in the window?
     pub fn contains(&self, id: &T) -> bool {
         self.set.contains(id)

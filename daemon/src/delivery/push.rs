@@ -1,6 +1,7 @@
 //! Pushing to sessions as messages arrive: the priority gate, and the hand-over of a
-//! message to a caught-up push subscription straight from the transaction that stores it
-//! (no store round trip between a message's arrival and its push).
+//! message to a caught-up push subscription as it is stored (no store round trip between
+//! a message's arrival and its push): from the storing transaction, or (a message from
+//! another daemon seen for the first time) right after its rows are queued.
 
 use claudemesh_schema::ipc::methods::InboxMessage;
 use claudemesh_schema::message::{PeerStatus, Priority};
@@ -79,6 +80,15 @@ impl Handover {
     /// the person's other sessions are concerned.
     pub(crate) fn take_wake(&mut self) -> (Vec<SessionId>, bool) {
         (std::mem::take(&mut self.wake), self.person)
+    }
+
+    /// Push everything the plan handed over, ahead of the store: for a message that came
+    /// in for the first time (no duplicate to filter). What the push leads to is queued
+    /// after the rows, which the caller queued first.
+    pub(crate) fn push_all(self) {
+        for (b, msg) in self.pushes {
+            b.hand(msg);
+        }
     }
 
     /// Push what the plan handed over, of the rows that were `new` (a message stored

@@ -1,6 +1,7 @@
 //! Incoming envelopes: open and verify them into inbox rows (one per local session they
 //! are for), or into receipts about messages we sent.
 
+use claudemesh_schema::crypto::BoxSecret;
 use claudemesh_schema::ipc::methods::InboxMessage;
 use claudemesh_schema::message::{self, KIND_REMINDER, MessagePayload};
 use claudemesh_schema::wire::{Envelope, Route, Seal};
@@ -67,17 +68,12 @@ fn open_rows(
         (Seal::Mesh, _) => {
             message::open_from_mesh(&m.keys.mesh_key, &env.from_member, &env.id, &env.ct)
         }
-        (Seal::Box, Route::Member { .. }) => message::open_direct(
-            &m.keys.member.box_secret(),
-            &env.from_member,
-            &env.id,
-            &env.ct,
-        ),
+        (Seal::Box, Route::Member { .. }) => open_direct(m, &m.keys.member.box_secret(), env),
         (Seal::Box, Route::Session { session }) if *session == own => {
-            message::open_direct(&m.keys.session_secret, &env.from_member, &env.id, &env.ct)
+            open_direct(m, &m.keys.session_secret, env)
         }
         (Seal::Box, Route::Session { session }) => match lock(&m.sessions).get(session) {
-            Some(l) => message::open_direct(&l.secret, &env.from_member, &env.id, &env.ct),
+            Some(l) => open_direct(m, &l.secret, env),
             None => return Ok(Vec::new()),
         },
         (Seal::Box, _) => {
@@ -132,6 +128,16 @@ fn open_rows(
         return Ok(Vec::new());
     }
     Ok(rows_for(m, &p, &env.from_member, targets, at, for_member))
+}
+
+/// Open a direct message boxed to `ours`, with the box to its sender computed once.
+fn open_direct(
+    m: &MeshCtx,
+    ours: &BoxSecret,
+    env: &Envelope,
+) -> Result<MessagePayload, message::OpenError> {
+    let key = m.boxes.to_member(ours, &env.from_member)?;
+    message::open_direct_with(&key, &env.id, &env.ct)
 }
 
 pub(super) fn rows_for(

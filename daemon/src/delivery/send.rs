@@ -256,12 +256,37 @@ pub(crate) async fn send_as(
                 ));
                 continue;
             }
-            Some(sid) => d
-                .store
-                .read(move |c| store::q_presence_of(c, id, sid))
-                .await?
-                .into_iter()
-                .collect(),
+            Some(sid) => {
+                // A peer session we heard from or about lately: its signed presence is in
+                // memory, so no store read stands between the call and the seal.
+                let known = lock(&m.senders).get(&sid).cloned();
+                if let Some(s) = known
+                    && sid != from
+                    && m.is_member(&s.member)
+                {
+                    found.push((
+                        m.clone(),
+                        Target {
+                            route: Route::Session { session: sid },
+                            key: Some(s.session_key),
+                            names: vec![s.names.0],
+                            label: to.clone(),
+                            local_member: false,
+                        },
+                    ));
+                    continue;
+                }
+                let rows: Vec<PresenceRow> = d
+                    .store
+                    .read(move |c| store::q_presence_of(c, id, sid))
+                    .await?
+                    .into_iter()
+                    .collect();
+                for r in &rows {
+                    m.learn_sender(r);
+                }
+                rows
+            }
             None => d.store.read(move |c| store::q_presence(c, id)).await?,
         };
         if let Some(t) = resolve(d, &m, &peers, &to, from)? {
@@ -331,7 +356,10 @@ pub(crate) async fn send_as(
         body: p.body,
     };
     let (seal, ct) = match &target.key {
-        Some(k) => (Seal::Box, message::seal_direct(&m.keys.member, k, &payload)),
+        Some(k) => (
+            Seal::Box,
+            message::seal_direct_with(&m.boxes.to_key(&m.keys.member.box_secret(), k), &payload),
+        ),
         None => (
             Seal::Mesh,
             message::seal_for_mesh(&m.keys.mesh_key, &m.keys.member, &payload),
@@ -573,7 +601,7 @@ pub(crate) async fn send_receipts(d: &Arc<Daemon>, msgs: &[InboxMessage], read: 
             d.bump_changes();
             continue;
         }
-        let Ok(to_key) = from.box_public() else {
+        let Ok(boxed) = m.boxes.to_member(&m.keys.member.box_secret(), &from) else {
             continue;
         };
         let id = MessageId::new();
@@ -594,7 +622,7 @@ pub(crate) async fn send_receipts(d: &Arc<Daemon>, msgs: &[InboxMessage], read: 
             kind: message::KIND_RECEIPT.into(),
             body,
         };
-        let Ok(ct) = message::seal_direct(&m.keys.member, &to_key, &payload) else {
+        let Ok(ct) = message::seal_direct_with(&boxed, &payload) else {
             continue;
         };
         let env = Envelope {

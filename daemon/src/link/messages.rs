@@ -50,6 +50,26 @@ impl Outbound {
             .store
             .read(move |conn| crate::store::q_outbox(conn, mesh))
             .await?;
+        if lock(&m.received).is_empty() {
+            // What came in before a restart: the relay may send it again.
+            let recent = d
+                .store
+                .read(move |conn| {
+                    crate::store::q_recent_received(
+                        conn,
+                        mesh,
+                        claudemesh_schema::dedupe::Recent::<(
+                            claudemesh_schema::SessionId,
+                            MessageId,
+                        )>::KEEP,
+                    )
+                })
+                .await?;
+            let mut r = lock(&m.received);
+            for k in recent.into_iter().rev() {
+                r.insert(k);
+            }
+        }
         let (ack_tx, acks) = mpsc::unbounded_channel();
         let mut out = Self {
             in_flight: HashMap::with_capacity(queued.len()),
@@ -224,6 +244,7 @@ impl Outbound {
                     crate::mesh::Sender {
                         seq: r.seq,
                         member: r.member,
+                        session_key: r.session_key,
                         names: r.names(),
                     }
                 })
@@ -232,14 +253,27 @@ impl Outbound {
         let ack = self.ack_tx.clone();
         match receive::open(m, &env, at, sender.as_ref()) {
             Opened::Rows(mut rows) => {
-                // Sessions taking pushes get the message as its rows commit (pushed from
-                // the storing transaction); the relay hears `ack` only after the commit.
+                // Sessions taking pushes get a message seen for the first time as soon as
+                // its rows are queued, before the store writes them; a resend only once
+                // the store found it new. The relay hears `ack` only after the commit: a
+                // crash before it makes the relay resend, and the session dedupes by id.
                 let mut plan = Handover::plan(d, m, &mut rows);
                 let (targets, person) = plan.take_wake();
+                let first = lock(&m.received).insert((env.from, id));
+                let (early, late) = if first {
+                    (Some(plan), None)
+                } else {
+                    (None, Some(plan))
+                };
                 let (d2, m2) = (d.clone(), m.clone());
+                let inserted = move |new: &[(MessageId, claudemesh_schema::SessionId)]| {
+                    if let Some(p) = late {
+                        p.push(new);
+                    }
+                };
                 let r = d
                     .store
-                    .insert_inbox_then(rows, move |new| plan.push(new), move |r| match r {
+                    .insert_inbox_then(rows, inserted, move |r| match r {
                         Ok(_) => {
                             d2.arrived(&m2, &targets, person);
                             let _ = ack.send(id);
@@ -247,8 +281,15 @@ impl Outbound {
                         Err(e) => tracing::error!(%id, error = %e, "cannot store a received message; it stays at the relay"),
                     })
                     .await;
-                if let Err(e) = r {
-                    tracing::error!(%id, error = %e, "store unavailable; the message stays at the relay");
+                match r {
+                    Ok(()) => {
+                        if let Some(p) = early {
+                            p.push_all();
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(%id, error = %e, "store unavailable; the message stays at the relay");
+                    }
                 }
             }
             Opened::Receipt(r) => {

@@ -228,6 +228,32 @@ pub(crate) fn q_taken(
     Ok(out)
 }
 
+/// The last `limit` messages stored for `mesh` (newest first), as (sending session, id):
+/// what the relay may still resend after a restart (their acknowledgement can have been
+/// lost with the process).
+pub(crate) fn q_recent_received(
+    conn: &Connection,
+    mesh: MeshId,
+    limit: usize,
+) -> Result<Vec<(SessionId, MessageId)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT from_session, id FROM inbox WHERE mesh = ?1 ORDER BY rowid DESC LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![mesh.as_bytes(), limit as i64], |r| {
+        let id = |i: usize, what| -> rusqlite::Result<[u8; 16]> {
+            r.get::<_, Vec<u8>>(i)?
+                .try_into()
+                .map_err(|_| corrupt(what))
+        };
+        Ok((
+            SessionId::from_bytes(id(0, "session id")?),
+            MessageId::from_bytes(id(1, "message id")?),
+        ))
+    })?;
+    rows.collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(unwrap_corrupt)
+}
+
 /// The arrival time of a message of `session`, to page after it.
 pub(crate) fn q_received_at(conn: &Connection, id: MessageId) -> Result<Option<i64>> {
     let mut stmt = conn.prepare_cached("SELECT min(received_at) FROM inbox WHERE id = ?1")?;
