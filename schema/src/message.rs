@@ -150,6 +150,52 @@ pub struct Profile {
     pub client: String,
 }
 
+impl Profile {
+    /// This profile as announced by another machine, held to the rules local profiles are
+    /// held to before anything shows it: names and groups that break the name rules are
+    /// dropped (the peer is then shown by its key), free text becomes one clean line of
+    /// bounded length, the kind is a plain word, and delivery lists only known paths.
+    pub fn from_peer(self) -> Profile {
+        let word = |s: &str| {
+            let w = crate::names::one_line(s, 32);
+            if !w.is_empty()
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            {
+                w
+            } else if w.is_empty() {
+                String::new()
+            } else {
+                "other".to_string()
+            }
+        };
+        let mut groups: Vec<String> = self
+            .groups
+            .iter()
+            .filter_map(|g| crate::names::from_peer(g))
+            .collect();
+        groups.truncate(32);
+        Profile {
+            name: crate::names::from_peer(&self.name).unwrap_or_default(),
+            member_name: crate::names::from_peer(&self.member_name).unwrap_or_default(),
+            kind: word(&self.kind),
+            status: self.status,
+            summary: crate::names::one_line(&self.summary, 280),
+            groups,
+            hostname: crate::names::one_line(&self.hostname, 64),
+            cwd: crate::names::one_line(&self.cwd, 256),
+            visible: self.visible,
+            delivery: self
+                .delivery
+                .into_iter()
+                .filter(|d| matches!(d.as_str(), "channel" | "hooks" | "pull"))
+                .collect(),
+            role: crate::names::one_line(&self.role, 64),
+            client: word(&self.client),
+        }
+    }
+}
+
 /// The plaintext of a message envelope.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessagePayload {
