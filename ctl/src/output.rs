@@ -5,7 +5,7 @@ use claudemesh_schema::ipc::methods::{
     InboxMessage, InviteInfo, MeshInfo, MeshPeers, MeshStatus, PendingClaim, StatusResult,
 };
 use claudemesh_schema::ipc::shared::{Memory, Reminder, Reservation, StateEntry, Task};
-use claudemesh_schema::now_ms;
+use claudemesh_schema::{names, now_ms, render};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -103,6 +103,19 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
+/// Text from peers, as one line without controls (names were checked on receipt; rows
+/// cached by older versions were not).
+fn clean(s: &str) -> String {
+    names::one_line(s, 280)
+}
+
+/// A member key's fingerprint, as `verify` shows it.
+fn fingerprint(member_b64: &str) -> String {
+    claudemesh_schema::crypto::MemberKey::from_b64(member_b64)
+        .map(|k| k.short())
+        .unwrap_or_else(|| "-".into())
+}
+
 pub(crate) fn peers(meshes: &[MeshPeers], daemon_down: bool) {
     if meshes.is_empty() {
         out!(
@@ -130,12 +143,19 @@ pub(crate) fn peers(meshes: &[MeshPeers], daemon_down: bool) {
                 // A person is their name; a session of theirs is `person/label`, which is
                 // also how to address it.
                 let name = if p.kind == "cli" || p.member_name.is_empty() {
-                    p.name.clone()
+                    clean(&p.name)
                 } else {
-                    format!("{}/{}", p.member_name, p.name)
+                    format!("{}/{}", clean(&p.member_name), clean(&p.name))
+                };
+                // A peer whose announced name broke the name rules is shown by its key.
+                let name = if name.is_empty() || name == "/" {
+                    "(unnamed)".to_string()
+                } else {
+                    name
                 };
                 vec![
                     format!("{name}{}", if p.me { " (you)" } else { "" }),
+                    fingerprint(&p.member),
                     p.id.short(),
                     if p.online {
                         p.status.as_str().to_string()
@@ -147,24 +167,28 @@ pub(crate) fn peers(meshes: &[MeshPeers], daemon_down: bool) {
                     } else {
                         ago(p.last_seen)
                     },
-                    p.hostname.clone(),
+                    clean(&p.hostname),
                     p.groups
                         .iter()
-                        .map(|g| format!("@{g}"))
+                        .map(|g| format!("@{}", clean(g)))
                         .collect::<Vec<_>>()
                         .join(","),
                     if p.reservations.is_empty() {
-                        p.summary.clone()
+                        clean(&p.summary)
                     } else {
-                        format!("{} [editing {}]", p.summary, p.reservations.join(" "))
-                            .trim()
-                            .to_string()
+                        clean(&format!(
+                            "{} [editing {}]",
+                            p.summary,
+                            p.reservations.join(" ")
+                        ))
                     },
                 ]
             })
             .collect();
         table(
-            &["NAME", "ID", "STATUS", "SEEN", "HOST", "GROUPS", "SUMMARY"],
+            &[
+                "NAME", "KEY", "ID", "STATUS", "SEEN", "HOST", "GROUPS", "SUMMARY",
+            ],
             rows,
         );
     }
@@ -187,11 +211,12 @@ pub(crate) fn inbox(msgs: &[InboxMessage]) {
             String::new()
         };
         out!(
-            "{} ({}{to}, {}){marker}: {}",
-            m.from_name,
-            m.mesh_name,
+            "{} [key {}] ({}{to}, {}){marker}: {}",
+            clean(&render::sender(m)),
+            render::fingerprint(m),
+            clean(&m.mesh_name),
             ago(m.sent_at),
-            m.body
+            names::body(&m.body)
         );
     }
 }

@@ -60,7 +60,12 @@ fn group_and_broadcast_reach_the_right_members_only() {
     ann.wait("peer-online", Some("@dev"));
 
     let r = ann.json(&["send", "@dev", "standup", "in", "5"]);
-    assert_eq!(r["recipients"], serde_json::json!(["ben"]));
+    let to = r["recipients"].as_array().unwrap();
+    assert_eq!(to.len(), 1, "{r}");
+    assert!(
+        to[0].as_str().unwrap().starts_with("ben [key "),
+        "a recipient is named with its key: {r}"
+    );
     assert_eq!(bodies(&ben.inbox_wait()), vec!["standup in 5"]);
 
     ann.ok(&["send", "*", "lunch?"]);
@@ -660,7 +665,8 @@ fn hooks_report_status_and_surface_messages_by_priority() {
     let ctx = v["hookSpecificOutput"]["additionalContext"]
         .as_str()
         .unwrap();
-    assert!(ctx.contains("[URGENT] alice: prod is down"), "{ctx}");
+    assert!(ctx.contains("- [URGENT] alice [key "), "{ctx}");
+    assert!(ctx.contains("\n    | prod is down\n"), "{ctx}");
     assert!(
         !ctx.contains("when you are free") && !ctx.contains("fyi"),
         "{ctx}"
@@ -675,7 +681,8 @@ fn hooks_report_status_and_surface_messages_by_priority() {
     let ctx = v["hookSpecificOutput"]["additionalContext"]
         .as_str()
         .unwrap();
-    assert!(ctx.contains("alice: when you are free"), "{ctx}");
+    assert!(ctx.contains("- alice [key "), "{ctx}");
+    assert!(ctx.contains("\n    | when you are free\n"), "{ctx}");
     assert!(
         !ctx.contains("fyi") && !ctx.contains("prod is down"),
         "shown once, `low` never: {ctx}"

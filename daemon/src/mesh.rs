@@ -215,6 +215,17 @@ impl MeshCtx {
     }
 }
 
+impl MeshCtx {
+    /// The person name a member's sessions announced lately, if any did.
+    pub(crate) fn member_name(&self, member: &MemberKey) -> Option<String> {
+        lock(&self.senders)
+            .values()
+            .filter(|s| s.member == *member && !s.names.0.is_empty())
+            .max_by_key(|s| s.seq)
+            .map(|s| s.names.0.clone())
+    }
+}
+
 /// Most boxes a mesh keeps computed; past it the cache starts over (a hundred sessions
 /// talking to a hundred peers fit).
 const BOX_CACHE: usize = 16_384;

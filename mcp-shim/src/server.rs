@@ -6,7 +6,7 @@ use claudemesh_schema::SessionId;
 use claudemesh_schema::ipc::Notification;
 use claudemesh_schema::ipc::methods::{self as m, InboxMessage};
 use claudemesh_schema::message::{PeerStatus, Priority};
-use claudemesh_schema::render;
+use claudemesh_schema::{names, render};
 
 use crate::claude;
 use rmcp::handler::server::router::tool::ToolRouter;
@@ -176,17 +176,24 @@ pub(crate) fn state_change_notification(
         serde_json::Value::String(s) => s.clone(),
         v => v.to_string(),
     };
-    let content = format!("[state] {} = {value} (set by {})", ch.key, ch.by);
+    // Keys, values and names come from peers: cleaned and escaped like message bodies,
+    // so a value cannot close the `<channel>` tag or read as anything but a value.
+    let one = |s: &str| render::escape(&names::one_line(s, 256)).replace('"', "&quot;");
+    let content = format!(
+        "[state] {} = {} (set by {})",
+        one(&ch.key),
+        render::escape(&names::body(&value)),
+        one(&ch.by)
+    );
     let meta = serde_json::json!({
         "from_id": ch.by_id.to_string(),
-        "from_name": ch.by,
-        "mesh": ch.mesh_name,
+        "from_name": one(&ch.by),
+        "mesh": one(&ch.mesh_name),
         "priority": "low",
         "kind": "state_change",
-        "key": ch.key,
+        "key": one(&ch.key),
         "seq": ch.seq.to_string(),
         "sent_at": ch.at.to_string(),
-        "verified": "true",
     });
     CustomNotification::new(
         "notifications/claude/channel",
@@ -752,7 +759,10 @@ mod tests {
         let n = channel_notification(&msg);
         assert_eq!(n.method, "notifications/claude/channel");
         let p = n.params.unwrap();
-        assert_eq!(p["content"], "[URGENT] alice: deploy is green");
+        assert_eq!(
+            p["content"],
+            "[URGENT] alice [key unknown, verified]: deploy is green"
+        );
         for (k, v) in p["meta"].as_object().unwrap() {
             assert!(k.chars().next().unwrap().is_ascii_alphabetic() || k.starts_with('_'));
             assert!(

@@ -8,6 +8,7 @@ Prints one JSON line with what happened; exits non-zero on any failed check.
 """
 
 import asyncio
+import re
 import json
 import os
 import subprocess
@@ -43,6 +44,12 @@ class ChannelParams(BaseModel):
     content: str
     meta: dict
 
+
+
+def from_alice(content, marker, body):
+    """A channel push from alice's session: marker, sender with its key fingerprint, body."""
+    pattern = re.escape(marker) + r"alice \(alice-claude\) \[key [0-9a-f]{8}(, verified)?\]: " + re.escape(body)
+    return re.fullmatch(pattern, content or "") is not None
 
 def env_for(config_dir, key, name, channels):
     env = {
@@ -156,7 +163,7 @@ async def main():
             if CHANNELS:
                 t_got, note = await asyncio.wait_for(got.get(), 20)
                 out["channel_latency_ms"] = round((t_got - t_send) * 1000, 1)
-                check(note.content == "[URGENT] alice (alice-claude): hello bob", f"channel content: {note.content}")
+                check(from_alice(note.content, "[URGENT] ", "hello bob"), f"channel content: {note.content}")
                 for k, v in note.meta.items():
                     check(k.replace("_", "a").isalnum() and not k[0].isdigit() and "-" not in k, f"meta key {k}")
                     check(isinstance(v, str), f"meta {k} is a string")
@@ -185,13 +192,13 @@ async def main():
                 text(await a.call_tool("send_message", {"to": "bob-claude", "message": "after this", "priority": "next"}))
                 text(await a.call_tool("send_message", {"to": "bob-claude", "message": "urgent", "priority": "now"}))
                 _, note = await asyncio.wait_for(got.get(), 20)
-                check(note.content == "[URGENT] alice (alice-claude): urgent", f"only now while working: {note.content}")
+                check(from_alice(note.content, "[URGENT] ", "urgent"), f"only now while working: {note.content}")
                 # The Stop hook reports idle: the held `next` message is pushed; `low`
                 # waits. (The urgent one was just pushed, so the hook does not repeat it.)
                 out_stop = hook(DIR_B, "session-b", "stop")
                 check(out_stop == "", f"stop does not repeat a pushed message: {out_stop}")
                 _, note = await asyncio.wait_for(got.get(), 20)
-                check(note.content == "alice (alice-claude): after this", f"next after idle: {note.content}")
+                check(from_alice(note.content, "", "after this"), f"next after idle: {note.content}")
                 # A pull does not hand out again what was just pushed (the client has it);
                 # `low` is only ever pulled.
                 pulled = text(await b.call_tool("check_messages", {}))["messages"]

@@ -95,15 +95,36 @@ fn open_rows(
     // The sending session must belong to the sending member (as its signed presence says),
     // and the names shown are the ones from that presence, not the ones the sender typed.
     let mut p = p;
-    if let Some(s) = sender {
-        if s.member != env.from_member {
+    if p.body.len() > crate::delivery::MAX_BODY {
+        // The sender's daemon refuses these; one that did not is not ours to store.
+        tracing::warn!(id = %env.id, size = p.body.len(), "message over the size limit; dropped");
+        return Ok(Vec::new());
+    }
+    // The names shown are never the ones the payload claims: they come from the sending
+    // session's signed presence (held to the name rules on receipt), or, for a session
+    // that never announced itself, from another session of the same member; else none.
+    let (person, label) = match sender {
+        Some(s) if s.member != env.from_member => {
             tracing::warn!(id = %env.id, "message from a session of another member; dropped");
             return Ok(Vec::new());
         }
-        let (person, label) = s.names.clone();
-        p.from_name = person;
-        p.from_label = label;
-    }
+        Some(s) => s.names.clone(),
+        None => (
+            m.member_name(&env.from_member).unwrap_or_default(),
+            String::new(),
+        ),
+    };
+    p.from_name = person;
+    p.from_label = label;
+    // Remote text is stored as it will be shown: no terminal escapes, no invisible
+    // characters; a peer cannot send what reads as this machine's own reminder (a
+    // reminder a peer set for us is a message from that peer).
+    p.body = claudemesh_schema::names::body(&p.body);
+    p.kind = if p.kind == message::KIND_RECEIPT {
+        message::KIND_RECEIPT.into()
+    } else {
+        "text".into()
+    };
     if p.kind == message::KIND_RECEIPT {
         // Receipts come boxed to our member from a member; the body names our message.
         if matches!(env.to, Route::Member { .. })
@@ -127,7 +148,11 @@ fn open_rows(
         tracing::debug!(id = %env.id, from = %env.from_member.short(), cap, "message dropped by grants");
         return Ok(Vec::new());
     }
-    Ok(rows_for(m, &p, &env.from_member, targets, at, for_member))
+    let mut rows = rows_for(m, &p, &env.from_member, targets, at, for_member);
+    for r in &mut rows {
+        r.msg.verified = sender.is_some();
+    }
+    Ok(rows)
 }
 
 /// Open a direct message boxed to `ours`, with the box to its sender computed once.

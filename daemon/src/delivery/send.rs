@@ -36,13 +36,14 @@ struct Target {
 fn describe(p: &PresenceRow) -> String {
     let (person, label) = p.names();
     format!(
-        "{}{} (id {}, {}{})",
+        "{}{} (key {}, id {}, {}{})",
         person,
         if label.is_empty() {
             String::new()
         } else {
             format!("/{label}")
         },
+        p.member.short(),
         p.session.short(),
         if p.profile.hostname.is_empty() {
             "?"
@@ -51,6 +52,11 @@ fn describe(p: &PresenceRow) -> String {
         },
         if p.online { ", online" } else { ", offline" }
     )
+}
+
+/// A recipient as `send` reports it: the name and the member key it went to.
+fn keyed(name: &str, member: &claudemesh_schema::crypto::MemberKey) -> String {
+    format!("{name} [key {}]", member.short())
 }
 
 /// Is `p` a session that ended longer than the grace ago (no longer listed in `peers`)?
@@ -103,6 +109,16 @@ fn resolve(
     let (live, live_idx) = candidates(true);
     let mut picked = pick(&sel, &live);
     let mut map = live_idx;
+    if matches!(picked, Pick::Member(_) | Pick::Session(_)) {
+        // A name (or label, or id prefix) that also fits a member or session gone quiet
+        // is ambiguous, never quietly the live one: else anyone could take an offline
+        // member's name and read what is sent to it.
+        let (all, all_idx) = candidates(false);
+        if let Pick::Ambiguous(v) = pick(&sel, &all) {
+            picked = Pick::Ambiguous(v);
+            map = all_idx;
+        }
+    }
     if picked == Pick::None && matches!(sel, Selector::Word(_)) {
         // An ended session is still reached by its id (its inbox waits for a resume).
         let (all, all_idx) = candidates(false);
@@ -134,7 +150,7 @@ fn resolve(
             names: others
                 .iter()
                 .filter(|p| p.profile.visible && !stale(p, grace, now))
-                .map(|p| p.names().0)
+                .map(|p| keyed(&p.names().0, &p.member))
                 .collect(),
             label: "*".into(),
             local_member: false,
@@ -144,7 +160,10 @@ fn resolve(
                 sessions: v.iter().map(|&i| row(i).session).collect(),
             },
             key: None,
-            names: v.iter().map(|&i| row(i).names().0).collect(),
+            names: v
+                .iter()
+                .map(|&i| keyed(&row(i).names().0, &row(i).member))
+                .collect(),
             label: to.to_string(),
             local_member: false,
         }),
@@ -153,7 +172,7 @@ fn resolve(
             Some(Target {
                 route: Route::Session { session: p.session },
                 key: Some(p.session_key),
-                names: vec![p.names().0],
+                names: vec![keyed(&p.names().0, &p.member)],
                 label: to.to_string(),
                 local_member: false,
             })
@@ -179,7 +198,7 @@ fn resolve(
                 Some(Target {
                     route: Route::Member { member: k },
                     key: Some(key),
-                    names: vec![person.clone()],
+                    names: vec![keyed(&person, &k)],
                     label: person,
                     local_member: false,
                 })
@@ -269,7 +288,7 @@ pub(crate) async fn send_as(
                         Target {
                             route: Route::Session { session: sid },
                             key: Some(s.session_key),
-                            names: vec![s.names.0],
+                            names: vec![keyed(&s.names.0, &s.member)],
                             label: to.clone(),
                             local_member: false,
                         },

@@ -170,7 +170,8 @@ pub(super) async fn presence(d: &Daemon, m: &MeshCtx, rec: PresenceRecord) {
         return;
     }
     let profile = match p.open(&m.keys.mesh_key) {
-        Ok(pr) => pr,
+        // Held to the rules local profiles are held to before anything shows it.
+        Ok(pr) => pr.from_peer(),
         Err(e) => {
             tracing::warn!(session = %p.session.short(), error = %e, "presence does not verify; ignored");
             return;
