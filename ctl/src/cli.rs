@@ -174,6 +174,10 @@ pub(crate) struct ReservationsArgs {
 pub(crate) struct VerifyArgs {
     /// The peer (name, id or fingerprint prefix); default: every member.
     pub(crate) peer: Option<String>,
+    /// You compared the safety number with this peer (in person, or over a channel you
+    /// trust): its messages are shown as verified from now on.
+    #[arg(long, requires = "peer")]
+    pub(crate) confirm: bool,
     #[command(flatten)]
     pub(crate) opts: MeshJson,
 }

@@ -112,7 +112,7 @@ fn clean(s: &str) -> String {
 /// A member key's fingerprint, as `verify` shows it.
 fn fingerprint(member_b64: &str) -> String {
     claudemesh_schema::crypto::MemberKey::from_b64(member_b64)
-        .map(|k| k.short())
+        .map(|k| k.short_fingerprint())
         .unwrap_or_else(|| "-".into())
 }
 
@@ -153,9 +153,19 @@ pub(crate) fn peers(meshes: &[MeshPeers], daemon_down: bool) {
                 } else {
                     name
                 };
+                // A name another key was first seen with is flagged, and explained below.
+                let name = if p.name_first_seen_with.is_some() {
+                    format!("{name} (!)")
+                } else {
+                    name
+                };
                 vec![
                     format!("{name}{}", if p.me { " (you)" } else { "" }),
-                    fingerprint(&p.member),
+                    format!(
+                        "{}{}",
+                        fingerprint(&p.member),
+                        if p.confirmed { " ✔" } else { "" }
+                    ),
                     p.id.short(),
                     if p.online {
                         p.status.as_str().to_string()
@@ -191,6 +201,22 @@ pub(crate) fn peers(meshes: &[MeshPeers], daemon_down: bool) {
             ],
             rows,
         );
+        let mut warned = std::collections::BTreeSet::new();
+        for p in &m.peers {
+            if let Some(first) = &p.name_first_seen_with
+                && warned.insert((p.member.clone(), first.clone()))
+            {
+                let person = clean(if p.member_name.is_empty() {
+                    &p.name
+                } else {
+                    &p.member_name
+                });
+                let key = fingerprint(&p.member);
+                out!(
+                    "  (!) {person} [key {key}] is not the {person} first seen here (key {first}): an impostor, or two people sharing a name. Check with `claudemesh verify {key}`."
+                );
+            }
+        }
     }
 }
 

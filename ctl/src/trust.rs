@@ -32,7 +32,11 @@ pub(crate) async fn list(opts: MeshJson) -> Res {
 }
 
 pub(crate) async fn verify(a: VerifyArgs) -> Res {
-    let VerifyArgs { peer, opts } = a;
+    let VerifyArgs {
+        peer,
+        confirm,
+        opts,
+    } = a;
     let p = paths()?;
     let mut c = client(&p).await?;
     let r: VerifyResult = c
@@ -41,6 +45,7 @@ pub(crate) async fn verify(a: VerifyArgs) -> Res {
             VerifyParams {
                 mesh: opts.mesh,
                 peer,
+                confirm,
             },
         )
         .await?;
@@ -56,12 +61,20 @@ pub(crate) async fn verify(a: VerifyArgs) -> Res {
             } else {
                 s.names.join(", ")
             };
-            out!("{who} ({})", s.fingerprint);
+            out!(
+                "{who} ({}){}",
+                s.fingerprint,
+                if s.confirmed { ", confirmed" } else { "" }
+            );
             out!("  safety number: {}", s.safety_number);
         }
-        out!(
-            "Compare with what they see in `claudemesh verify` (in person, or over a channel you trust)."
-        );
+        if confirm {
+            out!("Confirmed: messages from this member are shown as verified from now on.");
+        } else {
+            out!(
+                "Compare with what they see in `claudemesh verify` (in person, or over a channel you trust); when it matches, `claudemesh verify <fingerprint> --confirm` shows their messages as verified."
+            );
+        }
     }
     Ok(())
 }

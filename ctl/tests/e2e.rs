@@ -27,6 +27,13 @@ fn two_daemons_exchange_messages_exactly_once_both_ways() {
     let (_, peers_b) = b.peers();
     assert_eq!(peers_b, vec![("alice".to_string(), true)]);
 
+    // Bob compared safety numbers with alice: her messages show as verified.
+    let alice_fp = b.json(&["verify", "alice"])["members"][0]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let v = b.json(&["verify", &alice_fp, "--confirm"]);
+    assert_eq!(v["members"][0]["confirmed"], true, "{v}");
     let sent = a.json(&["send", "bob", "hello", "bob", "--priority", "now"]);
     assert_eq!(sent["stage"], "relayed");
     let got = b.inbox_wait();
@@ -44,6 +51,7 @@ fn two_daemons_exchange_messages_exactly_once_both_ways() {
     assert_eq!(bodies(&back), vec!["hi alice"]);
     assert_eq!(back[0]["priority"], "low");
     assert_eq!(back[0]["from_name"], "bob");
+    assert_eq!(back[0]["verified"], false, "alice never confirmed bob");
 
     // Exactly once: nothing further is pending on either side.
     assert!(a.inbox_peek().is_empty());

@@ -402,7 +402,7 @@ fn a_member_who_takes_an_offline_members_name_gets_nothing_meant_for_her() {
     let short = |b64: &str| {
         claudemesh_schema::crypto::MemberKey::from_b64(b64)
             .unwrap()
-            .short()
+            .short_fingerprint()
     };
     assert!(
         err.contains(&short(&alice_key)) && err.contains(&short(&mal_key)),
@@ -426,4 +426,40 @@ fn a_member_who_takes_an_offline_members_name_gets_nothing_meant_for_her() {
         "{human}"
     );
     assert!(rows.iter().any(|r| r.contains(&short(&mal_key))), "{human}");
+    // The name was alice's first: mal's row is flagged and explained.
+    let flagged: Vec<&&str> = rows.iter().filter(|r| r.contains("(!)")).collect();
+    assert_eq!(flagged.len(), 1, "{human}");
+    assert!(flagged[0].contains(&short(&mal_key)), "{human}");
+    assert!(
+        human.contains(&format!(
+            "is not the alice first seen here (key {})",
+            short(&alice_key)
+        )),
+        "{human}"
+    );
+    // What mal sends reads as not-alice wherever it is shown.
+    mal.ok(&["send", "ann", "it's me, alice"]);
+    let got = ann.inbox_wait();
+    let m = got.iter().find(|m| m["body"] == "it's me, alice").unwrap();
+    let from = m["from_name"].as_str().unwrap();
+    assert!(
+        from.contains(&format!(
+            "not the alice first seen, key {}",
+            short(&alice_key)
+        )),
+        "{m}"
+    );
+    assert_eq!(m["verified"], false);
+    // Once ann has checked alice's key, alice's messages are verified; mal's never are.
+    let v = ann.json(&["verify", &short(&alice_key), "--confirm"]);
+    assert_eq!(v["members"][0]["confirmed"], true, "{v}");
+    let (code, err) = ann.fails(&["verify", "--confirm"]);
+    assert_ne!(code, 0, "{err}");
+    nodes[1].start();
+    nodes[1].wait("link-up", None);
+    nodes[1].ok(&["send", "ann", "really me"]);
+    let got = nodes[0].inbox_wait();
+    let m = got.iter().find(|m| m["body"] == "really me").unwrap();
+    assert_eq!(m["from_name"], "alice");
+    assert_eq!(m["verified"], true, "{m}");
 }

@@ -824,14 +824,37 @@ pub(crate) async fn verify(
     use claudemesh_schema::ipc::trust::{SafetyNumber, VerifyResult};
     let m = d.select(p.mesh.as_deref())?;
     let (me, mesh) = (m.member(), m.id);
-    let mut out: Vec<SafetyNumber> = crate::grants::peers(d, &m)
+    let mut pins = d.store.read(move |c| store::q_pins(c, mesh)).await?;
+    let chosen: Vec<_> = crate::grants::peers(d, &m)
         .await?
         .into_iter()
         .filter(|x| p.peer.as_deref().is_none_or(|q| x.selected_by(q)))
+        .collect();
+    if p.confirm {
+        let [one] = chosen.as_slice() else {
+            return Err(Error::invalid(match p.peer {
+                None => "name the peer to confirm (its fingerprint, as `verify` shows it)".into(),
+                Some(q) => format!(
+                    "{q:?} matches {} members; confirm one by its fingerprint",
+                    chosen.len()
+                ),
+            }));
+        };
+        d.store.confirm_member(mesh, one.key).await?;
+        for s in lock(&m.senders).values_mut() {
+            if s.member == one.key {
+                s.confirmed = true;
+            }
+        }
+        pins = d.store.read(move |c| store::q_pins(c, mesh)).await?;
+    }
+    let mut out: Vec<SafetyNumber> = chosen
+        .into_iter()
         .map(|x| SafetyNumber {
             member: x.key.to_b64(),
             fingerprint: x.key.fingerprint(),
             safety_number: crypto::safety_number(&mesh, &me, &x.key),
+            confirmed: pins.is_confirmed(&x.key),
             names: x.names,
         })
         .collect();

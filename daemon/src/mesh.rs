@@ -193,6 +193,10 @@ pub(crate) struct Sender {
     pub(crate) session_key: BoxPublic,
     /// The person, and the session's label.
     pub(crate) names: (String, String),
+    /// Another member holds the person name (it was first seen with that key).
+    pub(crate) name_holder: Option<MemberKey>,
+    /// The user confirmed this member's key.
+    pub(crate) confirmed: bool,
 }
 
 impl MeshCtx {
@@ -210,6 +214,8 @@ impl MeshCtx {
                 member: p.member,
                 session_key: p.session_key,
                 names: p.names(),
+                name_holder: p.name_holder,
+                confirmed: p.confirmed,
             },
         );
     }

@@ -76,6 +76,8 @@ pub fn q_peers(
                     .get(&p.member)
                     .map(|g| g.caps.iter().cloned().collect()),
                 blocked: grants.get(&p.member).is_some_and(|g| g.blocked),
+                name_first_seen_with: p.name_holder.map(|k| k.short_fingerprint()),
+                confirmed: p.confirmed,
             }
         })
         .collect();

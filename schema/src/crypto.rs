@@ -97,6 +97,12 @@ impl MemberKey {
             .collect::<Vec<_>>()
             .join("-")
     }
+
+    /// The first two groups of [`MemberKey::fingerprint`] (`a1b2-c3d4`): what is shown
+    /// with every sender, in `peers` and in a model's context, and typed back to `verify`.
+    pub fn short_fingerprint(&self) -> String {
+        self.fingerprint().chars().take(9).collect()
+    }
 }
 
 impl fmt::Debug for MemberKey {

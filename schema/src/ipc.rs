@@ -774,6 +774,13 @@ pub mod methods {
         /// This daemon drops everything the peer's member sends.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         pub blocked: bool,
+        /// The person name was first seen with another member's key (this short
+        /// fingerprint): an impostor, or two people sharing a name.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub name_first_seen_with: Option<String>,
+        /// The user confirmed this member's key (`claudemesh verify <peer> --confirm`).
+        #[serde(default)]
+        pub confirmed: bool,
     }
 
     /// One mesh's peers.

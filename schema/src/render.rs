@@ -53,7 +53,7 @@ pub fn sender(msg: &InboxMessage) -> String {
 /// one part of a sender's description no other member can take.
 pub fn fingerprint(msg: &InboxMessage) -> String {
     MemberKey::from_b64(&msg.from_member)
-        .map(|k| k.short())
+        .map(|k| k.short_fingerprint())
         .unwrap_or_else(|| "unknown".into())
 }
 

@@ -108,7 +108,19 @@ fn open_rows(
             tracing::warn!(id = %env.id, "message from a session of another member; dropped");
             return Ok(Vec::new());
         }
-        Some(s) => s.names.clone(),
+        // A name another member was first seen with: shown, with whose it is not.
+        Some(s) => match s.name_holder {
+            Some(first) if !s.names.0.is_empty() => (
+                format!(
+                    "{} (not the {} first seen, key {})",
+                    s.names.0,
+                    s.names.0,
+                    first.short_fingerprint()
+                ),
+                s.names.1.clone(),
+            ),
+            _ => s.names.clone(),
+        },
         None => (
             m.member_name(&env.from_member).unwrap_or_default(),
             String::new(),
@@ -149,8 +161,10 @@ fn open_rows(
         return Ok(Vec::new());
     }
     let mut rows = rows_for(m, &p, &env.from_member, targets, at, for_member);
+    // Verified: the user confirmed this member's key, and its name is its own.
+    let verified = sender.is_some_and(|s| s.confirmed && s.name_holder.is_none());
     for r in &mut rows {
-        r.msg.verified = sender.is_some();
+        r.msg.verified = verified;
     }
     Ok(rows)
 }

@@ -43,7 +43,7 @@ fn describe(p: &PresenceRow) -> String {
         } else {
             format!("/{label}")
         },
-        p.member.short(),
+        p.member.short_fingerprint(),
         p.session.short(),
         if p.profile.hostname.is_empty() {
             "?"
@@ -56,7 +56,7 @@ fn describe(p: &PresenceRow) -> String {
 
 /// A recipient as `send` reports it: the name and the member key it went to.
 fn keyed(name: &str, member: &claudemesh_schema::crypto::MemberKey) -> String {
-    format!("{name} [key {}]", member.short())
+    format!("{name} [key {}]", member.short_fingerprint())
 }
 
 /// Is `p` a session that ended longer than the grace ago (no longer listed in `peers`)?

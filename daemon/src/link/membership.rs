@@ -105,6 +105,8 @@ fn presence_frames(
                     profile,
                     online: true,
                     last_seen: now,
+                    name_holder: None,
+                    confirmed: false,
                 };
                 out.push((ClientFrame::Presence(p), row));
             }
@@ -186,11 +188,23 @@ pub(super) async fn presence(d: &Daemon, m: &MeshCtx, rec: PresenceRecord) {
         profile,
         online: rec.online,
         last_seen: rec.last_seen,
+        name_holder: None,
+        confirmed: false,
     };
-    m.learn_sender(&row);
-    if let Err(e) = d.store.upsert_presence(row).await {
-        tracing::warn!(error = %e, "cannot cache presence");
+    let mut row = row;
+    // Stored (and its name pinned) before it is learned: frames of a link are handled in
+    // order, so what this session sends next is labelled with what the pin says.
+    match d.store.upsert_presence(row.clone()).await {
+        Ok((holder, confirmed)) => {
+            row.name_holder = holder;
+            row.confirmed = confirmed;
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot cache presence"),
     }
+    if let Some(k) = row.name_holder {
+        tracing::warn!(session = %row.session.short(), member = %row.member.short(), first = %k.short(), "a peer announced a name another member holds");
+    }
+    m.learn_sender(&row);
     d.bump_changes();
 }
 

@@ -246,6 +246,8 @@ impl Outbound {
                         member: r.member,
                         session_key: r.session_key,
                         names: r.names(),
+                        name_holder: r.name_holder,
+                        confirmed: r.confirmed,
                     }
                 })
             }

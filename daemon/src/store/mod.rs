@@ -37,7 +37,7 @@ pub(crate) use meshes::q_roster;
 pub use meshes::{MeshRow, q_meshes};
 pub use messages::q_counts;
 pub(crate) use messages::{q_outbox, q_sent_find};
-pub(crate) use presence::{PresenceRow, q_presence, q_presence_of};
+pub(crate) use presence::{PresenceRow, q_pins, q_presence, q_presence_of};
 pub(crate) use sessions::{SessionRow, q_aliases, q_sessions};
 
 /// A store operation failed.

@@ -26,6 +26,11 @@ pub(crate) struct PresenceRow {
     pub online: bool,
     /// Last seen, unix ms.
     pub last_seen: i64,
+    /// The member its person name was first seen with, when that is another member (an
+    /// impostor's name, or a name two people share): shown as a warning.
+    pub name_holder: Option<MemberKey>,
+    /// The user confirmed this member's key (`verify --confirm`).
+    pub confirmed: bool,
 }
 
 impl PresenceRow {
@@ -50,7 +55,13 @@ impl PresenceRow {
 
 impl Store {
     /// Cache a presence (kept only if not older than what is cached).
-    pub(crate) async fn upsert_presence(&self, p: PresenceRow) -> Result<()> {
+    /// Pins the presence's person name to its member if nobody holds that name yet, and
+    /// returns who holds it (when another member does) and whether this member is
+    /// confirmed.
+    pub(crate) async fn upsert_presence(
+        &self,
+        p: PresenceRow,
+    ) -> Result<(Option<MemberKey>, bool)> {
         let groups =
             serde_json::to_string(&p.profile.groups).map_err(|_| StoreError::Corrupt("groups"))?;
         let delivery = serde_json::to_string(&p.profile.delivery)
@@ -92,6 +103,28 @@ impl Store {
                     p.profile.client,
                     p.profile.member_name
                 ],
+            )?;
+            let person = pin_name(&p.names().0);
+            if !person.is_empty() {
+                tx.execute(
+                    "INSERT OR IGNORE INTO name_pins (mesh, name, member, first_seen)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![p.mesh.as_bytes(), person, p.member.0, p.last_seen],
+                )?;
+            }
+            let pins = pins_tx(tx, p.mesh)?;
+            Ok((pins.holder_other_than(&p.names().0, &p.member), pins.confirmed.contains(&p.member)))
+        })
+        .await
+    }
+
+    /// Record that the user checked `member`'s key (its safety number) in `mesh`.
+    pub(crate) async fn confirm_member(&self, mesh: MeshId, member: MemberKey) -> Result<()> {
+        let now = claudemesh_schema::now_ms();
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT OR IGNORE INTO confirmed_members (mesh, member, at) VALUES (?1, ?2, ?3)",
+                params![mesh.as_bytes(), member.0, now],
             )
             .map(|_| ())
         })
@@ -178,7 +211,61 @@ fn presence_row(mesh: MeshId, r: &rusqlite::Row<'_>) -> rusqlite::Result<Presenc
         },
         online: r.get(12)?,
         last_seen: r.get(13)?,
+        name_holder: None,
+        confirmed: false,
     })
+}
+
+/// The key a person name is pinned under (names compare without case).
+fn pin_name(person: &str) -> String {
+    person.to_lowercase()
+}
+
+/// Names pinned to member keys in a mesh, and the members the user confirmed.
+#[derive(Debug, Default)]
+pub(crate) struct Pins {
+    names: std::collections::HashMap<String, MemberKey>,
+    confirmed: std::collections::HashSet<MemberKey>,
+}
+
+impl Pins {
+    /// Did the user confirm `member`'s key?
+    pub(crate) fn is_confirmed(&self, member: &MemberKey) -> bool {
+        self.confirmed.contains(member)
+    }
+
+    /// The member holding `person`, when it is not `member`.
+    pub(crate) fn holder_other_than(&self, person: &str, member: &MemberKey) -> Option<MemberKey> {
+        self.names
+            .get(&pin_name(person))
+            .copied()
+            .filter(|k| k != member)
+    }
+}
+
+/// The pins and confirmations of `mesh`.
+pub(crate) fn q_pins(conn: &Connection, mesh: MeshId) -> Result<Pins> {
+    Ok(pins_tx(conn, mesh)?)
+}
+
+fn pins_tx(conn: &Connection, mesh: MeshId) -> rusqlite::Result<Pins> {
+    let mut pins = Pins::default();
+    let mut stmt = conn.prepare_cached("SELECT name, member FROM name_pins WHERE mesh = ?1")?;
+    for row in stmt.query_map(params![mesh.as_bytes()], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+    })? {
+        let (name, member) = row?;
+        if let Ok(k) = <[u8; 32]>::try_from(member.as_slice()) {
+            pins.names.insert(name, MemberKey(k));
+        }
+    }
+    let mut stmt = conn.prepare_cached("SELECT member FROM confirmed_members WHERE mesh = ?1")?;
+    for row in stmt.query_map(params![mesh.as_bytes()], |r| r.get::<_, Vec<u8>>(0))? {
+        if let Ok(k) = <[u8; 32]>::try_from(row?.as_slice()) {
+            pins.confirmed.insert(MemberKey(k));
+        }
+    }
+    Ok(pins)
 }
 
 fn presence_rows(
@@ -193,9 +280,14 @@ fn presence_rows(
     )?;
     let only = only.map(|s| s.as_bytes().to_vec());
     let rows = stmt.query_map(params![mesh.as_bytes(), only], |r| presence_row(mesh, r))?;
+    // A store from before names were pinned (read by a newer CLI) has no pins yet.
+    let pins = pins_tx(conn, mesh).unwrap_or_default();
     let mut out = Vec::new();
     for r in rows {
-        out.push(r.map_err(unwrap_corrupt)?);
+        let mut p = r.map_err(unwrap_corrupt)?;
+        p.name_holder = pins.holder_other_than(&p.names().0, &p.member);
+        p.confirmed = pins.confirmed.contains(&p.member);
+        out.push(p);
     }
     Ok(out)
 }

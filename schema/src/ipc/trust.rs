@@ -17,6 +17,10 @@ pub struct VerifyParams {
     /// Only this peer (name, id prefix or member fingerprint prefix).
     #[serde(default)]
     pub peer: Option<String>,
+    /// Record that the user compared the safety number with this peer (one member):
+    /// its messages are then shown as verified.
+    #[serde(default)]
+    pub confirm: bool,
 }
 
 /// One member's safety number with us.
@@ -30,6 +34,9 @@ pub struct SafetyNumber {
     pub names: Vec<String>,
     /// 12 groups of 5 digits, equal on both sides.
     pub safety_number: String,
+    /// The user confirmed it (`verify <peer> --confirm`).
+    #[serde(default)]
+    pub confirmed: bool,
 }
 
 /// `verify` result.
