@@ -302,6 +302,7 @@ fn main() {
         fingerprint: [7; 32],
         invite,
         secret: [9; 16],
+        genesis: Some([5; 16]),
     }
     .to_link();
     write("invite_link", "link", link.as_bytes());
@@ -315,6 +316,7 @@ fn main() {
         fingerprint: [1; 32],
         invite: InviteId::new(),
         secret: [2; 16],
+        genesis: None,
     }
     .to_link();
     write("invite_link", "ipv6", format!("{v6}/").as_bytes());

@@ -257,13 +257,17 @@ fn link() -> impl Strategy<Value = InviteLink> {
         any::<[u8; 32]>(),
         uuid(),
         any::<[u8; 16]>(),
+        proptest::option::of(any::<[u8; 16]>()),
     )
-        .prop_map(|(host, port, fingerprint, invite, secret)| InviteLink {
-            relay: format!("{host}:{port}"),
-            fingerprint,
-            invite: InviteId(invite),
-            secret,
-        })
+        .prop_map(
+            |(host, port, fingerprint, invite, secret, genesis)| InviteLink {
+                relay: format!("{host}:{port}"),
+                fingerprint,
+                invite: InviteId(invite),
+                secret,
+                genesis,
+            },
+        )
 }
 
 fn decode_any(b: &[u8]) {
