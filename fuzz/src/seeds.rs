@@ -71,6 +71,7 @@ fn main() {
         session,
         name: "alice".into(),
         at: 3,
+        roster: Some(0),
         op: Op::SetState {
             key: "k".into(),
             value: json!({"a": [1, 2.5, "x"]}),
@@ -368,6 +369,7 @@ fn main() {
         seq: 2,
         hash: [4; 32],
         tables,
+        roster_floor: Some(0),
     };
     // The seed is a snapshot the daemon loads.
     let mut db = db;

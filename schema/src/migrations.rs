@@ -13,6 +13,7 @@ pub const DAEMON: &[&str] = &[
     include_str!("../sql/daemon/0006_own_reminders.sql"),
     include_str!("../sql/daemon/0007_confirmed_delivery.sql"),
     include_str!("../sql/daemon/0008_pending_index.sql"),
+    include_str!("../sql/daemon/0009_roster_floor.sql"),
 ];
 
 /// Relay store migrations (`relay.db`).

@@ -68,11 +68,18 @@ fn envelope() -> impl Strategy<Value = Envelope> {
 }
 
 fn op_envelope() -> impl Strategy<Value = OpEnvelope> {
-    (uuid(), member(), bytes()).prop_map(|(id, author, ct)| OpEnvelope {
-        id: OpId(id),
-        author,
-        ct,
-    })
+    (
+        uuid(),
+        member(),
+        bytes(),
+        proptest::option::of(any::<u64>()),
+    )
+        .prop_map(|(id, author, ct, roster)| OpEnvelope {
+            id: OpId(id),
+            author,
+            ct,
+            roster,
+        })
 }
 
 fn sequenced() -> impl Strategy<Value = SequencedOp> {
@@ -399,6 +406,7 @@ proptest! {
                 columns: vec!["mesh".into(), "seq".into()],
                 rows,
             }],
+            roster_floor: None,
         };
         let ct = op::seal_snapshot(&key, &author, &body).unwrap();
         let opened = op::open_snapshot(&key, &body.mesh, seq, &author.public(), &ct).unwrap();
