@@ -514,3 +514,55 @@ fn a_new_member_starts_from_a_snapshot_and_the_relay_drops_the_ops_it_covers() {
     all_synced(&nodes, &cat);
     assert_eq!(digest(ann)["digest"], digest(&cat)["digest"]);
 }
+
+fn share_skill(n: &Node, description: &str) -> std::process::Output {
+    n.run_stdin(
+        &["skill", "share", "deploy", "--description", description],
+        &[],
+        b"run deploy.sh",
+    )
+}
+
+fn skill_description(n: &Node) -> Option<String> {
+    let v = n.json(&["skill", "list"]);
+    v["skills"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "deploy"))
+        .and_then(|s| s["description"].as_str().map(str::to_string))
+}
+
+#[test]
+fn a_member_cannot_replace_or_remove_another_members_skill_but_its_author_and_an_admin_can() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["ann", "ben", "cat"], &[]);
+    let (ann, ben, cat) = (&nodes[0], &nodes[1], &nodes[2]);
+    let all_at = |want: Option<&str>| {
+        let head = digest(ann)["seq"]
+            .as_u64()
+            .unwrap()
+            .max(digest(ben)["seq"].as_u64().unwrap())
+            .max(digest(cat)["seq"].as_u64().unwrap());
+        for n in &nodes {
+            synced(n, head);
+        }
+        let digests: Vec<Value> = nodes.iter().map(digest).collect();
+        for (n, d) in nodes.iter().zip(&digests) {
+            assert_eq!(d["digest"], digests[0]["digest"], "{digests:?}");
+            assert_eq!(skill_description(n).as_deref(), want, "on {}", n.name);
+        }
+    };
+    assert!(share_skill(ben, "ben's").status.success());
+    all_at(Some("ben's"));
+    // Cat (a member) tries to replace and to remove it: folded as no change everywhere.
+    assert!(share_skill(cat, "cat's").status.success());
+    all_at(Some("ben's"));
+    cat.ok(&["skill", "remove", "deploy"]);
+    all_at(Some("ben's"));
+    // Its author can; the owner (an admin) can.
+    assert!(share_skill(ben, "ben's v2").status.success());
+    all_at(Some("ben's v2"));
+    assert!(share_skill(ann, "ann's").status.success());
+    all_at(Some("ann's"));
+    ann.ok(&["skill", "remove", "deploy"]);
+    all_at(None);
+}

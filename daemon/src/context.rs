@@ -236,7 +236,7 @@ impl Daemon {
         grants: HashMap<claudemesh_schema::crypto::MemberKey, Grant>,
     ) -> Option<Arc<MeshCtx>> {
         let mut roster = match Roster::from_genesis(&row.genesis) {
-            Ok(r) => RosterState { roster: r, len: 0 },
+            Ok(r) => RosterState::new(r),
             Err(e) => {
                 tracing::error!(mesh = %row.id.short(), error = %e, "stored mesh genesis does not verify; mesh disabled");
                 return None;

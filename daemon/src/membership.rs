@@ -199,6 +199,7 @@ fn invite_info(
             fingerprint: row.relay_fp,
             invite: cap.id,
             secret: invite::invite_secret(&m.keys.mesh_key, &cap.id),
+            genesis: Some(invite::genesis_hash(&row.genesis)),
         }
         .to_link()
     });
@@ -412,11 +413,13 @@ async fn accept(
         now_ms(),
         Some(cap.id),
     );
+    let genesis_hash = invite::genesis_hash(&lock(&m.row).genesis);
     let js = JoinSecret {
         mesh: m.id,
         mesh_key: *m.keys.mesh_key.as_bytes(),
         name: m.name(),
         admitted_by: lock(&m.row).display_name.clone(),
+        genesis: Some(genesis_hash),
     };
     let mut json = serde_json::to_vec(&js).map_err(|e| Error::internal(e.to_string()))?;
     let sealed = crypto::anon_seal(&request.box_key, &json);
@@ -641,10 +644,11 @@ pub(crate) async fn join(d: &Arc<Daemon>, p: JoinParams) -> Result<MeshInfo, Err
         .map_err(|_| Error::invite("cannot open the mesh key sealed to us"))?;
     let js: JoinSecret = serde_json::from_slice(&opened)
         .map_err(|_| Error::invite("the sealed join data is malformed"))?;
-    if js.mesh != genesis.mesh {
-        return Err(Error::invite(
-            "the sealed mesh id does not match the admission",
-        ));
+    // The MAC shows only that whoever answered holds the link; the key and genesis must
+    // be the ones the link was made for.
+    if let Err(why) = invite::check_admission(&link, &js, &genesis) {
+        tracing::warn!(mesh = %genesis.mesh.short(), %why, "admission refused");
+        return Err(Error::invite(why.to_string()));
     }
     let _g = d.membership.lock().await;
     if d.mesh(&genesis.mesh).is_some() {

@@ -7,7 +7,7 @@ use claudemesh_schema::crypto::{BoxKey, BoxPublic, BoxSecret, CryptoError, Membe
 use claudemesh_schema::ipc::methods::LinkState;
 use claudemesh_schema::message::Profile;
 use claudemesh_schema::op::SequencedOp;
-use claudemesh_schema::roster::{Role, Roster, RosterEntry};
+use claudemesh_schema::roster::{Role, Roster, RosterEntry, RosterHistory};
 use claudemesh_schema::wire::{ClientFrame, ErrorCode};
 use claudemesh_schema::{MeshId, MessageId, OpId, SessionId};
 use std::collections::HashMap;
@@ -367,15 +367,26 @@ pub(crate) fn derive_session(
 pub(crate) struct RosterState {
     pub(crate) roster: Roster,
     pub(crate) len: u64,
+    /// Membership after any number of entries: what the fold checks op authors against.
+    pub(crate) history: RosterHistory,
 }
 
 impl RosterState {
+    pub(crate) fn new(roster: Roster) -> Self {
+        Self {
+            history: RosterHistory::new(roster.owner()),
+            roster,
+            len: 0,
+        }
+    }
+
     /// Apply the entry at `seq` if it is the next one; entries already folded are skipped.
     pub(crate) fn apply(&mut self, seq: u64, e: &RosterEntry) -> Result<bool, String> {
         if seq < self.len {
             return Ok(false);
         }
         self.roster.apply(e).map_err(|err| err.to_string())?;
+        self.history.push(seq, e);
         self.len = seq + 1;
         Ok(true)
     }

@@ -71,6 +71,7 @@ fn main() {
         session,
         name: "alice".into(),
         at: 3,
+        roster: Some(0),
         op: Op::SetState {
             key: "k".into(),
             value: json!({"a": [1, 2.5, "x"]}),
@@ -302,6 +303,7 @@ fn main() {
         fingerprint: [7; 32],
         invite,
         secret: [9; 16],
+        genesis: Some([5; 16]),
     }
     .to_link();
     write("invite_link", "link", link.as_bytes());
@@ -315,6 +317,7 @@ fn main() {
         fingerprint: [1; 32],
         invite: InviteId::new(),
         secret: [2; 16],
+        genesis: None,
     }
     .to_link();
     write("invite_link", "ipv6", format!("{v6}/").as_bytes());
@@ -366,6 +369,7 @@ fn main() {
         seq: 2,
         hash: [4; 32],
         tables,
+        roster_floor: Some(0),
     };
     // The seed is a snapshot the daemon loads.
     let mut db = db;

@@ -101,6 +101,29 @@ pub(crate) async fn append<S: Store>(
     let size = json.len() as u64;
     {
         let st = lock(&entry.state);
+        // An op names its place in the roster's history (daemons fold it by the author's
+        // membership there): a place this relay's roster does not have yet would hold up
+        // every daemon's fold, waiting for entries that never come.
+        if env.roster.is_some_and(|r| r > st.entries.len() as u64) {
+            drop(st);
+            return refuse(
+                link,
+                id,
+                ErrorCode::NotAuthorized,
+                "the op claims roster entries this relay does not have",
+                None,
+            );
+        }
+        if !st.roster.is_member(&member) {
+            drop(st);
+            return refuse(
+                link,
+                id,
+                ErrorCode::NotAuthorized,
+                "the op's author is no longer a member",
+                None,
+            );
+        }
         if st.op_bytes + size > hub.cfg.mesh_quota_op_bytes || !hub.disk.room_for(size) {
             drop(st);
             return refuse(

@@ -8,15 +8,24 @@
 //! mesh key to the claimant's key, and MACs its answer with `s` so the claimant knows the
 //! answer came from a member and not from the relay.
 //!
+//! The link also commits to the mesh: `g = genesis_hash(genesis)`. The claimant accepts an
+//! answer only if the mesh key it receives derives `s` and the genesis it receives hashes to
+//! `g` ([`check_admission`]): someone who holds the link (the relay operator it was sent
+//! through, say) knows `s` and can MAC an answer, but cannot make a mesh key that derives
+//! `s`, nor a genesis that hashes to `g`, so it cannot hand the claimant a mesh of its own.
+//!
 //! Link format: `claudemesh://join/<relay host:port>/<cert sha256, base64url>/<code>` where
-//! `code` is base64url of `invite_id (16 bytes) || s (16 bytes)`.
+//! `code` is base64url of `invite_id (16 bytes) || s (16 bytes) || g (16 bytes)`. Links made
+//! before the genesis hash (a 32-byte code) still parse, with `genesis: None`; they are
+//! accepted only when the admin's sealed answer names the genesis itself.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-use crate::crypto::{BoxPublic, MemberKey, MeshKey, mac};
+use crate::crypto::{BoxPublic, MemberKey, MeshKey, ct_eq, mac};
 use crate::encoding::{self, b64, unb64, unb64_array};
 use crate::ids::{ClaimId, InviteId, MeshId};
+use crate::roster::MeshGenesis;
 
 /// The scheme and path prefix of invite links.
 pub const LINK_PREFIX: &str = "claudemesh://join/";
@@ -32,6 +41,8 @@ pub struct InviteLink {
     pub invite: InviteId,
     /// The invite secret.
     pub secret: [u8; 16],
+    /// [`genesis_hash`] of the mesh's genesis (`None` in links made before it existed).
+    pub genesis: Option<[u8; 16]>,
 }
 
 impl fmt::Debug for InviteLink {
@@ -57,7 +68,7 @@ pub enum InviteParseError {
     /// The fingerprint is not 32 bytes of base64url.
     #[error("the relay fingerprint in the invite is damaged; copy the whole link again")]
     Fingerprint,
-    /// The code is not 32 bytes of base64url.
+    /// The code is not 48 (or, in older links, 32) bytes of base64url.
     #[error("the invite code is damaged; copy the whole link again")]
     Code,
 }
@@ -65,9 +76,12 @@ pub enum InviteParseError {
 impl InviteLink {
     /// Render as a link.
     pub fn to_link(&self) -> String {
-        let mut code = Vec::with_capacity(32);
+        let mut code = Vec::with_capacity(48);
         code.extend_from_slice(self.invite.as_bytes());
         code.extend_from_slice(&self.secret);
+        if let Some(g) = &self.genesis {
+            code.extend_from_slice(g);
+        }
         format!(
             "{LINK_PREFIX}{}/{}/{}",
             self.relay,
@@ -95,17 +109,23 @@ impl InviteLink {
         }
         let fingerprint = unb64_array::<32>(fp).ok_or(InviteParseError::Fingerprint)?;
         let code = unb64(code).map_err(|_| InviteParseError::Code)?;
-        if code.len() != 32 {
+        if code.len() != 32 && code.len() != 48 {
             return Err(InviteParseError::Code);
         }
         let invite = InviteId::from_slice(&code[..16]).ok_or(InviteParseError::Code)?;
         let mut secret = [0u8; 16];
-        secret.copy_from_slice(&code[16..]);
+        secret.copy_from_slice(&code[16..32]);
+        let genesis = (code.len() == 48).then(|| {
+            let mut g = [0u8; 16];
+            g.copy_from_slice(&code[32..]);
+            g
+        });
         Ok(Self {
             relay: relay.to_string(),
             fingerprint,
             invite,
             secret,
+            genesis,
         })
     }
 }
@@ -116,6 +136,73 @@ pub fn invite_secret(key: &MeshKey, invite: &InviteId) -> [u8; 16] {
     let mut s = [0u8; 16];
     s.copy_from_slice(&full[..16]);
     s
+}
+
+/// A 16-byte commitment to one exact genesis (its signed bytes and signature), carried in
+/// invite links and in the sealed answer to a claim.
+pub fn genesis_hash(genesis: &MeshGenesis) -> [u8; 16] {
+    let full = blake3::derive_key("claudemesh 2026 genesis hash v1", &genesis.commitment());
+    let mut g = [0u8; 16];
+    g.copy_from_slice(&full[..16]);
+    g
+}
+
+/// Why a claimant refuses an admin's answer although its MAC checks out (a MAC only shows
+/// that the answer was made by someone holding the link).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdmissionRefusal {
+    /// The mesh key received does not derive the link's secret: not the invite's mesh.
+    #[error(
+        "the mesh key in the answer is not the one the invite was made with: someone holding \
+         the link (the relay?) answered with a mesh of its own; nothing was joined. Ask the \
+         inviter to check their relay, or for a new invite over another relay"
+    )]
+    WrongKey,
+    /// The genesis received is not the one the link (or the sealed answer) names.
+    #[error(
+        "the mesh in the answer is not the one the invite names (its genesis differs): the \
+         relay may be tampering; nothing was joined. Ask the inviter for a new invite"
+    )]
+    WrongGenesis,
+    /// An old link and an old admin: nothing says which genesis is the right one.
+    #[error(
+        "this invite link was made by an older claudemesh and does not say which mesh it is \
+         for, so the answer cannot be checked; nothing was joined. Ask the inviter for a new \
+         invite (`claudemesh invite`)"
+    )]
+    Unbound,
+}
+
+/// The claimant's check of what an admin sealed to it against what the link commits to:
+/// the mesh key must derive the link's secret (only a member can seal that key: the relay
+/// never holds it), the sealed mesh id must be the genesis's, and the genesis must hash to
+/// the link's genesis hash and to the one in the sealed answer, whichever are present; at
+/// least one must be.
+pub fn check_admission(
+    link: &InviteLink,
+    sealed: &JoinSecret,
+    genesis: &MeshGenesis,
+) -> Result<(), AdmissionRefusal> {
+    let key = MeshKey::from_bytes(sealed.mesh_key);
+    if !ct_eq(&invite_secret(&key, &link.invite), &link.secret) {
+        return Err(AdmissionRefusal::WrongKey);
+    }
+    if sealed.mesh != genesis.mesh {
+        return Err(AdmissionRefusal::WrongGenesis);
+    }
+    let g = genesis_hash(genesis);
+    let named: Vec<&[u8; 16]> = [link.genesis.as_ref(), sealed.genesis.as_ref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    if named.is_empty() {
+        return Err(AdmissionRefusal::Unbound);
+    }
+    if named.iter().any(|n| !ct_eq(*n, &g)) {
+        return Err(AdmissionRefusal::WrongGenesis);
+    }
+    Ok(())
 }
 
 fn proof_key(secret: &[u8; 16]) -> [u8; 32] {
@@ -208,7 +295,7 @@ pub fn check_claim(
         &request.box_key,
         request.at,
     );
-    if !crate::crypto::ct_eq(&expected, &request.proof) {
+    if !ct_eq(&expected, &request.proof) {
         return Err(ClaimRefusal::WrongCode);
     }
     if now.abs_diff(request.at) > CLAIM_WINDOW_MS as u64 {
@@ -241,6 +328,32 @@ pub struct JoinSecret {
     pub name: String,
     /// Display name of the admin who admitted the claimant.
     pub admitted_by: String,
+    /// [`genesis_hash`] of the mesh's genesis (absent from answers of older admins), so an
+    /// answer to a link made without one still names its mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt16")]
+    pub genesis: Option<[u8; 16]>,
+}
+
+mod opt16 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &Option<[u8; 16]>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => crate::encoding::array::serialize(b, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<[u8; 16]>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        s.map(|s| {
+            crate::encoding::unb64_array::<16>(&s)
+                .ok_or_else(|| serde::de::Error::custom("expected 16 bytes of base64url"))
+        })
+        .transpose()
+    }
 }
 
 impl fmt::Debug for JoinSecret {
@@ -256,6 +369,7 @@ impl fmt::Debug for JoinSecret {
 mod tests {
     use super::*;
     use crate::crypto::{BoxSecret, MemberSecret};
+    use crate::roster::MeshGenesis;
 
     #[test]
     fn claims_are_checked_proof_first_then_freshness_then_the_capability() {
@@ -353,18 +467,165 @@ mod tests {
 
     #[test]
     fn link_round_trip_and_debug_hides_secret() {
-        let l = InviteLink {
-            relay: "127.0.0.1:7900".into(),
-            fingerprint: [7u8; 32],
-            invite: InviteId::new(),
-            secret: [9u8; 16],
+        for genesis in [Some([3u8; 16]), None] {
+            let l = InviteLink {
+                relay: "127.0.0.1:7900".into(),
+                fingerprint: [7u8; 32],
+                invite: InviteId::new(),
+                secret: [9u8; 16],
+                genesis,
+            };
+            let s = l.to_link();
+            assert!(s.starts_with("claudemesh://join/127.0.0.1:7900/"));
+            assert_eq!(InviteLink::parse(&s).unwrap(), l);
+            assert_eq!(InviteLink::parse(&format!("  {s}\n")).unwrap(), l);
+            let dbg = format!("{l:?}");
+            assert!(!dbg.contains(&b64(&l.secret)));
+        }
+    }
+
+    /// A mesh, an invite link to it as its admin makes it, and the join secret sealed.
+    fn admission() -> (InviteLink, JoinSecret, MeshGenesis) {
+        let key = MeshKey::generate();
+        let genesis = MeshGenesis::sign(&MemberSecret::generate(), MeshId::new(), 1_000);
+        let invite = InviteId::new();
+        let link = InviteLink {
+            relay: "h:1".into(),
+            fingerprint: [1; 32],
+            invite,
+            secret: invite_secret(&key, &invite),
+            genesis: Some(genesis_hash(&genesis)),
         };
-        let s = l.to_link();
-        assert!(s.starts_with("claudemesh://join/127.0.0.1:7900/"));
-        assert_eq!(InviteLink::parse(&s).unwrap(), l);
-        assert_eq!(InviteLink::parse(&format!("  {s}\n")).unwrap(), l);
-        let dbg = format!("{l:?}");
-        assert!(!dbg.contains(&b64(&l.secret)));
+        let js = JoinSecret {
+            mesh: genesis.mesh,
+            mesh_key: *key.as_bytes(),
+            name: "m".into(),
+            admitted_by: "a".into(),
+            genesis: Some(genesis_hash(&genesis)),
+        };
+        (link, js, genesis)
+    }
+
+    #[test]
+    fn an_admission_must_match_the_key_and_genesis_the_link_commits_to() {
+        let (link, js, genesis) = admission();
+        let (_, other_js, other_genesis) = admission();
+        let with = |f: &dyn Fn(&mut InviteLink, &mut JoinSecret, &mut MeshGenesis)| {
+            let (mut l, mut j, mut g) = (link.clone(), js.clone(), genesis.clone());
+            f(&mut l, &mut j, &mut g);
+            check_admission(&l, &j, &g)
+        };
+        use AdmissionRefusal::*;
+        type Case<'a> = (
+            &'static str,
+            Box<dyn Fn(&mut InviteLink, &mut JoinSecret, &mut MeshGenesis) + 'a>,
+            Result<(), AdmissionRefusal>,
+        );
+        let cases: Vec<Case<'_>> = vec![
+            ("as made", Box::new(|_, _, _| {}), Ok(())),
+            (
+                "an old link, a new admin",
+                Box::new(|l, _, _| l.genesis = None),
+                Ok(()),
+            ),
+            (
+                "a new link, an old admin",
+                Box::new(|_, j, _| j.genesis = None),
+                Ok(()),
+            ),
+            (
+                "an old link, an old admin",
+                Box::new(|l, j, _| {
+                    l.genesis = None;
+                    j.genesis = None;
+                }),
+                Err(Unbound),
+            ),
+            (
+                "a mesh of its own (key, id and genesis)",
+                Box::new(|_, j, g| {
+                    *j = other_js.clone();
+                    *g = other_genesis.clone();
+                }),
+                Err(WrongKey),
+            ),
+            (
+                "another key, the right genesis",
+                Box::new(|_, j, _| j.mesh_key = other_js.mesh_key),
+                Err(WrongKey),
+            ),
+            (
+                "the right key, another owner's genesis of the same mesh",
+                Box::new(|_, _, g| {
+                    *g = MeshGenesis::sign(&MemberSecret::generate(), g.mesh, g.created_at)
+                }),
+                Err(WrongGenesis),
+            ),
+            (
+                "... also with an old link (the sealed hash catches it)",
+                Box::new(|l, _, g| {
+                    l.genesis = None;
+                    *g = MeshGenesis::sign(&MemberSecret::generate(), g.mesh, g.created_at);
+                }),
+                Err(WrongGenesis),
+            ),
+            (
+                "... also with an old admin (the link catches it)",
+                Box::new(|_, j, g| {
+                    j.genesis = None;
+                    *g = MeshGenesis::sign(&MemberSecret::generate(), g.mesh, g.created_at);
+                }),
+                Err(WrongGenesis),
+            ),
+            (
+                "the sealed mesh id is not the genesis's",
+                Box::new(|_, j, _| j.mesh = MeshId::new()),
+                Err(WrongGenesis),
+            ),
+            (
+                "the sealed genesis hash disagrees with the link",
+                Box::new(|_, j, _| j.genesis = Some([0; 16])),
+                Err(WrongGenesis),
+            ),
+        ];
+        for (what, f, want) in cases {
+            assert_eq!(with(&*f), want, "{what}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_flipped_byte_of_key_secret_or_genesis_fails_the_admission(
+            part in 0..8usize,
+            at in 0..200usize,
+            bit in 0..8u32,
+        ) {
+            let (mut link, mut js, mut genesis) = admission();
+            let flip = |b: &mut [u8]| {
+                let i = at % b.len();
+                b[i] ^= 1 << bit;
+            };
+            match part {
+                0 => flip(&mut js.mesh_key),
+                1 => flip(&mut link.secret),
+                2 => flip(link.genesis.as_mut().unwrap()),
+                3 => flip(js.genesis.as_mut().unwrap()),
+                // Any byte of the signed genesis: owner, signature, time, mesh id.
+                4 => flip(&mut genesis.owner.0),
+                5 => flip(&mut genesis.sig.0),
+                6 => {
+                    let mut t = genesis.created_at.to_be_bytes();
+                    flip(&mut t);
+                    genesis.created_at = i64::from_be_bytes(t);
+                }
+                _ => {
+                    let mut m = *genesis.mesh.as_bytes();
+                    flip(&mut m);
+                    genesis.mesh = MeshId(uuid::Uuid::from_bytes(m));
+                }
+            }
+            proptest::prop_assert!(check_admission(&link, &js, &genesis).is_err());
+        }
     }
 
     #[test]

@@ -13,7 +13,8 @@ pub const DAEMON: &[&str] = &[
     include_str!("../sql/daemon/0006_own_reminders.sql"),
     include_str!("../sql/daemon/0007_confirmed_delivery.sql"),
     include_str!("../sql/daemon/0008_pending_index.sql"),
-    include_str!("../sql/daemon/0009_name_pins.sql"),
+    include_str!("../sql/daemon/0009_roster_floor.sql"),
+    include_str!("../sql/daemon/0010_name_pins.sql"),
 ];
 
 /// Relay store migrations (`relay.db`).

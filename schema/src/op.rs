@@ -18,6 +18,7 @@ use crate::crypto::{Canonical, CryptoError, MemberKey, MemberSecret, MeshKey, Si
 use crate::encoding;
 use crate::ids::{ItemId, MeshId, OpId, SessionId};
 use crate::message::OpenError;
+use crate::roster::Role;
 
 /// Longest state key, in bytes.
 pub const MAX_KEY: usize = 256;
@@ -39,6 +40,11 @@ pub struct OpEnvelope {
     /// The sealed [`OpBody`] (see [`seal_op`]).
     #[serde(with = "encoding::bytes")]
     pub ct: Vec<u8>,
+    /// A copy of the body's [`OpBody::roster`] in the clear, so the relay can refuse a claim
+    /// beyond the roster it holds. Daemons refuse an op whose copy differs from the signed
+    /// one; a relay that does not know the field drops it, which daemons accept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roster: Option<u64>,
 }
 
 /// An op with its place in the mesh's log.
@@ -110,8 +116,19 @@ pub struct OpBody {
     pub name: String,
     /// Author clock, unix ms (informational).
     pub at: i64,
+    /// How many roster entries the author's daemon had applied when it wrote: the op's
+    /// place in the roster's history (see [`crate::roster::op_standing`]). Absent in ops
+    /// written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roster: Option<u64>,
     /// The change.
     pub op: Op,
+}
+
+/// Whether `author`, with `role` at the op's standing, may replace or remove a skill that
+/// `holder` shared (`None`: no such skill yet): only its author or an admin may.
+pub fn may_change_skill(holder: Option<&MemberKey>, author: &MemberKey, role: Role) -> bool {
+    holder.is_none_or(|h| h == author) || role.is_admin()
 }
 
 /// One change to shared state.
@@ -319,6 +336,7 @@ pub fn seal_op(
         id: body.id,
         author: pk,
         ct,
+        roster: body.roster,
     })
 }
 
@@ -335,7 +353,7 @@ pub fn open_op(key: &MeshKey, mesh: &MeshId, env: &OpEnvelope) -> Result<OpBody,
     env.author
         .verify(&op_sig_bytes(mesh, &env.id, json), &Signature(s))?;
     let body: OpBody = serde_json::from_slice(json)?;
-    if body.id != env.id {
+    if body.id != env.id || env.roster.is_some_and(|r| body.roster != Some(r)) {
         return Err(OpenError::Mismatch);
     }
     Ok(body)
@@ -373,6 +391,10 @@ pub struct SnapshotBody {
     pub hash: [u8; 32],
     /// The folded tables, sequenced rows only.
     pub tables: Vec<SnapshotTable>,
+    /// The roster floor after that op (see [`crate::roster::op_standing`]); absent if no
+    /// op before it made a roster claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roster_floor: Option<u64>,
 }
 
 /// One folded table in a snapshot.
@@ -453,6 +475,7 @@ mod tests {
                 id: OpId::new(),
                 author: MemberKey([0; 32]),
                 ct: Vec::new(),
+                roster: None,
             },
         }
     }
@@ -510,7 +533,26 @@ mod tests {
             session: SessionId::new(),
             name: "alice".into(),
             at: 1,
+            roster: Some(2),
             op,
+        }
+    }
+
+    #[test]
+    fn a_skill_is_changed_only_by_its_author_or_an_admin() {
+        let (a, b) = (
+            MemberSecret::generate().public(),
+            MemberSecret::generate().public(),
+        );
+        let cases = [
+            ("a new skill, by a member", None, Role::Member, true),
+            ("its author replaces it", Some(&a), Role::Member, true),
+            ("another member", Some(&b), Role::Member, false),
+            ("an admin", Some(&b), Role::Admin, true),
+            ("the owner", Some(&b), Role::Owner, true),
+        ];
+        for (what, holder, role, want) in cases {
+            assert_eq!(may_change_skill(holder, &a, role), want, "{what}");
         }
     }
 
@@ -534,6 +576,17 @@ mod tests {
         let mut other = env.clone();
         other.author = MemberSecret::generate().public();
         assert!(open_op(&key, &mesh, &other).is_err());
+        // The clear copy of the roster claim must match the signed one, or be absent (a
+        // relay that does not know the field drops it).
+        assert_eq!(env.roster, Some(2));
+        let mut claim = env.clone();
+        claim.roster = Some(1);
+        assert!(matches!(
+            open_op(&key, &mesh, &claim),
+            Err(OpenError::Mismatch)
+        ));
+        claim.roster = None;
+        assert_eq!(open_op(&key, &mesh, &claim).unwrap(), b);
         // The plaintext is not in the ciphertext.
         let ct = String::from_utf8_lossy(&env.ct).to_string();
         assert!(!ct.contains("set_state"));
@@ -553,6 +606,7 @@ mod tests {
                 columns: vec!["key".into()],
                 rows: vec![vec![serde_json::json!({"t": "k"})]],
             }],
+            roster_floor: Some(3),
         };
         let ct = seal_snapshot(&key, &author, &body).unwrap();
         let pk = author.public();
@@ -582,6 +636,7 @@ mod tests {
                 id: OpId::from_bytes([seq as u8; 16]),
                 author: MemberSecret::generate().public(),
                 ct,
+                roster: None,
             },
         };
         let a = op(1, vec![1, 2]);

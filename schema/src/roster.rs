@@ -379,6 +379,118 @@ impl Roster {
     }
 }
 
+/// Membership over the roster's whole history: who was a member, with which role, after
+/// the first `n` entries, for every `n`. Built from entries [`Roster::apply`] accepted, in
+/// roster order, so every daemon holding the same roster answers the same.
+#[derive(Debug, Clone)]
+pub struct RosterHistory {
+    owner: MemberKey,
+    /// Per member: (number of entries applied when it took effect, role or removed).
+    changes: BTreeMap<MemberKey, Vec<(u64, Option<Role>)>>,
+    len: u64,
+}
+
+impl RosterHistory {
+    /// The history of a mesh with no entries yet.
+    pub fn new(owner: MemberKey) -> Self {
+        Self {
+            owner,
+            changes: BTreeMap::new(),
+            len: 0,
+        }
+    }
+
+    /// Record the entry at `seq` (from 0, in roster order; one [`Roster::apply`] accepted).
+    pub fn push(&mut self, seq: u64, e: &RosterEntry) {
+        self.len = seq + 1;
+        let role = match e.op {
+            RosterOp::Add => Some(e.role),
+            RosterOp::Remove => None,
+        };
+        self.changes
+            .entry(e.member)
+            .or_default()
+            .push((self.len, role));
+    }
+
+    /// How many entries it holds.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether it holds no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// `m`'s role once the first `at` entries were applied.
+    pub fn role_at(&self, m: &MemberKey, at: u64) -> Option<Role> {
+        if *m == self.owner {
+            return Some(Role::Owner);
+        }
+        self.changes
+            .get(m)?
+            .iter()
+            .take_while(|(n, _)| *n <= at)
+            .last()
+            .and_then(|(_, r)| *r)
+    }
+
+    /// The highest role `m` ever held (for ops that name no place in the roster).
+    pub fn ever(&self, m: &MemberKey) -> Option<Role> {
+        if *m == self.owner {
+            return Some(Role::Owner);
+        }
+        let roles = self.changes.get(m)?.iter().filter_map(|(_, r)| *r);
+        roles.min_by_key(|r| r.byte())
+    }
+
+    /// The role an op's author had at the op's standing.
+    pub fn role_of(&self, m: &MemberKey, standing: OpStanding) -> Option<Role> {
+        match standing {
+            OpStanding::At(n) => self.role_at(m, n),
+            OpStanding::Unplaced => self.ever(m),
+        }
+    }
+}
+
+/// Where an op stands in the roster's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpStanding {
+    /// After the first `n` roster entries: its author must be a member there.
+    At(u64),
+    /// Nowhere: no op of the log up to it named a place (ops written before ops carried
+    /// one). Its author must have been admitted at some point.
+    Unplaced,
+}
+
+/// The standing of the next op of the log, and the new floor.
+///
+/// Every op carries `claim`: how many roster entries its author's daemon had applied when it
+/// wrote. The log's *floor* is the highest claim of the ops before; an op stands at
+/// `max(floor, claim)`. So a removed member cannot write "before its removal" by claiming
+/// an old place once any member who saw the removal wrote, and the standing is a function
+/// of the log alone: the same on every daemon, whenever its roster entries arrived. An op
+/// without a claim stands at the floor (or is unplaced if there is none yet).
+///
+/// `Err(n)`: the op stands after `n` entries but only `known` are held here; it cannot be
+/// decided yet (the relay sends roster entries before the ops that depend on them, so this
+/// means the roster is still arriving, or is being withheld).
+pub fn op_standing(
+    floor: Option<u64>,
+    claim: Option<u64>,
+    known: u64,
+) -> Result<(OpStanding, Option<u64>), u64> {
+    let at = match (floor, claim) {
+        (None, None) => return Ok((OpStanding::Unplaced, None)),
+        (f, c) => f.max(c).unwrap_or(0),
+    };
+    if at > known {
+        return Err(at);
+    }
+    Ok((OpStanding::At(at), Some(at)))
+}
+
 /// An invite capability, signed by an admin and published to the relay.
 ///
 /// It holds no secret: the secret half of an invite is derived from the mesh key
@@ -687,6 +799,92 @@ mod tests {
             None,
         );
         assert_eq!(r.apply(&other_mesh), Err(RosterError::WrongMesh));
+    }
+
+    #[test]
+    fn history_answers_membership_after_any_number_of_entries() {
+        let (owner, g, mut r) = setup();
+        let (m, x) = (MemberSecret::generate(), MemberSecret::generate());
+        let mut h = RosterHistory::new(g.owner);
+        let entries = [
+            (m.public(), Role::Member, RosterOp::Add),
+            (m.public(), Role::Admin, RosterOp::Add),
+            (m.public(), Role::Member, RosterOp::Remove),
+            (m.public(), Role::Member, RosterOp::Add),
+        ];
+        for (i, (who, role, op)) in entries.into_iter().enumerate() {
+            let e = RosterEntry::sign(&owner, g.mesh, who, role, op, i as i64, None);
+            r.apply(&e).unwrap();
+            h.push(i as u64, &e);
+        }
+        assert_eq!(h.len(), 4);
+        let (mk, xk, ok) = (m.public(), x.public(), owner.public());
+        let cases = [
+            (mk, 0, None),
+            (mk, 1, Some(Role::Member)),
+            (mk, 2, Some(Role::Admin)),
+            (mk, 3, None),
+            (mk, 4, Some(Role::Member)),
+            (mk, 99, Some(Role::Member)),
+            (xk, 4, None),
+            (ok, 0, Some(Role::Owner)),
+        ];
+        for (who, at, want) in cases {
+            assert_eq!(h.role_at(&who, at), want, "after {at}");
+        }
+        assert_eq!(h.ever(&mk), Some(Role::Admin));
+        assert_eq!(h.ever(&xk), None, "never admitted");
+        assert_eq!(h.role_of(&mk, OpStanding::At(3)), None);
+        assert_eq!(h.role_of(&mk, OpStanding::Unplaced), Some(Role::Admin));
+    }
+
+    #[test]
+    fn an_op_stands_at_the_highest_claim_so_far_and_waits_for_entries_it_needs() {
+        use OpStanding::*;
+        // (floor, claim, known) -> standing and new floor, or the entries it needs.
+        let cases = [
+            ("nothing placed yet", None, None, 0, Ok((Unplaced, None))),
+            ("a first claim", None, Some(2), 5, Ok((At(2), Some(2)))),
+            (
+                "a claim of the genesis",
+                None,
+                Some(0),
+                0,
+                Ok((At(0), Some(0))),
+            ),
+            ("a newer claim", Some(2), Some(4), 5, Ok((At(4), Some(4)))),
+            (
+                "an older claim stands at the floor",
+                Some(4),
+                Some(1),
+                5,
+                Ok((At(4), Some(4))),
+            ),
+            (
+                "no claim stands at the floor",
+                Some(3),
+                None,
+                5,
+                Ok((At(3), Some(3))),
+            ),
+            (
+                "a claim beyond the entries held",
+                Some(1),
+                Some(6),
+                5,
+                Err(6),
+            ),
+            (
+                "a floor beyond them (from a snapshot)",
+                Some(7),
+                None,
+                5,
+                Err(7),
+            ),
+        ];
+        for (what, floor, claim, known, want) in cases {
+            assert_eq!(op_standing(floor, claim, known), want, "{what}");
+        }
     }
 
     #[test]

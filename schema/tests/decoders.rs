@@ -68,11 +68,18 @@ fn envelope() -> impl Strategy<Value = Envelope> {
 }
 
 fn op_envelope() -> impl Strategy<Value = OpEnvelope> {
-    (uuid(), member(), bytes()).prop_map(|(id, author, ct)| OpEnvelope {
-        id: OpId(id),
-        author,
-        ct,
-    })
+    (
+        uuid(),
+        member(),
+        bytes(),
+        proptest::option::of(any::<u64>()),
+    )
+        .prop_map(|(id, author, ct, roster)| OpEnvelope {
+            id: OpId(id),
+            author,
+            ct,
+            roster,
+        })
 }
 
 fn sequenced() -> impl Strategy<Value = SequencedOp> {
@@ -257,13 +264,17 @@ fn link() -> impl Strategy<Value = InviteLink> {
         any::<[u8; 32]>(),
         uuid(),
         any::<[u8; 16]>(),
+        proptest::option::of(any::<[u8; 16]>()),
     )
-        .prop_map(|(host, port, fingerprint, invite, secret)| InviteLink {
-            relay: format!("{host}:{port}"),
-            fingerprint,
-            invite: InviteId(invite),
-            secret,
-        })
+        .prop_map(
+            |(host, port, fingerprint, invite, secret, genesis)| InviteLink {
+                relay: format!("{host}:{port}"),
+                fingerprint,
+                invite: InviteId(invite),
+                secret,
+                genesis,
+            },
+        )
 }
 
 fn decode_any(b: &[u8]) {
@@ -395,6 +406,7 @@ proptest! {
                 columns: vec!["mesh".into(), "seq".into()],
                 rows,
             }],
+            roster_floor: None,
         };
         let ct = op::seal_snapshot(&key, &author, &body).unwrap();
         let opened = op::open_snapshot(&key, &body.mesh, seq, &author.public(), &ct).unwrap();

@@ -485,6 +485,7 @@ async fn the_op_log_quota_refuses_writes_honestly_and_keeps_the_mesh_working() {
             id,
             author: owner.pk(),
             ct: vec![5; 1024],
+            roster: None,
         };
         send(&mut a, &ClientFrame::Op(env)).await;
         let r = until(&mut a, |f| match f {
@@ -744,4 +745,36 @@ async fn a_send_naming_too_many_sessions_is_refused_before_it_can_poison_a_mailb
     );
     assert!(still_routes(&owner, &mut a, &member, &mut b).await < DAEMON_WAIT);
     f.relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_op_claiming_roster_entries_the_relay_does_not_have_is_refused() {
+    use claudemesh_schema::OpId;
+    use claudemesh_schema::op::OpEnvelope;
+    let f = relay(|_| {}).await;
+    // One roster entry: the member's admission.
+    let (_mesh, owner, mut a, _member, _b) = mesh(&f).await;
+    // A claim beyond it would hold up every daemon's fold, waiting for entries that never
+    // come; a claim within it is sequenced.
+    for (claim, refused) in [(2, true), (1, false)] {
+        let id = OpId::new();
+        let env = OpEnvelope {
+            id,
+            author: owner.pk(),
+            ct: vec![5; 64],
+            roster: Some(claim),
+        };
+        send(&mut a, &ClientFrame::Op(env)).await;
+        let got = until(&mut a, |f| match f {
+            RelayFrame::OpAck { id: x, .. } if x == id => Some(None),
+            RelayFrame::OpRefused { id: x, code, .. } if x == id => Some(Some(code)),
+            _ => None,
+        })
+        .await;
+        assert_eq!(
+            got,
+            refused.then_some(ErrorCode::NotAuthorized),
+            "claim {claim}"
+        );
+    }
 }

@@ -12,7 +12,8 @@
 //! read-time overlay of the op outbox (state keys, forgotten memories).
 
 use claudemesh_schema::crypto::MemberKey;
-use claudemesh_schema::op::{Op, OpBody};
+use claudemesh_schema::op::{Op, OpBody, may_change_skill};
+use claudemesh_schema::roster::Role;
 use claudemesh_schema::{ItemId, MeshId, SessionId};
 use rusqlite::{OptionalExtension, Transaction, params};
 
@@ -30,6 +31,9 @@ pub(crate) struct Applying<'a> {
     pub(crate) seq: u64,
     pub(crate) at: i64,
     pub(crate) author: &'a MemberKey,
+    /// The author's role at the op's standing in the roster (it is a member there: ops of
+    /// non-members are never folded).
+    pub(crate) role: Role,
     pub(crate) body: &'a OpBody,
 }
 
@@ -209,6 +213,9 @@ pub(crate) fn apply(tx: &Transaction<'_>, a: &Applying<'_>) -> rusqlite::Result<
             tags,
             when_to_use,
         } => {
+            if let Some(n) = skill_refused(tx, a, skill, "replace")? {
+                return Ok(n);
+            }
             tx.execute(
                 "INSERT INTO skills (mesh, name, description, instructions, tags, when_to_use,
                    author, author_name, updated_at, seq)
@@ -233,6 +240,9 @@ pub(crate) fn apply(tx: &Transaction<'_>, a: &Applying<'_>) -> rusqlite::Result<
             )?;
         }
         Op::RemoveSkill { name: skill } => {
+            if let Some(n) = skill_refused(tx, a, skill, "remove")? {
+                return Ok(n);
+            }
             tx.execute(
                 "DELETE FROM skills WHERE mesh = ?1 AND name = ?2",
                 params![mesh, skill],
@@ -284,6 +294,38 @@ pub(crate) fn apply(tx: &Transaction<'_>, a: &Applying<'_>) -> rusqlite::Result<
         Op::Unknown => {}
     }
     Ok(Vec::new())
+}
+
+/// A notice for the author if it may not `verb` the skill `name` (another member shared
+/// it, and the author is not an admin at the op's standing).
+fn skill_refused(
+    tx: &Transaction<'_>,
+    a: &Applying<'_>,
+    name: &str,
+    verb: &str,
+) -> rusqlite::Result<Option<Vec<Notice>>> {
+    let holder: Option<(Vec<u8>, String)> = tx
+        .query_row(
+            "SELECT author, author_name FROM skills WHERE mesh = ?1 AND name = ?2",
+            params![a.mesh.as_bytes(), name],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let key = holder
+        .as_ref()
+        .and_then(|(k, _)| <[u8; 32]>::try_from(k.as_slice()).ok())
+        .map(MemberKey);
+    if holder.is_none() || may_change_skill(key.as_ref(), a.author, a.role) {
+        return Ok(None);
+    }
+    let who = holder.map(|(_, n)| n).unwrap_or_default();
+    Ok(Some(vec![Notice {
+        session: a.body.session,
+        kind: "skill",
+        text: format!(
+            "you cannot {verb} the skill {name:?}: {who} shared it; only its author or an admin can"
+        ),
+    }]))
 }
 
 /// Apply an own write ahead of the log, where it cannot conflict with anyone's.

@@ -18,6 +18,7 @@ use claudemesh_schema::ipc::methods::InboxMessage;
 use claudemesh_schema::ipc::shared::{AuditResult, WriteResult};
 use claudemesh_schema::message::Priority;
 use claudemesh_schema::op::{self, Op, OpBody, Reorder, SequencedOp};
+use claudemesh_schema::roster::{RosterHistory, op_standing};
 use claudemesh_schema::wire::{self, ClientFrame, ErrorCode, MAX_CIPHERTEXT};
 use claudemesh_schema::{MeshId, MessageId, OpId, SessionId, now_ms};
 use rusqlite::{Transaction, params};
@@ -76,6 +77,8 @@ pub(crate) async fn write(
         session,
         name,
         at: now_ms(),
+        // Where this write stands in the roster: the entries this daemon has applied.
+        roster: Some(lock(&m.roster).len),
         op,
     };
     let id = body.id;
@@ -468,12 +471,14 @@ async fn submit(d: &Arc<Daemon>, m: &Arc<MeshCtx>, run: Vec<SequencedOp>) {
     let daemon_session = m.keys.session;
     let member = m.member();
     let capture = Some((d.cfg.state.snapshot_every, member));
+    // The roster as held now: the relay sends entries before the ops that stand after them.
+    let roster = lock(&m.roster).history.clone();
     let rt = tokio::runtime::Handle::current();
     let r = d
         .store
         .write_then(
             move |tx| {
-                apply_run(tx, mesh, opened, capture, |tx, author, notices| {
+                apply_run(tx, mesh, opened, capture, &roster, |tx, author, notices| {
                     // Only for ops this daemon's member wrote: the session an op names is
                     // the author's claim, and another member's op must not reach ours.
                     if *author != member {
@@ -519,21 +524,34 @@ pub(crate) struct Applied {
 }
 
 /// Apply a run of consecutive sequenced ops on top of the stored head.
+///
+/// An op is folded only if its author is a member at the op's standing in the roster
+/// (`roster::op_standing`: the highest roster place claimed by the log up to it), with the
+/// role it had there; other ops are kept in the log and the chain but change nothing. The
+/// standing depends on the log alone, so every daemon skips the same ops. An op standing
+/// beyond the roster entries held here rolls the run back: it is applied once they came.
 pub(crate) fn apply_run(
     tx: &Transaction<'_>,
     mesh: MeshId,
     ops: Vec<Opened>,
     capture: Option<(u64, MemberKey)>,
+    roster: &RosterHistory,
     mut notices_to: impl FnMut(&Transaction<'_>, &MemberKey, Vec<Notice>) -> rusqlite::Result<()>,
 ) -> rusqlite::Result<Applied> {
-    let (mut seq, mut hash) = tx
+    let (mut seq, mut hash, mut floor) = tx
         .query_row(
-            "SELECT seq, hash FROM op_heads WHERE mesh = ?1",
+            "SELECT seq, hash, roster_floor FROM op_heads WHERE mesh = ?1",
             params![mesh.as_bytes()],
-            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?)),
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, Option<i64>>(2)?.map(|f| f.max(0) as u64),
+                ))
+            },
         )
-        .map(|(s, h)| (s, h.try_into().unwrap_or([0u8; 32])))
-        .unwrap_or((0, op::chain_origin(&mesh)));
+        .map(|(s, h, f)| (s, h.try_into().unwrap_or([0u8; 32]), f))
+        .unwrap_or((0, op::chain_origin(&mesh), None));
     let mut applied = Applied::default();
     for (o, body) in ops {
         if o.seq <= seq {
@@ -566,8 +584,32 @@ pub(crate) fn apply_run(
             body_json,
             error
         ])?;
-        match &body {
+        // Where the op stands in the roster, and its author's role there.
+        let role = match &body {
             Ok(b) => {
+                let (standing, next_floor) = op_standing(floor, b.roster, roster.len())
+                    .map_err(|needs| {
+                        rusqlite::Error::ToSqlConversionFailure(
+                            format!(
+                                "op {} stands after roster entry {needs}, but only {} are known here; applied once they arrive",
+                                o.seq,
+                                roster.len()
+                            )
+                            .into(),
+                        )
+                    })?;
+                floor = next_floor;
+                let role = roster.role_of(&o.op.author, standing);
+                if role.is_none() {
+                    tracing::warn!(mesh = %mesh.short(), seq = o.seq, author = %o.op.author.short(), ?standing, "op by a non-member at its place in the roster; skipped");
+                }
+                role
+            }
+            Err(_) => None,
+        };
+        match (&body, role) {
+            (Ok(_), None) => {}
+            (Ok(b), Some(role)) => {
                 let notices = fold::apply(
                     tx,
                     &Applying {
@@ -575,6 +617,7 @@ pub(crate) fn apply_run(
                         seq: o.seq,
                         at: o.at,
                         author: &o.op.author,
+                        role,
                         body: b,
                     },
                 )?;
@@ -594,7 +637,7 @@ pub(crate) fn apply_run(
                 }
                 applied.kinds.insert(b.op.kind());
             }
-            Err(e) => {
+            (Err(e), _) => {
                 tracing::warn!(mesh = %mesh.short(), seq = o.seq, error = %e, "op does not open; skipped (run `claudemesh audit verify`)");
             }
         }
@@ -608,14 +651,20 @@ pub(crate) fn apply_run(
             && seq % every == 0
             && o.op.author == *me
         {
-            applied.snapshot = Some(snapshot::capture(tx, mesh, seq, hash)?);
+            applied.snapshot = Some(snapshot::capture(tx, mesh, seq, hash, floor)?);
         }
     }
     tx.prepare_cached(
-        "INSERT INTO op_heads (mesh, seq, hash) VALUES (?1, ?2, ?3)
-         ON CONFLICT (mesh) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+        "INSERT INTO op_heads (mesh, seq, hash, roster_floor) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (mesh) DO UPDATE SET seq = excluded.seq, hash = excluded.hash,
+           roster_floor = excluded.roster_floor",
     )?
-    .execute(params![mesh.as_bytes(), seq as i64, hash])?;
+    .execute(params![
+        mesh.as_bytes(),
+        seq as i64,
+        hash,
+        floor.map(|f| f as i64)
+    ])?;
     Ok(applied)
 }
 
@@ -798,6 +847,7 @@ pub(crate) async fn audit(d: &Arc<Daemon>, m: &Arc<MeshCtx>) -> Result<AuditResu
                         id,
                         author: MemberKey(author),
                         ct,
+                        roster: None,
                     },
                 };
                 out.push((o, hash, error));

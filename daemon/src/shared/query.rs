@@ -382,6 +382,20 @@ pub(crate) fn q_digest(conn: &Connection, mesh: MeshId) -> Result<DigestResult> 
         }
         counts.insert((*table).to_string(), n);
     }
+    // The roster floor decides how later ops fold: part of the state.
+    let floor: Option<i64> = conn
+        .query_row(
+            "SELECT roster_floor FROM op_heads WHERE mesh = ?1",
+            params![mesh.as_bytes()],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten();
+    h.update(b"roster_floor");
+    match floor {
+        None => h.update(&[0]),
+        Some(f) => h.update(&[1]).update(&f.to_le_bytes()),
+    };
     let pending: i64 = conn.query_row(
         "SELECT count(*) FROM op_outbox WHERE mesh = ?1",
         params![mesh.as_bytes()],

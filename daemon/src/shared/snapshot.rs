@@ -60,6 +60,7 @@ pub(crate) fn capture(
     mesh: MeshId,
     seq: u64,
     hash: [u8; 32],
+    roster_floor: Option<u64>,
 ) -> rusqlite::Result<SnapshotBody> {
     let mut tables = Vec::new();
     for (table, order) in TABLES {
@@ -88,6 +89,7 @@ pub(crate) fn capture(
         seq,
         hash,
         tables,
+        roster_floor,
     })
 }
 
@@ -159,10 +161,17 @@ pub(crate) fn load(
         params![mesh.as_bytes(), body.seq as i64],
     )?;
     tx.execute(
-        "INSERT INTO op_heads (mesh, seq, hash, base_seq, base_hash) VALUES (?1, ?2, ?3, ?2, ?3)
+        "INSERT INTO op_heads (mesh, seq, hash, base_seq, base_hash, roster_floor)
+         VALUES (?1, ?2, ?3, ?2, ?3, ?4)
          ON CONFLICT (mesh) DO UPDATE SET seq = excluded.seq, hash = excluded.hash,
-           base_seq = excluded.base_seq, base_hash = excluded.base_hash",
-        params![mesh.as_bytes(), body.seq as i64, body.hash],
+           base_seq = excluded.base_seq, base_hash = excluded.base_hash,
+           roster_floor = excluded.roster_floor",
+        params![
+            mesh.as_bytes(),
+            body.seq as i64,
+            body.hash,
+            body.roster_floor.map(|f| f.min(i64::MAX as u64) as i64)
+        ],
     )?;
     Ok(())
 }
@@ -182,6 +191,7 @@ mod tests {
                 columns: columns.iter().map(|c| c.to_string()).collect(),
                 rows: vec![row],
             }],
+            roster_floor: None,
         }
     }
 

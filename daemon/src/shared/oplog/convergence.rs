@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use super::apply_run;
 use crate::shared::{fold, query};
 use claudemesh_schema::op::Reorder;
+use claudemesh_schema::roster::{Role, RosterEntry, RosterHistory, RosterOp};
 
 struct Relay {
     log: Vec<SequencedOp>,
@@ -89,6 +90,7 @@ impl Replica {
             session: self.session,
             name: "r".into(),
             at: 0,
+            roster: Some(2),
             op,
         };
         let env = op::seal_op(key, &mesh, &self.member, &body).unwrap();
@@ -135,16 +137,46 @@ impl Replica {
             .collect();
     }
 
-    fn receive(&mut self, mesh: MeshId, key: &MeshKey, ops: Vec<SequencedOp>) {
+    fn receive(
+        &mut self,
+        mesh: MeshId,
+        key: &MeshKey,
+        roster: &RosterHistory,
+        ops: Vec<SequencedOp>,
+    ) {
         let run = self.order.push(ops);
         if run.is_empty() {
             return;
         }
-        apply(self.conn(), mesh, key, run);
+        apply(self.conn(), mesh, key, roster, run);
     }
 }
 
-fn apply(conn: &mut Connection, mesh: MeshId, key: &MeshKey, run: Vec<SequencedOp>) {
+/// The roster of the model's mesh: replica 0 owns it and added the other two.
+fn roster(members: &[MemberSecret], mesh: MeshId) -> RosterHistory {
+    let mut h = RosterHistory::new(members[0].public());
+    for (i, m) in members[1..].iter().enumerate() {
+        let e = RosterEntry::sign(
+            &members[0],
+            mesh,
+            m.public(),
+            Role::Member,
+            RosterOp::Add,
+            1,
+            None,
+        );
+        h.push(i as u64, &e);
+    }
+    h
+}
+
+fn apply(
+    conn: &mut Connection,
+    mesh: MeshId,
+    key: &MeshKey,
+    roster: &RosterHistory,
+    run: Vec<SequencedOp>,
+) {
     let opened = run
         .into_iter()
         .map(|o| {
@@ -153,7 +185,7 @@ fn apply(conn: &mut Connection, mesh: MeshId, key: &MeshKey, run: Vec<SequencedO
         })
         .collect();
     let tx = conn.transaction().unwrap();
-    apply_run(&tx, mesh, opened, None, |_, _, _| Ok(())).unwrap();
+    apply_run(&tx, mesh, opened, None, roster, |_, _, _| Ok(())).unwrap();
     tx.commit().unwrap();
 }
 
@@ -275,6 +307,11 @@ fn run_events(events: Vec<Event>) -> (tempfile::TempDir, Connection, Vec<Session
             }
         })
         .collect();
+    let keys: Vec<MemberSecret> = reps
+        .iter()
+        .map(|r| MemberSecret::from_bytes(&r.member.to_bytes()))
+        .collect();
+    let members = roster(&keys, mesh);
     for e in events {
         match e {
             Event::Write { r, kind, a, b } => {
@@ -300,7 +337,7 @@ fn run_events(events: Vec<Event>) -> (tempfile::TempDir, Connection, Vec<Session
                         batch.push(relay.log[from - 1].clone());
                     }
                     for o in shuffled(batch, shuffle) {
-                        reps[r].receive(mesh, &key, vec![o]);
+                        reps[r].receive(mesh, &key, &members, vec![o]);
                     }
                 }
             }
@@ -326,11 +363,11 @@ fn run_events(events: Vec<Event>) -> (tempfile::TempDir, Connection, Vec<Session
     for r in reps.iter_mut() {
         let from = r.order.next.saturating_sub(1) as usize;
         let rest: Vec<SequencedOp> = relay.log.iter().skip(from).cloned().collect();
-        r.receive(mesh, &key, rest);
+        r.receive(mesh, &key, &members, rest);
     }
     let mut fresh = open(&dir.path().join("fresh.db"));
     if !relay.log.is_empty() {
-        apply(&mut fresh, mesh, &key, relay.log.clone());
+        apply(&mut fresh, mesh, &key, &members, relay.log.clone());
     }
     let want = query::q_digest(&fresh, mesh).unwrap();
     assert_eq!(want.seq, relay.log.len() as u64);
@@ -342,7 +379,7 @@ fn run_events(events: Vec<Event>) -> (tempfile::TempDir, Connection, Vec<Session
     // A snapshot of the fold loads into an empty store as the same state.
     if let Some((seq, hash)) = query::q_head(&fresh, mesh).unwrap() {
         let tx = fresh.transaction().unwrap();
-        let snap = crate::shared::snapshot::capture(&tx, mesh, seq, hash).unwrap();
+        let snap = crate::shared::snapshot::capture(&tx, mesh, seq, hash, Some(2)).unwrap();
         drop(tx);
         let mut other = open(&dir.path().join("from-snapshot.db"));
         let tx = other.transaction().unwrap();
@@ -410,5 +447,250 @@ fn a_claim_race_has_one_winner_by_log_order() {
         tasks[0].assignee_id,
         Some(sessions[2]),
         "replica 2 published first"
+    );
+}
+
+/// A model mesh with a hand-made log: members' keys, the roster's history, and the ops as
+/// the relay sequenced them.
+struct Log {
+    mesh: MeshId,
+    key: MeshKey,
+    ops: Vec<SequencedOp>,
+}
+
+impl Log {
+    fn new() -> Self {
+        Self {
+            mesh: MeshId::new(),
+            key: MeshKey::generate(),
+            ops: Vec::new(),
+        }
+    }
+
+    /// `by` writes `op`, claiming `roster` entries (what its daemon had applied).
+    fn write(&mut self, by: &MemberSecret, roster: Option<u64>, op: Op) {
+        let body = OpBody {
+            id: OpId::new(),
+            session: SessionId::new(),
+            name: "w".into(),
+            at: 0,
+            roster,
+            op,
+        };
+        let env = op::seal_op(&self.key, &self.mesh, by, &body).unwrap();
+        let seq = self.ops.len() as u64 + 1;
+        self.ops.push(SequencedOp {
+            seq,
+            at: seq as i64 * 1000,
+            op: env,
+        });
+    }
+
+    fn set(&mut self, by: &MemberSecret, roster: Option<u64>, key: &str) {
+        self.write(
+            by,
+            roster,
+            Op::SetState {
+                key: key.into(),
+                value: serde_json::json!(1),
+            },
+        );
+    }
+
+    /// Apply ops `from..to` (1-based, inclusive) on `conn` with `roster`; the notices.
+    fn apply(
+        &self,
+        conn: &mut Connection,
+        roster: &RosterHistory,
+        from: u64,
+        to: u64,
+    ) -> rusqlite::Result<Vec<fold::Notice>> {
+        let opened = self.ops[(from - 1) as usize..to as usize]
+            .iter()
+            .map(|o| {
+                let b = op::open_op(&self.key, &self.mesh, &o.op).map_err(|e| e.to_string());
+                (o.clone(), b)
+            })
+            .collect();
+        let tx = conn.transaction().unwrap();
+        let mut notices = Vec::new();
+        apply_run(&tx, self.mesh, opened, None, roster, |_, _, n| {
+            notices.extend(n);
+            Ok(())
+        })?;
+        tx.commit().unwrap();
+        Ok(notices)
+    }
+}
+
+fn keys_of(conn: &Connection, mesh: MeshId) -> Vec<String> {
+    let mut stmt = conn
+        .prepare("SELECT key FROM state_kv WHERE mesh = ?1 ORDER BY key")
+        .unwrap();
+    stmt.query_map(params![mesh.as_bytes()], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+fn entry(
+    by: &MemberSecret,
+    mesh: MeshId,
+    who: &MemberSecret,
+    role: Role,
+    op: RosterOp,
+) -> RosterEntry {
+    RosterEntry::sign(by, mesh, who.public(), role, op, 1, None)
+}
+
+#[test]
+fn ops_of_removed_or_never_admitted_keys_are_skipped_on_every_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::new();
+    let (owner, member, stranger) = (
+        MemberSecret::generate(),
+        MemberSecret::generate(),
+        MemberSecret::generate(),
+    );
+    let mesh = log.mesh;
+    // The roster: the owner adds the member (entry 0), then removes it (entry 1).
+    let mut before = RosterHistory::new(owner.public());
+    before.push(
+        0,
+        &entry(&owner, mesh, &member, Role::Member, RosterOp::Add),
+    );
+    let mut after = before.clone();
+    after.push(
+        1,
+        &entry(&owner, mesh, &member, Role::Member, RosterOp::Remove),
+    );
+
+    log.set(&owner, Some(1), "owner-1");
+    log.set(&member, Some(1), "member-while-a-member");
+    log.set(&stranger, Some(1), "never-admitted");
+    log.set(&stranger, None, "never-admitted-unplaced");
+    log.set(&owner, Some(2), "owner-after-the-removal");
+    log.set(&member, Some(1), "removed-claiming-an-old-place");
+    log.set(&member, None, "removed-claiming-no-place");
+    log.set(&member, Some(0), "removed-claiming-the-genesis");
+    let n = log.ops.len() as u64;
+
+    // A applied the first ops live, before the removal reached it.
+    let mut a = open(&dir.path().join("a.db"));
+    log.apply(&mut a, &before, 1, 4).unwrap();
+    // An op standing after an entry A does not hold waits (the run rolls back).
+    let e = log.apply(&mut a, &before, 5, n).unwrap_err().to_string();
+    assert!(e.contains("only 1 are known"), "{e}");
+    assert_eq!(query::q_head(&a, mesh).unwrap().unwrap().0, 4);
+    log.apply(&mut a, &after, 5, n).unwrap();
+    // B caught up later, with the whole roster.
+    let mut b = open(&dir.path().join("b.db"));
+    log.apply(&mut b, &after, 1, n).unwrap();
+    // C started from B's snapshot after the owner's op, then applied the rest.
+    let mut c = open(&dir.path().join("c.db"));
+    {
+        let mut s = open(&dir.path().join("s.db"));
+        log.apply(&mut s, &after, 1, 5).unwrap();
+        let tx = s.transaction().unwrap();
+        let (seq, hash) = query::q_head(&tx, mesh).unwrap().unwrap();
+        let floor: Option<i64> = tx
+            .query_row(
+                "SELECT roster_floor FROM op_heads WHERE mesh = ?1",
+                params![mesh.as_bytes()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let snap = crate::shared::snapshot::capture(&tx, mesh, seq, hash, floor.map(|f| f as u64))
+            .unwrap();
+        drop(tx);
+        let tx = c.transaction().unwrap();
+        crate::shared::snapshot::load(&tx, mesh, &snap).unwrap();
+        tx.commit().unwrap();
+    }
+    log.apply(&mut c, &after, 6, n).unwrap();
+
+    let want = vec![
+        "member-while-a-member".to_string(),
+        "owner-1".to_string(),
+        "owner-after-the-removal".to_string(),
+    ];
+    let digest = query::q_digest(&b, mesh).unwrap();
+    for (name, conn) in [("a", &a), ("b", &b), ("c", &c)] {
+        assert_eq!(keys_of(conn, mesh), want, "{name}");
+        assert_eq!(query::q_digest(conn, mesh).unwrap(), digest, "{name}");
+        // Skipped ops stay in the log and the chain.
+        let logged: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM op_log WHERE mesh = ?1 AND error IS NULL",
+                params![mesh.as_bytes()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let from = if name == "c" { n - 5 } else { n };
+        assert_eq!(logged as u64, from, "{name}");
+    }
+}
+
+#[test]
+fn a_skill_is_replaced_or_removed_only_by_its_author_or_an_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::new();
+    let mesh = log.mesh;
+    let [owner, ann, ben, adm] = std::array::from_fn(|_| MemberSecret::generate());
+    let mut roster = RosterHistory::new(owner.public());
+    roster.push(0, &entry(&owner, mesh, &ann, Role::Member, RosterOp::Add));
+    roster.push(1, &entry(&owner, mesh, &ben, Role::Member, RosterOp::Add));
+    roster.push(2, &entry(&owner, mesh, &adm, Role::Admin, RosterOp::Add));
+    let share = |d: &str| Op::ShareSkill {
+        name: "deploy".into(),
+        description: d.into(),
+        instructions: "do it".into(),
+        tags: vec![],
+        when_to_use: String::new(),
+    };
+    let remove = || Op::RemoveSkill {
+        name: "deploy".into(),
+    };
+    let at = Some(3);
+    // (who, op, the description after it, or None if the skill is gone)
+    let steps: Vec<(&MemberSecret, Op, Option<&str>)> = vec![
+        (&ann, share("ann's"), Some("ann's")),
+        (&ben, share("ben's"), Some("ann's")),
+        (&ben, remove(), Some("ann's")),
+        (&ann, share("ann's again"), Some("ann's again")),
+        (&adm, share("the admin's"), Some("the admin's")),
+        (&ann, share("ann's once more"), Some("the admin's")),
+        (&owner, remove(), None),
+        (&ben, share("ben's, now free"), Some("ben's, now free")),
+    ];
+    let mut a = open(&dir.path().join("a.db"));
+    for (i, (who, op, want)) in steps.into_iter().enumerate() {
+        log.write(who, at, op);
+        let seq = i as u64 + 1;
+        let notices = log.apply(&mut a, &roster, seq, seq).unwrap();
+        let got: Option<String> = a
+            .query_row(
+                "SELECT description FROM skills WHERE mesh = ?1 AND name = 'deploy'",
+                params![mesh.as_bytes()],
+                |r| r.get(0),
+            )
+            .ok();
+        assert_eq!(got.as_deref(), want, "step {seq}");
+        // A refused change is told to its author.
+        let refused = matches!(seq, 2 | 3 | 6);
+        assert_eq!(
+            notices.len(),
+            usize::from(refused),
+            "step {seq}: {notices:?}"
+        );
+        if refused {
+            assert!(notices[0].text.contains("only its author or an admin"));
+        }
+    }
+    let mut b = open(&dir.path().join("b.db"));
+    log.apply(&mut b, &roster, 1, log.ops.len() as u64).unwrap();
+    assert_eq!(
+        query::q_digest(&a, mesh).unwrap(),
+        query::q_digest(&b, mesh).unwrap()
     );
 }

@@ -1,0 +1,164 @@
+#![allow(clippy::unwrap_used)]
+//! Joining, attacked end to end: the real `claudemesh` binary as relay and
+//! daemons on loopback, with a malicious relay operator in the middle where the attack needs
+//! one (`claudemesh_tests::proxy`: it presents the relay's own certificate, as its operator
+//! can, and rewrites what the relay sends).
+
+use claudemesh_schema::crypto::{self, MemberSecret, MeshKey};
+use claudemesh_schema::invite::{self, InviteLink, JoinSecret};
+use claudemesh_schema::roster::{MeshGenesis, RosterEntry, RosterOp};
+use claudemesh_schema::wire::{ClaimOutcome, ClaimRequest, ClientFrame, RelayFrame};
+use claudemesh_schema::{MeshId, now_ms};
+use claudemesh_tests::proxy::{Proxy, Rewrite};
+use claudemesh_tests::{Node, RelayProc};
+use std::path::Path;
+use std::sync::Arc;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_claudemesh"))
+}
+
+/// What the operator, holding the invite link, does with the admin's answer to a claim.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Attack {
+    /// Nothing: the proxy is transparent (the control).
+    None,
+    /// Answer with a mesh of its own: its own genesis, key and roster entry.
+    OwnMesh,
+    /// Keep the genesis and entry, seal another mesh key to the claimant.
+    OtherKey,
+    /// Keep the admin's sealed key and entry, swap in a genesis with another owner.
+    OtherOwner,
+}
+
+/// The operator's rewrite of the claim's answer. It knows the link's secret, so every
+/// forged answer carries a valid MAC.
+fn rewrite(attack: Attack, link: InviteLink) -> Rewrite {
+    Arc::new(move |client: &[ClientFrame], f: RelayFrame| {
+        let RelayFrame::ClaimResult(ClaimOutcome::Accepted {
+            claim,
+            genesis,
+            entry,
+            sealed,
+            ..
+        }) = f
+        else {
+            return f;
+        };
+        let request: &ClaimRequest = client
+            .iter()
+            .find_map(|c| match c {
+                ClientFrame::Claim(r) => Some(r),
+                _ => None,
+            })
+            .expect("the claimant sent its claim");
+        let operator = MemberSecret::generate();
+        let seal_key = |mesh: MeshId, key: MeshKey| {
+            let js = JoinSecret {
+                mesh,
+                mesh_key: *key.as_bytes(),
+                name: "test".into(),
+                admitted_by: "ann".into(),
+                genesis: None,
+            };
+            crypto::anon_seal(&request.box_key, &serde_json::to_vec(&js).unwrap()).unwrap()
+        };
+        let (genesis, entry, sealed) = match attack {
+            Attack::None => (genesis, entry, sealed),
+            Attack::OwnMesh => {
+                let own = MeshGenesis::sign(&operator, MeshId::new(), now_ms());
+                let entry = RosterEntry::sign(
+                    &operator,
+                    own.mesh,
+                    request.member,
+                    entry.role,
+                    RosterOp::Add,
+                    now_ms(),
+                    Some(link.invite),
+                );
+                let sealed = seal_key(own.mesh, MeshKey::generate());
+                (own, entry, sealed)
+            }
+            Attack::OtherKey => {
+                let sealed = seal_key(genesis.mesh, MeshKey::generate());
+                (genesis, entry, sealed)
+            }
+            Attack::OtherOwner => {
+                let other = MeshGenesis::sign(&operator, genesis.mesh, genesis.created_at);
+                (other, entry, sealed)
+            }
+        };
+        let mac = invite::accept_mac(
+            &link.secret,
+            &claim,
+            &sealed,
+            &entry.commitment(),
+            &genesis.commitment(),
+        );
+        RelayFrame::ClaimResult(ClaimOutcome::Accepted {
+            claim,
+            genesis,
+            entry,
+            sealed,
+            mac,
+        })
+    })
+}
+
+fn key_files(n: &Node) -> usize {
+    std::fs::read_dir(n.dir.join("keys"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_join_refuses_a_mesh_or_key_the_invite_was_not_made_for_and_stores_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(bin(), &root.path().join("relay"), &[]);
+    let mut ann = Node::new(bin(), root.path(), "ann");
+    ann.start();
+    let addr = relay.addr.to_string();
+    ann.ok(&[
+        "create",
+        "test",
+        "--relay",
+        &addr,
+        "--fingerprint",
+        &relay.fingerprint,
+    ]);
+    let cases = [
+        (Attack::OwnMesh, "a mesh of its own"),
+        (Attack::OtherKey, "a mesh of its own"),
+        (Attack::OtherOwner, "genesis differs"),
+        (Attack::None, ""),
+    ];
+    for (i, (attack, says)) in cases.into_iter().enumerate() {
+        let link = InviteLink::parse(&ann.ok(&["invite"])).unwrap();
+        assert!(link.genesis.is_some(), "a new link names its genesis");
+        let proxy = Proxy::start(relay.addr, &relay.data_dir, rewrite(attack, link.clone()));
+        // The link as the operator serves it: same relay certificate, its address.
+        let via = InviteLink {
+            relay: proxy.addr.to_string(),
+            ..link
+        }
+        .to_link();
+        let mut ben = Node::new(bin(), root.path(), &format!("ben{i}"));
+        ben.start();
+        let out = ben.run(&["join", &via, "--wait", "20"]);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        let meshes = ben.json(&["list"]);
+        let joined = meshes["meshes"].as_array().map(Vec::len).unwrap_or(0);
+        if attack == Attack::None {
+            assert!(out.status.success(), "{attack:?}: {err}");
+            assert_eq!(joined, 1, "{meshes}");
+            assert_eq!(key_files(&ben), 1);
+            continue;
+        }
+        assert!(!out.status.success(), "{attack:?}: the join was accepted");
+        assert_eq!(out.status.code(), Some(7), "{attack:?}: {err}");
+        assert!(err.contains(says), "{attack:?}: {err}");
+        assert!(err.contains("nothing was joined"), "{attack:?}: {err}");
+        assert_eq!(joined, 0, "{attack:?}: {meshes}");
+        assert_eq!(key_files(&ben), 0, "{attack:?}: a key file was written");
+    }
+}
