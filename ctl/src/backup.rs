@@ -362,10 +362,23 @@ fn tempdir_in(dir: &Path) -> Result<PathBuf, Failure> {
             }
         }
     }
-    let t = dir.join(format!(".backup-{}.tmp", std::process::id()));
-    std::fs::create_dir_all(&t)
+    // A fresh name, created (not reused): a directory or link someone planted under a
+    // predictable name is never written into.
+    let t = dir.join(format!(".backup-{}.tmp", unique()));
+    let mut b = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        b.mode(0o700);
+    }
+    b.create(&t)
         .map_err(|e| Failure::new(Exit::Error, format!("cannot create {}: {e}", t.display())))?;
     Ok(t)
+}
+
+/// A name part no one can predict.
+fn unique() -> String {
+    b64(&random_bytes::<12>())
 }
 
 fn write_private(path: &Path, data: &[u8]) -> Res {
@@ -373,10 +386,16 @@ fn write_private(path: &Path, data: &[u8]) -> Res {
 }
 
 fn write_mode(path: &Path, data: &[u8], mode: u32) -> Res {
-    let tmp = path.with_extension("restore.tmp");
+    // Next to the target, under a fresh name, created exclusively: a planted file or
+    // link of that name makes the write fail instead of being followed.
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", unique()));
     let r = (|| -> std::io::Result<()> {
         let mut o = std::fs::OpenOptions::new();
-        o.write(true).create(true).truncate(true);
+        o.write(true).create_new(true);
         #[cfg(unix)]
         {
             use std::os::unix::fs::OpenOptionsExt as _;
@@ -392,5 +411,8 @@ fn write_mode(path: &Path, data: &[u8], mode: u32) -> Res {
         }
         std::fs::rename(&tmp, path)
     })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
     r.map_err(|e| Failure::new(Exit::Error, format!("cannot write {}: {e}", path.display())))
 }

@@ -624,9 +624,13 @@ pub(crate) struct CreateArgs {
     /// Relay address host:port (default: the local relay started by `claudemesh up`).
     #[arg(long)]
     pub(crate) relay: Option<String>,
-    /// Expected relay certificate fingerprint (default: trust on first use).
+    /// Expected relay certificate fingerprint (`claudemesh-relay fingerprint` prints it
+    /// on the relay's machine). Without it, `create` says what it saw and stops.
     #[arg(long, allow_hyphen_values = true)]
     pub(crate) fingerprint: Option<String>,
+    /// Pin whatever certificate the relay shows, unchecked.
+    #[arg(long, conflicts_with = "fingerprint")]
+    pub(crate) trust_first_use: bool,
     /// Your display name in this mesh.
     #[arg(long = "name", id = "display_name")]
     pub(crate) display_name: Option<String>,
@@ -699,7 +703,8 @@ pub(crate) enum InviteAction {
 
 #[derive(Debug, Args)]
 pub(crate) struct JoinArgs {
-    /// The invite link (claudemesh://join/…).
+    /// The invite link (claudemesh://join/…), or `-` to read it from stdin (it holds a
+    /// secret: stdin keeps it out of the process list and shell history).
     pub(crate) invite: String,
     /// Your display name in this mesh.
     #[arg(long = "name", id = "display_name")]
@@ -736,7 +741,8 @@ pub(crate) struct SendArgs {
     /// A person's name (reaches their active session), `name/session`, a session id prefix,
     /// @group, or * for everyone.
     pub(crate) to: String,
-    /// The message (several words are joined with spaces).
+    /// The message (several words are joined with spaces), or `-` to read it from stdin
+    /// (out of the process list, and any length or number of lines).
     #[arg(required = true, num_args = 1..)]
     pub(crate) message: Vec<String>,
     /// now: deliver at once; next: when the peer is idle; low: when it asks.

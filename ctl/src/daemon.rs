@@ -186,6 +186,8 @@ fn init_logging(
         tracing_subscriber::EnvFilter::try_from_env("CLAUDEMESH_LOG")
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
     };
+    // Logs name peers and meshes: this user's only, like everything the daemon writes.
+    claudemesh_daemon::paths::private_umask();
     let _ = claudemesh_daemon::paths::ensure_private_dir(&paths.logs());
     let appender = tracing_appender::rolling::Builder::new()
         .rotation(tracing_appender::rolling::Rotation::DAILY)

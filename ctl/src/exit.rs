@@ -84,7 +84,9 @@ impl Exit {
     /// The exit code for a failure to talk to the daemon (or an error it answered with).
     pub(crate) fn for_client_error(e: &ClientError) -> Exit {
         match e {
-            ClientError::NotRunning { .. } | ClientError::Start(_) => Exit::DaemonUnavailable,
+            ClientError::NotRunning { .. }
+            | ClientError::Start(_)
+            | ClientError::Foreign { .. } => Exit::DaemonUnavailable,
             ClientError::Rpc { code, .. } => Exit::for_rpc(*code),
             // A broken connection or answer, and variants added to the daemon later.
             _ => Exit::Error,

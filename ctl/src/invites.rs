@@ -102,7 +102,9 @@ pub(crate) async fn join(a: JoinArgs) -> Res {
         .call(
             m::JOIN,
             JoinParams {
-                invite: a.invite,
+                invite: crate::stdin::or_stdin(a.invite, "invite link")?
+                    .trim()
+                    .to_string(),
                 display_name: env_name(a.display_name),
                 wait_secs: Some(a.wait),
             },

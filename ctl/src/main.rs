@@ -36,6 +36,7 @@ mod peers;
 mod relay;
 mod service;
 mod shared;
+mod stdin;
 mod trust;
 
 use std::process::ExitCode;

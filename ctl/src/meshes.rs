@@ -49,7 +49,9 @@ pub(crate) async fn up(a: UpArgs) -> Res {
                 CreateParams {
                     name: a.mesh.clone(),
                     relay: None,
+                    // The embedded relay's certificate is known from its own files.
                     fingerprint: None,
+                    trust_first_use: false,
                     display_name: env_name(a.name),
                     // The embedded relay admits anyone.
                     token: None,
@@ -135,6 +137,7 @@ pub(crate) async fn create(a: CreateArgs) -> Res {
                 name: a.name,
                 relay: a.relay,
                 fingerprint: a.fingerprint,
+                trust_first_use: a.trust_first_use,
                 display_name: env_name(a.display_name),
                 token,
             },

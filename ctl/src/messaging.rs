@@ -22,7 +22,7 @@ pub(crate) async fn send(a: SendArgs) -> Res {
             m::SEND,
             SendParams {
                 to: a.to.clone(),
-                body: a.message.join(" "),
+                body: crate::stdin::message(a.message)?,
                 priority,
                 mesh: a.mesh,
                 session: None,

@@ -463,3 +463,142 @@ fn a_member_who_takes_an_offline_members_name_gets_nothing_meant_for_her() {
     assert_eq!(m["from_name"], "alice");
     assert_eq!(m["verified"], true, "{m}");
 }
+
+/// Run as root (the test machine's CI is): serve a socket as another user.
+fn root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+#[test]
+fn the_cli_sends_nothing_to_a_socket_another_user_serves() {
+    if !root() {
+        eprintln!("skipped: serving a socket as another user needs root");
+        return;
+    }
+    use std::io::BufRead as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::os::unix::process::CommandExt as _;
+    let root = tempfile::tempdir().unwrap();
+    let shared = root.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let sock = shared.join("daemon.sock");
+    let got = shared.join("got");
+    // Another user (nobody) listens where the CLI will connect, and keeps what it hears.
+    let mut server = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import socket,sys,os\n\
+             s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); os.chmod(sys.argv[1],0o777); s.listen()\n\
+             print('ready', flush=True)\n\
+             c,_=s.accept(); c.settimeout(5)\n\
+             data=b''\n\
+             try:\n  data=c.recv(65536)\nexcept Exception:\n  pass\n\
+             open(sys.argv[2],'wb').write(data)\n",
+            sock.to_str().unwrap(),
+            got.to_str().unwrap(),
+        ])
+        .uid(65534)
+        .gid(65534)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let config = root.path().join("me");
+    let out = std::process::Command::new(bin())
+        .args(["send", "bob", "the secret body"])
+        .env("CLAUDEMESH_CONFIG_DIR", &config)
+        .env("CLAUDEMESH_SOCKET", &sock)
+        .env("CLAUDEMESH_NO_AUTOSTART", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("another user"), "{err}");
+    assert!(server.wait().unwrap().success());
+    let heard = std::fs::read(&got).unwrap();
+    assert!(heard.is_empty(), "sent to another user's socket: {heard:?}");
+}
+
+#[test]
+fn invite_links_and_bodies_can_stay_out_of_the_process_list() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["alice"], &[]);
+    let mut bob = Node::new(bin(), root.path(), "bob");
+    bob.start();
+    let link = nodes[0].ok(&["invite"]);
+    let out = bob.run_stdin(&["join", "-", "--wait", "20"], &[], link.as_bytes());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bob.wait("peer-online", Some("alice"));
+    let body = b"two lines\nof a private body\n";
+    let out = nodes[0].run_stdin(&["send", "bob", "-"], &[], body);
+    assert!(out.status.success());
+    let got = bob.inbox_wait();
+    assert_eq!(got[0]["body"], "two lines\nof a private body");
+    // Nothing on stdin is a usage error, not an empty message.
+    let out = nodes[0].run_stdin(&["send", "bob", "-"], &[], b"");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn create_never_pins_a_relay_certificate_silently() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = claudemesh_tests::RelayProc::start(bin(), &root.path().join("relay"), &[]);
+    let mut ann = Node::new(bin(), root.path(), "ann");
+    ann.start();
+    let addr = relay.addr.to_string();
+    let (code, err) = ann.fails(&["create", "team", "--relay", &addr]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!("--fingerprint {}", relay.fingerprint)),
+        "says what it saw and how to pin it: {err}"
+    );
+    assert!(
+        ann.json(&["list"])["meshes"]
+            .as_array()
+            .is_none_or(|l| l.is_empty()),
+        "nothing created"
+    );
+    ann.ok(&["create", "team", "--relay", &addr, "--trust-first-use"]);
+    let meshes = ann.json(&["list"]);
+    assert_eq!(
+        meshes["meshes"][0]["relay_fingerprint"], relay.fingerprint,
+        "{meshes}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn the_store_and_logs_are_readable_by_their_user_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["ann"], &[]);
+    nodes[0].ok(&["send", "ann", "private"]);
+    let mut checked = 0;
+    let mut walk = vec![nodes[0].dir.clone()];
+    while let Some(d) = walk.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let meta = std::fs::symlink_metadata(e.path()).unwrap();
+            let mode = meta.permissions().mode() & 0o777;
+            if meta.is_dir() {
+                walk.push(e.path());
+            } else if meta.is_file() && e.file_name() != "config.toml" {
+                assert_eq!(mode & 0o077, 0, "{} is {mode:o}", e.path().display());
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 3, "the store, its WAL and the key file at least");
+}

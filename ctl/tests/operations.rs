@@ -394,3 +394,44 @@ fn doctor_reports_each_seeded_fault_with_its_fix_and_passes_a_healthy_setup() {
     let (ok, v) = doctor(&nodes[0], env);
     assert!(ok, "healthy again: {v}");
 }
+
+#[cfg(unix)]
+#[test]
+fn a_backup_into_a_shared_directory_follows_no_planted_link() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["ann"], &[]);
+    let pass = root.path().join("pass");
+    std::fs::write(&pass, "correct horse battery staple\n").unwrap();
+    let shared = root.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let victim = root.path().join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let file = shared.join("ann.cmbackup");
+    // Links another user could plant under every name a backup used to write through.
+    for name in [
+        "ann.restore.tmp",
+        "ann.cmbackup.restore.tmp",
+        ".ann.cmbackup.tmp",
+    ] {
+        std::os::unix::fs::symlink(&victim, shared.join(name)).unwrap();
+    }
+    let b = nodes[0].json(&[
+        "backup",
+        file.to_str().unwrap(),
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ]);
+    assert!(b["files"].as_u64().unwrap() >= 3, "{b}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert!(
+        std::fs::read(&file)
+            .unwrap()
+            .starts_with(b"claudemesh-backup v1\n")
+    );
+    assert!(
+        !std::fs::symlink_metadata(&file)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}

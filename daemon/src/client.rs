@@ -26,6 +26,16 @@ pub enum ClientError {
         /// The socket path.
         socket: PathBuf,
     },
+    /// Another user's process listens on the socket: nothing is sent to it.
+    #[error(
+        "{socket} is served by another user (uid {uid}), not by your daemon; nothing was sent. Remove it if you can, or set CLAUDEMESH_SOCKET to a path in a private directory"
+    )]
+    Foreign {
+        /// The socket path.
+        socket: PathBuf,
+        /// The uid serving it.
+        uid: u32,
+    },
     /// The daemon could not be started.
     #[error("could not start the claudemesh daemon: {0}")]
     Start(String),
@@ -43,6 +53,28 @@ pub enum ClientError {
         /// What happened and what to do.
         message: String,
     },
+}
+
+/// Refuse a socket served by another user: whatever we would send (an invite link, a
+/// message body) is for our own daemon only.
+#[cfg(unix)]
+fn same_user_server(stream: &Stream, socket: &Path) -> Result<(), ClientError> {
+    use interprocess::local_socket::traits::StreamCommon as _;
+    let me = rustix::process::geteuid().as_raw();
+    match stream.peer_creds().ok().and_then(|c| c.euid()) {
+        Some(uid) if uid == me => Ok(()),
+        Some(uid) => Err(ClientError::Foreign {
+            socket: socket.to_path_buf(),
+            uid,
+        }),
+        // Credentials unavailable on this platform: the socket's directory is private.
+        None => Ok(()),
+    }
+}
+
+#[cfg(not(unix))]
+fn same_user_server(_: &Stream, _: &Path) -> Result<(), ClientError> {
+    Ok(())
 }
 
 /// A connection to a daemon.
@@ -64,6 +96,7 @@ impl Client {
             .to_fs_name::<GenericFilePath>()
             .map_err(|_| not_running())?;
         let stream = Stream::connect(name).await.map_err(|_| not_running())?;
+        same_user_server(&stream, socket)?;
         let (r, w) = tokio::io::split(stream);
         Ok(Self {
             reader: FramedRead::new(r, LinesCodec::new_with_max_length(MAX_LINE)),

@@ -137,6 +137,9 @@ fn take_lock(paths: &Paths) -> Result<std::fs::File, DaemonError> {
 /// configured) and every mesh link, and listen on the local socket. Returns once the
 /// socket accepts connections.
 pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
+    // Everything the daemon creates (the store with the plaintext inbox, logs, the
+    // embedded relay's files) is for this user only, whatever the caller's umask.
+    crate::paths::private_umask();
     ensure_private_dir(&paths.dir).map_err(|source| DaemonError::Io {
         path: paths.dir.clone(),
         source,
@@ -144,6 +147,21 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
     let lock = take_lock(&paths)?;
     let mut cfg = DaemonConfig::load(&paths.config())?;
     let store = Store::open(&paths.db())?;
+    // Stores made before the umask above may be readable by others: not any more.
+    #[cfg(unix)]
+    for f in [
+        paths.db(),
+        paths.db().with_extension("db-wal"),
+        paths.db().with_extension("db-shm"),
+    ] {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Ok(m) = std::fs::symlink_metadata(&f)
+            && m.is_file()
+            && m.permissions().mode() & 0o077 != 0
+        {
+            let _ = std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600));
+        }
+    }
     let (relay_handle, relay) = if cfg.relay.enabled {
         let rc = RelayConfig {
             listen: cfg.relay.listen,

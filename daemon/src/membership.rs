@@ -120,6 +120,15 @@ pub(crate) async fn create(d: &Arc<Daemon>, p: CreateParams) -> Result<MeshInfo,
         .await
         .map_err(|e| Error::relay(format!("cannot reach the relay at {addr}: {e}")))?;
     let fp = conn.fingerprint;
+    if pin.is_none() && !p.trust_first_use {
+        // Never pin a certificate silently: whoever sits between us and the relay would
+        // be pinned instead.
+        return Err(Error::invalid(format!(
+            "the relay at {addr} presents the certificate fingerprint {}; compare it with `claudemesh-relay fingerprint` on the relay's machine, then pass --fingerprint {} (or --trust-first-use to pin it unchecked)",
+            encoding::b64(&fp),
+            encoding::b64(&fp)
+        )));
+    }
     let keys = MeshKeys::generate(MemberSecret::generate(), MeshKey::generate());
     let mesh = MeshId::new();
     let now = now_ms();

@@ -97,25 +97,88 @@ fn default_socket(dir: &Path) -> PathBuf {
     if p.as_os_str().len() <= MAX_SOCKET_PATH {
         return p;
     }
-    // Deep config directory: put the socket in a short per-user directory, named after a
-    // hash of the config directory so each daemon still has its own.
+    // Deep config directory: put the socket in a short directory of this user's own (the
+    // runtime directory, or one we create and check in the temporary directory), named
+    // after a hash of the config directory so each daemon still has its own. Never
+    // straight in a directory other users can write to.
     let h = blake3::hash(dir.as_os_str().as_encoded_bytes());
-    let name = format!("claudemesh-{}.sock", &h.to_hex()[..16]);
-    let base = std::env::var_os("XDG_RUNTIME_DIR")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    base.join(name)
+    short_socket_dir().join(format!("claudemesh-{}.sock", &h.to_hex()[..16]))
 }
 
-/// Create `path` (and parents) with mode 0700, tightening it if it exists.
+/// Where sockets of deep config directories go: `$XDG_RUNTIME_DIR`, else
+/// `<tmp>/claudemesh-<uid>` (checked by [`ensure_socket_dir`] before it is used).
+fn short_socket_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    #[cfg(unix)]
+    let who = rustix::process::geteuid().as_raw().to_string();
+    #[cfg(not(unix))]
+    let who = "user".to_string();
+    std::env::temp_dir().join(format!("claudemesh-{who}"))
+}
+
+/// Make the directory a socket is bound in safe to use: our own, private. A directory we
+/// create is made 0700; one that exists must already be a real directory (not a link)
+/// owned by us that no one else can write to. Nothing is ever chmodded here: a shared
+/// directory (`/tmp`) is refused, not changed.
+pub fn ensure_socket_dir(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+        match std::fs::DirBuilder::new().mode(0o700).create(path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let meta = std::fs::symlink_metadata(path)?;
+        let me = rustix::process::geteuid().as_raw();
+        let refuse = |why: &str| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} {why}: the socket must be in a directory only you can write to (set CLAUDEMESH_SOCKET, or remove it)",
+                    path.display()
+                ),
+            ))
+        };
+        if !meta.is_dir() {
+            return refuse("is not a directory");
+        }
+        if meta.uid() != me {
+            return refuse("belongs to another user");
+        }
+        if meta.mode() & 0o022 != 0 {
+            return refuse("is writable by other users");
+        }
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(path)?;
+    Ok(())
+}
+
+/// From now on, files and directories this process creates are its user's only (the
+/// store holds the plaintext inbox; logs name peers), whatever umask it was started with.
+pub fn private_umask() {
+    #[cfg(unix)]
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+}
+
+/// Create `path` (and parents) with mode 0700, tightening it if it exists and is ours
+/// (never another user's directory).
 pub fn ensure_private_dir(path: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(path)?;
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
-        if mode != 0o700 {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let meta = std::fs::metadata(path)?;
+        if meta.uid() != rustix::process::geteuid().as_raw() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("{} belongs to another user", path.display()),
+            ));
+        }
+        if meta.permissions().mode() & 0o777 != 0o700 {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
         }
     }
@@ -136,6 +199,40 @@ mod tests {
             long.socket,
             Paths::new(format!("/tmp/{}", "e".repeat(120))).socket
         );
+        assert_ne!(
+            long.socket.parent(),
+            Some(std::env::temp_dir().as_path()),
+            "never straight in the shared temporary directory"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_socket_directory_is_ours_and_private_or_refused_never_chmodded() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let root = tempfile::tempdir().unwrap();
+        let fresh = root.path().join("fresh");
+        ensure_socket_dir(&fresh).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&fresh), 0o700, "created private");
+        ensure_socket_dir(&fresh).unwrap();
+        // A shared, sticky directory like /tmp: refused and left as it was.
+        let shared = root.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(ensure_socket_dir(&shared).is_err());
+        assert_eq!(mode(&shared), 0o1777, "not chmodded");
+        let group = root.path().join("group");
+        std::fs::create_dir(&group).unwrap();
+        std::fs::set_permissions(&group, std::fs::Permissions::from_mode(0o770)).unwrap();
+        assert!(ensure_socket_dir(&group).is_err());
+        // A planted link to somewhere else: refused, not followed.
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&fresh, &link).unwrap();
+        assert!(ensure_socket_dir(&link).is_err());
+        let file = root.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        assert!(ensure_socket_dir(&file).is_err());
     }
 }
 

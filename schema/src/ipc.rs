@@ -584,10 +584,13 @@ pub mod methods {
         /// Relay `host:port`; default: the embedded relay.
         #[serde(default)]
         pub relay: Option<String>,
-        /// Expected relay certificate fingerprint (base64url SHA-256); default: trust on
-        /// first use.
+        /// Expected relay certificate fingerprint (base64url SHA-256).
         #[serde(default)]
         pub fingerprint: Option<String>,
+        /// Without a fingerprint, pin whatever certificate the relay shows (else the
+        /// call fails and says which fingerprint it saw).
+        #[serde(default)]
+        pub trust_first_use: bool,
         /// Display name in this mesh.
         #[serde(default)]
         pub display_name: Option<String>,
