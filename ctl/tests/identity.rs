@@ -602,3 +602,139 @@ fn the_store_and_logs_are_readable_by_their_user_only() {
     }
     assert!(checked >= 3, "the store, its WAL and the key file at least");
 }
+
+#[test]
+fn one_hook_adds_bounded_context_and_says_what_waits() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["ann", "mal"], &[]);
+    let hook = |event: &str| -> String {
+        let out = nodes[0].run_env(
+            &["hook", event],
+            &[
+                ("CLAUDEMESH_SESSION_KEY", "claude-flooded"),
+                ("CLAUDEMESH_DISPLAY_NAME", "flooded"),
+            ],
+        );
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(hook("session-start"), "");
+    nodes[1].wait("peer-idle", Some("flooded"));
+    let id = peer_rows(&nodes[1])
+        .iter()
+        .find(|p| p["name"] == "flooded")
+        .map(|p| p["id"].as_str().unwrap().to_string())
+        .unwrap();
+    let n = 30;
+    for i in 0..n {
+        let body = format!("{i:02} {}", "x".repeat(1000));
+        let out = nodes[1].run_stdin(&["send", &id, "-"], &[], body.as_bytes());
+        assert!(out.status.success());
+    }
+    // All arrived before the hook runs (each peek waits for something newer).
+    let mut after: Option<String> = None;
+    let mut arrived = 0;
+    while arrived < n {
+        let mut args = vec!["inbox", "--session", &id, "--peek", "--wait", "20"];
+        if let Some(a) = &after {
+            args.extend(["--after", a.as_str()]);
+        }
+        let msgs = nodes[0].json(&args)["messages"]
+            .as_array()
+            .cloned()
+            .unwrap();
+        assert!(!msgs.is_empty(), "only {arrived} of {n} arrived");
+        arrived += msgs.len();
+        after = Some(msgs.last().unwrap()["id"].as_str().unwrap().to_string());
+    }
+    let mut seen = Vec::new();
+    let mut rounds = 0;
+    while seen.len() < n {
+        rounds += 1;
+        assert!(rounds <= n, "every message is shown in the end");
+        let out: Value = serde_json::from_str(&hook("user-prompt-submit")).unwrap();
+        let ctx = out["hookSpecificOutput"]["additionalContext"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let bodies: Vec<String> = ctx
+            .lines()
+            .filter_map(|l| l.strip_prefix("    | "))
+            .map(|b| b[..2].to_string())
+            .collect();
+        let size: usize = ctx
+            .lines()
+            .filter(|l| l.starts_with("    | "))
+            .map(str::len)
+            .sum();
+        assert!(
+            size <= 17 * 1024,
+            "one hook adds at most ~16 KiB of bodies: {size}"
+        );
+        assert!(!bodies.is_empty(), "{ctx}");
+        let left = n - seen.len() - bodies.len();
+        if left > 0 {
+            assert!(ctx.contains(&format!("{left} more messages wait")), "{ctx}");
+        } else {
+            assert!(!ctx.contains("more message"), "{ctx}");
+        }
+        seen.extend(bodies);
+    }
+    assert!(rounds >= 2, "30 KiB of bodies do not fit one hook");
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), n, "each shown once");
+}
+
+/// How many inbox rows of `node` hold `body` (read from its store, as the CLI would
+/// offline).
+fn inbox_rows(node: &Node, body: &str) -> i64 {
+    let c = rusqlite::Connection::open_with_flags(
+        node.dir.join("daemon.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    c.query_row("SELECT count(*) FROM inbox WHERE body = ?1", [body], |r| {
+        r.get(0)
+    })
+    .unwrap()
+}
+
+#[test]
+fn read_messages_are_deleted_after_the_retention_and_unread_ones_never() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["ann", "ben"], &[]);
+    let (ann, ben) = (&nodes[0], &nodes[1]);
+    ann.ok(&["send", "ben", "read long ago"]);
+    assert_eq!(bodies_of(&ben.inbox_wait()), vec!["read long ago"]);
+    ann.ok(&["send", "ben", "still unread", "--priority", "low"]);
+    ben.inbox_peek();
+    assert_eq!(inbox_rows(ben, "read long ago"), 1);
+    ben.ok(&["debug", "clock", "--advance", "29d"]);
+    ben.ok(&["debug", "clock", "--advance", "2d"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while inbox_rows(ben, "read long ago") > 0 {
+        assert!(std::time::Instant::now() < deadline, "never pruned");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        inbox_rows(ben, "still unread"),
+        1,
+        "unread is never deleted"
+    );
+    assert_eq!(
+        bodies_of(
+            &ben.json(&["inbox", "--peek"])["messages"]
+                .as_array()
+                .cloned()
+                .unwrap()
+        ),
+        vec!["still unread"]
+    );
+}
+
+fn bodies_of(msgs: &[Value]) -> Vec<String> {
+    msgs.iter()
+        .map(|m| m["body"].as_str().unwrap_or("").to_string())
+        .collect()
+}

@@ -42,6 +42,23 @@ pub struct DaemonConfig {
     pub state: StateConfig,
     /// What `peers` lists.
     pub peers: PeersConfig,
+    /// How long the inbox keeps what was read.
+    pub inbox: InboxConfig,
+}
+
+/// Inbox retention.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InboxConfig {
+    /// Messages read longer ago than this many days are deleted (unread ones never are),
+    /// and so is the record of messages sent that long ago. 0 keeps everything. Default 30.
+    pub keep_read_days: u64,
+}
+
+impl Default for InboxConfig {
+    fn default() -> Self {
+        Self { keep_read_days: 30 }
+    }
 }
 
 /// Peer-listing settings.

@@ -236,6 +236,9 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
     let server = tokio::spawn(crate::rpc::serve(daemon.clone(), listener));
     daemon.tasks.spawn(crate::sessions::sweeper(daemon.clone()));
     daemon.tasks.spawn(crate::reminders::run(daemon.clone()));
+    daemon
+        .tasks
+        .spawn(crate::delivery::inbox::retention(daemon.clone()));
     tracing::info!(dir = %paths.dir.display(), socket = %paths.socket.display(), "daemon ready");
     Ok(DaemonHandle {
         daemon,

@@ -34,7 +34,33 @@ use crate::store::Reader;
 use claudemesh_schema::message::DeliveryPath;
 
 /// Most messages one hook shows.
-const MAX_SHOWN: usize = 50;
+const MAX_SHOWN: usize = 20;
+/// Most unread messages a hook looks at to choose from.
+const MAX_SCAN: usize = 500;
+/// Most bytes of message bodies one hook puts into context.
+const HOOK_BUDGET: usize = 16 * 1024;
+
+/// Of `msgs` (oldest first), the newest that fit `count` and `budget` bytes of body, in
+/// their order, and how many are left out.
+fn fit_budget(
+    msgs: Vec<crate::store::Unread>,
+    count: usize,
+    budget: usize,
+) -> (Vec<crate::store::Unread>, usize) {
+    let total = msgs.len();
+    let mut used = 0usize;
+    let mut keep = Vec::new();
+    for u in msgs.into_iter().rev() {
+        if keep.len() >= count || used + u.msg.body.len() > budget {
+            continue;
+        }
+        used += u.msg.body.len();
+        keep.push(u);
+    }
+    keep.reverse();
+    let left = total - keep.len();
+    (keep, left)
+}
 
 /// `hook`.
 pub(crate) async fn hook(d: &Arc<Daemon>, p: HookParams) -> Result<HookResult, Error> {
@@ -79,6 +105,8 @@ pub(crate) async fn hook(d: &Arc<Daemon>, p: HookParams) -> Result<HookResult, E
         HookEvent::SessionStart | HookEvent::Stop | HookEvent::SessionEnd => PeerStatus::Idle,
     };
     let mut shown = Vec::new();
+    // Messages ready to show that did not fit this hook's budget.
+    let mut more = 0usize;
     let mut first = None;
     for s in &opened.sessions {
         first.get_or_insert(s.session);
@@ -141,7 +169,7 @@ pub(crate) async fn hook(d: &Arc<Daemon>, p: HookParams) -> Result<HookResult, E
         let now = now_ms();
         let event = p.event;
         let deadline = deadline_for(&m, s.session);
-        let take = unread_where(d, &who, MAX_SHOWN, |u| {
+        let take = unread_where(d, &who, MAX_SCAN, |u| {
             ready(u, now, deadline)
                 && match event {
                     HookEvent::PostToolUse | HookEvent::Stop => u.msg.priority == Priority::Now,
@@ -152,6 +180,21 @@ pub(crate) async fn hook(d: &Arc<Daemon>, p: HookParams) -> Result<HookResult, E
                 }
         })
         .await?;
+        if take.is_empty() {
+            continue;
+        }
+        // One hook adds a bounded amount of context: the newest messages that fit, the
+        // rest left unread for the next hook or `check_messages` (and said so).
+        let used: usize = shown
+            .iter()
+            .map(|m: &claudemesh_schema::ipc::methods::InboxMessage| m.body.len())
+            .sum();
+        let (take, left) = fit_budget(
+            take,
+            MAX_SHOWN.saturating_sub(shown.len()),
+            HOOK_BUDGET.saturating_sub(used),
+        );
+        more += left;
         if take.is_empty() {
             continue;
         }
@@ -179,13 +222,13 @@ pub(crate) async fn hook(d: &Arc<Daemon>, p: HookParams) -> Result<HookResult, E
         }
         shown.extend(take.into_iter().map(|u| u.msg));
     }
-    if shown.is_empty() {
+    if shown.is_empty() && more == 0 {
         return Ok(HookResult {
             session: first,
             ..HookResult::default()
         });
     }
-    let text = render::hook_block(&shown);
+    let text = render::hook_block_with_more(&shown, more);
     Ok(match p.event {
         HookEvent::Stop => HookResult {
             session: first,

@@ -153,8 +153,9 @@ fn q_effective(conn: &Connection, mesh: MeshId) -> Result<Vec<(Row, Option<i64>)
         .collect())
 }
 
-/// The scheduler's clock (wall clock plus the debug shift).
-fn clock(d: &Daemon) -> i64 {
+/// The scheduler's clock (wall clock plus the debug shift): reminders and inbox retention
+/// run on it.
+pub(crate) fn clock(d: &Daemon) -> i64 {
     now_ms() + d.clock_offset.load(Ordering::Relaxed)
 }
 

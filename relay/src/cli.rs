@@ -124,7 +124,8 @@ pub enum TokenCommand {
     List,
     /// Revoke a token: no mesh is created with it from now on.
     Revoke {
-        /// Its id, as `token list` shows it.
+        /// Its id, as `token list` shows it (ids may start with `-`).
+        #[arg(allow_hyphen_values = true)]
         id: String,
     },
 }
@@ -530,6 +531,19 @@ mod tests {
             run(&["token", "revoke", "AAAAAAAA"]),
             Err(CliError::Token(TokenError::UnknownId(_)))
         ));
+    }
+
+    #[test]
+    fn a_token_id_may_start_with_a_hyphen() {
+        // Ids are base64url: one in 64 starts with `-`.
+        let a = parse(&["token", "revoke", "-Pq3x", "--data-dir", "/tmp/x"]);
+        let Some(RelayCommand::Token { what }) = a.command else {
+            panic!("not a token command")
+        };
+        assert!(
+            matches!(&what, TokenCommand::Revoke { id } if id == "-Pq3x"),
+            "{what:?}"
+        );
     }
 
     #[test]

@@ -268,13 +268,46 @@ fn mesh_msg_sig_bytes(id: &MessageId, json: &[u8]) -> Vec<u8> {
         .into_bytes()
 }
 
+/// Smallest sealed plaintext; sizes above it are rounded up to the next power of two.
+pub const PAD_MIN: usize = 256;
+
+/// Above this, size classes are multiples of it (a power of two would double a large
+/// message).
+const PAD_STEP: usize = 64 * 1024;
+
+/// How long a payload's plaintext is once padded: [`PAD_MIN`], the next power of two up
+/// to 64 KiB, then the next multiple of 64 KiB, never past what a sealed envelope may
+/// carry. The relay (and anyone watching) learns a size class, not a message's length.
+pub fn padded_len(n: usize) -> usize {
+    // Room for the signature, nonce and tag around the plaintext.
+    let cap = crate::wire::MAX_CIPHERTEXT - 128;
+    let class = if n <= PAD_STEP {
+        n.max(PAD_MIN).next_power_of_two()
+    } else {
+        n.div_ceil(PAD_STEP) * PAD_STEP
+    };
+    if class > cap {
+        n.max(cap.min(class))
+    } else {
+        class
+    }
+}
+
+/// The payload's JSON followed by spaces up to its size class. JSON allows trailing
+/// whitespace, so readers (this version's and older ones) parse it unchanged.
+fn padded_json(p: &MessagePayload) -> Result<Vec<u8>, CryptoError> {
+    let mut json = serde_json::to_vec(p).map_err(|_| CryptoError::Encrypt)?;
+    json.resize(padded_len(json.len()), b' ');
+    Ok(json)
+}
+
 /// Seal a group/broadcast payload with the mesh key, signed by the sender.
 pub fn seal_for_mesh(
     key: &MeshKey,
     sender: &MemberSecret,
     p: &MessagePayload,
 ) -> Result<Vec<u8>, CryptoError> {
-    let json = serde_json::to_vec(p).map_err(|_| CryptoError::Encrypt)?;
+    let json = padded_json(p)?;
     let sig = sender.sign(&mesh_msg_sig_bytes(&p.id, &json));
     let mut inner = Vec::with_capacity(64 + json.len());
     inner.extend_from_slice(&sig.0);
@@ -317,7 +350,7 @@ pub fn seal_direct(
 /// [`seal_direct`] with the box already computed (from the sender member's box secret to
 /// the recipient's key).
 pub fn seal_direct_with(key: &BoxKey, p: &MessagePayload) -> Result<Vec<u8>, CryptoError> {
-    let json = serde_json::to_vec(p).map_err(|_| CryptoError::Encrypt)?;
+    let json = padded_json(p)?;
     key.seal(&json)
 }
 
@@ -485,6 +518,42 @@ mod tests {
         assert!(open_from_mesh(&key, &bob.public(), &id, &ct).is_err());
         // Replayed under another id.
         assert!(open_from_mesh(&key, &alice.public(), &MessageId::new(), &ct).is_err());
+    }
+
+    #[test]
+    fn sealed_sizes_are_size_classes_not_lengths() {
+        for (n, want) in [
+            (0, 256),
+            (1, 256),
+            (256, 256),
+            (257, 512),
+            (1000, 1024),
+            (70_000, 131_072),
+        ] {
+            assert_eq!(padded_len(n), want, "{n}");
+        }
+        let key = MeshKey::generate();
+        let alice = MemberSecret::generate();
+        let bob = BoxSecret::generate();
+        let mut sizes = std::collections::BTreeSet::new();
+        for len in [1usize, 10, 25, 40] {
+            let mut p = payload(MessageId::new());
+            p.body = "x".repeat(len);
+            let ct = seal_for_mesh(&key, &alice, &p).unwrap();
+            assert_eq!(
+                open_from_mesh(&key, &alice.public(), &p.id, &ct).unwrap(),
+                p
+            );
+            sizes.insert(ct.len());
+            let ct = seal_direct(&alice, &bob.public(), &p).unwrap();
+            assert_eq!(open_direct(&bob, &alice.public(), &p.id, &ct).unwrap(), p);
+            sizes.insert(ct.len() + 1_000_000);
+        }
+        assert_eq!(
+            sizes.len(),
+            2,
+            "one size per seal for bodies of 1 to 40 bytes: {sizes:?}"
+        );
     }
 
     #[test]

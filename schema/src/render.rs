@@ -131,6 +131,20 @@ pub fn channel_meta(msg: &InboxMessage) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// [`hook_block`], saying that `more` messages wait beyond what one hook shows (they are
+/// left unread: the next hook or `check_messages` shows them).
+pub fn hook_block_with_more(msgs: &[InboxMessage], more: usize) -> String {
+    let note = match more {
+        0 => String::new(),
+        1 => " 1 more message waits: the check_messages tool shows it.".to_string(),
+        n => format!(" {n} more messages wait: the check_messages tool shows them."),
+    };
+    if msgs.is_empty() {
+        return format!("Messages from your claudemesh peers wait for you.{note}");
+    }
+    format!("{}{note}", hook_block(msgs))
+}
+
 /// The block a hook puts into context: a header with the ids, then per message one line
 /// saying who sent it and the body quoted below it, every body line indented behind `| `
 /// and escaped, so a body can neither start a line of its own (no forged entry or header)

@@ -34,6 +34,49 @@ pub(crate) const PUSH_DEADLINE: Duration = Duration::from_secs(3);
 const PUSH_DEADLINE_WORKING: Duration = Duration::from_secs(10);
 /// Rows scanned per query when paging through a backlog.
 const PAGE: u32 = 256;
+/// How often messages read longer ago than `[inbox] keep_read_days` are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+const DAY_MS: i64 = 86_400_000;
+
+/// Inbox retention: deletes what was read longer ago than `[inbox] keep_read_days` (and
+/// the record of messages sent that long ago), at start, hourly, and when the scheduler's
+/// debug clock moves. Unread messages are never deleted.
+pub(crate) async fn retention(d: Arc<Daemon>) {
+    let keep = d.cfg.inbox.keep_read_days;
+    if keep == 0 {
+        return;
+    }
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    let mut changes = d.changes.subscribe();
+    let offset = || d.clock_offset.load(std::sync::atomic::Ordering::Relaxed);
+    let mut seen = offset();
+    loop {
+        tokio::select! {
+            biased;
+            _ = d.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+            r = changes.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                if offset() == seen {
+                    continue;
+                }
+            }
+        }
+        seen = offset();
+        let before = crate::reminders::clock(&d) - keep as i64 * DAY_MS;
+        match d.store.prune_read(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                n,
+                keep_read_days = keep,
+                "deleted messages read before the retention"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot apply inbox retention; will retry"),
+        }
+    }
+}
 
 /// How long a message handed to `session` may wait for evidence before another path
 /// may show it.

@@ -265,6 +265,20 @@ pub(crate) fn q_received_at(conn: &Connection, id: MessageId) -> Result<Option<i
 const OWNED: &str = "(session = ?1 OR (?2 IS NOT NULL AND session = ?2 AND for_member = 1))";
 
 impl Store {
+    /// Delete messages read before `before` (unix ms), and the record of messages sent
+    /// before it; returns how many inbox rows went.
+    pub(crate) async fn prune_read(&self, before: i64) -> Result<usize> {
+        self.write(move |tx| {
+            let n = tx.execute(
+                "DELETE FROM inbox WHERE read_at IS NOT NULL AND read_at < ?1",
+                params![before],
+            )?;
+            tx.execute("DELETE FROM sent WHERE created_at < ?1", params![before])?;
+            Ok(n)
+        })
+        .await
+    }
+
     /// Store received messages, ignoring ids already stored; returns how many were new.
     pub(crate) async fn insert_inbox(&self, rows: Vec<InboxRow>) -> Result<usize> {
         self.write(move |tx| insert_inbox_rows(tx, rows).map(|n| n.len()))
