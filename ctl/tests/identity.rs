@@ -153,6 +153,47 @@ impl Impostor {
     }
 }
 
+impl Impostor {
+    /// A `read` receipt, boxed to member `to` as a recipient's daemon sends it, for a
+    /// message it never received.
+    async fn forged_read(&mut self, to: claudemesh_schema::crypto::MemberKey, of: MessageId) {
+        let id = MessageId::new();
+        let body = serde_json::to_string(&message::ReceiptBody {
+            of,
+            stage: "read".into(),
+            at: now_ms(),
+        })
+        .unwrap();
+        let payload = MessagePayload {
+            id,
+            from_session: self.session,
+            from_name: String::new(),
+            from_label: String::new(),
+            to: "receipt".into(),
+            priority: Priority::Low,
+            sent_at: now_ms(),
+            kind: message::KIND_RECEIPT.into(),
+            body,
+        };
+        let key = to.box_public().unwrap();
+        let ct = message::seal_direct(&self.keys.member, &key, &payload).unwrap();
+        let env = Envelope {
+            id,
+            from: self.session,
+            from_member: self.keys.member.public(),
+            to: Route::Member { member: to },
+            seal: Seal::Box,
+            ct,
+        };
+        raw::send(&mut self.conn, &ClientFrame::Send(env)).await;
+        raw::until(&mut self.conn, |f| match f {
+            RelayFrame::Relayed { id: got, .. } if got == id => Some(()),
+            _ => None,
+        })
+        .await;
+    }
+}
+
 /// Nothing in `s` a terminal or a model could take for anything but text.
 fn harmless(s: &str) {
     assert!(
@@ -737,4 +778,61 @@ fn bodies_of(msgs: &[Value]) -> Vec<String> {
     msgs.iter()
         .map(|m| m["body"].as_str().unwrap_or("").to_string())
         .collect()
+}
+
+#[test]
+fn only_a_member_a_message_was_addressed_to_can_move_it_to_read() {
+    let root = tempfile::tempdir().unwrap();
+    let (relay, mut nodes) = mesh(bin(), root.path(), &["ann", "ben", "mal"], &[]);
+    // Ben's daemon is down: what ann sends him waits at the relay, unread.
+    nodes[1].stop();
+    let sent = nodes[0].json(&["send", "ben", "for ben only"]);
+    let id: MessageId = sent["id"].as_str().unwrap().parse().unwrap();
+    let ann_key = claudemesh_schema::crypto::MemberKey::from_b64(
+        peer_rows(&nodes[2])
+            .iter()
+            .find(|p| p["name"] == "ann")
+            .unwrap()["member"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    nodes[2].stop();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    // A runtime that keeps driving mal's connection after `block_on` returns.
+    let mal = rt.block_on(async {
+        let mut mal = Impostor::link(&nodes[2], &relay.addr.to_string()).await;
+        mal.forged_read(ann_key, id).await;
+        // Something sent after the receipt that ann can be seen to have handled: the
+        // relay forwards a link's frames in order, and ann's link handles them in order.
+        let probe = mal.session;
+        mal.announce(probe, &profile("mallory", "probing")).await;
+        mal
+    });
+    nodes[0].wait("peer-online", Some("mallory"));
+    drop(mal);
+    let st = nodes[0].json(&["sent", sent["id"].as_str().unwrap()]);
+    assert_ne!(st["stage"], "read", "a forged receipt moved it: {st}");
+    assert!(st["read_at"].is_null(), "{st}");
+    // Ben's own receipt does.
+    nodes[1].start();
+    assert_eq!(bodies_of(&nodes[1].inbox_wait()), vec!["for ben only"]);
+    let out = nodes[0].run(&[
+        "sent",
+        sent["id"].as_str().unwrap(),
+        "--wait-for",
+        "read",
+        "--timeout",
+        "30",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -15,6 +15,7 @@ pub const DAEMON: &[&str] = &[
     include_str!("../sql/daemon/0008_pending_index.sql"),
     include_str!("../sql/daemon/0009_roster_floor.sql"),
     include_str!("../sql/daemon/0010_name_pins.sql"),
+    include_str!("../sql/daemon/0011_sent_recipients.sql"),
 ];
 
 /// Relay store migrations (`relay.db`).

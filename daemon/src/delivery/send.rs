@@ -31,6 +31,9 @@ struct Target {
     label: String,
     /// Our own member: delivered here, to the person's inbox, without the relay.
     local_member: bool,
+    /// The members it is addressed to, the only ones whose receipts count (empty: every
+    /// member, a broadcast).
+    members: Vec<claudemesh_schema::crypto::MemberKey>,
 }
 
 fn describe(p: &PresenceRow) -> String {
@@ -140,6 +143,7 @@ fn resolve(
                     names: vec![own.clone()],
                     label: own,
                     local_member: true,
+                    members: vec![m.member()],
                 }),
                 _ => None,
             }
@@ -154,6 +158,7 @@ fn resolve(
                 .collect(),
             label: "*".into(),
             local_member: false,
+            members: Vec::new(),
         }),
         Pick::Group(v) => Some(Target {
             route: Route::Sessions {
@@ -166,6 +171,7 @@ fn resolve(
                 .collect(),
             label: to.to_string(),
             local_member: false,
+            members: v.iter().map(|&i| row(i).member).collect(),
         }),
         Pick::Session(i) => {
             let p = row(i);
@@ -175,6 +181,7 @@ fn resolve(
                 names: vec![keyed(&p.names().0, &p.member)],
                 label: to.to_string(),
                 local_member: false,
+                members: vec![p.member],
             })
         }
         Pick::Member(k) => {
@@ -190,6 +197,7 @@ fn resolve(
                     names: vec![person.clone()],
                     label: person,
                     local_member: true,
+                    members: vec![k],
                 })
             } else {
                 let key = k
@@ -201,6 +209,7 @@ fn resolve(
                     names: vec![keyed(&person, &k)],
                     label: person,
                     local_member: false,
+                    members: vec![k],
                 })
             }
         }
@@ -271,6 +280,7 @@ pub(crate) async fn send_as(
                         names: vec![lock(&m.row).display_name.clone()],
                         label: to.clone(),
                         local_member: false,
+                        members: vec![m.member()],
                     },
                 ));
                 continue;
@@ -291,6 +301,7 @@ pub(crate) async fn send_as(
                             names: vec![keyed(&s.names.0, &s.member)],
                             label: to.clone(),
                             local_member: false,
+                            members: vec![s.member],
                         },
                     ));
                     continue;
@@ -418,7 +429,7 @@ pub(crate) async fn send_as(
             target.label.clone(),
             p.priority,
             now,
-            true,
+            Some(target.members.clone()),
             move |r| {
                 let _ = queued_tx.send(r);
             },
@@ -616,7 +627,7 @@ pub(crate) async fn send_receipts(d: &Arc<Daemon>, msgs: &[InboxMessage], read: 
             continue;
         };
         if from == m.member() {
-            let _ = d.store.sent_stage(msg.id, read, now).await;
+            let _ = d.store.sent_stage(msg.id, from, read, now).await;
             d.bump_changes();
             continue;
         }
@@ -663,7 +674,7 @@ pub(crate) async fn send_receipts(d: &Arc<Daemon>, msgs: &[InboxMessage], read: 
                 "receipt".into(),
                 payload.priority,
                 now,
-                false,
+                None,
             )
             .await
             .is_ok()

@@ -209,11 +209,17 @@ impl Outbound {
     }
 
     /// A recipient daemon acknowledged envelope `id` we sent.
-    pub(super) async fn delivered(&self, d: &Arc<Daemon>, id: MessageId, at: i64) {
+    pub(super) async fn delivered(
+        &self,
+        d: &Arc<Daemon>,
+        id: MessageId,
+        member: claudemesh_schema::crypto::MemberKey,
+        at: i64,
+    ) {
         let d2 = d.clone();
         let r = d
             .store
-            .delivered_then(id, at, move |r| {
+            .delivered_then(id, member, at, move |r| {
                 if r.is_ok() {
                     d2.bump_changes();
                 }
@@ -298,7 +304,8 @@ impl Outbound {
                 let d2 = d.clone();
                 let res = d
                     .store
-                    .sent_stage_then(r.of, r.stage == "read", r.at, move |res| {
+                    // Only a member the message was addressed to moves it on.
+                    .sent_stage_then(r.of, env.from_member, r.stage == "read", r.at, move |res| {
                         if res.is_ok() {
                             d2.bump_changes();
                             let _ = ack.send(id);

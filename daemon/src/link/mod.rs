@@ -371,7 +371,7 @@ async fn frame(
             retry_ms,
         } => out.refused(d, id, code, message, retry_ms).await,
         RelayFrame::Deliver { env, at } => out.deliver(d, m, env, at).await,
-        RelayFrame::Receipt { id, at, .. } => out.delivered(d, id, at).await,
+        RelayFrame::Receipt { id, member, at } => out.delivered(d, id, member, at).await,
         RelayFrame::Ok { rid } => {
             if let Some(p) = requests.remove(&rid) {
                 let _ = p.send(Ok(()));

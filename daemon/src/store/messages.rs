@@ -1,6 +1,7 @@
 //! Messages out: the outbox (what waits for the relay) and the record of what we sent
 //! with how far it got; and the counts `status` shows.
 
+use claudemesh_schema::crypto::MemberKey;
 use claudemesh_schema::message::Priority;
 use claudemesh_schema::{MeshId, MessageId};
 use rusqlite::{Connection, params};
@@ -24,7 +25,8 @@ pub(crate) struct SentStages {
 }
 
 impl Store {
-    /// Queue an envelope in the outbox (and, with `record`, its `sent` row) and wait
+    /// Queue an envelope in the outbox (and, with `record`, its `sent` row naming the
+    /// members whose receipts count: empty for every member) and wait
     /// for the commit.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn enqueue(
@@ -35,7 +37,7 @@ impl Store {
         to_label: String,
         priority: Priority,
         at: i64,
-        record: bool,
+        record: Option<Vec<MemberKey>>,
     ) -> Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.enqueue_then(
@@ -66,7 +68,7 @@ impl Store {
         to_label: String,
         priority: Priority,
         at: i64,
-        record: bool,
+        record: Option<Vec<MemberKey>>,
         done: impl FnOnce(Result<()>) + Send + 'static,
     ) -> Result<()> {
         self.write_then(
@@ -75,19 +77,21 @@ impl Store {
                     "INSERT INTO outbox (id, mesh, envelope, created_at) VALUES (?1, ?2, ?3, ?4)",
                 )?
                 .execute(params![id.as_bytes(), mesh.as_bytes(), envelope, at])?;
-                if !record {
+                let Some(members) = record else {
                     return Ok(());
-                }
+                };
                 tx.prepare_cached(
-                    "INSERT OR IGNORE INTO sent (id, mesh, to_label, priority, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT OR IGNORE INTO sent (id, mesh, to_label, priority, created_at,
+                        recipients)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?
                 .execute(params![
                     id.as_bytes(),
                     mesh.as_bytes(),
                     to_label,
                     priority.as_str(),
-                    at
+                    at,
+                    recipients_json(&members)
                 ])?;
                 Ok(())
             },
@@ -182,16 +186,17 @@ impl Store {
     pub(crate) async fn delivered_then(
         &self,
         id: MessageId,
+        member: MemberKey,
         at: i64,
         done: impl FnOnce(Result<()>) + Send + 'static,
     ) -> Result<()> {
         self.write_then(
             move |tx| {
-                tx.prepare_cached(
+                tx.prepare_cached(&format!(
                     "UPDATE sent SET delivered_at = coalesce(delivered_at, ?2),
-                        relayed_at = coalesce(relayed_at, ?2) WHERE id = ?1",
-                )?
-                .execute(params![id.as_bytes(), at])
+                        relayed_at = coalesce(relayed_at, ?2) WHERE id = ?1 AND {ADDRESSED}"
+                ))?
+                .execute(params![id.as_bytes(), at, quoted(&member)])
                 .map(|_| ())
             },
             done,
@@ -200,40 +205,72 @@ impl Store {
     }
 
     /// A recipient reported that a message we sent was surfaced or read.
-    pub(crate) async fn sent_stage(&self, id: MessageId, read: bool, at: i64) -> Result<()> {
-        self.write(move |tx| sent_stage(tx, id, read, at)).await
+    pub(crate) async fn sent_stage(
+        &self,
+        id: MessageId,
+        member: MemberKey,
+        read: bool,
+        at: i64,
+    ) -> Result<()> {
+        self.write(move |tx| sent_stage(tx, id, member, read, at))
+            .await
     }
 
     /// [`Store::sent_stage`], without waiting: `done` runs after the commit.
     pub(crate) async fn sent_stage_then(
         &self,
         id: MessageId,
+        member: MemberKey,
         read: bool,
         at: i64,
         done: impl FnOnce(Result<()>) + Send + 'static,
     ) -> Result<()> {
-        self.write_then(move |tx| sent_stage(tx, id, read, at), done)
+        self.write_then(move |tx| sent_stage(tx, id, member, read, at), done)
             .await
     }
+}
+
+/// The condition on `sent` that `?3` (a quoted member key) may move the row: a member it
+/// was addressed to, or any member for a broadcast (and rows from before recipients were
+/// kept).
+const ADDRESSED: &str = "(recipients IS NULL OR instr(recipients, ?3) > 0)";
+
+/// A member key as it appears in `sent.recipients`.
+fn quoted(m: &MemberKey) -> String {
+    format!("\"{}\"", m.to_b64())
+}
+
+/// `sent.recipients` for `members` (none: every member).
+fn recipients_json(members: &[MemberKey]) -> Option<String> {
+    if members.is_empty() {
+        return None;
+    }
+    let keys: Vec<String> = members.iter().map(|m| m.to_b64()).collect();
+    serde_json::to_string(&keys).ok()
 }
 
 fn sent_stage(
     tx: &rusqlite::Transaction<'_>,
     id: MessageId,
+    member: MemberKey,
     read: bool,
     at: i64,
 ) -> rusqlite::Result<()> {
     let sql = if read {
-        "UPDATE sent SET read_at = coalesce(read_at, ?2), surfaced_at = coalesce(surfaced_at, ?2),
-            delivered_at = coalesce(delivered_at, ?2), relayed_at = coalesce(relayed_at, ?2)
-         WHERE id = ?1"
+        format!(
+            "UPDATE sent SET read_at = coalesce(read_at, ?2), surfaced_at = coalesce(surfaced_at, ?2),
+                delivered_at = coalesce(delivered_at, ?2), relayed_at = coalesce(relayed_at, ?2)
+             WHERE id = ?1 AND {ADDRESSED}"
+        )
     } else {
-        "UPDATE sent SET surfaced_at = coalesce(surfaced_at, ?2),
-            delivered_at = coalesce(delivered_at, ?2), relayed_at = coalesce(relayed_at, ?2)
-         WHERE id = ?1"
+        format!(
+            "UPDATE sent SET surfaced_at = coalesce(surfaced_at, ?2),
+                delivered_at = coalesce(delivered_at, ?2), relayed_at = coalesce(relayed_at, ?2)
+             WHERE id = ?1 AND {ADDRESSED}"
+        )
     };
-    tx.prepare_cached(sql)?
-        .execute(params![id.as_bytes(), at])
+    tx.prepare_cached(&sql)?
+        .execute(params![id.as_bytes(), at, quoted(&member)])
         .map(|_| ())
 }
 
