@@ -559,9 +559,9 @@ pub(crate) struct LaunchArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct WaitArgs {
-    /// link-up, link-down, peer-online, peer-offline, peer-working, peer-idle,
+    /// link-up, link-down, link-error, peer-online, peer-offline, peer-working, peer-idle,
     /// claim-pending, or synced (shared state caught up with the relay, nothing pending).
-    #[arg(value_parser = ["link-up", "link-down", "peer-online", "peer-offline", "peer-working", "peer-idle", "claim-pending", "synced"])]
+    #[arg(value_parser = ["link-up", "link-down", "link-error", "peer-online", "peer-offline", "peer-working", "peer-idle", "claim-pending", "synced"])]
     pub(crate) condition: String,
     /// The peer (name, id, or @group for any member of it), for peer conditions.
     pub(crate) peer: Option<String>,

@@ -13,7 +13,7 @@ use claudemesh_schema::ipc::methods::{
 };
 use claudemesh_schema::message::PeerStatus;
 use claudemesh_schema::roster::{
-    InviteCap, InviteRevocation, MeshGenesis, Role, RosterEntry, RosterOp,
+    InviteCap, InviteRevocation, MeshGenesis, Role, RosterEntry, RosterHead, RosterOp,
 };
 use claudemesh_schema::wire::{
     self, ClaimDecision, ClaimOutcome, ClaimRequest, ClientFrame, ErrorCode, RelayFrame,
@@ -27,7 +27,7 @@ use crate::config::default_display_name;
 use crate::context::Daemon;
 use crate::error::Error;
 use crate::keys::MeshKeys;
-use crate::mesh::{LinkCmd, MeshCtx, RelayRefusal, lock};
+use crate::mesh::{LinkCmd, MeshCtx, RelayRefusal, RequestBuilder, lock};
 use crate::store::{self, MeshRow};
 use claudemesh_schema::names;
 
@@ -81,10 +81,37 @@ async fn recv_raw(c: &mut Connection, limit: Duration) -> Result<Option<RelayFra
     }
 }
 
+/// How often a roster change is signed again after another admin's change came first.
+const ROSTER_RETRIES: usize = 4;
+
+/// Send a roster change signed against the roster head held here. When the relay says
+/// another change came first (`roster_changed`), the link has applied that change already
+/// (frames arrive in order), so the change is signed again against the new head.
+pub(crate) async fn change_roster(
+    m: &MeshCtx,
+    build: impl Fn(&RosterHead) -> RequestBuilder,
+) -> Result<(), RelayRefusal> {
+    let mut tries = 0;
+    loop {
+        let head = lock(&m.roster).roster.head();
+        match m.link.request(build(&head)).await {
+            Err(r) if r.code == Some(ErrorCode::RosterChanged) && tries < ROSTER_RETRIES => {
+                tries += 1;
+                tracing::debug!(error = %r.message, "roster changed meanwhile; signing again");
+            }
+            other => return other,
+        }
+    }
+}
+
 fn refusal(r: RelayRefusal) -> Error {
     match r.code {
         None => Error::relay(r.message),
         Some(ErrorCode::NotAuthorized) => Error::forbidden(r.message),
+        Some(ErrorCode::RosterChanged) => Error::conflict(format!(
+            "the roster kept changing while this change was made ({}); try again",
+            r.message
+        )),
         Some(code) => Error::relay(format!("relay refused ({code}): {}", r.message)),
     }
 }
@@ -404,15 +431,6 @@ async fn accept(
     cap: &InviteCap,
 ) -> Result<(), Error> {
     let secret = invite::invite_secret(&m.keys.mesh_key, &request.invite);
-    let entry = RosterEntry::sign(
-        &m.keys.member,
-        m.id,
-        request.member,
-        cap.role,
-        RosterOp::Add,
-        now_ms(),
-        Some(cap.id),
-    );
     let genesis_hash = invite::genesis_hash(&lock(&m.row).genesis);
     let js = JoinSecret {
         mesh: m.id,
@@ -426,9 +444,21 @@ async fn accept(
     json.zeroize();
     let sealed = sealed.map_err(|e| Error::internal(e.to_string()))?;
     let genesis = lock(&m.row).genesis.commitment();
-    let mac = invite::accept_mac(&secret, &claim, &sealed, &entry.commitment(), &genesis);
-    m.link
-        .request(Box::new(move |rid| ClientFrame::ClaimDecision {
+    let (member, role, invite) = (request.member, cap.role, cap.id);
+    change_roster(m, |head| {
+        let entry = RosterEntry::sign(
+            &m.keys.member,
+            head,
+            m.id,
+            member,
+            role,
+            RosterOp::Add,
+            now_ms(),
+            Some(invite),
+        );
+        let mac = invite::accept_mac(&secret, &claim, &sealed, &entry.commitment(), &genesis);
+        let sealed = sealed.clone();
+        Box::new(move |rid| ClientFrame::ClaimDecision {
             rid,
             decision: ClaimDecision::Accept {
                 claim,
@@ -436,9 +466,10 @@ async fn accept(
                 sealed,
                 mac,
             },
-        }))
-        .await
-        .map_err(refusal)?;
+        })
+    })
+    .await
+    .map_err(refusal)?;
     let _ = d.store.invite_used(cap.id).await;
     tracing::info!(claim = %claim.short(), member = %request.member.short(), "claimant admitted");
     Ok(())
@@ -705,20 +736,22 @@ pub(crate) async fn leave(d: &Arc<Daemon>, p: MeshParams) -> Result<MeshInfo, Er
     let info = mesh_info(&lock(&m.row));
     let role = m.role();
     if role != Role::Owner {
-        let e = RosterEntry::sign(
-            &m.keys.member,
-            m.id,
-            m.member(),
-            role,
-            RosterOp::Remove,
-            now_ms(),
-            None,
-        );
-        if let Err(r) = m
-            .link
-            .request(Box::new(move |rid| ClientFrame::Roster { rid, entry: e }))
-            .await
-        {
+        let me = m.member();
+        let left = change_roster(&m, |head| {
+            let e = RosterEntry::sign(
+                &m.keys.member,
+                head,
+                m.id,
+                me,
+                role,
+                RosterOp::Remove,
+                now_ms(),
+                None,
+            );
+            Box::new(move |rid| ClientFrame::Roster { rid, entry: e })
+        })
+        .await;
+        if let Err(r) = left {
             tracing::warn!(error = %r.message, "leaving without telling the relay");
         }
     }

@@ -443,6 +443,9 @@ pub mod methods {
         LinkUp,
         /// The relay link of the mesh (or of every mesh) is not connected.
         LinkDown,
+        /// The relay link of the mesh (or of every mesh) is down with an error (its last
+        /// attempt failed: see `status`).
+        LinkError,
         /// A peer (name or id prefix) is online.
         PeerOnline,
         /// A peer (name or id prefix) is offline.
