@@ -8,8 +8,8 @@ use claudemesh_schema::crypto::{self, BoxSecret, MemberSecret, MeshKey};
 use claudemesh_schema::invite::{self, InviteLink, JoinSecret};
 use claudemesh_schema::ipc::methods::{
     ClaimDecideParams, CreateParams, Identity, InviteInfo, InviteParams, InviteRevokeParams,
-    JoinParams, MeshInfo, MeshParams, MeshProfile, PendingClaim, ProfileParams, ProfileResult,
-    WhoamiResult,
+    JoinParams, MemberParams, MemberResult, MeshInfo, MeshParams, MeshProfile, PendingClaim,
+    ProfileParams, ProfileResult, WhoamiResult,
 };
 use claudemesh_schema::message::PeerStatus;
 use claudemesh_schema::roster::{
@@ -759,6 +759,59 @@ pub(crate) async fn leave(d: &Arc<Daemon>, p: MeshParams) -> Result<MeshInfo, Er
     d.store.delete_mesh(m.id).await?;
     MeshKeys::remove(&d.paths.keys(), &m.id).map_err(|e| Error::internal(e.to_string()))?;
     Ok(info)
+}
+
+/// `member_remove` (no role) and `member_role`: a roster entry signed by us, an admin.
+pub(crate) async fn member_change(
+    d: &Arc<Daemon>,
+    p: MemberParams,
+    role: Option<Role>,
+) -> Result<MemberResult, Error> {
+    let m = d.select(p.mesh.as_deref())?;
+    if !m.role().is_admin() {
+        return Err(Error::forbidden(format!(
+            "only the owner or an admin of {} can change its members (you are a {})",
+            m.name(),
+            m.role().as_str()
+        )));
+    }
+    if role == Some(Role::Owner) {
+        return Err(Error::invalid("the role is admin or member"));
+    }
+    let peer = crate::grants::resolve_member(d, &m, &p.peer).await?;
+    if lock(&m.roster).roster.owner() == peer.key {
+        return Err(Error::forbidden(
+            "the owner of a mesh cannot be removed or given another role",
+        ));
+    }
+    let (op, new_role) = match role {
+        Some(r) => (RosterOp::Add, r),
+        None => (RosterOp::Remove, Role::Member),
+    };
+    let key = peer.key;
+    change_roster(&m, |head| {
+        let e = RosterEntry::sign(
+            &m.keys.member,
+            head,
+            m.id,
+            key,
+            new_role,
+            op,
+            now_ms(),
+            None,
+        );
+        Box::new(move |rid| ClientFrame::Roster { rid, entry: e })
+    })
+    .await
+    .map_err(refusal)?;
+    tracing::info!(mesh = %m.id.short(), member = %key.short(), ?role, "roster changed");
+    Ok(MemberResult {
+        mesh: m.id,
+        mesh_name: m.name(),
+        fingerprint: key.fingerprint(),
+        names: peer.names,
+        role,
+    })
 }
 
 /// `whoami`.
