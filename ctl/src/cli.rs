@@ -36,6 +36,12 @@ pub(crate) enum Command {
     List(JsonArg),
     /// Leave a mesh and delete its keys from this machine.
     Leave(LeaveArgs),
+    /// Change a mesh's members (owner or admin): `member remove <peer>`, `member role
+    /// <peer> admin|member`.
+    Member {
+        #[command(subcommand)]
+        action: MemberAction,
+    },
     /// List peers (answers from the local cache when the relay or daemon is down).
     Peers(PeersArgs),
     /// Send a message to a peer (name or id), a group (@name) or everyone (*).
@@ -559,9 +565,9 @@ pub(crate) struct LaunchArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct WaitArgs {
-    /// link-up, link-down, peer-online, peer-offline, peer-working, peer-idle,
+    /// link-up, link-down, link-error, peer-online, peer-offline, peer-working, peer-idle,
     /// claim-pending, or synced (shared state caught up with the relay, nothing pending).
-    #[arg(value_parser = ["link-up", "link-down", "peer-online", "peer-offline", "peer-working", "peer-idle", "claim-pending", "synced"])]
+    #[arg(value_parser = ["link-up", "link-down", "link-error", "peer-online", "peer-offline", "peer-working", "peer-idle", "claim-pending", "synced"])]
     pub(crate) condition: String,
     /// The peer (name, id, or @group for any member of it), for peer conditions.
     pub(crate) peer: Option<String>,
@@ -712,6 +718,39 @@ pub(crate) struct JoinArgs {
     /// Seconds to wait for an admin to admit you.
     #[arg(long, default_value_t = 300)]
     pub(crate) wait: u64,
+    #[command(flatten)]
+    pub(crate) json: JsonArg,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum MemberAction {
+    /// Remove a member from the mesh (a signed roster entry; its link is closed).
+    Remove(MemberArgs),
+    /// Make a member an admin, or an admin a member again.
+    Role(MemberRoleArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct MemberArgs {
+    /// The member: a name, or a fingerprint or session id prefix.
+    pub(crate) peer: String,
+    /// Mesh name or id (needed when several are joined).
+    #[arg(long)]
+    pub(crate) mesh: Option<String>,
+    #[command(flatten)]
+    pub(crate) json: JsonArg,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct MemberRoleArgs {
+    /// The member: a name, or a fingerprint or session id prefix.
+    pub(crate) peer: String,
+    /// The new role.
+    #[arg(value_parser = ["admin", "member"])]
+    pub(crate) role: String,
+    /// Mesh name or id (needed when several are joined).
+    #[arg(long)]
+    pub(crate) mesh: Option<String>,
     #[command(flatten)]
     pub(crate) json: JsonArg,
 }

@@ -23,6 +23,7 @@ pub(crate) fn run(cmd: Command) -> Res {
         Command::Join(a) => block_on(invites::join(a)),
         Command::List(a) => block_on(meshes::list(a)),
         Command::Leave(a) => block_on(meshes::leave(a)),
+        Command::Member { action } => block_on(meshes::member(action)),
         Command::Peers(a) => block_on(peers::peers(a)),
         Command::Send(a) => block_on(messaging::send(a)),
         Command::Inbox(a) => block_on(messaging::inbox(a)),

@@ -7,7 +7,7 @@ use claudemesh_schema::ipc::methods::{
 };
 use claudemesh_schema::wire::CreationToken;
 
-use crate::cli::{CreateArgs, JsonArg, LeaveArgs, UpArgs};
+use crate::cli::{CreateArgs, JsonArg, LeaveArgs, MemberAction, UpArgs};
 use crate::daemon::{client, paths, start_in_background, wait_stopped};
 use crate::exit::{Exit, Failure, Res};
 use crate::{cache, output};
@@ -199,6 +199,46 @@ pub(crate) async fn leave(a: LeaveArgs) -> Res {
         output::json("mesh", &info);
     } else {
         out!("Left {} and deleted its keys from this machine.", info.name);
+    }
+    Ok(())
+}
+
+/// `member remove|role`: a roster change signed by this member (owner or admin).
+pub(crate) async fn member(action: MemberAction) -> Res {
+    let p = paths()?;
+    let mut c = client(&p).await?;
+    let (method, params, json) = match action {
+        MemberAction::Remove(a) => (
+            m::MEMBER_REMOVE,
+            m::MemberParams {
+                mesh: a.mesh,
+                peer: a.peer,
+                role: None,
+            },
+            a.json.json,
+        ),
+        MemberAction::Role(a) => (
+            m::MEMBER_ROLE,
+            m::MemberParams {
+                mesh: a.mesh,
+                peer: a.peer,
+                role: a.role.parse().ok(),
+            },
+            a.json.json,
+        ),
+    };
+    let r: m::MemberResult = c.call(method, params).await?;
+    if json {
+        output::json("member", &r);
+    } else {
+        let who = match r.names.first() {
+            Some(n) => format!("{n} ({})", r.fingerprint),
+            None => r.fingerprint.clone(),
+        };
+        match r.role {
+            Some(role) => out!("{who} is now {} of {}.", role.as_str(), r.mesh_name),
+            None => out!("Removed {who} from {}.", r.mesh_name),
+        }
     }
     Ok(())
 }

@@ -216,6 +216,7 @@ pub(crate) async fn wait(a: WaitArgs) -> Res {
     let condition = match a.condition.as_str() {
         "link-up" => m::WaitCondition::LinkUp,
         "link-down" => m::WaitCondition::LinkDown,
+        "link-error" => m::WaitCondition::LinkError,
         "peer-online" => m::WaitCondition::PeerOnline,
         "claim-pending" => m::WaitCondition::ClaimPending,
         "peer-working" => m::WaitCondition::PeerWorking,

@@ -1231,3 +1231,72 @@ fn opening_a_session_sends_one_presence_however_many_are_open() {
         "each open sent one presence, the 100th as the 1st"
     );
 }
+
+/// `n` has applied the shared-state log up to `seq` (and so every roster entry the relay
+/// sent before those ops).
+fn synced_to(n: &Node, seq: u64) {
+    n.ok(&[
+        "wait",
+        "synced",
+        "--seq",
+        &seq.to_string(),
+        "--timeout",
+        "20",
+    ]);
+}
+
+#[test]
+fn only_owners_and_admins_remove_members_or_change_roles_and_the_removed_member_is_cut_off() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["ann", "ben", "cat"], &[]);
+    let (ann, ben, cat) = (&nodes[0], &nodes[1], &nodes[2]);
+
+    // A member may not.
+    let (code, err) = ben.fails(&["member", "remove", "cat"]);
+    assert_eq!(code, 8, "{err}");
+    assert!(err.contains("only the owner or an admin"), "{err}");
+    let (code, err) = ben.fails(&["member", "role", "ben", "admin"]);
+    assert_eq!(code, 8, "{err}");
+
+    // Nobody changes the owner; an unknown peer is not found.
+    assert_eq!(
+        ann.fails(&["member", "remove", "ann"]).0,
+        4,
+        "ann is not her own peer"
+    );
+    let (code, err) = ann.fails(&["member", "remove", "nobody"]);
+    assert_eq!(code, 4, "{err}");
+
+    // The owner makes ben an admin; once ben has the entry, ben may remove cat.
+    let out = ann.ok(&["member", "role", "ben", "admin"]);
+    assert!(out.contains("ben") && out.contains("admin"), "{out}");
+    ann.ok(&["state", "set", "after-promotion", "1"]);
+    synced_to(ben, 1);
+    assert_eq!(ben.json(&["whoami"])["identities"][0]["role"], "admin");
+    let r = ben.json(&["member", "remove", "cat"]);
+    assert!(r["role"].is_null(), "{r}");
+    assert!(
+        r["fingerprint"].as_str().is_some_and(|f| !f.is_empty()),
+        "{r}"
+    );
+
+    // Cat is cut off, and nobody counts it as a member any more.
+    cat.ok(&["wait", "link-error", "--timeout", "20"]);
+    let st = cat.json(&["status"]);
+    let e = st["meshes"][0]["last_error"].as_str().unwrap_or_default();
+    assert!(e.contains("removed from the mesh"), "{st}");
+    ann.ok(&["state", "set", "after-removal", "1"]);
+    synced_to(ann, 2);
+    assert_eq!(
+        ann.fails(&["verify", "cat"]).0,
+        4,
+        "cat is still a member at ann"
+    );
+
+    // And back: ben is a member again, and may no longer change anyone.
+    ann.ok(&["member", "role", "ben", "member"]);
+    ann.ok(&["state", "set", "after-demotion", "1"]);
+    synced_to(ben, 3);
+    assert_eq!(ben.json(&["whoami"])["identities"][0]["role"], "member");
+    assert_eq!(ben.fails(&["member", "remove", "ann"]).0, 8);
+}

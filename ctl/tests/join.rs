@@ -6,7 +6,7 @@
 
 use claudemesh_schema::crypto::{self, MemberSecret, MeshKey};
 use claudemesh_schema::invite::{self, InviteLink, JoinSecret};
-use claudemesh_schema::roster::{MeshGenesis, RosterEntry, RosterOp};
+use claudemesh_schema::roster::{MeshGenesis, Roster, RosterEntry, RosterOp};
 use claudemesh_schema::wire::{ClaimOutcome, ClaimRequest, ClientFrame, RelayFrame};
 use claudemesh_schema::{MeshId, now_ms};
 use claudemesh_tests::proxy::{Proxy, Rewrite};
@@ -69,6 +69,7 @@ fn rewrite(attack: Attack, link: InviteLink) -> Rewrite {
                 let own = MeshGenesis::sign(&operator, MeshId::new(), now_ms());
                 let entry = RosterEntry::sign(
                     &operator,
+                    &Roster::from_genesis(&own).unwrap().head(),
                     own.mesh,
                     request.member,
                     entry.role,

@@ -242,9 +242,12 @@ impl Daemon {
                 return None;
             }
         };
+        // Stored entries are a chain: the first that does not follow ends it (the relay
+        // sends the rest again).
         for (seq, e) in &entries {
             if let Err(err) = roster.apply(*seq, e) {
-                tracing::warn!(mesh = %row.id.short(), seq, error = %err, "stored roster entry invalid");
+                tracing::warn!(mesh = %row.id.short(), seq, error = %err, "stored roster entry invalid; the roster ends before it");
+                break;
             }
         }
         let hosted = sessions

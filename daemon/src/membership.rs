@@ -8,12 +8,12 @@ use claudemesh_schema::crypto::{self, BoxSecret, MemberSecret, MeshKey};
 use claudemesh_schema::invite::{self, InviteLink, JoinSecret};
 use claudemesh_schema::ipc::methods::{
     ClaimDecideParams, CreateParams, Identity, InviteInfo, InviteParams, InviteRevokeParams,
-    JoinParams, MeshInfo, MeshParams, MeshProfile, PendingClaim, ProfileParams, ProfileResult,
-    WhoamiResult,
+    JoinParams, MemberParams, MemberResult, MeshInfo, MeshParams, MeshProfile, PendingClaim,
+    ProfileParams, ProfileResult, WhoamiResult,
 };
 use claudemesh_schema::message::PeerStatus;
 use claudemesh_schema::roster::{
-    InviteCap, InviteRevocation, MeshGenesis, Role, RosterEntry, RosterOp,
+    InviteCap, InviteRevocation, MeshGenesis, Role, RosterEntry, RosterHead, RosterOp,
 };
 use claudemesh_schema::wire::{
     self, ClaimDecision, ClaimOutcome, ClaimRequest, ClientFrame, ErrorCode, RelayFrame,
@@ -27,7 +27,7 @@ use crate::config::default_display_name;
 use crate::context::Daemon;
 use crate::error::Error;
 use crate::keys::MeshKeys;
-use crate::mesh::{LinkCmd, MeshCtx, RelayRefusal, lock};
+use crate::mesh::{LinkCmd, MeshCtx, RelayRefusal, RequestBuilder, lock};
 use crate::store::{self, MeshRow};
 use claudemesh_schema::names;
 
@@ -81,10 +81,37 @@ async fn recv_raw(c: &mut Connection, limit: Duration) -> Result<Option<RelayFra
     }
 }
 
+/// How often a roster change is signed again after another admin's change came first.
+const ROSTER_RETRIES: usize = 4;
+
+/// Send a roster change signed against the roster head held here. When the relay says
+/// another change came first (`roster_changed`), the link has applied that change already
+/// (frames arrive in order), so the change is signed again against the new head.
+pub(crate) async fn change_roster(
+    m: &MeshCtx,
+    build: impl Fn(&RosterHead) -> RequestBuilder,
+) -> Result<(), RelayRefusal> {
+    let mut tries = 0;
+    loop {
+        let head = lock(&m.roster).roster.head();
+        match m.link.request(build(&head)).await {
+            Err(r) if r.code == Some(ErrorCode::RosterChanged) && tries < ROSTER_RETRIES => {
+                tries += 1;
+                tracing::debug!(error = %r.message, "roster changed meanwhile; signing again");
+            }
+            other => return other,
+        }
+    }
+}
+
 fn refusal(r: RelayRefusal) -> Error {
     match r.code {
         None => Error::relay(r.message),
         Some(ErrorCode::NotAuthorized) => Error::forbidden(r.message),
+        Some(ErrorCode::RosterChanged) => Error::conflict(format!(
+            "the roster kept changing while this change was made ({}); try again",
+            r.message
+        )),
         Some(code) => Error::relay(format!("relay refused ({code}): {}", r.message)),
     }
 }
@@ -413,15 +440,6 @@ async fn accept(
     cap: &InviteCap,
 ) -> Result<(), Error> {
     let secret = invite::invite_secret(&m.keys.mesh_key, &request.invite);
-    let entry = RosterEntry::sign(
-        &m.keys.member,
-        m.id,
-        request.member,
-        cap.role,
-        RosterOp::Add,
-        now_ms(),
-        Some(cap.id),
-    );
     let genesis_hash = invite::genesis_hash(&lock(&m.row).genesis);
     let js = JoinSecret {
         mesh: m.id,
@@ -435,9 +453,21 @@ async fn accept(
     json.zeroize();
     let sealed = sealed.map_err(|e| Error::internal(e.to_string()))?;
     let genesis = lock(&m.row).genesis.commitment();
-    let mac = invite::accept_mac(&secret, &claim, &sealed, &entry.commitment(), &genesis);
-    m.link
-        .request(Box::new(move |rid| ClientFrame::ClaimDecision {
+    let (member, role, invite) = (request.member, cap.role, cap.id);
+    change_roster(m, |head| {
+        let entry = RosterEntry::sign(
+            &m.keys.member,
+            head,
+            m.id,
+            member,
+            role,
+            RosterOp::Add,
+            now_ms(),
+            Some(invite),
+        );
+        let mac = invite::accept_mac(&secret, &claim, &sealed, &entry.commitment(), &genesis);
+        let sealed = sealed.clone();
+        Box::new(move |rid| ClientFrame::ClaimDecision {
             rid,
             decision: ClaimDecision::Accept {
                 claim,
@@ -445,9 +475,10 @@ async fn accept(
                 sealed,
                 mac,
             },
-        }))
-        .await
-        .map_err(refusal)?;
+        })
+    })
+    .await
+    .map_err(refusal)?;
     let _ = d.store.invite_used(cap.id).await;
     tracing::info!(claim = %claim.short(), member = %request.member.short(), "claimant admitted");
     Ok(())
@@ -714,20 +745,22 @@ pub(crate) async fn leave(d: &Arc<Daemon>, p: MeshParams) -> Result<MeshInfo, Er
     let info = mesh_info(&lock(&m.row));
     let role = m.role();
     if role != Role::Owner {
-        let e = RosterEntry::sign(
-            &m.keys.member,
-            m.id,
-            m.member(),
-            role,
-            RosterOp::Remove,
-            now_ms(),
-            None,
-        );
-        if let Err(r) = m
-            .link
-            .request(Box::new(move |rid| ClientFrame::Roster { rid, entry: e }))
-            .await
-        {
+        let me = m.member();
+        let left = change_roster(&m, |head| {
+            let e = RosterEntry::sign(
+                &m.keys.member,
+                head,
+                m.id,
+                me,
+                role,
+                RosterOp::Remove,
+                now_ms(),
+                None,
+            );
+            Box::new(move |rid| ClientFrame::Roster { rid, entry: e })
+        })
+        .await;
+        if let Err(r) = left {
             tracing::warn!(error = %r.message, "leaving without telling the relay");
         }
     }
@@ -735,6 +768,59 @@ pub(crate) async fn leave(d: &Arc<Daemon>, p: MeshParams) -> Result<MeshInfo, Er
     d.store.delete_mesh(m.id).await?;
     MeshKeys::remove(&d.paths.keys(), &m.id).map_err(|e| Error::internal(e.to_string()))?;
     Ok(info)
+}
+
+/// `member_remove` (no role) and `member_role`: a roster entry signed by us, an admin.
+pub(crate) async fn member_change(
+    d: &Arc<Daemon>,
+    p: MemberParams,
+    role: Option<Role>,
+) -> Result<MemberResult, Error> {
+    let m = d.select(p.mesh.as_deref())?;
+    if !m.role().is_admin() {
+        return Err(Error::forbidden(format!(
+            "only the owner or an admin of {} can change its members (you are a {})",
+            m.name(),
+            m.role().as_str()
+        )));
+    }
+    if role == Some(Role::Owner) {
+        return Err(Error::invalid("the role is admin or member"));
+    }
+    let peer = crate::grants::resolve_member(d, &m, &p.peer).await?;
+    if lock(&m.roster).roster.owner() == peer.key {
+        return Err(Error::forbidden(
+            "the owner of a mesh cannot be removed or given another role",
+        ));
+    }
+    let (op, new_role) = match role {
+        Some(r) => (RosterOp::Add, r),
+        None => (RosterOp::Remove, Role::Member),
+    };
+    let key = peer.key;
+    change_roster(&m, |head| {
+        let e = RosterEntry::sign(
+            &m.keys.member,
+            head,
+            m.id,
+            key,
+            new_role,
+            op,
+            now_ms(),
+            None,
+        );
+        Box::new(move |rid| ClientFrame::Roster { rid, entry: e })
+    })
+    .await
+    .map_err(refusal)?;
+    tracing::info!(mesh = %m.id.short(), member = %key.short(), ?role, "roster changed");
+    Ok(MemberResult {
+        mesh: m.id,
+        mesh_name: m.name(),
+        fingerprint: key.fingerprint(),
+        names: peer.names,
+        role,
+    })
 }
 
 /// `whoami`.

@@ -7,7 +7,7 @@ use claudemesh_schema::crypto::{BoxKey, BoxPublic, BoxSecret, CryptoError, Membe
 use claudemesh_schema::ipc::methods::LinkState;
 use claudemesh_schema::message::Profile;
 use claudemesh_schema::op::SequencedOp;
-use claudemesh_schema::roster::{Role, Roster, RosterEntry, RosterHistory};
+use claudemesh_schema::roster::{Applied, Role, Roster, RosterEntry, RosterError, RosterHistory};
 use claudemesh_schema::wire::{ClientFrame, ErrorCode};
 use claudemesh_schema::{MeshId, MessageId, OpId, SessionId};
 use std::collections::HashMap;
@@ -362,11 +362,10 @@ pub(crate) fn derive_session(
     (sid, BoxSecret::from_bytes(k))
 }
 
-/// The folded roster and how many entries it holds.
+/// The folded roster (a hash chain of entries) and its history.
 #[derive(Debug)]
 pub(crate) struct RosterState {
     pub(crate) roster: Roster,
-    pub(crate) len: u64,
     /// Membership after any number of entries: what the fold checks op authors against.
     pub(crate) history: RosterHistory,
 }
@@ -376,20 +375,37 @@ impl RosterState {
         Self {
             history: RosterHistory::new(roster.owner()),
             roster,
-            len: 0,
         }
     }
 
-    /// Apply the entry at `seq` if it is the next one; entries already folded are skipped.
-    pub(crate) fn apply(&mut self, seq: u64, e: &RosterEntry) -> Result<bool, String> {
-        if seq < self.len {
-            return Ok(false);
-        }
-        self.roster.apply(e).map_err(|err| err.to_string())?;
-        self.history.push(seq, e);
-        self.len = seq + 1;
-        Ok(true)
+    /// How many entries are applied (dense: entries are applied only in order).
+    pub(crate) fn len(&self) -> u64 {
+        self.roster.len()
     }
+
+    /// Apply the entry at `seq` if it is the next one in the chain; the entry already
+    /// applied there is `Known`; a gap, a fork or a replay is refused.
+    pub(crate) fn apply(&mut self, seq: u64, e: &RosterEntry) -> Result<Applied, RosterError> {
+        let a = self.roster.apply_at(seq, e)?;
+        if a == Applied::New {
+            self.history.push(seq, e);
+        }
+        Ok(a)
+    }
+}
+
+/// A signed op that stands after more roster entries than this daemon was given: the
+/// relay (which sends entries before the ops after them) is withholding membership
+/// changes.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "op {seq} by {author} was written after {claimed} roster entries, but the relay gave this daemon only {known}: it is withholding membership changes"
+)]
+pub(crate) struct Withheld {
+    pub(crate) seq: u64,
+    pub(crate) author: String,
+    pub(crate) claimed: u64,
+    pub(crate) known: u64,
 }
 
 impl MeshCtx {

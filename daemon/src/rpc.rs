@@ -257,6 +257,14 @@ async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, Error> {
                 .collect::<Vec<_>>(),
         ),
         m::LEAVE => json(membership::leave(d, params(p)?).await?),
+        m::MEMBER_REMOVE => json(membership::member_change(d, params(p)?, None).await?),
+        m::MEMBER_ROLE => {
+            let p: m::MemberParams = params(p)?;
+            let role = p
+                .role
+                .ok_or_else(|| Error::invalid("name the role: admin or member"))?;
+            json(membership::member_change(d, p, Some(role)).await?)
+        }
         m::PEERS => json(crate::peers::list(d, params(p)?).await?),
         m::SEND => json(delivery::send::send(d, params(p)?).await?),
         m::INBOX => json(delivery::inbox::read(d, params(p)?).await?),

@@ -88,6 +88,10 @@ pub(crate) async fn wait_for(d: &Arc<Daemon>, p: m::WaitParams) -> Result<m::Wai
             W::LinkDown => targets
                 .iter()
                 .all(|x| x.link.status.borrow().state != LinkState::Connected),
+            W::LinkError => targets.iter().all(|x| {
+                let s = x.link.status.borrow();
+                s.state != LinkState::Connected && s.last_error.is_some()
+            }),
             W::Synced => {
                 let min = p.seq.unwrap_or(0);
                 let mut all = true;

@@ -42,7 +42,13 @@ fn main() {
     let boxk = BoxSecret::generate().public();
     let genesis = MeshGenesis::sign(&owner, mesh, 1_700_000_000_000);
     let bob = MemberSecret::generate().public();
-    let entry = RosterEntry::sign(&owner, mesh, bob, Role::Member, RosterOp::Add, 5, None);
+    let head = claudemesh_schema::roster::Roster::from_genesis(&genesis)
+        .map(|r| r.head())
+        .unwrap_or(claudemesh_schema::roster::RosterHead {
+            len: 0,
+            hash: [0; 32],
+        });
+    let entry = RosterEntry::sign(&owner, &head, mesh, bob, Role::Member, RosterOp::Add, 5, None);
     let invite = InviteId::new();
     let cap = InviteCap::sign(&owner, invite, mesh, Role::Member, 3, 9, true, 5);
     let env = Envelope {
@@ -158,6 +164,7 @@ fn main() {
                 server_time: 2,
                 genesis: genesis.clone(),
                 roster_entries: 1,
+                roster_head: Some(head),
                 presences: 0,
                 max_ciphertext: wire::MAX_CIPHERTEXT as u64,
             }),

@@ -599,10 +599,12 @@ impl<S: Store> Hub<S> {
                     continue;
                 }
             };
+            // Stored entries are a chain: one that does not follow ends it (what follows
+            // would not chain either), so members are never handed a gap.
             for e in entries {
                 if let Err(err) = st.roster.apply(&e) {
-                    tracing::error!(mesh = %id.short(), error = %err, "stored roster entry invalid; skipping it");
-                    continue;
+                    tracing::error!(mesh = %id.short(), seq = st.entries.len(), error = %err, "stored roster entry invalid; the roster ends before it");
+                    break;
                 }
                 st.entries.push(e);
             }

@@ -188,6 +188,10 @@ pub mod methods {
     pub const LIST: &str = "list";
     /// `leave`: leave a mesh.
     pub const LEAVE: &str = "leave";
+    /// `member_remove`: remove a member from a mesh (owner or admin).
+    pub const MEMBER_REMOVE: &str = "member_remove";
+    /// `member_role`: change a member's role (owner or admin).
+    pub const MEMBER_ROLE: &str = "member_role";
     /// `peers`: peers per mesh.
     pub const PEERS: &str = "peers";
     /// `send`: send a message.
@@ -443,6 +447,9 @@ pub mod methods {
         LinkUp,
         /// The relay link of the mesh (or of every mesh) is not connected.
         LinkDown,
+        /// The relay link of the mesh (or of every mesh) is down with an error (its last
+        /// attempt failed: see `status`).
+        LinkError,
         /// A peer (name or id prefix) is online.
         PeerOnline,
         /// A peer (name or id prefix) is offline.
@@ -720,6 +727,36 @@ pub mod methods {
         /// Also sessions that ended longer ago than the grace (history).
         #[serde(default)]
         pub all: bool,
+    }
+
+    /// `member_remove` / `member_role` parameters.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct MemberParams {
+        /// Mesh name or id prefix.
+        #[serde(default)]
+        pub mesh: Option<String>,
+        /// The member: a name, or a member fingerprint or session id prefix.
+        pub peer: String,
+        /// The new role (`member_role` only: `admin` or `member`).
+        #[serde(default)]
+        pub role: Option<Role>,
+    }
+
+    /// What a membership change did.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct MemberResult {
+        /// The mesh.
+        pub mesh: MeshId,
+        /// Its name.
+        pub mesh_name: String,
+        /// The member's fingerprint.
+        pub fingerprint: String,
+        /// Its names, as its sessions announce them.
+        #[serde(default)]
+        pub names: Vec<String>,
+        /// Its role now (none: removed).
+        #[serde(default)]
+        pub role: Option<Role>,
     }
 
     /// Parameters naming one mesh (optional when only one is joined).

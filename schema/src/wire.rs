@@ -31,7 +31,7 @@ use crate::encoding;
 use crate::ids::{ClaimId, InviteId, MeshId, MessageId, OpId, SessionId};
 use crate::message::SignedPresence;
 use crate::op::{OpEnvelope, SequencedOp};
-use crate::roster::{InviteCap, InviteRevocation, MeshGenesis, RosterEntry};
+use crate::roster::{InviteCap, InviteRevocation, MeshGenesis, RosterEntry, RosterHead};
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -122,6 +122,10 @@ pub struct Hello {
     /// Client software, e.g. `claudemesh/0.1.0`.
     #[serde(default)]
     pub client: String,
+    /// The roster head this member holds (not signed: it informs the relay, which logs a
+    /// member holding entries it does not have). Absent from old clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roster_head: Option<RosterHead>,
 }
 
 impl Hello {
@@ -172,6 +176,7 @@ impl Hello {
             nonce,
             sig,
             client: client.to_string(),
+            roster_head: None,
         }
     }
 
@@ -355,6 +360,9 @@ pub enum ErrorCode {
     /// The relay's admission policy does not let this key create a mesh (it needs a
     /// creation token, or the owner key is not on the allowlist).
     CreationRefused,
+    /// A roster entry was signed against an older roster head (another admin's change
+    /// came first): sign it again against the new head and retry.
+    RosterChanged,
     /// A code this build does not know (sent by a newer relay); read the message.
     #[serde(other)]
     Unknown,
@@ -389,6 +397,7 @@ impl ErrorCode {
             Self::Internal => "internal",
             Self::IdTaken => "id_taken",
             Self::CreationRefused => "creation_refused",
+            Self::RosterChanged => "roster_changed",
             Self::Unknown => "unknown",
         }
     }
@@ -424,6 +433,11 @@ pub struct Welcome {
     pub genesis: MeshGenesis,
     /// Number of `roster` frames that follow.
     pub roster_entries: u64,
+    /// The relay's roster head (entries and chain hash) once those frames are applied. A
+    /// member holding more entries, or another hash at the same length, knows the relay
+    /// is hiding or rewriting membership changes. Absent from old relays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roster_head: Option<RosterHead>,
     /// Number of `presence` frames that follow.
     pub presences: u64,
     /// Largest ciphertext the relay accepts.

@@ -8,6 +8,7 @@ use claudemesh_schema::crypto::{BoxPublic, MemberKey, MemberSecret, MeshKey, Sig
 use claudemesh_schema::invite::InviteLink;
 use claudemesh_schema::ipc::{Incoming, Notification, Request, Response};
 use claudemesh_schema::op::{self, OpEnvelope, SequencedOp, SnapshotBody, SnapshotTable};
+use claudemesh_schema::roster::RosterHead;
 use claudemesh_schema::wire::{self, ClientFrame, Envelope, ErrorCode, RelayFrame, Route, Seal};
 use claudemesh_schema::{InviteId, MeshId, MessageId, OpId, SessionId};
 use proptest::collection::vec;
@@ -98,6 +99,7 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
         ErrorCode::NotAMember,
         ErrorCode::IdTaken,
         ErrorCode::CreationRefused,
+        ErrorCode::RosterChanged,
         ErrorCode::Unknown,
     ])
 }
@@ -110,9 +112,10 @@ fn hello() -> impl Strategy<Value = ClientFrame> {
         any::<[u8; 16]>(),
         signature(),
         ".{0,12}",
+        proptest::option::of((any::<u64>(), any::<[u8; 32]>())),
     )
         .prop_map(
-            |(versions, (mesh, member, session, key), ts, nonce, sig, client)| {
+            |(versions, (mesh, member, session, key), ts, nonce, sig, client, head)| {
                 ClientFrame::Hello(wire::Hello {
                     versions,
                     mesh: MeshId(mesh),
@@ -123,6 +126,7 @@ fn hello() -> impl Strategy<Value = ClientFrame> {
                     nonce,
                     sig,
                     client,
+                    roster_head: head.map(|(len, hash)| RosterHead { len, hash }),
                 })
             },
         )

@@ -6,13 +6,45 @@
 use bytes::Bytes;
 use claudemesh_relay::client::connect_quic;
 use claudemesh_relay::{Connection, Relay, RelayConfig, RelayHandle};
+use claudemesh_schema::InviteId;
 use claudemesh_schema::crypto::{BoxSecret, MemberKey, MemberSecret};
-use claudemesh_schema::roster::{MeshGenesis, Role, RosterEntry, RosterOp};
+use claudemesh_schema::roster::{MeshGenesis, Role, Roster, RosterEntry, RosterOp};
 use claudemesh_schema::wire::{
     self, ClientFrame, Envelope, ErrorCode, Hello, RelayFrame, Route, Seal,
 };
 use claudemesh_schema::{MeshId, MessageId, SessionId, now_ms};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::Duration;
+
+/// The rosters of meshes the tests in this process created, as the relay should hold them
+/// (entries are signed against their head: the roster is a hash chain).
+static ROSTERS: Mutex<BTreeMap<MeshId, Roster>> = Mutex::new(BTreeMap::new());
+
+/// Follow the roster of a mesh created with `g`, so [`entry`] can sign against its head.
+pub fn track(g: &MeshGenesis) {
+    ROSTERS
+        .lock()
+        .unwrap()
+        .insert(g.mesh, Roster::from_genesis(g).unwrap());
+}
+
+/// A roster entry by `by` signed against the tracked head of `mesh` (see [`track`]) and
+/// applied to it: the caller sends it and the relay is expected to take it.
+pub fn entry(
+    by: &MemberSecret,
+    mesh: MeshId,
+    member: MemberKey,
+    role: Role,
+    op: RosterOp,
+    invite: Option<InviteId>,
+) -> RosterEntry {
+    let mut all = ROSTERS.lock().unwrap();
+    let r = all.get_mut(&mesh).expect("the mesh's genesis was tracked");
+    let e = RosterEntry::sign(by, &r.head(), mesh, member, role, op, now_ms(), invite);
+    r.apply(&e).unwrap();
+    e
+}
 
 /// A relay running in this process, with its data directory.
 #[derive(Debug)]
@@ -229,11 +261,13 @@ pub async fn mesh(f: &Fixture) -> (MeshId, Member, Connection, Member, Connectio
     let owner = Member::new();
     let mesh = MeshId::new();
     let mut a = quic(f).await;
+    let genesis = MeshGenesis::sign(&owner.key, mesh, now_ms());
+    track(&genesis);
     send(
         &mut a,
         &ClientFrame::CreateMesh {
             rid: 1,
-            genesis: MeshGenesis::sign(&owner.key, mesh, now_ms()),
+            genesis,
             token: None,
         },
     )
@@ -252,15 +286,7 @@ pub async fn mesh(f: &Fixture) -> (MeshId, Member, Connection, Member, Connectio
 
 /// The owner (linked on `a`) adds `m` to the roster.
 pub async fn add_member(a: &mut Connection, owner: &Member, mesh: MeshId, m: &Member, rid: u64) {
-    let entry = RosterEntry::sign(
-        &owner.key,
-        mesh,
-        m.pk(),
-        Role::Member,
-        RosterOp::Add,
-        now_ms(),
-        None,
-    );
+    let entry = entry(&owner.key, mesh, m.pk(), Role::Member, RosterOp::Add, None);
     send(a, &ClientFrame::Roster { rid, entry }).await;
     until(a, |f| {
         matches!(f, RelayFrame::Ok { rid: r } if r == rid).then_some(())

@@ -64,7 +64,11 @@ async fn create(
         c,
         &ClientFrame::CreateMesh {
             rid,
-            genesis: MeshGenesis::sign(owner, mesh, now_ms()),
+            genesis: {
+                let g = MeshGenesis::sign(owner, mesh, now_ms());
+                claudemesh_tests::raw::track(&g);
+                g
+            },
             token: token.cloned(),
         },
     )

@@ -378,7 +378,11 @@ async fn a_squatted_message_id_is_refused_to_its_second_sender_even_after_a_rest
         &mut c,
         &ClientFrame::CreateMesh {
             rid: 1,
-            genesis: MeshGenesis::sign(&other.key, other_mesh, now_ms()),
+            genesis: {
+                let g = MeshGenesis::sign(&other.key, other_mesh, now_ms());
+                claudemesh_tests::raw::track(&g);
+                g
+            },
             token: None,
         },
     )

@@ -7,7 +7,7 @@ use claudemesh_relay::client::connect_ws;
 use claudemesh_relay::{Connection, FrameWriter};
 use claudemesh_schema::crypto::{BoxSecret, MemberSecret, MeshKey};
 use claudemesh_schema::invite;
-use claudemesh_schema::roster::{InviteCap, InviteRevocation, Role, RosterEntry, RosterOp};
+use claudemesh_schema::roster::{InviteCap, InviteRevocation, Role, RosterOp};
 use claudemesh_schema::wire::{
     self, ClaimDecision, ClaimOutcome, ClaimRequest, ClientFrame, Envelope, ErrorCode, RelayFrame,
     Route, Seal,
@@ -25,13 +25,12 @@ async fn bad_handshakes_and_frames_are_refused_while_others_keep_working() {
 
     // Replayed hello: the member's hello accepted once, refused on a second connection.
     let other = Member::new();
-    let entry = RosterEntry::sign(
+    let entry = claudemesh_tests::raw::entry(
         &owner.key,
         mesh,
         other.pk(),
         Role::Member,
         RosterOp::Add,
-        now_ms(),
         None,
     );
     send(&mut a, &ClientFrame::Roster { rid: 9, entry }).await;
@@ -240,13 +239,12 @@ async fn expired_revoked_used_up_and_unknown_invites_are_refused() {
         _ => None,
     })
     .await;
-    let entry = RosterEntry::sign(
+    let entry = claudemesh_tests::raw::entry(
         &owner.key,
         mesh,
         newcomer.public(),
         Role::Member,
         RosterOp::Add,
-        now_ms(),
         Some(single.id),
     );
     let sealed = claudemesh_schema::crypto::anon_seal(&bx.public(), b"join secret").unwrap();

@@ -34,6 +34,10 @@ pub(crate) enum End {
     Removed,
     #[error("relay sent an invalid roster entry: {0}")]
     InvalidRoster(String),
+    /// The relay hides, reorders, replays or rewrites roster entries: it is not trusted
+    /// for this mesh until it shows the roster this daemon holds.
+    #[error("relay is not trustworthy for this mesh: {0}")]
+    HostileRoster(String),
     #[error("relay asked to retry a shared-state write later ({0})")]
     OpsRetry(ErrorCode),
     /// Syncing the shared-state log failed (the store, or the log's own rules).
@@ -58,7 +62,7 @@ impl End {
     pub(crate) fn next(&self) -> Next {
         match self {
             Self::Stopped => Next::Stop,
-            Self::WrongGenesis | Self::Removed => Next::Later,
+            Self::WrongGenesis | Self::Removed | Self::HostileRoster(_) => Next::Later,
             Self::Refused {
                 code:
                     ErrorCode::NotAMember
@@ -88,6 +92,7 @@ mod tests {
             (End::Silent, Next::Retry),
             (End::Removed, Next::Later),
             (End::WrongGenesis, Next::Later),
+            (End::HostileRoster(String::new()), Next::Later),
             (refused(ErrorCode::NotAMember), Next::Later),
             (refused(ErrorCode::BadSignature), Next::Later),
             (refused(ErrorCode::RateLimited), Next::Retry),

@@ -6,7 +6,7 @@ use claudemesh_relay::Connection;
 use claudemesh_schema::SessionId;
 use claudemesh_schema::message::SignedPresence;
 use claudemesh_schema::now_ms;
-use claudemesh_schema::roster::{RosterEntry, RosterOp};
+use claudemesh_schema::roster::{Applied, RosterEntry, RosterHead, RosterOp};
 use claudemesh_schema::wire::{ClientFrame, Hello, PresenceRecord, RelayFrame, Welcome};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +18,7 @@ use crate::store::PresenceRow;
 
 /// Say hello and take the relay's snapshot; returns its welcome once `ready` came.
 pub(super) async fn join(d: &Daemon, m: &MeshCtx, c: &mut Connection) -> Result<Welcome, End> {
-    let hello = Hello::sign(
+    let mut hello = Hello::sign(
         &m.keys.member,
         m.id,
         m.keys.session,
@@ -26,6 +26,8 @@ pub(super) async fn join(d: &Daemon, m: &MeshCtx, c: &mut Connection) -> Result<
         now_ms(),
         CLIENT,
     );
+    let ours = lock(&m.roster).roster.head();
+    hello.roster_head = Some(ours);
     write(c, &ClientFrame::Hello(hello)).await?;
     let welcome = match read_frame(c, Duration::from_secs(10)).await? {
         RelayFrame::Welcome(w) => w,
@@ -34,6 +36,9 @@ pub(super) async fn join(d: &Daemon, m: &MeshCtx, c: &mut Connection) -> Result<
     };
     if welcome.genesis.mesh != m.id || welcome.genesis != lock(&m.row).genesis {
         return Err(End::WrongGenesis);
+    }
+    if let Some(theirs) = welcome.roster_head {
+        behind_or_forked(m, ours, theirs)?;
     }
     let _ = d.store.all_offline(m.id).await;
     d.bump_changes();
@@ -54,10 +59,53 @@ pub(super) async fn join(d: &Daemon, m: &MeshCtx, c: &mut Connection) -> Result<
             }
         }
     }
+    // The entries sent must add up to the head announced.
+    let now = lock(&m.roster).roster.head();
+    if let Some(theirs) = welcome.roster_head
+        && theirs != now
+    {
+        return Err(hostile(
+            m,
+            format!(
+                "the relay announced {} roster entries but its entries lead to {} here, with another hash",
+                theirs.len, now.len
+            ),
+        ));
+    }
     for rec in presences {
         presence(d, m, rec).await;
     }
     Ok(welcome)
+}
+
+/// The relay's head at welcome against ours: behind ours (it hides entries this daemon
+/// holds) or another hash at the same length (another history) is a hostile relay.
+fn behind_or_forked(m: &MeshCtx, ours: RosterHead, theirs: RosterHead) -> Result<(), End> {
+    if theirs.len < ours.len {
+        return Err(hostile(
+            m,
+            format!(
+                "the relay reports {} roster entries but this daemon holds {}: it is hiding membership changes (or was restored from an old backup)",
+                theirs.len, ours.len
+            ),
+        ));
+    }
+    if theirs.len == ours.len && theirs.hash != ours.hash {
+        return Err(hostile(
+            m,
+            format!(
+                "the relay's roster of {} entries is another history than this daemon's: it rewrote membership changes",
+                theirs.len
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Log and build the end of a link whose relay misrepresents the roster.
+fn hostile(m: &MeshCtx, reason: String) -> End {
+    tracing::error!(mesh = %m.id.short(), %reason, "relay misrepresents the mesh's membership; link down");
+    End::HostileRoster(reason)
 }
 
 /// Signed presences of the sessions this daemon holds in the mesh: `only` one, or all
@@ -147,7 +195,7 @@ pub(super) async fn roster(
 ) -> Result<(), End> {
     let applied = lock(&m.roster).apply(seq, &entry);
     match applied {
-        Ok(true) => {
+        Ok(Applied::New) => {
             if let Err(e) = d.store.put_roster(m.id, seq, &entry).await {
                 tracing::error!(seq, error = %e, "cannot store roster entry");
             }
@@ -156,11 +204,13 @@ pub(super) async fn roster(
             }
             Ok(())
         }
-        Ok(false) => Ok(()),
+        Ok(Applied::Known) => Ok(()),
+        // A gap, a fork, a replay: only the relay orders entries, so it rewrites history.
+        Err(e) if e.is_chain() => Err(hostile(m, e.to_string())),
         // A relay that sends entries that do not verify is broken or hostile.
         Err(e) => {
             tracing::error!(seq, error = %e, "relay sent an invalid roster entry");
-            Err(End::InvalidRoster(e))
+            Err(End::InvalidRoster(e.to_string()))
         }
     }
 }

@@ -424,8 +424,12 @@ async fn on_op_frame(
 ) -> Result<OpFrame, End> {
     Ok(match f {
         RelayFrame::Ops { ops, head } => match lo.received(d, m, ops, head).await {
-            Some(f) => OpFrame::Send(f),
-            None => OpFrame::Handled,
+            Ok(Some(f)) => OpFrame::Send(f),
+            Ok(None) => OpFrame::Handled,
+            Err(w) => {
+                tracing::error!(mesh = %m.id.short(), error = %w, "relay withholds roster entries; link down");
+                return Err(End::HostileRoster(w.to_string()));
+            }
         },
         RelayFrame::OpAck { id, seq } => {
             lo.acked(d, id, seq);

@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 
 use crate::context::Daemon;
 use crate::error::Error;
-use crate::mesh::{LinkCmd, MeshCtx, OpPage, RelayRefusal, lock};
+use crate::mesh::{LinkCmd, MeshCtx, OpPage, RelayRefusal, Withheld, lock};
 use crate::shared::fold::{self, Applying, Notice};
 use crate::shared::{query, snapshot};
 use claudemesh_schema::crypto::MemberKey;
@@ -78,7 +78,7 @@ pub(crate) async fn write(
         name,
         at: now_ms(),
         // Where this write stands in the roster: the entries this daemon has applied.
-        roster: Some(lock(&m.roster).len),
+        roster: Some(lock(&m.roster).len()),
         op,
     };
     let id = body.id;
@@ -281,16 +281,18 @@ impl LinkOps {
 
     /// Sequenced ops arrived (live, or a sync page). Applies every op that is next in
     /// line; returns a frame to send when the log has a gap only a fresh sync can fill.
+    /// An op placed after roster entries this daemon was not given is an error: the relay
+    /// withholds them.
     pub(crate) async fn received(
         &mut self,
         d: &Arc<Daemon>,
         m: &Arc<MeshCtx>,
         ops: Vec<SequencedOp>,
         head: Option<u64>,
-    ) -> Option<ClientFrame> {
+    ) -> Result<Option<ClientFrame>, Withheld> {
         let run = self.order.push(ops);
         if !run.is_empty() {
-            submit(d, m, run).await;
+            submit(d, m, run).await?;
         }
         let next = self.order.next;
         if let Some(h) = head
@@ -319,9 +321,9 @@ impl LinkOps {
         if gap {
             tracing::warn!(mesh = %m.id.short(), next, "op log has a gap; syncing again");
             self.order = Reorder::new(next);
-            return Some(ClientFrame::OpSync { from: next });
+            return Ok(Some(ClientFrame::OpSync { from: next }));
         }
-        None
+        Ok(None)
     }
 
     /// A part of the relay's newest snapshot (sent when this daemon is behind the oldest op
@@ -392,8 +394,10 @@ impl LinkOps {
                 tracing::info!(mesh = %m.id.short(), seq, "started from a snapshot");
                 self.order.skip_to(seq.saturating_add(1));
                 let run = self.order.push(Vec::new());
-                if !run.is_empty() {
-                    submit(d, m, run).await;
+                if !run.is_empty()
+                    && let Err(w) = submit(d, m, run).await
+                {
+                    tracing::error!(mesh = %m.id.short(), error = %w, "relay withholds roster entries");
                 }
                 d.bump_changes();
             }
@@ -423,8 +427,9 @@ impl LinkOps {
 type Opened = (SequencedOp, Result<OpBody, String>);
 
 /// Decrypt and verify a run of ops off the async threads (in parallel chunks: signature
-/// checks dominate a catch-up), then queue their application in order.
-async fn submit(d: &Arc<Daemon>, m: &Arc<MeshCtx>, run: Vec<SequencedOp>) {
+/// checks dominate a catch-up), then queue their application in order. Refused (nothing
+/// applied) if one of them claims more roster entries than this daemon holds.
+async fn submit(d: &Arc<Daemon>, m: &Arc<MeshCtx>, run: Vec<SequencedOp>) -> Result<(), Withheld> {
     let key = Arc::new(m.keys.mesh_key.clone());
     let mesh = m.id;
     let open_one = move |key: &claudemesh_schema::crypto::MeshKey, o: SequencedOp| -> Opened {
@@ -452,12 +457,27 @@ async fn submit(d: &Arc<Daemon>, m: &Arc<MeshCtx>, run: Vec<SequencedOp>) {
                 Ok(v) => out.extend(v),
                 Err(e) => {
                     tracing::error!(error = %e, "op opening task failed");
-                    return;
+                    return Ok(());
                 }
             }
         }
         out
     };
+    // The relay sends roster entries before the ops that stand after them: a signed claim
+    // beyond the entries held means it withholds some.
+    let known = lock(&m.roster).len();
+    if let Some((o, claimed)) = opened
+        .iter()
+        .filter_map(|(o, b)| Some((o, b.as_ref().ok()?.roster?)))
+        .find(|(_, claimed)| *claimed > known)
+    {
+        return Err(Withheld {
+            seq: o.seq,
+            author: o.op.author.short(),
+            claimed,
+            known,
+        });
+    }
     let local: HashMap<SessionId, String> = {
         let mut l: HashMap<SessionId, String> = lock(&m.sessions)
             .iter()
@@ -502,6 +522,7 @@ async fn submit(d: &Arc<Daemon>, m: &Arc<MeshCtx>, run: Vec<SequencedOp>) {
         tracing::error!(error = %e, "store unavailable; ops will be applied after the next sync");
         m.resync.notify_one();
     }
+    Ok(())
 }
 
 /// What a run of applied ops changed.

@@ -3,7 +3,7 @@
 use claudemesh_schema::ClaimId;
 use claudemesh_schema::crypto::MemberKey;
 use claudemesh_schema::now_ms;
-use claudemesh_schema::roster::{RosterEntry, RosterOp};
+use claudemesh_schema::roster::{RosterEntry, RosterError, RosterOp};
 use claudemesh_schema::wire::{ClaimDecision, ClaimOutcome, ErrorCode, RelayFrame};
 use std::sync::Arc;
 
@@ -36,9 +36,10 @@ impl<S: Store> Conn<S> {
         let _guard = entry.admin.lock().await;
         let seq = {
             let st = lock(&entry.state);
-            if let Err(err) = st.roster.check(&e) {
+            if let Err(err) = st.roster.check_next(&e) {
                 drop(st);
-                return self.error(Some(rid), ErrorCode::NotAuthorized, &err.to_string());
+                let (code, msg) = refusal(&err);
+                return self.error(Some(rid), code, &msg);
             }
             if e.op == RosterOp::Add
                 && st.roster.members().count() as u64 >= self.hub.cfg.max_members
@@ -282,9 +283,10 @@ impl<S: Store> Conn<S> {
                             "entry does not match the claim",
                         );
                     }
-                    if let Err(err) = st.roster.check(&e) {
+                    if let Err(err) = st.roster.check_next(&e) {
                         drop(st);
-                        return self.error(Some(rid), ErrorCode::NotAuthorized, &err.to_string());
+                        let (code, msg) = refusal(&err);
+                        return self.error(Some(rid), code, &msg);
                     }
                     if st.roster.members().count() as u64 >= self.hub.cfg.max_members {
                         drop(st);
@@ -371,6 +373,21 @@ impl<S: Store> Conn<S> {
                 self.push(&RelayFrame::Ok { rid });
             }
         }
+    }
+}
+
+/// How a roster entry the relay will not store is refused: one signed against an older
+/// head lost a race with another admin's change (retryable: sign again); anything else
+/// is not allowed.
+fn refusal(err: &RosterError) -> (ErrorCode, String) {
+    match err {
+        RosterError::WrongPlace { signed, at } if signed < at => (
+            ErrorCode::RosterChanged,
+            format!(
+                "the roster changed meanwhile (it has {at} entries now); sign the change again and retry"
+            ),
+        ),
+        other => (ErrorCode::NotAuthorized, other.to_string()),
     }
 }
 

@@ -144,6 +144,12 @@ impl<S: Store> Conn<S> {
                     "this key is not a member of the mesh",
                 ));
             }
+            if let Some(theirs) = h.roster_head {
+                let ours = st.roster.head();
+                if theirs.len > ours.len || st.roster.hash_after(theirs.len) != Some(theirs.hash) {
+                    tracing::warn!(mesh = %h.mesh.short(), member = %h.member.short(), theirs = theirs.len, ours = ours.len, "a member holds roster entries this relay does not (restored from an old backup?)");
+                }
+            }
             let old = st.links.insert(h.member, self.link.clone());
             replaced = old.is_some();
             if let Some(old) = old {
@@ -160,6 +166,7 @@ impl<S: Store> Conn<S> {
                 server_time: now,
                 genesis: st.genesis.clone(),
                 roster_entries: st.entries.len() as u64,
+                roster_head: Some(st.roster.head()),
                 presences: st.sessions.len() as u64,
                 max_ciphertext: MAX_CIPHERTEXT as u64,
             };

@@ -191,6 +191,7 @@ struct Raw {
 async fn raw_mesh(relay: &RelayProc, members: usize) -> (MeshId, Vec<Raw>) {
     let owner = MemberSecret::generate();
     let mesh = MeshId::new();
+    let genesis = MeshGenesis::sign(&owner, mesh, now_ms());
     let mut oc = connect_quic(relay.addr, None, Duration::from_secs(5))
         .await
         .unwrap();
@@ -198,7 +199,7 @@ async fn raw_mesh(relay: &RelayProc, members: usize) -> (MeshId, Vec<Raw>) {
         &mut oc,
         &ClientFrame::CreateMesh {
             rid: 1,
-            genesis: MeshGenesis::sign(&owner, mesh, now_ms()),
+            genesis: genesis.clone(),
             token: None,
         },
     )
@@ -217,9 +218,11 @@ async fn raw_mesh(relay: &RelayProc, members: usize) -> (MeshId, Vec<Raw>) {
     send(&mut oc, &ClientFrame::Hello(hello(&owner))).await;
     while !matches!(recv(&mut oc).await, RelayFrame::Ready { .. }) {}
     let keys: Vec<MemberSecret> = (0..members).map(|_| MemberSecret::generate()).collect();
+    let mut roster = claudemesh_schema::roster::Roster::from_genesis(&genesis).unwrap();
     for (i, k) in keys.iter().enumerate() {
         let e = RosterEntry::sign(
             &owner,
+            &roster.head(),
             mesh,
             k.public(),
             Role::Member,
@@ -227,6 +230,7 @@ async fn raw_mesh(relay: &RelayProc, members: usize) -> (MeshId, Vec<Raw>) {
             now_ms(),
             None,
         );
+        roster.apply(&e).unwrap();
         send(
             &mut oc,
             &ClientFrame::Roster {

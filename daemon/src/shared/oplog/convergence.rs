@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use super::apply_run;
 use crate::shared::{fold, query};
 use claudemesh_schema::op::Reorder;
-use claudemesh_schema::roster::{Role, RosterEntry, RosterHistory, RosterOp};
+use claudemesh_schema::roster::{Role, RosterEntry, RosterHead, RosterHistory, RosterOp};
 
 struct Relay {
     log: Vec<SequencedOp>,
@@ -158,6 +158,10 @@ fn roster(members: &[MemberSecret], mesh: MeshId) -> RosterHistory {
     for (i, m) in members[1..].iter().enumerate() {
         let e = RosterEntry::sign(
             &members[0],
+            &RosterHead {
+                len: i as u64,
+                hash: [0; 32],
+            },
             mesh,
             m.public(),
             Role::Member,
@@ -540,7 +544,12 @@ fn entry(
     role: Role,
     op: RosterOp,
 ) -> RosterEntry {
-    RosterEntry::sign(by, mesh, who.public(), role, op, 1, None)
+    // Not checked here (histories are fed entries as given): any place will do.
+    let head = RosterHead {
+        len: 0,
+        hash: [0; 32],
+    };
+    RosterEntry::sign(by, &head, mesh, who.public(), role, op, 1, None)
 }
 
 #[test]
