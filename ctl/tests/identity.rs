@@ -836,3 +836,39 @@ fn only_a_member_a_message_was_addressed_to_can_move_it_to_read() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_burst_of_status_changes_is_one_or_two_presences_not_one_per_turn() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["ann", "ben"], &[]);
+    let hook = |event: &str| {
+        let out = nodes[0].run_env(
+            &["hook", event],
+            &[
+                ("CLAUDEMESH_SESSION_KEY", "claude-busy"),
+                ("CLAUDEMESH_DISPLAY_NAME", "busy"),
+            ],
+        );
+        assert!(out.status.success());
+    };
+    hook("session-start");
+    nodes[1].wait("peer-idle", Some("busy"));
+    let sent = || {
+        nodes[0].json(&["status"])["meshes"][0]["presences_sent"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = sent();
+    // Ten turns, each with a tool call: every hook changes the session's state.
+    for _ in 0..10 {
+        hook("user-prompt-submit");
+        hook("post-tool-use");
+        hook("stop");
+    }
+    // The last state (working: a turn began) reaches the peer, at the end of the window
+    // at the latest.
+    hook("user-prompt-submit");
+    nodes[1].wait("peer-working", Some("busy"));
+    let n = sent() - before;
+    assert!(n <= 3, "{n} presences for 30 changes in one burst");
+}

@@ -66,6 +66,9 @@ pub(crate) enum LinkCmd {
     /// Publish a presence: one session's (its profile changed, it opened), or with `None`
     /// every announced one (the daemon's own profile changed).
     Publish(Option<SessionId>),
+    /// Publish a session's presence after only its status changed: at most once per few
+    /// seconds (the relay learns its state, not the timing of each turn).
+    PublishStatus(SessionId),
     /// A hosted session ended.
     Depart(SessionId),
     /// Send a shared-state op (already durable in the op outbox) now, if connected.
@@ -97,6 +100,7 @@ impl std::fmt::Debug for LinkCmd {
             Self::Send(id, ..) => write!(f, "Send({id:?})"),
             Self::Request(..) => f.write_str("Request"),
             Self::Publish(s) => write!(f, "Publish({s:?})"),
+            Self::PublishStatus(s) => write!(f, "PublishStatus({s:?})"),
             Self::Depart(s) => write!(f, "Depart({s:?})"),
             Self::Op(id, _) => write!(f, "Op({id:?})"),
             Self::ReadOps(from, limit, _) => write!(f, "ReadOps({from}, {limit})"),

@@ -511,6 +511,13 @@ pub(crate) async fn update(
     let Some(m) = find(d, &p.session) else {
         return Err(Error::not_found(format!("no open session {}", p.session)));
     };
+    // Only the status (a hook at each turn or tool call): its presence is coalesced.
+    let status_only = name.is_none()
+        && p.summary.is_none()
+        && p.visible.is_none()
+        && p.delivery.is_empty()
+        && join.is_empty()
+        && p.leave_groups.is_empty();
     let now = now_ms();
     let (row, profile) = {
         let mut sessions = lock(&m.sessions);
@@ -555,7 +562,12 @@ pub(crate) async fn update(
     touch(d, &m, p.session).await;
     // A status change may release held messages.
     d.wake([p.session]);
-    let _ = m.link.tx.send(LinkCmd::Publish(Some(p.session))).await;
+    let cmd = if status_only {
+        LinkCmd::PublishStatus(p.session)
+    } else {
+        LinkCmd::Publish(Some(p.session))
+    };
+    let _ = m.link.tx.send(cmd).await;
     d.bump_changes();
     Ok(SessionProfile {
         session: p.session,
@@ -605,7 +617,7 @@ pub(crate) async fn transcript_status(
     }
     if changed {
         d.wake([sid]);
-        let _ = m.link.tx.send(LinkCmd::Publish(Some(sid))).await;
+        let _ = m.link.tx.send(LinkCmd::PublishStatus(sid)).await;
         d.bump_changes();
     }
 }
@@ -730,7 +742,7 @@ pub(crate) async fn sweeper(d: Arc<Daemon>) {
             }
             for sid in decayed {
                 d.wake([sid]);
-                let _ = m.link.tx.send(LinkCmd::Publish(Some(sid))).await;
+                let _ = m.link.tx.send(LinkCmd::PublishStatus(sid)).await;
                 d.bump_changes();
             }
         }

@@ -164,6 +164,85 @@ fn presence_frames(
     out
 }
 
+/// How often one session's presence may go out: changes within it (a status flip per tool
+/// call or turn) are sent together at its end, so the relay learns a session's state, not
+/// the timing of each turn.
+pub(super) const PRESENCE_EVERY: Duration = Duration::from_secs(5);
+
+/// One session's presence at most once per [`PRESENCE_EVERY`] (the first change at once,
+/// later ones at the end of the window, the newest state only).
+#[derive(Debug, Default)]
+pub(super) struct Coalesce {
+    last: std::collections::HashMap<SessionId, tokio::time::Instant>,
+    due: std::collections::HashMap<SessionId, tokio::time::Instant>,
+}
+
+impl Coalesce {
+    /// When the next held-back presence is due.
+    pub(super) fn next_due(&self) -> Option<tokio::time::Instant> {
+        self.due.values().min().copied()
+    }
+
+    /// Publish `sid`'s presence now (more than its status changed): what was held back
+    /// for it goes with it.
+    pub(super) async fn now(
+        &mut self,
+        d: &Daemon,
+        m: &MeshCtx,
+        c: &mut Connection,
+        sid: SessionId,
+    ) -> Result<(), End> {
+        let now = tokio::time::Instant::now();
+        self.last.retain(|_, t| now < *t + PRESENCE_EVERY);
+        self.last.insert(sid, now);
+        self.due.remove(&sid);
+        publish(d, m, c, Some(sid)).await.map(|_| ())
+    }
+
+    /// Publish `sid`'s presence after a status change: now, or at the end of its window.
+    pub(super) async fn status(
+        &mut self,
+        d: &Daemon,
+        m: &MeshCtx,
+        c: &mut Connection,
+        sid: SessionId,
+    ) -> Result<(), End> {
+        let now = tokio::time::Instant::now();
+        if let Some(t) = self.last.get(&sid)
+            && now < *t + PRESENCE_EVERY
+        {
+            self.due.entry(sid).or_insert(*t + PRESENCE_EVERY);
+            return Ok(());
+        }
+        self.last.retain(|_, t| now < *t + PRESENCE_EVERY);
+        self.last.insert(sid, now);
+        self.due.remove(&sid);
+        publish(d, m, c, Some(sid)).await.map(|_| ())
+    }
+
+    /// Publish what is due.
+    pub(super) async fn flush_due(
+        &mut self,
+        d: &Daemon,
+        m: &MeshCtx,
+        c: &mut Connection,
+    ) -> Result<(), End> {
+        let now = tokio::time::Instant::now();
+        let ready: Vec<SessionId> = self
+            .due
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(s, _)| *s)
+            .collect();
+        for sid in ready {
+            self.due.remove(&sid);
+            self.last.insert(sid, now);
+            publish(d, m, c, Some(sid)).await?;
+        }
+        Ok(())
+    }
+}
+
 /// Send our presences (`only` one session's, or all) and record them in the local cache.
 /// Returns how many were sent.
 pub(super) async fn publish(

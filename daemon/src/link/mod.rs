@@ -253,8 +253,10 @@ async fn run_connection(
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
     let mut ping_n = 0u64;
+    let mut presence = membership::Coalesce::default();
     loop {
         let retry_at = out.next_retry();
+        let presence_due = presence.next_due();
         let r: Result<(), End> = tokio::select! {
             biased;
             _ = m.stop.cancelled() => Err(End::Stopped),
@@ -268,8 +270,13 @@ async fn run_connection(
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
                 out.retry_due(c).await
             }
+            _ = tokio::time::sleep_until(presence_due.unwrap_or_else(tokio::time::Instant::now)), if presence_due.is_some() => {
+                presence.flush_due(d, m, c).await
+            }
             cmd = rx.recv() => match cmd {
                 None => Err(End::Stopped),
+                Some(LinkCmd::PublishStatus(sid)) => presence.status(d, m, c, sid).await,
+                Some(LinkCmd::Publish(Some(sid))) => presence.now(d, m, c, sid).await,
                 Some(cmd) => command(d, m, c, cmd, &mut out, lo, requests, &mut next_rid).await,
             },
             f = read_frame(c, IDLE_LIMIT) => match f {
@@ -324,6 +331,8 @@ async fn command(
             requests.insert(rid, reply);
             write(c, &build(rid)).await
         }
+        // Handled by the loop's coalescing (a session's own publish goes there too).
+        LinkCmd::PublishStatus(sid) => membership::publish(d, m, c, Some(sid)).await.map(|_| ()),
         LinkCmd::Publish(only) => membership::publish(d, m, c, only).await.map(|_| ()),
         LinkCmd::Depart(session) => write(c, &ClientFrame::Depart { session }).await,
         LinkCmd::Op(id, frame) => match lo.send(id, frame) {
