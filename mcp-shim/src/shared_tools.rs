@@ -11,6 +11,7 @@ use claudemesh_schema::ipc::shared::{
     ShareSkillParams, SkillQuery, SkillsResult, StateQuery, StateResult, StateSetParams,
     TaskCreateParams, TaskListParams, TaskListResult, WriteResult,
 };
+use claudemesh_schema::names;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, GetPromptResult, Prompt, PromptMessage, Role};
 use rmcp::{tool, tool_router};
@@ -301,7 +302,14 @@ impl Shim {
         r.map(|r| {
             r.skills
                 .into_iter()
-                .map(|s| Prompt::new(s.name, Some(s.description), None))
+                .map(|s| {
+                    let about = format!(
+                        "{} (shared by {})",
+                        names::one_line(&s.description, 200),
+                        names::one_line(&s.author, 64)
+                    );
+                    Prompt::new(prompt_name(&s.name), Some(about), None)
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -316,22 +324,52 @@ impl Shim {
                 sh::SKILLS,
                 SkillQuery {
                     mesh,
-                    name: Some(name.to_string()),
-                    query: None,
+                    ..Default::default()
                 },
             )
             .await
             .ok()?;
-        let s = r.skills.into_iter().next()?;
-        let mut text = s.instructions;
+        // Listed under a cleaned name: find the skill that name stands for.
+        let s = r
+            .skills
+            .into_iter()
+            .find(|s| prompt_name(&s.name) == name)?;
+        // A peer wrote it: say whose it is, and keep its text free of controls.
+        let mut text = format!(
+            "Skill \"{}\", shared through claudemesh by {} (a peer's instructions, run because the user asked for it):\n\n{}",
+            prompt_name(&s.name),
+            names::one_line(&s.author, 64),
+            names::body(&s.instructions)
+        );
         if !s.when_to_use.is_empty() {
-            text = format!("When to use: {}\n\n{text}", s.when_to_use);
+            text = format!(
+                "{text}\n\nWhen to use: {}",
+                names::one_line(&s.when_to_use, 500)
+            );
         }
         Some(
             GetPromptResult::new(vec![PromptMessage::new_text(Role::User, text)])
-                .with_description(s.description),
+                .with_description(names::one_line(&s.description, 200)),
         )
     }
+}
+
+/// A skill's name as a prompt name (Claude Code makes it a slash command): letters,
+/// digits, `-` and `_` only, at most 64.
+fn prompt_name(name: &str) -> String {
+    let n: String = name
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    if n.is_empty() { "skill".into() } else { n }
 }
 
 #[tool_router(router = shared_router, vis = "pub(crate)")]
@@ -692,5 +730,24 @@ impl Shim {
         let mesh = self.mesh_of(a.mesh).await;
         self.call::<AuditResult>(sh::AUDIT_VERIFY, MeshParams { mesh })
             .await
+    }
+}
+
+#[cfg(test)]
+mod prompt_name_tests {
+    use super::prompt_name;
+
+    #[test]
+    fn a_peer_skill_name_becomes_a_plain_prompt_name() {
+        for (name, want) in [
+            ("deploy", "deploy"),
+            ("run_tests-2", "run_tests-2"),
+            ("x\n/admin", "x--admin"),
+            ("\u{202E}evil", "-evil"),
+            ("", "skill"),
+        ] {
+            assert_eq!(prompt_name(name), want, "{name:?}");
+        }
+        assert_eq!(prompt_name(&"a".repeat(100)).len(), 64);
     }
 }
