@@ -327,6 +327,26 @@ pub(crate) async fn run(json: bool) -> Res {
             None
         }
     };
+    // Links the daemon stopped trusting: the relay rewrote or hid membership changes.
+    if daemon_version.is_some()
+        && let Ok(mut c) = Client::connect(&paths.socket).await
+        && let Ok(st) = c.call::<m::StatusResult>(m::STATUS, ()).await
+    {
+        for ms in st.meshes {
+            if let Some(e) = ms.last_error.as_deref()
+                && e.contains("not trustworthy")
+            {
+                checks.push(
+                    Check::fail(
+                        "link",
+                        e.to_string(),
+                        "the relay rewrote or hid membership changes: tell the mesh's owner, and use a relay you trust (the daemon retries it only after a long delay)",
+                    )
+                    .in_mesh(&ms.name),
+                );
+            }
+        }
+    }
     checks.push(match &daemon_version {
         Some(v) if v != mine => Check::warn(
             "version",

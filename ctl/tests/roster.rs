@@ -149,10 +149,25 @@ fn fixture() -> Fixture {
 fn link_error(ben: &Node) -> String {
     ben.wait("link-error", None);
     let st = ben.json(&["status"]);
-    st["meshes"][0]["last_error"]
+    let e = st["meshes"][0]["last_error"]
         .as_str()
         .unwrap_or_default()
-        .to_string()
+        .to_string();
+    if e.contains("not trustworthy") {
+        // `doctor` says so too, with what to do.
+        let out = ben.run(&["doctor", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let link = v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "link")
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(link["status"], "fail", "{v}");
+        assert!(link["fix"].as_str().unwrap_or("").contains("relay"), "{v}");
+    }
+    e
 }
 
 /// Is cat a member in ben's roster (can ben address cat as a member)?
