@@ -79,9 +79,76 @@ pub fn body(s: &str) -> String {
         .collect()
 }
 
+/// What a name looks like, for telling names apart by eye: lower case, with the letters
+/// of other scripts that read as Latin ones (Cyrillic `а`, Greek `ο`, …) and the look-alike
+/// digits folded to them, spaces collapsed. Two names with the same skeleton are the same
+/// name to a reader, so a name is pinned to a key by its skeleton.
+pub fn skeleton(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut space = false;
+    for c in s.trim().chars().flat_map(char::to_lowercase) {
+        if c.is_whitespace() || invisible(c) {
+            if !space {
+                out.push(' ');
+            }
+            space = true;
+            continue;
+        }
+        space = false;
+        out.push(match c {
+            'а' | 'α' | 'ɑ' => 'a',
+            'в' | 'β' => 'b',
+            'с' | 'ϲ' => 'c',
+            'ԁ' | 'ɗ' => 'd',
+            'е' | 'ё' | 'ε' | 'є' => 'e',
+            'ɡ' => 'g',
+            'һ' | 'η' => 'h',
+            'і' | 'ї' | 'ι' | 'ı' | 'ɩ' | '1' | 'ӏ' => 'l',
+            'ј' | 'ϳ' => 'j',
+            'κ' | 'к' => 'k',
+            'м' | 'μ' => 'm',
+            'п' | 'ո' => 'n',
+            'о' | 'ο' | 'σ' | 'ӧ' | '0' => 'o',
+            'р' | 'ρ' => 'p',
+            'ԛ' => 'q',
+            'г' => 'r',
+            'ѕ' => 's',
+            'т' | 'τ' => 't',
+            'υ' | 'ս' => 'u',
+            'ν' | 'ѵ' => 'v',
+            'ԝ' | 'ω' | 'ш' => 'w',
+            'х' | 'χ' => 'x',
+            'у' | 'γ' | 'ү' => 'y',
+            'ᴢ' => 'z',
+            // `i` and `l` read alike in many fonts.
+            'i' => 'l',
+            c => c,
+        });
+    }
+    out.trim_end().to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_that_read_alike_have_one_skeleton() {
+        for (a, b) in [
+            ("alice", "ALICE"),
+            ("alice", "\u{430}lice"),
+            ("alice", "al\u{456}ce"),
+            ("bob", "b\u{43e}b"),
+            ("bob", "b0b"),
+            ("ann lee", "ann  lee"),
+            ("ali", "all"),
+        ] {
+            assert_eq!(skeleton(a), skeleton(b), "{a:?} vs {b:?}");
+        }
+        for (a, b) in [("alice", "alicia"), ("bob", "rob"), ("ann", "anne")] {
+            assert_ne!(skeleton(a), skeleton(b), "{a:?} vs {b:?}");
+        }
+    }
 
     fn ok(s: &str, want: &str) {
         assert_eq!(check("name", s).as_deref(), Ok(want), "{s:?}");

@@ -216,9 +216,10 @@ fn presence_row(mesh: MeshId, r: &rusqlite::Row<'_>) -> rusqlite::Result<Presenc
     })
 }
 
-/// The key a person name is pinned under (names compare without case).
+/// The key a person name is pinned under: its skeleton (names that read alike, such as
+/// `alice` and a Cyrillic `аlice`, are one name).
 fn pin_name(person: &str) -> String {
-    person.to_lowercase()
+    claudemesh_schema::names::skeleton(person)
 }
 
 /// Names pinned to member keys in a mesh, and the members the user confirmed.
