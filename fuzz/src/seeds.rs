@@ -127,6 +127,7 @@ fn main() {
             "ack",
             ClientFrame::Ack {
                 ids: vec![MessageId::new(), MessageId::new()],
+                proofs: Vec::new(),
             },
         ),
         ("presence", ClientFrame::Presence(presence.clone())),

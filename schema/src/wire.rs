@@ -530,6 +530,11 @@ pub enum ClientFrame {
     Ack {
         /// Acknowledged ids.
         ids: Vec<MessageId>,
+        /// For each id (same order), the acknowledging member's signature over
+        /// [`delivery_proof`]: what lets the sender believe `delivered` without trusting
+        /// the relay. Empty from daemons before proofs.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        proofs: Vec<Signature>,
     },
     /// Publish or update a session's presence.
     Presence(SignedPresence),
@@ -668,6 +673,9 @@ pub enum RelayFrame {
         member: MemberKey,
         /// When, unix ms.
         at: i64,
+        /// The recipient member's signature over [`delivery_proof`], when it sent one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        proof: Option<Signature>,
     },
     /// A presence appeared or changed.
     Presence(PresenceRecord),
@@ -822,9 +830,35 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, FrameError> 
     Ok(serde_json::from_slice(bytes)?)
 }
 
+/// What a recipient member signs when it acknowledges envelope `id` of `mesh` (stored in
+/// its inbox): the sender checks it against the member the message was addressed to, so
+/// a relay cannot report a delivery that did not happen.
+pub fn delivery_proof(mesh: &MeshId, id: &MessageId) -> Vec<u8> {
+    Canonical::new("claudemesh/delivered/v1")
+        .fixed(mesh.as_bytes())
+        .fixed(id.as_bytes())
+        .into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delivery_proof_names_its_mesh_id_and_member() {
+        let ben = crate::crypto::MemberSecret::generate();
+        let (mesh, id) = (MeshId::new(), MessageId::new());
+        let proof = ben.sign(&delivery_proof(&mesh, &id));
+        assert!(ben.public().verify(&delivery_proof(&mesh, &id), &proof).is_ok());
+        let other = crate::crypto::MemberSecret::generate().public();
+        for (who, m, i) in [
+            (other, mesh, id),
+            (ben.public(), MeshId::new(), id),
+            (ben.public(), mesh, MessageId::new()),
+        ] {
+            assert!(who.verify(&delivery_proof(&m, &i), &proof).is_err());
+        }
+    }
     use crate::crypto::BoxSecret;
 
     #[test]

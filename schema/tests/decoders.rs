@@ -137,7 +137,13 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
         any::<u64>().prop_map(|n| ClientFrame::Ping { n }),
         hello(),
         envelope().prop_map(ClientFrame::Send),
-        vec(uuid().prop_map(MessageId), 0..8).prop_map(|ids| ClientFrame::Ack { ids }),
+        vec(uuid().prop_map(MessageId), 0..8).prop_map(|ids| ClientFrame::Ack {
+            proofs: ids
+                .iter()
+                .map(|i| Signature([i.0.as_bytes()[0]; 64]))
+                .collect(),
+            ids,
+        }),
         uuid().prop_map(|u| ClientFrame::Depart {
             session: SessionId(u)
         }),
@@ -196,6 +202,7 @@ fn relay_frame() -> impl Strategy<Value = RelayFrame> {
         (envelope(), any::<i64>()).prop_map(|(env, at)| RelayFrame::Deliver { env, at }),
         (uuid(), member(), any::<i64>()).prop_map(|(id, member, at)| RelayFrame::Receipt {
             id: MessageId(id),
+            proof: (at % 2 == 0).then_some(Signature([7; 64])),
             member,
             at
         }),

@@ -297,12 +297,24 @@ async fn an_ack_flood_of_unknown_ids_never_reaches_the_store_or_delays_sends() {
     let flood = tokio::spawn(async move {
         for _ in 0..frames {
             let ids = (0..per_frame).map(|_| MessageId::new()).collect();
-            let b = Bytes::from(wire::encode(&ClientFrame::Ack { ids }).unwrap());
+            let b = Bytes::from(
+                wire::encode(&ClientFrame::Ack {
+                    ids,
+                    proofs: Vec::new(),
+                })
+                .unwrap(),
+            );
             att_writer.send(b).await.unwrap();
         }
         // One frame over the cap is refused, not half-applied.
         let ids = (0..5000).map(|_| MessageId::new()).collect();
-        let b = Bytes::from(wire::encode(&ClientFrame::Ack { ids }).unwrap());
+        let b = Bytes::from(
+            wire::encode(&ClientFrame::Ack {
+                ids,
+                proofs: Vec::new(),
+            })
+            .unwrap(),
+        );
         att_writer.send(b).await.unwrap();
         att_writer
     });
@@ -342,7 +354,14 @@ async fn an_ack_flood_of_unknown_ids_never_reaches_the_store_or_delays_sends() {
         matches!(f, RelayFrame::Deliver { env, .. } if env.id == id).then_some(())
     })
     .await;
-    send(&mut b, &ClientFrame::Ack { ids: vec![id] }).await;
+    send(
+        &mut b,
+        &ClientFrame::Ack {
+            ids: vec![id],
+            proofs: Vec::new(),
+        },
+    )
+    .await;
     until(&mut a, |f| {
         matches!(f, RelayFrame::Receipt { id: x, .. } if x == id).then_some(())
     })

@@ -106,7 +106,14 @@ async fn bad_handshakes_and_frames_are_refused_while_others_keep_working() {
 
     // A frame that needs a hello, before the hello.
     let mut c = quic(&f).await;
-    send(&mut c, &ClientFrame::Ack { ids: vec![] }).await;
+    send(
+        &mut c,
+        &ClientFrame::Ack {
+            ids: vec![],
+            proofs: Vec::new(),
+        },
+    )
+    .await;
     expect_error(&mut c, ErrorCode::Unexpected).await;
 
     // An envelope claiming another member as sender is refused, not routed.
@@ -341,6 +348,7 @@ async fn a_message_refused_for_quota_is_stored_when_resent_later() {
         &mut b,
         &ClientFrame::Ack {
             ids: vec![e1.id, e2.id],
+            proofs: Vec::new(),
         },
     )
     .await;

@@ -265,7 +265,12 @@ async fn run_connection(
             _ = m.resync.notified() => resync(d, m, c, lo).await,
             Some(first) = out.acks.recv() => {
                 let ids = messages::ack_batch(first, &mut out.acks);
-                write(c, &ClientFrame::Ack { ids }).await
+                // Each id with our signature: the sender's proof that we stored it.
+                let proofs = ids
+                    .iter()
+                    .map(|id| m.keys.member.sign(&wire::delivery_proof(&m.id, id)))
+                    .collect();
+                write(c, &ClientFrame::Ack { ids, proofs }).await
             }
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
                 out.retry_due(c).await
@@ -380,7 +385,21 @@ async fn frame(
             retry_ms,
         } => out.refused(d, id, code, message, retry_ms).await,
         RelayFrame::Deliver { env, at } => out.deliver(d, m, env, at).await,
-        RelayFrame::Receipt { id, member, at } => out.delivered(d, id, member, at).await,
+        RelayFrame::Receipt {
+            id,
+            member,
+            at,
+            proof,
+        } => {
+            // Only what the recipient signed counts: the relay's word alone does not.
+            let signed =
+                proof.is_some_and(|p| member.verify(&wire::delivery_proof(&m.id, &id), &p).is_ok());
+            if signed {
+                out.delivered(d, id, member, at).await;
+            } else {
+                tracing::debug!(%id, "a delivery report without the recipient's proof; ignored");
+            }
+        }
         RelayFrame::Ok { rid } => {
             if let Some(p) = requests.remove(&rid) {
                 let _ = p.send(Ok(()));

@@ -293,6 +293,7 @@ impl<S: Store> Conn<S> {
         entry: &Arc<MeshEntry>,
         member: MemberKey,
         mut ids: Vec<MessageId>,
+        proofs: Vec<claudemesh_schema::crypto::Signature>,
     ) {
         if ids.len() > MAX_ACK_IDS {
             return self.error(
@@ -313,6 +314,14 @@ impl<S: Store> Conn<S> {
                 .fetch_add(ids.len() as u64, Ordering::Relaxed);
             return;
         }
+        // Proofs travel with their ids (the relay cannot check them: it forwards each to
+        // the sender, who does). A frame whose proofs do not pair with its ids has none.
+        let proofs: std::collections::HashMap<MessageId, claudemesh_schema::crypto::Signature> =
+            if proofs.len() == ids.len() {
+                ids.iter().copied().zip(proofs).collect()
+            } else {
+                Default::default()
+            };
         let before = ids.len();
         self.link.queues.acknowledgeable(&mut ids);
         let dropped = (before - ids.len()) as u64;
@@ -349,6 +358,7 @@ impl<S: Store> Conn<S> {
                                 id: a.id,
                                 member,
                                 at: now,
+                                proof: proofs.get(&a.id).copied(),
                             })
                         {
                             l.push(f);

@@ -406,8 +406,8 @@ impl<S: Store> Conn<S> {
                         self.send(mesh, &entry, member, env).await;
                         Ok(())
                     }
-                    ClientFrame::Ack { ids } => {
-                        self.ack(mesh, &entry, member, ids).await;
+                    ClientFrame::Ack { ids, proofs } => {
+                        self.ack(mesh, &entry, member, ids, proofs).await;
                         Ok(())
                     }
                     ClientFrame::Presence(p) => self.presence(mesh, &entry, member, p).await,

@@ -324,7 +324,13 @@ fn drive(
                     break;
                 }
             }
-            let f = Bytes::from(wire::encode(&ClientFrame::Ack { ids }).unwrap());
+            let f = Bytes::from(
+                wire::encode(&ClientFrame::Ack {
+                    ids,
+                    proofs: Vec::new(),
+                })
+                .unwrap(),
+            );
             if out.send(f).await.is_err() {
                 return;
             }
@@ -543,7 +549,11 @@ async fn attacks(bin: &Path) {
         let _g = b_guard;
         while let Some(Ok(f)) = b_reader.next().await {
             if let Ok(RelayFrame::Deliver { env, .. }) = wire::decode::<RelayFrame>(&f) {
-                let ack = wire::encode(&ClientFrame::Ack { ids: vec![env.id] }).unwrap();
+                let ack = wire::encode(&ClientFrame::Ack {
+                    ids: vec![env.id],
+                    proofs: Vec::new(),
+                })
+                .unwrap();
                 if b_writer.send(Bytes::from(ack)).await.is_err() {
                     return;
                 }
@@ -605,6 +615,7 @@ async fn attacks(bin: &Path) {
                 let frame = Bytes::from(
                     wire::encode(&ClientFrame::Ack {
                         ids: (0..4096).map(|_| MessageId::new()).collect(),
+                        proofs: Vec::new(),
                     })
                     .unwrap(),
                 );
