@@ -78,6 +78,12 @@ pub(crate) fn span(ms: u64) -> String {
 }
 
 fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    // Cells hold peers' text (names, values, titles): each is one line without controls,
+    // so no cell can move the cursor, write the clipboard or start a row of its own.
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|r| r.iter().map(|c| names::one_line(c, 1000)).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
@@ -446,10 +452,11 @@ pub(crate) fn memories(list: &[Memory]) {
         };
         let pending = if m.pending { " (pending)" } else { "" };
         out!(
-            "{}  {}{tags}  — {}, {}{pending}",
+            "{}  {}{}  — {}, {}{pending}",
             m.id.short(),
-            m.text,
-            m.author,
+            names::one_line(&m.text, 2000),
+            clean(&tags),
+            clean(&m.author),
             ago(m.created_at)
         );
     }

@@ -166,7 +166,7 @@ fn three_daemons_converge_after_one_was_cut_off() {
     assert!(kinds.contains(&"reservation"), "{told:?}");
     assert!(
         told.iter()
-            .any(|m| m["body"].as_str().unwrap().contains("claimed by ben")),
+            .any(|m| m["body"].as_str().unwrap().contains("claimed by \"ben\"")),
         "{told:?}"
     );
 

@@ -118,6 +118,18 @@ fn short_socket_dir() -> PathBuf {
     std::env::temp_dir().join(format!("claudemesh-{who}"))
 }
 
+/// Get the directory of a socket outside the config directory ready: the short directory
+/// this module chooses for deep config directories is created and checked
+/// ([`ensure_socket_dir`]); one the user named (`CLAUDEMESH_SOCKET`) is used as it is,
+/// never changed (the socket itself is 0600, and each side checks the other's uid).
+pub fn socket_dir_ready(parent: &Path) -> std::io::Result<()> {
+    if parent == short_socket_dir() {
+        ensure_socket_dir(parent)
+    } else {
+        std::fs::create_dir_all(parent)
+    }
+}
+
 /// Make the directory a socket is bound in safe to use: our own, private. A directory we
 /// create is made 0700; one that exists must already be a real directory (not a link)
 /// owned by us that no one else can write to. Nothing is ever chmodded here: a shared

@@ -34,7 +34,7 @@ pub(crate) fn bind(socket: &Path, dir: &Path) -> std::io::Result<Listener> {
     if let Some(parent) = socket.parent()
         && parent != dir
     {
-        crate::paths::ensure_socket_dir(parent)?;
+        crate::paths::socket_dir_ready(parent)?;
     }
     let name = socket.to_fs_name::<GenericFilePath>()?;
     let opts = ListenerOptions::new().name(name).try_overwrite(true);

@@ -182,7 +182,7 @@ pub(crate) fn state_change_notification(
     let content = format!(
         "[state] {} = {} (set by {})",
         one(&ch.key),
-        render::escape(&names::body(&value)),
+        render::escape(&names::one_line(&value, 1000)),
         one(&ch.by)
     );
     let meta = serde_json::json!({
@@ -761,7 +761,7 @@ mod tests {
         let p = n.params.unwrap();
         assert_eq!(
             p["content"],
-            "[URGENT] alice [key unknown, verified]: deploy is green"
+            "[URGENT] alice [key unknown, verified]:\n| deploy is green"
         );
         for (k, v) in p["meta"].as_object().unwrap() {
             assert!(k.chars().next().unwrap().is_ascii_alphabetic() || k.starts_with('_'));

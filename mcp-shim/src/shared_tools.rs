@@ -355,10 +355,21 @@ impl Shim {
 }
 
 /// A skill's name as a prompt name (Claude Code makes it a slash command): letters,
-/// digits, `-` and `_` only, at most 64.
+/// digits, `-` and `_` only, at most 64. A name that had to be changed gets a short hash
+/// of the original, so two skills never share a prompt name (`deploy` and ` deploy` do
+/// not both become `/deploy`).
 fn prompt_name(name: &str) -> String {
+    let plain = plain_name(name);
+    if plain == name {
+        return plain;
+    }
+    let h = blake3::hash(name.as_bytes()).to_hex();
+    let base: String = plain.chars().take(55).collect();
+    format!("{base}-{}", &h[..8])
+}
+
+fn plain_name(name: &str) -> String {
     let n: String = name
-        .trim()
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
@@ -739,15 +750,25 @@ mod prompt_name_tests {
 
     #[test]
     fn a_peer_skill_name_becomes_a_plain_prompt_name() {
-        for (name, want) in [
-            ("deploy", "deploy"),
-            ("run_tests-2", "run_tests-2"),
-            ("x\n/admin", "x--admin"),
-            ("\u{202E}evil", "-evil"),
-            ("", "skill"),
-        ] {
+        for (name, want) in [("deploy", "deploy"), ("run_tests-2", "run_tests-2")] {
             assert_eq!(prompt_name(name), want, "{name:?}");
         }
-        assert_eq!(prompt_name(&"a".repeat(100)).len(), 64);
+        // Changed names keep a hash of the original: no two skills share a prompt.
+        for (a, b) in [
+            ("deploy", " deploy"),
+            ("run-tests", "run tests"),
+            ("x/admin", "x\n/admin"),
+        ] {
+            assert_ne!(prompt_name(a), prompt_name(b), "{a:?} {b:?}");
+        }
+        let long = prompt_name(&"a".repeat(100));
+        assert!(long.len() <= 64 && long.starts_with("aaaa"), "{long}");
+        assert_ne!(long, prompt_name(&"a".repeat(101)));
+        let odd = prompt_name("\u{202E}evil");
+        assert!(
+            odd.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            "{odd}"
+        );
     }
 }

@@ -92,14 +92,15 @@ fn from_line(msg: &InboxMessage) -> String {
 }
 
 /// The content of a channel push (Claude Code puts it inside its `<channel>` tag): who,
-/// then the body, escaped so it stays inside the tag.
+/// then the body quoted below it (every line behind `| `, escaped), so it can neither
+/// close the tag nor read as a second sender's line.
 pub fn channel_content(msg: &InboxMessage) -> String {
-    format!(
-        "{}{}: {}",
-        marker(msg.priority),
-        from_line(msg),
-        shown_body(msg)
-    )
+    let mut s = format!("{}{}:", marker(msg.priority), from_line(msg));
+    for line in shown_body(msg).split('\n') {
+        s.push_str("\n| ");
+        s.push_str(line);
+    }
+    s
 }
 
 /// An attribute value Claude Code writes into the `<channel …>` tag: one line, no quote
@@ -339,12 +340,12 @@ mod tests {
     fn a_local_reminder_reads_as_one_and_a_verified_sender_as_verified() {
         let mut r = msg("stand up", Priority::Next);
         r.kind = KIND_REMINDER.into();
-        assert_eq!(channel_content(&r), "a reminder you set: stand up");
+        assert_eq!(channel_content(&r), "a reminder you set:\n| stand up");
         let mut v = msg("hi", Priority::Next);
         v.verified = true;
         assert_eq!(
             channel_content(&v),
-            format!("alice (api) [key {}, verified]: hi", fingerprint(&v))
+            format!("alice (api) [key {}, verified]:\n| hi", fingerprint(&v))
         );
     }
 
@@ -388,10 +389,14 @@ mod tests {
             let content = channel_content(&m);
             prop_assert!(!content.contains('<') && !content.contains('>'));
             prop_assert!(!content.chars().any(|c| c != '\n' && c != '\t' && names::invisible(c)));
-            let head = format!("[URGENT] {}: ", from_line(&m));
-            prop_assert!(content.starts_with(&head));
-            prop_assert_eq!(unescape(&content[head.len()..]), names::body(&m.body));
+            let head = format!("[URGENT] {}:", from_line(&m));
             prop_assert!(!head.contains('\n'));
+            let mut lines = content.split('\n');
+            prop_assert_eq!(lines.next(), Some(head.as_str()));
+            let quoted: Vec<&str> = lines.collect();
+            prop_assert!(quoted.iter().all(|l| l.starts_with("| ")), "{:?}", content);
+            let body: Vec<&str> = quoted.iter().map(|l| &l[2..]).collect();
+            prop_assert_eq!(unescape(&body.join("\n")), names::body(&m.body));
             for (k, v) in channel_meta(&m) {
                 prop_assert!(k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
                 prop_assert!(!v.contains(['"', '<', '>', '\n', '\r']), "{}={:?}", k, v);
@@ -431,7 +436,7 @@ mod tests {
         }
         assert_eq!(
             channel_content(&m),
-            format!("[low] alice (api) [key {}]: hi", fingerprint(&m))
+            format!("[low] alice (api) [key {}]:\n| hi", fingerprint(&m))
         );
     }
 }

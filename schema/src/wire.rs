@@ -846,11 +846,15 @@ mod tests {
 
     #[test]
     fn a_delivery_proof_names_its_mesh_id_and_member() {
-        let ben = crate::crypto::MemberSecret::generate();
+        let ben = MemberSecret::generate();
         let (mesh, id) = (MeshId::new(), MessageId::new());
         let proof = ben.sign(&delivery_proof(&mesh, &id));
-        assert!(ben.public().verify(&delivery_proof(&mesh, &id), &proof).is_ok());
-        let other = crate::crypto::MemberSecret::generate().public();
+        assert!(
+            ben.public()
+                .verify(&delivery_proof(&mesh, &id), &proof)
+                .is_ok()
+        );
+        let other = MemberSecret::generate().public();
         for (who, m, i) in [
             (other, mesh, id),
             (ben.public(), MeshId::new(), id),

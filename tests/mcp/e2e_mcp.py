@@ -48,7 +48,7 @@ class ChannelParams(BaseModel):
 
 def from_alice(content, marker, body):
     """A channel push from alice's session: marker, sender with its key fingerprint, body."""
-    pattern = re.escape(marker) + r"alice \(alice-claude\) \[key [0-9a-f]{4}-[0-9a-f]{4}(, verified)?\]: " + re.escape(body)
+    pattern = re.escape(marker) + r"alice \(alice-claude\) \[key [0-9a-f]{4}-[0-9a-f]{4}(, verified)?\]:\n\| " + re.escape(body)
     return re.fullmatch(pattern, content or "") is not None
 
 def env_for(config_dir, key, name, channels):

@@ -132,6 +132,7 @@ fn open_rows(
     // characters; a peer cannot send what reads as this machine's own reminder (a
     // reminder a peer set for us is a message from that peer).
     p.body = claudemesh_schema::names::body(&p.body);
+    p.to = claudemesh_schema::names::one_line(&p.to, 64);
     p.kind = if p.kind == message::KIND_RECEIPT {
         message::KIND_RECEIPT.into()
     } else {

@@ -37,6 +37,20 @@ pub(crate) struct Applying<'a> {
     pub(crate) body: &'a OpBody,
 }
 
+/// An op author's claimed name as stored and shown: the name rules applied (a name that
+/// breaks them, or takes a bracket or this machine's own voice, is `unnamed`).
+pub(crate) fn shown_name(claimed: &str) -> String {
+    claudemesh_schema::names::from_peer(claimed).unwrap_or_else(|| "unnamed".into())
+}
+
+/// Peer text inside a notice this daemon writes: one line, quoted, bounded.
+fn quoted(s: &str) -> String {
+    format!(
+        "\"{}\"",
+        claudemesh_schema::names::one_line(s, 120).replace('"', "'")
+    )
+}
+
 fn tags_json(tags: &[String]) -> String {
     serde_json::to_string(tags).unwrap_or_else(|_| "[]".into())
 }
@@ -45,7 +59,10 @@ fn tags_json(tags: &[String]) -> String {
 pub(crate) fn apply(tx: &Transaction<'_>, a: &Applying<'_>) -> rusqlite::Result<Vec<Notice>> {
     let mesh = a.mesh.as_bytes();
     let seq = a.seq as i64;
-    let name = a.body.name.as_str();
+    // The author's name as the op claims it, held to the name rules (the same on every
+    // daemon): it is shown as text only, never trusted.
+    let name = shown_name(&a.body.name);
+    let name = name.as_str();
     let notice = |kind: &'static str, text: String| {
         vec![Notice {
             session: a.body.session,
@@ -94,8 +111,10 @@ pub(crate) fn apply(tx: &Transaction<'_>, a: &Applying<'_>) -> rusqlite::Result<
                     return Ok(notice(
                         "task",
                         format!(
-                            "your claim on task {} \"{title}\" lost: it is {status} by {who}",
-                            task.short()
+                            "your claim on task {} {} lost: it is {status} by {}",
+                            task.short(),
+                            quoted(&title),
+                            quoted(&who)
                         ),
                     ));
                 }
@@ -134,8 +153,9 @@ pub(crate) fn apply(tx: &Transaction<'_>, a: &Applying<'_>) -> rusqlite::Result<
                 return Ok(notice(
                     "task",
                     format!(
-                        "cannot complete task {} \"{title}\": it is {status} by someone else",
-                        task.short()
+                        "cannot complete task {} {}: it is {status} by someone else",
+                        task.short(),
+                        quoted(&title)
                     ),
                 ));
             }
@@ -194,7 +214,7 @@ pub(crate) fn apply(tx: &Transaction<'_>, a: &Applying<'_>) -> rusqlite::Result<
                     "reservation",
                     format!(
                         "your reservation of {} was refused: {c}",
-                        patterns.join(", ")
+                        quoted(&patterns.join(", "))
                     ),
                 ));
             }
@@ -323,7 +343,9 @@ fn skill_refused(
         session: a.body.session,
         kind: "skill",
         text: format!(
-            "you cannot {verb} the skill {name:?}: {who} shared it; only its author or an admin can"
+            "you cannot {verb} the skill {}: {} shared it; only its author or an admin can",
+            quoted(name),
+            quoted(&who)
         ),
     }]))
 }
@@ -351,7 +373,8 @@ fn insert_item(
     at: i64,
     seq: Option<i64>,
 ) -> rusqlite::Result<()> {
-    let (m, name) = (mesh.as_bytes(), body.name.as_str());
+    let shown = shown_name(&body.name);
+    let (m, name) = (mesh.as_bytes(), shown.as_str());
     let confirm = |table: &str, also: &str| {
         format!(
             "ON CONFLICT (mesh, id) DO UPDATE SET created_at = excluded.created_at, {also}
@@ -505,7 +528,11 @@ fn reservation_conflict(
         for p in patterns {
             for q in &theirs {
                 if crate::shared::glob::overlap(p, q) {
-                    return Ok(Some(format!("{q} is reserved by {holder}")));
+                    return Ok(Some(format!(
+                        "{} is reserved by {}",
+                        quoted(q),
+                        quoted(&holder)
+                    )));
                 }
             }
         }

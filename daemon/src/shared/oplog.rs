@@ -649,7 +649,7 @@ pub(crate) fn apply_run(
                     applied.state.push((
                         key.clone(),
                         value.clone(),
-                        b.name.clone(),
+                        fold::shown_name(&b.name),
                         b.session,
                         o.seq,
                         o.at,
