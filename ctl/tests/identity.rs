@@ -455,6 +455,15 @@ fn a_member_who_takes_an_offline_members_name_gets_nothing_meant_for_her() {
             .unwrap()
             .is_empty()
     );
+    // Either one is reached by the key fingerprint `peers` shows.
+    let r = ann.json(&["send", &short(&mal_key), "to mal, by key"]);
+    assert!(
+        r["recipients"][0]
+            .as_str()
+            .unwrap()
+            .contains(&short(&mal_key)),
+        "{r}"
+    );
     // `peers` tells the two apart by key.
     let human = ann.ok(&["peers"]);
     let rows: Vec<&str> = human

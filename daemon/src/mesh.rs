@@ -226,13 +226,14 @@ impl MeshCtx {
 }
 
 impl MeshCtx {
-    /// The person name a member's sessions announced lately, if any did.
-    pub(crate) fn member_name(&self, member: &MemberKey) -> Option<String> {
+    /// The person name a member's sessions announced lately, if any did, with the member
+    /// that name was first seen with when that is another.
+    pub(crate) fn member_name(&self, member: &MemberKey) -> Option<(String, Option<MemberKey>)> {
         lock(&self.senders)
             .values()
             .filter(|s| s.member == *member && !s.names.0.is_empty())
             .max_by_key(|s| s.seq)
-            .map(|s| s.names.0.clone())
+            .map(|s| (s.names.0.clone(), s.name_holder))
     }
 }
 

@@ -209,8 +209,14 @@ pub fn pick(sel: &Selector, candidates: &[Candidate<'_>]) -> Pick {
                 return one_session(c, idx);
             }
             if w.len() >= 4 {
+                // A member key prefix, or a prefix of its fingerprint as `peers` and
+                // `verify` show it (`a1b2-c3d4`).
+                let lw = w.to_lowercase();
                 let idx: Vec<usize> = (0..c.len())
-                    .filter(|&i| c[i].member.to_b64().starts_with(w.as_str()))
+                    .filter(|&i| {
+                        c[i].member.to_b64().starts_with(w.as_str())
+                            || (lw.contains('-') && c[i].member.fingerprint().starts_with(&lw))
+                    })
                     .collect();
                 match members_of(c, &idx).as_slice() {
                     [] => {}
@@ -302,6 +308,13 @@ mod tests {
             ),
         };
         assert_eq!(got, want, "address {addr:?}");
+    }
+
+    #[test]
+    fn a_fingerprint_prefix_names_its_member() {
+        let carol = key(2).fingerprint();
+        check(&carol[..9], "member 2");
+        check(&carol, "member 2");
     }
 
     #[test]

@@ -109,22 +109,11 @@ fn open_rows(
             return Ok(Vec::new());
         }
         // A name another member was first seen with: shown, with whose it is not.
-        Some(s) => match s.name_holder {
-            Some(first) if !s.names.0.is_empty() => (
-                format!(
-                    "{} (not the {} first seen, key {})",
-                    s.names.0,
-                    s.names.0,
-                    first.short_fingerprint()
-                ),
-                s.names.1.clone(),
-            ),
-            _ => s.names.clone(),
+        Some(s) => (flagged(&s.names.0, s.name_holder), s.names.1.clone()),
+        None => match m.member_name(&env.from_member) {
+            Some((name, holder)) => (flagged(&name, holder), String::new()),
+            None => (String::new(), String::new()),
         },
-        None => (
-            m.member_name(&env.from_member).unwrap_or_default(),
-            String::new(),
-        ),
     };
     p.from_name = person;
     p.from_label = label;
@@ -168,6 +157,17 @@ fn open_rows(
         r.msg.verified = verified;
     }
     Ok(rows)
+}
+
+/// A person's name as shown, saying so when another member was first seen with it.
+fn flagged(name: &str, holder: Option<claudemesh_schema::crypto::MemberKey>) -> String {
+    match holder {
+        Some(first) if !name.is_empty() => format!(
+            "{name} (not the {name} first seen, key {})",
+            first.short_fingerprint()
+        ),
+        _ => name.to_string(),
+    }
 }
 
 /// Open a direct message boxed to `ours`, with the box to its sender computed once.

@@ -117,10 +117,51 @@ fn resolve(
         // is ambiguous, never quietly the live one: else anyone could take an offline
         // member's name and read what is sent to it.
         let (all, all_idx) = candidates(false);
-        if let Pick::Ambiguous(v) = pick(&sel, &all) {
-            picked = Pick::Ambiguous(v);
-            map = all_idx;
+        let everyone = pick(&sel, &all);
+        let member_of = |p: &Pick, cands: &[Candidate<'_>]| match p {
+            Pick::Member(k) => Some(*k),
+            Pick::Session(i) => Some(cands[*i].member),
+            _ => None,
+        };
+        match everyone {
+            Pick::Ambiguous(v) => {
+                picked = Pick::Ambiguous(v);
+                map = all_idx;
+            }
+            // Counting sessions gone quiet, the address means someone else: ambiguous.
+            ref e if member_of(e, &all) != member_of(&picked, &live) => {
+                let mut v: Vec<usize> = Vec::new();
+                for (i, c) in all.iter().enumerate() {
+                    let m = Some(c.member);
+                    if (m == member_of(e, &all) || m == member_of(&picked, &live))
+                        && !v.iter().any(|&j| all[j].member == c.member)
+                    {
+                        v.push(i);
+                    }
+                }
+                picked = Pick::Ambiguous(v);
+                map = all_idx;
+            }
+            _ => {}
         }
+    }
+    // A person's name another member was first seen with: never quietly the newcomer.
+    if let (Pick::Member(k), Selector::Word(w)) = (&picked, &sel)
+        && let Some(p) = others.iter().find(|p| {
+            p.member == *k
+                && p.name_holder.is_some()
+                // Addressed by the name (not by its key).
+                && p.names().0.to_lowercase().starts_with(&w.to_lowercase())
+        })
+    {
+        let first = p
+            .name_holder
+            .map(|h| h.short_fingerprint())
+            .unwrap_or_default();
+        return Err(Error::ambiguous(format!(
+            "{to:?} was first seen as another member (key {first}); this one is key {}. Address it by its key (`claudemesh peers` shows both) if you mean it",
+            k.short_fingerprint()
+        )));
     }
     if picked == Pick::None && matches!(sel, Selector::Word(_)) {
         // An ended session is still reached by its id (its inbox waits for a resume).
