@@ -320,6 +320,7 @@ impl Outbound {
             Opened::Nothing => {
                 let _ = ack.send(id);
             }
+            Opened::Later => {}
         }
     }
 }

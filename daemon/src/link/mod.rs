@@ -261,6 +261,10 @@ async fn run_connection(
             _ = async { let _ = paused.wait_for(|p| *p).await; } => Err(End::HeldDown),
             // Applying ops failed: sync again from the stored head.
             _ = m.resync.notified() => resync(d, m, c, lo).await,
+            _ = m.rekey.notified() => {
+                d.spawn(crate::shared::epochs::maybe_rotate_owned(d.clone(), m.clone()));
+                Ok(())
+            }
             Some(first) = out.acks.recv() => {
                 let ids = messages::ack_batch(first, &mut out.acks);
                 write(c, &ClientFrame::Ack { ids }).await
@@ -359,7 +363,16 @@ async fn frame(
         OpFrame::Send(reply) => return write(c, &reply).await,
         OpFrame::Other(f) => f,
     };
-    let Some(f) = membership::on_frame(d, m, f).await? else {
+    let roster_entry = matches!(f, RelayFrame::Roster { .. });
+    let f = membership::on_frame(d, m, f).await?;
+    if roster_entry {
+        // A removal (or a leave) calls for a new mesh key, made by an admin.
+        d.spawn(crate::shared::epochs::maybe_rotate_owned(
+            d.clone(),
+            m.clone(),
+        ));
+    }
+    let Some(f) = f else {
         return Ok(());
     };
     match f {
