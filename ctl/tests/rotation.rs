@@ -220,3 +220,28 @@ fn after_a_member_leaves_an_admin_rotates_and_the_member_that_left_opens_nothing
     remaining_read_new_epoch(ann, ben, 2, "kestrel-12");
     assert_cut_off(&gone, &log, mesh, 1);
 }
+
+#[test]
+fn a_member_admitted_after_a_rotation_reads_what_was_sealed_before_and_after_it() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["ann", "ben", "cat"], &[]);
+    // History under epoch 0, then cat's removal and the rotation (op 2).
+    nodes[0].ok(&["state", "set", "before", "epoch-0"]);
+    nodes[0].ok(&["member", "remove", "cat"]);
+    synced_to(&nodes[0], 2);
+    nodes[0].ok(&["state", "set", "after", "epoch-1"]);
+    synced_to(&nodes[0], 3);
+    // Dan joins afterwards: the join secret carries epoch 1; he folds the whole log.
+    let mut dan = Node::new(bin(), root.path(), "dan");
+    dan.start();
+    let link = nodes[0].ok(&["invite"]);
+    dan.ok(&["join", &link, "--wait", "20"]);
+    synced_to(&dan, 3);
+    assert_eq!(dan.json(&["state", "get", "before"])["value"], "epoch-0");
+    assert_eq!(dan.json(&["state", "get", "after"])["value"], "epoch-1");
+    assert_eq!(held(&dan).keys.len(), 2, "dan holds epochs 0 and 1");
+    // And what is sealed now (epoch 1) reaches him.
+    dan.wait("peer-online", Some("ann"));
+    nodes[0].ok(&["send", "*", "welcome, dan"]);
+    assert_eq!(bodies(&dan.inbox_wait()), vec!["welcome, dan"]);
+}
