@@ -735,7 +735,8 @@ fn a_key_epoch_folds_only_as_the_next_epoch_by_an_admin_and_the_same_on_every_da
         .collect()
     };
     // (who, epoch written, the epochs folded after it as (epoch, seq))
-    let steps: Vec<(&MemberSecret, u32, Vec<(i64, i64)>)> = vec![
+    type Folded = Vec<(i64, i64)>;
+    let steps: Vec<(&MemberSecret, u32, Folded)> = vec![
         (&ann, 1, vec![]),                 // a member is not an admin
         (&owner, 2, vec![]),               // not the next epoch
         (&owner, 1, vec![(1, 3)]),         // the next epoch, by the owner
