@@ -245,3 +245,33 @@ fn a_member_admitted_after_a_rotation_reads_what_was_sealed_before_and_after_it(
     nodes[0].ok(&["send", "*", "welcome, dan"]);
     assert_eq!(bodies(&dan.inbox_wait()), vec!["welcome, dan"]);
 }
+
+#[test]
+fn a_member_offline_during_the_rotation_catches_up_on_the_new_epoch_and_its_messages() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, mut nodes) = mesh(bin(), root.path(), &["ann", "ben", "cat"], &[]);
+    nodes[1].stop();
+    let (ann, cat) = (&nodes[0], &nodes[2]);
+    ann.ok(&["member", "remove", "cat"]);
+    cat.ok(&["wait", "link-error", "--timeout", "20"]);
+    synced_to(ann, 1);
+    // Sealed under epoch 1 while ben is away: a broadcast waiting at the relay, and ops
+    // that ben's catch-up receives in one run with the rotation before them.
+    ann.ok(&["send", "*", "while you were out"]);
+    for i in 0..3 {
+        ann.ok(&["state", "set", &format!("k{i}"), "v"]);
+    }
+    synced_to(ann, 4);
+    nodes[1].start();
+    let ben = &nodes[1];
+    synced_to(ben, 4);
+    for i in 0..3 {
+        assert_eq!(ben.json(&["state", "get", &format!("k{i}")])["value"], "v");
+    }
+    assert_eq!(bodies(&ben.inbox_wait()), vec!["while you were out"]);
+    assert_eq!(
+        held(ben).keys.len(),
+        1,
+        "later epochs live in the store, as boxes"
+    );
+}

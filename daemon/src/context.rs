@@ -295,6 +295,7 @@ impl Daemon {
             id: row.id,
             epochs: Mutex::new(crate::mesh::Epochs::new(ring)),
             rekey: tokio::sync::Notify::new(),
+            later: Mutex::new(Vec::new()),
             keys,
             row: Mutex::new(row),
             roster: Mutex::new(roster),

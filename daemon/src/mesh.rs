@@ -190,6 +190,9 @@ pub(crate) struct MeshCtx {
     /// Something happened that may call for a key rotation (an epoch folded, the log
     /// caught up): the link checks (`shared::epochs::maybe_rotate`).
     pub(crate) rekey: tokio::sync::Notify,
+    /// Envelopes this link was given that are sealed under a key epoch not applied yet,
+    /// with their relay time; delivered again once one is (never acknowledged before).
+    pub(crate) later: Mutex<Vec<(claudemesh_schema::wire::Envelope, i64)>>,
 }
 
 /// Key epochs as this daemon holds them.
@@ -204,6 +207,10 @@ pub(crate) struct Epochs {
     pub(crate) newest_roster_len: u64,
     /// A rotation this daemon wrote is waiting to be sequenced and folded.
     pub(crate) rotating: bool,
+    /// Keys opened from this member's box in `key_epoch` ops as they were opened, before
+    /// the fold (queued behind them) decides: ops and messages sealed under them open
+    /// while the op commits. Never sealed with (only `ring` is).
+    pub(crate) candidates: Vec<(Epoch, MeshKey)>,
 }
 
 impl Epochs {
@@ -213,6 +220,7 @@ impl Epochs {
             newest: 0,
             newest_roster_len: 0,
             rotating: false,
+            candidates: Vec::new(),
         }
     }
 }
@@ -226,9 +234,16 @@ impl MeshCtx {
         (n, k.clone())
     }
 
-    /// The key of `epoch`, if this member holds it.
+    /// The key of `epoch`, if this member holds it (or has opened it from a `key_epoch`
+    /// op not yet folded).
     pub(crate) fn key_of(&self, epoch: Epoch) -> Option<MeshKey> {
-        lock(&self.epochs).ring.get(epoch).cloned()
+        let e = lock(&self.epochs);
+        e.ring.get(epoch).cloned().or_else(|| {
+            e.candidates
+                .iter()
+                .find(|(x, _)| *x == epoch)
+                .map(|(_, k)| k.clone())
+        })
     }
 
     /// Every key held, newest epoch first.

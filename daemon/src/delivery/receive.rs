@@ -20,7 +20,9 @@ pub(crate) enum Opened {
     /// Nothing for us (not addressed to us, not from a member, does not open).
     Nothing,
     /// Sealed under a key epoch newer than any this daemon has folded: its `key_epoch` op
-    /// is not applied yet. Not acknowledged, so the relay sends it again on the next link.
+    /// is not applied yet (a link's deliveries come before its op catch-up). Not
+    /// acknowledged: the link keeps it and delivers it again once an epoch is applied or
+    /// opened (and the relay sends it again on the next link).
     Later,
 }
 
@@ -28,7 +30,7 @@ pub(crate) enum Opened {
 pub(crate) fn open(m: &MeshCtx, env: &Envelope, at: i64, sender: Option<&Sender>) -> Opened {
     if env.seal == Seal::Mesh && m.key_of(env.epoch).is_none() && env.epoch > lock(&m.epochs).newest
     {
-        tracing::info!(id = %env.id, epoch = env.epoch, "message sealed under a key epoch not applied here yet; left at the relay");
+        tracing::info!(id = %env.id, epoch = env.epoch, "message sealed under a key epoch not applied here yet; kept until it is");
         return Opened::Later;
     }
     let rows = open_rows(m, env, at, sender);

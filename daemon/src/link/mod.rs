@@ -228,6 +228,8 @@ async fn run_connection(
         Ok(w) => w,
         Err(e) => return e,
     };
+    // What waited for a key epoch on the last link comes again on this one.
+    lock(&m.later).clear();
     status.send_modify(|s| {
         s.state = LinkState::Connected;
         s.transport = Some(c.transport);
@@ -263,6 +265,7 @@ async fn run_connection(
             _ = m.resync.notified() => resync(d, m, c, lo).await,
             _ = m.rekey.notified() => {
                 d.spawn(crate::shared::epochs::maybe_rotate_owned(d.clone(), m.clone()));
+                out.deliver_later(d, m).await;
                 Ok(())
             }
             Some(first) = out.acks.recv() => {

@@ -456,10 +456,11 @@ async fn submit(d: &Arc<Daemon>, m: &Arc<MeshCtx>, run: Vec<SequencedOp>) -> Res
     // for the ops after it in the run. Whether the epoch stands is the fold's decision; a
     // key that opens an op's AEAD is that epoch's real key either way.
     let ring = m.keyring();
+    // Keys opened from earlier runs' `key_epoch` ops (their fold may not have committed).
     let mut run_keys: Vec<(
         claudemesh_schema::epoch::Epoch,
         claudemesh_schema::crypto::MeshKey,
-    )> = Vec::new();
+    )> = lock(&m.epochs).candidates.clone();
     let me = m.keys.member.public();
     let open_one = move |ring: &claudemesh_schema::epoch::Keyring,
                          extra: &[(
@@ -501,18 +502,37 @@ async fn submit(d: &Arc<Daemon>, m: &Arc<MeshCtx>, run: Vec<SequencedOp>) -> Res
             run_keys.push((*epoch, k));
         }
     };
-    let sequential = run.len() <= 8 || run.iter().any(|o| ring.get(o.op.epoch).is_none());
+    let sequential = run.len() <= 8
+        || run.iter().any(|o| {
+            ring.get(o.op.epoch).is_none() && !run_keys.iter().any(|(e, _)| *e == o.op.epoch)
+        });
     let opened: Vec<Opened> = if sequential {
         // Sequentially, so a key made in the run opens the ops after it.
         let mut out = Vec::with_capacity(run.len());
+        let known = run_keys.len();
         for o in run {
             let x = open_one(&ring, &run_keys, o);
             learn(&mut run_keys, &x);
             out.push(x);
         }
+        if run_keys.len() > known {
+            let mut e = lock(&m.epochs);
+            for k in run_keys.drain(known..) {
+                if !e
+                    .candidates
+                    .iter()
+                    .any(|(x, c)| x == &k.0 && c.as_bytes() == k.1.as_bytes())
+                {
+                    e.candidates.push(k);
+                }
+            }
+            drop(e);
+            // Messages that waited for this key open now.
+            m.rekey.notify_one();
+        }
         out
     } else {
-        let key = Arc::new(ring);
+        let key = Arc::new((ring, run_keys));
         let mut tasks = Vec::new();
         let mut it = run.into_iter().peekable();
         while it.peek().is_some() {
@@ -521,7 +541,7 @@ async fn submit(d: &Arc<Daemon>, m: &Arc<MeshCtx>, run: Vec<SequencedOp>) -> Res
             tasks.push(tokio::task::spawn_blocking(move || {
                 chunk
                     .into_iter()
-                    .map(|o| open_one(&key, &[], o))
+                    .map(|o| open_one(&key.0, &key.1, o))
                     .collect::<Vec<_>>()
             }));
         }
