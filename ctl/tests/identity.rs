@@ -136,6 +136,7 @@ impl Impostor {
         };
         let ct = message::seal_direct(&self.keys.member, key, &payload).unwrap();
         let env = Envelope {
+            epoch: 0,
             id,
             from,
             from_member: self.keys.member.public(),
@@ -178,6 +179,7 @@ impl Impostor {
         let key = to.box_public().unwrap();
         let ct = message::seal_direct(&self.keys.member, &key, &payload).unwrap();
         let env = Envelope {
+            epoch: 0,
             id,
             from: self.session,
             from_member: self.keys.member.public(),

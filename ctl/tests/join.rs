@@ -60,6 +60,7 @@ fn rewrite(attack: Attack, link: InviteLink) -> Rewrite {
                 name: "test".into(),
                 admitted_by: "ann".into(),
                 genesis: None,
+                epochs: Vec::new(),
             };
             crypto::anon_seal(&request.box_key, &serde_json::to_vec(&js).unwrap()).unwrap()
         };

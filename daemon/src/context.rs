@@ -287,8 +287,15 @@ impl Daemon {
             .collect();
         let (tx, rx) = mpsc::channel(1024);
         let (status_tx, status_rx) = watch::channel(LinkStatus::default());
+        let mut ring = claudemesh_schema::epoch::Keyring::new(keys.mesh_key.clone());
+        for (epoch, key) in &keys.epochs {
+            ring.insert(*epoch, key.clone());
+        }
         let ctx = Arc::new(MeshCtx {
             id: row.id,
+            epochs: Mutex::new(crate::mesh::Epochs::new(ring)),
+            rekey: tokio::sync::Notify::new(),
+            later: Mutex::new(Vec::new()),
             keys,
             row: Mutex::new(row),
             roster: Mutex::new(roster),

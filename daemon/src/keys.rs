@@ -8,6 +8,7 @@ use claudemesh_schema::MeshId;
 use claudemesh_schema::SessionId;
 use claudemesh_schema::crypto::{BoxSecret, MemberSecret, MeshKey};
 use claudemesh_schema::encoding;
+use claudemesh_schema::epoch::Epoch;
 use serde::{Deserialize, Serialize};
 
 use std::path::{Path, PathBuf};
@@ -55,6 +56,9 @@ pub struct MeshKeys {
     pub session: SessionId,
     /// Its x25519 secret.
     pub session_secret: BoxSecret,
+    /// Keys of epochs after 0 given at join (those made before this member was admitted);
+    /// later epochs come boxed in the op log and are opened from the store.
+    pub epochs: Vec<(Epoch, MeshKey)>,
 }
 
 impl std::fmt::Debug for MeshKeys {
@@ -74,6 +78,15 @@ struct KeyFile {
     mesh_key: String,
     session: SessionId,
     session_secret: String,
+    /// Later epochs' keys given at join (absent in files written before epochs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    epochs: Vec<EpochKey>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EpochKey {
+    epoch: Epoch,
+    key: String,
 }
 
 impl Drop for KeyFile {
@@ -81,6 +94,9 @@ impl Drop for KeyFile {
         self.member_secret.zeroize();
         self.mesh_key.zeroize();
         self.session_secret.zeroize();
+        for e in &mut self.epochs {
+            e.key.zeroize();
+        }
     }
 }
 
@@ -97,6 +113,7 @@ impl MeshKeys {
             mesh_key,
             session: SessionId::new(),
             session_secret: BoxSecret::generate(),
+            epochs: Vec::new(),
         }
     }
 
@@ -115,6 +132,14 @@ impl MeshKeys {
             mesh_key: encoding::b64(self.mesh_key.as_bytes()),
             session: self.session,
             session_secret: encoding::b64(&self.session_secret.to_bytes()[..]),
+            epochs: self
+                .epochs
+                .iter()
+                .map(|(epoch, k)| EpochKey {
+                    epoch: *epoch,
+                    key: encoding::b64(k.as_bytes()),
+                })
+                .collect(),
         };
         let mut json = serde_json::to_vec_pretty(&kf).map_err(|e| KeyError::Corrupt {
             path: path.clone(),
@@ -157,11 +182,18 @@ impl MeshKeys {
             encoding::unb64_array(&kf.mesh_key).ok_or_else(|| corrupt("bad mesh key"))?;
         let sess: [u8; 32] =
             encoding::unb64_array(&kf.session_secret).ok_or_else(|| corrupt("bad session key"))?;
+        let mut epochs = Vec::with_capacity(kf.epochs.len());
+        for e in &kf.epochs {
+            let k: [u8; 32] =
+                encoding::unb64_array(&e.key).ok_or_else(|| corrupt("bad epoch key"))?;
+            epochs.push((e.epoch, MeshKey::from_bytes(k)));
+        }
         Ok(Self {
             member: MemberSecret::from_bytes(&member),
             mesh_key: MeshKey::from_bytes(mesh_key),
             session: kf.session,
             session_secret: BoxSecret::from_bytes(sess),
+            epochs,
         })
     }
 

@@ -447,6 +447,15 @@ async fn accept(
         name: m.name(),
         admitted_by: lock(&m.row).display_name.clone(),
         genesis: Some(genesis_hash),
+        epochs: m
+            .keyring()
+            .iter()
+            .filter(|(e, _)| *e > 0)
+            .map(|(epoch, k)| invite::JoinEpoch {
+                epoch,
+                key: *k.as_bytes(),
+            })
+            .collect(),
     };
     let mut json = serde_json::to_vec(&js).map_err(|e| Error::internal(e.to_string()))?;
     let sealed = crypto::anon_seal(&request.box_key, &json);
@@ -704,7 +713,13 @@ pub(crate) async fn join(d: &Arc<Daemon>, p: JoinParams) -> Result<MeshInfo, Err
             i += 1;
         }
     }
-    let keys = MeshKeys::generate(member, MeshKey::from_bytes(js.mesh_key));
+    let mut keys = MeshKeys::generate(member, MeshKey::from_bytes(js.mesh_key));
+    keys.epochs = js
+        .epochs
+        .iter()
+        .filter(|e| e.epoch > 0)
+        .map(|e| (e.epoch, MeshKey::from_bytes(e.key)))
+        .collect();
     keys.save(&d.paths.keys(), &genesis.mesh)
         .map_err(|e| Error::internal(e.to_string()))?;
     let row = MeshRow {

@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::keys::MeshKeys;
 use crate::store::MeshRow;
+use claudemesh_schema::crypto::MeshKey;
+use claudemesh_schema::epoch::{Epoch, EpochBox, Keyring, open_epoch_box};
 
 /// Lock a std mutex, recovering from poisoning.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -186,6 +188,110 @@ pub(crate) struct MeshCtx {
     pub(crate) presences_sent: std::sync::atomic::AtomicU64,
     /// True while the link is held down on purpose (`claudemesh debug link down`).
     pub(crate) paused: watch::Sender<bool>,
+    /// The mesh keys of every epoch this member holds, and what the fold knows of the
+    /// newest epoch (see `schema::epoch`).
+    pub(crate) epochs: Mutex<Epochs>,
+    /// Something happened that may call for a key rotation (an epoch folded, the log
+    /// caught up): the link checks (`shared::epochs::maybe_rotate`).
+    pub(crate) rekey: tokio::sync::Notify,
+    /// Envelopes this link was given that are sealed under a key epoch not applied yet,
+    /// with their relay time; delivered again once one is (never acknowledged before).
+    pub(crate) later: Mutex<Vec<(claudemesh_schema::wire::Envelope, i64)>>,
+}
+
+/// Key epochs as this daemon holds them.
+#[derive(Debug)]
+pub(crate) struct Epochs {
+    /// Every key held, by epoch: new things are sealed with the newest.
+    pub(crate) ring: Keyring,
+    /// The newest epoch the fold accepted (this member may lack its key: it was left out).
+    pub(crate) newest: Epoch,
+    /// How many roster entries its author had applied when it made that epoch (0 for
+    /// epoch 0): a removal at or after this position still needs a new epoch.
+    pub(crate) newest_roster_len: u64,
+    /// A rotation this daemon wrote is waiting to be sequenced and folded.
+    pub(crate) rotating: bool,
+    /// Keys opened from this member's box in `key_epoch` ops as they were opened, before
+    /// the fold (queued behind them) decides: ops and messages sealed under them open
+    /// while the op commits. Never sealed with (only `ring` is).
+    pub(crate) candidates: Vec<(Epoch, MeshKey)>,
+}
+
+impl Epochs {
+    pub(crate) fn new(ring: Keyring) -> Self {
+        Self {
+            ring,
+            newest: 0,
+            newest_roster_len: 0,
+            rotating: false,
+            candidates: Vec::new(),
+        }
+    }
+}
+
+impl MeshCtx {
+    /// The newest epoch held and its key: what new messages, presences and ops are
+    /// sealed with.
+    pub(crate) fn seal_key(&self) -> (Epoch, MeshKey) {
+        let e = lock(&self.epochs);
+        let (n, k) = e.ring.current();
+        (n, k.clone())
+    }
+
+    /// The key of `epoch`, if this member holds it (or has opened it from a `key_epoch`
+    /// op not yet folded).
+    pub(crate) fn key_of(&self, epoch: Epoch) -> Option<MeshKey> {
+        let e = lock(&self.epochs);
+        e.ring.get(epoch).cloned().or_else(|| {
+            e.candidates
+                .iter()
+                .find(|(x, _)| *x == epoch)
+                .map(|(_, k)| k.clone())
+        })
+    }
+
+    /// Every key held, newest epoch first.
+    pub(crate) fn keys_newest_first(&self) -> Vec<MeshKey> {
+        let e = lock(&self.epochs);
+        let mut v: Vec<MeshKey> = e.ring.iter().map(|(_, k)| k.clone()).collect();
+        v.reverse();
+        v
+    }
+
+    /// A copy of every key held.
+    pub(crate) fn keyring(&self) -> Keyring {
+        lock(&self.epochs).ring.clone()
+    }
+
+    /// Record an epoch the fold accepted (`boxes` by `author`, made after `roster_len`
+    /// entries), opening this member's box if there is one. Returns whether a new key
+    /// was learned.
+    pub(crate) fn learn_epoch(
+        &self,
+        epoch: Epoch,
+        author: &MemberKey,
+        roster_len: u64,
+        boxes: &[EpochBox],
+    ) -> bool {
+        let me = self.keys.member.public();
+        let key = boxes
+            .iter()
+            .find(|b| b.member == me)
+            .and_then(|b| open_epoch_box(&self.id, epoch, b, author, &self.keys.member).ok());
+        let mut e = lock(&self.epochs);
+        if epoch >= e.newest {
+            e.newest = epoch;
+            e.newest_roster_len = roster_len;
+            e.rotating = false;
+        }
+        match key {
+            Some(k) => e.ring.insert(epoch, k),
+            None => {
+                tracing::warn!(mesh = %self.id.short(), epoch, "a key epoch was made without a key for this member; what is sealed under it will not open here");
+                false
+            }
+        }
+    }
 }
 
 /// A sending session as its latest signed presence describes it.
@@ -373,6 +479,9 @@ pub(crate) struct RosterState {
     pub(crate) roster: Roster,
     /// Membership after any number of entries: what the fold checks op authors against.
     pub(crate) history: RosterHistory,
+    /// Position of the newest removal (or leave) applied: a key epoch made before it
+    /// still opens for the member removed there.
+    pub(crate) last_removal: Option<u64>,
 }
 
 impl RosterState {
@@ -380,6 +489,7 @@ impl RosterState {
         Self {
             history: RosterHistory::new(roster.owner()),
             roster,
+            last_removal: None,
         }
     }
 
@@ -394,6 +504,9 @@ impl RosterState {
         let a = self.roster.apply_at(seq, e)?;
         if a == Applied::New {
             self.history.push(seq, e);
+            if e.op == claudemesh_schema::roster::RosterOp::Remove {
+                self.last_removal = Some(seq);
+            }
         }
         Ok(a)
     }

@@ -52,6 +52,7 @@ fn main() {
     let invite = InviteId::new();
     let cap = InviteCap::sign(&owner, invite, mesh, Role::Member, 3, 9, true, 5);
     let env = Envelope {
+        epoch: 0,
         id: MessageId::new(),
         from: session,
         from_member: owner.public(),

@@ -332,6 +332,29 @@ pub struct JoinSecret {
     /// answer to a link made without one still names its mesh.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "opt16")]
     pub genesis: Option<[u8; 16]>,
+    /// The keys of the mesh's later key epochs (see [`crate::epoch`]), so the new member
+    /// reads what was sealed before it joined; epochs made after it joined come boxed to
+    /// its member key. `mesh_key` stays the epoch-0 key (invite secrets derive from it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub epochs: Vec<JoinEpoch>,
+}
+
+/// One later epoch's key in a [`JoinSecret`].
+#[derive(Clone, Serialize, Deserialize)]
+pub struct JoinEpoch {
+    /// The epoch.
+    pub epoch: crate::epoch::Epoch,
+    /// Its key.
+    #[serde(with = "encoding::array")]
+    pub key: [u8; 32],
+}
+
+impl fmt::Debug for JoinEpoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinEpoch")
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
 }
 
 mod opt16 {
@@ -502,6 +525,7 @@ mod tests {
             name: "m".into(),
             admitted_by: "a".into(),
             genesis: Some(genesis_hash(&genesis)),
+            epochs: Vec::new(),
         };
         (link, js, genesis)
     }

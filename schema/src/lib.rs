@@ -27,6 +27,7 @@
 pub mod crypto;
 pub mod dedupe;
 pub mod encoding;
+pub mod epoch;
 pub mod ids;
 pub mod invite;
 pub mod ipc;

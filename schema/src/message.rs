@@ -17,6 +17,7 @@ use crate::crypto::{
     Signature,
 };
 use crate::encoding;
+use crate::epoch::Epoch;
 use crate::ids::{MeshId, MessageId, SessionId};
 
 /// Delivery priority, decided by the sender and honoured by the recipient's daemon.
@@ -254,8 +255,8 @@ pub enum OpenError {
     Mismatch,
 }
 
-fn mesh_msg_ad(id: &MessageId, from: &MemberKey) -> Vec<u8> {
-    Canonical::new("claudemesh/msg-ad/v1")
+fn mesh_msg_ad(epoch: Epoch, id: &MessageId, from: &MemberKey) -> Vec<u8> {
+    crate::epoch::ad("claudemesh/msg-ad/v1", epoch)
         .fixed(id.as_bytes())
         .fixed(&from.0)
         .into_bytes()
@@ -301,8 +302,19 @@ fn padded_json(p: &MessagePayload) -> Result<Vec<u8>, CryptoError> {
     Ok(json)
 }
 
-/// Seal a group/broadcast payload with the mesh key, signed by the sender.
+/// Seal a group/broadcast payload with the epoch-0 mesh key, signed by the sender.
 pub fn seal_for_mesh(
+    key: &MeshKey,
+    sender: &MemberSecret,
+    p: &MessagePayload,
+) -> Result<Vec<u8>, CryptoError> {
+    seal_for_mesh_at(0, key, sender, p)
+}
+
+/// Seal a group/broadcast payload with the mesh key of `epoch` (named in the envelope and
+/// bound in the associated data), signed by the sender.
+pub fn seal_for_mesh_at(
+    epoch: Epoch,
     key: &MeshKey,
     sender: &MemberSecret,
     p: &MessagePayload,
@@ -312,17 +324,29 @@ pub fn seal_for_mesh(
     let mut inner = Vec::with_capacity(64 + json.len());
     inner.extend_from_slice(&sig.0);
     inner.extend_from_slice(&json);
-    key.seal(&mesh_msg_ad(&p.id, &sender.public()), &inner)
+    key.seal(&mesh_msg_ad(epoch, &p.id, &sender.public()), &inner)
 }
 
-/// Open a [`seal_for_mesh`] ciphertext from `from`, checking its signature and id.
+/// Open a [`seal_for_mesh`] ciphertext (epoch 0) from `from`, checking its signature and id.
 pub fn open_from_mesh(
     key: &MeshKey,
     from: &MemberKey,
     id: &MessageId,
     ct: &[u8],
 ) -> Result<MessagePayload, OpenError> {
-    let inner = key.open(&mesh_msg_ad(id, from), ct)?;
+    open_from_mesh_at(0, key, from, id, ct)
+}
+
+/// Open a [`seal_for_mesh_at`] ciphertext of `epoch` from `from`, checking its signature
+/// and id.
+pub fn open_from_mesh_at(
+    epoch: Epoch,
+    key: &MeshKey,
+    from: &MemberKey,
+    id: &MessageId,
+    ct: &[u8],
+) -> Result<MessagePayload, OpenError> {
+    let inner = key.open(&mesh_msg_ad(epoch, id, from), ct)?;
     if inner.len() < 64 {
         return Err(OpenError::Crypto(CryptoError::Decrypt));
     }
@@ -397,6 +421,10 @@ pub struct SignedPresence {
     pub profile: Vec<u8>,
     /// Member signature over all of the above.
     pub sig: Signature,
+    /// The key epoch `profile` is sealed under (not signed: bound in the seal's associated
+    /// data; omitted for 0).
+    #[serde(default, skip_serializing_if = "crate::epoch::is_zero")]
+    pub epoch: Epoch,
 }
 
 impl SignedPresence {
@@ -418,15 +446,30 @@ impl SignedPresence {
             .into_bytes()
     }
 
-    fn profile_ad(session: &SessionId, member: &MemberKey) -> Vec<u8> {
-        Canonical::new("claudemesh/profile-ad/v1")
+    fn profile_ad(epoch: Epoch, session: &SessionId, member: &MemberKey) -> Vec<u8> {
+        crate::epoch::ad("claudemesh/profile-ad/v1", epoch)
             .fixed(session.as_bytes())
             .fixed(&member.0)
             .into_bytes()
     }
 
-    /// Seal `profile` and sign the presence.
+    /// Seal `profile` with the epoch-0 key and sign the presence.
     pub fn sign(
+        key: &MeshKey,
+        signer: &MemberSecret,
+        mesh: MeshId,
+        session: SessionId,
+        session_key: BoxPublic,
+        seq: i64,
+        profile: &Profile,
+    ) -> Result<Self, CryptoError> {
+        Self::sign_at(0, key, signer, mesh, session, session_key, seq, profile)
+    }
+
+    /// Seal `profile` with the key of `epoch` and sign the presence.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sign_at(
+        epoch: Epoch,
         key: &MeshKey,
         signer: &MemberSecret,
         mesh: MeshId,
@@ -437,7 +480,7 @@ impl SignedPresence {
     ) -> Result<Self, CryptoError> {
         let member = signer.public();
         let json = serde_json::to_vec(profile).map_err(|_| CryptoError::Encrypt)?;
-        let sealed = key.seal(&Self::profile_ad(&session, &member), &json)?;
+        let sealed = key.seal(&Self::profile_ad(epoch, &session, &member), &json)?;
         let sig = signer.sign(&Self::canonical(
             &mesh,
             &session,
@@ -454,6 +497,7 @@ impl SignedPresence {
             seq,
             profile: sealed,
             sig,
+            epoch,
         })
     }
 
@@ -472,11 +516,11 @@ impl SignedPresence {
         )
     }
 
-    /// Verify and open the profile.
+    /// Verify and open the profile with `key`, the key of [`Self::epoch`].
     pub fn open(&self, key: &MeshKey) -> Result<Profile, OpenError> {
         self.verify()?;
         let json = key.open(
-            &Self::profile_ad(&self.session, &self.member),
+            &Self::profile_ad(self.epoch, &self.session, &self.member),
             &self.profile,
         )?;
         Ok(serde_json::from_slice(&json)?)
@@ -486,6 +530,44 @@ impl SignedPresence {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mesh_messages_and_profiles_open_only_under_the_epoch_they_name() {
+        let (k0, k1) = (MeshKey::generate(), MeshKey::generate());
+        let alice = MemberSecret::generate();
+        let id = MessageId::new();
+        let ct = seal_for_mesh_at(1, &k1, &alice, &payload(id)).unwrap();
+        assert!(open_from_mesh_at(1, &k1, &alice.public(), &id, &ct).is_ok());
+        // (case, key, epoch) → must not open
+        for (case, key, epoch) in [
+            ("old key", &k0, 1),
+            ("epoch 0", &k1, 0),
+            ("epoch 2", &k1, 2),
+        ] {
+            assert!(
+                open_from_mesh_at(epoch, key, &alice.public(), &id, &ct).is_err(),
+                "{case}"
+            );
+        }
+        let profile = Profile::default();
+        let p = SignedPresence::sign_at(
+            1,
+            &k1,
+            &alice,
+            MeshId::new(),
+            SessionId::new(),
+            BoxSecret::generate().public(),
+            1,
+            &profile,
+        )
+        .unwrap();
+        assert_eq!(p.epoch, 1);
+        assert!(p.open(&k1).is_ok());
+        assert!(p.open(&k0).is_err());
+        let mut relabelled = p.clone();
+        relabelled.epoch = 0;
+        assert!(relabelled.open(&k1).is_err());
+    }
 
     fn payload(id: MessageId) -> MessagePayload {
         MessagePayload {

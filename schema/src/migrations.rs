@@ -16,6 +16,7 @@ pub const DAEMON: &[&str] = &[
     include_str!("../sql/daemon/0009_roster_floor.sql"),
     include_str!("../sql/daemon/0010_name_pins.sql"),
     include_str!("../sql/daemon/0011_sent_recipients.sql"),
+    include_str!("../sql/daemon/0012_key_epochs.sql"),
 ];
 
 /// Relay store migrations (`relay.db`).

@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::crypto::{Canonical, CryptoError, MemberKey, MemberSecret, MeshKey, Signature};
 use crate::encoding;
+use crate::epoch::Epoch;
 use crate::ids::{ItemId, MeshId, OpId, SessionId};
 use crate::message::OpenError;
 use crate::roster::Role;
@@ -45,6 +46,9 @@ pub struct OpEnvelope {
     /// one; a relay that does not know the field drops it, which daemons accept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub roster: Option<u64>,
+    /// The key epoch `ct` is sealed under (bound in its associated data; omitted for 0).
+    #[serde(default, skip_serializing_if = "crate::epoch::is_zero")]
+    pub epoch: Epoch,
 }
 
 /// An op with its place in the mesh's log.
@@ -274,6 +278,22 @@ pub enum Op {
         /// The due time fired, unix ms.
         due: i64,
     },
+    /// A new mesh-key epoch (see [`crate::epoch`]): a fresh key boxed to each member the
+    /// author kept, written by an admin after a member left or was removed. Folded only if
+    /// its author is an admin at the op's standing and `epoch` is one past the newest
+    /// epoch folded so far (a concurrent rotation loses by log order).
+    KeyEpoch {
+        /// The new epoch.
+        epoch: Epoch,
+        /// How many roster entries the author had applied when it made the epoch (the
+        /// boxes go to the members of that roster).
+        roster_len: u64,
+        /// The roster chain hash after those entries.
+        #[serde(with = "encoding::array")]
+        roster_hash: [u8; 32],
+        /// The key, once per member.
+        boxes: Vec<crate::epoch::EpochBox>,
+    },
     /// An op kind this build does not know (written by a newer version): chained, skipped.
     #[serde(other)]
     Unknown,
@@ -297,13 +317,14 @@ impl Op {
             Self::ScheduleReminder { .. } => "schedule_reminder",
             Self::CancelReminder { .. } => "cancel_reminder",
             Self::ReminderFired { .. } => "reminder_fired",
+            Self::KeyEpoch { .. } => "key_epoch",
             Self::Unknown => "unknown",
         }
     }
 }
 
-fn op_ad(mesh: &MeshId, id: &OpId, author: &MemberKey) -> Vec<u8> {
-    Canonical::new("claudemesh/op-ad/v1")
+fn op_ad(epoch: Epoch, mesh: &MeshId, id: &OpId, author: &MemberKey) -> Vec<u8> {
+    crate::epoch::ad("claudemesh/op-ad/v1", epoch)
         .fixed(mesh.as_bytes())
         .fixed(id.as_bytes())
         .fixed(&author.0)
@@ -318,8 +339,19 @@ fn op_sig_bytes(mesh: &MeshId, id: &OpId, json: &[u8]) -> Vec<u8> {
         .into_bytes()
 }
 
-/// Sign `body` with the author's member key and seal it with the mesh key.
+/// Sign `body` with the author's member key and seal it with the epoch-0 mesh key.
 pub fn seal_op(
+    key: &MeshKey,
+    mesh: &MeshId,
+    author: &MemberSecret,
+    body: &OpBody,
+) -> Result<OpEnvelope, CryptoError> {
+    seal_op_at(0, key, mesh, author, body)
+}
+
+/// Sign `body` with the author's member key and seal it with the key of `epoch`.
+pub fn seal_op_at(
+    epoch: Epoch,
     key: &MeshKey,
     mesh: &MeshId,
     author: &MemberSecret,
@@ -331,19 +363,20 @@ pub fn seal_op(
     inner.extend_from_slice(&sig.0);
     inner.extend_from_slice(&json);
     let pk = author.public();
-    let ct = key.seal(&op_ad(mesh, &body.id, &pk), &inner)?;
+    let ct = key.seal(&op_ad(epoch, mesh, &body.id, &pk), &inner)?;
     Ok(OpEnvelope {
         id: body.id,
         author: pk,
         ct,
         roster: body.roster,
+        epoch,
     })
 }
 
-/// Open an [`OpEnvelope`]: decrypt, check the author's signature and that the body names
+/// Open an [`OpEnvelope`] with `key`, the key of its [`OpEnvelope::epoch`]: decrypt, check the author's signature and that the body names
 /// the envelope's id.
 pub fn open_op(key: &MeshKey, mesh: &MeshId, env: &OpEnvelope) -> Result<OpBody, OpenError> {
-    let inner = key.open(&op_ad(mesh, &env.id, &env.author), &env.ct)?;
+    let inner = key.open(&op_ad(env.epoch, mesh, &env.id, &env.author), &env.ct)?;
     if inner.len() < 64 {
         return Err(OpenError::Crypto(CryptoError::Decrypt));
     }
@@ -472,6 +505,7 @@ mod tests {
             seq,
             at: seq as i64,
             op: OpEnvelope {
+                epoch: 0,
                 id: OpId::new(),
                 author: MemberKey([0; 32]),
                 ct: Vec::new(),
@@ -557,6 +591,36 @@ mod tests {
     }
 
     #[test]
+    fn an_op_names_its_epoch_and_a_changed_epoch_does_not_open() {
+        let (k0, k1) = (MeshKey::generate(), MeshKey::generate());
+        let mesh = MeshId::new();
+        let author = MemberSecret::generate();
+        let b = body(Op::SetState {
+            key: "k".into(),
+            value: serde_json::json!(1),
+        });
+        let env = seal_op_at(1, &k1, &mesh, &author, &b).unwrap();
+        assert_eq!(env.epoch, 1);
+        assert_eq!(open_op(&k1, &mesh, &env).unwrap(), b);
+        // (case, key, epoch named in the envelope) → must not open
+        let cases = [
+            ("old key", &k0, 1),
+            ("relabelled to 0", &k1, 0),
+            ("relabelled to 2", &k1, 2),
+        ];
+        for (case, key, epoch) in cases {
+            let mut e = env.clone();
+            e.epoch = epoch;
+            assert!(open_op(key, &mesh, &e).is_err(), "{case}");
+        }
+        // Epoch 0 is written without the field, as before epochs existed.
+        let env0 = seal_op(&k0, &mesh, &author, &b).unwrap();
+        let json = serde_json::to_value(&env0).unwrap();
+        assert!(json.get("epoch").is_none());
+        assert!(serde_json::to_value(&env).unwrap().get("epoch").is_some());
+    }
+
+    #[test]
     fn sealed_ops_open_only_with_the_right_key_mesh_and_bytes() {
         let key = MeshKey::generate();
         let mesh = MeshId::new();
@@ -633,6 +697,7 @@ mod tests {
             seq,
             at: 10,
             op: OpEnvelope {
+                epoch: 0,
                 id: OpId::from_bytes([seq as u8; 16]),
                 author: MemberSecret::generate().public(),
                 ct,

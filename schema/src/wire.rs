@@ -96,6 +96,10 @@ pub struct Envelope {
     /// The ciphertext (see [`crate::message`]).
     #[serde(with = "encoding::bytes")]
     pub ct: Vec<u8>,
+    /// For `seal: "mesh"`, the key epoch `ct` is sealed under (bound in its associated
+    /// data; omitted for 0, and for boxes).
+    #[serde(default, skip_serializing_if = "crate::epoch::is_zero")]
+    pub epoch: crate::epoch::Epoch,
 }
 
 /// The signed opening of a member link.
@@ -1042,6 +1046,7 @@ mod tests {
     #[test]
     fn envelope_json_shape() {
         let env = Envelope {
+            epoch: 0,
             id: MessageId::new(),
             from: SessionId::new(),
             from_member: MemberSecret::generate().public(),

@@ -59,6 +59,7 @@ fn envelope() -> impl Strategy<Value = Envelope> {
         bytes(),
     )
         .prop_map(|(id, from, from_member, to, seal, ct)| Envelope {
+            epoch: 0,
             id: MessageId(id),
             from: SessionId(from),
             from_member,
@@ -76,6 +77,7 @@ fn op_envelope() -> impl Strategy<Value = OpEnvelope> {
         proptest::option::of(any::<u64>()),
     )
         .prop_map(|(id, author, ct, roster)| OpEnvelope {
+            epoch: 0,
             id: OpId(id),
             author,
             ct,

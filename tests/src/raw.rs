@@ -235,6 +235,7 @@ impl Member {
     /// An (opaque) envelope from this member to `to`, under `id`.
     pub fn envelope(&self, id: MessageId, to: &Member) -> Envelope {
         Envelope {
+            epoch: 0,
             id,
             from: self.session,
             from_member: self.pk(),

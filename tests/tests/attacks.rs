@@ -505,6 +505,7 @@ async fn the_op_log_quota_refuses_writes_honestly_and_keeps_the_mesh_working() {
     let code = loop {
         let id = OpId::new();
         let env = OpEnvelope {
+            epoch: 0,
             id,
             author: owner.pk(),
             ct: vec![5; 1024],
@@ -620,6 +621,7 @@ async fn a_squatted_id_after_a_restart_is_never_forwarded() {
     // Alice writes to everyone; Mallory, a recipient, learns the id.
     let x = MessageId::new();
     let env = Envelope {
+        epoch: 0,
         to: Route::All,
         ..alice.envelope(x, &bob)
     };
@@ -742,6 +744,7 @@ async fn a_send_naming_too_many_sessions_is_refused_before_it_can_poison_a_mailb
     };
     let too_many = MessageId::new();
     let env = Envelope {
+        epoch: 0,
         to: Route::Sessions {
             sessions: padded(1025),
         },
@@ -756,6 +759,7 @@ async fn a_send_naming_too_many_sessions_is_refused_before_it_can_poison_a_mailb
     // session), not refused for its length.
     let at_cap = MessageId::new();
     let env = Envelope {
+        epoch: 0,
         to: Route::Sessions {
             sessions: padded(1024),
         },
@@ -782,6 +786,7 @@ async fn an_op_claiming_roster_entries_the_relay_does_not_have_is_refused() {
     for (claim, refused) in [(2, true), (1, false)] {
         let id = OpId::new();
         let env = OpEnvelope {
+            epoch: 0,
             id,
             author: owner.pk(),
             ct: vec![5; 64],

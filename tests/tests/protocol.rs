@@ -118,6 +118,7 @@ async fn bad_handshakes_and_frames_are_refused_while_others_keep_working() {
 
     // An envelope claiming another member as sender is refused, not routed.
     let forged = Envelope {
+        epoch: 0,
         id: MessageId::new(),
         from: member.session,
         from_member: member.pk(),
@@ -309,6 +310,7 @@ async fn a_message_refused_for_quota_is_stored_when_resent_later() {
     let f = relay(|c| c.mesh_quota_messages = 2).await;
     let (_mesh, owner, mut a, member, mut b) = mesh(&f).await;
     let env = |ct: u8| Envelope {
+        epoch: 0,
         id: MessageId::new(),
         from: owner.session,
         from_member: owner.pk(),
@@ -391,6 +393,7 @@ async fn a_slow_reader_is_not_disconnected_and_gets_every_message() {
         let id = MessageId::new();
         ids.insert(id);
         let env = Envelope {
+            epoch: 0,
             id,
             from: owner.session,
             from_member: owner.pk(),

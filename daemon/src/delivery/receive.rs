@@ -19,10 +19,20 @@ pub(crate) enum Opened {
     Receipt(message::ReceiptBody),
     /// Nothing for us (not addressed to us, not from a member, does not open).
     Nothing,
+    /// Sealed under a key epoch newer than any this daemon has folded: its `key_epoch` op
+    /// is not applied yet (a link's deliveries come before its op catch-up). Not
+    /// acknowledged: the link keeps it and delivers it again once an epoch is applied or
+    /// opened (and the relay sends it again on the next link).
+    Later,
 }
 
 /// Open an envelope delivered to this daemon. Refusals are logged, never with content.
 pub(crate) fn open(m: &MeshCtx, env: &Envelope, at: i64, sender: Option<&Sender>) -> Opened {
+    if env.seal == Seal::Mesh && m.key_of(env.epoch).is_none() && env.epoch > lock(&m.epochs).newest
+    {
+        tracing::info!(id = %env.id, epoch = env.epoch, "message sealed under a key epoch not applied here yet; kept until it is");
+        return Opened::Later;
+    }
     let rows = open_rows(m, env, at, sender);
     match rows {
         Ok(r) if r.is_empty() => Opened::Nothing,
@@ -65,9 +75,15 @@ fn open_rows(
         return Ok(Vec::new());
     }
     let opened = match (env.seal, &env.to) {
-        (Seal::Mesh, _) => {
-            message::open_from_mesh(&m.keys.mesh_key, &env.from_member, &env.id, &env.ct)
-        }
+        (Seal::Mesh, _) => match m.key_of(env.epoch) {
+            Some(key) => {
+                message::open_from_mesh_at(env.epoch, &key, &env.from_member, &env.id, &env.ct)
+            }
+            None => {
+                tracing::warn!(id = %env.id, epoch = env.epoch, "message sealed under a key epoch this member does not hold; dropped");
+                return Ok(Vec::new());
+            }
+        },
         (Seal::Box, Route::Member { .. }) => open_direct(m, &m.keys.member.box_secret(), env),
         (Seal::Box, Route::Session { session }) if *session == own => {
             open_direct(m, &m.keys.session_secret, env)

@@ -426,15 +426,20 @@ pub(crate) async fn send_as(
         kind: kind.into(),
         body: p.body,
     };
-    let (seal, ct) = match &target.key {
+    let (seal, epoch, ct) = match &target.key {
         Some(k) => (
             Seal::Box,
+            0,
             message::seal_direct_with(&m.boxes.to_key(&m.keys.member.box_secret(), k), &payload),
         ),
-        None => (
-            Seal::Mesh,
-            message::seal_for_mesh(&m.keys.mesh_key, &m.keys.member, &payload),
-        ),
+        None => {
+            let (epoch, key) = m.seal_key();
+            (
+                Seal::Mesh,
+                epoch,
+                message::seal_for_mesh_at(epoch, &key, &m.keys.member, &payload),
+            )
+        }
     };
     let ct = ct.map_err(|e| Error::internal(format!("cannot seal message: {e}")))?;
     // A broadcast reaches our other local sessions here: the relay sends `*` to every
@@ -454,6 +459,7 @@ pub(crate) async fn send_as(
         to: target.route,
         seal,
         ct,
+        epoch,
     };
     let frame = Bytes::from(
         wire::encode(&ClientFrame::Send(env)).map_err(|e| Error::invalid(e.to_string()))?,
@@ -697,6 +703,7 @@ pub(crate) async fn send_receipts(d: &Arc<Daemon>, msgs: &[InboxMessage], read: 
             continue;
         };
         let env = Envelope {
+            epoch: 0,
             id,
             from: msg.session,
             from_member: m.member(),

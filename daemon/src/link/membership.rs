@@ -133,9 +133,11 @@ fn presence_frames(
         all.push((*sid, l.secret.public(), profile));
     }
     let mut out = Vec::new();
+    let (epoch, mesh_key) = m.seal_key();
     for (sid, key, profile) in all {
-        match SignedPresence::sign(
-            &m.keys.mesh_key,
+        match SignedPresence::sign_at(
+            epoch,
+            &mesh_key,
             &m.keys.member,
             m.id,
             sid,
@@ -300,7 +302,11 @@ pub(super) async fn presence(d: &Daemon, m: &MeshCtx, rec: PresenceRecord) {
     if p.mesh != m.id || !m.is_member(&p.member) {
         return;
     }
-    let profile = match p.open(&m.keys.mesh_key) {
+    let Some(key) = m.key_of(p.epoch) else {
+        tracing::warn!(session = %p.session.short(), epoch = p.epoch, "presence sealed under a key epoch this member does not hold; ignored");
+        return;
+    };
+    let profile = match p.open(&key) {
         // Held to the rules local profiles are held to before anything shows it.
         Ok(pr) => pr.from_peer(),
         Err(e) => {

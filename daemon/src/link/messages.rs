@@ -16,6 +16,9 @@ use super::End;
 use crate::context::Daemon;
 use crate::delivery::push::Handover;
 use crate::delivery::receive::{self, Opened};
+
+/// Most envelopes a link keeps while they wait for their key epoch.
+const LATER_CAP: usize = 4096;
 use crate::mesh::{MeshCtx, RelayedWaiter, lock};
 
 /// Most message ids in one `ack` frame.
@@ -232,6 +235,15 @@ impl Outbound {
 
     /// An envelope for us: open it, store its rows and acknowledge it after the commit (a
     /// crash before then makes the relay send it again; the inbox dedupes by id).
+    /// Deliver again what waited for a key epoch (see [`Opened::Later`]), now that one
+    /// was applied or opened.
+    pub(super) async fn deliver_later(&self, d: &Arc<Daemon>, m: &Arc<MeshCtx>) {
+        let waiting = std::mem::take(&mut *lock(&m.later));
+        for (env, at) in waiting {
+            self.deliver(d, m, env, at).await;
+        }
+    }
+
     pub(super) async fn deliver(&self, d: &Arc<Daemon>, m: &Arc<MeshCtx>, env: Envelope, at: i64) {
         let id = env.id;
         let (mesh, from) = (m.id, env.from);
@@ -319,6 +331,14 @@ impl Outbound {
             // Not for us or not openable: acknowledge so the relay stops resending it.
             Opened::Nothing => {
                 let _ = ack.send(id);
+            }
+            // Kept until the epoch is applied (the link delivers it again then); past the
+            // cap, left to the relay, which sends it again on the next link.
+            Opened::Later => {
+                let mut later = lock(&m.later);
+                if later.len() < LATER_CAP {
+                    later.push((env, at));
+                }
             }
         }
     }

@@ -228,6 +228,8 @@ async fn run_connection(
         Ok(w) => w,
         Err(e) => return e,
     };
+    // What waited for a key epoch on the last link comes again on this one.
+    lock(&m.later).clear();
     status.send_modify(|s| {
         s.state = LinkState::Connected;
         s.transport = Some(c.transport);
@@ -263,6 +265,11 @@ async fn run_connection(
             _ = async { let _ = paused.wait_for(|p| *p).await; } => Err(End::HeldDown),
             // Applying ops failed: sync again from the stored head.
             _ = m.resync.notified() => resync(d, m, c, lo).await,
+            _ = m.rekey.notified() => {
+                d.spawn(crate::shared::epochs::maybe_rotate_owned(d.clone(), m.clone()));
+                out.deliver_later(d, m).await;
+                Ok(())
+            }
             Some(first) = out.acks.recv() => {
                 let ids = messages::ack_batch(first, &mut out.acks);
                 // Each id with our signature: the sender's proof that we stored it.
@@ -373,7 +380,16 @@ async fn frame(
         OpFrame::Send(reply) => return write(c, &reply).await,
         OpFrame::Other(f) => f,
     };
-    let Some(f) = membership::on_frame(d, m, f).await? else {
+    let roster_entry = matches!(f, RelayFrame::Roster { .. });
+    let f = membership::on_frame(d, m, f).await?;
+    if roster_entry {
+        // A removal (or a leave) calls for a new mesh key, made by an admin.
+        d.spawn(crate::shared::epochs::maybe_rotate_owned(
+            d.clone(),
+            m.clone(),
+        ));
+    }
+    let Some(f) = f else {
         return Ok(());
     };
     match f {

@@ -311,6 +311,44 @@ pub(crate) fn apply(tx: &Transaction<'_>, a: &Applying<'_>) -> rusqlite::Result<
                 params![mesh, reminder.as_bytes(), a.author.0, due],
             )?;
         }
+        Op::KeyEpoch {
+            epoch,
+            roster_len,
+            roster_hash,
+            boxes,
+        } => {
+            // Only an admin at the op's standing makes epochs, and only the next one: a
+            // concurrent rotation (or a replay of an old one) loses by log order.
+            let newest: i64 = tx.query_row(
+                "SELECT COALESCE(MAX(epoch), 0) FROM key_epochs WHERE mesh = ?1",
+                params![mesh],
+                |r| r.get(0),
+            )?;
+            if !a.role.is_admin() || i64::from(*epoch) != newest + 1 {
+                tracing::warn!(
+                    seq,
+                    epoch,
+                    newest,
+                    admin = a.role.is_admin(),
+                    "key epoch op is not the next epoch by an admin; skipped"
+                );
+                return Ok(Vec::new());
+            }
+            let boxes = serde_json::to_string(boxes).unwrap_or_else(|_| "[]".into());
+            tx.execute(
+                "INSERT INTO key_epochs (mesh, epoch, author, roster_len, roster_hash, boxes, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    mesh,
+                    epoch,
+                    a.author.0,
+                    *roster_len as i64,
+                    &roster_hash[..],
+                    boxes,
+                    seq
+                ],
+            )?;
+        }
         Op::Unknown => {}
     }
     Ok(Vec::new())

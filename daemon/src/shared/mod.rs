@@ -3,6 +3,7 @@
 //! from the folded tables ([`query`]) without touching the network.
 
 pub(crate) mod cron;
+pub(crate) mod epochs;
 pub(crate) mod fold;
 pub(crate) mod glob;
 pub(crate) mod oplog;

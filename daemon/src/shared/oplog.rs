@@ -82,8 +82,8 @@ pub(crate) async fn write(
         op,
     };
     let id = body.id;
-    let env =
-        op::seal_op(&m.keys.mesh_key, &m.id, &m.keys.member, &body).map_err(Error::internal)?;
+    let (epoch, key) = m.seal_key();
+    let env = op::seal_op_at(epoch, &key, &m.id, &m.keys.member, &body).map_err(Error::internal)?;
     if env.ct.len() > MAX_CIPHERTEXT {
         return Err(Error::invalid(format!(
             "this write is {} bytes sealed; the limit is {MAX_CIPHERTEXT}: store less per key",
@@ -168,6 +168,9 @@ pub(crate) async fn start(
         })
         .await
         .map_err(|e| format!("cannot read the op log: {e}"))?;
+    load_epochs(d, m)
+        .await
+        .map_err(|e| format!("cannot read the key epochs: {e}"))?;
     m.op_caught_up.store(false, Ordering::Release);
     // Uploads of a previous connection are lost with it.
     m.snapshots_pending.store(0, Ordering::Release);
@@ -253,6 +256,8 @@ impl LinkOps {
         }
         tracing::warn!(op = %id.short(), %code, message, "relay refused a shared-state write for good; dropping it");
         lock(&m.op_waiters).remove(&id);
+        // If it was a key rotation, the next trigger may write another.
+        lock(&m.epochs).rotating = false;
         let (d2, mesh) = (d.clone(), m.id);
         d.spawn(async move {
             let r = d2
@@ -313,6 +318,8 @@ impl LinkOps {
                         if r.is_ok() {
                             m2.op_caught_up.store(true, Ordering::Release);
                             d2.bump_changes();
+                            // A removal seen while offline may still call for a new key.
+                            m2.rekey.notify_one();
                         }
                     },
                 )
@@ -367,10 +374,20 @@ impl LinkOps {
             self.stalled = true;
             return;
         }
-        let (key, mesh) = (m.keys.mesh_key.clone(), m.id);
-        let opened =
-            tokio::task::spawn_blocking(move || op::open_snapshot(&key, &mesh, seq, &author, &ct))
-                .await;
+        let (ring, mesh) = (m.keys_newest_first(), m.id);
+        // Snapshot frames do not name an epoch: it is sealed with the newest its author
+        // held, so try the keys held, newest first.
+        let opened = tokio::task::spawn_blocking(move || {
+            let mut last = None;
+            for key in &ring {
+                match op::open_snapshot(key, &mesh, seq, &author, &ct) {
+                    Ok(b) => return Ok(b),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or(claudemesh_schema::message::OpenError::Mismatch))
+        })
+        .await;
         let body = match opened {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
@@ -392,6 +409,9 @@ impl LinkOps {
         match loaded {
             Ok(()) => {
                 tracing::info!(mesh = %m.id.short(), seq, "started from a snapshot");
+                if let Err(e) = load_epochs(d, m).await {
+                    tracing::error!(mesh = %m.id.short(), error = %e, "cannot read the snapshot's key epochs");
+                }
                 self.order.skip_to(seq.saturating_add(1));
                 let run = self.order.push(Vec::new());
                 if !run.is_empty()
@@ -430,15 +450,89 @@ type Opened = (SequencedOp, Result<OpBody, String>);
 /// checks dominate a catch-up), then queue their application in order. Refused (nothing
 /// applied) if one of them claims more roster entries than this daemon holds.
 async fn submit(d: &Arc<Daemon>, m: &Arc<MeshCtx>, run: Vec<SequencedOp>) -> Result<(), Withheld> {
-    let key = Arc::new(m.keys.mesh_key.clone());
     let mesh = m.id;
-    let open_one = move |key: &claudemesh_schema::crypto::MeshKey, o: SequencedOp| -> Opened {
-        let b = op::open_op(key, &mesh, &o.op).map_err(|e| e.to_string());
+    // An op names the epoch it is sealed under; a run may carry the `key_epoch` op that
+    // makes one and then ops sealed under it, so its keys (boxed to this member) are tried
+    // for the ops after it in the run. Whether the epoch stands is the fold's decision; a
+    // key that opens an op's AEAD is that epoch's real key either way.
+    let ring = m.keyring();
+    // Keys opened from earlier runs' `key_epoch` ops (their fold may not have committed).
+    let mut run_keys: Vec<(
+        claudemesh_schema::epoch::Epoch,
+        claudemesh_schema::crypto::MeshKey,
+    )> = lock(&m.epochs).candidates.clone();
+    let me = m.keys.member.public();
+    let open_one = move |ring: &claudemesh_schema::epoch::Keyring,
+                         extra: &[(
+        claudemesh_schema::epoch::Epoch,
+        claudemesh_schema::crypto::MeshKey,
+    )],
+                         o: SequencedOp|
+          -> Opened {
+        let e = o.op.epoch;
+        let keys = ring
+            .get(e)
+            .into_iter()
+            .chain(extra.iter().filter(|(x, _)| *x == e).map(|(_, k)| k));
+        let mut b = Err(format!(
+            "sealed under key epoch {e}, which this member does not hold"
+        ));
+        for key in keys {
+            b = op::open_op(key, &mesh, &o.op).map_err(|e| e.to_string());
+            if b.is_ok() {
+                break;
+            }
+        }
         (o, b)
     };
-    let opened: Vec<Opened> = if run.len() <= 8 {
-        run.into_iter().map(|o| open_one(&key, o)).collect()
+    let learn = |run_keys: &mut Vec<_>, (o, b): &Opened| {
+        if let Ok(OpBody {
+            op: Op::KeyEpoch { epoch, boxes, .. },
+            ..
+        }) = b
+            && let Some(bx) = boxes.iter().find(|x| x.member == me)
+            && let Ok(k) = claudemesh_schema::epoch::open_epoch_box(
+                &mesh,
+                *epoch,
+                bx,
+                &o.op.author,
+                &m.keys.member,
+            )
+        {
+            run_keys.push((*epoch, k));
+        }
+    };
+    let sequential = run.len() <= 8
+        || run.iter().any(|o| {
+            ring.get(o.op.epoch).is_none() && !run_keys.iter().any(|(e, _)| *e == o.op.epoch)
+        });
+    let opened: Vec<Opened> = if sequential {
+        // Sequentially, so a key made in the run opens the ops after it.
+        let mut out = Vec::with_capacity(run.len());
+        let known = run_keys.len();
+        for o in run {
+            let x = open_one(&ring, &run_keys, o);
+            learn(&mut run_keys, &x);
+            out.push(x);
+        }
+        if run_keys.len() > known {
+            let mut e = lock(&m.epochs);
+            for k in run_keys.drain(known..) {
+                if !e
+                    .candidates
+                    .iter()
+                    .any(|(x, c)| x == &k.0 && c.as_bytes() == k.1.as_bytes())
+                {
+                    e.candidates.push(k);
+                }
+            }
+            drop(e);
+            // Messages that waited for this key open now.
+            m.rekey.notify_one();
+        }
+        out
     } else {
+        let key = Arc::new((ring, run_keys));
         let mut tasks = Vec::new();
         let mut it = run.into_iter().peekable();
         while it.peek().is_some() {
@@ -447,7 +541,7 @@ async fn submit(d: &Arc<Daemon>, m: &Arc<MeshCtx>, run: Vec<SequencedOp>) -> Res
             tasks.push(tokio::task::spawn_blocking(move || {
                 chunk
                     .into_iter()
-                    .map(|o| open_one(&key, o))
+                    .map(|o| open_one(&key.0, &key.1, o))
                     .collect::<Vec<_>>()
             }));
         }
@@ -494,26 +588,36 @@ async fn submit(d: &Arc<Daemon>, m: &Arc<MeshCtx>, run: Vec<SequencedOp>) -> Res
     // The roster as held now: the relay sends entries before the ops that stand after them.
     let roster = lock(&m.roster).history.clone();
     let rt = tokio::runtime::Handle::current();
+    let m3 = m.clone();
     let r = d
         .store
         .write_then(
             move |tx| {
-                apply_run(tx, mesh, opened, capture, &roster, |tx, author, notices| {
-                    // Only for ops this daemon's member wrote: the session an op names is
-                    // the author's claim, and another member's op must not reach ours.
-                    if *author != member {
-                        return Ok(());
-                    }
-                    record_notices(
-                        tx,
-                        mesh,
-                        &mesh_name,
-                        daemon_session,
-                        &member,
-                        &local,
-                        notices,
-                    )
-                })
+                let mut a =
+                    apply_run(tx, mesh, opened, capture, &roster, |tx, author, notices| {
+                        // Only for ops this daemon's member wrote: the session an op names is
+                        // the author's claim, and another member's op must not reach ours.
+                        if *author != member {
+                            return Ok(());
+                        }
+                        record_notices(
+                            tx,
+                            mesh,
+                            &mesh_name,
+                            daemon_session,
+                            &member,
+                            &local,
+                            notices,
+                        )
+                    })?;
+                // Learned before the commit is visible, so whoever sees the log applied
+                // (`wait synced`, a write's waiter) seals with the new key. A rollback
+                // leaves a real key in memory, which only opens what it sealed.
+                for (epoch, author, roster_len, boxes) in &a.epochs {
+                    m3.learn_epoch(*epoch, author, *roster_len, boxes);
+                }
+                a.learned = !a.epochs.is_empty();
+                Ok(a)
             },
             move |r| after_apply(&d2, &m2, &rt, r),
         )
@@ -521,6 +625,42 @@ async fn submit(d: &Arc<Daemon>, m: &Arc<MeshCtx>, run: Vec<SequencedOp>) -> Res
     if let Err(e) = r {
         tracing::error!(error = %e, "store unavailable; ops will be applied after the next sync");
         m.resync.notify_one();
+    }
+    Ok(())
+}
+
+/// Learn every epoch folded for `m` from the store (at link start, after a snapshot).
+pub(crate) async fn load_epochs(d: &Daemon, m: &MeshCtx) -> Result<(), Error> {
+    let mesh = m.id;
+    let rows = d
+        .store
+        .read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT epoch, author, roster_len, boxes FROM key_epochs WHERE mesh = ?1 ORDER BY epoch",
+            )?;
+            let rows = stmt.query_map(params![mesh.as_bytes()], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+        .map_err(Error::internal)?;
+    for (e, author, roster_len, boxes) in rows {
+        let (Ok(e), Ok(author)) = (
+            claudemesh_schema::epoch::Epoch::try_from(e),
+            <[u8; 32]>::try_from(author),
+        ) else {
+            tracing::warn!(mesh = %m.id.short(), "a stored key epoch is damaged; skipped");
+            continue;
+        };
+        let boxes: Vec<claudemesh_schema::epoch::EpochBox> =
+            serde_json::from_str(&boxes).unwrap_or_default();
+        m.learn_epoch(e, &MemberKey(author), roster_len.max(0) as u64, &boxes);
     }
     Ok(())
 }
@@ -542,6 +682,15 @@ pub(crate) struct Applied {
     )>,
     /// A snapshot this daemon is to upload.
     pub(crate) snapshot: Option<op::SnapshotBody>,
+    /// Key epochs the fold accepted: (epoch, author, roster length, boxes).
+    pub(crate) epochs: Vec<(
+        claudemesh_schema::epoch::Epoch,
+        MemberKey,
+        u64,
+        Vec<claudemesh_schema::epoch::EpochBox>,
+    )>,
+    /// Those epochs were learned (the keys boxed to this member opened into its ring).
+    pub(crate) learned: bool,
 }
 
 /// Apply a run of consecutive sequenced ops on top of the stored head.
@@ -656,6 +805,26 @@ pub(crate) fn apply_run(
                         o.op.author,
                     ));
                 }
+                if let Op::KeyEpoch {
+                    epoch,
+                    roster_len,
+                    boxes,
+                    ..
+                } = &b.op
+                {
+                    let folded: Option<i64> = tx
+                        .query_row(
+                            "SELECT seq FROM key_epochs WHERE mesh = ?1 AND epoch = ?2",
+                            params![mesh.as_bytes(), epoch],
+                            |r| r.get(0),
+                        )
+                        .ok();
+                    if folded == Some(o.seq as i64) {
+                        applied
+                            .epochs
+                            .push((*epoch, o.op.author, *roster_len, boxes.clone()));
+                    }
+                }
                 applied.kinds.insert(b.op.kind());
             }
             (Err(e), _) => {
@@ -736,6 +905,10 @@ fn after_apply(
 ) {
     match r {
         Ok(mut a) => {
+            if a.learned {
+                // A rotation may have lost a race to one made before a later removal.
+                m.rekey.notify_one();
+            }
             if let Some(body) = a.snapshot.take() {
                 m.snapshots_pending.fetch_add(1, Ordering::AcqRel);
                 d.tasks.spawn_on(upload_snapshot(m.clone(), body), rt);
@@ -788,7 +961,7 @@ async fn upload_snapshot(m: Arc<MeshCtx>, body: op::SnapshotBody) {
     let seq = body.seq;
     let m2 = m.clone();
     let sealed = tokio::task::spawn_blocking(move || {
-        op::seal_snapshot(&m2.keys.mesh_key, &m2.keys.member, &body)
+        op::seal_snapshot(&m2.seal_key().1, &m2.keys.member, &body)
     })
     .await;
     let ct = match sealed {
@@ -865,6 +1038,7 @@ pub(crate) async fn audit(d: &Arc<Daemon>, m: &Arc<MeshCtx>) -> Result<AuditResu
                     seq,
                     at,
                     op: op::OpEnvelope {
+                        epoch: 0,
                         id,
                         author: MemberKey(author),
                         ct,
@@ -974,7 +1148,9 @@ pub(crate) async fn audit(d: &Arc<Daemon>, m: &Arc<MeshCtx>) -> Result<AuditResu
             let same = match by_seq.get(&o.seq) {
                 Some(h) => *h == op::chain_next(&[0u8; 32], o),
                 None if o.seq <= result.local_head => true,
-                None => op::open_op(&m.keys.mesh_key, &mesh, &o.op).is_ok(),
+                None => m
+                    .key_of(o.op.epoch)
+                    .is_some_and(|k| op::open_op(&k, &mesh, &o.op).is_ok()),
             };
             if !same {
                 let why = if o.seq <= result.local_head {

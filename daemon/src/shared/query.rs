@@ -21,6 +21,7 @@ pub(crate) const TABLES: &[(&str, &str)] = &[
     ("contexts", "id"),
     ("skills", "name"),
     ("reminders", "id"),
+    ("key_epochs", "epoch"),
 ];
 
 /// Members whose writes this daemon does not show its sessions (grants: `state-write`

@@ -455,6 +455,7 @@ fn envelope_to(
     let mut ct = vec![0u8; 64];
     ct[..8].copy_from_slice(&(t0.elapsed().as_nanos() as u64).to_be_bytes());
     let f = ClientFrame::Send(Envelope {
+        epoch: 0,
         id: MessageId::new(),
         from: SessionId::new(),
         from_member: from.public(),

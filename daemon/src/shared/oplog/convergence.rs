@@ -703,3 +703,58 @@ fn a_skill_is_replaced_or_removed_only_by_its_author_or_an_admin() {
         query::q_digest(&b, mesh).unwrap()
     );
 }
+
+#[test]
+fn a_key_epoch_folds_only_as_the_next_epoch_by_an_admin_and_the_same_on_every_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::new();
+    let mesh = log.mesh;
+    let [owner, adm, ann] = std::array::from_fn(|_| MemberSecret::generate());
+    let mut roster = RosterHistory::new(owner.public());
+    roster.push(0, &entry(&owner, mesh, &adm, Role::Admin, RosterOp::Add));
+    roster.push(1, &entry(&owner, mesh, &ann, Role::Member, RosterOp::Add));
+    let rotate = |by: &MemberSecret, epoch: u32| {
+        let members = [owner.public(), adm.public(), ann.public()];
+        let (_, boxes) = claudemesh_schema::epoch::make_epoch(&mesh, epoch, by, &members).unwrap();
+        Op::KeyEpoch {
+            epoch,
+            roster_len: 2,
+            roster_hash: [0; 32],
+            boxes,
+        }
+    };
+    let epochs = |c: &Connection| -> Vec<(i64, Vec<u8>, i64)> {
+        let mut stmt = c
+            .prepare("SELECT epoch, author, seq FROM key_epochs WHERE mesh = ?1 ORDER BY epoch")
+            .unwrap();
+        stmt.query_map(params![mesh.as_bytes()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
+    };
+    // (who, epoch written, the epochs folded after it as (epoch, seq))
+    type Folded = Vec<(i64, i64)>;
+    let steps: Vec<(&MemberSecret, u32, Folded)> = vec![
+        (&ann, 1, vec![]),                 // a member is not an admin
+        (&owner, 2, vec![]),               // not the next epoch
+        (&owner, 1, vec![(1, 3)]),         // the next epoch, by the owner
+        (&adm, 1, vec![(1, 3)]),           // a concurrent rotation loses by log order
+        (&adm, 2, vec![(1, 3), (2, 5)]),   // the next one, by an admin
+        (&owner, 2, vec![(1, 3), (2, 5)]), // a replay of a taken epoch
+    ];
+    let mut a = open(&dir.path().join("a.db"));
+    for (i, (who, epoch, want)) in steps.into_iter().enumerate() {
+        log.write(who, Some(2), rotate(who, epoch));
+        let seq = i as u64 + 1;
+        log.apply(&mut a, &roster, seq, seq).unwrap();
+        let got: Vec<(i64, i64)> = epochs(&a).into_iter().map(|(e, _, s)| (e, s)).collect();
+        assert_eq!(got, want, "step {seq}");
+    }
+    assert_eq!(epochs(&a)[0].1, owner.public().0.to_vec());
+    // Another daemon applying the whole log at once folds the same epochs.
+    let mut b = open(&dir.path().join("b.db"));
+    log.apply(&mut b, &roster, 1, log.ops.len() as u64).unwrap();
+    assert_eq!(epochs(&a), epochs(&b));
+}
