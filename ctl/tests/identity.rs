@@ -915,3 +915,127 @@ fn a_name_that_only_looks_like_another_is_flagged_as_not_that_person() {
         .short_fingerprint();
     assert_eq!(row["name_first_seen_with"], short, "{row}");
 }
+
+#[test]
+fn a_relay_cannot_report_a_delivery_the_recipient_did_not_sign() {
+    use claudemesh_schema::invite::InviteLink;
+    use claudemesh_tests::proxy::Proxy;
+    let root = tempfile::tempdir().unwrap();
+    let relay = claudemesh_tests::RelayProc::start(bin(), &root.path().join("relay"), &[]);
+    // The operator, on ben's link: once ben has sent to cat, it turns the relay's next
+    // `relayed` for ben into a receipt "cat stored it", with no proof.
+    let proxy = Proxy::start(
+        relay.addr,
+        &relay.data_dir,
+        std::sync::Arc::new(|seen: &[ClientFrame], f: RelayFrame| {
+            let first = seen.iter().find_map(|c| match c {
+                ClientFrame::Send(e) => match e.to {
+                    Route::Member { member } => Some((e.id, member)),
+                    _ => None,
+                },
+                _ => None,
+            });
+            match (first, f) {
+                (Some((id, member)), RelayFrame::Relayed { id: other, at }) if other != id => {
+                    RelayFrame::Receipt {
+                        id,
+                        member,
+                        at,
+                        proof: None,
+                    }
+                }
+                (_, f) => f,
+            }
+        }),
+    );
+    let mut nodes: Vec<Node> = ["ann", "ben", "cat"]
+        .iter()
+        .map(|n| Node::new(bin(), root.path(), n))
+        .collect();
+    for n in &mut nodes {
+        n.start();
+    }
+    let addr = relay.addr.to_string();
+    nodes[0].ok(&[
+        "create",
+        "test",
+        "--relay",
+        &addr,
+        "--fingerprint",
+        &relay.fingerprint,
+    ]);
+    let cat_link = nodes[0].ok(&["invite"]);
+    nodes[2].ok(&["join", &cat_link, "--wait", "20"]);
+    let link = InviteLink::parse(&nodes[0].ok(&["invite"])).unwrap();
+    let via = InviteLink {
+        relay: proxy.addr.to_string(),
+        ..link
+    }
+    .to_link();
+    nodes[1].ok(&["join", &via, "--wait", "20"]);
+    nodes[1].wait("peer-online", Some("cat"));
+    nodes[1].wait("peer-online", Some("ann"));
+    // Cat is away: what ben sends it waits at the relay, stored by nobody.
+    nodes[2].stop();
+    let to_cat = nodes[1].json(&["send", "cat", "for cat"]);
+    let id = to_cat["id"].as_str().unwrap().to_string();
+    // Ben's next send is answered with the forged receipt instead of `relayed`.
+    nodes[1].json(&["send", "ann", "anything"]);
+    // Something the link handled after the forgery: ann's answer arrives.
+    nodes[0].ok(&["send", "ben", "after"]);
+    assert!(bodies_of(&nodes[1].inbox_wait()).contains(&"after".to_string()));
+    let st = nodes[1].json(&["sent", &id]);
+    assert!(
+        st["delivered_at"].is_null(),
+        "the relay's word moved it: {st}"
+    );
+    // Cat's own acknowledgement carries its proof, and that counts.
+    nodes[2].start();
+    assert_eq!(bodies_of(&nodes[2].inbox_wait()), vec!["for cat"]);
+    let out = nodes[1].run(&[
+        "sent",
+        &id,
+        "--wait-for",
+        "delivered",
+        "--timeout",
+        "30",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_body_over_the_limit_from_a_peer_is_not_stored() {
+    let root = tempfile::tempdir().unwrap();
+    let (relay, mut nodes) = mesh(bin(), root.path(), &["ann", "mal"], &[]);
+    nodes[1].stop();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut mal = Impostor::link(&nodes[1], &relay.addr.to_string()).await;
+        let (ann, key, _) = mal
+            .seen
+            .iter()
+            .find(|(_, _, p)| p.name == "ann")
+            .cloned()
+            .expect("ann's presence");
+        let from = mal.session;
+        // 200 KiB: more than any daemon sends (128 KiB), within what the relay carries.
+        mal.dm(from, ann, &key, "mal", "text", &"x".repeat(200 * 1024))
+            .await;
+        mal.dm(from, ann, &key, "mal", "text", "after the big one")
+            .await;
+    });
+    let got = nodes[0].inbox_wait();
+    assert_eq!(
+        bodies_of(&got),
+        vec!["after the big one"],
+        "the oversized body was dropped"
+    );
+}
