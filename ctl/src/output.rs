@@ -165,6 +165,11 @@ pub(crate) fn peers(meshes: &[MeshPeers], daemon_down: bool) {
                 } else {
                     name
                 };
+                // A member that changed its name says what it was first seen as.
+                let name = match &p.renamed_from {
+                    Some(was) => format!("{name} (was {})", clean(was)),
+                    None => name,
+                };
                 vec![
                     format!("{name}{}", if p.me { " (you)" } else { "" }),
                     format!(

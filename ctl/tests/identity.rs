@@ -483,6 +483,10 @@ fn a_member_who_takes_an_offline_members_name_gets_nothing_meant_for_her() {
     assert_eq!(flagged.len(), 1, "{human}");
     assert!(flagged[0].contains(&short(&mal_key)), "{human}");
     assert!(
+        flagged[0].contains("(was mal)"),
+        "a changed name says what it was: {human}"
+    );
+    assert!(
         human.contains(&format!(
             "is not the alice first seen here (key {})",
             short(&alice_key)

@@ -307,6 +307,8 @@ pub(crate) struct Sender {
     pub(crate) name_holder: Option<MemberKey>,
     /// The user confirmed this member's key.
     pub(crate) confirmed: bool,
+    /// The member's first name, when it now shows another.
+    pub(crate) renamed_from: Option<String>,
 }
 
 impl MeshCtx {
@@ -326,6 +328,7 @@ impl MeshCtx {
                 names: p.names(),
                 name_holder: p.name_holder,
                 confirmed: p.confirmed,
+                renamed_from: p.renamed_from.clone(),
             },
         );
     }

@@ -77,6 +77,7 @@ pub fn q_peers(
                     .map(|g| g.caps.iter().cloned().collect()),
                 blocked: grants.get(&p.member).is_some_and(|g| g.blocked),
                 name_first_seen_with: p.name_holder.map(|k| k.short_fingerprint()),
+                renamed_from: p.renamed_from.clone(),
                 confirmed: p.confirmed,
             }
         })

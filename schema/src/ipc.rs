@@ -818,6 +818,9 @@ pub mod methods {
         /// fingerprint): an impostor, or two people sharing a name.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub name_first_seen_with: Option<String>,
+        /// The first name this member was seen with, when it now shows another.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub renamed_from: Option<String>,
         /// The user confirmed this member's key (`claudemesh verify <peer> --confirm`).
         #[serde(default)]
         pub confirmed: bool,

@@ -125,7 +125,13 @@ fn open_rows(
             return Ok(Vec::new());
         }
         // A name another member was first seen with: shown, with whose it is not.
-        Some(s) => (flagged(&s.names.0, s.name_holder), s.names.1.clone()),
+        Some(s) => (
+            renamed(
+                flagged(&s.names.0, s.name_holder),
+                s.renamed_from.as_deref(),
+            ),
+            s.names.1.clone(),
+        ),
         None => match m.member_name(&env.from_member) {
             Some((name, holder)) => (flagged(&name, holder), String::new()),
             None => (String::new(), String::new()),
@@ -183,6 +189,14 @@ fn flagged(name: &str, holder: Option<claudemesh_schema::crypto::MemberKey>) -> 
             first.short_fingerprint()
         ),
         _ => name.to_string(),
+    }
+}
+
+/// A name as shown, saying which name its member was first seen with when that differs.
+fn renamed(name: String, first: Option<&str>) -> String {
+    match first {
+        Some(f) if !name.is_empty() => format!("{name} (was {f})"),
+        _ => name,
     }
 }
 

@@ -157,6 +157,7 @@ fn presence_frames(
                     last_seen: now,
                     name_holder: None,
                     confirmed: false,
+                    renamed_from: None,
                 };
                 out.push((ClientFrame::Presence(p), row));
             }
@@ -325,14 +326,16 @@ pub(super) async fn presence(d: &Daemon, m: &MeshCtx, rec: PresenceRecord) {
         last_seen: rec.last_seen,
         name_holder: None,
         confirmed: false,
+        renamed_from: None,
     };
     let mut row = row;
     // Stored (and its name pinned) before it is learned: frames of a link are handled in
     // order, so what this session sends next is labelled with what the pin says.
     match d.store.upsert_presence(row.clone()).await {
-        Ok((holder, confirmed)) => {
-            row.name_holder = holder;
-            row.confirmed = confirmed;
+        Ok(pin) => {
+            row.name_holder = pin.name_holder;
+            row.confirmed = pin.confirmed;
+            row.renamed_from = pin.renamed_from;
         }
         Err(e) => tracing::warn!(error = %e, "cannot cache presence"),
     }

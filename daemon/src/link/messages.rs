@@ -266,6 +266,7 @@ impl Outbound {
                         names: r.names(),
                         name_holder: r.name_holder,
                         confirmed: r.confirmed,
+                        renamed_from: r.renamed_from.clone(),
                     }
                 })
             }

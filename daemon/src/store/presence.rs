@@ -31,6 +31,8 @@ pub(crate) struct PresenceRow {
     pub name_holder: Option<MemberKey>,
     /// The user confirmed this member's key (`verify --confirm`).
     pub confirmed: bool,
+    /// The first name this member was seen with, when it now shows another.
+    pub renamed_from: Option<String>,
 }
 
 impl PresenceRow {
@@ -58,10 +60,7 @@ impl Store {
     /// Pins the presence's person name to its member if nobody holds that name yet, and
     /// returns who holds it (when another member does) and whether this member is
     /// confirmed.
-    pub(crate) async fn upsert_presence(
-        &self,
-        p: PresenceRow,
-    ) -> Result<(Option<MemberKey>, bool)> {
+    pub(crate) async fn upsert_presence(&self, p: PresenceRow) -> Result<PinState> {
         let groups =
             serde_json::to_string(&p.profile.groups).map_err(|_| StoreError::Corrupt("groups"))?;
         let delivery = serde_json::to_string(&p.profile.delivery)
@@ -107,13 +106,17 @@ impl Store {
             let person = pin_name(&p.names().0);
             if !person.is_empty() {
                 tx.execute(
-                    "INSERT OR IGNORE INTO name_pins (mesh, name, member, first_seen)
-                     VALUES (?1, ?2, ?3, ?4)",
-                    params![p.mesh.as_bytes(), person, p.member.0, p.last_seen],
+                    "INSERT OR IGNORE INTO name_pins (mesh, name, member, first_seen, shown)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![p.mesh.as_bytes(), person, p.member.0, p.last_seen, p.names().0],
                 )?;
             }
             let pins = pins_tx(tx, p.mesh)?;
-            Ok((pins.holder_other_than(&p.names().0, &p.member), pins.confirmed.contains(&p.member)))
+            Ok(PinState {
+                name_holder: pins.holder_other_than(&p.names().0, &p.member),
+                confirmed: pins.confirmed.contains(&p.member),
+                renamed_from: pins.renamed_from(&p.names().0, &p.member),
+            })
         })
         .await
     }
@@ -213,6 +216,7 @@ fn presence_row(mesh: MeshId, r: &rusqlite::Row<'_>) -> rusqlite::Result<Presenc
         last_seen: r.get(13)?,
         name_holder: None,
         confirmed: false,
+        renamed_from: None,
     })
 }
 
@@ -222,14 +226,33 @@ fn pin_name(person: &str) -> String {
     claudemesh_schema::names::skeleton(person)
 }
 
+/// What the pins say about one presence.
+#[derive(Debug, Default)]
+pub(crate) struct PinState {
+    /// Another member holds its person name.
+    pub(crate) name_holder: Option<MemberKey>,
+    /// The user confirmed its member.
+    pub(crate) confirmed: bool,
+    /// Its member's first name, when it now shows another.
+    pub(crate) renamed_from: Option<String>,
+}
+
 /// Names pinned to member keys in a mesh, and the members the user confirmed.
 #[derive(Debug, Default)]
 pub(crate) struct Pins {
     names: std::collections::HashMap<String, MemberKey>,
     confirmed: std::collections::HashSet<MemberKey>,
+    /// Each member's first pinned name: (first seen, skeleton, as shown).
+    first: std::collections::HashMap<MemberKey, (i64, String, String)>,
 }
 
 impl Pins {
+    /// `member`'s first name, when `person` is another.
+    pub(crate) fn renamed_from(&self, person: &str, member: &MemberKey) -> Option<String> {
+        let (_, skel, shown) = self.first.get(member)?;
+        (*skel != pin_name(person) && !shown.is_empty()).then(|| shown.clone())
+    }
+
     /// Did the user confirm `member`'s key?
     pub(crate) fn is_confirmed(&self, member: &MemberKey) -> bool {
         self.confirmed.contains(member)
@@ -251,13 +274,27 @@ pub(crate) fn q_pins(conn: &Connection, mesh: MeshId) -> Result<Pins> {
 
 fn pins_tx(conn: &Connection, mesh: MeshId) -> rusqlite::Result<Pins> {
     let mut pins = Pins::default();
-    let mut stmt = conn.prepare_cached("SELECT name, member FROM name_pins WHERE mesh = ?1")?;
+    let mut stmt = conn
+        .prepare_cached("SELECT name, member, first_seen, shown FROM name_pins WHERE mesh = ?1")?;
     for row in stmt.query_map(params![mesh.as_bytes()], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, Vec<u8>>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, String>(3)?,
+        ))
     })? {
-        let (name, member) = row?;
+        let (name, member, at, shown) = row?;
         if let Ok(k) = <[u8; 32]>::try_from(member.as_slice()) {
-            pins.names.insert(name, MemberKey(k));
+            let k = MemberKey(k);
+            let first = pins
+                .first
+                .entry(k)
+                .or_insert((at, name.clone(), shown.clone()));
+            if at < first.0 {
+                *first = (at, name.clone(), shown);
+            }
+            pins.names.insert(name, k);
         }
     }
     let mut stmt = conn.prepare_cached("SELECT member FROM confirmed_members WHERE mesh = ?1")?;
@@ -288,6 +325,7 @@ fn presence_rows(
         let mut p = r.map_err(unwrap_corrupt)?;
         p.name_holder = pins.holder_other_than(&p.names().0, &p.member);
         p.confirmed = pins.confirmed.contains(&p.member);
+        p.renamed_from = pins.renamed_from(&p.names().0, &p.member);
         out.push(p);
     }
     Ok(out)
