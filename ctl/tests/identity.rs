@@ -133,6 +133,7 @@ impl Impostor {
             sent_at: now_ms(),
             kind: kind.into(),
             body: body.into(),
+            to_sessions: Vec::new(),
         };
         let ct = message::seal_direct(&self.keys.member, key, &payload).unwrap();
         let env = Envelope {
@@ -175,6 +176,7 @@ impl Impostor {
             sent_at: now_ms(),
             kind: message::KIND_RECEIPT.into(),
             body,
+            to_sessions: Vec::new(),
         };
         let key = to.box_public().unwrap();
         let ct = message::seal_direct(&self.keys.member, &key, &payload).unwrap();
@@ -1041,5 +1043,83 @@ fn a_body_over_the_limit_from_a_peer_is_not_stored() {
         bodies_of(&got),
         vec!["after the big one"],
         "the oversized body was dropped"
+    );
+}
+
+#[test]
+fn a_group_message_reaches_only_the_sessions_sealed_into_it() {
+    use claudemesh_schema::invite::InviteLink;
+    use claudemesh_tests::proxy::Proxy;
+    let root = tempfile::tempdir().unwrap();
+    let relay = claudemesh_tests::RelayProc::start(bin(), &root.path().join("relay"), &[]);
+    let other: std::sync::Arc<std::sync::Mutex<Option<claudemesh_schema::SessionId>>> =
+        Default::default();
+    let o = other.clone();
+    // The operator, on ben's link, reroutes group messages to another of ben's sessions.
+    let proxy = Proxy::start(
+        relay.addr,
+        &relay.data_dir,
+        std::sync::Arc::new(move |_: &[ClientFrame], f: RelayFrame| {
+            match (f, *o.lock().unwrap()) {
+                (RelayFrame::Deliver { mut env, at }, Some(s))
+                    if matches!(env.to, Route::Sessions { .. }) =>
+                {
+                    env.to = Route::Sessions { sessions: vec![s] };
+                    RelayFrame::Deliver { env, at }
+                }
+                (f, _) => f,
+            }
+        }),
+    );
+    let mut nodes: Vec<Node> = ["ann", "ben"]
+        .iter()
+        .map(|n| Node::new(bin(), root.path(), n))
+        .collect();
+    for n in &mut nodes {
+        n.start();
+    }
+    let addr = relay.addr.to_string();
+    nodes[0].ok(&[
+        "create",
+        "test",
+        "--relay",
+        &addr,
+        "--fingerprint",
+        &relay.fingerprint,
+    ]);
+    let link = InviteLink::parse(&nodes[0].ok(&["invite"])).unwrap();
+    let via = InviteLink {
+        relay: proxy.addr.to_string(),
+        ..link
+    }
+    .to_link();
+    nodes[1].ok(&["join", &via, "--wait", "20"]);
+    let (ann, ben) = (&nodes[0], &nodes[1]);
+    // Ben's daemon session is in @ops; his Claude session is not.
+    ben.ok(&["profile", "--groups", "ops"]);
+    let out = ben.run_env(
+        &["hook", "session-start"],
+        &[
+            ("CLAUDEMESH_SESSION_KEY", "claude-side"),
+            ("CLAUDEMESH_DISPLAY_NAME", "side"),
+        ],
+    );
+    assert!(out.status.success());
+    ann.wait("peer-online", Some("ben/side"));
+    ann.wait("peer-online", Some("@ops"));
+    let side: claudemesh_schema::SessionId = peer_rows(ann)
+        .iter()
+        .find(|p| p["name"] == "side")
+        .map(|p| p["id"].as_str().unwrap().parse().unwrap())
+        .unwrap();
+    *other.lock().unwrap() = Some(side);
+    ann.ok(&["send", "@ops", "for ops only"]);
+    // A direct message after it shows ben's link has handled it.
+    ann.ok(&["send", "ben", "after"]);
+    assert!(bodies_of(&ben.inbox_wait()).contains(&"after".to_string()));
+    let side_inbox = ben.json(&["inbox", "--session", &side.to_string(), "--peek"]);
+    assert!(
+        side_inbox["messages"].as_array().unwrap().is_empty(),
+        "rerouted to a session it was not sent to: {side_inbox}"
     );
 }

@@ -220,6 +220,11 @@ pub struct MessagePayload {
     pub kind: String,
     /// The message text.
     pub body: String,
+    /// The sessions a group message was sent to, sealed with it: a relay that routes it
+    /// to anyone else is found out (empty: a broadcast, or a direct message, whose box
+    /// already names its recipient).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to_sessions: Vec<SessionId>,
 }
 
 /// Body of a `receipt` payload: the recipient's daemon telling the sender how far a
@@ -580,6 +585,7 @@ mod tests {
             sent_at: 42,
             kind: "text".into(),
             body: "hello mesh".into(),
+            to_sessions: Vec::new(),
         }
     }
 

@@ -172,6 +172,21 @@ fn open_rows(
         tracing::debug!(id = %env.id, from = %env.from_member.short(), cap, "message dropped by grants");
         return Ok(Vec::new());
     }
+    // A group message goes only to the sessions sealed into it, whatever the relay's
+    // route says.
+    let targets: Vec<SessionId> = if p.to_sessions.is_empty() {
+        targets
+    } else {
+        let kept: Vec<SessionId> = targets
+            .into_iter()
+            .filter(|t| p.to_sessions.contains(t))
+            .collect();
+        if kept.is_empty() {
+            tracing::warn!(id = %env.id, "a group message routed to sessions it was not sent to; dropped");
+            return Ok(Vec::new());
+        }
+        kept
+    };
     let mut rows = rows_for(m, &p, &env.from_member, targets, at, for_member);
     // Verified: the user confirmed this member's key, and its name is its own.
     let verified = sender.is_some_and(|s| s.confirmed && s.name_holder.is_none());

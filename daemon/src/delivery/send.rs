@@ -425,6 +425,11 @@ pub(crate) async fn send_as(
         sent_at: now,
         kind: kind.into(),
         body: p.body,
+        // A group's members are sealed into it: the relay's route is only a copy.
+        to_sessions: match &target.route {
+            Route::Sessions { sessions } => sessions.clone(),
+            _ => Vec::new(),
+        },
     };
     let (seal, epoch, ct) = match &target.key {
         Some(k) => (
@@ -574,6 +579,7 @@ async fn send_to_local_session(
         sent_at: now,
         kind: kind.into(),
         body: p.body.clone(),
+        to_sessions: Vec::new(),
     };
     let mut rows = rows_for(m, &payload, &m.member(), vec![to], now, false);
     deliver_here(d, m, id, target, p, now, &mut rows).await?;
@@ -650,6 +656,7 @@ async fn send_to_own_person(
         sent_at: now,
         kind: kind.into(),
         body: p.body.clone(),
+        to_sessions: Vec::new(),
     };
     let mut rows = rows_for(m, &payload, &m.member(), vec![m.keys.session], now, true);
     deliver_here(d, m, id, target, p, now, &mut rows).await?;
@@ -698,6 +705,7 @@ pub(crate) async fn send_receipts(d: &Arc<Daemon>, msgs: &[InboxMessage], read: 
             sent_at: now,
             kind: message::KIND_RECEIPT.into(),
             body,
+            to_sessions: Vec::new(),
         };
         let Ok(ct) = message::seal_direct_with(&boxed, &payload) else {
             continue;
