@@ -1052,8 +1052,7 @@ fn a_group_message_reaches_only_the_sessions_sealed_into_it() {
     use claudemesh_tests::proxy::Proxy;
     let root = tempfile::tempdir().unwrap();
     let relay = claudemesh_tests::RelayProc::start(bin(), &root.path().join("relay"), &[]);
-    let other: std::sync::Arc<std::sync::Mutex<Option<claudemesh_schema::SessionId>>> =
-        Default::default();
+    let other: std::sync::Arc<std::sync::Mutex<Option<SessionId>>> = Default::default();
     let o = other.clone();
     // The operator, on ben's link, reroutes group messages to another of ben's sessions.
     let proxy = Proxy::start(
@@ -1107,7 +1106,7 @@ fn a_group_message_reaches_only_the_sessions_sealed_into_it() {
     assert!(out.status.success());
     ann.wait("peer-online", Some("ben/side"));
     ann.wait("peer-online", Some("@ops"));
-    let side: claudemesh_schema::SessionId = peer_rows(ann)
+    let side: SessionId = peer_rows(ann)
         .iter()
         .find(|p| p["name"] == "side")
         .map(|p| p["id"].as_str().unwrap().parse().unwrap())
