@@ -163,8 +163,53 @@ fn explain(w: &World) -> String {
         logs.push_str(&lines[lines.len().saturating_sub(40)..].join("\n"));
     }
     let inbox = w.bob.run(&["inbox", "--peek", "--json"]);
+    // How each row is claimed (who it was shown to, by which path), read from the store.
+    let claims = rusqlite::Connection::open_with_flags(
+        w.bob.dir.join("daemon.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .and_then(|c| {
+        let mut stmt = c.prepare(
+            "SELECT hex(id), hex(session), shown_at, shown_via, hex(shown_to), accepted_at, read_at
+             FROM inbox ORDER BY rowid DESC LIMIT 5",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(format!(
+                "{:?} session {:?} shown_at {:?} via {:?} to {:?} accepted {:?} read {:?}",
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, Option<i64>>(5)?,
+                r.get::<_, Option<i64>>(6)?
+            ))
+        })?;
+        rows.collect::<Result<Vec<_>, _>>()
+    })
+    .map(|v| v.join("\n"))
+    .unwrap_or_else(|e| format!("(cannot read the store: {e})"));
+    // The transcript lines that carry claudemesh text, as the daemon would read them.
+    let mut sightings = String::new();
+    let mut stack = vec![w.bob.dir.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "jsonl") {
+                let text = std::fs::read_to_string(&p).unwrap_or_default();
+                for l in text
+                    .lines()
+                    .filter(|l| l.contains("claudemesh message ids"))
+                {
+                    sightings.push_str(&format!("{}: {}\n", p.display(), &l[..l.len().min(600)]));
+                }
+            }
+        }
+    }
     format!(
-        "model turns: {}\nbob's inbox: {}\nbob's daemon log:\n{logs}\nhook outputs:\n{}",
+        "model turns: {}\nbob's inbox: {}\nbob's inbox claims:\n{claims}\ntranscript sightings:\n{sightings}\nbob's daemon log:\n{logs}\nhook outputs:\n{}",
         w.model.turns().len(),
         String::from_utf8_lossy(&inbox.stdout),
         std::fs::read_to_string(w.bob.dir.join("hook-outputs.log")).unwrap_or_default()
