@@ -198,6 +198,16 @@ impl Impostor {
     }
 }
 
+/// Wait until the message `id` that `node` sent reaches `stage`.
+fn wait_sent(node: &Node, id: &str, stage: &str) {
+    let out = node.run(&["sent", id, "--wait-for", stage, "--timeout", "30", "--json"]);
+    assert!(
+        out.status.success(),
+        "{id} never reached {stage}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Nothing in `s` a terminal or a model could take for anything but text.
 fn harmless(s: &str) {
     assert!(
@@ -838,20 +848,7 @@ fn only_a_member_a_message_was_addressed_to_can_move_it_to_read() {
     // Ben's own receipt does.
     nodes[1].start();
     assert_eq!(bodies_of(&nodes[1].inbox_wait()), vec!["for ben only"]);
-    let out = nodes[0].run(&[
-        "sent",
-        sent["id"].as_str().unwrap(),
-        "--wait-for",
-        "read",
-        "--timeout",
-        "30",
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    wait_sent(&nodes[0], sent["id"].as_str().unwrap(), "read");
 }
 
 #[test]
@@ -924,7 +921,6 @@ fn a_name_that_only_looks_like_another_is_flagged_as_not_that_person() {
 
 #[test]
 fn a_relay_cannot_report_a_delivery_the_recipient_did_not_sign() {
-    use claudemesh_schema::invite::InviteLink;
     use claudemesh_tests::proxy::Proxy;
     let root = tempfile::tempdir().unwrap();
     let relay = claudemesh_tests::RelayProc::start(bin(), &root.path().join("relay"), &[]);
@@ -972,12 +968,7 @@ fn a_relay_cannot_report_a_delivery_the_recipient_did_not_sign() {
     ]);
     let cat_link = nodes[0].ok(&["invite"]);
     nodes[2].ok(&["join", &cat_link, "--wait", "20"]);
-    let link = InviteLink::parse(&nodes[0].ok(&["invite"])).unwrap();
-    let via = InviteLink {
-        relay: proxy.addr.to_string(),
-        ..link
-    }
-    .to_link();
+    let via = proxy.invite_via(&nodes[0].ok(&["invite"]));
     nodes[1].ok(&["join", &via, "--wait", "20"]);
     nodes[1].wait("peer-online", Some("cat"));
     nodes[1].wait("peer-online", Some("ann"));
@@ -998,20 +989,7 @@ fn a_relay_cannot_report_a_delivery_the_recipient_did_not_sign() {
     // Cat's own acknowledgement carries its proof, and that counts.
     nodes[2].start();
     assert_eq!(bodies_of(&nodes[2].inbox_wait()), vec!["for cat"]);
-    let out = nodes[1].run(&[
-        "sent",
-        &id,
-        "--wait-for",
-        "delivered",
-        "--timeout",
-        "30",
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    wait_sent(&nodes[1], &id, "delivered");
 }
 
 #[test]
@@ -1048,7 +1026,6 @@ fn a_body_over_the_limit_from_a_peer_is_not_stored() {
 
 #[test]
 fn a_group_message_reaches_only_the_sessions_sealed_into_it() {
-    use claudemesh_schema::invite::InviteLink;
     use claudemesh_tests::proxy::Proxy;
     let root = tempfile::tempdir().unwrap();
     let relay = claudemesh_tests::RelayProc::start(bin(), &root.path().join("relay"), &[]);
@@ -1086,12 +1063,7 @@ fn a_group_message_reaches_only_the_sessions_sealed_into_it() {
         "--fingerprint",
         &relay.fingerprint,
     ]);
-    let link = InviteLink::parse(&nodes[0].ok(&["invite"])).unwrap();
-    let via = InviteLink {
-        relay: proxy.addr.to_string(),
-        ..link
-    }
-    .to_link();
+    let via = proxy.invite_via(&nodes[0].ok(&["invite"]));
     nodes[1].ok(&["join", &via, "--wait", "20"]);
     let (ann, ben) = (&nodes[0], &nodes[1]);
     // Ben's daemon session is in @ops; his Claude session is not.

@@ -6,7 +6,6 @@
 //! skips and substitutes roster entries; ben must refuse each, say why, and keep the
 //! membership history it holds.
 
-use claudemesh_schema::invite::InviteLink;
 use claudemesh_schema::roster::MeshGenesis;
 use claudemesh_schema::roster::{RosterEntry, RosterHead, RosterOp, chain_next, chain_origin};
 use claudemesh_schema::wire::RelayFrame;
@@ -116,12 +115,7 @@ fn fixture() -> Fixture {
         &relay.fingerprint,
     ]);
     cat.ok(&["join", &ann.ok(&["invite"]), "--wait", "20"]);
-    let link = InviteLink::parse(&ann.ok(&["invite"])).unwrap();
-    let via = InviteLink {
-        relay: proxy.addr.to_string(),
-        ..link
-    }
-    .to_link();
+    let via = proxy.invite_via(&ann.ok(&["invite"]));
     ben.ok(&["join", &via, "--wait", "20"]);
     for (a, b) in [
         ("ann", "ben"),

@@ -35,6 +35,17 @@ impl std::fmt::Debug for Proxy {
 }
 
 impl Proxy {
+    /// `invite` as the operator serves it: the same link (and relay certificate), this
+    /// proxy's address, so the joiner's link runs through it.
+    pub fn invite_via(&self, invite: &str) -> String {
+        let link = claudemesh_schema::invite::InviteLink::parse(invite).expect("an invite link");
+        claudemesh_schema::invite::InviteLink {
+            relay: self.addr.to_string(),
+            ..link
+        }
+        .to_link()
+    }
+
     /// Listen on a free loopback port with the certificate of the relay whose data
     /// directory is `relay_dir`, forwarding to the relay at `relay`.
     pub fn start(relay: SocketAddr, relay_dir: &Path, rewrite: Rewrite) -> Self {

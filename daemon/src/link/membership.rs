@@ -217,10 +217,7 @@ impl Coalesce {
             self.due.entry(sid).or_insert(*t + PRESENCE_EVERY);
             return Ok(());
         }
-        self.last.retain(|_, t| now < *t + PRESENCE_EVERY);
-        self.last.insert(sid, now);
-        self.due.remove(&sid);
-        publish(d, m, c, Some(sid)).await.map(|_| ())
+        self.now(d, m, c, sid).await
     }
 
     /// Publish what is due.
@@ -238,9 +235,7 @@ impl Coalesce {
             .map(|(s, _)| *s)
             .collect();
         for sid in ready {
-            self.due.remove(&sid);
-            self.last.insert(sid, now);
-            publish(d, m, c, Some(sid)).await?;
+            self.now(d, m, c, sid).await?;
         }
         Ok(())
     }
