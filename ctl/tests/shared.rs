@@ -126,7 +126,12 @@ fn three_daemons_converge_after_one_was_cut_off() {
         let tasks = n.json(&["task", "list"]);
         let t = &tasks["tasks"][0];
         assert_eq!(t["status"], "claimed");
-        assert_eq!(t["assignee"], "ben", "the same single winner everywhere");
+        let winner = format!("ben [key {}]", short_fingerprint(ben));
+        assert_eq!(
+            t["assignee"],
+            winner.as_str(),
+            "the same single winner everywhere"
+        );
         let res = n.json(&["reservations", "--all"]);
         let by: Vec<(String, String)> = res["reservations"]
             .as_array()
@@ -134,7 +139,13 @@ fn three_daemons_converge_after_one_was_cut_off() {
             .iter()
             .map(|r| {
                 (
-                    r["holder"].as_str().unwrap().to_string(),
+                    r["holder"]
+                        .as_str()
+                        .unwrap()
+                        .split(" [key ")
+                        .next()
+                        .unwrap()
+                        .to_string(),
                     r["status"].as_str().unwrap().to_string(),
                 )
             })
@@ -565,4 +576,43 @@ fn a_member_cannot_replace_or_remove_another_members_skill_but_its_author_and_an
     all_at(Some("ann's"));
     ann.ok(&["skill", "remove", "deploy"]);
     all_at(None);
+}
+
+/// The short fingerprint `peers` and `whoami` show for `n`'s member key.
+fn short_fingerprint(n: &Node) -> String {
+    let fp = n.json(&["whoami"])["identities"][0]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    fp.chars().take(9).collect()
+}
+
+#[test]
+fn a_shared_write_names_the_key_that_signed_it_not_only_the_name_it_claims() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["ann", "ben"], &[]);
+    let (ann, ben) = (&nodes[0], &nodes[1]);
+    let (ann_fp, ben_fp) = (short_fingerprint(ann), short_fingerprint(ben));
+    assert_ne!(ann_fp, ben_fp);
+    // Ben takes ann's name, then writes everywhere an author is shown.
+    ben.ok(&["profile", "--name", "ann"]);
+    ben.ok(&["state", "set", "deploy", "\"approved\""]);
+    ben.ok(&["remember", "ann", "approved", "the", "deploy"]);
+    ben.ok(&["task", "create", "ship", "it"]);
+    ben.ok(&["context", "share", "review:", "all", "good"]);
+    let head = digest(ben)["seq"].as_u64().unwrap();
+    synced(ann, head);
+    let by_ben = format!("ann [key {ben_fp}]");
+    let state = ann.json(&["state", "get", "deploy"]);
+    assert_eq!(state["updated_by"], by_ben.as_str(), "{state}");
+    let mem = ann.json(&["recall", "deploy"]);
+    assert_eq!(mem["memories"][0]["author"], by_ben.as_str(), "{mem}");
+    let tasks = ann.json(&["task", "list"]);
+    assert_eq!(tasks["tasks"][0]["created_by"], by_ben.as_str(), "{tasks}");
+    let ctx = ann.json(&["context", "list"]);
+    assert_eq!(ctx["contexts"][0]["author"], by_ben.as_str(), "{ctx}");
+    // The human tables carry it too, so the two "ann"s never read alike.
+    let shown = ann.ok(&["state", "list"]);
+    assert!(shown.contains(&ben_fp), "{shown}");
+    assert!(!shown.contains(&ann_fp), "{shown}");
 }

@@ -70,7 +70,7 @@ impl Row {
     fn public(&self, last: Option<i64>) -> Reminder {
         Reminder {
             id: self.id,
-            author: self.author_name.clone(),
+            author: query::by(self.author_name.clone(), &self.author),
             to: self.to.clone(),
             message: self.body.clone(),
             deliver_at: self.deliver_at,

@@ -57,6 +57,12 @@ pub fn fingerprint(msg: &InboxMessage) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// A member as shown beside a name it claims: `alice [key a1b2-c3d4]`. Names are not
+/// unique and any member can claim any; the key fingerprint is what tells two apart.
+pub fn keyed(name: &str, member: &MemberKey) -> String {
+    format!("{name} [key {}]", member.short_fingerprint())
+}
+
 /// Text with `&`, `<` and `>` written as entities: inside a rendered block no body can
 /// open or close a tag (`</channel>`, `<system-reminder>`).
 pub fn escape(s: &str) -> String {

@@ -59,7 +59,7 @@ fn describe(p: &PresenceRow) -> String {
 
 /// A recipient as `send` reports it: the name and the member key it went to.
 fn keyed(name: &str, member: &claudemesh_schema::crypto::MemberKey) -> String {
-    format!("{name} [key {}]", member.short_fingerprint())
+    claudemesh_schema::render::keyed(name, member)
 }
 
 /// Is `p` a session that ended longer than the grace ago (no longer listed in `peers`)?

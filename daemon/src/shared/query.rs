@@ -12,6 +12,15 @@ use std::collections::BTreeMap;
 
 use crate::store::{Result, StoreError};
 
+/// An author as shown: the name its op claimed, and the member key that signed it (the
+/// one part no other member can take; see [`claudemesh_schema::render::keyed`]).
+pub(crate) fn by(name: String, key: &[u8]) -> String {
+    match <[u8; 32]>::try_from(key) {
+        Ok(k) => claudemesh_schema::render::keyed(&name, &claudemesh_schema::crypto::MemberKey(k)),
+        Err(_) => name,
+    }
+}
+
 /// Tables folded from the log, with the columns that order them.
 pub(crate) const TABLES: &[(&str, &str)] = &[
     ("state_kv", "key"),
@@ -87,11 +96,11 @@ pub(crate) fn q_state(
     let h = hidden.sql("author");
     let mut stmt = match key {
         Some(_) => conn.prepare_cached(&format!(
-            "SELECT key, value, author_name, updated_at FROM state_kv
+            "SELECT key, value, author_name, updated_at, author FROM state_kv
              WHERE mesh = ?1 AND key = ?2 AND ?3 IS NULL{h}"
         ))?,
         None => conn.prepare_cached(&format!(
-            "SELECT key, value, author_name, updated_at FROM state_kv
+            "SELECT key, value, author_name, updated_at, author FROM state_kv
              WHERE mesh = ?1 AND ?2 IS NULL AND key >= COALESCE(?3, '')
                AND (?3 IS NULL OR substr(key, 1, length(?3)) = ?3){h}
              ORDER BY key"
@@ -101,7 +110,7 @@ pub(crate) fn q_state(
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
+            by(r.get(2)?, &r.get::<_, Vec<u8>>(4)?),
             r.get::<_, i64>(3)?,
         ))
     })?;
@@ -190,7 +199,7 @@ pub(crate) fn q_recall(
             r.get::<_, Vec<u8>>(0)?,
             r.get::<_, String>(1)?,
             r.get::<_, String>(2)?,
-            r.get::<_, String>(3)?,
+            by(r.get(3)?, &r.get::<_, Vec<u8>>(7)?),
             r.get::<_, i64>(4)?,
             r.get::<_, Option<i64>>(5)?,
             r.get::<_, f64>(6)?,
@@ -200,7 +209,7 @@ pub(crate) fn q_recall(
         Some(q) => {
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT m.id, m.text, m.tags, m.author_name, m.created_at, m.seq,
-                        -bm25(memories_fts) AS score
+                        -bm25(memories_fts) AS score, m.author
                  FROM memories_fts JOIN memories m ON m.n = memories_fts.rowid
                  WHERE memories_fts MATCH ?1 AND m.mesh = ?2 AND {tag_filter}{h}
                  ORDER BY bm25(memories_fts) LIMIT ?4"
@@ -210,7 +219,7 @@ pub(crate) fn q_recall(
         }
         None => {
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT m.id, m.text, m.tags, m.author_name, m.created_at, m.seq, 0.0
+                "SELECT m.id, m.text, m.tags, m.author_name, m.created_at, m.seq, 0.0, m.author
                  FROM memories m WHERE ?1 IS NULL AND m.mesh = ?2 AND {tag_filter}{h}
                  ORDER BY m.created_at DESC, m.n DESC LIMIT ?4"
             ))?;
@@ -237,7 +246,7 @@ pub(crate) fn q_recall(
 }
 
 const TASK_COLS: &str = "id, title, body, priority, tags, status, assignee_name, assignee,
-    suggested, result, author_name, created_at, updated_at, seq";
+    suggested, result, author_name, created_at, updated_at, seq, author, assignee_member";
 
 fn task_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Vec<u8>, Task)> {
     let assignee_id: Option<Vec<u8>> = r.get(7)?;
@@ -250,11 +259,16 @@ fn task_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Vec<u8>, Task)> {
             priority: r.get(3)?,
             tags: json_list(&r.get::<_, String>(4)?),
             status: r.get(5)?,
-            assignee: r.get(6)?,
+            assignee: r.get::<_, Option<String>>(6)?.map(|n| {
+                match r.get::<_, Option<Vec<u8>>>(15) {
+                    Ok(Some(k)) => by(n.clone(), &k),
+                    _ => n,
+                }
+            }),
             assignee_id: assignee_id.and_then(|v| SessionId::from_slice(&v)),
             suggested: r.get(8)?,
             result: r.get(9)?,
-            created_by: r.get(10)?,
+            created_by: by(r.get(10)?, &r.get::<_, Vec<u8>>(14)?),
             created_at: r.get(11)?,
             updated_at: r.get(12)?,
             pending: r.get::<_, Option<i64>>(13)?.is_none(),
@@ -420,13 +434,13 @@ pub(crate) fn q_reservations(
 ) -> Result<Vec<Reservation>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, author_name, session, patterns, exclusive, reason, created_at, expires_at,
-                status, conflict
+                status, conflict, author
          FROM reservations WHERE mesh = ?1 ORDER BY seq",
     )?;
     let rows = stmt.query_map(params![mesh.as_bytes()], |r| {
         Ok((
             r.get::<_, Vec<u8>>(0)?,
-            r.get::<_, String>(1)?,
+            by(r.get(1)?, &r.get::<_, Vec<u8>>(10)?),
             r.get::<_, Vec<u8>>(2)?,
             r.get::<_, String>(3)?,
             r.get::<_, bool>(4)?,
@@ -474,7 +488,7 @@ pub(crate) fn q_contexts(
 ) -> Result<Vec<Context>> {
     let h = hidden.sql("author");
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT id, author_name, summary, files_read, key_findings, tags, created_at, seq
+        "SELECT id, author_name, summary, files_read, key_findings, tags, created_at, seq, author
          FROM contexts WHERE mesh = ?1
            AND (?2 IS NULL OR instr(lower(summary || ' ' || files_read || ' ' || key_findings
                 || ' ' || tags), lower(?2)) > 0){h}
@@ -483,7 +497,7 @@ pub(crate) fn q_contexts(
     let rows = stmt.query_map(params![mesh.as_bytes(), q], |r| {
         Ok((
             r.get::<_, Vec<u8>>(0)?,
-            r.get::<_, String>(1)?,
+            by(r.get(1)?, &r.get::<_, Vec<u8>>(8)?),
             r.get::<_, String>(2)?,
             r.get::<_, String>(3)?,
             r.get::<_, String>(4)?,
@@ -519,7 +533,7 @@ pub(crate) fn q_skills(
 ) -> Result<Vec<Skill>> {
     let h = hidden.sql("author");
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT name, description, instructions, tags, when_to_use, author_name, updated_at
+        "SELECT name, description, instructions, tags, when_to_use, author_name, updated_at, author
          FROM skills WHERE mesh = ?1 AND (?2 IS NULL OR name = ?2)
            AND (?3 IS NULL OR instr(lower(name || ' ' || description || ' ' || tags || ' '
                 || when_to_use), lower(?3)) > 0){h}
@@ -532,7 +546,7 @@ pub(crate) fn q_skills(
             instructions: r.get(2)?,
             tags: json_list(&r.get::<_, String>(3)?),
             when_to_use: r.get(4)?,
-            author: r.get(5)?,
+            author: by(r.get(5)?, &r.get::<_, Vec<u8>>(7)?),
             updated_at: r.get(6)?,
         })
     })?;
