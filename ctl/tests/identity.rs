@@ -801,6 +801,80 @@ fn read_messages_are_deleted_after_the_retention_and_unread_ones_never() {
     );
 }
 
+#[test]
+fn a_relay_replaying_a_message_retention_deleted_does_not_show_it_again() {
+    use claudemesh_tests::proxy::Proxy;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let root = tempfile::tempdir().unwrap();
+    let relay = claudemesh_tests::RelayProc::start(bin(), &root.path().join("relay"), &[]);
+    // The operator, on ben's link: keeps the first message delivered to ben and, once
+    // told to, hands it to ben again in place of the next one.
+    let kept: Arc<Mutex<Option<RelayFrame>>> = Arc::default();
+    let replay = Arc::new(AtomicBool::new(false));
+    let (k, r) = (kept.clone(), replay.clone());
+    let proxy = Proxy::start(
+        relay.addr,
+        &relay.data_dir,
+        Arc::new(move |_: &[ClientFrame], f: RelayFrame| {
+            if !matches!(f, RelayFrame::Deliver { .. }) {
+                return f;
+            }
+            let mut k = k.lock().unwrap();
+            match k.as_ref() {
+                None => {
+                    *k = Some(f.clone());
+                    f
+                }
+                Some(old) if r.swap(false, Ordering::SeqCst) => old.clone(),
+                Some(_) => f,
+            }
+        }),
+    );
+    let mut nodes: Vec<Node> = ["ann", "ben"]
+        .iter()
+        .map(|n| Node::new(bin(), root.path(), n))
+        .collect();
+    for n in &mut nodes {
+        n.start();
+    }
+    nodes[0].ok(&[
+        "create",
+        "test",
+        "--relay",
+        &relay.addr.to_string(),
+        "--fingerprint",
+        &relay.fingerprint,
+    ]);
+    let via = proxy.invite_via(&nodes[0].ok(&["invite"]));
+    nodes[1].ok(&["join", &via, "--wait", "20"]);
+    nodes[1].wait("peer-online", Some("ann"));
+    nodes[0].wait("peer-online", Some("ben"));
+    nodes[0].ok(&["send", "ben", "old news"]);
+    assert_eq!(bodies_of(&nodes[1].inbox_wait()), vec!["old news"]);
+    assert!(kept.lock().unwrap().is_some());
+    // A month later retention deletes it; ben's daemon restarts (its memory of recent
+    // ids is gone too).
+    nodes[1].ok(&["debug", "clock", "--advance", "29d"]);
+    nodes[1].ok(&["debug", "clock", "--advance", "2d"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while inbox_rows(&nodes[1], "old news") > 0 {
+        assert!(std::time::Instant::now() < deadline, "never pruned");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    nodes[1].stop();
+    nodes[1].start();
+    nodes[1].wait("link-up", None);
+    // The relay sends the old message again in place of the next one.
+    replay.store(true, Ordering::SeqCst);
+    nodes[0].ok(&["send", "ben", "swallowed by the operator"]);
+    nodes[0].ok(&["send", "ben", "after"]);
+    // Ben handles deliveries in order: by the time "after" is in, the replay was judged.
+    assert_eq!(bodies_of(&nodes[1].inbox_wait()), vec!["after"]);
+    assert!(!replay.load(Ordering::SeqCst), "the replay was sent");
+    assert_eq!(inbox_rows(&nodes[1], "old news"), 0);
+}
+
 fn bodies_of(msgs: &[Value]) -> Vec<String> {
     msgs.iter()
         .map(|m| m["body"].as_str().unwrap_or("").to_string())

@@ -180,7 +180,7 @@ pub(crate) struct MeshCtx {
     /// Messages that came in lately, by (sending session, id): a resend of one of them
     /// is not pushed ahead of its store (the store finds it a duplicate). Seeded from the
     /// inbox when the first link starts.
-    pub(crate) received: Mutex<claudemesh_schema::dedupe::Recent<(SessionId, MessageId)>>,
+    pub(crate) received: Mutex<claudemesh_schema::dedupe::FirstSeen<(SessionId, MessageId)>>,
     /// Boxes computed lately between our keys and peers' (the X25519 exchange is most of
     /// what sealing or opening a direct message costs).
     pub(crate) boxes: BoxKeys,

@@ -17,6 +17,7 @@ pub const DAEMON: &[&str] = &[
     include_str!("../sql/daemon/0010_name_pins.sql"),
     include_str!("../sql/daemon/0011_sent_recipients.sql"),
     include_str!("../sql/daemon/0012_key_epochs.sql"),
+    include_str!("../sql/daemon/0013_inbox_gone.sql"),
 ];
 
 /// Relay store migrations (`relay.db`).

@@ -65,8 +65,9 @@ pub(crate) async fn retention(d: Arc<Daemon>) {
             }
         }
         seen = offset();
-        let before = crate::reminders::clock(&d) - keep as i64 * DAY_MS;
-        match d.store.prune_read(before).await {
+        let now = crate::reminders::clock(&d);
+        let before = now - keep as i64 * DAY_MS;
+        match d.store.prune_read(before, now).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(
                 n,
@@ -76,6 +77,16 @@ pub(crate) async fn retention(d: Arc<Daemon>) {
             Err(e) => tracing::warn!(error = %e, "cannot apply inbox retention; will retry"),
         }
     }
+}
+
+/// Messages sent before this are refused on arrival (`None`: no retention, nothing is
+/// ever deleted, the inbox dedupes every id). Retention deletes a read message after
+/// `keep_read_days` and its id another `keep_read_days` later; anything older than both is
+/// a replay this daemon could no longer recognise by its id, or a sender's clock far
+/// behind.
+pub(crate) fn replay_floor(d: &Daemon) -> Option<i64> {
+    let keep = d.cfg.inbox.keep_read_days as i64;
+    (keep > 0).then(|| crate::reminders::clock(d) - 2 * keep * DAY_MS)
 }
 
 /// How long a message handed to `session` may wait for evidence before another path

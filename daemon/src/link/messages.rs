@@ -54,24 +54,24 @@ impl Outbound {
             .read(move |conn| crate::store::q_outbox(conn, mesh))
             .await?;
         if lock(&m.received).is_empty() {
-            // What came in before a restart: the relay may send it again.
+            // What came in before a restart: the relay may send it again. Anything sent
+            // before now may have been seen (and deleted by retention since): only the
+            // store can tell.
+            let floor = claudemesh_schema::now_ms();
             let recent = d
                 .store
                 .read(move |conn| {
                     crate::store::q_recent_received(
                         conn,
                         mesh,
-                        claudemesh_schema::dedupe::Recent::<(
+                        claudemesh_schema::dedupe::FirstSeen::<(
                             claudemesh_schema::SessionId,
                             MessageId,
                         )>::KEEP,
                     )
                 })
                 .await?;
-            let mut r = lock(&m.received);
-            for k in recent.into_iter().rev() {
-                r.insert(k);
-            }
+            lock(&m.received).start(floor, recent.into_iter().rev());
         }
         let (ack_tx, acks) = mpsc::unbounded_channel();
         let mut out = Self {
@@ -273,6 +273,13 @@ impl Outbound {
         };
         let ack = self.ack_tx.clone();
         match receive::open(m, &env, at, sender.as_ref()) {
+            Opened::Rows(rows)
+                if crate::delivery::inbox::replay_floor(d)
+                    .is_some_and(|floor| rows.iter().any(|r| r.msg.sent_at < floor)) =>
+            {
+                tracing::warn!(%id, "message sent before the inbox retention could recognise it again (a replay, or a sender's clock far behind); dropped");
+                let _ = ack.send(id);
+            }
             Opened::Rows(mut rows) => {
                 // Sessions taking pushes get a message seen for the first time as soon as
                 // its rows are queued, before the store writes them; a resend only once
@@ -280,7 +287,8 @@ impl Outbound {
                 // crash before it makes the relay resend, and the session dedupes by id.
                 let mut plan = Handover::plan(d, m, &mut rows);
                 let (targets, person) = plan.take_wake();
-                let first = lock(&m.received).insert((env.from, id));
+                let sent_at = rows.first().map_or(i64::MIN, |r| r.msg.sent_at);
+                let first = lock(&m.received).first((env.from, id), sent_at);
                 let (early, late) = if first {
                     (Some(plan), None)
                 } else {

@@ -267,12 +267,21 @@ const OWNED: &str = "(session = ?1 OR (?2 IS NOT NULL AND session = ?2 AND for_m
 impl Store {
     /// Delete messages read before `before` (unix ms), and the record of messages sent
     /// before it; returns how many inbox rows went.
-    pub(crate) async fn prune_read(&self, before: i64) -> Result<usize> {
+    pub(crate) async fn prune_read(&self, before: i64, now: i64) -> Result<usize> {
         self.write(move |tx| {
+            // The ids stay, so a relay sending one again cannot make it new; they go
+            // after another period, when the message's age alone refuses it
+            // ([`replay_floor`]).
+            tx.execute(
+                "INSERT OR IGNORE INTO inbox_gone (id, session, gone_at)
+                 SELECT id, session, ?2 FROM inbox WHERE read_at IS NOT NULL AND read_at < ?1",
+                params![before, now],
+            )?;
             let n = tx.execute(
                 "DELETE FROM inbox WHERE read_at IS NOT NULL AND read_at < ?1",
                 params![before],
             )?;
+            tx.execute("DELETE FROM inbox_gone WHERE gone_at < ?1", params![before])?;
             tx.execute("DELETE FROM sent WHERE created_at < ?1", params![before])?;
             Ok(n)
         })
@@ -492,9 +501,10 @@ pub(crate) fn insert_inbox_rows(
         "INSERT OR IGNORE INTO inbox (id, session, mesh, from_session, from_member,
             from_name, from_label, to_label, priority, kind, body, sent_at, received_at,
             verified, for_member, shown_at, shown_via, shown_to)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
             CASE WHEN ?16 IS NULL THEN NULL ELSE ?13 END,
-            CASE WHEN ?16 IS NULL THEN NULL ELSE 'channel' END, ?16)",
+            CASE WHEN ?16 IS NULL THEN NULL ELSE 'channel' END, ?16
+         WHERE NOT EXISTS (SELECT 1 FROM inbox_gone WHERE id = ?1 AND session = ?2)",
     )?;
     let mut new = Vec::new();
     for r in rows {
