@@ -48,6 +48,8 @@ pub(crate) enum Command {
     Send(SendArgs),
     /// Read new messages.
     Inbox(InboxArgs),
+    /// Messages you received, read or not, newest last (`inbox --all`).
+    History(HistoryArgs),
     /// How far a message you sent got: queued, relayed, delivered, surfaced, read.
     Sent(SentArgs),
     /// Show the daemon and each mesh's relay link.
@@ -812,6 +814,27 @@ pub(crate) struct InboxArgs {
     #[arg(long)]
     pub(crate) after: Option<String>,
     /// Most messages to show.
+    #[arg(long)]
+    pub(crate) limit: Option<u32>,
+    /// Keep reading: print messages as they arrive, until interrupted.
+    #[arg(long, conflicts_with_all = ["wait", "all"])]
+    pub(crate) follow: bool,
+    /// Read messages too (the newest, default 100): nothing read is out of reach.
+    #[arg(long, conflicts_with_all = ["wait", "after"])]
+    pub(crate) all: bool,
+    #[command(flatten)]
+    pub(crate) json: JsonArg,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct HistoryArgs {
+    /// Only this mesh.
+    #[arg(long)]
+    pub(crate) mesh: Option<String>,
+    /// A hosted session's messages (an id from `peers`) instead of the daemon's own.
+    #[arg(long)]
+    pub(crate) session: Option<String>,
+    /// Most messages to show (default 100).
     #[arg(long)]
     pub(crate) limit: Option<u32>,
     #[command(flatten)]

@@ -7,7 +7,7 @@
 
 use std::future::Future;
 
-use crate::cli::Command;
+use crate::cli::{Command, InboxArgs};
 use crate::exit::{Exit, Failure, Res};
 use crate::{
     backup, claude, cli, daemon, doctor, install, invites, meshes, messaging, peers, relay,
@@ -27,6 +27,17 @@ pub(crate) fn run(cmd: Command) -> Res {
         Command::Peers(a) => block_on(peers::peers(a)),
         Command::Send(a) => block_on(messaging::send(a)),
         Command::Inbox(a) => block_on(messaging::inbox(a)),
+        Command::History(a) => block_on(messaging::inbox(InboxArgs {
+            mesh: a.mesh,
+            wait: None,
+            peek: true,
+            session: a.session,
+            after: None,
+            limit: a.limit,
+            follow: false,
+            all: true,
+            json: a.json,
+        })),
         Command::Sent(a) => block_on(messaging::sent(a)),
         Command::Status(a) => block_on(peers::status(a)),
         Command::Whoami(a) => block_on(peers::whoami(a)),

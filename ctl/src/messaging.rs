@@ -52,42 +52,103 @@ pub(crate) async fn send(a: SendArgs) -> Res {
     Ok(())
 }
 
+/// A full id given as an option.
+fn full_id<T: std::str::FromStr>(what: &str, s: Option<&str>) -> Result<Option<T>, Failure> {
+    s.map(|s| {
+        s.parse().map_err(|_| {
+            Failure::new(
+                Exit::Usage,
+                format!(
+                    "{what} needs a full id (as `peers` or `inbox --json` print it), got {s:?}"
+                ),
+            )
+        })
+    })
+    .transpose()
+}
+
+/// How long one `inbox --follow` request waits before asking again.
+const FOLLOW_WAIT_MS: u64 = 60_000;
+
 pub(crate) async fn inbox(a: InboxArgs) -> Res {
     let p = paths()?;
     let mut c = client(&p).await?;
-    let r: InboxResult = c
-        .call(
-            m::INBOX,
-            InboxParams {
-                session: match a.session.as_deref() {
-                    Some(s) => Some(s.parse().map_err(|_| {
-                        Failure::new(
-                            Exit::Usage,
-                            format!("--session needs a full session id, got {s:?}"),
-                        )
-                    })?),
-                    None => None,
+    let session = full_id("--session", a.session.as_deref())?;
+    let mut after: Option<claudemesh_schema::MessageId> = full_id("--after", a.after.as_deref())?;
+    // Messages become read only once they are printed: a reader killed before it got
+    // them (or a daemon killed before it answered) finds them unread again.
+    let confirm = !a.peek && !a.all;
+    loop {
+        let wait_ms = if a.follow {
+            Some(FOLLOW_WAIT_MS)
+        } else {
+            a.wait.map(|s| s.saturating_mul(1000))
+        };
+        let r: InboxResult = c
+            .call(
+                m::INBOX,
+                InboxParams {
+                    session,
+                    after,
+                    mesh: a.mesh.clone(),
+                    wait_ms,
+                    peek: a.peek,
+                    limit: a.limit,
+                    confirm,
+                    all: a.all,
                 },
-                after: match a.after.as_deref() {
-                    Some(s) => Some(s.parse().map_err(|_| {
-                        Failure::new(
-                            Exit::Usage,
-                            format!("--after needs a full message id, got {s:?}"),
-                        )
-                    })?),
-                    None => None,
+            )
+            .await?;
+        if a.follow {
+            // One JSON object per message, one line each, as they come.
+            for msg in &r.messages {
+                if a.json.json {
+                    out!("{}", serde_json::to_string(msg).unwrap_or_default());
+                } else {
+                    output::inbox(std::slice::from_ref(msg));
+                }
+            }
+        } else if a.json.json {
+            output::json("messages", &r)
+        } else if a.all {
+            output::history(&r.messages)
+        } else {
+            output::inbox(&r.messages)
+        }
+        if confirm {
+            confirm_read(&mut c, &r.messages).await?;
+        }
+        if !a.follow {
+            return Ok(());
+        }
+        if a.peek
+            && let Some(last) = r.messages.last()
+        {
+            after = Some(last.id);
+        }
+    }
+}
+
+/// Tell the daemon the messages printed are read (per session they were delivered to).
+async fn confirm_read(
+    c: &mut claudemesh_daemon::client::Client,
+    msgs: &[claudemesh_schema::ipc::methods::InboxMessage],
+) -> Res {
+    let mut by_session: std::collections::BTreeMap<_, Vec<_>> = Default::default();
+    for msg in msgs {
+        by_session.entry(msg.session).or_default().push(msg.id);
+    }
+    for (session, ids) in by_session {
+        let _: serde_json::Value = c
+            .call(
+                m::MARK_READ,
+                m::MarkReadParams {
+                    session,
+                    ids,
+                    surfaced: true,
                 },
-                mesh: a.mesh,
-                wait_ms: a.wait.map(|s| s.saturating_mul(1000)),
-                peek: a.peek,
-                limit: a.limit,
-            },
-        )
-        .await?;
-    if a.json.json {
-        output::json("messages", &r)
-    } else {
-        output::inbox(&r.messages)
+            )
+            .await?;
     }
     Ok(())
 }

@@ -236,6 +236,19 @@ pub(crate) fn inbox(msgs: &[InboxMessage]) {
         out!("No new messages.");
         return;
     }
+    messages(msgs);
+}
+
+/// `history`: messages read or not, oldest first.
+pub(crate) fn history(msgs: &[InboxMessage]) {
+    if msgs.is_empty() {
+        out!("No messages yet.");
+        return;
+    }
+    messages(msgs);
+}
+
+fn messages(msgs: &[InboxMessage]) {
     for m in msgs {
         let marker = match m.priority.as_str() {
             "now" => " [URGENT]",

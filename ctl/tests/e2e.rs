@@ -1039,6 +1039,7 @@ fn a_backlog_of_1100_is_all_pushed_and_all_marked_read() {
                 m::MarkReadParams {
                     session,
                     ids: ids.into_iter().collect(),
+                    surfaced: false,
                 },
             )
             .await
@@ -1299,4 +1300,61 @@ fn only_owners_and_admins_remove_members_or_change_roles_and_the_removed_member_
     synced_to(ben, 3);
     assert_eq!(ben.json(&["whoami"])["identities"][0]["role"], "member");
     assert_eq!(ben.fails(&["member", "remove", "ann"]).0, 8);
+}
+
+#[test]
+fn inbox_marks_read_only_what_reached_its_reader_and_history_keeps_what_was_read() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["ann", "ben"], &[]);
+    let (ann, ben) = (&nodes[0], &nodes[1]);
+    ann.ok(&["send", "ben", "first"]);
+    let v = ben.json(&["inbox", "--peek", "--wait", "20"]);
+    assert_eq!(bodies(v["messages"].as_array().unwrap()), vec!["first"]);
+    // A reader whose output goes nowhere (its pipe closed) never had the message: it
+    // stays unread.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = ben
+        .command(&["inbox"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "a closed pipe ends it quietly: {status}");
+    assert_eq!(bodies(&ben.inbox_peek()), vec!["first"]);
+    // One that prints it has read it.
+    assert!(ben.ok(&["inbox"]).contains("first"));
+    assert!(ben.inbox_peek().is_empty());
+    // What was read stays in reach, newest last.
+    ann.ok(&["send", "ben", "second"]);
+    assert_eq!(bodies(&ben.inbox_wait()), vec!["second"]);
+    let h = ben.json(&["history"]);
+    assert_eq!(
+        bodies(h["messages"].as_array().unwrap()),
+        vec!["first", "second"]
+    );
+    let all = ben.ok(&["inbox", "--all", "--limit", "1"]);
+    assert!(all.contains("second") && !all.contains("first"), "{all}");
+}
+
+#[test]
+fn inbox_follow_prints_messages_as_they_arrive_and_reads_them() {
+    use std::io::BufRead as _;
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["ann", "ben"], &[]);
+    let (ann, ben) = (&nodes[0], &nodes[1]);
+    let mut follow = ben.spawn(&["inbox", "--follow", "--json"]);
+    let mut lines = std::io::BufReader::new(follow.stdout.take().unwrap()).lines();
+    for body in ["one", "two", "three"] {
+        ann.ok(&["send", "ben", body]);
+        let line = lines.next().unwrap().unwrap();
+        let msg: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(msg["body"], body, "{line}");
+    }
+    // Each printed message is confirmed read before the next is asked for; the last may
+    // not be yet when the follower is killed (then it comes again, never lost).
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let left = bodies(&ben.inbox_peek());
+    assert!(left.is_empty() || left == ["three"], "{left:?}");
 }

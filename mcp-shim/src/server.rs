@@ -335,16 +335,46 @@ impl Shim {
             Ok(s) => s,
             Err(e) => return tool_error(e),
         };
-        self.call::<m::InboxResult>(
-            m::INBOX,
-            m::InboxParams {
-                session: Some(s.id),
-                wait_ms,
-                peek,
-                ..Default::default()
-            },
-        )
-        .await
+        let mut c = match self.client().await {
+            Ok(c) => c,
+            Err(e) => return client_error(e),
+        };
+        // Read only once this process has them: a daemon killed before its answer
+        // reached us leaves them unread (they come again), never read and lost.
+        let r: m::InboxResult = match c
+            .call(
+                m::INBOX,
+                m::InboxParams {
+                    session: Some(s.id),
+                    wait_ms,
+                    peek,
+                    confirm: !peek,
+                    ..Default::default()
+                },
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return client_error(e),
+        };
+        if !peek && !r.messages.is_empty() {
+            let ids = r.messages.iter().map(|x| x.id).collect();
+            let marked = c
+                .call::<serde_json::Value>(
+                    m::MARK_READ,
+                    m::MarkReadParams {
+                        session: s.id,
+                        ids,
+                        surfaced: true,
+                    },
+                )
+                .await;
+            if let Err(e) = marked {
+                // They are in this answer; unconfirmed, they come again next time.
+                tracing::warn!(error = %e, "cannot mark messages read");
+            }
+        }
+        ok_json(r)
     }
 }
 

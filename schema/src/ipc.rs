@@ -229,6 +229,10 @@ pub mod methods {
         pub session: SessionId,
         /// The messages.
         pub ids: Vec<MessageId>,
+        /// They were shown to whoever reads the session (an `inbox` answer confirmed),
+        /// not only marked read.
+        #[serde(default)]
+        pub surfaced: bool,
     }
     /// Notification pushed to subscribers: one new [`InboxMessage`].
     pub const NOTIFY_MESSAGE: &str = "message";
@@ -921,6 +925,15 @@ pub mod methods {
         /// Most messages to return.
         #[serde(default)]
         pub limit: Option<u32>,
+        /// Leave them unread until the caller has them and says so with `mark_read`
+        /// (`surfaced: true`): a reader that dies before it got the answer finds them
+        /// unread again. A hosted session's are claimed meanwhile (no push shows them);
+        /// a claim not confirmed lapses after a few seconds.
+        #[serde(default)]
+        pub confirm: bool,
+        /// Read messages too, the newest `limit` (implies `peek`): the history.
+        #[serde(default)]
+        pub all: bool,
     }
 
     /// One received message.

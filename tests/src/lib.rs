@@ -248,6 +248,14 @@ impl Node {
         cmd.output().expect("run claudemesh")
     }
 
+    /// The CLI as this node runs it, to be given its own stdio.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args).stdin(Stdio::null());
+        self.env(&mut cmd);
+        cmd
+    }
+
     /// Start the CLI in the background (for commands that block, like `join`).
     pub fn spawn(&self, args: &[&str]) -> Child {
         let mut cmd = Command::new(&self.bin);

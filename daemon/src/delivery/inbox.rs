@@ -206,6 +206,21 @@ pub(crate) async fn read(d: &Arc<Daemon>, p: InboxParams) -> Result<InboxResult,
         None => None,
     };
     let limit = p.limit.unwrap_or(100).clamp(1, 1000);
+    if p.all {
+        let mut messages = Vec::new();
+        for (_, _, r) in &readers {
+            let r = r.clone();
+            messages.extend(
+                d.store
+                    .read(move |c| store::q_history(c, &r, limit))
+                    .await?,
+            );
+        }
+        messages.sort_by_key(|m: &InboxMessage| std::cmp::Reverse((m.received_at, m.id)));
+        messages.truncate(limit as usize);
+        messages.reverse();
+        return Ok(InboxResult { messages });
+    }
     let after = match p.after {
         Some(id) => d
             .store
@@ -267,6 +282,7 @@ pub(crate) async fn read(d: &Arc<Daemon>, p: InboxParams) -> Result<InboxResult,
     if !p.peek && !messages.is_empty() {
         let now = now_ms();
         let mut read = Vec::new();
+        let mut claimed = std::collections::HashSet::new();
         for (_, s, r) in &readers {
             let ids: Vec<MessageId> = messages
                 .iter()
@@ -285,12 +301,21 @@ pub(crate) async fn read(d: &Arc<Daemon>, p: InboxParams) -> Result<InboxResult,
             } else {
                 ids
             };
+            if p.confirm {
+                // Read once the asker says it has them (`mark_read`).
+                claimed.extend(ids);
+                continue;
+            }
             // Returned to the asker, so in its context: read and surfaced.
             read.extend(
                 d.store
                     .mark_read(*s, r.member_rows, ids, now, "pull", true, false)
                     .await?,
             );
+        }
+        if p.confirm {
+            messages.retain(|x| claimed.contains(&x.id));
+            return Ok(InboxResult { messages });
         }
         send_receipts(d, &read, true).await;
         let got: std::collections::HashSet<MessageId> = read.iter().map(|x| x.id).collect();
@@ -320,7 +345,7 @@ pub(crate) async fn mark_read(d: &Arc<Daemon>, p: m::MarkReadParams) -> Result<(
             p.ids,
             now_ms(),
             "pull",
-            false,
+            p.surfaced,
             false,
         )
         .await?;

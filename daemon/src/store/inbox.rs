@@ -155,6 +155,40 @@ pub(crate) fn q_unread(
     Ok(out)
 }
 
+/// The newest `limit` messages of `who`, read or not, newest first: the history.
+pub(crate) fn q_history(conn: &Connection, who: &Reader, limit: u32) -> Result<Vec<InboxMessage>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM inbox i LEFT JOIN meshes m ON m.id = i.mesh
+         WHERE i.session = ?1 AND (?2 IS NULL OR i.mesh = ?2) AND (?3 = 0 OR i.for_member = 1)
+         ORDER BY i.received_at DESC, i.id DESC LIMIT ?4"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mesh = who.mesh.map(|m| m.as_bytes().to_vec());
+    let mut out = Vec::new();
+    let mut scan = |session: &SessionId, only_member: bool| -> Result<()> {
+        let rows = stmt.query_map(
+            params![session.as_bytes(), mesh, only_member, limit as i64],
+            unread_row,
+        )?;
+        for r in rows {
+            out.push(r.map_err(unwrap_corrupt)?.msg);
+        }
+        Ok(())
+    };
+    for s in &who.sessions {
+        scan(s, false)?;
+    }
+    if let Some(own) = who.member_rows
+        && !who.sessions.contains(&own)
+    {
+        scan(&own, true)?;
+    }
+    out.sort_by_key(|m| std::cmp::Reverse((m.received_at, m.id)));
+    out.dedup_by_key(|m| (m.id, m.session));
+    out.truncate(limit as usize);
+    Ok(out)
+}
+
 /// Messages of `who` waiting to be shown at all (not shown, not taken, unread), oldest
 /// first, of priority `now`, or `now` and `next` with `next_too`; at most `limit`.
 pub(crate) fn q_pushable(

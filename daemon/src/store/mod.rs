@@ -29,8 +29,8 @@ mod sessions;
 
 pub(crate) use grants::{Grant, q_grants};
 pub(crate) use inbox::{
-    InboxRow, Reader, Unread, insert_inbox_rows, q_pushable, q_received_at, q_recent_received,
-    q_taken, q_unread,
+    InboxRow, Reader, Unread, insert_inbox_rows, q_history, q_pushable, q_received_at,
+    q_recent_received, q_taken, q_unread,
 };
 pub(crate) use invites::{q_claims, q_invites};
 pub(crate) use meshes::q_roster;
