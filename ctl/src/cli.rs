@@ -50,7 +50,8 @@ pub(crate) enum Command {
     Inbox(InboxArgs),
     /// Messages you received, read or not, newest last (`inbox --all`).
     History(HistoryArgs),
-    /// How far a message you sent got: queued, relayed, delivered, surfaced, read.
+    /// How far a message you sent got (queued, relayed, delivered, surfaced, read); no id:
+    /// your last sends.
     Sent(SentArgs),
     /// Show the daemon and each mesh's relay link.
     Status(JsonArg),
@@ -150,8 +151,11 @@ pub(crate) enum Command {
 
 #[derive(Debug, Args)]
 pub(crate) struct SentArgs {
-    /// The message id `send` printed (or its last 8 hex digits).
-    pub(crate) id: String,
+    /// The message id `send` printed, or the start of it (none: list the last sends).
+    pub(crate) id: Option<String>,
+    /// With no id: how many of the last sends to list.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) limit: u32,
     /// Wait until it got at least this far.
     #[arg(long, value_parser = ["relayed", "delivered", "surfaced", "read"])]
     pub(crate) wait_for: Option<String>,
@@ -526,7 +530,7 @@ pub(crate) enum DebugAction {
         /// down or up.
         #[arg(value_parser = ["down", "up"])]
         state: String,
-        /// Mesh name or id prefix.
+        /// Mesh name or id prefix (needed when you are in several).
         #[arg(long)]
         mesh: Option<String>,
     },
@@ -573,7 +577,7 @@ pub(crate) struct WaitArgs {
     pub(crate) condition: String,
     /// The peer (name, id, or @group for any member of it), for peer conditions.
     pub(crate) peer: Option<String>,
-    /// Only this mesh (default: every mesh).
+    /// Only this mesh (name or id prefix; default: all).
     #[arg(long)]
     pub(crate) mesh: Option<String>,
     /// Give up after this many seconds (exit code 9).
@@ -655,7 +659,7 @@ pub(crate) struct CreateArgs {
 pub(crate) struct InviteArgs {
     #[command(subcommand)]
     pub(crate) action: Option<InviteAction>,
-    /// Mesh name (needed when you are in several).
+    /// Mesh name or id prefix (needed when you are in several).
     #[arg(long)]
     pub(crate) mesh: Option<String>,
     /// How many people may use the invite.
@@ -678,7 +682,7 @@ pub(crate) struct InviteArgs {
 pub(crate) enum InviteAction {
     /// Invites minted on this machine.
     List {
-        /// Only this mesh.
+        /// Only this mesh (name or id prefix; default: all).
         #[arg(long)]
         mesh: Option<String>,
         #[command(flatten)]
@@ -736,7 +740,7 @@ pub(crate) enum MemberAction {
 pub(crate) struct MemberArgs {
     /// The member: a name, or a fingerprint or session id prefix.
     pub(crate) peer: String,
-    /// Mesh name or id (needed when several are joined).
+    /// Mesh name or id prefix (needed when you are in several).
     #[arg(long)]
     pub(crate) mesh: Option<String>,
     #[command(flatten)]
@@ -750,7 +754,7 @@ pub(crate) struct MemberRoleArgs {
     /// The new role.
     #[arg(value_parser = ["admin", "member"])]
     pub(crate) role: String,
-    /// Mesh name or id (needed when several are joined).
+    /// Mesh name or id prefix (needed when you are in several).
     #[arg(long)]
     pub(crate) mesh: Option<String>,
     #[command(flatten)]
@@ -767,7 +771,7 @@ pub(crate) struct LeaveArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct PeersArgs {
-    /// Only this mesh.
+    /// Only this mesh (name or id prefix; default: all).
     #[arg(long)]
     pub(crate) mesh: Option<String>,
     /// Also sessions that ended (beyond the grace of `[peers] offline_grace_secs`).
@@ -789,7 +793,7 @@ pub(crate) struct SendArgs {
     /// now: deliver at once; next: when the peer is idle; low: when it asks.
     #[arg(long, default_value = "next", value_parser = ["now", "next", "low"])]
     pub(crate) priority: String,
-    /// Mesh name (needed for @group and * when you are in several).
+    /// Mesh name or id prefix (needed when you are in several).
     #[arg(long)]
     pub(crate) mesh: Option<String>,
     #[command(flatten)]
@@ -798,7 +802,7 @@ pub(crate) struct SendArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct InboxArgs {
-    /// Only this mesh.
+    /// Only this mesh (name or id prefix; default: all).
     #[arg(long)]
     pub(crate) mesh: Option<String>,
     /// Wait up to this many seconds for a message when there is none.
@@ -828,7 +832,7 @@ pub(crate) struct InboxArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct HistoryArgs {
-    /// Only this mesh.
+    /// Only this mesh (name or id prefix; default: all).
     #[arg(long)]
     pub(crate) mesh: Option<String>,
     /// A hosted session's messages (an id from `peers`) instead of the daemon's own.
@@ -843,7 +847,7 @@ pub(crate) struct HistoryArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ProfileArgs {
-    /// Only this mesh (default: all).
+    /// Only this mesh (name or id prefix; default: all).
     #[arg(long)]
     pub(crate) mesh: Option<String>,
     /// New display name.
@@ -909,10 +913,17 @@ pub(crate) fn completions(a: CompletionsArgs) -> Res {
     Ok(())
 }
 
-/// Parse "30s", "15m", "12h", "7d", "2w" (a bare number is seconds).
+/// Parse "30s", "15m", "12h", "7d", "2w" into seconds. A unit is required: a bare number
+/// is refused (in `--ttl 5 years` the number alone would quietly mean 5 s).
 pub(crate) fn parse_duration(s: &str) -> Result<u64, Failure> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    if unit.is_empty() && !num.is_empty() {
+        return Err(Failure::new(
+            Exit::Usage,
+            format!("duration {s:?} needs a unit: {s}s, {s}m, {s}h, {s}d or {s}w"),
+        ));
+    }
     let n: u64 = num.parse().map_err(|_| {
         Failure::new(
             Exit::Usage,
@@ -920,7 +931,7 @@ pub(crate) fn parse_duration(s: &str) -> Result<u64, Failure> {
         )
     })?;
     let mult = match unit {
-        "" | "s" => 1,
+        "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
@@ -948,10 +959,10 @@ mod tests {
 
     #[test]
     fn durations_take_a_unit_and_refuse_others_as_usage_errors() {
-        assert_eq!(parse_duration("90").unwrap(), 90);
+        assert_eq!(parse_duration("90s").unwrap(), 90);
         assert_eq!(parse_duration("30m").unwrap(), 1800);
         assert_eq!(parse_duration(" 2w ").unwrap(), 14 * 86_400);
-        for bad in ["", "m", "3y", "-1s"] {
+        for bad in ["", "m", "3y", "-1s", "90", "5 years"] {
             assert_eq!(
                 parse_duration(bad).unwrap_err().code,
                 Exit::Usage,

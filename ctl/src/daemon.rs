@@ -211,8 +211,13 @@ fn init_logging(
         }
         None => (None, None),
     };
+    // Colour only for a person at a terminal: a service manager's journal or a file
+    // redirect gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
     let stderr_layer = to_stderr.then(|| {
         tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
             .with_writer(std::io::stderr)
             .with_filter(filter())
     });

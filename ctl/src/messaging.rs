@@ -156,12 +156,45 @@ async fn confirm_read(
 pub(crate) async fn sent(a: SentArgs) -> Res {
     let SentArgs {
         id,
+        limit,
         wait_for,
         timeout,
         json,
     } = a;
     let p = paths()?;
     let mut c = client(&p).await?;
+    let Some(id) = id else {
+        if wait_for.is_some() {
+            return Err(Failure::new(
+                Exit::Usage,
+                "--wait-for needs a message id: `claudemesh sent <id> --wait-for read`",
+            ));
+        }
+        let r: m::SentListResult = c
+            .call(m::SENT_LIST, m::SentListParams { limit: Some(limit) })
+            .await?;
+        if json {
+            output::json("messages", &r);
+        } else if r.messages.is_empty() {
+            out!("You have not sent anything yet.");
+        } else {
+            output::table(
+                &["ID", "TO", "SENT", "STAGE"],
+                r.messages
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            s.id.short(),
+                            s.to.clone(),
+                            output::ago(s.queued_at),
+                            s.stage.to_string(),
+                        ]
+                    })
+                    .collect(),
+            );
+        }
+        return Ok(());
+    };
     let want: Option<Stage> = wait_for
         .as_deref()
         .map(|w| serde_json::from_value(serde_json::Value::String(w.into())))
@@ -180,12 +213,12 @@ pub(crate) async fn sent(a: SentArgs) -> Res {
     if json {
         output::json("message", &r);
     } else {
-        out!("{} to {}: {:?}", r.id.short(), r.to, r.stage);
+        out!("{} to {}: {}", r.id.short(), r.to, r.stage);
     }
     match want {
         Some(w) if r.stage < w => Err(Failure::new(
             Exit::TimedOut,
-            format!("the message did not get to {w:?} within {timeout} s"),
+            format!("the message did not get to {w} within {timeout} s"),
         )),
         _ => Ok(()),
     }

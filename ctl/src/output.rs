@@ -77,7 +77,7 @@ pub(crate) fn span(ms: u64) -> String {
     }
 }
 
-fn table(header: &[&str], rows: Vec<Vec<String>>) {
+pub(crate) fn table(header: &[&str], rows: Vec<Vec<String>>) {
     // Cells hold peers' text (names, values, titles): each is one line without controls,
     // so no cell can move the cursor, write the clipboard or start a row of its own.
     let rows: Vec<Vec<String>> = rows
@@ -251,7 +251,7 @@ pub(crate) fn history(msgs: &[InboxMessage]) {
 fn messages(msgs: &[InboxMessage]) {
     for m in msgs {
         let marker = match m.priority.as_str() {
-            "now" => " [URGENT]",
+            "now" => " [now]",
             "low" => " [low]",
             _ => "",
         };

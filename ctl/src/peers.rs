@@ -144,8 +144,13 @@ pub(crate) async fn whoami(a: JsonArg) -> Res {
                 i.mesh_name,
                 i.role.as_str()
             );
-            out!("  member id:   {}", i.member_id);
-            out!("  fingerprint: {}", i.fingerprint);
+            // The same forms `peers` shows (KEY and ID columns); the full member id is
+            // in `--json`.
+            out!(
+                "  key: {}  (`claudemesh verify` reads it out)",
+                i.fingerprint
+            );
+            out!("  id:  {}", i.session.short());
         }
     }
     Ok(())

@@ -89,6 +89,11 @@ pub(crate) async fn state(action: StateAction) -> Res {
         StateAction::Set { key, value, opts } => {
             let text = value.join(" ");
             let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            let what = if value.is_null() {
+                format!("deleted {key}")
+            } else {
+                format!("set {key}")
+            };
             let w: WriteResult = call(
                 sh::STATE_SET,
                 StateSetParams {
@@ -98,7 +103,7 @@ pub(crate) async fn state(action: StateAction) -> Res {
                 },
             )
             .await?;
-            written(&format!("set {key}"), &w, opts.json);
+            written(&what, &w, opts.json);
             Ok(())
         }
         StateAction::Watch { prefix, opts } => {
@@ -450,6 +455,28 @@ pub(crate) async fn reservations(a: ReservationsArgs) -> Res {
 
 pub(crate) async fn remind(a: RemindArgs) -> Res {
     let words: Vec<&str> = a.message.iter().map(String::as_str).collect();
+    let scheduling = [
+        a.after.is_some().then_some("--in"),
+        a.at.is_some().then_some("--at"),
+        a.cron.is_some().then_some("--cron"),
+        a.to.is_some().then_some("--to"),
+    ];
+    let listing = matches!(words.as_slice(), ["list"]);
+    if let ["list"] | ["cancel", _] = words.as_slice()
+        && let Some(flag) = scheduling.iter().flatten().next()
+    {
+        return Err(Failure::new(
+            Exit::Usage,
+            format!(
+                "`remind {}` takes no {flag}; to schedule a reminder whose text starts with that \
+                 word, quote the whole text",
+                words[0]
+            ),
+        ));
+    }
+    if a.all && !listing {
+        return Err(Failure::new(Exit::Usage, "--all goes with `remind list`"));
+    }
     match words.as_slice() {
         ["list"] => {
             let r: sh::ScheduledResult = call(
@@ -492,6 +519,17 @@ pub(crate) async fn remind(a: RemindArgs) -> Res {
             })?,
         }),
     };
+    if let Some(at) = deliver_at
+        && at <= claudemesh_schema::now_ms()
+    {
+        return Err(Failure::new(
+            Exit::Usage,
+            format!(
+                "--at {}: that time has passed (times are UTC unless they say otherwise)",
+                a.at.as_deref().unwrap_or_default()
+            ),
+        ));
+    }
     if in_seconds.is_none() && deliver_at.is_none() && a.cron.is_none() {
         return Err(Failure::new(
             Exit::Usage,

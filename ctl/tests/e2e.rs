@@ -673,7 +673,7 @@ fn hooks_report_status_and_surface_messages_by_priority() {
     let ctx = v["hookSpecificOutput"]["additionalContext"]
         .as_str()
         .unwrap();
-    assert!(ctx.contains("- [URGENT] alice [key "), "{ctx}");
+    assert!(ctx.contains("- [now] alice [key "), "{ctx}");
     assert!(ctx.contains("\n    | prod is down\n"), "{ctx}");
     assert!(
         !ctx.contains("when you are free") && !ctx.contains("fyi"),

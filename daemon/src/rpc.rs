@@ -326,6 +326,7 @@ async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, Error> {
             Ok(serde_json::json!({ "offset_ms": now }))
         }
         m::MARK_READ => json(delivery::inbox::mark_read(d, params(p)?).await?),
+        m::SENT_LIST => json(delivery::inbox::sent_list(d, params(p)?).await?),
         m::SHUTDOWN => {
             let token = d.shutdown.clone();
             d.spawn(async move {

@@ -791,7 +791,7 @@ mod tests {
         let p = n.params.unwrap();
         assert_eq!(
             p["content"],
-            "[URGENT] alice [key unknown, verified]:\n| deploy is green"
+            "[now] alice [key unknown, verified]:\n| deploy is green"
         );
         for (k, v) in p["meta"].as_object().unwrap() {
             assert!(k.chars().next().unwrap().is_ascii_alphabetic() || k.starts_with('_'));

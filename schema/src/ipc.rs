@@ -221,6 +221,23 @@ pub mod methods {
     pub const PING: &str = "ping";
     /// `mark_read`: mark some of a session's messages read.
     pub const MARK_READ: &str = "mark_read";
+    /// `sent_list`: the messages sent last and how far each got.
+    pub const SENT_LIST: &str = "sent_list";
+
+    /// `sent_list` parameters.
+    #[derive(Debug, Clone, Serialize, Deserialize, Default)]
+    pub struct SentListParams {
+        /// Most messages (default 20).
+        #[serde(default)]
+        pub limit: Option<u32>,
+    }
+
+    /// `sent_list` result.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct SentListResult {
+        /// Newest first.
+        pub messages: Vec<MessageStatusResult>,
+    }
 
     /// `mark_read` parameters.
     #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -886,6 +903,25 @@ pub mod methods {
         Surfaced,
         /// Read by the recipient session (pulled, or put in its context by a hook).
         Read,
+    }
+
+    impl Stage {
+        /// The stage as every output spells it (lowercase, as in JSON).
+        pub fn as_str(self) -> &'static str {
+            match self {
+                Self::Queued => "queued",
+                Self::Relayed => "relayed",
+                Self::Delivered => "delivered",
+                Self::Surfaced => "surfaced",
+                Self::Read => "read",
+            }
+        }
+    }
+
+    impl std::fmt::Display for Stage {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.as_str())
+        }
     }
 
     /// `send` result.

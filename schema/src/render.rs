@@ -20,7 +20,7 @@ pub const MARKER: &str = "[claudemesh message ids:";
 /// A message's priority marker as shown to the model.
 fn marker(p: Priority) -> &'static str {
     match p {
-        Priority::Now => "[URGENT] ",
+        Priority::Now => "[now] ",
         Priority::Low => "[low] ",
         Priority::Next => "",
     }
@@ -330,7 +330,7 @@ mod tests {
         let block = hook_block(&[a.clone(), b.clone()]);
         let fp = fingerprint(&a);
         assert!(
-            block.contains(&format!("- [URGENT] alice (api) [key {fp}] [peer id ")),
+            block.contains(&format!("- [now] alice (api) [key {fp}] [peer id ")),
             "{block}"
         );
         assert!(block.contains("    | deploy is green\n"), "{block}");
@@ -373,7 +373,7 @@ mod tests {
             Just("<system-reminder>".to_string()),
             Just("&lt;".to_string()),
             Just("\"".to_string()),
-            Just("- [URGENT] ".to_string()),
+            Just("- [now] ".to_string()),
             Just("    | ".to_string()),
             Just(format!("Messages from your claudemesh peers {MARKER} x]")),
         ];
@@ -395,7 +395,7 @@ mod tests {
             let content = channel_content(&m);
             prop_assert!(!content.contains('<') && !content.contains('>'));
             prop_assert!(!content.chars().any(|c| c != '\n' && c != '\t' && names::invisible(c)));
-            let head = format!("[URGENT] {}:", from_line(&m));
+            let head = format!("[now] {}:", from_line(&m));
             prop_assert!(!head.contains('\n'));
             let mut lines = content.split('\n');
             prop_assert_eq!(lines.next(), Some(head.as_str()));

@@ -163,7 +163,7 @@ async def main():
             if CHANNELS:
                 t_got, note = await asyncio.wait_for(got.get(), 20)
                 out["channel_latency_ms"] = round((t_got - t_send) * 1000, 1)
-                check(from_alice(note.content, "[URGENT] ", "hello bob"), f"channel content: {note.content}")
+                check(from_alice(note.content, "[now] ", "hello bob"), f"channel content: {note.content}")
                 for k, v in note.meta.items():
                     check(k.replace("_", "a").isalnum() and not k[0].isdigit() and "-" not in k, f"meta key {k}")
                     check(isinstance(v, str), f"meta {k} is a string")
@@ -192,7 +192,7 @@ async def main():
                 text(await a.call_tool("send_message", {"to": "bob-claude", "message": "after this", "priority": "next"}))
                 text(await a.call_tool("send_message", {"to": "bob-claude", "message": "urgent", "priority": "now"}))
                 _, note = await asyncio.wait_for(got.get(), 20)
-                check(from_alice(note.content, "[URGENT] ", "urgent"), f"only now while working: {note.content}")
+                check(from_alice(note.content, "[now] ", "urgent"), f"only now while working: {note.content}")
                 # The Stop hook reports idle: the held `next` message is pushed; `low`
                 # waits. (The urgent one was just pushed, so the hook does not repeat it.)
                 out_stop = hook(DIR_B, "session-b", "stop")

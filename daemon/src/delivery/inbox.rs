@@ -646,6 +646,49 @@ impl Drop for Live {
 }
 
 /// `message_status`: how far a message we sent got (optionally waiting for a stage).
+/// How far a sent message got, from its stored stages.
+fn status(id: MessageId, to: String, st: &store::SentStages) -> m::MessageStatusResult {
+    let stage = if st.read.is_some() {
+        m::Stage::Read
+    } else if st.surfaced.is_some() {
+        m::Stage::Surfaced
+    } else if st.delivered.is_some() {
+        m::Stage::Delivered
+    } else if st.relayed.is_some() {
+        m::Stage::Relayed
+    } else {
+        m::Stage::Queued
+    };
+    m::MessageStatusResult {
+        id,
+        stage,
+        queued_at: st.created,
+        relayed_at: st.relayed,
+        delivered_at: st.delivered,
+        surfaced_at: st.surfaced,
+        read_at: st.read,
+        to,
+    }
+}
+
+/// `sent_list`: the messages sent last, newest first.
+pub(crate) async fn sent_list(
+    d: &Arc<Daemon>,
+    p: m::SentListParams,
+) -> Result<m::SentListResult, Error> {
+    let limit = p.limit.unwrap_or(20).clamp(1, 1000);
+    let rows = d
+        .store
+        .read(move |c| store::q_sent_recent(c, limit))
+        .await?;
+    Ok(m::SentListResult {
+        messages: rows
+            .into_iter()
+            .map(|(id, to, st)| status(id, to, &st))
+            .collect(),
+    })
+}
+
 pub(crate) async fn message_status(
     d: &Arc<Daemon>,
     p: m::MessageStatusParams,
@@ -669,29 +712,11 @@ pub(crate) async fn message_status(
                 ));
             }
         };
-        let stage = if st.read.is_some() {
-            m::Stage::Read
-        } else if st.surfaced.is_some() {
-            m::Stage::Surfaced
-        } else if st.delivered.is_some() {
-            m::Stage::Delivered
-        } else if st.relayed.is_some() {
-            m::Stage::Relayed
-        } else {
-            m::Stage::Queued
-        };
-        let done = p.wait_for.is_none_or(|w| stage >= w) || tokio::time::Instant::now() >= deadline;
+        let r = status(id, to, &st);
+        let done =
+            p.wait_for.is_none_or(|w| r.stage >= w) || tokio::time::Instant::now() >= deadline;
         if done {
-            return Ok(m::MessageStatusResult {
-                id,
-                stage,
-                queued_at: st.created,
-                relayed_at: st.relayed,
-                delivered_at: st.delivered,
-                surfaced_at: st.surfaced,
-                read_at: st.read,
-                to,
-            });
+            return Ok(r);
         }
         tokio::select! {
             _ = changes.changed() => {}

@@ -305,7 +305,8 @@ pub fn q_counts(conn: &Connection, mesh: MeshId) -> Result<(u64, u64)> {
     Ok((outbox as u64, unread as u64))
 }
 
-/// A sent message by full id or by the hex of its id's end (as `short()` shows it).
+/// Sent messages by full id, a prefix of it, or a prefix of its short form (the hex of
+/// the id's end, as `short()` shows it).
 pub(crate) fn q_sent_find(
     conn: &Connection,
     id: &str,
@@ -314,11 +315,34 @@ pub(crate) fn q_sent_find(
     if hex.is_empty() || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
         return Ok(Vec::new());
     }
+    // The full id or a prefix of it, or a prefix of the short form `send` prints (the
+    // last 8 hex digits of a time-ordered id).
     let mut stmt = conn.prepare_cached(
         "SELECT id, to_label, created_at, relayed_at, delivered_at, surfaced_at, read_at FROM sent
-         WHERE hex(id) = ?1 OR hex(id) LIKE '%' || ?1 LIMIT 5",
+         WHERE substr(hex(id), 1, length(?1)) = ?1
+            OR (length(?1) <= 8 AND substr(hex(id), 25, length(?1)) = ?1)
+         LIMIT 5",
     )?;
-    let rows = stmt.query_map(params![hex], |r| {
+    sent_rows(&mut stmt, params![hex])
+}
+
+/// The `limit` messages sent last, newest first.
+pub(crate) fn q_sent_recent(
+    conn: &Connection,
+    limit: u32,
+) -> Result<Vec<(MessageId, String, SentStages)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, to_label, created_at, relayed_at, delivered_at, surfaced_at, read_at FROM sent
+         ORDER BY created_at DESC, id DESC LIMIT ?1",
+    )?;
+    sent_rows(&mut stmt, params![limit as i64])
+}
+
+fn sent_rows(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    p: impl rusqlite::Params,
+) -> Result<Vec<(MessageId, String, SentStages)>> {
+    let rows = stmt.query_map(p, |r| {
         Ok((
             r.get::<_, Vec<u8>>(0)?,
             r.get::<_, String>(1)?,
