@@ -21,6 +21,9 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Start the local relay and the daemon, and create a personal mesh if you have none.
     Up(UpArgs),
+    /// Stop the daemon and its embedded relay (commands that need the daemon start it
+    /// again; `up --no-relay` runs it without the relay).
+    Down(JsonArg),
     /// Manage the background daemon.
     Daemon {
         #[command(subcommand)]
@@ -36,6 +39,12 @@ pub(crate) enum Command {
     List(JsonArg),
     /// Leave a mesh and delete its keys from this machine.
     Leave(LeaveArgs),
+    /// Change a mesh itself (owner or admin): `mesh set-relay <host:port>` moves it to
+    /// another relay address, and every member follows.
+    Mesh {
+        #[command(subcommand)]
+        action: MeshAction,
+    },
     /// Change a mesh's members (owner or admin): `member remove <peer>`, `member role
     /// <peer> admin|member`.
     Member {
@@ -603,12 +612,18 @@ pub(crate) struct UpArgs {
     /// Name of the personal mesh to create if you have none.
     #[arg(long, default_value = "personal")]
     pub(crate) mesh: String,
-    /// Where the local relay listens (use 0.0.0.0:7900 so other machines can join).
+    /// Where the local relay listens (use 0.0.0.0:7900 so other machines can join);
+    /// saved as `[relay] listen` in config.toml once it is known to work.
     #[arg(long)]
     pub(crate) listen: Option<std::net::SocketAddr>,
-    /// Address other machines use to reach the relay (written into invites).
+    /// Address other machines use to reach the relay (host:port, written into invites
+    /// and into the meshes this relay hosts; saved as `[relay] public_addr`).
     #[arg(long)]
     pub(crate) public_addr: Option<String>,
+    /// Run the daemon without an embedded relay (a machine that only joins meshes hosted
+    /// elsewhere); saved as `[relay] enabled = false`.
+    #[arg(long, conflicts_with_all = ["listen", "public_addr"])]
+    pub(crate) no_relay: bool,
     #[command(flatten)]
     pub(crate) json: JsonArg,
 }
@@ -724,6 +739,32 @@ pub(crate) struct JoinArgs {
     /// Seconds to wait for an admin to admit you.
     #[arg(long, default_value_t = 300)]
     pub(crate) wait: u64,
+    #[command(flatten)]
+    pub(crate) json: JsonArg,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum MeshAction {
+    /// Move the mesh to another relay address (or a relay with another certificate): a
+    /// record signed by you that every member's daemon checks before it dials there.
+    SetRelay(SetRelayArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SetRelayArgs {
+    /// The relay's new address, host:port (what members dial and invites carry).
+    pub(crate) relay: String,
+    /// The relay's certificate fingerprint at that address (`claudemesh-relay fingerprint`
+    /// on its machine); default: the mesh's current one (the same relay, moved).
+    #[arg(long)]
+    pub(crate) fingerprint: Option<String>,
+    /// Publish without connecting to the new address first (for a relay that is about to
+    /// move there; members retry until it answers).
+    #[arg(long)]
+    pub(crate) no_check: bool,
+    /// Mesh name or id (needed when several are joined).
+    #[arg(long)]
+    pub(crate) mesh: Option<String>,
     #[command(flatten)]
     pub(crate) json: JsonArg,
 }

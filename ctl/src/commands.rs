@@ -17,6 +17,8 @@ use crate::{
 pub(crate) fn run(cmd: Command) -> Res {
     match cmd {
         Command::Up(a) => block_on(meshes::up(a)),
+        Command::Down(a) => block_on(meshes::down(a)),
+        Command::Mesh { action } => block_on(meshes::mesh(action)),
         Command::Daemon { action } => daemon::run(action),
         Command::Create(a) => block_on(meshes::create(a)),
         Command::Invite(a) => block_on(invites::invite(a)),

@@ -1,17 +1,24 @@
-//! Your meshes: `up` (the one-command start), `create`, `list`, `leave`.
+//! Your meshes: `up` (the one-command start) and `down`, `create`, `list`, `leave`,
+//! `member`, and `mesh set-relay`.
 
 use claudemesh_daemon::DaemonConfig;
 use claudemesh_daemon::client::{Client, ClientError};
 use claudemesh_schema::ipc::methods::{
-    self as m, CreateParams, MeshInfo, MeshParams, StatusResult,
+    self as m, CreateParams, MeshInfo, MeshParams, SetRelayParams, SetRelayResult, StatusResult,
 };
 use claudemesh_schema::wire::CreationToken;
 
-use crate::cli::{CreateArgs, JsonArg, LeaveArgs, MemberAction, UpArgs};
+use crate::cli::{CreateArgs, JsonArg, LeaveArgs, MemberAction, MeshAction, UpArgs};
 use crate::daemon::{client, paths, start_in_background, wait_stopped};
 use crate::exit::{Exit, Failure, Res};
 use crate::{cache, output};
 
+/// How long `up` waits for each mesh's link before saying it is not up.
+const LINK_WAIT_MS: u64 = 20_000;
+
+/// `up`: apply the relay settings given (validated before anything is saved or stopped),
+/// start the daemon with them, keep the meshes this relay hosts naming its public address,
+/// create a personal mesh if there is none, and say "up" only once every link is.
 pub(crate) async fn up(a: UpArgs) -> Res {
     let p = paths()?;
     claudemesh_daemon::paths::ensure_private_dir(&p.dir).map_err(|e| {
@@ -20,29 +27,170 @@ pub(crate) async fn up(a: UpArgs) -> Res {
             format!("cannot create {}: {e}", p.dir.display()),
         )
     })?;
-    let mut cfg =
-        DaemonConfig::load(&p.config()).map_err(|e| Failure::new(Exit::Error, e.to_string()))?;
-    let before = cfg.clone();
-    cfg.relay.enabled = true;
+    let cfg_path = p.config();
+    // The message names the file and says to fix or delete it.
+    let old =
+        DaemonConfig::load(&cfg_path).map_err(|e| Failure::new(Exit::Error, e.to_string()))?;
+    let mut new = old.clone();
+    new.relay.enabled = !a.no_relay;
     if let Some(l) = a.listen {
-        cfg.relay.listen = l;
+        new.relay.listen = l;
     }
-    if let Some(pa) = a.public_addr {
-        cfg.relay.public_addr = Some(pa);
+    if let Some(pa) = &a.public_addr {
+        let pa = pa.trim();
+        if !claudemesh_schema::invite::relay_addr_ok(pa) {
+            return Err(Failure::new(
+                Exit::Usage,
+                format!(
+                    "--public-addr {pa:?} is not host:port (what other machines dial, e.g. myhost.example.org:7900)"
+                ),
+            ));
+        }
+        new.relay.public_addr = Some(pa.to_string());
     }
-    if cfg != before {
-        cfg.save(&p.config())
-            .map_err(|e| Failure::new(Exit::Error, e.to_string()))?;
-        // A running daemon must restart to pick up the relay settings.
-        if let Ok(mut c) = Client::connect(&p.socket).await {
-            let _: serde_json::Value = c.call(m::SHUTDOWN, ()).await?;
-            wait_stopped(&p).await?;
+    let mut running = match Client::connect(&p.socket).await {
+        Ok(c) => Some(c),
+        Err(ClientError::NotRunning { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let before = match running.as_mut() {
+        Some(c) => Some(c.call::<StatusResult>(m::STATUS, ()).await?),
+        None => None,
+    };
+    let live = before.as_ref().map(Live::of);
+    let wanted = Live::wanted(&new);
+    let mut changed = describe(&old, &new, live.as_ref());
+    // Validate before anything is saved or stopped: the address must be free. The one this
+    // daemon's relay holds is; another address on the same port (0.0.0.0:7900 after
+    // 127.0.0.1:7900) can only be tried once that relay let go of the port, so it is tried
+    // after the stop below, and the daemon is started again as it was if it fails.
+    let live_listen = live.as_ref().and_then(|l| l.listen);
+    let try_after_stop = new.relay.enabled
+        && live_listen
+            .is_some_and(|l| l != new.relay.listen && l.port() == new.relay.listen.port());
+    let bind_error = |e: std::io::Error, after: &str| {
+        let how = if a.listen.is_some() {
+            "Pass another --listen (port 0 picks a free one)".to_string()
+        } else {
+            format!(
+                "It is `[relay] listen` in {}: run `claudemesh up --listen <addr:port>` with a free one",
+                cfg_path.display()
+            )
+        };
+        Failure::new(
+            Exit::Error,
+            format!(
+                "the embedded relay cannot listen on {}: {e}; nothing was changed{after}. {how}, \
+                 or `claudemesh up --no-relay` to run without a relay here",
+                new.relay.listen
+            ),
+        )
+    };
+    if new.relay.enabled
+        && !try_after_stop
+        && live_listen != Some(new.relay.listen)
+        && let Err(e) = try_bind(new.relay.listen)
+    {
+        return Err(bind_error(e, ""));
+    }
+    let hosted = hosted_meshes(&p, before.as_ref(), running.as_mut()).await?;
+    if a.no_relay && old.relay.enabled && !hosted.is_empty() {
+        let names: Vec<&str> = hosted.iter().map(|h| h.name.as_str()).collect();
+        return Err(Failure::new(
+            Exit::Usage,
+            format!(
+                "{} {} hosted on this machine's relay: without it nobody reaches {}; nothing was \
+                 changed. Move {} first (`claudemesh mesh set-relay <host:port> --fingerprint <fp> \
+                 --mesh <name>`, to a relay that holds its data) or leave {}",
+                names.join(", "),
+                if names.len() == 1 { "is" } else { "are" },
+                if names.len() == 1 { "it" } else { "them" },
+                if names.len() == 1 { "it" } else { "them" },
+                if names.len() == 1 { "it" } else { "them" },
+            ),
+        ));
+    }
+    let restart = match (&live, &before) {
+        (Some(l), Some(_)) => *l != wanted,
+        _ => false,
+    };
+    if (restart || running.is_none()) && claudemesh_daemon::client::autostart_disabled() {
+        return Err(Failure::new(
+            Exit::DaemonUnavailable,
+            format!(
+                "`up` would {} the daemon, but CLAUDEMESH_NO_AUTOSTART is set; nothing was \
+                 changed. Start it yourself (`claudemesh daemon start`, or its service) and run \
+                 `claudemesh up` again, or unset the variable",
+                if restart { "restart" } else { "start" }
+            ),
+        ));
+    }
+    if let (Some(c), true) = (running.as_mut(), restart) {
+        // Tell the members where the relay will be while it still answers where they dial
+        // it now (a new port is not reachable before the restart). Best effort: after the
+        // restart the records are written again through the new address. On the same port
+        // members reach the new listener anyway, and its bind is not tried yet: wait.
+        if new.relay.enabled && !try_after_stop {
+            let public = new.relay_public_addr();
+            for h in hosted.iter().filter(|h| h.admin && h.relay != public) {
+                let _: Result<SetRelayResult, _> = c
+                    .call(
+                        m::MESH_SET_RELAY,
+                        SetRelayParams {
+                            mesh: Some(h.id.clone()),
+                            relay: public.clone(),
+                            fingerprint: None,
+                            check: false,
+                        },
+                    )
+                    .await;
+            }
         }
     }
-    let mut c = client(&p).await?;
+    if try_after_stop && let Some(c) = running.take() {
+        stop_daemon(c, &p).await?;
+        if let Err(e) = try_bind(new.relay.listen) {
+            let again = match start(&p).await {
+                Ok(()) => ", and the daemon runs as before".to_string(),
+                Err(e2) => format!(", but the daemon did not start again ({e2})"),
+            };
+            return Err(bind_error(e, &again));
+        }
+    }
+    if new != old {
+        new.save(&cfg_path)
+            .map_err(|e| Failure::new(Exit::Error, e.to_string()))?;
+    }
+    if restart || running.is_none() {
+        if let Some(c) = running.take() {
+            stop_daemon(c, &p).await?;
+        }
+        if let Err(e) = start(&p).await {
+            // The old settings worked a moment ago (or nothing ran): put them back.
+            let back = if new != old && old.save(&cfg_path).is_ok() {
+                let restarted = before.is_some() && start(&p).await.is_ok();
+                format!(
+                    "; the previous settings are back in {}{}",
+                    cfg_path.display(),
+                    if restarted {
+                        " and the daemon runs with them"
+                    } else {
+                        ""
+                    }
+                )
+            } else {
+                String::new()
+            };
+            return Err(Failure::new(
+                Exit::DaemonUnavailable,
+                format!("the daemon did not start: {e}{back}"),
+            ));
+        }
+    }
+    let mut c = Client::connect(&p.socket).await?;
     let mut meshes: Vec<MeshInfo> = c.call(m::LIST, ()).await?;
     let mut created = false;
-    if meshes.is_empty() {
+    if meshes.is_empty() && new.relay.enabled {
         let info: MeshInfo = c
             .call(
                 m::CREATE,
@@ -61,34 +209,406 @@ pub(crate) async fn up(a: UpArgs) -> Res {
         meshes.push(info);
         created = true;
     }
+    let down = links_down(&mut c, &meshes).await?;
+    // The meshes this relay hosts name its public address (invites carry it; members follow
+    // the signed record). Written once their link is up, through the relay itself.
+    let s: StatusResult = c.call(m::STATUS, ()).await?;
+    if let (Some(public), Some(fp)) = (&s.embedded_relay, &s.embedded_relay_fingerprint) {
+        for mi in meshes
+            .iter_mut()
+            .filter(|mi| &mi.relay_fingerprint == fp && &mi.relay != public && mi.role.is_admin())
+        {
+            if down.iter().any(|(id, _)| *id == mi.mesh) {
+                continue;
+            }
+            let r: SetRelayResult = c
+                .call(
+                    m::MESH_SET_RELAY,
+                    SetRelayParams {
+                        mesh: Some(mi.mesh.to_string()),
+                        relay: public.clone(),
+                        fingerprint: None,
+                        check: false,
+                    },
+                )
+                .await?;
+            changed.push(format!(
+                "mesh {} now names {} (was {}): invites carry it, and members follow",
+                mi.name, public, r.previous
+            ));
+            *mi = r.mesh;
+        }
+    }
+    // Meshes whose record was written before the restart: say so too.
+    for h in &hosted {
+        if let Some(mi) = meshes.iter().find(|mi| mi.mesh.to_string() == h.id)
+            && mi.relay != h.relay
+            && !changed
+                .iter()
+                .any(|c| c.starts_with(&format!("mesh {} ", mi.name)))
+        {
+            changed.push(format!(
+                "mesh {} now names {} (was {}): invites carry it, and members follow",
+                mi.name, mi.relay, h.relay
+            ));
+        }
+    }
     let s: StatusResult = c.call(m::STATUS, ()).await?;
     if a.json.json {
         output::json(
             "up",
-            serde_json::json!({"created": created, "meshes": meshes, "status": s}),
+            serde_json::json!({
+                "up": down.is_empty(),
+                "created": created,
+                "changed": changed,
+                "meshes": meshes,
+                "status": s,
+            }),
+        );
+    } else {
+        if down.is_empty() {
+            out!("claudemesh is up.");
+        } else {
+            out!("claudemesh is running, but not every mesh's link is up:");
+        }
+        match (&s.embedded_relay, &s.embedded_relay_listen) {
+            (Some(public), Some(listen)) => out!(
+                "  relay: listening on {listen}; invites name {public} (set with --public-addr; in {})",
+                cfg_path.display()
+            ),
+            _ => out!("  relay: none on this machine (`claudemesh up` starts one)"),
+        }
+        for c in &changed {
+            out!("  changed: {c}");
+        }
+        for mi in &meshes {
+            let link = match down.iter().find(|(id, _)| *id == mi.mesh) {
+                Some((_, why)) => format!("link down: {why}"),
+                None => "link up".to_string(),
+            };
+            out!(
+                "  mesh {} ({}) via {} — you are {} ({}); {link}",
+                mi.name,
+                mi.mesh.short(),
+                mi.relay,
+                mi.display_name,
+                mi.role.as_str()
+            );
+        }
+        if created {
+            out!("Created your personal mesh {:?}.", a.mesh);
+        }
+        if meshes.is_empty() {
+            out!(
+                "No meshes yet: join one with `claudemesh join - < link.txt`, or create one on a relay with `claudemesh create <name> --relay <host:port>`."
+            );
+        } else if down.is_empty() {
+            out!(
+                "Next: `claudemesh invite` to bring in another machine, `claudemesh peers` to see who is here,"
+            );
+            out!("      `claudemesh send <peer> <message>` and `claudemesh inbox` to talk.");
+        }
+    }
+    if down.is_empty() {
+        Ok(())
+    } else {
+        let names: Vec<String> = down
+            .iter()
+            .filter_map(|(id, _)| meshes.iter().find(|mi| mi.mesh == *id))
+            .map(|mi| format!("{} (via {})", mi.name, mi.relay))
+            .collect();
+        Err(Failure::new(
+            Exit::RelayUnreachable,
+            format!(
+                "no link within {} s for {}; `claudemesh status` shows why, `claudemesh doctor` checks the relays",
+                LINK_WAIT_MS / 1000,
+                names.join(", ")
+            ),
+        ))
+    }
+}
+
+/// What the embedded relay does: as a running daemon reports it, or as a config asks.
+#[derive(Debug, PartialEq, Eq)]
+struct Live {
+    listen: Option<std::net::SocketAddr>,
+    public: Option<String>,
+}
+
+impl Live {
+    fn of(s: &StatusResult) -> Self {
+        Self {
+            listen: s
+                .embedded_relay_listen
+                .as_deref()
+                .and_then(|l| l.parse().ok()),
+            public: s.embedded_relay.clone(),
+        }
+    }
+
+    fn wanted(c: &DaemonConfig) -> Self {
+        if !c.relay.enabled {
+            return Self {
+                listen: None,
+                public: None,
+            };
+        }
+        Self {
+            listen: Some(c.relay.listen),
+            public: Some(c.relay_public_addr()),
+        }
+    }
+}
+
+/// The relay settings that change, in words.
+fn describe(old: &DaemonConfig, new: &DaemonConfig, live: Option<&Live>) -> Vec<String> {
+    let mut out = Vec::new();
+    let was_on = live.map_or(old.relay.enabled, |l| l.listen.is_some());
+    let was_listen = live.and_then(|l| l.listen).unwrap_or(old.relay.listen);
+    let was_public = live
+        .and_then(|l| l.public.clone())
+        .unwrap_or_else(|| old.relay_public_addr());
+    match (was_on, new.relay.enabled) {
+        (true, false) => out.push("no embedded relay here any more".to_string()),
+        (false, true) if live.is_some() => {
+            out.push(format!("the embedded relay runs, on {}", new.relay.listen))
+        }
+        (true, true) => {
+            if was_listen != new.relay.listen {
+                out.push(format!(
+                    "the relay listens on {} (was {was_listen})",
+                    new.relay.listen
+                ));
+            }
+            if was_public != new.relay_public_addr() {
+                out.push(format!(
+                    "the relay's public address is {} (was {was_public})",
+                    new.relay_public_addr()
+                ));
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// Can the embedded relay listen on `addr`? It takes the port over UDP (QUIC) and TCP
+/// (WebSocket); both are tried and released at once.
+fn try_bind(addr: std::net::SocketAddr) -> std::io::Result<()> {
+    drop(std::net::TcpListener::bind(addr)?);
+    drop(std::net::UdpSocket::bind(addr)?);
+    Ok(())
+}
+
+/// A mesh hosted on this machine's relay, as it was before `up` changed anything.
+#[derive(Debug)]
+struct Hosted {
+    id: String,
+    name: String,
+    relay: String,
+    admin: bool,
+}
+
+/// The meshes this machine's relay hosts: those pinned to its certificate (as the running
+/// daemon reports it, or, with the daemon down, as its files hold it).
+async fn hosted_meshes(
+    p: &claudemesh_daemon::Paths,
+    status: Option<&StatusResult>,
+    client: Option<&mut Client>,
+) -> Result<Vec<Hosted>, Failure> {
+    if let (Some(s), Some(c)) = (status, client) {
+        let Some(fp) = &s.embedded_relay_fingerprint else {
+            return Ok(Vec::new());
+        };
+        let list: Vec<MeshInfo> = c.call(m::LIST, ()).await?;
+        return Ok(list
+            .into_iter()
+            .filter(|mi| &mi.relay_fingerprint == fp)
+            .map(|mi| Hosted {
+                id: mi.mesh.to_string(),
+                name: mi.name,
+                relay: mi.relay,
+                admin: mi.role.is_admin(),
+            })
+            .collect());
+    }
+    // Only read the relay's certificate if it has one: never make one here.
+    let dir = p.relay_data();
+    if !dir.join("relay-cert.pem").exists() {
+        return Ok(Vec::new());
+    }
+    let Ok(id) = claudemesh_relay::tls::Identity::load_or_generate(&dir, None, None) else {
+        return Ok(Vec::new());
+    };
+    Ok(cache::meshes(p)?
+        .into_iter()
+        .filter(|r| r.relay_fp == id.fingerprint)
+        .map(|r| Hosted {
+            id: r.id.to_string(),
+            name: r.name,
+            relay: r.relay,
+            admin: r.role.is_admin(),
+        })
+        .collect())
+}
+
+/// Ask the daemon to stop and wait until it has.
+async fn stop_daemon(mut c: Client, p: &claudemesh_daemon::Paths) -> Res {
+    let _: serde_json::Value = c.call(m::SHUTDOWN, ()).await?;
+    wait_stopped(p).await
+}
+
+/// Start the daemon as every command does (its user service when one is installed for
+/// this config directory, else a background process) and wait until it is ready.
+async fn start(p: &claudemesh_daemon::Paths) -> Result<(), ClientError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| ClientError::Start(format!("cannot find the claudemesh executable: {e}")))?;
+    claudemesh_daemon::client::connect_or_start(p, &exe)
+        .await
+        .map(|_| ())
+}
+
+/// The meshes whose link does not come up within [`LINK_WAIT_MS`], each with the link's
+/// last error.
+async fn links_down(
+    c: &mut Client,
+    meshes: &[MeshInfo],
+) -> Result<Vec<(claudemesh_schema::MeshId, String)>, Failure> {
+    let mut down = Vec::new();
+    for mi in meshes {
+        let r: m::WaitResult = c
+            .call(
+                m::WAIT_FOR,
+                m::WaitParams {
+                    condition: m::WaitCondition::LinkUp,
+                    mesh: Some(mi.mesh.to_string()),
+                    peer: None,
+                    seq: None,
+                    timeout_ms: LINK_WAIT_MS,
+                },
+            )
+            .await?;
+        if !r.met {
+            down.push(mi.mesh);
+        }
+    }
+    if down.is_empty() {
+        return Ok(Vec::new());
+    }
+    let s: StatusResult = c.call(m::STATUS, ()).await?;
+    Ok(down
+        .into_iter()
+        .map(|id| {
+            let why = s
+                .meshes
+                .iter()
+                .find(|ms| ms.mesh == id)
+                .and_then(|ms| ms.last_error.clone())
+                .unwrap_or_else(|| "not connected yet".to_string());
+            (id, why)
+        })
+        .collect())
+}
+
+/// `down`: stop the daemon and, with it, the embedded relay.
+pub(crate) async fn down(a: JsonArg) -> Res {
+    let p = paths()?;
+    let mut c = match Client::connect(&p.socket).await {
+        Ok(c) => c,
+        Err(ClientError::NotRunning { .. }) => {
+            if a.json {
+                output::json("down", serde_json::json!({"stopped": false}));
+            } else {
+                out!("claudemesh is not running.");
+            }
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let s: StatusResult = c.call(m::STATUS, ()).await?;
+    let list: Vec<MeshInfo> = c.call(m::LIST, ()).await?;
+    stop_daemon(c, &p).await?;
+    let hosted: Vec<&str> = match &s.embedded_relay_fingerprint {
+        Some(fp) => list
+            .iter()
+            .filter(|mi| &mi.relay_fingerprint == fp)
+            .map(|mi| mi.name.as_str())
+            .collect(),
+        None => Vec::new(),
+    };
+    if a.json {
+        output::json(
+            "down",
+            serde_json::json!({"stopped": true, "pid": s.pid, "relay": s.embedded_relay_listen, "hosted": hosted}),
         );
         return Ok(());
     }
-    out!("claudemesh is up.");
-    if let Some(r) = &s.embedded_relay {
-        out!("  local relay: {r}");
+    match &s.embedded_relay_listen {
+        Some(l) => out!(
+            "Stopped the daemon (pid {}) and its embedded relay on {l}.",
+            s.pid
+        ),
+        None => out!("Stopped the daemon (pid {}); it ran no relay.", s.pid),
     }
-    for mi in &meshes {
+    if !hosted.is_empty() {
         out!(
-            "  mesh {} ({}) — you are {} ({})",
-            mi.name,
-            mi.mesh.short(),
-            mi.display_name,
-            mi.role.as_str()
+            "Nobody reaches {} until `claudemesh up` starts the relay again.",
+            hosted.join(", ")
         );
     }
-    if created {
-        out!("Created your personal mesh {:?}.", a.mesh);
+    out!("Commands that need the daemon start it again (CLAUDEMESH_NO_AUTOSTART=1 prevents that).");
+    Ok(())
+}
+
+/// `mesh set-relay`.
+pub(crate) async fn mesh(action: MeshAction) -> Res {
+    let MeshAction::SetRelay(a) = action;
+    let p = paths()?;
+    let mut c = client(&p).await?;
+    let r: SetRelayResult = c
+        .call(
+            m::MESH_SET_RELAY,
+            SetRelayParams {
+                mesh: a.mesh,
+                relay: a.relay,
+                fingerprint: a.fingerprint,
+                check: !a.no_check,
+            },
+        )
+        .await?;
+    if a.json.json {
+        output::json("set_relay", &r);
+        return Ok(());
     }
-    out!(
-        "Next: `claudemesh invite` to bring in another machine, `claudemesh peers` to see who is here,"
-    );
-    out!("      `claudemesh send <peer> <message>` and `claudemesh inbox` to talk.");
+    let mi = &r.mesh;
+    if !r.changed {
+        out!(
+            "{} already uses {} ({}); nothing changed.",
+            mi.name,
+            mi.relay,
+            mi.relay_fingerprint
+        );
+    } else if r.sequenced {
+        out!(
+            "Moved {} from {} to {} (certificate {}).",
+            mi.name,
+            r.previous,
+            mi.relay,
+            mi.relay_fingerprint
+        );
+        out!(
+            "Members online follow now; the others learn it from {} when they reconnect, so keep the relay reachable there until they have. New invites carry {}.",
+            r.previous,
+            mi.relay
+        );
+    } else {
+        out!(
+            "The move of {} to {} is signed and queued: it goes out when the link to {} returns, and members follow then.",
+            mi.name,
+            mi.relay,
+            r.previous
+        );
+    }
     Ok(())
 }
 

@@ -313,8 +313,8 @@ pub(crate) fn status(s: &StatusResult) {
         span(s.uptime_ms)
     );
     out!("  config: {}", s.config_dir);
-    if let Some(r) = &s.embedded_relay {
-        out!("  local relay: {r}");
+    if let (Some(public), Some(listen)) = (&s.embedded_relay, &s.embedded_relay_listen) {
+        out!("  relay: listening on {listen}; invites name {public}");
     }
     if s.meshes.is_empty() {
         out!("No meshes yet. Run `claudemesh up` or `claudemesh join <invite>`.");

@@ -106,6 +106,41 @@ pub(crate) type LinkStart = (
     watch::Sender<LinkStatus>,
 );
 
+/// The relay this daemon runs in-process (`[relay]` in `config.toml`).
+#[derive(Debug, Clone)]
+pub(crate) struct LocalRelay {
+    /// What meshes and invites name: `[relay] public_addr`, else the listen address.
+    pub(crate) public: String,
+    /// Where it listens.
+    pub(crate) listen: std::net::SocketAddr,
+    /// Its certificate fingerprint. A mesh whose relay presents it is hosted here.
+    pub(crate) fingerprint: [u8; 32],
+}
+
+impl LocalRelay {
+    /// The address this daemon dials its own relay at: the listen address (loopback for
+    /// an unspecified one). The public address may not resolve or route from here (a
+    /// name for other machines, a port forwarded on the router), and a mesh recorded
+    /// before the relay moved still reaches it.
+    pub(crate) fn dial(&self) -> String {
+        let l = self.listen;
+        match l.ip() {
+            std::net::IpAddr::V4(ip) if ip.is_unspecified() => format!("127.0.0.1:{}", l.port()),
+            std::net::IpAddr::V6(ip) if ip.is_unspecified() => format!("[::1]:{}", l.port()),
+            _ => l.to_string(),
+        }
+    }
+
+    /// The address to dial for a mesh whose relay is `addr` with certificate `fp`: this
+    /// relay's own address when the mesh is hosted here, else `addr`.
+    pub(crate) fn route(relay: Option<&Self>, addr: &str, fp: &[u8; 32]) -> String {
+        match relay {
+            Some(r) if r.fingerprint == *fp => r.dial(),
+            _ => addr.to_string(),
+        }
+    }
+}
+
 /// The running daemon's shared state.
 #[derive(Debug)]
 pub(crate) struct Daemon {
@@ -115,7 +150,7 @@ pub(crate) struct Daemon {
     pub(crate) meshes: RwLock<HashMap<MeshId, Arc<MeshCtx>>>,
     pub(crate) started: Instant,
     pub(crate) shutdown: CancellationToken,
-    pub(crate) relay: Option<(String, [u8; 32])>,
+    pub(crate) relay: Option<LocalRelay>,
     /// One bell per session: rings when something that session may take arrived or its
     /// status changed (wakes its push subscription and its `inbox --wait`), and carries
     /// messages handed straight to its push subscription.
@@ -315,6 +350,7 @@ impl Daemon {
             boxes: Default::default(),
             received: Default::default(),
             resync: tokio::sync::Notify::new(),
+            redial: tokio::sync::Notify::new(),
             grants: Mutex::new(grants),
         });
         self.meshes

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::config::DaemonConfig;
-use crate::context::{Daemon, LinkStart, hostname};
+use crate::context::{Daemon, LinkStart, LocalRelay, hostname};
 use crate::keys::MeshKeys;
 use crate::paths::{Paths, ensure_private_dir};
 use crate::store::{self, Store};
@@ -76,7 +76,7 @@ impl DaemonHandle {
 
     /// The embedded relay's address, when one runs.
     pub fn relay_addr(&self) -> Option<String> {
-        self.daemon.relay.as_ref().map(|(a, _)| a.clone())
+        self.daemon.relay.as_ref().map(|r| r.public.clone())
     }
 
     /// Resolves when something asked the daemon to stop (`claudemesh daemon stop`).
@@ -179,8 +179,12 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
             cfg.relay.listen.set_port(r.local_addr().port());
             cfg.save(&paths.config())?;
         }
-        let public = cfg.relay_public_addr();
-        (Some(r.spawn()), Some((public, fp)))
+        let local = LocalRelay {
+            public: cfg.relay_public_addr(),
+            listen: cfg.relay.listen,
+            fingerprint: fp,
+        };
+        (Some(r.spawn()), Some(local))
     } else {
         (None, None)
     };

@@ -9,7 +9,7 @@ use claudemesh_schema::invite::{self, InviteLink, JoinSecret};
 use claudemesh_schema::ipc::methods::{
     ClaimDecideParams, CreateParams, Identity, InviteInfo, InviteParams, InviteRevokeParams,
     JoinParams, MemberParams, MemberResult, MeshInfo, MeshParams, MeshProfile, PendingClaim,
-    ProfileParams, ProfileResult, WhoamiResult,
+    ProfileParams, ProfileResult, SetRelayParams, SetRelayResult, WhoamiResult,
 };
 use claudemesh_schema::message::PeerStatus;
 use claudemesh_schema::roster::{
@@ -126,7 +126,8 @@ pub(crate) async fn create(d: &Arc<Daemon>, p: CreateParams) -> Result<MeshInfo,
         )));
     }
     let display = display_name(d, p.display_name.as_deref())?;
-    let (addr, pin) = match (&p.relay, &d.relay) {
+    // `addr` is recorded in the mesh (and its invites); `dial` is where to reach it from here.
+    let (addr, pin, dial) = match (&p.relay, &d.relay) {
         (Some(a), _) => {
             let pin = match &p.fingerprint {
                 Some(f) => Some(encoding::unb64_array::<32>(f.trim()).ok_or_else(|| {
@@ -134,18 +135,18 @@ pub(crate) async fn create(d: &Arc<Daemon>, p: CreateParams) -> Result<MeshInfo,
                 })?),
                 None => None,
             };
-            (a.clone(), pin)
+            (a.clone(), pin, a.clone())
         }
-        (None, Some((a, fp))) => (a.clone(), Some(*fp)),
+        (None, Some(r)) => (r.public.clone(), Some(r.fingerprint), r.dial()),
         (None, None) => {
             return Err(Error::not_found(
                 "no relay configured: run `claudemesh up` to start a local one, or pass --relay <host:port>",
             ));
         }
     };
-    let mut conn = claudemesh_relay::connect(&addr, pin, &connect_opts(d))
+    let mut conn = claudemesh_relay::connect(&dial, pin, &connect_opts(d))
         .await
-        .map_err(|e| Error::relay(format!("cannot reach the relay at {addr}: {e}")))?;
+        .map_err(|e| Error::relay(format!("cannot reach the relay at {dial}: {e}")))?;
     let fp = conn.fingerprint;
     if pin.is_none() && !p.trust_first_use {
         // Never pin a certificate silently: whoever sits between us and the relay would
@@ -752,6 +753,174 @@ pub(crate) async fn join(d: &Arc<Daemon>, p: JoinParams) -> Result<MeshInfo, Err
     );
     tracing::info!(mesh = %info.mesh.short(), admitted_by = %js.admitted_by, "joined mesh");
     Ok(info)
+}
+
+/// `mesh_set_relay`: move a mesh to another relay address (or certificate), as the owner
+/// or an admin. The move is a signed `set_relay` op in the mesh's log (PROTOCOL §8b): every
+/// member's daemon folds it (only an admin's, only a newer version than the one standing)
+/// and dials the new address, so a relay, which cannot sign one, cannot move anyone.
+pub(crate) async fn set_relay(d: &Arc<Daemon>, p: SetRelayParams) -> Result<SetRelayResult, Error> {
+    let m = d.select(p.mesh.as_deref())?;
+    if !m.role().is_admin() {
+        return Err(Error::forbidden(format!(
+            "only the owner or an admin can move {} to another relay; ask one of them",
+            m.name()
+        )));
+    }
+    let relay = p.relay.trim().to_string();
+    if !invite::relay_addr_ok(&relay) {
+        return Err(Error::invalid(format!(
+            "{relay:?} is not a relay address: give host:port (for example relay.example.org:7900)"
+        )));
+    }
+    let (previous, current_fp, genesis) = {
+        let r = lock(&m.row);
+        (r.relay.clone(), r.relay_fp, r.genesis.clone())
+    };
+    let fp = match &p.fingerprint {
+        Some(f) => encoding::unb64_array::<32>(f.trim()).ok_or_else(|| {
+            Error::invalid("the fingerprint must be 43 characters of base64url (as printed by `claudemesh-relay fingerprint`)")
+        })?,
+        None => current_fp,
+    };
+    let result = |m: &MeshCtx, changed, seq: Option<u64>| SetRelayResult {
+        mesh: mesh_info(&lock(&m.row)),
+        previous: previous.clone(),
+        changed,
+        sequenced: seq.is_some() || !changed,
+        seq,
+    };
+    if relay == previous && fp == current_fp {
+        return Ok(result(&m, false, None));
+    }
+    if p.check {
+        probe_relay(d, &m, &relay, fp, fp != current_fp, &genesis).await?;
+    }
+    // Members learn the new address through the relay they use now.
+    if !m.link.connected() {
+        return Err(Error::relay(format!(
+            "the link to {previous} is down, and members learn the new address through it; \
+             try again once `claudemesh status` shows {} connected",
+            m.name()
+        )));
+    }
+    let mesh = m.id;
+    let newest = d
+        .store
+        .read(move |c| {
+            Ok(c.query_row(
+                "SELECT COALESCE(MAX(version), 0) FROM mesh_relay WHERE mesh = ?1",
+                rusqlite::params![mesh.as_bytes()],
+                |r| r.get::<_, i64>(0),
+            )?)
+        })
+        .await?;
+    let version = newest.max(0) as u64 + 1;
+    let w = crate::shared::oplog::write(
+        d,
+        &m,
+        None,
+        claudemesh_schema::op::Op::SetRelay {
+            relay: relay.clone(),
+            fingerprint: fp,
+            version,
+        },
+        Some(10_000),
+    )
+    .await?;
+    if w.seq.is_none() {
+        return Ok(result(&m, true, None));
+    }
+    let standing = d
+        .store
+        .read(move |c| {
+            Ok(c.query_row(
+                "SELECT version, relay FROM mesh_relay WHERE mesh = ?1",
+                rusqlite::params![mesh.as_bytes()],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+            )
+            .ok())
+        })
+        .await?;
+    match standing {
+        Some((v, _)) if v == version as i64 => {
+            tracing::info!(mesh = %m.id.short(), from = %previous, to = %relay, "moved the mesh to another relay address");
+            Ok(result(&m, true, w.seq))
+        }
+        Some((_, other)) => Err(Error::conflict(format!(
+            "another admin moved {} meanwhile (to {other}); check `claudemesh list` and try again",
+            m.name()
+        ))),
+        None => Err(Error::forbidden(format!(
+            "the mesh's log did not take the move (this member is not an admin there); nothing changed for {}",
+            m.name()
+        ))),
+    }
+}
+
+/// Check, before anyone is sent there, that `addr` is a relay with certificate `fp` and,
+/// for another certificate than the mesh's (another relay), that it hosts this mesh. With
+/// the same certificate it is the relay already in use: a hello there would replace this
+/// daemon's own link, so the certificate alone is checked.
+async fn probe_relay(
+    d: &Arc<Daemon>,
+    m: &MeshCtx,
+    addr: &str,
+    fp: [u8; 32],
+    hello: bool,
+    genesis: &MeshGenesis,
+) -> Result<(), Error> {
+    let dial = crate::context::LocalRelay::route(d.relay.as_ref(), addr, &fp);
+    let mut conn = claudemesh_relay::connect(&dial, Some(fp), &connect_opts(d))
+        .await
+        .map_err(|e| match e {
+            claudemesh_relay::ConnectError::FingerprintMismatch { got, .. } => Error::invalid(format!(
+                "the relay at {addr} presents the certificate fingerprint {got}, not {}; if it is \
+                 the mesh's relay with a new certificate, compare it with `claudemesh-relay \
+                 fingerprint` on the relay's machine and pass --fingerprint {got}; nothing changed",
+                encoding::b64(&fp)
+            )),
+            e => Error::relay(format!(
+                "cannot reach the relay at {addr} ({e}); members could not either, so nothing changed"
+            )),
+        })?;
+    if hello {
+        let h = wire::Hello::sign(
+            &m.keys.member,
+            m.id,
+            m.keys.session,
+            m.keys.session_secret.public(),
+            now_ms(),
+            // The link's client name (this module sits below `link`, so it is spelled here).
+            concat!("claudemesh/", env!("CARGO_PKG_VERSION")),
+        );
+        send_raw(&mut conn, &ClientFrame::Hello(h)).await?;
+        let answer = recv_raw(&mut conn, Duration::from_secs(10)).await;
+        conn.close().await;
+        match answer? {
+            Some(RelayFrame::Welcome(w)) if w.genesis == *genesis => {}
+            Some(RelayFrame::Welcome(_)) => {
+                return Err(Error::invalid(format!(
+                    "the relay at {addr} holds another mesh under this id; nothing changed"
+                )));
+            }
+            Some(RelayFrame::Error { code, message, .. }) => {
+                return Err(Error::invalid(format!(
+                    "the relay at {addr} does not host {} ({code}: {message}): members moved there \
+                     could not connect; nothing changed",
+                    m.name()
+                )));
+            }
+            _ => {
+                return Err(Error::relay(format!(
+                    "the relay at {addr} did not answer a hello; nothing changed"
+                )));
+            }
+        }
+    } else {
+        conn.close().await;
+    }
+    Ok(())
 }
 
 /// `leave`: tell the relay (unless we own the mesh), then forget the mesh and its keys.

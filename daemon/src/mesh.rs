@@ -197,6 +197,9 @@ pub(crate) struct MeshCtx {
     /// Envelopes this link was given that are sealed under a key epoch not applied yet,
     /// with their relay time; delivered again once one is (never acknowledged before).
     pub(crate) later: Mutex<Vec<(claudemesh_schema::wire::Envelope, i64)>>,
+    /// The mesh's relay changed (a `set_relay` record was folded): the link drops its
+    /// connection, or its wait for the next attempt, and dials the new address at once.
+    pub(crate) redial: tokio::sync::Notify,
 }
 
 /// Key epochs as this daemon holds them.

@@ -257,6 +257,7 @@ async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, Error> {
                 .collect::<Vec<_>>(),
         ),
         m::LEAVE => json(membership::leave(d, params(p)?).await?),
+        m::MESH_SET_RELAY => json(membership::set_relay(d, params(p)?).await?),
         m::MEMBER_REMOVE => json(membership::member_change(d, params(p)?, None).await?),
         m::MEMBER_ROLE => {
             let p: m::MemberParams = params(p)?;

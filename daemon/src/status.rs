@@ -53,7 +53,12 @@ pub(crate) async fn status(d: &Arc<Daemon>) -> Result<StatusResult, Error> {
         uptime_ms: d.started.elapsed().as_millis() as u64,
         config_dir: d.paths.dir.display().to_string(),
         socket: d.paths.socket.display().to_string(),
-        embedded_relay: d.relay.as_ref().map(|(a, _)| a.clone()),
+        embedded_relay: d.relay.as_ref().map(|r| r.public.clone()),
+        embedded_relay_listen: d.relay.as_ref().map(|r| r.listen.to_string()),
+        embedded_relay_fingerprint: d
+            .relay
+            .as_ref()
+            .map(|r| claudemesh_schema::encoding::b64(&r.fingerprint)),
         meshes,
     })
 }

@@ -73,6 +73,19 @@ pub enum InviteParseError {
     Code,
 }
 
+/// Whether `addr` is a relay address as links and meshes carry it: `host:port` with a
+/// non-empty host, a port from 1, and nothing that would break a link or a terminal line
+/// (no `/`, whitespace or control characters; at most 255 bytes).
+pub fn relay_addr_ok(addr: &str) -> bool {
+    addr.len() <= 255
+        && !addr
+            .chars()
+            .any(|c| c == '/' || c.is_whitespace() || c.is_control())
+        && addr.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        })
+}
+
 impl InviteLink {
     /// Render as a link.
     pub fn to_link(&self) -> String {
@@ -104,7 +117,7 @@ impl InviteLink {
         let port_ok = relay
             .rsplit_once(':')
             .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        if !port_ok || (s.contains("://") && !s.starts_with(LINK_PREFIX)) {
+        if !port_ok || !relay_addr_ok(relay) || (s.contains("://") && !s.starts_with(LINK_PREFIX)) {
             return Err(InviteParseError::Shape);
         }
         let fingerprint = unb64_array::<32>(fp).ok_or(InviteParseError::Fingerprint)?;

@@ -239,6 +239,46 @@ pub mod methods {
         pub messages: Vec<MessageStatusResult>,
     }
 
+    /// `mesh_set_relay`: move a mesh to another relay address (owner or admin); members
+    /// follow the signed record.
+    pub const MESH_SET_RELAY: &str = "mesh_set_relay";
+
+    /// `mesh_set_relay` parameters.
+    #[derive(Debug, Clone, Serialize, Deserialize, Default)]
+    pub struct SetRelayParams {
+        /// Mesh name or id prefix; default: the only mesh.
+        #[serde(default)]
+        pub mesh: Option<String>,
+        /// The new relay `host:port`.
+        pub relay: String,
+        /// Its certificate fingerprint (base64url); default: the mesh's current one (the
+        /// same relay at a new address).
+        #[serde(default)]
+        pub fingerprint: Option<String>,
+        /// Connect to the new address first and check it presents that certificate (and,
+        /// for another certificate, that it hosts the mesh). `up` turns it off when it
+        /// publishes an address its relay is about to take.
+        #[serde(default)]
+        pub check: bool,
+    }
+
+    /// `mesh_set_relay` result.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct SetRelayResult {
+        /// The mesh as it is now.
+        pub mesh: MeshInfo,
+        /// The address it had.
+        pub previous: String,
+        /// Whether anything changed (false: it had that address and fingerprint already).
+        pub changed: bool,
+        /// Whether the relay sequenced the record before the call returned (members online
+        /// have it then); false: it waits in the outbox.
+        pub sequenced: bool,
+        /// Its place in the mesh's log, once sequenced (`claudemesh wait synced --seq`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub seq: Option<u64>,
+    }
+
     /// `mark_read` parameters.
     #[derive(Debug, Clone, Serialize, Deserialize)]
     pub struct MarkReadParams {
@@ -597,9 +637,16 @@ pub mod methods {
         pub config_dir: String,
         /// Local socket path.
         pub socket: String,
-        /// Embedded relay address, when this daemon runs one.
+        /// Embedded relay address, when this daemon runs one: what meshes and invites
+        /// name (`[relay] public_addr`, else the listen address).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub embedded_relay: Option<String>,
+        /// Where the embedded relay listens (`[relay] listen`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub embedded_relay_listen: Option<String>,
+        /// The embedded relay's certificate fingerprint (base64url).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub embedded_relay_fingerprint: Option<String>,
         /// Per-mesh status.
         pub meshes: Vec<MeshStatus>,
     }

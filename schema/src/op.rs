@@ -294,6 +294,21 @@ pub enum Op {
         /// The key, once per member.
         boxes: Vec<crate::epoch::EpochBox>,
     },
+    /// Where the mesh's relay is (see `PROTOCOL.md` §8b): the address members dial and
+    /// the certificate fingerprint they pin, written by the owner or an admin when the
+    /// relay moves. Folded only if its author is an admin at the op's standing and
+    /// `version` is above every version folded so far, so a replay of an older record
+    /// (by the relay, which stores them) changes nothing. The relay cannot write one: it
+    /// holds no mesh key and no admin's member key.
+    SetRelay {
+        /// Relay `host:port`.
+        relay: String,
+        /// The relay's certificate fingerprint (SHA-256 of its certificate).
+        #[serde(with = "encoding::array")]
+        fingerprint: [u8; 32],
+        /// One above the newest version the author had folded (the first record is 1).
+        version: u64,
+    },
     /// An op kind this build does not know (written by a newer version): chained, skipped.
     #[serde(other)]
     Unknown,
@@ -318,6 +333,7 @@ impl Op {
             Self::CancelReminder { .. } => "cancel_reminder",
             Self::ReminderFired { .. } => "reminder_fired",
             Self::KeyEpoch { .. } => "key_epoch",
+            Self::SetRelay { .. } => "set_relay",
             Self::Unknown => "unknown",
         }
     }

@@ -45,6 +45,9 @@ pub(crate) enum End {
     Ops(String),
     #[error("cannot read the outbox: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// The mesh's relay moved (a signed `set_relay` record): dial the new one.
+    #[error("the mesh moved to another relay address")]
+    Moved,
 }
 
 /// What the link does after an [`End`].
@@ -54,6 +57,8 @@ pub(crate) enum Next {
     Stop,
     /// Reconnect after the usual backoff.
     Retry,
+    /// Reconnect at once, with the backoff reset (the relay changed).
+    Now,
     /// The relay refused us for a reason that will not fix itself soon: wait long.
     Later,
 }
@@ -62,6 +67,7 @@ impl End {
     pub(crate) fn next(&self) -> Next {
         match self {
             Self::Stopped => Next::Stop,
+            Self::Moved => Next::Now,
             Self::WrongGenesis | Self::Removed | Self::HostileRoster(_) => Next::Later,
             Self::Refused {
                 code:
@@ -88,6 +94,7 @@ mod tests {
         };
         let cases = [
             (End::Stopped, Next::Stop),
+            (End::Moved, Next::Now),
             (End::HeldDown, Next::Retry),
             (End::Silent, Next::Retry),
             (End::Removed, Next::Later),

@@ -91,10 +91,13 @@ pub(crate) async fn run(
             let r = lock(&m.row);
             (r.relay.clone(), r.relay_fp)
         };
+        // A mesh hosted on this daemon's own relay is dialled where that relay listens now.
+        let dial = crate::context::LocalRelay::route(d.relay.as_ref(), &relay, &fp);
         let conn = tokio::select! {
             biased;
             _ = m.stop.cancelled() => break,
-            c = claudemesh_relay::connect(&relay, Some(fp), &opts) => c,
+            _ = m.redial.notified() => continue,
+            c = claudemesh_relay::connect(&dial, Some(fp), &opts) => c,
         };
         let started = Instant::now();
         let end = match conn {
@@ -106,6 +109,11 @@ pub(crate) async fn run(
         };
         let delay = match end.next() {
             Next::Stop => break,
+            Next::Now => {
+                backoff = INITIAL_BACKOFF_MS;
+                tracing::info!(relay = %lock(&m.row).relay, "the mesh's relay changed; dialling it");
+                continue;
+            }
             Next::Retry => {
                 if started.elapsed() > Duration::from_secs(30) {
                     backoff = INITIAL_BACKOFF_MS;
@@ -133,6 +141,11 @@ pub(crate) async fn run(
                     return;
                 }
                 _ = &mut sleep => break,
+                // The relay moved while this link waited to retry the old one.
+                _ = m.redial.notified() => {
+                    backoff = INITIAL_BACKOFF_MS;
+                    break;
+                }
                 cmd = rx.recv() => match cmd {
                     None => return,
                     Some(c) => refuse_while_down(c),
@@ -263,6 +276,7 @@ async fn run_connection(
             biased;
             _ = m.stop.cancelled() => Err(End::Stopped),
             _ = async { let _ = paused.wait_for(|p| *p).await; } => Err(End::HeldDown),
+            _ = m.redial.notified() => Err(End::Moved),
             // Applying ops failed: sync again from the stored head.
             _ = m.resync.notified() => resync(d, m, c, lo).await,
             _ = m.rekey.notified() => {

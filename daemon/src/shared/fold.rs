@@ -349,6 +349,42 @@ pub(crate) fn apply(tx: &Transaction<'_>, a: &Applying<'_>) -> rusqlite::Result<
                 ],
             )?;
         }
+        Op::SetRelay {
+            relay,
+            fingerprint,
+            version,
+        } => {
+            // Only an admin at the op's standing moves the mesh, and only forward: a
+            // record no newer than the one standing (a replay of an old one by the relay,
+            // which keeps them all) changes nothing.
+            let newest: i64 = tx.query_row(
+                "SELECT COALESCE(MAX(version), 0) FROM mesh_relay WHERE mesh = ?1",
+                params![mesh],
+                |r| r.get(0),
+            )?;
+            let version = i64::try_from(*version).unwrap_or(i64::MAX);
+            if !a.role.is_admin()
+                || version <= newest
+                || !claudemesh_schema::invite::relay_addr_ok(relay)
+            {
+                tracing::warn!(
+                    seq,
+                    version,
+                    newest,
+                    admin = a.role.is_admin(),
+                    "relay record is not a newer one by an admin; skipped"
+                );
+                return Ok(Vec::new());
+            }
+            tx.execute(
+                "INSERT INTO mesh_relay (mesh, relay, fingerprint, version, author, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (mesh) DO UPDATE SET relay = excluded.relay,
+                   fingerprint = excluded.fingerprint, version = excluded.version,
+                   author = excluded.author, seq = excluded.seq",
+                params![mesh, relay, &fingerprint[..], version, a.author.0, seq],
+            )?;
+        }
         Op::Unknown => {}
     }
     Ok(Vec::new())

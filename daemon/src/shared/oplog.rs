@@ -21,7 +21,7 @@ use claudemesh_schema::op::{self, Op, OpBody, Reorder, SequencedOp};
 use claudemesh_schema::roster::{RosterHistory, op_standing};
 use claudemesh_schema::wire::{self, ClientFrame, ErrorCode, MAX_CIPHERTEXT};
 use claudemesh_schema::{MeshId, MessageId, OpId, SessionId, now_ms};
-use rusqlite::{Transaction, params};
+use rusqlite::{OptionalExtension as _, Transaction, params};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -403,12 +403,14 @@ impl LinkOps {
                 snapshot::load(tx, mesh, &body).map_err(|e| match e {
                     snapshot::LoadError::Sql(e) => e,
                     other => rusqlite::Error::ToSqlConversionFailure(Box::new(other)),
-                })
+                })?;
+                follow_relay(tx, mesh)
             })
             .await;
         match loaded {
-            Ok(()) => {
+            Ok(moved) => {
                 tracing::info!(mesh = %m.id.short(), seq, "started from a snapshot");
+                relay_moved(m, moved);
                 if let Err(e) = load_epochs(d, m).await {
                     tracing::error!(mesh = %m.id.short(), error = %e, "cannot read the snapshot's key epochs");
                 }
@@ -617,6 +619,9 @@ async fn submit(d: &Arc<Daemon>, m: &Arc<MeshCtx>, run: Vec<SequencedOp>) -> Res
                     m3.learn_epoch(*epoch, author, *roster_len, boxes);
                 }
                 a.learned = !a.epochs.is_empty();
+                if a.kinds.contains("set_relay") {
+                    a.relay = follow_relay(tx, mesh)?;
+                }
                 Ok(a)
             },
             move |r| after_apply(&d2, &m2, &rt, r),
@@ -691,6 +696,52 @@ pub(crate) struct Applied {
     )>,
     /// Those epochs were learned (the keys boxed to this member opened into its ring).
     pub(crate) learned: bool,
+    /// The mesh's relay moved to this address and certificate (a `set_relay` record
+    /// folded; the `meshes` row follows in the same transaction).
+    pub(crate) relay: Option<(String, [u8; 32])>,
+}
+
+/// Make the `meshes` row of `mesh` name the relay its folded `set_relay` record names, in
+/// the transaction that folded it (so a crash never leaves the two apart). Returns the
+/// new address and fingerprint if the row changed.
+pub(crate) fn follow_relay(
+    tx: &Transaction<'_>,
+    mesh: MeshId,
+) -> rusqlite::Result<Option<(String, [u8; 32])>> {
+    let rec: Option<(String, Vec<u8>)> = tx
+        .query_row(
+            "SELECT relay, fingerprint FROM mesh_relay WHERE mesh = ?1",
+            params![mesh.as_bytes()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((relay, fp)) = rec else {
+        return Ok(None);
+    };
+    let Ok(fp) = <[u8; 32]>::try_from(fp.as_slice()) else {
+        return Ok(None);
+    };
+    let n = tx.execute(
+        "UPDATE meshes SET relay = ?2, relay_fp = ?3
+         WHERE id = ?1 AND (relay != ?2 OR relay_fp != ?3)",
+        params![mesh.as_bytes(), relay, &fp[..]],
+    )?;
+    Ok((n > 0).then_some((relay, fp)))
+}
+
+/// After a commit that moved the mesh's relay: the in-memory row follows and the link
+/// dials the new address.
+fn relay_moved(m: &MeshCtx, moved: Option<(String, [u8; 32])>) {
+    let Some((relay, fp)) = moved else {
+        return;
+    };
+    {
+        let mut row = lock(&m.row);
+        tracing::info!(mesh = %m.id.short(), from = %row.relay, to = %relay, "the mesh's relay moved (signed by an admin)");
+        row.relay = relay;
+        row.relay_fp = fp;
+    }
+    m.redial.notify_one();
 }
 
 /// Apply a run of consecutive sequenced ops on top of the stored head.
@@ -905,6 +956,7 @@ fn after_apply(
 ) {
     match r {
         Ok(mut a) => {
+            relay_moved(m, a.relay.take());
             if a.learned {
                 // A rotation may have lost a race to one made before a later removal.
                 m.rekey.notify_one();

@@ -31,6 +31,7 @@ pub(crate) const TABLES: &[(&str, &str)] = &[
     ("skills", "name"),
     ("reminders", "id"),
     ("key_epochs", "epoch"),
+    ("mesh_relay", "mesh"),
 ];
 
 /// Members whose writes this daemon does not show its sessions (grants: `state-write`
