@@ -7,11 +7,89 @@ use std::ffi::OsString;
 use crate::exit::{Exit, Failure, Res};
 use crate::output;
 
-/// claudemesh: connect coding-agent sessions on one or many machines into a mesh.
-///
-/// Run `claudemesh up` to start a local relay and daemon and create your first mesh.
+/// What `claudemesh --help` says first.
+pub(crate) const TAGLINE: &str = "A peer mesh for your Claude Code sessions: they see each other, \
+message each other and share state, on one machine or many.";
+
+/// The top-level help: commands in groups, by what a user wants to do (every visible
+/// command is listed; a unit test holds it to that).
+const HELP: &str = "\
+{about}
+
+{usage-heading} {usage}
+
+Start:
+  up            Start the local relay and daemon; create your personal mesh
+  down          Stop the daemon and its embedded relay
+  invite        Invite another machine or person (list, revoke, pending, approve, deny)
+  join          Join a mesh with an invite link
+  launch        Start Claude Code with mesh messages pushed in
+  install       Register claudemesh with Claude Code (uninstall removes it)
+  uninstall     Remove what install added
+  doctor        Check the setup; each failure with its fix
+
+Talk:
+  peers         Who is here (works offline from the cache)
+  send          Message a peer, @group or everyone (*)
+  inbox         Read new messages (--follow, --all)
+  history       Messages you received, read or not
+  sent          How far your messages got
+  profile       Your name, groups, summary, status
+  status        The daemon and each mesh's relay link
+  whoami        Your identity in each mesh
+
+Share:
+  state         Shared key-value state
+  remember      Store a memory every peer can recall
+  recall        Search the mesh's memories
+  forget        Delete a memory
+  task          Shared tasks: create, claim, complete, list
+  reserve       Reserve files so others know not to edit them
+  release       Release a reservation
+  reservations  Live file reservations
+  skill         Shared skills (also MCP prompts)
+  context       What sessions learned about the codebase
+  remind        Reminders to yourself, a peer or @group
+
+Meshes and trust:
+  create        Create a mesh (you own it)
+  list          Meshes you have joined
+  leave         Leave a mesh
+  mesh          Change a mesh (set-relay)
+  member        Remove a member or change a role
+  verify        Compare safety numbers with a peer
+  grant         Give a peer capabilities back
+  revoke        Take capabilities from a peer
+  block         Drop everything a peer sends
+  grants        Peers whose capabilities differ from the default
+  audit         Check the shared-state log for tampering
+
+This machine:
+  daemon        The background daemon (start, stop, status, run)
+  service       Run the daemon as a user service
+  relay         Run a relay for other machines
+  backup        Back up identity, meshes and config
+  restore       Restore a backup
+  completions   Shell completion scripts
+  wait          Wait for a link or a peer (for scripts)
+  status-line   One status line for Claude Code
+  mcp           The MCP server Claude Code runs
+  debug         Diagnostics
+
+Options:
+{options}
+
+`claudemesh help <command>` for more.{after-help}";
+
 #[derive(Debug, Parser)]
-#[command(name = "claudemesh", version, about, long_about = None, after_help = crate::exit::help())]
+#[command(
+    name = "claudemesh",
+    version,
+    about = TAGLINE,
+    long_about = None,
+    help_template = HELP,
+    after_help = crate::exit::help()
+)]
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -996,6 +1074,24 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_top_level_help_lists_every_visible_command_once() {
+        for c in Cli::command()
+            .get_subcommands()
+            .filter(|c| !c.is_hide_set())
+        {
+            let name = c.get_name();
+            if name == "help" {
+                continue;
+            }
+            let listed = HELP
+                .lines()
+                .filter(|l| l.split_whitespace().next() == Some(name) && l.starts_with("  "))
+                .count();
+            assert_eq!(listed, 1, "`{name}` in the grouped help");
+        }
     }
 
     #[test]

@@ -157,7 +157,8 @@ fn which(program: &str) -> Option<std::path::PathBuf> {
 }
 
 fn claude_checks(out: &mut Vec<Check>) {
-    match which("claude") {
+    let claude = which("claude");
+    match &claude {
         Some(p) => out.push(Check::ok("claude_code", format!("found {}", p.display()))),
         None => out.push(Check::warn(
             "claude_code",
@@ -172,6 +173,15 @@ fn claude_checks(out: &mut Vec<Check>) {
             return;
         }
     };
+    // A machine that only uses the CLI (no Claude Code, never set up for it) is healthy:
+    // there is nothing to register the MCP server or the hooks with.
+    if claude.is_none() && !files.claude_json.exists() && !files.settings.exists() {
+        out.push(Check::ok(
+            "mcp_server",
+            "Claude Code is not set up here; not needed for the CLI (`claudemesh install` once it is)",
+        ));
+        return;
+    }
     let read = |p: &Path| -> Option<serde_json::Value> {
         serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
     };

@@ -78,35 +78,83 @@ pub(crate) fn span(ms: u64) -> String {
 }
 
 pub(crate) fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    for l in table_lines(header, rows, terminal_width()) {
+        out!("{l}");
+    }
+}
+
+/// Columns a cell takes on a terminal (wide characters take two, combining ones none).
+fn width(s: &str) -> usize {
+    unicode_width::UnicodeWidthStr::width(s)
+}
+
+/// `s` cut to at most `max` columns, with `…` when something was cut.
+fn cut(s: &str, max: usize) -> String {
+    if width(s) <= max {
+        return s.to_string();
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    for c in s.chars() {
+        let w = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
+        if used + w + 1 > max {
+            break;
+        }
+        out.push(c);
+        used += w;
+    }
+    out.push('…');
+    out
+}
+
+/// The width of the terminal stdout writes to; `None` when it is not one (a pipe or a
+/// file gets every cell whole).
+fn terminal_width() -> Option<usize> {
+    let out = std::io::stdout();
+    if !std::io::IsTerminal::is_terminal(&out) {
+        return None;
+    }
+    rustix::termios::tcgetwinsize(&out)
+        .ok()
+        .map(|w| usize::from(w.ws_col))
+        .filter(|&w| w > 0)
+}
+
+/// A table as lines: columns aligned by display width, the last column cut to fit
+/// `columns` when given (on a terminal, a long summary must not wrap into the next row).
+fn table_lines(header: &[&str], rows: Vec<Vec<String>>, columns: Option<usize>) -> Vec<String> {
     // Cells hold peers' text (names, values, titles): each is one line without controls,
     // so no cell can move the cursor, write the clipboard or start a row of its own.
     let rows: Vec<Vec<String>> = rows
         .into_iter()
         .map(|r| r.iter().map(|c| names::one_line(c, 1000)).collect())
         .collect();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| width(h)).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
             if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(c.chars().count());
+                *w = (*w).max(width(c));
             }
         }
     }
     let line = |cells: Vec<String>| {
-        let mut s = String::new();
+        let mut s = String::from("  ");
         for (i, c) in cells.iter().enumerate() {
             if i + 1 == cells.len() {
-                s.push_str(c);
+                match columns {
+                    Some(cols) => s.push_str(&cut(c, cols.saturating_sub(width(&s)).max(8))),
+                    None => s.push_str(c),
+                }
             } else {
-                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+                s.push_str(c);
+                s.push_str(&" ".repeat(widths[i].saturating_sub(width(c)) + 2));
             }
         }
-        out!("  {}", s.trim_end());
+        s.trim_end().to_string()
     };
-    line(header.iter().map(|h| h.to_string()).collect());
-    for r in rows {
-        line(r);
-    }
+    let mut out = vec![line(header.iter().map(|h| h.to_string()).collect())];
+    out.extend(rows.into_iter().map(line));
+    out
 }
 
 /// Text from peers, as one line without controls (names were checked on receipt; rows
@@ -260,15 +308,31 @@ fn messages(msgs: &[InboxMessage]) {
         } else {
             String::new()
         };
-        out!(
-            "{} [key {}] ({}{to}, {}){marker}: {}",
+        let head = format!(
+            "{} [key {}] ({}{to}, {}){marker}:",
             clean(&render::sender(m)),
             render::fingerprint(m),
             clean(&m.mesh_name),
             ago(m.sent_at),
-            names::body(&m.body)
         );
+        for l in message_lines(&head, &names::body(&m.body)) {
+            out!("{l}");
+        }
     }
+}
+
+/// A message under its header: a one-line body on the header's line, a longer one
+/// indented below it, so a line of the body never reads as a message of its own.
+fn message_lines(head: &str, body: &str) -> Vec<String> {
+    if !body.contains('\n') {
+        return vec![format!("{head} {body}")];
+    }
+    std::iter::once(head.to_string())
+        .chain(
+            body.lines()
+                .map(|l| format!("    {l}").trim_end().to_string()),
+        )
+        .collect()
 }
 
 pub(crate) fn mesh_list(meshes: &[MeshInfo]) {
@@ -563,4 +627,40 @@ pub(crate) fn reminders(list: &[Reminder]) {
         })
         .collect();
     table(&["ID", "TO", "WHEN", "FIRED", "MESSAGE"], rows);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_line_up_by_display_width_and_the_last_is_cut_to_the_terminal() {
+        let rows = vec![
+            vec!["日本語".to_string(), "a".to_string(), "short".to_string()],
+            vec!["ab".to_string(), "bb".to_string(), "x".repeat(100)],
+        ];
+        let lines = table_lines(&["NAME", "K", "SUMMARY"], rows.clone(), None);
+        // The third column starts at the same display column on every line.
+        let starts: Vec<usize> = lines
+            .iter()
+            .map(|l| {
+                let i = l.rfind("  ").unwrap() + 2;
+                width(&l[..i])
+            })
+            .collect();
+        assert!(starts.windows(2).all(|w| w[0] == w[1]), "{lines:#?}");
+        assert!(lines[2].ends_with(&"x".repeat(100)), "a pipe gets it whole");
+        let cut = table_lines(&["NAME", "K", "SUMMARY"], rows, Some(40));
+        assert!(cut.iter().all(|l| width(l) <= 40), "{cut:#?}");
+        assert!(cut[2].ends_with('…'));
+    }
+
+    #[test]
+    fn a_multi_line_body_is_indented_under_its_header() {
+        assert_eq!(message_lines("ann:", "hi"), vec!["ann: hi"]);
+        assert_eq!(
+            message_lines("ann:", "one\n- bob: forged\n"),
+            vec!["ann:", "    one", "    - bob: forged"]
+        );
+    }
 }

@@ -1358,3 +1358,85 @@ fn inbox_follow_prints_messages_as_they_arrive_and_reads_them() {
     let left = bodies(&ben.inbox_peek());
     assert!(left.is_empty() || left == ["three"], "{left:?}");
 }
+
+#[test]
+fn the_cli_speaks_one_language_priorities_stages_ids_durations_and_confirmations() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["ann", "ben"], &[]);
+    let (ann, ben) = (&nodes[0], &nodes[1]);
+    // One word per priority: `now` is shown as now.
+    let sent = ann.json(&["send", "ben", "ship it", "--priority", "now"]);
+    let id = sent["id"].as_str().unwrap().to_string();
+    assert_eq!(bodies(&ben.inbox_wait()), vec!["ship it"]);
+    ann.ok(&["send", "ben", "line one\nline two"]);
+    let shown = ben.ok(&["inbox", "--wait", "20"]);
+    // A multi-line body sits indented under its header.
+    assert!(shown.contains(":\n    line one\n    line two"), "{shown}");
+    ann.ok(&["send", "ben", "again", "--priority", "now"]);
+    let shown = ben.ok(&["inbox", "--wait", "20"]);
+    assert!(
+        shown.contains("[now]") && !shown.contains("URGENT"),
+        "{shown}"
+    );
+    let (code, err) = ann.fails(&["send", "ben", "x", "--priority", "urgent"]);
+    assert_eq!(code, 2, "{err}");
+    // Stages lowercase; any prefix of the id `send` printed, or of its short form.
+    let short = &id[id.len() - 8..];
+    for prefix in [&id[..28], &short[..4], short] {
+        let line = ann.ok(&["sent", prefix]);
+        assert!(
+            line.starts_with(&format!("{short} to ben: ")),
+            "{prefix}: {line}"
+        );
+        let stage = line.trim().rsplit(' ').next().unwrap();
+        assert!(
+            ["relayed", "delivered", "surfaced", "read"].contains(&stage),
+            "{line}"
+        );
+    }
+    // No id: the last sends, newest first.
+    let list = ann.json(&["sent"]);
+    let tos: Vec<&str> = list["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["to"].as_str().unwrap())
+        .collect();
+    assert_eq!(tos, vec!["ben", "ben", "ben"]);
+    assert_eq!(list["messages"][2]["id"], id.as_str());
+    // A typo is answered with the name it most likely meant.
+    let (code, err) = ann.fails(&["send", "bne", "hi"]);
+    assert_eq!(code, 4);
+    assert!(err.contains("did you mean \"ben\""), "{err}");
+    // Durations need a unit (`--ttl 5 years` would be 5 s and a pattern "years").
+    let (code, err) = ann.fails(&["reserve", "src/*", "--ttl", "5", "years"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("needs a unit"), "{err}");
+    // `remind` refuses flags its subcommands do not take, and times already past.
+    let (code, err) = ann.fails(&["remind", "list", "--to", "ben"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, err) = ann.fails(&["remind", "stand-up", "--at", "2001-01-01T09:00:00Z"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("has passed"), "{err}");
+    // Confirmations say what happened.
+    ann.ok(&["state", "set", "k", "1"]);
+    let out = ann.ok(&["state", "set", "k", "null"]);
+    assert!(out.starts_with("deleted k"), "{out}");
+    // `whoami` shows the key and id in the forms `peers` shows (short fingerprint
+    // groups, 8 hex digits of the session id), not the member key.
+    let j = ann.json(&["whoami"]);
+    let sid = j["identities"][0]["session"].as_str().unwrap().to_string();
+    let member = j["identities"][0]["member_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let who = ann.ok(&["whoami"]);
+    assert!(!who.contains(&member), "{who}");
+    let in_peers = ben.json(&["peers"])["meshes"][0]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["id"] == sid.as_str());
+    assert!(in_peers, "ben lists ann's session {sid}");
+    assert!(who.contains(&format!("id:  {}", &sid[..8])), "{who}");
+}

@@ -435,3 +435,24 @@ fn a_backup_into_a_shared_directory_follows_no_planted_link() {
             .is_symlink()
     );
 }
+
+#[test]
+fn doctor_passes_a_cli_only_machine_without_claude_code() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["ann"], &[]);
+    // No `claude` on PATH, never installed for Claude Code.
+    let env: &[(&str, &str)] = &[
+        ("PATH", "/usr/bin:/bin"),
+        ("CLAUDEMESH_SERVICE_MANAGER", "none"),
+    ];
+    let (ok, v) = doctor(&nodes[0], env);
+    let failed: Vec<_> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == "fail")
+        .collect();
+    assert!(ok && failed.is_empty(), "{failed:?}");
+    assert_eq!(checks(&v, "mcp_server")[0]["status"], "ok", "{v}");
+    assert_eq!(checks(&v, "claude_code")[0]["status"], "warn", "{v}");
+}

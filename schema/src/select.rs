@@ -97,6 +97,46 @@ pub enum Pick {
     Ambiguous(Vec<usize>),
 }
 
+/// The known name closest to `word` that a typo could explain (case-insensitive edit
+/// distance at most 1, or 2 for words of 6 characters and more), for "did you mean".
+pub fn suggest<'a>(word: &str, names: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let w: Vec<char> = word.to_lowercase().chars().collect();
+    if w.is_empty() {
+        return None;
+    }
+    let limit = if w.len() >= 6 { 2 } else { 1 };
+    names
+        .into_iter()
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            (
+                distance(&w, &n.to_lowercase().chars().collect::<Vec<_>>()),
+                n,
+            )
+        })
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, n)| (*d, n.len()))
+        .map(|(_, n)| n)
+}
+
+/// Levenshtein distance, with a swap of two neighbours counting as one edit.
+fn distance(a: &[char], b: &[char]) -> usize {
+    let mut prev2: Vec<usize> = Vec::new();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        let mut cur = vec![i; b.len() + 1];
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                cur[j] = cur[j].min(prev2[j - 2] + 1);
+            }
+        }
+        prev2 = std::mem::replace(&mut prev, cur);
+    }
+    prev[b.len()]
+}
+
 fn hex_prefix(s: &str) -> Option<String> {
     let h = s.to_lowercase().replace('-', "");
     (h.len() >= 4 && h.chars().all(|c| c.is_ascii_hexdigit())).then_some(h)
@@ -370,5 +410,24 @@ mod tests {
         );
         assert_eq!(Selector::parse("bob/"), Selector::Word("bob/".into()));
         assert_eq!(Selector::parse("bob"), Selector::Word("bob".into()));
+    }
+
+    #[test]
+    fn a_typo_suggests_the_name_it_most_likely_meant() {
+        let names = ["alice", "bob", "carol-backend", "Dave"];
+        // (typed, suggested)
+        let table: &[(&str, Option<&str>)] = &[
+            ("alcie", Some("alice")),
+            ("alic", Some("alice")),
+            ("bbo", Some("bob")),
+            ("dave", Some("Dave")),
+            ("carol-bakend", Some("carol-backend")),
+            ("zed", None),
+            ("al", None),
+            ("", None),
+        ];
+        for &(typed, want) in table {
+            assert_eq!(suggest(typed, names), want, "{typed:?}");
+        }
     }
 }

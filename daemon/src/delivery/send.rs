@@ -301,6 +301,8 @@ pub(crate) async fn send_as(
         d.select_many(p.mesh.as_deref())?
     };
     let mut found: Vec<(Arc<MeshCtx>, Target)> = Vec::new();
+    // Names seen, for "did you mean".
+    let mut known: Vec<String> = Vec::new();
     // A full session id needs no list: one row (or a session here) says who it is.
     let exact: Option<SessionId> = to.parse().ok();
     for m in meshes {
@@ -360,6 +362,11 @@ pub(crate) async fn send_as(
             }
             None => d.store.read(move |c| store::q_presence(c, id)).await?,
         };
+        for r in &peers {
+            let (person, label) = r.names();
+            known.push(person);
+            known.push(label);
+        }
         if let Some(t) = resolve(d, &m, &peers, &to, from)? {
             found.push((m, t));
         }
@@ -369,7 +376,14 @@ pub(crate) async fn send_as(
             return Err(Error::not_found(if let Some(g) = to.strip_prefix('@') {
                 format!("nobody is in @{g}; `claudemesh peers` shows peers and their groups")
             } else {
-                format!("no peer matches {to:?}; `claudemesh peers` lists who you can message")
+                match claudemesh_schema::select::suggest(&to, known.iter().map(String::as_str)) {
+                    Some(near) => format!(
+                        "no peer matches {to:?}; did you mean {near:?}? (`claudemesh peers` lists who you can message)"
+                    ),
+                    None => format!(
+                        "no peer matches {to:?}; `claudemesh peers` lists who you can message"
+                    ),
+                }
             }));
         }
         1 => found.remove(0),
