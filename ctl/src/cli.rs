@@ -31,6 +31,7 @@ Start:
 Talk:
   peers         Who is here (works offline from the cache)
   send          Message a peer, @group or everyone (*)
+  reply         Answer a message you received
   inbox         Read new messages (--follow, --all)
   history       Messages you received, read or not
   sent          How far your messages got
@@ -135,6 +136,8 @@ pub(crate) enum Command {
     Send(SendArgs),
     /// Read new messages.
     Inbox(InboxArgs),
+    /// Answer a message you received: goes to the session that sent it.
+    Reply(ReplyArgs),
     /// Messages you received, read or not, newest last (`inbox --all`).
     History(HistoryArgs),
     /// How far a message you sent got (queued, relayed, delivered, surfaced, read); no id:
@@ -905,16 +908,37 @@ pub(crate) struct SendArgs {
     /// A person's name (reaches their active session), `name/session`, a session id prefix,
     /// @group, or * for everyone.
     pub(crate) to: String,
-    /// The message (several words are joined with spaces), or `-` to read it from stdin
-    /// (out of the process list, and any length or number of lines).
-    #[arg(required = true, num_args = 1..)]
-    pub(crate) message: Vec<String>,
-    /// now: deliver at once; next: when the peer is idle; low: when it asks.
-    #[arg(long, default_value = "next", value_parser = ["now", "next", "low"])]
-    pub(crate) priority: String,
+    #[command(flatten)]
+    pub(crate) body: BodyArgs,
     /// Mesh name or id prefix (needed when you are in several).
     #[arg(long)]
     pub(crate) mesh: Option<String>,
+    #[command(flatten)]
+    pub(crate) json: JsonArg,
+}
+
+/// A message's text and priority, for `send` and `reply`.
+#[derive(Debug, Args)]
+pub(crate) struct BodyArgs {
+    /// The message (several words are joined with spaces), or `-` to read it from stdin
+    /// (out of the process list, and any length or number of lines).
+    #[arg(required_unless_present = "file", conflicts_with = "file", num_args = 1..)]
+    pub(crate) message: Vec<String>,
+    /// Send the text of this file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) file: Option<std::path::PathBuf>,
+    /// now: deliver at once; next: when the peer is idle; low: when it asks.
+    #[arg(long, default_value = "next", value_parser = ["now", "next", "low"])]
+    pub(crate) priority: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReplyArgs {
+    /// The id of a message you received (or the start of it, as `inbox` and `history`
+    /// show it).
+    pub(crate) id: String,
+    #[command(flatten)]
+    pub(crate) body: BodyArgs,
     #[command(flatten)]
     pub(crate) json: JsonArg,
 }

@@ -29,6 +29,7 @@ pub(crate) fn run(cmd: Command) -> Res {
         Command::Peers(a) => block_on(peers::peers(a)),
         Command::Send(a) => block_on(messaging::send(a)),
         Command::Inbox(a) => block_on(messaging::inbox(a)),
+        Command::Reply(a) => block_on(messaging::reply(a)),
         Command::History(a) => block_on(messaging::inbox(InboxArgs {
             mesh: a.mesh,
             wait: None,

@@ -5,24 +5,34 @@ use claudemesh_schema::ipc::methods::{
 };
 use claudemesh_schema::message::Priority;
 
-use crate::cli::{InboxArgs, SendArgs, SentArgs};
+use crate::cli::{BodyArgs, InboxArgs, ReplyArgs, SendArgs, SentArgs};
 use crate::daemon::{client, paths};
 use crate::exit::{Exit, Failure, Res};
 use crate::output;
 
-pub(crate) async fn send(a: SendArgs) -> Res {
-    let p = paths()?;
-    let mut c = client(&p).await?;
-    let priority: Priority = a
+/// The text and priority a `send` or `reply` gives.
+fn body(b: BodyArgs) -> Result<(String, Priority), Failure> {
+    let priority: Priority = b
         .priority
         .parse()
         .map_err(|e: String| Failure::new(Exit::Usage, e))?;
+    let text = match &b.file {
+        Some(f) => crate::stdin::file(f)?,
+        None => crate::stdin::message(b.message)?,
+    };
+    Ok((text, priority))
+}
+
+pub(crate) async fn send(a: SendArgs) -> Res {
+    let (text, priority) = body(a.body)?;
+    let p = paths()?;
+    let mut c = client(&p).await?;
     let r: SendResult = c
         .call(
             m::SEND,
             SendParams {
                 to: a.to.clone(),
-                body: crate::stdin::message(a.message)?,
+                body: text,
                 priority,
                 mesh: a.mesh,
                 session: None,
@@ -30,11 +40,88 @@ pub(crate) async fn send(a: SendArgs) -> Res {
             },
         )
         .await?;
-    if a.json.json {
-        output::json("result", &r);
+    said(&a.to, &r, a.json.json);
+    Ok(())
+}
+
+/// `reply <id>`: to the session that sent that message, in its mesh.
+pub(crate) async fn reply(a: ReplyArgs) -> Res {
+    let (text, priority) = body(a.body)?;
+    let p = paths()?;
+    let mut c = client(&p).await?;
+    let h: InboxResult = c
+        .call(
+            m::INBOX,
+            InboxParams {
+                all: true,
+                peek: true,
+                limit: Some(1000),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let want = a.id.trim().to_lowercase().replace('-', "");
+    let mut hits: Vec<&m::InboxMessage> = h
+        .messages
+        .iter()
+        .filter(|msg| {
+            let hex = msg
+                .id
+                .as_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>();
+            !want.is_empty() && (hex.starts_with(&want) || msg.id.short().starts_with(&want))
+        })
+        .collect();
+    hits.dedup_by_key(|msg| msg.id);
+    let msg = match hits.as_slice() {
+        [one] => *one,
+        [] => {
+            return Err(Failure::new(
+                Exit::NotFound,
+                format!(
+                    "no message {:?} among those you received; `claudemesh history` lists them",
+                    a.id
+                ),
+            ));
+        }
+        _ => {
+            return Err(Failure::new(
+                Exit::Ambiguous,
+                format!("several messages match {:?}; give more of the id", a.id),
+            ));
+        }
+    };
+    let r: SendResult = c
+        .call(
+            m::SEND,
+            SendParams {
+                to: msg.from_id.to_string(),
+                body: text,
+                priority,
+                mesh: Some(msg.mesh.to_string()),
+                session: None,
+                wait_ms: None,
+            },
+        )
+        .await?;
+    let who = if msg.from_name.is_empty() {
+        msg.from_id.short()
+    } else {
+        msg.from_name.clone()
+    };
+    said(&who, &r, a.json.json);
+    Ok(())
+}
+
+/// What a send reached, as `send` and `reply` say it.
+fn said(to: &str, r: &SendResult, json: bool) {
+    if json {
+        output::json("result", r);
     } else {
         let who = if r.recipients.is_empty() {
-            a.to.clone()
+            to.to_string()
         } else {
             r.recipients.join(", ")
         };
@@ -49,7 +136,6 @@ pub(crate) async fn send(a: SendArgs) -> Res {
             }
         }
     }
-    Ok(())
 }
 
 /// A full id given as an option.

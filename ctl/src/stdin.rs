@@ -43,3 +43,23 @@ pub(crate) fn message(words: Vec<String>) -> Result<String, Failure> {
         _ => Ok(words.join(" ")),
     }
 }
+
+/// A message's text from a file (`send --file`): UTF-8, bounded like stdin.
+pub(crate) fn file(path: &std::path::Path) -> Result<String, Failure> {
+    let cannot = |e: String| {
+        Failure::new(
+            Exit::Usage,
+            format!("cannot read the message from {}: {e}", path.display()),
+        )
+    };
+    let f = std::fs::File::open(path).map_err(|e| cannot(e.to_string()))?;
+    let mut bytes = Vec::new();
+    f.take(MAX_STDIN)
+        .read_to_end(&mut bytes)
+        .map_err(|e| cannot(e.to_string()))?;
+    let s = String::from_utf8(bytes).map_err(|_| cannot("it is not UTF-8 text".into()))?;
+    if s.trim().is_empty() {
+        return Err(cannot("it is empty".into()));
+    }
+    Ok(s)
+}

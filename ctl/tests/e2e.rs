@@ -1440,3 +1440,32 @@ fn the_cli_speaks_one_language_priorities_stages_ids_durations_and_confirmations
     assert!(in_peers, "ben lists ann's session {sid}");
     assert!(who.contains(&format!("id:  {}", &sid[..8])), "{who}");
 }
+
+#[test]
+fn send_takes_a_file_or_stdin_and_reply_answers_the_session_that_wrote() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["ann", "ben"], &[]);
+    let (ann, ben) = (&nodes[0], &nodes[1]);
+    // Longer than a command line takes, from a file.
+    let notes = root.path().join("notes.md");
+    let long = "x".repeat(100_000);
+    std::fs::write(&notes, &long).unwrap();
+    ann.ok(&["send", "ben", "--file", notes.to_str().unwrap()]);
+    let got = ben.inbox_wait();
+    assert_eq!(got[0]["body"].as_str().map(str::len), Some(100_000));
+    let id = got[0]["id"].as_str().unwrap().to_string();
+    // A file that is not text is refused before anything is sent.
+    let bin_file = root.path().join("blob");
+    std::fs::write(&bin_file, [0xff, 0xfe, 0x00]).unwrap();
+    let (code, err) = ann.fails(&["send", "ben", "--file", bin_file.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("not UTF-8"), "{err}");
+    // Ben answers by the id inbox showed (its short form), from stdin.
+    let short = &id[id.len() - 8..];
+    let out = ben.run_stdin(&["reply", short, "-"], &[], b"got it\n");
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ann"), "{out:?}");
+    assert_eq!(bodies(&ann.inbox_wait()), vec!["got it"]);
+    let (code, err) = ben.fails(&["reply", "00000000", "nobody wrote this"]);
+    assert_eq!(code, 4, "{err}");
+}
