@@ -56,7 +56,7 @@ Meshes and trust:
   create        Create a mesh (you own it)
   list          Meshes you have joined
   leave         Leave a mesh
-  mesh          Change a mesh (set-relay)
+  mesh          Change a mesh (set-relay), the default one (use), its name here (rename)
   member        Remove a member or change a role
   verify        Compare safety numbers with a peer
   grant         Give a peer capabilities back
@@ -829,6 +829,28 @@ pub(crate) enum MeshAction {
     /// Move the mesh to another relay address (or a relay with another certificate): a
     /// record signed by you that every member's daemon checks before it dials there.
     SetRelay(SetRelayArgs),
+    /// The mesh commands act in when you are in several and name none (`--clear` forgets
+    /// it).
+    Use {
+        /// Mesh name or id prefix.
+        #[arg(required_unless_present = "clear")]
+        mesh: Option<String>,
+        /// Forget the default: commands ask for --mesh again.
+        #[arg(long, conflicts_with = "mesh")]
+        clear: bool,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Call a mesh something else on this machine (the mesh, and what others call it,
+    /// stay the same).
+    Rename {
+        /// Mesh name or id prefix.
+        mesh: String,
+        /// The new name.
+        name: String,
+        #[command(flatten)]
+        json: JsonArg,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -562,7 +562,54 @@ pub(crate) async fn down(a: JsonArg) -> Res {
 
 /// `mesh set-relay`.
 pub(crate) async fn mesh(action: MeshAction) -> Res {
-    let MeshAction::SetRelay(a) = action;
+    let a = match action {
+        MeshAction::SetRelay(a) => a,
+        MeshAction::Use {
+            mesh,
+            clear: _,
+            json,
+        } => {
+            let p = paths()?;
+            let mut c = client(&p).await?;
+            let info: Option<MeshInfo> = c.call(m::MESH_USE, m::MeshUseParams { mesh }).await?;
+            if json.json {
+                output::json("mesh", &info);
+            } else {
+                match info {
+                    Some(i) => out!(
+                        "{} ({}) is your default mesh: commands use it when you name none",
+                        i.name,
+                        i.mesh.short()
+                    ),
+                    None => out!("no default mesh: with several, commands ask for --mesh"),
+                }
+            }
+            return Ok(());
+        }
+        MeshAction::Rename { mesh, name, json } => {
+            let p = paths()?;
+            let mut c = client(&p).await?;
+            let info: MeshInfo = c
+                .call(
+                    m::MESH_RENAME,
+                    m::MeshRenameParams {
+                        mesh: mesh.clone(),
+                        name,
+                    },
+                )
+                .await?;
+            if json.json {
+                output::json("mesh", &info);
+            } else {
+                out!(
+                    "renamed {mesh:?} to {:?} on this machine ({})",
+                    info.name,
+                    info.mesh.short()
+                );
+            }
+            return Ok(());
+        }
+    };
     let p = paths()?;
     let mut c = client(&p).await?;
     let r: SetRelayResult = c
@@ -699,6 +746,7 @@ pub(crate) async fn list(a: JsonArg) -> Res {
             display_name: r.display_name.clone(),
             session: r.session,
             joined_at: r.joined_at,
+            default: false,
         })
         .collect(),
         Err(e) => return Err(e.into()),

@@ -346,7 +346,11 @@ pub(crate) fn mesh_list(meshes: &[MeshInfo]) {
         .iter()
         .map(|m| {
             vec![
-                m.name.clone(),
+                if m.default {
+                    format!("{} (default)", m.name)
+                } else {
+                    m.name.clone()
+                },
                 m.mesh.short(),
                 m.role.as_str().to_string(),
                 m.display_name.clone(),

@@ -1464,8 +1464,55 @@ fn send_takes_a_file_or_stdin_and_reply_answers_the_session_that_wrote() {
     let short = &id[id.len() - 8..];
     let out = ben.run_stdin(&["reply", short, "-"], &[], b"got it\n");
     assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ann"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ann"),
+        "{out:?}"
+    );
     assert_eq!(bodies(&ann.inbox_wait()), vec!["got it"]);
     let (code, err) = ben.fails(&["reply", "00000000", "nobody wrote this"]);
     assert_eq!(code, 4, "{err}");
+}
+
+#[test]
+fn a_default_mesh_answers_for_commands_that_name_none_and_a_mesh_can_be_renamed_here() {
+    let root = tempfile::tempdir().unwrap();
+    let (relay, nodes) = mesh(bin(), root.path(), &["ann"], &[]);
+    let ann = &nodes[0];
+    ann.ok(&[
+        "create",
+        "work",
+        "--relay",
+        &relay.addr.to_string(),
+        "--fingerprint",
+        &relay.fingerprint,
+    ]);
+    let (code, err) = ann.fails(&["state", "set", "k", "1"]);
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("mesh use"), "says how to pick one: {err}");
+    ann.ok(&["mesh", "use", "work"]);
+    ann.ok(&["state", "set", "k", "1"]);
+    assert_eq!(ann.json(&["state", "get", "k", "--mesh", "work"])["value"], 1);
+    let list = ann.json(&["list"]);
+    let default: Vec<&str> = list["meshes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["default"] == true)
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(default, vec!["work"]);
+    // A local name: --mesh takes it; a name another mesh has here is refused.
+    ann.ok(&["mesh", "rename", "work", "job"]);
+    assert_eq!(ann.json(&["state", "get", "k", "--mesh", "job"])["value"], 1);
+    let (code, err) = ann.fails(&["mesh", "rename", "job", "test"]);
+    assert_eq!(code, 10, "{err}");
+    // The default survives a restart of the daemon; --clear forgets it.
+    let mut nodes = nodes;
+    nodes[0].stop();
+    nodes[0].start();
+    nodes[0].ok(&["state", "set", "k", "2"]);
+    assert_eq!(nodes[0].json(&["state", "get", "k", "--mesh", "job"])["value"], 2);
+    nodes[0].ok(&["mesh", "use", "--clear"]);
+    let (code, _) = nodes[0].fails(&["state", "set", "k", "3"]);
+    assert_eq!(code, 5);
 }

@@ -142,8 +142,14 @@ impl LocalRelay {
 }
 
 /// The running daemon's shared state.
+/// The settings key of the default mesh.
+pub(crate) const DEFAULT_MESH: &str = "default_mesh";
+
 #[derive(Debug)]
 pub(crate) struct Daemon {
+    /// The mesh commands act in when several are joined and none is named
+    /// (`claudemesh mesh use`; stored under [`DEFAULT_MESH`]).
+    pub(crate) default_mesh: Mutex<Option<MeshId>>,
     pub(crate) paths: Paths,
     pub(crate) cfg: DaemonConfig,
     pub(crate) store: Store,
@@ -210,15 +216,20 @@ impl Daemon {
     pub(crate) fn select(&self, sel: Option<&str>) -> Result<Arc<MeshCtx>, Error> {
         let all = self.meshes();
         let Some(sel) = sel.map(str::trim).filter(|s| !s.is_empty()) else {
+            let default = self.default_mesh();
             return match all.len() {
                 0 => Err(Error::not_found(
                     "you have not joined any mesh yet; run `claudemesh up`, `claudemesh create <name>` or `claudemesh join <invite>`",
                 )),
                 1 => Ok(all[0].clone()),
-                _ => Err(Error::ambiguous(format!(
-                    "you are in several meshes ({}); pass --mesh <name>",
-                    all.iter().map(|m| m.name()).collect::<Vec<_>>().join(", ")
-                ))),
+                _ => match all.iter().find(|m| Some(m.id) == default) {
+                    Some(m) => Ok(m.clone()),
+                    None => Err(Error::ambiguous(format!(
+                        "you are in several meshes ({}); pass --mesh <name>, or pick one for \
+                         when you do not: `claudemesh mesh use <name>`",
+                        all.iter().map(|m| m.name()).collect::<Vec<_>>().join(", ")
+                    ))),
+                },
             };
         };
         if let Some(m) = all.iter().find(|m| m.name() == sel) {
@@ -239,6 +250,12 @@ impl Daemon {
                 "{sel:?} matches several meshes; use more of the id"
             ))),
         }
+    }
+
+    /// The default mesh (`mesh use`), if it is still joined.
+    pub(crate) fn default_mesh(&self) -> Option<MeshId> {
+        let d = *crate::mesh::lock(&self.default_mesh);
+        d.filter(|id| self.mesh(id).is_some())
     }
 
     /// The mesh `sel` names, or every joined mesh when `None` (an error when none is).

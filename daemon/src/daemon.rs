@@ -191,7 +191,12 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
     let (links, link_rx) = mpsc::unbounded_channel();
     let (transcripts, transcript_rx) = mpsc::unbounded_channel();
     let (changes, _) = watch::channel(0u64);
+    let default_mesh = store
+        .read(|c| store::q_setting(c, crate::context::DEFAULT_MESH))
+        .await?
+        .and_then(|v| v.parse().ok());
     let daemon = Arc::new(Daemon {
+        default_mesh: Mutex::new(default_mesh),
         paths: paths.clone(),
         cfg,
         store: store.clone(),

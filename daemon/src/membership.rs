@@ -59,7 +59,61 @@ pub(crate) fn mesh_info(row: &MeshRow) -> MeshInfo {
         display_name: row.display_name.clone(),
         session: row.session,
         joined_at: row.joined_at,
+        default: false,
     }
+}
+
+/// Every joined mesh, the default one marked.
+pub(crate) fn list(d: &Daemon) -> Vec<MeshInfo> {
+    let default = d.default_mesh();
+    d.meshes()
+        .iter()
+        .map(|x| MeshInfo {
+            default: Some(x.id) == default,
+            ..mesh_info(&lock(&x.row))
+        })
+        .collect()
+}
+
+/// `mesh_use`: remember the mesh commands act in when none is named (or forget it).
+pub(crate) async fn mesh_use(
+    d: &Daemon,
+    p: claudemesh_schema::ipc::methods::MeshUseParams,
+) -> Result<Option<MeshInfo>, Error> {
+    let m = match &p.mesh {
+        Some(s) => Some(d.select(Some(s))?),
+        None => None,
+    };
+    d.store
+        .set_setting(
+            crate::context::DEFAULT_MESH,
+            m.as_ref().map(|m| m.id.to_string()),
+        )
+        .await?;
+    *lock(&d.default_mesh) = m.as_ref().map(|m| m.id);
+    Ok(m.map(|m| MeshInfo {
+        default: true,
+        ..mesh_info(&lock(&m.row))
+    }))
+}
+
+/// `mesh_rename`: a joined mesh's local name (the mesh itself, and what others call it,
+/// are unchanged).
+pub(crate) async fn mesh_rename(
+    d: &Daemon,
+    p: claudemesh_schema::ipc::methods::MeshRenameParams,
+) -> Result<MeshInfo, Error> {
+    let m = d.select(Some(&p.mesh))?;
+    let name = names::check("mesh name", &p.name)?;
+    if d.meshes().iter().any(|o| o.id != m.id && o.name() == name) {
+        return Err(Error::conflict(format!(
+            "another mesh here is already called {name:?}; pick another name"
+        )));
+    }
+    d.store.rename_mesh(m.id, name.clone()).await?;
+    lock(&m.row).name = name;
+    d.bump_changes();
+    Ok(mesh_info(&lock(&m.row)))
 }
 
 async fn send_raw(c: &mut Connection, f: &ClientFrame) -> Result<(), Error> {

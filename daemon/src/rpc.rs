@@ -22,7 +22,6 @@ use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec, LinesCodecError};
 
 use crate::context::Daemon;
 use crate::error::Error;
-use crate::mesh::lock;
 
 fn err_response(id: u64, e: &Error) -> Response {
     Response::err(id, e.code(), e.to_string())
@@ -250,12 +249,9 @@ async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, Error> {
         m::CLAIMS => json(membership::claims(d).await?),
         m::CLAIM_DECIDE => json(membership::claim_decide(d, params(p)?).await?),
         m::JOIN => json(membership::join(d, params(p)?).await?),
-        m::LIST => json(
-            d.meshes()
-                .iter()
-                .map(|x| membership::mesh_info(&lock(&x.row)))
-                .collect::<Vec<_>>(),
-        ),
+        m::LIST => json(membership::list(d)),
+        m::MESH_USE => json(membership::mesh_use(d, params(p)?).await?),
+        m::MESH_RENAME => json(membership::mesh_rename(d, params(p)?).await?),
         m::LEAVE => json(membership::leave(d, params(p)?).await?),
         m::MESH_SET_RELAY => json(membership::set_relay(d, params(p)?).await?),
         m::MEMBER_REMOVE => json(membership::member_change(d, params(p)?, None).await?),

@@ -221,6 +221,10 @@ pub mod methods {
     pub const PING: &str = "ping";
     /// `mark_read`: mark some of a session's messages read.
     pub const MARK_READ: &str = "mark_read";
+    /// `mesh_use`: the mesh commands act in when none is named.
+    pub const MESH_USE: &str = "mesh_use";
+    /// `mesh_rename`: a joined mesh's local name.
+    pub const MESH_RENAME: &str = "mesh_rename";
     /// `sent_list`: the messages sent last and how far each got.
     pub const SENT_LIST: &str = "sent_list";
 
@@ -696,6 +700,26 @@ pub mod methods {
         pub session: SessionId,
         /// When we joined, unix ms.
         pub joined_at: i64,
+        /// The mesh commands act in when none is named (`claudemesh mesh use`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        pub default: bool,
+    }
+
+    /// `mesh_use` parameters.
+    #[derive(Debug, Clone, Serialize, Deserialize, Default)]
+    pub struct MeshUseParams {
+        /// Mesh name or id prefix; `None` clears the default.
+        #[serde(default)]
+        pub mesh: Option<String>,
+    }
+
+    /// `mesh_rename` parameters.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct MeshRenameParams {
+        /// Mesh name or id prefix.
+        pub mesh: String,
+        /// Its new local name (only this machine sees it).
+        pub name: String,
     }
 
     /// `invite` parameters.

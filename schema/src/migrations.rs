@@ -19,6 +19,7 @@ pub const DAEMON: &[&str] = &[
     include_str!("../sql/daemon/0012_key_epochs.sql"),
     include_str!("../sql/daemon/0013_inbox_gone.sql"),
     include_str!("../sql/daemon/0014_mesh_relay.sql"),
+    include_str!("../sql/daemon/0015_settings.sql"),
 ];
 
 /// Relay store migrations (`relay.db`).

@@ -387,6 +387,14 @@ pub(crate) async fn send_as(
             }));
         }
         1 => found.remove(0),
+        // The default mesh (`mesh use`) decides when it is one of them.
+        _ if found.iter().any(|(m, _)| Some(m.id) == d.default_mesh()) => {
+            let i = found
+                .iter()
+                .position(|(m, _)| Some(m.id) == d.default_mesh())
+                .unwrap_or(0);
+            found.swap_remove(i)
+        }
         _ => {
             return Err(Error::ambiguous(format!(
                 "{to:?} matches peers in several meshes ({}); pass --mesh",

@@ -4,7 +4,7 @@ use claudemesh_schema::crypto::MemberKey;
 use claudemesh_schema::message::PeerStatus;
 use claudemesh_schema::roster::{MeshGenesis, Role, RosterEntry};
 use claudemesh_schema::{MeshId, SessionId};
-use rusqlite::{Connection, Row, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{Result, Store, StoreError, blob32, id16, parse};
 
@@ -65,6 +65,34 @@ impl Store {
                     genesis,
                     m.joined_at
                 ],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// Set (or with `None` remove) one of this machine's settings.
+    pub(crate) async fn set_setting(&self, key: &'static str, value: Option<String>) -> Result<()> {
+        self.write(move |tx| {
+            match value {
+                Some(v) => tx.execute(
+                    "INSERT INTO settings (key, value) VALUES (?1, ?2)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    params![key, v],
+                )?,
+                None => tx.execute("DELETE FROM settings WHERE key = ?1", params![key])?,
+            };
+            Ok(())
+        })
+        .await
+    }
+
+    /// Give a joined mesh another local name (what `--mesh` and listings use here).
+    pub(crate) async fn rename_mesh(&self, mesh: MeshId, name: String) -> Result<()> {
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE meshes SET name = ?2 WHERE id = ?1",
+                params![mesh.as_bytes(), name],
             )
             .map(|_| ())
         })
@@ -233,4 +261,15 @@ pub(crate) fn q_roster(conn: &Connection, mesh: MeshId) -> Result<Vec<(u64, Rost
         ));
     }
     Ok(out)
+}
+
+/// One of this machine's settings.
+pub(crate) fn q_setting(conn: &Connection, key: &str) -> Result<Option<String>> {
+    Ok(conn
+        .query_row(
+            "SELECT value FROM settings WHERE key = ?1",
+            params![key],
+            |r| r.get(0),
+        )
+        .optional()?)
 }

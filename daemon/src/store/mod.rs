@@ -33,8 +33,8 @@ pub(crate) use inbox::{
     q_recent_received, q_taken, q_unread,
 };
 pub(crate) use invites::{q_claims, q_invites};
-pub(crate) use meshes::q_roster;
 pub use meshes::{MeshRow, q_meshes};
+pub(crate) use meshes::{q_roster, q_setting};
 pub use messages::q_counts;
 pub(crate) use messages::{SentStages, q_outbox, q_sent_find, q_sent_recent};
 pub(crate) use presence::{PresenceRow, q_pins, q_presence, q_presence_of};
