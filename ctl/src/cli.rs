@@ -2,6 +2,7 @@
 //! for `launch`, durations). Behaviour lives in the modules `commands` dispatches to.
 
 use clap::{Args, Parser, Subcommand};
+use clap_complete::engine::ArgValueCandidates;
 use std::ffi::OsString;
 
 use crate::exit::{Exit, Failure, Res};
@@ -242,6 +243,7 @@ pub(crate) enum Command {
 #[derive(Debug, Args)]
 pub(crate) struct SentArgs {
     /// The message id `send` printed, or the start of it (none: list the last sends).
+    #[arg(add = ArgValueCandidates::new(crate::complete::sent_ids))]
     pub(crate) id: Option<String>,
     /// With no id: how many of the last sends to list.
     #[arg(long, default_value_t = 20)]
@@ -329,7 +331,7 @@ pub(crate) struct RestoreArgs {
 #[derive(Debug, Args, Clone)]
 pub(crate) struct MeshJson {
     /// Mesh name or id prefix (needed when you are in several).
-    #[arg(long)]
+    #[arg(long, add = ArgValueCandidates::new(crate::complete::meshes))]
     pub(crate) mesh: Option<String>,
     /// Print JSON (with `schema_version`).
     #[arg(long)]
@@ -621,7 +623,7 @@ pub(crate) enum DebugAction {
         #[arg(value_parser = ["down", "up"])]
         state: String,
         /// Mesh name or id prefix (needed when you are in several).
-        #[arg(long)]
+        #[arg(long, add = ArgValueCandidates::new(crate::complete::meshes))]
         mesh: Option<String>,
     },
 }
@@ -645,7 +647,7 @@ pub(crate) struct LaunchArgs {
     #[arg(long)]
     pub(crate) groups: Option<String>,
     /// Mesh to join the session to (default: all).
-    #[arg(long)]
+    #[arg(long, add = ArgValueCandidates::new(crate::complete::meshes))]
     pub(crate) mesh: Option<String>,
     /// Role tag shown to peers (e.g. reviewer, lead).
     #[arg(long)]
@@ -668,7 +670,7 @@ pub(crate) struct WaitArgs {
     /// The peer (name, id, or @group for any member of it), for peer conditions.
     pub(crate) peer: Option<String>,
     /// Only this mesh (name or id prefix; default: all).
-    #[arg(long)]
+    #[arg(long, add = ArgValueCandidates::new(crate::complete::meshes))]
     pub(crate) mesh: Option<String>,
     /// Give up after this many seconds (exit code 9).
     #[arg(long, default_value_t = 30)]
@@ -756,7 +758,7 @@ pub(crate) struct InviteArgs {
     #[command(subcommand)]
     pub(crate) action: Option<InviteAction>,
     /// Mesh name or id prefix (needed when you are in several).
-    #[arg(long)]
+    #[arg(long, add = ArgValueCandidates::new(crate::complete::meshes))]
     pub(crate) mesh: Option<String>,
     /// How many people may use the invite.
     #[arg(long, default_value_t = 1)]
@@ -779,7 +781,7 @@ pub(crate) enum InviteAction {
     /// Invites minted on this machine.
     List {
         /// Only this mesh (name or id prefix; default: all).
-        #[arg(long)]
+        #[arg(long, add = ArgValueCandidates::new(crate::complete::meshes))]
         mesh: Option<String>,
         #[command(flatten)]
         json: JsonArg,
@@ -866,7 +868,7 @@ pub(crate) struct SetRelayArgs {
     #[arg(long)]
     pub(crate) no_check: bool,
     /// Mesh name or id (needed when several are joined).
-    #[arg(long)]
+    #[arg(long, add = ArgValueCandidates::new(crate::complete::meshes))]
     pub(crate) mesh: Option<String>,
     #[command(flatten)]
     pub(crate) json: JsonArg,
@@ -885,7 +887,7 @@ pub(crate) struct MemberArgs {
     /// The member: a name, or a fingerprint or session id prefix.
     pub(crate) peer: String,
     /// Mesh name or id prefix (needed when you are in several).
-    #[arg(long)]
+    #[arg(long, add = ArgValueCandidates::new(crate::complete::meshes))]
     pub(crate) mesh: Option<String>,
     #[command(flatten)]
     pub(crate) json: JsonArg,
@@ -899,7 +901,7 @@ pub(crate) struct MemberRoleArgs {
     #[arg(value_parser = ["admin", "member"])]
     pub(crate) role: String,
     /// Mesh name or id prefix (needed when you are in several).
-    #[arg(long)]
+    #[arg(long, add = ArgValueCandidates::new(crate::complete::meshes))]
     pub(crate) mesh: Option<String>,
     #[command(flatten)]
     pub(crate) json: JsonArg,
@@ -916,7 +918,7 @@ pub(crate) struct LeaveArgs {
 #[derive(Debug, Args)]
 pub(crate) struct PeersArgs {
     /// Only this mesh (name or id prefix; default: all).
-    #[arg(long)]
+    #[arg(long, add = ArgValueCandidates::new(crate::complete::meshes))]
     pub(crate) mesh: Option<String>,
     /// Also sessions that ended (beyond the grace of `[peers] offline_grace_secs`).
     #[arg(long)]
@@ -929,11 +931,12 @@ pub(crate) struct PeersArgs {
 pub(crate) struct SendArgs {
     /// A person's name (reaches their active session), `name/session`, a session id prefix,
     /// @group, or * for everyone.
+    #[arg(add = ArgValueCandidates::new(crate::complete::peers))]
     pub(crate) to: String,
     #[command(flatten)]
     pub(crate) body: BodyArgs,
     /// Mesh name or id prefix (needed when you are in several).
-    #[arg(long)]
+    #[arg(long, add = ArgValueCandidates::new(crate::complete::meshes))]
     pub(crate) mesh: Option<String>,
     #[command(flatten)]
     pub(crate) json: JsonArg,
@@ -958,6 +961,7 @@ pub(crate) struct BodyArgs {
 pub(crate) struct ReplyArgs {
     /// The id of a message you received (or the start of it, as `inbox` and `history`
     /// show it).
+    #[arg(add = ArgValueCandidates::new(crate::complete::received_ids))]
     pub(crate) id: String,
     #[command(flatten)]
     pub(crate) body: BodyArgs,
@@ -968,7 +972,7 @@ pub(crate) struct ReplyArgs {
 #[derive(Debug, Args)]
 pub(crate) struct InboxArgs {
     /// Only this mesh (name or id prefix; default: all).
-    #[arg(long)]
+    #[arg(long, add = ArgValueCandidates::new(crate::complete::meshes))]
     pub(crate) mesh: Option<String>,
     /// Wait up to this many seconds for a message when there is none.
     #[arg(long)]
@@ -998,7 +1002,7 @@ pub(crate) struct InboxArgs {
 #[derive(Debug, Args)]
 pub(crate) struct HistoryArgs {
     /// Only this mesh (name or id prefix; default: all).
-    #[arg(long)]
+    #[arg(long, add = ArgValueCandidates::new(crate::complete::meshes))]
     pub(crate) mesh: Option<String>,
     /// A hosted session's messages (an id from `peers`) instead of the daemon's own.
     #[arg(long)]
@@ -1013,7 +1017,7 @@ pub(crate) struct HistoryArgs {
 #[derive(Debug, Args)]
 pub(crate) struct ProfileArgs {
     /// Only this mesh (name or id prefix; default: all).
-    #[arg(long)]
+    #[arg(long, add = ArgValueCandidates::new(crate::complete::meshes))]
     pub(crate) mesh: Option<String>,
     /// New display name.
     #[arg(long)]
@@ -1071,10 +1075,7 @@ fn launch_by_default(mut argv: Vec<OsString>) -> Vec<OsString> {
 
 /// `claudemesh completions <shell>`: the script, generated from this command line.
 pub(crate) fn completions(a: CompletionsArgs) -> Res {
-    use clap::CommandFactory as _;
-    let mut script = Vec::new();
-    clap_complete::generate(a.shell, &mut Cli::command(), "claudemesh", &mut script);
-    output::raw(&script);
+    output::raw(&crate::complete::script(a.shell)?);
     Ok(())
 }
 

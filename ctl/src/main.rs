@@ -24,6 +24,7 @@ mod cache;
 mod claude;
 mod cli;
 mod commands;
+mod complete;
 mod daemon;
 mod doctor;
 mod exit;
@@ -46,6 +47,7 @@ use crate::exit::Exit;
 fn main() -> ExitCode {
     // The one TLS provider of this process (see AGENTS.md: ring only).
     let _ = rustls::crypto::ring::default_provider().install_default();
+    complete::answer_if_asked();
     match commands::run(cli::parse().command) {
         Ok(()) => Exit::Ok.into(),
         Err(f) => {

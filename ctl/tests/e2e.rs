@@ -1491,7 +1491,10 @@ fn a_default_mesh_answers_for_commands_that_name_none_and_a_mesh_can_be_renamed_
     assert!(err.contains("mesh use"), "says how to pick one: {err}");
     ann.ok(&["mesh", "use", "work"]);
     ann.ok(&["state", "set", "k", "1"]);
-    assert_eq!(ann.json(&["state", "get", "k", "--mesh", "work"])["value"], 1);
+    assert_eq!(
+        ann.json(&["state", "get", "k", "--mesh", "work"])["value"],
+        1
+    );
     let list = ann.json(&["list"]);
     let default: Vec<&str> = list["meshes"]
         .as_array()
@@ -1503,7 +1506,10 @@ fn a_default_mesh_answers_for_commands_that_name_none_and_a_mesh_can_be_renamed_
     assert_eq!(default, vec!["work"]);
     // A local name: --mesh takes it; a name another mesh has here is refused.
     ann.ok(&["mesh", "rename", "work", "job"]);
-    assert_eq!(ann.json(&["state", "get", "k", "--mesh", "job"])["value"], 1);
+    assert_eq!(
+        ann.json(&["state", "get", "k", "--mesh", "job"])["value"],
+        1
+    );
     let (code, err) = ann.fails(&["mesh", "rename", "job", "test"]);
     assert_eq!(code, 10, "{err}");
     // The default survives a restart of the daemon; --clear forgets it.
@@ -1511,8 +1517,50 @@ fn a_default_mesh_answers_for_commands_that_name_none_and_a_mesh_can_be_renamed_
     nodes[0].stop();
     nodes[0].start();
     nodes[0].ok(&["state", "set", "k", "2"]);
-    assert_eq!(nodes[0].json(&["state", "get", "k", "--mesh", "job"])["value"], 2);
+    assert_eq!(
+        nodes[0].json(&["state", "get", "k", "--mesh", "job"])["value"],
+        2
+    );
     nodes[0].ok(&["mesh", "use", "--clear"]);
     let (code, _) = nodes[0].fails(&["state", "set", "k", "3"]);
     assert_eq!(code, 5);
+}
+
+/// What the shell gets for `claudemesh <words>` with the cursor on the last one.
+fn complete(n: &Node, words: &[&str]) -> Vec<String> {
+    let mut args = vec!["--", "claudemesh"];
+    args.extend_from_slice(words);
+    let out = n
+        .command(&args)
+        .env("COMPLETE", "bash")
+        .env("_CLAP_COMPLETE_INDEX", words.len().to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn completion_offers_peers_meshes_and_message_ids_from_the_local_store() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, mut nodes) = mesh(bin(), root.path(), &["ann", "ben", "bea"], &[]);
+    nodes[2].ok(&["profile", "--groups", "backend"]);
+    nodes[0].wait("peer-online", Some("bea"));
+    let sent = nodes[1].json(&["send", "ann", "hello"]);
+    let id = sent["id"].as_str().unwrap().to_string();
+    assert_eq!(bodies(&nodes[0].inbox_wait()), vec!["hello"]);
+    let ann = &nodes[0];
+    assert_eq!(complete(ann, &["send", "b"]), vec!["bea", "ben"]);
+    let groups = complete(ann, &["send", "@"]);
+    assert!(groups.contains(&"@backend".to_string()), "{groups:?}");
+    assert_eq!(complete(ann, &["peers", "--mesh", ""]), vec!["test"]);
+    let ids = complete(ann, &["reply", ""]);
+    assert_eq!(ids.first(), Some(&id[id.len() - 8..].to_string()), "{ids:?}");
+    assert!(ids.iter().skip(1).all(|c| c.starts_with("--")), "{ids:?}");
+    // From the store alone: with the daemon stopped too.
+    nodes[0].stop();
+    assert_eq!(complete(&nodes[0], &["send", "be"]), vec!["bea", "ben"]);
 }

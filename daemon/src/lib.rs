@@ -47,7 +47,7 @@ pub use shared::cron::parse_rfc3339;
 /// daemon writes the store; this module is all of it the rest of the workspace sees.
 pub mod offline {
     pub use crate::peers::q_peers;
-    pub use crate::store::{MeshRow, StoreError, open_readonly, q_counts, q_meshes};
+    pub use crate::store::{MeshRow, StoreError, open_readonly, q_counts, q_meshes, q_recent_ids};
 }
 
 /// Fuzzing entry point (`fuzz/fuzz_targets/snapshot.rs`), not an API: load a decoded

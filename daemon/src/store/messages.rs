@@ -362,3 +362,28 @@ fn sent_rows(
     }
     Ok(out)
 }
+
+/// Ids of the messages received or sent last, newest first, each with a few words of
+/// who and what (for shell completion of `reply` and `sent`).
+pub fn q_recent_ids(
+    conn: &Connection,
+    received: bool,
+    limit: u32,
+) -> Result<Vec<(MessageId, String)>> {
+    let sql = if received {
+        "SELECT id, 'from ' || from_name || ': ' || substr(body, 1, 40) FROM inbox
+         ORDER BY received_at DESC LIMIT ?1"
+    } else {
+        "SELECT id, 'to ' || to_label FROM sent ORDER BY created_at DESC LIMIT ?1"
+    };
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params![limit as i64], |r| {
+        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))
+    })?;
+    let mut out = Vec::new();
+    for r in rows {
+        let (id, what) = r?;
+        out.push((id16(id, MessageId::from_slice, "message id")?, what));
+    }
+    Ok(out)
+}
