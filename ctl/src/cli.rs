@@ -93,6 +93,9 @@ Options:
     after_help = crate::exit::help()
 )]
 pub(crate) struct Cli {
+    /// No confirmations, hints or progress (data you asked for and errors still print).
+    #[arg(short, long, global = true)]
+    pub(crate) quiet: bool,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -1045,7 +1048,12 @@ fn launch_by_default(mut argv: Vec<OsString>) -> Vec<OsString> {
     let Some(first) = argv.get(1).and_then(|a| a.to_str()) else {
         return argv;
     };
-    if !first.starts_with('-') || matches!(first, "-h" | "--help" | "-V" | "--version") {
+    if !first.starts_with('-')
+        || matches!(
+            first,
+            "-h" | "--help" | "-V" | "--version" | "-q" | "--quiet"
+        )
+    {
         return argv;
     }
     let rest: Vec<_> = argv.drain(1..).collect();
@@ -1208,6 +1216,8 @@ mod tests {
         theirs.build();
         let (mut a, mut b) = (Vec::new(), Vec::new());
         options(ours, "", &mut a);
+        // `--quiet` is claudemesh's global flag, not one of the relay's.
+        a.retain(|o| !o.contains(" --quiet "));
         options(&theirs, "", &mut b);
         assert!(a.iter().any(|o| o.contains("--durability")), "{a:#?}");
         assert_eq!(a, b);

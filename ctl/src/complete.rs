@@ -25,14 +25,12 @@ pub(crate) fn answer_if_asked() {
 pub(crate) fn script(shell: clap_complete::Shell) -> Result<Vec<u8>, Failure> {
     let name = shell.to_string();
     let shells = clap_complete::env::Shells::builtins();
-    let completer = shells
-        .completer(&name)
-        .ok_or_else(|| {
-            Failure::new(
-                Exit::Usage,
-                format!("no completion for {name}: use bash, zsh, fish, elvish or powershell"),
-            )
-        })?;
+    let completer = shells.completer(&name).ok_or_else(|| {
+        Failure::new(
+            Exit::Usage,
+            format!("no completion for {name}: use bash, zsh, fish, elvish or powershell"),
+        )
+    })?;
     let exe = std::env::current_exe()
         .map_err(|e| Failure::new(Exit::Error, format!("cannot find this binary: {e}")))?;
     let mut buf = Vec::new();

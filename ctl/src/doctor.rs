@@ -415,6 +415,7 @@ pub(crate) async fn run(json: bool) -> Res {
             .map(|(q, _)| q)
             .collect();
         let mut results = Vec::new();
+        let _probing = crate::output::Progress::start(&format!("reaching the relay of {}", r.name));
         for quic in transports {
             results.push((quic, ping_relay(&r.relay, r.relay_fp, quic).await));
         }

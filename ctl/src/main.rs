@@ -12,6 +12,13 @@ macro_rules! out {
     };
 }
 
+/// Print a line to stdout that only confirms what was done (silent with `--quiet`).
+macro_rules! say {
+    ($($t:tt)*) => {
+        $crate::output::say(&format!($($t)*))
+    };
+}
+
 /// Print a line to stderr, ignoring a closed pipe.
 macro_rules! note {
     ($($t:tt)*) => {
@@ -48,11 +55,13 @@ fn main() -> ExitCode {
     // The one TLS provider of this process (see AGENTS.md: ring only).
     let _ = rustls::crypto::ring::default_provider().install_default();
     complete::answer_if_asked();
-    match commands::run(cli::parse().command) {
+    let cli = cli::parse();
+    output::set_quiet(cli.quiet);
+    match commands::run(cli.command) {
         Ok(()) => Exit::Ok.into(),
         Err(f) => {
             if !f.message.is_empty() {
-                note!("error: {}", f.message);
+                output::error(&f.message);
             }
             f.code.into()
         }

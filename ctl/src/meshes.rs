@@ -303,10 +303,10 @@ pub(crate) async fn up(a: UpArgs) -> Res {
                 "No meshes yet: join one with `claudemesh join - < link.txt`, or create one on a relay with `claudemesh create <name> --relay <host:port>`."
             );
         } else if down.is_empty() {
-            out!(
+            say!(
                 "Next: `claudemesh invite` to bring in another machine, `claudemesh peers` to see who is here,"
             );
-            out!("      `claudemesh send <peer> <message>` and `claudemesh inbox` to talk.");
+            say!("      `claudemesh send <peer> <message>` and `claudemesh inbox` to talk.");
         }
     }
     if down.is_empty() {

@@ -126,13 +126,13 @@ fn said(to: &str, r: &SendResult, json: bool) {
             r.recipients.join(", ")
         };
         match r.stage {
-            Stage::Queued => out!(
+            Stage::Queued => say!(
                 "queued for {who}: the relay is not reachable right now; it will be sent when the link returns (id {})",
                 r.id.short()
             ),
-            Stage::Relayed => out!("sent to {who} (relayed, id {})", r.id.short()),
+            Stage::Relayed => say!("sent to {who} (relayed, id {})", r.id.short()),
             Stage::Delivered | Stage::Surfaced | Stage::Read => {
-                out!("delivered to {who} (id {})", r.id.short())
+                say!("delivered to {who} (id {})", r.id.short())
             }
         }
     }

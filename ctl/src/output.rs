@@ -30,10 +30,113 @@ pub(crate) fn raw(b: &[u8]) {
     }
 }
 
-/// Write one line to stderr, ignoring errors (nobody to tell).
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `--quiet`: no confirmations, hints or progress; data asked for and errors still print.
+pub(crate) fn set_quiet(q: bool) {
+    QUIET.store(q, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn quiet() -> bool {
+    QUIET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A confirmation of what a command did ("set k", "sent to bob"): silent with `--quiet`.
+pub(crate) fn say(s: &str) {
+    if !quiet() {
+        line(s);
+    }
+}
+
+/// Write one line to stderr (a hint or progress), ignoring errors (nobody to tell);
+/// silent with `--quiet`.
 pub(crate) fn note(s: &str) {
     use std::io::Write as _;
-    let _ = writeln!(std::io::stderr().lock(), "{s}");
+    if !quiet() {
+        let _ = writeln!(std::io::stderr().lock(), "{s}");
+    }
+}
+
+/// An error for the person at the terminal: `error:` in red when stderr is one (and
+/// `NO_COLOR` is unset). Printed even with `--quiet`.
+pub(crate) fn error(s: &str) {
+    use std::io::Write as _;
+    let mut err = std::io::stderr().lock();
+    let prefix = if colour(&std::io::stderr()) {
+        "\x1b[31merror:\x1b[0m"
+    } else {
+        "error:"
+    };
+    let _ = writeln!(err, "{prefix} {s}");
+}
+
+/// Colour for this stream: a terminal, `NO_COLOR` unset, `TERM` not `dumb`.
+pub(crate) fn colour(stream: &impl std::io::IsTerminal) -> bool {
+    stream.is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        && std::env::var_os("TERM").is_none_or(|t| t != "dumb")
+}
+
+/// `text` in bold red on a colour terminal (stdout), as it is otherwise.
+fn urgent(text: &str) -> String {
+    if colour(&std::io::stdout()) {
+        format!("\x1b[1;31m{text}\x1b[0m")
+    } else {
+        text.to_string()
+    }
+}
+
+/// A line on stderr while something slow runs ("waiting for an admin…"), on a terminal
+/// only and not with `--quiet`; it says how long it has waited and is wiped when dropped.
+pub(crate) struct Progress {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    pub(crate) fn start(what: &str) -> Self {
+        if quiet() || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            return Self {
+                stop: None,
+                thread: None,
+            };
+        }
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let what = what.to_string();
+        let thread = std::thread::spawn(move || {
+            use std::io::Write as _;
+            let started = std::time::Instant::now();
+            let frames = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+            let mut i = 0;
+            loop {
+                let _ = write!(
+                    std::io::stderr().lock(),
+                    "\r{} {what} ({}s)\x1b[K",
+                    frames[i % frames.len()],
+                    started.elapsed().as_secs()
+                );
+                i += 1;
+                match stopped.recv_timeout(std::time::Duration::from_millis(120)) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => break,
+                }
+            }
+            let _ = write!(std::io::stderr().lock(), "\r\x1b[K");
+        });
+        Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Print `v` as JSON with `schema_version`; lists are wrapped as `{key: [...]}`.
@@ -299,9 +402,9 @@ pub(crate) fn history(msgs: &[InboxMessage]) {
 fn messages(msgs: &[InboxMessage]) {
     for m in msgs {
         let marker = match m.priority.as_str() {
-            "now" => " [now]",
-            "low" => " [low]",
-            _ => "",
+            "now" => format!(" {}", urgent("[now]")),
+            "low" => " [low]".to_string(),
+            _ => String::new(),
         };
         let to = if m.to.starts_with('@') || m.to == "*" {
             format!(" → {}", m.to)

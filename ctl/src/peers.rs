@@ -229,6 +229,7 @@ pub(crate) async fn wait(a: WaitArgs) -> Res {
         "synced" => m::WaitCondition::Synced,
         _ => m::WaitCondition::PeerOffline,
     };
+    let _waiting = output::Progress::start(&format!("waiting for {}", a.condition));
     let r: m::WaitResult = c
         .call(
             m::WAIT_FOR,

@@ -45,8 +45,8 @@ fn written(what: &str, w: &WriteResult, json: bool) {
             .map(|i| format!(" {}", &i[..8.min(i.len())]))
             .unwrap_or_default();
     match w.seq {
-        Some(seq) => out!("{what}{id} (seq {seq})"),
-        None => out!("{what}{id} (pending: saved here, published when the relay link is up)"),
+        Some(seq) => say!("{what}{id} (seq {seq})"),
+        None => say!("{what}{id} (pending: saved here, published when the relay link is up)"),
     }
 }
 

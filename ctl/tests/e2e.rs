@@ -1558,9 +1558,38 @@ fn completion_offers_peers_meshes_and_message_ids_from_the_local_store() {
     assert!(groups.contains(&"@backend".to_string()), "{groups:?}");
     assert_eq!(complete(ann, &["peers", "--mesh", ""]), vec!["test"]);
     let ids = complete(ann, &["reply", ""]);
-    assert_eq!(ids.first(), Some(&id[id.len() - 8..].to_string()), "{ids:?}");
+    assert_eq!(
+        ids.first(),
+        Some(&id[id.len() - 8..].to_string()),
+        "{ids:?}"
+    );
     assert!(ids.iter().skip(1).all(|c| c.starts_with("--")), "{ids:?}");
     // From the store alone: with the daemon stopped too.
     nodes[0].stop();
     assert_eq!(complete(&nodes[0], &["send", "be"]), vec!["bea", "ben"]);
+}
+
+#[test]
+fn quiet_drops_confirmations_but_not_data_or_errors_and_pipes_get_no_colour() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["ann", "ben"], &[]);
+    let (ann, ben) = (&nodes[0], &nodes[1]);
+    for args in [
+        &["-q", "send", "ben", "one"][..],
+        &["send", "ben", "two", "--quiet"][..],
+        &["state", "set", "k", "1", "-q"][..],
+    ] {
+        let out = ann.run(args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
+    }
+    let got = ben.inbox_wait();
+    assert!(!got.is_empty());
+    // Data asked for still prints; errors still print, without colour codes in a pipe.
+    assert!(ann.ok(&["-q", "state", "list"]).contains("k"));
+    let out = ann.run(&["-q", "send", "nobody", "x"]);
+    assert_eq!(out.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("error: no peer matches"), "{err}");
+    assert!(!err.contains('\x1b'), "{err}");
 }
