@@ -454,6 +454,16 @@ pub(crate) async fn run(json: bool) -> Res {
     let svc = service_file(ServiceKind::native());
     checks.push(match &svc {
         Some(f) if f.exists() => Check::ok("service", format!("installed: {}", f.display())),
+        // Recommending `service install` where it cannot work would only break things.
+        _ if crate::service::manager_enabled()
+            && let Err(why) = crate::service::usable(ServiceKind::native()) =>
+        {
+            Check::warn(
+                "service",
+                format!("the daemon runs by hand: {why}"),
+                "keep it running with `claudemesh up`; on a server, `loginctl enable-linger $USER` and a new login, then `claudemesh service install`",
+            )
+        }
         _ => Check::warn(
             "service",
             "the daemon is not installed as a user service",

@@ -95,12 +95,41 @@ pub(crate) fn launchd_plist(exe: &Path, config: &Path, logs: &Path) -> String {
     )
 }
 
-fn manager_enabled() -> bool {
+pub(crate) fn manager_enabled() -> bool {
     std::env::var("CLAUDEMESH_SERVICE_MANAGER").map_or(true, |v| v != "none")
 }
 
-/// Run a service-manager command; a failure is reported, not fatal (the file is in place
-/// and the message says how to finish by hand).
+/// Can the service manager of `kind` run a user service here? (`Err` says why not.)
+pub(crate) fn usable(kind: ServiceKind) -> Result<(), String> {
+    match kind {
+        // Answers only with a user instance and its bus (a login session, or lingering).
+        ServiceKind::Systemd => manage("systemctl", &["--user", "show-environment"])
+            .map(|_| ())
+            .map_err(|e| format!("no usable systemd user session here ({e})")),
+        ServiceKind::Launchd => manage("launchctl", &["print", &format!("gui/{}", uid())])
+            .map(|_| ())
+            .map_err(|e| format!("no usable launchd GUI session here ({e})")),
+    }
+}
+
+/// Wait until a daemon answers on the socket (the service's, just started).
+async fn wait_for_daemon(paths: &claudemesh_daemon::Paths) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if claudemesh_daemon::Client::connect(&paths.socket)
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err("its daemon did not answer within 20 s".into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Run a service-manager command; `Err` says which and why it failed.
 fn manage(program: &str, args: &[&str]) -> Result<String, String> {
     match Command::new(program).args(args).output() {
         Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).trim().to_string()),
@@ -173,32 +202,79 @@ async fn install(platform: Option<String>, json: bool) -> Res {
             ),
         ));
     }
-    let unchanged = std::fs::read_to_string(&file).is_ok_and(|old| old == content);
+    let before = std::fs::read_to_string(&file).ok();
+    let unchanged = before.as_deref() == Some(content.as_str());
+    // Nothing is written and nothing stopped before the service manager is known to work:
+    // without one (a container, an ssh session without a user bus) the daemon running now
+    // is what everyone's link relies on.
+    if manager_enabled()
+        && !unchanged
+        && let Err(why) = usable(kind)
+    {
+        return Err(Failure::new(
+            Exit::Error,
+            format!(
+                "{why}; nothing was installed and the daemon keeps running as it is. {}",
+                match kind {
+                    ServiceKind::Systemd =>
+                        "On a server, `loginctl enable-linger $USER` and a new login give you a systemd user session; until then `claudemesh up` keeps the daemon running",
+                    ServiceKind::Launchd =>
+                        "Run it from a logged-in macOS session (not over ssh without one); until then `claudemesh up` keeps the daemon running",
+                }
+            ),
+        ));
+    }
     if !unchanged {
         write_atomic(&file, &content)?;
     }
-    let mut notes = Vec::new();
     // Unchanged: nothing to hand over or reload (a running service keeps running).
     if manager_enabled() && !unchanged {
-        // A daemon started by hand holds the instance lock: hand over to the service.
-        if let Ok(mut c) = claudemesh_daemon::Client::connect(&paths.socket).await {
-            let _: Result<serde_json::Value, _> =
-                c.call(claudemesh_schema::ipc::methods::SHUTDOWN, ()).await;
-            crate::daemon::wait_stopped(&paths).await?;
-        }
-        let steps: Vec<(&str, Vec<String>)> = match kind {
-            ServiceKind::Systemd => vec![
-                ("systemctl", vec!["--user".into(), "daemon-reload".into()]),
-                (
-                    "systemctl",
-                    vec![
-                        "--user".into(),
-                        "enable".into(),
-                        "--now".into(),
-                        claudemesh_daemon::paths::SYSTEMD_UNIT.into(),
-                    ],
+        let restore = |why: String| {
+            // Put things back as they were: the old file (or none), the daemon by hand.
+            match &before {
+                Some(old) => {
+                    let _ = write_atomic(&file, old);
+                }
+                None => {
+                    let _ = std::fs::remove_file(&file);
+                }
+            }
+            why
+        };
+        let reload = match kind {
+            ServiceKind::Systemd => manage("systemctl", &["--user", "daemon-reload"]),
+            ServiceKind::Launchd => Ok(String::new()),
+        };
+        if let Err(e) = reload {
+            return Err(Failure::new(
+                Exit::Error,
+                format!(
+                    "{}; nothing was installed and the daemon keeps running as it is",
+                    restore(e)
                 ),
-            ],
+            ));
+        }
+        // A daemon started by hand holds the instance lock: hand over to the service.
+        let was_running = match claudemesh_daemon::Client::connect(&paths.socket).await {
+            Ok(mut c) => {
+                let _: Result<serde_json::Value, _> =
+                    c.call(claudemesh_schema::ipc::methods::SHUTDOWN, ()).await;
+                crate::daemon::wait_stopped(&paths).await?;
+                true
+            }
+            Err(_) => false,
+        };
+        let started = match kind {
+            ServiceKind::Systemd => manage(
+                "systemctl",
+                &[
+                    "--user",
+                    "enable",
+                    "--now",
+                    claudemesh_daemon::paths::SYSTEMD_UNIT,
+                ],
+            )
+            .map(|_| ()),
             ServiceKind::Launchd => {
                 // An older version of the agent may be loaded: unload it first.
                 let _ = manage(
@@ -208,43 +284,70 @@ async fn install(platform: Option<String>, json: bool) -> Res {
                         &format!("gui/{}/{}", uid(), claudemesh_daemon::paths::LAUNCHD_LABEL),
                     ],
                 );
-                vec![(
+                manage(
                     "launchctl",
-                    vec![
-                        "bootstrap".into(),
-                        format!("gui/{}", uid()),
-                        file.display().to_string(),
+                    &[
+                        "bootstrap",
+                        &format!("gui/{}", uid()),
+                        &file.display().to_string(),
                     ],
-                )]
+                )
+                .map(|_| ())
             }
         };
-        for (program, args) in steps {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            if let Err(e) = manage(program, &args) {
-                notes.push(e);
+        // The service has taken over only once its daemon answers.
+        let answered = match started {
+            Ok(()) => wait_for_daemon(&paths).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = answered {
+            let why = restore(e);
+            if kind == ServiceKind::Systemd {
+                let _ = manage(
+                    "systemctl",
+                    &[
+                        "--user",
+                        "disable",
+                        "--now",
+                        claudemesh_daemon::paths::SYSTEMD_UNIT,
+                    ],
+                );
+                let _ = manage("systemctl", &["--user", "daemon-reload"]);
             }
+            let back = if was_running {
+                match crate::daemon::client(&paths).await {
+                    Ok(_) => "the daemon was started again by hand",
+                    Err(_) => "and the daemon could not be started again: run `claudemesh up`",
+                }
+            } else {
+                "nothing else was changed"
+            };
+            return Err(Failure::new(
+                Exit::Error,
+                format!("the service did not take over ({why}); it was removed, {back}"),
+            ));
         }
     }
     if json {
         crate::output::json(
             "service",
-            serde_json::json!({"file": file, "changed": !unchanged, "notes": notes}),
+            serde_json::json!({"file": file, "changed": !unchanged}),
+        );
+    } else if unchanged {
+        out!(
+            "service already installed at {}; nothing changed",
+            file.display()
+        );
+    } else if manager_enabled() {
+        out!(
+            "installed {}; the service runs the daemon now and at every login",
+            file.display()
         );
     } else {
-        if unchanged {
-            out!(
-                "service already installed at {}; nothing changed",
-                file.display()
-            );
-        } else {
-            out!("installed {}", file.display());
-        }
-        for n in &notes {
-            out!("note: {n}");
-        }
-        if !notes.is_empty() {
-            out!("the file is in place; start it by hand once the service manager is available");
-        }
+        out!(
+            "installed {} (CLAUDEMESH_SERVICE_MANAGER=none: not started)",
+            file.display()
+        );
     }
     Ok(())
 }

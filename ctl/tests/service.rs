@@ -219,3 +219,97 @@ fn install_sh_installs_binaries_and_completions_into_a_prefix() {
         .unwrap();
     assert!(again.status.success(), "{again:?}");
 }
+
+/// A `systemctl` on PATH that answers `show-environment` and `daemon-reload` as `session`
+/// says and fails `enable` (the unit does not start), recording every call.
+fn fake_systemctl(dir: &Path, session: bool) -> String {
+    let bin = dir.join("fakebin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = dir.join("systemctl.log");
+    let script = format!(
+        "#!/bin/sh\necho \"$*\" >> '{}'\ncase \"$*\" in\n  *show-environment*|*daemon-reload*|*disable*) {} ;;\n  *enable*) echo 'Failed to enable unit: Unit claudemesh.service failed' >&2; exit 1 ;;\nesac\nexit 0\n",
+        log.display(),
+        if session {
+            "exit 0"
+        } else {
+            "echo 'Failed to connect to bus: No medium found' >&2; exit 1"
+        }
+    );
+    let f = bin.join("systemctl");
+    std::fs::write(&f, script).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+fn daemon_pid(n: &Node) -> Option<u64> {
+    let out = n.run(&["daemon", "status", "--json"]);
+    serde_json::from_slice::<Value>(&out.stdout).ok()?["pid"].as_u64()
+}
+
+#[test]
+fn service_install_without_a_user_session_changes_nothing_and_says_so() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = claudemesh_tests::mesh(bin(), root.path(), &["ann", "ben"], &[]);
+    let ann = &nodes[0];
+    let pid = daemon_pid(ann).expect("ann's daemon runs");
+    let path = fake_systemctl(root.path(), false);
+    let out = ann.run_env(&["service", "install", "--platform", "systemd"], &[("PATH", &path)]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no usable systemd user session") && err.contains("keeps running"),
+        "{err}"
+    );
+    assert!(!ann.dir.join(".config/systemd/user/claudemesh.service").exists());
+    // The same daemon still runs, and the mesh still works.
+    assert_eq!(daemon_pid(ann), Some(pid));
+    ann.ok(&["send", "ben", "still here"]);
+    assert_eq!(nodes[1].inbox_wait()[0]["body"], "still here");
+    // doctor does not recommend what cannot work here.
+    let out = ann.run_env(&["doctor", "--json"], &[("PATH", &path)]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let svc = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "service")
+        .cloned()
+        .unwrap();
+    assert!(
+        svc["detail"].as_str().unwrap().contains("runs by hand"),
+        "{svc}"
+    );
+    assert!(!svc["fix"].as_str().unwrap().starts_with("claudemesh service install"));
+}
+
+#[test]
+fn a_service_that_does_not_take_over_is_removed_and_the_daemon_started_again() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, mut nodes) = claudemesh_tests::mesh(bin(), root.path(), &["ann", "ben"], &[]);
+    let path = fake_systemctl(root.path(), true);
+    let env: &[(&str, &str)] = &[("PATH", &path), ("CLAUDEMESH_NO_AUTOSTART", "0")];
+    let out = nodes[0].run_env(&["service", "install", "--platform", "systemd"], env);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("did not take over") && err.contains("started again"),
+        "{err}"
+    );
+    assert!(!nodes[0].dir.join(".config/systemd/user/claudemesh.service").exists());
+    let calls = std::fs::read_to_string(root.path().join("systemctl.log")).unwrap();
+    assert!(calls.contains("enable --now") && calls.contains("disable"), "{calls}");
+    // A daemon answers again (started by hand) and the mesh works.
+    nodes[0].ok(&["send", "ben", "back"]);
+    assert_eq!(nodes[1].inbox_wait()[0]["body"], "back");
+    // It is not the test's child: stop it.
+    nodes[0].ok(&["daemon", "stop"]);
+    nodes[0].stop();
+}
