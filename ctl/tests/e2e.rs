@@ -1593,3 +1593,23 @@ fn quiet_drops_confirmations_but_not_data_or_errors_and_pipes_get_no_colour() {
     assert!(err.starts_with("error: no peer matches"), "{err}");
     assert!(!err.contains('\x1b'), "{err}");
 }
+
+#[test]
+fn a_restarted_relay_is_noticed_at_the_next_packet_not_at_the_idle_timeout() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut relay, nodes) = mesh(bin(), root.path(), &["ann", "ben"], &[]);
+    let (ann, ben) = (&nodes[0], &nodes[1]);
+    ann.wait("peer-online", Some("ben"));
+    // A crash and a restart on the same address: the old connections are gone, and the
+    // new process answers their next packet with a stateless reset (it recognises their
+    // connection ids), so the links redial at once instead of after the ~30 s idle
+    // timeout that silence would cost.
+    relay.kill();
+    relay.restart();
+    let id = ann.json(&["send", "ben", "after the restart"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ann.ok(&["sent", &id, "--wait-for", "relayed", "--timeout", "10"]);
+    assert_eq!(bodies(&ben.inbox_wait()), vec!["after the restart"]);
+}

@@ -261,14 +261,21 @@ fn service_install_without_a_user_session_changes_nothing_and_says_so() {
     let ann = &nodes[0];
     let pid = daemon_pid(ann).expect("ann's daemon runs");
     let path = fake_systemctl(root.path(), false);
-    let out = ann.run_env(&["service", "install", "--platform", "systemd"], &[("PATH", &path)]);
+    let out = ann.run_env(
+        &["service", "install", "--platform", "systemd"],
+        &[("PATH", &path)],
+    );
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("no usable systemd user session") && err.contains("keeps running"),
         "{err}"
     );
-    assert!(!ann.dir.join(".config/systemd/user/claudemesh.service").exists());
+    assert!(
+        !ann.dir
+            .join(".config/systemd/user/claudemesh.service")
+            .exists()
+    );
     // The same daemon still runs, and the mesh still works.
     assert_eq!(daemon_pid(ann), Some(pid));
     ann.ok(&["send", "ben", "still here"]);
@@ -287,7 +294,12 @@ fn service_install_without_a_user_session_changes_nothing_and_says_so() {
         svc["detail"].as_str().unwrap().contains("runs by hand"),
         "{svc}"
     );
-    assert!(!svc["fix"].as_str().unwrap().starts_with("claudemesh service install"));
+    assert!(
+        !svc["fix"]
+            .as_str()
+            .unwrap()
+            .starts_with("claudemesh service install")
+    );
 }
 
 #[test]
@@ -303,9 +315,17 @@ fn a_service_that_does_not_take_over_is_removed_and_the_daemon_started_again() {
         err.contains("did not take over") && err.contains("started again"),
         "{err}"
     );
-    assert!(!nodes[0].dir.join(".config/systemd/user/claudemesh.service").exists());
+    assert!(
+        !nodes[0]
+            .dir
+            .join(".config/systemd/user/claudemesh.service")
+            .exists()
+    );
     let calls = std::fs::read_to_string(root.path().join("systemctl.log")).unwrap();
-    assert!(calls.contains("enable --now") && calls.contains("disable"), "{calls}");
+    assert!(
+        calls.contains("enable --now") && calls.contains("disable"),
+        "{calls}"
+    );
     // A daemon answers again (started by hand) and the mesh works.
     nodes[0].ok(&["send", "ben", "back"]);
     assert_eq!(nodes[1].inbox_wait()[0]["body"], "back");

@@ -255,7 +255,7 @@ async fn bind_sockets(
                     source,
                 })?;
                 let ep = quinn::Endpoint::new(
-                    quinn::EndpointConfig::new(reset_key(&cfg.data_dir)?),
+                    endpoint_config(&cfg.data_dir)?,
                     Some(quic_config()?),
                     sock,
                     Arc::new(quinn::TokioRuntime),
@@ -282,10 +282,13 @@ async fn bind_sockets(
     }
 }
 
-/// The QUIC stateless-reset key, kept in the data directory so that after a restart (or a
-/// crash) the relay can tell clients of the previous process that their connection is
-/// gone, instead of leaving them to wait for an idle timeout.
-fn reset_key(data_dir: &std::path::Path) -> Result<Arc<dyn quinn::crypto::HmacKey>, RelayError> {
+/// The QUIC endpoint's keys, kept in the data directory so that after a restart (or a
+/// crash) the relay tells clients of the previous process at once that their connection
+/// is gone, instead of leaving them to an idle timeout. Both are needed: the reset key
+/// makes the reset, and the connection-ID generator's key lets the new process recognise
+/// the old process's connection IDs as its own (quinn drops packets whose ID it does not
+/// recognise without answering, so a fresh generator key meant no reset at all).
+fn endpoint_config(data_dir: &std::path::Path) -> Result<quinn::EndpointConfig, RelayError> {
     let path = data_dir.join("quic-reset.key");
     let bytes = match std::fs::read(&path) {
         Ok(b) if b.len() == 64 => b,
@@ -295,10 +298,17 @@ fn reset_key(data_dir: &std::path::Path) -> Result<Arc<dyn quinn::crypto::HmacKe
             b
         }
     };
-    Ok(Arc::new(ring::hmac::Key::new(
-        ring::hmac::HMAC_SHA256,
-        &bytes,
-    )))
+    let reset = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes);
+    // The generator's key, derived from the same secret (one file, one thing to keep).
+    let tag = ring::hmac::sign(&reset, b"claudemesh quic connection-id generator");
+    let mut k = [0u8; 8];
+    k.copy_from_slice(&tag.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(k);
+    let mut cfg = quinn::EndpointConfig::new(Arc::new(reset));
+    cfg.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    Ok(cfg)
 }
 
 async fn quic_loop<S: Store>(hub: Arc<Hub<S>>, ep: quinn::Endpoint) {
