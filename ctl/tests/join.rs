@@ -164,3 +164,36 @@ fn a_join_refuses_a_mesh_or_key_the_invite_was_not_made_for_and_stores_nothing()
         assert_eq!(key_files(&ben), 0, "{attack:?}: a key file was written");
     }
 }
+
+/// Issue 13, item 4: joining a mesh this machine is in already is refused before any claim
+/// reaches the relay, so the invite keeps its uses and the roster gets no second key.
+#[test]
+fn joining_a_mesh_twice_is_refused_before_claiming_and_spends_no_use() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = claudemesh_tests::mesh(bin(), root.path(), &["ann"], &[]);
+    let ann = &nodes[0];
+    let mut ben = Node::new(bin(), root.path(), "ben");
+    ben.start();
+    let inv = ann.json(&["invite", "--uses", "3"]);
+    let link = inv["invite"].as_str().unwrap().to_string();
+    let id = inv["id"].as_str().unwrap().to_string();
+    ben.ok(&["join", &link, "--wait", "20"]);
+    let (code, err) = ben.fails(&["join", &link, "--wait", "20"]);
+    assert_eq!(code, 10, "{err}");
+    assert!(err.contains("already in test"), "{err}");
+    assert!(err.contains("nothing was claimed"), "{err}");
+    // The owner's own invite, too: its machine is in the mesh.
+    let (code, err) = ann.fails(&["join", &link]);
+    assert_eq!(code, 10, "{err}");
+    let invites = ann.json(&["invite", "list"]);
+    let uses = invites["invites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == id.as_str())
+        .map(|i| i["uses"].as_u64().unwrap());
+    assert_eq!(uses, Some(1), "{invites}");
+    let members = ann.json(&["verify"]);
+    assert_eq!(members["members"].as_array().unwrap().len(), 1, "{members}");
+    assert_eq!(ben.json(&["list"])["meshes"].as_array().unwrap().len(), 1);
+}

@@ -639,9 +639,35 @@ pub(crate) async fn claim_decide(
     })
 }
 
+/// The joined mesh an invite link is for, if this daemon is in it already: the link names
+/// the mesh's genesis hash (links made before it existed do not), and a roster entry held
+/// here names the invite when anyone (us included) was admitted through it before.
+async fn joined_already(d: &Arc<Daemon>, link: &InviteLink) -> Result<Option<String>, Error> {
+    for m in d.meshes() {
+        let g = invite::genesis_hash(&lock(&m.row).genesis);
+        if link.genesis.is_some_and(|l| crypto::ct_eq(&l, &g)) {
+            return Ok(Some(m.name()));
+        }
+        let id = m.id;
+        let entries = d.store.read(move |c| store::q_roster(c, id)).await?;
+        if entries.iter().any(|(_, e)| e.invite == Some(link.invite)) {
+            return Ok(Some(m.name()));
+        }
+    }
+    Ok(None)
+}
+
 /// `join`: claim an invite and, once an admin admits us, start using the mesh.
 pub(crate) async fn join(d: &Arc<Daemon>, p: JoinParams) -> Result<MeshInfo, Error> {
     let link = InviteLink::parse(&p.invite).map_err(|e| Error::invalid(e.to_string()))?;
+    // Before claiming: a claim admits a fresh key, so joining a mesh we are in would add a
+    // second member (a ghost with no session) and spend one of the invite's uses.
+    if let Some(name) = joined_already(d, &link).await? {
+        return Err(Error::conflict(format!(
+            "you are already in {name} (this invite is for it); nothing was claimed and the \
+             invite's uses are untouched"
+        )));
+    }
     let display = display_name(d, p.display_name.as_deref())?;
     let member = MemberSecret::generate();
     let bx = BoxSecret::generate();
