@@ -822,9 +822,11 @@ pub(crate) struct JoinArgs {
     /// Your display name in this mesh.
     #[arg(long = "name", id = "display_name")]
     pub(crate) display_name: Option<String>,
-    /// Seconds to wait for an admin to admit you.
-    #[arg(long, default_value_t = 300)]
-    pub(crate) wait: u64,
+    /// Wait until an admin admits you, up to this many seconds (300 with no value).
+    /// Without it, `join` returns once the relay holds the claim, and the daemon finishes
+    /// the join in the background when an admin's daemon is online.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "300")]
+    pub(crate) wait: Option<u64>,
     #[command(flatten)]
     pub(crate) json: JsonArg,
 }

@@ -4,7 +4,7 @@
 use claudemesh_daemon::client::Client;
 use claudemesh_schema::ipc::methods::{
     self as m, ClaimDecideParams, InviteInfo, InviteParams, InviteRevokeParams, JoinParams,
-    MeshInfo, MeshParams, PendingClaim,
+    JoinResult, MeshInfo, MeshParams, PendingClaim,
 };
 use claudemesh_schema::roster::Role;
 
@@ -80,14 +80,20 @@ async fn decide(c: &mut Client, claim: String, accept: bool, json: bool) -> Res 
         .await?;
     if json {
         output::json("claim", &r);
-    } else if accept {
-        out!("Admitted {} to {}.", r.fingerprint, r.mesh_name);
     } else {
-        out!(
-            "Denied the request from {} to join {}.",
-            r.fingerprint,
-            r.mesh_name
-        );
+        let who = match &r.name {
+            Some(n) => format!(
+                "{} ({})",
+                claudemesh_schema::names::one_line(n, 64),
+                r.fingerprint
+            ),
+            None => r.fingerprint.clone(),
+        };
+        if accept {
+            out!("Admitted {who} to {}.", r.mesh_name);
+        } else {
+            out!("Denied the request from {who} to join {}.", r.mesh_name);
+        }
     }
     Ok(())
 }
@@ -95,23 +101,65 @@ async fn decide(c: &mut Client, claim: String, accept: bool, json: bool) -> Res 
 pub(crate) async fn join(a: JoinArgs) -> Res {
     let p = paths()?;
     let mut c = client(&p).await?;
-    if !a.json.json {
-        note!("Asking to join; an admin's daemon must admit you…");
+    let json = a.json.json;
+    let invite = crate::stdin::or_stdin(a.invite, "invite link")?
+        .trim()
+        .to_string();
+    let params = |wait_secs| JoinParams {
+        invite: invite.clone(),
+        display_name: env_name(a.display_name.clone()),
+        wait_secs,
+    };
+    if !json {
+        note!("Claiming the invite…");
     }
-    let info: MeshInfo = c
-        .call(
-            m::JOIN,
-            JoinParams {
-                invite: crate::stdin::or_stdin(a.invite, "invite link")?
-                    .trim()
-                    .to_string(),
-                display_name: env_name(a.display_name),
-                wait_secs: Some(a.wait),
-            },
-        )
-        .await?;
-    if a.json.json {
-        output::json("mesh", &info);
+    // First the claim: the daemon answers once the relay holds it (or an admin that is
+    // online admitted it at once), so the user sees where it stands, with the key
+    // fingerprint the admin sees, before any long wait.
+    let r: JoinResult = c.call(m::JOIN, params(None)).await?;
+    let pending = match (r.joined, r.pending) {
+        (Some(info), _) => return joined(&info, json),
+        (None, Some(p)) => p,
+        (None, None) => {
+            return Err(Failure::new(
+                Exit::Error,
+                "the daemon said neither joined nor pending",
+            ));
+        }
+    };
+    let Some(secs) = a.wait else {
+        if json {
+            output::json("pending", serde_json::json!({ "pending": pending }));
+        } else {
+            for l in output::pending_join(&pending) {
+                out!("{l}");
+            }
+            out!(
+                "The daemon finishes the join in the background: `claudemesh status` shows it, \
+                 `claudemesh join <link> --wait` waits for it."
+            );
+        }
+        return Ok(());
+    };
+    if !json {
+        for l in output::pending_join(&pending) {
+            note!("{l}");
+        }
+        note!("Waiting up to {secs} s to be admitted…");
+    }
+    let r: JoinResult = c.call(m::JOIN, params(Some(secs))).await?;
+    match r.joined {
+        Some(info) => joined(&info, json),
+        None => Err(Failure::new(
+            Exit::TimedOut,
+            "not admitted yet; the join stays pending (`claudemesh status` shows it)",
+        )),
+    }
+}
+
+fn joined(info: &MeshInfo, json: bool) -> Res {
+    if json {
+        output::json("mesh", info);
     } else {
         out!(
             "Joined {} as {} ({}).",

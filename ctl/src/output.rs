@@ -2,7 +2,8 @@
 
 use claudemesh_schema::ipc::SCHEMA_VERSION;
 use claudemesh_schema::ipc::methods::{
-    InboxMessage, InviteInfo, MeshInfo, MeshPeers, MeshStatus, PendingClaim, StatusResult,
+    InboxMessage, InviteInfo, JoinStage, MeshInfo, MeshPeers, MeshStatus, PendingClaim,
+    PendingJoin, StatusResult,
 };
 use claudemesh_schema::ipc::shared::{Memory, Reminder, Reservation, StateEntry, Task};
 use claudemesh_schema::{names, now_ms, render};
@@ -487,8 +488,13 @@ pub(crate) fn status(s: &StatusResult) {
     if let (Some(public), Some(listen)) = (&s.embedded_relay, &s.embedded_relay_listen) {
         out!("  relay: listening on {listen}; invites name {public}");
     }
-    if s.meshes.is_empty() {
+    if s.meshes.is_empty() && s.joins.is_empty() {
         out!("No meshes yet. Run `claudemesh up` or `claudemesh join <invite>`.");
+    }
+    for j in &s.joins {
+        for l in pending_join(j) {
+            out!("{l}");
+        }
     }
     for m in &s.meshes {
         out!("{} via {}: {}", m.name, m.relay, link_text(m));
@@ -523,6 +529,50 @@ pub(crate) fn status(s: &StatusResult) {
             }
         );
     }
+}
+
+/// A join waiting for an admin (or refused), as `status` and `join` show it: one line of
+/// where it stands, then what identifies the claim (the admin sees the same name and
+/// fingerprint), then the last error.
+pub(crate) fn pending_join(j: &PendingJoin) -> Vec<String> {
+    let what = match j.stage {
+        JoinStage::Connecting => "pending: reaching the invite's relay".to_string(),
+        JoinStage::Waiting if j.admins_online.unwrap_or(0) == 0 => {
+            "pending; you will be admitted when an admin is online".to_string()
+        }
+        JoinStage::Waiting => "pending: an admin is online and answering".to_string(),
+        JoinStage::Approval => format!(
+            "pending: waiting for an admin to approve it (`claudemesh invite approve {}` on their machine)",
+            j.claim
+                .map(|c| c.short())
+                .unwrap_or_else(|| "<claim>".into())
+        ),
+        JoinStage::Refused => "refused; nothing was joined".to_string(),
+    };
+    let mut out = vec![
+        format!("join via {}: {what}", j.relay),
+        format!(
+            "  as {} with key fingerprint {}   asked {}{}",
+            names::one_line(&j.name, 64),
+            j.fingerprint,
+            ago(j.since),
+            j.kept_until
+                .map(|t| format!(
+                    "   kept at the relay for {}",
+                    span((t - now_ms()).max(0) as u64)
+                ))
+                .unwrap_or_default()
+        ),
+    ];
+    if let Some(e) = &j.error {
+        let label = if j.stage == JoinStage::Refused {
+            "why"
+        } else {
+            "last error"
+        };
+        out.push(format!("  {label}: {}", names::one_line(e, 400)));
+    }
+    out
 }
 
 pub(crate) fn invite(i: &InviteInfo) {
@@ -590,12 +640,16 @@ pub(crate) fn claims(list: &[PendingClaim]) {
             vec![
                 c.claim[..8.min(c.claim.len())].to_string(),
                 c.mesh_name.clone(),
+                c.name.clone().unwrap_or_else(|| "(no name given)".into()),
                 c.fingerprint.clone(),
                 ago(c.at),
             ]
         })
         .collect();
-    table(&["CLAIM", "MESH", "KEY FINGERPRINT", "ASKED"], rows);
+    table(&["CLAIM", "MESH", "NAME", "KEY FINGERPRINT", "ASKED"], rows);
+    out!(
+        "Check the fingerprint with the person (their `claudemesh status` shows it) before approving."
+    );
     out!(
         "Approve with `claudemesh invite approve <claim>`, or deny with `claudemesh invite deny <claim>`."
     );

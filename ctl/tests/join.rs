@@ -197,3 +197,83 @@ fn joining_a_mesh_twice_is_refused_before_claiming_and_spends_no_use() {
     assert_eq!(members["members"].as_array().unwrap().len(), 1, "{members}");
     assert_eq!(ben.json(&["list"])["meshes"].as_array().unwrap().len(), 1);
 }
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Issue 13, item 5: with no admin's daemon online, `join` leaves a claim waiting at the
+/// relay and returns; the claim and the joiner's pending join survive restarts of the
+/// relay and of the joiner's daemon, and the join finishes once an admin's daemon is
+/// online again (it answers the claim the relay kept for it).
+#[test]
+fn a_join_waits_for_an_admin_across_restarts_of_the_relay_and_the_joiner() {
+    let root = tempfile::tempdir().unwrap();
+    let mut relay = RelayProc::start(bin(), &root.path().join("relay"), &[]);
+    let mut ann = Node::new(bin(), root.path(), "ann");
+    ann.start();
+    let addr = relay.addr.to_string();
+    ann.ok(&[
+        "create",
+        "test",
+        "--relay",
+        &addr,
+        "--fingerprint",
+        &relay.fingerprint,
+    ]);
+    let link = ann.ok(&["invite"]);
+    ann.stop();
+
+    let mut ben = Node::new(bin(), root.path(), "ben");
+    ben.start();
+    let said = ben.ok(&["join", &link]);
+    assert!(
+        said.contains("pending; you will be admitted when an admin is online"),
+        "{said}"
+    );
+    let status = ben.json(&["status"]);
+    let joins = status["joins"].as_array().unwrap();
+    assert_eq!(joins.len(), 1, "{status}");
+    assert_eq!(joins[0]["stage"], "waiting", "{status}");
+    let fingerprint = joins[0]["fingerprint"].as_str().unwrap().to_string();
+    assert!(ben.ok(&["status"]).contains(&fingerprint));
+    assert_eq!(key_files(&ben), 0, "no mesh key before an admin answered");
+
+    // The relay and the joiner's daemon restart; the claim is still the same one.
+    relay.stop();
+    relay.restart();
+    ben.stop();
+    ben.start();
+    let status = ben.json(&["status"]);
+    assert_eq!(
+        status["joins"][0]["fingerprint"],
+        fingerprint.as_str(),
+        "{status}"
+    );
+    // Waiting on it (what `--wait` does) is joining it, not claiming again.
+    let waiter = ben.spawn(&["join", &link, "--wait", "20"]);
+
+    ann.start();
+    let out = waiter.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout(&out).contains("Joined test"), "{}", stdout(&out));
+    ann.wait("peer-online", Some("ben"));
+    ben.wait("peer-online", Some("ann"));
+    let status = ben.json(&["status"]);
+    assert!(
+        status.get("joins").is_none(),
+        "nothing pending after the join: {status}"
+    );
+    let who = ann.json(&["verify"]);
+    let members = who["members"].as_array().unwrap();
+    assert_eq!(members.len(), 1, "{who}");
+    assert_eq!(members[0]["fingerprint"], fingerprint.as_str(), "{who}");
+    let invites = ann.json(&["invite", "list"]);
+    assert_eq!(invites["invites"][0]["uses"], 1, "{invites}");
+    ben.ok(&["send", "ann", "hello from the pending join"]);
+    assert_eq!(ann.inbox_wait().len(), 1);
+}

@@ -172,6 +172,8 @@ pub(crate) struct Daemon {
     pub(crate) clock_offset: std::sync::atomic::AtomicI64,
     /// Serializes mesh creation and joins (name checks).
     pub(crate) membership: tokio::sync::Mutex<()>,
+    /// Joins waiting for an admin, by invite (`joining`).
+    pub(crate) joins: Mutex<HashMap<claudemesh_schema::InviteId, Arc<crate::joining::Pending>>>,
     /// New mesh links, for the supervisor to spawn.
     pub(crate) links: mpsc::UnboundedSender<LinkStart>,
     /// The transcript watcher's commands.

@@ -211,6 +211,7 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
         hostname: hostname(),
         clock_offset: Default::default(),
         membership: tokio::sync::Mutex::new(()),
+        joins: Mutex::new(HashMap::new()),
         links,
         transcripts,
         sweep: tokio::sync::Notify::new(),
@@ -237,6 +238,7 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
         daemon.add_mesh(row, keys, entries, hosted.clone(), aliases.clone(), grants);
     }
     crate::sessions::follow_transcripts(&daemon);
+    crate::joining::resume(&daemon);
     let listener =
         crate::rpc::bind(&paths.socket, &paths.dir).map_err(|source| DaemonError::Socket {
             path: paths.socket.clone(),

@@ -22,6 +22,7 @@ mod delivery;
 mod error;
 mod grants;
 mod hooks;
+mod joining;
 pub mod keys;
 mod link;
 mod membership;

@@ -4,11 +4,11 @@
 
 use bytes::Bytes;
 use claudemesh_relay::{ConnectOptions, Connection};
-use claudemesh_schema::crypto::{self, BoxSecret, MemberSecret, MeshKey};
+use claudemesh_schema::crypto::{self, MemberSecret, MeshKey};
 use claudemesh_schema::invite::{self, InviteLink, JoinSecret};
 use claudemesh_schema::ipc::methods::{
     ClaimDecideParams, CreateParams, Identity, InviteInfo, InviteParams, InviteRevokeParams,
-    JoinParams, MemberParams, MemberResult, MeshInfo, MeshParams, MeshProfile, PendingClaim,
+    MemberParams, MemberResult, MeshInfo, MeshParams, MeshProfile, PendingClaim,
     ProfileParams, ProfileResult, SetRelayParams, SetRelayResult, WhoamiResult,
 };
 use claudemesh_schema::message::PeerStatus;
@@ -16,7 +16,7 @@ use claudemesh_schema::roster::{
     InviteCap, InviteRevocation, MeshGenesis, Role, RosterEntry, RosterHead, RosterOp,
 };
 use claudemesh_schema::wire::{
-    self, ClaimDecision, ClaimOutcome, ClaimRequest, ClientFrame, ErrorCode, RelayFrame,
+    self, ClaimDecision, ClaimRequest, ClientFrame, ErrorCode, RelayFrame,
 };
 use claudemesh_schema::{ClaimId, InviteId, MeshId, encoding, now_ms};
 use std::sync::Arc;
@@ -454,6 +454,7 @@ pub(crate) async fn on_claim(
         }
         d.bump_changes();
         tracing::info!(claim = %claim.short(), fingerprint = %request.member.fingerprint(),
+            name = claimant_name(m, &request).as_deref().unwrap_or("?"),
             "claim waits for approval: `claudemesh invite approve {}`", claim.short());
         return;
     }
@@ -480,6 +481,7 @@ async fn check_claim(
     invite::check_claim(
         &m.keys.mesh_key,
         &roster.roster,
+        &roster.history,
         request,
         cap,
         revoked,
@@ -555,12 +557,14 @@ pub(crate) async fn claims(d: &Arc<Daemon>) -> Result<Vec<PendingClaim>, Error> 
         .into_iter()
         .filter_map(|(id, mesh, req, _cap, at)| {
             let req: ClaimRequest = serde_json::from_str(&req).ok()?;
+            let m = d.mesh(&mesh);
             Some(PendingClaim {
                 claim: id.to_string(),
                 mesh,
-                mesh_name: d.mesh(&mesh).map(|m| m.name()).unwrap_or_default(),
+                mesh_name: m.as_ref().map(|m| m.name()).unwrap_or_default(),
                 invite: req.invite,
                 fingerprint: req.member.fingerprint(),
+                name: m.and_then(|m| claimant_name(&m, &req)),
                 at,
             })
         })
@@ -635,204 +639,17 @@ pub(crate) async fn claim_decide(
         mesh_name: m.name(),
         invite: request.invite,
         fingerprint: request.member.fingerprint(),
+        name: claimant_name(&m, &request),
         at,
     })
 }
 
-/// The joined mesh an invite link is for, if this daemon is in it already: the link names
-/// the mesh's genesis hash (links made before it existed do not), and a roster entry held
-/// here names the invite when anyone (us included) was admitted through it before.
-async fn joined_already(d: &Arc<Daemon>, link: &InviteLink) -> Result<Option<String>, Error> {
-    for m in d.meshes() {
-        let g = invite::genesis_hash(&lock(&m.row).genesis);
-        if link.genesis.is_some_and(|l| crypto::ct_eq(&l, &g)) {
-            return Ok(Some(m.name()));
-        }
-        let id = m.id;
-        let entries = d.store.read(move |c| store::q_roster(c, id)).await?;
-        if entries.iter().any(|(_, e)| e.invite == Some(link.invite)) {
-            return Ok(Some(m.name()));
-        }
-    }
-    Ok(None)
-}
-
-/// `join`: claim an invite and, once an admin admits us, start using the mesh.
-pub(crate) async fn join(d: &Arc<Daemon>, p: JoinParams) -> Result<MeshInfo, Error> {
-    let link = InviteLink::parse(&p.invite).map_err(|e| Error::invalid(e.to_string()))?;
-    // Before claiming: a claim admits a fresh key, so joining a mesh we are in would add a
-    // second member (a ghost with no session) and spend one of the invite's uses.
-    if let Some(name) = joined_already(d, &link).await? {
-        return Err(Error::conflict(format!(
-            "you are already in {name} (this invite is for it); nothing was claimed and the \
-             invite's uses are untouched"
-        )));
-    }
-    let display = display_name(d, p.display_name.as_deref())?;
-    let member = MemberSecret::generate();
-    let bx = BoxSecret::generate();
-    let at = now_ms();
-    let proof = invite::claim_proof(
-        &link.secret,
-        &link.invite,
-        &member.public(),
-        &bx.public(),
-        at,
-    );
-    let mut conn = claudemesh_relay::connect(&link.relay, Some(link.fingerprint), &connect_opts(d))
-        .await
-        .map_err(|e| {
-            Error::relay(format!(
-                "cannot reach the relay named in the invite ({}): {e}",
-                link.relay
-            ))
-        })?;
-    let req = ClaimRequest {
-        invite: link.invite,
-        member: member.public(),
-        box_key: bx.public(),
-        at,
-        proof,
-    };
-    send_raw(&mut conn, &ClientFrame::Claim(req)).await?;
-    let wait = Duration::from_secs(p.wait_secs.unwrap_or(300).clamp(1, 3600));
-    let deadline = tokio::time::Instant::now() + wait;
-    let (claim, genesis, entry, sealed, mac) = loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match recv_raw(&mut conn, left).await? {
-            None => {
-                return Err(Error::timeout(format!(
-                    "no admin answered within {} s; the inviter's daemon must be running (or, for an \
-                     --approve invite, an admin must run `claudemesh invite approve`)",
-                    wait.as_secs()
-                )));
-            }
-            Some(RelayFrame::ClaimWaiting {
-                admins_online,
-                approve,
-                ..
-            }) => {
-                tracing::info!(
-                    admins_online,
-                    approve,
-                    "claim registered, waiting for an admin"
-                );
-            }
-            Some(RelayFrame::ClaimResult(ClaimOutcome::Accepted {
-                claim,
-                genesis,
-                entry,
-                sealed,
-                mac,
-            })) => {
-                break (claim, genesis, entry, sealed, mac);
-            }
-            Some(RelayFrame::ClaimResult(ClaimOutcome::Refused { code, message })) => {
-                return Err(Error::invite(format!(
-                    "the invite was refused ({code}): {message}"
-                )));
-            }
-            Some(RelayFrame::Error { code, message, .. }) => {
-                return Err(match code {
-                    ErrorCode::InviteExpired
-                    | ErrorCode::InviteRevoked
-                    | ErrorCode::InviteUsedUp
-                    | ErrorCode::InviteUnknown
-                    | ErrorCode::ClaimRefused => {
-                        Error::invite(format!("the invite was refused ({code}): {message}"))
-                    }
-                    _ => Error::relay(format!("the relay refused the claim ({code}): {message}")),
-                });
-            }
-            Some(_) => {}
-        }
-    };
-    conn.close().await;
-    let expected = invite::accept_mac(
-        &link.secret,
-        &claim,
-        &sealed,
-        &entry.commitment(),
-        &genesis.commitment(),
-    );
-    if !crypto::ct_eq(&expected, &mac) {
-        return Err(Error::invite(
-            "the answer to the claim is not authenticated by the invite; refusing it (the relay may be tampering)",
-        ));
-    }
-    if entry.member != member.public()
-        || entry.invite != Some(link.invite)
-        || entry.op != RosterOp::Add
-        || entry.mesh != genesis.mesh
-        || genesis.verify().is_err()
-    {
-        return Err(Error::invite(
-            "the admission does not match this claim; refusing it",
-        ));
-    }
-    let opened = crypto::anon_open(&bx, &sealed)
-        .map_err(|_| Error::invite("cannot open the mesh key sealed to us"))?;
-    let js: JoinSecret = serde_json::from_slice(&opened)
-        .map_err(|_| Error::invite("the sealed join data is malformed"))?;
-    // The MAC shows only that whoever answered holds the link; the key and genesis must
-    // be the ones the link was made for.
-    if let Err(why) = invite::check_admission(&link, &js, &genesis) {
-        tracing::warn!(mesh = %genesis.mesh.short(), %why, "admission refused");
-        return Err(Error::invite(why.to_string()));
-    }
-    let _g = d.membership.lock().await;
-    if d.mesh(&genesis.mesh).is_some() {
-        return Err(Error::conflict(format!("you are already in {}", js.name)));
-    }
-    let mut name = names::check("mesh name", &js.name).unwrap_or_else(|_| "mesh".into());
-    let existing: Vec<String> = d.meshes().iter().map(|m| m.name()).collect();
-    if existing.contains(&name) {
-        let base = name.clone();
-        let mut i = 2;
-        while existing.contains(&name) {
-            name = format!("{base}-{i}");
-            i += 1;
-        }
-    }
-    let mut keys = MeshKeys::generate(member, MeshKey::from_bytes(js.mesh_key));
-    keys.epochs = js
-        .epochs
-        .iter()
-        .filter(|e| e.epoch > 0)
-        .map(|e| (e.epoch, MeshKey::from_bytes(e.key)))
-        .collect();
-    keys.save(&d.paths.keys(), &genesis.mesh)
-        .map_err(|e| Error::internal(e.to_string()))?;
-    let row = MeshRow {
-        id: genesis.mesh,
-        name,
-        relay: link.relay.clone(),
-        relay_fp: link.fingerprint,
-        member: keys.member.public(),
-        session: keys.session,
-        role: entry.role,
-        display_name: display,
-        groups: Vec::new(),
-        summary: String::new(),
-        status: PeerStatus::Idle,
-        genesis,
-        joined_at: now_ms(),
-    };
-    if let Err(e) = d.store.insert_mesh(row.clone()).await {
-        let _ = MeshKeys::remove(&d.paths.keys(), &row.id);
-        return Err(Error::internal(format!("cannot record the mesh: {e}")));
-    }
-    let info = mesh_info(&row);
-    d.add_mesh(
-        row,
-        keys,
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Default::default(),
-    );
-    tracing::info!(mesh = %info.mesh.short(), admitted_by = %js.admitted_by, "joined mesh");
-    Ok(info)
+/// The name a claimant gave in its sealed note, held to the name rules (it is someone
+/// else's text); `None` when there is none or it does not open with the invite's secret.
+fn claimant_name(m: &MeshCtx, request: &ClaimRequest) -> Option<String> {
+    let secret = invite::invite_secret(&m.keys.mesh_key, &request.invite);
+    let note = invite::open_claim_note(&secret, request)?;
+    names::check("display name", &note.name).ok()
 }
 
 /// `mesh_set_relay`: move a mesh to another relay address (or certificate), as the owner

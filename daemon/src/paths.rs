@@ -78,6 +78,10 @@ impl Paths {
     pub fn keys(&self) -> PathBuf {
         self.dir.join("keys")
     }
+    /// `joins/`: joins waiting for an admin (each file holds a new member key).
+    pub fn joins(&self) -> PathBuf {
+        self.dir.join("joins")
+    }
     /// `daemon.lock`.
     pub fn lock(&self) -> PathBuf {
         self.dir.join("daemon.lock")

@@ -232,7 +232,7 @@ fn json<T: Serialize>(t: T) -> Result<Value, Error> {
 }
 
 async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, Error> {
-    use crate::{delivery, membership, shared};
+    use crate::{delivery, joining, membership, shared};
     use claudemesh_schema::ipc::shared as sh;
     let p = req.params;
     match req.method.as_str() {
@@ -248,7 +248,7 @@ async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, Error> {
         m::INVITE_REVOKE => json(membership::invite_revoke(d, params(p)?).await?),
         m::CLAIMS => json(membership::claims(d).await?),
         m::CLAIM_DECIDE => json(membership::claim_decide(d, params(p)?).await?),
-        m::JOIN => json(membership::join(d, params(p)?).await?),
+        m::JOIN => json(joining::join(d, params(p)?).await?),
         m::LIST => json(membership::list(d)),
         m::MESH_USE => json(membership::mesh_use(d, params(p)?).await?),
         m::MESH_RENAME => json(membership::mesh_rename(d, params(p)?).await?),

@@ -60,6 +60,7 @@ pub(crate) async fn status(d: &Arc<Daemon>) -> Result<StatusResult, Error> {
             .as_ref()
             .map(|r| claudemesh_schema::encoding::b64(&r.fingerprint)),
         meshes,
+        joins: crate::joining::list(d),
     })
 }
 

@@ -91,6 +91,8 @@ fn main() {
         box_key: boxk,
         at: 4,
         proof: [3; 32],
+        note: Vec::new(),
+        durable: false,
     };
 
     let client = [

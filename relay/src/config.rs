@@ -125,8 +125,12 @@ pub struct RelayConfig {
     /// Frames a connection may send before its hello (pings, a mesh creation, a claim);
     /// one more closes it. Default 8.
     pub preauth_frames: u32,
-    /// How long an invite claim may wait for an admin's decision, seconds. Default 300.
+    /// How long a claimant's connection waits for an admin's decision, seconds; then the
+    /// relay ends it (the claim stays: the claimant comes back for it). Default 300.
     pub claim_wait_secs: u64,
+    /// How long a claim is kept waiting for an admin, and its answer for the claimant,
+    /// seconds; at most 7 days (admins refuse older claims). Default 604 800 (7 days).
+    pub claim_ttl_secs: u64,
     /// New connections accepted per second per IP (IPv6: one /64), before any TLS or QUIC
     /// handshake work; beyond it the connection is refused at once. Default 50.
     pub accept_rate: f64,
@@ -207,6 +211,7 @@ impl Default for RelayConfig {
             hello_timeout_secs: 10,
             preauth_frames: 8,
             claim_wait_secs: 300,
+            claim_ttl_secs: 7 * 24 * 3600,
             accept_rate: 50.0,
             accept_burst: 200.0,
             max_connections: 20_000,
@@ -267,6 +272,14 @@ impl RelayConfig {
         if self.link_queue_bytes < (1 << 20) || self.queued_bytes_budget < self.link_queue_bytes {
             return Err(ConfigError::Invalid(
                 "link_queue_bytes must be at least 1 MiB and queued_bytes_budget at least link_queue_bytes".into(),
+            ));
+        }
+        if self.claim_ttl_secs == 0
+            || self.claim_ttl_secs as i64 * 1000 > claudemesh_schema::invite::CLAIM_TTL_MAX_MS
+        {
+            return Err(ConfigError::Invalid(
+                "claim_ttl_secs must be between 1 and 604800 (7 days: admins refuse older claims)"
+                    .into(),
             ));
         }
         if self.hello_timeout_secs == 0 {
@@ -445,7 +458,11 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ),
     (
         "claim_wait_secs",
-        "How long an invite claim may wait for an admin's decision.",
+        "How long a claimant's connection waits for a decision (the claim stays).",
+    ),
+    (
+        "claim_ttl_secs",
+        "How long a claim waits for an admin, and its answer for the claimant (at most 7 days).",
     ),
     (
         "accept_rate",

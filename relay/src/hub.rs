@@ -10,7 +10,9 @@ use bytes::Bytes;
 use claudemesh_schema::crypto::MemberKey;
 use claudemesh_schema::message::SignedPresence;
 use claudemesh_schema::roster::{InviteCap, MeshGenesis, Roster, RosterEntry};
-use claudemesh_schema::wire::{self, ClaimRequest, ErrorCode, PresenceRecord, RelayFrame};
+use claudemesh_schema::wire::{
+    self, ClaimOutcome, ClaimRequest, ErrorCode, PresenceRecord, RelayFrame,
+};
 use claudemesh_schema::{ClaimId, InviteId, MeshId, MessageId, SessionId};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
@@ -324,12 +326,52 @@ impl InviteState {
     }
 }
 
+/// Most refused claims a mesh keeps for claimants that are away.
+const MAX_REFUSALS_KEPT: usize = 64;
+
+/// How long a refusal is kept for a claimant that is away, ms.
+pub(crate) const REFUSAL_KEPT_MS: i64 = 24 * 3600 * 1000;
+
+/// What [`MeshState::decide`] leaves the store to do.
+#[derive(Debug)]
+pub(crate) struct Decided {
+    /// The claim is stored: record its outcome.
+    pub(crate) durable: bool,
+    /// Older refusals dropped to make room: forget them.
+    pub(crate) evicted: Vec<ClaimId>,
+}
+
+/// An invite claim the relay holds: waiting for an admin, or decided and waiting for its
+/// claimant to come back for the answer (durable claims only; see
+/// [`ClaimRequest::durable`]).
 #[derive(Debug)]
 pub(crate) struct PendingClaim {
     pub(crate) request: ClaimRequest,
     pub(crate) cap: InviteCap,
     pub(crate) at: i64,
-    pub(crate) claimant: LinkHandle,
+    /// Forgotten at, unix ms (the sweeper drops it, store and memory).
+    pub(crate) expires_at: i64,
+    /// The claimant's connection while one waits on it.
+    pub(crate) claimant: Option<LinkHandle>,
+    /// The answer, once decided.
+    pub(crate) outcome: Option<ClaimOutcome>,
+}
+
+impl PendingClaim {
+    /// Still waiting for an admin's decision.
+    pub(crate) fn waiting(&self) -> bool {
+        self.outcome.is_none()
+    }
+
+    /// Give the answer to the claimant if one waits on a connection (and end it).
+    pub(crate) fn tell(&mut self) {
+        if let (Some(c), Some(o)) = (self.claimant.take(), &self.outcome) {
+            if let Some(f) = frame(&RelayFrame::ClaimResult(o.clone())) {
+                c.push(f);
+            }
+            c.close.cancel();
+        }
+    }
 }
 
 /// One mesh.
@@ -442,6 +484,44 @@ impl MeshState {
                 presence: TokenBucket::new(cfg.presence_rate, cfg.presence_burst, now),
             }
         })
+    }
+
+    /// Record the answer to a waiting claim and give it to its claimant if one waits on a
+    /// connection. A claim that is not durable is forgotten at once; a durable one keeps
+    /// its answer until `keep_until` for a claimant that comes back. `None` if the claim
+    /// is not waiting (decided already, or withdrawn).
+    pub(crate) fn decide(
+        &mut self,
+        id: ClaimId,
+        outcome: ClaimOutcome,
+        keep_until: i64,
+    ) -> Option<Decided> {
+        let c = self.claims.get_mut(&id).filter(|c| c.waiting())?;
+        c.outcome = Some(outcome);
+        c.expires_at = keep_until;
+        c.tell();
+        let durable = c.request.durable;
+        if !durable {
+            self.claims.remove(&id);
+        }
+        // Refusals are kept only as a courtesy to a claimant that is away; the oldest go
+        // first, so refused claims cannot pile up (a claim costs its maker nothing but a
+        // handshake).
+        let mut refused: Vec<(i64, ClaimId)> = self
+            .claims
+            .iter()
+            .filter(|(_, c)| matches!(c.outcome, Some(ClaimOutcome::Refused { .. })))
+            .map(|(k, c)| (c.at, *k))
+            .collect();
+        let mut evicted = Vec::new();
+        if refused.len() > MAX_REFUSALS_KEPT {
+            refused.sort();
+            for (_, k) in &refused[..refused.len() - MAX_REFUSALS_KEPT] {
+                self.claims.remove(k);
+                evicted.push(*k);
+            }
+        }
+        Some(Decided { durable, evicted })
     }
 
     pub(crate) fn admin_links(&self) -> Vec<LinkHandle> {
@@ -624,6 +704,26 @@ impl<S: Store> Hub<S> {
                 m.invites.insert(cap.id, InviteState { cap, uses, revoked });
             }
         }
+        for c in snap.claims {
+            let Some(m) = meshes.get_mut(&c.mesh) else {
+                continue;
+            };
+            let Some(inv) = m.invites.get(&c.request.invite) else {
+                continue;
+            };
+            let cap = inv.cap.clone();
+            m.claims.insert(
+                c.id,
+                PendingClaim {
+                    request: c.request,
+                    cap,
+                    at: c.at,
+                    expires_at: c.expires_at,
+                    claimant: None,
+                    outcome: c.outcome,
+                },
+            );
+        }
         for (p, last_seen) in snap.presence {
             if let Some(m) = meshes.get_mut(&p.mesh) {
                 m.sessions.insert(
@@ -711,6 +811,38 @@ impl<S: Store> Hub<S> {
     }
 
     /// Spawn a tracked task in the current span (shutdown waits for it).
+    /// Forget claims past their expiry (the store prunes its rows by the same time); a
+    /// claimant still waiting on one hears that it expired.
+    pub(crate) fn expire_claims(&self, now: i64) {
+        let meshes: Vec<Arc<MeshEntry>> = self
+            .meshes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for e in meshes {
+            let mut st = lock(&e.state);
+            let gone: Vec<ClaimId> = st
+                .claims
+                .iter()
+                .filter(|(_, c)| c.expires_at < now)
+                .map(|(k, _)| *k)
+                .collect();
+            for id in gone {
+                if let Some(mut c) = st.claims.remove(&id)
+                    && c.waiting()
+                {
+                    c.outcome = Some(ClaimOutcome::Refused {
+                        code: ErrorCode::NoAdminOnline,
+                        message: "no admin answered the claim before it expired; ask for a new invite or run `claudemesh join` again".into(),
+                    });
+                    c.tell();
+                }
+            }
+        }
+    }
+
     pub(crate) fn spawn<F>(&self, fut: F) -> tokio::task::JoinHandle<F::Output>
     where
         F: Future + Send + 'static,

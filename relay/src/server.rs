@@ -626,6 +626,7 @@ async fn sweeper<S: Store>(hub: Arc<Hub<S>>) {
             }
             Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
         }
+        hub.expire_claims(now);
     }
 }
 

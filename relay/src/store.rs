@@ -11,7 +11,8 @@ use claudemesh_schema::crypto::MemberKey;
 use claudemesh_schema::message::SignedPresence;
 use claudemesh_schema::migrations;
 use claudemesh_schema::roster::{InviteCap, MeshGenesis, RosterEntry};
-use claudemesh_schema::{InviteId, MeshId, MessageId, OpId, SessionId};
+use claudemesh_schema::wire::{ClaimOutcome, ClaimRequest};
+use claudemesh_schema::{ClaimId, InviteId, MeshId, MessageId, OpId, SessionId};
 use rusqlite::{OptionalExtension, params};
 use std::collections::HashMap;
 use std::future::Future;
@@ -63,6 +64,26 @@ pub struct Snapshot {
     pub nonces: Vec<([u8; 16], i64)>,
     /// Envelopes accepted in the last [`RECENT_LOAD_MS`]: id, mesh, sender, accepted at.
     pub recent: Vec<(MessageId, MeshId, MemberKey, i64)>,
+    /// Invite claims kept for their claimants (waiting, or decided and not yet fetched),
+    /// unexpired.
+    pub claims: Vec<StoredClaim>,
+}
+
+/// An invite claim the relay keeps across its claimant's connections.
+#[derive(Debug, Clone)]
+pub struct StoredClaim {
+    /// Its id.
+    pub id: ClaimId,
+    /// The mesh of its invite.
+    pub mesh: MeshId,
+    /// The claimant's request, as sent.
+    pub request: ClaimRequest,
+    /// Arrival at the relay, unix ms.
+    pub at: i64,
+    /// Forgotten at, unix ms.
+    pub expires_at: i64,
+    /// The answer, once decided.
+    pub outcome: Option<ClaimOutcome>,
 }
 
 /// How far back [`Snapshot::recent`] reaches: twice the hello window, so that after a
@@ -136,6 +157,31 @@ pub trait Store: Send + Sync + 'static {
         seq: u64,
         entry: RosterEntry,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Append the roster entry admitting a claimant, count the use of its invite, and
+    /// record the claim's outcome, in one transaction (a crash never admits without
+    /// recording the answer, or the reverse).
+    fn admit(
+        &self,
+        seq: u64,
+        entry: RosterEntry,
+        claim: ClaimId,
+        outcome: ClaimOutcome,
+        expires_at: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Keep a new claim (awaited: the claimant is told it waits only once it is stored).
+    fn put_claim(&self, c: StoredClaim) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Record the outcome of claims (refusals), kept until `expires_at`.
+    fn decide_claims(
+        &self,
+        ids: Vec<ClaimId>,
+        outcome: ClaimOutcome,
+        expires_at: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Forget claims (fetched, or dropped).
+    fn delete_claims(
+        &self,
+        ids: Vec<ClaimId>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Store an invite capability.
     fn put_invite(&self, cap: InviteCap) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Mark an invite revoked.
@@ -202,7 +248,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(u64, u64), StoreError>> + Send;
     /// Drop envelopes and dedupe ids past their expiry.
     ///
-    /// Also forgets expired hello nonces, and the ids of ops compacted into a snapshot
+    /// Also forgets expired hello nonces and claims, and the ids of ops compacted into a snapshot
     /// that were sequenced before `op_ids_before` (kept until then so a late resend gets its
     /// old sequence number back).
     fn prune(
@@ -455,6 +501,40 @@ impl Store for SqliteStore {
                 snap.recent.push((id, mesh, sender, at));
             }
         }
+        let mut stmt = conn.prepare(
+            "SELECT id, mesh, request, at, expires_at, outcome FROM claims
+             WHERE expires_at > ?1 ORDER BY at",
+        )?;
+        for row in stmt.query_map(params![claudemesh_schema::now_ms()], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, Option<String>>(5)?,
+            ))
+        })? {
+            let (id, mesh, request, at, expires_at, outcome) = row?;
+            let (Some(id), Some(mesh)) = (ClaimId::from_slice(&id), MeshId::from_slice(&mesh))
+            else {
+                return Err(StoreError::Corrupt {
+                    what: "claim",
+                    detail: "bad id".into(),
+                });
+            };
+            snap.claims.push(StoredClaim {
+                id,
+                mesh,
+                request: serde_json::from_str(&request).map_err(corrupt("claim"))?,
+                at,
+                expires_at,
+                outcome: match outcome {
+                    Some(o) => Some(serde_json::from_str(&o).map_err(corrupt("claim outcome"))?),
+                    None => None,
+                },
+            });
+        }
         let mut stmt =
             conn.prepare("SELECT nonce, expires_at FROM hello_nonces WHERE expires_at > ?1")?;
         for row in stmt.query_map(params![claudemesh_schema::now_ms()], |r| {
@@ -509,6 +589,99 @@ impl Store for SqliteStore {
                         "UPDATE invites SET uses = uses + 1 WHERE id = ?1",
                         params![inv.as_bytes()],
                     )?;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn admit(
+        &self,
+        seq: u64,
+        entry: RosterEntry,
+        claim: ClaimId,
+        outcome: ClaimOutcome,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(&entry).map_err(corrupt("roster entry"))?;
+        let outcome = serde_json::to_string(&outcome).map_err(corrupt("claim outcome"))?;
+        self.writer
+            .call(move |tx| {
+                tx.execute(
+                    "INSERT INTO roster (mesh, seq, entry) VALUES (?1, ?2, ?3)",
+                    params![entry.mesh.as_bytes(), seq as i64, json],
+                )?;
+                if let Some(inv) = entry.invite {
+                    tx.execute(
+                        "UPDATE invites SET uses = uses + 1 WHERE id = ?1",
+                        params![inv.as_bytes()],
+                    )?;
+                }
+                tx.execute(
+                    "UPDATE claims SET outcome = ?2, expires_at = ?3 WHERE id = ?1",
+                    params![claim.as_bytes(), outcome, expires_at],
+                )?;
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn put_claim(&self, c: StoredClaim) -> Result<(), StoreError> {
+        let request = serde_json::to_string(&c.request).map_err(corrupt("claim"))?;
+        let outcome = match &c.outcome {
+            Some(o) => Some(serde_json::to_string(o).map_err(corrupt("claim outcome"))?),
+            None => None,
+        };
+        self.writer
+            .call(move |tx| {
+                tx.execute(
+                    "INSERT INTO claims (id, mesh, invite, member, request, at, expires_at, outcome)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        c.id.as_bytes(),
+                        c.mesh.as_bytes(),
+                        c.request.invite.as_bytes(),
+                        &c.request.member.0[..],
+                        request,
+                        c.at,
+                        c.expires_at,
+                        outcome
+                    ],
+                )
+                .map(|_| ())
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn decide_claims(
+        &self,
+        ids: Vec<ClaimId>,
+        outcome: ClaimOutcome,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let outcome = serde_json::to_string(&outcome).map_err(corrupt("claim outcome"))?;
+        self.writer
+            .call(move |tx| {
+                for id in &ids {
+                    tx.execute(
+                        "UPDATE claims SET outcome = ?2, expires_at = ?3 WHERE id = ?1",
+                        params![id.as_bytes(), outcome, expires_at],
+                    )?;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_claims(&self, ids: Vec<ClaimId>) -> Result<(), StoreError> {
+        self.writer
+            .call(move |tx| {
+                for id in &ids {
+                    tx.execute("DELETE FROM claims WHERE id = ?1", params![id.as_bytes()])?;
                 }
                 Ok(())
             })
@@ -1032,6 +1205,7 @@ impl Store for SqliteStore {
                 )?;
                 tx.execute("DELETE FROM messages WHERE expires_at < ?1", params![now])?;
                 tx.execute("DELETE FROM hello_nonces WHERE expires_at < ?1", params![now])?;
+                tx.execute("DELETE FROM claims WHERE expires_at < ?1", params![now])?;
                 tx.execute(
                     "DELETE FROM ops WHERE op = X'' AND at < ?1",
                     params![op_ids_before],

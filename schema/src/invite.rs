@@ -254,16 +254,88 @@ pub fn accept_mac(
     )
 }
 
-/// How old (or how far in the future) a claim may be when an admin answers it, ms.
-pub const CLAIM_WINDOW_MS: i64 = 65 * 60 * 1000;
+/// How long a claim may wait at a relay for an admin, at most, ms: a relay's
+/// `claim_ttl_secs` is capped by it, and admins refuse claims made longer ago.
+pub const CLAIM_TTL_MAX_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// How far claimant's and admin's clocks may differ, ms: a claim from further in the
+/// future, or older than [`CLAIM_TTL_MAX_MS`] by more than this, is refused.
+pub const CLAIM_SKEW_MS: i64 = 65 * 60 * 1000;
+
+/// The claimant's words to the admins, sealed in [`crate::wire::ClaimRequest::note`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimNote {
+    /// The display name the claimant will use (held to the name rules where shown).
+    pub name: String,
+}
+
+fn note_key(secret: &[u8; 16]) -> MeshKey {
+    MeshKey::from_bytes(blake3::derive_key("claudemesh 2026 claim note v1", secret))
+}
+
+fn note_ad(
+    invite: &InviteId,
+    member: &MemberKey,
+    box_key: &BoxPublic,
+    at: i64,
+) -> crate::crypto::Canonical {
+    crate::crypto::Canonical::new("claudemesh/claim-note/v1")
+        .fixed(invite.as_bytes())
+        .fixed(&member.0)
+        .fixed(&box_key.0)
+        .i64(at)
+}
+
+/// Seal `note` for whoever holds the invite secret (the mesh's admins derive it from the
+/// mesh key; the relay never learns it), bound to the claim's invite, keys and time so a
+/// relay cannot move it to another claim.
+pub fn seal_claim_note(
+    secret: &[u8; 16],
+    invite: &InviteId,
+    member: &MemberKey,
+    box_key: &BoxPublic,
+    at: i64,
+    note: &ClaimNote,
+) -> Vec<u8> {
+    let json = serde_json::to_vec(note).unwrap_or_default();
+    note_key(secret)
+        .seal(&note_ad(invite, member, box_key, at).into_bytes(), &json)
+        .unwrap_or_default()
+}
+
+/// Open a claim's note; `None` when it has none, or it was not sealed for this request
+/// with the invite's secret.
+pub fn open_claim_note(
+    secret: &[u8; 16],
+    request: &crate::wire::ClaimRequest,
+) -> Option<ClaimNote> {
+    if request.note.is_empty() {
+        return None;
+    }
+    let ad = note_ad(
+        &request.invite,
+        &request.member,
+        &request.box_key,
+        request.at,
+    );
+    let plain = note_key(secret)
+        .open(&ad.into_bytes(), &request.note)
+        .ok()?;
+    serde_json::from_slice(&plain).ok()
+}
 
 /// Why an admin's daemon refuses a claim (the text is shown to the claimant).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClaimRefusal {
     /// The proof does not match the invite's secret: a wrong code, or a guess.
     WrongCode,
-    /// The claim was made outside [`CLAIM_WINDOW_MS`] of now.
+    /// The claim was made longer ago than a claim may wait ([`CLAIM_TTL_MAX_MS`]), or in
+    /// the future (beyond [`CLAIM_SKEW_MS`]).
     TooOld,
+    /// The claimant's key was a member of the mesh before: a claim always brings a fresh
+    /// key, so this is an old claim played again (by a relay, say) to re-admit a key that
+    /// was removed or that left.
+    KeyKnown,
     /// The capability the relay supplied is for another invite.
     Mismatch,
     /// The capability is not signed by an admin of the mesh.
@@ -279,6 +351,9 @@ impl fmt::Display for ClaimRefusal {
         f.write_str(match self {
             Self::WrongCode => "the invite code is wrong",
             Self::TooOld => "the claim is too old; run `claudemesh join` again",
+            Self::KeyKnown => {
+                "the claim's key was a member before; run `claudemesh join` again for a fresh key"
+            }
             Self::Mismatch => "the claim does not match the invite",
             Self::NotByAnAdmin => "the invite is not signed by an admin of this mesh",
             Self::Expired => "the invite has expired",
@@ -295,6 +370,7 @@ impl fmt::Display for ClaimRefusal {
 pub fn check_claim(
     mesh_key: &MeshKey,
     roster: &crate::roster::Roster,
+    history: &crate::roster::RosterHistory,
     request: &crate::wire::ClaimRequest,
     cap: &crate::roster::InviteCap,
     revoked: bool,
@@ -311,8 +387,13 @@ pub fn check_claim(
     if !ct_eq(&expected, &request.proof) {
         return Err(ClaimRefusal::WrongCode);
     }
-    if now.abs_diff(request.at) > CLAIM_WINDOW_MS as u64 {
+    // A claim may wait at the relay while no admin is online, so it may be days old; a
+    // replay of an old claim is what the key check below refuses.
+    if request.at > now + CLAIM_SKEW_MS || request.at < now - CLAIM_TTL_MAX_MS - CLAIM_SKEW_MS {
         return Err(ClaimRefusal::TooOld);
+    }
+    if history.ever(&request.member).is_some() || roster.is_member(&request.member) {
+        return Err(ClaimRefusal::KeyKnown);
     }
     if cap.id != request.invite {
         return Err(ClaimRefusal::Mismatch);
@@ -409,7 +490,9 @@ mod tests {
 
     #[test]
     fn claims_are_checked_proof_first_then_freshness_then_the_capability() {
-        use crate::roster::{InviteCap, MeshGenesis, Role, Roster};
+        use crate::roster::{
+            InviteCap, MeshGenesis, Role, Roster, RosterEntry, RosterHistory, RosterOp,
+        };
         use crate::wire::ClaimRequest;
         let owner = MemberSecret::generate();
         let stranger = MemberSecret::generate();
@@ -429,10 +512,33 @@ mod tests {
             box_key,
             at,
             proof: claim_proof(&secret, &invite, &claimant, &box_key, at),
+            note: Vec::new(),
+            durable: true,
         };
         let right = invite_secret(&key, &invite);
         let good = cap(&owner, invite, now + 60_000);
-        let old = now - CLAIM_WINDOW_MS - 1;
+        let old = now - CLAIM_TTL_MAX_MS - CLAIM_SKEW_MS - 1;
+        // Made while no admin was online, days ago: still answered.
+        let days = now - 6 * 24 * 3600 * 1000;
+        let future = now + CLAIM_SKEW_MS + 1;
+        // The claimant's key was admitted once (and then removed): a replayed claim.
+        let mut seen = RosterHistory::new(owner.public());
+        let mut known = Roster::from_genesis(&MeshGenesis::sign(&owner, mesh, now - 1000)).unwrap();
+        for op in [RosterOp::Add, RosterOp::Remove] {
+            let e = RosterEntry::sign(
+                &owner,
+                &known.head(),
+                mesh,
+                claimant,
+                Role::Member,
+                op,
+                now - 500,
+                Some(invite),
+            );
+            seen.push(known.len(), &e);
+            known.apply(&e).unwrap();
+        }
+
         type Case = (
             &'static str,
             ClaimRequest,
@@ -442,6 +548,20 @@ mod tests {
         );
         let cases: Vec<Case> = vec![
             ("valid", request(right, now), good.clone(), false, Ok(())),
+            (
+                "waited days",
+                request(right, days),
+                good.clone(),
+                false,
+                Ok(()),
+            ),
+            (
+                "from the future",
+                request(right, future),
+                good.clone(),
+                false,
+                Err(ClaimRefusal::TooOld),
+            ),
             (
                 "wrong code",
                 request([0; 16], now),
@@ -492,13 +612,48 @@ mod tests {
                 Err(ClaimRefusal::Revoked),
             ),
         ];
+        let empty = RosterHistory::new(owner.public());
         for (what, req, c, revoked, want) in cases {
             assert_eq!(
-                check_claim(&key, &roster, &req, &c, revoked, now),
+                check_claim(&key, &roster, &empty, &req, &c, revoked, now),
                 want,
                 "{what}"
             );
         }
+        assert_eq!(
+            check_claim(&key, &known, &seen, &request(right, now), &good, false, now),
+            Err(ClaimRefusal::KeyKnown),
+            "a claim of a key admitted once and removed since"
+        );
+    }
+
+    #[test]
+    fn a_claim_note_opens_only_with_the_invite_secret_and_for_its_own_request() {
+        let (invite, secret) = (InviteId::new(), [5u8; 16]);
+        let (member, box_key) = (
+            MemberSecret::generate().public(),
+            BoxSecret::generate().public(),
+        );
+        let note = ClaimNote { name: "ben".into() };
+        let mut req = crate::wire::ClaimRequest {
+            invite,
+            member,
+            box_key,
+            at: 7,
+            proof: [0; 32],
+            note: seal_claim_note(&secret, &invite, &member, &box_key, 7, &note),
+            durable: true,
+        };
+        assert_eq!(open_claim_note(&secret, &req), Some(note));
+        assert_eq!(open_claim_note(&[6u8; 16], &req), None, "another secret");
+        req.member = MemberSecret::generate().public();
+        assert_eq!(
+            open_claim_note(&secret, &req),
+            None,
+            "moved to another claim"
+        );
+        req.note.clear();
+        assert_eq!(open_claim_note(&secret, &req), None);
     }
 
     #[test]

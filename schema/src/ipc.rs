@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::ids::{InviteId, MeshId, MessageId, SessionId};
+use crate::ids::{ClaimId, InviteId, MeshId, MessageId, SessionId};
 use crate::message::{PeerStatus, Priority};
 use crate::roster::Role;
 
@@ -653,6 +653,9 @@ pub mod methods {
         pub embedded_relay_fingerprint: Option<String>,
         /// Per-mesh status.
         pub meshes: Vec<MeshStatus>,
+        /// Joins waiting for an admin (or refused, until joined again).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub joins: Vec<PendingJoin>,
     }
 
     /// `create` parameters.
@@ -784,6 +787,10 @@ pub mod methods {
         pub invite: InviteId,
         /// Claimant's member key fingerprint.
         pub fingerprint: String,
+        /// The name the claimant gave, sealed to holders of the invite (absent from older
+        /// claimants, or when it does not open).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub name: Option<String>,
         /// Arrival, unix ms.
         pub at: i64,
     }
@@ -805,9 +812,66 @@ pub mod methods {
         /// Display name in this mesh.
         #[serde(default)]
         pub display_name: Option<String>,
-        /// How long to wait for an admin, seconds.
+        /// How long to wait for an admin to admit us, seconds. Without it, the call
+        /// answers once the relay holds the claim: joined if an admin admitted at once,
+        /// else pending (the daemon finishes the join in the background).
         #[serde(default)]
         pub wait_secs: Option<u64>,
+    }
+
+    /// `join` result: joined, or a join the daemon keeps pending.
+    #[derive(Debug, Clone, Serialize, Deserialize, Default)]
+    pub struct JoinResult {
+        /// The mesh, once joined.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub joined: Option<MeshInfo>,
+        /// The pending join, while no admin admitted us yet.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub pending: Option<PendingJoin>,
+    }
+
+    /// Where a pending join stands.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum JoinStage {
+        /// Reaching the invite's relay (it may be down: the daemon keeps trying).
+        Connecting,
+        /// The relay holds the claim; no admin answered yet.
+        Waiting,
+        /// The relay holds the claim; the invite needs an admin's approval.
+        Approval,
+        /// Refused for good (the reason says why); nothing was joined.
+        Refused,
+    }
+
+    /// A join this daemon keeps pending until an admin admits it.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct PendingJoin {
+        /// The invite claimed.
+        pub invite: InviteId,
+        /// The relay named in the invite.
+        pub relay: String,
+        /// Fingerprint of the new member key the claim brings (the admin sees it too).
+        pub fingerprint: String,
+        /// The display name the admins see.
+        pub name: String,
+        /// Where it stands.
+        pub stage: JoinStage,
+        /// The claim's id at the relay once it holds it (what `claudemesh invite approve`
+        /// takes, on the admin's machine).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub claim: Option<ClaimId>,
+        /// Admins online at the relay when it last answered.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub admins_online: Option<u32>,
+        /// Until when the relay keeps the claim waiting, unix ms.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub kept_until: Option<i64>,
+        /// Why the last attempt failed (connecting), or why it was refused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub error: Option<String>,
+        /// When `join` was run, unix ms.
+        pub since: i64,
     }
 
     /// `peers` parameters.

@@ -276,7 +276,25 @@ pub struct ClaimRequest {
     /// Keyed MAC proving knowledge of the invite secret (see [`crate::invite`]).
     #[serde(with = "encoding::array")]
     pub proof: [u8; 32],
+    /// The claimant's name for the admins, sealed with a key derived from the invite
+    /// secret and bound to this request ([`crate::invite::seal_claim_note`]): the relay
+    /// stores it but cannot read or move it. At most [`MAX_CLAIM_NOTE`] bytes; empty from
+    /// older claimants.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "encoding::bytes"
+    )]
+    pub note: Vec<u8>,
+    /// The claimant comes back for the answer (sending this same request again): the
+    /// relay keeps the claim, and its answer, after the connection ends. Older claimants
+    /// wait on one connection only, and their claim is withdrawn when it ends.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub durable: bool,
 }
+
+/// Most bytes of a [`ClaimRequest::note`] a relay stores.
+pub const MAX_CLAIM_NOTE: usize = 1024;
 
 /// An admin's answer to a claim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -721,6 +739,10 @@ pub enum RelayFrame {
         admins_online: u32,
         /// Whether the invite needs explicit approval.
         approve: bool,
+        /// For a durable claim: until when the relay keeps it waiting (unix ms), so the
+        /// claimant may go away and come back for the answer. Absent from older relays.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kept_until: Option<i64>,
     },
     /// The answer to a claim.
     ClaimResult(ClaimOutcome),

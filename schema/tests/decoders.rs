@@ -175,6 +175,8 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
                     box_key: BoxPublic(b),
                     at,
                     proof,
+                    note: Vec::new(),
+                    durable: false,
                 })
             }),
     ]

@@ -687,6 +687,8 @@ async fn a_claimant_stays_under_the_pre_hello_budget_and_caps() {
             box_key: BoxSecret::generate().public(),
             at: now_ms(),
             proof: [0; 32], // garbage: only an admin's daemon can check it
+            note: Vec::new(),
+            durable: false,
         })
     };
     // A claimant (the relay cannot check its proof) is still counted before hello, and

@@ -149,6 +149,8 @@ async fn claim(f: &Fixture, invite: InviteId) -> Connection {
         box_key: b.public(),
         at: now_ms(),
         proof: [0; 32],
+        note: Vec::new(),
+        durable: false,
     };
     send(&mut c, &ClientFrame::Claim(req)).await;
     c
@@ -232,6 +234,8 @@ async fn expired_revoked_used_up_and_unknown_invites_are_refused() {
             box_key: bx.public(),
             at: now_ms(),
             proof: [0; 32],
+            note: Vec::new(),
+            durable: false,
         }),
     )
     .await;

@@ -8,7 +8,7 @@ use claudemesh_schema::wire::{ClaimDecision, ClaimOutcome, ErrorCode, RelayFrame
 use std::sync::Arc;
 
 use super::Conn;
-use crate::hub::{InviteState, LinkHandle, MeshEntry, PendingClaim, error_frame, frame, lock};
+use crate::hub::{InviteState, MeshEntry, REFUSAL_KEPT_MS, error_frame, frame, lock};
 use crate::store::Store;
 
 impl<S: Store> Conn<S> {
@@ -187,7 +187,14 @@ impl<S: Store> Conn<S> {
                 "relay could not store the revocation; try again",
             );
         }
-        let refused: Vec<PendingClaim> = {
+        // Claims waiting on the invite are refused, and the refusal kept for claimants
+        // that are away (they come back to hear it).
+        let refusal = ClaimOutcome::Refused {
+            code: ErrorCode::InviteRevoked,
+            message: "the invite was revoked; ask for a new one".into(),
+        };
+        let keep_until = now_ms() + REFUSAL_KEPT_MS;
+        let (stored, evicted) = {
             let mut st = lock(&entry.state);
             if let Some(i) = st.invites.get_mut(&rev.id) {
                 i.revoked = true;
@@ -195,20 +202,22 @@ impl<S: Store> Conn<S> {
             let ids: Vec<ClaimId> = st
                 .claims
                 .iter()
-                .filter(|(_, c)| c.cap.id == rev.id)
+                .filter(|(_, c)| c.cap.id == rev.id && c.waiting())
                 .map(|(k, _)| *k)
                 .collect();
-            ids.iter().filter_map(|k| st.claims.remove(k)).collect()
+            let (mut stored, mut evicted) = (Vec::new(), Vec::new());
+            for id in ids {
+                if let Some(d) = st.decide(id, refusal.clone(), keep_until) {
+                    if d.durable {
+                        stored.push(id);
+                    }
+                    evicted.extend(d.evicted);
+                }
+            }
+            (stored, evicted)
         };
-        for c in refused {
-            finish_claim(
-                &c.claimant,
-                ClaimOutcome::Refused {
-                    code: ErrorCode::InviteRevoked,
-                    message: "the invite was revoked".into(),
-                },
-            );
-        }
+        self.keep_refusals(stored, refusal, keep_until, evicted)
+            .await;
         self.push(&RelayFrame::Ok { rid });
     }
 
@@ -223,7 +232,12 @@ impl<S: Store> Conn<S> {
         let _guard = entry.admin.lock().await;
         match d {
             ClaimDecision::Refuse { claim, reason } => {
-                let c = {
+                let refusal = ClaimOutcome::Refused {
+                    code: ErrorCode::ClaimRefused,
+                    message: reason,
+                };
+                let keep_until = now + REFUSAL_KEPT_MS;
+                let decided = {
                     let mut st = lock(&entry.state);
                     if !st.roster.role(&member).is_some_and(|r| r.is_admin()) {
                         drop(st);
@@ -233,22 +247,18 @@ impl<S: Store> Conn<S> {
                             "only admins decide claims",
                         );
                     }
-                    st.claims.remove(&claim)
+                    st.decide(claim, refusal.clone(), keep_until)
                 };
-                let Some(c) = c else {
+                let Some(d) = decided else {
                     return self.error(
                         Some(rid),
                         ErrorCode::Unexpected,
                         "claim already decided or withdrawn",
                     );
                 };
-                finish_claim(
-                    &c.claimant,
-                    ClaimOutcome::Refused {
-                        code: ErrorCode::ClaimRefused,
-                        message: reason,
-                    },
-                );
+                let stored = if d.durable { vec![claim] } else { Vec::new() };
+                self.keep_refusals(stored, refusal, keep_until, d.evicted)
+                    .await;
                 self.push(&RelayFrame::Ok { rid });
             }
             ClaimDecision::Accept {
@@ -257,7 +267,7 @@ impl<S: Store> Conn<S> {
                 sealed,
                 mac,
             } => {
-                let (c, seq, genesis) = {
+                let next = {
                     let mut st = lock(&entry.state);
                     if !st.roster.role(&member).is_some_and(|r| r.is_admin()) {
                         drop(st);
@@ -267,7 +277,7 @@ impl<S: Store> Conn<S> {
                             "only admins decide claims",
                         );
                     }
-                    let Some(c) = st.claims.get(&claim) else {
+                    let Some(c) = st.claims.get(&claim).filter(|c| c.waiting()) else {
                         drop(st);
                         return self.error(
                             Some(rid),
@@ -275,6 +285,7 @@ impl<S: Store> Conn<S> {
                             "claim already decided or withdrawn",
                         );
                     };
+                    let durable = c.request.durable;
                     if !e.admits(&c.request.member, &c.cap, &member) {
                         drop(st);
                         return self.error(
@@ -308,36 +319,59 @@ impl<S: Store> Conn<S> {
                             );
                         }
                         Some(Some((code, msg))) => {
-                            let c = st.claims.remove(&claim);
-                            drop(st);
-                            if let Some(c) = c {
-                                finish_claim(
-                                    &c.claimant,
-                                    ClaimOutcome::Refused {
-                                        code,
-                                        message: msg.into(),
-                                    },
-                                );
-                            }
-                            return self.error(Some(rid), code, msg);
+                            let refusal = ClaimOutcome::Refused {
+                                code,
+                                message: msg.into(),
+                            };
+                            let keep_until = now + REFUSAL_KEPT_MS;
+                            let d = st.decide(claim, refusal.clone(), keep_until);
+                            Err((code, msg, d, refusal, keep_until))
                         }
-                        Some(None) => {}
+                        Some(None) => Ok(()),
                     }
-                    let Some(c) = st.claims.remove(&claim) else {
-                        return;
-                    };
-                    if let Some(i) = st.invites.get_mut(&cap_id) {
-                        i.uses += 1;
-                    }
-                    (c, st.entries.len() as u64, st.genesis.clone())
+                    .map(|()| {
+                        // Counted now, under the state lock, so no other decision can spend
+                        // the same use; given back if the store fails. The admin lock held
+                        // above keeps the claim waiting until this decision is recorded.
+                        if let Some(i) = st.invites.get_mut(&cap_id) {
+                            i.uses += 1;
+                        }
+                        (durable, cap_id, st.entries.len() as u64, st.genesis.clone())
+                    })
                 };
-                if let Err(err) = self.hub.store.append_roster(seq, e.clone()).await {
+                let (durable, cap_id, seq, genesis) = match next {
+                    Ok(n) => n,
+                    Err((code, msg, d, refusal, keep_until)) => {
+                        if let Some(d) = d {
+                            let stored = if d.durable { vec![claim] } else { Vec::new() };
+                            self.keep_refusals(stored, refusal, keep_until, d.evicted)
+                                .await;
+                        }
+                        return self.error(Some(rid), code, msg);
+                    }
+                };
+                let outcome = ClaimOutcome::Accepted {
+                    claim,
+                    genesis,
+                    entry: e.clone(),
+                    sealed,
+                    mac,
+                };
+                let keep_until = now + self.hub.cfg.claim_ttl_secs as i64 * 1000;
+                let stored = if durable {
+                    self.hub
+                        .store
+                        .admit(seq, e.clone(), claim, outcome.clone(), keep_until)
+                        .await
+                } else {
+                    self.hub.store.append_roster(seq, e.clone()).await
+                };
+                if let Err(err) = stored {
                     tracing::error!(error = %err, "cannot store admission");
                     let mut st = lock(&entry.state);
-                    if let Some(i) = st.invites.get_mut(&c.cap.id) {
+                    if let Some(i) = st.invites.get_mut(&cap_id) {
                         i.uses = i.uses.saturating_sub(1);
                     }
-                    st.claims.insert(claim, c);
                     drop(st);
                     return self.error(
                         Some(rid),
@@ -360,16 +394,8 @@ impl<S: Store> Conn<S> {
                     }
                 }
                 tracing::info!(mesh = %e.mesh.short(), member = %e.member.short(), "member admitted through invite");
-                finish_claim(
-                    &c.claimant,
-                    ClaimOutcome::Accepted {
-                        claim,
-                        genesis,
-                        entry: e,
-                        sealed,
-                        mac,
-                    },
-                );
+                // An acceptance is never evicted: it is what the new member needs.
+                let _ = lock(&entry.state).decide(claim, outcome, keep_until);
                 self.push(&RelayFrame::Ok { rid });
             }
         }
@@ -391,9 +417,31 @@ fn refusal(err: &RosterError) -> (ErrorCode, String) {
     }
 }
 
-pub(super) fn finish_claim(claimant: &LinkHandle, outcome: ClaimOutcome) {
-    if let Some(f) = frame(&RelayFrame::ClaimResult(outcome)) {
-        claimant.push(f);
+impl<S: Store> Conn<S> {
+    /// Record refusals of stored claims (for claimants that come back to hear them), and
+    /// forget the refusals evicted to make room. A failure is logged: the claimant that was
+    /// connected heard it already, and one that is away finds the claim waiting (an admin
+    /// refuses it again).
+    async fn keep_refusals(
+        &self,
+        stored: Vec<ClaimId>,
+        refusal: ClaimOutcome,
+        keep_until: i64,
+        evicted: Vec<ClaimId>,
+    ) {
+        if !stored.is_empty()
+            && let Err(e) = self
+                .hub
+                .store
+                .decide_claims(stored, refusal, keep_until)
+                .await
+        {
+            tracing::warn!(error = %e, "cannot record a claim's refusal");
+        }
+        if !evicted.is_empty()
+            && let Err(e) = self.hub.store.delete_claims(evicted).await
+        {
+            tracing::warn!(error = %e, "cannot forget old claim refusals (they expire anyway)");
+        }
     }
-    claimant.close.cancel();
 }

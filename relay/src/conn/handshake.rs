@@ -9,11 +9,15 @@ use std::sync::atomic::Ordering;
 
 use super::envelopes::{MAILBOX_PAGE, replay_mailbox};
 
-/// Most claims that may wait on one invite at once.
-const MAX_CLAIMS_PER_INVITE: usize = 8;
 use super::{Conn, End, State};
 use crate::hub::{MeshState, PendingClaim, error_frame, frame, lock};
-use crate::store::Store;
+use crate::store::{Store, StoredClaim};
+
+/// Most claims that may wait for an admin on one invite at once (stored claims count, so
+/// the cap holds across restarts).
+const MAX_CLAIMS_PER_INVITE: usize = 8;
+/// Most claims that may wait for an admin in one mesh at once, over all its invites.
+const MAX_CLAIMS_PER_MESH: usize = 64;
 
 impl<S: Store> Conn<S> {
     pub(super) fn check_handshake_rate(&self) -> Result<(), End> {
@@ -135,7 +139,7 @@ impl<S: Store> Conn<S> {
             ));
         }
         let replaced;
-        let (welcome, roster, presences, claims) = {
+        let (welcome, roster, presences, claims, fetched) = {
             let mut st = lock(&entry.state);
             if !st.roster.is_member(&h.member) {
                 drop(st);
@@ -184,10 +188,22 @@ impl<S: Store> Conn<S> {
                 .values()
                 .map(|s| RelayFrame::Presence(s.record()))
                 .collect();
+            // A member admitted through a claim says hello: it has its answer, which
+            // the relay no longer needs to keep.
+            let fetched: Vec<ClaimId> = st
+                .claims
+                .iter()
+                .filter(|(_, c)| c.request.member == h.member)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in &fetched {
+                st.claims.remove(id);
+            }
             let is_admin = st.roster.role(&h.member).is_some_and(|r| r.is_admin());
             let claims: Vec<RelayFrame> = if is_admin {
                 st.claims
                     .iter()
+                    .filter(|(_, c)| c.waiting())
                     .map(|(id, c)| RelayFrame::ClaimPending {
                         claim: *id,
                         request: c.request.clone(),
@@ -198,8 +214,16 @@ impl<S: Store> Conn<S> {
             } else {
                 Vec::new()
             };
-            (welcome, roster, presences, claims)
+            (welcome, roster, presences, claims, fetched)
         };
+        if !fetched.is_empty() {
+            let hub = self.hub.clone();
+            self.hub.spawn(async move {
+                if let Err(e) = hub.store.delete_claims(fetched).await {
+                    tracing::warn!(error = %e, "cannot forget fetched claims (they expire anyway)");
+                }
+            });
+        }
         self.authenticated();
         self.hub.stats.links.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(mesh = %h.mesh.short(), member = %h.member.short(), "link up");
@@ -258,8 +282,14 @@ impl<S: Store> Conn<S> {
         Ok(())
     }
 
-    pub(super) fn claim(&mut self, req: ClaimRequest) -> Result<(), End> {
+    pub(super) async fn claim(&mut self, req: ClaimRequest) -> Result<(), End> {
         self.check_handshake_rate()?;
+        if req.note.len() > wire::MAX_CLAIM_NOTE {
+            return Err(self.fatal(
+                ErrorCode::BadFrame,
+                &format!("a claim's note is at most {} bytes", wire::MAX_CLAIM_NOTE),
+            ));
+        }
         let now = now_ms();
         let Some(mesh) = self.hub.invite_mesh(&req.invite) else {
             return Err(self.fatal(
@@ -273,8 +303,8 @@ impl<S: Store> Conn<S> {
                 "this relay does not know the invite; check the link",
             ));
         };
-        let claim = ClaimId::new();
-        let (admins, cap) = {
+        let ttl = self.hub.cfg.claim_ttl_secs as i64 * 1000;
+        let (claim, admins, cap, expires_at, new) = {
             let mut st = lock(&entry.state);
             let Some(inv) = st.invites.get(&req.invite).cloned() else {
                 drop(st);
@@ -283,58 +313,119 @@ impl<S: Store> Conn<S> {
                     "this relay does not know the invite",
                 ));
             };
-            if let Some((code, msg)) = inv.refusal(now) {
-                drop(st);
-                return Err(self.fatal(code, msg));
-            }
-            if st.roster.is_member(&req.member) {
-                drop(st);
-                return Err(self.fatal(ErrorCode::ClaimRefused, "this key is already a member"));
-            }
-            let waiting = st
+            let admins = st.admin_links();
+            // The claimant came back (a new connection, a restart on either side): the
+            // same request finds its claim, and its answer if there is one. It spends
+            // nothing again and takes no second place in the queue.
+            let known = st
                 .claims
-                .values()
-                .filter(|c| c.cap.id == req.invite)
-                .count();
-            if waiting >= MAX_CLAIMS_PER_INVITE {
-                drop(st);
+                .iter_mut()
+                .find(|(_, c)| c.request.invite == req.invite && c.request.member == req.member);
+            if let Some((id, c)) = known {
+                let id = *id;
+                if c.request != req {
+                    drop(st);
+                    return Err(self.fatal(
+                        ErrorCode::ClaimRefused,
+                        "another claim with this key is kept here; claim with a fresh key",
+                    ));
+                }
+                if c.outcome.is_some() {
+                    c.claimant = Some(self.link.clone());
+                    c.tell();
+                    return Ok(());
+                }
+                if let Some(old) = c.claimant.replace(self.link.clone()) {
+                    old.push(error_frame(
+                        None,
+                        ErrorCode::Replaced,
+                        "the claimant came back on a newer connection",
+                        true,
+                    ));
+                    old.close.cancel();
+                }
+                (id, admins, inv.cap, c.expires_at, false)
+            } else {
+                if let Some((code, msg)) = inv.refusal(now) {
+                    drop(st);
+                    return Err(self.fatal(code, msg));
+                }
+                if st.roster.is_member(&req.member) {
+                    drop(st);
+                    return Err(self.fatal(ErrorCode::ClaimRefused, "this key is already a member"));
+                }
+                // Only claims still waiting count: decided ones wait for nothing but
+                // their claimant, and go when it fetches them or they expire.
+                let waiting = st.claims.values().filter(|c| c.waiting());
+                let (on_invite, in_mesh) = waiting.fold((0, 0), |(i, m), c| {
+                    (i + usize::from(c.cap.id == req.invite), m + 1)
+                });
+                if on_invite >= MAX_CLAIMS_PER_INVITE || in_mesh >= MAX_CLAIMS_PER_MESH {
+                    drop(st);
+                    return Err(self.fatal(
+                        ErrorCode::RateLimited,
+                        "too many claims already wait on this invite; try again later",
+                    ));
+                }
+                let id = ClaimId::new();
+                st.claims.insert(
+                    id,
+                    PendingClaim {
+                        request: req.clone(),
+                        cap: inv.cap.clone(),
+                        at: now,
+                        expires_at: now + ttl,
+                        claimant: Some(self.link.clone()),
+                        outcome: None,
+                    },
+                );
+                (id, admins, inv.cap, now + ttl, true)
+            }
+        };
+        // A durable claim is stored before the claimant hears it waits: it outlives this
+        // connection and a restart of the relay.
+        if new && req.durable {
+            let stored = StoredClaim {
+                id: claim,
+                mesh,
+                request: req.clone(),
+                at: now,
+                expires_at,
+                outcome: None,
+            };
+            if let Err(e) = self.hub.store.put_claim(stored).await {
+                tracing::error!(error = %e, "cannot store a claim");
+                lock(&entry.state).claims.remove(&claim);
                 return Err(self.fatal(
-                    ErrorCode::RateLimited,
-                    "too many claims already wait on this invite; try again later",
+                    ErrorCode::Internal,
+                    "relay could not store the claim; try again",
                 ));
             }
-            let admins = st.admin_links();
-            st.claims.insert(
+        }
+        if new {
+            tracing::info!(mesh = %mesh.short(), claim = %claim.short(), admins = admins.len(), "invite claim waiting");
+            let pending = frame(&RelayFrame::ClaimPending {
                 claim,
-                PendingClaim {
-                    request: req.clone(),
-                    cap: inv.cap.clone(),
-                    at: now,
-                    claimant: self.link.clone(),
-                },
-            );
-            (admins, inv.cap)
-        };
-        tracing::info!(mesh = %mesh.short(), claim = %claim.short(), admins = admins.len(), "invite claim waiting");
-        let pending = frame(&RelayFrame::ClaimPending {
-            claim,
-            request: req,
-            cap: cap.clone(),
-            at: now,
-        });
-        if let Some(p) = pending {
-            for a in &admins {
-                a.push(p.clone());
+                request: req.clone(),
+                cap: cap.clone(),
+                at: now,
+            });
+            if let Some(p) = pending {
+                for a in &admins {
+                    a.push(p.clone());
+                }
             }
         }
         self.push(&RelayFrame::ClaimWaiting {
             claim,
             admins_online: admins.len() as u32,
             approve: cap.approve,
+            kept_until: req.durable.then_some(expires_at),
         });
         self.state = State::Claiming {
             mesh,
             claim,
+            durable: req.durable,
             until: std::time::Instant::now()
                 + std::time::Duration::from_secs(self.hub.cfg.claim_wait_secs),
         };

@@ -111,7 +111,10 @@ enum State {
     Claiming {
         mesh: MeshId,
         claim: ClaimId,
-        /// The claim is withdrawn if no admin decided by then.
+        /// The claim outlives this connection (the claimant comes back for the answer).
+        durable: bool,
+        /// The connection ends if no admin decided by then (a claim that is not durable
+        /// is withdrawn with it).
         until: Instant,
     },
     Linked {
@@ -315,10 +318,14 @@ impl<S: Store> Conn<S> {
                     self.fatal(ErrorCode::Unexpected, "no hello within the time limit");
                     End::TimedOut
                 }
-                State::Claiming { until, .. } if Instant::now() >= until => {
+                State::Claiming { until, durable, .. } if Instant::now() >= until => {
                     self.fatal(
                         ErrorCode::NoAdminOnline,
-                        "no admin decided the claim in time; try again later",
+                        if durable {
+                            "no admin decided the claim yet; it is kept here: send it again to wait on"
+                        } else {
+                            "no admin decided the claim in time; try again later"
+                        },
                     );
                     End::TimedOut
                 }
@@ -388,7 +395,7 @@ impl<S: Store> Conn<S> {
                     genesis,
                     token,
                 } => self.create_mesh(rid, genesis, token).await,
-                ClientFrame::Claim(req) => self.claim(req),
+                ClientFrame::Claim(req) => self.claim(req).await,
                 _ => Err(self.fatal(ErrorCode::Unexpected, "send hello first")),
             },
             State::Claiming { .. } => Err(self.fatal(
@@ -500,9 +507,22 @@ impl<S: Store> Conn<S> {
     fn cleanup(&mut self) {
         match std::mem::replace(&mut self.state, State::New) {
             State::New => {}
-            State::Claiming { mesh, claim, .. } => {
+            State::Claiming {
+                mesh,
+                claim,
+                durable,
+                ..
+            } => {
                 if let Some(e) = self.hub.mesh(&mesh) {
-                    lock(&e.state).claims.remove(&claim);
+                    let mut st = lock(&e.state);
+                    if !durable {
+                        st.claims.remove(&claim);
+                    } else if let Some(c) = st.claims.get_mut(&claim)
+                        && c.claimant.as_ref().is_some_and(|l| l.id == self.link.id)
+                    {
+                        // The claim stays for its claimant's next connection.
+                        c.claimant = None;
+                    }
                 }
             }
             State::Linked {
