@@ -277,3 +277,168 @@ fn a_join_waits_for_an_admin_across_restarts_of_the_relay_and_the_joiner() {
     ben.ok(&["send", "ann", "hello from the pending join"]);
     assert_eq!(ann.inbox_wait().len(), 1);
 }
+
+/// Issue 13, item 6: a claim on an `--approve` invite can be matched to a person: the
+/// joiner is shown the name and key fingerprint it asks with (and the claim to approve),
+/// the admin sees the same name and fingerprint, and the joiner waiting with `--wait`
+/// sees where it stands before it is admitted.
+#[test]
+fn an_approve_claim_shows_the_claimants_name_and_fingerprint_on_both_sides() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = claudemesh_tests::mesh(bin(), root.path(), &["ann"], &[]);
+    let ann = &nodes[0];
+    let mut ben = Node::new(bin(), root.path(), "ben");
+    ben.start();
+    let link = ann.ok(&["invite", "--approve"]);
+    let said = ben.ok(&["join", &link]);
+    assert!(said.contains("waiting for an admin to approve"), "{said}");
+    let status = ben.json(&["status"]);
+    let pending = &status["joins"][0];
+    assert_eq!(pending["stage"], "approval", "{status}");
+    assert_eq!(pending["name"], "ben", "{status}");
+    let fingerprint = pending["fingerprint"].as_str().unwrap().to_string();
+    let claim = pending["claim"].as_str().unwrap().to_string();
+    assert!(
+        said.contains(&fingerprint) && said.contains("as ben"),
+        "{said}"
+    );
+    assert!(
+        said.contains(&claim[..8]),
+        "the claim to approve is named: {said}"
+    );
+
+    ann.wait("claim-pending", None);
+    let shown = ann.ok(&["invite", "pending"]);
+    assert!(
+        shown.contains("ben") && shown.contains(&fingerprint),
+        "{shown}"
+    );
+    let claims = ann.json(&["invite", "pending"]);
+    assert_eq!(claims["claims"][0]["name"], "ben", "{claims}");
+    assert_eq!(claims["claims"][0]["fingerprint"], fingerprint.as_str());
+
+    let waiter = ben.spawn(&["join", &link, "--wait", "20"]);
+    let approved = ann.ok(&["invite", "approve", &claim[..8]]);
+    assert!(
+        approved.contains("ben") && approved.contains(&fingerprint),
+        "{approved}"
+    );
+    let out = waiter.wait_with_output().unwrap();
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{progress}");
+    assert!(
+        progress.contains("waiting for an admin to approve"),
+        "{progress}"
+    );
+    assert!(progress.contains(&fingerprint), "{progress}");
+    assert!(stdout(&out).contains("Joined test"), "{}", stdout(&out));
+}
+
+/// A pending join whose invite is revoked is refused, and says so (`status`, and a `join
+/// --wait` of it), with nothing joined.
+#[test]
+fn a_pending_join_of_a_revoked_invite_is_refused_and_status_says_why() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = claudemesh_tests::mesh(bin(), root.path(), &["ann"], &[]);
+    let ann = &nodes[0];
+    let mut ben = Node::new(bin(), root.path(), "ben");
+    ben.start();
+    let inv = ann.json(&["invite", "--approve"]);
+    let link = inv["invite"].as_str().unwrap().to_string();
+    ben.ok(&["join", &link]);
+    ann.wait("claim-pending", None);
+    ann.ok(&["invite", "revoke", inv["id"].as_str().unwrap()]);
+    let (code, err) = ben.fails(&["join", &link, "--wait", "20"]);
+    assert_eq!(code, 7, "{err}");
+    assert!(err.contains("revoked"), "{err}");
+    let status = ben.ok(&["status"]);
+    assert!(
+        status.contains("refused") && status.contains("revoked"),
+        "{status}"
+    );
+    assert!(ben.json(&["list"])["meshes"].as_array().unwrap().is_empty());
+    assert_eq!(key_files(&ben), 0);
+}
+
+/// An admin's daemon answers claims that waited days, so the claim's age no longer
+/// bounds replays: a member's own claim played again after its removal (by the relay
+/// operator, who saw it pass) is refused, because its key was a member before.
+#[test]
+fn a_removed_members_claim_replayed_is_refused_by_the_admin() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(bin(), &root.path().join("relay"), &[]);
+    let mut ann = Node::new(bin(), root.path(), "ann");
+    ann.start();
+    let addr = relay.addr.to_string();
+    ann.ok(&[
+        "create",
+        "test",
+        "--relay",
+        &addr,
+        "--fingerprint",
+        &relay.fingerprint,
+    ]);
+    let link = ann.ok(&["invite", "--uses", "3"]);
+    // The operator's proxy keeps what the claimant sent.
+    let seen: Arc<std::sync::Mutex<Vec<ClaimRequest>>> = Default::default();
+    let keep = seen.clone();
+    let proxy = Proxy::start(
+        relay.addr,
+        &relay.data_dir,
+        Arc::new(move |client: &[ClientFrame], f: RelayFrame| {
+            for c in client {
+                if let ClientFrame::Claim(r) = c {
+                    let mut k = keep.lock().unwrap();
+                    if !k.contains(r) {
+                        k.push(r.clone());
+                    }
+                }
+            }
+            f
+        }),
+    );
+    let mut ben = Node::new(bin(), root.path(), "ben");
+    ben.start();
+    ben.ok(&["join", &proxy.invite_via(&link), "--wait", "20"]);
+    ann.wait("peer-online", Some("ben"));
+    ann.ok(&["member", "remove", "ben"]);
+    let request = seen
+        .lock()
+        .unwrap()
+        .first()
+        .cloned()
+        .expect("the claim was seen");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let outcome = rt.block_on(async {
+        let opts = claudemesh_relay::ConnectOptions::default();
+        let pin = claudemesh_schema::encoding::unb64_array::<32>(&relay.fingerprint);
+        let mut c = claudemesh_relay::connect(&addr, pin, &opts).await.unwrap();
+        let b = claudemesh_schema::wire::encode(&ClientFrame::Claim(request)).unwrap();
+        c.writer.send(bytes::Bytes::from(b)).await.unwrap();
+        loop {
+            let b = c.reader.next().await.unwrap().unwrap();
+            match claudemesh_schema::wire::decode::<RelayFrame>(&b).unwrap() {
+                RelayFrame::ClaimResult(o) => break o,
+                RelayFrame::Error { code, message, .. } => panic!("{code}: {message}"),
+                _ => {}
+            }
+        }
+    });
+    match outcome {
+        ClaimOutcome::Refused { message, .. } => {
+            assert!(message.contains("member before"), "{message}")
+        }
+        ClaimOutcome::Accepted { .. } => panic!("the removed member's claim was admitted again"),
+    }
+    assert!(
+        ann.json(&["verify"])["members"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(ann.json(&["invite", "list"])["invites"][0]["uses"], 1);
+}

@@ -4,6 +4,7 @@
 //! supervisor in `daemon` over [`Daemon::links`]).
 
 use claudemesh_schema::MeshId;
+use claudemesh_schema::ipc::methods::{JoinStage, MeshInfo, PendingJoin};
 use claudemesh_schema::roster::Roster;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -99,6 +100,83 @@ impl Bell {
     }
 }
 
+/// Where a pending join (`joining`) stands, as its task last saw it.
+#[derive(Debug, Clone)]
+pub(crate) enum Stage {
+    Connecting {
+        error: Option<String>,
+    },
+    Waiting {
+        claim: claudemesh_schema::ClaimId,
+        admins_online: u32,
+        approve: bool,
+        kept_until: Option<i64>,
+    },
+    Joined(MeshInfo),
+    Refused(String),
+}
+
+impl Stage {
+    pub(crate) fn settled(&self) -> bool {
+        matches!(self, Self::Joined(_) | Self::Refused(_))
+    }
+}
+
+/// A join waiting for an admin: what `status` shows, and the stage its task publishes.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub(crate) invite: claudemesh_schema::InviteId,
+    pub(crate) relay: String,
+    pub(crate) fingerprint: String,
+    pub(crate) name: String,
+    pub(crate) since: i64,
+    pub(crate) stage: watch::Sender<Stage>,
+}
+
+impl Pending {
+    pub(crate) fn set(&self, d: &Daemon, s: Stage) {
+        self.stage.send_replace(s);
+        d.bump_changes();
+    }
+
+    pub(crate) fn info(&self) -> PendingJoin {
+        let (stage, claim, admins_online, kept_until, error) = match &*self.stage.borrow() {
+            Stage::Connecting { error } => (JoinStage::Connecting, None, None, None, error.clone()),
+            Stage::Waiting {
+                claim,
+                admins_online,
+                approve,
+                kept_until,
+            } => (
+                if *approve {
+                    JoinStage::Approval
+                } else {
+                    JoinStage::Waiting
+                },
+                Some(*claim),
+                Some(*admins_online),
+                *kept_until,
+                None,
+            ),
+            // Gone from the list right after; shown as waiting meanwhile.
+            Stage::Joined(_) => (JoinStage::Waiting, None, None, None, None),
+            Stage::Refused(why) => (JoinStage::Refused, None, None, None, Some(why.clone())),
+        };
+        PendingJoin {
+            invite: self.invite,
+            relay: self.relay.clone(),
+            fingerprint: self.fingerprint.clone(),
+            name: self.name.clone(),
+            stage,
+            claim,
+            admins_online,
+            kept_until,
+            error,
+            since: self.since,
+        }
+    }
+}
+
 /// A mesh link for the supervisor to run: the mesh, its command queue, its status.
 pub(crate) type LinkStart = (
     Arc<MeshCtx>,
@@ -173,7 +251,7 @@ pub(crate) struct Daemon {
     /// Serializes mesh creation and joins (name checks).
     pub(crate) membership: tokio::sync::Mutex<()>,
     /// Joins waiting for an admin, by invite (`joining`).
-    pub(crate) joins: Mutex<HashMap<claudemesh_schema::InviteId, Arc<crate::joining::Pending>>>,
+    pub(crate) joins: Mutex<HashMap<claudemesh_schema::InviteId, Arc<Pending>>>,
     /// New mesh links, for the supervisor to spawn.
     pub(crate) links: mpsc::UnboundedSender<LinkStart>,
     /// The transcript watcher's commands.

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use claudemesh_relay::{ConnectOptions, Connection};
 use claudemesh_schema::crypto::{self, BoxSecret, MemberSecret, MeshKey};
 use claudemesh_schema::invite::{self, ClaimNote, InviteLink, JoinSecret};
-use claudemesh_schema::ipc::methods::{JoinParams, JoinResult, JoinStage, MeshInfo, PendingJoin};
+use claudemesh_schema::ipc::methods::{JoinParams, JoinResult, MeshInfo, PendingJoin};
 use claudemesh_schema::message::PeerStatus;
 use claudemesh_schema::roster::{MeshGenesis, RosterEntry, RosterOp};
 use claudemesh_schema::wire::{
@@ -28,7 +28,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use zeroize::Zeroize as _;
 
-use crate::context::Daemon;
+use crate::context::{Daemon, Pending, Stage};
 use crate::error::Error;
 use crate::keys::MeshKeys;
 use crate::mesh::lock;
@@ -42,83 +42,6 @@ const ADMIT_NOW: Duration = Duration::from_secs(10);
 /// relay ends a claimant's wait after `claim_wait_secs`, 300 s by default).
 const SILENCE: Duration = Duration::from_secs(900);
 const INITIAL_BACKOFF_MS: u64 = 250;
-
-/// Where a pending join stands, as its task last saw it.
-#[derive(Debug, Clone)]
-pub(crate) enum Stage {
-    Connecting {
-        error: Option<String>,
-    },
-    Waiting {
-        claim: ClaimId,
-        admins_online: u32,
-        approve: bool,
-        kept_until: Option<i64>,
-    },
-    Joined(MeshInfo),
-    Refused(String),
-}
-
-impl Stage {
-    fn settled(&self) -> bool {
-        matches!(self, Self::Joined(_) | Self::Refused(_))
-    }
-}
-
-/// A join waiting for an admin: what `status` shows, and the stage its task publishes.
-#[derive(Debug)]
-pub(crate) struct Pending {
-    invite: InviteId,
-    relay: String,
-    fingerprint: String,
-    name: String,
-    since: i64,
-    stage: watch::Sender<Stage>,
-}
-
-impl Pending {
-    fn set(&self, d: &Daemon, s: Stage) {
-        self.stage.send_replace(s);
-        d.bump_changes();
-    }
-
-    pub(crate) fn info(&self) -> PendingJoin {
-        let (stage, claim, admins_online, kept_until, error) = match &*self.stage.borrow() {
-            Stage::Connecting { error } => (JoinStage::Connecting, None, None, None, error.clone()),
-            Stage::Waiting {
-                claim,
-                admins_online,
-                approve,
-                kept_until,
-            } => (
-                if *approve {
-                    JoinStage::Approval
-                } else {
-                    JoinStage::Waiting
-                },
-                Some(*claim),
-                Some(*admins_online),
-                *kept_until,
-                None,
-            ),
-            // Gone from the list right after; shown as waiting meanwhile.
-            Stage::Joined(_) => (JoinStage::Waiting, None, None, None, None),
-            Stage::Refused(why) => (JoinStage::Refused, None, None, None, Some(why.clone())),
-        };
-        PendingJoin {
-            invite: self.invite,
-            relay: self.relay.clone(),
-            fingerprint: self.fingerprint.clone(),
-            name: self.name.clone(),
-            stage,
-            claim,
-            admins_online,
-            kept_until,
-            error,
-            since: self.since,
-        }
-    }
-}
 
 /// What the claim task needs and `joins/<invite>.json` keeps.
 struct Claim {

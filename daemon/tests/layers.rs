@@ -1,7 +1,8 @@
 //! The daemon's modules import downward only (ARCHITECTURE.md, "Code map"):
 //!
 //! `daemon` → `link`, `rpc`, `transcript` → domain (`delivery`, `hooks`, `sessions`,
-//! `peers`, `status`, `membership`, `grants`, `shared`, `reminders`) → `context`, `error` →
+//! `peers`, `status`, `membership`, `joining`, `grants`, `shared`, `reminders`) → `context`,
+//! `error` →
 //! `mesh` → `store`, `keys`, `paths`, `config`, `client`.
 //!
 //! Read from the sources: every `crate::…` and `super::…` path, and every use of a child
@@ -17,8 +18,8 @@ fn layer(module: &str) -> u8 {
     match top {
         "daemon" => 5,
         "link" | "rpc" | "transcript" => 4,
-        "delivery" | "hooks" | "sessions" | "peers" | "status" | "membership" | "grants"
-        | "shared" | "reminders" => 3,
+        "delivery" | "hooks" | "sessions" | "peers" | "status" | "membership" | "joining"
+        | "grants" | "shared" | "reminders" => 3,
         "context" | "error" => 2,
         "mesh" => 1,
         "store" | "keys" | "paths" | "config" | "client" => 0,

@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use claudemesh_relay::client::connect_ws;
 use claudemesh_schema::roster::MeshGenesis;
-use claudemesh_schema::wire::{self, ClientFrame, ErrorCode, RelayFrame};
+use claudemesh_schema::wire::{self, ClaimRequest, ClientFrame, ErrorCode, RelayFrame};
 use claudemesh_schema::{MeshId, MessageId, now_ms};
 use claudemesh_tests::raw::{
     Fixture, Member, add_member, expect_error, link, mesh, quic, recv, relay, rss_bytes, send,
@@ -659,9 +659,9 @@ async fn a_squatted_id_after_a_restart_is_never_forwarded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claimant_stays_under_the_pre_hello_budget_and_caps() {
+    use ClaimRequest;
     use claudemesh_schema::crypto::{BoxSecret, MemberSecret};
     use claudemesh_schema::roster::{InviteCap, Role};
-    use claudemesh_schema::wire::ClaimRequest;
     let f = relay(|_| {}).await;
     let (mesh_id, owner, mut a, _member, _b) = mesh(&f).await;
     let invite = claudemesh_schema::InviteId::new();
@@ -807,4 +807,286 @@ async fn an_op_claiming_roster_entries_the_relay_does_not_have_is_refused() {
             "claim {claim}"
         );
     }
+}
+
+/// Publish an invite by `owner` (linked on `a`) to `mesh`.
+async fn publish(
+    a: &mut claudemesh_relay::Connection,
+    owner: &Member,
+    mesh: MeshId,
+    uses: u32,
+    approve: bool,
+    rid: u64,
+) -> claudemesh_schema::roster::InviteCap {
+    use claudemesh_schema::roster::{InviteCap, Role};
+    let cap = InviteCap::sign(
+        &owner.key,
+        claudemesh_schema::InviteId::new(),
+        mesh,
+        Role::Member,
+        uses,
+        now_ms() + 3_600_000,
+        approve,
+        now_ms(),
+    );
+    send(
+        a,
+        &ClientFrame::InvitePublish {
+            rid,
+            cap: cap.clone(),
+        },
+    )
+    .await;
+    until(a, |f| {
+        matches!(f, RelayFrame::Ok { rid: r } if r == rid).then_some(())
+    })
+    .await;
+    cap
+}
+
+/// A durable claim on `invite` by a fresh key (its proof is garbage: only an admin's
+/// daemon could check it), with that key.
+fn durable_claim(
+    invite: claudemesh_schema::InviteId,
+) -> (ClaimRequest, claudemesh_schema::crypto::MemberSecret) {
+    use claudemesh_schema::crypto::{BoxSecret, MemberSecret};
+    let key = MemberSecret::generate();
+    let req = ClaimRequest {
+        invite,
+        member: key.public(),
+        box_key: BoxSecret::generate().public(),
+        at: now_ms(),
+        proof: [0; 32],
+        note: Vec::new(),
+        durable: true,
+    };
+    (req, key)
+}
+
+/// Send `req` on a new connection and return the first answer about it.
+async fn claim_once(f: &Fixture, req: &ClaimRequest) -> RelayFrame {
+    let mut c = quic(f).await;
+    send(&mut c, &ClientFrame::Claim(req.clone())).await;
+    until(&mut c, |f| match f {
+        RelayFrame::ClaimWaiting { .. } | RelayFrame::ClaimResult(_) | RelayFrame::Error { .. } => {
+            Some(f)
+        }
+        _ => None,
+    })
+    .await
+}
+
+/// The answer to a request that expects one (`rid`): `None` for `ok`, else the error code.
+async fn answer(c: &mut claudemesh_relay::Connection, rid: u64) -> Option<ErrorCode> {
+    until(c, |f| match f {
+        RelayFrame::Ok { rid: r } if r == rid => Some(None),
+        RelayFrame::Error {
+            rid: Some(r), code, ..
+        } if r == rid => Some(Some(code)),
+        _ => None,
+    })
+    .await
+}
+
+/// A claim kept at the relay while no admin is online: a member that is not an admin can
+/// neither admit nor refuse it, it survives relay restarts before and after the admin's
+/// answer, its claimant gets that one answer however often it comes back with the same
+/// request (spending the invite's use once), a second decision is refused, and once the
+/// new member said hello the request is just a member's claim (refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_claim_is_decided_only_by_an_admin_and_replayed_it_spends_nothing() {
+    use claudemesh_schema::roster::{Role, Roster, RosterEntry, RosterOp};
+    use claudemesh_schema::wire::{ClaimDecision, ClaimOutcome};
+    let f = relay(|_| {}).await;
+    let (mesh_id, owner, mut a, member, mut b) = mesh(&f).await;
+    let cap = publish(&mut a, &owner, mesh_id, 2, false, 30).await;
+    let (req, key) = durable_claim(cap.id);
+    let RelayFrame::ClaimWaiting {
+        claim,
+        kept_until: Some(_),
+        ..
+    } = claim_once(&f, &req).await
+    else {
+        panic!("the claim was not kept")
+    };
+    until(&mut a, |f| {
+        matches!(f, RelayFrame::ClaimPending { claim: c, .. } if c == claim).then_some(())
+    })
+    .await;
+    // The member (not an admin) tries to decide it, either way.
+    let g = MeshGenesis::sign(&member.key, mesh_id, now_ms());
+    let forged = RosterEntry::sign(
+        &member.key,
+        &Roster::from_genesis(&g).unwrap().head(),
+        mesh_id,
+        req.member,
+        Role::Member,
+        RosterOp::Add,
+        now_ms(),
+        Some(cap.id),
+    );
+    let decisions = [
+        ClaimDecision::Accept {
+            claim,
+            entry: forged,
+            sealed: vec![1; 48],
+            mac: [2; 32],
+        },
+        ClaimDecision::Refuse {
+            claim,
+            reason: "no".into(),
+        },
+    ];
+    for (i, decision) in decisions.into_iter().enumerate() {
+        let rid = 40 + i as u64;
+        send(&mut b, &ClientFrame::ClaimDecision { rid, decision }).await;
+        assert_eq!(answer(&mut b, rid).await, Some(ErrorCode::NotAuthorized));
+    }
+    drop((a, b));
+    let f = f.restart().await;
+    let mut a = link(&f, mesh_id, &owner).await;
+    until(&mut a, |f| {
+        matches!(f, RelayFrame::ClaimPending { claim: c, .. } if c == claim).then_some(())
+    })
+    .await;
+    let admit = |claim, member| ClaimDecision::Accept {
+        claim,
+        entry: claudemesh_tests::raw::entry(
+            &owner.key,
+            mesh_id,
+            member,
+            Role::Member,
+            RosterOp::Add,
+            Some(cap.id),
+        ),
+        sealed: vec![3; 48],
+        mac: [4; 32],
+    };
+    send(
+        &mut a,
+        &ClientFrame::ClaimDecision {
+            rid: 42,
+            decision: admit(claim, req.member),
+        },
+    )
+    .await;
+    assert_eq!(answer(&mut a, 42).await, None);
+    drop(a);
+    let f = f.restart().await;
+    for _ in 0..2 {
+        match claim_once(&f, &req).await {
+            RelayFrame::ClaimResult(ClaimOutcome::Accepted { claim: c, .. }) => {
+                assert_eq!(c, claim)
+            }
+            other => panic!("the kept answer was not given: {other:?}"),
+        }
+    }
+    let mut a = link(&f, mesh_id, &owner).await;
+    let again = ClaimDecision::Refuse {
+        claim,
+        reason: "changed my mind".into(),
+    };
+    send(
+        &mut a,
+        &ClientFrame::ClaimDecision {
+            rid: 43,
+            decision: again,
+        },
+    )
+    .await;
+    assert_eq!(answer(&mut a, 43).await, Some(ErrorCode::Unexpected));
+    // One use was spent: one is left for someone else, then none.
+    let (second, _) = durable_claim(cap.id);
+    let RelayFrame::ClaimWaiting { claim: c2, .. } = claim_once(&f, &second).await else {
+        panic!("the invite's second use was gone")
+    };
+    send(
+        &mut a,
+        &ClientFrame::ClaimDecision {
+            rid: 44,
+            decision: admit(c2, second.member),
+        },
+    )
+    .await;
+    assert_eq!(answer(&mut a, 44).await, None);
+    let (third, _) = durable_claim(cap.id);
+    assert!(matches!(
+        claim_once(&f, &third).await,
+        RelayFrame::Error {
+            code: ErrorCode::InviteUsedUp,
+            ..
+        }
+    ));
+    // The new member says hello: the relay forgets the answer, and the same request is
+    // now a claim like any other, refused (the invite is used up, and the key a member).
+    let newcomer = Member {
+        key,
+        ..Member::new()
+    };
+    let _n = link(&f, mesh_id, &newcomer).await;
+    let replayed = claim_once(&f, &req).await;
+    assert!(
+        matches!(
+            replayed,
+            RelayFrame::Error {
+                code: ErrorCode::ClaimRefused | ErrorCode::InviteUsedUp,
+                ..
+            }
+        ),
+        "{replayed:?}"
+    );
+    f.relay.shutdown().await;
+}
+
+/// At most 8 claims wait on an invite, and the stored ones still count after a restart;
+/// revoking the invite refuses them all, and a claimant that comes back later hears it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_claims_stay_capped_across_a_restart_and_a_revoked_invite_refuses_them() {
+    use claudemesh_schema::roster::InviteRevocation;
+    use claudemesh_schema::wire::ClaimOutcome;
+    let f = relay(|_| {}).await;
+    let (mesh_id, owner, mut a, _member, _b) = mesh(&f).await;
+    let cap = publish(&mut a, &owner, mesh_id, 20, true, 30).await;
+    let mut kept = Vec::new();
+    for _ in 0..8 {
+        let (req, _) = durable_claim(cap.id);
+        assert!(matches!(
+            claim_once(&f, &req).await,
+            RelayFrame::ClaimWaiting { .. }
+        ));
+        kept.push(req);
+    }
+    let rate_limited = |f: RelayFrame| {
+        matches!(
+            f,
+            RelayFrame::Error {
+                code: ErrorCode::RateLimited,
+                ..
+            }
+        )
+    };
+    assert!(rate_limited(claim_once(&f, &durable_claim(cap.id).0).await));
+    drop(a);
+    let f = f.restart().await;
+    assert!(rate_limited(claim_once(&f, &durable_claim(cap.id).0).await));
+    let mut a = link(&f, mesh_id, &owner).await;
+    send(
+        &mut a,
+        &ClientFrame::InviteRevoke {
+            rid: 50,
+            revocation: InviteRevocation::sign(&owner.key, cap.id, mesh_id, now_ms()),
+        },
+    )
+    .await;
+    assert_eq!(answer(&mut a, 50).await, None);
+    let f = f.restart().await;
+    for req in &kept {
+        match claim_once(&f, req).await {
+            RelayFrame::ClaimResult(ClaimOutcome::Refused { code, .. }) => {
+                assert_eq!(code, ErrorCode::InviteRevoked)
+            }
+            other => panic!("a kept claim was not refused: {other:?}"),
+        }
+    }
+    f.relay.shutdown().await;
 }
