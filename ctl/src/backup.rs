@@ -58,22 +58,27 @@ fn key(pass: &str, salt: &[u8], h: &Header) -> Result<[u8; 32], Failure> {
     Ok(k)
 }
 
-/// The passphrase: from `--passphrase-file`, else `CLAUDEMESH_BACKUP_PASSPHRASE`, else the
-/// first line of stdin (a terminal shows what is typed: prefer the file or variable).
-/// Never logged.
-pub(crate) fn passphrase(file: Option<&Path>) -> Result<String, Failure> {
+/// The passphrase: from `--passphrase-file`, else `CLAUDEMESH_BACKUP_PASSPHRASE`, else
+/// typed: on a terminal without echo, and for a new backup (`confirm`) twice, since a typo
+/// would make the backup unopenable; elsewhere the first line of stdin. Never logged.
+pub(crate) fn passphrase(file: Option<&Path>, confirm: bool) -> Result<String, Failure> {
     let p = if let Some(f) = file {
         std::fs::read_to_string(f)
             .map_err(|e| Failure::new(Exit::Usage, format!("cannot read {}: {e}", f.display())))?
     } else if let Ok(p) = std::env::var("CLAUDEMESH_BACKUP_PASSPHRASE") {
         p
     } else {
-        eprint!("passphrase: ");
-        let mut line = String::new();
-        std::io::stdin()
-            .read_line(&mut line)
-            .map_err(|e| Failure::new(Exit::Usage, format!("cannot read the passphrase: {e}")))?;
-        line
+        let p = crate::prompt::secret("passphrase: ")?;
+        if confirm && crate::prompt::interactive() {
+            let again = crate::prompt::secret("passphrase again: ")?;
+            if again != p {
+                return Err(Failure::new(
+                    Exit::Usage,
+                    "the two passphrases differ; nothing was written, run it again",
+                ));
+            }
+        }
+        p
     };
     let p = p.trim_end_matches(['\n', '\r']).to_string();
     if p.chars().count() < 8 {
@@ -170,7 +175,7 @@ pub(crate) fn backup(a: BackupArgs) -> Res {
             format!("{} does not exist: nothing to back up", paths.dir.display()),
         ));
     }
-    let pass = passphrase(pass_file)?;
+    let pass = passphrase(pass_file, true)?;
     let tmp = tempdir_in(&paths.dir)?;
     let mut files = Vec::new();
     let r = collect(&paths.dir, Path::new(""), &tmp, &mut files);
@@ -267,7 +272,7 @@ pub(crate) fn restore(a: RestoreArgs) -> Res {
             ),
         ));
     }
-    let pass = passphrase(pass_file)?;
+    let pass = passphrase(pass_file, false)?;
     let k = key(&pass, &salt, &header)?;
     let plain = XChaCha20Poly1305::new((&k).into())
         .decrypt(

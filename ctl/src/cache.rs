@@ -16,8 +16,16 @@ pub(crate) fn offline_grace(p: &Paths) -> i64 {
 
 /// The joined meshes (none before the first `up`).
 pub(crate) fn meshes(p: &Paths) -> Result<Vec<offline::MeshRow>, Failure> {
-    if !p.db().exists() {
-        return Ok(Vec::new());
+    // `try_exists`: a store that cannot even be looked at is an error, not "no mesh".
+    match p.db().try_exists() {
+        Ok(false) => return Ok(Vec::new()),
+        Ok(true) => {}
+        Err(e) => {
+            return Err(Failure::new(
+                Exit::Error,
+                format!("cannot look for the local store {}: {e}", p.db().display()),
+            ));
+        }
     }
     let conn = offline::open_readonly(&p.db())
         .map_err(|e| Failure::new(Exit::Error, format!("cannot read the local store: {e}")))?;

@@ -310,7 +310,8 @@ pub(crate) struct CompletionsArgs {
 pub(crate) struct BackupArgs {
     /// The file to write.
     pub(crate) file: std::path::PathBuf,
-    /// Read the passphrase from this file (else CLAUDEMESH_BACKUP_PASSPHRASE, else stdin).
+    /// Read the passphrase from this file (else CLAUDEMESH_BACKUP_PASSPHRASE, else it is asked
+    /// twice on the terminal, not echoed; or the first line of stdin).
     #[arg(long)]
     pub(crate) passphrase_file: Option<std::path::PathBuf>,
     /// Print JSON (with `schema_version`).
@@ -916,6 +917,12 @@ pub(crate) struct MemberRoleArgs {
 pub(crate) struct LeaveArgs {
     /// Mesh name or id.
     pub(crate) mesh: String,
+    /// Do not ask (needed when not on a terminal: leaving deletes this machine's keys).
+    #[arg(short = 'y', long = "yes")]
+    pub(crate) yes: bool,
+    /// Leave even as the mesh's last admin (no one could invite or admit after you).
+    #[arg(long)]
+    pub(crate) force: bool,
     #[command(flatten)]
     pub(crate) json: JsonArg,
 }

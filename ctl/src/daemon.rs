@@ -23,9 +23,30 @@ pub(crate) fn run(action: DaemonAction) -> Res {
     }
 }
 
-/// Where this user's daemon keeps its files and socket (`CLAUDEMESH_CONFIG_DIR`).
+/// Where this user's daemon keeps its files and socket (`CLAUDEMESH_CONFIG_DIR`), once it
+/// is known to be readable: a directory that cannot be read would otherwise look like a
+/// machine with no mesh (every file in it "missing").
 pub(crate) fn paths() -> Result<Paths, Failure> {
-    Paths::from_env().map_err(|e| Failure::new(Exit::Error, e.to_string()))
+    let p = Paths::from_env().map_err(|e| Failure::new(Exit::Error, e.to_string()))?;
+    if let Some(why) = unreadable(&p) {
+        return Err(Failure::new(Exit::Error, why));
+    }
+    Ok(p)
+}
+
+/// What is wrong with the config directory, if it exists but cannot be read (a directory
+/// not yet made is fine: the first `up` makes it).
+pub(crate) fn unreadable(p: &Paths) -> Option<String> {
+    match std::fs::read_dir(&p.dir) {
+        Ok(_) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => Some(format!(
+            "cannot read the config directory {dir} ({e}); it holds your keys and meshes, so \
+             nothing can be told about them. Make it a directory you own, mode 0700: \
+             chmod 700 {dir} (or point CLAUDEMESH_CONFIG_DIR elsewhere)",
+            dir = p.dir.display()
+        )),
+    }
 }
 
 /// A connection to the daemon, starting it first when it is not running (unless

@@ -72,6 +72,14 @@ fn mode(_: &Path) -> Option<u32> {
 }
 
 fn permissions(paths: &Paths) -> Check {
+    // Modes of a directory that cannot be read say nothing about what is in it.
+    if let Some(why) = crate::daemon::unreadable(paths) {
+        return Check::fail(
+            "permissions",
+            why,
+            format!("chmod 700 {}", paths.dir.display()),
+        );
+    }
     let mut bad = Vec::new();
     // Secrets must be private; the config (no secrets) only must not be writable by others.
     let want = |p: &Path, m: u32, bad: &mut Vec<(String, u32, u32)>| {
@@ -305,7 +313,9 @@ fn disk(paths: &Paths) -> Check {
 }
 
 pub(crate) async fn run(json: bool) -> Res {
-    let paths = crate::daemon::paths()?;
+    // Not `daemon::paths()`: a config directory that cannot be read is one of the things
+    // the report says.
+    let paths = Paths::from_env().map_err(|e| Failure::new(Exit::Error, e.to_string()))?;
     let mut checks = Vec::new();
     let mine = env!("CARGO_PKG_VERSION");
 

@@ -41,6 +41,7 @@ mod meshes;
 mod messaging;
 mod output;
 mod peers;
+mod prompt;
 mod relay;
 mod service;
 mod shared;

@@ -4,7 +4,7 @@
 use claudemesh_daemon::DaemonConfig;
 use claudemesh_daemon::client::{Client, ClientError};
 use claudemesh_schema::ipc::methods::{
-    self as m, CreateParams, MeshInfo, MeshParams, SetRelayParams, SetRelayResult, StatusResult,
+    self as m, CreateParams, MeshInfo, SetRelayParams, SetRelayResult, StatusResult,
 };
 use claudemesh_schema::wire::CreationToken;
 
@@ -762,7 +762,36 @@ pub(crate) async fn list(a: JsonArg) -> Res {
 pub(crate) async fn leave(a: LeaveArgs) -> Res {
     let p = paths()?;
     let mut c = client(&p).await?;
-    let info: MeshInfo = c.call(m::LEAVE, MeshParams { mesh: Some(a.mesh) }).await?;
+    let params = |check| m::LeaveParams {
+        mesh: Some(a.mesh.clone()),
+        force: a.force,
+        check,
+    };
+    // Asked first (the daemon refuses the last admin before anyone is asked anything).
+    let info: MeshInfo = c.call(m::LEAVE, params(true)).await?;
+    if !a.yes {
+        if !crate::prompt::interactive() {
+            return Err(Failure::new(
+                Exit::Usage,
+                format!(
+                    "leaving {} deletes this machine's keys for it (coming back needs a new \
+                     invite); run it on a terminal to confirm, or pass --yes",
+                    info.name
+                ),
+            ));
+        }
+        let q = format!(
+            "Leave {} and delete this machine's keys for it? Coming back needs a new invite. [y/N] ",
+            info.name
+        );
+        if !crate::prompt::yes(&q)? {
+            return Err(Failure::new(
+                Exit::Error,
+                format!("not leaving {}; nothing changed", info.name),
+            ));
+        }
+    }
+    let info: MeshInfo = c.call(m::LEAVE, params(false)).await?;
     if a.json.json {
         output::json("mesh", &info);
     } else {

@@ -130,7 +130,23 @@ fn said(to: &str, r: &SendResult, json: bool) {
                 "queued for {who}: the relay is not reachable right now; it will be sent when the link returns (id {})",
                 r.id.short()
             ),
-            Stage::Relayed => say!("sent to {who} (relayed, id {})", r.id.short()),
+            // Relayed to someone not there: say so, and that it is not lost.
+            Stage::Relayed if !r.offline.is_empty() && r.offline.len() == r.recipients.len() => {
+                say!(
+                    "{} offline: the relay keeps the message, and it reaches them when they are back (id {})",
+                    offline(&r.offline),
+                    r.id.short()
+                )
+            }
+            Stage::Relayed => {
+                say!("sent to {who} (relayed, id {})", r.id.short());
+                if !r.offline.is_empty() {
+                    say!(
+                        "{} offline: it reaches them when they are back",
+                        offline(&r.offline)
+                    );
+                }
+            }
             Stage::Delivered | Stage::Surfaced | Stage::Read => {
                 say!("delivered to {who} (id {})", r.id.short())
             }
@@ -307,5 +323,13 @@ pub(crate) async fn sent(a: SentArgs) -> Res {
             format!("the message did not get to {w} within {timeout} s"),
         )),
         _ => Ok(()),
+    }
+}
+
+/// "bob [key …] is" / "bob [key …] and carol [key …] are".
+fn offline(names: &[String]) -> String {
+    match names {
+        [one] => format!("{one} is"),
+        more => format!("{} are", more.join(", ")),
     }
 }

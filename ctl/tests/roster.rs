@@ -195,7 +195,7 @@ fn a_relay_replaying_an_old_admission_after_a_removal_is_refused_and_the_member_
         }
         _ => frame,
     }));
-    f.cat.ok(&["leave", "test"]);
+    f.cat.ok(&["leave", "test", "--yes"]);
     // Something for ben, in case nothing else follows the removal.
     let _ = f.ann.run(&["send", "ben", "after the removal"]);
     let err = link_error(&f.ben);
@@ -219,7 +219,7 @@ fn a_member_the_relay_hides_a_removal_from_notices_it_from_the_next_op_and_at_he
         RelayFrame::Roster { entry, .. } if entry.op == RosterOp::Remove => nothing(),
         _ => frame,
     }));
-    f.cat.ok(&["leave", "test"]);
+    f.cat.ok(&["leave", "test", "--yes"]);
     // Ann's next write was made after the removal, and says so (signed).
     f.ann.ok(&["state", "set", "after", "removal"]);
     let err = link_error(&f.ben);
@@ -267,7 +267,7 @@ fn a_gap_or_a_fork_in_the_roster_is_refused() {
         },
         other => other,
     }));
-    f.cat.ok(&["leave", "test"]);
+    f.cat.ok(&["leave", "test", "--yes"]);
     let err = link_error(&ben);
     assert!(err.contains("entries were skipped"), "{err}");
     assert!(ben_knows_cat(&ben), "an entry after a gap was applied");

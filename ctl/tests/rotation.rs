@@ -214,7 +214,7 @@ fn after_a_member_leaves_an_admin_rotates_and_the_member_that_left_opens_nothing
     let mesh = mesh_id(ann);
     // Leaving deletes the key file: keep a copy, as a member that means harm would.
     let gone = held(cat);
-    cat.ok(&["leave", "test"]);
+    cat.ok(&["leave", "test", "--yes"]);
     synced_to(ann, 1);
     synced_to(ben, 1);
     remaining_read_new_epoch(ann, ben, 2, "kestrel-12");

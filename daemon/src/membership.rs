@@ -8,7 +8,7 @@ use claudemesh_schema::crypto::{self, MemberSecret, MeshKey};
 use claudemesh_schema::invite::{self, InviteLink, JoinSecret};
 use claudemesh_schema::ipc::methods::{
     ClaimDecideParams, CreateParams, Identity, InviteInfo, InviteParams, InviteRevokeParams,
-    MemberParams, MemberResult, MeshInfo, MeshParams, MeshProfile, PendingClaim,
+    LeaveParams, MemberParams, MemberResult, MeshInfo, MeshParams, MeshProfile, PendingClaim,
     ProfileParams, ProfileResult, SetRelayParams, SetRelayResult, WhoamiResult,
 };
 use claudemesh_schema::message::PeerStatus;
@@ -821,10 +821,30 @@ async fn probe_relay(
 }
 
 /// `leave`: tell the relay (unless we own the mesh), then forget the mesh and its keys.
-pub(crate) async fn leave(d: &Arc<Daemon>, p: MeshParams) -> Result<MeshInfo, Error> {
+pub(crate) async fn leave(d: &Arc<Daemon>, p: LeaveParams) -> Result<MeshInfo, Error> {
     let m = d.select(p.mesh.as_deref())?;
     let info = mesh_info(&lock(&m.row));
     let role = m.role();
+    // The last admin leaving strands the mesh: no one could invite, admit, remove or
+    // rotate its key again.
+    let me = m.member();
+    let other_admin = lock(&m.roster)
+        .roster
+        .members()
+        .any(|(k, r)| *k != me && r.is_admin());
+    if role.is_admin() && !other_admin && !p.force {
+        return Err(Error::forbidden(format!(
+            "you are the only {} of {} with admin rights: once you leave, no one can invite, \
+             admit or remove members. Make someone an admin first (`claudemesh member role \
+             <name> admin --mesh {}`), or pass --force to leave anyway",
+            role.as_str(),
+            m.name(),
+            m.name()
+        )));
+    }
+    if p.check {
+        return Ok(info);
+    }
     if role != Role::Owner {
         let me = m.member();
         let left = change_roster(&m, |head| {

@@ -819,6 +819,20 @@ pub mod methods {
         pub wait_secs: Option<u64>,
     }
 
+    /// `leave` parameters.
+    #[derive(Debug, Clone, Serialize, Deserialize, Default)]
+    pub struct LeaveParams {
+        /// Mesh name or id prefix (default: the only mesh).
+        #[serde(default)]
+        pub mesh: Option<String>,
+        /// Leave even as its last admin (no one could invite, admit or remove after).
+        #[serde(default)]
+        pub force: bool,
+        /// Only check that it may be left, and say which mesh it is (for a prompt).
+        #[serde(default)]
+        pub check: bool,
+    }
+
     /// `join` result: joined, or a join the daemon keeps pending.
     #[derive(Debug, Clone, Serialize, Deserialize, Default)]
     pub struct JoinResult {
@@ -1072,6 +1086,10 @@ pub mod methods {
         pub recipients: Vec<String>,
         /// Recipients on this machine that got it directly.
         pub local: u32,
+        /// Recipients with no session online: the relay keeps it for them until they are
+        /// back (absent from older daemons).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub offline: Vec<String>,
     }
 
     /// `inbox` parameters.

@@ -34,6 +34,9 @@ struct Target {
     /// The members it is addressed to, the only ones whose receipts count (empty: every
     /// member, a broadcast).
     members: Vec<claudemesh_schema::crypto::MemberKey>,
+    /// Recipients (as named in `names`) with no session online: the relay keeps the
+    /// message for them until they are back.
+    offline: Vec<String>,
 }
 
 fn describe(p: &PresenceRow) -> String {
@@ -185,6 +188,7 @@ fn resolve(
                     label: own,
                     local_member: true,
                     members: vec![m.member()],
+                    offline: Vec::new(),
                 }),
                 _ => None,
             }
@@ -200,6 +204,7 @@ fn resolve(
             label: "*".into(),
             local_member: false,
             members: Vec::new(),
+            offline: Vec::new(),
         }),
         Pick::Group(v) => Some(Target {
             route: Route::Sessions {
@@ -213,16 +218,31 @@ fn resolve(
             label: to.to_string(),
             local_member: false,
             members: v.iter().map(|&i| row(i).member).collect(),
+            offline: {
+                let mut out: Vec<String> = Vec::new();
+                for &i in &v {
+                    let k = row(i).member;
+                    let name = keyed(&row(i).names().0, &k);
+                    if !v.iter().any(|&j| row(j).member == k && row(j).online)
+                        && !out.contains(&name)
+                    {
+                        out.push(name);
+                    }
+                }
+                out
+            },
         }),
         Pick::Session(i) => {
             let p = row(i);
+            let name = keyed(&p.names().0, &p.member);
             Some(Target {
                 route: Route::Session { session: p.session },
                 key: Some(p.session_key),
-                names: vec![keyed(&p.names().0, &p.member)],
+                names: vec![name.clone()],
                 label: to.to_string(),
                 local_member: false,
                 members: vec![p.member],
+                offline: if p.online { Vec::new() } else { vec![name] },
             })
         }
         Pick::Member(k) => {
@@ -239,15 +259,22 @@ fn resolve(
                     label: person,
                     local_member: true,
                     members: vec![k],
+                    offline: Vec::new(),
                 })
             } else {
                 let key = k
                     .box_public()
                     .map_err(|e| Error::internal(format!("member key does not convert: {e}")))?;
+                let online = others.iter().any(|p| p.member == k && p.online);
                 Some(Target {
                     route: Route::Member { member: k },
                     key: Some(key),
                     names: vec![keyed(&person, &k)],
+                    offline: if online {
+                        Vec::new()
+                    } else {
+                        vec![keyed(&person, &k)]
+                    },
                     label: person,
                     local_member: false,
                     members: vec![k],
@@ -324,6 +351,7 @@ pub(crate) async fn send_as(
                         label: to.clone(),
                         local_member: false,
                         members: vec![m.member()],
+                        offline: Vec::new(),
                     },
                 ));
                 continue;
@@ -345,6 +373,7 @@ pub(crate) async fn send_as(
                             label: to.clone(),
                             local_member: false,
                             members: vec![s.member],
+                            offline: Vec::new(),
                         },
                     ));
                     continue;
@@ -374,7 +403,9 @@ pub(crate) async fn send_as(
     let (m, target) = match found.len() {
         0 => {
             return Err(Error::not_found(if let Some(g) = to.strip_prefix('@') {
-                format!("nobody is in @{g}; `claudemesh peers` shows peers and their groups")
+                format!(
+                    "nobody is in @{g}; nothing was sent (`claudemesh peers` shows peers and their groups)"
+                )
             } else {
                 match claudemesh_schema::select::suggest(&to, known.iter().map(String::as_str)) {
                     Some(near) => format!(
@@ -407,6 +438,20 @@ pub(crate) async fn send_as(
         }
     };
     let session = p.session.unwrap_or(m.keys.session);
+    // Everyone, when there is no one else: refused like an empty group, not "sent" to no
+    // one (other members get a broadcast even while offline; sessions here get it too).
+    if target.route == Route::All {
+        let me = m.member();
+        let others_here =
+            m.open_visible_sessions().iter().any(|s| *s != session) || session != m.keys.session;
+        let alone = !lock(&m.roster).roster.members().any(|(k, _)| *k != me) && !others_here;
+        if alone {
+            return Err(Error::not_found(format!(
+                "nobody else is in {} yet; nothing was sent (`claudemesh invite` makes a link for someone to join)",
+                m.name()
+            )));
+        }
+    }
     let now = now_ms();
     let from_name = lock(&m.row).display_name.clone();
     let from_label = if session == m.keys.session {
@@ -572,6 +617,7 @@ pub(crate) async fn send_as(
         stage,
         recipients: target.names,
         local: local_count,
+        offline: target.offline,
     })
 }
 
@@ -611,6 +657,7 @@ async fn send_to_local_session(
         stage: Stage::Delivered,
         recipients: target.names.clone(),
         local: 1,
+        offline: Vec::new(),
     })
 }
 
@@ -688,6 +735,7 @@ async fn send_to_own_person(
         stage: Stage::Delivered,
         recipients: target.names.clone(),
         local: 1,
+        offline: Vec::new(),
     })
 }
 
