@@ -90,9 +90,9 @@ async fn decide(c: &mut Client, claim: String, accept: bool, json: bool) -> Res 
             None => r.fingerprint.clone(),
         };
         if accept {
-            out!("Admitted {who} to {}.", r.mesh_name);
+            say!("Admitted {who} to {}.", r.mesh_name);
         } else {
-            out!("Denied the request from {who} to join {}.", r.mesh_name);
+            say!("Denied the request from {who} to join {}.", r.mesh_name);
         }
     }
     Ok(())
@@ -134,7 +134,7 @@ pub(crate) async fn join(a: JoinArgs) -> Res {
             for l in output::pending_join(&pending) {
                 out!("{l}");
             }
-            out!(
+            note!(
                 "The daemon finishes the join in the background: `claudemesh status` shows it, \
                  `claudemesh join <link> --wait` waits for it."
             );
@@ -147,7 +147,10 @@ pub(crate) async fn join(a: JoinArgs) -> Res {
         }
         note!("Waiting up to {secs} s to be admitted…");
     }
-    let r: JoinResult = c.call(m::JOIN, params(Some(secs))).await?;
+    let r: JoinResult = {
+        let _waiting = output::Progress::start("waiting for an admin to admit you");
+        c.call(m::JOIN, params(Some(secs))).await?
+    };
     match r.joined {
         Some(info) => joined(&info, json),
         None => Err(Failure::new(
