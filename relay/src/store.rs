@@ -637,7 +637,9 @@ impl Store for SqliteStore {
         self.writer
             .call(move |tx| {
                 tx.execute(
-                    "INSERT INTO claims (id, mesh, invite, member, request, at, expires_at, outcome)
+                    // REPLACE: a row the hub no longer holds (a refusal evicted while its
+                    // delete failed) must not block the same claimant's claim for good.
+                    "INSERT OR REPLACE INTO claims (id, mesh, invite, member, request, at, expires_at, outcome)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                     params![
                         c.id.as_bytes(),

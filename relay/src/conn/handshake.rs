@@ -364,7 +364,11 @@ impl<S: Store> Conn<S> {
                     drop(st);
                     return Err(self.fatal(
                         ErrorCode::RateLimited,
-                        "too many claims already wait on this invite; try again later",
+                        if on_invite >= MAX_CLAIMS_PER_INVITE {
+                            "too many claims already wait on this invite; try again later"
+                        } else {
+                            "too many claims already wait in this mesh; try again later"
+                        },
                     ));
                 }
                 let id = ClaimId::new();
