@@ -149,6 +149,9 @@ pub(crate) enum Command {
     Sent(SentArgs),
     /// Show the daemon and each mesh's relay link.
     Status(JsonArg),
+    /// A mesh at a glance: relay and link, you, every member with role, groups and who
+    /// is in them, shared-state keys and counts, unread and queued messages.
+    Info(MeshJson),
     /// Show your identity in each mesh.
     Whoami(JsonArg),
     /// Show or change your display name, groups, summary or status.

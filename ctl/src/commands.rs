@@ -43,6 +43,7 @@ pub(crate) fn run(cmd: Command) -> Res {
         })),
         Command::Sent(a) => block_on(messaging::sent(a)),
         Command::Status(a) => block_on(peers::status(a)),
+        Command::Info(a) => block_on(meshes::info(a)),
         Command::Whoami(a) => block_on(peers::whoami(a)),
         Command::Profile(a) => block_on(peers::profile(a)),
         Command::Wait(a) => block_on(peers::wait(a)),

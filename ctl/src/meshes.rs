@@ -820,3 +820,16 @@ pub(crate) fn env_name(flag: Option<String>) -> Option<String> {
             .filter(|s| !s.trim().is_empty())
     })
 }
+
+/// `claudemesh info`: one mesh (or each) at a glance (`mesh_info`, as the MCP tool).
+pub(crate) async fn info(a: crate::cli::MeshJson) -> Res {
+    let p = paths()?;
+    let mut c = client(&p).await?;
+    let r: m::MeshInfoResult = c.call(m::MESH_INFO, MeshParams { mesh: a.mesh }).await?;
+    if a.json {
+        output::json("meshes", &r.meshes);
+    } else {
+        output::mesh_overview(&r.meshes);
+    }
+    Ok(())
+}

@@ -124,6 +124,11 @@ pub(crate) async fn hook(d: &Arc<Daemon>, p: HookParams) -> Result<HookResult, E
                 visible: None,
                 join_groups: Vec::new(),
                 leave_groups: Vec::new(),
+                group_role: None,
+                avatar: None,
+                title: None,
+                bio: None,
+                capabilities: None,
             },
         )
         .await?;
