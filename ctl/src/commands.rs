@@ -11,10 +11,13 @@ use crate::cli::{Command, InboxArgs};
 use crate::exit::{Exit, Failure, Res};
 use crate::{
     backup, claude, cli, daemon, doctor, install, invites, meshes, messaging, peers, relay,
-    service, shared, trust,
+    service, shared, trust, welcome,
 };
 
-pub(crate) fn run(cmd: Command) -> Res {
+pub(crate) fn run(cmd: Option<Command>) -> Res {
+    let Some(cmd) = cmd else {
+        return welcome::welcome();
+    };
     match cmd {
         Command::Up(a) => block_on(meshes::up(a)),
         Command::Down(a) => block_on(meshes::down(a)),

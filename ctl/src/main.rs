@@ -46,6 +46,7 @@ mod service;
 mod shared;
 mod stdin;
 mod trust;
+mod welcome;
 
 use std::process::ExitCode;
 

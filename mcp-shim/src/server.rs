@@ -688,7 +688,7 @@ pub async fn run(paths: Paths, exe: PathBuf) -> Result<(), ShimError> {
         .peer_info()
         .map(|i| i.client_info.name.clone())
         .unwrap_or_default();
-    let channels = claude::channels_possible(&client_name, declares);
+    let channels = claude::channels_possible(&client_name, declares) && !claude::messages_held();
     shim.inner
         .client_info
         .send_replace(Some((channels, client_name)));
