@@ -757,7 +757,15 @@ pub(crate) enum DaemonAction {
 #[derive(Debug, Args)]
 pub(crate) struct CreateArgs {
     /// Mesh name.
-    pub(crate) name: String,
+    #[arg(required_unless_present = "list_templates")]
+    pub(crate) name: Option<String>,
+    /// Start it from a template: solo, pair or team (groups, shared skills and a
+    /// `template` key, written as ordinary changes you can undo).
+    #[arg(long, value_name = "TEMPLATE")]
+    pub(crate) template: Option<String>,
+    /// List the templates and what each sets up.
+    #[arg(long, exclusive = true)]
+    pub(crate) list_templates: bool,
     /// Relay address host:port (default: the local relay started by `claudemesh up`).
     #[arg(long)]
     pub(crate) relay: Option<String>,

@@ -45,6 +45,7 @@ mod relay;
 mod service;
 mod shared;
 mod stdin;
+mod templates;
 mod trust;
 mod welcome;
 

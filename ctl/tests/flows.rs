@@ -244,3 +244,68 @@ fn hooks_in_inbox_mode_say_how_many_wait_and_in_off_mode_nothing() {
     claude.kill().unwrap();
     claude.wait().unwrap();
 }
+
+#[test]
+fn create_from_a_template_sets_up_groups_skills_and_a_template_key() {
+    let root = tempfile::tempdir().unwrap();
+    let (relay, nodes) = mesh(bin(), root.path(), &["alice", "bob"], &[]);
+    let (alice, bob) = (&nodes[0], &nodes[1]);
+    let list = alice.ok(&["create", "--list-templates"]);
+    for t in ["solo", "pair", "team"] {
+        assert!(list.contains(t), "{list}");
+    }
+    // An unknown template is refused before any mesh is created.
+    let addr = relay.addr.to_string();
+    let (code, err) = alice.fails(&[
+        "create",
+        "x",
+        "--template",
+        "party",
+        "--relay",
+        &addr,
+        "--fingerprint",
+        &relay.fingerprint,
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("solo, pair, team"), "{err}");
+    assert_eq!(alice.json(&["list"])["meshes"].as_array().unwrap().len(), 1);
+
+    let out = alice.ok(&[
+        "create",
+        "crew",
+        "--template",
+        "team",
+        "--relay",
+        &addr,
+        "--fingerprint",
+        &relay.fingerprint,
+    ]);
+    assert!(out.contains("From the team template"), "{out}");
+    // The writes are ordinary ops: sequenced once the new mesh's link is up.
+    alice.ok(&["wait", "synced", "--mesh", "crew", "--timeout", "20"]);
+    let skills = alice.json(&["skill", "list", "--mesh", "crew"]);
+    let names: Vec<_> = skills["skills"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names.len(), 3, "{skills}");
+    for n in ["standup", "review", "handoff"] {
+        assert!(names.iter().any(|x| x == n), "{names:?}");
+    }
+    let key = alice.json(&["state", "get", "template", "--mesh", "crew"]);
+    assert_eq!(key["value"]["name"], "team", "{key}");
+    let info = alice.json(&["info", "--mesh", "crew"]);
+    assert_eq!(
+        info["meshes"][0]["your_groups"],
+        serde_json::json!(["dev"]),
+        "{info}"
+    );
+    // A member who joins reads the same: they are ordinary shared state.
+    let link = alice.ok(&["invite", "--mesh", "crew"]);
+    bob.ok(&["join", &link, "--wait", "20"]);
+    bob.ok(&["wait", "synced", "--mesh", "crew", "--timeout", "20"]);
+    let skills = bob.json(&["skill", "list", "--mesh", "crew"]);
+    assert_eq!(skills["skills"].as_array().unwrap().len(), 3, "{skills}");
+}
