@@ -23,7 +23,7 @@ Start:
   up            Start the local relay and daemon; create your personal mesh
   down          Stop the daemon and its embedded relay
   invite        Invite another machine or person (list, revoke, pending, approve, deny)
-  join          Join a mesh with an invite link
+  join          Join a mesh with an invite link (or just `claudemesh <link>`)
   launch        Start Claude Code with mesh messages pushed in
   install       Register claudemesh with Claude Code (uninstall removes it)
   uninstall     Remove what install added
@@ -38,6 +38,7 @@ Talk:
   sent          How far your messages got
   profile       Your name, groups, summary, status
   status        The daemon and each mesh's relay link
+  info          A mesh at a glance: members, groups, shared state
   whoami        Your identity in each mesh
 
 Share:
