@@ -75,6 +75,7 @@ pub(crate) async fn hook(a: HookArgs) -> Res {
                         .map(|g| g.trim().to_string())
                         .filter(|g| !g.is_empty())
                         .collect(),
+                    message_mode: env("CLAUDEMESH_MESSAGE_MODE"),
                 },
             )
             .await
@@ -156,66 +157,112 @@ fn which(name: &str) -> Option<std::path::PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// `claudemesh launch`: run Claude Code with claudemesh's channel loaded, passing the
-/// remaining arguments through. Replaces this process (on Unix).
-pub(crate) fn launch(a: LaunchArgs) -> Res {
-    exec_claude(a).map_err(|e| Failure::new(Exit::Error, e))
-}
-
-fn exec_claude(a: LaunchArgs) -> Result<(), String> {
-    let LaunchArgs {
-        name,
-        groups,
-        mesh,
-        role,
-        yes,
-        args,
-    } = a;
-    let print_mode = args.iter().any(|a| a == "-p" || a == "--print");
-    if !print_mode {
-        // Claude Code confirms development channels at every start and offers no setting
-        // to pre-accept them; say so rather than pretend `-y` covers it.
-        note!(
-            "claudemesh: Claude Code will ask to confirm loading the claudemesh channel (\"Loading development channels\"); choose 1 to get messages pushed into the session.{}",
-            if yes {
-                " -y cannot answer this one for you: Claude Code has no way to pre-accept it."
-            } else {
-                ""
-            }
-        );
+/// `claudemesh launch`: join first when `--join` says so, then run Claude Code with
+/// claudemesh's channel loaded (in push mode) and the remaining arguments passed through.
+/// Replaces this process (on Unix).
+pub(crate) fn launch(mut a: LaunchArgs) -> Res {
+    if let Some(link) = a.join.take() {
+        // Joined before Claude Code starts, so its session opens in the new mesh; a join
+        // that fails stops here, with the join's own error and exit code.
+        block_on(crate::invites::join(crate::cli::JoinArgs {
+            invite: link,
+            display_name: None,
+            wait: Some(300),
+            json: crate::cli::JsonArg { json: false },
+        }))?;
     }
-    let claude = which("claude").ok_or(
-        "Claude Code (`claude`) is not on your PATH; install it from https://docs.anthropic.com/claude-code, then run this again",
-    )?;
+    let claude = which("claude").ok_or_else(|| {
+        Failure::new(
+            Exit::Error,
+            "Claude Code (`claude`) is not on your PATH; install it from https://docs.anthropic.com/claude-code, then run this again",
+        )
+    })?;
     let mut cmd = std::process::Command::new(claude);
-    cmd.arg("--dangerously-load-development-channels")
-        .arg("server:claudemesh")
-        .args(&args);
-    cmd.env("CLAUDEMESH_CHANNELS", "1");
-    if let Some(n) = name {
-        cmd.env("CLAUDEMESH_DISPLAY_NAME", n);
+    let (args, env, notice) = claude_command_line(&a);
+    // `--quiet` (global) silences it, as every note.
+    if let Some(n) = notice {
+        note!("{n}");
     }
-    if let Some(g) = groups {
-        cmd.env("CLAUDEMESH_GROUPS", g);
-    }
-    if let Some(mm) = mesh {
-        cmd.env("CLAUDEMESH_MESH", mm);
-    }
-    if let Some(r) = role {
-        cmd.env("CLAUDEMESH_ROLE", r);
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
     }
     #[cfg(unix)]
     {
         use std::os::unix::process::CommandExt as _;
         let e = cmd.exec();
-        Err(format!("cannot start claude: {e}"))
+        Err(Failure::new(
+            Exit::Error,
+            format!("cannot start claude: {e}"),
+        ))
     }
     #[cfg(not(unix))]
     {
         let st = cmd
             .status()
-            .map_err(|e| format!("cannot start claude: {e}"))?;
+            .map_err(|e| Failure::new(Exit::Error, format!("cannot start claude: {e}")))?;
         // Claude's own exit code; killed by a signal, it has none.
         std::process::exit(st.code().unwrap_or(Exit::Error.code().into()));
     }
+}
+
+/// What `launch` runs: `claude`'s arguments (all of them flags of the pinned Claude Code,
+/// checked by a test against its `--help`), the environment the shim and hooks read, and
+/// the note to print first.
+fn claude_command_line(
+    a: &LaunchArgs,
+) -> (Vec<String>, Vec<(&'static str, String)>, Option<String>) {
+    let push = a.message_mode == "push";
+    let print_mode = a.args.iter().any(|x| x == "-p" || x == "--print");
+    let mut args = Vec::new();
+    if push {
+        args.extend([
+            "--dangerously-load-development-channels".to_string(),
+            "server:claudemesh".to_string(),
+        ]);
+    }
+    match a.resume.as_deref() {
+        Some("") => args.push("--resume".into()),
+        Some(id) => args.extend(["--resume".to_string(), id.to_string()]),
+        None => {}
+    }
+    if a.continue_last {
+        args.push("--continue".into());
+    }
+    if let Some(p) = &a.system_prompt {
+        // Appended, not replacing Claude Code's own prompt: that one tells the model how
+        // its tools (ours included) work.
+        args.extend(["--append-system-prompt".to_string(), p.clone()]);
+    }
+    args.extend(a.args.iter().cloned());
+    let mut env = vec![
+        (
+            "CLAUDEMESH_CHANNELS",
+            if push { "1" } else { "0" }.to_string(),
+        ),
+        ("CLAUDEMESH_MESSAGE_MODE", a.message_mode.clone()),
+    ];
+    for (k, v) in [
+        ("CLAUDEMESH_DISPLAY_NAME", &a.name),
+        ("CLAUDEMESH_GROUPS", &a.groups),
+        ("CLAUDEMESH_MESH", &a.mesh),
+        ("CLAUDEMESH_ROLE", &a.role),
+    ] {
+        if let Some(v) = v {
+            env.push((k, v.clone()));
+        }
+    }
+    // Claude Code confirms development channels at every start and offers no setting to
+    // pre-accept them; say so rather than pretend `-y` covers it.
+    let notice = (push && !print_mode).then(|| {
+        format!(
+            "claudemesh: Claude Code will ask to confirm loading the claudemesh channel (\"Loading development channels\"); choose 1 to get messages pushed into the session.{}",
+            if a.yes {
+                " -y cannot answer this one for you: Claude Code has no way to pre-accept it."
+            } else {
+                ""
+            }
+        )
+    });
+    (args, env, notice)
 }

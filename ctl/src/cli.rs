@@ -23,7 +23,7 @@ Start:
   up            Start the local relay and daemon; create your personal mesh
   down          Stop the daemon and its embedded relay
   invite        Invite another machine or person (list, revoke, pending, approve, deny)
-  join          Join a mesh with an invite link
+  join          Join a mesh with an invite link (or just `claudemesh <link>`)
   launch        Start Claude Code with mesh messages pushed in
   install       Register claudemesh with Claude Code (uninstall removes it)
   uninstall     Remove what install added
@@ -38,6 +38,7 @@ Talk:
   sent          How far your messages got
   profile       Your name, groups, summary, status
   status        The daemon and each mesh's relay link
+  info          A mesh at a glance: members, groups, shared state
   whoami        Your identity in each mesh
 
 Share:
@@ -96,8 +97,9 @@ pub(crate) struct Cli {
     /// No confirmations, hints or progress (data you asked for and errors still print).
     #[arg(short, long, global = true)]
     pub(crate) quiet: bool,
+    /// None: bare `claudemesh`, which prints the welcome (see `commands::welcome`).
     #[command(subcommand)]
-    pub(crate) command: Command,
+    pub(crate) command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -149,6 +151,9 @@ pub(crate) enum Command {
     Sent(SentArgs),
     /// Show the daemon and each mesh's relay link.
     Status(JsonArg),
+    /// A mesh at a glance: relay and link, you, every member with role, groups and who
+    /// is in them, shared-state keys and counts, unread and queued messages.
+    Info(MeshJson),
     /// Show your identity in each mesh.
     Whoami(JsonArg),
     /// Show or change your display name, groups, summary or status.
@@ -168,8 +173,9 @@ pub(crate) enum Command {
     Hook(HookArgs),
     /// Print one status line (mesh, peers online, unread) from the local cache.
     StatusLine,
-    /// Start Claude Code with claudemesh push messages enabled; arguments after `--` go to
-    /// `claude` (`claudemesh --resume X` works too).
+    /// Start Claude Code in the mesh (`--resume`, `-c`, `--join <link>`, `--message-mode`,
+    /// `--system-prompt`); flags it does not know go to `claude` (`claudemesh --resume X`
+    /// works too).
     Launch(LaunchArgs),
     /// Shared key-value state of a mesh: get, set, list.
     State {
@@ -660,6 +666,25 @@ pub(crate) struct LaunchArgs {
     /// way to pre-accept it), and launch says so.
     #[arg(short = 'y', long = "yes")]
     pub(crate) yes: bool,
+    /// Resume a Claude Code conversation by its session id (without one, Claude Code
+    /// offers a list); the session is the same peer it was.
+    #[arg(short = 'r', long, num_args = 0..=1, default_missing_value = "", value_name = "SESSION")]
+    pub(crate) resume: Option<String>,
+    /// Continue the most recent Claude Code conversation in this directory.
+    #[arg(short = 'c', long = "continue", conflicts_with = "resume")]
+    pub(crate) continue_last: bool,
+    /// Join a mesh with this invite link first (`-` reads it from stdin), then launch.
+    #[arg(long, value_name = "LINK")]
+    pub(crate) join: Option<String>,
+    /// How messages reach the session: push (into the conversation as they arrive, and
+    /// by hooks), inbox (they wait until the session calls check_messages; hooks only say
+    /// how many wait), off (nothing is shown; the session can still send and read).
+    #[arg(long, default_value = "push", value_parser = ["push", "inbox", "off"])]
+    pub(crate) message_mode: String,
+    /// Extra instructions for the session, appended to Claude Code's own system prompt
+    /// (passed as `--append-system-prompt`, so Claude Code's tools keep working).
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) system_prompt: Option<String>,
     /// Arguments for `claude`.
     #[arg(last = true, allow_hyphen_values = true)]
     pub(crate) args: Vec<String>,
@@ -734,7 +759,15 @@ pub(crate) enum DaemonAction {
 #[derive(Debug, Args)]
 pub(crate) struct CreateArgs {
     /// Mesh name.
-    pub(crate) name: String,
+    #[arg(required_unless_present = "list_templates")]
+    pub(crate) name: Option<String>,
+    /// Start it from a template: solo, pair or team (groups, shared skills and a
+    /// `template` key, written as ordinary changes you can undo).
+    #[arg(long, value_name = "TEMPLATE")]
+    pub(crate) template: Option<String>,
+    /// List the templates and what each sets up.
+    #[arg(long, exclusive = true)]
+    pub(crate) list_templates: bool,
     /// Relay address host:port (default: the local relay started by `claudemesh up`).
     #[arg(long)]
     pub(crate) relay: Option<String>,
@@ -1047,42 +1080,83 @@ pub(crate) struct ProfileArgs {
     pub(crate) json: JsonArg,
 }
 
-/// The command line of this process. Flag-first invocations (`claudemesh --resume X`) mean
-/// `claudemesh launch …`: our own launch flags stay ours, everything else goes to `claude`.
+/// The command line of this process, with the upstream shortcuts applied:
+/// `claudemesh <invite-link>` means `claudemesh join <invite-link>`, and flag-first
+/// invocations (`claudemesh --resume X`) mean `claudemesh launch …`. In `launch`, our own
+/// flags stay ours and everything else goes to `claude`, with or without a `--`.
 pub(crate) fn parse() -> Cli {
-    Cli::parse_from(launch_by_default(std::env::args_os().collect()))
+    Cli::parse_from(shortcuts(std::env::args_os().collect()))
 }
 
-fn launch_by_default(mut argv: Vec<OsString>) -> Vec<OsString> {
-    let Some(first) = argv.get(1).and_then(|a| a.to_str()) else {
+/// What a `launch` flag takes after it.
+enum Takes {
+    Nothing,
+    Value,
+    /// `--resume` takes a session id, or nothing (Claude Code then offers a list).
+    Maybe,
+}
+
+fn launch_flag(s: &str) -> Option<Takes> {
+    match s {
+        "-y" | "--yes" | "-c" | "--continue" | "-q" | "--quiet" | "-h" | "--help" => {
+            Some(Takes::Nothing)
+        }
+        "--name" | "--groups" | "--mesh" | "--role" | "--join" | "--message-mode"
+        | "--system-prompt" => Some(Takes::Value),
+        "-r" | "--resume" => Some(Takes::Maybe),
+        _ => None,
+    }
+}
+
+fn shortcuts(mut argv: Vec<OsString>) -> Vec<OsString> {
+    let Some(first) = argv.get(1).and_then(|a| a.to_str()).map(str::to_string) else {
         return argv;
     };
-    if !first.starts_with('-')
-        || matches!(
-            first,
-            "-h" | "--help" | "-V" | "--version" | "-q" | "--quiet"
-        )
-    {
+    if first.starts_with(claudemesh_schema::invite::LINK_PREFIX) {
+        argv.insert(1, "join".into());
         return argv;
     }
-    let rest: Vec<_> = argv.drain(1..).collect();
+    // `-q` first is the global `--quiet` before a command (`claudemesh -q peers`).
+    let flag_first = first.starts_with('-')
+        && !matches!(
+            first.as_str(),
+            "-h" | "--help" | "-V" | "--version" | "-q" | "--quiet"
+        );
+    // `launch … -- args` already says where claude's arguments start.
+    let explicit_launch = first == "launch" && !argv.iter().skip(2).any(|a| a == "--");
+    if !flag_first && !explicit_launch {
+        return argv;
+    }
+    let rest: Vec<_> = argv.drain(1..).skip(usize::from(explicit_launch)).collect();
     argv.push("launch".into());
     let mut passthrough = Vec::new();
-    let mut it = rest.into_iter();
+    let mut it = rest.into_iter().peekable();
     while let Some(a) = it.next() {
         let s = a.to_string_lossy().to_string();
-        let ours = ["--name", "--groups", "--mesh", "--role"];
-        if s == "-y" || s == "--yes" {
-            argv.push(a);
-        } else if ours.contains(&s.as_str()) {
-            argv.push(a);
-            if let Some(v) = it.next() {
-                argv.push(v);
+        let (flag, inline) = match s.split_once('=') {
+            Some((f, _)) if f.starts_with("--") => (f.to_string(), true),
+            _ => (s.clone(), false),
+        };
+        match launch_flag(&flag) {
+            None => passthrough.push(a),
+            Some(_) if inline => argv.push(a),
+            Some(Takes::Nothing) => argv.push(a),
+            Some(Takes::Value) => {
+                argv.push(a);
+                if let Some(v) = it.next() {
+                    argv.push(v);
+                }
             }
-        } else if ours.iter().any(|o| s.starts_with(&format!("{o}="))) {
-            argv.push(a);
-        } else {
-            passthrough.push(a);
+            Some(Takes::Maybe) => {
+                argv.push(a);
+                if it
+                    .peek()
+                    .is_some_and(|v| !v.to_string_lossy().starts_with('-'))
+                    && let Some(v) = it.next()
+                {
+                    argv.push(v);
+                }
+            }
         }
     }
     argv.push("--".into());
@@ -1175,21 +1249,70 @@ mod tests {
     #[test]
     fn flags_first_mean_launch_with_ours_kept_and_the_rest_for_claude() {
         let argv = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
-        assert_eq!(
-            launch_by_default(argv(&[
-                "cm", "--resume", "X", "--name", "ann", "-y", "--mesh=m"
-            ])),
-            argv(&[
-                "cm", "launch", "--name", "ann", "-y", "--mesh=m", "--", "--resume", "X"
-            ])
-        );
+        for (given, want) in [
+            (
+                &[
+                    "cm", "--resume", "X", "--name", "ann", "-y", "--mesh=m", "--model", "opus",
+                ][..],
+                &[
+                    "cm", "launch", "--resume", "X", "--name", "ann", "-y", "--mesh=m", "--",
+                    "--model", "opus",
+                ][..],
+            ),
+            // `launch` with claude's flags mixed in, and no `--`.
+            (
+                &[
+                    "cm",
+                    "launch",
+                    "-c",
+                    "--model",
+                    "opus",
+                    "--message-mode",
+                    "inbox",
+                    "-q",
+                ],
+                &[
+                    "cm",
+                    "launch",
+                    "-c",
+                    "--message-mode",
+                    "inbox",
+                    "-q",
+                    "--",
+                    "--model",
+                    "opus",
+                ],
+            ),
+            // `--resume` without a session id, then one of claude's flags.
+            (
+                &["cm", "-r", "--verbose", "--system-prompt", "be brief"],
+                &[
+                    "cm",
+                    "launch",
+                    "-r",
+                    "--system-prompt",
+                    "be brief",
+                    "--",
+                    "--verbose",
+                ],
+            ),
+            (
+                &["cm", "claudemesh://join/h:1/fp/code"],
+                &["cm", "join", "claudemesh://join/h:1/fp/code"],
+            ),
+        ] {
+            assert_eq!(shortcuts(argv(given)), argv(want), "{given:?}");
+            Cli::try_parse_from(argv(want)).unwrap();
+        }
         for kept in [
             &["cm", "peers"][..],
             &["cm", "--help"],
             &["cm", "-V"],
             &["cm"],
+            &["cm", "launch", "--name", "a", "--", "--model", "x"],
+            &["cm", "-q", "peers"],
         ] {
-            assert_eq!(launch_by_default(argv(kept)), argv(kept));
+            assert_eq!(shortcuts(argv(kept)), argv(kept));
         }
     }
 
@@ -1253,7 +1376,7 @@ mod tests {
             "--notify-ready",
         ];
         let ours = Cli::try_parse_from(["claudemesh", "relay"].into_iter().chain(flags)).unwrap();
-        let Command::Relay(ours) = ours.command else {
+        let Some(Command::Relay(ours)) = ours.command else {
             panic!("not the relay command: {ours:?}");
         };
         let theirs =

@@ -11,10 +11,13 @@ use crate::cli::{Command, InboxArgs};
 use crate::exit::{Exit, Failure, Res};
 use crate::{
     backup, claude, cli, daemon, doctor, install, invites, meshes, messaging, peers, relay,
-    service, shared, trust,
+    service, shared, trust, welcome,
 };
 
-pub(crate) fn run(cmd: Command) -> Res {
+pub(crate) fn run(cmd: Option<Command>) -> Res {
+    let Some(cmd) = cmd else {
+        return welcome::welcome();
+    };
     match cmd {
         Command::Up(a) => block_on(meshes::up(a)),
         Command::Down(a) => block_on(meshes::down(a)),
@@ -43,6 +46,7 @@ pub(crate) fn run(cmd: Command) -> Res {
         })),
         Command::Sent(a) => block_on(messaging::sent(a)),
         Command::Status(a) => block_on(peers::status(a)),
+        Command::Info(a) => block_on(meshes::info(a)),
         Command::Whoami(a) => block_on(peers::whoami(a)),
         Command::Profile(a) => block_on(peers::profile(a)),
         Command::Wait(a) => block_on(peers::wait(a)),

@@ -46,7 +46,9 @@ mod relay;
 mod service;
 mod shared;
 mod stdin;
+mod templates;
 mod trust;
+mod welcome;
 
 use std::process::ExitCode;
 

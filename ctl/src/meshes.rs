@@ -694,6 +694,24 @@ fn creation_token(file: Option<&std::path::Path>) -> Result<Option<CreationToken
 }
 
 pub(crate) async fn create(a: CreateArgs) -> Res {
+    if a.list_templates {
+        for t in crate::templates::TEMPLATES {
+            out!("  {:<5}  {}", t.name, t.about);
+        }
+        return Ok(());
+    }
+    let Some(name) = a.name else {
+        return Err(Failure::new(
+            Exit::Usage,
+            "name the mesh: `claudemesh create <name>`",
+        ));
+    };
+    // Refused before anything is created.
+    let template = a
+        .template
+        .as_deref()
+        .map(crate::templates::find)
+        .transpose()?;
     let token = creation_token(a.token_file.as_deref())?;
     let p = paths()?;
     let mut c = client(&p).await?;
@@ -701,7 +719,7 @@ pub(crate) async fn create(a: CreateArgs) -> Res {
         .call(
             m::CREATE,
             CreateParams {
-                name: a.name,
+                name,
                 relay: a.relay,
                 fingerprint: a.fingerprint,
                 trust_first_use: a.trust_first_use,
@@ -710,6 +728,20 @@ pub(crate) async fn create(a: CreateArgs) -> Res {
             },
         )
         .await?;
+    let applied = match template {
+        Some(t) => crate::templates::apply(&mut c, &info.mesh.to_string(), t)
+            .await
+            .map_err(|f| {
+                Failure::new(
+                    f.code,
+                    format!(
+                        "created mesh {} but the {} template was not fully applied: {} (run `claudemesh create` with another name, or make the changes by hand)",
+                        info.name, t.name, f.message
+                    ),
+                )
+            })?,
+        None => Vec::new(),
+    };
     if a.json.json {
         output::json("mesh", &info);
     } else {
@@ -719,6 +751,9 @@ pub(crate) async fn create(a: CreateArgs) -> Res {
             info.mesh.short(),
             info.relay
         );
+        if let Some(t) = template {
+            out!("From the {} template: {}.", t.name, applied.join("; "));
+        }
         out!(
             "Invite someone with `claudemesh invite --mesh {}`.",
             info.name
@@ -848,4 +883,17 @@ pub(crate) fn env_name(flag: Option<String>) -> Option<String> {
             .ok()
             .filter(|s| !s.trim().is_empty())
     })
+}
+
+/// `claudemesh info`: one mesh (or each) at a glance (`mesh_info`, as the MCP tool).
+pub(crate) async fn info(a: crate::cli::MeshJson) -> Res {
+    let p = paths()?;
+    let mut c = client(&p).await?;
+    let r: m::MeshInfoResult = c.call(m::MESH_INFO, m::MeshParams { mesh: a.mesh }).await?;
+    if a.json {
+        output::json("meshes", &r.meshes);
+    } else {
+        output::mesh_overview(&r.meshes);
+    }
+    Ok(())
 }

@@ -575,6 +575,125 @@ pub(crate) fn pending_join(j: &PendingJoin) -> Vec<String> {
     out
 }
 
+/// `claudemesh info`.
+pub(crate) fn mesh_overview(meshes: &[claudemesh_schema::ipc::methods::MeshOverview]) {
+    use claudemesh_schema::ipc::methods::LinkState;
+    if meshes.is_empty() {
+        out!("No meshes yet. Run `claudemesh up` or `claudemesh <invite-link>`.");
+    }
+    for (i, m) in meshes.iter().enumerate() {
+        if i > 0 {
+            out!();
+        }
+        let link = match m.link {
+            LinkState::Connected => {
+                format!("connected over {}", m.transport.as_deref().unwrap_or("?"))
+            }
+            LinkState::Connecting => match &m.last_error {
+                Some(e) => format!("reconnecting, last error: {}", clean(e)),
+                None => "connecting".into(),
+            },
+            LinkState::Offline => "offline".into(),
+        };
+        out!("{} (relay {}, {link})", clean(&m.mesh.name), m.mesh.relay);
+        out!(
+            "  you: {} [key {}], {}{}",
+            clean(&m.mesh.display_name),
+            m.fingerprint,
+            m.mesh.role.as_str(),
+            if m.your_groups.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", in {}",
+                    m.your_groups
+                        .iter()
+                        .map(|g| format!("@{}", clean(g)))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                )
+            }
+        );
+        out!(
+            "  members: {} ({} online)",
+            m.members.len(),
+            m.members.iter().filter(|x| x.online).count()
+        );
+        table(
+            &["NAME", "KEY", "ROLE", "ONLINE", "SESSIONS"],
+            m.members
+                .iter()
+                .map(|x| {
+                    vec![
+                        if x.name.is_empty() {
+                            "(unnamed)".into()
+                        } else if x.me {
+                            format!("{} (you)", x.name)
+                        } else {
+                            x.name.clone()
+                        },
+                        x.fingerprint.clone(),
+                        x.role.as_str().to_string(),
+                        if x.online { "yes" } else { "no" }.into(),
+                        x.sessions.to_string(),
+                    ]
+                })
+                .collect(),
+        );
+        if !m.groups.is_empty() {
+            out!("  groups:");
+            for g in &m.groups {
+                out!(
+                    "    @{}: {}",
+                    clean(&g.name),
+                    g.members
+                        .iter()
+                        .map(|n| clean(n))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+        let items: Vec<String> = m
+            .shared
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        out!(
+            "  shared: {}{}",
+            if items.is_empty() {
+                "nothing yet".to_string()
+            } else {
+                items.join(", ")
+            },
+            if m.state_keys.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; keys: {}",
+                    m.state_keys
+                        .iter()
+                        .map(|k| clean(k))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        );
+        out!(
+            "  log seq {}{}; {} unread, {} waiting to send",
+            m.log_seq,
+            if m.log_pending > 0 {
+                format!(" ({} own writes pending)", m.log_pending)
+            } else {
+                String::new()
+            },
+            m.unread,
+            m.outbox
+        );
+    }
+}
+
 pub(crate) fn invite(i: &InviteInfo) {
     if let Some(link) = &i.invite {
         out!("{link}");

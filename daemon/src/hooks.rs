@@ -107,6 +107,10 @@ pub(crate) async fn hook(d: &Arc<Daemon>, p: HookParams) -> Result<HookResult, E
     let mut shown = Vec::new();
     // Messages ready to show that did not fit this hook's budget.
     let mut more = 0usize;
+    // `launch --message-mode inbox|off`: the session reads its messages only when it asks.
+    let held = matches!(p.message_mode.as_deref(), Some("inbox" | "off"));
+    // In inbox mode, how many wait (said at the start of a turn, never their text).
+    let mut waiting = 0usize;
     let mut first = None;
     for s in &opened.sessions {
         first.get_or_insert(s.session);
@@ -124,6 +128,11 @@ pub(crate) async fn hook(d: &Arc<Daemon>, p: HookParams) -> Result<HookResult, E
                 visible: None,
                 join_groups: Vec::new(),
                 leave_groups: Vec::new(),
+                group_role: None,
+                avatar: None,
+                title: None,
+                bio: None,
+                capabilities: None,
             },
         )
         .await?;
@@ -180,6 +189,10 @@ pub(crate) async fn hook(d: &Arc<Daemon>, p: HookParams) -> Result<HookResult, E
                 }
         })
         .await?;
+        if held {
+            waiting += take.len();
+            continue;
+        }
         if take.is_empty() {
             continue;
         }
@@ -221,6 +234,25 @@ pub(crate) async fn hook(d: &Arc<Daemon>, p: HookParams) -> Result<HookResult, E
             send_receipts(d, &read, true).await;
         }
         shown.extend(take.into_iter().map(|u| u.msg));
+    }
+    if held {
+        let tell = p.message_mode.as_deref() == Some("inbox")
+            && waiting > 0
+            && matches!(
+                p.event,
+                HookEvent::SessionStart | HookEvent::UserPromptSubmit
+            );
+        return Ok(HookResult {
+            session: first,
+            context: tell.then(|| {
+                format!(
+                    "claudemesh: {waiting} message{} waiting; call check_messages to read {}.",
+                    if waiting == 1 { "" } else { "s" },
+                    if waiting == 1 { "it" } else { "them" }
+                )
+            }),
+            block: None,
+        });
     }
     if shown.is_empty() && more == 0 {
         return Ok(HookResult {

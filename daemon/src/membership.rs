@@ -966,7 +966,7 @@ pub(crate) async fn profile(d: &Arc<Daemon>, p: ProfileParams) -> Result<Profile
                 if x.is_empty() {
                     continue;
                 }
-                out.push(names::check("group name", x)?);
+                out.push(names::check_group(x)?);
             }
             Some(out)
         }

@@ -569,6 +569,15 @@ impl MeshCtx {
             .collect()
     }
 
+    /// Is `s` a local session that takes group messages: our own, or a hosted one that is
+    /// visible (a hidden session gets only what is addressed to it alone).
+    pub(crate) fn takes_groups(&self, s: &SessionId) -> bool {
+        *s == self.keys.session
+            || lock(&self.sessions)
+                .get(s)
+                .is_some_and(|l| l.profile.visible)
+    }
+
     /// Is `s` one of the sessions this daemon holds in this mesh (its own or hosted)?
     pub(crate) fn is_local(&self, s: &SessionId) -> bool {
         *s == self.keys.session || lock(&self.sessions).contains_key(s)
@@ -599,6 +608,7 @@ impl MeshCtx {
             delivery: vec!["pull".into()],
             role: String::new(),
             client: "claudemesh-cli".into(),
+            ..Profile::default()
         }
     }
 }

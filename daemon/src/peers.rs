@@ -52,6 +52,9 @@ pub fn q_peers(
     let mut peers: Vec<PeerInfo> = store::q_presence(conn, mesh.id)?
         .into_iter()
         .filter(|p| p.session != mesh.session)
+        // A session its own signed presence says is hidden (`set_visible(false)`) is not
+        // listed here, whatever its daemon does; our own sessions always are.
+        .filter(|p| p.profile.visible || p.member == mesh.member)
         .filter(|p| grace.is_none_or(|g| !crate::delivery::send::stale(p, g, now)))
         .map(|p| {
             let (person, _) = p.names();
@@ -79,6 +82,11 @@ pub fn q_peers(
                 name_first_seen_with: p.name_holder.map(|k| k.short_fingerprint()),
                 renamed_from: p.renamed_from.clone(),
                 confirmed: p.confirmed,
+                group_roles: p.profile.group_roles,
+                avatar: p.profile.avatar,
+                title: p.profile.title,
+                bio: p.profile.bio,
+                capabilities: p.profile.capabilities,
             }
         })
         .collect();

@@ -274,6 +274,7 @@ async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, Error> {
         claudemesh_schema::ipc::claude::HOOK => json(crate::hooks::hook(d, params(p)?).await?),
         m::MESSAGE_STATUS => json(delivery::inbox::message_status(d, params(p)?).await?),
         m::PING => json(crate::status::ping(d, params(p)?).await?),
+        m::MESH_INFO => json(crate::status::mesh_info(d, params(p)?).await?),
         claudemesh_schema::ipc::trust::VERIFY => json(membership::verify(d, params(p)?).await?),
         claudemesh_schema::ipc::trust::GRANT => {
             json(crate::grants::change(d, params(p)?, "grant").await?)

@@ -77,7 +77,7 @@ pub(crate) async fn open(
     for g in &p.groups {
         let g = g.trim().trim_start_matches('@');
         if !g.is_empty() {
-            groups.push(names::check("group name", g)?);
+            groups.push(names::check_group(g)?);
         }
     }
     let claude = clean(&p.claude_session, 128);
@@ -147,6 +147,7 @@ pub(crate) async fn open(
                         .clone()
                         .map(|c| c.chars().take(64).collect())
                         .unwrap_or_default(),
+                    ..Profile::default()
                 };
                 let (_, secret) = derive_session(&m.keys, &m.id, &fresh);
                 let l = LocalSession {
@@ -505,19 +506,38 @@ pub(crate) async fn update(
     for g in &p.join_groups {
         let g = g.trim().trim_start_matches('@');
         if !g.is_empty() {
-            join.push(names::check("group name", g)?);
+            join.push(names::check_group(g)?);
         }
     }
+    // What peers' models will read: held to the rules peers hold them to on receipt
+    // (`Profile::from_peer`), so what this session sees of itself is what others see.
+    let line = |s: &Option<String>, max: usize| s.as_deref().map(|v| names::one_line(v, max));
+    let group_role = line(&p.group_role, claudemesh_schema::message::MAX_GROUP_ROLE);
+    let avatar = line(&p.avatar, claudemesh_schema::message::MAX_AVATAR);
+    let title = line(&p.title, claudemesh_schema::message::MAX_TITLE);
+    let bio = line(&p.bio, claudemesh_schema::message::MAX_BIO);
+    let capabilities = p.capabilities.as_ref().map(|c| {
+        let mut v: Vec<String> = c
+            .iter()
+            .map(|x| names::one_line(x, claudemesh_schema::message::MAX_CAPABILITY))
+            .filter(|x| !x.is_empty())
+            .collect();
+        v.truncate(claudemesh_schema::message::MAX_CAPABILITIES);
+        v
+    });
     let Some(m) = find(d, &p.session) else {
         return Err(Error::not_found(format!("no open session {}", p.session)));
     };
+    let profile_only =
+        avatar.is_none() && title.is_none() && bio.is_none() && capabilities.is_none();
     // Only the status (a hook at each turn or tool call): its presence is coalesced.
     let status_only = name.is_none()
         && p.summary.is_none()
         && p.visible.is_none()
         && p.delivery.is_empty()
         && join.is_empty()
-        && p.leave_groups.is_empty();
+        && p.leave_groups.is_empty()
+        && profile_only;
     let now = now_ms();
     let (row, profile) = {
         let mut sessions = lock(&m.sessions);
@@ -548,13 +568,47 @@ pub(crate) async fn update(
             l.profile.visible = v;
         }
         for g in &join {
-            if !l.profile.groups.iter().any(|x| x.eq_ignore_ascii_case(g)) {
-                l.profile.groups.push(g.clone());
+            let had = l
+                .profile
+                .groups
+                .iter()
+                .find(|x| x.eq_ignore_ascii_case(g))
+                .cloned();
+            let g = match had {
+                Some(x) => x,
+                None => {
+                    l.profile.groups.push(g.clone());
+                    g.clone()
+                }
+            };
+            match group_role.as_deref() {
+                Some("") => {
+                    l.profile.group_roles.remove(&g);
+                }
+                Some(r) => {
+                    l.profile.group_roles.insert(g, r.to_string());
+                }
+                None => {}
             }
         }
         for g in &p.leave_groups {
             let g = g.trim().trim_start_matches('@');
             l.profile.groups.retain(|x| !x.eq_ignore_ascii_case(g));
+            l.profile
+                .group_roles
+                .retain(|x, _| !x.eq_ignore_ascii_case(g));
+        }
+        if let Some(a) = &avatar {
+            l.profile.avatar = a.clone();
+        }
+        if let Some(t) = &title {
+            l.profile.title = t.clone();
+        }
+        if let Some(b) = &bio {
+            l.profile.bio = b.clone();
+        }
+        if let Some(c) = &capabilities {
+            l.profile.capabilities = c.clone();
         }
         (row_of(m.id, p.session, l), l.profile.clone())
     };
@@ -576,6 +630,11 @@ pub(crate) async fn update(
         summary: profile.summary,
         groups: profile.groups,
         visible: profile.visible,
+        group_roles: profile.group_roles,
+        avatar: profile.avatar,
+        title: profile.title,
+        bio: profile.bio,
+        capabilities: profile.capabilities,
     })
 }
 

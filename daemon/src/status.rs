@@ -190,3 +190,112 @@ pub(crate) async fn ping(d: &Arc<Daemon>, p: MeshParams) -> Result<m::PingResult
         transport,
     })
 }
+
+/// `mesh_info`: each selected mesh at a glance, from the local store: the mesh and our
+/// identity in it, its link, every roster member (with the name its presence announced,
+/// held to the name rules on receipt), groups in use and who is in them, our groups,
+/// shared-state keys and counts, inbox and outbox. Hidden sessions are counted nowhere.
+pub(crate) async fn mesh_info(d: &Arc<Daemon>, p: MeshParams) -> Result<m::MeshInfoResult, Error> {
+    let targets = match &p.mesh {
+        Some(s) => vec![d.select(Some(s))?],
+        None => d.meshes(),
+    };
+    let grace = d.cfg.peers.offline_grace_secs as i64 * 1000;
+    let mut out = Vec::new();
+    for x in targets {
+        let row = lock(&x.row).clone();
+        let (id, me, own) = (x.id, row.member, row.session);
+        let hidden = x.hidden_writers();
+        let (presence, (outbox, unread), (shared, log_seq, log_pending), keys) = d
+            .store
+            .read(move |c| {
+                Ok((
+                    store::q_presence(c, id)?,
+                    store::q_counts(c, id)?,
+                    crate::shared::query::q_counts(c, id)?,
+                    crate::shared::query::q_state(c, id, None, None, &hidden)?,
+                ))
+            })
+            .await?;
+        let now = claudemesh_schema::now_ms();
+        // Listed like `peers` lists them: visible (ours always), not ended beyond the grace.
+        let listed: Vec<_> = presence
+            .iter()
+            .filter(|p| p.session != own)
+            .filter(|p| p.member == me || p.profile.visible)
+            .filter(|p| !crate::delivery::send::stale(p, grace, now))
+            .collect();
+        let roster: Vec<_> = lock(&x.roster)
+            .roster
+            .members()
+            .map(|(k, r)| (*k, *r))
+            .collect();
+        let mut members: Vec<m::MeshMember> = roster
+            .iter()
+            .map(|(k, role)| {
+                let mine: Vec<_> = listed.iter().filter(|p| p.member == *k).collect();
+                let name = if *k == me {
+                    row.display_name.clone()
+                } else {
+                    mine.iter()
+                        .map(|p| p.names().0)
+                        .find(|n| !n.is_empty())
+                        .or_else(|| x.member_name(k).map(|(n, _)| n))
+                        .unwrap_or_default()
+                };
+                m::MeshMember {
+                    name,
+                    fingerprint: k.fingerprint(),
+                    role: *role,
+                    online: *k == me || mine.iter().any(|p| p.online),
+                    sessions: mine.len() as u32,
+                    me: *k == me,
+                }
+            })
+            .collect();
+        members.sort_by(|a, b| {
+            b.me.cmp(&a.me)
+                .then(b.online.cmp(&a.online))
+                .then_with(|| a.name.to_lowercase().cmp(&b.name.to_lowercase()))
+        });
+        let mut groups: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        let mut your_groups: Vec<String> = row.groups.clone();
+        for p in &listed {
+            for g in &p.profile.groups {
+                let who = match p.profile.group_roles.get(g) {
+                    Some(r) if !r.is_empty() => format!("{} ({r})", p.names().0),
+                    _ => p.names().0,
+                };
+                let v = groups.entry(g.clone()).or_default();
+                if !v.contains(&who) {
+                    v.push(who);
+                }
+                if p.member == me && !your_groups.contains(g) {
+                    your_groups.push(g.clone());
+                }
+            }
+        }
+        let st = x.link.status.borrow().clone();
+        out.push(m::MeshOverview {
+            mesh: crate::membership::mesh_info(&row),
+            fingerprint: me.fingerprint(),
+            link: st.state,
+            transport: st.transport.map(|t| t.as_str().to_string()),
+            last_error: st.last_error,
+            members,
+            peers_online: listed.iter().filter(|p| p.online && p.member != me).count() as u64,
+            groups: groups
+                .into_iter()
+                .map(|(name, members)| m::MeshGroup { name, members })
+                .collect(),
+            your_groups,
+            state_keys: keys.into_iter().take(100).map(|e| e.key).collect(),
+            shared,
+            log_seq,
+            log_pending,
+            unread,
+            outbox,
+        });
+    }
+    Ok(m::MeshInfoResult { meshes: out })
+}

@@ -175,6 +175,12 @@ pub fn is_health_check() -> bool {
             .any(|a| a.starts_with("--dangerously") || a == "--channels")
 }
 
+/// Does `claudemesh launch --message-mode inbox|off` keep messages from being pushed into
+/// this session (it reads them when it asks)?
+pub fn messages_held() -> bool {
+    std::env::var("CLAUDEMESH_MESSAGE_MODE").is_ok_and(|v| v == "inbox" || v == "off")
+}
+
 /// Can channel pushes reach this session's model? Claude Code takes them only in an
 /// interactive session (not `-p`) started with the server in
 /// `--dangerously-load-development-channels` (which `claudemesh launch` passes), and only

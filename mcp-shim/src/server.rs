@@ -58,6 +58,7 @@ pub(crate) struct Shim {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 struct SendMessageArgs {
     /// Recipient: a peer's display name or id (or unique prefix), `@group`, or `*` for
     /// everyone in the mesh.
@@ -74,6 +75,7 @@ struct SendMessageArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 struct CheckMessagesArgs {
     /// Only look: leave the messages unread.
     #[serde(default)]
@@ -81,6 +83,7 @@ struct CheckMessagesArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 struct WaitArgs {
     /// Give up after this many seconds (default 60, at most 600).
     #[serde(default)]
@@ -88,6 +91,7 @@ struct WaitArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 struct MessageStatusArgs {
     /// The id `send_message` returned (or its last 8 characters).
     message_id: String,
@@ -100,24 +104,28 @@ struct MessageStatusArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 struct SummaryArgs {
     /// One line on what you are working on.
     summary: String,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 struct StatusArgs {
     /// `idle`, `working` or `dnd`.
     status: String,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 struct VisibleArgs {
     /// Show this session in peer lists and broadcasts.
     visible: bool,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 struct ProfileArgs {
     /// New display name.
     #[serde(default)]
@@ -125,15 +133,41 @@ struct ProfileArgs {
     /// New summary.
     #[serde(default)]
     summary: Option<String>,
+    /// An emoji (or a short picture reference) shown beside your name.
+    #[serde(default)]
+    avatar: Option<String>,
+    /// A short role label, e.g. "backend lead".
+    #[serde(default)]
+    title: Option<String>,
+    /// One line about you.
+    #[serde(default)]
+    bio: Option<String>,
+    /// What you can help with (replaces the list).
+    #[serde(default)]
+    capabilities: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 struct GroupArgs {
-    /// Group name (with or without the leading `@`).
+    /// Group name (with or without the leading `@`); `team/sub` is a subgroup, and
+    /// messages to `@team` reach it too.
     group: String,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct JoinGroupArgs {
+    /// Group name (with or without the leading `@`); `team/sub` is a subgroup, and
+    /// messages to `@team` reach it too.
+    group: String,
+    /// Your role in it: `lead`, `member` or your own word (shown to the others).
+    #[serde(default)]
+    role: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 struct MeshArgs {
     /// Mesh name, when you are in several.
     #[serde(default)]
@@ -321,6 +355,11 @@ impl Shim {
             visible: None,
             join_groups: Vec::new(),
             leave_groups: Vec::new(),
+            group_role: None,
+            avatar: None,
+            title: None,
+            bio: None,
+            capabilities: None,
         };
         f(&mut p);
         self.call::<m::SessionProfile>(m::SESSION_UPDATE, p).await
@@ -515,7 +554,9 @@ impl Shim {
         self.update(|p| p.visible = Some(a.visible)).await
     }
 
-    #[tool(description = "Change this session's display name and/or summary.")]
+    #[tool(
+        description = "Change this session's profile as peers see it: display name, summary, avatar, title, bio, capabilities (only the fields given change)."
+    )]
     async fn set_profile(
         &self,
         Parameters(a): Parameters<ProfileArgs>,
@@ -523,16 +564,26 @@ impl Shim {
         self.update(|p| {
             p.name = a.name;
             p.summary = a.summary;
+            p.avatar = a.avatar;
+            p.title = a.title;
+            p.bio = a.bio;
+            p.capabilities = a.capabilities;
         })
         .await
     }
 
-    #[tool(description = "Join a group, so messages to @group reach you.")]
+    #[tool(
+        description = "Join a group, so messages to @group reach you (and to any group above it: @team reaches @team/sub), optionally with a role (lead, member or your own word)."
+    )]
     async fn join_group(
         &self,
-        Parameters(a): Parameters<GroupArgs>,
+        Parameters(a): Parameters<JoinGroupArgs>,
     ) -> Result<CallToolResult, rmcp::ErrorData> {
-        self.update(|p| p.join_groups = vec![a.group]).await
+        self.update(|p| {
+            p.join_groups = vec![a.group];
+            p.group_role = a.role;
+        })
+        .await
     }
 
     #[tool(description = "Leave a group.")]
@@ -544,10 +595,14 @@ impl Shim {
     }
 
     #[tool(
-        description = "Overview of your meshes: relay link state, peers online, unread and queued messages."
+        description = "Overview of your mesh(es): relay and link, you (name, key fingerprint, role, groups), every member with role and whether online, groups and who is in them (with roles), shared-state keys and counts (memories, tasks, reservations, contexts, skills, reminders), unread and queued messages."
     )]
-    async fn mesh_info(&self) -> Result<CallToolResult, rmcp::ErrorData> {
-        self.call::<m::StatusResult>(m::STATUS, ()).await
+    async fn mesh_info(
+        &self,
+        Parameters(a): Parameters<MeshArgs>,
+    ) -> Result<CallToolResult, rmcp::ErrorData> {
+        self.call::<m::MeshInfoResult>(m::MESH_INFO, m::MeshParams { mesh: a.mesh })
+            .await
     }
 
     #[tool(description = "Measure the round trip to the mesh's relay (checks the link works).")]
@@ -633,7 +688,7 @@ pub async fn run(paths: Paths, exe: PathBuf) -> Result<(), ShimError> {
         .peer_info()
         .map(|i| i.client_info.name.clone())
         .unwrap_or_default();
-    let channels = claude::channels_possible(&client_name, declares);
+    let channels = claude::channels_possible(&client_name, declares) && !claude::messages_held();
     shim.inner
         .client_info
         .send_replace(Some((channels, client_name)));

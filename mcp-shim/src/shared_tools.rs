@@ -22,6 +22,7 @@ use serde_json::Value;
 use crate::server::{Shim, tool_error};
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct SetStateArgs {
     /// The key.
     key: String,
@@ -33,6 +34,7 @@ pub(crate) struct SetStateArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct KeyArgs {
     /// The key.
     key: String,
@@ -42,6 +44,7 @@ pub(crate) struct KeyArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct ListStateArgs {
     /// Only keys starting with this.
     #[serde(default)]
@@ -52,6 +55,7 @@ pub(crate) struct ListStateArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct RememberArgs {
     /// What to remember.
     content: String,
@@ -64,6 +68,7 @@ pub(crate) struct RememberArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct RecallArgs {
     /// Words to search for (ranked full-text search); empty for the newest.
     #[serde(default)]
@@ -80,6 +85,7 @@ pub(crate) struct RecallArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct IdArgs {
     /// The id (or a unique prefix of it).
     id: String,
@@ -89,6 +95,7 @@ pub(crate) struct IdArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct CreateTaskArgs {
     /// Title.
     title: String,
@@ -110,6 +117,7 @@ pub(crate) struct CreateTaskArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct CompleteTaskArgs {
     /// The task id (or a unique prefix).
     id: String,
@@ -122,6 +130,7 @@ pub(crate) struct CompleteTaskArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct ListTasksArgs {
     /// open, claimed or done.
     #[serde(default)]
@@ -135,6 +144,7 @@ pub(crate) struct ListTasksArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct ReserveArgs {
     /// Glob patterns relative to the repository root (`*`, `?`, `**`).
     patterns: Vec<String>,
@@ -153,6 +163,7 @@ pub(crate) struct ReserveArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct ListAllArgs {
     /// Include finished ones too.
     #[serde(default)]
@@ -163,6 +174,7 @@ pub(crate) struct ListAllArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct ShareContextArgs {
     /// What you understood (a paragraph).
     summary: String,
@@ -181,6 +193,7 @@ pub(crate) struct ShareContextArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct QueryArgs {
     /// A file path, topic or keyword.
     #[serde(default)]
@@ -191,6 +204,7 @@ pub(crate) struct QueryArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct ShareSkillArgs {
     /// Name: letters, digits, '-' or '_' (replaces a skill of the same name).
     name: String,
@@ -210,6 +224,7 @@ pub(crate) struct ShareSkillArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct NameArgs {
     /// The skill's name.
     name: String,
@@ -219,6 +234,7 @@ pub(crate) struct NameArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct ScheduleArgs {
     /// The text to deliver.
     message: String,
@@ -240,6 +256,7 @@ pub(crate) struct ScheduleArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct MeshOnlyArgs {
     /// Mesh name, when you are in several.
     #[serde(default)]

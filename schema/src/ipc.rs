@@ -225,6 +225,79 @@ pub mod methods {
     pub const MESH_USE: &str = "mesh_use";
     /// `mesh_rename`: a joined mesh's local name.
     pub const MESH_RENAME: &str = "mesh_rename";
+    /// `mesh_info`: one mesh (or each) at a glance: relay, members, groups, you, counts.
+    pub const MESH_INFO: &str = "mesh_info";
+
+    /// A member in `mesh_info`.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct MeshMember {
+        /// The person's name as last announced (held to the name rules on receipt; empty
+        /// when it never announced one).
+        pub name: String,
+        /// Member key fingerprint (`a1b2-c3d4-…`).
+        pub fingerprint: String,
+        /// Role in the roster.
+        pub role: Role,
+        /// Any of its sessions online.
+        pub online: bool,
+        /// Its sessions listed in `peers` (visible, not ended beyond the grace).
+        pub sessions: u32,
+        /// This is us.
+        pub me: bool,
+    }
+
+    /// A group in `mesh_info`: who is in it (visible sessions only).
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct MeshGroup {
+        /// The group, without `@`.
+        pub name: String,
+        /// Its members' names, with the role each gave when joining (`ann (lead)`).
+        pub members: Vec<String>,
+    }
+
+    /// One mesh in `mesh_info`.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct MeshOverview {
+        /// The mesh and our identity in it (name, relay and its fingerprint, role, key).
+        pub mesh: MeshInfo,
+        /// Our member key's fingerprint.
+        pub fingerprint: String,
+        /// Link state.
+        pub link: LinkState,
+        /// `quic` or `websocket` when connected.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub transport: Option<String>,
+        /// Last link error, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub last_error: Option<String>,
+        /// Every member of the roster.
+        pub members: Vec<MeshMember>,
+        /// Peer sessions online (ours left out).
+        pub peers_online: u64,
+        /// Groups in use, by name.
+        pub groups: Vec<MeshGroup>,
+        /// Groups our sessions are in.
+        pub your_groups: Vec<String>,
+        /// Shared-state keys (the first 100, in order).
+        pub state_keys: Vec<String>,
+        /// Shared state: items per kind (`state`, `memories`, `tasks`, …).
+        pub shared: std::collections::BTreeMap<String, u64>,
+        /// Last applied sequence of the shared-state log.
+        pub log_seq: u64,
+        /// Own shared-state writes not yet sequenced.
+        pub log_pending: u64,
+        /// Unread messages.
+        pub unread: u64,
+        /// Messages waiting in the outbox.
+        pub outbox: u64,
+    }
+
+    /// `mesh_info` result.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct MeshInfoResult {
+        /// One entry per mesh asked for.
+        pub meshes: Vec<MeshOverview>,
+    }
     /// `sent_list`: the messages sent last and how far each got.
     pub const SENT_LIST: &str = "sent_list";
 
@@ -346,6 +419,21 @@ pub mod methods {
         /// Groups to leave.
         #[serde(default)]
         pub leave_groups: Vec<String>,
+        /// The role to hold in `join_groups` (`lead`, `member` or free-form; empty: none).
+        #[serde(default)]
+        pub group_role: Option<String>,
+        /// New avatar (an emoji or a short reference; "" clears).
+        #[serde(default)]
+        pub avatar: Option<String>,
+        /// New title, a short role label ("" clears).
+        #[serde(default)]
+        pub title: Option<String>,
+        /// New bio, one line ("" clears).
+        #[serde(default)]
+        pub bio: Option<String>,
+        /// New capabilities, what the session can help with (replaces the old ones).
+        #[serde(default)]
+        pub capabilities: Option<Vec<String>>,
     }
 
     /// A hosted session's profile after an update.
@@ -363,6 +451,21 @@ pub mod methods {
         pub groups: Vec<String>,
         /// Visible.
         pub visible: bool,
+        /// The role held in each group, by group (only those given one).
+        #[serde(default)]
+        pub group_roles: std::collections::BTreeMap<String, String>,
+        /// Avatar.
+        #[serde(default)]
+        pub avatar: String,
+        /// Title.
+        #[serde(default)]
+        pub title: String,
+        /// Bio.
+        #[serde(default)]
+        pub bio: String,
+        /// Capabilities.
+        #[serde(default)]
+        pub capabilities: Vec<String>,
     }
 
     /// `subscribe` parameters. A subscription also holds the session's lease: the session
@@ -994,6 +1097,21 @@ pub mod methods {
         /// The user confirmed this member's key (`claudemesh verify <peer> --confirm`).
         #[serde(default)]
         pub confirmed: bool,
+        /// The role the peer holds in each of its groups (`join_group`), by group.
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        pub group_roles: std::collections::BTreeMap<String, String>,
+        /// Avatar the peer chose (`set_profile`).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        pub avatar: String,
+        /// Title, a short role label (`set_profile`).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        pub title: String,
+        /// One line about the peer (`set_profile`).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        pub bio: String,
+        /// What the peer can help with (`set_profile`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub capabilities: Vec<String>,
     }
 
     /// One mesh's peers.

@@ -149,7 +149,32 @@ pub struct Profile {
     pub role: String,
     /// The client software (e.g. `claude-code`).
     pub client: String,
+    /// An emoji or short picture reference the peer chose (`set_profile`).
+    pub avatar: String,
+    /// A short role label (`set_profile`), e.g. "backend lead".
+    pub title: String,
+    /// One line about the peer (`set_profile`).
+    pub bio: String,
+    /// What the peer can help with (`set_profile`).
+    pub capabilities: Vec<String>,
+    /// The role the session gave when joining each group (`join_group`: `lead`,
+    /// `member` or free-form), by group name; only groups in `groups` count.
+    pub group_roles: std::collections::BTreeMap<String, String>,
 }
+
+/// Longest avatar, title, bio, capability and group role a peer may announce, in
+/// characters (longer ones are cut on receipt).
+pub const MAX_AVATAR: usize = 64;
+/// See [`MAX_AVATAR`].
+pub const MAX_TITLE: usize = 64;
+/// See [`MAX_AVATAR`].
+pub const MAX_BIO: usize = 280;
+/// See [`MAX_AVATAR`].
+pub const MAX_CAPABILITY: usize = 64;
+/// Most capabilities a profile lists.
+pub const MAX_CAPABILITIES: usize = 16;
+/// See [`MAX_AVATAR`].
+pub const MAX_GROUP_ROLE: usize = 32;
 
 impl Profile {
     /// This profile as announced by another machine, held to the rules local profiles are
@@ -173,7 +198,7 @@ impl Profile {
         let mut groups: Vec<String> = self
             .groups
             .iter()
-            .filter_map(|g| crate::names::from_peer(g))
+            .filter_map(|g| crate::names::group_from_peer(g))
             .collect();
         groups.truncate(32);
         Profile {
@@ -182,7 +207,6 @@ impl Profile {
             kind: word(&self.kind),
             status: self.status,
             summary: crate::names::one_line(&self.summary, 280),
-            groups,
             hostname: crate::names::one_line(&self.hostname, 64),
             cwd: crate::names::one_line(&self.cwd, 256),
             visible: self.visible,
@@ -193,6 +217,30 @@ impl Profile {
                 .collect(),
             role: crate::names::one_line(&self.role, 64),
             client: word(&self.client),
+            // Free text other models read: one clean line each, bounded, like a summary.
+            avatar: crate::names::one_line(&self.avatar, MAX_AVATAR),
+            title: crate::names::one_line(&self.title, MAX_TITLE),
+            bio: crate::names::one_line(&self.bio, MAX_BIO),
+            capabilities: {
+                let mut c: Vec<String> = self
+                    .capabilities
+                    .iter()
+                    .map(|c| crate::names::one_line(c, MAX_CAPABILITY))
+                    .filter(|c| !c.is_empty())
+                    .collect();
+                c.truncate(MAX_CAPABILITIES);
+                c
+            },
+            group_roles: self
+                .group_roles
+                .iter()
+                .filter_map(|(g, r)| {
+                    let g = crate::names::group_from_peer(g)?;
+                    let r = crate::names::one_line(r, MAX_GROUP_ROLE);
+                    (groups.contains(&g) && !r.is_empty()).then_some((g, r))
+                })
+                .collect(),
+            groups,
         }
     }
 }

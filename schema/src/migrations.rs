@@ -20,6 +20,7 @@ pub const DAEMON: &[&str] = &[
     include_str!("../sql/daemon/0013_inbox_gone.sql"),
     include_str!("../sql/daemon/0014_mesh_relay.sql"),
     include_str!("../sql/daemon/0015_settings.sql"),
+    include_str!("../sql/daemon/0016_presence_extra.sql"),
 ];
 
 /// Relay store migrations (`relay.db`).

@@ -29,6 +29,47 @@ pub fn check(what: &str, s: &str) -> Result<String, NameError> {
     Ok(t.to_string())
 }
 
+/// Check a group name and return it trimmed, without a leading `@`: one or more names
+/// joined by `/` (`dev`, `dev/backend`: a message to `@dev` reaches `@dev/backend` too),
+/// each part held to [`check`], 64 characters in all; `all` is not a group (`@all` means
+/// everyone).
+pub fn check_group(s: &str) -> Result<String, NameError> {
+    let t = s.trim().trim_start_matches('@').trim();
+    if t.chars().count() > MAX_NAME_CHARS {
+        return Err(NameError(format!(
+            "group name must be 1 to {MAX_NAME_CHARS} characters"
+        )));
+    }
+    let mut parts = Vec::new();
+    for part in t.split('/') {
+        parts.push(check("group name part", part).map_err(|e| {
+            NameError(format!(
+                "group {t:?}: {e} (a subgroup is written `team/sub`)"
+            ))
+        })?);
+    }
+    let g = parts.join("/");
+    if g.eq_ignore_ascii_case("all") {
+        return Err(NameError(
+            "`all` is not a group name: `@all` means everyone in the mesh".into(),
+        ));
+    }
+    Ok(g)
+}
+
+/// A group another machine announced, held to [`check_group`]; `None` drops it.
+pub fn group_from_peer(s: &str) -> Option<String> {
+    check_group(s).ok()
+}
+
+/// Does group `g` fall under `wanted` (itself, or a subgroup: `dev/backend` under `dev`)?
+/// Both lowercase.
+pub fn in_group(g: &str, wanted: &str) -> bool {
+    g == wanted
+        || g.strip_prefix(wanted)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
 /// Control characters and the invisible ones that change how text around them reads
 /// (bidirectional overrides, zero-width characters).
 pub fn invisible(c: char) -> bool {
@@ -131,6 +172,28 @@ pub fn skeleton(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn groups_nest_with_slashes_and_all_is_everyone() {
+        assert_eq!(check_group("@dev/backend").unwrap(), "dev/backend");
+        assert_eq!(check_group(" dev ").unwrap(), "dev");
+        for bad in [
+            "",
+            "dev/",
+            "/dev",
+            "dev//x",
+            "all",
+            "ALL",
+            "dev/\u{202e}x",
+            "*",
+        ] {
+            assert!(check_group(bad).is_err(), "{bad:?}");
+        }
+        assert!(in_group("dev/backend", "dev"));
+        assert!(in_group("dev", "dev"));
+        assert!(!in_group("devops", "dev"));
+        assert!(!in_group("dev", "dev/backend"));
+    }
 
     #[test]
     fn names_that_read_alike_have_one_skeleton() {

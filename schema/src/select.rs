@@ -42,7 +42,8 @@ impl Selector {
     /// Parse an address as typed.
     pub fn parse(s: &str) -> Self {
         let s = s.trim();
-        if s == "*" {
+        // `@all` is upstream's spelling of `*` (no group may be called `all`).
+        if s == "*" || s.eq_ignore_ascii_case("@all") {
             return Self::All;
         }
         if let Some(g) = s.strip_prefix('@') {
@@ -188,7 +189,14 @@ pub fn pick(sel: &Selector, candidates: &[Candidate<'_>]) -> Pick {
         Selector::All => Pick::All,
         Selector::Group(g) => {
             let idx: Vec<usize> = (0..c.len())
-                .filter(|&i| c[i].visible && c[i].groups.iter().any(|x| x.to_lowercase() == *g))
+                // `@dev` reaches `@dev/backend` too.
+                .filter(|&i| {
+                    c[i].visible
+                        && c[i]
+                            .groups
+                            .iter()
+                            .any(|x| crate::names::in_group(&x.to_lowercase(), g))
+                })
                 .collect();
             if idx.is_empty() {
                 Pick::None
@@ -310,7 +318,7 @@ mod tests {
         ("cccc4444", 2, "carol", "carol", true, &[]),
         ("dddd5555", 3, "dave", "dave", true, &[]),
         ("eeee6666", 4, "dave", "dave", false, &[]), // a second member named dave
-        ("ffff7777", 2, "carol", "api", true, &["ops"]), // carol also has an "api"
+        ("ffff7777", 2, "carol", "api", true, &["ops", "dev/backend"]), // carol also has an "api"
         ("abcd8888", 5, "erin", "notes", true, &[]),
         ("abcd9999", 5, "erin", "notes", false, &[]), // erin's old "notes" session
     ];
@@ -360,8 +368,14 @@ mod tests {
     #[test]
     fn selector_rules() {
         check("*", "all");
-        check("@dev", "group bbbb2222,bbbb3333");
-        check("@DEV", "group bbbb2222,bbbb3333");
+        check("@all", "all");
+        check("@ALL", "all");
+        // A group reaches its subgroups; a subgroup only itself.
+        check("@dev", "group bbbb2222,bbbb3333,ffff7777");
+        check("@DEV", "group bbbb2222,bbbb3333,ffff7777");
+        check("@dev/backend", "group ffff7777");
+        check("@dev/back", "none");
+        check("@de", "none");
         check("@nobody", "none");
         // A name is the person, whatever sessions they have open.
         check("bob", "member 1");

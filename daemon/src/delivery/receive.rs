@@ -58,10 +58,12 @@ fn open_rows(
     let targets: Vec<SessionId> = match &env.to {
         Route::Session { session } if m.is_local(session) => vec![*session],
         Route::Member { member } if *member == m.member() => vec![own],
+        // A group message: a sender that ignored a session's hidden presence still does
+        // not reach it here.
         Route::Sessions { sessions } => sessions
             .iter()
             .copied()
-            .filter(|s| m.is_local(s) && *s != env.from)
+            .filter(|s| m.takes_groups(s) && *s != env.from)
             .collect(),
         Route::All => {
             let mut v = vec![own];

@@ -65,13 +65,15 @@ impl Store {
             serde_json::to_string(&p.profile.groups).map_err(|_| StoreError::Corrupt("groups"))?;
         let delivery = serde_json::to_string(&p.profile.delivery)
             .map_err(|_| StoreError::Corrupt("delivery"))?;
+        let extra = serde_json::to_string(&Extra::of(&p.profile))
+            .map_err(|_| StoreError::Corrupt("profile extra"))?;
         self.write(move |tx| {
             tx.execute(
                 "INSERT INTO presence (mesh, session, member, session_key, seq, name, kind, status,
                     summary, groups, hostname, cwd, visible, online, last_seen, delivery, role, client,
-                    member_name)
+                    member_name, extra)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-                    ?19)
+                    ?19, ?20)
                  ON CONFLICT (mesh, session) DO UPDATE SET
                     member = excluded.member, session_key = excluded.session_key,
                     seq = excluded.seq, name = excluded.name, kind = excluded.kind,
@@ -79,7 +81,7 @@ impl Store {
                     hostname = excluded.hostname, cwd = excluded.cwd, visible = excluded.visible,
                     online = excluded.online, last_seen = max(presence.last_seen, excluded.last_seen),
                     delivery = excluded.delivery, role = excluded.role, client = excluded.client,
-                    member_name = excluded.member_name
+                    member_name = excluded.member_name, extra = excluded.extra
                  WHERE excluded.seq >= presence.seq",
                 params![
                     p.mesh.as_bytes(),
@@ -100,7 +102,8 @@ impl Store {
                     delivery,
                     p.profile.role,
                     p.profile.client,
-                    p.profile.member_name
+                    p.profile.member_name,
+                    extra
                 ],
             )?;
             let person = pin_name(&p.names().0);
@@ -192,6 +195,13 @@ fn presence_row(mesh: MeshId, r: &rusqlite::Row<'_>) -> rusqlite::Result<Presenc
     let status: String = r.get(6)?;
     let groups: String = r.get(8)?;
     let delivery: String = r.get(14)?;
+    // A store from before version 16 (read by a newer CLI with the daemon down) has no
+    // `extra` column: those fields are empty then.
+    let extra: Extra = r
+        .get::<_, String>(18)
+        .ok()
+        .and_then(|e| serde_json::from_str(&e).ok())
+        .unwrap_or_default();
     Ok(PresenceRow {
         mesh,
         session: SessionId::from_bytes(session),
@@ -211,6 +221,11 @@ fn presence_row(mesh: MeshId, r: &rusqlite::Row<'_>) -> rusqlite::Result<Presenc
             delivery: serde_json::from_str(&delivery).unwrap_or_default(),
             role: r.get(15)?,
             client: r.get(16)?,
+            avatar: extra.avatar,
+            title: extra.title,
+            bio: extra.bio,
+            capabilities: extra.capabilities,
+            group_roles: extra.group_roles,
         },
         online: r.get(12)?,
         last_seen: r.get(13)?,
@@ -306,16 +321,47 @@ fn pins_tx(conn: &Connection, mesh: MeshId) -> rusqlite::Result<Pins> {
     Ok(pins)
 }
 
+/// The profile fields stored as one JSON object (`presence.extra`, version 16).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+struct Extra {
+    avatar: String,
+    title: String,
+    bio: String,
+    capabilities: Vec<String>,
+    group_roles: std::collections::BTreeMap<String, String>,
+}
+
+impl Extra {
+    fn of(p: &Profile) -> Self {
+        Self {
+            avatar: p.avatar.clone(),
+            title: p.title.clone(),
+            bio: p.bio.clone(),
+            capabilities: p.capabilities.clone(),
+            group_roles: p.group_roles.clone(),
+        }
+    }
+}
+
 fn presence_rows(
     conn: &Connection,
     mesh: MeshId,
     only: Option<SessionId>,
 ) -> Result<Vec<PresenceRow>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT session, member, session_key, seq, name, kind, status, summary, groups, hostname,
-            cwd, visible, online, last_seen, delivery, role, client, member_name FROM presence
-         WHERE mesh = ?1 AND (?2 IS NULL OR session = ?2)",
-    )?;
+    const COLS: &str = "session, member, session_key, seq, name, kind, status, summary, groups,
+        hostname, cwd, visible, online, last_seen, delivery, role, client, member_name";
+    let stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {COLS}, extra FROM presence WHERE mesh = ?1 AND (?2 IS NULL OR session = ?2)"
+        ))
+        .or_else(|_| {
+            // A store from before version 16, read with the daemon down.
+            conn.prepare_cached(&format!(
+                "SELECT {COLS} FROM presence WHERE mesh = ?1 AND (?2 IS NULL OR session = ?2)"
+            ))
+        });
+    let mut stmt = stmt?;
     let only = only.map(|s| s.as_bytes().to_vec());
     let rows = stmt.query_map(params![mesh.as_bytes(), only], |r| presence_row(mesh, r))?;
     // A store from before names were pinned (read by a newer CLI) has no pins yet.

@@ -84,6 +84,11 @@ pub struct HookParams {
     /// `CLAUDEMESH_GROUPS`.
     #[serde(default)]
     pub groups: Vec<String>,
+    /// `CLAUDEMESH_MESSAGE_MODE` (`claudemesh launch --message-mode`): `inbox` shows no
+    /// message, only how many wait for `check_messages`; `off` shows nothing; absent or
+    /// `push` shows them.
+    #[serde(default)]
+    pub message_mode: Option<String>,
 }
 
 /// `hook` result.
