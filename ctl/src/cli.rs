@@ -882,8 +882,8 @@ pub(crate) enum MeshAction {
         #[command(flatten)]
         json: JsonArg,
     },
-    /// Call a mesh something else on this machine (the mesh, and what others call it,
-    /// stay the same).
+    /// Call a mesh something else on this machine (the mesh, and what its members call
+    /// it, stay the same; members this machine admits from now on get the new name).
     Rename {
         /// Mesh name or id prefix.
         mesh: String,

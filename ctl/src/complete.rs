@@ -1,7 +1,7 @@
 //! Shell completion that knows your mesh: commands and flags come from the command line's
 //! definition, and peer names, mesh names and message ids from the local store, read as
 //! you type. The shell script `completions <shell>` prints only asks this binary
-//! (`COMPLETE=<shell> claudemesh -- <words>`); nothing here starts the daemon or touches
+//! (`CLAUDEMESH_COMPLETE=<shell> claudemesh -- <words>`); nothing here starts the daemon or touches
 //! the network, so a completion never waits.
 
 use clap::CommandFactory as _;
@@ -11,8 +11,18 @@ use claudemesh_daemon::{Paths, offline};
 use crate::cli::Cli;
 use crate::exit::{Exit, Failure};
 
-/// The variable the shell script sets when it asks for completions.
-const VAR: &str = "COMPLETE";
+/// The variable the shell script sets when it asks for completions (namespaced: a
+/// `COMPLETE` some other tool left in the environment must not turn `claudemesh mcp`
+/// into a completion answer).
+const VAR: &str = "CLAUDEMESH_COMPLETE";
+
+/// Can the shell take `v` as it is? Some shells (bash, PowerShell) put a candidate on the
+/// command line unquoted, and names are peers' choice: only plain words are offered.
+fn plain(v: &str) -> bool {
+    !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '@' | '/' | '+'))
+}
 
 /// Answer the shell and exit, when this run is a completion request; else return.
 pub(crate) fn answer_if_asked() {
@@ -76,13 +86,13 @@ pub(crate) fn peers() -> Vec<CompletionCandidate> {
             // Completion output is a terminal's: names were held to the name rules on
             // receipt, and are cleaned again here.
             let name = claudemesh_schema::names::one_line(&name, 64);
-            if !name.is_empty() && !name.contains(char::is_whitespace) {
+            if plain(&name) {
                 names.insert(name, format!("{} ({})", peer.hostname, m.name));
             }
             for g in &peer.groups {
-                let g = claudemesh_schema::names::one_line(g, 64);
-                if !g.is_empty() && !g.contains(char::is_whitespace) {
-                    names.insert(format!("@{g}"), format!("group in {}", m.name));
+                let g = format!("@{}", claudemesh_schema::names::one_line(g, 64));
+                if plain(&g) {
+                    names.insert(g, format!("group in {}", m.name));
                 }
             }
         }
@@ -101,6 +111,7 @@ pub(crate) fn meshes() -> Vec<CompletionCandidate> {
     offline::q_meshes(&conn)
         .unwrap_or_default()
         .into_iter()
+        .filter(|m| plain(&m.name))
         .map(|m| CompletionCandidate::new(m.name))
         .collect()
 }

@@ -74,7 +74,10 @@ pub(crate) async fn reply(a: ReplyArgs) -> Res {
             !want.is_empty() && (hex.starts_with(&want) || msg.id.short().starts_with(&want))
         })
         .collect();
-    hits.dedup_by_key(|msg| msg.id);
+    // A message is (mesh, id): ids are unique only within a mesh, and a broadcast is one
+    // row per local session.
+    hits.sort_by_key(|msg| (msg.mesh, msg.id));
+    hits.dedup_by_key(|msg| (msg.mesh, msg.id));
     let msg = match hits.as_slice() {
         [one] => *one,
         [] => {

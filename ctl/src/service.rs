@@ -301,17 +301,32 @@ async fn install(platform: Option<String>, json: bool) -> Res {
             Err(e) => Err(e),
         };
         if let Err(e) = answered {
+            // Stop and disable what was started while its file is still there, then put
+            // the old file (or none) back.
+            match kind {
+                ServiceKind::Systemd => {
+                    let _ = manage(
+                        "systemctl",
+                        &[
+                            "--user",
+                            "disable",
+                            "--now",
+                            claudemesh_daemon::paths::SYSTEMD_UNIT,
+                        ],
+                    );
+                }
+                ServiceKind::Launchd => {
+                    let _ = manage(
+                        "launchctl",
+                        &[
+                            "bootout",
+                            &format!("gui/{}/{}", uid(), claudemesh_daemon::paths::LAUNCHD_LABEL),
+                        ],
+                    );
+                }
+            }
             let why = restore(e);
             if kind == ServiceKind::Systemd {
-                let _ = manage(
-                    "systemctl",
-                    &[
-                        "--user",
-                        "disable",
-                        "--now",
-                        claudemesh_daemon::paths::SYSTEMD_UNIT,
-                    ],
-                );
                 let _ = manage("systemctl", &["--user", "daemon-reload"]);
             }
             let back = if was_running {

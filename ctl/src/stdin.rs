@@ -53,6 +53,19 @@ pub(crate) fn file(path: &std::path::Path) -> Result<String, Failure> {
         )
     };
     let f = std::fs::File::open(path).map_err(|e| cannot(e.to_string()))?;
+    if let Ok(meta) = f.metadata()
+        && meta.len() > claudemesh_daemon::MAX_BODY as u64
+    {
+        return Err(Failure::new(
+            Exit::Usage,
+            format!(
+                "{} is {} bytes; a message holds at most {} (send a summary, or split it)",
+                path.display(),
+                meta.len(),
+                claudemesh_daemon::MAX_BODY
+            ),
+        ));
+    }
     let mut bytes = Vec::new();
     f.take(MAX_STDIN)
         .read_to_end(&mut bytes)

@@ -1512,6 +1512,24 @@ fn a_default_mesh_answers_for_commands_that_name_none_and_a_mesh_can_be_renamed_
     );
     let (code, err) = ann.fails(&["mesh", "rename", "job", "test"]);
     assert_eq!(code, 10, "{err}");
+    // A name that reads as another mesh's id would capture `--mesh <id>`: refused, and an
+    // id always names its own mesh.
+    let test_id = ann.json(&["list"])["meshes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "test")
+        .unwrap()["mesh"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, err) = ann.fails(&["mesh", "rename", "job", &test_id]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _) = ann.fails(&["mesh", "rename", "job", "beef"]);
+    assert_eq!(code, 2);
+    ann.ok(&["state", "set", "t", "1", "--mesh", &test_id]);
+    assert_eq!(ann.json(&["state", "get", "t", "--mesh", "test"])["value"], 1);
+    assert_eq!(ann.fails(&["state", "get", "t", "--mesh", "job"]).0, 4);
     // The default survives a restart of the daemon; --clear forgets it.
     let mut nodes = nodes;
     nodes[0].stop();
@@ -1532,7 +1550,7 @@ fn complete(n: &Node, words: &[&str]) -> Vec<String> {
     args.extend_from_slice(words);
     let out = n
         .command(&args)
-        .env("COMPLETE", "bash")
+        .env("CLAUDEMESH_COMPLETE", "bash")
         .env("_CLAP_COMPLETE_INDEX", words.len().to_string())
         .output()
         .unwrap();

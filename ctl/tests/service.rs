@@ -195,7 +195,7 @@ fn install_sh_installs_binaries_and_completions_into_a_prefix() {
     assert!(bash.contains(installed.to_str().unwrap()), "{bash}");
     let verbs = Command::new(&installed)
         .args(["--", "claudemesh", "re"])
-        .env("COMPLETE", "bash")
+        .env("CLAUDEMESH_COMPLETE", "bash")
         .env("_CLAP_COMPLETE_INDEX", "1")
         .output()
         .unwrap();

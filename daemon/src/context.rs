@@ -312,6 +312,15 @@ impl Daemon {
                 },
             };
         };
+        // A full id names one mesh whatever the names say (callers pass ids, and a mesh's
+        // name comes from whoever admitted us: it must not capture another mesh's id).
+        if let Ok(id) = sel.parse::<MeshId>() {
+            return all
+                .iter()
+                .find(|m| m.id == id)
+                .cloned()
+                .ok_or_else(|| Error::not_found(format!("no joined mesh has the id {id}")));
+        }
         if let Some(m) = all.iter().find(|m| m.name() == sel) {
             return Ok(m.clone());
         }

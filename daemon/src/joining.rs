@@ -660,9 +660,17 @@ async fn admit(d: &Arc<Daemon>, c: &Claim, answer: Answer) -> Result<MeshInfo, A
     }
     let _g = d.membership.lock().await;
     if d.mesh(&genesis.mesh).is_some() {
-        return Err(Admit::Refused(format!("you are already in {}", js.name)));
+        return Err(Admit::Refused(format!(
+            "you are already in {}",
+            names::one_line(&js.name, 64)
+        )));
     }
-    let mut name = names::check("mesh name", &js.name).unwrap_or_else(|_| "mesh".into());
+    // The name comes from whoever admitted us: held to the name rules, and never one that
+    // reads as a mesh id or id prefix (`--mesh` would take it for another mesh).
+    let mut name = names::check("mesh name", &js.name)
+        .ok()
+        .filter(|n| !crate::membership::looks_like_an_id(n))
+        .unwrap_or_else(|| "mesh".into());
     let existing: Vec<String> = d.meshes().iter().map(|m| m.name()).collect();
     if existing.contains(&name) {
         let base = name.clone();

@@ -63,6 +63,13 @@ pub(crate) fn mesh_info(row: &MeshRow) -> MeshInfo {
     }
 }
 
+/// Would `--mesh <name>` read `name` as a mesh id or id prefix (hex digits and dashes,
+/// four or more)? Such names are refused: a name must never capture another mesh's id.
+pub(crate) fn looks_like_an_id(name: &str) -> bool {
+    let hex: String = name.chars().filter(|c| *c != '-').collect();
+    hex.len() >= 4 && hex.chars().all(|c| c.is_ascii_hexdigit())
+}
+
 /// Every joined mesh, the default one marked.
 pub(crate) fn list(d: &Daemon) -> Vec<MeshInfo> {
     let default = d.default_mesh();
@@ -105,6 +112,11 @@ pub(crate) async fn mesh_rename(
 ) -> Result<MeshInfo, Error> {
     let m = d.select(Some(&p.mesh))?;
     let name = names::check("mesh name", &p.name)?;
+    if looks_like_an_id(&name) {
+        return Err(Error::invalid(format!(
+            "{name:?} reads as a mesh id; pick a name with other characters"
+        )));
+    }
     if d.meshes().iter().any(|o| o.id != m.id && o.name() == name) {
         return Err(Error::conflict(format!(
             "another mesh here is already called {name:?}; pick another name"

@@ -319,7 +319,11 @@ impl MeshCtx {
     /// known).
     pub(crate) fn learn_sender(&self, p: &crate::store::PresenceRow) {
         let mut s = lock(&self.senders);
-        if s.get(&p.session).is_some_and(|x| x.seq > p.seq) {
+        // A session belongs to the member first seen with it: another member's presence
+        // for it (a relay's or that member's doing) never takes it over.
+        if s.get(&p.session)
+            .is_some_and(|x| x.seq > p.seq || x.member != p.member)
+        {
             return;
         }
         s.insert(

@@ -67,7 +67,8 @@ pub(crate) async fn retention(d: Arc<Daemon>) {
         seen = offset();
         let now = crate::reminders::clock(&d);
         let before = now - keep as i64 * DAY_MS;
-        match d.store.prune_read(before, now).await {
+        let forget_before = now - gone_days(keep as i64) * DAY_MS;
+        match d.store.prune_read(before, now, forget_before).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(
                 n,
@@ -79,14 +80,21 @@ pub(crate) async fn retention(d: Arc<Daemon>) {
     }
 }
 
+/// How long the id of a message retention deleted is kept (`inbox_gone`), in days: as
+/// long as the retention, and always longer than a relay keeps an undelivered message
+/// (7 days by default), so an honest message that waited at a relay is never refused as
+/// too old.
+fn gone_days(keep: i64) -> i64 {
+    keep.max(8)
+}
+
 /// Messages sent before this are refused on arrival (`None`: no retention, nothing is
 /// ever deleted, the inbox dedupes every id). Retention deletes a read message after
-/// `keep_read_days` and its id another `keep_read_days` later; anything older than both is
-/// a replay this daemon could no longer recognise by its id, or a sender's clock far
-/// behind.
+/// `keep_read_days` and its id [`gone_days`] later; anything older than both is a replay
+/// this daemon could no longer recognise by its id, or a sender's clock far behind.
 pub(crate) fn replay_floor(d: &Daemon) -> Option<i64> {
     let keep = d.cfg.inbox.keep_read_days as i64;
-    (keep > 0).then(|| crate::reminders::clock(d) - 2 * keep * DAY_MS)
+    (keep > 0).then(|| crate::reminders::clock(d) - (keep + gone_days(keep)) * DAY_MS)
 }
 
 /// How long a message handed to `session` may wait for evidence before another path
@@ -197,13 +205,16 @@ pub(crate) async fn read(d: &Arc<Daemon>, p: InboxParams) -> Result<InboxResult,
     let hosted = readers
         .first()
         .and_then(|(m, s, _)| m.clone().map(|m| (m, *s)));
+    // Only a reader that takes messages counts as the session pulling: a peek or the
+    // history (a user watching the session's inbox) must not hold its pushes back or
+    // make it the person's most recent session.
     let _pulling = match &hosted {
-        Some((m, s)) => {
+        Some((m, s)) if !p.peek && !p.all => {
             crate::sessions::touch(d, m, *s).await;
             crate::sessions::path_seen(d, m, *s, DeliveryPath::Pull).await;
             crate::sessions::pulling(d, m, *s)
         }
-        None => None,
+        _ => None,
     };
     let limit = p.limit.unwrap_or(100).clamp(1, 1000);
     if p.all {
@@ -696,9 +707,12 @@ pub(crate) async fn message_status(
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(p.wait_ms.unwrap_or(0).min(600_000));
     let mut changes = d.changes.subscribe();
+    // Resolved once: a prefix unique now stays this message while waiting, whatever is
+    // sent meanwhile.
+    let mut query = p.id.clone();
     loop {
         changes.borrow_and_update();
-        let q = p.id.clone();
+        let q = query.clone();
         let hits = d.store.read(move |c| store::q_sent_find(c, &q)).await?;
         let (id, to, st) = match hits.len() {
             0 => return Err(Error::not_found(format!("no sent message {:?}", p.id))),
@@ -712,6 +726,7 @@ pub(crate) async fn message_status(
                 ));
             }
         };
+        query = id.to_string();
         let r = status(id, to, &st);
         let done =
             p.wait_for.is_none_or(|w| r.stage >= w) || tokio::time::Instant::now() >= deadline;

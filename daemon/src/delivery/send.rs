@@ -312,6 +312,14 @@ pub(crate) async fn send_as(
             "no recipient given; use a peer name or id, @group, or *",
         ));
     }
+    // No address is longer (names, `name/session`, ids, groups); a longer one would only
+    // cost the resolver (and "did you mean") time.
+    if to.chars().count() > 256 {
+        return Err(Error::invalid(format!(
+            "a recipient is a peer name or id, @group or *; this one is {} characters",
+            to.chars().count()
+        )));
+    }
     if p.body.is_empty() {
         return Err(Error::invalid("the message is empty"));
     }
@@ -419,11 +427,10 @@ pub(crate) async fn send_as(
         }
         1 => found.remove(0),
         // The default mesh (`mesh use`) decides when it is one of them.
-        _ if found.iter().any(|(m, _)| Some(m.id) == d.default_mesh()) => {
-            let i = found
-                .iter()
-                .position(|(m, _)| Some(m.id) == d.default_mesh())
-                .unwrap_or(0);
+        _ if let Some(i) = d
+            .default_mesh()
+            .and_then(|def| found.iter().position(|(m, _)| m.id == def)) =>
+        {
             found.swap_remove(i)
         }
         _ => {

@@ -287,7 +287,12 @@ impl Outbound {
                 // crash before it makes the relay resend, and the session dedupes by id.
                 let mut plan = Handover::plan(d, m, &mut rows);
                 let (targets, person) = plan.take_wake();
-                let sent_at = rows.first().map_or(i64::MIN, |r| r.msg.sent_at);
+                // A send time far ahead of this clock must not raise the window's floor
+                // for long (it would turn off early pushes for the whole mesh).
+                let sent_at = rows
+                    .first()
+                    .map_or(i64::MIN, |r| r.msg.sent_at)
+                    .min(claudemesh_schema::now_ms() + 600_000);
                 let first = lock(&m.received).first((env.from, id), sent_at);
                 let (early, late) = if first {
                     (Some(plan), None)

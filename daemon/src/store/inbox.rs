@@ -301,7 +301,12 @@ const OWNED: &str = "(session = ?1 OR (?2 IS NOT NULL AND session = ?2 AND for_m
 impl Store {
     /// Delete messages read before `before` (unix ms), and the record of messages sent
     /// before it; returns how many inbox rows went.
-    pub(crate) async fn prune_read(&self, before: i64, now: i64) -> Result<usize> {
+    pub(crate) async fn prune_read(
+        &self,
+        before: i64,
+        now: i64,
+        forget_before: i64,
+    ) -> Result<usize> {
         self.write(move |tx| {
             // The ids stay, so a relay sending one again cannot make it new; they go
             // after another period, when the message's age alone refuses it
@@ -315,7 +320,10 @@ impl Store {
                 "DELETE FROM inbox WHERE read_at IS NOT NULL AND read_at < ?1",
                 params![before],
             )?;
-            tx.execute("DELETE FROM inbox_gone WHERE gone_at < ?1", params![before])?;
+            tx.execute(
+                "DELETE FROM inbox_gone WHERE gone_at < ?1",
+                params![forget_before],
+            )?;
             tx.execute("DELETE FROM sent WHERE created_at < ?1", params![before])?;
             Ok(n)
         })
@@ -341,7 +349,7 @@ impl Store {
         self.writer
             .call_then(
                 move |tx| {
-                    let new = insert_inbox_rows(tx, rows)?;
+                    let new = insert_inbox_rows(tx, unseen(tx, rows)?)?;
                     inserted(&new);
                     Ok(new.len())
                 },
@@ -527,6 +535,34 @@ impl Store {
 }
 
 /// Insert `rows`, ignoring those stored already; returns the new ones (`(id, session)`).
+/// The rows of envelopes this daemon never stored under any session. A relay's envelope is
+/// stored once, for the sessions it was for when it arrived: sent again later (a replay),
+/// it must not become new for a session opened since (a broadcast's targets are the
+/// sessions open at arrival).
+fn unseen(tx: &rusqlite::Transaction<'_>, rows: Vec<InboxRow>) -> rusqlite::Result<Vec<InboxRow>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM inbox WHERE id = ?1)
+             OR EXISTS (SELECT 1 FROM inbox_gone WHERE id = ?1)",
+    )?;
+    let mut known: std::collections::HashMap<MessageId, bool> = Default::default();
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let id = r.msg.id;
+        let seen = match known.get(&id) {
+            Some(k) => *k,
+            None => {
+                let k: bool = stmt.query_row(params![id.as_bytes()], |x| x.get(0))?;
+                known.insert(id, k);
+                k
+            }
+        };
+        if !seen {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
 pub(crate) fn insert_inbox_rows(
     tx: &rusqlite::Transaction<'_>,
     rows: Vec<InboxRow>,
@@ -604,6 +640,43 @@ mod tests {
                 for_member,
             },
         }
+    }
+
+    /// Store rows as a relay's envelope (the link's path); how many were new.
+    async fn from_relay(s: &Store, rows: Vec<InboxRow>) -> usize {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        s.insert_inbox_then(
+            rows,
+            |_| {},
+            move |r| {
+                let _ = tx.send(r.unwrap());
+            },
+        )
+        .await
+        .unwrap();
+        rx.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_envelope_stored_once_is_new_for_no_session_opened_since_nor_after_retention() {
+        let (_d, s) = store();
+        let (own, mesh) = (SessionId::new(), MeshId::new());
+        let first = row(own, mesh, 1, false);
+        let id = first.msg.id;
+        assert_eq!(from_relay(&s, vec![first.clone()]).await, 1);
+        // The relay sends the broadcast again, now also for a session opened since.
+        let mut later = first.clone();
+        later.msg.session = SessionId::new();
+        assert_eq!(from_relay(&s, vec![first.clone(), later.clone()]).await, 0);
+        // Read, then deleted by retention: its id still makes it old.
+        s.mark_read(own, None, vec![id], 10, "pull", false, false)
+            .await
+            .unwrap();
+        assert_eq!(s.prune_read(11, 12, 0).await.unwrap(), 1);
+        assert_eq!(from_relay(&s, vec![later]).await, 0);
+        // Once the id is forgotten too, only the age rule (replay_floor) refuses it.
+        s.prune_read(11, 13, 13).await.unwrap();
+        assert_eq!(from_relay(&s, vec![first]).await, 1);
     }
 
     #[tokio::test]

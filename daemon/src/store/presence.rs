@@ -82,7 +82,7 @@ impl Store {
                     online = excluded.online, last_seen = max(presence.last_seen, excluded.last_seen),
                     delivery = excluded.delivery, role = excluded.role, client = excluded.client,
                     member_name = excluded.member_name, extra = excluded.extra
-                 WHERE excluded.seq >= presence.seq",
+                 WHERE excluded.seq >= presence.seq AND presence.member = excluded.member",
                 params![
                     p.mesh.as_bytes(),
                     p.session.as_bytes(),
