@@ -205,6 +205,34 @@ fn explain(w: &World) -> String {
                 {
                     sightings.push_str(&format!("{}: {}\n", p.display(), &l[..l.len().min(600)]));
                 }
+                // The order of its entries (what confirms a message is the answer after it).
+                let order: Vec<String> = text
+                    .lines()
+                    .map(|l| {
+                        let v: Value = serde_json::from_str(l).unwrap_or(Value::Null);
+                        format!(
+                            "{}<{}<{}{}{}",
+                            &v["uuid"].as_str().unwrap_or("-")
+                                [..v["uuid"].as_str().map_or(1, |u| u.len().min(8))],
+                            &v["parentUuid"].as_str().unwrap_or("-")
+                                [..v["parentUuid"].as_str().map_or(1, |u| u.len().min(8))],
+                            v["type"].as_str().unwrap_or("?"),
+                            v["attachment"]["type"]
+                                .as_str()
+                                .map(|t| format!("/{t}"))
+                                .unwrap_or_default(),
+                            if l.contains("claudemesh message ids") {
+                                "*"
+                            } else {
+                                ""
+                            }
+                        )
+                    })
+                    .collect();
+                sightings.push_str(&format!("  entries: {}\n", order.join(" ")));
+                for l in text.lines().filter(|l| l.contains("\"type\":\"system\"")) {
+                    sightings.push_str(&format!("  system: {}\n", &l[..l.len().min(400)]));
+                }
             }
         }
     }

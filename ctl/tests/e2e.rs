@@ -1528,7 +1528,10 @@ fn a_default_mesh_answers_for_commands_that_name_none_and_a_mesh_can_be_renamed_
     let (code, _) = ann.fails(&["mesh", "rename", "job", "beef"]);
     assert_eq!(code, 2);
     ann.ok(&["state", "set", "t", "1", "--mesh", &test_id]);
-    assert_eq!(ann.json(&["state", "get", "t", "--mesh", "test"])["value"], 1);
+    assert_eq!(
+        ann.json(&["state", "get", "t", "--mesh", "test"])["value"],
+        1
+    );
     assert_eq!(ann.fails(&["state", "get", "t", "--mesh", "job"]).0, 4);
     // The default survives a restart of the daemon; --clear forgets it.
     let mut nodes = nodes;
