@@ -455,6 +455,7 @@ impl Daemon {
             senders: Default::default(),
             boxes: Default::default(),
             received: Default::default(),
+            probes: Default::default(),
             resync: tokio::sync::Notify::new(),
             redial: tokio::sync::Notify::new(),
             grants: Mutex::new(grants),

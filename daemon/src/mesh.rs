@@ -181,6 +181,8 @@ pub(crate) struct MeshCtx {
     /// is not pushed ahead of its store (the store finds it a duplicate). Seeded from the
     /// inbox when the first link starts.
     pub(crate) received: Mutex<claudemesh_schema::dedupe::FirstSeen<(SessionId, MessageId)>>,
+    /// `ping_mesh` probes on their way through the relay and back, by id.
+    pub(crate) probes: Mutex<HashMap<MessageId, oneshot::Sender<()>>>,
     /// Boxes computed lately between our keys and peers' (the X25519 exchange is most of
     /// what sealing or opening a direct message costs).
     pub(crate) boxes: BoxKeys,

@@ -2,6 +2,7 @@
 //! round trip (`ping`).
 
 use claudemesh_schema::ipc::methods::{self as m, MeshParams, MeshStatus, StatusResult};
+use claudemesh_schema::message::Priority;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -168,7 +169,52 @@ pub(crate) async fn wait_for(d: &Arc<Daemon>, p: m::WaitParams) -> Result<m::Wai
     }
 }
 
-pub(crate) async fn ping(d: &Arc<Daemon>, p: MeshParams) -> Result<m::PingResult, Error> {
+/// How long a probe may take to come back before it counts as lost.
+const PROBE_WAIT: Duration = Duration::from_secs(5);
+
+/// Send one probe through the relay and back to this daemon; its round trip.
+async fn probe(x: &Arc<crate::mesh::MeshCtx>, priority: Priority) -> Result<Option<u64>, Error> {
+    use crate::mesh::LinkCmd;
+    use claudemesh_schema::message::{self, MessagePayload};
+    use claudemesh_schema::wire::{self, ClientFrame, Envelope, Route, Seal};
+    let id = claudemesh_schema::MessageId::new();
+    let own = x.keys.session;
+    let t = std::time::Instant::now();
+    // Sealed and routed as a direct message to a session: the relay cannot tell it apart.
+    let payload = MessagePayload {
+        id,
+        from_session: own,
+        from_name: String::new(),
+        from_label: String::new(),
+        to: String::new(),
+        priority,
+        sent_at: claudemesh_schema::now_ms(),
+        kind: message::KIND_PROBE.into(),
+        body: String::new(),
+        to_sessions: Vec::new(),
+    };
+    let to = x.keys.session_secret.public();
+    let ct = message::seal_direct_with(&x.boxes.to_key(&x.keys.member.box_secret(), &to), &payload)
+        .map_err(|e| Error::internal(format!("cannot seal a probe: {e}")))?;
+    let env = Envelope {
+        id,
+        from: own,
+        from_member: x.member(),
+        to: Route::Session { session: own },
+        seal: Seal::Box,
+        ct,
+        epoch: 0,
+    };
+    let frame = bytes::Bytes::from(wire::encode(&ClientFrame::Send(env)).map_err(Error::internal)?);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    lock(&x.probes).insert(id, tx);
+    let _ = x.link.tx.send(LinkCmd::Send(id, frame, None)).await;
+    let back = tokio::time::timeout(PROBE_WAIT, rx).await;
+    lock(&x.probes).remove(&id);
+    Ok(matches!(back, Ok(Ok(()))).then(|| t.elapsed().as_micros() as u64))
+}
+
+pub(crate) async fn ping(d: &Arc<Daemon>, p: m::PingParams) -> Result<m::PingResult, Error> {
     let x = d.select(p.mesh.as_deref())?;
     let t = std::time::Instant::now();
     x.link
@@ -184,10 +230,59 @@ pub(crate) async fn ping(d: &Arc<Daemon>, p: MeshParams) -> Result<m::PingResult
         .transport
         .map(|t| t.as_str().to_string())
         .unwrap_or_default();
+    let relay_rtt_us = t.elapsed().as_micros() as u64;
+    // Whether the asking session would get each priority pushed now: its status and
+    // whether its channel works decide (the same rules `delivery::push` applies).
+    let asking = p.session.unwrap_or(x.keys.session);
+    let (status, channel) = if asking == x.keys.session {
+        (None, None)
+    } else {
+        lock(&x.sessions)
+            .get(&asking)
+            .map(|l| (Some(l.profile.status), Some(l.channel)))
+            .unwrap_or((None, None))
+    };
+    let mut priorities = Vec::new();
+    for priority in [Priority::Now, Priority::Next, Priority::Low] {
+        let round_trip_us = probe(&x, priority).await?;
+        let (pushed_now, note) = match (status, channel) {
+            (None, _) => (
+                false,
+                "this daemon's own session is read with `claudemesh inbox`, never pushed"
+                    .to_string(),
+            ),
+            (Some(s), ch) => {
+                let gate = crate::delivery::push::push_allowed(priority, s);
+                let works = ch.is_some_and(|c| c != crate::mesh::Channel::Dropped);
+                match (gate, works) {
+                    (true, true) => (true, format!("pushed at once (you are {})", s.as_str())),
+                    (true, false) => (
+                        false,
+                        "allowed now, but this session's channel does not take pushes: it arrives by a hook or check_messages".to_string(),
+                    ),
+                    (false, _) if priority == Priority::Low => (
+                        false,
+                        "low waits until you call check_messages".to_string(),
+                    ),
+                    (false, _) => (
+                        false,
+                        format!("waits until you are idle (you are {})", s.as_str()),
+                    ),
+                }
+            }
+        };
+        priorities.push(m::PriorityProbe {
+            priority,
+            round_trip_us,
+            pushed_now,
+            note,
+        });
+    }
     Ok(m::PingResult {
         mesh: x.id,
-        relay_rtt_us: t.elapsed().as_micros() as u64,
+        relay_rtt_us,
         transport,
+        priorities,
     })
 }
 

@@ -605,13 +605,22 @@ impl Shim {
             .await
     }
 
-    #[tool(description = "Measure the round trip to the mesh's relay (checks the link works).")]
+    #[tool(
+        description = "Test the whole message path: the round trip to the relay, then one sealed probe per priority (now, next, low) sent through the relay and back, with its round trip and whether a message of that priority would be pushed to you right now (and why not). Diagnoses push delivery."
+    )]
     async fn ping_mesh(
         &self,
         Parameters(a): Parameters<MeshArgs>,
     ) -> Result<CallToolResult, rmcp::ErrorData> {
-        self.call::<m::PingResult>(m::PING, m::MeshParams { mesh: a.mesh })
-            .await
+        let session = self.session().await.ok().map(|s| s.id);
+        self.call::<m::PingResult>(
+            m::PING,
+            m::PingParams {
+                mesh: a.mesh,
+                session,
+            },
+        )
+        .await
     }
 }
 

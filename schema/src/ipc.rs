@@ -531,6 +531,36 @@ pub mod methods {
         pub relay_rtt_us: u64,
         /// Transport used.
         pub transport: String,
+        /// One sealed probe per priority, through the whole message path.
+        #[serde(default)]
+        pub priorities: Vec<PriorityProbe>,
+    }
+
+    /// `ping` parameters.
+    #[derive(Debug, Clone, Serialize, Deserialize, Default)]
+    pub struct PingParams {
+        /// Mesh name or id prefix; default: the only mesh.
+        #[serde(default)]
+        pub mesh: Option<String>,
+        /// The session asking (a hosted one): whether a message of each priority would be
+        /// pushed to it now.
+        #[serde(default)]
+        pub session: Option<SessionId>,
+    }
+
+    /// A probe of one priority: sealed like a direct message, sent from this daemon to
+    /// itself through the relay, opened and acknowledged on its return (never stored).
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct PriorityProbe {
+        /// The priority it carried.
+        pub priority: Priority,
+        /// Seal, relay, return and open, microseconds; `None` when it did not come back
+        /// within 5 s (the link or the relay is not passing messages).
+        pub round_trip_us: Option<u64>,
+        /// Would a message of this priority be pushed to the asking session right now?
+        pub pushed_now: bool,
+        /// Why (or why not), in words.
+        pub note: String,
     }
 
     /// `session_open` parameters.

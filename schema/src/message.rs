@@ -290,6 +290,9 @@ pub struct ReceiptBody {
 /// Payload `kind` of receipts (ordinary messages are `text`).
 pub const KIND_RECEIPT: &str = "receipt";
 
+/// Payload kind of a `ping_mesh` probe (sent by a daemon to itself through the relay;
+/// never stored or shown).
+pub const KIND_PROBE: &str = "probe";
 /// Payload `kind` of reminders delivered by the scheduling member's daemon.
 pub const KIND_REMINDER: &str = "reminder";
 

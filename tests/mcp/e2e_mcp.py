@@ -148,6 +148,15 @@ async def main():
             check(info["meshes"][0]["link"] == "connected", "mesh_info shows the link")
             ping = text(await a.call_tool("ping_mesh", {}))
             check(ping["relay_rtt_us"] > 0, "ping_mesh measures a round trip")
+            probes = {p["priority"]: p for p in ping["priorities"]}
+            check(sorted(probes) == ["low", "next", "now"], f"one probe per priority: {ping}")
+            check(all((p["round_trip_us"] or 0) > 0 for p in probes.values()),
+                  f"every probe went through the relay and back: {ping}")
+            check(probes["now"]["pushed_now"] and not probes["low"]["pushed_now"],
+                  f"now is pushed at once, low waits for check_messages: {ping}")
+            # Probes are measurements: nothing of them lands in anyone's inbox.
+            after_ping = text(await a.call_tool("check_messages", {}))
+            check(after_ping["messages"] == [], f"no probe is a message: {after_ping}")
             empty = text(await a.call_tool("wait_for_message", {"timeout_seconds": 1}))
             check(empty["messages"] == [], "nothing for alice yet")
 

@@ -106,6 +106,11 @@ fn open_rows(
             return Ok(Vec::new());
         }
     };
+    // A `ping_mesh` probe that came back after its wait (a reconnect replayed it): it
+    // was only ever a measurement.
+    if p.kind == message::KIND_PROBE {
+        return Ok(Vec::new());
+    }
     if p.from_session != env.from {
         tracing::warn!(id = %env.id, "message names another sender session than its envelope; dropped");
         return Ok(Vec::new());

@@ -246,6 +246,16 @@ impl Outbound {
 
     pub(super) async fn deliver(&self, d: &Arc<Daemon>, m: &Arc<MeshCtx>, env: Envelope, at: i64) {
         let id = env.id;
+        // Our own `ping_mesh` probe back from the relay: it went the whole way; it is
+        // acknowledged (the relay forgets it) and never stored.
+        if env.from == m.keys.session
+            && env.from_member == m.member()
+            && let Some(done) = lock(&m.probes).remove(&id)
+        {
+            let _ = done.send(());
+            let _ = self.ack_tx.send(id);
+            return;
+        }
         let (mesh, from) = (m.id, env.from);
         let known = lock(&m.senders).get(&from).cloned();
         let sender = match known {
