@@ -112,18 +112,69 @@ pub(crate) fn usable(kind: ServiceKind) -> Result<(), String> {
     }
 }
 
-/// Wait until a daemon answers on the socket (the service's, just started).
-async fn wait_for_daemon(paths: &claudemesh_daemon::Paths) -> Result<(), String> {
+/// The process id the service manager runs the daemon as, when it says.
+fn service_pid(kind: ServiceKind) -> Option<u32> {
+    match kind {
+        ServiceKind::Systemd => manage(
+            "systemctl",
+            &[
+                "--user",
+                "show",
+                "-p",
+                "MainPID",
+                "--value",
+                claudemesh_daemon::paths::SYSTEMD_UNIT,
+            ],
+        )
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p| *p != 0),
+        ServiceKind::Launchd => manage(
+            "launchctl",
+            &[
+                "print",
+                &format!("gui/{}/{}", uid(), claudemesh_daemon::paths::LAUNCHD_LABEL),
+            ],
+        )
+        .ok()?
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("pid = ")?.trim().parse().ok()),
+    }
+}
+
+/// Wait until the service's daemon answers on the socket. A daemon started by hand in the
+/// meantime (a hook or the MCP shim starts one when they find none) is not the service:
+/// while the manager names another process, keep waiting.
+async fn wait_for_daemon(
+    paths: &claudemesh_daemon::Paths,
+    kind: ServiceKind,
+) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut other = None;
     loop {
-        if claudemesh_daemon::Client::connect(&paths.socket)
-            .await
-            .is_ok()
+        if let Ok(mut c) = claudemesh_daemon::Client::connect(&paths.socket).await
+            && let Ok(h) = c
+                .call::<claudemesh_schema::ipc::methods::HelloResult>(
+                    claudemesh_schema::ipc::methods::HELLO,
+                    (),
+                )
+                .await
         {
-            return Ok(());
+            match service_pid(kind) {
+                Some(pid) if pid != h.pid => other = Some(h.pid),
+                // The same process, or a manager that does not say: it answers.
+                _ => return Ok(()),
+            }
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err("its daemon did not answer within 20 s".into());
+            return Err(match other {
+                Some(pid) => format!(
+                    "a daemon started by hand (pid {pid}) holds the socket, not the service's; stop it (`claudemesh daemon stop`) and install again"
+                ),
+                None => "its daemon did not answer within 20 s".into(),
+            });
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
@@ -297,7 +348,7 @@ async fn install(platform: Option<String>, json: bool) -> Res {
         };
         // The service has taken over only once its daemon answers.
         let answered = match started {
-            Ok(()) => wait_for_daemon(&paths).await,
+            Ok(()) => wait_for_daemon(&paths, kind).await,
             Err(e) => Err(e),
         };
         if let Err(e) = answered {

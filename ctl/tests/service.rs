@@ -333,3 +333,45 @@ fn a_service_that_does_not_take_over_is_removed_and_the_daemon_started_again() {
     nodes[0].ok(&["daemon", "stop"]);
     nodes[0].stop();
 }
+
+#[test]
+fn a_daemon_started_by_hand_during_the_handover_is_not_taken_for_the_service() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, mut nodes) = claudemesh_tests::mesh(bin(), root.path(), &["ann", "ben"], &[]);
+    // A manager whose unit never runs our daemon (its MainPID is 1), while something (a
+    // hook, the MCP shim) starts one by hand the moment the old one stops.
+    let fake = root.path().join("fakebin");
+    std::fs::create_dir_all(&fake).unwrap();
+    let script = format!(
+        "#!/bin/sh\ncase \"$*\" in\n  *MainPID*) echo 1 ;;\n  *enable*) '{}' daemon start >/dev/null 2>&1 ;;\nesac\nexit 0\n",
+        bin().display()
+    );
+    let f = fake.join("systemctl");
+    std::fs::write(&f, script).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        fake.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let env: &[(&str, &str)] = &[("PATH", &path), ("CLAUDEMESH_NO_AUTOSTART", "0")];
+    let out = nodes[0].run_env(&["service", "install", "--platform", "systemd"], env);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("started by hand"), "{err}");
+    assert!(
+        !nodes[0]
+            .dir
+            .join(".config/systemd/user/claudemesh.service")
+            .exists()
+    );
+    // The hand daemon serves the mesh meanwhile; stop it (it is not the test's child).
+    nodes[0].ok(&["send", "ben", "still served"]);
+    assert_eq!(nodes[1].inbox_wait()[0]["body"], "still served");
+    nodes[0].ok(&["daemon", "stop"]);
+    nodes[0].stop();
+}
