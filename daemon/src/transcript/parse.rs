@@ -36,7 +36,15 @@ pub(crate) enum Event {
 #[derive(Debug, Default)]
 pub(crate) struct Tracker {
     pending: Vec<(MessageId, Via)>,
+    /// Entries an answer came after, by uuid: the `parentUuid` chain of each answer seen.
+    /// Claude Code writes entries asynchronously, and on a loaded machine a turn's answer
+    /// can land in the file before the prompt and hook context it answered; an entry
+    /// arriving later whose uuid is here was answered already.
+    answered: std::collections::VecDeque<String>,
 }
+
+/// Answered entries remembered (a few turns' worth).
+const ANSWERED: usize = 256;
 
 fn strings<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
     match v {
@@ -54,6 +62,12 @@ impl Tracker {
             return Vec::new();
         };
         let mut out = Vec::new();
+        // Answered already (see `answered`): then so is its parent.
+        let uuid = v["uuid"].as_str().unwrap_or("");
+        let answered = !uuid.is_empty() && self.answered.iter().any(|u| u == uuid);
+        if answered && let Some(parent) = v["parentUuid"].as_str() {
+            self.remember_answered(parent);
+        }
         match v["type"].as_str() {
             Some("queue-operation") => {
                 if v["operation"] == "enqueue"
@@ -65,6 +79,9 @@ impl Tracker {
             Some("assistant") => {
                 if v["isSidechain"] == true {
                     return out;
+                }
+                if let Some(parent) = v["parentUuid"].as_str() {
+                    self.remember_answered(parent);
                 }
                 let mut ch = Vec::new();
                 let mut hk = Vec::new();
@@ -147,10 +164,21 @@ impl Tracker {
                 }
                 let found = !ch.is_empty() || !hk.is_empty();
                 if !ch.is_empty() {
-                    out.push(Event::InConversation(ch, DeliveryPath::Channel));
+                    out.push(Event::InConversation(ch.clone(), DeliveryPath::Channel));
                 }
                 if !hk.is_empty() {
-                    out.push(Event::InConversation(hk, DeliveryPath::Hooks));
+                    out.push(Event::InConversation(hk.clone(), DeliveryPath::Hooks));
+                }
+                // Written after the answer to the request that held it: confirmed now.
+                if answered && found {
+                    self.pending
+                        .retain(|(id, _)| !ch.contains(id) && !hk.contains(id));
+                    if !ch.is_empty() {
+                        out.push(Event::Confirmed(ch, DeliveryPath::Channel));
+                    }
+                    if !hk.is_empty() {
+                        out.push(Event::Confirmed(hk, DeliveryPath::Hooks));
+                    }
                 }
                 let tool_result = v["message"]["content"]
                     .as_array()
@@ -162,6 +190,16 @@ impl Tracker {
             _ => {}
         }
         out
+    }
+
+    fn remember_answered(&mut self, uuid: &str) {
+        if uuid.is_empty() || self.answered.iter().any(|u| u == uuid) {
+            return;
+        }
+        if self.answered.len() == ANSWERED {
+            self.answered.pop_front();
+        }
+        self.answered.push_back(uuid.to_string());
     }
 
     /// Wait for an answer to confirm `id`; false if it already waits.
@@ -306,5 +344,59 @@ mod tests {
         );
         assert!(proofs(&t.feed(answer)).is_empty(), "confirmed once");
         assert!(t.feed("not json").is_empty());
+    }
+
+    /// Under load Claude Code can write a turn's answer before the prompt and the hook
+    /// context it answered: the answer's `parentUuid` chain still names them.
+    #[test]
+    fn an_answer_written_before_the_context_it_answered_still_confirms_it() {
+        let ctx = |n: u128| {
+            format!(
+                "Messages from your claudemesh peers {} {}]\n- alice: hi [peer id 1234abcd]",
+                render::MARKER,
+                id(n)
+            )
+        };
+        let hook = |uuid: &str, parent: &str, n: u128| {
+            serde_json::json!({
+                "type": "attachment", "isSidechain": false, "uuid": uuid, "parentUuid": parent,
+                "attachment": {"type": "hook_additional_context", "content": [ctx(n)],
+                    "hookName": "UserPromptSubmit"}
+            })
+            .to_string()
+        };
+        let answer = |parent: &str| {
+            serde_json::json!({
+                "type": "assistant", "isSidechain": false, "uuid": "ans", "parentUuid": parent,
+                "message": {"content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn"}
+            })
+            .to_string()
+        };
+        let user = r#"{"type":"user","isSidechain":false,"uuid":"u1","parentUuid":null,"message":{"content":"hello"}}"#;
+        // The answer names the hook context directly.
+        let mut t = Tracker::default();
+        assert!(proofs(&t.feed(&answer("h1"))).is_empty());
+        t.feed(user);
+        assert_eq!(
+            proofs(&t.feed(&hook("h1", "u1", 1))),
+            vec![Event::Confirmed(vec![id(1)], DeliveryPath::Hooks)]
+        );
+        assert!(proofs(&t.feed(&answer("h1"))).is_empty(), "confirmed once");
+        // Through a later entry of the same request.
+        let mut t = Tracker::default();
+        t.feed(&answer("x"));
+        t.feed(r#"{"type":"attachment","isSidechain":false,"uuid":"x","parentUuid":"h2","attachment":{"type":"skill_listing"}}"#);
+        assert_eq!(
+            proofs(&t.feed(&hook("h2", "u1", 2))),
+            vec![Event::Confirmed(vec![id(2)], DeliveryPath::Hooks)]
+        );
+        // Context no answer descends from waits for the next answer, as before.
+        let mut t = Tracker::default();
+        t.feed(&answer("other"));
+        assert!(proofs(&t.feed(&hook("h3", "u1", 3))).is_empty());
+        assert_eq!(
+            proofs(&t.feed(&answer("h3"))),
+            vec![Event::Confirmed(vec![id(3)], DeliveryPath::Hooks)]
+        );
     }
 }
