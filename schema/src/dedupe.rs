@@ -85,14 +85,16 @@ impl<T: Copy + Eq + Hash> FirstSeen<T> {
     }
 
     /// Start over: what was sent at or before `floor` may have been seen already; `seen`
-    /// (oldest first) certainly was.
-    pub fn start(&mut self, floor: i64, seen: impl IntoIterator<Item = T>) {
+    /// (oldest first, with their send times) certainly was. Each is remembered with the
+    /// later of its send time and the floor, so forgetting it later raises the floor past
+    /// it even when its sender's clock ran ahead.
+    pub fn start(&mut self, floor: i64, seen: impl IntoIterator<Item = (T, i64)>) {
         *self = Self {
             floor,
             ..Self::default()
         };
-        for id in seen {
-            self.record(id, floor);
+        for (id, sent_ms) in seen {
+            self.record(id, sent_ms.max(floor));
         }
     }
 
@@ -126,7 +128,7 @@ mod tests {
     fn a_first_sighting_is_new_to_the_window_and_newer_than_what_it_forgot() {
         let mut f = FirstSeen::default();
         assert!(!f.first(1u32, 10), "before a start, nothing is certain");
-        f.start(100, [7u32]);
+        f.start(100, [(7u32, 90), (6, 500)]);
         // (id, sent at, first?)
         let table: &[(u32, i64, bool)] = &[
             (7, 150, false), // seen before the start
@@ -146,8 +148,9 @@ mod tests {
             !f.first(9, 150),
             "forgotten, and not newer than what was forgotten"
         );
-        assert!(!f.first(20, 200), "sent no later than a forgotten one");
-        assert!(f.first(21, 201));
+        // Id 6 (seen before the start, its sender's clock ahead at 500) is forgotten too.
+        assert!(!f.first(20, 499), "sent no later than a forgotten one");
+        assert!(f.first(21, 501));
     }
 
     #[test]

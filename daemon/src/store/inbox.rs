@@ -262,16 +262,16 @@ pub(crate) fn q_taken(
     Ok(out)
 }
 
-/// The last `limit` messages stored for `mesh` (newest first), as (sending session, id):
-/// what the relay may still resend after a restart (their acknowledgement can have been
-/// lost with the process).
+/// The last `limit` messages stored for `mesh` (newest first), as (sending session, id)
+/// with their send times: what the relay may still resend after a restart (their
+/// acknowledgement can have been lost with the process).
 pub(crate) fn q_recent_received(
     conn: &Connection,
     mesh: MeshId,
     limit: usize,
-) -> Result<Vec<(SessionId, MessageId)>> {
+) -> Result<Vec<((SessionId, MessageId), i64)>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT from_session, id FROM inbox WHERE mesh = ?1 ORDER BY rowid DESC LIMIT ?2",
+        "SELECT from_session, id, sent_at FROM inbox WHERE mesh = ?1 ORDER BY rowid DESC LIMIT ?2",
     )?;
     let rows = stmt.query_map(params![mesh.as_bytes(), limit as i64], |r| {
         let id = |i: usize, what| -> rusqlite::Result<[u8; 16]> {
@@ -280,8 +280,11 @@ pub(crate) fn q_recent_received(
                 .map_err(|_| corrupt(what))
         };
         Ok((
-            SessionId::from_bytes(id(0, "session id")?),
-            MessageId::from_bytes(id(1, "message id")?),
+            (
+                SessionId::from_bytes(id(0, "session id")?),
+                MessageId::from_bytes(id(1, "message id")?),
+            ),
+            r.get::<_, i64>(2)?,
         ))
     })?;
     rows.collect::<rusqlite::Result<Vec<_>>>()
