@@ -65,12 +65,7 @@ pub(crate) async fn reply(a: ReplyArgs) -> Res {
         .messages
         .iter()
         .filter(|msg| {
-            let hex = msg
-                .id
-                .as_bytes()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>();
+            let hex = claudemesh_schema::crypto::hex(msg.id.as_bytes());
             !want.is_empty() && (hex.starts_with(&want) || msg.id.short().starts_with(&want))
         })
         .collect();

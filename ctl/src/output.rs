@@ -261,6 +261,15 @@ fn table_lines(header: &[&str], rows: Vec<Vec<String>>, columns: Option<usize>) 
     out
 }
 
+/// Shared-state items per kind, the kinds that have any ("memories 3").
+fn shared_counts(shared: &std::collections::BTreeMap<String, u64>) -> Vec<String> {
+    shared
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect()
+}
+
 /// Text from peers, as one line without controls (names were checked on receipt; rows
 /// cached by older versions were not).
 fn clean(s: &str) -> String {
@@ -508,12 +517,7 @@ pub(crate) fn status(s: &StatusResult) {
                 .map(|s| format!("   clock skew: {} s", s / 1000))
                 .unwrap_or_default()
         );
-        let items: Vec<String> = m
-            .shared
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect();
+        let items = shared_counts(&m.shared);
         out!(
             "  shared log: seq {}{}{}",
             m.log_seq,
@@ -654,12 +658,7 @@ pub(crate) fn mesh_overview(meshes: &[claudemesh_schema::ipc::methods::MeshOverv
                 );
             }
         }
-        let items: Vec<String> = m
-            .shared
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect();
+        let items = shared_counts(&m.shared);
         out!(
             "  shared: {}{}",
             if items.is_empty() {

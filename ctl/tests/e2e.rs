@@ -275,15 +275,7 @@ fn with_quic_blocked_the_daemon_falls_back_to_websocket() {
     let mut b = Node::new(bin(), root.path(), "bob");
     a.start();
     b.start();
-    let addr = relay.addr.to_string();
-    a.ok(&[
-        "create",
-        "ws",
-        "--relay",
-        &addr,
-        "--fingerprint",
-        &relay.fingerprint,
-    ]);
+    a.create_on(&relay, "ws");
     let link = a.ok(&["invite"]);
     b.ok(&["join", &link, "--wait", "20"]);
     a.wait("peer-online", Some("bob"));
@@ -1478,14 +1470,7 @@ fn a_default_mesh_answers_for_commands_that_name_none_and_a_mesh_can_be_renamed_
     let root = tempfile::tempdir().unwrap();
     let (relay, nodes) = mesh(bin(), root.path(), &["ann"], &[]);
     let ann = &nodes[0];
-    ann.ok(&[
-        "create",
-        "work",
-        "--relay",
-        &relay.addr.to_string(),
-        "--fingerprint",
-        &relay.fingerprint,
-    ]);
+    ann.create_on(&relay, "work");
     let (code, err) = ann.fails(&["state", "set", "k", "1"]);
     assert_eq!(code, 5, "{err}");
     assert!(err.contains("mesh use"), "says how to pick one: {err}");

@@ -839,14 +839,7 @@ fn a_relay_replaying_a_message_retention_deleted_does_not_show_it_again() {
     for n in &mut nodes {
         n.start();
     }
-    nodes[0].ok(&[
-        "create",
-        "test",
-        "--relay",
-        &relay.addr.to_string(),
-        "--fingerprint",
-        &relay.fingerprint,
-    ]);
+    nodes[0].create_on(&relay, "test");
     let via = proxy.invite_via(&nodes[0].ok(&["invite"]));
     nodes[1].ok(&["join", &via, "--wait", "20"]);
     nodes[1].wait("peer-online", Some("ann"));
@@ -1032,15 +1025,7 @@ fn a_relay_cannot_report_a_delivery_the_recipient_did_not_sign() {
     for n in &mut nodes {
         n.start();
     }
-    let addr = relay.addr.to_string();
-    nodes[0].ok(&[
-        "create",
-        "test",
-        "--relay",
-        &addr,
-        "--fingerprint",
-        &relay.fingerprint,
-    ]);
+    nodes[0].create_on(&relay, "test");
     let cat_link = nodes[0].ok(&["invite"]);
     nodes[2].ok(&["join", &cat_link, "--wait", "20"]);
     let via = proxy.invite_via(&nodes[0].ok(&["invite"]));
@@ -1129,15 +1114,7 @@ fn a_group_message_reaches_only_the_sessions_sealed_into_it() {
     for n in &mut nodes {
         n.start();
     }
-    let addr = relay.addr.to_string();
-    nodes[0].ok(&[
-        "create",
-        "test",
-        "--relay",
-        &addr,
-        "--fingerprint",
-        &relay.fingerprint,
-    ]);
+    nodes[0].create_on(&relay, "test");
     let via = proxy.invite_via(&nodes[0].ok(&["invite"]));
     nodes[1].ok(&["join", &via, "--wait", "20"]);
     let (ann, ben) = (&nodes[0], &nodes[1]);

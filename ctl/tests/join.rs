@@ -119,15 +119,7 @@ fn a_join_refuses_a_mesh_or_key_the_invite_was_not_made_for_and_stores_nothing()
     let relay = RelayProc::start(bin(), &root.path().join("relay"), &[]);
     let mut ann = Node::new(bin(), root.path(), "ann");
     ann.start();
-    let addr = relay.addr.to_string();
-    ann.ok(&[
-        "create",
-        "test",
-        "--relay",
-        &addr,
-        "--fingerprint",
-        &relay.fingerprint,
-    ]);
+    ann.create_on(&relay, "test");
     let cases = [
         (Attack::OwnMesh, "a mesh of its own"),
         (Attack::OtherKey, "a mesh of its own"),
@@ -212,15 +204,7 @@ fn a_join_waits_for_an_admin_across_restarts_of_the_relay_and_the_joiner() {
     let mut relay = RelayProc::start(bin(), &root.path().join("relay"), &[]);
     let mut ann = Node::new(bin(), root.path(), "ann");
     ann.start();
-    let addr = relay.addr.to_string();
-    ann.ok(&[
-        "create",
-        "test",
-        "--relay",
-        &addr,
-        "--fingerprint",
-        &relay.fingerprint,
-    ]);
+    ann.create_on(&relay, "test");
     let link = ann.ok(&["invite"]);
     ann.stop();
 
@@ -370,14 +354,7 @@ fn a_removed_members_claim_replayed_is_refused_by_the_admin() {
     let mut ann = Node::new(bin(), root.path(), "ann");
     ann.start();
     let addr = relay.addr.to_string();
-    ann.ok(&[
-        "create",
-        "test",
-        "--relay",
-        &addr,
-        "--fingerprint",
-        &relay.fingerprint,
-    ]);
+    ann.create_on(&relay, "test");
     let link = ann.ok(&["invite", "--uses", "3"]);
     // The operator's proxy keeps what the claimant sent.
     let seen: Arc<std::sync::Mutex<Vec<ClaimRequest>>> = Default::default();

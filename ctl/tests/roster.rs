@@ -105,15 +105,7 @@ fn fixture() -> Fixture {
         n.start();
     }
     let (ann, ben, cat) = (&nodes[0], &nodes[1], &nodes[2]);
-    let addr = relay.addr.to_string();
-    ann.ok(&[
-        "create",
-        "test",
-        "--relay",
-        &addr,
-        "--fingerprint",
-        &relay.fingerprint,
-    ]);
+    ann.create_on(&relay, "test");
     cat.ok(&["join", &ann.ok(&["invite"]), "--wait", "20"]);
     let via = proxy.invite_via(&ann.ok(&["invite"]));
     ben.ok(&["join", &via, "--wait", "20"]);

@@ -267,6 +267,18 @@ impl Node {
         cmd.spawn().expect("spawn claudemesh")
     }
 
+    /// Create the mesh `name` on `relay` (its certificate pinned), with this node as owner.
+    pub fn create_on(&self, relay: &RelayProc, name: &str) -> String {
+        self.ok(&[
+            "create",
+            name,
+            "--relay",
+            &relay.addr.to_string(),
+            "--fingerprint",
+            &relay.fingerprint,
+        ])
+    }
+
     /// Run the CLI and return stdout; panics (with stderr) if it fails.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
@@ -384,15 +396,7 @@ pub fn mesh_with(
     for n in nodes.iter_mut() {
         n.start();
     }
-    let addr = relay.addr.to_string();
-    nodes[0].ok(&[
-        "create",
-        "test",
-        "--relay",
-        &addr,
-        "--fingerprint",
-        &relay.fingerprint,
-    ]);
+    nodes[0].create_on(&relay, "test");
     for i in 1..nodes.len() {
         let link = nodes[0].ok(&["invite"]);
         nodes[i].ok(&["join", &link, "--wait", "20"]);
