@@ -882,6 +882,9 @@ pub(crate) enum MeshAction {
         #[command(flatten)]
         json: JsonArg,
     },
+    /// Usage per session: messages in and out, tool calls, errors and uptime (peers'
+    /// daemons are asked now; offline peers show no counts), and shared-state counts.
+    Stats(MeshJson),
     /// Call a mesh something else on this machine (the mesh, and what its members call
     /// it, stay the same; members this machine admits from now on get the new name).
     Rename {

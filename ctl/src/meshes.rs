@@ -560,7 +560,7 @@ pub(crate) async fn down(a: JsonArg) -> Res {
     Ok(())
 }
 
-/// `mesh set-relay`.
+/// `mesh set-relay`, `use`, `stats`, `rename`.
 pub(crate) async fn mesh(action: MeshAction) -> Res {
     let a = match action {
         MeshAction::SetRelay(a) => a,
@@ -583,6 +583,25 @@ pub(crate) async fn mesh(action: MeshAction) -> Res {
                     ),
                     None => out!("no default mesh: with several, commands ask for --mesh"),
                 }
+            }
+            return Ok(());
+        }
+        MeshAction::Stats(a) => {
+            let p = paths()?;
+            let mut c = client(&p).await?;
+            let r: m::MeshStatsResult = c
+                .call(
+                    m::MESH_STATS,
+                    m::MeshStatsParams {
+                        mesh: a.mesh,
+                        wait_ms: None,
+                    },
+                )
+                .await?;
+            if a.json {
+                output::json("stats", &r);
+            } else {
+                output::mesh_stats(&r);
             }
             return Ok(());
         }

@@ -693,6 +693,67 @@ pub(crate) fn mesh_overview(meshes: &[claudemesh_schema::ipc::methods::MeshOverv
     }
 }
 
+/// `mesh stats`: one row per session, ours first; counts as each session's daemon keeps
+/// them (from when the session opened).
+pub(crate) fn mesh_stats(r: &claudemesh_schema::ipc::methods::MeshStatsResult) {
+    let dash = || "-".to_string();
+    table(
+        &[
+            "NAME",
+            "KEY",
+            "ONLINE",
+            "UP",
+            "MSGS IN",
+            "MSGS OUT",
+            "TOOL CALLS",
+            "ERRORS",
+            "NOTE",
+        ],
+        r.peers
+            .iter()
+            .map(|p| {
+                let name = match (p.name.is_empty(), p.me) {
+                    (true, _) => "(unnamed)".to_string(),
+                    (false, true) => format!("{} (you)", clean(&p.name)),
+                    (false, false) => clean(&p.name),
+                };
+                let mut row = vec![
+                    name,
+                    p.fingerprint.clone(),
+                    if p.online { "yes" } else { "no" }.into(),
+                ];
+                match &p.usage {
+                    Some(u) => row.extend([
+                        span(u.uptime_ms),
+                        u.messages_in.to_string(),
+                        u.messages_out.to_string(),
+                        u.tool_calls.to_string(),
+                        u.tool_errors.to_string(),
+                    ]),
+                    None => row.extend(std::iter::repeat_with(dash).take(5)),
+                }
+                row.push(clean(&p.note));
+                row
+            })
+            .collect(),
+    );
+    let items = shared_counts(&r.shared);
+    out!(
+        "shared state: {} (log at {}{})",
+        if items.is_empty() {
+            "empty".to_string()
+        } else {
+            items.join(", ")
+        },
+        r.log_seq,
+        if r.log_pending > 0 {
+            format!(", {} own writes pending", r.log_pending)
+        } else {
+            String::new()
+        }
+    );
+}
+
 pub(crate) fn invite(i: &InviteInfo) {
     if let Some(link) = &i.invite {
         out!("{link}");

@@ -433,3 +433,105 @@ fn unknown_tool_arguments_are_an_error() {
         "the refused send sent nothing"
     );
 }
+
+/// `mesh_stats` (the tool) and `mesh stats` (the CLI): usage per session, each counted by
+/// its own daemon and asked of it over the mesh when someone else looks; a peer whose
+/// daemon is gone shows no counts and says so.
+#[test]
+fn mesh_stats_reports_each_sessions_messages_tool_calls_errors_and_uptime() {
+    let bin = Path::new(env!("CARGO_BIN_EXE_claudemesh"));
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, mut nodes) = mesh(bin, root.path(), &["alice", "bob"], &[]);
+    let mut a = Shim::start(bin, &nodes[0].dir, "stats-a", "alice-claude");
+    for body in ["one", "two"] {
+        let (err, v) = a.tool(
+            "send_message",
+            serde_json::json!({"to": "bob", "message": body}),
+        );
+        assert!(!err, "{v}");
+    }
+    let (err, _) = a.tool("set_status", serde_json::json!({"status": "asleep"}));
+    assert!(err, "an unknown status is a failed call");
+    nodes[1].ok(&["send", "alice-claude", "back"]);
+    let (err, v) = a.tool(
+        "wait_for_message",
+        serde_json::json!({"timeout_seconds": 20}),
+    );
+    assert!(!err, "{v}");
+    let row = |v: &serde_json::Value, name: &str| -> serde_json::Value {
+        v["peers"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no peers in {v}"))
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {v}"))
+    };
+    // Its own view: this call counts too (send, send, set_status, wait, mesh_stats).
+    let (err, v) = a.tool("mesh_stats", serde_json::json!({}));
+    assert!(!err, "{v}");
+    let own = row(&v, "alice-claude");
+    assert_eq!(own["me"], true, "{v}");
+    let u = &own["usage"];
+    assert_eq!(
+        (
+            &u["tool_calls"],
+            &u["tool_errors"],
+            &u["messages_out"],
+            &u["messages_in"]
+        ),
+        (
+            &serde_json::json!(5),
+            &serde_json::json!(1),
+            &serde_json::json!(2),
+            &serde_json::json!(1)
+        ),
+        "{v}"
+    );
+    assert!(u["uptime_ms"].is_u64(), "{v}");
+    assert!(v["shared"].is_object() && v["log_seq"].is_u64(), "{v}");
+
+    // Bob's view, through the CLI: alice's daemon answered for its sessions.
+    let (alice, bob) = (&nodes[0], &nodes[1]);
+    let v = bob.json(&["mesh", "stats"]);
+    let theirs = row(&v, "alice-claude");
+    assert_eq!(theirs["answered"], true, "{v}");
+    assert_eq!(theirs["me"], false, "{v}");
+    assert_eq!(theirs["usage"]["tool_calls"], 5, "{v}");
+    assert_eq!(theirs["usage"]["tool_errors"], 1, "{v}");
+    assert_eq!(theirs["usage"]["messages_out"], 2, "{v}");
+    assert_eq!(theirs["usage"]["messages_in"], 1, "{v}");
+    let me = row(&v, "bob");
+    assert_eq!(me["me"], true, "{v}");
+    assert_eq!(me["usage"]["messages_in"], 2, "{v}");
+    assert_eq!(me["usage"]["messages_out"], 1, "{v}");
+    assert_eq!(row(&v, "alice")["answered"], true, "{v}");
+    let text = bob.ok(&["mesh", "stats"]);
+    assert!(
+        text.contains("TOOL CALLS") && text.contains("alice-claude"),
+        "{text}"
+    );
+
+    // A member alice blocked learns nothing of her sessions: her daemon does not answer.
+    alice.ok(&["block", "bob"]);
+    let v = bob.json(&["mesh", "stats"]);
+    let refused = row(&v, "alice-claude");
+    assert_eq!(refused["answered"], false, "{v}");
+    assert!(refused["usage"].is_null(), "{v}");
+    assert!(
+        refused["note"].as_str().unwrap().starts_with("no answer"),
+        "{v}"
+    );
+    alice.ok(&["block", "bob", "--undo"]);
+
+    // Alice's daemon is gone: no counts, and why.
+    drop(a);
+    let alice_name = alice.name.clone();
+    nodes[0].stop();
+    nodes[1].wait("peer-offline", Some(&alice_name));
+    let v = nodes[1].json(&["mesh", "stats"]);
+    let gone = row(&v, "alice");
+    assert_eq!(gone["answered"], false, "{v}");
+    assert!(gone["usage"].is_null(), "{v}");
+    assert_eq!(gone["note"], "offline", "{v}");
+}

@@ -417,6 +417,7 @@ impl Daemon {
                         pushes: false,
                         pulling: 0,
                         channel: Default::default(),
+                        usage: crate::mesh::Usage::since(now),
                     },
                 )
             })
@@ -456,6 +457,8 @@ impl Daemon {
             boxes: Default::default(),
             received: Default::default(),
             probes: Default::default(),
+            stats_asks: Default::default(),
+            own_usage: Mutex::new(crate::mesh::Usage::since(claudemesh_schema::now_ms())),
             resync: tokio::sync::Notify::new(),
             redial: tokio::sync::Notify::new(),
             grants: Mutex::new(grants),

@@ -33,6 +33,7 @@ mod reminders;
 mod rpc;
 mod sessions;
 mod shared;
+mod stats;
 mod status;
 mod store;
 mod transcript;

@@ -183,6 +183,19 @@ pub(crate) struct MeshCtx {
     pub(crate) received: Mutex<claudemesh_schema::dedupe::FirstSeen<(SessionId, MessageId)>>,
     /// `ping_mesh` probes on their way through the relay and back, by id.
     pub(crate) probes: Mutex<HashMap<MessageId, oneshot::Sender<()>>>,
+    /// `mesh_stats` questions waiting for their answers, by question id: where to hand
+    /// an answer, and the member it was asked of (an answer from anyone else is dropped).
+    pub(crate) stats_asks: Mutex<
+        HashMap<
+            MessageId,
+            (
+                MemberKey,
+                oneshot::Sender<claudemesh_schema::message::StatsBody>,
+            ),
+        >,
+    >,
+    /// The daemon's own session's usage (the CLI's), from when the mesh was loaded.
+    pub(crate) own_usage: Mutex<Usage>,
     /// Boxes computed lately between our keys and peers' (the X25519 exchange is most of
     /// what sealing or opening a direct message costs).
     pub(crate) boxes: BoxKeys,
@@ -230,6 +243,28 @@ impl Epochs {
             newest_roster_len: 0,
             rotating: false,
             candidates: Vec::new(),
+        }
+    }
+}
+
+impl MeshCtx {
+    /// Count messages newly stored for local sessions (ours or hosted ones).
+    pub(crate) fn count_in(&self, new: &[(MessageId, SessionId)]) {
+        for (_, s) in new {
+            self.with_usage(s, |u| u.messages_in += 1);
+        }
+    }
+
+    /// Count a message sent by a local session.
+    pub(crate) fn count_out(&self, session: &SessionId) {
+        self.with_usage(session, |u| u.messages_out += 1);
+    }
+
+    fn with_usage(&self, session: &SessionId, f: impl FnOnce(&mut Usage)) {
+        if *session == self.keys.session {
+            f(&mut lock(&self.own_usage));
+        } else if let Some(l) = lock(&self.sessions).get_mut(session) {
+            f(&mut l.usage);
         }
     }
 }
@@ -462,6 +497,45 @@ pub(crate) struct LocalSession {
     /// Pulls (`check_messages`, `wait_for_message`) waiting now: no push competes with them.
     pub(crate) pulling: u32,
     pub(crate) channel: Channel,
+    /// What it did since it opened (`mesh_stats`).
+    pub(crate) usage: Usage,
+}
+
+/// A session's usage counters, kept in memory from when it opened (or reopened) here:
+/// what `mesh_stats` reports for it, to us and to members who ask.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Usage {
+    /// When it opened, unix ms.
+    pub(crate) since: i64,
+    pub(crate) messages_in: u64,
+    pub(crate) messages_out: u64,
+    /// Totals its MCP client reported (`session_stats`).
+    pub(crate) tool_calls: u64,
+    pub(crate) tool_errors: u64,
+}
+
+impl Usage {
+    pub(crate) fn since(at: i64) -> Self {
+        Self {
+            since: at,
+            ..Self::default()
+        }
+    }
+
+    pub(crate) fn report(
+        &self,
+        session: SessionId,
+        now: i64,
+    ) -> claudemesh_schema::message::SessionUsage {
+        claudemesh_schema::message::SessionUsage {
+            session,
+            uptime_ms: now.saturating_sub(self.since).max(0) as u64,
+            messages_out: self.messages_out,
+            messages_in: self.messages_in,
+            tool_calls: self.tool_calls,
+            tool_errors: self.tool_errors,
+        }
+    }
 }
 
 /// The id and key of the hosted session `client_key` of `member` in `mesh`. Derived, not

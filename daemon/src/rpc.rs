@@ -271,6 +271,8 @@ async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, Error> {
         m::SESSION_OPEN => json(crate::sessions::open(d, params(p)?).await?),
         m::SESSION_CLOSE => json(crate::sessions::close(d, params(p)?).await?),
         m::SESSION_UPDATE => json(crate::sessions::update(d, params(p)?).await?),
+        m::SESSION_STATS => json(crate::stats::report(d, params(p)?)?),
+        m::MESH_STATS => json(crate::stats::mesh_stats(d, params(p)?).await?),
         claudemesh_schema::ipc::claude::HOOK => json(crate::hooks::hook(d, params(p)?).await?),
         m::MESSAGE_STATUS => json(delivery::inbox::message_status(d, params(p)?).await?),
         m::PING => json(crate::status::ping(d, params(p)?).await?),

@@ -96,6 +96,10 @@ pub(crate) async fn open(
             sessions.get_mut(&sid).map(|l| {
                 let reopened = !l.open;
                 let new_process = process.is_some() && l.process != process;
+                if reopened || new_process {
+                    // Counted from this opening: a new client's totals start at zero.
+                    l.usage = crate::mesh::Usage::since(now);
+                }
                 l.open = true;
                 l.active_at = now;
                 if process.is_some() {
@@ -168,6 +172,7 @@ pub(crate) async fn open(
                     pushes: false,
                     pulling: 0,
                     channel: Channel::Untried,
+                    usage: crate::mesh::Usage::since(now),
                 };
                 let row = row_of(m.id, sid, &l);
                 lock(&m.sessions).insert(sid, l);

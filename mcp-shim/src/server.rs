@@ -48,6 +48,11 @@ struct Inner {
     /// done.
     client_info: tokio::sync::watch::Sender<Option<(bool, String)>>,
     key: String,
+    /// Tool calls made, and how many failed: reported to the daemon (`mesh_stats`).
+    tool_calls: std::sync::atomic::AtomicU64,
+    tool_errors: std::sync::atomic::AtomicU64,
+    /// Counts changed since the last report.
+    counted: tokio::sync::Notify,
 }
 
 /// The MCP server state (cheap to clone).
@@ -244,6 +249,9 @@ impl Shim {
                 session: tokio::sync::Mutex::new(None),
                 client_info: tokio::sync::watch::channel(None).0,
                 key,
+                tool_calls: Default::default(),
+                tool_errors: Default::default(),
+                counted: Default::default(),
             }),
             tool_router: Self::tool_router() + Self::shared_router(),
         }
@@ -319,6 +327,23 @@ impl Shim {
         };
         *slot = Some(s.clone());
         Ok(s)
+    }
+
+    /// Tell the daemon this session's tool-call totals (totals, so a lost or repeated
+    /// report changes nothing). Only once the session is open: opening it is a tool's job.
+    pub(crate) async fn report_usage(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(s) = self.inner.session.lock().await.clone() else {
+            return;
+        };
+        let params = m::SessionStatsParams {
+            session: s.id,
+            tool_calls: self.inner.tool_calls.load(Relaxed),
+            tool_errors: self.inner.tool_errors.load(Relaxed),
+        };
+        if let Ok(mut c) = self.client().await {
+            let _ = c.call::<serde_json::Value>(m::SESSION_STATS, params).await;
+        }
     }
 
     /// Call the daemon and render its answer (or its error) as a tool result.
@@ -626,6 +651,28 @@ impl Shim {
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for Shim {
+    /// Every tool call, counted (and its failure) for `mesh_stats`.
+    async fn call_tool(
+        &self,
+        request: rmcp::model::CallToolRequestParams,
+        context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, rmcp::ErrorData> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.inner.tool_calls.fetch_add(1, Relaxed);
+        let tcc = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
+        let r = self.tool_router.call(tcc).await;
+        let failed = match &r {
+            Ok(rmcp::model::CallToolResponse::Complete(c)) => c.is_error == Some(true),
+            Ok(_) => false,
+            Err(_) => true,
+        };
+        if failed {
+            self.inner.tool_errors.fetch_add(1, Relaxed);
+        }
+        self.inner.counted.notify_one();
+        r
+    }
+
     fn get_info(&self) -> ServerConfig {
         let mut caps = ServerCapabilities::builder()
             .enable_tools()
@@ -789,11 +836,23 @@ pub async fn run(paths: Paths, exe: PathBuf) -> Result<(), ShimError> {
             }
         })
     };
+    // Counts go to the daemon one report at a time: calls made during a report are in
+    // the next one (a `Notify` keeps one permit, so none is missed and none piles up).
+    let reporter = {
+        let shim = shim.clone();
+        tokio::spawn(async move {
+            loop {
+                shim.inner.counted.notified().await;
+                shim.report_usage().await;
+            }
+        })
+    };
     tokio::select! {
         _ = running.waiting() => {}
         _ = stop_signal() => {}
     }
     pusher.abort();
+    reporter.abort();
     let opened = shim.inner.session.lock().await.clone();
     if let Some(s) = opened
         && let Ok(mut c) = shim.client().await

@@ -3,10 +3,10 @@
 //! otherwise.
 
 use claudemesh_daemon::parse_rfc3339;
-use claudemesh_schema::ipc::methods::MeshParams;
+use claudemesh_schema::ipc::methods::{self as m, MeshParams};
 use claudemesh_schema::ipc::shared::{
-    self as sh, Actor, AuditResult, ClaimResult, ContextQuery, ContextsResult, DigestResult,
-    ItemParams, RecallParams, RecallResult, RememberParams, ReservationQuery, ReservationsResult,
+    self as sh, Actor, AuditResult, ClaimResult, ContextQuery, ContextsResult, ItemParams,
+    RecallParams, RecallResult, RememberParams, ReservationQuery, ReservationsResult,
     ReserveParams, ScheduleParams, ScheduledQuery, ScheduledResult, ShareContextParams,
     ShareSkillParams, SkillQuery, SkillsResult, StateQuery, StateResult, StateSetParams,
     TaskCreateParams, TaskListParams, TaskListResult, WriteResult,
@@ -737,15 +737,23 @@ impl Shim {
     }
 
     #[tool(
-        description = "Shared-state statistics of the mesh: items per kind (state keys, memories, tasks, reservations, contexts, skills, reminders), the log's sequence and pending own writes."
+        description = "Usage per peer session: messages in and out, tool calls, errors and uptime (each counted by the session's own daemon, from when it opened; peers' daemons are asked now, so offline peers show no counts), plus the mesh's shared-state counts per kind and its log sequence."
     )]
     async fn mesh_stats(
         &self,
         Parameters(a): Parameters<MeshOnlyArgs>,
     ) -> Result<CallToolResult, rmcp::ErrorData> {
         let mesh = self.mesh_of(a.mesh).await;
-        self.call::<DigestResult>(sh::DIGEST, MeshParams { mesh })
-            .await
+        // This call's own count is in what the answer shows.
+        self.report_usage().await;
+        self.call::<m::MeshStatsResult>(
+            m::MESH_STATS,
+            m::MeshStatsParams {
+                mesh,
+                wait_ms: None,
+            },
+        )
+        .await
     }
 
     #[tool(

@@ -227,6 +227,78 @@ pub mod methods {
     pub const MESH_RENAME: &str = "mesh_rename";
     /// `mesh_info`: one mesh (or each) at a glance: relay, members, groups, you, counts.
     pub const MESH_INFO: &str = "mesh_info";
+    /// `mesh_stats`: usage per peer session (messages in/out, tool calls and errors,
+    /// uptime), asked of each online member's daemon, with the mesh's shared-state counts.
+    pub const MESH_STATS: &str = "mesh_stats";
+    /// `session_stats`: a hosted session's client reports its tool-call totals.
+    pub const SESSION_STATS: &str = "session_stats";
+
+    /// `session_stats` parameters: totals since the client started (not deltas, so a
+    /// report that is lost or repeated changes nothing).
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct SessionStatsParams {
+        /// The hosted session.
+        pub session: SessionId,
+        /// Tool calls made.
+        pub tool_calls: u64,
+        /// Of those, calls that failed.
+        pub tool_errors: u64,
+    }
+
+    /// `mesh_stats` parameters.
+    #[derive(Debug, Clone, Serialize, Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct MeshStatsParams {
+        /// Mesh name or id prefix; default: the only mesh.
+        #[serde(default)]
+        pub mesh: Option<String>,
+        /// How long to wait for peers' daemons to answer, ms (default 3000, at most
+        /// 30000).
+        #[serde(default)]
+        pub wait_ms: Option<u64>,
+    }
+
+    /// One session in `mesh_stats`.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct PeerUsage {
+        /// The session's name as its presence announced it.
+        pub name: String,
+        /// The person (member) it belongs to.
+        pub member_name: String,
+        /// Session id.
+        pub session: SessionId,
+        /// Its member's key fingerprint.
+        pub fingerprint: String,
+        /// One of ours (on this daemon).
+        pub me: bool,
+        /// Online now.
+        pub online: bool,
+        /// Its daemon answered (for ours: always); without an answer the counts are
+        /// absent, and `note` says why.
+        pub answered: bool,
+        /// The counters, as the session's own daemon keeps them (from when it opened).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub usage: Option<crate::message::SessionUsage>,
+        /// Why there are no counts (offline, no answer in time, not allowed).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        pub note: String,
+    }
+
+    /// `mesh_stats` result.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct MeshStatsResult {
+        /// The mesh.
+        pub mesh: MeshId,
+        /// Sessions listed as `peers` lists them (ours first).
+        pub peers: Vec<PeerUsage>,
+        /// Shared state: items per kind (`state`, `memories`, `tasks`, …).
+        pub shared: std::collections::BTreeMap<String, u64>,
+        /// Last applied sequence of the shared-state log.
+        pub log_seq: u64,
+        /// Own shared-state writes not yet sequenced.
+        pub log_pending: u64,
+    }
 
     /// A member in `mesh_info`.
     #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -293,6 +293,41 @@ pub const KIND_RECEIPT: &str = "receipt";
 /// Payload kind of a `ping_mesh` probe (sent by a daemon to itself through the relay;
 /// never stored or shown).
 pub const KIND_PROBE: &str = "probe";
+/// Payload kind of a `mesh_stats` question to a member's daemon (boxed to the member;
+/// the body is empty): answered with a [`KIND_STATS`] payload, never stored or shown.
+pub const KIND_STATS_ASK: &str = "stats_ask";
+/// Payload kind of the answer to a [`KIND_STATS_ASK`]: a [`StatsBody`].
+pub const KIND_STATS: &str = "stats";
+/// Most sessions one stats answer lists (more are left out).
+pub const MAX_STATS_SESSIONS: usize = 64;
+
+/// Body of a `stats` payload: a daemon's counters for its visible sessions, for the
+/// member that asked. Counts run from when each session opened on that daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsBody {
+    /// The question this answers.
+    pub of: MessageId,
+    /// One entry per visible session of the answering member on that daemon.
+    pub sessions: Vec<SessionUsage>,
+}
+
+/// Usage counters of one session, as its own daemon counts them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionUsage {
+    /// The session.
+    pub session: SessionId,
+    /// Since it opened (or reopened) on its daemon, ms.
+    pub uptime_ms: u64,
+    /// Messages it sent.
+    pub messages_out: u64,
+    /// Messages it received.
+    pub messages_in: u64,
+    /// Tool calls its MCP client made.
+    pub tool_calls: u64,
+    /// Of those, calls that failed.
+    pub tool_errors: u64,
+}
+
 /// Payload `kind` of reminders delivered by the scheduling member's daemon.
 pub const KIND_REMINDER: &str = "reminder";
 

@@ -290,7 +290,7 @@ async def shared_state(a, b, out, got):
     check(text(await b.call_tool("list_scheduled", {}))["reminders"] == [], "cancelled")
     check(text(await b.call_tool("recall", {"query": "parser"}))["memories"] == [], "forgotten")
     stats = text(await b.call_tool("mesh_stats", {}))
-    check(stats["seq"] == last["seq"] and stats["counts"]["tasks"] == 1, f"mesh_stats: {stats}")
+    check(stats["log_seq"] == last["seq"] and stats["shared"]["state"] == 1 and any(p["me"] and p["usage"]["tool_calls"] > 0 for p in stats["peers"]), f"mesh_stats: {stats}")
     audit = text(await b.call_tool("audit_log", {}))
     check(audit["first_broken"] is None and audit["checked"] == last["seq"], f"audit_log: {audit}")
     out["shared_ops"] = last["seq"]

@@ -17,6 +17,10 @@ pub(crate) enum Opened {
     Rows(Vec<InboxRow>),
     /// A receipt about a message we sent.
     Receipt(message::ReceiptBody),
+    /// A member's daemon asks for our sessions' usage (`mesh_stats`); sent at `sent_at`.
+    StatsAsk { sent_at: i64 },
+    /// A member's daemon answers our `mesh_stats` question.
+    Stats(message::StatsBody),
     /// Nothing for us (not addressed to us, not from a member, does not open).
     Nothing,
     /// Sealed under a key epoch newer than any this daemon has folded: its `key_epoch` op
@@ -37,7 +41,7 @@ pub(crate) fn open(m: &MeshCtx, env: &Envelope, at: i64, sender: Option<&Sender>
     match rows {
         Ok(r) if r.is_empty() => Opened::Nothing,
         Ok(r) => Opened::Rows(r),
-        Err(receipt) => Opened::Receipt(receipt),
+        Err(c) => c,
     }
 }
 
@@ -46,7 +50,7 @@ fn open_rows(
     env: &Envelope,
     at: i64,
     sender: Option<&Sender>,
-) -> Result<Vec<InboxRow>, message::ReceiptBody> {
+) -> Result<Vec<InboxRow>, Opened> {
     if !m.is_member(&env.from_member) {
         tracing::warn!(id = %env.id, from = %env.from_member.short(), "message from a non-member dropped");
         return Ok(Vec::new());
@@ -151,6 +155,19 @@ fn open_rows(
     // reminder a peer set for us is a message from that peer).
     p.body = claudemesh_schema::names::body(&p.body);
     p.to = claudemesh_schema::names::one_line(&p.to, 64);
+    // Stats questions and answers, like receipts, come boxed to our member.
+    if p.kind == message::KIND_STATS_ASK || p.kind == message::KIND_STATS {
+        if !matches!(env.to, Route::Member { .. }) || env.seal != Seal::Box {
+            return Ok(Vec::new());
+        }
+        if p.kind == message::KIND_STATS_ASK {
+            return Err(Opened::StatsAsk { sent_at: p.sent_at });
+        }
+        return match serde_json::from_str::<message::StatsBody>(&p.body) {
+            Ok(b) => Err(Opened::Stats(b)),
+            Err(_) => Ok(Vec::new()),
+        };
+    }
     p.kind = if p.kind == message::KIND_RECEIPT {
         message::KIND_RECEIPT.into()
     } else {
@@ -162,7 +179,7 @@ fn open_rows(
             && env.seal == Seal::Box
             && let Ok(r) = serde_json::from_str::<message::ReceiptBody>(&p.body)
         {
-            return Err(r);
+            return Err(Opened::Receipt(r));
         }
         return Ok(Vec::new());
     }

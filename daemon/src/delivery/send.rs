@@ -469,6 +469,7 @@ pub(crate) async fn send_as(
     if session != m.keys.session {
         crate::sessions::touch(d, &m, session).await;
     }
+    m.count_out(&session);
     if target.local_member {
         return send_to_own_person(d, &m, id, session, from_name, from_label, &target, &p, kind)
             .await;
@@ -596,10 +597,14 @@ pub(crate) async fn send_as(
         let mut plan = Handover::plan(d, &m, &mut local);
         let (targets, person) = plan.take_wake();
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let m3 = m.clone();
         d.store
             .insert_inbox_then(
                 local,
-                move |new| plan.push(new),
+                move |new| {
+                    m3.count_in(new);
+                    plan.push(new)
+                },
                 move |r| {
                     let _ = tx.send(r);
                 },
@@ -682,7 +687,7 @@ async fn deliver_here(
 ) -> Result<(), Error> {
     let mut plan = Handover::plan(d, m, rows);
     let (wake, person) = plan.take_wake();
-    let (d2, m2) = (d.clone(), m.clone());
+    let (d2, m2, m3) = (d.clone(), m.clone(), m.clone());
     let (tx, rx) = tokio::sync::oneshot::channel();
     d.store
         .deliver_local_then(
@@ -692,7 +697,10 @@ async fn deliver_here(
             p.priority,
             now,
             std::mem::take(rows),
-            move |new| plan.push(new),
+            move |new| {
+                m3.count_in(new);
+                plan.push(new)
+            },
             move |r| {
                 if r.is_ok() {
                     d2.arrived(&m2, &wake, person);
@@ -762,41 +770,15 @@ pub(crate) async fn send_receipts(d: &Arc<Daemon>, msgs: &[InboxMessage], read: 
             d.bump_changes();
             continue;
         }
-        let Ok(boxed) = m.boxes.to_member(&m.keys.member.box_secret(), &from) else {
-            continue;
-        };
-        let id = MessageId::new();
         let body = serde_json::to_string(&message::ReceiptBody {
             of: msg.id,
             stage: stage.into(),
             at: now,
         })
         .unwrap_or_default();
-        let payload = MessagePayload {
-            id,
-            from_session: msg.session,
-            from_name: String::new(),
-            from_label: String::new(),
-            to: "receipt".into(),
-            priority: message::Priority::Low,
-            sent_at: now,
-            kind: message::KIND_RECEIPT.into(),
-            body,
-            to_sessions: Vec::new(),
-        };
-        let Ok(ct) = message::seal_direct_with(&boxed, &payload) else {
-            continue;
-        };
-        let env = Envelope {
-            epoch: 0,
-            id,
-            from: msg.session,
-            from_member: m.member(),
-            to: Route::Member { member: from },
-            seal: Seal::Box,
-            ct,
-        };
-        let Ok(frame) = wire::encode(&ClientFrame::Send(env)) else {
+        let Some((id, frame)) =
+            boxed_to_member(&m, msg.session, &from, message::KIND_RECEIPT, body)
+        else {
             continue;
         };
         if d.store
@@ -805,7 +787,7 @@ pub(crate) async fn send_receipts(d: &Arc<Daemon>, msgs: &[InboxMessage], read: 
                 id,
                 frame.clone(),
                 "receipt".into(),
-                payload.priority,
+                message::Priority::Low,
                 now,
                 None,
             )
@@ -819,4 +801,42 @@ pub(crate) async fn send_receipts(d: &Arc<Daemon>, msgs: &[InboxMessage], read: 
                 .await;
         }
     }
+}
+
+/// A control payload (a receipt, a stats question or answer) from our session `from`,
+/// boxed to `to`'s member key (whichever of its daemons the relay hands it to opens it),
+/// as a `send` frame with its id. `None` if it cannot be sealed.
+pub(crate) fn boxed_to_member(
+    m: &MeshCtx,
+    from: SessionId,
+    to: &claudemesh_schema::crypto::MemberKey,
+    kind: &str,
+    body: String,
+) -> Option<(MessageId, Vec<u8>)> {
+    let boxed = m.boxes.to_member(&m.keys.member.box_secret(), to).ok()?;
+    let id = MessageId::new();
+    let payload = MessagePayload {
+        id,
+        from_session: from,
+        from_name: String::new(),
+        from_label: String::new(),
+        to: kind.into(),
+        priority: message::Priority::Low,
+        sent_at: now_ms(),
+        kind: kind.into(),
+        body,
+        to_sessions: Vec::new(),
+    };
+    let ct = message::seal_direct_with(&boxed, &payload).ok()?;
+    let env = Envelope {
+        epoch: 0,
+        id,
+        from,
+        from_member: m.member(),
+        to: Route::Member { member: *to },
+        seal: Seal::Box,
+        ct,
+    };
+    let frame = wire::encode(&ClientFrame::Send(env)).ok()?;
+    Some((id, frame))
 }

@@ -317,8 +317,9 @@ impl Outbound {
                 } else {
                     (None, Some(plan))
                 };
-                let (d2, m2) = (d.clone(), m.clone());
+                let (d2, m2, m3) = (d.clone(), m.clone(), m.clone());
                 let inserted = move |new: &[(MessageId, claudemesh_schema::SessionId)]| {
+                    m3.count_in(new);
                     if let Some(p) = late {
                         p.push(new);
                     }
@@ -359,6 +360,15 @@ impl Outbound {
                 if let Err(e) = res {
                     tracing::warn!(%id, error = %e, "cannot record a receipt; it stays at the relay");
                 }
+            }
+            Opened::StatsAsk { sent_at } => {
+                let _ = ack.send(id);
+                let (m2, from) = (m.clone(), env.from_member);
+                d.spawn(async move { crate::stats::answer(&m2, from, id, sent_at).await });
+            }
+            Opened::Stats(b) => {
+                let _ = ack.send(id);
+                crate::stats::answered(m, env.from_member, b);
             }
             // Not for us or not openable: acknowledge so the relay stops resending it.
             Opened::Nothing => {
