@@ -477,7 +477,15 @@ pub(crate) fn mesh_list(meshes: &[MeshInfo]) {
 fn link_text(m: &MeshStatus) -> String {
     use claudemesh_schema::ipc::methods::LinkState;
     match m.link {
-        LinkState::Connected => format!("connected ({})", m.transport.as_deref().unwrap_or("?")),
+        LinkState::Connected => match (&m.last_drop, m.links) {
+            (Some(why), n) if n > 1 => format!(
+                "connected ({}; reconnected {} time{}, last after: {why})",
+                m.transport.as_deref().unwrap_or("?"),
+                n - 1,
+                if n == 2 { "" } else { "s" }
+            ),
+            _ => format!("connected ({})", m.transport.as_deref().unwrap_or("?")),
+        },
         LinkState::Connecting => match &m.last_error {
             Some(e) => format!("reconnecting — last error: {e}"),
             None => "connecting".into(),

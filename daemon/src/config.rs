@@ -135,6 +135,8 @@ pub struct LinkConfig {
     pub ws_timeout_ms: u64,
     /// Longest pause between reconnect attempts, ms. Default 30000.
     pub max_backoff_ms: u64,
+    /// First pause after a link fails, ms (doubling up to `max_backoff_ms`). Default 250.
+    pub initial_backoff_ms: u64,
 }
 
 impl Default for LinkConfig {
@@ -145,6 +147,7 @@ impl Default for LinkConfig {
             quic_timeout_ms: 3000,
             ws_timeout_ms: 5000,
             max_backoff_ms: 30_000,
+            initial_backoff_ms: 250,
         }
     }
 }

@@ -32,6 +32,10 @@ pub(crate) struct LinkStatus {
     pub(crate) transport: Option<Transport>,
     pub(crate) last_error: Option<String>,
     pub(crate) skew_ms: Option<i64>,
+    /// Links made since the daemon started (a reconnect adds one).
+    pub(crate) links: u64,
+    /// Why the last link ended (kept while the next one is up).
+    pub(crate) last_end: Option<String>,
 }
 
 impl Default for LinkStatus {
@@ -41,6 +45,8 @@ impl Default for LinkStatus {
             transport: None,
             last_error: None,
             skew_ms: None,
+            links: 0,
+            last_end: None,
         }
     }
 }
@@ -215,6 +221,8 @@ pub(crate) struct MeshCtx {
     /// The mesh's relay changed (a `set_relay` record was folded): the link drops its
     /// connection, or its wait for the next attempt, and dials the new address at once.
     pub(crate) redial: tokio::sync::Notify,
+    /// Retry now if the link is waiting to (`debug link up`): the backoff starts again.
+    pub(crate) retry_now: tokio::sync::Notify,
 }
 
 /// Key epochs as this daemon holds them.

@@ -46,6 +46,8 @@ pub(crate) async fn status(d: &Arc<Daemon>) -> Result<StatusResult, Error> {
             log_seq,
             log_pending,
             presences_sent: x.presences_sent.load(std::sync::atomic::Ordering::Relaxed),
+            links: st.links,
+            last_drop: st.last_end,
         });
     }
     Ok(StatusResult {

@@ -199,7 +199,7 @@ pub async fn connect_quic(
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_cfg)
         .map_err(|e| fail(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-    cfg.transport_config(Arc::new(quic_transport()));
+    cfg.transport_config(Arc::new(quic_transport(Some(CLIENT_KEEP_ALIVE))));
     let bind: SocketAddr = if addr.is_ipv6() {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
@@ -226,12 +226,22 @@ pub async fn connect_quic(
     })
 }
 
-/// QUIC transport settings shared by client and relay: keepalives well inside the idle
-/// timeout so a quiet but healthy link stays up and a dead one is noticed.
-pub(crate) fn quic_transport() -> quinn::TransportConfig {
+/// How often a client's QUIC connection sends a packet when it has nothing else to send.
+/// A relay that restarted answers the next packet with a stateless reset (it keeps the
+/// keys that recognise its old connection ids), so this bounds how long a client goes on
+/// talking to a relay process that is gone: one small packet a second per idle link.
+pub const CLIENT_KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// Silence after which either side drops a QUIC connection (a relay machine that is gone
+/// sends no reset).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// QUIC transport settings shared by client and relay. Only clients send keep-alives
+/// (`keep_alive`): their packets keep the connection alive for both sides, and a relay
+/// with thousands of idle links sends nothing of its own.
+pub(crate) fn quic_transport(keep_alive: Option<Duration>) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(Duration::from_secs(10)));
-    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(30)) {
+    t.keep_alive_interval(keep_alive);
+    if let Ok(idle) = quinn::IdleTimeout::try_from(IDLE_TIMEOUT) {
         t.max_idle_timeout(Some(idle));
     }
     // One bidirectional stream per link, no unidirectional streams or datagrams: less

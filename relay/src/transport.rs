@@ -67,6 +67,25 @@ pub enum FrameReader {
     WsServer(SplitStream<axum::extract::ws::WebSocket>),
 }
 
+/// Why a QUIC read failed, in words that tell a restarted relay from a silent one (quinn's
+/// own text says "connection lost" for both).
+fn quic_read_error(e: &std::io::Error) -> String {
+    use quinn::ConnectionError as C;
+    match e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<quinn::ReadError>())
+    {
+        Some(quinn::ReadError::ConnectionLost(C::Reset)) => {
+            "the relay no longer knows this connection (a stateless reset: it restarted)".into()
+        }
+        Some(quinn::ReadError::ConnectionLost(C::TimedOut)) => {
+            "nothing heard from the relay within the idle timeout".into()
+        }
+        Some(quinn::ReadError::ConnectionLost(c)) => c.to_string(),
+        _ => e.to_string(),
+    }
+}
+
 impl FrameReader {
     /// The next frame; `None` when the peer closed cleanly.
     pub async fn next(&mut self) -> Option<Result<Bytes, ReadError>> {
@@ -82,7 +101,7 @@ impl FrameReader {
                             }) {
                                 ReadError::TooLarge
                             } else {
-                                ReadError::Io(e.to_string())
+                                ReadError::Io(quic_read_error(&e))
                             }
                         })
                     });

@@ -831,6 +831,12 @@ pub mod methods {
         /// opened or changed, and one per session at each link-up).
         #[serde(default)]
         pub presences_sent: u64,
+        /// Links to the relay made since the daemon started (each reconnect adds one).
+        #[serde(default)]
+        pub links: u64,
+        /// Why the last link that was up ended (kept while the next one is up).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub last_drop: Option<String>,
     }
 
     /// `status` result.

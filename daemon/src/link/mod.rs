@@ -33,7 +33,6 @@ use crate::shared::oplog::LinkOps;
 
 /// Client name sent in hellos.
 pub(crate) const CLIENT: &str = concat!("claudemesh/", env!("CARGO_PKG_VERSION"));
-const INITIAL_BACKOFF_MS: u64 = 250;
 /// After a refusal that will not fix itself soon.
 const LATER_MS: u64 = 300_000;
 const PING_EVERY: Duration = Duration::from_secs(15);
@@ -41,10 +40,41 @@ const IDLE_LIMIT: Duration = Duration::from_secs(45);
 /// Keepalive pings use ids far above request ids, so their pongs never answer a request.
 const KEEPALIVE: u64 = 1 << 62;
 
+/// Between half of `ms` and all of it ("equal jitter"): links that failed together do not
+/// retry together, and no wait is longer than the backoff it came from.
 fn jitter(ms: u64) -> Duration {
-    let r = u32::from_le_bytes(claudemesh_schema::crypto::random_bytes::<4>());
-    let factor = 0.5 + (r as f64 / u32::MAX as f64);
+    jittered(ms, random_unit())
+}
+
+/// A random number in [0, 1].
+fn random_unit() -> f64 {
+    u32::from_le_bytes(claudemesh_schema::crypto::random_bytes::<4>()) as f64 / u32::MAX as f64
+}
+
+fn jittered(ms: u64, unit: f64) -> Duration {
+    let factor = 0.5 + unit.clamp(0.0, 1.0) / 2.0;
     Duration::from_millis((ms as f64 * factor) as u64).max(Duration::from_millis(1))
+}
+
+/// The wait before the next attempt after one that took `spent` and failed: the jittered
+/// backoff less what the attempt itself took (a QUIC handshake that times out is part of
+/// the pause), so attempts start at most `backoff` apart, and `backoff` is capped.
+fn retry_wait(backoff: u64, unit: f64, spent: Duration) -> Duration {
+    jittered(backoff, unit).saturating_sub(spent)
+}
+
+/// The source address this machine would use to reach `to` now (`None`: no route). A
+/// change means the network changed (a Wi-Fi switch, a VPN, a cable): worth a retry at
+/// once. Connecting a UDP socket sends nothing.
+fn route_to(to: std::net::SocketAddr) -> Option<std::net::IpAddr> {
+    let any: std::net::SocketAddr = if to.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let s = std::net::UdpSocket::bind(any).ok()?;
+    s.connect(to).ok()?;
+    s.local_addr().ok().map(|a| a.ip())
 }
 
 /// Run the link of mesh `m` until the mesh is left or the daemon stops.
@@ -54,7 +84,9 @@ pub(crate) async fn run(
     mut rx: mpsc::Receiver<LinkCmd>,
     status: watch::Sender<LinkStatus>,
 ) {
-    let mut backoff = INITIAL_BACKOFF_MS;
+    let first = d.cfg.link.initial_backoff_ms.max(1);
+    let cap = d.cfg.link.max_backoff_ms.max(first);
+    let mut backoff = first;
     let opts = ConnectOptions {
         quic: d.cfg.link.quic,
         websocket: d.cfg.link.websocket,
@@ -100,6 +132,7 @@ pub(crate) async fn run(
             c = claudemesh_relay::connect(&dial, Some(fp), &opts) => c,
         };
         let started = Instant::now();
+        let links_before = status.borrow().links;
         let end = match conn {
             Ok(c) => {
                 tracing::debug!(transport = c.transport.as_str(), "connected to relay");
@@ -107,19 +140,26 @@ pub(crate) async fn run(
             }
             Err(e) => End::from(e),
         };
+        let started_up = status.borrow().links > links_before;
         let delay = match end.next() {
             Next::Stop => break,
             Next::Now => {
-                backoff = INITIAL_BACKOFF_MS;
+                backoff = first;
                 tracing::info!(relay = %lock(&m.row).relay, "the mesh's relay changed; dialling it");
                 continue;
             }
             Next::Retry => {
+                // A link that was up for a while starts the backoff again.
                 if started.elapsed() > Duration::from_secs(30) {
-                    backoff = INITIAL_BACKOFF_MS;
+                    backoff = first;
                 }
-                let dl = jitter(backoff);
-                backoff = (backoff * 2).min(d.cfg.link.max_backoff_ms.max(INITIAL_BACKOFF_MS));
+                let spent = if started_up {
+                    Duration::ZERO
+                } else {
+                    started.elapsed()
+                };
+                let dl = retry_wait(backoff, random_unit(), spent);
+                backoff = backoff.saturating_mul(2).min(cap);
                 dl
             }
             Next::Later => jitter(LATER_MS),
@@ -130,9 +170,20 @@ pub(crate) async fn run(
             s.state = LinkState::Connecting;
             s.transport = None;
             s.last_error = Some(err.clone());
+            if started_up {
+                s.last_end = Some(err.clone());
+            }
         });
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
+        // Where the relay is, to notice the network changing while we wait.
+        let relay_addr = tokio::net::lookup_host(dial.as_str())
+            .await
+            .ok()
+            .and_then(|mut a| a.next());
+        let route = relay_addr.and_then(route_to);
+        let mut look = tokio::time::interval(Duration::from_secs(1));
+        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -141,10 +192,23 @@ pub(crate) async fn run(
                     return;
                 }
                 _ = &mut sleep => break,
-                // The relay moved while this link waited to retry the old one.
+                // The relay moved while this link waited to retry the old one; or someone
+                // asked for a retry now (`debug link up`).
                 _ = m.redial.notified() => {
-                    backoff = INITIAL_BACKOFF_MS;
+                    backoff = first;
                     break;
+                }
+                _ = m.retry_now.notified() => {
+                    tracing::info!("retrying the relay link now, as asked");
+                    backoff = first;
+                    break;
+                }
+                _ = look.tick(), if relay_addr.is_some() => {
+                    if relay_addr.and_then(route_to) != route {
+                        tracing::info!("the network changed; retrying the relay link now");
+                        backoff = first;
+                        break;
+                    }
                 }
                 cmd = rx.recv() => match cmd {
                     None => return,
@@ -248,6 +312,7 @@ async fn run_connection(
         s.transport = Some(c.transport);
         s.last_error = None;
         s.skew_ms = Some(welcome.server_time - now_ms());
+        s.links += 1;
     });
     d.bump_changes();
     tracing::info!(transport = c.transport.as_str(), "relay link up");
@@ -550,4 +615,34 @@ async fn on_op_frame(
         }
         other => OpFrame::Other(other),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retry_wait;
+    use std::time::Duration;
+
+    #[test]
+    fn a_retry_never_waits_longer_than_its_backoff_and_counts_the_attempt() {
+        let ms = Duration::from_millis;
+        for (backoff, unit, spent, want) in [
+            // Equal jitter: between half the backoff and all of it.
+            (30_000, 0.0, ms(0), ms(15_000)),
+            (30_000, 1.0, ms(0), ms(30_000)),
+            (30_000, 7.0, ms(0), ms(30_000)),
+            (30_000, -1.0, ms(0), ms(15_000)),
+            (1_000, 0.5, ms(0), ms(750)),
+            // A handshake that timed out is part of the pause.
+            (30_000, 1.0, ms(8_000), ms(22_000)),
+            (1_000, 0.0, ms(3_000), ms(0)),
+            // Never zero from jitter alone.
+            (1, 0.0, ms(0), ms(1)),
+        ] {
+            assert_eq!(
+                retry_wait(backoff, unit, spent),
+                want,
+                "{backoff} {unit} {spent:?}"
+            );
+        }
+    }
 }

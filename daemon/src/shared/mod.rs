@@ -274,6 +274,10 @@ pub(crate) async fn link_pause(
 ) -> Result<serde_json::Value, Error> {
     let m = d.select(p.mesh.as_deref())?;
     m.paused.send_replace(p.paused);
+    if !p.paused && !m.link.connected() {
+        // A link waiting out its backoff tries again now.
+        m.retry_now.notify_one();
+    }
     tracing::info!(mesh = %m.id.short(), paused = p.paused, "relay link held down by request");
     Ok(serde_json::json!({ "mesh": m.id, "paused": p.paused }))
 }
