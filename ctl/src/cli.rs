@@ -986,6 +986,10 @@ pub(crate) struct SendArgs {
     /// Mesh name or id prefix (needed when you are in several).
     #[arg(long, add = ArgValueCandidates::new(crate::complete::meshes))]
     pub(crate) mesh: Option<String>,
+    /// An idempotency key of your choosing: sending again with the same key sends nothing
+    /// again and says how far the first got (retry with it after an error).
+    #[arg(long, value_name = "KEY")]
+    pub(crate) id: Option<String>,
     #[command(flatten)]
     pub(crate) json: JsonArg,
 }

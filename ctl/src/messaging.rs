@@ -37,6 +37,7 @@ pub(crate) async fn send(a: SendArgs) -> Res {
                 mesh: a.mesh,
                 session: None,
                 wait_ms: None,
+                id: a.id,
             },
         )
         .await?;
@@ -101,6 +102,7 @@ pub(crate) async fn reply(a: ReplyArgs) -> Res {
                 mesh: Some(msg.mesh.to_string()),
                 session: None,
                 wait_ms: None,
+                id: None,
             },
         )
         .await?;
@@ -117,6 +119,13 @@ pub(crate) async fn reply(a: ReplyArgs) -> Res {
 fn said(to: &str, r: &SendResult, json: bool) {
     if json {
         output::json("result", r);
+    } else if r.duplicate {
+        say!(
+            "already sent to {} under this --id: nothing sent again; it is {} (id {})",
+            r.recipients.join(", "),
+            r.stage.as_str(),
+            r.id.short()
+        );
     } else {
         let who = if r.recipients.is_empty() {
             to.to_string()

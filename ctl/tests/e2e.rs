@@ -565,6 +565,7 @@ fn a_daemon_hosts_several_sessions_each_a_peer() {
                     mesh: None,
                     session: Some(s1),
                     wait_ms: None,
+                    id: None,
                 },
             )
             .await
@@ -1009,6 +1010,7 @@ fn a_backlog_of_1100_is_all_pushed_and_all_marked_read() {
                         mesh: None,
                         session: None,
                         wait_ms: Some(0),
+                        id: None,
                     },
                 )
                 .await
@@ -1666,4 +1668,54 @@ fn debug_link_up_retries_a_waiting_link_at_once() {
     ann.ok(&["debug", "link", "up"]);
     ann.wait("link-up", None);
     assert_eq!(links(&ann).0, 2, "{}", ann.ok(&["status"]));
+}
+
+/// `send --id KEY`: a retry after a failed call sends nothing twice, even when the daemon
+/// died after recording the message and before answering.
+#[test]
+fn a_send_retried_with_its_idempotency_key_arrives_once() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, mut nodes) = mesh(bin(), root.path(), &["ann", "ben"], &[]);
+    let first = nodes[0].json(&["send", "ben", "once", "--id", "deploy-42"]);
+    assert!(first.get("duplicate").is_none(), "{first}");
+    let again = nodes[0].json(&["send", "ben", "once", "--id", "deploy-42"]);
+    assert_eq!(again["duplicate"], true, "{again}");
+    assert_eq!(again["id"], first["id"], "{again}");
+    let text = nodes[0].ok(&["send", "ben", "once", "--id", "deploy-42"]);
+    assert!(text.contains("nothing sent again"), "{text}");
+    // A new key is a new message (keys are per sending session).
+    let other = nodes[0].json(&["send", "ben", "twice", "--id", "deploy-43"]);
+    assert_ne!(other["id"], first["id"]);
+
+    // The call "fails" after the message is recorded: the link is down (queued) and the
+    // daemon is killed before anything else; the caller retries after the restart.
+    nodes[0].ok(&["debug", "link", "down"]);
+    let queued = nodes[0].json(&["send", "ben", "after a crash", "--id", "crash-1"]);
+    assert_eq!(queued["stage"], "queued", "{queued}");
+    nodes[0].kill();
+    nodes[0].start();
+    nodes[0].ok(&["debug", "link", "up"]);
+    let retried = nodes[0].json(&["send", "ben", "after a crash", "--id", "crash-1"]);
+    assert_eq!(retried["duplicate"], true, "{retried}");
+    assert_eq!(retried["id"], queued["id"]);
+    let st = nodes[0].json(&[
+        "sent",
+        queued["id"].as_str().unwrap(),
+        "--wait-for",
+        "delivered",
+    ]);
+    assert_eq!(st["stage"], "delivered", "{st}");
+    let (code, err) = nodes[0].fails(&["send", "ben", "x", "--id", &"k".repeat(129)]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("1 to 128"), "{err}");
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.extend(bodies(&nodes[1].inbox_wait()));
+    }
+    assert_eq!(got, ["once", "twice", "after a crash"]);
+    assert!(
+        nodes[1].inbox_peek().is_empty(),
+        "{:?}",
+        nodes[1].inbox_peek()
+    );
 }

@@ -446,10 +446,18 @@ fn mesh_stats_reports_each_sessions_messages_tool_calls_errors_and_uptime() {
     for body in ["one", "two"] {
         let (err, v) = a.tool(
             "send_message",
-            serde_json::json!({"to": "bob", "message": body}),
+            serde_json::json!({"to": "bob", "message": body, "id": format!("key-{body}")}),
         );
         assert!(!err, "{v}");
+        assert!(v.get("duplicate").is_none(), "{v}");
     }
+    // A retry with the same idempotency key sends nothing again (bob gets two, below).
+    let (err, v) = a.tool(
+        "send_message",
+        serde_json::json!({"to": "bob", "message": "two", "id": "key-two"}),
+    );
+    assert!(!err, "{v}");
+    assert_eq!(v["duplicate"], true, "{v}");
     let (err, _) = a.tool("set_status", serde_json::json!({"status": "asleep"}));
     assert!(err, "an unknown status is a failed call");
     nodes[1].ok(&["send", "alice-claude", "back"]);
@@ -467,7 +475,7 @@ fn mesh_stats_reports_each_sessions_messages_tool_calls_errors_and_uptime() {
             .cloned()
             .unwrap_or_else(|| panic!("no {name} in {v}"))
     };
-    // Its own view: this call counts too (send, send, set_status, wait, mesh_stats).
+    // Its own view: this call counts too (send ×3, set_status, wait, mesh_stats).
     let (err, v) = a.tool("mesh_stats", serde_json::json!({}));
     assert!(!err, "{v}");
     let own = row(&v, "alice-claude");
@@ -481,7 +489,7 @@ fn mesh_stats_reports_each_sessions_messages_tool_calls_errors_and_uptime() {
             &u["messages_in"]
         ),
         (
-            &serde_json::json!(5),
+            &serde_json::json!(6),
             &serde_json::json!(1),
             &serde_json::json!(2),
             &serde_json::json!(1)
@@ -497,7 +505,7 @@ fn mesh_stats_reports_each_sessions_messages_tool_calls_errors_and_uptime() {
     let theirs = row(&v, "alice-claude");
     assert_eq!(theirs["answered"], true, "{v}");
     assert_eq!(theirs["me"], false, "{v}");
-    assert_eq!(theirs["usage"]["tool_calls"], 5, "{v}");
+    assert_eq!(theirs["usage"]["tool_calls"], 6, "{v}");
     assert_eq!(theirs["usage"]["tool_errors"], 1, "{v}");
     assert_eq!(theirs["usage"]["messages_out"], 2, "{v}");
     assert_eq!(theirs["usage"]["messages_in"], 1, "{v}");

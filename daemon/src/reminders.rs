@@ -280,6 +280,7 @@ async fn fire(
                 mesh: Some(m.id.to_string()),
                 session: Some(session),
                 wait_ms: Some(0),
+                id: None,
             };
             match crate::delivery::send::send_as(d, p, id, KIND_REMINDER).await {
                 Ok(_) => {}

@@ -77,6 +77,10 @@ struct SendMessageArgs {
     /// Mesh name, when you are in several.
     #[serde(default)]
     mesh: Option<String>,
+    /// An idempotency key you choose (1-128 characters): retrying with the same key sends
+    /// nothing again and answers how far the first send got (`duplicate: true`).
+    #[serde(default)]
+    id: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -467,6 +471,7 @@ impl Shim {
             mesh: a.mesh,
             session: Some(s.id),
             wait_ms: None,
+            id: a.id,
         };
         self.call::<m::SendResult>(m::SEND, p).await
     }

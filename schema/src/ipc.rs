@@ -1262,6 +1262,11 @@ pub mod methods {
         /// How long to wait for the relay's acknowledgement before answering `queued`, ms.
         #[serde(default)]
         pub wait_ms: Option<u64>,
+        /// An idempotency key chosen by the caller (1–128 characters; a message id as
+        /// such is used as the id): a send repeated with the same key from the same session
+        /// sends nothing again and answers how far the first one got.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub id: Option<String>,
     }
 
     /// How far a message got.
@@ -1316,6 +1321,10 @@ pub mod methods {
         /// back (absent from older daemons).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         pub offline: Vec<String>,
+        /// This send repeated an idempotency key already sent: nothing was sent again, and
+        /// `stage` is how far the first one got.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        pub duplicate: bool,
     }
 
     /// `inbox` parameters.

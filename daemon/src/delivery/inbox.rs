@@ -658,8 +658,9 @@ impl Drop for Live {
 
 /// `message_status`: how far a message we sent got (optionally waiting for a stage).
 /// How far a sent message got, from its stored stages.
-fn status(id: MessageId, to: String, st: &store::SentStages) -> m::MessageStatusResult {
-    let stage = if st.read.is_some() {
+/// How far a sent message got, from its recorded stages.
+pub(crate) fn stage_of(st: &store::SentStages) -> m::Stage {
+    if st.read.is_some() {
         m::Stage::Read
     } else if st.surfaced.is_some() {
         m::Stage::Surfaced
@@ -669,10 +670,13 @@ fn status(id: MessageId, to: String, st: &store::SentStages) -> m::MessageStatus
         m::Stage::Relayed
     } else {
         m::Stage::Queued
-    };
+    }
+}
+
+fn status(id: MessageId, to: String, st: &store::SentStages) -> m::MessageStatusResult {
     m::MessageStatusResult {
         id,
-        stage,
+        stage: stage_of(st),
         queued_at: st.created,
         relayed_at: st.relayed,
         delivered_at: st.delivered,

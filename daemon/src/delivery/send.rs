@@ -296,7 +296,49 @@ fn resolve(
 /// Send a message: resolve, seal, commit to the outbox, hand to the link, and wait
 /// briefly for the relay's acknowledgement.
 pub(crate) async fn send(d: &Arc<Daemon>, p: SendParams) -> Result<SendResult, Error> {
-    send_as(d, p, MessageId::new(), "text").await
+    let Some(key) = p.id.as_deref() else {
+        return send_as(d, p, MessageId::new(), "text").await;
+    };
+    let id = idempotent_id(key, p.session)?;
+    // Sent before under this key: answer for that one. (Two sends racing with one key
+    // are not this case: a caller retries after an answer or a failure, not alongside;
+    // the second then fails on the outbox's unique id, and recipients dedupe by id.)
+    if let Some((mesh, to, st)) = d.store.read(move |c| store::q_sent_by_id(c, id)).await? {
+        return Ok(SendResult {
+            id,
+            mesh,
+            stage: crate::delivery::inbox::stage_of(&st),
+            recipients: vec![to],
+            local: 0,
+            offline: Vec::new(),
+            duplicate: true,
+        });
+    }
+    send_as(d, p, id, "text").await
+}
+
+/// The message id of idempotency key `key` sent by `session` (`None`: the daemon's own):
+/// a message id as such, else derived from the key and the session, so two sessions'
+/// keys never meet.
+pub(crate) fn idempotent_id(key: &str, session: Option<SessionId>) -> Result<MessageId, Error> {
+    let key = key.trim();
+    if key.is_empty() || key.chars().count() > 128 || key.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "an idempotency key (--id) is 1 to 128 printable characters",
+        ));
+    }
+    if let Ok(id) = key.parse::<MessageId>() {
+        return Ok(id);
+    }
+    let mut material = session.map_or([0u8; 16], |s| *s.as_bytes()).to_vec();
+    material.extend_from_slice(key.as_bytes());
+    let h = blake3::derive_key("claudemesh 2026 send idempotency key v1", &material);
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&h[..16]);
+    // A version-8 (custom) UUID: never mistaken for a time-ordered one.
+    b[6] = (b[6] & 0x0f) | 0x80;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    Ok(MessageId::from_bytes(b))
 }
 
 /// Send with a given message id (a resend after a crash dedupes on it) and payload kind.
@@ -630,6 +672,7 @@ pub(crate) async fn send_as(
         recipients: target.names,
         local: local_count,
         offline: target.offline,
+        duplicate: false,
     })
 }
 
@@ -670,6 +713,7 @@ async fn send_to_local_session(
         recipients: target.names.clone(),
         local: 1,
         offline: Vec::new(),
+        duplicate: false,
     })
 }
 
@@ -751,6 +795,7 @@ async fn send_to_own_person(
         recipients: target.names.clone(),
         local: 1,
         offline: Vec::new(),
+        duplicate: false,
     })
 }
 

@@ -326,6 +326,27 @@ pub(crate) fn q_sent_find(
     sent_rows(&mut stmt, params![hex])
 }
 
+/// A sent message by its full id: its mesh, recipient label and stages.
+pub(crate) fn q_sent_by_id(
+    conn: &Connection,
+    id: MessageId,
+) -> Result<Option<(MeshId, String, SentStages)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, to_label, created_at, relayed_at, delivered_at, surfaced_at, read_at FROM sent
+         WHERE id = ?1",
+    )?;
+    let Some((_, to, st)) = sent_rows(&mut stmt, params![id.as_bytes()])?
+        .into_iter()
+        .next()
+    else {
+        return Ok(None);
+    };
+    let mesh: Vec<u8> = conn
+        .prepare_cached("SELECT mesh FROM sent WHERE id = ?1")?
+        .query_row(params![id.as_bytes()], |r| r.get(0))?;
+    Ok(Some((id16(mesh, MeshId::from_slice, "mesh id")?, to, st)))
+}
+
 /// The `limit` messages sent last, newest first.
 pub(crate) fn q_sent_recent(
     conn: &Connection,

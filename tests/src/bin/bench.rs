@@ -166,6 +166,7 @@ async fn dm(bin: &Path) {
                     mesh: None,
                     session: None,
                     wait_ms: Some(2000),
+                    id: None,
                 },
             )
             .await
@@ -866,6 +867,7 @@ async fn mcp(bin: &Path) {
             mesh: None,
             session: None,
             wait_ms: Some(0),
+            id: None,
         };
         let _: m::SendResult = c.call(m::SEND, p).await.unwrap();
         loop {
@@ -1187,6 +1189,7 @@ async fn claude_code(bin: &Path) {
                     mesh: None,
                     session: None,
                     wait_ms: Some(0),
+                    id: None,
                 },
             )
             .await
@@ -1356,6 +1359,7 @@ async fn send_from(c: &mut Client, from: SessionId, to: &str, body: String) -> m
             mesh: None,
             session: Some(from),
             wait_ms: Some(0),
+            id: None,
         },
     )
     .await
@@ -1447,6 +1451,7 @@ async fn sessions(bin: &Path) {
                     mesh: None,
                     session: None,
                     wait_ms: Some(0),
+                    id: None,
                 },
             )
             .await
@@ -1573,6 +1578,7 @@ async fn sessions(bin: &Path) {
                     mesh: None,
                     session: None,
                     wait_ms: Some(0),
+                    id: None,
                 },
             )
             .await
