@@ -1719,3 +1719,31 @@ fn a_send_retried_with_its_idempotency_key_arrives_once() {
         nodes[1].inbox_peek()
     );
 }
+
+/// Receipts are store-and-forward: the sender's daemon is down when the recipient's
+/// acknowledges, and still learns `delivered` when it is back.
+#[test]
+fn a_sender_offline_when_its_message_is_delivered_learns_it_when_back() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, mut nodes) = mesh(bin(), root.path(), &["ann", "ben"], &[]);
+    nodes[1].stop();
+    nodes[0].wait("peer-offline", Some("ben"));
+    let sent = nodes[0].json(&["send", "ben", "while you were out"]);
+    assert_eq!(sent["stage"], "relayed", "{sent}");
+    let id = sent["id"].as_str().unwrap().to_string();
+    nodes[0].stop();
+    nodes[1].start();
+    // Looked at, not read: only the delivery receipt (the relay's) says anything.
+    let got = nodes[1].json(&["inbox", "--peek", "--wait", "20"]);
+    assert_eq!(
+        bodies(got["messages"].as_array().unwrap()),
+        ["while you were out"]
+    );
+    nodes[0].start();
+    let st = nodes[0].json(&["sent", &id, "--wait-for", "delivered", "--timeout", "20"]);
+    assert_eq!(st["stage"], "delivered", "{st}");
+    // Read now: the read receipt (boxed, through the outbox like a message) follows.
+    nodes[1].inbox_wait();
+    let st = nodes[0].json(&["sent", &id, "--wait-for", "read", "--timeout", "20"]);
+    assert_eq!(st["stage"], "read", "{st}");
+}

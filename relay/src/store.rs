@@ -7,11 +7,11 @@
 //! envelopes (ciphertext) until every recipient member has acknowledged them. Never a mesh
 //! key, never plaintext.
 
-use claudemesh_schema::crypto::MemberKey;
+use claudemesh_schema::crypto::{MemberKey, Signature};
 use claudemesh_schema::message::SignedPresence;
 use claudemesh_schema::migrations;
 use claudemesh_schema::roster::{InviteCap, MeshGenesis, RosterEntry};
-use claudemesh_schema::wire::{ClaimOutcome, ClaimRequest};
+use claudemesh_schema::wire::{ClaimOutcome, ClaimRequest, ReceiptSeen};
 use claudemesh_schema::{ClaimId, InviteId, MeshId, MessageId, OpId, SessionId};
 use rusqlite::{OptionalExtension, params};
 use std::collections::HashMap;
@@ -142,6 +142,31 @@ pub struct Acked {
     pub freed: Option<u64>,
 }
 
+/// What an acknowledgement leaves for each envelope's sender: a receipt, kept until the
+/// sender's daemon has it (see [`Store::receipts`]).
+#[derive(Debug, Clone, Default)]
+pub struct AckReceipts {
+    /// When the recipient acknowledged, unix ms.
+    pub at: i64,
+    /// The recipient's signed proofs, by envelope (forwarded, never checked here).
+    pub proofs: HashMap<MessageId, Signature>,
+    /// Kept for the sender until then, unix ms.
+    pub until: i64,
+}
+
+/// A receipt kept for a sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredReceipt {
+    /// The envelope.
+    pub id: MessageId,
+    /// The recipient member that acknowledged it.
+    pub member: MemberKey,
+    /// When, unix ms.
+    pub at: i64,
+    /// The recipient's proof, when it sent one.
+    pub proof: Option<Signature>,
+}
+
 /// Envelopes dropped by expiry, per mesh: count and bytes.
 pub type Pruned = HashMap<MeshId, (u64, u64)>;
 
@@ -223,14 +248,31 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<(MeshId, MemberKey)>, StoreError>> + Send;
     /// `done` runs once everything queued before it is committed.
     fn barrier(&self, done: Done<()>) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// A member acknowledged envelopes.
+    /// A member acknowledged envelopes: their mailbox rows go, and a receipt for each
+    /// envelope's sender is kept in the same transaction.
     fn ack(
         &self,
         mesh: MeshId,
         member: MemberKey,
         ids: Vec<MessageId>,
         dedupe_until: i64,
+        receipts: AckReceipts,
         done: Done<Vec<Acked>>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Receipts kept for `sender`, in (id, member) order after `after`.
+    fn receipts(
+        &self,
+        mesh: MeshId,
+        sender: MemberKey,
+        after: Option<ReceiptSeen>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<StoredReceipt>, StoreError>> + Send;
+    /// `sender`'s daemon has these receipts: stop keeping them.
+    fn receipts_seen(
+        &self,
+        mesh: MeshId,
+        sender: MemberKey,
+        seen: Vec<ReceiptSeen>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Envelopes waiting for `member`, oldest first, after `after`.
     fn mailbox(
@@ -832,12 +874,17 @@ impl Store for SqliteStore {
         member: MemberKey,
         ids: Vec<MessageId>,
         dedupe_until: i64,
+        receipts: AckReceipts,
         done: Done<Vec<Acked>>,
     ) -> Result<(), StoreError> {
         self.writer
             .call_then(
                 move |tx| {
                     let mut out = Vec::new();
+                    let mut keep = tx.prepare_cached(
+                        "INSERT OR IGNORE INTO receipts (mesh, sender, id, member, at, proof, expires_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )?;
                     let mut del = tx.prepare_cached(
                         "DELETE FROM mailbox WHERE mesh = ?1 AND member = ?2 AND id = ?3",
                     )?;
@@ -864,6 +911,15 @@ impl Store for SqliteStore {
                         let Ok(sender) = key_from(sender) else {
                             continue;
                         };
+                        keep.execute(params![
+                            mesh.as_bytes(),
+                            sender.0,
+                            id.as_bytes(),
+                            member.0,
+                            receipts.at,
+                            receipts.proofs.get(&id).map(|p| p.0.to_vec()),
+                            receipts.until
+                        ])?;
                         let remaining = left.exists(params![id.as_bytes()])?;
                         let freed = if remaining {
                             None
@@ -877,6 +933,78 @@ impl Store for SqliteStore {
                 },
                 move |r| done(r.map_err(StoreError::from)),
             )
+            .await?;
+        Ok(())
+    }
+
+    async fn receipts(
+        &self,
+        mesh: MeshId,
+        sender: MemberKey,
+        after: Option<ReceiptSeen>,
+        limit: usize,
+    ) -> Result<Vec<StoredReceipt>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, member, at, proof FROM receipts
+                 WHERE mesh = ?1 AND sender = ?2 AND (id, member) > (?3, ?4)
+                 ORDER BY id, member LIMIT ?5",
+            )?;
+            let (aid, amember) = after
+                .map(|a| (a.id.as_bytes().to_vec(), a.member.0.to_vec()))
+                .unwrap_or_default();
+            let rows = stmt.query_map(
+                params![mesh.as_bytes(), sender.0, aid, amember, limit as i64],
+                |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, Option<Vec<u8>>>(3)?,
+                    ))
+                },
+            )?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, member, at, proof) = row?;
+                let Some(id) = MessageId::from_slice(&id) else {
+                    continue;
+                };
+                let Ok(member) = key_from(member) else {
+                    continue;
+                };
+                // A proof of the wrong length is dropped: the sender would refuse it anyway.
+                let proof = proof
+                    .and_then(|p| <[u8; 64]>::try_from(p.as_slice()).ok())
+                    .map(Signature);
+                out.push(StoredReceipt {
+                    id,
+                    member,
+                    at,
+                    proof,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn receipts_seen(
+        &self,
+        mesh: MeshId,
+        sender: MemberKey,
+        seen: Vec<ReceiptSeen>,
+    ) -> Result<(), StoreError> {
+        self.writer
+            .call(move |tx| {
+                let mut del = tx.prepare_cached(
+                    "DELETE FROM receipts WHERE mesh = ?1 AND sender = ?2 AND id = ?3 AND member = ?4",
+                )?;
+                for r in seen {
+                    del.execute(params![mesh.as_bytes(), sender.0, r.id.as_bytes(), r.member.0])?;
+                }
+                Ok(())
+            })
             .await?;
         Ok(())
     }
@@ -936,6 +1064,11 @@ impl Store for SqliteStore {
                 };
                 tx.execute(
                     "DELETE FROM mailbox WHERE mesh = ?1 AND member = ?2",
+                    params![mesh.as_bytes(), member.0],
+                )?;
+                // Nor does it get receipts any more.
+                tx.execute(
+                    "DELETE FROM receipts WHERE mesh = ?1 AND sender = ?2",
                     params![mesh.as_bytes(), member.0],
                 )?;
                 let (mut n, mut bytes) = (0u64, 0u64);
@@ -1208,6 +1341,7 @@ impl Store for SqliteStore {
                 tx.execute("DELETE FROM messages WHERE expires_at < ?1", params![now])?;
                 tx.execute("DELETE FROM hello_nonces WHERE expires_at < ?1", params![now])?;
                 tx.execute("DELETE FROM claims WHERE expires_at < ?1", params![now])?;
+                tx.execute("DELETE FROM receipts WHERE expires_at < ?1", params![now])?;
                 tx.execute(
                     "DELETE FROM ops WHERE op = X'' AND at < ?1",
                     params![op_ids_before],
@@ -1246,6 +1380,86 @@ mod tests {
         .await
         .unwrap();
         rx.await.unwrap().unwrap()
+    }
+
+    /// A receipt outlives the envelope it is about until its sender has it (or it expires).
+    #[tokio::test]
+    async fn an_ack_keeps_a_receipt_for_the_sender_until_it_is_seen_or_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("r.db"), Durability::Normal).unwrap();
+        let (mesh, sender, to) = (MeshId::new(), MemberKey([1; 32]), MemberKey([2; 32]));
+        let (one, two) = (MessageId::new(), MessageId::new());
+        for id in [one, two] {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            s.put_envelope(
+                NewEnvelope {
+                    id,
+                    mesh,
+                    sender,
+                    envelope: bytes::Bytes::from_static(b"{}"),
+                    recipients: vec![to],
+                    at: 1,
+                    expires_at: 1_000,
+                },
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            )
+            .await
+            .unwrap();
+            rx.await.unwrap().unwrap();
+        }
+        let proof = Signature([7; 64]);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let receipts = AckReceipts {
+            at: 5,
+            proofs: [(one, proof)].into_iter().collect(),
+            until: 100,
+        };
+        s.ack(
+            mesh,
+            to,
+            vec![one, two],
+            10,
+            receipts,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(rx.await.unwrap().unwrap().len(), 2);
+        let kept = s.receipts(mesh, sender, None, 10).await.unwrap();
+        let mut want = vec![
+            StoredReceipt {
+                id: one,
+                member: to,
+                at: 5,
+                proof: Some(proof),
+            },
+            StoredReceipt {
+                id: two,
+                member: to,
+                at: 5,
+                proof: None,
+            },
+        ];
+        want.sort_by_key(|r| r.id);
+        assert_eq!(kept, want);
+        // Paged by (id, member); nothing is kept for the recipient.
+        let after = ReceiptSeen {
+            id: want[0].id,
+            member: to,
+        };
+        assert_eq!(
+            s.receipts(mesh, sender, Some(after), 10).await.unwrap(),
+            want[1..]
+        );
+        assert!(s.receipts(mesh, to, None, 10).await.unwrap().is_empty());
+        s.receipts_seen(mesh, sender, vec![after]).await.unwrap();
+        assert_eq!(s.receipts(mesh, sender, None, 10).await.unwrap(), want[1..]);
+        s.prune(101, 0).await.unwrap();
+        assert!(s.receipts(mesh, sender, None, 10).await.unwrap().is_empty());
     }
 
     #[tokio::test]

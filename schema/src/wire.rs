@@ -526,6 +526,18 @@ pub enum ClaimOutcome {
     },
 }
 
+/// One receipt named in [`ClientFrame::ReceiptsSeen`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ReceiptSeen {
+    /// The envelope the receipt is about.
+    pub id: MessageId,
+    /// The recipient member that acknowledged it.
+    pub member: MemberKey,
+}
+
+/// Most receipts one `receipts_seen` frame names.
+pub const MAX_RECEIPTS_SEEN: usize = 4096;
+
 /// Frames a client sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
@@ -557,6 +569,12 @@ pub enum ClientFrame {
         /// the relay. Empty from daemons before proofs.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         proofs: Vec<Signature>,
+    },
+    /// Receipts this daemon has recorded (each a `receipt` frame it was sent): the relay
+    /// stops keeping them. Until then it sends them again at every link.
+    ReceiptsSeen {
+        /// Which: the envelope and the member whose acknowledgement it reported.
+        receipts: Vec<ReceiptSeen>,
     },
     /// Publish or update a session's presence.
     Presence(SignedPresence),

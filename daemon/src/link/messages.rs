@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use claudemesh_relay::Connection;
 use claudemesh_schema::MessageId;
-use claudemesh_schema::wire::{Envelope, ErrorCode};
+use claudemesh_schema::wire::{Envelope, ErrorCode, ReceiptSeen};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +43,9 @@ pub(super) struct Outbound {
     /// Received envelopes committed to the inbox, to acknowledge.
     pub(super) acks: mpsc::UnboundedReceiver<MessageId>,
     ack_tx: mpsc::UnboundedSender<MessageId>,
+    /// Receipts recorded (or refused for good), to tell the relay it need not keep them.
+    pub(super) seen: mpsc::UnboundedReceiver<ReceiptSeen>,
+    seen_tx: mpsc::UnboundedSender<ReceiptSeen>,
 }
 
 impl Outbound {
@@ -82,12 +85,15 @@ impl Outbound {
             );
         }
         let (ack_tx, acks) = mpsc::unbounded_channel();
+        let (seen_tx, seen) = mpsc::unbounded_channel();
         let mut out = Self {
             in_flight: HashMap::with_capacity(queued.len()),
             done: Default::default(),
             later: BTreeMap::new(),
             acks,
             ack_tx,
+            seen,
+            seen_tx,
         };
         for (id, frame) in queued {
             let frame = Bytes::from(frame);
@@ -219,7 +225,8 @@ impl Outbound {
         }
     }
 
-    /// A recipient daemon acknowledged envelope `id` we sent.
+    /// A recipient daemon acknowledged envelope `id` we sent: recorded, then the relay
+    /// hears it need not keep the receipt (a crash before the commit gets it again).
     pub(super) async fn delivered(
         &self,
         d: &Arc<Daemon>,
@@ -228,11 +235,13 @@ impl Outbound {
         at: i64,
     ) {
         let d2 = d.clone();
+        let seen = self.seen_tx.clone();
         let r = d
             .store
             .delivered_then(id, member, at, move |r| {
                 if r.is_ok() {
                     d2.bump_changes();
+                    let _ = seen.send(ReceiptSeen { id, member });
                 }
             })
             .await;
@@ -384,6 +393,32 @@ impl Outbound {
             }
         }
     }
+}
+
+impl Outbound {
+    /// A receipt this daemon will never record (no proof): the relay may forget it.
+    pub(super) fn ignore_receipt(
+        &self,
+        id: MessageId,
+        member: claudemesh_schema::crypto::MemberKey,
+    ) {
+        let _ = self.seen_tx.send(ReceiptSeen { id, member });
+    }
+}
+
+/// Take up to [`wire::MAX_RECEIPTS_SEEN`] receipts that are ready now, after `first`.
+pub(super) fn seen_batch(
+    first: ReceiptSeen,
+    rx: &mut mpsc::UnboundedReceiver<ReceiptSeen>,
+) -> Vec<ReceiptSeen> {
+    let mut v = vec![first];
+    while v.len() < claudemesh_schema::wire::MAX_RECEIPTS_SEEN {
+        match rx.try_recv() {
+            Ok(r) => v.push(r),
+            Err(_) => break,
+        }
+    }
+    v
 }
 
 /// Take up to [`ACK_BATCH`] ids that are ready now, after `first`.

@@ -358,6 +358,10 @@ async fn run_connection(
                     .collect();
                 write(c, &ClientFrame::Ack { ids, proofs }).await
             }
+            Some(first) = out.seen.recv() => {
+                let receipts = messages::seen_batch(first, &mut out.seen);
+                write(c, &ClientFrame::ReceiptsSeen { receipts }).await
+            }
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
                 out.retry_due(c).await
             }
@@ -493,6 +497,7 @@ async fn frame(
                 out.delivered(d, id, member, at).await;
             } else {
                 tracing::debug!(%id, "a delivery report without the recipient's proof; ignored");
+                out.ignore_receipt(id, member);
             }
         }
         RelayFrame::Ok { rid } => {

@@ -338,6 +338,12 @@ impl<S: Store> Conn<S> {
         let entry2 = entry.clone();
         let hub = self.hub.clone();
         let dedupe_until = now + self.hub.cfg.dedupe_window_secs as i64 * 1000;
+        // Kept for the sender as long as an envelope would be kept for a recipient.
+        let receipts = crate::store::AckReceipts {
+            at: now,
+            proofs: proofs.clone(),
+            until: now + self.hub.cfg.message_ttl_secs as i64 * 1000,
+        };
         let res = self
             .hub
             .store
@@ -346,6 +352,7 @@ impl<S: Store> Conn<S> {
                 member,
                 ids,
                 dedupe_until,
+                receipts,
                 Box::new(move |r| {
                     let Ok(acked) = r else { return };
                     let mut st = lock(&entry2.state);
@@ -368,6 +375,29 @@ impl<S: Store> Conn<S> {
             )
             .await;
         if let Err(e) = res {
+            tracing::error!(error = %e, "store unavailable");
+        }
+    }
+
+    /// The sender's daemon recorded these receipts: they are not kept for it any more.
+    pub(super) async fn receipts_seen(
+        &mut self,
+        mesh: MeshId,
+        member: MemberKey,
+        receipts: Vec<wire::ReceiptSeen>,
+    ) {
+        if receipts.len() > wire::MAX_RECEIPTS_SEEN {
+            self.error(
+                None,
+                ErrorCode::BadFrame,
+                &format!(
+                    "receipts_seen names at most {} receipts; this one was ignored",
+                    wire::MAX_RECEIPTS_SEEN
+                ),
+            );
+            return;
+        }
+        if let Err(e) = self.hub.store.receipts_seen(mesh, member, receipts).await {
             tracing::error!(error = %e, "store unavailable");
         }
     }
@@ -488,5 +518,48 @@ pub(super) fn resolve(
             .map(|(m, _)| *m)
             .filter(|m| m != sender)
             .collect()),
+    }
+}
+
+/// Receipts kept for `member` (the sender of what they are about): sent at each of its
+/// links until its daemon says it has them.
+pub(super) async fn replay_receipts<S: Store>(
+    hub: Arc<Hub<S>>,
+    link: LinkHandle,
+    mesh: MeshId,
+    member: MemberKey,
+) {
+    let mut after = None;
+    loop {
+        let page = match hub.store.receipts(mesh, member, after, MAILBOX_PAGE).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read kept receipts");
+                return;
+            }
+        };
+        let full = page.len() == MAILBOX_PAGE;
+        for r in &page {
+            let Some(f) = frame(&RelayFrame::Receipt {
+                id: r.id,
+                member: r.member,
+                at: r.at,
+                proof: r.proof,
+            }) else {
+                continue;
+            };
+            if link.send_data(None, f).await.is_err() {
+                return;
+            }
+        }
+        match page.last() {
+            Some(last) if full => {
+                after = Some(wire::ReceiptSeen {
+                    id: last.id,
+                    member: last.member,
+                })
+            }
+            _ => return,
+        }
     }
 }

@@ -261,6 +261,13 @@ impl<S: Store> Conn<S> {
         for f in &claims {
             self.push(f);
         }
+        // Receipts kept for this member while it was away (or not yet confirmed).
+        self.hub.spawn(super::envelopes::replay_receipts(
+            self.hub.clone(),
+            self.link.clone(),
+            h.mesh,
+            h.member,
+        ));
         if !first.is_empty() {
             self.drain = Some(self.hub.spawn(replay_mailbox(
                 self.hub.clone(),

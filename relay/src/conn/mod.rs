@@ -417,6 +417,10 @@ impl<S: Store> Conn<S> {
                         self.ack(mesh, &entry, member, ids, proofs).await;
                         Ok(())
                     }
+                    ClientFrame::ReceiptsSeen { receipts } => {
+                        self.receipts_seen(mesh, member, receipts).await;
+                        Ok(())
+                    }
                     ClientFrame::Presence(p) => self.presence(mesh, &entry, member, p).await,
                     ClientFrame::Depart { session } => {
                         self.depart(mesh, &entry, member, session).await;
