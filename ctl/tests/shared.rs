@@ -616,3 +616,69 @@ fn a_shared_write_names_the_key_that_signed_it_not_only_the_name_it_claims() {
     assert!(shown.contains(&ben_fp), "{shown}");
     assert!(!shown.contains(&ann_fp), "{shown}");
 }
+
+fn daemon_log(n: &Node) -> String {
+    let mut all = String::new();
+    for e in std::fs::read_dir(n.dir.join("logs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        all.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+    }
+    all
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// "The relay's log is behind this daemon's" is for a relay that lost ops (restored from
+/// an old backup), said once per link; reconnects while others write (live ops overtaking
+/// the catch-up page) never raise it.
+#[test]
+fn only_a_relay_that_lost_ops_is_reported_behind() {
+    const BEHIND: &str = "the relay's log is behind";
+    let root = tempfile::tempdir().unwrap();
+    let (mut relay, nodes) = mesh(bin(), root.path(), &["ann", "ben"], &[]);
+    let (ann, ben) = (&nodes[0], &nodes[1]);
+    for i in 0..6 {
+        ann.ok(&["debug", "link", "down"]);
+        for j in 0..5 {
+            ben.ok(&["state", "set", &format!("k{i}-{j}"), "1"]);
+        }
+        ann.ok(&["debug", "link", "up"]);
+        for j in 0..5 {
+            ben.ok(&["state", "set", &format!("live{i}-{j}"), "1"]);
+        }
+    }
+    all_synced(&nodes, ben);
+    assert_eq!(state_value(ann, "live5-4"), 1);
+    assert!(!daemon_log(ann).contains(BEHIND), "{}", daemon_log(ann));
+
+    // A backup of the relay, more writes, then the backup put back: the relay lost them.
+    relay.stop();
+    let backup = root.path().join("relay-backup");
+    copy_dir(&relay.data_dir, &backup);
+    relay.restart();
+    ben.ok(&["state", "set", "after-the-backup", "1"]);
+    all_synced(&nodes, ben);
+    relay.stop();
+    copy_dir(&backup, &relay.data_dir);
+    relay.restart();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !daemon_log(ann).contains(BEHIND) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ann never said the relay is behind: {}",
+            daemon_log(ann)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(daemon_log(ann).matches(BEHIND).count(), 1, "once per link");
+}

@@ -63,6 +63,15 @@ pub struct SequencedOp {
     pub op: OpEnvelope,
 }
 
+/// Has a daemon applied ops (up to `next - 1`) that its relay never showed on the current
+/// link (`shown`: the highest sequence in any op or page head it sent)? Then the relay's
+/// log is behind the daemon's: restored from an old backup, or another relay. A page's
+/// head alone says nothing: it was read before the page was sent, and live ops sequenced
+/// since overtake it.
+pub fn relay_behind(shown: u64, next: u64) -> bool {
+    shown.saturating_add(1) < next
+}
+
 /// Puts sequenced ops that arrive in any order, duplicated, back in sequence order: a
 /// daemon applies ops only in sequence, while live fan-out and catch-up pages interleave.
 #[derive(Debug, Default)]
@@ -515,6 +524,21 @@ pub fn open_snapshot(
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
+
+    #[test]
+    fn a_relay_is_behind_only_when_it_never_showed_what_was_applied() {
+        for (shown, next, behind, case) in [
+            (0, 1, false, "nothing applied, nothing shown"),
+            (10, 11, false, "applied up to the head"),
+            // Live op 11 overtook the page whose head (10) was read before it.
+            (11, 12, false, "live ops overtook the page head"),
+            (5, 12, true, "applied 11, the relay showed at most 5"),
+            (10, 12, true, "one op the relay never showed"),
+            (u64::MAX, u64::MAX, false, "no overflow"),
+        ] {
+            assert_eq!(super::relay_behind(shown, next), behind, "{case}");
+        }
+    }
 
     fn sequenced(seq: u64) -> SequencedOp {
         SequencedOp {

@@ -56,6 +56,12 @@ pub(crate) struct LinkOps {
     download: Option<(u64, MemberKey, u32, Vec<u8>, u32)>,
     /// Audit reads waiting for their page.
     pub(crate) reads: HashMap<u64, oneshot::Sender<Result<OpPage, RelayRefusal>>>,
+    /// The highest sequence this relay has shown on this link (in ops or as a head). A
+    /// page's head was read before the page was sent, so live ops sequenced since can
+    /// overtake it: only what the relay never showed means its log is behind ours.
+    shown: u64,
+    /// The relay was found behind this daemon, and said so once.
+    behind: bool,
 }
 
 /// Append `op` by `session` (a local session of `m`) to the mesh's log. Durable when this
@@ -295,15 +301,22 @@ impl LinkOps {
         ops: Vec<SequencedOp>,
         head: Option<u64>,
     ) -> Result<Option<ClientFrame>, Withheld> {
+        let newest = ops.iter().map(|o| o.seq).max().unwrap_or(0);
+        self.shown = self.shown.max(newest).max(head.unwrap_or(0));
         let run = self.order.push(ops);
         if !run.is_empty() {
             submit(d, m, run).await?;
         }
         let next = self.order.next;
-        if let Some(h) = head
-            && h + 1 < next
-        {
-            tracing::error!(mesh = %m.id.short(), relay_head = h, applied = next - 1, "the relay's log is behind this daemon's (restored from an old backup, or another relay?); new ops will not apply until that is fixed");
+        if let Some(h) = head {
+            if claudemesh_schema::op::relay_behind(self.shown, next) {
+                if !self.behind {
+                    tracing::error!(mesh = %m.id.short(), relay_head = h, applied = next - 1, "the relay's log is behind this daemon's (restored from an old backup, or another relay?); new ops will not apply until that is fixed");
+                }
+                self.behind = true;
+            } else {
+                self.behind = false;
+            }
         }
         let gap =
             !self.stalled && (head.is_some_and(|h| next <= h) || self.order.waiting() > MAX_AHEAD);
