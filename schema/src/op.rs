@@ -536,7 +536,7 @@ mod tests {
             (10, 12, true, "one op the relay never showed"),
             (u64::MAX, u64::MAX, false, "no overflow"),
         ] {
-            assert_eq!(super::relay_behind(shown, next), behind, "{case}");
+            assert_eq!(relay_behind(shown, next), behind, "{case}");
         }
     }
 
