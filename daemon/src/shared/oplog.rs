@@ -309,7 +309,7 @@ impl LinkOps {
         }
         let next = self.order.next;
         if let Some(h) = head {
-            if claudemesh_schema::op::relay_behind(self.shown, next) {
+            if op::relay_behind(self.shown, next) {
                 if !self.behind {
                     tracing::error!(mesh = %m.id.short(), relay_head = h, applied = next - 1, "the relay's log is behind this daemon's (restored from an old backup, or another relay?); new ops will not apply until that is fixed");
                 }
