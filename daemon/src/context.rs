@@ -231,6 +231,10 @@ pub(crate) struct Daemon {
     pub(crate) paths: Paths,
     pub(crate) cfg: DaemonConfig,
     pub(crate) store: Store,
+    /// Whether store writes are failing now (see `recovery`).
+    pub(crate) store_health: Mutex<crate::recovery::StoreHealth>,
+    /// A store fault began: wakes `recovery::run`.
+    pub(crate) store_fault: tokio::sync::Notify,
     pub(crate) meshes: RwLock<HashMap<MeshId, Arc<MeshCtx>>>,
     pub(crate) started: Instant,
     pub(crate) shutdown: CancellationToken,

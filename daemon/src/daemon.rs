@@ -200,6 +200,8 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
         paths: paths.clone(),
         cfg,
         store: store.clone(),
+        store_health: Default::default(),
+        store_fault: Default::default(),
         meshes: RwLock::new(HashMap::new()),
         started: Instant::now(),
         shutdown: CancellationToken::new(),
@@ -247,6 +249,7 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
     let server = tokio::spawn(crate::rpc::serve(daemon.clone(), listener));
     daemon.tasks.spawn(crate::sessions::sweeper(daemon.clone()));
     daemon.tasks.spawn(crate::reminders::run(daemon.clone()));
+    daemon.tasks.spawn(crate::recovery::run(daemon.clone()));
     daemon
         .tasks
         .spawn(crate::delivery::inbox::retention(daemon.clone()));

@@ -29,6 +29,7 @@ mod membership;
 mod mesh;
 pub mod paths;
 mod peers;
+mod recovery;
 mod reminders;
 mod rpc;
 mod sessions;

@@ -85,6 +85,8 @@ pub(crate) enum LinkCmd {
     ReadOps(u64, u32, oneshot::Sender<Result<OpPage, RelayRefusal>>),
     /// Upload a sealed snapshot (its parts, in order).
     Snapshot(Vec<Bytes>),
+    /// Ask the relay for its mailbox again (envelopes this daemon could not store).
+    Redeliver,
 }
 
 /// One page of the relay's log, as read for an audit.
@@ -113,6 +115,7 @@ impl std::fmt::Debug for LinkCmd {
             Self::Op(id, _) => write!(f, "Op({id:?})"),
             Self::ReadOps(from, limit, _) => write!(f, "ReadOps({from}, {limit})"),
             Self::Snapshot(parts) => write!(f, "Snapshot({} parts)", parts.len()),
+            Self::Redeliver => f.write_str("Redeliver"),
         }
     }
 }

@@ -661,6 +661,8 @@ pub(crate) struct Hub<S> {
     pub(crate) budget: Arc<QueueBudget>,
     /// Bytes stored, against the disk budget.
     pub(crate) disk: DiskUsage,
+    /// Envelopes failing to store (a full disk): senders back off.
+    pub(crate) storage: Mutex<crate::limits::StorageFault>,
     /// Every task the relay spawns, so shutdown waits for them.
     pub(crate) tasks: TaskTracker,
 }
@@ -795,6 +797,7 @@ impl<S: Store> Hub<S> {
             budget: QueueBudget::new(cfg.queued_bytes_budget),
             accepts: Mutex::new(KeyedLimiter::new(cfg.accept_rate, cfg.accept_burst)),
             disk,
+            storage: Default::default(),
             tasks: TaskTracker::new(),
             cfg,
         }

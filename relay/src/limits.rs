@@ -275,6 +275,58 @@ impl NonceCache {
     }
 }
 
+/// The store failing to take envelopes (a full disk): while it lasts, senders are told to
+/// retry after a wait that doubles (1 s to 60 s) instead of every second, nothing is
+/// forwarded for a send that cannot be stored (each resend would reach the recipient
+/// again), and the fault is said at most once a minute.
+#[derive(Debug, Default)]
+pub(crate) struct StorageFault {
+    /// Sends are refused until then (the first one after it is tried: the probe).
+    until: Option<Instant>,
+    wait: Duration,
+    said: Option<Instant>,
+}
+
+impl StorageFault {
+    const FIRST: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_secs(60);
+
+    /// A send now is refused for this long, ms (`None`: try it).
+    pub(crate) fn refusing(&self, now: Instant) -> Option<u64> {
+        self.until
+            .filter(|u| *u > now)
+            .map(|u| (u - now).as_millis() as u64 + 1)
+    }
+
+    /// A store write failed: how long senders wait (ms), and whether to say so now. Writes
+    /// that were under way when the wait began fail within it and do not lengthen it:
+    /// the wait doubles only when a probe after it fails.
+    pub(crate) fn failed(&mut self, now: Instant) -> (u64, bool) {
+        if let Some(ms) = self.refusing(now) {
+            return (ms, false);
+        }
+        self.wait = if self.wait.is_zero() {
+            Self::FIRST
+        } else {
+            (self.wait * 2).min(Self::MAX)
+        };
+        self.until = Some(now + self.wait);
+        let say = self
+            .said
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60));
+        if say {
+            self.said = Some(now);
+        }
+        (self.wait.as_millis() as u64, say)
+    }
+
+    /// A store write worked: true if that ends a fault.
+    pub(crate) fn worked(&mut self) -> bool {
+        self.until = None;
+        !std::mem::take(&mut self.wait).is_zero()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,5 +396,37 @@ mod tests {
         // After expiry the entry is forgotten (timestamps outside the window are refused
         // by the hello check before the nonce matters).
         assert!(c.insert([1; 16], 101, 201));
+    }
+
+    #[test]
+    fn a_storage_fault_backs_senders_off_and_is_said_once_a_minute() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut f = StorageFault::default();
+        assert_eq!(f.refusing(t0), None);
+        assert_eq!(f.failed(t0), (1_000, true));
+        assert!(f.refusing(t0).is_some_and(|ms| ms > 900 && ms <= 1_001));
+        // Writes under way when it began fail inside the wait: it stays as it is.
+        let (ms, say) = f.failed(t0 + Duration::from_millis(10));
+        assert!(ms <= 991 && !say, "{ms}");
+        assert_eq!(f.refusing(t0 + s(1)), None, "then one send probes");
+        assert_eq!(f.failed(t0 + s(1)), (2_000, false));
+        // Each probe after a wait fails: the wait doubles, up to a minute.
+        let mut at = t0 + s(3);
+        for want in [4_000, 8_000, 16_000, 32_000, 60_000, 60_000] {
+            assert_eq!(f.failed(at).0, want);
+            at += Duration::from_millis(want);
+        }
+        assert!(f.worked());
+        assert_eq!(f.refusing(at), None);
+        assert!(!f.worked(), "nothing to end");
+        assert_eq!(f.failed(at).0, 1_000, "a new fault starts over");
+        // Said at most once a minute, however many faults.
+        let mut g = StorageFault::default();
+        assert!(g.failed(t0).1);
+        assert!(g.worked());
+        assert!(!g.failed(t0 + s(30)).1);
+        assert!(g.worked());
+        assert!(g.failed(t0 + s(61)).1);
     }
 }

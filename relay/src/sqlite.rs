@@ -198,6 +198,7 @@ impl Writer {
         let handle = std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
+                let mut said = None;
                 while let Some(first) = rx.blocking_recv() {
                     let mut batch = vec![first];
                     while batch.len() < MAX_BATCH {
@@ -206,7 +207,7 @@ impl Writer {
                             Err(_) => break,
                         }
                     }
-                    run_batch(&mut conn, batch);
+                    run_batch(&mut conn, batch, &mut said);
                 }
             })?;
         Ok((Self { tx }, handle))
@@ -345,7 +346,9 @@ impl Readers {
     }
 }
 
-fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
+/// Commit failures are said at most once a minute (a full disk fails most batches until
+/// space is freed; each caller hears its own failure): `said` is when one was last said.
+fn run_batch(conn: &mut Connection, batch: Vec<Job>, said: &mut Option<std::time::Instant>) {
     let mut completions = Vec::with_capacity(batch.len());
     // IMMEDIATE: take the write lock up front (waiting for it under the busy timeout). A
     // deferred batch that read first would fail at once with SQLITE_BUSY when another
@@ -354,7 +357,9 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
-            tracing::error!(error = %e, "cannot begin a store transaction");
+            if say_now(said) {
+                tracing::error!(error = %e, "cannot begin a store transaction (said at most once a minute)");
+            }
             let msg = format!("cannot begin a transaction: {e}");
             for job in batch {
                 let (_, c) = job(Err(msg.clone()));
@@ -384,11 +389,25 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
     }
     let commit = tx.commit().map_err(|e| e.to_string());
     if let Err(e) = &commit {
-        tracing::error!(error = %e, "store commit failed; writes in this batch are not durable");
+        if say_now(said) {
+            tracing::error!(error = %e, "store commit failed; writes in this batch are not durable (said at most once a minute)");
+        } else {
+            tracing::debug!(error = %e, "store commit failed again");
+        }
     }
     for c in completions {
         c(commit.clone());
     }
+}
+
+/// Whether a failure is to be said now: none was in the last minute.
+fn say_now(said: &mut Option<std::time::Instant>) -> bool {
+    let now = std::time::Instant::now();
+    if said.is_some_and(|t| now.duration_since(t) < Duration::from_secs(60)) {
+        return false;
+    }
+    *said = Some(now);
+    true
 }
 
 /// Run statements kept prepared (the savepoints around every job are parsed once).

@@ -576,6 +576,9 @@ pub enum ClientFrame {
         /// Which: the envelope and the member whose acknowledgement it reported.
         receipts: Vec<ReceiptSeen>,
     },
+    /// Send the mailbox again (what this daemon could not store before: its disk was
+    /// full). Not acknowledged; a replay already running is replaced.
+    Redeliver,
     /// Publish or update a session's presence.
     Presence(SignedPresence),
     /// A session ended.

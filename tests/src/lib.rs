@@ -27,9 +27,7 @@ fn signal(pid: u32, sig: &str) {
 
 /// Spawn `cmd` with stdout piped and wait for its `ready …` line.
 fn spawn_ready(mut cmd: Command, what: &str) -> (Child, String) {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped());
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
@@ -54,9 +52,26 @@ pub struct RelayProc {
     /// Its data directory.
     pub data_dir: PathBuf,
     extra: Vec<String>,
+    /// Where its log (stderr) goes, when not to the test's own stderr.
+    log: Option<PathBuf>,
 }
 
 impl RelayProc {
+    /// [`RelayProc::start`], with its log appended to `log` (for tests that read it).
+    pub fn start_logged(bin: &Path, data_dir: &Path, extra: &[&str], log: &Path) -> Self {
+        let mut r = Self {
+            bin: bin.to_path_buf(),
+            child: None,
+            addr: "127.0.0.1:0".parse().expect("addr"),
+            fingerprint: String::new(),
+            data_dir: data_dir.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            log: Some(log.to_path_buf()),
+        };
+        r.restart();
+        r
+    }
+
     /// Start a relay on a free loopback port with its data in `data_dir`: `bin` is the
     /// `claudemesh` binary (run as `claudemesh relay`) or the `claudemesh-relay` binary.
     pub fn start(bin: &Path, data_dir: &Path, extra: &[&str]) -> Self {
@@ -67,6 +82,7 @@ impl RelayProc {
             fingerprint: String::new(),
             data_dir: data_dir.to_path_buf(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            log: None,
         };
         r.restart();
         r
@@ -90,6 +106,16 @@ impl RelayProc {
         .arg(&self.data_dir)
         .args(&self.extra)
         .env("CLAUDEMESH_LOG", "warn");
+        match &self.log {
+            Some(log) => cmd.stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)
+                    .expect("relay log file"),
+            ),
+            None => cmd.stderr(Stdio::inherit()),
+        };
         let (child, line) = spawn_ready(cmd, "relay");
         let mut parts = line.split_whitespace().skip(1);
         self.addr = parts.next().expect("addr").parse().expect("relay addr");
@@ -172,6 +198,7 @@ impl Node {
         let mut cmd = Command::new(&self.bin);
         cmd.args(["daemon", "run", "--notify-ready"]);
         self.env(&mut cmd);
+        cmd.stderr(Stdio::inherit());
         let (child, _) = spawn_ready(cmd, &format!("daemon {}", self.name));
         self.child = Some(child);
         self
@@ -427,4 +454,54 @@ pub fn db_bytes(db: &Path) -> Vec<u8> {
         }
     }
     out
+}
+
+/// A small filesystem of its own (a tmpfs mounted by the test, which runs as root), to
+/// fill up: a full disk at one end without filling the machine's. Unmounted on drop.
+#[derive(Debug)]
+pub struct SmallDisk {
+    /// Where it is mounted.
+    pub path: PathBuf,
+}
+
+impl SmallDisk {
+    /// Mount `size` (as `mount -o size=` takes it, e.g. `"16m"`) at `path` (created).
+    pub fn mount(path: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(path).expect("mount point");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "cannot mount a tmpfs for a full-disk test (needs root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// Fill it up to the last byte: writes fail with ENOSPC until [`SmallDisk::free`].
+    pub fn fill(&self) {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(self.path.join("filler")).expect("filler");
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        // The last partial block, byte by byte.
+        while f.write_all(&[0]).is_ok() {}
+        let _ = f.flush();
+    }
+
+    /// Free what [`SmallDisk::fill`] took.
+    pub fn free(&self) {
+        std::fs::remove_file(self.path.join("filler")).expect("remove filler");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
 }

@@ -340,7 +340,7 @@ impl Outbound {
                             d2.arrived(&m2, &targets, person);
                             let _ = ack.send(id);
                         }
-                        Err(e) => tracing::error!(%id, error = %e, "cannot store a received message; it stays at the relay"),
+                        Err(e) => crate::recovery::failed(&d2, "received messages", &e),
                     })
                     .await;
                 match r {
@@ -349,9 +349,7 @@ impl Outbound {
                             p.push_all();
                         }
                     }
-                    Err(e) => {
-                        tracing::error!(%id, error = %e, "store unavailable; the message stays at the relay");
-                    }
+                    Err(e) => crate::recovery::failed(d, "received messages", &e),
                 }
             }
             Opened::Receipt(r) => {

@@ -445,6 +445,7 @@ async fn command(
             }
             Ok(c.writer.flush().await?)
         }
+        LinkCmd::Redeliver => write(c, &ClientFrame::Redeliver).await,
     }
 }
 

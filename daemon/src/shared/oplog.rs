@@ -641,8 +641,9 @@ async fn submit(d: &Arc<Daemon>, m: &Arc<MeshCtx>, run: Vec<SequencedOp>) -> Res
         )
         .await;
     if let Err(e) = r {
-        tracing::error!(error = %e, "store unavailable; ops will be applied after the next sync");
-        m.resync.notify_one();
+        // Synced again once the store takes writes (`recovery`), not at once: at once
+        // would fail the same way, as fast as the relay answers.
+        crate::recovery::failed(d, "shared-state ops", &e);
     }
     Ok(())
 }
@@ -1014,10 +1015,7 @@ fn after_apply(
                 }
             }
         }
-        Err(e) => {
-            tracing::error!(mesh = %m.id.short(), error = %e, "cannot apply ops; syncing again");
-            m.resync.notify_one();
-        }
+        Err(e) => crate::recovery::failed(d, "shared-state ops", &e),
     }
 }
 

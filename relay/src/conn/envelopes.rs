@@ -176,6 +176,18 @@ impl<S: Store> Conn<S> {
                 self.push(&RelayFrame::Relayed { id, at: now });
                 return;
             }
+            if let Some(ms) = lock(&self.hub.storage).refusing(Instant::now()) {
+                drop(st);
+                return self.refuse(
+                    id,
+                    ErrorCode::Internal,
+                    format!(
+                        "the relay cannot store messages right now (its disk may be full); retry after {} s",
+                        ms.div_ceil(1000)
+                    ),
+                    Some(ms),
+                );
+            }
             if st.stored.0 + 1 > self.hub.cfg.mesh_quota_messages
                 || st.stored.1 + size > self.hub.cfg.mesh_quota_bytes
             {
@@ -244,6 +256,9 @@ impl<S: Store> Conn<S> {
                 rec,
                 Box::new(move |r| {
                     hub.stats.envelope_commit.observe(accepted.elapsed());
+                    if r.is_ok() && lock(&hub.storage).worked() {
+                        tracing::warn!("envelopes are stored again");
+                    }
                     let answer = match r {
                         Ok(Put::Stored) => RelayFrame::Relayed { id, at: now },
                         Ok(Put::Duplicate) => {
@@ -258,15 +273,20 @@ impl<S: Store> Conn<S> {
                             taken(id)
                         }
                         Err(e) => {
-                            tracing::error!(error = %e, "cannot store envelope");
+                            let (retry_ms, say) = lock(&hub.storage).failed(Instant::now());
+                            if say {
+                                tracing::error!(error = %e, retry_ms, "cannot store envelopes (is the disk full?); senders are told to retry later, backing off; said at most once a minute");
+                            }
                             lock(&hub.recent).release(&id, owner);
                             lock(&entry2.state).free(&hub.disk, 1, size);
                             RelayFrame::Refused {
                                 id,
                                 code: ErrorCode::Internal,
-                                message: "relay could not store the message; it will be retried"
-                                    .into(),
-                                retry_ms: Some(1_000),
+                                message: format!(
+                                    "the relay could not store the message (its disk may be full); retry after {} s",
+                                    retry_ms.div_ceil(1000)
+                                ),
+                                retry_ms: Some(retry_ms),
                             }
                         }
                     };

@@ -417,6 +417,10 @@ impl<S: Store> Conn<S> {
                         self.ack(mesh, &entry, member, ids, proofs).await;
                         Ok(())
                     }
+                    ClientFrame::Redeliver => {
+                        self.resync();
+                        Ok(())
+                    }
                     ClientFrame::ReceiptsSeen { receipts } => {
                         self.receipts_seen(mesh, member, receipts).await;
                         Ok(())
