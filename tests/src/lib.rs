@@ -4,7 +4,7 @@
 //! Every process is started with a readiness handshake (it prints `ready …` on stdout
 //! once it listens), so tests never sleep to synchronise; waiting for network events uses
 //! the daemon's own `claudemesh wait …` and `inbox --wait`. Processes are killed when
-//! their guard drops.
+//! their guard drops. [`power`] gives their data a disk that can lose power.
 //!
 //! The binary path comes from the caller (`env!("CARGO_BIN_EXE_claudemesh")` in the `ctl`
 //! package's integration tests), so tests always run the binary of the current build.
