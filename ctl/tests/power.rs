@@ -6,7 +6,7 @@
 //! only this proves the commits really wait for the disk.
 
 use claudemesh_tests::power::{Disk, Lost};
-use claudemesh_tests::{Node, RelayProc};
+use claudemesh_tests::{Node, RelayProc, form_mesh};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Output;
@@ -157,48 +157,45 @@ fn until_killed(
 fn every_acknowledged_send_and_write_survives_a_power_cut() {
     let root = tempfile::tempdir().unwrap();
     let mut disk = Disk::mount(&root.path().join("disk"));
-    let mut alice = Node::new(bin(), disk.path(), "alice");
-    let mut bob = Node::new(bin(), disk.path(), "bob");
+    let mut nodes = [
+        Node::new(bin(), disk.path(), "alice"),
+        Node::new(bin(), disk.path(), "bob"),
+    ];
     // The users' own files (config directories, config.toml) are old news to the disk;
     // everything from here on is written by the relay and the daemons.
     disk.sync_all();
     let mut relay = RelayProc::start(bin(), &disk.path().join("relay"), &[]);
-    alice.start();
-    bob.start();
-    alice.create_on(&relay, "power");
-    let link = alice.ok(&["invite"]);
-    bob.ok(&["join", &link, "--wait", "20"]);
-    alice.wait("peer-online", Some("bob"));
-    bob.wait("peer-online", Some("alice"));
+    form_mesh(&relay, &mut nodes);
+    let [alice, bob] = &mut nodes;
     let mut acked = Acked::default();
 
     // 1. All up: delivered, read, sequenced.
     for i in 0..4 {
-        acked.send(&alice, &bob, &format!("to bob, all up {i}"));
-        acked.send(&bob, &alice, &format!("to alice, all up {i}"));
-        acked.set(&alice, &format!("alice/up/{i}"), &format!("a{i}"));
-        acked.set(&bob, &format!("bob/up/{i}"), &format!("b{i}"));
+        acked.send(alice, bob, &format!("to bob, all up {i}"));
+        acked.send(bob, alice, &format!("to alice, all up {i}"));
+        acked.set(alice, &format!("alice/up/{i}"), &format!("a{i}"));
+        acked.set(bob, &format!("bob/up/{i}"), &format!("b{i}"));
     }
-    delivered(&bob, &acked);
-    delivered(&alice, &acked);
+    delivered(bob, &acked);
+    delivered(alice, &acked);
     // 2. Bob gone: what alice sends is held by the relay (acknowledged once it committed).
     bob.kill();
     for i in 0..4 {
-        acked.send(&alice, &bob, &format!("to bob, held by the relay {i}"));
-        acked.set(&alice, &format!("alice/bob-gone/{i}"), &format!("g{i}"));
+        acked.send(alice, bob, &format!("to bob, held by the relay {i}"));
+        acked.set(alice, &format!("alice/bob-gone/{i}"), &format!("g{i}"));
     }
     // 3. Alice cut off: what she sends and writes waits in her outboxes.
     alice.ok(&["debug", "link", "down"]);
     alice.wait("link-down", None);
     for i in 0..4 {
-        acked.send(&alice, &bob, &format!("to bob, in alice's outbox {i}"));
-        acked.set(&alice, &format!("alice/offline/{i}"), &format!("o{i}"));
+        acked.send(alice, bob, &format!("to bob, in alice's outbox {i}"));
+        acked.set(alice, &format!("alice/offline/{i}"), &format!("o{i}"));
     }
 
-    power_cycle(&mut disk, &mut relay, &mut [&mut alice, &mut bob]);
-    delivered(&bob, &acked);
-    delivered(&alice, &acked);
-    converged(&alice, &bob, &acked);
+    power_cycle(&mut disk, &mut relay, &mut [&mut *alice, &mut *bob]);
+    delivered(bob, &acked);
+    delivered(alice, &acked);
+    converged(alice, bob, &acked);
 
     // 4. The power goes while both members send and write as fast as they can: what was
     // acknowledged before the cut survives it, whatever was in flight.
@@ -211,7 +208,7 @@ fn every_acknowledged_send_and_write_survives_a_power_cut() {
         let key = format!("{}/racing/{i}", by.name);
         ok(&by.run(&["state", "set", &key, &format!("r{i}")])).then_some(key)
     };
-    let (a, b) = (&alice, &bob);
+    let (a, b) = (&*alice, &*bob);
     let (to_bob, to_alice, by_alice, by_bob) = std::thread::scope(|s| {
         let [t1, t2, t3, t4] = [(); 4].map(|()| tick.clone());
         let workers = [
@@ -234,10 +231,10 @@ fn every_acknowledged_send_and_write_survives_a_power_cut() {
         (w, x, y, z)
     });
     for body in &to_bob {
-        acked.sent(&bob, body);
+        acked.sent(bob, body);
     }
     for body in &to_alice {
-        acked.sent(&alice, body);
+        acked.sent(alice, body);
     }
     for key in by_alice.iter().chain(&by_bob) {
         let i = key.rsplit('/').next().unwrap();
@@ -248,8 +245,8 @@ fn every_acknowledged_send_and_write_survives_a_power_cut() {
         "some sends were acknowledged before the cut"
     );
 
-    power_cycle(&mut disk, &mut relay, &mut [&mut alice, &mut bob]);
-    delivered(&bob, &acked);
-    delivered(&alice, &acked);
-    converged(&alice, &bob, &acked);
+    power_cycle(&mut disk, &mut relay, &mut [&mut *alice, &mut *bob]);
+    delivered(bob, &acked);
+    delivered(alice, &acked);
+    converged(alice, bob, &acked);
 }

@@ -394,22 +394,28 @@ pub fn mesh_with(
         .iter()
         .map(|n| Node::with_config(bin, root, n, config))
         .collect();
+    form_mesh(&relay, &mut nodes);
+    (relay, nodes)
+}
+
+/// Start `nodes` and make them one mesh `test` on `relay`: the first creates it and
+/// invites the others; returns once each sees every other online.
+pub fn form_mesh(relay: &RelayProc, nodes: &mut [Node]) {
     for n in nodes.iter_mut() {
         n.start();
     }
-    nodes[0].create_on(&relay, "test");
+    nodes[0].create_on(relay, "test");
     for i in 1..nodes.len() {
         let link = nodes[0].ok(&["invite"]);
         nodes[i].ok(&["join", &link, "--wait", "20"]);
     }
-    for a in &nodes {
-        for b in &nodes {
+    for a in nodes.iter() {
+        for b in nodes.iter() {
             if a.name != b.name {
                 a.wait("peer-online", Some(&b.name));
             }
         }
     }
-    (relay, nodes)
 }
 
 /// Does `haystack` contain `needle` anywhere?

@@ -682,7 +682,8 @@ impl Filesystem for PowerFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // fdatasync keeps the size too (the data is unreachable without it).
+        // fdatasync keeps the size too (the data is unreachable without it). A directory's
+        // sync (fsyncdir) lands here too.
         let r = self.tree().sync_file(ino.0);
         empty(reply, r);
     }
@@ -725,14 +726,14 @@ impl Filesystem for PowerFs {
 
     fn fsyncdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
-        _datasync: bool,
+        fh: FileHandle,
+        datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let r = self.tree().sync_file(ino.0);
-        empty(reply, r);
+        // The same promotion: the directory's current entries become durable.
+        self.fsync(req, ino, fh, datasync, reply);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
