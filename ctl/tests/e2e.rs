@@ -224,6 +224,15 @@ fn messages_for_a_stopped_daemon_wait_at_the_relay() {
 }
 
 #[test]
+fn inbox_wait_before_any_mesh_answers_empty_at_its_deadline() {
+    let root = tempfile::tempdir().unwrap();
+    let mut n = Node::new(bin(), root.path(), "solo");
+    n.start();
+    let v = n.json(&["inbox", "--wait", "1"]);
+    assert!(v["messages"].as_array().unwrap().is_empty(), "{v}");
+}
+
+#[test]
 fn a_send_survives_the_sender_daemon_being_killed() {
     let root = tempfile::tempdir().unwrap();
     let (mut relay, mut nodes) = mesh(bin(), root.path(), &["alice", "bob"], &[]);

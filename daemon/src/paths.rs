@@ -10,7 +10,6 @@
 //! - `logs/`: daemon logs
 //! - `relay/`: the embedded relay's data, when enabled
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 /// Environment variable naming the config directory.
@@ -183,7 +182,9 @@ pub fn private_umask() {
 /// Create `path` (and parents) with mode 0700, tightening it if it exists and is ours
 /// (never another user's directory).
 pub fn ensure_private_dir(path: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(path)?;
+    // Durably: `keys/` made when a mesh is created and never synced into the config
+    // directory is gone after a power cut, with every key file in it.
+    claudemesh_relay::durable::create_dir_all(path)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
@@ -320,26 +321,8 @@ pub fn service_file(kind: ServiceKind) -> Option<PathBuf> {
     }
 }
 
-/// Write `bytes` to `path` atomically with mode 0600.
+/// Write `bytes` to `path` atomically and durably (it survives a power cut whole or not
+/// at all), with mode 0600.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts.open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(parent) = path.parent()
-        && let Ok(d) = std::fs::File::open(parent)
-    {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    claudemesh_relay::durable::write_atomic(path, bytes, 0o600)
 }

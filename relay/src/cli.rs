@@ -283,7 +283,7 @@ pub async fn run(args: RelayArgs) -> Result<(), CliError> {
 }
 
 fn fingerprint(cfg: &RelayConfig) -> Result<(), CliError> {
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| CliError::DataDir {
+    crate::durable::create_dir_all(&cfg.data_dir).map_err(|source| CliError::DataDir {
         path: cfg.data_dir.clone(),
         source,
     })?;
@@ -304,7 +304,7 @@ pub fn token(cfg: &RelayConfig, what: &TokenCommand) -> Result<TokenOutput, CliE
             expires,
             note,
         } => {
-            std::fs::create_dir_all(&cfg.data_dir).map_err(|source| CliError::DataDir {
+            crate::durable::create_dir_all(&cfg.data_dir).map_err(|source| CliError::DataDir {
                 path: cfg.data_dir.clone(),
                 source,
             })?;

@@ -22,6 +22,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 mod conn;
+pub mod durable;
 mod hub;
 mod limits;
 mod metrics;

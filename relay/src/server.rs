@@ -85,7 +85,8 @@ fn create_private_dir(path: &std::path::Path) -> Result<(), RelayError> {
         path: path.to_path_buf(),
         source,
     };
-    std::fs::create_dir_all(path).map_err(err)?;
+    // Durably: the store's own syncs cover the files inside, not the directory's name.
+    crate::durable::create_dir_all(path).map_err(err)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

@@ -98,11 +98,10 @@ impl Identity {
             "localhost".to_string(),
         ])
         .map_err(|e| TlsError::Generate(e.to_string()))?;
+        // The key first: a cut between the two leaves no certificate, so both are made anew
+        // before anyone could have pinned either.
         write_private(&k, generated.signing_key.serialize_pem().as_bytes())?;
-        std::fs::write(&c, generated.cert.pem()).map_err(|source| TlsError::Write {
-            path: c.clone(),
-            source,
-        })?;
+        write_private(&c, generated.cert.pem().as_bytes())?;
         Self::load(&c, &k)
     }
 
@@ -147,20 +146,11 @@ impl Identity {
     }
 }
 
+/// Write a file the relay generated for itself, 0600, durably: members pin the
+/// certificate (and the QUIC keys must match the previous process), so a power cut must
+/// not bring back an empty, half-written or missing one and with it a new identity.
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path).map_err(|source| TlsError::Write {
-        path: path.into(),
-        source,
-    })?;
-    f.write_all(bytes).map_err(|source| TlsError::Write {
+    crate::durable::write_atomic(path, bytes, 0o600).map_err(|source| TlsError::Write {
         path: path.into(),
         source,
     })

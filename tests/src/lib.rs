@@ -4,13 +4,14 @@
 //! Every process is started with a readiness handshake (it prints `ready …` on stdout
 //! once it listens), so tests never sleep to synchronise; waiting for network events uses
 //! the daemon's own `claudemesh wait …` and `inbox --wait`. Processes are killed when
-//! their guard drops.
+//! their guard drops. [`power`] gives their data a disk that can lose power.
 //!
 //! The binary path comes from the caller (`env!("CARGO_BIN_EXE_claudemesh")` in the `ctl`
 //! package's integration tests), so tests always run the binary of the current build.
 
 pub mod claude;
 pub mod model;
+pub mod power;
 pub mod proxy;
 pub mod raw;
 
@@ -420,22 +421,28 @@ pub fn mesh_with(
         .iter()
         .map(|n| Node::with_config(bin, root, n, config))
         .collect();
+    form_mesh(&relay, &mut nodes);
+    (relay, nodes)
+}
+
+/// Start `nodes` and make them one mesh `test` on `relay`: the first creates it and
+/// invites the others; returns once each sees every other online.
+pub fn form_mesh(relay: &RelayProc, nodes: &mut [Node]) {
     for n in nodes.iter_mut() {
         n.start();
     }
-    nodes[0].create_on(&relay, "test");
+    nodes[0].create_on(relay, "test");
     for i in 1..nodes.len() {
         let link = nodes[0].ok(&["invite"]);
         nodes[i].ok(&["join", &link, "--wait", "20"]);
     }
-    for a in &nodes {
-        for b in &nodes {
+    for a in nodes.iter() {
+        for b in nodes.iter() {
             if a.name != b.name {
                 a.wait("peer-online", Some(&b.name));
             }
         }
     }
-    (relay, nodes)
 }
 
 /// Does `haystack` contain `needle` anywhere?

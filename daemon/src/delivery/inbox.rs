@@ -284,7 +284,16 @@ pub(crate) async fn read(d: &Arc<Daemon>, p: InboxParams) -> Result<InboxResult,
             _ => deadline,
         };
         tokio::select! {
-            _ = futures_util::future::select_all(rings) => {}
+            // With no mesh to read (none joined yet) nothing can ring: wait for the
+            // deadline alone (`select_all` panics on an empty list, and the panicked
+            // request left its caller waiting for ever).
+            _ = async {
+                if rings.is_empty() {
+                    std::future::pending::<()>().await
+                } else {
+                    futures_util::future::select_all(rings).await;
+                }
+            } => {}
             _ = tokio::time::sleep_until(wake_at) => {}
             _ = d.shutdown.cancelled() => break msgs,
         }
