@@ -1019,6 +1019,7 @@ async fn state(bin: &Path) {
                 sh::StateQuery {
                     mesh: None,
                     key: Some(format!("key-{}", i % 5000)),
+                    page: Default::default(),
                 },
             )
             .await
@@ -1078,6 +1079,7 @@ async fn state(bin: &Path) {
                     query: q,
                     tags: vec![],
                     limit: Some(10),
+                    cursor: None,
                 },
             )
             .await
