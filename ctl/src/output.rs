@@ -182,9 +182,7 @@ pub(crate) fn span(ms: u64) -> String {
 }
 
 pub(crate) fn table(header: &[&str], rows: Vec<Vec<String>>) {
-    for l in table_lines(header, rows, terminal_width()) {
-        out!("{l}");
-    }
+    Table::stdout(header).page(rows);
 }
 
 /// Columns a cell takes on a terminal (wide characters take two, combining ones none).
@@ -226,39 +224,154 @@ fn terminal_width() -> Option<usize> {
 
 /// A table as lines: columns aligned by display width, the last column cut to fit
 /// `columns` when given (on a terminal, a long summary must not wrap into the next row).
+#[cfg(test)]
 fn table_lines(header: &[&str], rows: Vec<Vec<String>>, columns: Option<usize>) -> Vec<String> {
-    // Cells hold peers' text (names, values, titles): each is one line without controls,
-    // so no cell can move the cursor, write the clipboard or start a row of its own.
-    let rows: Vec<Vec<String>> = rows
-        .into_iter()
-        .map(|r| r.iter().map(|c| names::one_line(c, 1000)).collect())
-        .collect();
-    let mut widths: Vec<usize> = header.iter().map(|h| width(h)).collect();
-    for r in &rows {
-        for (i, c) in r.iter().enumerate() {
-            if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(width(c));
-            }
+    let mut t = Table::new(header, columns);
+    t.lines(rows)
+}
+
+/// A table printed page by page as the pages of a list arrive: the header with the first
+/// page, each column as wide as its widest cell so far (a later page with wider cells
+/// widens the column from there on, so a long list never waits to be measured whole).
+#[derive(Debug)]
+pub(crate) struct Table {
+    header: Vec<String>,
+    widths: Vec<usize>,
+    columns: Option<usize>,
+    started: bool,
+}
+
+impl Table {
+    fn new(header: &[&str], columns: Option<usize>) -> Self {
+        Self {
+            header: header.iter().map(|h| h.to_string()).collect(),
+            widths: header.iter().map(|h| width(h)).collect(),
+            columns,
+            started: false,
         }
     }
-    let line = |cells: Vec<String>| {
-        let mut s = String::from("  ");
-        for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                match columns {
-                    Some(cols) => s.push_str(&cut(c, cols.saturating_sub(width(&s)).max(8))),
-                    None => s.push_str(c),
+
+    /// A table for stdout (cut to the terminal's width on one).
+    pub(crate) fn stdout(header: &[&str]) -> Self {
+        Self::new(header, terminal_width())
+    }
+
+    /// Print one page of rows.
+    pub(crate) fn page(&mut self, rows: Vec<Vec<String>>) {
+        let lines = self.lines(rows);
+        if !lines.is_empty() {
+            raw((lines.join("\n") + "\n").as_bytes());
+        }
+    }
+
+    fn lines(&mut self, rows: Vec<Vec<String>>) -> Vec<String> {
+        // Cells hold peers' text (names, values, titles): each is one line without controls,
+        // so no cell can move the cursor, write the clipboard or start a row of its own.
+        let rows: Vec<Vec<String>> = rows
+            .into_iter()
+            .map(|r| r.iter().map(|c| names::one_line(c, 1000)).collect())
+            .collect();
+        for r in &rows {
+            for (i, c) in r.iter().enumerate() {
+                if let Some(w) = self.widths.get_mut(i) {
+                    *w = (*w).max(width(c));
                 }
-            } else {
-                s.push_str(c);
-                s.push_str(&" ".repeat(widths[i].saturating_sub(width(c)) + 2));
             }
         }
-        s.trim_end().to_string()
-    };
-    let mut out = vec![line(header.iter().map(|h| h.to_string()).collect())];
-    out.extend(rows.into_iter().map(line));
-    out
+        let (widths, columns) = (&self.widths, self.columns);
+        let line = |cells: &[String]| {
+            let mut s = String::from("  ");
+            for (i, c) in cells.iter().enumerate() {
+                if i + 1 == cells.len() {
+                    match columns {
+                        Some(cols) => s.push_str(&cut(c, cols.saturating_sub(width(&s)).max(8))),
+                        None => s.push_str(c),
+                    }
+                } else {
+                    s.push_str(c);
+                    let w = widths.get(i).copied().unwrap_or(0);
+                    s.push_str(&" ".repeat(w.saturating_sub(width(c)) + 2));
+                }
+            }
+            s.trim_end().to_string()
+        };
+        let mut out = Vec::with_capacity(rows.len() + 1);
+        if !self.started {
+            self.started = true;
+            out.push(line(&self.header));
+        }
+        out.extend(rows.iter().map(|r| line(r)));
+        out
+    }
+}
+
+/// A `--json` list written page by page: the first page's object with its list opened,
+/// then each page's items, then the close. The whole is the one JSON object a list gave
+/// before paging (`schema_version`, its fields, the full list; no `next_cursor`), and it
+/// stays one line.
+#[derive(Debug)]
+pub(crate) struct JsonList {
+    key: &'static str,
+    open: bool,
+    any: bool,
+}
+
+impl JsonList {
+    /// A list whose items are under `key` of each page.
+    pub(crate) fn new(key: &'static str) -> Self {
+        Self {
+            key,
+            open: false,
+            any: false,
+        }
+    }
+
+    /// Write one page (a result object holding `key`).
+    pub(crate) fn page(&mut self, page: impl Serialize) {
+        let mut m = match serde_json::to_value(page) {
+            Ok(Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        let items = match m.remove(self.key) {
+            Some(Value::Array(a)) => a,
+            _ => Vec::new(),
+        };
+        m.remove("next_cursor");
+        let mut buf = String::new();
+        if !self.open {
+            self.open = true;
+            let mut head = serde_json::Map::new();
+            head.insert("schema_version".into(), Value::from(SCHEMA_VERSION));
+            head.extend(m);
+            // The object without its closing brace (it holds `schema_version`, so a comma
+            // follows), then the list's key and the list opened.
+            let head = Value::Object(head).to_string();
+            buf.push_str(head.strip_suffix('}').unwrap_or(&head));
+            buf.push(',');
+            buf.push_str(&Value::from(self.key).to_string());
+            buf.push_str(":[");
+        }
+        for item in items {
+            if self.any {
+                buf.push(',');
+            }
+            self.any = true;
+            buf.push_str(&item.to_string());
+        }
+        raw(buf.as_bytes());
+    }
+
+    /// Close the list and the object.
+    pub(crate) fn end(self) {
+        if !self.open {
+            raw(format!(
+                "{{\"schema_version\":{SCHEMA_VERSION},{}:[",
+                Value::from(self.key)
+            )
+            .as_bytes());
+        }
+        raw(b"]}\n");
+    }
 }
 
 /// Shared-state items per kind, the kinds that have any ("memories 3").
@@ -842,12 +955,23 @@ pub(crate) fn claims(list: &[PendingClaim]) {
     );
 }
 
-pub(crate) fn state(entries: &[StateEntry]) {
-    if entries.is_empty() {
-        out!("No shared state yet. Set a key with `claudemesh state set <key> <value>`.");
-        return;
-    }
-    let rows = entries
+/// How each list reads when it is empty, and its table's header.
+pub(crate) const STATE_EMPTY: &str =
+    "No shared state yet. Set a key with `claudemesh state set <key> <value>`.";
+pub(crate) const STATE_HEADER: &[&str] = &["KEY", "VALUE", "BY", "WHEN"];
+pub(crate) const TASKS_EMPTY: &str = "No tasks. Create one with `claudemesh task create <title>`.";
+pub(crate) const TASKS_HEADER: &[&str] = &["ID", "STATUS", "PRIORITY", "ASSIGNEE", "TITLE"];
+pub(crate) const RESERVATIONS_EMPTY: &str = "No file reservations.";
+pub(crate) const RESERVATIONS_HEADER: &[&str] =
+    &["ID", "HOLDER", "FILES", "KIND", "STATUS", "REASON"];
+pub(crate) const REMINDERS_EMPTY: &str =
+    "No reminders scheduled. Schedule one with `claudemesh remind <message> --in 30m`.";
+pub(crate) const REMINDERS_HEADER: &[&str] = &["ID", "TO", "WHEN", "FIRED", "MESSAGE"];
+pub(crate) const MEMORIES_EMPTY: &str = "No memories match.";
+
+/// Table rows of shared keys.
+pub(crate) fn state_rows(entries: &[StateEntry]) -> Vec<Vec<String>> {
+    entries
         .iter()
         .map(|e| {
             let v = match &e.value {
@@ -865,15 +989,12 @@ pub(crate) fn state(entries: &[StateEntry]) {
                 },
             ]
         })
-        .collect();
-    table(&["KEY", "VALUE", "BY", "WHEN"], rows);
+        .collect()
 }
 
+/// One line per memory.
 pub(crate) fn memories(list: &[Memory]) {
-    if list.is_empty() {
-        out!("No memories match.");
-        return;
-    }
+    let mut lines = String::new();
     for m in list {
         let tags = if m.tags.is_empty() {
             String::new()
@@ -881,24 +1002,21 @@ pub(crate) fn memories(list: &[Memory]) {
             format!(" [{}]", m.tags.join(", "))
         };
         let pending = if m.pending { " (pending)" } else { "" };
-        out!(
-            "{}  {}{}  — {}, {}{pending}",
+        lines.push_str(&format!(
+            "{}  {}{}  — {}, {}{pending}\n",
             m.id.short(),
             names::one_line(&m.text, 2000),
             clean(&tags),
             clean(&m.author),
             ago(m.created_at)
-        );
+        ));
     }
+    raw(lines.as_bytes());
 }
 
-pub(crate) fn tasks(list: &[Task]) {
-    if list.is_empty() {
-        out!("No tasks. Create one with `claudemesh task create <title>`.");
-        return;
-    }
-    let rows = list
-        .iter()
+/// Table rows of tasks.
+pub(crate) fn task_rows(list: &[Task]) -> Vec<Vec<String>> {
+    list.iter()
         .map(|t| {
             vec![
                 t.id.short(),
@@ -915,17 +1033,12 @@ pub(crate) fn tasks(list: &[Task]) {
                 t.title.clone(),
             ]
         })
-        .collect();
-    table(&["ID", "STATUS", "PRIORITY", "ASSIGNEE", "TITLE"], rows);
+        .collect()
 }
 
-pub(crate) fn reservations(list: &[Reservation]) {
-    if list.is_empty() {
-        out!("No file reservations.");
-        return;
-    }
-    let rows = list
-        .iter()
+/// Table rows of reservations.
+pub(crate) fn reservation_rows(list: &[Reservation]) -> Vec<Vec<String>> {
+    list.iter()
         .map(|r| {
             let until = (r.expires_at - now_ms()).max(0) as u64;
             vec![
@@ -941,17 +1054,12 @@ pub(crate) fn reservations(list: &[Reservation]) {
                 r.reason.clone(),
             ]
         })
-        .collect();
-    table(&["ID", "HOLDER", "FILES", "KIND", "STATUS", "REASON"], rows);
+        .collect()
 }
 
-pub(crate) fn reminders(list: &[Reminder]) {
-    if list.is_empty() {
-        out!("No reminders scheduled. Schedule one with `claudemesh remind <message> --in 30m`.");
-        return;
-    }
-    let rows = list
-        .iter()
+/// Table rows of reminders.
+pub(crate) fn reminder_rows(list: &[Reminder]) -> Vec<Vec<String>> {
+    list.iter()
         .map(|r| {
             let when = match (&r.cron, r.next_due) {
                 (Some(c), Some(n)) => format!(
@@ -973,8 +1081,7 @@ pub(crate) fn reminders(list: &[Reminder]) {
                 r.message.clone(),
             ]
         })
-        .collect();
-    table(&["ID", "TO", "WHEN", "FIRED", "MESSAGE"], rows);
+        .collect()
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! network).
 
 use claudemesh_schema::ipc::methods::MeshParams;
+use claudemesh_schema::ipc::page::Page;
 use claudemesh_schema::ipc::shared::{
     self as sh, Actor, AuditResult, ClaimResult, DigestResult, ItemParams, LinkPauseParams,
     RecallParams, RecallResult, RememberParams, ReservationQuery, ReservationsResult,
@@ -59,6 +60,75 @@ async fn call<R: serde::de::DeserializeOwned>(
     Ok(c.call(method, params).await?)
 }
 
+/// Items asked for per page: the most a page may hold (its byte budget still bounds it).
+const PAGE: u32 = claudemesh_schema::ipc::page::MAX_LIMIT;
+
+/// A list shown as the daemon pages it out (`claudemesh_schema::ipc::page`): each page is
+/// printed as it arrives, so a list of any length starts at once and is held whole neither
+/// here nor in the daemon. With `json`, the pages make one JSON object with the whole list
+/// under that key, as before paging; else `show` prints each page.
+async fn list<R, P>(
+    method: &str,
+    params: impl Fn(Page) -> P,
+    json: Option<&'static str>,
+    next: impl Fn(&R) -> Option<String>,
+    mut show: impl FnMut(&R),
+) -> Result<(), Failure>
+where
+    R: serde::de::DeserializeOwned + serde::Serialize,
+    P: serde::Serialize,
+{
+    let p = paths()?;
+    let mut c = client(&p).await?;
+    let mut out = json.map(output::JsonList::new);
+    let mut cursor = None;
+    loop {
+        let r: R = c.call(method, params(Page::after(cursor, PAGE))).await?;
+        match &mut out {
+            Some(j) => j.page(&r),
+            None => show(&r),
+        }
+        cursor = next(&r);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    if let Some(j) = out {
+        j.end();
+    }
+    Ok(())
+}
+
+/// A table printed page by page, or `empty` when the list has nothing.
+struct Rows {
+    table: output::Table,
+    any: bool,
+    empty: &'static str,
+}
+
+impl Rows {
+    fn new(header: &[&str], empty: &'static str) -> Self {
+        Self {
+            table: output::Table::stdout(header),
+            any: false,
+            empty,
+        }
+    }
+
+    fn page(&mut self, rows: Vec<Vec<String>>) {
+        if !rows.is_empty() {
+            self.any = true;
+            self.table.page(rows);
+        }
+    }
+
+    fn end(self, json: bool) {
+        if !self.any && !json {
+            out!("{}", self.empty);
+        }
+    }
+}
+
 pub(crate) async fn state(action: StateAction) -> Res {
     match action {
         StateAction::Get { key, opts } => {
@@ -67,6 +137,7 @@ pub(crate) async fn state(action: StateAction) -> Res {
                 StateQuery {
                     mesh: opts.mesh,
                     key: Some(key.clone()),
+                    page: Page::default(),
                 },
             )
             .await?;
@@ -144,19 +215,20 @@ pub(crate) async fn state(action: StateAction) -> Res {
             ))
         }
         StateAction::List { prefix, opts } => {
-            let r: StateResult = call(
+            let mut rows = Rows::new(output::STATE_HEADER, output::STATE_EMPTY);
+            list(
                 sh::STATE_LIST,
-                StateQuery {
-                    mesh: opts.mesh,
-                    key: prefix,
+                |page| StateQuery {
+                    mesh: opts.mesh.clone(),
+                    key: prefix.clone(),
+                    page,
                 },
+                opts.json.then_some("entries"),
+                |r: &StateResult| r.next_cursor.clone(),
+                |r| rows.page(output::state_rows(&r.entries)),
             )
             .await?;
-            if opts.json {
-                output::json("entries", &r);
-            } else {
-                output::state(&r.entries);
-            }
+            rows.end(opts.json);
             Ok(())
         }
     }
@@ -188,20 +260,39 @@ pub(crate) async fn recall(a: RecallArgs) -> Res {
         limit,
         opts,
     } = a;
-    let r: RecallResult = call(
-        sh::RECALL,
-        RecallParams {
-            mesh: opts.mesh,
-            query: query.join(" "),
-            tags,
-            limit: Some(limit),
-        },
-    )
-    .await?;
-    if opts.json {
-        output::json("memories", &r);
-    } else {
-        output::memories(&r.memories);
+    // `--limit` is how many in all; pages are fetched until it is reached.
+    let p = paths()?;
+    let mut c = client(&p).await?;
+    let mut json = opts.json.then(|| output::JsonList::new("memories"));
+    let (mut left, mut cursor, mut any) = (limit.max(1), None, false);
+    loop {
+        let r: RecallResult = c
+            .call(
+                sh::RECALL,
+                RecallParams {
+                    mesh: opts.mesh.clone(),
+                    query: query.join(" "),
+                    tags: tags.clone(),
+                    limit: Some(left.min(PAGE)),
+                    cursor,
+                },
+            )
+            .await?;
+        left = left.saturating_sub(r.memories.len() as u32);
+        any |= !r.memories.is_empty();
+        match &mut json {
+            Some(j) => j.page(&r),
+            None => output::memories(&r.memories),
+        }
+        cursor = r.next_cursor;
+        if cursor.is_none() || left == 0 {
+            break;
+        }
+    }
+    match json {
+        Some(j) => j.end(),
+        None if !any => out!("{}", output::MEMORIES_EMPTY),
+        None => {}
     }
     Ok(())
 }
@@ -285,20 +376,21 @@ pub(crate) async fn task(action: TaskAction) -> Res {
             assignee,
             opts,
         } => {
-            let r: TaskListResult = call(
+            let mut rows = Rows::new(output::TASKS_HEADER, output::TASKS_EMPTY);
+            list(
                 sh::TASK_LIST,
-                TaskListParams {
-                    mesh: opts.mesh,
-                    status,
-                    assignee,
+                |page| TaskListParams {
+                    mesh: opts.mesh.clone(),
+                    status: status.clone(),
+                    assignee: assignee.clone(),
+                    page,
                 },
+                opts.json.then_some("tasks"),
+                |r: &TaskListResult| r.next_cursor.clone(),
+                |r| rows.page(output::task_rows(&r.tasks)),
             )
             .await?;
-            if opts.json {
-                output::json("tasks", &r);
-            } else {
-                output::tasks(&r.tasks);
-            }
+            rows.end(opts.json);
             Ok(())
         }
     }
@@ -401,18 +493,27 @@ pub(crate) async fn reserve(a: ReserveArgs) -> Res {
         return Ok(());
     }
     // Sequenced: say whether it held against the others.
-    let r: ReservationsResult = call(
+    let mut mine = None;
+    list(
         sh::RESERVATIONS,
-        ReservationQuery {
-            mesh: a.opts.mesh,
+        |page| ReservationQuery {
+            mesh: a.opts.mesh.clone(),
             all: true,
+            page,
+        },
+        None,
+        |r: &ReservationsResult| r.next_cursor.clone(),
+        |r| {
+            mine = r
+                .reservations
+                .iter()
+                .find(|x| w.id.as_deref() == Some(x.id.to_string().as_str()))
+                .cloned()
+                .or(mine.take());
         },
     )
     .await?;
-    let mine = r
-        .reservations
-        .iter()
-        .find(|x| w.id.as_deref() == Some(x.id.to_string().as_str()));
+    let mine = mine.as_ref();
     match mine {
         Some(x) if x.status == "refused" => Err(Failure::new(
             Exit::Conflict,
@@ -437,19 +538,20 @@ pub(crate) async fn release(a: ItemArgs) -> Res {
 
 pub(crate) async fn reservations(a: ReservationsArgs) -> Res {
     let ReservationsArgs { all, opts } = a;
-    let r: ReservationsResult = call(
+    let mut rows = Rows::new(output::RESERVATIONS_HEADER, output::RESERVATIONS_EMPTY);
+    list(
         sh::RESERVATIONS,
-        ReservationQuery {
-            mesh: opts.mesh,
+        |page| ReservationQuery {
+            mesh: opts.mesh.clone(),
             all,
+            page,
         },
+        opts.json.then_some("reservations"),
+        |r: &ReservationsResult| r.next_cursor.clone(),
+        |r| rows.page(output::reservation_rows(&r.reservations)),
     )
     .await?;
-    if opts.json {
-        output::json("reservations", &r);
-    } else {
-        output::reservations(&r.reservations);
-    }
+    rows.end(opts.json);
     Ok(())
 }
 
@@ -479,19 +581,20 @@ pub(crate) async fn remind(a: RemindArgs) -> Res {
     }
     match words.as_slice() {
         ["list"] => {
-            let r: sh::ScheduledResult = call(
+            let mut rows = Rows::new(output::REMINDERS_HEADER, output::REMINDERS_EMPTY);
+            list(
                 sh::SCHEDULED,
-                sh::ScheduledQuery {
-                    mesh: a.opts.mesh,
+                |page| sh::ScheduledQuery {
+                    mesh: a.opts.mesh.clone(),
                     all: a.all,
+                    page,
                 },
+                a.opts.json.then_some("reminders"),
+                |r: &sh::ScheduledResult| r.next_cursor.clone(),
+                |r| rows.page(output::reminder_rows(&r.reminders)),
             )
             .await?;
-            if a.opts.json {
-                output::json("reminders", &r);
-            } else {
-                output::reminders(&r.reminders);
-            }
+            rows.end(a.opts.json);
             return Ok(());
         }
         ["cancel", id] => {
@@ -602,6 +705,7 @@ pub(crate) async fn skill(action: SkillAction) -> Res {
                     mesh: opts.mesh,
                     name: Some(name.clone()),
                     query: None,
+                    page: Page::default(),
                 },
             )
             .await?;
@@ -619,25 +723,32 @@ pub(crate) async fn skill(action: SkillAction) -> Res {
             Ok(())
         }
         SkillAction::List { query, opts } => {
-            let r: sh::SkillsResult = call(
+            let mut any = false;
+            list(
                 sh::SKILLS,
-                sh::SkillQuery {
-                    mesh: opts.mesh,
+                |page| sh::SkillQuery {
+                    mesh: opts.mesh.clone(),
                     name: None,
-                    query,
+                    query: query.clone(),
+                    page,
+                },
+                opts.json.then_some("skills"),
+                |r: &sh::SkillsResult| r.next_cursor.clone(),
+                |r| {
+                    any |= !r.skills.is_empty();
+                    let lines: String = r
+                        .skills
+                        .iter()
+                        .map(|s| format!("{}  — {} (by {})\n", s.name, s.description, s.author))
+                        .collect();
+                    output::raw(lines.as_bytes());
                 },
             )
             .await?;
-            if opts.json {
-                output::json("skills", &r);
-            } else if r.skills.is_empty() {
+            if !any && !opts.json {
                 out!(
                     "No skills. Share one with `claudemesh skill share <name> --description D --file F`."
                 );
-            } else {
-                for s in &r.skills {
-                    out!("{}  — {} (by {})", s.name, s.description, s.author);
-                }
             }
             Ok(())
         }
@@ -674,33 +785,37 @@ pub(crate) async fn context(action: ContextAction) -> Res {
             Ok(())
         }
         ContextAction::List { query, opts } => {
-            let r: sh::ContextsResult = call(
+            let mut any = false;
+            list(
                 sh::CONTEXTS,
-                sh::ContextQuery {
-                    mesh: opts.mesh,
-                    query,
+                |page| sh::ContextQuery {
+                    mesh: opts.mesh.clone(),
+                    query: query.clone(),
+                    page,
+                },
+                opts.json.then_some("contexts"),
+                |r: &sh::ContextsResult| r.next_cursor.clone(),
+                |r| {
+                    any |= !r.contexts.is_empty();
+                    for c in &r.contexts {
+                        out!(
+                            "{} ({}, {})",
+                            c.summary,
+                            c.author,
+                            output::ago(c.created_at)
+                        );
+                        if !c.files_read.is_empty() {
+                            out!("  files: {}", c.files_read.join(", "));
+                        }
+                        for f in &c.key_findings {
+                            out!("  - {f}");
+                        }
+                    }
                 },
             )
             .await?;
-            if opts.json {
-                output::json("contexts", &r);
-            } else if r.contexts.is_empty() {
+            if !any && !opts.json {
                 out!("No contexts shared yet.");
-            } else {
-                for c in &r.contexts {
-                    out!(
-                        "{} ({}, {})",
-                        c.summary,
-                        c.author,
-                        output::ago(c.created_at)
-                    );
-                    if !c.files_read.is_empty() {
-                        out!("  files: {}", c.files_read.join(", "));
-                    }
-                    for f in &c.key_findings {
-                        out!("  - {f}");
-                    }
-                }
             }
             Ok(())
         }

@@ -1,7 +1,8 @@
 //! The client side of the local protocol, used by the CLI, the MCP shim, hooks and tests:
 //! connect to a daemon's socket (starting the daemon if needed) and call methods.
 
-use claudemesh_schema::ipc::{Incoming, MAX_LINE, Notification, Request};
+use claudemesh_schema::ipc::page::MAX_RESPONSE_LINE;
+use claudemesh_schema::ipc::{Incoming, Notification, Request};
 use futures_util::{SinkExt as _, StreamExt as _};
 use interprocess::local_socket::tokio::Stream;
 use interprocess::local_socket::traits::tokio::Stream as _;
@@ -99,7 +100,9 @@ impl Client {
         same_user_server(&stream, socket)?;
         let (r, w) = tokio::io::split(stream);
         Ok(Self {
-            reader: FramedRead::new(r, LinesCodec::new_with_max_length(MAX_LINE)),
+            // Answers are paged (`ipc::page`), but one item can be a whole op; the daemon's
+            // request limit (`MAX_LINE`) is for what clients send, not for what it answers.
+            reader: FramedRead::new(r, LinesCodec::new_with_max_length(MAX_RESPONSE_LINE)),
             writer: FramedWrite::new(w, LinesCodec::new()),
             next_id: 1,
             notes: VecDeque::new(),

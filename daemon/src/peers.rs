@@ -45,7 +45,11 @@ pub fn q_peers(
     let now = claudemesh_schema::now_ms();
     // Live file reservations, by holder (a store from before shared state has none).
     let mut held: std::collections::HashMap<SessionId, Vec<String>> = Default::default();
-    for r in crate::shared::query::q_reservations(conn, mesh.id, false, now).unwrap_or_default() {
+    for r in
+        crate::shared::query::q_reservations(conn, mesh.id, false, now, None, &Default::default())
+            .map(|r| r.0)
+            .unwrap_or_default()
+    {
         held.entry(r.holder_id).or_default().extend(r.patterns);
     }
     let grants = store::q_grants(conn, mesh.id).unwrap_or_default();

@@ -314,14 +314,32 @@ pub(crate) async fn list(
 ) -> std::result::Result<ScheduledResult, Error> {
     let m = d.select(p.mesh.as_deref())?;
     let mesh = m.id;
+    let after: Option<(i64, ItemId)> = crate::shared::position(&p.page)?;
     let rows = d.store.read(move |c| q_effective(c, mesh)).await?;
     let mut reminders: Vec<Reminder> = rows
         .iter()
         .map(|(r, last)| r.public(*last))
         .filter(|r| p.all || r.status == "scheduled")
         .collect();
-    reminders.sort_by_key(|r| (r.next_due.unwrap_or(i64::MAX), r.id));
-    Ok(ScheduledResult { mesh, reminders })
+    // The order is computed (a cron's next time), not stored: sort here, then take the
+    // page after the cursor's (due time, id). Reminders are few next to keys or tasks.
+    let key = |r: &Reminder| (r.next_due.unwrap_or(i64::MAX), r.id);
+    reminders.sort_by_key(key);
+    let mut pager = p.page.pager();
+    for r in reminders
+        .into_iter()
+        .filter(|r| after.is_none_or(|a| key(r) > a))
+    {
+        if !pager.push(r) {
+            break;
+        }
+    }
+    let (reminders, next_cursor) = pager.finish(key);
+    Ok(ScheduledResult {
+        mesh,
+        reminders,
+        next_cursor,
+    })
 }
 
 #[cfg(test)]

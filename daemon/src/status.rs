@@ -310,7 +310,17 @@ pub(crate) async fn mesh_info(d: &Arc<Daemon>, p: MeshParams) -> Result<m::MeshI
                     store::q_presence(c, id)?,
                     store::q_counts(c, id)?,
                     crate::shared::query::q_counts(c, id)?,
-                    crate::shared::query::q_state(c, id, None, None, &hidden)?,
+                    // The first keys only: `mesh_info` shows a sample.
+                    crate::shared::query::q_state(
+                        c,
+                        id,
+                        None,
+                        None,
+                        &hidden,
+                        None,
+                        &claudemesh_schema::ipc::page::Page::first(100),
+                    )?
+                    .0,
                 ))
             })
             .await?;

@@ -4,6 +4,7 @@
 
 use claudemesh_daemon::parse_rfc3339;
 use claudemesh_schema::ipc::methods::{self as m, MeshParams};
+use claudemesh_schema::ipc::page::{self, Page};
 use claudemesh_schema::ipc::shared::{
     self as sh, Actor, AuditResult, ClaimResult, ContextQuery, ContextsResult, ItemParams,
     RecallParams, RecallResult, RememberParams, ReservationQuery, ReservationsResult,
@@ -52,6 +53,12 @@ pub(crate) struct ListStateArgs {
     /// Mesh name, when you are in several.
     #[serde(default)]
     mesh: Option<String>,
+    /// Resume after this point: the `next_cursor` of the previous answer.
+    #[serde(default)]
+    cursor: Option<String>,
+    /// Most items in this answer (default 100, at most 1000).
+    #[serde(default)]
+    limit: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -82,6 +89,9 @@ pub(crate) struct RecallArgs {
     /// Mesh name, when you are in several.
     #[serde(default)]
     mesh: Option<String>,
+    /// Resume after this point: the `next_cursor` of the previous answer.
+    #[serde(default)]
+    cursor: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -141,6 +151,12 @@ pub(crate) struct ListTasksArgs {
     /// Mesh name, when you are in several.
     #[serde(default)]
     mesh: Option<String>,
+    /// Resume after this point: the `next_cursor` of the previous answer.
+    #[serde(default)]
+    cursor: Option<String>,
+    /// Most items in this answer (default 100, at most 1000).
+    #[serde(default)]
+    limit: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -171,6 +187,12 @@ pub(crate) struct ListAllArgs {
     /// Mesh name, when you are in several.
     #[serde(default)]
     mesh: Option<String>,
+    /// Resume after this point: the `next_cursor` of the previous answer.
+    #[serde(default)]
+    cursor: Option<String>,
+    /// Most items in this answer (default 100, at most 1000).
+    #[serde(default)]
+    limit: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -201,6 +223,12 @@ pub(crate) struct QueryArgs {
     /// Mesh name, when you are in several.
     #[serde(default)]
     mesh: Option<String>,
+    /// Resume after this point: the `next_cursor` of the previous answer.
+    #[serde(default)]
+    cursor: Option<String>,
+    /// Most items in this answer (default 100, at most 1000).
+    #[serde(default)]
+    limit: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -257,6 +285,26 @@ pub(crate) struct ScheduleArgs {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+pub(crate) struct ListArgs {
+    /// Mesh name, when you are in several.
+    #[serde(default)]
+    mesh: Option<String>,
+    /// Resume after this point: the `next_cursor` of the previous answer.
+    #[serde(default)]
+    cursor: Option<String>,
+    /// Most items in this answer (default 100, at most 1000).
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+/// A page of a list: lists answer at most `limit` items (default 100) and a
+/// `next_cursor` while more follow, so an answer stays small whatever the mesh holds.
+fn page(cursor: Option<String>, limit: Option<u32>) -> Page {
+    Page::after(cursor, limit.unwrap_or(page::DEFAULT_LIMIT))
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct MeshOnlyArgs {
     /// Mesh name, when you are in several.
     #[serde(default)]
@@ -303,52 +351,50 @@ impl Shim {
 
     /// Skills of this session's mesh, as MCP prompts.
     pub(crate) async fn skill_prompts(&self) -> Vec<Prompt> {
+        self.skills()
+            .await
+            .map(|skills| {
+                skills
+                    .into_iter()
+                    .map(|s| {
+                        let about = format!(
+                            "{} (shared by {})",
+                            names::one_line(&s.description, 200),
+                            names::one_line(&s.author, 64)
+                        );
+                        Prompt::new(prompt_name(&s.name), Some(about), None)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every skill of this session's mesh, page by page.
+    async fn skills(&self) -> Option<Vec<sh::Skill>> {
         let mesh = self.mesh_of(None).await;
-        let Ok(mut c) = self.client().await else {
-            return Vec::new();
-        };
-        let r: Result<SkillsResult, _> = c
-            .call(
-                sh::SKILLS,
-                SkillQuery {
-                    mesh,
-                    ..Default::default()
-                },
-            )
-            .await;
-        r.map(|r| {
-            r.skills
-                .into_iter()
-                .map(|s| {
-                    let about = format!(
-                        "{} (shared by {})",
-                        names::one_line(&s.description, 200),
-                        names::one_line(&s.author, 64)
-                    );
-                    Prompt::new(prompt_name(&s.name), Some(about), None)
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+        let mut c = self.client().await.ok()?;
+        let (mut all, mut cursor) = (Vec::new(), None);
+        loop {
+            let q = SkillQuery {
+                mesh: mesh.clone(),
+                page: Page::after(cursor, page::MAX_LIMIT),
+                ..Default::default()
+            };
+            let r: SkillsResult = c.call(sh::SKILLS, q).await.ok()?;
+            all.extend(r.skills);
+            cursor = r.next_cursor;
+            if cursor.is_none() {
+                return Some(all);
+            }
+        }
     }
 
     /// One skill as a prompt.
     pub(crate) async fn skill_prompt(&self, name: &str) -> Option<GetPromptResult> {
-        let mesh = self.mesh_of(None).await;
-        let mut c = self.client().await.ok()?;
-        let r: SkillsResult = c
-            .call(
-                sh::SKILLS,
-                SkillQuery {
-                    mesh,
-                    ..Default::default()
-                },
-            )
-            .await
-            .ok()?;
         // Listed under a cleaned name: find the skill that name stands for.
-        let s = r
-            .skills
+        let s = self
+            .skills()
+            .await?
             .into_iter()
             .find(|s| prompt_name(&s.name) == name)?;
         // A peer wrote it: say whose it is, and keep its text free of controls.
@@ -426,11 +472,14 @@ impl Shim {
         let q = StateQuery {
             mesh,
             key: Some(a.key),
+            page: Page::default(),
         };
         self.call::<StateResult>(sh::STATE_GET, q).await
     }
 
-    #[tool(description = "List the mesh's shared state: keys, values, who set them and when.")]
+    #[tool(
+        description = "List the mesh's shared state: keys, values, who set them and when, in key order. Paged: at most `limit` keys (default 100); pass `next_cursor` back as `cursor` for the next page."
+    )]
     async fn list_state(
         &self,
         Parameters(a): Parameters<ListStateArgs>,
@@ -439,6 +488,7 @@ impl Shim {
         let q = StateQuery {
             mesh,
             key: a.prefix,
+            page: page(a.cursor, a.limit),
         };
         self.call::<StateResult>(sh::STATE_LIST, q).await
     }
@@ -471,6 +521,7 @@ impl Shim {
             query: a.query,
             tags: a.tags,
             limit: a.limit,
+            cursor: a.cursor,
         };
         self.call::<RecallResult>(sh::RECALL, q).await
     }
@@ -534,7 +585,7 @@ impl Shim {
     }
 
     #[tool(
-        description = "List shared tasks, optionally by status (open, claimed, done) and assignee."
+        description = "List shared tasks, newest first, optionally by status (open, claimed, done) and assignee. Paged: at most `limit` tasks (default 100); pass `next_cursor` back as `cursor` for the next page."
     )]
     async fn list_tasks(
         &self,
@@ -545,6 +596,7 @@ impl Shim {
             mesh,
             status: a.status,
             assignee: a.assignee,
+            page: page(a.cursor, a.limit),
         };
         self.call::<TaskListResult>(sh::TASK_LIST, q).await
     }
@@ -583,7 +635,11 @@ impl Shim {
         Parameters(a): Parameters<ListAllArgs>,
     ) -> Result<CallToolResult, rmcp::ErrorData> {
         let mesh = self.mesh_of(a.mesh).await;
-        let q = ReservationQuery { mesh, all: a.all };
+        let q = ReservationQuery {
+            mesh,
+            all: a.all,
+            page: page(a.cursor, a.limit),
+        };
         self.call::<ReservationsResult>(sh::RESERVATIONS, q).await
     }
 
@@ -613,6 +669,7 @@ impl Shim {
         let q = ContextQuery {
             mesh,
             query: a.query,
+            page: page(a.cursor, a.limit),
         };
         self.call::<ContextsResult>(sh::CONTEXTS, q).await
     }
@@ -620,10 +677,14 @@ impl Shim {
     #[tool(description = "List what peers have shared about the codebase, newest first.")]
     async fn list_contexts(
         &self,
-        Parameters(a): Parameters<MeshOnlyArgs>,
+        Parameters(a): Parameters<ListArgs>,
     ) -> Result<CallToolResult, rmcp::ErrorData> {
         let mesh = self.mesh_of(a.mesh).await;
-        let q = ContextQuery { mesh, query: None };
+        let q = ContextQuery {
+            mesh,
+            query: None,
+            page: page(a.cursor, a.limit),
+        };
         self.call::<ContextsResult>(sh::CONTEXTS, q).await
     }
 
@@ -655,6 +716,7 @@ impl Shim {
             mesh,
             name: Some(a.name),
             query: None,
+            page: Page::default(),
         };
         self.call::<SkillsResult>(sh::SKILLS, q).await
     }
@@ -669,6 +731,7 @@ impl Shim {
             mesh,
             name: None,
             query: a.query,
+            page: page(a.cursor, a.limit),
         };
         self.call::<SkillsResult>(sh::SKILLS, q).await
     }
@@ -721,7 +784,11 @@ impl Shim {
         Parameters(a): Parameters<ListAllArgs>,
     ) -> Result<CallToolResult, rmcp::ErrorData> {
         let mesh = self.mesh_of(a.mesh).await;
-        let q = ScheduledQuery { mesh, all: a.all };
+        let q = ScheduledQuery {
+            mesh,
+            all: a.all,
+            page: page(a.cursor, a.limit),
+        };
         self.call::<ScheduledResult>(sh::SCHEDULED, q).await
     }
 

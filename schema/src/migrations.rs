@@ -21,6 +21,7 @@ pub const DAEMON: &[&str] = &[
     include_str!("../sql/daemon/0014_mesh_relay.sql"),
     include_str!("../sql/daemon/0015_settings.sql"),
     include_str!("../sql/daemon/0016_presence_extra.sql"),
+    include_str!("../sql/daemon/0017_list_order.sql"),
 ];
 
 /// Relay store migrations (`relay.db`).

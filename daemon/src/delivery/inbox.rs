@@ -229,6 +229,8 @@ pub(crate) async fn read(d: &Arc<Daemon>, p: InboxParams) -> Result<InboxResult,
         }
         messages.sort_by_key(|m: &InboxMessage| std::cmp::Reverse((m.received_at, m.id)));
         messages.truncate(limit as usize);
+        // The newest that fit in one answer line.
+        claudemesh_schema::ipc::page::fit(&mut messages);
         messages.reverse();
         return Ok(InboxResult { messages });
     }
@@ -299,6 +301,9 @@ pub(crate) async fn read(d: &Arc<Daemon>, p: InboxParams) -> Result<InboxResult,
         }
     };
     let mut messages: Vec<InboxMessage> = messages.into_iter().map(|u| u.msg).collect();
+    // What does not fit in one answer line stays unread, for the next call (oldest first,
+    // so the next call resumes where this one stopped).
+    claudemesh_schema::ipc::page::fit(&mut messages);
     if !p.peek && !messages.is_empty() {
         let now = now_ms();
         let mut read = Vec::new();
@@ -705,12 +710,13 @@ pub(crate) async fn sent_list(
         .store
         .read(move |c| store::q_sent_recent(c, limit))
         .await?;
-    Ok(m::SentListResult {
-        messages: rows
-            .into_iter()
-            .map(|(id, to, st)| status(id, to, &st))
-            .collect(),
-    })
+    let mut messages: Vec<_> = rows
+        .into_iter()
+        .map(|(id, to, st)| status(id, to, &st))
+        .collect();
+    // The newest that fit in one answer line (a status names its recipients, not the body).
+    claudemesh_schema::ipc::page::fit(&mut messages);
+    Ok(m::SentListResult { messages })
 }
 
 pub(crate) async fn message_status(

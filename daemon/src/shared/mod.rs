@@ -10,6 +10,7 @@ pub(crate) mod oplog;
 pub(crate) mod query;
 pub(crate) mod snapshot;
 
+use claudemesh_schema::ipc::page::{self, Page};
 use claudemesh_schema::ipc::shared::{
     Actor, AuditResult, ClaimResult, ContextQuery, ContextsResult, DigestResult, ItemParams,
     LinkPauseParams, RecallParams, RecallResult, RememberParams, ReservationQuery,
@@ -43,6 +44,11 @@ fn actor(d: &Daemon, a: &Actor) -> Result<(Arc<MeshCtx>, SessionId), Error> {
         )));
     }
     Ok((m, s))
+}
+
+/// Where a page resumes: its cursor decoded, or an invalid-parameters error.
+pub(crate) fn position<T: serde::de::DeserializeOwned>(p: &Page) -> Result<Option<T>, Error> {
+    p.position().map_err(|e| Error::invalid(e.to_string()))
 }
 
 fn check_text(what: &str, s: &str, max: usize) -> Result<(), Error> {
@@ -122,18 +128,24 @@ pub(crate) async fn state_get(
 ) -> Result<StateResult, Error> {
     let m = d.select(p.mesh.as_deref())?;
     let (mesh, hidden) = (m.id, m.hidden_writers());
-    let entries = d
+    let after: Option<String> = position(&p.page)?;
+    let (entries, next_cursor) = d
         .store
         .read(move |c| {
+            let after = after.as_deref();
             if prefix {
-                query::q_state(c, mesh, None, p.key.as_deref(), &hidden)
+                query::q_state(c, mesh, None, p.key.as_deref(), &hidden, after, &p.page)
             } else {
                 let key = p.key.as_deref().unwrap_or_default();
-                query::q_state(c, mesh, Some(key), None, &hidden)
+                query::q_state(c, mesh, Some(key), None, &hidden, after, &p.page)
             }
         })
         .await?;
-    Ok(StateResult { mesh, entries })
+    Ok(StateResult {
+        mesh,
+        entries,
+        next_cursor,
+    })
 }
 
 pub(crate) async fn remember(d: &Arc<Daemon>, p: RememberParams) -> Result<WriteResult, Error> {
@@ -155,11 +167,21 @@ pub(crate) async fn recall(d: &Arc<Daemon>, p: RecallParams) -> Result<RecallRes
     let m = d.select(p.mesh.as_deref())?;
     let (mesh, hidden) = (m.id, m.hidden_writers());
     let limit = p.limit.unwrap_or(20).clamp(1, 1000);
-    let memories = d
+    let after = p
+        .cursor
+        .as_deref()
+        .map(page::decode)
+        .transpose()
+        .map_err(|e| Error::invalid(e.to_string()))?;
+    let (memories, next_cursor) = d
         .store
-        .read(move |c| query::q_recall(c, mesh, &p.query, &p.tags, limit, &hidden))
+        .read(move |c| query::q_recall(c, mesh, &p.query, &p.tags, limit, &hidden, after))
         .await?;
-    Ok(RecallResult { mesh, memories })
+    Ok(RecallResult {
+        mesh,
+        memories,
+        next_cursor,
+    })
 }
 
 pub(crate) async fn forget(d: &Arc<Daemon>, p: ItemParams) -> Result<WriteResult, Error> {
@@ -242,11 +264,19 @@ pub(crate) async fn task_list(d: &Arc<Daemon>, p: TaskListParams) -> Result<Task
         )));
     }
     let (mesh, hidden) = (m.id, m.hidden_writers());
-    let tasks = d
+    let after = position(&p.page)?;
+    let (tasks, next_cursor) = d
         .store
-        .read(move |c| query::q_tasks(c, mesh, p.status.as_deref(), p.assignee.as_deref(), &hidden))
+        .read(move |c| {
+            let (status, assignee) = (p.status.as_deref(), p.assignee.as_deref());
+            query::q_tasks(c, mesh, status, assignee, &hidden, after, &p.page)
+        })
         .await?;
-    Ok(TaskListResult { mesh, tasks })
+    Ok(TaskListResult {
+        mesh,
+        tasks,
+        next_cursor,
+    })
 }
 
 pub(crate) async fn digest(
@@ -322,11 +352,16 @@ pub(crate) async fn reservations(
     let m = d.select(p.mesh.as_deref())?;
     let mesh = m.id;
     let now = claudemesh_schema::now_ms();
-    let reservations = d
+    let after = position(&p.page)?;
+    let (reservations, next_cursor) = d
         .store
-        .read(move |c| query::q_reservations(c, mesh, p.all, now))
+        .read(move |c| query::q_reservations(c, mesh, p.all, now, after, &p.page))
         .await?;
-    Ok(ReservationsResult { mesh, reservations })
+    Ok(ReservationsResult {
+        mesh,
+        reservations,
+        next_cursor,
+    })
 }
 
 pub(crate) async fn share_context(
@@ -359,14 +394,19 @@ pub(crate) async fn share_context(
 pub(crate) async fn contexts(d: &Arc<Daemon>, p: ContextQuery) -> Result<ContextsResult, Error> {
     let m = d.select(p.mesh.as_deref())?;
     let (mesh, hidden) = (m.id, m.hidden_writers());
-    let contexts = d
+    let after = position(&p.page)?;
+    let (contexts, next_cursor) = d
         .store
         .read(move |c| {
             let q = p.query.as_deref().filter(|q| !q.is_empty());
-            query::q_contexts(c, mesh, q, &hidden)
+            query::q_contexts(c, mesh, q, &hidden, after, &p.page)
         })
         .await?;
-    Ok(ContextsResult { mesh, contexts })
+    Ok(ContextsResult {
+        mesh,
+        contexts,
+        next_cursor,
+    })
 }
 
 pub(crate) async fn share_skill(
@@ -404,6 +444,7 @@ pub(crate) async fn remove_skill(d: &Arc<Daemon>, p: ItemParams) -> Result<Write
             mesh: Some(m.id.to_string()),
             name: Some(p.id.clone()),
             query: None,
+            page: Page::default(),
         },
     )
     .await?;
@@ -418,7 +459,8 @@ pub(crate) async fn remove_skill(d: &Arc<Daemon>, p: ItemParams) -> Result<Write
 pub(crate) async fn skills(d: &Arc<Daemon>, p: SkillQuery) -> Result<SkillsResult, Error> {
     let m = d.select(p.mesh.as_deref())?;
     let (mesh, hidden) = (m.id, m.hidden_writers());
-    let skills = d
+    let after: Option<String> = position(&p.page)?;
+    let (skills, next_cursor) = d
         .store
         .read(move |c| {
             query::q_skills(
@@ -427,10 +469,16 @@ pub(crate) async fn skills(d: &Arc<Daemon>, p: SkillQuery) -> Result<SkillsResul
                 p.name.as_deref(),
                 p.query.as_deref().filter(|q| !q.is_empty()),
                 &hidden,
+                after.as_deref(),
+                &p.page,
             )
         })
         .await?;
-    Ok(SkillsResult { mesh, skills })
+    Ok(SkillsResult {
+        mesh,
+        skills,
+        next_cursor,
+    })
 }
 
 pub(crate) async fn schedule(

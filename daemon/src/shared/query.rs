@@ -1,6 +1,7 @@
 //! Reads of shared state. They take a plain connection, so they answer from the local
 //! SQLite file at once, with or without a relay (and, for the CLI, without a daemon).
 
+use claudemesh_schema::ipc::page::Page;
 use claudemesh_schema::ipc::shared::{
     Context, DigestResult, Memory, Reservation, Skill, StateEntry, Task,
 };
@@ -82,77 +83,111 @@ pub(crate) fn q_pending(conn: &Connection, mesh: MeshId) -> Result<Vec<OpBody>> 
     Ok(out)
 }
 
-/// Keys equal to `key`, or starting with `prefix`, with own pending writes on top.
+/// A page of keys: `key` exactly, or those starting with `prefix`, in key order after
+/// `after` (the last key of the previous page), with own pending writes on top.
+///
+/// The folded rows are read lazily in key order from the lower bound (a primary-key range,
+/// so a page costs what it holds, not what the table holds) and merged with the pending
+/// overlay, which is small: the outbox of one daemon.
 pub(crate) fn q_state(
     conn: &Connection,
     mesh: MeshId,
     key: Option<&str>,
     prefix: Option<&str>,
     hidden: &Hidden,
-) -> Result<Vec<StateEntry>> {
-    let wanted = |k: &str| key.is_none_or(|x| x == k) && prefix.is_none_or(|p| k.starts_with(p));
-    let mut out: BTreeMap<String, StateEntry> = BTreeMap::new();
-    // One key is a primary-key lookup (its own statement, so the planner uses the index);
-    // a prefix scans from the prefix on.
-    let h = hidden.sql("author");
-    let mut stmt = match key {
-        Some(_) => conn.prepare_cached(&format!(
-            "SELECT key, value, author_name, updated_at, author FROM state_kv
-             WHERE mesh = ?1 AND key = ?2 AND ?3 IS NULL{h}"
-        ))?,
-        None => conn.prepare_cached(&format!(
-            "SELECT key, value, author_name, updated_at, author FROM state_kv
-             WHERE mesh = ?1 AND ?2 IS NULL AND key >= COALESCE(?3, '')
-               AND (?3 IS NULL OR substr(key, 1, length(?3)) = ?3){h}
-             ORDER BY key"
-        ))?,
+    after: Option<&str>,
+    page: &Page,
+) -> Result<(Vec<StateEntry>, Option<String>)> {
+    let range = key.or(prefix).unwrap_or("");
+    let exact = key.is_some();
+    // Keys with the prefix form one run starting at it: the scan starts at the prefix or
+    // just after the cursor, whichever is later, and stops at the first key out of it.
+    let (lower, strict) = match after {
+        Some(a) if a >= range => (a, true),
+        _ => (range, false),
     };
-    let rows = stmt.query_map(params![mesh.as_bytes(), key, prefix], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            by(r.get(2)?, &r.get::<_, Vec<u8>>(4)?),
-            r.get::<_, i64>(3)?,
-        ))
-    })?;
-    for row in rows {
-        let (k, v, by, at) = row?;
-        if !wanted(&k) {
-            continue;
+    let in_range = |k: &str| {
+        if exact {
+            k == range
+        } else {
+            k.starts_with(range)
         }
-        let value = serde_json::from_str(&v).map_err(|_| StoreError::Corrupt("state value"))?;
-        out.insert(
-            k.clone(),
-            StateEntry {
-                key: k,
-                value,
-                updated_by: by,
-                updated_at: at,
-                pending: false,
-            },
-        );
-    }
+    };
+    let past = |k: &str| if strict { k > lower } else { k >= lower };
+    let wanted = |k: &str| in_range(k) && past(k);
+
+    // Own writes not yet sequenced, in write order: the last one per key stands.
+    let mut overlay: BTreeMap<String, Option<StateEntry>> = BTreeMap::new();
     for b in q_pending(conn, mesh)? {
         if let Op::SetState { key: k, value } = b.op
             && wanted(&k)
         {
-            if value.is_null() {
-                out.remove(&k);
-            } else {
-                out.insert(
-                    k.clone(),
-                    StateEntry {
-                        key: k,
-                        value,
-                        updated_by: b.name,
-                        updated_at: b.at,
-                        pending: true,
-                    },
-                );
-            }
+            let e = (!value.is_null()).then(|| StateEntry {
+                key: k.clone(),
+                value,
+                updated_by: b.name,
+                updated_at: b.at,
+                pending: true,
+            });
+            overlay.insert(k, e);
         }
     }
-    Ok(out.into_values().collect())
+    let mut overlay = overlay.into_iter().peekable();
+
+    let h = hidden.sql("author");
+    let cmp = if strict { ">" } else { ">=" };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT key, value, author_name, updated_at, author FROM state_kv
+         WHERE mesh = ?1 AND key {cmp} ?2{h} ORDER BY key"
+    ))?;
+    let mut rows = stmt.query(params![mesh.as_bytes(), lower])?;
+    let mut next_row = || -> Result<Option<StateEntry>> {
+        let Some(r) = rows.next()? else {
+            return Ok(None);
+        };
+        let k: String = r.get(0)?;
+        if !in_range(&k) {
+            return Ok(None);
+        }
+        let value = serde_json::from_str(&r.get::<_, String>(1)?)
+            .map_err(|_| StoreError::Corrupt("state value"))?;
+        Ok(Some(StateEntry {
+            key: k,
+            value,
+            updated_by: by(r.get(2)?, &r.get::<_, Vec<u8>>(4)?),
+            updated_at: r.get(3)?,
+            pending: false,
+        }))
+    };
+    let mut pager = page.pager();
+    let mut row = next_row()?;
+    loop {
+        // The smaller key of the next row and the next pending write; a pending write
+        // replaces the row of its key (or hides it, for a delete).
+        let pending_first = match (&row, overlay.peek()) {
+            (None, None) => break,
+            (None, Some(_)) => true,
+            (Some(_), None) => false,
+            (Some(r), Some((k, _))) => k.as_str() <= r.key.as_str(),
+        };
+        let entry = if pending_first {
+            let Some((k, e)) = overlay.next() else { break };
+            if row.as_ref().is_some_and(|r| r.key == k) {
+                row = next_row()?;
+            }
+            e
+        } else {
+            let e = row.take();
+            row = next_row()?;
+            e
+        };
+        if let Some(e) = entry
+            && !pager.push(e)
+        {
+            break;
+        }
+    }
+    Ok(pager.finish(|e| e.key.clone()))
 }
 
 /// Turn words into an FTS5 query: each word a quoted term (stemmed by the index's porter
@@ -168,8 +203,19 @@ fn fts_query(q: &str) -> Option<String> {
     (!words.is_empty()).then(|| words.join(" OR "))
 }
 
+/// Where a recall page ends: the last memory's rank (bm25, lower is better) or creation
+/// time, and its local row number as the tie-break.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub(crate) enum RecallAt {
+    /// After this bm25 rank and row, with a query.
+    Rank(f64, i64),
+    /// Older than this creation time and row, without one.
+    Newest(i64, i64),
+}
+
 /// Memories matching `query` (best first) or, with no words, the newest; only those
-/// carrying every tag in `tags`.
+/// carrying every tag in `tags`; at most `limit`, after `after`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn q_recall(
     conn: &Connection,
     mesh: MeshId,
@@ -177,7 +223,8 @@ pub(crate) fn q_recall(
     tags: &[String],
     limit: u32,
     hidden: &Hidden,
-) -> Result<Vec<Memory>> {
+    after: Option<RecallAt>,
+) -> Result<(Vec<Memory>, Option<String>)> {
     let h = hidden.sql("m.author");
     let tags = serde_json::to_string(tags).unwrap_or_else(|_| "[]".into());
     // Memories this daemon has forgotten, not yet sequenced: already gone for its sessions.
@@ -204,46 +251,85 @@ pub(crate) fn q_recall(
             r.get::<_, i64>(4)?,
             r.get::<_, Option<i64>>(5)?,
             r.get::<_, f64>(6)?,
+            r.get::<_, i64>(8)?,
         ))
     };
+    // One more than the limit: it tells whether another page follows.
+    let fetch = i64::from(limit) + 1;
     let rows: Vec<_> = match fts_query(query) {
         Some(q) => {
+            let (rank, n) = match after {
+                Some(RecallAt::Rank(r, n)) => (Some(r), n),
+                _ => (None, 0),
+            };
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT m.id, m.text, m.tags, m.author_name, m.created_at, m.seq,
-                        -bm25(memories_fts) AS score, m.author
-                 FROM memories_fts JOIN memories m ON m.n = memories_fts.rowid
-                 WHERE memories_fts MATCH ?1 AND m.mesh = ?2 AND {tag_filter}{h}
-                 ORDER BY bm25(memories_fts) LIMIT ?4"
+                "SELECT * FROM (
+                   SELECT m.id, m.text, m.tags, m.author_name, m.created_at, m.seq,
+                          bm25(memories_fts) AS rank, m.author, m.n
+                   FROM memories_fts JOIN memories m ON m.n = memories_fts.rowid
+                   WHERE memories_fts MATCH ?1 AND m.mesh = ?2 AND {tag_filter}{h})
+                 WHERE ?5 IS NULL OR rank > ?5 OR (rank = ?5 AND n > ?6)
+                 ORDER BY rank, n LIMIT ?4"
             ))?;
-            stmt.query_map(params![q, mesh.as_bytes(), tags, limit], row)?
+            stmt.query_map(params![q, mesh.as_bytes(), tags, fetch, rank, n], row)?
                 .collect::<rusqlite::Result<_>>()?
         }
         None => {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT m.id, m.text, m.tags, m.author_name, m.created_at, m.seq, 0.0, m.author
-                 FROM memories m WHERE ?1 IS NULL AND m.mesh = ?2 AND {tag_filter}{h}
-                 ORDER BY m.created_at DESC, m.n DESC LIMIT ?4"
-            ))?;
-            stmt.query_map(
-                params![Option::<String>::None, mesh.as_bytes(), tags, limit],
-                row,
-            )?
-            .collect::<rusqlite::Result<_>>()?
+            let mut stmt;
+            let rows = match after {
+                Some(RecallAt::Newest(at, n)) => {
+                    stmt = conn.prepare_cached(&format!(
+                        "SELECT m.id, m.text, m.tags, m.author_name, m.created_at, m.seq, 0.0,
+                                m.author, m.n
+                         FROM memories m WHERE ?1 IS NULL AND m.mesh = ?2 AND {tag_filter}{h}
+                           AND m.created_at <= ?5 AND (m.created_at < ?5 OR m.n < ?6)
+                         ORDER BY m.created_at DESC, m.n DESC LIMIT ?4"
+                    ))?;
+                    stmt.query_map(
+                        params![Option::<String>::None, mesh.as_bytes(), tags, fetch, at, n],
+                        row,
+                    )?
+                }
+                _ => {
+                    stmt = conn.prepare_cached(&format!(
+                        "SELECT m.id, m.text, m.tags, m.author_name, m.created_at, m.seq, 0.0,
+                                m.author, m.n
+                         FROM memories m WHERE ?1 IS NULL AND m.mesh = ?2 AND {tag_filter}{h}
+                         ORDER BY m.created_at DESC, m.n DESC LIMIT ?4"
+                    ))?;
+                    stmt.query_map(
+                        params![Option::<String>::None, mesh.as_bytes(), tags, fetch],
+                        row,
+                    )?
+                }
+            };
+            rows.collect::<rusqlite::Result<_>>()?
         }
     };
-    rows.into_iter()
-        .map(|(id, text, tags, author, created_at, seq, score)| {
-            Ok(Memory {
-                id: item(id)?,
-                text,
-                tags: json_list(&tags),
-                author,
-                created_at,
-                score,
-                pending: seq.is_none(),
-            })
-        })
-        .collect()
+    let ranked = fts_query(query).is_some();
+    let mut pager = Page::first(limit).pager();
+    for (id, text, tags, author, created_at, seq, rank, n) in rows {
+        let m = Memory {
+            id: item(id)?,
+            text,
+            tags: json_list(&tags),
+            author,
+            created_at,
+            // bm25 is lower for better matches; the score is higher for them.
+            score: if ranked { -rank } else { 0.0 },
+            pending: seq.is_none(),
+        };
+        let at = if ranked {
+            RecallAt::Rank(rank, n)
+        } else {
+            RecallAt::Newest(created_at, n)
+        };
+        if !pager.push((at, m)) {
+            break;
+        }
+    }
+    let (items, next) = pager.finish(|(at, _)| *at);
+    Ok((items.into_iter().map(|(_, m)| m).collect(), next))
 }
 
 const TASK_COLS: &str = "id, title, body, priority, tags, status, assignee_name, assignee,
@@ -277,29 +363,43 @@ fn task_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Vec<u8>, Task)> {
     ))
 }
 
-/// Tasks, newest first, filtered by status and by assignee (or suggested assignee).
+/// A page of tasks, newest first (creation time, then id), filtered by status and by
+/// assignee (or suggested assignee); after `after`, the last (creation time, id) given.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn q_tasks(
     conn: &Connection,
     mesh: MeshId,
     status: Option<&str>,
     assignee: Option<&str>,
     hidden: &Hidden,
-) -> Result<Vec<Task>> {
+    after: Option<(i64, ItemId)>,
+    page: &Page,
+) -> Result<(Vec<Task>, Option<String>)> {
     let h = hidden.sql("author");
+    // The cursor is a range on the `tasks_newest` index, so a page reads only its rows.
+    let resume = if after.is_some() {
+        " AND created_at <= ?4 AND (created_at < ?4 OR id > ?5)"
+    } else {
+        " AND ?4 IS NULL AND ?5 IS NULL"
+    };
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {TASK_COLS} FROM tasks WHERE mesh = ?1
            AND (?2 IS NULL OR status = ?2)
            AND (?3 IS NULL OR assignee_name = ?3 OR (assignee_name IS NULL AND suggested = ?3)){h}
+           {resume}
          ORDER BY created_at DESC, id"
     ))?;
-    let rows = stmt.query_map(params![mesh.as_bytes(), status, assignee], task_row)?;
-    let mut out = Vec::new();
+    let (at, id) = after.map(|(a, i)| (a, i.as_bytes().to_vec())).unzip();
+    let rows = stmt.query_map(params![mesh.as_bytes(), status, assignee, at, id], task_row)?;
+    let mut pager = page.pager();
     for row in rows {
         let (id, mut t) = row?;
         t.id = item(id)?;
-        out.push(t);
+        if !pager.push(t) {
+            break;
+        }
     }
-    Ok(out)
+    Ok(pager.finish(|t| (t.created_at, t.id)))
 }
 
 /// One task.
@@ -426,19 +526,32 @@ pub(crate) fn q_digest(conn: &Connection, mesh: MeshId) -> Result<DigestResult> 
     })
 }
 
-/// Reservations, oldest first; with `all`, also released, expired and refused ones.
+/// A page of reservations, oldest first (creation time, then id); with `all`, also
+/// released, expired and refused ones.
 pub(crate) fn q_reservations(
     conn: &Connection,
     mesh: MeshId,
     all: bool,
     now: i64,
-) -> Result<Vec<Reservation>> {
-    let mut stmt = conn.prepare_cached(
+    after: Option<(i64, ItemId)>,
+    page: &Page,
+) -> Result<(Vec<Reservation>, Option<String>)> {
+    let resume = if after.is_some() {
+        " AND created_at >= ?3 AND (created_at > ?3 OR id > ?4)"
+    } else {
+        " AND ?3 IS NULL AND ?4 IS NULL"
+    };
+    // Lapsed ones are filtered here, not after the page is cut, so a page is never short
+    // for having held them.
+    let mut stmt = conn.prepare_cached(&format!(
         "SELECT id, author_name, session, patterns, exclusive, reason, created_at, expires_at,
                 status, conflict, author
-         FROM reservations WHERE mesh = ?1 ORDER BY seq",
-    )?;
-    let rows = stmt.query_map(params![mesh.as_bytes()], |r| {
+         FROM reservations WHERE mesh = ?1
+           AND (?2 OR (status = 'active' AND expires_at > ?5)){resume}
+         ORDER BY created_at, id"
+    ))?;
+    let (at, id) = after.map(|(a, i)| (a, i.as_bytes().to_vec())).unzip();
+    let rows = stmt.query_map(params![mesh.as_bytes(), all, at, id, now], |r| {
         Ok((
             r.get::<_, Vec<u8>>(0)?,
             by(r.get(1)?, &r.get::<_, Vec<u8>>(10)?),
@@ -452,7 +565,7 @@ pub(crate) fn q_reservations(
             r.get::<_, Option<String>>(9)?,
         ))
     })?;
-    let mut out = Vec::new();
+    let mut pager = page.pager();
     for row in rows {
         let (id, holder, session, patterns, exclusive, reason, created_at, expires_at, st, c) =
             row?;
@@ -461,10 +574,7 @@ pub(crate) fn q_reservations(
         } else {
             st
         };
-        if !all && status != "active" {
-            continue;
-        }
-        out.push(Reservation {
+        let r = Reservation {
             id: item(id)?,
             holder,
             holder_id: SessionId::from_slice(&session).ok_or(StoreError::Corrupt("session id"))?,
@@ -475,27 +585,39 @@ pub(crate) fn q_reservations(
             expires_at,
             status,
             conflict: c,
-        });
+        };
+        if !pager.push(r) {
+            break;
+        }
     }
-    Ok(out)
+    Ok(pager.finish(|r| (r.created_at, r.id)))
 }
 
-/// Contexts, newest first, optionally only those mentioning `q` (case-insensitive).
+/// A page of contexts, newest first (creation time, then id), optionally only those
+/// mentioning `q` (case-insensitive).
 pub(crate) fn q_contexts(
     conn: &Connection,
     mesh: MeshId,
     q: Option<&str>,
     hidden: &Hidden,
-) -> Result<Vec<Context>> {
+    after: Option<(i64, ItemId)>,
+    page: &Page,
+) -> Result<(Vec<Context>, Option<String>)> {
     let h = hidden.sql("author");
+    let resume = if after.is_some() {
+        " AND created_at <= ?3 AND (created_at < ?3 OR id > ?4)"
+    } else {
+        " AND ?3 IS NULL AND ?4 IS NULL"
+    };
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT id, author_name, summary, files_read, key_findings, tags, created_at, seq, author
          FROM contexts WHERE mesh = ?1
            AND (?2 IS NULL OR instr(lower(summary || ' ' || files_read || ' ' || key_findings
-                || ' ' || tags), lower(?2)) > 0){h}
+                || ' ' || tags), lower(?2)) > 0){h}{resume}
          ORDER BY created_at DESC, id"
     ))?;
-    let rows = stmt.query_map(params![mesh.as_bytes(), q], |r| {
+    let (at, id) = after.map(|(a, i)| (a, i.as_bytes().to_vec())).unzip();
+    let rows = stmt.query_map(params![mesh.as_bytes(), q, at, id], |r| {
         Ok((
             r.get::<_, Vec<u8>>(0)?,
             by(r.get(1)?, &r.get::<_, Vec<u8>>(8)?),
@@ -507,10 +629,10 @@ pub(crate) fn q_contexts(
             r.get::<_, Option<i64>>(7)?,
         ))
     })?;
-    let mut out = Vec::new();
+    let mut pager = page.pager();
     for row in rows {
         let (id, author, summary, files, findings, tags, created_at, seq) = row?;
-        out.push(Context {
+        let c = Context {
             id: item(id)?,
             author,
             summary,
@@ -519,39 +641,54 @@ pub(crate) fn q_contexts(
             tags: json_list(&tags),
             created_at,
             pending: seq.is_none(),
-        });
+        };
+        if !pager.push(c) {
+            break;
+        }
     }
-    Ok(out)
+    Ok(pager.finish(|c| (c.created_at, c.id)))
 }
 
-/// Skills by name: one (`name`), or those mentioning `q`, or all.
+/// A page of skills by name, after `after`: one (`name`), or those mentioning `q`, or all.
 pub(crate) fn q_skills(
     conn: &Connection,
     mesh: MeshId,
     name: Option<&str>,
     q: Option<&str>,
     hidden: &Hidden,
-) -> Result<Vec<Skill>> {
+    after: Option<&str>,
+    page: &Page,
+) -> Result<(Vec<Skill>, Option<String>)> {
     let h = hidden.sql("author");
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT name, description, instructions, tags, when_to_use, author_name, updated_at, author
          FROM skills WHERE mesh = ?1 AND (?2 IS NULL OR name = ?2)
            AND (?3 IS NULL OR instr(lower(name || ' ' || description || ' ' || tags || ' '
                 || when_to_use), lower(?3)) > 0){h}
+           AND name > ?4
          ORDER BY name"
     ))?;
-    let rows = stmt.query_map(params![mesh.as_bytes(), name, q], |r| {
-        Ok(Skill {
-            name: r.get(0)?,
-            description: r.get(1)?,
-            instructions: r.get(2)?,
-            tags: json_list(&r.get::<_, String>(3)?),
-            when_to_use: r.get(4)?,
-            author: by(r.get(5)?, &r.get::<_, Vec<u8>>(7)?),
-            updated_at: r.get(6)?,
-        })
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    let rows = stmt.query_map(
+        params![mesh.as_bytes(), name, q, after.unwrap_or("")],
+        |r| {
+            Ok(Skill {
+                name: r.get(0)?,
+                description: r.get(1)?,
+                instructions: r.get(2)?,
+                tags: json_list(&r.get::<_, String>(3)?),
+                when_to_use: r.get(4)?,
+                author: by(r.get(5)?, &r.get::<_, Vec<u8>>(7)?),
+                updated_at: r.get(6)?,
+            })
+        },
+    )?;
+    let mut pager = page.pager();
+    for row in rows {
+        if !pager.push(row?) {
+            break;
+        }
+    }
+    Ok(pager.finish(|s| s.name.clone()))
 }
 
 /// Items per folded table (pending own items included), the applied head, and own writes

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::ids::{ItemId, MeshId, OpId, SessionId};
+use crate::ipc::page::Page;
 
 /// `state_set`.
 pub const STATE_SET: &str = "state_set";
@@ -91,6 +92,9 @@ pub struct StateQuery {
     /// The key (`state_get`) or a key prefix (`state_list`).
     #[serde(default)]
     pub key: Option<String>,
+    /// Which page (absent: the whole list at once).
+    #[serde(flatten)]
+    pub page: Page,
 }
 
 /// One shared key.
@@ -115,6 +119,9 @@ pub struct StateResult {
     pub mesh: MeshId,
     /// Matching keys, sorted.
     pub entries: Vec<StateEntry>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// `remember` parameters.
@@ -142,9 +149,12 @@ pub struct RecallParams {
     /// Only memories with all these tags.
     #[serde(default)]
     pub tags: Vec<String>,
-    /// Most results (default 20).
+    /// Most results (default 20, at most 1000; a page also closes at `page::PAGE_BYTES`).
     #[serde(default)]
     pub limit: Option<u32>,
+    /// Resume after this point: the `next_cursor` of the previous answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
 }
 
 /// One memory.
@@ -173,6 +183,9 @@ pub struct RecallResult {
     pub mesh: MeshId,
     /// Best first.
     pub memories: Vec<Memory>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// Parameters naming one item by id or id prefix.
@@ -222,6 +235,9 @@ pub struct TaskListParams {
     /// Assignee name (or suggested assignee of open tasks).
     #[serde(default)]
     pub assignee: Option<String>,
+    /// Which page (absent: the whole list at once).
+    #[serde(flatten)]
+    pub page: Page,
 }
 
 /// One task.
@@ -267,6 +283,9 @@ pub struct TaskListResult {
     pub mesh: MeshId,
     /// Tasks, newest first.
     pub tasks: Vec<Task>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// `task_claim` result.
@@ -402,6 +421,9 @@ pub struct ReservationQuery {
     /// Include released, expired and refused ones.
     #[serde(default)]
     pub all: bool,
+    /// Which page (absent: the whole list at once).
+    #[serde(flatten)]
+    pub page: Page,
 }
 
 /// `list_reservations` result.
@@ -411,6 +433,9 @@ pub struct ReservationsResult {
     pub mesh: MeshId,
     /// Oldest first.
     pub reservations: Vec<Reservation>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// `share_context` parameters.
@@ -462,6 +487,9 @@ pub struct ContextQuery {
     /// Only contexts mentioning this (in summary, findings, files or tags).
     #[serde(default)]
     pub query: Option<String>,
+    /// Which page (absent: the whole list at once).
+    #[serde(flatten)]
+    pub page: Page,
 }
 
 /// `list_contexts` result.
@@ -471,6 +499,9 @@ pub struct ContextsResult {
     pub mesh: MeshId,
     /// Newest first.
     pub contexts: Vec<Context>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// `share_skill` parameters.
@@ -524,6 +555,9 @@ pub struct SkillQuery {
     /// Only skills mentioning this keyword.
     #[serde(default)]
     pub query: Option<String>,
+    /// Which page (absent: the whole list at once).
+    #[serde(flatten)]
+    pub page: Page,
 }
 
 /// `list_skills` result.
@@ -533,6 +567,9 @@ pub struct SkillsResult {
     pub mesh: MeshId,
     /// By name.
     pub skills: Vec<Skill>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// `schedule_reminder`.
@@ -605,6 +642,9 @@ pub struct ScheduledQuery {
     /// Also done and cancelled ones.
     #[serde(default)]
     pub all: bool,
+    /// Which page (absent: the whole list at once).
+    #[serde(flatten)]
+    pub page: Page,
 }
 
 /// `list_scheduled` result.
@@ -614,6 +654,9 @@ pub struct ScheduledResult {
     pub mesh: MeshId,
     /// Soonest first.
     pub reminders: Vec<Reminder>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// `debug_clock` parameters.

@@ -1021,6 +1021,7 @@ async fn state(bin: &Path) {
                 sh::StateQuery {
                     mesh: None,
                     key: Some(format!("key-{}", i % 5000)),
+                    page: Default::default(),
                 },
             )
             .await
@@ -1080,6 +1081,7 @@ async fn state(bin: &Path) {
                     query: q,
                     tags: vec![],
                     limit: Some(10),
+                    cursor: None,
                 },
             )
             .await

@@ -444,7 +444,17 @@ fn a_claim_race_has_one_winner_by_log_order() {
         Event::Publish { r: 2, n: 1 },
         Event::Publish { r: 1, n: 1 },
     ]);
-    let tasks = query::q_tasks(&fresh, mesh, None, None, &Default::default()).unwrap();
+    let tasks = query::q_tasks(
+        &fresh,
+        mesh,
+        None,
+        None,
+        &Default::default(),
+        None,
+        &Default::default(),
+    )
+    .unwrap()
+    .0;
     assert_eq!(tasks.len(), 1);
     assert_eq!(tasks[0].status, "claimed");
     assert_eq!(
