@@ -219,10 +219,26 @@ impl LocalRelay {
     }
 }
 
-/// The running daemon's shared state.
 /// The settings key of the default mesh.
 pub(crate) const DEFAULT_MESH: &str = "default_mesh";
 
+/// The store's health as the daemon last saw it (kept by `recovery`).
+#[derive(Debug, Default)]
+pub(crate) struct StoreHealth {
+    /// Writes are failing (since a fault was noted, until a probe write succeeds).
+    pub(crate) failing: bool,
+    /// Failed writes in this fault (said when it ends).
+    pub(crate) failures: u64,
+    /// The probe's current wait: kept across a fault that comes back within a minute of
+    /// its end (a write that fails for another reason than space), so that keeps backing
+    /// off instead of starting over.
+    pub(crate) wait: std::time::Duration,
+    /// When a fault was last said and last ended: one ERROR line a minute at most.
+    pub(crate) said_at: Option<Instant>,
+    pub(crate) ended_at: Option<Instant>,
+}
+
+/// The running daemon's shared state.
 #[derive(Debug)]
 pub(crate) struct Daemon {
     /// The mesh commands act in when several are joined and none is named
@@ -232,7 +248,7 @@ pub(crate) struct Daemon {
     pub(crate) cfg: DaemonConfig,
     pub(crate) store: Store,
     /// Whether store writes are failing now (see `recovery`).
-    pub(crate) store_health: Mutex<crate::recovery::StoreHealth>,
+    pub(crate) store_health: Mutex<StoreHealth>,
     /// A store fault began: wakes `recovery::run`.
     pub(crate) store_fault: tokio::sync::Notify,
     pub(crate) meshes: RwLock<HashMap<MeshId, Arc<MeshCtx>>>,

@@ -16,22 +16,6 @@ use crate::mesh::{LinkCmd, lock};
 const FIRST_RETRY: Duration = Duration::from_millis(250);
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
-/// The store's health as the daemon last saw it.
-#[derive(Debug, Default)]
-pub(crate) struct StoreHealth {
-    /// Writes are failing (since a fault was noted, until a probe write succeeds).
-    failing: bool,
-    /// Failed writes in this fault (said when it ends).
-    failures: u64,
-    /// The probe's current wait: kept across a fault that comes back within a minute of
-    /// its end (a write that fails for another reason than space), so that keeps backing
-    /// off instead of starting over.
-    wait: Duration,
-    /// When a fault was last said and last ended: one ERROR line a minute at most.
-    said_at: Option<Instant>,
-    ended_at: Option<Instant>,
-}
-
 /// A store write failed: `what` could not be kept. The first failure of a fault says so
 /// (at most once a minute) and starts the probe; later ones are counted, not logged.
 pub(crate) fn failed(d: &Daemon, what: &str, error: &dyn std::fmt::Display) {

@@ -672,25 +672,10 @@ impl Drop for Live {
 
 /// `message_status`: how far a message we sent got (optionally waiting for a stage).
 /// How far a sent message got, from its stored stages.
-/// How far a sent message got, from its recorded stages.
-pub(crate) fn stage_of(st: &store::SentStages) -> m::Stage {
-    if st.read.is_some() {
-        m::Stage::Read
-    } else if st.surfaced.is_some() {
-        m::Stage::Surfaced
-    } else if st.delivered.is_some() {
-        m::Stage::Delivered
-    } else if st.relayed.is_some() {
-        m::Stage::Relayed
-    } else {
-        m::Stage::Queued
-    }
-}
-
 fn status(id: MessageId, to: String, st: &store::SentStages) -> m::MessageStatusResult {
     m::MessageStatusResult {
         id,
-        stage: stage_of(st),
+        stage: st.stage(),
         queued_at: st.created,
         relayed_at: st.relayed,
         delivered_at: st.delivered,

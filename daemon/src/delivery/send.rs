@@ -307,7 +307,7 @@ pub(crate) async fn send(d: &Arc<Daemon>, p: SendParams) -> Result<SendResult, E
         return Ok(SendResult {
             id,
             mesh,
-            stage: crate::delivery::inbox::stage_of(&st),
+            stage: st.stage(),
             recipients: vec![to],
             local: 0,
             offline: Vec::new(),

@@ -24,6 +24,24 @@ pub(crate) struct SentStages {
     pub read: Option<i64>,
 }
 
+impl SentStages {
+    /// How far the message got.
+    pub(crate) fn stage(&self) -> claudemesh_schema::ipc::methods::Stage {
+        use claudemesh_schema::ipc::methods::Stage;
+        if self.read.is_some() {
+            Stage::Read
+        } else if self.surfaced.is_some() {
+            Stage::Surfaced
+        } else if self.delivered.is_some() {
+            Stage::Delivered
+        } else if self.relayed.is_some() {
+            Stage::Relayed
+        } else {
+            Stage::Queued
+        }
+    }
+}
+
 impl Store {
     /// Queue an envelope in the outbox (and, with `record`, its `sent` row naming the
     /// members whose receipts count: empty for every member) and wait
