@@ -478,6 +478,7 @@ impl Daemon {
             received: Default::default(),
             probes: Default::default(),
             stats_asks: Default::default(),
+            stats_answered: Default::default(),
             retry_now: Default::default(),
             own_usage: Mutex::new(crate::mesh::Usage::since(claudemesh_schema::now_ms())),
             resync: tokio::sync::Notify::new(),

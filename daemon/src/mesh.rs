@@ -203,6 +203,8 @@ pub(crate) struct MeshCtx {
             ),
         >,
     >,
+    /// Stats questions answered lately, per asking member: since when, how many.
+    pub(crate) stats_answered: Mutex<HashMap<MemberKey, (i64, u32)>>,
     /// The daemon's own session's usage (the CLI's), from when the mesh was loaded.
     pub(crate) own_usage: Mutex<Usage>,
     /// Boxes computed lately between our keys and peers' (the X25519 exchange is most of

@@ -16,9 +16,28 @@ use crate::mesh::{LinkCmd, lock};
 const FIRST_RETRY: Duration = Duration::from_millis(250);
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
-/// A store write failed: `what` could not be kept. The first failure of a fault says so
-/// (at most once a minute) and starts the probe; later ones are counted, not logged.
-pub(crate) fn failed(d: &Daemon, what: &str, error: &dyn std::fmt::Display) {
+/// SQLite's words for a store that cannot take writes now (space, I/O, permissions), as
+/// they reach us (commit failures arrive as text): a fault to wait out, not a logic error
+/// (an op that does not apply, a constraint) to act on at once.
+fn is_fault(error: &str) -> bool {
+    [
+        "database or disk is full",
+        "disk I/O error",
+        "attempt to write a readonly database",
+        "unable to open database file",
+    ]
+    .iter()
+    .any(|w| error.contains(w))
+}
+
+/// A store write failed: `what` could not be kept. A fault (see [`is_fault`]), or any
+/// error while one lasts (ops after one that failed to apply find a gap): the first
+/// failure says so (at most once a minute) and starts the probe; later ones are counted,
+/// not logged; true. Any other error: false, for the caller to handle.
+pub(crate) fn failed(d: &Daemon, what: &str, error: &dyn std::fmt::Display) -> bool {
+    if !is_fault(&error.to_string()) && !lock(&d.store_health).failing {
+        return false;
+    }
     let minute = Duration::from_secs(60);
     let (first, say) = {
         let mut h = lock(&d.store_health);
@@ -35,7 +54,7 @@ pub(crate) fn failed(d: &Daemon, what: &str, error: &dyn std::fmt::Display) {
     };
     if !first {
         tracing::debug!(what, %error, "store write failed again");
-        return;
+        return true;
     }
     if say {
         tracing::error!(
@@ -51,6 +70,7 @@ pub(crate) fn failed(d: &Daemon, what: &str, error: &dyn std::fmt::Display) {
     }
     // Callers may be on the store's own thread: the probe task is woken, not spawned.
     d.store_fault.notify_one();
+    true
 }
 
 /// The probe task (one per daemon): waits for a fault, then probes until it ends.
@@ -104,4 +124,21 @@ async fn probe(d: &Arc<Daemon>) {
         let _ = m.link.tx.send(LinkCmd::Redeliver).await;
     }
     d.bump_changes();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_space_io_and_permission_errors_are_faults_to_wait_out() {
+        for (e, fault) in [
+            ("database commit failed: database or disk is full", true),
+            ("disk I/O error", true),
+            ("attempt to write a readonly database", true),
+            ("unable to open database file", true),
+            ("op log gap: expected 5, got 7", false),
+            ("UNIQUE constraint failed: inbox.id", false),
+        ] {
+            assert_eq!(super::is_fault(e), fault, "{e}");
+        }
+    }
 }

@@ -24,9 +24,14 @@ use crate::mesh::{LinkCmd, MeshCtx, lock};
 
 /// How long `mesh_stats` waits for answers unless told.
 const WAIT: Duration = Duration::from_secs(3);
-/// A question older than this is not answered: a relay replaying it, or one held for an
-/// offline member, gets nothing (its asker stopped waiting long ago).
+/// A question older than this (or as far ahead of our clock) is not answered: a relay
+/// replaying it, or one held for an offline member, gets nothing (its asker stopped
+/// waiting long ago).
 const ASK_MAX_AGE_MS: i64 = 60_000;
+/// Answers per asking member per window: enough for someone looking a few times in a
+/// row, too few for a member to spend our relay write budget by asking in a loop.
+const ANSWERS_PER_WINDOW: u32 = 5;
+const ANSWER_WINDOW_MS: i64 = 10_000;
 
 /// `session_stats`: a hosted session's client reports its totals.
 pub(crate) fn report(d: &Daemon, p: SessionStatsParams) -> Result<(), Error> {
@@ -68,13 +73,24 @@ fn ours(x: &MeshCtx, visible_only: bool) -> Vec<(SessionId, String, SessionUsage
 /// A member's daemon asks for our counts: answer, boxed to that member, unless the
 /// question is stale or the member may not message us.
 pub(crate) async fn answer(x: &Arc<MeshCtx>, from: MemberKey, of: MessageId, sent_at: i64) {
-    if now_ms().saturating_sub(sent_at) > ASK_MAX_AGE_MS {
+    let now = now_ms();
+    if now.saturating_sub(sent_at).abs() > ASK_MAX_AGE_MS {
         tracing::debug!(%of, "stale stats question ignored");
         return;
     }
     if !x.allows(&from, "dm") {
         tracing::debug!(%of, from = %from.short(), "stats question dropped by grants");
         return;
+    }
+    {
+        let mut answered = lock(&x.stats_answered);
+        answered.retain(|_, (since, _)| now - *since < ANSWER_WINDOW_MS);
+        let (_, n) = answered.entry(from).or_insert((now, 0));
+        if *n >= ANSWERS_PER_WINDOW {
+            tracing::debug!(%of, from = %from.short(), "stats questions too often; not answered");
+            return;
+        }
+        *n += 1;
     }
     let sessions: Vec<SessionUsage> = ours(x, true)
         .into_iter()
@@ -166,13 +182,17 @@ pub(crate) async fn mesh_stats(
             waiting.push((qid, *member, rx));
         }
     }
+    // Questions are forgotten however this ends (a caller gone mid-wait drops it here).
+    let _forget = Forget {
+        x: x.clone(),
+        ids: waiting.iter().map(|(q, _, _)| *q).collect(),
+    };
     let deadline = tokio::time::Instant::now() + wait;
     let mut answers: HashMap<MemberKey, Vec<SessionUsage>> = HashMap::new();
-    for (qid, member, rx) in waiting {
+    for (_, member, rx) in waiting {
         if let Ok(Ok(b)) = tokio::time::timeout_at(deadline, rx).await {
             answers.insert(member, b.sessions);
         }
-        lock(&x.stats_asks).remove(&qid);
     }
     let fingerprint = me.fingerprint();
     let mut peers: Vec<PeerUsage> = ours(&x, false)
@@ -233,4 +253,19 @@ pub(crate) async fn mesh_stats(
         log_seq,
         log_pending,
     })
+}
+
+/// Removes questions from `stats_asks` when dropped.
+struct Forget {
+    x: Arc<MeshCtx>,
+    ids: Vec<MessageId>,
+}
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        let mut asks = lock(&self.x.stats_asks);
+        for id in &self.ids {
+            asks.remove(id);
+        }
+    }
 }

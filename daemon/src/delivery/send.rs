@@ -299,11 +299,17 @@ pub(crate) async fn send(d: &Arc<Daemon>, p: SendParams) -> Result<SendResult, E
     let Some(key) = p.id.as_deref() else {
         return send_as(d, p, MessageId::new(), "text").await;
     };
-    let id = idempotent_id(key, p.session)?;
+    // Keyed by the mesh it goes to and the session it is from: the same key elsewhere is
+    // another message.
+    let m = d.select(p.mesh.as_deref())?;
+    let from = p.session.unwrap_or(m.keys.session);
+    let id = idempotent_id(key, &m.id, &from)?;
     // Sent before under this key: answer for that one. (Two sends racing with one key
     // are not this case: a caller retries after an answer or a failure, not alongside;
     // the second then fails on the outbox's unique id, and recipients dedupe by id.)
-    if let Some((mesh, to, st)) = d.store.read(move |c| store::q_sent_by_id(c, id)).await? {
+    if let Some((mesh, to, st)) = d.store.read(move |c| store::q_sent_by_id(c, id)).await?
+        && mesh == m.id
+    {
         return Ok(SendResult {
             id,
             mesh,
@@ -317,20 +323,22 @@ pub(crate) async fn send(d: &Arc<Daemon>, p: SendParams) -> Result<SendResult, E
     send_as(d, p, id, "text").await
 }
 
-/// The message id of idempotency key `key` sent by `session` (`None`: the daemon's own):
-/// a message id as such, else derived from the key and the session, so two sessions'
-/// keys never meet.
-pub(crate) fn idempotent_id(key: &str, session: Option<SessionId>) -> Result<MessageId, Error> {
+/// The message id of idempotency key `key` sent in `mesh` by `session`: derived from all
+/// three (never the key itself, even when it looks like an id), so keys of two sessions
+/// or two meshes never meet, and no caller can name another's message by its id.
+pub(crate) fn idempotent_id(
+    key: &str,
+    mesh: &claudemesh_schema::MeshId,
+    session: &SessionId,
+) -> Result<MessageId, Error> {
     let key = key.trim();
     if key.is_empty() || key.chars().count() > 128 || key.chars().any(char::is_control) {
         return Err(Error::invalid(
             "an idempotency key (--id) is 1 to 128 printable characters",
         ));
     }
-    if let Ok(id) = key.parse::<MessageId>() {
-        return Ok(id);
-    }
-    let mut material = session.map_or([0u8; 16], |s| *s.as_bytes()).to_vec();
+    let mut material = mesh.as_bytes().to_vec();
+    material.extend_from_slice(session.as_bytes());
     material.extend_from_slice(key.as_bytes());
     let h = blake3::derive_key("claudemesh 2026 send idempotency key v1", &material);
     let mut b = [0u8; 16];

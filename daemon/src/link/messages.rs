@@ -340,7 +340,11 @@ impl Outbound {
                             d2.arrived(&m2, &targets, person);
                             let _ = ack.send(id);
                         }
-                        Err(e) => crate::recovery::failed(&d2, "received messages", &e),
+                        Err(e) => {
+                            if !crate::recovery::failed(&d2, "received messages", &e) {
+                                tracing::error!(%id, error = %e, "cannot store a received message; it stays at the relay");
+                            }
+                        }
                     })
                     .await;
                 match r {
@@ -349,7 +353,11 @@ impl Outbound {
                             p.push_all();
                         }
                     }
-                    Err(e) => crate::recovery::failed(d, "received messages", &e),
+                    Err(e) => {
+                        if !crate::recovery::failed(d, "received messages", &e) {
+                            tracing::error!(%id, error = %e, "store unavailable; the message stays at the relay");
+                        }
+                    }
                 }
             }
             Opened::Receipt(r) => {

@@ -125,13 +125,15 @@ pub(crate) async fn run(
         };
         // A mesh hosted on this daemon's own relay is dialled where that relay listens now.
         let dial = crate::context::LocalRelay::route(d.relay.as_ref(), &relay, &fp);
+        // The attempt's own time (a QUIC handshake that times out, the WebSocket
+        // fallback) counts toward the pause that follows a failure.
+        let started = Instant::now();
         let conn = tokio::select! {
             biased;
             _ = m.stop.cancelled() => break,
             _ = m.redial.notified() => continue,
             c = claudemesh_relay::connect(&dial, Some(fp), &opts) => c,
         };
-        let started = Instant::now();
         let links_before = status.borrow().links;
         let end = match conn {
             Ok(c) => {
@@ -177,10 +179,19 @@ pub(crate) async fn run(
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
         // Where the relay is, to notice the network changing while we wait.
-        let relay_addr = tokio::net::lookup_host(dial.as_str())
+        // (A name is looked up for a second at most: an offline resolver must not hold
+        // the link's command loop.)
+        let relay_addr = match dial.parse::<std::net::SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => tokio::time::timeout(
+                Duration::from_secs(1),
+                tokio::net::lookup_host(dial.as_str()),
+            )
             .await
             .ok()
-            .and_then(|mut a| a.next());
+            .and_then(Result::ok)
+            .and_then(|mut a| a.next()),
+        };
         let route = relay_addr.and_then(route_to);
         let mut look = tokio::time::interval(Duration::from_secs(1));
         look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

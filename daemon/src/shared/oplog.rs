@@ -643,7 +643,10 @@ async fn submit(d: &Arc<Daemon>, m: &Arc<MeshCtx>, run: Vec<SequencedOp>) -> Res
     if let Err(e) = r {
         // Synced again once the store takes writes (`recovery`), not at once: at once
         // would fail the same way, as fast as the relay answers.
-        crate::recovery::failed(d, "shared-state ops", &e);
+        if !crate::recovery::failed(d, "shared-state ops", &e) {
+            tracing::error!(error = %e, "cannot apply ops; syncing again");
+            m.resync.notify_one();
+        }
     }
     Ok(())
 }
@@ -1015,7 +1018,12 @@ fn after_apply(
                 }
             }
         }
-        Err(e) => crate::recovery::failed(d, "shared-state ops", &e),
+        Err(e) => {
+            if !crate::recovery::failed(d, "shared-state ops", &e) {
+                tracing::error!(mesh = %m.id.short(), error = %e, "cannot apply ops; syncing again");
+                m.resync.notify_one();
+            }
+        }
     }
 }
 

@@ -418,7 +418,17 @@ impl<S: Store> Conn<S> {
                         Ok(())
                     }
                     ClientFrame::Redeliver => {
-                        self.resync();
+                        // One replay at a time, as for a lagging link (a second request
+                        // while one runs is one more after it), and each costs a write
+                        // token: a client cannot keep the relay replaying.
+                        let allowed = lock(&entry.state)
+                            .limits(member, &self.hub.cfg)
+                            .writes
+                            .take(Instant::now())
+                            .is_ok();
+                        if allowed {
+                            self.link.lagged.notify_one();
+                        }
                         Ok(())
                     }
                     ClientFrame::ReceiptsSeen { receipts } => {
