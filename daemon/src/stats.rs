@@ -74,7 +74,7 @@ fn ours(x: &MeshCtx, visible_only: bool) -> Vec<(SessionId, String, SessionUsage
 /// question is stale or the member may not message us.
 pub(crate) async fn answer(x: &Arc<MeshCtx>, from: MemberKey, of: MessageId, sent_at: i64) {
     let now = now_ms();
-    if now.saturating_sub(sent_at).abs() > ASK_MAX_AGE_MS {
+    if now.saturating_sub(sent_at).unsigned_abs() > ASK_MAX_AGE_MS.unsigned_abs() {
         tracing::debug!(%of, "stale stats question ignored");
         return;
     }
