@@ -11,18 +11,6 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_claudemesh"))
 }
 
-fn daemon_log(n: &Node) -> String {
-    let mut all = String::new();
-    for e in std::fs::read_dir(n.dir.join("logs"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        all.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
-    }
-    all
-}
-
 fn links(n: &Node) -> u64 {
     n.json(&["status"])["meshes"][0]["links"].as_u64().unwrap()
 }
@@ -31,21 +19,6 @@ fn bodies(msgs: &[Value]) -> Vec<String> {
     msgs.iter()
         .map(|m| m["body"].as_str().unwrap().to_string())
         .collect()
-}
-
-/// Wait (polling the log file: the fault has no other outside sign) until `n` logged
-/// `needle`.
-fn wait_logged(n: &Node, needle: &str) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !daemon_log(n).contains(needle) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} never logged {needle:?}:\n{}",
-            n.name,
-            daemon_log(n)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
 }
 
 /// The recipient's disk fills: what it could not store waits at the relay (messages) or
@@ -79,7 +52,7 @@ fn a_recipient_whose_disk_was_full_gets_everything_once_it_is_freed() {
         ann.ok(&["send", "ben", body]);
         ann.ok(&["state", "set", &format!("k{i}"), &i.to_string()]);
     }
-    wait_logged(&ben, FAULT);
+    ben.wait_logged(FAULT);
     // Everything ann wrote is sequenced; ben has not applied it.
     ann.wait("synced", None);
     let head = ann.json(&["debug", "digest"])["seq"].as_u64().unwrap();
@@ -103,7 +76,7 @@ fn a_recipient_whose_disk_was_full_gets_everything_once_it_is_freed() {
     ]);
     assert_eq!(ben.json(&["state", "get", "k9"])["value"], 9);
     assert_eq!(links(&ben), linked, "no reconnect was needed");
-    let log = daemon_log(&ben);
+    let log = ben.log();
     assert_eq!(log.matches(FAULT).count(), 1, "said once:\n{log}");
     assert!(
         log.contains("the local store takes writes again"),
@@ -178,8 +151,8 @@ fn a_full_relay_disk_backs_senders_off_and_recovers() {
     let errors = text.lines().filter(|l| l.contains("ERROR")).count();
     assert!(errors <= 2, "{errors} ERROR lines:\n{text}");
     assert!(
-        !daemon_log(&ann).contains("ERROR"),
+        !ann.log().contains("ERROR"),
         "the sender only waits:\n{}",
-        daemon_log(&ann)
+        ann.log()
     );
 }

@@ -617,18 +617,6 @@ fn a_shared_write_names_the_key_that_signed_it_not_only_the_name_it_claims() {
     assert!(!shown.contains(&ann_fp), "{shown}");
 }
 
-fn daemon_log(n: &Node) -> String {
-    let mut all = String::new();
-    for e in std::fs::read_dir(n.dir.join("logs"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        all.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
-    }
-    all
-}
-
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap().flatten() {
@@ -659,7 +647,7 @@ fn only_a_relay_that_lost_ops_is_reported_behind() {
     }
     all_synced(&nodes, ben);
     assert_eq!(state_value(ann, "live5-4"), 1);
-    assert!(!daemon_log(ann).contains(BEHIND), "{}", daemon_log(ann));
+    assert!(!ann.log().contains(BEHIND), "{}", ann.log());
 
     // A backup of the relay, more writes, then the backup put back: the relay lost them.
     relay.stop();
@@ -671,14 +659,6 @@ fn only_a_relay_that_lost_ops_is_reported_behind() {
     relay.stop();
     copy_dir(&backup, &relay.data_dir);
     relay.restart();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !daemon_log(ann).contains(BEHIND) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "ann never said the relay is behind: {}",
-            daemon_log(ann)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert_eq!(daemon_log(ann).matches(BEHIND).count(), 1, "once per link");
+    ann.wait_logged(BEHIND);
+    assert_eq!(ann.log().matches(BEHIND).count(), 1, "once per link");
 }

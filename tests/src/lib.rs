@@ -359,6 +359,34 @@ impl Node {
         self.ok(&args);
     }
 
+    /// Everything the daemon logged to its `logs/` directory so far.
+    pub fn log(&self) -> String {
+        let mut all = String::new();
+        for e in std::fs::read_dir(self.dir.join("logs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            all.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+        }
+        all
+    }
+
+    /// Wait until the daemon has logged `needle` (polling its log file, for conditions
+    /// with no other outside sign); panics after 20 s.
+    pub fn wait_logged(&self, needle: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !self.log().contains(needle) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} never logged {needle:?}:\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Block until a message arrives and return all unread messages.
     pub fn inbox_wait(&self) -> Vec<Value> {
         let v = self.json(&["inbox", "--wait", "20"]);
