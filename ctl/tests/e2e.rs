@@ -1695,6 +1695,11 @@ fn a_send_retried_with_its_idempotency_key_arrives_once() {
     // A new key is a new message (keys are per sending session).
     let other = nodes[0].json(&["send", "ben", "twice", "--id", "deploy-43"]);
     assert_ne!(other["id"], first["id"]);
+    // Keyed ids are time-ordered like any other (mailboxes replay in id order): a keyed
+    // send sorts after the sends before it.
+    let id = |v: &serde_json::Value| v["id"].as_str().unwrap().to_string();
+    assert_eq!(id(&first).as_bytes()[14], b'7', "a v7 id: {first}");
+    assert!(id(&other) > id(&first), "{first} then {other}");
 
     // The call "fails" after the message is recorded: the link is down (queued) and the
     // daemon is killed before anything else; the caller retries after the restart.
@@ -1707,6 +1712,7 @@ fn a_send_retried_with_its_idempotency_key_arrives_once() {
     let retried = nodes[0].json(&["send", "ben", "after a crash", "--id", "crash-1"]);
     assert_eq!(retried["duplicate"], true, "{retried}");
     assert_eq!(retried["id"], queued["id"]);
+    assert!(id(&queued) > id(&other), "{other} then {queued}");
     let st = nodes[0].json(&[
         "sent",
         queued["id"].as_str().unwrap(),

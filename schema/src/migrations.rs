@@ -22,6 +22,7 @@ pub const DAEMON: &[&str] = &[
     include_str!("../sql/daemon/0015_settings.sql"),
     include_str!("../sql/daemon/0016_presence_extra.sql"),
     include_str!("../sql/daemon/0017_list_order.sql"),
+    include_str!("../sql/daemon/0018_send_keys.sql"),
 ];
 
 /// Relay store migrations (`relay.db`).

@@ -303,7 +303,16 @@ pub(crate) async fn send(d: &Arc<Daemon>, p: SendParams) -> Result<SendResult, E
     // another message.
     let m = d.select(p.mesh.as_deref())?;
     let from = p.session.unwrap_or(m.keys.session);
-    let id = idempotent_id(key, &m.id, &from)?;
+    let hash = idempotency_hash(key, &m.id, &from)?;
+    // The first use of a key picks a time-ordered id and records it before anything is
+    // sent, so a retry after any crash finds the same id, and the message sorts by when
+    // it was first sent (mailboxes replay in id order), as unkeyed ones do.
+    let fresh = MessageId::new();
+    let id = d
+        .store
+        .write(move |tx| store::id_for_send_key(tx, &hash, fresh, now_ms()))
+        .await?;
+    let id = store::id16(id, MessageId::from_slice, "message id")?;
     // Sent before under this key: answer for that one. (Two sends racing with one key
     // are not this case: a caller retries after an answer or a failure, not alongside;
     // the second then fails on the outbox's unique id, and recipients dedupe by id.)
@@ -323,14 +332,14 @@ pub(crate) async fn send(d: &Arc<Daemon>, p: SendParams) -> Result<SendResult, E
     send_as(d, p, id, "text").await
 }
 
-/// The message id of idempotency key `key` sent in `mesh` by `session`: derived from all
-/// three (never the key itself, even when it looks like an id), so keys of two sessions
-/// or two meshes never meet, and no caller can name another's message by its id.
-pub(crate) fn idempotent_id(
+/// What names idempotency key `key` sent in `mesh` by `session` in the store: derived
+/// from all three (never the key itself, even when it looks like an id), so keys of two
+/// sessions or two meshes never meet, and no caller can name another's message by its id.
+pub(crate) fn idempotency_hash(
     key: &str,
     mesh: &claudemesh_schema::MeshId,
     session: &SessionId,
-) -> Result<MessageId, Error> {
+) -> Result<[u8; 32], Error> {
     let key = key.trim();
     if key.is_empty() || key.chars().count() > 128 || key.chars().any(char::is_control) {
         return Err(Error::invalid(
@@ -340,13 +349,10 @@ pub(crate) fn idempotent_id(
     let mut material = mesh.as_bytes().to_vec();
     material.extend_from_slice(session.as_bytes());
     material.extend_from_slice(key.as_bytes());
-    let h = blake3::derive_key("claudemesh 2026 send idempotency key v1", &material);
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&h[..16]);
-    // A version-8 (custom) UUID: never mistaken for a time-ordered one.
-    b[6] = (b[6] & 0x0f) | 0x80;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    Ok(MessageId::from_bytes(b))
+    Ok(blake3::derive_key(
+        "claudemesh 2026 send idempotency key v1",
+        &material,
+    ))
 }
 
 /// Send with a given message id (a resend after a crash dedupes on it) and payload kind.

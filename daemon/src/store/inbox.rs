@@ -328,6 +328,12 @@ impl Store {
                 params![forget_before],
             )?;
             tx.execute("DELETE FROM sent WHERE created_at < ?1", params![before])?;
+            // A key outlives its message's record as long as recipients remember the id,
+            // so a late retry is still the same message to them.
+            tx.execute(
+                "DELETE FROM send_keys WHERE at < ?1",
+                params![forget_before],
+            )?;
             Ok(n)
         })
         .await

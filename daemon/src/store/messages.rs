@@ -365,6 +365,22 @@ pub(crate) fn q_sent_by_id(
     Ok(Some((id16(mesh, MeshId::from_slice, "mesh id")?, to, st)))
 }
 
+/// The message id an idempotency key names: the one recorded at its first use, else
+/// `fresh`, recorded now (a retry after any crash finds it). Its bytes: see [`id16`].
+pub(crate) fn id_for_send_key(
+    conn: &Connection,
+    key: &[u8; 32],
+    fresh: MessageId,
+    now: i64,
+) -> rusqlite::Result<Vec<u8>> {
+    conn.prepare_cached("INSERT OR IGNORE INTO send_keys (key, id, at) VALUES (?1, ?2, ?3)")?
+        .execute(params![&key[..], fresh.as_bytes(), now])?;
+    let id: Vec<u8> = conn
+        .prepare_cached("SELECT id FROM send_keys WHERE key = ?1")?
+        .query_row(params![&key[..]], |r| r.get(0))?;
+    Ok(id)
+}
+
 /// The `limit` messages sent last, newest first.
 pub(crate) fn q_sent_recent(
     conn: &Connection,

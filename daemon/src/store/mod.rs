@@ -37,7 +37,9 @@ pub use meshes::{MeshRow, q_meshes};
 pub(crate) use meshes::{q_roster, q_setting};
 pub use messages::q_counts;
 pub use messages::q_recent_ids;
-pub(crate) use messages::{SentStages, q_outbox, q_sent_by_id, q_sent_find, q_sent_recent};
+pub(crate) use messages::{
+    SentStages, id_for_send_key, q_outbox, q_sent_by_id, q_sent_find, q_sent_recent,
+};
 pub(crate) use presence::{PresenceRow, q_pins, q_presence, q_presence_of};
 pub(crate) use sessions::{SessionRow, q_aliases, q_sessions};
 
