@@ -1679,6 +1679,31 @@ fn debug_link_up_retries_a_waiting_link_at_once() {
     assert_eq!(links(&ann).0, 2, "{}", ann.ok(&["status"]));
 }
 
+/// A network change (the route to the relay now leaves from another address) ends a
+/// backoff wait at once, with nobody asking: here the wait would be ten minutes.
+#[test]
+fn a_network_change_retries_a_waiting_link_at_once() {
+    let root = tempfile::tempdir().unwrap();
+    let mut relay = RelayProc::start(bin(), &root.path().join("relay"), &[]);
+    // On a loopback address of its own, so the test can move the route to it.
+    let to = std::net::Ipv4Addr::new(127, 77, 0, 9);
+    relay.kill();
+    relay.addr.set_ip(to.into());
+    relay.restart();
+    let mut ann = Node::with_config(bin(), root.path(), "ann", "initial_backoff_ms = 600000\n");
+    ann.log_filter = "info".into();
+    ann.start();
+    ann.create_on(&relay, "test");
+    ann.wait("link-up", None);
+    relay.kill();
+    ann.wait("link-down", None);
+    relay.restart();
+    let _change = claudemesh_tests::RouteChange::apply(to, std::net::Ipv4Addr::new(127, 77, 0, 5));
+    ann.wait("link-up", None);
+    assert_eq!(links(&ann).0, 2, "{}", ann.ok(&["status"]));
+    assert!(ann.log().contains("the network changed"), "{}", ann.log());
+}
+
 /// `send --id KEY`: a retry after a failed call sends nothing twice, even when the daemon
 /// died after recording the message and before answering.
 #[test]
@@ -1697,7 +1722,7 @@ fn a_send_retried_with_its_idempotency_key_arrives_once() {
     assert_ne!(other["id"], first["id"]);
     // Keyed ids are time-ordered like any other (mailboxes replay in id order): a keyed
     // send sorts after the sends before it.
-    let id = |v: &serde_json::Value| v["id"].as_str().unwrap().to_string();
+    let id = |v: &Value| v["id"].as_str().unwrap().to_string();
     assert_eq!(id(&first).as_bytes()[14], b'7', "a v7 id: {first}");
     assert!(id(&other) > id(&first), "{first} then {other}");
 

@@ -165,6 +165,8 @@ pub struct Node {
     pub name: String,
     /// Config directory.
     pub dir: PathBuf,
+    /// The daemon's log filter (`CLAUDEMESH_LOG`), `warn` unless a test reads more.
+    pub log_filter: String,
     child: Option<Child>,
 }
 
@@ -189,6 +191,7 @@ impl Node {
             bin: bin.to_path_buf(),
             name: name.to_string(),
             dir,
+            log_filter: "warn".into(),
             child: None,
         }
     }
@@ -238,7 +241,7 @@ impl Node {
             .env("CLAUDEMESH_CONFIG_DIR", &self.dir)
             .env("CLAUDEMESH_DISPLAY_NAME", &self.name)
             .env("CLAUDEMESH_NO_AUTOSTART", "1")
-            .env("CLAUDEMESH_LOG", "warn");
+            .env("CLAUDEMESH_LOG", &self.log_filter);
     }
 
     /// Run the CLI with this node's environment.
@@ -538,5 +541,58 @@ impl SmallDisk {
 impl Drop for SmallDisk {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// A network change a daemon can see: the source address this machine uses to reach
+/// `to` (a loopback address, so nothing leaves the machine) moves to another loopback
+/// address, as it does when a Wi-Fi or VPN switch changes the route. Needs root; undone on
+/// drop.
+#[derive(Debug)]
+pub struct RouteChange {
+    to: std::net::Ipv4Addr,
+    src: std::net::Ipv4Addr,
+}
+
+impl RouteChange {
+    /// Route `to` (a 127/8 address) from `src` (another) from now on.
+    pub fn apply(to: std::net::Ipv4Addr, src: std::net::Ipv4Addr) -> Self {
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("run ip");
+            assert!(
+                out.status.success(),
+                "cannot change a route for a network-change test (needs root and iproute2): ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        ip(&["addr", "add", &format!("{src}/32"), "dev", "lo"]);
+        let change = Self { to, src };
+        ip(&[
+            "route",
+            "add",
+            "local",
+            &format!("{to}/32"),
+            "dev",
+            "lo",
+            "src",
+            &src.to_string(),
+            "table",
+            "local",
+        ]);
+        change
+    }
+}
+
+impl Drop for RouteChange {
+    fn drop(&mut self) {
+        let to = format!("{}/32", self.to);
+        let src = format!("{}/32", self.src);
+        let _ = Command::new("ip")
+            .args(["route", "del", "local", &to, "dev", "lo", "table", "local"])
+            .status();
+        let _ = Command::new("ip")
+            .args(["addr", "del", &src, "dev", "lo"])
+            .status();
     }
 }

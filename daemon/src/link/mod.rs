@@ -166,19 +166,8 @@ pub(crate) async fn run(
             }
             Next::Later => jitter(LATER_MS),
         };
-        tracing::info!(error = %end, retry_in_ms = delay.as_millis() as u64, "relay link down");
-        let err = end.to_string();
-        report(&|s| {
-            s.state = LinkState::Connecting;
-            s.transport = None;
-            s.last_error = Some(err.clone());
-            if started_up {
-                s.last_end = Some(err.clone());
-            }
-        });
-        let sleep = tokio::time::sleep(delay);
-        tokio::pin!(sleep);
-        // Where the relay is, to notice the network changing while we wait.
+        // Where the relay is, to notice the network changing while we wait (found before
+        // the link is reported down: a change from then on is seen).
         // (A name is looked up for a second at most: an offline resolver must not hold
         // the link's command loop.)
         let relay_addr = match dial.parse::<std::net::SocketAddr>() {
@@ -193,6 +182,18 @@ pub(crate) async fn run(
             .and_then(|mut a| a.next()),
         };
         let route = relay_addr.and_then(route_to);
+        tracing::info!(error = %end, retry_in_ms = delay.as_millis() as u64, "relay link down");
+        let err = end.to_string();
+        report(&|s| {
+            s.state = LinkState::Connecting;
+            s.transport = None;
+            s.last_error = Some(err.clone());
+            if started_up {
+                s.last_end = Some(err.clone());
+            }
+        });
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
         let mut look = tokio::time::interval(Duration::from_secs(1));
         look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
