@@ -11,6 +11,8 @@
 //!   fold that decides who is a member and who is an admin.
 //! - [`message`]: what is inside a sealed envelope or a sealed presence profile.
 //! - [`invite`]: the invite link format and the claim proofs.
+//! - [`file`]: shared files: chunks sealed under a per-file key, content-addressed, and
+//!   the manifest and key boxes a share op carries.
 //! - [`op`]: shared mesh state as a relay-ordered log of sealed ops, and its hash chain.
 //! - [`migrations`]: the SQL schema of the daemon and relay stores.
 //! - [`names`]: what a mesh, display or group name may be.
@@ -28,6 +30,7 @@ pub mod crypto;
 pub mod dedupe;
 pub mod encoding;
 pub mod epoch;
+pub mod file;
 pub mod ids;
 pub mod invite;
 pub mod ipc;

@@ -318,6 +318,36 @@ pub enum Op {
         /// One above the newest version the author had folded (the first record is 1).
         version: u64,
     },
+    /// Share a file (see [`crate::file`]): its manifest sealed under the file key, and
+    /// the key wrapped for whoever may read it. The chunks are stored before the op is
+    /// written, so a reader that sees it can fetch them.
+    ShareFile {
+        /// New file id.
+        file: ItemId,
+        /// [`crate::file::FileKey::seal_manifest`].
+        #[serde(with = "encoding::bytes")]
+        manifest: Vec<u8>,
+        /// The file key, per reader (one `mesh` box for a mesh-wide share).
+        keys: Vec<crate::file::KeyBox>,
+        /// Who it was shared with, as the author addressed it (`""`: the whole mesh).
+        #[serde(default)]
+        to: String,
+        /// Sealed size in bytes (what storing it costs; the plaintext size is sealed).
+        stored: u64,
+    },
+    /// Give more members the key of a file shared before: only its author or an admin
+    /// may, and nothing is uploaded again.
+    GrantFile {
+        /// The file.
+        file: ItemId,
+        /// The key, per new reader.
+        keys: Vec<crate::file::KeyBox>,
+    },
+    /// Delete a file (its author or an admin): gone from lists; its chunks are dropped.
+    DeleteFile {
+        /// The file.
+        file: ItemId,
+    },
     /// An op kind this build does not know (written by a newer version): chained, skipped.
     #[serde(other)]
     Unknown,
@@ -343,6 +373,9 @@ impl Op {
             Self::ReminderFired { .. } => "reminder_fired",
             Self::KeyEpoch { .. } => "key_epoch",
             Self::SetRelay { .. } => "set_relay",
+            Self::ShareFile { .. } => "share_file",
+            Self::GrantFile { .. } => "grant_file",
+            Self::DeleteFile { .. } => "delete_file",
             Self::Unknown => "unknown",
         }
     }

@@ -28,7 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::{BoxPublic, Canonical, CryptoError, MemberKey, MemberSecret, Signature};
 use crate::encoding;
-use crate::ids::{ClaimId, InviteId, MeshId, MessageId, OpId, SessionId};
+use crate::file::ChunkId;
+use crate::ids::{ClaimId, InviteId, ItemId, MeshId, MessageId, OpId, SessionId};
 use crate::message::SignedPresence;
 use crate::op::{OpEnvelope, SequencedOp};
 use crate::roster::{InviteCap, InviteRevocation, MeshGenesis, RosterEntry, RosterHead};
@@ -385,6 +386,11 @@ pub enum ErrorCode {
     /// A roster entry was signed against an older roster head (another admin's change
     /// came first): sign it again against the new head and retry.
     RosterChanged,
+    /// The thing asked for is not stored here (a chunk the relay does not have).
+    NotFound,
+    /// This relay does not store file chunks (`blob_storage = false`): members serve
+    /// them to each other instead.
+    StorageOff,
     /// A code this build does not know (sent by a newer relay); read the message.
     #[serde(other)]
     Unknown,
@@ -420,6 +426,8 @@ impl ErrorCode {
             Self::IdTaken => "id_taken",
             Self::CreationRefused => "creation_refused",
             Self::RosterChanged => "roster_changed",
+            Self::NotFound => "not_found",
+            Self::StorageOff => "storage_off",
             Self::Unknown => "unknown",
         }
     }
@@ -653,7 +661,50 @@ pub enum ClientFrame {
         /// Echoed in `pong`.
         n: u64,
     },
+    /// Store one sealed file chunk (see [`crate::file`]) in the mesh's blob store.
+    /// Answered by `ok` once it is durable (at once if it was stored already) or `error`
+    /// (`quota_exceeded`, `storage_off`, `bad_frame` when `data` does not hash to `id`).
+    ChunkPut {
+        /// Request id.
+        rid: u64,
+        /// The file it belongs to (chunks are kept while a file uses them).
+        file: ItemId,
+        /// BLAKE3 of `data`.
+        id: ChunkId,
+        /// The sealed chunk, at most [`MAX_CHUNK_FRAME`] bytes.
+        #[serde(with = "encoding::bytes")]
+        data: Vec<u8>,
+        /// Dropped after this time (unix ms) for an ephemeral share.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<i64>,
+    },
+    /// Which of these chunks the blob store holds (to resume an upload). Answered by
+    /// `chunks_held`.
+    ChunksHeld {
+        /// Request id.
+        rid: u64,
+        /// At most [`crate::file::MAX_CHUNKS`] ids.
+        ids: Vec<ChunkId>,
+    },
+    /// Fetch a stored chunk. Answered by `chunk` or `error` (`not_found`, `storage_off`).
+    ChunkGet {
+        /// Request id.
+        rid: u64,
+        /// The chunk.
+        id: ChunkId,
+    },
+    /// Drop the chunks of a file (its uploader, or an admin of the mesh). Answered by
+    /// `ok`; chunks another file still uses stay.
+    ChunksDrop {
+        /// Request id.
+        rid: u64,
+        /// The file.
+        file: ItemId,
+    },
 }
+
+/// Most bytes of sealed data in one `chunk_put` or `chunk` frame.
+pub const MAX_CHUNK_FRAME: usize = crate::file::CHUNK_SIZE + crate::file::CHUNK_OVERHEAD;
 
 /// Frames a relay sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -827,6 +878,23 @@ pub enum RelayFrame {
         head: u64,
         /// The oldest sequence still stored (older ones were dropped after a snapshot).
         first: u64,
+    },
+    /// Answer to `chunks_held`: for each id asked (same order), whether it is stored.
+    ChunksHeld {
+        /// The request id.
+        rid: u64,
+        /// Held or not, per id.
+        held: Vec<bool>,
+    },
+    /// Answer to `chunk_get`.
+    Chunk {
+        /// The request id.
+        rid: u64,
+        /// The chunk.
+        id: ChunkId,
+        /// Its sealed bytes (check them against `id`: the relay is not trusted).
+        #[serde(with = "encoding::bytes")]
+        data: Vec<u8>,
     },
     /// Answer to a ping.
     Pong {

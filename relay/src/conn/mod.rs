@@ -509,6 +509,21 @@ impl<S: Store> Conn<S> {
                         crate::oplog::read(&self.hub, &self.link, mesh, rid, from, limit).await;
                         Ok(())
                     }
+                    ClientFrame::ChunkPut { rid, .. }
+                    | ClientFrame::ChunksHeld { rid, .. }
+                    | ClientFrame::ChunkGet { rid, .. }
+                    | ClientFrame::ChunksDrop { rid, .. } => {
+                        if let Some(f) = frame(&RelayFrame::Error {
+                            rid: Some(rid),
+                            code: ErrorCode::StorageOff,
+                            message: "this relay stores no file chunks".into(),
+                            fatal: false,
+                            retry_ms: None,
+                        }) {
+                            self.link.push(f);
+                        }
+                        Ok(())
+                    }
                     ClientFrame::Hello(_)
                     | ClientFrame::CreateMesh { .. }
                     | ClientFrame::Claim(_)
