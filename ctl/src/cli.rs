@@ -53,6 +53,7 @@ Share:
   skill         Shared skills (also MCP prompts)
   context       What sessions learned about the codebase
   remind        Reminders to yourself, a peer or @group
+  file          Files, end to end encrypted: share, get, list, status, grant, rm
 
 Meshes and trust:
   create        Create a mesh (you own it)
@@ -234,6 +235,12 @@ pub(crate) enum Command {
     Context {
         #[command(subcommand)]
         action: ContextAction,
+    },
+    /// Files, end to end encrypted: share one with the mesh, a peer or @group, fetch,
+    /// list (works offline), who fetched it, grant, delete.
+    File {
+        #[command(subcommand)]
+        action: FileAction,
     },
     /// Schedule a reminder to yourself, a peer or @group (`remind list`, `remind cancel <id>`).
     Remind(RemindArgs),
@@ -460,6 +467,80 @@ pub(crate) enum TaskAction {
         /// Assignee name.
         #[arg(long)]
         assignee: Option<String>,
+        #[command(flatten)]
+        opts: MeshJson,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum FileAction {
+    /// Share a file (at most 256 MiB): sealed on this machine, chunks stored at the relay
+    /// as ciphertext (or served by this daemon when the relay stores none).
+    Share {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Only for this peer or @group (default: everyone in the mesh).
+        #[arg(long, add = ArgValueCandidates::new(crate::complete::peers))]
+        to: Option<String>,
+        /// Tags, comma-separated.
+        #[arg(long)]
+        tags: Option<String>,
+        /// Dropped after a day (or `--ttl`) instead of kept until deleted.
+        #[arg(long)]
+        ephemeral: bool,
+        /// Lifetime of an ephemeral share, with a unit (`90m`, `2h`, `7d`).
+        #[arg(long, requires = "ephemeral")]
+        ttl: Option<String>,
+        /// The name others see (default: the file's name).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        opts: MeshJson,
+    },
+    /// Fetch a file: every chunk and the whole file are checked; nothing half-written
+    /// ever sits at the target path.
+    Get {
+        /// File id or unique id prefix.
+        id: String,
+        /// Where to save it (a file or a directory; default: its name in the current
+        /// directory).
+        #[arg(short, long)]
+        output: Option<std::path::PathBuf>,
+        /// Replace a file already there.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        opts: MeshJson,
+    },
+    /// Files shared in the mesh (from the local copy; works offline).
+    List {
+        /// Only files with all these tags, comma-separated.
+        #[arg(long)]
+        tags: Option<String>,
+        /// Only files shared by this peer.
+        #[arg(long)]
+        author: Option<String>,
+        /// Only files you shared.
+        #[arg(long, conflicts_with = "readable")]
+        mine: bool,
+        /// Only files you can read.
+        #[arg(long)]
+        readable: bool,
+        #[command(flatten)]
+        opts: MeshJson,
+    },
+    /// A file's readers and who fetched it.
+    Status(ItemArgs),
+    /// Delete a file you shared (admins: any file).
+    Rm(ItemArgs),
+    /// Give a peer or @group the key of a file you shared (nothing is uploaded again;
+    /// a grant cannot be taken back: share anew to shut someone out of new versions).
+    Grant {
+        /// File id or unique id prefix.
+        id: String,
+        /// The peer or @group.
+        #[arg(add = ArgValueCandidates::new(crate::complete::peers))]
+        to: String,
         #[command(flatten)]
         opts: MeshJson,
     },

@@ -62,6 +62,7 @@ pub(crate) fn run(cmd: Option<Command>) -> Res {
         Command::Recall(a) => block_on(shared::recall(a)),
         Command::Forget(a) => block_on(shared::forget(a)),
         Command::Task { action } => block_on(shared::task(action)),
+        Command::File { action } => block_on(crate::files::file(action)),
         Command::Reserve(a) => block_on(shared::reserve(a)),
         Command::Release(a) => block_on(shared::release(a)),
         Command::Reservations(a) => block_on(shared::reservations(a)),

@@ -35,6 +35,7 @@ mod complete;
 mod daemon;
 mod doctor;
 mod exit;
+mod files;
 mod install;
 mod invites;
 mod meshes;

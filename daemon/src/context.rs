@@ -479,6 +479,8 @@ impl Daemon {
             probes: Default::default(),
             stats_asks: Default::default(),
             stats_answered: Default::default(),
+            chunk_asks: Default::default(),
+            chunks_served: Default::default(),
             retry_now: Default::default(),
             own_usage: Mutex::new(crate::mesh::Usage::since(claudemesh_schema::now_ms())),
             resync: tokio::sync::Notify::new(),

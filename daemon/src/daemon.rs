@@ -250,6 +250,7 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
     daemon.tasks.spawn(crate::sessions::sweeper(daemon.clone()));
     daemon.tasks.spawn(crate::reminders::run(daemon.clone()));
     daemon.tasks.spawn(crate::recovery::run(daemon.clone()));
+    daemon.tasks.spawn(crate::files::resume(daemon.clone()));
     daemon
         .tasks
         .spawn(crate::delivery::inbox::retention(daemon.clone()));

@@ -20,6 +20,7 @@ mod context;
 pub mod daemon;
 mod delivery;
 mod error;
+mod files;
 mod grants;
 mod hooks;
 mod joining;

@@ -8,7 +8,7 @@ use claudemesh_schema::ipc::methods::LinkState;
 use claudemesh_schema::message::Profile;
 use claudemesh_schema::op::SequencedOp;
 use claudemesh_schema::roster::{Applied, Role, Roster, RosterEntry, RosterError, RosterHistory};
-use claudemesh_schema::wire::{ClientFrame, ErrorCode};
+use claudemesh_schema::wire::{ClientFrame, ErrorCode, RelayFrame};
 use claudemesh_schema::{MeshId, MessageId, OpId, SessionId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -64,13 +64,49 @@ pub(crate) type RelayedWaiter = oneshot::Sender<Result<(), String>>;
 /// Builds a request frame once the link has picked its request id.
 pub(crate) type RequestBuilder = Box<dyn FnOnce(u64) -> ClientFrame + Send>;
 
+/// Who waits for the answer to a request: to hear it succeeded, or to read the frame
+/// that answered it (a chunk, a list).
+#[derive(Debug)]
+pub(crate) enum Reply {
+    Done(oneshot::Sender<Result<(), RelayRefusal>>),
+    Frame(oneshot::Sender<Result<RelayFrame, RelayRefusal>>),
+}
+
+impl Reply {
+    pub(crate) fn answer(self, f: RelayFrame) {
+        match self {
+            Self::Done(tx) => {
+                let _ = tx.send(Ok(()));
+            }
+            Self::Frame(tx) => {
+                let _ = tx.send(Ok(f));
+            }
+        }
+    }
+
+    pub(crate) fn refuse(self, r: RelayRefusal) {
+        match self {
+            Self::Done(tx) => {
+                let _ = tx.send(Err(r));
+            }
+            Self::Frame(tx) => {
+                let _ = tx.send(Err(r));
+            }
+        }
+    }
+}
+
+/// Someone waiting for a chunk asked of a member's daemon: the member asked, and where
+/// to hand the sealed bytes.
+pub(crate) type ChunkWaiter = (MemberKey, oneshot::Sender<Vec<u8>>);
+
 /// Commands for a link actor.
 pub(crate) enum LinkCmd {
     /// Send an outbox entry (already durable) now, if connected; the waiter (a `send`
     /// call) hears when the relay committed it, or is dropped if the link drops first.
     Send(MessageId, Bytes, Option<RelayedWaiter>),
     /// Send a request and report the relay's answer.
-    Request(RequestBuilder, oneshot::Sender<Result<(), RelayRefusal>>),
+    Request(RequestBuilder, Reply),
     /// Publish a presence: one session's (its profile changed, it opened), or with `None`
     /// every announced one (the daemon's own profile changed).
     Publish(Option<SessionId>),
@@ -127,12 +163,39 @@ impl LinkHandle {
 
     /// Send a request through the relay and wait for its answer.
     pub(crate) async fn request(&self, build: RequestBuilder) -> Result<(), RelayRefusal> {
-        let unavailable = || RelayRefusal {
+        let (tx, rx) = oneshot::channel();
+        self.send_request(build, Reply::Done(tx)).await?;
+        match tokio::time::timeout(std::time::Duration::from_secs(15), rx).await {
+            Ok(Ok(r)) => r,
+            _ => Err(Self::unavailable()),
+        }
+    }
+
+    /// Send a request through the relay and return the frame that answered it (`ok`
+    /// included); waits at most `limit` for it.
+    pub(crate) async fn ask(
+        &self,
+        build: RequestBuilder,
+        limit: std::time::Duration,
+    ) -> Result<RelayFrame, RelayRefusal> {
+        let (tx, rx) = oneshot::channel();
+        self.send_request(build, Reply::Frame(tx)).await?;
+        match tokio::time::timeout(limit, rx).await {
+            Ok(Ok(r)) => r,
+            _ => Err(Self::unavailable()),
+        }
+    }
+
+    fn unavailable() -> RelayRefusal {
+        RelayRefusal {
             code: None,
             message:
                 "the relay is not reachable right now; check `claudemesh status` and try again"
                     .into(),
-        };
+        }
+    }
+
+    async fn send_request(&self, build: RequestBuilder, reply: Reply) -> Result<(), RelayRefusal> {
         if !self.connected() {
             // A link that is (re)connecting right now gets a moment to come up.
             let mut st = self.status.clone();
@@ -142,18 +205,13 @@ impl LinkHandle {
             )
             .await;
             if !matches!(up, Ok(Ok(_))) {
-                return Err(unavailable());
+                return Err(Self::unavailable());
             }
         }
-        let (tx, rx) = oneshot::channel();
         self.tx
-            .send(LinkCmd::Request(build, tx))
+            .send(LinkCmd::Request(build, reply))
             .await
-            .map_err(|_| unavailable())?;
-        match tokio::time::timeout(std::time::Duration::from_secs(15), rx).await {
-            Ok(Ok(r)) => r,
-            _ => Err(unavailable()),
-        }
+            .map_err(|_| Self::unavailable())
     }
 }
 
@@ -205,6 +263,11 @@ pub(crate) struct MeshCtx {
     >,
     /// Stats questions answered lately, per asking member: since when, how many.
     pub(crate) stats_answered: Mutex<HashMap<MemberKey, (i64, u32)>>,
+    /// File chunks asked of members' daemons, waiting for them: by chunk id, the members
+    /// asked (an answer from anyone else is dropped) and where to hand the sealed bytes.
+    pub(crate) chunk_asks: Mutex<HashMap<claudemesh_schema::file::ChunkId, Vec<ChunkWaiter>>>,
+    /// Chunks served lately, per asking member: since when, how many.
+    pub(crate) chunks_served: Mutex<HashMap<MemberKey, (i64, u32)>>,
     /// The daemon's own session's usage (the CLI's), from when the mesh was loaded.
     pub(crate) own_usage: Mutex<Usage>,
     /// Boxes computed lately between our keys and peers' (the X25519 exchange is most of

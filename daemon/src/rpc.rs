@@ -233,6 +233,7 @@ fn json<T: Serialize>(t: T) -> Result<Value, Error> {
 
 async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, Error> {
     use crate::{delivery, joining, membership, shared};
+    use claudemesh_schema::ipc::files as fi;
     use claudemesh_schema::ipc::shared as sh;
     let p = req.params;
     match req.method.as_str() {
@@ -292,6 +293,13 @@ async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, Error> {
             let m = d.select(p.mesh.as_deref())?;
             json(crate::grants::list(d, &m).await?)
         }
+        // Shared files.
+        fi::FILE_SHARE => json(crate::files::share(d, params(p)?).await?),
+        fi::FILE_GET => json(crate::files::get(d, params(p)?).await?),
+        fi::FILE_LIST => json(crate::files::list(d, params(p)?).await?),
+        fi::FILE_STATUS => json(crate::files::status(d, params(p)?).await?),
+        fi::FILE_DELETE => json(crate::files::delete(d, params(p)?).await?),
+        fi::FILE_GRANT => json(crate::files::grant(d, params(p)?).await?),
         sh::STATE_SET => json(shared::state_set(d, params(p)?).await?),
         sh::STATE_GET => json(shared::state_get(d, params(p)?, false).await?),
         sh::STATE_LIST => json(shared::state_get(d, params(p)?, true).await?),

@@ -1,7 +1,7 @@
 //! The daemon's modules import downward only (ARCHITECTURE.md, "Code map"):
 //!
 //! `daemon` → `link`, `rpc`, `transcript` → domain (`delivery`, `hooks`, `sessions`,
-//! `peers`, `status`, `stats`, `recovery`, `membership`, `joining`, `grants`, `shared`,
+//! `peers`, `status`, `stats`, `recovery`, `files`, `membership`, `joining`, `grants`, `shared`,
 //! `reminders`) → `context`,
 //! `error` →
 //! `mesh` → `store`, `keys`, `paths`, `config`, `client`.
@@ -20,7 +20,7 @@ fn layer(module: &str) -> u8 {
         "daemon" => 5,
         "link" | "rpc" | "transcript" => 4,
         "delivery" | "hooks" | "sessions" | "peers" | "status" | "membership" | "joining"
-        | "grants" | "shared" | "reminders" | "stats" | "recovery" => 3,
+        | "grants" | "shared" | "reminders" | "stats" | "recovery" | "files" => 3,
         "context" | "error" => 2,
         "mesh" => 1,
         "store" | "keys" | "paths" | "config" | "client" => 0,

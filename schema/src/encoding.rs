@@ -39,6 +39,27 @@ pub mod bytes {
     }
 }
 
+/// serde adapter for `Option<Vec<u8>>` fields (with `default` and
+/// `skip_serializing_if = "Option::is_none"`).
+pub mod opt_bytes {
+    use super::*;
+
+    /// Serialize as base64url (only called for `Some`).
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_str(&b64(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Deserialize from base64url.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let s = <Option<std::borrow::Cow<'de, str>>>::deserialize(d)?;
+        s.map(|s| unb64(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
 /// serde adapter for fixed-size `[u8; N]` fields.
 pub mod array {
     use super::*;

@@ -15,6 +15,7 @@ use crate::message::{PeerStatus, Priority};
 use crate::roster::Role;
 
 pub mod claude;
+pub mod files;
 pub mod page;
 pub mod shared;
 pub mod trust;

@@ -328,6 +328,54 @@ pub struct SessionUsage {
     pub tool_errors: u64,
 }
 
+/// Payload kind of a request for file chunks, boxed to a member's daemon that may hold
+/// them (the body is a [`ChunkAskBody`]); answered with [`KIND_CHUNK`] payloads. Never
+/// stored or shown.
+pub const KIND_CHUNK_ASK: &str = "chunk_ask";
+/// Payload kind of one chunk served by a member's daemon: a [`ChunkBody`].
+pub const KIND_CHUNK: &str = "chunk";
+/// Payload kind of a "fetched" receipt, boxed to the member who shared a file when
+/// another member's daemon fetched all of it (the body is a [`FetchedBody`]).
+pub const KIND_FILE_FETCHED: &str = "file_fetched";
+/// Most chunks one [`ChunkAskBody`] asks for.
+pub const MAX_CHUNK_ASK: usize = 16;
+
+/// Whether a payload kind belongs to files (handled by the daemon, never shown).
+pub fn is_file_kind(kind: &str) -> bool {
+    [KIND_CHUNK_ASK, KIND_CHUNK, KIND_FILE_FETCHED].contains(&kind)
+}
+
+/// Body of a `chunk_ask` payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkAskBody {
+    /// The file the chunks belong to.
+    pub file: crate::ItemId,
+    /// At most [`MAX_CHUNK_ASK`] chunk ids.
+    pub ids: Vec<crate::file::ChunkId>,
+}
+
+/// Body of a `chunk` payload: the sealed chunk (check it against its id), or `None` when
+/// the answering daemon does not hold it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkBody {
+    /// The chunk.
+    pub id: crate::file::ChunkId,
+    /// Its sealed bytes.
+    #[serde(
+        default,
+        with = "crate::encoding::opt_bytes",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub data: Option<Vec<u8>>,
+}
+
+/// Body of a `file_fetched` payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchedBody {
+    /// The file fetched.
+    pub file: crate::ItemId,
+}
+
 /// Payload `kind` of reminders delivered by the scheduling member's daemon.
 pub const KIND_REMINDER: &str = "reminder";
 

@@ -21,6 +21,9 @@ pub(crate) enum Opened {
     StatsAsk { sent_at: i64 },
     /// A member's daemon answers our `mesh_stats` question.
     Stats(message::StatsBody),
+    /// A file payload boxed to our member: a chunk request, a chunk, a fetched receipt
+    /// (see [`message::is_file_kind`]).
+    File { kind: String, body: String },
     /// Nothing for us (not addressed to us, not from a member, does not open).
     Nothing,
     /// Sealed under a key epoch newer than any this daemon has folded: its `key_epoch` op
@@ -121,6 +124,17 @@ fn open_rows(
     }
     // The sending session must belong to the sending member (as its signed presence says),
     // and the names shown are the ones from that presence, not the ones the sender typed.
+    // File payloads come boxed to our member; a served chunk is larger than a message
+    // may be (the envelope bounds it).
+    if message::is_file_kind(&p.kind) {
+        if !matches!(env.to, Route::Member { .. }) || env.seal != Seal::Box {
+            return Ok(Vec::new());
+        }
+        return Err(Opened::File {
+            kind: p.kind,
+            body: p.body,
+        });
+    }
     let mut p = p;
     if p.body.len() > crate::delivery::MAX_BODY {
         // The sender's daemon refuses these; one that did not is not ours to store.

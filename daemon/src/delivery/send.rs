@@ -293,6 +293,39 @@ fn resolve(
     })
 }
 
+/// The members an address (a person, `name/session`, id prefix or `@group`) means in
+/// `m`, with their names as shown: who a file share or grant is for. `*` is not an
+/// address here (a mesh-wide share needs no list).
+pub(crate) async fn members_for(
+    d: &Daemon,
+    m: &MeshCtx,
+    to: &str,
+) -> Result<Vec<(claudemesh_schema::crypto::MemberKey, String)>, Error> {
+    let id = m.id;
+    let peers = d.store.read(move |c| store::q_presence(c, id)).await?;
+    let Some(t) = resolve(d, m, &peers, to, m.keys.session)? else {
+        return Err(Error::not_found(format!(
+            "no peer matches {to:?}; `claudemesh peers` lists who is in the mesh"
+        )));
+    };
+    if t.members.is_empty() {
+        return Err(Error::not_found(format!("nobody is in {to}")));
+    }
+    let mut out: Vec<(claudemesh_schema::crypto::MemberKey, String)> = Vec::new();
+    for k in t.members {
+        if out.iter().any(|(o, _)| *o == k) {
+            continue;
+        }
+        let name = peers
+            .iter()
+            .find(|p| p.member == k)
+            .map(|p| keyed(&p.names().0, &k))
+            .unwrap_or_else(|| k.short_fingerprint());
+        out.push((k, name));
+    }
+    Ok(out)
+}
+
 /// Send a message: resolve, seal, commit to the outbox, hand to the link, and wait
 /// briefly for the relay's acknowledgement.
 pub(crate) async fn send(d: &Arc<Daemon>, p: SendParams) -> Result<SendResult, Error> {

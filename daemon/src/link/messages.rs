@@ -381,6 +381,13 @@ impl Outbound {
                 let (m2, from) = (m.clone(), env.from_member);
                 d.spawn(async move { crate::stats::answer(&m2, from, id, sent_at).await });
             }
+            Opened::File { kind, body } => {
+                let _ = ack.send(id);
+                let (d2, m2, from) = (d.clone(), m.clone(), env.from_member);
+                d.spawn(
+                    async move { crate::files::on_message(&d2, &m2, from, &kind, &body).await },
+                );
+            }
             Opened::Stats(b) => {
                 let _ = ack.send(id);
                 crate::stats::answered(m, env.from_member, b);

@@ -22,7 +22,7 @@ use claudemesh_schema::wire::{self, ClientFrame, RelayFrame};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 pub(crate) use end::End;
 use end::Next;
@@ -244,9 +244,7 @@ fn refuse_while_down(cmd: LinkCmd) {
         message: "the relay is not reachable right now".into(),
     };
     match cmd {
-        LinkCmd::Request(_, reply) => {
-            let _ = reply.send(Err(down()));
-        }
+        LinkCmd::Request(_, reply) => reply.refuse(down()),
         LinkCmd::ReadOps(_, _, reply) => {
             let _ = reply.send(Err(down()));
         }
@@ -276,7 +274,7 @@ pub(super) async fn read_frame(c: &mut Connection, limit: Duration) -> Result<Re
 }
 
 /// Requests waiting for the relay's `ok` / `error`, by request id.
-type Requests = HashMap<u64, oneshot::Sender<Result<(), RelayRefusal>>>;
+type Requests = HashMap<u64, crate::mesh::Reply>;
 
 /// One connection, from hello to its end.
 async fn connection(
@@ -293,10 +291,10 @@ async fn connection(
         lo.fail_reads();
     }
     for (_, p) in requests.drain() {
-        let _ = p.send(Err(RelayRefusal {
+        p.refuse(RelayRefusal {
             code: None,
             message: "the relay link dropped".into(),
-        }));
+        });
     }
     if matches!(end, End::Stopped) {
         c.close().await;
@@ -513,9 +511,11 @@ async fn frame(
                 out.ignore_receipt(id, member);
             }
         }
-        RelayFrame::Ok { rid } => {
+        RelayFrame::Ok { rid }
+        | RelayFrame::ChunksHeld { rid, .. }
+        | RelayFrame::Chunk { rid, .. } => {
             if let Some(p) = requests.remove(&rid) {
-                let _ = p.send(Ok(()));
+                p.answer(f);
             }
         }
         RelayFrame::Error {
@@ -526,10 +526,10 @@ async fn frame(
             ..
         } => {
             if let Some(p) = rid.and_then(|r| requests.remove(&r)) {
-                let _ = p.send(Err(RelayRefusal {
+                p.refuse(RelayRefusal {
                     code: Some(code),
                     message: message.clone(),
-                }));
+                });
             } else {
                 tracing::warn!(%code, %message, "relay error");
             }
@@ -540,7 +540,7 @@ async fn frame(
         // Pings sent as requests carry their request id as `n`.
         RelayFrame::Pong { n, .. } => {
             if let Some(p) = requests.remove(&n) {
-                let _ = p.send(Ok(()));
+                p.answer(f);
             }
         }
         other => {

@@ -385,8 +385,91 @@ pub(crate) fn apply(tx: &Transaction<'_>, a: &Applying<'_>) -> rusqlite::Result<
                 params![mesh, relay, &fingerprint[..], version, a.author.0, seq],
             )?;
         }
-        // Folded by the files feature (landing next); until then skipped like unknown kinds.
-        Op::ShareFile { .. } | Op::GrantFile { .. } | Op::DeleteFile { .. } => {}
+        Op::ShareFile {
+            file,
+            manifest,
+            keys,
+            to,
+            stored,
+        } => {
+            // A file id is taken once: a second share under it (a replay, a forger) is
+            // no share.
+            let n = tx.execute(
+                "INSERT OR IGNORE INTO files (mesh, id, author, author_name, session, manifest,
+                   to_label, stored, created_at, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    mesh,
+                    file.as_bytes(),
+                    a.author.0,
+                    name,
+                    a.body.session.as_bytes(),
+                    manifest,
+                    names_one_line(to),
+                    *stored as i64,
+                    a.at,
+                    seq
+                ],
+            )?;
+            if n == 1 {
+                insert_key_boxes(tx, a, file, keys)?;
+            }
+        }
+        Op::GrantFile { file, keys } => {
+            let owner: Option<Vec<u8>> = tx
+                .query_row(
+                    "SELECT author FROM files WHERE mesh = ?1 AND id = ?2",
+                    params![mesh, file.as_bytes()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match owner {
+                None => {
+                    return Ok(notice(
+                        "file",
+                        format!("file {} does not exist", file.short()),
+                    ));
+                }
+                Some(o) if o.as_slice() != a.author.0.as_slice() && !a.role.is_admin() => {
+                    return Ok(notice(
+                        "file",
+                        format!(
+                            "only the member who shared file {} or an admin may grant it",
+                            file.short()
+                        ),
+                    ));
+                }
+                Some(_) => insert_key_boxes(tx, a, file, keys)?,
+            }
+        }
+        Op::DeleteFile { file } => {
+            let owner: Option<Vec<u8>> = tx
+                .query_row(
+                    "SELECT author FROM files WHERE mesh = ?1 AND id = ?2",
+                    params![mesh, file.as_bytes()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(o) = owner {
+                if o.as_slice() != a.author.0.as_slice() && !a.role.is_admin() {
+                    return Ok(notice(
+                        "file",
+                        format!(
+                            "only the member who shared file {} or an admin may delete it",
+                            file.short()
+                        ),
+                    ));
+                }
+                tx.execute(
+                    "DELETE FROM files WHERE mesh = ?1 AND id = ?2",
+                    params![mesh, file.as_bytes()],
+                )?;
+                tx.execute(
+                    "DELETE FROM file_keys WHERE mesh = ?1 AND file = ?2",
+                    params![mesh, file.as_bytes()],
+                )?;
+            }
+        }
         Op::Unknown => {}
     }
     Ok(Vec::new())
@@ -614,4 +697,48 @@ fn reservation_conflict(
         }
     }
     Ok(None)
+}
+
+/// A share's `to` as stored: one line, bounded (it is peer text).
+fn names_one_line(s: &str) -> String {
+    claudemesh_schema::names::one_line(s, 120)
+}
+
+/// Add the key boxes of an op after the file's existing ones (a box for a member that has
+/// one already is kept too: either opens).
+fn insert_key_boxes(
+    tx: &Transaction<'_>,
+    a: &Applying<'_>,
+    file: &ItemId,
+    keys: &[claudemesh_schema::file::KeyBox],
+) -> rusqlite::Result<()> {
+    use claudemesh_schema::file::KeyBox;
+    let mesh = a.mesh.as_bytes();
+    let next: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(n) + 1, 0) FROM file_keys WHERE mesh = ?1 AND file = ?2",
+        params![mesh, file.as_bytes()],
+        |r| r.get(0),
+    )?;
+    // At most 1,024 boxes per op: a flood of boxes is no use to anyone.
+    for (i, k) in keys.iter().take(1024).enumerate() {
+        let (member, epoch, ct): (Option<&[u8]>, Option<i64>, &[u8]) = match k {
+            KeyBox::Mesh { epoch, ct } => (None, Some(i64::from(*epoch)), ct),
+            KeyBox::Member { member, ct } => (Some(&member.0[..]), None, ct),
+        };
+        tx.execute(
+            "INSERT INTO file_keys (mesh, file, n, member, epoch, ct, granter, seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                mesh,
+                file.as_bytes(),
+                next + i as i64,
+                member,
+                epoch,
+                ct,
+                a.author.0,
+                a.seq as i64
+            ],
+        )?;
+    }
+    Ok(())
 }

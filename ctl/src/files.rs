@@ -1,0 +1,282 @@
+//! `claudemesh file …`: share, get, list, status, grant, rm. The daemon seals, stores
+//! and fetches; this resolves paths against the working directory and prints.
+
+use claudemesh_schema::ipc::files::{
+    FILE_DELETE, FILE_GET, FILE_GRANT, FILE_LIST, FILE_SHARE, FILE_STATUS, FileDeleteResult,
+    FileGetParams, FileGetResult, FileGrantParams, FileGrantResult, FileInfo, FileListParams,
+    FileListResult, FileParams, FileShareParams, FileShareResult, FileStatusResult,
+};
+use std::path::{Path, PathBuf};
+
+use crate::cli::FileAction;
+use crate::daemon::{client, paths};
+use crate::exit::{Exit, Failure, Res};
+use crate::output;
+
+async fn call<R: serde::de::DeserializeOwned>(
+    method: &str,
+    params: impl serde::Serialize,
+) -> Result<R, Failure> {
+    let p = paths()?;
+    let mut c = client(&p).await?;
+    Ok(c.call(method, params).await?)
+}
+
+fn absolute(p: &Path) -> Result<PathBuf, Failure> {
+    std::path::absolute(p)
+        .map_err(|e| Failure::new(Exit::Usage, format!("cannot resolve {}: {e}", p.display())))
+}
+
+/// `1.5 MiB`.
+pub(crate) fn size(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn tags(s: Option<String>) -> Vec<String> {
+    s.unwrap_or_default()
+        .split(',')
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+const HEADER: &[&str] = &["ID", "NAME", "SIZE", "FROM", "TO", "TAGS"];
+
+fn rows(files: &[FileInfo]) -> Vec<Vec<String>> {
+    files
+        .iter()
+        .map(|f| {
+            vec![
+                f.id.short(),
+                f.name
+                    .clone()
+                    .unwrap_or_else(|| "(not shared with you)".into()),
+                f.size.map(size).unwrap_or_default(),
+                f.author.clone(),
+                if f.to.is_empty() {
+                    "*".into()
+                } else {
+                    f.to.clone()
+                },
+                f.tags.join(","),
+            ]
+        })
+        .collect()
+}
+
+pub(crate) async fn file(action: FileAction) -> Res {
+    match action {
+        FileAction::Share {
+            path,
+            to,
+            tags: t,
+            ephemeral,
+            ttl,
+            name,
+            opts,
+        } => {
+            let path = absolute(&path)?;
+            let ttl_secs = ttl.as_deref().map(crate::cli::parse_duration).transpose()?;
+            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            let progress = output::Progress::start(&format!(
+                "sealing and storing {} ({})",
+                path.file_name().unwrap_or_default().to_string_lossy(),
+                size(len)
+            ));
+            let r: FileShareResult = call(
+                FILE_SHARE,
+                FileShareParams {
+                    mesh: opts.mesh,
+                    session: None,
+                    path: path.to_string_lossy().into_owned(),
+                    to,
+                    tags: tags(t),
+                    ephemeral,
+                    ttl_secs,
+                    name,
+                },
+            )
+            .await?;
+            drop(progress);
+            if opts.json {
+                output::json("file", &r);
+            } else {
+                let stored = if r.stored == "relay" {
+                    "chunks at the relay"
+                } else {
+                    "served by this machine's daemon (the relay stores no files)"
+                };
+                out!(
+                    "shared {} {} ({}, {} chunks) with {}; {stored}",
+                    r.file.short(),
+                    r.name,
+                    size(r.size),
+                    r.chunks,
+                    r.to.join(", ")
+                );
+                if r.seq.is_none() {
+                    say!("pending: announced when the relay link is up");
+                }
+            }
+            Ok(())
+        }
+        FileAction::Get {
+            id,
+            output: out_path,
+            force,
+            opts,
+        } => {
+            let target = match out_path {
+                Some(o) => absolute(&o)?,
+                None => absolute(Path::new("."))?,
+            };
+            let progress = output::Progress::start(&format!("fetching {id}"));
+            let r: FileGetResult = call(
+                FILE_GET,
+                FileGetParams {
+                    mesh: opts.mesh,
+                    file: id,
+                    out: Some(target.to_string_lossy().into_owned()),
+                    force,
+                },
+            )
+            .await?;
+            drop(progress);
+            if opts.json {
+                output::json("file", &r);
+            } else {
+                out!(
+                    "saved {} ({}) to {}; BLAKE3 checked ({} chunks from the relay, {} from peers, {} here already)",
+                    r.name,
+                    size(r.size),
+                    r.path.clone().unwrap_or_default(),
+                    r.from_relay,
+                    r.from_peers,
+                    r.from_cache
+                );
+            }
+            Ok(())
+        }
+        FileAction::List {
+            tags: t,
+            author,
+            mine,
+            readable,
+            opts,
+        } => {
+            let r: FileListResult = call(
+                FILE_LIST,
+                FileListParams {
+                    mesh: opts.mesh,
+                    tags: tags(t),
+                    author,
+                    scope: Some(
+                        if mine {
+                            "mine"
+                        } else if readable {
+                            "for_me"
+                        } else {
+                            "all"
+                        }
+                        .into(),
+                    ),
+                },
+            )
+            .await?;
+            if opts.json {
+                output::json("files", &r.files);
+            } else if r.files.is_empty() {
+                say!("No files shared. Share one with `claudemesh file share <path>`.");
+            } else {
+                output::table(HEADER, rows(&r.files));
+            }
+            Ok(())
+        }
+        FileAction::Status(a) => {
+            let r: FileStatusResult = call(
+                FILE_STATUS,
+                FileParams {
+                    mesh: a.opts.mesh,
+                    session: None,
+                    file: a.id,
+                },
+            )
+            .await?;
+            if a.opts.json {
+                output::json("status", &r);
+            } else {
+                let f = &r.file;
+                out!(
+                    "{} {} ({}) shared by {}",
+                    f.id.short(),
+                    f.name
+                        .clone()
+                        .unwrap_or_else(|| "(not shared with you)".into()),
+                    f.size.map(size).unwrap_or_else(|| "size unknown".into()),
+                    f.author
+                );
+                out!("readers: {}", r.readers.join(", "));
+                if !f.mine {
+                    out!("fetched: known to the member who shared it");
+                } else if r.fetched.is_empty() {
+                    out!("fetched: nobody yet");
+                } else {
+                    for x in &r.fetched {
+                        out!("fetched by {} {}", x.who, output::ago(x.at));
+                    }
+                }
+            }
+            Ok(())
+        }
+        FileAction::Rm(a) => {
+            let r: FileDeleteResult = call(
+                FILE_DELETE,
+                FileParams {
+                    mesh: a.opts.mesh,
+                    session: None,
+                    file: a.id,
+                },
+            )
+            .await?;
+            if a.opts.json {
+                output::json("result", &r);
+            } else {
+                say!("deleted file {}", r.file.short());
+            }
+            Ok(())
+        }
+        FileAction::Grant { id, to, opts } => {
+            let r: FileGrantResult = call(
+                FILE_GRANT,
+                FileGrantParams {
+                    mesh: opts.mesh,
+                    session: None,
+                    file: id,
+                    to,
+                },
+            )
+            .await?;
+            if opts.json {
+                output::json("result", &r);
+            } else {
+                say!(
+                    "granted file {} to {} (they can fetch it now; a grant cannot be taken back)",
+                    r.file.short(),
+                    r.granted.join(", ")
+                );
+            }
+            Ok(())
+        }
+    }
+}

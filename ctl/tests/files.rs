@@ -1,0 +1,152 @@
+//! Shared files end to end: real relay, real daemons, the CLI as users run it.
+#![allow(clippy::unwrap_used)]
+
+use claudemesh_tests::{Node, mesh};
+use serde_json::Value;
+use std::path::Path;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_claudemesh"))
+}
+
+/// `n` bytes nobody could guess (a xorshift stream; no dependency for it).
+fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(n + 8);
+    while v.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(n);
+    v
+}
+
+fn share(n: &Node, path: &Path, extra: &[&str]) -> Value {
+    let mut args = vec!["file", "share", path.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    n.json(&args)
+}
+
+fn get(n: &Node, id: &str, out: &Path) -> Value {
+    n.json(&["file", "get", id, "-o", out.to_str().unwrap()])
+}
+
+fn list(n: &Node) -> Vec<Value> {
+    n.json(&["file", "list"])["files"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Wait until `n` lists the file `id` (its share op reached that daemon).
+fn wait_listed(n: &Node, id: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(f) = list(n).into_iter().find(|f| f["id"] == id) {
+            return f;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never listed file {id}",
+            n.name
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_file_shared_with_one_peer_is_for_no_one_else_until_granted() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["ann", "ben", "cat"], &[]);
+    let src = root.path().join("plan.md");
+    std::fs::write(&src, "# the plan\nship it on friday\n").unwrap();
+    let f = share(&nodes[0], &src, &["--to", "ben"]);
+    let id = f["file"].as_str().unwrap().to_string();
+    assert_eq!(f["name"], "plan.md");
+    // Ben reads it; cat sees that it exists, not what it is, and cannot fetch it.
+    let got = root.path().join("ben-plan.md");
+    let g = get(&nodes[1], &id, &got);
+    assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(&src).unwrap());
+    assert_eq!(g["name"], "plan.md");
+    let seen = wait_listed(&nodes[2], &id);
+    assert_eq!(seen["readable"], false, "{seen}");
+    assert!(seen["name"].is_null(), "{seen}");
+    let out = root.path().join("cat-plan.md");
+    let (code, err) = nodes[2].fails(&["file", "get", &id, "-o", out.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not with you"), "{err}");
+    assert!(!out.exists());
+    // Cat is not the author: it cannot grant itself.
+    let (_, err) = nodes[2].fails(&["file", "grant", &id, "cat"]);
+    assert!(err.contains("only they or an admin"), "{err}");
+    // Ann grants: cat fetches with nothing uploaded again.
+    nodes[0].ok(&["file", "grant", &id, "cat"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while list(&nodes[2])
+        .iter()
+        .any(|f| f["id"] == id.as_str() && f["readable"] == false)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the grant never arrived"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    get(&nodes[2], &id, &out);
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&src).unwrap());
+    // Ann sees who fetched it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let st = nodes[0].json(&["file", "status", &id]);
+        let who: Vec<String> = st["fetched"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["who"].as_str().unwrap().to_string())
+            .collect();
+        if who.len() == 2 {
+            assert!(who.iter().any(|w| w.starts_with("ben")), "{st}");
+            assert!(who.iter().any(|w| w.starts_with("cat")), "{st}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fetches never reported: {st}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Deleting it takes it from every list.
+    nodes[0].ok(&["file", "rm", &id]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while list(&nodes[1]).iter().any(|f| f["id"] == id.as_str()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the delete never arrived"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_mesh_wide_file_reaches_every_member_byte_for_byte() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["ann", "ben"], &[]);
+    let src = root.path().join("data.bin");
+    let data = random_bytes(3 * 128 * 1024 + 77, 7);
+    std::fs::write(&src, &data).unwrap();
+    let f = share(&nodes[0], &src, &["--tags", "build,nightly"]);
+    let id = f["file"].as_str().unwrap().to_string();
+    assert_eq!(f["chunks"], 4);
+    assert_eq!(f["size"], data.len());
+    let listed = wait_listed(&nodes[1], &id);
+    assert_eq!(listed["readable"], true);
+    assert_eq!(listed["tags"], serde_json::json!(["build", "nightly"]));
+    let out = root.path().join("got.bin");
+    get(&nodes[1], &id, &out);
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    // A second fetch to the same path is refused unless forced.
+    let (_, err) = nodes[1].fails(&["file", "get", &id, "-o", out.to_str().unwrap()]);
+    assert!(err.contains("--force"), "{err}");
+}
