@@ -146,7 +146,90 @@ fn a_mesh_wide_file_reaches_every_member_byte_for_byte() {
     let out = root.path().join("got.bin");
     get(&nodes[1], &id, &out);
     assert_eq!(std::fs::read(&out).unwrap(), data);
-    // A second fetch to the same path is refused unless forced.
+    // Fetching it again to the same place finds it there; another file there is kept
+    // unless forced.
+    let again = get(&nodes[1], &id, &out);
+    assert_eq!(again["from_cache"], 4, "{again}");
+    std::fs::write(&out, b"something else").unwrap();
     let (_, err) = nodes[1].fails(&["file", "get", &id, "-o", out.to_str().unwrap()]);
     assert!(err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"something else");
+    nodes[1].ok(&["file", "get", &id, "-o", out.to_str().unwrap(), "--force"]);
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+}
+
+/// Files in a directory (recursively), to watch a transfer's progress from outside.
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            if e.path().is_dir() {
+                count_files(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// kill -9 of the sharing daemon mid-upload and of the fetching one mid-download: each
+/// picks its transfer up again when it starts, and the target path never holds a part.
+#[test]
+fn killed_transfers_resume_and_never_leave_a_torn_file() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, mut nodes) = mesh(bin(), root.path(), &["ann", "ben"], &[]);
+    for n in nodes.iter_mut() {
+        n.stop();
+        n.log_filter = "info".into();
+        n.start();
+    }
+    nodes[0].wait("link-up", None);
+    nodes[1].wait("link-up", None);
+    let src = root.path().join("big.bin");
+    let data = random_bytes(48 << 20, 11);
+    std::fs::write(&src, &data).unwrap();
+    // The share runs in the background (its CLI call dies with the daemon).
+    let mut call = nodes[0].spawn(&["file", "share", src.to_str().unwrap()]);
+    let cache = nodes[0].dir.join("files");
+    wait_until("the upload started", || count_files(&cache) >= 24);
+    nodes[0].kill();
+    let _ = call.wait();
+    nodes[0].start();
+    nodes[0].wait_logged("an interrupted file transfer finished");
+    let id = {
+        let mut id = None;
+        wait_until("ben lists the file", || {
+            id = list(&nodes[1])
+                .into_iter()
+                .find(|f| f["name"] == "big.bin")
+                .map(|f| f["id"].as_str().unwrap().to_string());
+            id.is_some()
+        });
+        id.unwrap()
+    };
+    let out = root.path().join("ben-big.bin");
+    let part = root.path().join("ben-big.bin.claudemesh-part");
+    let mut fetch = nodes[1].spawn(&["file", "get", &id, "-o", out.to_str().unwrap()]);
+    wait_until("the download started", || {
+        std::fs::metadata(&part).is_ok_and(|m| m.len() >= 4 << 20)
+    });
+    nodes[1].kill();
+    let _ = fetch.wait();
+    assert!(!out.exists(), "a part was never at the target path");
+    nodes[1].start();
+    wait_until("ben's fetch resumed and finished", || {
+        nodes[1].log().contains("an interrupted file transfer finished")
+    });
+    assert!(!part.exists());
+    assert!(std::fs::read(&out).unwrap() == data, "the resumed file is the file");
 }

@@ -481,6 +481,7 @@ impl Daemon {
             stats_answered: Default::default(),
             chunk_asks: Default::default(),
             chunks_served: Default::default(),
+            transfers: Default::default(),
             retry_now: Default::default(),
             own_usage: Mutex::new(crate::mesh::Usage::since(claudemesh_schema::now_ms())),
             resync: tokio::sync::Notify::new(),

@@ -117,6 +117,25 @@ fn is_text(mime: &str) -> bool {
     mime.starts_with("text/") || mime == "application/json"
 }
 
+/// The lock of one transfer target: held while it runs.
+async fn transfer_lock(m: &MeshCtx, target: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    let l = lock(&m.transfers)
+        .entry(target.to_string())
+        .or_default()
+        .clone();
+    l.lock_owned().await
+}
+
+/// Whether `path` holds exactly the content a manifest describes.
+fn holds(path: &Path, man: &Manifest) -> bool {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut h = blake3::Hasher::new();
+    std::io::copy(&mut f, &mut h).is_ok()
+        && claudemesh_schema::crypto::ct_eq(h.finalize().as_bytes(), &man.blake3)
+}
+
 /// `file_share`.
 pub(crate) async fn share(d: &Arc<Daemon>, p: FileShareParams) -> Result<FileShareResult, Error> {
     let m = d.select(p.mesh.as_deref())?;
@@ -797,14 +816,7 @@ pub(crate) async fn get(d: &Arc<Daemon>, p: FileGetParams) -> Result<FileGetResu
             if !o.is_absolute() {
                 return Err(Error::invalid("give an absolute path to save to"));
             }
-            let o = if o.is_dir() { o.join(&man.name) } else { o };
-            if o.exists() && !p.force {
-                return Err(Error::conflict(format!(
-                    "{} exists; pass --force to replace it",
-                    o.display()
-                )));
-            }
-            o
+            if o.is_dir() { o.join(&man.name) } else { o }
         }
         None => {
             let dir = d.paths.dir.join("downloads");
@@ -812,7 +824,37 @@ pub(crate) async fn get(d: &Arc<Daemon>, p: FileGetParams) -> Result<FileGetResu
             dir.join(format!("{}-{}", r.id.short(), man.name))
         }
     };
-    let (mesh, file, tpath) = (m.id, r.id, target.to_string_lossy().into_owned());
+    let tpath = target.to_string_lossy().into_owned();
+    // One transfer per target: a fetch already running there (resumed at start, say)
+    // finishes first, and this one then finds the file in place.
+    let _running = transfer_lock(&m, &tpath).await;
+    if target.exists() {
+        let (t2, m2) = (target.clone(), man.clone());
+        let same = tokio::task::spawn_blocking(move || holds(&t2, &m2))
+            .await
+            .map_err(Error::internal)?;
+        if same && !inline {
+            return Ok(FileGetResult {
+                file: r.id,
+                name: man.name.clone(),
+                size: man.size,
+                mime: man.mime.clone(),
+                path: Some(tpath),
+                content: None,
+                from_relay: 0,
+                from_peers: 0,
+                from_cache: man.chunk_ids().len() as u32,
+                blake3: hex(&man.blake3),
+            });
+        }
+        if !p.force && !inline {
+            return Err(Error::conflict(format!(
+                "{} exists with other content; pass --force to replace it",
+                target.display()
+            )));
+        }
+    }
+    let (mesh, file) = (m.id, r.id);
     d.store
         .write(move |tx| {
             tx.execute(
@@ -1220,7 +1262,13 @@ pub(crate) async fn resume(d: Arc<Daemon>) {
                     let Some((key, man)) = open_row(&m, &r) else {
                         return Ok(());
                     };
-                    download(&d2, &m, &r, &key, &man, Path::new(&path)).await.map(|_| ())
+                    let _running = transfer_lock(&m, &path).await;
+                    if Path::new(&path).exists() {
+                        return Ok(());
+                    }
+                    download(&d2, &m, &r, &key, &man, Path::new(&path))
+                        .await
+                        .map(|_| ())
                 }
                 .await
             };

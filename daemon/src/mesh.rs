@@ -268,6 +268,9 @@ pub(crate) struct MeshCtx {
     pub(crate) chunk_asks: Mutex<HashMap<claudemesh_schema::file::ChunkId, Vec<ChunkWaiter>>>,
     /// Chunks served lately, per asking member: since when, how many.
     pub(crate) chunks_served: Mutex<HashMap<MemberKey, (i64, u32)>>,
+    /// File transfers running, by target path (a download) or file (an upload): a second
+    /// one for the same target waits for the first instead of writing alongside it.
+    pub(crate) transfers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The daemon's own session's usage (the CLI's), from when the mesh was loaded.
     pub(crate) own_usage: Mutex<Usage>,
     /// Boxes computed lately between our keys and peers' (the X25519 exchange is most of
