@@ -233,3 +233,222 @@ fn killed_transfers_resume_and_never_leave_a_torn_file() {
     assert!(!part.exists());
     assert!(std::fs::read(&out).unwrap() == data, "the resumed file is the file");
 }
+
+/// Finds any 64-byte window of a plaintext in other bytes: every such window contains a
+/// 32-byte block of the plaintext that starts at a multiple of 32, so those blocks are
+/// indexed (by a rolling hash) and every 32-byte window of the haystack is looked up.
+struct Windows {
+    plain: std::sync::Arc<Vec<u8>>,
+    blocks: std::collections::HashMap<u64, usize>,
+    /// One bit per hash prefix: most windows are ruled out without the map.
+    filter: Vec<u64>,
+}
+
+const ROLL_BASE: u64 = 0x100000001b3;
+
+impl Windows {
+    fn new(plain: std::sync::Arc<Vec<u8>>) -> Self {
+        let mut blocks = std::collections::HashMap::new();
+        let mut filter = vec![0u64; 1 << 20];
+        for (i, b) in plain.chunks_exact(32).enumerate() {
+            let h = Self::hash(b);
+            blocks.insert(h, i * 32);
+            filter[(h >> 44) as usize] |= 1 << (h & 63);
+        }
+        Self {
+            plain,
+            blocks,
+            filter,
+        }
+    }
+
+    fn hash(b: &[u8]) -> u64 {
+        b.iter()
+            .fold(0u64, |h, &x| h.wrapping_mul(ROLL_BASE).wrapping_add(x as u64 + 1))
+    }
+
+    /// Where in `hay` a plaintext block shows, if anywhere.
+    fn find_in(&self, hay: &[u8]) -> Option<usize> {
+        if hay.len() < 32 {
+            return None;
+        }
+        let top = (0..31).fold(1u64, |p, _| p.wrapping_mul(ROLL_BASE));
+        let mut h = Self::hash(&hay[..32]);
+        for i in 0..=hay.len() - 32 {
+            if i > 0 {
+                h = h
+                    .wrapping_sub((hay[i - 1] as u64 + 1).wrapping_mul(top))
+                    .wrapping_mul(ROLL_BASE)
+                    .wrapping_add(hay[i + 31] as u64 + 1);
+            }
+            if self.filter[(h >> 44) as usize] & (1 << (h & 63)) != 0
+                && let Some(&at) = self.blocks.get(&h)
+                && hay[i..i + 32] == self.plain[at..at + 32]
+            {
+                return Some(i);
+            }
+        }
+        None
+    }
+}
+
+fn all_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            all_files(&e.path(), out);
+        } else {
+            out.push(e.path());
+        }
+    }
+}
+
+/// The acceptance scenario: 50 MiB shared with the whole mesh, fetched by two members
+/// whose links (and the sharer's) run through a tap on the relay's port; nothing the
+/// relay stores or sends holds 64 bytes of the file or its name.
+#[test]
+fn fifty_mebibytes_shared_mesh_wide_reach_two_members_and_the_relay_sees_only_ciphertext() {
+    use claudemesh_schema::wire::{self, ClientFrame, RelayFrame};
+    use claudemesh_tests::proxy::Proxy;
+    use std::sync::{Arc, Mutex};
+    let root = tempfile::tempdir().unwrap();
+    let relay = claudemesh_tests::RelayProc::start(bin(), &root.path().join("relay"), &[]);
+    let name = "quarterly-numbers-7f3a9c.bin";
+    let data = Arc::new(random_bytes(50 << 20, 23));
+    let windows = Arc::new(Windows::new(data.clone()));
+    // (frames seen, where plaintext or the name showed)
+    let seen: Arc<Mutex<(usize, Vec<String>)>> = Arc::default();
+    let (w, s) = (windows.clone(), seen.clone());
+    let tap = Proxy::start(
+        relay.addr,
+        &relay.data_dir,
+        Arc::new(move |sent: &[ClientFrame], f: RelayFrame| {
+            // What the relay sends, and the newest thing the client sent.
+            let mut frames: Vec<Vec<u8>> = vec![wire::encode(&f).unwrap()];
+            let mut sealed: Vec<Vec<u8>> = Vec::new();
+            match &f {
+                RelayFrame::Chunk { data, .. } => sealed.push(data.clone()),
+                RelayFrame::Deliver { env, .. } => sealed.push(env.ct.clone()),
+                RelayFrame::Ops { ops, .. } => sealed.extend(ops.iter().map(|o| o.op.ct.clone())),
+                _ => {}
+            }
+            if let Some(c) = sent.last() {
+                frames.push(wire::encode(c).unwrap());
+                match c {
+                    ClientFrame::ChunkPut { data, .. } => sealed.push(data.clone()),
+                    ClientFrame::Send(env) => sealed.push(env.ct.clone()),
+                    ClientFrame::Op(env) => sealed.push(env.ct.clone()),
+                    _ => {}
+                }
+            }
+            let mut s = s.lock().unwrap();
+            s.0 += 1;
+            for fr in &frames {
+                if claudemesh_tests::contains(fr, name.as_bytes()) {
+                    s.1.push("the name in a frame".into());
+                }
+            }
+            for b in &sealed {
+                if let Some(at) = w.find_in(b) {
+                    s.1.push(format!("plaintext at {at} of a frame"));
+                }
+            }
+            f
+        }),
+    );
+    let mut nodes: Vec<Node> = ["ann", "ben", "cat"]
+        .iter()
+        .map(|n| Node::new(bin(), root.path(), n))
+        .collect();
+    for n in &mut nodes {
+        n.start();
+    }
+    // The mesh's relay address is the tap's (it presents the relay's certificate).
+    nodes[0].ok(&[
+        "create",
+        "test",
+        "--relay",
+        &tap.addr.to_string(),
+        "--fingerprint",
+        &relay.fingerprint,
+    ]);
+    for i in 1..3 {
+        let link = nodes[0].ok(&["invite"]);
+        nodes[i].ok(&["join", &link, "--wait", "20"]);
+    }
+    for a in &nodes {
+        for b in &nodes {
+            if a.name != b.name {
+                a.wait("peer-online", Some(&b.name));
+            }
+        }
+    }
+    let src = root.path().join(name);
+    std::fs::write(&src, data.as_slice()).unwrap();
+    let t = std::time::Instant::now();
+    let f = share(&nodes[0], &src, &[]);
+    eprintln!("shared in {:?}", t.elapsed());
+    let id = f["file"].as_str().unwrap().to_string();
+    assert_eq!(f["chunks"], 400, "{f}");
+    for n in &nodes[1..] {
+        wait_listed(n, &id);
+        let out = root.path().join(format!("{}-copy.bin", n.name));
+        let t = std::time::Instant::now();
+        let g = get(n, &id, &out);
+        eprintln!("{} fetched in {:?}: {g}", n.name, t.elapsed());
+        let got = std::fs::read(&out).unwrap();
+        assert!(got == *data, "{} got the file byte for byte", n.name);
+        assert_eq!(
+            g["blake3"].as_str().unwrap(),
+            blake3::hash(&data).to_hex().as_str()
+        );
+    }
+    drop(tap);
+    let (frames, leaks) = seen.lock().unwrap().clone();
+    assert!(frames > 800, "the tap saw the transfers ({frames} frames)");
+    assert!(leaks.is_empty(), "{leaks:?}");
+    let mut stored = Vec::new();
+    all_files(&relay.data_dir, &mut stored);
+    for p in stored {
+        let b = std::fs::read(&p).unwrap_or_default();
+        assert!(!claudemesh_tests::contains(&b, name.as_bytes()), "the name in {}", p.display());
+        assert_eq!(windows.find_in(&b), None, "plaintext in {}", p.display());
+    }
+}
+
+/// A relay that stores no files: the sharer's daemon serves the chunks itself, boxed
+/// member to member, and the fetch checks each against the manifest as ever.
+#[test]
+fn with_relay_storage_off_a_member_fetches_from_the_sharing_daemon() {
+    let root = tempfile::tempdir().unwrap();
+    let (relay, nodes) = mesh(bin(), root.path(), &["ann", "ben"], &["--no-blob-storage"]);
+    let src = root.path().join("notes.bin");
+    let data = random_bytes(1 << 20, 5);
+    std::fs::write(&src, &data).unwrap();
+    let f = share(&nodes[0], &src, &[]);
+    assert_eq!(f["stored"], "peers", "{f}");
+    let id = f["file"].as_str().unwrap().to_string();
+    wait_listed(&nodes[1], &id);
+    let out = root.path().join("ben-notes.bin");
+    let t = std::time::Instant::now();
+    let g = get(&nodes[1], &id, &out);
+    eprintln!("fetched 1 MiB from a peer in {:?}", t.elapsed());
+    assert_eq!(g["from_peers"], 8, "{g}");
+    assert_eq!(g["from_relay"], 0, "{g}");
+    assert!(std::fs::read(&out).unwrap() == data);
+    // The relay kept no chunk (only the share op, sealed).
+    let mut stored = Vec::new();
+    all_files(&relay.data_dir, &mut stored);
+    let w = Windows::new(std::sync::Arc::new(data));
+    for p in stored {
+        let b = std::fs::read(&p).unwrap_or_default();
+        assert_eq!(w.find_in(&b), None, "plaintext in {}", p.display());
+    }
+    // With the sharer gone, nobody holds the chunks: a clear error, nothing written.
+    let mut nodes = nodes;
+    nodes[0].stop();
+    let out2 = root.path().join("again.bin");
+    std::fs::remove_dir_all(nodes[1].dir.join("files")).unwrap();
+    let (_, err) = nodes[1].fails(&["file", "get", &id, "-o", out2.to_str().unwrap()]);
+    assert!(err.contains("no member online holds it"), "{err}");
+    assert!(!out2.exists());
+}

@@ -1063,15 +1063,19 @@ async fn fetch_chunk(
         Ok(_) => "the relay sent a chunk that does not match its id".to_string(),
         Err(r) => r.message,
     };
-    // From members' daemons: the author's, then any other online member's.
-    let mut ask = vec![author];
+    // From members' daemons that are online: the author's first, then any other's
+    // (an offline one would get the question only when it is back, long after).
     let mesh = m.id;
     let presence = d
         .store
         .read(move |c| crate::store::q_presence(c, mesh))
         .await?;
-    for p in presence {
-        if p.online && p.member != m.member() && !ask.contains(&p.member) {
+    let mut ask: Vec<MemberKey> = Vec::new();
+    if presence.iter().any(|p| p.online && p.member == author) {
+        ask.push(author);
+    }
+    for p in &presence {
+        if p.online && !ask.contains(&p.member) {
             ask.push(p.member);
         }
     }
