@@ -45,6 +45,9 @@ pub struct RelayArgs {
     /// Disable the WebSocket listener.
     #[arg(long, global = true)]
     pub no_websocket: bool,
+    /// Store no file chunks (members serve them to each other).
+    #[arg(long, global = true)]
+    pub no_blob_storage: bool,
     /// full (acknowledged envelopes survive power loss) or normal (they survive a crash).
     #[arg(long, global = true)]
     pub durability: Option<DurabilityArg>,
@@ -225,6 +228,7 @@ impl RelayArgs {
         // Flags only switch listeners off: the file's `false` is not undone by no flag.
         cfg.quic &= !self.no_quic;
         cfg.websocket &= !self.no_websocket;
+        cfg.blob_storage &= !self.no_blob_storage;
         if let Some(d) = self.durability {
             cfg.durability = d.into();
         }
@@ -469,6 +473,7 @@ mod tests {
             "--data-dir",
             "d",
             "--no-quic",
+            "--no-blob-storage",
             "--durability",
             "normal",
             "--frame-log",
@@ -482,6 +487,7 @@ mod tests {
         assert_eq!(cfg.listen, "127.0.0.1:1".parse().unwrap());
         assert_eq!(cfg.data_dir, PathBuf::from("d"));
         assert!(!cfg.quic && cfg.websocket);
+        assert!(!cfg.blob_storage);
         assert_eq!(cfg.durability, Durability::Normal);
         assert_eq!(cfg.frame_log, Some(PathBuf::from("f")));
         assert_eq!(cfg.metrics_listen, Some("127.0.0.1:2".parse().unwrap()));

@@ -164,6 +164,16 @@ pub struct RelayConfig {
     /// Writes beyond it are refused with `quota_exceeded`; the writer keeps them in its
     /// outbox. Default 64 MiB.
     pub mesh_quota_op_bytes: u64,
+    /// Store file chunks for members (`chunk_put`, `chunk_get`, …), under
+    /// `<data_dir>/blobs`. With `false` every chunk frame is answered `storage_off` and
+    /// members serve chunks to each other. Default `true`.
+    pub blob_storage: bool,
+    /// Most bytes of file chunks one mesh stores; beyond it `chunk_put` is refused with
+    /// `quota_exceeded` until files are deleted. Default 1 GiB.
+    pub mesh_quota_blob_bytes: u64,
+    /// Most bytes of file chunks the relay stores over all meshes (apart from
+    /// `disk_budget_bytes`). Default 8 GiB.
+    pub blob_quota_bytes: u64,
     /// Envelope deliveries buffered per connection. When a connection reads slower than
     /// others send to it, live copies beyond this are skipped and its mailbox is replayed
     /// once it catches up. Default 4096.
@@ -224,6 +234,9 @@ impl Default for RelayConfig {
             queued_bytes_budget: 1 << 30,
             disk_budget_bytes: 16 << 30,
             mesh_quota_op_bytes: 64 << 20,
+            blob_storage: true,
+            mesh_quota_blob_bytes: 1 << 30,
+            blob_quota_bytes: 8 << 30,
             send_queue: 4096,
             log_json: false,
             metrics_listen: None,
@@ -497,6 +510,18 @@ const KEY_DOCS: &[(&str, &str)] = &[
     (
         "mesh_quota_op_bytes",
         "Most bytes of one mesh's op log and snapshot; beyond it ops get quota_exceeded.",
+    ),
+    (
+        "blob_storage",
+        "Store file chunks for members under data_dir/blobs; false: chunk frames get storage_off.",
+    ),
+    (
+        "mesh_quota_blob_bytes",
+        "Most bytes of file chunks one mesh stores; beyond it chunk_put gets quota_exceeded.",
+    ),
+    (
+        "blob_quota_bytes",
+        "Most bytes of file chunks stored over all meshes (apart from disk_budget_bytes).",
     ),
     (
         "send_queue",

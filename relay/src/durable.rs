@@ -9,6 +9,11 @@
 
 use std::io::Write as _;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Makes temporary names unique within the process: two writers of the same path at once
+/// (two uploads of one content-addressed chunk) must not share a temporary file.
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// Create `path` and its missing parents, like `std::fs::create_dir_all`, and make each
 /// directory it created durable in its parent.
@@ -34,7 +39,11 @@ pub fn create_dir_all(path: &Path) -> std::io::Result<()> {
 /// `path` holds either what it held before or all of `bytes`: a temporary file, synced,
 /// renamed over `path`, the rename synced in the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let tmp = path.with_extension(format!(
+        "tmp{}-{}",
+        std::process::id(),
+        TMP_SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
     {
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create(true).truncate(true);

@@ -665,6 +665,12 @@ pub(crate) struct Hub<S> {
     pub(crate) storage: Mutex<crate::limits::StorageFault>,
     /// Every task the relay spawns, so shutdown waits for them.
     pub(crate) tasks: TaskTracker,
+    /// File chunks kept for members; `None` with `blob_storage = false`.
+    pub(crate) blobs: Option<Arc<dyn crate::blobs::BlobStore>>,
+    /// Bytes and chunks the blob store holds, against its quotas.
+    pub(crate) blob_usage: Mutex<crate::blobs::BlobUsage>,
+    /// Chunks failing to store (a full disk): uploaders back off.
+    pub(crate) blob_fault: Mutex<crate::limits::StorageFault>,
 }
 
 impl<S: Store> Hub<S> {
@@ -799,8 +805,22 @@ impl<S: Store> Hub<S> {
             disk,
             storage: Default::default(),
             tasks: TaskTracker::new(),
+            blobs: None,
+            blob_usage: Default::default(),
+            blob_fault: Default::default(),
             cfg,
         }
+    }
+
+    /// Keep file chunks in `blobs`, which holds `stored` (per mesh: chunks, bytes).
+    pub(crate) fn with_blobs(
+        mut self,
+        blobs: Arc<dyn crate::blobs::BlobStore>,
+        stored: &crate::blobs::Freed,
+    ) -> Self {
+        self.blobs = Some(blobs);
+        self.blob_usage = Mutex::new(crate::blobs::BlobUsage::new(stored));
+        self
     }
 
     /// Append a received frame to the debugging frame log, if one is configured.

@@ -18,6 +18,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod admission;
+pub mod blobs;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -117,6 +117,21 @@ pub(crate) fn render<S: Store>(hub: &Hub<S>) -> String {
         "Bytes of undelivered envelopes stored.",
         g.stored_bytes,
     );
+    let (chunks, blob_bytes) = crate::hub::lock(&hub.blob_usage).totals();
+    metric(
+        &mut out,
+        "claudemesh_relay_blob_chunks",
+        "gauge",
+        "File chunks stored in the blob store.",
+        chunks,
+    );
+    metric(
+        &mut out,
+        "claudemesh_relay_blob_bytes",
+        "gauge",
+        "Bytes of file chunks stored in the blob store.",
+        blob_bytes,
+    );
     metric(
         &mut out,
         "claudemesh_relay_ops_total",

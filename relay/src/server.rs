@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
+use crate::blobs::{BlobStore, DiskBlobs};
 use crate::config::RelayConfig;
 use crate::conn::serve;
 use crate::hub::{Hub, lock};
@@ -56,6 +57,9 @@ pub enum RelayError {
     /// Bad configuration.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The blob store failed.
+    #[error(transparent)]
+    Blobs(#[from] crate::blobs::BlobError),
 }
 
 /// A bound relay, ready to run.
@@ -75,8 +79,15 @@ impl Relay<SqliteStore> {
     pub async fn bind(cfg: RelayConfig) -> Result<Self, RelayError> {
         cfg.validate()?;
         create_private_dir(&cfg.data_dir)?;
-        let store = SqliteStore::open(&cfg.data_dir.join("relay.db"), cfg.durability)?;
-        Self::bind_with_store(cfg, store).await
+        let db = cfg.data_dir.join("relay.db");
+        let store = SqliteStore::open(&db, cfg.durability)?;
+        let blobs = if cfg.blob_storage {
+            let b = DiskBlobs::open(cfg.data_dir.join("blobs"), &db, store.writer())?;
+            Some(Arc::new(b) as Arc<dyn BlobStore>)
+        } else {
+            None
+        };
+        Self::bind_with_stores(cfg, store, blobs).await
     }
 }
 
@@ -96,8 +107,19 @@ fn create_private_dir(path: &std::path::Path) -> Result<(), RelayError> {
 }
 
 impl<S: Store> Relay<S> {
-    /// Like [`Relay::bind`] with another store.
+    /// Like [`Relay::bind`] with another store, and no blob store: chunk frames are
+    /// answered `storage_off` (see [`Relay::bind_with_stores`]).
     pub async fn bind_with_store(cfg: RelayConfig, store: S) -> Result<Self, RelayError> {
+        Self::bind_with_stores(cfg, store, None).await
+    }
+
+    /// Like [`Relay::bind`] with another store and blob store (`None`: chunk frames are
+    /// answered `storage_off`, whatever `blob_storage` says).
+    pub async fn bind_with_stores(
+        cfg: RelayConfig,
+        store: S,
+        blobs: Option<Arc<dyn BlobStore>>,
+    ) -> Result<Self, RelayError> {
         let identity =
             Identity::load_or_generate(&cfg.data_dir, cfg.cert.as_deref(), cfg.key.as_deref())?;
         let snap = store.load()?;
@@ -116,7 +138,12 @@ impl<S: Store> Relay<S> {
             }
             None => None,
         };
-        let hub = Arc::new(Hub::new(store, cfg, snap));
+        let mut hub = Hub::new(store, cfg, snap);
+        if let Some(b) = blobs {
+            let stored = b.usage()?;
+            hub = hub.with_blobs(b, &stored);
+        }
+        let hub = Arc::new(hub);
         Ok(Self {
             hub,
             identity,
@@ -540,6 +567,7 @@ fn health_detail<S: Store>(hub: &Hub<S>) -> serde_json::Value {
         "queued_bytes": hub.budget.used(),
         "stored_bytes": hub.disk.envelopes.load(Ordering::Relaxed),
         "op_bytes": hub.disk.ops.load(Ordering::Relaxed),
+        "blob_bytes": lock(&hub.blob_usage).totals().1,
         "envelopes_routed": hub.stats.envelopes.load(Ordering::Relaxed),
         "handshake_failures": hub.stats.handshake_failures.load(Ordering::Relaxed),
     })
@@ -628,6 +656,17 @@ async fn sweeper<S: Store>(hub: Arc<Hub<S>>) {
             Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
         }
         hub.expire_claims(now);
+        if let Some(b) = &hub.blobs {
+            match b.sweep(now).await {
+                Ok(freed) => {
+                    for (mesh, (n, _)) in &freed {
+                        tracing::info!(mesh = %mesh.short(), chunks = n, "expired file chunks dropped");
+                    }
+                    lock(&hub.blob_usage).free(&freed);
+                }
+                Err(e) => tracing::warn!(error = %e, "file chunk expiry sweep failed"),
+            }
+        }
     }
 }
 

@@ -444,6 +444,12 @@ impl SqliteStore {
         })
     }
 
+    /// The writer thread's handle: what else keeps its index in `relay.db` (the blob
+    /// store) commits through it, in the same group commits.
+    pub fn writer(&self) -> Writer {
+        self.writer.clone()
+    }
+
     async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         R: Send + 'static,

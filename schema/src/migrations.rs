@@ -35,4 +35,5 @@ pub const RELAY: &[&str] = &[
     include_str!("../sql/relay/0005_hello_nonces.sql"),
     include_str!("../sql/relay/0006_claims.sql"),
     include_str!("../sql/relay/0007_receipts.sql"),
+    include_str!("../sql/relay/0008_blobs.sql"),
 ];

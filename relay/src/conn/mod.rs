@@ -3,13 +3,15 @@
 //! frame does lives in a submodule named for its part of the protocol:
 //! [`handshake`] (before hello: ping, mesh creation, hello, invite claims),
 //! [`envelopes`] (send, ack, mailbox replay), [`presence`] (presence, depart),
-//! [`admin`] (roster, invites, claim decisions); [`writer`] drains the link's queues.
+//! [`admin`] (roster, invites, claim decisions), [`chunks`] (file chunks in the blob
+//! store); [`writer`] drains the link's queues.
 //!
 //! Every refusal is an `error` frame with a stable code; fatal ones close only this
 //! connection. Nothing a client sends can make the relay stop serving others: frames are
 //! size-limited before parsing, parse failures are answered, and every lock is short.
 
 mod admin;
+mod chunks;
 mod envelopes;
 mod handshake;
 mod presence;
@@ -509,19 +511,32 @@ impl<S: Store> Conn<S> {
                         crate::oplog::read(&self.hub, &self.link, mesh, rid, from, limit).await;
                         Ok(())
                     }
-                    ClientFrame::ChunkPut { rid, .. }
-                    | ClientFrame::ChunksHeld { rid, .. }
-                    | ClientFrame::ChunkGet { rid, .. }
-                    | ClientFrame::ChunksDrop { rid, .. } => {
-                        if let Some(f) = frame(&RelayFrame::Error {
-                            rid: Some(rid),
-                            code: ErrorCode::StorageOff,
-                            message: "this relay stores no file chunks".into(),
-                            fatal: false,
-                            retry_ms: None,
-                        }) {
-                            self.link.push(f);
-                        }
+                    ClientFrame::ChunkPut {
+                        rid,
+                        file,
+                        id,
+                        data,
+                        expires_at,
+                    } => {
+                        let put = chunks::Put {
+                            file,
+                            id,
+                            data,
+                            expires_at,
+                        };
+                        self.chunk_put(rid, mesh, &entry, member, put).await;
+                        Ok(())
+                    }
+                    ClientFrame::ChunksHeld { rid, ids } => {
+                        self.chunks_held(rid, mesh, &entry, member, ids).await;
+                        Ok(())
+                    }
+                    ClientFrame::ChunkGet { rid, id } => {
+                        self.chunk_get(rid, mesh, &entry, member, id).await;
+                        Ok(())
+                    }
+                    ClientFrame::ChunksDrop { rid, file } => {
+                        self.chunks_drop(rid, mesh, &entry, member, file).await;
                         Ok(())
                     }
                     ClientFrame::Hello(_)
