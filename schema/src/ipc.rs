@@ -16,6 +16,8 @@ use crate::roster::Role;
 
 pub mod claude;
 pub mod page;
+// Peer folders (issue 15).
+pub mod peer_files;
 pub mod shared;
 pub mod trust;
 
