@@ -479,6 +479,9 @@ impl Daemon {
             probes: Default::default(),
             stats_asks: Default::default(),
             stats_answered: Default::default(),
+            // Peer folders.
+            peer_file_asks: Default::default(),
+            peer_file_answered: Default::default(),
             retry_now: Default::default(),
             own_usage: Mutex::new(crate::mesh::Usage::since(claudemesh_schema::now_ms())),
             resync: tokio::sync::Notify::new(),
