@@ -338,13 +338,11 @@ fn resolve(root: &Path, rest: &[String]) -> Result<PathBuf, PeerFileRefusal> {
 /// Answer a read of `path` (canonical, inside the share).
 fn read_file(path: &Path) -> PeerFileBody {
     let mut body = refusal(unset(), None);
-    let f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(_) => return refusal(body.of, Some(PeerFileRefusal::Unreadable)),
+    let Ok(f) = std::fs::File::open(path) else {
+        return refusal(body.of, Some(PeerFileRefusal::Unreadable));
     };
-    let meta = match f.metadata() {
-        Ok(m) => m,
-        Err(_) => return refusal(body.of, Some(PeerFileRefusal::Unreadable)),
+    let Ok(meta) = f.metadata() else {
+        return refusal(body.of, Some(PeerFileRefusal::Unreadable));
     };
     if !meta.is_file() {
         return refusal(body.of, Some(PeerFileRefusal::WrongKind));
@@ -714,14 +712,11 @@ async fn ask(
         .tx
         .send(LinkCmd::Send(qid, bytes::Bytes::from(frame), None))
         .await;
-    let body = match tokio::time::timeout(wait, rx).await {
-        Ok(Ok(b)) => b,
-        _ => {
-            return Err(Error::timeout(format!(
-                "no answer from {name} within {} s (its daemon may be busy, blocking you, or just gone offline)",
-                wait.as_secs_f32()
-            )));
-        }
+    let Ok(Ok(body)) = tokio::time::timeout(wait, rx).await else {
+        return Err(Error::timeout(format!(
+            "no answer from {name} within {} s (its daemon may be busy, blocking you, or just gone offline)",
+            wait.as_secs_f32()
+        )));
     };
     if let Some(r) = body.error {
         return Err(refused(r, &name, &p.path, body.size));
