@@ -54,6 +54,8 @@ Share:
   context       What sessions learned about the codebase
   remind        Reminders to yourself, a peer or @group
   file          Files, end to end encrypted: share, get, list, status, grant, rm
+  share-dir     Share a folder (read-only) for peers to read; list, rm
+  peer-file     List (ls) or read (cat) a file in a peer's shared folder
 
 Meshes and trust:
   create        Create a mesh (you own it)
@@ -206,7 +208,7 @@ pub(crate) enum Command {
     Verify(VerifyArgs),
     /// Give a peer capabilities back: dm, broadcast, state-read, state-write, file-read, all.
     Grant(GrantArgs),
-    /// Take capabilities from a peer (enforced on what arrives here: dm, broadcast).
+    /// Take capabilities from a peer (enforced here: dm, broadcast, state-write, file-read).
     Revoke(GrantArgs),
     /// Drop everything a peer sends, silently (`--undo` lifts it).
     Block(BlockArgs),
@@ -244,6 +246,15 @@ pub(crate) enum Command {
     },
     /// Schedule a reminder to yourself, a peer or @group (`remind list`, `remind cancel <id>`).
     Remind(RemindArgs),
+    // Peer folders (issue 15).
+    /// Share a folder of this machine for peers to read (read-only: peers never write);
+    /// `share-dir list`, `share-dir rm <path>`.
+    ShareDir(ShareDirArgs),
+    /// A peer's shared folders: `peer-file ls <peer> [dir]`, `peer-file cat <peer> <path>`.
+    PeerFile {
+        #[command(subcommand)]
+        action: PeerFileAction,
+    },
     /// Check the mesh's shared-state log for tampering.
     Audit {
         #[command(subcommand)]
@@ -586,6 +597,67 @@ pub(crate) struct RemindArgs {
     pub(crate) all: bool,
     #[command(flatten)]
     pub(crate) opts: MeshJson,
+}
+
+// Peer folders (issue 15).
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct ShareDirArgs {
+    #[command(subcommand)]
+    pub(crate) action: Option<ShareDirAction>,
+    /// The folder to share (peers name it by its last component).
+    pub(crate) path: Option<std::path::PathBuf>,
+    /// Read-only: the default and the only mode (peers can list and read, never write).
+    #[arg(long)]
+    pub(crate) read_only: bool,
+    /// Only these may read it: a member (name or fingerprint prefix) or @group; repeat
+    /// for several. Default: every member holding the `file-read` grant.
+    #[arg(long, value_name = "PEER|@GROUP")]
+    pub(crate) to: Vec<String>,
+    #[command(flatten)]
+    pub(crate) opts: MeshJson,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ShareDirAction {
+    /// The folders this machine shares.
+    List(MeshJson),
+    /// Stop sharing a folder.
+    Rm {
+        /// The folder.
+        path: std::path::PathBuf,
+        #[command(flatten)]
+        opts: MeshJson,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PeerFileAction {
+    /// List a peer's shared folders, or what is in one (names, kinds, sizes).
+    Ls {
+        /// The peer (name, fingerprint or session id prefix).
+        peer: String,
+        /// `<folder>/<path inside>`; none: the folders it shares with you.
+        dir: Option<String>,
+        /// Wait this many seconds for its daemon to answer.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+        #[command(flatten)]
+        opts: MeshJson,
+    },
+    /// Print a file from a peer's shared folder, bytes as they are (at most 96 KiB).
+    Cat {
+        /// The peer (name, fingerprint or session id prefix).
+        peer: String,
+        /// `<folder>/<path inside>`, as `peer-file ls` shows it.
+        path: String,
+        /// Wait this many seconds for its daemon to answer.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+        /// Mesh name or id prefix (needed when you are in several).
+        #[arg(long, add = ArgValueCandidates::new(crate::complete::meshes))]
+        mesh: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]

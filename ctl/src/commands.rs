@@ -10,8 +10,8 @@ use std::future::Future;
 use crate::cli::{Command, InboxArgs};
 use crate::exit::{Exit, Failure, Res};
 use crate::{
-    backup, claude, cli, daemon, doctor, install, invites, meshes, messaging, peers, relay,
-    service, shared, trust, welcome,
+    backup, claude, cli, daemon, doctor, install, invites, meshes, messaging, peer_files, peers,
+    relay, service, shared, trust, welcome,
 };
 
 pub(crate) fn run(cmd: Option<Command>) -> Res {
@@ -79,6 +79,9 @@ pub(crate) fn run(cmd: Option<Command>) -> Res {
         Command::Skill { action } => block_on(shared::skill(action)),
         Command::Context { action } => block_on(shared::context(action)),
         Command::Remind(a) => block_on(shared::remind(a)),
+        // Peer folders.
+        Command::ShareDir(a) => block_on(peer_files::share_dir(a)),
+        Command::PeerFile { action } => block_on(peer_files::peer_file(action)),
         Command::Audit { action } => block_on(shared::audit(action)),
         Command::Debug { action } => block_on(shared::debug(action)),
     }

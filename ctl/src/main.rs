@@ -40,7 +40,9 @@ mod install;
 mod invites;
 mod meshes;
 mod messaging;
+// Peer folders (issue 15).
 mod output;
+mod peer_files;
 mod peers;
 mod prompt;
 mod relay;

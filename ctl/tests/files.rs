@@ -228,10 +228,15 @@ fn killed_transfers_resume_and_never_leave_a_torn_file() {
     assert!(!out.exists(), "a part was never at the target path");
     nodes[1].start();
     wait_until("ben's fetch resumed and finished", || {
-        nodes[1].log().contains("an interrupted file transfer finished")
+        nodes[1]
+            .log()
+            .contains("an interrupted file transfer finished")
     });
     assert!(!part.exists());
-    assert!(std::fs::read(&out).unwrap() == data, "the resumed file is the file");
+    assert!(
+        std::fs::read(&out).unwrap() == data,
+        "the resumed file is the file"
+    );
 }
 
 /// Finds any 64-byte window of a plaintext in other bytes: every such window contains a
@@ -263,8 +268,9 @@ impl Windows {
     }
 
     fn hash(b: &[u8]) -> u64 {
-        b.iter()
-            .fold(0u64, |h, &x| h.wrapping_mul(ROLL_BASE).wrapping_add(x as u64 + 1))
+        b.iter().fold(0u64, |h, &x| {
+            h.wrapping_mul(ROLL_BASE).wrapping_add(x as u64 + 1)
+        })
     }
 
     /// Where in `hay` a plaintext block shows, if anywhere.
@@ -410,7 +416,11 @@ fn fifty_mebibytes_shared_mesh_wide_reach_two_members_and_the_relay_sees_only_ci
     all_files(&relay.data_dir, &mut stored);
     for p in stored {
         let b = std::fs::read(&p).unwrap_or_default();
-        assert!(!claudemesh_tests::contains(&b, name.as_bytes()), "the name in {}", p.display());
+        assert!(
+            !claudemesh_tests::contains(&b, name.as_bytes()),
+            "the name in {}",
+            p.display()
+        );
         assert_eq!(windows.find_in(&b), None, "plaintext in {}", p.display());
     }
 }

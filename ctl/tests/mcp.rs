@@ -47,6 +47,8 @@ fn a_real_mcp_client_uses_every_tool_and_gets_channel_pushes() {
     let v = run(true);
     eprintln!("mcp e2e: {v}");
     assert!(v["channel_latency_ms"].is_number());
+    // Peer folders: read_peer_file and list_peer_files ran (`peer_files` in the script).
+    assert_eq!(v["peer_files"], true, "{v}");
 }
 
 #[test]

@@ -482,6 +482,9 @@ impl Daemon {
             chunk_asks: Default::default(),
             chunks_served: Default::default(),
             transfers: Default::default(),
+            // Peer folders.
+            peer_file_asks: Default::default(),
+            peer_file_answered: Default::default(),
             retry_now: Default::default(),
             own_usage: Mutex::new(crate::mesh::Usage::since(claudemesh_schema::now_ms())),
             resync: tokio::sync::Notify::new(),

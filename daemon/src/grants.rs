@@ -5,8 +5,10 @@
 //! `state-write` on every read of shared state here: items that member wrote (keys,
 //! memories, tasks, contexts, skills, also as prompts) are hidden from this daemon's
 //! sessions. It is a view, not a veto: the member's ops stay in the shared log and in
-//! everyone's fold, so it can still overwrite or delete shared items. `state-read` and
-//! `file-read` are recorded only: every member holds the mesh key that seals shared state.
+//! everyone's fold, so it can still overwrite or delete shared items. `file-read` on every
+//! question about a folder this daemon shares (`crate::peer_files`): without it the
+//! member is told so. `state-read` is recorded only: every member holds the mesh key that
+//! seals shared state.
 
 use claudemesh_schema::crypto::MemberKey;
 use claudemesh_schema::ipc::trust::{CAPABILITIES, GrantParams, GrantsResult, PeerGrants};

@@ -30,6 +30,8 @@ mod membership;
 mod mesh;
 pub mod paths;
 mod peers;
+// Peer folders (issue 15).
+mod peer_files;
 mod recovery;
 mod reminders;
 mod rpc;

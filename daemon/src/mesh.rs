@@ -271,6 +271,21 @@ pub(crate) struct MeshCtx {
     /// File transfers running, by target path (a download) or file (an upload): a second
     /// one for the same target waits for the first instead of writing alongside it.
     pub(crate) transfers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    // Peer folders (`crate::peer_files`).
+    /// `read_peer_file` / `list_peer_files` questions waiting for their answers, by
+    /// question id: the member asked (an answer from anyone else is dropped), where to
+    /// hand the answer.
+    pub(crate) peer_file_asks: Mutex<
+        HashMap<
+            MessageId,
+            (
+                MemberKey,
+                oneshot::Sender<claudemesh_schema::message::PeerFileBody>,
+            ),
+        >,
+    >,
+    /// Peer-folder questions answered lately, per asking member: since when, how many.
+    pub(crate) peer_file_answered: Mutex<HashMap<MemberKey, (i64, u32)>>,
     /// The daemon's own session's usage (the CLI's), from when the mesh was loaded.
     pub(crate) own_usage: Mutex<Usage>,
     /// Boxes computed lately between our keys and peers' (the X25519 exchange is most of

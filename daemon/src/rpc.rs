@@ -234,6 +234,7 @@ fn json<T: Serialize>(t: T) -> Result<Value, Error> {
 async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, Error> {
     use crate::{delivery, joining, membership, shared};
     use claudemesh_schema::ipc::files as fi;
+    use claudemesh_schema::ipc::peer_files as pf;
     use claudemesh_schema::ipc::shared as sh;
     let p = req.params;
     match req.method.as_str() {
@@ -333,6 +334,12 @@ async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, Error> {
             d.bump_changes();
             Ok(serde_json::json!({ "offset_ms": now }))
         }
+        // Peer folders.
+        pf::SHARE_DIR => json(crate::peer_files::share(d, params(p)?).await?),
+        pf::SHARE_DIR_LIST => json(crate::peer_files::list(d, params(p)?).await?),
+        pf::SHARE_DIR_RM => json(crate::peer_files::remove(d, params(p)?).await?),
+        pf::PEER_FILE_READ => json(crate::peer_files::read(d, params(p)?).await?),
+        pf::PEER_FILE_LIST => json(crate::peer_files::list_peer(d, params(p)?).await?),
         m::MARK_READ => json(delivery::inbox::mark_read(d, params(p)?).await?),
         m::SENT_LIST => json(delivery::inbox::sent_list(d, params(p)?).await?),
         m::SHUTDOWN => {

@@ -1,8 +1,8 @@
 //! The daemon's modules import downward only (ARCHITECTURE.md, "Code map"):
 //!
 //! `daemon` → `link`, `rpc`, `transcript` → domain (`delivery`, `hooks`, `sessions`,
-//! `peers`, `status`, `stats`, `recovery`, `files`, `membership`, `joining`, `grants`, `shared`,
-//! `reminders`) → `context`,
+//! `peers`, `status`, `stats`, `recovery`, `files`, `membership`, `joining`, `grants`,
+//! `shared`, `reminders`, `peer_files`) → `context`,
 //! `error` →
 //! `mesh` → `store`, `keys`, `paths`, `config`, `client`.
 //!
@@ -21,6 +21,8 @@ fn layer(module: &str) -> u8 {
         "link" | "rpc" | "transcript" => 4,
         "delivery" | "hooks" | "sessions" | "peers" | "status" | "membership" | "joining"
         | "grants" | "shared" | "reminders" | "stats" | "recovery" | "files" => 3,
+        // Peer folders.
+        "peer_files" => 3,
         "context" | "error" => 2,
         "mesh" => 1,
         "store" | "keys" | "paths" | "config" | "client" => 0,

@@ -9,6 +9,8 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod claude;
+// Peer folders (issue 15).
+mod peer_files_tools;
 mod server;
 mod shared_tools;
 

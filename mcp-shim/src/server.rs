@@ -257,7 +257,10 @@ impl Shim {
                 tool_errors: Default::default(),
                 counted: Default::default(),
             }),
-            tool_router: Self::tool_router() + Self::shared_router(),
+            tool_router: Self::tool_router()
+                + Self::shared_router()
+                // Peer folders.
+                + Self::peer_files_router(),
         }
     }
 

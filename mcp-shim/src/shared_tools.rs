@@ -338,7 +338,7 @@ impl Shim {
         }
     }
 
-    async fn mesh_of(&self, mesh: Option<String>) -> Option<String> {
+    pub(crate) async fn mesh_of(&self, mesh: Option<String>) -> Option<String> {
         match self.actor(mesh.clone()).await {
             Ok((_, m)) => m,
             Err(_) => mesh,

@@ -17,6 +17,8 @@ use crate::roster::Role;
 pub mod claude;
 pub mod files;
 pub mod page;
+// Peer folders (issue 15).
+pub mod peer_files;
 pub mod shared;
 pub mod trust;
 

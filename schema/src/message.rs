@@ -376,6 +376,104 @@ pub struct FetchedBody {
     pub file: crate::ItemId,
 }
 
+// Peer folders (`read_peer_file`, `list_peer_files`): a question boxed to a member's
+// daemon, answered by that daemon (not its sessions) with one boxed answer.
+
+/// Payload kind of a question to a member's daemon about a folder it shares (boxed to
+/// the member; the body is a [`PeerFileAsk`]): answered with a [`KIND_PEER_FILE`]
+/// payload, never stored or shown.
+pub const KIND_PEER_FILE_ASK: &str = "peer_file_ask";
+/// Payload kind of the answer to a [`KIND_PEER_FILE_ASK`]: a [`PeerFileBody`].
+pub const KIND_PEER_FILE: &str = "peer_file";
+/// Most bytes of file content one answer carries (base64 of it still fits one sealed
+/// envelope, [`crate::wire::MAX_CIPHERTEXT`]); bigger files go by `claudemesh file share`.
+pub const MAX_PEER_FILE_BYTES: u64 = 96 * 1024;
+/// Most entries one listing answer carries (more: `truncated`).
+pub const MAX_PEER_FILE_ENTRIES: usize = 500;
+/// How deep a listing goes below the folder asked for (1: its own entries only).
+pub const MAX_PEER_FILE_DEPTH: usize = 3;
+/// Longest path a question may name, in bytes.
+pub const MAX_PEER_FILE_PATH: usize = 4096;
+
+/// What a [`KIND_PEER_FILE_ASK`] asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerFileOp {
+    /// The bytes of one regular file.
+    Read,
+    /// Names, kinds and sizes under a folder (no contents).
+    List,
+}
+
+/// Body of a [`KIND_PEER_FILE_ASK`] payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerFileAsk {
+    /// Read or list.
+    pub op: PeerFileOp,
+    /// `/`-separated, relative: the first component names one of the answering daemon's
+    /// shared folders, the rest a path inside it (empty: list the shared folders).
+    pub path: String,
+}
+
+/// Why an answering daemon refused: a code only, so the asker words the error and a
+/// peer cannot put text of its choosing into it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerFileRefusal {
+    /// No folder of that name is shared with the asker.
+    NotShared,
+    /// The path is absolute, has `..`, NUL, or resolves (symlinks followed) outside the
+    /// shared folder. Said the same whether or not anything exists there.
+    Outside,
+    /// The asker does not hold the `file-read` grant at the answering daemon.
+    NoGrant,
+    /// The file is over [`MAX_PEER_FILE_BYTES`].
+    TooLarge,
+    /// Nothing of that name inside the shared folder.
+    NotFound,
+    /// Read asked of something that is not a regular file, or list of a non-folder.
+    WrongKind,
+    /// The file could not be read.
+    Unreadable,
+}
+
+/// One entry of a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerFileEntry {
+    /// Its path as a question names it (`<share>/<path inside>`).
+    pub path: String,
+    /// `file`, `dir`, `symlink` or `other`.
+    pub kind: String,
+    /// Bytes (files only; 0 otherwise).
+    pub size: u64,
+}
+
+/// Body of a [`KIND_PEER_FILE`] payload: exactly one of `error`, `content` (read) or
+/// `entries` (list) says what happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerFileBody {
+    /// The question this answers.
+    pub of: MessageId,
+    /// The refusal, if refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<PeerFileRefusal>,
+    /// Read: the file's size in bytes (for `too_large` too).
+    #[serde(default)]
+    pub size: u64,
+    /// Read: `utf8` (content is the text) or `base64` (content is unpadded base64url).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub encoding: String,
+    /// Read: the content.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub content: String,
+    /// List: the entries, sorted by path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entries: Vec<PeerFileEntry>,
+    /// List: more entries (or deeper ones) were left out.
+    #[serde(default)]
+    pub truncated: bool,
+}
+
 /// Payload `kind` of reminders delivered by the scheduling member's daemon.
 pub const KIND_REMINDER: &str = "reminder";
 

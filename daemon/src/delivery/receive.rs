@@ -24,6 +24,13 @@ pub(crate) enum Opened {
     /// A file payload boxed to our member: a chunk request, a chunk, a fetched receipt
     /// (see [`message::is_file_kind`]).
     File { kind: String, body: String },
+    /// Peer folders: a member's daemon asks about a folder we share; sent at `sent_at`.
+    PeerFileAsk {
+        sent_at: i64,
+        ask: message::PeerFileAsk,
+    },
+    /// Peer folders: a member's daemon answers our question.
+    PeerFile(message::PeerFileBody),
     /// Nothing for us (not addressed to us, not from a member, does not open).
     Nothing,
     /// Sealed under a key epoch newer than any this daemon has folded: its `key_epoch` op
@@ -136,7 +143,14 @@ fn open_rows(
         });
     }
     let mut p = p;
-    if p.body.len() > crate::delivery::MAX_BODY {
+    // A peer-folder answer carries up to 96 KiB of file content (as base64: more than a
+    // message body may hold); its own bound is checked here instead.
+    let max_body = if p.kind == message::KIND_PEER_FILE {
+        crate::delivery::MAX_BODY.max(crate::peer_files::MAX_ANSWER_BODY)
+    } else {
+        crate::delivery::MAX_BODY
+    };
+    if p.body.len() > max_body {
         // The sender's daemon refuses these; one that did not is not ours to store.
         tracing::warn!(id = %env.id, size = p.body.len(), "message over the size limit; dropped");
         return Ok(Vec::new());
@@ -162,6 +176,27 @@ fn open_rows(
             None => (String::new(), String::new()),
         },
     };
+    // Peer folders: questions and answers come boxed to our member, and go to
+    // `peer_files` as they are (file content is not a message body: it is cleaned where
+    // it is shown, not here).
+    if p.kind == message::KIND_PEER_FILE_ASK || p.kind == message::KIND_PEER_FILE {
+        if !matches!(env.to, Route::Member { .. }) || env.seal != Seal::Box {
+            return Ok(Vec::new());
+        }
+        if p.kind == message::KIND_PEER_FILE_ASK {
+            return match serde_json::from_str::<message::PeerFileAsk>(&p.body) {
+                Ok(ask) => Err(Opened::PeerFileAsk {
+                    sent_at: p.sent_at,
+                    ask,
+                }),
+                Err(_) => Ok(Vec::new()),
+            };
+        }
+        return match serde_json::from_str::<message::PeerFileBody>(&p.body) {
+            Ok(b) => Err(Opened::PeerFile(b)),
+            Err(_) => Ok(Vec::new()),
+        };
+    }
     p.from_name = person;
     p.from_label = label;
     // Remote text is stored as it will be shown: no terminal escapes, no invisible

@@ -392,6 +392,18 @@ impl Outbound {
                 let _ = ack.send(id);
                 crate::stats::answered(m, env.from_member, b);
             }
+            // Peer folders.
+            Opened::PeerFileAsk { sent_at, ask } => {
+                let _ = ack.send(id);
+                let (d2, m2, from) = (d.clone(), m.clone(), env.from_member);
+                d.spawn(async move {
+                    crate::peer_files::answer(&d2, &m2, from, id, sent_at, ask).await
+                });
+            }
+            Opened::PeerFile(b) => {
+                let _ = ack.send(id);
+                crate::peer_files::answered(m, env.from_member, b);
+            }
             // Not for us or not openable: acknowledge so the relay stops resending it.
             Opened::Nothing => {
                 let _ = ack.send(id);
