@@ -9,6 +9,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod claude;
+mod file_tools;
 mod server;
 mod shared_tools;
 

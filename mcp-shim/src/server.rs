@@ -257,7 +257,7 @@ impl Shim {
                 tool_errors: Default::default(),
                 counted: Default::default(),
             }),
-            tool_router: Self::tool_router() + Self::shared_router(),
+            tool_router: Self::tool_router() + Self::shared_router() + Self::file_router(),
         }
     }
 
