@@ -57,6 +57,8 @@ fn without_channel_support_messages_wait_to_be_pulled() {
     assert!(v.get("channel_latency_ms").is_none());
     // Every shared-state tool ran (see `shared_state` in the script).
     assert!(v["shared_ops"].as_u64().unwrap() >= 11, "{v}");
+    // Every shared-file tool ran, and alice saw bob's fetch (see `shared_files`).
+    assert!(v["files_fetched"].as_u64().unwrap() >= 1, "{v}");
 }
 
 /// A minimal line driver for `claudemesh mcp`, for scenarios around it (process restarts);
@@ -422,6 +424,18 @@ fn unknown_tool_arguments_are_an_error() {
             serde_json::json!({"key": "k", "value": 1, "ttl": 5}),
         ),
         ("mesh_info", serde_json::json!({"verbose": true})),
+        (
+            "share_file",
+            serde_json::json!({"path": "/etc/hostname", "ephemeral": true}),
+        ),
+        (
+            "get_file",
+            serde_json::json!({"file_id": "0a1b", "out": "/tmp/x"}),
+        ),
+        (
+            "grant_file_access",
+            serde_json::json!({"file_id": "0a1b", "to": "bob", "all": true}),
+        ),
     ] {
         let (err, v) = a.tool(tool, args);
         let msg = v.as_str().unwrap_or_default();
@@ -433,6 +447,11 @@ fn unknown_tool_arguments_are_an_error() {
     assert!(
         nodes[1].inbox_peek().is_empty(),
         "the refused send sent nothing"
+    );
+    assert_eq!(
+        nodes[0].json(&["file", "list"])["files"],
+        serde_json::json!([]),
+        "the refused share shared nothing"
     );
 }
 

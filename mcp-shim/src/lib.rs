@@ -9,6 +9,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod claude;
+mod file_tools;
 // Peer folders (issue 15).
 mod peer_files_tools;
 mod server;

@@ -259,6 +259,7 @@ impl Shim {
             }),
             tool_router: Self::tool_router()
                 + Self::shared_router()
+                + Self::file_router()
                 // Peer folders.
                 + Self::peer_files_router(),
         }
