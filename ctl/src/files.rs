@@ -2,9 +2,10 @@
 //! and fetches; this resolves paths against the working directory and prints.
 
 use claudemesh_schema::ipc::files::{
-    FILE_DELETE, FILE_GET, FILE_GRANT, FILE_LIST, FILE_SHARE, FILE_STATUS, FileDeleteResult,
-    FileGetParams, FileGetResult, FileGrantParams, FileGrantResult, FileInfo, FileListParams,
-    FileListResult, FileParams, FileShareParams, FileShareResult, FileStatusResult,
+    FILE_DELETE, FILE_GET, FILE_GRANT, FILE_LIST, FILE_SHARE, FILE_STATUS, FILE_TRANSFERS,
+    FileDeleteResult, FileGetParams, FileGetResult, FileGrantParams, FileGrantResult, FileInfo,
+    FileListParams, FileListResult, FileParams, FileShareParams, FileShareResult, FileStatusResult,
+    FileTransfersResult,
 };
 use std::path::{Path, PathBuf};
 
@@ -41,6 +42,44 @@ pub(crate) fn size(n: u64) -> String {
     } else {
         format!("{v:.1} {}", UNITS[u])
     }
+}
+
+/// A progress line for the transfer of `path`, read from the daemon while it runs:
+/// "storing big.bin 12.0 MiB of 48.0 MiB (25%)".
+fn progress(what: String, path: String) -> output::Progress {
+    let mut rt: Option<(tokio::runtime::Runtime, claudemesh_daemon::client::Client)> = None;
+    output::Progress::watching(&what, move || {
+        if rt.is_none() {
+            let r = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            let p = paths().ok()?;
+            let c = r
+                .block_on(claudemesh_daemon::client::Client::connect(&p.socket))
+                .ok()?;
+            rt = Some((r, c));
+        }
+        let (r, c) = rt.as_mut()?;
+        let t: FileTransfersResult = r
+            .block_on(c.call(FILE_TRANSFERS, serde_json::json!({})))
+            .ok()?;
+        let t = t
+            .transfers
+            .into_iter()
+            .find(|t| t.path == path || Path::new(&t.path).parent() == Some(Path::new(&path)))?;
+        let pct = (t.done * 100).checked_div(t.total).unwrap_or(100);
+        let name = Path::new(&t.path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Some(format!(
+            "{} {name} {} of {} ({pct}%)",
+            t.phase,
+            size(t.done),
+            size(t.total)
+        ))
+    })
 }
 
 fn tags(s: Option<String>) -> Vec<String> {
@@ -89,11 +128,15 @@ pub(crate) async fn file(action: FileAction) -> Res {
             let path = absolute(&path)?;
             let ttl_secs = ttl.as_deref().map(crate::cli::parse_duration).transpose()?;
             let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            let progress = output::Progress::start(&format!(
-                "sealing and storing {} ({})",
-                path.file_name().unwrap_or_default().to_string_lossy(),
-                size(len)
-            ));
+            let fname = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let progress = progress(
+                format!("sharing {fname} ({})", size(len)),
+                path.to_string_lossy().into_owned(),
+            );
             let r: FileShareResult = call(
                 FILE_SHARE,
                 FileShareParams {
@@ -141,7 +184,12 @@ pub(crate) async fn file(action: FileAction) -> Res {
                 Some(o) => absolute(&o)?,
                 None => absolute(Path::new("."))?,
             };
-            let progress = output::Progress::start(&format!("fetching {id}"));
+            // The daemon saves into a directory under the file's name: the progress of
+            // whichever transfer writes under `target`.
+            let progress = progress(
+                format!("fetching {id}"),
+                target.to_string_lossy().into_owned(),
+            );
             let r: FileGetResult = call(
                 FILE_GET,
                 FileGetParams {

@@ -96,6 +96,15 @@ pub(crate) struct Progress {
 
 impl Progress {
     pub(crate) fn start(what: &str) -> Self {
+        Self::watching(what, || None)
+    }
+
+    /// Like [`Progress::start`], with the line's text from `poll` (asked every half
+    /// second; `None` keeps the last text).
+    pub(crate) fn watching(
+        what: &str,
+        mut poll: impl FnMut() -> Option<String> + Send + 'static,
+    ) -> Self {
         if quiet() || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             return Self {
                 stop: None,
@@ -103,13 +112,18 @@ impl Progress {
             };
         }
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let what = what.to_string();
+        let mut what = what.to_string();
         let thread = std::thread::spawn(move || {
             use std::io::Write as _;
             let started = std::time::Instant::now();
             let frames = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
             let mut i = 0;
             loop {
+                if i % 4 == 0
+                    && let Some(w) = poll()
+                {
+                    what = w;
+                }
                 let _ = write!(
                     std::io::stderr().lock(),
                     "\r{} {what} ({}s)\x1b[K",

@@ -270,3 +270,43 @@ fn a_message_to_someone_offline_says_so_and_reaches_them_when_back() {
     let said = ann.ok(&["send", "ben", "welcome back"]);
     assert!(said.starts_with("sent to ben"), "{said}");
 }
+
+/// On a terminal, `file share` and `file get` say how far they are (read from the daemon
+/// while the transfer runs), and wipe the line when done.
+#[test]
+fn file_transfers_show_their_progress_on_a_terminal() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["ann", "ben"], &[]);
+    let src = root.path().join("big.bin");
+    // Not all zeros, so nothing on the way could shrink it.
+    let data: Vec<u8> = (0..32u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(&src, &data).unwrap();
+    let t = Pty::spawn(&nodes[0], &["file", "share", src.to_str().unwrap()]);
+    t.expect(" of 32.0 MiB (");
+    let (code, out) = t.finish();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("big.bin"), "{out}");
+    let id = out
+        .split("shared ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !nodes[1].ok(&["file", "list"]).contains("big.bin") {
+        assert!(Instant::now() < deadline, "ben never listed it");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dest = root.path().join("ben-big.bin");
+    let t = Pty::spawn(
+        &nodes[1],
+        &["file", "get", &id, "-o", dest.to_str().unwrap()],
+    );
+    t.expect("fetching ben-big.bin ");
+    t.expect(" of 32.0 MiB (");
+    let (code, out) = t.finish();
+    assert_eq!(code, 0, "{out}");
+    assert!(std::fs::read(&dest).unwrap() == data);
+}

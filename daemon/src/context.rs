@@ -482,6 +482,7 @@ impl Daemon {
             chunk_asks: Default::default(),
             chunks_served: Default::default(),
             transfers: Default::default(),
+            progress: Default::default(),
             // Peer folders.
             peer_file_asks: Default::default(),
             peer_file_answered: Default::default(),

@@ -117,6 +117,55 @@ fn is_text(mime: &str) -> bool {
     mime.starts_with("text/") || mime == "application/json"
 }
 
+/// A running transfer's entry in `file_transfers`, gone when this is dropped.
+struct Tracking {
+    m: Arc<MeshCtx>,
+    path: String,
+}
+
+impl Tracking {
+    fn new(m: &Arc<MeshCtx>, file: ItemId, path: &Path, phase: &str, total: u64) -> Self {
+        let path = path.to_string_lossy().into_owned();
+        lock(&m.progress).insert(
+            path.clone(),
+            FileTransfer {
+                file,
+                path: path.clone(),
+                phase: phase.into(),
+                done: 0,
+                total,
+            },
+        );
+        Self { m: m.clone(), path }
+    }
+
+    fn set(&self, phase: &str, done: u64) {
+        if let Some(t) = lock(&self.m.progress).get_mut(&self.path) {
+            if t.phase != phase {
+                t.phase = phase.into();
+            }
+            t.done = done.min(t.total);
+        }
+    }
+}
+
+impl Drop for Tracking {
+    fn drop(&mut self) {
+        lock(&self.m.progress).remove(&self.path);
+    }
+}
+
+/// `file_transfers`.
+pub(crate) fn transfers(d: &Daemon) -> FileTransfersResult {
+    let mut transfers: Vec<FileTransfer> = d
+        .meshes()
+        .iter()
+        .flat_map(|m| lock(&m.progress).values().cloned().collect::<Vec<_>>())
+        .collect();
+    transfers.sort_by(|a, b| a.path.cmp(&b.path));
+    FileTransfersResult { transfers }
+}
+
 /// The lock of one transfer target: held while it runs.
 async fn transfer_lock(m: &MeshCtx, target: &str) -> tokio::sync::OwnedMutexGuard<()> {
     let l = lock(&m.transfers)
@@ -245,13 +294,23 @@ async fn upload(
     path: &Path,
     plan: &Plan,
 ) -> Result<FileShareResult, Error> {
+    let total = std::fs::metadata(path).map(|x| x.len()).unwrap_or(0);
+    let track = Arc::new(Tracking::new(m, file, path, "sealing", total));
     // Seal into the cache, one chunk in memory at a time.
-    let (dd, mesh, key2, path2) = (d.clone(), m.id, key.clone(), path.to_path_buf());
-    let (ids, hash, size) =
-        tokio::task::spawn_blocking(move || seal_file(&dd, &mesh, &file, &key2, &path2))
-            .await
-            .map_err(Error::internal)??;
-    let stored = store_chunks(d, m, file, &ids, plan.expires_at).await?;
+    let (dd, mesh, key2, path2, t2) = (
+        d.clone(),
+        m.id,
+        key.clone(),
+        path.to_path_buf(),
+        track.clone(),
+    );
+    let (ids, hash, size) = tokio::task::spawn_blocking(move || {
+        seal_file(&dd, &mesh, &file, &key2, &path2, &|n| t2.set("sealing", n))
+    })
+    .await
+    .map_err(Error::internal)??;
+    let stored = store_chunks(d, m, file, &ids, plan.expires_at, &track).await?;
+    drop(track);
     let manifest = Manifest {
         name: plan.name.clone(),
         size,
@@ -320,6 +379,7 @@ fn seal_file(
     file: &ItemId,
     key: &FileKey,
     path: &Path,
+    sealed_so_far: &dyn Fn(u64),
 ) -> Result<(Vec<ChunkId>, [u8; 32], u64), Error> {
     let mut f = std::fs::File::open(path)
         .map_err(|e| Error::invalid(format!("cannot read {}: {e}", path.display())))?;
@@ -360,6 +420,7 @@ fn seal_file(
             ))
         })?;
         ids.push(id);
+        sealed_so_far(size);
         if n < CHUNK_SIZE {
             break;
         }
@@ -375,6 +436,7 @@ async fn store_chunks(
     file: ItemId,
     ids: &[ChunkId],
     expires_at: Option<i64>,
+    track: &Tracking,
 ) -> Result<&'static str, Error> {
     let list = ids.to_vec();
     let held = match m
@@ -401,6 +463,7 @@ async fn store_chunks(
         .filter(|(_, h)| !h)
         .map(|(i, _)| *i)
         .collect();
+    let missing_n = missing.len();
     use futures_util::StreamExt as _;
     let (d0, m0) = (d.clone(), m.clone());
     let mut puts = futures_util::stream::iter(missing.into_iter().map(move |id| {
@@ -446,10 +509,15 @@ async fn store_chunks(
         }
     }))
     .buffer_unordered(WINDOW);
+    let held_bytes = (ids.len() - missing_n) as u64 * CHUNK_SIZE as u64;
+    let mut stored = 0u64;
+    track.set("storing", held_bytes);
     while let Some(r) = puts.next().await {
         if !r? {
             return Ok("peers");
         }
+        stored += CHUNK_SIZE as u64;
+        track.set("storing", held_bytes + stored);
     }
     Ok("relay")
 }
@@ -949,6 +1017,9 @@ async fn download(
         cache: start as u32,
         ..Sources::default()
     };
+    let track = Tracking::new(m, r.id, target, "fetching", man.size);
+    let mut written = (start * CHUNK_SIZE) as u64;
+    track.set("fetching", written);
     use futures_util::StreamExt as _;
     let (d0, m0, author, file) = (d.clone(), m.clone(), r.author, r.id);
     let todo: Vec<(usize, ChunkId)> = ids.iter().copied().enumerate().skip(start).collect();
@@ -969,6 +1040,8 @@ async fn download(
         out.seek(std::io::SeekFrom::Start((i * CHUNK_SIZE) as u64))
             .and_then(|_| out.write_all(&plain))
             .map_err(|e| Error::internal(format!("cannot write {}: {e}", part.display())))?;
+        written += plain.len() as u64;
+        track.set("fetching", written);
         match from {
             From::Relay => src.relay += 1,
             From::Peer => src.peers += 1,

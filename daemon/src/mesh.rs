@@ -271,6 +271,8 @@ pub(crate) struct MeshCtx {
     /// File transfers running, by target path (a download) or file (an upload): a second
     /// one for the same target waits for the first instead of writing alongside it.
     pub(crate) transfers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// How far each running transfer got, by its local path (`file_transfers`).
+    pub(crate) progress: Mutex<HashMap<String, claudemesh_schema::ipc::files::FileTransfer>>,
     // Peer folders (`crate::peer_files`).
     /// `read_peer_file` / `list_peer_files` questions waiting for their answers, by
     /// question id: the member asked (an answer from anyone else is dropped), where to

@@ -301,6 +301,7 @@ async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, Error> {
         fi::FILE_STATUS => json(crate::files::status(d, params(p)?).await?),
         fi::FILE_DELETE => json(crate::files::delete(d, params(p)?).await?),
         fi::FILE_GRANT => json(crate::files::grant(d, params(p)?).await?),
+        fi::FILE_TRANSFERS => json(crate::files::transfers(d)),
         sh::STATE_SET => json(shared::state_set(d, params(p)?).await?),
         sh::STATE_GET => json(shared::state_get(d, params(p)?, false).await?),
         sh::STATE_LIST => json(shared::state_get(d, params(p)?, true).await?),

@@ -19,6 +19,8 @@ pub const FILE_STATUS: &str = "file_status";
 pub const FILE_DELETE: &str = "file_delete";
 /// `file_grant`.
 pub const FILE_GRANT: &str = "file_grant";
+/// `file_transfers`: transfers running now, with how far each got (for progress lines).
+pub const FILE_TRANSFERS: &str = "file_transfers";
 
 /// Largest content `file_get` returns inline (text only); larger or binary files are
 /// saved and their path returned.
@@ -257,4 +259,26 @@ pub struct FileGrantResult {
     /// The grant's log sequence, once sequenced.
     #[serde(default)]
     pub seq: Option<u64>,
+}
+
+/// A transfer running now.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileTransfer {
+    /// The file (for an upload, the id it will have).
+    pub file: ItemId,
+    /// The local path read or written.
+    pub path: String,
+    /// `sealing` or `storing` (an upload), `fetching` (a download).
+    pub phase: String,
+    /// Bytes done in this phase.
+    pub done: u64,
+    /// Bytes in all.
+    pub total: u64,
+}
+
+/// `file_transfers` result.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct FileTransfersResult {
+    /// Every transfer running on this daemon.
+    pub transfers: Vec<FileTransfer>,
 }
