@@ -1135,7 +1135,70 @@ fn main() {
         if all || what == "sessions" {
             sessions(&bin).await;
         }
+        if all || what == "files" {
+            files(&bin);
+        }
     });
+}
+
+/// Shared files through the CLI as users run it: a relay and three daemons; `file share`
+/// of a `CM_BENCH_FILE_MIB` (default 50) MiB file, then `file get` by two members (chunks
+/// from the relay's blob store), then once more with a relay that stores no files (chunks
+/// served by the sharer's daemon).
+fn files(bin: &Path) {
+    let mib: usize = std::env::var("CM_BENCH_FILE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    for (label, relay_args) in [
+        ("relay blob store", &[][..]),
+        ("member to member", &["--no-blob-storage"][..]),
+    ] {
+        let root = tempfile::tempdir().unwrap();
+        let (_relay, nodes) = mesh(bin, root.path(), &["ann", "ben", "cat"], relay_args);
+        let src = root.path().join("data.bin");
+        let mut x: u64 = 0x9e3779b97f4a7c15;
+        let data: Vec<u8> = (0..mib << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(&src, &data).unwrap();
+        let t = Instant::now();
+        let f = nodes[0].json(&["file", "share", src.to_str().unwrap()]);
+        let share = t.elapsed();
+        let id = f["file"].as_str().unwrap().to_string();
+        let mut gets = Vec::new();
+        for n in &nodes[1..] {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !n.ok(&["file", "list"]).contains("data.bin") {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} never listed the file",
+                    n.name
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let out = root.path().join(format!("{}.bin", n.name));
+            let t = Instant::now();
+            n.ok(&["file", "get", &id, "-o", out.to_str().unwrap()]);
+            gets.push(t.elapsed());
+            assert!(std::fs::read(&out).unwrap() == data);
+        }
+        let rate = |d: Duration| mib as f64 / d.as_secs_f64();
+        println!(
+            "files ({label}, {mib} MiB): share {:.2} s ({:.1} MiB/s); get {:.2} s ({:.1} MiB/s), {:.2} s ({:.1} MiB/s)",
+            share.as_secs_f64(),
+            rate(share),
+            gets[0].as_secs_f64(),
+            rate(gets[0]),
+            gets[1].as_secs_f64(),
+            rate(gets[1]),
+        );
+    }
 }
 
 /// The real Claude Code CLI (the test suite's pinned install) with a stand-in model on
