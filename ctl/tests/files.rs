@@ -205,7 +205,9 @@ fn killed_transfers_resume_and_never_leave_a_torn_file() {
     nodes[0].kill();
     let _ = call.wait();
     nodes[0].start();
-    nodes[0].wait_logged("an interrupted file transfer finished");
+    wait_until("ann's share resumed and finished", || {
+        nodes[0].log().contains("an interrupted file transfer finished")
+    });
     let id = {
         let mut id = None;
         wait_until("ben lists the file", || {

@@ -18,6 +18,9 @@ use crate::blobs::{BlobStore, Dropped, NewChunk, Over, PutChunk};
 use crate::hub::{MeshEntry, lock};
 use crate::store::Store;
 
+/// Chunk puts of one link stored at once.
+pub(super) const PUTS_IN_FLIGHT: usize = 8;
+
 /// What a chunk put carries.
 pub(super) struct Put {
     pub(super) file: ItemId,
@@ -132,71 +135,22 @@ impl<S: Store> Conn<S> {
                 Some(ms),
             );
         }
-        let size = data.len() as u64;
-        // Without room, only a chunk the mesh holds already is taken (as one more
-        // reference, which costs no bytes).
-        let fits = lock(&self.hub.blob_usage).reserve(
-            mesh,
-            size,
-            self.hub.cfg.mesh_quota_blob_bytes,
-            self.hub.cfg.blob_quota_bytes,
-        );
-        let res = blobs
-            .put(NewChunk {
-                mesh,
-                file,
-                id,
-                data,
-                uploader: member,
-                expires_at,
-                at: now,
-                may_store: fits.is_ok(),
-            })
+        // A place among the link's puts in flight (waiting here holds the link's next
+        // frame: that is the upload's backpressure).
+        let Ok(place) = self.puts.clone().acquire_owned().await else {
+            return;
+        };
+        let (hub, link) = (self.hub.clone(), self.link.clone());
+        self.hub.spawn(async move {
+            let answer = store_put(
+                &hub, blobs, rid, mesh, member, file, id, data, expires_at, now,
+            )
             .await;
-        if fits.is_ok() {
-            lock(&self.hub.blob_usage).settle(mesh, size, matches!(res, Ok(PutChunk::Stored)));
-        }
-        match res {
-            Ok(PutChunk::Stored | PutChunk::Known) => {
-                if lock(&self.hub.blob_fault).worked() {
-                    tracing::warn!("file chunks are stored again");
-                }
-                self.push(&RelayFrame::Ok { rid });
+            if let Some(b) = crate::hub::frame(&answer) {
+                link.push(b);
             }
-            Ok(PutChunk::NoRoom) => {
-                let which = match fits {
-                    Err(Over::Relay) => format!(
-                        "the relay's file storage is full ({} bytes in all)",
-                        self.hub.cfg.blob_quota_bytes
-                    ),
-                    _ => format!(
-                        "the mesh's file storage at the relay is full ({} bytes)",
-                        self.hub.cfg.mesh_quota_blob_bytes
-                    ),
-                };
-                self.chunk_error(
-                    rid,
-                    ErrorCode::QuotaExceeded,
-                    format!("{which}; deleting files frees space"),
-                    None,
-                );
-            }
-            Err(e) => {
-                let (retry_ms, say) = lock(&self.hub.blob_fault).failed(Instant::now());
-                if say {
-                    tracing::error!(error = %e, retry_ms, "cannot store file chunks (is the disk full?); uploaders are told to retry later, backing off; said at most once a minute");
-                }
-                self.chunk_error(
-                    rid,
-                    ErrorCode::Internal,
-                    format!(
-                        "the relay could not store the chunk (its disk may be full); retry after {} s",
-                        retry_ms.div_ceil(1000)
-                    ),
-                    Some(retry_ms),
-                );
-            }
-        }
+            drop(place);
+        });
     }
 
     pub(super) async fn chunks_held(
@@ -289,6 +243,97 @@ impl<S: Store> Conn<S> {
                     Some(1_000),
                 );
             }
+        }
+    }
+}
+
+fn refusal(rid: u64, code: ErrorCode, message: String, retry_ms: Option<u64>) -> RelayFrame {
+    RelayFrame::Error {
+        rid: Some(rid),
+        code,
+        message,
+        fatal: false,
+        retry_ms,
+    }
+}
+
+/// Store one checked chunk against the quotas; the frame that answers the put.
+#[allow(clippy::too_many_arguments)]
+async fn store_put<S: Store>(
+    hub: &crate::hub::Hub<S>,
+    blobs: Arc<dyn BlobStore>,
+    rid: u64,
+    mesh: MeshId,
+    member: MemberKey,
+    file: ItemId,
+    id: ChunkId,
+    data: Vec<u8>,
+    expires_at: Option<i64>,
+    now: i64,
+) -> RelayFrame {
+    let size = data.len() as u64;
+    // Without room, only a chunk the mesh holds already is taken (as one more
+    // reference, which costs no bytes).
+    let fits = lock(&hub.blob_usage).reserve(
+        mesh,
+        size,
+        hub.cfg.mesh_quota_blob_bytes,
+        hub.cfg.blob_quota_bytes,
+    );
+    let res = blobs
+        .put(NewChunk {
+            mesh,
+            file,
+            id,
+            data,
+            uploader: member,
+            expires_at,
+            at: now,
+            may_store: fits.is_ok(),
+        })
+        .await;
+    if fits.is_ok() {
+        lock(&hub.blob_usage).settle(mesh, size, matches!(res, Ok(PutChunk::Stored)));
+    }
+    match res {
+        Ok(PutChunk::Stored | PutChunk::Known) => {
+            if lock(&hub.blob_fault).worked() {
+                tracing::warn!("file chunks are stored again");
+            }
+            RelayFrame::Ok { rid }
+        }
+        Ok(PutChunk::NoRoom) => {
+            let which = match fits {
+                Err(Over::Relay) => format!(
+                    "the relay's file storage is full ({} bytes in all)",
+                    hub.cfg.blob_quota_bytes
+                ),
+                _ => format!(
+                    "the mesh's file storage at the relay is full ({} bytes)",
+                    hub.cfg.mesh_quota_blob_bytes
+                ),
+            };
+            refusal(
+                rid,
+                ErrorCode::QuotaExceeded,
+                format!("{which}; deleting files frees space"),
+                None,
+            )
+        }
+        Err(e) => {
+            let (retry_ms, say) = lock(&hub.blob_fault).failed(Instant::now());
+            if say {
+                tracing::error!(error = %e, retry_ms, "cannot store file chunks (is the disk full?); uploaders are told to retry later, backing off; said at most once a minute");
+            }
+            refusal(
+                rid,
+                ErrorCode::Internal,
+                format!(
+                    "the relay could not store the chunk (its disk may be full); retry after {} s",
+                    retry_ms.div_ceil(1000)
+                ),
+                Some(retry_ms),
+            )
         }
     }
 }

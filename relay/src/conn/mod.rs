@@ -76,6 +76,7 @@ pub(crate) async fn serve<S: Store>(
         resync_pending: false,
         op_sync: None,
         upload: None,
+        puts: Arc::new(tokio::sync::Semaphore::new(chunks::PUTS_IN_FLIGHT)),
     };
     async {
         let end = conn.run(&mut reader).await;
@@ -140,6 +141,10 @@ struct Conn<S> {
     resync_pending: bool,
     op_sync: Option<tokio::task::JoinHandle<()>>,
     upload: Option<crate::oplog::Upload>,
+    /// Chunk puts being stored for this link (each waits for its fsync): a few at once,
+    /// so an upload is not one fsync per round trip and the link's other frames are not
+    /// held behind them; the next put waits for a place.
+    puts: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why a connection ended.
