@@ -462,3 +462,253 @@ fn with_relay_storage_off_a_member_fetches_from_the_sharing_daemon() {
     assert!(err.contains("no member online holds it"), "{err}");
     assert!(!out2.exists());
 }
+
+// Attacks: a malicious relay operator, a malicious member, another local user.
+
+/// The relay's answer `f` to a `chunk_put` the client sent (by its `rid`), if it is one.
+fn answers_put(sent: &[claudemesh_schema::wire::ClientFrame], rid: u64) -> bool {
+    sent.iter().any(
+        |c| matches!(c, claudemesh_schema::wire::ClientFrame::ChunkPut { rid: r, .. } if *r == rid),
+    )
+}
+
+/// One member's mesh whose link runs through `proxy` (presenting `relay`'s certificate).
+fn mesh_through(
+    root: &Path,
+    relay: &claudemesh_tests::RelayProc,
+    proxy: &claudemesh_tests::proxy::Proxy,
+    names: &[&str],
+    log: &str,
+) -> Vec<Node> {
+    let mut nodes: Vec<Node> = names
+        .iter()
+        .map(|n| {
+            let mut n = Node::new(bin(), root, n);
+            n.log_filter = log.into();
+            n
+        })
+        .collect();
+    for n in &mut nodes {
+        n.start();
+    }
+    nodes[0].ok(&[
+        "create",
+        "test",
+        "--relay",
+        &proxy.addr.to_string(),
+        "--fingerprint",
+        &relay.fingerprint,
+    ]);
+    for i in 1..nodes.len() {
+        let link = nodes[0].ok(&["invite"]);
+        nodes[i].ok(&["join", &link, "--wait", "20"]);
+    }
+    for a in &nodes {
+        for b in &nodes {
+            if a.name != b.name {
+                a.wait("peer-online", Some(&b.name));
+            }
+        }
+    }
+    nodes
+}
+
+/// Attack (a relay operator, helped by a crash): an upload stops after the relay stored a
+/// chunk (the proxy turns the relay's `ok` into a refusal), the user edits the file, and
+/// the daemon resumes the upload at its next start. Chunk nonces are derived from the file
+/// key and the index, so sealing the edited file again under the recorded key would hand
+/// the relay two ciphertexts under one nonce: their XOR is the XOR of the two plaintexts.
+/// The resumed upload sees that the file no longer seals to the chunks it first sealed
+/// and stops: no second ciphertext under that nonce reaches the relay, nothing is shared.
+#[test]
+fn a_resumed_upload_of_a_file_edited_meanwhile_never_reuses_a_nonce_at_the_relay() {
+    use claudemesh_schema::wire::{ErrorCode, RelayFrame};
+    use claudemesh_tests::proxy::Proxy;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let root = tempfile::tempdir().unwrap();
+    let relay = claudemesh_tests::RelayProc::start(bin(), &root.path().join("relay"), &[]);
+    let refuse = Arc::new(AtomicBool::new(true));
+    let r2 = refuse.clone();
+    let proxy = Proxy::start(
+        relay.addr,
+        &relay.data_dir,
+        Arc::new(move |sent, f| match f {
+            RelayFrame::Ok { rid } if r2.load(Ordering::SeqCst) && answers_put(sent, rid) => {
+                RelayFrame::Error {
+                    rid: Some(rid),
+                    code: ErrorCode::NotAuthorized,
+                    message: "refused by the operator".into(),
+                    fatal: false,
+                    retry_ms: None,
+                }
+            }
+            f => f,
+        }),
+    );
+    let mut nodes = mesh_through(root.path(), &relay, &proxy, &["ann"], "info");
+    let src = root.path().join("secret.txt");
+    let (first, edited) = (random_bytes(3000, 41), random_bytes(3000, 42));
+    std::fs::write(&src, &first).unwrap();
+    let (code, err) = nodes[0].fails(&["file", "share", src.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("refused by the operator"), "{err}");
+    // The relay did store the chunk.
+    let blobs = |relay: &claudemesh_tests::RelayProc| {
+        let mut v = Vec::new();
+        all_files(&relay.data_dir.join("blobs"), &mut v);
+        v.into_iter()
+            .map(|p| std::fs::read(p).unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(blobs(&relay).len(), 1, "the first chunk is at the relay");
+    std::fs::write(&src, &edited).unwrap();
+    refuse.store(false, Ordering::SeqCst);
+    nodes[0].stop();
+    nodes[0].start();
+    nodes[0].wait_logged("an interrupted file transfer");
+    let xor: Vec<u8> = first.iter().zip(&edited).map(|(a, b)| a ^ b).collect();
+    let held = blobs(&relay);
+    for a in &held {
+        for b in &held {
+            let same_nonce = a.len() == b.len()
+                && a != b
+                && a.iter()
+                    .zip(b)
+                    .take(xor.len())
+                    .map(|(x, y)| x ^ y)
+                    .eq(xor.iter().copied());
+            assert!(!same_nonce, "two ciphertexts under one nonce at the relay");
+        }
+    }
+    assert!(
+        nodes[0]
+            .log()
+            .contains("changed since its upload was interrupted"),
+        "{}",
+        nodes[0].log()
+    );
+    assert!(list(&nodes[0]).is_empty(), "nothing was shared");
+}
+
+/// Attack (a malicious relay): every chunk the relay sends is altered (one bit flipped).
+/// The reader checks each against its id, takes none of them, and fetches the file from
+/// the sharer's daemon instead: byte for byte, BLAKE3 checked.
+#[test]
+fn chunks_a_relay_alters_are_refused_and_the_file_comes_from_the_sharer() {
+    use claudemesh_schema::wire::RelayFrame;
+    use claudemesh_tests::proxy::Proxy;
+    use std::sync::Arc;
+    let root = tempfile::tempdir().unwrap();
+    let relay = claudemesh_tests::RelayProc::start(bin(), &root.path().join("relay"), &[]);
+    let proxy = Proxy::start(
+        relay.addr,
+        &relay.data_dir,
+        Arc::new(|_, f| match f {
+            RelayFrame::Chunk { rid, id, mut data } => {
+                data[0] ^= 1;
+                RelayFrame::Chunk { rid, id, data }
+            }
+            f => f,
+        }),
+    );
+    let nodes = mesh_through(root.path(), &relay, &proxy, &["ann", "ben"], "warn");
+    let src = root.path().join("data.bin");
+    let data = random_bytes(300_000, 7);
+    std::fs::write(&src, &data).unwrap();
+    let f = share(&nodes[0], &src, &[]);
+    assert_eq!(f["stored"], "relay", "{f}");
+    let id = f["file"].as_str().unwrap().to_string();
+    wait_listed(&nodes[1], &id);
+    let out = root.path().join("ben.bin");
+    let g = get(&nodes[1], &id, &out);
+    assert_eq!(g["from_relay"], 0, "{g}");
+    assert_eq!(g["from_peers"], 3, "{g}");
+    assert!(std::fs::read(&out).unwrap() == data);
+}
+
+/// Attack (another local user): where the reader saves into a directory others can
+/// write, a symlink planted at the temporary name (`<target>.claudemesh-part`) would have
+/// the reader's daemon truncate the file it points to and write the download into it.
+/// The daemon never opens the part file through a symlink: the fetch fails and the file
+/// pointed to is untouched.
+#[test]
+fn a_symlink_planted_at_the_part_file_is_not_followed() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["ann", "ben"], &[]);
+    let src = root.path().join("report.txt");
+    std::fs::write(&src, "the report\n").unwrap();
+    let f = share(&nodes[0], &src, &[]);
+    let id = f["file"].as_str().unwrap().to_string();
+    wait_listed(&nodes[1], &id);
+    let shared = root.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let victim = root.path().join("ben-keys");
+    std::fs::write(&victim, "precious\n").unwrap();
+    let target = shared.join("report.txt");
+    std::os::unix::fs::symlink(&victim, shared.join("report.txt.claudemesh-part")).unwrap();
+    let r = nodes[1].run(&["file", "get", &id, "-o", target.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "precious\n",
+        "the file the planted link points to was overwritten"
+    );
+    assert!(!r.status.success(), "the fetch went through the link");
+    assert!(std::fs::symlink_metadata(&target).is_err(), "nothing saved");
+}
+
+/// Attack (another local user reading the reader's files): the chunk cache, the default
+/// download directory, a part file and a saved file are all the daemon user's alone.
+#[test]
+fn cached_chunks_and_fetched_files_are_private_to_their_user() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["ann", "ben"], &[]);
+    let src = root.path().join("data.bin");
+    std::fs::write(&src, random_bytes(200_000, 9)).unwrap();
+    let id = share(&nodes[0], &src, &["--to", "ben"])["file"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_listed(&nodes[1], &id);
+    let out = root.path().join("ben.bin");
+    get(&nodes[1], &id, &out);
+    let mut paths = vec![out];
+    for n in &nodes {
+        let files = n.dir.join("files");
+        paths.push(files.clone());
+        all_files(&files, &mut paths);
+    }
+    assert!(paths.len() > 5, "{paths:?}");
+    for p in paths {
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} is {mode:o}", p.display());
+    }
+}
+
+/// Two fetches of one file to one target at once (a user and a model, say): one writes
+/// it, the other finds it in place; both succeed and the file is whole.
+#[test]
+fn concurrent_fetches_to_one_target_both_end_with_the_whole_file() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["ann", "ben"], &[]);
+    let src = root.path().join("data.bin");
+    let data = random_bytes(1 << 20, 11);
+    std::fs::write(&src, &data).unwrap();
+    let id = share(&nodes[0], &src, &[])["file"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_listed(&nodes[1], &id);
+    let out = root.path().join("ben.bin");
+    let o = out.to_str().unwrap();
+    let kids: Vec<_> = (0..2)
+        .map(|_| nodes[1].spawn(&["file", "get", &id, "-o", o, "--json"]))
+        .collect();
+    for k in kids {
+        let r = k.wait_with_output().unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    }
+    assert!(std::fs::read(&out).unwrap() == data);
+    assert!(!root.path().join("ben.bin.claudemesh-part").exists());
+}

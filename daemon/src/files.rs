@@ -30,6 +30,7 @@ use claudemesh_schema::{ItemId, MeshId, now_ms};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,6 +63,12 @@ struct Plan {
     readers: Vec<MemberKey>,
     reader_names: Vec<String>,
     session: Option<claudemesh_schema::SessionId>,
+    /// The chunk ids as first sealed, recorded before any chunk leaves this machine. A
+    /// resumed upload seals the file again under the same key and the same derived
+    /// nonces, so it may go on only if that gives the same chunks: other content under a
+    /// nonce already used would show the relay the XOR of the two plaintexts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed: Option<Vec<ChunkId>>,
 }
 
 fn cache_dir(d: &Daemon, mesh: &MeshId) -> PathBuf {
@@ -208,6 +215,7 @@ pub(crate) async fn share(d: &Arc<Daemon>, p: FileShareParams) -> Result<FileSha
         readers,
         reader_names,
         session: p.session,
+        sealed: None,
     };
     let file = ItemId::new();
     let key = FileKey::generate();
@@ -251,6 +259,52 @@ async fn upload(
         tokio::task::spawn_blocking(move || seal_file(&dd, &mesh, &file, &key2, &path2))
             .await
             .map_err(Error::internal)??;
+    match &plan.sealed {
+        Some(first) if *first != ids => {
+            // The file changed since the upload began: its key must seal nothing else.
+            for id in ids.iter().filter(|i| !first.contains(i)) {
+                let _ = std::fs::remove_file(cache_path(d, &m.id, id));
+            }
+            let mesh = m.id;
+            d.store
+                .write(move |tx| {
+                    tx.execute(
+                        "DELETE FROM file_transfers WHERE mesh = ?1 AND file = ?2 AND direction = 'up'",
+                        params![mesh.as_bytes(), file.as_bytes()],
+                    )
+                })
+                .await?;
+            let _ = m
+                .link
+                .ask(
+                    Box::new(move |rid| ClientFrame::ChunksDrop { rid, file }),
+                    CHUNK_WAIT,
+                )
+                .await;
+            return Err(Error::conflict(format!(
+                "{} changed since its upload was interrupted; share it again",
+                path.display()
+            )));
+        }
+        Some(_) => {}
+        None => {
+            let mut recorded = plan.clone();
+            recorded.sealed = Some(ids.clone());
+            let (mesh, json) = (
+                m.id,
+                serde_json::to_string(&recorded).map_err(Error::internal)?,
+            );
+            d.store
+                .write(move |tx| {
+                    tx.execute(
+                        "UPDATE file_transfers SET share = ?3
+                         WHERE mesh = ?1 AND file = ?2 AND direction = 'up'",
+                        params![mesh.as_bytes(), file.as_bytes(), json],
+                    )
+                })
+                .await?;
+        }
+    }
     let stored = store_chunks(d, m, file, &ids, plan.expires_at).await?;
     let manifest = Manifest {
         name: plan.name.clone(),
@@ -895,7 +949,11 @@ fn part_path(target: &Path) -> PathBuf {
 /// How many leading chunks of a partial download are right (sealing them again gives
 /// the manifest's ids).
 fn verified_prefix(part: &Path, key: &FileKey, file: &ItemId, ids: &[ChunkId]) -> usize {
-    let Ok(mut f) = std::fs::File::open(part) else {
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(part);
+    let Ok(mut f) = opened else {
         return 0;
     };
     let mut buf = vec![0u8; CHUNK_SIZE];
@@ -937,10 +995,13 @@ async fn download(
     let start = tokio::task::spawn_blocking(move || verified_prefix(&p2, &k2, &f2, &i2))
         .await
         .map_err(Error::internal)?;
+    // Never through a symlink: in a directory others can write, one planted at the
+    // part's name would have this daemon truncate and overwrite whatever it points to.
     let mut out = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&part)
         .map_err(|e| Error::internal(format!("cannot write {}: {e}", part.display())))?;
     out.set_len((start * CHUNK_SIZE) as u64)
