@@ -712,3 +712,137 @@ fn concurrent_fetches_to_one_target_both_end_with_the_whole_file() {
     assert!(std::fs::read(&out).unwrap() == data);
     assert!(!root.path().join("ben.bin.claudemesh-part").exists());
 }
+
+/// Attack (a malicious member): it asks the sharer's daemon for chunks, boxed as `chunk_ask`
+/// from its own member key, and never reads the answers. The relay keeps every answer
+/// until the asker acknowledges it, in the mesh's undelivered-message quota, so a daemon
+/// answering every ask would let one member fill that quota for the whole mesh. The
+/// sharer stops answering once that member leaves 64 answers unacknowledged; when the
+/// asker's daemon reads them (its receipts), an honest fetch of more chunks than that
+/// from the same sharer goes through.
+#[test]
+fn an_asker_that_never_reads_its_chunk_answers_gets_no_more_than_a_window() {
+    use claudemesh_daemon::keys::MeshKeys;
+    use claudemesh_schema::crypto::BoxKey;
+    use claudemesh_schema::file::ChunkId;
+    use claudemesh_schema::message::{self, ChunkAskBody, MessagePayload};
+    use claudemesh_schema::wire::{self, ClientFrame, Envelope, RelayFrame, Route, Seal};
+    use claudemesh_schema::{ItemId, MeshId, MessageId, SessionId, now_ms};
+    let root = tempfile::tempdir().unwrap();
+    let relay = claudemesh_tests::RelayProc::start(
+        bin(),
+        &root.path().join("relay"),
+        &["--no-blob-storage"],
+    );
+    let mut nodes: Vec<Node> = ["ann", "ben"]
+        .iter()
+        .map(|n| {
+            let mut n = Node::new(bin(), root.path(), n);
+            n.log_filter = "info".into();
+            n
+        })
+        .collect();
+    claudemesh_tests::form_mesh(&relay, &mut nodes);
+    let src = root.path().join("big.bin");
+    let data = random_bytes(100 * 128 * 1024, 13);
+    std::fs::write(&src, &data).unwrap();
+    let f = share(&nodes[0], &src, &[]);
+    assert_eq!(f["stored"], "peers", "{f}");
+    let id = f["file"].as_str().unwrap().to_string();
+    let file: ItemId = serde_json::from_value(f["file"].clone()).unwrap();
+    wait_listed(&nodes[1], &id);
+    // Ben's daemon goes; the attacker speaks as ben's member, raw.
+    nodes[1].stop();
+    let key_file = std::fs::read_dir(nodes[1].dir.join("keys"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with(".key"))
+        .unwrap()
+        .path();
+    let stem = key_file.file_stem().unwrap().to_string_lossy().into_owned();
+    let mesh: MeshId = serde_json::from_value(Value::String(stem)).unwrap();
+    let ben = MeshKeys::load(&nodes[1].dir.join("keys"), &mesh).unwrap();
+    let ann = MeshKeys::load(&nodes[0].dir.join("keys"), &mesh)
+        .unwrap()
+        .member
+        .public();
+    // The chunks ann holds (her cache), 160 asks of them.
+    let mut held: Vec<ChunkId> =
+        std::fs::read_dir(nodes[0].dir.join("files").join(mesh.to_string()))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                let b: Vec<u8> = (0..n.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(n.get(i..i + 2)?, 16).ok())
+                    .collect::<Option<_>>()?;
+                ChunkId::from_slice(&b)
+            })
+            .collect();
+    held.truncate(16);
+    assert_eq!(held.len(), 16);
+    let fp: [u8; 32] = claudemesh_schema::encoding::unb64_array(&relay.fingerprint).unwrap();
+    let _answers = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut c = claudemesh_relay::client::connect_quic(
+            relay.addr,
+            Some(fp),
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        let session = SessionId::new();
+        let sk = claudemesh_schema::crypto::BoxSecret::generate();
+        let hello = wire::Hello::sign(&ben.member, mesh, session, sk.public(), now_ms(), "test");
+        claudemesh_tests::raw::send(&mut c, &ClientFrame::Hello(hello)).await;
+        let boxed = BoxKey::new(&ben.member.box_secret(), &ann.box_public().unwrap());
+        for _ in 0..10 {
+            let id = MessageId::new();
+            let p = MessagePayload {
+                id,
+                from_session: session,
+                from_name: String::new(),
+                from_label: String::new(),
+                to: message::KIND_CHUNK_ASK.into(),
+                priority: message::Priority::Low,
+                sent_at: now_ms(),
+                kind: message::KIND_CHUNK_ASK.into(),
+                body: serde_json::to_string(&ChunkAskBody {
+                    file,
+                    ids: held.clone(),
+                })
+                .unwrap(),
+                to_sessions: Vec::new(),
+            };
+            let env = Envelope {
+                epoch: 0,
+                id,
+                from: session,
+                from_member: ben.member.public(),
+                to: Route::Member { member: ann },
+                seal: Seal::Box,
+                ct: message::seal_direct_with(&boxed, &p).unwrap(),
+            };
+            claudemesh_tests::raw::send(&mut c, &ClientFrame::Send(env)).await;
+        }
+        // Deliveries from ann, read and never acknowledged.
+        let mut answers = 0;
+        while answers < 64 {
+            if let RelayFrame::Deliver { env, .. } = claudemesh_tests::raw::recv(&mut c).await
+                && env.from_member == ann
+            {
+                answers += 1;
+            }
+        }
+        answers
+    });
+    // She stopped answering there (160 were asked).
+    nodes[0].wait_logged("leaves chunk answers unacknowledged");
+    // Ben's daemon reads what waited for it; an honest fetch of 100 chunks from ann.
+    nodes[1].start();
+    nodes[1].wait("peer-online", Some("ann"));
+    let out = root.path().join("ben.bin");
+    let g = get(&nodes[1], &id, &out);
+    assert_eq!(g["from_peers"], 100, "{g}");
+    assert!(std::fs::read(&out).unwrap() == data);
+}

@@ -49,6 +49,12 @@ const EPHEMERAL_SECS: u64 = 24 * 3600;
 /// Chunks served per asking member per window: a 256 MiB file in a minute, not more.
 const SERVED_PER_WINDOW: u32 = 2048;
 const SERVED_WINDOW_MS: i64 = 60_000;
+/// Chunk answers an asking member may leave unacknowledged. The relay keeps each answer
+/// until the asker's daemon acknowledges it, in the mesh's undelivered-message quota: an
+/// asker that never reads (offline, or hostile) would otherwise have this daemon fill
+/// that quota for the whole mesh. Past it, its asks go unanswered until it reads; an
+/// honest fetch has at most a window of chunks in flight.
+const MAX_UNACKED_ANSWERS: usize = 64;
 
 /// What a share op will say, kept with an upload until the op is written.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1201,6 +1207,16 @@ pub(crate) async fn on_message(
                     }
                     *n += 1;
                 }
+                if lock(&m.chunk_answers)
+                    .get(&from)
+                    .is_some_and(|s| s.len() >= MAX_UNACKED_ANSWERS)
+                {
+                    tracing::info!(
+                        from = %from.short(),
+                        "a member leaves chunk answers unacknowledged; its asks go unanswered until it reads them"
+                    );
+                    return;
+                }
                 let data = cached(d, &m.id, &id);
                 let Ok(body) = serde_json::to_string(&ChunkBody { id, data }) else {
                     continue;
@@ -1208,6 +1224,7 @@ pub(crate) async fn on_message(
                 if let Some((mid, frame)) =
                     boxed_to_member(m, m.keys.session, &from, KIND_CHUNK, body)
                 {
+                    lock(&m.chunk_answers).entry(from).or_default().insert(mid);
                     let _ = m
                         .link
                         .tx
@@ -1264,6 +1281,22 @@ pub(crate) async fn on_message(
         }
         _ => {}
     }
+}
+
+/// Envelope `id` reached `member`'s daemon (its signed receipt), or the relay refused it
+/// (`member` `None`): a chunk answer no longer waits on that asker.
+pub(crate) fn answer_done(
+    m: &MeshCtx,
+    id: &claudemesh_schema::MessageId,
+    member: Option<&MemberKey>,
+) {
+    let mut all = lock(&m.chunk_answers);
+    all.retain(|k, ids| {
+        if member.is_none_or(|x| x == k) {
+            ids.remove(id);
+        }
+        !ids.is_empty()
+    });
 }
 
 /// Pick up transfers a stop interrupted (run once the daemon's meshes are loaded).
