@@ -713,6 +713,78 @@ fn concurrent_fetches_to_one_target_both_end_with_the_whole_file() {
     assert!(!root.path().join("ben.bin.claudemesh-part").exists());
 }
 
+/// The mesh a node is in, and its keys there (from its key file).
+fn keys_of(n: &Node) -> (claudemesh_schema::MeshId, claudemesh_daemon::keys::MeshKeys) {
+    let key_file = std::fs::read_dir(n.dir.join("keys"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with(".key"))
+        .unwrap()
+        .path();
+    let stem = key_file.file_stem().unwrap().to_string_lossy().into_owned();
+    let mesh: claudemesh_schema::MeshId = serde_json::from_value(Value::String(stem)).unwrap();
+    let keys = claudemesh_daemon::keys::MeshKeys::load(&n.dir.join("keys"), &mesh).unwrap();
+    (mesh, keys)
+}
+
+/// A raw link to `relay` as `from`'s member (its daemon stopped: the test plays it, the
+/// way a member running other code would), and a sender of boxed payloads of `kind` to
+/// `to`'s member over it.
+async fn raw_member(
+    relay: &claudemesh_tests::RelayProc,
+    from: &Node,
+    to: &Node,
+) -> (
+    claudemesh_relay::Connection,
+    impl Fn(&str, String) -> claudemesh_schema::wire::ClientFrame,
+) {
+    use claudemesh_schema::crypto::BoxKey;
+    use claudemesh_schema::message::{self, MessagePayload};
+    use claudemesh_schema::wire::{self, ClientFrame, Envelope, Route, Seal};
+    use claudemesh_schema::{MessageId, SessionId, now_ms};
+    let (mesh, me) = keys_of(from);
+    let them = keys_of(to).1.member.public();
+    let fp: [u8; 32] = claudemesh_schema::encoding::unb64_array(&relay.fingerprint).unwrap();
+    let mut c = claudemesh_relay::client::connect_quic(
+        relay.addr,
+        Some(fp),
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let session = SessionId::new();
+    let sk = claudemesh_schema::crypto::BoxSecret::generate();
+    let hello = wire::Hello::sign(&me.member, mesh, session, sk.public(), now_ms(), "test");
+    claudemesh_tests::raw::send(&mut c, &ClientFrame::Hello(hello)).await;
+    let boxed = BoxKey::new(&me.member.box_secret(), &them.box_public().unwrap());
+    let member = me.member.public();
+    let frame = move |kind: &str, body: String| {
+        let id = MessageId::new();
+        let p = MessagePayload {
+            id,
+            from_session: session,
+            from_name: String::new(),
+            from_label: String::new(),
+            to: kind.into(),
+            priority: message::Priority::Low,
+            sent_at: now_ms(),
+            kind: kind.into(),
+            body,
+            to_sessions: Vec::new(),
+        };
+        ClientFrame::Send(Envelope {
+            epoch: 0,
+            id,
+            from: session,
+            from_member: member,
+            to: Route::Member { member: them },
+            seal: Seal::Box,
+            ct: message::seal_direct_with(&boxed, &p).unwrap(),
+        })
+    };
+    (c, frame)
+}
+
 /// Attack (a malicious member): it asks the sharer's daemon for chunks, boxed as `chunk_ask`
 /// from its own member key, and never reads the answers. The relay keeps every answer
 /// until the asker acknowledges it, in the mesh's undelivered-message quota, so a daemon
@@ -722,12 +794,10 @@ fn concurrent_fetches_to_one_target_both_end_with_the_whole_file() {
 /// from the same sharer goes through.
 #[test]
 fn an_asker_that_never_reads_its_chunk_answers_gets_no_more_than_a_window() {
-    use claudemesh_daemon::keys::MeshKeys;
-    use claudemesh_schema::crypto::BoxKey;
+    use claudemesh_schema::ItemId;
     use claudemesh_schema::file::ChunkId;
-    use claudemesh_schema::message::{self, ChunkAskBody, MessagePayload};
-    use claudemesh_schema::wire::{self, ClientFrame, Envelope, RelayFrame, Route, Seal};
-    use claudemesh_schema::{ItemId, MeshId, MessageId, SessionId, now_ms};
+    use claudemesh_schema::message::{self, ChunkAskBody};
+    use claudemesh_schema::wire::RelayFrame;
     let root = tempfile::tempdir().unwrap();
     let relay = claudemesh_tests::RelayProc::start(
         bin(),
@@ -753,19 +823,8 @@ fn an_asker_that_never_reads_its_chunk_answers_gets_no_more_than_a_window() {
     wait_listed(&nodes[1], &id);
     // Ben's daemon goes; the attacker speaks as ben's member, raw.
     nodes[1].stop();
-    let key_file = std::fs::read_dir(nodes[1].dir.join("keys"))
-        .unwrap()
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().ends_with(".key"))
-        .unwrap()
-        .path();
-    let stem = key_file.file_stem().unwrap().to_string_lossy().into_owned();
-    let mesh: MeshId = serde_json::from_value(Value::String(stem)).unwrap();
-    let ben = MeshKeys::load(&nodes[1].dir.join("keys"), &mesh).unwrap();
-    let ann = MeshKeys::load(&nodes[0].dir.join("keys"), &mesh)
-        .unwrap()
-        .member
-        .public();
+    let (mesh, _) = keys_of(&nodes[1]);
+    let ann = keys_of(&nodes[0]).1.member.public();
     // The chunks ann holds (her cache), 160 asks of them.
     let mut held: Vec<ChunkId> =
         std::fs::read_dir(nodes[0].dir.join("files").join(mesh.to_string()))
@@ -782,48 +841,15 @@ fn an_asker_that_never_reads_its_chunk_answers_gets_no_more_than_a_window() {
             .collect();
     held.truncate(16);
     assert_eq!(held.len(), 16);
-    let fp: [u8; 32] = claudemesh_schema::encoding::unb64_array(&relay.fingerprint).unwrap();
-    let _answers = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let mut c = claudemesh_relay::client::connect_quic(
-            relay.addr,
-            Some(fp),
-            std::time::Duration::from_secs(5),
-        )
-        .await
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let (mut c, boxed) = raw_member(&relay, &nodes[1], &nodes[0]).await;
+        let ask = serde_json::to_string(&ChunkAskBody {
+            file,
+            ids: held.clone(),
+        })
         .unwrap();
-        let session = SessionId::new();
-        let sk = claudemesh_schema::crypto::BoxSecret::generate();
-        let hello = wire::Hello::sign(&ben.member, mesh, session, sk.public(), now_ms(), "test");
-        claudemesh_tests::raw::send(&mut c, &ClientFrame::Hello(hello)).await;
-        let boxed = BoxKey::new(&ben.member.box_secret(), &ann.box_public().unwrap());
         for _ in 0..10 {
-            let id = MessageId::new();
-            let p = MessagePayload {
-                id,
-                from_session: session,
-                from_name: String::new(),
-                from_label: String::new(),
-                to: message::KIND_CHUNK_ASK.into(),
-                priority: message::Priority::Low,
-                sent_at: now_ms(),
-                kind: message::KIND_CHUNK_ASK.into(),
-                body: serde_json::to_string(&ChunkAskBody {
-                    file,
-                    ids: held.clone(),
-                })
-                .unwrap(),
-                to_sessions: Vec::new(),
-            };
-            let env = Envelope {
-                epoch: 0,
-                id,
-                from: session,
-                from_member: ben.member.public(),
-                to: Route::Member { member: ann },
-                seal: Seal::Box,
-                ct: message::seal_direct_with(&boxed, &p).unwrap(),
-            };
-            claudemesh_tests::raw::send(&mut c, &ClientFrame::Send(env)).await;
+            claudemesh_tests::raw::send(&mut c, &boxed(message::KIND_CHUNK_ASK, ask.clone())).await;
         }
         // Deliveries from ann, read and never acknowledged.
         let mut answers = 0;
@@ -834,7 +860,6 @@ fn an_asker_that_never_reads_its_chunk_answers_gets_no_more_than_a_window() {
                 answers += 1;
             }
         }
-        answers
     });
     // She stopped answering there (160 were asked).
     nodes[0].wait_logged("leaves chunk answers unacknowledged");
@@ -845,4 +870,58 @@ fn an_asker_that_never_reads_its_chunk_answers_gets_no_more_than_a_window() {
     let g = get(&nodes[1], &id, &out);
     assert_eq!(g["from_peers"], 100, "{g}");
     assert!(std::fs::read(&out).unwrap() == data);
+}
+
+/// Attack (a malicious member): cat, who was never given the file, sends its author a
+/// boxed `file_fetched` receipt for it, as its daemon would after a fetch. The author's
+/// `file status` lists only who could open the file; ben's receipt (he fetched it) is
+/// listed.
+#[test]
+fn a_fetched_receipt_from_a_member_the_file_is_not_for_is_not_recorded() {
+    use claudemesh_schema::message::{FetchedBody, KIND_FILE_FETCHED};
+    let root = tempfile::tempdir().unwrap();
+    let relay = claudemesh_tests::RelayProc::start(bin(), &root.path().join("relay"), &[]);
+    let mut nodes: Vec<Node> = ["ann", "ben", "cat"]
+        .iter()
+        .map(|n| Node::new(bin(), root.path(), n))
+        .collect();
+    claudemesh_tests::form_mesh(&relay, &mut nodes);
+    let src = root.path().join("plan.md");
+    std::fs::write(&src, "# plan\n").unwrap();
+    let f = share(&nodes[0], &src, &["--to", "ben"]);
+    let id = f["file"].as_str().unwrap().to_string();
+    let file = serde_json::from_value(f["file"].clone()).unwrap();
+    wait_listed(&nodes[2], &id);
+    nodes[2].stop();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let (mut c, boxed) = raw_member(&relay, &nodes[2], &nodes[0]).await;
+        let body = serde_json::to_string(&FetchedBody { file }).unwrap();
+        claudemesh_tests::raw::send(&mut c, &boxed(KIND_FILE_FETCHED, body)).await;
+        // Ann's daemon took it (her acknowledgement comes back as a receipt).
+        loop {
+            if let claudemesh_schema::wire::RelayFrame::Receipt { .. } =
+                claudemesh_tests::raw::recv(&mut c).await
+            {
+                break;
+            }
+        }
+    });
+    // Ben fetches it for real: his receipt reaches ann long after cat's (which she
+    // records, or not, as soon as she has it), so once his shows, cat's was handled.
+    get(&nodes[1], &id, &root.path().join("ben-plan.md"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let fetched = loop {
+        let st = nodes[0].json(&["file", "status", &id]);
+        let v = st["fetched"].as_array().unwrap().clone();
+        let ben = v
+            .iter()
+            .any(|x| x["who"].as_str().unwrap().starts_with("ben"));
+        if ben || std::time::Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let who: Vec<&str> = fetched.iter().map(|x| x["who"].as_str().unwrap()).collect();
+    assert_eq!(who.len(), 1, "{who:?}");
+    assert!(who[0].starts_with("ben"), "{who:?}");
 }

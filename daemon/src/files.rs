@@ -1265,7 +1265,15 @@ pub(crate) async fn on_message(
                             |r| r.get(0),
                         )
                         .optional()?;
-                    if ours.as_deref() == Some(&me.0[..]) {
+                    // Only from a member the file was shared with: anyone else's receipt is
+                    // a claim about a file it could not open.
+                    let reader: bool = tx.query_row(
+                        "SELECT EXISTS (SELECT 1 FROM file_keys WHERE mesh = ?1 AND file = ?2
+                           AND (member = ?3 OR member IS NULL))",
+                        params![mesh.as_bytes(), f.file.as_bytes(), from.0],
+                        |r| r.get(0),
+                    )?;
+                    if ours.as_deref() == Some(&me.0[..]) && reader {
                         tx.execute(
                             "INSERT OR REPLACE INTO file_fetches (mesh, file, member, at)
                              VALUES (?1, ?2, ?3, ?4)",
