@@ -925,3 +925,141 @@ fn a_fetched_receipt_from_a_member_the_file_is_not_for_is_not_recorded() {
     assert_eq!(who.len(), 1, "{who:?}");
     assert!(who[0].starts_with("ben"), "{who:?}");
 }
+
+/// Attack (a malicious member writing ops its daemon would not): cat, not an admin and
+/// never given ann's file, writes a `share_file` under ann's file id (its own manifest
+/// and key), a `grant_file` of it boxing a key to itself, and a `delete_file` of it, each
+/// signed and sealed as a member may. Every daemon folds them as no-ops: the file stays
+/// ann's, in every list, readable by ben only, and cat still cannot fetch it. A
+/// `set_state` cat writes after them is folded, so they were folded before it.
+#[test]
+fn a_members_forged_share_grant_and_delete_of_anothers_file_fold_to_nothing() {
+    use claudemesh_schema::file::{FileKey, KeyBox, Manifest};
+    use claudemesh_schema::op::{Op, OpBody, seal_op_at};
+    use claudemesh_schema::wire::ClientFrame;
+    use claudemesh_schema::{ItemId, OpId, SessionId, now_ms};
+    let root = tempfile::tempdir().unwrap();
+    let relay = claudemesh_tests::RelayProc::start(bin(), &root.path().join("relay"), &[]);
+    let mut nodes: Vec<Node> = ["ann", "ben", "cat"]
+        .iter()
+        .map(|n| Node::new(bin(), root.path(), n))
+        .collect();
+    claudemesh_tests::form_mesh(&relay, &mut nodes);
+    let src = root.path().join("plan.md");
+    std::fs::write(&src, "# the plan\n").unwrap();
+    let f = share(&nodes[0], &src, &["--to", "ben"]);
+    let id = f["file"].as_str().unwrap().to_string();
+    let file: ItemId = serde_json::from_value(f["file"].clone()).unwrap();
+    wait_listed(&nodes[2], &id);
+    nodes[2].stop();
+    let (mesh, cat) = keys_of(&nodes[2]);
+    let (epoch, mk) = cat
+        .epochs
+        .iter()
+        .max_by_key(|(e, _)| *e)
+        .cloned()
+        .unwrap_or((0, cat.mesh_key.clone()));
+    let key = FileKey::generate();
+    let man = Manifest {
+        name: "plan.md".into(),
+        size: 7,
+        mime: "text/plain".into(),
+        blake3: *blake3::hash(b"forged\n").as_bytes(),
+        chunks: vec![0; 32],
+        tags: vec![],
+        expires_at: None,
+    };
+    let to_cat = KeyBox::for_member(&mesh, &file, &cat.member, &cat.member.public(), &key).unwrap();
+    let ops = [
+        Op::ShareFile {
+            file,
+            manifest: key.seal_manifest(&mesh, &file, &man).unwrap(),
+            keys: vec![to_cat.clone()],
+            to: "cat".into(),
+            stored: 23,
+        },
+        Op::GrantFile {
+            file,
+            keys: vec![to_cat],
+        },
+        Op::DeleteFile { file },
+        Op::SetState {
+            key: "forged-ops".into(),
+            value: serde_json::json!("sent"),
+        },
+    ];
+    let folded = |n: &Node| {
+        let o = n.run(&["state", "get", "forged-ops", "--json"]);
+        o.status.success()
+            && serde_json::from_slice::<Value>(&o.stdout).is_ok_and(|v| v["value"] == "sent")
+    };
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let (mut c, _) = raw_member(&relay, &nodes[2], &nodes[0]).await;
+        let session = SessionId::new();
+        for op in ops {
+            let body = OpBody {
+                id: OpId::new(),
+                session,
+                name: "cat".into(),
+                at: now_ms(),
+                roster: None,
+                op,
+            };
+            let env = seal_op_at(epoch, &mk, &mesh, &cat.member, &body).unwrap();
+            claudemesh_tests::raw::send(&mut c, &ClientFrame::Op(env)).await;
+        }
+        // Until the relay sequenced all four.
+        let mut answered = 0;
+        while answered < 4 {
+            match claudemesh_tests::raw::recv(&mut c).await {
+                claudemesh_schema::wire::RelayFrame::OpAck { .. } => answered += 1,
+                claudemesh_schema::wire::RelayFrame::OpRefused { message, .. } => {
+                    panic!("the relay refused an op: {message}")
+                }
+                _ => {}
+            }
+        }
+    });
+    for n in &nodes[..2] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !folded(n) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} never folded",
+                n.name
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let mine = list(n).into_iter().find(|x| x["id"] == id.as_str());
+        let mine = mine.unwrap_or_else(|| panic!("{} lost the file", n.name));
+        assert!(
+            mine["author"].as_str().unwrap().starts_with("ann"),
+            "{mine}"
+        );
+        let st = n.json(&["file", "status", &id]);
+        let readers: Vec<&str> = st["readers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap())
+            .collect();
+        assert!(
+            readers.iter().all(|r| !r.starts_with("cat")),
+            "{} lists {readers:?}",
+            n.name
+        );
+    }
+    let out = root.path().join("ben-plan.md");
+    get(&nodes[1], &id, &out);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "# the plan\n");
+    nodes[2].start();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !folded(&nodes[2]) {
+        assert!(std::time::Instant::now() < deadline, "cat never folded");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = root.path().join("cat-plan.md");
+    let (code, err) = nodes[2].fails(&["file", "get", &id, "-o", out.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not with you"), "{err}");
+}
