@@ -1063,3 +1063,29 @@ fn a_members_forged_share_grant_and_delete_of_anothers_file_fold_to_nothing() {
     assert_ne!(code, 0);
     assert!(err.contains("not with you"), "{err}");
 }
+
+/// Attack (peer text reaching a terminal): ann tags a file with terminal escapes and a
+/// line break that would forge a row of its own. Ben's `file list` table shows every cell
+/// as one line without control characters; `-o` naming a directory saves the file there
+/// under its (checked) name.
+#[test]
+fn tags_with_escapes_cannot_move_the_terminal_or_forge_a_row() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["ann", "ben"], &[]);
+    let src = root.path().join("notes.md");
+    std::fs::write(&src, "notes\n").unwrap();
+    let tag = "x\u{1b}[2J\u{1b}]0;pwned\u{7}\n  0000000  fake.sh  1 B  admin  *  y";
+    let f = share(&nodes[0], &src, &["--tags", tag]);
+    let id = f["file"].as_str().unwrap().to_string();
+    wait_listed(&nodes[1], &id);
+    let table = nodes[1].ok(&["file", "list"]);
+    assert!(
+        !table.chars().any(|c| c.is_control() && c != '\n'),
+        "{table:?}"
+    );
+    assert_eq!(table.lines().count(), 2, "header and one row: {table}");
+    let dir = root.path().join("inbox");
+    std::fs::create_dir(&dir).unwrap();
+    let g = get(&nodes[1], &id, &dir);
+    assert_eq!(g["path"], dir.join("notes.md").to_str().unwrap(), "{g}");
+}
