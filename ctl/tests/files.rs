@@ -866,6 +866,7 @@ fn an_asker_that_never_reads_its_chunk_answers_gets_no_more_than_a_window() {
     // Ben's daemon reads what waited for it; an honest fetch of 100 chunks from ann.
     nodes[1].start();
     nodes[1].wait("peer-online", Some("ann"));
+    nodes[0].wait_logged("a member read its chunk answers");
     let out = root.path().join("ben.bin");
     let g = get(&nodes[1], &id, &out);
     assert_eq!(g["from_peers"], 100, "{g}");

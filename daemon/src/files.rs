@@ -1301,7 +1301,10 @@ pub(crate) fn answer_done(
     let mut all = lock(&m.chunk_answers);
     all.retain(|k, ids| {
         if member.is_none_or(|x| x == k) {
-            ids.remove(id);
+            let full = ids.len() >= MAX_UNACKED_ANSWERS;
+            if ids.remove(id) && full {
+                tracing::info!(from = %k.short(), "a member read its chunk answers; its asks are answered again");
+            }
         }
         !ids.is_empty()
     });
