@@ -481,6 +481,7 @@ impl Daemon {
             stats_answered: Default::default(),
             chunk_asks: Default::default(),
             chunks_served: Default::default(),
+            chunk_answers: Default::default(),
             transfers: Default::default(),
             progress: Default::default(),
             // Peer folders.

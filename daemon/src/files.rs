@@ -30,6 +30,7 @@ use claudemesh_schema::{ItemId, MeshId, now_ms};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +49,12 @@ const EPHEMERAL_SECS: u64 = 24 * 3600;
 /// Chunks served per asking member per window: a 256 MiB file in a minute, not more.
 const SERVED_PER_WINDOW: u32 = 2048;
 const SERVED_WINDOW_MS: i64 = 60_000;
+/// Chunk answers an asking member may leave unacknowledged. The relay keeps each answer
+/// until the asker's daemon acknowledges it, in the mesh's undelivered-message quota: an
+/// asker that never reads (offline, or hostile) would otherwise have this daemon fill
+/// that quota for the whole mesh. Past it, its asks go unanswered until it reads; an
+/// honest fetch has at most a window of chunks in flight.
+const MAX_UNACKED_ANSWERS: usize = 64;
 
 /// What a share op will say, kept with an upload until the op is written.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,6 +69,12 @@ struct Plan {
     readers: Vec<MemberKey>,
     reader_names: Vec<String>,
     session: Option<claudemesh_schema::SessionId>,
+    /// The chunk ids as first sealed, recorded before any chunk leaves this machine. A
+    /// resumed upload seals the file again under the same key and the same derived
+    /// nonces, so it may go on only if that gives the same chunks: other content under a
+    /// nonce already used would show the relay the XOR of the two plaintexts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed: Option<Vec<ChunkId>>,
 }
 
 fn cache_dir(d: &Daemon, mesh: &MeshId) -> PathBuf {
@@ -257,6 +270,7 @@ pub(crate) async fn share(d: &Arc<Daemon>, p: FileShareParams) -> Result<FileSha
         readers,
         reader_names,
         session: p.session,
+        sealed: None,
     };
     let file = ItemId::new();
     let key = FileKey::generate();
@@ -309,6 +323,52 @@ async fn upload(
     })
     .await
     .map_err(Error::internal)??;
+    match &plan.sealed {
+        Some(first) if *first != ids => {
+            // The file changed since the upload began: its key must seal nothing else.
+            for id in ids.iter().filter(|i| !first.contains(i)) {
+                let _ = std::fs::remove_file(cache_path(d, &m.id, id));
+            }
+            let mesh = m.id;
+            d.store
+                .write(move |tx| {
+                    tx.execute(
+                        "DELETE FROM file_transfers WHERE mesh = ?1 AND file = ?2 AND direction = 'up'",
+                        params![mesh.as_bytes(), file.as_bytes()],
+                    )
+                })
+                .await?;
+            let _ = m
+                .link
+                .ask(
+                    Box::new(move |rid| ClientFrame::ChunksDrop { rid, file }),
+                    CHUNK_WAIT,
+                )
+                .await;
+            return Err(Error::conflict(format!(
+                "{} changed since its upload was interrupted; share it again",
+                path.display()
+            )));
+        }
+        Some(_) => {}
+        None => {
+            let mut recorded = plan.clone();
+            recorded.sealed = Some(ids.clone());
+            let (mesh, json) = (
+                m.id,
+                serde_json::to_string(&recorded).map_err(Error::internal)?,
+            );
+            d.store
+                .write(move |tx| {
+                    tx.execute(
+                        "UPDATE file_transfers SET share = ?3
+                         WHERE mesh = ?1 AND file = ?2 AND direction = 'up'",
+                        params![mesh.as_bytes(), file.as_bytes(), json],
+                    )
+                })
+                .await?;
+        }
+    }
     let stored = store_chunks(d, m, file, &ids, plan.expires_at, &track).await?;
     drop(track);
     let manifest = Manifest {
@@ -963,7 +1023,11 @@ fn part_path(target: &Path) -> PathBuf {
 /// How many leading chunks of a partial download are right (sealing them again gives
 /// the manifest's ids).
 fn verified_prefix(part: &Path, key: &FileKey, file: &ItemId, ids: &[ChunkId]) -> usize {
-    let Ok(mut f) = std::fs::File::open(part) else {
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(part);
+    let Ok(mut f) = opened else {
         return 0;
     };
     let mut buf = vec![0u8; CHUNK_SIZE];
@@ -1005,10 +1069,13 @@ async fn download(
     let start = tokio::task::spawn_blocking(move || verified_prefix(&p2, &k2, &f2, &i2))
         .await
         .map_err(Error::internal)?;
+    // Never through a symlink: in a directory others can write, one planted at the
+    // part's name would have this daemon truncate and overwrite whatever it points to.
     let mut out = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&part)
         .map_err(|e| Error::internal(format!("cannot write {}: {e}", part.display())))?;
     out.set_len((start * CHUNK_SIZE) as u64)
@@ -1213,6 +1280,16 @@ pub(crate) async fn on_message(
                     }
                     *n += 1;
                 }
+                if lock(&m.chunk_answers)
+                    .get(&from)
+                    .is_some_and(|s| s.len() >= MAX_UNACKED_ANSWERS)
+                {
+                    tracing::info!(
+                        from = %from.short(),
+                        "a member leaves chunk answers unacknowledged; its asks go unanswered until it reads them"
+                    );
+                    return;
+                }
                 let data = cached(d, &m.id, &id);
                 let Ok(body) = serde_json::to_string(&ChunkBody { id, data }) else {
                     continue;
@@ -1220,6 +1297,7 @@ pub(crate) async fn on_message(
                 if let Some((mid, frame)) =
                     boxed_to_member(m, m.keys.session, &from, KIND_CHUNK, body)
                 {
+                    lock(&m.chunk_answers).entry(from).or_default().insert(mid);
                     let _ = m
                         .link
                         .tx
@@ -1260,7 +1338,15 @@ pub(crate) async fn on_message(
                             |r| r.get(0),
                         )
                         .optional()?;
-                    if ours.as_deref() == Some(&me.0[..]) {
+                    // Only from a member the file was shared with: anyone else's receipt is
+                    // a claim about a file it could not open.
+                    let reader: bool = tx.query_row(
+                        "SELECT EXISTS (SELECT 1 FROM file_keys WHERE mesh = ?1 AND file = ?2
+                           AND (member = ?3 OR member IS NULL))",
+                        params![mesh.as_bytes(), f.file.as_bytes(), from.0],
+                        |r| r.get(0),
+                    )?;
+                    if ours.as_deref() == Some(&me.0[..]) && reader {
                         tx.execute(
                             "INSERT OR REPLACE INTO file_fetches (mesh, file, member, at)
                              VALUES (?1, ?2, ?3, ?4)",
@@ -1276,6 +1362,25 @@ pub(crate) async fn on_message(
         }
         _ => {}
     }
+}
+
+/// Envelope `id` reached `member`'s daemon (its signed receipt), or the relay refused it
+/// (`member` `None`): a chunk answer no longer waits on that asker.
+pub(crate) fn answer_done(
+    m: &MeshCtx,
+    id: &claudemesh_schema::MessageId,
+    member: Option<&MemberKey>,
+) {
+    let mut all = lock(&m.chunk_answers);
+    all.retain(|k, ids| {
+        if member.is_none_or(|x| x == k) {
+            let full = ids.len() >= MAX_UNACKED_ANSWERS;
+            if ids.remove(id) && full {
+                tracing::info!(from = %k.short(), "a member read its chunk answers; its asks are answered again");
+            }
+        }
+        !ids.is_empty()
+    });
 }
 
 /// Pick up transfers a stop interrupted (run once the daemon's meshes are loaded).

@@ -268,6 +268,9 @@ pub(crate) struct MeshCtx {
     pub(crate) chunk_asks: Mutex<HashMap<claudemesh_schema::file::ChunkId, Vec<ChunkWaiter>>>,
     /// Chunks served lately, per asking member: since when, how many.
     pub(crate) chunks_served: Mutex<HashMap<MemberKey, (i64, u32)>>,
+    /// Chunk answers sent and not yet acknowledged by the asking member's daemon (its
+    /// signed receipt clears one): the relay keeps each until then, in the mesh's quota.
+    pub(crate) chunk_answers: Mutex<HashMap<MemberKey, std::collections::HashSet<MessageId>>>,
     /// File transfers running, by target path (a download) or file (an upload): a second
     /// one for the same target waits for the first instead of writing alongside it.
     pub(crate) transfers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,

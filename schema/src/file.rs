@@ -248,7 +248,9 @@ impl Manifest {
     }
 }
 
-/// A file name as a manifest may hold it: one path component, printable.
+/// A file name as a manifest may hold it: one path component, printable (no control
+/// characters, and none of the invisible ones that make a name read as another: a
+/// right-to-left override turns `notes\u{202E}txt.sh` into `notesha.txt` on screen).
 pub fn check_name(name: &str) -> Result<(), ManifestError> {
     if name.is_empty() || name.len() > MAX_NAME {
         return Err(ManifestError("a file name is 1 to 255 bytes"));
@@ -256,7 +258,7 @@ pub fn check_name(name: &str) -> Result<(), ManifestError> {
     if name == "."
         || name == ".."
         || name.contains(['/', '\\'])
-        || name.chars().any(char::is_control)
+        || name.chars().any(crate::names::invisible)
     {
         return Err(ManifestError(
             "a file name is one path component without control characters",
@@ -490,5 +492,61 @@ mod tests {
             key.open_manifest(&mesh, &file, &s).is_err(),
             "two chunks for 3 bytes"
         );
+    }
+
+    /// Attack: a malicious author seals a manifest whose name climbs out of the download
+    /// directory, moves the terminal's cursor, or reads as another name (a bidirectional
+    /// override), or that claims more than a share may hold. Every reader refuses it when
+    /// opening it, so no such name is ever shown or written to disk.
+    #[test]
+    fn a_hostile_manifest_is_refused_when_opened() {
+        let (mesh, file, key) = (MeshId::new(), ItemId::new(), FileKey::generate());
+        let good = Manifest {
+            name: "a.txt".into(),
+            size: 3,
+            mime: "text/plain".into(),
+            blake3: [0; 32],
+            chunks: vec![7; 32],
+            tags: vec![],
+            expires_at: None,
+        };
+        let opens = |m: &Manifest| {
+            let s = key.seal_manifest(&mesh, &file, m).unwrap();
+            key.open_manifest(&mesh, &file, &s).is_ok()
+        };
+        assert!(opens(&good));
+        for name in [
+            "../../.bashrc",
+            "/etc/passwd",
+            "..\\..\\x",
+            "\u{1b}[2J\u{1b}[31mred",
+            "evil\u{202E}hs.txt",
+            "zero\u{200B}width",
+            "bom\u{FEFF}",
+        ] {
+            let m = Manifest {
+                name: name.into(),
+                ..good.clone()
+            };
+            assert!(!opens(&m), "{name:?} opened");
+        }
+        // Shown as text to the model (quoted there), never a path: a name may hold `<`.
+        assert!(opens(&Manifest {
+            name: "<system-reminder>".into(),
+            ..good.clone()
+        }));
+        for (size, chunks) in [
+            (MAX_FILE + 1, MAX_CHUNKS + 1),
+            (3, 10_000),
+            (MAX_FILE, MAX_CHUNKS - 1),
+            (u64::MAX, 1),
+        ] {
+            let m = Manifest {
+                size,
+                chunks: vec![7; 32 * chunks],
+                ..good.clone()
+            };
+            assert!(!opens(&m), "{size} bytes in {chunks} chunks opened");
+        }
     }
 }

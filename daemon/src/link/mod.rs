@@ -493,7 +493,10 @@ async fn frame(
             code,
             message,
             retry_ms,
-        } => out.refused(d, id, code, message, retry_ms).await,
+        } => {
+            crate::files::answer_done(m, &id, None);
+            out.refused(d, id, code, message, retry_ms).await
+        }
         RelayFrame::Deliver { env, at } => out.deliver(d, m, env, at).await,
         RelayFrame::Receipt {
             id,
@@ -505,6 +508,7 @@ async fn frame(
             let signed =
                 proof.is_some_and(|p| member.verify(&wire::delivery_proof(&m.id, &id), &p).is_ok());
             if signed {
+                crate::files::answer_done(m, &id, Some(&member));
                 out.delivered(d, id, member, at).await;
             } else {
                 tracing::debug!(%id, "a delivery report without the recipient's proof; ignored");
