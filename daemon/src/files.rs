@@ -1456,7 +1456,23 @@ pub(crate) async fn resume(d: Arc<Daemon>) {
             };
             match r {
                 Ok(()) => tracing::info!(%file, direction = %dir, "an interrupted file transfer finished"),
-                Err(e) => tracing::warn!(%file, direction = %dir, error = %e, "an interrupted file transfer failed; run it again"),
+                // The relay away: tried again at the next start. Anything else (the file
+                // gone, deleted, no longer readable) will not get better: forgotten (a
+                // download's part file stays, so running it again resumes).
+                Err(e @ (Error::Relay(_) | Error::Timeout(_))) => tracing::warn!(%file, direction = %dir, error = %e, "an interrupted file transfer failed; tried again at the next start"),
+                Err(e) => {
+                    tracing::warn!(%file, direction = %dir, error = %e, "an interrupted file transfer cannot finish; forgotten (run it again)");
+                    let (mesh, dir2) = (m.id, dir.clone());
+                    let _ = d2
+                        .store
+                        .write(move |tx| {
+                            tx.execute(
+                                "DELETE FROM file_transfers WHERE mesh = ?1 AND file = ?2 AND direction = ?3",
+                                params![mesh.as_bytes(), file.as_bytes(), dir2],
+                            )
+                        })
+                        .await;
+                }
             }
         });
     }
