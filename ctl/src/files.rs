@@ -10,18 +10,10 @@ use claudemesh_schema::ipc::files::{
 use std::path::{Path, PathBuf};
 
 use crate::cli::FileAction;
-use crate::daemon::{client, paths};
+use crate::daemon::paths;
 use crate::exit::{Exit, Failure, Res};
 use crate::output;
-
-async fn call<R: serde::de::DeserializeOwned>(
-    method: &str,
-    params: impl serde::Serialize,
-) -> Result<R, Failure> {
-    let p = paths()?;
-    let mut c = client(&p).await?;
-    Ok(c.call(method, params).await?)
-}
+use crate::shared::call;
 
 fn absolute(p: &Path) -> Result<PathBuf, Failure> {
     std::path::absolute(p)

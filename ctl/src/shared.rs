@@ -51,7 +51,8 @@ fn written(what: &str, w: &WriteResult, json: bool) {
     }
 }
 
-async fn call<R: serde::de::DeserializeOwned>(
+/// One call to the daemon (started if it is not running).
+pub(crate) async fn call<R: serde::de::DeserializeOwned>(
     method: &str,
     params: impl serde::Serialize,
 ) -> Result<R, Failure> {

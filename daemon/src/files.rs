@@ -130,6 +130,25 @@ fn is_text(mime: &str) -> bool {
     mime.starts_with("text/") || mime == "application/json"
 }
 
+/// Drop the record of a transfer (`up` or `down`): it finished, or never can.
+async fn forget_transfer(
+    d: &Daemon,
+    mesh: MeshId,
+    file: ItemId,
+    direction: &str,
+) -> Result<(), Error> {
+    let direction = direction.to_string();
+    d.store
+        .write(move |tx| {
+            tx.execute(
+                "DELETE FROM file_transfers WHERE mesh = ?1 AND file = ?2 AND direction = ?3",
+                params![mesh.as_bytes(), file.as_bytes(), direction],
+            )
+        })
+        .await?;
+    Ok(())
+}
+
 /// A running transfer's entry in `file_transfers`, gone when this is dropped.
 struct Tracking {
     m: Arc<MeshCtx>,
@@ -329,15 +348,7 @@ async fn upload(
             for id in ids.iter().filter(|i| !first.contains(i)) {
                 let _ = std::fs::remove_file(cache_path(d, &m.id, id));
             }
-            let mesh = m.id;
-            d.store
-                .write(move |tx| {
-                    tx.execute(
-                        "DELETE FROM file_transfers WHERE mesh = ?1 AND file = ?2 AND direction = 'up'",
-                        params![mesh.as_bytes(), file.as_bytes()],
-                    )
-                })
-                .await?;
+            forget_transfer(d, m.id, file, "up").await?;
             let _ = m
                 .link
                 .ask(
@@ -410,15 +421,7 @@ async fn upload(
     };
     let session = plan.session.filter(|s| m.is_local(s));
     let w = crate::shared::oplog::write(d, m, session, op, None).await?;
-    let mesh = m.id;
-    d.store
-        .write(move |tx| {
-            tx.execute(
-                "DELETE FROM file_transfers WHERE mesh = ?1 AND file = ?2 AND direction = 'up'",
-                params![mesh.as_bytes(), file.as_bytes()],
-            )
-        })
-        .await?;
+    forget_transfer(d, m.id, file, "up").await?;
     Ok(FileShareResult {
         mesh: m.id,
         file,
@@ -1146,15 +1149,7 @@ async fn download(
     {
         let _ = f.sync_all();
     }
-    let (mesh, file) = (m.id, r.id);
-    d.store
-        .write(move |tx| {
-            tx.execute(
-                "DELETE FROM file_transfers WHERE mesh = ?1 AND file = ?2 AND direction = 'down'",
-                params![mesh.as_bytes(), file.as_bytes()],
-            )
-        })
-        .await?;
+    forget_transfer(d, m.id, r.id, "down").await?;
     if r.author != m.member()
         && let Ok(body) = serde_json::to_string(&FetchedBody { file: r.id })
         && let Some((id, frame)) =
@@ -1462,16 +1457,7 @@ pub(crate) async fn resume(d: Arc<Daemon>) {
                 Err(e @ (Error::Relay(_) | Error::Timeout(_))) => tracing::warn!(%file, direction = %dir, error = %e, "an interrupted file transfer failed; tried again at the next start"),
                 Err(e) => {
                     tracing::warn!(%file, direction = %dir, error = %e, "an interrupted file transfer cannot finish; forgotten (run it again)");
-                    let (mesh, dir2) = (m.id, dir.clone());
-                    let _ = d2
-                        .store
-                        .write(move |tx| {
-                            tx.execute(
-                                "DELETE FROM file_transfers WHERE mesh = ?1 AND file = ?2 AND direction = ?3",
-                                params![mesh.as_bytes(), file.as_bytes(), dir2],
-                            )
-                        })
-                        .await;
+                    let _ = forget_transfer(&d2, m.id, file, &dir).await;
                 }
             }
         });
