@@ -20,6 +20,7 @@ pub mod page;
 // Peer folders (issue 15).
 pub mod peer_files;
 pub mod shared;
+pub mod tools;
 pub mod trust;
 
 /// IPC protocol version, returned by `hello`.

@@ -18,6 +18,8 @@
 //! - [`names`]: what a mesh, display or group name may be.
 //! - [`render`]: how messages read in a model's context, and how to find them again.
 //! - [`select`]: addresses (`bob`, `bob/api`, `@dev`, `*`, id prefixes) and what they match.
+//! - [`tools`]: shared MCP servers: the registry entry, the boxed call and result, and
+//!   the names a caller's MCP client sees.
 //!
 //! Read `wire` first; `PROTOCOL.md` at the repository root is the prose version of it.
 //!
@@ -41,6 +43,7 @@ pub mod op;
 pub mod render;
 pub mod roster;
 pub mod select;
+pub mod tools;
 pub mod wire;
 
 pub use ids::{ClaimId, InviteId, ItemId, MeshId, MessageId, OpId, SessionId};

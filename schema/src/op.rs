@@ -348,6 +348,32 @@ pub enum Op {
         /// The file.
         file: ItemId,
     },
+    /// Publish (or replace) a shared MCP server by name (see [`crate::tools`]): its
+    /// tools as its hosting daemon listed them, and who runs it. Only the member that
+    /// registered a name or an admin may replace or remove it.
+    RegisterMcp {
+        /// Server name ([`crate::tools::check_server`]).
+        name: String,
+        /// One-line description.
+        #[serde(default)]
+        description: String,
+        /// Its tools.
+        tools: Vec<crate::tools::ToolSpec>,
+        /// The hosting daemon's own session: where calls are boxed to.
+        host: SessionId,
+        /// Kept while the host daemon runs (else it ends with the session that
+        /// registered it).
+        #[serde(default)]
+        persistent: bool,
+        /// Who may see and call it.
+        #[serde(default)]
+        scope: crate::tools::Scope,
+    },
+    /// Remove a shared MCP server.
+    RemoveMcp {
+        /// Server name.
+        name: String,
+    },
     /// An op kind this build does not know (written by a newer version): chained, skipped.
     #[serde(other)]
     Unknown,
@@ -376,6 +402,8 @@ impl Op {
             Self::ShareFile { .. } => "share_file",
             Self::GrantFile { .. } => "grant_file",
             Self::DeleteFile { .. } => "delete_file",
+            Self::RegisterMcp { .. } => "register_mcp",
+            Self::RemoveMcp { .. } => "remove_mcp",
             Self::Unknown => "unknown",
         }
     }

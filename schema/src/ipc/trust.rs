@@ -60,13 +60,21 @@ pub const BLOCK: &str = "block";
 pub const GRANTS: &str = "grants";
 
 /// The capabilities, all granted by default.
-pub const CAPABILITIES: &[&str] = &["dm", "broadcast", "state-read", "state-write", "file-read"];
+pub const CAPABILITIES: &[&str] = &[
+    "dm",
+    "broadcast",
+    "state-read",
+    "state-write",
+    "file-read",
+    "tools",
+];
 /// Capabilities this version enforces at this daemon: `dm` and `broadcast` on arriving
 /// messages, `state-write` on what its sessions read of shared state, `file-read` on
-/// every read or listing of a folder this daemon shares (`share-dir`). `state-read` is
+/// every read or listing of a folder this daemon shares (`share-dir`), `tools` on every
+/// call to an MCP server this daemon hosts (`mcp-host`). `state-read` is
 /// recorded and shown but not enforceable while shared state is sealed with the mesh key
 /// every member holds.
-pub const ENFORCED: &[&str] = &["dm", "broadcast", "state-write", "file-read"];
+pub const ENFORCED: &[&str] = &["dm", "broadcast", "state-write", "file-read", "tools"];
 
 /// `grant` / `revoke` / `block` parameters.
 #[derive(Debug, Clone, Serialize, Deserialize)]
