@@ -259,6 +259,10 @@ pub(crate) struct Daemon {
     /// status changed (wakes its push subscription and its `inbox --wait`), and carries
     /// messages handed straight to its push subscription.
     pub(crate) bells: Mutex<HashMap<claudemesh_schema::SessionId, Arc<Bell>>>,
+    /// Local MCP servers this daemon hosts, by mesh and name (`mcp_host`).
+    pub(crate) hosted: Mutex<HashMap<(MeshId, String), Arc<crate::mcp_client::Hosted>>>,
+    /// Meshes whose catalog of shared MCP servers changed (`tools_changed`).
+    pub(crate) tools_events: tokio::sync::broadcast::Sender<MeshId>,
     /// Shared keys changed by applied ops (`state_change` notifications).
     pub(crate) state_events:
         tokio::sync::broadcast::Sender<claudemesh_schema::ipc::shared::StateChange>,
@@ -486,6 +490,8 @@ impl Daemon {
             progress: Default::default(),
             // Peer folders.
             peer_file_asks: Default::default(),
+            tool_calls: Default::default(),
+            tool_seen: Default::default(),
             peer_file_answered: Default::default(),
             retry_now: Default::default(),
             own_usage: Mutex::new(crate::mesh::Usage::since(claudemesh_schema::now_ms())),

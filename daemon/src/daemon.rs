@@ -208,6 +208,8 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
         relay,
         bells: Mutex::new(HashMap::new()),
         state_events: tokio::sync::broadcast::channel(1024).0,
+        hosted: Mutex::new(HashMap::new()),
+        tools_events: tokio::sync::broadcast::channel(64).0,
         changes,
         tasks: TaskTracker::new(),
         hostname: hostname(),
@@ -251,6 +253,14 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
     daemon.tasks.spawn(crate::reminders::run(daemon.clone()));
     daemon.tasks.spawn(crate::recovery::run(daemon.clone()));
     daemon.tasks.spawn(crate::files::resume(daemon.clone()));
+    {
+        // The replay guard is seeded before any hosted server can take a call.
+        let d = daemon.clone();
+        daemon.tasks.spawn(async move {
+            crate::tools::load_seen(&d).await;
+            crate::mcp_host::resume(d).await;
+        });
+    }
     daemon
         .tasks
         .spawn(crate::delivery::inbox::retention(daemon.clone()));

@@ -26,6 +26,8 @@ mod hooks;
 mod joining;
 pub mod keys;
 mod link;
+mod mcp_client;
+mod mcp_host;
 mod membership;
 mod mesh;
 pub mod paths;
@@ -40,6 +42,7 @@ mod shared;
 mod stats;
 mod status;
 mod store;
+mod tools;
 mod transcript;
 
 pub use client::{Client, ClientError, connect_or_start};

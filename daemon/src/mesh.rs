@@ -291,6 +291,21 @@ pub(crate) struct MeshCtx {
     >,
     /// Peer-folder questions answered lately, per asking member: since when, how many.
     pub(crate) peer_file_answered: Mutex<HashMap<MemberKey, (i64, u32)>>,
+    /// Tool calls sent to hosting daemons, waiting for their results: by call id, the
+    /// host member (a result from anyone else is dropped), where to hand it.
+    pub(crate) tool_calls: Mutex<
+        HashMap<
+            MessageId,
+            (
+                MemberKey,
+                oneshot::Sender<claudemesh_schema::tools::ResultBody>,
+            ),
+        >,
+    >,
+    /// Calls to our hosted servers seen lately, with their deadlines: a call is run once
+    /// (a relay replaying one within its deadline gets nothing). Seeded from the audit
+    /// log at start.
+    pub(crate) tool_seen: Mutex<HashMap<MessageId, i64>>,
     /// The daemon's own session's usage (the CLI's), from when the mesh was loaded.
     pub(crate) own_usage: Mutex<Usage>,
     /// Boxes computed lately between our keys and peers' (the X25519 exchange is most of

@@ -174,6 +174,28 @@ async fn connection(d: Arc<Daemon>, stream: Stream) {
                     .await;
                 continue;
             }
+            if req.method == claudemesh_schema::ipc::tools::TOOLS_WATCH {
+                let resp = match params::<claudemesh_schema::ipc::tools::ToolsWatchParams>(
+                    req.params.clone(),
+                ) {
+                    Ok(wp) => match wp.mesh.as_deref().map(|s| d.select(Some(s))).transpose() {
+                        Ok(only) => {
+                            requests.spawn(crate::tools::watch(
+                                d.clone(),
+                                only.map(|m| m.id),
+                                ntx.clone(),
+                            ));
+                            Response::ok(req.id, Value::Object(Default::default()))
+                        }
+                        Err(e) => err_response(req.id, &e),
+                    },
+                    Err(e) => err_response(req.id, &e),
+                };
+                let _ = tx
+                    .send(serde_json::to_string(&resp).unwrap_or_default())
+                    .await;
+                continue;
+            }
             if req.method == m::SUBSCRIBE {
                 let resp = match params::<m::SubscribeParams>(req.params.clone()) {
                     Ok(sp) if d.meshes().iter().any(|x| x.is_local(&sp.session)) => {
@@ -236,6 +258,7 @@ async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, Error> {
     use claudemesh_schema::ipc::files as fi;
     use claudemesh_schema::ipc::peer_files as pf;
     use claudemesh_schema::ipc::shared as sh;
+    use claudemesh_schema::ipc::tools as tl;
     let p = req.params;
     match req.method.as_str() {
         m::HELLO => json(m::HelloResult {
@@ -341,6 +364,28 @@ async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, Error> {
         pf::SHARE_DIR_RM => json(crate::peer_files::remove(d, params(p)?).await?),
         pf::PEER_FILE_READ => json(crate::peer_files::read(d, params(p)?).await?),
         pf::PEER_FILE_LIST => json(crate::peer_files::list_peer(d, params(p)?).await?),
+        // Shared MCP tools.
+        tl::MCP_HOST_ADD => json(crate::mcp_host::add(d, params(p)?).await?),
+        tl::MCP_HOST_LIST => {
+            let lp: tl::McpHostListParams = params(p)?;
+            json(crate::mcp_host::list(d, lp.mesh.as_deref())?)
+        }
+        tl::MCP_HOST_REMOVE => {
+            let np: tl::McpHostNameParams = params(p)?;
+            crate::mcp_host::remove(d, np.mesh.as_deref(), &np.name).await?;
+            Ok(Value::Object(Default::default()))
+        }
+        tl::MCP_HOST_LOGS => {
+            let np: tl::McpHostNameParams = params(p)?;
+            let lines = crate::mcp_host::logs(d, np.mesh.as_deref(), &np.name, np.lines)?;
+            json(tl::McpHostLogsResult {
+                name: np.name,
+                lines,
+            })
+        }
+        tl::TOOLS_LIST => json(crate::tools::list(d, params(p)?).await?),
+        tl::TOOLS_CALL => json(crate::tools::call(d, params(p)?).await?),
+        tl::TOOLS_AUDIT => json(crate::tools::audit_log(d, params(p)?).await?),
         m::MARK_READ => json(delivery::inbox::mark_read(d, params(p)?).await?),
         m::SENT_LIST => json(delivery::inbox::sent_list(d, params(p)?).await?),
         m::SHUTDOWN => {

@@ -2,7 +2,7 @@
 //!
 //! `daemon` → `link`, `rpc`, `transcript` → domain (`delivery`, `hooks`, `sessions`,
 //! `peers`, `status`, `stats`, `recovery`, `files`, `membership`, `joining`, `grants`,
-//! `shared`, `reminders`, `peer_files`) → `context`,
+//! `shared`, `reminders`, `peer_files`, `mcp_host`, `tools`) → `context`,
 //! `error` →
 //! `mesh` → `store`, `keys`, `paths`, `config`, `client`.
 //!
@@ -23,8 +23,10 @@ fn layer(module: &str) -> u8 {
         | "grants" | "shared" | "reminders" | "stats" | "recovery" | "files" => 3,
         // Peer folders.
         "peer_files" => 3,
+        // Shared MCP tools.
+        "mcp_host" | "tools" => 3,
         "context" | "error" => 2,
-        "mesh" => 1,
+        "mesh" | "mcp_client" => 1,
         "store" | "keys" | "paths" | "config" | "client" => 0,
         other => {
             panic!("module {other:?} has no layer: add it to this test and to ARCHITECTURE.md")

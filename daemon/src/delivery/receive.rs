@@ -4,6 +4,7 @@
 use claudemesh_schema::crypto::BoxSecret;
 use claudemesh_schema::ipc::methods::InboxMessage;
 use claudemesh_schema::message::{self, KIND_REMINDER, MessagePayload};
+use claudemesh_schema::tools;
 use claudemesh_schema::wire::{Envelope, Route, Seal};
 use claudemesh_schema::{SessionId, now_ms};
 
@@ -31,6 +32,10 @@ pub(crate) enum Opened {
     },
     /// Peer folders: a member's daemon answers our question.
     PeerFile(message::PeerFileBody),
+    /// Shared tools: a member's daemon calls a server we host; sent at `sent_at`.
+    ToolCall { sent_at: i64, call: tools::CallBody },
+    /// Shared tools: the hosting daemon answers our call.
+    ToolResult(tools::ResultBody),
     /// Nothing for us (not addressed to us, not from a member, does not open).
     Nothing,
     /// Sealed under a key epoch newer than any this daemon has folded: its `key_epoch` op
@@ -141,6 +146,28 @@ fn open_rows(
             kind: p.kind,
             body: p.body,
         });
+    }
+    // Shared tools: calls and results come boxed to a daemon's own session (the host's,
+    // the caller's), from a session of the sending member; a result may be larger than
+    // a message (the envelope bounds it).
+    if p.kind == tools::KIND_TOOL_CALL || p.kind == tools::KIND_TOOL_RESULT {
+        let to_own = matches!(env.to, Route::Session { session } if session == own);
+        if !to_own || env.seal != Seal::Box || sender.is_some_and(|s| s.member != env.from_member) {
+            return Ok(Vec::new());
+        }
+        if p.kind == tools::KIND_TOOL_CALL {
+            return match serde_json::from_str::<tools::CallBody>(&p.body) {
+                Ok(call) => Err(Opened::ToolCall {
+                    sent_at: p.sent_at,
+                    call,
+                }),
+                Err(_) => Ok(Vec::new()),
+            };
+        }
+        return match serde_json::from_str::<tools::ResultBody>(&p.body) {
+            Ok(b) => Err(Opened::ToolResult(b)),
+            Err(_) => Ok(Vec::new()),
+        };
     }
     let mut p = p;
     // A peer-folder answer carries up to 96 KiB of file content (as base64: more than a

@@ -906,6 +906,31 @@ pub(crate) fn boxed_to_member(
     body: String,
 ) -> Option<(MessageId, Vec<u8>)> {
     let boxed = m.boxes.to_member(&m.keys.member.box_secret(), to).ok()?;
+    boxed_frame(m, from, Route::Member { member: *to }, &boxed, kind, body)
+}
+
+/// A control payload boxed to one session's key (a daemon's own session: only that
+/// daemon opens it), as a `send` frame with its id.
+pub(crate) fn boxed_to_session(
+    m: &MeshCtx,
+    from: SessionId,
+    to: SessionId,
+    key: &BoxPublic,
+    kind: &str,
+    body: String,
+) -> Option<(MessageId, Vec<u8>)> {
+    let boxed = m.boxes.to_key(&m.keys.member.box_secret(), key);
+    boxed_frame(m, from, Route::Session { session: to }, &boxed, kind, body)
+}
+
+fn boxed_frame(
+    m: &MeshCtx,
+    from: SessionId,
+    to: Route,
+    boxed: &claudemesh_schema::crypto::BoxKey,
+    kind: &str,
+    body: String,
+) -> Option<(MessageId, Vec<u8>)> {
     let id = MessageId::new();
     let payload = MessagePayload {
         id,
@@ -919,13 +944,13 @@ pub(crate) fn boxed_to_member(
         body,
         to_sessions: Vec::new(),
     };
-    let ct = message::seal_direct_with(&boxed, &payload).ok()?;
+    let ct = message::seal_direct_with(boxed, &payload).ok()?;
     let env = Envelope {
         epoch: 0,
         id,
         from,
         from_member: m.member(),
-        to: Route::Member { member: *to },
+        to,
         seal: Seal::Box,
         ct,
     };

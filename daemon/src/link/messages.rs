@@ -404,6 +404,18 @@ impl Outbound {
                 let _ = ack.send(id);
                 crate::peer_files::answered(m, env.from_member, b);
             }
+            // Shared tools.
+            Opened::ToolCall { sent_at, call } => {
+                let _ = ack.send(id);
+                let (d2, m2, from, session) = (d.clone(), m.clone(), env.from_member, env.from);
+                d.spawn(async move {
+                    crate::tools::serve(&d2, &m2, from, session, id, sent_at, call).await
+                });
+            }
+            Opened::ToolResult(b) => {
+                let _ = ack.send(id);
+                crate::tools::answered(m, env.from_member, b);
+            }
             // Not for us or not openable: acknowledge so the relay stops resending it.
             Opened::Nothing => {
                 let _ = ack.send(id);

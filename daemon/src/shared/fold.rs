@@ -268,6 +268,64 @@ pub(crate) fn apply(tx: &Transaction<'_>, a: &Applying<'_>) -> rusqlite::Result<
                 params![mesh, skill],
             )?;
         }
+        Op::RegisterMcp {
+            name: server,
+            description,
+            tools,
+            host,
+            persistent,
+            scope,
+        } => {
+            if claudemesh_schema::tools::check_server(server).is_err() || *host != a.body.session {
+                // Calls go to the session that wrote it: a registration naming another
+                // session would point members' calls at a daemon that never offered them.
+                return Ok(notice(
+                    "tools",
+                    format!(
+                        "the shared MCP server {} was not registered: invalid name or host",
+                        quoted(server)
+                    ),
+                ));
+            }
+            if let Some(n) = held_refused(tx, a, Held::McpServer, server, "replace")? {
+                return Ok(n);
+            }
+            // Held to the limits here too, the same on every daemon: a member's daemon
+            // that skipped them does not get more into everyone's catalog.
+            let (tools, _) = claudemesh_schema::tools::admit(tools.clone());
+            tx.execute(
+                "INSERT INTO mcp_servers (mesh, name, description, tools, host, persistent, scope,
+                   author, author_name, updated_at, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 ON CONFLICT (mesh, name) DO UPDATE SET description = excluded.description,
+                   tools = excluded.tools, host = excluded.host, persistent = excluded.persistent,
+                   scope = excluded.scope, author = excluded.author,
+                   author_name = excluded.author_name, updated_at = excluded.updated_at,
+                   seq = excluded.seq",
+                params![
+                    mesh,
+                    server,
+                    names_one_line(description),
+                    serde_json::to_string(&tools).unwrap_or_else(|_| "[]".into()),
+                    host.as_bytes(),
+                    persistent,
+                    serde_json::to_string(scope).unwrap_or_else(|_| "{}".into()),
+                    a.author.0,
+                    name,
+                    a.at,
+                    seq
+                ],
+            )?;
+        }
+        Op::RemoveMcp { name: server } => {
+            if let Some(n) = held_refused(tx, a, Held::McpServer, server, "remove")? {
+                return Ok(n);
+            }
+            tx.execute(
+                "DELETE FROM mcp_servers WHERE mesh = ?1 AND name = ?2",
+                params![mesh, server],
+            )?;
+        }
         Op::ScheduleReminder {
             reminder,
             to,
@@ -483,12 +541,40 @@ fn skill_refused(
     name: &str,
     verb: &str,
 ) -> rusqlite::Result<Option<Vec<Notice>>> {
-    let holder: Option<(Vec<u8>, String)> = tx
-        .query_row(
+    held_refused(tx, a, Held::Skill, name, verb)
+}
+
+/// Items held by name by the member that first wrote them (skills, shared MCP servers).
+#[derive(Clone, Copy)]
+enum Held {
+    Skill,
+    McpServer,
+}
+
+/// Refuse a replace or remove of a named item by anyone but its holder or an admin.
+fn held_refused(
+    tx: &Transaction<'_>,
+    a: &Applying<'_>,
+    held: Held,
+    name: &str,
+    verb: &str,
+) -> rusqlite::Result<Option<Vec<Notice>>> {
+    let (sql, kind, noun) = match held {
+        Held::Skill => (
             "SELECT author, author_name FROM skills WHERE mesh = ?1 AND name = ?2",
-            params![a.mesh.as_bytes(), name],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+            "skill",
+            "the skill",
+        ),
+        Held::McpServer => (
+            "SELECT author, author_name FROM mcp_servers WHERE mesh = ?1 AND name = ?2",
+            "tools",
+            "the shared MCP server",
+        ),
+    };
+    let holder: Option<(Vec<u8>, String)> = tx
+        .query_row(sql, params![a.mesh.as_bytes(), name], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .optional()?;
     let key = holder
         .as_ref()
@@ -500,9 +586,9 @@ fn skill_refused(
     let who = holder.map(|(_, n)| n).unwrap_or_default();
     Ok(Some(vec![Notice {
         session: a.body.session,
-        kind: "skill",
+        kind,
         text: format!(
-            "you cannot {verb} the skill {}: {} shared it; only its author or an admin can",
+            "you cannot {verb} {noun} {}: {} shared it; only its author or an admin can",
             quoted(name),
             quoted(&who)
         ),

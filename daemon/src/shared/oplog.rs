@@ -997,6 +997,9 @@ fn after_apply(
                 d.arrived(m, &[], true);
                 d.bump_changes();
             }
+            if a.kinds.contains("register_mcp") || a.kinds.contains("remove_mcp") {
+                let _ = d.tools_events.send(m.id);
+            }
             if !a.state.is_empty() && d.state_events.receiver_count() > 0 {
                 let mesh_name = m.name();
                 for (key, value, by, by_id, seq, at, author) in a.state {

@@ -35,6 +35,7 @@ pub(crate) const TABLES: &[(&str, &str)] = &[
     ("mesh_relay", "mesh"),
     ("files", "id"),
     ("file_keys", "file, n"),
+    ("mcp_servers", "name"),
 ];
 
 /// Members whose writes this daemon does not show its sessions (grants: `state-write`
