@@ -255,6 +255,19 @@ pub(crate) enum Command {
         #[command(subcommand)]
         action: PeerFileAction,
     },
+    /// Host a local stdio MCP server for the mesh: the daemon runs it (restarted after a
+    /// crash) and peers call its tools (`mcp-host add <name> -- <command…>`, `list`,
+    /// `rm`, `logs`).
+    McpHost {
+        #[command(subcommand)]
+        action: McpHostAction,
+    },
+    /// The mesh's shared MCP servers: `tools list` (works offline), `tools call <server>
+    /// <tool> [JSON]`, `tools audit` (calls this machine's servers answered).
+    Tools {
+        #[command(subcommand)]
+        action: ToolsAction,
+    },
     /// Check the mesh's shared-state log for tampering.
     Audit {
         #[command(subcommand)]
@@ -660,12 +673,97 @@ pub(crate) enum PeerFileAction {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub(crate) enum McpHostAction {
+    /// Declare a local stdio MCP server; the daemon starts it, publishes its tools and
+    /// keeps it running.
+    Add {
+        /// Server name: a-z, 0-9 and `-` (peers see its tools as `<name>__<tool>`).
+        name: String,
+        /// One-line description for the catalog.
+        #[arg(long)]
+        description: Option<String>,
+        /// Offer only this tool (repeat for several; default: every tool it lists).
+        #[arg(long, value_name = "TOOL")]
+        allow: Vec<String>,
+        /// Who may see and call it: `mesh` (default), `@group`, or members (names or
+        /// fingerprint prefixes) separated by commas.
+        #[arg(long)]
+        scope: Option<String>,
+        /// Set an environment variable for it (`KEY=VALUE`; repeat for several).
+        #[arg(long, value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Its working directory (default: `<config>/mcp/<mesh>/<name>`).
+        #[arg(long)]
+        cwd: Option<std::path::PathBuf>,
+        /// Replace a server of this name this daemon hosts.
+        #[arg(long)]
+        replace: bool,
+        /// Wait this many seconds for it to list its tools (default 30).
+        #[arg(long)]
+        wait: Option<u64>,
+        #[command(flatten)]
+        opts: MeshJson,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// The servers this daemon hosts, with their state.
+    List(MeshJson),
+    /// Stop hosting a server; it leaves the mesh's catalog.
+    Rm {
+        /// Server name.
+        name: String,
+        #[command(flatten)]
+        opts: MeshJson,
+    },
+    /// The last lines a hosted server wrote to stderr (and its starts and exits).
+    Logs {
+        /// Server name.
+        name: String,
+        /// Most lines.
+        #[arg(long, default_value_t = 200)]
+        lines: usize,
+        #[command(flatten)]
+        opts: MeshJson,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ToolsAction {
+    /// The mesh's shared MCP servers and their tools, with whether each host is online.
+    List(MeshJson),
+    /// Call a tool of a shared server wherever it is hosted; prints its result.
+    Call {
+        /// Server name.
+        server: String,
+        /// Tool name.
+        tool: String,
+        /// Arguments, a JSON object (`-`: read from stdin); default `{}`.
+        arguments: Option<String>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+        #[command(flatten)]
+        opts: MeshJson,
+    },
+    /// Calls this machine's hosted servers were asked to run (who, what, how it ended;
+    /// never arguments or results), newest first.
+    Audit {
+        /// Most entries.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        opts: MeshJson,
+    },
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct GrantArgs {
     /// The peer (name, id or fingerprint prefix).
     pub(crate) peer: String,
     /// Capabilities.
-    #[arg(required = true, num_args = 1.., value_parser = ["dm", "broadcast", "state-read", "state-write", "file-read", "all"])]
+    #[arg(required = true, num_args = 1.., value_parser = ["dm", "broadcast", "state-read", "state-write", "file-read", "tools", "all"])]
     pub(crate) caps: Vec<String>,
     #[command(flatten)]
     pub(crate) opts: MeshJson,

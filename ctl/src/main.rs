@@ -50,6 +50,7 @@ mod service;
 mod shared;
 mod stdin;
 mod templates;
+mod tools;
 mod trust;
 mod welcome;
 
