@@ -12,6 +12,7 @@ pub mod claude;
 mod file_tools;
 // Peer folders (issue 15).
 mod peer_files_tools;
+mod remote_tools;
 mod server;
 mod shared_tools;
 

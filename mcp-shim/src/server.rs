@@ -261,7 +261,8 @@ impl Shim {
                 + Self::shared_router()
                 + Self::file_router()
                 // Peer folders.
-                + Self::peer_files_router(),
+                + Self::peer_files_router()
+                + Self::remote_tools_router(),
         }
     }
 
@@ -668,8 +669,21 @@ impl ServerHandler for Shim {
     ) -> Result<rmcp::model::CallToolResponse, rmcp::ErrorData> {
         use std::sync::atomic::Ordering::Relaxed;
         self.inner.tool_calls.fetch_add(1, Relaxed);
-        let tcc = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
-        let r = self.tool_router.call(tcc).await;
+        // A tool of a shared server (`<server>__<tool>`): called where it is hosted.
+        let remote = (!self.tool_router.has_route(&request.name))
+            .then(|| claudemesh_schema::tools::split_qualified(&request.name))
+            .flatten()
+            .map(|(s, t)| (s.to_string(), t.to_string()));
+        let r = match remote {
+            Some((server, tool)) => self
+                .call_remote(&server, &tool, request.arguments, None, None)
+                .await
+                .map(rmcp::model::CallToolResponse::Complete),
+            None => {
+                let tcc = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
+                self.tool_router.call(tcc).await
+            }
+        };
         let failed = match &r {
             Ok(rmcp::model::CallToolResponse::Complete(c)) => c.is_error == Some(true),
             Ok(_) => false,
@@ -682,9 +696,30 @@ impl ServerHandler for Shim {
         r
     }
 
+    /// Our tools, then every shared server's tools this session may call.
+    async fn list_tools(
+        &self,
+        _request: Option<rmcp::model::PaginatedRequestParams>,
+        _context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::ListToolsResult, rmcp::ErrorData> {
+        let mut tools = self.tool_router.list_all();
+        if !claude::is_health_check() {
+            let ours: std::collections::HashSet<String> =
+                tools.iter().map(|t| t.name.to_string()).collect();
+            tools.extend(
+                self.remote_tools()
+                    .await
+                    .into_iter()
+                    .filter(|t| !ours.contains(t.name.as_ref())),
+            );
+        }
+        Ok(rmcp::model::ListToolsResult::with_all_items(tools))
+    }
+
     fn get_info(&self) -> ServerConfig {
         let mut caps = ServerCapabilities::builder()
             .enable_tools()
+            .enable_tool_list_changed()
             .enable_prompts()
             .build();
         let mut exp = std::collections::BTreeMap::new();
@@ -845,6 +880,15 @@ pub async fn run(paths: Paths, exe: PathBuf) -> Result<(), ShimError> {
             }
         })
     };
+    // The catalog of shared servers: its changes become `tools/list_changed`.
+    let catalog = {
+        let (shim, peer) = (shim.clone(), running.peer().clone());
+        tokio::spawn(async move {
+            if !health_check {
+                shim.follow_catalog(peer).await;
+            }
+        })
+    };
     // Counts go to the daemon one report at a time: calls made during a report are in
     // the next one (a `Notify` keeps one permit, so none is missed and none piles up).
     let reporter = {
@@ -862,6 +906,7 @@ pub async fn run(paths: Paths, exe: PathBuf) -> Result<(), ShimError> {
     }
     pusher.abort();
     reporter.abort();
+    catalog.abort();
     let opened = shim.inner.session.lock().await.clone();
     if let Some(s) = opened
         && let Ok(mut c) = shim.client().await
