@@ -1,0 +1,338 @@
+//! Shared MCP tools end to end: a member's daemon hosts a real stdio MCP server (the one
+//! in `tests/mcp/echo_server.py`), another member calls its tools through the relay with
+//! `claudemesh tools call`; the host gates, audits, restarts; the relay sees only
+//! ciphertext.
+#![allow(clippy::unwrap_used)]
+
+use claudemesh_tests::{Node, mesh};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_claudemesh"))
+}
+
+fn echo_server() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/mcp/echo_server.py")
+        .canonicalize()
+        .unwrap()
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `host` hosts the echo server as `echo` (starts logged to `starts`).
+fn host_echo(host: &Node, starts: &Path, extra: &[&str]) -> Value {
+    let env = format!("ECHO_STARTS={}", starts.display());
+    let server = echo_server();
+    let mut args = vec![
+        "mcp-host",
+        "add",
+        "echo",
+        "--description",
+        "echoes for tests",
+        "--env",
+        &env,
+    ];
+    args.extend_from_slice(extra);
+    // `--json` before `--`: after it, everything is the server's command line.
+    args.extend_from_slice(&["--json", "--", "python3", server.to_str().unwrap()]);
+    serde_json::from_str(&host.ok(&args)).unwrap()
+}
+
+/// The catalog entry of `server` as `n` sees it.
+fn listed(n: &Node, server: &str) -> Option<Value> {
+    n.json(&["tools", "list"])["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == server)
+        .cloned()
+}
+
+fn call(n: &Node, server: &str, tool: &str, args: &str) -> Value {
+    n.json(&["tools", "call", server, tool, args])
+}
+
+fn first_text(v: &Value) -> String {
+    v["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_members_mcp_server_is_called_through_the_mesh_and_kept_alive_by_its_host() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["alice", "bob"], &[]);
+    let (alice, bob) = (&nodes[0], &nodes[1]);
+    let starts = root.path().join("starts");
+    let s = host_echo(alice, &starts, &[]);
+    assert_eq!(s["published"], true, "{s}");
+    assert_eq!(s["state"], "running", "{s}");
+    assert_eq!(s["tools"], 7, "{s}");
+    wait_until("bob sees echo in the catalog", || {
+        listed(bob, "echo").is_some()
+    });
+    let entry = listed(bob, "echo").unwrap();
+    assert_eq!(entry["online"], true, "{entry}");
+    assert_eq!(entry["mine"], false);
+    assert_eq!(entry["scope"], "mesh");
+    let qualified: Vec<_> = entry["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["qualified"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        qualified.contains(&"echo__echo".to_string()),
+        "{qualified:?}"
+    );
+
+    // Calls: the result is the server's, content and structured content alike.
+    let r = call(bob, "echo", "echo", r#"{"text":"hello over the mesh"}"#);
+    assert_eq!(first_text(&r), "hello over the mesh", "{r}");
+    let r = call(bob, "echo", "add", r#"{"a":2,"b":40}"#);
+    assert_eq!(r["result"]["structuredContent"]["sum"], 42, "{r}");
+    let r = call(bob, "echo", "fail", "{}");
+    assert_eq!(
+        r["result"]["isError"], true,
+        "a tool error is the tool's: {r}"
+    );
+    let (code, err) = bob.fails(&["tools", "call", "echo", "nope", "{}"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("has no tool \"nope\""), "{err}");
+    let (code, err) = bob.fails(&["tools", "call", "echo", "echo", "[1]"]);
+    assert_eq!(code, 2, "{err}");
+
+    // The server crashes: its host restarts it and calls work again.
+    let (_, err) = bob.fails(&["tools", "call", "echo", "crash", "{}"]);
+    assert!(err.contains("not running"), "{err}");
+    wait_until("the host restarted echo", || {
+        let l = alice.json(&["mcp-host", "list"]);
+        let s = &l["servers"][0];
+        s["restarts"].as_u64().unwrap_or(0) >= 1 && s["state"] == "running"
+    });
+    let r = call(bob, "echo", "echo", r#"{"text":"back"}"#);
+    assert_eq!(first_text(&r), "back", "{r}");
+    assert_eq!(std::fs::read_to_string(&starts).unwrap().lines().count(), 2);
+    let logs = alice.ok(&["mcp-host", "logs", "echo"]);
+    assert!(
+        logs.contains("crashing on request"),
+        "stderr is kept: {logs}"
+    );
+    assert!(logs.contains("restarting"), "{logs}");
+
+    // The server's own list_changed reaches the catalog.
+    call(bob, "echo", "grow", "{}");
+    wait_until("bob sees the new tool", || {
+        listed(bob, "echo").is_some_and(|e| {
+            e["tools"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["name"] == "extra")
+        })
+    });
+    assert_eq!(first_text(&call(bob, "echo", "extra", "{}")), "extra");
+
+    // Without the `tools` grant: refused, and the host's audit log says so.
+    alice.ok(&["revoke", "bob", "tools"]);
+    let (code, err) = bob.fails(&["tools", "call", "echo", "echo", r#"{"text":"x"}"#]);
+    assert_eq!(code, 8, "{err}");
+    assert!(err.contains("`tools` grant"), "{err}");
+    let audit = alice.json(&["tools", "audit"]);
+    let entries = audit["entries"].as_array().unwrap();
+    assert_eq!(entries[0]["outcome"], "no_grant", "{audit}");
+    assert!(
+        entries[0]["caller"].as_str().unwrap().starts_with("bob"),
+        "{audit}"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["outcome"] == "ok" && e["tool"] == "echo"),
+        "{audit}"
+    );
+    assert!(
+        !audit.to_string().contains("hello over the mesh"),
+        "the audit log keeps no arguments or results"
+    );
+    alice.ok(&["grant", "bob", "tools"]);
+    assert_eq!(
+        first_text(&call(bob, "echo", "echo", r#"{"text":"y"}"#)),
+        "y"
+    );
+
+    // Removed: it leaves the catalog.
+    alice.ok(&["mcp-host", "rm", "echo"]);
+    wait_until("echo leaves bob's catalog", || {
+        listed(bob, "echo").is_none()
+    });
+    let (code, _) = bob.fails(&["tools", "call", "echo", "echo", r#"{"text":"z"}"#]);
+    assert_eq!(code, 4);
+}
+
+#[test]
+fn a_host_offline_is_said_at_once_and_calls_work_when_it_is_back() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, mut nodes) = mesh(bin(), root.path(), &["alice", "bob"], &[]);
+    let starts = root.path().join("starts");
+    host_echo(&nodes[0], &starts, &[]);
+    wait_until("bob sees echo", || listed(&nodes[1], "echo").is_some());
+    assert_eq!(
+        first_text(&call(&nodes[1], "echo", "echo", r#"{"text":"1"}"#)),
+        "1"
+    );
+    nodes[0].stop();
+    nodes[1].wait("peer-offline", Some("alice"));
+    let entry = listed(&nodes[1], "echo").unwrap();
+    assert_eq!(
+        entry["online"], false,
+        "the catalog lists it offline: {entry}"
+    );
+    let t = Instant::now();
+    let (code, err) = nodes[1].fails(&["tools", "call", "echo", "echo", r#"{"text":"2"}"#]);
+    assert_eq!(code, 6, "{err}");
+    assert!(err.contains("offline"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(30), "within the deadline");
+    // Back: the host starts its server again at its start; calls work.
+    nodes[0].start();
+    nodes[1].wait("peer-online", Some("alice"));
+    wait_until("alice's echo runs again", || {
+        nodes[0].json(&["mcp-host", "list"])["servers"][0]["state"] == "running"
+    });
+    assert_eq!(
+        first_text(&call(&nodes[1], "echo", "echo", r#"{"text":"3"}"#)),
+        "3"
+    );
+    // A call that takes longer than the caller waits: a clear timeout.
+    let (code, err) = nodes[1].fails(&[
+        "tools",
+        "call",
+        "echo",
+        "slow",
+        r#"{"ms":5000}"#,
+        "--timeout",
+        "1",
+    ]);
+    assert_eq!(code, 9, "{err}");
+    assert!(err.contains("within 1 s"), "{err}");
+}
+
+/// A group or member scope keeps a server from everyone else's calls, whatever they
+/// claim; the host's own member always may.
+#[test]
+fn a_scoped_server_refuses_members_outside_its_scope() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["alice", "bob", "carol"], &[]);
+    let starts = root.path().join("starts");
+    host_echo(&nodes[0], &starts, &["--scope", "bob", "--allow", "echo"]);
+    wait_until("carol sees echo", || listed(&nodes[2], "echo").is_some());
+    let entry = listed(&nodes[1], "echo").unwrap();
+    assert_eq!(
+        entry["tools"].as_array().unwrap().len(),
+        1,
+        "allowlist: {entry}"
+    );
+    assert_eq!(
+        first_text(&call(&nodes[1], "echo", "echo", r#"{"text":"bob may"}"#)),
+        "bob may"
+    );
+    let (code, err) = nodes[2].fails(&["tools", "call", "echo", "echo", r#"{"text":"no"}"#]);
+    assert_eq!(code, 8, "{err}");
+    assert!(err.contains("not allowed"), "{err}");
+    let audit = nodes[0].json(&["tools", "audit"]);
+    assert_eq!(audit["entries"][0]["outcome"], "not_allowed", "{audit}");
+}
+
+/// Attack (the relay operator): arguments and results cross the relay; neither shows in
+/// a frame it sees or in anything it stores.
+#[test]
+fn the_relay_sees_neither_arguments_nor_results() {
+    use claudemesh_schema::wire::{self, ClientFrame, RelayFrame};
+    use claudemesh_tests::proxy::Proxy;
+    use std::sync::{Arc, Mutex};
+    let root = tempfile::tempdir().unwrap();
+    let relay = claudemesh_tests::RelayProc::start(bin(), &root.path().join("relay"), &[]);
+    let arg = "argument-6c1f0e9b-never-on-the-relay";
+    let res = "result-3d7a2c44-never-on-the-relay";
+    let seen: Arc<Mutex<(usize, Vec<String>)>> = Arc::default();
+    let s = seen.clone();
+    let tap = Proxy::start(
+        relay.addr,
+        &relay.data_dir,
+        Arc::new(move |sent: &[ClientFrame], f: RelayFrame| {
+            let mut frames = vec![wire::encode(&f).unwrap()];
+            if let Some(c) = sent.last() {
+                frames.push(wire::encode(c).unwrap());
+            }
+            let mut s = s.lock().unwrap();
+            s.0 += 1;
+            for fr in &frames {
+                for needle in [arg, res] {
+                    if claudemesh_tests::contains(fr, needle.as_bytes()) {
+                        s.1.push(format!("{needle} in a frame"));
+                    }
+                }
+            }
+            f
+        }),
+    );
+    let mut nodes: Vec<Node> = ["alice", "bob"]
+        .iter()
+        .map(|n| Node::new(bin(), root.path(), n))
+        .collect();
+    for n in &mut nodes {
+        n.start();
+    }
+    nodes[0].ok(&[
+        "create",
+        "test",
+        "--relay",
+        &tap.addr.to_string(),
+        "--fingerprint",
+        &relay.fingerprint,
+    ]);
+    let link = nodes[0].ok(&["invite"]);
+    nodes[1].ok(&["join", &link, "--wait", "20"]);
+    nodes[0].wait("peer-online", Some("bob"));
+    nodes[1].wait("peer-online", Some("alice"));
+    let starts = root.path().join("starts");
+    let env = format!("SECRET_RESULT={res}");
+    host_echo(&nodes[0], &starts, &["--env", &env]);
+    wait_until("bob sees echo", || listed(&nodes[1], "echo").is_some());
+    let r = call(&nodes[1], "echo", "echo", &format!(r#"{{"text":"{arg}"}}"#));
+    assert_eq!(first_text(&r), arg);
+    let r = call(&nodes[1], "echo", "whoami", r#"{"name":"SECRET_RESULT"}"#);
+    assert_eq!(first_text(&r), res);
+    drop(tap);
+    let (frames, leaks) = seen.lock().unwrap().clone();
+    assert!(frames > 10, "the tap saw the calls ({frames} frames)");
+    assert!(leaks.is_empty(), "{leaks:?}");
+    let mut stack = vec![relay.data_dir.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let b = std::fs::read(&p).unwrap_or_default();
+                for needle in [arg, res] {
+                    assert!(
+                        !claudemesh_tests::contains(&b, needle.as_bytes()),
+                        "{needle} in {}",
+                        p.display()
+                    );
+                }
+            }
+        }
+    }
+}
