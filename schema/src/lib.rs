@@ -18,6 +18,7 @@
 //! - [`names`]: what a mesh, display or group name may be.
 //! - [`render`]: how messages read in a model's context, and how to find them again.
 //! - [`select`]: addresses (`bob`, `bob/api`, `@dev`, `*`, id prefixes) and what they match.
+//! - [`vault`]: secrets kept on their owner's machine: name rules, limits, the sealed file.
 //!
 //! Read `wire` first; `PROTOCOL.md` at the repository root is the prose version of it.
 //!
@@ -41,6 +42,7 @@ pub mod op;
 pub mod render;
 pub mod roster;
 pub mod select;
+pub mod vault;
 pub mod wire;
 
 pub use ids::{ClaimId, InviteId, ItemId, MeshId, MessageId, OpId, SessionId};
