@@ -41,6 +41,8 @@ mod stats;
 mod status;
 mod store;
 mod transcript;
+// The vault (issue 16).
+mod vault;
 
 pub use client::{Client, ClientError, connect_or_start};
 pub use config::DaemonConfig;

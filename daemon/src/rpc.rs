@@ -236,6 +236,7 @@ async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, Error> {
     use claudemesh_schema::ipc::files as fi;
     use claudemesh_schema::ipc::peer_files as pf;
     use claudemesh_schema::ipc::shared as sh;
+    use claudemesh_schema::ipc::vault as va;
     let p = req.params;
     match req.method.as_str() {
         m::HELLO => json(m::HelloResult {
@@ -341,6 +342,10 @@ async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, Error> {
         pf::SHARE_DIR_RM => json(crate::peer_files::remove(d, params(p)?).await?),
         pf::PEER_FILE_READ => json(crate::peer_files::read(d, params(p)?).await?),
         pf::PEER_FILE_LIST => json(crate::peer_files::list_peer(d, params(p)?).await?),
+        // The vault.
+        va::VAULT_SET => json(crate::vault::set(d, params(p)?).await?),
+        va::VAULT_LIST => json(crate::vault::list(d, params(p)?).await?),
+        va::VAULT_DELETE => json(crate::vault::delete(d, params(p)?).await?),
         m::MARK_READ => json(delivery::inbox::mark_read(d, params(p)?).await?),
         m::SENT_LIST => json(delivery::inbox::sent_list(d, params(p)?).await?),
         m::SHUTDOWN => {

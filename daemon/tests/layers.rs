@@ -2,7 +2,7 @@
 //!
 //! `daemon` → `link`, `rpc`, `transcript` → domain (`delivery`, `hooks`, `sessions`,
 //! `peers`, `status`, `stats`, `recovery`, `files`, `membership`, `joining`, `grants`,
-//! `shared`, `reminders`, `peer_files`) → `context`,
+//! `shared`, `reminders`, `peer_files`, `vault`) → `context`,
 //! `error` →
 //! `mesh` → `store`, `keys`, `paths`, `config`, `client`.
 //!
@@ -23,6 +23,8 @@ fn layer(module: &str) -> u8 {
         | "grants" | "shared" | "reminders" | "stats" | "recovery" | "files" => 3,
         // Peer folders.
         "peer_files" => 3,
+        // The vault.
+        "vault" => 3,
         "context" | "error" => 2,
         "mesh" => 1,
         "store" | "keys" | "paths" | "config" | "client" => 0,
