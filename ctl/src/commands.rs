@@ -82,6 +82,8 @@ pub(crate) fn run(cmd: Option<Command>) -> Res {
         // Peer folders.
         Command::ShareDir(a) => block_on(peer_files::share_dir(a)),
         Command::PeerFile { action } => block_on(peer_files::peer_file(action)),
+        // The vault.
+        Command::Vault { action } => block_on(crate::vault::vault(action)),
         Command::Audit { action } => block_on(shared::audit(action)),
         Command::Debug { action } => block_on(shared::debug(action)),
     }

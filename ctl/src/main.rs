@@ -51,6 +51,8 @@ mod shared;
 mod stdin;
 mod templates;
 mod trust;
+// The vault (issue 16).
+mod vault;
 mod welcome;
 
 use std::process::ExitCode;
