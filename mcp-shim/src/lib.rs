@@ -14,5 +14,7 @@ mod file_tools;
 mod peer_files_tools;
 mod server;
 mod shared_tools;
+// The vault (issue 16).
+mod vault_tools;
 
 pub use server::{ShimError, run};

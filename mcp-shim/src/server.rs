@@ -261,7 +261,9 @@ impl Shim {
                 + Self::shared_router()
                 + Self::file_router()
                 // Peer folders.
-                + Self::peer_files_router(),
+                + Self::peer_files_router()
+                // The vault.
+                + Self::vault_router(),
         }
     }
 
