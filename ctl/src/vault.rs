@@ -59,13 +59,15 @@ fn value(name: &str, source: &[String], file: Option<&Path>) -> Result<Secret, F
             .map_err(|e| usage(format!("cannot read the value from {}: {e}", f.display())))?;
         read_bounded(fh, 0, &f.display().to_string())?
     } else if !source.is_empty() || !crate::prompt::interactive() {
-        // Room for the "\r\n" that is dropped.
-        let s = read_bounded(std::io::stdin(), 2, "stdin")?;
-        let s = s
-            .strip_suffix("\r\n")
-            .or_else(|| s.strip_suffix('\n'))
-            .unwrap_or(&s);
-        s.to_string()
+        // Room for the "\r\n" that is dropped (in place: no copy of the value is left).
+        let mut s = read_bounded(std::io::stdin(), 2, "stdin")?;
+        if s.ends_with('\n') {
+            s.pop();
+            if s.ends_with('\r') {
+                s.pop();
+            }
+        }
+        s
     } else {
         crate::prompt::secret(&format!("value of {name} (not shown): "))?
     };
