@@ -287,10 +287,21 @@ fn a_vault_value_given_as_an_argument_is_refused_and_a_piped_one_is_in_no_argv()
     let mut stdin = child.stdin.take().unwrap();
     use std::io::Write as _;
     stdin.write_all(TOKEN.as_bytes()).unwrap();
-    // Still running: stdin is open.
+    // Still running: stdin is open. Its command line shows once its exec is through
+    // (here that can trail `spawn` by a moment).
     let cmdline = |pid: u32| std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let cli = cmdline(child.id());
-    assert!(contains(&cli, b"vault"), "read the running CLI's argv");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let cli = loop {
+        let c = cmdline(child.id());
+        if contains(&c, b"\0vault\0set\0TOKEN\0-\0") {
+            break c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+            "never read the running CLI's argv"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
     assert_no_value(&cli, "the CLI's argv");
     assert_no_value(&cmdline(n.pid()), "the daemon's argv");
     drop(stdin);
