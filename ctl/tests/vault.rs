@@ -415,6 +415,94 @@ fn a_backup_restored_into_a_fresh_config_dir_lists_and_serves_the_vault() {
     assert_eq!(names(&fresh.json(&["vault", "list"])), ["TOKEN"]);
 }
 
+/// A command on a pseudo-terminal, as a person types at it (the same as `guards.rs`'s).
+struct Pty {
+    master: std::fs::File,
+    child: std::process::Child,
+    seen: std::sync::Arc<(std::sync::Mutex<String>, std::sync::Condvar)>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Pty {
+    fn spawn(node: &Node, args: &[&str]) -> Self {
+        use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+        use std::io::Read as _;
+        let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+        grantpt(&master).unwrap();
+        unlockpt(&master).unwrap();
+        let name = ptsname(&master, Vec::new()).unwrap();
+        let slave = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(name.to_str().unwrap())
+            .unwrap();
+        let mut cmd = node.command(args);
+        cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave));
+        let child = cmd.spawn().unwrap();
+        drop(cmd); // only the child holds the terminal's side now
+        let master = std::fs::File::from(master);
+        let seen: std::sync::Arc<(std::sync::Mutex<String>, std::sync::Condvar)> =
+            Default::default();
+        let (mut r, s) = (master.try_clone().unwrap(), seen.clone());
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // Ends with an error (EIO) once the child closed the terminal.
+            while let Ok(n @ 1..) = r.read(&mut buf) {
+                s.0.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+                s.1.notify_all();
+            }
+        });
+        Self {
+            master,
+            child,
+            seen,
+            reader,
+        }
+    }
+
+    /// Wait until the output holds `needle` (bounded).
+    fn expect(&self, needle: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut out = self.seen.0.lock().unwrap();
+        while !out.contains(needle) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            assert!(!left.is_zero(), "no {needle:?} in {out:?}");
+            out = self.seen.1.wait_timeout(out, left).unwrap().0;
+        }
+    }
+
+    fn type_line(&mut self, s: &str) {
+        use std::io::Write as _;
+        self.master.write_all(format!("{s}\n").as_bytes()).unwrap();
+    }
+
+    /// Wait for the exit; the exit code and everything written.
+    fn finish(mut self) -> (i32, String) {
+        let code = self.child.wait().unwrap().code().unwrap_or(-1);
+        self.reader.join().unwrap();
+        let out = self.seen.0.lock().unwrap().clone();
+        (code, out)
+    }
+}
+
+#[test]
+fn on_a_terminal_vault_set_asks_for_the_value_and_does_not_echo_it() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, n) = one_node(root.path(), "warn");
+    let mut t = Pty::spawn(&n, &["vault", "set", "TOKEN"]);
+    t.expect("value of TOKEN (not shown): ");
+    t.type_line(TOKEN);
+    let (code, out) = t.finish();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("stored TOKEN"), "{out}");
+    assert_no_value(out.as_bytes(), "the terminal");
+    assert_eq!(reveal(&n), [("TOKEN".to_string(), TOKEN.to_string())]);
+}
+
 /// A minimal line driver for `claudemesh mcp` with its stderr kept (the Python client
 /// drives the same tools in `tests/mcp/e2e_mcp.py`).
 struct Shim {
