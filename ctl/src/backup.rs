@@ -1,6 +1,7 @@
 //! `claudemesh backup <file>` / `restore <file>`: the config directory (keys, meshes and
-//! their local state, config, and the embedded relay's data) in one file sealed with a
-//! passphrase: Argon2id (64 MiB, 3 passes) derives the key, XChaCha20-Poly1305 seals.
+//! their local state, vaults, config, and the embedded relay's data) in one file sealed
+//! with a passphrase: Argon2id (64 MiB, 3 passes) derives the key, XChaCha20-Poly1305
+//! seals.
 //!
 //! File format: the line `claudemesh-backup v1`, a JSON header line (KDF parameters, salt,
 //! nonce — authenticated as associated data), then the ciphertext of a JSON list of files.
@@ -309,8 +310,10 @@ pub(crate) fn restore(a: RestoreArgs) -> Res {
         // Owner bits only: nothing restored is readable by others.
         decoded.push((rel.to_path_buf(), data, (f.mode & 0o700) | 0o600));
     }
-    // The backup replaces the identity: keys of meshes joined after it must not stay.
+    // The backup replaces the identity: keys of meshes joined after it must not stay, nor
+    // their vaults (sealed under those keys, nothing could open them).
     let _ = std::fs::remove_dir_all(paths.keys());
+    let _ = std::fs::remove_dir_all(paths.vault());
     claudemesh_daemon::paths::ensure_private_dir(&paths.dir).map_err(|e| {
         Failure::new(
             Exit::Error,

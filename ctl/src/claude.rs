@@ -17,6 +17,13 @@ use crate::exit::{Exit, Failure, Res};
 pub(crate) fn mcp() -> Res {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CLAUDEMESH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // rmcp logs whole requests, answers and unparsable lines at debug (`received
+    // request`): tool arguments, a `vault_set` value among them, would reach the log
+    // Claude Code keeps of this stderr. rmcp is held to info whatever the filter asks.
+    let filter = match "rmcp=info".parse() {
+        Ok(d) => filter.add_directive(d),
+        Err(_) => filter,
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -56,6 +56,7 @@ Share:
   file          Files, end to end encrypted: share, get, list, status, grant, rm
   share-dir     Share a folder (read-only) for peers to read; list, rm
   peer-file     List (ls) or read (cat) a file in a peer's shared folder
+  tools         Shared MCP servers: list, call a tool, audit calls answered here
 
 Meshes and trust:
   create        Create a mesh (you own it)
@@ -75,6 +76,8 @@ This machine:
   service       Run the daemon as a user service
   relay         Run a relay for other machines
   backup        Back up identity, meshes and config
+  vault         Secrets (API tokens) kept on this machine, per mesh
+  mcp-host      Host a local MCP server for the mesh: add, list, rm, logs
   restore       Restore a backup
   completions   Shell completion scripts
   wait          Wait for a link or a peer (for scripts)
@@ -125,7 +128,7 @@ pub(crate) enum Command {
     Join(JoinArgs),
     /// List the meshes you have joined.
     List(JsonArg),
-    /// Leave a mesh and delete its keys from this machine.
+    /// Leave a mesh and delete its keys (and its vault) from this machine.
     Leave(LeaveArgs),
     /// Change a mesh itself (owner or admin): `mesh set-relay <host:port>` moves it to
     /// another relay address, and every member follows.
@@ -267,6 +270,14 @@ pub(crate) enum Command {
     Tools {
         #[command(subcommand)]
         action: ToolsAction,
+    },
+    // The vault (issue 16).
+    /// Secrets (API tokens and the like) kept on this machine, sealed, per mesh: `vault set
+    /// <name>` (the value from stdin, --file or typed without echo, never from the command
+    /// line), `vault list` (never values), `vault rm <name>`.
+    Vault {
+        #[command(subcommand)]
+        action: VaultAction,
     },
     /// Check the mesh's shared-state log for tampering.
     Audit {
@@ -753,6 +764,39 @@ pub(crate) enum ToolsAction {
         /// Most entries.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        #[command(flatten)]
+        opts: MeshJson,
+    },
+}
+
+// The vault (issue 16).
+#[derive(Debug, Subcommand)]
+pub(crate) enum VaultAction {
+    /// Store a secret, or replace the one of that name. The value comes from stdin (piped,
+    /// or `-`; one trailing newline dropped), from --file (its exact bytes), or is typed
+    /// without echo on a terminal; never from the command line, where other users could
+    /// read it. UTF-8 text, at most 64 KiB.
+    Set {
+        /// Its name: 1 to 64 letters, digits, `_`, `.` or `-` (like GITHUB_TOKEN).
+        name: String,
+        /// `-` reads the value from stdin; a value given here is refused.
+        #[arg(value_name = "-", num_args = 0..)]
+        source: Vec<String>,
+        /// Read the value from this file (its exact bytes).
+        #[arg(long, conflicts_with = "source")]
+        file: Option<std::path::PathBuf>,
+        /// One line saying what it is (replacing without one keeps the old one).
+        #[arg(long)]
+        description: Option<String>,
+        #[command(flatten)]
+        opts: MeshJson,
+    },
+    /// The secrets' names, sizes, times and descriptions; never their values.
+    List(MeshJson),
+    /// Delete a secret.
+    Rm {
+        /// Its name.
+        name: String,
         #[command(flatten)]
         opts: MeshJson,
     },

@@ -52,6 +52,8 @@ mod stdin;
 mod templates;
 mod tools;
 mod trust;
+// The vault (issue 16).
+mod vault;
 mod welcome;
 
 use std::process::ExitCode;

@@ -49,6 +49,8 @@ fn a_real_mcp_client_uses_every_tool_and_gets_channel_pushes() {
     assert!(v["channel_latency_ms"].is_number());
     // Peer folders: read_peer_file and list_peer_files ran (`peer_files` in the script).
     assert_eq!(v["peer_files"], true, "{v}");
+    // The vault tools ran, and none returned a value (`vault` in the script).
+    assert_eq!(v["vault"], true, "{v}");
 }
 
 #[test]

@@ -44,6 +44,8 @@ mod status;
 mod store;
 mod tools;
 mod transcript;
+// The vault (issue 16).
+mod vault;
 
 pub use client::{Client, ClientError, connect_or_start};
 pub use config::DaemonConfig;

@@ -880,6 +880,7 @@ pub(crate) async fn leave(d: &Arc<Daemon>, p: LeaveParams) -> Result<MeshInfo, E
     d.remove_mesh(&m.id);
     d.store.delete_mesh(m.id).await?;
     MeshKeys::remove(&d.paths.keys(), &m.id).map_err(|e| Error::internal(e.to_string()))?;
+    crate::vault::forget(&d.paths, &m.id);
     Ok(info)
 }
 

@@ -5,6 +5,7 @@
 //! - `config.toml`: settings (display name, embedded relay, link options)
 //! - `daemon.db`: the SQLite store (meshes, roster, presence cache, inbox, outbox)
 //! - `keys/<mesh id>.key` (0600, in a 0700 directory): member key, mesh key, session keys
+//! - `vault/<mesh id>.vault` (0600, in a 0700 directory): secrets kept here, sealed
 //! - `daemon.sock`: the local socket (0600), unless the path would be too long
 //! - `daemon.lock`: single-instance lock, holds the daemon's pid
 //! - `logs/`: daemon logs
@@ -76,6 +77,10 @@ impl Paths {
     /// `keys/`.
     pub fn keys(&self) -> PathBuf {
         self.dir.join("keys")
+    }
+    /// `vault/`: one sealed vault file per mesh (see the daemon's `vault`).
+    pub fn vault(&self) -> PathBuf {
+        self.dir.join("vault")
     }
     /// `joins/`: joins waiting for an admin (each file holds a new member key).
     pub fn joins(&self) -> PathBuf {

@@ -259,6 +259,7 @@ async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, Error> {
     use claudemesh_schema::ipc::peer_files as pf;
     use claudemesh_schema::ipc::shared as sh;
     use claudemesh_schema::ipc::tools as tl;
+    use claudemesh_schema::ipc::vault as va;
     let p = req.params;
     match req.method.as_str() {
         m::HELLO => json(m::HelloResult {
@@ -386,6 +387,10 @@ async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, Error> {
         tl::TOOLS_LIST => json(crate::tools::list(d, params(p)?).await?),
         tl::TOOLS_CALL => json(crate::tools::call(d, params(p)?).await?),
         tl::TOOLS_AUDIT => json(crate::tools::audit_log(d, params(p)?).await?),
+        // The vault.
+        va::VAULT_SET => json(crate::vault::set(d, params(p)?).await?),
+        va::VAULT_LIST => json(crate::vault::list(d, params(p)?).await?),
+        va::VAULT_DELETE => json(crate::vault::delete(d, params(p)?).await?),
         m::MARK_READ => json(delivery::inbox::mark_read(d, params(p)?).await?),
         m::SENT_LIST => json(delivery::inbox::sent_list(d, params(p)?).await?),
         m::SHUTDOWN => {

@@ -2,7 +2,7 @@
 //!
 //! `daemon` → `link`, `rpc`, `transcript` → domain (`delivery`, `hooks`, `sessions`,
 //! `peers`, `status`, `stats`, `recovery`, `files`, `membership`, `joining`, `grants`,
-//! `shared`, `reminders`, `peer_files`, `mcp_host`, `tools`) → `context`,
+//! `shared`, `reminders`, `peer_files`, `mcp_host`, `tools`, `vault`) → `context`,
 //! `error` →
 //! `mesh` → `store`, `keys`, `paths`, `config`, `client`.
 //!
@@ -25,6 +25,8 @@ fn layer(module: &str) -> u8 {
         "peer_files" => 3,
         // Shared MCP tools.
         "mcp_host" | "tools" => 3,
+        // The vault.
+        "vault" => 3,
         "context" | "error" => 2,
         "mesh" | "mcp_client" => 1,
         "store" | "keys" | "paths" | "config" | "client" => 0,

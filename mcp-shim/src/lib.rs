@@ -15,5 +15,7 @@ mod peer_files_tools;
 mod remote_tools;
 mod server;
 mod shared_tools;
+// The vault (issue 16).
+mod vault_tools;
 
 pub use server::{ShimError, run};

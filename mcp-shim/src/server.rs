@@ -262,7 +262,9 @@ impl Shim {
                 + Self::file_router()
                 // Peer folders.
                 + Self::peer_files_router()
-                + Self::remote_tools_router(),
+                + Self::remote_tools_router()
+                // The vault.
+                + Self::vault_router(),
         }
     }
 

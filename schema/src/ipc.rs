@@ -22,6 +22,8 @@ pub mod peer_files;
 pub mod shared;
 pub mod tools;
 pub mod trust;
+// The vault (issue 16).
+pub mod vault;
 
 /// IPC protocol version, returned by `hello`.
 pub const IPC_PROTOCOL: u32 = 1;

@@ -20,6 +20,7 @@
 //! - [`select`]: addresses (`bob`, `bob/api`, `@dev`, `*`, id prefixes) and what they match.
 //! - [`tools`]: shared MCP servers: the registry entry, the boxed call and result, and
 //!   the names a caller's MCP client sees.
+//! - [`vault`]: secrets kept on their owner's machine: name rules, limits, the sealed file.
 //!
 //! Read `wire` first; `PROTOCOL.md` at the repository root is the prose version of it.
 //!
@@ -44,6 +45,7 @@ pub mod render;
 pub mod roster;
 pub mod select;
 pub mod tools;
+pub mod vault;
 pub mod wire;
 
 pub use ids::{ClaimId, InviteId, ItemId, MeshId, MessageId, OpId, SessionId};

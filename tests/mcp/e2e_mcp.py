@@ -42,6 +42,8 @@ EXPECTED_TOOLS = {
     "read_peer_file", "list_peer_files",
     # shared files
     "share_file", "get_file", "list_files", "file_status", "delete_file", "grant_file_access",
+    # the vault
+    "vault_set", "vault_list", "vault_delete",
 }
 
 
@@ -232,6 +234,7 @@ async def main():
                 check(got.empty(), "still nothing pushed")
             await shared_state(a, b, out, got)
             await peer_files(b, out)
+            await vault(a, b, out)
             with tempfile.TemporaryDirectory() as tmp:
                 await shared_files(a, b, out, tmp)
     print(json.dumps(out))
@@ -347,6 +350,31 @@ async def peer_files(b, out):
             pass
         cli(DIR_A, "share-dir", "rm", proj)
     out["peer_files"] = True
+
+async def vault(a, b, out):
+    """vault_set / vault_list / vault_delete: each machine keeps its own; no tool ever
+    returns a value."""
+    secret = "vault-e2e-value-4c1f9a7e2b"
+    stored = text(await a.call_tool("vault_set", {"name": "E2E_TOKEN", "value": secret, "description": "from the python client"}))
+    check(stored["entry"]["size"] == len(secret) and not stored["replaced"], f"vault_set: {stored}")
+    again = await a.call_tool("vault_set", {"name": "E2E_TOKEN", "value": secret})
+    check(not again.is_error and json.loads(again.content[0].text)["replaced"], f"replaced: {again.content}")
+    listed = await a.call_tool("vault_list", {})
+    check(not listed.is_error and secret not in listed.content[0].text, f"vault_list has no value: {listed.content}")
+    entries = json.loads(listed.content[0].text)["entries"]
+    check([(e["name"], e["description"], e["size"]) for e in entries] == [("E2E_TOKEN", "from the python client", len(secret))], f"vault_list: {entries}")
+    check(all("value" not in e for e in entries), f"no value field: {entries}")
+    # Bob's machine has a vault of its own: alice's secret is not in it.
+    check(text(await b.call_tool("vault_list", {}))["entries"] == [], "a vault stays on its machine")
+    bad = await a.call_tool("vault_set", {"name": "bad name", "value": secret})
+    check(bad.is_error and secret not in bad.content[0].text, f"bad name: {bad.content}")
+    gone = await a.call_tool("vault_delete", {"name": "E2E_TOKEN"})
+    check(not gone.is_error and secret not in gone.content[0].text, f"vault_delete: {gone.content}")
+    check(text(await a.call_tool("vault_list", {}))["entries"] == [], "deleted")
+    again = await a.call_tool("vault_delete", {"name": "E2E_TOKEN"})
+    check(again.is_error and "no entry" in again.content[0].text, f"twice: {again.content}")
+    out["vault"] = True
+
 
 def unquote(block):
     """The peer text a framed block quotes: its lines behind `| `, entities read back."""
