@@ -19,10 +19,14 @@ pub(crate) fn mcp() -> Res {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     // rmcp logs whole requests, answers and unparsable lines at debug (`received
     // request`): tool arguments, a `vault_set` value among them, would reach the log
-    // Claude Code keeps of this stderr. rmcp is held to info whatever the filter asks.
+    // Claude Code keeps of this stderr. rmcp is held to info at most (quieter filters
+    // keep it quieter).
+    let verbose = filter
+        .max_level_hint()
+        .is_none_or(|l| l > tracing_subscriber::filter::LevelFilter::INFO);
     let filter = match "rmcp=info".parse() {
-        Ok(d) => filter.add_directive(d),
-        Err(_) => filter,
+        Ok(d) if verbose => filter.add_directive(d),
+        _ => filter,
     };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -336,3 +336,42 @@ fn the_relay_sees_neither_arguments_nor_results() {
         }
     }
 }
+
+/// The real Python MCP client on bob's side: shared tools appear and leave with
+/// `tools/list_changed`, as `<server>__<tool>` and through `mesh_tool_call`, and a call
+/// of `mcp-server-time` (PyPI) through the mesh matches a direct call of it.
+#[test]
+fn a_real_mcp_client_gains_and_loses_shared_tools_and_calls_them() {
+    let python = std::env::var_os("CLAUDEMESH_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/mcp-venv/bin/python")
+        });
+    let time = python.with_file_name("mcp-server-time");
+    assert!(
+        time.exists(),
+        "mcp-server-time is not installed next to {}: run `bash scripts/test`",
+        python.display()
+    );
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["alice", "bob"], &[]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/mcp/tools_mcp.py");
+    let out = std::process::Command::new(&python)
+        .arg(script)
+        .env("CM_BIN", bin())
+        .env("CM_DIR_A", &nodes[0].dir)
+        .env("CM_DIR_B", &nodes[1].dir)
+        .env("CM_ECHO_SERVER", echo_server())
+        .env("CM_TIME_SERVER", &time)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python MCP client run failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["session_server_ended"], true, "{v}");
+}

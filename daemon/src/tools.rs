@@ -342,7 +342,7 @@ pub(crate) async fn serve(
     let result = if fresh {
         execute(d, m, from, id, call).await
     } else {
-        audit(d, m, id, &from, &call, "stale", 0, 0, 0);
+        audit(d, m, id, &from, &call, "stale", 0, 0, 0).await;
         ResultBody {
             of: id,
             error: Some(Refusal::Stale),
@@ -484,7 +484,8 @@ async fn execute(
         started.elapsed().as_millis() as u64,
         args_len,
         result_len,
-    );
+    )
+    .await;
     outcome
 }
 
@@ -501,10 +502,11 @@ fn refusal_code(r: Refusal) -> &'static str {
     }
 }
 
-/// Record a call in the audit log, off the call's path (the in-memory `tool_seen` guards
-/// against a replay meanwhile).
+/// Record a call in the audit log. A call that ran is recorded off its path (the
+/// in-memory `tool_seen` guards against a replay meanwhile); a refusal before it is
+/// answered, so the host's owner who looks right after sees it.
 #[allow(clippy::too_many_arguments)]
-fn audit(
+async fn audit(
     d: &Arc<Daemon>,
     m: &MeshCtx,
     id: MessageId,
@@ -518,7 +520,7 @@ fn audit(
     let name = m.member_name(from).map(|(n, _)| n).unwrap_or_default();
     let (mesh, from, server, tool) = (m.id, *from, call.server.clone(), call.tool.clone());
     let d2 = d.clone();
-    d.spawn(async move {
+    let write = async move {
         let r = d2
             .store
             .write(move |tx| {
@@ -551,7 +553,12 @@ fn audit(
         if let Err(e) = r {
             tracing::warn!(error = %e, "cannot write the tool-call audit log");
         }
-    });
+    };
+    if outcome == "ok" || outcome == "tool_error" {
+        d.spawn(write);
+    } else {
+        write.await;
+    }
 }
 
 /// Seed the replay guard from the audit log (calls whose deadlines may not have passed).

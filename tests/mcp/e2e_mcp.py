@@ -44,6 +44,8 @@ EXPECTED_TOOLS = {
     "share_file", "get_file", "list_files", "file_status", "delete_file", "grant_file_access",
     # the vault
     "vault_set", "vault_list", "vault_delete",
+    # shared MCP tools
+    "mesh_mcp_register", "mesh_mcp_list", "mesh_tool_call", "mesh_mcp_remove",
 }
 
 
