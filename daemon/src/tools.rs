@@ -406,7 +406,12 @@ async fn execute(
         let Some(h) = lock(&d.hosted).get(&(m.id, call.server.clone())).cloned() else {
             return refuse(Refusal::NotHosted, String::new());
         };
-        if from != m.member() {
+        // Groups matter only to a group scope (a presence read on the call's path).
+        if from != m.member() && !matches!(h.spec.scope, Scope::Group { .. }) {
+            if !h.spec.scope.admits(&from, &[]) {
+                return refuse(Refusal::NotAllowed, String::new());
+            }
+        } else if from != m.member() {
             let groups = match call.session {
                 Some(s) => {
                     let mesh = m.id;

@@ -1138,7 +1138,93 @@ fn main() {
         if all || what == "files" {
             files(&bin);
         }
+        if all || what == "tools" {
+            tools(&bin).await;
+        }
     });
+}
+
+/// Shared MCP tools as a session calls them: the echo server of the tests hosted by ann's
+/// daemon (`mcp-host add`), `tools_call` over the daemon socket as the shim makes it.
+/// Round trips of a trivial call from ben (ben's daemon -> relay -> ann's daemon -> the
+/// server's stdio -> back), then the same call made on ann's own daemon (no relay: where
+/// the time goes), then calls/s with 10 concurrent callers on ben.
+async fn tools(bin: &Path) {
+    use claudemesh_schema::ipc::tools as tl;
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin, root.path(), &["ann", "ben"], &[]);
+    let server = Path::new(env!("CARGO_MANIFEST_DIR")).join("mcp/echo_server.py");
+    nodes[0].ok(&[
+        "mcp-host",
+        "add",
+        "echo",
+        "--",
+        "python3",
+        server.to_str().unwrap(),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !nodes[1].ok(&["tools", "list"]).contains("echo") {
+        assert!(Instant::now() < deadline, "ben never listed echo");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let params = || tl::ToolsCallParams {
+        mesh: None,
+        session: None,
+        server: "echo".into(),
+        tool: "echo".into(),
+        arguments: serde_json::json!({"text": "ping"}),
+        timeout_ms: None,
+    };
+    for (label, node) in [
+        ("remote, through the relay", &nodes[1]),
+        ("on the host's own daemon", &nodes[0]),
+    ] {
+        let mut c = Client::connect(&node.dir.join("daemon.sock"))
+            .await
+            .unwrap();
+        for _ in 0..20 {
+            let _: tl::ToolsCallResult = c.call(tl::TOOLS_CALL, params()).await.unwrap();
+        }
+        let mut v = Vec::new();
+        for _ in 0..500 {
+            let t = Instant::now();
+            let _: tl::ToolsCallResult = c.call(tl::TOOLS_CALL, params()).await.unwrap();
+            v.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        println!(
+            "tools: trivial call ({label}), 500 sequential: p50 {:.2} ms, p99 {:.2} ms",
+            pct(&mut v, 0.5),
+            pct(&mut v, 0.99)
+        );
+    }
+    let sock = nodes[1].dir.join("daemon.sock");
+    let per = 200;
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let sock = sock.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(&sock).await.unwrap();
+            let mut v = Vec::new();
+            for _ in 0..per {
+                let t = Instant::now();
+                let _: tl::ToolsCallResult = c.call(tl::TOOLS_CALL, params()).await.unwrap();
+                v.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            v
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "tools: 10 concurrent callers x {per}: {:.0} calls/s, p50 {:.2} ms, p99 {:.2} ms",
+        (10 * per) as f64 / secs,
+        pct(&mut all, 0.5),
+        pct(&mut all, 0.99)
+    );
 }
 
 /// Shared files through the CLI as users run it: a relay and three daemons; `file share`
