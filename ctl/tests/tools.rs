@@ -375,3 +375,105 @@ fn a_real_mcp_client_gains_and_loses_shared_tools_and_calls_them() {
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["session_server_ended"], true, "{v}");
 }
+
+/// Attack (the relay operator): it hands the host a call it already delivered, in place
+/// of the next one. The host runs each call once: the replay runs nothing, the caller of
+/// the swallowed call hears a timeout, and later calls work.
+#[test]
+fn a_call_replayed_by_the_relay_is_not_run_again() {
+    use claudemesh_schema::wire::{ClientFrame, RelayFrame, Route};
+    use claudemesh_tests::proxy::Proxy;
+    use std::sync::{Arc, Mutex};
+    let root = tempfile::tempdir().unwrap();
+    let relay = claudemesh_tests::RelayProc::start(bin(), &root.path().join("relay"), &[]);
+    // The host daemon's session, once known; the first call delivered to it; replayed yet.
+    type Kept = (
+        Option<claudemesh_schema::SessionId>,
+        Option<RelayFrame>,
+        bool,
+    );
+    let kept: Arc<Mutex<Kept>> = Arc::default();
+    let k = kept.clone();
+    let tap = Proxy::start(
+        relay.addr,
+        &relay.data_dir,
+        Arc::new(move |_sent: &[ClientFrame], f: RelayFrame| {
+            let mut k = k.lock().unwrap();
+            let RelayFrame::Deliver { env, .. } = &f else {
+                return f;
+            };
+            if k.0.is_none()
+                || env.to
+                    != (Route::Session {
+                        session: k.0.unwrap(),
+                    })
+            {
+                return f;
+            }
+            match (k.1.clone(), k.2) {
+                (None, _) => {
+                    k.1 = Some(f.clone());
+                    f
+                }
+                (Some(first), false) => {
+                    k.2 = true;
+                    first
+                }
+                _ => f,
+            }
+        }),
+    );
+    let mut nodes: Vec<Node> = ["alice", "bob"]
+        .iter()
+        .map(|n| Node::new(bin(), root.path(), n))
+        .collect();
+    for n in &mut nodes {
+        n.start();
+    }
+    nodes[0].ok(&[
+        "create",
+        "test",
+        "--relay",
+        &tap.addr.to_string(),
+        "--fingerprint",
+        &relay.fingerprint,
+    ]);
+    let link = nodes[0].ok(&["invite"]);
+    nodes[1].ok(&["join", &link, "--wait", "20"]);
+    nodes[0].wait("peer-online", Some("bob"));
+    nodes[1].wait("peer-online", Some("alice"));
+    let calls = root.path().join("calls");
+    let env = format!("ECHO_CALLS={}", calls.display());
+    host_echo(&nodes[0], &root.path().join("starts"), &["--env", &env]);
+    wait_until("bob sees echo", || listed(&nodes[1], "echo").is_some());
+    let session: claudemesh_schema::SessionId =
+        serde_json::from_value(nodes[0].json(&["whoami"])["identities"][0]["session"].clone())
+            .unwrap();
+    kept.lock().unwrap().0 = Some(session);
+    assert_eq!(
+        first_text(&call(&nodes[1], "echo", "echo", r#"{"text":"once"}"#)),
+        "once"
+    );
+    // The relay swaps the next call for the first one.
+    let (code, err) = nodes[1].fails(&[
+        "tools",
+        "call",
+        "echo",
+        "add",
+        r#"{"a":1,"b":1}"#,
+        "--timeout",
+        "3",
+    ]);
+    assert_eq!(code, 9, "the swallowed call times out: {err}");
+    assert!(kept.lock().unwrap().2, "the relay replayed the first call");
+    assert_eq!(
+        first_text(&call(&nodes[1], "echo", "echo", r#"{"text":"again"}"#)),
+        "again"
+    );
+    let ran = std::fs::read_to_string(&calls).unwrap();
+    assert_eq!(
+        ran.lines().collect::<Vec<_>>(),
+        ["echo", "echo"],
+        "the replayed call ran once, the swallowed one never"
+    );
+}

@@ -4,7 +4,8 @@ Tools: `echo` (returns its text), `add` (a + b, also as structuredContent), `fai
 error), `crash` (the process exits, so its host restarts it), `slow` (sleeps `ms`), `grow`
 (adds the tool `extra` and says `notifications/tools/list_changed`), and `whoami` (the
 value of an environment variable, for the vault tests). Every start appends a line to
-$ECHO_STARTS when set, so a test can count restarts.
+$ECHO_STARTS when set, so a test can count restarts, and every call its tool's name to
+$ECHO_CALLS, so a test can count runs.
 """
 
 import json
@@ -61,6 +62,10 @@ def main():
             send({"jsonrpc": "2.0", "id": mid, "result": {"tools": tools}})
         elif method == "tools/call":
             name, args = params.get("name"), params.get("arguments") or {}
+            calls = os.environ.get("ECHO_CALLS")
+            if calls:
+                with open(calls, "a") as f:
+                    f.write(f"{name}\n")
             if name == "echo":
                 result = text(str(args.get("text", "")))
             elif name == "add":
