@@ -651,3 +651,76 @@ fn a_health_check_with_the_daemon_down_starts_nothing() {
         "no relay bound on {port}"
     );
 }
+
+/// A tool of a peer's shared MCP server is a tool of bob's Claude Code: listed to the
+/// model as `mcp__claudemesh__<server>__<tool>` with the host's schema and a description
+/// marked as the host's, and a call the model makes runs on alice's machine and comes
+/// back as its result.
+#[test]
+fn claude_code_calls_a_peers_shared_mcp_tool() {
+    let w = world(false);
+    let server = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/mcp/echo_server.py")
+        .canonicalize()
+        .unwrap();
+    w.alice.ok(&[
+        "mcp-host",
+        "add",
+        "echo",
+        "--",
+        "python3",
+        server.to_str().unwrap(),
+    ]);
+    eventually("bob's catalog lists echo", 30, || {
+        w.bob.ok(&["tools", "list"]).contains("echo")
+    });
+    let name = "mcp__claudemesh__echo__echo";
+    let out = claude::print(
+        &w.work,
+        &w.env,
+        &[
+            "--output-format",
+            "json",
+            &format!("--allowedTools={name}"),
+            &format!(r#"CALL:{name} {{"text":"ran on alice's machine"}}"#),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "claude -p failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let turns = w.model.turns();
+    let listed = turns[0].body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("{name} offered to the model"));
+    assert!(
+        listed["description"]
+            .as_str()
+            .unwrap()
+            .contains("shared in your claudemesh mesh by alice"),
+        "{listed}"
+    );
+    assert_eq!(listed["input_schema"]["required"][0], "text", "{listed}");
+    let answered = turns
+        .iter()
+        .find(|t| occurrences(t, "tool_result") > 0)
+        .expect("the call's result went back to the model");
+    let result = answered.body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
+        .find(|b| b["type"] == "tool_result")
+        .unwrap();
+    let text = result["content"].to_string();
+    assert!(text.contains("ran on alice's machine"), "{result}");
+    assert!(text.contains("[result of echo__echo from alice"), "{result}");
+    assert_ne!(result["is_error"], true, "{result}");
+    let audit = w.alice.json(&["tools", "audit"]);
+    assert_eq!(audit["entries"][0]["tool"], "echo", "{audit}");
+}

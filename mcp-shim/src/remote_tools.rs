@@ -21,6 +21,9 @@ use std::sync::Arc;
 
 use crate::server::{Shim, tool_error};
 
+/// Most shared tools offered as tools of their own.
+const MAX_OFFERED: usize = 256;
+
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RegisterArgs {
@@ -141,7 +144,13 @@ impl Shim {
             return Vec::new();
         };
         let mut out = Vec::new();
+        // Servers come sorted by name; past the cap (a member registering servers in a
+        // loop must not fill the model's context), the rest stay reachable through
+        // mesh_mcp_list and mesh_tool_call.
         for server in r.servers.iter().filter(|x| !x.mine) {
+            if out.len() >= MAX_OFFERED {
+                break;
+            }
             for t in &server.tools {
                 let Some(name) = &t.qualified else { continue };
                 let Value::Object(schema) = t.spec.input_schema.clone() else {

@@ -6,7 +6,8 @@
 //! - a request without tools (titles, summaries) gets a short text;
 //! - a last user message holding a `tool_result` gets the text `done`;
 //! - a last user message with `RUN:<command>` (to the end of its line) gets a `Bash`
-//!   tool call running it;
+//!   tool call running it; one with `CALL:<tool> <json>` a call of that tool with that
+//!   input;
 //! - anything else gets the text `ok`.
 //!
 //! `HEAD`/`GET` and other paths answer `200 {}`; `count_tokens` answers a count.
@@ -119,8 +120,14 @@ fn text_of(content: &Value) -> String {
     }
 }
 
-/// What to answer: `(tool command, text)`.
-fn decide(body: &Value) -> (Option<String>, String) {
+/// A tool call to answer with: `Bash` running a command, or any tool with its input.
+enum Call {
+    Bash(String),
+    Tool(String, Value),
+}
+
+/// What to answer: `(tool call, text)`.
+fn decide(body: &Value) -> (Option<Call>, String) {
     let tools = body["tools"].as_array().is_some_and(|t| !t.is_empty());
     if !tools {
         return (None, "claudemesh test".into());
@@ -138,6 +145,14 @@ fn decide(body: &Value) -> (Option<String>, String) {
         return (None, "done".into());
     }
     let text = text_of(content);
+    if let Some(pos) = text.rfind("CALL:") {
+        let line = text[pos + 5..].lines().next().unwrap_or("").trim();
+        if let Some((name, input)) = line.split_once(' ')
+            && let Ok(input) = serde_json::from_str::<Value>(input)
+        {
+            return (Some(Call::Tool(name.to_string(), input)), String::new());
+        }
+    }
     if let Some(pos) = text.rfind("RUN:") {
         let cmd = text[pos + 4..]
             .lines()
@@ -146,18 +161,23 @@ fn decide(body: &Value) -> (Option<String>, String) {
             .trim()
             .to_string();
         if !cmd.is_empty() {
-            return (Some(cmd), String::new());
+            return (Some(Call::Bash(cmd)), String::new());
         }
     }
     (None, "ok".into())
 }
 
-fn sse(n: usize, model: &str, tool: Option<String>, text: String) -> Vec<u8> {
+fn sse(n: usize, model: &str, tool: Option<Call>, text: String) -> Vec<u8> {
     let usage = json!({"input_tokens": 10, "output_tokens": 5, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0});
     let (block, delta, stop) = match tool {
-        Some(cmd) => (
+        Some(Call::Bash(cmd)) => (
             json!({"type": "tool_use", "id": format!("toolu_stub_{n:04}"), "name": "Bash", "input": {}}),
             json!({"type": "input_json_delta", "partial_json": json!({"command": cmd, "description": "test tool call"}).to_string()}),
+            "tool_use",
+        ),
+        Some(Call::Tool(name, input)) => (
+            json!({"type": "tool_use", "id": format!("toolu_stub_{n:04}"), "name": name, "input": {}}),
+            json!({"type": "input_json_delta", "partial_json": input.to_string()}),
             "tool_use",
         ),
         None => (
