@@ -362,17 +362,27 @@ pub(crate) async fn serve(
             return;
         }
     };
-    let Ok(body) = serde_json::to_string(&result) else {
-        return;
+    let seal = |r: &ResultBody| {
+        boxed_to_session(
+            m,
+            m.keys.session,
+            from_session,
+            &caller.session_key,
+            KIND_TOOL_RESULT,
+            serde_json::to_string(r).ok()?,
+        )
     };
-    let Some((rid, frame)) = boxed_to_session(
-        m,
-        m.keys.session,
-        from_session,
-        &caller.session_key,
-        KIND_TOOL_RESULT,
-        body,
-    ) else {
+    // A result within MAX_RESULT can still outgrow an envelope once escaped twice (JSON
+    // text in a JSON payload): the caller hears `too_large`, not silence.
+    let sealed = seal(&result).or_else(|| {
+        seal(&ResultBody {
+            of: id,
+            error: Some(Refusal::TooLarge),
+            detail: String::new(),
+            result: None,
+        })
+    });
+    let Some((rid, frame)) = sealed else {
         return;
     };
     // Not through the outbox: a result nobody waits for any more is worth nothing.
