@@ -719,7 +719,10 @@ fn claude_code_calls_a_peers_shared_mcp_tool() {
         .unwrap();
     let text = result["content"].to_string();
     assert!(text.contains("ran on alice's machine"), "{result}");
-    assert!(text.contains("[result of echo__echo from alice"), "{result}");
+    assert!(
+        text.contains("[result of echo__echo from alice"),
+        "{result}"
+    );
     assert_ne!(result["is_error"], true, "{result}");
     let audit = w.alice.json(&["tools", "audit"]);
     assert_eq!(audit["entries"][0]["tool"], "echo", "{audit}");

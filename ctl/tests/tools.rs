@@ -77,7 +77,7 @@ fn a_members_mcp_server_is_called_through_the_mesh_and_kept_alive_by_its_host() 
     let s = host_echo(alice, &starts, &[]);
     assert_eq!(s["published"], true, "{s}");
     assert_eq!(s["state"], "running", "{s}");
-    assert_eq!(s["tools"], 7, "{s}");
+    assert_eq!(s["tools"], 8, "{s}");
     wait_until("bob sees echo in the catalog", || {
         listed(bob, "echo").is_some()
     });
@@ -475,5 +475,31 @@ fn a_call_replayed_by_the_relay_is_not_run_again() {
         ran.lines().collect::<Vec<_>>(),
         ["echo", "echo"],
         "the replayed call ran once, the swallowed one never"
+    );
+}
+
+/// A result too large for one answer goes as a file shared with the caller alone; the
+/// caller's daemon fetches it within the call and returns it as any result.
+#[test]
+fn a_result_larger_than_a_message_arrives_as_a_file() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = mesh(bin(), root.path(), &["alice", "bob", "carol"], &[]);
+    host_echo(&nodes[0], &root.path().join("starts"), &[]);
+    wait_until("bob sees echo", || listed(&nodes[1], "echo").is_some());
+    let r = call(&nodes[1], "echo", "big", r#"{"kib":600}"#);
+    let text = first_text(&r);
+    assert_eq!(text.len(), 600 * 1024);
+    assert!(
+        text.starts_with("abcdefghijklmnopqrstuvwxyzab"),
+        "{}",
+        &text[..40]
+    );
+    let for_bob = nodes[1].json(&["file", "list"]).to_string();
+    assert!(for_bob.contains("echo__big-result.json"), "it went as a file: {for_bob}");
+    // The file was for bob alone: carol sees that it exists, never its name or content.
+    let listed_for_carol = nodes[2].json(&["file", "list"]).to_string();
+    assert!(
+        !listed_for_carol.contains("echo__big"),
+        "{listed_for_carol}"
     );
 }

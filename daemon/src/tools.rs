@@ -282,7 +282,22 @@ pub(crate) async fn call(d: &Arc<Daemon>, p: ToolsCallParams) -> Result<ToolsCal
         .send(LinkCmd::Send(call_id, bytes::Bytes::from(frame), None))
         .await
         .map_err(|_| Error::relay("the relay link stopped; the call was not sent"))?;
-    match tokio::time::timeout(Duration::from_millis(deadline_ms), rx).await {
+    let until = tokio::time::Instant::now() + Duration::from_millis(deadline_ms);
+    match tokio::time::timeout_at(until, rx).await {
+        Ok(Ok(ResultBody {
+            file: Some(file),
+            error: None,
+            ..
+        })) => {
+            let result = fetch_result(d, &m, file, until).await?;
+            done(ResultBody {
+                of: call_id,
+                error: None,
+                detail: String::new(),
+                result: Some(result),
+                file: None,
+            })
+        }
         Ok(Ok(r)) => done(r),
         Ok(Err(_)) => Err(Error::internal("the call was dropped")),
         Err(_) => Err(Error::timeout(format!(
@@ -290,6 +305,89 @@ pub(crate) async fn call(d: &Arc<Daemon>, p: ToolsCallParams) -> Result<ToolsCal
             p.server,
             deadline_ms as f64 / 1000.0
         ))),
+    }
+}
+
+/// Share a result too large for an answer with the calling member alone: its JSON as an
+/// ephemeral file (an hour), written privately and removed once sealed into the cache.
+async fn share_result(
+    d: &Arc<Daemon>,
+    m: &MeshCtx,
+    caller: &MemberKey,
+    id: MessageId,
+    call: &CallBody,
+    json: String,
+) -> Result<claudemesh_schema::ItemId, Error> {
+    let dir = d.paths.dir.join("mcp").join("results");
+    std::fs::create_dir_all(&dir).map_err(Error::internal)?;
+    let path = dir.join(format!("{id}.json"));
+    {
+        use std::io::Write as _;
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+        let mut f = o.open(&path).map_err(Error::internal)?;
+        f.write_all(json.as_bytes()).map_err(Error::internal)?;
+    }
+    let shared = crate::files::share(
+        d,
+        claudemesh_schema::ipc::files::FileShareParams {
+            mesh: Some(m.id.to_string()),
+            session: None,
+            path: path.display().to_string(),
+            to: Some(caller.fingerprint()),
+            tags: vec!["tool-result".into()],
+            ephemeral: true,
+            ttl_secs: Some(3600),
+            name: Some(format!("{}__{}-result.json", call.server, call.tool)),
+        },
+    )
+    .await;
+    let _ = std::fs::remove_file(&path);
+    Ok(shared?.file)
+}
+
+/// Fetch a result the host shared as a file: once its share op is folded here (it may
+/// come after the answer), within the call's deadline.
+async fn fetch_result(
+    d: &Arc<Daemon>,
+    m: &MeshCtx,
+    file: claudemesh_schema::ItemId,
+    until: tokio::time::Instant,
+) -> Result<Value, Error> {
+    let dir = d.paths.dir.join("mcp").join("results");
+    std::fs::create_dir_all(&dir).map_err(Error::internal)?;
+    let out = dir.join(format!("{file}.fetched.json"));
+    let mut changes = d.changes.subscribe();
+    loop {
+        let got = crate::files::get(
+            d,
+            claudemesh_schema::ipc::files::FileGetParams {
+                mesh: Some(m.id.to_string()),
+                file: file.to_string(),
+                out: Some(out.display().to_string()),
+                force: true,
+            },
+        )
+        .await;
+        match got {
+            Ok(_) => {
+                let text = std::fs::read_to_string(&out).map_err(Error::internal);
+                let _ = std::fs::remove_file(&out);
+                return serde_json::from_str(&text?)
+                    .map_err(|_| Error::invalid("the host's result file is not JSON"));
+            }
+            Err(Error::NotFound(_)) => {
+                let woke = tokio::time::timeout_at(until, changes.changed()).await;
+                if !matches!(woke, Ok(Ok(()))) {
+                    return Err(Error::timeout(
+                        "the host shared its large result as a file, but it did not arrive in time",
+                    ));
+                }
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -340,7 +438,7 @@ pub(crate) async fn serve(
         return;
     }
     let result = if fresh {
-        execute(d, m, from, id, call).await
+        execute(d, m, from, id, call.clone()).await
     } else {
         audit(d, m, id, &from, &call, "stale", 0, 0, 0).await;
         ResultBody {
@@ -348,6 +446,7 @@ pub(crate) async fn serve(
             error: Some(Refusal::Stale),
             detail: String::new(),
             result: None,
+            file: None,
         }
     };
     let mesh = m.id;
@@ -361,6 +460,31 @@ pub(crate) async fn serve(
             tracing::warn!(call = %id, "the calling daemon's key is not known here; no result sent");
             return;
         }
+    };
+    // Too large for an answer: the result goes as a file for the caller alone.
+    let result = match result.result.as_ref().map(Value::to_string) {
+        Some(json) if json.len() > tools::MAX_RESULT => {
+            match share_result(d, m, &from, id, &call, json).await {
+                Ok(file) => ResultBody {
+                    of: id,
+                    error: None,
+                    detail: String::new(),
+                    result: None,
+                    file: Some(file),
+                },
+                Err(e) => {
+                    tracing::warn!(call = %id, error = %e, "cannot share a large tool result as a file");
+                    ResultBody {
+                        of: id,
+                        error: Some(Refusal::TooLarge),
+                        detail: String::new(),
+                        result: None,
+                        file: None,
+                    }
+                }
+            }
+        }
+        _ => result,
     };
     let seal = |r: &ResultBody| {
         boxed_to_session(
@@ -380,6 +504,7 @@ pub(crate) async fn serve(
             error: Some(Refusal::TooLarge),
             detail: String::new(),
             result: None,
+            file: None,
         })
     });
     let Some((rid, frame)) = sealed else {
@@ -408,6 +533,7 @@ async fn execute(
         error: Some(r),
         detail,
         result: None,
+        file: None,
     };
     let outcome = async {
         if from != m.member() && !m.allows(&from, "tools") {
@@ -459,7 +585,7 @@ async fn execute(
             )
             .await
         {
-            Ok(v) if v.to_string().len() > tools::MAX_RESULT => {
+            Ok(v) if v.to_string().len() > tools::MAX_FILE_RESULT => {
                 refuse(Refusal::TooLarge, String::new())
             }
             Ok(v) => ResultBody {
@@ -467,6 +593,7 @@ async fn execute(
                 error: None,
                 detail: String::new(),
                 result: Some(v),
+                file: None,
             },
             Err(CallError::Timeout) => refuse(Refusal::Timeout, String::new()),
             Err(CallError::Closed) => refuse(Refusal::Unavailable, String::new()),

@@ -35,9 +35,12 @@ pub const MAX_SCHEMA: usize = 16 * 1024;
 pub const MAX_REGISTRATION: usize = 160 * 1024;
 /// Most bytes of a call's arguments (as JSON).
 pub const MAX_ARGUMENTS: usize = 96 * 1024;
-/// Most bytes of a result carried in one answer (as JSON); a larger result is refused
-/// with [`Refusal::TooLarge`].
+/// Most bytes of a result carried in one answer (as JSON); a larger one goes as a file
+/// shared with the caller alone ([`ResultBody::file`]).
 pub const MAX_RESULT: usize = 192 * 1024;
+/// Most bytes of a result at all (as JSON); a larger one is refused with
+/// [`Refusal::TooLarge`].
+pub const MAX_FILE_RESULT: usize = 8 << 20;
 /// A call's deadline unless the caller gives one, ms.
 pub const DEFAULT_DEADLINE_MS: u64 = 30_000;
 /// Longest deadline a caller may ask for, ms.
@@ -224,7 +227,7 @@ pub enum Refusal {
     Unavailable,
     /// The server did not answer within the deadline.
     Timeout,
-    /// The result is over [`MAX_RESULT`].
+    /// The result is over [`MAX_FILE_RESULT`] (or could not be shared as a file).
     TooLarge,
     /// The call arrived after its deadline (or was seen before: a replay).
     Stale,
@@ -271,6 +274,10 @@ pub struct ResultBody {
     /// The result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
+    /// A result over [`MAX_RESULT`]: its JSON in a file shared with the calling member
+    /// alone (ephemeral), for the caller's daemon to fetch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<crate::ItemId>,
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 """A small stdio MCP server for the shared-tools tests (Python standard library only).
 
 Tools: `echo` (returns its text), `add` (a + b, also as structuredContent), `fail` (a tool
-error), `crash` (the process exits, so its host restarts it), `slow` (sleeps `ms`), `grow`
-(adds the tool `extra` and says `notifications/tools/list_changed`), and `whoami` (the
+error), `crash` (the process exits, so its host restarts it), `slow` (sleeps `ms`), `big` (a long text),
+`grow` (adds the tool `extra` and says `notifications/tools/list_changed`), and `whoami` (the
 value of an environment variable, for the vault tests). Every start appends a line to
 $ECHO_STARTS when set, so a test can count restarts, and every call its tool's name to
 $ECHO_CALLS, so a test can count runs.
@@ -23,6 +23,8 @@ TOOLS = [
     {"name": "slow", "description": "Sleep, then answer.",
      "inputSchema": {"type": "object", "properties": {"ms": {"type": "integer"}}}},
     {"name": "grow", "description": "Add the tool `extra`.", "inputSchema": {"type": "object"}},
+    {"name": "big", "description": "A text of `kib` KiB.",
+     "inputSchema": {"type": "object", "properties": {"kib": {"type": "integer"}}}},
     {"name": "whoami", "description": "An environment variable's value.",
      "inputSchema": {"type": "object", "properties": {"name": {"type": "string"}}}},
 ]
@@ -85,6 +87,8 @@ def main():
                     tools.append(EXTRA)
                 send({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
                 result = text("grown")
+            elif name == "big":
+                result = text("".join(chr(97 + i % 26) for i in range(int(args.get("kib", 1)) * 1024)))
             elif name == "whoami":
                 result = text(os.environ.get(str(args.get("name", "")), ""))
             elif name == "extra":
