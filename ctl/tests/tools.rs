@@ -495,7 +495,10 @@ fn a_result_larger_than_a_message_arrives_as_a_file() {
         &text[..40]
     );
     let for_bob = nodes[1].json(&["file", "list"]).to_string();
-    assert!(for_bob.contains("echo__big-result.json"), "it went as a file: {for_bob}");
+    assert!(
+        for_bob.contains("echo__big-result.json"),
+        "it went as a file: {for_bob}"
+    );
     // The file was for bob alone: carol sees that it exists, never its name or content.
     let listed_for_carol = nodes[2].json(&["file", "list"]).to_string();
     assert!(
