@@ -57,6 +57,7 @@ Share:
   share-dir     Share a folder (read-only) for peers to read; list, rm
   peer-file     List (ls) or read (cat) a file in a peer's shared folder
   tools         Shared MCP servers: list, call a tool, audit calls answered here
+  deploy        Hosted MCP services: add, update, list, logs, rm, scope, schema
 
 Meshes and trust:
   create        Create a mesh (you own it)
@@ -78,6 +79,7 @@ This machine:
   backup        Back up identity, meshes and config
   vault         Secrets (API tokens) kept on this machine, per mesh
   mcp-host      Host a local MCP server for the mesh: add, list, rm, logs
+  host          Run the mesh's hosted services here: enable, disable, status
   restore       Restore a backup
   completions   Shell completion scripts
   wait          Wait for a link or a peer (for scripts)
@@ -270,6 +272,20 @@ pub(crate) enum Command {
     Tools {
         #[command(subcommand)]
         action: ToolsAction,
+    },
+    // Hosted services (issue 16, tier 2).
+    /// Offer this daemon as a host of the mesh's hosted services (`deploy`): `host enable`,
+    /// `host disable`, `host status` (this machine's sandbox, what runs here, every host).
+    Host {
+        #[command(subcommand)]
+        action: HostAction,
+    },
+    /// Hosted MCP services: deploy a server (a file, git commit, npm or PyPI package) to
+    /// the members' daemons that ran `host enable`; it runs sandboxed there, without
+    /// anyone's laptop (`deploy add|update|list|logs|rm|scope|schema`).
+    Deploy {
+        #[command(subcommand)]
+        action: DeployAction,
     },
     // The vault (issue 16).
     /// Secrets (API tokens and the like) kept on this machine, sealed, per mesh: `vault set
@@ -764,6 +780,146 @@ pub(crate) enum ToolsAction {
         /// Most entries.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        #[command(flatten)]
+        opts: MeshJson,
+    },
+}
+
+// Hosted services (issue 16, tier 2).
+#[derive(Debug, Subcommand)]
+pub(crate) enum HostAction {
+    /// Offer this daemon to run the mesh's hosted services (sandboxed with bubblewrap:
+    /// read-only root, home and /tmp hidden, no network unless deployed with `--network`).
+    Enable(MeshJson),
+    /// Stop offering this daemon as a host; services it runs move to their next host.
+    Disable(MeshJson),
+    /// Whether this daemon hosts, its sandbox (or why there is none), what runs here,
+    /// and every host of the mesh.
+    Status(MeshJson),
+}
+
+/// What a deploy says about a service, shared by `deploy add` and `deploy update` (in an
+/// update, what is not given is kept from the current version).
+#[derive(Debug, Args)]
+pub(crate) struct DeploySpec {
+    /// Run this local file: it is shared with the mesh and placed in the service's
+    /// directory on each host.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) file: Option<std::path::PathBuf>,
+    /// Clone this git repository (`https://`, `ssh://`, `git://`, `file://` or an absolute
+    /// path), at `--commit`.
+    #[arg(long, value_name = "URL", requires = "commit")]
+    pub(crate) git: Option<String>,
+    /// The git commit to run (7 to 64 hex digits; a branch name is refused). In an update
+    /// of a git service, alone: the same repository at another commit.
+    #[arg(long, value_name = "SHA")]
+    pub(crate) commit: Option<String>,
+    /// Install this npm package at an exact version.
+    #[arg(long, value_name = "PKG@VERSION")]
+    pub(crate) npm: Option<String>,
+    /// Install this PyPI package at an exact version.
+    #[arg(long, value_name = "PKG==VERSION")]
+    pub(crate) pypi: Option<String>,
+    /// A member daemon to run it (name or fingerprint prefix); repeat for several, in
+    /// order of preference (default: every member that ran `claudemesh host enable`).
+    #[arg(long = "host", value_name = "SEL")]
+    pub(crate) hosts: Vec<String>,
+    /// An environment variable: `KEY=VALUE`, or `KEY=$vault:NAME` for a secret of your
+    /// vault, sealed to each host (quote it so the shell leaves `$vault` alone); repeat
+    /// for several. In an update, the list replaces the old one.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub(crate) env: Vec<String>,
+    /// Memory limit, MiB (default 512).
+    #[arg(long, value_name = "MIB")]
+    pub(crate) memory: Option<u32>,
+    /// Who may see and call it: `mesh` (default), `@group`, or members (names or
+    /// fingerprint prefixes) separated by commas.
+    #[arg(long)]
+    pub(crate) scope: Option<String>,
+    /// Offer only this tool (repeat for several; default: every tool it lists).
+    #[arg(long, value_name = "TOOL")]
+    pub(crate) allow: Vec<String>,
+    /// One-line description for the catalog.
+    #[arg(long)]
+    pub(crate) description: Option<String>,
+    #[command(flatten)]
+    pub(crate) opts: MeshJson,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DeployAction {
+    /// Deploy an MCP server to the mesh's hosts: exactly one source (--file, --git with
+    /// --commit, --npm, --pypi), the command after `--` (default for a package: its
+    /// name). It runs sandboxed on the first host online; the others stand by.
+    #[command(group(
+        clap::ArgGroup::new("source")
+            .required(true)
+            .args(["file", "git", "npm", "pypi"])
+    ))]
+    Add {
+        /// Service name: a-z, 0-9 and `-` (peers see its tools as `<name>__<tool>`).
+        name: String,
+        #[command(flatten)]
+        spec: DeploySpec,
+        /// Let it open network sockets (default: a loopback of its own only).
+        #[arg(long)]
+        network: bool,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// Deploy a new version of a service: what is given replaces what it had, the rest
+    /// is kept (at most one source).
+    #[command(group(clap::ArgGroup::new("source").args(["file", "git", "npm", "pypi"])))]
+    Update {
+        /// Service name.
+        name: String,
+        #[command(flatten)]
+        spec: DeploySpec,
+        /// Let it open network sockets.
+        #[arg(long, conflicts_with = "no_network")]
+        network: bool,
+        /// No network sockets any more (a loopback of its own only).
+        #[arg(long)]
+        no_network: bool,
+        /// A new command and its arguments, after `--` (none: keep it).
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// The mesh's hosted services: version, status, serving host, source, scope, tools
+    /// (and how each runs here, on a host).
+    List(MeshJson),
+    /// A service's last log lines (its stderr and what its host said about it), asked of
+    /// the host that runs it.
+    Logs {
+        /// Service name.
+        name: String,
+        /// Most lines.
+        #[arg(long, default_value_t = 200)]
+        lines: u32,
+        #[command(flatten)]
+        opts: MeshJson,
+    },
+    /// Take a service down everywhere; it leaves the mesh's catalog.
+    Rm {
+        /// Service name.
+        name: String,
+        #[command(flatten)]
+        opts: MeshJson,
+    },
+    /// Change who may call a service: `mesh`, `@group`, or members separated by commas.
+    Scope {
+        /// Service name.
+        name: String,
+        /// The new scope.
+        scope: String,
+        #[command(flatten)]
+        opts: MeshJson,
+    },
+    /// A service's tools, with their descriptions and input schemas.
+    Schema {
+        /// Service name.
+        name: String,
         #[command(flatten)]
         opts: MeshJson,
     },

@@ -84,6 +84,9 @@ pub(crate) fn run(cmd: Option<Command>) -> Res {
         Command::PeerFile { action } => block_on(peer_files::peer_file(action)),
         Command::McpHost { action } => block_on(crate::tools::mcp_host(action)),
         Command::Tools { action } => block_on(crate::tools::tools(action)),
+        // Hosted services.
+        Command::Host { action } => block_on(crate::deploy::host(action)),
+        Command::Deploy { action } => block_on(crate::deploy::deploy(action)),
         // The vault.
         Command::Vault { action } => block_on(crate::vault::vault(action)),
         Command::Audit { action } => block_on(shared::audit(action)),

@@ -33,6 +33,8 @@ mod cli;
 mod commands;
 mod complete;
 mod daemon;
+// Hosted services (issue 16, tier 2).
+mod deploy;
 mod doctor;
 mod exit;
 mod files;

@@ -261,6 +261,9 @@ pub(crate) struct Daemon {
     pub(crate) bells: Mutex<HashMap<claudemesh_schema::SessionId, Arc<Bell>>>,
     /// Local MCP servers this daemon hosts, by mesh and name (`mcp_host`).
     pub(crate) hosted: Mutex<HashMap<(MeshId, String), Arc<crate::mcp_client::Hosted>>>,
+    /// Hosted services this daemon is fetching or could not start, by mesh and name
+    /// (`deploy`; once started they are in `hosted`).
+    pub(crate) preparing: Mutex<HashMap<(MeshId, String), crate::deploy::Preparing>>,
     /// Meshes whose catalog of shared MCP servers changed (`tools_changed`).
     pub(crate) tools_events: tokio::sync::broadcast::Sender<MeshId>,
     /// Shared keys changed by applied ops (`state_change` notifications).

@@ -209,6 +209,7 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
         bells: Mutex::new(HashMap::new()),
         state_events: tokio::sync::broadcast::channel(1024).0,
         hosted: Mutex::new(HashMap::new()),
+        preparing: Mutex::new(HashMap::new()),
         tools_events: tokio::sync::broadcast::channel(64).0,
         changes,
         tasks: TaskTracker::new(),
@@ -258,7 +259,8 @@ pub async fn start(paths: Paths) -> Result<DaemonHandle, DaemonError> {
         let d = daemon.clone();
         daemon.tasks.spawn(async move {
             crate::tools::load_seen(&d).await;
-            crate::mcp_host::resume(d).await;
+            crate::mcp_host::resume(d.clone()).await;
+            crate::deploy::run(d).await;
         });
     }
     daemon

@@ -34,6 +34,39 @@ pub(crate) struct Spec {
     pub(crate) allow: Vec<String>,
     pub(crate) scope: Scope,
     pub(crate) session: Option<SessionId>,
+    /// A hosted service (`deploy`): run sandboxed, with its secrets, served by the
+    /// manifest's scope alone (the host opted in with `host enable`).
+    pub(crate) deployed: Option<Deployed>,
+}
+
+/// What a hosted service adds to a hosted server.
+#[derive(Clone)]
+pub(crate) struct Deployed {
+    /// The manifest's version.
+    pub(crate) version: u64,
+    pub(crate) sandbox: crate::sandbox::Sandbox,
+    /// The whole environment (the wrapper's is cleared), plain values included.
+    pub(crate) env: Vec<(String, String)>,
+    /// `$vault:` values, opened at spawn: (variable, vault entry, value).
+    pub(crate) secrets: Vec<(String, String, zeroize::Zeroizing<String>)>,
+}
+
+impl std::fmt::Debug for Deployed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the values.
+        f.debug_struct("Deployed")
+            .field("version", &self.version)
+            .field("sandbox", &self.sandbox)
+            .field(
+                "secrets",
+                &self
+                    .secrets
+                    .iter()
+                    .map(|(k, n, _)| (k, n))
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 /// How it is doing now.
@@ -69,6 +102,15 @@ impl Hosted {
             l.pop_front();
         }
         let mut line = line.into();
+        // A service that prints a secret it was given does not put it in its log ring
+        // (which its deployer reads from afar).
+        if let Some(dep) = &self.spec.deployed {
+            for (_, name, value) in &dep.secrets {
+                if value.len() >= 4 && line.contains(value.as_str()) {
+                    line = line.replace(value.as_str(), &format!("[$vault:{name}]"));
+                }
+            }
+        }
         if line.len() > LOG_LINE_BYTES {
             let mut cut = LOG_LINE_BYTES;
             while !line.is_char_boundary(cut) {

@@ -36,6 +36,9 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 const BACKOFF_CAP: Duration = Duration::from_secs(60);
 /// A server that ran this long before it exited starts again with the first backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// How often a running server is asked `ping`, and how long it has to answer.
+const HEALTH_EVERY: Duration = Duration::from_secs(30);
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// MCP protocol version this client speaks first.
 const PROTOCOL_VERSION: &str = "2025-06-18";
 
@@ -44,7 +47,11 @@ fn default_cwd(d: &Daemon, mesh: &MeshId, name: &str) -> PathBuf {
     d.paths.dir.join("mcp").join(mesh.short()).join(name)
 }
 
-async fn parse_scope(d: &Arc<Daemon>, m: &MeshCtx, s: Option<&str>) -> Result<Scope, Error> {
+pub(crate) async fn parse_scope(
+    d: &Arc<Daemon>,
+    m: &MeshCtx,
+    s: Option<&str>,
+) -> Result<Scope, Error> {
     let s = s.map(str::trim).unwrap_or("");
     if s.is_empty() || s == "mesh" || s == "*" {
         return Ok(Scope::Mesh);
@@ -149,6 +156,7 @@ pub(crate) async fn add(d: &Arc<Daemon>, p: McpHostAddParams) -> Result<HostedSe
         allow: p.allow.clone(),
         scope,
         session: p.session,
+        deployed: None,
     };
     let row = (
         m.id,
@@ -192,8 +200,8 @@ pub(crate) async fn add(d: &Arc<Daemon>, p: McpHostAddParams) -> Result<HostedSe
     Ok(h.info(m.name()))
 }
 
-/// Start supervising a declared server.
-fn start(d: &Arc<Daemon>, m: &Arc<MeshCtx>, name: String, spec: Spec) -> Arc<Hosted> {
+/// Start supervising a declared server (or a hosted service, from `deploy`).
+pub(crate) fn start(d: &Arc<Daemon>, m: &Arc<MeshCtx>, name: String, spec: Spec) -> Arc<Hosted> {
     let h = Arc::new(Hosted {
         mesh: m.id,
         name: name.clone(),
@@ -220,7 +228,7 @@ fn start(d: &Arc<Daemon>, m: &Arc<MeshCtx>, name: String, spec: Spec) -> Arc<Hos
 }
 
 /// Stop a server (kill it) and forget it here; its row and catalog entry stay.
-async fn stop(d: &Daemon, h: &Arc<Hosted>) {
+pub(crate) async fn stop(d: &Daemon, h: &Arc<Hosted>) {
     h.stop.cancel();
     lock(&d.hosted).remove(&(h.mesh, h.name.clone()));
 }
@@ -251,7 +259,7 @@ pub(crate) async fn remove(d: &Arc<Daemon>, mesh: Option<&str>, name: &str) -> R
 }
 
 /// Take our registration of `name` out of the catalog, if there is one.
-async fn unpublish(d: &Arc<Daemon>, m: &Arc<MeshCtx>, name: &str) -> Result<(), Error> {
+pub(crate) async fn unpublish(d: &Arc<Daemon>, m: &Arc<MeshCtx>, name: &str) -> Result<(), Error> {
     let (id, n, me) = (m.id, name.to_string(), m.keys.session);
     let ours: bool = d
         .store
@@ -397,6 +405,7 @@ pub(crate) async fn resume(d: Arc<Daemon>) {
             allow: serde_json::from_str(&allow).unwrap_or_default(),
             scope: serde_json::from_str(&scope).unwrap_or_default(),
             session,
+            deployed: None,
         };
         declared.entry(m.id).or_default().push(name.clone());
         start(&d, &m, name, spec);
@@ -413,7 +422,9 @@ pub(crate) async fn resume(d: Arc<Daemon>) {
             })
             .await
             .unwrap_or_default();
-        let ours = declared.get(&m.id).cloned().unwrap_or_default();
+        let mut ours = declared.get(&m.id).cloned().unwrap_or_default();
+        // Hosted services are `deploy`'s to start and take out.
+        ours.extend(crate::deploy::names(&d, &m).await);
         for name in published.into_iter().filter(|n| !ours.contains(n)) {
             if let Err(e) = unpublish(&d, &m, &name).await {
                 tracing::warn!(server = %name, error = %e, "cannot take a server no longer hosted out of the catalog");
@@ -488,16 +499,27 @@ fn command_line(spec: &Spec) -> Vec<String> {
 /// spoken to (`Err`), or the hosted server is stopped.
 async fn run_once(d: &Arc<Daemon>, m: &Arc<MeshCtx>, h: &Arc<Hosted>) -> Result<String, String> {
     use tokio::process::Command;
-    let argv = command_line(&h.spec);
-    let cwd = h
-        .spec
-        .cwd
-        .clone()
-        .unwrap_or_else(|| default_cwd(d, &h.mesh, &h.name));
-    if h.spec.cwd.is_none() {
-        std::fs::create_dir_all(&cwd)
-            .map_err(|e| format!("cannot create its working directory {}: {e}", cwd.display()))?;
-    }
+    let (argv, cwd) = match &h.spec.deployed {
+        Some(dep) => {
+            let inner = crate::sandbox::wrap(&dep.sandbox, &h.spec.command)?;
+            let mut spec = h.spec.clone();
+            spec.command = inner;
+            (command_line(&spec), dep.sandbox.dir.clone())
+        }
+        None => {
+            let cwd = h
+                .spec
+                .cwd
+                .clone()
+                .unwrap_or_else(|| default_cwd(d, &h.mesh, &h.name));
+            if h.spec.cwd.is_none() {
+                std::fs::create_dir_all(&cwd).map_err(|e| {
+                    format!("cannot create its working directory {}: {e}", cwd.display())
+                })?;
+            }
+            (command_line(&h.spec), cwd)
+        }
+    };
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .current_dir(&cwd)
@@ -505,9 +527,24 @@ async fn run_once(d: &Arc<Daemon>, m: &Arc<MeshCtx>, h: &Arc<Hosted>) -> Result<
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
-    for e in &h.spec.env {
-        if let Some((k, v)) = e.split_once('=') {
-            cmd.env(k, v);
+    match &h.spec.deployed {
+        // Only the service's own environment, set on the wrapper (which hands it on), never
+        // on its command line.
+        Some(dep) => {
+            cmd.env_clear();
+            for (k, v) in &dep.env {
+                cmd.env(k, v);
+            }
+            for (k, _, v) in &dep.secrets {
+                cmd.env(k, v.as_str());
+            }
+        }
+        None => {
+            for e in &h.spec.env {
+                if let Some((k, v)) = e.split_once('=') {
+                    cmd.env(k, v);
+                }
+            }
         }
     }
     // The daemon's own logging settings are not the server's.
@@ -609,6 +646,15 @@ async fn run_once(d: &Arc<Daemon>, m: &Arc<MeshCtx>, h: &Arc<Hosted>) -> Result<
             tokio::select! {
                 _ = h.stop.cancelled() => return Ok(None),
                 s = child.wait() => return Ok(Some(s)),
+                // Health: a server that stops answering `ping` is restarted.
+                _ = tokio::time::sleep(HEALTH_EVERY) => {
+                    // An error answer is an answer: only silence counts.
+                    if let Err(e @ (CallError::Timeout | CallError::Closed)) =
+                        io.request("ping", json!({}), HEALTH_TIMEOUT).await
+                    {
+                        return Err(format!("it stopped answering `ping`: {}", explain(&e)));
+                    }
+                }
                 _ = io.list_changed.notified() => {
                     match list_tools(&io, &h.spec.allow).await {
                         Ok(tools) => publish(d, m, h, tools).await,
@@ -692,8 +738,15 @@ async fn list_tools(io: &Stdio, allow: &[String]) -> Result<Vec<ToolSpec>, CallE
     Ok(tools::admit(all).0)
 }
 
-/// Write the registration op if what the catalog holds for it differs.
-async fn publish(d: &Arc<Daemon>, m: &Arc<MeshCtx>, h: &Arc<Hosted>, tools: Vec<ToolSpec>) {
+/// Write the registration op if what the catalog holds for it differs; a hosted
+/// service only while this daemon is the host serving it (`deploy` calls this again when
+/// that changes).
+pub(crate) async fn publish(
+    d: &Arc<Daemon>,
+    m: &Arc<MeshCtx>,
+    h: &Arc<Hosted>,
+    tools: Vec<ToolSpec>,
+) {
     let op = Op::RegisterMcp {
         name: h.name.clone(),
         description: h.spec.description.clone(),
@@ -703,6 +756,10 @@ async fn publish(d: &Arc<Daemon>, m: &Arc<MeshCtx>, h: &Arc<Hosted>, tools: Vec<
         scope: h.spec.scope.clone(),
     };
     h.set(|r| r.tools = tools.clone());
+    if h.spec.deployed.is_some() && !crate::deploy::serving_here(d, m, &h.name).await {
+        h.set(|r| r.published = false);
+        return;
+    }
     let (id, name) = (m.id, h.name.clone());
     let held: Option<(String, String, Vec<u8>, bool, String)> = d
         .store

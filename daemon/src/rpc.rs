@@ -255,6 +255,7 @@ fn json<T: Serialize>(t: T) -> Result<Value, Error> {
 
 async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, Error> {
     use crate::{delivery, joining, membership, shared};
+    use claudemesh_schema::ipc::deploy as dp;
     use claudemesh_schema::ipc::files as fi;
     use claudemesh_schema::ipc::peer_files as pf;
     use claudemesh_schema::ipc::shared as sh;
@@ -387,6 +388,18 @@ async fn dispatch(d: &Arc<Daemon>, req: Request) -> Result<Value, Error> {
         tl::TOOLS_LIST => json(crate::tools::list(d, params(p)?).await?),
         tl::TOOLS_CALL => json(crate::tools::call(d, params(p)?).await?),
         tl::TOOLS_AUDIT => json(crate::tools::audit_log(d, params(p)?).await?),
+        // Hosted services.
+        dp::HOST_SET => json(crate::deploy::host_set(d, params(p)?).await?),
+        dp::HOST_STATUS => json(crate::deploy::host_status(d, params(p)?).await?),
+        dp::DEPLOY_ADD => json(crate::deploy::add(d, params(p)?).await?),
+        dp::DEPLOY_LIST => json(crate::deploy::list(d, params(p)?).await?),
+        dp::DEPLOY_LOGS => json(crate::deploy::logs(d, params(p)?).await?),
+        dp::DEPLOY_REMOVE => {
+            crate::deploy::remove(d, params(p)?).await?;
+            Ok(Value::Object(Default::default()))
+        }
+        dp::DEPLOY_SCOPE => json(crate::deploy::scope(d, params(p)?).await?),
+        dp::DEPLOY_SCHEMA => json(crate::deploy::schema(d, params(p)?).await?),
         // The vault.
         va::VAULT_SET => json(crate::vault::set(d, params(p)?).await?),
         va::VAULT_LIST => json(crate::vault::list(d, params(p)?).await?),

@@ -536,12 +536,14 @@ async fn execute(
         file: None,
     };
     let outcome = async {
-        if from != m.member() && !m.allows(&from, "tools") {
-            return refuse(Refusal::NoGrant, String::new());
-        }
         let Some(h) = lock(&d.hosted).get(&(m.id, call.server.clone())).cloned() else {
             return refuse(Refusal::NotHosted, String::new());
         };
+        // A hosted service is gated by its manifest's scope alone: this daemon's owner
+        // offered to host the mesh's services (`host enable`).
+        if from != m.member() && h.spec.deployed.is_none() && !m.allows(&from, "tools") {
+            return refuse(Refusal::NoGrant, String::new());
+        }
         // Groups matter only to a group scope (a presence read on the call's path).
         if from != m.member() && !matches!(h.spec.scope, Scope::Group { .. }) {
             if !h.spec.scope.admits(&from, &[]) {

@@ -410,10 +410,6 @@ pub(crate) async fn delete(
 /// use: the one way a value leaves the vault. No IPC method returns it; the deploy
 /// feature calls this to wrap a secret to the key of the member that hosts a service.
 /// The caller keeps it in the [`Zeroizing`] it comes in, and never logs it.
-#[expect(
-    dead_code,
-    reason = "the deploy feature (issue 16) is its first caller"
-)]
 pub(crate) async fn read_secret(
     d: &Daemon,
     mesh: &MeshId,

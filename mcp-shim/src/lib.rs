@@ -9,6 +9,8 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod claude;
+// Hosted services (issue 16, tier 2).
+mod deploy_tools;
 mod file_tools;
 // Peer folders (issue 15).
 mod peer_files_tools;

@@ -263,6 +263,8 @@ impl Shim {
                 // Peer folders.
                 + Self::peer_files_router()
                 + Self::remote_tools_router()
+                // Hosted services.
+                + Self::deploy_router()
                 // The vault.
                 + Self::vault_router(),
         }

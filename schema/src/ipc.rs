@@ -15,6 +15,8 @@ use crate::message::{PeerStatus, Priority};
 use crate::roster::Role;
 
 pub mod claude;
+// Hosted services (issue 16, tier 2).
+pub mod deploy;
 pub mod files;
 pub mod page;
 // Peer folders (issue 15).

@@ -31,6 +31,7 @@
 
 pub mod crypto;
 pub mod dedupe;
+pub mod deploy;
 pub mod encoding;
 pub mod epoch;
 pub mod file;

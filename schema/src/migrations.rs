@@ -25,6 +25,7 @@ pub const DAEMON: &[&str] = &[
     include_str!("../sql/daemon/0018_send_keys.sql"),
     include_str!("../sql/daemon/0019_files.sql"),
     include_str!("../sql/daemon/0020_mcp.sql"),
+    include_str!("../sql/daemon/0021_deploy.sql"),
 ];
 
 /// Relay store migrations (`relay.db`).

@@ -374,6 +374,25 @@ pub enum Op {
         /// Server name.
         name: String,
     },
+    /// Deploy (or update) a hosted service: its manifest. Held by the member that first
+    /// deployed the name (or an admin); a version only replaces an older one.
+    DeployMcp {
+        /// The manifest.
+        manifest: crate::deploy::Manifest,
+    },
+    /// Take a hosted service down everywhere (its hosts stop it; it leaves the catalog).
+    UndeployMcp {
+        /// The service.
+        name: String,
+    },
+    /// This member's daemon runs hosted services for the mesh (or no longer does).
+    HostOffer {
+        /// Whether it accepts services now.
+        enabled: bool,
+        /// Its sandbox, as it describes it (e.g. `bubblewrap 0.8.0`).
+        #[serde(default)]
+        sandbox: String,
+    },
     /// An op kind this build does not know (written by a newer version): chained, skipped.
     #[serde(other)]
     Unknown,
@@ -404,6 +423,9 @@ impl Op {
             Self::DeleteFile { .. } => "delete_file",
             Self::RegisterMcp { .. } => "register_mcp",
             Self::RemoveMcp { .. } => "remove_mcp",
+            Self::DeployMcp { .. } => "deploy_mcp",
+            Self::UndeployMcp { .. } => "undeploy_mcp",
+            Self::HostOffer { .. } => "host_offer",
             Self::Unknown => "unknown",
         }
     }

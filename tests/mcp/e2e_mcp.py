@@ -46,6 +46,9 @@ EXPECTED_TOOLS = {
     "vault_set", "vault_list", "vault_delete",
     # shared MCP tools
     "mesh_mcp_register", "mesh_mcp_list", "mesh_tool_call", "mesh_mcp_remove",
+    # hosted services
+    "mesh_mcp_deploy", "mesh_mcp_update", "mesh_mcp_undeploy", "mesh_mcp_scope",
+    "mesh_mcp_schema", "mesh_mcp_catalog", "mesh_mcp_logs",
 }
 
 

@@ -36,6 +36,11 @@ pub(crate) enum Opened {
     ToolCall { sent_at: i64, call: tools::CallBody },
     /// Shared tools: the hosting daemon answers our call.
     ToolResult(tools::ResultBody),
+    /// Hosted services: a member asks for a service's log lines; sent at `sent_at`.
+    DeployLogs {
+        sent_at: i64,
+        ask: claudemesh_schema::deploy::LogsAsk,
+    },
     /// Nothing for us (not addressed to us, not from a member, does not open).
     Nothing,
     /// Sealed under a key epoch newer than any this daemon has folded: its `key_epoch` op
@@ -150,10 +155,21 @@ fn open_rows(
     // Shared tools: calls and results come boxed to a daemon's own session (the host's,
     // the caller's), from a session of the sending member; a result may be larger than
     // a message (the envelope bounds it).
-    if p.kind == tools::KIND_TOOL_CALL || p.kind == tools::KIND_TOOL_RESULT {
+    let deploy_logs = claudemesh_schema::deploy::KIND_DEPLOY_LOGS;
+    if p.kind == tools::KIND_TOOL_CALL || p.kind == tools::KIND_TOOL_RESULT || p.kind == deploy_logs
+    {
         let to_own = matches!(env.to, Route::Session { session } if session == own);
         if !to_own || env.seal != Seal::Box || sender.is_some_and(|s| s.member != env.from_member) {
             return Ok(Vec::new());
+        }
+        if p.kind == deploy_logs {
+            return match serde_json::from_str(&p.body) {
+                Ok(ask) => Err(Opened::DeployLogs {
+                    sent_at: p.sent_at,
+                    ask,
+                }),
+                Err(_) => Ok(Vec::new()),
+            };
         }
         if p.kind == tools::KIND_TOOL_CALL {
             return match serde_json::from_str::<tools::CallBody>(&p.body) {

@@ -416,6 +416,13 @@ impl Outbound {
                 let _ = ack.send(id);
                 crate::tools::answered(m, env.from_member, b);
             }
+            Opened::DeployLogs { sent_at, ask } => {
+                let _ = ack.send(id);
+                let (d2, m2, from, session) = (d.clone(), m.clone(), env.from_member, env.from);
+                d.spawn(async move {
+                    crate::deploy::serve_logs(&d2, &m2, from, session, id, sent_at, ask).await
+                });
+            }
             // Not for us or not openable: acknowledge so the relay stops resending it.
             Opened::Nothing => {
                 let _ = ack.send(id);

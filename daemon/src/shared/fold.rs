@@ -287,8 +287,24 @@ pub(crate) fn apply(tx: &Transaction<'_>, a: &Applying<'_>) -> rusqlite::Result<
                     ),
                 ));
             }
-            if let Some(n) = held_refused(tx, a, Held::McpServer, server, "replace")? {
-                return Ok(n);
+            // A hosted service's name is served by its hosts only (a standby taking over
+            // replaces the one that served it); any other name is held by its registrant.
+            match deployment(tx, a.mesh, server)? {
+                Some((manifest, _)) if !manifest.hosted_by(a.author) => {
+                    return Ok(notice(
+                        "tools",
+                        format!(
+                            "the shared MCP server {} was not registered: it is a hosted service, served by its hosts only",
+                            quoted(server)
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    if let Some(n) = held_refused(tx, a, Held::McpServer, server, "replace")? {
+                        return Ok(n);
+                    }
+                }
             }
             // Held to the limits here too, the same on every daemon: a member's daemon
             // that skipped them does not get more into everyone's catalog.
@@ -318,12 +334,105 @@ pub(crate) fn apply(tx: &Transaction<'_>, a: &Applying<'_>) -> rusqlite::Result<
             )?;
         }
         Op::RemoveMcp { name: server } => {
-            if let Some(n) = held_refused(tx, a, Held::McpServer, server, "remove")? {
+            // A hosted service's registration: taken out by the host that wrote it (it
+            // stopped serving) or whoever may undeploy it, never by a standby.
+            if deployment(tx, a.mesh, server)?.is_some() {
+                let registrant: Option<Vec<u8>> = tx
+                    .query_row(
+                        "SELECT author FROM mcp_servers WHERE mesh = ?1 AND name = ?2",
+                        params![mesh, server],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let own = registrant.is_some_and(|r| r.as_slice() == a.author.0.as_slice());
+                if !own && held_refused(tx, a, Held::Deployment, server, "remove")?.is_some() {
+                    return Ok(Vec::new());
+                }
+            } else if let Some(n) = held_refused(tx, a, Held::McpServer, server, "remove")? {
                 return Ok(n);
             }
             tx.execute(
                 "DELETE FROM mcp_servers WHERE mesh = ?1 AND name = ?2",
                 params![mesh, server],
+            )?;
+        }
+        Op::DeployMcp { manifest } => {
+            if let Err(e) = manifest.check() {
+                return Ok(notice(
+                    "tools",
+                    format!(
+                        "the service {} was not deployed: {}",
+                        quoted(&manifest.name),
+                        names_one_line(&e.0)
+                    ),
+                ));
+            }
+            let held = deployment(tx, a.mesh, &manifest.name)?;
+            if let Some(n) = held_refused(tx, a, Held::Deployment, &manifest.name, "update")? {
+                return Ok(n);
+            }
+            if held.is_none()
+                && let Some(n) =
+                    held_refused(tx, a, Held::McpServer, &manifest.name, "deploy over")?
+            {
+                return Ok(n);
+            }
+            // A replayed or reordered older version never replaces a newer one.
+            if held.is_some_and(|(_, v)| v >= manifest.version) {
+                return Ok(Vec::new());
+            }
+            tx.execute(
+                "INSERT INTO deployments (mesh, name, version, manifest, author, author_name,
+                   updated_at, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (mesh, name) DO UPDATE SET version = excluded.version,
+                   manifest = excluded.manifest, updated_at = excluded.updated_at,
+                   seq = excluded.seq",
+                params![
+                    mesh,
+                    manifest.name,
+                    manifest.version as i64,
+                    serde_json::to_string(manifest).unwrap_or_else(|_| "{}".into()),
+                    a.author.0,
+                    name,
+                    a.at,
+                    seq
+                ],
+            )?;
+        }
+        Op::UndeployMcp { name: service } => {
+            if deployment(tx, a.mesh, service)?.is_none() {
+                return Ok(Vec::new());
+            }
+            if let Some(n) = held_refused(tx, a, Held::Deployment, service, "undeploy")? {
+                return Ok(n);
+            }
+            tx.execute(
+                "DELETE FROM deployments WHERE mesh = ?1 AND name = ?2",
+                params![mesh, service],
+            )?;
+            tx.execute(
+                "DELETE FROM mcp_servers WHERE mesh = ?1 AND name = ?2",
+                params![mesh, service],
+            )?;
+        }
+        Op::HostOffer { enabled, sandbox } => {
+            tx.execute(
+                "INSERT INTO service_hosts (mesh, member, member_name, session, enabled, sandbox,
+                   updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (mesh, member) DO UPDATE SET member_name = excluded.member_name,
+                   session = excluded.session, enabled = excluded.enabled,
+                   sandbox = excluded.sandbox, updated_at = excluded.updated_at",
+                params![
+                    mesh,
+                    a.author.0,
+                    name,
+                    a.body.session.as_bytes(),
+                    enabled,
+                    claudemesh_schema::names::one_line(sandbox, 80),
+                    a.at
+                ],
             )?;
         }
         Op::ScheduleReminder {
@@ -544,11 +653,29 @@ fn skill_refused(
     held_refused(tx, a, Held::Skill, name, verb)
 }
 
-/// Items held by name by the member that first wrote them (skills, shared MCP servers).
+/// The folded manifest of a hosted service and its version, if `name` is one.
+fn deployment(
+    tx: &Transaction<'_>,
+    mesh: MeshId,
+    name: &str,
+) -> rusqlite::Result<Option<(claudemesh_schema::deploy::Manifest, u64)>> {
+    let row: Option<(String, i64)> = tx
+        .query_row(
+            "SELECT manifest, version FROM deployments WHERE mesh = ?1 AND name = ?2",
+            params![mesh.as_bytes(), name],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    Ok(row.and_then(|(m, v)| Some((serde_json::from_str(&m).ok()?, v.max(0) as u64))))
+}
+
+/// Items held by name by the member that first wrote them (skills, shared MCP servers,
+/// hosted services).
 #[derive(Clone, Copy)]
 enum Held {
     Skill,
     McpServer,
+    Deployment,
 }
 
 /// Refuse a replace or remove of a named item by anyone but its holder or an admin.
@@ -569,6 +696,11 @@ fn held_refused(
             "SELECT author, author_name FROM mcp_servers WHERE mesh = ?1 AND name = ?2",
             "tools",
             "the shared MCP server",
+        ),
+        Held::Deployment => (
+            "SELECT author, author_name FROM deployments WHERE mesh = ?1 AND name = ?2",
+            "tools",
+            "the hosted service",
         ),
     };
     let holder: Option<(Vec<u8>, String)> = tx

@@ -997,7 +997,10 @@ fn after_apply(
                 d.arrived(m, &[], true);
                 d.bump_changes();
             }
-            if a.kinds.contains("register_mcp") || a.kinds.contains("remove_mcp") {
+            if ["register_mcp", "remove_mcp", "undeploy_mcp"]
+                .iter()
+                .any(|k| a.kinds.contains(*k))
+            {
                 let _ = d.tools_events.send(m.id);
             }
             if !a.state.is_empty() && d.state_events.receiver_count() > 0 {
