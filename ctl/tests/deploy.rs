@@ -464,3 +464,123 @@ fn a_git_service_is_updated_to_a_new_commit_and_only_its_deployer_changes_it() {
     let s = service(bob, "probe").unwrap();
     assert_eq!(s["version"], 2);
 }
+
+/// Two hosts for one service: the first serves, the second runs it on standby and takes
+/// over when the first goes offline; calls keep working.
+#[test]
+fn a_standby_host_takes_over_when_the_serving_host_goes_offline() {
+    if !sandbox_works() {
+        panic!("bubblewrap cannot sandbox here; scripts/test installs the `bubblewrap` package");
+    }
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, mut nodes) =
+        claudemesh_tests::mesh(bin(), root.path(), &["first", "second", "bob"], &[]);
+    nodes[0].ok(&["host", "enable"]);
+    nodes[1].ok(&["host", "enable"]);
+    wait_until("bob sees both hosts", || {
+        nodes[2].json(&["host", "status"])["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["enabled"] == true)
+            .count()
+            == 2
+    });
+    let file = root.path().join("sandbox_probe.py");
+    std::fs::copy(probe(), &file).unwrap();
+    nodes[2].ok(&[
+        "deploy",
+        "add",
+        "probe",
+        "--file",
+        file.to_str().unwrap(),
+        "--host",
+        "first",
+        "--host",
+        "second",
+        "--",
+        "python3",
+        "sandbox_probe.py",
+    ]);
+    wait_running(&nodes[2], 1);
+    let serving = |n: &Node| -> Option<String> {
+        service(n, "probe")?["hosts"]
+            .as_array()?
+            .iter()
+            .find(|h| h["serving"] == true)
+            .and_then(|h| h["name"].as_str().map(str::to_string))
+    };
+    assert!(
+        serving(&nodes[2]).is_some_and(|s| s.starts_with("first")),
+        "{:?}",
+        service(&nodes[2], "probe")
+    );
+    // The standby runs it too, ready.
+    wait_until("the standby runs it", || {
+        nodes[1].json(&["host", "status"])["running"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "probe")
+    });
+    nodes[0].stop();
+    wait_until("the standby serves", || {
+        serving(&nodes[2]).is_some_and(|s| s.starts_with("second"))
+            && probe_call(&nodes[2], "version", "{}").is_ok()
+    });
+    // Back: the first host serves again (it comes first in the manifest).
+    nodes[0].start();
+    wait_until("the first host serves again", || {
+        serving(&nodes[2]).is_some_and(|s| s.starts_with("first"))
+            && probe_call(&nodes[2], "version", "{}").is_ok()
+    });
+}
+
+/// The MCP tools of hosted services, driven by the official Python MCP client: bob's
+/// session deploys `mcp-server-time` from PyPI to alice's daemon and uses it (see
+/// `tests/mcp/deploy_mcp.py`).
+#[test]
+fn an_mcp_session_deploys_a_pypi_server_and_calls_it_as_its_own_tools() {
+    if !sandbox_works() {
+        panic!("bubblewrap cannot sandbox here; scripts/test installs the `bubblewrap` package");
+    }
+    let python = std::env::var_os("CLAUDEMESH_TEST_PYTHON").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/mcp-venv/bin/python"),
+        PathBuf::from,
+    );
+    let time = python.with_file_name("mcp-server-time");
+    assert!(
+        time.exists(),
+        "mcp-server-time is not installed next to {}: run `bash scripts/test`",
+        python.display()
+    );
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, nodes) = claudemesh_tests::mesh(bin(), root.path(), &["alice", "bob"], &[]);
+    nodes[0].ok(&["host", "enable"]);
+    wait_until("bob sees the host", || {
+        nodes[1].json(&["host", "status"])["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["enabled"] == true)
+    });
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/mcp/deploy_mcp.py");
+    let out = Command::new(&python)
+        .arg(script)
+        .env("CM_BIN", bin())
+        .env("CM_DIR_B", &nodes[1].dir)
+        .env("CM_TIME_SERVER", &time)
+        .env("CM_TIME_VERSION", "2026.10.19")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python MCP client run failed:\n{stdout}\n{}\nhost log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        nodes[0].ok(&["deploy", "list"])
+    );
+    let v: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["undeployed"], true, "{v}");
+}
