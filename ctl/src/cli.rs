@@ -806,8 +806,8 @@ pub(crate) struct DeploySpec {
     /// directory on each host.
     #[arg(long, value_name = "PATH")]
     pub(crate) file: Option<std::path::PathBuf>,
-    /// Clone this git repository (`https://`, `ssh://`, `git://`, `file://` or an absolute
-    /// path), at `--commit`.
+    /// Clone this git repository (`https://`, `http://`, `ssh://` or `git://`; a
+    /// repository on the host's own disk is refused), at `--commit`.
     #[arg(long, value_name = "URL", requires = "commit")]
     pub(crate) git: Option<String>,
     /// The git commit to run (7 to 64 hex digits; a branch name is refused). In an update

@@ -263,7 +263,7 @@ pub(crate) struct Daemon {
     pub(crate) hosted: Mutex<HashMap<(MeshId, String), Arc<crate::mcp_client::Hosted>>>,
     /// Hosted services this daemon is fetching or could not start, by mesh and name
     /// (`deploy`; once started they are in `hosted`).
-    pub(crate) preparing: Mutex<HashMap<(MeshId, String), crate::deploy::Preparing>>,
+    pub(crate) preparing: Mutex<HashMap<(MeshId, String), crate::mcp_client::Preparing>>,
     /// Meshes whose catalog of shared MCP servers changed (`tools_changed`).
     pub(crate) tools_events: tokio::sync::broadcast::Sender<MeshId>,
     /// Shared keys changed by applied ops (`state_change` notifications).

@@ -33,7 +33,7 @@ use std::time::Duration;
 use crate::context::Daemon;
 use crate::delivery::send::boxed_to_session;
 use crate::error::Error;
-use crate::mcp_client::{Deployed, Spec};
+use crate::mcp_client::{Deployed, Preparing, Spec};
 use crate::mesh::{LinkCmd, MeshCtx, lock};
 use crate::sandbox::{self, Sandbox};
 
@@ -52,15 +52,6 @@ const ASK_FRESH_MS: i64 = 60_000;
 fn sandbox_here() -> &'static Result<String, String> {
     static S: OnceLock<Result<String, String>> = OnceLock::new();
     S.get_or_init(sandbox::probe)
-}
-
-/// How a service is doing on this daemon before `mcp_host` runs it (fetching its source)
-/// or when it could not be started.
-#[derive(Debug, Clone)]
-pub(crate) struct Preparing {
-    pub(crate) version: u64,
-    pub(crate) state: String,
-    pub(crate) lines: Vec<String>,
 }
 
 /// A folded deployment.
@@ -210,34 +201,6 @@ async fn view(d: &Daemon, mesh: MeshId) -> Result<View, Error> {
         .await?)
 }
 
-/// Names of the services this daemon is a host of (`mcp_host::resume` leaves their
-/// registrations to us).
-pub(crate) async fn names(d: &Daemon, m: &MeshCtx) -> Vec<String> {
-    let me = m.member();
-    view(d, m.id)
-        .await
-        .map(|v| {
-            v.deployments
-                .into_iter()
-                .filter(|x| x.manifest.hosted_by(&me))
-                .map(|x| x.manifest.name)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Whether this daemon is the one serving service `name` now.
-pub(crate) async fn serving_here(d: &Daemon, m: &MeshCtx, name: &str) -> bool {
-    let Ok(v) = view(d, m.id).await else {
-        return false;
-    };
-    v.deployments
-        .iter()
-        .find(|x| x.manifest.name == name)
-        .and_then(|x| v.serving_host(m, &x.manifest))
-        == Some(m.member())
-}
-
 // ---- this daemon as a host ----
 
 /// `host_set`.
@@ -384,24 +347,30 @@ async fn reconcile(d: &Arc<Daemon>, m: &Arc<MeshCtx>) -> Result<(), Error> {
         d.tasks
             .spawn(async move { prepare_and_start(&d2, &m2, x2).await }.instrument(span));
     }
-    // Serve what we should serve and the catalog does not point at us for.
+    // Register what we serve (a no-op when the catalog already says so: a new version's
+    // tools or scope, a standby taking over), and take out registrations of ours for
+    // services we no longer run (hosting disabled, or dropped from their hosts while down).
     for x in want.values() {
         if v.serving_host(m, &x.manifest) != Some(me) {
             continue;
         }
-        let points_here = v
-            .serving
-            .get(&x.manifest.name)
-            .is_some_and(|(s, _)| *s == m.keys.session);
         let h = lock(&d.hosted)
             .get(&(m.id, x.manifest.name.clone()))
             .cloned();
         if let Some(h) = h
-            && !points_here
             && h.client().is_some()
+            && h.spec.deployed.as_ref().map(|x| x.version) == Some(x.manifest.version)
         {
             let tools = h.tools();
-            crate::mcp_host::publish(d, m, &h, tools).await;
+            crate::mcp_host::register(d, m, &h, tools).await;
+        }
+    }
+    for (name, (session, _)) in &v.serving {
+        if *session == m.keys.session
+            && !want.contains_key(name.as_str())
+            && let Err(e) = crate::mcp_host::unpublish(d, m, name).await
+        {
+            tracing::warn!(service = %name, error = %e, "cannot take a service this daemon no longer runs out of the catalog");
         }
     }
     Ok(())
@@ -450,8 +419,12 @@ async fn prepare_and_start(d: &Arc<Daemon>, m: &Arc<MeshCtx>, x: Deployment) {
             if let Some(old) = old {
                 crate::mcp_host::stop(d, &old).await;
             }
+            let keep = spec
+                .deployed
+                .as_ref()
+                .and_then(|dep| dep.sandbox.binds.last().cloned());
             crate::mcp_host::start(d, m, name, spec);
-            clean_old_versions(d, m, &x.manifest);
+            clean_old_versions(d, m, &x.manifest, keep.as_deref());
         }
         Err(e) => {
             tracing::warn!(error = %e, "cannot prepare a hosted service");
@@ -471,13 +444,12 @@ fn service_dir(d: &Daemon, m: &MeshCtx, name: &str) -> PathBuf {
     d.paths.dir.join("deploy").join(m.id.short()).join(name)
 }
 
-/// Once a version runs, older versions' code goes (the service's home stays).
-fn clean_old_versions(d: &Daemon, m: &MeshCtx, mf: &Manifest) {
-    let keep = format!("v{}", mf.version);
+/// Once a version runs, every other version's directory goes (the service's home stays).
+fn clean_old_versions(d: &Daemon, m: &MeshCtx, mf: &Manifest, keep: Option<&Path>) {
     if let Ok(rd) = std::fs::read_dir(service_dir(d, m, &mf.name)) {
         for e in rd.flatten() {
             let n = e.file_name().to_string_lossy().to_string();
-            if n.starts_with('v') && n != keep {
+            if n.starts_with('v') && Some(e.path().as_path()) != keep {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
@@ -485,19 +457,43 @@ fn clean_old_versions(d: &Daemon, m: &MeshCtx, mf: &Manifest) {
 }
 
 /// Fetch the source, open the secrets, and say how to run it.
+///
+/// Each preparation fetches into a directory of its own, made here and never before
+/// reachable from a sandbox: a service (this version's earlier run, or another version's)
+/// writes only its home and its own version's directory, so it cannot plant what the
+/// host then acts on outside the sandbox (a `.git` whose hooks or config `git` would run,
+/// a symlink a fetched file would be written through).
 async fn prepare(d: &Arc<Daemon>, m: &Arc<MeshCtx>, x: &Deployment) -> Result<Spec, String> {
     let mf = &x.manifest;
     mf.check().map_err(|e| e.0)?;
-    let dir = d.paths.dir.join("deploy").join(m.id.short()).join(&mf.name);
-    let vdir = dir.join(format!("v{}", mf.version));
-    let src = vdir.join("src");
+    let dir = service_dir(d, m, &mf.name);
     let home = dir.join("home");
-    for p in [&src, &home] {
-        std::fs::create_dir_all(p).map_err(|e| format!("cannot create {}: {e}", p.display()))?;
+    std::fs::create_dir_all(&home).map_err(|e| format!("cannot create {}: {e}", home.display()))?;
+    let vdir = dir.join(format!(
+        "v{}.{}",
+        mf.version,
+        claudemesh_schema::ItemId::new()
+    ));
+    std::fs::create_dir(&vdir).map_err(|e| format!("cannot create {}: {e}", vdir.display()))?;
+    let spec = prepare_in(d, m, mf, &vdir, &home).await;
+    if spec.is_err() {
+        let _ = std::fs::remove_dir_all(&vdir);
     }
+    spec
+}
+
+async fn prepare_in(
+    d: &Arc<Daemon>,
+    m: &Arc<MeshCtx>,
+    mf: &Manifest,
+    vdir: &Path,
+    home: &Path,
+) -> Result<Spec, String> {
+    let src = vdir.join("src");
+    std::fs::create_dir(&src).map_err(|e| format!("cannot create {}: {e}", src.display()))?;
     let hide = hidden(d);
     let sb = |cwd: &Path, network: bool| Sandbox {
-        dir: dir.clone(),
+        binds: vec![home.to_path_buf(), vdir.to_path_buf()],
         cwd: cwd.to_path_buf(),
         hide: hide.clone(),
         network,
@@ -507,21 +503,19 @@ async fn prepare(d: &Arc<Daemon>, m: &Arc<MeshCtx>, x: &Deployment) -> Result<Sp
     match &mf.source {
         Source::File { file, name } => fetch_file(d, m, *file, &src.join(name)).await?,
         Source::Git { url, commit } => {
-            if !src.join(".git").exists() {
-                run_tool(
-                    Path::new("git"),
-                    &[
-                        "clone".into(),
-                        "--quiet".into(),
-                        "--no-checkout".into(),
-                        "--".into(),
-                        url.clone(),
-                        src.display().to_string(),
-                    ],
-                    &vdir,
-                )
-                .await?;
-            }
+            run_tool(
+                Path::new("git"),
+                &[
+                    "clone".into(),
+                    "--quiet".into(),
+                    "--no-checkout".into(),
+                    "--".into(),
+                    url.clone(),
+                    src.display().to_string(),
+                ],
+                vdir,
+            )
+            .await?;
             run_tool(
                 Path::new("git"),
                 &[
@@ -534,7 +528,7 @@ async fn prepare(d: &Arc<Daemon>, m: &Arc<MeshCtx>, x: &Deployment) -> Result<Sp
                     "--detach".into(),
                     commit.clone(),
                 ],
-                &vdir,
+                vdir,
             )
             .await?;
         }
@@ -542,7 +536,7 @@ async fn prepare(d: &Arc<Daemon>, m: &Arc<MeshCtx>, x: &Deployment) -> Result<Sp
             // Installed inside the sandbox (with network): install scripts run there.
             install(
                 &sb(&src, true),
-                &home,
+                home,
                 &[
                     "npm".into(),
                     "install".into(),
@@ -560,8 +554,8 @@ async fn prepare(d: &Arc<Daemon>, m: &Arc<MeshCtx>, x: &Deployment) -> Result<Sp
         Source::Pypi { package, version } => {
             let venv = vdir.join("venv");
             install(
-                &sb(&vdir, true),
-                &home,
+                &sb(vdir, true),
+                home,
                 &[
                     "python3".into(),
                     "-m".into(),
@@ -571,8 +565,8 @@ async fn prepare(d: &Arc<Daemon>, m: &Arc<MeshCtx>, x: &Deployment) -> Result<Sp
             )
             .await?;
             install(
-                &sb(&vdir, true),
-                &home,
+                &sb(vdir, true),
+                home,
                 &[
                     venv.join("bin/pip").display().to_string(),
                     "install".into(),
@@ -585,7 +579,7 @@ async fn prepare(d: &Arc<Daemon>, m: &Arc<MeshCtx>, x: &Deployment) -> Result<Sp
             path = format!("{}:{path}", venv.join("bin").display());
         }
     }
-    let mut env = base_env(&home, &path);
+    let mut env = base_env(home, &path);
     let mut secrets = Vec::new();
     for e in &mf.env {
         match &e.value {
@@ -645,15 +639,35 @@ fn base_env(home: &Path, path: &str) -> Vec<(String, String)> {
 
 /// Run a fetching tool (git) outside the sandbox, quietly, within [`FETCH_TIMEOUT`].
 async fn run_tool(program: &Path, args: &[String], cwd: &Path) -> Result<(), String> {
+    output(tool_command(program, args, cwd), program).await
+}
+
+/// How [`run_tool`] runs `program`: with none of the host user's environment, so a
+/// deployer's URL is fetched as nobody in particular: not with the host user's SSH keys
+/// or agent, credential helpers, or git configuration (`url.*.insteadOf`, hooks).
+fn tool_command(program: &Path, args: &[String], cwd: &Path) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .current_dir(cwd)
+        .env_clear()
+        .env("PATH", sandbox::SYSTEM_PATH)
+        .env("HOME", "/nonexistent")
+        .env("LANG", "C.UTF-8")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ASKPASS", "/bin/false")
+        .env("SSH_ASKPASS", "/bin/false")
+        // ssh reads the user's files from the password database, not $HOME.
+        .env(
+            "GIT_SSH_COMMAND",
+            "ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o IdentityFile=none -o IdentityAgent=none",
+        )
         // No transport helpers (`ext::`) even if a URL slipped through.
-        .env("GIT_ALLOW_PROTOCOL", "https:http:ssh:git:file")
+        .env("GIT_ALLOW_PROTOCOL", "https:http:ssh:git")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
-    output(cmd, program).await
+    cmd
 }
 
 /// Run an install command inside the sandbox (with network), within [`FETCH_TIMEOUT`].
@@ -1486,4 +1500,46 @@ pub(crate) async fn serve_logs(
         .tx
         .send(LinkCmd::Send(rid, bytes::Bytes::from(frame), None))
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deployer's URL is fetched with none of the host user's environment: what `git`
+    /// would find through it (the SSH agent, `$HOME`'s configuration and credentials,
+    /// the daemon's own settings) is not there.
+    #[tokio::test]
+    async fn git_runs_with_none_of_the_host_users_environment() {
+        let env = Path::new("/usr/bin/env");
+        if !env.exists() {
+            return;
+        }
+        let out = tool_command(env, &[], Path::new("/"))
+            .output()
+            .await
+            .expect("env runs");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let keys: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+            .collect();
+        let allowed = [
+            "PATH",
+            "HOME",
+            "LANG",
+            "GIT_CONFIG_NOSYSTEM",
+            "GIT_CONFIG_GLOBAL",
+            "GIT_TERMINAL_PROMPT",
+            "GIT_ASKPASS",
+            "SSH_ASKPASS",
+            "GIT_SSH_COMMAND",
+            "GIT_ALLOW_PROTOCOL",
+        ];
+        for k in &keys {
+            assert!(allowed.contains(k), "{k} reached git: {text}");
+        }
+        assert!(text.contains("HOME=/nonexistent\n"), "{text}");
+        assert!(text.contains("GIT_CONFIG_GLOBAL=/dev/null\n"), "{text}");
+    }
 }

@@ -278,3 +278,12 @@ impl Stdio {
         lock(&self.pending).take();
     }
 }
+
+/// How a service is doing on this daemon before `mcp_host` runs it (fetching its source)
+/// or when it could not be started.
+#[derive(Debug, Clone)]
+pub(crate) struct Preparing {
+    pub(crate) version: u64,
+    pub(crate) state: String,
+    pub(crate) lines: Vec<String>,
+}

@@ -423,8 +423,18 @@ pub(crate) async fn resume(d: Arc<Daemon>) {
             .await
             .unwrap_or_default();
         let mut ours = declared.get(&m.id).cloned().unwrap_or_default();
-        // Hosted services are `deploy`'s to start and take out.
-        ours.extend(crate::deploy::names(&d, &m).await);
+        // Hosted services are `deploy`'s to register and take out.
+        let id = m.id;
+        ours.extend(
+            d.store
+                .read(move |c| {
+                    let mut stmt = c.prepare("SELECT name FROM deployments WHERE mesh = ?1")?;
+                    let rows = stmt.query_map(params![id.as_bytes()], |r| r.get(0))?;
+                    Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+                })
+                .await
+                .unwrap_or_default(),
+        );
         for name in published.into_iter().filter(|n| !ours.contains(n)) {
             if let Err(e) = unpublish(&d, &m, &name).await {
                 tracing::warn!(server = %name, error = %e, "cannot take a server no longer hosted out of the catalog");
@@ -504,7 +514,7 @@ async fn run_once(d: &Arc<Daemon>, m: &Arc<MeshCtx>, h: &Arc<Hosted>) -> Result<
             let inner = crate::sandbox::wrap(&dep.sandbox, &h.spec.command)?;
             let mut spec = h.spec.clone();
             spec.command = inner;
-            (command_line(&spec), dep.sandbox.dir.clone())
+            (command_line(&spec), dep.sandbox.cwd.clone())
         }
         None => {
             let cwd = h
@@ -738,10 +748,20 @@ async fn list_tools(io: &Stdio, allow: &[String]) -> Result<Vec<ToolSpec>, CallE
     Ok(tools::admit(all).0)
 }
 
-/// Write the registration op if what the catalog holds for it differs; a hosted
-/// service only while this daemon is the host serving it (`deploy` calls this again when
-/// that changes).
-pub(crate) async fn publish(
+/// A server's tools are known (started, or `list_changed`): publish them. A hosted
+/// service is `deploy`'s to register (only while this daemon serves it): its tools are
+/// recorded and `deploy` is woken.
+async fn publish(d: &Arc<Daemon>, m: &Arc<MeshCtx>, h: &Arc<Hosted>, tools: Vec<ToolSpec>) {
+    if h.spec.deployed.is_some() {
+        h.set(|r| r.tools = tools);
+        d.bump_changes();
+        return;
+    }
+    register(d, m, h, tools).await;
+}
+
+/// Write the registration op if what the catalog holds for it differs.
+pub(crate) async fn register(
     d: &Arc<Daemon>,
     m: &Arc<MeshCtx>,
     h: &Arc<Hosted>,
@@ -756,10 +776,6 @@ pub(crate) async fn publish(
         scope: h.spec.scope.clone(),
     };
     h.set(|r| r.tools = tools.clone());
-    if h.spec.deployed.is_some() && !crate::deploy::serving_here(d, m, &h.name).await {
-        h.set(|r| r.published = false);
-        return;
-    }
     let (id, name) = (m.id, h.name.clone());
     let held: Option<(String, String, Vec<u8>, bool, String)> = d
         .store

@@ -1,9 +1,10 @@
 //! The sandbox hosted services run in: bubblewrap (Debian's `bubblewrap`) with the root
 //! file system read-only, the home directories, `/tmp`, `/run` and this daemon's own
-//! directory hidden behind empty tmpfs mounts, the service's own directory the only
-//! writable place, its own PID, IPC and UTS namespaces, no network but a loopback of its
-//! own unless the manifest allows it, and `prlimit` limits (memory, open files, no core
-//! files). Without a working `bwrap` a daemon refuses to host: it never runs a service
+//! directory hidden behind empty tmpfs mounts, the service's home and the directory of
+//! the version it runs the only writable places (never the service's directory above
+//! them, where the host prepares other versions outside the sandbox), its own PID, IPC
+//! and UTS namespaces, no network but a loopback of its own unless the manifest allows
+//! it, and `prlimit` limits (memory, open files, processes, no core files). Without a working `bwrap` a daemon refuses to host: it never runs a service
 //! unsandboxed.
 //!
 //! The environment is not passed on `bwrap`'s command line (`--setenv` would show vault
@@ -16,6 +17,9 @@ use std::path::{Path, PathBuf};
 const BWRAP: &[&str] = &["/usr/bin/bwrap", "/bin/bwrap", "/usr/local/bin/bwrap"];
 const PRLIMIT: &[&str] = &["/usr/bin/prlimit", "/bin/prlimit"];
 
+/// Most processes (and threads) a sandboxed service runs at once.
+const MAX_PROCS: u32 = 1024;
+
 /// The system's command search path inside the sandbox (before the service's own).
 pub(crate) const SYSTEM_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
@@ -26,9 +30,11 @@ fn find(paths: &[&str]) -> Option<PathBuf> {
 /// One sandboxed run.
 #[derive(Debug, Clone)]
 pub(crate) struct Sandbox {
-    /// The service's directory: bound read-write (its code, its home, its state).
-    pub(crate) dir: PathBuf,
-    /// Where the command runs (inside `dir`).
+    /// Bound read-write, each at its own path: the service's home and the directory of
+    /// the version it runs. Nothing the host later works on outside the sandbox (a
+    /// version being fetched, a git repository it runs `git` in) may be among them.
+    pub(crate) binds: Vec<PathBuf>,
+    /// Where the command runs (inside one of `binds`).
     pub(crate) cwd: PathBuf,
     /// Hidden behind empty tmpfs mounts besides the defaults (the daemon's own
     /// directories, the host user's home).
@@ -139,16 +145,18 @@ pub(crate) fn wrap(sb: &Sandbox, command: &[String]) -> Result<Vec<String>, Stri
             }
         }
     }
+    for b in &sb.binds {
+        v.extend(["--bind".into(), s(b), s(b)]);
+    }
     v.extend([
-        "--bind".into(),
-        s(&sb.dir),
-        s(&sb.dir),
         "--chdir".into(),
         s(&sb.cwd),
         "--".into(),
         s(&prlimit),
         format!("--data={}", sb.memory),
         "--nofile=1024".into(),
+        // A fork bomb stops here: counted in the sandbox's own user namespace.
+        format!("--nproc={MAX_PROCS}"),
         "--core=0".into(),
         "--".into(),
     ]);
@@ -166,8 +174,11 @@ mod tests {
             return;
         }
         let sb = Sandbox {
-            dir: PathBuf::from("/tmp/x/svc"),
-            cwd: PathBuf::from("/tmp/x/svc/src"),
+            binds: vec![
+                PathBuf::from("/tmp/x/svc/home"),
+                PathBuf::from("/tmp/x/svc/v1.a/src"),
+            ],
+            cwd: PathBuf::from("/tmp/x/svc/v1.a/src"),
             hide: vec![PathBuf::from("/"), PathBuf::from("/usr")],
             network: false,
             memory: 1 << 29,
@@ -176,6 +187,14 @@ mod tests {
         let bind = v.iter().position(|a| a == "--bind").expect("bind");
         let last_tmpfs = v.iter().rposition(|a| a == "--tmpfs").expect("tmpfs");
         assert!(bind > last_tmpfs);
+        // Only what it was given is writable: never the service's directory above them.
+        let bound: Vec<&str> = v
+            .windows(2)
+            .filter(|w| w[0] == "--bind")
+            .map(|w| w[1].as_str())
+            .collect();
+        assert_eq!(bound, ["/tmp/x/svc/home", "/tmp/x/svc/v1.a/src"]);
+        assert!(v.iter().any(|a| a == &format!("--nproc={MAX_PROCS}")));
         assert!(!v.iter().any(|a| a == "--share-net"));
         assert!(v.iter().any(|a| a == "--unshare-all"));
         assert!(

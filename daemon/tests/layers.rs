@@ -2,9 +2,9 @@
 //!
 //! `daemon` → `link`, `rpc`, `transcript` → domain (`delivery`, `hooks`, `sessions`,
 //! `peers`, `status`, `stats`, `recovery`, `files`, `membership`, `joining`, `grants`,
-//! `shared`, `reminders`, `peer_files`, `mcp_host`, `tools`, `vault`) → `context`,
+//! `shared`, `reminders`, `peer_files`, `mcp_host`, `tools`, `vault`, `deploy`) → `context`,
 //! `error` →
-//! `mesh` → `store`, `keys`, `paths`, `config`, `client`.
+//! `mesh`, `mcp_client`, `sandbox` → `store`, `keys`, `paths`, `config`, `client`.
 //!
 //! Read from the sources: every `crate::…` and `super::…` path, and every use of a child
 //! module, is an edge. Edges go to a lower layer, or within a layer without a cycle; only
@@ -27,8 +27,10 @@ fn layer(module: &str) -> u8 {
         "mcp_host" | "tools" => 3,
         // The vault.
         "vault" => 3,
+        // Hosted services.
+        "deploy" => 3,
         "context" | "error" => 2,
-        "mesh" | "mcp_client" => 1,
+        "mesh" | "mcp_client" | "sandbox" => 1,
         "store" | "keys" | "paths" | "config" | "client" => 0,
         other => {
             panic!("module {other:?} has no layer: add it to this test and to ARCHITECTURE.md")

@@ -31,7 +31,7 @@ pub(crate) struct SourceArg {
     /// A local file to share with the mesh and run (an absolute path).
     #[serde(default)]
     file: Option<String>,
-    /// A git URL (`https://`, `ssh://`, `git://`, `file://` or an absolute path).
+    /// A git URL (`https://`, `http://`, `ssh://` or `git://`; a repository on the host's own disk is refused).
     #[serde(default)]
     git: Option<String>,
     /// The git commit (7 to 64 hex digits; a branch name is refused).
@@ -86,7 +86,7 @@ pub(crate) struct DeployArgs {
     /// A local file to share with the mesh and run (an absolute path).
     #[serde(default)]
     file: Option<String>,
-    /// A git URL (`https://`, `ssh://`, `git://`, `file://` or an absolute path).
+    /// A git URL (`https://`, `http://`, `ssh://` or `git://`; a repository on the host's own disk is refused).
     #[serde(default)]
     git: Option<String>,
     /// The git commit (7 to 64 hex digits; a branch name is refused).

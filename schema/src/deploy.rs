@@ -66,8 +66,7 @@ pub enum Source {
     },
     /// A git repository at one commit.
     Git {
-        /// Clone URL (`https://`, `http://`, `ssh://`, `git://`, `file://` or an absolute
-        /// path).
+        /// Clone URL (`https://`, `http://`, `ssh://` or `git://`).
         url: String,
         /// The commit (hex, 7 to 64 digits).
         commit: String,
@@ -121,16 +120,17 @@ impl Source {
                 }
             }
             Self::Git { url, commit } => {
-                let scheme_ok = ["https://", "http://", "ssh://", "git://", "file://"]
+                // Not a repository on the host's own disk (`file://`, a path): the host
+                // fetches outside the sandbox, with its user's rights to read it.
+                let scheme_ok = ["https://", "http://", "ssh://", "git://"]
                     .iter()
-                    .any(|s| url.starts_with(s))
-                    || url.starts_with('/');
+                    .any(|s| url.starts_with(s));
                 if !scheme_ok
                     || url.len() > 2048
                     || url.chars().any(|c| c.is_whitespace() || c.is_control())
                 {
                     return Err(err(format!(
-                        "the git URL {url:?} is not allowed: use https://, http://, ssh://, git://, file:// or an absolute path"
+                        "the git URL {url:?} is not allowed: use https://, http://, ssh:// or git:// (a repository on the host's own disk is refused)"
                     )));
                 }
                 if !(7..=64).contains(&commit.len())
@@ -396,6 +396,31 @@ impl Manifest {
         Ok(())
     }
 
+    /// Check who sealed its secrets: every box must be from `writer` (the member writing
+    /// this manifest) or `holder` (the member holding the name, when another one, an
+    /// admin, writes it). A box names its sealer and is bound only to the mesh, the
+    /// service's name and the entry, so without this anyone who takes a freed name could
+    /// copy a former deployer's boxes out of the log and run their own command with the
+    /// former deployer's secrets.
+    pub fn check_sealers(
+        &self,
+        writer: &MemberKey,
+        holder: Option<&MemberKey>,
+    ) -> Result<(), ManifestError> {
+        match self
+            .secrets
+            .iter()
+            .find(|s| s.by != *writer && Some(&s.by) != holder)
+        {
+            Some(s) => Err(err(format!(
+                "the secret {:?} was sealed by another member ({}); a manifest carries only its writer's secrets",
+                s.name,
+                s.by.fingerprint()
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// The vault entries it references.
     pub fn vault_names(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self
@@ -528,8 +553,9 @@ mod tests {
         };
         for (s, ok) in [
             (git("https://h/x.git", "0123abc"), true),
-            (git("file:///srv/x", &"a".repeat(40)), true),
-            (git("/srv/x", "0123abc"), true),
+            (git("git://127.0.0.1:9418/x", &"a".repeat(40)), true),
+            (git("file:///srv/x", &"a".repeat(40)), false),
+            (git("/srv/x", "0123abc"), false),
             (git("ext::sh -c touch% /tmp/pwned", "0123abc"), false),
             (git("--upload-pack=touch /tmp/x", "0123abc"), false),
             (git("https://h/x.git", "main"), false),
@@ -676,6 +702,67 @@ mod tests {
             None,
             "another mesh"
         );
+    }
+
+    #[test]
+    fn a_manifest_carries_only_its_writers_or_its_holders_sealed_secrets() {
+        let (bob, carol, admin) = (MemberKey([2; 32]), MemberKey([3; 32]), MemberKey([4; 32]));
+        let sealed_by = |by: MemberKey| SealedSecret {
+            host: MemberKey([1; 32]),
+            by,
+            name: "tok".into(),
+            sealed: vec![0; 48],
+        };
+        let with = |by: &[MemberKey]| Manifest {
+            secrets: by.iter().map(|b| sealed_by(*b)).collect(),
+            ..manifest()
+        };
+        for (m, writer, holder, ok, what) in [
+            (with(&[]), carol, None, true, "no secrets"),
+            (with(&[bob]), bob, None, true, "a first deploy, own box"),
+            (with(&[bob]), bob, Some(bob), true, "an update, own box"),
+            (
+                with(&[bob]),
+                admin,
+                Some(bob),
+                true,
+                "an admin's update keeps the holder's",
+            ),
+            (
+                with(&[admin, bob]),
+                admin,
+                Some(bob),
+                true,
+                "an admin adds its own",
+            ),
+            (
+                with(&[bob]),
+                carol,
+                None,
+                false,
+                "a freed name taken with bob's box",
+            ),
+            (
+                with(&[carol, bob]),
+                carol,
+                Some(carol),
+                false,
+                "bob's box among carol's",
+            ),
+            (
+                with(&[bob]),
+                admin,
+                Some(carol),
+                false,
+                "a third member's box",
+            ),
+        ] {
+            assert_eq!(
+                m.check_sealers(&writer, holder.as_ref()).is_ok(),
+                ok,
+                "{what}"
+            );
+        }
     }
 
     #[test]

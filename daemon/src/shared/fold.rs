@@ -371,6 +371,28 @@ pub(crate) fn apply(tx: &Transaction<'_>, a: &Applying<'_>) -> rusqlite::Result<
             if let Some(n) = held_refused(tx, a, Held::Deployment, &manifest.name, "update")? {
                 return Ok(n);
             }
+            // Secrets sealed by its writer (or the name's holder) only: a box from the log
+            // of a former deployer of a freed name does not come with the name.
+            let holder: Option<Vec<u8>> = tx
+                .query_row(
+                    "SELECT author FROM deployments WHERE mesh = ?1 AND name = ?2",
+                    params![mesh, manifest.name],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let holder = holder
+                .and_then(|k| <[u8; 32]>::try_from(k.as_slice()).ok())
+                .map(MemberKey);
+            if let Err(e) = manifest.check_sealers(a.author, holder.as_ref()) {
+                return Ok(notice(
+                    "tools",
+                    format!(
+                        "the service {} was not deployed: {}",
+                        quoted(&manifest.name),
+                        names_one_line(&e.0)
+                    ),
+                ));
+            }
             if held.is_none()
                 && let Some(n) =
                     held_refused(tx, a, Held::McpServer, &manifest.name, "deploy over")?
