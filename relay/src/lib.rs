@@ -21,6 +21,7 @@ pub mod admission;
 pub mod blobs;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 mod conn;
 pub mod durable;

@@ -11,6 +11,7 @@
 
 pub mod claude;
 pub mod model;
+pub mod nats;
 pub mod power;
 pub mod proxy;
 pub mod raw;

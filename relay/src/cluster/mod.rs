@@ -1,0 +1,78 @@
+//! Relays as nodes over NATS JetStream (issue 17; brief §7: an existing distributed
+//! engine, never a home-made cluster protocol). The single relay on SQLite stays the
+//! default; this module is the clustered engine's side of the relay's state, built up
+//! piece by piece. Today it holds the shared-state op log ([`oplog`]): each mesh's ops get
+//! dense, gap-free sequence numbers in one total order however many relay nodes append
+//! concurrently, durable (acknowledged by JetStream, replicated) before the author is
+//! told.
+//!
+//! What it is not (yet): the relay's [`crate::store::Store`] for a cluster. Mailboxes,
+//! live fan-out across nodes, rosters and cluster-wide quotas come next, on the same
+//! streams and buckets (see ARCHITECTURE.md, "Beyond one relay").
+
+pub mod oplog;
+
+/// A cluster operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// Connecting to the NATS cluster failed.
+    #[error("cannot connect to NATS at {url}: {detail}")]
+    Connect {
+        /// The URL tried (no credentials).
+        url: String,
+        /// What the client said.
+        detail: String,
+    },
+    /// A JetStream request failed (the stream or bucket, what was asked, what the server
+    /// said).
+    #[error("JetStream {what} failed: {detail}")]
+    JetStream {
+        /// What was asked.
+        what: &'static str,
+        /// What the server or client said.
+        detail: String,
+    },
+    /// Appending lost the race for the mesh's head too many times in a row (other nodes
+    /// keep appending): the author's daemon sends the op again.
+    #[error("the op log of mesh {mesh} is too contended; try again")]
+    Contended {
+        /// The mesh, short.
+        mesh: String,
+    },
+    /// A stored op is not what this relay writes (edited, or another program's).
+    #[error("stored op {what} is corrupt: {detail}")]
+    Corrupt {
+        /// Which part.
+        what: &'static str,
+        /// Detail.
+        detail: String,
+    },
+}
+
+/// Connect to a NATS cluster through any of `urls` (the client fails over between them and
+/// reconnects for as long as it lives).
+pub async fn connect(urls: &[String]) -> Result<async_nats::Client, ClusterError> {
+    let addrs: Vec<async_nats::ServerAddr> = urls
+        .iter()
+        .map(|u| {
+            u.parse()
+                .map_err(|e: std::io::Error| ClusterError::Connect {
+                    url: u.clone(),
+                    detail: e.to_string(),
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(addrs)
+        .await
+        .map_err(|e| ClusterError::Connect {
+            url: urls.join(","),
+            detail: e.to_string(),
+        })
+}
+
+pub(crate) fn js_err(what: &'static str) -> impl FnOnce(String) -> ClusterError {
+    move |detail| ClusterError::JetStream { what, detail }
+}
