@@ -711,28 +711,10 @@ async fn fetch_file(
     out: &Path,
 ) -> Result<(), String> {
     let until = tokio::time::Instant::now() + FILE_WAIT;
-    let mut changes = d.changes.subscribe();
-    loop {
-        let got = crate::files::get(
-            d,
-            claudemesh_schema::ipc::files::FileGetParams {
-                mesh: Some(m.id.to_string()),
-                file: file.to_string(),
-                out: Some(out.display().to_string()),
-                force: true,
-            },
-        )
-        .await;
-        match got {
-            Ok(_) => return Ok(()),
-            Err(Error::NotFound(_)) => {
-                let woke = tokio::time::timeout_at(until, changes.changed()).await;
-                if !matches!(woke, Ok(Ok(()))) {
-                    return Err("the service's file did not reach this host in time".into());
-                }
-            }
-            Err(e) => return Err(format!("cannot fetch the service's file: {e}")),
-        }
+    match crate::files::get_when_shared(d, m, file, out, until).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err("the service's file did not reach this host in time".into()),
+        Err(e) => Err(format!("cannot fetch the service's file: {e}")),
     }
 }
 

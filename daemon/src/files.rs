@@ -917,6 +917,40 @@ struct Sources {
     cache: u32,
 }
 
+/// Fetch `file` to `out` once its share op has reached this daemon (it may come after the
+/// message naming it), waiting for the fold until `until`: `Ok(false)` if it never came.
+pub(crate) async fn get_when_shared(
+    d: &Arc<Daemon>,
+    m: &MeshCtx,
+    file: ItemId,
+    out: &Path,
+    until: tokio::time::Instant,
+) -> Result<bool, Error> {
+    let mut changes = d.changes.subscribe();
+    loop {
+        let got = get(
+            d,
+            FileGetParams {
+                mesh: Some(m.id.to_string()),
+                file: file.to_string(),
+                out: Some(out.display().to_string()),
+                force: true,
+            },
+        )
+        .await;
+        match got {
+            Ok(_) => return Ok(true),
+            Err(Error::NotFound(_)) => {
+                let woke = tokio::time::timeout_at(until, changes.changed()).await;
+                if !matches!(woke, Ok(Ok(()))) {
+                    return Ok(false);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// `file_get`.
 pub(crate) async fn get(d: &Arc<Daemon>, p: FileGetParams) -> Result<FileGetResult, Error> {
     let m = d.select(p.mesh.as_deref())?;

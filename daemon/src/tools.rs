@@ -359,36 +359,14 @@ async fn fetch_result(
     let dir = d.paths.dir.join("mcp").join("results");
     std::fs::create_dir_all(&dir).map_err(Error::internal)?;
     let out = dir.join(format!("{file}.fetched.json"));
-    let mut changes = d.changes.subscribe();
-    loop {
-        let got = crate::files::get(
-            d,
-            claudemesh_schema::ipc::files::FileGetParams {
-                mesh: Some(m.id.to_string()),
-                file: file.to_string(),
-                out: Some(out.display().to_string()),
-                force: true,
-            },
-        )
-        .await;
-        match got {
-            Ok(_) => {
-                let text = std::fs::read_to_string(&out).map_err(Error::internal);
-                let _ = std::fs::remove_file(&out);
-                return serde_json::from_str(&text?)
-                    .map_err(|_| Error::invalid("the host's result file is not JSON"));
-            }
-            Err(Error::NotFound(_)) => {
-                let woke = tokio::time::timeout_at(until, changes.changed()).await;
-                if !matches!(woke, Ok(Ok(()))) {
-                    return Err(Error::timeout(
-                        "the host shared its large result as a file, but it did not arrive in time",
-                    ));
-                }
-            }
-            Err(e) => return Err(e),
-        }
+    if !crate::files::get_when_shared(d, m, file, &out, until).await? {
+        return Err(Error::timeout(
+            "the host shared its large result as a file, but it did not arrive in time",
+        ));
     }
+    let text = std::fs::read_to_string(&out).map_err(Error::internal);
+    let _ = std::fs::remove_file(&out);
+    serde_json::from_str(&text?).map_err(|_| Error::invalid("the host's result file is not JSON"))
 }
 
 /// Removes a waiting call when dropped.

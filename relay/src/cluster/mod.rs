@@ -1,15 +1,17 @@
 //! Relays as nodes over NATS JetStream (issue 17; brief §7: an existing distributed
 //! engine, never a home-made cluster protocol). The single relay on SQLite stays the
 //! default; this module is the clustered engine's side of the relay's state, built up
-//! piece by piece. Today it holds the shared-state op log ([`oplog`]): each mesh's ops get
+//! piece by piece. Today it holds the shared-state op log ([`oplog`]: each mesh's ops get
 //! dense, gap-free sequence numbers in one total order however many relay nodes append
-//! concurrently, durable (acknowledged by JetStream, replicated) before the author is
-//! told.
+//! concurrently, durable — acknowledged by JetStream, replicated — before the author is
+//! told) and store-and-forward ([`mailbox`]: an envelope stored through one node is
+//! delivered through any other, once).
 //!
-//! What it is not (yet): the relay's [`crate::store::Store`] for a cluster. Mailboxes,
-//! live fan-out across nodes, rosters and cluster-wide quotas come next, on the same
-//! streams and buckets (see ARCHITECTURE.md, "Beyond one relay").
+//! What it is not (yet): the relay's [`crate::store::Store`] for a cluster. Live fan-out
+//! across nodes, rosters, cluster-wide quotas and the relay nodes themselves come next, on
+//! the same engine (see ARCHITECTURE.md, "Beyond one relay").
 
+pub mod mailbox;
 pub mod oplog;
 
 /// A cluster operation failed.
@@ -71,6 +73,23 @@ pub async fn connect(urls: &[String]) -> Result<async_nats::Client, ClusterError
             url: urls.join(","),
             detail: e.to_string(),
         })
+}
+
+/// The server leading a stream's replicas now (its `server_name`), if it has one.
+pub async fn stream_leader(
+    client: async_nats::Client,
+    stream: &str,
+) -> Result<Option<String>, ClusterError> {
+    let js = async_nats::jetstream::new(client);
+    let mut s = js
+        .get_stream(stream)
+        .await
+        .map_err(|e| js_err("finding a stream")(e.to_string()))?;
+    let info = s
+        .info()
+        .await
+        .map_err(|e| js_err("reading a stream's state")(e.to_string()))?;
+    Ok(info.cluster.as_ref().and_then(|c| c.leader.clone()))
 }
 
 pub(crate) fn js_err(what: &'static str) -> impl FnOnce(String) -> ClusterError {

@@ -1,0 +1,236 @@
+//! Store-and-forward on JetStream: envelopes waiting for offline members, on one
+//! replicated stream (`<P>_MAIL`, subjects `<p>.mail.<mesh>.<member>`, each message kept at
+//! most the envelope TTL), so a message stored through one relay node is delivered through
+//! whichever node its recipient connects to, and survives any one server. A copy per
+//! recipient member: each member's acknowledgement deletes its own copy.
+//!
+//! Envelope ids are unique per (mesh, sender) cluster-wide through a KV bucket
+//! (`<P>_MAILIDX`, created once per id): a resend by the same sender is a duplicate, the
+//! same id from another sender or mesh is refused, as on the single relay.
+
+use async_nats::jetstream::{self, kv, stream};
+use bytes::Bytes;
+use claudemesh_schema::crypto::{MemberKey, hex};
+use claudemesh_schema::{MeshId, MessageId};
+use std::time::Duration;
+
+use super::{ClusterError, js_err};
+use crate::store::{NewEnvelope, Put, Stored};
+
+/// JetStream's duplicate window for envelope publishes.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// How the mailboxes are laid out on the cluster.
+#[derive(Debug, Clone)]
+pub struct MailboxConfig {
+    /// Stream and bucket names start with this (upper case), subjects with it (lower).
+    pub prefix: String,
+    /// Replicas of the stream and the id index.
+    pub replicas: usize,
+    /// Longest an envelope waits (the envelope TTL): older ones are dropped by JetStream.
+    pub max_age: Duration,
+}
+
+/// Every member's mailbox, on one JetStream cluster.
+pub struct ClusterMailbox {
+    js: jetstream::Context,
+    stream: stream::Stream,
+    ids: kv::Store,
+    subject_prefix: String,
+}
+
+impl std::fmt::Debug for ClusterMailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterMailbox")
+            .field("subjects", &self.subject_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn header(
+    m: &jetstream::message::StreamMessage,
+    name: &'static str,
+) -> Result<String, ClusterError> {
+    m.headers
+        .get(name)
+        .map(|v| v.as_str().to_string())
+        .ok_or(ClusterError::Corrupt {
+            what: "envelope header",
+            detail: format!("{name} missing"),
+        })
+}
+
+impl ClusterMailbox {
+    /// Open (creating when missing) the mailbox stream and its id index.
+    pub async fn open(
+        client: async_nats::Client,
+        cfg: &MailboxConfig,
+    ) -> Result<Self, ClusterError> {
+        let js = jetstream::new(client);
+        let (upper, lower) = (cfg.prefix.to_uppercase(), cfg.prefix.to_lowercase());
+        let stream = js
+            .get_or_create_stream(stream::Config {
+                name: format!("{upper}_MAIL"),
+                subjects: vec![format!("{lower}.mail.*.*")],
+                storage: stream::StorageType::File,
+                num_replicas: cfg.replicas,
+                max_age: cfg.max_age,
+                duplicate_window: DUPLICATE_WINDOW,
+                allow_direct: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| js_err("creating the mailbox stream")(e.to_string()))?;
+        let bucket = format!("{upper}_MAILIDX");
+        let ids = match js.get_key_value(&bucket).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket,
+                    history: 1,
+                    // An id is unique as long as an envelope with it may still be stored.
+                    max_age: cfg.max_age,
+                    storage: stream::StorageType::File,
+                    num_replicas: cfg.replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| js_err("creating the envelope index")(e.to_string()))?,
+        };
+        Ok(Self {
+            js,
+            stream,
+            ids,
+            subject_prefix: format!("{lower}.mail"),
+        })
+    }
+
+    fn subject(&self, mesh: &MeshId, member: &MemberKey) -> String {
+        format!(
+            "{}.{}.{}",
+            self.subject_prefix,
+            hex(mesh.as_bytes()),
+            hex(&member.0)
+        )
+    }
+
+    /// Store an envelope for each of its recipients, durable on the cluster before this
+    /// returns.
+    pub async fn put(&self, e: &NewEnvelope) -> Result<Put, ClusterError> {
+        let owner = format!("{} {}", hex(e.mesh.as_bytes()), hex(&e.sender.0));
+        let key = format!("id.{}", hex(e.id.as_bytes()));
+        let first = match self.ids.create(&key, Bytes::from(owner.clone())).await {
+            Ok(_) => true,
+            Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let held = self
+                    .ids
+                    .get(&key)
+                    .await
+                    .map_err(|e| js_err("reading the envelope index")(e.to_string()))?;
+                if held.as_deref() != Some(owner.as_bytes()) {
+                    return Ok(Put::Taken);
+                }
+                false
+            }
+            Err(err) => return Err(js_err("writing the envelope index")(err.to_string())),
+        };
+        // A resend publishes again: a copy whose first publish was lost is stored now, one
+        // that was stored is a duplicate JetStream drops (same message id).
+        let mut stored_any = false;
+        for member in &e.recipients {
+            let msg = jetstream::message::PublishMessage::build()
+                .payload(e.envelope.clone())
+                .header("Cm-Id", e.id.to_string().as_str())
+                .header("Cm-At", e.at.to_string().as_str())
+                .message_id(format!("{}.{}", hex(e.id.as_bytes()), hex(&member.0)));
+            let ack = self
+                .js
+                .send_publish(self.subject(&e.mesh, member), msg)
+                .await
+                .map_err(|err| js_err("storing an envelope")(err.to_string()))?
+                .await
+                .map_err(|err| js_err("storing an envelope")(err.to_string()))?;
+            stored_any |= !ack.duplicate;
+        }
+        Ok(if first || stored_any {
+            Put::Stored
+        } else {
+            Put::Duplicate
+        })
+    }
+
+    /// Envelopes waiting for `member`, oldest first, after stream position `after`
+    /// (`0`: from the start); each with its position, for the next page and for `ack`.
+    pub async fn mailbox(
+        &self,
+        mesh: &MeshId,
+        member: &MemberKey,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Stored)>, ClusterError> {
+        let subject = self.subject(mesh, member);
+        let mut out = Vec::new();
+        let mut at = after + 1;
+        while out.len() < limit {
+            let got = self
+                .stream
+                .direct_get_builder()
+                .sequence(at)
+                .next_by_subject(subject.clone())
+                .send()
+                .await;
+            match got {
+                Ok(m) => {
+                    at = m.sequence + 1;
+                    let id: MessageId =
+                        serde_json::from_value(serde_json::Value::String(header(&m, "Cm-Id")?))
+                            .map_err(|_| ClusterError::Corrupt {
+                                what: "envelope id",
+                                detail: "not an id".into(),
+                            })?;
+                    let accepted = header(&m, "Cm-At")?.parse().unwrap_or_default();
+                    out.push((
+                        m.sequence,
+                        Stored {
+                            id,
+                            envelope: m.payload.to_vec(),
+                            at: accepted,
+                        },
+                    ));
+                }
+                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => break,
+                Err(e) => return Err(js_err("reading a mailbox")(e.to_string())),
+            }
+        }
+        Ok(out)
+    }
+
+    /// `member` acknowledged the envelopes at these positions of its mailbox: its copies go.
+    /// Returns how many were still stored.
+    pub async fn ack(
+        &self,
+        mesh: &MeshId,
+        member: &MemberKey,
+        positions: &[u64],
+    ) -> Result<usize, ClusterError> {
+        let subject = self.subject(mesh, member);
+        let mut gone = 0;
+        for &seq in positions {
+            // Only a copy in this member's own mailbox: a position is not a capability.
+            match self.stream.direct_get(seq).await {
+                Ok(m) if m.subject.as_str() == subject => {}
+                Ok(_) => continue,
+                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => continue,
+                Err(e) => return Err(js_err("reading an acknowledged envelope")(e.to_string())),
+            }
+            match self.stream.delete_message(seq).await {
+                Ok(true) => gone += 1,
+                Ok(false) => {}
+                // Deleted meanwhile (another node took the same acknowledgement).
+                Err(e) if e.to_string().contains("no message found") => {}
+                Err(e) => return Err(js_err("deleting an acknowledged envelope")(e.to_string())),
+            }
+        }
+        Ok(gone)
+    }
+}
