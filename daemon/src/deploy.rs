@@ -297,6 +297,28 @@ pub(crate) async fn run(d: Arc<Daemon>) {
 }
 
 async fn reconcile(d: &Arc<Daemon>, m: &Arc<MeshCtx>) -> Result<(), Error> {
+    // Most meshes deploy nothing: one cheap look, not the whole view, on every change
+    // (changes come with every message).
+    let runs_any = lock(&d.hosted)
+        .values()
+        .any(|h| h.mesh == m.id && h.spec.deployed.is_some())
+        || lock(&d.preparing).keys().any(|(mesh, _)| *mesh == m.id);
+    if !runs_any {
+        let id = m.id;
+        let any: bool = d
+            .store
+            .read(move |c| {
+                Ok(c.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM deployments WHERE mesh = ?1)",
+                    params![id.as_bytes()],
+                    |r| r.get(0),
+                )?)
+            })
+            .await?;
+        if !any {
+            return Ok(());
+        }
+    }
     let v = view(d, m.id).await?;
     let me = m.member();
     let hosting = v.up(m, &me);
