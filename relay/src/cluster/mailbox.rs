@@ -97,6 +97,28 @@ impl ClusterMailbox {
                 .await
                 .map_err(|e| js_err("creating the envelope index")(e.to_string()))?,
         };
+        let probe = format!("{lower}.mail.ready.ready");
+        super::until_ready("waiting for the mailbox stream", || {
+            let (stream, probe) = (stream.clone(), probe.clone());
+            async move {
+                match stream.direct_get_last_for_subject(probe).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        })
+        .await?;
+        super::until_ready("waiting for the envelope index", || {
+            let ids = ids.clone();
+            async move {
+                ids.get("ready")
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .await?;
         Ok(Self {
             js,
             stream,

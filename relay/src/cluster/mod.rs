@@ -92,6 +92,27 @@ pub async fn stream_leader(
     Ok(info.cluster.as_ref().and_then(|c| c.leader.clone()))
 }
 
+/// Wait until a stream or bucket just created answers reads: a replicated one serves
+/// nothing ("no responders") until its replicas elected a leader. `probe` is a read whose
+/// answer (found or not) means ready.
+pub(crate) async fn until_ready<F, Fut>(
+    what: &'static str,
+    mut probe: F,
+) -> Result<(), ClusterError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match probe().await {
+            Ok(()) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() >= until => return Err(js_err(what)(e)),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+}
+
 pub(crate) fn js_err(what: &'static str) -> impl FnOnce(String) -> ClusterError {
     move |detail| ClusterError::JetStream { what, detail }
 }

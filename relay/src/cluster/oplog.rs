@@ -168,6 +168,29 @@ impl ClusterOpLog {
                 .await
                 .map_err(|e| js_err("creating the op index")(e.to_string()))?,
         };
+        let probe = format!("{lower}.ops.ready");
+        super::until_ready("waiting for the op stream", || {
+            let (stream, probe) = (stream.clone(), probe.clone());
+            async move {
+                match stream.direct_get_last_for_subject(probe).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        })
+        .await?;
+        super::until_ready("waiting for the op index", || {
+            let index = index.clone();
+            async move {
+                index
+                    .get("ready")
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .await?;
         Ok(Self {
             js,
             stream,
