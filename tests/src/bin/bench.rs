@@ -1141,7 +1141,81 @@ fn main() {
         if all || what == "tools" {
             tools(&bin).await;
         }
+        if all || what == "cluster" {
+            cluster().await;
+        }
     });
+}
+
+/// The clustered op log (issue 17, in progress) on a 3-server NATS JetStream cluster on
+/// this box: appends/s and append latency with 8 concurrent authors through one relay
+/// node, then through two nodes on different servers — on one mesh (they race for its
+/// head) and spread over 8 meshes (no race). A shape, not a capacity: the three servers
+/// and the clients share two cores.
+async fn cluster() {
+    use claudemesh_relay::cluster::oplog::{ClusterOpLog, OpLogConfig};
+    use claudemesh_relay::store::NewOp;
+    use claudemesh_schema::OpId;
+    use claudemesh_schema::crypto::MemberKey;
+    let root = tempfile::tempdir().unwrap();
+    let nats = claudemesh_tests::nats::NatsCluster::start(root.path(), 3);
+    let urls = nats.urls();
+    let per_author = 100usize;
+    for (label, nodes, meshes) in [
+        ("1 node, 1 mesh", 1usize, 1usize),
+        ("2 nodes, 1 mesh", 2, 1),
+        ("2 nodes, 8 meshes", 2, 8),
+    ] {
+        let prefix = format!("B{nodes}{meshes}");
+        let mut logs = Vec::new();
+        for n in 0..nodes {
+            let mut u = urls.clone();
+            u.rotate_left(n * 2);
+            let client = claudemesh_relay::cluster::connect(&u).await.unwrap();
+            let cfg = OpLogConfig {
+                prefix: prefix.clone(),
+                replicas: 3,
+            };
+            logs.push(Arc::new(ClusterOpLog::open(client, &cfg).await.unwrap()));
+        }
+        let mesh_ids: Vec<MeshId> = (0..meshes).map(|_| MeshId::new()).collect();
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for a in 0..8usize {
+            let log = logs[a % nodes].clone();
+            let mesh = mesh_ids[a % meshes];
+            tasks.push(tokio::spawn(async move {
+                let author = MemberKey([a as u8 + 1; 32]);
+                let mut lat = Vec::new();
+                for i in 0..per_author {
+                    let op = NewOp {
+                        mesh,
+                        id: OpId::new(),
+                        author,
+                        op: Bytes::from(format!("{{\"ct\":\"{i:0>200}\"}}")),
+                        at: now_ms(),
+                    };
+                    let t = Instant::now();
+                    log.append(&op).await.unwrap();
+                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                lat
+            }));
+        }
+        let mut lat = Vec::new();
+        for t in tasks {
+            lat.extend(t.await.unwrap());
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let n = lat.len();
+        report(&format!("cluster op append, {label}"), "ms", lat);
+        println!("{:<44} {:.0} appends/s", "", n as f64 / secs);
+        let mut heads = 0;
+        for m in &mesh_ids {
+            heads += logs[0].head(m).await.unwrap();
+        }
+        assert_eq!(heads as usize, n, "dense: every append has its sequence");
+    }
 }
 
 /// Shared MCP tools as a session calls them: the echo server of the tests hosted by ann's
