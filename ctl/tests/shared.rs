@@ -382,7 +382,12 @@ fn reminders_fire_once_per_due_time_also_across_a_restart_of_the_firing_daemon()
     nodes[0].wait("link-up", None);
     all_synced(&nodes, &nodes[0]);
     assert_eq!(reminder(&nodes[0], &cron_id)["fired"], 1);
-    nodes[0].ok(&["debug", "clock", "--advance", "20m"]);
+    // The restart reset ann's clock shift: move it just past the next period, never as
+    // far as the one after (a fixed 20 minutes did reach it when the real clock passed a
+    // 10-minute mark during the test: a third firing, rightly).
+    let next_due = reminder(&nodes[0], &cron_id)["next_due"].as_i64().unwrap();
+    let secs = (next_due - claudemesh_schema::now_ms()) / 1000 + 2;
+    nodes[0].ok(&["debug", "clock", "--advance", &format!("{secs}s")]);
     let got = nodes[1].inbox_wait();
     assert_eq!(bodies(&got), vec!["standup"], "{got:?}");
     nodes[0].ok(&["wait", "synced", "--seq", "4", "--timeout", "30"]);
