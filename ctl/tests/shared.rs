@@ -353,8 +353,12 @@ fn reminders_fire_once_per_due_time_also_across_a_restart_of_the_firing_daemon()
         assert!(r["next_due"].is_i64(), "{r}");
     }
 
-    // The next period comes: ann's daemon (the scheduler's) delivers it, once.
-    nodes[0].ok(&["debug", "clock", "--advance", "10m"]);
+    // The next period comes: ann's daemon (the scheduler's) delivers it, once. (Just past
+    // it: a fixed 10 minutes would reach the one after when the real clock passes a
+    // 10-minute mark between the `remind` and this.)
+    let next_due = reminder(&nodes[0], &cron_id)["next_due"].as_i64().unwrap();
+    let secs = (next_due - claudemesh_schema::now_ms()) / 1000 + 2;
+    nodes[0].ok(&["debug", "clock", "--advance", &format!("{secs}s")]);
     let got = nodes[1].inbox_wait();
     assert_eq!(bodies(&got), vec!["standup"], "{got:?}");
     // A reminder another member set arrives as a message from that member: the
