@@ -14,7 +14,7 @@ use claudemesh_schema::crypto::{MemberKey, hex};
 use claudemesh_schema::{MeshId, MessageId};
 use std::time::Duration;
 
-use super::{ClusterError, js_err};
+use super::{ClusterError, header, js_err};
 use crate::store::{NewEnvelope, Put, Stored};
 
 /// JetStream's duplicate window for envelope publishes.
@@ -47,19 +47,6 @@ impl std::fmt::Debug for ClusterMailbox {
     }
 }
 
-fn header(
-    m: &jetstream::message::StreamMessage,
-    name: &'static str,
-) -> Result<String, ClusterError> {
-    m.headers
-        .get(name)
-        .map(|v| v.as_str().to_string())
-        .ok_or(ClusterError::Corrupt {
-            what: "envelope header",
-            detail: format!("{name} missing"),
-        })
-}
-
 impl ClusterMailbox {
     /// Open (creating when missing) the mailbox stream and its id index.
     pub async fn open(
@@ -81,44 +68,21 @@ impl ClusterMailbox {
             })
             .await
             .map_err(|e| js_err("creating the mailbox stream")(e.to_string()))?;
-        let bucket = format!("{upper}_MAILIDX");
-        let ids = match js.get_key_value(&bucket).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket,
-                    history: 1,
-                    // An id is unique as long as an envelope with it may still be stored.
-                    max_age: cfg.max_age,
-                    storage: stream::StorageType::File,
-                    num_replicas: cfg.replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| js_err("creating the envelope index")(e.to_string()))?,
-        };
-        let probe = format!("{lower}.mail.ready.ready");
-        super::until_ready("waiting for the mailbox stream", || {
-            let (stream, probe) = (stream.clone(), probe.clone());
-            async move {
-                match stream.direct_get_last_for_subject(probe).await {
-                    Ok(_) => Ok(()),
-                    Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(()),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-        })
+        let ids = super::bucket(
+            &js,
+            kv::Config {
+                bucket: format!("{upper}_MAILIDX"),
+                history: 1,
+                // An id is unique as long as an envelope with it may still be stored.
+                max_age: cfg.max_age,
+                storage: stream::StorageType::File,
+                num_replicas: cfg.replicas,
+                ..Default::default()
+            },
+            "creating the envelope index",
+        )
         .await?;
-        super::until_ready("waiting for the envelope index", || {
-            let ids = ids.clone();
-            async move {
-                ids.get("ready")
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-        })
-        .await?;
+        super::until_ready(&stream, &format!("{lower}.mail.ready.ready"), &ids).await?;
         Ok(Self {
             js,
             stream,
@@ -194,35 +158,27 @@ impl ClusterMailbox {
         let mut out = Vec::new();
         let mut at = after + 1;
         while out.len() < limit {
-            let got = self
-                .stream
-                .direct_get_builder()
-                .sequence(at)
-                .next_by_subject(subject.clone())
-                .send()
-                .await;
-            match got {
-                Ok(m) => {
-                    at = m.sequence + 1;
-                    let id: MessageId =
-                        serde_json::from_value(serde_json::Value::String(header(&m, "Cm-Id")?))
-                            .map_err(|_| ClusterError::Corrupt {
-                                what: "envelope id",
-                                detail: "not an id".into(),
-                            })?;
-                    let accepted = header(&m, "Cm-At")?.parse().unwrap_or_default();
-                    out.push((
-                        m.sequence,
-                        Stored {
-                            id,
-                            envelope: m.payload.to_vec(),
-                            at: accepted,
-                        },
-                    ));
-                }
-                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => break,
-                Err(e) => return Err(js_err("reading a mailbox")(e.to_string())),
-            }
+            let Some(m) =
+                super::next_on_subject(&self.stream, at, &subject, "reading a mailbox").await?
+            else {
+                break;
+            };
+            at = m.sequence + 1;
+            let id: MessageId =
+                serde_json::from_value(serde_json::Value::String(header(&m.headers, "Cm-Id")?))
+                    .map_err(|_| ClusterError::Corrupt {
+                        what: "envelope id",
+                        detail: "not an id".into(),
+                    })?;
+            let accepted = header(&m.headers, "Cm-At")?.parse().unwrap_or_default();
+            out.push((
+                m.sequence,
+                Stored {
+                    id,
+                    envelope: m.payload.to_vec(),
+                    at: accepted,
+                },
+            ));
         }
         Ok(out)
     }

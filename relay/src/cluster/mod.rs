@@ -92,24 +92,87 @@ pub async fn stream_leader(
     Ok(info.cluster.as_ref().and_then(|c| c.leader.clone()))
 }
 
-/// Wait until a stream or bucket just created answers reads: a replicated one serves
-/// nothing ("no responders") until its replicas elected a leader. `probe` is a read whose
-/// answer (found or not) means ready.
-pub(crate) async fn until_ready<F, Fut>(
-    what: &'static str,
-    mut probe: F,
-) -> Result<(), ClusterError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), String>>,
-{
+/// Wait until a stream and its bucket, just created, answer reads: a replicated one
+/// serves nothing ("no responders") until its replicas elected a leader. A read of the
+/// last message on `probe` (found or not) and of a key of the bucket means ready.
+pub(crate) async fn until_ready(
+    stream: &async_nats::jetstream::stream::Stream,
+    probe: &str,
+    bucket: &async_nats::jetstream::kv::Store,
+) -> Result<(), ClusterError> {
+    use async_nats::jetstream::stream::DirectGetErrorKind;
     let until = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        match probe().await {
+        let stream_up = match stream.direct_get_last_for_subject(probe).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.to_string()),
+        };
+        let up = match stream_up {
+            Ok(()) => bucket
+                .get("ready")
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        match up {
             Ok(()) => return Ok(()),
-            Err(e) if tokio::time::Instant::now() >= until => return Err(js_err(what)(e)),
+            Err(e) if tokio::time::Instant::now() >= until => {
+                return Err(js_err("waiting for a new stream to answer")(e));
+            }
             Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
         }
+    }
+}
+
+/// The bucket named in `cfg`, created when missing.
+pub(crate) async fn bucket(
+    js: &async_nats::jetstream::Context,
+    cfg: async_nats::jetstream::kv::Config,
+    what: &'static str,
+) -> Result<async_nats::jetstream::kv::Store, ClusterError> {
+    match js.get_key_value(&cfg.bucket).await {
+        Ok(kv) => Ok(kv),
+        Err(_) => js
+            .create_key_value(cfg)
+            .await
+            .map_err(|e| js_err(what)(e.to_string())),
+    }
+}
+
+/// A header this relay writes on every message it stores.
+pub(crate) fn header(
+    m: &async_nats::HeaderMap,
+    name: &'static str,
+) -> Result<String, ClusterError> {
+    m.get(name)
+        .map(|v| v.as_str().to_string())
+        .ok_or(ClusterError::Corrupt {
+            what: "header",
+            detail: format!("{name} missing"),
+        })
+}
+
+/// The first message on `subject` at stream position `from` or later, if any.
+pub(crate) async fn next_on_subject(
+    stream: &async_nats::jetstream::stream::Stream,
+    from: u64,
+    subject: &str,
+    what: &'static str,
+) -> Result<Option<async_nats::jetstream::message::StreamMessage>, ClusterError> {
+    match stream
+        .direct_get_builder()
+        .sequence(from)
+        .next_by_subject(subject)
+        .send()
+        .await
+    {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => {
+            Ok(None)
+        }
+        Err(e) => Err(js_err(what)(e.to_string())),
     }
 }
 

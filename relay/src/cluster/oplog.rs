@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{ClusterError, js_err};
+use super::{ClusterError, header, js_err};
 use crate::store::{Appended, NewOp};
 
 /// Every this many sequences the index records where the op is in the stream.
@@ -79,15 +79,6 @@ impl std::fmt::Debug for ClusterOpLog {
     }
 }
 
-fn hdr(m: &async_nats::HeaderMap, name: &'static str) -> Result<String, ClusterError> {
-    m.get(name)
-        .map(|v| v.as_str().to_string())
-        .ok_or(ClusterError::Corrupt {
-            what: "header",
-            detail: format!("{name} missing"),
-        })
-}
-
 fn num<T: std::str::FromStr>(s: &str, what: &'static str) -> Result<T, ClusterError> {
     s.parse().map_err(|_| ClusterError::Corrupt {
         what,
@@ -119,7 +110,7 @@ pub struct StoredOp {
 }
 
 fn stored(m: &jetstream::message::StreamMessage) -> Result<StoredOp, ClusterError> {
-    let author = hdr(&m.headers, "Cm-Author")?;
+    let author = header(&m.headers, "Cm-Author")?;
     let author = claudemesh_schema::encoding::unb64_array::<32>(&author)
         .map(MemberKey)
         .ok_or(ClusterError::Corrupt {
@@ -127,10 +118,10 @@ fn stored(m: &jetstream::message::StreamMessage) -> Result<StoredOp, ClusterErro
             detail: "not a key".into(),
         })?;
     Ok(StoredOp {
-        seq: num(&hdr(&m.headers, "Cm-Seq")?, "sequence")?,
-        at: num(&hdr(&m.headers, "Cm-At")?, "time")?,
+        seq: num(&header(&m.headers, "Cm-Seq")?, "sequence")?,
+        at: num(&header(&m.headers, "Cm-At")?, "time")?,
         author,
-        id: hdr(&m.headers, "Cm-Op")?,
+        id: header(&m.headers, "Cm-Op")?,
         op: m.payload.clone(),
     })
 }
@@ -154,43 +145,19 @@ impl ClusterOpLog {
             })
             .await
             .map_err(|e| js_err("creating the op stream")(e.to_string()))?;
-        let bucket = format!("{upper}_OPIDX");
-        let index = match js.get_key_value(&bucket).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket,
-                    history: 1,
-                    storage: stream::StorageType::File,
-                    num_replicas: cfg.replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| js_err("creating the op index")(e.to_string()))?,
-        };
-        let probe = format!("{lower}.ops.ready");
-        super::until_ready("waiting for the op stream", || {
-            let (stream, probe) = (stream.clone(), probe.clone());
-            async move {
-                match stream.direct_get_last_for_subject(probe).await {
-                    Ok(_) => Ok(()),
-                    Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(()),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-        })
+        let index = super::bucket(
+            &js,
+            kv::Config {
+                bucket: format!("{upper}_OPIDX"),
+                history: 1,
+                storage: stream::StorageType::File,
+                num_replicas: cfg.replicas,
+                ..Default::default()
+            },
+            "creating the op index",
+        )
         .await?;
-        super::until_ready("waiting for the op index", || {
-            let index = index.clone();
-            async move {
-                index
-                    .get("ready")
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-        })
-        .await?;
+        super::until_ready(&stream, &format!("{lower}.ops.ready"), &index).await?;
         Ok(Self {
             js,
             stream,
@@ -456,23 +423,14 @@ impl ClusterOpLog {
         let mut out = Vec::new();
         let mut at = start;
         while out.len() < limit {
-            let got = self
-                .stream
-                .direct_get_builder()
-                .sequence(at)
-                .next_by_subject(subject.clone())
-                .send()
-                .await;
-            match got {
-                Ok(m) => {
-                    let s = stored(&m)?;
-                    at = m.sequence + 1;
-                    if s.seq >= from {
-                        out.push(s);
-                    }
-                }
-                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => break,
-                Err(e) => return Err(js_err("reading ops")(e.to_string())),
+            let Some(m) = super::next_on_subject(&self.stream, at, &subject, "reading ops").await?
+            else {
+                break;
+            };
+            let s = stored(&m)?;
+            at = m.sequence + 1;
+            if s.seq >= from {
+                out.push(s);
             }
         }
         Ok(out)
