@@ -12,6 +12,10 @@ use claudemesh_schema::{MeshId, MessageId, now_ms};
 use claudemesh_tests::nats::NatsCluster;
 use std::time::Duration;
 
+/// JetStream's own duplicate window in these tests: short, so a resend after it meets
+/// the durable index alone.
+const MAILBOX_WINDOW: Duration = Duration::from_secs(1);
+
 async fn node(urls: &[String], first: usize, prefix: &str) -> ClusterMailbox {
     let mut urls = urls.to_vec();
     urls.rotate_left(first);
@@ -20,6 +24,7 @@ async fn node(urls: &[String], first: usize, prefix: &str) -> ClusterMailbox {
         prefix: prefix.into(),
         replicas: 3,
         max_age: Duration::from_secs(3600),
+        duplicate_window: MAILBOX_WINDOW,
     };
     ClusterMailbox::open(client, &cfg).await.unwrap()
 }
@@ -113,4 +118,32 @@ async fn async_nats_leader(urls: &[String], stream: &str) -> Vec<String> {
         .unwrap()
         .into_iter()
         .collect()
+}
+
+/// A resend after JetStream's duplicate window (a daemon that was away a while) is a
+/// duplicate by the durable index alone: nothing is stored or delivered twice. An
+/// envelope past its own expiry is not delivered, though the stream keeps messages longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_resend_is_not_stored_twice_and_an_expired_envelope_is_not_delivered() {
+    let root = tempfile::tempdir().unwrap();
+    let cluster = NatsCluster::start(root.path(), 3);
+    let urls = cluster.urls();
+    let (n1, n2) = (node(&urls, 0, "M2").await, node(&urls, 1, "M2").await);
+    let mesh = MeshId::new();
+    let (alice, bob) = (MemberKey([1; 32]), MemberKey([2; 32]));
+    let e = envelope(mesh, alice, &[bob], "once");
+    assert_eq!(n1.put(&e).await.unwrap(), Put::Stored);
+    // The window is time itself: nothing to await but its passing.
+    tokio::time::sleep(MAILBOX_WINDOW * 2).await;
+    assert_eq!(n2.put(&e).await.unwrap(), Put::Duplicate);
+    let got = n2.mailbox(&mesh, &bob, 0, 10).await.unwrap();
+    assert_eq!(got.iter().map(|x| x.1.id).collect::<Vec<_>>(), [e.id]);
+
+    let stale = NewEnvelope {
+        expires_at: now_ms() - 1,
+        ..envelope(mesh, alice, &[bob], "too late")
+    };
+    assert_eq!(n1.put(&stale).await.unwrap(), Put::Stored);
+    let got = n1.mailbox(&mesh, &bob, 0, 10).await.unwrap();
+    assert_eq!(got.iter().map(|x| x.1.id).collect::<Vec<_>>(), [e.id]);
 }

@@ -29,6 +29,7 @@ async fn node(urls: &[String], prefix: &str) -> Arc<ClusterOpLog> {
     let cfg = OpLogConfig {
         prefix: prefix.into(),
         replicas: 3,
+        ..Default::default()
     };
     Arc::new(ClusterOpLog::open(client, &cfg).await.unwrap())
 }

@@ -17,8 +17,8 @@ use std::time::Duration;
 use super::{ClusterError, header, js_err};
 use crate::store::{NewEnvelope, Put, Stored};
 
-/// JetStream's duplicate window for envelope publishes.
-const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// JetStream's duplicate window for envelope publishes, by default.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 /// How the mailboxes are laid out on the cluster.
 #[derive(Debug, Clone)]
@@ -29,6 +29,9 @@ pub struct MailboxConfig {
     pub replicas: usize,
     /// Longest an envelope waits (the envelope TTL): older ones are dropped by JetStream.
     pub max_age: Duration,
+    /// How long JetStream itself finds a resent publish ([`DUPLICATE_WINDOW`]); later
+    /// resends are found by the id index.
+    pub duplicate_window: Duration,
 }
 
 /// Every member's mailbox, on one JetStream cluster.
@@ -62,8 +65,7 @@ impl ClusterMailbox {
                 storage: stream::StorageType::File,
                 num_replicas: cfg.replicas,
                 max_age: cfg.max_age,
-                duplicate_window: DUPLICATE_WINDOW,
-                allow_direct: true,
+                duplicate_window: cfg.duplicate_window,
                 ..Default::default()
             })
             .await
@@ -103,31 +105,38 @@ impl ClusterMailbox {
     /// Store an envelope for each of its recipients, durable on the cluster before this
     /// returns.
     pub async fn put(&self, e: &NewEnvelope) -> Result<Put, ClusterError> {
+        // The index holds the id's owner and whether every copy is stored: `p` while the
+        // copies are being published, `s` once they all are. A resend of a stored envelope
+        // changes nothing however late it comes; one of a half-stored envelope publishes
+        // again (JetStream drops the copies it has, by message id, within its window).
         let owner = format!("{} {}", hex(e.mesh.as_bytes()), hex(&e.sender.0));
         let key = format!("id.{}", hex(e.id.as_bytes()));
-        let first = match self.ids.create(&key, Bytes::from(owner.clone())).await {
-            Ok(_) => true,
+        let pending = Bytes::from(format!("{owner} p"));
+        let (first, revision) = match self.ids.create(&key, pending).await {
+            Ok(rev) => (true, rev),
             Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {
                 let held = self
                     .ids
-                    .get(&key)
+                    .entry(&key)
                     .await
-                    .map_err(|e| js_err("reading the envelope index")(e.to_string()))?;
-                if held.as_deref() != Some(owner.as_bytes()) {
-                    return Ok(Put::Taken);
+                    .map_err(|e| js_err("reading the envelope index")(e.to_string()))?
+                    .ok_or_else(|| js_err("reading the envelope index")("the entry went".into()))?;
+                let text = String::from_utf8_lossy(&held.value);
+                match text.strip_prefix(owner.as_str()) {
+                    Some(" s") => return Ok(Put::Duplicate),
+                    Some(" p") => (false, held.revision),
+                    _ => return Ok(Put::Taken),
                 }
-                false
             }
             Err(err) => return Err(js_err("writing the envelope index")(err.to_string())),
         };
-        // A resend publishes again: a copy whose first publish was lost is stored now, one
-        // that was stored is a duplicate JetStream drops (same message id).
         let mut stored_any = false;
         for member in &e.recipients {
             let msg = jetstream::message::PublishMessage::build()
                 .payload(e.envelope.clone())
                 .header("Cm-Id", e.id.to_string().as_str())
                 .header("Cm-At", e.at.to_string().as_str())
+                .header("Cm-Exp", e.expires_at.to_string().as_str())
                 .message_id(format!("{}.{}", hex(e.id.as_bytes()), hex(&member.0)));
             let ack = self
                 .js
@@ -137,6 +146,18 @@ impl ClusterMailbox {
                 .await
                 .map_err(|err| js_err("storing an envelope")(err.to_string()))?;
             stored_any |= !ack.duplicate;
+        }
+        match self
+            .ids
+            .update(&key, Bytes::from(format!("{owner} s")), revision)
+            .await
+        {
+            Ok(_) => {}
+            // Another node's resend marked it first.
+            Err(err)
+                if err.kind() == kv::UpdateErrorKind::WrongLastRevision
+                    || err.to_string().contains("wrong last sequence") => {}
+            Err(err) => return Err(js_err("marking an envelope stored")(err.to_string())),
         }
         Ok(if first || stored_any {
             Put::Stored
@@ -171,6 +192,11 @@ impl ClusterMailbox {
                         detail: "not an id".into(),
                     })?;
             let accepted = header(&m.headers, "Cm-At")?.parse().unwrap_or_default();
+            // Past its own expiry (shorter than the stream's age limit): not delivered.
+            let expires: i64 = header(&m.headers, "Cm-Exp")?.parse().unwrap_or(i64::MAX);
+            if expires < claudemesh_schema::now_ms() {
+                continue;
+            }
             out.push((
                 m.sequence,
                 Stored {
@@ -195,11 +221,9 @@ impl ClusterMailbox {
         let mut gone = 0;
         for &seq in positions {
             // Only a copy in this member's own mailbox: a position is not a capability.
-            match self.stream.direct_get(seq).await {
-                Ok(m) if m.subject.as_str() == subject => {}
-                Ok(_) => continue,
-                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => continue,
-                Err(e) => return Err(js_err("reading an acknowledged envelope")(e.to_string())),
+            match super::at_position(&self.stream, seq, "reading an acknowledged envelope").await? {
+                Some(m) if m.subject.as_str() == subject => {}
+                _ => continue,
             }
             match self.stream.delete_message(seq).await {
                 Ok(true) => gone += 1,

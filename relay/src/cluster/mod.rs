@@ -11,6 +11,8 @@
 //! across nodes, rosters, cluster-wide quotas and the relay nodes themselves come next, on
 //! the same engine (see ARCHITECTURE.md, "Beyond one relay").
 
+use async_nats::jetstream::stream::RawMessageErrorKind;
+
 pub mod mailbox;
 pub mod oplog;
 
@@ -100,12 +102,11 @@ pub(crate) async fn until_ready(
     probe: &str,
     bucket: &async_nats::jetstream::kv::Store,
 ) -> Result<(), ClusterError> {
-    use async_nats::jetstream::stream::DirectGetErrorKind;
     let until = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let stream_up = match stream.direct_get_last_for_subject(probe).await {
+        let stream_up = match stream.get_last_raw_message_by_subject(probe).await {
             Ok(_) => Ok(()),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(()),
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(()),
             Err(e) => Err(e.to_string()),
         };
         let up = match stream_up {
@@ -134,10 +135,13 @@ pub(crate) async fn bucket(
 ) -> Result<async_nats::jetstream::kv::Store, ClusterError> {
     match js.get_key_value(&cfg.bucket).await {
         Ok(kv) => Ok(kv),
-        Err(_) => js
+        // Only a bucket that is not there is created: any other failure (no quorum, a
+        // timeout) is said, not answered by creating over it.
+        Err(e) if e.to_string().contains("not found") => js
             .create_key_value(cfg)
             .await
             .map_err(|e| js_err(what)(e.to_string())),
+        Err(e) => Err(js_err(what)(e.to_string())),
     }
 }
 
@@ -154,7 +158,9 @@ pub(crate) fn header(
         })
 }
 
-/// The first message on `subject` at stream position `from` or later, if any.
+/// The first message on `subject` at stream position `from` or later, if any. Read from
+/// the stream's leader (not a direct get, which any replica answers, possibly behind): a
+/// mailbox read just after a store, or a page just after an append, sees it.
 pub(crate) async fn next_on_subject(
     stream: &async_nats::jetstream::stream::Stream,
     from: u64,
@@ -162,16 +168,40 @@ pub(crate) async fn next_on_subject(
     what: &'static str,
 ) -> Result<Option<async_nats::jetstream::message::StreamMessage>, ClusterError> {
     match stream
-        .direct_get_builder()
+        .raw_message_builder()
         .sequence(from)
         .next_by_subject(subject)
         .send()
         .await
     {
         Ok(m) => Ok(Some(m)),
-        Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => {
-            Ok(None)
-        }
+        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(js_err(what)(e.to_string())),
+    }
+}
+
+/// The last message on `subject`, from the stream's leader, if any.
+pub(crate) async fn last_on_subject(
+    stream: &async_nats::jetstream::stream::Stream,
+    subject: &str,
+    what: &'static str,
+) -> Result<Option<async_nats::jetstream::message::StreamMessage>, ClusterError> {
+    match stream.get_last_raw_message_by_subject(subject).await {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(js_err(what)(e.to_string())),
+    }
+}
+
+/// The message at stream position `seq`, from the stream's leader, if it is still stored.
+pub(crate) async fn at_position(
+    stream: &async_nats::jetstream::stream::Stream,
+    seq: u64,
+    what: &'static str,
+) -> Result<Option<async_nats::jetstream::message::StreamMessage>, ClusterError> {
+    match stream.get_raw_message(seq).await {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
         Err(e) => Err(js_err(what)(e.to_string())),
     }
 }

@@ -27,8 +27,8 @@ use crate::store::{Appended, NewOp};
 pub const CHECKPOINT: u64 = 64;
 /// Most attempts at one append before it is given up as contended.
 const MAX_TRIES: u32 = 64;
-/// JetStream's duplicate window for op publishes.
-const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// JetStream's duplicate window for op publishes, by default.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 /// How the op log is laid out on the cluster.
 #[derive(Debug, Clone)]
@@ -39,6 +39,9 @@ pub struct OpLogConfig {
     /// Replicas of the stream and the index (3 on a 3-server cluster: one server may
     /// fail and nothing acknowledged is lost).
     pub replicas: usize,
+    /// How long JetStream itself finds a resent publish ([`DUPLICATE_WINDOW`]); later
+    /// resends are found by the index.
+    pub duplicate_window: Duration,
 }
 
 impl Default for OpLogConfig {
@@ -46,6 +49,7 @@ impl Default for OpLogConfig {
         Self {
             prefix: "CM".into(),
             replicas: 3,
+            duplicate_window: DUPLICATE_WINDOW,
         }
     }
 }
@@ -139,8 +143,10 @@ impl ClusterOpLog {
                 subjects: vec![format!("{lower}.ops.*")],
                 storage: stream::StorageType::File,
                 num_replicas: cfg.replicas,
-                duplicate_window: DUPLICATE_WINDOW,
-                allow_direct: true,
+                duplicate_window: cfg.duplicate_window,
+                // An op is never taken out of the log one by one (a snapshot compacts it
+                // by purging): a relay bug or a stolen credential cannot punch a gap.
+                deny_delete: true,
                 ..Default::default()
             })
             .await
@@ -197,23 +203,21 @@ impl ClusterOpLog {
 
     /// The mesh's head as the stream holds it.
     async fn read_head(&self, mesh: &MeshId) -> Result<Head, ClusterError> {
-        match self
-            .stream
-            .direct_get_last_for_subject(self.subject(mesh))
-            .await
-        {
-            Ok(m) => Ok(Head {
+        let last =
+            super::last_on_subject(&self.stream, &self.subject(mesh), "reading the mesh's head")
+                .await?;
+        Ok(match last {
+            Some(m) => Head {
                 known: true,
                 seq: stored(&m)?.seq,
                 stream_seq: m.sequence,
-            }),
-            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(Head {
+            },
+            None => Head {
                 known: true,
                 seq: 0,
                 stream_seq: 0,
-            }),
-            Err(e) => Err(js_err("reading the mesh's head")(e.to_string())),
-        }
+            },
+        })
     }
 
     /// The server leading the op stream's replicas now (its `server_name`).
@@ -336,11 +340,12 @@ impl ClusterOpLog {
             match ack {
                 // This very op, published before (its ack was lost): what it got then.
                 Ok(ack) if ack.duplicate => {
-                    let m = self
-                        .stream
-                        .direct_get(ack.sequence)
-                        .await
-                        .map_err(|e| js_err("reading a resent op")(e.to_string()))?;
+                    let m = super::at_position(&self.stream, ack.sequence, "reading a resent op")
+                        .await?
+                        .ok_or(ClusterError::Corrupt {
+                            what: "resent op",
+                            detail: "its first copy is gone".into(),
+                        })?;
                     let s = stored(&m)?;
                     self.record(&op.mesh, &s, ack.sequence).await?;
                     head.known = false;
@@ -364,10 +369,11 @@ impl ClusterOpLog {
                         id: op.id.to_string(),
                         op: op.op.clone(),
                     };
-                    // Durable already; the index only finds resends after the window.
-                    if let Err(e) = self.record(&op.mesh, &s, ack.sequence).await {
-                        tracing::warn!(error = %e, "an appended op is not in the index; a resend after the duplicate window would be appended again");
-                    }
+                    // Durable already, but the author is told only once the index has it: a
+                    // resend after the duplicate window must find its sequence there. If
+                    // this fails the author resends within the window and JetStream hands
+                    // back the first copy (above), which records it again.
+                    self.record(&op.mesh, &s, ack.sequence).await?;
                     return Ok(Appended {
                         seq: next,
                         at: op.at,

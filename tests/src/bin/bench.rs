@@ -1175,6 +1175,7 @@ async fn cluster() {
             let cfg = OpLogConfig {
                 prefix: prefix.clone(),
                 replicas: 3,
+                ..Default::default()
             };
             logs.push(Arc::new(ClusterOpLog::open(client, &cfg).await.unwrap()));
         }
