@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::{self, NewToken, TokenError};
-use crate::config::{AdmissionMode, ConfigError, RelayConfig};
+use crate::config::{AdmissionMode, ConfigError, RelayConfig, StoreKind};
 use crate::server::{Relay, RelayError};
 use crate::sqlite::Durability;
 use crate::tls::{Identity, TlsError};
@@ -39,6 +39,18 @@ pub struct RelayArgs {
     /// Data directory (relay.db, certificate). Default ./relay-data.
     #[arg(long, global = true)]
     pub data_dir: Option<PathBuf>,
+    /// Keep state in a NATS JetStream cluster (`nats`) instead of SQLite (`sqlite`).
+    #[arg(long, global = true)]
+    pub store: Option<StoreArg>,
+    /// A NATS server of the cluster, with `--store nats` (repeat for more). Credentials
+    /// belong in the config file or CLAUDEMESH_NATS_URL, not here.
+    #[arg(
+        long = "nats-url",
+        env = "CLAUDEMESH_NATS_URL",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub nats_url: Vec<String>,
     /// Disable the QUIC listener.
     #[arg(long, global = true)]
     pub no_quic: bool,
@@ -66,6 +78,15 @@ pub struct RelayArgs {
     /// What to do (default: run).
     #[command(subcommand)]
     pub command: Option<RelayCommand>,
+}
+
+/// `--store`: where the relay keeps its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreArg {
+    // One SQLite file in the data directory.
+    Sqlite,
+    // A NATS JetStream cluster shared by several relay nodes.
+    Nats,
 }
 
 /// `--durability`: how far an acknowledged envelope survives.
@@ -225,6 +246,14 @@ impl RelayArgs {
         if let Some(d) = &self.data_dir {
             cfg.data_dir = d.clone();
         }
+        match self.store {
+            Some(StoreArg::Sqlite) => cfg.store = StoreKind::Sqlite,
+            Some(StoreArg::Nats) => cfg.store = StoreKind::Nats,
+            None => {}
+        }
+        if !self.nats_url.is_empty() {
+            cfg.nats_urls = self.nats_url.clone();
+        }
         // Flags only switch listeners off: the file's `false` is not undone by no flag.
         cfg.quic &= !self.no_quic;
         cfg.websocket &= !self.no_websocket;
@@ -264,9 +293,18 @@ pub async fn run(args: RelayArgs) -> Result<(), CliError> {
     }
     let cfg = args.config()?;
     init_tracing(cfg.log_json);
-    let relay = Relay::bind(cfg).await?;
+    match cfg.store {
+        StoreKind::Sqlite => serve(Relay::bind(cfg).await?, args.notify_ready).await,
+        StoreKind::Nats => serve(Relay::bind_cluster(cfg).await?, args.notify_ready).await,
+    }
+}
+
+async fn serve<S: crate::store::Store>(
+    relay: Relay<S>,
+    notify_ready: bool,
+) -> Result<(), CliError> {
     let fp = claudemesh_schema::encoding::b64(&relay.fingerprint());
-    if args.notify_ready {
+    if notify_ready {
         print(&format!("ready {} {fp}\n", relay.local_addr()))?;
     } else {
         // Nobody to tell when stderr is gone; the relay serves regardless.

@@ -32,6 +32,17 @@ impl AdmissionMode {
     }
 }
 
+/// Where the relay keeps its state (`store`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// One SQLite file in `data_dir`: one relay.
+    #[default]
+    Sqlite,
+    /// A NATS JetStream cluster (`nats_urls`): several relay nodes share it.
+    Nats,
+}
+
 /// The configuration was invalid.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -66,6 +77,15 @@ pub struct RelayConfig {
     pub listen: SocketAddr,
     /// Directory for `relay.db` and the generated certificate. Default `./relay-data`.
     pub data_dir: PathBuf,
+    /// Where state lives: `sqlite` (default) or `nats` (relay nodes over JetStream).
+    pub store: StoreKind,
+    /// With `store = "nats"`: the NATS servers to connect to (any of them; credentials in
+    /// the URL belong in this file or `CLAUDEMESH_NATS_URL`, never on a command line).
+    pub nats_urls: Vec<String>,
+    /// With `store = "nats"`: prefix of every stream, bucket and subject. Default `CM`.
+    pub nats_prefix: String,
+    /// With `store = "nats"`: replicas of each stream and bucket. Default 3.
+    pub nats_replicas: usize,
     /// Serve QUIC. Default `true`.
     pub quic: bool,
     /// Serve WebSocket over TLS. Default `true`.
@@ -197,6 +217,10 @@ impl Default for RelayConfig {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 7900)),
             data_dir: PathBuf::from("relay-data"),
+            store: StoreKind::Sqlite,
+            nats_urls: Vec::new(),
+            nats_prefix: "CM".into(),
+            nats_replicas: 3,
             quic: true,
             websocket: true,
             cert: None,
@@ -263,6 +287,24 @@ impl RelayConfig {
 
     /// Check ranges and combinations.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.store == StoreKind::Nats && self.nats_urls.is_empty() {
+            return Err(ConfigError::Invalid(
+                "store = \"nats\" needs nats_urls (or --nats-url)".into(),
+            ));
+        }
+        if self.nats_prefix.is_empty()
+            || self.nats_prefix.len() > 32
+            || !self.nats_prefix.chars().all(|c| c.is_ascii_alphanumeric())
+        {
+            return Err(ConfigError::Invalid(
+                "nats_prefix must be 1 to 32 letters or digits".into(),
+            ));
+        }
+        if !(1..=5).contains(&self.nats_replicas) {
+            return Err(ConfigError::Invalid(
+                "nats_replicas must be between 1 and 5 (JetStream's limit)".into(),
+            ));
+        }
         if !self.quic && !self.websocket {
             return Err(ConfigError::Invalid(
                 "enable at least one of quic and websocket".into(),
@@ -394,6 +436,22 @@ const KEY_DOCS: &[(&str, &str)] = &[
     (
         "listen",
         "QUIC on this UDP port, TLS (WebSocket at /ws, /health) on the same TCP port.",
+    ),
+    (
+        "store",
+        "sqlite (one relay) or nats (relay nodes sharing a NATS JetStream cluster).",
+    ),
+    (
+        "nats_urls",
+        "With store = nats: NATS server URLs (any of the cluster's; credentials only here).",
+    ),
+    (
+        "nats_prefix",
+        "With store = nats: prefix of every stream, bucket and subject (letters, digits).",
+    ),
+    (
+        "nats_replicas",
+        "With store = nats: replicas of each stream and bucket (3: one server may fail).",
     ),
     (
         "data_dir",

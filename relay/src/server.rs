@@ -57,6 +57,9 @@ pub enum RelayError {
     /// Bad configuration.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The NATS cluster could not be reached or set up.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// The blob store failed.
     #[error(transparent)]
     Blobs(#[from] crate::blobs::BlobError),
@@ -88,6 +91,30 @@ impl Relay<SqliteStore> {
             None
         };
         Self::bind_with_stores(cfg, store, blobs).await
+    }
+}
+
+impl Relay<crate::cluster::store::ClusterStore> {
+    /// Like [`Relay::bind`] for a node of a cluster: the state is on the NATS JetStream
+    /// cluster at `nats_urls` (shared by every node), the certificate in `data_dir` (the
+    /// same on every node: invites pin one fingerprint). File chunks are not stored yet
+    /// (answered `storage_off`: members serve them to each other).
+    pub async fn bind_cluster(cfg: RelayConfig) -> Result<Self, RelayError> {
+        use crate::cluster::store::{ClusterStore, ClusterStoreConfig};
+        cfg.validate()?;
+        create_private_dir(&cfg.data_dir)?;
+        let client = crate::cluster::connect(&cfg.nats_urls).await?;
+        let store = ClusterStore::open(
+            client,
+            &ClusterStoreConfig {
+                prefix: cfg.nats_prefix.clone(),
+                replicas: cfg.nats_replicas,
+                message_ttl: Duration::from_secs(cfg.message_ttl_secs),
+                duplicate_window: crate::cluster::mailbox::DUPLICATE_WINDOW,
+            },
+        )
+        .await?;
+        Self::bind_with_store(cfg, store).await
     }
 }
 

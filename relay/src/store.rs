@@ -28,6 +28,9 @@ pub enum StoreError {
     /// The SQLite layer failed.
     #[error(transparent)]
     Sqlite(#[from] SqliteError),
+    /// The clustered store failed (see [`crate::cluster`]).
+    #[error(transparent)]
+    Cluster(Box<dyn std::error::Error + Send + Sync>),
     /// A stored row does not parse (the file was edited or is corrupt).
     #[error("stored {what} is corrupt: {detail}")]
     Corrupt {

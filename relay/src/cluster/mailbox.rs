@@ -12,6 +12,7 @@ use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
 use claudemesh_schema::crypto::{MemberKey, hex};
 use claudemesh_schema::{MeshId, MessageId};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use super::{ClusterError, header, js_err};
@@ -105,13 +106,28 @@ impl ClusterMailbox {
     /// Store an envelope for each of its recipients, durable on the cluster before this
     /// returns.
     pub async fn put(&self, e: &NewEnvelope) -> Result<Put, ClusterError> {
-        // The index holds the id's owner and whether every copy is stored: `p` while the
-        // copies are being published, `s` once they all are. A resend of a stored envelope
-        // changes nothing however late it comes; one of a half-stored envelope publishes
-        // again (JetStream drops the copies it has, by message id, within its window).
+        Ok(self.put_at(e).await?.0)
+    }
+
+    /// Like [`ClusterMailbox::put`], with where each recipient's copy is in the stream.
+    pub async fn put_at(
+        &self,
+        e: &NewEnvelope,
+    ) -> Result<(Put, Vec<(MemberKey, u64)>), ClusterError> {
+        // The index holds the id's owner, whether every copy is stored (`p` while the
+        // copies are being published, `s` once they all are), how many recipients have not
+        // acknowledged it yet, its size and expiry. A resend of a stored envelope changes
+        // nothing however late it comes; one of a half-stored envelope publishes again
+        // (JetStream drops the copies it has, by message id, within its window).
         let owner = format!("{} {}", hex(e.mesh.as_bytes()), hex(&e.sender.0));
-        let key = format!("id.{}", hex(e.id.as_bytes()));
-        let pending = Bytes::from(format!("{owner} p"));
+        let key = id_key(&e.id);
+        let tail = format!(
+            "{} {} {}",
+            e.recipients.len(),
+            e.envelope.len(),
+            e.expires_at
+        );
+        let pending = Bytes::from(format!("{owner} p {tail}"));
         let (first, revision) = match self.ids.create(&key, pending).await {
             Ok(rev) => (true, rev),
             Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {
@@ -121,16 +137,20 @@ impl ClusterMailbox {
                     .await
                     .map_err(|e| js_err("reading the envelope index")(e.to_string()))?
                     .ok_or_else(|| js_err("reading the envelope index")("the entry went".into()))?;
-                let text = String::from_utf8_lossy(&held.value);
-                match text.strip_prefix(owner.as_str()) {
-                    Some(" s") => return Ok(Put::Duplicate),
-                    Some(" p") => (false, held.revision),
-                    _ => return Ok(Put::Taken),
+                match Indexed::parse(&held.value) {
+                    Some(i) if i.mesh == e.mesh && i.sender == e.sender => {
+                        if i.stored {
+                            return Ok((Put::Duplicate, Vec::new()));
+                        }
+                        (false, held.revision)
+                    }
+                    _ => return Ok((Put::Taken, Vec::new())),
                 }
             }
             Err(err) => return Err(js_err("writing the envelope index")(err.to_string())),
         };
         let mut stored_any = false;
+        let mut positions = Vec::with_capacity(e.recipients.len());
         for member in &e.recipients {
             let msg = jetstream::message::PublishMessage::build()
                 .payload(e.envelope.clone())
@@ -146,10 +166,11 @@ impl ClusterMailbox {
                 .await
                 .map_err(|err| js_err("storing an envelope")(err.to_string()))?;
             stored_any |= !ack.duplicate;
+            positions.push((*member, ack.sequence));
         }
         match self
             .ids
-            .update(&key, Bytes::from(format!("{owner} s")), revision)
+            .update(&key, Bytes::from(format!("{owner} s {tail}")), revision)
             .await
         {
             Ok(_) => {}
@@ -159,11 +180,153 @@ impl ClusterMailbox {
                     || err.to_string().contains("wrong last sequence") => {}
             Err(err) => return Err(js_err("marking an envelope stored")(err.to_string())),
         }
-        Ok(if first || stored_any {
+        let put = if first || stored_any {
             Put::Stored
         } else {
             Put::Duplicate
-        })
+        };
+        Ok((put, positions))
+    }
+
+    /// Who stored envelope `id` (mesh, sender), while the index remembers it.
+    pub async fn owner(&self, id: &MessageId) -> Result<Option<(MeshId, MemberKey)>, ClusterError> {
+        let v = self
+            .ids
+            .get(id_key(id))
+            .await
+            .map_err(|e| js_err("reading the envelope index")(e.to_string()))?;
+        Ok(v.and_then(|v| Indexed::parse(&v))
+            .map(|i| (i.mesh, i.sender)))
+    }
+
+    /// One recipient is done with envelope `id` (acknowledged, or removed from the mesh):
+    /// its size, and whether it was the last one (its bytes are free).
+    pub async fn settle(&self, id: &MessageId) -> Result<Option<(u64, bool)>, ClusterError> {
+        let key = id_key(id);
+        for _ in 0..32 {
+            let Some(held) = self
+                .ids
+                .entry(&key)
+                .await
+                .map_err(|e| js_err("reading the envelope index")(e.to_string()))?
+            else {
+                return Ok(None);
+            };
+            let Some(mut i) = Indexed::parse(&held.value) else {
+                return Ok(None);
+            };
+            if i.left == 0 {
+                return Ok(Some((i.size, false)));
+            }
+            i.left -= 1;
+            match self.ids.update(&key, i.to_bytes(), held.revision).await {
+                Ok(_) => return Ok(Some((i.size, i.left == 0))),
+                Err(err)
+                    if err.kind() == kv::UpdateErrorKind::WrongLastRevision
+                        || err.to_string().contains("wrong last sequence") =>
+                {
+                    continue;
+                }
+                Err(err) => return Err(js_err("counting an acknowledgement")(err.to_string())),
+            }
+        }
+        Err(js_err("counting an acknowledgement")(
+            "the index entry keeps changing; try again".into(),
+        ))
+    }
+
+    /// Where `member`'s copies of `ids` are, read from its mailbox.
+    pub async fn find(
+        &self,
+        mesh: &MeshId,
+        member: &MemberKey,
+        ids: &[MessageId],
+    ) -> Result<HashMap<MessageId, u64>, ClusterError> {
+        let subject = self.subject(mesh, member);
+        let mut out = HashMap::new();
+        let mut at = 1;
+        while out.len() < ids.len() {
+            let Some(m) =
+                super::next_on_subject(&self.stream, at, &subject, "reading a mailbox").await?
+            else {
+                break;
+            };
+            at = m.sequence + 1;
+            let id = message_id(&m)?;
+            if ids.contains(&id) {
+                out.insert(id, m.sequence);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forget `member`'s mailbox: the ids of what was in it.
+    pub async fn drop_member(
+        &self,
+        mesh: &MeshId,
+        member: &MemberKey,
+    ) -> Result<Vec<MessageId>, ClusterError> {
+        let subject = self.subject(mesh, member);
+        let mut ids = Vec::new();
+        let mut at = 1;
+        while let Some(m) =
+            super::next_on_subject(&self.stream, at, &subject, "reading a mailbox").await?
+        {
+            at = m.sequence + 1;
+            ids.push(message_id(&m)?);
+        }
+        self.stream
+            .purge()
+            .filter(subject)
+            .await
+            .map_err(|e| js_err("dropping a mailbox")(e.to_string()))?;
+        Ok(ids)
+    }
+
+    /// Envelopes still waiting for someone, per mesh: count and bytes.
+    pub async fn usage(
+        &self,
+        client: &async_nats::Client,
+        now: i64,
+    ) -> Result<HashMap<MeshId, (u64, u64)>, ClusterError> {
+        let mut out: HashMap<MeshId, (u64, u64)> = HashMap::new();
+        for (_, v, _) in super::entries_under(client, &self.ids, "id.").await? {
+            if let Some(i) = Indexed::parse(&v)
+                && i.left > 0
+                && i.expires_at >= now
+            {
+                let u = out.entry(i.mesh).or_default();
+                u.0 += 1;
+                u.1 += i.size;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Count envelopes past their expiry as gone (JetStream drops their copies at the
+    /// stream's age limit; reads skip them before): per mesh, count and bytes. Each is
+    /// counted by one node only (the one whose compare-and-set wins).
+    pub async fn expire(
+        &self,
+        client: &async_nats::Client,
+        now: i64,
+    ) -> Result<HashMap<MeshId, (u64, u64)>, ClusterError> {
+        let mut out: HashMap<MeshId, (u64, u64)> = HashMap::new();
+        for (key, v, revision) in super::entries_under(client, &self.ids, "id.").await? {
+            let Some(mut i) = Indexed::parse(&v) else {
+                continue;
+            };
+            if i.left == 0 || i.expires_at >= now {
+                continue;
+            }
+            i.left = 0;
+            if self.ids.update(&key, i.to_bytes(), revision).await.is_ok() {
+                let u = out.entry(i.mesh).or_default();
+                u.0 += 1;
+                u.1 += i.size;
+            }
+        }
+        Ok(out)
     }
 
     /// Envelopes waiting for `member`, oldest first, after stream position `after`
@@ -185,12 +348,7 @@ impl ClusterMailbox {
                 break;
             };
             at = m.sequence + 1;
-            let id: MessageId =
-                serde_json::from_value(serde_json::Value::String(header(&m.headers, "Cm-Id")?))
-                    .map_err(|_| ClusterError::Corrupt {
-                        what: "envelope id",
-                        detail: "not an id".into(),
-                    })?;
+            let id = message_id(&m)?;
             let accepted = header(&m.headers, "Cm-At")?.parse().unwrap_or_default();
             // Past its own expiry (shorter than the stream's age limit): not delivered.
             let expires: i64 = header(&m.headers, "Cm-Exp")?.parse().unwrap_or(i64::MAX);
@@ -217,22 +375,90 @@ impl ClusterMailbox {
         member: &MemberKey,
         positions: &[u64],
     ) -> Result<usize, ClusterError> {
-        let subject = self.subject(mesh, member);
         let mut gone = 0;
         for &seq in positions {
-            // Only a copy in this member's own mailbox: a position is not a capability.
-            match super::at_position(&self.stream, seq, "reading an acknowledged envelope").await? {
-                Some(m) if m.subject.as_str() == subject => {}
-                _ => continue,
-            }
-            match self.stream.delete_message(seq).await {
-                Ok(true) => gone += 1,
-                Ok(false) => {}
-                // Deleted meanwhile (another node took the same acknowledgement).
-                Err(e) if e.to_string().contains("no message found") => {}
-                Err(e) => return Err(js_err("deleting an acknowledged envelope")(e.to_string())),
-            }
+            gone += usize::from(self.take(mesh, member, seq).await?);
         }
         Ok(gone)
+    }
+
+    /// Delete `member`'s copy at stream position `seq`; false if it was not there (gone
+    /// already, or not a copy in this member's own mailbox: a position is not a
+    /// capability).
+    pub async fn take(
+        &self,
+        mesh: &MeshId,
+        member: &MemberKey,
+        seq: u64,
+    ) -> Result<bool, ClusterError> {
+        let subject = self.subject(mesh, member);
+        match super::at_position(&self.stream, seq, "reading an acknowledged envelope").await? {
+            Some(m) if m.subject.as_str() == subject => {}
+            _ => return Ok(false),
+        }
+        match self.stream.delete_message(seq).await {
+            Ok(deleted) => Ok(deleted),
+            // Deleted meanwhile (another node took the same acknowledgement).
+            Err(e) if e.to_string().contains("no message found") => Ok(false),
+            Err(e) => Err(js_err("deleting an acknowledged envelope")(e.to_string())),
+        }
+    }
+}
+
+fn id_key(id: &MessageId) -> String {
+    format!("id.{}", hex(id.as_bytes()))
+}
+
+fn message_id(m: &jetstream::message::StreamMessage) -> Result<MessageId, ClusterError> {
+    serde_json::from_value(serde_json::Value::String(header(&m.headers, "Cm-Id")?)).map_err(|_| {
+        ClusterError::Corrupt {
+            what: "envelope id",
+            detail: "not an id".into(),
+        }
+    })
+}
+
+/// An envelope's entry in the id index.
+#[derive(Debug, Clone, Copy)]
+struct Indexed {
+    mesh: MeshId,
+    sender: MemberKey,
+    stored: bool,
+    left: u64,
+    size: u64,
+    expires_at: i64,
+}
+
+impl Indexed {
+    fn parse(v: &[u8]) -> Option<Self> {
+        let text = std::str::from_utf8(v).ok()?;
+        let mut p = text.split(' ');
+        let mesh = MeshId::from_bytes(super::unhex::<16>(p.next()?)?);
+        let sender = MemberKey(super::unhex::<32>(p.next()?)?);
+        let stored = match p.next()? {
+            "s" => true,
+            "p" => false,
+            _ => return None,
+        };
+        Some(Self {
+            mesh,
+            sender,
+            stored,
+            left: p.next()?.parse().ok()?,
+            size: p.next()?.parse().ok()?,
+            expires_at: p.next()?.parse().ok()?,
+        })
+    }
+
+    fn to_bytes(self) -> Bytes {
+        Bytes::from(format!(
+            "{} {} {} {} {} {}",
+            hex(self.mesh.as_bytes()),
+            hex(&self.sender.0),
+            if self.stored { "s" } else { "p" },
+            self.left,
+            self.size,
+            self.expires_at
+        ))
     }
 }

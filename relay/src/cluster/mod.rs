@@ -7,14 +7,20 @@
 //! told) and store-and-forward ([`mailbox`]: an envelope stored through one node is
 //! delivered through any other, once).
 //!
-//! What it is not (yet): the relay's [`crate::store::Store`] for a cluster. Live fan-out
-//! across nodes, rosters, cluster-wide quotas and the relay nodes themselves come next, on
-//! the same engine (see ARCHITECTURE.md, "Beyond one relay").
+//! [`store`] puts them together with rosters, invites, claims, presence, receipts and
+//! snapshots into the relay's [`crate::store::Store`] for a cluster.
+//!
+//! What it is not (yet): live fan-out across nodes, a hub that follows rosters changed
+//! through another node, cluster-wide quotas; they come next, on the same engine (see
+//! ARCHITECTURE.md, "Beyond one relay").
 
+use async_nats::jetstream::kv;
 use async_nats::jetstream::stream::RawMessageErrorKind;
+use bytes::Bytes;
 
 pub mod mailbox;
 pub mod oplog;
+pub mod store;
 
 /// A cluster operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,8 +50,11 @@ pub enum ClusterError {
         /// The mesh, short.
         mesh: String,
     },
-    /// A stored op is not what this relay writes (edited, or another program's).
-    #[error("stored op {what} is corrupt: {detail}")]
+    /// A hello nonce was already used, through this node or another.
+    #[error("hello nonce was already used (replay refused)")]
+    Replayed,
+    /// Stored state is not what this relay writes (edited, or another program's).
+    #[error("stored {what} is corrupt: {detail}")]
     Corrupt {
         /// Which part.
         what: &'static str,
@@ -94,45 +103,129 @@ pub async fn stream_leader(
     Ok(info.cluster.as_ref().and_then(|c| c.leader.clone()))
 }
 
-/// Wait until a stream and its bucket, just created, answer reads: a replicated one
-/// serves nothing ("no responders") until its replicas elected a leader. A read of the
-/// last message on `probe` (found or not) and of a key of the bucket means ready.
-pub(crate) async fn until_ready(
-    stream: &async_nats::jetstream::stream::Stream,
-    probe: &str,
-    bucket: &async_nats::jetstream::kv::Store,
-) -> Result<(), ClusterError> {
+/// A read that may find nothing: `None` when the server says there is no such message.
+fn found<T>(
+    r: Result<T, async_nats::jetstream::stream::RawMessageError>,
+    what: &'static str,
+) -> Result<Option<T>, ClusterError> {
+    match r {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(js_err(what)(e.to_string())),
+    }
+}
+
+/// Retry `probe` until it answers: a replicated stream or bucket, just created, serves
+/// nothing ("no responders") until its replicas elected a leader.
+async fn until_answers<F, Fut>(mut probe: F) -> Result<(), ClusterError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), ClusterError>>,
+{
     let until = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let stream_up = match stream.get_last_raw_message_by_subject(probe).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(()),
-            Err(e) => Err(e.to_string()),
-        };
-        let up = match stream_up {
-            Ok(()) => bucket
-                .get("ready")
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e),
-        };
-        match up {
+        match probe().await {
             Ok(()) => return Ok(()),
-            Err(e) if tokio::time::Instant::now() >= until => {
-                return Err(js_err("waiting for a new stream to answer")(e));
-            }
+            Err(e) if tokio::time::Instant::now() >= until => return Err(e),
             Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
         }
     }
 }
 
+/// Wait until a stream and its bucket, just created, answer reads: a read of the last
+/// message on `probe` (found or not) and of a key of the bucket.
+pub(crate) async fn until_ready(
+    stream: &async_nats::jetstream::stream::Stream,
+    probe: &str,
+    bucket: &kv::Store,
+) -> Result<(), ClusterError> {
+    until_answers(|| async {
+        found(
+            stream.get_last_raw_message_by_subject(probe).await,
+            "waiting for a new stream to answer",
+        )?;
+        until_bucket_answers(bucket).await
+    })
+    .await
+}
+
+async fn until_bucket_answers(bucket: &kv::Store) -> Result<(), ClusterError> {
+    bucket
+        .get("ready")
+        .await
+        .map(|_| ())
+        .map_err(|e| js_err("waiting for a new bucket to answer")(e.to_string()))
+}
+
+/// Wait until a bucket, just created, answers reads.
+pub(crate) async fn until_bucket_ready(bucket: &kv::Store) -> Result<(), ClusterError> {
+    until_answers(|| until_bucket_answers(bucket)).await
+}
+
+/// The newest value of every key of `bucket` under `prefix` (`""`: all), with its
+/// revision; deleted keys left out. One pass of an ordered consumer over the bucket's
+/// stream, filtered by subject: the server sends only what is under the prefix.
+pub(crate) async fn entries_under(
+    client: &async_nats::Client,
+    bucket: &kv::Store,
+    prefix: &str,
+) -> Result<Vec<(String, Bytes, u64)>, ClusterError> {
+    use futures_util::StreamExt as _;
+    let what = "listing a bucket";
+    let consumer = bucket
+        .stream
+        .create_consumer(async_nats::jetstream::consumer::push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            filter_subject: format!("{}{prefix}>", bucket.prefix),
+            replay_policy: async_nats::jetstream::consumer::ReplayPolicy::Instant,
+            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| js_err(what)(e.to_string()))?;
+    let mut out = Vec::new();
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(out);
+    }
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| js_err(what)(e.to_string()))?;
+    while let Some(m) = messages.next().await {
+        let m = m.map_err(|e| js_err(what)(e.to_string()))?;
+        let info = m.info().map_err(|e| js_err(what)(e.to_string()))?;
+        let (pending, revision) = (info.pending, info.stream_sequence);
+        let removed = m.headers.as_ref().is_some_and(|h| {
+            h.get("KV-Operation").is_some() || h.get("Nats-Marker-Reason").is_some()
+        });
+        if !removed && let Some(key) = m.subject.as_str().strip_prefix(bucket.prefix.as_str()) {
+            out.push((key.to_string(), m.payload.clone(), revision));
+        }
+        if pending == 0 {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Bytes from lower-case hex (how ids are written into subjects and keys).
+pub(crate) fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
 /// The bucket named in `cfg`, created when missing.
 pub(crate) async fn bucket(
     js: &async_nats::jetstream::Context,
-    cfg: async_nats::jetstream::kv::Config,
+    cfg: kv::Config,
     what: &'static str,
-) -> Result<async_nats::jetstream::kv::Store, ClusterError> {
+) -> Result<kv::Store, ClusterError> {
     match js.get_key_value(&cfg.bucket).await {
         Ok(kv) => Ok(kv),
         // Only a bucket that is not there is created: any other failure (no quorum, a
@@ -167,17 +260,15 @@ pub(crate) async fn next_on_subject(
     subject: &str,
     what: &'static str,
 ) -> Result<Option<async_nats::jetstream::message::StreamMessage>, ClusterError> {
-    match stream
-        .raw_message_builder()
-        .sequence(from)
-        .next_by_subject(subject)
-        .send()
-        .await
-    {
-        Ok(m) => Ok(Some(m)),
-        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
-        Err(e) => Err(js_err(what)(e.to_string())),
-    }
+    found(
+        stream
+            .raw_message_builder()
+            .sequence(from)
+            .next_by_subject(subject)
+            .send()
+            .await,
+        what,
+    )
 }
 
 /// The last message on `subject`, from the stream's leader, if any.
@@ -186,11 +277,7 @@ pub(crate) async fn last_on_subject(
     subject: &str,
     what: &'static str,
 ) -> Result<Option<async_nats::jetstream::message::StreamMessage>, ClusterError> {
-    match stream.get_last_raw_message_by_subject(subject).await {
-        Ok(m) => Ok(Some(m)),
-        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
-        Err(e) => Err(js_err(what)(e.to_string())),
-    }
+    found(stream.get_last_raw_message_by_subject(subject).await, what)
 }
 
 /// The message at stream position `seq`, from the stream's leader, if it is still stored.
@@ -199,11 +286,7 @@ pub(crate) async fn at_position(
     seq: u64,
     what: &'static str,
 ) -> Result<Option<async_nats::jetstream::message::StreamMessage>, ClusterError> {
-    match stream.get_raw_message(seq).await {
-        Ok(m) => Ok(Some(m)),
-        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
-        Err(e) => Err(js_err(what)(e.to_string())),
-    }
+    found(stream.get_raw_message(seq).await, what)
 }
 
 pub(crate) fn js_err(what: &'static str) -> impl FnOnce(String) -> ClusterError {

@@ -111,6 +111,8 @@ pub struct StoredOp {
     pub id: String,
     /// The op envelope JSON.
     pub op: Bytes,
+    /// Where it is in the stream.
+    pub position: u64,
 }
 
 fn stored(m: &jetstream::message::StreamMessage) -> Result<StoredOp, ClusterError> {
@@ -127,6 +129,7 @@ fn stored(m: &jetstream::message::StreamMessage) -> Result<StoredOp, ClusterErro
         author,
         id: header(&m.headers, "Cm-Op")?,
         op: m.payload.clone(),
+        position: m.sequence,
     })
 }
 
@@ -306,6 +309,42 @@ impl ClusterOpLog {
     pub async fn append(&self, op: &NewOp) -> Result<Appended, ClusterError> {
         let lock = self.head_lock(op.mesh);
         let mut head = lock.lock().await;
+        self.append_locked(op, &mut head).await
+    }
+
+    /// Like [`ClusterOpLog::append`], and `then` runs with the outcome before the next
+    /// append of the mesh through this node starts: in sequence order across calls.
+    pub async fn append_then<F>(&self, op: &NewOp, then: F)
+    where
+        F: FnOnce(Result<Appended, ClusterError>),
+    {
+        let lock = self.head_lock(op.mesh);
+        let mut head = lock.lock().await;
+        let r = self.append_locked(op, &mut head).await;
+        then(r);
+    }
+
+    /// Drop the mesh's ops up to and including sequence `seq` (a snapshot covers them).
+    /// Their ids stay in the index.
+    pub async fn compact(&self, mesh: &MeshId, seq: u64) -> Result<(), ClusterError> {
+        let Some(op) = self
+            .page(mesh, seq, 1)
+            .await?
+            .into_iter()
+            .find(|o| o.seq == seq)
+        else {
+            return Ok(());
+        };
+        self.stream
+            .purge()
+            .filter(self.subject(mesh))
+            .sequence(op.position + 1)
+            .await
+            .map_err(|e| js_err("compacting the op log")(e.to_string()))?;
+        Ok(())
+    }
+
+    async fn append_locked(&self, op: &NewOp, head: &mut Head) -> Result<Appended, ClusterError> {
         if let Some((seq, at, author)) = self.indexed(&op.mesh, &op.id).await? {
             return Ok(Appended {
                 seq,
@@ -368,6 +407,7 @@ impl ClusterOpLog {
                         author: op.author,
                         id: op.id.to_string(),
                         op: op.op.clone(),
+                        position: ack.sequence,
                     };
                     // Durable already, but the author is told only once the index has it: a
                     // resend after the duplicate window must find its sequence there. If

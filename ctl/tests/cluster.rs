@@ -1,0 +1,143 @@
+#![allow(clippy::unwrap_used)]
+//! A relay node whose state is on a real 3-server NATS JetStream cluster (`--store nats`),
+//! end to end: the real `claudemesh` binary as relay, daemons and CLI, on loopback. What
+//! members do on one SQLite relay works the same, and the node keeps nothing of its own:
+//! killed (with a NATS server killed too), a new node process serves every acknowledged
+//! message and op.
+
+use claudemesh_tests::nats::NatsCluster;
+use claudemesh_tests::{Node, RelayProc, form_mesh};
+use serde_json::Value;
+use std::path::Path;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_claudemesh"))
+}
+
+fn bodies(msgs: &[Value]) -> Vec<String> {
+    msgs.iter()
+        .map(|m| m["body"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// A relay node on `cluster`, its certificate in `data_dir`.
+fn node_on(cluster: &NatsCluster, data_dir: &Path) -> RelayProc {
+    let urls = cluster.urls().join(",");
+    RelayProc::start(bin(), data_dir, &["--store", "nats", "--nats-url", &urls])
+}
+
+fn state(n: &Node, key: &str) -> Value {
+    n.json(&["state", "get", key])["value"].clone()
+}
+
+/// Wait until `n` applied the shared-state log up to `seq`.
+fn synced(n: &Node, seq: u64) {
+    n.ok(&[
+        "wait",
+        "synced",
+        "--seq",
+        &seq.to_string(),
+        "--timeout",
+        "30",
+    ]);
+}
+
+/// Set a key, online: the relay sequenced it at once.
+fn set(n: &Node, key: &str, value: &str) -> u64 {
+    let w = n.json(&["state", "set", key, value]);
+    w["seq"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("not sequenced: {w}"))
+}
+
+#[test]
+fn members_of_a_clustered_relay_message_and_share_state_as_on_one_relay() {
+    let root = tempfile::tempdir().unwrap();
+    let cluster = NatsCluster::start(&root.path().join("nats"), 3);
+    let relay = node_on(&cluster, &root.path().join("relay"));
+    let mut nodes: Vec<Node> = ["ann", "ben", "cat"]
+        .iter()
+        .map(|n| Node::new(bin(), root.path(), n))
+        .collect();
+    form_mesh(&relay, &mut nodes);
+    let (ann, ben, cat) = (&nodes[0], &nodes[1], &nodes[2]);
+
+    let sent = ann.json(&["send", "ben", "hello", "ben"]);
+    assert_eq!(sent["stage"], "relayed", "{sent}");
+    let got = ben.inbox_wait();
+    assert_eq!(bodies(&got), vec!["hello ben"]);
+    assert_eq!(got[0]["id"], sent["id"]);
+
+    ben.ok(&["profile", "--groups", "dev"]);
+    ann.wait("peer-online", Some("@dev"));
+    ann.ok(&["send", "@dev", "standup"]);
+    assert_eq!(bodies(&ben.inbox_wait()), vec!["standup"]);
+    ann.ok(&["send", "*", "lunch?"]);
+    assert_eq!(bodies(&ben.inbox_wait()), vec!["lunch?"]);
+    assert_eq!(
+        bodies(&cat.inbox_wait()),
+        vec!["lunch?"],
+        "cat is not in @dev: only the broadcast"
+    );
+    assert!(ann.inbox_peek().is_empty(), "no copy to the sender");
+
+    // Shared state: ops sequenced by the cluster's op log, folded alike by everyone.
+    let seq = set(cat, "color", "green");
+    for n in [ann, ben] {
+        synced(n, seq);
+        assert_eq!(state(n, "color"), "green", "{}", n.name);
+    }
+
+    // Exactly once: nothing else arrived anywhere.
+    for n in &nodes {
+        assert!(n.inbox_peek().is_empty(), "{} has more", n.name);
+    }
+    // The node keeps no database of its own: everything is on the cluster.
+    assert!(
+        !relay.db().exists(),
+        "a clustered node wrote {:?}",
+        relay.db()
+    );
+}
+
+#[test]
+fn a_killed_node_and_a_killed_nats_server_lose_nothing_acknowledged() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = NatsCluster::start(&root.path().join("nats"), 3);
+    let mut relay = node_on(&cluster, &root.path().join("relay"));
+    let mut nodes: Vec<Node> = ["alice", "bob"]
+        .iter()
+        .map(|n| Node::new(bin(), root.path(), n))
+        .collect();
+    form_mesh(&relay, &mut nodes);
+    nodes[1].stop();
+    nodes[0].wait("peer-offline", Some("bob"));
+    for i in 0..10 {
+        let r = nodes[0].json(&["send", "bob", &format!("message {i}")]);
+        assert_eq!(r["stage"], "relayed", "{r}");
+    }
+    let seq = set(&nodes[0], "build", "passing");
+    // Both kinds of failure at once: the relay node's process and one NATS server.
+    relay.kill();
+    cluster.kill("n1");
+    for i in 10..20 {
+        let r = nodes[0].json(&["send", "bob", &format!("message {i}")]);
+        assert_eq!(r["stage"], "queued", "no relay: the daemon keeps it");
+    }
+    // A new node process (same address and certificate) on the two servers left.
+    relay.restart();
+    nodes[1].start();
+    let mut got = Vec::new();
+    while got.len() < 20 {
+        let page = bodies(&nodes[1].inbox_wait());
+        assert!(!page.is_empty(), "bob has only {got:?}");
+        got.extend(page);
+    }
+    got.sort();
+    let mut want: Vec<String> = (0..20).map(|i| format!("message {i}")).collect();
+    want.sort();
+    assert_eq!(got, want, "every message once");
+    synced(&nodes[1], seq);
+    assert_eq!(state(&nodes[1], "build"), "passing");
+    assert!(nodes[1].inbox_peek().is_empty());
+}
