@@ -141,3 +141,80 @@ fn a_killed_node_and_a_killed_nats_server_lose_nothing_acknowledged() {
     assert_eq!(state(&nodes[1], "build"), "passing");
     assert!(nodes[1].inbox_peek().is_empty());
 }
+
+/// Two relay nodes on one cluster, one certificate, the mesh's relay address naming both.
+/// Node 2 is down while the mesh forms (every daemon lands on node 1); then node 1 is
+/// killed during traffic and node 2 comes up: each daemon fails over to it, and bob, who
+/// was offline when alice's messages were stored through node 1, gets each once there.
+#[test]
+fn daemons_fail_over_to_another_node_and_get_what_was_stored_through_the_dead_one() {
+    let root = tempfile::tempdir().unwrap();
+    let cluster = NatsCluster::start(&root.path().join("nats"), 3);
+    let mut n1 = node_on(&cluster, &root.path().join("relay1"));
+    // Node 2 presents node 1's certificate: the pinned fingerprint holds on both.
+    let dir2 = root.path().join("relay2");
+    std::fs::create_dir_all(&dir2).unwrap();
+    for f in ["relay-cert.pem", "relay-key.pem"] {
+        std::fs::copy(n1.data_dir.join(f), dir2.join(f)).unwrap();
+    }
+    let mut n2 = node_on(&cluster, &dir2);
+    assert_eq!(n2.fingerprint, n1.fingerprint);
+    n2.kill();
+    let relay = format!("{},{}", n1.addr, n2.addr);
+
+    let mut nodes: Vec<Node> = ["alice", "bob"]
+        .iter()
+        .map(|n| Node::new(bin(), root.path(), n))
+        .collect();
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    nodes[0].ok(&[
+        "create",
+        "test",
+        "--relay",
+        &relay,
+        "--fingerprint",
+        &n1.fingerprint,
+    ]);
+    let link = nodes[0].ok(&["invite"]);
+    nodes[1].ok(&["join", &link, "--wait", "30"]);
+    nodes[0].wait("peer-online", Some("bob"));
+    nodes[1].wait("peer-online", Some("alice"));
+    let (alice, bob) = (&nodes[0], &nodes[1]);
+    alice.ok(&["send", "bob", "live through node 1"]);
+    assert_eq!(bodies(&bob.inbox_wait()), vec!["live through node 1"]);
+
+    nodes[1].stop();
+    nodes[0].wait("peer-offline", Some("bob"));
+    for i in 0..10 {
+        let r = nodes[0].json(&["send", "bob", &format!("stored {i}")]);
+        assert_eq!(r["stage"], "relayed", "{r}");
+    }
+    let seq = set(&nodes[0], "owner", "alice");
+    n1.kill();
+    n2.restart();
+    nodes[0].wait("link-up", None);
+    nodes[1].start();
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        let page = bodies(&nodes[1].inbox_wait());
+        assert!(!page.is_empty(), "bob has only {got:?}");
+        got.extend(page);
+    }
+    got.sort();
+    let want: Vec<String> = (0..10).map(|i| format!("stored {i}")).collect();
+    assert_eq!(
+        got, want,
+        "each stored message once, through the other node"
+    );
+    synced(&nodes[1], seq);
+    assert_eq!(state(&nodes[1], "owner"), "alice");
+    // Both on node 2 now: live again, both ways.
+    nodes[1].wait("peer-online", Some("alice"));
+    nodes[0].ok(&["send", "bob", "live through node 2"]);
+    assert_eq!(bodies(&nodes[1].inbox_wait()), vec!["live through node 2"]);
+    nodes[1].ok(&["send", "alice", "back"]);
+    assert_eq!(bodies(&nodes[0].inbox_wait()), vec!["back"]);
+    assert!(nodes[1].inbox_peek().is_empty());
+}

@@ -160,7 +160,38 @@ fn failure(
 /// Connect to `addr`, trying QUIC then WebSocket as `opts` allow. `pin` is the expected
 /// certificate fingerprint; `None` trusts whatever the relay presents (first use) and
 /// reports it in [`Connection::fingerprint`].
+///
+/// A relay of several nodes is a comma-separated list of them (see
+/// [`claudemesh_schema::invite::relay_addr_ok`]): each is tried in order until one
+/// answers. A node presenting another certificate ends the attempt there (every node of
+/// a relay presents the same one).
 pub async fn connect(
+    addr: &str,
+    pin: Option<[u8; 32]>,
+    opts: &ConnectOptions,
+) -> Result<Connection, ConnectError> {
+    let nodes = claudemesh_schema::invite::relay_nodes(addr);
+    let [first, rest @ ..] = nodes.as_slice() else {
+        return connect_node(addr, pin, opts).await;
+    };
+    let mut last = match connect_node(first, pin, opts).await {
+        Ok(c) => return Ok(c),
+        Err(e @ ConnectError::FingerprintMismatch { .. }) => return Err(e),
+        Err(e) => e,
+    };
+    for node in rest {
+        tracing::debug!(error = %last, next = %node, "relay node unreachable, trying the next");
+        match connect_node(node, pin, opts).await {
+            Ok(c) => return Ok(c),
+            Err(e @ ConnectError::FingerprintMismatch { .. }) => return Err(e),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Connect to one node.
+async fn connect_node(
     addr: &str,
     pin: Option<[u8; 32]>,
     opts: &ConnectOptions,

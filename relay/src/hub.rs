@@ -910,6 +910,70 @@ impl<S: Store> Hub<S> {
         self.meshes.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
+    /// Bring a mesh's roster up to what the store holds now, when other relay nodes write
+    /// it too (a cluster): a member admitted or removed through another node is known
+    /// here before its hello is answered, and this node's links hear of the change. With
+    /// one relay the store has nothing newer and this does nothing.
+    pub(crate) async fn follow(&self, mesh: &MeshId) {
+        let (g, entries) = match self.store.mesh_now(*mesh).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return,
+            Err(e) => {
+                // The hello is answered from what memory holds.
+                tracing::warn!(mesh = %mesh.short(), error = %e, "cannot read the mesh's roster from the cluster");
+                return;
+            }
+        };
+        let Some(entry) = self.mesh(mesh) else {
+            let Ok(mut st) = MeshState::new(g) else {
+                return;
+            };
+            for e in entries {
+                if st.roster.apply(&e).is_err() {
+                    break;
+                }
+                st.entries.push(e);
+            }
+            self.insert_mesh(st);
+            return;
+        };
+        // Serialized with this node's own roster changes.
+        let _guard = entry.admin.lock().await;
+        let removed: Vec<LinkHandle> = {
+            let mut st = lock(&entry.state);
+            let have = st.entries.len();
+            let mut removed = Vec::new();
+            for (seq, e) in entries.into_iter().enumerate().skip(have) {
+                if let Err(err) = st.roster.apply(&e) {
+                    tracing::error!(mesh = %mesh.short(), seq, error = %err, "a roster entry from the cluster does not follow; the roster ends before it");
+                    break;
+                }
+                if let Some(f) = frame(&RelayFrame::Roster {
+                    seq: seq as u64,
+                    entry: e.clone(),
+                }) {
+                    st.broadcast(&f, None);
+                }
+                if e.op == claudemesh_schema::roster::RosterOp::Remove
+                    && let Some(l) = st.links.remove(&e.member)
+                {
+                    removed.push(l);
+                }
+                st.entries.push(e);
+            }
+            removed
+        };
+        for l in removed {
+            l.push(error_frame(
+                None,
+                ErrorCode::NotAMember,
+                "this member was removed from the mesh",
+                true,
+            ));
+            l.close.cancel();
+        }
+    }
+
     pub(crate) fn insert_mesh(&self, st: MeshState) -> bool {
         let mut w = self.meshes.write().unwrap_or_else(|p| p.into_inner());
         if w.contains_key(&st.genesis.mesh) {

@@ -327,6 +327,17 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         max_bytes: usize,
     ) -> impl Future<Output = Result<OpsPage, StoreError>> + Send;
+    /// The mesh's genesis and roster as stored now, for a store that other relay nodes
+    /// write too (a cluster): what they changed since [`Store::load`]. `None` when this
+    /// relay's memory is the whole truth (one relay), or the mesh is not stored.
+    fn mesh_now(
+        &self,
+        mesh: MeshId,
+    ) -> impl Future<Output = Result<Option<(MeshGenesis, Vec<RosterEntry>)>, StoreError>> + Send
+    {
+        let _ = mesh;
+        async { Ok(None) }
+    }
 }
 
 /// An op to append.

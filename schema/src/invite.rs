@@ -73,17 +73,31 @@ pub enum InviteParseError {
     Code,
 }
 
+/// Most node addresses one relay address may list.
+pub const MAX_RELAY_NODES: usize = 8;
+
 /// Whether `addr` is a relay address as links and meshes carry it: `host:port` with a
 /// non-empty host, a port from 1, and nothing that would break a link or a terminal line
-/// (no `/`, whitespace or control characters; at most 255 bytes).
+/// (no `/`, whitespace or control characters; at most 255 bytes). A relay of several
+/// nodes (sharing one cluster and one certificate) is a comma-separated list of them,
+/// at most [`MAX_RELAY_NODES`]; daemons fail over from one to the next.
 pub fn relay_addr_ok(addr: &str) -> bool {
+    let nodes: Vec<&str> = addr.split(',').collect();
     addr.len() <= 255
+        && nodes.len() <= MAX_RELAY_NODES
         && !addr
             .chars()
             .any(|c| c == '/' || c.is_whitespace() || c.is_control())
-        && addr.rsplit_once(':').is_some_and(|(host, port)| {
-            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        && nodes.iter().all(|n| {
+            n.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            })
         })
+}
+
+/// The node addresses of a relay address, in order (one for a single relay).
+pub fn relay_nodes(addr: &str) -> Vec<&str> {
+    addr.split(',').filter(|n| !n.is_empty()).collect()
 }
 
 impl InviteLink {
@@ -484,6 +498,39 @@ impl fmt::Debug for JoinSecret {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn relay_addresses_name_one_node_or_a_list_of_them() {
+        let ok = [
+            "relay.example:7900",
+            "127.0.0.1:1",
+            "[::1]:7900",
+            "a:1,b:2,c:3",
+            "a:1,a:1",
+        ];
+        for a in ok {
+            assert!(relay_addr_ok(a), "{a}");
+        }
+        let bad = [
+            "",
+            "host",
+            ":7900",
+            "host:0",
+            "host:70000",
+            "a:1,",
+            ",a:1",
+            "a:1,,b:2",
+            "a:1, b:2",
+            "a:1,b",
+            "a/b:1",
+            "a:1,b:2,c:3,d:4,e:5,f:6,g:7,h:8,i:9",
+        ];
+        for a in bad {
+            assert!(!relay_addr_ok(a), "{a}");
+        }
+        assert_eq!(relay_nodes("a:1,b:2"), vec!["a:1", "b:2"]);
+        assert_eq!(relay_nodes("a:1"), vec!["a:1"]);
+    }
+
     use super::*;
     use crate::crypto::{BoxSecret, MemberSecret};
     use crate::roster::MeshGenesis;

@@ -87,6 +87,9 @@ pub(crate) async fn run(
     let first = d.cfg.link.initial_backoff_ms.max(1);
     let cap = d.cfg.link.max_backoff_ms.max(first);
     let mut backoff = first;
+    // Which node of a relay of several is dialled next: each failed or lost link moves on
+    // to the next, from a random first one (so members spread over the nodes).
+    let mut turn = usize::from(claudemesh_schema::crypto::random_bytes::<1>()[0]);
     let opts = ConnectOptions {
         quic: d.cfg.link.quic,
         websocket: d.cfg.link.websocket,
@@ -124,7 +127,15 @@ pub(crate) async fn run(
             (r.relay.clone(), r.relay_fp)
         };
         // A mesh hosted on this daemon's own relay is dialled where that relay listens now.
-        let dial = crate::context::LocalRelay::route(d.relay.as_ref(), &relay, &fp);
+        let target = crate::context::LocalRelay::route(d.relay.as_ref(), &relay, &fp);
+        // This attempt starts at node `turn` and tries the others after it.
+        let mut nodes = claudemesh_schema::invite::relay_nodes(&target);
+        if nodes.len() > 1 {
+            let n = nodes.len();
+            nodes.rotate_left(turn % n);
+        }
+        let dial = nodes.join(",");
+        let first_node = nodes.first().copied().unwrap_or_default().to_string();
         // The attempt's own time (a QUIC handshake that times out, the WebSocket
         // fallback) counts toward the pause that follows a failure.
         let started = Instant::now();
@@ -151,6 +162,7 @@ pub(crate) async fn run(
                 continue;
             }
             Next::Retry => {
+                turn = turn.wrapping_add(1);
                 // A link that was up for a while starts the backoff again.
                 if started.elapsed() > Duration::from_secs(30) {
                     backoff = first;
@@ -170,11 +182,11 @@ pub(crate) async fn run(
         // the link is reported down: a change from then on is seen).
         // (A name is looked up for a second at most: an offline resolver must not hold
         // the link's command loop.)
-        let relay_addr = match dial.parse::<std::net::SocketAddr>() {
+        let relay_addr = match first_node.parse::<std::net::SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => tokio::time::timeout(
                 Duration::from_secs(1),
-                tokio::net::lookup_host(dial.as_str()),
+                tokio::net::lookup_host(first_node.as_str()),
             )
             .await
             .ok()

@@ -666,6 +666,31 @@ impl ClusterStore {
         Err(js_err(what)("the entry keeps changing; try again".into()))
     }
 
+    async fn do_mesh_now(
+        &self,
+        mesh: MeshId,
+    ) -> Result<Option<(MeshGenesis, Vec<RosterEntry>)>, ClusterError> {
+        let i = &self.inner;
+        let Some(g) = i
+            .state
+            .get(genesis_key(&mesh))
+            .await
+            .map_err(|e| js_err("reading a mesh")(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        let g: MeshGenesis = parse(&g, "mesh genesis")?;
+        let prefix = format!("r.{}.", hex(mesh.as_bytes()));
+        let mut entries = entries_under(&i.client, &i.state, &prefix).await?;
+        // Keys carry the zero-padded sequence: their order is the roster's.
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out = Vec::with_capacity(entries.len());
+        for (_, v, _) in entries {
+            out.push(parse::<RosterValue>(&v, "roster entry")?.entry);
+        }
+        Ok(Some((g, out)))
+    }
+
     async fn do_prune(&self, now: i64) -> Result<Pruned, ClusterError> {
         let i = &self.inner;
         for (key, value, _) in entries_under(&i.client, &i.state, "c.").await? {
@@ -1119,5 +1144,12 @@ impl Store for ClusterStore {
         max_bytes: usize,
     ) -> Result<OpsPage, StoreError> {
         Ok(self.do_ops(mesh, from, limit, max_bytes).await?)
+    }
+
+    async fn mesh_now(
+        &self,
+        mesh: MeshId,
+    ) -> Result<Option<(MeshGenesis, Vec<RosterEntry>)>, StoreError> {
+        Ok(self.do_mesh_now(mesh).await?)
     }
 }

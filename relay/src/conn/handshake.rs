@@ -110,6 +110,7 @@ impl<S: Store> Conn<S> {
             Ok(v) => v,
             Err(refusal) => return Err(self.fatal(refusal.code(), &refusal.to_string())),
         };
+        self.hub.follow(&h.mesh).await;
         let Some(entry) = self.hub.mesh(&h.mesh) else {
             return Err(self.fatal(ErrorCode::UnknownMesh, "this relay does not know the mesh"));
         };
