@@ -218,3 +218,135 @@ fn daemons_fail_over_to_another_node_and_get_what_was_stored_through_the_dead_on
     assert_eq!(bodies(&nodes[0].inbox_wait()), vec!["back"]);
     assert!(nodes[1].inbox_peek().is_empty());
 }
+
+/// Three relay nodes on one cluster, one certificate; the mesh's relay address lists all
+/// three and each member prefers another node (ann node 1, ben node 2, cat node 3).
+fn three_nodes(root: &Path) -> (NatsCluster, Vec<RelayProc>, Vec<Node>) {
+    let cluster = NatsCluster::start(&root.join("nats"), 3);
+    let first = node_on(&cluster, &root.join("relay1"));
+    let mut relays = vec![first];
+    for i in 2..=3 {
+        let dir = root.join(format!("relay{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["relay-cert.pem", "relay-key.pem"] {
+            std::fs::copy(relays[0].data_dir.join(f), dir.join(f)).unwrap();
+        }
+        relays.push(node_on(&cluster, &dir));
+    }
+    let list: Vec<String> = relays.iter().map(|r| r.addr.to_string()).collect();
+    let mut nodes: Vec<Node> = ["ann", "ben", "cat"]
+        .iter()
+        .zip(&list)
+        .map(|(n, prefer)| {
+            Node::with_config(bin(), root, n, &format!("prefer_node = \"{prefer}\"\n"))
+        })
+        .collect();
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    nodes[0].ok(&[
+        "create",
+        "test",
+        "--relay",
+        &list.join(","),
+        "--fingerprint",
+        &relays[0].fingerprint,
+    ]);
+    for i in 1..nodes.len() {
+        let link = nodes[0].ok(&["invite"]);
+        nodes[i].ok(&["join", &link, "--wait", "30"]);
+    }
+    for a in &nodes {
+        for b in &nodes {
+            if a.name != b.name {
+                a.wait("peer-online", Some(&b.name));
+            }
+        }
+    }
+    (cluster, relays, nodes)
+}
+
+#[test]
+fn members_on_three_nodes_message_see_each_other_and_share_state_as_on_one_relay() {
+    let root = tempfile::tempdir().unwrap();
+    let (_cluster, relays, mut nodes) = three_nodes(root.path());
+    // Each member is linked to its own node.
+    for (n, r) in nodes.iter().zip(&relays) {
+        let st = n.json(&["status"]);
+        assert_eq!(
+            st["meshes"][0]["node"].as_str(),
+            Some(r.addr.to_string().as_str()),
+            "{}: {st}",
+            n.name
+        );
+    }
+    {
+        let (ann, ben, cat) = (&nodes[0], &nodes[1], &nodes[2]);
+        let sent = ann.json(&["send", "ben", "across", "nodes"]);
+        assert_eq!(sent["stage"], "relayed", "{sent}");
+        let got = ben.inbox_wait();
+        assert_eq!(bodies(&got), vec!["across nodes"]);
+        assert_eq!(got[0]["id"], sent["id"]);
+        ben.ok(&["send", "cat", "two", "to", "three"]);
+        assert_eq!(bodies(&cat.inbox_wait()), vec!["two to three"]);
+        // Presence crosses nodes: groups set on node 3 are seen on node 1.
+        cat.ok(&["profile", "--groups", "ops"]);
+        ann.wait("peer-online", Some("@ops"));
+        ann.ok(&["send", "@ops", "deploy?"]);
+        assert_eq!(bodies(&cat.inbox_wait()), vec!["deploy?"]);
+        ann.ok(&["send", "*", "lunch"]);
+        assert_eq!(bodies(&ben.inbox_wait()), vec!["lunch"]);
+        assert_eq!(bodies(&cat.inbox_wait()), vec!["lunch"]);
+
+        // Two authors on different nodes at once: one dense sequence, folded alike.
+        let mut seqs: Vec<u64> = std::thread::scope(|s| {
+            let t1 = s.spawn(|| {
+                (0..10)
+                    .map(|i| set(ann, "k", &format!("ann {i}")))
+                    .collect::<Vec<_>>()
+            });
+            let t2 = s.spawn(|| {
+                (0..10)
+                    .map(|i| set(ben, "k", &format!("ben {i}")))
+                    .collect::<Vec<_>>()
+            });
+            let mut all = t1.join().unwrap();
+            all.extend(t2.join().unwrap());
+            all
+        });
+        seqs.sort_unstable();
+        let a = *seqs.last().unwrap();
+        assert_eq!(
+            seqs,
+            (a - 19..=a).collect::<Vec<_>>(),
+            "twenty writes, twenty consecutive sequence numbers"
+        );
+        for n in [ann, ben, cat] {
+            synced(n, a);
+        }
+        let v = state(ann, "k");
+        assert_eq!(state(ben, "k"), v);
+        assert_eq!(state(cat, "k"), v);
+        let applied: Vec<u64> = [ann, ben, cat]
+            .iter()
+            .map(|n| {
+                n.json(&["status"])["meshes"][0]["log_seq"]
+                    .as_u64()
+                    .unwrap_or(0)
+            })
+            .collect();
+        assert!(applied.iter().all(|&s| s >= a), "{applied:?}");
+    }
+
+    // Store-and-forward across nodes: cat offline, ann sends through node 1, cat comes
+    // back on node 3.
+    nodes[2].stop();
+    nodes[0].wait("peer-offline", Some("cat"));
+    let r = nodes[0].json(&["send", "cat", "while", "you", "were", "out"]);
+    assert_eq!(r["stage"], "relayed", "{r}");
+    nodes[2].start();
+    assert_eq!(bodies(&nodes[2].inbox_wait()), vec!["while you were out"]);
+    for n in &nodes {
+        assert!(n.inbox_peek().is_empty(), "{} has more", n.name);
+    }
+}

@@ -137,6 +137,9 @@ pub struct LinkConfig {
     pub max_backoff_ms: u64,
     /// First pause after a link fails, ms (doubling up to `max_backoff_ms`). Default 250.
     pub initial_backoff_ms: u64,
+    /// For a relay of several nodes: the node (`host:port`, as the mesh lists it) tried
+    /// first, say the nearest one; the others follow in turn. Default none: a random one.
+    pub prefer_node: Option<String>,
 }
 
 impl Default for LinkConfig {
@@ -148,6 +151,7 @@ impl Default for LinkConfig {
             ws_timeout_ms: 5000,
             max_backoff_ms: 30_000,
             initial_backoff_ms: 250,
+            prefer_node: None,
         }
     }
 }

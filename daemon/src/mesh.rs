@@ -30,6 +30,8 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub(crate) struct LinkStatus {
     pub(crate) state: LinkState,
     pub(crate) transport: Option<Transport>,
+    /// The relay node the link is up with (one of the relay's addresses).
+    pub(crate) node: Option<String>,
     pub(crate) last_error: Option<String>,
     pub(crate) skew_ms: Option<i64>,
     /// Links made since the daemon started (a reconnect adds one).
@@ -43,6 +45,7 @@ impl Default for LinkStatus {
         Self {
             state: LinkState::Connecting,
             transport: None,
+            node: None,
             last_error: None,
             skew_ms: None,
             links: 0,

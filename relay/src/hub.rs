@@ -382,6 +382,9 @@ pub(crate) struct MeshState {
     pub(crate) entries: Vec<RosterEntry>,
     pub(crate) invites: HashMap<InviteId, InviteState>,
     pub(crate) links: HashMap<MemberKey, LinkHandle>,
+    /// Links closed because their member linked again through another node: they end
+    /// without taking its sessions offline (the newer link holds them).
+    pub(crate) moved: HashSet<u64>,
     pub(crate) sessions: HashMap<SessionId, SessionState>,
     pub(crate) claims: HashMap<ClaimId, PendingClaim>,
     /// Undelivered envelopes stored, and their bytes (for the quota).
@@ -435,6 +438,7 @@ impl MeshState {
             entries: Vec::new(),
             invites: HashMap::new(),
             links: HashMap::new(),
+            moved: HashSet::new(),
             sessions: HashMap::new(),
             claims: HashMap::new(),
             stored: (0, 0),
@@ -465,6 +469,14 @@ impl MeshState {
         self.stored.0 = self.stored.0.saturating_sub(n);
         self.stored.1 -= bytes;
         disk.envelopes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Set what is stored for the mesh to what the store counts (a cluster, where other
+    /// nodes store and free too).
+    pub(crate) fn set_stored(&mut self, disk: &DiskUsage, stored: (u64, u64)) {
+        disk.envelopes.fetch_sub(self.stored.1, Ordering::Relaxed);
+        disk.envelopes.fetch_add(stored.1, Ordering::Relaxed);
+        self.stored = stored;
     }
 
     /// Set the op log's size after a change of unknown size (a snapshot compaction).
@@ -639,6 +651,8 @@ pub(crate) struct Gauges {
 #[derive(Debug)]
 pub(crate) struct Hub<S> {
     pub(crate) store: S,
+    /// The other relay nodes of a cluster (`None`: this relay is alone).
+    pub(crate) bus: Option<Arc<crate::cluster::bus::Bus>>,
     pub(crate) cfg: RelayConfig,
     /// Who may create meshes (policy, per-address limit, creation tokens).
     pub(crate) admission: crate::admission::Admission,
@@ -783,6 +797,7 @@ impl<S: Store> Hub<S> {
         });
         Self {
             store,
+            bus: None,
             admission: crate::admission::Admission::new(&cfg),
             meshes: RwLock::new(meshes),
             invite_index: Mutex::new(invite_index),
@@ -915,27 +930,27 @@ impl<S: Store> Hub<S> {
     /// here before its hello is answered, and this node's links hear of the change. With
     /// one relay the store has nothing newer and this does nothing.
     pub(crate) async fn follow(&self, mesh: &MeshId) {
-        let (g, entries) = match self.store.mesh_now(*mesh).await {
+        let now = match self.store.mesh_now(*mesh).await {
             Ok(Some(m)) => m,
             Ok(None) => return,
             Err(e) => {
                 // The hello is answered from what memory holds.
-                tracing::warn!(mesh = %mesh.short(), error = %e, "cannot read the mesh's roster from the cluster");
+                tracing::warn!(mesh = %mesh.short(), error = %e, "cannot read the mesh from the cluster");
                 return;
             }
         };
-        let Some(entry) = self.mesh(mesh) else {
-            let Ok(mut st) = MeshState::new(g) else {
-                return;
-            };
-            for e in entries {
-                if st.roster.apply(&e).is_err() {
-                    break;
-                }
-                st.entries.push(e);
+        let entry = match self.mesh(mesh) {
+            Some(e) => e,
+            None => {
+                let Ok(st) = MeshState::new(now.genesis.clone()) else {
+                    return;
+                };
+                self.insert_mesh(st);
+                let Some(e) = self.mesh(mesh) else {
+                    return;
+                };
+                e
             }
-            self.insert_mesh(st);
-            return;
         };
         // Serialized with this node's own roster changes.
         let _guard = entry.admin.lock().await;
@@ -943,7 +958,7 @@ impl<S: Store> Hub<S> {
             let mut st = lock(&entry.state);
             let have = st.entries.len();
             let mut removed = Vec::new();
-            for (seq, e) in entries.into_iter().enumerate().skip(have) {
+            for (seq, e) in now.roster.into_iter().enumerate().skip(have) {
                 if let Err(err) = st.roster.apply(&e) {
                     tracing::error!(mesh = %mesh.short(), seq, error = %err, "a roster entry from the cluster does not follow; the roster ends before it");
                     break;
@@ -961,6 +976,26 @@ impl<S: Store> Hub<S> {
                 }
                 st.entries.push(e);
             }
+            // Sessions linked elsewhere: what this node knows of its own links stands.
+            for (p, last_seen, online) in now.presence {
+                if st.links.contains_key(&p.member) || !st.roster.is_member(&p.member) {
+                    continue;
+                }
+                let keep = st
+                    .sessions
+                    .get(&p.session)
+                    .is_none_or(|s| s.presence.member == p.member && s.presence.seq <= p.seq);
+                if keep {
+                    st.sessions.insert(
+                        p.session,
+                        SessionState {
+                            presence: p,
+                            online,
+                            last_seen,
+                        },
+                    );
+                }
+            }
             removed
         };
         for l in removed {
@@ -972,6 +1007,133 @@ impl<S: Store> Hub<S> {
             ));
             l.close.cancel();
         }
+    }
+
+    /// Tell the other nodes' links in `mesh` (not `except`'s) what this node's got.
+    pub(crate) fn bus_mesh(
+        &self,
+        mesh: &MeshId,
+        kind: crate::cluster::bus::Kind,
+        except: Option<&MemberKey>,
+        frame: &Bytes,
+    ) {
+        if let Some(b) = &self.bus {
+            b.to_mesh(mesh, kind, except, frame);
+        }
+    }
+
+    /// Hand `frame` to `member` if it is connected to another node (`id`: a delivery).
+    pub(crate) fn bus_member(
+        &self,
+        mesh: &MeshId,
+        member: &MemberKey,
+        id: Option<MessageId>,
+        frame: &Bytes,
+    ) {
+        if let Some(b) = &self.bus {
+            b.to_member(mesh, member, id, frame);
+        }
+    }
+
+    /// Apply what the other nodes publish to meshes, until shutdown: presence and
+    /// departures are kept (sessions on other nodes are routable and in welcomes), a
+    /// roster change is read from the store, and every frame reaches this node's links.
+    pub(crate) async fn follow_bus(self: Arc<Self>) {
+        use crate::cluster::bus::Kind;
+        use futures_util::StreamExt as _;
+        let Some(bus) = self.bus.clone() else {
+            return;
+        };
+        let mut sub = match bus.meshes().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot follow the other relay nodes; members on them are not seen live");
+                return;
+            }
+        };
+        loop {
+            let m = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return,
+                m = sub.next() => match m {
+                    Some(m) => m,
+                    None => return,
+                },
+            };
+            let Some(ev) = bus.event(&m) else {
+                continue;
+            };
+            // A mesh this node has not seen yet (created through another node since
+            // this one started) is read first; a roster change is read again.
+            if ev.kind == Kind::Roster || self.mesh(&ev.mesh).is_none() {
+                self.follow(&ev.mesh).await;
+                if ev.kind == Kind::Roster {
+                    continue;
+                }
+            }
+            let Some(entry) = self.mesh(&ev.mesh) else {
+                continue;
+            };
+            let mut st = lock(&entry.state);
+            // The member linked through another node: its link here is the older one.
+            // One link per member across the cluster, as on one relay (and its rate
+            // limits, kept with its link's node, are not multiplied by the node count).
+            if ev.kind == Kind::Linked {
+                if let Some(m) = ev.except
+                    && let Some(old) = st.links.remove(&m)
+                {
+                    st.moved.insert(old.id);
+                    old.push(error_frame(
+                        None,
+                        ErrorCode::Replaced,
+                        "a newer connection of this member (through another relay node) replaced this one",
+                        true,
+                    ));
+                    old.close.cancel();
+                }
+                continue;
+            }
+            match (ev.kind, wire::decode::<RelayFrame>(&ev.frame)) {
+                (Kind::Presence, Ok(RelayFrame::Presence(rec))) => {
+                    if rec.presence.mesh != ev.mesh || !st.roster.is_member(&rec.presence.member) {
+                        continue;
+                    }
+                    let newer = st
+                        .sessions
+                        .get(&rec.presence.session)
+                        .is_none_or(|s| s.presence.member == rec.presence.member);
+                    if !newer {
+                        continue;
+                    }
+                    st.sessions.insert(
+                        rec.presence.session,
+                        SessionState {
+                            presence: rec.presence,
+                            online: rec.online,
+                            last_seen: rec.last_seen,
+                        },
+                    );
+                }
+                (Kind::Depart, Ok(RelayFrame::Depart { session, at })) => {
+                    if let Some(s) = st.sessions.get_mut(&session) {
+                        s.online = false;
+                        s.last_seen = at;
+                    }
+                }
+                _ => {}
+            }
+            st.broadcast(&ev.frame, ev.except.as_ref());
+        }
+    }
+
+    /// Every mesh this node holds.
+    pub(crate) fn all_meshes(&self) -> Vec<(MeshId, Arc<MeshEntry>)> {
+        self.meshes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect()
     }
 
     pub(crate) fn insert_mesh(&self, st: MeshState) -> bool {

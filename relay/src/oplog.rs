@@ -169,6 +169,7 @@ pub(crate) async fn append<S: Store>(
                         st.op_bytes += size;
                         stats.disk.ops.fetch_add(size, Ordering::Relaxed);
                         st.broadcast(&f, None);
+                        stats.bus_mesh(&mesh, crate::cluster::bus::Kind::Frame, None, &f);
                     }
                 }
                 Err(e) => {

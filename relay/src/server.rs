@@ -105,7 +105,7 @@ impl Relay<crate::cluster::store::ClusterStore> {
         create_private_dir(&cfg.data_dir)?;
         let client = crate::cluster::connect(&cfg.nats_urls).await?;
         let store = ClusterStore::open(
-            client,
+            client.clone(),
             &ClusterStoreConfig {
                 prefix: cfg.nats_prefix.clone(),
                 replicas: cfg.nats_replicas,
@@ -114,7 +114,8 @@ impl Relay<crate::cluster::store::ClusterStore> {
             },
         )
         .await?;
-        Self::bind_with_store(cfg, store).await
+        let bus = crate::cluster::bus::Bus::new(client, &cfg.nats_prefix);
+        Self::bind_all(cfg, store, None, Some(Arc::new(bus))).await
     }
 }
 
@@ -147,6 +148,15 @@ impl<S: Store> Relay<S> {
         store: S,
         blobs: Option<Arc<dyn BlobStore>>,
     ) -> Result<Self, RelayError> {
+        Self::bind_all(cfg, store, blobs, None).await
+    }
+
+    async fn bind_all(
+        cfg: RelayConfig,
+        store: S,
+        blobs: Option<Arc<dyn BlobStore>>,
+        bus: Option<Arc<crate::cluster::bus::Bus>>,
+    ) -> Result<Self, RelayError> {
         let identity =
             Identity::load_or_generate(&cfg.data_dir, cfg.cert.as_deref(), cfg.key.as_deref())?;
         let snap = store.load()?;
@@ -166,6 +176,7 @@ impl<S: Store> Relay<S> {
             None => None,
         };
         let mut hub = Hub::new(store, cfg, snap);
+        hub.bus = bus;
         if let Some(b) = blobs {
             let stored = b.usage()?;
             hub = hub.with_blobs(b, &stored);
@@ -215,6 +226,9 @@ impl<S: Store> Relay<S> {
             tracker.spawn(tcp_loop(hub.clone(), tcp, tls, self.identity.fingerprint));
         }
         tracker.spawn(sweeper(hub.clone()));
+        if hub.bus.is_some() {
+            tracker.spawn(hub.clone().follow_bus());
+        }
         if let Some(l) = self.metrics {
             if let Ok(addr) = l.local_addr() {
                 tracing::info!(%addr, "metrics listening (plain HTTP)");
@@ -681,6 +695,19 @@ async fn sweeper<S: Store>(hub: Arc<Hub<S>>) {
                 }
             }
             Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
+        }
+        // On a cluster, other nodes store and free a mesh's envelopes too: each mesh's
+        // count comes from the store, so the quota holds cluster-wide (to within what the
+        // nodes accept between two sweeps) and frees through any node reach every node.
+        match hub.store.usage_now().await {
+            Ok(Some(usage)) => {
+                for (mesh, e) in hub.all_meshes() {
+                    let u = usage.get(&mesh).copied().unwrap_or_default();
+                    lock(&e.state).set_stored(&hub.disk, u);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot count what the cluster stores"),
         }
         hub.expire_claims(now);
         if let Some(b) = &hub.blobs {

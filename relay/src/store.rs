@@ -28,6 +28,9 @@ pub enum StoreError {
     /// The SQLite layer failed.
     #[error(transparent)]
     Sqlite(#[from] SqliteError),
+    /// A hello nonce was already used (through another relay node of a cluster).
+    #[error("hello nonce was already used (replay refused)")]
+    Replayed,
     /// The clustered store failed (see [`crate::cluster`]).
     #[error(transparent)]
     Cluster(Box<dyn std::error::Error + Send + Sync>),
@@ -172,6 +175,9 @@ pub struct StoredReceipt {
 
 /// Envelopes dropped by expiry, per mesh: count and bytes.
 pub type Pruned = HashMap<MeshId, (u64, u64)>;
+
+/// Envelopes stored, per mesh: count and bytes.
+pub type Usage = HashMap<MeshId, (u64, u64)>;
 
 /// The relay's durable state.
 pub trait Store: Send + Sync + 'static {
@@ -327,17 +333,34 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         max_bytes: usize,
     ) -> impl Future<Output = Result<OpsPage, StoreError>> + Send;
-    /// The mesh's genesis and roster as stored now, for a store that other relay nodes
-    /// write too (a cluster): what they changed since [`Store::load`]. `None` when this
-    /// relay's memory is the whole truth (one relay), or the mesh is not stored.
+    /// Envelopes stored per mesh (count, bytes) as the store counts them now, for a store
+    /// that other relay nodes write and free too (a cluster); `None` with one relay,
+    /// whose own count is exact.
+    fn usage_now(&self) -> impl Future<Output = Result<Option<Usage>, StoreError>> + Send {
+        async { Ok(None) }
+    }
+    /// The mesh as stored now, for a store that other relay nodes write too (a
+    /// cluster): what they changed since [`Store::load`]. `None` when this relay's memory
+    /// is the whole truth (one relay), or the mesh is not stored.
     fn mesh_now(
         &self,
         mesh: MeshId,
-    ) -> impl Future<Output = Result<Option<(MeshGenesis, Vec<RosterEntry>)>, StoreError>> + Send
-    {
+    ) -> impl Future<Output = Result<Option<MeshNow>, StoreError>> + Send {
         let _ = mesh;
         async { Ok(None) }
     }
+}
+
+/// A mesh as a clustered store holds it now (see [`Store::mesh_now`]).
+#[derive(Debug, Clone)]
+pub struct MeshNow {
+    /// Its genesis.
+    pub genesis: MeshGenesis,
+    /// Its roster entries, in order.
+    pub roster: Vec<RosterEntry>,
+    /// Its sessions' presences: last seen (unix ms), and whether a link of it is up at
+    /// some node.
+    pub presence: Vec<(SignedPresence, i64, bool)>,
 }
 
 /// An op to append.

@@ -348,6 +348,9 @@ pub mod methods {
         /// `quic` or `websocket` when connected.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub transport: Option<String>,
+        /// The relay node the link is up with (for a relay of several nodes, which one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub node: Option<String>,
         /// Last link error, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub last_error: Option<String>,
@@ -815,6 +818,9 @@ pub mod methods {
         /// `quic` or `websocket` when connected.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub transport: Option<String>,
+        /// The relay node the link is up with (for a relay of several nodes, which one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub node: Option<String>,
         /// Last link error, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub last_error: Option<String>,

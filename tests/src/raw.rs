@@ -77,6 +77,28 @@ pub async fn relay(tweak: impl FnOnce(&mut RelayConfig)) -> Fixture {
     }
 }
 
+/// A relay node on the NATS cluster at `urls` (prefix `prefix`), with the certificate in
+/// `data_dir` (copy one there for several nodes presenting the same).
+pub async fn cluster_node(urls: &[String], prefix: &str, data_dir: &std::path::Path) -> Fixture {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = RelayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.to_path_buf(),
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        store: claudemesh_relay::config::StoreKind::Nats,
+        nats_urls: urls.to_vec(),
+        nats_prefix: prefix.into(),
+        ..RelayConfig::default()
+    };
+    let r = Relay::bind_cluster(cfg.clone()).await.unwrap();
+    Fixture {
+        relay: r.spawn(),
+        cfg,
+        dir,
+    }
+}
+
 impl Fixture {
     /// Stop the relay gracefully and start it again on the same data (new ports).
     pub async fn restart(self) -> Fixture {

@@ -89,7 +89,14 @@ pub(crate) async fn run(
     let mut backoff = first;
     // Which node of a relay of several is dialled next: each failed or lost link moves on
     // to the next, from a random first one (so members spread over the nodes).
-    let mut turn = usize::from(claudemesh_schema::crypto::random_bytes::<1>()[0]);
+    let mut turn = {
+        let relay = lock(&m.row).relay.clone();
+        let nodes = claudemesh_schema::invite::relay_nodes(&relay);
+        match &d.cfg.link.prefer_node {
+            Some(p) if let Some(i) = nodes.iter().position(|n| n == p) => i,
+            _ => usize::from(claudemesh_schema::crypto::random_bytes::<1>()[0]),
+        }
+    };
     let opts = ConnectOptions {
         quic: d.cfg.link.quic,
         websocket: d.cfg.link.websocket,
@@ -107,6 +114,7 @@ pub(crate) async fn run(
         report(&|s| {
             s.state = LinkState::Connecting;
             s.transport = None;
+            s.node = None;
         });
         if *m.paused.borrow() {
             report(&|s| {
@@ -199,6 +207,7 @@ pub(crate) async fn run(
         report(&|s| {
             s.state = LinkState::Connecting;
             s.transport = None;
+            s.node = None;
             s.last_error = Some(err.clone());
             if started_up {
                 s.last_end = Some(err.clone());
@@ -244,6 +253,7 @@ pub(crate) async fn run(
     report(&|s| {
         s.state = LinkState::Offline;
         s.transport = None;
+        s.node = None;
     });
 }
 
@@ -332,6 +342,7 @@ async fn run_connection(
     status.send_modify(|s| {
         s.state = LinkState::Connected;
         s.transport = Some(c.transport);
+        s.node = Some(c.remote.to_string());
         s.last_error = None;
         s.skew_ms = Some(welcome.server_time - now_ms());
         s.links += 1;

@@ -59,8 +59,8 @@ impl ClusterMailbox {
     ) -> Result<Self, ClusterError> {
         let js = jetstream::new(client);
         let (upper, lower) = (cfg.prefix.to_uppercase(), cfg.prefix.to_lowercase());
-        let stream = js
-            .get_or_create_stream(stream::Config {
+        let stream = super::settled(|| async {
+            js.get_or_create_stream(stream::Config {
                 name: format!("{upper}_MAIL"),
                 subjects: vec![format!("{lower}.mail.*.*")],
                 storage: stream::StorageType::File,
@@ -70,7 +70,9 @@ impl ClusterMailbox {
                 ..Default::default()
             })
             .await
-            .map_err(|e| js_err("creating the mailbox stream")(e.to_string()))?;
+            .map_err(|e| js_err("creating the mailbox stream")(e.to_string()))
+        })
+        .await?;
         let ids = super::bucket(
             &js,
             kv::Config {

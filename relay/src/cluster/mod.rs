@@ -18,6 +18,7 @@ use async_nats::jetstream::kv;
 use async_nats::jetstream::stream::RawMessageErrorKind;
 use bytes::Bytes;
 
+pub mod bus;
 pub mod mailbox;
 pub mod oplog;
 pub mod store;
@@ -50,9 +51,6 @@ pub enum ClusterError {
         /// The mesh, short.
         mesh: String,
     },
-    /// A hello nonce was already used, through this node or another.
-    #[error("hello nonce was already used (replay refused)")]
-    Replayed,
     /// Stored state is not what this relay writes (edited, or another program's).
     #[error("stored {what} is corrupt: {detail}")]
     Corrupt {
@@ -220,22 +218,61 @@ pub(crate) fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
+/// Whether a failed JetStream request may succeed if asked again soon: the cluster is
+/// still forming (a server not yet a peer, no meta leader yet) or a leader is being
+/// elected.
+fn transient(e: &ClusterError) -> bool {
+    let ClusterError::JetStream { detail, .. } = e else {
+        return false;
+    };
+    [
+        "no suitable peers",
+        "peer offline",
+        "no responders",
+        "timed out",
+        "10008",
+    ]
+    .iter()
+    .any(|t| detail.contains(t))
+}
+
+/// Run `f` until it succeeds or fails for good, for at most 30 s: a relay node started
+/// with (or just after) its NATS servers waits for their cluster to form.
+pub(crate) async fn settled<T, F, Fut>(mut f: F) -> Result<T, ClusterError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ClusterError>>,
+{
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match f().await {
+            Err(e) if transient(&e) && tokio::time::Instant::now() < until => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// The bucket named in `cfg`, created when missing.
 pub(crate) async fn bucket(
     js: &async_nats::jetstream::Context,
     cfg: kv::Config,
     what: &'static str,
 ) -> Result<kv::Store, ClusterError> {
-    match js.get_key_value(&cfg.bucket).await {
-        Ok(kv) => Ok(kv),
-        // Only a bucket that is not there is created: any other failure (no quorum, a
-        // timeout) is said, not answered by creating over it.
-        Err(e) if e.to_string().contains("not found") => js
-            .create_key_value(cfg)
-            .await
-            .map_err(|e| js_err(what)(e.to_string())),
-        Err(e) => Err(js_err(what)(e.to_string())),
-    }
+    settled(|| async {
+        match js.get_key_value(&cfg.bucket).await {
+            Ok(kv) => Ok(kv),
+            // Only a bucket that is not there is created: any other failure (no quorum,
+            // a timeout) is said, not answered by creating over it.
+            Err(e) if e.to_string().contains("not found") => js
+                .create_key_value(cfg.clone())
+                .await
+                .map_err(|e| js_err(what)(e.to_string())),
+            Err(e) => Err(js_err(what)(e.to_string())),
+        }
+    })
+    .await
 }
 
 /// A header this relay writes on every message it stores.

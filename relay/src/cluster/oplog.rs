@@ -140,8 +140,8 @@ impl ClusterOpLog {
         let js = jetstream::new(client);
         let upper = cfg.prefix.to_uppercase();
         let lower = cfg.prefix.to_lowercase();
-        let stream = js
-            .get_or_create_stream(stream::Config {
+        let stream = super::settled(|| async {
+            js.get_or_create_stream(stream::Config {
                 name: format!("{upper}_OPS"),
                 subjects: vec![format!("{lower}.ops.*")],
                 storage: stream::StorageType::File,
@@ -153,7 +153,9 @@ impl ClusterOpLog {
                 ..Default::default()
             })
             .await
-            .map_err(|e| js_err("creating the op stream")(e.to_string()))?;
+            .map_err(|e| js_err("creating the op stream")(e.to_string()))
+        })
+        .await?;
         let index = super::bucket(
             &js,
             kv::Config {

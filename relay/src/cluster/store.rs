@@ -36,8 +36,9 @@ use super::mailbox::{ClusterMailbox, MailboxConfig};
 use super::oplog::{ClusterOpLog, OpLogConfig};
 use super::{ClusterError, entries_under, js_err};
 use crate::store::{
-    AckReceipts, Acked, Appended, Done, NewEnvelope, NewOp, OpsPage, Pruned, Put, Snapshot,
-    Snapshotted, Store, StoreError, Stored, StoredClaim, StoredReceipt, StoredSnapshot,
+    AckReceipts, Acked, Appended, Done, MeshNow, NewEnvelope, NewOp, OpsPage, Pruned, Put,
+    Snapshot, Snapshotted, Store, StoreError, Stored, StoredClaim, StoredReceipt, StoredSnapshot,
+    Usage,
 };
 
 /// How the relay's state is laid out on the cluster.
@@ -111,6 +112,10 @@ struct ClaimValue {
 struct PresenceValue {
     record: SignedPresence,
     last_seen: i64,
+    /// A link of the session is up at some node (set with each presence, cleared when
+    /// the session departs or its link ends).
+    #[serde(default)]
+    online: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone)]
@@ -273,19 +278,22 @@ impl ClusterStore {
         )
         .await?;
         let snap_name = format!("{upper}_SNAP");
-        let snapshots = match js.get_object_store(&snap_name).await {
-            Ok(s) => s,
-            Err(e) if e.to_string().contains("not found") => js
-                .create_object_store(object_store::Config {
-                    bucket: snap_name,
-                    storage: stream::StorageType::File,
-                    num_replicas: cfg.replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| js_err("creating the snapshot store")(e.to_string()))?,
-            Err(e) => return Err(js_err("opening the snapshot store")(e.to_string())),
-        };
+        let snapshots = super::settled(|| async {
+            match js.get_object_store(&snap_name).await {
+                Ok(s) => Ok(s),
+                Err(e) if e.to_string().contains("not found") => js
+                    .create_object_store(object_store::Config {
+                        bucket: snap_name.clone(),
+                        storage: stream::StorageType::File,
+                        num_replicas: cfg.replicas,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| js_err("creating the snapshot store")(e.to_string())),
+                Err(e) => Err(js_err("opening the snapshot store")(e.to_string())),
+            }
+        })
+        .await?;
         for b in [&state, &nonces, &receipts] {
             super::until_bucket_ready(b).await?;
         }
@@ -666,10 +674,7 @@ impl ClusterStore {
         Err(js_err(what)("the entry keeps changing; try again".into()))
     }
 
-    async fn do_mesh_now(
-        &self,
-        mesh: MeshId,
-    ) -> Result<Option<(MeshGenesis, Vec<RosterEntry>)>, ClusterError> {
+    async fn do_mesh_now(&self, mesh: MeshId) -> Result<Option<MeshNow>, ClusterError> {
         let i = &self.inner;
         let Some(g) = i
             .state
@@ -679,16 +684,26 @@ impl ClusterStore {
         else {
             return Ok(None);
         };
-        let g: MeshGenesis = parse(&g, "mesh genesis")?;
+        let genesis: MeshGenesis = parse(&g, "mesh genesis")?;
         let prefix = format!("r.{}.", hex(mesh.as_bytes()));
         let mut entries = entries_under(&i.client, &i.state, &prefix).await?;
         // Keys carry the zero-padded sequence: their order is the roster's.
         entries.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut out = Vec::with_capacity(entries.len());
+        let mut roster = Vec::with_capacity(entries.len());
         for (_, v, _) in entries {
-            out.push(parse::<RosterValue>(&v, "roster entry")?.entry);
+            roster.push(parse::<RosterValue>(&v, "roster entry")?.entry);
         }
-        Ok(Some((g, out)))
+        let prefix = format!("p.{}.", hex(mesh.as_bytes()));
+        let mut presence = Vec::new();
+        for (_, v, _) in entries_under(&i.client, &i.state, &prefix).await? {
+            let p: PresenceValue = parse(&v, "presence")?;
+            presence.push((p.record, p.last_seen, p.online));
+        }
+        Ok(Some(MeshNow {
+            genesis,
+            roster,
+            presence,
+        }))
     }
 
     async fn do_prune(&self, now: i64) -> Result<Pruned, ClusterError> {
@@ -897,9 +912,7 @@ impl Store for ClusterStore {
         {
             Ok(_) => Ok(()),
             // Used through another node: the replay is refused here too.
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                Err(ClusterError::Replayed.into())
-            }
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Err(StoreError::Replayed),
             Err(e) => Err(js_err("recording a hello nonce")(e.to_string()).into()),
         }
     }
@@ -910,6 +923,7 @@ impl Store for ClusterStore {
             &PresenceValue {
                 record: p,
                 last_seen,
+                online: true,
             },
             "presence",
         )?;
@@ -1146,10 +1160,14 @@ impl Store for ClusterStore {
         Ok(self.do_ops(mesh, from, limit, max_bytes).await?)
     }
 
-    async fn mesh_now(
-        &self,
-        mesh: MeshId,
-    ) -> Result<Option<(MeshGenesis, Vec<RosterEntry>)>, StoreError> {
+    async fn usage_now(&self) -> Result<Option<Usage>, StoreError> {
+        let i = &self.inner;
+        Ok(Some(
+            i.mail.usage(&i.client, claudemesh_schema::now_ms()).await?,
+        ))
+    }
+
+    async fn mesh_now(&self, mesh: MeshId) -> Result<Option<MeshNow>, StoreError> {
         Ok(self.do_mesh_now(mesh).await?)
     }
 }

@@ -76,6 +76,8 @@ impl<S: Store> Conn<S> {
                 entry: e.clone(),
             }) {
                 st.broadcast(&f, None);
+                self.hub
+                    .bus_mesh(&e.mesh, crate::cluster::bus::Kind::Roster, None, &f);
             }
             if e.op == RosterOp::Remove {
                 st.links.remove(&e.member)
@@ -390,6 +392,8 @@ impl<S: Store> Conn<S> {
                             entry: e.clone(),
                         }) {
                             st.broadcast(&f, None);
+                            self.hub
+                                .bus_mesh(&e.mesh, crate::cluster::bus::Kind::Roster, None, &f);
                         }
                     }
                 }

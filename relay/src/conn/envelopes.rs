@@ -145,7 +145,7 @@ impl<S: Store> Conn<S> {
             );
         }
         let size = env_json.len() as u64;
-        let (recipients, online) = {
+        let (recipients, online, local) = {
             let mut st = lock(&entry.state);
             let recipients = match resolve(&st, &member, &env.to) {
                 Ok(r) => r,
@@ -213,7 +213,12 @@ impl<S: Store> Conn<S> {
                 .iter()
                 .filter_map(|m| st.links.get(m).cloned())
                 .collect();
-            (recipients, online)
+            let local: Vec<MemberKey> = recipients
+                .iter()
+                .filter(|m| st.links.contains_key(m))
+                .copied()
+                .collect();
+            (recipients, online, local)
         };
         // Accepted: from now on a resend of this id is a duplicate (until a store failure
         // below takes that back). Another sender that took the id meanwhile wins it.
@@ -235,6 +240,14 @@ impl<S: Store> Conn<S> {
             let deliver = deliver_frame(&env_json, now);
             for l in &online {
                 l.push_delivery(id, deliver.clone());
+            }
+            // Recipients not connected here may be connected to another node.
+            if self.hub.bus.is_some() && online.len() < recipients.len() {
+                for m in &recipients {
+                    if !local.contains(m) {
+                        self.hub.bus_member(&mesh, m, Some(id), &deliver);
+                    }
+                }
             }
         }
         self.hub.stats.envelopes.fetch_add(1, Ordering::Relaxed);
@@ -380,15 +393,19 @@ impl<S: Store> Conn<S> {
                         if let Some(b) = a.freed {
                             st.free(&hub.disk, 1, b);
                         }
-                        if let Some(l) = st.links.get(&a.sender)
-                            && let Some(f) = frame(&RelayFrame::Receipt {
-                                id: a.id,
-                                member,
-                                at: now,
-                                proof: proofs.get(&a.id).copied(),
-                            })
-                        {
-                            l.push(f);
+                        let Some(f) = frame(&RelayFrame::Receipt {
+                            id: a.id,
+                            member,
+                            at: now,
+                            proof: proofs.get(&a.id).copied(),
+                        }) else {
+                            continue;
+                        };
+                        match st.links.get(&a.sender) {
+                            Some(l) => {
+                                l.push(f);
+                            }
+                            None => hub.bus_member(&mesh, &a.sender, None, &f),
                         }
                     }
                 }),
@@ -496,6 +513,34 @@ pub(super) async fn replay_mailbox<S: Store>(
                 return;
             }
         };
+    }
+}
+
+/// Hand a member's link what the other relay nodes send it live, until the link ends.
+pub(super) async fn follow_member(
+    bus: Arc<crate::cluster::bus::Bus>,
+    mut sub: async_nats::Subscriber,
+    link: LinkHandle,
+) {
+    use futures_util::StreamExt as _;
+    loop {
+        let m = tokio::select! {
+            biased;
+            _ = link.close.cancelled() => return,
+            m = sub.next() => match m {
+                Some(m) => m,
+                None => return,
+            },
+        };
+        let Some(ev) = bus.event(&m) else {
+            continue;
+        };
+        match ev.id {
+            Some(id) => link.push_delivery(id, ev.frame),
+            None => {
+                link.push(ev.frame);
+            }
+        }
     }
 }
 

@@ -133,6 +133,12 @@ impl<S: Store> Conn<S> {
         // the replay window.
         let expires = now + 2 * wire::HELLO_WINDOW_MS + 1;
         if let Err(e) = self.hub.store.put_nonce(h.nonce, expires).await {
+            if matches!(e, crate::store::StoreError::Replayed) {
+                return Err(self.fatal(
+                    ErrorCode::ReplayedHello,
+                    "hello nonce was already used (replay refused)",
+                ));
+            }
             tracing::error!(error = %e, "cannot record a hello nonce");
             return Err(self.fatal(
                 ErrorCode::Internal,
@@ -236,6 +242,26 @@ impl<S: Store> Conn<S> {
         self.push(&RelayFrame::Welcome(welcome));
         for f in roster.iter().chain(presences.iter()) {
             self.push(f);
+        }
+        // On a cluster, what other nodes send this member live: subscribed before the
+        // mailbox is read, so an envelope is either in that read or comes live (or both:
+        // the daemon dedupes).
+        if let Some(bus) = self.hub.bus.clone() {
+            bus.to_mesh(
+                &h.mesh,
+                crate::cluster::bus::Kind::Linked,
+                Some(&h.member),
+                &bytes::Bytes::new(),
+            );
+            match bus.member(&h.mesh, &h.member).await {
+                Ok(sub) => {
+                    self.hub
+                        .spawn(super::envelopes::follow_member(bus, sub, self.link.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot follow this member's traffic from the other nodes; it gets it from its mailbox")
+                }
+            }
         }
         // Sends that resolved this member as offline just before the link was registered
         // may still be in the store queue: wait for them, so the mailbox read sees them.

@@ -586,6 +586,12 @@ impl<S: Store> Conn<S> {
                 let now = now_ms();
                 let offline: Vec<SessionId> = {
                     let mut st = lock(&entry.state);
+                    if st.moved.remove(&self.link.id) {
+                        // Its member linked through another node, which holds its sessions.
+                        drop(st);
+                        self.hub.stats.links.fetch_sub(1, Ordering::Relaxed);
+                        return;
+                    }
                     match st.links.get(&member) {
                         Some(l) if l.id == self.link.id => {
                             st.links.remove(&member);
@@ -613,6 +619,12 @@ impl<S: Store> Conn<S> {
                             at: now,
                         }) {
                             st.broadcast(&f, Some(&member));
+                            self.hub.bus_mesh(
+                                &mesh,
+                                crate::cluster::bus::Kind::Depart,
+                                Some(&member),
+                                &f,
+                            );
                         }
                     }
                     gone

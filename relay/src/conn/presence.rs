@@ -110,6 +110,12 @@ impl<S: Store> Conn<S> {
             st.sessions.insert(p.session, s);
             if let Some(f) = frame(&RelayFrame::Presence(rec.clone())) {
                 st.broadcast(&f, Some(&member));
+                self.hub.bus_mesh(
+                    &p.mesh,
+                    crate::cluster::bus::Kind::Presence,
+                    Some(&member),
+                    &f,
+                );
             }
             rec
         };
@@ -137,6 +143,8 @@ impl<S: Store> Conn<S> {
             s.last_seen = now;
             if let Some(f) = frame(&RelayFrame::Depart { session, at: now }) {
                 st.broadcast(&f, Some(&member));
+                self.hub
+                    .bus_mesh(&mesh, crate::cluster::bus::Kind::Depart, Some(&member), &f);
             }
         }
         let _ = self

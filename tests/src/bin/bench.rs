@@ -123,10 +123,13 @@ async fn peers(bin: &Path) {
 async fn dm(bin: &Path) {
     let root = tempfile::tempdir().unwrap();
     let (_relay, nodes) = mesh(bin, root.path(), &["alice", "bob"], &[]);
-    let mut a = Client::connect(&nodes[0].dir.join("daemon.sock"))
-        .await
-        .unwrap();
-    let bob_sock = nodes[1].dir.join("daemon.sock");
+    dm_between(&nodes[0], &nodes[1], 2000, "").await;
+}
+
+/// `count` direct messages from `a` to `b`, one at a time: send→relayed and send→inbox.
+async fn dm_between(a: &Node, b: &Node, count: usize, label: &str) {
+    let mut a = Client::connect(&a.dir.join("daemon.sock")).await.unwrap();
+    let bob_sock = b.dir.join("daemon.sock");
     let (req_tx, mut req_rx) =
         tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<Instant>>(1);
     tokio::spawn(async move {
@@ -152,7 +155,9 @@ async fn dm(bin: &Path) {
     });
     let mut e2e = Vec::new();
     let mut acked = Vec::new();
-    for i in 0..2000 {
+    let warm = count / 20;
+    let started = Instant::now();
+    for i in 0..count {
         let (tx, rx) = tokio::sync::oneshot::channel();
         req_tx.send(tx).await.unwrap();
         let t = Instant::now();
@@ -174,13 +179,67 @@ async fn dm(bin: &Path) {
         let ack = t.elapsed();
         assert_eq!(r.stage, m::Stage::Relayed);
         let got = rx.await.unwrap();
-        if i >= 100 {
+        if i >= warm {
             acked.push(ack.as_secs_f64() * 1e3);
             e2e.push((got - t).as_secs_f64() * 1e3);
         }
     }
-    report("send -> relayed (durable at sender+relay)", "ms", acked);
-    report("send -> in recipient inbox (A->relay->B)", "ms", e2e);
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    report(
+        &format!("{label}send -> relayed (durable at sender+relay)"),
+        "ms",
+        acked,
+    );
+    report(&format!("{label}send -> in recipient inbox"), "ms", e2e);
+    println!("{label}one at a time: {rate:.0} msg/s");
+}
+
+/// Direct messages through relay nodes on a 3-server NATS JetStream cluster (issue 17):
+/// one SQLite relay for reference, then 1, 2 and 3 nodes with alice on the first and bob
+/// on the last (so from 2 nodes on, every message crosses nodes: stored through JetStream
+/// by alice's node, handed live over core NATS to bob's).
+async fn cluster_dm(bin: &Path) {
+    use claudemesh_tests::nats::NatsCluster;
+    const COUNT: usize = 500;
+    {
+        let root = tempfile::tempdir().unwrap();
+        let (_relay, nodes) = mesh(bin, root.path(), &["alice", "bob"], &[]);
+        dm_between(&nodes[0], &nodes[1], COUNT, "sqlite relay: ").await;
+    }
+    for k in 1..=3usize {
+        let root = tempfile::tempdir().unwrap();
+        let cluster = NatsCluster::start(&root.path().join("nats"), 3);
+        let urls = cluster.urls().join(",");
+        let args = ["--store", "nats", "--nats-url", urls.as_str()];
+        let mut relays = vec![RelayProc::start(bin, &root.path().join("r1"), &args)];
+        for i in 2..=k {
+            let dir = root.path().join(format!("r{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for f in ["relay-cert.pem", "relay-key.pem"] {
+                std::fs::copy(relays[0].data_dir.join(f), dir.join(f)).unwrap();
+            }
+            relays.push(RelayProc::start(bin, &dir, &args));
+        }
+        let list: Vec<String> = relays.iter().map(|r| r.addr.to_string()).collect();
+        let prefer = |i: usize| format!("prefer_node = \"{}\"\n", list[i]);
+        let mut a = Node::with_config(bin, root.path(), "alice", &prefer(0));
+        let mut b = Node::with_config(bin, root.path(), "bob", &prefer(k - 1));
+        a.start();
+        b.start();
+        a.ok(&[
+            "create",
+            "bench",
+            "--relay",
+            &list.join(","),
+            "--fingerprint",
+            &relays[0].fingerprint,
+        ]);
+        let link = a.ok(&["invite"]);
+        b.ok(&["join", &link, "--wait", "30"]);
+        a.wait("peer-online", Some("bob"));
+        b.wait("peer-online", Some("alice"));
+        dm_between(&a, &b, COUNT, &format!("{k} node(s): ")).await;
+    }
 }
 
 /// A raw member link for relay benchmarks.
@@ -1143,6 +1202,9 @@ fn main() {
         }
         if all || what == "cluster" {
             cluster().await;
+        }
+        if all || what == "cluster-dm" {
+            cluster_dm(&bin).await;
         }
     });
 }

@@ -1,0 +1,208 @@
+//! Live traffic between relay nodes, over core NATS (brief §7: presence and control are
+//! ephemeral): what one node would hand to its own links it also publishes, and the
+//! nodes whose links it concerns hand it to theirs. Nothing here is durable: an envelope
+//! or op published live is in the store first (or its sender resends it), and a member
+//! that misses a live copy gets it from its mailbox or the op log at its next catch-up.
+//!
+//! Subjects: `<p>.live.<mesh>.<member>` for what goes to one member (deliveries,
+//! receipts), subscribed by the node that member is connected to, for as long as it is;
+//! `<p>.mesh.<mesh>` for what goes to a mesh (presence, departures, roster changes, ops),
+//! subscribed once per node. Each message names its origin node, which ignores it.
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use claudemesh_schema::crypto::{MemberKey, hex};
+use claudemesh_schema::{MeshId, MessageId};
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+
+use super::{ClusterError, js_err};
+
+/// What a bus message carries, so a receiving node knows what to do besides forwarding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A frame for the links, nothing more.
+    Frame,
+    /// An envelope delivery (its id in `Cm-Id`: the link may acknowledge it).
+    Deliver,
+    /// A session's presence (the node keeps it, for routing and welcomes).
+    Presence,
+    /// A session left.
+    Depart,
+    /// The roster changed (the node reads it from the store).
+    Roster,
+    /// A member (`Cm-Except`) linked through the origin node: a link of it elsewhere is
+    /// older, and closed.
+    Linked,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Frame => "frame",
+            Self::Deliver => "deliver",
+            Self::Presence => "presence",
+            Self::Depart => "depart",
+            Self::Roster => "roster",
+            Self::Linked => "linked",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "frame" => Self::Frame,
+            "deliver" => Self::Deliver,
+            "presence" => Self::Presence,
+            "depart" => Self::Depart,
+            "roster" => Self::Roster,
+            "linked" => Self::Linked,
+            _ => return None,
+        })
+    }
+}
+
+/// A message from another node.
+#[derive(Debug)]
+pub struct Event {
+    /// Its mesh.
+    pub mesh: MeshId,
+    /// What it is.
+    pub kind: Kind,
+    /// For a mesh message: the member whose own links do not get it (its sender).
+    pub except: Option<MemberKey>,
+    /// For a delivery: the envelope's id.
+    pub id: Option<MessageId>,
+    /// The frame, encoded.
+    pub frame: Bytes,
+}
+
+/// This node's side of the bus.
+#[derive(Debug)]
+pub struct Bus {
+    client: async_nats::Client,
+    prefix: String,
+    node: String,
+    tx: mpsc::UnboundedSender<(String, HeaderMap, Bytes)>,
+    /// Tracks the publisher, which ends when the bus is dropped.
+    _tasks: TaskTracker,
+}
+
+impl Bus {
+    /// A bus on `client`'s cluster for the deployment `prefix`.
+    pub fn new(client: async_nats::Client, prefix: &str) -> Self {
+        let tasks = TaskTracker::new();
+        let (tx, mut rx) = mpsc::unbounded_channel::<(String, HeaderMap, Bytes)>();
+        let publisher = client.clone();
+        tasks.spawn(async move {
+            while let Some((subject, headers, payload)) = rx.recv().await {
+                // Ephemeral: a lost live copy is recovered from the store.
+                if let Err(e) = publisher
+                    .publish_with_headers(subject, headers, payload)
+                    .await
+                {
+                    tracing::debug!(error = %e, "cannot publish to the other relay nodes");
+                }
+            }
+        });
+        Self {
+            client,
+            prefix: prefix.to_lowercase(),
+            node: hex(&claudemesh_schema::crypto::random_bytes::<8>()),
+            tx,
+            _tasks: tasks,
+        }
+    }
+
+    fn headers(&self, kind: Kind) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("Cm-Node", self.node.as_str());
+        h.insert("Cm-Kind", kind.as_str());
+        h
+    }
+
+    /// Publish `frame` to every other node's links in `mesh` (but `except`'s).
+    pub fn to_mesh(&self, mesh: &MeshId, kind: Kind, except: Option<&MemberKey>, frame: &Bytes) {
+        let mut h = self.headers(kind);
+        if let Some(m) = except {
+            h.insert("Cm-Except", hex(&m.0).as_str());
+        }
+        let subject = format!("{}.mesh.{}", self.prefix, hex(mesh.as_bytes()));
+        let _ = self.tx.send((subject, h, frame.clone()));
+    }
+
+    /// Publish `frame` to `member`'s link, if it is connected to another node.
+    pub fn to_member(
+        &self,
+        mesh: &MeshId,
+        member: &MemberKey,
+        id: Option<MessageId>,
+        frame: &Bytes,
+    ) {
+        let mut h = self.headers(if id.is_some() {
+            Kind::Deliver
+        } else {
+            Kind::Frame
+        });
+        if let Some(id) = id {
+            h.insert("Cm-Id", hex(id.as_bytes()).as_str());
+        }
+        let subject = self.member_subject(mesh, member);
+        let _ = self.tx.send((subject, h, frame.clone()));
+    }
+
+    fn member_subject(&self, mesh: &MeshId, member: &MemberKey) -> String {
+        format!(
+            "{}.live.{}.{}",
+            self.prefix,
+            hex(mesh.as_bytes()),
+            hex(&member.0)
+        )
+    }
+
+    /// Every mesh message from the other nodes.
+    pub async fn meshes(&self) -> Result<async_nats::Subscriber, ClusterError> {
+        self.client
+            .subscribe(format!("{}.mesh.*", self.prefix))
+            .await
+            .map_err(|e| js_err("subscribing to the other relay nodes")(e.to_string()))
+    }
+
+    /// What the other nodes send `member` (connected here).
+    pub async fn member(
+        &self,
+        mesh: &MeshId,
+        member: &MemberKey,
+    ) -> Result<async_nats::Subscriber, ClusterError> {
+        self.client
+            .subscribe(self.member_subject(mesh, member))
+            .await
+            .map_err(|e| js_err("subscribing for a member's live traffic")(e.to_string()))
+    }
+
+    /// Read a message another node published (`None`: this node's own, or not ours).
+    pub fn event(&self, m: &async_nats::Message) -> Option<Event> {
+        let h = m.headers.as_ref()?;
+        if h.get("Cm-Node").map(|v| v.as_str()) == Some(self.node.as_str()) {
+            return None;
+        }
+        let kind = Kind::parse(h.get("Cm-Kind")?.as_str())?;
+        // `<p>.mesh.<mesh>` or `<p>.live.<mesh>.<member>`.
+        let mut parts = m.subject.as_str().split('.').skip(2);
+        let mesh = MeshId::from_bytes(super::unhex::<16>(parts.next()?)?);
+        let except = h
+            .get("Cm-Except")
+            .and_then(|v| super::unhex::<32>(v.as_str()))
+            .map(MemberKey);
+        let id = h
+            .get("Cm-Id")
+            .and_then(|v| super::unhex::<16>(v.as_str()))
+            .map(MessageId::from_bytes);
+        Some(Event {
+            mesh,
+            kind,
+            except,
+            id,
+            frame: m.payload.clone(),
+        })
+    }
+}
