@@ -6,7 +6,7 @@
 //! message and op.
 
 use claudemesh_tests::nats::NatsCluster;
-use claudemesh_tests::{Node, RelayProc, form_mesh};
+use claudemesh_tests::{Node, RelayProc, form_mesh, share_certificate};
 use serde_json::Value;
 use std::path::Path;
 
@@ -153,10 +153,7 @@ fn daemons_fail_over_to_another_node_and_get_what_was_stored_through_the_dead_on
     let mut n1 = node_on(&cluster, &root.path().join("relay1"));
     // Node 2 presents node 1's certificate: the pinned fingerprint holds on both.
     let dir2 = root.path().join("relay2");
-    std::fs::create_dir_all(&dir2).unwrap();
-    for f in ["relay-cert.pem", "relay-key.pem"] {
-        std::fs::copy(n1.data_dir.join(f), dir2.join(f)).unwrap();
-    }
+    share_certificate(&n1.data_dir, &dir2);
     let mut n2 = node_on(&cluster, &dir2);
     assert_eq!(n2.fingerprint, n1.fingerprint);
     n2.kill();
@@ -227,10 +224,7 @@ fn three_nodes(root: &Path) -> (NatsCluster, Vec<RelayProc>, Vec<Node>) {
     let mut relays = vec![first];
     for i in 2..=3 {
         let dir = root.join(format!("relay{i}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        for f in ["relay-cert.pem", "relay-key.pem"] {
-            std::fs::copy(relays[0].data_dir.join(f), dir.join(f)).unwrap();
-        }
+        share_certificate(&relays[0].data_dir, &dir);
         relays.push(node_on(&cluster, &dir));
     }
     let list: Vec<String> = relays.iter().map(|r| r.addr.to_string()).collect();
@@ -349,4 +343,33 @@ fn members_on_three_nodes_message_see_each_other_and_share_state_as_on_one_relay
     for n in &nodes {
         assert!(n.inbox_peek().is_empty(), "{} has more", n.name);
     }
+
+    // Files: shared through node 1, its chunks stored on the cluster; fetched through
+    // node 3 once the sharer is gone.
+    let src = root.path().join("data.bin");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&src, &data).unwrap();
+    let f = nodes[0].json(&["file", "share", src.to_str().unwrap()]);
+    let id = f["file"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !nodes[2].json(&["file", "list"])["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["id"] == id.as_str())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cat never listed {id}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    nodes[0].stop();
+    let out = root.path().join("got.bin");
+    nodes[2].ok(&["file", "get", &id, "-o", out.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        data,
+        "byte for byte, from the cluster"
+    );
 }

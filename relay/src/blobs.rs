@@ -1,6 +1,7 @@
 //! The relay's blob store: sealed file chunks (see `claudemesh_schema::file`) kept for the
 //! members of a mesh, behind the [`BlobStore`] trait so a clustered backend (an object
-//! store, say) is a new implementation, not a rewrite. [`DiskBlobs`] is the default.
+//! store, say) is a new implementation, not a rewrite. [`DiskBlobs`] is the default;
+//! relay nodes of a cluster use `cluster::blobs`.
 //!
 //! Chunks are content-addressed per mesh: the id is the BLAKE3 of the sealed bytes, checked
 //! at upload, so a chunk put twice, or used by two files, is stored once. The relay cannot
@@ -44,6 +45,9 @@ pub enum BlobError {
     /// The index in `relay.db` failed.
     #[error(transparent)]
     Index(#[from] SqliteError),
+    /// The clustered blob store failed (see [`crate::cluster`]).
+    #[error(transparent)]
+    Cluster(Box<dyn std::error::Error + Send + Sync>),
     /// A blocking task did not finish (the runtime is shutting down).
     #[error("blob store task failed: {0}")]
     Task(String),

@@ -205,6 +205,12 @@ pub(crate) struct LinkHandle {
 }
 
 impl LinkHandle {
+    /// End the link: a fatal error frame saying why, then close.
+    pub(crate) fn end(&self, code: ErrorCode, message: &str) {
+        self.push(error_frame(None, code, message, true));
+        self.close.cancel();
+    }
+
     /// Queue a control frame without waiting. Control frames come in bursts (a commit
     /// acknowledges a whole batch of sends at once), so the queue is not bounded by a
     /// channel; a peer that leaves more than its limit unread is closed, and so is a link
@@ -999,13 +1005,10 @@ impl<S: Store> Hub<S> {
             removed
         };
         for l in removed {
-            l.push(error_frame(
-                None,
+            l.end(
                 ErrorCode::NotAMember,
                 "this member was removed from the mesh",
-                true,
-            ));
-            l.close.cancel();
+            );
         }
     }
 
@@ -1083,13 +1086,10 @@ impl<S: Store> Hub<S> {
                     && let Some(old) = st.links.remove(&m)
                 {
                     st.moved.insert(old.id);
-                    old.push(error_frame(
-                        None,
+                    old.end(
                         ErrorCode::Replaced,
                         "a newer connection of this member (through another relay node) replaced this one",
-                        true,
-                    ));
-                    old.close.cancel();
+                    );
                 }
                 continue;
             }

@@ -97,8 +97,8 @@ impl Relay<SqliteStore> {
 impl Relay<crate::cluster::store::ClusterStore> {
     /// Like [`Relay::bind`] for a node of a cluster: the state is on the NATS JetStream
     /// cluster at `nats_urls` (shared by every node), the certificate in `data_dir` (the
-    /// same on every node: invites pin one fingerprint). File chunks are not stored yet
-    /// (answered `storage_off`: members serve them to each other).
+    /// same on every node: invites pin one fingerprint). File chunks too are on the
+    /// cluster (unless `blob_storage` is off).
     pub async fn bind_cluster(cfg: RelayConfig) -> Result<Self, RelayError> {
         use crate::cluster::store::{ClusterStore, ClusterStoreConfig};
         cfg.validate()?;
@@ -114,8 +114,19 @@ impl Relay<crate::cluster::store::ClusterStore> {
             },
         )
         .await?;
+        let blobs = if cfg.blob_storage {
+            let b = crate::cluster::blobs::ClusterBlobs::open(
+                client.clone(),
+                &cfg.nats_prefix,
+                cfg.nats_replicas,
+            )
+            .await?;
+            Some(Arc::new(b) as Arc<dyn BlobStore>)
+        } else {
+            None
+        };
         let bus = crate::cluster::bus::Bus::new(client, &cfg.nats_prefix);
-        Self::bind_all(cfg, store, None, Some(Arc::new(bus))).await
+        Self::bind_all(cfg, store, blobs, Some(Arc::new(bus))).await
     }
 }
 

@@ -429,6 +429,15 @@ impl Drop for Node {
     }
 }
 
+/// Copy the relay certificate and key in data directory `from` into `to` (created): a
+/// further relay node presenting the same certificate (a relay of several nodes).
+pub fn share_certificate(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("node data dir");
+    for f in ["relay-cert.pem", "relay-key.pem"] {
+        std::fs::copy(from.join(f), to.join(f)).expect("copy the relay certificate");
+    }
+}
+
 /// A relay plus nodes that all joined one mesh (the first created it and invited the
 /// others), each seeing every other online.
 pub fn mesh(

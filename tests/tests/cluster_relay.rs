@@ -12,6 +12,7 @@ use claudemesh_tests::nats::NatsCluster;
 use claudemesh_tests::raw::{
     Fixture, Member, add_member, cluster_node, entry, expect_error, link, mesh, quic, send, until,
 };
+use claudemesh_tests::share_certificate;
 use std::path::Path;
 
 /// Two nodes on `cluster`, presenting one certificate.
@@ -20,10 +21,7 @@ async fn two_nodes(cluster: &NatsCluster, root: &Path) -> (Fixture, Fixture) {
     let d1 = root.join("n1");
     let n1 = cluster_node(&urls, "CR", &d1).await;
     let d2 = root.join("n2");
-    std::fs::create_dir_all(&d2).unwrap();
-    for f in ["relay-cert.pem", "relay-key.pem"] {
-        std::fs::copy(d1.join(f), d2.join(f)).unwrap();
-    }
+    share_certificate(&d1, &d2);
     let n2 = cluster_node(&urls, "CR", &d2).await;
     assert_eq!(n1.relay.fingerprint(), n2.relay.fingerprint());
     (n1, n2)

@@ -18,6 +18,7 @@ use async_nats::jetstream::kv;
 use async_nats::jetstream::stream::RawMessageErrorKind;
 use bytes::Bytes;
 
+pub mod blobs;
 pub mod bus;
 pub mod mailbox;
 pub mod oplog;

@@ -8,7 +8,7 @@ use claudemesh_schema::wire::{ClaimDecision, ClaimOutcome, ErrorCode, RelayFrame
 use std::sync::Arc;
 
 use super::Conn;
-use crate::hub::{InviteState, MeshEntry, REFUSAL_KEPT_MS, error_frame, frame, lock};
+use crate::hub::{InviteState, MeshEntry, REFUSAL_KEPT_MS, frame, lock};
 use crate::store::Store;
 
 impl<S: Store> Conn<S> {
@@ -86,13 +86,10 @@ impl<S: Store> Conn<S> {
             }
         };
         if let Some(l) = removed_link {
-            l.push(error_frame(
-                None,
+            l.end(
                 ErrorCode::NotAMember,
                 "this member was removed from the mesh",
-                true,
-            ));
-            l.close.cancel();
+            );
         }
         if e.op == RosterOp::Remove {
             match self.hub.store.drop_mailbox(e.mesh, e.member).await {

@@ -21,7 +21,7 @@ use claudemesh_schema::ipc::shared as sh;
 use claudemesh_schema::roster::{MeshGenesis, Role, RosterEntry, RosterOp};
 use claudemesh_schema::wire::{self, ClientFrame, Envelope, Hello, RelayFrame, Route, Seal};
 use claudemesh_schema::{MeshId, MessageId, SessionId, now_ms};
-use claudemesh_tests::{Node, RelayProc, mesh, mesh_with};
+use claudemesh_tests::{Node, RelayProc, mesh, mesh_with, share_certificate};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -214,10 +214,7 @@ async fn cluster_dm(bin: &Path) {
         let mut relays = vec![RelayProc::start(bin, &root.path().join("r1"), &args)];
         for i in 2..=k {
             let dir = root.path().join(format!("r{i}"));
-            std::fs::create_dir_all(&dir).unwrap();
-            for f in ["relay-cert.pem", "relay-key.pem"] {
-                std::fs::copy(relays[0].data_dir.join(f), dir.join(f)).unwrap();
-            }
+            share_certificate(&relays[0].data_dir, &dir);
             relays.push(RelayProc::start(bin, &dir, &args));
         }
         let list: Vec<String> = relays.iter().map(|r| r.addr.to_string()).collect();
