@@ -935,25 +935,19 @@ impl<S: Store> Hub<S> {
     /// it too (a cluster): a member admitted or removed through another node is known
     /// here before its hello is answered, and this node's links hear of the change. With
     /// one relay the store has nothing newer and this does nothing.
-    pub(crate) async fn follow(&self, mesh: &MeshId) {
-        let now = match self.store.mesh_now(*mesh).await {
-            Ok(Some(m)) => m,
-            Ok(None) => return,
-            Err(e) => {
-                // The hello is answered from what memory holds.
-                tracing::warn!(mesh = %mesh.short(), error = %e, "cannot read the mesh from the cluster");
-                return;
-            }
+    pub(crate) async fn follow(&self, mesh: &MeshId) -> Result<(), crate::store::StoreError> {
+        let Some(now) = self.store.mesh_now(*mesh).await? else {
+            return Ok(());
         };
         let entry = match self.mesh(mesh) {
             Some(e) => e,
             None => {
                 let Ok(st) = MeshState::new(now.genesis.clone()) else {
-                    return;
+                    return Ok(());
                 };
                 self.insert_mesh(st);
                 let Some(e) = self.mesh(mesh) else {
-                    return;
+                    return Ok(());
                 };
                 e
             }
@@ -1010,6 +1004,7 @@ impl<S: Store> Hub<S> {
                 "this member was removed from the mesh",
             );
         }
+        Ok(())
     }
 
     /// Tell the other nodes' links in `mesh` (not `except`'s) what this node's got.
@@ -1069,7 +1064,10 @@ impl<S: Store> Hub<S> {
             // A mesh this node has not seen yet (created through another node since
             // this one started) is read first; a roster change is read again.
             if ev.kind == Kind::Roster || self.mesh(&ev.mesh).is_none() {
-                self.follow(&ev.mesh).await;
+                // Missed now, caught up by the next sweep (or the member's next hello).
+                if let Err(e) = self.follow(&ev.mesh).await {
+                    tracing::warn!(mesh = %ev.mesh.short(), error = %e, "cannot read a mesh changed through another node");
+                }
                 if ev.kind == Kind::Roster {
                     continue;
                 }

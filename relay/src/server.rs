@@ -707,6 +707,19 @@ async fn sweeper<S: Store>(hub: Arc<Hub<S>>) {
             }
             Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
         }
+        // On a cluster, what other nodes changed and this node may have missed on the bus
+        // (a dropped message): each mesh with a link here is read again, so a member
+        // removed through another node is unlinked here within a sweep.
+        if hub.bus.is_some() {
+            for (mesh, e) in hub.all_meshes() {
+                if lock(&e.state).links.is_empty() {
+                    continue;
+                }
+                if let Err(err) = hub.follow(&mesh).await {
+                    tracing::warn!(mesh = %mesh.short(), error = %err, "cannot read a mesh from the cluster");
+                }
+            }
+        }
         // On a cluster, other nodes store and free a mesh's envelopes too: each mesh's
         // count comes from the store, so the quota holds cluster-wide (to within what the
         // nodes accept between two sweeps) and frees through any node reach every node.

@@ -105,3 +105,90 @@ async fn a_member_is_linked_through_one_node_at_a_time() {
     let _newer = link(&n2, mesh, &member).await;
     expect_error(&mut b, ErrorCode::Replaced).await;
 }
+
+/// Append `op` through `store`; where it landed.
+async fn append(
+    store: &claudemesh_relay::cluster::store::ClusterStore,
+    op: claudemesh_relay::store::NewOp,
+) -> claudemesh_relay::store::Appended {
+    use claudemesh_relay::store::Store as _;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    store
+        .append_op(
+            op,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        )
+        .await
+        .unwrap();
+    rx.await.unwrap().unwrap()
+}
+
+/// A snapshot taken at the log's head (the usual case) compacts what it covers, and the
+/// next op still gets the next sequence number: the head never goes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_at_the_head_keeps_the_sequence_going() {
+    use claudemesh_relay::cluster::store::{ClusterStore, ClusterStoreConfig};
+    use claudemesh_relay::store::{NewOp, Store as _, StoredSnapshot};
+    use claudemesh_schema::crypto::MemberKey;
+    use claudemesh_schema::{MeshId, OpId};
+    let root = tempfile::tempdir().unwrap();
+    let cluster = NatsCluster::start(&root.path().join("nats"), 3);
+    let client = claudemesh_relay::cluster::connect(&cluster.urls())
+        .await
+        .unwrap();
+    let store = ClusterStore::open(
+        client,
+        &ClusterStoreConfig {
+            prefix: "SN".into(),
+            replicas: 3,
+            message_ttl: std::time::Duration::from_secs(3600),
+            duplicate_window: std::time::Duration::from_secs(120),
+        },
+    )
+    .await
+    .unwrap();
+    let (mesh, author) = (MeshId::new(), MemberKey([7; 32]));
+    let op = |n: u32| NewOp {
+        mesh,
+        id: OpId::new(),
+        author,
+        op: bytes::Bytes::from(format!("{{\"n\":{n}}}")),
+        at: now_ms(),
+    };
+    for n in 1..=3 {
+        assert_eq!(append(&store, op(n)).await.seq, u64::from(n));
+    }
+    let snap = |seq: u64| StoredSnapshot {
+        mesh,
+        seq,
+        author,
+        ct: vec![seq as u8; 100],
+        at: now_ms(),
+    };
+    assert!(store.put_snapshot(snap(3)).await.unwrap().kept);
+    assert_eq!(
+        append(&store, op(4)).await.seq,
+        4,
+        "the head did not go back"
+    );
+    let page = store.ops(mesh, 1, 100, 1 << 20).await.unwrap();
+    assert_eq!((page.first, page.head), (4, 4));
+    assert_eq!(
+        page.ops.iter().map(|o| o.0).collect::<Vec<_>>(),
+        vec![4],
+        "only what the snapshot does not cover"
+    );
+    assert_eq!(store.snapshot(mesh).await.unwrap().unwrap().seq, 3);
+    // Again at the new head; an older one is not kept.
+    assert!(store.put_snapshot(snap(4)).await.unwrap().kept);
+    assert!(!store.put_snapshot(snap(3)).await.unwrap().kept);
+    assert_eq!(append(&store, op(5)).await.seq, 5);
+    let page = store.ops(mesh, 1, 100, 1 << 20).await.unwrap();
+    assert_eq!((page.first, page.head), (5, 5));
+    assert_eq!(
+        store.snapshot(mesh).await.unwrap().unwrap().ct,
+        vec![4u8; 100]
+    );
+}

@@ -69,9 +69,10 @@ pub async fn connect(urls: &[String]) -> Result<async_nats::Client, ClusterError
         .iter()
         .map(|u| {
             u.parse()
-                .map_err(|e: std::io::Error| ClusterError::Connect {
-                    url: u.clone(),
-                    detail: e.to_string(),
+                .map_err(|_: std::io::Error| ClusterError::Connect {
+                    url: redacted(u),
+                    // The parser's message may quote the URL, password and all.
+                    detail: "not a NATS URL (nats://[user:password@]host:port)".into(),
                 })
         })
         .collect::<Result<_, _>>()?;
@@ -80,9 +81,27 @@ pub async fn connect(urls: &[String]) -> Result<async_nats::Client, ClusterError
         .connect(addrs)
         .await
         .map_err(|e| ClusterError::Connect {
-            url: urls.join(","),
+            url: urls
+                .iter()
+                .map(|u| redacted(u))
+                .collect::<Vec<_>>()
+                .join(","),
             detail: e.to_string(),
         })
+}
+
+/// A NATS URL without its credentials (`nats://***@host:4222`), for messages and logs.
+pub fn redacted(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let host = match rest.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => rest.to_string(),
+    };
+    if scheme.is_empty() {
+        host
+    } else {
+        format!("{scheme}://{host}")
+    }
 }
 
 /// The server leading a stream's replicas now (its `server_name`), if it has one.
@@ -329,4 +348,19 @@ pub(crate) async fn at_position(
 
 pub(crate) fn js_err(what: &'static str) -> impl FnOnce(String) -> ClusterError {
     move |detail| ClusterError::JetStream { what, detail }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn urls_lose_their_credentials_in_messages() {
+        for (url, shown) in [
+            ("nats://user:secret@n1:4222", "nats://***@n1:4222"),
+            ("nats://n1:4222", "nats://n1:4222"),
+            ("tls://a:b@c@n2:4222", "tls://***@n2:4222"),
+            ("user:pw@host:1", "***@host:1"),
+        ] {
+            assert_eq!(super::redacted(url), shown);
+        }
+    }
 }

@@ -326,8 +326,9 @@ impl ClusterOpLog {
         then(r);
     }
 
-    /// Drop the mesh's ops up to and including sequence `seq` (a snapshot covers them).
-    /// Their ids stay in the index.
+    /// Drop the mesh's ops before sequence `seq` (a snapshot at `seq` covers them; op
+    /// `seq` itself is kept as the mesh's head, and pages start after the snapshot). Their
+    /// ids stay in the index.
     pub async fn compact(&self, mesh: &MeshId, seq: u64) -> Result<(), ClusterError> {
         let Some(op) = self
             .page(mesh, seq, 1)
@@ -337,10 +338,12 @@ impl ClusterOpLog {
         else {
             return Ok(());
         };
+        // Everything before op `seq`, not op `seq` itself: the mesh's last op stays, so
+        // its head (read from the stream) never goes back, even for a snapshot at the head.
         self.stream
             .purge()
             .filter(self.subject(mesh))
-            .sequence(op.position + 1)
+            .sequence(op.position)
             .await
             .map_err(|e| js_err("compacting the op log")(e.to_string()))?;
         Ok(())

@@ -198,6 +198,16 @@ impl std::fmt::Debug for ClusterStore {
     }
 }
 
+/// Most stream positions kept in memory; past it they are forgotten (all at once: they are
+/// only a shortcut, found again by reading the member's mailbox).
+const MAX_POSITIONS: usize = 200_000;
+
+fn forget_if_full(p: &mut HashMap<(MeshId, MemberKey, MessageId), u64>) {
+    if p.len() >= MAX_POSITIONS {
+        p.clear();
+    }
+}
+
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -502,9 +512,9 @@ impl ClusterStore {
                 .put(key, json(&v, "receipt")?)
                 .await
                 .map_err(|e| js_err("keeping a receipt")(e.to_string()))?;
-            let taken = i.mail.take(&mesh, &member, pos).await?;
-            locked(&i.positions).remove(&(mesh, member, id));
-            if !taken {
+            // The position stays known: a mailbox page read before this ack may start
+            // after it.
+            if !i.mail.take(&mesh, &member, pos).await? {
                 continue;
             }
             let freed = match i.mail.settle(&id).await? {
@@ -595,7 +605,8 @@ impl ClusterStore {
             .get(&meta.object)
             .await
             .map_err(|e| js_err("reading a snapshot")(e.to_string()))?;
-        let mut ct = Vec::with_capacity(meta.size as usize);
+        let mut ct =
+            Vec::with_capacity((meta.size as usize).min(claudemesh_schema::op::MAX_SNAPSHOT));
         obj.read_to_end(&mut ct)
             .await
             .map_err(|e| js_err("reading a snapshot")(e.to_string()))?;
@@ -953,6 +964,7 @@ impl Store for ClusterStore {
                         "touching a presence",
                         |p| {
                             p.last_seen = last_seen;
+                            p.online = false;
                             true
                         },
                     )
@@ -973,6 +985,7 @@ impl Store for ClusterStore {
             let r = me.inner.mail.put_at(&e).await;
             if let Ok((_, positions)) = &r {
                 let mut p = locked(&me.inner.positions);
+                forget_if_full(&mut p);
                 for (member, pos) in positions {
                     p.insert((e.mesh, *member, e.id), *pos);
                 }
@@ -1096,6 +1109,7 @@ impl Store for ClusterStore {
             .mailbox(&mesh, &member, start, limit)
             .await?;
         let mut p = locked(&self.inner.positions);
+        forget_if_full(&mut p);
         Ok(page
             .into_iter()
             .map(|(pos, s)| {

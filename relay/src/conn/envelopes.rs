@@ -241,15 +241,25 @@ impl<S: Store> Conn<S> {
             for l in &online {
                 l.push_delivery(id, deliver.clone());
             }
-            // Recipients not connected here may be connected to another node.
-            if self.hub.bus.is_some() && online.len() < recipients.len() {
-                for m in &recipients {
-                    if !local.contains(m) {
-                        self.hub.bus_member(&mesh, m, Some(id), &deliver);
-                    }
-                }
-            }
         }
+        // Recipients not connected here may be connected to another node: their live copy
+        // goes once the envelope is stored (a node reads a member's mailbox after
+        // subscribing for it, so a copy published after the commit is either read or
+        // received there).
+        let remote: Vec<MemberKey> = if !resend && self.hub.bus.is_some() {
+            recipients
+                .iter()
+                .filter(|m| !local.contains(m))
+                .copied()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let live = if remote.is_empty() {
+            Bytes::new()
+        } else {
+            deliver_frame(&env_json, now)
+        };
         self.hub.stats.envelopes.fetch_add(1, Ordering::Relaxed);
         let entry2 = entry.clone();
         let hub = self.hub.clone();
@@ -273,7 +283,12 @@ impl<S: Store> Conn<S> {
                         tracing::warn!("envelopes are stored again");
                     }
                     let answer = match r {
-                        Ok(Put::Stored) => RelayFrame::Relayed { id, at: now },
+                        Ok(Put::Stored) => {
+                            for m in &remote {
+                                hub.bus_member(&mesh, m, Some(id), &live);
+                            }
+                            RelayFrame::Relayed { id, at: now }
+                        }
                         Ok(Put::Duplicate) => {
                             lock(&entry2.state).free(&hub.disk, 1, size);
                             RelayFrame::Relayed { id, at: now }

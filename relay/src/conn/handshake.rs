@@ -110,7 +110,16 @@ impl<S: Store> Conn<S> {
             Ok(v) => v,
             Err(refusal) => return Err(self.fatal(refusal.code(), &refusal.to_string())),
         };
-        self.hub.follow(&h.mesh).await;
+        // On a cluster the roster is read from the store first (another node may have
+        // removed this member); if it cannot be read, the hello is not answered from a
+        // memory that may be stale.
+        if let Err(e) = self.hub.follow(&h.mesh).await {
+            tracing::warn!(error = %e, "cannot read the mesh from the cluster");
+            return Err(self.fatal(
+                ErrorCode::Internal,
+                "relay could not read the mesh's roster from its cluster; try again",
+            ));
+        }
         let Some(entry) = self.hub.mesh(&h.mesh) else {
             return Err(self.fatal(ErrorCode::UnknownMesh, "this relay does not know the mesh"));
         };
