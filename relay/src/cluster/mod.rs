@@ -1,18 +1,17 @@
 //! Relays as nodes over NATS JetStream (issue 17; brief §7: an existing distributed
 //! engine, never a home-made cluster protocol). The single relay on SQLite stays the
-//! default; this module is the clustered engine's side of the relay's state, built up
-//! piece by piece. Today it holds the shared-state op log ([`oplog`]: each mesh's ops get
-//! dense, gap-free sequence numbers in one total order however many relay nodes append
-//! concurrently, durable — acknowledged by JetStream, replicated — before the author is
-//! told) and store-and-forward ([`mailbox`]: an envelope stored through one node is
-//! delivered through any other, once).
+//! default; `claudemesh-relay --store nats` runs a node of a cluster, whose state is all
+//! here: the shared-state op log ([`oplog`]: each mesh's ops get dense, gap-free sequence
+//! numbers in one total order however many relay nodes append concurrently, durable —
+//! acknowledged by JetStream, replicated — before the author is told), store-and-forward
+//! ([`mailbox`]: an envelope stored through one node is delivered through any other,
+//! once), the rest of the relay's [`crate::store::Store`] ([`store`]: rosters, invites,
+//! claims, presence, nonces, receipts, snapshots), file chunks ([`blobs`]) and the live
+//! traffic between nodes ([`bus`], core NATS).
 //!
-//! [`store`] puts them together with rosters, invites, claims, presence, receipts and
-//! snapshots into the relay's [`crate::store::Store`] for a cluster.
-//!
-//! What it is not (yet): live fan-out across nodes, a hub that follows rosters changed
-//! through another node, cluster-wide quotas; they come next, on the same engine (see
-//! ARCHITECTURE.md, "Beyond one relay").
+//! What it is not (yet): cluster-wide quotas and per-address rate limits (counted per
+//! node, the envelope quota re-counted from the cluster each sweep), invites and claims
+//! followed across nodes (see ARCHITECTURE.md, "Beyond one relay").
 
 use async_nats::jetstream::kv;
 use async_nats::jetstream::stream::RawMessageErrorKind;

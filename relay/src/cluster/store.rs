@@ -15,8 +15,9 @@
 //! - `<P>_SNAP` (object store): snapshot ciphertexts, up to 64 MiB.
 //! - the mailboxes ([`super::mailbox`]) and the op log ([`super::oplog`]).
 //!
-//! What it is not: the in-memory side of a cluster. A node's hub still learns of rosters,
-//! invites and claims changed through another node only at its start (issue 17 continues).
+//! What it is not: the in-memory side of a cluster. A node's hub reads rosters and
+//! presence changed through other nodes at each hello, each roster event on the bus and
+//! each sweep; invites and claims changed elsewhere only at its start (issue 17 continues).
 
 use async_nats::jetstream::{self, kv, object_store, stream};
 use bytes::Bytes;
