@@ -974,7 +974,19 @@ impl<S: Store> Hub<S> {
                 {
                     removed.push(l);
                 }
+                // An admission through another node spent a use of its invite here too.
+                if let Some(inv) = e.invite
+                    && let Some(i) = st.invites.get_mut(&inv)
+                {
+                    i.uses += 1;
+                }
                 st.entries.push(e);
+            }
+            // Claims admitted through another node: a claimant waiting here hears it.
+            for (seq, claim, outcome, keep_until) in now.admitted {
+                if seq as usize >= have && (seq as usize) < st.entries.len() {
+                    let _ = st.decide(claim, outcome, keep_until);
+                }
             }
             // Sessions linked elsewhere: what this node knows of its own links stands.
             for (p, last_seen, online) in now.presence {
@@ -1018,6 +1030,57 @@ impl<S: Store> Hub<S> {
         if let Some(b) = &self.bus {
             b.to_mesh(mesh, kind, except, frame);
         }
+    }
+
+    /// Tell the other nodes that `claim` was decided here (`outcome`), or forgotten
+    /// (`None`: withdrawn by its claimant, or fetched by the new member): a claimant may
+    /// wait on one of them, and their admins must not decide it again.
+    pub(crate) fn bus_decided(
+        &self,
+        mesh: &MeshId,
+        claim: ClaimId,
+        outcome: Option<ClaimOutcome>,
+        keep_until: i64,
+    ) {
+        let Some(b) = &self.bus else { return };
+        let d = crate::cluster::bus::Decided {
+            claim,
+            outcome,
+            keep_until,
+        };
+        match serde_json::to_vec(&d) {
+            Ok(v) => b.to_mesh(mesh, crate::cluster::bus::Kind::Decided, None, &v.into()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot encode a claim's answer for the other nodes")
+            }
+        }
+    }
+
+    /// Bring an invite up to what the store holds now, when other relay nodes write it
+    /// too (a cluster: it may have been published, revoked or spent through another
+    /// node), with its mesh's roster, whose admissions count its uses. With one relay the
+    /// store has nothing newer and this does nothing.
+    pub(crate) async fn follow_invite(
+        &self,
+        id: &InviteId,
+    ) -> Result<(), crate::store::StoreError> {
+        let Some((cap, revoked)) = self.store.invite_now(*id).await? else {
+            return Ok(());
+        };
+        let mesh = cap.mesh;
+        self.follow(&mesh).await?;
+        let Some(entry) = self.mesh(&mesh) else {
+            return Ok(());
+        };
+        self.index_invite(*id, mesh);
+        let mut st = lock(&entry.state);
+        let uses = st.entries.iter().filter(|e| e.invite == Some(*id)).count() as u32;
+        let i = st
+            .invites
+            .entry(*id)
+            .or_insert(InviteState { cap, uses, revoked });
+        i.revoked |= revoked;
+        Ok(())
     }
 
     /// Hand `frame` to `member` if it is connected to another node (`id`: a delivery).
@@ -1088,6 +1151,47 @@ impl<S: Store> Hub<S> {
                         ErrorCode::Replaced,
                         "a newer connection of this member (through another relay node) replaced this one",
                     );
+                }
+                continue;
+            }
+            // A claim waiting through another node: this node's admins may decide it.
+            if ev.kind == Kind::Claim {
+                if let Ok(RelayFrame::ClaimPending {
+                    claim,
+                    request,
+                    cap,
+                    at,
+                }) = wire::decode::<RelayFrame>(&ev.frame)
+                    && cap.mesh == ev.mesh
+                    && !st.claims.contains_key(&claim)
+                {
+                    st.claims.insert(
+                        claim,
+                        PendingClaim {
+                            request,
+                            cap,
+                            at,
+                            expires_at: at + self.cfg.claim_ttl_secs as i64 * 1000,
+                            claimant: None,
+                            outcome: None,
+                        },
+                    );
+                    for a in st.admin_links() {
+                        a.push(ev.frame.clone());
+                    }
+                }
+                continue;
+            }
+            if ev.kind == Kind::Decided {
+                if let Ok(d) = serde_json::from_slice::<crate::cluster::bus::Decided>(&ev.frame) {
+                    match d.outcome {
+                        Some(o) => {
+                            let _ = st.decide(d.claim, o, d.keep_until);
+                        }
+                        None => {
+                            st.claims.remove(&d.claim);
+                        }
+                    }
                 }
                 continue;
             }

@@ -349,6 +349,17 @@ pub trait Store: Send + Sync + 'static {
         let _ = mesh;
         async { Ok(None) }
     }
+    /// The invite as stored now, and whether it was revoked, for a store that other
+    /// relay nodes write too (a cluster: the invite may have been published or revoked
+    /// through another node). `None` when this relay's memory is the whole truth (one
+    /// relay), or the invite is not stored.
+    fn invite_now(
+        &self,
+        id: InviteId,
+    ) -> impl Future<Output = Result<Option<(InviteCap, bool)>, StoreError>> + Send {
+        let _ = id;
+        async { Ok(None) }
+    }
 }
 
 /// A mesh as a clustered store holds it now (see [`Store::mesh_now`]).
@@ -358,6 +369,9 @@ pub struct MeshNow {
     pub genesis: MeshGenesis,
     /// Its roster entries, in order.
     pub roster: Vec<RosterEntry>,
+    /// The claims the roster's entries answer (an admission carries its answer):
+    /// `(roster sequence, claim, answer, kept until)`.
+    pub admitted: Vec<(u64, ClaimId, ClaimOutcome, i64)>,
     /// Its sessions' presences: last seen (unix ms), and whether a link of it is up at
     /// some node.
     pub presence: Vec<(SignedPresence, i64, bool)>,

@@ -340,6 +340,82 @@ pub async fn still_routes(
     waited
 }
 
+/// Publish an invite by `owner` (linked on `a`) to `mesh`.
+pub async fn publish(
+    a: &mut Connection,
+    owner: &Member,
+    mesh: MeshId,
+    uses: u32,
+    approve: bool,
+    rid: u64,
+) -> claudemesh_schema::roster::InviteCap {
+    use claudemesh_schema::roster::{InviteCap, Role};
+    let cap = InviteCap::sign(
+        &owner.key,
+        InviteId::new(),
+        mesh,
+        Role::Member,
+        uses,
+        now_ms() + 3_600_000,
+        approve,
+        now_ms(),
+    );
+    send(
+        a,
+        &ClientFrame::InvitePublish {
+            rid,
+            cap: cap.clone(),
+        },
+    )
+    .await;
+    until(a, |f| {
+        matches!(f, RelayFrame::Ok { rid: r } if r == rid).then_some(())
+    })
+    .await;
+    cap
+}
+
+/// A durable claim on `invite` by a fresh key (its proof is garbage: only an admin's
+/// daemon could check it), with that key.
+pub fn durable_claim(invite: InviteId) -> (wire::ClaimRequest, MemberSecret) {
+    let key = MemberSecret::generate();
+    let req = wire::ClaimRequest {
+        invite,
+        member: key.public(),
+        box_key: BoxSecret::generate().public(),
+        at: now_ms(),
+        proof: [0; 32],
+        note: Vec::new(),
+        durable: true,
+    };
+    (req, key)
+}
+
+/// Send `req` on a new connection and return the first answer about it.
+pub async fn claim_once(f: &Fixture, req: &wire::ClaimRequest) -> RelayFrame {
+    let mut c = quic(f).await;
+    send(&mut c, &ClientFrame::Claim(req.clone())).await;
+    until(&mut c, |f| match f {
+        RelayFrame::ClaimWaiting { .. } | RelayFrame::ClaimResult(_) | RelayFrame::Error { .. } => {
+            Some(f)
+        }
+        _ => None,
+    })
+    .await
+}
+
+/// The answer to a request that expects one (`rid`): `None` for `ok`, else the error code.
+pub async fn answer(c: &mut Connection, rid: u64) -> Option<ErrorCode> {
+    until(c, |f| match f {
+        RelayFrame::Ok { rid: r } if r == rid => Some(None),
+        RelayFrame::Error {
+            rid: Some(r), code, ..
+        } if r == rid => Some(Some(code)),
+        _ => None,
+    })
+    .await
+}
+
 /// This process's resident memory, bytes (Linux; `None` elsewhere).
 pub fn rss_bytes() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;

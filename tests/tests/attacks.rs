@@ -11,8 +11,8 @@ use claudemesh_schema::roster::MeshGenesis;
 use claudemesh_schema::wire::{self, ClaimRequest, ClientFrame, ErrorCode, RelayFrame};
 use claudemesh_schema::{MeshId, MessageId, now_ms};
 use claudemesh_tests::raw::{
-    Fixture, Member, add_member, expect_error, link, mesh, quic, recv, relay, rss_bytes, send,
-    still_routes, until, until_closed,
+    Fixture, Member, add_member, answer, claim_once, durable_claim, expect_error, link, mesh,
+    publish, quic, recv, relay, rss_bytes, send, still_routes, until, until_closed,
 };
 use std::time::Duration;
 use tokio::io::AsyncReadExt as _;
@@ -807,85 +807,6 @@ async fn an_op_claiming_roster_entries_the_relay_does_not_have_is_refused() {
             "claim {claim}"
         );
     }
-}
-
-/// Publish an invite by `owner` (linked on `a`) to `mesh`.
-async fn publish(
-    a: &mut claudemesh_relay::Connection,
-    owner: &Member,
-    mesh: MeshId,
-    uses: u32,
-    approve: bool,
-    rid: u64,
-) -> claudemesh_schema::roster::InviteCap {
-    use claudemesh_schema::roster::{InviteCap, Role};
-    let cap = InviteCap::sign(
-        &owner.key,
-        claudemesh_schema::InviteId::new(),
-        mesh,
-        Role::Member,
-        uses,
-        now_ms() + 3_600_000,
-        approve,
-        now_ms(),
-    );
-    send(
-        a,
-        &ClientFrame::InvitePublish {
-            rid,
-            cap: cap.clone(),
-        },
-    )
-    .await;
-    until(a, |f| {
-        matches!(f, RelayFrame::Ok { rid: r } if r == rid).then_some(())
-    })
-    .await;
-    cap
-}
-
-/// A durable claim on `invite` by a fresh key (its proof is garbage: only an admin's
-/// daemon could check it), with that key.
-fn durable_claim(
-    invite: claudemesh_schema::InviteId,
-) -> (ClaimRequest, claudemesh_schema::crypto::MemberSecret) {
-    use claudemesh_schema::crypto::{BoxSecret, MemberSecret};
-    let key = MemberSecret::generate();
-    let req = ClaimRequest {
-        invite,
-        member: key.public(),
-        box_key: BoxSecret::generate().public(),
-        at: now_ms(),
-        proof: [0; 32],
-        note: Vec::new(),
-        durable: true,
-    };
-    (req, key)
-}
-
-/// Send `req` on a new connection and return the first answer about it.
-async fn claim_once(f: &Fixture, req: &ClaimRequest) -> RelayFrame {
-    let mut c = quic(f).await;
-    send(&mut c, &ClientFrame::Claim(req.clone())).await;
-    until(&mut c, |f| match f {
-        RelayFrame::ClaimWaiting { .. } | RelayFrame::ClaimResult(_) | RelayFrame::Error { .. } => {
-            Some(f)
-        }
-        _ => None,
-    })
-    .await
-}
-
-/// The answer to a request that expects one (`rid`): `None` for `ok`, else the error code.
-async fn answer(c: &mut claudemesh_relay::Connection, rid: u64) -> Option<ErrorCode> {
-    until(c, |f| match f {
-        RelayFrame::Ok { rid: r } if r == rid => Some(None),
-        RelayFrame::Error {
-            rid: Some(r), code, ..
-        } if r == rid => Some(Some(code)),
-        _ => None,
-    })
-    .await
 }
 
 /// A claim kept at the relay while no admin is online: a member that is not an admin can

@@ -2,15 +2,20 @@
 //! what one relay refuses, a cluster refuses through whichever node is asked. A hello
 //! replayed through another node, a member removed through one node connecting through
 //! another (or still linked there), a member linked through two nodes at once (so that
-//! its rate limits would count twice).
+//! its rate limits would count twice), an invite spent or revoked through one node and
+//! claimed through another.
 #![allow(clippy::unwrap_used)]
 
-use claudemesh_schema::now_ms;
-use claudemesh_schema::roster::{Role, RosterOp};
-use claudemesh_schema::wire::{ClientFrame, ErrorCode, RelayFrame};
+use claudemesh_relay::Connection;
+use claudemesh_schema::roster::{InviteRevocation, Role, RosterOp};
+use claudemesh_schema::wire::{
+    ClaimDecision, ClaimOutcome, ClaimRequest, ClientFrame, ErrorCode, RelayFrame,
+};
+use claudemesh_schema::{ClaimId, now_ms};
 use claudemesh_tests::nats::NatsCluster;
 use claudemesh_tests::raw::{
-    Fixture, Member, add_member, cluster_node, entry, expect_error, link, mesh, quic, send, until,
+    Fixture, Member, add_member, answer, claim_once, cluster_node, durable_claim, entry,
+    expect_error, link, mesh, publish, quic, send, until,
 };
 use claudemesh_tests::share_certificate;
 use std::path::Path;
@@ -191,4 +196,101 @@ async fn a_snapshot_at_the_head_keeps_the_sequence_going() {
         store.snapshot(mesh).await.unwrap().unwrap().ct,
         vec![4u8; 100]
     );
+}
+
+/// Open a connection to `f` and claim with `req` on it; the claim's id once it waits.
+async fn claim_waiting(f: &Fixture, req: &ClaimRequest) -> (ClaimId, Connection) {
+    let mut c = quic(f).await;
+    send(&mut c, &ClientFrame::Claim(req.clone())).await;
+    let claim = until(&mut c, |f| match f {
+        RelayFrame::ClaimWaiting { claim, .. } => Some(claim),
+        RelayFrame::Error { .. } => panic!("the claim was refused: {f:?}"),
+        _ => None,
+    })
+    .await;
+    (claim, c)
+}
+
+/// The answer a waiting claimant hears.
+async fn claim_result(c: &mut Connection) -> ClaimOutcome {
+    until(c, |f| match f {
+        RelayFrame::ClaimResult(o) => Some(o),
+        _ => None,
+    })
+    .await
+}
+
+/// An invite published through node 1 (while node 2 runs) is claimed through node 2,
+/// with its only admin linked on node 1: the admin hears each claim, its answer reaches
+/// the claimant on node 2, the invite's uses are spent cluster-wide (a third claim
+/// through node 2 finds it used up), and revoking an invite through node 1 refuses its
+/// claimant waiting on node 2 and every later claim through node 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invites_are_claimed_decided_spent_and_revoked_through_any_node() {
+    let root = tempfile::tempdir().unwrap();
+    let cluster = NatsCluster::start(&root.path().join("nats"), 3);
+    let (n1, n2) = two_nodes(&cluster, root.path()).await;
+    let (mesh_id, owner, mut a, _member, _b) = mesh(&n1).await;
+    let cap = publish(&mut a, &owner, mesh_id, 2, false, 30).await;
+    let admit = |claim, member| ClaimDecision::Accept {
+        claim,
+        entry: entry(
+            &owner.key,
+            mesh_id,
+            member,
+            Role::Member,
+            RosterOp::Add,
+            Some(cap.id),
+        ),
+        sealed: vec![3; 48],
+        mac: [4; 32],
+    };
+    for rid in [31, 32] {
+        let (req, _key) = durable_claim(cap.id);
+        let (claim, mut c) = claim_waiting(&n2, &req).await;
+        until(&mut a, |f| {
+            matches!(f, RelayFrame::ClaimPending { claim: x, .. } if x == claim).then_some(())
+        })
+        .await;
+        send(
+            &mut a,
+            &ClientFrame::ClaimDecision {
+                rid,
+                decision: admit(claim, req.member),
+            },
+        )
+        .await;
+        assert_eq!(answer(&mut a, rid).await, None);
+        match claim_result(&mut c).await {
+            ClaimOutcome::Accepted { claim: x, .. } => assert_eq!(x, claim),
+            other => panic!("the claimant on node 2 was not admitted: {other:?}"),
+        }
+    }
+    let (third, _) = durable_claim(cap.id);
+    match claim_once(&n2, &third).await {
+        RelayFrame::Error { code, .. } => assert_eq!(code, ErrorCode::InviteUsedUp),
+        other => panic!("a used-up invite was claimed through node 2: {other:?}"),
+    }
+
+    let cap = publish(&mut a, &owner, mesh_id, 5, false, 40).await;
+    let (req, _key) = durable_claim(cap.id);
+    let (_claim, mut waiting) = claim_waiting(&n2, &req).await;
+    send(
+        &mut a,
+        &ClientFrame::InviteRevoke {
+            rid: 41,
+            revocation: InviteRevocation::sign(&owner.key, cap.id, mesh_id, now_ms()),
+        },
+    )
+    .await;
+    assert_eq!(answer(&mut a, 41).await, None);
+    match claim_result(&mut waiting).await {
+        ClaimOutcome::Refused { code, .. } => assert_eq!(code, ErrorCode::InviteRevoked),
+        other => panic!("the claimant on node 2 was not refused: {other:?}"),
+    }
+    let (later, _) = durable_claim(cap.id);
+    match claim_once(&n2, &later).await {
+        RelayFrame::Error { code, .. } => assert_eq!(code, ErrorCode::InviteRevoked),
+        other => panic!("a revoked invite was claimed through node 2: {other:?}"),
+    }
 }

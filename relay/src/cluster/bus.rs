@@ -6,13 +6,16 @@
 //!
 //! Subjects: `<p>.live.<mesh>.<member>` for what goes to one member (deliveries,
 //! receipts), subscribed by the node that member is connected to, for as long as it is;
-//! `<p>.mesh.<mesh>` for what goes to a mesh (presence, departures, roster changes, ops),
-//! subscribed once per node. Each message names its origin node, which ignores it.
+//! `<p>.mesh.<mesh>` for what goes to a mesh (presence, departures, roster changes, ops,
+//! invite claims and their answers), subscribed once per node. Each message names its
+//! origin node, which ignores it.
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use claudemesh_schema::crypto::{MemberKey, hex};
-use claudemesh_schema::{MeshId, MessageId};
+use claudemesh_schema::wire::ClaimOutcome;
+use claudemesh_schema::{ClaimId, MeshId, MessageId};
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
@@ -34,6 +37,23 @@ pub enum Kind {
     /// A member (`Cm-Except`) linked through the origin node: a link of it elsewhere is
     /// older, and closed.
     Linked,
+    /// An invite claim waiting through the origin node (a `claim_pending` frame): the
+    /// node keeps it, so that its admins can decide it, and hands it to them.
+    Claim,
+    /// A claim decided or withdrawn through the origin node (a [`Decided`]): its
+    /// claimant may be waiting on this node.
+    Decided,
+}
+
+/// What [`Kind::Decided`] carries.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Decided {
+    /// The claim.
+    pub claim: ClaimId,
+    /// Its answer; `None` when it was withdrawn (its claimant left, not to come back).
+    pub outcome: Option<ClaimOutcome>,
+    /// How long the answer is kept for a claimant that is away, unix ms.
+    pub keep_until: i64,
 }
 
 impl Kind {
@@ -45,6 +65,8 @@ impl Kind {
             Self::Depart => "depart",
             Self::Roster => "roster",
             Self::Linked => "linked",
+            Self::Claim => "claim",
+            Self::Decided => "decided",
         }
     }
 
@@ -56,6 +78,8 @@ impl Kind {
             "depart" => Self::Depart,
             "roster" => Self::Roster,
             "linked" => Self::Linked,
+            "claim" => Self::Claim,
+            "decided" => Self::Decided,
             _ => return None,
         })
     }

@@ -702,8 +702,13 @@ impl ClusterStore {
         // Keys carry the zero-padded sequence: their order is the roster's.
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         let mut roster = Vec::with_capacity(entries.len());
-        for (_, v, _) in entries {
-            roster.push(parse::<RosterValue>(&v, "roster entry")?.entry);
+        let mut admitted = Vec::new();
+        for (seq, (_, v, _)) in entries.into_iter().enumerate() {
+            let v: RosterValue = parse(&v, "roster entry")?;
+            if let Some(a) = v.admits {
+                admitted.push((seq as u64, a.claim, a.outcome, a.expires_at));
+            }
+            roster.push(v.entry);
         }
         let prefix = format!("p.{}.", hex(mesh.as_bytes()));
         let mut presence = Vec::new();
@@ -714,6 +719,7 @@ impl ClusterStore {
         Ok(Some(MeshNow {
             genesis,
             roster,
+            admitted,
             presence,
         }))
     }
@@ -1180,6 +1186,18 @@ impl Store for ClusterStore {
         Ok(Some(
             i.mail.usage(&i.client, claudemesh_schema::now_ms()).await?,
         ))
+    }
+
+    async fn invite_now(&self, id: InviteId) -> Result<Option<(InviteCap, bool)>, StoreError> {
+        let v = self
+            .inner
+            .state
+            .get(invite_key(&id))
+            .await
+            .map_err(|e| js_err("reading an invite")(e.to_string()))?;
+        let Some(v) = v else { return Ok(None) };
+        let v: InviteValue = parse(&v, "invite")?;
+        Ok(Some((v.cap, v.revoked_at.is_some())))
     }
 
     async fn mesh_now(&self, mesh: MeshId) -> Result<Option<MeshNow>, StoreError> {

@@ -33,7 +33,7 @@ impl<S: Store> Conn<S> {
                 "entries must be signed by this link's member",
             );
         }
-        let _guard = entry.admin.lock().await;
+        let guard = entry.admin.lock().await;
         let seq = {
             let st = lock(&entry.state);
             if let Err(err) = st.roster.check_next(&e) {
@@ -54,6 +54,14 @@ impl<S: Store> Conn<S> {
             st.entries.len() as u64
         };
         if let Err(err) = self.hub.store.append_roster(seq, e.clone()).await {
+            drop(guard);
+            if self.lost_roster_race(entry, seq).await {
+                return self.error(
+                    Some(rid),
+                    ErrorCode::RosterChanged,
+                    "the roster changed through another relay node; sign the change again and retry",
+                );
+            }
             tracing::error!(error = %err, "cannot store roster entry");
             return self.error(
                 Some(rid),
@@ -166,6 +174,15 @@ impl<S: Store> Conn<S> {
                 "revocations must be signed by this link's member",
             );
         }
+        // Published through another node of a cluster, the invite is read from the store.
+        if let Err(err) = self.hub.follow_invite(&rev.id).await {
+            tracing::warn!(error = %err, "cannot read an invite from the cluster");
+            return self.error(
+                Some(rid),
+                ErrorCode::Internal,
+                "relay cannot read the invite right now; try again",
+            );
+        }
         let _guard = entry.admin.lock().await;
         {
             let st = lock(&entry.state);
@@ -207,6 +224,8 @@ impl<S: Store> Conn<S> {
             let (mut stored, mut evicted) = (Vec::new(), Vec::new());
             for id in ids {
                 if let Some(d) = st.decide(id, refusal.clone(), keep_until) {
+                    self.hub
+                        .bus_decided(&rev.mesh, id, Some(refusal.clone()), keep_until);
                     if d.durable {
                         stored.push(id);
                     }
@@ -228,7 +247,24 @@ impl<S: Store> Conn<S> {
         d: ClaimDecision,
     ) {
         let now = now_ms();
-        let _guard = entry.admin.lock().await;
+        // Through a cluster, the claim's invite may have been revoked or spent through
+        // another node: what the store holds now decides.
+        let claim = match &d {
+            ClaimDecision::Refuse { claim, .. } | ClaimDecision::Accept { claim, .. } => *claim,
+        };
+        let invite = lock(&entry.state).claims.get(&claim).map(|c| c.cap.id);
+        if let Some(invite) = invite
+            && let Err(err) = self.hub.follow_invite(&invite).await
+        {
+            tracing::warn!(error = %err, "cannot read an invite from the cluster");
+            return self.error(
+                Some(rid),
+                ErrorCode::Internal,
+                "relay cannot read the claim's invite right now; try again",
+            );
+        }
+        let mesh = lock(&entry.state).genesis.mesh;
+        let guard = entry.admin.lock().await;
         match d {
             ClaimDecision::Refuse { claim, reason } => {
                 let refusal = ClaimOutcome::Refused {
@@ -255,6 +291,8 @@ impl<S: Store> Conn<S> {
                         "claim already decided or withdrawn",
                     );
                 };
+                self.hub
+                    .bus_decided(&mesh, claim, Some(refusal.clone()), keep_until);
                 let stored = if d.durable { vec![claim] } else { Vec::new() };
                 self.keep_refusals(stored, refusal, keep_until, d.evicted)
                     .await;
@@ -324,6 +362,14 @@ impl<S: Store> Conn<S> {
                             };
                             let keep_until = now + REFUSAL_KEPT_MS;
                             let d = st.decide(claim, refusal.clone(), keep_until);
+                            if d.is_some() {
+                                self.hub.bus_decided(
+                                    &mesh,
+                                    claim,
+                                    Some(refusal.clone()),
+                                    keep_until,
+                                );
+                            }
                             Err((code, msg, d, refusal, keep_until))
                         }
                         Some(None) => Ok(()),
@@ -367,11 +413,17 @@ impl<S: Store> Conn<S> {
                 };
                 if let Err(err) = stored {
                     tracing::error!(error = %err, "cannot store admission");
-                    let mut st = lock(&entry.state);
-                    if let Some(i) = st.invites.get_mut(&cap_id) {
+                    if let Some(i) = lock(&entry.state).invites.get_mut(&cap_id) {
                         i.uses = i.uses.saturating_sub(1);
                     }
-                    drop(st);
+                    drop(guard);
+                    if self.lost_roster_race(entry, seq).await {
+                        return self.error(
+                            Some(rid),
+                            ErrorCode::RosterChanged,
+                            "the roster changed through another relay node; sign the admission again and retry",
+                        );
+                    }
                     return self.error(
                         Some(rid),
                         ErrorCode::Internal,
@@ -396,10 +448,30 @@ impl<S: Store> Conn<S> {
                 }
                 tracing::info!(mesh = %e.mesh.short(), member = %e.member.short(), "member admitted through invite");
                 // An acceptance is never evicted: it is what the new member needs.
-                let _ = lock(&entry.state).decide(claim, outcome, keep_until);
+                let _ = lock(&entry.state).decide(claim, outcome.clone(), keep_until);
+                self.hub
+                    .bus_decided(&mesh, claim, Some(outcome), keep_until);
                 self.push(&RelayFrame::Ok { rid });
             }
         }
+    }
+}
+
+impl<S: Store> Conn<S> {
+    /// After a roster write at `seq` failed: through a cluster, another node may have
+    /// taken that place first (the store refuses a second entry at one sequence). The
+    /// mesh is read again; if its roster grew, the change lost that race (its link has
+    /// the newer entries now, so its daemon signs again); if not, the store failed.
+    async fn lost_roster_race(&self, entry: &MeshEntry, seq: u64) -> bool {
+        if self.hub.bus.is_none() {
+            return false;
+        }
+        let mesh = lock(&entry.state).genesis.mesh;
+        if let Err(e) = self.hub.follow(&mesh).await {
+            tracing::warn!(error = %e, "cannot read the roster from the cluster");
+            return false;
+        }
+        lock(&entry.state).entries.len() as u64 > seq
     }
 }
 

@@ -232,6 +232,9 @@ impl<S: Store> Conn<S> {
             };
             (welcome, roster, presences, claims, fetched)
         };
+        for id in &fetched {
+            self.hub.bus_decided(&h.mesh, *id, None, 0);
+        }
         if !fetched.is_empty() {
             let hub = self.hub.clone();
             self.hub.spawn(async move {
@@ -331,6 +334,15 @@ impl<S: Store> Conn<S> {
             return Err(self.fatal(
                 ErrorCode::BadFrame,
                 &format!("a claim's note is at most {} bytes", wire::MAX_CLAIM_NOTE),
+            ));
+        }
+        // Through a cluster, the invite may have been published, revoked or spent
+        // through another node: what the store holds now decides.
+        if let Err(e) = self.hub.follow_invite(&req.invite).await {
+            tracing::warn!(error = %e, "cannot read an invite from the cluster");
+            return Err(self.fatal(
+                ErrorCode::Internal,
+                "the relay cannot read the invite right now; try again",
             ));
         }
         let now = now_ms();
@@ -461,6 +473,9 @@ impl<S: Store> Conn<S> {
                 for a in &admins {
                     a.push(p.clone());
                 }
+                // Admins linked through other nodes decide it there.
+                self.hub
+                    .bus_mesh(&mesh, crate::cluster::bus::Kind::Claim, None, &p);
             }
         }
         self.push(&RelayFrame::ClaimWaiting {

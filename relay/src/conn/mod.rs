@@ -569,7 +569,9 @@ impl<S: Store> Conn<S> {
                 if let Some(e) = self.hub.mesh(&mesh) {
                     let mut st = lock(&e.state);
                     if !durable {
-                        st.claims.remove(&claim);
+                        if st.claims.remove(&claim).is_some_and(|c| c.waiting()) {
+                            self.hub.bus_decided(&mesh, claim, None, 0);
+                        }
                     } else if let Some(c) = st.claims.get_mut(&claim)
                         && c.claimant.as_ref().is_some_and(|l| l.id == self.link.id)
                     {
