@@ -111,6 +111,10 @@ impl Relay<crate::cluster::store::ClusterStore> {
                 replicas: cfg.nats_replicas,
                 message_ttl: Duration::from_secs(cfg.message_ttl_secs),
                 duplicate_window: crate::cluster::mailbox::DUPLICATE_WINDOW,
+                mesh_quota: crate::cluster::mailbox::Quota {
+                    messages: cfg.mesh_quota_messages,
+                    bytes: cfg.mesh_quota_bytes,
+                },
             },
         )
         .await?;

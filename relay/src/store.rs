@@ -135,6 +135,9 @@ pub enum Put {
     Duplicate,
     /// Another sender or mesh already used its id: nothing stored.
     Taken,
+    /// The mesh's undelivered-message quota is full (counted over every node of a
+    /// cluster): nothing stored.
+    Full,
 }
 
 /// Result of one acknowledgement.

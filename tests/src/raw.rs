@@ -80,9 +80,19 @@ pub async fn relay(tweak: impl FnOnce(&mut RelayConfig)) -> Fixture {
 /// A relay node on the NATS cluster at `urls` (prefix `prefix`), with the certificate in
 /// `data_dir` (copy one there for several nodes presenting the same).
 pub async fn cluster_node(urls: &[String], prefix: &str, data_dir: &std::path::Path) -> Fixture {
+    cluster_node_with(urls, prefix, data_dir, |_| {}).await
+}
+
+/// Like [`cluster_node`], its configuration changed by `tweak` first.
+pub async fn cluster_node_with(
+    urls: &[String],
+    prefix: &str,
+    data_dir: &std::path::Path,
+    tweak: impl FnOnce(&mut RelayConfig),
+) -> Fixture {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = RelayConfig {
+    let mut cfg = RelayConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data_dir.to_path_buf(),
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
@@ -91,6 +101,7 @@ pub async fn cluster_node(urls: &[String], prefix: &str, data_dir: &std::path::P
         nats_prefix: prefix.into(),
         ..RelayConfig::default()
     };
+    tweak(&mut cfg);
     let r = Relay::bind_cluster(cfg.clone()).await.unwrap();
     Fixture {
         relay: r.spawn(),

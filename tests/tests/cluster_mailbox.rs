@@ -1,11 +1,11 @@
 //! Store-and-forward on a real 3-server NATS JetStream cluster on loopback: an envelope
 //! stored through one relay node is delivered through another, once; an acknowledgement
 //! through any node deletes the member's copy; ids are unique per sender cluster-wide;
-//! a killed server loses nothing stored.
+//! a killed server loses nothing stored; a mesh's quota is one count over every node.
 #![allow(clippy::unwrap_used)]
 
 use bytes::Bytes;
-use claudemesh_relay::cluster::mailbox::{ClusterMailbox, MailboxConfig};
+use claudemesh_relay::cluster::mailbox::{ClusterMailbox, MailboxConfig, Quota};
 use claudemesh_relay::store::{NewEnvelope, Put};
 use claudemesh_schema::crypto::MemberKey;
 use claudemesh_schema::{MeshId, MessageId, now_ms};
@@ -17,6 +17,10 @@ use std::time::Duration;
 const MAILBOX_WINDOW: Duration = Duration::from_secs(1);
 
 async fn node(urls: &[String], first: usize, prefix: &str) -> ClusterMailbox {
+    node_with(urls, first, prefix, Quota::default()).await
+}
+
+async fn node_with(urls: &[String], first: usize, prefix: &str, quota: Quota) -> ClusterMailbox {
     let mut urls = urls.to_vec();
     urls.rotate_left(first);
     let client = claudemesh_relay::cluster::connect(&urls).await.unwrap();
@@ -25,6 +29,7 @@ async fn node(urls: &[String], first: usize, prefix: &str) -> ClusterMailbox {
         replicas: 3,
         max_age: Duration::from_secs(3600),
         duplicate_window: MAILBOX_WINDOW,
+        quota,
     };
     ClusterMailbox::open(client, &cfg).await.unwrap()
 }
@@ -146,4 +151,75 @@ async fn a_late_resend_is_not_stored_twice_and_an_expired_envelope_is_not_delive
     assert_eq!(n1.put(&stale).await.unwrap(), Put::Stored);
     let got = n1.mailbox(&mesh, &bob, 0, 10).await.unwrap();
     assert_eq!(got.iter().map(|x| x.1.id).collect::<Vec<_>>(), [e.id]);
+}
+
+/// A mesh's quota is one count over every node: with room for three envelopes, puts
+/// through three nodes store three and refuse the rest as `Full` (a refused id may be
+/// sent again later); the last recipient's acknowledgement frees its place. A count
+/// left wrong (a node that died between two writes) is mended by the next sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meshs_quota_is_one_count_over_every_node_and_the_sweep_mends_it() {
+    let root = tempfile::tempdir().unwrap();
+    let cluster = NatsCluster::start(root.path(), 3);
+    let urls = cluster.urls();
+    let quota = Quota {
+        messages: 3,
+        bytes: 0,
+    };
+    let nodes = [
+        node_with(&urls, 0, "M3", quota).await,
+        node_with(&urls, 1, "M3", quota).await,
+        node_with(&urls, 2, "M3", quota).await,
+    ];
+    let mesh = MeshId::new();
+    let (alice, bob, carol) = (MemberKey([1; 32]), MemberKey([2; 32]), MemberKey([3; 32]));
+    let mut puts = Vec::new();
+    for i in 0..6 {
+        let e = envelope(mesh, alice, &[bob, carol], &format!("m{i}"));
+        puts.push((nodes[i % 3].put(&e).await.unwrap(), e));
+    }
+    let stored: Vec<Put> = puts.iter().map(|(p, _)| *p).collect();
+    assert_eq!(
+        stored,
+        [
+            Put::Stored,
+            Put::Stored,
+            Put::Stored,
+            Put::Full,
+            Put::Full,
+            Put::Full
+        ]
+    );
+    // bob acknowledges the first through node 2: carol has not, so it still counts.
+    let client = claudemesh_relay::cluster::connect(&urls).await.unwrap();
+    let first = &puts[0].1;
+    let bobs = nodes[1].mailbox(&mesh, &bob, 0, 10).await.unwrap();
+    assert_eq!(nodes[1].ack(&mesh, &bob, &[bobs[0].0]).await.unwrap(), 1);
+    nodes[1].settle(&first.id).await.unwrap();
+    assert_eq!(nodes[2].put(&puts[3].1).await.unwrap(), Put::Full);
+    // carol's acknowledgement through node 3 frees it: the refused id is stored now.
+    let carols = nodes[2].mailbox(&mesh, &carol, 0, 10).await.unwrap();
+    assert_eq!(
+        nodes[2].ack(&mesh, &carol, &[carols[0].0]).await.unwrap(),
+        1
+    );
+    nodes[2].settle(&first.id).await.unwrap();
+    assert_eq!(nodes[0].put(&puts[3].1).await.unwrap(), Put::Stored);
+    let size = first.envelope.len() as u64;
+    assert_eq!(
+        nodes[0].usage(&client).await.unwrap().get(&mesh),
+        Some(&(3, 3 * size))
+    );
+    // A node died between storing and counting: the count is wrong until the sweep.
+    let js = async_nats::jetstream::new(client.clone());
+    let kv = js.get_key_value("M3_MAILIDX").await.unwrap();
+    let key = format!("use.{}", claudemesh_schema::crypto::hex(mesh.as_bytes()));
+    kv.put(&key, "99 99".into()).await.unwrap();
+    assert_eq!(nodes[1].put(&puts[4].1).await.unwrap(), Put::Full);
+    nodes[1].expire(&client, now_ms()).await.unwrap();
+    assert_eq!(
+        nodes[2].usage(&client).await.unwrap().get(&mesh),
+        Some(&(3, 3 * size)),
+        "mended to what the index holds"
+    );
 }

@@ -6,15 +6,15 @@
 //! claimed through another.
 #![allow(clippy::unwrap_used)]
 
-use claudemesh_relay::Connection;
+use claudemesh_relay::{Connection, RelayConfig};
 use claudemesh_schema::roster::{InviteRevocation, Role, RosterOp};
 use claudemesh_schema::wire::{
     ClaimDecision, ClaimOutcome, ClaimRequest, ClientFrame, ErrorCode, RelayFrame,
 };
-use claudemesh_schema::{ClaimId, now_ms};
+use claudemesh_schema::{ClaimId, MessageId, now_ms};
 use claudemesh_tests::nats::NatsCluster;
 use claudemesh_tests::raw::{
-    Fixture, Member, add_member, answer, claim_once, cluster_node, durable_claim, entry,
+    Fixture, Member, add_member, answer, claim_once, cluster_node_with, durable_claim, entry,
     expect_error, link, mesh, publish, quic, send, until,
 };
 use claudemesh_tests::share_certificate;
@@ -22,12 +22,21 @@ use std::path::Path;
 
 /// Two nodes on `cluster`, presenting one certificate.
 async fn two_nodes(cluster: &NatsCluster, root: &Path) -> (Fixture, Fixture) {
+    two_nodes_with(cluster, root, |_| {}).await
+}
+
+/// Two nodes on `cluster`, presenting one certificate, configured by `tweak`.
+async fn two_nodes_with(
+    cluster: &NatsCluster,
+    root: &Path,
+    tweak: impl Fn(&mut RelayConfig),
+) -> (Fixture, Fixture) {
     let urls = cluster.urls();
     let d1 = root.join("n1");
-    let n1 = cluster_node(&urls, "CR", &d1).await;
+    let n1 = cluster_node_with(&urls, "CR", &d1, &tweak).await;
     let d2 = root.join("n2");
     share_certificate(&d1, &d2);
-    let n2 = cluster_node(&urls, "CR", &d2).await;
+    let n2 = cluster_node_with(&urls, "CR", &d2, &tweak).await;
     assert_eq!(n1.relay.fingerprint(), n2.relay.fingerprint());
     (n1, n2)
 }
@@ -150,6 +159,7 @@ async fn a_snapshot_at_the_head_keeps_the_sequence_going() {
             replicas: 3,
             message_ttl: std::time::Duration::from_secs(3600),
             duplicate_window: std::time::Duration::from_secs(120),
+            mesh_quota: Default::default(),
         },
     )
     .await
@@ -293,4 +303,82 @@ async fn invites_are_claimed_decided_spent_and_revoked_through_any_node() {
         RelayFrame::Error { code, .. } => assert_eq!(code, ErrorCode::InviteRevoked),
         other => panic!("a revoked invite was claimed through node 2: {other:?}"),
     }
+}
+
+/// Send `env` on `c`: `None` once relayed, or the code it was refused with.
+async fn sent(c: &mut Connection, env: claudemesh_schema::wire::Envelope) -> Option<ErrorCode> {
+    let id = env.id;
+    send(c, &ClientFrame::Send(env)).await;
+    until(c, |f| match f {
+        RelayFrame::Relayed { id: x, .. } if x == id => Some(None),
+        RelayFrame::Refused { id: x, code, .. } if x == id => Some(Some(code)),
+        _ => None,
+    })
+    .await
+}
+
+/// A mesh's undelivered-message quota holds over every node, not per node: with room
+/// for 10, six sent through node 1 and six through node 2 store ten (the last two
+/// through node 2 are refused `quota_exceeded`); once their recipient, linked through
+/// node 2, has acknowledged them all, there is room again through node 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meshs_message_quota_holds_over_every_node() {
+    let root = tempfile::tempdir().unwrap();
+    let cluster = NatsCluster::start(&root.path().join("nats"), 3);
+    let (n1, n2) = two_nodes_with(&cluster, root.path(), |c| c.mesh_quota_messages = 10).await;
+    let (mesh, owner, mut a, member, b) = mesh(&n1).await;
+    drop(b);
+    let mut b = link(&n2, mesh, &member).await;
+    let carol = Member::new();
+    add_member(&mut a, &owner, mesh, &carol, 20).await;
+    for i in 0..6 {
+        let r = sent(&mut a, owner.envelope(MessageId::new(), &carol)).await;
+        assert_eq!(r, None, "send {i} through node 1");
+    }
+    let mut through_2 = Vec::new();
+    for _ in 0..6 {
+        through_2.push(sent(&mut b, member.envelope(MessageId::new(), &carol)).await);
+    }
+    assert_eq!(
+        through_2,
+        [
+            None,
+            None,
+            None,
+            None,
+            Some(ErrorCode::QuotaExceeded),
+            Some(ErrorCode::QuotaExceeded)
+        ],
+        "node 2 counted what node 1 stored"
+    );
+    // carol reads and acknowledges all ten through node 2; her senders hear it.
+    let mut c = link(&n2, mesh, &carol).await;
+    let mut ids = Vec::new();
+    while ids.len() < 10 {
+        ids.push(
+            until(&mut c, |f| match f {
+                RelayFrame::Deliver { env, .. } => Some(env.id),
+                _ => None,
+            })
+            .await,
+        );
+    }
+    send(
+        &mut c,
+        &ClientFrame::Ack {
+            ids,
+            proofs: Vec::new(),
+        },
+    )
+    .await;
+    for (conn, n) in [(&mut a, 6), (&mut b, 4)] {
+        for _ in 0..n {
+            until(conn, |f| {
+                matches!(f, RelayFrame::Receipt { .. }).then_some(())
+            })
+            .await;
+        }
+    }
+    let r = sent(&mut a, owner.envelope(MessageId::new(), &carol)).await;
+    assert_eq!(r, None, "acknowledged through node 2, freed for node 1");
 }

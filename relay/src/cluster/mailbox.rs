@@ -33,7 +33,27 @@ pub struct MailboxConfig {
     /// How long JetStream itself finds a resent publish ([`DUPLICATE_WINDOW`]); later
     /// resends are found by the id index.
     pub duplicate_window: Duration,
+    /// What one mesh may hold undelivered, over every node.
+    pub quota: Quota,
 }
+
+/// What one mesh may hold undelivered, cluster-wide (`0`: no limit).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Quota {
+    /// Envelopes.
+    pub messages: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+impl Quota {
+    fn holds(self, (n, bytes): (u64, u64)) -> bool {
+        (self.messages == 0 || n <= self.messages) && (self.bytes == 0 || bytes <= self.bytes)
+    }
+}
+
+/// Most compare-and-set attempts on one index entry before it is given up as contended.
+const MAX_TRIES: usize = 64;
 
 /// Every member's mailbox, on one JetStream cluster.
 pub struct ClusterMailbox {
@@ -41,6 +61,7 @@ pub struct ClusterMailbox {
     stream: stream::Stream,
     ids: kv::Store,
     subject_prefix: String,
+    quota: Quota,
 }
 
 impl std::fmt::Debug for ClusterMailbox {
@@ -93,7 +114,76 @@ impl ClusterMailbox {
             stream,
             ids,
             subject_prefix: format!("{lower}.mail"),
+            quota: cfg.quota,
         })
+    }
+
+    /// Add `n` envelopes of `bytes` to what `mesh` holds undelivered (negative: take them
+    /// away), on its counter in the index (`use.<mesh>`), by compare-and-set, so every
+    /// node counts against one number. With `within`, only if the count stays within the
+    /// quota: `false` when it would not (nothing changed).
+    async fn count(
+        &self,
+        mesh: &MeshId,
+        n: i64,
+        bytes: i64,
+        within: bool,
+    ) -> Result<bool, ClusterError> {
+        let key = use_key(mesh);
+        for _ in 0..MAX_TRIES {
+            let held = self
+                .ids
+                .entry(&key)
+                .await
+                .map_err(|e| js_err("reading a mesh's stored count")(e.to_string()))?;
+            let now = held
+                .as_ref()
+                .filter(|e| e.operation == kv::Operation::Put)
+                .map(|e| parse_use(&e.value))
+                .unwrap_or_default();
+            let next = (
+                now.0.saturating_add_signed(n),
+                now.1.saturating_add_signed(bytes),
+            );
+            if within && !self.quota.holds(next) {
+                return Ok(false);
+            }
+            let v = Bytes::from(format!("{} {}", next.0, next.1));
+            let written = match &held {
+                Some(e) => match self.ids.update(&key, v, e.revision).await {
+                    Ok(_) => true,
+                    Err(err) if lost_update(&err) => false,
+                    Err(err) => {
+                        return Err(js_err("counting a mesh's stored envelopes")(
+                            err.to_string(),
+                        ));
+                    }
+                },
+                None => match self.ids.create(&key, v).await {
+                    Ok(_) => true,
+                    Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => false,
+                    Err(err) => {
+                        return Err(js_err("counting a mesh's stored envelopes")(
+                            err.to_string(),
+                        ));
+                    }
+                },
+            };
+            if written {
+                return Ok(true);
+            }
+        }
+        Err(js_err("counting a mesh's stored envelopes")(
+            "the count keeps changing; try again".into(),
+        ))
+    }
+
+    /// Take `n` envelopes of `bytes` off the mesh's count. A failure leaves the count
+    /// high (refusing early, never admitting too much) until the sweep mends it.
+    async fn uncount(&self, mesh: &MeshId, n: u64, bytes: u64) {
+        if let Err(e) = self.count(mesh, -(n as i64), -(bytes as i64), false).await {
+            tracing::warn!(mesh = %mesh.short(), error = %e, "cannot lower a mesh's stored count; the next sweep mends it");
+        }
     }
 
     fn subject(&self, mesh: &MeshId, member: &MemberKey) -> String {
@@ -131,7 +221,18 @@ impl ClusterMailbox {
         );
         let pending = Bytes::from(format!("{owner} p {tail}"));
         let (first, revision) = match self.ids.create(&key, pending).await {
-            Ok(rev) => (true, rev),
+            Ok(rev) => {
+                // A new id: counted against the mesh's quota, over every node, before a
+                // copy is stored (a resend of it is not counted again).
+                let size = e.envelope.len() as i64;
+                if !self.count(&e.mesh, 1, size, true).await? {
+                    if let Err(err) = self.ids.purge(&key).await {
+                        tracing::warn!(error = %err, "cannot forget a refused envelope's id; a resend of it is stored uncounted");
+                    }
+                    return Ok((Put::Full, Vec::new()));
+                }
+                (true, rev)
+            }
             Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {
                 let held = self
                     .ids
@@ -177,9 +278,7 @@ impl ClusterMailbox {
         {
             Ok(_) => {}
             // Another node's resend marked it first.
-            Err(err)
-                if err.kind() == kv::UpdateErrorKind::WrongLastRevision
-                    || err.to_string().contains("wrong last sequence") => {}
+            Err(err) if lost_update(&err) => {}
             Err(err) => return Err(js_err("marking an envelope stored")(err.to_string())),
         }
         let put = if first || stored_any {
@@ -222,13 +321,13 @@ impl ClusterMailbox {
             }
             i.left -= 1;
             match self.ids.update(&key, i.to_bytes(), held.revision).await {
-                Ok(_) => return Ok(Some((i.size, i.left == 0))),
-                Err(err)
-                    if err.kind() == kv::UpdateErrorKind::WrongLastRevision
-                        || err.to_string().contains("wrong last sequence") =>
-                {
-                    continue;
+                Ok(_) => {
+                    if i.left == 0 {
+                        self.uncount(&i.mesh, 1, i.size).await;
+                    }
+                    return Ok(Some((i.size, i.left == 0)));
                 }
+                Err(err) if lost_update(&err) => continue,
                 Err(err) => return Err(js_err("counting an acknowledgement")(err.to_string())),
             }
         }
@@ -285,21 +384,19 @@ impl ClusterMailbox {
         Ok(ids)
     }
 
-    /// Envelopes still waiting for someone, per mesh: count and bytes.
+    /// Envelopes still waiting for someone, per mesh: count and bytes, as the meshes'
+    /// counters hold them.
     pub async fn usage(
         &self,
         client: &async_nats::Client,
-        now: i64,
     ) -> Result<HashMap<MeshId, (u64, u64)>, ClusterError> {
-        let mut out: HashMap<MeshId, (u64, u64)> = HashMap::new();
-        for (_, v, _) in super::entries_under(client, &self.ids, "id.").await? {
-            if let Some(i) = Indexed::parse(&v)
-                && i.left > 0
-                && i.expires_at >= now
-            {
-                let u = out.entry(i.mesh).or_default();
-                u.0 += 1;
-                u.1 += i.size;
+        let mut out = HashMap::new();
+        for (key, v, _) in super::entries_under(client, &self.ids, "use.").await? {
+            if let Some(mesh) = super::unhex::<16>(key.trim_start_matches("use.")) {
+                let u = parse_use(&v);
+                if u != (0, 0) {
+                    out.insert(MeshId::from_bytes(mesh), u);
+                }
             }
         }
         Ok(out)
@@ -307,18 +404,34 @@ impl ClusterMailbox {
 
     /// Count envelopes past their expiry as gone (JetStream drops their copies at the
     /// stream's age limit; reads skip them before): per mesh, count and bytes. Each is
-    /// counted by one node only (the one whose compare-and-set wins).
+    /// counted by one node only (the one whose compare-and-set wins). The same pass mends
+    /// the meshes' counters: one left high by a node that died between two writes is set
+    /// to what the index holds, if nothing changed it meanwhile.
     pub async fn expire(
         &self,
         client: &async_nats::Client,
         now: i64,
     ) -> Result<HashMap<MeshId, (u64, u64)>, ClusterError> {
+        let mut counters: HashMap<MeshId, ((u64, u64), u64)> = HashMap::new();
+        for (key, v, revision) in super::entries_under(client, &self.ids, "use.").await? {
+            if let Some(mesh) = super::unhex::<16>(key.trim_start_matches("use.")) {
+                counters.insert(MeshId::from_bytes(mesh), (parse_use(&v), revision));
+            }
+        }
         let mut out: HashMap<MeshId, (u64, u64)> = HashMap::new();
+        let mut held: HashMap<MeshId, (u64, u64)> = HashMap::new();
         for (key, v, revision) in super::entries_under(client, &self.ids, "id.").await? {
             let Some(mut i) = Indexed::parse(&v) else {
+                tracing::warn!(key, "an envelope index entry does not parse; skipping it");
                 continue;
             };
-            if i.left == 0 || i.expires_at >= now {
+            if i.left == 0 {
+                continue;
+            }
+            if i.expires_at >= now {
+                let u = held.entry(i.mesh).or_default();
+                u.0 += 1;
+                u.1 += i.size;
                 continue;
             }
             i.left = 0;
@@ -326,6 +439,35 @@ impl ClusterMailbox {
                 let u = out.entry(i.mesh).or_default();
                 u.0 += 1;
                 u.1 += i.size;
+            }
+        }
+        let meshes: std::collections::HashSet<MeshId> = counters
+            .keys()
+            .chain(held.keys())
+            .chain(out.keys())
+            .copied()
+            .collect();
+        for mesh in meshes {
+            let want = held.get(&mesh).copied().unwrap_or_default();
+            let freed = out.get(&mesh).copied().unwrap_or_default();
+            let mended = match counters.get(&mesh) {
+                Some((have, _)) if *have == want => true,
+                Some((_, revision)) => self
+                    .ids
+                    .update(
+                        use_key(&mesh),
+                        Bytes::from(format!("{} {}", want.0, want.1)),
+                        *revision,
+                    )
+                    .await
+                    .is_ok(),
+                None if want == (0, 0) => true,
+                None => false,
+            };
+            // Changed meanwhile (or never counted): take off what expired, and mend it
+            // at a quieter sweep.
+            if !mended && freed != (0, 0) {
+                self.uncount(&mesh, freed.0, freed.1).await;
             }
         }
         Ok(out)
@@ -409,6 +551,26 @@ impl ClusterMailbox {
 
 fn id_key(id: &MessageId) -> String {
     format!("id.{}", hex(id.as_bytes()))
+}
+
+fn use_key(mesh: &MeshId) -> String {
+    format!("use.{}", hex(mesh.as_bytes()))
+}
+
+/// A mesh's counter: envelopes and bytes (a garbled one reads as empty, and is mended).
+fn parse_use(v: &[u8]) -> (u64, u64) {
+    let text = std::str::from_utf8(v).unwrap_or("");
+    let mut p = text.split(' ').map(|x| x.parse::<u64>().ok());
+    match (p.next().flatten(), p.next().flatten()) {
+        (Some(n), Some(b)) => (n, b),
+        _ => (0, 0),
+    }
+}
+
+/// Another writer changed the entry first (compare-and-set lost).
+fn lost_update(err: &kv::UpdateError) -> bool {
+    err.kind() == kv::UpdateErrorKind::WrongLastRevision
+        || err.to_string().contains("wrong last sequence")
 }
 
 fn message_id(m: &jetstream::message::StreamMessage) -> Result<MessageId, ClusterError> {

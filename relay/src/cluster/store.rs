@@ -54,6 +54,8 @@ pub struct ClusterStoreConfig {
     pub message_ttl: Duration,
     /// JetStream's own window for finding resent publishes.
     pub duplicate_window: Duration,
+    /// What one mesh may hold undelivered, over every node.
+    pub mesh_quota: super::mailbox::Quota,
 }
 
 impl From<ClusterError> for StoreError {
@@ -251,6 +253,7 @@ impl ClusterStore {
                 replicas: cfg.replicas,
                 max_age: cfg.message_ttl,
                 duplicate_window: cfg.duplicate_window,
+                quota: cfg.mesh_quota,
             },
         )
         .await?;
@@ -411,7 +414,7 @@ impl ClusterStore {
                 snap.nonces.push((n, exp));
             }
         }
-        snap.usage = i.mail.usage(&i.client, now).await?;
+        snap.usage = i.mail.usage(&i.client).await?;
         Ok(snap)
     }
 
@@ -1183,9 +1186,7 @@ impl Store for ClusterStore {
 
     async fn usage_now(&self) -> Result<Option<Usage>, StoreError> {
         let i = &self.inner;
-        Ok(Some(
-            i.mail.usage(&i.client, claudemesh_schema::now_ms()).await?,
-        ))
+        Ok(Some(i.mail.usage(&i.client).await?))
     }
 
     async fn invite_now(&self, id: InviteId) -> Result<Option<(InviteCap, bool)>, StoreError> {

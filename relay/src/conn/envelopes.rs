@@ -14,6 +14,9 @@ use super::{Conn, State};
 use crate::hub::{Hub, LinkHandle, MeshEntry, MeshState, deliver_frame, frame, lock};
 use crate::store::{NewEnvelope, Put, Store};
 
+/// Why a send was refused for the mesh's quota.
+const MESH_FULL: &str = "the mesh's undelivered-message quota at the relay is full";
+
 /// Bytes a `deliver` frame adds around the envelope JSON (`{"t":"deliver","at":…,"env":…}`,
 /// with a 20-digit time).
 const DELIVER_OVERHEAD: usize = 64;
@@ -188,16 +191,14 @@ impl<S: Store> Conn<S> {
                     Some(ms),
                 );
             }
-            if st.stored.0 + 1 > self.hub.cfg.mesh_quota_messages
-                || st.stored.1 + size > self.hub.cfg.mesh_quota_bytes
+            // Through a cluster the store counts the quota over every node (and refuses
+            // with `Put::Full`); this node's own count is only what it stored itself.
+            if self.hub.bus.is_none()
+                && (st.stored.0 + 1 > self.hub.cfg.mesh_quota_messages
+                    || st.stored.1 + size > self.hub.cfg.mesh_quota_bytes)
             {
                 drop(st);
-                return self.refuse(
-                    id,
-                    ErrorCode::QuotaExceeded,
-                    "the mesh's undelivered-message quota at the relay is full".into(),
-                    Some(5_000),
-                );
+                return self.refuse(id, ErrorCode::QuotaExceeded, MESH_FULL.into(), Some(5_000));
             }
             if !self.hub.disk.room_for(size) {
                 drop(st);
@@ -299,6 +300,17 @@ impl<S: Store> Conn<S> {
                             lock(&entry2.state).free(&hub.disk, 1, size);
                             lock(&hub.recent).release(&id, owner);
                             taken(id)
+                        }
+                        // Counted over every node of a cluster, the quota was full.
+                        Ok(Put::Full) => {
+                            lock(&entry2.state).free(&hub.disk, 1, size);
+                            lock(&hub.recent).release(&id, owner);
+                            RelayFrame::Refused {
+                                id,
+                                code: ErrorCode::QuotaExceeded,
+                                message: MESH_FULL.into(),
+                                retry_ms: Some(5_000),
+                            }
                         }
                         Err(e) => {
                             let (retry_ms, say) = lock(&hub.storage).failed(Instant::now());
