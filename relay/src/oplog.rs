@@ -19,6 +19,10 @@ use std::sync::atomic::Ordering;
 use crate::hub::{Hub, LinkHandle, MeshEntry, frame, lock};
 use crate::store::{NewOp, Store, StoredSnapshot};
 
+/// Why an op was refused for the mesh's log quota.
+const LOG_FULL: &str = "the mesh's shared-state log at the relay is full; a snapshot compacts it. \
+                        Your change is kept and sent again later";
+
 /// Ops per catch-up read.
 const PAGE_OPS: usize = 2048;
 /// Bytes of op JSON per frame (well under the 1 MiB frame limit).
@@ -124,16 +128,12 @@ pub(crate) async fn append<S: Store>(
                 None,
             );
         }
-        if st.op_bytes + size > hub.cfg.mesh_quota_op_bytes || !hub.disk.room_for(size) {
+        // Through a cluster the store checks the quota over every node (`full`); this
+        // node's own count is only what it appended itself.
+        let over = hub.bus.is_none() && st.op_bytes + size > hub.cfg.mesh_quota_op_bytes;
+        if over || !hub.disk.room_for(size) {
             drop(st);
-            return refuse(
-                link,
-                id,
-                ErrorCode::QuotaExceeded,
-                "the mesh's shared-state log at the relay is full; a snapshot compacts it. \
-                 Your change is kept and sent again later",
-                Some(30_000),
-            );
+            return refuse(link, id, ErrorCode::QuotaExceeded, LOG_FULL, Some(30_000));
         }
     }
     let (tx, entry, stats) = (link.clone(), entry.clone(), hub.clone());
@@ -150,6 +150,9 @@ pub(crate) async fn append<S: Store>(
         .append_op(
             op,
             Box::new(move |r| match r {
+                Ok(a) if a.full => {
+                    refuse(&tx, id, ErrorCode::QuotaExceeded, LOG_FULL, Some(30_000))
+                }
                 Ok(a) if a.taken => refuse(
                     &tx,
                     id,

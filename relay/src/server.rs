@@ -115,6 +115,7 @@ impl Relay<crate::cluster::store::ClusterStore> {
                     messages: cfg.mesh_quota_messages,
                     bytes: cfg.mesh_quota_bytes,
                 },
+                mesh_quota_op_bytes: cfg.mesh_quota_op_bytes,
             },
         )
         .await?;

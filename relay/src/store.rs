@@ -407,6 +407,9 @@ pub struct Appended {
     /// True when the id is another author's op in this mesh: nothing was stored, and
     /// `seq`/`at` are not this op's.
     pub taken: bool,
+    /// True when the mesh's log is at its quota (counted over every node of a cluster):
+    /// nothing was stored, and `seq` is not this op's.
+    pub full: bool,
 }
 
 /// What storing a snapshot did.
@@ -1188,6 +1191,7 @@ impl Store for SqliteStore {
                             at,
                             new: false,
                             taken: !same,
+                            full: false,
                         });
                     }
                     let seq: i64 = tx
@@ -1214,6 +1218,7 @@ impl Store for SqliteStore {
                         at: op.at,
                         new: true,
                         taken: false,
+                        full: false,
                     })
                 },
                 move |r| done(r.map_err(StoreError::from)),

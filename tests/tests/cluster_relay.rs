@@ -160,6 +160,7 @@ async fn a_snapshot_at_the_head_keeps_the_sequence_going() {
             message_ttl: std::time::Duration::from_secs(3600),
             duplicate_window: std::time::Duration::from_secs(120),
             mesh_quota: Default::default(),
+            mesh_quota_op_bytes: 0,
         },
     )
     .await
@@ -381,4 +382,64 @@ async fn a_meshs_message_quota_holds_over_every_node() {
     }
     let r = sent(&mut a, owner.envelope(MessageId::new(), &carol)).await;
     assert_eq!(r, None, "acknowledged through node 2, freed for node 1");
+}
+
+/// A mesh's op-log quota holds over every node: with room for 1000 bytes, ten 100-byte
+/// ops appended through two nodes in turn fill it and the next is refused through
+/// either; a snapshot stored through one node compacts the log, and the other node,
+/// which has not seen that snapshot, appends again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meshs_log_quota_holds_over_every_node() {
+    use claudemesh_relay::cluster::store::{ClusterStore, ClusterStoreConfig};
+    use claudemesh_relay::store::{NewOp, Store as _, StoredSnapshot};
+    use claudemesh_schema::crypto::MemberKey;
+    use claudemesh_schema::{MeshId, OpId};
+    let root = tempfile::tempdir().unwrap();
+    let cluster = NatsCluster::start(&root.path().join("nats"), 3);
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let client = claudemesh_relay::cluster::connect(&cluster.urls())
+            .await
+            .unwrap();
+        let cfg = ClusterStoreConfig {
+            prefix: "SQ".into(),
+            replicas: 3,
+            message_ttl: std::time::Duration::from_secs(3600),
+            duplicate_window: std::time::Duration::from_secs(120),
+            mesh_quota: Default::default(),
+            mesh_quota_op_bytes: 1000,
+        };
+        nodes.push(ClusterStore::open(client, &cfg).await.unwrap());
+    }
+    let (mesh, author) = (MeshId::new(), MemberKey([7; 32]));
+    let op = || NewOp {
+        mesh,
+        id: OpId::new(),
+        author,
+        op: bytes::Bytes::from(vec![b'x'; 100]),
+        at: now_ms(),
+    };
+    for n in 1..=10u64 {
+        let a = append(&nodes[(n % 2) as usize], op()).await;
+        assert_eq!((a.seq, a.full), (n, false), "op {n}");
+    }
+    for node in &nodes {
+        assert!(append(node, op()).await.full, "over the quota");
+    }
+    let snap = StoredSnapshot {
+        mesh,
+        seq: 10,
+        author,
+        ct: vec![1; 100],
+        at: now_ms(),
+    };
+    let kept = nodes[1].put_snapshot(snap).await.unwrap();
+    assert!(kept.kept);
+    assert_eq!(kept.op_bytes, 100, "the snapshot alone");
+    let a = append(&nodes[0], op()).await;
+    assert_eq!(
+        (a.seq, a.full),
+        (11, false),
+        "room again through the other node"
+    );
 }

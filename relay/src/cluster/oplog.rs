@@ -17,6 +17,7 @@ use bytes::Bytes;
 use claudemesh_schema::crypto::MemberKey;
 use claudemesh_schema::{MeshId, OpId};
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -63,6 +64,32 @@ struct Head {
     seq: u64,
     /// The stream sequence of that op (0: no op yet).
     stream_seq: u64,
+    /// Bytes of the mesh's ops up to it, all sequences (its `Cm-Sum`).
+    sum: u64,
+}
+
+/// What a mesh's log may hold, for an append to check at the head it extends: every
+/// node checks against the same sum (the head's `Cm-Sum`), so the quota holds over
+/// every node, not per node.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Room {
+    /// Most bytes of the log and its snapshot (`0`: no limit).
+    pub limit: u64,
+    /// Bytes of the ops a snapshot covers (the `Cm-Sum` of its op): compacted away.
+    pub compacted: u64,
+    /// The snapshot's bytes.
+    pub snapshot: u64,
+}
+
+impl Room {
+    /// Bytes the log and snapshot hold at a head summing `sum`.
+    pub fn used(&self, sum: u64) -> u64 {
+        sum.saturating_sub(self.compacted) + self.snapshot
+    }
+
+    fn holds(&self, sum: u64, more: u64) -> bool {
+        self.limit == 0 || self.used(sum) + more <= self.limit
+    }
 }
 
 /// The op logs of every mesh, on one JetStream cluster.
@@ -113,6 +140,8 @@ pub struct StoredOp {
     pub op: Bytes,
     /// Where it is in the stream.
     pub position: u64,
+    /// Bytes of the mesh's ops up to this one, all sequences.
+    pub sum: u64,
 }
 
 fn stored(m: &jetstream::message::StreamMessage) -> Result<StoredOp, ClusterError> {
@@ -130,6 +159,12 @@ fn stored(m: &jetstream::message::StreamMessage) -> Result<StoredOp, ClusterErro
         id: header(&m.headers, "Cm-Op")?,
         op: m.payload.clone(),
         position: m.sequence,
+        // Absent from no op this version wrote; read as nothing (the quota then counts
+        // from the next op on).
+        sum: header(&m.headers, "Cm-Sum")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
     })
 }
 
@@ -212,15 +247,20 @@ impl ClusterOpLog {
             super::last_on_subject(&self.stream, &self.subject(mesh), "reading the mesh's head")
                 .await?;
         Ok(match last {
-            Some(m) => Head {
-                known: true,
-                seq: stored(&m)?.seq,
-                stream_seq: m.sequence,
-            },
+            Some(m) => {
+                let s = stored(&m)?;
+                Head {
+                    known: true,
+                    seq: s.seq,
+                    stream_seq: m.sequence,
+                    sum: s.sum,
+                }
+            }
             None => Head {
                 known: true,
                 seq: 0,
                 stream_seq: 0,
+                sum: 0,
             },
         })
     }
@@ -238,6 +278,11 @@ impl ClusterOpLog {
     /// The mesh's newest sequence (0: no op yet).
     pub async fn head(&self, mesh: &MeshId) -> Result<u64, ClusterError> {
         Ok(self.read_head(mesh).await?.seq)
+    }
+
+    /// Bytes of all the mesh's ops ever appended (compacted ones too).
+    pub async fn sum(&self, mesh: &MeshId) -> Result<u64, ClusterError> {
+        Ok(self.read_head(mesh).await?.sum)
     }
 
     /// What the index says of an op id: its sequence, time and author.
@@ -311,18 +356,28 @@ impl ClusterOpLog {
     pub async fn append(&self, op: &NewOp) -> Result<Appended, ClusterError> {
         let lock = self.head_lock(op.mesh);
         let mut head = lock.lock().await;
-        self.append_locked(op, &mut head).await
+        self.append_locked(op, &mut head, Room::default()).await
     }
 
-    /// Like [`ClusterOpLog::append`], and `then` runs with the outcome before the next
-    /// append of the mesh through this node starts: in sequence order across calls.
-    pub async fn append_then<F>(&self, op: &NewOp, then: F)
+    /// Like [`ClusterOpLog::append`], within `room` (an op that does not fit is not
+    /// stored: `full`; before refusing, `fresh` is asked for the room again, as another
+    /// node's snapshot may have made some), and `then` runs with the outcome before the
+    /// next append of the mesh through this node starts: in sequence order across calls.
+    pub async fn append_then<F, R, Fut>(&self, op: &NewOp, room: Room, fresh: R, then: F)
     where
         F: FnOnce(Result<Appended, ClusterError>),
+        R: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Room, ClusterError>>,
     {
         let lock = self.head_lock(op.mesh);
         let mut head = lock.lock().await;
-        let r = self.append_locked(op, &mut head).await;
+        let mut r = self.append_locked(op, &mut head, room).await;
+        if matches!(r, Ok(a) if a.full) {
+            r = match fresh().await {
+                Ok(room) => self.append_locked(op, &mut head, room).await,
+                Err(e) => Err(e),
+            };
+        }
         then(r);
     }
 
@@ -349,13 +404,19 @@ impl ClusterOpLog {
         Ok(())
     }
 
-    async fn append_locked(&self, op: &NewOp, head: &mut Head) -> Result<Appended, ClusterError> {
+    async fn append_locked(
+        &self,
+        op: &NewOp,
+        head: &mut Head,
+        room: Room,
+    ) -> Result<Appended, ClusterError> {
         if let Some((seq, at, author)) = self.indexed(&op.mesh, &op.id).await? {
             return Ok(Appended {
                 seq,
                 at,
                 new: false,
                 taken: author != op.author,
+                full: false,
             });
         }
         if !head.known {
@@ -367,11 +428,25 @@ impl ClusterOpLog {
             claudemesh_schema::crypto::hex(op.mesh.as_bytes()),
             claudemesh_schema::crypto::hex(op.id.as_bytes())
         );
+        let size = op.op.len() as u64;
         for attempt in 0..MAX_TRIES {
+            // Checked at the head this op extends: a lost race re-reads it, and checks
+            // again against what the other node appended.
+            if !room.holds(head.sum, size) {
+                return Ok(Appended {
+                    seq: 0,
+                    at: op.at,
+                    new: false,
+                    taken: false,
+                    full: true,
+                });
+            }
             let next = head.seq + 1;
+            let sum = head.sum + size;
             let msg = jetstream::message::PublishMessage::build()
                 .payload(op.op.clone())
                 .header("Cm-Seq", next.to_string().as_str())
+                .header("Cm-Sum", sum.to_string().as_str())
                 .header("Cm-At", op.at.to_string().as_str())
                 .header("Cm-Author", op.author.to_b64().as_str())
                 .header("Cm-Op", op.id.to_string().as_str())
@@ -398,6 +473,7 @@ impl ClusterOpLog {
                         at: s.at,
                         new: false,
                         taken: s.author != op.author,
+                        full: false,
                     });
                 }
                 Ok(ack) => {
@@ -405,6 +481,7 @@ impl ClusterOpLog {
                         known: true,
                         seq: next,
                         stream_seq: ack.sequence,
+                        sum,
                     };
                     let s = StoredOp {
                         seq: next,
@@ -413,6 +490,7 @@ impl ClusterOpLog {
                         id: op.id.to_string(),
                         op: op.op.clone(),
                         position: ack.sequence,
+                        sum,
                     };
                     // Durable already, but the author is told only once the index has it: a
                     // resend after the duplicate window must find its sequence there. If
@@ -424,6 +502,7 @@ impl ClusterOpLog {
                         at: op.at,
                         new: true,
                         taken: false,
+                        full: false,
                     });
                 }
                 Err(e) if lost_race(&e) => {

@@ -34,7 +34,7 @@ use tokio::io::AsyncReadExt as _;
 use tokio_util::task::TaskTracker;
 
 use super::mailbox::{ClusterMailbox, MailboxConfig};
-use super::oplog::{ClusterOpLog, OpLogConfig};
+use super::oplog::{ClusterOpLog, OpLogConfig, Room};
 use super::{ClusterError, entries_under, js_err};
 use crate::store::{
     AckReceipts, Acked, Appended, Done, MeshNow, NewEnvelope, NewOp, OpsPage, Pruned, Put,
@@ -56,6 +56,8 @@ pub struct ClusterStoreConfig {
     pub duplicate_window: Duration,
     /// What one mesh may hold undelivered, over every node.
     pub mesh_quota: super::mailbox::Quota,
+    /// Most bytes of one mesh's op log and snapshot, over every node (`0`: no limit).
+    pub mesh_quota_op_bytes: u64,
 }
 
 impl From<ClusterError> for StoreError {
@@ -193,7 +195,14 @@ struct Inner {
     tasks: TaskTracker,
     /// What [`Store::load`] hands over, read when the store was opened.
     loaded: Mutex<Option<Snapshot>>,
+    /// Most bytes of one mesh's log and snapshot.
+    op_quota: u64,
+    /// Each mesh's room for ops, as last read.
+    rooms: Mutex<HashMap<MeshId, Room>>,
 }
+
+/// Most meshes whose op room is remembered (beyond, it is read again).
+const MAX_ROOMS: usize = 65_536;
 
 impl std::fmt::Debug for ClusterStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -324,6 +333,8 @@ impl ClusterStore {
                 writes: Arc::new(tokio::sync::RwLock::new(())),
                 tasks: TaskTracker::new(),
                 loaded: Mutex::new(None),
+                op_quota: cfg.mesh_quota_op_bytes,
+                rooms: Mutex::new(HashMap::new()),
             }),
         };
         let snap = store.read_all().await?;
@@ -437,19 +448,47 @@ impl ClusterStore {
     }
 
     /// Bytes of the mesh's op log (what is past its snapshot) and its snapshot.
+    /// Bytes of the mesh's op log and snapshot now: what the head's sum adds since the
+    /// snapshot's op, and the snapshot.
     async fn op_bytes(&self, mesh: &MeshId) -> Result<u64, ClusterError> {
-        let (mut bytes, mut from) = match self.snapshot_meta(mesh).await? {
-            Some((m, _)) => (m.size, m.seq + 1),
-            None => (0, 1),
-        };
-        loop {
-            let page = self.inner.ops.page(mesh, from, 512).await?;
-            let Some(last) = page.last() else {
-                return Ok(bytes);
-            };
-            from = last.seq + 1;
-            bytes += page.iter().map(|o| o.op.len() as u64).sum::<u64>();
+        let room = self.room(mesh, true).await?;
+        Ok(room.used(self.inner.ops.sum(mesh).await?))
+    }
+
+    /// What the mesh's log may hold (its snapshot read again when `fresh`, else as this
+    /// node last read it: another node's newer snapshot only makes that stricter, and an
+    /// append it would refuse asks again).
+    async fn room(&self, mesh: &MeshId, fresh: bool) -> Result<Room, ClusterError> {
+        if !fresh && let Some(r) = locked(&self.inner.rooms).get(mesh) {
+            return Ok(*r);
         }
+        let (compacted, snapshot) = match self.snapshot_meta(mesh).await? {
+            None => (0, 0),
+            Some((m, _)) => {
+                let at = self
+                    .inner
+                    .ops
+                    .page(mesh, m.seq, 1)
+                    .await?
+                    .into_iter()
+                    .find(|o| o.seq == m.seq)
+                    .map(|o| o.sum);
+                // Its op gone (compacted by a newer snapshot meanwhile): the next read
+                // finds that one.
+                (at.unwrap_or(0), m.size)
+            }
+        };
+        let room = Room {
+            limit: self.inner.op_quota,
+            compacted,
+            snapshot,
+        };
+        let mut rooms = locked(&self.inner.rooms);
+        if rooms.len() >= MAX_ROOMS {
+            rooms.clear();
+        }
+        rooms.insert(*mesh, room);
+        Ok(room)
     }
 
     /// Where `member`'s copies of `ids` are in the mail stream: known ones from memory,
@@ -1158,10 +1197,22 @@ impl Store for ClusterStore {
     }
 
     async fn append_op(&self, op: NewOp, done: Done<Appended>) -> Result<(), StoreError> {
+        let room = match self.room(&op.mesh, false).await {
+            Ok(r) => r,
+            Err(e) => {
+                done(Err(e.into()));
+                return Ok(());
+            }
+        };
         // `done` runs under the mesh's append lock: in sequence order across calls.
         self.inner
             .ops
-            .append_then(&op, |r| done(r.map_err(StoreError::from)))
+            .append_then(
+                &op,
+                room,
+                || self.room(&op.mesh, true),
+                |r| done(r.map_err(StoreError::from)),
+            )
             .await;
         Ok(())
     }
