@@ -124,6 +124,7 @@ impl Relay<crate::cluster::store::ClusterStore> {
                 client.clone(),
                 &cfg.nats_prefix,
                 cfg.nats_replicas,
+                (cfg.mesh_quota_blob_bytes, cfg.blob_quota_bytes),
             )
             .await?;
             Some(Arc::new(b) as Arc<dyn BlobStore>)

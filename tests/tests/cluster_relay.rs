@@ -443,3 +443,63 @@ async fn a_meshs_log_quota_holds_over_every_node() {
         "room again through the other node"
     );
 }
+
+/// Put a chunk of `data` for `file` on `c`: `None` once stored, or the refusal's code.
+async fn chunk_put(
+    c: &mut Connection,
+    rid: u64,
+    file: claudemesh_schema::ItemId,
+    data: Vec<u8>,
+) -> Option<ErrorCode> {
+    let id = claudemesh_schema::file::ChunkId::of(&data);
+    let f = ClientFrame::ChunkPut {
+        rid,
+        file,
+        id,
+        data,
+        expires_at: None,
+    };
+    send(c, &f).await;
+    answer(c, rid).await
+}
+
+/// A mesh's file-storage quota holds over every node: with room for three chunks, two
+/// stored through node 1 and one through node 2 fill it, and a fourth through node 2 is
+/// refused; the file dropped through node 1 makes room through node 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meshs_file_quota_holds_over_every_node() {
+    use claudemesh_schema::ItemId;
+    let root = tempfile::tempdir().unwrap();
+    let cluster = NatsCluster::start(&root.path().join("nats"), 3);
+    let (n1, n2) = two_nodes_with(&cluster, root.path(), |c| {
+        c.mesh_quota_blob_bytes = 3 * 50_000
+    })
+    .await;
+    let (mesh, _owner, mut a, member, b) = mesh(&n1).await;
+    drop(b);
+    let mut b = link(&n2, mesh, &member).await;
+    let chunk = |seed: u8| vec![seed; 50_000];
+    let (first, second) = (ItemId::new(), ItemId::new());
+    assert_eq!(chunk_put(&mut a, 1, first, chunk(1)).await, None);
+    assert_eq!(chunk_put(&mut a, 2, first, chunk(2)).await, None);
+    assert_eq!(chunk_put(&mut b, 3, second, chunk(3)).await, None);
+    assert_eq!(
+        chunk_put(&mut b, 4, second, chunk(4)).await,
+        Some(ErrorCode::QuotaExceeded),
+        "node 2 counted what node 1 stored"
+    );
+    send(
+        &mut a,
+        &ClientFrame::ChunksDrop {
+            rid: 5,
+            file: first,
+        },
+    )
+    .await;
+    assert_eq!(answer(&mut a, 5).await, None);
+    assert_eq!(
+        chunk_put(&mut b, 6, second, chunk(4)).await,
+        None,
+        "dropped through node 1, freed for node 2"
+    );
+}

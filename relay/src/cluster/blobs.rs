@@ -4,7 +4,9 @@
 //! JetStream's message size), and `<P>_CHUNKREFS`, which file uses which chunk:
 //! `<mesh>.<chunk>.<file>` → uploader, size, expiry. Bytes are written before the reference
 //! that names them, and a chunk no reference names any more is deleted. Content-addressed
-//! per mesh, checked again when served, as on one relay.
+//! per mesh, checked again when served, as on one relay. The quotas are counted over every
+//! node ([`super::counts`], under `use.<mesh>` and `use.all` in `<P>_CHUNKREFS`): a chunk's
+//! bytes are counted before they are stored, and given back when its last reference goes.
 
 use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
@@ -14,7 +16,7 @@ use claudemesh_schema::{ItemId, MeshId};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 
-use super::{ClusterError, entries_under, js_err};
+use super::{ClusterError, counts, entries_under, js_err};
 use crate::blobs::{BlobError, BlobFuture, BlobStore, Dropped, Freed, NewChunk, PutChunk};
 
 impl From<ClusterError> for BlobError {
@@ -42,6 +44,8 @@ pub struct ClusterBlobs {
     client: async_nats::Client,
     chunks: kv::Store,
     refs: kv::Store,
+    /// Most bytes of chunks one mesh stores, and all meshes together (`0`: no limit).
+    quota: (u64, u64),
     /// What is stored per mesh, read when opened (for [`BlobStore::usage`]).
     usage: Freed,
 }
@@ -50,6 +54,20 @@ impl std::fmt::Debug for ClusterBlobs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClusterBlobs").finish_non_exhaustive()
     }
+}
+
+/// The count of what all meshes store.
+const ALL: &str = "use.all";
+
+fn use_key(mesh: &MeshId) -> String {
+    format!("use.{}", hex(mesh.as_bytes()))
+}
+
+/// A reference's key names a mesh and a chunk (the counts' keys do not).
+fn ref_parts(key: &str) -> Option<(MeshId, &str)> {
+    let mut parts = key.split('.');
+    let mesh = super::unhex::<16>(parts.next()?).map(MeshId::from_bytes)?;
+    Some((mesh, parts.next()?))
 }
 
 fn chunk_key(mesh: &MeshId, id: &ChunkId) -> String {
@@ -64,11 +82,13 @@ fn parse_ref(v: &[u8]) -> Result<ChunkRef, ClusterError> {
 }
 
 impl ClusterBlobs {
-    /// Open (creating when missing) the chunk buckets of deployment `prefix`.
+    /// Open (creating when missing) the chunk buckets of deployment `prefix`, with room
+    /// for `quota` bytes per mesh and in all (`0`: no limit).
     pub async fn open(
         client: async_nats::Client,
         prefix: &str,
         replicas: usize,
+        quota: (u64, u64),
     ) -> Result<Self, ClusterError> {
         let js = jetstream::new(client.clone());
         let upper = prefix.to_uppercase();
@@ -96,24 +116,69 @@ impl ClusterBlobs {
             client,
             chunks,
             refs,
+            quota,
             usage: Freed::new(),
         };
+        blobs.usage = blobs.recount(i64::MIN).await?.0;
+        Ok(blobs)
+    }
+
+    /// What the references alive at `now` hold, per mesh (each chunk once); and the
+    /// expired references, per mesh: their chunks and sizes.
+    #[allow(clippy::type_complexity)]
+    async fn recount(
+        &self,
+        now: i64,
+    ) -> Result<(Freed, Vec<(String, MeshId, String, u64)>), ClusterError> {
+        let mut usage = Freed::new();
+        let mut expired = Vec::new();
         let mut seen = HashSet::new();
-        for (key, v, _) in entries_under(&blobs.client, &blobs.refs, "").await? {
-            let mut parts = key.split('.');
-            let (Some(mesh), Some(chunk)) = (parts.next(), parts.next()) else {
+        for (key, v, _) in entries_under(&self.client, &self.refs, "").await? {
+            let Some((mesh, chunk)) = ref_parts(&key) else {
                 continue;
             };
-            let Some(mesh) = super::unhex::<16>(mesh).map(MeshId::from_bytes) else {
-                continue;
+            let r = match parse_ref(&v) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "a chunk reference does not parse; skipping it");
+                    continue;
+                }
             };
-            if seen.insert((mesh, chunk.to_string())) {
-                let u = blobs.usage.entry(mesh).or_default();
+            let chunk = chunk.to_string();
+            if !r.live(now) {
+                expired.push((key, mesh, chunk, r.size));
+            } else if seen.insert((mesh, chunk)) {
+                let u = usage.entry(mesh).or_default();
                 u.0 += 1;
-                u.1 += parse_ref(&v)?.size;
+                u.1 += r.size;
             }
         }
-        Ok(blobs)
+        Ok((usage, expired))
+    }
+
+    /// Count `size` new bytes for `mesh` against both quotas, over every node: `false`
+    /// when either has no room (nothing counted).
+    async fn reserve(&self, mesh: &MeshId, size: u64) -> Result<bool, ClusterError> {
+        let key = use_key(mesh);
+        let delta = (1, size as i64);
+        if !counts::add(&self.refs, &key, delta, Some((0, self.quota.0))).await? {
+            return Ok(false);
+        }
+        match counts::add(&self.refs, ALL, delta, Some((0, self.quota.1))).await {
+            Ok(true) => Ok(true),
+            other => {
+                counts::take(&self.refs, &key, (1, size)).await;
+                other
+            }
+        }
+    }
+
+    /// Give back what freed chunks counted.
+    async fn release(&self, mesh: &MeshId, freed: (u64, u64)) {
+        if freed != (0, 0) {
+            counts::take(&self.refs, &use_key(mesh), freed).await;
+            counts::take(&self.refs, ALL, freed).await;
+        }
     }
 
     /// The references of a chunk: (key, reference).
@@ -160,6 +225,7 @@ impl ClusterBlobs {
             n += 1;
             bytes += size;
         }
+        self.release(mesh, (n, bytes)).await;
         Ok((n, bytes))
     }
 
@@ -178,11 +244,21 @@ impl ClusterBlobs {
         let fresh = if held {
             false
         } else {
+            // Counted over every node before the bytes are stored.
+            if !self.reserve(&c.mesh, size).await? {
+                return Ok(PutChunk::NoRoom);
+            }
             match self.chunks.create(&key, Bytes::from(c.data)).await {
                 Ok(_) => true,
-                // Stored through another node meanwhile.
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => false,
-                Err(e) => return Err(js_err("storing a chunk")(e.to_string())),
+                // Stored through another node meanwhile (and counted there).
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    self.release(&c.mesh, (1, size)).await;
+                    false
+                }
+                Err(e) => {
+                    self.release(&c.mesh, (1, size)).await;
+                    return Err(js_err("storing a chunk")(e.to_string()));
+                }
             }
         };
         let r = ChunkRef {
@@ -281,26 +357,15 @@ impl ClusterBlobs {
     }
 
     async fn do_sweep(&self, now: i64) -> Result<Freed, ClusterError> {
+        let before = counts::under(&self.client, &self.refs, "use.").await?;
+        let (alive, expired_refs) = self.recount(now).await?;
         let mut expired: HashMap<MeshId, HashMap<String, u64>> = HashMap::new();
-        for (k, v, _) in entries_under(&self.client, &self.refs, "").await? {
-            let r = parse_ref(&v)?;
-            if r.live(now) {
-                continue;
-            }
-            let mut parts = k.split('.');
-            let (Some(mesh), Some(chunk)) =
-                (parts.next().and_then(super::unhex::<16>), parts.next())
-            else {
-                continue;
-            };
+        for (key, mesh, chunk, size) in expired_refs {
             self.refs
-                .purge(&k)
+                .purge(&key)
                 .await
                 .map_err(|e| js_err("dropping an expired chunk reference")(e.to_string()))?;
-            expired
-                .entry(MeshId::from_bytes(mesh))
-                .or_default()
-                .insert(chunk.to_string(), r.size);
+            expired.entry(mesh).or_default().insert(chunk, size);
         }
         let mut freed = Freed::new();
         for (mesh, chunks) in expired {
@@ -309,6 +374,15 @@ impl ClusterBlobs {
                 freed.insert(mesh, (n, bytes));
             }
         }
+        // Mend counts a dead node left wrong (those just lowered are mended next time).
+        let mut recounted: HashMap<String, (u64, u64)> = HashMap::new();
+        let mut all = (0, 0);
+        for (mesh, u) in &alive {
+            recounted.insert(use_key(mesh), *u);
+            all = (all.0 + u.0, all.1 + u.1);
+        }
+        recounted.insert(ALL.into(), all);
+        counts::mend(&self.refs, &before, &recounted).await;
         Ok(freed)
     }
 }

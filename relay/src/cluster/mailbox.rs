@@ -15,7 +15,7 @@ use claudemesh_schema::{MeshId, MessageId};
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::{ClusterError, header, js_err};
+use super::{ClusterError, counts, header, js_err};
 use crate::store::{NewEnvelope, Put, Stored};
 
 /// JetStream's duplicate window for envelope publishes, by default.
@@ -45,15 +45,6 @@ pub struct Quota {
     /// Their bytes.
     pub bytes: u64,
 }
-
-impl Quota {
-    fn holds(self, (n, bytes): (u64, u64)) -> bool {
-        (self.messages == 0 || n <= self.messages) && (self.bytes == 0 || bytes <= self.bytes)
-    }
-}
-
-/// Most compare-and-set attempts on one index entry before it is given up as contended.
-const MAX_TRIES: usize = 64;
 
 /// Every member's mailbox, on one JetStream cluster.
 pub struct ClusterMailbox {
@@ -118,72 +109,9 @@ impl ClusterMailbox {
         })
     }
 
-    /// Add `n` envelopes of `bytes` to what `mesh` holds undelivered (negative: take them
-    /// away), on its counter in the index (`use.<mesh>`), by compare-and-set, so every
-    /// node counts against one number. With `within`, only if the count stays within the
-    /// quota: `false` when it would not (nothing changed).
-    async fn count(
-        &self,
-        mesh: &MeshId,
-        n: i64,
-        bytes: i64,
-        within: bool,
-    ) -> Result<bool, ClusterError> {
-        let key = use_key(mesh);
-        for _ in 0..MAX_TRIES {
-            let held = self
-                .ids
-                .entry(&key)
-                .await
-                .map_err(|e| js_err("reading a mesh's stored count")(e.to_string()))?;
-            let now = held
-                .as_ref()
-                .filter(|e| e.operation == kv::Operation::Put)
-                .map(|e| parse_use(&e.value))
-                .unwrap_or_default();
-            let next = (
-                now.0.saturating_add_signed(n),
-                now.1.saturating_add_signed(bytes),
-            );
-            if within && !self.quota.holds(next) {
-                return Ok(false);
-            }
-            let v = Bytes::from(format!("{} {}", next.0, next.1));
-            let written = match &held {
-                Some(e) => match self.ids.update(&key, v, e.revision).await {
-                    Ok(_) => true,
-                    Err(err) if lost_update(&err) => false,
-                    Err(err) => {
-                        return Err(js_err("counting a mesh's stored envelopes")(
-                            err.to_string(),
-                        ));
-                    }
-                },
-                None => match self.ids.create(&key, v).await {
-                    Ok(_) => true,
-                    Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => false,
-                    Err(err) => {
-                        return Err(js_err("counting a mesh's stored envelopes")(
-                            err.to_string(),
-                        ));
-                    }
-                },
-            };
-            if written {
-                return Ok(true);
-            }
-        }
-        Err(js_err("counting a mesh's stored envelopes")(
-            "the count keeps changing; try again".into(),
-        ))
-    }
-
-    /// Take `n` envelopes of `bytes` off the mesh's count. A failure leaves the count
-    /// high (refusing early, never admitting too much) until the sweep mends it.
+    /// Take one envelope of `size` bytes off the mesh's count.
     async fn uncount(&self, mesh: &MeshId, n: u64, bytes: u64) {
-        if let Err(e) = self.count(mesh, -(n as i64), -(bytes as i64), false).await {
-            tracing::warn!(mesh = %mesh.short(), error = %e, "cannot lower a mesh's stored count; the next sweep mends it");
-        }
+        counts::take(&self.ids, &use_key(mesh), (n, bytes)).await;
     }
 
     fn subject(&self, mesh: &MeshId, member: &MemberKey) -> String {
@@ -225,7 +153,8 @@ impl ClusterMailbox {
                 // A new id: counted against the mesh's quota, over every node, before a
                 // copy is stored (a resend of it is not counted again).
                 let size = e.envelope.len() as i64;
-                if !self.count(&e.mesh, 1, size, true).await? {
+                let limit = (self.quota.messages, self.quota.bytes);
+                if !counts::add(&self.ids, &use_key(&e.mesh), (1, size), Some(limit)).await? {
                     if let Err(err) = self.ids.purge(&key).await {
                         tracing::warn!(error = %err, "cannot forget a refused envelope's id; a resend of it is stored uncounted");
                     }
@@ -278,7 +207,7 @@ impl ClusterMailbox {
         {
             Ok(_) => {}
             // Another node's resend marked it first.
-            Err(err) if lost_update(&err) => {}
+            Err(err) if counts::lost_update(&err) => {}
             Err(err) => return Err(js_err("marking an envelope stored")(err.to_string())),
         }
         let put = if first || stored_any {
@@ -327,7 +256,7 @@ impl ClusterMailbox {
                     }
                     return Ok(Some((i.size, i.left == 0)));
                 }
-                Err(err) if lost_update(&err) => continue,
+                Err(err) if counts::lost_update(&err) => continue,
                 Err(err) => return Err(js_err("counting an acknowledgement")(err.to_string())),
             }
         }
@@ -391,12 +320,11 @@ impl ClusterMailbox {
         client: &async_nats::Client,
     ) -> Result<HashMap<MeshId, (u64, u64)>, ClusterError> {
         let mut out = HashMap::new();
-        for (key, v, _) in super::entries_under(client, &self.ids, "use.").await? {
-            if let Some(mesh) = super::unhex::<16>(key.trim_start_matches("use.")) {
-                let u = parse_use(&v);
-                if u != (0, 0) {
-                    out.insert(MeshId::from_bytes(mesh), u);
-                }
+        for (key, (u, _)) in counts::under(client, &self.ids, "use.").await? {
+            if let Some(mesh) = super::unhex::<16>(key.trim_start_matches("use."))
+                && u != (0, 0)
+            {
+                out.insert(MeshId::from_bytes(mesh), u);
             }
         }
         Ok(out)
@@ -412,12 +340,7 @@ impl ClusterMailbox {
         client: &async_nats::Client,
         now: i64,
     ) -> Result<HashMap<MeshId, (u64, u64)>, ClusterError> {
-        let mut counters: HashMap<MeshId, ((u64, u64), u64)> = HashMap::new();
-        for (key, v, revision) in super::entries_under(client, &self.ids, "use.").await? {
-            if let Some(mesh) = super::unhex::<16>(key.trim_start_matches("use.")) {
-                counters.insert(MeshId::from_bytes(mesh), (parse_use(&v), revision));
-            }
-        }
+        let before = counts::under(client, &self.ids, "use.").await?;
         let mut out: HashMap<MeshId, (u64, u64)> = HashMap::new();
         let mut held: HashMap<MeshId, (u64, u64)> = HashMap::new();
         for (key, v, revision) in super::entries_under(client, &self.ids, "id.").await? {
@@ -441,33 +364,12 @@ impl ClusterMailbox {
                 u.1 += i.size;
             }
         }
-        let meshes: std::collections::HashSet<MeshId> = counters
-            .keys()
-            .chain(held.keys())
-            .chain(out.keys())
-            .copied()
-            .collect();
-        for mesh in meshes {
-            let want = held.get(&mesh).copied().unwrap_or_default();
-            let freed = out.get(&mesh).copied().unwrap_or_default();
-            let mended = match counters.get(&mesh) {
-                Some((have, _)) if *have == want => true,
-                Some((_, revision)) => self
-                    .ids
-                    .update(
-                        use_key(&mesh),
-                        Bytes::from(format!("{} {}", want.0, want.1)),
-                        *revision,
-                    )
-                    .await
-                    .is_ok(),
-                None if want == (0, 0) => true,
-                None => false,
-            };
-            // Changed meanwhile (or never counted): take off what expired, and mend it
-            // at a quieter sweep.
-            if !mended && freed != (0, 0) {
-                self.uncount(&mesh, freed.0, freed.1).await;
+        let recounted = held.iter().map(|(m, u)| (use_key(m), *u)).collect();
+        let left = counts::mend(&self.ids, &before, &recounted).await;
+        // Changed meanwhile: take off what expired, and mend it at a quieter sweep.
+        for (mesh, freed) in &out {
+            if left.contains(&use_key(mesh)) {
+                self.uncount(mesh, freed.0, freed.1).await;
             }
         }
         Ok(out)
@@ -555,22 +457,6 @@ fn id_key(id: &MessageId) -> String {
 
 fn use_key(mesh: &MeshId) -> String {
     format!("use.{}", hex(mesh.as_bytes()))
-}
-
-/// A mesh's counter: envelopes and bytes (a garbled one reads as empty, and is mended).
-fn parse_use(v: &[u8]) -> (u64, u64) {
-    let text = std::str::from_utf8(v).unwrap_or("");
-    let mut p = text.split(' ').map(|x| x.parse::<u64>().ok());
-    match (p.next().flatten(), p.next().flatten()) {
-        (Some(n), Some(b)) => (n, b),
-        _ => (0, 0),
-    }
-}
-
-/// Another writer changed the entry first (compare-and-set lost).
-fn lost_update(err: &kv::UpdateError) -> bool {
-    err.kind() == kv::UpdateErrorKind::WrongLastRevision
-        || err.to_string().contains("wrong last sequence")
 }
 
 fn message_id(m: &jetstream::message::StreamMessage) -> Result<MessageId, ClusterError> {

@@ -19,6 +19,7 @@ use bytes::Bytes;
 
 pub mod blobs;
 pub mod bus;
+pub mod counts;
 pub mod mailbox;
 pub mod oplog;
 pub mod store;

@@ -273,13 +273,14 @@ async fn store_put<S: Store>(
 ) -> RelayFrame {
     let size = data.len() as u64;
     // Without room, only a chunk the mesh holds already is taken (as one more
-    // reference, which costs no bytes).
-    let fits = lock(&hub.blob_usage).reserve(
-        mesh,
-        size,
-        hub.cfg.mesh_quota_blob_bytes,
-        hub.cfg.blob_quota_bytes,
-    );
+    // reference, which costs no bytes). Through a cluster the store counts the quotas
+    // over every node (and answers `NoRoom`); this node's count is only its own puts.
+    let (mesh_quota, relay_quota) = if hub.bus.is_some() {
+        (u64::MAX, u64::MAX)
+    } else {
+        (hub.cfg.mesh_quota_blob_bytes, hub.cfg.blob_quota_bytes)
+    };
+    let fits = lock(&hub.blob_usage).reserve(mesh, size, mesh_quota, relay_quota);
     let res = blobs
         .put(NewChunk {
             mesh,
@@ -308,9 +309,13 @@ async fn store_put<S: Store>(
                     "the relay's file storage is full ({} bytes in all)",
                     hub.cfg.blob_quota_bytes
                 ),
-                _ => format!(
+                Err(Over::Mesh) => format!(
                     "the mesh's file storage at the relay is full ({} bytes)",
                     hub.cfg.mesh_quota_blob_bytes
+                ),
+                Ok(_) => format!(
+                    "the file storage at the relay is full (the mesh's {} bytes, or {} bytes in all)",
+                    hub.cfg.mesh_quota_blob_bytes, hub.cfg.blob_quota_bytes
                 ),
             };
             refusal(
