@@ -116,6 +116,14 @@ impl Relay<crate::cluster::store::ClusterStore> {
                     bytes: cfg.mesh_quota_bytes,
                 },
                 mesh_quota_op_bytes: cfg.mesh_quota_op_bytes,
+                max_meshes: cfg.max_meshes,
+                // Over every node, per clock hour: the hourly rate and the burst
+                // together (each node's own bucket still spaces them out).
+                creations_per_hour: if cfg.create_rate_per_hour == 0 {
+                    0
+                } else {
+                    u64::from(cfg.create_rate_per_hour) + u64::from(cfg.create_burst)
+                },
             },
         )
         .await?;

@@ -16,6 +16,7 @@ use claudemesh_schema::{ClaimId, InviteId, MeshId, MessageId, OpId, SessionId};
 use rusqlite::{OptionalExtension, params};
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -34,6 +35,17 @@ pub enum StoreError {
     /// The clustered store failed (see [`crate::cluster`]).
     #[error(transparent)]
     Cluster(Box<dyn std::error::Error + Send + Sync>),
+    /// The mesh id is taken (registered through another relay node of a cluster).
+    #[error("a mesh with this id already exists")]
+    Exists,
+    /// A limit counted over every relay node of a cluster refuses.
+    #[error("{what}")]
+    Limit {
+        /// Which limit, said to the client.
+        what: &'static str,
+        /// When to try again, if waiting helps.
+        retry_ms: Option<u64>,
+    },
     /// A stored row does not parse (the file was edited or is corrupt).
     #[error("stored {what} is corrupt: {detail}")]
     Corrupt {
@@ -186,8 +198,15 @@ pub type Usage = HashMap<MeshId, (u64, u64)>;
 pub trait Store: Send + Sync + 'static {
     /// Read everything kept in memory.
     fn load(&self) -> Result<Snapshot, StoreError>;
-    /// Register a mesh.
-    fn create_mesh(&self, g: MeshGenesis) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Register a mesh, created from `source` (the address a per-address limit counts).
+    /// A store that other relay nodes write too (a cluster) counts the limits that hold
+    /// over all of them (meshes hosted, creations per address per hour) and refuses
+    /// with [`StoreError::Limit`]; one relay counts them in memory.
+    fn create_mesh(
+        &self,
+        g: MeshGenesis,
+        source: IpAddr,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Append a roster entry (and count a use of `entry.invite`, if any).
     fn append_roster(
         &self,
@@ -667,7 +686,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn create_mesh(&self, g: MeshGenesis) -> Result<(), StoreError> {
+    async fn create_mesh(&self, g: MeshGenesis, _source: IpAddr) -> Result<(), StoreError> {
         let json = serde_json::to_string(&g).map_err(corrupt("mesh genesis"))?;
         self.writer
             .call(move |tx| {

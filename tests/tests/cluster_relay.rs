@@ -161,6 +161,8 @@ async fn a_snapshot_at_the_head_keeps_the_sequence_going() {
             duplicate_window: std::time::Duration::from_secs(120),
             mesh_quota: Default::default(),
             mesh_quota_op_bytes: 0,
+            max_meshes: 0,
+            creations_per_hour: 0,
         },
     )
     .await
@@ -408,6 +410,8 @@ async fn a_meshs_log_quota_holds_over_every_node() {
             duplicate_window: std::time::Duration::from_secs(120),
             mesh_quota: Default::default(),
             mesh_quota_op_bytes: 1000,
+            max_meshes: 0,
+            creations_per_hour: 0,
         };
         nodes.push(ClusterStore::open(client, &cfg).await.unwrap());
     }
@@ -502,4 +506,60 @@ async fn a_meshs_file_quota_holds_over_every_node() {
         None,
         "dropped through node 1, freed for node 2"
     );
+}
+
+/// Ask `f` to create a fresh mesh: `None` once created, or the refusal's code.
+async fn create(f: &Fixture, rid: u64) -> Option<ErrorCode> {
+    use claudemesh_schema::roster::MeshGenesis;
+    let owner = Member::new();
+    let genesis = MeshGenesis::sign(&owner.key, claudemesh_schema::MeshId::new(), now_ms());
+    let mut c = quic(f).await;
+    send(
+        &mut c,
+        &ClientFrame::CreateMesh {
+            rid,
+            genesis,
+            token: None,
+        },
+    )
+    .await;
+    answer(&mut c, rid).await
+}
+
+/// Mesh creations are limited over every node: one address that may create three an
+/// hour (each node's own bucket letting it create two at once) creates two through node
+/// 1 and one through node 2, and the next through node 2 is refused; a cluster that may
+/// host two meshes hosts two, one created through each node, and refuses a third.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_creations_are_limited_over_every_node() {
+    let root = tempfile::tempdir().unwrap();
+    let cluster = NatsCluster::start(&root.path().join("nats"), 3);
+    let (n1, n2) = two_nodes_with(&cluster, root.path(), |c| {
+        c.create_rate_per_hour = 1;
+        c.create_burst = 2;
+    })
+    .await;
+    let made = [
+        create(&n1, 1).await,
+        create(&n1, 2).await,
+        create(&n2, 3).await,
+        create(&n2, 4).await,
+    ];
+    assert_eq!(made, [None, None, None, Some(ErrorCode::RateLimited)]);
+
+    let urls = cluster.urls();
+    let limited = |c: &mut RelayConfig| {
+        c.max_meshes = 2;
+        c.create_rate_per_hour = 0;
+    };
+    let (d1, d2) = (root.path().join("m1"), root.path().join("m2"));
+    let m1 = cluster_node_with(&urls, "CM2", &d1, limited).await;
+    share_certificate(&d1, &d2);
+    let m2 = cluster_node_with(&urls, "CM2", &d2, limited).await;
+    let made = [
+        create(&m1, 5).await,
+        create(&m2, 6).await,
+        create(&m1, 7).await,
+    ];
+    assert_eq!(made, [None, None, Some(ErrorCode::QuotaExceeded)]);
 }

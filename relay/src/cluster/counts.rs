@@ -109,6 +109,19 @@ pub async fn under(
         .collect())
 }
 
+/// The count at `key` alone, as [`under`] reads them.
+pub async fn at(kv: &kv::Store, key: &str) -> Result<HashMap<String, (Pair, u64)>, ClusterError> {
+    let held = kv
+        .entry(key)
+        .await
+        .map_err(|e| js_err("reading a shared count")(e.to_string()))?;
+    Ok(held
+        .filter(|e| e.operation == kv::Operation::Put)
+        .map(|e| (key.to_string(), (parse(&e.value), e.revision)))
+        .into_iter()
+        .collect())
+}
+
 /// Set each count in `before` or `recounted` to what was recounted (zero where nothing
 /// was), where it differs and nothing changed it since `before` was read. The keys left
 /// alone because they changed meanwhile (or a write failed): mended at a quieter sweep.

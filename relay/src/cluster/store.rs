@@ -28,6 +28,7 @@ use claudemesh_schema::wire::{ClaimOutcome, ClaimRequest, ReceiptSeen};
 use claudemesh_schema::{ClaimId, InviteId, MeshId, MessageId, SessionId};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncReadExt as _;
@@ -35,7 +36,7 @@ use tokio_util::task::TaskTracker;
 
 use super::mailbox::{ClusterMailbox, MailboxConfig};
 use super::oplog::{ClusterOpLog, OpLogConfig, Room};
-use super::{ClusterError, entries_under, js_err};
+use super::{ClusterError, counts, entries_under, js_err};
 use crate::store::{
     AckReceipts, Acked, Appended, Done, MeshNow, NewEnvelope, NewOp, OpsPage, Pruned, Put,
     Snapshot, Snapshotted, Store, StoreError, Stored, StoredClaim, StoredReceipt, StoredSnapshot,
@@ -58,6 +59,10 @@ pub struct ClusterStoreConfig {
     pub mesh_quota: super::mailbox::Quota,
     /// Most bytes of one mesh's op log and snapshot, over every node (`0`: no limit).
     pub mesh_quota_op_bytes: u64,
+    /// Most meshes hosted, over every node (`0`: no limit).
+    pub max_meshes: u64,
+    /// Meshes one address may create per clock hour, over every node (`0`: no limit).
+    pub creations_per_hour: u64,
 }
 
 impl From<ClusterError> for StoreError {
@@ -139,6 +144,9 @@ struct ReceiptValue {
     until: i64,
 }
 
+/// The count of meshes hosted, in the state bucket.
+const MESHES: &str = "use.meshes";
+
 fn genesis_key(mesh: &MeshId) -> String {
     format!("g.{}", hex(mesh.as_bytes()))
 }
@@ -197,6 +205,10 @@ struct Inner {
     loaded: Mutex<Option<Snapshot>>,
     /// Most bytes of one mesh's log and snapshot.
     op_quota: u64,
+    /// Mesh creations per address and clock hour (keys expire after two hours).
+    rates: kv::Store,
+    /// Most meshes, and creations per address per hour.
+    creation_limits: (u64, u64),
     /// Each mesh's room for ops, as last read.
     rooms: Mutex<HashMap<MeshId, Room>>,
 }
@@ -317,7 +329,15 @@ impl ClusterStore {
             }
         })
         .await?;
-        for b in [&state, &nonces, &receipts] {
+        let rates = open_bucket(
+            &js,
+            format!("{upper}_RATES"),
+            cfg.replicas,
+            Duration::from_secs(2 * 3600),
+            "creating the rate bucket",
+        )
+        .await?;
+        for b in [&state, &nonces, &receipts, &rates] {
             super::until_bucket_ready(b).await?;
         }
         let store = Self {
@@ -334,6 +354,8 @@ impl ClusterStore {
                 tasks: TaskTracker::new(),
                 loaded: Mutex::new(None),
                 op_quota: cfg.mesh_quota_op_bytes,
+                rates,
+                creation_limits: (cfg.max_meshes, cfg.creations_per_hour),
                 rooms: Mutex::new(HashMap::new()),
             }),
         };
@@ -370,6 +392,10 @@ impl ClusterStore {
             }
         }
         meshes.sort_by_key(|g| g.created_at);
+        // The meshes' count, mended if a node died between counting and registering.
+        let before = counts::at(&i.state, MESHES).await?;
+        let recounted = HashMap::from([(MESHES.to_string(), (meshes.len() as u64, 0))]);
+        counts::mend(&i.state, &before, &recounted).await;
         let mut uses: HashMap<InviteId, u32> = HashMap::new();
         for g in meshes {
             let mut entries = rosters.remove(&g.mesh).unwrap_or_default();
@@ -810,14 +836,42 @@ impl Store for ClusterStore {
             })
     }
 
-    async fn create_mesh(&self, g: MeshGenesis) -> Result<(), StoreError> {
+    async fn create_mesh(&self, g: MeshGenesis, source: IpAddr) -> Result<(), StoreError> {
+        let i = &self.inner;
+        let (max_meshes, per_hour) = i.creation_limits;
+        // Counted over every node: the creations from one address this clock hour, and
+        // the meshes hosted (given back if the mesh is not registered after all).
+        if per_hour > 0 {
+            let now = claudemesh_schema::now_ms();
+            let hour = now.div_euclid(3_600_000);
+            let source = crate::limits::address_key(source).to_string();
+            let key = format!("c.{}.{hour}", hex(source.as_bytes()));
+            if !counts::add(&i.rates, &key, (1, 0), Some((per_hour, 0))).await? {
+                let retry = (hour + 1) * 3_600_000 - now;
+                return Err(StoreError::Limit {
+                    what: "this address created as many meshes as the relay allows this hour",
+                    retry_ms: Some(retry.max(1) as u64),
+                });
+            }
+        }
+        if !counts::add(&i.state, MESHES, (1, 0), Some((max_meshes, 0))).await? {
+            return Err(StoreError::Limit {
+                what: "this relay hosts as many meshes as it allows",
+                retry_ms: None,
+            });
+        }
         let v = json(&g, "mesh genesis")?;
-        self.inner
-            .state
-            .create(genesis_key(&g.mesh), v)
-            .await
-            .map_err(|e| js_err("registering a mesh")(e.to_string()))?;
-        Ok(())
+        match i.state.create(genesis_key(&g.mesh), v).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                counts::take(&i.state, MESHES, (1, 0)).await;
+                if e.kind() == kv::CreateErrorKind::AlreadyExists {
+                    Err(StoreError::Exists)
+                } else {
+                    Err(js_err("registering a mesh")(e.to_string()).into())
+                }
+            }
+        }
     }
 
     async fn append_roster(&self, seq: u64, entry: RosterEntry) -> Result<(), StoreError> {

@@ -11,7 +11,7 @@ use super::envelopes::{MAILBOX_PAGE, replay_mailbox};
 
 use super::{Conn, End, State};
 use crate::hub::{MeshState, PendingClaim, error_frame, frame, lock};
-use crate::store::{Store, StoredClaim};
+use crate::store::{Store, StoreError, StoredClaim};
 
 /// Most claims that may wait for an admin on one invite at once (stored claims count, so
 /// the cap holds across restarts).
@@ -81,14 +81,40 @@ impl<S: Store> Conn<S> {
             self.push(&r.frame(rid));
             return Ok(());
         }
-        if let Err(e) = self.hub.store.create_mesh(genesis.clone()).await {
-            tracing::error!(error = %e, "cannot store new mesh");
-            self.error(
-                Some(rid),
-                ErrorCode::Internal,
-                "relay could not store the mesh; try again",
-            );
-            return Ok(());
+        match self.hub.store.create_mesh(genesis.clone(), ip).await {
+            Ok(()) => {}
+            Err(StoreError::Exists) => {
+                self.error(
+                    Some(rid),
+                    ErrorCode::MeshExists,
+                    "a mesh with this id already exists",
+                );
+                return Ok(());
+            }
+            Err(StoreError::Limit { what, retry_ms }) => {
+                let code = if retry_ms.is_some() {
+                    ErrorCode::RateLimited
+                } else {
+                    ErrorCode::QuotaExceeded
+                };
+                self.push(&RelayFrame::Error {
+                    rid: Some(rid),
+                    code,
+                    message: what.into(),
+                    fatal: false,
+                    retry_ms,
+                });
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot store new mesh");
+                self.error(
+                    Some(rid),
+                    ErrorCode::Internal,
+                    "relay could not store the mesh; try again",
+                );
+                return Ok(());
+            }
         }
         if !self.hub.insert_mesh(st) {
             self.error(
@@ -142,7 +168,7 @@ impl<S: Store> Conn<S> {
         // the replay window.
         let expires = now + 2 * wire::HELLO_WINDOW_MS + 1;
         if let Err(e) = self.hub.store.put_nonce(h.nonce, expires).await {
-            if matches!(e, crate::store::StoreError::Replayed) {
+            if matches!(e, StoreError::Replayed) {
                 return Err(self.fatal(
                     ErrorCode::ReplayedHello,
                     "hello nonce was already used (replay refused)",
