@@ -427,6 +427,16 @@ pub async fn answer(c: &mut Connection, rid: u64) -> Option<ErrorCode> {
     .await
 }
 
+/// The answer to envelope `id`: `None` once relayed, or the code it was refused with.
+pub async fn refusal_of(c: &mut Connection, id: MessageId) -> Option<ErrorCode> {
+    until(c, |f| match f {
+        RelayFrame::Relayed { id: x, .. } if x == id => Some(None),
+        RelayFrame::Refused { id: x, code, .. } if x == id => Some(Some(code)),
+        _ => None,
+    })
+    .await
+}
+
 /// This process's resident memory, bytes (Linux; `None` elsewhere).
 pub fn rss_bytes() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -12,7 +12,7 @@ use claudemesh_schema::wire::{self, ClaimRequest, ClientFrame, ErrorCode, RelayF
 use claudemesh_schema::{MeshId, MessageId, now_ms};
 use claudemesh_tests::raw::{
     Fixture, Member, add_member, answer, claim_once, durable_claim, expect_error, link, mesh,
-    publish, quic, recv, relay, rss_bytes, send, still_routes, until, until_closed,
+    publish, quic, recv, refusal_of, relay, rss_bytes, send, still_routes, until, until_closed,
 };
 use std::time::Duration;
 use tokio::io::AsyncReadExt as _;
@@ -367,15 +367,6 @@ async fn an_ack_flood_of_unknown_ids_never_reaches_the_store_or_delays_sends() {
     })
     .await;
     f.relay.shutdown().await;
-}
-
-async fn refusal_of(c: &mut claudemesh_relay::Connection, id: MessageId) -> Option<ErrorCode> {
-    until(c, |f| match f {
-        RelayFrame::Relayed { id: x, .. } if x == id => Some(None),
-        RelayFrame::Refused { id: x, code, .. } if x == id => Some(Some(code)),
-        _ => None,
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,7 @@ use claudemesh_schema::{ClaimId, MessageId, now_ms};
 use claudemesh_tests::nats::NatsCluster;
 use claudemesh_tests::raw::{
     Fixture, Member, add_member, answer, claim_once, cluster_node_with, durable_claim, entry,
-    expect_error, link, mesh, publish, quic, send, until,
+    expect_error, link, mesh, publish, quic, refusal_of, send, until,
 };
 use claudemesh_tests::share_certificate;
 use std::path::Path;
@@ -312,12 +312,7 @@ async fn invites_are_claimed_decided_spent_and_revoked_through_any_node() {
 async fn sent(c: &mut Connection, env: claudemesh_schema::wire::Envelope) -> Option<ErrorCode> {
     let id = env.id;
     send(c, &ClientFrame::Send(env)).await;
-    until(c, |f| match f {
-        RelayFrame::Relayed { id: x, .. } if x == id => Some(None),
-        RelayFrame::Refused { id: x, code, .. } if x == id => Some(Some(code)),
-        _ => None,
-    })
-    .await
+    refusal_of(c, id).await
 }
 
 /// A mesh's undelivered-message quota holds over every node, not per node: with room

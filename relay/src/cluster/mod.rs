@@ -9,9 +9,12 @@
 //! claims, presence, nonces, receipts, snapshots), file chunks ([`blobs`]) and the live
 //! traffic between nodes ([`bus`], core NATS).
 //!
-//! What it is not (yet): cluster-wide quotas and per-address rate limits (counted per
-//! node, the envelope quota re-counted from the cluster each sweep), invites and claims
-//! followed across nodes (see ARCHITECTURE.md, "Beyond one relay").
+//! Quotas hold over every node ([`counts`]: shared counts changed by compare-and-set);
+//! per-connection limits guard each node and count per node.
+//!
+//! What it is not (yet): creation tokens shared by the nodes (each node keeps its own in
+//! `relay.db`), cluster-level gauges on `/metrics` (see ARCHITECTURE.md, "Beyond one
+//! relay").
 
 use async_nats::jetstream::kv;
 use async_nats::jetstream::stream::RawMessageErrorKind;

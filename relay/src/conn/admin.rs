@@ -412,7 +412,6 @@ impl<S: Store> Conn<S> {
                     self.hub.store.append_roster(seq, e.clone()).await
                 };
                 if let Err(err) = stored {
-                    tracing::error!(error = %err, "cannot store admission");
                     if let Some(i) = lock(&entry.state).invites.get_mut(&cap_id) {
                         i.uses = i.uses.saturating_sub(1);
                     }
@@ -424,6 +423,7 @@ impl<S: Store> Conn<S> {
                             "the roster changed through another relay node; sign the admission again and retry",
                         );
                     }
+                    tracing::error!(error = %err, "cannot store admission");
                     return self.error(
                         Some(rid),
                         ErrorCode::Internal,
