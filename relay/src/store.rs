@@ -38,6 +38,9 @@ pub enum StoreError {
     /// The mesh id is taken (registered through another relay node of a cluster).
     #[error("a mesh with this id already exists")]
     Exists,
+    /// The admission's invite was revoked (through another relay node of a cluster).
+    #[error("the invite was revoked")]
+    Revoked,
     /// A limit counted over every relay node of a cluster refuses.
     #[error("{what}")]
     Limit {

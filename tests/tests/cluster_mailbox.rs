@@ -190,6 +190,8 @@ async fn a_meshs_quota_is_one_count_over_every_node_and_the_sweep_mends_it() {
             Put::Full
         ]
     );
+    // Full, a resend of what is stored is still a duplicate (through any node).
+    assert_eq!(nodes[1].put(&puts[0].1).await.unwrap(), Put::Duplicate);
     // bob acknowledges the first through node 2: carol has not, so it still counts.
     let client = claudemesh_relay::cluster::connect(&urls).await.unwrap();
     let first = &puts[0].1;

@@ -218,10 +218,26 @@ impl ClusterBlobs {
             {
                 continue;
             }
-            self.chunks
-                .purge(format!("{}.{chunk}", hex(mesh.as_bytes())))
+            // Only the one whose purge finds the revision it read frees (and uncounts) the
+            // chunk: two droppers of its last two references at once free it once.
+            let key = format!("{}.{chunk}", hex(mesh.as_bytes()));
+            let Some(held) = self
+                .chunks
+                .entry(&key)
                 .await
-                .map_err(|e| js_err("deleting a chunk")(e.to_string()))?;
+                .map_err(|e| js_err("reading a chunk")(e.to_string()))?
+                .filter(|e| e.operation == kv::Operation::Put)
+            else {
+                continue;
+            };
+            if self
+                .chunks
+                .purge_expect_revision(&key, Some(held.revision))
+                .await
+                .is_err()
+            {
+                continue;
+            }
             n += 1;
             bytes += size;
         }

@@ -18,6 +18,9 @@ use std::time::Duration;
 use super::{ClusterError, counts, header, js_err};
 use crate::store::{NewEnvelope, Put, Stored};
 
+/// How long an envelope's index entry outlives the envelope (two sweeps and then some).
+const EXPIRY_MARGIN: Duration = Duration::from_secs(5 * 60);
+
 /// JetStream's duplicate window for envelope publishes, by default.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
@@ -90,8 +93,10 @@ impl ClusterMailbox {
             kv::Config {
                 bucket: format!("{upper}_MAILIDX"),
                 history: 1,
-                // An id is unique as long as an envelope with it may still be stored.
-                max_age: cfg.max_age,
+                // An id is unique as long as an envelope with it may still be stored, and
+                // its entry outlives the envelope by two sweeps, so that the sweep counts
+                // it as expired (its mesh's count lowered) before JetStream drops it.
+                max_age: cfg.max_age + EXPIRY_MARGIN,
                 storage: stream::StorageType::File,
                 num_replicas: cfg.replicas,
                 ..Default::default()
@@ -148,21 +153,32 @@ impl ClusterMailbox {
             e.expires_at
         );
         let pending = Bytes::from(format!("{owner} p {tail}"));
-        let (first, revision) = match self.ids.create(&key, pending).await {
-            Ok(rev) => {
-                // A new id: counted against the mesh's quota, over every node, before a
-                // copy is stored (a resend of it is not counted again).
-                let size = e.envelope.len() as i64;
-                let limit = (self.quota.messages, self.quota.bytes);
-                if !counts::add(&self.ids, &use_key(&e.mesh), (1, size), Some(limit)).await? {
-                    if let Err(err) = self.ids.purge(&key).await {
-                        tracing::warn!(error = %err, "cannot forget a refused envelope's id; a resend of it is stored uncounted");
-                    }
-                    return Ok((Put::Full, Vec::new()));
+        // Counted against the mesh's quota over every node before the id is claimed: a
+        // resend through another node finds the id only once it is counted (and gives
+        // back its own count), so no copy is ever stored uncounted.
+        let size = e.envelope.len() as i64;
+        let limit = (self.quota.messages, self.quota.bytes);
+        let use_key = use_key(&e.mesh);
+        if !counts::add(&self.ids, &use_key, (1, size), Some(limit)).await? {
+            // Full, unless it is a resend of what is stored already.
+            let held = self
+                .ids
+                .get(&key)
+                .await
+                .map_err(|e| js_err("reading the envelope index")(e.to_string()))?;
+            return Ok(match held.as_deref().and_then(Indexed::parse) {
+                Some(i) if i.mesh == e.mesh && i.sender == e.sender && i.stored => {
+                    (Put::Duplicate, Vec::new())
                 }
-                (true, rev)
-            }
+                Some(_) => (Put::Taken, Vec::new()),
+                _ => (Put::Full, Vec::new()),
+            });
+        }
+        let (first, revision) = match self.ids.create(&key, pending).await {
+            Ok(rev) => (true, rev),
             Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {
+                // Counted by whoever claimed it first.
+                counts::take(&self.ids, &use_key, (1, size as u64)).await;
                 let held = self
                     .ids
                     .entry(&key)
@@ -179,7 +195,10 @@ impl ClusterMailbox {
                     _ => return Ok((Put::Taken, Vec::new())),
                 }
             }
-            Err(err) => return Err(js_err("writing the envelope index")(err.to_string())),
+            Err(err) => {
+                counts::take(&self.ids, &use_key, (1, size as u64)).await;
+                return Err(js_err("writing the envelope index")(err.to_string()));
+            }
         };
         let mut stored_any = false;
         let mut positions = Vec::with_capacity(e.recipients.len());

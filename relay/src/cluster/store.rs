@@ -176,11 +176,6 @@ fn receipts_prefix(mesh: &MeshId, sender: &MemberKey) -> String {
 }
 
 /// Whether a KV write failed because the revision it expected is no longer the newest.
-fn lost_cas(e: &kv::UpdateError) -> bool {
-    e.kind() == kv::UpdateErrorKind::WrongLastRevision
-        || e.to_string().contains("wrong last sequence")
-}
-
 /// The relay's state on a JetStream cluster; cheap to clone.
 #[derive(Clone)]
 pub struct ClusterStore {
@@ -372,6 +367,7 @@ impl ClusterStore {
         let mut rosters: HashMap<MeshId, Vec<(String, RosterValue)>> = HashMap::new();
         let mut invites: Vec<InviteValue> = Vec::new();
         let mut claims: HashMap<ClaimId, ClaimValue> = HashMap::new();
+        let before = counts::at(&i.state, MESHES).await?;
         for (key, value, _) in entries_under(&i.client, &i.state, "").await? {
             match key.split('.').next() {
                 Some("g") => meshes.push(parse(&value, "mesh genesis")?),
@@ -392,8 +388,8 @@ impl ClusterStore {
             }
         }
         meshes.sort_by_key(|g| g.created_at);
-        // The meshes' count, mended if a node died between counting and registering.
-        let before = counts::at(&i.state, MESHES).await?;
+        // The meshes' count, mended if a node died between counting and registering (and
+        // nothing counted a mesh since it was read, before the scan).
         let recounted = HashMap::from([(MESHES.to_string(), (meshes.len() as u64, 0))]);
         counts::mend(&i.state, &before, &recounted).await;
         let mut uses: HashMap<InviteId, u32> = HashMap::new();
@@ -632,7 +628,7 @@ impl ClusterStore {
         let won = match &held {
             Some((_, rev)) => match i.state.update(snapshot_key(&mesh), value, *rev).await {
                 Ok(_) => true,
-                Err(e) if lost_cas(&e) => false,
+                Err(e) if counts::lost_update(&e) => false,
                 Err(e) => return Err(js_err("keeping a snapshot")(e.to_string())),
             },
             None => match i.state.create(snapshot_key(&mesh), value).await {
@@ -747,11 +743,41 @@ impl ClusterStore {
             }
             match kv.update(&key, json(&v, what)?, e.revision).await {
                 Ok(_) => return Ok(()),
-                Err(err) if lost_cas(&err) => continue,
+                Err(err) if counts::lost_update(&err) => continue,
                 Err(err) => return Err(js_err(what)(err.to_string())),
             }
         }
         Err(js_err(what)("the entry keeps changing; try again".into()))
+    }
+
+    /// Before an admission through `id` is written: the invite is still not revoked, by
+    /// a compare-and-set on its entry, so a revocation through another node either comes
+    /// first (and this refuses) or after (as if the admission were done before it).
+    async fn spend_invite(&self, id: &InviteId) -> Result<(), StoreError> {
+        let state = &self.inner.state;
+        let key = invite_key(id);
+        for _ in 0..32 {
+            let Some(held) = state
+                .entry(&key)
+                .await
+                .map_err(|e| js_err("reading an invite")(e.to_string()))?
+                .filter(|e| e.operation == kv::Operation::Put)
+            else {
+                return Err(StoreError::Revoked);
+            };
+            if parse::<InviteValue>(&held.value, "invite")?
+                .revoked_at
+                .is_some()
+            {
+                return Err(StoreError::Revoked);
+            }
+            match state.update(&key, held.value.clone(), held.revision).await {
+                Ok(_) => return Ok(()),
+                Err(e) if counts::lost_update(&e) => continue,
+                Err(e) => return Err(js_err("spending an invite")(e.to_string()).into()),
+            }
+        }
+        Err(js_err("spending an invite")("the invite keeps changing; try again".into()).into())
     }
 
     async fn do_mesh_now(&self, mesh: MeshId) -> Result<Option<MeshNow>, ClusterError> {
@@ -875,6 +901,9 @@ impl Store for ClusterStore {
     }
 
     async fn append_roster(&self, seq: u64, entry: RosterEntry) -> Result<(), StoreError> {
+        if let Some(inv) = entry.invite {
+            self.spend_invite(&inv).await?;
+        }
         let key = roster_key(&entry.mesh, seq);
         let v = json(
             &RosterValue {
@@ -899,6 +928,9 @@ impl Store for ClusterStore {
         outcome: ClaimOutcome,
         expires_at: i64,
     ) -> Result<(), StoreError> {
+        if let Some(inv) = entry.invite {
+            self.spend_invite(&inv).await?;
+        }
         let key = roster_key(&entry.mesh, seq);
         let v = RosterValue {
             entry,

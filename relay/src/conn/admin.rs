@@ -416,6 +416,13 @@ impl<S: Store> Conn<S> {
                         i.uses = i.uses.saturating_sub(1);
                     }
                     drop(guard);
+                    if matches!(err, crate::store::StoreError::Revoked) {
+                        return self.error(
+                            Some(rid),
+                            ErrorCode::InviteRevoked,
+                            "the invite was revoked meanwhile (through another relay node)",
+                        );
+                    }
                     if self.lost_roster_race(entry, seq).await {
                         return self.error(
                             Some(rid),

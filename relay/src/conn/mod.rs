@@ -568,8 +568,14 @@ impl<S: Store> Conn<S> {
             } => {
                 if let Some(e) = self.hub.mesh(&mesh) {
                     let mut st = lock(&e.state);
+                    // A claim is withdrawn only by the connection waiting on it (its
+                    // claimant may have come back on a newer one, here or elsewhere).
+                    let mine = st
+                        .claims
+                        .get(&claim)
+                        .is_some_and(|c| c.claimant.as_ref().is_some_and(|l| l.id == self.link.id));
                     if !durable {
-                        if st.claims.remove(&claim).is_some_and(|c| c.waiting()) {
+                        if mine && st.claims.remove(&claim).is_some_and(|c| c.waiting()) {
                             self.hub.bus_decided(&mesh, claim, None, 0);
                         }
                     } else if let Some(c) = st.claims.get_mut(&claim)
