@@ -77,7 +77,15 @@ pub async fn add(
             },
             None => match kv.create(key, encode(next)).await {
                 Ok(_) => true,
-                Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => false,
+                // Another node created it first (a clustered stream answers the losing
+                // create with 10164, "wrong last sequence", which this client version
+                // reports as another kind of error).
+                Err(err)
+                    if err.kind() == kv::CreateErrorKind::AlreadyExists
+                        || err.to_string().contains("wrong last sequence") =>
+                {
+                    false
+                }
                 Err(err) => return Err(js_err(what)(err.to_string())),
             },
         };
