@@ -6,7 +6,7 @@
 //! message and op.
 
 use claudemesh_tests::nats::NatsCluster;
-use claudemesh_tests::{Node, RelayProc, form_mesh, share_certificate};
+use claudemesh_tests::{Node, RelayProc, form_mesh, free_port, metrics, share_certificate};
 use serde_json::Value;
 use std::path::Path;
 
@@ -217,15 +217,24 @@ fn daemons_fail_over_to_another_node_and_get_what_was_stored_through_the_dead_on
 }
 
 /// Three relay nodes on one cluster, one certificate; the mesh's relay address lists all
-/// three and each member prefers another node (ann node 1, ben node 2, cat node 3).
-fn three_nodes(root: &Path) -> (NatsCluster, Vec<RelayProc>, Vec<Node>) {
+/// three and each member prefers another node (ann node 1, ben node 2, cat node 3). Node
+/// `i` serves `/metrics` on `metrics[i]`, when given.
+fn three_nodes(root: &Path, metrics: &[u16]) -> (NatsCluster, Vec<RelayProc>, Vec<Node>) {
     let cluster = NatsCluster::start(&root.join("nats"), 3);
-    let first = node_on(&cluster, &root.join("relay1"));
-    let mut relays = vec![first];
+    let urls = cluster.urls().join(",");
+    let start = |dir: &Path, i: usize| {
+        let listen = metrics.get(i).map(|p| format!("127.0.0.1:{p}"));
+        let mut args = vec!["--store", "nats", "--nats-url", urls.as_str()];
+        if let Some(l) = &listen {
+            args.extend(["--metrics-listen", l.as_str()]);
+        }
+        RelayProc::start(bin(), dir, &args)
+    };
+    let mut relays = vec![start(&root.join("relay1"), 0)];
     for i in 2..=3 {
         let dir = root.join(format!("relay{i}"));
         share_certificate(&relays[0].data_dir, &dir);
-        relays.push(node_on(&cluster, &dir));
+        relays.push(start(&dir, i - 1));
     }
     let list: Vec<String> = relays.iter().map(|r| r.addr.to_string()).collect();
     let mut nodes: Vec<Node> = ["ann", "ben", "cat"]
@@ -263,7 +272,7 @@ fn three_nodes(root: &Path) -> (NatsCluster, Vec<RelayProc>, Vec<Node>) {
 #[test]
 fn members_on_three_nodes_message_see_each_other_and_share_state_as_on_one_relay() {
     let root = tempfile::tempdir().unwrap();
-    let (_cluster, relays, mut nodes) = three_nodes(root.path());
+    let (_cluster, relays, mut nodes) = three_nodes(root.path(), &[]);
     // Each member is linked to its own node.
     for (n, r) in nodes.iter().zip(&relays) {
         let st = n.json(&["status"]);
@@ -372,4 +381,49 @@ fn members_on_three_nodes_message_see_each_other_and_share_state_as_on_one_relay
         data,
         "byte for byte, from the cluster"
     );
+}
+
+/// A node killed never says that its sessions left: once its lease lapses the other nodes
+/// take them offline, and `/metrics` counts one node fewer. Cat's daemon is frozen before
+/// its node is killed, so it cannot reconnect elsewhere; thawed, it is back through another
+/// node.
+#[test]
+fn the_sessions_of_a_killed_node_go_offline_at_the_others_until_they_link_again() {
+    let root = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let (_cluster, mut relays, nodes) = three_nodes(root.path(), &ports);
+    let nodes_seen = |port: u16| metrics(port)["claudemesh_relay_cluster_nodes"];
+    claudemesh_tests::claude::eventually("every node hears the other two", 30, || {
+        ports.iter().all(|p| nodes_seen(*p) == 3.0)
+    });
+
+    let cat = nodes[2].pid().to_string();
+    let freeze = |sig: &str| {
+        let st = std::process::Command::new("kill")
+            .args([sig, &cat])
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill {sig} {cat}");
+    };
+    freeze("-STOP");
+    relays[2].kill();
+    for n in &nodes[..2] {
+        n.ok(&["wait", "peer-offline", "cat", "--timeout", "60"]);
+    }
+    let (_, peers) = nodes[0].peers();
+    assert!(
+        peers.iter().any(|(name, online)| name == "cat" && !online),
+        "{peers:?}"
+    );
+    claudemesh_tests::claude::eventually("node 1 counts two nodes", 30, || {
+        nodes_seen(ports[0]) == 2.0
+    });
+    // Ben, on a living node, stays online at ann's node throughout.
+    nodes[0].ok(&["send", "ben", "still", "here?"]);
+    assert_eq!(bodies(&nodes[1].inbox_wait()), vec!["still here?"]);
+
+    freeze("-CONT");
+    nodes[0].wait("peer-online", Some("cat"));
+    nodes[0].ok(&["send", "cat", "welcome", "back"]);
+    assert_eq!(bodies(&nodes[2].inbox_wait()), vec!["welcome back"]);
 }

@@ -2,43 +2,12 @@
 //! Running claudemesh as a service operators can watch: the relay's `/metrics` and command
 //! line, backups, `doctor`.
 
-use claudemesh_tests::mesh;
+use claudemesh_tests::{free_port, mesh, metrics as scrape};
 use std::collections::HashMap;
-use std::io::{Read as _, Write as _};
 use std::path::Path;
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_claudemesh"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Scrape `/metrics` and parse `name{labels} value` lines.
-fn scrape(port: u16) -> HashMap<String, f64> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(
-        head.to_lowercase().contains("text/plain; version=0.0.4"),
-        "{head}"
-    );
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| {
-            let (k, v) = l.rsplit_once(' ').unwrap();
-            (k.to_string(), v.parse::<f64>().unwrap())
-        })
-        .collect()
 }
 
 #[test]

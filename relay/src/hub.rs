@@ -289,6 +289,9 @@ pub(crate) struct SessionState {
     pub(crate) presence: SignedPresence,
     pub(crate) online: bool,
     pub(crate) last_seen: i64,
+    /// On a cluster, the other node its link is up at (`None`: here, or not known):
+    /// online only while that node holds its lease.
+    pub(crate) node: Option<String>,
 }
 
 impl SessionState {
@@ -691,6 +694,8 @@ pub(crate) struct Hub<S> {
     pub(crate) blob_usage: Mutex<crate::blobs::BlobUsage>,
     /// Chunks failing to store (a full disk): uploaders back off.
     pub(crate) blob_fault: Mutex<crate::limits::StorageFault>,
+    /// On a cluster, which relay nodes are alive.
+    pub(crate) leases: Mutex<crate::cluster::bus::Leases>,
 }
 
 impl<S: Store> Hub<S> {
@@ -760,6 +765,7 @@ impl<S: Store> Hub<S> {
                         presence: p,
                         online: false,
                         last_seen,
+                        node: None,
                     },
                 );
             }
@@ -804,6 +810,7 @@ impl<S: Store> Hub<S> {
         Self {
             store,
             bus: None,
+            leases: Mutex::new(crate::cluster::bus::Leases::new("", Instant::now())),
             admission: crate::admission::Admission::new(&cfg),
             meshes: RwLock::new(meshes),
             invite_index: Mutex::new(invite_index),
@@ -988,8 +995,16 @@ impl<S: Store> Hub<S> {
                     let _ = st.decide(claim, outcome, keep_until);
                 }
             }
-            // Sessions linked elsewhere: what this node knows of its own links stands.
-            for (p, last_seen, online) in now.presence {
+            // Sessions linked elsewhere: what this node knows of its own links stands. A
+            // session kept online through a node whose lease lapsed (killed, it never said
+            // its sessions left) or through this node (which holds no link of it) is not.
+            let (me, leases) = {
+                let l = lock(&self.leases);
+                (self.bus.as_ref().map(|b| b.node().to_string()), l.clone())
+            };
+            let at = Instant::now();
+            for now in now.presence {
+                let p = now.record;
                 if st.links.contains_key(&p.member) || !st.roster.is_member(&p.member) {
                     continue;
                 }
@@ -998,12 +1013,18 @@ impl<S: Store> Hub<S> {
                     .get(&p.session)
                     .is_none_or(|s| s.presence.member == p.member && s.presence.seq <= p.seq);
                 if keep {
+                    let online = now.online
+                        && now
+                            .node
+                            .as_deref()
+                            .is_none_or(|n| Some(n) != me.as_deref() && leases.alive(n, at));
                     st.sessions.insert(
                         p.session,
                         SessionState {
                             presence: p,
                             online,
-                            last_seen,
+                            last_seen: now.last_seen,
+                            node: now.node,
                         },
                     );
                 }
@@ -1213,6 +1234,7 @@ impl<S: Store> Hub<S> {
                             presence: rec.presence,
                             online: rec.online,
                             last_seen: rec.last_seen,
+                            node: Some(ev.node.clone()),
                         },
                     );
                 }
@@ -1220,11 +1242,73 @@ impl<S: Store> Hub<S> {
                     if let Some(s) = st.sessions.get_mut(&session) {
                         s.online = false;
                         s.last_seen = at;
+                        s.node = Some(ev.node.clone());
                     }
                 }
                 _ => {}
             }
             st.broadcast(&ev.frame, ev.except.as_ref());
+        }
+    }
+
+    /// Hear the relay nodes' heartbeats until shutdown and, each heartbeat interval, take
+    /// offline the sessions linked through a node whose lease lapsed: this node's links
+    /// hear them depart, as they would had their links ended.
+    pub(crate) async fn follow_nodes(self: Arc<Self>) {
+        use futures_util::StreamExt as _;
+        let Some(bus) = self.bus.clone() else {
+            return;
+        };
+        let mut sub = match bus.heartbeats().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot hear the other relay nodes; sessions of a node that dies stay online here");
+                return;
+            }
+        };
+        let mut tick = tokio::time::interval(crate::cluster::bus::HEARTBEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return,
+                m = sub.next() => match m {
+                    Some(m) => {
+                        if let Some(n) = bus.heartbeat(&m) {
+                            lock(&self.leases).heard(n, Instant::now());
+                        }
+                    }
+                    None => return,
+                },
+                _ = tick.tick() => self.expire_sessions(Instant::now()),
+            }
+        }
+    }
+
+    /// Take offline every session linked through a node that is gone at `now`.
+    fn expire_sessions(&self, now: Instant) {
+        let leases = lock(&self.leases).clone();
+        let at = claudemesh_schema::now_ms();
+        for (mesh, e) in self.all_meshes() {
+            let mut st = lock(&e.state);
+            let gone: Vec<SessionId> = st
+                .sessions
+                .iter()
+                .filter(|(_, s)| {
+                    s.online && s.node.as_deref().is_some_and(|n| !leases.alive(n, now))
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            for session in gone {
+                if let Some(s) = st.sessions.get_mut(&session) {
+                    s.online = false;
+                    s.last_seen = at;
+                }
+                tracing::info!(mesh = %mesh.short(), session = %session.short(), "session offline: the relay node it was linked through is gone");
+                if let Some(f) = frame(&RelayFrame::Depart { session, at }) {
+                    st.broadcast(&f, None);
+                }
+            }
         }
     }
 

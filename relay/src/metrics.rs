@@ -1,6 +1,6 @@
 //! `/metrics` in the Prometheus text format: connections, links, meshes, envelopes routed
 //! (by route kind) and stored, shared-state ops, handshake failures, queued bytes, and
-//! commit-latency histograms. Served on `metrics_listen` (plain HTTP, for scrapers inside a
+//! commit-latency histograms; on a cluster, the nodes alive. Served on `metrics_listen` (plain HTTP, for scrapers inside a
 //! trusted network) and, only with `metrics_on_tls_port`, on the public TLS port.
 
 use std::fmt::Write as _;
@@ -188,6 +188,16 @@ pub(crate) fn render<S: Store>(hub: &Hub<S>) -> String {
             out,
             "claudemesh_relay_connections_closed_total{{reason=\"{k}\"}} {}",
             ld(&s.closed[i])
+        );
+    }
+    if hub.bus.is_some() {
+        let nodes = crate::hub::lock(&hub.leases).count(std::time::Instant::now());
+        metric(
+            &mut out,
+            "claudemesh_relay_cluster_nodes",
+            "gauge",
+            "Relay nodes of the cluster heard alive within the lease, this one included.",
+            nodes as u64,
         );
     }
     s.envelope_commit.render(

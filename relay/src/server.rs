@@ -104,6 +104,7 @@ impl Relay<crate::cluster::store::ClusterStore> {
         cfg.validate()?;
         create_private_dir(&cfg.data_dir)?;
         let client = crate::cluster::connect(&cfg.nats_urls).await?;
+        let bus = crate::cluster::bus::Bus::new(client.clone(), &cfg.nats_prefix);
         let store = ClusterStore::open(
             client.clone(),
             &ClusterStoreConfig {
@@ -124,6 +125,7 @@ impl Relay<crate::cluster::store::ClusterStore> {
                 } else {
                     u64::from(cfg.create_rate_per_hour) + u64::from(cfg.create_burst)
                 },
+                node: bus.node().to_string(),
             },
         )
         .await?;
@@ -139,7 +141,6 @@ impl Relay<crate::cluster::store::ClusterStore> {
         } else {
             None
         };
-        let bus = crate::cluster::bus::Bus::new(client, &cfg.nats_prefix);
         Self::bind_all(cfg, store, blobs, Some(Arc::new(bus))).await
     }
 }
@@ -201,6 +202,9 @@ impl<S: Store> Relay<S> {
             None => None,
         };
         let mut hub = Hub::new(store, cfg, snap);
+        if let Some(b) = &bus {
+            hub.leases = Mutex::new(crate::cluster::bus::Leases::new(b.node(), Instant::now()));
+        }
         hub.bus = bus;
         if let Some(b) = blobs {
             let stored = b.usage()?;
@@ -253,6 +257,7 @@ impl<S: Store> Relay<S> {
         tracker.spawn(sweeper(hub.clone()));
         if hub.bus.is_some() {
             tracker.spawn(hub.clone().follow_bus());
+            tracker.spawn(hub.clone().follow_nodes());
         }
         if let Some(l) = self.metrics {
             if let Ok(addr) = l.local_addr() {

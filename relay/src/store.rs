@@ -397,9 +397,21 @@ pub struct MeshNow {
     /// The claims the roster's entries answer (an admission carries its answer):
     /// `(roster sequence, claim, answer, kept until)`.
     pub admitted: Vec<(u64, ClaimId, ClaimOutcome, i64)>,
-    /// Its sessions' presences: last seen (unix ms), and whether a link of it is up at
-    /// some node.
-    pub presence: Vec<(SignedPresence, i64, bool)>,
+    /// Its sessions' presences.
+    pub presence: Vec<PresenceNow>,
+}
+
+/// A session's presence as a cluster keeps it.
+#[derive(Debug, Clone)]
+pub struct PresenceNow {
+    /// The signed presence.
+    pub record: SignedPresence,
+    /// Last seen, unix ms.
+    pub last_seen: i64,
+    /// Whether a link of it is up.
+    pub online: bool,
+    /// The node its link is (or was last) up at, when known.
+    pub node: Option<String>,
 }
 
 /// An op to append.

@@ -469,10 +469,23 @@ pub fn mesh_with(
 /// Start `nodes` and make them one mesh `test` on `relay`: the first creates it and
 /// invites the others; returns once each sees every other online.
 pub fn form_mesh(relay: &RelayProc, nodes: &mut [Node]) {
+    form_mesh_at(&relay.addr.to_string(), &relay.fingerprint, nodes);
+}
+
+/// [`form_mesh`] on the relay at `addr` (one address or a comma-separated list of nodes)
+/// presenting the certificate `fingerprint`.
+pub fn form_mesh_at(addr: &str, fingerprint: &str, nodes: &mut [Node]) {
     for n in nodes.iter_mut() {
         n.start();
     }
-    nodes[0].create_on(relay, "test");
+    nodes[0].ok(&[
+        "create",
+        "test",
+        "--relay",
+        addr,
+        "--fingerprint",
+        fingerprint,
+    ]);
     for i in 1..nodes.len() {
         let link = nodes[0].ok(&["invite"]);
         nodes[i].ok(&["join", &link, "--wait", "20"]);
@@ -484,6 +497,210 @@ pub fn form_mesh(relay: &RelayProc, nodes: &mut [Node]) {
             }
         }
     }
+}
+
+/// The relay store a scenario runs on (see [`per_store!`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Store {
+    /// One relay process on its SQLite database: the default.
+    Sqlite,
+    /// A relay of three nodes (one certificate) over a 3-server NATS JetStream cluster; the
+    /// mesh's address lists all three and member `i` prefers node `i % 3`, so members of
+    /// one scenario sit on different nodes.
+    Nats,
+}
+
+/// The relay a scenario's mesh lives on: one process, or three nodes and their NATS
+/// cluster. Everything is killed when it drops.
+#[derive(Debug)]
+pub struct Relay {
+    /// Its processes: one, or one per node.
+    pub nodes: Vec<RelayProc>,
+    /// The NATS cluster under the nodes ([`Store::Nats`]).
+    pub nats: Option<nats::NatsCluster>,
+    root: PathBuf,
+}
+
+impl Relay {
+    /// Start a relay on `store` with its data under `root/relay*` (and `root/nats`), each
+    /// process with `extra` arguments.
+    pub fn start(bin: &Path, root: &Path, store: Store, extra: &[&str]) -> Self {
+        match store {
+            Store::Sqlite => Self {
+                nodes: vec![RelayProc::start(bin, &root.join("relay"), extra)],
+                nats: None,
+                root: root.to_path_buf(),
+            },
+            Store::Nats => {
+                let cluster = nats::NatsCluster::start(&root.join("nats"), 3);
+                let urls = cluster.urls().join(",");
+                let mut args = vec!["--store", "nats", "--nats-url", urls.as_str()];
+                args.extend_from_slice(extra);
+                let mut nodes = vec![RelayProc::start(bin, &root.join("relay1"), &args)];
+                for i in 2..=3 {
+                    let dir = root.join(format!("relay{i}"));
+                    share_certificate(&nodes[0].data_dir, &dir);
+                    nodes.push(RelayProc::start(bin, &dir, &args));
+                }
+                Self {
+                    nodes,
+                    nats: Some(cluster),
+                    root: root.to_path_buf(),
+                }
+            }
+        }
+    }
+
+    /// The mesh's relay address: its nodes' addresses, comma-separated.
+    pub fn addr(&self) -> String {
+        let list: Vec<String> = self.nodes.iter().map(|r| r.addr.to_string()).collect();
+        list.join(",")
+    }
+
+    /// The certificate fingerprint every node presents.
+    pub fn fingerprint(&self) -> &str {
+        &self.nodes[0].fingerprint
+    }
+
+    /// The `config.toml` lines (under `[link]`) that make member `i` prefer its node.
+    pub fn prefer(&self, i: usize) -> String {
+        if self.nodes.len() < 2 {
+            return String::new();
+        }
+        format!(
+            "prefer_node = \"{}\"\n",
+            self.nodes[i % self.nodes.len()].addr
+        )
+    }
+
+    /// Every byte the relay keeps at rest: its SQLite database (with WAL), or every file
+    /// under the NATS servers' directories (JetStream's stores and the servers' logs).
+    pub fn stored_bytes(&self) -> Vec<u8> {
+        if self.nats.is_none() {
+            return db_bytes(&self.nodes[0].db());
+        }
+        let mut out = Vec::new();
+        let mut stack = vec![self.root.join("nats")];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if let Ok(b) = std::fs::read(&p) {
+                    out.extend(b);
+                }
+            }
+        }
+        assert!(
+            !out.is_empty(),
+            "the NATS servers store nothing under {}",
+            self.root.display()
+        );
+        out
+    }
+}
+
+/// [`mesh`] on `store`: a relay plus nodes that all joined one mesh, member `i` linked to
+/// node `i % 3` on a cluster.
+pub fn mesh_on(
+    bin: &Path,
+    root: &Path,
+    store: Store,
+    names: &[&str],
+    relay_args: &[&str],
+) -> (Relay, Vec<Node>) {
+    mesh_on_with(bin, root, store, names, relay_args, "")
+}
+
+/// [`mesh_on`], with `config` added to every node's `config.toml`.
+pub fn mesh_on_with(
+    bin: &Path,
+    root: &Path,
+    store: Store,
+    names: &[&str],
+    relay_args: &[&str],
+    config: &str,
+) -> (Relay, Vec<Node>) {
+    let relay = Relay::start(bin, root, store, relay_args);
+    let mut nodes: Vec<Node> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Node::with_config(bin, root, n, &format!("{}{config}", relay.prefer(i))))
+        .collect();
+    form_mesh_at(&relay.addr(), relay.fingerprint(), &mut nodes);
+    if relay.nodes.len() > 1 {
+        for (i, n) in nodes.iter().enumerate() {
+            n.ok(&["wait", "link-up", "--timeout", "20"]);
+            let st = n.json(&["status"]);
+            let at = relay.nodes[i % relay.nodes.len()].addr.to_string();
+            assert_eq!(
+                st["meshes"][0]["node"].as_str(),
+                Some(at.as_str()),
+                "{} is linked to its own relay node: {st}",
+                n.name
+            );
+        }
+    }
+    (relay, nodes)
+}
+
+/// Declare an end-to-end scenario once and run it on every relay store:
+/// `per_store! { fn name(store) { … } }` defines the tests `name::sqlite` and `name::nats`,
+/// each calling the body with its [`Store`] (usually passed on to [`mesh_on`]).
+#[macro_export]
+macro_rules! per_store {
+    ($(#[$attr:meta])* fn $name:ident($store:ident) $body:block) => {
+        $(#[$attr])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn scenario($store: $crate::Store) $body
+
+            #[test]
+            fn sqlite() {
+                scenario($crate::Store::Sqlite)
+            }
+
+            #[test]
+            fn nats() {
+                scenario($crate::Store::Nats)
+            }
+        }
+    };
+}
+
+/// A free loopback TCP port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a loopback port")
+        .local_addr()
+        .expect("its address")
+        .port()
+}
+
+/// Scrape a relay's `/metrics` on loopback `port` (its `--metrics-listen`): the
+/// `name{labels}` of each sample and its value.
+pub fn metrics(port: u16) -> std::collections::HashMap<String, f64> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
+        .expect("ask for /metrics");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read /metrics");
+    let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_lowercase().contains("text/plain; version=0.0.4"),
+        "{head}"
+    );
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (k, v) = l.rsplit_once(' ').expect("a sample line");
+            (k.to_string(), v.parse::<f64>().expect("a sample value"))
+        })
+        .collect()
 }
 
 /// Does `haystack` contain `needle` anywhere?

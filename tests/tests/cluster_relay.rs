@@ -163,6 +163,7 @@ async fn a_snapshot_at_the_head_keeps_the_sequence_going() {
             mesh_quota_op_bytes: 0,
             max_meshes: 0,
             creations_per_hour: 0,
+            node: "test".into(),
         },
     )
     .await
@@ -407,6 +408,7 @@ async fn a_meshs_log_quota_holds_over_every_node() {
             mesh_quota_op_bytes: 1000,
             max_meshes: 0,
             creations_per_hour: 0,
+            node: "test".into(),
         };
         nodes.push(ClusterStore::open(client, &cfg).await.unwrap());
     }

@@ -9,6 +9,10 @@
 //! `<p>.mesh.<mesh>` for what goes to a mesh (presence, departures, roster changes, ops,
 //! invite claims and their answers), subscribed once per node. Each message names its
 //! origin node, which ignores it.
+//!
+//! Liveness: each node says it is alive on `<p>.node.<id>` every [`HEARTBEAT`]; a node not
+//! heard for a [`LEASE`] is gone ([`Leases`]), and the sessions linked through it are
+//! offline at every other node (a node killed never says its sessions left).
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -16,6 +20,8 @@ use claudemesh_schema::crypto::{MemberKey, hex};
 use claudemesh_schema::wire::ClaimOutcome;
 use claudemesh_schema::{ClaimId, MeshId, MessageId};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
@@ -85,9 +91,72 @@ impl Kind {
     }
 }
 
+/// How often a node says it is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// How long a node stays alive after it was last heard: several heartbeats, so a busy
+/// node or a NATS server failing over does not lose its sessions.
+pub const LEASE: Duration = Duration::from_secs(10);
+
+/// Which nodes are alive, as heard on the bus.
+#[derive(Debug, Clone)]
+pub struct Leases {
+    me: String,
+    started: Instant,
+    heard: HashMap<String, Instant>,
+}
+
+impl Leases {
+    /// Leases as seen by node `me`, started at `now`.
+    pub fn new(me: &str, now: Instant) -> Self {
+        Self {
+            me: me.to_string(),
+            started: now,
+            heard: HashMap::new(),
+        }
+    }
+
+    /// `node` said it is alive at `now`.
+    pub fn heard(&mut self, node: &str, now: Instant) {
+        if let Some(t) = self.heard.get_mut(node) {
+            *t = now;
+        } else {
+            self.heard.insert(node.to_string(), now);
+        }
+    }
+
+    fn within(&self, node: &str, now: Instant) -> bool {
+        self.heard
+            .get(node)
+            .is_some_and(|t| now.saturating_duration_since(*t) < LEASE)
+    }
+
+    /// Whether `node` may still be alive at `now`. Silence proves nothing until this node
+    /// has listened for a whole lease, nor while it does not hear itself (its own link to
+    /// NATS is down, not the other node).
+    pub fn alive(&self, node: &str, now: Instant) -> bool {
+        node == self.me
+            || now.saturating_duration_since(self.started) < LEASE
+            || !self.within(&self.me, now)
+            || self.within(node, now)
+    }
+
+    /// How many nodes were heard within the lease, this one included.
+    pub fn count(&self, now: Instant) -> usize {
+        let others = self
+            .heard
+            .keys()
+            .filter(|n| **n != self.me && self.within(n, now))
+            .count();
+        others + 1
+    }
+}
+
 /// A message from another node.
 #[derive(Debug)]
 pub struct Event {
+    /// The node it came through.
+    pub node: String,
     /// Its mesh.
     pub mesh: MeshId,
     /// What it is.
@@ -116,6 +185,24 @@ impl Bus {
     pub fn new(client: async_nats::Client, prefix: &str) -> Self {
         let tasks = TaskTracker::new();
         let (tx, mut rx) = mpsc::unbounded_channel::<(String, HeaderMap, Bytes)>();
+        let prefix = prefix.to_lowercase();
+        let node = hex(&claudemesh_schema::crypto::random_bytes::<8>());
+        let weak = tx.downgrade();
+        let alive = format!("{prefix}.node.{node}");
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(tx) = weak.upgrade() else { return };
+                if tx
+                    .send((alive.clone(), HeaderMap::new(), Bytes::new()))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
         let publisher = client.clone();
         tasks.spawn(async move {
             while let Some((subject, headers, payload)) = rx.recv().await {
@@ -130,11 +217,34 @@ impl Bus {
         });
         Self {
             client,
-            prefix: prefix.to_lowercase(),
-            node: hex(&claudemesh_schema::crypto::random_bytes::<8>()),
+            prefix,
+            node,
             tx,
             _tasks: tasks,
         }
+    }
+
+    /// This node's id on the bus (random at each start).
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Every node's heartbeats, this one's included (hearing itself tells a node its own
+    /// link to NATS is up).
+    pub async fn heartbeats(&self) -> Result<async_nats::Subscriber, ClusterError> {
+        self.client
+            .subscribe(format!("{}.node.*", self.prefix))
+            .await
+            .map_err(|e| js_err("subscribing to the relay nodes' heartbeats")(e.to_string()))
+    }
+
+    /// The node a heartbeat came from.
+    pub fn heartbeat<'m>(&self, m: &'m async_nats::Message) -> Option<&'m str> {
+        m.subject
+            .as_str()
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".node.")
+            .filter(|n| !n.is_empty() && !n.contains('.'))
     }
 
     fn headers(&self, kind: Kind) -> HeaderMap {
@@ -209,6 +319,7 @@ impl Bus {
         if h.get("Cm-Node").map(|v| v.as_str()) == Some(self.node.as_str()) {
             return None;
         }
+        let node = h.get("Cm-Node")?.as_str().to_string();
         let kind = Kind::parse(h.get("Cm-Kind")?.as_str())?;
         // `<p>.mesh.<mesh>` or `<p>.live.<mesh>.<member>`.
         let mut parts = m.subject.as_str().split('.').skip(2);
@@ -222,11 +333,50 @@ impl Bus {
             .and_then(|v| super::unhex::<16>(v.as_str()))
             .map(MessageId::from_bytes);
         Some(Event {
+            node,
             mesh,
             kind,
             except,
             id,
             frame: m.payload.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_is_gone_only_when_this_one_has_listened_a_lease_and_hears_itself() {
+        let t0 = Instant::now();
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        // (this node heard itself at, the other node heard at, asked at, alive?)
+        let cases: &[(Option<u64>, Option<u64>, u64, bool)] = &[
+            (Some(11), Some(11), 12, true), // both heard lately
+            (Some(20), Some(9), 20, false), // the other silent for a lease
+            (Some(20), Some(11), 20, true), // silent for less than a lease
+            (Some(5), None, 5, true),       // never heard, but this node just started
+            (Some(12), None, 12, false),    // never heard in a whole lease
+            (Some(5), Some(5), 20, true),   // this node deaf too: its own link is down
+            (None, None, 30, true),         // never heard itself: nothing is known
+        ];
+        for &(me_at, other_at, now, alive) in cases {
+            let mut l = Leases::new("me", t0);
+            if let Some(t) = me_at {
+                l.heard("me", s(t));
+            }
+            if let Some(t) = other_at {
+                l.heard("other", s(t));
+            }
+            assert_eq!(
+                l.alive("other", s(now)),
+                alive,
+                "me {me_at:?}, other {other_at:?}, at {now}"
+            );
+            assert!(l.alive("me", s(now)), "a node is never gone to itself");
+            let counted = usize::from(other_at.is_some_and(|t| now - t < 10)) + 1;
+            assert_eq!(l.count(s(now)), counted, "{me_at:?} {other_at:?} {now}");
+        }
     }
 }

@@ -13,8 +13,7 @@
 //! per-connection limits guard each node and count per node.
 //!
 //! What it is not (yet): creation tokens shared by the nodes (each node keeps its own in
-//! `relay.db`), cluster-level gauges on `/metrics` (see ARCHITECTURE.md, "Beyond one
-//! relay").
+//! `relay.db`; see ARCHITECTURE.md, "Beyond one relay").
 
 use async_nats::jetstream::kv;
 use async_nats::jetstream::stream::RawMessageErrorKind;

@@ -38,9 +38,9 @@ use super::mailbox::{ClusterMailbox, MailboxConfig};
 use super::oplog::{ClusterOpLog, OpLogConfig, Room};
 use super::{ClusterError, counts, entries_under, js_err};
 use crate::store::{
-    AckReceipts, Acked, Appended, Done, MeshNow, NewEnvelope, NewOp, OpsPage, Pruned, Put,
-    Snapshot, Snapshotted, Store, StoreError, Stored, StoredClaim, StoredReceipt, StoredSnapshot,
-    Usage,
+    AckReceipts, Acked, Appended, Done, MeshNow, NewEnvelope, NewOp, OpsPage, PresenceNow, Pruned,
+    Put, Snapshot, Snapshotted, Store, StoreError, Stored, StoredClaim, StoredReceipt,
+    StoredSnapshot, Usage,
 };
 
 /// How the relay's state is laid out on the cluster.
@@ -63,6 +63,8 @@ pub struct ClusterStoreConfig {
     pub max_meshes: u64,
     /// Meshes one address may create per clock hour, over every node (`0`: no limit).
     pub creations_per_hour: u64,
+    /// This node's id (as on the bus): a presence names the node its link is up at.
+    pub node: String,
 }
 
 impl From<ClusterError> for StoreError {
@@ -126,6 +128,10 @@ struct PresenceValue {
     /// the session departs or its link ends).
     #[serde(default)]
     online: bool,
+    /// The node that link is up at: while that node's lease lapses, the session is not
+    /// online whatever `online` says (a node killed never clears its sessions).
+    #[serde(default)]
+    node: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone)]
@@ -183,6 +189,7 @@ pub struct ClusterStore {
 }
 
 struct Inner {
+    node: String,
     state: kv::Store,
     nonces: kv::Store,
     receipts: kv::Store,
@@ -337,6 +344,7 @@ impl ClusterStore {
         }
         let store = Self {
             inner: Arc::new(Inner {
+                node: cfg.node.clone(),
                 state,
                 nonces,
                 receipts,
@@ -808,7 +816,12 @@ impl ClusterStore {
         let mut presence = Vec::new();
         for (_, v, _) in entries_under(&i.client, &i.state, &prefix).await? {
             let p: PresenceValue = parse(&v, "presence")?;
-            presence.push((p.record, p.last_seen, p.online));
+            presence.push(PresenceNow {
+                record: p.record,
+                last_seen: p.last_seen,
+                online: p.online,
+                node: p.node,
+            });
         }
         Ok(Some(MeshNow {
             genesis,
@@ -1070,6 +1083,7 @@ impl Store for ClusterStore {
                 record: p,
                 last_seen,
                 online: true,
+                node: Some(self.inner.node.clone()),
             },
             "presence",
         )?;

@@ -105,6 +105,7 @@ impl<S: Store> Conn<S> {
                 presence: p.clone(),
                 online: true,
                 last_seen: now,
+                node: None,
             };
             let rec = s.record();
             st.sessions.insert(p.session, s);
