@@ -3,7 +3,8 @@
 //! end to end: the real `claudemesh` binary as relay, daemons and CLI, on loopback. What
 //! members do on one SQLite relay works the same, and the node keeps nothing of its own:
 //! killed (with a NATS server killed too), a new node process serves every acknowledged
-//! message and op.
+//! message and op. The end-to-end scenarios of the other files that concern the relay run
+//! on a cluster too, members on different nodes (`per_store!`, their `::nats` tests).
 
 use claudemesh_tests::nats::NatsCluster;
 use claudemesh_tests::{Node, RelayProc, form_mesh, free_port, metrics, share_certificate};

@@ -1,8 +1,11 @@
 #![allow(clippy::unwrap_used)]
 //! End-to-end scenarios: the real `claudemesh` binary as relay, daemons and CLI, each
-//! daemon with its own config directory, all on loopback.
+//! daemon with its own config directory, all on loopback. Those about what members do
+//! through the relay run on each relay store ([`claudemesh_tests::per_store!`]): one
+//! SQLite relay, and three relay nodes over NATS JetStream with the members on different
+//! nodes.
 
-use claudemesh_tests::{Node, RelayProc, contains, db_bytes, mesh};
+use claudemesh_tests::{Node, RelayProc, contains, db_bytes, mesh, mesh_on};
 use serde_json::Value;
 use std::path::Path;
 
@@ -16,82 +19,84 @@ fn bodies(msgs: &[Value]) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn two_daemons_exchange_messages_exactly_once_both_ways() {
-    let root = tempfile::tempdir().unwrap();
-    let (_relay, nodes) = mesh(bin(), root.path(), &["alice", "bob"], &[]);
-    let (a, b) = (&nodes[0], &nodes[1]);
+claudemesh_tests::per_store! {
+    fn two_daemons_exchange_messages_exactly_once_both_ways(store) {
+        let root = tempfile::tempdir().unwrap();
+        let (_relay, nodes) = mesh_on(bin(), root.path(), store, &["alice", "bob"], &[]);
+        let (a, b) = (&nodes[0], &nodes[1]);
 
-    let (_, peers_a) = a.peers();
-    assert_eq!(peers_a, vec![("bob".to_string(), true)]);
-    let (_, peers_b) = b.peers();
-    assert_eq!(peers_b, vec![("alice".to_string(), true)]);
+        let (_, peers_a) = a.peers();
+        assert_eq!(peers_a, vec![("bob".to_string(), true)]);
+        let (_, peers_b) = b.peers();
+        assert_eq!(peers_b, vec![("alice".to_string(), true)]);
 
-    // Bob compared safety numbers with alice: her messages show as verified.
-    let alice_fp = b.json(&["verify", "alice"])["members"][0]["fingerprint"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let v = b.json(&["verify", &alice_fp, "--confirm"]);
-    assert_eq!(v["members"][0]["confirmed"], true, "{v}");
-    let sent = a.json(&["send", "bob", "hello", "bob", "--priority", "now"]);
-    assert_eq!(sent["stage"], "relayed");
-    let got = b.inbox_wait();
-    assert_eq!(got.len(), 1, "{got:?}");
-    let m = &got[0];
-    assert_eq!(m["body"], "hello bob");
-    assert_eq!(m["from_name"], "alice");
-    assert_eq!(m["priority"], "now");
-    assert_eq!(m["verified"], true);
-    assert_eq!(m["id"], sent["id"]);
-    assert!(m["sent_at"].as_i64().unwrap() > 1_700_000_000_000);
+        // Bob compared safety numbers with alice: her messages show as verified.
+        let alice_fp = b.json(&["verify", "alice"])["members"][0]["fingerprint"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let v = b.json(&["verify", &alice_fp, "--confirm"]);
+        assert_eq!(v["members"][0]["confirmed"], true, "{v}");
+        let sent = a.json(&["send", "bob", "hello", "bob", "--priority", "now"]);
+        assert_eq!(sent["stage"], "relayed");
+        let got = b.inbox_wait();
+        assert_eq!(got.len(), 1, "{got:?}");
+        let m = &got[0];
+        assert_eq!(m["body"], "hello bob");
+        assert_eq!(m["from_name"], "alice");
+        assert_eq!(m["priority"], "now");
+        assert_eq!(m["verified"], true);
+        assert_eq!(m["id"], sent["id"]);
+        assert!(m["sent_at"].as_i64().unwrap() > 1_700_000_000_000);
 
-    b.ok(&["send", "alice", "hi", "alice", "--priority", "low"]);
-    let back = a.inbox_wait();
-    assert_eq!(bodies(&back), vec!["hi alice"]);
-    assert_eq!(back[0]["priority"], "low");
-    assert_eq!(back[0]["from_name"], "bob");
-    assert_eq!(back[0]["verified"], false, "alice never confirmed bob");
+        b.ok(&["send", "alice", "hi", "alice", "--priority", "low"]);
+        let back = a.inbox_wait();
+        assert_eq!(bodies(&back), vec!["hi alice"]);
+        assert_eq!(back[0]["priority"], "low");
+        assert_eq!(back[0]["from_name"], "bob");
+        assert_eq!(back[0]["verified"], false, "alice never confirmed bob");
 
-    // Exactly once: nothing further is pending on either side.
-    assert!(a.inbox_peek().is_empty());
-    assert!(b.inbox_peek().is_empty());
+        // Exactly once: nothing further is pending on either side.
+        assert!(a.inbox_peek().is_empty());
+        assert!(b.inbox_peek().is_empty());
+    }
 }
 
-#[test]
-fn group_and_broadcast_reach_the_right_members_only() {
-    let root = tempfile::tempdir().unwrap();
-    let (_relay, nodes) = mesh(bin(), root.path(), &["ann", "ben", "cat"], &[]);
-    let (ann, ben, cat) = (&nodes[0], &nodes[1], &nodes[2]);
-    ben.ok(&["profile", "--groups", "dev,ops"]);
-    // Ann learns Ben's new groups through his presence update.
-    ann.wait("peer-online", Some("@dev"));
+claudemesh_tests::per_store! {
+    fn group_and_broadcast_reach_the_right_members_only(store) {
+        let root = tempfile::tempdir().unwrap();
+        let (_relay, nodes) = mesh_on(bin(), root.path(), store, &["ann", "ben", "cat"], &[]);
+        let (ann, ben, cat) = (&nodes[0], &nodes[1], &nodes[2]);
+        ben.ok(&["profile", "--groups", "dev,ops"]);
+        // Ann learns Ben's new groups through his presence update.
+        ann.wait("peer-online", Some("@dev"));
 
-    let r = ann.json(&["send", "@dev", "standup", "in", "5"]);
-    let to = r["recipients"].as_array().unwrap();
-    assert_eq!(to.len(), 1, "{r}");
-    assert!(
-        to[0].as_str().unwrap().starts_with("ben [key "),
-        "a recipient is named with its key: {r}"
-    );
-    assert_eq!(bodies(&ben.inbox_wait()), vec!["standup in 5"]);
+        let r = ann.json(&["send", "@dev", "standup", "in", "5"]);
+        let to = r["recipients"].as_array().unwrap();
+        assert_eq!(to.len(), 1, "{r}");
+        assert!(
+            to[0].as_str().unwrap().starts_with("ben [key "),
+            "a recipient is named with its key: {r}"
+        );
+        assert_eq!(bodies(&ben.inbox_wait()), vec!["standup in 5"]);
 
-    ann.ok(&["send", "*", "lunch?"]);
-    assert_eq!(bodies(&ben.inbox_wait()), vec!["lunch?"]);
-    let cat_got = cat.inbox_wait();
-    assert_eq!(
-        bodies(&cat_got),
-        vec!["lunch?"],
-        "cat is not in @dev and gets only the broadcast"
-    );
-    assert_eq!(cat_got[0]["to"], "*");
-    assert!(
-        ann.inbox_peek().is_empty(),
-        "the sender does not get its own broadcast"
-    );
+        ann.ok(&["send", "*", "lunch?"]);
+        assert_eq!(bodies(&ben.inbox_wait()), vec!["lunch?"]);
+        let cat_got = cat.inbox_wait();
+        assert_eq!(
+            bodies(&cat_got),
+            vec!["lunch?"],
+            "cat is not in @dev and gets only the broadcast"
+        );
+        assert_eq!(cat_got[0]["to"], "*");
+        assert!(
+            ann.inbox_peek().is_empty(),
+            "the sender does not get its own broadcast"
+        );
 
-    let (code, err) = ann.fails(&["send", "@nobody", "x"]);
-    assert_eq!(code, 4, "{err}");
+        let (code, err) = ann.fails(&["send", "@nobody", "x"]);
+        assert_eq!(code, 4, "{err}");
+    }
 }
 
 /// The mesh key of `node`'s only mesh, read from its key file.
@@ -206,21 +211,22 @@ fn a_stopped_daemon_still_lists_peers_from_its_store() {
     assert_eq!(peers[0].0, "bob");
 }
 
-#[test]
-fn messages_for_a_stopped_daemon_wait_at_the_relay() {
-    let root = tempfile::tempdir().unwrap();
-    let (relay, mut nodes) = mesh(bin(), root.path(), &["alice", "bob"], &[]);
-    nodes[1].stop();
-    nodes[0].wait("peer-offline", Some("bob"));
-    let r = nodes[0].json(&["send", "bob", "while you were out"]);
-    assert_eq!(
-        r["stage"], "relayed",
-        "an offline peer's message is held by the relay"
-    );
-    // Held at the relay as ciphertext, for bob.
-    assert!(!contains(&db_bytes(&relay.db()), b"while you were out"));
-    nodes[1].start();
-    assert_eq!(bodies(&nodes[1].inbox_wait()), vec!["while you were out"]);
+claudemesh_tests::per_store! {
+    fn messages_for_a_stopped_daemon_wait_at_the_relay(store) {
+        let root = tempfile::tempdir().unwrap();
+        let (relay, mut nodes) = mesh_on(bin(), root.path(), store, &["alice", "bob"], &[]);
+        nodes[1].stop();
+        nodes[0].wait("peer-offline", Some("bob"));
+        let r = nodes[0].json(&["send", "bob", "while you were out"]);
+        assert_eq!(
+            r["stage"], "relayed",
+            "an offline peer's message is held by the relay"
+        );
+        // Held at the relay as ciphertext, for bob.
+        assert!(!contains(&relay.stored_bytes(), b"while you were out"));
+        nodes[1].start();
+        assert_eq!(bodies(&nodes[1].inbox_wait()), vec!["while you were out"]);
+    }
 }
 
 #[test]
@@ -400,215 +406,217 @@ fn create_on_a_token_relay_needs_the_token_from_the_environment_and_spends_it() 
     }
 }
 
-#[test]
-fn used_up_and_revoked_invites_are_refused_and_approval_admits_or_denies() {
-    let root = tempfile::tempdir().unwrap();
-    let (_relay, nodes) = mesh(bin(), root.path(), &["alice"], &[]);
-    let alice = &nodes[0];
-    let mut bob = Node::new(bin(), root.path(), "bob");
-    let mut carol = Node::new(bin(), root.path(), "carol");
-    let mut dave = Node::new(bin(), root.path(), "dave");
-    for n in [&mut bob, &mut carol, &mut dave] {
-        n.start();
+claudemesh_tests::per_store! {
+    fn used_up_and_revoked_invites_are_refused_and_approval_admits_or_denies(store) {
+        let root = tempfile::tempdir().unwrap();
+        let (_relay, nodes) = mesh_on(bin(), root.path(), store, &["alice"], &[]);
+        let alice = &nodes[0];
+        let mut bob = Node::new(bin(), root.path(), "bob");
+        let mut carol = Node::new(bin(), root.path(), "carol");
+        let mut dave = Node::new(bin(), root.path(), "dave");
+        for n in [&mut bob, &mut carol, &mut dave] {
+            n.start();
+        }
+
+        // The link carries no key material.
+        let link = alice.ok(&["invite", "--uses", "1"]);
+        let key = mesh_key(alice);
+        assert!(!link.contains(&claudemesh_schema::encoding::b64(&key)));
+        assert!(!contains(link.as_bytes(), &key));
+
+        bob.ok(&["join", &link, "--wait", "20"]);
+        let (code, err) = carol.fails(&["join", &link, "--wait", "20"]);
+        assert_eq!(code, 7, "{err}");
+        assert!(err.contains("invite_used_up"), "{err}");
+
+        let v = alice.json(&["invite"]);
+        let revoked_link = v["invite"].as_str().unwrap().to_string();
+        alice.ok(&["invite", "revoke", v["id"].as_str().unwrap()]);
+        let (code, err) = carol.fails(&["join", &revoked_link, "--wait", "20"]);
+        assert_eq!(code, 7, "{err}");
+        assert!(err.contains("invite_revoked"), "{err}");
+
+        // Approval mode: the claim waits until an admin decides.
+        let approve_link = alice.ok(&["invite", "--approve", "--uses", "2"]);
+        let carol_join = carol.spawn(&["join", &approve_link, "--wait", "30"]);
+        alice.wait("claim-pending", None);
+        let pending = alice.json(&["invite", "pending"]);
+        let claim = pending["claims"][0]["claim"].as_str().unwrap().to_string();
+        alice.ok(&["invite", "approve", &claim]);
+        let out = carol_join.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        carol.wait("peer-online", Some("alice"));
+
+        let dave_join = dave.spawn(&["join", &approve_link, "--wait", "30"]);
+        alice.wait("claim-pending", None);
+        let pending = alice.json(&["invite", "pending"]);
+        let claim = pending["claims"][0]["claim"].as_str().unwrap().to_string();
+        alice.ok(&["invite", "deny", &claim]);
+        let out = dave_join.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(7),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            dave.json(&["list"])["meshes"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+        );
     }
-
-    // The link carries no key material.
-    let link = alice.ok(&["invite", "--uses", "1"]);
-    let key = mesh_key(alice);
-    assert!(!link.contains(&claudemesh_schema::encoding::b64(&key)));
-    assert!(!contains(link.as_bytes(), &key));
-
-    bob.ok(&["join", &link, "--wait", "20"]);
-    let (code, err) = carol.fails(&["join", &link, "--wait", "20"]);
-    assert_eq!(code, 7, "{err}");
-    assert!(err.contains("invite_used_up"), "{err}");
-
-    let v = alice.json(&["invite"]);
-    let revoked_link = v["invite"].as_str().unwrap().to_string();
-    alice.ok(&["invite", "revoke", v["id"].as_str().unwrap()]);
-    let (code, err) = carol.fails(&["join", &revoked_link, "--wait", "20"]);
-    assert_eq!(code, 7, "{err}");
-    assert!(err.contains("invite_revoked"), "{err}");
-
-    // Approval mode: the claim waits until an admin decides.
-    let approve_link = alice.ok(&["invite", "--approve", "--uses", "2"]);
-    let carol_join = carol.spawn(&["join", &approve_link, "--wait", "30"]);
-    alice.wait("claim-pending", None);
-    let pending = alice.json(&["invite", "pending"]);
-    let claim = pending["claims"][0]["claim"].as_str().unwrap().to_string();
-    alice.ok(&["invite", "approve", &claim]);
-    let out = carol_join.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    carol.wait("peer-online", Some("alice"));
-
-    let dave_join = dave.spawn(&["join", &approve_link, "--wait", "30"]);
-    alice.wait("claim-pending", None);
-    let pending = alice.json(&["invite", "pending"]);
-    let claim = pending["claims"][0]["claim"].as_str().unwrap().to_string();
-    alice.ok(&["invite", "deny", &claim]);
-    let out = dave_join.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(7),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        dave.json(&["list"])["meshes"]
-            .as_array()
-            .unwrap()
-            .is_empty()
-    );
 }
 
-#[test]
-fn a_daemon_hosts_several_sessions_each_a_peer() {
-    use claudemesh_daemon::Client;
-    use claudemesh_schema::ipc::methods as m;
-    let root = tempfile::tempdir().unwrap();
-    let (_relay, mut nodes) = mesh(bin(), root.path(), &["alice", "bob"], &[]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let bob_sock = nodes[1].dir.join("daemon.sock");
-    let open = |key: &str, name: &str, groups: Vec<String>| {
-        rt.block_on(async {
-            let mut c = Client::connect(&bob_sock).await.unwrap();
-            let r: m::SessionOpenResult = c
-                .call(
-                    m::SESSION_OPEN,
-                    m::SessionOpenParams {
-                        client_key: key.into(),
-                        name: Some(name.into()),
-                        kind: Some("claude".into()),
-                        groups,
-                        ..Default::default()
-                    },
-                )
-                .await
-                .unwrap();
-            r.sessions[0].session
-        })
-    };
-    let inbox = |session: Option<claudemesh_schema::SessionId>| -> Vec<String> {
-        rt.block_on(async {
-            let mut c = Client::connect(&bob_sock).await.unwrap();
-            let r: m::InboxResult = c
-                .call(
-                    m::INBOX,
-                    m::InboxParams {
-                        session,
-                        wait_ms: Some(20_000),
-                        ..Default::default()
-                    },
-                )
-                .await
-                .unwrap();
-            r.messages.into_iter().map(|x| x.body).collect()
-        })
-    };
-    let peek = |session: Option<claudemesh_schema::SessionId>| -> usize {
-        rt.block_on(async {
-            let mut c = Client::connect(&bob_sock).await.unwrap();
-            let r: m::InboxResult = c
-                .call(
-                    m::INBOX,
-                    m::InboxParams {
-                        session,
-                        peek: true,
-                        ..Default::default()
-                    },
-                )
-                .await
-                .unwrap();
-            r.messages.len()
-        })
-    };
-    let close = |session: claudemesh_schema::SessionId| {
-        rt.block_on(async {
-            let mut c = Client::connect(&bob_sock).await.unwrap();
-            let _: m::SessionInfo = c
-                .call(m::SESSION_CLOSE, m::SessionCloseParams { session })
-                .await
-                .unwrap();
-        })
-    };
-    let s1 = open("claude-session-1", "bob-api", vec!["dev".into()]);
-    let s2 = open("claude-session-2", "bob-web", vec![]);
-    assert_eq!(
-        open("claude-session-1", "bob-api", vec!["dev".into()]),
-        s1,
-        "same client key, same peer"
-    );
-    nodes[0].wait("peer-online", Some("bob-api"));
-    nodes[0].wait("peer-online", Some("bob-web"));
-
-    nodes[0].ok(&["send", "bob-api", "to the api session"]);
-    assert_eq!(inbox(Some(s1)), vec!["to the api session"]);
-    nodes[0].ok(&["send", "@dev", "dev only"]);
-    assert_eq!(inbox(Some(s1)), vec!["dev only"]);
-    assert_eq!(peek(Some(s2)), 0);
-    assert_eq!(peek(None), 0, "the daemon's own session got none of these");
-
-    nodes[0].ok(&["send", "*", "everyone"]);
-    for s in [Some(s1), Some(s2), None] {
-        assert_eq!(inbox(s), vec!["everyone"], "{s:?}");
-    }
-
-    // A hosted session's broadcast reaches the other local sessions and remote peers,
-    // not itself.
-    rt.block_on(async {
-        let mut c = Client::connect(&bob_sock).await.unwrap();
-        let _: m::SendResult = c
-            .call(
-                m::SEND,
-                m::SendParams {
-                    to: "*".into(),
-                    body: "from bob-api".into(),
-                    priority: Default::default(),
-                    mesh: None,
-                    session: Some(s1),
-                    wait_ms: None,
-                    id: None,
-                },
-            )
-            .await
+claudemesh_tests::per_store! {
+    fn a_daemon_hosts_several_sessions_each_a_peer(store) {
+        use claudemesh_daemon::Client;
+        use claudemesh_schema::ipc::methods as m;
+        let root = tempfile::tempdir().unwrap();
+        let (_relay, mut nodes) = mesh_on(bin(), root.path(), store, &["alice", "bob"], &[]);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
             .unwrap();
-    });
-    let got = nodes[0].inbox_wait();
-    assert_eq!(bodies(&got), vec!["from bob-api"]);
-    // The person, and the session that wrote.
-    assert_eq!(got[0]["from_name"], "bob");
-    assert_eq!(got[0]["from_label"], "bob-api");
-    assert_eq!(inbox(Some(s2)), vec!["from bob-api"]);
-    assert_eq!(inbox(None), vec!["from bob-api"]);
-    assert_eq!(peek(Some(s1)), 0);
+        let bob_sock = nodes[1].dir.join("daemon.sock");
+        let open = |key: &str, name: &str, groups: Vec<String>| {
+            rt.block_on(async {
+                let mut c = Client::connect(&bob_sock).await.unwrap();
+                let r: m::SessionOpenResult = c
+                    .call(
+                        m::SESSION_OPEN,
+                        m::SessionOpenParams {
+                            client_key: key.into(),
+                            name: Some(name.into()),
+                            kind: Some("claude".into()),
+                            groups,
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .unwrap();
+                r.sessions[0].session
+            })
+        };
+        let inbox = |session: Option<claudemesh_schema::SessionId>| -> Vec<String> {
+            rt.block_on(async {
+                let mut c = Client::connect(&bob_sock).await.unwrap();
+                let r: m::InboxResult = c
+                    .call(
+                        m::INBOX,
+                        m::InboxParams {
+                            session,
+                            wait_ms: Some(20_000),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .unwrap();
+                r.messages.into_iter().map(|x| x.body).collect()
+            })
+        };
+        let peek = |session: Option<claudemesh_schema::SessionId>| -> usize {
+            rt.block_on(async {
+                let mut c = Client::connect(&bob_sock).await.unwrap();
+                let r: m::InboxResult = c
+                    .call(
+                        m::INBOX,
+                        m::InboxParams {
+                            session,
+                            peek: true,
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .unwrap();
+                r.messages.len()
+            })
+        };
+        let close = |session: claudemesh_schema::SessionId| {
+            rt.block_on(async {
+                let mut c = Client::connect(&bob_sock).await.unwrap();
+                let _: m::SessionInfo = c
+                    .call(m::SESSION_CLOSE, m::SessionCloseParams { session })
+                    .await
+                    .unwrap();
+            })
+        };
+        let s1 = open("claude-session-1", "bob-api", vec!["dev".into()]);
+        let s2 = open("claude-session-2", "bob-web", vec![]);
+        assert_eq!(
+            open("claude-session-1", "bob-api", vec!["dev".into()]),
+            s1,
+            "same client key, same peer"
+        );
+        nodes[0].wait("peer-online", Some("bob-api"));
+        nodes[0].wait("peer-online", Some("bob-web"));
 
-    // Closing a session takes it offline for others; a daemon restart keeps the open one.
-    close(s2);
-    nodes[0].wait("peer-offline", Some("bob-web"));
-    // A direct message to the closed session waits in its inbox until it reopens.
-    nodes[0].ok(&["send", "bob-web", "while you were closed"]);
-    assert_eq!(open("claude-session-2", "bob-web", vec![]), s2);
-    assert_eq!(inbox(Some(s2)), vec!["while you were closed"]);
-    close(s2);
-    nodes[0].wait("peer-offline", Some("bob-web"));
-    nodes[1].stop();
-    nodes[0].wait("peer-offline", Some("bob-api"));
-    nodes[1].start();
-    nodes[0].wait("peer-online", Some("bob-api"));
-    let (_, peers) = nodes[0].peers();
-    assert!(peers.contains(&("bob-web".to_string(), false)), "{peers:?}");
-    assert_eq!(
-        peers.iter().filter(|(n, _)| n == "bob-api").count(),
-        1,
-        "listed once after a restart: {peers:?}"
-    );
+        nodes[0].ok(&["send", "bob-api", "to the api session"]);
+        assert_eq!(inbox(Some(s1)), vec!["to the api session"]);
+        nodes[0].ok(&["send", "@dev", "dev only"]);
+        assert_eq!(inbox(Some(s1)), vec!["dev only"]);
+        assert_eq!(peek(Some(s2)), 0);
+        assert_eq!(peek(None), 0, "the daemon's own session got none of these");
+
+        nodes[0].ok(&["send", "*", "everyone"]);
+        for s in [Some(s1), Some(s2), None] {
+            assert_eq!(inbox(s), vec!["everyone"], "{s:?}");
+        }
+
+        // A hosted session's broadcast reaches the other local sessions and remote peers,
+        // not itself.
+        rt.block_on(async {
+            let mut c = Client::connect(&bob_sock).await.unwrap();
+            let _: m::SendResult = c
+                .call(
+                    m::SEND,
+                    m::SendParams {
+                        to: "*".into(),
+                        body: "from bob-api".into(),
+                        priority: Default::default(),
+                        mesh: None,
+                        session: Some(s1),
+                        wait_ms: None,
+                        id: None,
+                    },
+                )
+                .await
+                .unwrap();
+        });
+        let got = nodes[0].inbox_wait();
+        assert_eq!(bodies(&got), vec!["from bob-api"]);
+        // The person, and the session that wrote.
+        assert_eq!(got[0]["from_name"], "bob");
+        assert_eq!(got[0]["from_label"], "bob-api");
+        assert_eq!(inbox(Some(s2)), vec!["from bob-api"]);
+        assert_eq!(inbox(None), vec!["from bob-api"]);
+        assert_eq!(peek(Some(s1)), 0);
+
+        // Closing a session takes it offline for others; a daemon restart keeps the open one.
+        close(s2);
+        nodes[0].wait("peer-offline", Some("bob-web"));
+        // A direct message to the closed session waits in its inbox until it reopens.
+        nodes[0].ok(&["send", "bob-web", "while you were closed"]);
+        assert_eq!(open("claude-session-2", "bob-web", vec![]), s2);
+        assert_eq!(inbox(Some(s2)), vec!["while you were closed"]);
+        close(s2);
+        nodes[0].wait("peer-offline", Some("bob-web"));
+        nodes[1].stop();
+        nodes[0].wait("peer-offline", Some("bob-api"));
+        nodes[1].start();
+        nodes[0].wait("peer-online", Some("bob-api"));
+        let (_, peers) = nodes[0].peers();
+        assert!(peers.contains(&("bob-web".to_string(), false)), "{peers:?}");
+        assert_eq!(
+            peers.iter().filter(|(n, _)| n == "bob-api").count(),
+            1,
+            "listed once after a restart: {peers:?}"
+        );
+    }
 }
 
 #[test]
@@ -1184,56 +1192,57 @@ impl Drop for Stand {
     }
 }
 
-/// Opening a session costs one presence, however many are open: the 100th open sends
-/// what the 1st did (its own presence), never the others' again.
-#[test]
-fn opening_a_session_sends_one_presence_however_many_are_open() {
-    use claudemesh_daemon::Client;
-    use claudemesh_schema::ipc::methods as m;
-    let root = tempfile::tempdir().unwrap();
-    let (_relay, nodes) = mesh(bin(), root.path(), &["alice", "bob"], &[]);
-    let (alice, bob) = (&nodes[0], &nodes[1]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let sent = || {
-        bob.json(&["status"])["meshes"][0]["presences_sent"]
-            .as_u64()
-            .unwrap()
-    };
-    let sock = bob.dir.join("daemon.sock");
-    let open = |i: usize| {
-        rt.block_on(async {
-            let mut c = Client::connect(&sock).await.unwrap();
-            let _: m::SessionOpenResult = c
-                .call(
-                    m::SESSION_OPEN,
-                    m::SessionOpenParams {
-                        client_key: format!("bench-session-{i}"),
-                        name: Some(format!("bob-{i}")),
-                        ..Default::default()
-                    },
-                )
-                .await
-                .unwrap();
-        })
-    };
-    let before = sent();
-    open(0);
-    alice.wait("peer-online", Some("bob-0"));
-    assert_eq!(sent() - before, 1, "the first open sends its own presence");
-    for i in 1..100 {
-        open(i);
+claudemesh_tests::per_store! {
+    /// Opening a session costs one presence, however many are open: the 100th open sends
+    /// what the 1st did (its own presence), never the others' again.
+    fn opening_a_session_sends_one_presence_however_many_are_open(store) {
+        use claudemesh_daemon::Client;
+        use claudemesh_schema::ipc::methods as m;
+        let root = tempfile::tempdir().unwrap();
+        let (_relay, nodes) = mesh_on(bin(), root.path(), store, &["alice", "bob"], &[]);
+        let (alice, bob) = (&nodes[0], &nodes[1]);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let sent = || {
+            bob.json(&["status"])["meshes"][0]["presences_sent"]
+                .as_u64()
+                .unwrap()
+        };
+        let sock = bob.dir.join("daemon.sock");
+        let open = |i: usize| {
+            rt.block_on(async {
+                let mut c = Client::connect(&sock).await.unwrap();
+                let _: m::SessionOpenResult = c
+                    .call(
+                        m::SESSION_OPEN,
+                        m::SessionOpenParams {
+                            client_key: format!("bench-session-{i}"),
+                            name: Some(format!("bob-{i}")),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .unwrap();
+            })
+        };
+        let before = sent();
+        open(0);
+        alice.wait("peer-online", Some("bob-0"));
+        assert_eq!(sent() - before, 1, "the first open sends its own presence");
+        for i in 1..100 {
+            open(i);
+        }
+        for i in 1..100 {
+            alice.wait("peer-online", Some(&format!("bob-{i}")));
+        }
+        assert_eq!(
+            sent() - before,
+            100,
+            "each open sent one presence, the 100th as the 1st"
+        );
     }
-    for i in 1..100 {
-        alice.wait("peer-online", Some(&format!("bob-{i}")));
-    }
-    assert_eq!(
-        sent() - before,
-        100,
-        "each open sent one presence, the 100th as the 1st"
-    );
 }
 
 /// `n` has applied the shared-state log up to `seq` (and so every roster entry the relay
@@ -1249,95 +1258,97 @@ fn synced_to(n: &Node, seq: u64) {
     ]);
 }
 
-#[test]
-fn only_owners_and_admins_remove_members_or_change_roles_and_the_removed_member_is_cut_off() {
-    let root = tempfile::tempdir().unwrap();
-    let (_relay, nodes) = mesh(bin(), root.path(), &["ann", "ben", "cat"], &[]);
-    let (ann, ben, cat) = (&nodes[0], &nodes[1], &nodes[2]);
+claudemesh_tests::per_store! {
+    fn only_owners_and_admins_remove_members_or_change_roles_and_the_removed_member_is_cut_off(store) {
+        let root = tempfile::tempdir().unwrap();
+        let (_relay, nodes) = mesh_on(bin(), root.path(), store, &["ann", "ben", "cat"], &[]);
+        let (ann, ben, cat) = (&nodes[0], &nodes[1], &nodes[2]);
 
-    // A member may not.
-    let (code, err) = ben.fails(&["member", "remove", "cat"]);
-    assert_eq!(code, 8, "{err}");
-    assert!(err.contains("only the owner or an admin"), "{err}");
-    let (code, err) = ben.fails(&["member", "role", "ben", "admin"]);
-    assert_eq!(code, 8, "{err}");
+        // A member may not.
+        let (code, err) = ben.fails(&["member", "remove", "cat"]);
+        assert_eq!(code, 8, "{err}");
+        assert!(err.contains("only the owner or an admin"), "{err}");
+        let (code, err) = ben.fails(&["member", "role", "ben", "admin"]);
+        assert_eq!(code, 8, "{err}");
 
-    // Nobody changes the owner; an unknown peer is not found.
-    assert_eq!(
-        ann.fails(&["member", "remove", "ann"]).0,
-        4,
-        "ann is not her own peer"
-    );
-    let (code, err) = ann.fails(&["member", "remove", "nobody"]);
-    assert_eq!(code, 4, "{err}");
+        // Nobody changes the owner; an unknown peer is not found.
+        assert_eq!(
+            ann.fails(&["member", "remove", "ann"]).0,
+            4,
+            "ann is not her own peer"
+        );
+        let (code, err) = ann.fails(&["member", "remove", "nobody"]);
+        assert_eq!(code, 4, "{err}");
 
-    // The owner makes ben an admin; once ben has the entry, ben may remove cat.
-    let out = ann.ok(&["member", "role", "ben", "admin"]);
-    assert!(out.contains("ben") && out.contains("admin"), "{out}");
-    ann.ok(&["state", "set", "after-promotion", "1"]);
-    synced_to(ben, 1);
-    assert_eq!(ben.json(&["whoami"])["identities"][0]["role"], "admin");
-    let r = ben.json(&["member", "remove", "cat"]);
-    assert!(r["role"].is_null(), "{r}");
-    assert!(
-        r["fingerprint"].as_str().is_some_and(|f| !f.is_empty()),
-        "{r}"
-    );
+        // The owner makes ben an admin; once ben has the entry, ben may remove cat.
+        let out = ann.ok(&["member", "role", "ben", "admin"]);
+        assert!(out.contains("ben") && out.contains("admin"), "{out}");
+        ann.ok(&["state", "set", "after-promotion", "1"]);
+        synced_to(ben, 1);
+        assert_eq!(ben.json(&["whoami"])["identities"][0]["role"], "admin");
+        let r = ben.json(&["member", "remove", "cat"]);
+        assert!(r["role"].is_null(), "{r}");
+        assert!(
+            r["fingerprint"].as_str().is_some_and(|f| !f.is_empty()),
+            "{r}"
+        );
 
-    // Cat is cut off, and nobody counts it as a member any more.
-    cat.ok(&["wait", "link-error", "--timeout", "20"]);
-    let st = cat.json(&["status"]);
-    let e = st["meshes"][0]["last_error"].as_str().unwrap_or_default();
-    assert!(e.contains("removed from the mesh"), "{st}");
-    ann.ok(&["state", "set", "after-removal", "1"]);
-    synced_to(ann, 2);
-    assert_eq!(
-        ann.fails(&["verify", "cat"]).0,
-        4,
-        "cat is still a member at ann"
-    );
+        // Cat is cut off, and nobody counts it as a member any more.
+        cat.ok(&["wait", "link-error", "--timeout", "20"]);
+        let st = cat.json(&["status"]);
+        let e = st["meshes"][0]["last_error"].as_str().unwrap_or_default();
+        assert!(e.contains("removed from the mesh"), "{st}");
+        ann.ok(&["state", "set", "after-removal", "1"]);
+        synced_to(ann, 2);
+        assert_eq!(
+            ann.fails(&["verify", "cat"]).0,
+            4,
+            "cat is still a member at ann"
+        );
 
-    // And back: ben is a member again, and may no longer change anyone.
-    ann.ok(&["member", "role", "ben", "member"]);
-    ann.ok(&["state", "set", "after-demotion", "1"]);
-    synced_to(ben, 3);
-    assert_eq!(ben.json(&["whoami"])["identities"][0]["role"], "member");
-    assert_eq!(ben.fails(&["member", "remove", "ann"]).0, 8);
+        // And back: ben is a member again, and may no longer change anyone.
+        ann.ok(&["member", "role", "ben", "member"]);
+        ann.ok(&["state", "set", "after-demotion", "1"]);
+        synced_to(ben, 3);
+        assert_eq!(ben.json(&["whoami"])["identities"][0]["role"], "member");
+        assert_eq!(ben.fails(&["member", "remove", "ann"]).0, 8);
+    }
 }
 
-#[test]
-fn inbox_marks_read_only_what_reached_its_reader_and_history_keeps_what_was_read() {
-    let root = tempfile::tempdir().unwrap();
-    let (_relay, nodes) = mesh(bin(), root.path(), &["ann", "ben"], &[]);
-    let (ann, ben) = (&nodes[0], &nodes[1]);
-    ann.ok(&["send", "ben", "first"]);
-    let v = ben.json(&["inbox", "--peek", "--wait", "20"]);
-    assert_eq!(bodies(v["messages"].as_array().unwrap()), vec!["first"]);
-    // A reader whose output goes nowhere (its pipe closed) never had the message: it
-    // stays unread.
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
-    let status = ben
-        .command(&["inbox"])
-        .stdout(writer)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "a closed pipe ends it quietly: {status}");
-    assert_eq!(bodies(&ben.inbox_peek()), vec!["first"]);
-    // One that prints it has read it.
-    assert!(ben.ok(&["inbox"]).contains("first"));
-    assert!(ben.inbox_peek().is_empty());
-    // What was read stays in reach, newest last.
-    ann.ok(&["send", "ben", "second"]);
-    assert_eq!(bodies(&ben.inbox_wait()), vec!["second"]);
-    let h = ben.json(&["history"]);
-    assert_eq!(
-        bodies(h["messages"].as_array().unwrap()),
-        vec!["first", "second"]
-    );
-    let all = ben.ok(&["inbox", "--all", "--limit", "1"]);
-    assert!(all.contains("second") && !all.contains("first"), "{all}");
+claudemesh_tests::per_store! {
+    fn inbox_marks_read_only_what_reached_its_reader_and_history_keeps_what_was_read(store) {
+        let root = tempfile::tempdir().unwrap();
+        let (_relay, nodes) = mesh_on(bin(), root.path(), store, &["ann", "ben"], &[]);
+        let (ann, ben) = (&nodes[0], &nodes[1]);
+        ann.ok(&["send", "ben", "first"]);
+        let v = ben.json(&["inbox", "--peek", "--wait", "20"]);
+        assert_eq!(bodies(v["messages"].as_array().unwrap()), vec!["first"]);
+        // A reader whose output goes nowhere (its pipe closed) never had the message: it
+        // stays unread.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let status = ben
+            .command(&["inbox"])
+            .stdout(writer)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "a closed pipe ends it quietly: {status}");
+        assert_eq!(bodies(&ben.inbox_peek()), vec!["first"]);
+        // One that prints it has read it.
+        assert!(ben.ok(&["inbox"]).contains("first"));
+        assert!(ben.inbox_peek().is_empty());
+        // What was read stays in reach, newest last.
+        ann.ok(&["send", "ben", "second"]);
+        assert_eq!(bodies(&ben.inbox_wait()), vec!["second"]);
+        let h = ben.json(&["history"]);
+        assert_eq!(
+            bodies(h["messages"].as_array().unwrap()),
+            vec!["first", "second"]
+        );
+        let all = ben.ok(&["inbox", "--all", "--limit", "1"]);
+        assert!(all.contains("second") && !all.contains("first"), "{all}");
+    }
 }
 
 #[test]
@@ -1444,36 +1455,37 @@ fn the_cli_speaks_one_language_priorities_stages_ids_durations_and_confirmations
     assert!(who.contains(&format!("id:  {}", &sid[..8])), "{who}");
 }
 
-#[test]
-fn send_takes_a_file_or_stdin_and_reply_answers_the_session_that_wrote() {
-    let root = tempfile::tempdir().unwrap();
-    let (_relay, nodes) = mesh(bin(), root.path(), &["ann", "ben"], &[]);
-    let (ann, ben) = (&nodes[0], &nodes[1]);
-    // Longer than a command line takes, from a file.
-    let notes = root.path().join("notes.md");
-    let long = "x".repeat(100_000);
-    std::fs::write(&notes, &long).unwrap();
-    ann.ok(&["send", "ben", "--file", notes.to_str().unwrap()]);
-    let got = ben.inbox_wait();
-    assert_eq!(got[0]["body"].as_str().map(str::len), Some(100_000));
-    let id = got[0]["id"].as_str().unwrap().to_string();
-    // A file that is not text is refused before anything is sent.
-    let bin_file = root.path().join("blob");
-    std::fs::write(&bin_file, [0xff, 0xfe, 0x00]).unwrap();
-    let (code, err) = ann.fails(&["send", "ben", "--file", bin_file.to_str().unwrap()]);
-    assert_eq!(code, 2);
-    assert!(err.contains("not UTF-8"), "{err}");
-    // Ben answers by the id inbox showed (its short form), from stdin.
-    let short = &id[id.len() - 8..];
-    let out = ben.run_stdin(&["reply", short, "-"], &[], b"got it\n");
-    assert!(out.status.success(), "{out:?}");
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("ann"),
-        "{out:?}"
-    );
-    assert_eq!(bodies(&ann.inbox_wait()), vec!["got it"]);
-    let (code, err) = ben.fails(&["reply", "00000000", "nobody wrote this"]);
-    assert_eq!(code, 4, "{err}");
+claudemesh_tests::per_store! {
+    fn send_takes_a_file_or_stdin_and_reply_answers_the_session_that_wrote(store) {
+        let root = tempfile::tempdir().unwrap();
+        let (_relay, nodes) = mesh_on(bin(), root.path(), store, &["ann", "ben"], &[]);
+        let (ann, ben) = (&nodes[0], &nodes[1]);
+        // Longer than a command line takes, from a file.
+        let notes = root.path().join("notes.md");
+        let long = "x".repeat(100_000);
+        std::fs::write(&notes, &long).unwrap();
+        ann.ok(&["send", "ben", "--file", notes.to_str().unwrap()]);
+        let got = ben.inbox_wait();
+        assert_eq!(got[0]["body"].as_str().map(str::len), Some(100_000));
+        let id = got[0]["id"].as_str().unwrap().to_string();
+        // A file that is not text is refused before anything is sent.
+        let bin_file = root.path().join("blob");
+        std::fs::write(&bin_file, [0xff, 0xfe, 0x00]).unwrap();
+        let (code, err) = ann.fails(&["send", "ben", "--file", bin_file.to_str().unwrap()]);
+        assert_eq!(code, 2);
+        assert!(err.contains("not UTF-8"), "{err}");
+        // Ben answers by the id inbox showed (its short form), from stdin.
+        let short = &id[id.len() - 8..];
+        let out = ben.run_stdin(&["reply", short, "-"], &[], b"got it\n");
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("ann"),
+            "{out:?}"
+        );
+        assert_eq!(bodies(&ann.inbox_wait()), vec!["got it"]);
+        let (code, err) = ben.fails(&["reply", "00000000", "nobody wrote this"]);
+        assert_eq!(code, 4, "{err}");
+    }
 }
 
 #[test]
@@ -1704,86 +1716,88 @@ fn a_network_change_retries_a_waiting_link_at_once() {
     assert!(ann.log().contains("the network changed"), "{}", ann.log());
 }
 
-/// `send --id KEY`: a retry after a failed call sends nothing twice, even when the daemon
-/// died after recording the message and before answering.
-#[test]
-fn a_send_retried_with_its_idempotency_key_arrives_once() {
-    let root = tempfile::tempdir().unwrap();
-    let (_relay, mut nodes) = mesh(bin(), root.path(), &["ann", "ben"], &[]);
-    let first = nodes[0].json(&["send", "ben", "once", "--id", "deploy-42"]);
-    assert!(first.get("duplicate").is_none(), "{first}");
-    let again = nodes[0].json(&["send", "ben", "once", "--id", "deploy-42"]);
-    assert_eq!(again["duplicate"], true, "{again}");
-    assert_eq!(again["id"], first["id"], "{again}");
-    let text = nodes[0].ok(&["send", "ben", "once", "--id", "deploy-42"]);
-    assert!(text.contains("nothing sent again"), "{text}");
-    // A new key is a new message (keys are per sending session).
-    let other = nodes[0].json(&["send", "ben", "twice", "--id", "deploy-43"]);
-    assert_ne!(other["id"], first["id"]);
-    // Keyed ids are time-ordered like any other (mailboxes replay in id order): a keyed
-    // send sorts after the sends before it.
-    let id = |v: &Value| v["id"].as_str().unwrap().to_string();
-    assert_eq!(id(&first).as_bytes()[14], b'7', "a v7 id: {first}");
-    assert!(id(&other) > id(&first), "{first} then {other}");
+claudemesh_tests::per_store! {
+    /// `send --id KEY`: a retry after a failed call sends nothing twice, even when the daemon
+    /// died after recording the message and before answering.
+    fn a_send_retried_with_its_idempotency_key_arrives_once(store) {
+        let root = tempfile::tempdir().unwrap();
+        let (_relay, mut nodes) = mesh_on(bin(), root.path(), store, &["ann", "ben"], &[]);
+        let first = nodes[0].json(&["send", "ben", "once", "--id", "deploy-42"]);
+        assert!(first.get("duplicate").is_none(), "{first}");
+        let again = nodes[0].json(&["send", "ben", "once", "--id", "deploy-42"]);
+        assert_eq!(again["duplicate"], true, "{again}");
+        assert_eq!(again["id"], first["id"], "{again}");
+        let text = nodes[0].ok(&["send", "ben", "once", "--id", "deploy-42"]);
+        assert!(text.contains("nothing sent again"), "{text}");
+        // A new key is a new message (keys are per sending session).
+        let other = nodes[0].json(&["send", "ben", "twice", "--id", "deploy-43"]);
+        assert_ne!(other["id"], first["id"]);
+        // Keyed ids are time-ordered like any other (mailboxes replay in id order): a keyed
+        // send sorts after the sends before it.
+        let id = |v: &Value| v["id"].as_str().unwrap().to_string();
+        assert_eq!(id(&first).as_bytes()[14], b'7', "a v7 id: {first}");
+        assert!(id(&other) > id(&first), "{first} then {other}");
 
-    // The call "fails" after the message is recorded: the link is down (queued) and the
-    // daemon is killed before anything else; the caller retries after the restart.
-    nodes[0].ok(&["debug", "link", "down"]);
-    let queued = nodes[0].json(&["send", "ben", "after a crash", "--id", "crash-1"]);
-    assert_eq!(queued["stage"], "queued", "{queued}");
-    nodes[0].kill();
-    nodes[0].start();
-    nodes[0].ok(&["debug", "link", "up"]);
-    let retried = nodes[0].json(&["send", "ben", "after a crash", "--id", "crash-1"]);
-    assert_eq!(retried["duplicate"], true, "{retried}");
-    assert_eq!(retried["id"], queued["id"]);
-    assert!(id(&queued) > id(&other), "{other} then {queued}");
-    let st = nodes[0].json(&[
-        "sent",
-        queued["id"].as_str().unwrap(),
-        "--wait-for",
-        "delivered",
-    ]);
-    assert_eq!(st["stage"], "delivered", "{st}");
-    let (code, err) = nodes[0].fails(&["send", "ben", "x", "--id", &"k".repeat(129)]);
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains("1 to 128"), "{err}");
-    let mut got = Vec::new();
-    while got.len() < 3 {
-        got.extend(bodies(&nodes[1].inbox_wait()));
+        // The call "fails" after the message is recorded: the link is down (queued) and the
+        // daemon is killed before anything else; the caller retries after the restart.
+        nodes[0].ok(&["debug", "link", "down"]);
+        let queued = nodes[0].json(&["send", "ben", "after a crash", "--id", "crash-1"]);
+        assert_eq!(queued["stage"], "queued", "{queued}");
+        nodes[0].kill();
+        nodes[0].start();
+        nodes[0].ok(&["debug", "link", "up"]);
+        let retried = nodes[0].json(&["send", "ben", "after a crash", "--id", "crash-1"]);
+        assert_eq!(retried["duplicate"], true, "{retried}");
+        assert_eq!(retried["id"], queued["id"]);
+        assert!(id(&queued) > id(&other), "{other} then {queued}");
+        let st = nodes[0].json(&[
+            "sent",
+            queued["id"].as_str().unwrap(),
+            "--wait-for",
+            "delivered",
+        ]);
+        assert_eq!(st["stage"], "delivered", "{st}");
+        let (code, err) = nodes[0].fails(&["send", "ben", "x", "--id", &"k".repeat(129)]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("1 to 128"), "{err}");
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            got.extend(bodies(&nodes[1].inbox_wait()));
+        }
+        assert_eq!(got, ["once", "twice", "after a crash"]);
+        assert!(
+            nodes[1].inbox_peek().is_empty(),
+            "{:?}",
+            nodes[1].inbox_peek()
+        );
     }
-    assert_eq!(got, ["once", "twice", "after a crash"]);
-    assert!(
-        nodes[1].inbox_peek().is_empty(),
-        "{:?}",
-        nodes[1].inbox_peek()
-    );
 }
 
-/// Receipts are store-and-forward: the sender's daemon is down when the recipient's
-/// acknowledges, and still learns `delivered` when it is back.
-#[test]
-fn a_sender_offline_when_its_message_is_delivered_learns_it_when_back() {
-    let root = tempfile::tempdir().unwrap();
-    let (_relay, mut nodes) = mesh(bin(), root.path(), &["ann", "ben"], &[]);
-    nodes[1].stop();
-    nodes[0].wait("peer-offline", Some("ben"));
-    let sent = nodes[0].json(&["send", "ben", "while you were out"]);
-    assert_eq!(sent["stage"], "relayed", "{sent}");
-    let id = sent["id"].as_str().unwrap().to_string();
-    nodes[0].stop();
-    nodes[1].start();
-    // Looked at, not read: only the delivery receipt (the relay's) says anything.
-    let got = nodes[1].json(&["inbox", "--peek", "--wait", "20"]);
-    assert_eq!(
-        bodies(got["messages"].as_array().unwrap()),
-        ["while you were out"]
-    );
-    nodes[0].start();
-    let st = nodes[0].json(&["sent", &id, "--wait-for", "delivered", "--timeout", "20"]);
-    assert_eq!(st["stage"], "delivered", "{st}");
-    // Read now: the read receipt (boxed, through the outbox like a message) follows.
-    nodes[1].inbox_wait();
-    let st = nodes[0].json(&["sent", &id, "--wait-for", "read", "--timeout", "20"]);
-    assert_eq!(st["stage"], "read", "{st}");
+claudemesh_tests::per_store! {
+    /// Receipts are store-and-forward: the sender's daemon is down when the recipient's
+    /// acknowledges, and still learns `delivered` when it is back.
+    fn a_sender_offline_when_its_message_is_delivered_learns_it_when_back(store) {
+        let root = tempfile::tempdir().unwrap();
+        let (_relay, mut nodes) = mesh_on(bin(), root.path(), store, &["ann", "ben"], &[]);
+        nodes[1].stop();
+        nodes[0].wait("peer-offline", Some("ben"));
+        let sent = nodes[0].json(&["send", "ben", "while you were out"]);
+        assert_eq!(sent["stage"], "relayed", "{sent}");
+        let id = sent["id"].as_str().unwrap().to_string();
+        nodes[0].stop();
+        nodes[1].start();
+        // Looked at, not read: only the delivery receipt (the relay's) says anything.
+        let got = nodes[1].json(&["inbox", "--peek", "--wait", "20"]);
+        assert_eq!(
+            bodies(got["messages"].as_array().unwrap()),
+            ["while you were out"]
+        );
+        nodes[0].start();
+        let st = nodes[0].json(&["sent", &id, "--wait-for", "delivered", "--timeout", "20"]);
+        assert_eq!(st["stage"], "delivered", "{st}");
+        // Read now: the read receipt (boxed, through the outbox like a message) follows.
+        nodes[1].inbox_wait();
+        let st = nodes[0].json(&["sent", &id, "--wait-for", "read", "--timeout", "20"]);
+        assert_eq!(st["stage"], "read", "{st}");
+    }
 }

@@ -1,7 +1,7 @@
 //! Shared files end to end: real relay, real daemons, the CLI as users run it.
 #![allow(clippy::unwrap_used)]
 
-use claudemesh_tests::{Node, mesh};
+use claudemesh_tests::{Node, mesh, mesh_on};
 use serde_json::Value;
 use std::path::Path;
 
@@ -56,106 +56,108 @@ fn wait_listed(n: &Node, id: &str) -> Value {
     }
 }
 
-#[test]
-fn a_file_shared_with_one_peer_is_for_no_one_else_until_granted() {
-    let root = tempfile::tempdir().unwrap();
-    let (_relay, nodes) = mesh(bin(), root.path(), &["ann", "ben", "cat"], &[]);
-    let src = root.path().join("plan.md");
-    std::fs::write(&src, "# the plan\nship it on friday\n").unwrap();
-    let f = share(&nodes[0], &src, &["--to", "ben"]);
-    let id = f["file"].as_str().unwrap().to_string();
-    assert_eq!(f["name"], "plan.md");
-    // Ben reads it; cat sees that it exists, not what it is, and cannot fetch it.
-    let got = root.path().join("ben-plan.md");
-    let g = get(&nodes[1], &id, &got);
-    assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(&src).unwrap());
-    assert_eq!(g["name"], "plan.md");
-    let seen = wait_listed(&nodes[2], &id);
-    assert_eq!(seen["readable"], false, "{seen}");
-    assert!(seen["name"].is_null(), "{seen}");
-    let out = root.path().join("cat-plan.md");
-    let (code, err) = nodes[2].fails(&["file", "get", &id, "-o", out.to_str().unwrap()]);
-    assert_ne!(code, 0);
-    assert!(err.contains("not with you"), "{err}");
-    assert!(!out.exists());
-    // Cat is not the author: it cannot grant itself.
-    let (_, err) = nodes[2].fails(&["file", "grant", &id, "cat"]);
-    assert!(err.contains("only they or an admin"), "{err}");
-    // Ann grants: cat fetches with nothing uploaded again.
-    nodes[0].ok(&["file", "grant", &id, "cat"]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while list(&nodes[2])
-        .iter()
-        .any(|f| f["id"] == id.as_str() && f["readable"] == false)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the grant never arrived"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    get(&nodes[2], &id, &out);
-    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&src).unwrap());
-    // Ann sees who fetched it.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let st = nodes[0].json(&["file", "status", &id]);
-        let who: Vec<String> = st["fetched"]
-            .as_array()
-            .unwrap()
+claudemesh_tests::per_store! {
+    fn a_file_shared_with_one_peer_is_for_no_one_else_until_granted(store) {
+        let root = tempfile::tempdir().unwrap();
+        let (_relay, nodes) = mesh_on(bin(), root.path(), store, &["ann", "ben", "cat"], &[]);
+        let src = root.path().join("plan.md");
+        std::fs::write(&src, "# the plan\nship it on friday\n").unwrap();
+        let f = share(&nodes[0], &src, &["--to", "ben"]);
+        let id = f["file"].as_str().unwrap().to_string();
+        assert_eq!(f["name"], "plan.md");
+        // Ben reads it; cat sees that it exists, not what it is, and cannot fetch it.
+        let got = root.path().join("ben-plan.md");
+        let g = get(&nodes[1], &id, &got);
+        assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(&src).unwrap());
+        assert_eq!(g["name"], "plan.md");
+        let seen = wait_listed(&nodes[2], &id);
+        assert_eq!(seen["readable"], false, "{seen}");
+        assert!(seen["name"].is_null(), "{seen}");
+        let out = root.path().join("cat-plan.md");
+        let (code, err) = nodes[2].fails(&["file", "get", &id, "-o", out.to_str().unwrap()]);
+        assert_ne!(code, 0);
+        assert!(err.contains("not with you"), "{err}");
+        assert!(!out.exists());
+        // Cat is not the author: it cannot grant itself.
+        let (_, err) = nodes[2].fails(&["file", "grant", &id, "cat"]);
+        assert!(err.contains("only they or an admin"), "{err}");
+        // Ann grants: cat fetches with nothing uploaded again.
+        nodes[0].ok(&["file", "grant", &id, "cat"]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while list(&nodes[2])
             .iter()
-            .map(|x| x["who"].as_str().unwrap().to_string())
-            .collect();
-        if who.len() == 2 {
-            assert!(who.iter().any(|w| w.starts_with("ben")), "{st}");
-            assert!(who.iter().any(|w| w.starts_with("cat")), "{st}");
-            break;
+            .any(|f| f["id"] == id.as_str() && f["readable"] == false)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the grant never arrived"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "fetches never reported: {st}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    // Deleting it takes it from every list.
-    nodes[0].ok(&["file", "rm", &id]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while list(&nodes[1]).iter().any(|f| f["id"] == id.as_str()) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the delete never arrived"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        get(&nodes[2], &id, &out);
+        assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&src).unwrap());
+        // Ann sees who fetched it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let st = nodes[0].json(&["file", "status", &id]);
+            let who: Vec<String> = st["fetched"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x["who"].as_str().unwrap().to_string())
+                .collect();
+            if who.len() == 2 {
+                assert!(who.iter().any(|w| w.starts_with("ben")), "{st}");
+                assert!(who.iter().any(|w| w.starts_with("cat")), "{st}");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fetches never reported: {st}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        // Deleting it takes it from every list.
+        nodes[0].ok(&["file", "rm", &id]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while list(&nodes[1]).iter().any(|f| f["id"] == id.as_str()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the delete never arrived"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 }
 
-#[test]
-fn a_mesh_wide_file_reaches_every_member_byte_for_byte() {
-    let root = tempfile::tempdir().unwrap();
-    let (_relay, nodes) = mesh(bin(), root.path(), &["ann", "ben"], &[]);
-    let src = root.path().join("data.bin");
-    let data = random_bytes(3 * 128 * 1024 + 77, 7);
-    std::fs::write(&src, &data).unwrap();
-    let f = share(&nodes[0], &src, &["--tags", "build,nightly"]);
-    let id = f["file"].as_str().unwrap().to_string();
-    assert_eq!(f["chunks"], 4);
-    assert_eq!(f["size"], data.len());
-    let listed = wait_listed(&nodes[1], &id);
-    assert_eq!(listed["readable"], true);
-    assert_eq!(listed["tags"], serde_json::json!(["build", "nightly"]));
-    let out = root.path().join("got.bin");
-    get(&nodes[1], &id, &out);
-    assert_eq!(std::fs::read(&out).unwrap(), data);
-    // Fetching it again to the same place finds it there; another file there is kept
-    // unless forced.
-    let again = get(&nodes[1], &id, &out);
-    assert_eq!(again["from_cache"], 4, "{again}");
-    std::fs::write(&out, b"something else").unwrap();
-    let (_, err) = nodes[1].fails(&["file", "get", &id, "-o", out.to_str().unwrap()]);
-    assert!(err.contains("--force"), "{err}");
-    assert_eq!(std::fs::read(&out).unwrap(), b"something else");
-    nodes[1].ok(&["file", "get", &id, "-o", out.to_str().unwrap(), "--force"]);
-    assert_eq!(std::fs::read(&out).unwrap(), data);
+claudemesh_tests::per_store! {
+    fn a_mesh_wide_file_reaches_every_member_byte_for_byte(store) {
+        let root = tempfile::tempdir().unwrap();
+        let (_relay, nodes) = mesh_on(bin(), root.path(), store, &["ann", "ben"], &[]);
+        let src = root.path().join("data.bin");
+        let data = random_bytes(3 * 128 * 1024 + 77, 7);
+        std::fs::write(&src, &data).unwrap();
+        let f = share(&nodes[0], &src, &["--tags", "build,nightly"]);
+        let id = f["file"].as_str().unwrap().to_string();
+        assert_eq!(f["chunks"], 4);
+        assert_eq!(f["size"], data.len());
+        let listed = wait_listed(&nodes[1], &id);
+        assert_eq!(listed["readable"], true);
+        assert_eq!(listed["tags"], serde_json::json!(["build", "nightly"]));
+        let out = root.path().join("got.bin");
+        get(&nodes[1], &id, &out);
+        assert_eq!(std::fs::read(&out).unwrap(), data);
+        // Fetching it again to the same place finds it there; another file there is kept
+        // unless forced.
+        let again = get(&nodes[1], &id, &out);
+        assert_eq!(again["from_cache"], 4, "{again}");
+        std::fs::write(&out, b"something else").unwrap();
+        let (_, err) = nodes[1].fails(&["file", "get", &id, "-o", out.to_str().unwrap()]);
+        assert!(err.contains("--force"), "{err}");
+        assert_eq!(std::fs::read(&out).unwrap(), b"something else");
+        nodes[1].ok(&["file", "get", &id, "-o", out.to_str().unwrap(), "--force"]);
+        assert_eq!(std::fs::read(&out).unwrap(), data);
+    }
 }
 
 /// Files in a directory (recursively), to watch a transfer's progress from outside.
@@ -182,65 +184,66 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// kill -9 of the sharing daemon mid-upload and of the fetching one mid-download: each
-/// picks its transfer up again when it starts, and the target path never holds a part.
-#[test]
-fn killed_transfers_resume_and_never_leave_a_torn_file() {
-    let root = tempfile::tempdir().unwrap();
-    let (_relay, mut nodes) = mesh(bin(), root.path(), &["ann", "ben"], &[]);
-    for n in nodes.iter_mut() {
-        n.stop();
-        n.log_filter = "info".into();
-        n.start();
-    }
-    nodes[0].wait("link-up", None);
-    nodes[1].wait("link-up", None);
-    let src = root.path().join("big.bin");
-    let data = random_bytes(48 << 20, 11);
-    std::fs::write(&src, &data).unwrap();
-    // The share runs in the background (its CLI call dies with the daemon).
-    let mut call = nodes[0].spawn(&["file", "share", src.to_str().unwrap()]);
-    let cache = nodes[0].dir.join("files");
-    wait_until("the upload started", || count_files(&cache) >= 24);
-    nodes[0].kill();
-    let _ = call.wait();
-    nodes[0].start();
-    wait_until("ann's share resumed and finished", || {
-        nodes[0]
-            .log()
-            .contains("an interrupted file transfer finished")
-    });
-    let id = {
-        let mut id = None;
-        wait_until("ben lists the file", || {
-            id = list(&nodes[1])
-                .into_iter()
-                .find(|f| f["name"] == "big.bin")
-                .map(|f| f["id"].as_str().unwrap().to_string());
-            id.is_some()
+claudemesh_tests::per_store! {
+    /// kill -9 of the sharing daemon mid-upload and of the fetching one mid-download: each
+    /// picks its transfer up again when it starts, and the target path never holds a part.
+    fn killed_transfers_resume_and_never_leave_a_torn_file(store) {
+        let root = tempfile::tempdir().unwrap();
+        let (_relay, mut nodes) = mesh_on(bin(), root.path(), store, &["ann", "ben"], &[]);
+        for n in nodes.iter_mut() {
+            n.stop();
+            n.log_filter = "info".into();
+            n.start();
+        }
+        nodes[0].wait("link-up", None);
+        nodes[1].wait("link-up", None);
+        let src = root.path().join("big.bin");
+        let data = random_bytes(48 << 20, 11);
+        std::fs::write(&src, &data).unwrap();
+        // The share runs in the background (its CLI call dies with the daemon).
+        let mut call = nodes[0].spawn(&["file", "share", src.to_str().unwrap()]);
+        let cache = nodes[0].dir.join("files");
+        wait_until("the upload started", || count_files(&cache) >= 24);
+        nodes[0].kill();
+        let _ = call.wait();
+        nodes[0].start();
+        wait_until("ann's share resumed and finished", || {
+            nodes[0]
+                .log()
+                .contains("an interrupted file transfer finished")
         });
-        id.unwrap()
-    };
-    let out = root.path().join("ben-big.bin");
-    let part = root.path().join("ben-big.bin.claudemesh-part");
-    let mut fetch = nodes[1].spawn(&["file", "get", &id, "-o", out.to_str().unwrap()]);
-    wait_until("the download started", || {
-        std::fs::metadata(&part).is_ok_and(|m| m.len() >= 4 << 20)
-    });
-    nodes[1].kill();
-    let _ = fetch.wait();
-    assert!(!out.exists(), "a part was never at the target path");
-    nodes[1].start();
-    wait_until("ben's fetch resumed and finished", || {
-        nodes[1]
-            .log()
-            .contains("an interrupted file transfer finished")
-    });
-    assert!(!part.exists());
-    assert!(
-        std::fs::read(&out).unwrap() == data,
-        "the resumed file is the file"
-    );
+        let id = {
+            let mut id = None;
+            wait_until("ben lists the file", || {
+                id = list(&nodes[1])
+                    .into_iter()
+                    .find(|f| f["name"] == "big.bin")
+                    .map(|f| f["id"].as_str().unwrap().to_string());
+                id.is_some()
+            });
+            id.unwrap()
+        };
+        let out = root.path().join("ben-big.bin");
+        let part = root.path().join("ben-big.bin.claudemesh-part");
+        let mut fetch = nodes[1].spawn(&["file", "get", &id, "-o", out.to_str().unwrap()]);
+        wait_until("the download started", || {
+            std::fs::metadata(&part).is_ok_and(|m| m.len() >= 4 << 20)
+        });
+        nodes[1].kill();
+        let _ = fetch.wait();
+        assert!(!out.exists(), "a part was never at the target path");
+        nodes[1].start();
+        wait_until("ben's fetch resumed and finished", || {
+            nodes[1]
+                .log()
+                .contains("an interrupted file transfer finished")
+        });
+        assert!(!part.exists());
+        assert!(
+            std::fs::read(&out).unwrap() == data,
+            "the resumed file is the file"
+        );
+    }
 }
 
 /// Finds any 64-byte window of a plaintext in other bytes: every such window contains a

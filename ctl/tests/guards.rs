@@ -5,7 +5,7 @@
 //! elsewhere, refused for the last admin without `--force`), a config directory that
 //! cannot be read, `send '*'` and `send @group` to no one, and `send` to someone offline.
 
-use claudemesh_tests::{Node, mesh};
+use claudemesh_tests::{Node, mesh, mesh_on};
 use std::io::{Read as _, Write as _};
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -243,32 +243,33 @@ fn everyone_and_a_group_with_no_one_in_them_are_refused_alike() {
     assert!(err.contains("nobody else is in test"), "{err}");
 }
 
-#[test]
-fn a_message_to_someone_offline_says_so_and_reaches_them_when_back() {
-    let root = tempfile::tempdir().unwrap();
-    let (_relay, mut nodes) = mesh(bin(), root.path(), &["ann", "ben"], &[]);
-    let mut ben = nodes.pop().unwrap();
-    let ann = &nodes[0];
-    ben.stop();
-    ann.wait("peer-offline", Some("ben"));
-    let said = ann.ok(&["send", "ben", "are you there?"]);
-    assert!(said.contains("is offline"), "{said}");
-    assert!(said.contains("reaches them when they are back"), "{said}");
-    let r = ann.json(&["send", "ben", "second"]);
-    assert_eq!(r["offline"].as_array().unwrap().len(), 1, "{r}");
-    // `*` to a mesh whose other members are offline still goes: they get it when back.
-    ann.ok(&["send", "*", "to all"]);
-    ben.start();
-    let mut got = Vec::new();
-    while got.len() < 3 {
-        got.extend(ben.inbox_wait());
+claudemesh_tests::per_store! {
+    fn a_message_to_someone_offline_says_so_and_reaches_them_when_back(store) {
+        let root = tempfile::tempdir().unwrap();
+        let (_relay, mut nodes) = mesh_on(bin(), root.path(), store, &["ann", "ben"], &[]);
+        let mut ben = nodes.pop().unwrap();
+        let ann = &nodes[0];
+        ben.stop();
+        ann.wait("peer-offline", Some("ben"));
+        let said = ann.ok(&["send", "ben", "are you there?"]);
+        assert!(said.contains("is offline"), "{said}");
+        assert!(said.contains("reaches them when they are back"), "{said}");
+        let r = ann.json(&["send", "ben", "second"]);
+        assert_eq!(r["offline"].as_array().unwrap().len(), 1, "{r}");
+        // `*` to a mesh whose other members are offline still goes: they get it when back.
+        ann.ok(&["send", "*", "to all"]);
+        ben.start();
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            got.extend(ben.inbox_wait());
+        }
+        let bodies: Vec<_> = got.iter().map(|m| m["body"].as_str().unwrap()).collect();
+        assert!(bodies.contains(&"are you there?"), "{bodies:?}");
+        // Online again: a plain "sent".
+        ann.wait("peer-online", Some("ben"));
+        let said = ann.ok(&["send", "ben", "welcome back"]);
+        assert!(said.starts_with("sent to ben"), "{said}");
     }
-    let bodies: Vec<_> = got.iter().map(|m| m["body"].as_str().unwrap()).collect();
-    assert!(bodies.contains(&"are you there?"), "{bodies:?}");
-    // Online again: a plain "sent".
-    ann.wait("peer-online", Some("ben"));
-    let said = ann.ok(&["send", "ben", "welcome back"]);
-    assert!(said.starts_with("sent to ben"), "{said}");
 }
 
 /// On a terminal, `file share` and `file get` say how far they are (read from the daemon

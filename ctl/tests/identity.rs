@@ -10,7 +10,7 @@ use claudemesh_schema::message::{
 };
 use claudemesh_schema::wire::{ClientFrame, Envelope, Hello, RelayFrame, Route, Seal};
 use claudemesh_schema::{MeshId, MessageId, SessionId, names, now_ms, render};
-use claudemesh_tests::{Node, mesh, raw};
+use claudemesh_tests::{Node, mesh, mesh_on, raw};
 use serde_json::Value;
 use std::path::Path;
 
@@ -955,36 +955,37 @@ fn a_burst_of_status_changes_is_one_or_two_presences_not_one_per_turn() {
     assert!(n <= 3, "{n} presences for 30 changes in one burst");
 }
 
-#[test]
-fn a_name_that_only_looks_like_another_is_flagged_as_not_that_person() {
-    let root = tempfile::tempdir().unwrap();
-    let (_relay, nodes) = mesh(bin(), root.path(), &["ann", "alice", "mal"], &[]);
-    let alice_key = peer_rows(&nodes[0])
-        .iter()
-        .find(|p| p["name"] == "alice")
-        .map(|p| p["member"].as_str().unwrap().to_string())
-        .unwrap();
-    // A Cyrillic "а" and a Ukrainian "і": "аlіce" reads as "alice".
-    let lookalike = "\u{430}l\u{456}ce";
-    nodes[2].ok(&["profile", "--name", lookalike]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let row = loop {
-        if let Some(r) = peer_rows(&nodes[0])
-            .into_iter()
-            .find(|p| p["member_name"] == lookalike || p["name"] == lookalike)
-        {
-            break r;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the new name never arrived"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    let short = claudemesh_schema::crypto::MemberKey::from_b64(&alice_key)
-        .unwrap()
-        .short_fingerprint();
-    assert_eq!(row["name_first_seen_with"], short, "{row}");
+claudemesh_tests::per_store! {
+    fn a_name_that_only_looks_like_another_is_flagged_as_not_that_person(store) {
+        let root = tempfile::tempdir().unwrap();
+        let (_relay, nodes) = mesh_on(bin(), root.path(), store, &["ann", "alice", "mal"], &[]);
+        let alice_key = peer_rows(&nodes[0])
+            .iter()
+            .find(|p| p["name"] == "alice")
+            .map(|p| p["member"].as_str().unwrap().to_string())
+            .unwrap();
+        // A Cyrillic "а" and a Ukrainian "і": "аlіce" reads as "alice".
+        let lookalike = "\u{430}l\u{456}ce";
+        nodes[2].ok(&["profile", "--name", lookalike]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let row = loop {
+            if let Some(r) = peer_rows(&nodes[0])
+                .into_iter()
+                .find(|p| p["member_name"] == lookalike || p["name"] == lookalike)
+            {
+                break r;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the new name never arrived"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let short = claudemesh_schema::crypto::MemberKey::from_b64(&alice_key)
+            .unwrap()
+            .short_fingerprint();
+        assert_eq!(row["name_first_seen_with"], short, "{row}");
+    }
 }
 
 #[test]

@@ -157,37 +157,38 @@ fn a_join_refuses_a_mesh_or_key_the_invite_was_not_made_for_and_stores_nothing()
     }
 }
 
-/// Issue 13, item 4: joining a mesh this machine is in already is refused before any claim
-/// reaches the relay, so the invite keeps its uses and the roster gets no second key.
-#[test]
-fn joining_a_mesh_twice_is_refused_before_claiming_and_spends_no_use() {
-    let root = tempfile::tempdir().unwrap();
-    let (_relay, nodes) = claudemesh_tests::mesh(bin(), root.path(), &["ann"], &[]);
-    let ann = &nodes[0];
-    let mut ben = Node::new(bin(), root.path(), "ben");
-    ben.start();
-    let inv = ann.json(&["invite", "--uses", "3"]);
-    let link = inv["invite"].as_str().unwrap().to_string();
-    let id = inv["id"].as_str().unwrap().to_string();
-    ben.ok(&["join", &link, "--wait", "20"]);
-    let (code, err) = ben.fails(&["join", &link, "--wait", "20"]);
-    assert_eq!(code, 10, "{err}");
-    assert!(err.contains("already in test"), "{err}");
-    assert!(err.contains("nothing was claimed"), "{err}");
-    // The owner's own invite, too: its machine is in the mesh.
-    let (code, err) = ann.fails(&["join", &link]);
-    assert_eq!(code, 10, "{err}");
-    let invites = ann.json(&["invite", "list"]);
-    let uses = invites["invites"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["id"] == id.as_str())
-        .map(|i| i["uses"].as_u64().unwrap());
-    assert_eq!(uses, Some(1), "{invites}");
-    let members = ann.json(&["verify"]);
-    assert_eq!(members["members"].as_array().unwrap().len(), 1, "{members}");
-    assert_eq!(ben.json(&["list"])["meshes"].as_array().unwrap().len(), 1);
+claudemesh_tests::per_store! {
+    /// Issue 13, item 4: joining a mesh this machine is in already is refused before any claim
+    /// reaches the relay, so the invite keeps its uses and the roster gets no second key.
+    fn joining_a_mesh_twice_is_refused_before_claiming_and_spends_no_use(store) {
+        let root = tempfile::tempdir().unwrap();
+        let (_relay, nodes) = claudemesh_tests::mesh_on(bin(), root.path(), store, &["ann"], &[]);
+        let ann = &nodes[0];
+        let mut ben = Node::new(bin(), root.path(), "ben");
+        ben.start();
+        let inv = ann.json(&["invite", "--uses", "3"]);
+        let link = inv["invite"].as_str().unwrap().to_string();
+        let id = inv["id"].as_str().unwrap().to_string();
+        ben.ok(&["join", &link, "--wait", "20"]);
+        let (code, err) = ben.fails(&["join", &link, "--wait", "20"]);
+        assert_eq!(code, 10, "{err}");
+        assert!(err.contains("already in test"), "{err}");
+        assert!(err.contains("nothing was claimed"), "{err}");
+        // The owner's own invite, too: its machine is in the mesh.
+        let (code, err) = ann.fails(&["join", &link]);
+        assert_eq!(code, 10, "{err}");
+        let invites = ann.json(&["invite", "list"]);
+        let uses = invites["invites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == id.as_str())
+            .map(|i| i["uses"].as_u64().unwrap());
+        assert_eq!(uses, Some(1), "{invites}");
+        let members = ann.json(&["verify"]);
+        assert_eq!(members["members"].as_array().unwrap().len(), 1, "{members}");
+        assert_eq!(ben.json(&["list"])["meshes"].as_array().unwrap().len(), 1);
+    }
 }
 
 fn stdout(out: &std::process::Output) -> String {
@@ -262,86 +263,88 @@ fn a_join_waits_for_an_admin_across_restarts_of_the_relay_and_the_joiner() {
     assert_eq!(ann.inbox_wait().len(), 1);
 }
 
-/// Issue 13, item 6: a claim on an `--approve` invite can be matched to a person: the
-/// joiner is shown the name and key fingerprint it asks with (and the claim to approve),
-/// the admin sees the same name and fingerprint, and the joiner waiting with `--wait`
-/// sees where it stands before it is admitted.
-#[test]
-fn an_approve_claim_shows_the_claimants_name_and_fingerprint_on_both_sides() {
-    let root = tempfile::tempdir().unwrap();
-    let (_relay, nodes) = claudemesh_tests::mesh(bin(), root.path(), &["ann"], &[]);
-    let ann = &nodes[0];
-    let mut ben = Node::new(bin(), root.path(), "ben");
-    ben.start();
-    let link = ann.ok(&["invite", "--approve"]);
-    let said = ben.ok(&["join", &link]);
-    assert!(said.contains("waiting for an admin to approve"), "{said}");
-    let status = ben.json(&["status"]);
-    let pending = &status["joins"][0];
-    assert_eq!(pending["stage"], "approval", "{status}");
-    assert_eq!(pending["name"], "ben", "{status}");
-    let fingerprint = pending["fingerprint"].as_str().unwrap().to_string();
-    let claim = pending["claim"].as_str().unwrap().to_string();
-    assert!(
-        said.contains(&fingerprint) && said.contains("as ben"),
-        "{said}"
-    );
-    assert!(
-        said.contains(&claim[..8]),
-        "the claim to approve is named: {said}"
-    );
+claudemesh_tests::per_store! {
+    /// Issue 13, item 6: a claim on an `--approve` invite can be matched to a person: the
+    /// joiner is shown the name and key fingerprint it asks with (and the claim to approve),
+    /// the admin sees the same name and fingerprint, and the joiner waiting with `--wait`
+    /// sees where it stands before it is admitted.
+    fn an_approve_claim_shows_the_claimants_name_and_fingerprint_on_both_sides(store) {
+        let root = tempfile::tempdir().unwrap();
+        let (_relay, nodes) = claudemesh_tests::mesh_on(bin(), root.path(), store, &["ann"], &[]);
+        let ann = &nodes[0];
+        let mut ben = Node::new(bin(), root.path(), "ben");
+        ben.start();
+        let link = ann.ok(&["invite", "--approve"]);
+        let said = ben.ok(&["join", &link]);
+        assert!(said.contains("waiting for an admin to approve"), "{said}");
+        let status = ben.json(&["status"]);
+        let pending = &status["joins"][0];
+        assert_eq!(pending["stage"], "approval", "{status}");
+        assert_eq!(pending["name"], "ben", "{status}");
+        let fingerprint = pending["fingerprint"].as_str().unwrap().to_string();
+        let claim = pending["claim"].as_str().unwrap().to_string();
+        assert!(
+            said.contains(&fingerprint) && said.contains("as ben"),
+            "{said}"
+        );
+        assert!(
+            said.contains(&claim[..8]),
+            "the claim to approve is named: {said}"
+        );
 
-    ann.wait("claim-pending", None);
-    let shown = ann.ok(&["invite", "pending"]);
-    assert!(
-        shown.contains("ben") && shown.contains(&fingerprint),
-        "{shown}"
-    );
-    let claims = ann.json(&["invite", "pending"]);
-    assert_eq!(claims["claims"][0]["name"], "ben", "{claims}");
-    assert_eq!(claims["claims"][0]["fingerprint"], fingerprint.as_str());
+        ann.wait("claim-pending", None);
+        let shown = ann.ok(&["invite", "pending"]);
+        assert!(
+            shown.contains("ben") && shown.contains(&fingerprint),
+            "{shown}"
+        );
+        let claims = ann.json(&["invite", "pending"]);
+        assert_eq!(claims["claims"][0]["name"], "ben", "{claims}");
+        assert_eq!(claims["claims"][0]["fingerprint"], fingerprint.as_str());
 
-    let waiter = ben.spawn(&["join", &link, "--wait", "20"]);
-    let approved = ann.ok(&["invite", "approve", &claim[..8]]);
-    assert!(
-        approved.contains("ben") && approved.contains(&fingerprint),
-        "{approved}"
-    );
-    let out = waiter.wait_with_output().unwrap();
-    let progress = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{progress}");
-    assert!(
-        progress.contains("waiting for an admin to approve"),
-        "{progress}"
-    );
-    assert!(progress.contains(&fingerprint), "{progress}");
-    assert!(stdout(&out).contains("Joined test"), "{}", stdout(&out));
+        let waiter = ben.spawn(&["join", &link, "--wait", "20"]);
+        let approved = ann.ok(&["invite", "approve", &claim[..8]]);
+        assert!(
+            approved.contains("ben") && approved.contains(&fingerprint),
+            "{approved}"
+        );
+        let out = waiter.wait_with_output().unwrap();
+        let progress = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{progress}");
+        assert!(
+            progress.contains("waiting for an admin to approve"),
+            "{progress}"
+        );
+        assert!(progress.contains(&fingerprint), "{progress}");
+        assert!(stdout(&out).contains("Joined test"), "{}", stdout(&out));
+    }
 }
 
-/// A pending join whose invite is revoked is refused, and says so (`status`, and a `join
-/// --wait` of it), with nothing joined.
-#[test]
-fn a_pending_join_of_a_revoked_invite_is_refused_and_status_says_why() {
-    let root = tempfile::tempdir().unwrap();
-    let (_relay, nodes) = claudemesh_tests::mesh(bin(), root.path(), &["ann"], &[]);
-    let ann = &nodes[0];
-    let mut ben = Node::new(bin(), root.path(), "ben");
-    ben.start();
-    let inv = ann.json(&["invite", "--approve"]);
-    let link = inv["invite"].as_str().unwrap().to_string();
-    ben.ok(&["join", &link]);
-    ann.wait("claim-pending", None);
-    ann.ok(&["invite", "revoke", inv["id"].as_str().unwrap()]);
-    let (code, err) = ben.fails(&["join", &link, "--wait", "20"]);
-    assert_eq!(code, 7, "{err}");
-    assert!(err.contains("revoked"), "{err}");
-    let status = ben.ok(&["status"]);
-    assert!(
-        status.contains("refused") && status.contains("revoked"),
-        "{status}"
-    );
-    assert!(ben.json(&["list"])["meshes"].as_array().unwrap().is_empty());
-    assert_eq!(key_files(&ben), 0);
+claudemesh_tests::per_store! {
+    /// A pending join whose invite is revoked is refused, and says so (`status`, and a `join
+    /// --wait` of it), with nothing joined.
+    fn a_pending_join_of_a_revoked_invite_is_refused_and_status_says_why(store) {
+        let root = tempfile::tempdir().unwrap();
+        let (_relay, nodes) = claudemesh_tests::mesh_on(bin(), root.path(), store, &["ann"], &[]);
+        let ann = &nodes[0];
+        let mut ben = Node::new(bin(), root.path(), "ben");
+        ben.start();
+        let inv = ann.json(&["invite", "--approve"]);
+        let link = inv["invite"].as_str().unwrap().to_string();
+        ben.ok(&["join", &link]);
+        ann.wait("claim-pending", None);
+        ann.ok(&["invite", "revoke", inv["id"].as_str().unwrap()]);
+        let (code, err) = ben.fails(&["join", &link, "--wait", "20"]);
+        assert_eq!(code, 7, "{err}");
+        assert!(err.contains("revoked"), "{err}");
+        let status = ben.ok(&["status"]);
+        assert!(
+            status.contains("refused") && status.contains("revoked"),
+            "{status}"
+        );
+        assert!(ben.json(&["list"])["meshes"].as_array().unwrap().is_empty());
+        assert_eq!(key_files(&ben), 0);
+    }
 }
 
 /// An admin's daemon answers claims that waited days, so the claim's age no longer

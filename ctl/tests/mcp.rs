@@ -2,7 +2,7 @@
 //! into `target/mcp-venv` by `scripts/test`), against a real relay and two real daemons.
 #![allow(clippy::unwrap_used)]
 
-use claudemesh_tests::mesh;
+use claudemesh_tests::{mesh, mesh_on};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -265,143 +265,144 @@ fn peer_rows(node: &claudemesh_tests::Node) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
-/// Profiles, group roles and nested groups travel in the signed presence to another
-/// daemon; `set_visible(false)` hides a session there from `peers`, `list_peers`, groups
-/// and broadcasts, while direct messages still reach it.
-#[test]
-fn profiles_groups_and_visibility_hold_across_two_daemons() {
-    let bin = Path::new(env!("CARGO_BIN_EXE_claudemesh"));
-    let root = tempfile::tempdir().unwrap();
-    let (_relay, nodes) = mesh(bin, root.path(), &["alice", "bob"], &[]);
-    let (alice, bob) = (&nodes[0], &nodes[1]);
-    let mut a = Shim::start(bin, &alice.dir, "vis-a", "alice-claude");
-    let mut b = Shim::start(bin, &bob.dir, "vis-b", "bob-claude");
-    let (err, _) = a.tool("set_summary", serde_json::json!({"summary": "here"}));
-    assert!(!err);
-    let (err, v) = b.tool(
-        "set_profile",
-        serde_json::json!({"title": "backend lead", "bio": "knows the parser", "avatar": "🦀", "capabilities": ["rust", "sql"]}),
-    );
-    assert!(!err, "{v}");
-    assert_eq!(v["title"], "backend lead", "{v}");
-    let (err, v) = b.tool(
-        "join_group",
-        serde_json::json!({"group": "@dev/backend", "role": "lead"}),
-    );
-    assert!(!err, "{v}");
-    assert_eq!(v["group_roles"]["dev/backend"], "lead", "{v}");
-    // `@dev` covers `@dev/backend`: alice sees bob-claude in it.
-    alice.wait("peer-online", Some("@dev"));
-    let row = peer_rows(alice)
-        .into_iter()
-        .find(|p| p["name"] == "bob-claude")
-        .unwrap();
-    assert_eq!(row["title"], "backend lead", "{row}");
-    assert_eq!(row["bio"], "knows the parser", "{row}");
-    assert_eq!(row["avatar"], "🦀", "{row}");
-    assert_eq!(
-        row["capabilities"],
-        serde_json::json!(["rust", "sql"]),
-        "{row}"
-    );
-    assert_eq!(row["group_roles"]["dev/backend"], "lead", "{row}");
-    let info = alice.json(&["info"]);
-    let groups = &info["meshes"][0]["groups"];
-    assert_eq!(groups[0]["name"], "dev/backend", "{info}");
-    assert_eq!(
-        groups[0]["members"],
-        serde_json::json!(["bob (lead)"]),
-        "{info}"
-    );
-    let (err, v) = a.tool("mesh_info", serde_json::json!({}));
-    assert!(!err, "{v}");
-    let m = &v["meshes"][0];
-    assert_eq!(m["link"], "connected", "{v}");
-    assert_eq!(m["members"].as_array().unwrap().len(), 2, "{v}");
-    assert_eq!(m["groups"], *groups, "the tool and the CLI agree: {v}");
+claudemesh_tests::per_store! {
+    /// Profiles, group roles and nested groups travel in the signed presence to another
+    /// daemon; `set_visible(false)` hides a session there from `peers`, `list_peers`, groups
+    /// and broadcasts, while direct messages still reach it.
+    fn profiles_groups_and_visibility_hold_across_two_daemons(store) {
+        let bin = Path::new(env!("CARGO_BIN_EXE_claudemesh"));
+        let root = tempfile::tempdir().unwrap();
+        let (_relay, nodes) = mesh_on(bin, root.path(), store, &["alice", "bob"], &[]);
+        let (alice, bob) = (&nodes[0], &nodes[1]);
+        let mut a = Shim::start(bin, &alice.dir, "vis-a", "alice-claude");
+        let mut b = Shim::start(bin, &bob.dir, "vis-b", "bob-claude");
+        let (err, _) = a.tool("set_summary", serde_json::json!({"summary": "here"}));
+        assert!(!err);
+        let (err, v) = b.tool(
+            "set_profile",
+            serde_json::json!({"title": "backend lead", "bio": "knows the parser", "avatar": "🦀", "capabilities": ["rust", "sql"]}),
+        );
+        assert!(!err, "{v}");
+        assert_eq!(v["title"], "backend lead", "{v}");
+        let (err, v) = b.tool(
+            "join_group",
+            serde_json::json!({"group": "@dev/backend", "role": "lead"}),
+        );
+        assert!(!err, "{v}");
+        assert_eq!(v["group_roles"]["dev/backend"], "lead", "{v}");
+        // `@dev` covers `@dev/backend`: alice sees bob-claude in it.
+        alice.wait("peer-online", Some("@dev"));
+        let row = peer_rows(alice)
+            .into_iter()
+            .find(|p| p["name"] == "bob-claude")
+            .unwrap();
+        assert_eq!(row["title"], "backend lead", "{row}");
+        assert_eq!(row["bio"], "knows the parser", "{row}");
+        assert_eq!(row["avatar"], "🦀", "{row}");
+        assert_eq!(
+            row["capabilities"],
+            serde_json::json!(["rust", "sql"]),
+            "{row}"
+        );
+        assert_eq!(row["group_roles"]["dev/backend"], "lead", "{row}");
+        let info = alice.json(&["info"]);
+        let groups = &info["meshes"][0]["groups"];
+        assert_eq!(groups[0]["name"], "dev/backend", "{info}");
+        assert_eq!(
+            groups[0]["members"],
+            serde_json::json!(["bob (lead)"]),
+            "{info}"
+        );
+        let (err, v) = a.tool("mesh_info", serde_json::json!({}));
+        assert!(!err, "{v}");
+        let m = &v["meshes"][0];
+        assert_eq!(m["link"], "connected", "{v}");
+        assert_eq!(m["members"].as_array().unwrap().len(), 2, "{v}");
+        assert_eq!(m["groups"], *groups, "the tool and the CLI agree: {v}");
 
-    // `@dev` and `@all` reach bob-claude.
-    let (err, _) = a.tool(
-        "send_message",
-        serde_json::json!({"to": "@dev", "message": "to dev"}),
-    );
-    assert!(!err);
-    let (err, _) = a.tool(
-        "send_message",
-        serde_json::json!({"to": "@all", "message": "to all"}),
-    );
-    assert!(!err);
-    let mut got = Vec::new();
-    while got.len() < 2 {
+        // `@dev` and `@all` reach bob-claude.
+        let (err, _) = a.tool(
+            "send_message",
+            serde_json::json!({"to": "@dev", "message": "to dev"}),
+        );
+        assert!(!err);
+        let (err, _) = a.tool(
+            "send_message",
+            serde_json::json!({"to": "@all", "message": "to all"}),
+        );
+        assert!(!err);
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let (err, v) = b.tool(
+                "wait_for_message",
+                serde_json::json!({"timeout_seconds": 20}),
+            );
+            assert!(!err, "{v}");
+            let msgs = v["messages"].as_array().unwrap().clone();
+            assert!(!msgs.is_empty(), "bob-claude gets @dev and @all");
+            got.extend(
+                msgs.into_iter()
+                    .map(|m| m["body"].as_str().unwrap().to_string()),
+            );
+        }
+        assert_eq!(got, ["to dev", "to all"]);
+        assert_eq!(
+            bob.inbox_wait()
+                .iter()
+                .map(|m| m["body"].clone())
+                .collect::<Vec<_>>(),
+            ["to all"],
+            "bob's own inbox has the broadcast"
+        );
+        let bob_claude = peer_rows(alice)
+            .into_iter()
+            .find(|p| p["name"] == "bob-claude")
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+
+        // Hidden. Bob's presences travel in order over one link: once alice has the group
+        // bob's daemon announces after it, she has the hidden presence too.
+        let (err, v) = b.tool("set_visible", serde_json::json!({"visible": false}));
+        assert!(!err, "{v}");
+        bob.ok(&["profile", "--groups", "marker"]);
+        alice.wait("peer-online", Some("@marker"));
+        assert!(
+            !peer_rows(alice).iter().any(|p| p["name"] == "bob-claude"),
+            "peers on another daemon leaves a hidden session out"
+        );
+        let (err, v) = a.tool("list_peers", serde_json::json!({}));
+        assert!(!err);
+        let names: Vec<_> = v["meshes"][0]["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(names, ["bob"], "list_peers too");
+        let (code, err) = alice.fails(&["send", "@dev", "nobody visible"]);
+        assert_eq!(code, 4, "{err}");
+        // A broadcast, then a direct message: only the direct message reaches it.
+        alice.ok(&["send", "*", "broadcast while hidden"]);
+        alice.ok(&["send", &bob_claude, "dm while hidden"]);
         let (err, v) = b.tool(
             "wait_for_message",
             serde_json::json!({"timeout_seconds": 20}),
         );
         assert!(!err, "{v}");
-        let msgs = v["messages"].as_array().unwrap().clone();
-        assert!(!msgs.is_empty(), "bob-claude gets @dev and @all");
-        got.extend(
-            msgs.into_iter()
-                .map(|m| m["body"].as_str().unwrap().to_string()),
-        );
-    }
-    assert_eq!(got, ["to dev", "to all"]);
-    assert_eq!(
-        bob.inbox_wait()
+        let bodies: Vec<_> = v["messages"]
+            .as_array()
+            .unwrap()
             .iter()
-            .map(|m| m["body"].clone())
-            .collect::<Vec<_>>(),
-        ["to all"],
-        "bob's own inbox has the broadcast"
-    );
-    let bob_claude = peer_rows(alice)
-        .into_iter()
-        .find(|p| p["name"] == "bob-claude")
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-
-    // Hidden. Bob's presences travel in order over one link: once alice has the group
-    // bob's daemon announces after it, she has the hidden presence too.
-    let (err, v) = b.tool("set_visible", serde_json::json!({"visible": false}));
-    assert!(!err, "{v}");
-    bob.ok(&["profile", "--groups", "marker"]);
-    alice.wait("peer-online", Some("@marker"));
-    assert!(
-        !peer_rows(alice).iter().any(|p| p["name"] == "bob-claude"),
-        "peers on another daemon leaves a hidden session out"
-    );
-    let (err, v) = a.tool("list_peers", serde_json::json!({}));
-    assert!(!err);
-    let names: Vec<_> = v["meshes"][0]["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(names, ["bob"], "list_peers too");
-    let (code, err) = alice.fails(&["send", "@dev", "nobody visible"]);
-    assert_eq!(code, 4, "{err}");
-    // A broadcast, then a direct message: only the direct message reaches it.
-    alice.ok(&["send", "*", "broadcast while hidden"]);
-    alice.ok(&["send", &bob_claude, "dm while hidden"]);
-    let (err, v) = b.tool(
-        "wait_for_message",
-        serde_json::json!({"timeout_seconds": 20}),
-    );
-    assert!(!err, "{v}");
-    let bodies: Vec<_> = v["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["body"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(bodies, ["dm while hidden"], "{v}");
-    let own: Vec<_> = bob.inbox_wait().iter().map(|m| m["body"].clone()).collect();
-    assert_eq!(own, ["broadcast while hidden"]);
-    // Its own daemon still lists it (marked as ours).
-    assert!(peer_rows(bob).iter().any(|p| p["name"] == "bob-claude"));
+            .map(|m| m["body"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(bodies, ["dm while hidden"], "{v}");
+        let own: Vec<_> = bob.inbox_wait().iter().map(|m| m["body"].clone()).collect();
+        assert_eq!(own, ["broadcast while hidden"]);
+        // Its own daemon still lists it (marked as ours).
+        assert!(peer_rows(bob).iter().any(|p| p["name"] == "bob-claude"));
+    }
 }
 
 /// A tool called with an argument it does not take is refused, naming the argument,

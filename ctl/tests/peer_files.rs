@@ -4,7 +4,7 @@
 //! and the relay stores nothing of what was read.
 #![allow(clippy::unwrap_used)]
 
-use claudemesh_tests::{Node, contains, db_bytes, mesh};
+use claudemesh_tests::{Node, contains, mesh, mesh_on};
 use std::path::{Path, PathBuf};
 
 fn bin() -> &'static Path {
@@ -49,58 +49,59 @@ fn refused(n: &Node, peer: &str, path: &str, why: &str) -> String {
     err
 }
 
-#[test]
-fn a_peer_reads_text_and_binary_files_of_a_shared_folder_and_the_relay_sees_none_of_it() {
-    let root = tempfile::tempdir().unwrap();
-    let (relay, nodes) = mesh(bin(), root.path(), &["alice", "bob"], &[]);
-    let (alice, bob) = (&nodes[0], &nodes[1]);
-    let (proj, _) = folder(root.path());
-    // `--read-only` is accepted (it is the only mode).
-    alice.ok(&["share-dir", proj.to_str().unwrap(), "--read-only"]);
-    let list = alice.json(&["share-dir", "list"]);
-    let shares = list["shares"].as_array().unwrap();
-    assert_eq!(shares.len(), 1, "{list}");
-    assert_eq!(shares[0]["name"], "proj");
-    assert_eq!(shares[0]["read_only"], true);
-    assert!(list["file"].as_str().unwrap().ends_with("shared-dirs.toml"));
+claudemesh_tests::per_store! {
+    fn a_peer_reads_text_and_binary_files_of_a_shared_folder_and_the_relay_sees_none_of_it(store) {
+        let root = tempfile::tempdir().unwrap();
+        let (relay, nodes) = mesh_on(bin(), root.path(), store, &["alice", "bob"], &[]);
+        let (alice, bob) = (&nodes[0], &nodes[1]);
+        let (proj, _) = folder(root.path());
+        // `--read-only` is accepted (it is the only mode).
+        alice.ok(&["share-dir", proj.to_str().unwrap(), "--read-only"]);
+        let list = alice.json(&["share-dir", "list"]);
+        let shares = list["shares"].as_array().unwrap();
+        assert_eq!(shares.len(), 1, "{list}");
+        assert_eq!(shares[0]["name"], "proj");
+        assert_eq!(shares[0]["read_only"], true);
+        assert!(list["file"].as_str().unwrap().ends_with("shared-dirs.toml"));
 
-    assert_eq!(
-        cat(bob, "alice", "proj/notes.txt"),
-        b"PEERFILE-TEXT-4c1d\nsecond line\n"
-    );
-    assert_eq!(
-        cat(bob, "alice", "proj/blob.bin"),
-        std::fs::read(proj.join("blob.bin")).unwrap()
-    );
-    // A link that stays inside is followed.
-    assert_eq!(
-        cat(bob, "alice", "./proj//in-link"),
-        b"PEERFILE-TEXT-4c1d\nsecond line\n"
-    );
+        assert_eq!(
+            cat(bob, "alice", "proj/notes.txt"),
+            b"PEERFILE-TEXT-4c1d\nsecond line\n"
+        );
+        assert_eq!(
+            cat(bob, "alice", "proj/blob.bin"),
+            std::fs::read(proj.join("blob.bin")).unwrap()
+        );
+        // A link that stays inside is followed.
+        assert_eq!(
+            cat(bob, "alice", "./proj//in-link"),
+            b"PEERFILE-TEXT-4c1d\nsecond line\n"
+        );
 
-    let top = bob.json(&["peer-file", "ls", "alice"]);
-    assert_eq!(top["entries"][0]["path"], "proj", "{top}");
-    let v = bob.json(&["peer-file", "ls", "alice", "proj"]);
-    let entries = v["entries"].as_array().unwrap();
-    let find = |p: &str| entries.iter().find(|e| e["path"] == p).cloned();
-    let notes = find("proj/notes.txt").unwrap();
-    assert_eq!(
-        (notes["kind"].as_str(), notes["size"].as_u64()),
-        (Some("file"), Some(31))
-    );
-    assert_eq!(find("proj/src").unwrap()["kind"], "dir");
-    assert_eq!(find("proj/src/lib.rs").unwrap()["kind"], "file");
-    assert_eq!(find("proj/out-link").unwrap()["kind"], "symlink");
-    // Listings carry names and sizes, never contents.
-    assert!(!v.to_string().contains("PEERFILE-TEXT"));
-    let human = bob.ok(&["peer-file", "ls", "alice", "proj"]);
-    assert!(human.contains("proj/notes.txt  31 bytes"), "{human}");
+        let top = bob.json(&["peer-file", "ls", "alice"]);
+        assert_eq!(top["entries"][0]["path"], "proj", "{top}");
+        let v = bob.json(&["peer-file", "ls", "alice", "proj"]);
+        let entries = v["entries"].as_array().unwrap();
+        let find = |p: &str| entries.iter().find(|e| e["path"] == p).cloned();
+        let notes = find("proj/notes.txt").unwrap();
+        assert_eq!(
+            (notes["kind"].as_str(), notes["size"].as_u64()),
+            (Some("file"), Some(31))
+        );
+        assert_eq!(find("proj/src").unwrap()["kind"], "dir");
+        assert_eq!(find("proj/src/lib.rs").unwrap()["kind"], "file");
+        assert_eq!(find("proj/out-link").unwrap()["kind"], "symlink");
+        // Listings carry names and sizes, never contents.
+        assert!(!v.to_string().contains("PEERFILE-TEXT"));
+        let human = bob.ok(&["peer-file", "ls", "alice", "proj"]);
+        assert!(human.contains("proj/notes.txt  31 bytes"), "{human}");
 
-    // End to end: what was read is nowhere in the relay's storage.
-    let stored = db_bytes(&relay.db());
-    assert!(!stored.is_empty());
-    assert!(!contains(&stored, b"PEERFILE-TEXT-4c1d"));
-    assert!(!contains(&stored, b"notes.txt"));
+        // End to end: what was read is nowhere in the relay's storage.
+        let stored = relay.stored_bytes();
+        assert!(!stored.is_empty());
+        assert!(!contains(&stored, b"PEERFILE-TEXT-4c1d"));
+        assert!(!contains(&stored, b"notes.txt"));
+    }
 }
 
 #[test]
@@ -167,53 +168,55 @@ fn the_file_read_grant_is_enforced_and_changes_apply_without_a_restart() {
     );
 }
 
-#[test]
-fn to_limits_which_members_may_read() {
-    let root = tempfile::tempdir().unwrap();
-    let (_relay, nodes) = mesh(bin(), root.path(), &["alice", "bob", "carol"], &[]);
-    let (alice, bob, carol) = (&nodes[0], &nodes[1], &nodes[2]);
-    let (proj, _) = folder(root.path());
-    alice.ok(&["share-dir", proj.to_str().unwrap(), "--to", "bob"]);
-    let list = alice.json(&["share-dir", "list"]);
-    assert!(
-        list["shares"][0]["to"][0]
-            .as_str()
-            .unwrap()
-            .starts_with("bob [key "),
-        "{list}"
-    );
-    assert!(!cat(bob, "alice", "proj/notes.txt").is_empty());
-    refused(carol, "alice", "proj/notes.txt", "not shared");
-    let top = carol.json(&["peer-file", "ls", "alice"]);
-    assert_eq!(top["entries"], serde_json::json!([]), "carol sees no share");
+claudemesh_tests::per_store! {
+    fn to_limits_which_members_may_read(store) {
+        let root = tempfile::tempdir().unwrap();
+        let (_relay, nodes) = mesh_on(bin(), root.path(), store, &["alice", "bob", "carol"], &[]);
+        let (alice, bob, carol) = (&nodes[0], &nodes[1], &nodes[2]);
+        let (proj, _) = folder(root.path());
+        alice.ok(&["share-dir", proj.to_str().unwrap(), "--to", "bob"]);
+        let list = alice.json(&["share-dir", "list"]);
+        assert!(
+            list["shares"][0]["to"][0]
+                .as_str()
+                .unwrap()
+                .starts_with("bob [key "),
+            "{list}"
+        );
+        assert!(!cat(bob, "alice", "proj/notes.txt").is_empty());
+        refused(carol, "alice", "proj/notes.txt", "not shared");
+        let top = carol.json(&["peer-file", "ls", "alice"]);
+        assert_eq!(top["entries"], serde_json::json!([]), "carol sees no share");
 
-    // Shared with @dev as well: carol joins it (her status comes in the same presence,
-    // so once alice sees her working she sees the group).
-    alice.ok(&[
-        "share-dir",
-        proj.to_str().unwrap(),
-        "--to",
-        "bob",
-        "--to",
-        "@dev",
-    ]);
-    carol.ok(&["profile", "--groups", "dev", "--status", "working"]);
-    alice.wait("peer-working", Some("carol"));
-    assert!(!cat(carol, "alice", "proj/notes.txt").is_empty());
+        // Shared with @dev as well: carol joins it (her status comes in the same presence,
+        // so once alice sees her working she sees the group).
+        alice.ok(&[
+            "share-dir",
+            proj.to_str().unwrap(),
+            "--to",
+            "bob",
+            "--to",
+            "@dev",
+        ]);
+        carol.ok(&["profile", "--groups", "dev", "--status", "working"]);
+        alice.wait("peer-working", Some("carol"));
+        assert!(!cat(carol, "alice", "proj/notes.txt").is_empty());
+    }
 }
 
-#[test]
-fn an_offline_peer_is_reported_offline() {
-    let root = tempfile::tempdir().unwrap();
-    let (_relay, mut nodes) = mesh(bin(), root.path(), &["alice", "bob"], &[]);
-    let (proj, _) = folder(root.path());
-    nodes[0].ok(&["share-dir", proj.to_str().unwrap()]);
-    nodes[0].stop();
-    nodes[1].wait("peer-offline", Some("alice"));
-    let (_, err) = nodes[1].fails(&["peer-file", "cat", "alice", "proj/notes.txt"]);
-    assert!(err.contains("offline"), "{err}");
-    let (_, err) = nodes[1].fails(&["peer-file", "ls", "alice"]);
-    assert!(err.contains("offline"), "{err}");
+claudemesh_tests::per_store! {
+    fn an_offline_peer_is_reported_offline(store) {
+        let root = tempfile::tempdir().unwrap();
+        let (_relay, mut nodes) = mesh_on(bin(), root.path(), store, &["alice", "bob"], &[]);
+        let (proj, _) = folder(root.path());
+        nodes[0].ok(&["share-dir", proj.to_str().unwrap()]);
+        nodes[0].stop();
+        nodes[1].wait("peer-offline", Some("alice"));
+        let (_, err) = nodes[1].fails(&["peer-file", "cat", "alice", "proj/notes.txt"]);
+        assert!(err.contains("offline"), "{err}");
+        let (_, err) = nodes[1].fails(&["peer-file", "ls", "alice"]);
+        assert!(err.contains("offline"), "{err}");
+    }
 }
 
 #[test]

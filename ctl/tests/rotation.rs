@@ -10,7 +10,7 @@ use claudemesh_schema::epoch::{self, Epoch};
 use claudemesh_schema::message;
 use claudemesh_schema::op::{self, Op, OpEnvelope};
 use claudemesh_schema::wire::{ClientFrame, Envelope, Seal};
-use claudemesh_tests::{Node, mesh};
+use claudemesh_tests::{Node, mesh, mesh_on};
 use serde_json::Value;
 use std::path::Path;
 
@@ -221,57 +221,59 @@ fn after_a_member_leaves_an_admin_rotates_and_the_member_that_left_opens_nothing
     assert_cut_off(&gone, &log, mesh, 1);
 }
 
-#[test]
-fn a_member_admitted_after_a_rotation_reads_what_was_sealed_before_and_after_it() {
-    let root = tempfile::tempdir().unwrap();
-    let (_relay, nodes) = mesh(bin(), root.path(), &["ann", "ben", "cat"], &[]);
-    // History under epoch 0, then cat's removal and the rotation (op 2).
-    nodes[0].ok(&["state", "set", "before", "epoch-0"]);
-    nodes[0].ok(&["member", "remove", "cat"]);
-    synced_to(&nodes[0], 2);
-    nodes[0].ok(&["state", "set", "after", "epoch-1"]);
-    synced_to(&nodes[0], 3);
-    // Dan joins afterwards: the join secret carries epoch 1; he folds the whole log.
-    let mut dan = Node::new(bin(), root.path(), "dan");
-    dan.start();
-    let link = nodes[0].ok(&["invite"]);
-    dan.ok(&["join", &link, "--wait", "20"]);
-    synced_to(&dan, 3);
-    assert_eq!(dan.json(&["state", "get", "before"])["value"], "epoch-0");
-    assert_eq!(dan.json(&["state", "get", "after"])["value"], "epoch-1");
-    assert_eq!(held(&dan).keys.len(), 2, "dan holds epochs 0 and 1");
-    // And what is sealed now (epoch 1) reaches him.
-    dan.wait("peer-online", Some("ann"));
-    nodes[0].ok(&["send", "*", "welcome, dan"]);
-    assert_eq!(bodies(&dan.inbox_wait()), vec!["welcome, dan"]);
+claudemesh_tests::per_store! {
+    fn a_member_admitted_after_a_rotation_reads_what_was_sealed_before_and_after_it(store) {
+        let root = tempfile::tempdir().unwrap();
+        let (_relay, nodes) = mesh_on(bin(), root.path(), store, &["ann", "ben", "cat"], &[]);
+        // History under epoch 0, then cat's removal and the rotation (op 2).
+        nodes[0].ok(&["state", "set", "before", "epoch-0"]);
+        nodes[0].ok(&["member", "remove", "cat"]);
+        synced_to(&nodes[0], 2);
+        nodes[0].ok(&["state", "set", "after", "epoch-1"]);
+        synced_to(&nodes[0], 3);
+        // Dan joins afterwards: the join secret carries epoch 1; he folds the whole log.
+        let mut dan = Node::new(bin(), root.path(), "dan");
+        dan.start();
+        let link = nodes[0].ok(&["invite"]);
+        dan.ok(&["join", &link, "--wait", "20"]);
+        synced_to(&dan, 3);
+        assert_eq!(dan.json(&["state", "get", "before"])["value"], "epoch-0");
+        assert_eq!(dan.json(&["state", "get", "after"])["value"], "epoch-1");
+        assert_eq!(held(&dan).keys.len(), 2, "dan holds epochs 0 and 1");
+        // And what is sealed now (epoch 1) reaches him.
+        dan.wait("peer-online", Some("ann"));
+        nodes[0].ok(&["send", "*", "welcome, dan"]);
+        assert_eq!(bodies(&dan.inbox_wait()), vec!["welcome, dan"]);
+    }
 }
 
-#[test]
-fn a_member_offline_during_the_rotation_catches_up_on_the_new_epoch_and_its_messages() {
-    let root = tempfile::tempdir().unwrap();
-    let (_relay, mut nodes) = mesh(bin(), root.path(), &["ann", "ben", "cat"], &[]);
-    nodes[1].stop();
-    let (ann, cat) = (&nodes[0], &nodes[2]);
-    ann.ok(&["member", "remove", "cat"]);
-    cat.ok(&["wait", "link-error", "--timeout", "20"]);
-    synced_to(ann, 1);
-    // Sealed under epoch 1 while ben is away: a broadcast waiting at the relay, and ops
-    // that ben's catch-up receives in one run with the rotation before them.
-    ann.ok(&["send", "*", "while you were out"]);
-    for i in 0..3 {
-        ann.ok(&["state", "set", &format!("k{i}"), "v"]);
+claudemesh_tests::per_store! {
+    fn a_member_offline_during_the_rotation_catches_up_on_the_new_epoch_and_its_messages(store) {
+        let root = tempfile::tempdir().unwrap();
+        let (_relay, mut nodes) = mesh_on(bin(), root.path(), store, &["ann", "ben", "cat"], &[]);
+        nodes[1].stop();
+        let (ann, cat) = (&nodes[0], &nodes[2]);
+        ann.ok(&["member", "remove", "cat"]);
+        cat.ok(&["wait", "link-error", "--timeout", "20"]);
+        synced_to(ann, 1);
+        // Sealed under epoch 1 while ben is away: a broadcast waiting at the relay, and ops
+        // that ben's catch-up receives in one run with the rotation before them.
+        ann.ok(&["send", "*", "while you were out"]);
+        for i in 0..3 {
+            ann.ok(&["state", "set", &format!("k{i}"), "v"]);
+        }
+        synced_to(ann, 4);
+        nodes[1].start();
+        let ben = &nodes[1];
+        synced_to(ben, 4);
+        for i in 0..3 {
+            assert_eq!(ben.json(&["state", "get", &format!("k{i}")])["value"], "v");
+        }
+        assert_eq!(bodies(&ben.inbox_wait()), vec!["while you were out"]);
+        assert_eq!(
+            held(ben).keys.len(),
+            1,
+            "later epochs live in the store, as boxes"
+        );
     }
-    synced_to(ann, 4);
-    nodes[1].start();
-    let ben = &nodes[1];
-    synced_to(ben, 4);
-    for i in 0..3 {
-        assert_eq!(ben.json(&["state", "get", &format!("k{i}")])["value"], "v");
-    }
-    assert_eq!(bodies(&ben.inbox_wait()), vec!["while you were out"]);
-    assert_eq!(
-        held(ben).keys.len(),
-        1,
-        "later epochs live in the store, as boxes"
-    );
 }

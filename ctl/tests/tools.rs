@@ -4,7 +4,7 @@
 //! ciphertext.
 #![allow(clippy::unwrap_used)]
 
-use claudemesh_tests::{Node, mesh};
+use claudemesh_tests::{Node, mesh, mesh_on};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -68,116 +68,117 @@ fn first_text(v: &Value) -> String {
         .to_string()
 }
 
-#[test]
-fn a_members_mcp_server_is_called_through_the_mesh_and_kept_alive_by_its_host() {
-    let root = tempfile::tempdir().unwrap();
-    let (_relay, nodes) = mesh(bin(), root.path(), &["alice", "bob"], &[]);
-    let (alice, bob) = (&nodes[0], &nodes[1]);
-    let starts = root.path().join("starts");
-    let s = host_echo(alice, &starts, &[]);
-    assert_eq!(s["published"], true, "{s}");
-    assert_eq!(s["state"], "running", "{s}");
-    assert_eq!(s["tools"], 8, "{s}");
-    wait_until("bob sees echo in the catalog", || {
-        listed(bob, "echo").is_some()
-    });
-    let entry = listed(bob, "echo").unwrap();
-    assert_eq!(entry["online"], true, "{entry}");
-    assert_eq!(entry["mine"], false);
-    assert_eq!(entry["scope"], "mesh");
-    let qualified: Vec<_> = entry["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["qualified"].as_str().unwrap().to_string())
-        .collect();
-    assert!(
-        qualified.contains(&"echo__echo".to_string()),
-        "{qualified:?}"
-    );
-
-    // Calls: the result is the server's, content and structured content alike.
-    let r = call(bob, "echo", "echo", r#"{"text":"hello over the mesh"}"#);
-    assert_eq!(first_text(&r), "hello over the mesh", "{r}");
-    let r = call(bob, "echo", "add", r#"{"a":2,"b":40}"#);
-    assert_eq!(r["result"]["structuredContent"]["sum"], 42, "{r}");
-    let r = call(bob, "echo", "fail", "{}");
-    assert_eq!(
-        r["result"]["isError"], true,
-        "a tool error is the tool's: {r}"
-    );
-    let (code, err) = bob.fails(&["tools", "call", "echo", "nope", "{}"]);
-    assert_eq!(code, 4, "{err}");
-    assert!(err.contains("has no tool \"nope\""), "{err}");
-    let (code, err) = bob.fails(&["tools", "call", "echo", "echo", "[1]"]);
-    assert_eq!(code, 2, "{err}");
-
-    // The server crashes: its host restarts it and calls work again.
-    let (_, err) = bob.fails(&["tools", "call", "echo", "crash", "{}"]);
-    assert!(err.contains("not running"), "{err}");
-    wait_until("the host restarted echo", || {
-        let l = alice.json(&["mcp-host", "list"]);
-        let s = &l["servers"][0];
-        s["restarts"].as_u64().unwrap_or(0) >= 1 && s["state"] == "running"
-    });
-    let r = call(bob, "echo", "echo", r#"{"text":"back"}"#);
-    assert_eq!(first_text(&r), "back", "{r}");
-    assert_eq!(std::fs::read_to_string(&starts).unwrap().lines().count(), 2);
-    let logs = alice.ok(&["mcp-host", "logs", "echo"]);
-    assert!(
-        logs.contains("crashing on request"),
-        "stderr is kept: {logs}"
-    );
-    assert!(logs.contains("restarting"), "{logs}");
-
-    // The server's own list_changed reaches the catalog.
-    call(bob, "echo", "grow", "{}");
-    wait_until("bob sees the new tool", || {
-        listed(bob, "echo").is_some_and(|e| {
-            e["tools"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|t| t["name"] == "extra")
-        })
-    });
-    assert_eq!(first_text(&call(bob, "echo", "extra", "{}")), "extra");
-
-    // Without the `tools` grant: refused, and the host's audit log says so.
-    alice.ok(&["revoke", "bob", "tools"]);
-    let (code, err) = bob.fails(&["tools", "call", "echo", "echo", r#"{"text":"x"}"#]);
-    assert_eq!(code, 8, "{err}");
-    assert!(err.contains("`tools` grant"), "{err}");
-    let audit = alice.json(&["tools", "audit"]);
-    let entries = audit["entries"].as_array().unwrap();
-    assert_eq!(entries[0]["outcome"], "no_grant", "{audit}");
-    assert!(
-        entries[0]["caller"].as_str().unwrap().starts_with("bob"),
-        "{audit}"
-    );
-    assert!(
-        entries
+claudemesh_tests::per_store! {
+    fn a_members_mcp_server_is_called_through_the_mesh_and_kept_alive_by_its_host(store) {
+        let root = tempfile::tempdir().unwrap();
+        let (_relay, nodes) = mesh_on(bin(), root.path(), store, &["alice", "bob"], &[]);
+        let (alice, bob) = (&nodes[0], &nodes[1]);
+        let starts = root.path().join("starts");
+        let s = host_echo(alice, &starts, &[]);
+        assert_eq!(s["published"], true, "{s}");
+        assert_eq!(s["state"], "running", "{s}");
+        assert_eq!(s["tools"], 8, "{s}");
+        wait_until("bob sees echo in the catalog", || {
+            listed(bob, "echo").is_some()
+        });
+        let entry = listed(bob, "echo").unwrap();
+        assert_eq!(entry["online"], true, "{entry}");
+        assert_eq!(entry["mine"], false);
+        assert_eq!(entry["scope"], "mesh");
+        let qualified: Vec<_> = entry["tools"]
+            .as_array()
+            .unwrap()
             .iter()
-            .any(|e| e["outcome"] == "ok" && e["tool"] == "echo"),
-        "{audit}"
-    );
-    assert!(
-        !audit.to_string().contains("hello over the mesh"),
-        "the audit log keeps no arguments or results"
-    );
-    alice.ok(&["grant", "bob", "tools"]);
-    assert_eq!(
-        first_text(&call(bob, "echo", "echo", r#"{"text":"y"}"#)),
-        "y"
-    );
+            .map(|t| t["qualified"].as_str().unwrap().to_string())
+            .collect();
+        assert!(
+            qualified.contains(&"echo__echo".to_string()),
+            "{qualified:?}"
+        );
 
-    // Removed: it leaves the catalog.
-    alice.ok(&["mcp-host", "rm", "echo"]);
-    wait_until("echo leaves bob's catalog", || {
-        listed(bob, "echo").is_none()
-    });
-    let (code, _) = bob.fails(&["tools", "call", "echo", "echo", r#"{"text":"z"}"#]);
-    assert_eq!(code, 4);
+        // Calls: the result is the server's, content and structured content alike.
+        let r = call(bob, "echo", "echo", r#"{"text":"hello over the mesh"}"#);
+        assert_eq!(first_text(&r), "hello over the mesh", "{r}");
+        let r = call(bob, "echo", "add", r#"{"a":2,"b":40}"#);
+        assert_eq!(r["result"]["structuredContent"]["sum"], 42, "{r}");
+        let r = call(bob, "echo", "fail", "{}");
+        assert_eq!(
+            r["result"]["isError"], true,
+            "a tool error is the tool's: {r}"
+        );
+        let (code, err) = bob.fails(&["tools", "call", "echo", "nope", "{}"]);
+        assert_eq!(code, 4, "{err}");
+        assert!(err.contains("has no tool \"nope\""), "{err}");
+        let (code, err) = bob.fails(&["tools", "call", "echo", "echo", "[1]"]);
+        assert_eq!(code, 2, "{err}");
+
+        // The server crashes: its host restarts it and calls work again.
+        let (_, err) = bob.fails(&["tools", "call", "echo", "crash", "{}"]);
+        assert!(err.contains("not running"), "{err}");
+        wait_until("the host restarted echo", || {
+            let l = alice.json(&["mcp-host", "list"]);
+            let s = &l["servers"][0];
+            s["restarts"].as_u64().unwrap_or(0) >= 1 && s["state"] == "running"
+        });
+        let r = call(bob, "echo", "echo", r#"{"text":"back"}"#);
+        assert_eq!(first_text(&r), "back", "{r}");
+        assert_eq!(std::fs::read_to_string(&starts).unwrap().lines().count(), 2);
+        let logs = alice.ok(&["mcp-host", "logs", "echo"]);
+        assert!(
+            logs.contains("crashing on request"),
+            "stderr is kept: {logs}"
+        );
+        assert!(logs.contains("restarting"), "{logs}");
+
+        // The server's own list_changed reaches the catalog.
+        call(bob, "echo", "grow", "{}");
+        wait_until("bob sees the new tool", || {
+            listed(bob, "echo").is_some_and(|e| {
+                e["tools"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|t| t["name"] == "extra")
+            })
+        });
+        assert_eq!(first_text(&call(bob, "echo", "extra", "{}")), "extra");
+
+        // Without the `tools` grant: refused, and the host's audit log says so.
+        alice.ok(&["revoke", "bob", "tools"]);
+        let (code, err) = bob.fails(&["tools", "call", "echo", "echo", r#"{"text":"x"}"#]);
+        assert_eq!(code, 8, "{err}");
+        assert!(err.contains("`tools` grant"), "{err}");
+        let audit = alice.json(&["tools", "audit"]);
+        let entries = audit["entries"].as_array().unwrap();
+        assert_eq!(entries[0]["outcome"], "no_grant", "{audit}");
+        assert!(
+            entries[0]["caller"].as_str().unwrap().starts_with("bob"),
+            "{audit}"
+        );
+        assert!(
+            entries
+                .iter()
+                .any(|e| e["outcome"] == "ok" && e["tool"] == "echo"),
+            "{audit}"
+        );
+        assert!(
+            !audit.to_string().contains("hello over the mesh"),
+            "the audit log keeps no arguments or results"
+        );
+        alice.ok(&["grant", "bob", "tools"]);
+        assert_eq!(
+            first_text(&call(bob, "echo", "echo", r#"{"text":"y"}"#)),
+            "y"
+        );
+
+        // Removed: it leaves the catalog.
+        alice.ok(&["mcp-host", "rm", "echo"]);
+        wait_until("echo leaves bob's catalog", || {
+            listed(bob, "echo").is_none()
+        });
+        let (code, _) = bob.fails(&["tools", "call", "echo", "echo", r#"{"text":"z"}"#]);
+        assert_eq!(code, 4);
+    }
 }
 
 #[test]
@@ -227,30 +228,31 @@ fn a_host_offline_is_said_at_once_and_calls_work_when_it_is_back() {
     assert!(err.contains("within 1 s"), "{err}");
 }
 
-/// A group or member scope keeps a server from everyone else's calls, whatever they
-/// claim; the host's own member always may.
-#[test]
-fn a_scoped_server_refuses_members_outside_its_scope() {
-    let root = tempfile::tempdir().unwrap();
-    let (_relay, nodes) = mesh(bin(), root.path(), &["alice", "bob", "carol"], &[]);
-    let starts = root.path().join("starts");
-    host_echo(&nodes[0], &starts, &["--scope", "bob", "--allow", "echo"]);
-    wait_until("carol sees echo", || listed(&nodes[2], "echo").is_some());
-    let entry = listed(&nodes[1], "echo").unwrap();
-    assert_eq!(
-        entry["tools"].as_array().unwrap().len(),
-        1,
-        "allowlist: {entry}"
-    );
-    assert_eq!(
-        first_text(&call(&nodes[1], "echo", "echo", r#"{"text":"bob may"}"#)),
-        "bob may"
-    );
-    let (code, err) = nodes[2].fails(&["tools", "call", "echo", "echo", r#"{"text":"no"}"#]);
-    assert_eq!(code, 8, "{err}");
-    assert!(err.contains("not allowed"), "{err}");
-    let audit = nodes[0].json(&["tools", "audit"]);
-    assert_eq!(audit["entries"][0]["outcome"], "not_allowed", "{audit}");
+claudemesh_tests::per_store! {
+    /// A group or member scope keeps a server from everyone else's calls, whatever they
+    /// claim; the host's own member always may.
+    fn a_scoped_server_refuses_members_outside_its_scope(store) {
+        let root = tempfile::tempdir().unwrap();
+        let (_relay, nodes) = mesh_on(bin(), root.path(), store, &["alice", "bob", "carol"], &[]);
+        let starts = root.path().join("starts");
+        host_echo(&nodes[0], &starts, &["--scope", "bob", "--allow", "echo"]);
+        wait_until("carol sees echo", || listed(&nodes[2], "echo").is_some());
+        let entry = listed(&nodes[1], "echo").unwrap();
+        assert_eq!(
+            entry["tools"].as_array().unwrap().len(),
+            1,
+            "allowlist: {entry}"
+        );
+        assert_eq!(
+            first_text(&call(&nodes[1], "echo", "echo", r#"{"text":"bob may"}"#)),
+            "bob may"
+        );
+        let (code, err) = nodes[2].fails(&["tools", "call", "echo", "echo", r#"{"text":"no"}"#]);
+        assert_eq!(code, 8, "{err}");
+        assert!(err.contains("not allowed"), "{err}");
+        let audit = nodes[0].json(&["tools", "audit"]);
+        assert_eq!(audit["entries"][0]["outcome"], "not_allowed", "{audit}");
+    }
 }
 
 /// Attack (the relay operator): arguments and results cross the relay; neither shows in
@@ -337,43 +339,44 @@ fn the_relay_sees_neither_arguments_nor_results() {
     }
 }
 
-/// The real Python MCP client on bob's side: shared tools appear and leave with
-/// `tools/list_changed`, as `<server>__<tool>` and through `mesh_tool_call`, and a call
-/// of `mcp-server-time` (PyPI) through the mesh matches a direct call of it.
-#[test]
-fn a_real_mcp_client_gains_and_loses_shared_tools_and_calls_them() {
-    let python = std::env::var_os("CLAUDEMESH_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/mcp-venv/bin/python")
-        });
-    let time = python.with_file_name("mcp-server-time");
-    assert!(
-        time.exists(),
-        "mcp-server-time is not installed next to {}: run `bash scripts/test`",
-        python.display()
-    );
-    let root = tempfile::tempdir().unwrap();
-    let (_relay, nodes) = mesh(bin(), root.path(), &["alice", "bob"], &[]);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/mcp/tools_mcp.py");
-    let out = std::process::Command::new(&python)
-        .arg(script)
-        .env("CM_BIN", bin())
-        .env("CM_DIR_A", &nodes[0].dir)
-        .env("CM_DIR_B", &nodes[1].dir)
-        .env("CM_ECHO_SERVER", echo_server())
-        .env("CM_TIME_SERVER", &time)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "python MCP client run failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    assert_eq!(v["ok"], true, "{v}");
-    assert_eq!(v["session_server_ended"], true, "{v}");
+claudemesh_tests::per_store! {
+    /// The real Python MCP client on bob's side: shared tools appear and leave with
+    /// `tools/list_changed`, as `<server>__<tool>` and through `mesh_tool_call`, and a call
+    /// of `mcp-server-time` (PyPI) through the mesh matches a direct call of it.
+    fn a_real_mcp_client_gains_and_loses_shared_tools_and_calls_them(store) {
+        let python = std::env::var_os("CLAUDEMESH_TEST_PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/mcp-venv/bin/python")
+            });
+        let time = python.with_file_name("mcp-server-time");
+        assert!(
+            time.exists(),
+            "mcp-server-time is not installed next to {}: run `bash scripts/test`",
+            python.display()
+        );
+        let root = tempfile::tempdir().unwrap();
+        let (_relay, nodes) = mesh_on(bin(), root.path(), store, &["alice", "bob"], &[]);
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/mcp/tools_mcp.py");
+        let out = std::process::Command::new(&python)
+            .arg(script)
+            .env("CM_BIN", bin())
+            .env("CM_DIR_A", &nodes[0].dir)
+            .env("CM_DIR_B", &nodes[1].dir)
+            .env("CM_ECHO_SERVER", echo_server())
+            .env("CM_TIME_SERVER", &time)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "python MCP client run failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        assert_eq!(v["ok"], true, "{v}");
+        assert_eq!(v["session_server_ended"], true, "{v}");
+    }
 }
 
 /// Attack (the relay operator): it hands the host a call it already delivered, in place
@@ -478,31 +481,32 @@ fn a_call_replayed_by_the_relay_is_not_run_again() {
     );
 }
 
-/// A result too large for one answer goes as a file shared with the caller alone; the
-/// caller's daemon fetches it within the call and returns it as any result.
-#[test]
-fn a_result_larger_than_a_message_arrives_as_a_file() {
-    let root = tempfile::tempdir().unwrap();
-    let (_relay, nodes) = mesh(bin(), root.path(), &["alice", "bob", "carol"], &[]);
-    host_echo(&nodes[0], &root.path().join("starts"), &[]);
-    wait_until("bob sees echo", || listed(&nodes[1], "echo").is_some());
-    let r = call(&nodes[1], "echo", "big", r#"{"kib":600}"#);
-    let text = first_text(&r);
-    assert_eq!(text.len(), 600 * 1024);
-    assert!(
-        text.starts_with("abcdefghijklmnopqrstuvwxyzab"),
-        "{}",
-        &text[..40]
-    );
-    let for_bob = nodes[1].json(&["file", "list"]).to_string();
-    assert!(
-        for_bob.contains("echo__big-result.json"),
-        "it went as a file: {for_bob}"
-    );
-    // The file was for bob alone: carol sees that it exists, never its name or content.
-    let listed_for_carol = nodes[2].json(&["file", "list"]).to_string();
-    assert!(
-        !listed_for_carol.contains("echo__big"),
-        "{listed_for_carol}"
-    );
+claudemesh_tests::per_store! {
+    /// A result too large for one answer goes as a file shared with the caller alone; the
+    /// caller's daemon fetches it within the call and returns it as any result.
+    fn a_result_larger_than_a_message_arrives_as_a_file(store) {
+        let root = tempfile::tempdir().unwrap();
+        let (_relay, nodes) = mesh_on(bin(), root.path(), store, &["alice", "bob", "carol"], &[]);
+        host_echo(&nodes[0], &root.path().join("starts"), &[]);
+        wait_until("bob sees echo", || listed(&nodes[1], "echo").is_some());
+        let r = call(&nodes[1], "echo", "big", r#"{"kib":600}"#);
+        let text = first_text(&r);
+        assert_eq!(text.len(), 600 * 1024);
+        assert!(
+            text.starts_with("abcdefghijklmnopqrstuvwxyzab"),
+            "{}",
+            &text[..40]
+        );
+        let for_bob = nodes[1].json(&["file", "list"]).to_string();
+        assert!(
+            for_bob.contains("echo__big-result.json"),
+            "it went as a file: {for_bob}"
+        );
+        // The file was for bob alone: carol sees that it exists, never its name or content.
+        let listed_for_carol = nodes[2].json(&["file", "list"]).to_string();
+        assert!(
+            !listed_for_carol.contains("echo__big"),
+            "{listed_for_carol}"
+        );
+    }
 }

@@ -1,7 +1,8 @@
 //! `/metrics` in the Prometheus text format: connections, links, meshes, envelopes routed
-//! (by route kind) and stored, shared-state ops, handshake failures, queued bytes, and
-//! commit-latency histograms; on a cluster, the nodes alive. Served on `metrics_listen` (plain HTTP, for scrapers inside a
-//! trusted network) and, only with `metrics_on_tls_port`, on the public TLS port.
+//! (by route kind) and stored, shared-state ops, handshake failures, queued bytes,
+//! commit-latency histograms and, on a cluster, the nodes alive. Served on
+//! `metrics_listen` (plain HTTP, for scrapers inside a trusted network) and, only with
+//! `metrics_on_tls_port`, on the public TLS port.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
