@@ -5,7 +5,7 @@
 //! SQLite relay, and three relay nodes over NATS JetStream with the members on different
 //! nodes.
 
-use claudemesh_tests::{Node, RelayProc, contains, db_bytes, mesh, mesh_on};
+use claudemesh_tests::{Node, Relay, RelayProc, contains, db_bytes, mesh, mesh_on};
 use serde_json::Value;
 use std::path::Path;
 
@@ -304,104 +304,121 @@ fn with_quic_blocked_the_daemon_falls_back_to_websocket() {
 }
 
 /// Run `claudemesh relay token …` (the same command line as `claudemesh-relay token …`)
-/// against a relay's data and config; returns stdout.
-fn relay_token(relay: &RelayProc, config: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new(bin())
-        .args(["relay", "token"])
+/// against a relay's data and config (on a cluster, its NATS servers); returns stdout.
+fn relay_token(relay: &Relay, config: &Path, args: &[&str]) -> String {
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(["relay", "token"])
         .args(args)
         .arg("--config")
         .arg(config)
         .arg("--data-dir")
-        .arg(&relay.data_dir)
-        .output()
-        .unwrap();
+        .arg(&relay.nodes[0].data_dir);
+    if let Some(nats) = &relay.nats {
+        cmd.args(["--store", "nats", "--nats-url", &nats.urls().join(",")]);
+    }
+    let out = cmd.output().unwrap();
     assert!(out.status.success(), "token {args:?}: {out:?}");
     String::from_utf8(out.stdout).unwrap()
 }
 
-#[test]
-fn create_on_a_token_relay_needs_the_token_from_the_environment_and_spends_it() {
-    let root = tempfile::tempdir().unwrap();
-    let config = root.path().join("relay.toml");
-    std::fs::write(&config, "admission = \"token\"\n").unwrap();
-    let relay = RelayProc::start(
-        bin(),
-        &root.path().join("relay"),
-        &["--config", config.to_str().unwrap()],
-    );
-    let mut ada = Node::new(bin(), root.path(), "ada");
-    ada.start();
-    let addr = relay.addr.to_string();
-    let fp = relay.fingerprint.as_str();
-    let create = |name: &'static str| {
-        vec![
-            "create",
-            name,
-            "--relay",
-            addr.as_str(),
-            "--fingerprint",
-            fp,
-        ]
-    };
-
-    // Without a token: refused, with what to do, exit 8 (not allowed).
-    let (code, err) = ada.fails(&create("team"));
-    assert_eq!(code, 8, "{err}");
-    assert!(
-        err.contains("creation_refused") && err.contains("CLAUDEMESH_CREATE_TOKEN"),
-        "{err}"
-    );
-
-    // The operator issues a one-use token while the relay runs.
-    let token = relay_token(&relay, &config, &["create", "--note", "for ada"]);
-    let token = token.trim();
-    assert!(token.starts_with("cmrt_"), "{token:?}");
-    let out = ada.run_env(&create("team"), &[("CLAUDEMESH_CREATE_TOKEN", token)]);
-    assert!(out.status.success(), "{out:?}");
-    let meshes = ada.json(&["list"]);
-    assert_eq!(meshes["meshes"][0]["name"], "team", "{meshes}");
-
-    // Its one use is spent: a second mesh is refused, and the message does not repeat it.
-    let out = ada.run_env(&create("again"), &[("CLAUDEMESH_CREATE_TOKEN", token)]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(8), "{err}");
-    assert!(
-        err.contains("no uses left") && !err.contains(token),
-        "{err}"
-    );
-    // Something that is not a token, from a file, is a usage error that does not echo it.
-    let file = root.path().join("token.txt");
-    std::fs::write(&file, "hunter2\n").unwrap();
-    let mut with_file = create("again");
-    with_file.extend(["--token-file", file.to_str().unwrap()]);
-    let (code, err) = ada.fails(&with_file);
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains("cmrt_") && !err.contains("hunter2"), "{err}");
-
-    let list = relay_token(&relay, &config, &["list"]);
-    assert!(list.contains("0/1") && list.contains("for ada"), "{list}");
-    assert!(
-        !list.contains(&token[5..]),
-        "the list never shows the token"
-    );
-    // Nothing the daemon wrote (store, logs, config) holds the token.
-    for entry in std::fs::read_dir(&ada.dir).unwrap() {
-        let p = entry.unwrap().path();
-        let files: Vec<_> = if p.is_dir() {
-            std::fs::read_dir(&p)
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .collect()
-        } else {
-            vec![p]
+claudemesh_tests::per_store! {
+    fn create_on_a_token_relay_needs_the_token_from_the_environment_and_spends_it(store) {
+        let root = tempfile::tempdir().unwrap();
+        let config = root.path().join("relay.toml");
+        std::fs::write(&config, "admission = \"token\"\n").unwrap();
+        let relay = Relay::start(
+            bin(),
+            root.path(),
+            store,
+            &["--config", config.to_str().unwrap()],
+        );
+        let mut ada = Node::new(bin(), root.path(), "ada");
+        ada.start();
+        // On a cluster each creation goes through another node than the last: the token's
+        // uses are spent over all of them.
+        let addrs: Vec<String> = relay.nodes.iter().map(|r| r.addr.to_string()).collect();
+        let fp = relay.fingerprint();
+        let tries = std::cell::Cell::new(0);
+        let create = |name: &'static str| {
+            let i = tries.get();
+            tries.set(i + 1);
+            vec![
+                "create",
+                name,
+                "--relay",
+                addrs[i % addrs.len()].as_str(),
+                "--fingerprint",
+                fp,
+            ]
         };
-        for f in files.into_iter().filter(|f| f.is_file()) {
-            let bytes = std::fs::read(&f).unwrap();
-            assert!(
-                !contains(&bytes, token.as_bytes()),
-                "{} holds the token",
-                f.display()
-            );
+
+        // Without a token: refused, with what to do, exit 8 (not allowed).
+        let (code, err) = ada.fails(&create("team"));
+        assert_eq!(code, 8, "{err}");
+        assert!(
+            err.contains("creation_refused") && err.contains("CLAUDEMESH_CREATE_TOKEN"),
+            "{err}"
+        );
+
+        // The operator issues a one-use token while the relay runs.
+        let token = relay_token(&relay, &config, &["create", "--note", "for ada"]);
+        let token = token.trim();
+        assert!(token.starts_with("cmrt_"), "{token:?}");
+        let out = ada.run_env(&create("team"), &[("CLAUDEMESH_CREATE_TOKEN", token)]);
+        assert!(out.status.success(), "{out:?}");
+        let meshes = ada.json(&["list"]);
+        assert_eq!(meshes["meshes"][0]["name"], "team", "{meshes}");
+
+        // Its one use is spent: a second mesh is refused, and the message does not repeat it.
+        let out = ada.run_env(&create("again"), &[("CLAUDEMESH_CREATE_TOKEN", token)]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(8), "{err}");
+        assert!(
+            err.contains("no uses left") && !err.contains(token),
+            "{err}"
+        );
+        // Something that is not a token, from a file, is a usage error that does not echo it.
+        let file = root.path().join("token.txt");
+        std::fs::write(&file, "hunter2\n").unwrap();
+        let mut with_file = create("again");
+        with_file.extend(["--token-file", file.to_str().unwrap()]);
+        let (code, err) = ada.fails(&with_file);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("cmrt_") && !err.contains("hunter2"), "{err}");
+
+        let list = relay_token(&relay, &config, &["list"]);
+        assert!(list.contains("0/1") && list.contains("for ada"), "{list}");
+        assert!(
+            !list.contains(&token[5..]),
+            "the list never shows the token"
+        );
+        // A token revoked while the relay runs is refused (on a cluster, by every node).
+        let second = relay_token(&relay, &config, &["create"]);
+        let second = second.trim();
+        relay_token(&relay, &config, &["revoke", &second[5..13]]);
+        let out = ada.run_env(&create("revoked"), &[("CLAUDEMESH_CREATE_TOKEN", second)]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(8), "{err}");
+        assert!(err.contains("was revoked"), "{err}");
+        // Nothing the daemon wrote (store, logs, config) holds the token.
+        for entry in std::fs::read_dir(&ada.dir).unwrap() {
+            let p = entry.unwrap().path();
+            let files: Vec<_> = if p.is_dir() {
+                std::fs::read_dir(&p)
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .collect()
+            } else {
+                vec![p]
+            };
+            for f in files.into_iter().filter(|f| f.is_file()) {
+                let bytes = std::fs::read(&f).unwrap();
+                assert!(
+                    !contains(&bytes, token.as_bytes()),
+                    "{} holds the token",
+                    f.display()
+                );
+            }
         }
     }
 }

@@ -7,8 +7,10 @@
 //! issues, lists and revokes with `claudemesh-relay token …` ([`issue`], [`list`],
 //! [`revoke`]).
 //!
-//! Tokens are `cmrt_` and 43 characters of base64url (256 random bits). `relay.db` keeps
-//! only their SHA-256, with uses, expiry and note (`creation_tokens`); the token itself is
+//! Tokens are `cmrt_` and 43 characters of base64url (256 random bits). `relay.db` (on a
+//! relay cluster, the cluster's token bucket: [`crate::cluster::tokens`], the same rules,
+//! so every node admits by the same tokens and a use is spent once) keeps only their
+//! SHA-256, with uses, expiry and note (`creation_tokens`); the token itself is
 //! printed once. The relay reads the table at check time through a connection of its own,
 //! so a token issued or revoked while it runs counts from the next creation, without a
 //! restart. Spending a use is one `IMMEDIATE` transaction that checks and counts together,
@@ -64,6 +66,9 @@ pub enum TokenError {
     /// An argument is out of range.
     #[error("{0}")]
     Invalid(String),
+    /// The relay cluster's token bucket could not be reached or written.
+    #[error("cannot use the creation tokens on the NATS cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// A token to issue.
@@ -149,9 +154,8 @@ fn open(path: &Path, durability: Durability) -> Result<Connection, TokenError> {
     })
 }
 
-/// Issue a token into `db` (`relay.db`, created if missing): `uses` creations, expiring after
-/// `expires_in_secs`. Safe while the relay runs.
-pub fn issue(db: &Path, durability: Durability, new: &NewToken) -> Result<Issued, TokenError> {
+/// Check what a new token asks for: its expiry, unix ms.
+fn expiry_of(new: &NewToken, now: i64) -> Result<Option<i64>, TokenError> {
     if new.uses == 0 {
         return Err(TokenError::Invalid("--uses must be at least 1".into()));
     }
@@ -160,8 +164,7 @@ pub fn issue(db: &Path, durability: Durability, new: &NewToken) -> Result<Issued
             "--note must be at most {MAX_NOTE} characters on one line"
         )));
     }
-    let now = now_ms();
-    let expires_at = match new.expires_in_secs {
+    Ok(match new.expires_in_secs {
         None => None,
         Some(s) => Some(
             i64::try_from(s)
@@ -170,15 +173,35 @@ pub fn issue(db: &Path, durability: Durability, new: &NewToken) -> Result<Issued
                 .and_then(|ms| now.checked_add(ms))
                 .ok_or_else(|| TokenError::Invalid("--expires is too far away".into()))?,
         ),
-    };
+    })
+}
+
+/// A fresh token and its id (the token's start).
+fn draw() -> (CreationToken, String) {
+    let token = CreationToken::new(&format!(
+        "{TOKEN_PREFIX}{}",
+        b64(&random_bytes::<TOKEN_BYTES>())
+    ));
+    let id = token.expose()[TOKEN_PREFIX.len()..TOKEN_PREFIX.len() + ID_LEN].to_string();
+    (token, id)
+}
+
+/// The id of a token of a token's shape.
+fn id_of(token: &CreationToken) -> Option<&str> {
+    token
+        .expose()
+        .get(TOKEN_PREFIX.len()..TOKEN_PREFIX.len() + ID_LEN)
+}
+
+/// Issue a token into `db` (`relay.db`, created if missing): `uses` creations, expiring after
+/// `expires_in_secs`. Safe while the relay runs.
+pub fn issue(db: &Path, durability: Durability, new: &NewToken) -> Result<Issued, TokenError> {
+    let now = now_ms();
+    let expires_at = expiry_of(new, now)?;
     let conn = open(db, durability)?;
     // The id is the token's start; on the (2^-48) chance it is taken, draw again.
     for _ in 0..4 {
-        let token = CreationToken::new(&format!(
-            "{TOKEN_PREFIX}{}",
-            b64(&random_bytes::<TOKEN_BYTES>())
-        ));
-        let id = token.expose()[TOKEN_PREFIX.len()..TOKEN_PREFIX.len() + ID_LEN].to_string();
+        let (token, id) = draw();
         let n = conn
             .execute(
                 "INSERT INTO creation_tokens (id, hash, max_uses, expires_at, note, created_at)
@@ -210,6 +233,64 @@ pub fn issue(db: &Path, durability: Durability, new: &NewToken) -> Result<Issued
     Err(TokenError::Invalid(
         "could not draw an unused token id; try again".into(),
     ))
+}
+
+/// [`issue`] on a relay cluster's token bucket.
+pub async fn issue_on(
+    tokens: &crate::cluster::tokens::ClusterTokens,
+    new: &NewToken,
+) -> Result<Issued, TokenError> {
+    let now = now_ms();
+    let expires_at = expiry_of(new, now)?;
+    for _ in 0..4 {
+        let (token, id) = draw();
+        let info = TokenInfo {
+            id: id.clone(),
+            max_uses: new.uses,
+            uses: 0,
+            expires_at,
+            note: new.note.clone(),
+            created_at: now,
+            last_used_at: None,
+            revoked_at: None,
+        };
+        if tokens.issue(&id, &hash(&token), &info).await? {
+            return Ok(Issued { token, info });
+        }
+    }
+    Err(TokenError::Invalid(
+        "could not draw an unused token id; try again".into(),
+    ))
+}
+
+/// [`list`] on a relay cluster's token bucket.
+pub async fn list_on(
+    tokens: &crate::cluster::tokens::ClusterTokens,
+) -> Result<Vec<TokenInfo>, TokenError> {
+    Ok(tokens.list().await?)
+}
+
+/// [`revoke`] on a relay cluster's token bucket: every node refuses it from now on.
+pub async fn revoke_on(
+    tokens: &crate::cluster::tokens::ClusterTokens,
+    id: &str,
+) -> Result<TokenInfo, TokenError> {
+    let id = valid_id(id)?;
+    tokens
+        .revoke(id, now_ms())
+        .await?
+        .ok_or_else(|| TokenError::UnknownId(id.to_string()))
+}
+
+fn valid_id(id: &str) -> Result<&str, TokenError> {
+    let id = id.trim();
+    let id = id.strip_prefix(TOKEN_PREFIX).unwrap_or(id);
+    if id.len() != ID_LEN {
+        return Err(TokenError::Invalid(format!(
+            "a token id is the {ID_LEN} characters `claudemesh-relay token list` shows"
+        )));
+    }
+    Ok(id)
 }
 
 const INFO_COLUMNS: &str =
@@ -246,13 +327,7 @@ pub fn list(db: &Path) -> Result<Vec<TokenInfo>, TokenError> {
 /// Revoke the token with this id (`cmrt_` in front is accepted): no mesh is created with it
 /// from now on, by a running relay too. Revoking twice keeps the first time.
 pub fn revoke(db: &Path, id: &str) -> Result<TokenInfo, TokenError> {
-    let id = id.trim();
-    let id = id.strip_prefix(TOKEN_PREFIX).unwrap_or(id);
-    if id.len() != ID_LEN {
-        return Err(TokenError::Invalid(format!(
-            "a token id is the {ID_LEN} characters `claudemesh-relay token list` shows"
-        )));
-    }
+    let id = valid_id(id)?;
     if !db.exists() {
         return Err(TokenError::UnknownId(id.to_string()));
     }
@@ -335,11 +410,11 @@ fn decide(
 
 /// A stored token's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct TokenRow {
-    max_uses: u32,
-    uses: u32,
-    expires_at: Option<i64>,
-    revoked: bool,
+pub(crate) struct TokenRow {
+    pub(crate) max_uses: u32,
+    pub(crate) uses: u32,
+    pub(crate) expires_at: Option<i64>,
+    pub(crate) revoked: bool,
 }
 
 /// May a token in this state (`None`: not stored) create a mesh at `now`?
@@ -472,6 +547,8 @@ pub(crate) struct Admission {
     db: PathBuf,
     durability: Durability,
     conn: Arc<Mutex<Option<Connection>>>,
+    /// On a relay cluster, the tokens are there, not in `relay.db`.
+    cluster: Option<crate::cluster::tokens::ClusterTokens>,
 }
 
 impl Admission {
@@ -491,7 +568,13 @@ impl Admission {
             db: cfg.data_dir.join("relay.db"),
             durability: cfg.durability,
             conn: Arc::new(Mutex::new(None)),
+            cluster: None,
         }
+    }
+
+    /// Admit by the tokens of a relay cluster (shared by every node).
+    pub(crate) fn on_cluster(&mut self, tokens: crate::cluster::tokens::ClusterTokens) {
+        self.cluster = Some(tokens);
     }
 
     /// May `owner`, connected from `ip` and presenting `token`, create a mesh now? Counts the
@@ -531,6 +614,20 @@ impl Admission {
             Step::Refuse(why) => return Err(why),
             Step::Spend(h) => h,
         };
+        if let Some(tokens) = &self.cluster {
+            let id = token.and_then(id_of).ok_or(Why::TokenUnknown)?;
+            let now = now_ms();
+            return match tokens
+                .spend(id, &hash, now, |row| verdict(Some(row), now).is_ok())
+                .await
+            {
+                Ok(row) => verdict(row.as_ref(), now),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot check a creation token");
+                    Err(Why::Unavailable)
+                }
+            };
+        }
         let (conn, db, durability) = (self.conn.clone(), self.db.clone(), self.durability);
         let spent = tokio::task::spawn_blocking(move || {
             let mut slot = lock(&conn);

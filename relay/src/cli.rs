@@ -283,7 +283,7 @@ pub async fn run(args: RelayArgs) -> Result<(), CliError> {
         }) => return print(&RelayConfig::default_toml()),
         Some(RelayCommand::Fingerprint) => return fingerprint(&args.config()?),
         Some(RelayCommand::Token { what }) => {
-            let out = token(&args.config()?, what)?;
+            let out = token(&args.config()?, what).await?;
             if let Some(note) = out.note {
                 let _ = writeln!(std::io::stderr(), "{note}");
             }
@@ -336,26 +336,51 @@ fn fingerprint(cfg: &RelayConfig) -> Result<(), CliError> {
     ))
 }
 
-/// Run a `token` command against the relay database of `cfg`.
-pub fn token(cfg: &RelayConfig, what: &TokenCommand) -> Result<TokenOutput, CliError> {
+/// Run a `token` command against the relay database of `cfg` or, with `store = "nats"`,
+/// the relay cluster's token bucket (every node's).
+pub async fn token(cfg: &RelayConfig, what: &TokenCommand) -> Result<TokenOutput, CliError> {
     let db = cfg.data_dir.join("relay.db");
     let now = claudemesh_schema::now_ms();
+    let cluster = match cfg.store {
+        StoreKind::Sqlite => None,
+        StoreKind::Nats => {
+            let client = crate::cluster::connect(&cfg.nats_urls)
+                .await
+                .map_err(TokenError::from)?;
+            Some(
+                crate::cluster::tokens::ClusterTokens::open(
+                    client,
+                    &cfg.nats_prefix,
+                    cfg.nats_replicas,
+                )
+                .await
+                .map_err(TokenError::from)?,
+            )
+        }
+    };
     match what {
         TokenCommand::Create {
             uses,
             expires,
             note,
         } => {
-            crate::durable::create_dir_all(&cfg.data_dir).map_err(|source| CliError::DataDir {
-                path: cfg.data_dir.clone(),
-                source,
-            })?;
             let new = NewToken {
                 uses: *uses,
                 expires_in_secs: expires.0,
                 note: note.clone(),
             };
-            let issued = admission::issue(&db, cfg.durability, &new)?;
+            let issued = match &cluster {
+                Some(t) => admission::issue_on(t, &new).await?,
+                None => {
+                    crate::durable::create_dir_all(&cfg.data_dir).map_err(|source| {
+                        CliError::DataDir {
+                            path: cfg.data_dir.clone(),
+                            source,
+                        }
+                    })?;
+                    admission::issue(&db, cfg.durability, &new)?
+                }
+            };
             let i = &issued.info;
             let mut note = format!(
                 "Creation token {} ({}, {}): shown only now, the relay keeps its hash. \
@@ -378,7 +403,10 @@ pub fn token(cfg: &RelayConfig, what: &TokenCommand) -> Result<TokenOutput, CliE
             })
         }
         TokenCommand::List => {
-            let list = admission::list(&db)?;
+            let list = match &cluster {
+                Some(t) => admission::list_on(t).await?,
+                None => admission::list(&db)?,
+            };
             if list.is_empty() {
                 return Ok(TokenOutput {
                     stdout: String::new(),
@@ -408,7 +436,10 @@ pub fn token(cfg: &RelayConfig, what: &TokenCommand) -> Result<TokenOutput, CliE
             })
         }
         TokenCommand::Revoke { id } => {
-            let t = admission::revoke(&db, id)?;
+            let t = match &cluster {
+                Some(t) => admission::revoke_on(t, id).await?,
+                None => admission::revoke(&db, id)?,
+            };
             Ok(TokenOutput {
                 stdout: String::new(),
                 note: Some(format!(
@@ -549,7 +580,11 @@ mod tests {
             let Some(RelayCommand::Token { what }) = &a.command else {
                 panic!("not a token command: {args:?}")
             };
-            token(&a.config().unwrap(), what)
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(token(&a.config().unwrap(), what))
         };
         let made = run(&["token", "create", "--uses", "3", "--note", "for ada"]).unwrap();
         let tok = made.stdout.trim().to_string();

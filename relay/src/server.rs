@@ -141,7 +141,13 @@ impl Relay<crate::cluster::store::ClusterStore> {
         } else {
             None
         };
-        Self::bind_all(cfg, store, blobs, Some(Arc::new(bus))).await
+        let tokens = crate::cluster::tokens::ClusterTokens::open(
+            client,
+            &cfg.nats_prefix,
+            cfg.nats_replicas,
+        )
+        .await?;
+        Self::bind_all(cfg, store, blobs, Some((Arc::new(bus), tokens))).await
     }
 }
 
@@ -181,7 +187,10 @@ impl<S: Store> Relay<S> {
         cfg: RelayConfig,
         store: S,
         blobs: Option<Arc<dyn BlobStore>>,
-        bus: Option<Arc<crate::cluster::bus::Bus>>,
+        cluster: Option<(
+            Arc<crate::cluster::bus::Bus>,
+            crate::cluster::tokens::ClusterTokens,
+        )>,
     ) -> Result<Self, RelayError> {
         let identity =
             Identity::load_or_generate(&cfg.data_dir, cfg.cert.as_deref(), cfg.key.as_deref())?;
@@ -202,10 +211,11 @@ impl<S: Store> Relay<S> {
             None => None,
         };
         let mut hub = Hub::new(store, cfg, snap);
-        if let Some(b) = &bus {
-            hub.leases = Mutex::new(crate::cluster::bus::Leases::new(b.node(), Instant::now()));
+        if let Some((bus, tokens)) = cluster {
+            hub.leases = Mutex::new(crate::cluster::bus::Leases::new(bus.node(), Instant::now()));
+            hub.admission.on_cluster(tokens);
+            hub.bus = Some(bus);
         }
-        hub.bus = bus;
         if let Some(b) = blobs {
             let stored = b.usage()?;
             hub = hub.with_blobs(b, &stored);

@@ -18,7 +18,7 @@ use claudemesh_tests::raw::{Fixture, Member, add_member, quic, recv, relay, send
 
 /// `claudemesh-relay token …` with this relay's data directory, as an operator runs it
 /// (while the relay runs); returns what it prints on stdout.
-fn token_cli(f: &Fixture, args: &[&str]) -> String {
+async fn token_cli(f: &Fixture, args: &[&str]) -> String {
     let data = f.cfg.data_dir.to_str().unwrap();
     let cli = RelayCli::try_parse_from(
         ["claudemesh-relay", "token"]
@@ -31,12 +31,15 @@ fn token_cli(f: &Fixture, args: &[&str]) -> String {
         panic!("not a token command")
     };
     let cfg = cli.args.config().unwrap();
-    claudemesh_relay::cli::token(&cfg, what).unwrap().stdout
+    claudemesh_relay::cli::token(&cfg, what)
+        .await
+        .unwrap()
+        .stdout
 }
 
 /// A token issued with `token create`.
-fn issue(f: &Fixture, args: &[&str]) -> CreationToken {
-    let out = token_cli(f, &[&["create"], args].concat());
+async fn issue(f: &Fixture, args: &[&str]) -> CreationToken {
+    let out = token_cli(f, &[&["create"], args].concat()).await;
     CreationToken::new(out.trim())
 }
 
@@ -189,7 +192,7 @@ async fn a_token_from_token_create_creates_exactly_its_number_of_uses() {
     })
     .await;
     // Issued while the relay runs: no restart needed.
-    let token = issue(&f, &["--uses", "3", "--note", "for the test"]);
+    let token = issue(&f, &["--uses", "3", "--note", "for the test"]).await;
     // Eight creators race with the one token: exactly three get a mesh.
     let owners: Vec<Member> = (0..8).map(|_| Member::new()).collect();
     let meshes: Vec<MeshId> = (0..8).map(|_| MeshId::new()).collect();
@@ -222,7 +225,7 @@ async fn a_token_from_token_create_creates_exactly_its_number_of_uses() {
             assert_eq!(linked.err(), Some(ErrorCode::UnknownMesh), "mesh {i}");
         }
     }
-    let list = token_cli(&f, &["list"]);
+    let list = token_cli(&f, &["list"]).await;
     assert!(list.contains("0/3") && list.contains("used up"), "{list}");
     assert!(
         !list.contains(&token.expose()[5..]),
@@ -234,7 +237,7 @@ async fn a_token_from_token_create_creates_exactly_its_number_of_uses() {
 #[tokio::test]
 async fn revoked_and_expired_tokens_are_refused() {
     let f = relay(token_admission).await;
-    let token = issue(&f, &["--uses", "5"]);
+    let token = issue(&f, &["--uses", "5"]).await;
     let owner = MemberSecret::generate();
     let mut c = quic(&f).await;
     assert!(matches!(
@@ -243,7 +246,7 @@ async fn revoked_and_expired_tokens_are_refused() {
     ));
     // Revoked while the relay runs: the next creation is refused at once.
     let id = &token.expose()[5..13];
-    token_cli(&f, &["revoke", id]);
+    token_cli(&f, &["revoke", id]).await;
     assert_refused(
         create(&mut c, 2, &owner, MeshId::new(), Some(&token)).await,
         "was revoked",
@@ -265,7 +268,7 @@ async fn revoked_and_expired_tokens_are_refused() {
         create(&mut c, 3, &owner, MeshId::new(), Some(&expired)).await,
         "has expired",
     );
-    let list = token_cli(&f, &["list"]);
+    let list = token_cli(&f, &["list"]).await;
     assert!(
         list.contains("revoked") && list.contains("expired"),
         "{list}"
@@ -290,7 +293,7 @@ async fn under_allowlist_admission_only_listed_owners_create() {
         "allowed_owners",
     );
     // A token does not get an unlisted key past the allowlist.
-    let token = issue(&f, &[]);
+    let token = issue(&f, &[]).await;
     assert_refused(
         create(&mut c, 2, &stranger.key, mesh, Some(&token)).await,
         "allowed_owners",

@@ -560,3 +560,68 @@ async fn mesh_creations_are_limited_over_every_node() {
     ];
     assert_eq!(made, [None, None, Some(ErrorCode::QuotaExceeded)]);
 }
+
+/// Creation tokens are the cluster's: a token issued once (by `claudemesh-relay token
+/// create` against the cluster) admits through every node, and its three uses are spent
+/// once over all of them, however many creations race for them through two nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creation_tokens_uses_are_spent_once_over_every_node() {
+    use claudemesh_relay::admission::{NewToken, issue_on};
+    use claudemesh_relay::config::AdmissionMode;
+    let root = tempfile::tempdir().unwrap();
+    let cluster = NatsCluster::start(&root.path().join("nats"), 3);
+    let (n1, n2) = two_nodes_with(&cluster, root.path(), |c| {
+        c.admission = AdmissionMode::Token;
+        c.create_rate_per_hour = 0;
+    })
+    .await;
+    let client = claudemesh_relay::cluster::connect(&cluster.urls())
+        .await
+        .unwrap();
+    let tokens = claudemesh_relay::cluster::tokens::ClusterTokens::open(client, "CR", 3)
+        .await
+        .unwrap();
+    let new = NewToken {
+        uses: 3,
+        expires_in_secs: None,
+        note: "race".into(),
+    };
+    let token = issue_on(&tokens, &new).await.unwrap().token;
+    // Eight creations in flight at once, four through each node.
+    let mut conns = Vec::new();
+    for i in 0..8u64 {
+        conns.push(quic(if i % 2 == 0 { &n1 } else { &n2 }).await);
+    }
+    for (rid, c) in (100u64..).zip(conns.iter_mut()) {
+        let owner = Member::new();
+        let genesis = claudemesh_schema::roster::MeshGenesis::sign(
+            &owner.key,
+            claudemesh_schema::MeshId::new(),
+            now_ms(),
+        );
+        let token = Some(token.clone());
+        send(
+            c,
+            &ClientFrame::CreateMesh {
+                rid,
+                genesis,
+                token,
+            },
+        )
+        .await;
+    }
+    let mut made = Vec::new();
+    for (rid, c) in (100u64..).zip(conns.iter_mut()) {
+        made.push(answer(c, rid).await);
+    }
+    let admitted = made.iter().filter(|m| m.is_none()).count();
+    assert_eq!(admitted, 3, "{made:?}");
+    assert!(
+        made.iter()
+            .all(|m| m.is_none() || *m == Some(ErrorCode::CreationRefused)),
+        "{made:?}"
+    );
+    let listed = claudemesh_relay::admission::list_on(&tokens).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].uses, listed[0].left()), (3, 0));
+}

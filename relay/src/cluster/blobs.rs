@@ -267,7 +267,7 @@ impl ClusterBlobs {
             match self.chunks.create(&key, Bytes::from(c.data)).await {
                 Ok(_) => true,
                 // Stored through another node meanwhile (and counted there).
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                Err(e) if counts::lost_create(&e) => {
                     self.release(&c.mesh, (1, size)).await;
                     false
                 }
@@ -293,7 +293,7 @@ impl ClusterBlobs {
             .await
         {
             Ok(_) => {}
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+            Err(e) if counts::lost_create(&e) => {}
             Err(e) => return Err(js_err("recording a chunk's file")(e.to_string())),
         }
         Ok(if fresh {

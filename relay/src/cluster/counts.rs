@@ -31,6 +31,14 @@ fn encode((n, bytes): Pair) -> Bytes {
     Bytes::from(format!("{n} {bytes}"))
 }
 
+/// Another writer created the entry first. A clustered stream answers the losing create
+/// with 10164, "wrong last sequence", which this client version reports as another kind
+/// of error than `AlreadyExists`.
+pub fn lost_create(err: &kv::CreateError) -> bool {
+    err.kind() == kv::CreateErrorKind::AlreadyExists
+        || err.to_string().contains("wrong last sequence")
+}
+
 /// Another writer changed the entry first (compare-and-set lost).
 pub fn lost_update(err: &kv::UpdateError) -> bool {
     err.kind() == kv::UpdateErrorKind::WrongLastRevision
@@ -77,15 +85,7 @@ pub async fn add(
             },
             None => match kv.create(key, encode(next)).await {
                 Ok(_) => true,
-                // Another node created it first (a clustered stream answers the losing
-                // create with 10164, "wrong last sequence", which this client version
-                // reports as another kind of error).
-                Err(err)
-                    if err.kind() == kv::CreateErrorKind::AlreadyExists
-                        || err.to_string().contains("wrong last sequence") =>
-                {
-                    false
-                }
+                Err(err) if lost_create(&err) => false,
                 Err(err) => return Err(js_err(what)(err.to_string())),
             },
         };

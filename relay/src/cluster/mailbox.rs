@@ -176,7 +176,7 @@ impl ClusterMailbox {
         }
         let (first, revision) = match self.ids.create(&key, pending).await {
             Ok(rev) => (true, rev),
-            Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {
+            Err(err) if counts::lost_create(&err) => {
                 // Counted by whoever claimed it first.
                 counts::take(&self.ids, &use_key, (1, size as u64)).await;
                 let held = self

@@ -9,11 +9,12 @@
 //! claims, presence, nonces, receipts, snapshots), file chunks ([`blobs`]) and the live
 //! traffic between nodes ([`bus`], core NATS).
 //!
-//! Quotas hold over every node ([`counts`]: shared counts changed by compare-and-set);
-//! per-connection limits guard each node and count per node.
+//! Quotas hold over every node ([`counts`]: shared counts changed by compare-and-set),
+//! and so do mesh-creation tokens ([`tokens`]); per-connection limits guard each node and
+//! count per node.
 //!
-//! What it is not (yet): creation tokens shared by the nodes (each node keeps its own in
-//! `relay.db`; see ARCHITECTURE.md, "Beyond one relay").
+//! What it is not: a cluster protocol of its own. Membership, replication and failover
+//! are JetStream's; nodes only say they are alive ([`bus::Leases`]).
 
 use async_nats::jetstream::kv;
 use async_nats::jetstream::stream::RawMessageErrorKind;
@@ -25,6 +26,7 @@ pub mod counts;
 pub mod mailbox;
 pub mod oplog;
 pub mod store;
+pub mod tokens;
 
 /// A cluster operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -641,7 +641,7 @@ impl ClusterStore {
             },
             None => match i.state.create(snapshot_key(&mesh), value).await {
                 Ok(_) => true,
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => false,
+                Err(e) if counts::lost_create(&e) => false,
                 Err(e) => return Err(js_err("keeping a snapshot")(e.to_string())),
             },
         };
@@ -904,7 +904,7 @@ impl Store for ClusterStore {
             Ok(_) => Ok(()),
             Err(e) => {
                 counts::take(&i.state, MESHES, (1, 0)).await;
-                if e.kind() == kv::CreateErrorKind::AlreadyExists {
+                if counts::lost_create(&e) {
                     Err(StoreError::Exists)
                 } else {
                     Err(js_err("registering a mesh")(e.to_string()).into())
@@ -1039,7 +1039,7 @@ impl Store for ClusterStore {
         )?;
         match self.inner.state.create(key, v).await {
             Ok(_) => Ok(()),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(()),
+            Err(e) if counts::lost_create(&e) => Ok(()),
             Err(e) => Err(js_err("keeping an invite")(e.to_string()).into()),
         }
     }
@@ -1071,7 +1071,7 @@ impl Store for ClusterStore {
         {
             Ok(_) => Ok(()),
             // Used through another node: the replay is refused here too.
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Err(StoreError::Replayed),
+            Err(e) if counts::lost_create(&e) => Err(StoreError::Replayed),
             Err(e) => Err(js_err("recording a hello nonce")(e.to_string()).into()),
         }
     }
