@@ -151,6 +151,9 @@ pub struct RelayConfig {
     /// How long a claim is kept waiting for an admin, and its answer for the claimant,
     /// seconds; at most 7 days (admins refuse older claims). Default 604 800 (7 days).
     pub claim_ttl_secs: u64,
+    /// How often expired state is swept and, on a cluster, what other nodes changed (and
+    /// this node may have missed live) is read again, seconds. Default 60.
+    pub sweep_secs: u64,
     /// New connections accepted per second per IP (IPv6: one /64), before any TLS or QUIC
     /// handshake work; beyond it the connection is refused at once. Default 50.
     pub accept_rate: f64,
@@ -246,6 +249,7 @@ impl Default for RelayConfig {
             preauth_frames: 8,
             claim_wait_secs: 300,
             claim_ttl_secs: 7 * 24 * 3600,
+            sweep_secs: 60,
             accept_rate: 50.0,
             accept_burst: 200.0,
             max_connections: 20_000,
@@ -335,6 +339,11 @@ impl RelayConfig {
             return Err(ConfigError::Invalid(
                 "claim_ttl_secs must be between 1 and 604800 (7 days: admins refuse older claims)"
                     .into(),
+            ));
+        }
+        if !(1..=3600).contains(&self.sweep_secs) {
+            return Err(ConfigError::Invalid(
+                "sweep_secs must be between 1 and 3600".into(),
             ));
         }
         if self.hello_timeout_secs == 0 {
@@ -534,6 +543,10 @@ const KEY_DOCS: &[(&str, &str)] = &[
     (
         "claim_ttl_secs",
         "How long a claim waits for an admin, and its answer for the claimant (at most 7 days).",
+    ),
+    (
+        "sweep_secs",
+        "How often expired state is swept and, on a cluster, what other nodes changed is read again.",
     ),
     (
         "accept_rate",

@@ -1104,6 +1104,86 @@ impl<S: Store> Hub<S> {
         Ok(())
     }
 
+    /// Bring the claims this node keeps up to what the store keeps (`stored`, read at
+    /// `now`), on a cluster where a claim made or decided through another node may have
+    /// been missed live (a bus message is not durable): a waiting claim not known here is
+    /// kept and handed to this node's admins, a claim decided elsewhere is decided here
+    /// (its claimant, if it waits on this node, hears it), and one gone from the store
+    /// (withdrawn, or admitted and fetched) is forgotten unless its claimant waits here.
+    pub(crate) async fn follow_claims(&self, stored: Vec<crate::store::StoredClaim>, now: i64) {
+        /// A claim this young may be on its way to the store: not forgotten yet.
+        const SETTLE_MS: i64 = 60_000;
+        let mut by_mesh: HashMap<MeshId, Vec<crate::store::StoredClaim>> = HashMap::new();
+        for c in stored.into_iter().filter(|c| c.expires_at > now) {
+            by_mesh.entry(c.mesh).or_default().push(c);
+        }
+        for (mesh, entry) in self.all_meshes() {
+            let stored = by_mesh.remove(&mesh).unwrap_or_default();
+            // The invites of claims new here, read first (made through another node).
+            let unknown: Vec<InviteId> = {
+                let st = lock(&entry.state);
+                stored
+                    .iter()
+                    .filter(|c| {
+                        !st.claims.contains_key(&c.id)
+                            && !st.invites.contains_key(&c.request.invite)
+                    })
+                    .map(|c| c.request.invite)
+                    .collect()
+            };
+            for id in unknown {
+                if let Err(e) = self.follow_invite(&id).await {
+                    tracing::warn!(mesh = %mesh.short(), error = %e, "cannot read the invite of a claim made through another node");
+                }
+            }
+            let mut st = lock(&entry.state);
+            let ids: HashSet<ClaimId> = stored.iter().map(|c| c.id).collect();
+            for c in stored {
+                match st.claims.get(&c.id) {
+                    None if c.outcome.is_none() => {
+                        let Some(cap) = st.invites.get(&c.request.invite).map(|i| i.cap.clone())
+                        else {
+                            continue;
+                        };
+                        if let Some(f) = frame(&RelayFrame::ClaimPending {
+                            claim: c.id,
+                            request: c.request.clone(),
+                            cap: cap.clone(),
+                            at: c.at,
+                        }) {
+                            for a in st.admin_links() {
+                                a.push(f.clone());
+                            }
+                        }
+                        st.claims.insert(
+                            c.id,
+                            PendingClaim {
+                                request: c.request,
+                                cap,
+                                at: c.at,
+                                expires_at: c.expires_at,
+                                claimant: None,
+                                outcome: None,
+                            },
+                        );
+                    }
+                    Some(local) if local.waiting() => {
+                        if let Some(o) = c.outcome {
+                            let _ = st.decide(c.id, o, c.expires_at);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            st.claims.retain(|id, c| {
+                ids.contains(id)
+                    || c.claimant.is_some()
+                    || !c.request.durable
+                    || now - c.at < SETTLE_MS
+            });
+        }
+    }
+
     /// Hand `frame` to `member` if it is connected to another node (`id`: a delivery).
     pub(crate) fn bus_member(
         &self,

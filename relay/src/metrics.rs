@@ -200,6 +200,15 @@ pub(crate) fn render<S: Store>(hub: &Hub<S>) -> String {
             "Relay nodes of the cluster heard alive within the lease, this one included.",
             nodes as u64,
         );
+        if let Some(b) = &hub.bus {
+            metric(
+                &mut out,
+                "claudemesh_relay_cluster_bus_dropped_total",
+                "counter",
+                "Live copies for other nodes dropped because the queue to NATS was full (recovered from the store).",
+                b.dropped(),
+            );
+        }
     }
     s.envelope_commit.render(
         "claudemesh_relay_envelope_commit_seconds",

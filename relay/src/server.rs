@@ -715,7 +715,7 @@ async fn metrics_loop<S: Store>(hub: Arc<Hub<S>>, tcp: TcpListener) {
 }
 
 async fn sweeper<S: Store>(hub: Arc<Hub<S>>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    let mut tick = tokio::time::interval(Duration::from_secs(hub.cfg.sweep_secs));
     loop {
         tokio::select! {
             biased;
@@ -761,6 +761,12 @@ async fn sweeper<S: Store>(hub: Arc<Hub<S>>) {
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "cannot count what the cluster stores"),
+        }
+        // Claims made or decided through other nodes that this node missed live.
+        match hub.store.claims_now().await {
+            Ok(Some(claims)) => hub.follow_claims(claims, now).await,
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the cluster's claims"),
         }
         hub.expire_claims(now);
         if let Some(b) = &hub.blobs {

@@ -364,6 +364,14 @@ pub trait Store: Send + Sync + 'static {
     fn usage_now(&self) -> impl Future<Output = Result<Option<Usage>, StoreError>> + Send {
         async { Ok(None) }
     }
+    /// Every claim kept now, for a store that other relay nodes write too (a cluster):
+    /// claims made and decided through them, which this relay may have missed live.
+    /// `None` with one relay, whose memory is the whole truth.
+    fn claims_now(
+        &self,
+    ) -> impl Future<Output = Result<Option<Vec<StoredClaim>>, StoreError>> + Send {
+        async { Ok(None) }
+    }
     /// The mesh as stored now, for a store that other relay nodes write too (a
     /// cluster): what they changed since [`Store::load`]. `None` when this relay's memory
     /// is the whole truth (one relay), or the mesh is not stored.

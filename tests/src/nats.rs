@@ -112,8 +112,38 @@ pub struct NatsCluster {
 
 impl NatsCluster {
     /// Start `n` servers clustered on loopback under `root`, and wait until every one
-    /// reports JetStream ready.
+    /// reports JetStream ready. Ports are picked free and then handed to the servers, so
+    /// another test may take one in between: a cluster that does not form (a server
+    /// exited, or no leader in 20 s) is started again on fresh ports, up to three times.
     pub fn start(root: &Path, n: usize) -> Self {
+        for _ in 0..2 {
+            let c = Self::start_once(root, n);
+            if c.formed(Duration::from_secs(20)) {
+                return c;
+            }
+            drop(c);
+            let _ = std::fs::remove_dir_all(root);
+        }
+        let c = Self::start_once(root, n);
+        c.wait_healthy();
+        c
+    }
+
+    /// Whether every server is running and reports JetStream ready within `within`.
+    fn formed(&self, within: Duration) -> bool {
+        let until = Instant::now() + within;
+        loop {
+            if self.servers.iter().all(NatsServer::healthy) {
+                return true;
+            }
+            if Instant::now() > until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn start_once(root: &Path, n: usize) -> Self {
         let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let mut servers = Vec::new();
         for (i, route) in routes.iter().enumerate() {
@@ -150,9 +180,7 @@ impl NatsCluster {
         for s in &mut servers {
             s.spawn();
         }
-        let c = Self { servers };
-        c.wait_healthy();
-        c
+        Self { servers }
     }
 
     /// Wait until every running server reports JetStream ready.

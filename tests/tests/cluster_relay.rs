@@ -625,3 +625,74 @@ async fn a_creation_tokens_uses_are_spent_once_over_every_node() {
     assert_eq!(listed.len(), 1);
     assert_eq!((listed[0].uses, listed[0].left()), (3, 0));
 }
+
+/// A claim made through a node whose live copy never reached the others (bus messages
+/// are not durable; here the node "dies" after storing it) reaches an admin linked to
+/// another node at that node's next sweep; and a claim decided elsewhere whose answer
+/// was missed live reaches its claimant waiting here at the next sweep too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_missed_live_are_read_from_the_cluster_at_the_next_sweep() {
+    use claudemesh_relay::cluster::store::{ClusterStore, ClusterStoreConfig};
+    use claudemesh_relay::store::{Store as _, StoredClaim};
+    let root = tempfile::tempdir().unwrap();
+    let cluster = NatsCluster::start(&root.path().join("nats"), 3);
+    let (n1, _n2) = two_nodes_with(&cluster, root.path(), |c| c.sweep_secs = 1).await;
+    let (mesh_id, owner, mut a, _member, _b) = mesh(&n1).await;
+    let cap = publish(&mut a, &owner, mesh_id, 5, false, 30).await;
+    // The dying node's writes, through a store of the same deployment.
+    let client = claudemesh_relay::cluster::connect(&cluster.urls())
+        .await
+        .unwrap();
+    let elsewhere = ClusterStore::open(
+        client,
+        &ClusterStoreConfig {
+            prefix: "CR".into(),
+            replicas: 3,
+            message_ttl: std::time::Duration::from_secs(3600),
+            duplicate_window: std::time::Duration::from_secs(120),
+            mesh_quota: Default::default(),
+            mesh_quota_op_bytes: 0,
+            max_meshes: 0,
+            creations_per_hour: 0,
+            node: "gone".into(),
+        },
+    )
+    .await
+    .unwrap();
+
+    let (req, _key) = durable_claim(cap.id);
+    let missed = ClaimId::new();
+    elsewhere
+        .put_claim(StoredClaim {
+            id: missed,
+            mesh: mesh_id,
+            request: req,
+            at: now_ms(),
+            expires_at: now_ms() + 3_600_000,
+            outcome: None,
+        })
+        .await
+        .unwrap();
+    until(&mut a, |f| {
+        matches!(f, RelayFrame::ClaimPending { claim, .. } if claim == missed).then_some(())
+    })
+    .await;
+
+    let (req, _key) = durable_claim(cap.id);
+    let (claim, mut waiting) = claim_waiting(&n1, &req).await;
+    elsewhere
+        .decide_claims(
+            vec![claim],
+            ClaimOutcome::Refused {
+                code: ErrorCode::ClaimRefused,
+                message: "denied through another node".into(),
+            },
+            now_ms() + 3_600_000,
+        )
+        .await
+        .unwrap();
+    match claim_result(&mut waiting).await {
+        ClaimOutcome::Refused { code, .. } => assert_eq!(code, ErrorCode::ClaimRefused),
+        other => panic!("the claimant was not told the answer decided elsewhere: {other:?}"),
+    }
+}

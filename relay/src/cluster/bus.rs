@@ -21,6 +21,8 @@ use claudemesh_schema::wire::ClaimOutcome;
 use claudemesh_schema::{ClaimId, MeshId, MessageId};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
@@ -169,6 +171,10 @@ pub struct Event {
     pub frame: Bytes,
 }
 
+/// Most bytes of live copies waiting to be published: past it (NATS slow or away) a copy
+/// is dropped, not queued without end, and recovered from the store like any lost one.
+pub const MAX_QUEUED_BYTES: usize = 64 << 20;
+
 /// This node's side of the bus.
 #[derive(Debug)]
 pub struct Bus {
@@ -176,6 +182,10 @@ pub struct Bus {
     prefix: String,
     node: String,
     tx: mpsc::UnboundedSender<(String, HeaderMap, Bytes)>,
+    /// Payload bytes in `tx`, against [`MAX_QUEUED_BYTES`].
+    queued: Arc<AtomicUsize>,
+    /// Live copies dropped because the queue was full.
+    dropped: AtomicU64,
     /// Tracks the publisher, which ends when the bus is dropped.
     _tasks: TaskTracker,
 }
@@ -204,8 +214,11 @@ impl Bus {
             }
         });
         let publisher = client.clone();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let left = queued.clone();
         tasks.spawn(async move {
             while let Some((subject, headers, payload)) = rx.recv().await {
+                left.fetch_sub(payload.len(), Ordering::Relaxed);
                 // Ephemeral: a lost live copy is recovered from the store.
                 if let Err(e) = publisher
                     .publish_with_headers(subject, headers, payload)
@@ -220,8 +233,32 @@ impl Bus {
             prefix,
             node,
             tx,
+            queued,
+            dropped: AtomicU64::new(0),
             _tasks: tasks,
         }
+    }
+
+    /// Queue a message for publishing, unless the queue is full.
+    fn queue(&self, subject: String, headers: HeaderMap, payload: Bytes) {
+        let n = payload.len();
+        if self.queued.fetch_add(n, Ordering::Relaxed) + n > MAX_QUEUED_BYTES {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::warn!(
+                    "the queue to the other relay nodes is full (NATS slow or unreachable): live copies are dropped, and recovered from the store"
+                );
+            }
+            return;
+        }
+        if self.tx.send((subject, headers, payload)).is_err() {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Live copies dropped so far because the queue to NATS was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// This node's id on the bus (random at each start).
@@ -261,7 +298,7 @@ impl Bus {
             h.insert("Cm-Except", hex(&m.0).as_str());
         }
         let subject = format!("{}.mesh.{}", self.prefix, hex(mesh.as_bytes()));
-        let _ = self.tx.send((subject, h, frame.clone()));
+        self.queue(subject, h, frame.clone());
     }
 
     /// Publish `frame` to `member`'s link, if it is connected to another node.
@@ -281,7 +318,7 @@ impl Bus {
             h.insert("Cm-Id", hex(id.as_bytes()).as_str());
         }
         let subject = self.member_subject(mesh, member);
-        let _ = self.tx.send((subject, h, frame.clone()));
+        self.queue(subject, h, frame.clone());
     }
 
     fn member_subject(&self, mesh: &MeshId, member: &MemberKey) -> String {

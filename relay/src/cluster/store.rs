@@ -17,7 +17,7 @@
 //!
 //! What it is not: the in-memory side of a cluster. A node's hub reads rosters and
 //! presence changed through other nodes at each hello, each roster event on the bus and
-//! each sweep; invites and claims changed elsewhere only at its start (issue 17 continues).
+//! each sweep; an invite when it is claimed or revoked; the claims at each sweep.
 
 use async_nats::jetstream::{self, kv, object_store, stream};
 use bytes::Bytes;
@@ -1333,6 +1333,26 @@ impl Store for ClusterStore {
         max_bytes: usize,
     ) -> Result<OpsPage, StoreError> {
         Ok(self.do_ops(mesh, from, limit, max_bytes).await?)
+    }
+
+    async fn claims_now(&self) -> Result<Option<Vec<StoredClaim>>, StoreError> {
+        let i = &self.inner;
+        let mut out = Vec::new();
+        for (_, value, _) in entries_under(&i.client, &i.state, "c.")
+            .await
+            .map_err(StoreError::from)?
+        {
+            let c: ClaimValue = parse(&value, "claim")?;
+            out.push(StoredClaim {
+                id: c.id,
+                mesh: c.mesh,
+                request: c.request,
+                at: c.at,
+                expires_at: c.expires_at,
+                outcome: c.outcome,
+            });
+        }
+        Ok(Some(out))
     }
 
     async fn usage_now(&self) -> Result<Option<Usage>, StoreError> {
