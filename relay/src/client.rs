@@ -172,16 +172,22 @@ pub async fn connect(
 ) -> Result<Connection, ConnectError> {
     let nodes = claudemesh_schema::invite::relay_nodes(addr);
     let [first, rest @ ..] = nodes.as_slice() else {
-        return connect_node(addr, pin, opts).await;
+        return connect_node(addr, pin, opts, IDLE_TIMEOUT).await;
     };
-    let mut last = match connect_node(first, pin, opts).await {
+    // Another node is ready to take the link: a silent one is given up on sooner.
+    let idle = if rest.is_empty() {
+        IDLE_TIMEOUT
+    } else {
+        NODES_IDLE_TIMEOUT
+    };
+    let mut last = match connect_node(first, pin, opts, idle).await {
         Ok(c) => return Ok(c),
         Err(e @ ConnectError::FingerprintMismatch { .. }) => return Err(e),
         Err(e) => e,
     };
     for node in rest {
         tracing::debug!(error = %last, next = %node, "relay node unreachable, trying the next");
-        match connect_node(node, pin, opts).await {
+        match connect_node(node, pin, opts, idle).await {
             Ok(c) => return Ok(c),
             Err(e @ ConnectError::FingerprintMismatch { .. }) => return Err(e),
             Err(e) => last = e,
@@ -195,11 +201,12 @@ async fn connect_node(
     addr: &str,
     pin: Option<[u8; 32]>,
     opts: &ConnectOptions,
+    idle: Duration,
 ) -> Result<Connection, ConnectError> {
     let sa = resolve(addr).await?;
     let mut last = ConnectError::NoTransport;
     if opts.quic {
-        match connect_quic(sa, pin, opts.quic_timeout).await {
+        match quic_with(sa, pin, opts.quic_timeout, idle).await {
             Ok(c) => return Ok(c),
             Err(e @ ConnectError::FingerprintMismatch { .. }) => return Err(e),
             Err(e) => {
@@ -223,6 +230,16 @@ pub async fn connect_quic(
     pin: Option<[u8; 32]>,
     timeout: Duration,
 ) -> Result<Connection, ConnectError> {
+    quic_with(addr, pin, timeout, IDLE_TIMEOUT).await
+}
+
+/// [`connect_quic`], dropping the connection after `idle` of silence.
+async fn quic_with(
+    addr: SocketAddr,
+    pin: Option<[u8; 32]>,
+    timeout: Duration,
+    idle: Duration,
+) -> Result<Connection, ConnectError> {
     let seen: SeenFingerprint = Arc::new(Mutex::new(None));
     let fail = |d: String| failure("quic", addr, pin, &seen, d);
     let rustls_cfg =
@@ -230,7 +247,7 @@ pub async fn connect_quic(
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_cfg)
         .map_err(|e| fail(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-    cfg.transport_config(Arc::new(quic_transport(Some(CLIENT_KEEP_ALIVE))));
+    cfg.transport_config(Arc::new(quic_transport(Some(CLIENT_KEEP_ALIVE), idle)));
     let bind: SocketAddr = if addr.is_ipv6() {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
@@ -264,15 +281,23 @@ pub async fn connect_quic(
 pub const CLIENT_KEEP_ALIVE: Duration = Duration::from_secs(1);
 /// Silence after which either side drops a QUIC connection (a relay machine that is gone
 /// sends no reset).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The same for a client of a relay of several nodes (the shorter of the two sides'
+/// timeouts holds): a node killed, or its machine gone, is left for another within a
+/// few seconds, at the price of a reconnect after a few seconds of network silence.
+const NODES_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// QUIC transport settings shared by client and relay. Only clients send keep-alives
 /// (`keep_alive`): their packets keep the connection alive for both sides, and a relay
-/// with thousands of idle links sends nothing of its own.
-pub(crate) fn quic_transport(keep_alive: Option<Duration>) -> quinn::TransportConfig {
+/// with thousands of idle links sends nothing of its own. `idle`: silence after which
+/// the connection is dropped.
+pub(crate) fn quic_transport(
+    keep_alive: Option<Duration>,
+    idle: Duration,
+) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(keep_alive);
-    if let Ok(idle) = quinn::IdleTimeout::try_from(IDLE_TIMEOUT) {
+    if let Ok(idle) = quinn::IdleTimeout::try_from(idle) {
         t.max_idle_timeout(Some(idle));
     }
     // One bidirectional stream per link, no unidirectional streams or datagrams: less

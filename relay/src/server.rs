@@ -324,7 +324,10 @@ async fn bind_sockets(
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|e| TlsError::Config(e.to_string()))?;
         let mut sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        sc.transport_config(Arc::new(crate::client::quic_transport(None)));
+        sc.transport_config(Arc::new(crate::client::quic_transport(
+            None,
+            crate::client::IDLE_TIMEOUT,
+        )));
         Ok(sc)
     };
     // With port 0 the TCP port is chosen first and UDP must get the same number; retry
