@@ -1252,6 +1252,28 @@ impl<S: Store> Hub<S> {
                         ErrorCode::Replaced,
                         "a newer connection of this member (through another relay node) replaced this one",
                     );
+                    // What it has left goes with it: its new node holds it to that.
+                    let now = Instant::now();
+                    let l = st.limits(m, &self.cfg);
+                    let left = crate::cluster::bus::Budget {
+                        writes: l.writes.level(now),
+                        presence: l.presence.level(now),
+                    };
+                    if let Ok(b) = serde_json::to_vec(&left) {
+                        bus.to_mesh(&ev.mesh, Kind::Budget, Some(&m), &Bytes::from(b));
+                    }
+                }
+                continue;
+            }
+            if ev.kind == Kind::Budget {
+                if let Some(m) = ev.except
+                    && st.links.contains_key(&m)
+                    && let Ok(b) = serde_json::from_slice::<crate::cluster::bus::Budget>(&ev.frame)
+                {
+                    let now = Instant::now();
+                    let l = st.limits(m, &self.cfg);
+                    l.writes.at_most(b.writes, now);
+                    l.presence.at_most(b.presence, now);
                 }
                 continue;
             }

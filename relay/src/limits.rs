@@ -29,6 +29,20 @@ impl TokenBucket {
         }
     }
 
+    /// Tokens available at `now`.
+    pub(crate) fn level(&mut self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.tokens
+    }
+
+    /// Hold at most `tokens` at `now` (what the member had left where it was before).
+    pub(crate) fn at_most(&mut self, tokens: f64, now: Instant) {
+        let level = self.level(now);
+        self.tokens = level.min(tokens.max(0.0));
+    }
+
     /// Take one token, or say how long until one is available.
     pub(crate) fn take(&mut self, now: Instant) -> Result<(), Duration> {
         self.take_n(1.0, now)

@@ -696,3 +696,63 @@ async fn claims_missed_live_are_read_from_the_cluster_at_the_next_sweep() {
         other => panic!("the claimant was not told the answer decided elsewhere: {other:?}"),
     }
 }
+
+/// A member's rate limits go with it from node to node: its write budget spent through
+/// node 1, it links through node 2 and finds it spent there too (as on one relay, where
+/// reconnecting refills nothing: several nodes must not multiply it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hopping_to_another_node_does_not_refill_a_members_send_budget() {
+    use futures_util::StreamExt as _;
+    let root = tempfile::tempdir().unwrap();
+    let cluster = NatsCluster::start(&root.path().join("nats"), 3);
+    let (n1, n2) = two_nodes_with(&cluster, root.path(), |c| {
+        c.member_rate = 0.01;
+        c.member_burst = 3.0;
+    })
+    .await;
+    let (mesh_id, owner, mut a, member, _b) = mesh(&n1).await;
+    for _ in 0..3 {
+        let id = MessageId::new();
+        send(&mut a, &ClientFrame::Send(owner.envelope(id, &member))).await;
+        assert_eq!(refusal_of(&mut a, id).await, None);
+    }
+    // The nodes' bus, watched for node 1 handing over what the owner has left.
+    let watch = async_nats::connect(cluster.urls()[0].as_str())
+        .await
+        .unwrap();
+    let mut bus = watch.subscribe("cr.mesh.*").await.unwrap();
+    watch.flush().await.unwrap();
+    let mut moved = link(&n2, mesh_id, &owner).await;
+    expect_error(&mut a, ErrorCode::Replaced).await;
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(m) = bus.next().await {
+            if m.headers
+                .as_ref()
+                .and_then(|h| h.get("Cm-Kind"))
+                .is_some_and(|k| k.as_str() == "budget")
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("node 1 hands the owner's budget over");
+    // Node 2 applies the handover as it hears it, which may be just after a first send
+    // of the owner's arrives: what counts is that no fresh burst (3) gets through.
+    let mut through = 0;
+    loop {
+        let id = MessageId::new();
+        send(&mut moved, &ClientFrame::Send(owner.envelope(id, &member))).await;
+        match refusal_of(&mut moved, id).await {
+            None => through += 1,
+            Some(code) => {
+                assert_eq!(code, ErrorCode::RateLimited);
+                break;
+            }
+        }
+        assert!(
+            through < 3,
+            "the burst spent through node 1 came back whole through node 2"
+        );
+    }
+}

@@ -51,6 +51,19 @@ pub enum Kind {
     /// A claim decided or withdrawn through the origin node (a [`Decided`]): its
     /// claimant may be waiting on this node.
     Decided,
+    /// What a member (`Cm-Except`) had left of its rate limits at the node whose link it
+    /// left for a newer one (a [`Budget`]): the node holding its link now holds it to
+    /// that, so hopping between nodes refills nothing.
+    Budget,
+}
+
+/// What [`Kind::Budget`] carries: tokens left.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Budget {
+    /// Of the write bucket (envelopes, ops, acks, pings).
+    pub writes: f64,
+    /// Of the presence bucket.
+    pub presence: f64,
 }
 
 /// What [`Kind::Decided`] carries.
@@ -75,6 +88,7 @@ impl Kind {
             Self::Linked => "linked",
             Self::Claim => "claim",
             Self::Decided => "decided",
+            Self::Budget => "budget",
         }
     }
 
@@ -88,6 +102,7 @@ impl Kind {
             "linked" => Self::Linked,
             "claim" => Self::Claim,
             "decided" => Self::Decided,
+            "budget" => Self::Budget,
             _ => return None,
         })
     }
