@@ -104,6 +104,20 @@ pub struct TokenInfo {
 }
 
 impl TokenInfo {
+    /// A token `new` just issued at `now` as `id`.
+    fn fresh(id: String, new: &NewToken, expires_at: Option<i64>, now: i64) -> Self {
+        Self {
+            id,
+            max_uses: new.uses,
+            uses: 0,
+            expires_at,
+            note: new.note.clone(),
+            created_at: now,
+            last_used_at: None,
+            revoked_at: None,
+        }
+    }
+
     /// Uses left.
     pub fn left(&self) -> u32 {
         self.max_uses.saturating_sub(self.uses)
@@ -217,16 +231,7 @@ pub fn issue(db: &Path, durability: Durability, new: &NewToken) -> Result<Issued
             )
             .map_err(db_err(db))?;
         if n == 1 {
-            let info = TokenInfo {
-                id,
-                max_uses: new.uses,
-                uses: 0,
-                expires_at,
-                note: new.note.clone(),
-                created_at: now,
-                last_used_at: None,
-                revoked_at: None,
-            };
+            let info = TokenInfo::fresh(id, new, expires_at, now);
             return Ok(Issued { token, info });
         }
     }
@@ -244,16 +249,7 @@ pub async fn issue_on(
     let expires_at = expiry_of(new, now)?;
     for _ in 0..4 {
         let (token, id) = draw();
-        let info = TokenInfo {
-            id: id.clone(),
-            max_uses: new.uses,
-            uses: 0,
-            expires_at,
-            note: new.note.clone(),
-            created_at: now,
-            last_used_at: None,
-            revoked_at: None,
-        };
+        let info = TokenInfo::fresh(id.clone(), new, expires_at, now);
         if tokens.issue(&id, &hash(&token), &info).await? {
             return Ok(Issued { token, info });
         }

@@ -120,6 +120,31 @@ async fn a_member_is_linked_through_one_node_at_a_time() {
     expect_error(&mut b, ErrorCode::Replaced).await;
 }
 
+/// The relay's store on `cluster` for the deployment `prefix`, as a node opens it (an op
+/// log of at most `op_bytes` per mesh; `0`: no limit).
+async fn cluster_store(
+    cluster: &NatsCluster,
+    prefix: &str,
+    op_bytes: u64,
+) -> claudemesh_relay::cluster::store::ClusterStore {
+    use claudemesh_relay::cluster::store::{ClusterStore, ClusterStoreConfig};
+    let client = claudemesh_relay::cluster::connect(&cluster.urls())
+        .await
+        .unwrap();
+    let cfg = ClusterStoreConfig {
+        prefix: prefix.into(),
+        replicas: 3,
+        message_ttl: std::time::Duration::from_secs(3600),
+        duplicate_window: std::time::Duration::from_secs(120),
+        mesh_quota: Default::default(),
+        mesh_quota_op_bytes: op_bytes,
+        max_meshes: 0,
+        creations_per_hour: 0,
+        node: "test".into(),
+    };
+    ClusterStore::open(client, &cfg).await.unwrap()
+}
+
 /// Append `op` through `store`; where it landed.
 async fn append(
     store: &claudemesh_relay::cluster::store::ClusterStore,
@@ -143,31 +168,12 @@ async fn append(
 /// next op still gets the next sequence number: the head never goes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_at_the_head_keeps_the_sequence_going() {
-    use claudemesh_relay::cluster::store::{ClusterStore, ClusterStoreConfig};
     use claudemesh_relay::store::{NewOp, Store as _, StoredSnapshot};
     use claudemesh_schema::crypto::MemberKey;
     use claudemesh_schema::{MeshId, OpId};
     let root = tempfile::tempdir().unwrap();
     let cluster = NatsCluster::start(&root.path().join("nats"), 3);
-    let client = claudemesh_relay::cluster::connect(&cluster.urls())
-        .await
-        .unwrap();
-    let store = ClusterStore::open(
-        client,
-        &ClusterStoreConfig {
-            prefix: "SN".into(),
-            replicas: 3,
-            message_ttl: std::time::Duration::from_secs(3600),
-            duplicate_window: std::time::Duration::from_secs(120),
-            mesh_quota: Default::default(),
-            mesh_quota_op_bytes: 0,
-            max_meshes: 0,
-            creations_per_hour: 0,
-            node: "test".into(),
-        },
-    )
-    .await
-    .unwrap();
+    let store = cluster_store(&cluster, "SN", 0).await;
     let (mesh, author) = (MeshId::new(), MemberKey([7; 32]));
     let op = |n: u32| NewOp {
         mesh,
@@ -388,7 +394,6 @@ async fn a_meshs_message_quota_holds_over_every_node() {
 /// which has not seen that snapshot, appends again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_meshs_log_quota_holds_over_every_node() {
-    use claudemesh_relay::cluster::store::{ClusterStore, ClusterStoreConfig};
     use claudemesh_relay::store::{NewOp, Store as _, StoredSnapshot};
     use claudemesh_schema::crypto::MemberKey;
     use claudemesh_schema::{MeshId, OpId};
@@ -396,21 +401,7 @@ async fn a_meshs_log_quota_holds_over_every_node() {
     let cluster = NatsCluster::start(&root.path().join("nats"), 3);
     let mut nodes = Vec::new();
     for _ in 0..2 {
-        let client = claudemesh_relay::cluster::connect(&cluster.urls())
-            .await
-            .unwrap();
-        let cfg = ClusterStoreConfig {
-            prefix: "SQ".into(),
-            replicas: 3,
-            message_ttl: std::time::Duration::from_secs(3600),
-            duplicate_window: std::time::Duration::from_secs(120),
-            mesh_quota: Default::default(),
-            mesh_quota_op_bytes: 1000,
-            max_meshes: 0,
-            creations_per_hour: 0,
-            node: "test".into(),
-        };
-        nodes.push(ClusterStore::open(client, &cfg).await.unwrap());
+        nodes.push(cluster_store(&cluster, "SQ", 1000).await);
     }
     let (mesh, author) = (MeshId::new(), MemberKey([7; 32]));
     let op = || NewOp {
@@ -632,7 +623,6 @@ async fn a_creation_tokens_uses_are_spent_once_over_every_node() {
 /// was missed live reaches its claimant waiting here at the next sweep too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_missed_live_are_read_from_the_cluster_at_the_next_sweep() {
-    use claudemesh_relay::cluster::store::{ClusterStore, ClusterStoreConfig};
     use claudemesh_relay::store::{Store as _, StoredClaim};
     let root = tempfile::tempdir().unwrap();
     let cluster = NatsCluster::start(&root.path().join("nats"), 3);
@@ -640,25 +630,7 @@ async fn claims_missed_live_are_read_from_the_cluster_at_the_next_sweep() {
     let (mesh_id, owner, mut a, _member, _b) = mesh(&n1).await;
     let cap = publish(&mut a, &owner, mesh_id, 5, false, 30).await;
     // The dying node's writes, through a store of the same deployment.
-    let client = claudemesh_relay::cluster::connect(&cluster.urls())
-        .await
-        .unwrap();
-    let elsewhere = ClusterStore::open(
-        client,
-        &ClusterStoreConfig {
-            prefix: "CR".into(),
-            replicas: 3,
-            message_ttl: std::time::Duration::from_secs(3600),
-            duplicate_window: std::time::Duration::from_secs(120),
-            mesh_quota: Default::default(),
-            mesh_quota_op_bytes: 0,
-            max_meshes: 0,
-            creations_per_hour: 0,
-            node: "gone".into(),
-        },
-    )
-    .await
-    .unwrap();
+    let elsewhere = cluster_store(&cluster, "CR", 0).await;
 
     let (req, _key) = durable_claim(cap.id);
     let missed = ClaimId::new();
