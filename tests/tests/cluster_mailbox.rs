@@ -225,3 +225,40 @@ async fn a_meshs_quota_is_one_count_over_every_node_and_the_sweep_mends_it() {
         "mended to what the index holds"
     );
 }
+
+/// A node configured with another message lifetime or replica count than the streams were
+/// created with brings them to its configuration (an operator's change takes effect at the
+/// next start, not never): the mailbox stream and its index, in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_message_lifetime_and_replica_count_reach_the_streams() {
+    let root = tempfile::tempdir().unwrap();
+    let cluster = NatsCluster::start(&root.path().join("nats"), 3);
+    let urls = cluster.urls();
+    let _first = node(&urls, 0, "KC").await;
+    let client = claudemesh_relay::cluster::connect(&urls).await.unwrap();
+    let cfg = MailboxConfig {
+        prefix: "KC".into(),
+        replicas: 1,
+        max_age: Duration::from_secs(7200),
+        duplicate_window: MAILBOX_WINDOW,
+        quota: Quota::default(),
+    };
+    let _changed = ClusterMailbox::open(client, &cfg).await.unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(urls[0].as_str()).await.unwrap());
+    for (name, age) in [("KC_MAIL", 7200), ("KV_KC_MAILIDX", 7200 + 300)] {
+        let info = js
+            .get_stream(name)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .config
+            .clone();
+        assert_eq!(
+            (info.num_replicas, info.max_age),
+            (1, Duration::from_secs(age)),
+            "{name}"
+        );
+    }
+}

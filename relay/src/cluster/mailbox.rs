@@ -88,6 +88,7 @@ impl ClusterMailbox {
             .map_err(|e| js_err("creating the mailbox stream")(e.to_string()))
         })
         .await?;
+        super::keep_config(&js, &format!("{upper}_MAIL"), cfg.replicas, cfg.max_age).await;
         let ids = super::bucket(
             &js,
             kv::Config {

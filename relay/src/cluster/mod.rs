@@ -278,13 +278,57 @@ where
     }
 }
 
-/// The bucket named in `cfg`, created when missing.
+/// Bring the stream `name`, found already there, to the replicas and age this node is
+/// configured with: an operator who changed `nats_replicas` or `message_ttl_secs` gets
+/// what the config says, not the first node's settings for ever (JetStream changes both
+/// in place). A change the server refuses is said and left: the node runs on the
+/// stream as it is.
+pub(crate) async fn keep_config(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    replicas: usize,
+    max_age: std::time::Duration,
+) {
+    let info = match js.get_stream(name).await {
+        Ok(mut s) => match s.info().await {
+            Ok(i) => i.config.clone(),
+            Err(e) => {
+                tracing::warn!(stream = name, error = %e, "cannot read a stream's configuration");
+                return;
+            }
+        },
+        Err(e) => {
+            tracing::warn!(stream = name, error = %e, "cannot read a stream's configuration");
+            return;
+        }
+    };
+    if info.num_replicas == replicas && info.max_age == max_age {
+        return;
+    }
+    tracing::warn!(
+        stream = name,
+        replicas_before = info.num_replicas,
+        replicas,
+        max_age_before_secs = info.max_age.as_secs(),
+        max_age_secs = max_age.as_secs(),
+        "changing a stream to this node's configuration (configure every node alike)"
+    );
+    let mut want = info;
+    want.num_replicas = replicas;
+    want.max_age = max_age;
+    if let Err(e) = js.update_stream(want).await {
+        tracing::warn!(stream = name, error = %e, "JetStream refused the stream's new configuration; it stays as it was");
+    }
+}
+
+/// The bucket named in `cfg`, created when missing (and brought to `cfg`'s replicas and
+/// age when found: [`keep_config`]).
 pub(crate) async fn bucket(
     js: &async_nats::jetstream::Context,
     cfg: kv::Config,
     what: &'static str,
 ) -> Result<kv::Store, ClusterError> {
-    settled(|| async {
+    let kv = settled(|| async {
         match js.get_key_value(&cfg.bucket).await {
             Ok(kv) => Ok(kv),
             // Only a bucket that is not there is created: any other failure (no quorum,
@@ -296,7 +340,15 @@ pub(crate) async fn bucket(
             Err(e) => Err(js_err(what)(e.to_string())),
         }
     })
-    .await
+    .await?;
+    keep_config(
+        js,
+        &format!("KV_{}", cfg.bucket),
+        cfg.num_replicas,
+        cfg.max_age,
+    )
+    .await;
+    Ok(kv)
 }
 
 /// A header this relay writes on every message it stores.

@@ -191,6 +191,7 @@ impl ClusterOpLog {
             .map_err(|e| js_err("creating the op stream")(e.to_string()))
         })
         .await?;
+        super::keep_config(&js, &format!("{upper}_OPS"), cfg.replicas, Duration::ZERO).await;
         let index = super::bucket(
             &js,
             kv::Config {
