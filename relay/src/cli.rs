@@ -344,18 +344,32 @@ pub async fn token(cfg: &RelayConfig, what: &TokenCommand) -> Result<TokenOutput
     let cluster = match cfg.store {
         StoreKind::Sqlite => None,
         StoreKind::Nats => {
-            let client = crate::cluster::connect(&cfg.nats_urls)
-                .await
-                .map_err(TokenError::from)?;
-            Some(
+            // The client waits for NATS for ever (a relay node rides out an outage); a
+            // command gives up and says so.
+            let open = async {
+                let client = crate::cluster::connect(&cfg.nats_urls).await?;
                 crate::cluster::tokens::ClusterTokens::open(
                     client,
                     &cfg.nats_prefix,
                     cfg.nats_replicas,
                 )
                 .await
-                .map_err(TokenError::from)?,
-            )
+            };
+            match tokio::time::timeout(std::time::Duration::from_secs(20), open).await {
+                Ok(t) => Some(t.map_err(TokenError::from)?),
+                Err(_) => {
+                    return Err(TokenError::Cluster(crate::cluster::ClusterError::Connect {
+                        url: cfg
+                            .nats_urls
+                            .iter()
+                            .map(|u| crate::cluster::redacted(u))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        detail: "no NATS server answered within 20 s; check nats_urls and that the cluster is up".into(),
+                    })
+                    .into());
+                }
+            }
         }
     };
     match what {

@@ -292,6 +292,9 @@ pub(crate) struct SessionState {
     /// On a cluster, the other node its link is up at (`None`: here, or not known):
     /// online only while that node holds its lease.
     pub(crate) node: Option<String>,
+    /// Taken offline here because its node's lease lapsed: back online when the node is
+    /// heard again.
+    pub(crate) lapsed: bool,
 }
 
 impl SessionState {
@@ -766,6 +769,7 @@ impl<S: Store> Hub<S> {
                         online: false,
                         last_seen,
                         node: None,
+                        lapsed: false,
                     },
                 );
             }
@@ -1018,15 +1022,29 @@ impl<S: Store> Hub<S> {
                             .node
                             .as_deref()
                             .is_none_or(|n| Some(n) != me.as_deref() && leases.alive(n, at));
-                    st.sessions.insert(
-                        p.session,
-                        SessionState {
-                            presence: p,
-                            online,
-                            last_seen: now.last_seen,
-                            node: now.node,
-                        },
-                    );
+                    let before = st.sessions.get(&p.session).map(|s| s.online);
+                    let s = SessionState {
+                        presence: p,
+                        online,
+                        last_seen: now.last_seen,
+                        node: now.node,
+                        // Stored online, but its node is not: back when the node is.
+                        lapsed: now.online && !online,
+                    };
+                    // This node's links hear what changed (a presence missed live, a
+                    // session gone with its node).
+                    let told = match (before, online) {
+                        (Some(true), false) => frame(&RelayFrame::Depart {
+                            session: s.presence.session,
+                            at: s.last_seen,
+                        }),
+                        (None | Some(false), true) => frame(&RelayFrame::Presence(s.record())),
+                        _ => None,
+                    };
+                    if let Some(f) = told {
+                        st.broadcast(&f, Some(&s.presence.member));
+                    }
+                    st.sessions.insert(s.presence.session, s);
                 }
             }
             removed
@@ -1252,22 +1270,21 @@ impl<S: Store> Hub<S> {
                         ErrorCode::Replaced,
                         "a newer connection of this member (through another relay node) replaced this one",
                     );
-                    // What it has left goes with it: its new node holds it to that.
-                    let now = Instant::now();
-                    let l = st.limits(m, &self.cfg);
-                    let left = crate::cluster::bus::Budget {
-                        writes: l.writes.level(now),
-                        presence: l.presence.level(now),
-                    };
-                    if let Ok(b) = serde_json::to_vec(&left) {
-                        bus.to_mesh(&ev.mesh, Kind::Budget, Some(&m), &Bytes::from(b));
+                    self.hand_over_budget(&mut st, &ev.mesh, m);
+                }
+                // Its sessions are the new node's now: that node's lease governs them.
+                if let Some(m) = ev.except {
+                    for s in st.sessions.values_mut().filter(|s| s.presence.member == m) {
+                        s.node = Some(ev.node.clone());
                     }
                 }
                 continue;
             }
+            // Kept wherever the member may link next: its bucket there refills from what
+            // it had left, as on one relay.
             if ev.kind == Kind::Budget {
                 if let Some(m) = ev.except
-                    && st.links.contains_key(&m)
+                    && st.roster.is_member(&m)
                     && let Ok(b) = serde_json::from_slice::<crate::cluster::bus::Budget>(&ev.frame)
                 {
                     let now = Instant::now();
@@ -1337,6 +1354,7 @@ impl<S: Store> Hub<S> {
                             online: rec.online,
                             last_seen: rec.last_seen,
                             node: Some(ev.node.clone()),
+                            lapsed: false,
                         },
                     );
                 }
@@ -1345,6 +1363,7 @@ impl<S: Store> Hub<S> {
                         s.online = false;
                         s.last_seen = at;
                         s.node = Some(ev.node.clone());
+                        s.lapsed = false;
                     }
                 }
                 _ => {}
@@ -1368,6 +1387,7 @@ impl<S: Store> Hub<S> {
                 return;
             }
         };
+        lock(&self.leases).listening(Instant::now());
         let mut tick = tokio::time::interval(crate::cluster::bus::HEARTBEAT);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -1376,13 +1396,65 @@ impl<S: Store> Hub<S> {
                 _ = self.shutdown.cancelled() => return,
                 m = sub.next() => match m {
                     Some(m) => {
-                        if let Some(n) = bus.heartbeat(&m) {
-                            lock(&self.leases).heard(n, Instant::now());
+                        if let Some(n) = bus.heartbeat(&m)
+                            && lock(&self.leases).heard(n, Instant::now())
+                        {
+                            tracing::info!(node = n, "a relay node is heard again; its sessions are back online");
+                            self.revive_sessions(n);
                         }
                     }
                     None => return,
                 },
                 _ = tick.tick() => self.expire_sessions(Instant::now()),
+            }
+        }
+    }
+
+    /// On a cluster, tell the other nodes what `member` has left of its rate limits here
+    /// (its link here ends, or moved to another node): wherever it links next holds it to
+    /// that, so changing nodes refills nothing.
+    pub(crate) fn hand_over_budget(&self, st: &mut MeshState, mesh: &MeshId, member: MemberKey) {
+        let Some(bus) = &self.bus else {
+            return;
+        };
+        let now = Instant::now();
+        let l = st.limits(member, &self.cfg);
+        let left = crate::cluster::bus::Budget {
+            writes: l.writes.level(now),
+            presence: l.presence.level(now),
+        };
+        if let Ok(b) = serde_json::to_vec(&left) {
+            bus.to_mesh(
+                mesh,
+                crate::cluster::bus::Kind::Budget,
+                Some(&member),
+                &Bytes::from(b),
+            );
+        }
+    }
+
+    /// Back online: the sessions taken offline here when `node`'s lease lapsed (it was
+    /// cut off, not dead, and they stayed linked there).
+    fn revive_sessions(&self, node: &str) {
+        for (_, e) in self.all_meshes() {
+            let mut st = lock(&e.state);
+            let back: Vec<SessionId> = st
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.lapsed && s.node.as_deref() == Some(node))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in back {
+                let Some(s) = st.sessions.get_mut(&id) else {
+                    continue;
+                };
+                s.online = true;
+                s.lapsed = false;
+                let f = frame(&RelayFrame::Presence(s.record()));
+                let member = s.presence.member;
+                if let Some(f) = f {
+                    st.broadcast(&f, Some(&member));
+                }
             }
         }
     }
@@ -1405,6 +1477,7 @@ impl<S: Store> Hub<S> {
                 if let Some(s) = st.sessions.get_mut(&session) {
                     s.online = false;
                     s.last_seen = at;
+                    s.lapsed = true;
                 }
                 tracing::info!(mesh = %mesh.short(), session = %session.short(), "session offline: the relay node it was linked through is gone");
                 if let Some(f) = frame(&RelayFrame::Depart { session, at }) {

@@ -22,7 +22,7 @@ use claudemesh_schema::{ClaimId, MeshId, MessageId};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
@@ -133,13 +133,24 @@ impl Leases {
         }
     }
 
-    /// `node` said it is alive at `now`.
-    pub fn heard(&mut self, node: &str, now: Instant) {
+    /// This node starts listening at `now`: silence counts from here.
+    pub fn listening(&mut self, now: Instant) {
+        self.started = now;
+    }
+
+    /// `node` said it is alive at `now`. `true` when it was gone until now (its lease had
+    /// lapsed: its sessions were taken offline here, and are back).
+    pub fn heard(&mut self, node: &str, now: Instant) -> bool {
+        let was_gone = self.heard.contains_key(node) && !self.alive(node, now);
         if let Some(t) = self.heard.get_mut(node) {
             *t = now;
         } else {
+            // Nodes restart with new ids: ones silent for long are forgotten.
+            self.heard
+                .retain(|_, t| now.saturating_duration_since(*t) < LEASE * 10);
             self.heard.insert(node.to_string(), now);
         }
+        was_gone
     }
 
     fn within(&self, node: &str, now: Instant) -> bool {
@@ -201,6 +212,8 @@ pub struct Bus {
     queued: Arc<AtomicUsize>,
     /// Live copies dropped because the queue was full.
     dropped: AtomicU64,
+    /// Dropping now (warned once per episode).
+    dropping: AtomicBool,
     /// Tracks the publisher, which ends when the bus is dropped.
     _tasks: TaskTracker,
 }
@@ -214,17 +227,19 @@ impl Bus {
         let node = hex(&claudemesh_schema::crypto::random_bytes::<8>());
         let weak = tx.downgrade();
         let alive = format!("{prefix}.node.{node}");
+        let beat = client.clone();
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(HEARTBEAT);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let Some(tx) = weak.upgrade() else { return };
-                if tx
-                    .send((alive.clone(), HeaderMap::new(), Bytes::new()))
-                    .is_err()
-                {
+                // Ends with the bus. Published straight, not behind queued live copies:
+                // a node backed up is not a node gone.
+                if weak.upgrade().is_none() {
                     return;
+                }
+                if let Err(e) = beat.publish(alive.clone(), Bytes::new()).await {
+                    tracing::debug!(error = %e, "cannot say this relay node is alive");
                 }
             }
         });
@@ -250,21 +265,30 @@ impl Bus {
             tx,
             queued,
             dropped: AtomicU64::new(0),
+            dropping: AtomicBool::new(false),
             _tasks: tasks,
         }
     }
 
-    /// Queue a message for publishing, unless the queue is full.
-    fn queue(&self, subject: String, headers: HeaderMap, payload: Bytes) {
+    /// Queue a message for publishing, unless the queue is full and it may be dropped
+    /// (`kind`: live copies of what is stored may; the small control messages nothing
+    /// recovers, a departure or a link's move, may not).
+    fn queue(&self, kind: Kind, subject: String, headers: HeaderMap, payload: Bytes) {
         let n = payload.len();
-        if self.queued.fetch_add(n, Ordering::Relaxed) + n > MAX_QUEUED_BYTES {
+        let droppable = matches!(kind, Kind::Frame | Kind::Deliver | Kind::Presence);
+        let held = self.queued.fetch_add(n, Ordering::Relaxed) + n;
+        if droppable && held > MAX_QUEUED_BYTES {
             self.queued.fetch_sub(n, Ordering::Relaxed);
-            if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            if !self.dropping.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     "the queue to the other relay nodes is full (NATS slow or unreachable): live copies are dropped, and recovered from the store"
                 );
             }
             return;
+        }
+        if held < MAX_QUEUED_BYTES / 2 && self.dropping.swap(false, Ordering::Relaxed) {
+            tracing::info!("the queue to the other relay nodes drains again");
         }
         if self.tx.send((subject, headers, payload)).is_err() {
             self.queued.fetch_sub(n, Ordering::Relaxed);
@@ -313,7 +337,7 @@ impl Bus {
             h.insert("Cm-Except", hex(&m.0).as_str());
         }
         let subject = format!("{}.mesh.{}", self.prefix, hex(mesh.as_bytes()));
-        self.queue(subject, h, frame.clone());
+        self.queue(kind, subject, h, frame.clone());
     }
 
     /// Publish `frame` to `member`'s link, if it is connected to another node.
@@ -324,16 +348,17 @@ impl Bus {
         id: Option<MessageId>,
         frame: &Bytes,
     ) {
-        let mut h = self.headers(if id.is_some() {
+        let kind = if id.is_some() {
             Kind::Deliver
         } else {
             Kind::Frame
-        });
+        };
+        let mut h = self.headers(kind);
         if let Some(id) = id {
             h.insert("Cm-Id", hex(id.as_bytes()).as_str());
         }
         let subject = self.member_subject(mesh, member);
-        self.queue(subject, h, frame.clone());
+        self.queue(kind, subject, h, frame.clone());
     }
 
     fn member_subject(&self, mesh: &MeshId, member: &MemberKey) -> String {
@@ -429,6 +454,10 @@ mod tests {
             assert!(l.alive("me", s(now)), "a node is never gone to itself");
             let counted = usize::from(other_at.is_some_and(|t| now - t < 10)) + 1;
             assert_eq!(l.count(s(now)), counted, "{me_at:?} {other_at:?} {now}");
+            // Heard now: back from gone exactly when it was gone (and known before).
+            let back = other_at.is_some() && !alive;
+            assert_eq!(l.heard("other", s(now)), back, "{me_at:?} {other_at:?} {now}");
+            assert!(!l.heard("other", s(now)), "heard twice is not back twice");
         }
     }
 }

@@ -603,6 +603,7 @@ impl<S: Store> Conn<S> {
                     match st.links.get(&member) {
                         Some(l) if l.id == self.link.id => {
                             st.links.remove(&member);
+                            self.hub.hand_over_budget(&mut st, &mesh, member);
                         }
                         Some(_) => {
                             // Replaced by a newer connection: its sessions stay online.

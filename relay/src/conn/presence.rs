@@ -106,6 +106,7 @@ impl<S: Store> Conn<S> {
                 online: true,
                 last_seen: now,
                 node: None,
+                lapsed: false,
             };
             let rec = s.record();
             st.sessions.insert(p.session, s);
