@@ -456,7 +456,11 @@ mod tests {
             assert_eq!(l.count(s(now)), counted, "{me_at:?} {other_at:?} {now}");
             // Heard now: back from gone exactly when it was gone (and known before).
             let back = other_at.is_some() && !alive;
-            assert_eq!(l.heard("other", s(now)), back, "{me_at:?} {other_at:?} {now}");
+            assert_eq!(
+                l.heard("other", s(now)),
+                back,
+                "{me_at:?} {other_at:?} {now}"
+            );
             assert!(!l.heard("other", s(now)), "heard twice is not back twice");
         }
     }
