@@ -1396,9 +1396,11 @@ impl<S: Store> Hub<S> {
                 _ = self.shutdown.cancelled() => return,
                 m = sub.next() => match m {
                     Some(m) => {
-                        if let Some(n) = bus.heartbeat(&m)
-                            && lock(&self.leases).heard(n, Instant::now())
-                        {
+                        let Some(n) = bus.heartbeat(&m) else { continue };
+                        // Its own statement: the leases are never locked while a mesh is
+                        // (`follow` locks them in that order).
+                        let back = lock(&self.leases).heard(n, Instant::now());
+                        if back {
                             tracing::info!(node = n, "a relay node is heard again; its sessions are back online");
                             self.revive_sessions(n);
                         }
