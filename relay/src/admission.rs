@@ -133,7 +133,7 @@ impl TokenInfo {
         }
     }
 
-    fn row(&self) -> TokenRow {
+    pub(crate) fn row(&self) -> TokenRow {
         TokenRow {
             max_uses: self.max_uses,
             uses: self.uses,

@@ -120,6 +120,19 @@ struct ClaimValue {
     outcome: Option<ClaimOutcome>,
 }
 
+impl From<ClaimValue> for StoredClaim {
+    fn from(c: ClaimValue) -> Self {
+        Self {
+            id: c.id,
+            mesh: c.mesh,
+            request: c.request,
+            at: c.at,
+            expires_at: c.expires_at,
+            outcome: c.outcome,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct PresenceValue {
     record: SignedPresence,
@@ -436,17 +449,7 @@ impl ClusterStore {
             .filter(|c| c.expires_at > now)
             .collect();
         claims.sort_by_key(|c| c.at);
-        snap.claims = claims
-            .into_iter()
-            .map(|c| StoredClaim {
-                id: c.id,
-                mesh: c.mesh,
-                request: c.request,
-                at: c.at,
-                expires_at: c.expires_at,
-                outcome: c.outcome,
-            })
-            .collect();
+        snap.claims = claims.into_iter().map(StoredClaim::from).collect();
         for (key, value, _) in entries_under(&i.client, &i.nonces, "n.").await? {
             let exp: i64 = String::from_utf8_lossy(&value).parse().unwrap_or(0);
             if exp > now
@@ -1342,15 +1345,7 @@ impl Store for ClusterStore {
             .await
             .map_err(StoreError::from)?
         {
-            let c: ClaimValue = parse(&value, "claim")?;
-            out.push(StoredClaim {
-                id: c.id,
-                mesh: c.mesh,
-                request: c.request,
-                at: c.at,
-                expires_at: c.expires_at,
-                outcome: c.outcome,
-            });
+            out.push(StoredClaim::from(parse::<ClaimValue>(&value, "claim")?));
         }
         Ok(Some(out))
     }

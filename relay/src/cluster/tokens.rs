@@ -47,12 +47,7 @@ impl TokenValue {
     }
 
     fn row(&self) -> TokenRow {
-        TokenRow {
-            max_uses: self.max_uses,
-            uses: self.uses,
-            expires_at: self.expires_at,
-            revoked: self.revoked_at.is_some(),
-        }
+        self.info("").row()
     }
 }
 
