@@ -147,6 +147,16 @@ impl Relay<crate::cluster::store::ClusterStore> {
             cfg.nats_replicas,
         )
         .await?;
+        // Tokens issued into this node's own database before it ran on the cluster are
+        // not the cluster's: said once, so an operator is not left wondering.
+        if let Ok(old) = crate::admission::list(&cfg.data_dir.join("relay.db"))
+            && !old.is_empty()
+        {
+            tracing::warn!(
+                tokens = old.len(),
+                "relay.db holds creation tokens, which a node of a cluster does not use: issue them again with `claudemesh-relay token create` and this node's config (store = \"nats\")"
+            );
+        }
         Self::bind_all(cfg, store, blobs, Some((Arc::new(bus), tokens))).await
     }
 }
