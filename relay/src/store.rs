@@ -90,8 +90,9 @@ pub struct Snapshot {
     pub claims: Vec<StoredClaim>,
 }
 
-/// An invite claim the relay keeps across its claimant's connections.
-#[derive(Debug, Clone)]
+/// An invite claim the relay keeps across its claimant's connections (a cluster keeps it
+/// as this, in JSON).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct StoredClaim {
     /// Its id.
     pub id: ClaimId,

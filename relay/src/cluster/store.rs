@@ -24,7 +24,7 @@ use bytes::Bytes;
 use claudemesh_schema::crypto::{MemberKey, Signature, hex};
 use claudemesh_schema::message::SignedPresence;
 use claudemesh_schema::roster::{InviteCap, MeshGenesis, RosterEntry};
-use claudemesh_schema::wire::{ClaimOutcome, ClaimRequest, ReceiptSeen};
+use claudemesh_schema::wire::{ClaimOutcome, ReceiptSeen};
 use claudemesh_schema::{ClaimId, InviteId, MeshId, MessageId, SessionId};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -108,29 +108,6 @@ struct Admits {
 struct InviteValue {
     cap: InviteCap,
     revoked_at: Option<i64>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct ClaimValue {
-    id: ClaimId,
-    mesh: MeshId,
-    request: ClaimRequest,
-    at: i64,
-    expires_at: i64,
-    outcome: Option<ClaimOutcome>,
-}
-
-impl From<ClaimValue> for StoredClaim {
-    fn from(c: ClaimValue) -> Self {
-        Self {
-            id: c.id,
-            mesh: c.mesh,
-            request: c.request,
-            at: c.at,
-            expires_at: c.expires_at,
-            outcome: c.outcome,
-        }
-    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -387,7 +364,7 @@ impl ClusterStore {
         let mut meshes: Vec<MeshGenesis> = Vec::new();
         let mut rosters: HashMap<MeshId, Vec<(String, RosterValue)>> = HashMap::new();
         let mut invites: Vec<InviteValue> = Vec::new();
-        let mut claims: HashMap<ClaimId, ClaimValue> = HashMap::new();
+        let mut claims: HashMap<ClaimId, StoredClaim> = HashMap::new();
         let before = counts::at(&i.state, MESHES).await?;
         for (key, value, _) in entries_under(&i.client, &i.state, "").await? {
             match key.split('.').next() {
@@ -398,7 +375,7 @@ impl ClusterStore {
                 }
                 Some("i") => invites.push(parse(&value, "invite")?),
                 Some("c") => {
-                    let c: ClaimValue = parse(&value, "claim")?;
+                    let c: StoredClaim = parse(&value, "claim")?;
                     claims.insert(c.id, c);
                 }
                 Some("p") => {
@@ -444,12 +421,12 @@ impl ClusterStore {
             let n = uses.get(&v.cap.id).copied().unwrap_or(0);
             snap.invites.push((v.cap, n, v.revoked_at.is_some()));
         }
-        let mut claims: Vec<ClaimValue> = claims
+        let mut claims: Vec<StoredClaim> = claims
             .into_values()
             .filter(|c| c.expires_at > now)
             .collect();
         claims.sort_by_key(|c| c.at);
-        snap.claims = claims.into_iter().map(StoredClaim::from).collect();
+        snap.claims = claims;
         for (key, value, _) in entries_under(&i.client, &i.nonces, "n.").await? {
             let exp: i64 = String::from_utf8_lossy(&value).parse().unwrap_or(0);
             if exp > now
@@ -837,7 +814,7 @@ impl ClusterStore {
     async fn do_prune(&self, now: i64) -> Result<Pruned, ClusterError> {
         let i = &self.inner;
         for (key, value, _) in entries_under(&i.client, &i.state, "c.").await? {
-            let c: ClaimValue = parse(&value, "claim")?;
+            let c: StoredClaim = parse(&value, "claim")?;
             if c.expires_at < now {
                 let _ = i.state.purge(&key).await;
             }
@@ -964,7 +941,7 @@ impl Store for ClusterStore {
         // Admitted: the entry carries the answer, so a failure here loses nothing (the
         // next start reads it from the entry).
         if let Err(e) = self
-            .update_json::<ClaimValue, _>(
+            .update_json::<StoredClaim, _>(
                 &self.inner.state,
                 claim_key(&claim),
                 "recording a claim's answer",
@@ -982,17 +959,9 @@ impl Store for ClusterStore {
     }
 
     async fn put_claim(&self, c: StoredClaim) -> Result<(), StoreError> {
-        let v = ClaimValue {
-            id: c.id,
-            mesh: c.mesh,
-            request: c.request,
-            at: c.at,
-            expires_at: c.expires_at,
-            outcome: c.outcome,
-        };
         self.inner
             .state
-            .put(claim_key(&c.id), json(&v, "claim")?)
+            .put(claim_key(&c.id), json(&c, "claim")?)
             .await
             .map_err(|e| js_err("keeping a claim")(e.to_string()))?;
         Ok(())
@@ -1005,7 +974,7 @@ impl Store for ClusterStore {
         expires_at: i64,
     ) -> Result<(), StoreError> {
         for id in ids {
-            self.update_json::<ClaimValue, _>(
+            self.update_json::<StoredClaim, _>(
                 &self.inner.state,
                 claim_key(&id),
                 "deciding a claim",
@@ -1345,7 +1314,7 @@ impl Store for ClusterStore {
             .await
             .map_err(StoreError::from)?
         {
-            out.push(StoredClaim::from(parse::<ClaimValue>(&value, "claim")?));
+            out.push(parse::<StoredClaim>(&value, "claim")?);
         }
         Ok(Some(out))
     }
